@@ -1,0 +1,62 @@
+# Amelia — the two commands a user needs are `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+PROTO_SRC := $(wildcard protos/amelia/v1/*.proto)
+PROTO_OUT := libs/protos
+PACKAGES := -e libs/protos -e "libs/common[db,embedded]" -e libs/cli \
+	-e services/events -e services/agents -e services/rag -e services/gateway
+
+.PHONY: install run test protos check-protos lint buf-lint bench clean
+
+install: $(STAMP) node_modules/.installed
+
+$(STAMP): constraints.txt requirements-dev.txt libs/*/pyproject.toml services/*/pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip wheel
+	# torch first, pinned: pip takes the CPU build from this machine's disk.
+	$(PIP) install -q -c constraints.txt torch==2.13.0
+	$(PIP) install -q -c constraints.txt -r requirements-dev.txt $(PACKAGES)
+	touch $(STAMP)
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+run: install
+	$(VENV)/bin/amelia up
+
+protos: $(STAMP)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m grpc_tools.protoc -I protos \
+		--python_out=$(PROTO_OUT) --grpc_python_out=$(PROTO_OUT) \
+		--mypy_out=$(PROTO_OUT) --mypy_grpc_out=$(PROTO_OUT) $(PROTO_SRC)
+
+# Regenerates the stubs into a scratch folder and fails when the committed ones differ.
+check-protos: $(STAMP)
+	rm -rf .protos-check && mkdir -p .protos-check
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m grpc_tools.protoc -I protos \
+		--python_out=.protos-check --grpc_python_out=.protos-check \
+		--mypy_out=.protos-check --mypy_grpc_out=.protos-check $(PROTO_SRC)
+	diff -r -x '__init__.py' -x 'py.typed' -x '__pycache__' .protos-check/amelia $(PROTO_OUT)/amelia \
+		|| (echo "Generated protobuf code is stale: run 'make protos' and commit." && exit 1)
+	rm -rf .protos-check
+
+buf-lint: node_modules/.installed
+	node_modules/.bin/buf lint
+
+lint: install buf-lint check-protos
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: lint
+	$(VENV)/bin/pytest
+
+bench: install
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) node_modules .protos-check .pytest_cache .mypy_cache

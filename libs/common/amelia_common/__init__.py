@@ -1,0 +1,1 @@
+"""Shared code of every Amelia service: settings, logging, gRPC bootstrap, NATS, database, events."""

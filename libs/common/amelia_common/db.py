@@ -1,0 +1,110 @@
+"""PostgreSQL for services that own tables: one async engine, sessions, and migrations.
+
+Each service owns its tables and its own Alembic history (its own version table), applied at
+start under an advisory lock so replicas starting together migrate once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from sqlalchemy import Connection, text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from amelia_common.logging import get_logger
+from amelia_common.settings import Settings
+
+log = get_logger("amelia.db")
+
+
+def asyncpg_url(url: str) -> str:
+    """`DATABASE_URL` in the form SQLAlchemy's asyncpg dialect wants."""
+    if url.startswith("postgresql://"):
+        return "postgresql+asyncpg://" + url[len("postgresql://") :]
+    return url
+
+
+def libpq_url(url: str) -> str:
+    """`DATABASE_URL` in plain libpq form (psycopg, psql)."""
+    if url.startswith("postgresql+asyncpg://"):
+        return "postgresql://" + url[len("postgresql+asyncpg://") :]
+    return url
+
+
+def create_engine(settings: Settings, url: str | None = None) -> AsyncEngine:
+    """The service's engine: a bounded pool that checks connections before use."""
+    return create_async_engine(
+        asyncpg_url(url or settings.DATABASE_URL),
+        pool_size=settings.DATABASE_POOL_SIZE,
+        max_overflow=settings.DATABASE_MAX_OVERFLOW,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+    )
+
+
+def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+@asynccontextmanager
+async def transaction(
+    sessions: async_sessionmaker[AsyncSession],
+) -> AsyncIterator[AsyncSession]:
+    """A session whose work commits on success and rolls back on any exception."""
+    async with sessions() as session, session.begin():
+        yield session
+
+
+def db_health(engine: AsyncEngine) -> Callable[[], Awaitable[bool]]:
+    """A health probe for `GrpcService.dependencies`."""
+
+    async def probe() -> bool:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        return True
+
+    return probe
+
+
+async def run_migrations(engine: AsyncEngine, script_location: Path, version_table: str) -> None:
+    """Upgrade the service's tables to head, once across replicas (advisory lock)."""
+    from alembic import command
+    from alembic.config import Config
+
+    lock_key = zlib.crc32(version_table.encode()) & 0x7FFFFFFF
+
+    def upgrade(sync_conn: Connection) -> None:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(script_location))
+        cfg.attributes["connection"] = sync_conn
+        cfg.attributes["version_table"] = version_table
+        command.upgrade(cfg, "head")
+
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": lock_key})
+        try:
+            await conn.run_sync(upgrade)
+            await conn.commit()
+        finally:
+            await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": lock_key})
+            await conn.commit()
+    log.info("migrations applied", version_table=version_table)
+
+
+async def wait_for_database(engine: AsyncEngine, timeout: float = 60.0) -> None:
+    """Wait until PostgreSQL answers, so a service can start before its database."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+            return
+        except Exception as exc:  # noqa: BLE001 - retried, then reported
+            if asyncio.get_running_loop().time() >= deadline:
+                raise ConnectionError(f"cannot reach PostgreSQL: {exc}") from exc
+            log.warning("waiting for PostgreSQL", error=str(exc))
+            await asyncio.sleep(1.0)

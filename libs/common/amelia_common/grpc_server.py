@@ -1,0 +1,294 @@
+"""The gRPC server every Amelia service runs on.
+
+One bootstrap so each service behaves the same to grpcurl and to operators: `grpc.health.v1`
+(SERVING only while the service's dependencies answer), server reflection, a request id bound to
+every log line, the API token checked, unexpected exceptions turned into INTERNAL with that request
+id (never a traceback on the wire), message size and keepalive limits, and a graceful shutdown on
+SIGTERM/SIGINT that stops accepting, drains in-flight calls for a grace period, then closes
+NATS and the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from amelia_common.logging import get_logger
+from amelia_common.settings import Settings
+
+log = get_logger("amelia.grpc")
+
+HealthCheck = Callable[[], Awaitable[bool]]
+ShutdownHook = Callable[[], Awaitable[None]]
+
+# Calls that stay open without a token: probes and grpcurl's discovery.
+_PUBLIC_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+def server_options(settings: Settings) -> list[tuple[str, Any]]:
+    """Channel arguments shared by servers (and mirrored by clients)."""
+    return [
+        ("grpc.max_send_message_length", settings.GRPC_MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", settings.GRPC_MAX_MESSAGE_BYTES),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_pings_without_data", 0),
+        # A port another process holds must be an error, not silently shared.
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+class PortInUseError(RuntimeError):
+    """The configured port is taken by another process."""
+
+
+def _metadata_value(context: grpc.aio.ServicerContext, key: str) -> str:
+    for k, v in context.invocation_metadata() or ():
+        if k == key:
+            return v if isinstance(v, str) else v.decode()
+    return ""
+
+
+def token_from_metadata(context: grpc.aio.ServicerContext) -> str:
+    """The bearer token a caller sent as `authorization: Bearer …` or `x-api-key`."""
+    auth = _metadata_value(context, "authorization")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip()
+    return _metadata_value(context, "x-api-key")
+
+
+class ServerInterceptor(grpc.aio.ServerInterceptor):
+    """Request id, auth, access log and the INTERNAL-with-request-id error boundary."""
+
+    def __init__(self, api_token: str) -> None:
+        self._token = api_token
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        public = method.startswith(_PUBLIC_SERVICES)
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(handler.unary_unary, method, public),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(handler.unary_stream, method, public),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                self._wrap_unary(handler.stream_unary, method, public),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            self._wrap_stream(handler.stream_stream, method, public),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    async def _enter(
+        self, context: grpc.aio.ServicerContext, method: str, public: bool
+    ) -> str:
+        request_id = _metadata_value(context, "x-request-id") or uuid.uuid4().hex
+        structlog.contextvars.bind_contextvars(request_id=request_id, rpc=method)
+        await context.send_initial_metadata((("x-request-id", request_id),))
+        if self._token and not public and token_from_metadata(context) != self._token:
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "missing or wrong API token: send 'authorization: Bearer <AMELIA_API_TOKEN>'",
+            )
+        return request_id
+
+    async def _fail(
+        self, context: grpc.aio.ServicerContext, request_id: str, exc: BaseException
+    ) -> None:
+        log.exception("rpc failed", error=repr(exc))
+        await context.abort(
+            grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})"
+        )
+
+    def _wrap_unary(self, behavior: Any, method: str, public: bool) -> Any:
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            request_id = await self._enter(context, method, public)
+            try:
+                return await behavior(request, context)
+            except (grpc.aio.AbortError, asyncio.CancelledError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - the error boundary
+                await self._fail(context, request_id, exc)
+            finally:
+                if not public:
+                    log.debug("rpc done", ms=round((time.perf_counter() - started) * 1000, 2))
+                structlog.contextvars.unbind_contextvars("request_id", "rpc")
+
+        return wrapper
+
+    def _wrap_stream(self, behavior: Any, method: str, public: bool) -> Any:
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            request_id = await self._enter(context, method, public)
+            try:
+                async for item in behavior(request, context):
+                    yield item
+            except (grpc.aio.AbortError, asyncio.CancelledError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - the error boundary
+                await self._fail(context, request_id, exc)
+            finally:
+                structlog.contextvars.unbind_contextvars("request_id", "rpc")
+
+        return wrapper
+
+
+@dataclass
+class GrpcService:
+    """A service's gRPC server: register servicers, name dependencies, then `serve()`.
+
+    `service_names` are the full names (`amelia.v1.EventService`) used for health and reflection.
+    `dependencies` are probes polled every `health_interval` seconds; the service reports
+    SERVING only while all of them return True. `on_shutdown` hooks run after the server drained.
+    """
+
+    name: str
+    settings: Settings
+    port: int
+    service_names: list[str]
+    register: Callable[[grpc.aio.Server], None]
+    dependencies: dict[str, HealthCheck] = field(default_factory=dict)
+    on_shutdown: list[ShutdownHook] = field(default_factory=list)
+    health_interval: float = 1.0
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    bound_port: int = 0
+    _server: grpc.aio.Server | None = None
+    _health: health.aio.HealthServicer | None = None
+    _watch: asyncio.Task[None] | None = None
+    _dependency_state: dict[str, bool] = field(default_factory=dict)
+
+    async def start(self) -> int:
+        """Bind and start serving; returns the bound port (useful when `port` is 0)."""
+        server = grpc.aio.server(
+            interceptors=[ServerInterceptor(self.settings.api_token)],
+            options=server_options(self.settings),
+            maximum_concurrent_rpcs=None,
+        )
+        self.register(server)
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            [*self.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME],
+            server,
+        )
+        host = self.settings.bind_host
+        if not self.settings.api_token and host != self.settings.HOST:
+            log.warning("no AMELIA_API_TOKEN set: listening on loopback only", requested=self.settings.HOST)
+        address = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+        try:
+            bound = server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise PortInUseError(
+                f"{self.name}: cannot listen on {address}: the port is in use or not allowed"
+            ) from exc
+        if bound == 0:
+            raise PortInUseError(f"{self.name}: cannot listen on {address}: the port is in use")
+        self.bound_port = bound
+        self._server = server
+        await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await server.start()
+        await self.check_dependencies()
+        self._watch = asyncio.create_task(self._watch_dependencies(), name=f"{self.name}-health")
+        log.info("listening", service=self.name, address=f"{host}:{bound}")
+        return bound
+
+    async def _set_all(self, status: int) -> None:
+        assert self._health is not None
+        for name in ("", *self.service_names):
+            await self._health.set(name, status)  # type: ignore[arg-type]
+
+    async def check_dependencies(self) -> bool:
+        """Probe every dependency once and publish the result on the health service."""
+        healthy = True
+        for dep, probe in self.dependencies.items():
+            try:
+                ok = await asyncio.wait_for(probe(), timeout=max(self.health_interval * 3, 2.0))
+            except Exception:  # noqa: BLE001 - a failing probe is an unhealthy dependency
+                ok = False
+            if self._dependency_state.get(dep) != ok:
+                (log.info if ok else log.warning)("dependency", dependency=dep, up=ok)
+            self._dependency_state[dep] = ok
+            healthy = healthy and ok
+        if not self.stopping.is_set():
+            await self._set_all(
+                health_pb2.HealthCheckResponse.SERVING
+                if healthy
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+        return healthy
+
+    @property
+    def dependency_state(self) -> dict[str, bool]:
+        return dict(self._dependency_state)
+
+    async def _watch_dependencies(self) -> None:
+        while not self.stopping.is_set():
+            await asyncio.sleep(self.health_interval)
+            await self.check_dependencies()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, let in-flight calls finish for `grace` seconds, then close resources."""
+        if self.stopping.is_set():
+            return
+        self.stopping.set()
+        grace = self.settings.GRPC_SHUTDOWN_GRACE_SECONDS if grace is None else grace
+        log.info("shutting down", service=self.name, grace_seconds=grace)
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        if self._watch is not None:
+            self._watch.cancel()
+        if self._server is not None:
+            await self._server.stop(grace)
+        for hook in reversed(self.on_shutdown):
+            try:
+                await hook()
+            except Exception:  # noqa: BLE001 - keep closing the rest
+                log.exception("shutdown hook failed")
+        log.info("stopped", service=self.name)
+
+    async def serve(self) -> None:
+        """Start, then run until SIGTERM/SIGINT, then shut down gracefully."""
+        await self.start()
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await self.stop()
+
+
+async def all_of(checks: Iterable[HealthCheck]) -> bool:
+    """True when every check passes."""
+    results = await asyncio.gather(*(c() for c in checks), return_exceptions=True)
+    return all(r is True for r in results)

@@ -1,0 +1,76 @@
+"""Connecting to NATS the same way in every service.
+
+The connection reconnects forever with a short wait, so a NATS restart is a pause, not an outage;
+the first connect is retried until `timeout` so services can start before NATS does. Health
+checks read `is_connected`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import nats
+from nats.aio.client import Client as NATS
+
+from amelia_common.logging import get_logger
+from amelia_common.settings import Settings
+
+log = get_logger("amelia.nats")
+
+
+def nats_servers(settings: Settings) -> list[str]:
+    """The NATS URLs to use: `NATS_URL` (comma-separated) or the embedded server's."""
+    if settings.NATS_URL:
+        return [u.strip() for u in settings.NATS_URL.split(",") if u.strip()]
+    return [f"nats://127.0.0.1:{settings.EMBEDDED_NATS_PORT}"]
+
+
+async def connect_nats(settings: Settings, name: str, timeout: float = 60.0) -> NATS:
+    """Connect, retrying the first connection until `timeout`, then reconnecting forever."""
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats error", error=str(exc) or repr(exc))
+
+    async def on_disconnect() -> None:
+        log.warning("nats disconnected")
+
+    async def on_reconnect() -> None:
+        log.info("nats reconnected")
+
+    servers = nats_servers(settings)
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            return await nats.connect(
+                servers=servers,
+                name=name,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                connect_timeout=2,
+                ping_interval=5,
+                max_outstanding_pings=3,
+                error_cb=on_error,
+                disconnected_cb=on_disconnect,
+                reconnected_cb=on_reconnect,
+            )
+        except Exception as exc:  # noqa: BLE001 - retried below, reported when out of time
+            if asyncio.get_running_loop().time() >= deadline:
+                raise ConnectionError(
+                    f"cannot reach NATS at {', '.join(servers)}: {exc or type(exc).__name__}"
+                ) from exc
+            log.warning("waiting for NATS", servers=servers, error=str(exc) or repr(exc))
+            await asyncio.sleep(1.0)
+
+
+def nats_health(nc: NATS) -> Callable[[], Awaitable[bool]]:
+    """A health probe for `GrpcService.dependencies`."""
+
+    async def probe() -> bool:
+        if not nc.is_connected:
+            return False
+        await nc.flush(timeout=2)
+        return True
+
+    return probe

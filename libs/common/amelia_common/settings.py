@@ -1,0 +1,247 @@
+"""One `Settings` for the whole mesh, read from the environment and `.env`.
+
+The variables and validations are the original plan's (so its `.env` files keep working), plus what a
+mesh needs: gRPC ports and addresses, `NATS_URL`, the data directory and the API token. Empty
+`DATABASE_URL` / `NATS_URL` mean "start the embedded servers under `AMELIA_DATA_DIR`".
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from enum import StrEnum
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+_log = logging.getLogger("amelia.settings")
+
+
+class Environment(StrEnum):
+    """Where the mesh runs; changes defaults such as log format, never behaviour."""
+
+    DEVELOPMENT = "development"
+    TESTING = "testing"
+    PRODUCTION = "production"
+
+
+class Settings(BaseSettings):
+    """Every setting of every service; each service reads the ones it needs."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", case_sensitive=False, extra="ignore"
+    )
+
+    # Environment
+    ENVIRONMENT: Environment = Environment.DEVELOPMENT
+    APP_NAME: str = "Amelia"
+    DEBUG: bool = False
+    LOG_LEVEL: str = "INFO"
+    LOG_FORMAT: str = Field(default="auto", pattern="^(auto|json|console)$")
+
+    # Network: every service binds HOST; the gateway's HTTP port is PORT.
+    HOST: str = "127.0.0.1"
+    PORT: int = Field(default=8000, ge=0, le=65535)
+    RELOAD: bool = False
+    EVENTS_GRPC_PORT: int = Field(default=50051, ge=0, le=65535)
+    AGENTS_GRPC_PORT: int = Field(default=50052, ge=0, le=65535)
+    RAG_GRPC_PORT: int = Field(default=50053, ge=0, le=65535)
+    # Where clients (other services, the gateway, the CLI) reach each service.
+    EVENTS_ADDRESS: str = "127.0.0.1:50051"
+    AGENTS_ADDRESS: str = "127.0.0.1:50052"
+    RAG_ADDRESS: str = "127.0.0.1:50053"
+    GRPC_MAX_MESSAGE_BYTES: int = Field(default=32 * 1024 * 1024, ge=1024)
+    GRPC_SHUTDOWN_GRACE_SECONDS: float = Field(default=10.0, ge=0)
+    AMELIA_API_TOKEN: SecretStr = SecretStr("")
+
+    # CORS (gateway)
+    CORS_ORIGINS: Annotated[list[str], NoDecode] = [
+        "http://localhost:5173",
+        "http://localhost:3000",
+        "http://127.0.0.1:5173",
+        "http://127.0.0.1:3000",
+    ]
+
+    # Data: embedded servers, uploads, worktrees live under here.
+    AMELIA_DATA_DIR: Path = Path(".amelia")
+
+    # Database (empty: embedded PostgreSQL under the data dir)
+    DATABASE_URL: str = ""
+    DATABASE_POOL_SIZE: int = 10
+    DATABASE_MAX_OVERFLOW: int = 20
+
+    # NATS (empty: embedded nats-server with JetStream under the data dir)
+    NATS_URL: str = ""
+    EMBEDDED_NATS_PORT: int = Field(default=4222, ge=0, le=65535)
+    EVENTS_STREAM: str = "AMELIA_EVENTS"
+    EVENTS_MAX_AGE_SECONDS: float = Field(default=7 * 24 * 3600, ge=0)
+    EVENTS_MAX_BYTES: int = Field(default=1024 * 1024 * 1024, ge=-1)
+    EVENTS_DEDUP_WINDOW_SECONDS: float = Field(default=120, gt=0)
+    EVENTS_MAX_DATA_BYTES: int = Field(default=512 * 1024, ge=1024)
+    EVENTS_PUBLISH_BUFFER: int = Field(default=10_000, ge=1)
+    EVENTS_PUBLISH_TIMEOUT_SECONDS: float = Field(default=10.0, gt=0)
+
+    # LLM providers
+    ANTHROPIC_API_KEY: SecretStr = SecretStr("")
+    ANTHROPIC_BASE_URL: str = ""
+    OPENAI_API_KEY: SecretStr = SecretStr("")
+    OPENROUTER_API_KEY: SecretStr = SecretStr("")
+    OLLAMA_BASE_URL: str = "http://localhost:11434"
+
+    # Default LLM settings
+    DEFAULT_MODEL: str = "claude-sonnet-4-5-20250929"
+    DEFAULT_TEMPERATURE: float = Field(default=0.7, ge=0, le=2)
+    DEFAULT_MAX_TOKENS: int = Field(default=4096, ge=1)
+
+    # Agents' workers
+    AGENT_WORKERS: int = Field(default=2, ge=0)
+    RUN_ACK_WAIT_SECONDS: float = Field(default=30, gt=0)
+
+    # Embeddings
+    EMBEDDING_PROVIDER: str = Field(default="local", pattern="^(local|openai)$")
+    EMBEDDING_MODEL: str = "sentence-transformers/all-MiniLM-L6-v2"
+    EMBEDDING_BASE_URL: str = ""
+    EMBEDDING_DIMENSION: int = Field(default=384, ge=1)
+    EMBEDDING_BATCH_SIZE: int = Field(default=64, ge=1)
+    CHUNK_SIZE: int = 800
+    CHUNK_OVERLAP: int = 200
+    MAX_DOCUMENT_BYTES: int = Field(default=50 * 1024 * 1024, ge=1)
+    MAX_INLINE_DOCUMENT_BYTES: int = Field(default=4 * 1024 * 1024, ge=1)
+
+    # RAG
+    RAG_TOP_K: int = Field(default=5, ge=1)
+    RAG_SIMILARITY_THRESHOLD: float = Field(default=0.7, ge=-1, le=1)
+
+    # Claude Code
+    CLAUDE_CODE_PATH: str = "claude"
+    CLAUDE_CODE_TIMEOUT: int = Field(default=300, ge=1)
+    GIT_WORKTREE_DIR: Path | None = None
+    CODE_ALLOWED_ROOTS: Annotated[list[Path], NoDecode] = []
+
+    # WebSocket (gateway)
+    WS_HEARTBEAT_INTERVAL: float = Field(default=30, gt=0)
+    WS_MAX_CONNECTIONS: int = Field(default=100, ge=1)
+    WS_SEND_QUEUE: int = Field(default=1000, ge=1)
+    MAX_REQUEST_BYTES: int = Field(default=8 * 1024 * 1024, ge=1024)
+
+    @field_validator("CORS_ORIGINS", "CODE_ALLOWED_ROOTS", mode="before")
+    @classmethod
+    def _split_list(cls, v: object) -> object:
+        """Accept a comma-separated string or a JSON list."""
+        if isinstance(v, str):
+            v = v.strip()
+            if v.startswith("["):
+                import json
+
+                return json.loads(v)
+            return [item.strip() for item in v.split(",") if item.strip()]
+        return v
+
+    @field_validator("ANTHROPIC_API_KEY")
+    @classmethod
+    def _validate_anthropic_key(cls, v: SecretStr) -> SecretStr:
+        key = v.get_secret_value()
+        if not key:
+            return v
+        if not key.startswith("sk-ant-"):
+            raise ValueError("ANTHROPIC_API_KEY must start with 'sk-ant-'")
+        return v
+
+    @field_validator("OPENROUTER_API_KEY")
+    @classmethod
+    def _validate_openrouter_key(cls, v: SecretStr) -> SecretStr:
+        key = v.get_secret_value()
+        if key and not key.startswith("sk-or-"):
+            _log.warning("OPENROUTER_API_KEY should start with 'sk-or-'")
+        return v
+
+    @field_validator("DATABASE_URL")
+    @classmethod
+    def _validate_database_url(cls, v: str) -> str:
+        if v and not v.startswith(("postgresql://", "postgresql+asyncpg://")):
+            raise ValueError("DATABASE_URL must be a PostgreSQL connection string")
+        return v
+
+    @field_validator("NATS_URL")
+    @classmethod
+    def _validate_nats_url(cls, v: str) -> str:
+        for url in filter(None, (u.strip() for u in v.split(","))):
+            if not url.startswith(("nats://", "tls://", "ws://", "wss://")):
+                raise ValueError("NATS_URL must be nats://host:port (comma-separated for a cluster)")
+        return v
+
+    @field_validator("CHUNK_SIZE")
+    @classmethod
+    def _validate_chunk_size(cls, v: int) -> int:
+        if v < 100:
+            raise ValueError("CHUNK_SIZE too small - minimum 100 characters")
+        if v > 4000:
+            _log.warning("CHUNK_SIZE %s is very large - may exceed model context limits", v)
+        return v
+
+    @model_validator(mode="after")
+    def _validate_chunk_overlap(self) -> Settings:
+        if self.CHUNK_OVERLAP < 0:
+            raise ValueError("CHUNK_OVERLAP cannot be negative")
+        if self.CHUNK_OVERLAP >= self.CHUNK_SIZE:
+            raise ValueError("CHUNK_OVERLAP must be less than CHUNK_SIZE")
+        return self
+
+    @model_validator(mode="after")
+    def _validate_pool_settings(self) -> Settings:
+        if self.DATABASE_POOL_SIZE < 1:
+            raise ValueError("DATABASE_POOL_SIZE must be at least 1")
+        if self.DATABASE_MAX_OVERFLOW < 0:
+            raise ValueError("DATABASE_MAX_OVERFLOW cannot be negative")
+        return self
+
+    # Helpers -------------------------------------------------------------------------------
+
+    @property
+    def is_development(self) -> bool:
+        return self.ENVIRONMENT == Environment.DEVELOPMENT
+
+    @property
+    def is_testing(self) -> bool:
+        return self.ENVIRONMENT == Environment.TESTING
+
+    @property
+    def is_production(self) -> bool:
+        return self.ENVIRONMENT == Environment.PRODUCTION
+
+    @property
+    def api_token(self) -> str:
+        return self.AMELIA_API_TOKEN.get_secret_value()
+
+    @property
+    def data_dir(self) -> Path:
+        return self.AMELIA_DATA_DIR.expanduser().resolve()
+
+    @property
+    def worktree_dir(self) -> Path:
+        return (self.GIT_WORKTREE_DIR or self.data_dir / "worktrees").expanduser().resolve()
+
+    @property
+    def bind_host(self) -> str:
+        """HOST, except that without an API token the mesh only listens on loopback."""
+        if self.api_token or _is_loopback(self.HOST):
+            return self.HOST
+        return "127.0.0.1"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

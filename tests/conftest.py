@@ -1,0 +1,73 @@
+"""Session-wide real infrastructure: one embedded PostgreSQL (pgvector) and one nats-server.
+
+Started once per test session under a temporary data directory on free ports, or taken from
+`DATABASE_URL` / `NATS_URL` when those are set in the environment. Every test gets `settings`
+pointing at them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from amelia_common.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from amelia_common.settings import Environment, Settings
+
+
+class Infra:
+    """The session's servers; `nats` can be stopped and started again by restart tests."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.postgres: EmbeddedPostgres | None = None
+        self.nats: EmbeddedNats | None = None
+        self.database_url = os.environ.get("DATABASE_URL", "")
+        self.nats_url = os.environ.get("NATS_URL", "")
+
+    def start(self) -> None:
+        if not self.database_url:
+            self.postgres = EmbeddedPostgres(self.root)
+            self.database_url = self.postgres.start()
+        if not self.nats_url:
+            self.nats = EmbeddedNats(self.root, free_port())
+            self.nats_url = self.nats.start()
+
+    def stop(self) -> None:
+        if self.nats is not None:
+            self.nats.stop()
+        if self.postgres is not None:
+            self.postgres.stop()
+
+    def settings(self, **overrides: object) -> Settings:
+        values: dict[str, object] = {
+            "ENVIRONMENT": Environment.TESTING,
+            "DATABASE_URL": self.database_url,
+            "NATS_URL": self.nats_url,
+            "AMELIA_DATA_DIR": self.root / "data",
+            "LOG_LEVEL": "WARNING",
+            "EVENTS_GRPC_PORT": 0,
+            "AGENTS_GRPC_PORT": 0,
+            "RAG_GRPC_PORT": 0,
+            "PORT": 0,
+            "GRPC_SHUTDOWN_GRACE_SECONDS": 2.0,
+        }
+        values.update(overrides)
+        return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture(scope="session")
+def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
+    # Unix socket paths are limited to ~100 bytes, so keep the root short.
+    root = tmp_path_factory.mktemp("infra")
+    infra = Infra(root)
+    infra.start()
+    yield infra
+    infra.stop()
+
+
+@pytest.fixture
+def settings(infra: Infra) -> Settings:
+    return infra.settings()
