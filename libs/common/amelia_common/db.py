@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -70,8 +70,17 @@ def db_health(engine: AsyncEngine) -> Callable[[], Awaitable[bool]]:
     return probe
 
 
-async def run_migrations(engine: AsyncEngine, script_location: Path, version_table: str) -> None:
-    """Upgrade the service's tables to head, once across replicas (advisory lock)."""
+async def run_migrations(
+    engine: AsyncEngine,
+    script_location: Path,
+    version_table: str,
+    attributes: Mapping[str, object] | None = None,
+) -> None:
+    """Upgrade the service's tables to head, once across replicas (advisory lock).
+
+    `attributes` reach the migrations as `context.config.attributes` (e.g. the embedding
+    dimension a `vector(n)` column is created with).
+    """
     from alembic import command
     from alembic.config import Config
 
@@ -82,6 +91,7 @@ async def run_migrations(engine: AsyncEngine, script_location: Path, version_tab
         cfg.set_main_option("script_location", str(script_location))
         cfg.attributes["connection"] = sync_conn
         cfg.attributes["version_table"] = version_table
+        cfg.attributes.update(attributes or {})
         command.upgrade(cfg, "head")
 
     async with engine.connect() as conn:
