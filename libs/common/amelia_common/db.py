@@ -13,7 +13,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from sqlalchemy import Connection, text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 from amelia_common.logging import get_logger
 from amelia_common.settings import Settings
@@ -113,7 +118,7 @@ async def wait_for_database(engine: AsyncEngine, timeout: float = 60.0) -> None:
             async with engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))
             return
-        except Exception as exc:  # noqa: BLE001 - retried, then reported
+        except Exception as exc:
             if asyncio.get_running_loop().time() >= deadline:
                 raise ConnectionError(f"cannot reach PostgreSQL: {exc}") from exc
             log.warning("waiting for PostgreSQL", error=str(exc))

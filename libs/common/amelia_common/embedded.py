@@ -33,8 +33,10 @@ class EmbeddedStartError(RuntimeError):
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    """True when nothing listens on host:port (checked by binding it)."""
+    """True when nothing listens on host:port (checked by binding it, as servers do)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # Like the servers we start: connections in TIME_WAIT don't make a port busy.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
@@ -81,9 +83,7 @@ class EmbeddedPostgres:
                 f"See {self.pgdata / 'log'}, or set DATABASE_URL to use another server."
             ) from exc
         self._server = server
-        exists = server.psql(
-            f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE_NAME}';"
-        )
+        exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE_NAME}';")
         if "1 row" not in exists:
             server.psql(f"CREATE DATABASE {DATABASE_NAME};")
         url = server.get_uri(DATABASE_NAME)
@@ -171,12 +171,18 @@ class EmbeddedNats:
         cmd = [
             nats_server_binary(),
             "--jetstream",
-            "--store_dir", str(self.store_dir),
-            "--addr", "127.0.0.1",
-            "--port", str(self.port),
-            "--pid", str(self.pid_file),
-            "--log", str(self.log_file),
-            "--server_name", "amelia-embedded",
+            "--store_dir",
+            str(self.store_dir),
+            "--addr",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--pid",
+            str(self.pid_file),
+            "--log",
+            str(self.log_file),
+            "--server_name",
+            "amelia-embedded",
         ]
         self._process = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -185,15 +191,16 @@ class EmbeddedNats:
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 raise EmbeddedStartError(
-                    f"nats-server exited with code {self._process.returncode}: "
-                    f"{self._log_tail()}"
+                    f"nats-server exited with code {self._process.returncode}: {self._log_tail()}"
                 )
             if _port_answers(self.port) and "Server is ready" in self._log_text():
                 log.info("embedded nats-server ready", url=self.url, store=str(self.store_dir))
                 return self.url
             time.sleep(0.05)
         self.stop()
-        raise EmbeddedStartError(f"nats-server did not become ready in {timeout}s: {self._log_tail()}")
+        raise EmbeddedStartError(
+            f"nats-server did not become ready in {timeout}s: {self._log_tail()}"
+        )
 
     def _log_text(self) -> str:
         try:

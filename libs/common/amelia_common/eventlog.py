@@ -17,11 +17,11 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from amelia.v1 import events_pb2
 from google.protobuf import json_format
 from nats.aio.client import Client as NATS
 from nats.js import api
 
+from amelia.v1 import events_pb2
 from amelia_common.settings import Settings
 
 SUBJECT_PREFIX = "amelia.events"
@@ -132,8 +132,6 @@ def decode_event(payload: bytes, sequence: int) -> events_pb2.Event:
 def event_data(event: events_pb2.Event) -> dict[str, Any]:
     """An event's data as plain Python."""
     return json_format.MessageToDict(event.data) if event.HasField("data") else {}
-
-
 
 
 class EventLog:

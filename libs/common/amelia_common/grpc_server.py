@@ -83,7 +83,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        method: str = handler_call_details.method
         public = method.startswith(_PUBLIC_SERVICES)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
@@ -109,9 +109,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             response_serializer=handler.response_serializer,
         )
 
-    async def _enter(
-        self, context: grpc.aio.ServicerContext, method: str, public: bool
-    ) -> str:
+    async def _enter(self, context: grpc.aio.ServicerContext, method: str, public: bool) -> str:
         request_id = _metadata_value(context, "x-request-id") or uuid.uuid4().hex
         structlog.contextvars.bind_contextvars(request_id=request_id, rpc=method)
         await context.send_initial_metadata((("x-request-id", request_id),))
@@ -126,9 +124,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         self, context: grpc.aio.ServicerContext, request_id: str, exc: BaseException
     ) -> None:
         log.exception("rpc failed", error=repr(exc))
-        await context.abort(
-            grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})"
-        )
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})")
 
     def _wrap_unary(self, behavior: Any, method: str, public: bool) -> Any:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -198,13 +194,18 @@ class GrpcService:
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
-            [*self.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME],
+            [
+                *self.service_names,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
             server,
         )
         host = self.settings.bind_host
         if not self.settings.api_token and host != self.settings.HOST:
-            log.warning("no AMELIA_API_TOKEN set: listening on loopback only", requested=self.settings.HOST)
+            log.warning(
+                "no AMELIA_API_TOKEN set: listening on loopback only", requested=self.settings.HOST
+            )
         address = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
         try:
             bound = server.add_insecure_port(address)
@@ -226,7 +227,7 @@ class GrpcService:
     async def _set_all(self, status: int) -> None:
         assert self._health is not None
         for name in ("", *self.service_names):
-            await self._health.set(name, status)  # type: ignore[arg-type]
+            await self._health.set(name, status)
 
     async def check_dependencies(self) -> bool:
         """Probe every dependency once and publish the result on the health service."""
@@ -273,7 +274,7 @@ class GrpcService:
         for hook in reversed(self.on_shutdown):
             try:
                 await hook()
-            except Exception:  # noqa: BLE001 - keep closing the rest
+            except Exception:
                 log.exception("shutdown hook failed")
         log.info("stopped", service=self.name)
 

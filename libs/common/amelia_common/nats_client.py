@@ -55,7 +55,7 @@ async def connect_nats(settings: Settings, name: str, timeout: float = 60.0) -> 
                 disconnected_cb=on_disconnect,
                 reconnected_cb=on_reconnect,
             )
-        except Exception as exc:  # noqa: BLE001 - retried below, reported when out of time
+        except Exception as exc:
             if asyncio.get_running_loop().time() >= deadline:
                 raise ConnectionError(
                     f"cannot reach NATS at {', '.join(servers)}: {exc or type(exc).__name__}"

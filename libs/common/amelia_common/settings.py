@@ -140,6 +140,11 @@ class Settings(BaseSettings):
             return [item.strip() for item in v.split(",") if item.strip()]
         return v
 
+    @field_validator("GIT_WORKTREE_DIR", mode="before")
+    @classmethod
+    def _empty_path_is_unset(cls, v: object) -> object:
+        return None if v == "" else v
+
     @field_validator("ANTHROPIC_API_KEY")
     @classmethod
     def _validate_anthropic_key(cls, v: SecretStr) -> SecretStr:
@@ -170,7 +175,9 @@ class Settings(BaseSettings):
     def _validate_nats_url(cls, v: str) -> str:
         for url in filter(None, (u.strip() for u in v.split(","))):
             if not url.startswith(("nats://", "tls://", "ws://", "wss://")):
-                raise ValueError("NATS_URL must be nats://host:port (comma-separated for a cluster)")
+                raise ValueError(
+                    "NATS_URL must be nats://host:port (comma-separated for a cluster)"
+                )
         return v
 
     @field_validator("CHUNK_SIZE")

@@ -1,0 +1,5 @@
+"""`python -m amelia_cli` is `amelia`."""
+
+from amelia_cli.main import app
+
+app()

@@ -1,0 +1,59 @@
+"""What the mesh is made of: its services, how each is started, and where each listens.
+
+One table, read by `amelia up` (to start them), `amelia status` (to check them) and the docs.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+from amelia_common.settings import Settings
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """One service of the mesh."""
+
+    name: str
+    module: str
+    grpc_service: str  # full gRPC service name for health; empty for the HTTP gateway
+    port_setting: str
+
+    def port(self, settings: Settings) -> int:
+        port: int = getattr(settings, self.port_setting)
+        return port
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", self.module]
+
+
+SERVICES: tuple[ServiceSpec, ...] = (
+    ServiceSpec("events", "amelia_events", "amelia.v1.EventService", "EVENTS_GRPC_PORT"),
+    ServiceSpec("rag", "amelia_rag", "amelia.v1.RagService", "RAG_GRPC_PORT"),
+    ServiceSpec("agents", "amelia_agents", "amelia.v1.AgentService", "AGENTS_GRPC_PORT"),
+    ServiceSpec("gateway", "amelia_gateway", "", "PORT"),
+)
+
+
+def client_host(settings: Settings) -> str:
+    """Where a local client reaches a service bound to `settings.bind_host`."""
+    host = settings.bind_host
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+def service_address(settings: Settings, spec: ServiceSpec) -> str:
+    return f"{client_host(settings)}:{spec.port(settings)}"
+
+
+def service_env(settings: Settings) -> dict[str, str]:
+    """Environment that points every service at the same infrastructure and at each other."""
+    host = client_host(settings)
+    return {
+        "DATABASE_URL": settings.DATABASE_URL,
+        "NATS_URL": settings.NATS_URL,
+        "AMELIA_DATA_DIR": str(settings.data_dir),
+        "EVENTS_ADDRESS": f"{host}:{settings.EVENTS_GRPC_PORT}",
+        "AGENTS_ADDRESS": f"{host}:{settings.AGENTS_GRPC_PORT}",
+        "RAG_ADDRESS": f"{host}:{settings.RAG_GRPC_PORT}",
+    }

@@ -1,0 +1,221 @@
+"""The gRPC bootstrap every service runs on, over real channels.
+
+A small EventService double stands in for a service's logic (the real services have their own
+tests); what is under test here is what every service gets from `GrpcService`: health tied to
+dependencies, reflection, the error boundary, the API token, and a graceful drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from amelia.v1 import events_pb2, events_pb2_grpc
+from amelia_common.db import create_engine, db_health
+from amelia_common.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from amelia_common.grpc_client import aio_channel
+from amelia_common.grpc_server import GrpcService, HealthCheck
+from amelia_common.nats_client import connect_nats, nats_health
+from amelia_common.settings import Settings
+
+SERVICE = "amelia.v1.EventService"
+
+
+class SlowOrBroken(events_pb2_grpc.EventServiceServicer):
+    """GetEvent takes `delay` seconds; ListEvents raises an unexpected exception."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.started = asyncio.Event()
+
+    async def GetEvent(
+        self, request: events_pb2.GetEventRequest, context: grpc.aio.ServicerContext
+    ) -> events_pb2.GetEventResponse:
+        self.started.set()
+        await asyncio.sleep(self.delay)
+        return events_pb2.GetEventResponse(event=events_pb2.Event(id="done"))
+
+    async def ListEvents(
+        self, request: events_pb2.ListEventsRequest, context: grpc.aio.ServicerContext
+    ) -> events_pb2.ListEventsResponse:
+        raise RuntimeError("secret internals /etc/passwd")
+
+
+async def start(
+    settings: Settings,
+    servicer: SlowOrBroken,
+    dependencies: dict[str, HealthCheck] | None = None,
+    on_shutdown: list[Callable[[], Awaitable[None]]] | None = None,
+) -> GrpcService:
+    svc = GrpcService(
+        name="test",
+        settings=settings,
+        port=0,
+        service_names=[SERVICE],
+        register=lambda server: events_pb2_grpc.add_EventServiceServicer_to_server(
+            servicer, server
+        ),
+        dependencies=dependencies or {},
+        on_shutdown=on_shutdown or [],
+        health_interval=0.2,
+    )
+    await svc.start()
+    return svc
+
+
+async def health(port: int, service: str = SERVICE) -> int:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        reply = await health_pb2_grpc.HealthStub(ch).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=5
+        )
+    return int(reply.status)
+
+
+async def wait_health(port: int, expected: int, timeout: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (status := await health(port)) != expected:
+        assert asyncio.get_running_loop().time() < deadline, f"health stayed {status}"
+        await asyncio.sleep(0.1)
+
+
+async def test_health_and_reflection_list_the_services(settings: Settings) -> None:
+    svc = await start(settings, SlowOrBroken())
+    try:
+        assert await health(svc.bound_port) == health_pb2.HealthCheckResponse.SERVING
+        assert await health(svc.bound_port, "") == health_pb2.HealthCheckResponse.SERVING
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{svc.bound_port}") as ch:
+            stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+
+            async def requests() -> AsyncIterator[reflection_pb2.ServerReflectionRequest]:
+                yield reflection_pb2.ServerReflectionRequest(list_services="")
+
+            names = set()
+            async for reply in stub.ServerReflectionInfo(requests()):
+                names = {s.name for s in reply.list_services_response.service}
+        assert {SERVICE, "grpc.health.v1.Health"} <= names
+    finally:
+        await svc.stop(0)
+
+
+async def test_unexpected_exception_is_internal_with_a_request_id_and_no_traceback(
+    settings: Settings,
+) -> None:
+    svc = await start(settings, SlowOrBroken())
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{svc.bound_port}") as ch:
+            call = events_pb2_grpc.EventServiceStub(ch).ListEvents(
+                events_pb2.ListEventsRequest(), metadata=(("x-request-id", "req-42"),)
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call
+        assert err.value.code() == grpc.StatusCode.INTERNAL
+        assert "req-42" in (err.value.details() or "")
+        assert "passwd" not in (err.value.details() or "")
+        assert "Traceback" not in (err.value.details() or "")
+    finally:
+        await svc.stop(0)
+
+
+async def test_api_token_is_required_when_configured(infra: object, settings: Settings) -> None:
+    secured = settings.model_copy(
+        update={"AMELIA_API_TOKEN": settings.AMELIA_API_TOKEN.__class__("s3cret")}
+    )
+    svc = await start(secured, SlowOrBroken())
+    try:
+        address = f"127.0.0.1:{svc.bound_port}"
+        async with grpc.aio.insecure_channel(address) as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await events_pb2_grpc.EventServiceStub(ch).GetEvent(events_pb2.GetEventRequest())
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            # Health stays open for probes.
+            assert await health(svc.bound_port) == health_pb2.HealthCheckResponse.SERVING
+        async with aio_channel(address, secured) as ch:
+            reply = await events_pb2_grpc.EventServiceStub(ch).GetEvent(
+                events_pb2.GetEventRequest()
+            )
+            assert reply.event.id == "done"
+    finally:
+        await svc.stop(0)
+
+
+async def test_graceful_shutdown_finishes_in_flight_calls_and_refuses_new_ones(
+    settings: Settings,
+) -> None:
+    servicer = SlowOrBroken(delay=1.0)
+    closed: list[str] = []
+
+    async def close_resources() -> None:
+        closed.append("closed")
+
+    svc = await start(settings, servicer, on_shutdown=[close_resources])
+    address = f"127.0.0.1:{svc.bound_port}"
+    async with grpc.aio.insecure_channel(address) as ch:
+        stub = events_pb2_grpc.EventServiceStub(ch)
+        in_flight = asyncio.ensure_future(stub.GetEvent(events_pb2.GetEventRequest(), timeout=10))
+        await asyncio.wait_for(servicer.started.wait(), 5)
+        stopping = asyncio.create_task(svc.stop(grace=5))
+        await asyncio.sleep(0.2)
+        async with grpc.aio.insecure_channel(address) as late:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await events_pb2_grpc.EventServiceStub(late).GetEvent(
+                    events_pb2.GetEventRequest(), timeout=2
+                )
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert (await in_flight).event.id == "done"
+        await stopping
+    assert closed == ["closed"]
+
+
+async def test_nats_down_means_not_serving_until_it_returns(
+    tmp_path: Path, settings: Settings
+) -> None:
+    nats = EmbeddedNats(tmp_path, free_port())
+    own = settings.model_copy(update={"NATS_URL": nats.start()})
+    nc = await connect_nats(own, "bootstrap-test")
+    svc = await start(own, SlowOrBroken(), {"nats": nats_health(nc)})
+    try:
+        assert await health(svc.bound_port) == health_pb2.HealthCheckResponse.SERVING
+        nats.stop()
+        await wait_health(svc.bound_port, health_pb2.HealthCheckResponse.NOT_SERVING)
+        nats.start()
+        await wait_health(svc.bound_port, health_pb2.HealthCheckResponse.SERVING)
+    finally:
+        await svc.stop(0)
+        await nc.close()
+        nats.stop()
+
+
+async def test_postgres_down_means_not_serving_until_it_returns(
+    tmp_path: Path, settings: Settings
+) -> None:
+    postgres = EmbeddedPostgres(tmp_path)
+    url = postgres.start()
+    engine = create_engine(settings, url)
+    svc = await start(settings, SlowOrBroken(), {"postgres": db_health(engine)})
+    try:
+        assert await health(svc.bound_port) == health_pb2.HealthCheckResponse.SERVING
+        postgres.stop()
+        await wait_health(svc.bound_port, health_pb2.HealthCheckResponse.NOT_SERVING)
+        assert postgres.start() == url
+        await wait_health(svc.bound_port, health_pb2.HealthCheckResponse.SERVING)
+    finally:
+        await svc.stop(0)
+        await engine.dispose()
+        postgres.stop()
+
+
+async def test_a_taken_port_is_a_clear_error(settings: Settings) -> None:
+    first = await start(settings, SlowOrBroken())
+    taken = settings.model_copy(update={"EVENTS_GRPC_PORT": first.bound_port})
+    second = GrpcService("second", taken, first.bound_port, [SERVICE], lambda s: None)
+    try:
+        with pytest.raises(RuntimeError, match="in use"):
+            await second.start()
+    finally:
+        await first.stop(0)
