@@ -99,6 +99,14 @@ class Settings(BaseSettings):
     # Agents' workers
     AGENT_WORKERS: int = Field(default=2, ge=0)
     RUN_ACK_WAIT_SECONDS: float = Field(default=30, gt=0)
+    # JetStream work-queue stream the runs wait in (separate from the events stream).
+    RUNS_QUEUE_STREAM: str = Field(default="AMELIA_RUNS", pattern=r"^[A-Za-z0-9_-]+$")
+    # A run whose worker died this many times fails instead of being picked up again.
+    RUN_MAX_ATTEMPTS: int = Field(default=5, ge=1)
+    # First wait before retrying a transient LLM error; doubles on each retry.
+    LLM_RETRY_BACKOFF_SECONDS: float = Field(default=0.5, ge=0)
+    # Extra Python modules imported at start that register workflows (plugins).
+    AGENT_WORKFLOW_MODULES: Annotated[list[str], NoDecode] = []
 
     # Embeddings
     EMBEDDING_PROVIDER: str = Field(default="local", pattern="^(local|openai)$")
@@ -127,7 +135,7 @@ class Settings(BaseSettings):
     WS_SEND_QUEUE: int = Field(default=1000, ge=1)
     MAX_REQUEST_BYTES: int = Field(default=8 * 1024 * 1024, ge=1024)
 
-    @field_validator("CORS_ORIGINS", "CODE_ALLOWED_ROOTS", mode="before")
+    @field_validator("CORS_ORIGINS", "CODE_ALLOWED_ROOTS", "AGENT_WORKFLOW_MODULES", mode="before")
     @classmethod
     def _split_list(cls, v: object) -> object:
         """Accept a comma-separated string or a JSON list."""
