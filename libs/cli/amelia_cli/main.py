@@ -18,6 +18,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from amelia_cli.commands.agents import agents_app, run, runs_app
+from amelia_cli.commands.docs import docs_app, ingest, search
 from amelia_cli.health import Probe, probe_all
 from amelia_cli.mesh import SERVICES, client_host
 from amelia_cli.supervisor import MeshStartError, Supervisor, read_state, state_file
@@ -28,6 +30,12 @@ from amelia_common.settings import Settings, get_settings
 app = typer.Typer(help="Amelia: local-first LLM workflow orchestration mesh.", no_args_is_help=True)
 console = Console()
 err = Console(stderr=True)
+app.command()(ingest)
+app.command()(search)
+app.command()(run)
+app.add_typer(docs_app, name="docs")
+app.add_typer(agents_app, name="agents")
+app.add_typer(runs_app, name="runs")
 
 
 def endpoints_table(settings: Settings, probes: list[Probe]) -> Table:

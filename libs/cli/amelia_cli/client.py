@@ -1,0 +1,51 @@
+"""gRPC stubs for the CLI, pointed at the running mesh, and errors shown the way a person reads them."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import grpc
+import typer
+from rich.console import Console
+
+from amelia.v1 import agents_pb2_grpc, events_pb2_grpc, rag_pb2_grpc
+from amelia_common.grpc_client import aio_channel
+from amelia_common.settings import get_settings
+
+err = Console(stderr=True)
+
+
+@asynccontextmanager
+async def _stub(address: str, stub_class: Any) -> AsyncIterator[Any]:
+    async with aio_channel(address, get_settings()) as channel:
+        yield stub_class(channel)
+
+
+def rag() -> Any:
+    return _stub(get_settings().RAG_ADDRESS, rag_pb2_grpc.RagServiceStub)
+
+
+def agents() -> Any:
+    return _stub(get_settings().AGENTS_ADDRESS, agents_pb2_grpc.AgentServiceStub)
+
+
+def events() -> Any:
+    return _stub(get_settings().EVENTS_ADDRESS, events_pb2_grpc.EventServiceStub)
+
+
+def fail(exc: grpc.aio.AioRpcError) -> typer.Exit:
+    """Print an RPC error as `CODE: message` and return the exit to raise."""
+    if exc.code() == grpc.StatusCode.UNAVAILABLE:
+        err.print(
+            f"[red]UNAVAILABLE:[/red] {exc.details()} — is the mesh running? (`amelia status`)"
+        )
+    else:
+        err.print(f"[red]{exc.code().name}:[/red] {exc.details()}")
+    return typer.Exit(1)
+
+
+def resource(collection: str, value: str) -> str:
+    """`abc` or `runs/abc` → `runs/abc`."""
+    return value if value.startswith(f"{collection}/") else f"{collection}/{value}"

@@ -1,0 +1,290 @@
+"""`amelia agents …`, `amelia run`, `amelia runs …`: the agents service from a terminal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+
+import grpc
+import typer
+from google.protobuf import json_format, struct_pb2
+from rich.console import Console
+from rich.table import Table
+
+from amelia.v1 import agents_pb2, events_pb2
+from amelia_cli.client import agents, fail, resource
+from amelia_common.eventlog import event_data
+
+console = Console()
+agents_app = typer.Typer(help="Agents: prompt, model, tools, documents.", no_args_is_help=True)
+runs_app = typer.Typer(help="Runs of agents and workflows.", no_args_is_help=True)
+
+TERMINAL = {"run.completed", "run.failed", "run.cancelled"}
+
+
+def _call(coro_factory):  # type: ignore[no-untyped-def]
+    try:
+        return asyncio.run(coro_factory())
+    except grpc.aio.AioRpcError as exc:
+        raise fail(exc) from exc
+
+
+def status_name(status: int) -> str:
+    return agents_pb2.RunStatus.Name(status).removeprefix("RUN_STATUS_").lower()
+
+
+@agents_app.command("create")
+def create(
+    agent_id: str = typer.Argument(..., help="Id, e.g. researcher."),
+    system_prompt: str = typer.Option(
+        "You are a helpful assistant.", "--prompt", help="System prompt."
+    ),
+    model: str = typer.Option(
+        "", help="anthropic:<model>, openai:<model>@<base_url> or offline:echo."
+    ),
+    description: str = typer.Option("", help="What it is for."),
+    context_source: list[str] = typer.Option(
+        [], "--context", help="documents/<id> or documents/*."
+    ),
+    temperature: float = typer.Option(0.7),
+    max_tokens: int = typer.Option(4096),
+    timeout: int = typer.Option(300, help="Seconds a run may take."),
+    retry_attempts: int = typer.Option(3),
+) -> None:
+    """Define an agent."""
+    agent = agents_pb2.Agent(
+        display_name=agent_id,
+        description=description,
+        system_prompt=system_prompt,
+        model=model,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        retry_attempts=retry_attempts,
+        context_sources=context_source,
+    )
+    agent.timeout.FromSeconds(timeout)
+
+    async def go() -> agents_pb2.CreateAgentResponse:
+        async with agents() as stub:
+            reply: agents_pb2.CreateAgentResponse = await stub.CreateAgent(
+                agents_pb2.CreateAgentRequest(agent=agent, agent_id=agent_id)
+            )
+            return reply
+
+    console.print(f"created {_call(go).agent.name}")
+
+
+@agents_app.command("ls")
+def ls_agents() -> None:
+    """List agents."""
+
+    async def go() -> agents_pb2.ListAgentsResponse:
+        async with agents() as stub:
+            reply: agents_pb2.ListAgentsResponse = await stub.ListAgents(
+                agents_pb2.ListAgentsRequest(page_size=1000)
+            )
+            return reply
+
+    table = Table()
+    for column in ("name", "model", "description"):
+        table.add_column(column)
+    for a in _call(go).agents:
+        table.add_row(a.name, a.model, a.description)
+    console.print(table)
+
+
+@agents_app.command("rm")
+def rm_agents(names: list[str] = typer.Argument(...)) -> None:
+    """Delete agents."""
+
+    async def go() -> None:
+        async with agents() as stub:
+            for name in names:
+                await stub.DeleteAgent(agents_pb2.DeleteAgentRequest(name=resource("agents", name)))
+                console.print(f"deleted {resource('agents', name)}")
+
+    _call(go)
+
+
+async def _target(stub: object, target: str) -> agents_pb2.Run:
+    """An agent id or a workflow name (a workflow wins when both exist)."""
+    if target.startswith("workflows/"):
+        return agents_pb2.Run(workflow=target)
+    if target.startswith("agents/"):
+        return agents_pb2.Run(agent=target)
+    workflows = await stub.ListWorkflows(agents_pb2.ListWorkflowsRequest())  # type: ignore[attr-defined]
+    if f"workflows/{target}" in {w.name for w in workflows.workflows}:
+        return agents_pb2.Run(workflow=f"workflows/{target}")
+    return agents_pb2.Run(agent=f"agents/{target}")
+
+
+def _show_event(event: events_pb2.Event) -> None:
+    data = event_data(event)
+    if event.type == "run.token":
+        console.print(data.get("text", ""), end="", soft_wrap=True, highlight=False, markup=False)
+    elif event.type in ("run.node.started", "run.tool.called", "run.retrieval"):
+        console.print(f"\n[dim]· {event.type} {data.get('node') or data.get('tool') or ''}[/dim]")
+    elif event.type == "run.interrupted":
+        console.print(f"\n[yellow]? {json.dumps(data.get('value', data))}[/yellow]")
+
+
+async def _follow(stub: object, run_name: str) -> agents_pb2.Run:
+    """Stream a run's events to the terminal; answer its questions when on a terminal."""
+    after = 0
+    while True:
+        last_type = ""
+        async for reply in stub.StreamRun(  # type: ignore[attr-defined]
+            agents_pb2.StreamRunRequest(name=run_name, after_sequence=after)
+        ):
+            event = reply.event
+            after = event.sequence
+            last_type = event.type
+            _show_event(event)
+            if event.type == "run.interrupted" and sys.stdin.isatty():
+                answer = await asyncio.to_thread(input, "> ")
+                value = struct_pb2.Value()
+                value.string_value = answer
+                await stub.ResumeRun(agents_pb2.ResumeRunRequest(name=run_name, answer=value))  # type: ignore[attr-defined]
+        if last_type in TERMINAL or not last_type:
+            break
+    reply = await stub.GetRun(agents_pb2.GetRunRequest(name=run_name))  # type: ignore[attr-defined]
+    run: agents_pb2.Run = reply.run
+    return run
+
+
+def run(
+    target: str = typer.Argument(..., help="Agent id or workflow name (chat, plan, code, …)."),
+    text: str = typer.Argument(..., help="The input message."),
+    thread: str = typer.Option("", help="Thread to continue (threads/<id>)."),
+    input_json: str = typer.Option("", "--input", help="Full input as JSON instead of TEXT."),
+) -> None:
+    """Start a run and stream its tokens; Ctrl-C cancels it."""
+
+    async def go() -> agents_pb2.Run:
+        async with agents() as stub:
+            spec = await _target(stub, target)
+            if thread:
+                spec.thread = resource("threads", thread)
+            spec.input.update(json.loads(input_json) if input_json else {"message": text})
+            created = (await stub.CreateRun(agents_pb2.CreateRunRequest(run=spec))).run
+            console.print(f"[dim]{created.name} in {created.thread}[/dim]")
+            follow = asyncio.create_task(_follow(stub, created.name))
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(signal.SIGINT, follow.cancel)
+            try:
+                return await follow
+            except asyncio.CancelledError:
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    await stub.CancelRun(
+                        agents_pb2.CancelRunRequest(
+                            name=created.name, reason="cancelled from the CLI"
+                        )
+                    )
+                console.print(f"\n[yellow]cancelled {created.name}[/yellow]")
+                raise typer.Exit(130) from None
+
+    final = _call(go)
+    console.print(
+        f"\n[dim]{final.name}: {status_name(final.status)}"
+        + (f" — {final.error}" if final.error else "")
+        + "[/dim]"
+    )
+    if final.status != agents_pb2.RUN_STATUS_COMPLETED:
+        raise typer.Exit(1)
+
+
+@runs_app.command("ls")
+def ls_runs(
+    status: list[str] = typer.Option(
+        [], help="queued, running, paused, completed, failed, cancelled."
+    ),
+    agent: str = typer.Option(""),
+    thread: str = typer.Option(""),
+    limit: int = typer.Option(50),
+) -> None:
+    """List runs, newest first."""
+    try:
+        statuses = [agents_pb2.RunStatus.Value(f"RUN_STATUS_{s.upper()}") for s in status]
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+    async def go() -> agents_pb2.ListRunsResponse:
+        async with agents() as stub:
+            reply: agents_pb2.ListRunsResponse = await stub.ListRuns(
+                agents_pb2.ListRunsRequest(
+                    page_size=limit,
+                    statuses=statuses,
+                    agent=resource("agents", agent) if agent else "",
+                    thread=resource("threads", thread) if thread else "",
+                )
+            )
+            return reply
+
+    table = Table()
+    for column in ("name", "target", "status", "created", "error"):
+        table.add_column(column)
+    for r in _call(go).runs:
+        table.add_row(
+            r.name,
+            r.agent or r.workflow,
+            status_name(r.status),
+            r.create_time.ToDatetime().isoformat(timespec="seconds"),
+            r.error,
+        )
+    console.print(table)
+
+
+@runs_app.command("show")
+def show_run(
+    name: str = typer.Argument(...),
+    follow: bool = typer.Option(
+        False, "--follow", "-f", help="Replay its events, then follow it live."
+    ),
+) -> None:
+    """Show a run (and, with --follow, its events)."""
+
+    async def go() -> agents_pb2.Run:
+        async with agents() as stub:
+            if follow:
+                return await _follow(stub, resource("runs", name))
+            reply = await stub.GetRun(agents_pb2.GetRunRequest(name=resource("runs", name)))
+            run: agents_pb2.Run = reply.run
+            return run
+
+    console.print_json(json_format.MessageToJson(_call(go)))
+
+
+@runs_app.command("cancel")
+def cancel_run(name: str = typer.Argument(...), reason: str = typer.Option("")) -> None:
+    """Cancel a queued, running or paused run."""
+
+    async def go() -> agents_pb2.CancelRunResponse:
+        async with agents() as stub:
+            reply: agents_pb2.CancelRunResponse = await stub.CancelRun(
+                agents_pb2.CancelRunRequest(name=resource("runs", name), reason=reason)
+            )
+            return reply
+
+    console.print(f"{name}: {status_name(_call(go).run.status)}")
+
+
+@runs_app.command("resume")
+def resume_run(name: str = typer.Argument(...), answer: str = typer.Argument(...)) -> None:
+    """Answer a paused run's question (JSON or plain text)."""
+    value = struct_pb2.Value()
+    try:
+        json_format.Parse(answer, value)
+    except json_format.ParseError:
+        value.string_value = answer
+
+    async def go() -> agents_pb2.ResumeRunResponse:
+        async with agents() as stub:
+            reply: agents_pb2.ResumeRunResponse = await stub.ResumeRun(
+                agents_pb2.ResumeRunRequest(name=resource("runs", name), answer=value)
+            )
+            return reply
+
+    console.print(f"{name}: {status_name(_call(go).run.status)}")

@@ -1,0 +1,300 @@
+"""`amelia ingest`, `amelia search`, `amelia docs ls|rm`: the RAG service from a terminal."""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import typer
+from google.protobuf import json_format
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from amelia.v1 import rag_pb2
+from amelia_cli.client import fail, rag, resource
+from amelia_common.settings import get_settings
+
+console = Console()
+docs_app = typer.Typer(help="Documents in the RAG service.", no_args_is_help=True)
+
+# Files `amelia ingest DIR` picks up; anything else must be named explicitly.
+INGESTIBLE = {
+    ".md",
+    ".markdown",
+    ".txt",
+    ".rst",
+    ".html",
+    ".htm",
+    ".pdf",
+    ".py",
+    ".js",
+    ".ts",
+    ".tsx",
+    ".jsx",
+    ".go",
+    ".rs",
+    ".java",
+    ".c",
+    ".h",
+    ".cpp",
+    ".hpp",
+    ".rb",
+    ".sh",
+    ".sql",
+    ".toml",
+    ".yaml",
+    ".yml",
+    ".json",
+    ".proto",
+}
+UPLOAD_PIECE = 1024 * 1024
+TYPES = {
+    t.name.removeprefix("DOCUMENT_TYPE_").lower(): t.number
+    for t in rag_pb2.DocumentType.DESCRIPTOR.values
+}
+MODES = {
+    m.name.removeprefix("SEARCH_MODE_").lower(): m.number
+    for m in rag_pb2.SearchMode.DESCRIPTOR.values
+}
+
+
+def expand(paths: list[str]) -> list[Path]:
+    """Files named, matched by a glob, or found under a folder (skipping hidden ones)."""
+    found: list[Path] = []
+    for raw in paths:
+        matches = [Path(p) for p in glob.glob(raw, recursive=True)] or [Path(raw)]
+        for path in matches:
+            if path.is_dir():
+                found.extend(
+                    p
+                    for p in sorted(path.rglob("*"))
+                    if p.is_file()
+                    and p.suffix.lower() in INGESTIBLE
+                    and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                )
+            elif path.is_file():
+                found.append(path)
+            else:
+                raise typer.BadParameter(f"{raw}: no such file or folder")
+    return list(dict.fromkeys(p.resolve() for p in found))
+
+
+@dataclass
+class Outcome:
+    path: Path
+    status: str
+    chunks: int = 0
+    seconds: float = 0.0
+    error: str = ""
+
+
+def _source(path: Path) -> rag_pb2.DocumentSource:
+    return rag_pb2.DocumentSource(title=path.name, file_path=str(path), source_uri=path.as_uri())
+
+
+async def _ingest_one(stub: object, path: Path) -> Outcome:
+    started = time.perf_counter()
+    content = await asyncio.to_thread(path.read_bytes)
+    try:
+        if len(content) <= get_settings().MAX_INLINE_DOCUMENT_BYTES:
+            reply = await stub.IngestDocument(  # type: ignore[attr-defined]
+                rag_pb2.IngestDocumentRequest(source=_source(path), content=content)
+            )
+        else:
+
+            async def parts() -> AsyncIterator[rag_pb2.UploadDocumentRequest]:
+                yield rag_pb2.UploadDocumentRequest(source=_source(path))
+                for i in range(0, len(content), UPLOAD_PIECE):
+                    yield rag_pb2.UploadDocumentRequest(content=content[i : i + UPLOAD_PIECE])
+
+            reply = await stub.UploadDocument(parts())  # type: ignore[attr-defined]
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() == grpc.StatusCode.UNAVAILABLE:
+            raise
+        return Outcome(path, "error", error=f"{exc.code().name}: {exc.details()}")
+    return Outcome(
+        path,
+        "unchanged" if reply.unchanged else "indexed",
+        reply.document.chunk_count,
+        time.perf_counter() - started,
+    )
+
+
+async def _ingest(paths: list[Path], parallel: int) -> list[Outcome]:
+    outcomes: list[Outcome] = []
+    gate = asyncio.Semaphore(parallel)
+    async with rag() as stub:
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("ingesting", total=len(paths))
+
+            async def one(path: Path) -> None:
+                async with gate:
+                    outcomes.append(await _ingest_one(stub, path))
+                progress.advance(task)
+
+            await asyncio.gather(*(one(p) for p in paths))
+    return sorted(outcomes, key=lambda o: str(o.path))
+
+
+def ingest(
+    paths: list[str] = typer.Argument(..., help="Files, folders or globs."),
+    parallel: int = typer.Option(4, min=1, max=32, help="Files in flight at once."),
+) -> None:
+    """Parse, chunk, embed and index files (unchanged files cost nothing)."""
+    files = expand(paths)
+    if not files:
+        console.print("nothing to ingest")
+        raise typer.Exit(1)
+    try:
+        outcomes = asyncio.run(_ingest(files, parallel))
+    except grpc.aio.AioRpcError as exc:
+        raise fail(exc) from exc
+    table = Table(title=f"{len(outcomes)} files")
+    for column in ("file", "status", "chunks", "seconds"):
+        table.add_column(column)
+    for o in outcomes:
+        colour = {"indexed": "green", "unchanged": "dim", "error": "red"}[o.status]
+        table.add_row(
+            str(o.path),
+            f"[{colour}]{o.status}[/{colour}] {o.error}",
+            str(o.chunks),
+            f"{o.seconds:.2f}",
+        )
+    console.print(table)
+    if any(o.status == "error" for o in outcomes):
+        raise typer.Exit(1)
+
+
+def search(
+    query: str = typer.Argument(..., help="Question or keywords."),
+    top_k: int = typer.Option(0, "--top-k", "-k", help="Hits (default RAG_TOP_K)."),
+    mode: str = typer.Option("hybrid", help="hybrid, vector or keyword."),
+    min_score: float | None = typer.Option(None, help="Minimum cosine similarity for vector hits."),
+    doc_type: list[str] = typer.Option([], "--type", help="Only these document types."),
+) -> None:
+    """Find the passages that answer a question, with where they come from."""
+    if mode not in MODES or mode == "unspecified":
+        raise typer.BadParameter(f"mode must be hybrid, vector or keyword, not {mode!r}")
+    request = rag_pb2.SearchRequest(
+        query=query,
+        top_k=top_k,
+        mode=MODES[mode],
+        types=[_type(t) for t in doc_type],
+    )
+    if min_score is not None:
+        request.min_score = min_score
+
+    async def go() -> rag_pb2.SearchResponse:
+        async with rag() as stub:
+            reply: rag_pb2.SearchResponse = await stub.Search(request)
+            return reply
+
+    try:
+        reply = asyncio.run(go())
+    except grpc.aio.AioRpcError as exc:
+        raise fail(exc) from exc
+    if not reply.hits:
+        console.print("no passages matched")
+        return
+    for i, hit in enumerate(reply.hits, 1):
+        where = " › ".join(hit.heading_path) or (f"page {hit.page}" if hit.page else "")
+        console.rule(
+            f"{i}. {hit.document_title}  [dim]{where}  score {hit.score:.3f}  "
+            f"chars {hit.start_offset}-{hit.end_offset}  {hit.document}[/dim]",
+            align="left",
+        )
+        console.print(hit.content.strip())
+
+
+def _type(name: str) -> int:
+    if name.lower() not in TYPES or name.lower() == "unspecified":
+        raise typer.BadParameter(
+            f"unknown type {name!r}; one of {', '.join(sorted(set(TYPES) - {'unspecified'}))}"
+        )
+    return TYPES[name.lower()]
+
+
+@docs_app.command("ls")
+def ls(
+    doc_type: list[str] = typer.Option([], "--type", help="Only these types."),
+    limit: int = typer.Option(100, help="At most this many."),
+) -> None:
+    """List documents."""
+
+    async def go() -> list[rag_pb2.Document]:
+        found: list[rag_pb2.Document] = []
+        token = ""
+        async with rag() as stub:
+            while len(found) < limit:
+                reply = await stub.ListDocuments(
+                    rag_pb2.ListDocumentsRequest(
+                        page_size=min(limit - len(found), 1000),
+                        page_token=token,
+                        types=[_type(t) for t in doc_type],
+                    )
+                )
+                found.extend(reply.documents)
+                token = reply.next_page_token
+                if not token:
+                    break
+        return found
+
+    try:
+        documents = asyncio.run(go())
+    except grpc.aio.AioRpcError as exc:
+        raise fail(exc) from exc
+    table = Table()
+    for column in ("name", "title", "type", "chunks", "bytes", "updated"):
+        table.add_column(column)
+    for d in documents:
+        table.add_row(
+            d.name,
+            d.title,
+            rag_pb2.DocumentType.Name(d.type).removeprefix("DOCUMENT_TYPE_").lower(),
+            str(d.chunk_count),
+            str(d.size_bytes),
+            d.update_time.ToDatetime().isoformat(timespec="seconds"),
+        )
+    console.print(table)
+
+
+@docs_app.command("rm")
+def rm(names: list[str] = typer.Argument(..., help="Document names or ids.")) -> None:
+    """Delete documents and their chunks."""
+
+    async def go() -> None:
+        async with rag() as stub:
+            for name in names:
+                await stub.DeleteDocument(
+                    rag_pb2.DeleteDocumentRequest(name=resource("documents", name))
+                )
+                console.print(f"deleted {resource('documents', name)}")
+
+    try:
+        asyncio.run(go())
+    except grpc.aio.AioRpcError as exc:
+        raise fail(exc) from exc
+
+
+@docs_app.command("show")
+def show(name: str = typer.Argument(..., help="Document name or id.")) -> None:
+    """Show one document as JSON."""
+
+    async def go() -> rag_pb2.GetDocumentResponse:
+        async with rag() as stub:
+            reply: rag_pb2.GetDocumentResponse = await stub.GetDocument(
+                rag_pb2.GetDocumentRequest(name=resource("documents", name))
+            )
+            return reply
+
+    try:
+        reply = asyncio.run(go())
+    except grpc.aio.AioRpcError as exc:
+        raise fail(exc) from exc
+    console.print_json(json_format.MessageToJson(reply.document))
