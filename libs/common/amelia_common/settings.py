@@ -134,6 +134,10 @@ class Settings(BaseSettings):
     WS_MAX_CONNECTIONS: int = Field(default=100, ge=1)
     WS_SEND_QUEUE: int = Field(default=1000, ge=1)
     MAX_REQUEST_BYTES: int = Field(default=8 * 1024 * 1024, ge=1024)
+    # Gateway: default deadline of a unary call passed upstream (a client may send its own with
+    # `X-Request-Timeout` / `grpc-timeout`), and of a streamed document upload.
+    GATEWAY_TIMEOUT_SECONDS: float = Field(default=60, gt=0)
+    GATEWAY_UPLOAD_TIMEOUT_SECONDS: float = Field(default=600, gt=0)
 
     @field_validator("CORS_ORIGINS", "CODE_ALLOWED_ROOTS", "AGENT_WORKFLOW_MODULES", mode="before")
     @classmethod
