@@ -1,0 +1,1 @@
+"""EventService: Amelia's event log on NATS JetStream, streamed over gRPC."""

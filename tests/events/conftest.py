@@ -1,0 +1,28 @@
+"""The events service in process on port 0, a real gRPC channel to it, and helpers.
+
+Each test shares the session's NATS; tests use their own subjects (a fresh resource id per test)
+so they never see each other's events, whatever runs at the same time.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from events_support import RunningEvents, start_events, stop_events
+
+from amelia_common.settings import Settings
+
+
+@pytest.fixture
+async def events(settings: Settings) -> AsyncIterator[RunningEvents]:
+    running = await start_events(settings)
+    yield running
+    await stop_events(running)
+
+
+@pytest.fixture
+def resource() -> str:
+    """A subject no other test uses: `tests/<random>`."""
+    return f"tests/{uuid.uuid4().hex}"
