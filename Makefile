@@ -10,7 +10,7 @@ PROTO_OUT := libs/protos
 PACKAGES := -e libs/protos -e "libs/common[db,embedded]" -e libs/cli \
 	-e services/events -e services/agents -e services/rag -e services/gateway
 
-.PHONY: install run test protos check-protos lint buf-lint bench clean
+.PHONY: install run test protos check-protos lint buf-lint bench clean browser
 
 install: $(STAMP) node_modules/.installed
 
@@ -52,7 +52,14 @@ lint: install buf-lint check-protos
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-test: lint
+# Debian's chromium for the dashboard's end-to-end tests (Playwright drives it; no browser download).
+browser:
+	@command -v chromium >/dev/null || { \
+		echo "installing Debian's chromium for the browser tests"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+		|| (sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive sudo apt-get install -y -qq chromium >/dev/null); }
+
+test: lint browser
 	$(VENV)/bin/pytest
 
 bench: install
