@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import grpc
+from nats.js import JetStreamContext
 
-from amelia.v1 import events_pb2_grpc
+from amelia.v1 import events_pb2, events_pb2_grpc
+from amelia_common.eventlog import EventLog
 from amelia_common.grpc_client import aio_channel
 from amelia_common.settings import Settings
 from amelia_events.server import EventsService, build_service
@@ -18,6 +22,11 @@ class RunningEvents:
     channel: grpc.aio.Channel
     stub: events_pb2_grpc.EventServiceStub
     address: str
+
+    @property
+    def log(self) -> EventLog:
+        assert self.svc.event_log is not None
+        return self.svc.event_log
 
 
 async def start_events(settings: Settings) -> RunningEvents:
@@ -31,3 +40,76 @@ async def start_events(settings: Settings) -> RunningEvents:
 async def stop_events(running: RunningEvents) -> None:
     await running.channel.close()
     await running.svc.stop(grace=1.0)
+
+
+def event(event_type: str, subject: str, **data: object) -> events_pb2.Event:
+    """An envelope for PublishEvent."""
+    ev = events_pb2.Event(type=event_type, subject=subject)
+    if data:
+        ev.data.update(data)
+    return ev
+
+
+async def publish(
+    stub: events_pb2_grpc.EventServiceStub, event_type: str, subject: str, **data: object
+) -> events_pb2.Event:
+    resp = await stub.PublishEvent(
+        events_pb2.PublishEventRequest(event=event(event_type, subject, **data))
+    )
+    return resp.event
+
+
+async def collect(
+    call: grpc.aio.UnaryStreamCall, count: int, timeout: float = 30.0
+) -> list[events_pb2.Event]:
+    """The next `count` events of a stream (fails when they do not come within `timeout`)."""
+    got: list[events_pb2.Event] = []
+    if count == 0:
+        return got
+    async with asyncio.timeout(timeout):
+        async for item in call:
+            got.append(item.event)
+            if len(got) >= count:
+                break
+    return got
+
+
+async def list_all(
+    stub: events_pb2_grpc.EventServiceStub,
+    flt: events_pb2.EventFilter,
+    page_size: int = 0,
+    **request: object,
+) -> list[events_pb2.Event]:
+    """Every event ListEvents returns for `flt`, following page tokens."""
+    out: list[events_pb2.Event] = []
+    token = ""
+    while True:
+        page = await stub.ListEvents(
+            events_pb2.ListEventsRequest(
+                filter=flt,
+                page_size=page_size,
+                page_token=token,
+                **request,  # type: ignore[arg-type]
+            )
+        )
+        out.extend(page.events)
+        token = page.next_page_token
+        if not token:
+            return out
+
+
+async def consumers_matching(js: JetStreamContext, stream: str, needle: str) -> list[str]:
+    """Names of the stream's consumers whose filter mentions `needle` (a test's own subject)."""
+    names = []
+    for info in await js.consumers_info(stream):
+        filters = [info.config.filter_subject or "", *(info.config.filter_subjects or [])]
+        if any(needle in f for f in filters):
+            names.append(info.name)
+    return names
+
+
+async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout: float = 20.0) -> None:
+    """Poll `predicate` until it is true; fail after `timeout` seconds."""
+    async with asyncio.timeout(timeout):
+        while not await predicate():  # noqa: ASYNC110 - polling another system
+            await asyncio.sleep(0.1)

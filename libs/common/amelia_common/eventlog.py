@@ -319,12 +319,14 @@ class EventReader:
         stop: asyncio.Event | None = None,
         batch: int = 256,
         batch_bytes: int = 4 * 1024 * 1024,
-        heartbeat: float = 2.0,
+        heartbeat: float = 1.0,
         retry_for: float | None = None,
         inactive_threshold: float = 60.0,
     ) -> None:
         self._log = event_log
         self._nc = event_log.nc
+        # Short API timeouts: a reader waiting on NATS must still notice `stop` quickly.
+        self._js = event_log.nc.jetstream(timeout=2.0)
         self.filters = filters
         self.start = start
         self.follow = follow
@@ -503,7 +505,7 @@ class EventReader:
         elif self.start.from_beginning:
             self._start_sequence = 1
         else:
-            info = await self._log.js.stream_info(self._log.settings.EVENTS_STREAM)
+            info = await self._js.stream_info(self._log.settings.EVENTS_STREAM)
             self._start_sequence = info.state.last_seq + 1
 
     async def _open(self) -> None:
@@ -518,7 +520,7 @@ class EventReader:
                 self._queue = asyncio.Queue()
                 self._sub = await self._nc.subscribe(inbox, cb=_deliver_to(self._queue))
                 self.consumer_name = name
-                info = await self._log.js.add_consumer(
+                info = await self._js.add_consumer(
                     self._log.settings.EVENTS_STREAM, self._consumer_config(name)
                 )
                 self._outstanding = 0
@@ -565,7 +567,7 @@ class EventReader:
         if name is not None and self._nc.is_connected:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(
-                    self._log.js.delete_consumer(self._log.settings.EVENTS_STREAM, name),
+                    self._js.delete_consumer(self._log.settings.EVENTS_STREAM, name),
                     timeout=2.0,
                 )
 

@@ -20,6 +20,7 @@ from amelia.v1 import events_pb2, events_pb2_grpc
 from amelia_common.eventlog import (
     EventLog,
     EventLogUnavailableError,
+    EventReader,
     InvalidEventError,
     StartAt,
     filter_subjects,
@@ -59,6 +60,8 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
     def __init__(self, event_log: EventLog, stopping: asyncio.Event) -> None:
         self.log = event_log
         self.stopping = stopping
+        # Open StreamEvents readers: their count and progress are the service's stream metrics.
+        self.readers: set[EventReader] = set()
 
     async def PublishEvent(
         self, request: events_pb2.PublishEventRequest, context: grpc.aio.ServicerContext
@@ -87,9 +90,13 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         # Each event is handed to gRPC before the next one is read, so a slow client is paced by
         # HTTP/2 flow control and the reader only ever holds one small batch.
-        async with reader:
-            async for event in reader:
-                yield events_pb2.StreamEventsResponse(event=event)
+        self.readers.add(reader)
+        try:
+            async with reader:
+                async for event in reader:
+                    yield events_pb2.StreamEventsResponse(event=event)
+        finally:
+            self.readers.discard(reader)
         if self.stopping.is_set():
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE,
