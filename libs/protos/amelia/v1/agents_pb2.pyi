@@ -93,11 +93,11 @@ class Agent(_message.Message):
     model: _builtins.str
     """Model string: `anthropic:<model>`, `openai:<model>@<base_url>`, `offline:<mode>`."""
     temperature: _builtins.float
-    """Sampling temperature (0 to 2)."""
+    """Sampling temperature (0 to 2); unset: DEFAULT_TEMPERATURE."""
     max_tokens: _builtins.int
     """Maximum tokens the model may produce per call."""
     retry_attempts: _builtins.int
-    """Retries of a transient model error, with exponential backoff."""
+    """Retries of a transient model error, with exponential backoff; unset: 3."""
     @_builtins.property
     def timeout(self) -> _duration_pb2.Duration:
         """How long a run of this agent may take before it fails with "timeout"."""
@@ -126,20 +126,27 @@ class Agent(_message.Message):
         description: _builtins.str = ...,
         system_prompt: _builtins.str = ...,
         model: _builtins.str = ...,
-        temperature: _builtins.float = ...,
+        temperature: _builtins.float | None = ...,
         max_tokens: _builtins.int = ...,
         timeout: _duration_pb2.Duration | None = ...,
-        retry_attempts: _builtins.int = ...,
+        retry_attempts: _builtins.int | None = ...,
         context_sources: _abc.Iterable[_builtins.str] | None = ...,
         tools: _abc.Iterable[_builtins.str] | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "timeout", b"timeout", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_retry_attempts", b"_retry_attempts", "_temperature", b"_temperature", "create_time", b"create_time", "retry_attempts", b"retry_attempts", "temperature", b"temperature", "timeout", b"timeout", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_sources", b"context_sources", "create_time", b"create_time", "description", b"description", "display_name", b"display_name", "max_tokens", b"max_tokens", "model", b"model", "name", b"name", "retry_attempts", b"retry_attempts", "system_prompt", b"system_prompt", "temperature", b"temperature", "timeout", b"timeout", "tools", b"tools", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_retry_attempts", b"_retry_attempts", "_temperature", b"_temperature", "context_sources", b"context_sources", "create_time", b"create_time", "description", b"description", "display_name", b"display_name", "max_tokens", b"max_tokens", "model", b"model", "name", b"name", "retry_attempts", b"retry_attempts", "system_prompt", b"system_prompt", "temperature", b"temperature", "timeout", b"timeout", "tools", b"tools", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__retry_attempts: _TypeAlias = _typing.Literal["retry_attempts"]  # noqa: Y015
+    _WhichOneofArgType__retry_attempts: _TypeAlias = _typing.Literal["_retry_attempts", b"_retry_attempts"]  # noqa: Y015
+    _WhichOneofReturnType__temperature: _TypeAlias = _typing.Literal["temperature"]  # noqa: Y015
+    _WhichOneofArgType__temperature: _TypeAlias = _typing.Literal["_temperature", b"_temperature"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__retry_attempts) -> _WhichOneofReturnType__retry_attempts | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__temperature) -> _WhichOneofReturnType__temperature | None: ...
 
 Global___Agent: _TypeAlias = Agent  # noqa: Y015
 
