@@ -1,0 +1,1 @@
+"""AgentService: agents, threads and durable runs of LangGraph workflows."""

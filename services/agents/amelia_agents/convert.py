@@ -1,0 +1,153 @@
+"""Rows to protobuf messages, and resource names (`agents/x`, `threads/<uuid>`, `runs/<uuid>`)."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import datetime
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2
+
+from amelia.v1 import agents_pb2
+from amelia_agents.models import AgentRow, RunRow, RunState, ThreadRow
+
+AGENT_ID = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+
+
+class BadNameError(ValueError):
+    pass
+
+
+def agent_id(name: str) -> str:
+    """`agents/x` (or bare `x`) → `x`."""
+    value = name.removeprefix("agents/")
+    if not AGENT_ID.match(value):
+        raise BadNameError(f"agent name {name!r} must be 'agents/<id>' with id [a-z][a-z0-9-]*")
+    return value
+
+
+def _uuid_name(name: str, collection: str) -> uuid.UUID:
+    value = name.removeprefix(f"{collection}/")
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise BadNameError(
+            f"{collection[:-1]} name {name!r} must be '{collection}/<uuid>'"
+        ) from None
+
+
+def thread_id(name: str) -> uuid.UUID:
+    return _uuid_name(name, "threads")
+
+
+def run_id(name: str) -> uuid.UUID:
+    return _uuid_name(name, "runs")
+
+
+def workflow_name(name: str) -> str:
+    return name.removeprefix("workflows/")
+
+
+def run_name(rid: uuid.UUID) -> str:
+    return f"runs/{rid}"
+
+
+def _ts(target: Any, value: datetime | None) -> None:
+    if value is not None:
+        target.FromDatetime(value)
+
+
+def agent_to_proto(row: AgentRow) -> agents_pb2.Agent:
+    msg = agents_pb2.Agent(
+        name=f"agents/{row.id}",
+        display_name=row.display_name,
+        description=row.description,
+        system_prompt=row.system_prompt,
+        model=row.model,
+        temperature=row.temperature,
+        max_tokens=row.max_tokens,
+        retry_attempts=row.retry_attempts,
+        context_sources=list(row.context_sources or []),
+        tools=list(row.tools or []),
+    )
+    msg.timeout.FromNanoseconds(int(row.timeout_seconds * 1e9))
+    _ts(msg.create_time, row.create_time)
+    _ts(msg.update_time, row.update_time)
+    return msg
+
+
+def agent_snapshot(row: AgentRow) -> dict[str, Any]:
+    """What a run keeps of its agent (so later edits do not change it)."""
+    return {
+        "name": f"agents/{row.id}",
+        "display_name": row.display_name,
+        "system_prompt": row.system_prompt,
+        "model": row.model,
+        "temperature": row.temperature,
+        "max_tokens": row.max_tokens,
+        "timeout_seconds": row.timeout_seconds,
+        "retry_attempts": row.retry_attempts,
+        "context_sources": list(row.context_sources or []),
+        "tools": list(row.tools or []),
+    }
+
+
+def thread_to_proto(row: ThreadRow) -> agents_pb2.Thread:
+    msg = agents_pb2.Thread(name=f"threads/{row.id}")
+    if row.meta:
+        msg.metadata.update(row.meta)
+    _ts(msg.create_time, row.create_time)
+    _ts(msg.update_time, row.update_time)
+    return msg
+
+
+STATUS_TO_PROTO = {
+    RunState.QUEUED.value: agents_pb2.RUN_STATUS_QUEUED,
+    RunState.RUNNING.value: agents_pb2.RUN_STATUS_RUNNING,
+    RunState.PAUSED.value: agents_pb2.RUN_STATUS_PAUSED,
+    RunState.COMPLETED.value: agents_pb2.RUN_STATUS_COMPLETED,
+    RunState.FAILED.value: agents_pb2.RUN_STATUS_FAILED,
+    RunState.CANCELLED.value: agents_pb2.RUN_STATUS_CANCELLED,
+}
+STATUS_FROM_PROTO = {v: k for k, v in STATUS_TO_PROTO.items()}
+
+
+def to_value(value: Any) -> struct_pb2.Value:
+    msg = struct_pb2.Value()
+    json_format.ParseDict(value, msg)
+    return msg
+
+
+def from_value(value: struct_pb2.Value) -> Any:
+    return json_format.MessageToDict(value)
+
+
+def run_to_proto(row: RunRow) -> agents_pb2.Run:
+    msg = agents_pb2.Run(
+        name=run_name(row.id),
+        thread=f"threads/{row.thread_id}",
+        status=STATUS_TO_PROTO.get(row.status, agents_pb2.RUN_STATUS_UNSPECIFIED),
+        error=row.error or "",
+        attempt=row.attempt,
+    )
+    if row.agent_id:
+        msg.agent = f"agents/{row.agent_id}"
+    elif row.workflow:
+        msg.workflow = f"workflows/{row.workflow}"
+    msg.input.update(row.input or {})
+    if row.output is not None:
+        msg.output.update(row.output)
+    _ts(msg.create_time, row.create_time)
+    _ts(msg.start_time, row.start_time)
+    _ts(msg.end_time, row.end_time)
+    if row.start_time and row.end_time:
+        msg.duration.FromTimedelta(row.end_time - row.start_time)
+    msg.usage.input_tokens = row.input_tokens or 0
+    msg.usage.output_tokens = row.output_tokens or 0
+    if row.interrupt:
+        msg.interrupt.node = str(row.interrupt.get("node", ""))
+        msg.interrupt.value.CopyFrom(to_value(row.interrupt.get("value")))
+    if row.timeout_seconds:
+        msg.timeout.FromNanoseconds(int(row.timeout_seconds * 1e9))
+    return msg

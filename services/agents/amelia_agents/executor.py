@@ -1,0 +1,268 @@
+"""Executes one pick-up of a run: a LangGraph graph driven to its end, a pause, or a stop.
+
+The graph is compiled with the PostgreSQL checkpointer and runs with thread id = the run's
+thread (so runs in a thread share memory) and durability "sync" (each step's checkpoint is
+stored before the next step starts). Where a pick-up starts comes from the thread's latest
+checkpoint, whose metadata names the run that wrote it:
+
+- not written by this run → a fresh start with the run's input;
+- this run's, with a pending interrupt → resume with the stored answer (`Command(resume=…)`);
+- this run's, with nodes left → continue (`None`): nodes already checkpointed are not re-run;
+- this run's, finished → only the recording of the end was lost; record it.
+
+While the graph runs, LangGraph's `tasks` stream becomes `run.node.started|finished` events and
+the nodes' custom stream (see `runtime`) becomes `run.token`, `run.tool.*`, ... events. The
+pick-up ends with the run COMPLETED, FAILED (timeout, exception, model error), CANCELLED
+(`Attempt.cancel`), PAUSED, or — when the worker shuts down — not at all (the message goes
+back to the queue and another worker continues from the checkpoint).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.types import Command
+
+from amelia_agents import runtime, workflows
+from amelia_agents.lifecycle import RunEvents
+from amelia_agents.llm import ModelError
+from amelia_agents.models import RunRow, RunState
+from amelia_agents.store import Store
+from amelia_common.logging import get_logger
+from amelia_common.settings import Settings
+
+log = get_logger("amelia.agents.executor")
+
+# How long a stopped graph may take to unwind (kill its subprocess, close its HTTP stream).
+STOP_GRACE_SECONDS = 5.0
+
+
+@dataclass
+class Attempt:
+    """One worker's hold on a run: how to cancel it and when it is over."""
+
+    cancel_requested: asyncio.Event = field(default_factory=asyncio.Event)
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    outcome: str = ""
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def run_timeout(row: RunRow, workflow: workflows.Workflow) -> float:
+    if row.timeout_seconds:
+        return float(row.timeout_seconds)
+    if row.agent_config and row.agent_config.get("timeout_seconds"):
+        return float(row.agent_config["timeout_seconds"])
+    return workflow.default_timeout
+
+
+def graph_config(row: RunRow) -> dict[str, Any]:
+    return {
+        "configurable": {"thread_id": str(row.thread_id)},
+        "metadata": {"amelia_run": str(row.id)},
+        "recursion_limit": 200,
+    }
+
+
+class Executor:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        events: RunEvents,
+        checkpointer: BaseCheckpointSaver[Any],
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.events = events
+        self.checkpointer = checkpointer
+
+    async def execute(self, row: RunRow, attempt: Attempt) -> str:
+        """Run the claimed `row` (status RUNNING) until it ends or pauses; returns the outcome."""
+        target = workflows.AGENT_WORKFLOW if row.agent_id else (row.workflow or "")
+        workflow = workflows.get(target)
+        if workflow is None:
+            return await self._fail(row, f"workflow {target!r} is not available on this worker")
+        timeout = run_timeout(row, workflow)
+        try:
+            graph = workflow.build(row.agent_config).compile(checkpointer=self.checkpointer)
+            config = graph_config(row)
+            snapshot = await graph.aget_state(config)
+        except Exception as exc:
+            log.exception("cannot build graph", run=str(row.id))
+            return await self._fail(row, f"cannot build workflow {target!r}: {exc}")
+
+        mine = (snapshot.metadata or {}).get("amelia_run") == str(row.id)
+        graph_input: Any
+        if not mine:
+            kind, graph_input = "start", workflow.to_state(row.input or {})
+        elif snapshot.interrupts:
+            if not row.has_resume:
+                # The worker died after the graph paused but before the pause was recorded.
+                return await self._pause(row, snapshot)
+            kind, graph_input = "answer", Command(resume=row.resume_value)
+        elif snapshot.next:
+            kind, graph_input = "redelivered", None
+        else:
+            return await self._complete(row, workflow, snapshot.values)
+
+        await self.events.started(row, kind, timeout)
+        ctx = runtime.RunContext(
+            settings=self.settings,
+            run=f"runs/{row.id}",
+            attempt=row.attempt,
+            agent=row.agent_config,
+            retry_attempts=int(
+                (row.agent_config or {}).get("retry_attempts", runtime.DEFAULT_RETRY_ATTEMPTS)
+            ),
+        )
+        drive = asyncio.create_task(self._drive(row, graph, graph_input, config, ctx))
+        cancelled = asyncio.create_task(attempt.cancel_requested.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {drive, cancelled}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        except asyncio.CancelledError:
+            # The worker is shutting down: stop here, the checkpoint keeps the progress.
+            await self._stop(drive)
+            raise
+        finally:
+            cancelled.cancel()
+
+        if drive not in done:
+            await self._stop(drive)
+            if attempt.cancel_requested.is_set():
+                return await self._cancelled(row)
+            return await self._fail(row, f"timeout: the run took longer than {timeout:g}s")
+        try:
+            drive.result()
+        except ModelError as exc:
+            return await self._fail(row, str(exc))
+        except Exception as exc:  # noqa: BLE001 - a node's exception fails the run
+            log.info("run failed", run=str(row.id), error=repr(exc))
+            return await self._fail(row, f"{type(exc).__name__}: {exc}")
+        if attempt.cancel_requested.is_set():
+            return await self._cancelled(row)
+        snapshot = await graph.aget_state(config)
+        if snapshot.interrupts:
+            return await self._pause(row, snapshot)
+        return await self._complete(row, workflow, snapshot.values)
+
+    async def _stop(self, drive: asyncio.Task[None]) -> None:
+        drive.cancel()
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(asyncio.shield(drive), STOP_GRACE_SECONDS)
+
+    async def _drive(
+        self,
+        row: RunRow,
+        graph: Any,
+        graph_input: Any,
+        config: dict[str, Any],
+        ctx: runtime.RunContext,
+    ) -> None:
+        token = runtime.bind(ctx)
+        started: dict[str, float] = {}
+        try:
+            async for mode, chunk in graph.astream(
+                graph_input, config, stream_mode=["tasks", "custom"], durability="sync"
+            ):
+                if mode == "tasks":
+                    await self._task_event(row, chunk, started)
+                elif mode == "custom" and isinstance(chunk, dict) and runtime.EVENT_KEY in chunk:
+                    event_type = chunk[runtime.EVENT_KEY]
+                    data = chunk.get("data") or {}
+                    if event_type == runtime.USAGE_TYPE:
+                        await self.store.add_usage(
+                            row.id, int(data["input_tokens"]), int(data["output_tokens"])
+                        )
+                    else:
+                        await self.events.publish(row, event_type, _jsonable(data))
+        finally:
+            runtime.unbind(token)
+
+    async def _task_event(
+        self, row: RunRow, chunk: dict[str, Any], started: dict[str, float]
+    ) -> None:
+        node = str(chunk.get("name", ""))
+        task_id = str(chunk.get("id", ""))
+        if "input" in chunk or "triggers" in chunk:
+            started[task_id] = time.perf_counter()
+            await self.events.publish(row, "run.node.started", {"node": node, "task": task_id})
+            return
+        data: dict[str, Any] = {"node": node, "task": task_id}
+        if task_id in started:
+            data["duration_seconds"] = round(time.perf_counter() - started.pop(task_id), 6)
+        if chunk.get("error") is not None:
+            data["error"] = str(chunk["error"])
+        if chunk.get("interrupts"):
+            data["interrupted"] = True
+        await self.events.publish(row, "run.node.finished", data)
+
+    async def _complete(
+        self, row: RunRow, workflow: workflows.Workflow, values: dict[str, Any]
+    ) -> str:
+        try:
+            output = _jsonable(workflow.to_output(values or {}))
+        except Exception as exc:  # noqa: BLE001
+            return await self._fail(row, f"cannot build the run's output: {exc}")
+        return await self._end(row.id, RunState.COMPLETED, output=output)
+
+    async def _fail(self, row: RunRow, error: str) -> str:
+        return await self._end(row.id, RunState.FAILED, error=error)
+
+    async def _end(
+        self,
+        run_id: uuid.UUID,
+        status: RunState,
+        *,
+        output: dict[str, Any] | None = None,
+        error: str = "",
+    ) -> str:
+        after, _ = await self.store.finish(run_id, status, output=output, error=error)
+        if after is None:
+            return "gone"
+        # Cancelled meanwhile: the run ends CANCELLED whatever the graph did.
+        await self.events.terminal(after)
+        return after.status
+
+    async def _cancelled(self, row: RunRow) -> str:
+        after = await self.store.get_run(row.id)
+        if after is None:
+            return "gone"
+        if after.status == RunState.RUNNING.value:
+            # A stop asked by the DB check without a recorded cancel cannot happen; be safe.
+            after, _ = await self.store.cancel(row.id, "cancelled")
+            assert after is not None
+        await self.events.terminal(after)
+        return after.status
+
+    async def _pause(self, row: RunRow, snapshot: Any) -> str:
+        node, value = "", None
+        for task in snapshot.tasks:
+            if task.interrupts:
+                node, value = task.name, task.interrupts[0].value
+                break
+        else:
+            if snapshot.interrupts:
+                value = snapshot.interrupts[0].value
+        interrupt = {"node": node, "value": _jsonable(value)}
+        after, changed = await self.store.pause(row.id, interrupt)
+        if after is None:
+            return "gone"
+        if not changed:
+            await self.events.terminal(after)
+            return after.status
+        await self.events.publish(
+            after, "run.interrupted", interrupt, event_id=f"{row.id}:interrupt:{after.attempt}"
+        )
+        return after.status

@@ -1,0 +1,113 @@
+"""LLM providers behind one interface, chosen by the model string.
+
+- `anthropic:<model>` (or a bare `claude-…` name) — Anthropic, official SDK, streaming.
+- `openai:<model>[@<base_url>]` — any OpenAI-compatible server, official SDK, streaming.
+- `offline:<mode>` — deterministic replies for development and tests (see `llm.offline`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from amelia_agents.llm import anthropic_provider, openai_provider
+from amelia_agents.llm.base import (
+    ChatChunk,
+    ChatMessage,
+    ChatModel,
+    ChatRequest,
+    ChatResult,
+    ModelError,
+    ProviderConfigError,
+    TransientModelError,
+    Usage,
+)
+from amelia_agents.llm.offline import OfflineModel
+from amelia_common.settings import Settings
+
+__all__ = [
+    "ChatChunk",
+    "ChatMessage",
+    "ChatModel",
+    "ChatRequest",
+    "ChatResult",
+    "ModelError",
+    "ModelSpec",
+    "ProviderConfigError",
+    "TransientModelError",
+    "Usage",
+    "get_model",
+    "parse_model",
+]
+
+PROVIDERS = ("anthropic", "openai", "offline")
+_OPENAI = re.compile(r"^(?P<model>.+?)(?:@(?P<base>https?://\S+))?$")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    provider: str
+    model: str
+    base_url: str = ""
+
+
+def parse_model(model: str) -> ModelSpec:
+    """Parse a model string; raises `ModelError` with the accepted forms when it is wrong."""
+    model = model.strip()
+    provider, sep, rest = model.partition(":")
+    if not sep:
+        if model.startswith("claude-"):
+            return ModelSpec("anthropic", model)
+        raise ModelError(
+            f"model {model!r} names no provider: use 'anthropic:<model>', "
+            "'openai:<model>@<base_url>' or 'offline:echo'"
+        )
+    if provider not in PROVIDERS or not rest:
+        raise ModelError(
+            f"model {model!r}: provider must be one of {', '.join(PROVIDERS)} followed by a model, "
+            "e.g. 'anthropic:claude-sonnet-4-5', 'openai:llama3.1@http://localhost:11434/v1', "
+            "'offline:echo'"
+        )
+    if provider == "openai":
+        match = _OPENAI.match(rest)
+        assert match is not None
+        return ModelSpec("openai", match.group("model"), match.group("base") or "")
+    if provider == "offline":
+        OfflineModel(rest)  # validates the mode
+    return ModelSpec(provider, rest)
+
+
+# SDK clients hold connection pools; keep one per configuration and event loop.
+_clients: dict[tuple[Any, ...], Any] = {}
+
+
+def _cached(key: tuple[Any, ...], factory: Any) -> Any:
+    full = (id(asyncio.get_running_loop()), *key)
+    client = _clients.get(full)
+    if client is None:
+        client = _clients[full] = factory()
+    return client
+
+
+def get_model(model: str, settings: Settings) -> ChatModel:
+    """The provider for `model`, ready to stream; raises `ProviderConfigError` when unusable."""
+    spec = parse_model(model)
+    if spec.provider == "offline":
+        return OfflineModel(spec.model)
+    if spec.provider == "anthropic":
+        key = settings.ANTHROPIC_API_KEY.get_secret_value()
+        base = settings.ANTHROPIC_BASE_URL
+        client = _cached(
+            ("anthropic", key, base), lambda: anthropic_provider.make_client(key, base)
+        )
+        return anthropic_provider.AnthropicModel(spec.model, client)
+    base = spec.base_url or openai_provider.DEFAULT_BASE_URL
+    key = openai_provider.api_key_for(
+        base,
+        settings.OPENAI_API_KEY.get_secret_value(),
+        settings.OPENROUTER_API_KEY.get_secret_value(),
+    )
+    client = _cached(("openai", key, base), lambda: openai_provider.make_client(base, key))
+    return openai_provider.OpenAIModel(spec.model, client)

@@ -1,0 +1,87 @@
+"""Anthropic's Messages API through the official `anthropic` SDK, streamed.
+
+`ANTHROPIC_API_KEY` is required; `ANTHROPIC_BASE_URL` points the SDK elsewhere (a proxy, or a
+local fake server in tests). The SDK's own retries are off: the runtime retries transient errors
+with its own backoff so the run's events show each retry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anthropic
+
+from amelia_agents.llm.base import (
+    ChatChunk,
+    ChatRequest,
+    ModelError,
+    ProviderConfigError,
+    TransientModelError,
+    Usage,
+)
+
+_TRANSIENT_TYPES = {"overloaded_error", "api_error", "rate_limit_error", "timeout_error"}
+
+
+def _is_transient_status(status: int) -> bool:
+    return status in (408, 409, 429) or status >= 500
+
+
+def translate_error(exc: Exception) -> ModelError:
+    """An SDK exception as a `ModelError` whose message a person understands."""
+    if isinstance(exc, anthropic.APIConnectionError):
+        return TransientModelError(f"anthropic: cannot reach the API: {exc}")
+    if isinstance(exc, anthropic.APIStatusError):
+        body: Any = exc.body
+        error = body.get("error", {}) if isinstance(body, dict) else {}
+        kind = error.get("type", "") if isinstance(error, dict) else ""
+        message = error.get("message", "") if isinstance(error, dict) else ""
+        text = f"anthropic: {exc.status_code} {kind or 'error'}: {message or exc.message}"
+        if _is_transient_status(exc.status_code) or kind in _TRANSIENT_TYPES:
+            return TransientModelError(text)
+        return ModelError(text)
+    return ModelError(f"anthropic: {exc}")
+
+
+class AnthropicModel:
+    def __init__(self, model: str, client: anthropic.AsyncAnthropic) -> None:
+        self.name = f"anthropic:{model}"
+        self.model = model
+        self.client = client
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "max_tokens": request.max_tokens,
+            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            "stream": True,
+        }
+        if request.system:
+            kwargs["system"] = request.system
+        if request.temperature is not None:
+            kwargs["temperature"] = request.temperature
+        usage = Usage()
+        try:
+            stream = await self.client.messages.create(**kwargs)
+            async with stream:
+                async for event in stream:
+                    if event.type == "message_start":
+                        usage.input_tokens = event.message.usage.input_tokens or 0
+                        usage.output_tokens = event.message.usage.output_tokens or 0
+                    elif event.type == "content_block_delta" and event.delta.type == "text_delta":
+                        yield ChatChunk(text=event.delta.text)
+                    elif event.type == "message_delta" and event.usage is not None:
+                        usage.output_tokens = event.usage.output_tokens or usage.output_tokens
+        except anthropic.AnthropicError as exc:
+            raise translate_error(exc) from exc
+        yield ChatChunk(usage=usage)
+
+
+def make_client(api_key: str, base_url: str) -> anthropic.AsyncAnthropic:
+    if not api_key:
+        raise ProviderConfigError(
+            "ANTHROPIC_API_KEY is not set: set it (sk-ant-…) to use 'anthropic:' models, "
+            "or pick another model (e.g. 'offline:echo')"
+        )
+    return anthropic.AsyncAnthropic(api_key=api_key, base_url=base_url or None, max_retries=0)

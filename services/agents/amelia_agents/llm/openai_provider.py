@@ -1,0 +1,96 @@
+"""OpenAI-compatible chat completions through the official `openai` SDK, streamed.
+
+Works with OpenAI, OpenRouter, Ollama, vLLM and llama.cpp's server: the model string names the
+server (`openai:<model>@<base_url>`). Keys: OpenRouter needs `OPENROUTER_API_KEY`, api.openai.com
+needs `OPENAI_API_KEY`; other servers get `OPENAI_API_KEY` when it is set (local servers usually
+need none).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlparse
+
+import openai
+
+from amelia_agents.llm.base import (
+    ChatChunk,
+    ChatRequest,
+    ModelError,
+    ProviderConfigError,
+    TransientModelError,
+    Usage,
+)
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+
+def translate_error(exc: Exception) -> ModelError:
+    if isinstance(exc, openai.APIConnectionError):
+        return TransientModelError(f"openai: cannot reach the server: {exc}")
+    if isinstance(exc, openai.APIStatusError):
+        text = f"openai: {exc.status_code}: {exc.message}"
+        if exc.status_code in (408, 409, 429) or exc.status_code >= 500:
+            return TransientModelError(text)
+        return ModelError(text)
+    return ModelError(f"openai: {exc}")
+
+
+class OpenAIModel:
+    def __init__(self, model: str, client: openai.AsyncOpenAI) -> None:
+        self.name = f"openai:{model}"
+        self.model = model
+        self.client = client
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        messages: list[dict[str, Any]] = []
+        if request.system:
+            messages.append({"role": "system", "content": request.system})
+        messages.extend({"role": m.role, "content": m.content} for m in request.messages)
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "max_tokens": request.max_tokens,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if request.temperature is not None:
+            kwargs["temperature"] = request.temperature
+        usage = Usage()
+        try:
+            stream = await self.client.chat.completions.create(**kwargs)
+            async with stream:
+                async for chunk in stream:
+                    if chunk.usage is not None:
+                        usage = Usage(
+                            input_tokens=chunk.usage.prompt_tokens or 0,
+                            output_tokens=chunk.usage.completion_tokens or 0,
+                        )
+                    for choice in chunk.choices:
+                        if choice.delta is not None and choice.delta.content:
+                            yield ChatChunk(text=choice.delta.content)
+        except openai.OpenAIError as exc:
+            raise translate_error(exc) from exc
+        yield ChatChunk(usage=usage)
+
+
+def api_key_for(base_url: str, openai_key: str, openrouter_key: str) -> str:
+    """The key to send to `base_url`, or a `ProviderConfigError` naming the missing one."""
+    host = (urlparse(base_url).hostname or "").lower()
+    if host.endswith("openrouter.ai"):
+        if not openrouter_key:
+            raise ProviderConfigError(
+                "OPENROUTER_API_KEY is not set: set it to use OpenRouter models"
+            )
+        return openrouter_key
+    if host.endswith("api.openai.com"):
+        if not openai_key:
+            raise ProviderConfigError("OPENAI_API_KEY is not set: set it to use OpenAI models")
+        return openai_key
+    # Local servers (Ollama, vLLM, llama.cpp) accept any key; send the configured one if any.
+    return openai_key or "not-needed"
+
+
+def make_client(base_url: str, api_key: str) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=0)

@@ -1,0 +1,128 @@
+"""The agents service's tables: agents, threads and runs.
+
+LangGraph's checkpoints live in the checkpointer's own tables (keyed by thread id); these tables
+hold what the API shows. A run keeps a snapshot of its agent's configuration, so editing or
+deleting the agent never changes a run that is already queued.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class RunState(enum.StrEnum):
+    """A run's status as stored (names match `amelia.v1.RunStatus` without the prefix)."""
+
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    PAUSED = "PAUSED"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+ACTIVE_STATES = (RunState.QUEUED, RunState.RUNNING, RunState.PAUSED)
+TERMINAL_STATES = (RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED)
+
+
+class AgentRow(Base):
+    __tablename__ = "agents"
+
+    id: Mapped[str] = mapped_column(String(63), primary_key=True)
+    display_name: Mapped[str] = mapped_column(Text, default="")
+    description: Mapped[str] = mapped_column(Text, default="")
+    system_prompt: Mapped[str] = mapped_column(Text, default="")
+    model: Mapped[str] = mapped_column(Text)
+    temperature: Mapped[float] = mapped_column(Double)
+    max_tokens: Mapped[int] = mapped_column(Integer)
+    timeout_seconds: Mapped[float] = mapped_column(Double)
+    retry_attempts: Mapped[int] = mapped_column(Integer)
+    context_sources: Mapped[list[str]] = mapped_column(JSONB, default=list)
+    tools: Mapped[list[str]] = mapped_column(JSONB, default=list)
+    create_time: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    update_time: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+
+
+class ThreadRow(Base):
+    __tablename__ = "threads"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, default=dict)
+    create_time: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    update_time: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+
+
+class RunRow(Base):
+    __tablename__ = "runs"
+    __table_args__ = (
+        Index("ix_runs_create_time", "create_time", "id"),
+        Index("ix_runs_thread", "thread_id"),
+        Index("ix_runs_agent", "agent_id"),
+        # One active run per thread: runs in a thread share one checkpoint history.
+        Index(
+            "uq_runs_active_thread",
+            "thread_id",
+            unique=True,
+            postgresql_where=text("status IN ('QUEUED', 'RUNNING', 'PAUSED')"),
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    agent_id: Mapped[str | None] = mapped_column(String(63), nullable=True)
+    workflow: Mapped[str | None] = mapped_column(String(63), nullable=True)
+    thread_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("threads.id", ondelete="CASCADE")
+    )
+    input: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    agent_config: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default=RunState.QUEUED.value)
+    output: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
+    error: Mapped[str] = mapped_column(Text, default="")
+    create_time: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    start_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    end_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    interrupt: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
+    # The answer ResumeRun gave, consumed by the next worker that picks the run up.
+    has_resume: Mapped[bool] = mapped_column(Boolean, default=False)
+    resume_value: Mapped[Any] = mapped_column(JSONB, nullable=True)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    timeout_seconds: Mapped[float | None] = mapped_column(Double, nullable=True)
+    request_id: Mapped[str | None] = mapped_column(Text, nullable=True, unique=True)
+    worker: Mapped[str] = mapped_column(Text, default="")
+    # Sequence of the run's terminal event, once it is in the log.
+    terminal_sequence: Mapped[int | None] = mapped_column(BigInteger, nullable=True)

@@ -1,0 +1,31 @@
+"""Keyset page tokens: opaque to clients, `(create_time, id)` of the last row inside."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import datetime
+
+
+class BadPageTokenError(ValueError):
+    pass
+
+
+def page_size(requested: int, default: int = 50, maximum: int = 1000) -> int:
+    if requested < 0:
+        raise ValueError("page_size must not be negative")
+    return min(requested or default, maximum)
+
+
+def encode(create_time: datetime, row_id: str) -> str:
+    raw = json.dumps([create_time.isoformat(), row_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode(token: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        when, row_id = json.loads(raw)
+        return datetime.fromisoformat(when), str(row_id)
+    except (ValueError, TypeError) as exc:
+        raise BadPageTokenError("page_token is not one this service returned") from exc

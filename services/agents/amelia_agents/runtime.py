@@ -1,0 +1,224 @@
+"""What a workflow node uses while it runs: model calls, events, subprocesses.
+
+Nodes are plain LangGraph nodes. They reach the run through this module:
+
+- `await chat(messages, model=..., system=...)` streams a model call: every text delta becomes a
+  `run.token` event, transient errors are retried with exponential backoff (when nothing was
+  streamed yet), and token usage is added to the run.
+- `emit(type, data)` publishes any run event (`run.tool.called`, `run.retrieval`, ...).
+- `await run_process(argv, ...)` runs a subprocess in its own process group, streams its output
+  as `run.tool.output` events, and kills the whole group on cancel or timeout.
+- `current()` is the run's `RunContext` (settings, run name, attempt, agent config).
+
+Events travel through LangGraph's custom stream (`get_stream_writer`), so a graph built from
+these nodes also runs under plain `graph.ainvoke` (the events are then simply dropped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import os
+import signal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from langgraph.config import get_config, get_stream_writer
+
+from amelia_agents.llm import (
+    ChatMessage,
+    ChatRequest,
+    ChatResult,
+    TransientModelError,
+    Usage,
+    get_model,
+)
+from amelia_common.settings import Settings, get_settings
+
+# Custom-stream chunks carry this key so the run loop can tell them from anything else.
+EVENT_KEY = "__amelia_event__"
+USAGE_TYPE = "usage"
+
+DEFAULT_TIMEOUT_SECONDS = 300.0
+DEFAULT_RETRY_ATTEMPTS = 3
+
+
+@dataclass
+class RunContext:
+    """The run a node belongs to. Outside a worker, a detached context with default settings."""
+
+    settings: Settings
+    run: str = ""
+    attempt: int = 1
+    agent: dict[str, Any] | None = None
+    retry_attempts: int = DEFAULT_RETRY_ATTEMPTS
+    usage: Usage = field(default_factory=Usage)
+
+
+_current: contextvars.ContextVar[RunContext | None] = contextvars.ContextVar(
+    "amelia_run_context", default=None
+)
+
+
+def current() -> RunContext:
+    ctx = _current.get()
+    if ctx is None:
+        ctx = RunContext(settings=get_settings())
+        _current.set(ctx)
+    return ctx
+
+
+def bind(ctx: RunContext) -> contextvars.Token[RunContext | None]:
+    """Make `ctx` the current run for this task and the tasks it starts."""
+    return _current.set(ctx)
+
+
+def unbind(token: contextvars.Token[RunContext | None]) -> None:
+    _current.reset(token)
+
+
+def _node_name() -> str:
+    try:
+        metadata = get_config().get("metadata") or {}
+    except RuntimeError:
+        return ""
+    return str(metadata.get("langgraph_node", ""))
+
+
+def emit(event_type: str, data: Mapping[str, Any] | None = None) -> None:
+    """Publish a run event (type like `run.tool.called`) from inside a node."""
+    try:
+        writer = get_stream_writer()
+    except RuntimeError:  # not inside a graph
+        return
+    payload = dict(data or {})
+    payload.setdefault("node", _node_name())
+    writer({EVENT_KEY: event_type, "data": payload})
+
+
+def _record_usage(usage: Usage, model: str) -> None:
+    current().usage.add(usage)
+    emit(
+        USAGE_TYPE,
+        {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens, "model": model},
+    )
+
+
+async def chat(
+    messages: Sequence[Mapping[str, Any] | ChatMessage],
+    *,
+    model: str,
+    system: str = "",
+    temperature: float | None = None,
+    max_tokens: int = 1024,
+    retry_attempts: int | None = None,
+) -> ChatResult:
+    """Call `model` with streaming; returns the full reply (the concatenation of its tokens)."""
+    ctx = current()
+    provider = get_model(model, ctx.settings)
+    request = ChatRequest(
+        messages=[
+            m if isinstance(m, ChatMessage) else ChatMessage.from_dict(dict(m)) for m in messages
+        ],
+        system=system,
+        temperature=temperature,
+        max_tokens=max_tokens,
+    )
+    retries = ctx.retry_attempts if retry_attempts is None else retry_attempts
+    backoff = ctx.settings.LLM_RETRY_BACKOFF_SECONDS
+    for attempt in range(retries + 1):
+        parts: list[str] = []
+        usage = Usage()
+        try:
+            async for chunk in provider.stream(request):
+                if chunk.text:
+                    parts.append(chunk.text)
+                    emit("run.token", {"text": chunk.text})
+                if chunk.usage is not None:
+                    usage = chunk.usage
+        except TransientModelError as exc:
+            # Tokens already shown cannot be taken back, so only a clean failure is retried.
+            if parts or attempt >= retries:
+                raise
+            delay = backoff * (2**attempt)
+            emit(
+                "run.retry",
+                {"error": str(exc), "retry": attempt + 1, "of": retries, "delay_seconds": delay},
+            )
+            await asyncio.sleep(delay)
+            continue
+        _record_usage(usage, provider.name)
+        return ChatResult(text="".join(parts), usage=usage, model=provider.name)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+@dataclass
+class ProcessResult:
+    returncode: int
+    output: str
+
+
+async def _kill_group(proc: asyncio.subprocess.Process, grace: float = 0.5) -> None:
+    """SIGTERM the process group, SIGKILL it after `grace`, then reap."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+        try:
+            await asyncio.wait_for(asyncio.shield(proc.wait()), timeout=grace)
+            if sig == signal.SIGTERM:
+                # The leader is gone; make sure its children are too.
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+            return
+        except TimeoutError:
+            continue
+
+
+async def run_process(
+    argv: Sequence[str],
+    *,
+    cwd: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+    tool: str = "process",
+) -> ProcessResult:
+    """Run `argv`, streaming its output lines as `run.tool.output` events.
+
+    The process gets its own session (process group), so cancelling the run, or `timeout`,
+    kills it and every child it started. A timeout raises `TimeoutError`.
+    """
+    emit("run.tool.called", {"tool": tool, "args": list(argv), "cwd": str(cwd or "")})
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        cwd=str(cwd) if cwd else None,
+        env=dict(env) if env is not None else None,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+    )
+    lines: list[str] = []
+
+    async def pump() -> None:
+        assert proc.stdout is not None
+        async for raw in proc.stdout:
+            line = raw.decode(errors="replace")
+            lines.append(line)
+            emit("run.tool.output", {"tool": tool, "text": line})
+        await proc.wait()
+
+    try:
+        async with asyncio.timeout(timeout):
+            await pump()
+    except BaseException:
+        await _kill_group(proc)
+        raise
+    # The leader exited; children it left in the group go too.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    result = ProcessResult(returncode=proc.returncode or 0, output="".join(lines))
+    emit("run.tool.result", {"tool": tool, "exit_code": result.returncode})
+    return result

@@ -1,0 +1,479 @@
+"""AgentService over gRPC: validation and error codes here, state in `store`, work in workers."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, TypeAlias
+
+import grpc
+from google.protobuf import json_format
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from sqlalchemy.exc import IntegrityError
+
+from amelia.v1 import agents_pb2, agents_pb2_grpc
+from amelia_agents import convert, pagination, queue, workflows
+from amelia_agents.convert import BadNameError
+from amelia_agents.lifecycle import RunEvents
+from amelia_agents.llm import ModelError, parse_model
+from amelia_agents.models import TERMINAL_STATES, AgentRow, RunRow, RunState
+from amelia_agents.runtime import DEFAULT_RETRY_ATTEMPTS, DEFAULT_TIMEOUT_SECONDS
+from amelia_agents.store import ActiveRunError, RunFilter, Store, now
+from amelia_agents.streaming import RunStreamer
+from amelia_common.logging import get_logger
+from amelia_common.settings import Settings
+
+log = get_logger("amelia.agents.api")
+
+Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+NOT_FOUND = grpc.StatusCode.NOT_FOUND
+PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
+CANCEL_CONFIRM_SECONDS = 3.0
+
+AGENT_FIELDS = (
+    "display_name",
+    "description",
+    "system_prompt",
+    "model",
+    "temperature",
+    "max_tokens",
+    "timeout",
+    "retry_attempts",
+    "context_sources",
+    "tools",
+)
+
+
+class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        events: RunEvents,
+        nc: NATS,
+        js: JetStreamContext,
+        checkpointer: BaseCheckpointSaver[Any],
+        streamer: RunStreamer,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.events = events
+        self.nc = nc
+        self.js = js
+        self.checkpointer = checkpointer
+        self.streamer = streamer
+
+    # agents ---------------------------------------------------------------------------------
+
+    def _agent_values(self, agent: agents_pb2.Agent, fields: tuple[str, ...]) -> dict[str, Any]:
+        """Validated column values for `fields` of `agent`; raises ValueError with the reason."""
+        values: dict[str, Any] = {}
+        for name in fields:
+            if name in ("display_name", "description", "system_prompt"):
+                values[name] = getattr(agent, name)
+            elif name == "model":
+                model = agent.model.strip() or self.settings.DEFAULT_MODEL
+                try:
+                    parse_model(model)
+                except ModelError as exc:
+                    raise ValueError(str(exc)) from None
+                values["model"] = model
+            elif name == "temperature":
+                temperature = (
+                    agent.temperature
+                    if agent.HasField("temperature")
+                    else self.settings.DEFAULT_TEMPERATURE
+                )
+                if not 0 <= temperature <= 2:
+                    raise ValueError("temperature must be between 0 and 2")
+                values["temperature"] = temperature
+            elif name == "max_tokens":
+                if agent.max_tokens < 0:
+                    raise ValueError("max_tokens must be positive")
+                values["max_tokens"] = agent.max_tokens or self.settings.DEFAULT_MAX_TOKENS
+            elif name == "timeout":
+                seconds = (
+                    agent.timeout.ToTimedelta().total_seconds()
+                    if agent.HasField("timeout")
+                    else DEFAULT_TIMEOUT_SECONDS
+                )
+                if seconds <= 0:
+                    raise ValueError("timeout must be positive")
+                values["timeout_seconds"] = seconds
+            elif name == "retry_attempts":
+                retries = (
+                    agent.retry_attempts
+                    if agent.HasField("retry_attempts")
+                    else DEFAULT_RETRY_ATTEMPTS
+                )
+                if not 0 <= retries <= 20:
+                    raise ValueError("retry_attempts must be between 0 and 20")
+                values["retry_attempts"] = retries
+            elif name == "context_sources":
+                for source in agent.context_sources:
+                    if not source.startswith("documents/"):
+                        raise ValueError(
+                            f"context source {source!r} must be 'documents/<id>' or 'documents/*'"
+                        )
+                values["context_sources"] = list(agent.context_sources)
+            elif name == "tools":
+                values["tools"] = list(agent.tools)
+        return values
+
+    async def CreateAgent(
+        self, request: agents_pb2.CreateAgentRequest, context: Ctx
+    ) -> agents_pb2.CreateAgentResponse:
+        agent_id = request.agent_id or f"agent-{uuid.uuid4().hex[:12]}"
+        if not convert.AGENT_ID.match(agent_id):
+            await context.abort(INVALID, f"agent_id {agent_id!r} must match [a-z][a-z0-9-]{{0,62}}")
+        try:
+            values = self._agent_values(request.agent, AGENT_FIELDS)
+        except ValueError as exc:
+            await context.abort(INVALID, str(exc))
+        values["display_name"] = values["display_name"] or agent_id
+        stamp = now()
+        row = AgentRow(id=agent_id, create_time=stamp, update_time=stamp, **values)
+        try:
+            await self.store.create_agent(row)
+        except IntegrityError:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"agents/{agent_id} already exists")
+        return agents_pb2.CreateAgentResponse(agent=convert.agent_to_proto(row))
+
+    async def _agent_id(self, name: str, context: Ctx) -> str:
+        try:
+            return convert.agent_id(name)
+        except BadNameError as exc:
+            await context.abort(INVALID, str(exc))
+            raise
+
+    async def GetAgent(
+        self, request: agents_pb2.GetAgentRequest, context: Ctx
+    ) -> agents_pb2.GetAgentResponse:
+        agent_id = await self._agent_id(request.name, context)
+        row = await self.store.get_agent(agent_id)
+        if row is None:
+            await context.abort(NOT_FOUND, f"agents/{agent_id} does not exist")
+        return agents_pb2.GetAgentResponse(agent=convert.agent_to_proto(row))
+
+    async def _page(self, size: int, token: str, context: Ctx) -> tuple[int, Any]:
+        try:
+            limit = pagination.page_size(size)
+            after = pagination.decode(token) if token else None
+        except ValueError as exc:
+            await context.abort(INVALID, str(exc))
+        return limit, after
+
+    async def ListAgents(
+        self, request: agents_pb2.ListAgentsRequest, context: Ctx
+    ) -> agents_pb2.ListAgentsResponse:
+        limit, after = await self._page(request.page_size, request.page_token, context)
+        rows = await self.store.list_agents(limit + 1, after)
+        response = agents_pb2.ListAgentsResponse(
+            agents=[convert.agent_to_proto(r) for r in rows[:limit]]
+        )
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            response.next_page_token = pagination.encode(last.create_time, last.id)
+        return response
+
+    async def UpdateAgent(
+        self, request: agents_pb2.UpdateAgentRequest, context: Ctx
+    ) -> agents_pb2.UpdateAgentResponse:
+        agent_id = await self._agent_id(request.agent.name, context)
+        mask = [f.strip() for path in request.update_mask for f in path.split(",") if f.strip()]
+        unknown = [f for f in mask if f not in AGENT_FIELDS]
+        if unknown:
+            await context.abort(
+                INVALID,
+                f"update_mask has unknown fields {unknown}; allowed: {', '.join(AGENT_FIELDS)}",
+            )
+        if not mask:
+            mask = [f for f in AGENT_FIELDS if _is_set(request.agent, f)]
+        try:
+            values = self._agent_values(request.agent, tuple(mask))
+        except ValueError as exc:
+            await context.abort(INVALID, str(exc))
+        row = await self.store.update_agent(agent_id, values)
+        if row is None:
+            await context.abort(NOT_FOUND, f"agents/{agent_id} does not exist")
+        return agents_pb2.UpdateAgentResponse(agent=convert.agent_to_proto(row))
+
+    async def DeleteAgent(
+        self, request: agents_pb2.DeleteAgentRequest, context: Ctx
+    ) -> agents_pb2.DeleteAgentResponse:
+        agent_id = await self._agent_id(request.name, context)
+        if not await self.store.delete_agent(agent_id):
+            await context.abort(NOT_FOUND, f"agents/{agent_id} does not exist")
+        return agents_pb2.DeleteAgentResponse()
+
+    # threads --------------------------------------------------------------------------------
+
+    async def _thread_id(self, name: str, context: Ctx) -> uuid.UUID:
+        try:
+            return convert.thread_id(name)
+        except BadNameError as exc:
+            await context.abort(INVALID, str(exc))
+            raise
+
+    async def CreateThread(
+        self, request: agents_pb2.CreateThreadRequest, context: Ctx
+    ) -> agents_pb2.CreateThreadResponse:
+        meta = json_format.MessageToDict(request.thread.metadata)
+        row = await self.store.create_thread(meta)
+        return agents_pb2.CreateThreadResponse(thread=convert.thread_to_proto(row))
+
+    async def GetThread(
+        self, request: agents_pb2.GetThreadRequest, context: Ctx
+    ) -> agents_pb2.GetThreadResponse:
+        tid = await self._thread_id(request.name, context)
+        row = await self.store.get_thread(tid)
+        if row is None:
+            await context.abort(NOT_FOUND, f"threads/{tid} does not exist")
+        return agents_pb2.GetThreadResponse(thread=convert.thread_to_proto(row))
+
+    async def ListThreads(
+        self, request: agents_pb2.ListThreadsRequest, context: Ctx
+    ) -> agents_pb2.ListThreadsResponse:
+        limit, after = await self._page(request.page_size, request.page_token, context)
+        rows = await self.store.list_threads(limit + 1, after)
+        response = agents_pb2.ListThreadsResponse(
+            threads=[convert.thread_to_proto(r) for r in rows[:limit]]
+        )
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            response.next_page_token = pagination.encode(last.create_time, str(last.id))
+        return response
+
+    async def DeleteThread(
+        self, request: agents_pb2.DeleteThreadRequest, context: Ctx
+    ) -> agents_pb2.DeleteThreadResponse:
+        tid = await self._thread_id(request.name, context)
+        if await self.store.get_thread(tid) is None:
+            await context.abort(NOT_FOUND, f"threads/{tid} does not exist")
+        if await self.store.thread_has_active_run(tid):
+            await context.abort(
+                PRECONDITION, f"threads/{tid} has a queued, running or paused run: cancel it first"
+            )
+        await self.checkpointer.adelete_thread(str(tid))
+        await self.store.delete_thread(tid)
+        return agents_pb2.DeleteThreadResponse()
+
+    # workflows ------------------------------------------------------------------------------
+
+    async def ListWorkflows(
+        self, request: agents_pb2.ListWorkflowsRequest, context: Ctx
+    ) -> agents_pb2.ListWorkflowsResponse:
+        response = agents_pb2.ListWorkflowsResponse()
+        for wf in workflows.listed():
+            msg = response.workflows.add(
+                name=f"workflows/{wf.name}", description=wf.description, nodes=wf.nodes
+            )
+            msg.input_schema.update(wf.input_schema)
+        return response
+
+    # runs -----------------------------------------------------------------------------------
+
+    async def _enqueue(self, row: RunRow, key: str, context: Ctx) -> None:
+        try:
+            await queue.enqueue(self.js, self.settings, row.id, key)
+        except Exception as exc:  # noqa: BLE001 - NATS down: say so, the run is kept
+            log.warning("cannot queue run", run=str(row.id), error=str(exc) or repr(exc))
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"runs/{row.id} is recorded but could not be queued (NATS: "
+                f"{exc or type(exc).__name__}); retry with the same request_id",
+            )
+
+    async def CreateRun(
+        self, request: agents_pb2.CreateRunRequest, context: Ctx
+    ) -> agents_pb2.CreateRunResponse:
+        run = request.run
+        if request.request_id:
+            existing = await self.store.run_by_request_id(request.request_id)
+            if existing is not None:
+                if existing.status == RunState.QUEUED.value and not existing.has_resume:
+                    await self._enqueue(existing, "start", context)
+                return agents_pb2.CreateRunResponse(run=convert.run_to_proto(existing))
+        target = run.WhichOneof("target")
+        agent_id: str | None = None
+        workflow_name: str | None = None
+        agent_config: dict[str, Any] | None = None
+        input_value = json_format.MessageToDict(run.input)
+        if target is None:
+            await context.abort(INVALID, "set run.agent ('agents/<id>') or run.workflow")
+        if target == "agent":
+            agent_id = await self._agent_id(run.agent, context)
+            agent = await self.store.get_agent(agent_id)
+            if agent is None:
+                await context.abort(NOT_FOUND, f"agents/{agent_id} does not exist")
+            agent_config = convert.agent_snapshot(agent)
+            workflow = workflows.get(workflows.AGENT_WORKFLOW)
+        else:
+            workflow_name = convert.workflow_name(run.workflow)
+            workflow = workflows.get(workflow_name)
+            if workflow is None or workflow.hidden:
+                await context.abort(
+                    NOT_FOUND,
+                    f"workflows/{workflow_name} does not exist; available: "
+                    f"{', '.join(workflows.names())}",
+                )
+        assert workflow is not None
+        try:
+            workflow.validate_input(input_value)
+        except workflows.InvalidInputError as exc:
+            await context.abort(INVALID, str(exc))
+        timeout: float | None = None
+        if run.HasField("timeout"):
+            timeout = run.timeout.ToTimedelta().total_seconds()
+            if timeout <= 0:
+                await context.abort(INVALID, "run.timeout must be positive")
+        new_thread = not run.thread
+        tid = uuid.uuid4() if new_thread else await self._thread_id(run.thread, context)
+        if not new_thread and await self.store.get_thread(tid) is None:
+            await context.abort(NOT_FOUND, f"threads/{tid} does not exist")
+        row = RunRow(
+            id=uuid.uuid4(),
+            agent_id=agent_id,
+            workflow=workflow_name,
+            thread_id=tid,
+            input=input_value,
+            agent_config=agent_config,
+            status=RunState.QUEUED.value,
+            error="",
+            create_time=now(),
+            input_tokens=0,
+            output_tokens=0,
+            has_resume=False,
+            attempt=0,
+            timeout_seconds=timeout,
+            request_id=request.request_id or None,
+            worker="",
+        )
+        try:
+            await self.store.create_run(row, new_thread)
+        except ActiveRunError:
+            await context.abort(
+                PRECONDITION,
+                f"threads/{tid} already has a queued, running or paused run; wait for it to "
+                "end, or cancel it",
+            )
+        except IntegrityError:
+            existing = await self.store.run_by_request_id(request.request_id)
+            if existing is None:
+                raise
+            return agents_pb2.CreateRunResponse(run=convert.run_to_proto(existing))
+        await self._enqueue(row, "start", context)
+        return agents_pb2.CreateRunResponse(run=convert.run_to_proto(row))
+
+    async def _run_id(self, name: str, context: Ctx) -> uuid.UUID:
+        try:
+            return convert.run_id(name)
+        except BadNameError as exc:
+            await context.abort(INVALID, str(exc))
+            raise
+
+    async def _get_run(self, name: str, context: Ctx) -> RunRow:
+        rid = await self._run_id(name, context)
+        row = await self.store.get_run(rid)
+        if row is None:
+            await context.abort(NOT_FOUND, f"runs/{rid} does not exist")
+        assert row is not None
+        return row
+
+    async def GetRun(
+        self, request: agents_pb2.GetRunRequest, context: Ctx
+    ) -> agents_pb2.GetRunResponse:
+        row = await self._get_run(request.name, context)
+        return agents_pb2.GetRunResponse(run=convert.run_to_proto(row))
+
+    async def ListRuns(
+        self, request: agents_pb2.ListRunsRequest, context: Ctx
+    ) -> agents_pb2.ListRunsResponse:
+        limit, after = await self._page(request.page_size, request.page_token, context)
+        flt = RunFilter()
+        try:
+            flt.statuses = [convert.STATUS_FROM_PROTO[s] for s in request.statuses]
+        except KeyError:
+            await context.abort(INVALID, "statuses has an unknown or unspecified status")
+        if request.agent:
+            flt.agent_id = await self._agent_id(request.agent, context)
+        if request.workflow:
+            flt.workflow = convert.workflow_name(request.workflow)
+        if request.thread:
+            flt.thread_id = await self._thread_id(request.thread, context)
+        if request.HasField("created_after"):
+            flt.created_after = request.created_after.ToDatetime(tzinfo=_utc())
+        if request.HasField("created_before"):
+            flt.created_before = request.created_before.ToDatetime(tzinfo=_utc())
+        rows = await self.store.list_runs(limit + 1, after, flt)
+        response = agents_pb2.ListRunsResponse(runs=[convert.run_to_proto(r) for r in rows[:limit]])
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            response.next_page_token = pagination.encode(last.create_time, str(last.id))
+        return response
+
+    async def CancelRun(
+        self, request: agents_pb2.CancelRunRequest, context: Ctx
+    ) -> agents_pb2.CancelRunResponse:
+        rid = await self._run_id(request.name, context)
+        reason = request.reason.strip() or "cancelled"
+        row, changed = await self.store.cancel(rid, reason)
+        if row is None:
+            await context.abort(NOT_FOUND, f"runs/{rid} does not exist")
+        assert row is not None
+        if not changed:
+            await context.abort(
+                PRECONDITION, f"runs/{rid} already ended ({row.status}); nothing to cancel"
+            )
+        # The worker running it (if any) stops it and publishes the end; else we do.
+        confirmed = await queue.request_cancel(self.nc, rid, reason, CANCEL_CONFIRM_SECONDS)
+        row = await self.store.get_run(rid) or row
+        if not confirmed or row.terminal_sequence is None:
+            await self.events.terminal(row)
+            row = await self.store.get_run(rid) or row
+        return agents_pb2.CancelRunResponse(run=convert.run_to_proto(row))
+
+    async def ResumeRun(
+        self, request: agents_pb2.ResumeRunRequest, context: Ctx
+    ) -> agents_pb2.ResumeRunResponse:
+        rid = await self._run_id(request.name, context)
+        if not request.HasField("answer"):
+            await context.abort(INVALID, "answer is required (any JSON value)")
+        answer = convert.from_value(request.answer)
+        row, changed = await self.store.resume(rid, answer)
+        if row is None:
+            await context.abort(NOT_FOUND, f"runs/{rid} does not exist")
+        assert row is not None
+        if not changed:
+            await context.abort(
+                PRECONDITION, f"runs/{rid} is {row.status}, not PAUSED; there is nothing to answer"
+            )
+        await self._enqueue(row, f"resume-{row.attempt}", context)
+        return agents_pb2.ResumeRunResponse(run=convert.run_to_proto(row))
+
+    async def StreamRun(
+        self, request: agents_pb2.StreamRunRequest, context: Ctx
+    ) -> AsyncIterator[agents_pb2.StreamRunResponse]:
+        row = await self._get_run(request.name, context)
+        async for event in self.streamer.stream(row, request.after_sequence, context):
+            yield agents_pb2.StreamRunResponse(event=event)
+
+
+def _utc() -> Any:
+    from datetime import UTC
+
+    return UTC
+
+
+def _is_set(agent: agents_pb2.Agent, field: str) -> bool:
+    if field in ("temperature", "retry_attempts", "timeout"):
+        return agent.HasField(field)
+    if field in ("context_sources", "tools"):
+        return bool(getattr(agent, field))
+    return bool(getattr(agent, field))
+
+
+__all__ = ["TERMINAL_STATES", "AgentServicer"]

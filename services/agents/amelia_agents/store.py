@@ -1,0 +1,300 @@
+"""Reads and state transitions of agents, threads and runs in PostgreSQL.
+
+Every run transition is one conditional UPDATE (`... WHERE status IN (...) RETURNING`), so the
+API and any number of workers can race on a run and exactly one of them wins; the loser learns
+the current status and reports it (FAILED_PRECONDITION for a second cancel, a skipped job for a
+worker).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import and_, delete, func, or_, select, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from amelia_agents.models import (
+    ACTIVE_STATES,
+    AgentRow,
+    RunRow,
+    RunState,
+    ThreadRow,
+)
+
+
+class ActiveRunError(Exception):
+    """The thread already has a queued, running or paused run."""
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class RunFilter:
+    statuses: Sequence[str] = ()
+    agent_id: str | None = None
+    workflow: str | None = None
+    thread_id: uuid.UUID | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+class Store:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self.sessions = sessions
+
+    # agents ---------------------------------------------------------------------------------
+
+    async def create_agent(self, row: AgentRow) -> AgentRow:
+        async with self.sessions() as s, s.begin():
+            s.add(row)
+        return row
+
+    async def get_agent(self, agent_id: str) -> AgentRow | None:
+        async with self.sessions() as s:
+            return await s.get(AgentRow, agent_id)
+
+    async def list_agents(self, limit: int, after: tuple[datetime, str] | None) -> list[AgentRow]:
+        query = select(AgentRow).order_by(AgentRow.create_time, AgentRow.id).limit(limit)
+        if after:
+            query = query.where(
+                or_(
+                    AgentRow.create_time > after[0],
+                    and_(AgentRow.create_time == after[0], AgentRow.id > after[1]),
+                )
+            )
+        async with self.sessions() as s:
+            return list((await s.scalars(query)).all())
+
+    async def update_agent(self, agent_id: str, values: dict[str, Any]) -> AgentRow | None:
+        async with self.sessions() as s, s.begin():
+            row = await s.get(AgentRow, agent_id, with_for_update=True)
+            if row is None:
+                return None
+            for key, value in values.items():
+                setattr(row, key, value)
+            row.update_time = now()
+        return row
+
+    async def delete_agent(self, agent_id: str) -> bool:
+        async with self.sessions() as s, s.begin():
+            result = await s.execute(delete(AgentRow).where(AgentRow.id == agent_id))
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    # threads --------------------------------------------------------------------------------
+
+    async def create_thread(self, meta: dict[str, Any]) -> ThreadRow:
+        row = ThreadRow(id=uuid.uuid4(), meta=meta, create_time=now(), update_time=now())
+        async with self.sessions() as s, s.begin():
+            s.add(row)
+        return row
+
+    async def get_thread(self, thread_id: uuid.UUID) -> ThreadRow | None:
+        async with self.sessions() as s:
+            return await s.get(ThreadRow, thread_id)
+
+    async def list_threads(self, limit: int, after: tuple[datetime, str] | None) -> list[ThreadRow]:
+        query = select(ThreadRow).order_by(ThreadRow.create_time, ThreadRow.id).limit(limit)
+        if after:
+            query = query.where(
+                or_(
+                    ThreadRow.create_time > after[0],
+                    and_(ThreadRow.create_time == after[0], ThreadRow.id > uuid.UUID(after[1])),
+                )
+            )
+        async with self.sessions() as s:
+            return list((await s.scalars(query)).all())
+
+    async def thread_has_active_run(self, thread_id: uuid.UUID) -> bool:
+        async with self.sessions() as s:
+            found = await s.scalar(
+                select(func.count())
+                .select_from(RunRow)
+                .where(RunRow.thread_id == thread_id, RunRow.status.in_(ACTIVE_STATES))
+            )
+        return bool(found)
+
+    async def delete_thread(self, thread_id: uuid.UUID) -> bool:
+        async with self.sessions() as s, s.begin():
+            result = await s.execute(delete(ThreadRow).where(ThreadRow.id == thread_id))
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    # runs: API side -------------------------------------------------------------------------
+
+    async def run_by_request_id(self, request_id: str) -> RunRow | None:
+        async with self.sessions() as s:
+            return await s.scalar(select(RunRow).where(RunRow.request_id == request_id))
+
+    async def create_run(self, row: RunRow, new_thread: bool) -> RunRow:
+        """Insert the run (and its new thread); `ActiveRunError` when the thread is busy."""
+        try:
+            async with self.sessions() as s, s.begin():
+                if new_thread:
+                    s.add(
+                        ThreadRow(id=row.thread_id, meta={}, create_time=now(), update_time=now())
+                    )
+                    await s.flush()
+                s.add(row)
+                await s.flush()
+                await s.execute(
+                    update(ThreadRow).where(ThreadRow.id == row.thread_id).values(update_time=now())
+                )
+        except IntegrityError as exc:
+            if "uq_runs_active_thread" in str(exc.orig):
+                raise ActiveRunError from exc
+            raise
+        return row
+
+    async def get_run(self, run_id: uuid.UUID) -> RunRow | None:
+        async with self.sessions() as s:
+            return await s.get(RunRow, run_id)
+
+    async def list_runs(
+        self, limit: int, after: tuple[datetime, str] | None, flt: RunFilter
+    ) -> list[RunRow]:
+        query = select(RunRow).order_by(RunRow.create_time.desc(), RunRow.id.desc()).limit(limit)
+        if after:
+            query = query.where(
+                or_(
+                    RunRow.create_time < after[0],
+                    and_(RunRow.create_time == after[0], RunRow.id < uuid.UUID(after[1])),
+                )
+            )
+        if flt.statuses:
+            query = query.where(RunRow.status.in_(list(flt.statuses)))
+        if flt.agent_id:
+            query = query.where(RunRow.agent_id == flt.agent_id)
+        if flt.workflow:
+            query = query.where(RunRow.workflow == flt.workflow)
+        if flt.thread_id:
+            query = query.where(RunRow.thread_id == flt.thread_id)
+        if flt.created_after:
+            query = query.where(RunRow.create_time >= flt.created_after)
+        if flt.created_before:
+            query = query.where(RunRow.create_time < flt.created_before)
+        async with self.sessions() as s:
+            return list((await s.scalars(query)).all())
+
+    async def _transition(
+        self, run_id: uuid.UUID, allowed: Sequence[str], values: dict[str, Any]
+    ) -> tuple[RunRow | None, bool]:
+        """Apply `values` if the run's status is in `allowed`: (row after, whether it changed)."""
+        async with self.sessions() as s, s.begin():
+            changed = await s.scalar(
+                update(RunRow)
+                .where(RunRow.id == run_id, RunRow.status.in_(list(allowed)))
+                .values(**values)
+                .returning(RunRow)
+                .execution_options(populate_existing=True)
+            )
+            if changed is not None:
+                return changed, True
+            return await s.get(RunRow, run_id), False
+
+    async def cancel(self, run_id: uuid.UUID, reason: str) -> tuple[RunRow | None, bool]:
+        end = now()
+        return await self._transition(
+            run_id,
+            ACTIVE_STATES,
+            {
+                "status": RunState.CANCELLED.value,
+                "error": reason,
+                "end_time": end,
+                "interrupt": None,
+                "has_resume": False,
+            },
+        )
+
+    async def resume(self, run_id: uuid.UUID, answer: Any) -> tuple[RunRow | None, bool]:
+        return await self._transition(
+            run_id,
+            [RunState.PAUSED.value],
+            {"status": RunState.QUEUED.value, "has_resume": True, "resume_value": answer},
+        )
+
+    # runs: worker side ----------------------------------------------------------------------
+
+    async def claim(self, run_id: uuid.UUID, worker: str) -> tuple[RunRow | None, bool]:
+        """QUEUED/RUNNING → RUNNING with the attempt counted; else the run as it is."""
+        return await self._transition(
+            run_id,
+            [RunState.QUEUED.value, RunState.RUNNING.value],
+            {
+                "status": RunState.RUNNING.value,
+                "attempt": RunRow.attempt + 1,
+                "start_time": func.coalesce(RunRow.start_time, now()),
+                "worker": worker,
+            },
+        )
+
+    async def add_usage(self, run_id: uuid.UUID, input_tokens: int, output_tokens: int) -> None:
+        async with self.sessions() as s, s.begin():
+            await s.execute(
+                update(RunRow)
+                .where(RunRow.id == run_id)
+                .values(
+                    input_tokens=RunRow.input_tokens + input_tokens,
+                    output_tokens=RunRow.output_tokens + output_tokens,
+                )
+            )
+
+    async def finish(
+        self,
+        run_id: uuid.UUID,
+        status: RunState,
+        *,
+        output: dict[str, Any] | None = None,
+        error: str = "",
+    ) -> tuple[RunRow | None, bool]:
+        """RUNNING → COMPLETED/FAILED; a run cancelled meanwhile stays CANCELLED."""
+        return await self._transition(
+            run_id,
+            [RunState.RUNNING.value],
+            {
+                "status": status.value,
+                "output": output,
+                "error": error,
+                "end_time": now(),
+                "interrupt": None,
+                "has_resume": False,
+            },
+        )
+
+    async def pause(
+        self, run_id: uuid.UUID, interrupt: dict[str, Any]
+    ) -> tuple[RunRow | None, bool]:
+        return await self._transition(
+            run_id,
+            [RunState.RUNNING.value],
+            {
+                "status": RunState.PAUSED.value,
+                "interrupt": interrupt,
+                "has_resume": False,
+                "resume_value": None,
+            },
+        )
+
+    async def set_terminal_sequence(self, run_id: uuid.UUID, sequence: int) -> None:
+        async with self.sessions() as s, s.begin():
+            await s.execute(
+                update(RunRow).where(RunRow.id == run_id).values(terminal_sequence=sequence)
+            )
+
+    async def status(self, run_id: uuid.UUID) -> str | None:
+        async with self.sessions() as s:
+            return await s.scalar(select(RunRow.status).where(RunRow.id == run_id))
+
+
+ADVISORY_LOCK_SQL = text("SELECT pg_try_advisory_lock(:k)")
+ADVISORY_UNLOCK_SQL = text("SELECT pg_advisory_unlock(:k)")
+
+
+def run_lock_key(run_id: uuid.UUID) -> int:
+    """A 63-bit advisory-lock key for the run (one executor per run, released if it dies)."""
+    return int.from_bytes(run_id.bytes[:8], "big") & 0x7FFFFFFFFFFFFFFF

@@ -1,0 +1,107 @@
+"""StreamRun: a run's events from the events service — replay, then live, until the run ends.
+
+The agents service does not read JetStream itself for this: it asks the events service
+(`StreamEvents` with subject `runs/<uuid>`), so replay and live delivery behave exactly like any
+other event stream in the mesh. The stream ends after the run's terminal event
+(`run.completed|failed|cancelled`); joining a finished run replays it and ends. If that event is
+not in the log any more (expired), an idle stream of a finished run ends too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from amelia.v1 import events_pb2, events_pb2_grpc
+from amelia_agents.convert import run_name
+from amelia_agents.lifecycle import TERMINAL_TYPES
+from amelia_agents.models import TERMINAL_STATES, RunRow
+from amelia_agents.store import Store
+from amelia_common.grpc_client import aio_channel
+from amelia_common.settings import Settings
+
+IDLE_CHECK_SECONDS = 2.0
+_DONE = object()
+
+
+class RunStreamer:
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+        self.channel = aio_channel(settings.EVENTS_ADDRESS, settings)
+        self.stub = events_pb2_grpc.EventServiceStub(self.channel)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def stream(
+        self, row: RunRow, after_sequence: int, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[events_pb2.Event]:
+        if (
+            row.status in TERMINAL_STATES
+            and row.terminal_sequence is not None
+            and after_sequence >= row.terminal_sequence
+        ):
+            return
+        request = events_pb2.StreamEventsRequest(
+            filter=events_pb2.EventFilter(subject=run_name(row.id))
+        )
+        if after_sequence:
+            request.after_sequence = after_sequence
+        else:
+            request.from_beginning = True
+        call = self.stub.StreamEvents(request)
+        inbox: asyncio.Queue[Any] = asyncio.Queue(maxsize=256)
+
+        async def pump() -> None:
+            try:
+                async for response in call:
+                    await inbox.put(response.event)
+                await inbox.put(_DONE)
+            except grpc.aio.AioRpcError as exc:
+                await inbox.put(exc)
+
+        reader = asyncio.create_task(pump())
+        last = after_sequence
+        idle_checks = 0
+        try:
+            while True:
+                try:
+                    item = await asyncio.wait_for(inbox.get(), IDLE_CHECK_SECONDS)
+                except TimeoutError:
+                    current = await self.store.get_run(row.id)
+                    if (
+                        current is not None
+                        and current.status in TERMINAL_STATES
+                        and current.terminal_sequence is not None
+                    ):
+                        idle_checks += 1
+                        if idle_checks >= 2:
+                            return
+                    continue
+                idle_checks = 0
+                if isinstance(item, events_pb2.Event):
+                    last = item.sequence
+                    yield item
+                    if item.type in TERMINAL_TYPES:
+                        return
+                    continue
+                detail = (
+                    f"{item.code().name}: {item.details()}"
+                    if isinstance(item, grpc.aio.AioRpcError)
+                    else "the stream ended"
+                )
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"events service at {self.settings.EVENTS_ADDRESS} ({detail}); reconnect "
+                    f"with after_sequence={last} to continue without a gap",
+                )
+        finally:
+            call.cancel()
+            reader.cancel()
+            with contextlib.suppress(BaseException):
+                await reader

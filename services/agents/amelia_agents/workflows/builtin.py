@@ -1,0 +1,143 @@
+"""Built-in workflows: `echo`, `chat`, and the hidden `agent` graph that runs an agent.
+
+They share one conversation state (`messages`, appended to), so runs in a thread see the
+earlier runs' messages whatever the workflow. Issue-7 workflows (chat with RAG, plan, code) plug
+in the same way.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Annotated, Any, TypedDict
+
+from langgraph.graph import END, START, StateGraph
+
+from amelia_agents import runtime
+from amelia_agents.runtime import current
+from amelia_agents.workflows.registry import AGENT_WORKFLOW, Workflow, register
+
+
+class ConversationState(TypedDict, total=False):
+    """A thread's memory: every message of every run, in order."""
+
+    messages: Annotated[list[dict[str, Any]], operator.add]
+    # The current run's input, for nodes that need more than the message.
+    request: dict[str, Any]
+
+
+MESSAGE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["message"],
+    "properties": {"message": {"type": "string", "minLength": 1}},
+}
+
+
+def message_to_state(value: dict[str, Any]) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": value["message"]}], "request": value}
+
+
+def last_reply(state: dict[str, Any]) -> dict[str, Any]:
+    replies = [m for m in state.get("messages", []) if m.get("role") == "assistant"]
+    return {"message": replies[-1]["content"] if replies else ""}
+
+
+# echo --------------------------------------------------------------------------------------
+
+
+async def echo_node(state: ConversationState) -> dict[str, Any]:
+    """Stream the message back, token by token, through the offline provider."""
+    request = state.get("request", {})
+    delay = int(request.get("delay_ms", 0))
+    model = "offline:echo" + (f"?delay_ms={delay}" if delay else "")
+    result = await runtime.chat(state.get("messages", []), model=model)
+    return {"messages": [{"role": "assistant", "content": result.text}]}
+
+
+def build_echo(_agent: dict[str, Any] | None) -> StateGraph[Any, Any, Any, Any]:
+    graph = StateGraph(ConversationState)
+    graph.add_node("echo", echo_node)
+    graph.add_edge(START, "echo")
+    graph.add_edge("echo", END)
+    return graph
+
+
+# chat / agent ------------------------------------------------------------------------------
+
+
+def _agent_settings(agent: dict[str, Any] | None, request: dict[str, Any]) -> dict[str, Any]:
+    """The model call's parameters: the agent's, else the request's, else the defaults."""
+    settings = current().settings
+    source = agent or request
+    return {
+        "model": str(source.get("model") or settings.DEFAULT_MODEL),
+        "system": str(source.get("system_prompt") or ""),
+        "temperature": float(source.get("temperature", settings.DEFAULT_TEMPERATURE)),
+        "max_tokens": int(source.get("max_tokens") or settings.DEFAULT_MAX_TOKENS),
+    }
+
+
+def build_respond(agent: dict[str, Any] | None) -> StateGraph[Any, Any, Any, Any]:
+    async def respond(state: ConversationState) -> dict[str, Any]:
+        params = _agent_settings(agent, state.get("request", {}))
+        result = await runtime.chat(state.get("messages", []), **params)
+        return {"messages": [{"role": "assistant", "content": result.text}]}
+
+    graph = StateGraph(ConversationState)
+    graph.add_node("respond", respond)
+    graph.add_edge(START, "respond")
+    graph.add_edge("respond", END)
+    return graph
+
+
+register(
+    Workflow(
+        name="echo",
+        description="Streams the message back token by token (offline; for trying the mesh).",
+        nodes=["echo"],
+        build=build_echo,
+        to_state=message_to_state,
+        to_output=last_reply,
+        input_schema={
+            **MESSAGE_SCHEMA,
+            "properties": {
+                **MESSAGE_SCHEMA["properties"],
+                "delay_ms": {"type": "integer", "minimum": 0, "maximum": 10_000},
+            },
+        },
+        default_timeout=60.0,
+    )
+)
+
+register(
+    Workflow(
+        name="chat",
+        description="One model reply to the message, with the thread's earlier messages as memory.",
+        nodes=["respond"],
+        build=build_respond,
+        to_state=message_to_state,
+        to_output=last_reply,
+        input_schema={
+            **MESSAGE_SCHEMA,
+            "properties": {
+                **MESSAGE_SCHEMA["properties"],
+                "model": {"type": "string", "minLength": 1},
+                "system_prompt": {"type": "string"},
+                "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+                "max_tokens": {"type": "integer", "minimum": 1},
+            },
+        },
+    )
+)
+
+register(
+    Workflow(
+        name=AGENT_WORKFLOW,
+        description="Runs an agent: its system prompt and model answer the message.",
+        nodes=["respond"],
+        build=build_respond,
+        to_state=message_to_state,
+        to_output=last_reply,
+        input_schema=MESSAGE_SCHEMA,
+        hidden=True,
+    )
+)

@@ -1,0 +1,143 @@
+"""Workflows used only by the agents tests (loaded through AGENT_WORKFLOW_MODULES, also by the
+worker subprocesses). Nodes record each execution in a file so a test can count them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any, TypedDict
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import interrupt
+
+from amelia_agents import runtime
+from amelia_agents.workflows import Workflow, register
+
+
+class StepsState(TypedDict, total=False):
+    request: dict[str, Any]
+    done: list[str]
+
+
+def _record(state: StepsState, node: str) -> None:
+    with Path(state["request"]["record"]).open("a") as f:
+        f.write(f"{node} {os.getpid()}\n")
+
+
+async def step_a(state: StepsState) -> dict[str, Any]:
+    _record(state, "a")
+    runtime.emit("run.token", {"text": "A "})
+    return {"done": [*state.get("done", []), "a"]}
+
+
+async def step_b(state: StepsState) -> dict[str, Any]:
+    _record(state, "b")
+    runtime.emit("run.token", {"text": "B1 "})
+    release = Path(state["request"]["release"])
+    while not release.exists():
+        await asyncio.sleep(0.05)
+    runtime.emit("run.token", {"text": "B2 "})
+    return {"done": [*state.get("done", []), "b"]}
+
+
+async def step_c(state: StepsState) -> dict[str, Any]:
+    _record(state, "c")
+    runtime.emit("run.token", {"text": "C"})
+    return {"done": [*state.get("done", []), "c"]}
+
+
+def build_steps(_agent: dict[str, Any] | None) -> StateGraph[Any, Any, Any, Any]:
+    graph = StateGraph(StepsState)
+    graph.add_node("a", step_a)
+    graph.add_node("b", step_b)
+    graph.add_node("c", step_c)
+    graph.add_edge(START, "a")
+    graph.add_edge("a", "b")
+    graph.add_edge("b", "c")
+    graph.add_edge("c", END)
+    return graph
+
+
+class AskState(TypedDict, total=False):
+    request: dict[str, Any]
+    answer: Any
+    result: str
+
+
+async def ask(state: AskState) -> dict[str, Any]:
+    answer = interrupt({"question": state["request"].get("question", "Proceed?")})
+    return {"answer": answer}
+
+
+async def finish(state: AskState) -> dict[str, Any]:
+    runtime.emit("run.token", {"text": f"answer was {state['answer']}"})
+    return {"result": f"answer was {state['answer']}"}
+
+
+def build_ask(_agent: dict[str, Any] | None) -> StateGraph[Any, Any, Any, Any]:
+    graph = StateGraph(AskState)
+    graph.add_node("ask", ask)
+    graph.add_node("finish", finish)
+    graph.add_edge(START, "ask")
+    graph.add_edge("ask", "finish")
+    graph.add_edge("finish", END)
+    return graph
+
+
+class OneState(TypedDict, total=False):
+    request: dict[str, Any]
+    result: str
+
+
+async def raise_node(state: OneState) -> dict[str, Any]:
+    raise ValueError("boom in node")
+
+
+async def sleep_node(state: OneState) -> dict[str, Any]:
+    await asyncio.sleep(float(state["request"].get("seconds", 60)))
+    return {"result": "slept"}
+
+
+async def process_node(state: OneState) -> dict[str, Any]:
+    pidfile = state["request"]["pidfile"]
+    script = f"sleep 30 & echo $$ $! > {pidfile}; echo started; sleep 30"
+    result = await runtime.run_process(["sh", "-c", script], tool="shell")
+    return {"result": result.output}
+
+
+def _single(node: Any) -> Any:
+    def build(_agent: dict[str, Any] | None) -> StateGraph[Any, Any, Any, Any]:
+        graph = StateGraph(OneState)
+        graph.add_node("work", node)
+        graph.add_edge(START, "work")
+        graph.add_edge("work", END)
+        return graph
+
+    return build
+
+
+def _request(value: dict[str, Any]) -> dict[str, Any]:
+    return {"request": value}
+
+
+def _register(name: str, build: Any, nodes: list[str], output: Any) -> None:
+    register(
+        Workflow(
+            name=name,
+            description=f"test workflow {name}",
+            nodes=nodes,
+            build=build,
+            to_state=_request,
+            to_output=output,
+            input_schema={"type": "object"},
+        ),
+        replace=True,
+    )
+
+
+_register("test-steps", build_steps, ["a", "b", "c"], lambda s: {"done": s.get("done", [])})
+_register("test-ask", build_ask, ["ask", "finish"], lambda s: {"result": s.get("result", "")})
+_register("test-raise", _single(raise_node), ["work"], lambda s: {})
+_register("test-sleep", _single(sleep_node), ["work"], lambda s: {"result": s.get("result")})
+_register("test-process", _single(process_node), ["work"], lambda s: {"result": s.get("result")})

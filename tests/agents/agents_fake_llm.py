@@ -1,0 +1,200 @@
+"""Fake LLM servers for the agents tests: they speak the real streaming wire formats.
+
+`FakeAnthropic` answers `POST /v1/messages` with Anthropic's Messages SSE stream
+(message_start, content_block_*, message_delta, message_stop, pings); `FakeOpenAI` answers
+`POST /v1/chat/completions` with OpenAI's chat.completion.chunk SSE stream ending in `[DONE]`.
+Both pick a behaviour from the requested model name, record every request, and notice when a
+client goes away mid-stream.
+
+Model names (both servers):
+- `tokens` — replies REPLY in word tokens.
+- `transcript` — replies with the conversation it was sent ("role: content" lines).
+- `flaky-<key>` — the first request for <key> fails (Anthropic 529 overloaded, OpenAI 503), the
+  next succeeds.
+- `down-<key>` — always fails with 529/503.
+- `slow` — 200 tokens, 100 ms apart (to cancel mid-stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from amelia_common.embedded import free_port
+
+REPLY = "Hello from the fake model, streamed one token at a time."
+
+
+def tokens_of(text: str) -> list[str]:
+    return re.findall(r"\s*\S+\s*|\s+", text)
+
+
+@dataclass
+class FakeServer:
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    attempts: dict[str, int] = field(default_factory=dict)
+    disconnects: int = 0
+    streams_open: int = 0
+    port: int = 0
+    _server: uvicorn.Server | None = None
+    _task: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def routes(self) -> list[Route]:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        self.port = free_port()
+        config = uvicorn.Config(
+            Starlette(routes=self.routes()),
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan="off",
+        )
+        self._server = uvicorn.Server(config)
+        self._task = asyncio.create_task(self._server.serve())
+        while not self._server.started:
+            await asyncio.sleep(0.02)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._task is not None:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(self._task, 5)
+
+    def plan(self, model: str, messages: list[dict[str, Any]]) -> tuple[str, list[str], float]:
+        """(outcome, tokens, delay): outcome is 'ok' or 'fail'."""
+        if model.startswith("flaky-"):
+            n = self.attempts[model] = self.attempts.get(model, 0) + 1
+            if n == 1:
+                return "fail", [], 0.0
+        if model.startswith("down-"):
+            return "fail", [], 0.0
+        if model == "transcript":
+            text = "\n".join(f"{m['role']}: {_text(m['content'])}" for m in messages)
+            return "ok", tokens_of(text), 0.0
+        if model == "slow":
+            return "ok", [f"t{i} " for i in range(200)], 0.1
+        return "ok", tokens_of(REPLY), 0.0
+
+    async def _guarded(self, body: AsyncIterator[str]) -> AsyncIterator[str]:
+        self.streams_open += 1
+        finished = False
+        try:
+            async for chunk in body:
+                yield chunk
+            finished = True
+        finally:
+            self.streams_open -= 1
+            if not finished:
+                self.disconnects += 1
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+
+
+class FakeAnthropic(FakeServer):
+    def routes(self) -> list[Route]:
+        return [Route("/v1/messages", self.messages, methods=["POST"])]
+
+    async def messages(self, request: Request) -> Response:
+        body = await request.json()
+        self.requests.append({"headers": dict(request.headers), "body": body})
+        if not request.headers.get("x-api-key"):
+            return JSONResponse(
+                {"type": "error", "error": {"type": "authentication_error",
+                                            "message": "x-api-key header is required"}},
+                status_code=401,
+            )
+        outcome, tokens, delay = self.plan(body["model"], body["messages"])
+        if outcome == "fail":
+            return JSONResponse(
+                {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
+                status_code=529,
+            )
+        model = body["model"]
+
+        async def stream() -> AsyncIterator[str]:
+            def sse(event: str, data: dict[str, Any]) -> str:
+                return f"event: {event}\ndata: {json.dumps(data)}\n\n"
+
+            yield sse("message_start", {
+                "type": "message_start",
+                "message": {"id": "msg_fake", "type": "message", "role": "assistant",
+                            "model": model, "content": [], "stop_reason": None,
+                            "stop_sequence": None,
+                            "usage": {"input_tokens": 25, "output_tokens": 1}},
+            })
+            yield sse("content_block_start", {"type": "content_block_start", "index": 0,
+                                              "content_block": {"type": "text", "text": ""}})
+            yield sse("ping", {"type": "ping"})
+            for token in tokens:
+                if delay:
+                    await asyncio.sleep(delay)
+                yield sse("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                  "delta": {"type": "text_delta", "text": token}})
+            yield sse("content_block_stop", {"type": "content_block_stop", "index": 0})
+            yield sse("message_delta", {"type": "message_delta",
+                                        "delta": {"stop_reason": "end_turn",
+                                                  "stop_sequence": None},
+                                        "usage": {"output_tokens": len(tokens)}})
+            yield sse("message_stop", {"type": "message_stop"})
+
+        return StreamingResponse(self._guarded(stream()), media_type="text/event-stream")
+
+
+class FakeOpenAI(FakeServer):
+    def routes(self) -> list[Route]:
+        return [Route("/v1/chat/completions", self.completions, methods=["POST"])]
+
+    async def completions(self, request: Request) -> Response:
+        body = await request.json()
+        self.requests.append({"headers": dict(request.headers), "body": body})
+        messages = [m for m in body["messages"] if m["role"] != "system"]
+        outcome, tokens, delay = self.plan(body["model"], messages)
+        if outcome == "fail":
+            return JSONResponse(
+                {"error": {"message": "server busy", "type": "server_error"}}, status_code=503
+            )
+        model = body["model"]
+
+        async def stream() -> AsyncIterator[str]:
+            def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
+                data = {"id": "chatcmpl-fake", "object": "chat.completion.chunk",
+                        "created": 1700000000, "model": model,
+                        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+                return f"data: {json.dumps(data)}\n\n"
+
+            yield chunk({"role": "assistant", "content": ""})
+            for token in tokens:
+                if delay:
+                    await asyncio.sleep(delay)
+                yield chunk({"content": token})
+            yield chunk({}, "stop")
+            usage = {"id": "chatcmpl-fake", "object": "chat.completion.chunk",
+                     "created": 1700000000, "model": model, "choices": [],
+                     "usage": {"prompt_tokens": 11, "completion_tokens": len(tokens),
+                               "total_tokens": 11 + len(tokens)}}
+            yield f"data: {json.dumps(usage)}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(self._guarded(stream()), media_type="text/event-stream")

@@ -1,0 +1,67 @@
+"""Agents tests: the real events and agents services in process (port 0), on the session's real
+PostgreSQL and NATS, with fake Anthropic/OpenAI servers speaking their streaming wire formats."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from agents_fake_llm import FakeAnthropic, FakeOpenAI
+
+from amelia.v1 import agents_pb2_grpc
+from amelia_agents.server import build_service as build_agents
+from amelia_common.grpc_client import aio_channel
+from amelia_common.settings import Settings
+from amelia_events.server import build_service as build_events
+
+TEST_WORKFLOWS = "agent_test_workflows"
+
+
+@pytest.fixture(scope="session")
+async def fake_anthropic() -> AsyncIterator[FakeAnthropic]:
+    server = FakeAnthropic()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture(scope="session")
+async def fake_openai() -> AsyncIterator[FakeOpenAI]:
+    server = FakeOpenAI()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture(scope="session")
+async def events_address(infra: object) -> AsyncIterator[str]:
+    service = await build_events(infra.settings())  # type: ignore[attr-defined]
+    port = await service.start()
+    yield f"127.0.0.1:{port}"
+    await service.stop(0.5)
+
+
+@pytest.fixture(scope="session")
+def agents_settings(
+    infra: object, events_address: str, fake_anthropic: FakeAnthropic
+) -> Settings:
+    settings: Settings = infra.settings(  # type: ignore[attr-defined]
+        EVENTS_ADDRESS=events_address,
+        ANTHROPIC_API_KEY="sk-ant-test-key",
+        ANTHROPIC_BASE_URL=fake_anthropic.url,
+        AGENT_WORKERS=3,
+        RUN_ACK_WAIT_SECONDS=3,
+        LLM_RETRY_BACKOFF_SECONDS=0.05,
+        AGENT_WORKFLOW_MODULES=[TEST_WORKFLOWS],
+    )
+    return settings
+
+
+@pytest.fixture(scope="session")
+async def agents(agents_settings: Settings) -> AsyncIterator[agents_pb2_grpc.AgentServiceStub]:
+    service = await build_agents(agents_settings)
+    port = await service.start()
+    channel = aio_channel(f"127.0.0.1:{port}", agents_settings)
+    yield agents_pb2_grpc.AgentServiceStub(channel)
+    await channel.close()
+    await service.stop(1.0)
