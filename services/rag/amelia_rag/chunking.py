@@ -1,0 +1,174 @@
+"""Splitting parsed text into overlapping chunks whose offsets are exact.
+
+A chunk is always `text[start:end]` of the parsed text: it starts at the beginning of a word and
+ends at the end of one, so no word is ever cut (except a "word" longer than a whole chunk, such
+as a minified line or a base64 blob, which is cut into chunk-sized pieces). Chunks stay inside a
+section (a heading's body, a page, a definition).
+
+Where a chunk ends is chosen recursively by boundary strength: the strongest boundary that
+keeps the chunk at least half full wins, so a chunk ends at a paragraph break when there is
+one, else at a sentence end, else at a line break, else between two words. The next chunk
+starts inside the last `overlap` characters of the previous one, at a sentence or paragraph
+start when the overlap window holds one, else at the earliest word that fits.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from amelia_rag.parsing import ParsedDocument
+
+_WORD = re.compile(r"\S+")
+_SENTENCE_END = re.compile(r"[.!?…。！？][)\]\"'»”’]*$")
+
+# Boundary strengths, weakest first. A cut inside an over-long token is weaker than any gap.
+_CUT = -1
+_SPACE = 0
+_LINE = 1
+_SENTENCE = 2
+_PARAGRAPH = 3
+_END = 9
+
+# A chunk may end at a stronger boundary only if it stays at least this full.
+MIN_FILL = 0.5
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A passage: `text == parsed.text[start:end]`, inside one section."""
+
+    index: int
+    start: int
+    end: int
+    text: str
+    heading_path: tuple[str, ...]
+    page: int
+    meta: dict[str, Any]
+
+
+def _words(text: str, start: int, end: int, size: int) -> list[tuple[int, int]]:
+    spans: list[tuple[int, int]] = []
+    for match in _WORD.finditer(text, start, end):
+        s, e = match.span()
+        while e - s > size:
+            spans.append((s, s + size))
+            s += size
+        spans.append((s, e))
+    return spans
+
+
+def _strengths(text: str, words: list[tuple[int, int]]) -> list[int]:
+    """strength[i] is the strength of the boundary right after word i."""
+    out: list[int] = []
+    for i, (s, e) in enumerate(words):
+        if i + 1 == len(words):
+            out.append(_END)
+            continue
+        gap = text[e : words[i + 1][0]]
+        if not gap:
+            out.append(_CUT)
+            continue
+        newlines = gap.count("\n")
+        if newlines >= 2:
+            out.append(_PARAGRAPH)
+        elif _SENTENCE_END.search(text, s, e):
+            out.append(_SENTENCE)
+        elif newlines == 1:
+            out.append(_LINE)
+        else:
+            out.append(_SPACE)
+    return out
+
+
+def split_spans(text: str, start: int, end: int, size: int, overlap: int) -> list[tuple[int, int]]:
+    """(start, end) offsets of the chunks of `text[start:end]`."""
+    if size <= 0:
+        raise ValueError("chunk size must be positive")
+    if not 0 <= overlap < size:
+        raise ValueError("overlap must be at least 0 and less than the chunk size")
+    words = _words(text, start, end, size)
+    if not words:
+        return []
+    strength = _strengths(text, words)
+    n = len(words)
+    spans: list[tuple[int, int]] = []
+    i = 0
+    last = -1  # index of the word the previous chunk ended with
+    while i < n:
+        s = words[i][0]
+        j = i
+        while j + 1 < n and words[j + 1][1] - s <= size:
+            j += 1
+        if j == n - 1:
+            spans.append((s, words[j][1]))
+            break
+        best = j
+        for k in range(j - 1, max(i, last + 1) - 1, -1):
+            if words[k][1] - s < size * MIN_FILL:
+                break
+            if strength[k] > strength[best]:
+                best = k
+        e = words[best][1]
+        spans.append((s, e))
+        i = _next_start(words, strength, i, best, e, size, overlap)
+        last = best
+    return spans
+
+
+def _next_start(
+    words: list[tuple[int, int]],
+    strength: list[int],
+    i: int,
+    best: int,
+    end: int,
+    size: int,
+    overlap: int,
+) -> int:
+    """The first word of the next chunk: inside the overlap window, and leaving room to advance."""
+    following = best + 1
+    if overlap == 0:
+        return following
+    window = [k for k in range(i + 1, best + 1) if end - words[k][0] <= overlap]
+    # The next chunk must reach past this one's end, so its first word cannot be too early.
+    window = [k for k in window if words[following][1] - words[k][0] <= size]
+    if not window:
+        return following
+    strong = [k for k in window if strength[k - 1] >= _SENTENCE]
+    return strong[0] if strong else window[0]
+
+
+def chunk_document(parsed: ParsedDocument, size: int, overlap: int) -> list[Chunk]:
+    """Every section's chunks, numbered in document order."""
+    chunks: list[Chunk] = []
+    for section in parsed.sections:
+        for s, e in split_spans(parsed.text, section.start, section.end, size, overlap):
+            chunks.append(
+                Chunk(
+                    index=len(chunks),
+                    start=s,
+                    end=e,
+                    text=parsed.text[s:e],
+                    heading_path=section.heading_path,
+                    page=section.page,
+                    meta=dict(parsed.meta) if parsed.type == "code" else {},
+                )
+            )
+    return chunks
+
+
+def embedding_text(title: str, chunk: Chunk) -> str:
+    """What is embedded for a chunk: where it is (title, headings) and then its text.
+
+    The heading context makes a passage findable by the question its section answers; the
+    stored passage stays the exact source slice.
+    """
+    context = (
+        [title] if title and (not chunk.heading_path or chunk.heading_path[0] != title) else []
+    )
+    context.extend(chunk.heading_path)
+    if chunk.page:
+        context.append(f"page {chunk.page}")
+    prefix = " > ".join(c for c in context if c)
+    return f"{prefix}\n\n{chunk.text}" if prefix else chunk.text

@@ -1,0 +1,266 @@
+"""Ingest: validate → parse and chunk (worker thread) → embed → store, with events on the way.
+
+Idempotent by content: the same bytes indexed with the same model and chunking are not parsed
+or embedded again (only title/source/metadata are refreshed). Changed content replaces the old
+chunks in one transaction. Events, all with subject `documents/{id}`:
+
+- `document.uploaded` once the content is validated and parsed (title, type, size, hash,
+  chunk count to come);
+- `document.progress` while a long document is embedded (`done`/`total` chunks);
+- `document.indexed` when the chunks are stored (chunk count, duration), published inside the
+  storing transaction so an event-log outage leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import time
+import unicodedata
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from amelia_common.eventlog import EventLog
+from amelia_common.logging import get_logger
+from amelia_common.settings import Settings
+from amelia_rag.chunking import Chunk, chunk_document, embedding_text
+from amelia_rag.embeddings import Embedder
+from amelia_rag.models import DocumentRow
+from amelia_rag.parsing import (
+    PARSER_VERSION,
+    TYPES,
+    InvalidDocument,
+    ParsedDocument,
+    detect_type,
+    name_of,
+    parse,
+)
+from amelia_rag.store import DocumentFields, DocumentStore
+
+log = get_logger("amelia.rag.ingest")
+
+MAX_NAME_CHARS = 4096
+MAX_METADATA_BYTES = 64 * 1024
+
+
+@dataclass
+class Source:
+    """What the client says about a document (the proto's DocumentSource, validated)."""
+
+    title: str = ""
+    type: str = ""  # '' = detect
+    source_uri: str = ""
+    file_path: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def identity(self) -> str:
+        """Same file path (else URI, else title) = same document."""
+        if self.file_path:
+            return f"file:{self.file_path}"
+        if self.source_uri:
+            return f"uri:{self.source_uri}"
+        return f"title:{self.title}"
+
+
+@dataclass
+class IngestResult:
+    document: DocumentRow
+    unchanged: bool
+
+
+class EventsUnavailable(RuntimeError):
+    """An event could not be published, so the change was not made."""
+
+
+def validate_source(source: Source) -> None:
+    """Names must be storable text; a document needs something to be identified by."""
+    for label, value in (
+        ("title", source.title),
+        ("file_path", source.file_path),
+        ("source_uri", source.source_uri),
+    ):
+        if len(value) > MAX_NAME_CHARS:
+            raise InvalidDocument(f"{label} is longer than {MAX_NAME_CHARS} characters")
+        bad = next((c for c in value if unicodedata.category(c) in ("Cc", "Cs")), None)
+        if bad is not None:
+            raise InvalidDocument(
+                f"{label} {value[:80]!r} contains the control character U+{ord(bad):04X}"
+            )
+    if not (source.file_path or source.source_uri or source.title.strip()):
+        raise InvalidDocument("a document needs a file_path, a source_uri or a title")
+    if source.type and source.type not in TYPES:
+        raise InvalidDocument(f"unknown document type {source.type!r}")
+    validate_metadata(source.metadata)
+
+
+def validate_metadata(metadata: dict[str, Any]) -> None:
+    import json
+
+    def check(value: Any, where: str) -> None:
+        if isinstance(value, str) and "\x00" in value:
+            raise InvalidDocument(f"metadata {where} contains a NUL character")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidDocument(f"metadata {where} is not a finite number")
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if not k or "\x00" in k:
+                    raise InvalidDocument(f"metadata key {k!r} in {where} is not a valid key")
+                check(v, f"{where}.{k}" if where else k)
+        if isinstance(value, list):
+            for i, v in enumerate(value):
+                check(v, f"{where}[{i}]")
+
+    check(metadata, "")
+    if len(json.dumps(metadata)) > MAX_METADATA_BYTES:
+        raise InvalidDocument(f"metadata is larger than {MAX_METADATA_BYTES} bytes")
+
+
+def resolve_type(source: Source, content: bytes) -> str:
+    if source.type:
+        return source.type
+    web = source.source_uri.startswith(("http://", "https://")) and not source.file_path
+    return detect_type(name_of(source.file_path, source.source_uri, source.title), content, web=web)
+
+
+def prepare(
+    source: Source, content: bytes, chunk_size: int, chunk_overlap: int
+) -> tuple[str, ParsedDocument, list[Chunk], list[str], str]:
+    """CPU work, run in a thread: type, parse, chunk, and the texts to embed."""
+    doc_type = resolve_type(source, content)
+    name = name_of(source.file_path, source.source_uri, source.title)
+    parsed = parse(content, doc_type, name)
+    chunks = chunk_document(parsed, chunk_size, chunk_overlap)
+    if not chunks:
+        raise InvalidDocument("document has no text to index")
+    title = source.title.strip() or name_of(source.file_path, "", "") or parsed.title or name
+    texts = [embedding_text(title, c) for c in chunks]
+    return doc_type, parsed, chunks, texts, title
+
+
+class Ingestor:
+    """Turns validated bytes into a stored, searchable document."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: DocumentStore,
+        embedder: Embedder,
+        events: EventLog,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.embedder = embedder
+        self.events = events
+
+    @property
+    def index_signature(self) -> str:
+        s = self.settings
+        return (
+            f"{self.embedder.signature}|chunks={s.CHUNK_SIZE}/{s.CHUNK_OVERLAP}"
+            f"|parser={PARSER_VERSION}"
+        )
+
+    async def _publish(self, event_type: str, document_id: uuid.UUID, data: dict[str, Any]) -> None:
+        try:
+            await self.events.publish(
+                event_type,
+                f"documents/{document_id}",
+                {"document": f"documents/{document_id}", **data},
+            )
+        except Exception as exc:
+            raise EventsUnavailable(
+                f"the event log (NATS JetStream) did not store '{event_type}': "
+                f"{exc or type(exc).__name__}"
+            ) from exc
+
+    async def ingest(self, source: Source, content: bytes) -> IngestResult:
+        started = time.perf_counter()
+        validate_source(source)
+        if not content:
+            raise InvalidDocument("document is empty (0 bytes)")
+        if len(content) > self.settings.MAX_DOCUMENT_BYTES:
+            raise InvalidDocument(
+                f"document is {len(content)} bytes; the limit is "
+                f"{self.settings.MAX_DOCUMENT_BYTES} bytes (MAX_DOCUMENT_BYTES)"
+            )
+        content_hash = hashlib.sha256(content).hexdigest()
+        signature = self.index_signature
+        existing = await self.store.find(source.identity)
+        fields = DocumentFields(
+            identity=source.identity,
+            title=source.title,
+            type=source.type,
+            source_uri=source.source_uri,
+            file_path=source.file_path,
+            size_bytes=len(content),
+            content_hash=content_hash,
+            index_signature=signature,
+            meta=source.metadata,
+        )
+        if (
+            existing is not None
+            and existing.content_hash == content_hash
+            and existing.index_signature == signature
+        ):
+            fields.title = source.title.strip() or existing.title
+            return IngestResult(await self.store.touch(existing, fields), unchanged=True)
+
+        doc_type, _parsed, chunks, texts, title = await asyncio.to_thread(
+            prepare, source, content, self.settings.CHUNK_SIZE, self.settings.CHUNK_OVERLAP
+        )
+        fields.type, fields.title = doc_type, title
+        document_id = existing.id if existing is not None else uuid.uuid4()
+        await self._publish(
+            "document.uploaded",
+            document_id,
+            {
+                "title": title,
+                "type": doc_type,
+                "file_path": source.file_path,
+                "source_uri": source.source_uri,
+                "size_bytes": len(content),
+                "content_hash": content_hash,
+                "chunks": len(chunks),
+                "replaces_previous": existing is not None,
+            },
+        )
+
+        async def progress(done: int, total: int) -> None:
+            await self._publish(
+                "document.progress",
+                document_id,
+                {"stage": "embedding", "done": done, "total": total},
+            )
+
+        vectors = await self.embedder.embed(texts, on_progress=progress)
+
+        async def indexed(row: DocumentRow) -> None:
+            await self._publish(
+                "document.indexed",
+                row.id,
+                {
+                    "title": row.title,
+                    "type": row.type,
+                    "chunk_count": row.chunk_count,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+                    "content_hash": content_hash,
+                },
+            )
+
+        result = await self.store.replace(document_id, fields, chunks, vectors, indexed)
+        log.info(
+            "document indexed" if not result.unchanged else "document unchanged",
+            document=str(result.document.id),
+            chunks=result.document.chunk_count,
+            seconds=round(time.perf_counter() - started, 3),
+        )
+        return IngestResult(result.document, result.unchanged)
+
+    async def delete(self, document_id: uuid.UUID) -> DocumentRow | None:
+        async def deleted(row: DocumentRow) -> None:
+            await self._publish("document.deleted", row.id, {"title": row.title})
+
+        return await self.store.delete(document_id, deleted)

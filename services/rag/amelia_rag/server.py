@@ -1,0 +1,97 @@
+"""Building the rag service: embedder, PostgreSQL (migrated), NATS, the servicer, health."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from amelia.v1 import rag_pb2, rag_pb2_grpc
+from amelia_common.db import (
+    create_engine,
+    db_health,
+    run_migrations,
+    session_factory,
+    wait_for_database,
+)
+from amelia_common.eventlog import EventLog
+from amelia_common.grpc_server import GrpcService
+from amelia_common.logging import get_logger
+from amelia_common.nats_client import connect_nats, nats_health
+from amelia_common.settings import Settings
+from amelia_rag.embeddings import Embedder, EmbeddingConfigError, check_dimension, create_embedder
+from amelia_rag.ingest import Ingestor
+from amelia_rag.search import Searcher
+from amelia_rag.servicer import RagServicer
+from amelia_rag.store import DocumentStore
+
+log = get_logger("amelia.rag")
+
+SERVICE_NAME = rag_pb2.DESCRIPTOR.services_by_name["RagService"].full_name
+MIGRATIONS = Path(__file__).parent / "migrations"
+VERSION_TABLE = "alembic_version_rag"
+EVENT_SOURCE = "amelia-rag"
+
+
+class StartupError(RuntimeError):
+    """The service cannot start as configured; the message says what to change."""
+
+
+async def build_service(settings: Settings, *, embedder: Embedder | None = None) -> GrpcService:
+    """The rag service, ready to `start()`.
+
+    `embedder` lets a caller (tests, the bench) share one loaded model; the service then does
+    not close it. Without it, the provider named by EMBEDDING_PROVIDER is created here.
+    """
+    owned = embedder is None
+    try:
+        if embedder is None:
+            embedder = await create_embedder(settings)
+        else:
+            check_dimension(embedder, settings)
+    except EmbeddingConfigError as exc:
+        raise StartupError(str(exc)) from exc
+    shutdown = []
+    if owned:
+        shutdown.append(embedder.aclose)
+    try:
+        engine = create_engine(settings)
+        shutdown.append(engine.dispose)
+        await wait_for_database(engine)
+        await run_migrations(
+            engine,
+            MIGRATIONS,
+            VERSION_TABLE,
+            {"embedding_dimension": settings.EMBEDDING_DIMENSION},
+        )
+        store = DocumentStore(engine, session_factory(engine))
+        stored = await store.vector_dimension()
+        if stored != settings.EMBEDDING_DIMENSION:
+            raise StartupError(
+                f"the chunks table holds {stored}-dimension vectors but EMBEDDING_DIMENSION is "
+                f"{settings.EMBEDDING_DIMENSION}: go back to a {stored}-dimension model, or "
+                f"drop the rag tables (documents, chunks, alembic_version_rag) and re-ingest"
+            )
+        nc = await connect_nats(settings, "amelia-rag")
+        shutdown.append(nc.close)
+        events = EventLog(nc, settings, source=EVENT_SOURCE)
+        await events.ensure_stream()
+    except BaseException:
+        for hook in reversed(shutdown):
+            await hook()
+        raise
+
+    servicer = RagServicer(
+        settings,
+        store,
+        Ingestor(settings, store, embedder, events),
+        Searcher(store.sessions, embedder),
+    )
+    service = GrpcService(
+        name="rag",
+        settings=settings,
+        port=settings.RAG_GRPC_PORT,
+        service_names=[SERVICE_NAME],
+        register=lambda server: rag_pb2_grpc.add_RagServiceServicer_to_server(servicer, server),
+        dependencies={"postgres": db_health(engine), "nats": nats_health(nc)},
+        on_shutdown=list(shutdown),
+    )
+    return service

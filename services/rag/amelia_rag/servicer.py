@@ -1,0 +1,321 @@
+"""`amelia.v1.RagService` over gRPC: request validation, proto conversion, status codes.
+
+The work is done by `Ingestor` (ingest.py), `DocumentStore` (store.py) and `Searcher`
+(search.py); this module only speaks protobuf and turns failures into status codes a person
+understands: bad input → INVALID_ARGUMENT, unknown document → NOT_FOUND, database / event log /
+embedding endpoint down → UNAVAILABLE.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+from google.protobuf import json_format, struct_pb2
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+from amelia.v1 import rag_pb2, rag_pb2_grpc
+from amelia_common.logging import get_logger
+from amelia_common.settings import Settings
+from amelia_rag.embeddings import EmbeddingUnavailable
+from amelia_rag.ingest import EventsUnavailable, Ingestor, IngestResult, Source
+from amelia_rag.models import DocumentRow
+from amelia_rag.parsing import InvalidDocument
+from amelia_rag.search import Hit, Searcher, SearchFilters
+from amelia_rag.store import DocumentStore, InvalidPageToken
+
+log = get_logger("amelia.rag")
+
+T = TypeVar("T")
+
+TYPE_TO_PROTO = {
+    "pdf": rag_pb2.DOCUMENT_TYPE_PDF,
+    "markdown": rag_pb2.DOCUMENT_TYPE_MARKDOWN,
+    "text": rag_pb2.DOCUMENT_TYPE_TEXT,
+    "html": rag_pb2.DOCUMENT_TYPE_HTML,
+    "code": rag_pb2.DOCUMENT_TYPE_CODE,
+    "web_page": rag_pb2.DOCUMENT_TYPE_WEB_PAGE,
+}
+PROTO_TO_TYPE = {v: k for k, v in TYPE_TO_PROTO.items()}
+MODES = {
+    rag_pb2.SEARCH_MODE_UNSPECIFIED: "hybrid",
+    rag_pb2.SEARCH_MODE_HYBRID: "hybrid",
+    rag_pb2.SEARCH_MODE_VECTOR: "vector",
+    rag_pb2.SEARCH_MODE_KEYWORD: "keyword",
+}
+MAX_TOP_K = 100
+MAX_QUERY_CHARS = 8192
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+_NAME = re.compile(r"^documents/([0-9a-fA-F-]{32,36})$")
+
+
+class BadRequest(ValueError):
+    """A request field is wrong; INVALID_ARGUMENT with this message."""
+
+
+def parse_name(name: str, field: str = "name") -> uuid.UUID:
+    match = _NAME.match(name)
+    if match:
+        try:
+            return uuid.UUID(match.group(1))
+        except ValueError:
+            pass
+    raise BadRequest(
+        f"{field} {name[:100]!r} is not a document name: expected 'documents/{{uuid}}'"
+    )
+
+
+def document_type(value: int, field: str = "type") -> str:
+    if value == rag_pb2.DOCUMENT_TYPE_UNSPECIFIED:
+        return ""
+    if value not in PROTO_TO_TYPE:
+        raise BadRequest(f"{field} {value} is not a known DocumentType")
+    return PROTO_TO_TYPE[value]
+
+
+def _plain(value: Any) -> Any:
+    """Struct numbers are doubles; keep whole numbers whole, so `2` filters as "2"."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def source_from_proto(message: rag_pb2.DocumentSource) -> Source:
+    metadata = (
+        _plain(json_format.MessageToDict(message.metadata)) if message.HasField("metadata") else {}
+    )
+    return Source(
+        title=message.title,
+        type=document_type(message.type, "source.type"),
+        source_uri=message.source_uri.strip(),
+        file_path=message.file_path.strip(),
+        metadata=metadata,
+    )
+
+
+def document_to_proto(row: DocumentRow) -> rag_pb2.Document:
+    document = rag_pb2.Document(
+        name=f"documents/{row.id}",
+        title=row.title,
+        type=TYPE_TO_PROTO[row.type],
+        source_uri=row.source_uri,
+        file_path=row.file_path,
+        size_bytes=row.size_bytes,
+        content_hash=row.content_hash,
+        chunk_count=row.chunk_count,
+    )
+    metadata = struct_pb2.Struct()
+    metadata.update(row.meta or {})
+    document.metadata.CopyFrom(metadata)
+    document.create_time.FromDatetime(row.create_time)
+    document.update_time.FromDatetime(row.update_time)
+    return document
+
+
+def hit_to_proto(hit: Hit) -> rag_pb2.SearchHit:
+    return rag_pb2.SearchHit(
+        content=hit.content,
+        score=hit.score,
+        document=f"documents/{hit.document_id}",
+        document_title=hit.document_title,
+        document_type=TYPE_TO_PROTO[hit.document_type],
+        chunk_index=hit.chunk_index,
+        start_offset=hit.start_offset,
+        end_offset=hit.end_offset,
+        heading_path=hit.heading_path,
+        page=hit.page,
+        vector_score=hit.vector_score,
+    )
+
+
+def metadata_filter(values: Any) -> dict[str, str]:
+    out = dict(values)
+    for key in out:
+        if not key or "\x00" in key:
+            raise BadRequest(f"metadata_filter key {key!r} is not a valid key")
+    return out
+
+
+def _unavailable(exc: BaseException) -> str | None:
+    """The UNAVAILABLE message for a dependency failure, None for anything else."""
+    if isinstance(exc, (EventsUnavailable, EmbeddingUnavailable)):
+        return str(exc)
+    if isinstance(exc, (OperationalError, InterfaceError)) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    ):
+        return "the database (PostgreSQL) is unavailable; try again shortly"
+    if isinstance(exc, (ConnectionError, OSError)):
+        return f"a dependency is unreachable: {exc}"
+    return None
+
+
+async def _guard(context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[T]]) -> T:
+    """Run `work`, turning known failures into status codes."""
+    try:
+        return await work()
+    except (BadRequest, InvalidDocument, InvalidPageToken) as exc:
+        await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    except Exception as exc:
+        message = _unavailable(exc)
+        if message is None:
+            raise
+        log.warning("dependency unavailable", error=message)
+        await _abort(context, grpc.StatusCode.UNAVAILABLE, message)
+
+
+async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, msg: str) -> NoReturn:
+    await context.abort(code, msg)
+    raise AssertionError("unreachable")  # abort raises
+
+
+class RagServicer(rag_pb2_grpc.RagServiceServicer):
+    """RagService: documents in, passages out."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: DocumentStore,
+        ingestor: Ingestor,
+        searcher: Searcher,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.ingestor = ingestor
+        self.searcher = searcher
+
+    async def IngestDocument(
+        self, request: rag_pb2.IngestDocumentRequest, context: grpc.aio.ServicerContext
+    ) -> rag_pb2.IngestDocumentResponse:
+        async def work() -> IngestResult:
+            if len(request.content) > self.settings.MAX_INLINE_DOCUMENT_BYTES:
+                raise BadRequest(
+                    f"content is {len(request.content)} bytes; IngestDocument takes up to "
+                    f"{self.settings.MAX_INLINE_DOCUMENT_BYTES} bytes "
+                    f"(MAX_INLINE_DOCUMENT_BYTES): send larger files with UploadDocument"
+                )
+            return await self.ingestor.ingest(source_from_proto(request.source), request.content)
+
+        result = await _guard(context, work)
+        return rag_pb2.IngestDocumentResponse(
+            document=document_to_proto(result.document), unchanged=result.unchanged
+        )
+
+    async def UploadDocument(
+        self,
+        request_iterator: AsyncIterator[rag_pb2.UploadDocumentRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> rag_pb2.UploadDocumentResponse:
+        limit = self.settings.MAX_DOCUMENT_BYTES
+
+        async def work() -> IngestResult:
+            source: Source | None = None
+            content = bytearray()
+            async for message in request_iterator:
+                part = message.WhichOneof("part")
+                if part == "source":
+                    if source is not None:
+                        raise BadRequest("the upload sent its source twice; send it only first")
+                    source = source_from_proto(message.source)
+                elif part == "content":
+                    if source is None:
+                        raise BadRequest("the first upload message must be the source")
+                    content += message.content
+                    if len(content) > limit:
+                        raise BadRequest(
+                            f"document is over the size limit of {limit} bytes (MAX_DOCUMENT_BYTES)"
+                        )
+                else:
+                    raise BadRequest("an upload message has neither source nor content")
+            if source is None:
+                raise BadRequest("the upload sent no source message")
+            return await self.ingestor.ingest(source, bytes(content))
+
+        result = await _guard(context, work)
+        return rag_pb2.UploadDocumentResponse(
+            document=document_to_proto(result.document), unchanged=result.unchanged
+        )
+
+    async def GetDocument(
+        self, request: rag_pb2.GetDocumentRequest, context: grpc.aio.ServicerContext
+    ) -> rag_pb2.GetDocumentResponse:
+        async def work() -> DocumentRow | None:
+            return await self.store.get(parse_name(request.name))
+
+        row = await _guard(context, work)
+        if row is None:
+            await _abort(context, grpc.StatusCode.NOT_FOUND, f"{request.name} does not exist")
+        return rag_pb2.GetDocumentResponse(document=document_to_proto(row))
+
+    async def ListDocuments(
+        self, request: rag_pb2.ListDocumentsRequest, context: grpc.aio.ServicerContext
+    ) -> rag_pb2.ListDocumentsResponse:
+        async def work() -> tuple[list[DocumentRow], str]:
+            if request.page_size < 0:
+                raise BadRequest(f"page_size {request.page_size} must not be negative")
+            page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+            types = [document_type(t, "types") for t in request.types]
+            return await self.store.list(
+                page_size=page_size,
+                page_token=request.page_token,
+                types=[t for t in types if t],
+                metadata=metadata_filter(request.metadata_filter),
+            )
+
+        rows, token = await _guard(context, work)
+        return rag_pb2.ListDocumentsResponse(
+            documents=[document_to_proto(r) for r in rows], next_page_token=token
+        )
+
+    async def DeleteDocument(
+        self, request: rag_pb2.DeleteDocumentRequest, context: grpc.aio.ServicerContext
+    ) -> rag_pb2.DeleteDocumentResponse:
+        async def work() -> DocumentRow | None:
+            return await self.ingestor.delete(parse_name(request.name))
+
+        row = await _guard(context, work)
+        if row is None:
+            await _abort(context, grpc.StatusCode.NOT_FOUND, f"{request.name} does not exist")
+        return rag_pb2.DeleteDocumentResponse()
+
+    async def Search(
+        self, request: rag_pb2.SearchRequest, context: grpc.aio.ServicerContext
+    ) -> rag_pb2.SearchResponse:
+        async def work() -> list[Hit]:
+            query = request.query.strip()
+            if not query:
+                raise BadRequest("query is empty")
+            if len(query) > MAX_QUERY_CHARS:
+                raise BadRequest(f"query is longer than {MAX_QUERY_CHARS} characters")
+            if not 0 <= request.top_k <= MAX_TOP_K:
+                raise BadRequest(f"top_k {request.top_k} is out of range: use 1..{MAX_TOP_K}")
+            top_k = request.top_k or self.settings.RAG_TOP_K
+            min_score = (
+                request.min_score
+                if request.HasField("min_score")
+                else self.settings.RAG_SIMILARITY_THRESHOLD
+            )
+            if math.isnan(min_score) or not -1.0 <= min_score <= 1.0:
+                raise BadRequest(f"min_score {min_score} is out of range: use -1..1")
+            if request.mode not in MODES:
+                raise BadRequest(f"mode {request.mode} is not a known SearchMode")
+            types = [document_type(t, "types") for t in request.types]
+            filters = SearchFilters(
+                document_ids=[parse_name(n, "documents") for n in request.documents],
+                types=[t for t in types if t],
+                metadata=metadata_filter(request.metadata_filter),
+            )
+            return await self.searcher.search(
+                query, top_k=top_k, min_score=min_score, mode=MODES[request.mode], filters=filters
+            )
+
+        hits = await _guard(context, work)
+        return rag_pb2.SearchResponse(hits=[hit_to_proto(h) for h in hits])
