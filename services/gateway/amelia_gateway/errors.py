@@ -1,0 +1,113 @@
+"""gRPC status -> HTTP status, and the google.rpc.Status-shaped JSON body every error carries.
+
+The mapping is grpc-gateway's (`runtime.HTTPStatusFromCode`), so a client written against any
+grpc-gateway front door reads our errors the same way. Errors the gateway finds itself (bad JSON,
+an unknown route, a body too large) use the same body with the closest gRPC code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import grpc
+from starlette.responses import JSONResponse
+
+HTTP_STATUS: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
+}
+
+REQUEST_INFO_TYPE = "type.googleapis.com/google.rpc.RequestInfo"
+
+
+def code_number(code: grpc.StatusCode) -> int:
+    """The numeric gRPC code (`grpc.StatusCode.NOT_FOUND` -> 5)."""
+    number: int = code.value[0]
+    return number
+
+
+class GatewayError(Exception):
+    """An error to answer with: a gRPC code, a message for people, optionally an HTTP override.
+
+    `http_status` overrides the mapped status where HTTP has a more precise one the gRPC code
+    cannot express (413 body too large, 405 wrong method, 415 wrong content type).
+    """
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        *,
+        http_status: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        service: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.http_status = http_status or HTTP_STATUS.get(code, 500)
+        self.headers = dict(headers or {})
+        self.service = service
+
+    def body(self, request_id: str = "") -> dict[str, Any]:
+        return status_body(self.code, self.message, request_id)
+
+
+def invalid(message: str) -> GatewayError:
+    return GatewayError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def status_body(code: grpc.StatusCode, message: str, request_id: str = "") -> dict[str, Any]:
+    """`{"code": 5, "message": "...", "details": [...]}` (google.rpc.Status as proto JSON)."""
+    details: list[dict[str, Any]] = []
+    if request_id:
+        details.append({"@type": REQUEST_INFO_TYPE, "requestId": request_id})
+    return {"code": code_number(code), "message": message, "details": details}
+
+
+_SERVICE_NAMES = {
+    "EventService": "events",
+    "AgentService": "agents",
+    "RagService": "rag",
+}
+
+
+def from_rpc_error(exc: grpc.aio.AioRpcError, service: str, address: str) -> GatewayError:
+    """An upstream failure as a GatewayError, with a message that names the service.
+
+    gRPC's own text for an unreachable server ("failed to connect to all addresses; ...") does
+    not say which of the mesh's services is down; that is what a person needs to know.
+    """
+    code = exc.code()
+    message = exc.details() or code.name
+    name = _SERVICE_NAMES.get(service, service)
+    if code == grpc.StatusCode.UNAVAILABLE and (
+        "failed to connect" in message or "Connection refused" in message or "connect" in message
+    ):
+        message = f"the {name} service at {address} is unavailable ({message})"
+    elif code == grpc.StatusCode.DEADLINE_EXCEEDED and message in ("Deadline Exceeded", ""):
+        message = f"the {name} service did not answer before the deadline"
+    return GatewayError(code, message, service=service)
+
+
+def error_response(exc: GatewayError, request_id: str = "") -> JSONResponse:
+    headers = dict(exc.headers)
+    if request_id:
+        headers["X-Request-Id"] = request_id
+    return JSONResponse(exc.body(request_id), status_code=exc.http_status, headers=headers)

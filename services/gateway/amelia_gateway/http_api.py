@@ -1,0 +1,238 @@
+"""`/v1/...`: HTTP/JSON for every unary RPC, newline-delimited JSON for server-streaming ones.
+
+One endpoint serves the whole route table: match the rule, check the token, build the request
+message (body, query, path), call the service with the client's deadline and a request id, and
+answer proto JSON, or the google.rpc.Status JSON of the error with grpc-gateway's HTTP status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from amelia_common.logging import get_logger
+from amelia_gateway import auth, uploads
+from amelia_gateway.errors import GatewayError, error_response, from_rpc_error, invalid
+from amelia_gateway.routes import Match
+from amelia_gateway.state import Gateway
+from amelia_gateway.transcode import build_request, parse_json_body, to_json, to_json_text
+from amelia_gateway.upstream import message_class
+
+log = get_logger("amelia.gateway.http")
+
+MAX_CLIENT_TIMEOUT = 3600.0
+# How long a stream route waits for the upstream's first answer before it commits to 200: errors
+# found while opening the stream (bad filter, unknown run) still get their own HTTP status.
+STREAM_OPEN_WAIT = 0.5
+NDJSON = "application/x-ndjson"
+
+_GRPC_TIMEOUT = re.compile(r"^(\d{1,8})([HMSmun])$")
+_GRPC_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def gateway_of(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+def request_id(request: Request) -> str:
+    given = request.headers.get("x-request-id", "")
+    return given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+
+
+def require_token(gateway: Gateway, request: Request) -> None:
+    if not auth.token_ok(gateway.token, auth.header_token(request.headers)):
+        raise GatewayError(
+            grpc.StatusCode.UNAUTHENTICATED,
+            "missing or wrong API token: send 'Authorization: Bearer <AMELIA_API_TOKEN>'"
+            " or 'X-API-Key: <AMELIA_API_TOKEN>'",
+            headers={"WWW-Authenticate": 'Bearer realm="amelia"'},
+        )
+
+
+def client_timeout(request: Request, default: float) -> float:
+    """The deadline the client asked for (`grpc-timeout` or `X-Request-Timeout`), or `default`."""
+    value = request.headers.get("grpc-timeout")
+    if value is not None:
+        match = _GRPC_TIMEOUT.match(value.strip())
+        if not match:
+            raise invalid(f"grpc-timeout header {value!r} is not like '30S' or '500m'")
+        seconds = int(match.group(1)) * _GRPC_UNITS[match.group(2)]
+    else:
+        value = request.headers.get("x-request-timeout")
+        if value is None:
+            return default
+        try:
+            seconds = float(value)
+        except ValueError:
+            raise invalid(
+                f"X-Request-Timeout header {value!r} is not a number of seconds"
+            ) from None
+        if seconds != seconds:  # NaN
+            raise invalid("X-Request-Timeout header must be a number of seconds")
+    if seconds <= 0:
+        raise invalid("the request timeout must be positive")
+    return min(seconds, MAX_CLIENT_TIMEOUT)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refusing (413) more than `limit` bytes before reading them all."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def too_large(limit: int) -> GatewayError:
+    return GatewayError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        f"request body is larger than {limit} bytes (MAX_REQUEST_BYTES)",
+        http_status=413,
+    )
+
+
+def metadata(rid: str) -> tuple[tuple[str, str], ...]:
+    return (("x-request-id", rid),)
+
+
+async def endpoint(request: Request) -> Response:
+    """Every `/v1/...` route of the table."""
+    gateway = gateway_of(request)
+    rid = request_id(request)
+    gateway.counters["httpRequests"] += 1
+    try:
+        found, allowed = gateway.table.match(request.method, request.url.path)
+        if found is None:
+            if allowed:
+                raise GatewayError(
+                    grpc.StatusCode.UNIMPLEMENTED,
+                    f"{request.method} is not allowed on {request.url.path}; use {', '.join(allowed)}",
+                    http_status=405,
+                    headers={"Allow": ", ".join(allowed)},
+                )
+            raise GatewayError(
+                grpc.StatusCode.NOT_FOUND, f"no route for {request.method} {request.url.path}"
+            )
+        require_token(gateway, request)
+        if found.rule.uploads and uploads.is_upload(request):
+            return await uploads.upload(gateway, request, rid)
+        message = await _request_message(gateway, request, found)
+        if found.rule.server_streaming:
+            return await _stream(gateway, request, found, message, rid)
+        return await _unary(gateway, request, found, message, rid)
+    except GatewayError as exc:
+        return error_response(exc, rid)
+
+
+async def _request_message(gateway: Gateway, request: Request, found: Match) -> Any:
+    rule = found.rule
+    body: dict[str, Any] | None = None
+    query = list(request.query_params.multi_items())
+    if rule.body == "*":
+        content_type = request.headers.get("content-type", "application/json")
+        if not _is_json(content_type):
+            raise GatewayError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"send the request as application/json, not {content_type!r}",
+                http_status=415,
+            )
+        raw = await read_body(request, gateway.settings.MAX_REQUEST_BYTES)
+        body = parse_json_body(raw)
+        if query:
+            raise invalid(
+                f"unknown query parameter {query[0][0]!r}: this route takes its fields"
+                " from the JSON body"
+            )
+    return build_request(
+        message_class(rule.input),
+        body=body,
+        query=query,
+        path=rule.bound_fields(found.variables),
+    )
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+async def _unary(
+    gateway: Gateway, request: Request, found: Match, message: Any, rid: str
+) -> Response:
+    rule = found.rule
+    timeout = client_timeout(request, gateway.settings.GATEWAY_TIMEOUT_SECONDS)
+    call = gateway.upstreams.callable(rule.service, rule.rpc)
+    upstream = gateway.upstreams[rule.service]
+    try:
+        response = await call(message, timeout=timeout, metadata=metadata(rid))
+    except grpc.aio.AioRpcError as exc:
+        raise from_rpc_error(exc, rule.service, upstream.address) from None
+    return JSONResponse(to_json(response), headers={"X-Request-Id": rid})
+
+
+async def _stream(
+    gateway: Gateway, request: Request, found: Match, message: Any, rid: str
+) -> Response:
+    """A server-streaming RPC as NDJSON: `{"result": {...}}` per message, `{"error": {...}}` last.
+
+    The stream has no deadline unless the client sends one. Errors the service reports while
+    the stream opens are answered with their HTTP status; later ones as a final error line.
+    """
+    rule = found.rule
+    upstream = gateway.upstreams[rule.service]
+    timeout = client_timeout(request, 0.0) or None
+    call = gateway.upstreams.callable(rule.service, rule.rpc)(
+        message, timeout=timeout, metadata=metadata(rid)
+    )
+    first = asyncio.ensure_future(call.read())
+    done, _ = await asyncio.wait({first}, timeout=STREAM_OPEN_WAIT)
+    if done:
+        try:
+            first.result()
+        except grpc.aio.AioRpcError as exc:
+            call.cancel()
+            raise from_rpc_error(exc, rule.service, upstream.address) from None
+    gateway.http_streams.add(call)
+
+    async def lines() -> AsyncIterator[str]:
+        try:
+            item = await first
+            while item is not grpc.aio.EOF:
+                yield '{"result":' + to_json_text(item) + "}\n"
+                item = await call.read()
+        except grpc.aio.AioRpcError as exc:
+            if gateway.stopping.is_set():
+                error = GatewayError(grpc.StatusCode.UNAVAILABLE, "server shutting down")
+            else:
+                error = from_rpc_error(exc, rule.service, upstream.address)
+            yield '{"error":' + _json(error.body(rid)) + "}\n"
+        finally:
+            call.cancel()
+            gateway.http_streams.discard(call)
+
+    return StreamingResponse(
+        lines(),
+        media_type=NDJSON,
+        headers={"X-Request-Id": rid, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _json(value: Any) -> str:
+    import json
+
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)

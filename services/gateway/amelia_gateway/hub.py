@@ -1,0 +1,448 @@
+"""The fan-out hub: subscribers with the same live filter share one upstream gRPC stream.
+
+A subscription is a *feed* of events for one sink (a socket's subscription):
+
+- **live** (`since: "now"`): joins the *topic* for its filter. A topic is one StreamEvents call;
+  each event it receives is serialized to JSON once and handed to every sink, however many.
+- **catch-up** (`since` a sequence, a time or the beginning): reads its own StreamEvents call from
+  its start while also joining the live topic, buffering what the topic sends. When its own stream
+  reaches the first buffered live event, it hands over: its own call is cancelled and the buffer is
+  flushed (skipping what it already sent), so a reconnecting client ends up on the shared stream
+  with no gap and no duplicate. If the buffer overflows first (a long replay), it stays on its own
+  stream for good, still correct, just not shared.
+- **run** (`run: "runs/…"`): its own AgentService.StreamRun call, which replays the run and ends
+  when the run does.
+
+Every upstream call resumes after the last sequence it delivered when the service drops it
+(UNAVAILABLE, a restart), so sinks see neither a gap nor a duplicate. A topic whose last sink
+leaves cancels its call at once; the events service then deletes its consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import grpc
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from amelia.v1 import agents_pb2, events_pb2
+from amelia_common.logging import get_logger
+from amelia_gateway.errors import GatewayError, from_rpc_error
+from amelia_gateway.transcode import to_json_text
+from amelia_gateway.upstream import Upstreams
+
+log = get_logger("amelia.gateway.hub")
+
+# Codes after which an upstream stream is reopened (after its last sequence) instead of ending.
+RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+MAX_BACKOFF = 2.0
+# Live events a catch-up feed buffers while its own stream replays history.
+CATCH_UP_BUFFER = 10_000
+
+
+class Sink(Protocol):
+    """Where a feed delivers: a socket's subscription."""
+
+    def push(self, sequence: int, event_json: str) -> None:
+        """One event, already serialized; must not block (a full sink closes its socket)."""
+
+    def fail(self, error: GatewayError, final: bool) -> None:
+        """The upstream failed; `final` means the feed is over."""
+
+    def end(self) -> None:
+        """The upstream ended normally (a run finished)."""
+
+
+@dataclass(frozen=True)
+class Since:
+    """Where a feed starts: `now`, `beginning`, after a `sequence`, or at a `time`."""
+
+    kind: str  # "now" | "beginning" | "after" | "time"
+    sequence: int = 0
+    time: Timestamp | None = None
+
+
+@dataclass(frozen=True)
+class FeedSpec:
+    """What a subscription wants."""
+
+    types: tuple[str, ...] = ()
+    subject: str = ""
+    run: str = ""
+    since: Since = Since("now")
+
+    @property
+    def topic_key(self) -> tuple[tuple[str, ...], str]:
+        return (self.types, self.subject)
+
+
+class UpstreamStream:
+    """One server-streaming call of events, reopened after its last sequence when dropped."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        service: str,
+        rpc: str,
+        request_for: Callable[[int], Message],
+        *,
+        on_event: Callable[[events_pb2.Event], bool],
+        on_error: Callable[[GatewayError, bool], None],
+        on_end: Callable[[], None] | None = None,
+        follow: bool = True,
+        last: int = 0,
+    ) -> None:
+        self.hub = hub
+        self.service = service
+        self.rpc = rpc
+        self.request_for = request_for
+        self.on_event = on_event
+        self.on_error = on_error
+        self.on_end = on_end
+        self.follow = follow
+        self.last = last
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run(), name=f"upstream-{self.rpc}")
+
+    def stop(self) -> None:
+        """Cancel the call (its task ends it); safe to call twice."""
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+    async def _run(self) -> None:
+        delay = 0.1
+        failing = False
+        upstream = self.hub.upstreams[self.service]
+        while True:
+            call = self.hub.upstreams.callable(self.service, self.rpc)(self.request_for(self.last))
+            self.hub.calls_opened += 1
+            self.hub.calls_active += 1
+            error: GatewayError | None = None
+            code = grpc.StatusCode.OK
+            try:
+                async for response in call:
+                    event = response.event
+                    if event.sequence <= self.last:
+                        continue
+                    self.last = event.sequence
+                    failing, delay = False, 0.1
+                    if not self.on_event(event):
+                        return
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code()
+                error = from_rpc_error(exc, self.service, upstream.address)
+            except Exception as exc:
+                log.exception("upstream stream failed", rpc=self.rpc)
+                error = GatewayError(grpc.StatusCode.INTERNAL, f"gateway error: {exc!r}")
+                code = grpc.StatusCode.INTERNAL
+            finally:
+                call.cancel()
+                self.hub.calls_active -= 1
+            if code == grpc.StatusCode.OK:
+                if not self.follow:
+                    if self.on_end is not None:
+                        self.on_end()
+                    return
+                error = GatewayError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"the {upstream.name} service ended the stream; reconnecting",
+                )
+                code = grpc.StatusCode.UNAVAILABLE
+            assert error is not None
+            if code not in RETRYABLE:
+                self.on_error(error, True)
+                return
+            if not failing:
+                log.warning("upstream stream interrupted", rpc=self.rpc, error=error.message)
+                self.on_error(error, False)
+                failing = True
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_BACKOFF)
+
+
+class Topic:
+    """One shared live StreamEvents call for a filter, and the sinks it feeds."""
+
+    def __init__(self, hub: Hub, key: tuple[tuple[str, ...], str]) -> None:
+        self.hub = hub
+        self.key = key
+        self.sinks: dict[int, Sink] = {}
+        # "now" is the moment the topic opened; a reconnect before the first event resumes at
+        # that moment, after it right after the last sequence.
+        self.opened = Timestamp()
+        self.opened.GetCurrentTime()
+        self.stream = UpstreamStream(
+            hub,
+            "EventService",
+            "StreamEvents",
+            self._request,
+            on_event=self._on_event,
+            on_error=self._on_error,
+        )
+        self.stream.start()
+
+    def _request(self, last: int) -> events_pb2.StreamEventsRequest:
+        types, subject = self.key
+        request = events_pb2.StreamEventsRequest(
+            filter=events_pb2.EventFilter(types=list(types), subject=subject)
+        )
+        if last:
+            request.after_sequence = last
+        else:
+            request.start_time.CopyFrom(self.opened)
+        return request
+
+    def _on_event(self, event: events_pb2.Event) -> bool:
+        text = to_json_text(event)
+        self.hub.serialized += 1
+        for sink in list(self.sinks.values()):
+            sink.push(event.sequence, text)
+        return True
+
+    def _on_error(self, error: GatewayError, final: bool) -> None:
+        sinks = list(self.sinks.values())
+        if final:
+            self.sinks.clear()
+            self.hub._drop(self)
+        for sink in sinks:
+            sink.fail(error, final)
+
+    def add(self, sink: Sink) -> None:
+        self.sinks[id(sink)] = sink
+
+    def remove(self, sink: Sink) -> None:
+        self.sinks.pop(id(sink), None)
+        if not self.sinks:
+            self.hub._drop(self)
+
+
+class Feed:
+    """A subscription's source of events; `close()` detaches it and cancels what it alone uses."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class LiveFeed(Feed):
+    def __init__(self, hub: Hub, spec: FeedSpec, sink: Sink) -> None:
+        self.topic = hub._topic(spec.topic_key)
+        self.sink = sink
+        self.topic.add(sink)
+
+    def close(self) -> None:
+        self.topic.remove(self.sink)
+
+
+class _Relay:
+    """A catch-up feed's seat in the live topic: buffers until hand-over, then forwards."""
+
+    def __init__(self, feed: CatchUpFeed) -> None:
+        self.feed = feed
+
+    def push(self, sequence: int, event_json: str) -> None:
+        self.feed._live(sequence, event_json)
+
+    def fail(self, error: GatewayError, final: bool) -> None:
+        self.feed._live_failed(error, final)
+
+    def end(self) -> None:  # pragma: no cover - topics follow forever
+        pass
+
+
+class CatchUpFeed(Feed):
+    """Replays from a past position on its own stream, then moves onto the shared topic."""
+
+    def __init__(self, hub: Hub, spec: FeedSpec, sink: Sink) -> None:
+        self.hub = hub
+        self.spec = spec
+        self.sink = sink
+        self.last = spec.since.sequence if spec.since.kind == "after" else 0
+        self.buffer: collections.deque[tuple[int, str]] = collections.deque()
+        self.handed_over = False
+        self.closed = False
+        self.relay: _Relay | None = _Relay(self)
+        self.topic: Topic | None = hub._topic(spec.topic_key)
+        self.topic.add(self.relay)
+        self.own = UpstreamStream(
+            hub,
+            "EventService",
+            "StreamEvents",
+            self._request,
+            on_event=self._own_event,
+            on_error=self._own_failed,
+            last=self.last,
+        )
+        self.own.start()
+
+    def _request(self, last: int) -> events_pb2.StreamEventsRequest:
+        request = events_pb2.StreamEventsRequest(
+            filter=events_pb2.EventFilter(types=list(self.spec.types), subject=self.spec.subject)
+        )
+        since = self.spec.since
+        if last:
+            request.after_sequence = last
+        elif since.kind == "beginning":
+            request.from_beginning = True
+        elif since.kind == "time" and since.time is not None:
+            request.start_time.CopyFrom(since.time)
+        return request
+
+    def _own_event(self, event: events_pb2.Event) -> bool:
+        if self.closed or self.handed_over:
+            return False
+        if self.topic is not None and self.buffer and event.sequence >= self.buffer[0][0]:
+            # Our replay reached what the live topic has buffered: switch to the topic.
+            self.handed_over = True
+            self.hub.handovers += 1
+            for sequence, text in self.buffer:
+                if sequence > self.last:
+                    self.last = sequence
+                    self.sink.push(sequence, text)
+            self.buffer.clear()
+            return False
+        self.last = event.sequence
+        self.sink.push(event.sequence, to_json_text(event))
+        return True
+
+    def _own_failed(self, error: GatewayError, final: bool) -> None:
+        if not self.handed_over and not self.closed:
+            self.sink.fail(error, final)
+            if final:
+                self.close()
+
+    def _live(self, sequence: int, text: str) -> None:
+        if self.closed:
+            return
+        if self.handed_over:
+            if sequence > self.last:
+                self.last = sequence
+                self.sink.push(sequence, text)
+            return
+        self.buffer.append((sequence, text))
+        if len(self.buffer) > CATCH_UP_BUFFER:
+            # Too far behind to buffer the live stream meanwhile: stay on our own stream.
+            self._leave_topic()
+
+    def _live_failed(self, error: GatewayError, final: bool) -> None:
+        if self.handed_over:
+            self.sink.fail(error, final)
+            if final:
+                self.close()
+        elif final:
+            self.topic = None
+            self.relay = None
+            self.buffer.clear()
+
+    def _leave_topic(self) -> None:
+        if self.topic is not None and self.relay is not None:
+            self.topic.remove(self.relay)
+        self.topic = None
+        self.relay = None
+        self.buffer.clear()
+
+    def close(self) -> None:
+        self.closed = True
+        self.own.stop()
+        self._leave_topic()
+
+
+class RunFeed(Feed):
+    """AgentService.StreamRun for one run: replay, follow, end with the run."""
+
+    def __init__(self, hub: Hub, spec: FeedSpec, sink: Sink) -> None:
+        self.sink = sink
+        self.closed = False
+        last = spec.since.sequence if spec.since.kind == "after" else 0
+        self.stream = UpstreamStream(
+            hub,
+            "AgentService",
+            "StreamRun",
+            lambda last: agents_pb2.StreamRunRequest(name=spec.run, after_sequence=last),
+            on_event=self._event,
+            on_error=self._failed,
+            on_end=self._end,
+            follow=False,
+            last=last,
+        )
+        self.stream.start()
+
+    def _event(self, event: events_pb2.Event) -> bool:
+        if self.closed:
+            return False
+        self.sink.push(event.sequence, to_json_text(event))
+        return True
+
+    def _failed(self, error: GatewayError, final: bool) -> None:
+        if not self.closed:
+            self.sink.fail(error, final)
+
+    def _end(self) -> None:
+        if not self.closed:
+            self.sink.end()
+
+    def close(self) -> None:
+        self.closed = True
+        self.stream.stop()
+
+
+class Hub:
+    """All topics of one gateway, and counters that prove the sharing."""
+
+    def __init__(self, upstreams: Upstreams) -> None:
+        self.upstreams = upstreams
+        self.topics: dict[tuple[tuple[str, ...], str], Topic] = {}
+        self.calls_opened = 0
+        self.calls_active = 0
+        self.serialized = 0
+        self.handovers = 0
+        self.started = time.monotonic()
+
+    def feed(self, spec: FeedSpec, sink: Sink) -> Feed:
+        """Start delivering `spec` to `sink`."""
+        if spec.run:
+            return RunFeed(self, spec, sink)
+        if spec.since.kind == "now":
+            return LiveFeed(self, spec, sink)
+        return CatchUpFeed(self, spec, sink)
+
+    def _topic(self, key: tuple[tuple[str, ...], str]) -> Topic:
+        topic = self.topics.get(key)
+        if topic is None:
+            topic = self.topics[key] = Topic(self, key)
+        return topic
+
+    def _drop(self, topic: Topic) -> None:
+        if self.topics.get(topic.key) is topic:
+            del self.topics[topic.key]
+        topic.stream.stop()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "topics": len(self.topics),
+            "upstreamStreams": self.calls_active,
+            "upstreamStreamsOpened": self.calls_opened,
+            "eventsSerialized": self.serialized,
+            "catchUpHandovers": self.handovers,
+        }
+
+    async def close(self) -> None:
+        tasks = []
+        for topic in list(self.topics.values()):
+            topic.stream.stop()
+            if topic.stream.task is not None:
+                tasks.append(topic.stream.task)
+        self.topics.clear()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,177 @@
+"""The route table: one line per HTTP route, naming the RPC it calls.
+
+Everything else (the request and response types, which fields come from the query string, the
+OpenAPI document, whether the answer is one JSON object or a newline-delimited stream) is derived
+from the proto descriptors, so exposing a new RPC over HTTP is one line here.
+
+Templates are AIP/grpc-gateway style: `{run}` is a path variable (one path segment, no `/` or
+`:`), `:cancel` a custom verb; `bind` says which request field a variable fills and how
+(`{"name": "runs/{run}"}` turns `/v1/runs/abc` into `name = "runs/abc"`). `body="*"` means the JSON
+body is the whole request message; routes without a body take their fields from the query string.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from google.protobuf.descriptor import Descriptor, MethodDescriptor
+
+from amelia_gateway import upstream
+
+_VARIABLE = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One HTTP route -> one RPC."""
+
+    method: str
+    template: str
+    service: str
+    rpc: str
+    body: str = ""
+    bind: dict[str, str] = field(default_factory=dict)
+    # Extra request content types (besides JSON) this route accepts; see uploads.py.
+    uploads: bool = False
+
+    @cached_property
+    def descriptor(self) -> MethodDescriptor:
+        return upstream.method(self.service, self.rpc)
+
+    @property
+    def input(self) -> Descriptor:
+        return self.descriptor.input_type
+
+    @property
+    def output(self) -> Descriptor:
+        return self.descriptor.output_type
+
+    @property
+    def server_streaming(self) -> bool:
+        return bool(self.descriptor.server_streaming)
+
+    @property
+    def variables(self) -> list[str]:
+        return _VARIABLE.findall(self.template)
+
+    @cached_property
+    def pattern(self) -> re.Pattern[str]:
+        regex = ""
+        position = 0
+        for match in _VARIABLE.finditer(self.template):
+            regex += re.escape(self.template[position : match.start()])
+            regex += f"(?P<{match.group(1)}>[^/:]+)"
+            position = match.end()
+        regex += re.escape(self.template[position:])
+        return re.compile(f"^{regex}$")
+
+    def bound_fields(self, variables: dict[str, str]) -> dict[str, str]:
+        """Request fields set from the path: `{"name": "runs/abc"}`."""
+        return {name: value.format(**variables) for name, value in self.bind.items()}
+
+    @property
+    def operation_id(self) -> str:
+        return f"{self.service}_{self.rpc}"
+
+
+def _resource(
+    collection: str, variable: str, service: str, *, get: str, delete: str = ""
+) -> list[Rule]:
+    bind = {"name": f"{collection}/{{{variable}}}"}
+    rules = [Rule("GET", f"/v1/{collection}/{{{variable}}}", service, get, bind=bind)]
+    if delete:
+        rules.append(Rule("DELETE", f"/v1/{collection}/{{{variable}}}", service, delete, bind=bind))
+    return rules
+
+
+ROUTES: tuple[Rule, ...] = (
+    # EventService
+    Rule("POST", "/v1/events", "EventService", "PublishEvent", body="*"),
+    Rule("GET", "/v1/events", "EventService", "ListEvents"),
+    Rule("GET", "/v1/events:stream", "EventService", "StreamEvents"),
+    *_resource("events", "event", "EventService", get="GetEvent"),
+    # AgentService: agents
+    Rule("POST", "/v1/agents", "AgentService", "CreateAgent", body="*"),
+    Rule("GET", "/v1/agents", "AgentService", "ListAgents"),
+    *_resource("agents", "agent", "AgentService", get="GetAgent", delete="DeleteAgent"),
+    Rule(
+        "PATCH",
+        "/v1/agents/{agent}",
+        "AgentService",
+        "UpdateAgent",
+        body="*",
+        bind={"agent.name": "agents/{agent}"},
+    ),
+    # AgentService: threads
+    Rule("POST", "/v1/threads", "AgentService", "CreateThread", body="*"),
+    Rule("GET", "/v1/threads", "AgentService", "ListThreads"),
+    *_resource("threads", "thread", "AgentService", get="GetThread", delete="DeleteThread"),
+    # AgentService: workflows and runs
+    Rule("GET", "/v1/workflows", "AgentService", "ListWorkflows"),
+    Rule("POST", "/v1/runs", "AgentService", "CreateRun", body="*"),
+    Rule("GET", "/v1/runs", "AgentService", "ListRuns"),
+    *_resource("runs", "run", "AgentService", get="GetRun"),
+    Rule(
+        "POST",
+        "/v1/runs/{run}:cancel",
+        "AgentService",
+        "CancelRun",
+        body="*",
+        bind={"name": "runs/{run}"},
+    ),
+    Rule(
+        "POST",
+        "/v1/runs/{run}:resume",
+        "AgentService",
+        "ResumeRun",
+        body="*",
+        bind={"name": "runs/{run}"},
+    ),
+    Rule("GET", "/v1/runs/{run}:stream", "AgentService", "StreamRun", bind={"name": "runs/{run}"}),
+    # RagService
+    Rule("POST", "/v1/documents", "RagService", "IngestDocument", body="*", uploads=True),
+    Rule("GET", "/v1/documents", "RagService", "ListDocuments"),
+    *_resource("documents", "document", "RagService", get="GetDocument", delete="DeleteDocument"),
+    Rule("POST", "/v1/search", "RagService", "Search", body="*"),
+)
+
+
+@dataclass
+class Match:
+    rule: Rule
+    variables: dict[str, str]
+
+
+class RouteTable:
+    """Finds the rule for a method and path; tells 404 from 405."""
+
+    def __init__(self, rules: tuple[Rule, ...] = ROUTES) -> None:
+        self.rules = rules
+        seen: set[tuple[str, str]] = set()
+        for rule in rules:
+            key = (rule.method, rule.template)
+            if key in seen:
+                raise ValueError(f"duplicate route {rule.method} {rule.template}")
+            seen.add(key)
+            for name, value in rule.bind.items():
+                for variable in _VARIABLE.findall(value):
+                    if variable not in rule.variables:
+                        raise ValueError(f"{rule.template}: {name} uses unknown {{{variable}}}")
+            _ = rule.descriptor  # fail at start-up, not at the first request
+
+    def match(self, method: str, path: str) -> tuple[Match | None, list[str]]:
+        """The matching rule, or None and the methods the path allows (empty: no such path)."""
+        allowed: list[str] = []
+        for rule in self.rules:
+            found = rule.pattern.match(path)
+            if found is None:
+                continue
+            if rule.method == method:
+                return Match(rule, found.groupdict()), []
+            allowed.append(rule.method)
+        return None, allowed
+
+    def covered_rpcs(self) -> set[tuple[str, str]]:
+        return {(rule.service, rule.rpc) for rule in self.rules}

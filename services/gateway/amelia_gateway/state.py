@@ -1,0 +1,70 @@
+"""What one running gateway holds: settings, upstream channels, the route table, the hub, sockets.
+
+Created by `create_app` and kept on `app.state.gateway`; the HTTP handlers, the socket protocol
+and `/v1/status` read it, and shutdown drains it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+from amelia_common.settings import Settings
+from amelia_gateway.hub import Hub
+from amelia_gateway.routes import RouteTable
+from amelia_gateway.upstream import Upstreams
+
+if TYPE_CHECKING:
+    from amelia_gateway.ws import Connection
+
+
+class Gateway:
+    """The live state of one gateway process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.token = settings.api_token
+        self.table = RouteTable()
+        self.upstreams = Upstreams(settings)
+        self.hub = Hub(self.upstreams)
+        self.connections: dict[str, Connection] = {}
+        self.http_streams: set[Any] = set()  # open NDJSON streams' gRPC calls
+        self.stopping = asyncio.Event()
+        self.started = time.time()
+        self.counters = {
+            "wsAccepted": 0,
+            "wsRefusedFull": 0,
+            "wsRefusedAuth": 0,
+            "wsClosedSlow": 0,
+            "httpRequests": 0,
+        }
+
+    def stats(self) -> dict[str, Any]:
+        """Connection and subscription counts for /v1/status (and tests)."""
+        queued = sum(c.queued for c in self.connections.values())
+        return {
+            "connections": len(self.connections),
+            "maxConnections": self.settings.WS_MAX_CONNECTIONS,
+            "subscriptions": sum(len(c.subscriptions) for c in self.connections.values()),
+            "queuedMessages": queued,
+            "httpStreams": len(self.http_streams),
+            **self.hub.stats(),
+            **self.counters,
+        }
+
+    async def drain(self, reason: str = "server shutting down") -> None:
+        """Stop taking sockets, close every socket with 1001, end NDJSON streams, stop upstreams."""
+        if self.stopping.is_set():
+            return
+        self.stopping.set()
+        closing = [c.close(1001, reason) for c in list(self.connections.values())]
+        for call in list(self.http_streams):
+            call.cancel()
+        if closing:
+            await asyncio.wait_for(asyncio.gather(*closing, return_exceptions=True), timeout=10)
+        await self.hub.close()
+
+    async def close(self) -> None:
+        await self.drain()
+        await self.upstreams.close()

@@ -1,0 +1,116 @@
+// Status: every service's health, NATS and PostgreSQL as the services see them, and the
+// gateway's own counters (GET /v1/status, polled while the screen is open).
+
+import { errorNotice, formatDuration, h } from "../dom.js";
+
+const POLL_MS = 4000;
+
+const TONE = {
+  SERVING: "ok",
+  DEGRADED: "warn",
+  NOT_SERVING: "bad",
+  UNREACHABLE: "bad",
+  STOPPING: "warn",
+  UNKNOWN: "idle",
+  SERVICE_UNKNOWN: "idle",
+};
+
+const LABEL = {
+  SERVING: "Serving",
+  DEGRADED: "Degraded",
+  NOT_SERVING: "Not serving",
+  UNREACHABLE: "Unreachable",
+  STOPPING: "Stopping",
+  UNKNOWN: "Unknown",
+  SERVICE_UNKNOWN: "Unknown",
+};
+
+function badge(status) {
+  const value = String(status || "UNKNOWN");
+  return h("span", { class: `badge ${TONE[value] || "idle"}`, "data-health": value }, LABEL[value] || value);
+}
+
+const GATEWAY_FIELDS = [
+  ["connections", "WebSocket connections"],
+  ["maxConnections", "Connection limit"],
+  ["subscriptions", "Subscriptions"],
+  ["topics", "Shared live streams"],
+  ["upstreamStreams", "Upstream gRPC streams"],
+  ["eventsSerialized", "Events forwarded"],
+  ["queuedMessages", "Queued messages"],
+  ["httpStreams", "NDJSON streams"],
+  ["httpRequests", "HTTP requests"],
+  ["wsClosedSlow", "Slow clients closed"],
+];
+
+export function mount(main, ctx) {
+  const overall = h("span", { class: "badge idle", id: "overall" }, "…");
+  const updated = h("span", { class: "muted", "aria-live": "off" }, "");
+  const body = h("div", { id: "status-body" }, h("p", { class: "empty" }, "Asking the gateway…"));
+  main.append(
+    h("div", { class: "row" }, h("h1", {}, "Status"), overall, h("span", { class: "spacer" }), updated),
+    body,
+  );
+  let timer = 0;
+  let stopped = false;
+  const controller = new AbortController();
+
+  async function refresh() {
+    try {
+      const status = await ctx.api.status({ signal: controller.signal, timeout: 5 });
+      if (stopped) return;
+      render(status);
+      updated.textContent = `Updated ${new Date().toLocaleTimeString()}`;
+    } catch (error) {
+      if (stopped || error.name === "AbortError") return;
+      overall.replaceWith(Object.assign(badge("UNREACHABLE"), { id: "overall" }));
+      body.replaceChildren(errorNotice(error));
+    }
+    if (!stopped) timer = setTimeout(refresh, POLL_MS);
+  }
+
+  function render(status) {
+    const next = badge(status.status);
+    next.id = "overall";
+    main.querySelector("#overall").replaceWith(next);
+    const services = Object.entries(status.services || {});
+    const cards = services.map(([name, report]) =>
+      h("article", { class: "card service-card", "aria-label": `${name} service`, dataset: { service: name } },
+        h("h3", {}, h("span", {}, name), badge(report.status)),
+        h("dl", { class: "kv" },
+          h("dt", {}, "Address"), h("dd", { class: "mono" }, report.address || ""),
+          ...Object.entries(report.dependencies || {}).flatMap(([dep, value]) => [
+            h("dt", {}, dep), h("dd", {}, badge(value)),
+          ]),
+        ),
+      ));
+    const infra = ["nats", "postgres"].map((name) =>
+      h("article", { class: "card service-card", "aria-label": name, dataset: { service: name } },
+        h("h3", {}, h("span", {}, name === "nats" ? "NATS JetStream" : "PostgreSQL"), badge(status[name])),
+        h("p", { class: "hint" }, "As the services that use it report it."),
+      ));
+    const gateway = status.gateway || {};
+    const gatewayCard = h("article", { class: "card", dataset: { service: "gateway" } },
+      h("h2", {}, "Gateway"),
+      h("dl", { class: "kv" },
+        ...GATEWAY_FIELDS.filter(([key]) => key in gateway).flatMap(([key, label]) => [
+          h("dt", {}, label), h("dd", {}, String(gateway[key])),
+        ]),
+        h("dt", {}, "This page's socket"), h("dd", {}, ctx.socket.state === "open"
+          ? `connected (client ${ctx.socket.clientId || "?"})` : ctx.socket.state),
+      ));
+    body.replaceChildren(
+      h("h2", {}, "Services"),
+      h("div", { class: "grid cards" }, ...cards, ...infra),
+      gatewayCard,
+      h("p", { class: "hint" }, `Refreshed every ${formatDuration(POLL_MS / 1000)}.`),
+    );
+  }
+
+  refresh();
+  return () => {
+    stopped = true;
+    controller.abort();
+    clearTimeout(timer);
+  };
+}

@@ -1,0 +1,272 @@
+"""`POST /v1/documents` with a file: multipart/form-data or a raw body, streamed to UploadDocument.
+
+A JSON body goes to IngestDocument (content inline, base64). Anything else is an upload: the
+gateway parses it as it arrives and forwards the content in pieces on RagService.UploadDocument,
+so a 50 MB PDF never sits whole in the gateway's memory.
+
+- multipart/form-data: form fields first (`source` as a JSON DocumentSource, or any of its fields
+  by name: `title`, `type`, `sourceUri`, `filePath`, `metadata` as a JSON object), then one file
+  part; the file name is the title when none is given.
+- any other content type: the body is the document; DocumentSource fields come from the query
+  string (`?title=notes.md&type=DOCUMENT_TYPE_MARKDOWN`), the title may also come from
+  `Content-Disposition: attachment; filename="notes.md"`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import grpc
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from amelia.v1 import rag_pb2
+from amelia_gateway.errors import GatewayError, from_rpc_error, invalid
+from amelia_gateway.state import Gateway
+from amelia_gateway.transcode import find_field, parse_into, query_to_dict, to_json
+
+PIECE_BYTES = 256 * 1024
+MAX_FIELD_BYTES = 64 * 1024
+MULTIPART_OVERHEAD = 1024 * 1024
+
+
+def is_upload(request: Request) -> bool:
+    media = request.headers.get("content-type", "application/json").split(";", 1)[0]
+    media = media.strip().lower()
+    return not (media == "application/json" or media.endswith("+json"))
+
+
+def _too_large(limit: int) -> GatewayError:
+    return GatewayError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        f"document is larger than {limit} bytes (MAX_DOCUMENT_BYTES)",
+        http_status=413,
+    )
+
+
+def _source_from_fields(fields: dict[str, str], filename: str) -> rag_pb2.DocumentSource:
+    source = rag_pb2.DocumentSource()
+    values: dict[str, Any] = {}
+    for name, text in fields.items():
+        if name == "source":
+            try:
+                parsed = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise invalid(f"form field 'source' is not valid JSON: {exc}") from None
+            if not isinstance(parsed, dict):
+                raise invalid("form field 'source' must be a JSON object (a DocumentSource)")
+            parse_into(source, parsed, "form field 'source'")
+            continue
+        field = find_field(source.DESCRIPTOR, name)
+        if field is None:
+            raise invalid(f"unknown form field {name!r}")
+        if field.name == "metadata":
+            try:
+                values[field.name] = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise invalid(f"form field 'metadata' is not valid JSON: {exc}") from None
+        else:
+            values[field.name] = text
+    if values:
+        parse_into(source, values, "form fields")
+    if not source.title and filename:
+        source.title = filename
+    return source
+
+
+class _Call:
+    """One UploadDocument call, written to piece by piece."""
+
+    def __init__(self, gateway: Gateway, rid: str, timeout: float) -> None:
+        self.upstream = gateway.upstreams["RagService"]
+        self.call = gateway.upstreams.callable("RagService", "UploadDocument")(
+            timeout=timeout, metadata=(("x-request-id", rid),)
+        )
+        self.sent = 0
+
+    async def write(self, message: rag_pb2.UploadDocumentRequest) -> None:
+        try:
+            await self.call.write(message)
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc, "RagService", self.upstream.address) from None
+        except Exception:  # noqa: BLE001 - the call ended early; its status says why
+            await self.finish()
+
+    async def content(self, data: bytes) -> None:
+        for start in range(0, len(data), PIECE_BYTES):
+            await self.write(
+                rag_pb2.UploadDocumentRequest(content=data[start : start + PIECE_BYTES])
+            )
+        self.sent += len(data)
+
+    async def finish(self) -> rag_pb2.UploadDocumentResponse:
+        try:
+            await self.call.done_writing()
+            response: rag_pb2.UploadDocumentResponse = await self.call
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc, "RagService", self.upstream.address) from None
+        return response
+
+    def cancel(self) -> None:
+        self.call.cancel()
+
+
+async def upload(gateway: Gateway, request: Request, rid: str) -> Response:
+    from amelia_gateway.http_api import client_timeout
+
+    timeout = client_timeout(request, gateway.settings.GATEWAY_UPLOAD_TIMEOUT_SECONDS)
+    limit = gateway.settings.MAX_DOCUMENT_BYTES
+    media, params = parse_options_header(request.headers.get("content-type", ""))
+    call: _Call | None = None
+    try:
+        if media == b"multipart/form-data":
+            boundary = params.get(b"boundary")
+            if not boundary:
+                raise invalid("multipart/form-data without a boundary")
+            call = _Call(gateway, rid, timeout)
+            await _multipart(request, boundary, call, limit)
+        else:
+            call = _Call(gateway, rid, timeout)
+            await _raw(request, call, limit)
+        response = await call.finish()
+    except BaseException:
+        if call is not None:
+            call.cancel()
+        raise
+    return JSONResponse(to_json(response), headers={"X-Request-Id": rid})
+
+
+async def _raw(request: Request, call: _Call, limit: int) -> None:
+    query = list(request.query_params.multi_items())
+    values = query_to_dict(rag_pb2.DocumentSource.DESCRIPTOR, query, set())
+    source = rag_pb2.DocumentSource()
+    parse_into(source, values, "query string")
+    if not source.title:
+        _, disposition = parse_options_header(request.headers.get("content-disposition", ""))
+        filename = disposition.get(b"filename", b"").decode("utf-8", "replace")
+        source.title = filename.rsplit("/", 1)[-1]
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    await call.write(rag_pb2.UploadDocumentRequest(source=source))
+    async for chunk in request.stream():
+        if call.sent + len(chunk) > limit:
+            raise _too_large(limit)
+        if chunk:
+            await call.content(chunk)
+    if call.sent == 0:
+        raise invalid("the upload is empty: send the document as the request body")
+
+
+class _Parts:
+    """Multipart parser state: form fields, then the one file, forwarded as it arrives."""
+
+    def __init__(self) -> None:
+        self.fields: dict[str, str] = {}
+        self.header_field = b""
+        self.header_value = b""
+        self.headers: dict[bytes, bytes] = {}
+        self.name = ""
+        self.filename: str | None = None
+        self.buffer = bytearray()
+        self.file_started = False
+        self.file_done = False
+        self.pending: list[bytes] = []  # file content ready to forward
+        self.error: GatewayError | None = None
+
+    def on_part_begin(self) -> None:
+        self.headers = {}
+        self.buffer = bytearray()
+        self.name = ""
+        self.filename = None
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self.header_field += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self.header_value += data[start:end]
+
+    def on_header_end(self) -> None:
+        self.headers[self.header_field.lower()] = self.header_value
+        self.header_field = b""
+        self.header_value = b""
+
+    def on_headers_finished(self) -> None:
+        _, options = parse_options_header(self.headers.get(b"content-disposition", b""))
+        self.name = options.get(b"name", b"").decode("utf-8", "replace")
+        filename = options.get(b"filename")
+        if filename is not None:
+            if self.file_started:
+                self._fail("send one file per upload")
+            self.filename = filename.decode("utf-8", "replace").rsplit("/", 1)[-1]
+            self.file_started = True
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self.filename is not None:
+            self.pending.append(data[start:end])
+            return
+        if self.file_started:
+            self._fail("form fields must come before the file")
+            return
+        self.buffer += data[start:end]
+        if len(self.buffer) > MAX_FIELD_BYTES:
+            self._fail(f"form field {self.name!r} is larger than {MAX_FIELD_BYTES} bytes")
+
+    def on_part_end(self) -> None:
+        if self.filename is not None:
+            self.file_done = True
+        elif not self.file_started:
+            self.fields[self.name] = self.buffer.decode("utf-8", "replace")
+
+    def _fail(self, message: str) -> None:
+        if self.error is None:
+            self.error = invalid(message)
+
+    def callbacks(self) -> Any:
+        return {
+            "on_part_begin": self.on_part_begin,
+            "on_header_field": self.on_header_field,
+            "on_header_value": self.on_header_value,
+            "on_header_end": self.on_header_end,
+            "on_headers_finished": self.on_headers_finished,
+            "on_part_data": self.on_part_data,
+            "on_part_end": self.on_part_end,
+        }
+
+
+async def _multipart(request: Request, boundary: bytes, call: _Call, limit: int) -> None:
+    parts = _Parts()
+    parser = MultipartParser(boundary, callbacks=parts.callbacks())
+    received = 0
+    header_sent = False
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit + MULTIPART_OVERHEAD:
+            raise _too_large(limit)
+        try:
+            parser.write(chunk)
+        except MultipartParseError as exc:
+            raise invalid(f"malformed multipart body: {exc}") from None
+        if parts.error is not None:
+            raise parts.error
+        if parts.file_started and not header_sent:
+            source = _source_from_fields(parts.fields, parts.filename or "")
+            await call.write(rag_pb2.UploadDocumentRequest(source=source))
+            header_sent = True
+        if parts.pending:
+            data = b"".join(parts.pending)
+            parts.pending.clear()
+            if call.sent + len(data) > limit:
+                raise _too_large(limit)
+            await call.content(data)
+    try:
+        parser.finalize()
+    except MultipartParseError as exc:
+        raise invalid(f"malformed multipart body: {exc}") from None
+    if not parts.file_started:
+        raise invalid("the multipart body has no file part (a part with a filename)")
+    if not parts.file_done:
+        raise invalid("the multipart body ended inside the file part")

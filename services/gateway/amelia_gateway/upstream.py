@@ -1,0 +1,119 @@
+"""The gateway's only way to the mesh: one gRPC channel per service, calls built from descriptors.
+
+Calls are made from the proto method descriptors rather than the generated stubs, so a new RPC
+needs no code here: the route table names it, and this module finds its request and response
+types. Every call carries the API token (by `aio_channel`) and the request id as metadata.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf import message_factory
+from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
+from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from amelia.v1 import agents_pb2, events_pb2, rag_pb2
+from amelia_common.grpc_client import aio_channel
+from amelia_common.settings import Settings
+
+PACKAGE = "amelia.v1"
+
+SERVICES: dict[str, ServiceDescriptor] = {
+    "EventService": events_pb2.DESCRIPTOR.services_by_name["EventService"],
+    "AgentService": agents_pb2.DESCRIPTOR.services_by_name["AgentService"],
+    "RagService": rag_pb2.DESCRIPTOR.services_by_name["RagService"],
+}
+
+# Which setting holds each service's address; also the short name used in /v1/status.
+ADDRESS_SETTING: dict[str, tuple[str, str]] = {
+    "EventService": ("events", "EVENTS_ADDRESS"),
+    "AgentService": ("agents", "AGENTS_ADDRESS"),
+    "RagService": ("rag", "RAG_ADDRESS"),
+}
+
+
+def method(service: str, rpc: str) -> MethodDescriptor:
+    try:
+        return SERVICES[service].methods_by_name[rpc]
+    except KeyError as exc:
+        raise KeyError(f"no RPC {PACKAGE}.{service}/{rpc} in the protos") from exc
+
+
+def message_class(descriptor: Any) -> type[Message]:
+    cls: type[Message] = message_factory.GetMessageClass(descriptor)
+    return cls
+
+
+@dataclass
+class Upstream:
+    """One service: its address and channel."""
+
+    service: str
+    name: str
+    address: str
+    channel: grpc.aio.Channel
+
+    def callable(self, rpc: str) -> Any:
+        """The multi-callable for `rpc`, of the right arity (unary/stream on either side)."""
+        md = method(self.service, rpc)
+        path = f"/{PACKAGE}.{self.service}/{rpc}"
+        request_cls = message_class(md.input_type)
+        response_cls = message_class(md.output_type)
+        kind = {
+            (False, False): self.channel.unary_unary,
+            (False, True): self.channel.unary_stream,
+            (True, False): self.channel.stream_unary,
+            (True, True): self.channel.stream_stream,
+        }[(md.client_streaming, md.server_streaming)]
+        return kind(
+            path,
+            request_serializer=request_cls.SerializeToString,
+            response_deserializer=response_cls.FromString,
+        )
+
+    async def health(self, timeout: float = 2.0) -> str:
+        """grpc.health.v1 status of this service, or UNREACHABLE."""
+        return await self.health_of(f"{PACKAGE}.{self.service}", timeout)
+
+    async def health_of(self, name: str, timeout: float = 2.0) -> str:
+        stub = health_pb2_grpc.HealthStub(self.channel)
+        try:
+            reply = await stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                return "UNREACHABLE"
+            return exc.code().name
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+
+class Upstreams:
+    """The three services' channels, opened once per gateway and closed at shutdown."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.by_service: dict[str, Upstream] = {}
+        for service, (name, setting) in ADDRESS_SETTING.items():
+            address: str = getattr(settings, setting)
+            self.by_service[service] = Upstream(
+                service, name, address, aio_channel(address, settings)
+            )
+        self._callables: dict[tuple[str, str], Any] = {}
+
+    def __getitem__(self, service: str) -> Upstream:
+        return self.by_service[service]
+
+    def callable(self, service: str, rpc: str) -> Any:
+        key = (service, rpc)
+        if key not in self._callables:
+            self._callables[key] = self.by_service[service].callable(rpc)
+        return self._callables[key]
+
+    async def close(self) -> None:
+        for upstream in self.by_service.values():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(upstream.channel.close(), timeout=2)

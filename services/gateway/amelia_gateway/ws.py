@@ -1,0 +1,464 @@
+"""`/ws`: the socket protocol (see docs/gateway.md for the reference with examples).
+
+Client -> server (JSON text messages):
+    {"type": "subscribe", "id": "s1", "filter": {"types": ["run.*"], "subject": "runs/…"},
+     "since": "now" | "beginning" | 42 | "2026-01-01T00:00:00Z"}
+    {"type": "subscribe", "id": "r1", "run": "runs/…", "since": 42}
+    {"type": "unsubscribe", "id": "s1"}
+    {"type": "ping"} / {"type": "pong"}
+
+Server -> client:
+    {"type": "welcome", "clientId": …}            once, first
+    {"type": "subscribed" | "unsubscribed", "subscription": "s1"}
+    {"type": "event", "subscription": "s1", "sequence": 42, "event": {…proto JSON Event…}}
+    {"type": "end", "subscription": "r1"}          a run stream finished
+    {"type": "error", "subscription": "s1" | null, "error": {code, message, details}, "final": bool}
+    {"type": "ping", "time": …} every WS_HEARTBEAT_INTERVAL / {"type": "pong"}
+
+Every socket has one bounded send queue (WS_SEND_QUEUE messages) drained by its own task, so
+one slow client never delays another: when its queue is full it is closed with 4008 and told
+the sequence to resume from. Events are queued as (subscription, sequence, shared JSON text): the
+event was serialized once by the hub, and only the small envelope differs per subscription.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import re
+import time
+import uuid
+from typing import Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from amelia_common.logging import get_logger
+from amelia_gateway import auth
+from amelia_gateway.errors import GatewayError, status_body
+from amelia_gateway.hub import Feed, FeedSpec, Since
+from amelia_gateway.state import Gateway
+
+log = get_logger("amelia.gateway.ws")
+
+# Close codes (documented in docs/gateway.md).
+CLOSE_GOING_AWAY = 1001  # server shutting down: reconnect and resume
+CLOSE_TRY_AGAIN_LATER = 1013  # WS_MAX_CONNECTIONS reached
+CLOSE_HEARTBEAT_TIMEOUT = 4000  # nothing from the client for 3 heartbeat intervals
+CLOSE_SLOW_CONSUMER = 4008  # send queue full: resume from the sequence in the reason
+CLOSE_UNAUTHORIZED = 4401  # missing or wrong API token
+
+MAX_SUBSCRIPTIONS = 100
+MAX_ID_LENGTH = 128
+MISSED_HEARTBEATS = 3
+# How long a close may wait for a client that does not read before the TCP connection is dropped.
+CLOSE_GRACE = 10.0
+
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+class ProtocolError(Exception):
+    """A client message the gateway cannot act on; answered with an error message."""
+
+
+def _transport_of(send: Send) -> asyncio.Transport | None:
+    """The connection's transport when the server exposes it (uvicorn does), to drop a stuck peer.
+
+    A close frame cannot reach a client that stopped reading; without this the TCP connection
+    (and its write buffer) would stay until the peer goes away.
+    """
+    transport = getattr(getattr(send, "__self__", None), "transport", None)
+    return transport if isinstance(transport, asyncio.Transport) else None
+
+
+class Subscription:
+    """One subscription of a socket: the sink the hub pushes to."""
+
+    def __init__(self, connection: Connection, sub_id: Any, spec: FeedSpec) -> None:
+        self.connection = connection
+        self.id = sub_id
+        self.spec = spec
+        self.prefix = '{"type":"event","subscription":' + json.dumps(sub_id) + ',"sequence":'
+        self.last_queued = spec.since.sequence if spec.since.kind == "after" else 0
+        self.last_sent = self.last_queued
+        self.feed: Feed | None = None
+
+    def push(self, sequence: int, event_json: str) -> None:
+        if self.connection.enqueue((self, sequence, event_json)):
+            self.last_queued = sequence
+
+    def fail(self, error: GatewayError, final: bool) -> None:
+        self.connection.send_control(
+            {
+                "type": "error",
+                "subscription": self.id,
+                "error": status_body(error.code, error.message),
+                "final": final,
+            }
+        )
+        if final:
+            self.connection.forget(self)
+
+    def end(self) -> None:
+        self.connection.send_control({"type": "end", "subscription": self.id})
+        self.connection.forget(self)
+
+
+Item = str | tuple[Subscription, int, str]
+
+
+class Connection:
+    """One accepted socket: its queue, sender, heartbeat and subscriptions."""
+
+    def __init__(self, gateway: Gateway, websocket: WebSocket, client_id: str, send: Send) -> None:
+        self.gateway = gateway
+        self.ws = websocket
+        self.id = client_id
+        self.transport = _transport_of(send)
+        self.queue: asyncio.Queue[Item] = asyncio.Queue(maxsize=gateway.settings.WS_SEND_QUEUE)
+        self.subscriptions: dict[str, Subscription] = {}
+        self.closing = False
+        self.close_code: int | None = None
+        self.last_heard = time.monotonic()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._close_task: asyncio.Task[None] | None = None
+
+    @property
+    def queued(self) -> int:
+        return self.queue.qsize()
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def enqueue(self, item: Item) -> bool:
+        """Queue a message without waiting; a full queue closes the socket as a slow consumer."""
+        if self.closing:
+            return False
+        try:
+            self.queue.put_nowait(item)
+        except asyncio.QueueFull:
+            self._slow()
+            return False
+        return True
+
+    def send_control(self, message: dict[str, Any]) -> None:
+        self.enqueue(json.dumps(message, separators=(",", ":"), ensure_ascii=False))
+
+    def _slow(self) -> None:
+        self.gateway.counters["wsClosedSlow"] += 1
+        events = [s.last_sent for s in self.subscriptions.values() if not s.spec.run]
+        resume = min(events) if events else 0
+        log.warning("closing slow websocket", client=self.id, resume_from=resume)
+        self.close_soon(
+            CLOSE_SLOW_CONSUMER,
+            f"slow consumer: send queue full; resume from sequence {resume}",
+        )
+
+    async def _sender(self) -> None:
+        while True:
+            item = await self.queue.get()
+            if isinstance(item, str):
+                await self.ws.send_text(item)
+                continue
+            subscription, sequence, event_json = item
+            await self.ws.send_text(
+                subscription.prefix + str(sequence) + ',"event":' + event_json + "}"
+            )
+            subscription.last_sent = sequence
+
+    async def _heartbeat(self) -> None:
+        interval = self.gateway.settings.WS_HEARTBEAT_INTERVAL
+        while True:
+            await asyncio.sleep(interval)
+            if time.monotonic() - self.last_heard > interval * MISSED_HEARTBEATS:
+                self.close_soon(
+                    CLOSE_HEARTBEAT_TIMEOUT,
+                    f"heartbeat timeout: nothing received for {interval * MISSED_HEARTBEATS:g}s",
+                )
+                return
+            self.send_control({"type": "ping", "time": time.time()})
+
+    # -- closing -----------------------------------------------------------------------------
+
+    def close_soon(self, code: int, reason: str) -> None:
+        """Close from code that must not wait (the hub's push path)."""
+        if self._close_task is None:
+            self._close_task = asyncio.create_task(self.close(code, reason))
+
+    async def close(self, code: int, reason: str) -> None:
+        """Detach from the hub, drop what is queued, send the close frame, drop a stuck peer."""
+        if self.closing:
+            if self._close_task is not None and self._close_task is not asyncio.current_task():
+                await asyncio.shield(self._close_task)
+            return
+        self.closing = True
+        self.close_code = code
+        self.detach()
+        await self._stop_tasks()
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        if self.ws.application_state != WebSocketState.CONNECTED:
+            return
+        try:
+            await asyncio.wait_for(self.ws.close(code, reason[:120]), timeout=CLOSE_GRACE)
+        except TimeoutError:
+            log.warning("dropping a websocket that does not read", client=self.id)
+            if self.transport is not None:
+                self.transport.abort()
+        except (WebSocketDisconnect, OSError, RuntimeError):
+            pass
+
+    async def _stop_tasks(self) -> None:
+        current = asyncio.current_task()
+        tasks = [t for t in self._tasks if t is not current]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def detach(self) -> None:
+        for subscription in list(self.subscriptions.values()):
+            self.forget(subscription)
+
+    def forget(self, subscription: Subscription) -> None:
+        if self.subscriptions.get(_key(subscription.id)) is subscription:
+            del self.subscriptions[_key(subscription.id)]
+        if subscription.feed is not None:
+            subscription.feed.close()
+            subscription.feed = None
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve the socket until the client or the server closes it."""
+        self._tasks = [
+            asyncio.create_task(self._guard(self._sender()), name=f"ws-send-{self.id}"),
+            asyncio.create_task(self._guard(self._heartbeat()), name=f"ws-heartbeat-{self.id}"),
+        ]
+        settings = self.gateway.settings
+        self.send_control(
+            {
+                "type": "welcome",
+                "clientId": self.id,
+                "protocol": auth.PROTOCOL,
+                "heartbeatInterval": settings.WS_HEARTBEAT_INTERVAL,
+                "sendQueue": settings.WS_SEND_QUEUE,
+                "maxSubscriptions": MAX_SUBSCRIPTIONS,
+            }
+        )
+        try:
+            while True:
+                message = await self.ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                self.last_heard = time.monotonic()
+                if self.closing:
+                    continue
+                self._handle(message.get("text"), message.get("bytes"))
+        except (WebSocketDisconnect, RuntimeError):
+            pass
+        finally:
+            self.closing = True
+            self.detach()
+            await self._stop_tasks()
+            if self._close_task is not None and self._close_task is not asyncio.current_task():
+                self._close_task.cancel()
+                with contextlib.suppress(BaseException):
+                    await self._close_task
+
+    async def _guard(self, coro: Any) -> None:
+        try:
+            await coro
+        except (WebSocketDisconnect, OSError):
+            pass
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("websocket task failed", client=self.id)
+            self.close_soon(1011, "internal error")
+
+    def _handle(self, text: str | None, data: bytes | None) -> None:
+        message_id: Any = None
+        try:
+            if text is None:
+                raise ProtocolError("send JSON text messages, not binary")
+            try:
+                message = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ProtocolError(f"message is not valid JSON: {exc}") from None
+            if not isinstance(message, dict):
+                raise ProtocolError("a message must be a JSON object with a 'type'")
+            message_id = message.get("id")
+            kind = message.get("type")
+            if kind == "subscribe":
+                self._subscribe(message)
+            elif kind == "unsubscribe":
+                self._unsubscribe(message)
+            elif kind == "ping":
+                self.send_control({"type": "pong", "time": time.time()})
+            elif kind == "pong":
+                pass
+            else:
+                raise ProtocolError(
+                    f"unknown message type {kind!r}: use subscribe, unsubscribe, ping or pong"
+                )
+        except ProtocolError as exc:
+            self.send_control(
+                {
+                    "type": "error",
+                    "subscription": message_id if _valid_id(message_id) else None,
+                    "error": status_body(grpc.StatusCode.INVALID_ARGUMENT, str(exc)),
+                    "final": True,
+                }
+            )
+
+    def _subscribe(self, message: dict[str, Any]) -> None:
+        unknown = set(message) - {"type", "id", "filter", "run", "since"}
+        if unknown:
+            raise ProtocolError(f"unknown field(s) in subscribe: {', '.join(sorted(unknown))}")
+        sub_id = message.get("id")
+        if not _valid_id(sub_id):
+            raise ProtocolError(
+                f"subscribe needs an 'id': a string (1-{MAX_ID_LENGTH} chars) or an integer"
+            )
+        if _key(sub_id) in self.subscriptions:
+            raise ProtocolError(f"subscription {sub_id!r} already exists; unsubscribe first")
+        if len(self.subscriptions) >= MAX_SUBSCRIPTIONS:
+            raise ProtocolError(f"at most {MAX_SUBSCRIPTIONS} subscriptions per socket")
+        spec = parse_spec(message)
+        subscription = Subscription(self, sub_id, spec)
+        self.subscriptions[_key(sub_id)] = subscription
+        self.send_control({"type": "subscribed", "subscription": sub_id})
+        subscription.feed = self.gateway.hub.feed(spec, subscription)
+
+    def _unsubscribe(self, message: dict[str, Any]) -> None:
+        sub_id = message.get("id")
+        subscription = self.subscriptions.get(_key(sub_id)) if _valid_id(sub_id) else None
+        if subscription is None:
+            raise ProtocolError(f"no subscription {sub_id!r}")
+        self.forget(subscription)
+        self.send_control({"type": "unsubscribed", "subscription": sub_id})
+
+
+def _valid_id(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return True
+    return isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH
+
+
+def _key(value: Any) -> str:
+    return json.dumps(value)
+
+
+def parse_since(value: Any, *, run: bool) -> Since:
+    if value is None:
+        return Since("beginning") if run else Since("now")
+    if isinstance(value, bool):
+        raise ProtocolError("'since' must be a sequence, a time, 'now' or 'beginning'")
+    if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
+        sequence = int(value)
+        if sequence < 0 or sequence >= 2**64:
+            raise ProtocolError("'since' sequence must be between 0 and 2^64-1")
+        return Since("after", sequence=sequence) if sequence else Since("beginning")
+    if value == "beginning":
+        return Since("beginning")
+    if value == "now":
+        if run:
+            raise ProtocolError("a run subscription replays the run: use a sequence or 'beginning'")
+        return Since("now")
+    if isinstance(value, str):
+        if run:
+            raise ProtocolError("a run subscription starts at a sequence or 'beginning'")
+        try:
+            when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise ProtocolError(
+                f"'since' {value!r} is not a sequence, an RFC 3339 time, 'now' or 'beginning'"
+            ) from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.UTC)
+        stamp = Timestamp()
+        try:
+            stamp.FromDatetime(when)
+        except (ValueError, OverflowError) as exc:
+            raise ProtocolError(f"'since' {value!r} is out of range: {exc}") from None
+        return Since("time", time=stamp)
+    raise ProtocolError("'since' must be a sequence, a time, 'now' or 'beginning'")
+
+
+def parse_spec(message: dict[str, Any]) -> FeedSpec:
+    run = message.get("run")
+    event_filter = message.get("filter")
+    if run is not None:
+        if event_filter is not None:
+            raise ProtocolError("give either 'filter' or 'run', not both")
+        if not isinstance(run, str) or not re.match(r"^runs/[A-Za-z0-9_-]+$", run):
+            raise ProtocolError("'run' must be a run name like 'runs/4f1c…'")
+        return FeedSpec(run=run, since=parse_since(message.get("since"), run=True))
+    event_filter = {} if event_filter is None else event_filter
+    if not isinstance(event_filter, dict):
+        raise ProtocolError("'filter' must be an object with 'types' and/or 'subject'")
+    unknown = set(event_filter) - {"types", "subject"}
+    if unknown:
+        raise ProtocolError(f"unknown filter field(s): {', '.join(sorted(unknown))}")
+    types = event_filter.get("types", [])
+    if isinstance(types, str):
+        types = [types]
+    if not isinstance(types, list) or not all(isinstance(t, str) and t for t in types):
+        raise ProtocolError("'filter.types' must be a list of type patterns like 'run.*'")
+    subject = event_filter.get("subject", "")
+    if not isinstance(subject, str):
+        raise ProtocolError("'filter.subject' must be a string like 'runs/4f1c…' or 'runs/*'")
+    return FeedSpec(
+        types=tuple(sorted(set(types))),
+        subject=subject,
+        since=parse_since(message.get("since"), run=False),
+    )
+
+
+async def serve(gateway: Gateway, scope: Scope, receive: Receive, send: Send) -> None:
+    """The `/ws` endpoint: refuse (with a close code) or accept, then run the protocol."""
+    websocket = WebSocket(scope, receive=receive, send=send)
+    subprotocols: list[str] = list(scope.get("subprotocols") or [])
+    subprotocol = auth.chosen_subprotocol(subprotocols)
+    token = auth.header_token(websocket.headers) or auth.protocol_token(subprotocols)[0]
+    settings = gateway.settings
+    refusal: tuple[int, str] | None = None
+    if gateway.stopping.is_set():
+        refusal = (CLOSE_GOING_AWAY, "server shutting down; reconnect and resume later")
+    elif not auth.token_ok(gateway.token, token):
+        gateway.counters["wsRefusedAuth"] += 1
+        refusal = (
+            CLOSE_UNAUTHORIZED,
+            "unauthorized: send 'Authorization: Bearer <token>' or subprotocol 'bearer.<token>'",
+        )
+    elif len(gateway.connections) >= settings.WS_MAX_CONNECTIONS:
+        gateway.counters["wsRefusedFull"] += 1
+        refusal = (
+            CLOSE_TRY_AGAIN_LATER,
+            f"too many connections: this gateway allows {settings.WS_MAX_CONNECTIONS}",
+        )
+    given = websocket.headers.get("x-client-id", "")
+    client_id = given if _CLIENT_ID.match(given) else uuid.uuid4().hex
+    if refusal is not None:
+        await websocket.accept(subprotocol=subprotocol)
+        await websocket.close(*refusal)
+        return
+    if client_id in gateway.connections:
+        client_id = uuid.uuid4().hex
+    connection = Connection(gateway, websocket, client_id, send)
+    # Registered before the first await, so concurrent handshakes cannot exceed the limit.
+    gateway.connections[client_id] = connection
+    gateway.counters["wsAccepted"] += 1
+    try:
+        await websocket.accept(subprotocol=subprotocol)
+        await connection.run()
+    except (WebSocketDisconnect, OSError):
+        pass
+    finally:
+        gateway.connections.pop(client_id, None)
+        connection.detach()

@@ -1,0 +1,158 @@
+"""Running a real gateway (uvicorn on a free port) in front of real services, and client helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import websockets
+
+from amelia.v1 import events_pb2, events_pb2_grpc
+from amelia_common.embedded import free_port
+from amelia_common.grpc_client import aio_channel
+from amelia_common.settings import Settings
+from amelia_gateway.server import GatewayServer, build_server
+from amelia_gateway.state import Gateway
+
+
+@dataclass
+class RunningGateway:
+    server: GatewayServer
+    task: asyncio.Task[None]
+    port: int
+    settings: Settings
+
+    @property
+    def gateway(self) -> Gateway:
+        return self.server.gateway
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(self.task, timeout=30)
+
+
+async def start_gateway(settings: Settings) -> RunningGateway:
+    server = build_server(settings, host="127.0.0.1", port=0)
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+    task = asyncio.create_task(server.serve())
+    for _ in range(500):
+        if server.started:
+            break
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    else:
+        raise RuntimeError("the gateway did not start")
+    port = server.servers[0].sockets[0].getsockname()[1]
+    return RunningGateway(server, task, port, settings)
+
+
+def closed_address() -> str:
+    """An address nothing listens on (an unavailable upstream)."""
+    return f"127.0.0.1:{free_port()}"
+
+
+@dataclass
+class Publisher:
+    """Publishes events straight to the events service (not through the gateway)."""
+
+    channel: grpc.aio.Channel
+    stub: events_pb2_grpc.EventServiceStub = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.stub = events_pb2_grpc.EventServiceStub(self.channel)
+
+    @classmethod
+    def connect(cls, address: str, settings: Settings) -> Publisher:
+        return cls(aio_channel(address, settings))
+
+    async def publish(
+        self, subject: str, event_type: str = "run.token", data: dict[str, Any] | None = None
+    ) -> int:
+        event = events_pb2.Event(type=event_type, subject=subject, source="tests")
+        if data:
+            event.data.update(data)
+        reply = await self.stub.PublishEvent(events_pb2.PublishEventRequest(event=event))
+        return int(reply.event.sequence)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+def new_subject(collection: str = "runs") -> str:
+    return f"{collection}/{uuid.uuid4().hex}"
+
+
+class Client:
+    """A websockets client speaking the gateway protocol."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        self.welcome: dict[str, Any] = {}
+
+    @classmethod
+    async def connect(cls, url: str, **kwargs: Any) -> Client:
+        ws = await websockets.connect(url, open_timeout=20, **kwargs)
+        client = cls(ws)
+        client.welcome = await client.recv()
+        assert client.welcome["type"] == "welcome", client.welcome
+        return client
+
+    async def send(self, message: dict[str, Any]) -> None:
+        await self.ws.send(json.dumps(message))
+
+    async def recv(self, timeout: float = 20) -> dict[str, Any]:
+        text = await asyncio.wait_for(self.ws.recv(), timeout=timeout)
+        message: dict[str, Any] = json.loads(text)
+        return message
+
+    async def recv_type(self, kind: str, timeout: float = 20) -> dict[str, Any]:
+        """The next message of `kind`, skipping pings."""
+        while True:
+            message = await self.recv(timeout)
+            if message["type"] == "ping":
+                continue
+            assert message["type"] == kind, message
+            return message
+
+    async def subscribe(self, sub_id: Any, **fields: Any) -> None:
+        await self.send({"type": "subscribe", "id": sub_id, **fields})
+        reply = await self.recv_type("subscribed")
+        assert reply["subscription"] == sub_id
+
+    async def events(self, count: int, timeout: float = 30) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        while len(out) < count:
+            message = await self.recv(timeout)
+            if message["type"] == "event":
+                out.append(message)
+            elif message["type"] not in ("ping",):
+                raise AssertionError(f"unexpected message {message}")
+        return out
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+
+async def wait_for(predicate: Any, timeout: float = 20, interval: float = 0.02) -> None:
+    """Wait until `predicate()` is true (generous timeouts; never a performance assertion)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(interval)
