@@ -31,6 +31,9 @@ log = get_logger("amelia.grpc")
 HealthCheck = Callable[[], Awaitable[bool]]
 ShutdownHook = Callable[[], Awaitable[None]]
 
+# Health entry name of each dependency: `dependency/<name>` (e.g. `dependency/nats`).
+DEPENDENCY_PREFIX = "dependency/"
+
 # Calls that stay open without a token: probes and grpcurl's discovery.
 _PUBLIC_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
@@ -241,6 +244,15 @@ class GrpcService:
                 (log.info if ok else log.warning)("dependency", dependency=dep, up=ok)
             self._dependency_state[dep] = ok
             healthy = healthy and ok
+            # Each dependency is also a health entry (`dependency/nats`, `dependency/postgres`),
+            # so a client (the gateway's /v1/status) can tell which one is down.
+            if self._health is not None and not self.stopping.is_set():
+                await self._health.set(
+                    f"{DEPENDENCY_PREFIX}{dep}",
+                    health_pb2.HealthCheckResponse.SERVING
+                    if ok
+                    else health_pb2.HealthCheckResponse.NOT_SERVING,
+                )
         if not self.stopping.is_set():
             await self._set_all(
                 health_pb2.HealthCheckResponse.SERVING
