@@ -106,6 +106,12 @@ class FakeServer:
                 self.disconnects += 1
 
 
+def _api_key(request: Request) -> str:
+    """The key the SDK sent: `x-api-key`, or (newer SDKs) `Authorization: Bearer`."""
+    bearer = request.headers.get("authorization", "")
+    return request.headers.get("x-api-key", "") or bearer.removeprefix("Bearer ").strip()
+
+
 def _text(content: Any) -> str:
     if isinstance(content, str):
         return content
@@ -119,10 +125,10 @@ class FakeAnthropic(FakeServer):
     async def messages(self, request: Request) -> Response:
         body = await request.json()
         self.requests.append({"headers": dict(request.headers), "body": body})
-        if not request.headers.get("x-api-key"):
+        if not _api_key(request):
             return JSONResponse(
                 {"type": "error", "error": {"type": "authentication_error",
-                                            "message": "x-api-key header is required"}},
+                                            "message": "no API key sent"}},
                 status_code=401,
             )
         outcome, tokens, delay = self.plan(body["model"], body["messages"])

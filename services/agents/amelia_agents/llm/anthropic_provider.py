@@ -59,8 +59,7 @@ class AnthropicModel:
         }
         if request.system:
             kwargs["system"] = request.system
-        if request.temperature is not None:
-            kwargs["temperature"] = request.temperature
+        # The Messages API this SDK speaks has no sampling temperature: it is not sent.
         usage = Usage()
         try:
             stream = await self.client.messages.create(**kwargs)
