@@ -137,3 +137,202 @@ async def test_an_exception_fails_the_run_with_its_message(agents) -> None:
     assert failed.error == "ValueError: boom in node"
     finished = data(events, "run.node.finished")
     assert finished and "boom in node" in finished[-1]["error"]
+
+
+async def _stream_until(stub, name: str, predicate, timeout: float = 30):
+    """Start StreamRun in the background; return (task, first events up to `predicate`)."""
+    import asyncio
+
+    seen: list = []
+    ready = asyncio.Event()
+
+    async def read() -> list:
+        async for response in stub.StreamRun(S.StreamRunRequest(name=name)):
+            seen.append(response.event)
+            if predicate(seen):
+                ready.set()
+        return seen
+
+    task = asyncio.create_task(read())
+    await asyncio.wait_for(ready.wait(), timeout)
+    return task, seen
+
+
+async def test_cancel_mid_stream_stops_the_model_call(agents, fake_anthropic) -> None:
+    import asyncio
+    import time
+
+    import grpc
+    from agents_helpers import rpc_error
+
+    name = await _agent(agents, "slow-talker", "anthropic:slow")
+    disconnects = fake_anthropic.disconnects
+    run = await create_run(agents, agent=name, input={"message": "talk slowly"})
+    task, _ = await _stream_until(agents, run.name, lambda ev: len(tokens(ev)) >= 3)
+    started = time.monotonic()
+    cancelled = (await agents.CancelRun(S.CancelRunRequest(name=run.name, reason="enough"))).run
+    assert time.monotonic() - started < 1.0
+    assert cancelled.status == S.RUN_STATUS_CANCELLED
+    assert cancelled.error == "enough"
+    events = await asyncio.wait_for(task, 10)
+    assert types(events)[-2:] == ["agent.failed", "run.cancelled"]
+    assert data(events, "run.cancelled")[0]["reason"] == "enough"
+    assert 3 <= len(tokens(events)) < 200
+    # The HTTP stream to the model was closed: nothing is left streaming.
+    for _ in range(100):
+        if fake_anthropic.disconnects > disconnects and fake_anthropic.streams_open == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert fake_anthropic.disconnects == disconnects + 1
+    assert fake_anthropic.streams_open == 0
+    # A second cancel, and a resume, are refused.
+    again = await rpc_error(agents.CancelRun(S.CancelRunRequest(name=run.name)))
+    assert again.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "already ended" in again.details()
+    resume = S.ResumeRunRequest(name=run.name)
+    resume.answer.string_value = "x"
+    refused = await rpc_error(agents.ResumeRun(resume))
+    assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie waiting for its parent counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+async def test_cancel_kills_a_running_subprocess_and_its_children(agents, tmp_path) -> None:
+    import asyncio
+
+    pidfile = tmp_path / "pids"
+    run = await create_run(agents, workflow="workflows/test-process", input={"pidfile": str(pidfile)})
+    task, _ = await _stream_until(
+        agents, run.name, lambda ev: any(e.type == "run.tool.output" for e in ev)
+    )
+    pids = [int(p) for p in pidfile.read_text().split()]
+    assert len(pids) == 2 and all(_alive(p) for p in pids)
+    cancelled = (await agents.CancelRun(S.CancelRunRequest(name=run.name))).run
+    assert cancelled.status == S.RUN_STATUS_CANCELLED
+    events = await asyncio.wait_for(task, 10)
+    assert types(events)[-1] == "run.cancelled"
+    called = data(events, "run.tool.called")
+    assert called and called[0]["tool"] == "shell"
+    assert any("started" in d["text"] for d in data(events, "run.tool.output"))
+    assert not any(_alive(p) for p in pids), "the subprocess or its child survived the cancel"
+
+
+async def test_cancel_of_a_paused_run_needs_no_worker(agents) -> None:
+    import asyncio
+
+    import grpc
+    from agents_helpers import rpc_error
+
+    run = await create_run(agents, workflow="workflows/test-ask", input={"question": "Go?"})
+    await wait_status(agents, run.name, S.RUN_STATUS_PAUSED)
+    cancelled = (await agents.CancelRun(S.CancelRunRequest(name=run.name))).run
+    assert cancelled.status == S.RUN_STATUS_CANCELLED
+    events = await asyncio.wait_for(collect(agents, run.name), 10)
+    assert types(events)[-1] == "run.cancelled"
+    again = await rpc_error(agents.CancelRun(S.CancelRunRequest(name=run.name)))
+    assert again.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_interrupt_pauses_with_the_question_and_resume_continues(agents) -> None:
+    import grpc
+    from agents_helpers import rpc_error
+
+    run = await create_run(
+        agents, workflow="workflows/test-ask", input={"question": "Deploy to prod?"}
+    )
+    paused = await wait_status(agents, run.name, S.RUN_STATUS_PAUSED)
+    assert paused.interrupt.node == "ask"
+    assert paused.interrupt.value.struct_value["question"] == "Deploy to prod?"
+    # Another run in the same thread must wait.
+    blocked = S.CreateRunRequest(run=S.Run(workflow="workflows/echo", thread=paused.thread))
+    blocked.run.input.update({"message": "me too"})
+    busy = await rpc_error(agents.CreateRun(blocked))
+    assert busy.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "already has a queued, running or paused run" in busy.details()
+
+    resume = S.ResumeRunRequest(name=run.name)
+    resume.answer.string_value = "yes"
+    resumed = (await agents.ResumeRun(resume)).run
+    assert resumed.status == S.RUN_STATUS_QUEUED
+    twice = await rpc_error(agents.ResumeRun(resume))
+    assert twice.code() == grpc.StatusCode.FAILED_PRECONDITION
+    done = await wait_status(agents, run.name, S.RUN_STATUS_COMPLETED)
+    assert done.output["result"] == "answer was yes"
+    assert not done.HasField("interrupt")
+    events = await collect(agents, run.name)
+    interrupted = data(events, "run.interrupted")
+    assert interrupted == [
+        {"run": run.name, "attempt": 1, "node": "ask", "value": {"question": "Deploy to prod?"}}
+    ]
+    resumed_events = data(events, "run.resumed")
+    assert resumed_events and resumed_events[0]["reason"] == "answer"
+    assert types(events)[-1] == "run.completed"
+    # The ask node ran before the pause and again on resume; finish ran once.
+    started = [d["node"] for d in data(events, "run.node.started")]
+    assert started.count("finish") == 1
+
+
+async def test_second_run_in_a_thread_sees_the_first_runs_messages(agents, fake_anthropic) -> None:
+    first = await create_run(
+        agents,
+        workflow="workflows/chat",
+        input={"message": "My name is Ada.", "model": "offline:echo"},
+    )
+    await wait_status(agents, first.name, S.RUN_STATUS_COMPLETED)
+    second = await create_run(
+        agents,
+        workflow="workflows/chat",
+        thread=first.thread,
+        input={"message": "What is my name?", "model": "offline:transcript"},
+    )
+    done = await wait_status(agents, second.name, S.RUN_STATUS_COMPLETED)
+    assert done.output["message"] == (
+        "user: My name is Ada.\nassistant: My name is Ada.\nuser: What is my name?"
+    )
+    # The same through an agent and the Anthropic SDK: the model is sent the whole thread.
+    name = await _agent(agents, "memory-agent", "anthropic:transcript")
+    third = await create_run(agents, agent=name, thread=first.thread,
+                             input={"message": "And now?"})
+    done = await wait_status(agents, third.name, S.RUN_STATUS_COMPLETED)
+    sent = fake_anthropic.requests[-1]["body"]["messages"]
+    assert [m["content"] for m in sent][:2] == ["My name is Ada.", "My name is Ada."]
+    assert sent[-1] == {"role": "user", "content": "And now?"}
+    runs = (await agents.ListRuns(S.ListRunsRequest(thread=first.thread))).runs
+    assert [r.name for r in runs] == [third.name, second.name, first.name]
+
+
+async def test_create_run_is_idempotent_by_request_id(agents) -> None:
+    request = S.CreateRunRequest(
+        run=S.Run(workflow="workflows/echo"), request_id="req-idempotent-1"
+    )
+    request.run.input.update({"message": "once"})
+    first = (await agents.CreateRun(request)).run
+    second = (await agents.CreateRun(request)).run
+    assert first.name == second.name
+    await wait_status(agents, first.name, S.RUN_STATUS_COMPLETED)
+    runs = (await agents.ListRuns(S.ListRunsRequest(thread=first.thread))).runs
+    assert len(runs) == 1
+
+
+async def test_stream_of_a_finished_run_replays_and_resumes_after_a_sequence(agents) -> None:
+    run = await create_run(agents, workflow="workflows/echo", input={"message": "one two three"})
+    await wait_status(agents, run.name, S.RUN_STATUS_COMPLETED)
+    everything = await collect(agents, run.name)
+    assert types(everything)[-1] == "run.completed"
+    middle = everything[2].sequence
+    tail = await collect(agents, run.name, after=middle)
+    assert [e.id for e in tail] == [e.id for e in everything[3:]]
+    assert await collect(agents, run.name, after=everything[-1].sequence) == []
