@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from nats.js import JetStreamContext
@@ -113,3 +114,57 @@ async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout: float = 
     async with asyncio.timeout(timeout):
         while not await predicate():  # noqa: ASYNC110 - polling another system
             await asyncio.sleep(0.1)
+
+
+@dataclass
+class Outcomes:
+    """What a publisher attempted: ids that returned success (with sequence) or an error."""
+
+    ok: dict[str, int] = field(default_factory=dict)
+    failed: dict[str, tuple[grpc.StatusCode, str]] = field(default_factory=dict)
+
+
+async def publish_until(
+    stub: events_pb2_grpc.EventServiceStub,
+    subject: str,
+    outcomes: Outcomes,
+    stop: asyncio.Event,
+    *,
+    timeout: float = 5.0,
+    pause: float = 0.005,
+) -> None:
+    """Publish numbered events one after another until `stop`, recording every outcome."""
+    prefix = uuid.uuid4().hex[:8]
+    n = 0
+    while not stop.is_set():
+        ev = event("test.tick", subject, n=n)
+        ev.id = f"tick-{prefix}-{n}"
+        try:
+            resp = await stub.PublishEvent(
+                events_pb2.PublishEventRequest(event=ev), timeout=timeout
+            )
+            outcomes.ok[ev.id] = resp.event.sequence
+        except grpc.aio.AioRpcError as exc:
+            outcomes.failed[ev.id] = (exc.code(), exc.details() or "")
+        n += 1
+        await asyncio.sleep(pause)
+
+
+async def follow(
+    stub: events_pb2_grpc.EventServiceStub,
+    flt: events_pb2.EventFilter,
+    after: int,
+    out: list[events_pb2.Event],
+    errors: list[grpc.StatusCode],
+) -> None:
+    """A client that streams forever and, when a stream breaks, resumes after the last event
+    it saw (what the gateway and the CLI do)."""
+    while True:
+        start = out[-1].sequence if out else after
+        call = stub.StreamEvents(events_pb2.StreamEventsRequest(filter=flt, after_sequence=start))
+        try:
+            async for item in call:
+                out.append(item.event)
+        except grpc.aio.AioRpcError as exc:
+            errors.append(exc.code())
+            await asyncio.sleep(0.2)

@@ -663,7 +663,7 @@ class EventLog:
             )
             raise EventLogUnavailableError(
                 f"event {event.id} ({event.type}) not stored: {self.stats.waiting} publishes are "
-                f"already waiting for NATS JetStream (EVENTS_PUBLISH_BUFFER="
+                f"already waiting for NATS JetStream to come back (EVENTS_PUBLISH_BUFFER="
                 f"{self.settings.EVENTS_PUBLISH_BUFFER})"
             )
         self.stats.waiting += 1
@@ -683,14 +683,28 @@ class EventLog:
     ) -> api.PubAck:
         budget = self.settings.EVENTS_PUBLISH_TIMEOUT_SECONDS
         deadline = time.monotonic() + budget
+        # Several attempts fit in the budget: a request lost in a dying connection is resent
+        # on the next one (same id, so JetStream stores it once).
+        attempt = max(0.2, min(2.0, budget / 4))
         delay = 0.05
+        sent = False  # handed to a live connection at least once: it may have been stored
         while True:
             remaining = deadline - time.monotonic()
+            if not self.nc.is_connected:
+                # Wait for the connection here rather than in nats-py's reconnect buffer, so an
+                # event that never left this process is known not to be stored.
+                if remaining <= 0 or self.nc.is_closed:
+                    raise self._refuse(event, budget, sent, "NATS is unreachable")
+                self.stats.retried += 1
+                self._note_outage("disconnected")
+                await asyncio.sleep(min(0.05, remaining))
+                continue
             try:
+                sent = True
                 return await self.js.publish(
                     subject,
                     payload,
-                    timeout=max(0.05, min(remaining, 2.0)),
+                    timeout=max(0.05, min(remaining, attempt)),
                     stream=self.settings.EVENTS_STREAM,
                     headers={"Nats-Msg-Id": event.id},
                 )
@@ -701,40 +715,48 @@ class EventLog:
             except _TRANSIENT as exc:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self.nc.is_closed:
-                    self._refuse(event, exc)
-                    raise EventLogUnavailableError(
-                        f"event {event.id} ({event.type}) not stored: NATS JetStream did not "
-                        f"acknowledge it within {budget:g}s ({type(exc).__name__}); retry "
-                        "with the same id"
-                    ) from exc
+                    raise self._refuse(event, budget, sent, type(exc).__name__) from exc
                 self.stats.retried += 1
-                self._note_outage(exc)
+                self._note_outage(repr(exc))
                 await asyncio.sleep(min(delay, remaining))
                 delay = min(delay * 2, 0.5)
             except (nats.errors.Error, nats.js.errors.Error) as exc:
-                self._refuse(event, exc)
+                self._refuse(event, budget, sent, str(exc))
                 raise EventLogUnavailableError(
-                    f"event {event.id} ({event.type}) not stored: {exc}"
+                    f"event {event.id} ({event.type}) not stored: NATS JetStream refused it ({exc})"
                 ) from exc
 
-    def _refuse(self, event: events_pb2.Event, exc: BaseException) -> None:
+    def _refuse(
+        self, event: events_pb2.Event, budget: float, sent: bool, why: str
+    ) -> EventLogUnavailableError:
+        """Count and log a publish that failed; returns the error to raise."""
         self.stats.refused += 1
         log.error(
             "event not stored",
             event_id=event.id,
             event_type=event.type,
-            error=repr(exc),
+            error=why,
             refused_total=self.stats.refused,
             waiting=self.stats.waiting,
         )
+        if sent:
+            return EventLogUnavailableError(
+                f"event {event.id} ({event.type}) was not acknowledged by NATS JetStream within "
+                f"{budget:g}s ({why}), so it may or may not be stored; publish it again with the "
+                "same id (it is stored once)"
+            )
+        return EventLogUnavailableError(
+            f"event {event.id} ({event.type}) not stored: {why} for {budget:g}s "
+            "(EVENTS_PUBLISH_TIMEOUT_SECONDS)"
+        )
 
-    def _note_outage(self, exc: BaseException) -> None:
+    def _note_outage(self, why: str) -> None:
         now = time.monotonic()
         if now - self._last_outage_log >= 1.0:
             self._last_outage_log = now
             log.warning(
-                "event log unreachable: retrying publishes",
-                error=repr(exc),
+                "event log unreachable: publishes waiting",
+                error=why,
                 waiting=self.stats.waiting,
                 retried_total=self.stats.retried,
             )

@@ -1,0 +1,113 @@
+"""A subscriber 100x slower than the publisher costs the server bounded memory, and another
+subscriber still gets every event while the slow one lags far behind."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from events_support import RunningEvents, consumers_matching, wait_until
+
+from amelia.v1 import events_pb2
+from amelia_common.eventlog import EventReader
+
+EVENTS = 6000
+BLOB = "x" * 16_000  # ~16 KB per event: ~96 MB published in total
+SLOW_DELAY = 0.05  # the publisher manages well over 2,000 events/s here: 100x is ~20/s
+IN_FLIGHT_LIMIT_BYTES = 16 * 1024 * 1024
+
+
+def rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+async def test_slow_subscriber_is_paced_not_buffered(events: RunningEvents, resource: str) -> None:
+    stub = events.stub
+    servicer = events.svc.servicer
+    assert servicer is not None
+    flt = events_pb2.EventFilter(subject=resource)
+    first = await events.log.publish("test.big", resource, {"n": -1})
+    request = events_pb2.StreamEventsRequest(filter=flt, after_sequence=first.sequence)
+    slow_call, fast_call = stub.StreamEvents(request), stub.StreamEvents(request)
+    slow_got: list[int] = []
+    fast_got: list[int] = []
+
+    async def read(call: object, out: list[int], delay: float) -> None:
+        async for item in call:  # type: ignore[attr-defined]
+            out.append(item.event.sequence)
+            if len(out) == EVENTS:
+                return
+            if delay:
+                await asyncio.sleep(delay)
+
+    slow = asyncio.create_task(read(slow_call, slow_got, SLOW_DELAY))
+    fast = asyncio.create_task(read(fast_call, fast_got, 0))
+    dotted = resource.replace("/", ".")
+
+    async def both_open() -> bool:
+        return sum(1 for r in servicer.readers if dotted in r.filters[0]) == 2
+
+    await wait_until(both_open)
+    slow_reader: EventReader | None = None
+    baseline_rss = rss_bytes()
+    peak_rss = baseline_rss
+    peak_in_flight = 0
+    publishing_done = asyncio.Event()
+
+    async def sample() -> None:
+        nonlocal peak_rss, peak_in_flight, slow_reader
+        while not publishing_done.is_set() or not fast.done():
+            readers = [r for r in servicer.readers if dotted in r.filters[0]]
+            if len(readers) == 2:
+                slow_reader = min(readers, key=lambda r: r.delivered)
+                # Events the server took from the log for the slow client and it has not read:
+                # the reader's batch plus what gRPC holds in its send/receive windows.
+                peak_in_flight = max(peak_in_flight, slow_reader.delivered - len(slow_got))
+            peak_rss = max(peak_rss, rss_bytes())
+            await asyncio.sleep(0.05)
+
+    sampler = asyncio.create_task(sample())
+    for n in range(EVENTS):
+        await events.log.publish("test.big", resource, {"n": n, "blob": BLOB})
+    publishing_done.set()
+    async with asyncio.timeout(120):
+        await fast
+    await sampler
+
+    # The fast subscriber got everything, in order, while the slow one is far behind.
+    assert len(fast_got) == EVENTS and fast_got == sorted(fast_got)
+    assert len(slow_got) < EVENTS // 10
+    # The slow one's backlog stays in the log (the consumer's pending count), not in memory.
+    consumers = await consumers_matching(
+        events.log.js, events.log.settings.EVENTS_STREAM, resource.split("/")[1]
+    )
+    pending = [
+        (await events.log.js.consumer_info(events.log.settings.EVENTS_STREAM, c)).num_pending
+        for c in consumers
+    ]
+    assert max(pending) > EVENTS // 2
+    event_bytes = len(BLOB) + 200
+    in_flight_bytes = peak_in_flight * event_bytes
+    print(
+        f"\nslow subscriber: read {len(slow_got)}/{EVENTS}; peak in flight {peak_in_flight} "
+        f"events ({in_flight_bytes / 2**20:.1f} MiB) of {EVENTS * event_bytes / 2**20:.0f} MiB "
+        f"published; RSS growth {(peak_rss - baseline_rss) / 2**20:.1f} MiB; "
+        f"log backlog {max(pending)} events"
+    )
+    assert in_flight_bytes < IN_FLIGHT_LIMIT_BYTES
+    assert slow_reader is not None and slow_reader.buffered <= 256
+    assert peak_rss - baseline_rss < EVENTS * event_bytes // 2
+
+    slow.cancel()
+    slow_call.cancel()
+    fast_call.cancel()
+
+    async def consumers_gone() -> bool:
+        return not await consumers_matching(
+            events.log.js, events.log.settings.EVENTS_STREAM, resource.split("/")[1]
+        )
+
+    await wait_until(consumers_gone)
