@@ -1,0 +1,152 @@
+"""Durable runs: a worker process SIGKILLed mid-run is replaced and the run resumes from its
+last checkpoint. Real `python -m amelia_agents.worker` processes on the real queue."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from agents_helpers import S, collect, data, types, wait_status
+
+from amelia.v1 import agents_pb2_grpc
+from amelia_agents.server import build_service
+from amelia_common.grpc_client import aio_channel
+from amelia_common.settings import Settings
+
+HERE = Path(__file__).parent
+QUEUE = "AMELIA_RUNS_DURABILITY"
+ACK_WAIT = 2
+
+
+class WorkerProcess:
+    """`python -m amelia_agents.worker` in its own process group, logging to a file."""
+
+    def __init__(self, settings: Settings, log: Path) -> None:
+        env = {
+            **os.environ,
+            "DATABASE_URL": settings.DATABASE_URL,
+            "NATS_URL": settings.NATS_URL,
+            "AMELIA_DATA_DIR": str(settings.AMELIA_DATA_DIR),
+            "ENVIRONMENT": "testing",
+            "LOG_LEVEL": "INFO",
+            "LOG_FORMAT": "json",
+            "AGENT_WORKERS": "1",
+            "RUNS_QUEUE_STREAM": QUEUE,
+            "RUN_ACK_WAIT_SECONDS": str(ACK_WAIT),
+            "AGENT_WORKFLOW_MODULES": "agent_test_workflows",
+            "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+        }
+        self.log = log
+        self._file = log.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "amelia_agents.worker"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    async def ready(self, timeout: float = 60) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while "workers started" not in self.log.read_text(errors="replace"):
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited: {self.log.read_text()[-2000:]}")
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"worker not ready: {self.log.read_text()[-2000:]}")
+            await asyncio.sleep(0.1)
+
+    def kill(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    async def stop(self) -> int:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            for _ in range(200):
+                if self.proc.poll() is not None:
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self._file.close()
+        return self.proc.wait(10)
+
+
+@pytest.fixture
+async def api(infra: object, events_address: str) -> AsyncIterator[agents_pb2_grpc.AgentServiceStub]:
+    """An agents service with no workers of its own, on the durability test's queue."""
+    settings: Settings = infra.settings(  # type: ignore[attr-defined]
+        EVENTS_ADDRESS=events_address,
+        AGENT_WORKERS=0,
+        RUNS_QUEUE_STREAM=QUEUE,
+        RUN_ACK_WAIT_SECONDS=ACK_WAIT,
+        AGENT_WORKFLOW_MODULES=["agent_test_workflows"],
+    )
+    service = await build_service(settings)
+    port = await service.start()
+    channel = aio_channel(f"127.0.0.1:{port}", settings)
+    yield agents_pb2_grpc.AgentServiceStub(channel)
+    await channel.close()
+    await service.stop(1.0)
+
+
+async def test_sigkilled_worker_is_replaced_and_the_run_resumes_from_its_checkpoint(
+    api: agents_pb2_grpc.AgentServiceStub, infra: object, tmp_path: Path
+) -> None:
+    settings: Settings = infra.settings()  # type: ignore[attr-defined]
+    record, release = tmp_path / "record", tmp_path / "release"
+    first = WorkerProcess(settings, tmp_path / "worker1.log")
+    second: WorkerProcess | None = None
+    try:
+        await first.ready()
+        request = S.CreateRunRequest(run=S.Run(workflow="workflows/test-steps"))
+        request.run.input.update({"record": str(record), "release": str(release)})
+        run = (await api.CreateRun(request)).run
+        # A client follows the run live from the start, across the worker's death.
+        stream = asyncio.create_task(collect(api, run.name, timeout=120))
+
+        deadline = asyncio.get_running_loop().time() + 60
+        while not record.exists() or "b " not in record.read_text():
+            assert asyncio.get_running_loop().time() < deadline, "node b never started"
+            await asyncio.sleep(0.05)
+        second = WorkerProcess(settings, tmp_path / "worker2.log")
+        await second.ready()
+        first.kill()
+        release.touch()
+
+        done = await wait_status(api, run.name, S.RUN_STATUS_COMPLETED, timeout=90)
+        assert done.output["done"] == ["a", "b", "c"]
+        assert done.attempt == 2
+
+        executions = [line.split() for line in record.read_text().splitlines()]
+        nodes = [node for node, _ in executions]
+        # a was checkpointed before the kill: not executed again. b was interrupted: re-run.
+        assert nodes == ["a", "b", "b", "c"]
+        pids = [int(pid) for _, pid in executions]
+        assert pids[0] == pids[1] == first.proc.pid
+        assert pids[2] == pids[3] == second.proc.pid
+
+        live = await asyncio.wait_for(stream, 30)
+        assert types(live)[-1] == "run.completed"
+        # No gap: the live stream holds exactly what a replay of the whole run holds.
+        replay = await collect(api, run.name)
+        assert [e.sequence for e in live] == [e.sequence for e in replay]
+        assert [e.sequence for e in live] == sorted({e.sequence for e in live})
+        resumed = data(live, "run.resumed")
+        assert resumed == [{"run": run.name, "attempt": 2, "reason": "redelivered"}]
+        started = [(d["node"], d["attempt"]) for d in data(live, "run.node.started")]
+        assert started == [("a", 1), ("b", 1), ("b", 2), ("c", 2)]
+        tokens = [(d["text"], d["attempt"]) for d in data(live, "run.token")]
+        assert tokens == [("A ", 1), ("B1 ", 1), ("B1 ", 2), ("B2 ", 2), ("C", 2)]
+    finally:
+        first.kill() if first.proc.poll() is None else None
+        if second is not None:
+            assert await second.stop() == 0, "the worker did not shut down cleanly on SIGTERM"
+        await first.stop()
