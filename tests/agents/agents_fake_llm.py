@@ -68,7 +68,7 @@ class FakeServer:
         )
         self._server = uvicorn.Server(config)
         self._task = asyncio.create_task(self._server.serve())
-        while not self._server.started:
+        while not self._server.started:  # noqa: ASYNC110 - uvicorn offers no event
             await asyncio.sleep(0.02)
 
     async def stop(self) -> None:
@@ -127,8 +127,10 @@ class FakeAnthropic(FakeServer):
         self.requests.append({"headers": dict(request.headers), "body": body})
         if not _api_key(request):
             return JSONResponse(
-                {"type": "error", "error": {"type": "authentication_error",
-                                            "message": "no API key sent"}},
+                {
+                    "type": "error",
+                    "error": {"type": "authentication_error", "message": "no API key sent"},
+                },
                 status_code=401,
             )
         outcome, tokens, delay = self.plan(body["model"], body["messages"])
@@ -143,26 +145,51 @@ class FakeAnthropic(FakeServer):
             def sse(event: str, data: dict[str, Any]) -> str:
                 return f"event: {event}\ndata: {json.dumps(data)}\n\n"
 
-            yield sse("message_start", {
-                "type": "message_start",
-                "message": {"id": "msg_fake", "type": "message", "role": "assistant",
-                            "model": model, "content": [], "stop_reason": None,
-                            "stop_sequence": None,
-                            "usage": {"input_tokens": 25, "output_tokens": 1}},
-            })
-            yield sse("content_block_start", {"type": "content_block_start", "index": 0,
-                                              "content_block": {"type": "text", "text": ""}})
+            yield sse(
+                "message_start",
+                {
+                    "type": "message_start",
+                    "message": {
+                        "id": "msg_fake",
+                        "type": "message",
+                        "role": "assistant",
+                        "model": model,
+                        "content": [],
+                        "stop_reason": None,
+                        "stop_sequence": None,
+                        "usage": {"input_tokens": 25, "output_tokens": 1},
+                    },
+                },
+            )
+            yield sse(
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {"type": "text", "text": ""},
+                },
+            )
             yield sse("ping", {"type": "ping"})
             for token in tokens:
                 if delay:
                     await asyncio.sleep(delay)
-                yield sse("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                                  "delta": {"type": "text_delta", "text": token}})
+                yield sse(
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": 0,
+                        "delta": {"type": "text_delta", "text": token},
+                    },
+                )
             yield sse("content_block_stop", {"type": "content_block_stop", "index": 0})
-            yield sse("message_delta", {"type": "message_delta",
-                                        "delta": {"stop_reason": "end_turn",
-                                                  "stop_sequence": None},
-                                        "usage": {"output_tokens": len(tokens)}})
+            yield sse(
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                    "usage": {"output_tokens": len(tokens)},
+                },
+            )
             yield sse("message_stop", {"type": "message_stop"})
 
         return StreamingResponse(self._guarded(stream()), media_type="text/event-stream")
@@ -185,9 +212,13 @@ class FakeOpenAI(FakeServer):
 
         async def stream() -> AsyncIterator[str]:
             def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
-                data = {"id": "chatcmpl-fake", "object": "chat.completion.chunk",
-                        "created": 1700000000, "model": model,
-                        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+                data = {
+                    "id": "chatcmpl-fake",
+                    "object": "chat.completion.chunk",
+                    "created": 1700000000,
+                    "model": model,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                }
                 return f"data: {json.dumps(data)}\n\n"
 
             yield chunk({"role": "assistant", "content": ""})
@@ -196,10 +227,18 @@ class FakeOpenAI(FakeServer):
                     await asyncio.sleep(delay)
                 yield chunk({"content": token})
             yield chunk({}, "stop")
-            usage = {"id": "chatcmpl-fake", "object": "chat.completion.chunk",
-                     "created": 1700000000, "model": model, "choices": [],
-                     "usage": {"prompt_tokens": 11, "completion_tokens": len(tokens),
-                               "total_tokens": 11 + len(tokens)}}
+            usage = {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion.chunk",
+                "created": 1700000000,
+                "model": model,
+                "choices": [],
+                "usage": {
+                    "prompt_tokens": 11,
+                    "completion_tokens": len(tokens),
+                    "total_tokens": 11 + len(tokens),
+                },
+            }
             yield f"data: {json.dumps(usage)}\n\n"
             yield "data: [DONE]\n\n"
 

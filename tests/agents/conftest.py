@@ -42,9 +42,7 @@ async def events_address(infra: object) -> AsyncIterator[str]:
 
 
 @pytest.fixture(scope="session")
-def agents_settings(
-    infra: object, events_address: str, fake_anthropic: FakeAnthropic
-) -> Settings:
+def agents_settings(infra: object, events_address: str, fake_anthropic: FakeAnthropic) -> Settings:
     settings: Settings = infra.settings(  # type: ignore[attr-defined]
         EVENTS_ADDRESS=events_address,
         ANTHROPIC_API_KEY="sk-ant-test-key",

@@ -80,7 +80,9 @@ class WorkerProcess:
 
 
 @pytest.fixture
-async def api(infra: object, events_address: str) -> AsyncIterator[agents_pb2_grpc.AgentServiceStub]:
+async def api(
+    infra: object, events_address: str
+) -> AsyncIterator[agents_pb2_grpc.AgentServiceStub]:
     """An agents service with no workers of its own, on the durability test's queue."""
     settings: Settings = infra.settings(  # type: ignore[attr-defined]
         EVENTS_ADDRESS=events_address,

@@ -108,8 +108,9 @@ async def test_missing_api_key_fails_the_run_naming_the_key(agents, agents_setti
 
     from amelia_agents.llm import ProviderConfigError, get_model
 
-    no_key = agents_settings.model_copy(update={"ANTHROPIC_API_KEY": type(
-        agents_settings.ANTHROPIC_API_KEY)("")})
+    no_key = agents_settings.model_copy(
+        update={"ANTHROPIC_API_KEY": type(agents_settings.ANTHROPIC_API_KEY)("")}
+    )
     try:
         get_model("anthropic:claude-sonnet-4-5", no_key)
     except ProviderConfigError as exc:
@@ -214,7 +215,9 @@ async def test_cancel_kills_a_running_subprocess_and_its_children(agents, tmp_pa
     import asyncio
 
     pidfile = tmp_path / "pids"
-    run = await create_run(agents, workflow="workflows/test-process", input={"pidfile": str(pidfile)})
+    run = await create_run(
+        agents, workflow="workflows/test-process", input={"pidfile": str(pidfile)}
+    )
     task, _ = await _stream_until(
         agents, run.name, lambda ev: any(e.type == "run.tool.output" for e in ev)
     )
@@ -304,8 +307,7 @@ async def test_second_run_in_a_thread_sees_the_first_runs_messages(agents, fake_
     )
     # The same through an agent and the Anthropic SDK: the model is sent the whole thread.
     name = await _agent(agents, "memory-agent", "anthropic:transcript")
-    third = await create_run(agents, agent=name, thread=first.thread,
-                             input={"message": "And now?"})
+    third = await create_run(agents, agent=name, thread=first.thread, input={"message": "And now?"})
     done = await wait_status(agents, third.name, S.RUN_STATUS_COMPLETED)
     sent = fake_anthropic.requests[-1]["body"]["messages"]
     assert [m["content"] for m in sent][:2] == ["My name is Ada.", "My name is Ada."]

@@ -1,0 +1,223 @@
+"""The AgentService resources: agents, threads, workflows, run listing, and clear errors."""
+
+from __future__ import annotations
+
+import grpc
+from agents_helpers import S, create_run, rpc_error, wait_status
+
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+NOT_FOUND = grpc.StatusCode.NOT_FOUND
+
+
+async def test_agent_crud_with_defaults_and_update_mask(agents) -> None:
+    created = (
+        await agents.CreateAgent(
+            S.CreateAgentRequest(
+                agent_id="crud-agent",
+                agent=S.Agent(system_prompt="Be brief.", model="offline:echo", temperature=0.0),
+            )
+        )
+    ).agent
+    assert created.name == "agents/crud-agent"
+    assert created.display_name == "crud-agent"
+    assert created.temperature == 0.0  # an explicit 0 is kept
+    assert created.retry_attempts == 3
+    assert created.max_tokens == 4096
+    assert created.timeout.seconds == 300
+
+    got = (await agents.GetAgent(S.GetAgentRequest(name="agents/crud-agent"))).agent
+    assert got == created
+
+    change = S.Agent(name="agents/crud-agent", system_prompt="Be verbose.", temperature=1.5)
+    updated = (
+        await agents.UpdateAgent(S.UpdateAgentRequest(agent=change, update_mask=["system_prompt"]))
+    ).agent
+    assert updated.system_prompt == "Be verbose."
+    assert updated.temperature == 0.0  # not in the mask
+
+    duplicate = await rpc_error(
+        agents.CreateAgent(
+            S.CreateAgentRequest(agent_id="crud-agent", agent=S.Agent(model="offline:echo"))
+        )
+    )
+    assert duplicate.code() == grpc.StatusCode.ALREADY_EXISTS
+
+    await agents.DeleteAgent(S.DeleteAgentRequest(name="agents/crud-agent"))
+    gone = await rpc_error(agents.GetAgent(S.GetAgentRequest(name="agents/crud-agent")))
+    assert gone.code() == NOT_FOUND and "agents/crud-agent" in gone.details()
+
+
+async def test_bad_agents_are_refused_with_the_reason(agents) -> None:
+    cases = [
+        (S.CreateAgentRequest(agent_id="Bad_Id", agent=S.Agent(model="offline:echo")), "agent_id"),
+        (S.CreateAgentRequest(agent=S.Agent(model="gpt-9")), "provider"),
+        (S.CreateAgentRequest(agent=S.Agent(model="offline:dance")), "offline mode"),
+        (S.CreateAgentRequest(agent=S.Agent(model="offline:echo", temperature=3)), "temperature"),
+        (
+            S.CreateAgentRequest(agent=S.Agent(model="offline:echo", context_sources=["x"])),
+            "documents/",
+        ),
+    ]
+    for request, word in cases:
+        error = await rpc_error(agents.CreateAgent(request))
+        assert error.code() == INVALID, request
+        assert word in error.details(), error.details()
+    mask = await rpc_error(
+        agents.UpdateAgent(
+            S.UpdateAgentRequest(agent=S.Agent(name="agents/x"), update_mask=["colour"])
+        )
+    )
+    assert mask.code() == INVALID and "colour" in mask.details()
+    missing = await rpc_error(
+        agents.UpdateAgent(
+            S.UpdateAgentRequest(agent=S.Agent(name="agents/nobody", model="offline:echo"))
+        )
+    )
+    assert missing.code() == NOT_FOUND
+
+
+async def test_list_agents_pages(agents) -> None:
+    for i in range(5):
+        await agents.CreateAgent(
+            S.CreateAgentRequest(agent_id=f"page-agent-{i}", agent=S.Agent(model="offline:echo"))
+        )
+    names: list[str] = []
+    token = ""
+    while True:
+        page = await agents.ListAgents(S.ListAgentsRequest(page_size=2, page_token=token))
+        assert len(page.agents) <= 2
+        names += [a.name for a in page.agents]
+        token = page.next_page_token
+        if not token:
+            break
+    mine = [n for n in names if n.startswith("agents/page-agent-")]
+    assert mine == [f"agents/page-agent-{i}" for i in range(5)]
+    assert len(names) == len(set(names))
+    bad = await rpc_error(agents.ListAgents(S.ListAgentsRequest(page_token="garbage!")))
+    assert bad.code() == INVALID
+
+
+async def test_threads_and_their_deletion(agents) -> None:
+    request = S.CreateThreadRequest()
+    request.thread.metadata.update({"topic": "testing"})
+    thread = (await agents.CreateThread(request)).thread
+    assert thread.name.startswith("threads/")
+    got = (await agents.GetThread(S.GetThreadRequest(name=thread.name))).thread
+    assert got.metadata["topic"] == "testing"
+    listed = (await agents.ListThreads(S.ListThreadsRequest(page_size=1000))).threads
+    assert thread.name in [t.name for t in listed]
+
+    run = await create_run(
+        agents, workflow="workflows/echo", thread=thread.name, input={"message": "hello"}
+    )
+    await wait_status(agents, run.name, S.RUN_STATUS_COMPLETED)
+    await agents.DeleteThread(S.DeleteThreadRequest(name=thread.name))
+    for call in (
+        agents.GetThread(S.GetThreadRequest(name=thread.name)),
+        agents.GetRun(S.GetRunRequest(name=run.name)),
+        agents.DeleteThread(S.DeleteThreadRequest(name=thread.name)),
+    ):
+        assert (await rpc_error(call)).code() == NOT_FOUND
+
+
+async def test_list_workflows_describes_the_built_ins(agents) -> None:
+    flows = {w.name: w for w in (await agents.ListWorkflows(S.ListWorkflowsRequest())).workflows}
+    assert {"workflows/echo", "workflows/chat"} <= set(flows)
+    assert "workflows/agent" not in flows
+    echo = flows["workflows/echo"]
+    assert list(echo.nodes) == ["echo"]
+    assert echo.description
+    assert list(echo.input_schema["required"]) == ["message"]
+
+
+async def test_bad_run_requests_get_clear_errors(agents) -> None:
+    def run_request(**fields: object) -> S.CreateRunRequest:
+        request = S.CreateRunRequest(run=S.Run(**{k: v for k, v in fields.items() if k != "input"}))
+        if "input" in fields:
+            request.run.input.update(fields["input"])  # type: ignore[arg-type]
+        return request
+
+    cases = [
+        (run_request(input={"message": "x"}), INVALID, "run.agent"),
+        (run_request(agent="agents/nobody", input={"message": "x"}), NOT_FOUND, "agents/nobody"),
+        (run_request(workflow="workflows/nope", input={"message": "x"}), NOT_FOUND, "echo"),
+        (run_request(workflow="workflows/agent", input={"message": "x"}), NOT_FOUND, "available"),
+        (run_request(workflow="workflows/echo"), INVALID, "input.message is required"),
+        (run_request(workflow="workflows/echo", input={"message": ""}), INVALID, "empty"),
+        (run_request(workflow="workflows/echo", input={"message": 3}), INVALID, "string"),
+        (
+            run_request(workflow="workflows/echo", thread="threads/42", input={"message": "x"}),
+            INVALID,
+            "threads/<uuid>",
+        ),
+        (
+            run_request(
+                workflow="workflows/echo",
+                thread="threads/00000000-0000-0000-0000-000000000000",
+                input={"message": "x"},
+            ),
+            NOT_FOUND,
+            "does not exist",
+        ),
+    ]
+    for request, code, word in cases:
+        error = await rpc_error(agents.CreateRun(request))
+        assert error.code() == code, (request, error.details())
+        assert word in error.details(), error.details()
+    for call, code in (
+        (agents.GetRun(S.GetRunRequest(name="runs/nope")), INVALID),
+        (
+            agents.GetRun(S.GetRunRequest(name="runs/00000000-0000-0000-0000-000000000000")),
+            NOT_FOUND,
+        ),
+        (
+            agents.CancelRun(S.CancelRunRequest(name="runs/00000000-0000-0000-0000-000000000000")),
+            NOT_FOUND,
+        ),
+        (
+            agents.ResumeRun(S.ResumeRunRequest(name="runs/00000000-0000-0000-0000-000000000000")),
+            INVALID,
+        ),
+        (agents.ListRuns(S.ListRunsRequest(page_size=-1)), INVALID),
+    ):
+        assert (await rpc_error(call)).code() == code
+    stream = agents.StreamRun(S.StreamRunRequest(name="runs/00000000-0000-0000-0000-000000000000"))
+    error = await rpc_error(_drain(stream))
+    assert error.code() == NOT_FOUND
+
+
+async def _drain(stream) -> None:
+    async for _ in stream:
+        pass
+
+
+async def test_list_runs_filters_and_pages(agents) -> None:
+    thread = (await agents.CreateThread(S.CreateThreadRequest())).thread
+    names = []
+    for i in range(3):
+        run = await create_run(
+            agents, workflow="workflows/echo", thread=thread.name, input={"message": f"run {i}"}
+        )
+        await wait_status(agents, run.name, S.RUN_STATUS_COMPLETED)
+        names.append(run.name)
+    failed = await create_run(agents, workflow="workflows/test-raise", input={})
+    await wait_status(agents, failed.name, S.RUN_STATUS_FAILED)
+
+    pages, token = [], ""
+    while True:
+        page = await agents.ListRuns(
+            S.ListRunsRequest(thread=thread.name, page_size=2, page_token=token)
+        )
+        pages.append([r.name for r in page.runs])
+        token = page.next_page_token
+        if not token:
+            break
+    assert pages == [names[::-1][:2], names[::-1][2:]]
+    only_failed = await agents.ListRuns(
+        S.ListRunsRequest(statuses=[S.RUN_STATUS_FAILED], workflow="workflows/test-raise")
+    )
+    assert failed.name in [r.name for r in only_failed.runs]
+    assert all(r.status == S.RUN_STATUS_FAILED for r in only_failed.runs)
+    request = S.ListRunsRequest(thread=thread.name)
+    request.created_after.GetCurrentTime()
+    assert (await agents.ListRuns(request)).runs == []
