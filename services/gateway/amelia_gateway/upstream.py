@@ -52,12 +52,29 @@ def message_class(descriptor: Any) -> type[Message]:
 
 @dataclass
 class Upstream:
-    """One service: its address and channel."""
+    """One service: its address and channel.
+
+    The channel is opened on first use, inside the server's event loop (a grpc.aio channel
+    belongs to the loop it was created on, and the app may be built before the loop runs).
+    """
 
     service: str
     name: str
     address: str
-    channel: grpc.aio.Channel
+    settings: Settings
+    _channel: grpc.aio.Channel | None = None
+
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        if self._channel is None:
+            self._channel = aio_channel(self.address, self.settings)
+        return self._channel
+
+    async def close(self) -> None:
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(channel.close(), timeout=2)
 
     def callable(self, rpc: str) -> Any:
         """The multi-callable for `rpc`, of the right arity (unary/stream on either side)."""
@@ -99,9 +116,7 @@ class Upstreams:
         self.by_service: dict[str, Upstream] = {}
         for service, (name, setting) in ADDRESS_SETTING.items():
             address: str = getattr(settings, setting)
-            self.by_service[service] = Upstream(
-                service, name, address, aio_channel(address, settings)
-            )
+            self.by_service[service] = Upstream(service, name, address, settings)
         self._callables: dict[tuple[str, str], Any] = {}
 
     def __getitem__(self, service: str) -> Upstream:
@@ -114,6 +129,6 @@ class Upstreams:
         return self._callables[key]
 
     async def close(self) -> None:
+        self._callables.clear()
         for upstream in self.by_service.values():
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(upstream.channel.close(), timeout=2)
+            await upstream.close()

@@ -2,7 +2,6 @@
 // Schema), create an agent, and browse past runs (paged, filtered by status). The list refreshes
 // itself when a run starts, pauses or ends (a WebSocket subscription to lifecycle events).
 
-import { ApiError } from "../api.js";
 import {
   debounce, errorNotice, formatDuration, formatTime, h, idOf, statusBadge, uuid,
 } from "../dom.js";
@@ -267,5 +266,3 @@ export function mount(main, ctx) {
     subscription.close();
   };
 }
-
-export { ApiError };

@@ -1,0 +1,237 @@
+// Documents: upload files (drag and drop or a file picker; multipart with per-file progress),
+// list and delete documents, and search them, showing each passage with its source. The list
+// refreshes itself on `document.*` events.
+
+import { uploadDocument } from "../api.js";
+import { debounce, errorNotice, formatBytes, formatTime, h, idOf } from "../dom.js";
+import { passage } from "./passages.js";
+
+const PARALLEL_UPLOADS = 2;
+const PAGE_SIZE = 50;
+
+const TYPE_LABEL = {
+  DOCUMENT_TYPE_PDF: "PDF",
+  DOCUMENT_TYPE_MARKDOWN: "Markdown",
+  DOCUMENT_TYPE_TEXT: "Text",
+  DOCUMENT_TYPE_HTML: "HTML",
+  DOCUMENT_TYPE_CODE: "Code",
+  DOCUMENT_TYPE_WEB_PAGE: "Web page",
+};
+
+// Uploads outlive the screen: switching to another screen and back shows them still going.
+const uploads = h("ul", { class: "uploads", id: "uploads", "aria-label": "Uploads" });
+const waiting = [];
+let active = 0;
+let current = null; // {ctx, loadDocuments} of the mounted screen
+
+export function mount(main, ctx) {
+  // -- upload -------------------------------------------------------------------------------
+  const picker = h("input", { type: "file", id: "file-input", multiple: true, class: "visually-hidden", tabindex: "-1" });
+  const choose = h("button", { type: "button", id: "choose-files", class: "primary" }, "Choose files…");
+  const zone = h("div", { class: "dropzone", id: "dropzone" },
+    h("p", {}, h("strong", {}, "Drop files here"), " — Markdown, text, HTML, code or PDF"),
+    choose, picker);
+
+  // -- list ---------------------------------------------------------------------------------
+  const docsBody = h("tbody", {});
+  const docsError = h("div", { "aria-live": "polite" });
+  const more = h("button", { type: "button", hidden: true }, "Load more");
+
+  // -- search -------------------------------------------------------------------------------
+  const query = h("input", { type: "search", id: "search-query", required: true, placeholder: "What are you looking for?" });
+  const mode = h("select", { id: "search-mode" },
+    h("option", { value: "SEARCH_MODE_HYBRID" }, "Hybrid"),
+    h("option", { value: "SEARCH_MODE_VECTOR" }, "Vector"),
+    h("option", { value: "SEARCH_MODE_KEYWORD" }, "Keyword"));
+  const topK = h("input", { type: "number", id: "search-topk", min: "1", max: "100", value: "5" });
+  const results = h("ol", { class: "passages", id: "search-results", "aria-live": "polite" });
+  const searchInfo = h("p", { class: "muted", id: "search-info", "aria-live": "polite" });
+  const searchForm = h("form", { id: "search-form", role: "search" },
+    h("label", { for: "search-query" }, "Search"),
+    h("div", { class: "row" },
+      h("div", { class: "grow" }, query),
+      h("div", { style: { width: "9rem" } }, mode),
+      h("div", { style: { width: "6rem" } }, topK),
+      h("button", { type: "submit", class: "primary" }, "Search")),
+    h("span", { class: "field-hint" }, "Mode and number of passages."));
+
+  main.append(
+    h("h1", {}, "Documents"),
+    h("div", { class: "split" },
+      h("div", {},
+        h("section", { class: "card", "aria-labelledby": "search-title" },
+          h("h2", { id: "search-title" }, "Search your documents"), searchForm, searchInfo, results),
+        h("section", { class: "card", "aria-labelledby": "docs-title" },
+          h("h2", { id: "docs-title" }, "Documents"), docsError,
+          h("table", { id: "docs-table" },
+            h("thead", {}, h("tr", {},
+              h("th", { scope: "col" }, "Title"), h("th", { scope: "col" }, "Type"),
+              h("th", { scope: "col", class: "num" }, "Chunks"), h("th", { scope: "col", class: "num" }, "Size"),
+              h("th", { scope: "col" }, "Updated"), h("th", { scope: "col" }, h("span", { class: "visually-hidden" }, "Actions")))),
+            docsBody),
+          h("div", { class: "pager" }, more))),
+      h("section", { class: "card", "aria-labelledby": "upload-title" },
+        h("h2", { id: "upload-title" }, "Upload"), zone, uploads),
+    ),
+  );
+
+  let stopped = false;
+  let nextToken = "";
+
+  async function loadDocuments(append = false) {
+    try {
+      const response = await ctx.api.listDocuments({ pageSize: PAGE_SIZE, pageToken: append ? nextToken : "" });
+      if (stopped) return;
+      docsError.replaceChildren();
+      const docs = response.documents || [];
+      nextToken = response.nextPageToken || "";
+      more.hidden = !nextToken;
+      const rows = docs.map((doc) => h("tr", { dataset: { document: doc.name } },
+        h("td", {}, h("span", { class: "title" }, doc.title || idOf(doc.name)),
+          doc.sourceUri ? h("div", { class: "muted mono truncate" }, doc.sourceUri) : null),
+        h("td", {}, TYPE_LABEL[doc.type] || ""),
+        h("td", { class: "num" }, String(doc.chunkCount || 0)),
+        h("td", { class: "num" }, formatBytes(doc.sizeBytes)),
+        h("td", {}, formatTime(doc.updateTime || doc.createTime)),
+        h("td", {}, h("button", { type: "button", class: "small ghost", "aria-label": `Delete ${doc.title || doc.name}`,
+          onclick: () => remove(doc) }, "Delete")),
+      ));
+      if (append) docsBody.append(...rows);
+      else if (rows.length) docsBody.replaceChildren(...rows);
+      else docsBody.replaceChildren(h("tr", {}, h("td", { colspan: "6", class: "empty" }, "No documents yet: upload some.")));
+    } catch (error) {
+      if (!stopped) docsError.replaceChildren(errorNotice(error));
+    }
+  }
+
+  async function remove(doc) {
+    if (!window.confirm(`Delete “${doc.title || doc.name}” and its passages?`)) return;
+    try {
+      await ctx.api.deleteDocument(doc.name);
+      ctx.announce(`Deleted ${doc.title || doc.name}`);
+      loadDocuments();
+    } catch (error) {
+      docsError.replaceChildren(errorNotice(error));
+    }
+  }
+
+  // -- uploading ----------------------------------------------------------------------------
+  function enqueue(files) {
+    for (const file of files) {
+      const bar = h("progress", { max: "100", value: "0", "aria-label": `Upload of ${file.name}` });
+      const stateText = h("span", { class: "state" }, "Waiting");
+      const item = h("li", { class: "upload", dataset: { state: "waiting", file: file.name } },
+        h("span", { class: "name", title: file.name }, file.name, h("span", { class: "muted" }, ` · ${formatBytes(file.size)}`)),
+        bar, stateText);
+      uploads.prepend(item);
+      waiting.push({ file, item, bar, stateText });
+    }
+    pump();
+  }
+
+  function pump() {
+    while (active < PARALLEL_UPLOADS && waiting.length) {
+      const job = waiting.shift();
+      active += 1;
+      send(job).finally(() => {
+        active -= 1;
+        pump();
+      });
+    }
+  }
+
+  async function send({ file, item, bar, stateText }) {
+    item.dataset.state = "sending";
+    stateText.textContent = "0%";
+    try {
+      const response = await uploadDocument(file, {
+        onProgress(sent, total) {
+          const percent = total ? Math.floor((sent / total) * 100) : 0;
+          bar.value = percent;
+          stateText.textContent = percent >= 100 ? "Indexing…" : `${percent}%`;
+          if (percent >= 100) item.dataset.state = "indexing";
+        },
+      });
+      bar.value = 100;
+      const doc = response.document || {};
+      item.dataset.state = "done";
+      item.dataset.document = doc.name || "";
+      stateText.textContent = response.unchanged ? "Unchanged" : `${doc.chunkCount || 0} chunks`;
+      if (current) {
+        current.ctx.announce(`${file.name} ${response.unchanged ? "was already indexed" : "indexed"}`);
+        current.loadDocuments();
+      }
+    } catch (error) {
+      item.dataset.state = "error";
+      stateText.textContent = "Failed";
+      item.append(h("span", { class: "error-text", role: "alert" }, error.message || String(error)));
+    }
+  }
+
+  choose.addEventListener("click", () => picker.click());
+  picker.addEventListener("change", () => {
+    enqueue([...picker.files]);
+    picker.value = "";
+  });
+  // The whole zone accepts drops; counting enter/leave avoids flicker over child elements.
+  let depth = 0;
+  zone.addEventListener("dragenter", (event) => {
+    event.preventDefault();
+    depth += 1;
+    zone.classList.add("over");
+  });
+  zone.addEventListener("dragover", (event) => {
+    event.preventDefault();
+    if (event.dataTransfer) event.dataTransfer.dropEffect = "copy";
+  });
+  zone.addEventListener("dragleave", () => {
+    depth = Math.max(0, depth - 1);
+    if (!depth) zone.classList.remove("over");
+  });
+  zone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    depth = 0;
+    zone.classList.remove("over");
+    const files = event.dataTransfer ? [...event.dataTransfer.files] : [];
+    if (files.length) enqueue(files);
+  });
+
+  // -- searching ----------------------------------------------------------------------------
+  searchForm.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const text = query.value.trim();
+    if (!text) return;
+    searchInfo.textContent = "Searching…";
+    const started = performance.now();
+    try {
+      const body = { query: text, mode: mode.value };
+      if (topK.value) body.topK = Number(topK.value);
+      const response = await ctx.api.search(body);
+      const hits = response.hits || [];
+      const ms = Math.round(performance.now() - started);
+      searchInfo.textContent = hits.length
+        ? `${hits.length} passage${hits.length === 1 ? "" : "s"} (${ms} ms)`
+        : "No passage matches. Try other words, or the keyword mode.";
+      results.replaceChildren(...hits.map(passage));
+    } catch (error) {
+      searchInfo.textContent = "";
+      results.replaceChildren(h("li", {}, errorNotice(error)));
+    }
+  });
+
+  more.addEventListener("click", () => loadDocuments(true));
+  const refresh = debounce(() => loadDocuments(), 400);
+  const subscription = ctx.socket.subscribe(
+    { filter: { types: ["document.*"] }, since: "now" },
+    { onEvent: refresh },
+  );
+  loadDocuments();
+  current = { ctx, loadDocuments };
+
+  return () => {
+    stopped = true;
+    current = null;
+    refresh.cancel();
+    subscription.close();
+  };
+}

@@ -1,0 +1,455 @@
+// One run, live: its events from sequence 0 (a `run` subscription: the gateway replays the run,
+// then follows it until it ends), tokens streaming into the output, nodes lighting up, retrieved
+// passages, the question of a paused run with an answer form, Cancel, and Replay (the stored
+// events played back again with their original pacing).
+
+import {
+  ACTIVE_STATUSES, compactJson, errorNotice, formatDuration, formatTime, h, idOf, prettyJson,
+  statusBadge, statusLabel,
+} from "../dom.js";
+import { OutputView } from "../output.js";
+import { hitsOf, passage } from "./passages.js";
+
+const MAX_ACTIVITY = 300;
+const TERMINAL = {
+  "run.completed": "RUN_STATUS_COMPLETED",
+  "run.failed": "RUN_STATUS_FAILED",
+  "run.cancelled": "RUN_STATUS_CANCELLED",
+};
+const NODE_STATE_LABEL = { pending: "pending", active: "running", done: "done", error: "failed", waiting: "waiting" };
+
+function describe(event) {
+  const data = event.data || {};
+  switch (event.type) {
+    case "run.node.started": return `node ${data.node} started`;
+    case "run.node.finished":
+      return `node ${data.node} ${data.error ? `failed: ${data.error}` : data.interrupted ? "paused" : "finished"}`
+        + (data.duration_seconds !== undefined ? ` in ${formatDuration(data.duration_seconds)}` : "");
+    case "run.interrupted": return `paused at ${data.node || "a node"}: ${compactJson(data.value, 120)}`;
+    case "run.resumed": return `resumed (${data.reason || "answer"})`;
+    case "run.retrieval": return `retrieved ${hitsOf(data).length} passage(s)`;
+    case "run.tool.called": return `tool ${data.tool} ${Array.isArray(data.args) ? data.args.join(" ") : ""}`;
+    case "run.tool.output": return `${data.tool}: ${data.text}`;
+    case "run.tool.result": return `tool ${data.tool} exited ${data.exit_code}`;
+    case "run.retry": return `retrying: ${compactJson(data, 120)}`;
+    case "run.completed": return "completed";
+    case "run.failed": return `failed: ${data.error || ""}`;
+    case "run.cancelled": return `cancelled${data.reason ? `: ${data.reason}` : ""}`;
+    default: return compactJson(data, 140);
+  }
+}
+
+/** The question of an interrupt, for people: a string, or an object's `question`/`message`. */
+function questionText(value) {
+  if (typeof value === "string") return value;
+  if (value && typeof value === "object") {
+    for (const key of ["question", "message", "prompt", "text"]) {
+      if (typeof value[key] === "string") return value[key];
+    }
+  }
+  return prettyJson(value);
+}
+
+function optionsOf(value) {
+  if (value && typeof value === "object") {
+    for (const key of ["options", "choices"]) if (Array.isArray(value[key])) return value[key];
+  }
+  return [];
+}
+
+export function mount(main, ctx, [runId]) {
+  const name = `runs/${runId}`;
+  const state = {
+    run: null,
+    status: "",
+    nodes: new Map(), // node -> state
+    attempt: 0,
+    events: [], // {sequence, type, time, data} as received, for Replay
+    ended: false,
+    replaying: false,
+    interrupt: null,
+    usage: null,
+  };
+
+  // -- layout ---------------------------------------------------------------------------------
+  const badgeSlot = h("span", { id: "run-status" }, statusBadge(""));
+  const cancelButton = h("button", { type: "button", class: "danger", id: "run-cancel", disabled: true }, "Cancel run");
+  const replayButton = h("button", { type: "button", id: "run-replay", disabled: true }, "Replay");
+  const speed = h("select", { id: "replay-speed", "aria-label": "Replay speed" },
+    h("option", { value: "1" }, "1×"), h("option", { value: "4" }, "4×"),
+    h("option", { value: "20", selected: true }, "20×"), h("option", { value: "0" }, "Instant"));
+  const meta = h("div", { class: "run-meta", id: "run-meta" });
+  const notices = h("div", { "aria-live": "polite", id: "run-notices" });
+  const nodesList = h("ol", { class: "nodes", id: "run-nodes", "aria-label": "Workflow nodes" });
+  const output = new OutputView({ label: "Run output", placeholder: "Waiting for tokens…" });
+  output.element.id = "run-output";
+  const interruptSlot = h("div", { id: "interrupt-slot" });
+  const passages = h("ol", { class: "passages", id: "run-passages" });
+  const passagesCard = h("section", { class: "card", "aria-labelledby": "passages-title", hidden: true },
+    h("h2", { id: "passages-title" }, "Retrieved passages"), passages);
+  const activity = h("ol", { class: "activity", id: "run-activity", "aria-label": "Run activity" });
+  const resultSlot = h("div", { id: "run-result" });
+
+  main.append(
+    h("p", {}, h("a", { href: "#/runs" }, "← Runs")),
+    h("div", { class: "run-head" },
+      h("h1", {}, `Run ${runId.slice(0, 8)}`), badgeSlot,
+      h("span", { class: "mono muted", id: "run-target" }, ""),
+      h("span", { class: "spacer" }),
+      h("div", { class: "replay-bar" }, speed, replayButton), cancelButton),
+    meta,
+    notices,
+    interruptSlot,
+    h("div", { class: "split" },
+      h("div", {},
+        h("section", { "aria-labelledby": "nodes-title" },
+          h("h2", { id: "nodes-title", class: "visually-hidden" }, "Nodes"), nodesList),
+        h("section", { "aria-labelledby": "output-title" },
+          h("h2", { id: "output-title", class: "visually-hidden" }, "Output"), output.element),
+        resultSlot),
+      h("div", {},
+        passagesCard,
+        h("section", { class: "card", "aria-labelledby": "activity-title" },
+          h("h2", { id: "activity-title" }, "Activity"), activity)),
+    ),
+  );
+
+  // -- rendering ------------------------------------------------------------------------------
+
+  function setStatus(status) {
+    if (!status || status === state.status) return;
+    const previous = state.status;
+    state.status = status;
+    badgeSlot.replaceChildren(statusBadge(status));
+    cancelButton.disabled = !ACTIVE_STATUSES.has(status);
+    if (previous && !state.replaying) ctx.announce(`Run ${statusLabel(status).toLowerCase()}`);
+  }
+
+  function renderMeta() {
+    const run = state.run || {};
+    const usage = state.usage || run.usage;
+    const items = [
+      ["Created", formatTime(run.createTime)],
+      ["Started", formatTime(run.startTime)],
+      ["Ended", formatTime(run.endTime)],
+      ["Duration", formatDuration(run.duration)],
+      ["Tokens", usage ? `${Number(usage.inputTokens ?? usage.input_tokens ?? 0)} in / ${Number(usage.outputTokens ?? usage.output_tokens ?? 0)} out` : ""],
+      ["Attempt", run.attempt > 1 ? String(run.attempt) : ""],
+      ["Thread", run.thread ? idOf(run.thread).slice(0, 8) : ""],
+    ].filter(([, value]) => value);
+    meta.replaceChildren(...items.map(([label, value]) => h("span", {}, `${label} `, h("b", {}, value))));
+    main.querySelector("#run-target").textContent = run.workflow || run.agent || "";
+  }
+
+  function renderNodes() {
+    nodesList.replaceChildren(...[...state.nodes].map(([node, nodeState]) =>
+      h("li", { class: "node", dataset: { node, state: nodeState } },
+        h("span", {}, node), h("span", { class: "state" }, NODE_STATE_LABEL[nodeState] || nodeState))));
+  }
+
+  function setNode(node, nodeState) {
+    if (!node) return;
+    state.nodes.set(node, nodeState);
+    const el = nodesList.querySelector(`[data-node="${CSS.escape(node)}"]`);
+    if (!el) {
+      renderNodes();
+      return;
+    }
+    el.dataset.state = nodeState;
+    el.querySelector(".state").textContent = NODE_STATE_LABEL[nodeState] || nodeState;
+  }
+
+  function addActivity(event, sequence) {
+    activity.append(h("li", { dataset: { type: event.type } },
+      h("span", { class: "seq" }, `#${sequence}`),
+      h("span", {}, h("strong", {}, event.type), " ", describe(event))));
+    while (activity.childElementCount > MAX_ACTIVITY) activity.firstElementChild.remove();
+    activity.scrollTop = activity.scrollHeight;
+  }
+
+  function showInterrupt(interrupt) {
+    state.interrupt = interrupt;
+    if (!interrupt) {
+      interruptSlot.replaceChildren();
+      return;
+    }
+    const value = interrupt.value;
+    const options = optionsOf(value);
+    const answer = h("textarea", { id: "answer", rows: 3, required: options.length === 0 });
+    const asJson = h("input", { type: "checkbox", id: "answer-json" });
+    const error = h("div", { "aria-live": "polite" });
+    const send = h("button", { type: "submit", class: "primary", id: "answer-send" }, "Send answer");
+    const form = h("form", { id: "answer-form" });
+    async function submit(value) {
+      send.disabled = true;
+      error.replaceChildren();
+      try {
+        const response = await ctx.api.resumeRun(name, value);
+        if (response.run) setStatus(response.run.status);
+        interruptSlot.replaceChildren(h("p", { class: "notice" }, "Answer sent; the run continues."));
+        ctx.announce("Answer sent");
+      } catch (err) {
+        error.replaceChildren(errorNotice(err));
+        send.disabled = false;
+      }
+    }
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      let value = answer.value;
+      if (asJson.checked) {
+        try {
+          value = JSON.parse(answer.value);
+        } catch (err) {
+          error.replaceChildren(errorNotice(new Error(`The answer is not valid JSON: ${err.message}`)));
+          return;
+        }
+      }
+      submit(value);
+    });
+    form.append(
+      options.length ? h("div", { class: "row", role: "group", "aria-label": "Choices" },
+        ...options.map((option) => h("button", { type: "button", onclick: () => submit(option) },
+          typeof option === "string" ? option : compactJson(option, 40)))) : null,
+      h("label", { for: "answer" }, options.length ? "Or answer in your own words" : "Your answer"),
+      answer,
+      h("label", { class: "check" }, asJson, "Send as JSON"),
+      error,
+      h("div", { class: "actions" }, send),
+    );
+    interruptSlot.replaceChildren(h("section", { class: "card interrupt", role: "region", "aria-labelledby": "interrupt-title" },
+      h("h2", { id: "interrupt-title" }, `The run is waiting for an answer${interrupt.node ? ` (node ${interrupt.node})` : ""}`),
+      h("p", { class: "question", id: "question" }, questionText(value)),
+      form));
+    if (!state.replaying) {
+      ctx.announce("The run is paused and waiting for your answer");
+    }
+  }
+
+  function showResult() {
+    const run = state.run;
+    if (!run) return;
+    const parts = [];
+    if (run.error) {
+      parts.push(h("p", { class: `notice ${run.status === "RUN_STATUS_CANCELLED" ? "warn" : "error"}`, id: "run-error" },
+        `${statusLabel(run.status)}: ${run.error}`));
+    }
+    if (run.output && Object.keys(run.output).length) {
+      parts.push(h("details", { class: "card", id: "run-output-json" },
+        h("summary", {}, h("strong", {}, "Result (JSON)")), h("pre", {}, prettyJson(run.output))));
+    }
+    resultSlot.replaceChildren(...parts);
+  }
+
+  // -- events ---------------------------------------------------------------------------------
+
+  function apply(event, sequence) {
+    const data = event.data || {};
+    const attempt = Number(data.attempt || 0);
+    if (attempt > state.attempt) {
+      if (state.attempt > 0 && event.type === "run.token") {
+        output.marker(`Attempt ${attempt}: the run continued from its last checkpoint`);
+      }
+      state.attempt = attempt;
+    }
+    switch (event.type) {
+      case "run.token":
+        output.append(String(data.text ?? ""));
+        return; // tokens are not activity
+      case "agent.started":
+      case "workflow.started":
+        setStatus("RUN_STATUS_RUNNING");
+        break;
+      case "run.node.started":
+        setNode(data.node, "active");
+        if (state.status !== "RUN_STATUS_RUNNING" && !TERMINAL[state.status]) setStatus("RUN_STATUS_RUNNING");
+        break;
+      case "run.node.finished":
+        setNode(data.node, data.error ? "error" : data.interrupted ? "waiting" : "done");
+        break;
+      case "run.interrupted":
+        setStatus("RUN_STATUS_PAUSED");
+        setNode(data.node, "waiting");
+        showInterrupt({ node: data.node, value: data.value });
+        break;
+      case "run.resumed":
+        setStatus("RUN_STATUS_RUNNING");
+        if (state.interrupt) showInterrupt(null);
+        break;
+      case "run.retrieval":
+        passagesCard.hidden = false;
+        for (const hit of hitsOf(data)) passages.append(passage(hit));
+        break;
+      default:
+        if (TERMINAL[event.type]) {
+          setStatus(TERMINAL[event.type]);
+          if (data.usage) state.usage = data.usage;
+          if (state.interrupt) showInterrupt(null);
+          for (const [node, nodeState] of state.nodes) if (nodeState === "active") setNode(node, event.type === "run.completed" ? "done" : "error");
+        }
+    }
+    addActivity(event, sequence);
+  }
+
+  function onEvent(event, sequence) {
+    state.events.push({ sequence, type: event.type, time: event.time, data: event.data });
+    if (!state.replaying) apply(event, sequence);
+  }
+
+  async function refreshRun() {
+    try {
+      const response = await ctx.api.getRun(name);
+      state.run = response.run;
+      if (!state.replaying) setStatus(state.run.status);
+      renderMeta();
+      if (TERMINAL_STATUSES.has(state.run.status)) showResult();
+      if (state.run.status === "RUN_STATUS_PAUSED" && !state.interrupt && state.run.interrupt && !state.replaying) {
+        showInterrupt(state.run.interrupt);
+      }
+      return state.run;
+    } catch (error) {
+      notices.replaceChildren(errorNotice(error));
+      return null;
+    }
+  }
+
+  // -- replay ---------------------------------------------------------------------------------
+
+  let replayTimer = 0;
+  function resetView() {
+    output.reset();
+    for (const node of state.nodes.keys()) state.nodes.set(node, "pending");
+    renderNodes();
+    passages.replaceChildren();
+    passagesCard.hidden = true;
+    activity.replaceChildren();
+    interruptSlot.replaceChildren();
+    state.interrupt = null;
+    state.attempt = 0;
+    state.status = "";
+    badgeSlot.replaceChildren(statusBadge(""));
+  }
+
+  function finishReplay() {
+    clearTimeout(replayTimer);
+    state.replaying = false;
+    replayButton.textContent = "Replay";
+    replayButton.disabled = false;
+    if (state.run) {
+      setStatus(state.run.status);
+      if (state.run.status === "RUN_STATUS_PAUSED" && state.run.interrupt && !state.interrupt) showInterrupt(state.run.interrupt);
+    }
+    output.flush();
+    ctx.announce("Replay finished");
+  }
+
+  function replay() {
+    if (state.replaying) {
+      // "Skip": play the rest at once.
+      clearTimeout(replayTimer);
+      while (replayIndex < state.events.length) {
+        const event = state.events[replayIndex++];
+        apply(event, event.sequence);
+      }
+      finishReplay();
+      return;
+    }
+    state.replaying = true;
+    replayButton.textContent = "Skip to end";
+    resetView();
+    replayIndex = 0;
+    const factor = Number(speed.value);
+    ctx.announce("Replaying the run");
+    const step = () => {
+      if (stopped) return;
+      // Apply every event due now; wait for the next one's original gap (capped at 1 s).
+      do {
+        const event = state.events[replayIndex++];
+        apply(event, event.sequence);
+        if (replayIndex >= state.events.length) {
+          finishReplay();
+          return;
+        }
+        const gap = factor ? gapMs(state.events[replayIndex - 1], state.events[replayIndex]) / factor : 0;
+        if (gap >= 4) {
+          replayTimer = setTimeout(step, gap);
+          return;
+        }
+      } while (factor === 0 || replayIndex % 200 !== 0);
+      replayTimer = setTimeout(step, 0);
+    };
+    if (state.events.length) step();
+    else finishReplay();
+  }
+  let replayIndex = 0;
+
+  function gapMs(a, b) {
+    const gap = Date.parse(b.time) - Date.parse(a.time);
+    return Number.isFinite(gap) ? Math.min(Math.max(gap, 0), 1000) : 0;
+  }
+
+  // -- actions --------------------------------------------------------------------------------
+
+  cancelButton.addEventListener("click", async () => {
+    cancelButton.disabled = true;
+    try {
+      const response = await ctx.api.cancelRun(name, "cancelled from the dashboard");
+      if (response.run) {
+        state.run = response.run;
+        setStatus(response.run.status);
+        renderMeta();
+      }
+    } catch (error) {
+      notices.replaceChildren(errorNotice(error));
+      cancelButton.disabled = !ACTIVE_STATUSES.has(state.status);
+    }
+  });
+  replayButton.addEventListener("click", replay);
+
+  // -- start ----------------------------------------------------------------------------------
+
+  let stopped = false;
+  let subscription = null;
+
+  (async () => {
+    const run = await refreshRun();
+    if (stopped || !run) return;
+    if (run.workflow) {
+      try {
+        const { workflows = [] } = await ctx.api.listWorkflows();
+        const workflow = workflows.find((w) => w.name === run.workflow);
+        for (const node of (workflow && workflow.nodes) || []) if (!state.nodes.has(node)) state.nodes.set(node, "pending");
+        renderNodes();
+      } catch {
+        // Nodes appear as they start.
+      }
+    }
+    if (stopped) return;
+    subscription = ctx.socket.subscribe({ run: name, since: "beginning" }, {
+      onEvent,
+      onEnd() {
+        state.ended = true;
+        replayButton.disabled = false;
+        refreshRun();
+      },
+      onError(message, final) {
+        notices.replaceChildren(h("p", { class: `notice ${final ? "error" : "warn"}`, role: "status" },
+          final ? `The run's stream stopped: ${message}` : `${message}`));
+        if (!final) setTimeout(() => { if (!stopped) notices.replaceChildren(); }, 4000);
+      },
+      onSubscribed() {
+        if (!state.replaying) notices.replaceChildren();
+      },
+    });
+    // Debug/test hook: the live subscription (lastSequence, duplicates).
+    main.runSubscription = subscription;
+  })();
+
+  main.runOutput = output;
+  return () => {
+    stopped = true;
+    clearTimeout(replayTimer);
+    if (subscription) subscription.close();
+  };
+}
+
+const TERMINAL_STATUSES = new Set(["RUN_STATUS_COMPLETED", "RUN_STATUS_FAILED", "RUN_STATUS_CANCELLED"]);

@@ -1,0 +1,170 @@
+"""A client that never reads: closed with 4008, others get everything, gateway memory bounded.
+
+The gateway runs as its own process (`python -m amelia_gateway`) so its memory is measured
+alone. The stuck client is a real websockets client that stops reading (its receive buffer is
+tiny and it never calls recv), while a second client reads everything; ~24 MB of events go
+through, far more than the stuck client's bounded queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import sys
+import time
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+import websockets
+from gateway_support import Client, Publisher, closed_address, new_subject, wait_for
+
+from amelia_common.embedded import free_port
+
+EVENTS = 3000
+PAYLOAD = "x" * 8000
+SEND_QUEUE = 50
+
+
+@pytest.fixture
+async def gateway_process(events_address: str, tmp_path: Any) -> Any:
+    port = free_port()
+    env = {
+        **os.environ,
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "EVENTS_ADDRESS": events_address,
+        "AGENTS_ADDRESS": closed_address(),
+        "RAG_ADDRESS": closed_address(),
+        "WS_SEND_QUEUE": str(SEND_QUEUE),
+        "LOG_LEVEL": "WARNING",
+        "AMELIA_API_TOKEN": "",
+    }
+    log_file = tmp_path / "gateway.log"
+    with log_file.open("wb") as log:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "amelia_gateway",
+            env=env,
+            cwd=tmp_path,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=log,
+        )
+    url = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient(base_url=url) as http:
+        for _ in range(300):
+            try:
+                if (await http.get("/healthz")).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.returncode is not None:
+                raise RuntimeError(log_file.read_text())
+            await asyncio.sleep(0.05)
+    yield process, port
+    process.terminate()
+    try:
+        await asyncio.wait_for(process.wait(), timeout=20)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+
+
+async def _stuck_client(port: int) -> Any:
+    """A websockets client that stops reading: tiny receive buffer, max_queue=1, no recv()."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    return await websockets.connect(f"ws://127.0.0.1:{port}/ws", sock=sock, max_queue=1)
+
+
+async def test_never_reading_client_is_closed_and_memory_stays_bounded(
+    gateway_process: Any, publisher: Publisher
+) -> None:
+    process, port = gateway_process
+    rss = psutil.Process(process.pid)
+    subject = new_subject()
+    stuck = await _stuck_client(port)
+    await stuck.send(json.dumps({"type": "subscribe", "id": "s", "filter": {"subject": subject}}))
+    reader = await Client.connect(f"ws://127.0.0.1:{port}/ws")
+    await reader.subscribe("s", filter={"subject": subject})
+
+    # Warm up (first events allocate what the process keeps anyway), then measure.
+    warm = [await publisher.publish(subject, data={"p": PAYLOAD}) for _ in range(20)]
+    assert [m["sequence"] for m in await reader.events(20)] == warm
+    before = rss.memory_info().rss
+
+    published: list[int] = list(warm)
+    received: list[int] = [s for s in warm]
+    latencies: list[float] = []
+    peak = before
+
+    async def read_all() -> None:
+        while len(received) < len(warm) + EVENTS:
+            message = await reader.recv(timeout=60)
+            if message["type"] == "event":
+                received.append(message["sequence"])
+                latencies.append(time.time() - message["event"]["data"]["t"])
+
+    async def publish_all() -> None:
+        nonlocal peak
+        for start in range(0, EVENTS, 25):
+            batch = await asyncio.gather(
+                *(
+                    publisher.publish(subject, data={"p": PAYLOAD, "t": time.time()})
+                    for _ in range(25)
+                )
+            )
+            published.extend(batch)
+            peak = max(peak, rss.memory_info().rss)
+            del start
+
+    await asyncio.gather(read_all(), publish_all())
+    after = rss.memory_info().rss
+    peak = max(peak, after)
+
+    # The reading client got every event in order, while the other one was stuck.
+    assert received == sorted(published)
+    latencies.sort()
+    print(
+        f"\nreader latency p50={latencies[len(latencies) // 2] * 1000:.1f}ms "
+        f"p99={latencies[int(len(latencies) * 0.99)] * 1000:.1f}ms; gateway RSS before="
+        f"{before / 2**20:.1f}MiB peak={peak / 2**20:.1f}MiB after={after / 2**20:.1f}MiB "
+        f"for {EVENTS * len(PAYLOAD) / 2**20:.0f}MiB of events"
+    )
+    # ~23 MiB went to the stuck client's socket; the gateway held at most its small queue.
+    assert peak - before < 12 * 2**20, (before, peak)
+
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+        stats = (await http.get("/v1/status")).json()["gateway"]
+    assert stats["wsClosedSlow"] == 1
+    assert stats["connections"] in (1, 2)  # the stuck one may still be flushing its close
+
+    # When the stuck client reads again it gets what was in flight, then the documented close.
+    got: list[int] = []
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        while True:
+            message = json.loads(await asyncio.wait_for(stuck.recv(), timeout=30))
+            if message["type"] == "event":
+                got.append(message["sequence"])
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 4008
+    reason = closed.value.rcvd.reason
+    assert reason.startswith("slow consumer")
+    resume_from = int(reason.rsplit(" ", 1)[1])
+    assert got == sorted(published)[: len(got)]  # a prefix, in order
+    assert resume_from == got[-1]
+
+    # Resuming from the sequence in the reason gives the rest: no gap, no duplicate.
+    again = await Client.connect(f"ws://127.0.0.1:{port}/ws")
+    await again.subscribe("s", filter={"subject": subject}, since=resume_from)
+    rest = [m["sequence"] for m in await again.events(len(published) - len(got), timeout=60)]
+    assert got + rest == sorted(published)
+    await again.close()
+    await reader.close()
+    await wait_for(lambda: True)
