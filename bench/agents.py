@@ -1,0 +1,223 @@
+"""Agents bench: a run through the durable mesh next to the same graph invoked directly.
+
+Starts its own embedded PostgreSQL and nats-server (temp dir, free port), the events service and
+the agents service (in-process workers) in this process, and registers one bench workflow: a
+chain of N nodes, each a model call to the offline provider (a few tokens). In one run it times:
+
+- direct: `graph.ainvoke` of the same compiled graph with no checkpointer (pure LangGraph);
+- direct + checkpoints: the same with the PostgreSQL checkpointer, durability "sync";
+- mesh: CreateRun → run.completed seen on StreamRun (queue, worker pick-up, checkpoints, every
+  token/node event published to JetStream and streamed back through the events service);
+- time from CreateRun to the first run.token on StreamRun.
+
+Overhead per run is mesh minus direct; per node it is the slope between the 1-node and the
+N-node graphs (so per-run fixed costs cancel out).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any, TypedDict
+
+from langgraph.graph import END, START, StateGraph
+
+from amelia.v1 import agents_pb2, agents_pb2_grpc
+from amelia_agents import runtime, workflows
+from amelia_agents.checkpoints import open_checkpointer
+from amelia_agents.server import build_service as build_agents
+from amelia_common.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from amelia_common.grpc_client import aio_channel
+from amelia_common.logging import configure_logging
+from amelia_common.settings import Environment, Settings
+from amelia_events.server import build_service as build_events
+
+RUNS = 40
+WARMUP = 3
+LONG = 5  # nodes in the long chain
+REPLY = "one two three four five six seven eight"
+
+
+class ChainState(TypedDict, total=False):
+    messages: list[dict[str, Any]]
+    request: dict[str, Any]
+
+
+def build_chain(nodes: int) -> StateGraph[Any, Any, Any, Any]:
+    graph = StateGraph(ChainState)
+
+    async def step(state: ChainState) -> dict[str, Any]:
+        result = await runtime.chat(state.get("messages", []), model=f"offline:say:{REPLY}")
+        return {
+            "messages": [*state.get("messages", []), {"role": "assistant", "content": result.text}]
+        }
+
+    previous = START
+    for i in range(nodes):
+        graph.add_node(f"n{i}", step)
+        graph.add_edge(previous, f"n{i}")
+        previous = f"n{i}"
+    graph.add_edge(previous, END)
+    return graph
+
+
+def register(nodes: int) -> str:
+    name = f"bench-chain-{nodes}"
+    workflows.register(
+        workflows.Workflow(
+            name=name,
+            description=f"bench: {nodes} offline model calls in a row",
+            nodes=[f"n{i}" for i in range(nodes)],
+            build=lambda _agent: build_chain(nodes),
+            to_state=lambda value: {"messages": [{"role": "user", "content": value["message"]}]},
+            to_output=lambda state: {"replies": len(state.get("messages", [])) - 1},
+            input_schema={"type": "object"},
+        ),
+        replace=True,
+    )
+    return name
+
+
+def stats(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    return statistics.mean(samples) * 1000, ordered[int(0.95 * (len(ordered) - 1))] * 1000
+
+
+async def time_direct(nodes: int, checkpointer: Any = None) -> list[float]:
+    graph = build_chain(nodes).compile(checkpointer=checkpointer)
+    out = []
+    for i in range(WARMUP + RUNS):
+        config = {"configurable": {"thread_id": uuid.uuid4().hex}} if checkpointer else None
+        started = time.perf_counter()
+        if checkpointer is not None:
+            await graph.ainvoke(
+                {"messages": [{"role": "user", "content": "go"}]}, config, durability="sync"
+            )
+        else:
+            await graph.ainvoke({"messages": [{"role": "user", "content": "go"}]})
+        if i >= WARMUP:
+            out.append(time.perf_counter() - started)
+    return out
+
+
+async def time_mesh(
+    stub: agents_pb2_grpc.AgentServiceStub, workflow: str
+) -> tuple[list[float], list[float]]:
+    totals, first_tokens = [], []
+    for i in range(WARMUP + RUNS):
+        request = agents_pb2.CreateRunRequest(run=agents_pb2.Run(workflow=f"workflows/{workflow}"))
+        request.run.input.update({"message": "go"})
+        started = time.perf_counter()
+        run = (await stub.CreateRun(request)).run
+        first = 0.0
+        async for response in stub.StreamRun(agents_pb2.StreamRunRequest(name=run.name)):
+            if response.event.type == "run.token" and not first:
+                first = time.perf_counter() - started
+            if response.event.type in ("run.completed", "run.failed", "run.cancelled"):
+                assert response.event.type == "run.completed", response.event
+                break
+        if i >= WARMUP:
+            totals.append(time.perf_counter() - started)
+            first_tokens.append(first)
+    return totals, first_tokens
+
+
+async def bench(root: Path) -> None:
+    postgres = EmbeddedPostgres(root)
+    nats = EmbeddedNats(root, free_port())
+    database_url = postgres.start()
+    nats_url = nats.start()
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        ENVIRONMENT=Environment.TESTING,
+        DATABASE_URL=database_url,
+        NATS_URL=nats_url,
+        AMELIA_DATA_DIR=root / "data",
+        LOG_LEVEL="WARNING",
+        EVENTS_GRPC_PORT=0,
+        AGENTS_GRPC_PORT=0,
+        AGENT_WORKERS=2,
+    )
+    configure_logging(settings, "bench-agents")
+    events = await build_events(settings)
+    events_port = await events.start()
+    settings = settings.model_copy(update={"EVENTS_ADDRESS": f"127.0.0.1:{events_port}"})
+    agents = await build_agents(settings)
+    agents_port = await agents.start()
+    channel = aio_channel(f"127.0.0.1:{agents_port}", settings)
+    stub = agents_pb2_grpc.AgentServiceStub(channel)
+    cp_pool, saver = await open_checkpointer(settings, max_size=4)
+    try:
+        rows = []
+        results: dict[int, dict[str, Any]] = {}
+        for nodes in (1, LONG):
+            name = register(nodes)
+            direct = await time_direct(nodes)
+            checkpointed = await time_direct(nodes, saver)
+            mesh, first = await time_mesh(stub, name)
+            results[nodes] = {"direct": direct, "cp": checkpointed, "mesh": mesh, "first": first}
+            d, c, m = stats(direct)[0], stats(checkpointed)[0], stats(mesh)[0]
+            rows.append(
+                (
+                    nodes,
+                    d,
+                    c,
+                    m,
+                    stats(mesh)[1],
+                    m - d,
+                    m / d if d else float("nan"),
+                    stats(first)[0],
+                )
+            )
+        tokens = len(REPLY.split())
+        print(
+            f"offline provider, {tokens} tokens per node, {RUNS} runs each (after {WARMUP} "
+            "warm-up), one process, 2 workers"
+        )
+        header = (
+            f"{'nodes':>5} | {'direct ms':>9} | {'direct+pg ms':>12} | {'mesh ms':>8} | "
+            f"{'mesh p95':>8} | {'overhead ms':>11} | {'mesh/direct':>11} | "
+            f"{'first token ms':>14}"
+        )
+        print(header)
+        print("-" * len(header))
+        for nodes, d, c, m, p95, over, ratio, ft in rows:
+            print(
+                f"{nodes:>5} | {d:>9.2f} | {c:>12.2f} | {m:>8.2f} | {p95:>8.2f} | "
+                f"{over:>11.2f} | {ratio:>10.1f}x | {ft:>14.2f}"
+            )
+        per_node_mesh = (rows[1][3] - rows[0][3]) / (LONG - 1)
+        per_node_direct = (rows[1][1] - rows[0][1]) / (LONG - 1)
+        per_node_cp = (rows[1][2] - rows[0][2]) / (LONG - 1)
+        fixed = rows[0][5] - (per_node_mesh - per_node_direct)
+        print()
+        print(
+            f"per node: mesh {per_node_mesh:.2f} ms, direct {per_node_direct:.2f} ms, "
+            f"direct+pg checkpoints {per_node_cp:.2f} ms -> orchestration overhead "
+            f"{per_node_mesh - per_node_direct:.2f} ms/node "
+            f"({tokens + 2} events/node published and streamed)"
+        )
+        print(
+            f"per run (fixed): ~{fixed:.2f} ms (queue, pick-up, claim, lifecycle events, "
+            "stream setup)"
+        )
+    finally:
+        await cp_pool.close()
+        await channel.close()
+        await agents.stop(1.0)
+        await events.stop(0.5)
+        nats.stop()
+        postgres.stop()
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="amelia-bench-agents-") as tmp:
+        asyncio.run(bench(Path(tmp)))
+
+
+if __name__ == "__main__":
+    main()
