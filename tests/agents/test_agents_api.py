@@ -221,3 +221,29 @@ async def test_list_runs_filters_and_pages(agents) -> None:
     request = S.ListRunsRequest(thread=thread.name)
     request.created_after.GetCurrentTime()
     assert (await agents.ListRuns(request)).runs == []
+
+
+async def test_stream_run_says_unavailable_when_the_events_service_is_down(
+    infra, agents, agents_settings
+) -> None:
+    from amelia.v1 import agents_pb2_grpc
+    from amelia_agents.server import build_service
+    from amelia_common.embedded import free_port
+    from amelia_common.grpc_client import aio_channel
+
+    run = await create_run(agents, workflow="workflows/echo", input={"message": "hi"})
+    await wait_status(agents, run.name, S.RUN_STATUS_COMPLETED)
+    settings = agents_settings.model_copy(
+        update={"EVENTS_ADDRESS": f"127.0.0.1:{free_port()}", "AGENT_WORKERS": 0}
+    )
+    service = await build_service(settings)
+    port = await service.start()
+    channel = aio_channel(f"127.0.0.1:{port}", settings)
+    try:
+        stub = agents_pb2_grpc.AgentServiceStub(channel)
+        error = await rpc_error(_drain(stub.StreamRun(S.StreamRunRequest(name=run.name))))
+        assert error.code() == grpc.StatusCode.UNAVAILABLE
+        assert "events service" in error.details() and "after_sequence=0" in error.details()
+    finally:
+        await channel.close()
+        await service.stop(0.5)

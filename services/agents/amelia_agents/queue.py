@@ -21,7 +21,10 @@ import uuid
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext, api
 
+from amelia_common.logging import get_logger
 from amelia_common.settings import Settings
+
+log = get_logger("amelia.agents.queue")
 
 CONSUMER = "agent-workers"
 
@@ -61,7 +64,13 @@ async def ensure_queue(js: JetStreamContext, settings: Settings) -> None:
         await js.add_stream(config)
     else:
         await js.update_stream(config)
-    await js.add_consumer(settings.RUNS_QUEUE_STREAM, consumer_config(settings))
+    try:
+        await js.add_consumer(settings.RUNS_QUEUE_STREAM, consumer_config(settings))
+    except Exception as exc:  # noqa: BLE001 - exists with other settings: keep using it
+        log.warning(
+            "run queue consumer exists with a different configuration; using it as it is",
+            error=str(exc) or repr(exc),
+        )
 
 
 async def enqueue(js: JetStreamContext, settings: Settings, run_id: uuid.UUID, key: str) -> None:
