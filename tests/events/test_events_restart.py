@@ -16,6 +16,7 @@ import pytest
 from events_support import (
     Outcomes,
     collect,
+    consumers_matching,
     follow,
     list_all,
     publish_until,
@@ -134,10 +135,20 @@ async def test_nats_restart_while_publishing(
     assert all("NATS" in d and "stored" in d for _, d in failures), failures[0]
 
     received = await collect(call, len(log), timeout=60)
-    call.cancel()
-    assert [e.sequence for e in received] == [e.sequence for e in log], "no gap, no duplicate"
     servicer = running.svc.servicer
     assert servicer is not None
+    assert [r.resets for r in servicer.readers] and all(r.resets for r in servicer.readers), (
+        "the reader recreated its consumer after the restart"
+    )
+    call.cancel()
+    assert [e.sequence for e in received] == [e.sequence for e in log], "no gap, no duplicate"
+    # No consumer outlives the stream, including the one NATS lost in the restart.
+    js, stream = running.log.js, isolated.EVENTS_STREAM
+
+    async def consumers_gone() -> bool:
+        return not await consumers_matching(js, stream, resource.split("/")[1])
+
+    await wait_until(consumers_gone, timeout=30)
     print(
         f"\nNATS restart: {len(outcomes.ok)} stored, {len(failures)} refused with UNAVAILABLE; "
         f"the open stream delivered all {len(received)} without reconnecting"

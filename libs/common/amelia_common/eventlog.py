@@ -396,6 +396,15 @@ class EventReader:
             if event is not None:
                 return event
 
+    async def open(self) -> None:
+        """Create the consumer now rather than on the first `__anext__`.
+
+        Once this returns, the start position is fixed: with "only new", every event published
+        afterwards will be returned.
+        """
+        if self._sub is None and not self._closed:
+            await self._open()
+
     async def aclose(self) -> None:
         """Delete the consumer and drop the inbox; safe to call twice."""
         if self._closed:
@@ -530,6 +539,11 @@ class EventReader:
                 if self._stop is not None and self._stop_task is None:
                     self._stop_task = asyncio.create_task(self._watch_stop(self._stop))
                 return
+            except nats.js.errors.BadRequestError as exc:
+                await self._drop_consumer()
+                raise EventLogUnavailableError(
+                    f"JetStream refused to create a reader for {self.filters}: {exc}"
+                ) from exc
             except Exception as exc:
                 await self._drop_consumer()
                 if deadline is not None and time.monotonic() >= deadline:
@@ -823,7 +837,7 @@ class EventLog:
         reader = self.read([type_pattern], subject)
         dispatcher = _Dispatcher(handlers=[handler], reader=reader)
         self._dispatchers[key] = dispatcher
-        await reader._open()
+        await reader.open()
         dispatcher.task = asyncio.create_task(
             self._dispatch(dispatcher), name=f"eventlog-subscribe-{type_pattern}"
         )

@@ -95,6 +95,8 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
             async with reader:
                 async for event in reader:
                     yield events_pb2.StreamEventsResponse(event=event)
+        except EventLogUnavailableError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         finally:
             self.readers.discard(reader)
         if self.stopping.is_set():

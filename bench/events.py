@@ -1,0 +1,384 @@
+"""Events bench: StreamEvents next to a bare nats-py JetStream consumer, on the same stream.
+
+Starts its own nats-server (embedded, free port, temp dir) and the events service in this
+process, then measures in one run:
+
+- live: a publisher paced at RATE events/s; every reader is subscribed before it starts, and
+  each event's publish→receive latency is taken from the envelope's `time` (same clock).
+- live with a stalled subscriber: the same, while another StreamEvents client reads nothing.
+- replay: every stored event read from the beginning as fast as each reader can.
+- publish: acknowledged publishes per second, through the client library and through gRPC.
+
+Everything shares one process and one event loop (publisher, server, clients), so absolute
+figures are lower than across machines; the side-by-side ratios are the point.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nats.aio.client import Client as NATS
+from nats.js import api
+
+from amelia.v1 import events_pb2, events_pb2_grpc
+from amelia_common.embedded import EmbeddedNats, free_port
+from amelia_common.eventlog import EventLog, StartAt, decode_event, filter_subjects
+from amelia_common.grpc_client import aio_channel
+from amelia_common.logging import configure_logging
+from amelia_common.nats_client import connect_nats
+from amelia_common.settings import Settings
+from amelia_events.server import build_service
+
+LIVE_EVENTS = 6_000
+RATE = 2_000  # events/s offered during the live phases
+REPLAY_EVENTS = 30_000
+PUBLISH_CONCURRENCY = 64
+PAYLOAD = {"text": "x" * 200}
+
+
+@dataclass
+class Reading:
+    """What one reader saw: receive times and latencies."""
+
+    name: str
+    latencies_ms: list[float] = field(default_factory=list)
+    first: float = 0.0
+    last: float = 0.0
+    count: int = 0
+
+    def saw(self, sent_ns: int) -> None:
+        now = time.time_ns()
+        mono = time.perf_counter()
+        if not self.count:
+            self.first = mono
+        self.last = mono
+        self.count += 1
+        self.latencies_ms.append((now - sent_ns) / 1e6)
+
+    def rate(self, started: float) -> float:
+        return self.count / max(self.last - started, 1e-9)
+
+    def pct(self, q: float) -> float:
+        if not self.latencies_ms:
+            return float("nan")
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def sent_ns(event: events_pb2.Event) -> int:
+    return event.time.seconds * 1_000_000_000 + event.time.nanos
+
+
+async def grpc_reader(
+    stub: events_pb2_grpc.EventServiceStub,
+    subject: str,
+    after: int,
+    reading: Reading,
+    total: int,
+    ready: asyncio.Event,
+) -> None:
+    request = events_pb2.StreamEventsRequest(
+        filter=events_pb2.EventFilter(subject=subject), after_sequence=after
+    )
+    call = stub.StreamEvents(request)
+    await call.initial_metadata()
+    ready.set()
+    async for item in call:
+        reading.saw(sent_ns(item.event))
+        if reading.count >= total:
+            break
+    call.cancel()
+
+
+async def library_reader(
+    log: EventLog, subject: str, after: int, reading: Reading, total: int, ready: asyncio.Event
+) -> None:
+    """The shared client's reader (what StreamEvents runs on), without gRPC in between."""
+    async with log.read(subject=subject, start=StartAt.after(after)) as reader:
+        await reader.open()
+        ready.set()
+        async for event in reader:
+            reading.saw(sent_ns(event))
+            if reading.count >= total:
+                break
+
+
+async def nats_pull_reader(
+    nc: NATS,
+    stream: str,
+    subject: str,
+    after: int,
+    reading: Reading,
+    total: int,
+    ready: asyncio.Event,
+) -> None:
+    """The bare nats-py way: an ephemeral pull consumer fetched in batches."""
+    js = nc.jetstream()
+    config = api.ConsumerConfig(
+        ack_policy=api.AckPolicy.NONE,
+        deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+        opt_start_seq=after + 1,
+        mem_storage=True,
+        inactive_threshold=30,
+    )
+    sub = await js.pull_subscribe(filter_subjects([], subject)[0], stream=stream, config=config)
+    ready.set()
+    try:
+        while reading.count < total:
+            try:
+                msgs = await sub.fetch(256, timeout=1.0)
+            except TimeoutError:
+                continue
+            for msg in msgs:
+                event = decode_event(msg.data, msg.metadata.sequence.stream)
+                reading.saw(sent_ns(event))
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+
+
+async def nats_ordered_reader(
+    nc: NATS,
+    stream: str,
+    subject: str,
+    after: int,
+    reading: Reading,
+    total: int,
+    ready: asyncio.Event,
+) -> None:
+    """The other bare nats-py way: an ordered push consumer (flow control, heartbeats)."""
+    js = nc.jetstream()
+    done = asyncio.Event()
+
+    async def on_msg(msg: object) -> None:
+        event = decode_event(msg.data, msg.metadata.sequence.stream)  # type: ignore[attr-defined]
+        reading.saw(sent_ns(event))
+        if reading.count >= total:
+            done.set()
+
+    sub = await js.subscribe(
+        filter_subjects([], subject)[0],
+        stream=stream,
+        cb=on_msg,
+        ordered_consumer=True,
+        config=api.ConsumerConfig(
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after + 1
+        ),
+    )
+    ready.set()
+    try:
+        await done.wait()
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+
+
+async def paced_publish(log: EventLog, subject: str, count: int, rate: float) -> float:
+    """Publish `count` events at `rate`/s (acknowledged); returns the start time."""
+    started = time.perf_counter()
+    in_flight: set[asyncio.Task[object]] = set()
+    for n in range(count):
+        due = started + n / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        task = asyncio.create_task(log.publish("bench.tick", subject, {"n": n, **PAYLOAD}))
+        in_flight.add(task)
+        task.add_done_callback(in_flight.discard)
+    await asyncio.gather(*in_flight)
+    return started
+
+
+async def flood(publish: Callable[[int], Awaitable[object]], count: int) -> float:
+    """Acknowledged publishes per second with PUBLISH_CONCURRENCY in flight."""
+    gate = asyncio.Semaphore(PUBLISH_CONCURRENCY)
+
+    async def one(n: int) -> None:
+        async with gate:
+            await publish(n)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one(n) for n in range(count)))
+    return count / (time.perf_counter() - started)
+
+
+ReaderFactory = Callable[[str, int, Reading, int, asyncio.Event], Coroutine[Any, Any, None]]
+
+
+async def run_readers(
+    readers: dict[str, ReaderFactory],
+    subject: str,
+    after: int,
+    total: int,
+    produce: Callable[[], Awaitable[float]] | None,
+) -> list[tuple[Reading, float]]:
+    """Start every reader, wait until each is subscribed, produce, wait for all to finish."""
+    readings = {name: Reading(name) for name in readers}
+    readies = {name: asyncio.Event() for name in readers}
+    tasks = [
+        asyncio.create_task(factory(subject, after, readings[name], total, readies[name]))
+        for name, factory in readers.items()
+    ]
+    await asyncio.gather(*(e.wait() for e in readies.values()))
+    await asyncio.sleep(0.3)  # let every consumer settle before the clock starts
+    started = await produce() if produce is not None else time.perf_counter()
+    async with asyncio.timeout(120):
+        await asyncio.gather(*tasks)
+    return [(readings[name], started) for name in readers]
+
+
+def print_rows(title: str, rows: list[tuple[Reading, float]], show_latency: bool) -> None:
+    print(f"\n{title}")
+    header = f"  {'reader':<40}{'events':>8}{'events/s':>11}"
+    if show_latency:
+        header += f"{'p50 ms':>9}{'p99 ms':>9}"
+    print(header)
+    base = rows[-1][0].rate(rows[-1][1]) if rows else 1.0
+    for reading, started in rows:
+        line = f"  {reading.name:<40}{reading.count:>8}{reading.rate(started):>11,.0f}"
+        if show_latency:
+            line += f"{reading.pct(0.50):>9.2f}{reading.pct(0.99):>9.2f}"
+        if not show_latency:
+            line += f"   ({reading.rate(started) / base:.2f}x bare pull)"
+        print(line)
+
+
+async def bench() -> None:
+    with tempfile.TemporaryDirectory(prefix="amelia-bench-events-") as tmp:
+        nats_server = EmbeddedNats(Path(tmp), free_port())
+        url = await asyncio.to_thread(nats_server.start)
+        settings = Settings(
+            _env_file=None,
+            NATS_URL=url,
+            EVENTS_GRPC_PORT=0,
+            LOG_LEVEL="WARNING",
+            AMELIA_DATA_DIR=Path(tmp) / "data",
+        )
+        configure_logging(settings, "bench")
+        svc = await build_service(settings)
+        port = await svc.start()
+        channel = aio_channel(f"127.0.0.1:{port}", settings)
+        stub = events_pb2_grpc.EventServiceStub(channel)
+        nc = await connect_nats(settings, "bench-publisher")
+        readers_nc = await connect_nats(settings, "bench-readers")
+        log = EventLog(nc, settings, source="bench")
+        stream = settings.EVENTS_STREAM
+        try:
+            await _phases(stub, log, readers_nc, stream)
+        finally:
+            await channel.close()
+            await svc.stop(grace=1.0)
+            await readers_nc.close()
+            await nc.close()
+            await asyncio.to_thread(nats_server.stop)
+
+
+async def _phases(
+    stub: events_pb2_grpc.EventServiceStub, log: EventLog, readers_nc: NATS, stream: str
+) -> None:
+    reader_log = EventLog(readers_nc, log.settings, source="bench")
+
+    def grpc_factory(
+        s: str, a: int, r: Reading, t: int, e: asyncio.Event
+    ) -> Coroutine[Any, Any, None]:
+        return grpc_reader(stub, s, a, r, t, e)
+
+    def pull_factory(
+        s: str, a: int, r: Reading, t: int, e: asyncio.Event
+    ) -> Coroutine[Any, Any, None]:
+        return nats_pull_reader(readers_nc, stream, s, a, r, t, e)
+
+    def ordered_factory(
+        s: str, a: int, r: Reading, t: int, e: asyncio.Event
+    ) -> Coroutine[Any, Any, None]:
+        return nats_ordered_reader(readers_nc, stream, s, a, r, t, e)
+
+    def library_factory(
+        s: str, a: int, r: Reading, t: int, e: asyncio.Event
+    ) -> Coroutine[Any, Any, None]:
+        return library_reader(reader_log, s, a, r, t, e)
+
+    readers: dict[str, ReaderFactory] = {
+        "StreamEvents (gRPC, events service)": grpc_factory,
+        "EventLog.read (client library, no gRPC)": library_factory,
+        "nats-py ordered push consumer (bare)": ordered_factory,
+        "nats-py pull consumer (bare)": pull_factory,
+    }
+    print(
+        f"events bench: nats-server embedded, one process; payload ~{len(PAYLOAD['text'])} B; "
+        f"live {LIVE_EVENTS} events at {RATE}/s; replay {REPLAY_EVENTS} events"
+    )
+
+    # Live: latency at a steady offered rate.
+    subject = f"bench/{uuid.uuid4().hex[:12]}"
+    rows = await run_readers(
+        readers, subject, 0, LIVE_EVENTS, lambda: paced_publish(log, subject, LIVE_EVENTS, RATE)
+    )
+    print_rows("live, publish → receive", rows, show_latency=True)
+
+    # Live again, with a StreamEvents client that reads nothing at all.
+    subject = f"bench/{uuid.uuid4().hex[:12]}"
+    stalled = stub.StreamEvents(
+        events_pb2.StreamEventsRequest(
+            filter=events_pb2.EventFilter(subject=subject), after_sequence=0
+        )
+    )
+    await stalled.initial_metadata()
+    rows = await run_readers(
+        {
+            "StreamEvents, beside a stalled client": grpc_factory,
+            "nats-py pull consumer (bare)": pull_factory,
+        },
+        subject,
+        0,
+        LIVE_EVENTS,
+        lambda: paced_publish(log, subject, LIVE_EVENTS, RATE),
+    )
+    stalled.cancel()
+    print_rows("live, while another StreamEvents client stalls", rows, show_latency=True)
+
+    # Replay: catch up on stored history as fast as possible.
+    subject = f"bench/{uuid.uuid4().hex[:12]}"
+    first = await log.publish("bench.tick", subject, PAYLOAD)
+    rate = await flood(
+        lambda n: log.publish("bench.tick", subject, {"n": n, **PAYLOAD}), REPLAY_EVENTS - 1
+    )
+    replay_rows = []
+    for name, factory in readers.items():
+        (row,) = await run_readers(
+            {name: factory}, subject, first.sequence - 1, REPLAY_EVENTS, None
+        )
+        replay_rows.append(row)
+    print_rows("replay from the beginning (catch-up)", replay_rows, show_latency=False)
+
+    # Publishing: acknowledged events per second.
+    subject = f"bench/{uuid.uuid4().hex[:12]}"
+    grpc_rate = await flood(
+        lambda n: stub.PublishEvent(
+            events_pb2.PublishEventRequest(
+                event=events_pb2.Event(type="bench.tick", subject=subject)
+            )
+        ),
+        5_000,
+    )
+    print("\npublish (each acknowledged by JetStream, 64 in flight)")
+    print(f"  {'EventLog.publish (client library)':<40}{rate:>19,.0f} events/s")
+    print(f"  {'PublishEvent over gRPC':<40}{grpc_rate:>19,.0f} events/s")
+
+
+def main() -> None:
+    started = time.perf_counter()
+    asyncio.run(bench())
+    print(f"\n(bench took {time.perf_counter() - started:.1f}s)")
+
+
+if __name__ == "__main__":
+    main()
