@@ -15,10 +15,10 @@ from typing import Any
 
 import grpc
 import pytest
-from amelia.v1 import rag_pb2, rag_pb2_grpc
 from nats.aio.client import Client as NATS
 from nats.js import api
 
+from amelia.v1 import rag_pb2, rag_pb2_grpc
 from amelia_common.db import create_engine, session_factory
 from amelia_common.eventlog import decode_event, event_data, filter_subjects
 from amelia_common.grpc_server import GrpcService
@@ -28,7 +28,7 @@ from amelia_rag.embeddings import LocalEmbedder, load_local_model
 from amelia_rag.server import build_service
 from amelia_rag.store import DocumentStore
 
-INLINE_LIMIT = 256 * 1024
+INLINE_LIMIT = 64 * 1024
 UPLOAD_LIMIT = 2 * 1024 * 1024
 
 

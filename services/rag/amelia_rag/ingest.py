@@ -164,6 +164,11 @@ class Ingestor:
         )
 
     async def _publish(self, event_type: str, document_id: uuid.UUID, data: dict[str, Any]) -> None:
+        if not self.events.nc.is_connected:
+            # Fail now rather than buffer an event that would be sent after the change failed.
+            raise EventsUnavailable(
+                f"the event log (NATS) is not connected, so '{event_type}' cannot be published"
+            )
         try:
             await self.events.publish(
                 event_type,
