@@ -86,6 +86,36 @@ def build_ask(_agent: dict[str, Any] | None) -> StateGraph[Any, Any, Any, Any]:
     return graph
 
 
+class TwiceState(TypedDict, total=False):
+    request: dict[str, Any]
+    answers: list[Any]
+    result: str
+
+
+async def ask_first(state: TwiceState) -> dict[str, Any]:
+    return {"answers": [interrupt({"question": "first?"})]}
+
+
+async def ask_second(state: TwiceState) -> dict[str, Any]:
+    return {"answers": [*state["answers"], interrupt({"question": "second?"})]}
+
+
+async def join(state: TwiceState) -> dict[str, Any]:
+    return {"result": ",".join(map(str, state["answers"]))}
+
+
+def build_twice(_agent: dict[str, Any] | None) -> StateGraph[Any, Any, Any, Any]:
+    graph = StateGraph(TwiceState)
+    graph.add_node("first", ask_first)
+    graph.add_node("second", ask_second)
+    graph.add_node("join", join)
+    graph.add_edge(START, "first")
+    graph.add_edge("first", "second")
+    graph.add_edge("second", "join")
+    graph.add_edge("join", END)
+    return graph
+
+
 class OneState(TypedDict, total=False):
     request: dict[str, Any]
     result: str
@@ -139,6 +169,12 @@ def _register(name: str, build: Any, nodes: list[str], output: Any) -> None:
 
 _register("test-steps", build_steps, ["a", "b", "c"], lambda s: {"done": s.get("done", [])})
 _register("test-ask", build_ask, ["ask", "finish"], lambda s: {"result": s.get("result", "")})
+_register(
+    "test-ask-twice",
+    build_twice,
+    ["first", "second", "join"],
+    lambda s: {"result": s.get("result", "")},
+)
 _register("test-raise", _single(raise_node), ["work"], lambda s: {})
 _register("test-sleep", _single(sleep_node), ["work"], lambda s: {"result": s.get("result")})
 _register("test-process", _single(process_node), ["work"], lambda s: {"result": s.get("result")})

@@ -338,3 +338,31 @@ async def test_stream_of_a_finished_run_replays_and_resumes_after_a_sequence(age
     tail = await collect(agents, run.name, after=middle)
     assert [e.id for e in tail] == [e.id for e in everything[3:]]
     assert await collect(agents, run.name, after=everything[-1].sequence) == []
+
+
+async def test_two_questions_in_a_row_each_get_their_own_answer(agents) -> None:
+    import asyncio
+
+    async def asked(question: str) -> S.Run:
+        for _ in range(600):
+            run_now = (await agents.GetRun(S.GetRunRequest(name=run.name))).run
+            if (
+                run_now.status == S.RUN_STATUS_PAUSED
+                and run_now.interrupt.value.struct_value["question"] == question
+            ):
+                return run_now
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"never asked {question!r}")
+
+    run = await create_run(agents, workflow="workflows/test-ask-twice", input={})
+    for question, answer in (("first?", "a"), ("second?", "b")):
+        await asked(question)
+        resume = S.ResumeRunRequest(name=run.name)
+        resume.answer.string_value = answer
+        queued = (await agents.ResumeRun(resume)).run
+        assert not queued.HasField("interrupt")
+    done = await wait_status(agents, run.name, S.RUN_STATUS_COMPLETED)
+    assert done.output["result"] == "a,b"
+    events = await collect(agents, run.name)
+    questions = [d["value"]["question"] for d in data(events, "run.interrupted")]
+    assert questions == ["first?", "second?"]

@@ -145,7 +145,7 @@ def run_to_proto(row: RunRow) -> agents_pb2.Run:
         msg.duration.FromTimedelta(row.end_time - row.start_time)
     msg.usage.input_tokens = row.input_tokens or 0
     msg.usage.output_tokens = row.output_tokens or 0
-    if row.interrupt:
+    if row.interrupt and row.status == RunState.PAUSED.value:
         msg.interrupt.node = str(row.interrupt.get("node", ""))
         msg.interrupt.value.CopyFrom(to_value(row.interrupt.get("value")))
     if row.timeout_seconds:

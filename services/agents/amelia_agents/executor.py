@@ -106,10 +106,13 @@ class Executor:
         if not mine:
             kind, graph_input = "start", workflow.to_state(row.input or {})
         elif snapshot.interrupts:
-            if not row.has_resume:
-                # The worker died after the graph paused but before the pause was recorded.
+            pending = snapshot.interrupts[0]
+            answered = (row.interrupt or {}).get("id")
+            if not row.has_resume or (answered and answered != pending.id):
+                # The graph paused (again) but a worker died before the pause was recorded;
+                # a stored answer belongs to an earlier question.
                 return await self._pause(row, snapshot)
-            kind, graph_input = "answer", Command(resume=row.resume_value)
+            kind, graph_input = "answer", Command(resume={pending.id: row.resume_value})
         elif snapshot.next:
             kind, graph_input = "redelivered", None
         else:
@@ -247,15 +250,16 @@ class Executor:
         return after.status
 
     async def _pause(self, row: RunRow, snapshot: Any) -> str:
-        node, value = "", None
+        node, pending = "", snapshot.interrupts[0] if snapshot.interrupts else None
         for task in snapshot.tasks:
             if task.interrupts:
-                node, value = task.name, task.interrupts[0].value
+                node, pending = task.name, task.interrupts[0]
                 break
-        else:
-            if snapshot.interrupts:
-                value = snapshot.interrupts[0].value
-        interrupt = {"node": node, "value": _jsonable(value)}
+        interrupt = {
+            "node": node,
+            "value": _jsonable(pending.value if pending is not None else None),
+            "id": pending.id if pending is not None else "",
+        }
         after, changed = await self.store.pause(row.id, interrupt)
         if after is None:
             return "gone"
@@ -263,6 +267,9 @@ class Executor:
             await self.events.terminal(after)
             return after.status
         await self.events.publish(
-            after, "run.interrupted", interrupt, event_id=f"{row.id}:interrupt:{after.attempt}"
+            after,
+            "run.interrupted",
+            {"node": interrupt["node"], "value": interrupt["value"]},
+            event_id=f"{row.id}:interrupt:{interrupt['id'] or after.attempt}",
         )
         return after.status

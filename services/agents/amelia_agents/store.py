@@ -215,6 +215,7 @@ class Store:
         return await self._transition(
             run_id,
             [RunState.PAUSED.value],
+            # `interrupt` stays: it names the question this answer is for.
             {"status": RunState.QUEUED.value, "has_resume": True, "resume_value": answer},
         )
 
