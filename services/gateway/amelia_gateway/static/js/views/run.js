@@ -32,6 +32,12 @@ function describe(event) {
     case "run.tool.output": return `${data.tool}: ${data.text}`;
     case "run.tool.result": return `tool ${data.tool} exited ${data.exit_code}`;
     case "run.retry": return `retrying: ${compactJson(data, 120)}`;
+    case "agent.started":
+    case "workflow.started": return `${data.target || ""} started`;
+    case "agent.completed":
+    case "workflow.completed": return "finished";
+    case "agent.failed":
+    case "workflow.failed": return data.error || "failed";
     case "run.completed": return "completed";
     case "run.failed": return `failed: ${data.error || ""}`;
     case "run.cancelled": return `cancelled${data.reason ? `: ${data.reason}` : ""}`;
@@ -245,12 +251,7 @@ export function mount(main, ctx, [runId]) {
   function apply(event, sequence) {
     const data = event.data || {};
     const attempt = Number(data.attempt || 0);
-    if (attempt > state.attempt) {
-      if (state.attempt > 0 && event.type === "run.token") {
-        output.marker(`Attempt ${attempt}: the run continued from its last checkpoint`);
-      }
-      state.attempt = attempt;
-    }
+    if (attempt > state.attempt) state.attempt = attempt;
     switch (event.type) {
       case "run.token":
         output.append(String(data.text ?? ""));
@@ -273,6 +274,11 @@ export function mount(main, ctx, [runId]) {
         break;
       case "run.resumed":
         setStatus("RUN_STATUS_RUNNING");
+        if (data.reason && data.reason !== "answer") {
+          // A worker died and another picked the run up: what follows continues from the last
+          // checkpoint, so tokens of the interrupted node may come again.
+          output.marker(`Attempt ${attempt || "?"}: a worker picked the run up again and continues from its last checkpoint`);
+        }
         if (state.interrupt) showInterrupt(null);
         break;
       case "run.retrieval":

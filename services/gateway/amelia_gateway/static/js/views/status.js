@@ -1,7 +1,7 @@
 // Status: every service's health, NATS and PostgreSQL as the services see them, and the
 // gateway's own counters (GET /v1/status, polled while the screen is open).
 
-import { errorNotice, formatDuration, h } from "../dom.js";
+import { errorNotice, h } from "../dom.js";
 
 const POLL_MS = 4000;
 
@@ -48,7 +48,7 @@ export function mount(main, ctx) {
   const updated = h("span", { class: "muted", "aria-live": "off" }, "");
   const body = h("div", { id: "status-body" }, h("p", { class: "empty" }, "Asking the gateway…"));
   main.append(
-    h("div", { class: "row" }, h("h1", {}, "Status"), overall, h("span", { class: "spacer" }), updated),
+    h("div", { class: "row view-head" }, h("h1", {}, "Status"), overall, h("span", { class: "spacer" }), updated),
     body,
   );
   let timer = 0;
@@ -103,7 +103,7 @@ export function mount(main, ctx) {
       h("h2", {}, "Services"),
       h("div", { class: "grid cards" }, ...cards, ...infra),
       gatewayCard,
-      h("p", { class: "hint" }, `Refreshed every ${formatDuration(POLL_MS / 1000)}.`),
+      h("p", { class: "hint" }, `Refreshed every ${POLL_MS / 1000} seconds.`),
     );
   }
 

@@ -1,0 +1,84 @@
+"""Dashboard tests: a real `amelia up` (with an API token) and Debian's Chromium driven by
+Playwright's sync API (plain `def` tests: the sync API cannot run inside the session's asyncio
+loop). Fixtures are module-scoped so the browser is gone before other suites' async tests run.
+
+Screenshots go to test-artifacts/dashboard/ (git-ignored).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from dashboard_mesh import REPO, Mesh
+from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = REPO / "test-artifacts" / "dashboard"
+VIEWPORT = {"width": 1280, "height": 860}
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    mesh = Mesh(tmp_path_factory.mktemp("dashboard"))
+    mesh.start()
+    try:
+        yield mesh
+    finally:
+        mesh.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip("chromium is not installed: run `make browser`")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture(scope="module")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS
+
+
+class PageErrors(list[str]):
+    """Uncaught exceptions in the page: any of them fails the test."""
+
+
+@pytest.fixture
+def context(browser: Browser, mesh: Mesh) -> Iterator[BrowserContext]:
+    context = browser.new_context(viewport=VIEWPORT, base_url=mesh.url)  # type: ignore[arg-type]
+    context.set_default_timeout(30_000)
+    try:
+        yield context
+    finally:
+        context.close()
+
+
+@pytest.fixture
+def page(context: BrowserContext, mesh: Mesh) -> Iterator[Page]:
+    """A fresh page that got the token from `?token=` (as the URL `amelia up` prints)."""
+    page = context.new_page()
+    errors = PageErrors()
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"/?token={mesh.token}#/status")
+    page.wait_for_selector("#connection[data-state=open]")
+    yield page
+    assert not errors, f"uncaught errors in the page: {errors}"

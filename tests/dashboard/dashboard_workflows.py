@@ -1,0 +1,71 @@
+"""A workflow plugin for the dashboard tests, loaded by the agents service through
+AGENT_WORKFLOW_MODULES: `approval` streams a draft, pauses with a question (a real LangGraph
+interrupt), and streams the answer it got when resumed."""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import interrupt
+
+from amelia_agents import runtime
+from amelia_agents.workflows import Workflow, register
+
+
+class ApprovalState(TypedDict, total=False):
+    request: dict[str, Any]
+    answer: Any
+    result: str
+
+
+async def draft(state: ApprovalState) -> dict[str, Any]:
+    for word in str(state["request"].get("message", "a plan")).split():
+        runtime.emit("run.token", {"text": word + " "})
+    return {}
+
+
+async def approve(state: ApprovalState) -> dict[str, Any]:
+    answer = interrupt(
+        {"question": state["request"].get("question", "Ship it?"), "options": ["yes", "no"]}
+    )
+    return {"answer": answer}
+
+
+async def finish(state: ApprovalState) -> dict[str, Any]:
+    text = f"\nanswer was {state['answer']}"
+    runtime.emit("run.token", {"text": text})
+    return {"result": text.strip()}
+
+
+def build(_agent: dict[str, Any] | None) -> StateGraph[Any, Any, Any, Any]:
+    graph = StateGraph(ApprovalState)
+    graph.add_node("draft", draft)
+    graph.add_node("approve", approve)
+    graph.add_node("finish", finish)
+    graph.add_edge(START, "draft")
+    graph.add_edge("draft", "approve")
+    graph.add_edge("approve", "finish")
+    graph.add_edge("finish", END)
+    return graph
+
+
+register(
+    Workflow(
+        name="approval",
+        description="Drafts, asks for approval, then reports the answer (dashboard tests).",
+        nodes=["draft", "approve", "finish"],
+        build=build,
+        to_state=lambda value: {"request": value},
+        to_output=lambda state: {"result": state.get("result", "")},
+        input_schema={
+            "type": "object",
+            "required": ["message"],
+            "properties": {
+                "message": {"type": "string", "minLength": 1},
+                "question": {"type": "string"},
+            },
+        },
+    ),
+    replace=True,
+)

@@ -1,0 +1,336 @@
+"""The dashboard in a real Chromium against a real `amelia up`: health, live events, runs that
+stream, pause, resume and cancel, replay, uploads and search, a gateway restart mid-run, and
+a 100,000-token output that keeps the DOM small. Each screen is saved as a screenshot."""
+
+from __future__ import annotations
+
+import re
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dashboard_mesh import Mesh
+from playwright.sync_api import Browser, Page, expect
+
+pytestmark = pytest.mark.slow
+
+ECHO_LINES = [f"line {i} of the echo" for i in range(1, 41)]
+
+
+def shot(page: Page, artifacts: Path, name: str) -> None:
+    page.screenshot(path=str(artifacts / f"{name}.png"))
+
+
+def start_run(page: Page, target: str, fields: dict[str, str]) -> str:
+    """Fill the start form on the Runs screen and start; returns the run id."""
+    page.goto("/#/runs")
+    page.wait_for_selector(f'#run-target option[value="{target}"]', state="attached")
+    page.select_option("#run-target", target)
+    for name, value in fields.items():
+        page.fill(f'[data-field="{name}"]', value)
+    page.click("#run-start")
+    page.wait_for_url(re.compile(r".*#/runs/[0-9a-f-]+$"))
+    return page.url.rsplit("/", 1)[-1]
+
+
+def output_text(page: Page) -> str:
+    text: str = page.evaluate("document.querySelector('#run-output pre').textContent")
+    return text
+
+
+def expect_status(page: Page, status: str, timeout: float = 60_000) -> None:
+    expect(page.locator(f"#run-status [data-status={status}]")).to_be_visible(timeout=timeout)
+
+
+# -- status, token, keyboard ----------------------------------------------------------------
+
+
+def test_status_shows_every_service_and_keeps_the_token(page: Page, artifacts: Path) -> None:
+    assert "token=" not in page.url  # taken out of the address bar
+    assert page.evaluate("localStorage.getItem('amelia.apiToken')") == "dash-test-token"
+    for service in ("events", "agents", "rag", "nats", "postgres"):
+        expect(page.locator(f"[data-service={service}] h3 [data-health=SERVING]")).to_be_visible()
+    expect(page.locator("#overall")).to_have_text("Serving")
+    expect(page.locator("#connection")).to_have_text("Live")
+    shot(page, artifacts, "01-status")
+
+    # Keyboard: the skip link comes first, the tabs are links that Enter follows, and the new
+    # screen's heading takes the focus.
+    page.locator("body").focus()
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.textContent") == "Skip to content"
+    page.locator("a[data-route=runs]").focus()
+    page.keyboard.press("Enter")
+    page.wait_for_url(re.compile(r".*#/runs$"))
+    expect(page.locator("h1")).to_be_focused()
+    assert page.locator("a[data-route=runs]").get_attribute("aria-current") == "page"
+
+
+def test_wrong_token_asks_for_the_right_one(browser: Browser, mesh: Mesh, artifacts: Path) -> None:
+    context = browser.new_context(viewport={"width": 1280, "height": 860}, base_url=mesh.url)
+    try:
+        page = context.new_page()
+        page.goto("/?token=wrong#/status")
+        dialog = page.locator("dialog#settings")
+        expect(dialog).to_be_visible()
+        expect(dialog.locator(".notice")).to_contain_text("API token")
+        expect(page.locator("#connection")).to_have_text("Token needed")
+        shot(page, artifacts, "02-token-needed")
+        page.fill("#token-input", mesh.token)
+        dialog.locator("button[value=save]").click()
+        expect(page.locator("#connection")).to_have_text("Live")
+        expect(page.locator("[data-service=agents] h3 [data-health=SERVING]")).to_be_visible()
+    finally:
+        context.close()
+
+
+# -- runs -----------------------------------------------------------------------------------
+
+
+def test_run_streams_its_tokens_and_lights_its_nodes(page: Page, artifacts: Path) -> None:
+    message = "\n".join(ECHO_LINES)
+    start_run(page, "workflows/echo", {"message": message, "delay_ms": "25"})
+    # Mid-stream: some lines are there, the node is running, the run is not over.
+    expect(page.locator("#run-output pre")).to_contain_text("line 8 of the echo", timeout=30_000)
+    expect(page.locator("[data-node=echo][data-state=active]")).to_be_visible()
+    assert "line 40" not in output_text(page)
+    expect_status(page, "RUN_STATUS_RUNNING")
+    shot(page, artifacts, "03-run-streaming")
+
+    expect_status(page, "RUN_STATUS_COMPLETED")
+    expect(page.locator("[data-node=echo][data-state=done]")).to_be_visible()
+    assert output_text(page) == message
+    expect(page.locator("#run-activity")).to_contain_text("run.completed")
+    expect(page.locator("#run-meta")).to_contain_text("Duration")
+    shot(page, artifacts, "04-run-completed")
+
+
+def test_paused_run_asks_its_question_and_resumes_with_the_answer(
+    page: Page, artifacts: Path
+) -> None:
+    start_run(
+        page,
+        "workflows/approval",
+        {"message": "Plan: ship the dashboard", "question": "Ship the dashboard today?"},
+    )
+    expect(page.locator("#question")).to_have_text("Ship the dashboard today?")
+    expect_status(page, "RUN_STATUS_PAUSED")
+    expect(page.locator("[data-node=approve][data-state=waiting]")).to_be_visible()
+    expect(page.locator("[data-node=draft][data-state=done]")).to_be_visible()
+    shot(page, artifacts, "05-run-paused")
+
+    page.fill("#answer", "yes, after lunch")
+    page.click("#answer-send")
+    expect_status(page, "RUN_STATUS_COMPLETED")
+    expect(page.locator("#question")).to_have_count(0)
+    assert output_text(page) == "Plan: ship the dashboard \nanswer was yes, after lunch"
+    expect(page.locator("[data-node=finish][data-state=done]")).to_be_visible()
+    shot(page, artifacts, "06-run-resumed")
+
+
+def test_cancel_stops_a_running_run(page: Page, artifacts: Path) -> None:
+    words = " ".join(f"w{i}" for i in range(300))
+    start_run(page, "workflows/echo", {"message": words, "delay_ms": "100"})
+    expect(page.locator("#run-output pre")).to_contain_text("w3 ", timeout=30_000)
+    page.click("#run-cancel")
+    expect_status(page, "RUN_STATUS_CANCELLED", timeout=30_000)
+    expect(page.locator("#run-error")).to_contain_text("cancelled from the dashboard")
+    expect(page.locator("#run-cancel")).to_be_disabled()
+    assert "w299" not in output_text(page)
+    shot(page, artifacts, "07-run-cancelled")
+
+
+def test_browse_runs_and_replay_one(page: Page, artifacts: Path) -> None:
+    page.goto("/#/runs")
+    rows = page.locator("#runs-table tbody tr[data-run]")
+    expect(rows.first).to_be_visible()
+    assert rows.count() >= 3
+    page.select_option("#runs-status", "RUN_STATUS_CANCELLED")
+    expect(page.locator("#runs-table tbody tr[data-run]")).to_have_count(1)
+    page.select_option("#runs-status", "")
+    expect(rows.nth(2)).to_be_visible()
+    shot(page, artifacts, "08-runs")
+
+    # The echo run (the oldest of the three): open it, the page replays it from sequence 0.
+    page.locator("#runs-table tbody tr", has_text="workflows/echo").last.locator("a").click()
+    expect_status(page, "RUN_STATUS_COMPLETED")
+    expect(page.locator("#run-replay")).to_be_enabled()
+    expect(page.locator("#run-output pre")).to_have_text("\n".join(ECHO_LINES))
+    page.select_option("#replay-speed", "4")
+    page.click("#run-replay")
+    # Replaying: the output starts over and fills again.
+    expect(page.locator("#run-replay")).to_have_text("Skip to end")
+    shot(page, artifacts, "09-run-replaying")
+    expect(page.locator("#run-replay")).to_have_text("Replay", timeout=30_000)
+    assert output_text(page) == "\n".join(ECHO_LINES)
+    expect_status(page, "RUN_STATUS_COMPLETED")
+
+
+# -- events ---------------------------------------------------------------------------------
+
+
+def test_event_feed_filters_by_type_and_subject(page: Page, mesh: Mesh, artifacts: Path) -> None:
+    page.goto("/#/events")
+    page.fill("#ev-types", "workflow.*, run.completed")
+    page.fill("#ev-subject", "runs/*")
+    page.select_option("#ev-since", "now")
+    page.click("#events-form button[type=submit]")
+    expect(page.locator("#feed")).to_contain_text("Waiting for events")
+
+    run = mesh.post(
+        "/v1/runs", {"run": {"workflow": "workflows/echo", "input": {"message": "feed me"}}}
+    )["run"]
+    subject = run["name"]
+    feed = page.locator("#feed .feed-row")
+    expect(feed.filter(has_text="run.completed")).to_have_count(1, timeout=30_000)
+    types = [
+        row.get_attribute("data-type")
+        for row in page.locator(f"#feed .feed-row:has-text('{subject}')").all()
+    ]
+    assert types == ["workflow.started", "workflow.completed", "run.completed"], types
+    # A row opens to the whole event.
+    feed.first.locator("summary").click()
+    expect(feed.first.locator("pre")).to_contain_text('"type": "workflow.started"')
+    shot(page, artifacts, "10-events")
+
+    # From the beginning, tokens shown: the history comes back, in sequence order.
+    page.fill("#ev-types", "")
+    page.fill("#ev-subject", subject)
+    page.uncheck("#ev-hide-tokens")
+    page.select_option("#ev-since", "beginning")
+    page.click("#events-form button[type=submit]")
+    expect(feed.filter(has_text="run.token")).to_have_count(2)  # "feed " + "me"
+    sequences = [int(s) for s in feed.evaluate_all("rows => rows.map(r => r.dataset.sequence)")]
+    assert sequences == sorted(sequences) and len(set(sequences)) == len(sequences)
+
+
+# -- documents ------------------------------------------------------------------------------
+
+ZEBRAS = """# Zebra migration
+
+Every year the zebras of the Serengeti walk north to the Masai Mara, following the rains and
+the fresh grass. The herds cross the Mara river, where crocodiles wait for them.
+
+## Stripes
+
+No two zebras have the same stripes; the pattern confuses biting flies.
+"""
+
+KETTLES = """# Kettles
+
+A kettle boils water. Descale it with vinegar when limescale builds up on the element.
+"""
+
+
+def test_upload_by_drag_and_drop_then_find_by_search(
+    page: Page, artifacts: Path, tmp_path: Path
+) -> None:
+    page.goto("/#/documents")
+    expect(page.locator("#docs-table")).to_be_visible()
+    # Drag and drop: a real drop event carrying a File, as the browser sends it.
+    page.evaluate(
+        """([name, text]) => {
+          const zone = document.getElementById("dropzone");
+          const transfer = new DataTransfer();
+          transfer.items.add(new File([text], name, { type: "text/markdown" }));
+          for (const type of ["dragenter", "dragover", "drop"]) {
+            zone.dispatchEvent(new DragEvent(type, { bubbles: true, cancelable: true, dataTransfer: transfer }));
+          }
+        }""",
+        ["zebras.md", ZEBRAS],
+    )
+    # The file picker (keyboard users' way in).
+    kettles = tmp_path / "kettles.md"
+    kettles.write_text(KETTLES)
+    with page.expect_file_chooser() as chooser:
+        page.click("#choose-files")
+    chooser.value.set_files(str(kettles))
+
+    for name in ("zebras.md", "kettles.md"):
+        upload = page.locator(f'#uploads li[data-file="{name}"]')
+        expect(upload).to_have_attribute("data-state", "done", timeout=60_000)
+        assert upload.locator("progress").evaluate("p => p.value") == 100
+        expect(page.locator("#docs-table tbody")).to_contain_text(name)
+    expect(page.locator('#uploads li[data-file="zebras.md"] .state')).to_contain_text("chunks")
+
+    page.fill("#search-query", "where do zebras migrate every year?")
+    page.click("#search-form button[type=submit]")
+    first = page.locator("#search-results .passage").first
+    expect(first.locator(".source")).to_have_text("zebras.md")
+    expect(first.locator("blockquote")).to_contain_text("Serengeti")
+    expect(first.locator("header .where")).to_contain_text("Zebra migration")
+    shot(page, artifacts, "11-documents")
+
+
+# -- a gateway restart mid-run --------------------------------------------------------------
+
+
+def test_gateway_restart_mid_run_resumes_without_gap_or_duplicate(
+    page: Page, mesh: Mesh, artifacts: Path
+) -> None:
+    lines = [f"restart line {i:02d}" for i in range(1, 61)]
+    message = "\n".join(lines)
+    start_run(page, "workflows/echo", {"message": message, "delay_ms": "50"})
+    expect(page.locator("#run-output pre")).to_contain_text("restart line 08", timeout=30_000)
+
+    old = mesh.kill_gateway(signal.SIGKILL)
+    expect(page.locator("#connection")).to_have_attribute("data-state", "reconnecting")
+    shot(page, artifacts, "12-gateway-down")
+    mesh.wait_gateway_restarted(old)
+    expect(page.locator("#connection")).to_have_attribute("data-state", "open", timeout=30_000)
+    assert page.evaluate("window.amelia.socket.connects") >= 2
+
+    expect_status(page, "RUN_STATUS_COMPLETED")
+    text = output_text(page)
+    assert text.split("\n") == lines  # every line, once, in order
+    assert text == message
+    shot(page, artifacts, "13-after-gateway-restart")
+
+
+# -- a very long output ---------------------------------------------------------------------
+
+
+def test_hundred_thousand_tokens_keep_the_dom_small(page: Page, artifacts: Path) -> None:
+    result: dict[str, Any] = page.evaluate(
+        """async () => {
+          const { OutputView } = await import("/js/output.js");
+          const view = new OutputView({ label: "Long output" });
+          const main = document.getElementById("main");
+          main.replaceChildren(view.element);
+          let expected = 0;
+          // 100,000 tokens arriving over 100 frames, as a fast stream would deliver them.
+          for (let frame = 0; frame < 100; frame += 1) {
+            for (let i = 0; i < 1000; i += 1) {
+              const token = (frame * 1000 + i) % 40 === 39 ? `t${frame * 1000 + i}\\n` : `t${frame * 1000 + i} `;
+              expected += token.length;
+              view.append(token);
+            }
+            await new Promise(requestAnimationFrame);
+          }
+          view.flush();
+          const text = view.text();
+          return {
+            expected,
+            length: text.length,
+            pages: view.pages.length,
+            domPages: view.pre.querySelectorAll(".page").length,
+            domChars: view.pre.textContent.length,
+            lastToken: text.trimEnd().split(/\\s/).pop(),
+            where: view.where.textContent,
+          };
+        }"""
+    )
+    assert result["length"] == result["expected"]
+    assert result["lastToken"] == "t99999"
+    assert result["pages"] > 20
+    assert result["domPages"] <= 3
+    assert result["domChars"] <= 3 * 16_000
+    assert result["where"].startswith("Pages ")
+    shot(page, artifacts, "14-long-output")
+    # Older output is one click away.
+    page.click("text=Earlier")
+    expect(page.locator("#main .output .page").first).to_be_visible()
+    first_page = page.locator("#main .output .page").first.get_attribute("data-page")
+    assert first_page is not None and int(first_page) < result["pages"] - 2
+    expect(page.locator("text=Jump to latest")).to_be_visible()
