@@ -65,9 +65,17 @@ async def probe_nats(settings: Settings) -> Probe:
     from amelia_common.nats_client import nats_servers
 
     servers = nats_servers(settings)
+
+    async def quiet(exc: Exception) -> None:
+        """Refusals are reported as the status, not printed."""
+
     try:
-        nc = await nats.connect(
-            servers=servers, connect_timeout=2, max_reconnect_attempts=0, allow_reconnect=False
+        # nats-py retries the first connect forever unless attempts are bounded.
+        nc = await asyncio.wait_for(
+            nats.connect(
+                servers=servers, connect_timeout=2, max_reconnect_attempts=1, error_cb=quiet
+            ),
+            5,
         )
     except Exception as exc:  # noqa: BLE001 - reported as a status
         return Probe("nats", ",".join(servers), "UNREACHABLE", str(exc) or type(exc).__name__)

@@ -27,10 +27,18 @@ def nats_servers(settings: Settings) -> list[str]:
 
 
 async def connect_nats(settings: Settings, name: str, timeout: float = 60.0) -> NATS:
-    """Connect, retrying the first connection until `timeout`, then reconnecting forever."""
+    """Connect, waiting up to `timeout` for NATS to answer, then reconnecting forever.
+
+    nats-py keeps retrying the first connection itself when reconnects are unlimited, so the
+    wait is bounded here rather than by its options.
+    """
+    last_error: list[str] = []
 
     async def on_error(exc: Exception) -> None:
-        log.warning("nats error", error=str(exc) or repr(exc))
+        message = str(exc) or repr(exc)
+        if not last_error or last_error[-1] != message:
+            log.warning("nats error", error=message)
+        last_error[:] = [message]
 
     async def on_disconnect() -> None:
         log.warning("nats disconnected")
@@ -39,10 +47,9 @@ async def connect_nats(settings: Settings, name: str, timeout: float = 60.0) -> 
         log.info("nats reconnected")
 
     servers = nats_servers(settings)
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        try:
-            return await nats.connect(
+    try:
+        return await asyncio.wait_for(
+            nats.connect(
                 servers=servers,
                 name=name,
                 allow_reconnect=True,
@@ -54,14 +61,14 @@ async def connect_nats(settings: Settings, name: str, timeout: float = 60.0) -> 
                 error_cb=on_error,
                 disconnected_cb=on_disconnect,
                 reconnected_cb=on_reconnect,
-            )
-        except Exception as exc:
-            if asyncio.get_running_loop().time() >= deadline:
-                raise ConnectionError(
-                    f"cannot reach NATS at {', '.join(servers)}: {exc or type(exc).__name__}"
-                ) from exc
-            log.warning("waiting for NATS", servers=servers, error=str(exc) or repr(exc))
-            await asyncio.sleep(1.0)
+            ),
+            timeout,
+        )
+    except TimeoutError as exc:
+        reason = last_error[-1] if last_error else "no answer"
+        raise ConnectionError(
+            f"cannot reach NATS at {', '.join(servers)} after {timeout:.0f}s: {reason}"
+        ) from exc
 
 
 def nats_health(nc: NATS) -> Callable[[], Awaitable[bool]]:
