@@ -31,8 +31,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from amelia_common.embedded import free_port
-
 REPLY = "Hello from the fake model, streamed one token at a time."
 
 
@@ -58,18 +56,22 @@ class FakeServer:
         raise NotImplementedError
 
     async def start(self) -> None:
-        self.port = free_port()
+        # Port 0: the OS picks a free port at bind time (no race with other test runs).
         config = uvicorn.Config(
             Starlette(routes=self.routes()),
             host="127.0.0.1",
-            port=self.port,
+            port=0,
             log_level="warning",
             lifespan="off",
         )
         self._server = uvicorn.Server(config)
         self._task = asyncio.create_task(self._server.serve())
-        while not self._server.started:  # noqa: ASYNC110 - uvicorn offers no event
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()
+                raise RuntimeError("fake LLM server exited at start")
             await asyncio.sleep(0.02)
+        self.port = self._server.servers[0].sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
         if self._server is not None:

@@ -366,3 +366,15 @@ async def test_two_questions_in_a_row_each_get_their_own_answer(agents) -> None:
     events = await collect(agents, run.name)
     questions = [d["value"]["question"] for d in data(events, "run.interrupted")]
     assert questions == ["first?", "second?"]
+
+
+async def test_a_run_longer_than_the_ack_wait_is_kept_by_heartbeats(
+    agents, agents_settings
+) -> None:
+    seconds = agents_settings.RUN_ACK_WAIT_SECONDS + 1.5
+    run = await create_run(agents, workflow="workflows/test-sleep", input={"seconds": seconds})
+    done = await wait_status(agents, run.name, S.RUN_STATUS_COMPLETED, timeout=30)
+    assert done.attempt == 1  # never redelivered to another worker
+    events = await collect(agents, run.name)
+    assert "run.resumed" not in types(events)
+    assert done.duration.ToTimedelta().total_seconds() >= seconds
