@@ -18,8 +18,46 @@ pytestmark = pytest.mark.slow
 ECHO_LINES = [f"line {i} of the echo" for i in range(1, 41)]
 
 
+# WCAG 2 contrast of every visible piece of text against the background it is drawn on.
+CONTRAST_JS = """
+() => {
+  const parse = (c) => { const m = c.match(/[\\d.]+/g) || []; return m.map(Number); };
+  const lum = ([r, g, b]) => {
+    const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+    return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+  };
+  const background = (el) => {
+    for (let node = el; node; node = node.parentElement) {
+      const [r, g, b, a = 1] = parse(getComputedStyle(node).backgroundColor);
+      if (a > 0.5) return [r, g, b];
+    }
+    return parse(getComputedStyle(document.body).backgroundColor);
+  };
+  const failures = [];
+  for (const el of document.querySelectorAll("body *")) {
+    const text = [...el.childNodes].filter((n) => n.nodeType === 3).map((n) => n.data).join("").trim();
+    if (!text || el.closest("[hidden], [aria-hidden=true], :disabled, .visually-hidden, option")) continue;
+    const rect = el.getBoundingClientRect();
+    if (!rect.width || !rect.height || rect.bottom < 0 || rect.top > innerHeight) continue;
+    const style = getComputedStyle(el);
+    if (style.visibility === "hidden" || Number(style.opacity) < 1) continue;
+    if (el.closest("dialog") && !el.closest("dialog[open]")) continue;
+    const fg = lum(parse(style.color)), bg = lum(background(el));
+    const ratio = (Math.max(fg, bg) + 0.05) / (Math.min(fg, bg) + 0.05);
+    const size = parseFloat(style.fontSize), bold = Number(style.fontWeight) >= 700;
+    const needed = size >= 24 || (size >= 18.66 && bold) ? 3 : 4.5;
+    if (ratio < needed) failures.push(`${text.slice(0, 30)} (${ratio.toFixed(2)} < ${needed})`);
+  }
+  return failures;
+}
+"""
+
+
 def shot(page: Page, artifacts: Path, name: str) -> None:
+    """Save the screen, and check its text is readable (WCAG AA contrast)."""
     page.screenshot(path=str(artifacts / f"{name}.png"))
+    failures = page.evaluate(CONTRAST_JS)
+    assert not failures, f"{name}: text with too little contrast: {failures}"
 
 
 def start_run(page: Page, target: str, fields: dict[str, str]) -> str:
@@ -88,9 +126,23 @@ def test_wrong_token_asks_for_the_right_one(browser: Browser, mesh: Mesh, artifa
 # -- runs -----------------------------------------------------------------------------------
 
 
+LAYOUT_SHIFTS_JS = """
+() => {
+  window.__shifts = [];
+  new PerformanceObserver((list) => {
+    for (const entry of list.getEntries()) {
+      if (!entry.hadRecentInput) window.__shifts.push(entry.value);
+    }
+  }).observe({ type: "layout-shift" });
+}
+"""
+
+
 def test_run_streams_its_tokens_and_lights_its_nodes(page: Page, artifacts: Path) -> None:
     message = "\n".join(ECHO_LINES)
     start_run(page, "workflows/echo", {"message": message, "delay_ms": "25"})
+    # Nothing on the page may move while the tokens stream in (Layout Instability API).
+    page.evaluate(LAYOUT_SHIFTS_JS)
     # Mid-stream: some lines are there, the node is running, the run is not over.
     expect(page.locator("#run-output pre")).to_contain_text("line 8 of the echo", timeout=30_000)
     expect(page.locator("[data-node=echo][data-state=active]")).to_be_visible()
@@ -101,6 +153,8 @@ def test_run_streams_its_tokens_and_lights_its_nodes(page: Page, artifacts: Path
     expect_status(page, "RUN_STATUS_COMPLETED")
     expect(page.locator("[data-node=echo][data-state=done]")).to_be_visible()
     assert output_text(page) == message
+    shifts = page.evaluate("window.__shifts")
+    assert sum(shifts) < 0.01, f"layout shifted while streaming: {shifts}"
     expect(page.locator("#run-activity")).to_contain_text("run.completed")
     expect(page.locator("#run-meta")).to_contain_text("Duration")
     shot(page, artifacts, "04-run-completed")
@@ -334,3 +388,27 @@ def test_hundred_thousand_tokens_keep_the_dom_small(page: Page, artifacts: Path)
     first_page = page.locator("#main .output .page").first.get_attribute("data-page")
     assert first_page is not None and int(first_page) < result["pages"] - 2
     expect(page.locator("text=Jump to latest")).to_be_visible()
+
+
+# -- dark theme -----------------------------------------------------------------------------
+
+
+def test_dark_theme_is_readable(browser: Browser, mesh: Mesh, artifacts: Path) -> None:
+    context = browser.new_context(
+        viewport={"width": 1280, "height": 860}, base_url=mesh.url, color_scheme="dark"
+    )
+    try:
+        page = context.new_page()
+        page.goto(f"/?token={mesh.token}#/status")
+        expect(page.locator("[data-service=rag] h3 [data-health=SERVING]")).to_be_visible()
+        shot(page, artifacts, "15-dark-status")
+        page.goto("/#/runs")
+        expect(page.locator("#runs-table tbody tr[data-run]").first).to_be_visible()
+        page.locator("#runs-table tbody tr", has_text="workflows/approval").first.locator(
+            "a"
+        ).click()
+        expect_status(page, "RUN_STATUS_COMPLETED")
+        expect(page.locator("[data-node=finish][data-state=done]")).to_be_visible()
+        shot(page, artifacts, "16-dark-run")
+    finally:
+        context.close()

@@ -28,6 +28,7 @@ export class OutputView {
 
     this.counter = h("span", { class: "count", "aria-hidden": "true" }, "");
     this.where = h("span", { class: "where" }, "");
+    this.note = h("span", { class: "note", role: "status" }, "");
     this.earlier = h("button", { type: "button", class: "small", onclick: () => this.showEarlier(), disabled: true }, "Earlier");
     this.later = h("button", { type: "button", class: "small", onclick: () => this.showLater(), disabled: true }, "Later");
     this.latest = h("button", { type: "button", class: "small", onclick: () => this.jumpToLatest(), hidden: true }, "Jump to latest");
@@ -44,7 +45,7 @@ export class OutputView {
     this.element = h(
       "div",
       { class: "output-box" },
-      h("div", { class: "output-toolbar" }, this.earlier, this.later, this.where,
+      h("div", { class: "output-toolbar" }, this.earlier, this.later, this.where, this.note,
         h("span", { class: "spacer" }), this.latest, this.counter, this.download),
       this.pre,
     );
@@ -154,6 +155,11 @@ export class OutputView {
     setTimeout(() => URL.revokeObjectURL(url), 1000);
   }
 
+  /** A short line in the toolbar (replaying, reconnecting…); "" clears it. */
+  status(text) {
+    this.note.textContent = text || "";
+  }
+
   get domNodeCount() {
     return this.pre.getElementsByTagName("*").length;
   }
@@ -245,6 +251,6 @@ export class OutputView {
     this.where.textContent = total > 1
       ? `Pages ${this.first + 1}–${this.last + 1} of ${total}`
       : "";
-    this.counter.textContent = `${this.totalChars.toLocaleString()} chars`;
+    this.counter.textContent = `${this.pieces.toLocaleString()} tokens · ${this.totalChars.toLocaleString()} chars`;
   }
 }

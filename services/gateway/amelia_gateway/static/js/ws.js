@@ -22,6 +22,10 @@ class Subscription {
     this.spec = spec; // {filter} or {run}, and the first `since`
     this.handlers = handlers;
     this.lastSequence = 0;
+    // A live ("now") subscription that has seen nothing yet resumes from when it was made, so
+    // events published while the socket was down are not lost.
+    this.openedAt = !spec.run && (spec.since === "now" || spec.since === undefined) ? new Date().toISOString() : "";
+    this.sent = false;
     this.delivered = 0;
     this.duplicates = 0;
     this.ended = false;
@@ -34,7 +38,9 @@ class Subscription {
     if (this.spec.run) message.run = this.spec.run;
     else message.filter = this.spec.filter || {};
     if (this.lastSequence > 0) message.since = this.lastSequence;
+    else if (this.openedAt && this.sent) message.since = this.openedAt;
     else if (this.spec.since !== undefined) message.since = this.spec.since;
+    this.sent = true;
     return message;
   }
 

@@ -156,7 +156,8 @@ export function mount(main, ctx) {
       const doc = response.document || {};
       item.dataset.state = "done";
       item.dataset.document = doc.name || "";
-      stateText.textContent = response.unchanged ? "Unchanged" : `${doc.chunkCount || 0} chunks`;
+      const chunks = Number(doc.chunkCount || 0);
+      stateText.textContent = response.unchanged ? "Unchanged" : `${chunks} chunk${chunks === 1 ? "" : "s"}`;
       if (current) {
         current.ctx.announce(`${file.name} ${response.unchanged ? "was already indexed" : "indexed"}`);
         current.loadDocuments();
@@ -223,7 +224,8 @@ export function mount(main, ctx) {
   const refresh = debounce(() => loadDocuments(), 400);
   const subscription = ctx.socket.subscribe(
     { filter: { types: ["document.*"] }, since: "now" },
-    { onEvent: refresh },
+    // onSubscribed: also after a reconnect, when something may have changed meanwhile.
+    { onEvent: refresh, onSubscribed: refresh },
   );
   loadDocuments();
   current = { ctx, loadDocuments };

@@ -16,7 +16,9 @@ const TERMINAL = {
   "run.failed": "RUN_STATUS_FAILED",
   "run.cancelled": "RUN_STATUS_CANCELLED",
 };
-const NODE_STATE_LABEL = { pending: "pending", active: "running", done: "done", error: "failed", waiting: "waiting" };
+const NODE_STATE_LABEL = {
+  pending: "pending", active: "running", done: "done", error: "failed", waiting: "waiting", stopped: "stopped",
+};
 
 function describe(event) {
   const data = event.data || {};
@@ -97,7 +99,7 @@ export function mount(main, ctx, [runId]) {
   const resultSlot = h("div", { id: "run-result" });
 
   main.append(
-    h("p", {}, h("a", { href: "#/runs" }, "← Runs")),
+    h("a", { href: "#/runs", class: "back" }, "← Runs"),
     h("div", { class: "run-head" },
       h("h1", {}, `Run ${runId.slice(0, 8)}`), badgeSlot,
       h("span", { class: "mono muted", id: "run-target" }, ""),
@@ -114,9 +116,9 @@ export function mount(main, ctx, [runId]) {
           h("h2", { id: "output-title", class: "visually-hidden" }, "Output"), output.element),
         resultSlot),
       h("div", {},
-        passagesCard,
         h("section", { class: "card", "aria-labelledby": "activity-title" },
-          h("h2", { id: "activity-title" }, "Activity"), activity)),
+          h("h2", { id: "activity-title" }, "Activity"), activity),
+        passagesCard),
     ),
   );
 
@@ -127,21 +129,29 @@ export function mount(main, ctx, [runId]) {
     const previous = state.status;
     state.status = status;
     badgeSlot.replaceChildren(statusBadge(status));
-    cancelButton.disabled = !ACTIVE_STATUSES.has(status);
+    updateCancel();
     if (previous && !state.replaying) ctx.announce(`Run ${statusLabel(status).toLowerCase()}`);
+  }
+
+  function updateCancel() {
+    // During a replay the badge shows the replayed status; Cancel follows the real run.
+    const real = state.replaying ? state.run && state.run.status : state.status;
+    cancelButton.disabled = !ACTIVE_STATUSES.has(real);
   }
 
   function renderMeta() {
     const run = state.run || {};
     const usage = state.usage || run.usage;
+    const used = usage && Number(usage.inputTokens ?? usage.input_tokens ?? 0) + Number(usage.outputTokens ?? usage.output_tokens ?? 0);
+    // Items that appear late come last, so they never push the others around.
     const items = [
       ["Created", formatTime(run.createTime)],
+      ["Thread", run.thread ? idOf(run.thread).slice(0, 8) : ""],
       ["Started", formatTime(run.startTime)],
       ["Ended", formatTime(run.endTime)],
       ["Duration", formatDuration(run.duration)],
-      ["Tokens", usage ? `${Number(usage.inputTokens ?? usage.input_tokens ?? 0)} in / ${Number(usage.outputTokens ?? usage.output_tokens ?? 0)} out` : ""],
+      ["Model tokens", used ? `${Number(usage.inputTokens ?? usage.input_tokens ?? 0)} in / ${Number(usage.outputTokens ?? usage.output_tokens ?? 0)} out` : ""],
       ["Attempt", run.attempt > 1 ? String(run.attempt) : ""],
-      ["Thread", run.thread ? idOf(run.thread).slice(0, 8) : ""],
     ].filter(([, value]) => value);
     meta.replaceChildren(...items.map(([label, value]) => h("span", {}, `${label} `, h("b", {}, value))));
     main.querySelector("#run-target").textContent = run.workflow || run.agent || "";
@@ -290,7 +300,8 @@ export function mount(main, ctx, [runId]) {
           setStatus(TERMINAL[event.type]);
           if (data.usage) state.usage = data.usage;
           if (state.interrupt) showInterrupt(null);
-          for (const [node, nodeState] of state.nodes) if (nodeState === "active") setNode(node, event.type === "run.completed" ? "done" : "error");
+          const ended = { "run.completed": "done", "run.failed": "error", "run.cancelled": "stopped" }[event.type];
+          for (const [node, nodeState] of state.nodes) if (nodeState === "active") setNode(node, ended);
         }
     }
     addActivity(event, sequence);
@@ -340,6 +351,8 @@ export function mount(main, ctx, [runId]) {
     state.replaying = false;
     replayButton.textContent = "Replay";
     replayButton.disabled = false;
+    output.status("");
+    updateCancel();
     if (state.run) {
       setStatus(state.run.status);
       if (state.run.status === "RUN_STATUS_PAUSED" && state.run.interrupt && !state.interrupt) showInterrupt(state.run.interrupt);
@@ -362,6 +375,8 @@ export function mount(main, ctx, [runId]) {
     state.replaying = true;
     replayButton.textContent = "Skip to end";
     resetView();
+    updateCancel();
+    output.status(`Replaying ${state.events.length} recorded events${Number(speed.value) ? ` at ${speed.value}×` : ""}`);
     replayIndex = 0;
     const factor = Number(speed.value);
     ctx.announce("Replaying the run");
@@ -438,12 +453,15 @@ export function mount(main, ctx, [runId]) {
         refreshRun();
       },
       onError(message, final) {
-        notices.replaceChildren(h("p", { class: `notice ${final ? "error" : "warn"}`, role: "status" },
-          final ? `The run's stream stopped: ${message}` : `${message}`));
-        if (!final) setTimeout(() => { if (!stopped) notices.replaceChildren(); }, 4000);
+        if (final) {
+          notices.replaceChildren(h("p", { class: "notice error", role: "alert" }, `The run's stream stopped: ${message}`));
+        } else {
+          // Passing trouble (an upstream restarting) shows in the toolbar: nothing moves.
+          output.status(message);
+        }
       },
       onSubscribed() {
-        if (!state.replaying) notices.replaceChildren();
+        if (!state.replaying) output.status("");
       },
     });
     // Debug/test hook: the live subscription (lastSequence, duplicates).

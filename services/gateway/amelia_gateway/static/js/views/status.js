@@ -13,6 +13,7 @@ const TONE = {
   STOPPING: "warn",
   UNKNOWN: "idle",
   SERVICE_UNKNOWN: "idle",
+  UNAUTHENTICATED: "bad",
 };
 
 const LABEL = {
@@ -23,6 +24,7 @@ const LABEL = {
   STOPPING: "Stopping",
   UNKNOWN: "Unknown",
   SERVICE_UNKNOWN: "Unknown",
+  UNAUTHENTICATED: "No access",
 };
 
 function badge(status) {
@@ -63,7 +65,9 @@ export function mount(main, ctx) {
       updated.textContent = `Updated ${new Date().toLocaleTimeString()}`;
     } catch (error) {
       if (stopped || error.name === "AbortError") return;
-      overall.replaceWith(Object.assign(badge("UNREACHABLE"), { id: "overall" }));
+      const next = error.httpStatus === 401 ? badge("UNAUTHENTICATED") : badge("UNREACHABLE");
+      next.id = "overall";
+      main.querySelector("#overall").replaceWith(next);
       body.replaceChildren(errorNotice(error));
     }
     if (!stopped) timer = setTimeout(refresh, POLL_MS);
