@@ -75,6 +75,14 @@ def db_health(engine: AsyncEngine) -> Callable[[], Awaitable[bool]]:
     return probe
 
 
+_migration_locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
+
+
+def _migration_lock() -> asyncio.Lock:
+    loop = asyncio.get_running_loop()
+    return _migration_locks.setdefault(loop, asyncio.Lock())
+
+
 async def run_migrations(
     engine: AsyncEngine,
     script_location: Path,
@@ -99,7 +107,9 @@ async def run_migrations(
         cfg.attributes.update(attributes or {})
         command.upgrade(cfg, "head")
 
-    async with engine.connect() as conn:
+    # Alembic keeps its migration context in module globals, so two migrations in one process
+    # must take turns; the advisory lock does the same across processes.
+    async with _migration_lock(), engine.connect() as conn:
         await conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": lock_key})
         try:
             await conn.run_sync(upgrade)
