@@ -78,16 +78,25 @@ def _source_from_fields(fields: dict[str, str], filename: str) -> rag_pb2.Docume
 
 
 class _Call:
-    """One UploadDocument call, written to piece by piece."""
+    """One UploadDocument call, opened at the first message and written to piece by piece.
+
+    Opened lazily so a request the gateway refuses before the document starts (bad fields, an
+    empty body) never reaches the rag service at all.
+    """
 
     def __init__(self, gateway: Gateway, rid: str, timeout: float) -> None:
+        self.gateway = gateway
+        self.rid = rid
+        self.timeout = timeout
         self.upstream = gateway.upstreams["RagService"]
-        self.call = gateway.upstreams.callable("RagService", "UploadDocument")(
-            timeout=timeout, metadata=(("x-request-id", rid),)
-        )
+        self.call: Any = None
         self.sent = 0
 
     async def write(self, message: rag_pb2.UploadDocumentRequest) -> None:
+        if self.call is None:
+            self.call = self.gateway.upstreams.callable("RagService", "UploadDocument")(
+                timeout=self.timeout, metadata=(("x-request-id", self.rid),)
+            )
         try:
             await self.call.write(message)
         except grpc.aio.AioRpcError as exc:
@@ -103,6 +112,8 @@ class _Call:
         self.sent += len(data)
 
     async def finish(self) -> rag_pb2.UploadDocumentResponse:
+        if self.call is None:
+            raise invalid("the upload is empty: send the document as the request body")
         try:
             await self.call.done_writing()
             response: rag_pb2.UploadDocumentResponse = await self.call
@@ -111,7 +122,8 @@ class _Call:
         return response
 
     def cancel(self) -> None:
-        self.call.cancel()
+        if self.call is not None:
+            self.call.cancel()
 
 
 async def upload(gateway: Gateway, request: Request, rid: str) -> Response:
@@ -151,12 +163,14 @@ async def _raw(request: Request, call: _Call, limit: int) -> None:
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
-    await call.write(rag_pb2.UploadDocumentRequest(source=source))
     async for chunk in request.stream():
+        if not chunk:
+            continue
         if call.sent + len(chunk) > limit:
             raise _too_large(limit)
-        if chunk:
-            await call.content(chunk)
+        if call.call is None:  # the header goes with the first content
+            await call.write(rag_pb2.UploadDocumentRequest(source=source))
+        await call.content(chunk)
     if call.sent == 0:
         raise invalid("the upload is empty: send the document as the request body")
 

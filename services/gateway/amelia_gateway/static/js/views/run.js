@@ -312,9 +312,10 @@ export function mount(main, ctx, [runId]) {
     if (!state.replaying) apply(event, sequence);
   }
 
-  async function refreshRun() {
+  async function refreshRun({ retry = false } = {}) {
     try {
       const response = await ctx.api.getRun(name);
+      if (retry) notices.replaceChildren();
       state.run = response.run;
       if (!state.replaying) setStatus(state.run.status);
       renderMeta();
@@ -325,6 +326,11 @@ export function mount(main, ctx, [runId]) {
       return state.run;
     } catch (error) {
       notices.replaceChildren(errorNotice(error));
+      // The gateway or the agents service is down (restarting?): try again shortly.
+      if (retry && !stopped && (error.httpStatus === 0 || error.httpStatus >= 500)) {
+        await new Promise((resolve) => setTimeout(resolve, 2000));
+        return stopped ? null : refreshRun({ retry });
+      }
       return null;
     }
   }
@@ -432,7 +438,7 @@ export function mount(main, ctx, [runId]) {
   let subscription = null;
 
   (async () => {
-    const run = await refreshRun();
+    const run = await refreshRun({ retry: true });
     if (stopped || !run) return;
     if (run.workflow) {
       try {

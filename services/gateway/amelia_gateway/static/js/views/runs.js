@@ -201,6 +201,7 @@ export function mount(main, ctx) {
   );
 
   let stopped = false;
+  let targetsLoaded = false;
   const tokens = [""]; // page tokens of the pages seen, for "Newer"
   let page = 0;
 
@@ -210,6 +211,7 @@ export function mount(main, ctx) {
       if (stopped) return;
       const targets = { workflows: workflows.workflows || [], agents: agents.agents || [] };
       formSlot.replaceChildren(startForm(ctx, targets, () => {}));
+      targetsLoaded = true;
     } catch (error) {
       if (!stopped) formSlot.replaceChildren(errorNotice(error));
     }
@@ -255,7 +257,14 @@ export function mount(main, ctx) {
 
   const subscription = ctx.socket.subscribe(
     { filter: { types: LIFECYCLE, subject: "runs/*" }, since: "now" },
-    { onEvent: refresh, onSubscribed: refresh },
+    {
+      onEvent: refresh,
+      // Also after a reconnect: catch up on what changed, and load the form if it failed.
+      onSubscribed() {
+        refresh();
+        if (!targetsLoaded) loadTargets();
+      },
+    },
   );
 
   loadTargets();
