@@ -152,3 +152,38 @@ async def test_sigkilled_worker_is_replaced_and_the_run_resumes_from_its_checkpo
         if second is not None:
             assert await second.stop() == 0, "the worker did not shut down cleanly on SIGTERM"
         await first.stop()
+
+
+async def test_sigterm_hands_the_run_over_at_once(
+    api: agents_pb2_grpc.AgentServiceStub, infra: object, tmp_path: Path
+) -> None:
+    settings: Settings = infra.settings()  # type: ignore[attr-defined]
+    record, release = tmp_path / "record", tmp_path / "release"
+    first = WorkerProcess(settings, tmp_path / "worker1.log")
+    second = WorkerProcess(settings, tmp_path / "worker2.log")
+    try:
+        await first.ready()
+        await second.ready()
+        request = S.CreateRunRequest(run=S.Run(workflow="workflows/test-steps"))
+        request.run.input.update({"record": str(record), "release": str(release)})
+        run = (await api.CreateRun(request)).run
+        deadline = asyncio.get_running_loop().time() + 60
+        while not record.exists() or "b " not in record.read_text():
+            assert asyncio.get_running_loop().time() < deadline, "node b never started"
+            await asyncio.sleep(0.05)
+        owner, other = (
+            (first, second) if f"b {first.proc.pid}" in record.read_text() else (second, first)
+        )
+        assert await owner.stop() == 0  # SIGTERM: stops the run where it is, naks the job
+        release.touch()
+        done = await wait_status(api, run.name, S.RUN_STATUS_COMPLETED, timeout=60)
+        assert done.output["done"] == ["a", "b", "c"]
+        executions = [line.split() for line in record.read_text().splitlines()]
+        nodes = [node for node, _ in executions]
+        assert nodes[0] == "a" and nodes.count("a") == 1
+        assert executions[-1] == ["c", str(other.proc.pid)]
+        # Nak'ed, not left to the ack wait: the other worker took b over at once.
+        assert done.attempt == 2
+    finally:
+        await first.stop()
+        await second.stop()

@@ -50,6 +50,7 @@ TERMINAL_STATES = (RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED)
 
 class AgentRow(Base):
     __tablename__ = "agents"
+    __table_args__ = (Index("ix_agents_create_time", "create_time", "id"),)
 
     id: Mapped[str] = mapped_column(String(63), primary_key=True)
     display_name: Mapped[str] = mapped_column(Text, default="")
@@ -72,6 +73,7 @@ class AgentRow(Base):
 
 class ThreadRow(Base):
     __tablename__ = "threads"
+    __table_args__ = (Index("ix_threads_create_time", "create_time", "id"),)
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, default=dict)
