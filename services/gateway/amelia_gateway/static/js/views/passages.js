@@ -24,8 +24,9 @@ export function passage(hit) {
   const document = pick(hit, "document", "document_name") || "";
   const headings = pick(hit, "headingPath", "heading_path") || [];
   const page = pick(hit, "page");
-  const start = pick(hit, "startOffset", "start_offset");
   const end = pick(hit, "endOffset", "end_offset");
+  // Proto JSON may leave out a zero start offset.
+  const start = pick(hit, "startOffset", "start_offset") ?? (end !== undefined ? 0 : undefined);
   const chunk = pick(hit, "chunkIndex", "chunk_index");
   const score = pick(hit, "score");
   const where = [];
