@@ -456,7 +456,7 @@ export function mount(main, ctx, [runId]) {
       onEnd() {
         state.ended = true;
         replayButton.disabled = false;
-        refreshRun();
+        refreshRun({ retry: true });
       },
       onError(message, final) {
         if (final) {
@@ -470,11 +470,8 @@ export function mount(main, ctx, [runId]) {
         if (!state.replaying) output.status("");
       },
     });
-    // Debug/test hook: the live subscription (lastSequence, duplicates).
-    main.runSubscription = subscription;
   })();
 
-  main.runOutput = output;
   return () => {
     stopped = true;
     clearTimeout(replayTimer);
