@@ -247,3 +247,18 @@ async def test_stream_run_says_unavailable_when_the_events_service_is_down(
     finally:
         await channel.close()
         await service.stop(0.5)
+
+
+async def test_nul_characters_are_refused_not_an_internal_error(agents) -> None:
+    thread = S.CreateThreadRequest()
+    thread.thread.metadata.update({"note": "a\x00b"})
+    run = S.CreateRunRequest(run=S.Run(workflow="workflows/echo"))
+    run.run.input.update({"message": "a\x00b"})
+    agent = S.CreateAgentRequest(agent=S.Agent(model="offline:echo", system_prompt="a\x00b"))
+    for call in (
+        agents.CreateThread(thread),
+        agents.CreateRun(run),
+        agents.CreateAgent(agent),
+    ):
+        error = await rpc_error(call)
+        assert error.code() == INVALID and "NUL" in error.details()

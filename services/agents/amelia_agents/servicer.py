@@ -71,6 +71,8 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
     def _agent_values(self, agent: agents_pb2.Agent, fields: tuple[str, ...]) -> dict[str, Any]:
         """Validated column values for `fields` of `agent`; raises ValueError with the reason."""
         values: dict[str, Any] = {}
+        if has_nul(json_format.MessageToDict(agent)):
+            raise ValueError("agent fields must not contain NUL characters")
         for name in fields:
             if name in ("display_name", "description", "system_prompt"):
                 values[name] = getattr(agent, name)
@@ -222,6 +224,8 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         self, request: agents_pb2.CreateThreadRequest, context: Ctx
     ) -> agents_pb2.CreateThreadResponse:
         meta = json_format.MessageToDict(request.thread.metadata)
+        if has_nul(meta):
+            await context.abort(INVALID, "thread metadata must not contain NUL characters")
         row = await self.store.create_thread(meta)
         return agents_pb2.CreateThreadResponse(thread=convert.thread_to_proto(row))
 
@@ -291,6 +295,8 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         self, request: agents_pb2.CreateRunRequest, context: Ctx
     ) -> agents_pb2.CreateRunResponse:
         run = request.run
+        if "\x00" in request.request_id:
+            await context.abort(INVALID, "request_id must not contain NUL characters")
         if request.request_id:
             existing = await self.store.run_by_request_id(request.request_id)
             if existing is not None:
@@ -321,6 +327,8 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
                     f"{', '.join(workflows.names())}",
                 )
         assert workflow is not None
+        if has_nul(input_value):
+            await context.abort(INVALID, "run.input must not contain NUL characters")
         try:
             workflow.validate_input(input_value)
         except workflows.InvalidInputError as exc:
@@ -419,7 +427,7 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         self, request: agents_pb2.CancelRunRequest, context: Ctx
     ) -> agents_pb2.CancelRunResponse:
         rid = await self._run_id(request.name, context)
-        reason = request.reason.strip() or "cancelled"
+        reason = request.reason.replace("\x00", "").strip() or "cancelled"
         row, changed = await self.store.cancel(rid, reason)
         if row is None:
             await context.abort(NOT_FOUND, f"runs/{rid} does not exist")
@@ -443,6 +451,8 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         if not request.HasField("answer"):
             await context.abort(INVALID, "answer is required (any JSON value)")
         answer = convert.from_value(request.answer)
+        if has_nul(answer):
+            await context.abort(INVALID, "answer must not contain NUL characters")
         row, changed = await self.store.resume(rid, answer)
         if row is None:
             await context.abort(NOT_FOUND, f"runs/{rid} does not exist")
@@ -460,6 +470,17 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         row = await self._get_run(request.name, context)
         async for event in self.streamer.stream(row, request.after_sequence, context):
             yield agents_pb2.StreamRunResponse(event=event)
+
+
+def has_nul(value: Any) -> bool:
+    """PostgreSQL text and JSONB cannot hold NUL characters; find them before the database."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(has_nul(k) or has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(has_nul(v) for v in value)
+    return False
 
 
 def _utc() -> Any:
