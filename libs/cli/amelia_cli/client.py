@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from amelia.v1 import agents_pb2_grpc, events_pb2_grpc, rag_pb2_grpc
 from amelia_common.grpc_client import aio_channel
@@ -49,3 +50,11 @@ def fail(exc: grpc.aio.AioRpcError) -> typer.Exit:
 def resource(collection: str, value: str) -> str:
     """`abc` or `runs/abc` → `runs/abc`."""
     return value if value.startswith(f"{collection}/") else f"{collection}/{value}"
+
+
+def listing(*columns: str, title: str | None = None) -> Table:
+    """A table whose long cells (resource names, paths) fold instead of being cut off."""
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    return table

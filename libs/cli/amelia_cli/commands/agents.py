@@ -12,10 +12,9 @@ import grpc
 import typer
 from google.protobuf import json_format, struct_pb2
 from rich.console import Console
-from rich.table import Table
 
 from amelia.v1 import agents_pb2, events_pb2
-from amelia_cli.client import agents, fail, resource
+from amelia_cli.client import agents, fail, listing, resource
 from amelia_common.eventlog import event_data
 
 console = Console()
@@ -88,9 +87,7 @@ def ls_agents() -> None:
             )
             return reply
 
-    table = Table()
-    for column in ("name", "model", "description"):
-        table.add_column(column)
+    table = listing("name", "model", "description")
     for a in _call(go).agents:
         table.add_row(a.name, a.model, a.description)
     console.print(table)
@@ -132,23 +129,42 @@ def _show_event(event: events_pb2.Event) -> None:
 
 
 async def _follow(stub: object, run_name: str) -> agents_pb2.Run:
-    """Stream a run's events to the terminal; answer its questions when on a terminal."""
+    """Stream a run's events to the terminal until it ends.
+
+    On a terminal, a paused run's question is asked and answered here; otherwise following stops
+    at the question (answer it with `amelia runs resume`). A dropped stream is resumed from the
+    last sequence seen, so no token is shown twice or lost.
+    """
     after = 0
+    interactive = sys.stdin.isatty()
+    retries = 0
     while True:
         last_type = ""
-        async for reply in stub.StreamRun(  # type: ignore[attr-defined]
-            agents_pb2.StreamRunRequest(name=run_name, after_sequence=after)
-        ):
-            event = reply.event
-            after = event.sequence
-            last_type = event.type
-            _show_event(event)
-            if event.type == "run.interrupted" and sys.stdin.isatty():
-                answer = await asyncio.to_thread(input, "> ")
-                value = struct_pb2.Value()
-                value.string_value = answer
-                await stub.ResumeRun(agents_pb2.ResumeRunRequest(name=run_name, answer=value))  # type: ignore[attr-defined]
-        if last_type in TERMINAL or not last_type:
+        try:
+            async for reply in stub.StreamRun(  # type: ignore[attr-defined]
+                agents_pb2.StreamRunRequest(name=run_name, after_sequence=after)
+            ):
+                retries = 0
+                event = reply.event
+                after = event.sequence
+                last_type = event.type
+                _show_event(event)
+                if event.type == "run.interrupted":
+                    if not interactive:
+                        break
+                    answer = await asyncio.to_thread(input, "> ")
+                    value = struct_pb2.Value()
+                    value.string_value = answer
+                    await stub.ResumeRun(  # type: ignore[attr-defined]
+                        agents_pb2.ResumeRunRequest(name=run_name, answer=value)
+                    )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE or retries >= 30:
+                raise
+            retries += 1
+            await asyncio.sleep(1.0)
+            continue
+        if last_type in TERMINAL or last_type == "run.interrupted" or not last_type:
             break
     reply = await stub.GetRun(agents_pb2.GetRunRequest(name=run_name))  # type: ignore[attr-defined]
     run: agents_pb2.Run = reply.run
@@ -192,7 +208,11 @@ def run(
         + (f" — {final.error}" if final.error else "")
         + "[/dim]"
     )
-    if final.status != agents_pb2.RUN_STATUS_COMPLETED:
+    if final.status == agents_pb2.RUN_STATUS_PAUSED:
+        console.print(
+            f"[yellow]paused; answer with `amelia runs resume {final.name} ANSWER`[/yellow]"
+        )
+    elif final.status != agents_pb2.RUN_STATUS_COMPLETED:
         raise typer.Exit(1)
 
 
@@ -223,9 +243,7 @@ def ls_runs(
             )
             return reply
 
-    table = Table()
-    for column in ("name", "target", "status", "created", "error"):
-        table.add_column(column)
+    table = listing("name", "target", "status", "created", "error")
     for r in _call(go).runs:
         table.add_row(
             r.name,

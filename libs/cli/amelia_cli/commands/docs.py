@@ -17,7 +17,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from amelia.v1 import rag_pb2
-from amelia_cli.client import fail, rag, resource
+from amelia_cli.client import fail, listing, rag, resource
 from amelia_common.settings import get_settings
 
 console = Console()
@@ -142,6 +142,14 @@ async def _ingest(paths: list[Path], parallel: int) -> list[Outcome]:
     return sorted(outcomes, key=lambda o: str(o.path))
 
 
+def _shown(path: Path) -> str:
+    """A path as short as it can be while still naming the file."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def ingest(
     paths: list[str] = typer.Argument(..., help="Files, folders or globs."),
     parallel: int = typer.Option(4, min=1, max=32, help="Files in flight at once."),
@@ -156,12 +164,13 @@ def ingest(
     except grpc.aio.AioRpcError as exc:
         raise fail(exc) from exc
     table = Table(title=f"{len(outcomes)} files")
-    for column in ("file", "status", "chunks", "seconds"):
-        table.add_column(column)
+    table.add_column("file", overflow="fold")
+    for column in ("status", "chunks", "seconds"):
+        table.add_column(column, no_wrap=True)
     for o in outcomes:
         colour = {"indexed": "green", "unchanged": "dim", "error": "red"}[o.status]
         table.add_row(
-            str(o.path),
+            _shown(o.path),
             f"[{colour}]{o.status}[/{colour}] {o.error}",
             str(o.chunks),
             f"{o.seconds:.2f}",
@@ -249,9 +258,7 @@ def ls(
         documents = asyncio.run(go())
     except grpc.aio.AioRpcError as exc:
         raise fail(exc) from exc
-    table = Table()
-    for column in ("name", "title", "type", "chunks", "bytes", "updated"):
-        table.add_column(column)
+    table = listing("name", "title", "type", "chunks", "bytes", "updated")
     for d in documents:
         table.add_row(
             d.name,
