@@ -7,6 +7,7 @@ against the real agents and rag services are in test_gateway_mesh.py.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -287,3 +288,28 @@ async def test_no_token_means_loopback_only() -> None:
     settings = Settings(_env_file=None, HOST="0.0.0.0", AMELIA_API_TOKEN="t")  # type: ignore[call-arg]
     assert settings.bind_host == "0.0.0.0"
     assert closed_address()
+
+
+async def test_shutdown_ends_ndjson_streams_with_a_last_error_line(
+    gateway_settings: Settings,
+) -> None:
+    running = await start_gateway(gateway_settings)
+    params = {"filter.subject": new_subject()}
+    async with (
+        httpx.AsyncClient(base_url=running.url, timeout=30) as http,
+        http.stream("GET", "/v1/events:stream", params=params) as reply,
+    ):
+        assert reply.status_code == 200
+        await wait_until(lambda: running.gateway.stats()["httpStreams"] == 1)
+        stopping = asyncio.create_task(running.stop())
+        lines = [json.loads(line) async for line in reply.aiter_lines() if line]
+        await stopping
+    assert lines == [
+        {
+            "error": {
+                "code": 14,
+                "message": "server shutting down",
+                "details": lines[0]["error"]["details"],
+            }
+        }
+    ]

@@ -221,6 +221,13 @@ async def _stream(
             else:
                 error = from_rpc_error(exc, rule.service, upstream.address)
             yield '{"error":' + _json(error.body(rid)) + "}\n"
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if (task is not None and task.cancelling()) or not gateway.stopping.is_set():
+                raise  # the client went away: nothing to write to
+            # The gateway is draining and cancelled the call: say so, then end the body.
+            error = GatewayError(grpc.StatusCode.UNAVAILABLE, "server shutting down")
+            yield '{"error":' + _json(error.body(rid)) + "}\n"
         finally:
             call.cancel()
             gateway.http_streams.discard(call)
