@@ -148,7 +148,7 @@ class Executor:
             return await self._fail(row, f"timeout: the run took longer than {timeout:g}s")
         try:
             drive.result()
-        except ModelError as exc:
+        except (ModelError, runtime.NodeError) as exc:
             return await self._fail(row, str(exc))
         except Exception as exc:  # noqa: BLE001 - a node's exception fails the run
             log.info("run failed", run=str(row.id), error=repr(exc))

@@ -7,7 +7,9 @@ Nodes are plain LangGraph nodes. They reach the run through this module:
   streamed yet), and token usage is added to the run.
 - `emit(type, data)` publishes any run event (`run.tool.called`, `run.retrieval`, ...).
 - `await run_process(argv, ...)` runs a subprocess in its own process group, streams its output
-  as `run.tool.output` events, and kills the whole group on cancel or timeout.
+  lines (stdout and stderr) as `run.tool.output` events, and kills the whole group on cancel or
+  timeout.
+- `record_usage(usage, model)` adds token usage a tool reports (e.g. Claude Code) to the run.
 - `current()` is the run's `RunContext` (settings, run name, attempt, agent config).
 
 Events travel through LangGraph's custom stream (`get_stream_writer`), so a graph built from
@@ -21,7 +23,7 @@ import contextlib
 import contextvars
 import os
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,11 @@ USAGE_TYPE = "usage"
 
 DEFAULT_TIMEOUT_SECONDS = 300.0
 DEFAULT_RETRY_ATTEMPTS = 3
+
+
+class NodeError(RuntimeError):
+    """A node's failure whose message is the run's error as is (no exception type in front):
+    for failures a user should read plainly, e.g. `claude code: timed out after 300s`."""
 
 
 @dataclass
@@ -99,7 +106,8 @@ def emit(event_type: str, data: Mapping[str, Any] | None = None) -> None:
     writer({EVENT_KEY: event_type, "data": payload})
 
 
-def _record_usage(usage: Usage, model: str) -> None:
+def record_usage(usage: Usage, model: str) -> None:
+    """Add a call's token usage to the run (model calls do it; tools that call models too)."""
     current().usage.add(usage)
     emit(
         USAGE_TYPE,
@@ -150,7 +158,7 @@ async def chat(
             )
             await asyncio.sleep(delay)
             continue
-        _record_usage(usage, provider.name)
+        record_usage(usage, provider.name)
         return ChatResult(text="".join(parts), usage=usage, model=provider.name)
     raise AssertionError("unreachable")  # pragma: no cover
 
@@ -159,6 +167,14 @@ async def chat(
 class ProcessResult:
     returncode: int
     output: str
+
+
+# A line longer than this is still read whole (and given whole to `on_line`), but its
+# `run.tool.output` event carries only its start: events must stay well under NATS's payload limit.
+MAX_LINE_BYTES = 16 * 1024 * 1024
+MAX_EVENT_TEXT = 16 * 1024
+
+LineHandler = Callable[[str, str], None]
 
 
 async def _kill_group(proc: asyncio.subprocess.Process, grace: float = 0.5) -> None:
@@ -177,6 +193,12 @@ async def _kill_group(proc: asyncio.subprocess.Process, grace: float = 0.5) -> N
             continue
 
 
+def _event_text(line: str) -> str:
+    if len(line) <= MAX_EVENT_TEXT:
+        return line
+    return f"{line[:MAX_EVENT_TEXT]}… [{len(line) - MAX_EVENT_TEXT} more characters]\n"
+
+
 async def run_process(
     argv: Sequence[str],
     *,
@@ -184,9 +206,12 @@ async def run_process(
     env: Mapping[str, str] | None = None,
     timeout: float | None = None,
     tool: str = "process",
+    on_line: LineHandler | None = None,
 ) -> ProcessResult:
     """Run `argv`, streaming its output lines as `run.tool.output` events.
 
+    Each event says which `stream` (stdout or stderr) the line came from; `on_line(stream,
+    line)` sees every line too (a node parsing a tool's output, e.g. JSON lines, uses it).
     The process gets its own session (process group), so cancelling the run, or `timeout`,
     kills it and every child it started. A timeout raises `TimeoutError`.
     """
@@ -197,22 +222,28 @@ async def run_process(
         env=dict(env) if env is not None else None,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
+        stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
+        limit=MAX_LINE_BYTES,
     )
     lines: list[str] = []
 
-    async def pump() -> None:
-        assert proc.stdout is not None
-        async for raw in proc.stdout:
+    async def pump(reader: asyncio.StreamReader | None, stream: str) -> None:
+        assert reader is not None
+        async for raw in reader:
             line = raw.decode(errors="replace")
             lines.append(line)
-            emit("run.tool.output", {"tool": tool, "text": line})
+            emit("run.tool.output", {"tool": tool, "stream": stream, "text": _event_text(line)})
+            if on_line is not None:
+                on_line(stream, line)
+
+    async def pump_all() -> None:
+        await asyncio.gather(pump(proc.stdout, "stdout"), pump(proc.stderr, "stderr"))
         await proc.wait()
 
     try:
         async with asyncio.timeout(timeout):
-            await pump()
+            await pump_all()
     except BaseException:
         await _kill_group(proc)
         raise

@@ -330,7 +330,7 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         if has_nul(input_value):
             await context.abort(INVALID, "run.input must not contain NUL characters")
         try:
-            workflow.validate_input(input_value)
+            workflow.validate_input(input_value, self.settings)
         except workflows.InvalidInputError as exc:
             await context.abort(INVALID, str(exc))
         timeout: float | None = None

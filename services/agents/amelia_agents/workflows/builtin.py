@@ -1,8 +1,8 @@
-"""Built-in workflows: `echo`, `chat`, and the hidden `agent` graph that runs an agent.
+"""The conversation state the model workflows share, their common helpers, and `echo`.
 
-They share one conversation state (`messages`, appended to), so runs in a thread see the
-earlier runs' messages whatever the workflow. Issue-7 workflows (chat with RAG, plan, code) plug
-in the same way.
+Workflows share one conversation state (`messages`, appended to), so runs in a thread see the
+earlier runs' messages whatever the workflow. `chat` (and the hidden `agent` graph) live in
+`chat.py`, `plan` in `plan.py`, `code` in `code.py`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from langgraph.graph import END, START, StateGraph
 
 from amelia_agents import runtime
 from amelia_agents.runtime import current
-from amelia_agents.workflows.registry import AGENT_WORKFLOW, Workflow, register
+from amelia_agents.workflows.registry import Workflow, register
 
 
 class ConversationState(TypedDict, total=False):
@@ -61,32 +61,32 @@ def build_echo(_agent: dict[str, Any] | None) -> StateGraph[Any, Any, Any, Any]:
     return graph
 
 
-# chat / agent ------------------------------------------------------------------------------
+# shared by the model workflows --------------------------------------------------------------
 
 
-def _agent_settings(agent: dict[str, Any] | None, request: dict[str, Any]) -> dict[str, Any]:
+def model_params(agent: dict[str, Any] | None, request: dict[str, Any]) -> dict[str, Any]:
     """The model call's parameters: the agent's, else the request's, else the defaults."""
     settings = current().settings
     source = agent or request
     return {
         "model": str(source.get("model") or settings.DEFAULT_MODEL),
         "system": str(source.get("system_prompt") or ""),
-        "temperature": float(source.get("temperature", settings.DEFAULT_TEMPERATURE)),
+        "temperature": float(
+            settings.DEFAULT_TEMPERATURE
+            if source.get("temperature") is None
+            else source["temperature"]
+        ),
         "max_tokens": int(source.get("max_tokens") or settings.DEFAULT_MAX_TOKENS),
     }
 
 
-def build_respond(agent: dict[str, Any] | None) -> StateGraph[Any, Any, Any, Any]:
-    async def respond(state: ConversationState) -> dict[str, Any]:
-        params = _agent_settings(agent, state.get("request", {}))
-        result = await runtime.chat(state.get("messages", []), **params)
-        return {"messages": [{"role": "assistant", "content": result.text}]}
-
-    graph = StateGraph(ConversationState)
-    graph.add_node("respond", respond)
-    graph.add_edge(START, "respond")
-    graph.add_edge("respond", END)
-    return graph
+# Input fields every model workflow accepts (when run without an agent).
+MODEL_PROPERTIES: dict[str, Any] = {
+    "model": {"type": "string", "minLength": 1},
+    "system_prompt": {"type": "string"},
+    "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+    "max_tokens": {"type": "integer", "minimum": 1},
+}
 
 
 register(
@@ -105,39 +105,5 @@ register(
             },
         },
         default_timeout=60.0,
-    )
-)
-
-register(
-    Workflow(
-        name="chat",
-        description="One model reply to the message, with the thread's earlier messages as memory.",
-        nodes=["respond"],
-        build=build_respond,
-        to_state=message_to_state,
-        to_output=last_reply,
-        input_schema={
-            **MESSAGE_SCHEMA,
-            "properties": {
-                **MESSAGE_SCHEMA["properties"],
-                "model": {"type": "string", "minLength": 1},
-                "system_prompt": {"type": "string"},
-                "temperature": {"type": "number", "minimum": 0, "maximum": 2},
-                "max_tokens": {"type": "integer", "minimum": 1},
-            },
-        },
-    )
-)
-
-register(
-    Workflow(
-        name=AGENT_WORKFLOW,
-        description="Runs an agent: its system prompt and model answer the message.",
-        nodes=["respond"],
-        build=build_respond,
-        to_state=message_to_state,
-        to_output=last_reply,
-        input_schema=MESSAGE_SCHEMA,
-        hidden=True,
     )
 )

@@ -23,6 +23,8 @@ from typing import Any
 
 from langgraph.graph import StateGraph
 
+from amelia_common.settings import Settings
+
 AGENT_WORKFLOW = "agent"
 
 _NAME_OK = set("abcdefghijklmnopqrstuvwxyz0123456789-")
@@ -44,9 +46,14 @@ class Workflow:
     default_timeout: float = 300.0
     # Hidden workflows (the agent graph) run but are not listed.
     hidden: bool = False
+    # Checks the schema cannot express (a path inside CODE_ALLOWED_ROOTS, a resource name):
+    # raises InvalidInputError, so CreateRun refuses the run before it is queued.
+    check: Callable[[dict[str, Any], Settings], None] | None = None
 
-    def validate_input(self, value: dict[str, Any]) -> None:
+    def validate_input(self, value: dict[str, Any], settings: Settings | None = None) -> None:
         validate(value, self.input_schema)
+        if self.check is not None and settings is not None:
+            self.check(value, settings)
 
 
 _registry: dict[str, Workflow] = {}
@@ -83,8 +90,8 @@ def load_plugins(modules: Iterable[str]) -> None:
         importlib.import_module(module)
 
 
-# A small JSON Schema subset (type, required, properties, enum, minLength, minimum, maximum):
-# enough to give a clear INVALID_ARGUMENT before a run is queued.
+# A small JSON Schema subset (type, required, properties, items, enum, minLength, minimum,
+# maximum): enough to give a clear INVALID_ARGUMENT before a run is queued.
 _TYPES: dict[str, tuple[type, ...]] = {
     "string": (str,),
     "integer": (int,),
@@ -126,3 +133,6 @@ def validate(value: Any, schema: dict[str, Any], path: str = "input") -> None:
         for key, sub in schema.get("properties", {}).items():
             if key in value:
                 validate(value[key], sub, f"{path}.{key}")
+    if isinstance(value, list) and "items" in schema:
+        for i, item in enumerate(value):
+            validate(item, schema["items"], f"{path}[{i}]")

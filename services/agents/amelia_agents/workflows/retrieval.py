@@ -1,0 +1,123 @@
+"""Passages from the RAG service, for a model's prompt.
+
+The agents service never imports the rag package (it would pull torch in): it asks the RAG
+service over gRPC (`RagService.Search` at `RAG_ADDRESS`), like any client. A source is
+`documents/<id>` (that document) or `documents/*` (every document).
+
+An unreachable RAG service is retried like a model call (`run.retry` events, exponential
+backoff, the agent's `retry_attempts`); after that the run fails saying so. Answering without
+the documents the agent was given would look like an answer from them, so there is no silent
+fallback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+
+from amelia.v1 import rag_pb2, rag_pb2_grpc
+from amelia_agents import runtime
+from amelia_common.grpc_client import aio_channel
+
+ALL_DOCUMENTS = "documents/*"
+SEARCH_TIMEOUT_SECONDS = 30.0
+_RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+
+
+class RetrievalError(runtime.NodeError):
+    """The RAG service could not give the passages; the message says why and what to do."""
+
+
+def check_sources(sources: Any, path: str = "context_sources") -> list[str]:
+    """The sources as strings, or ValueError naming the bad one."""
+    if not isinstance(sources, list):
+        raise ValueError(f"{path} must be a list of 'documents/<id>' or 'documents/*'")
+    for source in sources:
+        if (
+            not isinstance(source, str)
+            or not source.startswith("documents/")
+            or source in ("documents/",)
+        ):
+            raise ValueError(f"{path} entry {source!r} must be 'documents/<id>' or 'documents/*'")
+    return list(sources)
+
+
+def search_request(query: str, sources: list[str], top_k: int) -> rag_pb2.SearchRequest:
+    documents = [] if ALL_DOCUMENTS in sources else list(dict.fromkeys(sources))
+    return rag_pb2.SearchRequest(query=query, top_k=top_k, documents=documents)
+
+
+def passage(index: int, hit: rag_pb2.SearchHit) -> dict[str, Any]:
+    """A hit as the run's state keeps it and the `run.retrieval` event shows it."""
+    return {
+        "index": index,
+        "document": hit.document,
+        "document_title": hit.document_title,
+        "chunk_index": hit.chunk_index,
+        "start_offset": hit.start_offset,
+        "end_offset": hit.end_offset,
+        "page": hit.page,
+        "heading_path": list(hit.heading_path),
+        "score": round(hit.score, 6),
+        "content": hit.content,
+    }
+
+
+async def retrieve(query: str, sources: list[str]) -> list[dict[str, Any]]:
+    """Search the sources for `query`; emits `run.retrieval` with the passages found."""
+    ctx = runtime.current()
+    settings = ctx.settings
+    request = search_request(query, sources, settings.RAG_TOP_K)
+    retries = ctx.retry_attempts
+    for attempt in range(retries + 1):
+        try:
+            async with aio_channel(settings.RAG_ADDRESS, settings) as channel:
+                reply = await rag_pb2_grpc.RagServiceStub(channel).Search(
+                    request, timeout=SEARCH_TIMEOUT_SECONDS
+                )
+            break
+        except grpc.aio.AioRpcError as exc:
+            code, details = exc.code(), exc.details() or ""
+            if code not in _RETRYABLE:
+                raise RetrievalError(f"rag: {code.name}: {details}") from exc
+            if attempt >= retries:
+                raise RetrievalError(
+                    f"rag: the RAG service at {settings.RAG_ADDRESS} is unreachable "
+                    f"({code.name}: {details}); this run's context_sources need it: start "
+                    f"the rag service (or set RAG_ADDRESS), or run without context_sources"
+                ) from exc
+            delay = settings.LLM_RETRY_BACKOFF_SECONDS * (2**attempt)
+            runtime.emit(
+                "run.retry",
+                {
+                    "error": f"rag: {code.name}: {details}",
+                    "retry": attempt + 1,
+                    "of": retries,
+                    "delay_seconds": delay,
+                },
+            )
+            await asyncio.sleep(delay)
+    passages = [passage(i, hit) for i, hit in enumerate(reply.hits, start=1)]
+    runtime.emit("run.retrieval", {"query": query, "sources": sources, "passages": passages})
+    return passages
+
+
+def context_prompt(passages: list[dict[str, Any]]) -> str:
+    """The passages as a block of the system prompt, numbered so the model can cite them."""
+    if not passages:
+        return (
+            "No passage of the user's documents matched this message; say so if the answer "
+            "needs them."
+        )
+    lines = [
+        "Passages from the user's documents follow. Use them when they help, cite them as "
+        "[1], [2], …, and say so when they do not contain the answer.",
+    ]
+    for p in passages:
+        where = f"{p['document']}, characters {p['start_offset']}-{p['end_offset']}"
+        if p.get("page"):
+            where += f", page {p['page']}"
+        lines.append(f"\n[{p['index']}] {p['document_title']} ({where})\n{p['content']}")
+    return "\n".join(lines)
