@@ -30,11 +30,9 @@ from amelia_rag.server import build_service as build_rag
 
 # Server errors the fuzzer finds in a service (not in the gateway), reported to their owners;
 # the fuzz test tolerates only these, and only as that service's own INTERNAL error.
-KNOWN_UPSTREAM_FAILURES = {
-    # agents stores thread metadata in a JSONB column: a NUL character (valid JSON, valid proto)
-    # makes PostgreSQL refuse it and the service answers INTERNAL instead of INVALID_ARGUMENT.
-    "POST /v1/threads": "agents: NUL in thread metadata -> INTERNAL",
-}
+# (The first run found one: agents stored a NUL character in JSONB and answered INTERNAL; fixed
+# in agents since.) Entries: "METHOD /path": "why".
+KNOWN_UPSTREAM_FAILURES: dict[str, str] = {}
 
 
 @dataclass
@@ -80,7 +78,7 @@ async def _agent(http: httpx.AsyncClient, model: str) -> str:
 async def test_a_run_streams_to_its_end_and_resumes_without_gap(mesh: Mesh) -> None:
     http = mesh.http
     workflows = (await http.get("/v1/workflows")).json()["workflows"]
-    assert any(w["name"] == "workflows/chat" for w in workflows)
+    assert workflows and all(w["name"].startswith("workflows/") for w in workflows)
     agent = await _agent(http, "offline:echo?delay_ms=20")
     message = " ".join(f"word{i}" for i in range(30))
     created = await http.post(
