@@ -107,6 +107,18 @@ class Searcher:
             by_keyword = await keyword_ranking(session, query, vector, n, document_ids)
         return fuse(by_vector, by_keyword, top_k, min_score)
 
+    async def vector_search(
+        self, vector: np.ndarray, top_k: int, filters: SearchFilters | None = None
+    ) -> list[Hit]:
+        """Nearest chunks to an embedding (no threshold): what vector mode ranks by."""
+        async with self.sessions() as session, session.begin():
+            document_ids = None
+            if filters:
+                document_ids = await _matching_documents(session, filters)
+                if not document_ids:
+                    return []
+            return await vector_ranking(session, vector, top_k, document_ids)
+
 
 def fuse(by_vector: list[Hit], by_keyword: list[Hit], top_k: int, min_score: float) -> list[Hit]:
     """Reciprocal rank fusion; see the module docstring for who gets in."""
