@@ -60,7 +60,7 @@ WORDS_PER_CHUNK = 40
 
 
 # The most frequent words of real text are stop words, which full-text search drops.
-STOP_WORDS = (
+STOP_WORDS = (  # noqa: SIM905 - easier to read as a sentence
     "the of and to a in is it that was for on are with as at be this from or had by not but "
     "what all were when we there can an your which their if do will each about how up out them "
     "then she many some so these would other into has more her two him see could no than been "
