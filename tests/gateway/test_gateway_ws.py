@@ -322,3 +322,47 @@ async def test_unavailable_events_service_is_reported_on_the_subscription(
     assert "events service" in reply["error"]["message"]
     assert reply["final"] is False  # the gateway keeps retrying
     await client.close()
+
+
+async def test_events_service_restart_is_bridged_without_gap_or_duplicate(
+    infra: Any, events_address: str
+) -> None:
+    """The gateway's upstream goes away and comes back: subscribers miss nothing."""
+    from amelia_common.embedded import free_port
+    from amelia_events.server import build_service
+
+    port = free_port()
+    upstream_settings = infra.settings(EVENTS_GRPC_PORT=port)
+    upstream = await build_service(upstream_settings)
+    await upstream.start()
+    gateway_settings = infra.settings(
+        EVENTS_ADDRESS=f"127.0.0.1:{port}",
+        AGENTS_ADDRESS=closed_address(),
+        RAG_ADDRESS=closed_address(),
+    )
+    running = await start_gateway(gateway_settings)
+    # Events are published through the other events service (same log), which stays up.
+    publisher = Publisher.connect(events_address, infra.settings())
+    try:
+        subject = new_subject()
+        client = await Client.connect(running.ws_url)
+        await client.subscribe("s", filter={"subject": subject})
+        await wait_for(lambda: upstream.servicer is not None and bool(upstream.servicer.readers))
+        published = [await publisher.publish(subject, data={"i": i}) for i in range(3)]
+        received = [m["sequence"] for m in await client.events(3)]
+
+        await upstream.stop(grace=0.5)
+        error = await client.recv_type("error")
+        assert error["error"]["code"] == 14 and error["final"] is False
+        published += [await publisher.publish(subject, data={"i": i}) for i in range(3, 6)]
+
+        upstream = await build_service(upstream_settings)
+        await upstream.start()
+        published += [await publisher.publish(subject, data={"i": i}) for i in range(6, 9)]
+        received += [m["sequence"] for m in await client.events(6, timeout=60)]
+        assert received == published
+        await client.close()
+    finally:
+        await publisher.close()
+        await running.stop()
+        await upstream.stop(grace=0.5)
