@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from agents_fake_llm import FakeAnthropic, FakeOpenAI
+from agents_fake_llm import FakeAnthropic, fake_anthropic, fake_openai
 
 from amelia.v1 import agents_pb2_grpc
 from amelia_agents.server import build_service as build_agents
@@ -15,22 +15,7 @@ from amelia_common.settings import Settings
 from amelia_events.server import build_service as build_events
 
 TEST_WORKFLOWS = "agent_test_workflows"
-
-
-@pytest.fixture(scope="session")
-async def fake_anthropic() -> AsyncIterator[FakeAnthropic]:
-    server = FakeAnthropic()
-    await server.start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture(scope="session")
-async def fake_openai() -> AsyncIterator[FakeOpenAI]:
-    server = FakeOpenAI()
-    await server.start()
-    yield server
-    await server.stop()
+__all__ = ["fake_anthropic", "fake_openai"]  # fixtures from tests/agents_fake_llm.py
 
 
 @pytest.fixture(scope="session")

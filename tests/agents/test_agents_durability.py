@@ -4,15 +4,12 @@ last checkpoint. Real `python -m amelia_agents.worker` processes on the real que
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from agents_helpers import S, collect, data, types, wait_status
+from agents_helpers import WorkerProcess as SharedWorkerProcess
 
 from amelia.v1 import agents_pb2_grpc
 from amelia_agents.server import build_service
@@ -24,59 +21,16 @@ QUEUE = "AMELIA_RUNS_DURABILITY"
 ACK_WAIT = 2
 
 
-class WorkerProcess:
-    """`python -m amelia_agents.worker` in its own process group, logging to a file."""
+class WorkerProcess(SharedWorkerProcess):
+    """A worker on the durability test's queue, with the test workflows."""
 
     def __init__(self, settings: Settings, log: Path) -> None:
         env = {
-            **os.environ,
-            "DATABASE_URL": settings.DATABASE_URL,
-            "NATS_URL": settings.NATS_URL,
-            "AMELIA_DATA_DIR": str(settings.AMELIA_DATA_DIR),
-            "ENVIRONMENT": "testing",
-            "LOG_LEVEL": "INFO",
-            "LOG_FORMAT": "json",
-            "AGENT_WORKERS": "1",
             "RUNS_QUEUE_STREAM": QUEUE,
             "RUN_ACK_WAIT_SECONDS": str(ACK_WAIT),
             "AGENT_WORKFLOW_MODULES": "agent_test_workflows",
-            "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
         }
-        self.log = log
-        self._file = log.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "amelia_agents.worker"],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    async def ready(self, timeout: float = 60) -> None:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while "workers started" not in self.log.read_text(errors="replace"):
-            if self.proc.poll() is not None:
-                raise AssertionError(f"worker exited: {self.log.read_text()[-2000:]}")
-            if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"worker not ready: {self.log.read_text()[-2000:]}")
-            await asyncio.sleep(0.1)
-
-    def kill(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    async def stop(self) -> int:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            for _ in range(200):
-                if self.proc.poll() is not None:
-                    break
-                await asyncio.sleep(0.05)
-            else:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-        self._file.close()
-        return self.proc.wait(10)
+        super().__init__(settings, log, env=env, pythonpath=[HERE])
 
 
 @pytest.fixture

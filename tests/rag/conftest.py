@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 import pytest
+from local_model import local_model
 from nats.aio.client import Client as NATS
 from nats.js import api
 
@@ -24,7 +25,7 @@ from amelia_common.eventlog import decode_event, event_data, filter_subjects
 from amelia_common.grpc_server import GrpcService
 from amelia_common.nats_client import connect_nats
 from amelia_common.settings import Settings
-from amelia_rag.embeddings import LocalEmbedder, load_local_model
+from amelia_rag.embeddings import LocalEmbedder
 from amelia_rag.server import build_service
 from amelia_rag.store import DocumentStore
 
@@ -51,7 +52,7 @@ class CountingModel:
 
 @pytest.fixture(scope="session")
 def counting_model() -> CountingModel:
-    return CountingModel(load_local_model())
+    return CountingModel(local_model())  # loaded once per session, shared with tests/workflows
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Fake LLM servers for the agents tests: they speak the real streaming wire formats.
+"""Fake LLM servers for the agents and workflows tests: they speak the real streaming wire formats.
 
 `FakeAnthropic` answers `POST /v1/messages` with Anthropic's Messages SSE stream
 (message_start, content_block_*, message_delta, message_stop, pings); `FakeOpenAI` answers
@@ -8,7 +8,10 @@ client goes away mid-stream.
 
 Model names (both servers):
 - `tokens` — replies REPLY in word tokens.
-- `transcript` — replies with the conversation it was sent ("role: content" lines).
+- `transcript` (or `transcript-<anything>`) — replies with the conversation it was sent
+  ("role: content" lines).
+- `hold-<key>` — like `transcript`, but after its first token it waits until the test calls
+  `release(<key>)` (to catch a worker in the middle of a model call).
 - `flaky-<key>` — the first request for <key> fails (Anthropic 529 overloaded, OpenAI 503), the
   next succeeds.
 - `down-<key>` — always fails with 529/503.
@@ -25,6 +28,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -42,6 +46,7 @@ def tokens_of(text: str) -> list[str]:
 class FakeServer:
     requests: list[dict[str, Any]] = field(default_factory=list)
     attempts: dict[str, int] = field(default_factory=dict)
+    gates: dict[str, asyncio.Event] = field(default_factory=dict)
     disconnects: int = 0
     streams_open: int = 0
     port: int = 0
@@ -80,6 +85,23 @@ class FakeServer:
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(self._task, 5)
 
+    def gate(self, key: str) -> asyncio.Event:
+        return self.gates.setdefault(key, asyncio.Event())
+
+    def release(self, key: str) -> None:
+        self.gate(key).set()
+
+    def models(self, prefix: str) -> list[str]:
+        """The model names of the requests received so far that start with `prefix`."""
+        return [r["body"]["model"] for r in self.requests if r["body"]["model"].startswith(prefix)]
+
+    async def held(self, model: str, tokens: list[str]) -> AsyncIterator[str]:
+        """The tokens, pausing after the first one while a `hold-<key>` gate is closed."""
+        for i, token in enumerate(tokens):
+            if i == 1 and model.startswith("hold-"):
+                await self.gate(model.removeprefix("hold-")).wait()
+            yield token
+
     def plan(self, model: str, messages: list[dict[str, Any]]) -> tuple[str, list[str], float]:
         """(outcome, tokens, delay): outcome is 'ok' or 'fail'."""
         if model.startswith("flaky-"):
@@ -88,7 +110,7 @@ class FakeServer:
                 return "fail", [], 0.0
         if model.startswith("down-"):
             return "fail", [], 0.0
-        if model == "transcript":
+        if model == "transcript" or model.startswith(("transcript-", "hold-")):
             text = "\n".join(f"{m['role']}: {_text(m['content'])}" for m in messages)
             return "ok", tokens_of(text), 0.0
         if model == "slow":
@@ -172,7 +194,7 @@ class FakeAnthropic(FakeServer):
                 },
             )
             yield sse("ping", {"type": "ping"})
-            for token in tokens:
+            async for token in self.held(model, tokens):
                 if delay:
                     await asyncio.sleep(delay)
                 yield sse(
@@ -224,7 +246,7 @@ class FakeOpenAI(FakeServer):
                 return f"data: {json.dumps(data)}\n\n"
 
             yield chunk({"role": "assistant", "content": ""})
-            for token in tokens:
+            async for token in self.held(model, tokens):
                 if delay:
                     await asyncio.sleep(delay)
                 yield chunk({"content": token})
@@ -245,3 +267,23 @@ class FakeOpenAI(FakeServer):
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(self._guarded(stream()), media_type="text/event-stream")
+
+
+# Session fixtures: a conftest imports them (`from agents_fake_llm import fake_anthropic, ...`)
+# and gets servers of its own.
+
+
+@pytest.fixture(scope="session")
+async def fake_anthropic() -> AsyncIterator[FakeAnthropic]:
+    server = FakeAnthropic()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture(scope="session")
+async def fake_openai() -> AsyncIterator[FakeOpenAI]:
+    server = FakeOpenAI()
+    await server.start()
+    yield server
+    await server.stop()

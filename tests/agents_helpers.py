@@ -1,0 +1,143 @@
+"""Small helpers shared by the agents and workflows tests: run calls, event filters, and
+`WorkerProcess` (a real `python -m amelia_agents.worker` to SIGKILL)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from amelia.v1 import agents_pb2, agents_pb2_grpc, events_pb2
+from amelia_common.eventlog import event_data
+from amelia_common.settings import Settings
+
+Stub = agents_pb2_grpc.AgentServiceStub
+S = agents_pb2
+
+
+async def wait_status(stub: Stub, name: str, *statuses: int, timeout: float = 30) -> S.Run:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        run = (await stub.GetRun(S.GetRunRequest(name=name))).run
+        if run.status in statuses:
+            return run
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{name} stayed {S.RunStatus.Name(run.status)}: {run}")
+        await asyncio.sleep(0.05)
+
+
+async def collect(
+    stub: Stub, name: str, after: int = 0, timeout: float = 60
+) -> list[events_pb2.Event]:
+    """StreamRun until the server ends the stream."""
+
+    async def read() -> list[events_pb2.Event]:
+        out = []
+        async for response in stub.StreamRun(S.StreamRunRequest(name=name, after_sequence=after)):
+            out.append(response.event)
+        return out
+
+    return await asyncio.wait_for(read(), timeout)
+
+
+def types(events: list[events_pb2.Event]) -> list[str]:
+    return [e.type for e in events]
+
+
+def tokens(events: list[events_pb2.Event]) -> list[str]:
+    return [event_data(e)["text"] for e in events if e.type == "run.token"]
+
+
+def data(events: list[events_pb2.Event], event_type: str) -> list[dict[str, Any]]:
+    return [event_data(e) for e in events if e.type == event_type]
+
+
+async def create_run(stub: Stub, **run: Any) -> S.Run:
+    message = S.Run()
+    for key, value in run.items():
+        if key == "input":
+            message.input.update(value)
+        elif key == "timeout":
+            message.timeout.FromSeconds(value)
+        else:
+            setattr(message, key, value)
+    return (await stub.CreateRun(S.CreateRunRequest(run=message))).run
+
+
+async def rpc_error(call: Any) -> grpc.aio.AioRpcError:
+    try:
+        await call
+    except grpc.aio.AioRpcError as exc:
+        return exc
+    raise AssertionError("the call succeeded")
+
+
+class WorkerProcess:
+    """`python -m amelia_agents.worker` in its own process group, logging to a file.
+
+    It reaches the database and NATS of `settings`; `env` adds or overrides variables (queue,
+    ack wait, workflow modules, provider URLs) and `pythonpath` lets it import test plugins.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        log: Path,
+        env: Mapping[str, str] | None = None,
+        pythonpath: Iterable[Path] = (),
+    ) -> None:
+        paths = [str(p) for p in pythonpath]
+        full_env = {
+            **os.environ,
+            "DATABASE_URL": settings.DATABASE_URL,
+            "NATS_URL": settings.NATS_URL,
+            "AMELIA_DATA_DIR": str(settings.AMELIA_DATA_DIR),
+            "ENVIRONMENT": "testing",
+            "LOG_LEVEL": "INFO",
+            "LOG_FORMAT": "json",
+            "AGENT_WORKERS": "1",
+            "PYTHONPATH": os.pathsep.join([*paths, os.environ.get("PYTHONPATH", "")]),
+            **(env or {}),
+        }
+        self.log = log
+        self._file = log.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "amelia_agents.worker"],
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    async def ready(self, timeout: float = 60) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while "workers started" not in self.log.read_text(errors="replace"):
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited: {self.log.read_text()[-2000:]}")
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"worker not ready: {self.log.read_text()[-2000:]}")
+            await asyncio.sleep(0.1)
+
+    def kill(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    async def stop(self) -> int:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            for _ in range(200):
+                if self.proc.poll() is not None:
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self._file.close()
+        return self.proc.wait(10)
