@@ -313,3 +313,17 @@ async def test_shutdown_ends_ndjson_streams_with_a_last_error_line(
             }
         }
     ]
+
+
+def test_openapi_descriptions_match_the_protos(tmp_path: Any) -> None:
+    """proto_docs.json is regenerated from protos/ (run the command below after editing them)."""
+    from pathlib import Path
+
+    from amelia_gateway import openapi
+
+    protos = Path(__file__).resolve().parents[2] / "protos"
+    fresh = tmp_path / "proto_docs.json"
+    openapi.write_docs(protos, fresh)
+    assert fresh.read_text() == openapi.DOCS_FILE.read_text(), (
+        "stale: run `.venv/bin/python -m amelia_gateway.openapi --write-docs protos`"
+    )
