@@ -33,6 +33,8 @@ protos: $(STAMP)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m grpc_tools.protoc -I protos \
 		--python_out=$(PROTO_OUT) --grpc_python_out=$(PROTO_OUT) \
 		--mypy_out=$(PROTO_OUT) --mypy_grpc_out=$(PROTO_OUT) $(PROTO_SRC)
+	# The gateway's OpenAPI descriptions come from the proto comments.
+	$(PY) -W ignore::RuntimeWarning -m amelia_gateway.openapi --write-docs protos
 
 # Regenerates the stubs into a scratch folder and fails when the committed ones differ.
 check-protos: $(STAMP)
