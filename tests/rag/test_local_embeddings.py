@@ -1,0 +1,95 @@
+"""The local model behind its batcher: shared encode calls, right rows back, progress, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+from conftest import CountingModel
+
+from amelia_rag.embeddings import LocalEmbedder
+
+
+def small_batches(model: CountingModel) -> LocalEmbedder:
+    # batch 4 → encode calls of up to 16 texts, so a few dozen texts make several calls.
+    return LocalEmbedder(model, batch_size=4, name="test", dimension=384)
+
+
+async def test_concurrent_documents_share_calls_and_get_their_own_vectors(
+    counting_model: CountingModel,
+) -> None:
+    embedder = small_batches(counting_model)
+    try:
+        docs = [
+            [f"document {d} sentence {i} about topic {d * 7 + i}" for i in range(6)]
+            for d in range(4)
+        ]
+        calls = counting_model.calls
+        results = await asyncio.gather(*(embedder.embed(texts) for texts in docs))
+        shared_calls = counting_model.calls - calls
+        assert shared_calls < len(docs), "documents were not batched together"
+        for texts, vectors in zip(docs, results, strict=True):
+            expected = counting_model.model.encode(texts, normalize_embeddings=True)
+            assert vectors.shape == (6, 384)
+            assert np.allclose(vectors, expected, atol=1e-5)
+    finally:
+        await embedder.aclose()
+
+
+async def test_long_document_reports_progress_before_its_result(
+    counting_model: CountingModel,
+) -> None:
+    embedder = small_batches(counting_model)
+    seen: list[tuple[int, int]] = []
+
+    async def progress(done: int, total: int) -> None:
+        seen.append((done, total))
+
+    try:
+        texts = [f"line number {i}" for i in range(40)]
+        vectors = await embedder.embed(texts, on_progress=progress)
+        assert vectors.shape == (40, 384)
+        assert seen == [(16, 40), (32, 40)]
+    finally:
+        await embedder.aclose()
+
+
+async def test_queries_go_before_queued_passages(counting_model: CountingModel) -> None:
+    embedder = small_batches(counting_model)
+    try:
+        order: list[str] = []
+
+        async def passages() -> None:
+            await embedder.embed([f"passage {i}" for i in range(64)])
+            order.append("passages")
+
+        async def query() -> None:
+            await asyncio.sleep(0)  # the passages are queued first
+            await embedder.embed_query("what is a passage?")
+            order.append("query")
+
+        await asyncio.gather(passages(), query())
+        assert order == ["query", "passages"]
+    finally:
+        await embedder.aclose()
+
+
+async def test_a_cancelled_request_stops_using_the_model(counting_model: CountingModel) -> None:
+    embedder = small_batches(counting_model)
+    try:
+        texts_before = counting_model.texts
+        first_call = asyncio.Event()
+
+        async def progress(done: int, total: int) -> None:
+            first_call.set()
+
+        task = asyncio.create_task(
+            embedder.embed([f"text {i}" for i in range(160)], on_progress=progress)
+        )
+        await first_call.wait()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await embedder.embed_query("still works")
+        assert counting_model.texts - texts_before < 160
+    finally:
+        await embedder.aclose()
