@@ -10,7 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from events_support import RunningEvents, start_events, stop_events
+from events_support import Janitor, RunningEvents, start_events, stop_events
 
 from amelia_common.settings import Settings
 
@@ -18,11 +18,21 @@ from amelia_common.settings import Settings
 @pytest.fixture
 async def events(settings: Settings) -> AsyncIterator[RunningEvents]:
     running = await start_events(settings)
-    yield running
-    await stop_events(running)
+    try:
+        yield running
+    finally:
+        await stop_events(running)
 
 
 @pytest.fixture
 def resource() -> str:
     """A subject no other test uses: `tests/<random>`."""
     return f"tests/{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+async def janitor() -> AsyncIterator[Janitor]:
+    """Services and tasks a test starts through it are stopped at teardown, pass or fail."""
+    j = Janitor()
+    yield j
+    await j.close()

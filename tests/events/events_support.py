@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from nats.js import JetStreamContext
@@ -168,3 +170,32 @@ async def follow(
         except grpc.aio.AioRpcError as exc:
             errors.append(exc.code())
             await asyncio.sleep(0.2)
+
+
+class Janitor:
+    """Stops what a test started (services, background tasks) even when the test fails, so a
+    failure never leaves a server or a task behind to hang the session."""
+
+    def __init__(self) -> None:
+        self.running: list[RunningEvents] = []
+        self.tasks: list[asyncio.Task[Any]] = []
+
+    async def start(self, settings: Settings) -> RunningEvents:
+        running = await start_events(settings)
+        self.running.append(running)
+        return running
+
+    def task(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro)
+        self.tasks.append(task)
+        return task
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        for running in self.running:
+            with contextlib.suppress(Exception):
+                await stop_events(running)

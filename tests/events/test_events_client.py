@@ -85,10 +85,11 @@ async def test_many_handlers_and_one_failing_never_stops_the_others(
 
 async def test_reader_history_then_live(event_log: EventLog, resource: str) -> None:
     stored = [await event_log.publish("run.token", resource, {"i": i}) for i in range(5)]
-    async with event_log.read(subject=resource, start=StartAt.beginning(), follow=False) as r:
+    history = event_log.read(subject=resource, start=StartAt.beginning(), follow=False)
+    async with history as r, asyncio.timeout(30):
         assert [e.id async for e in r] == [e.id for e in stored]
     reader = event_log.read(["run.*"], resource, StartAt.after(stored[2].sequence))
-    async with reader:
+    async with reader, asyncio.timeout(30):
         got = [await anext(reader), await anext(reader)]
         later = await event_log.publish("run.completed", resource)
         got.append(await anext(reader))
@@ -133,9 +134,11 @@ async def test_publish_waits_within_buffer_and_time_then_raises(
         await asyncio.sleep(1.0)
         assert log.stats.waiting == 3
         await asyncio.to_thread(private_nats.start)
-        stored = await asyncio.gather(*pending)
+        async with asyncio.timeout(30):
+            stored = await asyncio.gather(*pending)
         assert all(e.sequence > 0 for e in stored)
-        async with log.read(subject=resource, start=StartAt.beginning(), follow=False) as r:
+        history = log.read(subject=resource, start=StartAt.beginning(), follow=False)
+        async with history as r, asyncio.timeout(30):
             in_log = [e.id async for e in r]
         assert log.stats.published == 3
         # Stored once each; refused ones that never reached NATS are not in the log.

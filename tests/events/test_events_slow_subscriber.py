@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from events_support import RunningEvents, consumers_matching, wait_until
+from events_support import Janitor, RunningEvents, consumers_matching, wait_until
 
 from amelia.v1 import events_pb2
 from amelia_common.eventlog import EventReader
@@ -24,7 +24,9 @@ def rss_bytes() -> int:
     raise RuntimeError("no VmRSS")
 
 
-async def test_slow_subscriber_is_paced_not_buffered(events: RunningEvents, resource: str) -> None:
+async def test_slow_subscriber_is_paced_not_buffered(
+    events: RunningEvents, resource: str, janitor: Janitor
+) -> None:
     stub = events.stub
     servicer = events.svc.servicer
     assert servicer is not None
@@ -43,8 +45,8 @@ async def test_slow_subscriber_is_paced_not_buffered(events: RunningEvents, reso
             if delay:
                 await asyncio.sleep(delay)
 
-    slow = asyncio.create_task(read(slow_call, slow_got, SLOW_DELAY))
-    fast = asyncio.create_task(read(fast_call, fast_got, 0))
+    slow = janitor.task(read(slow_call, slow_got, SLOW_DELAY))
+    fast = janitor.task(read(fast_call, fast_got, 0))
     dotted = resource.replace("/", ".")
 
     async def both_open() -> bool:
@@ -69,7 +71,7 @@ async def test_slow_subscriber_is_paced_not_buffered(events: RunningEvents, reso
             peak_rss = max(peak_rss, rss_bytes())
             await asyncio.sleep(0.05)
 
-    sampler = asyncio.create_task(sample())
+    sampler = janitor.task(sample())
     for n in range(EVENTS):
         await events.log.publish("test.big", resource, {"n": n, "blob": BLOB})
     publishing_done.set()

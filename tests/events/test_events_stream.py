@@ -8,13 +8,12 @@ import uuid
 import grpc
 import pytest
 from events_support import (
+    Janitor,
     RunningEvents,
     collect,
     consumers_matching,
     list_all,
     publish,
-    start_events,
-    stop_events,
     wait_until,
 )
 
@@ -28,7 +27,7 @@ TOTAL = 10_000
 
 
 async def test_ten_thousand_events_from_concurrent_publishers_arrive_complete_in_order_once(
-    events: RunningEvents, settings: Settings
+    events: RunningEvents, settings: Settings, janitor: Janitor
 ) -> None:
     collection = f"c{uuid.uuid4().hex[:12]}"
     flt = events_pb2.EventFilter(subject=f"{collection}/*")
@@ -36,7 +35,7 @@ async def test_ten_thousand_events_from_concurrent_publishers_arrive_complete_in
     stream = events.stub.StreamEvents(
         events_pb2.StreamEventsRequest(filter=flt, after_sequence=start.sequence)
     )
-    receiving = asyncio.create_task(collect(stream, TOTAL, timeout=120))
+    receiving = janitor.task(collect(stream, TOTAL, timeout=120))
 
     # Several publishers, each on its own NATS connection, each publishing its share in order
     # (awaiting every acknowledgement) while all of them run at the same time.
@@ -145,19 +144,21 @@ async def test_client_cancel_deletes_its_consumer(events: RunningEvents, resourc
     for call in calls:
         call.cancel()
 
-    async def all_gone() -> bool:
-        return not await consumers_matching(js, stream, resource.split("/")[1])
-
-    await wait_until(all_gone)
     servicer = events.svc.servicer
     assert servicer is not None
-    assert not [r for r in servicer.readers if resource.replace("/", ".") in r.filters[0]]
+    dotted = resource.replace("/", ".")
+
+    async def all_gone() -> bool:
+        readers = [r for r in servicer.readers if dotted in r.filters[0]]
+        return not readers and not await consumers_matching(js, stream, resource.split("/")[1])
+
+    await wait_until(all_gone)
 
 
 async def test_shutdown_ends_open_streams_promptly_with_resume_hint(
-    settings: Settings, resource: str
+    settings: Settings, resource: str, janitor: Janitor
 ) -> None:
-    running = await start_events(settings)
+    running = await janitor.start(settings)
     stub = running.stub
     last = await publish(stub, "test.step", resource)
     flt = events_pb2.EventFilter(subject=resource)
@@ -183,4 +184,3 @@ async def test_shutdown_ends_open_streams_promptly_with_resume_hint(
         assert remaining == []
     finally:
         await nc.close()
-    await stop_events(running)

@@ -99,12 +99,17 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         finally:
             self.readers.discard(reader)
-        if self.stopping.is_set():
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE,
-                "the events service is shutting down; reconnect with "
-                f"after_sequence={reader.last_sequence} to continue without a gap",
-            )
+        if self.stopping.is_set() and not context.done():
+            try:
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "the events service is shutting down; reconnect with "
+                    f"after_sequence={reader.last_sequence} to continue without a gap",
+                )
+            except grpc.aio.AbortError:
+                raise
+            except Exception:  # noqa: BLE001 - the call ended meanwhile: nobody to tell
+                log.debug("stream closed before its shutdown status could be sent")
 
     async def ListEvents(
         self, request: events_pb2.ListEventsRequest, context: grpc.aio.ServicerContext
