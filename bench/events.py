@@ -223,13 +223,16 @@ async def run_readers(
     """Start every reader, wait until each is subscribed, produce, wait for all to finish."""
     readings = {name: Reading(name) for name in readers}
     readies = {name: asyncio.Event() for name in readers}
+    clock = time.perf_counter()  # replay: the clock runs from before the reader subscribes
     tasks = [
         asyncio.create_task(factory(subject, after, readings[name], total, readies[name]))
         for name, factory in readers.items()
     ]
     await asyncio.gather(*(e.wait() for e in readies.values()))
-    await asyncio.sleep(0.3)  # let every consumer settle before the clock starts
-    started = await produce() if produce is not None else time.perf_counter()
+    if produce is not None:
+        await asyncio.sleep(0.3)  # let every consumer settle before the clock starts
+        clock = await produce()
+    started = clock
     async with asyncio.timeout(120):
         await asyncio.gather(*tasks)
     return [(readings[name], started) for name in readers]

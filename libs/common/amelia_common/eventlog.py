@@ -620,6 +620,12 @@ _TRANSIENT = (
 Handler = Callable[[events_pb2.Event], Awaitable[None] | None]
 
 
+def _report_dispatch_end(task: asyncio.Task[None]) -> None:
+    """A subscription that ends on its own (not by unsubscribe/close) must not end silently."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("event subscription stopped", task=task.get_name(), error=repr(task.exception()))
+
+
 @dataclass
 class _Dispatcher:
     handlers: list[Handler] = field(default_factory=list)
@@ -841,6 +847,7 @@ class EventLog:
         dispatcher.task = asyncio.create_task(
             self._dispatch(dispatcher), name=f"eventlog-subscribe-{type_pattern}"
         )
+        dispatcher.task.add_done_callback(_report_dispatch_end)
 
     def unsubscribe(self, type_pattern: str, handler: Handler, *, subject: str = "") -> None:
         """Stop calling `handler`; the last handler's removal closes the subscription."""
