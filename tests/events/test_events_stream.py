@@ -184,3 +184,27 @@ async def test_shutdown_ends_open_streams_promptly_with_resume_hint(
         assert remaining == []
     finally:
         await nc.close()
+
+
+async def test_a_new_only_stream_is_subscribed_once_its_headers_arrive(
+    events: RunningEvents, resource: str
+) -> None:
+    """Awaiting the headers is the race-free way to subscribe to "only new" events."""
+    call = events.stub.StreamEvents(
+        events_pb2.StreamEventsRequest(filter=events_pb2.EventFilter(subject=resource))
+    )
+    try:
+        await asyncio.wait_for(call.initial_metadata(), 10)
+        published = await events.log.publish("system.warning", resource, {"n": 1})
+        reply = await asyncio.wait_for(call.read(), 10)
+        assert reply.event.sequence == published.sequence
+    finally:
+        call.cancel()
+
+
+async def test_every_call_carries_its_request_id(events: RunningEvents) -> None:
+    call = events.stub.ListEvents(
+        events_pb2.ListEventsRequest(page_size=1), metadata=(("x-request-id", "trace-7"),)
+    )
+    await call
+    assert ("x-request-id", "trace-7") in tuple(await call.trailing_metadata())

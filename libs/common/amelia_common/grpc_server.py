@@ -115,7 +115,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
     async def _enter(self, context: grpc.aio.ServicerContext, method: str, public: bool) -> str:
         request_id = _metadata_value(context, "x-request-id") or uuid.uuid4().hex
         structlog.contextvars.bind_contextvars(request_id=request_id, rpc=method)
-        await context.send_initial_metadata((("x-request-id", request_id),))
+        # Trailing, not initial, metadata: a streaming handler decides when its headers go out
+        # (StreamEvents sends them once it is subscribed).
+        context.set_trailing_metadata((("x-request-id", request_id),))
         if self._token and not public and token_from_metadata(context) != self._token:
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED,

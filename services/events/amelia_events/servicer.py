@@ -93,6 +93,10 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
         self.readers.add(reader)
         try:
             async with reader:
+                # Headers go out once the consumer exists, so a client that awaits them knows it
+                # is subscribed: nothing published after that moment can be missed.
+                await reader.open()
+                await context.send_initial_metadata(())
                 async for event in reader:
                     yield events_pb2.StreamEventsResponse(event=event)
         except EventLogUnavailableError as exc:
