@@ -8,6 +8,7 @@ Screenshots go to test-artifacts/dashboard/ (git-ignored).
 from __future__ import annotations
 
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,13 +32,18 @@ VIEWPORT = {"width": 1280, "height": 860}
 
 
 @pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    mesh = Mesh(tmp_path_factory.mktemp("dashboard"))
+def mesh() -> Iterator[Mesh]:
+    # Not under pytest's numbered temp dirs: other pytest sessions on this machine prune those
+    # while we run (the embedded PostgreSQL lost its data directory that way).
+    root = Path(tempfile.mkdtemp(prefix="amelia-dashboard-"))
+    root.chmod(0o755)  # the embedded PostgreSQL runs as its own user
+    mesh = Mesh(root)
     mesh.start()
     try:
         yield mesh
     finally:
         mesh.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

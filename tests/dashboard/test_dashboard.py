@@ -77,6 +77,15 @@ def output_text(page: Page) -> str:
     return text
 
 
+def expect_output(page: Page, expected: str, timeout: float = 30_000) -> None:
+    """Wait until the run's output is exactly `expected` (tokens are written once per frame)."""
+    page.wait_for_function(
+        "(expected) => document.querySelector('#run-output pre').textContent === expected",
+        arg=expected,
+        timeout=timeout,
+    )
+
+
 def expect_status(page: Page, status: str, timeout: float = 60_000) -> None:
     expect(page.locator(f"#run-status [data-status={status}]")).to_be_visible(timeout=timeout)
 
@@ -152,7 +161,7 @@ def test_run_streams_its_tokens_and_lights_its_nodes(page: Page, artifacts: Path
 
     expect_status(page, "RUN_STATUS_COMPLETED")
     expect(page.locator("[data-node=echo][data-state=done]")).to_be_visible()
-    assert output_text(page) == message
+    expect_output(page, message)
     shifts = page.evaluate("window.__shifts")
     assert sum(shifts) < 0.01, f"layout shifted while streaming: {shifts}"
     expect(page.locator("#run-activity")).to_contain_text("run.completed")
@@ -178,7 +187,7 @@ def test_paused_run_asks_its_question_and_resumes_with_the_answer(
     page.click("#answer-send")
     expect_status(page, "RUN_STATUS_COMPLETED")
     expect(page.locator("#question")).to_have_count(0)
-    assert output_text(page) == "Plan: ship the dashboard \nanswer was yes, after lunch"
+    expect_output(page, "Plan: ship the dashboard \nanswer was yes, after lunch")
     expect(page.locator("[data-node=finish][data-state=done]")).to_be_visible()
     shot(page, artifacts, "06-run-resumed")
 
@@ -193,7 +202,7 @@ def test_run_of_an_agent_made_in_the_dashboard(page: Page) -> None:
     page.wait_for_selector('#run-target option[value="agents/greeter"]', state="attached")
     start_run(page, "agents/greeter", {"message": "hi"})
     expect_status(page, "RUN_STATUS_COMPLETED")
-    assert output_text(page) == "Hello from the greeter agent"
+    expect_output(page, "Hello from the greeter agent")
     # The agent graph is not listed; its node shows up when it starts.
     expect(page.locator("#run-nodes .node[data-state=done]")).to_have_count(1)
     expect(page.locator("#run-target")).to_have_text("agents/greeter")
@@ -233,7 +242,7 @@ def test_browse_runs_and_replay_one(page: Page, artifacts: Path) -> None:
     expect(page.locator("#run-replay")).to_have_text("Skip to end")
     shot(page, artifacts, "09-run-replaying")
     expect(page.locator("#run-replay")).to_have_text("Replay", timeout=30_000)
-    assert output_text(page) == "\n".join(ECHO_LINES)
+    expect_output(page, "\n".join(ECHO_LINES))
     expect_status(page, "RUN_STATUS_COMPLETED")
 
 
@@ -294,7 +303,7 @@ A kettle boils water. Descale it with vinegar when limescale builds up on the el
 
 
 def test_upload_by_drag_and_drop_then_find_by_search(
-    page: Page, artifacts: Path, tmp_path: Path
+    page: Page, mesh: Mesh, artifacts: Path
 ) -> None:
     page.goto("/#/documents")
     expect(page.locator("#docs-table")).to_be_visible()
@@ -311,7 +320,7 @@ def test_upload_by_drag_and_drop_then_find_by_search(
         ["zebras.md", ZEBRAS],
     )
     # The file picker (keyboard users' way in).
-    kettles = tmp_path / "kettles.md"
+    kettles = mesh.root / "kettles.md"
     kettles.write_text(KETTLES)
     with page.expect_file_chooser() as chooser:
         page.click("#choose-files")
@@ -370,6 +379,9 @@ def test_gateway_restart_mid_run_resumes_without_gap_or_duplicate(
     assert page.evaluate("window.amelia.socket.connects") == connects + 2
 
     expect_status(page, "RUN_STATUS_COMPLETED")
+    page.wait_for_function(
+        "(n) => document.querySelector('#run-output pre').textContent.length >= n", arg=len(message)
+    )
     text = output_text(page)
     assert text.split("\n") == lines  # every line, once, in order
     assert text == message

@@ -187,25 +187,31 @@ export class OutputView {
 
   _write(text) {
     while (text) {
-      const index = this.pages.length - 1;
-      const page = this.pages[index];
-      const room = this.pageChars - page.text.length;
-      if (room <= 0) {
-        this._newPage("");
-        continue;
+      const room = this.pageChars - this.pages[this.pages.length - 1].text.length;
+      if (text.length <= room) {
+        this._appendToPage(text);
+        return;
       }
-      let piece = text;
-      if (piece.length > room) {
-        // Prefer to end a page at a line break inside the last quarter of the room.
-        const cut = piece.lastIndexOf("\n", room);
-        piece = piece.slice(0, cut > room * 0.75 ? cut + 1 : room);
+      // The text overflows this page: end the page at a line break (pages are blocks, so a
+      // cut inside a line would show as a break): the last one that fits, else the next one
+      // if it comes soon, else cut where the page is full.
+      let cut = text.lastIndexOf("\n", room - 1);
+      if (cut < 0) {
+        const next = text.indexOf("\n", Math.max(room, 0));
+        cut = next >= 0 && next - room < this.pageChars / 4 ? next : Math.max(room - 1, 0);
       }
-      text = text.slice(piece.length);
-      page.text += piece;
-      this.totalChars += piece.length;
-      const el = this.pageEls.get(index);
-      if (el) el.textNode.appendData(piece);
+      this._appendToPage(text.slice(0, cut + 1));
+      text = text.slice(cut + 1);
+      this._newPage("");
     }
+  }
+
+  _appendToPage(piece) {
+    const index = this.pages.length - 1;
+    this.pages[index].text += piece;
+    this.totalChars += piece.length;
+    const el = this.pageEls.get(index);
+    if (el) el.textNode.appendData(piece);
   }
 
   _newPage(label) {
