@@ -9,11 +9,13 @@ whole session) never take these runs.
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import grpc
 import pytest
 from agents_fake_llm import FakeAnthropic, fake_anthropic, fake_openai
+from agents_helpers import WorkerProcess
 from local_model import local_model
 from workflows_support import CLAUDE_CODE_TIMEOUT, STAND_IN, CodeEnv
 
@@ -28,6 +30,9 @@ from amelia_rag.server import build_service as build_rag
 __all__ = ["fake_anthropic", "fake_openai"]  # fixtures from tests/agents_fake_llm.py
 
 QUEUE = "AMELIA_RUNS_WORKFLOWS"
+# Runs executed by worker processes (to SIGKILL) go through another queue.
+DURABLE_QUEUE = "AMELIA_RUNS_WORKFLOWS_DURABLE"
+DURABLE_ACK_WAIT = 2
 
 
 @pytest.fixture(scope="session")
@@ -104,3 +109,52 @@ async def agents(workflows_settings: Settings) -> AsyncIterator[agents_pb2_grpc.
     yield agents_pb2_grpc.AgentServiceStub(channel)
     await channel.close()
     await service.stop(1.0)
+
+
+@pytest.fixture
+async def durable_api(
+    workflows_settings: Settings,
+) -> AsyncIterator[agents_pb2_grpc.AgentServiceStub]:
+    """An agents service with no workers of its own: worker processes run its runs."""
+    settings = workflows_settings.model_copy(
+        update={
+            "AGENT_WORKERS": 0,
+            "RUNS_QUEUE_STREAM": DURABLE_QUEUE,
+            "RUN_ACK_WAIT_SECONDS": DURABLE_ACK_WAIT,
+        }
+    )
+    service = await build_agents(settings)
+    port = await service.start()
+    async with aio_channel(f"127.0.0.1:{port}", settings) as channel:
+        yield agents_pb2_grpc.AgentServiceStub(channel)
+    await service.stop(1.0)
+
+
+@pytest.fixture
+async def start_worker(
+    workflows_settings: Settings, tmp_path: Path
+) -> AsyncIterator[Callable[[str], WorkerProcess]]:
+    """Starts `python -m amelia_agents.worker` processes for `durable_api`'s queue, with the
+    same model, RAG and Claude Code settings as the in-process workers; stops them at the end."""
+    s = workflows_settings
+    env = {
+        "RUNS_QUEUE_STREAM": DURABLE_QUEUE,
+        "RUN_ACK_WAIT_SECONDS": str(DURABLE_ACK_WAIT),
+        "RAG_ADDRESS": s.RAG_ADDRESS,
+        "ANTHROPIC_API_KEY": s.ANTHROPIC_API_KEY.get_secret_value(),
+        "ANTHROPIC_BASE_URL": s.ANTHROPIC_BASE_URL,
+        "CLAUDE_CODE_PATH": s.CLAUDE_CODE_PATH,
+        "CLAUDE_CODE_TIMEOUT": str(s.CLAUDE_CODE_TIMEOUT),
+        "GIT_WORKTREE_DIR": str(s.worktree_dir),
+        "CODE_ALLOWED_ROOTS": ",".join(str(p) for p in s.CODE_ALLOWED_ROOTS),
+    }
+    started: list[WorkerProcess] = []
+
+    def start(name: str) -> WorkerProcess:
+        worker = WorkerProcess(s, tmp_path / f"{name}.log", env=env)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        await worker.stop()

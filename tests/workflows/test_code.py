@@ -8,12 +8,23 @@ import asyncio
 import json
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeAlias
 
 import grpc
 import pytest
-from agents_helpers import S, collect, create_run, data, rpc_error, tokens, types, wait_status
+from agents_helpers import (
+    S,
+    WorkerProcess,
+    collect,
+    create_run,
+    data,
+    rpc_error,
+    tokens,
+    types,
+    wait_status,
+)
 from google.protobuf import json_format
 from workflows_support import CLAUDE_CODE_TIMEOUT, CodeEnv, git, make_repository
 
@@ -43,6 +54,7 @@ def alive(pid: int) -> bool:
 def worktrees(code_env: CodeEnv, repository: Path) -> list[Path]:
     if not code_env.worktrees.exists():
         return []
+    # Worktrees, and the `.pgid` notes of CLIs still to stop next to them.
     return sorted(code_env.worktrees.glob(f"{repository.name}-*"))
 
 
@@ -172,14 +184,42 @@ async def test_cancel_kills_the_cli_and_its_children_and_removes_the_worktree(
     pidfile = tmp_path / "pids"
     run = await code_run(agents, repository, {"pidfile": str(pidfile)})
     pids = await _started(agents, run, pidfile)
-    [worktree] = worktrees(code_env, repository)
+    [worktree, pgid_note] = worktrees(code_env, repository)
+    assert pgid_note.name == f"{worktree.name}.pgid"
     cancelled = (await agents.CancelRun(S.CancelRunRequest(name=run.name))).run
     assert cancelled.status == S.RUN_STATUS_CANCELLED
-    await _gone(pids, [worktree])
+    await _gone(pids, [worktree, pgid_note])
     events = await collect(agents, run.name)
     assert types(events)[-1] == "run.cancelled"
     assert any("stand-in: working" in d["text"] for d in data(events, "run.tool.output"))
     assert "amelia/" not in git(repository, "branch", "--list")
+
+
+async def test_a_cli_left_by_a_killed_worker_is_killed_by_the_next_attempt(
+    durable_api: Stub,
+    start_worker: Callable[[str], WorkerProcess],
+    code_env: CodeEnv,
+    repository: Path,
+    tmp_path: Path,
+) -> None:
+    """A SIGKILLed worker cannot stop its CLI; the worker that takes the run over does, then
+    runs it again in a fresh worktree."""
+    pidfile = tmp_path / "pids"
+    first = start_worker("worker1")
+    await first.ready()
+    run = await code_run(
+        durable_api, repository, {"pidfile": str(pidfile), "once": True, "write": "x.txt"}
+    )
+    pids = await _started(durable_api, run, pidfile)
+    [worktree, _] = worktrees(code_env, repository)
+    await start_worker("worker2").ready()
+    first.kill()
+    assert all(alive(p) for p in pids), "the scenario needs the CLI orphaned"
+    done = await wait_status(durable_api, run.name, S.RUN_STATUS_COMPLETED, timeout=60)
+    assert done.attempt == 2
+    await _gone(pids, [worktree])
+    assert done.output["changed_files"] == ["x.txt"]
+    assert worktrees(code_env, repository) == []
 
 
 async def test_the_timeout_kills_the_cli_and_its_children(
@@ -195,7 +235,7 @@ async def test_the_timeout_kills_the_cli_and_its_children(
     )
     await _gone(pids, [])
     # Kept as asked, whatever the outcome: what the CLI did can be looked at.
-    [worktree] = worktrees(code_env, repository)
+    [worktree] = worktrees(code_env, repository)  # (the CLI is gone: no .pgid note)
     assert exists(worktree)
     git(repository, "worktree", "remove", "--force", str(worktree))
 

@@ -6,23 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any, TypeAlias
 
-import pytest
 from agents_fake_llm import FakeAnthropic
 from agents_helpers import S, WorkerProcess, collect, create_run, data, types, wait_status
 from google.protobuf import json_format, struct_pb2
 
 from amelia.v1 import agents_pb2_grpc
-from amelia_agents.server import build_service as build_agents
-from amelia_common.grpc_client import aio_channel
-from amelia_common.settings import Settings
 
 Stub: TypeAlias = agents_pb2_grpc.AgentServiceStub
 REQUEST = "Add a dark theme to the dashboard"
-DURABLE_QUEUE = "AMELIA_RUNS_WORKFLOWS_DURABLE"
 
 
 def step_models(prefix: str = "transcript") -> dict[str, str]:
@@ -165,32 +159,6 @@ async def _wait_attempt_paused(stub: Stub, name: str) -> S.Run:
 # Durability ---------------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def api(infra: object, events_address: str) -> AsyncIterator[Stub]:
-    """An agents service with no workers of its own: the worker processes run the plans."""
-    settings: Settings = infra.settings(  # type: ignore[attr-defined]
-        EVENTS_ADDRESS=events_address,
-        AGENT_WORKERS=0,
-        RUNS_QUEUE_STREAM=DURABLE_QUEUE,
-        RUN_ACK_WAIT_SECONDS=2,
-    )
-    service = await build_agents(settings)
-    port = await service.start()
-    async with aio_channel(f"127.0.0.1:{port}", settings) as channel:
-        yield agents_pb2_grpc.AgentServiceStub(channel)
-    await service.stop(1.0)
-
-
-def worker(settings: Settings, fake: FakeAnthropic, log: Path) -> WorkerProcess:
-    env = {
-        "RUNS_QUEUE_STREAM": DURABLE_QUEUE,
-        "RUN_ACK_WAIT_SECONDS": "2",
-        "ANTHROPIC_API_KEY": "sk-ant-test-key",
-        "ANTHROPIC_BASE_URL": fake.url,
-    }
-    return WorkerProcess(settings, log, env=env)
-
-
 async def _wait_calls(fake: FakeAnthropic, model: str, count: int) -> None:
     for _ in range(1200):
         if len(calls(fake, model)) >= count:
@@ -200,15 +168,14 @@ async def _wait_calls(fake: FakeAnthropic, model: str, count: int) -> None:
 
 
 async def test_sigkill_of_the_worker_while_paused_or_mid_design_loses_nothing(
-    api: Stub, infra: object, fake_anthropic: FakeAnthropic, tmp_path: Path
+    durable_api: Stub, start_worker: Callable[[str], WorkerProcess], fake_anthropic: FakeAnthropic
 ) -> None:
     """One worker runs plan A to its pause and plan B into its design call (held open by the
     fake model), and is SIGKILLed. A second worker finishes both: A's steps are not run again,
     B re-runs only design."""
-    settings: Settings = infra.settings()  # type: ignore[attr-defined]
+    api = durable_api
     key = uuid.uuid4().hex[:8]
-    first = worker(settings, fake_anthropic, tmp_path / "worker1.log")
-    second: WorkerProcess | None = None
+    first = start_worker("worker1")
     try:
         await first.ready()
         models_a = step_models()
@@ -220,8 +187,7 @@ async def test_sigkill_of_the_worker_while_paused_or_mid_design_loses_nothing(
         stream_b = asyncio.create_task(collect(api, run_b.name, timeout=120))
         await _wait_calls(fake_anthropic, models_b["design"], 1)  # design is mid-stream
 
-        second = worker(settings, fake_anthropic, tmp_path / "worker2.log")
-        await second.ready()
+        await start_worker("worker2").ready()
         first.kill()
         fake_anthropic.release(key)
 
@@ -273,6 +239,3 @@ async def test_sigkill_of_the_worker_while_paused_or_mid_design_loses_nothing(
         ]
     finally:
         fake_anthropic.release(key)
-        if second is not None:
-            await second.stop()
-        await first.stop()

@@ -42,7 +42,7 @@ if spec.get("commit"):
     subprocess.run(["git", "add", "-A"], check=True)
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com",
                     "commit", "-qm", "stand-in commit"], check=True)
-if spec.get("pidfile"):
+if spec.get("pidfile") and not (spec.get("once") and os.path.exists(spec["pidfile"])):
     child = subprocess.Popen(["sleep", "120"])
     with open(spec["pidfile"] + ".tmp", "w") as f:
         f.write(f"{os.getpid()} {child.pid}")

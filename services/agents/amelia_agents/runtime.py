@@ -207,11 +207,13 @@ async def run_process(
     timeout: float | None = None,
     tool: str = "process",
     on_line: LineHandler | None = None,
+    on_start: Callable[[int], None] | None = None,
 ) -> ProcessResult:
     """Run `argv`, streaming its output lines as `run.tool.output` events.
 
     Each event says which `stream` (stdout or stderr) the line came from; `on_line(stream,
-    line)` sees every line too (a node parsing a tool's output, e.g. JSON lines, uses it).
+    line)` sees every line too (a node parsing a tool's output, e.g. JSON lines, uses it);
+    `on_start(pid)` gets the process id (= its process group id) as soon as it runs.
     The process gets its own session (process group), so cancelling the run, or `timeout`,
     kills it and every child it started. A timeout raises `TimeoutError`.
     """
@@ -226,6 +228,8 @@ async def run_process(
         start_new_session=True,
         limit=MAX_LINE_BYTES,
     )
+    if on_start is not None:
+        on_start(proc.pid)
     lines: list[str] = []
 
     async def pump(reader: asyncio.StreamReader | None, stream: str) -> None:

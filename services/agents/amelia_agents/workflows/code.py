@@ -18,6 +18,8 @@ request in a fresh git worktree of the repository, streaming what it prints.
   stderr lines.
 - Afterwards the worktree is removed, or kept when `keep_worktree` is true (whatever the run's
   outcome); the output names the worktree, its branch, the files changed and the commits made.
+- A worker that dies mid-run cannot kill the CLI: the next attempt does (see `worktree`), then
+  starts again in a fresh worktree.
 """
 
 from __future__ import annotations
@@ -234,6 +236,7 @@ async def code(state: CodeState) -> dict[str, Any]:
                 timeout=settings.CLAUDE_CODE_TIMEOUT,
                 tool=TOOL,
                 on_line=output.on_line,
+                on_start=tree.record_process,
             )
         except TimeoutError:
             raise CodeError(
@@ -244,6 +247,8 @@ async def code(state: CodeState) -> dict[str, Any]:
     finally:
         # Also on failure, timeout and cancel; shielded so a second cancel cannot leave it half
         # done.
+        if keep:
+            tree.forget_process()
         branch_kept = True if keep else await asyncio.shield(tree.remove())
         runtime.emit(
             "workflow.progress",

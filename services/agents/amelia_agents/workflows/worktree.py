@@ -3,8 +3,11 @@ agent never touches the user's working copy.
 
 A worktree lives at `GIT_WORKTREE_DIR/<repo>-<run uuid>` on branch `amelia/<run uuid>`, made
 from the base commit. Creating it again (a worker died and another picks the run up) first
-removes what the earlier attempt left. Removing it deletes the branch too, unless the branch got
-commits: those are kept (and reported), so removing a worktree never throws work away.
+removes what the earlier attempt left, including its CLI if it still runs: a SIGKILLed worker
+cannot kill its CLI's process group, so the group is recorded next to the worktree
+(`<worktree>.pgid`, Linux) and killed by the next attempt. Removing a worktree deletes the branch
+too, unless the branch got commits: those are kept (and reported), so removing a worktree never
+throws work away.
 """
 
 from __future__ import annotations
@@ -13,10 +16,35 @@ import asyncio
 import contextlib
 import os
 import shutil
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
 from amelia_agents import runtime
+
+
+def _start_time(pid: int) -> int | None:
+    """When `pid` started (clock ticks since boot, from /proc), None if unknown or gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def kill_left_group(pgid: int, start: int) -> bool:
+    """SIGKILL the process group an earlier attempt's CLI led (leader `pgid`, started at
+    `start`). Linux does not reuse a pid still in use as a group id, so if the leader is gone
+    the group's members are still the CLI's; if a process with that pid lives but started at
+    another time, the pid was reused and nothing is killed."""
+    leader = _start_time(pgid)
+    if leader is not None and leader != start:
+        return False
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
 
 
 class CodeError(runtime.NodeError):
@@ -82,8 +110,32 @@ class Worktree:
             await git(["branch", "-D", self.branch], self.repository)
         return False
 
+    @property
+    def pgid_file(self) -> Path:
+        return self.path.with_name(self.path.name + ".pgid")
+
+    def record_process(self, pid: int) -> None:
+        """Note the CLI's process group (its pid: it leads its own session) and start time."""
+        start = _start_time(pid)
+        if start is not None:
+            self.pgid_file.write_text(f"{pid} {start}\n")
+
+    def forget_process(self) -> None:
+        """The CLI is over (its group was killed with it): nothing left to stop later."""
+        self.pgid_file.unlink(missing_ok=True)
+
+    def _stop_left_process(self) -> None:
+        try:
+            pgid, start = (int(v) for v in self.pgid_file.read_text().split())
+        except (OSError, ValueError):
+            return
+        kill_left_group(pgid, start)
+        self.pgid_file.unlink(missing_ok=True)
+
     async def _discard(self) -> None:
-        """Remove the worktree directory and git's record of it, whatever state they are in."""
+        """Remove the worktree directory and git's record of it, whatever state they are in,
+        after stopping a CLI an earlier attempt left running in it."""
+        await asyncio.to_thread(self._stop_left_process)
         with contextlib.suppress(CodeError):
             await git(["worktree", "remove", "--force", "--force", str(self.path)], self.repository)
         if self.path.exists():
