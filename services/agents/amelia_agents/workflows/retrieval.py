@@ -23,6 +23,8 @@ from amelia_common.grpc_client import aio_channel
 
 ALL_DOCUMENTS = "documents/*"
 SEARCH_TIMEOUT_SECONDS = 30.0
+# The RAG service refuses longer queries (8192); the embedding model reads far less anyway.
+MAX_QUERY_CHARS = 8000
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 
 
@@ -46,7 +48,7 @@ def check_sources(sources: Any, path: str = "context_sources") -> list[str]:
 
 def search_request(query: str, sources: list[str], top_k: int) -> rag_pb2.SearchRequest:
     documents = [] if ALL_DOCUMENTS in sources else list(dict.fromkeys(sources))
-    return rag_pb2.SearchRequest(query=query, top_k=top_k, documents=documents)
+    return rag_pb2.SearchRequest(query=query[:MAX_QUERY_CHARS], top_k=top_k, documents=documents)
 
 
 def passage(index: int, hit: rag_pb2.SearchHit) -> dict[str, Any]:
