@@ -35,7 +35,7 @@ Stub: TypeAlias = agents_pb2_grpc.AgentServiceStub
 
 @pytest.fixture
 def repository(code_env: CodeEnv) -> Path:
-    return make_repository(code_env.allowed / f"repo-{uuid.uuid4().hex[:8]}")
+    return make_repository(code_env.allowed / f"repo-{uuid.uuid4().hex[:8]}").resolve()
 
 
 def alive(pid: int) -> bool:
@@ -146,6 +146,20 @@ async def test_a_base_ref_starts_the_worktree_there(
     run = await code_run(agents, repository, {"record": str(record)}, base_ref=first[:10])
     done = await wait_status(agents, run.name, S.RUN_STATUS_COMPLETED)
     assert done.output["base"] == first
+    assert "later.txt" not in git(repository, "show", "--name-only", "--format=", first)
+
+
+async def test_a_subdirectory_of_a_repository_is_where_the_cli_starts(
+    agents: Stub, repository: Path, tmp_path: Path
+) -> None:
+    (repository / "docs").mkdir()
+    record = tmp_path / "record.json"
+    run = await code_run(agents, repository / "docs", {"record": str(record), "write": "a.md"})
+    done = await wait_status(agents, run.name, S.RUN_STATUS_COMPLETED)
+    assert done.output["repository"] == str(repository)
+    cwd = Path(json.loads(record.read_text())["cwd"])
+    assert cwd == Path(done.output["worktree"]) / "docs"
+    assert done.output["changed_files"] == ["docs/a.md"]
 
 
 def exists(path: Path) -> bool:
