@@ -219,8 +219,6 @@ async def code(state: CodeState) -> dict[str, Any]:
         )
     tree, cwd = await _prepare(request, settings, ctx.run)
     await tree.create()
-    # A subdirectory without tracked files is not checked out; the CLI still starts there.
-    await asyncio.to_thread(cwd.mkdir, parents=True, exist_ok=True)
     runtime.emit(
         "workflow.progress",
         {"step": "worktree", "action": "created", "path": str(tree.path), "branch": tree.branch},
@@ -230,6 +228,8 @@ async def code(state: CodeState) -> dict[str, Any]:
     files: list[str] = []
     commits: list[str] = []
     try:
+        # A subdirectory without tracked files is not checked out; the CLI still starts there.
+        await asyncio.to_thread(cwd.mkdir, parents=True, exist_ok=True)
         try:
             result = await runtime.run_process(
                 claude_argv(cli, request),

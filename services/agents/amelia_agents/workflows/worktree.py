@@ -136,8 +136,11 @@ class Worktree:
         """Remove the worktree directory and git's record of it, whatever state they are in,
         after stopping a CLI an earlier attempt left running in it."""
         await asyncio.to_thread(self._stop_left_process)
-        with contextlib.suppress(CodeError):
+        try:
             await git(["worktree", "remove", "--force", "--force", str(self.path)], self.repository)
+            return
+        except CodeError:
+            pass  # not a worktree (any more), or half made: clean up by hand
         if self.path.exists():
             await asyncio.to_thread(shutil.rmtree, self.path, True)
         with contextlib.suppress(CodeError):
