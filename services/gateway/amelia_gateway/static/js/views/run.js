@@ -87,6 +87,7 @@ export function mount(main, ctx, [runId]) {
     h("option", { value: "1" }, "1×"), h("option", { value: "4" }, "4×"),
     h("option", { value: "20", selected: true }, "20×"), h("option", { value: "0" }, "Instant"));
   const meta = h("div", { class: "run-meta", id: "run-meta" });
+  const targetLabel = h("span", { class: "mono muted", id: "run-target" }, "");
   const notices = h("div", { "aria-live": "polite", id: "run-notices" });
   const nodesList = h("ol", { class: "nodes", id: "run-nodes", "aria-label": "Workflow nodes" });
   const output = new OutputView({ label: "Run output", placeholder: "Waiting for tokens…" });
@@ -102,7 +103,7 @@ export function mount(main, ctx, [runId]) {
     h("a", { href: "#/runs", class: "back" }, "← Runs"),
     h("div", { class: "run-head" },
       h("h1", {}, `Run ${runId.slice(0, 8)}`), badgeSlot,
-      h("span", { class: "mono muted", id: "run-target" }, ""),
+      targetLabel,
       h("span", { class: "spacer" }),
       h("div", { class: "replay-bar" }, speed, replayButton), cancelButton),
     meta,
@@ -154,7 +155,7 @@ export function mount(main, ctx, [runId]) {
       ["Attempt", run.attempt > 1 ? String(run.attempt) : ""],
     ].filter(([, value]) => value);
     meta.replaceChildren(...items.map(([label, value]) => h("span", {}, `${label} `, h("b", {}, value))));
-    main.querySelector("#run-target").textContent = run.workflow || run.agent || "";
+    targetLabel.textContent = run.workflow || run.agent || "";
   }
 
   function renderNodes() {
@@ -315,6 +316,7 @@ export function mount(main, ctx, [runId]) {
   async function refreshRun({ retry = false } = {}) {
     try {
       const response = await ctx.api.getRun(name);
+      if (stopped) return null;
       if (retry) notices.replaceChildren();
       state.run = response.run;
       if (!state.replaying) setStatus(state.run.status);

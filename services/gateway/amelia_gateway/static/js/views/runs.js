@@ -201,18 +201,21 @@ export function mount(main, ctx) {
   );
 
   let stopped = false;
-  let targetsLoaded = false;
+  let targets = "idle"; // "loading" | "loaded" | "failed": reload only after a failure
   const tokens = [""]; // page tokens of the pages seen, for "Newer"
   let page = 0;
 
   async function loadTargets() {
+    if (targets === "loading" || targets === "loaded") return;
+    targets = "loading";
     try {
       const [workflows, agents] = await Promise.all([ctx.api.listWorkflows(), ctx.api.listAgents()]);
       if (stopped) return;
-      const targets = { workflows: workflows.workflows || [], agents: agents.agents || [] };
-      formSlot.replaceChildren(startForm(ctx, targets, () => {}));
-      targetsLoaded = true;
+      const found = { workflows: workflows.workflows || [], agents: agents.agents || [] };
+      formSlot.replaceChildren(startForm(ctx, found, () => {}));
+      targets = "loaded";
     } catch (error) {
+      targets = "failed";
       if (!stopped) formSlot.replaceChildren(errorNotice(error));
     }
   }
@@ -253,7 +256,10 @@ export function mount(main, ctx) {
   prev.addEventListener("click", () => { page = Math.max(0, page - 1); loadRuns(); });
 
   const agentSlot = main.querySelector("#agent-slot");
-  agentSlot.append(agentForm(ctx, () => loadTargets()));
+  agentSlot.append(agentForm(ctx, () => {
+    targets = "failed"; // a new agent: load the list again
+    loadTargets();
+  }));
 
   const subscription = ctx.socket.subscribe(
     { filter: { types: LIFECYCLE, subject: "runs/*" }, since: "now" },
@@ -262,7 +268,7 @@ export function mount(main, ctx) {
       // Also after a reconnect: catch up on what changed, and load the form if it failed.
       onSubscribed() {
         refresh();
-        if (!targetsLoaded) loadTargets();
+        if (targets === "failed") loadTargets();
       },
     },
   );

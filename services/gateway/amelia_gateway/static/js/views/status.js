@@ -46,7 +46,8 @@ const GATEWAY_FIELDS = [
 ];
 
 export function mount(main, ctx) {
-  const overall = h("span", { class: "badge idle", id: "overall" }, "…");
+  // The overall badge lives in this slot; the screen never looks things up through `main`.
+  const overall = h("span", { id: "overall-slot" }, h("span", { class: "badge idle", id: "overall" }, "…"));
   const updated = h("span", { class: "muted", "aria-live": "off" }, "");
   const body = h("div", { id: "status-body" }, h("p", { class: "empty" }, "Asking the gateway…"));
   main.append(
@@ -67,7 +68,7 @@ export function mount(main, ctx) {
       if (stopped || error.name === "AbortError") return;
       const next = error.httpStatus === 401 ? badge("UNAUTHENTICATED") : badge("UNREACHABLE");
       next.id = "overall";
-      main.querySelector("#overall").replaceWith(next);
+      overall.replaceChildren(next);
       body.replaceChildren(errorNotice(error));
     }
     if (!stopped) timer = setTimeout(refresh, POLL_MS);
@@ -76,7 +77,7 @@ export function mount(main, ctx) {
   function render(status) {
     const next = badge(status.status);
     next.id = "overall";
-    main.querySelector("#overall").replaceWith(next);
+    overall.replaceChildren(next);
     const services = Object.entries(status.services || {});
     const cards = services.map(([name, report]) =>
       h("article", { class: "card service-card", "aria-label": `${name} service`, dataset: { service: name } },
