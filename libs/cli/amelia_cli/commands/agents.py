@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sys
 
@@ -176,15 +177,22 @@ def run(
     text: str = typer.Argument(..., help="The input message."),
     thread: str = typer.Option("", help="Thread to continue (threads/<id>)."),
     input_json: str = typer.Option("", "--input", help="Full input as JSON instead of TEXT."),
+    repo: str = typer.Option(
+        "", "--repo", help="Repository for the code workflow (default: the current directory)."
+    ),
 ) -> None:
     """Start a run and stream its tokens; Ctrl-C cancels it."""
+    repository = os.path.abspath(repo or ".")
 
     async def go() -> agents_pb2.Run:
         async with agents() as stub:
             spec = await _target(stub, target)
             if thread:
                 spec.thread = resource("threads", thread)
-            spec.input.update(json.loads(input_json) if input_json else {"message": text})
+            run_input = json.loads(input_json) if input_json else {"message": text}
+            if repo or (spec.workflow == "workflows/code" and "repository" not in run_input):
+                run_input["repository"] = repository
+            spec.input.update(run_input)
             created = (await stub.CreateRun(agents_pb2.CreateRunRequest(run=spec))).run
             console.print(f"[dim]{created.name} in {created.thread}[/dim]")
             follow = asyncio.create_task(_follow(stub, created.name))
