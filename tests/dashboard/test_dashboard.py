@@ -72,17 +72,21 @@ def start_run(page: Page, target: str, fields: dict[str, str]) -> str:
     return page.url.rsplit("/", 1)[-1]
 
 
+# The streamed text of the run's output: its pages' text, without the section labels.
+OUTPUT_JS = """() => [...document.querySelectorAll('#run-output .page')]
+  .map((page) => [...page.childNodes].filter((n) => n.nodeType === 3).map((n) => n.data).join(''))
+  .join('')"""
+
+
 def output_text(page: Page) -> str:
-    text: str = page.evaluate("document.querySelector('#run-output pre').textContent")
+    text: str = page.evaluate(OUTPUT_JS)
     return text
 
 
 def expect_output(page: Page, expected: str, timeout: float = 30_000) -> None:
     """Wait until the run's output is exactly `expected` (tokens are written once per frame)."""
     page.wait_for_function(
-        "(expected) => document.querySelector('#run-output pre').textContent === expected",
-        arg=expected,
-        timeout=timeout,
+        f"(expected) => ({OUTPUT_JS})() === expected", arg=expected, timeout=timeout
     )
 
 
@@ -181,6 +185,7 @@ def test_paused_run_asks_its_question_and_resumes_with_the_answer(
     expect_status(page, "RUN_STATUS_PAUSED")
     expect(page.locator("[data-node=approve][data-state=waiting]")).to_be_visible()
     expect(page.locator("[data-node=draft][data-state=done]")).to_be_visible()
+    expect(page.locator("#run-output .marker")).to_have_count(0)
     shot(page, artifacts, "05-run-paused")
 
     page.fill("#answer", "yes, after lunch")
@@ -188,8 +193,27 @@ def test_paused_run_asks_its_question_and_resumes_with_the_answer(
     expect_status(page, "RUN_STATUS_COMPLETED")
     expect(page.locator("#question")).to_have_count(0)
     expect_output(page, "Plan: ship the dashboard \nanswer was yes, after lunch")
+    # The second node's tokens start a section labelled with the node.
+    expect(page.locator("#run-output .marker")).to_have_text("finish")
     expect(page.locator("[data-node=finish][data-state=done]")).to_be_visible()
-    shot(page, artifacts, "06-run-resumed")
+    shot(page, artifacts, "07-run-resumed")
+
+
+def test_plan_workflow_shows_the_design_to_approve(page: Page, artifacts: Path) -> None:
+    # The built-in plan workflow with the offline model: discovery and design echo the request,
+    # then the run waits for approval of the design.
+    start_run(page, "workflows/plan", {"message": "Add a dark theme", "model": "offline:echo"})
+    expect(page.locator("#question")).to_contain_text("Approve this design")
+    expect(page.locator(".question-detail[data-key=design] pre")).to_contain_text(
+        "Add a dark theme"
+    )
+    expect(page.locator("[data-node=approval][data-state=waiting]")).to_be_visible()
+    expect(page.locator("[data-node=design][data-state=done]")).to_be_visible()
+    shot(page, artifacts, "06-plan-approval")
+    page.get_by_role("group", name="Choices").get_by_role("button", name="approve").click()
+    expect_status(page, "RUN_STATUS_COMPLETED")
+    expect(page.locator("[data-node=planning][data-state=done]")).to_be_visible()
+    expect(page.locator("#run-activity")).to_contain_text("workflow.progress")
 
 
 def test_run_of_an_agent_made_in_the_dashboard(page: Page) -> None:
@@ -217,7 +241,7 @@ def test_cancel_stops_a_running_run(page: Page, artifacts: Path) -> None:
     expect(page.locator("#run-error")).to_contain_text("cancelled from the dashboard")
     expect(page.locator("#run-cancel")).to_be_disabled()
     assert "w299" not in output_text(page)
-    shot(page, artifacts, "07-run-cancelled")
+    shot(page, artifacts, "08-run-cancelled")
 
 
 def test_browse_runs_and_replay_one(page: Page, artifacts: Path) -> None:
@@ -229,7 +253,7 @@ def test_browse_runs_and_replay_one(page: Page, artifacts: Path) -> None:
     expect(page.locator("#runs-table tbody tr[data-run]")).to_have_count(1)
     page.select_option("#runs-status", "")
     expect(rows.nth(2)).to_be_visible()
-    shot(page, artifacts, "08-runs")
+    shot(page, artifacts, "09-runs")
 
     # The echo run (the oldest of the three): open it, the page replays it from sequence 0.
     page.locator("#runs-table tbody tr", has_text="workflows/echo").last.locator("a").click()
@@ -240,7 +264,7 @@ def test_browse_runs_and_replay_one(page: Page, artifacts: Path) -> None:
     page.click("#run-replay")
     # Replaying: the output starts over and fills again.
     expect(page.locator("#run-replay")).to_have_text("Skip to end")
-    shot(page, artifacts, "09-run-replaying")
+    shot(page, artifacts, "10-run-replaying")
     expect(page.locator("#run-replay")).to_have_text("Replay", timeout=30_000)
     expect_output(page, "\n".join(ECHO_LINES))
     expect_status(page, "RUN_STATUS_COMPLETED")
@@ -271,7 +295,7 @@ def test_event_feed_filters_by_type_and_subject(page: Page, mesh: Mesh, artifact
     # A row opens to the whole event.
     feed.first.locator("summary").click()
     expect(feed.first.locator("pre")).to_contain_text('"type": "workflow.started"')
-    shot(page, artifacts, "10-events")
+    shot(page, artifacts, "11-events")
 
     # From the beginning, tokens shown: the history comes back, in sequence order.
     page.fill("#ev-types", "")
@@ -339,7 +363,7 @@ def test_upload_by_drag_and_drop_then_find_by_search(
     expect(first.locator(".source")).to_have_text("zebras.md")
     expect(first.locator("blockquote")).to_contain_text("Serengeti")
     expect(first.locator("header .where")).to_contain_text("Zebra migration")
-    shot(page, artifacts, "11-documents")
+    shot(page, artifacts, "12-documents")
 
 
 def test_run_shows_the_passages_it_retrieved(page: Page, artifacts: Path) -> None:
@@ -351,7 +375,7 @@ def test_run_shows_the_passages_it_retrieved(page: Page, artifacts: Path) -> Non
     expect(passage.locator("blockquote")).to_contain_text("Mara river")
     expect(page.locator("#run-output pre")).to_contain_text("From zebras.md:")
     expect(page.locator("#run-activity")).to_contain_text("retrieved")
-    shot(page, artifacts, "12-run-passages")
+    shot(page, artifacts, "13-run-passages")
 
 
 # -- a gateway restart mid-run --------------------------------------------------------------
@@ -368,7 +392,7 @@ def test_gateway_restart_mid_run_resumes_without_gap_or_duplicate(
 
     # A crash (the socket just drops), then a graceful stop (the gateway says 1001 going away);
     # `amelia up` starts a new gateway each time, and the page carries on by itself.
-    for sig, screenshot in ((signal.SIGKILL, "13-gateway-down"), (signal.SIGTERM, "")):
+    for sig, screenshot in ((signal.SIGKILL, "14-gateway-down"), (signal.SIGTERM, "")):
         assert "restart line 100" not in output_text(page), "the run ended too soon"
         old = mesh.kill_gateway(sig)
         expect(page.locator("#connection")).to_have_attribute("data-state", "reconnecting")
@@ -379,13 +403,11 @@ def test_gateway_restart_mid_run_resumes_without_gap_or_duplicate(
     assert page.evaluate("window.amelia.socket.connects") == connects + 2
 
     expect_status(page, "RUN_STATUS_COMPLETED")
-    page.wait_for_function(
-        "(n) => document.querySelector('#run-output pre').textContent.length >= n", arg=len(message)
-    )
+    page.wait_for_function(f"(n) => ({OUTPUT_JS})().length >= n", arg=len(message))
     text = output_text(page)
     assert text.split("\n") == lines  # every line, once, in order
     assert text == message
-    shot(page, artifacts, "14-after-gateway-restart")
+    shot(page, artifacts, "15-after-gateway-restart")
 
 
 # -- a very long output ---------------------------------------------------------------------
@@ -427,7 +449,7 @@ def test_hundred_thousand_tokens_keep_the_dom_small(page: Page, artifacts: Path)
     assert result["domPages"] <= 3
     assert result["domChars"] <= 3 * 16_000
     assert result["where"].startswith("Pages ")
-    shot(page, artifacts, "15-long-output")
+    shot(page, artifacts, "16-long-output")
     # Older output is one click away.
     page.click("text=Earlier")
     expect(page.locator("#main .output .page").first).to_be_visible()
@@ -447,7 +469,7 @@ def test_dark_theme_is_readable(browser: Browser, mesh: Mesh, artifacts: Path) -
         page = context.new_page()
         page.goto(f"/?token={mesh.token}#/status")
         expect(page.locator("[data-service=rag] h3 [data-health=SERVING]")).to_be_visible()
-        shot(page, artifacts, "16-dark-status")
+        shot(page, artifacts, "17-dark-status")
         page.goto("/#/runs")
         expect(page.locator("#runs-table tbody tr[data-run]").first).to_be_visible()
         page.locator("#runs-table tbody tr", has_text="workflows/approval").first.locator(
@@ -455,6 +477,6 @@ def test_dark_theme_is_readable(browser: Browser, mesh: Mesh, artifacts: Path) -
         ).click()
         expect_status(page, "RUN_STATUS_COMPLETED")
         expect(page.locator("[data-node=finish][data-state=done]")).to_be_visible()
-        shot(page, artifacts, "17-dark-run")
+        shot(page, artifacts, "18-dark-run")
     finally:
         context.close()

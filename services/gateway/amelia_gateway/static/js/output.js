@@ -254,7 +254,8 @@ export class OutputView {
     this.earlier.disabled = this.first === 0;
     this.later.disabled = this.last >= total - 1;
     this.latest.hidden = this.follow || (this.last >= total - 1 && this._atBottom());
-    this.where.textContent = total > 1
+    // Only worth saying when some pages are out of the DOM.
+    this.where.textContent = total > this.domPages
       ? `Pages ${this.first + 1}–${this.last + 1} of ${total}`
       : "";
     this.counter.textContent = `${this.pieces.toLocaleString()} tokens · ${this.totalChars.toLocaleString()} chars`;

@@ -58,6 +58,20 @@ function questionText(value) {
   return prettyJson(value);
 }
 
+const QUESTION_KEYS = new Set(["question", "message", "prompt", "text", "options", "choices"]);
+
+/** What else the question carries (the design to approve, a note…), as labelled blocks. */
+function questionDetails(value) {
+  if (!value || typeof value !== "object" || Array.isArray(value)) return [];
+  const questionKey = ["question", "message", "prompt", "text"].find((key) => typeof value[key] === "string");
+  if (!questionKey) return [];
+  return Object.entries(value)
+    .filter(([key]) => !QUESTION_KEYS.has(key))
+    .map(([key, item]) => h("div", { class: "question-detail", dataset: { key } },
+      h("h3", {}, key.replace(/_/g, " ")),
+      h("pre", { tabindex: "0" }, typeof item === "string" ? item : prettyJson(item))));
+}
+
 function optionsOf(value) {
   if (value && typeof value === "object") {
     for (const key of ["options", "choices"]) if (Array.isArray(value[key])) return value[key];
@@ -77,6 +91,8 @@ export function mount(main, ctx, [runId]) {
     replaying: false,
     interrupt: null,
     usage: null,
+    activeNode: "", // the node that started last
+    tokenNode: "", // the node the last tokens belonged to
   };
 
   // -- layout ---------------------------------------------------------------------------------
@@ -236,6 +252,7 @@ export function mount(main, ctx, [runId]) {
     interruptSlot.replaceChildren(h("section", { class: "card interrupt", role: "region", "aria-labelledby": "interrupt-title" },
       h("h2", { id: "interrupt-title" }, `The run is waiting for an answer${interrupt.node ? ` (node ${interrupt.node})` : ""}`),
       h("p", { class: "question", id: "question" }, questionText(value)),
+      ...questionDetails(value),
       form));
     if (!state.replaying) {
       ctx.announce("The run is paused and waiting for your answer");
@@ -265,6 +282,11 @@ export function mount(main, ctx, [runId]) {
     if (attempt > state.attempt) state.attempt = attempt;
     switch (event.type) {
       case "run.token":
+        if (state.activeNode !== state.tokenNode) {
+          // Tokens of another node (plan: discovery, then design…) start a labelled section.
+          if (output.pieces > 0) output.marker(state.activeNode);
+          state.tokenNode = state.activeNode;
+        }
         output.append(String(data.text ?? ""));
         return; // tokens are not activity
       case "agent.started":
@@ -273,6 +295,7 @@ export function mount(main, ctx, [runId]) {
         break;
       case "run.node.started":
         setNode(data.node, "active");
+        state.activeNode = data.node || "";
         if (state.status !== "RUN_STATUS_RUNNING" && !TERMINAL[state.status]) setStatus("RUN_STATUS_RUNNING");
         break;
       case "run.node.finished":
@@ -350,6 +373,8 @@ export function mount(main, ctx, [runId]) {
     interruptSlot.replaceChildren();
     state.interrupt = null;
     state.attempt = 0;
+    state.activeNode = "";
+    state.tokenNode = "";
     state.status = "";
     badgeSlot.replaceChildren(statusBadge(""));
   }
