@@ -34,12 +34,26 @@ def make_mesh_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         "LOG_LEVEL": "INFO",
         "AGENT_WORKERS": "1",
         "COLUMNS": "200",  # a roomy terminal, so tables print resource names whole
+        # The code workflow: repositories under the mesh's folder, a stand-in for Claude Code.
+        "CODE_ALLOWED_ROOTS": str(root),
+        "CLAUDE_CODE_PATH": str(_stand_in_claude(root)),
     }
     return env
 
 
+def _stand_in_claude(root: Path) -> Path:
+    """A tiny CLI in Claude Code's place: edits a file and says so (its last argument is the prompt)."""
+    script = root / "claude"
+    script.write_text(
+        '#!/bin/sh\nfor prompt; do :; done\necho "$prompt" >> NOTES.md\n'
+        'echo "wrote NOTES.md for: $prompt"\n'
+    )
+    script.chmod(0o755)
+    return script
+
+
 def amelia(
-    env: dict[str, str], *args: str, timeout: float = 60
+    env: dict[str, str], *args: str, timeout: float = 60, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "amelia_cli", *args],
@@ -47,7 +61,7 @@ def amelia(
         capture_output=True,
         text=True,
         timeout=timeout,
-        cwd=Path(env["AMELIA_DATA_DIR"]).parent,
+        cwd=cwd or Path(env["AMELIA_DATA_DIR"]).parent,
     )
 
 

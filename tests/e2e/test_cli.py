@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,21 @@ def test_an_unreachable_mesh_is_a_clear_error(running_mesh: dict[str, str]) -> N
     result = amelia(env, "search", "anything")
     assert result.returncode == 1
     assert "UNAVAILABLE" in result.stderr and "amelia status" in result.stderr
+
+
+def test_run_code_in_the_current_repository(running_mesh: dict[str, str]) -> None:
+    repo = Path(running_mesh["CODE_ALLOWED_ROOTS"]) / "project"
+    repo.mkdir()
+    git = ["git", "-c", "user.email=t@example.com", "-c", "user.name=t"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / "README.md").write_text("project\n")
+    subprocess.run([*git, "add", "."], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-qm", "init"], cwd=repo, check=True)
+
+    ran = amelia(running_mesh, "run", "code", "add a note", cwd=repo, timeout=120)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert "wrote NOTES.md for: add a note" in ran.stdout
+    assert not (repo / "NOTES.md").exists()  # the work happened in a worktree, not in place
+
+    outside = amelia(running_mesh, "run", "code", "x", "--repo", "/usr")
+    assert outside.returncode == 1 and "INVALID_ARGUMENT" in outside.stderr
