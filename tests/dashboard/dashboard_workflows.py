@@ -1,24 +1,16 @@
-"""Workflow plugins for the dashboard tests, loaded by the agents service through
-AGENT_WORKFLOW_MODULES:
-
-- `approval` streams a draft, pauses with a question (a real LangGraph interrupt), and streams
-  the answer it got when resumed;
-- `cited` asks the real RAG service (gRPC Search) for passages, publishes them as a
-  `run.retrieval` event, and answers with the best one.
-"""
+"""A workflow plugin for the dashboard tests, loaded by the agents service through
+AGENT_WORKFLOW_MODULES: `approval` streams a draft, pauses with a question (a real LangGraph
+interrupt), and streams the answer it got when resumed — with an exact, model-free output."""
 
 from __future__ import annotations
 
 from typing import Any, TypedDict
 
-from google.protobuf import json_format
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import interrupt
 
-from amelia.v1 import rag_pb2, rag_pb2_grpc
 from amelia_agents import runtime
 from amelia_agents.workflows import Workflow, register
-from amelia_common.grpc_client import aio_channel
 
 
 class ApprovalState(TypedDict, total=False):
@@ -73,54 +65,6 @@ register(
                 "message": {"type": "string", "minLength": 1},
                 "question": {"type": "string"},
             },
-        },
-    ),
-    replace=True,
-)
-
-
-class CitedState(TypedDict, total=False):
-    request: dict[str, Any]
-    answer: str
-
-
-async def retrieve(state: CitedState) -> dict[str, Any]:
-    settings = runtime.current().settings
-    query = str(state["request"]["message"])
-    async with aio_channel(settings.RAG_ADDRESS, settings) as channel:
-        reply = await rag_pb2_grpc.RagServiceStub(channel).Search(
-            rag_pb2.SearchRequest(query=query, top_k=3), timeout=30
-        )
-    passages = [
-        json_format.MessageToDict(hit, preserving_proto_field_name=True) for hit in reply.hits
-    ]
-    runtime.emit("run.retrieval", {"query": query, "passages": passages})
-    answer = f"From {reply.hits[0].document_title}: {reply.hits[0].content}" if reply.hits else "?"
-    for word in answer.split(" "):
-        runtime.emit("run.token", {"text": word + " "})
-    return {"answer": answer}
-
-
-def build_cited(_agent: dict[str, Any] | None) -> StateGraph[Any, Any, Any, Any]:
-    graph = StateGraph(CitedState)
-    graph.add_node("retrieve", retrieve)
-    graph.add_edge(START, "retrieve")
-    graph.add_edge("retrieve", END)
-    return graph
-
-
-register(
-    Workflow(
-        name="cited",
-        description="Answers from your documents with the passages it used (dashboard tests).",
-        nodes=["retrieve"],
-        build=build_cited,
-        to_state=lambda value: {"request": value},
-        to_output=lambda state: {"answer": state.get("answer", "")},
-        input_schema={
-            "type": "object",
-            "required": ["message"],
-            "properties": {"message": {"type": "string", "minLength": 1}},
         },
     ),
     replace=True,

@@ -48,6 +48,12 @@ function schemaField(name, schema, required) {
     control = h("input", { id, type: "number", step: schema.type === "integer" ? "1" : "any",
       min: schema.minimum ?? false, max: schema.maximum ?? false, required });
     read = () => (control.value === "" ? undefined : Number(control.value));
+  } else if (schema.type === "array" && schema.items && schema.items.type === "string") {
+    control = h("input", { id, type: "text", spellcheck: "false", placeholder: "comma-separated" });
+    read = () => {
+      const items = control.value.split(",").map((item) => item.trim()).filter(Boolean);
+      return items.length ? items : undefined;
+    };
   } else if (schema.type === "string" && (name === "message" || name.endsWith("prompt"))) {
     control = h("textarea", { id, rows: name === "message" ? 4 : 2, required, spellcheck: "true" });
     read = () => (control.value === "" ? undefined : control.value);
@@ -145,6 +151,8 @@ function agentForm(ctx, onCreated) {
     placeholder: "generated when empty" });
   const model = h("input", { id: "agent-model", type: "text", value: "offline:echo", spellcheck: "false" });
   const prompt = h("textarea", { id: "agent-prompt", rows: 2 });
+  const sources = h("input", { id: "agent-sources", type: "text", spellcheck: "false",
+    placeholder: "documents/* or documents/<id>, comma-separated" });
   const error = h("div", { "aria-live": "polite" });
   const form = h("form", { id: "new-agent" },
     h("div", { class: "grid cols-2" },
@@ -153,6 +161,7 @@ function agentForm(ctx, onCreated) {
     h("label", { for: "agent-model" }, "Model ", h("span", { class: "field-hint" },
       "anthropic:<model>, openai:<model>@<url>, offline:echo, offline:say:<text>")), model,
     h("label", { for: "agent-prompt" }, "System prompt"), prompt,
+    h("label", { for: "agent-sources" }, "Documents it may draw on ", h("span", { class: "field-hint" }, "optional")), sources,
     error,
     h("div", { class: "actions" }, h("button", { type: "submit" }, "Create agent")),
   );
@@ -161,6 +170,8 @@ function agentForm(ctx, onCreated) {
     error.replaceChildren();
     try {
       const agent = { displayName: name.value, model: model.value, systemPrompt: prompt.value };
+      const contextSources = sources.value.split(",").map((item) => item.trim()).filter(Boolean);
+      if (contextSources.length) agent.contextSources = contextSources;
       const response = await ctx.api.createAgent(agent, id.value || undefined);
       ctx.announce(`Agent ${response.agent.displayName || response.agent.name} created`);
       onCreated();
