@@ -1,0 +1,214 @@
+"""The envelope and the subject scheme: validating, encoding and addressing events.
+
+Subject scheme (the only place it is defined; docs/events.md explains it):
+
+    amelia.events.<collection>.<resource-id>.<type>
+
+e.g. `amelia.events.runs.4f1c….run.token` for `subject="runs/4f1c…"`, `type="run.token"`.
+Events without a subject use `_._`. Each message's payload is a serialized `amelia.v1.Event`
+(without its sequence: JetStream assigns that), and its `Nats-Msg-Id` header is the event id,
+so a retried publish is stored once within the dedup window.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from google.protobuf import json_format
+from nats.js import api
+
+from amelia.v1 import events_pb2
+from amelia_common.logging import get_logger
+from amelia_common.settings import Settings
+
+log = get_logger("amelia.eventlog")
+
+SUBJECT_PREFIX = "amelia.events"
+_TYPE_TOKEN = re.compile(r"^[a-z][a-z0-9_-]*$")
+_RESOURCE = re.compile(r"^([a-z][a-z0-9-]*)/([A-Za-z0-9_-]+|\*)$")
+_EVENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+MAX_TYPE_LENGTH = 128
+MAX_SUBJECT_LENGTH = 256
+MAX_SOURCE_LENGTH = 128
+MAX_CORRELATION_ID_LENGTH = 128
+MAX_TYPE_PATTERNS = 32
+
+
+class InvalidEventError(ValueError):
+    """An event, filter or pattern that cannot be stored or matched; the message says why."""
+
+
+class EventLogUnavailableError(ConnectionError):
+    """The log could not store (or read) an event in time: NATS is unreachable or overloaded.
+
+    A publish that raised this was not acknowledged; retrying it with the same event id is safe
+    (JetStream deduplicates by id within the dedup window).
+    """
+
+
+# --------------------------------------------------------------------------- subject scheme
+
+
+def validate_type(event_type: str) -> None:
+    tokens = event_type.split(".")
+    if (
+        len(event_type) > MAX_TYPE_LENGTH
+        or len(tokens) < 2
+        or not all(_TYPE_TOKEN.match(t) for t in tokens)
+    ):
+        raise InvalidEventError(
+            f"event type {event_type!r} must be dotted lowercase words, e.g. 'run.token'"
+        )
+
+
+def subject_tokens(subject: str, *, allow_wildcard: bool = False) -> str:
+    """`runs/abc` → `runs.abc`; empty → `_._`; `runs/*` → `runs.*` when allowed."""
+    if not subject:
+        return "_._"
+    match = _RESOURCE.match(subject) if len(subject) <= MAX_SUBJECT_LENGTH else None
+    if not match or (match.group(2) == "*" and not allow_wildcard):
+        raise InvalidEventError(
+            f"subject {subject!r} must look like 'collection/id' (e.g. 'runs/4f1c…')"
+            + (" or 'collection/*'" if allow_wildcard else "")
+        )
+    return f"{match.group(1)}.{match.group(2)}"
+
+
+def nats_subject(event_type: str, subject: str) -> str:
+    """Where an event with this type and subject is stored."""
+    validate_type(event_type)
+    return f"{SUBJECT_PREFIX}.{subject_tokens(subject)}.{event_type}"
+
+
+def type_pattern_tokens(pattern: str) -> str:
+    """A user type pattern as NATS tokens: `run.*` (trailing) → `run.>`; `*` mid-way is one token."""
+    tokens = pattern.split(".")
+    if not pattern or any(not t for t in tokens):
+        raise InvalidEventError(f"type pattern {pattern!r} has an empty token")
+    for i, token in enumerate(tokens):
+        last = i == len(tokens) - 1
+        if token == ">" and not last:
+            raise InvalidEventError(f"type pattern {pattern!r}: '>' may only be the last token")
+        if token not in ("*", ">") and not _TYPE_TOKEN.match(token):
+            raise InvalidEventError(
+                f"type pattern {pattern!r}: token {token!r} must be a lowercase word, '*' or '>'"
+            )
+    if tokens[-1] == "*":
+        tokens[-1] = ">"
+    return ".".join(tokens)
+
+
+def filter_subjects(types: list[str] | tuple[str, ...], subject: str) -> list[str]:
+    """NATS filter subjects for an EventFilter (one per type pattern, overlaps removed).
+
+    Overlapping filters (e.g. `run.*` and `run.token`) are refused by JetStream, so a pattern
+    another pattern already covers is dropped; the result matches the same events.
+    """
+    if len(types) > MAX_TYPE_PATTERNS:
+        raise InvalidEventError(f"at most {MAX_TYPE_PATTERNS} type patterns, got {len(types)}")
+    resource = subject_tokens(subject, allow_wildcard=True) if subject else "*.*"
+    patterns = {type_pattern_tokens(t) for t in types} or {">"}
+    kept = [p for p in patterns if not any(o != p and _covers(o, p) for o in patterns)]
+    return sorted(f"{SUBJECT_PREFIX}.{resource}.{p}" for p in kept)
+
+
+def _covers(general: str, specific: str) -> bool:
+    """True when every subject matching `specific` also matches `general` (NATS wildcards)."""
+    g, s = general.split("."), specific.split(".")
+    for i, token in enumerate(g):
+        if token == ">":
+            return len(s) > i
+        if i >= len(s):
+            return False
+        if token == "*":
+            if s[i] == ">":
+                return False
+            continue
+        if token != s[i]:
+            return False
+    return len(g) == len(s)
+
+
+def stream_config(settings: Settings) -> api.StreamConfig:
+    """The one stream every event lives in: file storage, limits from settings, dedup window."""
+    return api.StreamConfig(
+        name=settings.EVENTS_STREAM,
+        subjects=[f"{SUBJECT_PREFIX}.>"],
+        retention=api.RetentionPolicy.LIMITS,
+        storage=api.StorageType.FILE,
+        max_age=settings.EVENTS_MAX_AGE_SECONDS or None,
+        max_bytes=settings.EVENTS_MAX_BYTES,
+        duplicate_window=settings.EVENTS_DEDUP_WINDOW_SECONDS,
+        discard=api.DiscardPolicy.OLD,
+    )
+
+
+# --------------------------------------------------------------------------- envelope
+
+
+def make_event(
+    event_type: str,
+    subject: str = "",
+    data: Mapping[str, Any] | None = None,
+    *,
+    source: str,
+    event_id: str | None = None,
+    correlation_id: str = "",
+) -> events_pb2.Event:
+    """A new envelope with id and time filled in."""
+    event = events_pb2.Event(
+        id=event_id or uuid.uuid4().hex,
+        type=event_type,
+        source=source,
+        subject=subject,
+        correlation_id=correlation_id,
+    )
+    event.time.GetCurrentTime()
+    if data:
+        event.data.update(dict(data))
+    return event
+
+
+def validate_event(event: events_pb2.Event, max_bytes: int) -> bytes:
+    """Check every field of an envelope about to be stored; returns its payload.
+
+    Raises `InvalidEventError` naming the first problem.
+    """
+    validate_type(event.type)
+    subject_tokens(event.subject)
+    if not _EVENT_ID.match(event.id):
+        raise InvalidEventError(
+            f"event id {event.id!r} must be 1-128 characters of letters, digits, '.', '_', ':' "
+            "or '-', starting with a letter or digit"
+        )
+    if len(event.source) > MAX_SOURCE_LENGTH:
+        raise InvalidEventError(f"event source is longer than {MAX_SOURCE_LENGTH} characters")
+    if len(event.correlation_id) > MAX_CORRELATION_ID_LENGTH:
+        raise InvalidEventError(
+            f"correlation_id is longer than {MAX_CORRELATION_ID_LENGTH} characters"
+        )
+    payload = event.SerializeToString()
+    if len(payload) > max_bytes:
+        raise InvalidEventError(
+            f"event is {len(payload)} bytes once encoded; the limit is {max_bytes} "
+            "(EVENTS_MAX_DATA_BYTES): store large payloads elsewhere and reference them"
+        )
+    return payload
+
+
+def decode_event(payload: bytes, sequence: int) -> events_pb2.Event:
+    """A stored message back into an Event with its stream sequence."""
+    event = events_pb2.Event.FromString(payload)
+    event.sequence = sequence
+    return event
+
+
+def event_data(event: events_pb2.Event) -> dict[str, Any]:
+    """An event's data as plain Python."""
+    return json_format.MessageToDict(event.data) if event.HasField("data") else {}
+
+
+# --------------------------------------------------------------------------- reading

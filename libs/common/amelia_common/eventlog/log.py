@@ -1,0 +1,341 @@
+"""`EventLog`: publish (acknowledged, retried within bounds), read and subscribe."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.js import api
+
+from amelia.v1 import events_pb2
+from amelia_common.eventlog.envelope import (
+    SUBJECT_PREFIX,
+    EventLogUnavailableError,
+    InvalidEventError,
+    decode_event,
+    filter_subjects,
+    make_event,
+    nats_subject,
+    stream_config,
+    validate_event,
+)
+from amelia_common.eventlog.reader import (
+    EventReader,
+    StartAt,
+)
+from amelia_common.logging import get_logger
+from amelia_common.settings import Settings
+
+log = get_logger("amelia.eventlog")
+
+
+@dataclass
+class PublishStats:
+    """What publishing did, for logs and metrics. `waiting` is the current buffer use."""
+
+    published: int = 0
+    waiting: int = 0
+    waiting_peak: int = 0
+    retried: int = 0
+    refused: int = 0
+    handler_errors: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+# Errors worth retrying: the connection is down or reconnecting, or JetStream is not answering.
+_TRANSIENT = (
+    nats.errors.TimeoutError,
+    asyncio.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError,
+    nats.js.errors.ServerError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.StaleConnectionError,
+)
+
+Handler = Callable[[events_pb2.Event], Awaitable[None] | None]
+
+
+def _report_dispatch_end(task: asyncio.Task[None]) -> None:
+    """A subscription that ends on its own (not by unsubscribe/close) must not end silently."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("event subscription stopped", task=task.get_name(), error=repr(task.exception()))
+
+
+@dataclass
+class _Dispatcher:
+    handlers: list[Handler] = field(default_factory=list)
+    task: asyncio.Task[None] | None = None
+    reader: EventReader | None = None
+
+
+class EventLog:
+    """Publishes events to the stream, reads them back, and dispatches them to handlers."""
+
+    def __init__(self, nc: NATS, settings: Settings, source: str) -> None:
+        self.nc = nc
+        self.js = nc.jetstream(timeout=settings.EVENTS_PUBLISH_TIMEOUT_SECONDS)
+        self.settings = settings
+        self.source = source
+        self.stats = PublishStats()
+        self._dispatchers: dict[tuple[str, str], _Dispatcher] = {}
+        self._last_outage_log = 0.0
+
+    async def ensure_stream(self) -> None:
+        """Create the stream, or bring its limits in line with settings."""
+        config = stream_config(self.settings)
+        try:
+            await self.js.stream_info(config.name or "")
+        except nats.js.errors.NotFoundError:
+            await self.js.add_stream(config)
+        else:
+            await self.js.update_stream(config)
+
+    # -- publish -----------------------------------------------------------------------------
+
+    async def publish_event(self, event: events_pb2.Event) -> events_pb2.Event:
+        """Store `event`; returns it with its sequence once JetStream acknowledged it.
+
+        Raises `InvalidEventError` for a bad envelope and `EventLogUnavailableError` when the
+        event could not be stored within EVENTS_PUBLISH_TIMEOUT_SECONDS or the publish buffer
+        (EVENTS_PUBLISH_BUFFER publishes waiting at once) is full.
+        """
+        if not event.id:
+            event.id = uuid.uuid4().hex
+        if not event.HasField("time"):
+            event.time.GetCurrentTime()
+        if not event.source:
+            event.source = self.source
+        event.sequence = 0
+        payload = validate_event(event, self.settings.EVENTS_MAX_DATA_BYTES)
+        subject = nats_subject(event.type, event.subject)
+        if self.stats.waiting >= self.settings.EVENTS_PUBLISH_BUFFER:
+            self.stats.refused += 1
+            log.error(
+                "event refused: publish buffer full",
+                event_type=event.type,
+                waiting=self.stats.waiting,
+                refused_total=self.stats.refused,
+            )
+            raise EventLogUnavailableError(
+                f"event {event.id} ({event.type}) not stored: {self.stats.waiting} publishes are "
+                f"already waiting for NATS JetStream to come back (EVENTS_PUBLISH_BUFFER="
+                f"{self.settings.EVENTS_PUBLISH_BUFFER})"
+            )
+        self.stats.waiting += 1
+        self.stats.waiting_peak = max(self.stats.waiting_peak, self.stats.waiting)
+        try:
+            ack = await self._publish_with_retry(event, subject, payload)
+        finally:
+            self.stats.waiting -= 1
+        self.stats.published += 1
+        stored = events_pb2.Event()
+        stored.CopyFrom(event)
+        stored.sequence = ack.seq
+        return stored
+
+    async def _publish_with_retry(
+        self, event: events_pb2.Event, subject: str, payload: bytes
+    ) -> api.PubAck:
+        budget = self.settings.EVENTS_PUBLISH_TIMEOUT_SECONDS
+        deadline = time.monotonic() + budget
+        # Several attempts fit in the budget: a request lost in a dying connection is resent
+        # on the next one (same id, so JetStream stores it once).
+        attempt = max(0.2, min(2.0, budget / 4))
+        delay = 0.05
+        sent = False  # handed to a live connection at least once: it may have been stored
+        while True:
+            remaining = deadline - time.monotonic()
+            if not self.nc.is_connected:
+                # Wait for the connection here rather than in nats-py's reconnect buffer, so an
+                # event that never left this process is known not to be stored.
+                if remaining <= 0 or self.nc.is_closed:
+                    raise self._refuse(event, budget, sent, "NATS is unreachable")
+                self.stats.retried += 1
+                self._note_outage("disconnected")
+                await asyncio.sleep(min(0.05, remaining))
+                continue
+            try:
+                sent = True
+                return await self.js.publish(
+                    subject,
+                    payload,
+                    timeout=max(0.05, min(remaining, attempt)),
+                    stream=self.settings.EVENTS_STREAM,
+                    headers={"Nats-Msg-Id": event.id},
+                )
+            except nats.errors.MaxPayloadError as exc:
+                raise InvalidEventError(
+                    f"event is {len(payload)} bytes: larger than NATS accepts ({exc})"
+                ) from exc
+            except _TRANSIENT as exc:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self.nc.is_closed:
+                    raise self._refuse(event, budget, sent, type(exc).__name__) from exc
+                self.stats.retried += 1
+                self._note_outage(repr(exc))
+                await asyncio.sleep(min(delay, remaining))
+                delay = min(delay * 2, 0.5)
+            except (nats.errors.Error, nats.js.errors.Error) as exc:
+                self._refuse(event, budget, sent, str(exc))
+                raise EventLogUnavailableError(
+                    f"event {event.id} ({event.type}) not stored: NATS JetStream refused it ({exc})"
+                ) from exc
+
+    def _refuse(
+        self, event: events_pb2.Event, budget: float, sent: bool, why: str
+    ) -> EventLogUnavailableError:
+        """Count and log a publish that failed; returns the error to raise."""
+        self.stats.refused += 1
+        log.error(
+            "event not stored",
+            event_id=event.id,
+            event_type=event.type,
+            error=why,
+            refused_total=self.stats.refused,
+            waiting=self.stats.waiting,
+        )
+        if sent:
+            return EventLogUnavailableError(
+                f"event {event.id} ({event.type}) was not acknowledged by NATS JetStream within "
+                f"{budget:g}s ({why}), so it may or may not be stored; publish it again with the "
+                "same id (it is stored once)"
+            )
+        return EventLogUnavailableError(
+            f"event {event.id} ({event.type}) not stored: {why} for {budget:g}s "
+            "(EVENTS_PUBLISH_TIMEOUT_SECONDS)"
+        )
+
+    def _note_outage(self, why: str) -> None:
+        now = time.monotonic()
+        if now - self._last_outage_log >= 1.0:
+            self._last_outage_log = now
+            log.warning(
+                "event log unreachable: publishes waiting",
+                error=why,
+                waiting=self.stats.waiting,
+                retried_total=self.stats.retried,
+            )
+
+    async def publish(
+        self,
+        event_type: str,
+        subject: str = "",
+        data: Mapping[str, Any] | None = None,
+        *,
+        event_id: str | None = None,
+        correlation_id: str = "",
+    ) -> events_pb2.Event:
+        """Build and store an event from this service."""
+        event = make_event(
+            event_type,
+            subject,
+            data,
+            source=self.source,
+            event_id=event_id,
+            correlation_id=correlation_id,
+        )
+        return await self.publish_event(event)
+
+    # -- read --------------------------------------------------------------------------------
+
+    def read(
+        self,
+        types: list[str] | tuple[str, ...] = (),
+        subject: str = "",
+        start: StartAt | None = None,
+        **options: Any,
+    ) -> EventReader:
+        """An `EventReader` over matching events; see its docstring for `options`.
+
+        Raises `InvalidEventError` for a bad filter before touching NATS.
+        """
+        return EventReader(self, filter_subjects(types, subject), start or StartAt.new(), **options)
+
+    async def get(self, sequence: int) -> events_pb2.Event | None:
+        """The event stored at `sequence`, or None when there is none (or it expired)."""
+        try:
+            msg = await self.js.get_msg(self.settings.EVENTS_STREAM, sequence)
+        except nats.js.errors.NotFoundError:
+            return None
+        if not msg.subject or not msg.subject.startswith(SUBJECT_PREFIX + ".") or not msg.data:
+            return None
+        return decode_event(msg.data, sequence)
+
+    # -- subscribe (the seed's EventBus) -------------------------------------------------------
+
+    async def subscribe(self, type_pattern: str, handler: Handler, *, subject: str = "") -> None:
+        """Call `handler(event)` for every event matching the pattern published from now on.
+
+        Returns once the subscription is live: an event published after this returns is
+        delivered. Handlers for one pattern run in order, one event at a time; an exception in
+        one is logged (and counted in `stats.handler_errors`) and the others still run.
+        """
+        key = (type_pattern, subject)
+        dispatcher = self._dispatchers.get(key)
+        if dispatcher is not None:
+            dispatcher.handlers.append(handler)
+            return
+        reader = self.read([type_pattern], subject)
+        dispatcher = _Dispatcher(handlers=[handler], reader=reader)
+        self._dispatchers[key] = dispatcher
+        await reader.open()
+        dispatcher.task = asyncio.create_task(
+            self._dispatch(dispatcher), name=f"eventlog-subscribe-{type_pattern}"
+        )
+        dispatcher.task.add_done_callback(_report_dispatch_end)
+
+    def unsubscribe(self, type_pattern: str, handler: Handler, *, subject: str = "") -> None:
+        """Stop calling `handler`; the last handler's removal closes the subscription."""
+        key = (type_pattern, subject)
+        dispatcher = self._dispatchers.get(key)
+        if dispatcher is None or handler not in dispatcher.handlers:
+            return
+        dispatcher.handlers.remove(handler)
+        if not dispatcher.handlers:
+            del self._dispatchers[key]
+            if dispatcher.task is not None:
+                dispatcher.task.cancel()
+
+    async def _dispatch(self, dispatcher: _Dispatcher) -> None:
+        assert dispatcher.reader is not None
+        async with dispatcher.reader as reader:
+            async for event in reader:
+                for handler in list(dispatcher.handlers):
+                    try:
+                        result = handler(event)
+                        if inspect.isawaitable(result):
+                            await result
+                    except Exception:
+                        self.stats.handler_errors += 1
+                        log.exception(
+                            "event handler failed",
+                            event_type=event.type,
+                            sequence=event.sequence,
+                            handler=getattr(handler, "__qualname__", repr(handler)),
+                        )
+
+    async def close(self) -> None:
+        """Stop every subscription (their consumers are deleted)."""
+        dispatchers = list(self._dispatchers.values())
+        self._dispatchers.clear()
+        for dispatcher in dispatchers:
+            if dispatcher.task is not None:
+                dispatcher.task.cancel()
+        for dispatcher in dispatchers:
+            if dispatcher.task is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await dispatcher.task
