@@ -113,7 +113,9 @@ class Settings(BaseSettings):
     EMBEDDING_MODEL: str = "sentence-transformers/all-MiniLM-L6-v2"
     EMBEDDING_BASE_URL: str = ""
     EMBEDDING_DIMENSION: int = Field(default=384, ge=1)
-    EMBEDDING_BATCH_SIZE: int = Field(default=64, ge=1)
+    # Texts per model forward pass (local) or per request (openai). Small batches pad less on
+    # CPU: chunks of mixed length run ~20% faster at 16 than at 64 (bench/rag.py).
+    EMBEDDING_BATCH_SIZE: int = Field(default=16, ge=1)
     CHUNK_SIZE: int = 800
     CHUNK_OVERLAP: int = 200
     MAX_DOCUMENT_BYTES: int = Field(default=50 * 1024 * 1024, ge=1)
