@@ -161,3 +161,25 @@ def test_decoding() -> None:
         decode_text(b" \n\t ")
     with pytest.raises(InvalidDocument, match="empty"):
         parse(b"", "text", "x.txt")
+
+
+def test_python_files_parse_in_parallel_threads() -> None:
+    """Documents are parsed in worker threads at once (CPython 3.11's ast is not thread-safe)."""
+    import threading
+
+    source = (FIXTURES / "geo.py").read_text() * 20
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        for _ in range(10):
+            try:
+                assert parse_code(source, "python").sections
+            except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+                errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors

@@ -14,6 +14,7 @@ import codecs
 import io
 import logging
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
@@ -503,6 +504,9 @@ _DEFINITION = re.compile(
     r"(?:TABLE|VIEW|FUNCTION|INDEX|PROCEDURE))\b",
     re.IGNORECASE,
 )
+# CPython 3.11's parser is not safe to run from several threads at once ("AST constructor
+# recursion depth mismatch"), and documents are parsed in worker threads concurrently.
+_AST_LOCK = threading.Lock()
 _COMMENT_LINE = re.compile(r"^\s*(#|//|/\*|\*|--|@|\"\"\"|''')")
 
 
@@ -537,9 +541,10 @@ def _extend_over_comments(text: str, lines: list[int], line: int) -> int:
 
 def _python_boundaries(text: str, lines: list[int]) -> list[tuple[int, tuple[str, ...]]] | None:
     try:
-        tree = ast.parse(text)
-    except (SyntaxError, ValueError):
-        return None
+        with _AST_LOCK:
+            tree = ast.parse(text)
+    except (SyntaxError, ValueError, RecursionError, MemoryError, SystemError):
+        return None  # not parseable here: fall back to keyword boundaries
     found: list[tuple[int, tuple[str, ...]]] = []
 
     def first_line(node: ast.AST) -> int:
