@@ -378,3 +378,19 @@ async def test_a_run_longer_than_the_ack_wait_is_kept_by_heartbeats(
     events = await collect(agents, run.name)
     assert "run.resumed" not in types(events)
     assert done.duration.ToTimedelta().total_seconds() >= seconds
+
+
+async def test_a_run_larger_than_an_event_ends_and_its_events_carry_a_preview(agents) -> None:
+    """The whole output stays on the run; its events stay within EVENTS_MAX_DATA_BYTES."""
+    # ~650 KB in 6,500 tokens: larger than the 512 KiB an event may be.
+    message = " ".join(f"{i:06d}" + "x" * 94 for i in range(6_500))
+    run = await create_run(agents, workflow="workflows/echo", input={"message": message})
+    events = await collect(agents, run.name, timeout=120)
+    assert types(events)[-1] == "run.completed"
+    done = await wait_status(agents, run.name, S.RUN_STATUS_COMPLETED)
+    assert done.output["message"] == message
+    output = data(events, "run.completed")[0]["output"]
+    assert output["truncated"] is True and output["see"] == f"GetRun {run.name}"
+    assert message.startswith(output["preview"].removeprefix('{"message": "')[:1000])
+    started = data(events, "workflow.started")[0]
+    assert started["input"]["truncated"] is True

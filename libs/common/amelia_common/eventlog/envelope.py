@@ -12,6 +12,7 @@ so a retried publish is stored once within the dedup window.
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import Mapping
@@ -197,6 +198,37 @@ def validate_event(event: events_pb2.Event, max_bytes: int) -> bytes:
             "(EVENTS_MAX_DATA_BYTES): store large payloads elsewhere and reference them"
         )
     return payload
+
+
+PREVIEW_CHARACTERS = 2000
+
+
+def fit_data(data: Mapping[str, Any], max_bytes: int, *, where: str) -> dict[str, Any]:
+    """`data` with its largest values replaced by previews until it fits in `max_bytes`.
+
+    For events that carry a resource's content (a run's input or output): the event must be
+    stored whatever the content's size, and the whole value stays on the resource (`where`
+    says how to get it). A replaced value becomes
+    `{"truncated": true, "size_bytes": n, "preview": "<first characters of its JSON>", "see": where}`.
+    """
+
+    def size(value: Any) -> int:
+        return len(json.dumps(value, ensure_ascii=False, default=str).encode())
+
+    fitted = dict(data)
+    while fitted and size(fitted) > max_bytes:
+        key = max(fitted, key=lambda k: size(fitted[k]))
+        value = fitted[key]
+        if isinstance(value, dict) and value.get("truncated") is True:
+            break  # the largest value is already a preview: nothing left to shrink
+        text = json.dumps(value, ensure_ascii=False, default=str)
+        fitted[key] = {
+            "truncated": True,
+            "size_bytes": size(value),
+            "preview": text[:PREVIEW_CHARACTERS],
+            "see": where,
+        }
+    return fitted
 
 
 def decode_event(payload: bytes, sequence: int) -> events_pb2.Event:
