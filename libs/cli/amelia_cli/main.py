@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from urllib.parse import quote
 
 import typer
 from rich.console import Console
@@ -48,6 +49,12 @@ def endpoints_table(settings: Settings, probes: list[Probe]) -> Table:
         colour = "green" if p.ok else "red"
         table.add_row(p.name, p.address, f"[{colour}]{p.status}[/{colour}]", p.detail)
     return table
+
+
+def dashboard_url(settings: Settings) -> str:
+    """The dashboard's address; with a token, the one link that signs the browser in."""
+    url = f"http://{client_host(settings)}:{settings.PORT}/"
+    return f"{url}?token={quote(settings.api_token)}" if settings.api_token else url
 
 
 def _settings_with_running_state() -> Settings:
@@ -108,9 +115,8 @@ async def _run(supervisor: Supervisor, timeout: float) -> None:
         wait.result()
     probes = await probe_all(supervisor.settings)
     console.print(endpoints_table(supervisor.settings, probes))
-    host = client_host(supervisor.settings)
     console.print(
-        f"Dashboard and HTTP API: http://{host}:{supervisor.settings.PORT}/   "
+        f"Dashboard and HTTP API: {dashboard_url(supervisor.settings)}   "
         f"logs: {supervisor.log_dir}   Ctrl-C stops everything."
     )
     await supervisor.watch(stop)
