@@ -68,6 +68,11 @@ def test_html_keeps_visible_text_and_headings() -> None:
     assert "\n\n\n" not in parsed.text
 
 
+def test_pdf_title_from_metadata_is_printable() -> None:
+    pdf = make_pdf([["Body text."]], title="Odd\x01 title")
+    assert parse_pdf(pdf).title == "Odd title"
+
+
 def test_pdf_text_by_page() -> None:
     pdf = make_pdf([["Page one text."], [], ["Page three (last)."]], title="Doc")
     parsed = parse_pdf(pdf)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -450,6 +452,12 @@ async def test_large_upload_streams_and_reports_progress(rag: Rag) -> None:
     await rag.stub.DeleteDocument(rag_pb2.DeleteDocumentRequest(name=reply.document.name))
 
 
+def _token(document_id: object) -> str:
+    """A page token in the service's format, with whatever inside."""
+    raw = json.dumps({"t": "2026-01-01T00:00:00+00:00", "i": document_id}).encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
 def _struct(values: dict[str, Any]) -> struct_pb2.Struct:
     s = struct_pb2.Struct()
     s.update(values)
@@ -559,6 +567,15 @@ async def test_bad_names_tokens_and_uploads_are_invalid_argument(rag: Rag, stabl
         (rag.stub.DeleteDocument(rag_pb2.DeleteDocumentRequest(name="documents/")), "document"),
         (rag.stub.ListDocuments(rag_pb2.ListDocumentsRequest(page_token="garbage!")), "page_token"),
         (rag.stub.ListDocuments(rag_pb2.ListDocumentsRequest(page_size=-5)), "page_size"),
+        (rag.stub.ListDocuments(rag_pb2.ListDocumentsRequest(page_token=_token(5))), "page_token"),
+        (
+            rag.stub.ListDocuments(rag_pb2.ListDocumentsRequest(metadata_filter={"k": "a\x00"})),
+            "NUL",
+        ),
+        (
+            rag.stub.Search(rag_pb2.SearchRequest(query="q", metadata_filter={"k": "\x00"})),
+            "NUL",
+        ),
         (rag.stub.UploadDocument(only_content()), "first upload message"),
         (rag.stub.UploadDocument(too_big()), "size limit"),
         (rag.stub.UploadDocument(no_source()), "no source"),

@@ -460,7 +460,7 @@ def parse_pdf(content: bytes) -> ParsedDocument:
         meta_title = ""
         try:
             if reader.metadata is not None and reader.metadata.title:
-                meta_title = str(reader.metadata.title).strip()
+                meta_title = _printable(str(reader.metadata.title))
         except Exception:  # noqa: BLE001 - a broken info dictionary is not worth failing for
             meta_title = ""
     except InvalidDocument:
@@ -491,6 +491,11 @@ def parse_pdf(content: bytes) -> ParsedDocument:
     return ParsedDocument(
         "".join(parts), "pdf", sections, title=meta_title, meta={"pages": len(pages)}
     )
+
+
+def _printable(text: str) -> str:
+    """A title from a file's own metadata: no control characters (PostgreSQL refuses NUL)."""
+    return " ".join("".join(c if c.isprintable() else " " for c in text).split())[:500]
 
 
 # Code ------------------------------------------------------------------------------------

@@ -139,9 +139,11 @@ def hit_to_proto(hit: Hit) -> rag_pb2.SearchHit:
 
 def metadata_filter(values: Any) -> dict[str, str]:
     out = dict(values)
-    for key in out:
+    for key, value in out.items():
         if not key or "\x00" in key:
             raise BadRequest(f"metadata_filter key {key!r} is not a valid key")
+        if "\x00" in value:
+            raise BadRequest(f"metadata_filter value for {key!r} contains a NUL character")
     return out
 
 

@@ -240,11 +240,15 @@ def encode_page_token(created: datetime, document_id: uuid.UUID) -> str:
 
 
 def decode_page_token(token: str) -> tuple[datetime, uuid.UUID]:
+    invalid = InvalidPageToken(
+        "page_token is not valid: pass the next_page_token of a previous response"
+    )
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         data = json.loads(raw)
-        return datetime.fromisoformat(data["t"]), uuid.UUID(data["i"])
-    except (binascii.Error, ValueError, KeyError, TypeError) as exc:
-        raise InvalidPageToken(
-            "page_token is not valid: pass the next_page_token of a previous response"
-        ) from exc
+        created, document_id = datetime.fromisoformat(data["t"]), uuid.UUID(str(data["i"]))
+    except (binascii.Error, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise invalid from exc
+    if created.tzinfo is None:
+        raise invalid
+    return created, document_id
