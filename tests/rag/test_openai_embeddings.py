@@ -20,7 +20,7 @@ import asyncpg
 import grpc
 import numpy as np
 import pytest
-from conftest import Rag
+from rag_support import Rag
 
 from amelia.v1 import rag_pb2, rag_pb2_grpc
 from amelia_common.db import libpq_url

@@ -152,7 +152,7 @@ def _shown(path: Path) -> str:
 
 def ingest(
     paths: list[str] = typer.Argument(..., help="Files, folders or globs."),
-    parallel: int = typer.Option(4, min=1, max=32, help="Files in flight at once."),
+    parallel: int = typer.Option(8, min=1, max=32, help="Files in flight at once."),
 ) -> None:
     """Parse, chunk, embed and index files (unchanged files cost nothing)."""
     files = expand(paths)
