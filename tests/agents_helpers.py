@@ -8,18 +8,34 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import grpc
 
 from amelia.v1 import agents_pb2, agents_pb2_grpc, events_pb2
+from amelia_agents.server import build_service as build_agents
 from amelia_common.eventlog import event_data
+from amelia_common.grpc_client import aio_channel
 from amelia_common.settings import Settings
 
 Stub = agents_pb2_grpc.AgentServiceStub
 S = agents_pb2
+
+
+@asynccontextmanager
+async def serve_agents(settings: Settings) -> AsyncIterator[agents_pb2_grpc.AgentServiceStub]:
+    """The agents service in process on a free port, and a stub talking to it over gRPC."""
+    service = await build_agents(settings)
+    port = await service.start()
+    channel = aio_channel(f"127.0.0.1:{port}", settings)
+    try:
+        yield agents_pb2_grpc.AgentServiceStub(channel)
+    finally:
+        await channel.close()
+        await service.stop(1.0)
 
 
 async def wait_status(stub: Stub, name: str, *statuses: int, timeout: float = 30) -> S.Run:

@@ -7,10 +7,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 from agents_fake_llm import FakeAnthropic, fake_anthropic, fake_openai
+from agents_helpers import serve_agents
 
 from amelia.v1 import agents_pb2_grpc
-from amelia_agents.server import build_service as build_agents
-from amelia_common.grpc_client import aio_channel
 from amelia_common.settings import Settings
 from amelia_events.server import build_service as build_events
 
@@ -42,9 +41,5 @@ def agents_settings(infra: object, events_address: str, fake_anthropic: FakeAnth
 
 @pytest.fixture(scope="session")
 async def agents(agents_settings: Settings) -> AsyncIterator[agents_pb2_grpc.AgentServiceStub]:
-    service = await build_agents(agents_settings)
-    port = await service.start()
-    channel = aio_channel(f"127.0.0.1:{port}", agents_settings)
-    yield agents_pb2_grpc.AgentServiceStub(channel)
-    await channel.close()
-    await service.stop(1.0)
+    async with serve_agents(agents_settings) as stub:
+        yield stub

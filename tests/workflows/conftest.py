@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 from agents_fake_llm import FakeAnthropic, fake_anthropic, fake_openai
-from agents_helpers import WorkerProcess
+from agents_helpers import WorkerProcess, serve_agents
 from local_model import local_model
 from workflows_support import CLAUDE_CODE_TIMEOUT, STAND_IN, CodeEnv
 
@@ -103,12 +103,8 @@ def workflows_settings(
 
 @pytest.fixture(scope="session")
 async def agents(workflows_settings: Settings) -> AsyncIterator[agents_pb2_grpc.AgentServiceStub]:
-    service = await build_agents(workflows_settings)
-    port = await service.start()
-    channel = aio_channel(f"127.0.0.1:{port}", workflows_settings)
-    yield agents_pb2_grpc.AgentServiceStub(channel)
-    await channel.close()
-    await service.stop(1.0)
+    async with serve_agents(workflows_settings) as stub:
+        yield stub
 
 
 @pytest.fixture

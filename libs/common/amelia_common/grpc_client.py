@@ -15,6 +15,7 @@ from amelia_common.settings import Settings
 
 
 def client_options(settings: Settings) -> list[tuple[str, Any]]:
+    """Message size and keepalive limits every channel of the mesh uses (servers add theirs)."""
     return [
         ("grpc.max_send_message_length", settings.GRPC_MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", settings.GRPC_MAX_MESSAGE_BYTES),

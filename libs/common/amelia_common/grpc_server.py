@@ -23,6 +23,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from amelia_common.grpc_client import client_options
 from amelia_common.logging import get_logger
 from amelia_common.settings import Settings
 
@@ -39,13 +40,9 @@ _PUBLIC_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
 def server_options(settings: Settings) -> list[tuple[str, Any]]:
-    """Channel arguments shared by servers (and mirrored by clients)."""
+    """The clients' channel arguments, plus what only a server decides."""
     return [
-        ("grpc.max_send_message_length", settings.GRPC_MAX_MESSAGE_BYTES),
-        ("grpc.max_receive_message_length", settings.GRPC_MAX_MESSAGE_BYTES),
-        ("grpc.keepalive_time_ms", 30_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
-        ("grpc.keepalive_permit_without_calls", 1),
+        *client_options(settings),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ("grpc.http2.max_pings_without_data", 0),
         # A port another process holds must be an error, not silently shared.
