@@ -90,13 +90,13 @@ def stop(proc: subprocess.Popen[str], env: dict[str, str]) -> str:
     output, _ = proc.communicate(timeout=90)
     assert proc.returncode == 0, output
     for pid in state["services"].values():
-        assert not _alive(pid), f"service pid {pid} left running"
+        assert not alive(pid), f"service pid {pid} left running"
     nats_pid = int((Path(env["AMELIA_DATA_DIR"]) / "nats" / "nats-server.pid").read_text())
-    assert not _alive(nats_pid), "nats-server left running"
+    assert not alive(nats_pid), "nats-server left running"
     return output
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except OSError:

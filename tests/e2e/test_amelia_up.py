@@ -14,7 +14,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from e2e_mesh import GRPC_SERVICES, amelia, start, stop
+from e2e_mesh import GRPC_SERVICES, alive, amelia, start, stop
 
 from amelia.v1 import events_pb2, events_pb2_grpc
 
@@ -69,3 +69,20 @@ def test_up_serves_every_api_stops_cleanly_and_keeps_its_data(mesh_env: dict[str
         assert get(mesh_env, sequence).subject == "runs/e2e"
     finally:
         stop(proc, mesh_env)
+
+
+def test_up_detached_then_down(mesh_env: dict[str, str]) -> None:
+    started = amelia(mesh_env, "up", "--detach", timeout=300)
+    assert started.returncode == 0, started.stdout + started.stderr
+    assert "amelia down" in started.stdout
+    try:
+        assert amelia(mesh_env, "status").returncode == 0
+        again = amelia(mesh_env, "up", "--detach")
+        assert again.returncode == 1 and "already running" in again.stderr
+    finally:
+        stopped = amelia(mesh_env, "down", timeout=120)
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout
+    nats_pid = int((Path(mesh_env["AMELIA_DATA_DIR"]) / "nats" / "nats-server.pid").read_text())
+    assert not alive(nats_pid), "nats-server left running"
+    assert amelia(mesh_env, "status").returncode == 1
+    assert "not running" in amelia(mesh_env, "down").stdout
