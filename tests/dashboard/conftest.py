@@ -7,6 +7,7 @@ Screenshots go to test-artifacts/dashboard/ (git-ignored).
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -49,7 +50,10 @@ def mesh() -> Iterator[Mesh]:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     if not Path(CHROMIUM).exists():
-        pytest.skip("chromium is not installed: run `make browser`")
+        message = "chromium is not installed: run `make browser`"
+        if os.environ.get("CI"):
+            pytest.fail(message)  # CI installs it (make test depends on make browser)
+        pytest.skip(message)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
