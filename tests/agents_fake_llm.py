@@ -16,6 +16,13 @@ Model names (both servers):
   next succeeds.
 - `down-<key>` — always fails with 529/503.
 - `slow` — 200 tokens, 100 ms apart (to cancel mid-stream).
+- `tool-calculator[-<key>]` — when the request offers tools and its last message is not a tool
+  result: asks for `calculator` with `{"expression": "6*7"}` (Anthropic: a short text block
+  first, then a `tool_use` block streamed as `input_json_delta`s, stop_reason `tool_use`;
+  OpenAI: `delta.tool_calls` chunks, finish_reason `tool_calls`). Once it gets the tool result:
+  replies `The tool said: <result text>.`
+- `tool-error[-<key>]` — the same with `{"expression": "1/0"}` (the tool fails).
+- `tool-forever[-<key>]` — asks for `calculator` every time (to hit the rounds limit).
 """
 
 from __future__ import annotations
@@ -36,6 +43,12 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 REPLY = "Hello from the fake model, streamed one token at a time."
+TOOL_PREAMBLE = "Let me check. "
+TOOL_ARGS = {
+    "tool-calculator": {"expression": "6*7"},
+    "tool-error": {"expression": "1/0"},
+    "tool-forever": {"expression": "1+1"},
+}
 
 
 def tokens_of(text: str) -> list[str]:
@@ -102,8 +115,23 @@ class FakeServer:
                 await self.gate(model.removeprefix("hold-")).wait()
             yield token
 
+    def tool_call(
+        self, model: str, body: dict[str, Any], messages: list[dict[str, Any]]
+    ) -> dict[str, Any] | None:
+        """The calculator arguments a `tool-*` model asks for now, or None (answer in text)."""
+        kind = next((k for k in TOOL_ARGS if model == k or model.startswith(f"{k}-")), None)
+        if kind is None or not body.get("tools"):
+            return None
+        if kind != "tool-forever" and last_tool_result(messages) is not None:
+            return None
+        return TOOL_ARGS[kind]
+
     def plan(self, model: str, messages: list[dict[str, Any]]) -> tuple[str, list[str], float]:
         """(outcome, tokens, delay): outcome is 'ok' or 'fail'."""
+        if model.startswith("tool-"):
+            result = last_tool_result(messages)
+            text = REPLY if result is None else f"The tool said: {result}."
+            return "ok", tokens_of(text), 0.0
         if model.startswith("flaky-"):
             n = self.attempts[model] = self.attempts.get(model, 0) + 1
             if n == 1:
@@ -136,6 +164,22 @@ def _api_key(request: Request) -> str:
     return request.headers.get("x-api-key", "") or bearer.removeprefix("Bearer ").strip()
 
 
+def last_tool_result(messages: list[dict[str, Any]]) -> str | None:
+    """The text of the tool result the conversation ends with, in either wire format
+    (Anthropic: a user message of `tool_result` blocks; OpenAI: a `role: "tool"` message)."""
+    if not messages:
+        return None
+    last = messages[-1]
+    if last["role"] == "tool":
+        return _text(last["content"])
+    content = last.get("content")
+    if last["role"] == "user" and isinstance(content, list):
+        results = [b for b in content if isinstance(b, dict) and b.get("type") == "tool_result"]
+        if results:
+            return "".join(_text(b.get("content", "")) for b in results)
+    return None
+
+
 def _text(content: Any) -> str:
     if isinstance(content, str):
         return content
@@ -164,6 +208,9 @@ class FakeAnthropic(FakeServer):
                 status_code=529,
             )
         model = body["model"]
+        call = self.tool_call(model, body, body["messages"])
+        if call is not None:
+            tokens = tokens_of(TOOL_PREAMBLE)
 
         async def stream() -> AsyncIterator[str]:
             def sse(event: str, data: dict[str, Any]) -> str:
@@ -206,11 +253,39 @@ class FakeAnthropic(FakeServer):
                     },
                 )
             yield sse("content_block_stop", {"type": "content_block_stop", "index": 0})
+            if call is not None:
+                yield sse(
+                    "content_block_start",
+                    {
+                        "type": "content_block_start",
+                        "index": 1,
+                        "content_block": {
+                            "type": "tool_use",
+                            "id": f"toolu_fake_{len(self.requests)}",
+                            "name": "calculator",
+                            "input": {},
+                        },
+                    },
+                )
+                raw = json.dumps(call)
+                for piece in ("", raw[:5], raw[5:14], raw[14:]):
+                    yield sse(
+                        "content_block_delta",
+                        {
+                            "type": "content_block_delta",
+                            "index": 1,
+                            "delta": {"type": "input_json_delta", "partial_json": piece},
+                        },
+                    )
+                yield sse("content_block_stop", {"type": "content_block_stop", "index": 1})
             yield sse(
                 "message_delta",
                 {
                     "type": "message_delta",
-                    "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                    "delta": {
+                        "stop_reason": "end_turn" if call is None else "tool_use",
+                        "stop_sequence": None,
+                    },
                     "usage": {"output_tokens": len(tokens)},
                 },
             )
@@ -233,6 +308,9 @@ class FakeOpenAI(FakeServer):
                 {"error": {"message": "server busy", "type": "server_error"}}, status_code=503
             )
         model = body["model"]
+        call = self.tool_call(model, body, messages)
+        if call is not None:
+            tokens = []
 
         async def stream() -> AsyncIterator[str]:
             def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
@@ -245,12 +323,31 @@ class FakeOpenAI(FakeServer):
                 }
                 return f"data: {json.dumps(data)}\n\n"
 
-            yield chunk({"role": "assistant", "content": ""})
-            async for token in self.held(model, tokens):
-                if delay:
-                    await asyncio.sleep(delay)
-                yield chunk({"content": token})
-            yield chunk({}, "stop")
+            if call is not None:
+                yield chunk({"role": "assistant", "content": None})
+                raw = json.dumps(call)
+                yield chunk(
+                    {
+                        "tool_calls": [
+                            {
+                                "index": 0,
+                                "id": f"call_fake_{len(self.requests)}",
+                                "type": "function",
+                                "function": {"name": "calculator", "arguments": ""},
+                            }
+                        ]
+                    }
+                )
+                for piece in (raw[:5], raw[5:14], raw[14:]):
+                    yield chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
+                yield chunk({}, "tool_calls")
+            else:
+                yield chunk({"role": "assistant", "content": ""})
+                async for token in self.held(model, tokens):
+                    if delay:
+                        await asyncio.sleep(delay)
+                    yield chunk({"content": token})
+                yield chunk({}, "stop")
             usage = {
                 "id": "chatcmpl-fake",
                 "object": "chat.completion.chunk",

@@ -34,6 +34,8 @@ from amelia_agents.llm import (
     ChatMessage,
     ChatRequest,
     ChatResult,
+    ToolCall,
+    ToolSpec,
     TransientModelError,
     Usage,
     get_model,
@@ -123,8 +125,13 @@ async def chat(
     temperature: float | None = None,
     max_tokens: int = 1024,
     retry_attempts: int | None = None,
+    tools: Sequence[ToolSpec] = (),
 ) -> ChatResult:
-    """Call `model` with streaming; returns the full reply (the concatenation of its tokens)."""
+    """Call `model` with streaming; returns the full reply (the concatenation of its tokens).
+
+    With `tools`, the model may ask for tool calls instead of (or after) text: they are in
+    `ChatResult.tool_calls`, for the caller to run (see `amelia_agents.tools.chat_with_tools`).
+    """
     ctx = current()
     provider = get_model(model, ctx.settings)
     request = ChatRequest(
@@ -134,17 +141,21 @@ async def chat(
         system=system,
         temperature=temperature,
         max_tokens=max_tokens,
+        tools=tuple(tools),
     )
     retries = ctx.retry_attempts if retry_attempts is None else retry_attempts
     backoff = ctx.settings.LLM_RETRY_BACKOFF_SECONDS
     for attempt in range(retries + 1):
         parts: list[str] = []
+        calls: list[ToolCall] = []
         usage = Usage()
         try:
             async for chunk in provider.stream(request):
                 if chunk.text:
                     parts.append(chunk.text)
                     emit("run.token", {"text": chunk.text})
+                if chunk.tool_calls:
+                    calls.extend(chunk.tool_calls)
                 if chunk.usage is not None:
                     usage = chunk.usage
         except TransientModelError as exc:
@@ -159,7 +170,7 @@ async def chat(
             await asyncio.sleep(delay)
             continue
         record_usage(usage, provider.name)
-        return ChatResult(text="".join(parts), usage=usage, model=provider.name)
+        return ChatResult(text="".join(parts), usage=usage, model=provider.name, tool_calls=calls)
     raise AssertionError("unreachable")  # pragma: no cover
 
 

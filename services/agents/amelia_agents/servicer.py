@@ -14,7 +14,7 @@ from nats.js import JetStreamContext
 from sqlalchemy.exc import IntegrityError
 
 from amelia.v1 import agents_pb2, agents_pb2_grpc
-from amelia_agents import convert, pagination, queue, workflows
+from amelia_agents import convert, pagination, queue, tools, workflows
 from amelia_agents.convert import BadNameError
 from amelia_agents.lifecycle import RunEvents
 from amelia_agents.llm import ModelError, parse_model
@@ -122,7 +122,7 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
                         )
                 values["context_sources"] = list(agent.context_sources)
             elif name == "tools":
-                values["tools"] = list(agent.tools)
+                values["tools"] = tools.check_tools(list(agent.tools))
         return values
 
     async def CreateAgent(

@@ -21,6 +21,8 @@ from amelia_agents.llm.base import (
     ChatResult,
     ModelError,
     ProviderConfigError,
+    ToolCall,
+    ToolSpec,
     TransientModelError,
     Usage,
 )
@@ -36,6 +38,8 @@ __all__ = [
     "ModelError",
     "ModelSpec",
     "ProviderConfigError",
+    "ToolCall",
+    "ToolSpec",
     "TransientModelError",
     "Usage",
     "get_model",

@@ -7,18 +7,21 @@ with its own backoff so the run's events show each retry.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import anthropic
 
 from amelia_agents.llm.base import (
     ChatChunk,
+    ChatMessage,
     ChatRequest,
     ModelError,
     ProviderConfigError,
+    ToolCall,
     TransientModelError,
     Usage,
+    parse_arguments,
 )
 
 _TRANSIENT_TYPES = {"overloaded_error", "api_error", "rate_limit_error", "timeout_error"}
@@ -44,6 +47,43 @@ def translate_error(exc: Exception) -> ModelError:
     return ModelError(f"anthropic: {exc}")
 
 
+def to_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
+    """Our messages in the Messages API's shape: an assistant's tool calls are `tool_use` blocks
+    after its text, and tool results are `tool_result` blocks of one user message (consecutive
+    results go together, as the API wants every result of a turn in the next user message)."""
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        if m.role == "tool":
+            block = {
+                "type": "tool_result",
+                "tool_use_id": m.tool_call_id,
+                "content": m.content,
+                "is_error": m.is_error,
+            }
+            last = out[-1] if out else None
+            if (
+                last is not None
+                and last["role"] == "user"
+                and isinstance(last["content"], list)
+                and all(b.get("type") == "tool_result" for b in last["content"])
+            ):
+                last["content"].append(block)
+            else:
+                out.append({"role": "user", "content": [block]})
+        elif m.role == "assistant" and m.tool_calls:
+            blocks: list[dict[str, Any]] = []
+            if m.content:
+                blocks.append({"type": "text", "text": m.content})
+            blocks.extend(
+                {"type": "tool_use", "id": c.id, "name": c.name, "input": c.arguments}
+                for c in m.tool_calls
+            )
+            out.append({"role": "assistant", "content": blocks})
+        else:
+            out.append({"role": m.role, "content": m.content})
+    return out
+
+
 class AnthropicModel:
     def __init__(self, model: str, client: anthropic.AsyncAnthropic) -> None:
         self.name = f"anthropic:{model}"
@@ -54,13 +94,20 @@ class AnthropicModel:
         kwargs: dict[str, Any] = {
             "model": self.model,
             "max_tokens": request.max_tokens,
-            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            "messages": to_messages(request.messages),
             "stream": True,
         }
         if request.system:
             kwargs["system"] = request.system
+        if request.tools:
+            kwargs["tools"] = [
+                {"name": t.name, "description": t.description, "input_schema": t.parameters}
+                for t in request.tools
+            ]
         # The Messages API this SDK speaks has no sampling temperature: it is not sent.
         usage = Usage()
+        # tool_use blocks by content index: [id, name, the input's JSON as streamed so far]
+        calls: dict[int, list[str]] = {}
         try:
             stream = await self.client.messages.create(**kwargs)
             async with stream:
@@ -68,12 +115,28 @@ class AnthropicModel:
                     if event.type == "message_start":
                         usage.input_tokens = event.message.usage.input_tokens or 0
                         usage.output_tokens = event.message.usage.output_tokens or 0
-                    elif event.type == "content_block_delta" and event.delta.type == "text_delta":
-                        yield ChatChunk(text=event.delta.text)
+                    elif (
+                        event.type == "content_block_start"
+                        and event.content_block.type == "tool_use"
+                    ):
+                        block = event.content_block
+                        calls[event.index] = [block.id, block.name, ""]
+                    elif event.type == "content_block_delta":
+                        if event.delta.type == "text_delta":
+                            yield ChatChunk(text=event.delta.text)
+                        elif event.delta.type == "input_json_delta" and event.index in calls:
+                            calls[event.index][2] += event.delta.partial_json
                     elif event.type == "message_delta" and event.usage is not None:
                         usage.output_tokens = event.usage.output_tokens or usage.output_tokens
         except anthropic.AnthropicError as exc:
             raise translate_error(exc) from exc
+        if calls:
+            yield ChatChunk(
+                tool_calls=[
+                    ToolCall(id=cid, name=name, arguments=parse_arguments(raw))
+                    for _, (cid, name, raw) in sorted(calls.items())
+                ]
+            )
         yield ChatChunk(usage=usage)
 
 

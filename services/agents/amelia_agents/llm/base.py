@@ -1,6 +1,9 @@
 """The one interface every LLM provider implements, and the errors the run loop understands.
 
-A provider turns a `ChatRequest` into an async stream of `ChatChunk`s (text deltas, then usage).
+A provider turns a `ChatRequest` into an async stream of `ChatChunk`s (text deltas, then the
+tool calls the model asked for if any, then usage). Tools travel provider-neutral: `ToolSpec`s in
+the request, `ToolCall`s on an assistant message, `role="tool"` messages with the results; each
+provider translates them to its own wire format.
 It raises `TransientModelError` for what may succeed on a retry (rate limits, overload, 5xx,
 dropped connections) and `ModelError` for what will not (bad request, wrong key); the runtime
 decides about retries, so the SDKs' own retries are switched off.
@@ -8,6 +11,7 @@ decides about retries, so the SDKs' own retries are switched off.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -26,9 +30,45 @@ class ProviderConfigError(ModelError):
 
 
 @dataclass(frozen=True)
+class ToolSpec:
+    """A tool the model may call: its name, what it does, and its JSON-Schema parameters."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """The model asking for a tool: the provider's call id, the tool's name, its arguments."""
+
+    id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+def parse_arguments(raw: str) -> dict[str, Any]:
+    """A tool call's streamed JSON arguments as a dict. What is not a JSON object is kept as
+    `{"_invalid_json": raw}` for the tool to reject (the model then sees why), rather than
+    failing the model call."""
+    if not raw.strip():
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return {"_invalid_json": raw}
+    return value if isinstance(value, dict) else {"_invalid_json": raw}
+
+
+@dataclass(frozen=True)
 class ChatMessage:
-    role: str  # "user" | "assistant"
+    role: str  # "user" | "assistant" | "tool"
     content: str
+    # On an assistant message: the tools it asked for (after its text, if any).
+    tool_calls: tuple[ToolCall, ...] = ()
+    # On a tool message: the call it answers, and whether the tool failed.
+    tool_call_id: str = ""
+    is_error: bool = False
 
     @classmethod
     def from_dict(cls, value: dict[str, Any]) -> ChatMessage:
@@ -41,6 +81,7 @@ class ChatRequest:
     system: str = ""
     temperature: float | None = None
     max_tokens: int = 1024
+    tools: tuple[ToolSpec, ...] = ()
 
 
 @dataclass
@@ -55,10 +96,12 @@ class Usage:
 
 @dataclass
 class ChatChunk:
-    """A text delta, or (once, at the end) the call's token usage."""
+    """A text delta, the complete tool calls the model asked for (once, after the text), or
+    (once, at the end) the call's token usage."""
 
     text: str = ""
     usage: Usage | None = None
+    tool_calls: list[ToolCall] | None = None
 
 
 @dataclass
@@ -66,6 +109,7 @@ class ChatResult:
     text: str
     usage: Usage = field(default_factory=Usage)
     model: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
 
 
 class ChatModel(Protocol):

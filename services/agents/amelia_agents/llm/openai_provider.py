@@ -8,7 +8,8 @@ need none).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import json
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 from urllib.parse import urlparse
 
@@ -16,11 +17,14 @@ import openai
 
 from amelia_agents.llm.base import (
     ChatChunk,
+    ChatMessage,
     ChatRequest,
     ModelError,
     ProviderConfigError,
+    ToolCall,
     TransientModelError,
     Usage,
+    parse_arguments,
 )
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -37,6 +41,34 @@ def translate_error(exc: Exception) -> ModelError:
     return ModelError(f"openai: {exc}")
 
 
+def to_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
+    """Our messages as chat completions wants them: an assistant's tool calls are `tool_calls`
+    (arguments as a JSON string), each tool result a `role: "tool"` message with its call id."""
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        if m.role == "tool":
+            # Chat completions has no error flag: the text says it (`error: …`).
+            out.append({"role": "tool", "tool_call_id": m.tool_call_id, "content": m.content})
+        elif m.role == "assistant" and m.tool_calls:
+            out.append(
+                {
+                    "role": "assistant",
+                    "content": m.content or None,
+                    "tool_calls": [
+                        {
+                            "id": c.id,
+                            "type": "function",
+                            "function": {"name": c.name, "arguments": json.dumps(c.arguments)},
+                        }
+                        for c in m.tool_calls
+                    ],
+                }
+            )
+        else:
+            out.append({"role": m.role, "content": m.content})
+    return out
+
+
 class OpenAIModel:
     def __init__(self, model: str, client: openai.AsyncOpenAI) -> None:
         self.name = f"openai:{model}"
@@ -47,7 +79,7 @@ class OpenAIModel:
         messages: list[dict[str, Any]] = []
         if request.system:
             messages.append({"role": "system", "content": request.system})
-        messages.extend({"role": m.role, "content": m.content} for m in request.messages)
+        messages.extend(to_messages(request.messages))
         kwargs: dict[str, Any] = {
             "model": self.model,
             "messages": messages,
@@ -57,7 +89,21 @@ class OpenAIModel:
         }
         if request.temperature is not None:
             kwargs["temperature"] = request.temperature
+        if request.tools:
+            kwargs["tools"] = [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": t.name,
+                        "description": t.description,
+                        "parameters": t.parameters,
+                    },
+                }
+                for t in request.tools
+            ]
         usage = Usage()
+        # Streamed tool calls by index: [id, name, arguments as streamed so far]
+        calls: dict[int, list[str]] = {}
         try:
             stream = await self.client.chat.completions.create(**kwargs)
             async with stream:
@@ -68,10 +114,25 @@ class OpenAIModel:
                             output_tokens=chunk.usage.completion_tokens or 0,
                         )
                     for choice in chunk.choices:
-                        if choice.delta is not None and choice.delta.content:
+                        if choice.delta is None:
+                            continue
+                        if choice.delta.content:
                             yield ChatChunk(text=choice.delta.content)
+                        for delta in choice.delta.tool_calls or []:
+                            call = calls.setdefault(delta.index, ["", "", ""])
+                            call[0] = call[0] or (delta.id or "")
+                            if delta.function is not None:
+                                call[1] += delta.function.name or ""
+                                call[2] += delta.function.arguments or ""
         except openai.OpenAIError as exc:
             raise translate_error(exc) from exc
+        if calls:
+            yield ChatChunk(
+                tool_calls=[
+                    ToolCall(id=cid or f"call_{index}", name=name, arguments=parse_arguments(raw))
+                    for index, (cid, name, raw) in sorted(calls.items())
+                ]
+            )
         yield ChatChunk(usage=usage)
 
 

@@ -7,7 +7,9 @@ agent (or the chat input) names `context_sources`, passages from the RAG service
 `run.retrieval` event with the passages (document, offsets, page, score, text) and keeps them in
 the state, so a worker that dies during `respond` does not search again. `respond` sends the
 thread's messages with the passages in the system prompt: they inform this reply without being
-added to the thread's memory (the next message retrieves its own).
+added to the thread's memory (the next message retrieves its own). An agent with `tools` answers
+through `tools.chat_with_tools` (model ⇄ tools rounds inside `respond`); the thread's memory keeps
+the reply, not the tool calls.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Annotated, Any, TypedDict
 
 from langgraph.graph import END, START, StateGraph
 
-from amelia_agents import runtime
+from amelia_agents import runtime, tools
 from amelia_agents.workflows import retrieval
 from amelia_agents.workflows.builtin import (
     MESSAGE_SCHEMA,
@@ -68,7 +70,12 @@ def build_chat(agent: dict[str, Any] | None) -> StateGraph[Any, Any, Any, Any]:
         if _sources(agent, request):
             context = retrieval.context_prompt(state.get("context", []))
             params["system"] = f"{params['system']}\n\n{context}".strip()
-        result = await runtime.chat(state.get("messages", []), **params)
+        tool_names = list((agent or {}).get("tools") or [])
+        if tool_names:
+            # The whole tool loop is this one node: a crash mid-loop re-runs it from the start.
+            result = await tools.chat_with_tools(state.get("messages", []), tool_names, **params)
+        else:
+            result = await runtime.chat(state.get("messages", []), **params)
         return {"messages": [{"role": "assistant", "content": result.text}]}
 
     def route(state: ChatState) -> str:

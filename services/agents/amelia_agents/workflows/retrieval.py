@@ -67,11 +67,14 @@ def passage(index: int, hit: rag_pb2.SearchHit) -> dict[str, Any]:
     }
 
 
-async def retrieve(query: str, sources: list[str]) -> list[dict[str, Any]]:
-    """Search the sources for `query`; emits `run.retrieval` with the passages found."""
+async def retrieve(
+    query: str, sources: list[str], top_k: int | None = None
+) -> list[dict[str, Any]]:
+    """Search the sources for `query` (top `top_k`, default `RAG_TOP_K`); emits `run.retrieval`
+    with the passages found."""
     ctx = runtime.current()
     settings = ctx.settings
-    request = search_request(query, sources, settings.RAG_TOP_K)
+    request = search_request(query, sources, top_k or settings.RAG_TOP_K)
     retries = ctx.retry_attempts
     for attempt in range(retries + 1):
         try:
