@@ -195,3 +195,24 @@ def test_calculator_computes(expression: str, value: float) -> None:
 def test_calculator_refuses(expression: str, message: str) -> None:
     with pytest.raises(ToolError, match=message):
         calculate(expression)
+
+
+def test_parallel_tool_results_go_back_in_one_anthropic_user_message() -> None:
+    from amelia_agents.llm import ChatMessage, ToolCall
+    from amelia_agents.llm.anthropic_provider import to_messages
+
+    calls = (ToolCall("a", "calculator", {"expression": "1"}), ToolCall("b", "current_time", {}))
+    sent = to_messages(
+        [
+            ChatMessage("user", "hi"),
+            ChatMessage("assistant", "", tool_calls=calls),
+            ChatMessage("tool", "1", tool_call_id="a"),
+            ChatMessage("tool", "error: boom", tool_call_id="b", is_error=True),
+        ]
+    )
+    assert [m["role"] for m in sent] == ["user", "assistant", "user"]
+    assert [b["type"] for b in sent[1]["content"]] == ["tool_use", "tool_use"]
+    assert [(b["tool_use_id"], b["is_error"]) for b in sent[2]["content"]] == [
+        ("a", False),
+        ("b", True),
+    ]
