@@ -76,6 +76,22 @@ def test_define_an_agent_and_run_it_streaming_tokens(running_mesh: dict[str, str
     runs = amelia(running_mesh, "runs", "ls", "--agent", "parrot")
     assert run_name.group(0) in runs.stdout and "completed" in runs.stdout
 
+    counter = amelia(
+        running_mesh,
+        "agents",
+        "create",
+        "counter",
+        "--tool",
+        "calculator",
+        "--model",
+        'offline:tool:calculator:{"expression": "6*7"}',
+    )
+    assert counter.returncode == 0, counter.stderr
+    counted = amelia(running_mesh, "run", "counter", "what is six times seven?", timeout=120)
+    assert counted.returncode == 0 and "42" in counted.stdout, counted.stdout + counted.stderr
+    bad_tool = amelia(running_mesh, "agents", "create", "x", "--tool", "teleport")
+    assert bad_tool.returncode == 1 and "INVALID_ARGUMENT" in bad_tool.stderr
+
     unknown = amelia(running_mesh, "run", "nobody", "hello")
     assert unknown.returncode == 1 and "NOT_FOUND" in unknown.stderr
 

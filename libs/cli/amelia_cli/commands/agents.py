@@ -49,6 +49,9 @@ def create(
     context_source: list[str] = typer.Option(
         [], "--context", help="documents/<id> or documents/*."
     ),
+    tool: list[str] = typer.Option(
+        [], "--tool", help="Built-in tool it may call: calculator, current_time, search_documents."
+    ),
     temperature: float = typer.Option(0.7),
     max_tokens: int = typer.Option(4096),
     timeout: int = typer.Option(300, help="Seconds a run may take."),
@@ -64,6 +67,7 @@ def create(
         max_tokens=max_tokens,
         retry_attempts=retry_attempts,
         context_sources=context_source,
+        tools=tool,
     )
     agent.timeout.FromSeconds(timeout)
 
