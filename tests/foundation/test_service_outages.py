@@ -6,10 +6,13 @@ import asyncio
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from amelia.v1 import agents_pb2, agents_pb2_grpc
 from amelia_agents.server import build_service as build_agents
 from amelia_common.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from amelia_common.grpc_client import aio_channel
 from amelia_common.settings import Settings
 from amelia_events.server import build_service as build_events
 
@@ -61,3 +64,34 @@ async def test_agents_service_follows_its_postgres(tmp_path: Path, settings: Set
     finally:
         await service.stop(0)
         postgres.stop()
+
+
+async def test_create_run_with_the_queue_down_records_nothing(
+    tmp_path: Path, settings: Settings
+) -> None:
+    """UNAVAILABLE, no run stored, the thread not blocked; once NATS is back the run goes."""
+    nats = EmbeddedNats(tmp_path, free_port())
+    own = settings.model_copy(update={"NATS_URL": nats.start(), "AGENT_WORKERS": 0})
+    service = await build_agents(own)
+    port = await service.start()
+    channel = aio_channel(f"127.0.0.1:{port}", own)
+    stub = agents_pb2_grpc.AgentServiceStub(channel)
+    try:
+        thread = (await stub.CreateThread(agents_pb2.CreateThreadRequest())).thread.name
+        run = agents_pb2.Run(workflow="workflows/echo", thread=thread)
+        run.input.update({"message": "hello"})
+        nats.stop()
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.CreateRun(agents_pb2.CreateRunRequest(run=run), timeout=60)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "nothing was started" in (refused.value.details() or "")
+        listed = await stub.ListRuns(agents_pb2.ListRunsRequest(thread=thread))
+        assert list(listed.runs) == []
+        nats.start()
+        await wait_for(port, "amelia.v1.AgentService", SERVING)
+        created = await stub.CreateRun(agents_pb2.CreateRunRequest(run=run), timeout=60)
+        assert created.run.status == agents_pb2.RUN_STATUS_QUEUED
+    finally:
+        await channel.close()
+        await service.stop(0)
+        nats.stop()

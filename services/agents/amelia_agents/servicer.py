@@ -361,7 +361,11 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
             worker="",
         )
         try:
-            await self.store.create_run(row, new_thread)
+            await self.store.create_run(
+                row,
+                new_thread,
+                before_commit=lambda: queue.enqueue(self.js, self.settings, row.id, "start"),
+            )
         except ActiveRunError:
             await context.abort(
                 PRECONDITION,
@@ -373,7 +377,13 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
             if existing is None:
                 raise
             return agents_pb2.CreateRunResponse(run=convert.run_to_proto(existing))
-        await self._enqueue(row, "start", context)
+        except Exception as exc:  # noqa: BLE001 - the queue refused it: nothing was recorded
+            log.warning("cannot queue run", run=str(row.id), error=str(exc) or repr(exc))
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"the run queue (NATS) is unavailable: {exc or type(exc).__name__}; nothing "
+                "was started, try again",
+            )
         return agents_pb2.CreateRunResponse(run=convert.run_to_proto(row))
 
     async def _run_id(self, name: str, context: Ctx) -> uuid.UUID:

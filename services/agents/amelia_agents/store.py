@@ -9,7 +9,7 @@ worker).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -131,8 +131,17 @@ class Store:
         async with self.sessions() as s:
             return await s.scalar(select(RunRow).where(RunRow.request_id == request_id))
 
-    async def create_run(self, row: RunRow, new_thread: bool) -> RunRow:
-        """Insert the run (and its new thread); `ActiveRunError` when the thread is busy."""
+    async def create_run(
+        self,
+        row: RunRow,
+        new_thread: bool,
+        before_commit: Callable[[], Awaitable[None]] | None = None,
+    ) -> RunRow:
+        """Insert the run (and its new thread); `ActiveRunError` when the thread is busy.
+
+        `before_commit` (queueing the run) runs inside the transaction: if it raises, nothing
+        is recorded, so a run is never stored without being queued.
+        """
         try:
             async with self.sessions() as s, s.begin():
                 if new_thread:
@@ -145,6 +154,8 @@ class Store:
                 await s.execute(
                     update(ThreadRow).where(ThreadRow.id == row.thread_id).values(update_time=now())
                 )
+                if before_commit is not None:
+                    await before_commit()
         except IntegrityError as exc:
             if "uq_runs_active_thread" in str(exc.orig):
                 raise ActiveRunError from exc

@@ -24,6 +24,7 @@ import os
 import socket
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from nats.aio.client import Client as NATS
@@ -148,8 +149,19 @@ class WorkerPool:
     async def _execute(self, msg: Msg, run_id: uuid.UUID, attempt: Attempt, worker: str) -> None:
         deps = self.deps
         row, claimed = await deps.store.claim(run_id, worker)
+        for _ in range(10):  # usually the CreateRun transaction commits within a millisecond
+            if row is not None:
+                break
+            await asyncio.sleep(0.02)
+            row, claimed = await deps.store.claim(run_id, worker)
         if row is None:
-            await msg.ack()
+            # CreateRun queues a run just before committing it: a young message may arrive
+            # first. Look again shortly; a message whose run never appeared is dropped.
+            stored = msg.metadata.timestamp
+            if stored is not None and (datetime.now(UTC) - stored).total_seconds() < 30:
+                await msg.nak(delay=0.5)
+            else:
+                await msg.ack()
             return
         if not claimed:
             if row.status in TERMINAL_STATES and row.terminal_sequence is None:
