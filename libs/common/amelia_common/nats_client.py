@@ -40,15 +40,20 @@ async def connect_nats(settings: Settings, name: str, timeout: float = 60.0) -> 
             log.warning("nats error", error=message)
         last_error[:] = [message]
 
+    client: list[NATS] = []
+
     async def on_disconnect() -> None:
-        log.warning("nats disconnected")
+        if client and client[0].is_closed:
+            log.debug("nats connection closed")  # a deliberate close, not an outage
+        else:
+            log.warning("nats disconnected")
 
     async def on_reconnect() -> None:
         log.info("nats reconnected")
 
     servers = nats_servers(settings)
     try:
-        return await asyncio.wait_for(
+        nc = await asyncio.wait_for(
             nats.connect(
                 servers=servers,
                 name=name,
@@ -69,6 +74,8 @@ async def connect_nats(settings: Settings, name: str, timeout: float = 60.0) -> 
         raise ConnectionError(
             f"cannot reach NATS at {', '.join(servers)} after {timeout:.0f}s: {reason}"
         ) from exc
+    client.append(nc)
+    return nc
 
 
 def nats_health(nc: NATS) -> Callable[[], Awaitable[bool]]:
