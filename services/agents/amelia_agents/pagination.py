@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Sequence
 from datetime import datetime
+from typing import Any, TypeVar
+
+Row = TypeVar("Row")
 
 
 class BadPageTokenError(ValueError):
@@ -29,3 +33,14 @@ def decode(token: str) -> tuple[datetime, str]:
         return datetime.fromisoformat(when), str(row_id)
     except (ValueError, TypeError) as exc:
         raise BadPageTokenError("page_token is not one this service returned") from exc
+
+
+def page(rows: Sequence[Row], limit: int) -> tuple[Sequence[Row], str]:
+    """The first `limit` of `limit + 1` fetched rows, and the token of the next page ("" at the end).
+
+    Rows have `create_time` and `id`, the keyset the store orders by.
+    """
+    if len(rows) <= limit:
+        return rows, ""
+    last: Any = rows[limit - 1]
+    return rows[:limit], encode(last.create_time, str(last.id))

@@ -172,14 +172,10 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         self, request: agents_pb2.ListAgentsRequest, context: Ctx
     ) -> agents_pb2.ListAgentsResponse:
         limit, after = await self._page(request.page_size, request.page_token, context)
-        rows = await self.store.list_agents(limit + 1, after)
-        response = agents_pb2.ListAgentsResponse(
-            agents=[convert.agent_to_proto(r) for r in rows[:limit]]
+        rows, token = pagination.page(await self.store.list_agents(limit + 1, after), limit)
+        return agents_pb2.ListAgentsResponse(
+            agents=[convert.agent_to_proto(r) for r in rows], next_page_token=token
         )
-        if len(rows) > limit:
-            last = rows[limit - 1]
-            response.next_page_token = pagination.encode(last.create_time, last.id)
-        return response
 
     async def UpdateAgent(
         self, request: agents_pb2.UpdateAgentRequest, context: Ctx
@@ -242,14 +238,10 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         self, request: agents_pb2.ListThreadsRequest, context: Ctx
     ) -> agents_pb2.ListThreadsResponse:
         limit, after = await self._page(request.page_size, request.page_token, context)
-        rows = await self.store.list_threads(limit + 1, after)
-        response = agents_pb2.ListThreadsResponse(
-            threads=[convert.thread_to_proto(r) for r in rows[:limit]]
+        rows, token = pagination.page(await self.store.list_threads(limit + 1, after), limit)
+        return agents_pb2.ListThreadsResponse(
+            threads=[convert.thread_to_proto(r) for r in rows], next_page_token=token
         )
-        if len(rows) > limit:
-            last = rows[limit - 1]
-            response.next_page_token = pagination.encode(last.create_time, str(last.id))
-        return response
 
     async def DeleteThread(
         self, request: agents_pb2.DeleteThreadRequest, context: Ctx
@@ -426,12 +418,10 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
             flt.created_after = request.created_after.ToDatetime(tzinfo=_utc())
         if request.HasField("created_before"):
             flt.created_before = request.created_before.ToDatetime(tzinfo=_utc())
-        rows = await self.store.list_runs(limit + 1, after, flt)
-        response = agents_pb2.ListRunsResponse(runs=[convert.run_to_proto(r) for r in rows[:limit]])
-        if len(rows) > limit:
-            last = rows[limit - 1]
-            response.next_page_token = pagination.encode(last.create_time, str(last.id))
-        return response
+        rows, token = pagination.page(await self.store.list_runs(limit + 1, after, flt), limit)
+        return agents_pb2.ListRunsResponse(
+            runs=[convert.run_to_proto(r) for r in rows], next_page_token=token
+        )
 
     async def CancelRun(
         self, request: agents_pb2.CancelRunRequest, context: Ctx
