@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
+from amelia_common import paging
+
 Row = TypeVar("Row")
 
 
@@ -15,10 +17,8 @@ class BadPageTokenError(ValueError):
     pass
 
 
-def page_size(requested: int, default: int = 50, maximum: int = 1000) -> int:
-    if requested < 0:
-        raise ValueError("page_size must not be negative")
-    return min(requested or default, maximum)
+def page_size(requested: int) -> int:
+    return paging.page_size(requested, default=50)
 
 
 def encode(create_time: datetime, row_id: str) -> str:

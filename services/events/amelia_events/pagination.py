@@ -11,6 +11,7 @@ import base64
 import binascii
 import hashlib
 
+from amelia_common import paging
 from amelia_common.eventlog import InvalidEventError
 
 DEFAULT_PAGE_SIZE = 100
@@ -18,12 +19,11 @@ MAX_PAGE_SIZE = 1000
 
 
 def page_size(requested: int) -> int:
-    """The page size to use; 0 means the default, negative is an error, large is capped."""
-    if requested < 0:
-        raise InvalidEventError(
-            f"page_size must be 0 (the default, {DEFAULT_PAGE_SIZE}) or positive; got {requested}"
-        )
-    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    """The page size to use; negative is an INVALID_ARGUMENT for ListEvents."""
+    try:
+        return paging.page_size(requested, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    except ValueError as exc:
+        raise InvalidEventError(str(exc)) from exc
 
 
 def fingerprint(filters: list[str]) -> str:

@@ -19,6 +19,7 @@ from google.protobuf import json_format, struct_pb2
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from amelia.v1 import rag_pb2, rag_pb2_grpc
+from amelia_common import paging
 from amelia_common.logging import get_logger
 from amelia_common.settings import Settings
 from amelia_rag.embeddings import EmbeddingUnavailable
@@ -261,9 +262,10 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
         self, request: rag_pb2.ListDocumentsRequest, context: grpc.aio.ServicerContext
     ) -> rag_pb2.ListDocumentsResponse:
         async def work() -> tuple[list[DocumentRow], str]:
-            if request.page_size < 0:
-                raise BadRequest(f"page_size {request.page_size} must not be negative")
-            page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+            try:
+                page_size = paging.page_size(request.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+            except ValueError as exc:
+                raise BadRequest(str(exc)) from exc
             types = [document_type(t, "types") for t in request.types]
             return await self.store.list(
                 page_size=page_size,
