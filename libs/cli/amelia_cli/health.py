@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import urllib.request
 from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from amelia_cli.mesh import SERVICES, ServiceSpec, client_host, service_address
+from amelia_cli.mesh import SERVICES, ServiceSpec, service_address
 from amelia_common.grpc_client import aio_channel
 from amelia_common.settings import Settings
 
@@ -120,15 +119,3 @@ async def probe_all(settings: Settings) -> list[Probe]:
         probe_postgres(settings),
     )
     return list(results)
-
-
-def gateway_status(settings: Settings) -> dict[str, object] | None:
-    """The gateway's own /v1/status, when it answers."""
-    url = f"http://{client_host(settings)}:{settings.PORT}/v1/status"
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {settings.api_token}"})
-    try:
-        with urllib.request.urlopen(request, timeout=2) as reply:
-            data: dict[str, object] = json.loads(reply.read())
-            return data
-    except (OSError, ValueError):
-        return None

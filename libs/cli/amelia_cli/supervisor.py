@@ -15,7 +15,7 @@ import os
 import signal
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from amelia_cli.health import Probe, probe_service
@@ -69,7 +69,6 @@ class Child:
     process: subprocess.Popen[bytes]
     log_path: Path
     restarts: int = 0
-    started_at: float = field(default_factory=time.monotonic)
 
 
 class Supervisor:

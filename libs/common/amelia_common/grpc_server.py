@@ -14,7 +14,7 @@ import asyncio
 import signal
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -260,10 +260,6 @@ class GrpcService:
             )
         return healthy
 
-    @property
-    def dependency_state(self) -> dict[str, bool]:
-        return dict(self._dependency_state)
-
     async def _watch_dependencies(self) -> None:
         while not self.stopping.is_set():
             await asyncio.sleep(self.health_interval)
@@ -298,9 +294,3 @@ class GrpcService:
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         await self.stop()
-
-
-async def all_of(checks: Iterable[HealthCheck]) -> bool:
-    """True when every check passes."""
-    results = await asyncio.gather(*(c() for c in checks), return_exceptions=True)
-    return all(r is True for r in results)
