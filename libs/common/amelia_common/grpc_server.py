@@ -23,6 +23,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from amelia_common.auth import token_ok
 from amelia_common.grpc_client import client_options
 from amelia_common.logging import get_logger
 from amelia_common.settings import Settings
@@ -115,7 +116,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         # Trailing, not initial, metadata: a streaming handler decides when its headers go out
         # (StreamEvents sends them once it is subscribed).
         context.set_trailing_metadata((("x-request-id", request_id),))
-        if self._token and not public and token_from_metadata(context) != self._token:
+        if not public and not token_ok(self._token, token_from_metadata(context)):
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED,
                 "missing or wrong API token: send 'authorization: Bearer <AMELIA_API_TOKEN>'",

@@ -8,7 +8,6 @@ used, because a browser drops a connection whose subprotocol answer is missing.
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Sequence
 
 from starlette.datastructures import Headers
@@ -30,13 +29,6 @@ def protocol_token(subprotocols: Sequence[str]) -> tuple[str, str]:
         if protocol.startswith(BEARER_PROTOCOL_PREFIX):
             return protocol[len(BEARER_PROTOCOL_PREFIX) :], protocol
     return "", ""
-
-
-def token_ok(expected: str, given: str) -> bool:
-    """True when no token is configured, or `given` is it (compared in constant time)."""
-    if not expected:
-        return True
-    return hmac.compare_digest(expected.encode(), given.encode())
 
 
 def chosen_subprotocol(subprotocols: Sequence[str]) -> str | None:

@@ -17,6 +17,7 @@ import grpc
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from amelia_common.auth import token_ok
 from amelia_common.logging import get_logger
 from amelia_gateway import auth, uploads
 from amelia_gateway.errors import GatewayError, error_response, from_rpc_error, invalid
@@ -49,7 +50,7 @@ def request_id(request: Request) -> str:
 
 
 def require_token(gateway: Gateway, request: Request) -> None:
-    if not auth.token_ok(gateway.token, auth.header_token(request.headers)):
+    if not token_ok(gateway.token, auth.header_token(request.headers)):
         raise GatewayError(
             grpc.StatusCode.UNAUTHENTICATED,
             "missing or wrong API token: send 'Authorization: Bearer <AMELIA_API_TOKEN>'"

@@ -37,6 +37,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from amelia_common.auth import token_ok
 from amelia_common.logging import get_logger
 from amelia_gateway import auth
 from amelia_gateway.errors import GatewayError, status_body
@@ -430,7 +431,7 @@ async def serve(gateway: Gateway, scope: Scope, receive: Receive, send: Send) ->
     refusal: tuple[int, str] | None = None
     if gateway.stopping.is_set():
         refusal = (CLOSE_GOING_AWAY, "server shutting down; reconnect and resume later")
-    elif not auth.token_ok(gateway.token, token):
+    elif not token_ok(gateway.token, token):
         gateway.counters["wsRefusedAuth"] += 1
         refusal = (
             CLOSE_UNAUTHORIZED,
