@@ -8,7 +8,11 @@ it, never INTERNAL and never blamed on the wrong one.
 
 from __future__ import annotations
 
+import errno
 import math
+import sys
+import traceback
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -74,3 +78,172 @@ def check_json(value: Any, field: str) -> None:
     elif isinstance(value, list | tuple):
         for item in value:
             check_json(item, field)
+
+
+# --------------------------------------------------------------------------- dependency failures
+#
+# Exceptions of the libraries we talk to our dependencies with, recognised by module name so that
+# a process without SQLAlchemy or nats-py installed (the gateway) never imports them.
+
+POSTGRES = "PostgreSQL"
+NATS = "NATS"
+
+_LIBRARY_DEPENDENCY = {
+    "sqlalchemy": POSTGRES,
+    "asyncpg": POSTGRES,
+    "psycopg": POSTGRES,
+    "psycopg_pool": POSTGRES,
+    "nats": NATS,
+}
+
+# errno values that mean "the other side is not there (now)".
+_NETWORK_ERRNOS = {
+    errno.ECONNREFUSED,
+    errno.ECONNRESET,
+    errno.ECONNABORTED,
+    errno.EPIPE,
+    errno.EHOSTUNREACH,
+    errno.ENETUNREACH,
+    errno.ENETDOWN,
+    errno.ETIMEDOUT,
+}
+
+
+def _library(module: str) -> str:
+    return module.partition(".")[0]
+
+
+def _exception_class(module: str, name: str) -> type[BaseException] | None:
+    """`module.name` if that module is already imported (never imports anything)."""
+    found = getattr(sys.modules.get(module), name, None)
+    return found if isinstance(found, type) else None
+
+
+def _is(exc: BaseException, module: str, *names: str) -> bool:
+    classes = [_exception_class(module, n) for n in names]
+    return isinstance(exc, tuple(c for c in classes if c is not None))
+
+
+def _postgres_outage(exc: BaseException) -> bool:
+    library = _library(type(exc).__module__)
+    if library == "sqlalchemy":
+        if _is(exc, "sqlalchemy.exc", "OperationalError", "InterfaceError", "TimeoutError"):
+            return True
+        return _is(exc, "sqlalchemy.exc", "DBAPIError") and bool(
+            getattr(exc, "connection_invalidated", False)
+        )
+    if library == "asyncpg":
+        return _is(
+            exc,
+            "asyncpg.exceptions",
+            "PostgresConnectionError",
+            "OperatorInterventionError",
+            "TooManyConnectionsError",
+            "ConnectionDoesNotExistError",
+        )
+    if library in ("psycopg", "psycopg_pool"):
+        return _is(exc, "psycopg", "OperationalError") or _is(exc, "psycopg_pool", "PoolTimeout")
+    return False
+
+
+def _nats_outage(exc: BaseException) -> bool:
+    if _library(type(exc).__module__) != "nats":
+        return False
+    return _is(
+        exc,
+        "nats.errors",
+        "TimeoutError",
+        "ConnectionClosedError",
+        "NoServersError",
+        "NoRespondersError",
+        "ConnectionReconnectingError",
+        "ConnectionDrainingError",
+        "StaleConnectionError",
+        "OutboundBufferLimitError",
+        "FlushTimeoutError",
+        "UnexpectedEOF",
+    ) or _is(exc, "nats.js.errors", "ServiceUnavailableError", "NoStreamResponseError")
+
+
+def _raised_in(exc: BaseException) -> str | None:
+    """The dependency whose client library raised `exc` (innermost frame first), if any."""
+    frames = [frame for frame, _ in traceback.walk_tb(exc.__traceback__)]
+    for frame in reversed(frames):
+        dependency = _LIBRARY_DEPENDENCY.get(_library(frame.f_globals.get("__name__", "")))
+        if dependency is not None:
+            return dependency
+    return None
+
+
+def _network_error(exc: BaseException) -> bool:
+    return isinstance(exc, ConnectionError | TimeoutError) or (
+        isinstance(exc, OSError) and exc.errno in _NETWORK_ERRNOS
+    )
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """`exc`, then what caused it (explicitly or while handling), depth first, each once."""
+    seen: set[int] = set()
+    pending = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        for linked in (current.__context__, current.__cause__):
+            if linked is not None:
+                pending.append(linked)
+
+
+def _root(exc: BaseException) -> BaseException:
+    """The first exception of `exc`'s chain: the one that started it all."""
+    seen = {id(exc)}
+    while (linked := exc.__cause__ or exc.__context__) is not None and id(linked) not in seen:
+        seen.add(id(linked))
+        exc = linked
+    return exc
+
+
+def _dependency(exc: BaseException) -> str | None:
+    if _postgres_outage(exc):
+        return POSTGRES
+    if _nats_outage(exc):
+        return NATS
+    if isinstance(exc, OSError):
+        # A socket error: name the library whose frames raised it, when it is one of ours.
+        dependency = _raised_in(exc)
+        if dependency is not None:
+            return dependency
+        if _network_error(exc):
+            return "a network dependency"
+    return None
+
+
+def _summary(exc: BaseException) -> str:
+    """One short line about an exception: its type and the first line of its message."""
+    text = str(exc).strip().splitlines()
+    first = text[0][:200] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def dependency_unavailable(exc: BaseException) -> Unavailable | None:
+    """`Unavailable` naming the dependency `exc` (or what caused it) shows to be unreachable.
+
+    None when nothing in the exception's chain is a dependency outage: that is a bug, reported
+    as INTERNAL by the caller.
+    """
+    for link in _chain(exc):
+        if isinstance(link, Unavailable):
+            return link
+        dependency = _dependency(link)
+        if dependency is not None:
+            return Unavailable(dependency, _summary(_root(link)))
+    return None
+
+
+def as_amelia_error(exc: BaseException) -> AmeliaError | None:
+    """The typed error `exc` stands for: itself, or a dependency outage; None for a bug."""
+    if isinstance(exc, AmeliaError):
+        return exc
+    return dependency_unavailable(exc)

@@ -2,8 +2,9 @@
 
 One bootstrap so each service behaves the same to grpcurl and to operators: `grpc.health.v1`
 (SERVING only while the service's dependencies answer), server reflection, a request id bound to
-every log line, the API token checked, unexpected exceptions turned into INTERNAL with that request
-id (never a traceback on the wire), message size and keepalive limits, and a graceful shutdown on
+every log line, the API token checked, one error mapping for every servicer (typed `AmeliaError`s
+to their status, dependency outages to UNAVAILABLE naming the dependency, anything else to INTERNAL
+with that request id — never a traceback on the wire), message size and keepalive limits, and a graceful shutdown on
 SIGTERM/SIGINT that stops accepting, drains in-flight calls for a grace period, then closes
 NATS and the database.
 """
@@ -11,10 +12,11 @@ NATS and the database.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import signal
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +26,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from amelia_common.auth import token_ok
+from amelia_common.errors import InvalidArgument, Unavailable, as_amelia_error
 from amelia_common.grpc_client import client_options
 from amelia_common.logging import get_logger
 from amelia_common.settings import Settings
@@ -70,8 +73,61 @@ def token_from_metadata(context: grpc.aio.ServicerContext) -> str:
     return _metadata_value(context, "x-api-key")
 
 
+class _Undecodable:
+    """A request message that could not be decoded; the handler answers INVALID_ARGUMENT.
+
+    gRPC decodes requests before (unary) or while (client streams) the handler runs, and a
+    decoding error there is UNKNOWN with an ERROR traceback in our log. Decoding tolerantly and
+    refusing in the handler makes a malformed frame the caller's INVALID_ARGUMENT instead.
+    """
+
+    def __init__(self, message_type: str, error: Exception) -> None:
+        self.message_type = message_type
+        self.error = error
+
+    def refuse(self) -> InvalidArgument:
+        log.debug("undecodable request", error=repr(self.error))
+        return InvalidArgument(
+            f"the request could not be decoded as {self.message_type} (malformed protobuf)"
+        )
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+    owner = getattr(deserializer, "__self__", None)
+    descriptor = getattr(owner, "DESCRIPTOR", None)
+    message_type = getattr(descriptor, "full_name", "the request message")
+
+    def deserialize(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except Exception as exc:  # noqa: BLE001 - any decoding failure is the caller's
+            return _Undecodable(message_type, exc)
+
+    return deserialize
+
+
+def _decoded(request: Any) -> Any:
+    if isinstance(request, _Undecodable):
+        raise request.refuse()
+    return request
+
+
+async def _decoded_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        yield _decoded(request)
+
+
 class ServerInterceptor(grpc.aio.ServerInterceptor):
-    """Request id, auth, access log and the INTERNAL-with-request-id error boundary."""
+    """Request id, auth, access log, request decoding and the error boundary.
+
+    The boundary maps what a handler raises to one status, the same way for every service:
+    an `AmeliaError` to its code and message, a dependency's connection error to UNAVAILABLE
+    naming the dependency (`errors.dependency_unavailable`), anything else to INTERNAL with the
+    request id (the traceback goes to our log, never on the wire). Response streams may be
+    written by yielding (async generators) or with `context.write` (e.g. grpc_health's Watch).
+    """
 
     def __init__(self, api_token: str) -> None:
         self._token = api_token
@@ -86,28 +142,28 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             return handler
         method: str = handler_call_details.method
         public = method.startswith(_PUBLIC_SERVICES)
+        codecs = {
+            "request_deserializer": _tolerant(handler.request_deserializer),
+            "response_serializer": handler.response_serializer,
+        }
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(handler.unary_unary, method, public),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
+                self._wrap_unary(handler.unary_unary, method, public, streaming_in=False),
+                **codecs,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(handler.unary_stream, method, public),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
+                self._wrap_stream(handler.unary_stream, method, public, streaming_in=False),
+                **codecs,
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                self._wrap_unary(handler.stream_unary, method, public),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
+                self._wrap_unary(handler.stream_unary, method, public, streaming_in=True),
+                **codecs,
             )
         return grpc.stream_stream_rpc_method_handler(
-            self._wrap_stream(handler.stream_stream, method, public),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
+            self._wrap_stream(handler.stream_stream, method, public, streaming_in=True),
+            **codecs,
         )
 
     async def _enter(self, context: grpc.aio.ServicerContext, method: str, public: bool) -> str:
@@ -126,14 +182,27 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
     async def _fail(
         self, context: grpc.aio.ServicerContext, request_id: str, exc: BaseException
     ) -> None:
-        log.exception("rpc failed", error=repr(exc))
-        await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})")
+        """Answer the status `exc` stands for (called from the handler's `except`)."""
+        error = as_amelia_error(exc)
+        if error is None:
+            log.exception("rpc failed", error=repr(exc))
+            await context.abort(
+                grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})"
+            )
+            return
+        if isinstance(error, Unavailable):
+            log.warning("dependency unavailable", dependency=error.dependency, error=error.message)
+        else:
+            log.debug("rpc refused", code=error.code.name, error=error.message)
+        await context.abort(error.code, error.message)
 
-    def _wrap_unary(self, behavior: Any, method: str, public: bool) -> Any:
+    def _wrap_unary(self, behavior: Any, method: str, public: bool, *, streaming_in: bool) -> Any:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
-            request_id = await self._enter(context, method, public)
+            request_id = ""
             try:
+                request_id = await self._enter(context, method, public)
+                request = _decoded_stream(request) if streaming_in else _decoded(request)
                 return await behavior(request, context)
             except (grpc.aio.AbortError, asyncio.CancelledError):
                 raise
@@ -146,12 +215,42 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
         return wrapper
 
-    def _wrap_stream(self, behavior: Any, method: str, public: bool) -> Any:
-        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            request_id = await self._enter(context, method, public)
+    def _wrap_stream(self, behavior: Any, method: str, public: bool, *, streaming_in: bool) -> Any:
+        if inspect.isasyncgenfunction(behavior):
+
+            async def yielding(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                request_id = ""
+                try:
+                    request_id = await self._enter(context, method, public)
+                    request = _decoded_stream(request) if streaming_in else _decoded(request)
+                    async for item in behavior(request, context):
+                        yield item
+                except (grpc.aio.AbortError, asyncio.CancelledError):
+                    raise
+                except Exception as exc:  # noqa: BLE001 - the error boundary
+                    await self._fail(context, request_id, exc)
+                finally:
+                    structlog.contextvars.unbind_contextvars("request_id", "rpc")
+
+            return yielding
+
+        async def writing(request: Any, context: grpc.aio.ServicerContext) -> None:
+            # A handler that writes with `context.write` and returns (or one that returns an
+            # async iterator without being a generator function itself).
+            request_id = ""
             try:
-                async for item in behavior(request, context):
-                    yield item
+                request_id = await self._enter(context, method, public)
+                request = _decoded_stream(request) if streaming_in else _decoded(request)
+                result = behavior(request, context)
+                if hasattr(result, "__aiter__"):
+                    try:
+                        async for item in result:
+                            await context.write(item)
+                    finally:
+                        if hasattr(result, "aclose"):
+                            await result.aclose()
+                elif inspect.isawaitable(result):
+                    await result
             except (grpc.aio.AbortError, asyncio.CancelledError):
                 raise
             except Exception as exc:  # noqa: BLE001 - the error boundary
@@ -159,7 +258,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             finally:
                 structlog.contextvars.unbind_contextvars("request_id", "rpc")
 
-        return wrapper
+        return writing
 
 
 @dataclass

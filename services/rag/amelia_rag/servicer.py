@@ -1,9 +1,11 @@
 """`amelia.v1.RagService` over gRPC: request validation, proto conversion, status codes.
 
 The work is done by `Ingestor` (ingest.py), `DocumentStore` (store.py) and `Searcher`
-(search.py); this module only speaks protobuf and turns failures into status codes a person
-understands: bad input → INVALID_ARGUMENT, unknown document → NOT_FOUND, database / event log /
-embedding endpoint down → UNAVAILABLE.
+(search.py); this module only speaks protobuf. Failures become status codes in one place, the
+shared interceptor (`amelia_common.errors`): this module raises `InvalidArgument` / `NotFound`,
+lets database and NATS connection errors escape (UNAVAILABLE naming PostgreSQL or NATS), and
+`rag_errors` translates the rag modules' own errors (bad document, event log or embedding
+model down) into those types.
 """
 
 from __future__ import annotations
@@ -11,27 +13,26 @@ from __future__ import annotations
 import math
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, NoReturn, TypeVar
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import grpc
 from google.protobuf import json_format, struct_pb2
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from amelia.v1 import rag_pb2, rag_pb2_grpc
 from amelia_common import paging
+from amelia_common.errors import NATS, InvalidArgument, NotFound, Unavailable
 from amelia_common.logging import get_logger
 from amelia_common.settings import Settings
 from amelia_rag.embeddings import EmbeddingUnavailable
-from amelia_rag.ingest import EventsUnavailable, Ingestor, IngestResult, Source
+from amelia_rag.ingest import EventsUnavailable, Ingestor, Source
 from amelia_rag.models import DocumentRow
 from amelia_rag.parsing import InvalidDocument
 from amelia_rag.search import Hit, Searcher, SearchFilters
 from amelia_rag.store import DocumentStore, InvalidPageToken
 
 log = get_logger("amelia.rag")
-
-T = TypeVar("T")
 
 TYPE_TO_PROTO = {
     "pdf": rag_pb2.DOCUMENT_TYPE_PDF,
@@ -55,10 +56,6 @@ MAX_PAGE_SIZE = 1000
 _NAME = re.compile(r"^documents/([0-9a-fA-F-]{32,36})$")
 
 
-class BadRequest(ValueError):
-    """A request field is wrong; INVALID_ARGUMENT with this message."""
-
-
 def parse_name(name: str, field: str = "name") -> uuid.UUID:
     match = _NAME.match(name)
     if match:
@@ -66,7 +63,7 @@ def parse_name(name: str, field: str = "name") -> uuid.UUID:
             return uuid.UUID(match.group(1))
         except ValueError:
             pass
-    raise BadRequest(
+    raise InvalidArgument(
         f"{field} {name[:100]!r} is not a document name: expected 'documents/{{uuid}}'"
     )
 
@@ -75,7 +72,7 @@ def document_type(value: int, field: str = "type") -> str:
     if value == rag_pb2.DOCUMENT_TYPE_UNSPECIFIED:
         return ""
     if value not in PROTO_TO_TYPE:
-        raise BadRequest(f"{field} {value} is not a known DocumentType")
+        raise InvalidArgument(f"{field} {value} is not a known DocumentType")
     return PROTO_TO_TYPE[value]
 
 
@@ -142,42 +139,23 @@ def metadata_filter(values: Any) -> dict[str, str]:
     out = dict(values)
     for key, value in out.items():
         if not key or "\x00" in key:
-            raise BadRequest(f"metadata_filter key {key!r} is not a valid key")
+            raise InvalidArgument(f"metadata_filter key {key!r} is not a valid key")
         if "\x00" in value:
-            raise BadRequest(f"metadata_filter value for {key!r} contains a NUL character")
+            raise InvalidArgument(f"metadata_filter value for {key!r} contains a NUL character")
     return out
 
 
-def _unavailable(exc: BaseException) -> str | None:
-    """The UNAVAILABLE message for a dependency failure, None for anything else."""
-    if isinstance(exc, (EventsUnavailable, EmbeddingUnavailable)):
-        return str(exc)
-    if isinstance(exc, (OperationalError, InterfaceError)) or (
-        isinstance(exc, DBAPIError) and exc.connection_invalidated
-    ):
-        return "the database (PostgreSQL) is unavailable; try again shortly"
-    if isinstance(exc, (ConnectionError, OSError)):
-        return f"a dependency is unreachable: {exc}"
-    return None
-
-
-async def _guard(context: grpc.aio.ServicerContext, work: Callable[[], Awaitable[T]]) -> T:
-    """Run `work`, turning known failures into status codes."""
+@contextmanager
+def rag_errors() -> Iterator[None]:
+    """The rag modules' own errors as the shared typed errors (the interceptor maps those)."""
     try:
-        return await work()
-    except (BadRequest, InvalidDocument, InvalidPageToken) as exc:
-        await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-    except Exception as exc:
-        message = _unavailable(exc)
-        if message is None:
-            raise
-        log.warning("dependency unavailable", error=message)
-        await _abort(context, grpc.StatusCode.UNAVAILABLE, message)
-
-
-async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, msg: str) -> NoReturn:
-    await context.abort(code, msg)
-    raise AssertionError("unreachable")  # abort raises
+        yield
+    except (InvalidDocument, InvalidPageToken) as exc:
+        raise InvalidArgument(str(exc)) from exc
+    except EmbeddingUnavailable as exc:
+        raise Unavailable("the embedding model", str(exc)) from exc
+    except EventsUnavailable as exc:
+        raise Unavailable(NATS, str(exc)) from exc
 
 
 class RagServicer(rag_pb2_grpc.RagServiceServicer):
@@ -198,16 +176,14 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
     async def IngestDocument(
         self, request: rag_pb2.IngestDocumentRequest, context: grpc.aio.ServicerContext
     ) -> rag_pb2.IngestDocumentResponse:
-        async def work() -> IngestResult:
-            if len(request.content) > self.settings.MAX_INLINE_DOCUMENT_BYTES:
-                raise BadRequest(
-                    f"content is {len(request.content)} bytes; IngestDocument takes up to "
-                    f"{self.settings.MAX_INLINE_DOCUMENT_BYTES} bytes "
-                    f"(MAX_INLINE_DOCUMENT_BYTES): send larger files with UploadDocument"
-                )
-            return await self.ingestor.ingest(source_from_proto(request.source), request.content)
-
-        result = await _guard(context, work)
+        if len(request.content) > self.settings.MAX_INLINE_DOCUMENT_BYTES:
+            raise InvalidArgument(
+                f"content is {len(request.content)} bytes; IngestDocument takes up to "
+                f"{self.settings.MAX_INLINE_DOCUMENT_BYTES} bytes "
+                f"(MAX_INLINE_DOCUMENT_BYTES): send larger files with UploadDocument"
+            )
+        with rag_errors():
+            result = await self.ingestor.ingest(source_from_proto(request.source), request.content)
         return rag_pb2.IngestDocumentResponse(
             document=document_to_proto(result.document), unchanged=result.unchanged
         )
@@ -218,31 +194,28 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> rag_pb2.UploadDocumentResponse:
         limit = self.settings.MAX_DOCUMENT_BYTES
-
-        async def work() -> IngestResult:
-            source: Source | None = None
-            content = bytearray()
-            async for message in request_iterator:
-                part = message.WhichOneof("part")
-                if part == "source":
-                    if source is not None:
-                        raise BadRequest("the upload sent its source twice; send it only first")
-                    source = source_from_proto(message.source)
-                elif part == "content":
-                    if source is None:
-                        raise BadRequest("the first upload message must be the source")
-                    content += message.content
-                    if len(content) > limit:
-                        raise BadRequest(
-                            f"document is over the size limit of {limit} bytes (MAX_DOCUMENT_BYTES)"
-                        )
-                else:
-                    raise BadRequest("an upload message has neither source nor content")
-            if source is None:
-                raise BadRequest("the upload sent no source message")
-            return await self.ingestor.ingest(source, bytes(content))
-
-        result = await _guard(context, work)
+        source: Source | None = None
+        content = bytearray()
+        async for message in request_iterator:
+            part = message.WhichOneof("part")
+            if part == "source":
+                if source is not None:
+                    raise InvalidArgument("the upload sent its source twice; send it only first")
+                source = source_from_proto(message.source)
+            elif part == "content":
+                if source is None:
+                    raise InvalidArgument("the first upload message must be the source")
+                content += message.content
+                if len(content) > limit:
+                    raise InvalidArgument(
+                        f"document is over the size limit of {limit} bytes (MAX_DOCUMENT_BYTES)"
+                    )
+            else:
+                raise InvalidArgument("an upload message has neither source nor content")
+        if source is None:
+            raise InvalidArgument("the upload sent no source message")
+        with rag_errors():
+            result = await self.ingestor.ingest(source, bytes(content))
         return rag_pb2.UploadDocumentResponse(
             document=document_to_proto(result.document), unchanged=result.unchanged
         )
@@ -250,31 +223,26 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
     async def GetDocument(
         self, request: rag_pb2.GetDocumentRequest, context: grpc.aio.ServicerContext
     ) -> rag_pb2.GetDocumentResponse:
-        async def work() -> DocumentRow | None:
-            return await self.store.get(parse_name(request.name))
-
-        row = await _guard(context, work)
+        row = await self.store.get(parse_name(request.name))
         if row is None:
-            await _abort(context, grpc.StatusCode.NOT_FOUND, f"{request.name} does not exist")
+            raise NotFound(f"{request.name} does not exist")
         return rag_pb2.GetDocumentResponse(document=document_to_proto(row))
 
     async def ListDocuments(
         self, request: rag_pb2.ListDocumentsRequest, context: grpc.aio.ServicerContext
     ) -> rag_pb2.ListDocumentsResponse:
-        async def work() -> tuple[list[DocumentRow], str]:
-            try:
-                page_size = paging.page_size(request.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-            except ValueError as exc:
-                raise BadRequest(str(exc)) from exc
-            types = [document_type(t, "types") for t in request.types]
-            return await self.store.list(
+        try:
+            page_size = paging.page_size(request.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from exc
+        types = [document_type(t, "types") for t in request.types]
+        with rag_errors():
+            rows, token = await self.store.list(
                 page_size=page_size,
                 page_token=request.page_token,
                 types=[t for t in types if t],
                 metadata=metadata_filter(request.metadata_filter),
             )
-
-        rows, token = await _guard(context, work)
         return rag_pb2.ListDocumentsResponse(
             documents=[document_to_proto(r) for r in rows], next_page_token=token
         )
@@ -282,44 +250,40 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
     async def DeleteDocument(
         self, request: rag_pb2.DeleteDocumentRequest, context: grpc.aio.ServicerContext
     ) -> rag_pb2.DeleteDocumentResponse:
-        async def work() -> DocumentRow | None:
-            return await self.ingestor.delete(parse_name(request.name))
-
-        row = await _guard(context, work)
+        with rag_errors():
+            row = await self.ingestor.delete(parse_name(request.name))
         if row is None:
-            await _abort(context, grpc.StatusCode.NOT_FOUND, f"{request.name} does not exist")
+            raise NotFound(f"{request.name} does not exist")
         return rag_pb2.DeleteDocumentResponse()
 
     async def Search(
         self, request: rag_pb2.SearchRequest, context: grpc.aio.ServicerContext
     ) -> rag_pb2.SearchResponse:
-        async def work() -> list[Hit]:
-            query = request.query.strip()
-            if not query:
-                raise BadRequest("query is empty")
-            if len(query) > MAX_QUERY_CHARS:
-                raise BadRequest(f"query is longer than {MAX_QUERY_CHARS} characters")
-            if not 0 <= request.top_k <= MAX_TOP_K:
-                raise BadRequest(f"top_k {request.top_k} is out of range: use 1..{MAX_TOP_K}")
-            top_k = request.top_k or self.settings.RAG_TOP_K
-            min_score = (
-                request.min_score
-                if request.HasField("min_score")
-                else self.settings.RAG_SIMILARITY_THRESHOLD
-            )
-            if math.isnan(min_score) or not -1.0 <= min_score <= 1.0:
-                raise BadRequest(f"min_score {min_score} is out of range: use -1..1")
-            if request.mode not in MODES:
-                raise BadRequest(f"mode {request.mode} is not a known SearchMode")
-            types = [document_type(t, "types") for t in request.types]
-            filters = SearchFilters(
-                document_ids=[parse_name(n, "documents") for n in request.documents],
-                types=[t for t in types if t],
-                metadata=metadata_filter(request.metadata_filter),
-            )
-            return await self.searcher.search(
+        query = request.query.strip()
+        if not query:
+            raise InvalidArgument("query is empty")
+        if len(query) > MAX_QUERY_CHARS:
+            raise InvalidArgument(f"query is longer than {MAX_QUERY_CHARS} characters")
+        if not 0 <= request.top_k <= MAX_TOP_K:
+            raise InvalidArgument(f"top_k {request.top_k} is out of range: use 1..{MAX_TOP_K}")
+        top_k = request.top_k or self.settings.RAG_TOP_K
+        min_score = (
+            request.min_score
+            if request.HasField("min_score")
+            else self.settings.RAG_SIMILARITY_THRESHOLD
+        )
+        if math.isnan(min_score) or not -1.0 <= min_score <= 1.0:
+            raise InvalidArgument(f"min_score {min_score} is out of range: use -1..1")
+        if request.mode not in MODES:
+            raise InvalidArgument(f"mode {request.mode} is not a known SearchMode")
+        types = [document_type(t, "types") for t in request.types]
+        filters = SearchFilters(
+            document_ids=[parse_name(n, "documents") for n in request.documents],
+            types=[t for t in types if t],
+            metadata=metadata_filter(request.metadata_filter),
+        )
+        with rag_errors():
+            hits = await self.searcher.search(
                 query, top_k=top_k, min_score=min_score, mode=MODES[request.mode], filters=filters
             )
-
-        hits = await _guard(context, work)
         return rag_pb2.SearchResponse(hits=[hit_to_proto(h) for h in hits])

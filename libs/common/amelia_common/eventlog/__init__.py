@@ -6,8 +6,9 @@ Subject scheme (the only place it is defined; docs/events.md explains it):
 
 e.g. `amelia.events.runs.4f1c….run.token` for `subject="runs/4f1c…"`, `type="run.token"`.
 Events without a subject use `_._`. Each message's payload is a serialized `amelia.v1.Event`
-(without its sequence: JetStream assigns that), and its `Nats-Msg-Id` header is the event id,
-so a retried publish is stored once within the dedup window.
+(without its sequence: JetStream assigns that), and its `Nats-Msg-Id` header is the event id
+(`client:<id>` for an event a client sent through PublishEvent, so client ids never collide with
+the services' own), so a retried publish is stored once within the dedup window.
 
 Three things live here, so every service (and the events service itself) behaves the same:
 
@@ -28,14 +29,20 @@ Three things live here, so every service (and the events service itself) behaves
 """
 
 from amelia_common.eventlog.envelope import (
+    CLIENT_ID_NAMESPACE,
     MAX_CORRELATION_ID_LENGTH,
+    MAX_SEQUENCE,
     MAX_SOURCE_LENGTH,
     MAX_SUBJECT_LENGTH,
     MAX_TYPE_LENGTH,
     MAX_TYPE_PATTERNS,
+    MESH_TYPE_FAMILIES,
     SUBJECT_PREFIX,
+    UNDECODABLE_TYPE,
     EventLogUnavailableError,
     InvalidEventError,
+    check_client_type,
+    content_problem,
     decode_event,
     event_data,
     filter_subjects,
@@ -44,6 +51,7 @@ from amelia_common.eventlog.envelope import (
     nats_subject,
     stream_config,
     subject_tokens,
+    timestamp_problem,
     type_pattern_tokens,
     validate_event,
     validate_type,
@@ -59,12 +67,16 @@ from amelia_common.eventlog.reader import (
 )
 
 __all__ = [
+    "CLIENT_ID_NAMESPACE",
     "MAX_CORRELATION_ID_LENGTH",
+    "MAX_SEQUENCE",
     "MAX_SOURCE_LENGTH",
     "MAX_SUBJECT_LENGTH",
     "MAX_TYPE_LENGTH",
     "MAX_TYPE_PATTERNS",
+    "MESH_TYPE_FAMILIES",
     "SUBJECT_PREFIX",
+    "UNDECODABLE_TYPE",
     "EventLog",
     "EventLogUnavailableError",
     "EventReader",
@@ -72,6 +84,8 @@ __all__ = [
     "InvalidEventError",
     "PublishStats",
     "StartAt",
+    "check_client_type",
+    "content_problem",
     "decode_event",
     "event_data",
     "filter_subjects",
@@ -80,6 +94,7 @@ __all__ = [
     "nats_subject",
     "stream_config",
     "subject_tokens",
+    "timestamp_problem",
     "type_pattern_tokens",
     "validate_event",
     "validate_type",

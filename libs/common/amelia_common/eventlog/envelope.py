@@ -12,16 +12,26 @@ so a retried publish is stored once within the dedup window.
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
 import json
 import re
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from google.protobuf import json_format
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf.message import DecodeError
 from nats.js import api
 
 from amelia.v1 import events_pb2
+from amelia_common.errors import (
+    NATS,
+    InvalidArgument,
+    PermissionDenied,
+    Unavailable,
+    check_json,
+)
 from amelia_common.logging import get_logger
 from amelia_common.settings import Settings
 
@@ -37,17 +47,39 @@ MAX_SOURCE_LENGTH = 128
 MAX_CORRELATION_ID_LENGTH = 128
 MAX_TYPE_PATTERNS = 32
 
+# Event type families only the mesh's services publish (through `EventLog`, never PublishEvent):
+# a client must not be able to forge a run's end or a document's indexing.
+MESH_TYPE_FAMILIES = ("run", "agent", "workflow", "document")
+# The dedup namespace of ids a client chose (the `Nats-Msg-Id` of a PublishEvent is
+# `client:<id>`), so no client id can collide with an id a service uses, like `<run-id>:end`.
+CLIENT_ID_NAMESPACE = "client:"
 
-class InvalidEventError(ValueError):
+# Stream sequences are uint64 in JetStream; one past the last must still fit.
+MAX_SEQUENCE = 2**63 - 1
+# JetStream keeps times as int64 nanoseconds since 1970: the range a start time can name.
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+LAST_TIME = EPOCH + dt.timedelta(microseconds=(2**63 - 1) // 1000)
+# google.protobuf.Timestamp's valid range: 0001-01-01 .. 9999-12-31.
+_MIN_TIMESTAMP_SECONDS, _MAX_TIMESTAMP_SECONDS = -62135596800, 253402300799
+
+# A stored message that is not a readable event comes back as this type (see decode_event).
+UNDECODABLE_TYPE = "system.undecodable"
+_RAW_PREVIEW_BYTES = 16 * 1024
+
+
+class InvalidEventError(InvalidArgument):
     """An event, filter or pattern that cannot be stored or matched; the message says why."""
 
 
-class EventLogUnavailableError(ConnectionError):
+class EventLogUnavailableError(Unavailable, ConnectionError):
     """The log could not store (or read) an event in time: NATS is unreachable or overloaded.
 
     A publish that raised this was not acknowledged; retrying it with the same event id is safe
     (JetStream deduplicates by id within the dedup window).
     """
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(NATS, detail)
 
 
 # --------------------------------------------------------------------------- subject scheme
@@ -191,6 +223,9 @@ def validate_event(event: events_pb2.Event, max_bytes: int) -> bytes:
         raise InvalidEventError(
             f"correlation_id is longer than {MAX_CORRELATION_ID_LENGTH} characters"
         )
+    problem = content_problem(event)
+    if problem is not None:
+        raise InvalidEventError(problem)
     payload = event.SerializeToString()
     if len(payload) > max_bytes:
         raise InvalidEventError(
@@ -198,6 +233,54 @@ def validate_event(event: events_pb2.Event, max_bytes: int) -> bytes:
             "(EVENTS_MAX_DATA_BYTES): store large payloads elsewhere and reference them"
         )
     return payload
+
+
+def check_client_type(event_type: str) -> None:
+    """Refuse, for a client's PublishEvent, a type only the mesh's services may publish."""
+    family = event_type.split(".", 1)[0]
+    if family in MESH_TYPE_FAMILIES:
+        reserved = ", ".join(f"{f}.*" for f in MESH_TYPE_FAMILIES)
+        raise PermissionDenied(
+            f"event type {event_type!r} is published only by Amelia's services ({reserved}); "
+            f"publish your own events under another name, e.g. 'app.{event_type}'"
+        )
+
+
+def timestamp_problem(ts: timestamp_pb2.Timestamp, field: str) -> str | None:
+    """Why `ts` is not a valid google.protobuf.Timestamp (0001-01-01 .. 9999-12-31), or None."""
+    if not (_MIN_TIMESTAMP_SECONDS <= ts.seconds <= _MAX_TIMESTAMP_SECONDS) or not (
+        0 <= ts.nanos < 1_000_000_000
+    ):
+        return f"{field} is not a valid timestamp (0001-01-01 .. 9999-12-31)"
+    return None
+
+
+def _plain(value: struct_pb2.Value) -> Any:
+    """A Struct value as plain Python, without json_format (which refuses NaN and Infinity)."""
+    kind = value.WhichOneof("kind")
+    if kind == "struct_value":
+        return {k: _plain(v) for k, v in value.struct_value.fields.items()}
+    if kind == "list_value":
+        return [_plain(v) for v in value.list_value.values]
+    if kind in (None, "null_value"):
+        return None
+    return getattr(value, kind)
+
+
+def content_problem(event: events_pb2.Event) -> str | None:
+    """Why a reader could not represent this event as JSON (NaN, Infinity, NUL, a time out of
+    range, …), or None. The one rule for what is stored and what is read back."""
+    if event.HasField("time"):
+        problem = timestamp_problem(event.time, "event time")
+        if problem is not None:
+            return problem
+    try:
+        for name, text in (("source", event.source), ("correlation_id", event.correlation_id)):
+            check_json(text, f"event {name}")
+        check_json({k: _plain(v) for k, v in event.data.fields.items()}, "event data")
+    except InvalidArgument as exc:
+        return exc.message
+    return None
 
 
 PREVIEW_CHARACTERS = 2000
@@ -231,11 +314,72 @@ def fit_data(data: Mapping[str, Any], max_bytes: int, *, where: str) -> dict[str
     return fitted
 
 
-def decode_event(payload: bytes, sequence: int) -> events_pb2.Event:
-    """A stored message back into an Event with its stream sequence."""
-    event = events_pb2.Event.FromString(payload)
-    event.sequence = sequence
-    return event
+_reported_undecodable: set[int] = set()
+
+
+def decode_event(payload: bytes, sequence: int, stored_on: str = "") -> events_pb2.Event:
+    """A stored message back into an Event with its stream sequence.
+
+    A message that is not a readable event (not an `amelia.v1.Event` — written by another tool
+    or an old version — or data a JSON reader cannot take, such as NaN stored before it was
+    refused) never makes the log unreadable: it comes back as a `system.undecodable` event at
+    its sequence, with what could be recovered (the original type, the reason, the raw payload
+    in base64), and is logged once per process. `stored_on` is the NATS subject it was stored on.
+    """
+    event: events_pb2.Event | None
+    problem: str | None
+    try:
+        event = events_pb2.Event.FromString(payload)
+    except DecodeError as exc:
+        event, problem = None, f"not an amelia.v1.Event ({exc})"
+    else:
+        try:
+            validate_type(event.type)
+            problem = content_problem(event)
+        except InvalidEventError as exc:
+            problem = exc.message
+        if problem is None:
+            event.sequence = sequence
+            return event
+    if sequence not in _reported_undecodable:
+        if len(_reported_undecodable) >= 10_000:
+            _reported_undecodable.clear()
+        _reported_undecodable.add(sequence)
+        log.warning("undecodable event in the log", sequence=sequence, reason=problem)
+    return _placeholder(payload, sequence, stored_on, event, problem or "unreadable")
+
+
+def _placeholder(
+    payload: bytes,
+    sequence: int,
+    stored_on: str,
+    event: events_pb2.Event | None,
+    problem: str,
+) -> events_pb2.Event:
+    tokens = stored_on.split(".")
+    stored_type = ".".join(tokens[4:]) if stored_on.startswith(SUBJECT_PREFIX + ".") else ""
+    stored_subject = f"{tokens[2]}/{tokens[3]}" if stored_type and tokens[2] != "_" else ""
+    original_type = event.type if event is not None else stored_type
+    placeholder = events_pb2.Event(
+        id=event.id
+        if event is not None and _EVENT_ID.match(event.id)
+        else f"undecodable-{sequence}",
+        type=UNDECODABLE_TYPE,
+        subject=stored_subject,
+        sequence=sequence,
+    )
+    if event is not None and not timestamp_problem(event.time, "time"):
+        placeholder.time.CopyFrom(event.time)
+    placeholder.data.update(
+        {
+            "reason": problem,
+            "original_type": original_type.replace("\x00", "\ufffd"),
+            "payload_bytes": len(payload),
+            "payload_base64": base64.b64encode(payload[:_RAW_PREVIEW_BYTES]).decode(),
+            "payload_truncated": len(payload) > _RAW_PREVIEW_BYTES,
+        }
+    )
+    return placeholder
 
 
 def event_data(event: events_pb2.Event) -> dict[str, Any]:

@@ -18,9 +18,12 @@ from nats.js import api
 
 from amelia.v1 import events_pb2
 from amelia_common.eventlog.envelope import (
+    CLIENT_ID_NAMESPACE,
+    MAX_SEQUENCE,
     SUBJECT_PREFIX,
     EventLogUnavailableError,
     InvalidEventError,
+    check_client_type,
     decode_event,
     filter_subjects,
     make_event,
@@ -106,12 +109,18 @@ class EventLog:
 
     # -- publish -----------------------------------------------------------------------------
 
-    async def publish_event(self, event: events_pb2.Event) -> events_pb2.Event:
+    async def publish_event(
+        self, event: events_pb2.Event, *, from_client: bool = False
+    ) -> events_pb2.Event:
         """Store `event`; returns it with its sequence once JetStream acknowledged it.
 
         Raises `InvalidEventError` for a bad envelope and `EventLogUnavailableError` when the
         event could not be stored within EVENTS_PUBLISH_TIMEOUT_SECONDS or the publish buffer
         (EVENTS_PUBLISH_BUFFER publishes waiting at once) is full.
+
+        `from_client` is for events a client sent (PublishEvent): types the mesh's services own
+        are refused (PermissionDenied), and the id deduplicates only against other client ids
+        (`Nats-Msg-Id: client:<id>`), so a client cannot squat the id of a service's event.
         """
         if not event.id:
             event.id = uuid.uuid4().hex
@@ -121,7 +130,10 @@ class EventLog:
             event.source = self.source
         event.sequence = 0
         payload = validate_event(event, self.settings.EVENTS_MAX_DATA_BYTES)
+        if from_client:
+            check_client_type(event.type)
         subject = nats_subject(event.type, event.subject)
+        dedup_id = f"{CLIENT_ID_NAMESPACE}{event.id}" if from_client else event.id
         if self.stats.waiting >= self.settings.EVENTS_PUBLISH_BUFFER:
             self.stats.refused += 1
             log.error(
@@ -138,7 +150,7 @@ class EventLog:
         self.stats.waiting += 1
         self.stats.waiting_peak = max(self.stats.waiting_peak, self.stats.waiting)
         try:
-            ack = await self._publish_with_retry(event, subject, payload)
+            ack = await self._publish_with_retry(event, subject, payload, dedup_id)
         finally:
             self.stats.waiting -= 1
         self.stats.published += 1
@@ -148,7 +160,7 @@ class EventLog:
         return stored
 
     async def _publish_with_retry(
-        self, event: events_pb2.Event, subject: str, payload: bytes
+        self, event: events_pb2.Event, subject: str, payload: bytes, dedup_id: str
     ) -> api.PubAck:
         budget = self.settings.EVENTS_PUBLISH_TIMEOUT_SECONDS
         deadline = time.monotonic() + budget
@@ -175,7 +187,7 @@ class EventLog:
                     payload,
                     timeout=max(0.05, min(remaining, attempt)),
                     stream=self.settings.EVENTS_STREAM,
-                    headers={"Nats-Msg-Id": event.id},
+                    headers={"Nats-Msg-Id": dedup_id},
                 )
             except nats.errors.MaxPayloadError as exc:
                 raise InvalidEventError(
@@ -267,13 +279,15 @@ class EventLog:
 
     async def get(self, sequence: int) -> events_pb2.Event | None:
         """The event stored at `sequence`, or None when there is none (or it expired)."""
+        if not 0 < sequence <= MAX_SEQUENCE:
+            return None
         try:
             msg = await self.js.get_msg(self.settings.EVENTS_STREAM, sequence)
         except nats.js.errors.NotFoundError:
             return None
-        if not msg.subject or not msg.subject.startswith(SUBJECT_PREFIX + ".") or not msg.data:
+        if not msg.subject or not msg.subject.startswith(SUBJECT_PREFIX + "."):
             return None
-        return decode_event(msg.data, sequence)
+        return decode_event(msg.data, sequence, msg.subject)
 
     # -- subscribe (the seed's EventBus) -------------------------------------------------------
 

@@ -14,13 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 import nats.errors
 import nats.js.errors
-from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import api
 
 from amelia.v1 import events_pb2
 from amelia_common.eventlog.envelope import (
+    EPOCH,
+    LAST_TIME,
+    MAX_SEQUENCE,
     EventLogUnavailableError,
     InvalidEventError,
     decode_event,
@@ -51,18 +53,25 @@ class StartAt:
 
     @classmethod
     def after(cls, sequence: int) -> StartAt:
-        if sequence < 0:
-            raise InvalidEventError(f"after_sequence must be >= 0, got {sequence}")
+        if not 0 <= sequence <= MAX_SEQUENCE:
+            raise InvalidEventError(
+                f"after_sequence must be between 0 and {MAX_SEQUENCE}, got {sequence}"
+            )
         return cls(after_sequence=sequence)
 
     @classmethod
     def at_time(cls, when: dt.datetime) -> StartAt:
+        """Events stored at or after `when` (any datetime: before 1970 means from the beginning,
+        a time after JetStream's last representable one, 2262-04-11, matches nothing yet)."""
         if when.tzinfo is None:
             when = when.replace(tzinfo=dt.UTC)
         return cls(time=when)
 
 
 _STOP = object()
+# Message timestamps reach us as float seconds (microsecond rounding): never skip an event
+# JetStream placed at or after a start time because of that rounding.
+_CLOCK_SLACK = dt.timedelta(milliseconds=1)
 
 
 def _deliver_to(queue: asyncio.Queue[Any]) -> Callable[[Msg], Awaitable[None]]:
@@ -236,13 +245,12 @@ class EventReader:
         if sequence <= self.last_sequence:
             return None  # already returned before a consumer reset
         self.last_sequence = sequence
-        try:
-            event = decode_event(msg.data, sequence)
-        except DecodeError:
-            log.warning("skipping a message that is not an Event", sequence=sequence)
+        if self.start.time is not None and meta.timestamp + _CLOCK_SLACK < self.start.time:
+            # A start time in the future (or past what JetStream can represent): JetStream
+            # delivers what arrives from now on, but these were stored before the start.
             return None
         self.delivered += 1
-        return event
+        return decode_event(msg.data, sequence, msg.subject)
 
     def _batch_size(self) -> int:
         size = self._max_batch
@@ -287,9 +295,11 @@ class EventReader:
         if self.last_sequence or self._start_sequence is not None:
             config.deliver_policy = api.DeliverPolicy.BY_START_SEQUENCE
             config.opt_start_seq = max(self.last_sequence + 1, self._start_sequence or 1)
-        elif self.start.time is not None:
+        elif self.start.time is not None and self.start.time > EPOCH:
+            # JetStream keeps int64 nanoseconds: a later time would overflow into the past and
+            # replay the whole log. The last representable time matches the same (nothing yet).
             config.deliver_policy = api.DeliverPolicy.BY_START_TIME
-            config.opt_start_time = self.start.time
+            config.opt_start_time = min(self.start.time, LAST_TIME)
         else:
             config.deliver_policy = api.DeliverPolicy.ALL
         return config
