@@ -8,6 +8,7 @@ dependencies, reflection, the error boundary, the API token, and a graceful drai
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -16,13 +17,15 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from amelia.v1 import events_pb2, events_pb2_grpc
+from amelia.v1 import agents_pb2, agents_pb2_grpc, events_pb2, events_pb2_grpc
+from amelia_agents.server import build_service as build_agents
 from amelia_common.db import create_engine, db_health
 from amelia_common.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from amelia_common.grpc_client import aio_channel
 from amelia_common.grpc_server import GrpcService, HealthCheck
 from amelia_common.nats_client import connect_nats, nats_health
 from amelia_common.settings import Settings
+from amelia_events.server import build_service as build_events
 
 SERVICE = "amelia.v1.EventService"
 
@@ -219,3 +222,106 @@ async def test_a_taken_port_is_a_clear_error(settings: Settings) -> None:
             await second.start()
     finally:
         await first.stop(0)
+
+
+# --------------------------------------------------------------------------- real services
+
+
+async def test_health_watch_follows_a_real_service_through_a_nats_outage(
+    tmp_path: Path, settings: Settings
+) -> None:
+    """Watch streams over a real channel (grpc_health writes with context.write): SERVING,
+    NOT_SERVING while NATS is down, SERVING once it is back."""
+    nats = EmbeddedNats(tmp_path, free_port())
+    own = settings.model_copy(update={"NATS_URL": nats.start()})
+    service = await build_events(own)
+    port = await service.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = health_pb2_grpc.HealthStub(ch)
+            watches = {
+                name: stub.Watch(health_pb2.HealthCheckRequest(service=name))
+                for name in (SERVICE, "dependency/nats")
+            }
+
+            async def next_status(name: str, wanted: int) -> None:
+                async with asyncio.timeout(60):
+                    async for reply in watches[name]:
+                        if reply.status == wanted:
+                            return
+
+            for name in watches:
+                await next_status(name, health_pb2.HealthCheckResponse.SERVING)
+            nats.stop()
+            for name in watches:
+                await next_status(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+            nats.start()
+            for name in watches:
+                await next_status(name, health_pb2.HealthCheckResponse.SERVING)
+            for call in watches.values():
+                call.cancel()
+            unknown = stub.Watch(health_pb2.HealthCheckRequest(service="no.such.Service"))
+            first = await anext(aiter(unknown))
+            assert first.status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+            unknown.cancel()
+    finally:
+        await service.stop(0)
+        nats.stop()
+
+
+@pytest.mark.parametrize("which", ["events", "agents"])
+async def test_real_services_take_the_right_token_and_refuse_one_of_the_same_length(
+    settings: Settings, which: str
+) -> None:
+    token = "k3y-0123456789abcdef"
+    wrong = token[:-1] + "0"  # same length, only the last character differs
+    secured = settings.model_copy(
+        update={
+            "AMELIA_API_TOKEN": settings.AMELIA_API_TOKEN.__class__(token),
+            "AGENT_WORKERS": 0,
+        }
+    )
+    service = await (build_events if which == "events" else build_agents)(secured)
+    address = f"127.0.0.1:{await service.start()}"
+
+    async def call(sent: str) -> grpc.StatusCode:
+        async with aio_channel(address, secured, token=sent) as ch:
+            try:
+                if which == "events":
+                    await events_pb2_grpc.EventServiceStub(ch).ListEvents(
+                        events_pb2.ListEventsRequest(
+                            filter=events_pb2.EventFilter(subject="tokens/none")
+                        )
+                    )
+                else:
+                    await agents_pb2_grpc.AgentServiceStub(ch).ListWorkflows(
+                        agents_pb2.ListWorkflowsRequest()
+                    )
+            except grpc.aio.AioRpcError as exc:
+                return exc.code()
+        return grpc.StatusCode.OK
+
+    try:
+        assert await call(token) == grpc.StatusCode.OK
+        assert await call(wrong) == grpc.StatusCode.UNAUTHENTICATED
+        assert await call("") == grpc.StatusCode.UNAUTHENTICATED
+        assert await health(service.bound_port, "") == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        await service.stop(0)
+
+
+async def test_an_undecodable_request_is_invalid_argument_without_an_error_log(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """gRPC alone answers UNKNOWN and logs an ERROR traceback for a frame it cannot decode."""
+    svc = await start(settings, SlowOrBroken())
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{svc.bound_port}") as ch:
+            raw = ch.unary_unary(f"/{SERVICE}/GetEvent")  # no serializer: bytes go as they are
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await raw(b"\xff\xff\xff\xff", timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "amelia.v1.GetEventRequest" in (err.value.details() or "")
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    finally:
+        await svc.stop(0)

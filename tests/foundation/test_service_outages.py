@@ -1,20 +1,36 @@
-"""Real services report NOT_SERVING while a dependency is down and SERVING once it is back."""
+"""Real services while a dependency is down: NOT_SERVING, and every call UNAVAILABLE naming the
+dependency that is down (never INTERNAL, never the wrong one); all of it back once it returns."""
 
 from __future__ import annotations
 
 import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from local_model import local_model
 
-from amelia.v1 import agents_pb2, agents_pb2_grpc
+from amelia.v1 import (
+    agents_pb2,
+    agents_pb2_grpc,
+    events_pb2,
+    events_pb2_grpc,
+    rag_pb2,
+    rag_pb2_grpc,
+)
 from amelia_agents.server import build_service as build_agents
 from amelia_common.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from amelia_common.grpc_client import aio_channel
+from amelia_common.grpc_server import GrpcService
 from amelia_common.settings import Settings
 from amelia_events.server import build_service as build_events
+from amelia_rag.embeddings import LocalEmbedder
+from amelia_rag.server import build_service as build_rag
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -95,3 +111,183 @@ async def test_create_run_with_the_queue_down_records_nothing(
         await channel.close()
         await service.stop(0)
         nats.stop()
+
+
+# --------------------------------------------------------------------------- one call, any outage
+
+
+@dataclass
+class Mesh:
+    """events, agents (no workers) and rag on their own PostgreSQL and NATS, to stop at will."""
+
+    postgres: EmbeddedPostgres
+    nats: EmbeddedNats
+    services: dict[str, tuple[GrpcService, str]]
+    events: events_pb2_grpc.EventServiceStub
+    agents: agents_pb2_grpc.AgentServiceStub
+    rag: rag_pb2_grpc.RagServiceStub
+
+    async def wait_serving(self) -> None:
+        for service, health_name in self.services.values():
+            await wait_for(service.bound_port, health_name, SERVING, timeout=60)
+
+
+@pytest.fixture(scope="module")
+async def mesh(tmp_path_factory: pytest.TempPathFactory, infra: Any) -> AsyncIterator[Mesh]:
+    root = tmp_path_factory.mktemp("outage")
+    postgres = EmbeddedPostgres(root)
+    nats = EmbeddedNats(root, free_port())
+    settings = infra.settings(
+        DATABASE_URL=postgres.start(),
+        NATS_URL=nats.start(),
+        AGENT_WORKERS=0,
+        EVENTS_PUBLISH_TIMEOUT_SECONDS=2.0,
+    )
+    embedder = LocalEmbedder.from_model(local_model(), settings)
+    built: dict[str, tuple[GrpcService, str]] = {}
+    channels: list[grpc.aio.Channel] = []
+    try:
+        built["events"] = (await build_events(settings), "amelia.v1.EventService")
+        built["agents"] = (await build_agents(settings), "amelia.v1.AgentService")
+        built["rag"] = (await build_rag(settings, embedder=embedder), "amelia.v1.RagService")
+        stubs = {}
+        for name, (service, _) in built.items():
+            channel = aio_channel(f"127.0.0.1:{await service.start()}", settings)
+            channels.append(channel)
+            stubs[name] = channel
+        yield Mesh(
+            postgres,
+            nats,
+            built,
+            events_pb2_grpc.EventServiceStub(stubs["events"]),
+            agents_pb2_grpc.AgentServiceStub(stubs["agents"]),
+            rag_pb2_grpc.RagServiceStub(stubs["rag"]),
+        )
+    finally:
+        for channel in channels:
+            await channel.close()
+        for service, _ in built.values():
+            await service.stop(0)
+        await embedder.aclose()
+        nats.stop()
+        postgres.stop()
+
+
+Call = Callable[[], Awaitable[Any]]
+
+
+def random_name(collection: str) -> str:
+    return f"{collection}/{uuid.uuid4()}"
+
+
+def postgres_calls(mesh: Mesh) -> dict[str, Call]:
+    """Reads and writes of the two services that keep their state in PostgreSQL."""
+    agents, rag, A, R = mesh.agents, mesh.rag, agents_pb2, rag_pb2
+    run = A.Run(workflow="workflows/echo", thread=random_name("threads"))
+    run.input.update({"message": "hello"})
+    return {
+        "agents.GetRun": lambda: agents.GetRun(A.GetRunRequest(name=random_name("runs"))),
+        "agents.ListRuns": lambda: agents.ListRuns(A.ListRunsRequest()),
+        "agents.GetThread": lambda: agents.GetThread(
+            A.GetThreadRequest(name=random_name("threads"))
+        ),
+        "agents.ListAgents": lambda: agents.ListAgents(A.ListAgentsRequest()),
+        "agents.CreateThread": lambda: agents.CreateThread(A.CreateThreadRequest()),
+        "agents.CreateAgent": lambda: agents.CreateAgent(
+            A.CreateAgentRequest(
+                agent_id=f"a{uuid.uuid4().hex[:8]}",
+                agent=A.Agent(model="offline:echo"),
+            )
+        ),
+        "agents.CreateRun": lambda: agents.CreateRun(
+            A.CreateRunRequest(run=run, request_id=uuid.uuid4().hex)
+        ),
+        "rag.GetDocument": lambda: rag.GetDocument(
+            R.GetDocumentRequest(name=random_name("documents"))
+        ),
+        "rag.ListDocuments": lambda: rag.ListDocuments(R.ListDocumentsRequest()),
+        "rag.Search": lambda: rag.Search(R.SearchRequest(query="what is down")),
+        "rag.IngestDocument": lambda: rag.IngestDocument(
+            R.IngestDocumentRequest(
+                source=R.DocumentSource(title=f"outage {uuid.uuid4().hex}"),
+                content=b"PostgreSQL is down, this must not be stored.",
+            )
+        ),
+        "rag.DeleteDocument": lambda: rag.DeleteDocument(
+            R.DeleteDocumentRequest(name=random_name("documents"))
+        ),
+    }
+
+
+async def nats_calls(mesh: Mesh) -> dict[str, Call]:
+    """Reads and writes that need NATS (a thread is made first: CreateRun queues on NATS)."""
+    thread = (await mesh.agents.CreateThread(agents_pb2.CreateThreadRequest())).thread.name
+    run = agents_pb2.Run(workflow="workflows/echo", thread=thread)
+    run.input.update({"message": "hello"})
+    events, E = mesh.events, events_pb2
+    return {
+        "events.PublishEvent": lambda: events.PublishEvent(
+            E.PublishEventRequest(event=E.Event(type="system.warning", subject="outage/x"))
+        ),
+        "events.ListEvents": lambda: events.ListEvents(E.ListEventsRequest()),
+        "events.GetEvent": lambda: events.GetEvent(E.GetEventRequest(name="events/1")),
+        "agents.CreateRun": lambda: mesh.agents.CreateRun(agents_pb2.CreateRunRequest(run=run)),
+        "rag.IngestDocument": lambda: mesh.rag.IngestDocument(
+            rag_pb2.IngestDocumentRequest(
+                source=rag_pb2.DocumentSource(title=f"outage {uuid.uuid4().hex}"),
+                content=b"NATS is down, this must not be stored.",
+            )
+        ),
+    }
+
+
+async def outcome(call: Call) -> tuple[grpc.StatusCode, str]:
+    try:
+        await asyncio.wait_for(call(), timeout=90)
+    except grpc.aio.AioRpcError as exc:
+        return exc.code(), exc.details() or ""
+    return grpc.StatusCode.OK, ""
+
+
+def wrong(outcomes: dict[str, tuple[grpc.StatusCode, str]], dependency: str) -> dict[str, Any]:
+    return {
+        rpc: (code.name, details)
+        for rpc, (code, details) in outcomes.items()
+        if code != grpc.StatusCode.UNAVAILABLE or dependency not in details
+    }
+
+
+async def until_ok(call: Call, timeout: float = 60) -> None:
+    """A call that works again once the dependency is back (the pool may need a retry)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (code := (await outcome(call))[0]) != grpc.StatusCode.OK:
+        assert asyncio.get_running_loop().time() < deadline, f"still {code.name}"
+        await asyncio.sleep(0.5)
+
+
+async def test_postgres_down_every_call_is_unavailable_naming_postgres(mesh: Mesh) -> None:
+    await mesh.wait_serving()
+    calls = postgres_calls(mesh)
+    mesh.postgres.stop()
+    try:
+        outcomes = {rpc: await outcome(call) for rpc, call in calls.items()}
+    finally:
+        mesh.postgres.start()
+    assert wrong(outcomes, "PostgreSQL") == {}
+    await mesh.wait_serving()
+    await until_ok(calls["agents.ListRuns"])
+    await until_ok(calls["rag.ListDocuments"])
+
+
+async def test_nats_down_every_call_is_unavailable_naming_nats(mesh: Mesh) -> None:
+    await mesh.wait_serving()
+    calls = await nats_calls(mesh)
+    mesh.nats.stop()
+    try:
+        outcomes = {rpc: await outcome(call) for rpc, call in calls.items()}
+    finally:
+        mesh.nats.start()
+    assert wrong(outcomes, "NATS") == {}
+    await mesh.wait_serving()
+    await until_ok(calls["events.PublishEvent"])
+    await until_ok(calls["rag.IngestDocument"])

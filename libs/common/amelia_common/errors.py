@@ -227,6 +227,16 @@ def _summary(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
+def _detail(exc: BaseException) -> str:
+    """What went wrong, briefly: the driver's own error (SQLAlchemy keeps it as `orig`, with
+    the SQL left out), else the exception, else the first one of its chain that says more."""
+    origin = getattr(exc, "orig", None)
+    for candidate in (origin, exc, _root(exc)):
+        if isinstance(candidate, BaseException) and str(candidate).strip():
+            return _summary(candidate)
+    return type(exc).__name__
+
+
 def dependency_unavailable(exc: BaseException) -> Unavailable | None:
     """`Unavailable` naming the dependency `exc` (or what caused it) shows to be unreachable.
 
@@ -238,7 +248,7 @@ def dependency_unavailable(exc: BaseException) -> Unavailable | None:
             return link
         dependency = _dependency(link)
         if dependency is not None:
-            return Unavailable(dependency, _summary(_root(link)))
+            return Unavailable(dependency, _detail(link))
     return None
 
 
