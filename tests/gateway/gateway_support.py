@@ -5,11 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import sys
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import websockets
 
 from amelia.v1 import events_pb2, events_pb2_grpc
@@ -20,16 +25,10 @@ from amelia_gateway.server import GatewayServer, build_server
 from amelia_gateway.state import Gateway
 
 
-@dataclass
-class RunningGateway:
-    server: GatewayServer
-    task: asyncio.Task[None]
-    port: int
-    settings: Settings
+class Listening:
+    """A gateway on a local port: its HTTP and socket URLs."""
 
-    @property
-    def gateway(self) -> Gateway:
-        return self.server.gateway
+    port: int
 
     @property
     def url(self) -> str:
@@ -38,6 +37,18 @@ class RunningGateway:
     @property
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws"
+
+
+@dataclass
+class RunningGateway(Listening):
+    server: GatewayServer
+    task: asyncio.Task[None]
+    port: int
+    settings: Settings
+
+    @property
+    def gateway(self) -> Gateway:
+        return self.server.gateway
 
     async def stop(self) -> None:
         self.server.should_exit = True
@@ -61,6 +72,69 @@ async def start_gateway(settings: Settings) -> RunningGateway:
     return RunningGateway(server, task, port, settings)
 
 
+@dataclass
+class GatewayProcess(Listening):
+    """`python -m amelia_gateway` as its own process, its stderr (the log) in `log_file`."""
+
+    process: asyncio.subprocess.Process
+    port: int
+    log_file: Path
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace")
+
+
+@contextlib.asynccontextmanager
+async def gateway_process(
+    events_address: str, directory: Path, **env: str
+) -> AsyncIterator[GatewayProcess]:
+    """Run the gateway as the mesh does (a process configured by the environment) until exit."""
+    port = free_port()
+    environment = {
+        **os.environ,
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "EVENTS_ADDRESS": events_address,
+        "AGENTS_ADDRESS": closed_address(),
+        "RAG_ADDRESS": closed_address(),
+        "LOG_LEVEL": "WARNING",
+        "AMELIA_API_TOKEN": "",
+        **env,
+    }
+    log_file = directory / "gateway.log"
+    with log_file.open("wb") as log:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "amelia_gateway",
+            env=environment,
+            cwd=directory,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=log,
+        )
+    running = GatewayProcess(process, port, log_file)
+    try:
+        async with httpx.AsyncClient(base_url=running.url) as http:
+            for _ in range(600):
+                with contextlib.suppress(httpx.TransportError):
+                    if (await http.get("/healthz")).status_code == 200:
+                        break
+                if process.returncode is not None:
+                    raise RuntimeError(running.log())
+                await asyncio.sleep(0.05)
+            else:
+                raise RuntimeError("the gateway did not start:\n" + running.log())
+        yield running
+    finally:
+        if process.returncode is None:
+            process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), timeout=20)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
 def closed_address() -> str:
     """An address nothing listens on (an unavailable upstream)."""
     return f"127.0.0.1:{free_port()}"
@@ -81,7 +155,7 @@ class Publisher:
         return cls(aio_channel(address, settings))
 
     async def publish(
-        self, subject: str, event_type: str = "run.token", data: dict[str, Any] | None = None
+        self, subject: str, event_type: str = "app.token", data: dict[str, Any] | None = None
     ) -> int:
         event = events_pb2.Event(type=event_type, subject=subject, source="tests")
         if data:

@@ -71,7 +71,7 @@ async def test_events_routes_round_trip(http: httpx.AsyncClient) -> None:
     for i in range(3):
         reply = await http.post(
             "/v1/events",
-            json={"event": {"type": "run.token", "subject": subject, "data": {"i": i}}},
+            json={"event": {"type": "app.token", "subject": subject, "data": {"i": i}}},
             headers={"X-Request-Id": f"req-{i}"},
         )
         assert reply.status_code == 200, reply.text
@@ -90,8 +90,8 @@ async def test_events_routes_round_trip(http: httpx.AsyncClient) -> None:
     typed = await http.get(
         "/v1/events",
         params=[
-            ("filter.types", "agent.*"),
-            ("filter.types", "run.*"),
+            ("filter.types", "other.*"),
+            ("filter.types", "app.*"),
             ("filter.subject", subject),
         ],
     )
@@ -160,7 +160,7 @@ async def test_missing_fields_unknown_ids_and_routes(http: httpx.AsyncClient) ->
     _status(await http.get("/v1/nothing/here"), 404, 5)
     reply = await http.put("/v1/events")
     _status(reply, 405, 12)
-    assert reply.headers["allow"] == "POST, GET"
+    assert reply.headers["allow"] == "POST, GET, OPTIONS"
 
 
 async def test_wrong_token_is_401_on_every_route(secured: RunningGateway) -> None:
@@ -184,11 +184,11 @@ async def test_wrong_token_is_401_on_every_route(secured: RunningGateway) -> Non
 async def test_body_size_limit_is_413(secured: RunningGateway) -> None:
     headers = {"Authorization": f"Bearer {TOKEN}"}
     async with httpx.AsyncClient(base_url=secured.url, headers=headers) as http:
-        big = {"event": {"type": "run.token", "data": {"x": "y" * 5000}}}
+        big = {"event": {"type": "app.token", "data": {"x": "y" * 5000}}}
         _status(await http.post("/v1/events", json=big), 413, 8)
 
         async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted as it comes
-            yield b'{"event": {"type": "run.token", "data": {"x": "'
+            yield b'{"event": {"type": "app.token", "data": {"x": "'
             for _ in range(10):
                 yield b"y" * 1000
             yield b'"}}}'

@@ -11,7 +11,7 @@ from gateway_support import Client, Publisher, RunningGateway, new_subject
 async def test_publish_and_get_over_http(http: httpx.AsyncClient) -> None:
     subject = new_subject()
     reply = await http.post(
-        "/v1/events", json={"event": {"type": "run.token", "subject": subject, "data": {"t": "hi"}}}
+        "/v1/events", json={"event": {"type": "app.token", "subject": subject, "data": {"t": "hi"}}}
     )
     assert reply.status_code == 200, reply.text
     event = reply.json()["event"]

@@ -183,16 +183,16 @@ async def test_unsubscribe_cancels_the_upstream_and_other_subscriptions_continue
     one, two = new_subject(), new_subject()
     client = await Client.connect(gateway.ws_url)
     await client.subscribe("one", filter={"subject": one})
-    await client.subscribe(2, filter={"subject": two, "types": ["run.*"]})
+    await client.subscribe(2, filter={"subject": two, "types": ["app.*"]})
     await wait_for(lambda: len(readers_for(events_service, one)) == 1)
     await client.send({"type": "unsubscribe", "id": "one"})
     assert (await client.recv_type("unsubscribed"))["subscription"] == "one"
     await wait_for(lambda: not readers_for(events_service, one))
     await publisher.publish(one)
-    sequence = await publisher.publish(two, "run.node.started")
+    sequence = await publisher.publish(two, "app.node.started")
     (event,) = await client.events(1)
     assert event["subscription"] == 2 and event["sequence"] == sequence
-    assert event["event"]["type"] == "run.node.started"
+    assert event["event"]["type"] == "app.node.started"
     await client.close()
 
 

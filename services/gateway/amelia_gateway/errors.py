@@ -73,6 +73,14 @@ def invalid(message: str) -> GatewayError:
     return GatewayError(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
+def internal(reference: str) -> GatewayError:
+    """A failure of the gateway itself: details go to its log only, under `reference`."""
+    return GatewayError(
+        grpc.StatusCode.INTERNAL,
+        f"internal error in the gateway ({reference}); the gateway log has the details",
+    )
+
+
 def status_body(code: grpc.StatusCode, message: str, request_id: str = "") -> dict[str, Any]:
     """`{"code": 5, "message": "...", "details": [...]}` (google.rpc.Status as proto JSON)."""
     details: list[dict[str, Any]] = []

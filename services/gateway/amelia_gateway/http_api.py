@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,8 +18,14 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from amelia_common.auth import token_ok
 from amelia_common.logging import get_logger
-from amelia_gateway import auth, uploads
-from amelia_gateway.errors import GatewayError, error_response, from_rpc_error, invalid
+from amelia_gateway import auth, middleware, uploads
+from amelia_gateway.errors import (
+    GatewayError,
+    error_response,
+    from_rpc_error,
+    internal,
+    invalid,
+)
 from amelia_gateway.routes import Match
 from amelia_gateway.state import Gateway
 from amelia_gateway.transcode import build_request, parse_json_body, to_json, to_json_text
@@ -36,7 +41,6 @@ NDJSON = "application/x-ndjson"
 
 _GRPC_TIMEOUT = re.compile(r"^(\d{1,8})([HMSmun])$")
 _GRPC_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def gateway_of(request: Request) -> Gateway:
@@ -45,8 +49,7 @@ def gateway_of(request: Request) -> Gateway:
 
 
 def request_id(request: Request) -> str:
-    given = request.headers.get("x-request-id", "")
-    return given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+    return middleware.request_id(request.scope)
 
 
 def require_token(gateway: Gateway, request: Request) -> None:
@@ -117,15 +120,8 @@ async def endpoint(request: Request) -> Response:
     rid = request_id(request)
     gateway.counters["httpRequests"] += 1
     try:
-        found, allowed = gateway.table.match(request.method, request.url.path)
+        found = gateway.table.match(request.method, request.url.path)
         if found is None:
-            if allowed:
-                raise GatewayError(
-                    grpc.StatusCode.UNIMPLEMENTED,
-                    f"{request.method} is not allowed on {request.url.path}; use {', '.join(allowed)}",
-                    http_status=405,
-                    headers={"Allow": ", ".join(allowed)},
-                )
             raise GatewayError(
                 grpc.StatusCode.NOT_FOUND, f"no route for {request.method} {request.url.path}"
             )
@@ -222,6 +218,9 @@ async def _stream(
             else:
                 error = from_rpc_error(exc, rule.service, upstream.address)
             yield '{"error":' + _json(error.body(rid)) + "}\n"
+        except Exception:  # the status line is sent: the last line says what happened
+            log.exception("stream failed", rpc=rule.rpc, request_id=rid)
+            yield '{"error":' + _json(internal(f"request id {rid}").body(rid)) + "}\n"
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if (task is not None and task.cancelling()) or not gateway.stopping.is_set():

@@ -145,7 +145,7 @@ class Match:
 
 
 class RouteTable:
-    """Finds the rule for a method and path; tells 404 from 405."""
+    """Finds the rule for a method and path, and the methods a path takes (for 405s)."""
 
     def __init__(self, rules: tuple[Rule, ...] = ROUTES) -> None:
         self.rules = rules
@@ -161,17 +161,20 @@ class RouteTable:
                         raise ValueError(f"{rule.template}: {name} uses unknown {{{variable}}}")
             _ = rule.descriptor  # fail at start-up, not at the first request
 
-    def match(self, method: str, path: str) -> tuple[Match | None, list[str]]:
-        """The matching rule, or None and the methods the path allows (empty: no such path)."""
-        allowed: list[str] = []
+    def match(self, method: str, path: str) -> Match | None:
+        """The rule for `method` on `path`, with its path variables, or None."""
         for rule in self.rules:
-            found = rule.pattern.match(path)
-            if found is None:
-                continue
-            if rule.method == method:
-                return Match(rule, found.groupdict()), []
-            allowed.append(rule.method)
-        return None, allowed
+            if rule.method == method and (found := rule.pattern.match(path)) is not None:
+                return Match(rule, found.groupdict())
+        return None
+
+    def methods(self, path: str) -> tuple[str, ...]:
+        """The methods `path` takes, in table order (empty: no such path)."""
+        return tuple(r.method for r in self.rules if r.pattern.match(path) is not None)
+
+    @property
+    def all_methods(self) -> list[str]:
+        return sorted({r.method for r in self.rules})
 
     def covered_rpcs(self) -> set[tuple[str, str]]:
         return {(rule.service, rule.rpc) for rule in self.rules}

@@ -10,6 +10,7 @@ is a 400 with a message that says which field and why, never a 500.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
@@ -18,6 +19,7 @@ from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescript
 from google.protobuf.message import Message
 
 from amelia_gateway.errors import GatewayError, invalid
+from amelia_gateway.json_input import read_json_object
 
 # Well-known types that proto JSON writes as a single string; they may be set from a query value.
 STRING_WKT = {
@@ -36,6 +38,12 @@ WRAPPER_WKT = {
     "google.protobuf.BoolValue",
     "google.protobuf.StringValue",
     "google.protobuf.BytesValue",
+}
+
+_STRUCT_TYPES = {
+    "google.protobuf.Struct",
+    "google.protobuf.Value",
+    "google.protobuf.ListValue",
 }
 
 _INT_TYPES = {
@@ -92,15 +100,7 @@ def parse_json_body(raw: bytes) -> dict[str, Any]:
     """The body as a JSON object, or a 400 that says what is wrong with it."""
     if not raw.strip():
         return {}
-    try:
-        value = json.loads(raw)
-    except UnicodeDecodeError:
-        raise invalid("request body is not UTF-8 text") from None
-    except json.JSONDecodeError as exc:
-        raise invalid(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise invalid(f"request body must be a JSON object, not {type(value).__name__}")
-    return value
+    return read_json_object(raw, "request body")
 
 
 def parse_into(message: Message, data: Mapping[str, Any], where: str) -> None:
@@ -111,6 +111,26 @@ def parse_into(message: Message, data: Mapping[str, Any], where: str) -> None:
         raise invalid(f"{where}: {_clean(str(exc))}") from None
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:
         raise invalid(f"{where}: {exc}") from None
+    _check_finite(message, where)
+
+
+def _check_finite(message: Message, where: str, prefix: str = "") -> None:
+    """Refuse NaN/Infinity in float/double fields: proto JSON spells them "NaN", "Infinity".
+
+    Struct values are left out: their numbers come from JSON numbers, finite by `json_input`.
+    """
+    if message.DESCRIPTOR.full_name in _STRUCT_TYPES:
+        return
+    for field, value in message.ListFields():
+        name = prefix + field.json_name
+        kind = msg_type(field).fields_by_name["value"] if is_map(field) else field
+        items = list(value.values()) if is_map(field) else value if is_repeated(field) else [value]
+        if kind.type in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
+            if not all(math.isfinite(item) for item in items):
+                raise invalid(f"{where}: {name} must be a finite number, not NaN or Infinity")
+        elif kind.type == FieldDescriptor.TYPE_MESSAGE:
+            for item in items:
+                _check_finite(item, where, name + ".")
 
 
 def _clean(text: str) -> str:

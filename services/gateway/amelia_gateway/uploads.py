@@ -14,7 +14,6 @@ so a 50 MB PDF never sits whole in the gateway's memory.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import grpc
@@ -25,6 +24,7 @@ from starlette.responses import JSONResponse, Response
 
 from amelia.v1 import rag_pb2
 from amelia_gateway.errors import GatewayError, from_rpc_error, invalid
+from amelia_gateway.json_input import read_json_object
 from amelia_gateway.state import Gateway
 from amelia_gateway.transcode import find_field, parse_into, query_to_dict, to_json
 
@@ -52,22 +52,13 @@ def _source_from_fields(fields: dict[str, str], filename: str) -> rag_pb2.Docume
     values: dict[str, Any] = {}
     for name, text in fields.items():
         if name == "source":
-            try:
-                parsed = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise invalid(f"form field 'source' is not valid JSON: {exc}") from None
-            if not isinstance(parsed, dict):
-                raise invalid("form field 'source' must be a JSON object (a DocumentSource)")
-            parse_into(source, parsed, "form field 'source'")
+            parse_into(source, read_json_object(text, "form field 'source'"), "form field 'source'")
             continue
         field = find_field(source.DESCRIPTOR, name)
         if field is None:
             raise invalid(f"unknown form field {name!r}")
         if field.name == "metadata":
-            try:
-                values[field.name] = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise invalid(f"form field 'metadata' is not valid JSON: {exc}") from None
+            values[field.name] = read_json_object(text, "form field 'metadata'")
         else:
             values[field.name] = text
     if values:

@@ -32,7 +32,6 @@ import time
 import uuid
 from typing import Any
 
-import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -40,8 +39,9 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from amelia_common.auth import token_ok
 from amelia_common.logging import get_logger
 from amelia_gateway import auth
-from amelia_gateway.errors import GatewayError, status_body
+from amelia_gateway.errors import GatewayError, internal, invalid, status_body
 from amelia_gateway.hub import Feed, FeedSpec, Since
+from amelia_gateway.json_input import read_json
 from amelia_gateway.state import Gateway
 
 log = get_logger("amelia.gateway.ws")
@@ -60,6 +60,9 @@ MISSED_HEARTBEATS = 3
 CLOSE_GRACE = 10.0
 
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+# A sequence given as text: ASCII digits only (str.isdigit also takes '²', which int() refuses),
+# at most 20 (2^64 has 20).
+_SEQUENCE = re.compile(r"[0-9]{1,20}")
 
 
 class ProtocolError(Exception):
@@ -135,8 +138,13 @@ class Connection:
     # -- sending -----------------------------------------------------------------------------
 
     def enqueue(self, item: Item) -> bool:
-        """Queue a message without waiting; a full queue closes the socket as a slow consumer."""
-        if self.closing:
+        """Queue a message without waiting; a full queue closes the socket as a slow consumer.
+
+        Once the close is decided (`_close_task`), nothing more is queued: the hub may push many
+        events in one go (one per subscription, a catch-up's buffer), and the socket is closed,
+        counted and logged once, not once per event.
+        """
+        if self.closing or self._close_task is not None:
             return False
         try:
             self.queue.put_nowait(item)
@@ -281,14 +289,16 @@ class Connection:
             self.close_soon(1011, "internal error")
 
     def _handle(self, text: str | None, data: bytes | None) -> None:
+        """Act on one client message; whatever is wrong with it is answered with an `error`.
+
+        No message can end the socket: one the gateway fails on unexpectedly is logged and
+        answered as INTERNAL, and the socket goes on.
+        """
         message_id: Any = None
         try:
             if text is None:
                 raise ProtocolError("send JSON text messages, not binary")
-            try:
-                message = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise ProtocolError(f"message is not valid JSON: {exc}") from None
+            message = read_json(text, "message")
             if not isinstance(message, dict):
                 raise ProtocolError("a message must be a JSON object with a 'type'")
             message_id = message.get("id")
@@ -303,17 +313,25 @@ class Connection:
                 pass
             else:
                 raise ProtocolError(
-                    f"unknown message type {kind!r}: use subscribe, unsubscribe, ping or pong"
+                    f"unknown message type {_shown(kind)}: use subscribe, unsubscribe, ping or pong"
                 )
         except ProtocolError as exc:
-            self.send_control(
-                {
-                    "type": "error",
-                    "subscription": message_id if _valid_id(message_id) else None,
-                    "error": status_body(grpc.StatusCode.INVALID_ARGUMENT, str(exc)),
-                    "final": True,
-                }
-            )
+            self._refuse(message_id, invalid(str(exc)))
+        except GatewayError as exc:
+            self._refuse(message_id, exc)
+        except Exception:
+            log.exception("websocket message failed", client=self.id)
+            self._refuse(message_id, internal(f"client {self.id}"))
+
+    def _refuse(self, message_id: Any, error: GatewayError) -> None:
+        self.send_control(
+            {
+                "type": "error",
+                "subscription": message_id if _valid_id(message_id) else None,
+                "error": status_body(error.code, error.message),
+                "final": True,
+            }
+        )
 
     def _subscribe(self, message: dict[str, Any]) -> None:
         unknown = set(message) - {"type", "id", "filter", "run", "since"}
@@ -325,7 +343,7 @@ class Connection:
                 f"subscribe needs an 'id': a string (1-{MAX_ID_LENGTH} chars) or an integer"
             )
         if _key(sub_id) in self.subscriptions:
-            raise ProtocolError(f"subscription {sub_id!r} already exists; unsubscribe first")
+            raise ProtocolError(f"subscription {_shown(sub_id)} already exists; unsubscribe first")
         if len(self.subscriptions) >= MAX_SUBSCRIPTIONS:
             raise ProtocolError(f"at most {MAX_SUBSCRIPTIONS} subscriptions per socket")
         spec = parse_spec(message)
@@ -338,7 +356,7 @@ class Connection:
         sub_id = message.get("id")
         subscription = self.subscriptions.get(_key(sub_id)) if _valid_id(sub_id) else None
         if subscription is None:
-            raise ProtocolError(f"no subscription {sub_id!r}")
+            raise ProtocolError(f"no subscription {_shown(sub_id)}")
         self.forget(subscription)
         self.send_control({"type": "unsubscribed", "subscription": sub_id})
 
@@ -355,12 +373,18 @@ def _key(value: Any) -> str:
     return json.dumps(value)
 
 
+def _shown(value: Any) -> str:
+    """A client's value quoted in an error message, cut short."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def parse_since(value: Any, *, run: bool) -> Since:
     if value is None:
         return Since("beginning") if run else Since("now")
     if isinstance(value, bool):
         raise ProtocolError("'since' must be a sequence, a time, 'now' or 'beginning'")
-    if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
+    if isinstance(value, int) or (isinstance(value, str) and _SEQUENCE.fullmatch(value)):
         sequence = int(value)
         if sequence < 0 or sequence >= 2**64:
             raise ProtocolError("'since' sequence must be between 0 and 2^64-1")
@@ -378,7 +402,7 @@ def parse_since(value: Any, *, run: bool) -> Since:
             when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
             raise ProtocolError(
-                f"'since' {value!r} is not a sequence, an RFC 3339 time, 'now' or 'beginning'"
+                f"'since' {_shown(value)} is not a sequence, an RFC 3339 time, 'now' or 'beginning'"
             ) from None
         if when.tzinfo is None:
             when = when.replace(tzinfo=dt.UTC)
@@ -386,7 +410,7 @@ def parse_since(value: Any, *, run: bool) -> Since:
         try:
             stamp.FromDatetime(when)
         except (ValueError, OverflowError) as exc:
-            raise ProtocolError(f"'since' {value!r} is out of range: {exc}") from None
+            raise ProtocolError(f"'since' {_shown(value)} is out of range: {exc}") from None
         return Since("time", time=stamp)
     raise ProtocolError("'since' must be a sequence, a time, 'now' or 'beginning'")
 
