@@ -2,7 +2,7 @@
 
 One events service for the gateway tests (session NATS); tests use their own subjects so they
 never see each other's events. Agents and rag upstreams point at closed ports unless a test
-starts those services itself.
+starts those services itself, or uses `mesh` (real agents and rag behind a gateway, per module).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from gateway_support import Publisher, RunningGateway, closed_address, start_gateway
+from gateway_support import Mesh, Publisher, RunningGateway, closed_address, start_gateway
 
 from amelia_common.settings import Settings
 from amelia_events.server import EventsService, build_service
@@ -61,3 +61,29 @@ async def publisher(events_address: str, infra: Any) -> AsyncIterator[Publisher]
     pub = Publisher.connect(events_address, infra.settings())
     yield pub
     await pub.close()
+
+
+@pytest.fixture(scope="module")
+async def mesh(infra: Any, events_address: str) -> AsyncIterator[Mesh]:
+    """The whole mesh behind a gateway, for the modules that test through all three services."""
+    from amelia_agents.server import build_service as build_agents
+    from amelia_rag.server import build_service as build_rag
+
+    # Large chunks: the uploads here are bigger than one 256 KiB piece, embedding them is not
+    # what these tests are about.
+    settings = infra.settings(EVENTS_ADDRESS=events_address, AGENT_WORKERS=2, CHUNK_SIZE=4000)
+    agents = await build_agents(settings)
+    agents_port = await agents.start()
+    rag = await build_rag(settings)
+    rag_port = await rag.start()
+    gateway_settings: Settings = infra.settings(
+        EVENTS_ADDRESS=events_address,
+        AGENTS_ADDRESS=f"127.0.0.1:{agents_port}",
+        RAG_ADDRESS=f"127.0.0.1:{rag_port}",
+    )
+    gateway = await start_gateway(gateway_settings)
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as http:
+        yield Mesh(gateway, agents, rag, http)
+    await gateway.stop()
+    await agents.stop(1.0)
+    await rag.stop(1.0)

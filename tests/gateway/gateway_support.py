@@ -20,6 +20,7 @@ import websockets
 from amelia.v1 import events_pb2, events_pb2_grpc
 from amelia_common.embedded import free_port
 from amelia_common.grpc_client import aio_channel
+from amelia_common.grpc_server import GrpcService
 from amelia_common.settings import Settings
 from amelia_gateway.server import GatewayServer, build_server
 from amelia_gateway.state import Gateway
@@ -133,6 +134,16 @@ async def gateway_process(
         except TimeoutError:
             process.kill()
             await process.wait()
+
+
+@dataclass
+class Mesh:
+    """A gateway in front of real agents and rag services (and the session's events service)."""
+
+    gateway: RunningGateway
+    agents: GrpcService
+    rag: GrpcService
+    http: httpx.AsyncClient
 
 
 def closed_address() -> str:

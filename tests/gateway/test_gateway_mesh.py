@@ -2,8 +2,8 @@
 
 A run created over HTTP is followed on the socket (run subscription: StreamRun) to its end, and
 resumed midway without gap or duplicate; documents go in as JSON, multipart and raw uploads;
-unknown ids are 404 on every route; /v1/status reports every service and dependency; and the
-whole HTTP API is fuzzed from its OpenAPI document with schemathesis (no 500 allowed).
+unknown ids are 404 on every route; /v1/status reports every service and dependency. The whole
+HTTP API is fuzzed against the same mesh in test_gateway_fuzz.py.
 """
 
 from __future__ import annotations
@@ -11,58 +11,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
-import re
-import sys
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import pytest
-from gateway_support import Client, RunningGateway, start_gateway
+from gateway_support import Client, Mesh
 
-from amelia_agents.server import build_service as build_agents
-from amelia_common.grpc_server import GrpcService
-from amelia_common.settings import Settings
 from amelia_gateway.routes import ROUTES
-from amelia_rag.server import build_service as build_rag
-
-# Server errors the fuzzer finds in a service (not in the gateway), reported to their owners;
-# the fuzz test tolerates only these, and only as that service's own INTERNAL error.
-# (The first run found one: agents stored a NUL character in JSONB and answered INTERNAL; fixed
-# in agents since.) Entries: "METHOD /path": "why".
-KNOWN_UPSTREAM_FAILURES: dict[str, str] = {}
-
-
-@dataclass
-class Mesh:
-    gateway: RunningGateway
-    agents: GrpcService
-    rag: GrpcService
-    http: httpx.AsyncClient
-
-
-@pytest.fixture(scope="module")
-async def mesh(infra: Any, events_address: str) -> AsyncIterator[Mesh]:
-    # Large chunks: the uploads here are bigger than one 256 KiB piece, embedding them is not
-    # what these tests are about.
-    settings = infra.settings(EVENTS_ADDRESS=events_address, AGENT_WORKERS=2, CHUNK_SIZE=4000)
-    agents = await build_agents(settings)
-    agents_port = await agents.start()
-    rag = await build_rag(settings)
-    rag_port = await rag.start()
-    gateway_settings: Settings = infra.settings(
-        EVENTS_ADDRESS=events_address,
-        AGENTS_ADDRESS=f"127.0.0.1:{agents_port}",
-        RAG_ADDRESS=f"127.0.0.1:{rag_port}",
-    )
-    gateway = await start_gateway(gateway_settings)
-    async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as http:
-        yield Mesh(gateway, agents, rag, http)
-    await gateway.stop()
-    await agents.stop(1.0)
-    await rag.stop(1.0)
 
 
 async def _agent(http: httpx.AsyncClient, model: str) -> str:
@@ -246,48 +200,3 @@ async def test_status_reports_every_service_and_dependency(mesh: Mesh) -> None:
         "postgres": "SERVING",
     }
     assert status["nats"] == "SERVING" and status["postgres"] == "SERVING"
-
-
-async def test_fuzz_the_http_api_from_its_openapi_document(mesh: Mesh, tmp_path: Any) -> None:
-    """schemathesis generates requests for every operation; no response may be a 5xx."""
-    command = [
-        os.path.join(os.path.dirname(sys.executable), "st"),
-        "run",
-        f"{mesh.gateway.url}/openapi.json",
-        "--checks",
-        "not_a_server_error,status_code_conformance,content_type_conformance,"
-        "response_schema_conformance",
-        "--max-examples",
-        "8",
-        "--exclude-path-regex",
-        ":stream$",  # live streams never end by design; covered by their own tests
-        "--request-timeout",
-        "30",
-        "--generation-deterministic",
-        "--workers",
-        "1",
-        "-H",
-        "X-Request-Timeout: 20",
-        "--continue-on-failure",
-        *os.environ.get("GATEWAY_FUZZ_ARGS", "").split(),
-    ]
-    process = await asyncio.create_subprocess_exec(
-        *command,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        cwd=tmp_path,
-        env={**os.environ, "NO_COLOR": "1"},
-    )
-    output, _ = await asyncio.wait_for(process.communicate(), timeout=400)
-    text = output.decode(errors="replace")
-    (tmp_path / "schemathesis.txt").write_text(text)
-    failing = set(re.findall(r"^_+ ((?:GET|POST|PATCH|DELETE|PUT) \S+) _+$", text, re.M))
-    unexpected = failing - set(KNOWN_UPSTREAM_FAILURES)
-    assert not unexpected, text[-8000:]
-    if failing:
-        # Only the known upstream defects failed, and as the service's own INTERNAL error.
-        assert process.returncode != 0
-        assert "internal error (request id" in text, text[-8000:]
-        print("known upstream failures still present:", sorted(failing))
-    else:
-        assert process.returncode == 0, text[-8000:]
