@@ -112,6 +112,23 @@ async def test_non_finite_event_data_is_refused_and_not_stored(http: httpx.Async
 
 
 FIELD_DEPTH = 10_000  # past the recursion limit, under the 64 KiB a form field may have
+
+
+async def test_hostile_query_values_are_400_with_a_short_message(http: httpx.AsyncClient) -> None:
+    long_digits = "9" * 5000
+    for query in (
+        "afterSequence=%C2%B2",  # '²': a digit to str.isdigit, not to int()
+        f"afterSequence={long_digits}",
+        f"pageSize={long_digits}",
+        "filter.subject=runs/%ED%A0%80",  # an encoded lone surrogate: not UTF-8
+    ):
+        reply = await http.get(f"/v1/events?{query}")
+        assert len(_status(reply, 400, 3)["message"]) < 400, query
+    body = {"event": {"type": "app.token", "sequence": long_digits}}
+    assert len(_status(await http.post("/v1/events", json=body), 400, 3)["message"]) < 400
+    await _healthy(http)
+
+
 MULTIPART_FIELDS: dict[str, tuple[dict[str, str], str]] = {
     "nested source": ({"source": nested(FIELD_DEPTH)}, "nested"),
     "nested metadata": ({"metadata": nested(FIELD_DEPTH)}, "nested"),

@@ -110,7 +110,7 @@ def parse_into(message: Message, data: Mapping[str, Any], where: str) -> None:
     except json_format.ParseError as exc:
         raise invalid(f"{where}: {_clean(str(exc))}") from None
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:
-        raise invalid(f"{where}: {exc}") from None
+        raise invalid(f"{where}: {_clean(str(exc))}") from None
     _check_finite(message, where)
 
 
@@ -133,10 +133,15 @@ def _check_finite(message: Message, where: str, prefix: str = "") -> None:
                 _check_finite(item, where, name + ".")
 
 
+MAX_MESSAGE = 300
+
+
 def _clean(text: str) -> str:
     # json_format says 'Failed to parse x field: ...' with the full message type path; keep it,
-    # it names the field, but drop the Python-specific noise.
-    return text.replace("Message type ", "message ").strip()
+    # it names the field, but drop the Python-specific noise, and cut the client's value short
+    # (it quotes the value, which may be thousands of characters).
+    text = text.replace("Message type ", "message ").strip()
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"
 
 
 def _query_scalar(field: FieldDescriptor, value: str, key: str) -> Any:
