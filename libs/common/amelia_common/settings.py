@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -18,6 +19,11 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _log = logging.getLogger("amelia.settings")
+
+DEFAULT_ANTHROPIC_MODEL = "claude-sonnet-4-5-20250929"
+DEFAULT_OPENAI_MODEL = "openai:gpt-4o-mini"
+DEFAULT_LOCAL_MODEL = "qwen2.5-coder-0.5b"
+LOCAL_MODEL_OFF = "off"
 
 
 class Environment(StrEnum):
@@ -91,10 +97,25 @@ class Settings(BaseSettings):
     OPENROUTER_API_KEY: SecretStr = SecretStr("")
     OLLAMA_BASE_URL: str = "http://localhost:11434"
 
-    # Default LLM settings
-    DEFAULT_MODEL: str = "claude-sonnet-4-5-20250929"
+    # Default LLM settings. An empty DEFAULT_MODEL resolves (see `_resolve_default_model`) to
+    # Claude with ANTHROPIC_API_KEY, else OpenAI with OPENAI_API_KEY, else the local model.
+    DEFAULT_MODEL: str = ""
     DEFAULT_TEMPERATURE: float = Field(default=0.7, ge=0, le=2)
     DEFAULT_MAX_TOKENS: int = Field(default=4096, ge=1)
+
+    # Local model (llama.cpp through xllamacpp, see amelia_common.local_model / llama_server):
+    # `qwen2.5-coder-0.5b` (fetched by `make install`), the path of any .gguf, or `off`.
+    LOCAL_MODEL: str = DEFAULT_LOCAL_MODEL
+    # Where the fetched model is kept (default: $XDG_CACHE_HOME/amelia/models).
+    LOCAL_MODEL_DIR: Path | None = None
+    # An OpenAI-compatible llama.cpp server already running (…/v1); empty: the embedded one.
+    LOCAL_MODEL_URL: str = ""
+    LOCAL_MODEL_PORT: int = Field(default=8081, ge=0, le=65535)
+    # CPU threads for generation and prompt reading: 1 keeps the mesh responsive on 2 cores.
+    LOCAL_MODEL_THREADS: int = Field(default=1, ge=1)
+    # Context tokens in total, shared by the slots (requests generated at the same time).
+    LOCAL_MODEL_CONTEXT: int = Field(default=8192, ge=512)
+    LOCAL_MODEL_SLOTS: int = Field(default=2, ge=1)
 
     # Agents' workers
     AGENT_WORKERS: int = Field(default=2, ge=0)
@@ -177,6 +198,25 @@ class Settings(BaseSettings):
             _log.warning("OPENROUTER_API_KEY should start with 'sk-or-'")
         return v
 
+    @field_validator("LOCAL_MODEL")
+    @classmethod
+    def _validate_local_model(cls, v: str) -> str:
+        v = v.strip()
+        if v in (DEFAULT_LOCAL_MODEL, LOCAL_MODEL_OFF):
+            return v
+        if v.endswith(".gguf") or "/" in v:
+            # Absolute, so every process (and `local:<path>`) means the same file.
+            return str(Path(v).expanduser().resolve())
+        raise ValueError(
+            f"LOCAL_MODEL must be '{DEFAULT_LOCAL_MODEL}', '{LOCAL_MODEL_OFF}' or the path of a "
+            ".gguf file"
+        )
+
+    @field_validator("LOCAL_MODEL_DIR", mode="before")
+    @classmethod
+    def _empty_model_dir_is_unset(cls, v: object) -> object:
+        return None if v == "" else v
+
     @field_validator("DATABASE_URL")
     @classmethod
     def _validate_database_url(cls, v: str) -> str:
@@ -219,6 +259,22 @@ class Settings(BaseSettings):
             raise ValueError("DATABASE_MAX_OVERFLOW cannot be negative")
         return self
 
+    @model_validator(mode="after")
+    def _resolve_default_model(self) -> Settings:
+        self.DEFAULT_MODEL = self.DEFAULT_MODEL.strip()
+        if self.DEFAULT_MODEL:
+            return self
+        if self.ANTHROPIC_API_KEY.get_secret_value():
+            self.DEFAULT_MODEL = DEFAULT_ANTHROPIC_MODEL
+        elif self.OPENAI_API_KEY.get_secret_value():
+            self.DEFAULT_MODEL = DEFAULT_OPENAI_MODEL
+        elif self.LOCAL_MODEL != LOCAL_MODEL_OFF:
+            self.DEFAULT_MODEL = f"local:{self.LOCAL_MODEL}"
+        else:
+            # No model at all: runs fail saying which key to set.
+            self.DEFAULT_MODEL = DEFAULT_ANTHROPIC_MODEL
+        return self
+
     # Helpers -------------------------------------------------------------------------------
 
     @property
@@ -244,6 +300,18 @@ class Settings(BaseSettings):
     @property
     def worktree_dir(self) -> Path:
         return (self.GIT_WORKTREE_DIR or self.data_dir / "worktrees").expanduser().resolve()
+
+    @property
+    def local_model_dir(self) -> Path:
+        if self.LOCAL_MODEL_DIR is not None:
+            return self.LOCAL_MODEL_DIR.expanduser().resolve()
+        cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        return Path(cache).expanduser().resolve() / "amelia" / "models"
+
+    @property
+    def local_model_url(self) -> str:
+        """The local model server's OpenAI-compatible base URL (…/v1)."""
+        return self.LOCAL_MODEL_URL.rstrip("/") or f"http://127.0.0.1:{self.LOCAL_MODEL_PORT}/v1"
 
     @property
     def bind_host(self) -> str:

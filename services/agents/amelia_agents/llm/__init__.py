@@ -2,6 +2,8 @@
 
 - `anthropic:<model>` (or a bare `claude-…` name) — Anthropic, official SDK, streaming.
 - `openai:<model>[@<base_url>]` — any OpenAI-compatible server, official SDK, streaming.
+- `local:<name>` / `local:/path/to/model.gguf` — the local llama.cpp server `amelia up` runs
+  (no key; see `llm.local_provider`).
 - `offline:<mode>` — deterministic replies for development and tests (see `llm.offline`).
 """
 
@@ -12,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from amelia_agents.llm import anthropic_provider, openai_provider
+from amelia_agents.llm import anthropic_provider, local_provider, openai_provider
 from amelia_agents.llm.base import (
     ChatChunk,
     ChatMessage,
@@ -46,7 +48,7 @@ __all__ = [
     "parse_model",
 ]
 
-PROVIDERS = ("anthropic", "openai", "offline")
+PROVIDERS = ("anthropic", "openai", "local", "offline")
 _OPENAI = re.compile(r"^(?P<model>.+?)(?:@(?P<base>https?://\S+))?$")
 
 
@@ -66,13 +68,13 @@ def parse_model(model: str) -> ModelSpec:
             return ModelSpec("anthropic", model)
         raise ModelError(
             f"model {model!r} names no provider: use 'anthropic:<model>', "
-            "'openai:<model>@<base_url>' or 'offline:echo'"
+            "'openai:<model>@<base_url>', 'local:qwen2.5-coder-0.5b' or 'offline:echo'"
         )
     if provider not in PROVIDERS or not rest:
         raise ModelError(
             f"model {model!r}: provider must be one of {', '.join(PROVIDERS)} followed by a model, "
             "e.g. 'anthropic:claude-sonnet-4-5', 'openai:llama3.1@http://localhost:11434/v1', "
-            "'offline:echo'"
+            "'local:qwen2.5-coder-0.5b', 'offline:echo'"
         )
     if provider == "openai":
         match = _OPENAI.match(rest)
@@ -107,6 +109,11 @@ def get_model(model: str, settings: Settings) -> ChatModel:
             ("anthropic", key, base), lambda: anthropic_provider.make_client(key, base)
         )
         return anthropic_provider.AnthropicModel(spec.model, client)
+    if spec.provider == "local":
+        base = settings.local_model_url
+        # Local servers need no key: none of the provider keys is sent there.
+        client = _cached(("local", base), lambda: openai_provider.make_client(base, "not-needed"))
+        return local_provider.LocalModel(spec.model, client, base)
     base = spec.base_url or openai_provider.DEFAULT_BASE_URL
     key = openai_provider.api_key_for(
         base,

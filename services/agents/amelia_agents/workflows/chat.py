@@ -6,8 +6,10 @@ agent (or the chat input) names `context_sources`, passages from the RAG service
 `retrieve` searches the sources for the user's message (gRPC `RagService.Search`), emits a
 `run.retrieval` event with the passages (document, offsets, page, score, text) and keeps them in
 the state, so a worker that dies during `respond` does not search again. `respond` sends the
-thread's messages with the passages in the system prompt: they inform this reply without being
-added to the thread's memory (the next message retrieves its own). An agent with `tools` answers
+thread's messages with the passages in the system prompt (`context_prompt`: numbered, asking for
+`[n]` citations), after a `workflow.progress` event "reading context" (a small local model takes
+seconds to read them before its first token): they inform this reply without being added to the
+thread's memory (the next message retrieves its own). An agent with `tools` answers
 through `tools.chat_with_tools` (model ⇄ tools rounds inside `respond`); the thread's memory keeps
 the reply, not the tool calls.
 """
@@ -58,6 +60,32 @@ def _last_user_message(state: ChatState) -> str:
     return ""
 
 
+# Short, and explicit about the citation's form: a 0.5B model (the no-key default) cites
+# reliably when told how to start; larger models read it as a plain instruction.
+CITATION_PROMPT = (
+    "Answer the user's question from the numbered passages below. Start your answer with "
+    '"According to [n]," where n is the number of the passage you use (cite more as [n] too), '
+    "then answer in one or two sentences. If no passage answers the question, say so."
+)
+NO_PASSAGES_PROMPT = (
+    "No passage of the user's documents matched this message; say so if the answer needs them."
+)
+
+
+def context_prompt(passages: list[dict[str, Any]]) -> str:
+    """The passages as a block of the system prompt, numbered as the `run.retrieval` event
+    numbers them, so `[n]` in the answer points at a passage the user can open."""
+    if not passages:
+        return NO_PASSAGES_PROMPT
+    blocks = []
+    for p in passages:
+        where = f"{p['document']}, characters {p['start_offset']}-{p['end_offset']}"
+        if p.get("page"):
+            where += f", page {p['page']}"
+        blocks.append(f"Passage [{p['index']}] ({p['document_title']}: {where}):\n{p['content']}")
+    return "\n\n".join([CITATION_PROMPT, *blocks])
+
+
 def build_chat(agent: dict[str, Any] | None) -> StateGraph[Any, Any, Any, Any]:
     async def retrieve(state: ChatState) -> dict[str, Any]:
         sources = _sources(agent, state.get("request", {}))
@@ -68,8 +96,14 @@ def build_chat(agent: dict[str, Any] | None) -> StateGraph[Any, Any, Any, Any]:
         request = state.get("request", {})
         params = model_params(agent, request)
         if _sources(agent, request):
-            context = retrieval.context_prompt(state.get("context", []))
+            passages = state.get("context", [])
+            context = context_prompt(passages)
             params["system"] = f"{params['system']}\n\n{context}".strip()
+            # A small local model reads ~80 prompt tokens/s: say why the first token waits.
+            runtime.emit(
+                "workflow.progress",
+                {"step": "reading context", "passages": len(passages), "characters": len(context)},
+            )
         tool_names = list((agent or {}).get("tools") or [])
         if tool_names:
             # The whole tool loop is this one node: a crash mid-loop re-runs it from the start.

@@ -39,20 +39,21 @@ from amelia_agents.workflows.registry import Workflow, register
 
 STEPS = ("discovery", "design", "planning")
 
+# Short and concrete, so a 0.5B local model (the no-key default) stays on task.
 DISCOVERY_PROMPT = (
-    "You are the Discovery agent. Read the request (and the conversation before it) and set out "
-    "what must be understood before designing anything: the goal, who it is for, constraints, "
-    "what already exists, risks and open questions. Be concrete and brief. Do not design yet."
+    "You are the Discovery step of a planning team. List, as at most eight short bullet points, "
+    "what must be understood before designing: the goal, the users, constraints, what exists, "
+    "risks and open questions. Do not design yet."
 )
 DESIGN_PROMPT = (
-    "You are the Design agent. From the request and the discovery notes, propose a design: the "
-    "approach, the components and what each is responsible for, data and interfaces, and the "
-    "trade-offs you chose and why. Do not write a task plan yet."
+    "You are the Design step. From the request and the discovery notes, propose a design as "
+    "short bullet points: the approach, the main components and what each does, the data and "
+    "interfaces, and the trade-offs you chose. Do not write tasks yet."
 )
 PLANNING_PROMPT = (
-    "You are the Planning agent. Turn the approved design into an ordered implementation plan: "
-    "numbered tasks, each with what to do, the components or files it touches, how to test it, "
-    "and what it depends on. Follow the reviewer's feedback."
+    "You are the Planning step. Turn the approved design into a numbered list of "
+    "implementation tasks, in order. For each task say what to do, what it touches, how to "
+    "test it and what it depends on. Follow the reviewer's feedback."
 )
 QUESTION = (
     "Approve this design so the plan can be written? Answer 'approve' (optionally with "

@@ -1,0 +1,97 @@
+"""Real-model tests: the local llama.cpp server with the model `make install` fetched, started
+once per session, and the real events, rag and agents services in process on the session's
+PostgreSQL and NATS.
+
+The agents service has its own queue stream, so other suites' workers never take these runs.
+The model is small (0.5B) and runs on one thread: keep these tests few, with greedy sampling
+(temperature 0), small max_tokens and tolerant assertions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import grpc
+import pytest
+from agents_helpers import serve_agents
+from local_model import local_model as local_embedding_model
+
+from amelia.v1 import agents_pb2_grpc, rag_pb2_grpc
+from amelia_common import local_model
+from amelia_common.embedded import free_port
+from amelia_common.llama_server import EmbeddedLlama
+from amelia_common.settings import DEFAULT_LOCAL_MODEL, Settings
+from amelia_events.server import build_service as build_events
+from amelia_rag.embeddings import LocalEmbedder
+from amelia_rag.server import build_service as build_rag
+
+QUEUE = "AMELIA_RUNS_LLM"
+MODEL = f"local:{DEFAULT_LOCAL_MODEL}"
+
+
+@pytest.fixture(scope="session")
+def llama(infra: object) -> Iterator[EmbeddedLlama]:
+    """The local model server, as `amelia up` runs it (1 thread, 2 slots), on a free port."""
+    settings: Settings = infra.settings()  # type: ignore[attr-defined]
+    if not local_model.model_path(settings).is_file():
+        pytest.fail(
+            f"the local model is not at {local_model.model_path(settings)}: run 'make install' "
+            "(it fetches and verifies it)"
+        )
+    server = EmbeddedLlama.from_settings(settings, port=free_port(), watch_parent=True)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+async def llm_events_address(infra: object) -> AsyncIterator[str]:
+    service = await build_events(infra.settings())  # type: ignore[attr-defined]
+    port = await service.start()
+    yield f"127.0.0.1:{port}"
+    await service.stop(0.5)
+
+
+@pytest.fixture(scope="session")
+async def llm_rag_address(infra: object) -> AsyncIterator[str]:
+    settings: Settings = infra.settings()  # type: ignore[attr-defined]
+    embedder = LocalEmbedder.from_model(local_embedding_model(), settings)
+    service = await build_rag(settings, embedder=embedder)
+    port = await service.start()
+    yield f"127.0.0.1:{port}"
+    await service.stop(1.0)
+    await embedder.aclose()
+
+
+@pytest.fixture(scope="session")
+async def llm_rag(llm_rag_address: str) -> AsyncIterator[rag_pb2_grpc.RagServiceStub]:
+    channel = grpc.aio.insecure_channel(llm_rag_address)
+    yield rag_pb2_grpc.RagServiceStub(channel)
+    await channel.close()
+
+
+@pytest.fixture(scope="session")
+def llm_settings(
+    infra: object, llama: EmbeddedLlama, llm_events_address: str, llm_rag_address: str
+) -> Settings:
+    """No provider key: DEFAULT_MODEL resolves to the local model, as on a fresh machine."""
+    settings: Settings = infra.settings(  # type: ignore[attr-defined]
+        EVENTS_ADDRESS=llm_events_address,
+        RAG_ADDRESS=llm_rag_address,
+        LOCAL_MODEL_URL=llama.base_url,
+        AGENT_WORKERS=2,
+        RUNS_QUEUE_STREAM=QUEUE,
+        RUN_ACK_WAIT_SECONDS=30,
+        LLM_RETRY_BACKOFF_SECONDS=0.2,
+        ANTHROPIC_API_KEY="",
+        OPENAI_API_KEY="",
+        DEFAULT_MODEL="",
+    )
+    assert settings.DEFAULT_MODEL == MODEL
+    return settings
+
+
+@pytest.fixture(scope="session")
+async def llm_agents(llm_settings: Settings) -> AsyncIterator[agents_pb2_grpc.AgentServiceStub]:
+    async with serve_agents(llm_settings) as stub:
+        yield stub
