@@ -11,6 +11,7 @@ request itself instead of forwarding it (forwarding would be a 503).
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -127,6 +128,43 @@ async def test_hostile_query_values_are_400_with_a_short_message(http: httpx.Asy
     body = {"event": {"type": "app.token", "sequence": long_digits}}
     assert len(_status(await http.post("/v1/events", json=body), 400, 3)["message"]) < 400
     await _healthy(http)
+
+
+async def test_a_huge_body_does_not_stall_other_requests(http: httpx.AsyncClient) -> None:
+    """Decoding megabytes of JSON takes seconds; the gateway answers others meanwhile.
+
+    The body is refused by the gateway itself after the costly part (an unknown field after a
+    huge `data`), so only the gateway's own work is measured against its own answers: pings
+    during it must take a small part of its time, not wait for all of it.
+    """
+    numbers = b",".join([b"0"] * 200_000)
+    body = b'{"event": {"type": "app.token", "data": {"a": [%s]}, "noSuchField": 1}}' % numbers
+    latencies: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def ping() -> None:
+        while True:
+            started = loop.time()
+            assert (await http.get("/healthz")).status_code == 200
+            latencies.append(loop.time() - started)
+            await asyncio.sleep(0.01)
+
+    pinger = asyncio.create_task(ping())
+    try:
+        started = loop.time()
+        reply = await http.post(
+            "/v1/events", content=body, headers={"Content-Type": "application/json"}
+        )
+        took = loop.time() - started
+    finally:
+        pinger.cancel()
+    assert "noSuchField" in _status(reply, 400, 3)["message"]
+    print(
+        f"\n{len(body) / 2**20:.1f} MiB body refused after {took:.1f}s; {len(latencies)} pings"
+        f" meanwhile, the slowest {max(latencies, default=0) * 1000:.0f}ms"
+    )
+    assert len(latencies) >= 3, (latencies, took)
+    assert max(latencies) < took / 3, (max(latencies), took)
 
 
 MULTIPART_FIELDS: dict[str, tuple[dict[str, str], str]] = {

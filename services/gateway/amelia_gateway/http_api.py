@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
 from amelia_common.auth import token_ok
 from amelia_common.logging import get_logger
@@ -28,7 +28,7 @@ from amelia_gateway.errors import (
 )
 from amelia_gateway.routes import Match
 from amelia_gateway.state import Gateway
-from amelia_gateway.transcode import build_request, parse_json_body, to_json, to_json_text
+from amelia_gateway.transcode import build_request, parse_json_body, to_json_bytes, to_json_text
 from amelia_gateway.upstream import message_class
 
 log = get_logger("amelia.gateway.http")
@@ -138,7 +138,7 @@ async def endpoint(request: Request) -> Response:
 
 async def _request_message(gateway: Gateway, request: Request, found: Match) -> Any:
     rule = found.rule
-    body: dict[str, Any] | None = None
+    raw = b""
     query = list(request.query_params.multi_items())
     if rule.body == "*":
         content_type = request.headers.get("content-type", "application/json")
@@ -149,18 +149,23 @@ async def _request_message(gateway: Gateway, request: Request, found: Match) -> 
                 http_status=415,
             )
         raw = await read_body(request, gateway.settings.MAX_REQUEST_BYTES)
-        body = parse_json_body(raw)
         if query:
             raise invalid(
                 f"unknown query parameter {query[0][0]!r}: this route takes its fields"
                 " from the JSON body"
             )
-    return build_request(
-        message_class(rule.input),
-        body=body,
-        query=query,
-        path=rule.bound_fields(found.variables),
-    )
+
+    def transcode() -> Any:
+        return build_request(
+            message_class(rule.input),
+            body=parse_json_body(raw),
+            query=query,
+            path=rule.bound_fields(found.variables),
+        )
+
+    # On a worker thread: turning megabytes of JSON into a message takes seconds of pure
+    # Python, which on the event loop would stall every other request and socket meanwhile.
+    return await asyncio.to_thread(transcode)
 
 
 def _is_json(content_type: str) -> bool:
@@ -179,7 +184,8 @@ async def _unary(
         response = await call(message, timeout=timeout, metadata=metadata(rid))
     except grpc.aio.AioRpcError as exc:
         raise from_rpc_error(exc, rule.service, upstream.address) from None
-    return JSONResponse(to_json(response), headers={"X-Request-Id": rid})
+    content = await asyncio.to_thread(to_json_bytes, response)  # a big page: as above
+    return Response(content, media_type="application/json", headers={"X-Request-Id": rid})
 
 
 async def _stream(

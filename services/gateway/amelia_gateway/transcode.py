@@ -281,7 +281,12 @@ def to_json(message: Message) -> dict[str, Any]:
 
 def to_json_text(message: Message) -> str:
     """`to_json` as compact JSON text."""
-    return json.dumps(to_json(message), separators=(",", ":"), ensure_ascii=False)
+    return json.dumps(to_json(message), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def to_json_bytes(message: Message) -> bytes:
+    """`to_json_text` as a UTF-8 response body."""
+    return to_json_text(message).encode()
 
 
 __all__ = [
