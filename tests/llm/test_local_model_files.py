@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from amelia_common import local_model
 from amelia_common.embedded import EmbeddedStartError
-from amelia_common.llama_server import EmbeddedLlama
+from amelia_common.llama_server import EmbeddedLlama, embedded_wanted
 from amelia_common.local_model import PARTS, LocalModelError, ModelVerificationError, join
 from amelia_common.settings import DEFAULT_ANTHROPIC_MODEL, Settings
 
@@ -117,3 +117,11 @@ def test_a_busy_port_is_reported_before_anything_starts(tmp_path: Path) -> None:
         with pytest.raises(EmbeddedStartError, match=f"port {port} is in use.*LOCAL_MODEL_PORT"):
             server.start()
     assert server.pid() is None
+
+
+def test_the_server_is_wanted_only_when_the_default_model_is_local() -> None:
+    assert embedded_wanted(settings())
+    assert not embedded_wanted(settings(ANTHROPIC_API_KEY="sk-ant-x"))
+    assert not embedded_wanted(settings(LOCAL_MODEL="off"))
+    assert not embedded_wanted(settings(LOCAL_MODEL_URL="http://127.0.0.1:9/v1"))
+    assert embedded_wanted(settings(ANTHROPIC_API_KEY="sk-ant-x", DEFAULT_MODEL="local:x.gguf"))

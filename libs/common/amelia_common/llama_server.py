@@ -36,7 +36,7 @@ from typing import Any
 from amelia_common import local_model
 from amelia_common.embedded import EmbeddedStartError, port_is_free
 from amelia_common.logging import get_logger
-from amelia_common.settings import Settings, get_settings
+from amelia_common.settings import LOCAL_MODEL_OFF, Settings, get_settings
 
 log = get_logger("amelia.llama")
 
@@ -67,6 +67,17 @@ def served_models(url: str, timeout: float = 2.0) -> list[str]:
     for model in data:
         names += [str(model.get("id", "")), *map(str, model.get("aliases") or [])]
     return list(dict.fromkeys(filter(None, names)))
+
+
+def embedded_wanted(settings: Settings) -> bool:
+    """Whether `amelia up` should run the local model server: the default model is a `local:`
+    one, LOCAL_MODEL is not off and no LOCAL_MODEL_URL points at a server run elsewhere (with a
+    provider key set, DEFAULT_MODEL resolves to that provider and nothing is started)."""
+    return (
+        settings.LOCAL_MODEL != LOCAL_MODEL_OFF
+        and not settings.LOCAL_MODEL_URL
+        and settings.DEFAULT_MODEL.startswith("local:")
+    )
 
 
 def _pid_alive(pid: int) -> bool:
