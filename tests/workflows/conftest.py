@@ -129,9 +129,10 @@ async def durable_api(
 @pytest.fixture
 async def start_worker(
     workflows_settings: Settings, tmp_path: Path
-) -> AsyncIterator[Callable[[str], WorkerProcess]]:
+) -> AsyncIterator[Callable[..., WorkerProcess]]:
     """Starts `python -m amelia_agents.worker` processes for `durable_api`'s queue, with the
-    same model, RAG and Claude Code settings as the in-process workers; stops them at the end."""
+    same model, RAG and Claude Code settings as the in-process workers (keyword arguments
+    override environment variables); stops them at the end."""
     s = workflows_settings
     env = {
         "RUNS_QUEUE_STREAM": DURABLE_QUEUE,
@@ -146,8 +147,8 @@ async def start_worker(
     }
     started: list[WorkerProcess] = []
 
-    def start(name: str) -> WorkerProcess:
-        worker = WorkerProcess(s, tmp_path / f"{name}.log", env=env)
+    def start(name: str, **overrides: str) -> WorkerProcess:
+        worker = WorkerProcess(s, tmp_path / f"{name}.log", env={**env, **overrides})
         started.append(worker)
         return worker
 

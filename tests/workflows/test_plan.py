@@ -58,10 +58,10 @@ async def test_each_step_feeds_the_next_and_the_run_waits_for_approval(
 
     [discovery] = calls(fake_anthropic, models["discovery"])
     assert discovery["messages"] == [{"role": "user", "content": REQUEST}]
-    assert "Discovery agent" in discovery["system"]
+    assert "Discovery step" in discovery["system"]
     discovery_notes = f"user: {REQUEST}"  # what the transcript model answered
     [design] = calls(fake_anthropic, models["design"])
-    assert "Design agent" in design["system"]
+    assert "Design step" in design["system"]
     assert f"Discovery notes:\n{discovery_notes}" in design["messages"][0]["content"]
     assert not calls(fake_anthropic, models["planning"]), "planning ran before the approval"
 
@@ -85,7 +85,7 @@ async def test_each_step_feeds_the_next_and_the_run_waits_for_approval(
     done = await wait_status(agents, run.name, S.RUN_STATUS_COMPLETED)
     [planning] = calls(fake_anthropic, models["planning"])
     prompt = planning["messages"][0]["content"]
-    assert "Planning agent" in planning["system"]
+    assert "Planning step" in planning["system"]
     assert f"Approved design:\n{value['design']}" in prompt
     assert "Reviewer feedback:\nkeep the contrast high" in prompt
     output = json_format.MessageToDict(done.output)

@@ -128,6 +128,14 @@ class Settings(BaseSettings):
     LLM_RETRY_BACKOFF_SECONDS: float = Field(default=0.5, ge=0)
     # Extra Python modules imported at start that register workflows (plugins).
     AGENT_WORKFLOW_MODULES: Annotated[list[str], NoDecode] = []
+    # The run reconciler: every RUN_SWEEP_INTERVAL_SECONDS it re-queues each run left QUEUED or
+    # RUNNING for RUN_REQUEUE_AFTER_SECONDS with no job in the queue and no worker holding it
+    # (a job lost with NATS, a publish whose acknowledgement was lost, a purged queue).
+    RUN_SWEEP_INTERVAL_SECONDS: float = Field(default=10, gt=0)
+    RUN_REQUEUE_AFTER_SECONDS: float = Field(default=30, ge=0)
+    # First wait before a run whose pick-up met a PostgreSQL/NATS outage is tried again; doubles
+    # each time, up to RUN_ACK_WAIT_SECONDS (each try counts against RUN_MAX_ATTEMPTS).
+    RUN_RETRY_BACKOFF_SECONDS: float = Field(default=1, gt=0)
 
     # Embeddings
     EMBEDDING_PROVIDER: str = Field(default="local", pattern="^(local|openai)$")

@@ -1,4 +1,8 @@
-"""LangGraph's PostgreSQL checkpointer on a psycopg pool, its tables set up once per database."""
+"""LangGraph's PostgreSQL checkpointer on a psycopg pool, its tables set up once per database.
+
+The pool checks each connection before handing it out, so after a PostgreSQL restart a run gets
+a new connection instead of a dead one (and while PostgreSQL is down, waits up to the pool's
+timeout for it to come back)."""
 
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ async def open_checkpointer(
         # What AsyncPostgresSaver expects of its connections.
         kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
         open=False,
+        check=AsyncConnectionPool.check_connection,
         name="amelia-agents-checkpoints",
     )
     await pool.open(wait=True, timeout=30)

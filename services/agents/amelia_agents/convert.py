@@ -7,10 +7,12 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import duration_pb2, json_format, struct_pb2
+from google.protobuf.message import Message
 
 from amelia.v1 import agents_pb2
 from amelia_agents.models import AgentRow, RunRow, RunState, ThreadRow
+from amelia_common.errors import InvalidArgument, check_json
 
 AGENT_ID = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 
@@ -121,6 +123,37 @@ def to_value(value: Any) -> struct_pb2.Value:
 
 def from_value(value: struct_pb2.Value) -> Any:
     return json_format.MessageToDict(value)
+
+
+def json_from(message: Message, field: str) -> Any:
+    """A Struct or Value from a request as plain JSON values, refused (InvalidArgument) if it
+    holds NaN, Infinity or NUL characters, which neither JSON nor PostgreSQL can keep."""
+    try:
+        value = json_format.MessageToDict(message)
+    except ValueError:
+        raise InvalidArgument(f"{field} must not contain NaN or Infinity") from None
+    check_json(value, field)
+    return value
+
+
+# google.protobuf.Duration's range: about ±10,000 years.
+_MAX_DURATION_SECONDS = 315_576_000_000
+
+
+def duration_seconds(duration: duration_pb2.Duration, field: str) -> float:
+    """A request's Duration in seconds; InvalidArgument if it is not a valid one."""
+    seconds, nanos = duration.seconds, duration.nanos
+    if (
+        abs(seconds) > _MAX_DURATION_SECONDS
+        or abs(nanos) > 999_999_999
+        or (seconds > 0 > nanos)
+        or (seconds < 0 < nanos)
+    ):
+        raise InvalidArgument(
+            f"{field} is not a valid duration (seconds within ±{_MAX_DURATION_SECONDS}, nanos "
+            "within ±999999999 with the same sign)"
+        )
+    return seconds + nanos / 1e9
 
 
 def run_to_proto(row: RunRow) -> agents_pb2.Run:

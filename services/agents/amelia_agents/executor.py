@@ -13,8 +13,10 @@ checkpoint, whose metadata names the run that wrote it:
 While the graph runs, LangGraph's `tasks` stream becomes `run.node.started|finished` events and
 the nodes' custom stream (see `runtime`) becomes `run.token`, `run.tool.*`, ... events. The
 pick-up ends with the run COMPLETED, FAILED (timeout, exception, model error), CANCELLED
-(`Attempt.cancel`), PAUSED, or — when the worker shuts down — not at all (the message goes
-back to the queue and another worker continues from the checkpoint).
+(`Attempt.cancel`), PAUSED, or not at all — the job goes back to the queue and a worker continues
+from the checkpoint — when the worker shuts down, when PostgreSQL or NATS cannot be reached
+(`outages`: the exception escapes to the worker), or when another worker took the run over
+(`Attempt.handover`, raising `HandoverError`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from amelia_agents import runtime, workflows
 from amelia_agents.lifecycle import RunEvents
 from amelia_agents.llm import ModelError
 from amelia_agents.models import RunRow, RunState
+from amelia_agents.outages import infrastructure_outage
 from amelia_agents.store import Store
 from amelia_common.logging import get_logger
 from amelia_common.settings import Settings
@@ -46,11 +49,17 @@ STOP_GRACE_SECONDS = 5.0
 
 @dataclass
 class Attempt:
-    """One worker's hold on a run: how to cancel it and when it is over."""
+    """One worker's hold on a run: how to cancel it or hand it over, and when it is over."""
 
     cancel_requested: asyncio.Event = field(default_factory=asyncio.Event)
+    # Another worker holds the run now: stop without recording anything.
+    handover: asyncio.Event = field(default_factory=asyncio.Event)
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     outcome: str = ""
+
+
+class HandoverError(Exception):
+    """The pick-up stopped because another worker has the run now; nothing was recorded."""
 
 
 def _jsonable(value: Any) -> Any:
@@ -98,6 +107,8 @@ class Executor:
             config = graph_config(row)
             snapshot = await graph.aget_state(config)
         except Exception as exc:
+            if infrastructure_outage(exc):
+                raise  # not the workflow's fault: the worker tries again later
             log.exception("cannot build graph", run=str(row.id))
             return await self._fail(row, f"cannot build workflow {target!r}: {exc}")
 
@@ -129,20 +140,26 @@ class Executor:
             ),
         )
         drive = asyncio.create_task(self._drive(row, graph, graph_input, config, ctx))
-        cancelled = asyncio.create_task(attempt.cancel_requested.wait())
+        stops = [
+            asyncio.create_task(attempt.cancel_requested.wait()),
+            asyncio.create_task(attempt.handover.wait()),
+        ]
         try:
             done, _ = await asyncio.wait(
-                {drive, cancelled}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                {drive, *stops}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
         except asyncio.CancelledError:
             # The worker is shutting down: stop here, the checkpoint keeps the progress.
             await self._stop(drive)
             raise
         finally:
-            cancelled.cancel()
+            for stop in stops:
+                stop.cancel()
 
         if drive not in done:
             await self._stop(drive)
+            if attempt.handover.is_set():
+                raise HandoverError(f"runs/{row.id} is held by another worker now")
             if attempt.cancel_requested.is_set():
                 return await self._cancelled(row)
             return await self._fail(row, f"timeout: the run took longer than {timeout:g}s")
@@ -150,7 +167,9 @@ class Executor:
             drive.result()
         except (ModelError, runtime.NodeError) as exc:
             return await self._fail(row, str(exc))
-        except Exception as exc:  # noqa: BLE001 - a node's exception fails the run
+        except Exception as exc:  # a node's exception fails the run
+            if infrastructure_outage(exc):
+                raise  # a checkpoint or event that could not be written: try again later
             log.info("run failed", run=str(row.id), error=repr(exc))
             return await self._fail(row, f"{type(exc).__name__}: {exc}")
         if attempt.cancel_requested.is_set():

@@ -98,6 +98,12 @@ class RunRow(Base):
             unique=True,
             postgresql_where=text("status IN ('QUEUED', 'RUNNING', 'PAUSED')"),
         ),
+        # What the reconciler looks through for runs whose job was lost.
+        Index(
+            "ix_runs_unfinished",
+            "queue",
+            postgresql_where=text("status IN ('QUEUED', 'RUNNING')"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
@@ -128,3 +134,10 @@ class RunRow(Base):
     worker: Mapped[str] = mapped_column(Text, default="")
     # Sequence of the run's terminal event, once it is in the log.
     terminal_sequence: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # The work queue (stream) its jobs go to, and when it was last put there (created, answered
+    # or re-queued by the reconciler); NULL for runs older than these columns.
+    queue: Mapped[str | None] = mapped_column(Text, nullable=True)
+    queued_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Pick-ups since it was last queued by the API: RUN_MAX_ATTEMPTS bounds them. (`attempt`
+    # counts every pick-up of the run's life, answers included.)
+    pickups: Mapped[int] = mapped_column(Integer, default=0)

@@ -1,4 +1,6 @@
-"""Building the agents service: database, checkpointer, NATS, the API and its workers."""
+"""Building the agents service: database, checkpointer, NATS, the API, its workers and the run
+reconciler (`sweeper`). Health: `dependency/postgres`, `dependency/nats`, and — with workers in
+the process — `dependency/workers` (NOT_SERVING while they cannot run anything)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from amelia_agents.lifecycle import RunEvents
 from amelia_agents.servicer import AgentServicer
 from amelia_agents.store import Store
 from amelia_agents.streaming import RunStreamer
+from amelia_agents.sweeper import Sweeper
 from amelia_agents.worker import build_workers
 from amelia_common.db import (
     create_engine,
@@ -57,6 +60,11 @@ async def build_service(settings: Settings) -> GrpcService:
         if settings.AGENT_WORKERS > 0
         else None
     )
+    sweeper = Sweeper(settings, engine, store, js)
+    sweeper.start()
+    dependencies = {"postgres": db_health(engine), "nats": nats_health(nc)}
+    if workers is not None:
+        dependencies["workers"] = workers.can_work
 
     def register(server: grpc.aio.Server) -> None:
         agents_pb2_grpc.add_AgentServiceServicer_to_server(servicer, server)
@@ -71,6 +79,7 @@ async def build_service(settings: Settings) -> GrpcService:
         await cp_pool.close()
 
     async def stop_workers() -> None:
+        await sweeper.stop()
         if workers is not None:
             await workers.stop()
 
@@ -81,6 +90,6 @@ async def build_service(settings: Settings) -> GrpcService:
         port=settings.AGENTS_GRPC_PORT,
         service_names=[SERVICE_NAME],
         register=register,
-        dependencies={"postgres": db_health(engine), "nats": nats_health(nc)},
+        dependencies=dependencies,
         on_shutdown=[close_engine, close_checkpoints, close_nats, streamer.close, stop_workers],
     )

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC
 from typing import Any, TypeAlias
 
 import grpc
-from google.protobuf import json_format
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
@@ -22,6 +22,8 @@ from amelia_agents.models import TERMINAL_STATES, AgentRow, RunRow, RunState
 from amelia_agents.runtime import DEFAULT_RETRY_ATTEMPTS, DEFAULT_TIMEOUT_SECONDS
 from amelia_agents.store import ActiveRunError, RunFilter, Store, now
 from amelia_agents.streaming import RunStreamer
+from amelia_common.errors import InvalidArgument, Unavailable, check_json
+from amelia_common.eventlog import timestamp_problem
 from amelia_common.logging import get_logger
 from amelia_common.settings import Settings
 
@@ -71,8 +73,12 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
     def _agent_values(self, agent: agents_pb2.Agent, fields: tuple[str, ...]) -> dict[str, Any]:
         """Validated column values for `fields` of `agent`; raises ValueError with the reason."""
         values: dict[str, Any] = {}
-        if has_nul(json_format.MessageToDict(agent)):
-            raise ValueError("agent fields must not contain NUL characters")
+        # Only the fields a caller sets are looked at: output-only ones (create_time, …) are
+        # ignored, whatever they hold.
+        for name in ("display_name", "description", "system_prompt", "model"):
+            check_json(getattr(agent, name), f"agent.{name}")
+        check_json(list(agent.context_sources), "agent.context_sources")
+        check_json(list(agent.tools), "agent.tools")
         for name in fields:
             if name in ("display_name", "description", "system_prompt"):
                 values[name] = getattr(agent, name)
@@ -98,7 +104,7 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
                 values["max_tokens"] = agent.max_tokens or self.settings.DEFAULT_MAX_TOKENS
             elif name == "timeout":
                 seconds = (
-                    agent.timeout.ToTimedelta().total_seconds()
+                    convert.duration_seconds(agent.timeout, "agent.timeout")
                     if agent.HasField("timeout")
                     else DEFAULT_TIMEOUT_SECONDS
                 )
@@ -219,9 +225,7 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
     async def CreateThread(
         self, request: agents_pb2.CreateThreadRequest, context: Ctx
     ) -> agents_pb2.CreateThreadResponse:
-        meta = json_format.MessageToDict(request.thread.metadata)
-        if has_nul(meta):
-            await context.abort(INVALID, "thread metadata must not contain NUL characters")
+        meta = convert.json_from(request.thread.metadata, "thread.metadata")
         row = await self.store.create_thread(meta)
         return agents_pb2.CreateThreadResponse(thread=convert.thread_to_proto(row))
 
@@ -272,34 +276,34 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
 
     # runs -----------------------------------------------------------------------------------
 
-    async def _enqueue(self, row: RunRow, key: str, context: Ctx) -> None:
+    async def _requeue(self, row: RunRow, key: str) -> None:
+        """Queue a job for a run already recorded. If NATS does not take it, the run stays
+        QUEUED and the reconciler (`sweeper`) queues it once NATS is back: nothing is lost."""
         try:
             await queue.enqueue(self.js, self.settings, row.id, key)
-        except Exception as exc:  # noqa: BLE001 - NATS down: say so, the run is kept
-            log.warning("cannot queue run", run=str(row.id), error=str(exc) or repr(exc))
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE,
-                f"runs/{row.id} is recorded but could not be queued (NATS: "
-                f"{exc or type(exc).__name__}); retry with the same request_id",
+        except Unavailable as exc:
+            log.warning(
+                "run recorded but not queued yet; the reconciler will queue it",
+                run=str(row.id),
+                error=exc.message,
             )
 
     async def CreateRun(
         self, request: agents_pb2.CreateRunRequest, context: Ctx
     ) -> agents_pb2.CreateRunResponse:
         run = request.run
-        if "\x00" in request.request_id:
-            await context.abort(INVALID, "request_id must not contain NUL characters")
+        check_json(request.request_id, "request_id")
         if request.request_id:
             existing = await self.store.run_by_request_id(request.request_id)
             if existing is not None:
                 if existing.status == RunState.QUEUED.value and not existing.has_resume:
-                    await self._enqueue(existing, "start", context)
+                    await self._requeue(existing, "start")
                 return agents_pb2.CreateRunResponse(run=convert.run_to_proto(existing))
         target = run.WhichOneof("target")
         agent_id: str | None = None
         workflow_name: str | None = None
         agent_config: dict[str, Any] | None = None
-        input_value = json_format.MessageToDict(run.input)
+        input_value = convert.json_from(run.input, "run.input")
         if target is None:
             await context.abort(INVALID, "set run.agent ('agents/<id>') or run.workflow")
         if target == "agent":
@@ -319,15 +323,13 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
                     f"{', '.join(workflows.names())}",
                 )
         assert workflow is not None
-        if has_nul(input_value):
-            await context.abort(INVALID, "run.input must not contain NUL characters")
         try:
             workflow.validate_input(input_value, self.settings)
         except workflows.InvalidInputError as exc:
             await context.abort(INVALID, str(exc))
         timeout: float | None = None
         if run.HasField("timeout"):
-            timeout = run.timeout.ToTimedelta().total_seconds()
+            timeout = convert.duration_seconds(run.timeout, "run.timeout")
             if timeout <= 0:
                 await context.abort(INVALID, "run.timeout must be positive")
         new_thread = not run.thread
@@ -351,8 +353,12 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
             timeout_seconds=timeout,
             request_id=request.request_id or None,
             worker="",
+            queue=self.settings.RUNS_QUEUE_STREAM,
+            queued_time=now(),
+            pickups=0,
         )
         try:
+            # The job is queued inside the transaction: if NATS refuses it, nothing is recorded.
             await self.store.create_run(
                 row,
                 new_thread,
@@ -369,13 +375,14 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
             if existing is None:
                 raise
             return agents_pb2.CreateRunResponse(run=convert.run_to_proto(existing))
-        except Exception as exc:  # noqa: BLE001 - the queue refused it: nothing was recorded
-            log.warning("cannot queue run", run=str(row.id), error=str(exc) or repr(exc))
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE,
-                f"the run queue (NATS) is unavailable: {exc or type(exc).__name__}; nothing "
-                "was started, try again",
-            )
+        except Unavailable as exc:  # from the queue only: PostgreSQL's errors pass untouched
+            log.warning("cannot queue run", run=str(row.id), error=exc.message)
+            cause = exc.__cause__
+            raise Unavailable(
+                exc.dependency,
+                f"the run queue did not take the run ({cause or type(cause).__name__}); "
+                "nothing was started",
+            ) from exc
         return agents_pb2.CreateRunResponse(run=convert.run_to_proto(row))
 
     async def _run_id(self, name: str, context: Ctx) -> uuid.UUID:
@@ -414,10 +421,13 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
             flt.workflow = convert.workflow_name(request.workflow)
         if request.thread:
             flt.thread_id = await self._thread_id(request.thread, context)
-        if request.HasField("created_after"):
-            flt.created_after = request.created_after.ToDatetime(tzinfo=_utc())
-        if request.HasField("created_before"):
-            flt.created_before = request.created_before.ToDatetime(tzinfo=_utc())
+        for name in ("created_after", "created_before"):
+            if request.HasField(name):
+                stamp = getattr(request, name)
+                problem = timestamp_problem(stamp, name)
+                if problem is not None:
+                    raise InvalidArgument(problem)
+                setattr(flt, name, stamp.ToDatetime(tzinfo=UTC))
         rows, token = pagination.page(await self.store.list_runs(limit + 1, after, flt), limit)
         return agents_pb2.ListRunsResponse(
             runs=[convert.run_to_proto(r) for r in rows], next_page_token=token
@@ -450,10 +460,8 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         rid = await self._run_id(request.name, context)
         if not request.HasField("answer"):
             await context.abort(INVALID, "answer is required (any JSON value)")
-        answer = convert.from_value(request.answer)
-        if has_nul(answer):
-            await context.abort(INVALID, "answer must not contain NUL characters")
-        row, changed = await self.store.resume(rid, answer)
+        answer = convert.json_from(request.answer, "answer")
+        row, changed = await self.store.resume(rid, answer, self.settings.RUNS_QUEUE_STREAM)
         if row is None:
             await context.abort(NOT_FOUND, f"runs/{rid} does not exist")
         assert row is not None
@@ -461,7 +469,7 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
             await context.abort(
                 PRECONDITION, f"runs/{rid} is {row.status}, not PAUSED; there is nothing to answer"
             )
-        await self._enqueue(row, f"resume-{row.attempt}", context)
+        await self._requeue(row, f"resume-{row.attempt}")
         return agents_pb2.ResumeRunResponse(run=convert.run_to_proto(row))
 
     async def StreamRun(
@@ -470,23 +478,6 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         row = await self._get_run(request.name, context)
         async for event in self.streamer.stream(row, request.after_sequence, context):
             yield agents_pb2.StreamRunResponse(event=event)
-
-
-def has_nul(value: Any) -> bool:
-    """PostgreSQL text and JSONB cannot hold NUL characters; find them before the database."""
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(has_nul(k) or has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(has_nul(v) for v in value)
-    return False
-
-
-def _utc() -> Any:
-    from datetime import UTC
-
-    return UTC
 
 
 def _is_set(agent: agents_pb2.Agent, field: str) -> bool:

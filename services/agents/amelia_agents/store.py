@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, text, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -222,24 +222,35 @@ class Store:
             },
         )
 
-    async def resume(self, run_id: uuid.UUID, answer: Any) -> tuple[RunRow | None, bool]:
+    async def resume(
+        self, run_id: uuid.UUID, answer: Any, queue: str
+    ) -> tuple[RunRow | None, bool]:
+        """PAUSED → QUEUED with the answer, to be queued on `queue` (a fresh pick-up budget)."""
         return await self._transition(
             run_id,
             [RunState.PAUSED.value],
             # `interrupt` stays: it names the question this answer is for.
-            {"status": RunState.QUEUED.value, "has_resume": True, "resume_value": answer},
+            {
+                "status": RunState.QUEUED.value,
+                "has_resume": True,
+                "resume_value": answer,
+                "queue": queue,
+                "queued_time": now(),
+                "pickups": 0,
+            },
         )
 
     # runs: worker side ----------------------------------------------------------------------
 
     async def claim(self, run_id: uuid.UUID, worker: str) -> tuple[RunRow | None, bool]:
-        """QUEUED/RUNNING → RUNNING with the attempt counted; else the run as it is."""
+        """QUEUED/RUNNING → RUNNING with the attempt and pick-up counted; else the run as it is."""
         return await self._transition(
             run_id,
             [RunState.QUEUED.value, RunState.RUNNING.value],
             {
                 "status": RunState.RUNNING.value,
                 "attempt": RunRow.attempt + 1,
+                "pickups": RunRow.pickups + 1,
                 "start_time": func.coalesce(RunRow.start_time, now()),
                 "worker": worker,
             },
@@ -302,11 +313,29 @@ class Store:
         async with self.sessions() as s:
             return await s.scalar(select(RunRow.status).where(RunRow.id == run_id))
 
+    # runs: the reconciler -------------------------------------------------------------------
 
-ADVISORY_LOCK_SQL = text("SELECT pg_try_advisory_lock(:k)")
-ADVISORY_UNLOCK_SQL = text("SELECT pg_advisory_unlock(:k)")
+    async def unfinished_runs(
+        self, queue: str, queued_before: datetime, limit: int = 1000
+    ) -> list[uuid.UUID]:
+        """QUEUED or RUNNING runs of `queue` last queued before `queued_before`, oldest first."""
+        queued = func.coalesce(RunRow.queued_time, RunRow.create_time)
+        query = (
+            select(RunRow.id)
+            .where(
+                RunRow.status.in_([RunState.QUEUED.value, RunState.RUNNING.value]),
+                or_(RunRow.queue == queue, RunRow.queue.is_(None)),
+                queued < queued_before,
+            )
+            .order_by(queued)
+            .limit(limit)
+        )
+        async with self.sessions() as s:
+            return list((await s.scalars(query)).all())
 
-
-def run_lock_key(run_id: uuid.UUID) -> int:
-    """A 63-bit advisory-lock key for the run (one executor per run, released if it dies)."""
-    return int.from_bytes(run_id.bytes[:8], "big") & 0x7FFFFFFFFFFFFFFF
+    async def requeued(self, run_id: uuid.UUID, queue: str) -> None:
+        """Note that the reconciler put a new job for the run on `queue`."""
+        async with self.sessions() as s, s.begin():
+            await s.execute(
+                update(RunRow).where(RunRow.id == run_id).values(queue=queue, queued_time=now())
+            )

@@ -3,17 +3,27 @@
 A worker loop fetches one job at a time from the shared durable consumer. For each job it:
 
 1. subscribes to the run's cancel subject (so CancelRun can reach it from any process);
-2. takes the run's PostgreSQL advisory lock (one executor per run even if JetStream redelivers
-   to a second worker while the first is alive; the lock dies with a killed worker's connection);
-3. claims the run (QUEUED/RUNNING → RUNNING, attempt + 1) — a finished or paused run is acked
-   and skipped, after re-publishing its end if a crash lost it;
-4. executes it while heartbeating (`in_progress()`, and a DB status check that catches a cancel
-   whose message was missed), then acks.
+2. takes the run's lock (`locks`: one executor per run even if JetStream delivers the job twice,
+   or two jobs of one run exist; the lock dies with a killed worker's connection);
+3. claims the run (QUEUED/RUNNING → RUNNING, attempt and pick-up + 1). A paused or finished run's
+   job is acked and skipped, after re-publishing its end if a crash lost it. A job is never acked
+   while its run is still QUEUED: CreateRun queues the job just before it commits, so a job can
+   arrive before its run is visible; it is looked at again shortly;
+4. executes it while heartbeating (`in_progress()`, and a status check on the lock's connection
+   that catches a cancel whose message was missed and a lock PostgreSQL dropped), then acks.
+
+A pick-up that meets a PostgreSQL or NATS outage is not the run's failure: the job is nak'ed with
+a growing delay (`RUN_RETRY_BACKOFF_SECONDS`, doubling, at most the ack wait) and the run goes
+on from its checkpoint later. Pick-ups since the run was last queued are bounded by
+`RUN_MAX_ATTEMPTS` (then the run fails, saying so); waiting for another worker's lock is not a
+pick-up. The loops themselves survive any exception (with backoff), and `can_work()` — the
+service's `dependency/workers` health entry — says whether they can run anything right now.
 
 On shutdown the current runs are stopped where they are and their jobs are nak'ed, so another
 worker continues them from the last checkpoint at once.
 
-Run alone with `python -m amelia_agents.worker` (AGENT_WORKERS loops; at least one).
+Run alone with `python -m amelia_agents.worker` (AGENT_WORKERS loops, at least one, and the run
+reconciler).
 """
 
 from __future__ import annotations
@@ -30,13 +40,16 @@ from typing import Any
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from amelia_agents import queue, workflows
-from amelia_agents.executor import Attempt, Executor
+from amelia_agents.executor import Attempt, Executor, HandoverError
 from amelia_agents.lifecycle import RunEvents
-from amelia_agents.models import TERMINAL_STATES, RunState
-from amelia_agents.store import ADVISORY_LOCK_SQL, ADVISORY_UNLOCK_SQL, Store, run_lock_key
+from amelia_agents.locks import LockLostError, RunLock
+from amelia_agents.models import TERMINAL_STATES, RunRow, RunState
+from amelia_agents.outages import infrastructure_outage
+from amelia_agents.store import Store
 from amelia_common.eventlog import EventLog
 from amelia_common.logging import configure_logging, get_logger
 from amelia_common.settings import Settings, get_settings
@@ -46,6 +59,17 @@ log = get_logger("amelia.agents.worker")
 FETCH_TIMEOUT_SECONDS = 2.0
 STATUS_CHECK_SECONDS = 1.0
 CANCEL_REPLY_TIMEOUT_SECONDS = 10.0
+# A job can arrive before the CreateRun that queued it commits: claim again after these waits,
+# then give the job back for NOT_VISIBLE_RETRY_SECONDS.
+CLAIM_RETRY_DELAYS = (0.0, 0.02, 0.05, 0.1, 0.2)
+NOT_VISIBLE_RETRY_SECONDS = 0.5
+# A job whose run never appeared in this long belonged to a CreateRun that failed after queueing.
+ORPHAN_JOB_SECONDS = 30.0
+# The reconciler holds a lock for an instant: look again before waiting a whole ack wait.
+LOCK_RETRY_DELAYS = (0.0, 0.05, 0.2)
+# A loop whose fetch (or anything else) fails waits this long, doubling up to the maximum.
+LOOP_BACKOFF_SECONDS = 0.2
+LOOP_BACKOFF_MAX_SECONDS = 5.0
 
 
 @dataclass
@@ -68,17 +92,13 @@ class WorkerPool:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
+        self._failing: set[str] = set()
+        self._could_work: bool | None = None
 
     async def start(self) -> None:
         for i in range(self.concurrency):
-            psub = await self.deps.js.pull_subscribe(
-                queue.queue_subject(self.deps.settings),
-                durable=queue.CONSUMER,
-                stream=self.deps.settings.RUNS_QUEUE_STREAM,
-            )
-            self._tasks.append(
-                asyncio.create_task(self._loop(psub, f"{self.name}/{i}"), name=f"agent-worker-{i}")
-            )
+            name = f"{self.name}/{i}"
+            self._tasks.append(asyncio.create_task(self._loop(name), name=f"agent-worker-{i}"))
         log.info("workers started", worker=self.name, loops=self.concurrency)
 
     async def stop(self) -> None:
@@ -88,22 +108,68 @@ class WorkerPool:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
 
-    async def _loop(self, psub: Any, name: str) -> None:
-        try:
-            while not self._stopping.is_set():
+    async def can_work(self) -> bool:
+        """Whether these workers can run runs now: every loop alive, none stuck failing, and
+        PostgreSQL and NATS answering. Changes are logged (the standalone worker's health)."""
+        ok = (
+            bool(self._tasks)
+            and all(not task.done() for task in self._tasks)
+            and not self._failing
+            and self.deps.nc.is_connected
+        )
+        reason = "" if ok else "a worker loop is failing or NATS is unreachable"
+        if ok:
+            try:
+                async with self.deps.engine.connect() as conn:
+                    await conn.execute(text("SELECT 1"))
+            except Exception as exc:  # noqa: BLE001 - PostgreSQL unreachable
+                ok, reason = False, f"PostgreSQL: {exc or type(exc).__name__}"
+        if ok != self._could_work:
+            if ok:
+                log.info("workers can work", worker=self.name)
+            else:
+                log.warning("workers cannot work", worker=self.name, reason=reason)
+            self._could_work = ok
+        return ok
+
+    async def _loop(self, name: str) -> None:
+        """Fetch and handle jobs until stopped, whatever fails (with backoff)."""
+        psub: Any = None
+        backoff = LOOP_BACKOFF_SECONDS
+        while not self._stopping.is_set():
+            try:
+                if psub is None:
+                    if backoff > LOOP_BACKOFF_SECONDS:
+                        # After a failure: the queue may be gone with a NATS that lost its store.
+                        await queue.ensure_queue(self.deps.js, self.deps.settings)
+                    psub = await self.deps.js.pull_subscribe_bind(
+                        durable=queue.CONSUMER, stream=self.deps.settings.RUNS_QUEUE_STREAM
+                    )
                 try:
                     msgs = await psub.fetch(1, timeout=FETCH_TIMEOUT_SECONDS)
                 except TimeoutError:
-                    continue
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - NATS hiccup: wait and fetch again
-                    log.warning("fetch failed", error=str(exc) or repr(exc))
-                    await asyncio.sleep(1.0)
-                    continue
+                    msgs = []
                 for msg in msgs:
                     await self.handle(msg, name)
-        finally:
+                self._failing.discard(name)
+                backoff = LOOP_BACKOFF_SECONDS
+            except asyncio.CancelledError:
+                break
+            except Exception as exc:  # noqa: BLE001 - NATS or PostgreSQL hiccup: wait, go on
+                self._failing.add(name)
+                if psub is not None:
+                    with contextlib.suppress(Exception):
+                        await psub.unsubscribe()
+                    psub = None
+                log.warning(
+                    "worker loop failed; trying again",
+                    loop=name,
+                    error=str(exc) or repr(exc),
+                    retry_in=backoff,
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, LOOP_BACKOFF_MAX_SECONDS)
+        if psub is not None:
             with contextlib.suppress(Exception):
                 await psub.unsubscribe()
 
@@ -114,74 +180,113 @@ class WorkerPool:
             await msg.term()
             return
         attempt = Attempt()
-        sub = await self.deps.nc.subscribe(
-            queue.cancel_subject(run_id), cb=self._cancel_handler(attempt)
-        )
-        conn = await self.deps.engine.connect()
-        locked = False
+        lock = RunLock(self.deps.engine, run_id)
+        sub = None
         try:
-            locked = bool(await conn.scalar(ADVISORY_LOCK_SQL, {"k": run_lock_key(run_id)}))
-            await conn.commit()
-            if not locked:
+            sub = await self.deps.nc.subscribe(
+                queue.cancel_subject(run_id), cb=self._cancel_handler(attempt)
+            )
+            if not await self._lock(lock):
                 # Another live worker has it; look again once it may have finished.
                 await msg.nak(delay=self.deps.settings.RUN_ACK_WAIT_SECONDS)
                 return
-            await self._execute(msg, run_id, attempt, worker)
+            await self._execute(msg, run_id, attempt, worker, lock)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 await msg.nak()
             raise
-        except Exception:
-            log.exception("run pick-up failed; it will be retried", run=str(run_id))
+        except HandoverError:
+            log.warning("another worker took the run over; leaving it", run=str(run_id))
             with contextlib.suppress(Exception):
-                await msg.nak(delay=min(5.0, self.deps.settings.RUN_ACK_WAIT_SECONDS))
+                await msg.nak(delay=self.deps.settings.RUN_ACK_WAIT_SECONDS)
+        except Exception as exc:  # the job goes back to the queue
+            delay = self._retry_delay(msg)
+            dependency = infrastructure_outage(exc)
+            if dependency:
+                log.warning(
+                    "run pick-up stopped: a dependency is unreachable; it will be retried",
+                    run=str(run_id),
+                    dependency=dependency,
+                    error=str(exc) or repr(exc),
+                    retry_in=delay,
+                )
+            else:
+                log.exception("run pick-up failed; it will be retried", run=str(run_id))
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=delay)
         finally:
             attempt.finished.set()
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-            with contextlib.suppress(Exception):
-                if locked:
-                    await conn.execute(ADVISORY_UNLOCK_SQL, {"k": run_lock_key(run_id)})
-                    await conn.commit()
-            with contextlib.suppress(Exception):
-                await conn.close()
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+            await lock.release()
 
-    async def _execute(self, msg: Msg, run_id: uuid.UUID, attempt: Attempt, worker: str) -> None:
+    async def _lock(self, lock: RunLock) -> bool:
+        for delay in LOCK_RETRY_DELAYS:
+            await asyncio.sleep(delay)
+            if await lock.acquire():
+                return True
+        return False
+
+    def _retry_delay(self, msg: Msg) -> float:
+        settings = self.deps.settings
+        delivered = max(msg.metadata.num_delivered or 1, 1)
+        return float(
+            min(
+                settings.RUN_RETRY_BACKOFF_SECONDS * 2 ** min(delivered - 1, 16),
+                settings.RUN_ACK_WAIT_SECONDS,
+            )
+        )
+
+    async def _claim(self, msg: Msg, run_id: uuid.UUID, worker: str) -> RunRow | None:
+        """The claimed run; None when this job is done with (acked, or given back)."""
         deps = self.deps
-        row, claimed = await deps.store.claim(run_id, worker)
-        for _ in range(10):  # usually the CreateRun transaction commits within a millisecond
-            if row is not None:
-                break
-            await asyncio.sleep(0.02)
+        row: RunRow | None = None
+        for delay in CLAIM_RETRY_DELAYS:
+            await asyncio.sleep(delay)
             row, claimed = await deps.store.claim(run_id, worker)
-        if row is None:
-            # CreateRun queues a run just before committing it: a young message may arrive
-            # first. Look again shortly; a message whose run never appeared is dropped.
+            if claimed:
+                return row
+            if row is not None and row.status != RunState.QUEUED.value:
+                break
+        if row is None or row.status == RunState.QUEUED.value:
+            # Not visible yet (its CreateRun has not committed) or committed just after the
+            # claim looked: never drop a job whose run may still run. A run that never
+            # appeared at all belonged to a CreateRun that failed after queueing.
             stored = msg.metadata.timestamp
-            if stored is not None and (datetime.now(UTC) - stored).total_seconds() < 30:
-                await msg.nak(delay=0.5)
-            else:
+            age = (datetime.now(UTC) - stored).total_seconds() if stored is not None else 0.0
+            if row is None and age > ORPHAN_JOB_SECONDS:
+                log.info("dropping the job of a run that was never recorded", run=str(run_id))
                 await msg.ack()
+            else:
+                await msg.nak(delay=NOT_VISIBLE_RETRY_SECONDS)
+            return None
+        # Paused (ResumeRun queues a new job) or finished: this job has nothing left to do.
+        if row.status in TERMINAL_STATES and row.terminal_sequence is None:
+            await deps.events.terminal(row)
+        await msg.ack()
+        return None
+
+    async def _execute(
+        self, msg: Msg, run_id: uuid.UUID, attempt: Attempt, worker: str, lock: RunLock
+    ) -> None:
+        deps = self.deps
+        row = await self._claim(msg, run_id, worker)
+        if row is None:
             return
-        if not claimed:
-            if row.status in TERMINAL_STATES and row.terminal_sequence is None:
-                await deps.events.terminal(row)
-            await msg.ack()
-            return
-        delivered = msg.metadata.num_delivered or 1
-        if delivered > deps.settings.RUN_MAX_ATTEMPTS:
+        if row.pickups > deps.settings.RUN_MAX_ATTEMPTS:
             after, _ = await deps.store.finish(
                 run_id,
                 RunState.FAILED,
-                error=f"gave up after {delivered - 1} attempts: the worker running it stopped "
-                "each time",
+                error=f"gave up after {row.pickups - 1} attempts: each pick-up of the run was "
+                "interrupted (its worker stopped, or PostgreSQL or NATS could not be reached)",
             )
             if after is not None:
                 await deps.events.terminal(after)
             await msg.ack()
             return
         log.info("run picked up", run=str(run_id), attempt=row.attempt, worker=worker)
-        heartbeat = asyncio.create_task(self._heartbeat(msg, run_id, attempt))
+        heartbeat = asyncio.create_task(self._heartbeat(msg, run_id, attempt, lock))
         try:
             attempt.outcome = await deps.executor.execute(row, attempt)
         finally:
@@ -191,8 +296,11 @@ class WorkerPool:
         await msg.ack()
         log.info("run left", run=str(run_id), outcome=attempt.outcome)
 
-    async def _heartbeat(self, msg: Msg, run_id: uuid.UUID, attempt: Attempt) -> None:
-        """Keep the job ours while it runs, and notice a cancel whose message we missed."""
+    async def _heartbeat(
+        self, msg: Msg, run_id: uuid.UUID, attempt: Attempt, lock: RunLock
+    ) -> None:
+        """Keep the job ours while it runs, notice a cancel whose message we missed, and keep
+        the run's lock (PostgreSQL drops it with the connection when it restarts)."""
         interval = max(min(self.deps.settings.RUN_ACK_WAIT_SECONDS / 3, 5.0), 0.1)
         since_ack = 0.0
         while True:
@@ -203,9 +311,15 @@ class WorkerPool:
                 since_ack = 0.0
                 with contextlib.suppress(Exception):
                     await msg.in_progress()
-            with contextlib.suppress(Exception):
-                if await self.deps.store.status(run_id) == RunState.CANCELLED.value:
-                    attempt.cancel_requested.set()
+            try:
+                status = await lock.check()
+            except LockLostError:
+                attempt.handover.set()
+                return
+            except Exception:  # noqa: BLE001 - PostgreSQL unreachable: look again shortly
+                continue
+            if status == RunState.CANCELLED.value:
+                attempt.cancel_requested.set()
 
     def _cancel_handler(self, attempt: Attempt) -> Any:
         async def on_cancel(request: Msg) -> None:
@@ -240,11 +354,22 @@ async def build_workers(
     return pool
 
 
+async def _watch_health(pool: WorkerPool, stop: asyncio.Event) -> None:
+    """The standalone worker has no health endpoint: log when its workers cannot work."""
+    while not stop.is_set():
+        with contextlib.suppress(Exception):
+            await pool.can_work()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), STATUS_CHECK_SECONDS)
+
+
 async def run_standalone(settings: Settings) -> None:
     """A worker process without the gRPC API: until SIGTERM/SIGINT."""
     import signal
 
+    from amelia_agents.checkpoints import open_checkpointer
     from amelia_agents.server import migrate
+    from amelia_agents.sweeper import Sweeper
     from amelia_common.db import create_engine, session_factory, wait_for_database
     from amelia_common.nats_client import connect_nats
 
@@ -253,16 +378,17 @@ async def run_standalone(settings: Settings) -> None:
     await wait_for_database(engine)
     await migrate(engine)
     nc = await connect_nats(settings, "amelia-agents-worker")
-    from amelia_agents.checkpoints import open_checkpointer
-
     cp_pool, saver = await open_checkpointer(settings)
     store = Store(session_factory(engine))
     pool = await build_workers(settings, nc, engine, store, saver, max(settings.AGENT_WORKERS, 1))
+    sweeper = Sweeper(settings, engine, store, pool.deps.js)
+    sweeper.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await _watch_health(pool, stop)
+    await sweeper.stop()
     await pool.stop()
     await nc.drain()
     await cp_pool.close()
