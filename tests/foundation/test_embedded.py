@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 import socket
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
@@ -12,9 +17,12 @@ import pytest
 from amelia_common.db import libpq_url
 from amelia_common.embedded import (
     EmbeddedNats,
+    EmbeddedPostgres,
     EmbeddedStartError,
+    Infrastructure,
     ensure_infrastructure,
     free_port,
+    process_alive,
 )
 from amelia_common.settings import Settings
 
@@ -66,3 +74,74 @@ def test_external_urls_start_nothing(settings: Settings) -> None:
     infra = ensure_infrastructure(settings)
     assert infra.postgres is None and infra.nats is None
     assert infra.settings.DATABASE_URL == settings.DATABASE_URL
+
+
+def test_a_killed_nats_starts_again_on_its_store_and_port_in_its_own_session(
+    tmp_path: Path,
+) -> None:
+    server = EmbeddedNats(tmp_path, free_port())
+    url = server.start()
+    try:
+        first = server.pid()
+        assert first is not None and os.getsid(first) != os.getsid(0)  # Ctrl-C won't reach it
+        os.kill(first, signal.SIGKILL)
+        wait_until(lambda: server.pid() is None, "nats-server gone")
+        assert server.start() == url
+        second = server.pid()
+        assert second not in (None, first) and os.getsid(second) == second
+    finally:
+        server.stop()
+
+
+def test_stop_stops_the_server_on_the_data_whoever_started_it(tmp_path: Path) -> None:
+    """`amelia up` stops what runs on its data dir, even a server it found or that was
+    restarted by someone else; a service started alone leaves a server it found alone."""
+    port = free_port()
+    starter = EmbeddedNats(tmp_path, port)
+    starter.start()
+    try:
+        finder = EmbeddedNats(tmp_path, port)
+        finder.start()  # reused
+        assert finder.pid() == starter.pid() and not finder.started_here
+        lone_service = Infrastructure(Settings(_env_file=None), nats=finder)  # type: ignore[call-arg]
+        lone_service.stop()
+        assert finder.pid() is not None
+        pid = finder.pid()
+        finder.stop()
+        assert pid is not None and not process_alive(pid) and starter.pid() is None
+    finally:
+        starter.stop()
+
+
+async def test_a_killed_postgres_starts_again_on_its_data_with_the_same_url(
+    tmp_path: Path,
+) -> None:
+    """Killed with SIGKILL, the postmaster may linger as a zombie that its lock files still
+    name; `start()` brings it back anyway, with the data and the URL it had."""
+    server = EmbeddedPostgres(tmp_path)
+    url = server.start()
+    try:
+        conn = await asyncpg.connect(libpq_url(url))
+        await conn.execute("CREATE TABLE kept (v text); INSERT INTO kept VALUES ('still here')")
+        await conn.close()
+        first = server.pid()
+        assert first is not None and os.getsid(first) != os.getsid(0)
+        os.kill(first, signal.SIGKILL)
+        wait_until(lambda: server.pid() is None, "postmaster gone")
+        assert await asyncio.to_thread(server.start) == url
+        assert server.pid() not in (None, first)
+        conn = await asyncpg.connect(libpq_url(url))
+        assert await conn.fetchval("SELECT v FROM kept") == "still here"
+        await conn.close()
+        other_handle = EmbeddedPostgres(tmp_path)
+        other_handle.stop()
+        assert server.pid() is None
+    finally:
+        server.stop()
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
