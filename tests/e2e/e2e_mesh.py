@@ -10,10 +10,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from amelia_common.embedded import free_port
+from amelia_common.embedded import free_port, process_alive
 
 GRPC_SERVICES = {
     "EVENTS_GRPC_PORT": "amelia.v1.EventService",
@@ -65,7 +66,10 @@ def amelia(
     )
 
 
-def start(env: dict[str, str]) -> subprocess.Popen[str]:
+def start(env: dict[str, str], *, own_session: bool = False) -> subprocess.Popen[str]:
+    """`amelia up`, waited for until `amelia status` says every part is SERVING. With
+    `own_session` it leads its own process group, as a command typed on a terminal does, so a
+    test can send the group a Ctrl-C."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "amelia_cli", "up"],
         env=env,
@@ -73,6 +77,7 @@ def start(env: dict[str, str]) -> subprocess.Popen[str]:
         stderr=subprocess.STDOUT,
         text=True,
         cwd=Path(env["AMELIA_DATA_DIR"]).parent,
+        start_new_session=own_session,
     )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -84,25 +89,29 @@ def start(env: dict[str, str]) -> subprocess.Popen[str]:
     raise AssertionError("mesh did not become SERVING")
 
 
+def mesh_state(env: dict[str, str]) -> dict[str, Any]:
+    """What the running `amelia up` wrote in `run/mesh.json`."""
+    state: dict[str, Any] = json.loads(
+        (Path(env["AMELIA_DATA_DIR"]) / "run" / "mesh.json").read_text()
+    )
+    return state
+
+
+def mesh_pids(env: dict[str, str]) -> dict[str, int]:
+    """The pid of every part of the mesh that runs now (services, nats, postgres)."""
+    units = mesh_state(env)["units"]
+    return {name: unit["pid"] for name, unit in units.items() if unit["pid"]}
+
+
 def stop(proc: subprocess.Popen[str], env: dict[str, str]) -> str:
-    state = json.loads((Path(env["AMELIA_DATA_DIR"]) / "run" / "mesh.json").read_text())
+    """Ctrl-C, then check that nothing of the mesh is left running."""
+    pids = mesh_pids(env)
     proc.send_signal(signal.SIGINT)
-    output, _ = proc.communicate(timeout=90)
+    output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, output
-    for pid in state["services"].values():
-        assert not alive(pid), f"service pid {pid} left running"
-    nats_pid = int((Path(env["AMELIA_DATA_DIR"]) / "nats" / "nats-server.pid").read_text())
-    assert not alive(nats_pid), "nats-server left running"
+    for name, pid in pids.items():
+        assert not alive(pid), f"{name} (pid {pid}) left running"
     return output
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    # A zombie is gone as far as a user is concerned.
-    try:
-        return "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
-    except OSError:
-        return False
+alive = process_alive  # a zombie is gone as far as a user is concerned

@@ -1,17 +1,29 @@
-"""Asking each part of the mesh whether it is up: gRPC health, the gateway, NATS, PostgreSQL."""
+"""Asking each part of the mesh whether it is up: gRPC health, the gateway, NATS, PostgreSQL.
+
+NATS and PostgreSQL are asked directly when their URLs are known (configured, or recorded by
+the running `amelia up`); otherwise the services are asked how they see them (each reports
+`dependency/nats`, `dependency/postgres` in its health), so `amelia status` tells the truth from
+any directory. What the supervisor knows (a service given up on, one restarting) is laid over
+the probes.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from amelia_cli.mesh import SERVICES, ServiceSpec, service_address
 from amelia_common.grpc_client import aio_channel
+from amelia_common.grpc_server import DEPENDENCY_PREFIX
 from amelia_common.settings import Settings
+
+# What a health check answers about a name the service does not report.
+_NO_ANSWER = ("UNREACHABLE", "NOT_FOUND", "SERVICE_UNKNOWN", "UNKNOWN")
 
 
 @dataclass
@@ -97,8 +109,6 @@ async def probe_postgres(settings: Settings) -> Probe:
 
     url = libpq_url(settings.DATABASE_URL)
     shown = url.split("@")[-1]
-    if not url:
-        return Probe("postgres", "-", "UNKNOWN", "DATABASE_URL not set and mesh not running")
     try:
         conn = await asyncpg.connect(url, timeout=3)
     except Exception as exc:  # noqa: BLE001 - reported as a status
@@ -112,10 +122,49 @@ async def probe_postgres(settings: Settings) -> Probe:
     return Probe("postgres", shown, "SERVING", f"pgvector {version or 'missing'}")
 
 
-async def probe_all(settings: Settings) -> list[Probe]:
+async def probe_dependency(settings: Settings, name: str) -> Probe:
+    """`name` (nats, postgres) as the services that use it see it."""
+    users = [spec for spec in SERVICES if name in spec.dependencies]
+    answers = await asyncio.gather(
+        *(
+            grpc_health(settings, service_address(settings, spec), DEPENDENCY_PREFIX + name)
+            for spec in users
+        )
+    )
+    known = {spec.name: answer for spec, answer in zip(users, answers, strict=True)}
+    known = {service: answer for service, answer in known.items() if answer not in _NO_ANSWER}
+    where = f"no mesh state under {settings.data_dir}"
+    if not known:
+        return Probe(name, "-", "UNKNOWN", f"mesh not running ({where}, no service answers)")
+    address = "as seen by " + ", ".join(known)
+    if all(answer == "SERVING" for answer in known.values()):
+        return Probe(name, address, "SERVING", f"reported by the services ({where})")
+    detail = ", ".join(f"{service}: {answer}" for service, answer in known.items())
+    return Probe(name, address, "NOT_SERVING", detail)
+
+
+def with_supervisor_view(probe: Probe, unit: dict[str, Any] | None) -> Probe:
+    """A probe that failed, explained by the supervisor: FAILED (given up on) or RESTARTING,
+    with how it last ended and where its log is."""
+    if probe.ok or not unit or unit.get("state") in (None, "RUNNING"):
+        return probe
+    parts = [str(unit.get("last_exit") or ""), f"{unit.get('restarts', 0)} restarts"]
+    if unit.get("log"):
+        parts.append(f"log: {unit['log']}")
+    detail = "; ".join(part for part in parts if part)
+    return replace(probe, status=str(unit["state"]), detail=detail)
+
+
+async def probe_all(settings: Settings, state: dict[str, Any] | None = None) -> list[Probe]:
+    """Every part of the mesh; `state` is the running supervisor's `mesh.json`, if found."""
     results = await asyncio.gather(
         *(probe_service(settings, spec) for spec in SERVICES),
-        probe_nats(settings),
-        probe_postgres(settings),
+        probe_nats(settings) if settings.NATS_URL else probe_dependency(settings, "nats"),
+        (
+            probe_postgres(settings)
+            if settings.DATABASE_URL
+            else probe_dependency(settings, "postgres")
+        ),
     )
-    return list(results)
+    units: dict[str, Any] = (state or {}).get("units", {})
+    return [with_supervisor_view(probe, units.get(probe.name)) for probe in results]

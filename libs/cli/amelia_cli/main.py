@@ -13,6 +13,8 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import typer
@@ -51,24 +53,53 @@ def endpoints_table(settings: Settings, probes: list[Probe]) -> Table:
     return table
 
 
-def dashboard_url(settings: Settings) -> str:
-    """The dashboard's address; with a token, the one link that signs the browser in."""
+def dashboard_url(settings: Settings, *, with_token: bool = True) -> str:
+    """The dashboard's address; with a token, the one link that signs the browser in (shown
+    only on the user's own terminal, never written to a log)."""
     url = f"http://{client_host(settings)}:{settings.PORT}/"
-    return f"{url}?token={quote(settings.api_token)}" if settings.api_token else url
+    if settings.api_token and with_token:
+        return f"{url}?token={quote(settings.api_token)}"
+    return url
 
 
-def _settings_with_running_state() -> Settings:
-    """Settings, with the URLs of a running `amelia up` filled in when none are configured."""
+def loopback_warning(settings: Settings) -> str | None:
+    """Why the mesh listens on loopback although HOST says otherwise, if it does."""
+    if settings.bind_host == settings.HOST:
+        return None
+    return (
+        f"HOST={settings.HOST} but AMELIA_API_TOKEN is not set: every service listens on "
+        f"{settings.bind_host} only. Set AMELIA_API_TOKEN to accept other machines."
+    )
+
+
+def find_running_mesh(settings: Settings) -> dict[str, Any] | None:
+    """`mesh.json` of the running `amelia up`: under AMELIA_DATA_DIR when it is set (or
+    absolute); with the default, under this folder or the nearest parent that has one, the way
+    git finds `.git`."""
+    configured = settings.AMELIA_DATA_DIR.expanduser()
+    if "AMELIA_DATA_DIR" in settings.model_fields_set or configured.is_absolute():
+        return read_state(settings.data_dir)
+    here = Path.cwd()
+    for folder in (here, *here.parents):
+        state = read_state((folder / configured).resolve())
+        if state:
+            return state
+    return None
+
+
+def _running_mesh() -> tuple[Settings, dict[str, Any] | None]:
+    """Settings, with the data dir and URLs of a running `amelia up` filled in when it is
+    found and no URLs are configured."""
     settings = get_settings()
-    state = read_state(settings)
+    state = find_running_mesh(settings)
     if state:
-        updates = {}
+        updates: dict[str, Any] = {"AMELIA_DATA_DIR": Path(str(state["data_dir"]))}
         if not settings.DATABASE_URL:
             updates["DATABASE_URL"] = str(state.get("database_url", ""))
         if not settings.NATS_URL:
             updates["NATS_URL"] = str(state.get("nats_url", ""))
         settings = settings.model_copy(update=updates)
-    return settings
+    return settings, state
 
 
 @app.command()
@@ -78,52 +109,66 @@ def up(
 ) -> None:
     """Start embedded PostgreSQL and NATS (unless URLs are set) and every service."""
     settings = get_settings()
+    warning = loopback_warning(settings)
+    if warning:
+        err.print(f"[yellow]warning:[/yellow] {warning}")
     if detach:
         _up_detached(settings, timeout)
         return
     configure_logging(settings, "amelia.up")
-    supervisor = Supervisor(settings)
     try:
-        with console.status("starting PostgreSQL and NATS…"):
-            settings = supervisor.start_infrastructure()
-        supervisor.start_services()
-        asyncio.run(_run(supervisor, timeout))
+        asyncio.run(_run(Supervisor(settings), timeout))
     except (MeshStartError, EmbeddedStartError) as exc:
         err.print(f"[red]amelia up failed:[/red] {exc}")
         raise typer.Exit(1) from exc
-    except KeyboardInterrupt:
-        pass
-    finally:
-        with console.status("stopping services, NATS and PostgreSQL…"):
-            supervisor.stop()
-        console.print("stopped.")
+    except KeyboardInterrupt:  # before anything started
+        raise typer.Exit(130) from None
+    console.print("stopped.")
 
 
 async def _run(supervisor: Supervisor, timeout: float) -> None:
+    """Start the mesh, watch it until Ctrl-C / SIGTERM, then stop it in order (a second
+    Ctrl-C stops waiting for the services to drain)."""
     stop = asyncio.Event()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            supervisor.hurry()
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    with console.status("waiting for every service to report SERVING…"):
-        wait = asyncio.create_task(supervisor.wait_until_serving(timeout))
-        stopper = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait({wait, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        if stopper in done:
-            wait.cancel()
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        with console.status("starting PostgreSQL and NATS…"):
+            settings = await supervisor.start_infrastructure()  # bounded; stopped below
+        if stop.is_set():
             return
-        stopper.cancel()
-        wait.result()
-    probes = await probe_all(supervisor.settings)
-    console.print(endpoints_table(supervisor.settings, probes))
-    console.print(
-        f"Dashboard and HTTP API: {dashboard_url(supervisor.settings)}   "
-        f"logs: {supervisor.log_dir}   Ctrl-C stops everything."
-    )
-    await supervisor.watch(stop)
+        await supervisor.start_services()
+        with console.status("waiting for every service to report SERVING…"):
+            waiting = asyncio.create_task(supervisor.wait_until_serving(timeout))
+            stopper = asyncio.create_task(stop.wait())
+            await asyncio.wait({waiting, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            if not waiting.done():
+                waiting.cancel()
+                return
+            waiting.result()
+        probes = await probe_all(settings, {"units": supervisor.report()})
+        console.print(endpoints_table(settings, probes))
+        console.print(
+            f"Dashboard and HTTP API: {dashboard_url(settings, with_token=console.is_terminal)}"
+            f"   data: {settings.data_dir}   logs: {supervisor.log_dir}"
+            "   Ctrl-C stops everything."
+        )
+        await supervisor.watch(stop)
+    finally:
+        with console.status("stopping services, then NATS and PostgreSQL…"):
+            await supervisor.stop()
 
 
 def _up_detached(settings: Settings, timeout: float) -> None:
-    if read_state(settings):
+    if read_state(settings.data_dir):
         err.print("amelia is already running; `amelia status` shows it, `amelia down` stops it.")
         raise typer.Exit(1)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -142,12 +187,17 @@ def _up_detached(settings: Settings, timeout: float) -> None:
             if proc.poll() is not None:
                 err.print(f"[red]amelia up failed[/red]; see {out.name}")
                 raise typer.Exit(1)
-            if read_state(settings):
-                probes = asyncio.run(probe_all(_settings_with_running_state()))
+            state = read_state(settings.data_dir)
+            if state:
+                running, _ = _running_mesh()
+                probes = asyncio.run(probe_all(running, state))
                 if all(p.ok for p in probes):
                     console.print(endpoints_table(settings, probes))
+                    url = dashboard_url(settings, with_token=console.is_terminal)
+                    console.print(f"Dashboard and HTTP API: {url}")
                     console.print(
-                        f"running in the background (pid {proc.pid}); `amelia down` stops it."
+                        f"running in the background (pid {proc.pid}); logs: {out.name}; "
+                        "`amelia down` stops it."
                     )
                     return
             time.sleep(1.0)
@@ -158,8 +208,8 @@ def _up_detached(settings: Settings, timeout: float) -> None:
 @app.command()
 def status() -> None:
     """Health of every service, NATS and PostgreSQL."""
-    settings = _settings_with_running_state()
-    probes = asyncio.run(probe_all(settings))
+    settings, state = _running_mesh()
+    probes = asyncio.run(probe_all(settings, state))
     console.print(endpoints_table(settings, probes))
     if not all(p.ok for p in probes):
         raise typer.Exit(1)
@@ -168,22 +218,21 @@ def status() -> None:
 @app.command()
 def down(timeout: float = typer.Option(60.0, help="Seconds to wait for a clean stop.")) -> None:
     """Stop a mesh started with `amelia up --detach`."""
-    settings = get_settings()
-    state = read_state(settings)
+    settings, state = _running_mesh()
     if not state:
-        console.print("amelia is not running.")
+        console.print(f"amelia is not running (no mesh state under {settings.data_dir}).")
         return
-    pid = int(str(state["pid"]))
+    pid = int(state["pid"])
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     with console.status("stopping…"):
-        while time.monotonic() < deadline and state_file(settings).exists():
+        while time.monotonic() < deadline and state_file(settings.data_dir).exists():
             try:
                 os.kill(pid, 0)
             except OSError:
                 break
             time.sleep(0.3)
-    console.print("stopped." if not read_state(settings) else "[red]still running[/red]")
+    console.print("stopped." if not read_state(settings.data_dir) else "[red]still running[/red]")
 
 
 __all__ = ["SERVICES", "app"]

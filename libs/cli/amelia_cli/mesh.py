@@ -19,6 +19,8 @@ class ServiceSpec:
     module: str
     grpc_service: str  # full gRPC service name for health; empty for the HTTP gateway
     port_setting: str
+    # What it reports in its health as `dependency/<name>` entries.
+    dependencies: tuple[str, ...] = ()
 
     def port(self, settings: Settings) -> int:
         port: int = getattr(settings, self.port_setting)
@@ -29,9 +31,15 @@ class ServiceSpec:
 
 
 SERVICES: tuple[ServiceSpec, ...] = (
-    ServiceSpec("events", "amelia_events", "amelia.v1.EventService", "EVENTS_GRPC_PORT"),
-    ServiceSpec("rag", "amelia_rag", "amelia.v1.RagService", "RAG_GRPC_PORT"),
-    ServiceSpec("agents", "amelia_agents", "amelia.v1.AgentService", "AGENTS_GRPC_PORT"),
+    ServiceSpec("events", "amelia_events", "amelia.v1.EventService", "EVENTS_GRPC_PORT", ("nats",)),
+    ServiceSpec("rag", "amelia_rag", "amelia.v1.RagService", "RAG_GRPC_PORT", ("nats", "postgres")),
+    ServiceSpec(
+        "agents",
+        "amelia_agents",
+        "amelia.v1.AgentService",
+        "AGENTS_GRPC_PORT",
+        ("nats", "postgres"),
+    ),
     ServiceSpec("gateway", "amelia_gateway", "", "PORT"),
 )
 

@@ -1,9 +1,17 @@
-"""`amelia up`: embedded infrastructure, then every service as a child process, watched.
+"""`amelia up`: embedded PostgreSQL and NATS, then every service as a child process, supervised.
 
 Order matters both ways: PostgreSQL and NATS first, services after (each waits for its
 dependencies anyway); on Ctrl-C or SIGTERM the services stop first (each drains its in-flight
-calls), then NATS and PostgreSQL. A service that dies is restarted with backoff. The supervisor
-writes `<data dir>/run/mesh.json` so `amelia status` and `amelia down` find what it started.
+calls), then NATS, then PostgreSQL. Every child runs in its own session, so a terminal's Ctrl-C
+reaches only `amelia up`, which stops them in that order.
+
+Every part of the mesh, the embedded servers included, is a *unit* restarted when it dies, the
+way systemd (`Restart=on-failure`, `StartLimitBurst`/`StartLimitIntervalSec`) and supervisord
+(`autorestart`, `startretries`) do it: each restart waits a little longer than the one before;
+a unit that crashes `burst` times within `window` seconds is given up on and reported FAILED
+(with its last exit and its log) while the rest of the mesh keeps running; crashes older than
+the window are forgotten, so healthy uptime earns the restarts back. The supervisor writes
+`<data dir>/run/mesh.json` (atomically) so `amelia status` and `amelia down` find what it runs.
 """
 
 from __future__ import annotations
@@ -15,37 +23,200 @@ import os
 import signal
 import subprocess
 import time
-from dataclasses import dataclass
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
+from typing import Any, Protocol
 
 from amelia_cli.health import Probe, probe_service
 from amelia_cli.mesh import SERVICES, ServiceSpec, service_env
-from amelia_common.embedded import Infrastructure, ensure_infrastructure, port_is_free
+from amelia_common.embedded import ensure_infrastructure, log_tail, port_is_free
 from amelia_common.logging import get_logger
 from amelia_common.settings import Settings
 
 log = get_logger("amelia.up")
 
-MAX_RESTARTS = 5
+TICK_SECONDS = 0.5
 
 
 class MeshStartError(RuntimeError):
     """The mesh could not start; the message says what to do."""
 
 
-def state_file(settings: Settings) -> Path:
-    return settings.data_dir / "run" / "mesh.json"
+class UnitState(StrEnum):
+    """Where a unit is in its life, as `amelia status` and mesh.json report it."""
+
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    RESTARTING = "RESTARTING"  # crashed; waiting out its backoff
+    FAILED = "FAILED"  # crashed too often; given up on
+    STOPPED = "STOPPED"
 
 
-def read_state(settings: Settings) -> dict[str, object] | None:
-    """What a running `amelia up` wrote, if its process is still alive."""
-    path = state_file(settings)
+@dataclass(frozen=True)
+class RestartPolicy:
+    """Give up on a unit after `burst` crashes within `window` seconds (systemd's
+    StartLimitBurst / StartLimitIntervalSec); before that, wait `first_delay` after a crash,
+    doubling with each crash still in the window, at most `max_delay`."""
+
+    burst: int = 5
+    window: float = 60.0
+    first_delay: float = 1.0
+    max_delay: float = 30.0
+
+    def delay(self, crashes_in_window: int) -> float | None:
+        """Seconds to wait before the next start, or None to give up."""
+        if crashes_in_window >= self.burst:
+            return None
+        return min(self.first_delay * 2 ** max(crashes_in_window - 1, 0), self.max_delay)
+
+
+class Server(Protocol):
+    """An embedded server (`EmbeddedNats`, `EmbeddedPostgres`), known by its data directory."""
+
+    @property
+    def log_file(self) -> Path: ...
+    def pid(self) -> int | None: ...
+    def start(self) -> str: ...
+    def stop(self) -> None: ...
+
+
+@dataclass(eq=False)
+class Unit(ABC):
+    """One supervised part of the mesh: its process, its state and its recent crashes."""
+
+    name: str
+    log_path: Path
+    state: UnitState = UnitState.STARTING
+    restarts: int = 0
+    last_exit: str = ""
+    crashes: deque[float] = field(default_factory=deque)
+    restart_at: float = 0.0
+
+    @abstractmethod
+    def pid(self) -> int | None:
+        """The pid of its process while it runs."""
+
+    @abstractmethod
+    def exited(self) -> str | None:
+        """None while it runs; else how it ended ("exit code 1", "killed by SIGKILL")."""
+
+    @abstractmethod
+    async def launch(self) -> None:
+        """Start it (again); raises when it cannot."""
+
+    def forget_crashes_before(self, moment: float) -> None:
+        while self.crashes and self.crashes[0] <= moment:
+            self.crashes.popleft()
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "state": self.state.value,
+            "pid": self.pid(),
+            "restarts": self.restarts,
+            "crashes_in_window": len(self.crashes),
+            "last_exit": self.last_exit,
+            "log": str(self.log_path),
+        }
+
+
+@dataclass(eq=False)
+class ServiceUnit(Unit):
+    """A service of the mesh, run as `python -m <module>` with its output in its log."""
+
+    spec: ServiceSpec | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    log_to_file: bool = True
+    process: subprocess.Popen[bytes] | None = None
+
+    def pid(self) -> int | None:
+        return self.process.pid if self.process and self.process.poll() is None else None
+
+    def exited(self) -> str | None:
+        code = self.process.poll() if self.process else None
+        if code is None:
+            return None
+        if code < 0:
+            return f"killed by {signal.Signals(-code).name}"
+        return f"exit code {code}"
+
+    async def launch(self) -> None:
+        await asyncio.to_thread(self._spawn)
+
+    def _spawn(self) -> None:
+        assert self.spec is not None
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        out: Any = subprocess.DEVNULL
+        if self.log_to_file:
+            out = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
+        try:
+            self.process = subprocess.Popen(
+                self.spec.command(),
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT if self.log_to_file else None,
+                start_new_session=True,  # Ctrl-C reaches the supervisor, which stops it in order
+            )
+        finally:
+            if self.log_to_file:
+                out.close()
+
+    def terminate(self) -> None:
+        if self.pid() is not None:
+            assert self.process is not None
+            self.process.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        if self.pid() is not None:
+            assert self.process is not None
+            self.process.kill()
+
+
+@dataclass(eq=False)
+class ServerUnit(Unit):
+    """An embedded server: started (or found running) on its data directory and port."""
+
+    server: Server | None = None
+
+    def pid(self) -> int | None:
+        return self.server.pid() if self.server else None
+
+    def exited(self) -> str | None:
+        return None if self.pid() is not None else "the server process is gone"
+
+    async def launch(self) -> None:
+        assert self.server is not None
+        await asyncio.to_thread(self.server.start)
+
+    async def stop(self) -> None:
+        assert self.server is not None
+        await asyncio.to_thread(self.server.stop)
+
+
+def state_file(data_dir: Path) -> Path:
+    return data_dir / "run" / "mesh.json"
+
+
+def read_state(data_dir: Path) -> dict[str, Any] | None:
+    """What a running `amelia up` wrote under `data_dir`, if its process is still alive."""
     try:
-        state: dict[str, object] = json.loads(path.read_text())
-        os.kill(int(str(state["pid"])), 0)
-    except (OSError, ValueError, KeyError):
+        state: dict[str, Any] = json.loads(state_file(data_dir).read_text())
+        os.kill(int(state["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
         return None
     return state
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace `path` so a reader sees the old content or the new one, never half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
 
 
 def check_ports(settings: Settings) -> None:
@@ -63,144 +234,209 @@ def check_ports(settings: Settings) -> None:
         )
 
 
-@dataclass
-class Child:
-    spec: ServiceSpec
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    restarts: int = 0
-
-
 class Supervisor:
-    """Starts, watches and stops the mesh."""
+    """Starts, watches (restarting what dies) and stops the mesh."""
 
-    def __init__(self, settings: Settings, *, log_to_files: bool = True) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        log_to_files: bool = True,
+        services: Sequence[ServiceSpec] = SERVICES,
+        policy: RestartPolicy | None = None,
+    ) -> None:
         self.settings = settings
         self.log_to_files = log_to_files
-        self.infra: Infrastructure | None = None
-        self.children: dict[str, Child] = {}
+        self.specs = tuple(services)
+        self.policy = policy or RestartPolicy()
+        self.servers: list[ServerUnit] = []  # in start order: PostgreSQL, then NATS
+        self.services: dict[str, ServiceUnit] = {}
+        self._launches: set[asyncio.Task[None]] = set()
+        self._written = ""
         self._stopping = False
+        self._hurry = False
 
     @property
     def log_dir(self) -> Path:
         return self.settings.data_dir / "logs"
 
-    def start_infrastructure(self) -> Settings:
+    @property
+    def units(self) -> list[Unit]:
+        return [*self.servers, *self.services.values()]
+
+    # -- starting ------------------------------------------------------------------------------
+
+    async def start_infrastructure(self) -> Settings:
+        """Embedded PostgreSQL and NATS for whichever URL is empty; returns settings using them."""
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         check_ports(self.settings)
-        self.infra = ensure_infrastructure(self.settings)
-        self.settings = self.infra.settings
+        infra = await asyncio.to_thread(ensure_infrastructure, self.settings)
+        self.settings = infra.settings
+        for name, server in (("postgres", infra.postgres), ("nats", infra.nats)):
+            if server is not None:
+                unit = ServerUnit(name, server.log_file, UnitState.RUNNING, server=server)
+                self.servers.append(unit)
+        self.write_state()
         return self.settings
 
-    def _spawn(self, spec: ServiceSpec) -> subprocess.Popen[bytes]:
+    async def start_services(self) -> None:
         env = {**os.environ, **service_env(self.settings)}
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        out: int | object = subprocess.DEVNULL
-        if self.log_to_files:
-            out = open(self.log_dir / f"{spec.name}.log", "ab")  # noqa: SIM115 - owned by child
-        return subprocess.Popen(
-            spec.command(),
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,  # type: ignore[arg-type]
-            stderr=subprocess.STDOUT if self.log_to_files else None,
-            start_new_session=True,  # Ctrl-C reaches the supervisor, which stops children in order
-        )
-
-    def start_services(self) -> None:
-        for spec in SERVICES:
-            self.children[spec.name] = Child(
-                spec, self._spawn(spec), self.log_dir / f"{spec.name}.log"
+        for spec in self.specs:
+            unit = ServiceUnit(
+                spec.name,
+                self.log_dir / f"{spec.name}.log",
+                spec=spec,
+                env=env,
+                log_to_file=self.log_to_files,
             )
-        self._write_state()
-
-    def _write_state(self) -> None:
-        path = state_file(self.settings)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(
-            json.dumps(
-                {
-                    "pid": os.getpid(),
-                    "database_url": self.settings.DATABASE_URL,
-                    "nats_url": self.settings.NATS_URL,
-                    "services": {n: c.process.pid for n, c in self.children.items()},
-                },
-                indent=2,
-            )
-        )
+            await unit.launch()
+            unit.state = UnitState.RUNNING
+            self.services[spec.name] = unit
+        self.write_state()
 
     async def wait_until_serving(self, timeout: float = 300.0) -> list[Probe]:
-        """Poll every service's health until all are SERVING; fail if one exits or time runs out."""
+        """Poll every service's health until all are SERVING. A service that exits before then
+        stops the start (a wrong setting is reported now, not after five restarts); an embedded
+        server that dies is restarted meanwhile."""
         deadline = time.monotonic() + timeout
         while True:
-            probes = [await probe_service(self.settings, c.spec) for c in self.children.values()]
+            units = list(self.services.values())
+            probes = [await probe_service(self.settings, u.spec) for u in units if u.spec]
             if all(p.ok for p in probes):
                 return probes
-            for child in self.children.values():
-                code = child.process.poll()
-                if code is not None:
+            for unit in units:
+                why = unit.exited()
+                if why is not None:
                     raise MeshStartError(
-                        f"{child.spec.name} exited with code {code} while starting; "
-                        f"see {child.log_path}:\n{tail(child.log_path)}"
+                        f"{unit.name} stopped while starting ({why}); "
+                        f"see {unit.log_path}:\n{log_tail(unit.log_path, 15)}"
                     )
+            self.check(self.servers)
             if time.monotonic() > deadline:
                 waiting = ", ".join(f"{p.name}={p.status}" for p in probes if not p.ok)
                 raise MeshStartError(f"services not SERVING after {timeout:.0f}s: {waiting}")
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(TICK_SECONDS)
+
+    # -- watching ------------------------------------------------------------------------------
 
     async def watch(self, stop: asyncio.Event) -> None:
-        """Restart a child that dies (with backoff) until `stop` is set."""
+        """Restart what dies (with backoff) until `stop` is set; never blocks on one unit."""
         while not stop.is_set():
+            self.check(self.units)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=1.0)
-            if stop.is_set():
-                break
-            for child in self.children.values():
-                code = child.process.poll()
-                if code is None:
-                    continue
-                if child.restarts >= MAX_RESTARTS:
-                    log.error("service keeps dying; giving up", service=child.spec.name)
-                    stop.set()
-                    break
-                delay = min(2**child.restarts, 30)
-                log.warning(
-                    "service exited; restarting",
-                    service=child.spec.name,
-                    code=code,
-                    restart_in=delay,
-                    log=str(child.log_path),
-                )
-                await asyncio.sleep(delay)
-                child.restarts += 1
-                child.process = self._spawn(child.spec)
-            self._write_state()
+                await asyncio.wait_for(stop.wait(), timeout=TICK_SECONDS)
 
-    def stop(self, grace: float | None = None) -> None:
-        """SIGTERM every service, wait for them to drain, then stop NATS and PostgreSQL."""
+    def check(self, units: Sequence[Unit]) -> None:
+        """One look at `units`: note the ones that died, start the ones whose wait is over."""
+        now = time.monotonic()
+        for unit in units:
+            unit.forget_crashes_before(now - self.policy.window)
+            if unit.state == UnitState.RUNNING:
+                why = unit.exited()
+                if why is not None:
+                    self._crashed(unit, why, now)
+            elif unit.state == UnitState.RESTARTING and now >= unit.restart_at:
+                unit.state = UnitState.STARTING
+                task = asyncio.create_task(self._relaunch(unit))
+                self._launches.add(task)
+                task.add_done_callback(self._launches.discard)
+        self.write_state()
+
+    def _crashed(self, unit: Unit, why: str, now: float) -> None:
+        unit.last_exit = why
+        unit.crashes.append(now)
+        unit.forget_crashes_before(now - self.policy.window)
+        delay = self.policy.delay(len(unit.crashes))
+        if delay is None:
+            unit.state = UnitState.FAILED
+            log.error(
+                "giving up: it keeps crashing; the rest of the mesh keeps running",
+                unit=unit.name,
+                last_exit=why,
+                crashes=len(unit.crashes),
+                window_seconds=self.policy.window,
+                log=str(unit.log_path),
+            )
+            return
+        unit.state = UnitState.RESTARTING
+        unit.restart_at = now + delay
+        log.warning(
+            "stopped; restarting", unit=unit.name, why=why, restart_in=delay, log=str(unit.log_path)
+        )
+
+    async def _relaunch(self, unit: Unit) -> None:
+        if self._stopping:
+            return
+        try:
+            await unit.launch()
+        except Exception as exc:  # noqa: BLE001 - a failed start counts as a crash
+            self._crashed(unit, f"could not start: {exc}", time.monotonic())
+            return
+        unit.restarts += 1
+        unit.state = UnitState.RUNNING
+        log.info("restarted", unit=unit.name, pid=unit.pid(), restarts=unit.restarts)
+        self.write_state()
+
+    def report(self) -> dict[str, dict[str, Any]]:
+        """How each unit is, by name (the `units` of mesh.json)."""
+        return {unit.name: unit.report() for unit in self.units}
+
+    def write_state(self) -> None:
+        """`run/mesh.json`: the supervisor's pid, where the mesh's parts are, and how each is."""
+        if self._stopping:
+            return
+        state = {
+            "pid": os.getpid(),
+            "data_dir": str(self.settings.data_dir),
+            "database_url": self.settings.DATABASE_URL,
+            "nats_url": self.settings.NATS_URL,
+            # pid of each service's latest process (kept while it restarts)
+            "services": {
+                name: unit.process.pid for name, unit in self.services.items() if unit.process
+            },
+            "units": self.report(),
+        }
+        text = json.dumps(state, indent=2)
+        if text != self._written:
+            write_atomically(state_file(self.settings.data_dir), text)
+            self._written = text
+
+    # -- stopping ------------------------------------------------------------------------------
+
+    def hurry(self) -> None:
+        """A second Ctrl-C: stop waiting for services to drain."""
+        self._hurry = True
+        for unit in self.services.values():
+            unit.kill()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """SIGTERM every service and wait for them to drain, then stop NATS, then PostgreSQL
+        (whoever started the running ones)."""
         if self._stopping:
             return
         self._stopping = True
+        # A server being started again finishes first, so that it is stopped below.
+        await asyncio.gather(*self._launches, return_exceptions=True)
         grace = self.settings.GRPC_SHUTDOWN_GRACE_SECONDS + 5 if grace is None else grace
-        for child in self.children.values():
-            if child.process.poll() is None:
-                child.process.send_signal(signal.SIGTERM)
+        services = list(self.services.values())
+        for unit in services:
+            unit.terminate()
         deadline = time.monotonic() + grace
-        for child in self.children.values():
-            try:
-                child.process.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.warning("service did not stop in time; killing", service=child.spec.name)
-                child.process.kill()
-                child.process.wait()
-        if self.infra is not None:
-            self.infra.stop()
+        while any(u.pid() is not None for u in services) and not self._hurry:
+            if time.monotonic() > deadline:
+                stuck = [u.name for u in services if u.pid() is not None]
+                log.warning("services did not stop in time; killing", services=stuck)
+                break
+            await asyncio.sleep(0.05)
+        for unit in services:
+            unit.kill()
+            if unit.process is not None:
+                await asyncio.to_thread(unit.process.wait)
+            unit.state = UnitState.STOPPED
+        log.info("services stopped", services=[u.name for u in services])
+        for server in reversed(self.servers):
+            await server.stop()
+            server.state = UnitState.STOPPED
+            log.info("stopped", unit=server.name)
         with contextlib.suppress(OSError):
-            state_file(self.settings).unlink()
-
-
-def tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
+            state_file(self.settings.data_dir).unlink()

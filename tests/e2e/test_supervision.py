@@ -1,0 +1,334 @@
+"""`amelia up` keeps the mesh alive: what dies is started again, what keeps dying is given up on
+alone, and Ctrl-C stops the services, then NATS, then PostgreSQL.
+
+The first two tests run the real `Supervisor` over stand-in services (small Python processes) to
+pin down its policy quickly; the others run the real `amelia up`, kill its embedded NATS and
+PostgreSQL and a service with SIGKILL, and stop it the way a terminal does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from e2e_mesh import alive, amelia, make_mesh_env, mesh_pids, mesh_state, start
+
+from amelia.v1 import agents_pb2, agents_pb2_grpc, events_pb2, events_pb2_grpc
+from amelia_cli.mesh import ServiceSpec
+from amelia_cli.supervisor import RestartPolicy, Supervisor, UnitState, state_file
+from amelia_common.settings import Settings
+
+DEADLINE = 180.0  # seconds: generous, for a loaded 2-core machine
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+# -- the policy, over stand-in services ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StandIn(ServiceSpec):
+    """A service played by a Python one-liner."""
+
+    code: str = ""
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-c", self.code]
+
+
+CRASHER = StandIn("crasher", "", "", "PORT", code="import sys; sys.exit(3)")
+SLEEPER = StandIn("sleeper", "", "", "PORT", code="import time; time.sleep(600)")
+
+
+@pytest.fixture
+def stand_in_settings(tmp_path: Path) -> Settings:
+    return Settings(_env_file=None, AMELIA_DATA_DIR=tmp_path / "data")
+
+
+async def until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_service_that_keeps_crashing_is_failed_alone(stand_in_settings: Settings) -> None:
+    policy = RestartPolicy(burst=5, window=60, first_delay=0.05, max_delay=0.2)
+    supervisor = Supervisor(stand_in_settings, services=[CRASHER, SLEEPER], policy=policy)
+    stop = asyncio.Event()
+    await supervisor.start_services()
+    sleeper_pid = supervisor.services["sleeper"].pid()
+    watching = asyncio.create_task(supervisor.watch(stop))
+    try:
+        crasher = supervisor.services["crasher"]
+        await until(lambda: crasher.state == UnitState.FAILED, "the crasher to be given up on")
+        assert crasher.restarts == 4  # started 5 times, crashed 5 times within the window
+        await asyncio.sleep(1)  # given up on: not started again
+        assert crasher.state == UnitState.FAILED and crasher.restarts == 4
+        sleeper = supervisor.services["sleeper"]
+        assert sleeper.state == UnitState.RUNNING and sleeper.pid() == sleeper_pid
+        assert not watching.done()  # the supervisor keeps watching the rest
+
+        state = json.loads(state_file(stand_in_settings.data_dir).read_text())
+        failed = state["units"]["crasher"]
+        assert failed["state"] == "FAILED" and failed["last_exit"] == "exit code 3"
+        assert failed["log"] == str(stand_in_settings.data_dir / "logs" / "crasher.log")
+        assert state["units"]["sleeper"]["state"] == "RUNNING"
+        assert state["units"]["sleeper"]["pid"] == sleeper_pid
+    finally:
+        stop.set()
+        await watching
+        await supervisor.stop(grace=5)
+    assert not alive(sleeper_pid)
+    assert not state_file(stand_in_settings.data_dir).exists()
+
+
+async def test_a_service_waiting_out_its_backoff_does_not_hold_up_the_others(
+    stand_in_settings: Settings,
+) -> None:
+    """While the crasher waits a minute before its next start, a killed sleeper is noticed."""
+    policy = RestartPolicy(first_delay=60)
+    supervisor = Supervisor(stand_in_settings, services=[CRASHER, SLEEPER], policy=policy)
+    stop = asyncio.Event()
+    await supervisor.start_services()
+    watching = asyncio.create_task(supervisor.watch(stop))
+    try:
+        crasher, sleeper = supervisor.services["crasher"], supervisor.services["sleeper"]
+        await until(lambda: crasher.state == UnitState.RESTARTING, "the crasher's backoff")
+        pid = sleeper.pid()
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        await until(lambda: sleeper.state == UnitState.RESTARTING, "the sleeper's death noticed")
+        assert sleeper.last_exit == "killed by SIGKILL"
+        assert crasher.state == UnitState.RESTARTING and len(crasher.crashes) == 1
+    finally:
+        stop.set()
+        await watching
+        await supervisor.stop(grace=5)
+
+
+# -- the real mesh ------------------------------------------------------------------------------
+
+
+class Reader(threading.Thread):
+    """Reads `run/mesh.json` over and over, as `amelia status` and a dashboard test do; counts
+    the times it found a half-written file."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(daemon=True)
+        self.path = path
+        self.reads = 0
+        self.torn: list[str] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            try:
+                text = self.path.read_text()
+            except FileNotFoundError:
+                continue
+            try:
+                json.loads(text)
+            except ValueError:
+                self.torn.append(text)
+            self.reads += 1
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """One `amelia up` in its own process group, asked for HOST=0.0.0.0 without a token."""
+    env = make_mesh_env(tmp_path_factory) | {"HOST": "0.0.0.0"}
+    proc = start(env, own_session=True)
+    yield {"env": env, "proc": proc}
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=120)
+
+
+def publish(env: dict[str, str], subject: str) -> int:
+    with grpc.insecure_channel(env["EVENTS_ADDRESS"]) as channel:
+        reply = events_pb2_grpc.EventServiceStub(channel).PublishEvent(
+            events_pb2.PublishEventRequest(
+                event=events_pb2.Event(type="system.warning", subject=subject)
+            ),
+            timeout=30,
+        )
+    return reply.event.sequence
+
+
+def event_subject(env: dict[str, str], sequence: int) -> str:
+    with grpc.insecure_channel(env["EVENTS_ADDRESS"]) as channel:
+        reply = events_pb2_grpc.EventServiceStub(channel).GetEvent(
+            events_pb2.GetEventRequest(name=f"events/{sequence}"), timeout=30
+        )
+    return reply.event.subject
+
+
+def agent_names(env: dict[str, str]) -> set[str]:
+    with grpc.insecure_channel(env["AGENTS_ADDRESS"]) as channel:
+        reply = agents_pb2_grpc.AgentServiceStub(channel).ListAgents(
+            agents_pb2.ListAgentsRequest(page_size=100), timeout=30
+        )
+    return {agent.name for agent in reply.agents}
+
+
+def create_agent(env: dict[str, str], agent_id: str) -> None:
+    with grpc.insecure_channel(env["AGENTS_ADDRESS"]) as channel:
+        agents_pb2_grpc.AgentServiceStub(channel).CreateAgent(
+            agents_pb2.CreateAgentRequest(
+                agent_id=agent_id, agent=agents_pb2.Agent(model="offline:echo")
+            ),
+            timeout=30,
+        )
+
+
+def serving(env: dict[str, str]) -> bool:
+    return amelia(env, "status").returncode == 0
+
+
+def next_pid(env: dict[str, str], unit: str, old: int | None) -> int:
+    """The pid of `unit` once it runs in a process other than `old`."""
+
+    def new() -> int | None:
+        pid = mesh_pids(env).get(unit)
+        return pid if pid != old else None
+
+    pid: int = wait_for(new, f"a new {unit} process")
+    return pid
+
+
+def kill_and_wait_back(env: dict[str, str], unit: str) -> tuple[int, float]:
+    """SIGKILL `unit`, wait until the supervisor runs a new one and every part is SERVING;
+    returns the new pid and the seconds that took."""
+    old = mesh_pids(env)[unit]
+    killed = time.monotonic()
+    os.kill(old, signal.SIGKILL)
+    new = wait_for(
+        lambda: mesh_pids(env).get(unit) not in (None, old) and mesh_pids(env)[unit], unit
+    )
+    wait_for(lambda: serving(env), f"the mesh SERVING again after {unit} was killed")
+    return new, time.monotonic() - killed
+
+
+def test_status_finds_the_mesh_from_any_directory(mesh: dict[str, Any], tmp_path: Path) -> None:
+    env = mesh["env"]
+    assert serving(env)
+    # Elsewhere, without AMELIA_DATA_DIR: the services are asked how NATS and PostgreSQL are.
+    elsewhere = {k: v for k, v in env.items() if k != "AMELIA_DATA_DIR"}
+    status = amelia(elsewhere, "status", cwd=tmp_path)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert "UNKNOWN" not in status.stdout and "reported by the services" in status.stdout
+    # Below the folder holding the default data dir: found the way git finds `.git`.
+    home = tmp_path / "project"
+    (home / "sub" / "deeper").mkdir(parents=True)
+    (home / ".amelia").symlink_to(env["AMELIA_DATA_DIR"])
+    found = amelia(elsewhere, "status", cwd=home / "sub" / "deeper")
+    assert found.returncode == 0, found.stdout + found.stderr
+    assert "reported by the services" not in found.stdout and "pgvector" in found.stdout
+
+
+def test_killed_nats_and_postgres_come_back_on_their_data(mesh: dict[str, Any]) -> None:
+    env = mesh["env"]
+    reader = Reader(Path(env["AMELIA_DATA_DIR"]) / "run" / "mesh.json")
+    reader.start()
+    try:
+        sequence = publish(env, "runs/before-the-kill")
+        create_agent(env, "survivor")
+        services = {name: mesh_pids(env)[name] for name in ("events", "rag", "agents", "gateway")}
+
+        nats_pid, nats_seconds = kill_and_wait_back(env, "nats")
+        assert event_subject(env, sequence) == "runs/before-the-kill"  # same store
+        assert publish(env, "runs/after-nats") > sequence
+
+        postgres_pid, postgres_seconds = kill_and_wait_back(env, "postgres")
+        assert "agents/survivor" in agent_names(env)  # same data directory
+        create_agent(env, "after-postgres")
+
+        print(f"recovery: nats {nats_seconds:.1f}s, postgres {postgres_seconds:.1f}s")
+        units = mesh_state(env)["units"]
+        assert units["nats"]["restarts"] == 1 and units["postgres"]["restarts"] == 1
+        assert {name: mesh_pids(env)[name] for name in services} == services  # untouched
+        assert nats_pid == int(
+            (Path(env["AMELIA_DATA_DIR"]) / "nats" / "nats-server.pid").read_text()
+        )
+        assert nats_pid == mesh_pids(env)["nats"] and postgres_pid == mesh_pids(env)["postgres"]
+    finally:
+        reader.done.set()
+        reader.join()
+    assert reader.reads > 100 and reader.torn == []
+
+
+def test_a_service_killed_five_times_in_a_minute_is_failed_alone(mesh: dict[str, Any]) -> None:
+    """Each new gateway is killed as soon as it exists: five crashes well within the window."""
+    env = mesh["env"]
+    others = {name: pid for name, pid in mesh_pids(env).items() if name != "gateway"}
+    pid = None
+    for _ in range(5):
+        pid = next_pid(env, "gateway", pid)
+        os.kill(pid, signal.SIGKILL)
+    gateway = wait_for(
+        lambda: (u := mesh_state(env)["units"]["gateway"])["state"] == "FAILED" and u,
+        "the gateway to be given up on",
+    )
+    assert gateway["last_exit"] == "killed by SIGKILL" and gateway["pid"] is None
+    time.sleep(2)
+    assert mesh_pids(env) == others  # everything else still runs, untouched
+    status = amelia(env, "status")
+    assert status.returncode == 1
+    line = next(line for line in status.stdout.splitlines() if "gateway" in line)
+    assert "FAILED" in line and "killed by SIGKILL" in line
+    assert "gateway.log" in status.stdout
+    for name in ("events", "agents", "rag"):
+        assert "SERVING" in next(line for line in status.stdout.splitlines() if name in line)
+
+
+def test_ctrl_c_stops_services_then_nats_then_postgres(mesh: dict[str, Any]) -> None:
+    """A Ctrl-C on the terminal goes to the whole foreground process group of `amelia up`."""
+    env, proc = mesh["env"], mesh["proc"]
+    wait_for(
+        lambda: serving(env) or mesh_state(env)["units"]["gateway"]["state"] == "FAILED",
+        "a running mesh",
+    )
+    pids = mesh_pids(env)
+    services = [name for name in pids if name not in ("nats", "postgres")]
+    gone_at: dict[str, int] = {}
+    # Looked at in the reverse of the expected order, so a correct stop can never look wrong.
+    order = ["postgres", "nats", *services]
+    os.killpg(proc.pid, signal.SIGINT)
+    tick = 0
+    deadline = time.monotonic() + DEADLINE
+    while len(gone_at) < len(order) and time.monotonic() < deadline:
+        for name in order:
+            if name not in gone_at and not alive(pids[name]):
+                gone_at[name] = tick
+        tick += 1
+        time.sleep(0.005)
+    output, _ = proc.communicate(timeout=DEADLINE)
+    assert proc.returncode == 0, output
+    assert set(gone_at) == set(order), f"left running: {set(order) - set(gone_at)}"
+    last_service = max(gone_at[name] for name in services)
+    assert last_service <= gone_at["nats"] <= gone_at["postgres"], (gone_at, output)
+    assert (
+        "listens on 127.0.0.1 only" in output
+    )  # HOST=0.0.0.0 without a token, said on up's terminal
+    assert not state_file(Path(env["AMELIA_DATA_DIR"])).exists()
+    assert amelia(env, "status").returncode == 1
