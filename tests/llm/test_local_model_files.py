@@ -14,7 +14,7 @@ import pytest
 from pydantic import ValidationError
 
 from amelia_common import local_model
-from amelia_common.embedded import EmbeddedStartError
+from amelia_common.embedded import EmbeddedStartError, free_port
 from amelia_common.llama_server import EmbeddedLlama, embedded_wanted
 from amelia_common.local_model import PARTS, LocalModelError, ModelVerificationError, join
 from amelia_common.settings import DEFAULT_ANTHROPIC_MODEL, Settings
@@ -125,3 +125,15 @@ def test_the_server_is_wanted_only_when_the_default_model_is_local() -> None:
     assert not embedded_wanted(settings(LOCAL_MODEL="off"))
     assert not embedded_wanted(settings(LOCAL_MODEL_URL="http://127.0.0.1:9/v1"))
     assert embedded_wanted(settings(ANTHROPIC_API_KEY="sk-ant-x", DEFAULT_MODEL="local:x.gguf"))
+
+
+def test_a_file_llama_cpp_cannot_load_fails_the_start_with_its_reasons(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF\x03\x00\x00\x00 not a model")
+    server = EmbeddedLlama(tmp_path / "data", free_port(), broken, "broken")
+    with pytest.raises(EmbeddedStartError) as error:
+        server.start()
+    message = str(error.value)
+    assert "exited with code 1" in message and str(server.log_file) in message
+    assert f"failed to load model from {broken}" in message
+    assert server.pid() is None

@@ -220,8 +220,8 @@ class EmbeddedLlama:
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 raise EmbeddedStartError(
-                    f"the local model server exited with code {self._process.returncode}: "
-                    f"{self._log_tail(ready_from)}"
+                    f"the local model server exited with code {self._process.returncode} "
+                    f"(log: {self.log_file}): {self._log_tail(ready_from)}"
                 )
             if self.healthy():
                 log.info(
@@ -276,14 +276,17 @@ class EmbeddedLlama:
         except OSError:
             return 0
 
-    def _log_tail(self, offset: int = 0, lines: int = 8) -> str:
+    def _log_tail(self, offset: int = 0, lines: int = 6) -> str:
+        """llama.cpp's error lines since `offset` (else the last lines): why it stopped."""
         try:
             with self.log_file.open("rb") as f:
                 f.seek(offset)
                 text = f.read().decode(errors="replace")
         except OSError:
             return ""
-        return "\n".join(text.splitlines()[-lines:])
+        all_lines = text.splitlines()
+        errors = [line for line in all_lines if " E " in line or line.startswith("amelia:")]
+        return "\n".join((errors or all_lines)[-lines:])
 
 
 # The child process ---------------------------------------------------------------------------
@@ -316,7 +319,11 @@ def serve(args: argparse.Namespace) -> int:
     # Only pages served by the server itself may read its answers from a browser.
     params.cors_origins = f"http://127.0.0.1:{args.port}"
     started = time.perf_counter()
-    server = xllamacpp.Server(params)
+    try:
+        server = xllamacpp.Server(params)
+    except RuntimeError as exc:  # llama.cpp logged why (its "E" lines above)
+        print(f"amelia: llama.cpp could not serve {args.model}: {exc}", flush=True)
+        return 1
     pid_file = Path(args.pid_file) if args.pid_file else None
     if pid_file is not None:
         pid_file.write_text(f"{os.getpid()}\n")
