@@ -6,31 +6,20 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from local_model import local_model
+from mesh_support import Mesh, own_mesh
 
-from amelia.v1 import (
-    agents_pb2,
-    agents_pb2_grpc,
-    events_pb2,
-    events_pb2_grpc,
-    rag_pb2,
-    rag_pb2_grpc,
-)
+from amelia.v1 import agents_pb2, agents_pb2_grpc, events_pb2, rag_pb2
 from amelia_agents.server import build_service as build_agents
 from amelia_common.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from amelia_common.grpc_client import aio_channel
-from amelia_common.grpc_server import GrpcService
 from amelia_common.settings import Settings
 from amelia_events.server import build_service as build_events
-from amelia_rag.embeddings import LocalEmbedder
-from amelia_rag.server import build_service as build_rag
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -116,61 +105,11 @@ async def test_create_run_with_the_queue_down_records_nothing(
 # --------------------------------------------------------------------------- one call, any outage
 
 
-@dataclass
-class Mesh:
-    """events, agents (no workers) and rag on their own PostgreSQL and NATS, to stop at will."""
-
-    postgres: EmbeddedPostgres
-    nats: EmbeddedNats
-    services: dict[str, tuple[GrpcService, str]]
-    events: events_pb2_grpc.EventServiceStub
-    agents: agents_pb2_grpc.AgentServiceStub
-    rag: rag_pb2_grpc.RagServiceStub
-
-    async def wait_serving(self) -> None:
-        for service, health_name in self.services.values():
-            await wait_for(service.bound_port, health_name, SERVING, timeout=60)
-
-
 @pytest.fixture(scope="module")
 async def mesh(tmp_path_factory: pytest.TempPathFactory, infra: Any) -> AsyncIterator[Mesh]:
-    root = tmp_path_factory.mktemp("outage")
-    postgres = EmbeddedPostgres(root)
-    nats = EmbeddedNats(root, free_port())
-    settings = infra.settings(
-        DATABASE_URL=postgres.start(),
-        NATS_URL=nats.start(),
-        AGENT_WORKERS=0,
-        EVENTS_PUBLISH_TIMEOUT_SECONDS=2.0,
-    )
-    embedder = LocalEmbedder.from_model(local_model(), settings)
-    built: dict[str, tuple[GrpcService, str]] = {}
-    channels: list[grpc.aio.Channel] = []
-    try:
-        built["events"] = (await build_events(settings), "amelia.v1.EventService")
-        built["agents"] = (await build_agents(settings), "amelia.v1.AgentService")
-        built["rag"] = (await build_rag(settings, embedder=embedder), "amelia.v1.RagService")
-        stubs = {}
-        for name, (service, _) in built.items():
-            channel = aio_channel(f"127.0.0.1:{await service.start()}", settings)
-            channels.append(channel)
-            stubs[name] = channel
-        yield Mesh(
-            postgres,
-            nats,
-            built,
-            events_pb2_grpc.EventServiceStub(stubs["events"]),
-            agents_pb2_grpc.AgentServiceStub(stubs["agents"]),
-            rag_pb2_grpc.RagServiceStub(stubs["rag"]),
-        )
-    finally:
-        for channel in channels:
-            await channel.close()
-        for service, _ in built.values():
-            await service.stop(0)
-        await embedder.aclose()
-        nats.stop()
-        postgres.stop()
+    settings = infra.settings(EVENTS_PUBLISH_TIMEOUT_SECONDS=2.0)
+    async with own_mesh(tmp_path_factory.mktemp("outage"), settings) as running:
+        yield running
 
 
 Call = Callable[[], Awaitable[Any]]

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import grpc
+from google.protobuf import struct_pb2
 
 
 class AmeliaError(Exception):
@@ -57,6 +58,26 @@ class Unavailable(AmeliaError):
         message = f"{dependency} is unavailable" + (f": {detail}" if detail else "")
         super().__init__(f"{message}; try again shortly")
         self.dependency = dependency
+
+
+def struct_value(value: struct_pb2.Value) -> Any:
+    """A Struct value as plain Python, without json_format (which raises on NaN and Infinity)."""
+    kind = value.WhichOneof("kind")
+    if kind == "struct_value":
+        return {k: struct_value(v) for k, v in value.struct_value.fields.items()}
+    if kind == "list_value":
+        return [struct_value(v) for v in value.list_value.values]
+    if kind in (None, "null_value"):
+        return None
+    return getattr(value, kind)
+
+
+def check_struct(struct: struct_pb2.Struct, field: str) -> dict[str, Any]:
+    """A request's Struct as plain Python; InvalidArgument (via `check_json`) if it holds NaN,
+    Infinity or NUL. Use it wherever a Struct comes in, instead of json_format.MessageToDict."""
+    values = {k: struct_value(v) for k, v in struct.fields.items()}
+    check_json(values, field)
+    return values
 
 
 def check_json(value: Any, field: str) -> None:

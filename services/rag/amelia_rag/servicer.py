@@ -18,11 +18,11 @@ from contextlib import contextmanager
 from typing import Any
 
 import grpc
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 
 from amelia.v1 import rag_pb2, rag_pb2_grpc
 from amelia_common import paging
-from amelia_common.errors import NATS, InvalidArgument, NotFound, Unavailable
+from amelia_common.errors import NATS, InvalidArgument, NotFound, Unavailable, check_struct
 from amelia_common.logging import get_logger
 from amelia_common.settings import Settings
 from amelia_rag.embeddings import EmbeddingUnavailable
@@ -89,7 +89,9 @@ def _plain(value: Any) -> Any:
 
 def source_from_proto(message: rag_pb2.DocumentSource) -> Source:
     metadata = (
-        _plain(json_format.MessageToDict(message.metadata)) if message.HasField("metadata") else {}
+        _plain(check_struct(message.metadata, "source.metadata"))
+        if message.HasField("metadata")
+        else {}
     )
     return Source(
         title=message.title,

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.message import DecodeError
 from nats.js import api
 
@@ -31,6 +31,7 @@ from amelia_common.errors import (
     PermissionDenied,
     Unavailable,
     check_json,
+    check_struct,
 )
 from amelia_common.logging import get_logger
 from amelia_common.settings import Settings
@@ -255,18 +256,6 @@ def timestamp_problem(ts: timestamp_pb2.Timestamp, field: str) -> str | None:
     return None
 
 
-def _plain(value: struct_pb2.Value) -> Any:
-    """A Struct value as plain Python, without json_format (which refuses NaN and Infinity)."""
-    kind = value.WhichOneof("kind")
-    if kind == "struct_value":
-        return {k: _plain(v) for k, v in value.struct_value.fields.items()}
-    if kind == "list_value":
-        return [_plain(v) for v in value.list_value.values]
-    if kind in (None, "null_value"):
-        return None
-    return getattr(value, kind)
-
-
 def content_problem(event: events_pb2.Event) -> str | None:
     """Why a reader could not represent this event as JSON (NaN, Infinity, NUL, a time out of
     range, …), or None. The one rule for what is stored and what is read back."""
@@ -277,7 +266,7 @@ def content_problem(event: events_pb2.Event) -> str | None:
     try:
         for name, text in (("source", event.source), ("correlation_id", event.correlation_id)):
             check_json(text, f"event {name}")
-        check_json({k: _plain(v) for k, v in event.data.fields.items()}, "event data")
+        check_struct(event.data, "event data")
     except InvalidArgument as exc:
         return exc.message
     return None
