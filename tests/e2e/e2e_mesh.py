@@ -9,8 +9,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import pytest
 
@@ -115,3 +117,11 @@ def stop(proc: subprocess.Popen[str], env: dict[str, str]) -> str:
 
 
 alive = process_alive  # a zombie is gone as far as a user is concerned
+
+
+def leaks(text: str, secrets: Iterable[str]) -> list[str]:
+    """Lines of `text` holding a secret, in any form we know one to take (URL-quoted,
+    JSON-escaped)."""
+    forms = {f for s in secrets for f in (s, quote(s), quote(s, safe=""), quote_plus(s))}
+    forms |= {json.dumps(f)[1:-1] for f in forms}
+    return [line for line in text.splitlines() if any(f in line for f in forms)]

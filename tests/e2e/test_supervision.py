@@ -1,9 +1,12 @@
 """`amelia up` keeps the mesh alive: what dies is started again, what keeps dying is given up on
-alone, and Ctrl-C stops the services, then NATS, then PostgreSQL.
+alone, Ctrl-C stops the services, then NATS, then PostgreSQL, and no log holds a secret.
 
-The first two tests run the real `Supervisor` over stand-in services (small Python processes) to
-pin down its policy quickly; the others run the real `amelia up`, kill its embedded NATS and
-PostgreSQL and a service with SIGKILL, and stop it the way a terminal does.
+The first tests run the real `Supervisor` over stand-in services (small Python processes) to pin
+down its policy quickly. The others share one real `amelia up --detach`, with an API token,
+provider keys and DEBUG logging, and run in this order: use the token over HTTP, WebSocket and
+gRPC; `amelia status` from elsewhere; SIGKILL its NATS and PostgreSQL; SIGKILL a service until it
+is given up on; Ctrl-C to its process group. Every log it wrote is searched for the secrets
+after the first and after the last.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -21,8 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import pytest
-from e2e_mesh import alive, amelia, make_mesh_env, mesh_pids, mesh_state, start
+import websockets
+from e2e_mesh import alive, amelia, leaks, make_mesh_env, mesh_pids, mesh_state
 
 from amelia.v1 import agents_pb2, agents_pb2_grpc, events_pb2, events_pb2_grpc
 from amelia_cli.mesh import ServiceSpec
@@ -128,10 +134,14 @@ async def test_a_service_waiting_out_its_backoff_does_not_hold_up_the_others(
 
 # -- the real mesh ------------------------------------------------------------------------------
 
+TOKEN = "e2e-Tok_4pL9xQ2vR7sK1mN8"
+SECRETS = (TOKEN, "sk-ant-e2e-0123456789abcdef", "sk-openai-e2e-fedcba9876543210")
+BEARER = (("authorization", f"Bearer {TOKEN}"),)
+
 
 class Reader(threading.Thread):
-    """Reads `run/mesh.json` over and over, as `amelia status` and a dashboard test do; counts
-    the times it found a half-written file."""
+    """Reads `run/mesh.json` over and over, as `amelia status` and a dashboard test do; keeps
+    what it could not parse."""
 
     def __init__(self, path: Path) -> None:
         super().__init__(daemon=True)
@@ -154,14 +164,36 @@ class Reader(threading.Thread):
 
 
 @pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """One `amelia up` in its own process group, asked for HOST=0.0.0.0 without a token."""
-    env = make_mesh_env(tmp_path_factory) | {"HOST": "0.0.0.0"}
-    proc = start(env, own_session=True)
-    yield {"env": env, "proc": proc}
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=120)
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    env = make_mesh_env(tmp_path_factory) | {
+        "AMELIA_API_TOKEN": TOKEN,
+        "ANTHROPIC_API_KEY": SECRETS[1],
+        "OPENAI_API_KEY": SECRETS[2],
+        "LOG_LEVEL": "DEBUG",
+    }
+    started = amelia(env, "up", "--detach", timeout=DEADLINE + 120)
+    assert started.returncode == 0, started.stdout + started.stderr
+    assert not leaks(started.stdout + started.stderr, SECRETS)  # not a terminal: no ?token=
+    yield env
+    if state_file(Path(env["AMELIA_DATA_DIR"])).exists():
+        amelia(env, "down", timeout=DEADLINE)
+
+
+def log_files(env: dict[str, str]) -> list[Path]:
+    data = Path(env["AMELIA_DATA_DIR"])
+    return [
+        *(data / "logs").iterdir(),
+        data / "nats" / "nats-server.log",
+        data / "postgres" / "log",
+    ]
+
+
+def assert_no_log_holds_a_secret(env: dict[str, str]) -> None:
+    files = log_files(env)
+    assert {"amelia-up.log", "gateway.log", "agents.log"} <= {p.name for p in files}
+    for path in files:
+        found = leaks(path.read_text(errors="replace"), SECRETS)
+        assert not found, f"{path}: {found[:3]}"
 
 
 def publish(env: dict[str, str], subject: str) -> int:
@@ -170,6 +202,7 @@ def publish(env: dict[str, str], subject: str) -> int:
             events_pb2.PublishEventRequest(
                 event=events_pb2.Event(type="system.warning", subject=subject)
             ),
+            metadata=BEARER,
             timeout=30,
         )
     return reply.event.sequence
@@ -178,7 +211,7 @@ def publish(env: dict[str, str], subject: str) -> int:
 def event_subject(env: dict[str, str], sequence: int) -> str:
     with grpc.insecure_channel(env["EVENTS_ADDRESS"]) as channel:
         reply = events_pb2_grpc.EventServiceStub(channel).GetEvent(
-            events_pb2.GetEventRequest(name=f"events/{sequence}"), timeout=30
+            events_pb2.GetEventRequest(name=f"events/{sequence}"), metadata=BEARER, timeout=30
         )
     return reply.event.subject
 
@@ -186,7 +219,7 @@ def event_subject(env: dict[str, str], sequence: int) -> str:
 def agent_names(env: dict[str, str]) -> set[str]:
     with grpc.insecure_channel(env["AGENTS_ADDRESS"]) as channel:
         reply = agents_pb2_grpc.AgentServiceStub(channel).ListAgents(
-            agents_pb2.ListAgentsRequest(page_size=100), timeout=30
+            agents_pb2.ListAgentsRequest(page_size=100), metadata=BEARER, timeout=30
         )
     return {agent.name for agent in reply.agents}
 
@@ -197,6 +230,7 @@ def create_agent(env: dict[str, str], agent_id: str) -> None:
             agents_pb2.CreateAgentRequest(
                 agent_id=agent_id, agent=agents_pb2.Agent(model="offline:echo")
             ),
+            metadata=BEARER,
             timeout=30,
         )
 
@@ -216,21 +250,60 @@ def next_pid(env: dict[str, str], unit: str, old: int | None) -> int:
     return pid
 
 
-def kill_and_wait_back(env: dict[str, str], unit: str) -> tuple[int, float]:
-    """SIGKILL `unit`, wait until the supervisor runs a new one and every part is SERVING;
-    returns the new pid and the seconds that took."""
+def kill_and_wait_back(env: dict[str, str], unit: str) -> tuple[int, float, float]:
+    """SIGKILL `unit` and wait until the supervisor runs a new one, then until every part is
+    SERVING; returns the new pid and the seconds each took."""
     old = mesh_pids(env)[unit]
     killed = time.monotonic()
     os.kill(old, signal.SIGKILL)
-    new = wait_for(
-        lambda: mesh_pids(env).get(unit) not in (None, old) and mesh_pids(env)[unit], unit
-    )
+    new = next_pid(env, unit, old)
+    restarted = time.monotonic() - killed
     wait_for(lambda: serving(env), f"the mesh SERVING again after {unit} was killed")
-    return new, time.monotonic() - killed
+    return new, restarted, time.monotonic() - killed
 
 
-def test_status_finds_the_mesh_from_any_directory(mesh: dict[str, Any], tmp_path: Path) -> None:
-    env = mesh["env"]
+def test_up_says_on_its_terminal_that_it_listens_on_loopback_only(
+    mesh_env: dict[str, str],
+) -> None:
+    """HOST=0.0.0.0 without a token: said before anything starts (here a taken port stops it)."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", int(mesh_env["EVENTS_GRPC_PORT"])))
+        holder.listen()
+        refused = amelia(mesh_env | {"HOST": "0.0.0.0"}, "up")
+    assert refused.returncode == 1 and "ports already in use" in refused.stderr
+    assert "HOST=0.0.0.0" in refused.stderr and "127.0.0.1 only" in refused.stderr
+
+
+def test_the_token_used_everywhere_reaches_no_log(mesh: dict[str, str]) -> None:
+    env = mesh
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    with httpx.Client(base_url=f"http://127.0.0.1:{env['PORT']}", timeout=60) as http:
+        assert http.get("/v1/events", headers=bearer).status_code == 200
+        assert http.get("/v1/status", headers={"X-API-Key": TOKEN}).status_code == 200
+        assert http.get("/", params={"token": TOKEN}).status_code == 200  # the dashboard link
+        assert http.get("/v1/agents", headers={"Authorization": "Bearer no"}).status_code == 401
+
+    async def websocket() -> None:
+        url = f"ws://127.0.0.1:{env['PORT']}/ws"
+        for options in (
+            {"additional_headers": bearer},
+            {"subprotocols": ["amelia.v1", f"bearer.{TOKEN}"]},
+        ):
+            async with websockets.connect(url, open_timeout=60, **options) as ws:
+                await ws.send(json.dumps({"type": "subscribe", "id": "s1", "since": "beginning"}))
+                await asyncio.wait_for(ws.recv(), timeout=60)
+
+    asyncio.run(websocket())
+    create_agent(env, "keeper")
+    assert publish(env, "runs/with-a-token") > 0
+    ran = amelia(env, "run", "keeper", f"please repeat {TOKEN}", timeout=DEADLINE)  # CLI: gRPC
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert '"level": "debug"' in (Path(env["AMELIA_DATA_DIR"]) / "logs" / "gateway.log").read_text()
+    assert_no_log_holds_a_secret(env)
+
+
+def test_status_finds_the_mesh_from_any_directory(mesh: dict[str, str], tmp_path: Path) -> None:
+    env = mesh
     assert serving(env)
     # Elsewhere, without AMELIA_DATA_DIR: the services are asked how NATS and PostgreSQL are.
     elsewhere = {k: v for k, v in env.items() if k != "AMELIA_DATA_DIR"}
@@ -246,30 +319,33 @@ def test_status_finds_the_mesh_from_any_directory(mesh: dict[str, Any], tmp_path
     assert "reported by the services" not in found.stdout and "pgvector" in found.stdout
 
 
-def test_killed_nats_and_postgres_come_back_on_their_data(mesh: dict[str, Any]) -> None:
-    env = mesh["env"]
-    reader = Reader(Path(env["AMELIA_DATA_DIR"]) / "run" / "mesh.json")
+def test_killed_nats_and_postgres_come_back_on_their_data(mesh: dict[str, str]) -> None:
+    env = mesh
+    reader = Reader(state_file(Path(env["AMELIA_DATA_DIR"])))
     reader.start()
     try:
         sequence = publish(env, "runs/before-the-kill")
         create_agent(env, "survivor")
         services = {name: mesh_pids(env)[name] for name in ("events", "rag", "agents", "gateway")}
 
-        nats_pid, nats_seconds = kill_and_wait_back(env, "nats")
+        nats_pid, *nats_seconds = kill_and_wait_back(env, "nats")
         assert event_subject(env, sequence) == "runs/before-the-kill"  # same store
         assert publish(env, "runs/after-nats") > sequence
 
-        postgres_pid, postgres_seconds = kill_and_wait_back(env, "postgres")
+        postgres_pid, *postgres_seconds = kill_and_wait_back(env, "postgres")
         assert "agents/survivor" in agent_names(env)  # same data directory
         create_agent(env, "after-postgres")
 
-        print(f"recovery: nats {nats_seconds:.1f}s, postgres {postgres_seconds:.1f}s")
+        print(
+            "restarted, then all SERVING, seconds after SIGKILL: "
+            f"nats {nats_seconds[0]:.1f} / {nats_seconds[1]:.1f}, "
+            f"postgres {postgres_seconds[0]:.1f} / {postgres_seconds[1]:.1f}"
+        )
         units = mesh_state(env)["units"]
         assert units["nats"]["restarts"] == 1 and units["postgres"]["restarts"] == 1
         assert {name: mesh_pids(env)[name] for name in services} == services  # untouched
-        assert nats_pid == int(
-            (Path(env["AMELIA_DATA_DIR"]) / "nats" / "nats-server.pid").read_text()
-        )
+        nats_pid_file = Path(env["AMELIA_DATA_DIR"]) / "nats" / "nats-server.pid"
+        assert nats_pid == int(nats_pid_file.read_text())
         assert nats_pid == mesh_pids(env)["nats"] and postgres_pid == mesh_pids(env)["postgres"]
     finally:
         reader.done.set()
@@ -277,9 +353,9 @@ def test_killed_nats_and_postgres_come_back_on_their_data(mesh: dict[str, Any]) 
     assert reader.reads > 100 and reader.torn == []
 
 
-def test_a_service_killed_five_times_in_a_minute_is_failed_alone(mesh: dict[str, Any]) -> None:
+def test_a_service_killed_five_times_in_a_minute_is_failed_alone(mesh: dict[str, str]) -> None:
     """Each new gateway is killed as soon as it exists: five crashes well within the window."""
-    env = mesh["env"]
+    env = mesh
     others = {name: pid for name, pid in mesh_pids(env).items() if name != "gateway"}
     pid = None
     for _ in range(5):
@@ -301,19 +377,17 @@ def test_a_service_killed_five_times_in_a_minute_is_failed_alone(mesh: dict[str,
         assert "SERVING" in next(line for line in status.stdout.splitlines() if name in line)
 
 
-def test_ctrl_c_stops_services_then_nats_then_postgres(mesh: dict[str, Any]) -> None:
-    """A Ctrl-C on the terminal goes to the whole foreground process group of `amelia up`."""
-    env, proc = mesh["env"], mesh["proc"]
-    wait_for(
-        lambda: serving(env) or mesh_state(env)["units"]["gateway"]["state"] == "FAILED",
-        "a running mesh",
-    )
+def test_ctrl_c_stops_services_then_nats_then_postgres(mesh: dict[str, str]) -> None:
+    """A Ctrl-C on a terminal goes to the whole process group of `amelia up`."""
+    env = mesh
+    supervisor = int(mesh_state(env)["pid"])
     pids = mesh_pids(env)
     services = [name for name in pids if name not in ("nats", "postgres")]
+    assert {"nats", "postgres", "events"} <= set(pids)
     gone_at: dict[str, int] = {}
     # Looked at in the reverse of the expected order, so a correct stop can never look wrong.
     order = ["postgres", "nats", *services]
-    os.killpg(proc.pid, signal.SIGINT)
+    os.killpg(supervisor, signal.SIGINT)
     tick = 0
     deadline = time.monotonic() + DEADLINE
     while len(gone_at) < len(order) and time.monotonic() < deadline:
@@ -322,13 +396,12 @@ def test_ctrl_c_stops_services_then_nats_then_postgres(mesh: dict[str, Any]) -> 
                 gone_at[name] = tick
         tick += 1
         time.sleep(0.005)
-    output, _ = proc.communicate(timeout=DEADLINE)
-    assert proc.returncode == 0, output
+    wait_for(lambda: not alive(supervisor), "amelia up to exit")
     assert set(gone_at) == set(order), f"left running: {set(order) - set(gone_at)}"
     last_service = max(gone_at[name] for name in services)
-    assert last_service <= gone_at["nats"] <= gone_at["postgres"], (gone_at, output)
-    assert (
-        "listens on 127.0.0.1 only" in output
-    )  # HOST=0.0.0.0 without a token, said on up's terminal
+    assert last_service <= gone_at["nats"] <= gone_at["postgres"], gone_at
+    up_log = (Path(env["AMELIA_DATA_DIR"]) / "logs" / "amelia-up.log").read_text()
+    assert up_log.rstrip().endswith("stopped.")
     assert not state_file(Path(env["AMELIA_DATA_DIR"])).exists()
     assert amelia(env, "status").returncode == 1
+    assert_no_log_holds_a_secret(env)  # restarts, crashes and the stop included
