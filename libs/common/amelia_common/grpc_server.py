@@ -12,6 +12,7 @@ NATS and the database.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import signal
 import time
@@ -119,6 +120,11 @@ async def _decoded_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         yield _decoded(request)
 
 
+def _incoming(request: Any, streaming_in: bool) -> Any:
+    """The request a handler sees: decoded, or InvalidArgument raised inside the boundary."""
+    return _decoded_stream(request) if streaming_in else _decoded(request)
+
+
 class ServerInterceptor(grpc.aio.ServerInterceptor):
     """Request id, auth, access log, request decoding and the error boundary.
 
@@ -196,22 +202,29 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             log.debug("rpc refused", code=error.code.name, error=error.message)
         await context.abort(error.code, error.message)
 
+    @contextlib.asynccontextmanager
+    async def _boundary(
+        self, context: grpc.aio.ServicerContext, method: str, public: bool
+    ) -> AsyncIterator[None]:
+        """Around one call: request id and auth on the way in, the error mapping on the way out."""
+        started = time.perf_counter()
+        request_id = ""
+        try:
+            request_id = await self._enter(context, method, public)
+            yield
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the error boundary
+            await self._fail(context, request_id, exc)
+        finally:
+            if not public:
+                log.debug("rpc done", ms=round((time.perf_counter() - started) * 1000, 2))
+            structlog.contextvars.unbind_contextvars("request_id", "rpc")
+
     def _wrap_unary(self, behavior: Any, method: str, public: bool, *, streaming_in: bool) -> Any:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            started = time.perf_counter()
-            request_id = ""
-            try:
-                request_id = await self._enter(context, method, public)
-                request = _decoded_stream(request) if streaming_in else _decoded(request)
-                return await behavior(request, context)
-            except (grpc.aio.AbortError, asyncio.CancelledError):
-                raise
-            except Exception as exc:  # noqa: BLE001 - the error boundary
-                await self._fail(context, request_id, exc)
-            finally:
-                if not public:
-                    log.debug("rpc done", ms=round((time.perf_counter() - started) * 1000, 2))
-                structlog.contextvars.unbind_contextvars("request_id", "rpc")
+            async with self._boundary(context, method, public):
+                return await behavior(_incoming(request, streaming_in), context)
 
         return wrapper
 
@@ -219,44 +232,26 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         if inspect.isasyncgenfunction(behavior):
 
             async def yielding(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                request_id = ""
-                try:
-                    request_id = await self._enter(context, method, public)
-                    request = _decoded_stream(request) if streaming_in else _decoded(request)
-                    async for item in behavior(request, context):
+                async with self._boundary(context, method, public):
+                    async for item in behavior(_incoming(request, streaming_in), context):
                         yield item
-                except (grpc.aio.AbortError, asyncio.CancelledError):
-                    raise
-                except Exception as exc:  # noqa: BLE001 - the error boundary
-                    await self._fail(context, request_id, exc)
-                finally:
-                    structlog.contextvars.unbind_contextvars("request_id", "rpc")
 
             return yielding
 
         async def writing(request: Any, context: grpc.aio.ServicerContext) -> None:
-            # A handler that writes with `context.write` and returns (or one that returns an
-            # async iterator without being a generator function itself).
-            request_id = ""
-            try:
-                request_id = await self._enter(context, method, public)
-                request = _decoded_stream(request) if streaming_in else _decoded(request)
-                result = behavior(request, context)
-                if hasattr(result, "__aiter__"):
-                    try:
-                        async for item in result:
-                            await context.write(item)
-                    finally:
-                        if hasattr(result, "aclose"):
-                            await result.aclose()
-                elif inspect.isawaitable(result):
+            # A handler that writes with `context.write` and returns (grpc_health's Watch), or
+            # one that returns an async iterator without being a generator function itself.
+            async with self._boundary(context, method, public):
+                result = behavior(_incoming(request, streaming_in), context)
+                if not hasattr(result, "__aiter__"):
                     await result
-            except (grpc.aio.AbortError, asyncio.CancelledError):
-                raise
-            except Exception as exc:  # noqa: BLE001 - the error boundary
-                await self._fail(context, request_id, exc)
-            finally:
-                structlog.contextvars.unbind_contextvars("request_id", "rpc")
+                    return
+                try:
+                    async for item in result:
+                        await context.write(item)
+                finally:
+                    if hasattr(result, "aclose"):
+                        await result.aclose()
 
         return writing
 
