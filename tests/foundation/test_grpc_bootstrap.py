@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from amelia.v1 import agents_pb2, agents_pb2_grpc, events_pb2, events_pb2_grpc
 from amelia_agents.server import build_service as build_agents
+from amelia_common import errors
 from amelia_common.db import create_engine, db_health
 from amelia_common.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from amelia_common.grpc_client import aio_channel
@@ -31,7 +32,8 @@ SERVICE = "amelia.v1.EventService"
 
 
 class SlowOrBroken(events_pb2_grpc.EventServiceServicer):
-    """GetEvent takes `delay` seconds; ListEvents raises an unexpected exception."""
+    """GetEvent takes `delay` seconds; ListEvents raises an unexpected exception; PublishEvent
+    raises the typed error named by the event's type."""
 
     def __init__(self, delay: float = 0.0) -> None:
         self.delay = delay
@@ -48,6 +50,42 @@ class SlowOrBroken(events_pb2_grpc.EventServiceServicer):
         self, request: events_pb2.ListEventsRequest, context: grpc.aio.ServicerContext
     ) -> events_pb2.ListEventsResponse:
         raise RuntimeError("secret internals /etc/passwd")
+
+    async def PublishEvent(
+        self, request: events_pb2.PublishEventRequest, context: grpc.aio.ServicerContext
+    ) -> events_pb2.PublishEventResponse:
+        raise TYPED_ERRORS[request.event.type][0]
+
+
+# An error a handler raises, and the status and details the caller gets.
+TYPED_ERRORS: dict[str, tuple[Exception, grpc.StatusCode, str]] = {
+    "invalid.argument": (
+        errors.InvalidArgument("page_size must be positive"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "page_size must be positive",
+    ),
+    "not.found": (
+        errors.NotFound("runs/1 does not exist"),
+        grpc.StatusCode.NOT_FOUND,
+        "runs/1 does not exist",
+    ),
+    "permission.denied": (
+        errors.PermissionDenied("only the mesh publishes run.*"),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "only the mesh publishes run.*",
+    ),
+    "unavailable": (
+        errors.Unavailable("the embedding model", "it is loading"),
+        grpc.StatusCode.UNAVAILABLE,
+        "the embedding model is unavailable: it is loading; try again shortly",
+    ),
+    "connection.refused": (
+        ConnectionRefusedError(111, "Connect call failed ('10.0.0.9', 6333)"),
+        grpc.StatusCode.UNAVAILABLE,
+        "a network dependency is unavailable: ConnectionRefusedError: [Errno 111] Connect call "
+        "failed ('10.0.0.9', 6333); try again shortly",
+    ),
+}
 
 
 async def start(
@@ -121,6 +159,20 @@ async def test_unexpected_exception_is_internal_with_a_request_id_and_no_traceba
         assert "req-42" in (err.value.details() or "")
         assert "passwd" not in (err.value.details() or "")
         assert "Traceback" not in (err.value.details() or "")
+    finally:
+        await svc.stop(0)
+
+
+async def test_typed_errors_become_their_status_with_their_message(settings: Settings) -> None:
+    svc = await start(settings, SlowOrBroken())
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{svc.bound_port}") as ch:
+            stub = events_pb2_grpc.EventServiceStub(ch)
+            for name, (_, code, details) in TYPED_ERRORS.items():
+                request = events_pb2.PublishEventRequest(event=events_pb2.Event(type=name))
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await stub.PublishEvent(request)
+                assert (err.value.code(), err.value.details()) == (code, details)
     finally:
         await svc.stop(0)
 

@@ -197,7 +197,8 @@ def _raised_in(exc: BaseException) -> str | None:
 
 
 def _network_error(exc: BaseException) -> bool:
-    return isinstance(exc, ConnectionError | TimeoutError) or (
+    """A refused, reset or unreachable connection (a bare timeout of our own code is not)."""
+    return isinstance(exc, ConnectionError) or (
         isinstance(exc, OSError) and exc.errno in _NETWORK_ERRNOS
     )
 
