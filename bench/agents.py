@@ -40,6 +40,9 @@ RUNS = 40
 WARMUP = 3
 LONG = 5  # nodes in the long chain
 REPLY = "one two three four five six seven eight"
+# A bench run takes milliseconds: one that has not ended after this is stuck, and the bench fails
+# naming it (rather than waiting for ever).
+RUN_DEADLINE_SECONDS = 60.0
 
 
 class ChainState(TypedDict, total=False):
@@ -104,6 +107,23 @@ async def time_direct(nodes: int, checkpointer: Any = None) -> list[float]:
     return out
 
 
+class StuckRunError(RuntimeError):
+    """A run of the bench did not end in time: the mesh lost or stalled it."""
+
+
+async def _follow(
+    stub: agents_pb2_grpc.AgentServiceStub, name: str, started: float
+) -> tuple[str, float]:
+    """Stream the run to its end: (terminal event type, seconds to its first token)."""
+    first = 0.0
+    async for response in stub.StreamRun(agents_pb2.StreamRunRequest(name=name)):
+        if response.event.type == "run.token" and not first:
+            first = time.perf_counter() - started
+        if response.event.type in ("run.completed", "run.failed", "run.cancelled"):
+            return response.event.type, first
+    return "the stream ended without the run's end", first
+
+
 async def time_mesh(
     stub: agents_pb2_grpc.AgentServiceStub, workflow: str
 ) -> tuple[list[float], list[float]]:
@@ -112,14 +132,18 @@ async def time_mesh(
         request = agents_pb2.CreateRunRequest(run=agents_pb2.Run(workflow=f"workflows/{workflow}"))
         request.run.input.update({"message": "go"})
         started = time.perf_counter()
-        run = (await stub.CreateRun(request)).run
-        first = 0.0
-        async for response in stub.StreamRun(agents_pb2.StreamRunRequest(name=run.name)):
-            if response.event.type == "run.token" and not first:
-                first = time.perf_counter() - started
-            if response.event.type in ("run.completed", "run.failed", "run.cancelled"):
-                assert response.event.type == "run.completed", response.event
-                break
+        run = (await stub.CreateRun(request, timeout=RUN_DEADLINE_SECONDS)).run
+        try:
+            async with asyncio.timeout(RUN_DEADLINE_SECONDS):
+                end, first = await _follow(stub, run.name, started)
+        except TimeoutError:
+            now = (await stub.GetRun(agents_pb2.GetRunRequest(name=run.name), timeout=10)).run
+            raise StuckRunError(
+                f"{run.name} did not end within {RUN_DEADLINE_SECONDS:g}s: it is "
+                f"{agents_pb2.RunStatus.Name(now.status)} (attempt {now.attempt})"
+            ) from None
+        if end != "run.completed":
+            raise StuckRunError(f"{run.name} did not complete: {end}")
         if i >= WARMUP:
             totals.append(time.perf_counter() - started)
             first_tokens.append(first)

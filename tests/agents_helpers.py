@@ -10,32 +10,67 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from amelia.v1 import agents_pb2, agents_pb2_grpc, events_pb2
 from amelia_agents.server import build_service as build_agents
 from amelia_common.eventlog import event_data
 from amelia_common.grpc_client import aio_channel
+from amelia_common.grpc_server import GrpcService
 from amelia_common.settings import Settings
 
 Stub = agents_pb2_grpc.AgentServiceStub
 S = agents_pb2
 
 
+@dataclass
+class RunningAgents:
+    """The agents service in process, and a channel to it."""
+
+    service: GrpcService
+    channel: grpc.aio.Channel
+
+    @property
+    def stub(self) -> agents_pb2_grpc.AgentServiceStub:
+        return agents_pb2_grpc.AgentServiceStub(self.channel)
+
+    async def health(self, name: str = "amelia.v1.AgentService") -> str:
+        """The health status of `name` (a service, or an entry like `dependency/workers`)."""
+        reply = await health_pb2_grpc.HealthStub(self.channel).Check(
+            health_pb2.HealthCheckRequest(service=name), timeout=10
+        )
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+    async def wait_health(self, name: str, status: str, timeout: float = 60) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while (current := await self.health(name)) != status:
+            assert asyncio.get_running_loop().time() < deadline, f"{name} stayed {current}"
+            await asyncio.sleep(0.2)
+
+
 @asynccontextmanager
-async def serve_agents(settings: Settings) -> AsyncIterator[agents_pb2_grpc.AgentServiceStub]:
-    """The agents service in process on a free port, and a stub talking to it over gRPC."""
+async def running_agents(settings: Settings) -> AsyncIterator[RunningAgents]:
+    """The agents service in process on a free port, with a channel to it over gRPC."""
     service = await build_agents(settings)
     port = await service.start()
     channel = aio_channel(f"127.0.0.1:{port}", settings)
     try:
-        yield agents_pb2_grpc.AgentServiceStub(channel)
+        yield RunningAgents(service, channel)
     finally:
         await channel.close()
         await service.stop(1.0)
+
+
+@asynccontextmanager
+async def serve_agents(settings: Settings) -> AsyncIterator[agents_pb2_grpc.AgentServiceStub]:
+    """The agents service in process on a free port, and a stub talking to it over gRPC."""
+    async with running_agents(settings) as running:
+        yield running.stub
 
 
 async def wait_status(stub: Stub, name: str, *statuses: int, timeout: float = 30) -> S.Run:

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 import grpc
 from agents_helpers import S, Stub
+from nats.aio.client import Client as NATS
 
+from amelia_agents import queue
 from amelia_agents.checkpoints import open_checkpointer
 from amelia_agents.store import Store
 from amelia_agents.worker import WorkerPool, build_workers
@@ -144,3 +146,34 @@ async def last_sequence(settings: Settings) -> int:
         return int(info.state.last_seq)
     finally:
         await nc.drain()
+
+
+def run_uuid(name: str) -> uuid.UUID:
+    return uuid.UUID(name.removeprefix("runs/"))
+
+
+async def purge_queue(settings: Settings) -> None:
+    """Drop every job of the settings' queue, as a NATS that lost them would."""
+    nc = await connect_nats(settings, "test-purge")
+    try:
+        await nc.jetstream().purge_stream(settings.RUNS_QUEUE_STREAM)
+    finally:
+        await nc.drain()
+
+
+async def jobs_per_run(settings: Settings) -> dict[uuid.UUID, int]:
+    """How many jobs each run has in the settings' queue."""
+    nc = await connect_nats(settings, "test-jobs")
+    try:
+        return await queue.jobs_by_run(nc.jetstream(), settings)
+    finally:
+        await nc.drain()
+
+
+async def all_jobs_delivered(nc: NATS, settings: Settings, timeout: float = 60) -> None:
+    """Wait until the queue's consumer has handed every job to a worker at least once."""
+    js = nc.jetstream()
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (info := await js.consumer_info(settings.RUNS_QUEUE_STREAM, queue.CONSUMER)).num_pending:
+        assert asyncio.get_running_loop().time() < deadline, info
+        await asyncio.sleep(0.1)

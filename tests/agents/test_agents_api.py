@@ -262,3 +262,67 @@ async def test_nul_characters_are_refused_not_an_internal_error(agents) -> None:
     ):
         error = await rpc_error(call)
         assert error.code() == INVALID and "NUL" in error.details()
+
+
+async def test_non_finite_numbers_are_refused_and_nothing_is_stored(agents) -> None:
+    thread = S.CreateThreadRequest()
+    thread.thread.metadata.update({"weight": float("nan")})
+    run = S.CreateRunRequest(run=S.Run(workflow="workflows/echo"), request_id="non-finite-run")
+    run.run.input.update({"message": "hi", "limit": float("inf")})
+    before = len((await agents.ListThreads(S.ListThreadsRequest(page_size=1000))).threads)
+    for call, field in (
+        (agents.CreateThread(thread), "thread.metadata"),
+        (agents.CreateRun(run), "run.input"),
+    ):
+        error = await rpc_error(call)
+        assert error.code() == INVALID, error.details()
+        assert error.details() == f"{field} must not contain NaN or Infinity"
+    assert len((await agents.ListThreads(S.ListThreadsRequest(page_size=1000))).threads) == before
+
+    paused = await create_run(agents, workflow="workflows/test-ask", input={"question": "Go?"})
+    await wait_status(agents, paused.name, S.RUN_STATUS_PAUSED)
+    answer = S.ResumeRunRequest(name=paused.name)
+    answer.answer.struct_value.update({"choice": float("-inf")})
+    error = await rpc_error(agents.ResumeRun(answer))
+    assert (error.code(), error.details()) == (INVALID, "answer must not contain NaN or Infinity")
+    still = (await agents.GetRun(S.GetRunRequest(name=paused.name))).run
+    assert still.status == S.RUN_STATUS_PAUSED
+    await agents.CancelRun(S.CancelRunRequest(name=paused.name))
+
+
+async def test_timestamps_and_durations_out_of_range_are_invalid_argument(agents) -> None:
+    far = S.ListRunsRequest()
+    far.created_after.seconds = 10**15
+    before_year_one = S.ListRunsRequest()
+    before_year_one.created_before.seconds = -(10**15)
+    bad_nanos = S.ListRunsRequest()
+    bad_nanos.created_after.nanos = -1
+    for request, field in ((far, "created_after"), (before_year_one, "created_before")):
+        error = await rpc_error(agents.ListRuns(request))
+        assert error.code() == INVALID and field in error.details(), error.details()
+    assert (await rpc_error(agents.ListRuns(bad_nanos))).code() == INVALID
+
+    huge = S.Agent(model="offline:echo")
+    huge.timeout.seconds, huge.timeout.nanos = 1, 2**31 - 1
+    mixed_signs = S.Agent(model="offline:echo")
+    mixed_signs.timeout.seconds, mixed_signs.timeout.nanos = 5, -1
+    too_long = S.Run(workflow="workflows/echo")
+    too_long.input.update({"message": "x"})
+    too_long.timeout.seconds = 10**15
+    for call in (
+        agents.CreateAgent(S.CreateAgentRequest(agent=huge)),
+        agents.CreateAgent(S.CreateAgentRequest(agent=mixed_signs)),
+        agents.CreateRun(S.CreateRunRequest(run=too_long)),
+    ):
+        error = await rpc_error(call)
+        assert error.code() == INVALID and "not a valid duration" in error.details()
+
+    # Output-only fields are ignored, whatever they hold (AIP-203).
+    with_times = S.Agent(model="offline:echo")
+    with_times.create_time.seconds = 10**15
+    with_times.update_time.nanos = -5
+    created = (
+        await agents.CreateAgent(S.CreateAgentRequest(agent_id="output-only", agent=with_times))
+    ).agent
+    assert 0 < created.create_time.seconds < 10**11
+    await agents.DeleteAgent(S.DeleteAgentRequest(name=created.name))

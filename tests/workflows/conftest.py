@@ -97,6 +97,7 @@ def workflows_settings(
         CLAUDE_CODE_TIMEOUT=CLAUDE_CODE_TIMEOUT,
         GIT_WORKTREE_DIR=code_env.worktrees,
         CODE_ALLOWED_ROOTS=[code_env.allowed],
+        CODE_ENV_PASSTHROUGH="AMELIA_TEST_PASSTHROUGH",
     )
     return settings
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -118,6 +119,39 @@ async def test_the_cli_runs_in_a_fresh_worktree_and_its_output_streams(
     assert any(d["tool"] == "claude-code:Write" for d in data(events, "run.tool.called"))
     progress = [(d["action"], d["path"]) for d in data(events, "workflow.progress")]
     assert progress == [("created", str(worktree)), ("removed", str(worktree))]
+
+
+async def test_the_cli_and_git_hooks_see_none_of_the_workers_secrets(
+    agents: Stub, repository: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secrets = {
+        "AMELIA_API_TOKEN": "amelia-token-never-passed",
+        "OPENAI_API_KEY": "sk-openai-never-passed",
+        "OPENROUTER_API_KEY": "sk-or-never-passed",
+        "DATABASE_URL": "postgresql://amelia:password-never-passed@db/amelia",
+        "AWS_SECRET_ACCESS_KEY": "aws-secret-never-passed",
+    }
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AMELIA_TEST_PASSTHROUGH", "listed in CODE_ENV_PASSTHROUGH")
+    hook_env = tmp_path / "hook-env.json"
+    hook = repository / ".git" / "hooks" / "post-checkout"
+    hook.write_text(
+        f"#!{sys.executable}\nimport json, os\njson.dump(dict(os.environ), open({str(hook_env)!r}, 'w'))\n"
+    )
+    hook.chmod(0o755)
+    record = tmp_path / "record.json"
+    run = await code_run(agents, repository, {"record": str(record)})
+    await wait_status(agents, run.name, S.RUN_STATUS_COMPLETED)
+    cli_env = json.loads(record.read_text())["env"]
+    git_env = json.loads(hook_env.read_text())
+    for env in (cli_env, git_env):
+        assert not set(secrets) & set(env)
+        assert not set(secrets.values()) & set(env.values())
+        assert env["PATH"].endswith(os.environ["PATH"])  # git puts its own first
+    assert cli_env["ANTHROPIC_API_KEY"] == "sk-ant-test-key"
+    assert cli_env["AMELIA_TEST_PASSTHROUGH"] == "listed in CODE_ENV_PASSTHROUGH"
+    assert "ANTHROPIC_API_KEY" not in git_env
 
 
 async def test_the_worktree_is_kept_when_asked(

@@ -28,7 +28,8 @@ def out(value):
 if spec.get("record"):
     with open(spec["record"], "w") as f:
         json.dump({"cwd": os.getcwd(), "argv": args,
-                   "api_key": os.environ.get("ANTHROPIC_API_KEY", "")}, f)
+                   "api_key": os.environ.get("ANTHROPIC_API_KEY", ""),
+                   "env": dict(os.environ)}, f)
 out("stand-in: starting")
 out({"type": "system", "subtype": "init", "cwd": os.getcwd()})
 text = {"type": "text", "text": "I will write hello.txt."}

@@ -136,6 +136,9 @@ class Settings(BaseSettings):
     # First wait before a run whose pick-up met a PostgreSQL/NATS outage is tried again; doubles
     # each time, up to RUN_ACK_WAIT_SECONDS (each try counts against RUN_MAX_ATTEMPTS).
     RUN_RETRY_BACKOFF_SECONDS: float = Field(default=1, gt=0)
+    # More environment variables the `code` workflow's CLI may see (comma-separated names, e.g.
+    # AWS_PROFILE for Claude Code on Bedrock); see docs/agents.md for the ones it always gets.
+    CODE_ENV_PASSTHROUGH: str = ""
 
     # Embeddings
     EMBEDDING_PROVIDER: str = Field(default="local", pattern="^(local|openai)$")

@@ -115,15 +115,15 @@ async def enqueue(js: JetStreamContext, settings: Settings, run_id: uuid.UUID, k
         ) from exc
 
 
-async def runs_with_jobs(js: JetStreamContext, settings: Settings) -> set[uuid.UUID]:
-    """Runs that have a job in the queue (waiting, or delivered and not acknowledged yet)."""
+async def jobs_by_run(js: JetStreamContext, settings: Settings) -> dict[uuid.UUID, int]:
+    """How many jobs each run has in the queue (waiting, or delivered and not acknowledged)."""
     info = await js.stream_info(
         settings.RUNS_QUEUE_STREAM, subjects_filter=f"{_prefix(settings)}.*"
     )
-    found = set()
-    for subject in info.state.subjects or {}:
+    found = {}
+    for subject, count in (info.state.subjects or {}).items():
         try:
-            found.add(uuid.UUID(subject.rsplit(".", 1)[-1]))
+            found[uuid.UUID(subject.rsplit(".", 1)[-1])] = count
         except ValueError:
             continue
     return found

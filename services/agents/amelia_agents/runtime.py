@@ -174,6 +174,52 @@ async def chat(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+# The worker's environment variables a run's subprocess inherits (docs/agents.md): what a
+# shell, git, Node and a CLI need to run, find their configuration and reach the network through
+# a proxy — never the mesh's own secrets (AMELIA_API_TOKEN, DATABASE_URL, NATS_URL, the model
+# providers' keys), which a subprocess has no business reading.
+INHERITED_ENV = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "SHELL",
+        "LANG",
+        "LANGUAGE",
+        "TERM",
+        "TZ",
+        "TMPDIR",
+        "NO_COLOR",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "no_proxy",
+        "all_proxy",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "NODE_EXTRA_CA_CERTS",
+        "GIT_AUTHOR_NAME",
+        "GIT_AUTHOR_EMAIL",
+        "GIT_COMMITTER_NAME",
+        "GIT_COMMITTER_EMAIL",
+    }
+)
+INHERITED_ENV_PREFIXES = ("LC_", "XDG_")
+
+
+def inherited_env(also: Sequence[str] = (), prefixes: Sequence[str] = ()) -> dict[str, str]:
+    """The worker's environment as a run's subprocess may see it: the INHERITED_ENV names (and
+    those starting with INHERITED_ENV_PREFIXES), plus the names in `also` and those starting
+    with `prefixes`."""
+    names = INHERITED_ENV | set(also)
+    starts = (*INHERITED_ENV_PREFIXES, *prefixes)
+    return {k: v for k, v in os.environ.items() if k in names or k.startswith(starts)}
+
+
 @dataclass
 class ProcessResult:
     returncode: int
@@ -226,13 +272,14 @@ async def run_process(
     line)` sees every line too (a node parsing a tool's output, e.g. JSON lines, uses it);
     `on_start(pid)` gets the process id (= its process group id) as soon as it runs.
     The process gets its own session (process group), so cancelling the run, or `timeout`,
-    kills it and every child it started. A timeout raises `TimeoutError`.
+    kills it and every child it started. A timeout raises `TimeoutError`. Without `env` it
+    inherits only `inherited_env()`.
     """
     emit("run.tool.called", {"tool": tool, "args": list(argv), "cwd": str(cwd or "")})
     proc = await asyncio.create_subprocess_exec(
         *argv,
         cwd=str(cwd) if cwd else None,
-        env=dict(env) if env is not None else None,
+        env=dict(env) if env is not None else inherited_env(),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

@@ -80,7 +80,7 @@ class Sweeper:
         candidates = await self.store.unfinished_runs(queue_name, before)
         if not candidates:
             return []
-        with_jobs = await queue.runs_with_jobs(self.js, self.settings)
+        with_jobs = await queue.jobs_by_run(self.js, self.settings)
         lost = []
         for run_id in candidates:
             if run_id not in with_jobs and await self._requeue_if_lost(run_id):

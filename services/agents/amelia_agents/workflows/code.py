@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import json
 import operator
-import os
 import shutil
 import uuid
 from pathlib import Path
@@ -162,8 +161,16 @@ def claude_argv(cli: str, request: dict[str, Any]) -> list[str]:
     return [*argv, "--", str(request["message"])]
 
 
+# Besides `runtime.inherited_env()`: Claude Code's own variables (its key, base URL, model,
+# configuration directory, Bedrock/Vertex switches, telemetry opt-outs) and the names listed in
+# CODE_ENV_PASSTHROUGH. Nothing else of the worker's environment reaches the CLI.
+CLAUDE_ENV_PREFIXES = ("ANTHROPIC_", "CLAUDE_", "DISABLE_")
+
+
 def claude_env(settings: Settings) -> dict[str, str]:
-    env = dict(os.environ)
+    """The CLI's environment: only what it needs (docs/agents.md), never the mesh's secrets."""
+    passthrough = [name.strip() for name in settings.CODE_ENV_PASSTHROUGH.split(",")]
+    env = runtime.inherited_env(also=[n for n in passthrough if n], prefixes=CLAUDE_ENV_PREFIXES)
     key = settings.ANTHROPIC_API_KEY.get_secret_value()
     if key:
         env.setdefault("ANTHROPIC_API_KEY", key)

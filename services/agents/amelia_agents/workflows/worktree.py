@@ -53,7 +53,8 @@ class CodeError(runtime.NodeError):
 
 def _git_env() -> dict[str, str]:
     # Never wait for a password prompt; messages in English so they read the same everywhere.
-    return {**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
+    # (The repository's hooks run with this environment: none of the mesh's secrets.)
+    return {**runtime.inherited_env(), "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
 
 
 async def git(args: list[str], cwd: Path) -> str:
