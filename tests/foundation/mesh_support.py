@@ -88,10 +88,14 @@ async def own_mesh(root: Path, base: Settings, **overrides: Any) -> AsyncIterato
     channels: dict[str, grpc.aio.Channel] = {}
     try:
         services["events"] = await build_events(settings)
+        events_address = f"127.0.0.1:{await services['events'].start()}"
+        # agents reads a run's events (StreamRun) through the events service.
+        settings = settings.model_copy(update={"EVENTS_ADDRESS": events_address})
         services["agents"] = await build_agents(settings)
         services["rag"] = await build_rag(settings, embedder=embedder)
         for name, service in services.items():
-            channels[name] = aio_channel(f"127.0.0.1:{await service.start()}", settings)
+            port = service.bound_port or await service.start()
+            channels[name] = aio_channel(f"127.0.0.1:{port}", settings)
         yield Mesh(settings, postgres, nats, services, channels)
     finally:
         for channel in channels.values():

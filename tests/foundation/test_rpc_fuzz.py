@@ -1,4 +1,5 @@
-"""Fuzz every unary RPC of events, agents and rag with random well-formed requests.
+"""Fuzz every unary RPC of events, agents and rag with random well-formed requests (and the
+server streams StreamEvents and StreamRun, up to the moment they are open).
 
 Requests are generated from the message descriptors (hypothesis): any text (NUL, very long,
 names that look right), lone surrogates (sent as the invalid UTF-8 a non-Python client can
@@ -26,7 +27,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescri
 from google.protobuf.message import Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from mesh_support import SERVING, Mesh, own_mesh
+from mesh_support import SERVING, Mesh
 
 from amelia.v1 import agents_pb2, events_pb2, rag_pb2
 
@@ -54,7 +55,8 @@ BROKEN = {
 CALL_TIMEOUT = 60.0
 
 
-def unary_methods() -> list[tuple[str, MethodDescriptor]]:
+def methods(*, streaming: bool) -> list[tuple[str, MethodDescriptor]]:
+    """(service, method) of every unary RPC, or of every server-streaming one."""
     out = []
     for module, name, service in (
         (events_pb2, "events", "EventService"),
@@ -62,12 +64,13 @@ def unary_methods() -> list[tuple[str, MethodDescriptor]]:
         (rag_pb2, "rag", "RagService"),
     ):
         for method in module.DESCRIPTOR.services_by_name[service].methods:
-            if not method.client_streaming and not method.server_streaming:
+            if not method.client_streaming and method.server_streaming == streaming:
                 out.append((name, method))
     return out
 
 
-METHODS = unary_methods()
+METHODS = methods(streaming=False)
+STREAMS = methods(streaming=True)
 
 # --------------------------------------------------------------------------- request strategies
 
@@ -269,30 +272,41 @@ def with_surrogate(request: Message) -> bytes | None:
 # --------------------------------------------------------------------------- the services
 
 
-@pytest.fixture(scope="module")
-async def mesh(tmp_path_factory: pytest.TempPathFactory, infra: Any) -> AsyncIterator[Mesh]:
-    base = infra.settings(EVENTS_PUBLISH_TIMEOUT_SECONDS=5.0, MAX_INLINE_DOCUMENT_BYTES=64 * 1024)
-    async with own_mesh(tmp_path_factory.mktemp("fuzz"), base) as running:
-        await running.agents.CreateAgent(
+@pytest.fixture(scope="module", autouse=True)
+async def fuzz_agent(mesh: Mesh) -> None:
+    """An agent that exists, so `agents/fuzz` in generated requests reaches past NOT_FOUND."""
+    try:
+        await mesh.agents.CreateAgent(
             agents_pb2.CreateAgentRequest(
                 agent_id="fuzz", agent=agents_pb2.Agent(model="offline:echo")
             )
         )
-        yield running
+    except grpc.aio.AioRpcError as exc:
+        assert exc.code() == grpc.StatusCode.ALREADY_EXISTS, exc.details()
 
 
 async def call(mesh: Mesh, service: str, method: MethodDescriptor, payload: bytes) -> Any:
-    """Send raw request bytes; (status, details)."""
+    """Send raw request bytes; (status, details). A stream counts as OK once it is open (its
+    headers came without a status): it is then cancelled."""
     path = f"/{method.containing_service.full_name}/{method.name}"
-    multicallable = mesh.channels[service].unary_unary(path)
+    channel = mesh.channels[service]
     try:
-        await multicallable(payload, timeout=CALL_TIMEOUT)
+        if not method.server_streaming:
+            await channel.unary_unary(path)(payload, timeout=CALL_TIMEOUT)
+            return grpc.StatusCode.OK, ""
+        stream = channel.unary_stream(path)(payload, timeout=CALL_TIMEOUT)
+        await stream.initial_metadata()
+        if not stream.done():
+            stream.cancel()
+            return grpc.StatusCode.OK, ""
+        return await stream.code(), await stream.details()
     except grpc.aio.AioRpcError as exc:
         return exc.code(), exc.details() or ""
-    return grpc.StatusCode.OK, ""
 
 
-@pytest.mark.parametrize(("service", "method"), METHODS, ids=[m.name for _, m in METHODS])
+@pytest.mark.parametrize(
+    ("service", "method"), METHODS + STREAMS, ids=[m.name for _, m in METHODS + STREAMS]
+)
 @FUZZ_SETTINGS
 @given(data=st.data())
 async def test_random_requests_never_break_a_service(

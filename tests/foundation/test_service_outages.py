@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from mesh_support import Mesh, own_mesh
+from mesh_support import Mesh
 
 from amelia.v1 import agents_pb2, agents_pb2_grpc, events_pb2, rag_pb2
 from amelia_agents.server import build_service as build_agents
@@ -103,13 +103,6 @@ async def test_create_run_with_the_queue_down_records_nothing(
 
 
 # --------------------------------------------------------------------------- one call, any outage
-
-
-@pytest.fixture(scope="module")
-async def mesh(tmp_path_factory: pytest.TempPathFactory, infra: Any) -> AsyncIterator[Mesh]:
-    settings = infra.settings(EVENTS_PUBLISH_TIMEOUT_SECONDS=2.0)
-    async with own_mesh(tmp_path_factory.mktemp("outage"), settings) as running:
-        yield running
 
 
 Call = Callable[[], Awaitable[Any]]
