@@ -177,6 +177,19 @@ class WorkerProcess:
                 raise AssertionError(f"worker not ready: {self.log.read_text()[-2000:]}")
             await asyncio.sleep(0.1)
 
+    async def wait_log(self, text: str, after: str = "", timeout: float = 60) -> None:
+        """Wait until the worker's log says `text` (after the first `after`, if given)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            log = self.log.read_text(errors="replace")
+            if text in log[log.find(after) if after in log else len(log) :]:
+                return
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited: {log[-2000:]}")
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"worker never logged {text!r}: {log[-2000:]}")
+            await asyncio.sleep(0.1)
+
     def kill(self) -> None:
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)

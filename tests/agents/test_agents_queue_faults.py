@@ -9,12 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from agents_helpers import S, create_run, running_agents, serve_agents, wait_status
+from agents_helpers import (
+    S,
+    WorkerProcess,
+    create_run,
+    running_agents,
+    serve_agents,
+    wait_status,
+)
 from faults_support import (
     all_jobs_delivered,
     burst,
@@ -36,6 +44,10 @@ from amelia_common.settings import Settings
 
 RUNS = 60
 TEST_WORKFLOWS = "agent_test_workflows"
+
+
+def uuid_key() -> str:
+    return uuid.uuid4().hex
 
 
 def fault_settings(infra: Any, events_address: str, queue_name: str, **overrides: Any) -> Settings:
@@ -253,3 +265,46 @@ async def test_a_postgres_outage_with_runs_in_flight_loses_and_fails_no_run(
         await nc.drain()
     failures = {name: run.error for name, run in outcome.runs.items() if run.error}
     assert outcome.statuses() == {"RUN_STATUS_COMPLETED": 8}, failures
+
+
+async def test_a_standalone_worker_outlives_a_postgres_outage_and_says_so(
+    infra: Any,
+    events_address: str,
+    own_postgres: tuple[EmbeddedPostgres, str],
+    tmp_path: Path,
+) -> None:
+    postgres, url = own_postgres
+    settings = fault_settings(
+        infra, events_address, "AMELIA_RUNS_STANDALONE", DATABASE_URL=url, AGENT_WORKERS=0
+    )
+    worker = WorkerProcess(
+        settings,
+        tmp_path / "worker.log",
+        env={
+            "RUNS_QUEUE_STREAM": settings.RUNS_QUEUE_STREAM,
+            "RUN_ACK_WAIT_SECONDS": str(settings.RUN_ACK_WAIT_SECONDS),
+            "RUN_RETRY_BACKOFF_SECONDS": str(settings.RUN_RETRY_BACKOFF_SECONDS),
+            "AGENT_WORKERS": "2",
+        },
+    )
+    nc = await connect_nats(settings, "test-standalone-outage")
+    try:
+        await worker.ready()
+        async with serve_agents(settings) as api:
+            first = await create_run(api, workflow="workflows/echo", input={"message": "before"})
+            await wait_status(api, first.name, S.RUN_STATUS_COMPLETED, timeout=60)
+            await asyncio.to_thread(postgres.stop)
+            # Jobs while PostgreSQL is down: both loops fail on them, and must go on.
+            for _ in range(4):
+                await queue.enqueue(nc.jetstream(), settings, run_uuid(first.name), uuid_key())
+            await all_jobs_delivered(nc, settings)
+            await worker.wait_log("workers cannot work")
+            await asyncio.to_thread(postgres.start)
+            await worker.wait_log("workers can work", after="workers cannot work")
+            names = await burst(api, 4, retry=True)
+            outcome = await wait_all_finished(api, names)
+        assert worker.proc.poll() is None
+    finally:
+        await nc.drain()
+        await worker.stop()
+    assert outcome.statuses() == {"RUN_STATUS_COMPLETED": 4}

@@ -121,10 +121,6 @@ def to_value(value: Any) -> struct_pb2.Value:
     return msg
 
 
-def from_value(value: struct_pb2.Value) -> Any:
-    return json_format.MessageToDict(value)
-
-
 def json_from(message: Message, field: str) -> Any:
     """A Struct or Value from a request as plain JSON values, refused (InvalidArgument) if it
     holds NaN, Infinity or NUL characters, which neither JSON nor PostgreSQL can keep."""
