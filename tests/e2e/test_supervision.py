@@ -33,6 +33,7 @@ from e2e_mesh import alive, amelia, leaks, make_mesh_env, mesh_pids, mesh_state
 from amelia.v1 import agents_pb2, agents_pb2_grpc, events_pb2, events_pb2_grpc
 from amelia_cli.mesh import ServiceSpec
 from amelia_cli.supervisor import RestartPolicy, Supervisor, UnitState, state_file
+from amelia_common.embedded import log_tail
 from amelia_common.settings import Settings
 
 DEADLINE = 180.0  # seconds: generous, for a loaded 2-core machine
@@ -172,7 +173,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
         "LOG_LEVEL": "DEBUG",
     }
     started = amelia(env, "up", "--detach", timeout=DEADLINE + 120)
-    assert started.returncode == 0, started.stdout + started.stderr
+    up_log = Path(env["AMELIA_DATA_DIR"]) / "logs" / "amelia-up.log"
+    assert started.returncode == 0, started.stdout + started.stderr + log_tail(up_log, 40)
     assert not leaks(started.stdout + started.stderr, SECRETS)  # not a terminal: no ?token=
     yield env
     if state_file(Path(env["AMELIA_DATA_DIR"])).exists():
@@ -250,16 +252,21 @@ def next_pid(env: dict[str, str], unit: str, old: int | None) -> int:
     return pid
 
 
-def kill_and_wait_back(env: dict[str, str], unit: str) -> tuple[int, float, float]:
+def kill_and_wait_back(env: dict[str, str], unit: str) -> tuple[float, float]:
     """SIGKILL `unit` and wait until the supervisor runs a new one, then until every part is
-    SERVING; returns the new pid and the seconds each took."""
+    SERVING; returns the seconds each took. (A start that fails is tried again: the process
+    that ends up running may not be the first new one.)"""
     old = mesh_pids(env)[unit]
     killed = time.monotonic()
     os.kill(old, signal.SIGKILL)
-    new = next_pid(env, unit, old)
+    next_pid(env, unit, old)
     restarted = time.monotonic() - killed
-    wait_for(lambda: serving(env), f"the mesh SERVING again after {unit} was killed")
-    return new, restarted, time.monotonic() - killed
+    wait_for(
+        lambda: serving(env) and mesh_state(env)["units"][unit]["state"] == "RUNNING",
+        f"the mesh SERVING again after {unit} was killed",
+    )
+    assert mesh_pids(env)[unit] != old
+    return restarted, time.monotonic() - killed
 
 
 def test_up_says_on_its_terminal_that_it_listens_on_loopback_only(
@@ -328,25 +335,26 @@ def test_killed_nats_and_postgres_come_back_on_their_data(mesh: dict[str, str]) 
         create_agent(env, "survivor")
         services = {name: mesh_pids(env)[name] for name in ("events", "rag", "agents", "gateway")}
 
-        nats_pid, *nats_seconds = kill_and_wait_back(env, "nats")
+        nats_seconds = kill_and_wait_back(env, "nats")
         assert event_subject(env, sequence) == "runs/before-the-kill"  # same store
         assert publish(env, "runs/after-nats") > sequence
 
-        postgres_pid, *postgres_seconds = kill_and_wait_back(env, "postgres")
+        postgres_seconds = kill_and_wait_back(env, "postgres")
         assert "agents/survivor" in agent_names(env)  # same data directory
         create_agent(env, "after-postgres")
 
+        units = mesh_state(env)["units"]
         print(
             "restarted, then all SERVING, seconds after SIGKILL: "
             f"nats {nats_seconds[0]:.1f} / {nats_seconds[1]:.1f}, "
-            f"postgres {postgres_seconds[0]:.1f} / {postgres_seconds[1]:.1f}"
+            f"postgres {postgres_seconds[0]:.1f} / {postgres_seconds[1]:.1f}; crashes counted: "
+            f"nats {units['nats']['crashes_in_window']}, "
+            f"postgres {units['postgres']['crashes_in_window']}"
         )
-        units = mesh_state(env)["units"]
-        assert units["nats"]["restarts"] == 1 and units["postgres"]["restarts"] == 1
+        assert units["nats"]["restarts"] >= 1 and units["postgres"]["restarts"] >= 1
         assert {name: mesh_pids(env)[name] for name in services} == services  # untouched
         nats_pid_file = Path(env["AMELIA_DATA_DIR"]) / "nats" / "nats-server.pid"
-        assert nats_pid == int(nats_pid_file.read_text())
-        assert nats_pid == mesh_pids(env)["nats"] and postgres_pid == mesh_pids(env)["postgres"]
+        assert mesh_pids(env)["nats"] == int(nats_pid_file.read_text())
     finally:
         reader.done.set()
         reader.join()

@@ -25,8 +25,8 @@ from amelia_cli.commands.agents import agents_app, run, runs_app
 from amelia_cli.commands.docs import docs_app, ingest, search
 from amelia_cli.health import Probe, probe_all
 from amelia_cli.mesh import SERVICES, client_host
-from amelia_cli.supervisor import MeshStartError, Supervisor, read_state, state_file
-from amelia_common.embedded import EmbeddedStartError
+from amelia_cli.supervisor import MeshStartError, Supervisor, read_state
+from amelia_common.embedded import EmbeddedStartError, process_alive
 from amelia_common.logging import configure_logging
 from amelia_common.settings import Settings, get_settings
 
@@ -226,11 +226,7 @@ def down(timeout: float = typer.Option(60.0, help="Seconds to wait for a clean s
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     with console.status("stopping…"):
-        while time.monotonic() < deadline and state_file(settings.data_dir).exists():
-            try:
-                os.kill(pid, 0)
-            except OSError:
-                break
+        while time.monotonic() < deadline and process_alive(pid):
             time.sleep(0.3)
     console.print("stopped." if not read_state(settings.data_dir) else "[red]still running[/red]")
 

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 from amelia_cli.health import Probe, probe_service
 from amelia_cli.mesh import SERVICES, ServiceSpec, service_env
-from amelia_common.embedded import ensure_infrastructure, log_tail, port_is_free
+from amelia_common.embedded import ensure_infrastructure, log_tail, port_is_free, process_alive
 from amelia_common.logging import get_logger
 from amelia_common.settings import Settings
 
@@ -166,13 +166,11 @@ class ServiceUnit(Unit):
                 out.close()
 
     def terminate(self) -> None:
-        if self.pid() is not None:
-            assert self.process is not None
+        if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
 
     def kill(self) -> None:
-        if self.pid() is not None:
-            assert self.process is not None
+        if self.process is not None and self.process.poll() is None:
             self.process.kill()
 
 
@@ -205,10 +203,10 @@ def read_state(data_dir: Path) -> dict[str, Any] | None:
     """What a running `amelia up` wrote under `data_dir`, if its process is still alive."""
     try:
         state: dict[str, Any] = json.loads(state_file(data_dir).read_text())
-        os.kill(int(state["pid"]), 0)
+        running = process_alive(int(state["pid"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return state
+    return state if running else None
 
 
 def write_atomically(path: Path, text: str) -> None:
