@@ -29,6 +29,7 @@ Every July the zebra herds of the Serengeti cross the Mara river, where crocodil
 them. The crossing at Lookout Point is the one the rangers count.
 """
 
+PASSAGE_FACTS = ("july", "lookout point", "crocodile", "serengeti")
 # Greedy, short: the tests check behaviour, not prose.
 GREEDY: dict[str, Any] = {"temperature": 0, "max_tokens": 60}
 RUN_TIMEOUT = 240
@@ -79,7 +80,9 @@ async def test_chat_answers_from_the_passage_and_cites_it(
     )
     assert done.status == S.RUN_STATUS_COMPLETED, done.error
     answer = done.output["message"]
-    assert "july" in answer.lower(), answer
+    # A fact only the passage has (the question names none of them); greedy, it says July,
+    # but the answer may vary with the document's random title: any of them is from the passage.
+    assert any(fact in answer.lower() for fact in PASSAGE_FACTS), answer
     assert re.search(r"\[1\]", answer), answer
     # Streamed token by token, with the usage the server counted.
     assert len(tokens(events)) > 3 and "".join(tokens(events)) == answer
