@@ -18,7 +18,6 @@ uses it so a killed pytest does not leave a model in memory).
 from __future__ import annotations
 
 import argparse
-import atexit
 import contextlib
 import json
 import os
@@ -34,13 +33,20 @@ from pathlib import Path
 from typing import Any
 
 from amelia_common import local_model
-from amelia_common.embedded import EmbeddedStartError, port_is_free
+from amelia_common.embedded import (
+    EmbeddedStartError,
+    _StopAtExit,
+    port_is_free,
+    running_pid,
+    stop_process,
+)
 from amelia_common.logging import get_logger
 from amelia_common.settings import LOCAL_MODEL_OFF, Settings, get_settings
 
 log = get_logger("amelia.llama")
 
-STOP_GRACE_SECONDS = 10.0
+# SIGTERM: the server drops its requests and exits at once (llama.cpp needs no flush).
+LLAMA_STOP = ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0))
 
 
 def get_json(url: str, timeout: float = 2.0) -> Any:
@@ -80,21 +86,8 @@ def embedded_wanted(settings: Settings) -> bool:
     )
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(OSError):
-        # A zombie has exited: it only waits for its parent to reap it.
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z"
-    return True
-
-
 @dataclass
-class EmbeddedLlama:
+class EmbeddedLlama(_StopAtExit):
     """llama.cpp serving `model` (a GGUF) on 127.0.0.1:`port`, its log and pid under `root`."""
 
     root: Path
@@ -153,11 +146,7 @@ class EmbeddedLlama:
         """The server's pid, while it runs."""
         if self._process is not None and self._process.poll() is not None:
             self._process = None  # ours, and dead: reaped now
-        try:
-            pid = int(self.pid_file.read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return None
-        return pid if _pid_alive(pid) else None
+        return running_pid(self.pid_file)
 
     def healthy(self) -> bool:
         return healthy(self.url)
@@ -214,8 +203,7 @@ class EmbeddedLlama:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C on a terminal reaches only its supervisor
             )
-        self.started_here = True
-        self._register_stop_at_exit()
+        self._note_started_here()
         deadline = started + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
@@ -238,37 +226,17 @@ class EmbeddedLlama:
             f"{self._log_tail(ready_from)}"
         )
 
-    def stop(self, timeout: float = STOP_GRACE_SECONDS) -> None:
+    def stop(self) -> None:
         """Stop the server running here, whoever started it (SIGTERM, then SIGKILL)."""
         proc, self._process = self._process, None
+        pid = self.pid()
         self.started_here = False
-        pids = {p for p in (self.pid(), proc.pid if proc is not None else None) if p is not None}
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for pid in pids:
-            while _pid_alive(pid) and time.monotonic() < deadline:
-                if proc is not None and proc.pid == pid and proc.poll() is not None:
-                    break
-                time.sleep(0.05)
-            if _pid_alive(pid) and not (proc is not None and proc.poll() is not None):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
-        if proc is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(5)
+        if pid is not None:
+            stop_process(pid, LLAMA_STOP, proc)
+        if proc is not None and proc.poll() is None:  # started here, still loading its model
+            stop_process(proc.pid, LLAMA_STOP, proc)
         with contextlib.suppress(FileNotFoundError):
             self.pid_file.unlink()
-
-    def stop_if_started_here(self) -> None:
-        if self.started_here:
-            self.stop()
-
-    def _register_stop_at_exit(self) -> None:
-        if not self._stop_at_exit:
-            self._stop_at_exit = True
-            atexit.register(self.stop_if_started_here)
 
     def _log_size(self) -> int:
         try:
