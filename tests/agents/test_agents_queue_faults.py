@@ -67,6 +67,7 @@ def fault_settings(infra: Any, events_address: str, queue_name: str, **overrides
     return settings
 
 
+@pytest.mark.slow
 async def test_a_burst_of_runs_raced_by_several_worker_pools_all_finish(
     infra: Any, events_address: str
 ) -> None:
@@ -81,6 +82,7 @@ async def test_a_burst_of_runs_raced_by_several_worker_pools_all_finish(
     assert outcome.statuses() == {"RUN_STATUS_COMPLETED": RUNS}
 
 
+@pytest.mark.slow
 async def test_a_nats_restart_mid_burst_loses_no_run(
     infra: Any, events_address: str, tmp_path: Path
 ) -> None:
@@ -213,6 +215,7 @@ async def own_postgres(tmp_path: Path) -> AsyncIterator[tuple[EmbeddedPostgres, 
         await asyncio.to_thread(postgres.stop)
 
 
+@pytest.mark.slow
 async def test_a_postgres_outage_with_runs_in_flight_loses_and_fails_no_run(
     infra: Any,
     events_address: str,
@@ -267,6 +270,7 @@ async def test_a_postgres_outage_with_runs_in_flight_loses_and_fails_no_run(
     assert outcome.statuses() == {"RUN_STATUS_COMPLETED": 8}, failures
 
 
+@pytest.mark.slow
 async def test_a_standalone_worker_outlives_a_postgres_outage_and_says_so(
     infra: Any,
     events_address: str,
