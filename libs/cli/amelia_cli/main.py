@@ -93,7 +93,9 @@ def _running_mesh() -> tuple[Settings, dict[str, Any] | None]:
     settings = get_settings()
     state = find_running_mesh(settings)
     if state:
-        updates: dict[str, Any] = {"AMELIA_DATA_DIR": Path(str(state["data_dir"]))}
+        updates: dict[str, Any] = {
+            "AMELIA_DATA_DIR": Path(state.get("data_dir", settings.data_dir))
+        }
         if not settings.DATABASE_URL:
             updates["DATABASE_URL"] = str(state.get("database_url", ""))
         if not settings.NATS_URL:
