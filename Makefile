@@ -10,7 +10,7 @@ PROTO_OUT := libs/protos
 PACKAGES := -e libs/protos -e "libs/common[db,embedded]" -e libs/cli \
 	-e services/events -e services/agents -e services/rag -e services/gateway
 
-.PHONY: install model run test protos check-protos lint buf-lint bench clean browser
+.PHONY: install model run test protos check-protos lint buf-lint bench clean browser eval pgdoc
 
 install: $(STAMP) node_modules/.installed model
 
@@ -73,6 +73,18 @@ test: lint browser
 
 bench: install
 	$(PY) -m bench
+
+# Retrieval quality on the PostgreSQL manual (Debian's postgresql-doc HTML) next to plain
+# dense/BM25/RRF baselines: see eval/. Minutes on a busy machine the first time (embeddings are
+# cached under ~/.cache/amelia); not part of `make test`.
+pgdoc:
+	@ls -d /usr/share/doc/postgresql-doc-*/html >/dev/null 2>&1 || { \
+		echo "installing Debian's postgresql-doc for the evaluation"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-doc >/dev/null) \
+		|| (sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive sudo apt-get install -y -qq postgresql-doc >/dev/null); }
+
+eval: install pgdoc
+	$(PY) -m eval
 
 clean:
 	rm -rf $(VENV) node_modules .protos-check .pytest_cache .mypy_cache

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,10 +52,32 @@ class Rag:
     model: CountingModel
     nc: NATS
 
-    async def ingest(self, content: bytes, **source: Any) -> rag_pb2.IngestDocumentResponse:
-        return await self.stub.IngestDocument(
+    async def ingest(
+        self, content: bytes, *, wait: bool = True, **source: Any
+    ) -> rag_pb2.IngestDocumentResponse:
+        """IngestDocument, then (with `wait`) until the background indexing has finished."""
+        reply: rag_pb2.IngestDocumentResponse = await self.stub.IngestDocument(
             rag_pb2.IngestDocumentRequest(source=rag_pb2.DocumentSource(**source), content=content)
         )
+        if wait:
+            await self.indexed(reply.document.name)
+        return reply
+
+    async def state(self, name: str) -> tuple[str, str]:
+        """(state, index_error) of a document as the rag tables hold it."""
+        row = await self.store.get(uuid.UUID(name.removeprefix("documents/")))
+        assert row is not None, f"{name} does not exist"
+        return row.state, row.index_error
+
+    async def indexed(self, name: str, timeout: float = 900.0) -> str:
+        """Wait until the document is no longer `indexing`; its final state."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            state, _ = await self.state(name)
+            if state != "indexing":
+                return state
+            assert asyncio.get_running_loop().time() < deadline, f"{name} still indexing"
+            await asyncio.sleep(0.1)
 
     async def events(
         self, name: str, *, wait_for: str = "", timeout: float = 10.0

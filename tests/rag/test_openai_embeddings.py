@@ -7,6 +7,7 @@ HTTP client, batching and error handling, and the service built on it, all run f
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import uuid
@@ -23,9 +24,10 @@ import pytest
 from rag_support import Rag
 
 from amelia.v1 import rag_pb2, rag_pb2_grpc
-from amelia_common.db import libpq_url
+from amelia_common.db import create_engine, libpq_url, session_factory
 from amelia_rag.embeddings import OpenAIEmbedder
 from amelia_rag.server import StartupError, build_service
+from amelia_rag.store import DocumentStore
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -174,6 +176,20 @@ async def test_service_ingests_and_searches_through_the_endpoint(
     port = await service.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     stub = rag_pb2_grpc.RagServiceStub(channel)
+    engine = create_engine(settings)
+    store = DocumentStore(engine, session_factory(engine))
+
+    async def settled(name: str) -> tuple[str, str]:
+        """(state, index_error) once the background indexing is over."""
+        document_id = uuid.UUID(name.removeprefix("documents/"))
+        for _ in range(3000):
+            row = await store.get(document_id)
+            assert row is not None
+            if row.state != "indexing":
+                return row.state, row.index_error
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"{name} still indexing")
+
     try:
         guide = (FIXTURES / "garden_guide.md").read_bytes()
         source = rag_pb2.DocumentSource(file_path="/garden/garden_guide.md")
@@ -181,6 +197,7 @@ async def test_service_ingests_and_searches_through_the_endpoint(
             rag_pb2.IngestDocumentRequest(source=source, content=guide)
         )
         assert reply.document.chunk_count > 4
+        assert await settled(reply.document.name) == ("ready", "")
         hits = await stub.Search(
             rag_pb2.SearchRequest(
                 query="prune roses in late winter",
@@ -197,18 +214,26 @@ async def test_service_ingests_and_searches_through_the_endpoint(
         )
         assert again.unchanged and len(server.requests) == requests
 
+        # The endpoint fails: the upload is still accepted (embedding comes later), and once
+        # the indexer has tried enough, the document says why it is not searchable.
         server.fail_with = 503
-        with pytest.raises(grpc.aio.AioRpcError) as err:
-            await stub.IngestDocument(
-                rag_pb2.IngestDocumentRequest(source=source, content=guide + b"\nNew line.\n")
-            )
-        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert "answered 503" in (err.value.details() or "")
-        still = await stub.GetDocument(rag_pb2.GetDocumentRequest(name=reply.document.name))
-        assert still.document.content_hash == reply.document.content_hash
+        changed = await stub.IngestDocument(
+            rag_pb2.IngestDocumentRequest(source=source, content=guide + b"\nNew line.\n")
+        )
+        state, error = await settled(changed.document.name)
+        assert state == "failed" and "answered 503" in error, error
+        gone = await stub.Search(rag_pb2.SearchRequest(query="prune roses in late winter"))
+        assert not gone.hits  # a failed document is not searched
+        server.fail_with = 0
+        retried = await stub.IngestDocument(
+            rag_pb2.IngestDocumentRequest(source=source, content=guide + b"\nNew line.\n")
+        )
+        assert not retried.unchanged  # same content, but its indexing had failed: tried again
+        assert await settled(retried.document.name) == ("ready", "")
     finally:
         await channel.close()
         await service.stop(1.0)
+        await engine.dispose()
 
 
 async def test_endpoint_of_another_dimension_stops_the_service(infra: Any, rag: Rag) -> None:

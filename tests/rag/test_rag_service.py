@@ -439,7 +439,7 @@ async def test_large_upload_streams_and_reports_progress(rag: Rag) -> None:
     assert reply.document.size_bytes == len(content)
     total = reply.document.chunk_count
     assert total > 64
-    events = await rag.events(reply.document.name, wait_for="document.indexed")
+    events = await rag.events(reply.document.name, wait_for="document.indexed", timeout=600)
     types = [t for t, _ in events]
     assert types[0] == "document.uploaded" and types[-1] == "document.indexed"
     progress = [d for t, d in events if t == "document.progress"]

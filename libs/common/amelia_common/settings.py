@@ -155,7 +155,10 @@ class Settings(BaseSettings):
 
     # RAG
     RAG_TOP_K: int = Field(default=5, ge=1)
-    RAG_SIMILARITY_THRESHOLD: float = Field(default=0.7, ge=-1, le=1)
+    # Cosine similarity a vector hit needs (Search.min_score when a request leaves it out).
+    # 0: no cut-off in practice. all-MiniLM-L6-v2 gives right answers 0.3–0.6 (eval/), so the
+    # seed's 0.7 dropped most of them; ranking, not a threshold, decides what comes first.
+    RAG_SIMILARITY_THRESHOLD: float = Field(default=0.0, ge=-1, le=1)
 
     # Claude Code
     CLAUDE_CODE_PATH: str = "claude"

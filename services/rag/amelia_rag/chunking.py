@@ -33,6 +33,12 @@ _END = 9
 
 # A chunk may end at a stronger boundary only if it stays at least this full.
 MIN_FILL = 0.5
+# What all-MiniLM-L6-v2 reads whole: 256 word pieces, about 1,000 characters of English prose
+# but 500–700 of code, SQL or identifiers, with the heading path in front. Longer chunks would
+# be cut off silently when embedded.
+MODEL_CHUNK_CHARS = 500
+# A passage window may move its ends this much (share of its size) to land on a boundary.
+SNAP_SHARE = 0.2
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,10 @@ class Chunk:
     heading_path: tuple[str, ...]
     page: int
     meta: dict[str, Any]
+    section: int = 0
+    # The passage returned for this chunk: `text[passage_start:passage_end]`, around the chunk.
+    passage_start: int = 0
+    passage_end: int = 0
 
 
 def _words(text: str, start: int, end: int, size: int) -> list[tuple[int, int]]:
@@ -139,11 +149,76 @@ def _next_start(
     return strong[0] if strong else window[0]
 
 
-def chunk_document(parsed: ParsedDocument, size: int, overlap: int) -> list[Chunk]:
-    """Every section's chunks, numbered in document order."""
+def child_size(chunk_size: int, chunk_overlap: int) -> tuple[int, int]:
+    """Size and overlap of the embedded chunks: CHUNK_SIZE, but no more than the model reads."""
+    size = min(chunk_size, MODEL_CHUNK_CHARS)
+    return size, min(chunk_overlap, size // 4)
+
+
+def _snap_start(text: str, start: int, low: int, slack: int) -> int:
+    """`start` moved to the paragraph, sentence or word start at or after it (within slack)."""
+    window = text[start : start + slack]
+    for pattern in (r"\n\s*\n", r"[.!?:]\s+(?=[A-Z0-9`(\"'])", r"\n", r"\s"):
+        found = re.search(pattern, window)
+        if found:
+            return start + found.end()
+    return max(low, start)
+
+
+def _snap_end(text: str, end: int, high: int, slack: int) -> int:
+    """`end` moved back to the paragraph, sentence or word end at or before it (within slack)."""
+    lo = max(0, end - slack)
+    window = text[lo:end]
+    for pattern in (r"\n\s*\n", r"[.!?:](?=\s)", r"\n", r"\s"):
+        found = list(re.finditer(pattern, window))
+        if found:
+            last = found[-1]
+            return lo + (last.start() if last.group().isspace() else last.end())
+    return min(high, end)
+
+
+def passage_window(
+    text: str, section: tuple[int, int], chunk: tuple[int, int], size: int
+) -> tuple[int, int]:
+    """The passage for a chunk: its section if ≤ size, else ≈ size characters centred on it."""
+    s_start, s_end = section
+    c_start, c_end = chunk
+    if s_end - s_start <= size:
+        start, end = s_start, s_end
+    elif c_end - c_start >= size:
+        start, end = c_start, c_end
+    else:
+        centre = (c_start + c_end) // 2
+        start = max(s_start, centre - size // 2)
+        end = min(s_end, start + size)
+        start = max(s_start, end - size)
+        slack = int(size * SNAP_SHARE)
+        if start > s_start:
+            start = min(_snap_start(text, start, s_start, slack), c_start)
+        if end < s_end:
+            end = max(_snap_end(text, end, s_end, slack), c_end)
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return start, end
+
+
+def chunk_document(
+    parsed: ParsedDocument, size: int, overlap: int, *, passage_size: int = 0
+) -> list[Chunk]:
+    """Every section's chunks, numbered in document order, each with its passage window.
+
+    `passage_size` 0 makes each chunk its own passage.
+    """
     chunks: list[Chunk] = []
-    for section in parsed.sections:
+    for number, section in enumerate(parsed.sections):
         for s, e in split_spans(parsed.text, section.start, section.end, size, overlap):
+            p_start, p_end = (
+                passage_window(parsed.text, (section.start, section.end), (s, e), passage_size)
+                if passage_size
+                else (s, e)
+            )
             chunks.append(
                 Chunk(
                     index=len(chunks),
@@ -153,22 +228,28 @@ def chunk_document(parsed: ParsedDocument, size: int, overlap: int) -> list[Chun
                     heading_path=section.heading_path,
                     page=section.page,
                     meta=dict(parsed.meta) if parsed.type == "code" else {},
+                    section=number,
+                    passage_start=p_start,
+                    passage_end=p_end,
                 )
             )
     return chunks
 
 
 def embedding_text(title: str, chunk: Chunk) -> str:
-    """What is embedded for a chunk: where it is (title, headings) and then its text.
+    """What is embedded for a chunk: where it is (title, headings) and then its text."""
+    return context_text(title, chunk.heading_path, chunk.page, chunk.text)
+
+
+def context_text(title: str, heading_path: tuple[str, ...], page: int, text: str) -> str:
+    """Title and heading path, then the passage: the text embedded for a chunk.
 
     The heading context makes a passage findable by the question its section answers; the
     stored passage stays the exact source slice.
     """
-    context = (
-        [title] if title and (not chunk.heading_path or chunk.heading_path[0] != title) else []
-    )
-    context.extend(chunk.heading_path)
-    if chunk.page:
-        context.append(f"page {chunk.page}")
+    context = [title] if title and (not heading_path or heading_path[0] != title) else []
+    context.extend(heading_path)
+    if page:
+        context.append(f"page {page}")
     prefix = " > ".join(c for c in context if c)
-    return f"{prefix}\n\n{chunk.text}" if prefix else chunk.text
+    return f"{prefix}\n\n{text}" if prefix else text

@@ -1,14 +1,18 @@
-"""Ingest: validate → parse and chunk (worker thread) → embed → store, with events on the way.
+"""Ingest: validate → parse and chunk (worker thread) → store, then embed in the background.
+
+An upload is answered as soon as the document and its chunks are stored (`indexing`): the
+embeddings, the slow part, are computed afterwards by the indexer (indexer.py) of whichever rag
+process claims the document. Bad content is still refused before anything is stored.
 
 Idempotent by content: the same bytes indexed with the same model and chunking are not parsed
 or embedded again (only title/source/metadata are refreshed). Changed content replaces the old
 chunks in one transaction. Events, all with subject `documents/{id}`:
 
-- `document.uploaded` once the content is validated and parsed (title, type, size, hash,
-  chunk count to come);
-- `document.progress` while a long document is embedded (`done`/`total` chunks);
-- `document.indexed` when the chunks are stored (chunk count, duration), published inside the
-  storing transaction so an event-log outage leaves nothing half-written.
+- `document.uploaded` when the document is stored, published inside the storing transaction
+  so an event-log outage leaves nothing half-written (title, type, size, hash, chunk count);
+- `document.progress` while its chunks are embedded (`done`/`total` chunks);
+- `document.indexed` when it is searchable, or `document.failed` (with `error`) when indexing
+  was given up.
 """
 
 from __future__ import annotations
@@ -19,13 +23,14 @@ import math
 import time
 import unicodedata
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from amelia_common.eventlog import EventLog
 from amelia_common.logging import get_logger
 from amelia_common.settings import Settings
-from amelia_rag.chunking import Chunk, chunk_document, embedding_text
+from amelia_rag.chunking import Chunk, child_size, chunk_document
 from amelia_rag.embeddings import Embedder
 from amelia_rag.models import DocumentRow
 from amelia_rag.parsing import (
@@ -125,19 +130,35 @@ def resolve_type(source: Source, content: bytes) -> str:
     return detect_type(name_of(source.file_path, source.source_uri, source.title), content, web=web)
 
 
-def prepare(
-    source: Source, content: bytes, chunk_size: int, chunk_overlap: int
-) -> tuple[str, ParsedDocument, list[Chunk], list[str], str]:
-    """CPU work, run in a thread: type, parse, chunk, and the texts to embed."""
+@dataclass
+class Prepared:
+    """A parsed document cut into chunks, with the passage each chunk returns."""
+
+    type: str
+    title: str
+    parsed: ParsedDocument
+    chunks: list[Chunk]
+    # The passage text of each chunk, None when it is the chunk itself.
+    passages: list[str | None]
+
+
+def prepare(source: Source, content: bytes, chunk_size: int, chunk_overlap: int) -> Prepared:
+    """CPU work, run in a thread: type, parse, chunk, passages."""
     doc_type = resolve_type(source, content)
     name = name_of(source.file_path, source.source_uri, source.title)
     parsed = parse(content, doc_type, name)
-    chunks = chunk_document(parsed, chunk_size, chunk_overlap)
+    size, overlap = child_size(chunk_size, chunk_overlap)
+    chunks = chunk_document(parsed, size, overlap, passage_size=chunk_size)
     if not chunks:
         raise InvalidDocument("document has no text to index")
     title = source.title.strip() or name_of(source.file_path, "", "") or parsed.title or name
-    texts = [embedding_text(title, c) for c in chunks]
-    return doc_type, parsed, chunks, texts, title
+    passages = [
+        None
+        if (c.passage_start, c.passage_end) == (c.start, c.end)
+        else parsed.text[c.passage_start : c.passage_end]
+        for c in chunks
+    ]
+    return Prepared(doc_type, title, parsed, chunks, passages)
 
 
 class Ingestor:
@@ -149,21 +170,25 @@ class Ingestor:
         store: DocumentStore,
         embedder: Embedder,
         events: EventLog,
+        stored: Callable[[], None] = lambda: None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.embedder = embedder
         self.events = events
+        # Told when a document waits for its embeddings (wakes the indexer up).
+        self.stored = stored
 
     @property
     def index_signature(self) -> str:
         s = self.settings
+        size, overlap = child_size(s.CHUNK_SIZE, s.CHUNK_OVERLAP)
         return (
-            f"{self.embedder.signature}|chunks={s.CHUNK_SIZE}/{s.CHUNK_OVERLAP}"
+            f"{self.embedder.signature}|chunks={size}/{overlap}|passages={s.CHUNK_SIZE}"
             f"|parser={PARSER_VERSION}"
         )
 
-    async def _publish(self, event_type: str, document_id: uuid.UUID, data: dict[str, Any]) -> None:
+    async def publish(self, event_type: str, document_id: uuid.UUID, data: dict[str, Any]) -> None:
         if not self.events.nc.is_connected:
             # Fail now rather than buffer an event that would be sent after the change failed.
             raise EventsUnavailable(
@@ -209,55 +234,40 @@ class Ingestor:
             existing is not None
             and existing.content_hash == content_hash
             and existing.index_signature == signature
+            and existing.state != "failed"
         ):
             fields.title = source.title.strip() or existing.title
             return IngestResult(await self.store.touch(existing, fields), unchanged=True)
 
-        doc_type, _parsed, chunks, texts, title = await asyncio.to_thread(
+        prepared = await asyncio.to_thread(
             prepare, source, content, self.settings.CHUNK_SIZE, self.settings.CHUNK_OVERLAP
         )
-        fields.type, fields.title = doc_type, title
+        fields.type, fields.title = prepared.type, prepared.title
         document_id = existing.id if existing is not None else uuid.uuid4()
-        await self._publish(
-            "document.uploaded",
-            document_id,
-            {
-                "title": title,
-                "type": doc_type,
-                "file_path": source.file_path,
-                "source_uri": source.source_uri,
-                "size_bytes": len(content),
-                "content_hash": content_hash,
-                "chunks": len(chunks),
-                "replaces_previous": existing is not None,
-            },
-        )
 
-        async def progress(done: int, total: int) -> None:
-            await self._publish(
-                "document.progress",
-                document_id,
-                {"stage": "embedding", "done": done, "total": total},
-            )
-
-        vectors = await self.embedder.embed(texts, on_progress=progress)
-
-        async def indexed(row: DocumentRow) -> None:
-            await self._publish(
-                "document.indexed",
+        async def uploaded(row: DocumentRow) -> None:
+            await self.publish(
+                "document.uploaded",
                 row.id,
                 {
                     "title": row.title,
                     "type": row.type,
-                    "chunk_count": row.chunk_count,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 1),
-                    "content_hash": content_hash,
+                    "file_path": row.file_path,
+                    "source_uri": row.source_uri,
+                    "size_bytes": row.size_bytes,
+                    "content_hash": row.content_hash,
+                    "chunks": row.chunk_count,
+                    "replaces_previous": existing is not None,
                 },
             )
 
-        result = await self.store.replace(document_id, fields, chunks, vectors, indexed)
+        result = await self.store.replace(
+            document_id, fields, prepared.chunks, prepared.passages, uploaded
+        )
+        if not result.unchanged:
+            self.stored()
         log.info(
-            "document indexed" if not result.unchanged else "document unchanged",
+            "document stored, indexing" if not result.unchanged else "document unchanged",
             document=str(result.document.id),
             chunks=result.document.chunk_count,
             seconds=round(time.perf_counter() - started, 3),
@@ -266,6 +276,6 @@ class Ingestor:
 
     async def delete(self, document_id: uuid.UUID) -> DocumentRow | None:
         async def deleted(row: DocumentRow) -> None:
-            await self._publish("document.deleted", row.id, {"title": row.title})
+            await self.publish("document.deleted", row.id, {"title": row.title})
 
         return await self.store.delete(document_id, deleted)

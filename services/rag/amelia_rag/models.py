@@ -1,7 +1,9 @@
 """The tables RagService owns: `documents` and their `chunks`.
 
 A document is identified by `identity` (its file path, else source URI, else title), so ingesting
-the same file again updates the same row. Chunks carry the embedding (`vector(n)`, n fixed by
+the same file again updates the same row. It is `indexing` from the moment its chunks are stored
+until the background indexer has embedded them all (`ready`), or `failed`. Chunks carry the
+embedding (`vector(n)`, n fixed by
 `EMBEDDING_DIMENSION` when the table was created) and a `tsvector` for full-text search; they go
 with their document (ON DELETE CASCADE).
 """
@@ -63,6 +65,13 @@ class DocumentRow(Base):
     update_time: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
     )
+    # indexing (chunks stored, embeddings being computed) → ready, or failed (see index_error).
+    state: Mapped[str] = mapped_column(String(16), default="indexing")
+    index_error: Mapped[str] = mapped_column(Text, default="")
+    # Which rag process indexes it, until when (renewed while it works), and how many tries.
+    lease_owner: Mapped[str | None] = mapped_column(Text, nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    index_attempts: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class ChunkRow(Base):
@@ -82,6 +91,12 @@ class ChunkRow(Base):
     heading_path: Mapped[list[str]] = mapped_column(ARRAY(Text), default=list)
     page: Mapped[int] = mapped_column(Integer, default=0)
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, default=dict)
-    # The dimension is the table's (fixed at creation); Vector() accepts any here.
-    embedding: Mapped[Any] = mapped_column(Vector())
+    # The dimension is the table's (fixed at creation); Vector() accepts any here. NULL until
+    # the background indexer has embedded the chunk.
+    embedding: Mapped[Any] = mapped_column(Vector(), nullable=True)
     tsv: Mapped[Any] = mapped_column(TSVECTOR)
+    # Which section of the document it is in, and the passage a hit on it returns.
+    section: Mapped[int] = mapped_column(Integer, default=0)
+    passage_start: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    passage_end: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    passage: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -20,8 +20,10 @@ from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
 
+from amelia_rag.htmlmain import clean_heading, is_chrome, main_content
+
 # Bump when parsing or chunking changes what is produced, so unchanged files are re-indexed.
-PARSER_VERSION = 1
+PARSER_VERSION = 2
 
 MARKDOWN_EXTENSIONS = {".md", ".markdown", ".mdx", ".mkd", ".mdown"}
 HTML_EXTENSIONS = {".html", ".htm", ".xhtml"}
@@ -316,8 +318,7 @@ def parse_markdown(text: str) -> ParsedDocument:
 
 
 _HTML_SKIP = {
-    "script", "style", "noscript", "template", "head", "svg", "iframe", "nav", "footer",
-    "button", "select", "canvas", "object",
+    "script", "style", "noscript", "template", "head", "svg", "iframe", "canvas", "object",
 }  # fmt: skip
 _HTML_BLOCK = {
     "p", "div", "section", "article", "header", "main", "aside", "li", "ul", "ol", "table",
@@ -325,6 +326,13 @@ _HTML_BLOCK = {
     "figcaption", "form", "h1", "h2", "h3", "h4", "h5", "h6", "body", "html", "caption",
     "details", "summary", "address",
 }  # fmt: skip
+# A <dl> whose entries are definitions (API members, configuration parameters, options): each
+# entry becomes a section of its own, with its signature in the heading path.
+_DEFINITION_LISTS = {
+    "variablelist", "py", "c", "cpp", "js", "rst", "std", "describe", "function", "class",
+    "method", "attribute", "exception", "data", "option", "envvar", "glossary", "property",
+}  # fmt: skip
+MAX_SIGNATURE_CHARS = 200
 _HEADING = re.compile(r"^h([1-6])$")
 _SPACES = re.compile(r"\s+")
 
@@ -369,8 +377,19 @@ class _TextBuilder:
         return "".join(self.parts)
 
 
+def _is_definition_list(dl: Any) -> bool:
+    classes = dl.get("class") or []
+    if any(c.lower() in _DEFINITION_LISTS for c in classes):
+        return True
+    return any(dt.get("id") for dt in dl.find_all("dt", recursive=False))
+
+
 def parse_html(text: str) -> ParsedDocument:
-    """Visible text with blocks separated by blank lines; sections per h1–h6."""
+    """The page's main content as text, blocks separated by blank lines (see htmlmain.py).
+
+    Sections start at each h1–h6 and at each entry of a definition list (`dl/dt/dd`: API
+    members, configuration parameters), whose signature joins the heading path.
+    """
     from bs4 import BeautifulSoup, NavigableString, Tag
     from bs4.element import Comment, Declaration, Doctype, ProcessingInstruction
 
@@ -378,8 +397,44 @@ def parse_html(text: str) -> ParsedDocument:
     out = _TextBuilder()
     boundaries: list[tuple[int, tuple[str, ...]]] = [(0, ())]
     stack: list[tuple[int, str]] = []
+    definitions: list[str] = []
     title_tag = soup.find("title")
     doc_title = title_tag.get_text(" ", strip=True) if isinstance(title_tag, Tag) else ""
+
+    def path() -> tuple[str, ...]:
+        return (*(t for _, t in stack), *definitions)
+
+    def label(tag: Tag) -> str:
+        return clean_heading(_SPACES.sub(" ", _visible_text(tag)))
+
+    def definition_list(dl: Tag, pre: bool) -> None:
+        signature: list[str] = []
+        for child in dl.children:
+            if not isinstance(child, Tag):
+                continue
+            if child.name == "dt":
+                out.block()
+                if not signature:
+                    boundaries.append((out.length, path()))
+                signature.append(label(child))
+                walk(child, pre)
+                out.block()
+            elif child.name == "dd":
+                name = " / ".join(s for s in signature if s)[:MAX_SIGNATURE_CHARS]
+                if signature and name:
+                    # The entry's section: its signature is the last heading of its path.
+                    start, _ = boundaries[-1]
+                    boundaries[-1] = (start, (*path(), name))
+                    definitions.append(name)
+                out.block()
+                walk(child, pre)
+                out.block()
+                if signature and name:
+                    definitions.pop()
+                signature = []
+                boundaries.append((out.length, path()))
+            elif not is_chrome(child):
+                walk(child, pre)
 
     def walk(node: Tag, pre: bool) -> None:
         nonlocal doc_title
@@ -400,12 +455,12 @@ def parse_html(text: str) -> ParsedDocument:
             if not isinstance(child, Tag):
                 continue
             name = child.name.lower()
-            if name in _HTML_SKIP:
+            if name in _HTML_SKIP or is_chrome(child):
                 continue
             heading = _HEADING.match(name)
             if heading:
                 level = int(heading.group(1))
-                title = _SPACES.sub(" ", child.get_text(" ", strip=True))
+                title = label(child)
                 out.block()
                 if title:
                     while stack and stack[-1][0] >= level:
@@ -413,12 +468,17 @@ def parse_html(text: str) -> ParsedDocument:
                     stack.append((level, title))
                     if level == 1 and not doc_title:
                         doc_title = title
-                    boundaries.append((out.length, tuple(t for _, t in stack)))
+                    boundaries.append((out.length, path()))
                     out.emit(title)
                 out.block()
                 continue
             if name == "br":
                 out.emit("\n")
+                continue
+            if name == "dl" and _is_definition_list(child):
+                out.block()
+                definition_list(child, pre)
+                out.block()
                 continue
             is_block = name in _HTML_BLOCK
             if is_block:
@@ -427,15 +487,50 @@ def parse_html(text: str) -> ParsedDocument:
             if is_block:
                 out.block()
 
-    walk(soup, False)
+    walk(main_content(soup), False)
     extracted = out.text().rstrip()
     if not extracted.strip():
         raise InvalidDocument("HTML document has no visible text")
     # Boundaries past the end (a trailing empty heading) collapse into the last section.
     boundaries = [(min(b, len(extracted)), p) for b, p in boundaries]
     return ParsedDocument(
-        extracted, "html", _sections_from_boundaries(extracted, boundaries), title=doc_title
+        extracted,
+        "html",
+        _fold_bare_headings(extracted, _sections_from_boundaries(extracted, boundaries)),
+        title=clean_heading(doc_title),
     )
+
+
+def _fold_bare_headings(text: str, sections: list[Section]) -> list[Section]:
+    """A section that is only its heading joins the next one (as its first line)."""
+    out: list[Section] = []
+    pending: int | None = None
+    for i, section in enumerate(sections):
+        start = section.start if pending is None else pending
+        body = text[section.start : section.end].strip()
+        bare = bool(section.heading_path) and body == section.heading_path[-1]
+        if bare and i + 1 < len(sections):
+            pending = start
+            continue
+        pending = None
+        out.append(Section(start, section.end, section.heading_path, section.page))
+    return out
+
+
+def _visible_text(tag: Any) -> str:
+    """A heading's or signature's text without the chrome inside it (permalink anchors)."""
+    from bs4 import NavigableString, Tag
+    from bs4.element import Comment
+
+    parts: list[str] = []
+    for child in tag.children:
+        if isinstance(child, Comment):
+            continue
+        if isinstance(child, NavigableString):
+            parts.append(str(child))
+        elif isinstance(child, Tag) and child.name not in _HTML_SKIP and not is_chrome(child):
+            parts.append(_visible_text(child))
+    return "".join(parts)
 
 
 def parse_pdf(content: bytes) -> ParsedDocument:

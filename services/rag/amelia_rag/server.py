@@ -18,6 +18,7 @@ from amelia_common.logging import get_logger
 from amelia_common.nats_client import connect_nats, nats_health
 from amelia_common.settings import Settings
 from amelia_rag.embeddings import Embedder, EmbeddingConfigError, check_dimension, create_embedder
+from amelia_rag.indexer import Indexer
 from amelia_rag.ingest import Ingestor
 from amelia_rag.search import Searcher
 from amelia_rag.servicer import RagServicer
@@ -79,12 +80,15 @@ async def build_service(settings: Settings, *, embedder: Embedder | None = None)
             await hook()
         raise
 
-    servicer = RagServicer(
-        settings,
-        store,
-        Ingestor(settings, store, embedder, events),
-        Searcher(store.sessions, embedder),
+    ingestor = Ingestor(settings, store, embedder, events)
+    indexer = Indexer(
+        store, embedder, ingestor.publish, batch_size=settings.EMBEDDING_BATCH_SIZE * 4
     )
+    ingestor.stored = indexer.wake
+    indexer.start()
+    # Stop indexing before the embedder, the database and NATS go (hooks run in reverse).
+    shutdown.append(indexer.stop)
+    servicer = RagServicer(settings, store, ingestor, Searcher(store.sessions, embedder))
     service = GrpcService(
         name="rag",
         settings=settings,

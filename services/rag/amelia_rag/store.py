@@ -1,9 +1,14 @@
-"""Documents and chunks in PostgreSQL: idempotent replace in one transaction, get, list, delete.
+"""Documents and chunks in PostgreSQL: idempotent replace in one transaction, get, list, delete,
+and the indexer's side: claim a document, save embeddings, finish or fail it.
 
 Every write runs in one transaction that also publishes its event before committing (through
 the `before_commit` hook), so a failure anywhere (database, event log) leaves the tables as they
 were. Concurrent ingests of the same document serialize on an advisory lock keyed by its
-identity.
+identity. An ingest stores the chunks without embeddings and the document `indexing`; a rag
+process then claims it with a lease (`FOR UPDATE SKIP LOCKED`, so one replica takes each
+document), fills in the embeddings batch by batch while renewing the lease, and marks it
+`ready`. Every indexer write checks the lease is still its own: a document changed, deleted or
+taken over meanwhile is left to whoever owns it now.
 """
 
 from __future__ import annotations
@@ -30,11 +35,21 @@ BeforeCommit = Callable[[DocumentRow], Awaitable[None]]
 _INSERT_CHUNK = text(
     """
     INSERT INTO chunks (id, document_id, chunk_index, content, start_offset, end_offset,
-                        heading_path, page, metadata, embedding, tsv)
+                        heading_path, page, metadata, embedding, tsv, section,
+                        passage_start, passage_end, passage)
     VALUES (:id, :document_id, :chunk_index, :content, :start_offset, :end_offset,
-            :heading_path, :page, CAST(:metadata AS jsonb), CAST(:embedding AS vector),
+            :heading_path, :page, CAST(:metadata AS jsonb), NULL,
             setweight(to_tsvector('english', :headings), 'A')
-              || to_tsvector('english', :content))
+              || to_tsvector('english', :content),
+            :section, :passage_start, :passage_end, :passage)
+    """
+)
+_SAVE_VECTORS = text(
+    """
+    UPDATE chunks SET embedding = v.embedding
+    FROM (SELECT unnest(CAST(:ids AS uuid[])) AS id,
+                 unnest(CAST(:vectors AS text[]))::vector AS embedding) AS v
+    WHERE chunks.id = v.id AND chunks.document_id = :document_id
     """
 )
 
@@ -62,6 +77,16 @@ class DocumentFields:
 class ReplaceResult:
     document: DocumentRow
     unchanged: bool
+
+
+@dataclass(frozen=True)
+class PendingChunk:
+    """A stored chunk whose embedding the indexer has still to compute."""
+
+    id: uuid.UUID
+    content: str
+    heading_path: tuple[str, ...]
+    page: int
 
 
 def vector_literal(vector: np.ndarray) -> str:
@@ -122,13 +147,15 @@ class DocumentStore:
         document_id: uuid.UUID,
         fields: DocumentFields,
         chunks: Sequence[Chunk],
-        vectors: np.ndarray,
+        passages: Sequence[str | None],
         before_commit: BeforeCommit,
     ) -> ReplaceResult:
-        """Write the document and its new chunks (dropping the old ones) atomically.
+        """Write the document (`indexing`) and its new chunks, not yet embedded, atomically.
 
-        `document_id` is used when the document is new. If another ingest stored the same
-        content meanwhile, nothing is written and the result is `unchanged`.
+        The old chunks go in the same transaction. `passages[i]` is the passage text of chunk i
+        (None when it is the chunk itself). `document_id` is used when the document is new. If
+        another ingest stored the same content meanwhile, nothing is written and the result
+        is `unchanged`.
         """
         async with transaction(self.sessions) as session:
             await session.execute(
@@ -143,6 +170,7 @@ class DocumentStore:
                 row is not None
                 and row.content_hash == fields.content_hash
                 and row.index_signature == fields.index_signature
+                and row.state != "failed"
             ):
                 return ReplaceResult(row, unchanged=True)
             now = _now()
@@ -161,6 +189,11 @@ class DocumentStore:
             row.meta = fields.meta
             row.chunk_count = len(chunks)
             row.update_time = now
+            row.state = "indexing"
+            row.index_error = ""
+            row.lease_owner = None
+            row.lease_until = None
+            row.index_attempts = 0
             await session.flush()
             if chunks:
                 await session.execute(
@@ -176,14 +209,170 @@ class DocumentStore:
                             "heading_path": list(chunk.heading_path),
                             "page": chunk.page,
                             "metadata": json.dumps(chunk.meta),
-                            "embedding": vector_literal(vector),
                             "headings": " ".join(chunk.heading_path),
+                            "section": chunk.section,
+                            "passage_start": chunk.passage_start if passage is not None else None,
+                            "passage_end": chunk.passage_end if passage is not None else None,
+                            "passage": passage,
                         }
-                        for chunk, vector in zip(chunks, vectors, strict=True)
+                        for chunk, passage in zip(chunks, passages, strict=True)
                     ],
                 )
             await before_commit(row)
             return ReplaceResult(row, unchanged=False)
+
+    # The indexer's side ----------------------------------------------------------------
+
+    async def claim(self, owner: str, lease_seconds: float) -> DocumentRow | None:
+        """Take the oldest `indexing` document nobody holds (or whose holder's lease ran out)."""
+        async with transaction(self.sessions) as session:
+            result = await session.execute(
+                select(DocumentRow)
+                .where(
+                    DocumentRow.state == "indexing",
+                    (DocumentRow.lease_until.is_(None)) | (DocumentRow.lease_until < func.now()),
+                )
+                .order_by(DocumentRow.update_time, DocumentRow.id)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+            )
+            row = result.scalar_one_or_none()
+            if row is None:
+                return None
+            row.lease_owner = owner
+            row.lease_until = await _lease_end(session, lease_seconds)
+            row.index_attempts += 1
+            return row
+
+    async def pending(self, document_id: uuid.UUID, limit: int) -> list[PendingChunk]:
+        """Up to `limit` chunks of the document not embedded yet, in document order."""
+        async with self.sessions() as session:
+            result = await session.execute(
+                select(ChunkRow.id, ChunkRow.content, ChunkRow.heading_path, ChunkRow.page)
+                .where(ChunkRow.document_id == document_id, ChunkRow.embedding.is_(None))
+                .order_by(ChunkRow.chunk_index)
+                .limit(limit)
+            )
+            return [
+                PendingChunk(r.id, r.content, tuple(r.heading_path or ()), r.page) for r in result
+            ]
+
+    async def count_pending(self, document_id: uuid.UUID) -> int:
+        async with self.sessions() as session:
+            result = await session.execute(
+                select(func.count())
+                .select_from(ChunkRow)
+                .where(ChunkRow.document_id == document_id, ChunkRow.embedding.is_(None))
+            )
+            return int(result.scalar_one())
+
+    async def _held(
+        self, session: AsyncSession, document_id: uuid.UUID, owner: str, content_hash: str
+    ) -> DocumentRow | None:
+        """The document, locked, if `owner` still holds it for this content; else None."""
+        result = await session.execute(
+            select(DocumentRow)
+            .where(
+                DocumentRow.id == document_id,
+                DocumentRow.state == "indexing",
+                DocumentRow.lease_owner == owner,
+                DocumentRow.content_hash == content_hash,
+            )
+            .with_for_update()
+        )
+        return result.scalar_one_or_none()
+
+    async def save_vectors(
+        self,
+        document_id: uuid.UUID,
+        owner: str,
+        content_hash: str,
+        chunk_ids: Sequence[uuid.UUID],
+        vectors: np.ndarray,
+        lease_seconds: float,
+    ) -> bool:
+        """Store embeddings and renew the lease; False when the document is no longer ours."""
+        async with transaction(self.sessions) as session:
+            row = await self._held(session, document_id, owner, content_hash)
+            if row is None:
+                return False
+            await session.execute(
+                _SAVE_VECTORS,
+                {
+                    "ids": list(chunk_ids),
+                    "vectors": [vector_literal(v) for v in vectors],
+                    "document_id": document_id,
+                },
+            )
+            row.lease_until = await _lease_end(session, lease_seconds)
+            return True
+
+    async def renew(
+        self, document_id: uuid.UUID, owner: str, content_hash: str, lease_seconds: float
+    ) -> bool:
+        """Extend the lease; False when the document is no longer ours."""
+        async with transaction(self.sessions) as session:
+            row = await self._held(session, document_id, owner, content_hash)
+            if row is None:
+                return False
+            row.lease_until = await _lease_end(session, lease_seconds)
+            return True
+
+    async def finish(
+        self, document_id: uuid.UUID, owner: str, content_hash: str, before_commit: BeforeCommit
+    ) -> DocumentRow | None:
+        """Every chunk embedded: the document is `ready` (None if it is no longer ours)."""
+        async with transaction(self.sessions) as session:
+            row = await self._held(session, document_id, owner, content_hash)
+            if row is None:
+                return None
+            left = await session.execute(
+                select(func.count())
+                .select_from(ChunkRow)
+                .where(ChunkRow.document_id == document_id, ChunkRow.embedding.is_(None))
+            )
+            if left.scalar_one():
+                return None
+            row.state, row.lease_owner, row.lease_until = "ready", None, None
+            await session.flush()
+            await before_commit(row)
+            return row
+
+    async def fail(
+        self,
+        document_id: uuid.UUID,
+        owner: str | None,
+        content_hash: str,
+        error: str,
+        before_commit: BeforeCommit,
+    ) -> DocumentRow | None:
+        """Give up on indexing: `failed` with the reason (kept until the next ingest)."""
+        async with transaction(self.sessions) as session:
+            query = select(DocumentRow).where(
+                DocumentRow.id == document_id,
+                DocumentRow.state == "indexing",
+                DocumentRow.content_hash == content_hash,
+            )
+            if owner is not None:
+                query = query.where(DocumentRow.lease_owner == owner)
+            row = (await session.execute(query.with_for_update())).scalar_one_or_none()
+            if row is None:
+                return None
+            row.state, row.index_error = "failed", error[:2000]
+            row.lease_owner, row.lease_until = None, None
+            await session.flush()
+            await before_commit(row)
+            return row
+
+    async def release(
+        self, document_id: uuid.UUID, owner: str, content_hash: str, retry_seconds: float
+    ) -> None:
+        """Let go of a document after a passing failure: anyone may retry it after a while."""
+        async with transaction(self.sessions) as session:
+            row = await self._held(session, document_id, owner, content_hash)
+            if row is not None:
+                row.lease_owner = None
+                row.lease_until = await _lease_end(session, retry_seconds)
 
     async def delete(
         self, document_id: uuid.UUID, before_commit: BeforeCommit
@@ -232,6 +421,15 @@ class DocumentStore:
             query = query.where(ChunkRow.document_id == document_id)
         async with self.sessions() as session:
             return int((await session.execute(query)).scalar_one())
+
+
+async def _lease_end(session: AsyncSession, seconds: float) -> datetime:
+    """now() + seconds by the database's clock (every replica reads the same one)."""
+    result = await session.execute(
+        text("SELECT now() + make_interval(secs => :s)"), {"s": float(seconds)}
+    )
+    value: datetime = result.scalar_one()
+    return value
 
 
 def encode_page_token(created: datetime, document_id: uuid.UUID) -> str:

@@ -13,6 +13,7 @@ import grpc
 import typer
 from google.protobuf import json_format
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
@@ -212,13 +213,14 @@ def search(
         console.print("no passages matched")
         return
     for i, hit in enumerate(reply.hits, 1):
+        # Document text is printed literally: `f([x=None])` is not console markup.
         where = " › ".join(hit.heading_path) or (f"page {hit.page}" if hit.page else "")
         console.rule(
-            f"{i}. {hit.document_title}  [dim]{where}  score {hit.score:.3f}  "
+            f"{i}. {escape(hit.document_title)}  [dim]{escape(where)}  score {hit.score:.3f}  "
             f"chars {hit.start_offset}-{hit.end_offset}  {hit.document}[/dim]",
             align="left",
         )
-        console.print(hit.content.strip())
+        console.print(hit.content.strip(), markup=False, highlight=False)
 
 
 def _type(name: str) -> int:

@@ -1,0 +1,119 @@
+"""Background indexing: uploads answer before embedding, and no document stays `indexing`.
+
+The service's own indexer runs throughout (a replica); the tests add what a dead or racing
+replica leaves behind — a claimed document whose lease is still running, or one interrupted
+too often — straight in the rag tables, and check what the live indexer does with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from rag_support import Rag
+from sqlalchemy import text
+
+from amelia.v1 import rag_pb2
+from amelia_rag.indexer import MAX_ATTEMPTS
+
+GUIDE = b"# Orchard\n\n" + b"".join(
+    f"## Tree {i}\n\nApple tree number {i} is pruned in February and fed in April.\n\n".encode()
+    for i in range(40)
+)
+
+
+async def _claimed_by_a_dead_process(rag: Rag, name: str, attempts: int, seconds: float) -> None:
+    """What a rag process killed while indexing leaves: its lease, and chunks half embedded."""
+    document_id = uuid.UUID(name.removeprefix("documents/"))
+    async with rag.store.sessions() as session, session.begin():
+        await session.execute(
+            text(
+                "UPDATE documents SET state = 'indexing', lease_owner = 'dead-process',"
+                " lease_until = now() + make_interval(secs => :s), index_attempts = :a"
+                " WHERE id = :d"
+            ),
+            {"s": seconds, "a": attempts, "d": document_id},
+        )
+
+
+async def test_upload_answers_before_embedding_and_search_skips_until_ready(rag: Rag) -> None:
+    tag = uuid.uuid4().hex[:8]
+    reply = await rag.ingest(GUIDE, wait=False, file_path=f"/orchard/{tag}.md")
+    assert reply.document.chunk_count > 10
+    # Answered with the chunks stored; a dead process holds it, so it cannot be ready yet.
+    await _claimed_by_a_dead_process(rag, reply.document.name, attempts=1, seconds=10)
+    state, _ = await rag.state(reply.document.name)
+    assert state == "indexing"
+    hits = await rag.stub.Search(  # keyword: no query to embed behind the indexer's batches
+        rag_pb2.SearchRequest(
+            query="apple tree pruned in February",
+            documents=[reply.document.name],
+            mode=rag_pb2.SEARCH_MODE_KEYWORD,
+        )
+    )
+    assert not hits.hits  # still indexing: not searched
+    # The dead process's lease runs out; the live indexer takes the document over.
+    assert await rag.indexed(reply.document.name) == "ready"
+    hits = await rag.stub.Search(
+        rag_pb2.SearchRequest(
+            query="apple tree pruned in February", documents=[reply.document.name]
+        )
+    )
+    assert hits.hits and "pruned in February" in hits.hits[0].content
+    events = await rag.events(reply.document.name, wait_for="document.indexed", timeout=60)
+    assert [t for t, _ in events].count("document.indexed") == 1
+    await rag.stub.DeleteDocument(rag_pb2.DeleteDocumentRequest(name=reply.document.name))
+
+
+async def test_a_document_interrupted_too_often_is_marked_failed(rag: Rag) -> None:
+    tag = uuid.uuid4().hex[:8]
+    reply = await rag.ingest(GUIDE + tag.encode(), wait=False, file_path=f"/orchard/{tag}.md")
+    await _claimed_by_a_dead_process(rag, reply.document.name, attempts=MAX_ATTEMPTS, seconds=1)
+    assert await rag.indexed(reply.document.name) == "failed"
+    _, error = await rag.state(reply.document.name)
+    assert "interrupted" in error and "ingest the document again" in error
+    events = await rag.events(reply.document.name, wait_for="document.failed", timeout=60)
+    failed = [d for t, d in events if t == "document.failed"]
+    assert failed and "interrupted" in failed[0]["error"]
+    # Ingesting the same content again retries it.
+    again = await rag.ingest(GUIDE + tag.encode(), file_path=f"/orchard/{tag}.md")
+    assert not again.unchanged
+    assert await rag.state(reply.document.name) == ("ready", "")
+    await rag.stub.DeleteDocument(rag_pb2.DeleteDocumentRequest(name=reply.document.name))
+
+
+async def test_racing_indexers_embed_each_chunk_once(rag: Rag) -> None:
+    """Two more indexers (replicas) next to the service's: every chunk is embedded once."""
+    from amelia_rag.embeddings import LocalEmbedder
+    from amelia_rag.indexer import Indexer
+
+    async def publish(event_type: str, document_id: uuid.UUID, data: dict[str, object]) -> None:
+        return None
+
+    embedder = LocalEmbedder.from_model(rag.model, rag.settings)
+    replicas = [
+        Indexer(rag.store, embedder, publish, batch_size=8, poll_seconds=0.1) for _ in range(2)
+    ]
+    for replica in replicas:
+        replica.start()
+    try:
+        tag = uuid.uuid4().hex[:8]
+        before = rag.model.texts
+        names = []
+        total = 0
+        for i in range(4):
+            reply = await rag.ingest(
+                GUIDE + f"{tag} {i}".encode(), wait=False, file_path=f"/race/{tag}/{i}.md"
+            )
+            names.append(reply.document.name)
+            total += reply.document.chunk_count
+        for name in names:
+            assert await rag.indexed(name) == "ready"
+        assert rag.model.texts - before == total
+    finally:
+        for replica in replicas:
+            await replica.stop()
+        await embedder.aclose()
+    await asyncio.gather(
+        *(rag.stub.DeleteDocument(rag_pb2.DeleteDocumentRequest(name=n)) for n in names)
+    )
