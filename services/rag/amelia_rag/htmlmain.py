@@ -38,7 +38,7 @@ CHROME_NAMES = {
     "table-of-contents",
     # rustdoc
     "sidebar", "sidebar-elems", "anchor", "src-link", "out-of-band", "rustdoc-breadcrumbs",
-    "search-form", "mobile-topbar",
+    "search-form", "mobile-topbar", "rightside", "src", "hideme",
     # Javadoc
     "top-nav", "sub-nav", "skip-nav", "flex-header", "bottom-nav", "legal-copy",
     # common names
@@ -47,13 +47,13 @@ CHROME_NAMES = {
     "site-footer", "site-header", "site-nav", "sidenav", "side-nav", "permalink",
 }  # fmt: skip
 # Signs generators add to headings and definitions as permalinks.
-PERMALINK_SIGNS = "¶§#🔗\u200b"
-_TRAILING_SIGNS = re.compile(f"[\\s{PERMALINK_SIGNS}]+$")
+PERMALINK_SIGNS = "¶§🔗\u200b"  # not "#": "C#" is a name
+_EDGE_SIGNS = re.compile(f"^[\\s{PERMALINK_SIGNS}]+|[\\s{PERMALINK_SIGNS}]+$")
 
 
 def clean_heading(title: str) -> str:
-    """A heading or signature without its permalink sign ("Usage¶" → "Usage")."""
-    return _TRAILING_SIGNS.sub("", title).strip()
+    """A heading or signature without its permalink sign ("Usage¶", "§Examples" → the words)."""
+    return _EDGE_SIGNS.sub("", title)
 
 
 def _names(tag: Any) -> set[str]:
