@@ -37,7 +37,8 @@ LEASE_SECONDS = 30.0
 POLL_SECONDS = 2.0
 MAX_ATTEMPTS = 3
 RETRY_SECONDS = 2.0
-WORKERS = 2
+# Documents indexed at once by one process: their chunks share encode calls (fuller batches).
+WORKERS = 4
 
 
 class Indexer:

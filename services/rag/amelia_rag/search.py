@@ -14,13 +14,15 @@ indexed (or whose indexing failed) is skipped until it is.
 - keyword: any of the query's terms (PostgreSQL's English stemming, stop words dropped), ranked
   like BM25: the sum over the matched terms of the term's inverse document frequency (from the
   GIN index: how many chunks hold it) times `ts_rank` of the chunk for that term alone (term
-  frequency with saturation, weighted A for headings and D for body text, normalised by
-  length). `min_score` does not apply.
+  frequency with saturation, headings weighing twice body text, normalised by length).
+  `min_score` does not apply.
 - hybrid: weighted reciprocal rank fusion of both rankings (`RRF_K`, `VECTOR_WEIGHT`,
   `KEYWORD_WEIGHT`, `CANDIDATES` per leg — tuned on eval/), scaled so that first in both = 1.
 
-Then hits on the same section whose passages overlap are one hit (the best ranked), so the same
-paragraph never comes back twice. Ties are broken by similarity, then document and position.
+Then hits on the same section whose passages overlap are one hit, at the rank of the best: its
+passage grows to cover both while that stays within `merge_chars` (twice CHUNK_SIZE), else the
+lower one is dropped. So the same paragraph never comes back twice, and neighbouring matches
+read as one passage. Ties are broken by similarity, then document and position.
 """
 
 from __future__ import annotations
@@ -39,9 +41,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from amelia_rag.embeddings import Embedder
 from amelia_rag.store import vector_literal
 
-RRF_K = 60
+# Tuned on eval/'s tune split (see docs/rag.md, "Evaluation"): a small k keeps the fusion close
+# to the first ranks of each leg, and the keyword leg counts a little less than the vector one.
+RRF_K = 10
 VECTOR_WEIGHT = 1.0
-KEYWORD_WEIGHT = 1.0
+KEYWORD_WEIGHT = 0.7
+# ts_rank weights of the tsvector labels {D, C, B, A}: body text is D, headings A (twice).
+TS_WEIGHTS = [0.5, 0.5, 0.5, 1.0]
 # How many chunks each ranking contributes to fusion, at least (and per hit asked, at least
 # CANDIDATES_PER_HIT: several chunks of one passage collapse into one hit).
 CANDIDATES = 50
@@ -93,6 +99,21 @@ class Hit:
     def order(self) -> tuple[str, int]:
         return (str(self.document_id), self.chunk_index)
 
+    def absorb(self, other: Hit, limit: int) -> None:
+        """Grow this passage to cover an overlapping one, if the union stays within `limit`.
+
+        Both passages are exact slices of the same parsed text, so their union is too.
+        """
+        start = min(self.start_offset, other.start_offset)
+        end = max(self.end_offset, other.end_offset)
+        if end - start > limit:
+            return
+        first, last = (self, other) if self.start_offset <= other.start_offset else (other, self)
+        content = first.content
+        if last.end_offset > first.end_offset:
+            content += last.content[len(last.content) - (last.end_offset - first.end_offset) :]
+        self.start_offset, self.end_offset, self.content = start, end, content
+
 
 # What a hit returns is the chunk's passage (NULL passage: the chunk is its own passage).
 _HIT_COLUMNS = """
@@ -106,9 +127,16 @@ _HIT_COLUMNS = """
 class Searcher:
     """Runs searches against the chunks table."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], embedder: Embedder) -> None:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        embedder: Embedder,
+        *,
+        merge_chars: int = 1600,
+    ) -> None:
         self.sessions = sessions
         self.embedder = embedder
+        self.merge_chars = merge_chars
 
     async def search(
         self,
@@ -130,13 +158,15 @@ class Searcher:
             if mode == "vector":
                 assert vector is not None
                 hits = await vector_ranking(session, vector, n, document_ids)
-                return distinct([h for h in hits if h.score >= min_score], top_k)
-            if mode == "keyword":
-                return distinct(await keyword_ranking(session, query, None, n, document_ids), top_k)
-            assert vector is not None
-            by_vector = await vector_ranking(session, vector, n, document_ids)
-            by_keyword = await keyword_ranking(session, query, vector, n, document_ids)
-        return distinct(fuse(by_vector, by_keyword, min_score), top_k)
+                ranked = [h for h in hits if h.score >= min_score]
+            elif mode == "keyword":
+                ranked = await keyword_ranking(session, query, None, n, document_ids)
+            else:
+                assert vector is not None
+                by_vector = await vector_ranking(session, vector, n, document_ids)
+                by_keyword = await keyword_ranking(session, query, vector, n, document_ids)
+                ranked = fuse(by_vector, by_keyword, min_score)
+        return distinct(ranked, top_k, self.merge_chars)
 
     async def vector_search(
         self, vector: np.ndarray, top_k: int, filters: SearchFilters | None = None
@@ -151,11 +181,14 @@ class Searcher:
             return await vector_ranking(session, vector, top_k, document_ids)
 
 
-def distinct(ranked: list[Hit], top_k: int) -> list[Hit]:
-    """The first `top_k` hits, dropping any whose passage overlaps a better one's."""
+def distinct(ranked: list[Hit], top_k: int, merge_chars: int) -> list[Hit]:
+    """The first `top_k` distinct passages: a hit overlapping a better one's passage (same
+    section) is merged into it while the union is at most `merge_chars`, else dropped."""
     out: list[Hit] = []
     for hit in ranked:
-        if any(kept.overlaps(hit) for kept in out):
+        kept = next((k for k in out if k.overlaps(hit)), None)
+        if kept is not None:
+            kept.absorb(hit, merge_chars)
             continue
         out.append(hit)
         if len(out) == top_k:
@@ -351,9 +384,11 @@ async def keyword_ranking(
     params.update({f"w{i}": weights.get(t, 0.0) for i, t in enumerate(terms)})
     params["any"] = " | ".join(f"({t})" for t in terms)
     params["n"] = limit
+    params["weights"] = TS_WEIGHTS
     # ts_rank normalisation 1: divided by 1 + log(length), like BM25's length term.
     rank = " + ".join(
-        f"CAST(:w{i} AS float8) * ts_rank(c.tsv, CAST(:t{i} AS tsquery), 1)"
+        f"CAST(:w{i} AS float8) * ts_rank(CAST(:weights AS float4[]), c.tsv,"
+        f" CAST(:t{i} AS tsquery), 1)"
         for i in range(len(terms))
     )
     where = f"AND {_READY}"

@@ -88,7 +88,9 @@ async def build_service(settings: Settings, *, embedder: Embedder | None = None)
     indexer.start()
     # Stop indexing before the embedder, the database and NATS go (hooks run in reverse).
     shutdown.append(indexer.stop)
-    servicer = RagServicer(settings, store, ingestor, Searcher(store.sessions, embedder))
+    # Overlapping passages of one section merge up to two passages' length.
+    searcher = Searcher(store.sessions, embedder, merge_chars=2 * settings.CHUNK_SIZE)
+    servicer = RagServicer(settings, store, ingestor, searcher)
     service = GrpcService(
         name="rag",
         settings=settings,
