@@ -222,7 +222,9 @@ async def test_service_ingests_and_searches_through_the_endpoint(
         )
         state, error = await settled(changed.document.name)
         assert state == "failed" and "answered 503" in error, error
-        gone = await stub.Search(rag_pb2.SearchRequest(query="prune roses in late winter"))
+        gone = await stub.Search(  # keyword: the endpoint cannot embed the query either
+            rag_pb2.SearchRequest(query="prune roses", mode=rag_pb2.SEARCH_MODE_KEYWORD)
+        )
         assert not gone.hits  # a failed document is not searched
         server.fail_with = 0
         retried = await stub.IngestDocument(

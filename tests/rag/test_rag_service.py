@@ -49,7 +49,7 @@ PLANETS_PDF = make_pdf(
 def corpus_files() -> list[Path]:
     """This repository's docs (whatever exists now) and the fixtures."""
     docs = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-    return [p for p in docs if p.exists()] + sorted(FIXTURES.iterdir())
+    return [p for p in docs if p.exists()] + sorted(p for p in FIXTURES.iterdir() if p.is_file())
 
 
 @dataclass
