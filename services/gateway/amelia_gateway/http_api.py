@@ -8,7 +8,6 @@ answer proto JSON, or the google.rpc.Status JSON of the error with grpc-gateway'
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,15 +15,24 @@ import grpc
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from amelia_common.auth import token_ok
 from amelia_common.logging import get_logger
-from amelia_gateway import auth, middleware, uploads
+from amelia_gateway import uploads
 from amelia_gateway.errors import (
     GatewayError,
     error_response,
     from_rpc_error,
     internal,
     invalid,
+)
+from amelia_gateway.requests import (
+    NDJSON,
+    client_timeout,
+    gateway_of,
+    is_json,
+    is_upload,
+    read_body,
+    request_id,
+    require_token,
 )
 from amelia_gateway.routes import Match
 from amelia_gateway.state import Gateway
@@ -33,81 +41,9 @@ from amelia_gateway.upstream import message_class
 
 log = get_logger("amelia.gateway.http")
 
-MAX_CLIENT_TIMEOUT = 3600.0
 # How long a stream route waits for the upstream's first answer before it commits to 200: errors
 # found while opening the stream (bad filter, unknown run) still get their own HTTP status.
 STREAM_OPEN_WAIT = 0.5
-NDJSON = "application/x-ndjson"
-
-_GRPC_TIMEOUT = re.compile(r"^(\d{1,8})([HMSmun])$")
-_GRPC_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
-
-
-def gateway_of(request: Request) -> Gateway:
-    gateway: Gateway = request.app.state.gateway
-    return gateway
-
-
-def request_id(request: Request) -> str:
-    return middleware.request_id(request.scope)
-
-
-def require_token(gateway: Gateway, request: Request) -> None:
-    if not token_ok(gateway.token, auth.header_token(request.headers)):
-        raise GatewayError(
-            grpc.StatusCode.UNAUTHENTICATED,
-            "missing or wrong API token: send 'Authorization: Bearer <AMELIA_API_TOKEN>'"
-            " or 'X-API-Key: <AMELIA_API_TOKEN>'",
-            headers={"WWW-Authenticate": 'Bearer realm="amelia"'},
-        )
-
-
-def client_timeout(request: Request, default: float) -> float:
-    """The deadline the client asked for (`grpc-timeout` or `X-Request-Timeout`), or `default`."""
-    value = request.headers.get("grpc-timeout")
-    if value is not None:
-        match = _GRPC_TIMEOUT.match(value.strip())
-        if not match:
-            raise invalid(f"grpc-timeout header {value!r} is not like '30S' or '500m'")
-        seconds = int(match.group(1)) * _GRPC_UNITS[match.group(2)]
-    else:
-        value = request.headers.get("x-request-timeout")
-        if value is None:
-            return default
-        try:
-            seconds = float(value)
-        except ValueError:
-            raise invalid(
-                f"X-Request-Timeout header {value!r} is not a number of seconds"
-            ) from None
-        if seconds != seconds:  # NaN
-            raise invalid("X-Request-Timeout header must be a number of seconds")
-    if seconds <= 0:
-        raise invalid("the request timeout must be positive")
-    return min(seconds, MAX_CLIENT_TIMEOUT)
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refusing (413) more than `limit` bytes before reading them all."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise too_large(limit)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large(limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def too_large(limit: int) -> GatewayError:
-    return GatewayError(
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        f"request body is larger than {limit} bytes (MAX_REQUEST_BYTES)",
-        http_status=413,
-    )
 
 
 def metadata(rid: str) -> tuple[tuple[str, str], ...]:
@@ -126,7 +62,7 @@ async def endpoint(request: Request) -> Response:
                 grpc.StatusCode.NOT_FOUND, f"no route for {request.method} {request.url.path}"
             )
         require_token(gateway, request)
-        if found.rule.uploads and uploads.is_upload(request):
+        if found.rule.uploads and is_upload(request):
             return await uploads.upload(gateway, request, rid)
         message = await _request_message(gateway, request, found)
         if found.rule.server_streaming:
@@ -142,7 +78,7 @@ async def _request_message(gateway: Gateway, request: Request, found: Match) -> 
     query = list(request.query_params.multi_items())
     if rule.body == "*":
         content_type = request.headers.get("content-type", "application/json")
-        if not _is_json(content_type):
+        if not is_json(content_type):
             raise GatewayError(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"send the request as application/json, not {content_type!r}",
@@ -166,11 +102,6 @@ async def _request_message(gateway: Gateway, request: Request, found: Match) -> 
     # On a worker thread: turning megabytes of JSON into a message takes seconds of pure
     # Python, which on the event loop would stall every other request and socket meanwhile.
     return await asyncio.to_thread(transcode)
-
-
-def _is_json(content_type: str) -> bool:
-    media = content_type.split(";", 1)[0].strip().lower()
-    return media == "application/json" or media.endswith("+json")
 
 
 async def _unary(

@@ -16,6 +16,7 @@ from typing import Any
 
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 
+from amelia_gateway.requests import NDJSON
 from amelia_gateway.routes import ROUTES, Rule
 from amelia_gateway.transcode import (
     STRING_WKT,
@@ -28,7 +29,6 @@ from amelia_gateway.transcode import (
 )
 
 DOCS_FILE = Path(__file__).with_name("proto_docs.json")
-NDJSON = "application/x-ndjson"
 
 _SCALARS: dict[int, dict[str, Any]] = {
     FieldDescriptor.TYPE_DOUBLE: {"type": "number", "format": "double"},

@@ -8,15 +8,26 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sized
+from typing import Any, Protocol
 
 from amelia_common.settings import Settings
 from amelia_gateway.hub import Hub
 from amelia_gateway.routes import RouteTable
 from amelia_gateway.upstream import Upstreams
 
-if TYPE_CHECKING:
-    from amelia_gateway.ws import Connection
+
+class Connection(Protocol):
+    """What the gateway needs of an open socket (`ws.Connection`): its backlog, its
+    subscriptions and a way to close it."""
+
+    @property
+    def queued(self) -> int: ...
+
+    @property
+    def subscriptions(self) -> Sized: ...
+
+    async def close(self, code: int, reason: str) -> None: ...
 
 
 class Gateway:

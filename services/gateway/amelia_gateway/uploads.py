@@ -25,26 +25,13 @@ from starlette.responses import JSONResponse, Response
 from amelia.v1 import rag_pb2
 from amelia_gateway.errors import GatewayError, from_rpc_error, invalid
 from amelia_gateway.json_input import read_json_object
+from amelia_gateway.requests import client_timeout, too_large
 from amelia_gateway.state import Gateway
 from amelia_gateway.transcode import find_field, parse_into, query_to_dict, to_json
 
 PIECE_BYTES = 256 * 1024
 MAX_FIELD_BYTES = 64 * 1024
 MULTIPART_OVERHEAD = 1024 * 1024
-
-
-def is_upload(request: Request) -> bool:
-    media = request.headers.get("content-type", "application/json").split(";", 1)[0]
-    media = media.strip().lower()
-    return not (media == "application/json" or media.endswith("+json"))
-
-
-def _too_large(limit: int) -> GatewayError:
-    return GatewayError(
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        f"document is larger than {limit} bytes (MAX_DOCUMENT_BYTES)",
-        http_status=413,
-    )
 
 
 def _source_from_fields(fields: dict[str, str], filename: str) -> rag_pb2.DocumentSource:
@@ -118,8 +105,6 @@ class _Call:
 
 
 async def upload(gateway: Gateway, request: Request, rid: str) -> Response:
-    from amelia_gateway.http_api import client_timeout
-
     timeout = client_timeout(request, gateway.settings.GATEWAY_UPLOAD_TIMEOUT_SECONDS)
     limit = gateway.settings.MAX_DOCUMENT_BYTES
     media, params = parse_options_header(request.headers.get("content-type", ""))
@@ -153,12 +138,12 @@ async def _raw(request: Request, call: _Call, limit: int) -> None:
         source.title = filename.rsplit("/", 1)[-1]
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
+        raise too_large(limit, "document", "MAX_DOCUMENT_BYTES")
     async for chunk in request.stream():
         if not chunk:
             continue
         if call.sent + len(chunk) > limit:
-            raise _too_large(limit)
+            raise too_large(limit, "document", "MAX_DOCUMENT_BYTES")
         if call.call is None:  # the header goes with the first content
             await call.write(rag_pb2.UploadDocumentRequest(source=source))
         await call.content(chunk)
@@ -250,7 +235,7 @@ async def _multipart(request: Request, boundary: bytes, call: _Call, limit: int)
     async for chunk in request.stream():
         received += len(chunk)
         if received > limit + MULTIPART_OVERHEAD:
-            raise _too_large(limit)
+            raise too_large(limit, "document", "MAX_DOCUMENT_BYTES")
         try:
             parser.write(chunk)
         except MultipartParseError as exc:
@@ -265,7 +250,7 @@ async def _multipart(request: Request, boundary: bytes, call: _Call, limit: int)
             data = b"".join(parts.pending)
             parts.pending.clear()
             if call.sent + len(data) > limit:
-                raise _too_large(limit)
+                raise too_large(limit, "document", "MAX_DOCUMENT_BYTES")
             await call.content(data)
     try:
         parser.finalize()

@@ -1,0 +1,104 @@
+"""What every HTTP handler of the gateway reads from a request, in one place.
+
+The gateway state, the request id, the token check, the client's deadline, a bounded body and the
+kind of content: used by the route table's endpoint (`http_api`), uploads and `/v1/status`.
+"""
+
+from __future__ import annotations
+
+import re
+
+import grpc
+from starlette.requests import Request
+
+from amelia_common.auth import token_ok
+from amelia_gateway import auth, middleware
+from amelia_gateway.errors import GatewayError, invalid
+from amelia_gateway.state import Gateway
+
+NDJSON = "application/x-ndjson"
+MAX_CLIENT_TIMEOUT = 3600.0
+
+_GRPC_TIMEOUT = re.compile(r"^(\d{1,8})([HMSmun])$")
+_GRPC_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+
+
+def gateway_of(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+def request_id(request: Request) -> str:
+    return middleware.request_id(request.scope)
+
+
+def require_token(gateway: Gateway, request: Request) -> None:
+    if not token_ok(gateway.token, auth.header_token(request.headers)):
+        raise GatewayError(
+            grpc.StatusCode.UNAUTHENTICATED,
+            "missing or wrong API token: send 'Authorization: Bearer <AMELIA_API_TOKEN>'"
+            " or 'X-API-Key: <AMELIA_API_TOKEN>'",
+            headers={"WWW-Authenticate": 'Bearer realm="amelia"'},
+        )
+
+
+def client_timeout(request: Request, default: float) -> float:
+    """The deadline the client asked for (`grpc-timeout` or `X-Request-Timeout`), or `default`."""
+    value = request.headers.get("grpc-timeout")
+    if value is not None:
+        match = _GRPC_TIMEOUT.match(value.strip())
+        if not match:
+            raise invalid(f"grpc-timeout header {value!r} is not like '30S' or '500m'")
+        seconds = int(match.group(1)) * _GRPC_UNITS[match.group(2)]
+    else:
+        value = request.headers.get("x-request-timeout")
+        if value is None:
+            return default
+        try:
+            seconds = float(value)
+        except ValueError:
+            raise invalid(
+                f"X-Request-Timeout header {value!r} is not a number of seconds"
+            ) from None
+        if seconds != seconds:  # NaN
+            raise invalid("X-Request-Timeout header must be a number of seconds")
+    if seconds <= 0:
+        raise invalid("the request timeout must be positive")
+    return min(seconds, MAX_CLIENT_TIMEOUT)
+
+
+def too_large(
+    limit: int, what: str = "request body", setting: str = "MAX_REQUEST_BYTES"
+) -> GatewayError:
+    """413 for a body over its limit, naming the setting that sets it."""
+    return GatewayError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        f"{what} is larger than {limit} bytes ({setting})",
+        http_status=413,
+    )
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refusing (413) more than `limit` bytes before reading them all."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def is_json(content_type: str) -> bool:
+    """`application/json` or any `+json` media type, whatever its parameters."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+def is_upload(request: Request) -> bool:
+    """A body that is not JSON: a document to stream to UploadDocument (no type counts as JSON)."""
+    return not is_json(request.headers.get("content-type", "application/json"))
