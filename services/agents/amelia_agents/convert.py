@@ -95,8 +95,8 @@ def agent_snapshot(row: AgentRow) -> dict[str, Any]:
     }
 
 
-def thread_to_proto(row: ThreadRow) -> agents_pb2.Thread:
-    msg = agents_pb2.Thread(name=f"threads/{row.id}")
+def thread_to_proto(row: ThreadRow, run_count: int = 0, preview: str = "") -> agents_pb2.Thread:
+    msg = agents_pb2.Thread(name=f"threads/{row.id}", run_count=run_count, preview=preview)
     if row.meta:
         msg.metadata.update(row.meta)
     _ts(msg.create_time, row.create_time)

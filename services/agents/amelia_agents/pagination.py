@@ -35,12 +35,26 @@ def decode(token: str) -> tuple[datetime, str]:
         raise BadPageTokenError("page_token is not one this service returned") from exc
 
 
-def page(rows: Sequence[Row], limit: int) -> tuple[Sequence[Row], str]:
+def page(rows: Sequence[Row], limit: int, key: str = "create_time") -> tuple[Sequence[Row], str]:
     """The first `limit` of `limit + 1` fetched rows, and the token of the next page ("" at the end).
 
-    Rows have `create_time` and `id`, the keyset the store orders by.
+    Rows have `key` (a time) and `id`, the keyset the store orders by.
     """
     if len(rows) <= limit:
         return rows, ""
     last: Any = rows[limit - 1]
-    return rows[:limit], encode(last.create_time, str(last.id))
+    return rows[:limit], encode(getattr(last, key), str(last.id))
+
+
+def offset_token(offset: int) -> str:
+    """A token for lists read whole and cut (a run's steps): the position of the next item."""
+    return encode(datetime.fromtimestamp(0).astimezone(), str(offset)) if offset else ""
+
+
+def offset_of(token: str) -> int:
+    if not token:
+        return 0
+    _, value = decode(token)
+    if not value.isdigit():
+        raise BadPageTokenError("page_token is not one this service returned")
+    return int(value)

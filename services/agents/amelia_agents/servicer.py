@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC
 from typing import Any, TypeAlias
 
@@ -14,15 +14,29 @@ from nats.js import JetStreamContext
 from sqlalchemy.exc import IntegrityError
 
 from amelia.v1 import agents_pb2, agents_pb2_grpc
-from amelia_agents import convert, pagination, queue, tools, workflows
+from amelia_agents import convert, filtering, pagination, queue, steps, tools, workflows
 from amelia_agents.convert import BadNameError
 from amelia_agents.lifecycle import RunEvents
 from amelia_agents.llm import ModelError, parse_model
 from amelia_agents.models import TERMINAL_STATES, AgentRow, RunRow, RunState
 from amelia_agents.runtime import DEFAULT_RETRY_ATTEMPTS, DEFAULT_TIMEOUT_SECONDS
-from amelia_agents.store import ActiveRunError, RunFilter, Store, now
+from amelia_agents.store import (
+    THREAD_ORDERS,
+    ActiveRunError,
+    RunFilter,
+    Store,
+    ThreadSummary,
+    now,
+)
 from amelia_agents.streaming import RunStreamer
-from amelia_common.errors import InvalidArgument, Unavailable, check_json
+from amelia_common import paging
+from amelia_common.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    check_json,
+)
 from amelia_common.eventlog import timestamp_problem
 from amelia_common.logging import get_logger
 from amelia_common.settings import Settings
@@ -34,6 +48,9 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
 CANCEL_CONFIRM_SECONDS = 3.0
+RUN_ORDERS = ("create_time desc", "create_time")
+STEPS_PAGE_DEFAULT = 100
+STEPS_PAGE_MAX = 1000
 
 AGENT_FIELDS = (
     "display_name",
@@ -233,18 +250,22 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         self, request: agents_pb2.GetThreadRequest, context: Ctx
     ) -> agents_pb2.GetThreadResponse:
         tid = await self._thread_id(request.name, context)
-        row = await self.store.get_thread(tid)
-        if row is None:
-            await context.abort(NOT_FOUND, f"threads/{tid} does not exist")
-        return agents_pb2.GetThreadResponse(thread=convert.thread_to_proto(row))
+        found = await self.store.thread_summary(tid)
+        if found is None:
+            raise NotFound(f"threads/{tid} does not exist")
+        return agents_pb2.GetThreadResponse(thread=_thread(found))
 
     async def ListThreads(
         self, request: agents_pb2.ListThreadsRequest, context: Ctx
     ) -> agents_pb2.ListThreadsResponse:
         limit, after = await self._page(request.page_size, request.page_token, context)
-        rows, token = pagination.page(await self.store.list_threads(limit + 1, after), limit)
+        order_by = " ".join(request.order_by.split()) or "create_time"
+        if order_by not in THREAD_ORDERS:
+            raise InvalidArgument(f"order_by must be one of: {', '.join(THREAD_ORDERS)}")
+        found = await self.store.list_threads(limit + 1, after, order_by)
+        rows, token = pagination.page(found, limit, key=order_by.split()[0])
         return agents_pb2.ListThreadsResponse(
-            threads=[convert.thread_to_proto(r) for r in rows], next_page_token=token
+            threads=[_thread(r) for r in rows], next_page_token=token
         )
 
     async def DeleteThread(
@@ -269,7 +290,10 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         response = agents_pb2.ListWorkflowsResponse()
         for wf in workflows.listed():
             msg = response.workflows.add(
-                name=f"workflows/{wf.name}", description=wf.description, nodes=wf.nodes
+                name=f"workflows/{wf.name}",
+                description=wf.description,
+                nodes=wf.nodes,
+                edges=steps.edges(wf),
             )
             msg.input_schema.update(wf.input_schema)
         return response
@@ -292,13 +316,9 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         self, request: agents_pb2.CreateRunRequest, context: Ctx
     ) -> agents_pb2.CreateRunResponse:
         run = request.run
-        check_json(request.request_id, "request_id")
-        if request.request_id:
-            existing = await self.store.run_by_request_id(request.request_id)
-            if existing is not None:
-                if existing.status == RunState.QUEUED.value and not existing.has_resume:
-                    await self._requeue(existing, "start")
-                return agents_pb2.CreateRunResponse(run=convert.run_to_proto(existing))
+        existing = await self._existing(request.request_id)
+        if existing is not None:
+            return agents_pb2.CreateRunResponse(run=convert.run_to_proto(existing))
         target = run.WhichOneof("target")
         agent_id: str | None = None
         workflow_name: str | None = None
@@ -336,45 +356,55 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         tid = uuid.uuid4() if new_thread else await self._thread_id(run.thread, context)
         if not new_thread and await self.store.get_thread(tid) is None:
             await context.abort(NOT_FOUND, f"threads/{tid} does not exist")
-        row = RunRow(
-            id=uuid.uuid4(),
+        row = _new_run(
+            self.settings,
             agent_id=agent_id,
             workflow=workflow_name,
             thread_id=tid,
-            input=input_value,
+            input_value=input_value,
             agent_config=agent_config,
-            status=RunState.QUEUED.value,
-            error="",
-            create_time=now(),
-            input_tokens=0,
-            output_tokens=0,
-            has_resume=False,
-            attempt=0,
-            timeout_seconds=timeout,
-            request_id=request.request_id or None,
-            worker="",
-            queue=self.settings.RUNS_QUEUE_STREAM,
-            queued_time=now(),
-            pickups=0,
+            timeout=timeout,
+            request_id=request.request_id,
         )
+        return agents_pb2.CreateRunResponse(run=await self._start(row, new_thread))
+
+    async def _existing(self, request_id: str) -> RunRow | None:
+        """The run an earlier request with `request_id` made (re-queued if it never started)."""
+        check_json(request_id, "request_id")
+        if not request_id:
+            return None
+        existing = await self.store.run_by_request_id(request_id)
+        queued = existing is not None and existing.status == RunState.QUEUED.value
+        if queued and existing is not None and not existing.has_resume:
+            await self._requeue(existing, "start")
+        return existing
+
+    async def _start(
+        self,
+        row: RunRow,
+        new_thread: bool,
+        prepare: Callable[[], Awaitable[None]] | None = None,
+    ) -> agents_pb2.Run:
+        """Record `row` and queue its job in one transaction (after `prepare`, if given)."""
+
+        async def queue_it() -> None:
+            if prepare is not None:
+                await prepare()
+            await queue.enqueue(self.js, self.settings, row.id, "start")
+
         try:
             # The job is queued inside the transaction: if NATS refuses it, nothing is recorded.
-            await self.store.create_run(
-                row,
-                new_thread,
-                before_commit=lambda: queue.enqueue(self.js, self.settings, row.id, "start"),
-            )
+            await self.store.create_run(row, new_thread, before_commit=queue_it)
         except ActiveRunError:
-            await context.abort(
-                PRECONDITION,
-                f"threads/{tid} already has a queued, running or paused run; wait for it to "
-                "end, or cancel it",
-            )
+            raise FailedPrecondition(
+                f"threads/{row.thread_id} already has a queued, running or paused run; wait for "
+                "it to end, or cancel it"
+            ) from None
         except IntegrityError:
-            existing = await self.store.run_by_request_id(request.request_id)
+            existing = await self.store.run_by_request_id(row.request_id or "")
             if existing is None:
                 raise
-            return agents_pb2.CreateRunResponse(run=convert.run_to_proto(existing))
+            return convert.run_to_proto(existing)
         except Unavailable as exc:  # from the queue only: PostgreSQL's errors pass untouched
             log.warning("cannot queue run", run=str(row.id), error=exc.message)
             cause = exc.__cause__
@@ -383,7 +413,7 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
                 f"the run queue did not take the run ({cause or type(cause).__name__}); "
                 "nothing was started",
             ) from exc
-        return agents_pb2.CreateRunResponse(run=convert.run_to_proto(row))
+        return convert.run_to_proto(row)
 
     async def _run_id(self, name: str, context: Ctx) -> uuid.UUID:
         try:
@@ -428,6 +458,11 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
                 if problem is not None:
                     raise InvalidArgument(problem)
                 setattr(flt, name, stamp.ToDatetime(tzinfo=UTC))
+        flt.condition = filtering.compile_filter(request.filter)
+        order_by = " ".join(request.order_by.split()) or "create_time desc"
+        if order_by not in RUN_ORDERS:
+            raise InvalidArgument(f"order_by must be one of: {', '.join(RUN_ORDERS)}")
+        flt.oldest_first = order_by == "create_time"
         rows, token = pagination.page(await self.store.list_runs(limit + 1, after, flt), limit)
         return agents_pb2.ListRunsResponse(
             runs=[convert.run_to_proto(r) for r in rows], next_page_token=token
@@ -472,12 +507,125 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         await self._requeue(row, f"resume-{row.attempt}")
         return agents_pb2.ResumeRunResponse(run=convert.run_to_proto(row))
 
+    async def ListRunSteps(
+        self, request: agents_pb2.ListRunStepsRequest, context: Ctx
+    ) -> agents_pb2.ListRunStepsResponse:
+        row = await self._get_run(request.parent, context)
+        try:
+            limit = paging.page_size(
+                request.page_size, default=STEPS_PAGE_DEFAULT, maximum=STEPS_PAGE_MAX
+            )
+            offset = pagination.offset_of(request.page_token)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
+        found = steps.to_steps(await steps.history(row, self.checkpointer))
+        page = found[offset : offset + limit]
+        more = offset + limit < len(found)
+        return agents_pb2.ListRunStepsResponse(
+            steps=page, next_page_token=pagination.offset_token(offset + limit) if more else ""
+        )
+
+    async def RerunRun(
+        self, request: agents_pb2.RerunRunRequest, context: Ctx
+    ) -> agents_pb2.RerunRunResponse:
+        source = await self._get_run(request.name, context)
+        existing = await self._existing(request.request_id)
+        if existing is not None:
+            return agents_pb2.RerunRunResponse(run=convert.run_to_proto(existing))
+        new_thread = not request.thread
+        tid = uuid.uuid4() if new_thread else await self._thread_id(request.thread, context)
+        if not new_thread and await self.store.get_thread(tid) is None:
+            raise NotFound(f"threads/{tid} does not exist")
+        row = _new_run(
+            self.settings,
+            agent_id=source.agent_id,
+            workflow=source.workflow,
+            thread_id=tid,
+            input_value=source.input or {},
+            agent_config=source.agent_config,
+            timeout=source.timeout_seconds,
+            request_id=request.request_id,
+        )
+        return agents_pb2.RerunRunResponse(run=await self._start(row, new_thread))
+
+    async def ForkRun(
+        self, request: agents_pb2.ForkRunRequest, context: Ctx
+    ) -> agents_pb2.ForkRunResponse:
+        source = await self._get_run(request.name, context)
+        values = convert.json_from(request.values, "values")
+        if not request.checkpoint:
+            raise InvalidArgument("checkpoint is required: a step's checkpoint from ListRunSteps")
+        existing = await self._existing(request.request_id)
+        if existing is not None:
+            return agents_pb2.ForkRunResponse(run=convert.run_to_proto(existing))
+        if source.status not in {s.value for s in TERMINAL_STATES}:
+            raise FailedPrecondition(
+                f"runs/{source.id} is {source.status}: fork a run once it has ended"
+            )
+        point = steps.fork_point(await steps.history(source, self.checkpointer), request.checkpoint)
+        row = _new_run(
+            self.settings,
+            agent_id=source.agent_id,
+            workflow=source.workflow,
+            thread_id=source.thread_id,
+            input_value=source.input or {},
+            agent_config=source.agent_config,
+            timeout=source.timeout_seconds,
+            request_id=request.request_id,
+        )
+
+        async def fork() -> None:
+            # Inside the run's transaction, after the one-active-run-per-thread check: the
+            # fork becomes the thread's head only when the run is recorded.
+            await steps.write_fork(row, source, point, values, self.checkpointer)
+
+        return agents_pb2.ForkRunResponse(run=await self._start(row, False, prepare=fork))
+
     async def StreamRun(
         self, request: agents_pb2.StreamRunRequest, context: Ctx
     ) -> AsyncIterator[agents_pb2.StreamRunResponse]:
         row = await self._get_run(request.name, context)
         async for event in self.streamer.stream(row, request.after_sequence, context):
             yield agents_pb2.StreamRunResponse(event=event)
+
+
+def _new_run(
+    settings: Settings,
+    *,
+    agent_id: str | None,
+    workflow: str | None,
+    thread_id: uuid.UUID,
+    input_value: dict[str, Any],
+    agent_config: dict[str, Any] | None,
+    timeout: float | None,
+    request_id: str,
+) -> RunRow:
+    """A QUEUED run, not yet recorded."""
+    return RunRow(
+        id=uuid.uuid4(),
+        agent_id=agent_id,
+        workflow=workflow,
+        thread_id=thread_id,
+        input=input_value,
+        agent_config=agent_config,
+        status=RunState.QUEUED.value,
+        error="",
+        create_time=now(),
+        input_tokens=0,
+        output_tokens=0,
+        has_resume=False,
+        attempt=0,
+        timeout_seconds=timeout,
+        request_id=request_id or None,
+        worker="",
+        queue=settings.RUNS_QUEUE_STREAM,
+        queued_time=now(),
+        pickups=0,
+    )
+
+
+def _thread(found: ThreadSummary) -> agents_pb2.Thread:
+    return convert.thread_to_proto(found.row, found.run_count, found.preview)
 
 
 def _is_set(agent: agents_pb2.Agent, field: str) -> bool:

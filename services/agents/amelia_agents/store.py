@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import Select, and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.sql.elements import ColumnElement
 
 from amelia_agents.models import (
     ACTIVE_STATES,
@@ -43,6 +44,34 @@ class RunFilter:
     thread_id: uuid.UUID | None = None
     created_after: datetime | None = None
     created_before: datetime | None = None
+    # ListRuns' compiled `filter` (see `filtering`), and `order_by create_time` (oldest first).
+    condition: ColumnElement[bool] | None = None
+    oldest_first: bool = False
+
+
+@dataclass
+class ThreadSummary:
+    """A thread with what a list of threads shows of it."""
+
+    row: ThreadRow
+    run_count: int
+    preview: str
+
+    @property
+    def id(self) -> uuid.UUID:
+        return self.row.id
+
+    @property
+    def create_time(self) -> datetime:
+        return self.row.create_time
+
+    @property
+    def update_time(self) -> datetime:
+        return self.row.update_time
+
+
+THREAD_ORDERS = ("create_time", "create_time desc", "update_time", "update_time desc")
+PREVIEW_LENGTH = 200
 
 
 class Store:
@@ -99,17 +128,50 @@ class Store:
         async with self.sessions() as s:
             return await s.get(ThreadRow, thread_id)
 
-    async def list_threads(self, limit: int, after: tuple[datetime, str] | None) -> list[ThreadRow]:
-        query = select(ThreadRow).order_by(ThreadRow.create_time, ThreadRow.id).limit(limit)
-        if after:
-            query = query.where(
-                or_(
-                    ThreadRow.create_time > after[0],
-                    and_(ThreadRow.create_time == after[0], ThreadRow.id > uuid.UUID(after[1])),
-                )
-            )
+    @staticmethod
+    def _summaries() -> Select[tuple[ThreadRow, int, str]]:
+        runs = (
+            select(func.count())
+            .select_from(RunRow)
+            .where(RunRow.thread_id == ThreadRow.id)
+            .scalar_subquery()
+        )
+        first_message = (
+            select(func.left(RunRow.input["message"].astext, PREVIEW_LENGTH))
+            .where(RunRow.thread_id == ThreadRow.id)
+            .order_by(RunRow.create_time, RunRow.id)
+            .limit(1)
+            .scalar_subquery()
+        )
+        return select(ThreadRow, runs, first_message)
+
+    async def _read_summaries(
+        self, query: Select[tuple[ThreadRow, int, str]]
+    ) -> list[ThreadSummary]:
         async with self.sessions() as s:
-            return list((await s.scalars(query)).all())
+            rows = (await s.execute(query)).all()
+        return [ThreadSummary(row, int(count or 0), preview or "") for row, count, preview in rows]
+
+    async def thread_summary(self, thread_id: uuid.UUID) -> ThreadSummary | None:
+        found = await self._read_summaries(self._summaries().where(ThreadRow.id == thread_id))
+        return found[0] if found else None
+
+    async def list_threads(
+        self, limit: int, after: tuple[datetime, str] | None, order_by: str = "create_time"
+    ) -> list[ThreadSummary]:
+        """Threads in `order_by` (one of THREAD_ORDERS), with their run count and preview."""
+        key, _, direction = order_by.partition(" ")
+        column = ThreadRow.update_time if key == "update_time" else ThreadRow.create_time
+        descending = direction == "desc"
+        order = (column.desc(), ThreadRow.id.desc()) if descending else (column, ThreadRow.id)
+        query = self._summaries().order_by(*order).limit(limit)
+        if after:
+            when, last = after[0], uuid.UUID(after[1])
+            if descending:
+                query = query.where(or_(column < when, and_(column == when, ThreadRow.id < last)))
+            else:
+                query = query.where(or_(column > when, and_(column == when, ThreadRow.id > last)))
+        return await self._read_summaries(query)
 
     async def thread_has_active_run(self, thread_id: uuid.UUID) -> bool:
         async with self.sessions() as s:
@@ -169,14 +231,30 @@ class Store:
     async def list_runs(
         self, limit: int, after: tuple[datetime, str] | None, flt: RunFilter
     ) -> list[RunRow]:
-        query = select(RunRow).order_by(RunRow.create_time.desc(), RunRow.id.desc()).limit(limit)
-        if after:
-            query = query.where(
-                or_(
-                    RunRow.create_time < after[0],
-                    and_(RunRow.create_time == after[0], RunRow.id < uuid.UUID(after[1])),
-                )
+        if flt.oldest_first:
+            query = select(RunRow).order_by(RunRow.create_time, RunRow.id).limit(limit)
+        else:
+            query = (
+                select(RunRow).order_by(RunRow.create_time.desc(), RunRow.id.desc()).limit(limit)
             )
+        if after:
+            when, last = after[0], uuid.UUID(after[1])
+            if flt.oldest_first:
+                query = query.where(
+                    or_(
+                        RunRow.create_time > when,
+                        and_(RunRow.create_time == when, RunRow.id > last),
+                    )
+                )
+            else:
+                query = query.where(
+                    or_(
+                        RunRow.create_time < when,
+                        and_(RunRow.create_time == when, RunRow.id < last),
+                    )
+                )
+        if flt.condition is not None:
+            query = query.where(flt.condition)
         if flt.statuses:
             query = query.where(RunRow.status.in_(list(flt.statuses)))
         if flt.agent_id:

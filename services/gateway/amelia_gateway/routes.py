@@ -130,6 +130,25 @@ ROUTES: tuple[Rule, ...] = (
         bind={"name": "runs/{run}"},
     ),
     Rule("GET", "/v1/runs/{run}:stream", "AgentService", "StreamRun", bind={"name": "runs/{run}"}),
+    Rule(
+        "GET", "/v1/runs/{run}/steps", "AgentService", "ListRunSteps", bind={"parent": "runs/{run}"}
+    ),
+    Rule(
+        "POST",
+        "/v1/runs/{run}:rerun",
+        "AgentService",
+        "RerunRun",
+        body="*",
+        bind={"name": "runs/{run}"},
+    ),
+    Rule(
+        "POST",
+        "/v1/runs/{run}:fork",
+        "AgentService",
+        "ForkRun",
+        body="*",
+        bind={"name": "runs/{run}"},
+    ),
     # RagService
     Rule("POST", "/v1/documents", "RagService", "IngestDocument", body="*", uploads=True),
     Rule("GET", "/v1/documents", "RagService", "ListDocuments"),

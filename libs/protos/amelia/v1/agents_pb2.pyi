@@ -63,6 +63,38 @@ RUN_STATUS_CANCELLED: RunStatus.ValueType  # 6
 """Stopped by CancelRun."""
 Global___RunStatus: _TypeAlias = RunStatus  # noqa: Y015
 
+class _RunStepState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RunStepStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunStepState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RUN_STEP_STATE_UNSPECIFIED: _RunStepState.ValueType  # 0
+    """Not set."""
+    RUN_STEP_STATE_PENDING: _RunStepState.ValueType  # 1
+    """Its node has not written its update (it is running, or stopped before it finished)."""
+    RUN_STEP_STATE_COMPLETED: _RunStepState.ValueType  # 2
+    """Its node wrote its update."""
+    RUN_STEP_STATE_FAILED: _RunStepState.ValueType  # 3
+    """Its node raised an error."""
+    RUN_STEP_STATE_INTERRUPTED: _RunStepState.ValueType  # 4
+    """Its node asked a question (see `interrupts`) and waits for the answer."""
+
+class RunStepState(_RunStepState, metaclass=_RunStepStateEnumTypeWrapper):
+    """RunStepState is how far a step got."""
+
+RUN_STEP_STATE_UNSPECIFIED: RunStepState.ValueType  # 0
+"""Not set."""
+RUN_STEP_STATE_PENDING: RunStepState.ValueType  # 1
+"""Its node has not written its update (it is running, or stopped before it finished)."""
+RUN_STEP_STATE_COMPLETED: RunStepState.ValueType  # 2
+"""Its node wrote its update."""
+RUN_STEP_STATE_FAILED: RunStepState.ValueType  # 3
+"""Its node raised an error."""
+RUN_STEP_STATE_INTERRUPTED: RunStepState.ValueType  # 4
+"""Its node asked a question (see `interrupts`) and waits for the answer."""
+Global___RunStepState: _TypeAlias = RunStepState  # noqa: Y015
+
 @_typing.final
 class Agent(_message.Message):
     """Agent is a reusable configuration: prompt, model and the documents it may draw on."""
@@ -405,8 +437,14 @@ class Thread(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    RUN_COUNT_FIELD_NUMBER: _builtins.int
+    PREVIEW_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`threads/{thread}`."""
+    run_count: _builtins.int
+    """Output only: how many runs the thread has."""
+    preview: _builtins.str
+    """Output only: the start of the message of the thread's first run (up to 200 characters)."""
     @_builtins.property
     def metadata(self) -> _struct_pb2.Struct:
         """Free-form metadata."""
@@ -426,10 +464,12 @@ class Thread(_message.Message):
         metadata: _struct_pb2.Struct | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        run_count: _builtins.int = ...,
+        preview: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "metadata", b"metadata", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "metadata", b"metadata", "name", b"name", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "metadata", b"metadata", "name", b"name", "preview", b"preview", "run_count", b"run_count", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -537,19 +577,25 @@ class ListThreadsRequest(_message.Message):
 
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    ORDER_BY_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Maximum per page (default 50, at most 1000)."""
     page_token: _builtins.str
     """Token from a previous response."""
+    order_by: _builtins.str
+    """`create_time` (default, oldest first), `create_time desc`, `update_time desc` (most
+    recently active first) or `update_time`.
+    """
     def __init__(
         self,
         *,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        order_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["order_by", b"order_by", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -632,6 +678,7 @@ class Workflow(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     INPUT_SCHEMA_FIELD_NUMBER: _builtins.int
     NODES_FIELD_NUMBER: _builtins.int
+    EDGES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`workflows/{workflow}`, e.g. `workflows/chat`."""
     description: _builtins.str
@@ -644,6 +691,10 @@ class Workflow(_message.Message):
     def nodes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The graph's nodes, in order of a straight run."""
 
+    @_builtins.property
+    def edges(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkflowEdge]:
+        """The graph's edges, from `__start__` to `__end__`, branches and loops included."""
+
     def __init__(
         self,
         *,
@@ -651,14 +702,45 @@ class Workflow(_message.Message):
         description: _builtins.str = ...,
         input_schema: _struct_pb2.Struct | None = ...,
         nodes: _abc.Iterable[_builtins.str] | None = ...,
+        edges: _abc.Iterable[Global___WorkflowEdge] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["input_schema", b"input_schema"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "input_schema", b"input_schema", "name", b"name", "nodes", b"nodes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "edges", b"edges", "input_schema", b"input_schema", "name", b"name", "nodes", b"nodes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Workflow: _TypeAlias = Workflow  # noqa: Y015
+
+@_typing.final
+class WorkflowEdge(_message.Message):
+    """WorkflowEdge is one edge of a workflow's graph."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    CONDITIONAL_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    """The node it leaves, or `__start__`."""
+    target: _builtins.str
+    """The node it enters, or `__end__`."""
+    conditional: _builtins.bool
+    """True when the edge is taken only when a condition says so (a branch or a loop)."""
+    def __init__(
+        self,
+        *,
+        source: _builtins.str = ...,
+        target: _builtins.str = ...,
+        conditional: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conditional", b"conditional", "source", b"source", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkflowEdge: _TypeAlias = WorkflowEdge  # noqa: Y015
 
 @_typing.final
 class ListWorkflowsRequest(_message.Message):
@@ -969,6 +1051,8 @@ class ListRunsRequest(_message.Message):
     THREAD_FIELD_NUMBER: _builtins.int
     CREATED_AFTER_FIELD_NUMBER: _builtins.int
     CREATED_BEFORE_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
+    ORDER_BY_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Maximum per page (default 50, at most 1000)."""
     page_token: _builtins.str
@@ -979,6 +1063,17 @@ class ListRunsRequest(_message.Message):
     """Only runs of this workflow."""
     thread: _builtins.str
     """Only runs in this thread."""
+    filter: _builtins.str
+    """An AIP-160 filter, combined with the fields above by AND, e.g.
+    `status = FAILED AND workflow = "chat" AND create_time > "2026-01-31T00:00:00Z"`,
+    `(status = COMPLETED OR status = CANCELLED) AND NOT error:"timeout"` or `zebras` (a bare
+    word: text in the run's input, output or error, any case). Fields: `status`, `workflow`,
+    `agent`, `thread`, `create_time`, `start_time`, `end_time`, `usage.input_tokens`,
+    `usage.output_tokens`, `attempt`, `error`, `input`, `output`. Operators: `=`, `!=`, `<`,
+    `<=`, `>`, `>=`, `:` (contains, any case, for text), `AND`, `OR`, `NOT`, `-`, parentheses.
+    """
+    order_by: _builtins.str
+    """`create_time desc` (default: newest first) or `create_time` (oldest first)."""
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[Global___RunStatus.ValueType]:
         """Only runs with these statuses."""
@@ -1002,10 +1097,12 @@ class ListRunsRequest(_message.Message):
         thread: _builtins.str = ...,
         created_after: _timestamp_pb2.Timestamp | None = ...,
         created_before: _timestamp_pb2.Timestamp | None = ...,
+        filter: _builtins.str = ...,
+        order_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_after", b"created_after", "created_before", b"created_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "created_after", b"created_after", "created_before", b"created_before", "page_size", b"page_size", "page_token", b"page_token", "statuses", b"statuses", "thread", b"thread", "workflow", b"workflow"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "created_after", b"created_after", "created_before", b"created_before", "filter", b"filter", "order_by", b"order_by", "page_size", b"page_size", "page_token", b"page_token", "statuses", b"statuses", "thread", b"thread", "workflow", b"workflow"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1190,3 +1287,251 @@ class StreamRunResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StreamRunResponse: _TypeAlias = StreamRunResponse  # noqa: Y015
+
+@_typing.final
+class ListRunStepsRequest(_message.Message):
+    """ListRunStepsRequest names the run whose steps to list."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """`runs/{run}`."""
+    page_size: _builtins.int
+    """Maximum per page (default 100, at most 1000)."""
+    page_token: _builtins.str
+    """Token from a previous response."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRunStepsRequest: _TypeAlias = ListRunStepsRequest  # noqa: Y015
+
+@_typing.final
+class RunStep(_message.Message):
+    """RunStep is one node's execution in a run, read from the run's checkpoints."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    TASK_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    INPUT_FIELD_NUMBER: _builtins.int
+    UPDATE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    INTERRUPTS_FIELD_NUMBER: _builtins.int
+    node: _builtins.str
+    """The node."""
+    task: _builtins.str
+    """LangGraph's task id; the same as the `task` of the run's `run.node.*` events."""
+    step: _builtins.int
+    """LangGraph's step number in the thread's history."""
+    checkpoint: _builtins.str
+    """The checkpoint holding the state before the step: what ForkRun starts from."""
+    state: Global___RunStepState.ValueType
+    """How far it got."""
+    error: _builtins.str
+    """The node's error, when it failed."""
+    @_builtins.property
+    def input(self) -> _struct_pb2.Struct:
+        """The state before the step (the node's input)."""
+
+    @_builtins.property
+    def update(self) -> _struct_pb2.Value:
+        """What the node wrote (its state update); null until it did."""
+
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """When the state before the step was saved."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """When the state after it was saved; unset until then. The time between includes waiting
+        for a worker or for an answer.
+        """
+
+    @_builtins.property
+    def interrupts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Interrupt]:
+        """The questions the node asked."""
+
+    def __init__(
+        self,
+        *,
+        node: _builtins.str = ...,
+        task: _builtins.str = ...,
+        step: _builtins.int = ...,
+        checkpoint: _builtins.str = ...,
+        input: _struct_pb2.Struct | None = ...,
+        update: _struct_pb2.Value | None = ...,
+        state: Global___RunStepState.ValueType = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        error: _builtins.str = ...,
+        interrupts: _abc.Iterable[Global___Interrupt] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "input", b"input", "start_time", b"start_time", "update", b"update"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "end_time", b"end_time", "error", b"error", "input", b"input", "interrupts", b"interrupts", "node", b"node", "start_time", b"start_time", "state", b"state", "step", b"step", "task", b"task", "update", b"update"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunStep: _TypeAlias = RunStep  # noqa: Y015
+
+@_typing.final
+class ListRunStepsResponse(_message.Message):
+    """ListRunStepsResponse is one page of steps, in the order they ran."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STEPS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunStep]:
+        """The steps."""
+
+    def __init__(
+        self,
+        *,
+        steps: _abc.Iterable[Global___RunStep] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "steps", b"steps"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRunStepsResponse: _TypeAlias = ListRunStepsResponse  # noqa: Y015
+
+@_typing.final
+class RerunRunRequest(_message.Message):
+    """RerunRunRequest names the run to run again."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    THREAD_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`runs/{run}`."""
+    thread: _builtins.str
+    """`threads/{thread}` to run in; empty: a new thread."""
+    request_id: _builtins.str
+    """Idempotency key: a repeated request with the same id returns the first new run."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        thread: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "request_id", b"request_id", "thread", b"thread"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RerunRunRequest: _TypeAlias = RerunRunRequest  # noqa: Y015
+
+@_typing.final
+class RerunRunResponse(_message.Message):
+    """RerunRunResponse is the new run, queued."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def run(self) -> Global___Run:
+        """The run."""
+
+    def __init__(
+        self,
+        *,
+        run: Global___Run | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RerunRunResponse: _TypeAlias = RerunRunResponse  # noqa: Y015
+
+@_typing.final
+class ForkRunRequest(_message.Message):
+    """ForkRunRequest names a step of a run to continue from."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`runs/{run}`."""
+    checkpoint: _builtins.str
+    """A step's `checkpoint` (ListRunSteps): the new run starts with that step's node."""
+    request_id: _builtins.str
+    """Idempotency key: a repeated request with the same id returns the first new run."""
+    @_builtins.property
+    def values(self) -> _struct_pb2.Struct:
+        """A state update applied before continuing, as if the step before had written it (through
+        the graph's reducers: a list such as `messages` is appended to); empty: none.
+        """
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        checkpoint: _builtins.str = ...,
+        values: _struct_pb2.Struct | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["values", b"values"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "name", b"name", "request_id", b"request_id", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForkRunRequest: _TypeAlias = ForkRunRequest  # noqa: Y015
+
+@_typing.final
+class ForkRunResponse(_message.Message):
+    """ForkRunResponse is the new run, queued."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def run(self) -> Global___Run:
+        """The run."""
+
+    def __init__(
+        self,
+        *,
+        run: Global___Run | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForkRunResponse: _TypeAlias = ForkRunResponse  # noqa: Y015

@@ -115,6 +115,21 @@ class AgentServiceStub:
                 request_serializer=amelia_dot_v1_dot_agents__pb2.StreamRunRequest.SerializeToString,
                 response_deserializer=amelia_dot_v1_dot_agents__pb2.StreamRunResponse.FromString,
                 _registered_method=True)
+        self.ListRunSteps = channel.unary_unary(
+                '/amelia.v1.AgentService/ListRunSteps',
+                request_serializer=amelia_dot_v1_dot_agents__pb2.ListRunStepsRequest.SerializeToString,
+                response_deserializer=amelia_dot_v1_dot_agents__pb2.ListRunStepsResponse.FromString,
+                _registered_method=True)
+        self.RerunRun = channel.unary_unary(
+                '/amelia.v1.AgentService/RerunRun',
+                request_serializer=amelia_dot_v1_dot_agents__pb2.RerunRunRequest.SerializeToString,
+                response_deserializer=amelia_dot_v1_dot_agents__pb2.RerunRunResponse.FromString,
+                _registered_method=True)
+        self.ForkRun = channel.unary_unary(
+                '/amelia.v1.AgentService/ForkRun',
+                request_serializer=amelia_dot_v1_dot_agents__pb2.ForkRunRequest.SerializeToString,
+                response_deserializer=amelia_dot_v1_dot_agents__pb2.ForkRunResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -233,6 +248,29 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRunSteps(self, request, context):
+        """ListRunSteps gives each node execution of a run, read from its LangGraph checkpoints: the
+        state before the node, what it wrote, when, and the checkpoint to fork from.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RerunRun(self, request, context):
+        """RerunRun starts a new run with the same target, input, agent snapshot and timeout.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ForkRun(self, request, context):
+        """ForkRun starts a new run from a step of an earlier one (LangGraph time travel): the state
+        before that step, with an optional update, continues in the run's thread.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -315,6 +353,21 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.StreamRun,
                     request_deserializer=amelia_dot_v1_dot_agents__pb2.StreamRunRequest.FromString,
                     response_serializer=amelia_dot_v1_dot_agents__pb2.StreamRunResponse.SerializeToString,
+            ),
+            'ListRunSteps': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRunSteps,
+                    request_deserializer=amelia_dot_v1_dot_agents__pb2.ListRunStepsRequest.FromString,
+                    response_serializer=amelia_dot_v1_dot_agents__pb2.ListRunStepsResponse.SerializeToString,
+            ),
+            'RerunRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.RerunRun,
+                    request_deserializer=amelia_dot_v1_dot_agents__pb2.RerunRunRequest.FromString,
+                    response_serializer=amelia_dot_v1_dot_agents__pb2.RerunRunResponse.SerializeToString,
+            ),
+            'ForkRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForkRun,
+                    request_deserializer=amelia_dot_v1_dot_agents__pb2.ForkRunRequest.FromString,
+                    response_serializer=amelia_dot_v1_dot_agents__pb2.ForkRunResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -750,6 +803,87 @@ class AgentService:
             '/amelia.v1.AgentService/StreamRun',
             amelia_dot_v1_dot_agents__pb2.StreamRunRequest.SerializeToString,
             amelia_dot_v1_dot_agents__pb2.StreamRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRunSteps(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/amelia.v1.AgentService/ListRunSteps',
+            amelia_dot_v1_dot_agents__pb2.ListRunStepsRequest.SerializeToString,
+            amelia_dot_v1_dot_agents__pb2.ListRunStepsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RerunRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/amelia.v1.AgentService/RerunRun',
+            amelia_dot_v1_dot_agents__pb2.RerunRunRequest.SerializeToString,
+            amelia_dot_v1_dot_agents__pb2.RerunRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForkRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/amelia.v1.AgentService/ForkRun',
+            amelia_dot_v1_dot_agents__pb2.ForkRunRequest.SerializeToString,
+            amelia_dot_v1_dot_agents__pb2.ForkRunResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -65,6 +65,16 @@ class AgentServiceStub:
     """ResumeRun answers a paused run's question and continues it."""
     StreamRun: _grpc.UnaryStreamMultiCallable[_agents_pb2.StreamRunRequest, _agents_pb2.StreamRunResponse]
     """StreamRun replays a run's events from the log, then follows it live until it ends."""
+    ListRunSteps: _grpc.UnaryUnaryMultiCallable[_agents_pb2.ListRunStepsRequest, _agents_pb2.ListRunStepsResponse]
+    """ListRunSteps gives each node execution of a run, read from its LangGraph checkpoints: the
+    state before the node, what it wrote, when, and the checkpoint to fork from.
+    """
+    RerunRun: _grpc.UnaryUnaryMultiCallable[_agents_pb2.RerunRunRequest, _agents_pb2.RerunRunResponse]
+    """RerunRun starts a new run with the same target, input, agent snapshot and timeout."""
+    ForkRun: _grpc.UnaryUnaryMultiCallable[_agents_pb2.ForkRunRequest, _agents_pb2.ForkRunResponse]
+    """ForkRun starts a new run from a step of an earlier one (LangGraph time travel): the state
+    before that step, with an optional update, continues in the run's thread.
+    """
 
 @_typing.type_check_only
 class AgentServiceAsyncStub(AgentServiceStub):
@@ -103,6 +113,16 @@ class AgentServiceAsyncStub(AgentServiceStub):
     """ResumeRun answers a paused run's question and continues it."""
     StreamRun: _aio.UnaryStreamMultiCallable[_agents_pb2.StreamRunRequest, _agents_pb2.StreamRunResponse]  # type: ignore[assignment]
     """StreamRun replays a run's events from the log, then follows it live until it ends."""
+    ListRunSteps: _aio.UnaryUnaryMultiCallable[_agents_pb2.ListRunStepsRequest, _agents_pb2.ListRunStepsResponse]  # type: ignore[assignment]
+    """ListRunSteps gives each node execution of a run, read from its LangGraph checkpoints: the
+    state before the node, what it wrote, when, and the checkpoint to fork from.
+    """
+    RerunRun: _aio.UnaryUnaryMultiCallable[_agents_pb2.RerunRunRequest, _agents_pb2.RerunRunResponse]  # type: ignore[assignment]
+    """RerunRun starts a new run with the same target, input, agent snapshot and timeout."""
+    ForkRun: _aio.UnaryUnaryMultiCallable[_agents_pb2.ForkRunRequest, _agents_pb2.ForkRunResponse]  # type: ignore[assignment]
+    """ForkRun starts a new run from a step of an earlier one (LangGraph time travel): the state
+    before that step, with an optional update, continues in the run's thread.
+    """
 
 class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     """AgentService manages agents, threads and durable runs of LangGraph workflows."""
@@ -234,5 +254,33 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_agents_pb2.StreamRunResponse], _abc.AsyncIterator[_agents_pb2.StreamRunResponse]]:
         """StreamRun replays a run's events from the log, then follows it live until it ends."""
+
+    @_abc_1.abstractmethod
+    def ListRunSteps(
+        self,
+        request: _agents_pb2.ListRunStepsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agents_pb2.ListRunStepsResponse, _abc.Awaitable[_agents_pb2.ListRunStepsResponse]]:
+        """ListRunSteps gives each node execution of a run, read from its LangGraph checkpoints: the
+        state before the node, what it wrote, when, and the checkpoint to fork from.
+        """
+
+    @_abc_1.abstractmethod
+    def RerunRun(
+        self,
+        request: _agents_pb2.RerunRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agents_pb2.RerunRunResponse, _abc.Awaitable[_agents_pb2.RerunRunResponse]]:
+        """RerunRun starts a new run with the same target, input, agent snapshot and timeout."""
+
+    @_abc_1.abstractmethod
+    def ForkRun(
+        self,
+        request: _agents_pb2.ForkRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agents_pb2.ForkRunResponse, _abc.Awaitable[_agents_pb2.ForkRunResponse]]:
+        """ForkRun starts a new run from a step of an earlier one (LangGraph time travel): the state
+        before that step, with an optional update, continues in the run's thread.
+        """
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,274 @@
+"""ListRuns' `filter`: an AIP-160 expression compiled to one SQL condition on the runs table.
+
+The grammar is AIP-160's: `a b` and `a AND b` both mean AND; OR binds tighter than AND
+(`a AND b OR c` is `a AND (b OR c)`); `NOT x` and `-x` negate; parentheses group. A restriction
+is `field op value` with op one of `= != < <= > >= :`; a bare word or quoted string is a text
+search (any case) in the run's input, output and error. Values are words or quoted strings.
+
+Everything is checked before a query is built: an unknown field, an operator a field does not
+take, or a value of the wrong kind is an InvalidArgument naming it and where it is.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Text, and_, cast, not_, or_
+from sqlalchemy.sql.elements import ColumnElement
+
+from amelia_agents.models import RunRow, RunState
+from amelia_common.errors import InvalidArgument
+
+MAX_FILTER_LENGTH = 2000
+MAX_DEPTH = 32
+COMPARISONS = ("=", "!=", "<", "<=", ">", ">=")
+_TOKEN = re.compile(
+    r"""\s*(?:(?P<op>!=|<=|>=|=|<|>|:|\(|\))|"(?P<dq>(?:[^"\\]|\\.)*)"|'(?P<sq>(?:[^'\\]|\\.)*)'"""
+    r"""|(?P<word>[^\s()=!<>:"']+))"""
+)
+
+
+@dataclass(frozen=True)
+class Token:
+    kind: str  # "op", "word" or "text" (a quoted string)
+    value: str
+    at: int
+
+
+def tokenize(source: str) -> list[Token]:
+    tokens: list[Token] = []
+    position = 0
+    source = source.rstrip()
+    while position < len(source):
+        match = _TOKEN.match(source, position)
+        if match is None or match.end() == position:
+            rest = source[position:].lstrip()
+            if rest[:1] in ("'", '"'):
+                raise InvalidArgument(
+                    f"filter: the quote at {len(source) - len(rest)} is never closed"
+                )
+            raise InvalidArgument(f"filter: unexpected {source[position:].strip()[:20]!r}")
+        at = match.start(match.lastgroup or 0)
+        if match.group("op") is not None:
+            tokens.append(Token("op", match.group("op"), at))
+        elif match.group("word") is not None:
+            tokens.append(Token("word", match.group("word"), at))
+        else:
+            quoted = match.group("dq") if match.group("dq") is not None else match.group("sq")
+            tokens.append(Token("text", re.sub(r"\\(.)", r"\1", quoted), at))
+        position = match.end()
+    return tokens
+
+
+# -- fields ------------------------------------------------------------------------------------
+
+
+def _like(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def _status(value: str) -> str:
+    name = value.upper().removeprefix("RUN_STATUS_")
+    if name not in RunState.__members__:
+        raise InvalidArgument(
+            f"filter: status {value!r} is not one of {', '.join(RunState.__members__)}"
+        )
+    return name
+
+
+def _time(value: str) -> datetime:
+    hint = 'write it in quotes as RFC 3339, e.g. "2026-01-31T00:00:00Z"'
+    try:
+        stamp = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidArgument(f"filter: {value!r} is not a time; {hint}") from None
+    if stamp.tzinfo is None:
+        raise InvalidArgument(f"filter: time {value!r} has no time zone; {hint}")
+    return stamp
+
+
+def _integer(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidArgument(f"filter: {value!r} is not a whole number") from None
+
+
+def _uuid(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value.removeprefix("threads/"))
+    except ValueError:
+        raise InvalidArgument(f"filter: thread {value!r} is not 'threads/<uuid>'") from None
+
+
+@dataclass(frozen=True)
+class Field:
+    column: Any
+    parse: Callable[[str], Any]
+    operators: tuple[str, ...]
+    text: bool = False  # `:` means contains, any case
+
+
+_EQUALITY = ("=", "!=")
+FIELDS: dict[str, Field] = {
+    "status": Field(RunRow.status, _status, _EQUALITY),
+    "workflow": Field(RunRow.workflow, lambda v: v.removeprefix("workflows/"), _EQUALITY),
+    "agent": Field(RunRow.agent_id, lambda v: v.removeprefix("agents/"), _EQUALITY),
+    "thread": Field(RunRow.thread_id, _uuid, _EQUALITY),
+    "create_time": Field(RunRow.create_time, _time, COMPARISONS),
+    "start_time": Field(RunRow.start_time, _time, COMPARISONS),
+    "end_time": Field(RunRow.end_time, _time, COMPARISONS),
+    "usage.input_tokens": Field(RunRow.input_tokens, _integer, COMPARISONS),
+    "usage.output_tokens": Field(RunRow.output_tokens, _integer, COMPARISONS),
+    "attempt": Field(RunRow.attempt, _integer, COMPARISONS),
+    "error": Field(RunRow.error, str, (*_EQUALITY, ":"), text=True),
+    "input": Field(cast(RunRow.input, Text), str, (":",), text=True),
+    "output": Field(cast(RunRow.output, Text), str, (":",), text=True),
+}
+
+
+def _compare(column: Any, op: str, value: Any) -> ColumnElement[bool]:
+    if op == "=":
+        return column == value
+    if op == "!=":
+        # AIP-160: a field without a value (NULL) is "not equal" to any value.
+        return or_(column != value, column.is_(None))
+    if op == "<":
+        return column < value
+    if op == "<=":
+        return column <= value
+    if op == ">":
+        return column > value
+    return column >= value
+
+
+def text_search(text: str) -> ColumnElement[bool]:
+    """Any case, anywhere in the run's input, output or error."""
+    pattern = _like(text)
+    return or_(
+        cast(RunRow.input, Text).ilike(pattern),
+        cast(RunRow.output, Text).ilike(pattern),
+        RunRow.error.ilike(pattern),
+    )
+
+
+# -- the parser --------------------------------------------------------------------------------
+
+
+class _Parser:
+    def __init__(self, tokens: list[Token]) -> None:
+        self.tokens = tokens
+        self.index = 0
+        self.depth = 0
+
+    def peek(self) -> Token | None:
+        return self.tokens[self.index] if self.index < len(self.tokens) else None
+
+    def take(self) -> Token:
+        token = self.peek()
+        if token is None:
+            raise InvalidArgument("filter: ends too early; a value or ')' is missing")
+        self.index += 1
+        return token
+
+    def is_op(self, value: str) -> bool:
+        token = self.peek()
+        return token is not None and token.kind == "op" and token.value == value
+
+    def is_word(self, value: str) -> bool:
+        token = self.peek()
+        return token is not None and token.kind == "word" and token.value == value
+
+    def expression(self) -> ColumnElement[bool]:
+        """sequence {AND sequence}; a sequence is factors side by side (also AND)."""
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise InvalidArgument(f"filter: nested more than {MAX_DEPTH} levels deep")
+        parts = [self.factor()]
+        while self.peek() is not None and not self.is_op(")"):
+            if self.is_word("AND"):
+                self.index += 1
+            parts.append(self.factor())
+        self.depth -= 1
+        return parts[0] if len(parts) == 1 else and_(*parts)
+
+    def factor(self) -> ColumnElement[bool]:
+        parts = [self.term()]
+        while self.is_word("OR"):
+            self.index += 1
+            parts.append(self.term())
+        return parts[0] if len(parts) == 1 else or_(*parts)
+
+    def term(self) -> ColumnElement[bool]:
+        if self.is_word("NOT"):
+            self.index += 1
+            return not_(self.term())
+        token = self.peek()
+        if token is not None and token.kind == "word" and token.value.startswith("-"):
+            if len(token.value) == 1:
+                raise InvalidArgument(f"filter: '-' at {token.at} must touch what it negates")
+            self.tokens[self.index] = Token("word", token.value[1:], token.at + 1)
+            return not_(self.term())
+        return self.simple()
+
+    def simple(self) -> ColumnElement[bool]:
+        token = self.take()
+        if token.kind == "op" and token.value == "(":
+            inner = self.expression()
+            if not self.is_op(")"):
+                raise InvalidArgument(f"filter: the '(' at {token.at} is never closed")
+            self.index += 1
+            return inner
+        if token.kind == "op":
+            raise InvalidArgument(f"filter: unexpected {token.value!r} at {token.at}")
+        if token.value in ("AND", "OR") and token.kind == "word":
+            raise InvalidArgument(f"filter: {token.value} at {token.at} has nothing before it")
+        following = self.peek()
+        if following is None or following.kind != "op" or following.value in ("(", ")"):
+            return text_search(token.value)  # a bare word or string
+        op = self.take().value
+        value = self.take()
+        if value.kind == "op":
+            raise InvalidArgument(f"filter: {token.value} {op} needs a value at {value.at}")
+        return self.restriction(token, op, value.value)
+
+    def restriction(self, name: Token, op: str, raw: str) -> ColumnElement[bool]:
+        field = FIELDS.get(name.value)
+        if field is None or name.kind != "word":
+            raise InvalidArgument(
+                f"filter: unknown field {name.value!r} at {name.at}; fields: {', '.join(FIELDS)}"
+            )
+        if op not in field.operators:
+            raise InvalidArgument(
+                f"filter: {name.value} takes {' '.join(field.operators)}, not {op!r}"
+            )
+        if field.text and op == ":":
+            return field.column.ilike(_like(raw))
+        return _compare(field.column, op, field.parse(raw))
+
+
+def compile_filter(source: str) -> ColumnElement[bool] | None:
+    """The SQL condition `source` means, or None for an empty filter; InvalidArgument if it
+    is not one this service understands."""
+    if len(source) > MAX_FILTER_LENGTH:
+        raise InvalidArgument(f"filter is longer than {MAX_FILTER_LENGTH} characters")
+    if "\x00" in source:
+        raise InvalidArgument("filter must not contain NUL characters")
+    tokens = tokenize(source)
+    if not tokens:
+        return None
+    parser = _Parser(tokens)
+    condition = parser.expression()
+    if parser.peek() is not None:
+        token = parser.take()
+        raise InvalidArgument(f"filter: unexpected {token.value!r} at {token.at}")
+    return condition
+
+
+__all__ = ["FIELDS", "compile_filter", "text_search"]

@@ -1,0 +1,154 @@
+"""A run's steps read from its LangGraph checkpoints, the graph's shape, and forks.
+
+Each checkpoint of the run's thread whose metadata names the run (`amelia_run`, set by the
+executor's config) holds the state before a superstep and the tasks of that superstep; a task's
+writes (its `result`) are the node's update, and the next checkpoint's time is when the update
+was saved. A fork is LangGraph's time travel: `aupdate_state` on an earlier checkpoint, as the
+node that ran before it, writes a new head checkpoint for the thread whose `next` is the chosen
+step's node, tagged with the new run — so the executor, seeing its own checkpoint with nodes
+left, continues from there.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.graph import START
+from langgraph.pregel import Pregel
+from langgraph.types import StateSnapshot
+
+from amelia.v1 import agents_pb2
+from amelia_agents import workflows
+from amelia_agents.convert import to_value
+from amelia_agents.models import RunRow
+from amelia_common.errors import FailedPrecondition, NotFound
+
+RUN_KEY = "amelia_run"
+
+
+def _plain(value: Any) -> Any:
+    """JSON values only (a state may hold other objects): anything else becomes its text."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def workflow_of(row: RunRow) -> workflows.Workflow:
+    name = workflows.AGENT_WORKFLOW if row.agent_id else (row.workflow or "")
+    workflow = workflows.get(name)
+    if workflow is None:
+        raise FailedPrecondition(f"workflow {name!r} is not available on this service")
+    return workflow
+
+
+def compiled(row: RunRow, checkpointer: BaseCheckpointSaver[Any] | None) -> Pregel[Any]:
+    graph: Pregel[Any] = workflow_of(row).build(row.agent_config).compile(checkpointer=checkpointer)
+    return graph
+
+
+def edges(workflow: workflows.Workflow) -> list[agents_pb2.WorkflowEdge]:
+    """The workflow's edges as LangGraph draws them (conditional ones: every possible target)."""
+    drawn = workflow.build(None).compile().get_graph()
+    return [
+        agents_pb2.WorkflowEdge(source=e.source, target=e.target, conditional=e.conditional)
+        for e in drawn.edges
+    ]
+
+
+async def history(row: RunRow, checkpointer: BaseCheckpointSaver[Any]) -> list[StateSnapshot]:
+    """The run's checkpoints, oldest first."""
+    graph = compiled(row, checkpointer)
+    config = {"configurable": {"thread_id": str(row.thread_id)}}
+    mine = str(row.id)
+    found = [s async for s in graph.aget_state_history(config)]  # type: ignore[arg-type]
+    return [s for s in reversed(found) if (s.metadata or {}).get(RUN_KEY) == mine]
+
+
+def _checkpoint_id(snapshot: StateSnapshot) -> str:
+    return str(snapshot.config["configurable"]["checkpoint_id"])
+
+
+def _time(target: Any, value: str | None) -> None:
+    if value:
+        target.FromDatetime(datetime.fromisoformat(value))
+
+
+def to_steps(snapshots: list[StateSnapshot]) -> list[agents_pb2.RunStep]:
+    steps: list[agents_pb2.RunStep] = []
+    for index, snapshot in enumerate(snapshots):
+        after = snapshots[index + 1] if index + 1 < len(snapshots) else None
+        for task in snapshot.tasks:
+            if task.name == START:
+                continue  # the run's input being written, not a node
+            step = agents_pb2.RunStep(
+                node=task.name,
+                task=task.id,
+                step=int((snapshot.metadata or {}).get("step", 0)),
+                checkpoint=_checkpoint_id(snapshot),
+                error=str(task.error or ""),
+            )
+            step.input.update(_plain(dict(snapshot.values or {})))
+            for interrupt in task.interrupts:
+                step.interrupts.add(node=task.name).value.CopyFrom(
+                    to_value(_plain(interrupt.value))
+                )
+            _time(step.start_time, snapshot.created_at)
+            finished = task.result is not None or (after is not None and not task.error)
+            if task.result is not None:
+                step.update.CopyFrom(to_value(_plain(task.result)))
+            if task.error:
+                step.state = agents_pb2.RUN_STEP_STATE_FAILED
+            elif finished:
+                step.state = agents_pb2.RUN_STEP_STATE_COMPLETED
+                if after is not None:
+                    _time(step.end_time, after.created_at)
+            elif task.interrupts:
+                step.state = agents_pb2.RUN_STEP_STATE_INTERRUPTED
+            else:
+                step.state = agents_pb2.RUN_STEP_STATE_PENDING
+            steps.append(step)
+    return steps
+
+
+@dataclass(frozen=True)
+class ForkPoint:
+    checkpoint: str
+    node: str  # the step's node: what the fork runs first
+    before: str  # the node whose update led to the checkpoint (START for the first step)
+
+
+def fork_point(snapshots: list[StateSnapshot], checkpoint: str) -> ForkPoint:
+    """The step of `snapshots` saved as `checkpoint`; NotFound if the run has none there."""
+    for index, snapshot in enumerate(snapshots):
+        if _checkpoint_id(snapshot) != checkpoint:
+            continue
+        nodes = [t.name for t in snapshot.tasks if t.name != START]
+        if not nodes:
+            raise FailedPrecondition(
+                f"checkpoint {checkpoint} is the end of the run: there is no step to fork from"
+            )
+        previous = [t.name for t in snapshots[index - 1].tasks] if index else []
+        return ForkPoint(checkpoint, nodes[0], previous[0] if previous else START)
+    raise NotFound(f"the run has no step with checkpoint {checkpoint!r}; see ListRunSteps")
+
+
+async def write_fork(
+    row: RunRow,
+    source: RunRow,
+    point: ForkPoint,
+    values: dict[str, Any],
+    checkpointer: BaseCheckpointSaver[Any],
+) -> None:
+    """Make the fork the head of the thread, tagged with the new run `row`."""
+    graph = compiled(source, checkpointer)
+    config = {
+        "configurable": {
+            "thread_id": str(row.thread_id),
+            "checkpoint_ns": "",
+            "checkpoint_id": point.checkpoint,
+        },
+        "metadata": {RUN_KEY: str(row.id)},
+    }
+    await graph.aupdate_state(config, values, as_node=point.before)  # type: ignore[arg-type]

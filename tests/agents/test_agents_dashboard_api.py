@@ -1,0 +1,269 @@
+"""What the dashboard needs from AgentService: run steps from the checkpoints, rerun, fork (time
+travel), ListRuns' AIP-160 filter and order, threads with their run count and preview, and the
+workflows' edges. All against the real services, PostgreSQL and NATS."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import grpc
+from agents_helpers import S, create_run, rpc_error, wait_status
+from google.protobuf import json_format, struct_pb2
+
+DONE = (S.RUN_STATUS_COMPLETED, S.RUN_STATUS_FAILED)
+
+
+async def _steps_run(agents: Any, tmp_path: Path) -> tuple[S.Run, Path]:
+    record, release = tmp_path / "record", tmp_path / "release"
+    release.touch()
+    run = await create_run(
+        agents,
+        workflow="workflows/test-steps",
+        input={"record": str(record), "release": str(release)},
+    )
+    return await wait_status(agents, run.name, *DONE), record
+
+
+async def _steps(agents: Any, name: str, **page: Any) -> S.ListRunStepsResponse:
+    return await agents.ListRunSteps(S.ListRunStepsRequest(parent=name, **page))
+
+
+def _plain(message: Any) -> Any:
+    return json_format.MessageToDict(message)
+
+
+async def test_steps_give_each_node_its_input_update_and_times(agents, tmp_path) -> None:
+    run, _ = await _steps_run(agents, tmp_path)
+    assert run.status == S.RUN_STATUS_COMPLETED
+    steps = (await _steps(agents, run.name)).steps
+    assert [s.node for s in steps] == ["a", "b", "c"]
+    assert {s.state for s in steps} == {S.RUN_STEP_STATE_COMPLETED}
+    assert [_plain(s.update) for s in steps] == [
+        {"done": ["a"]},
+        {"done": ["a", "b"]},
+        {"done": ["a", "b", "c"]},
+    ]
+    # The input of a step is the state its node saw: what the step before wrote.
+    assert _plain(steps[1].input)["done"] == ["a"]
+    assert "done" not in _plain(steps[0].input)
+    for step in steps:
+        assert step.start_time.ToDatetime() <= step.end_time.ToDatetime()
+    assert len({s.checkpoint for s in steps}) == 3
+    # Pages of the same list, in order.
+    first = await _steps(agents, run.name, page_size=2)
+    rest = await _steps(agents, run.name, page_token=first.next_page_token)
+    assert [s.node for s in [*first.steps, *rest.steps]] == ["a", "b", "c"]
+    assert rest.next_page_token == ""
+
+
+async def test_a_paused_run_shows_the_question_of_its_waiting_step(agents) -> None:
+    run = await create_run(agents, workflow="workflows/test-ask", input={"question": "Ship it?"})
+    await wait_status(agents, run.name, S.RUN_STATUS_PAUSED)
+    steps = (await _steps(agents, run.name)).steps
+    assert [s.node for s in steps] == ["ask"]
+    assert steps[0].state == S.RUN_STEP_STATE_INTERRUPTED
+    assert _plain(steps[0].interrupts[0].value) == {"question": "Ship it?"}
+    refused = await rpc_error(
+        agents.ForkRun(S.ForkRunRequest(name=run.name, checkpoint=steps[0].checkpoint))
+    )
+    assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION
+    await agents.ResumeRun(
+        S.ResumeRunRequest(name=run.name, answer=struct_pb2.Value(string_value="yes"))
+    )
+    await wait_status(agents, run.name, S.RUN_STATUS_COMPLETED)
+    steps = (await _steps(agents, run.name)).steps
+    assert [(s.node, s.state) for s in steps] == [
+        ("ask", S.RUN_STEP_STATE_COMPLETED),
+        ("finish", S.RUN_STEP_STATE_COMPLETED),
+    ]
+    assert _plain(steps[0].update) == {"answer": "yes"}
+
+
+async def test_fork_continues_from_a_step_with_edited_state(agents, tmp_path) -> None:
+    source, record = await _steps_run(agents, tmp_path)
+    step_b = (await _steps(agents, source.name)).steps[1]
+    values = S.ForkRunRequest().values
+    values.update({"done": ["edited"]})
+    key = str(uuid.uuid4())
+    fork = (
+        await agents.ForkRun(
+            S.ForkRunRequest(
+                name=source.name, checkpoint=step_b.checkpoint, values=values, request_id=key
+            )
+        )
+    ).run
+    assert fork.thread == source.thread and fork.name != source.name
+    again = await agents.ForkRun(
+        S.ForkRunRequest(
+            name=source.name, checkpoint=step_b.checkpoint, values=values, request_id=key
+        )
+    )
+    assert again.run.name == fork.name
+    done = await wait_status(agents, fork.name, *DONE)
+    assert done.status == S.RUN_STATUS_COMPLETED, done.error
+    assert list(done.output["done"]) == ["edited", "b", "c"]
+    # `a` ran once (in the source run); b and c ran again in the fork.
+    assert [line.split()[0] for line in record.read_text().splitlines()] == [
+        "a",
+        "b",
+        "c",
+        "b",
+        "c",
+    ]
+    assert [s.node for s in (await _steps(agents, fork.name)).steps] == ["b", "c"]
+    # The source's steps are untouched by the fork.
+    assert [s.node for s in (await _steps(agents, source.name)).steps] == ["a", "b", "c"]
+
+    # From the first step, with no edit: the whole graph again.
+    first = (await _steps(agents, source.name)).steps[0]
+    again = (
+        await agents.ForkRun(S.ForkRunRequest(name=source.name, checkpoint=first.checkpoint))
+    ).run
+    again = await wait_status(agents, again.name, *DONE)
+    assert list(again.output["done"]) == ["a", "b", "c"]
+
+    missing = await rpc_error(agents.ForkRun(S.ForkRunRequest(name=source.name, checkpoint="nope")))
+    assert missing.code() == grpc.StatusCode.NOT_FOUND
+    assert "ListRunSteps" in (missing.details() or "")
+    empty = await rpc_error(agents.ForkRun(S.ForkRunRequest(name=source.name)))
+    assert empty.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_rerun_runs_the_same_input_again(agents) -> None:
+    word = f"rerun-{uuid.uuid4().hex[:8]}"
+    run = await create_run(agents, workflow="workflows/echo", input={"message": f"say {word}"})
+    await wait_status(agents, run.name, S.RUN_STATUS_COMPLETED)
+    key = str(uuid.uuid4())
+    rerun = (await agents.RerunRun(S.RerunRunRequest(name=run.name, request_id=key))).run
+    same = (await agents.RerunRun(S.RerunRunRequest(name=run.name, request_id=key))).run
+    assert same.name == rerun.name
+    assert rerun.name != run.name and rerun.thread != run.thread
+    assert rerun.workflow == "workflows/echo" and rerun.input["message"] == f"say {word}"
+    done = await wait_status(agents, rerun.name, S.RUN_STATUS_COMPLETED)
+    assert done.output["message"] == f"say {word}"
+    in_thread = (await agents.RerunRun(S.RerunRunRequest(name=run.name, thread=run.thread))).run
+    assert in_thread.thread == run.thread
+    await wait_status(agents, in_thread.name, S.RUN_STATUS_COMPLETED)
+    gone = await rpc_error(agents.RerunRun(S.RerunRunRequest(name=f"runs/{uuid.uuid4()}")))
+    assert gone.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def _names(agents: Any, filter: str, **request: Any) -> list[str]:
+    response = await agents.ListRuns(S.ListRunsRequest(filter=filter, page_size=100, **request))
+    return [r.name for r in response.runs]
+
+
+async def test_list_runs_filter_and_order(agents) -> None:
+    word = f"zebra{uuid.uuid4().hex[:8]}"
+    runs = []
+    for text in (f"{word} one", f"{word} two 100%_done", f"plain {word[::-1]}"):
+        run = await create_run(agents, workflow="workflows/echo", input={"message": text})
+        runs.append(await wait_status(agents, run.name, S.RUN_STATUS_COMPLETED))
+    failed = await create_run(agents, workflow="workflows/test-raise", input={"note": word})
+    failed = await wait_status(agents, failed.name, S.RUN_STATUS_FAILED)
+    one, two, plain = (r.name for r in runs)
+
+    assert await _names(agents, word) == [failed.name, two, one]  # newest first
+    assert await _names(agents, f'"{word.upper()}"', order_by="create_time") == [
+        one,
+        two,
+        failed.name,
+    ]
+    assert await _names(agents, f'{word} status = COMPLETED workflow = "workflows/echo"') == [
+        two,
+        one,
+    ]
+    assert await _names(agents, f'{word} AND (status = FAILED OR input:"TWO")') == [
+        failed.name,
+        two,
+    ]
+    # AIP-160: OR binds tighter than AND.
+    assert await _names(agents, f"{word} AND status = FAILED OR status = RUN_STATUS_COMPLETED") == [
+        failed.name,
+        two,
+        one,
+    ]
+    assert await _names(agents, f"{word} NOT status = FAILED -input:two") == [one]
+    assert await _names(agents, f'{word} error:"BOOM"') == [failed.name]
+    assert await _names(agents, f'input:"{word} two 100%_done"') == [two]
+    assert await _names(agents, f'input:"{word} two 100__done"') == []
+    assert await _names(agents, f"{word} usage.output_tokens >= 2 attempt = 1") == [two, one]
+    start = runs[0].create_time.ToJsonString()
+    assert await _names(agents, f'{word} create_time > "{start}"') == [failed.name, two]
+    assert plain not in await _names(agents, word)
+    assert await _names(agents, '"\'; DROP TABLE runs; --"') == []
+    page = await agents.ListRuns(S.ListRunsRequest(filter=word, page_size=2))
+    rest = await agents.ListRuns(
+        S.ListRunsRequest(filter=word, page_size=2, page_token=page.next_page_token)
+    )
+    assert [r.name for r in [*page.runs, *rest.runs]] == [failed.name, two, one]
+
+    for bad, says in (
+        ("colour = red", "unknown field 'colour'"),
+        ("status = DONE", "status 'DONE'"),
+        ("(status = FAILED", "never closed"),
+        ("create_time > 2026-01-01T00:00:00Z", "in quotes as RFC 3339"),
+        ('create_time > "yesterday"', "in quotes as RFC 3339"),
+        ("status < FAILED", "takes = !="),
+        ("attempt = many", "whole number"),
+        ("status =", "ends too early"),
+        ("'; DROP TABLE runs; --", "quote at 0 is never closed"),
+        ("(" * 100 + "x" + ")" * 100, "nested"),
+    ):
+        error = await rpc_error(agents.ListRuns(S.ListRunsRequest(filter=bad)))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, bad
+        assert says in (error.details() or ""), (bad, error.details())
+    error = await rpc_error(agents.ListRuns(S.ListRunsRequest(order_by="duration")))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "create_time desc" in (error.details() or "")
+
+
+async def test_threads_list_their_run_count_and_first_message(agents) -> None:
+    word = f"thread-{uuid.uuid4().hex[:8]}"
+    first = await create_run(
+        agents, workflow="workflows/echo", input={"message": f"{word} " + "x" * 300}
+    )
+    await wait_status(agents, first.name, S.RUN_STATUS_COMPLETED)
+    second = await create_run(
+        agents, workflow="workflows/echo", input={"message": "again"}, thread=first.thread
+    )
+    await wait_status(agents, second.name, S.RUN_STATUS_COMPLETED)
+    older = await create_run(agents, workflow="workflows/echo", input={"message": "other"})
+    await wait_status(agents, older.name, S.RUN_STATUS_COMPLETED)
+    third = await create_run(
+        agents, workflow="workflows/echo", input={"message": "latest"}, thread=first.thread
+    )
+    await wait_status(agents, third.name, S.RUN_STATUS_COMPLETED)
+
+    thread = (await agents.GetThread(S.GetThreadRequest(name=first.thread))).thread
+    assert thread.run_count == 3
+    assert thread.preview.startswith(word) and len(thread.preview) == 200
+    recent = await agents.ListThreads(
+        S.ListThreadsRequest(order_by="update_time desc", page_size=2)
+    )
+    assert [t.name for t in recent.threads] == [first.thread, older.thread]
+    more = await agents.ListThreads(
+        S.ListThreadsRequest(
+            order_by="update_time  desc", page_size=2, page_token=recent.next_page_token
+        )
+    )
+    assert first.thread not in [t.name for t in more.threads]
+    bad = await rpc_error(agents.ListThreads(S.ListThreadsRequest(order_by="name")))
+    assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_workflows_carry_their_edges_with_branches_and_loops(agents) -> None:
+    listed = (await agents.ListWorkflows(S.ListWorkflowsRequest())).workflows
+    edges = {w.name: {(e.source, e.target, e.conditional) for e in w.edges} for w in listed}
+    assert edges["workflows/echo"] == {("__start__", "echo", False), ("echo", "__end__", False)}
+    plan = edges["workflows/plan"]
+    assert ("design", "approval", False) in plan
+    assert {
+        ("approval", "approval", True),
+        ("approval", "planning", True),
+        ("approval", "__end__", True),
+    } <= plan
+    chat = edges["workflows/chat"]
+    assert {("__start__", "retrieve", True), ("__start__", "respond", True)} <= chat
