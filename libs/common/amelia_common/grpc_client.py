@@ -3,15 +3,43 @@
 The API token travels as `authorization: Bearer …` metadata on every call (added by an
 interceptor, so no call site can forget it), and the channel uses the servers' message size and
 keepalive limits.
+
+An address may name several replicas: `host:port,host:port` (resolved once, when the channel
+is made) or `dns:///name:port` (every address the name resolves to, resolved again as replicas
+come and go — a Kubernetes headless Service, a compose service with replicas). Calls are spread
+with gRPC's `round_robin`, and reads (Get*/List*/Search/Stream*, see `IDEMPOTENT_PREFIXES`) that
+meet UNAVAILABLE — a replica killed under them — are retried on another replica by gRPC itself,
+from the channel's service config. Writes are never retried: a write that reached a replica
+which died before answering may have happened, and only its caller can decide (CreateRun takes a
+`request_id` for exactly that).
 """
 
 from __future__ import annotations
 
+import ipaddress
+import json
+import socket
 from typing import Any
 
 import grpc
 
+from amelia.v1 import agents_pb2, events_pb2, rag_pb2
 from amelia_common.settings import Settings
+
+# Methods whose name starts with one of these only read: safe to send again to another replica.
+IDEMPOTENT_PREFIXES = ("Get", "List", "Search", "Stream")
+# gRPC caps maxAttempts at 5. Backoffs are randomised in [0, backoff] by gRPC: with these the
+# retries of one call wait about 1.5 s at most, long enough for a killed replica's connection to
+# be seen closed, short enough that a real outage is reported quickly.
+RETRY_POLICY: dict[str, Any] = {
+    "maxAttempts": 5,
+    "initialBackoff": "0.1s",
+    "maxBackoff": "1s",
+    "backoffMultiplier": 2,
+    "retryableStatusCodes": ["UNAVAILABLE"],
+}
+# Schemes gRPC resolves itself (https://github.com/grpc/grpc/blob/master/doc/naming.md).
+_TARGET_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:")
 
 
 def client_options(settings: Settings) -> list[tuple[str, Any]]:
@@ -23,6 +51,79 @@ def client_options(settings: Settings) -> list[tuple[str, Any]]:
         ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
     ]
+
+
+def idempotent_methods() -> list[dict[str, str]]:
+    """Every read of the mesh's services, as service-config method names."""
+    names: list[dict[str, str]] = []
+    for module in (agents_pb2, events_pb2, rag_pb2):
+        for service in module.DESCRIPTOR.services_by_name.values():
+            names.extend(
+                {"service": service.full_name, "method": method.name}
+                for method in service.methods
+                if method.name.startswith(IDEMPOTENT_PREFIXES)
+            )
+    return names
+
+
+def service_config() -> str:
+    """The channels' gRPC service config: round_robin over every address, reads retried."""
+    return json.dumps(
+        {
+            "loadBalancingConfig": [{"round_robin": {}}],
+            "methodConfig": [{"name": idempotent_methods(), "retryPolicy": RETRY_POLICY}],
+        }
+    )
+
+
+def _split_host_port(address: str) -> tuple[str, str]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"{address!r} is not host:port")
+    return host.strip("[]"), port
+
+
+def _resolve(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    try:
+        return [ipaddress.ip_address(host)]
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ValueError(
+            f"cannot resolve {host!r}: {exc.strerror}; a name whose addresses change is better "
+            f"given as dns:///{host}:PORT"
+        ) from exc
+    found = [ipaddress.ip_address(info[4][0]) for info in infos]
+    # IPv4 first where a name has both, so one list can be of one family.
+    return sorted(set(found), key=lambda ip: (ip.version, str(ip)))
+
+
+def channel_target(address: str) -> str:
+    """The gRPC target for `address`: a comma list of host:port becomes one `ipv4:`/`ipv6:`
+    target over every replica; a single host:port or a `dns:///`… target is kept as it is."""
+    address = address.strip()
+    if address.startswith(_TARGET_SCHEMES) or "," not in address:
+        return address
+    by_family: dict[int, list[str]] = {4: [], 6: []}
+    for item in filter(None, (part.strip() for part in address.split(","))):
+        host, port = _split_host_port(item)
+        ips = _resolve(host)
+        version = ips[0].version
+        by_family[version].extend(
+            f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+            for ip in ips
+            if ip.version == version
+        )
+    if by_family[4] and by_family[6]:
+        raise ValueError(
+            f"{address!r} mixes IPv4 and IPv6 replicas; gRPC balances over one family per list"
+        )
+    family = 4 if by_family[4] else 6
+    if not by_family[family]:
+        raise ValueError(f"{address!r} names no replica")
+    return f"ipv{family}:" + ",".join(by_family[family])
 
 
 def _with_token(details: grpc.aio.ClientCallDetails, token: str) -> grpc.aio.ClientCallDetails:
@@ -75,7 +176,8 @@ class _TokenStreamStream(grpc.aio.StreamStreamClientInterceptor):
 
 
 def aio_channel(address: str, settings: Settings, token: str | None = None) -> grpc.aio.Channel:
-    """An asyncio channel to `address` that sends the API token (settings' unless given)."""
+    """An asyncio channel to `address` (one replica or several, see `channel_target`) that
+    sends the API token (settings' unless given)."""
     token = settings.api_token if token is None else token
     interceptors: list[Any] = (
         [
@@ -87,6 +189,11 @@ def aio_channel(address: str, settings: Settings, token: str | None = None) -> g
         if token
         else []
     )
+    options = [
+        *client_options(settings),
+        ("grpc.service_config", service_config()),
+        ("grpc.enable_retries", 1),
+    ]
     return grpc.aio.insecure_channel(
-        address, options=client_options(settings), interceptors=interceptors
+        channel_target(address), options=options, interceptors=interceptors
     )

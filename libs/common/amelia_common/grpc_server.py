@@ -26,6 +26,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from amelia_common import metrics, telemetry
 from amelia_common.auth import token_ok
 from amelia_common.errors import InvalidArgument, Unavailable, as_amelia_error
 from amelia_common.grpc_client import client_options
@@ -107,6 +108,14 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
             return _Undecodable(message_type, exc)
 
     return deserialize
+
+
+def _code_name(context: grpc.aio.ServicerContext, cancelled: bool) -> str:
+    """The status a call ended with, for the RPC metrics."""
+    if cancelled:
+        return grpc.StatusCode.CANCELLED.name
+    code = context.code()
+    return code.name if isinstance(code, grpc.StatusCode) else grpc.StatusCode.OK.name
 
 
 def _decoded(request: Any) -> Any:
@@ -209,16 +218,22 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         """Around one call: request id and auth on the way in, the error mapping on the way out."""
         started = time.perf_counter()
         request_id = ""
+        cancelled = False
         try:
             request_id = await self._enter(context, method, public)
             yield
-        except (grpc.aio.AbortError, asyncio.CancelledError):
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
+        except grpc.aio.AbortError:
             raise
         except Exception as exc:  # noqa: BLE001 - the error boundary
             await self._fail(context, request_id, exc)
         finally:
+            elapsed = time.perf_counter() - started
             if not public:
-                log.debug("rpc done", ms=round((time.perf_counter() - started) * 1000, 2))
+                log.debug("rpc done", ms=round(elapsed * 1000, 2))
+                metrics.RPC_DURATION.labels(method, _code_name(context, cancelled)).observe(elapsed)
             structlog.contextvars.unbind_contextvars("request_id", "rpc")
 
     def _wrap_unary(self, behavior: Any, method: str, public: bool, *, streaming_in: bool) -> Any:
@@ -283,7 +298,10 @@ class GrpcService:
     async def start(self) -> int:
         """Bind and start serving; returns the bound port (useful when `port` is 0)."""
         server = grpc.aio.server(
-            interceptors=[ServerInterceptor(self.settings.api_token)],
+            interceptors=[
+                *telemetry.server_interceptors(),
+                ServerInterceptor(self.settings.api_token),
+            ],
             options=server_options(self.settings),
             maximum_concurrent_rpcs=None,
         )

@@ -55,6 +55,12 @@ class Settings(BaseSettings):
     EVENTS_GRPC_PORT: int = Field(default=50051, ge=0, le=65535)
     AGENTS_GRPC_PORT: int = Field(default=50052, ge=0, le=65535)
     RAG_GRPC_PORT: int = Field(default=50053, ge=0, le=65535)
+    # Prometheus `/metrics` of each service process (0: not served; the gateway serves them on
+    # PORT). A port already taken is logged and skipped. See docs/observability.md.
+    EVENTS_METRICS_PORT: int = Field(default=9464, ge=0, le=65535)
+    AGENTS_METRICS_PORT: int = Field(default=9465, ge=0, le=65535)
+    RAG_METRICS_PORT: int = Field(default=9466, ge=0, le=65535)
+    WORKER_METRICS_PORT: int = Field(default=9467, ge=0, le=65535)
     # Where clients (other services, the gateway, the CLI) reach each service.
     EVENTS_ADDRESS: str = "127.0.0.1:50051"
     AGENTS_ADDRESS: str = "127.0.0.1:50052"

@@ -38,6 +38,7 @@ from amelia_agents.llm import ModelError
 from amelia_agents.models import RunRow, RunState
 from amelia_agents.outages import infrastructure_outage
 from amelia_agents.store import Store
+from amelia_common import telemetry
 from amelia_common.logging import get_logger
 from amelia_common.settings import Settings
 
@@ -103,7 +104,8 @@ class Executor:
             return await self._fail(row, f"workflow {target!r} is not available on this worker")
         timeout = run_timeout(row, workflow)
         try:
-            graph = workflow.build(row.agent_config).compile(checkpointer=self.checkpointer)
+            builder = telemetry.traced_nodes(workflow.build(row.agent_config))
+            graph = builder.compile(checkpointer=self.checkpointer)
             config = graph_config(row)
             snapshot = await graph.aget_state(config)
         except Exception as exc:

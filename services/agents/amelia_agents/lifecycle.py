@@ -16,6 +16,7 @@ from amelia.v1 import events_pb2
 from amelia_agents.convert import run_name
 from amelia_agents.models import RunRow, RunState
 from amelia_agents.store import Store
+from amelia_common import telemetry
 from amelia_common.eventlog import EventLog, fit_data
 
 TERMINAL_TYPES = ("run.completed", "run.failed", "run.cancelled")
@@ -43,7 +44,7 @@ class RunEvents:
         # A run's input or output can be larger than an event may be; the event then carries a
         # preview and the whole value stays on the run.
         payload = fit_data(
-            {"run": name, "attempt": row.attempt, **(data or {})},
+            {"run": name, "attempt": row.attempt, **(data or {}), **telemetry.trace_fields()},
             self.log.settings.EVENTS_MAX_DATA_BYTES * 3 // 4,
             where=f"GetRun {name}",
         )

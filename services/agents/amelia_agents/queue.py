@@ -26,6 +26,7 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext, api
 
+from amelia_common import telemetry
 from amelia_common.errors import Unavailable
 from amelia_common.logging import get_logger
 from amelia_common.settings import Settings
@@ -107,7 +108,7 @@ async def enqueue(js: JetStreamContext, settings: Settings, run_id: uuid.UUID, k
             job_subject(settings, run_id),
             json.dumps({"run": str(run_id)}).encode(),
             stream=settings.RUNS_QUEUE_STREAM,
-            headers={"Nats-Msg-Id": f"{run_id}:{key}"},
+            headers={"Nats-Msg-Id": f"{run_id}:{key}", **telemetry.nats_headers()},
         )
     except Exception as exc:  # whatever NATS said, the job is not queued
         raise Unavailable(

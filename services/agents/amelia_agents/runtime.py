@@ -40,6 +40,7 @@ from amelia_agents.llm import (
     Usage,
     get_model,
 )
+from amelia_common import telemetry
 from amelia_common.settings import Settings, get_settings
 
 # Custom-stream chunks carry this key so the run loop can tell them from anything else.
@@ -150,7 +151,7 @@ async def chat(
         calls: list[ToolCall] = []
         usage = Usage()
         try:
-            async for chunk in provider.stream(request):
+            async for chunk in telemetry.traced_chat(provider, request):
                 if chunk.text:
                     parts.append(chunk.text)
                     emit("run.token", {"text": chunk.text})

@@ -50,6 +50,7 @@ from amelia_agents.locks import LockLostError, RunLock
 from amelia_agents.models import TERMINAL_STATES, RunRow, RunState
 from amelia_agents.outages import infrastructure_outage
 from amelia_agents.store import Store
+from amelia_common import metrics, telemetry
 from amelia_common.eventlog import EventLog
 from amelia_common.logging import configure_logging, get_logger
 from amelia_common.settings import Settings, get_settings
@@ -70,6 +71,8 @@ LOCK_RETRY_DELAYS = (0.0, 0.05, 0.2)
 # A loop whose fetch (or anything else) fails waits this long, doubling up to the maximum.
 LOOP_BACKOFF_SECONDS = 0.2
 LOOP_BACKOFF_MAX_SECONDS = 5.0
+# How often the run and queue gauges of /metrics are refreshed.
+METRICS_SAMPLE_SECONDS = 5.0
 
 
 @dataclass
@@ -94,18 +97,22 @@ class WorkerPool:
         self._stopping = asyncio.Event()
         self._failing: set[str] = set()
         self._could_work: bool | None = None
+        self._sampler: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         for i in range(self.concurrency):
             name = f"{self.name}/{i}"
             self._tasks.append(asyncio.create_task(self._loop(name), name=f"agent-worker-{i}"))
+        self._sampler = asyncio.create_task(self._sample_metrics(), name="agent-worker-metrics")
         log.info("workers started", worker=self.name, loops=self.concurrency)
 
     async def stop(self) -> None:
         self._stopping.set()
-        for task in self._tasks:
+        for task in (*self._tasks, *([self._sampler] if self._sampler else [])):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._sampler is not None:
+            await asyncio.gather(self._sampler, return_exceptions=True)
         self._tasks.clear()
 
     async def can_work(self) -> bool:
@@ -130,10 +137,30 @@ class WorkerPool:
             else:
                 log.warning("workers cannot work", worker=self.name, reason=reason)
             self._could_work = ok
+        metrics.WORKERS_CAN_WORK.set(1 if ok else 0)
         return ok
 
+    async def _sample_metrics(self) -> None:
+        """Refresh `amelia_runs` (unfinished runs by status and workflow) and the run queue's
+        gauges (depth, in flight, age of the oldest QUEUED run) for /metrics."""
+        while not self._stopping.is_set():
+            try:
+                await sample_run_metrics(self.deps)
+            except Exception as exc:  # noqa: BLE001 - an outage: the gauges wait for the next
+                log.debug("run metrics not sampled", error=str(exc) or repr(exc))
+            await asyncio.sleep(METRICS_SAMPLE_SECONDS)
+
     async def _loop(self, name: str) -> None:
-        """Fetch and handle jobs until stopped, whatever fails (with backoff)."""
+        """Fetch and handle jobs until stopped, whatever fails (with backoff); counted as an
+        idle or busy loop while it lives."""
+        idle = metrics.WORKER_LOOPS.labels("idle")
+        idle.inc()
+        try:
+            await self._fetch_loop(name, idle)
+        finally:
+            idle.dec()
+
+    async def _fetch_loop(self, name: str, idle: Any) -> None:
         psub: Any = None
         backoff = LOOP_BACKOFF_SECONDS
         while not self._stopping.is_set():
@@ -150,7 +177,13 @@ class WorkerPool:
                 except TimeoutError:
                     msgs = []
                 for msg in msgs:
-                    await self.handle(msg, name)
+                    idle.dec()
+                    metrics.WORKER_LOOPS.labels("busy").inc()
+                    try:
+                        await self.handle(msg, name)
+                    finally:
+                        metrics.WORKER_LOOPS.labels("busy").dec()
+                        idle.inc()
                 self._failing.discard(name)
                 backoff = LOOP_BACKOFF_SECONDS
             except asyncio.CancelledError:
@@ -174,7 +207,16 @@ class WorkerPool:
                 await psub.unsubscribe()
 
     async def handle(self, msg: Msg, worker: str) -> None:
+        """Take one job, in a span continuing the trace of whoever queued it."""
         run_id = queue.parse_job(msg.data)
+        with telemetry.consumer_span(
+            f"{self.deps.settings.RUNS_QUEUE_STREAM} process",
+            msg.headers,
+            {"messaging.system": "nats", "amelia.run": str(run_id), "amelia.worker": worker},
+        ):
+            await self._handle(msg, run_id, worker)
+
+    async def _handle(self, msg: Msg, run_id: uuid.UUID | None, worker: str) -> None:
         if run_id is None:
             log.warning("dropping a malformed job", data=msg.data[:200])
             await msg.term()
@@ -295,6 +337,7 @@ class WorkerPool:
                 await heartbeat
         await msg.ack()
         log.info("run left", run=str(run_id), outcome=attempt.outcome)
+        metrics.RUNS_LEFT.labels(row.workflow or "agent", attempt.outcome or "unknown").inc()
 
     async def _heartbeat(
         self, msg: Msg, run_id: uuid.UUID, attempt: Attempt, lock: RunLock
@@ -332,6 +375,36 @@ class WorkerPool:
         return on_cancel
 
 
+async def sample_run_metrics(deps: WorkerDeps) -> None:
+    """One refresh of the run and queue gauges (JetStream's consumer, then PostgreSQL)."""
+    info = await deps.js.consumer_info(deps.settings.RUNS_QUEUE_STREAM, queue.CONSUMER)
+    metrics.RUN_QUEUE_DEPTH.set(info.num_pending or 0)
+    metrics.RUN_QUEUE_IN_FLIGHT.set(info.num_ack_pending or 0)
+    async with deps.engine.connect() as conn:
+        counts = (
+            await conn.execute(
+                text(
+                    "SELECT status, coalesce(workflow, 'agent'), count(*) FROM runs "
+                    "WHERE status IN ('QUEUED', 'RUNNING', 'PAUSED') GROUP BY 1, 2"
+                )
+            )
+        ).all()
+        oldest = (
+            await conn.execute(
+                text(
+                    "SELECT extract(epoch FROM now() - min(create_time)) FROM runs "
+                    "WHERE status = 'QUEUED'"
+                )
+            )
+        ).scalar()
+    metrics.RUNS.clear()
+    for state in (RunState.QUEUED, RunState.RUNNING, RunState.PAUSED):
+        metrics.RUNS.labels(state.value, "agent").set(0)
+    for status, workflow, count in counts:
+        metrics.RUNS.labels(status, workflow).set(count)
+    metrics.RUN_QUEUE_OLDEST_AGE.set(float(oldest or 0.0))
+
+
 async def build_workers(
     settings: Settings,
     nc: NATS,
@@ -344,6 +417,7 @@ async def build_workers(
     """A started pool on existing connections (the service and the standalone worker use it)."""
     js = nc.jetstream(timeout=settings.EVENTS_PUBLISH_TIMEOUT_SECONDS)
     eventlog = EventLog(nc, settings, source="amelia.agents")
+    metrics.track_event_log(eventlog)
     await eventlog.ensure_stream()
     await queue.ensure_queue(js, settings)
     events = RunEvents(eventlog, store)
@@ -400,6 +474,7 @@ def main() -> None:
 
     settings = get_settings()
     configure_logging(settings, "agents-worker")
+    telemetry.start(settings, "agents-worker")
     infra = ensure_infrastructure(settings)
     asyncio.run(run_standalone(infra.settings))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from amelia_common import telemetry
 from amelia_common.embedded import ensure_infrastructure
 from amelia_common.logging import configure_logging
 from amelia_common.settings import Settings, get_settings
@@ -13,6 +14,7 @@ from amelia_events.server import build_service
 def main() -> None:
     settings = get_settings()
     configure_logging(settings, "events")
+    telemetry.start(settings, "events")
     infra = ensure_infrastructure(settings, postgres=False)
     try:
         asyncio.run(_serve(infra.settings))

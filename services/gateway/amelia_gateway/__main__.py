@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from amelia_common import telemetry
 from amelia_common.logging import configure_logging, get_logger
 from amelia_common.settings import get_settings
 from amelia_gateway.server import build_server
@@ -12,6 +13,7 @@ from amelia_gateway.server import build_server
 def main() -> None:
     settings = get_settings()
     configure_logging(settings, "gateway")
+    telemetry.start(settings, "gateway")
     log = get_logger("amelia.gateway")
     if not settings.api_token and settings.bind_host != settings.HOST:
         log.warning("no AMELIA_API_TOKEN set: listening on loopback only", requested=settings.HOST)

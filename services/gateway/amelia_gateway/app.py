@@ -1,10 +1,11 @@
 """The gateway's ASGI application: `create_app(settings)`.
 
 Routes: `/v1/...` (the route table, HTTP/JSON and NDJSON streams), `/ws` (the socket protocol),
-`/openapi.json`, `/healthz`, `/v1/status`, and static files at `/` from `amelia_gateway/static/`
-(where the dashboard goes). CORS from CORS_ORIGINS, GZip for large responses (never for NDJSON
-streams, which must flush line by line). `methods_for` is the one answer to "which methods does
-this path take", for the 405s, OPTIONS and CORS preflights (see middleware.py).
+`/openapi.json`, `/healthz`, `/v1/status`, `/metrics` (Prometheus), and static files at `/` from
+`amelia_gateway/static/` (where the dashboard goes). CORS from CORS_ORIGINS, GZip for large
+responses (never for NDJSON streams, which must flush line by line). `methods_for` is the one
+answer to "which methods does this path take", for the 405s, OPTIONS and CORS preflights (see
+middleware.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from starlette.routing import Mount, Route, request_response
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
+from amelia_common import metrics, telemetry
 from amelia_common.logging import get_logger
 from amelia_common.settings import Settings
 from amelia_gateway import http_api, openapi, status, ws
@@ -42,6 +44,7 @@ LOCAL_ROUTES: dict[str, tuple[str, ...]] = {
     "/healthz": READ,
     "/openapi.json": READ,
     "/v1/status": READ,
+    "/metrics": READ,
 }
 
 
@@ -60,6 +63,12 @@ def methods_for(table: RouteTable) -> MethodsFor:
 
 async def openapi_json(request: Request) -> Response:
     return JSONResponse(openapi.build_document())
+
+
+async def metrics_text(request: Request) -> Response:
+    """Prometheus metrics of this gateway process (open, like /healthz: no secrets in them)."""
+    body, content_type = metrics.exposition()
+    return Response(body, headers={"Content-Type": content_type})
 
 
 async def root(request: Request) -> Response:
@@ -89,6 +98,7 @@ class GatewayApp(Starlette):
 def create_app(settings: Settings) -> Starlette:
     """A gateway for `settings` (upstream addresses, token, limits)."""
     gateway = Gateway(settings)
+    metrics.track_gateway(gateway)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -105,6 +115,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/healthz", status.healthz, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
         Route("/v1/status", status.status, methods=["GET"]),
+        Route("/metrics", metrics_text, methods=["GET"]),
         # Every method (a Mount takes all): MethodGuard has answered those a known path does not
         # take, so what reaches the endpoint is either served or a 404.
         Mount("/v1", app=request_response(http_api.endpoint)),
@@ -114,6 +125,7 @@ def create_app(settings: Settings) -> Starlette:
     else:
         routes.append(Route("/", root, methods=["GET"]))
     middleware = [
+        *(Middleware(cls, **options) for cls, options in telemetry.asgi_middleware()),
         Middleware(CatchAll),
         Middleware(
             RouteCORS,

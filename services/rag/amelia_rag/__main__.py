@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from amelia_common import telemetry
 from amelia_common.embedded import ensure_infrastructure
 from amelia_common.logging import configure_logging, get_logger
 from amelia_common.settings import get_settings
@@ -13,6 +14,7 @@ from amelia_rag.server import StartupError, build_service
 def main() -> None:
     settings = get_settings()
     configure_logging(settings, "rag")
+    telemetry.start(settings, "rag")
     log = get_logger("amelia.rag")
     infra = ensure_infrastructure(settings)
 

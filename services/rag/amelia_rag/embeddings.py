@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from amelia_common import metrics, telemetry
 from amelia_common.logging import get_logger
 from amelia_common.settings import Settings
 
@@ -192,6 +193,7 @@ class EncodeBatcher:
                 batch = [t for request, a, b in parts for t in request.texts[a:b]]
                 try:
                     vectors = await loop.run_in_executor(self._executor, self.encode, batch)
+                    metrics.EMBEDDED_CHUNKS.inc(len(batch))
                 except Exception as exc:
                     log.exception("embedding failed", texts=len(batch))
                     for request in {p[0] for p in parts}:
@@ -294,10 +296,12 @@ class LocalEmbedder:
         return np.asarray(vectors, dtype=np.float32)
 
     async def embed(self, texts: Sequence[str], on_progress: Progress | None = None) -> np.ndarray:
-        return await self._batcher.submit(texts, on_progress)
+        with telemetry.span("embed", **{"amelia.embedding.texts": len(texts)}):
+            return await self._batcher.submit(texts, on_progress)
 
     async def embed_query(self, text: str) -> np.ndarray:
-        vectors = await self._batcher.submit([text], priority=True)
+        with telemetry.span("embed query", **{"amelia.embedding.texts": 1}):
+            vectors = await self._batcher.submit([text], priority=True)
         return vectors[0]
 
     async def aclose(self) -> None:
@@ -387,6 +391,7 @@ class OpenAIEmbedder:
                 f"embedding endpoint {url} returned {vectors.shape[0] if vectors.ndim else 0} "
                 f"embeddings for {len(texts)} inputs"
             )
+        metrics.EMBEDDED_CHUNKS.inc(len(texts))
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         return vectors / np.where(norms == 0, 1, norms)
 

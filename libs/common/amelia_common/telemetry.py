@@ -1,0 +1,250 @@
+"""OpenTelemetry traces and the `/metrics` endpoint, switched on once per process by `start`.
+
+Tracing is on only when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (the standard variable, read by
+the OTLP/HTTP exporter along with `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_TRACES_SAMPLER`, …). Off,
+nothing here installs anything: the OpenTelemetry API stays its no-op self, the helpers below
+return at once, and no header, attribute or log field is added.
+
+On, a request is one trace across processes:
+- gRPC: clients inject W3C `traceparent` into call metadata and servers continue it
+  (opentelemetry-instrumentation-grpc: the aio client patched process-wide, the server
+  interceptor first in `GrpcService`);
+- HTTP: the gateway's ASGI middleware (opentelemetry-instrumentation-asgi);
+- the run queue: `nats_headers()` adds `traceparent` to a job's NATS headers where it is
+  published, and `consumer_span(msg)` continues it in the worker that takes the job;
+- LangGraph nodes (`traced_nodes`), model calls (`traced_chat`, GenAI semantic conventions) and
+  RAG work (`span`) are spans of their own;
+- events published while a span is current carry its id (`trace_fields`), and every log line
+  written inside one carries `trace_id` and `span_id`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from opentelemetry import propagate, trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+from amelia_common import metrics
+from amelia_common.logging import get_logger
+from amelia_common.settings import Settings
+
+if TYPE_CHECKING:
+    from langchain_core.runnables import RunnableConfig
+
+log = get_logger("amelia.telemetry")
+
+ENDPOINT_VARIABLE = "OTEL_EXPORTER_OTLP_ENDPOINT"
+_tracer = trace.get_tracer("amelia")
+_state: dict[str, Any] = {"tracing": False, "service": ""}
+
+
+def tracing_enabled() -> bool:
+    return bool(_state["tracing"])
+
+
+def metrics_port(settings: Settings, service: str) -> tuple[int, str]:
+    """The port a service's process serves `/metrics` on (0: none) and the setting naming it.
+    The gateway serves them on its HTTP port instead."""
+    setting = f"{service.split('-')[-1].upper()}_METRICS_PORT"
+    return int(getattr(settings, setting, 0) or 0), setting
+
+
+def start(settings: Settings, service: str) -> None:
+    """Switch telemetry on for this process (once; call right after `configure_logging`, before
+    any gRPC channel is made): traces when OTEL_EXPORTER_OTLP_ENDPOINT is set, `/metrics` on the
+    service's metrics port."""
+    port, setting = metrics_port(settings, service)
+    metrics.serve(port, settings.bind_host, setting)
+    if _state["tracing"] or not os.environ.get(ENDPOINT_VARIABLE, "").strip():
+        return
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient
+    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    name = os.environ.get("OTEL_SERVICE_NAME") or f"amelia-{service}"
+    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: name}))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+    GrpcAioInstrumentorClient().instrument()
+    # In place, so loggers already cached (structlog caches on first use) see it too.
+    structlog.get_config()["processors"].insert(0, _add_trace_ids)
+    _state.update(tracing=True, service=name)
+    log.info("tracing on", endpoint=os.environ[ENDPOINT_VARIABLE], service_name=name)
+
+
+def _add_trace_ids(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    ctx = trace.get_current_span().get_span_context()
+    if ctx.is_valid:
+        event.setdefault("trace_id", format(ctx.trace_id, "032x"))
+        event.setdefault("span_id", format(ctx.span_id, "016x"))
+    return event
+
+
+# -- gRPC and HTTP -----------------------------------------------------------------------------
+
+
+def server_interceptors() -> list[Any]:
+    """The OpenTelemetry gRPC server interceptor when tracing is on (it goes first)."""
+    if not _state["tracing"]:
+        return []
+    from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+    return [aio_server_interceptor()]
+
+
+def asgi_middleware() -> list[tuple[type[Any], dict[str, Any]]]:
+    """The gateway's ASGI middleware (class, options): OpenTelemetry's when tracing is on."""
+    if not _state["tracing"]:
+        return []
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+    return [(OpenTelemetryMiddleware, {"excluded_urls": "healthz,metrics"})]
+
+
+# -- the run queue (NATS) ----------------------------------------------------------------------
+
+
+def nats_headers() -> dict[str, str]:
+    """W3C trace context (`traceparent`) of the current span for a NATS message; {} when off."""
+    carrier: dict[str, str] = {}
+    if _state["tracing"]:
+        propagate.inject(carrier)
+    return carrier
+
+
+@contextlib.contextmanager
+def consumer_span(
+    name: str, headers: Mapping[str, str] | None, attributes: Mapping[str, Any] | None = None
+) -> Iterator[Span]:
+    """A CONSUMER span continuing the trace whose context a NATS message's headers carry."""
+    if not _state["tracing"]:
+        yield trace.INVALID_SPAN
+        return
+    parent = propagate.extract(dict(headers or {}))
+    with _tracer.start_as_current_span(
+        name, context=parent, kind=SpanKind.CONSUMER, attributes=dict(attributes or {})
+    ) as current:
+        yield current
+
+
+# -- spans of our own --------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def span(name: str, **attributes: Any) -> Iterator[Span]:
+    """An INTERNAL span (no-op when tracing is off); exceptions are recorded on it."""
+    if not _state["tracing"]:
+        yield trace.INVALID_SPAN
+        return
+    with _tracer.start_as_current_span(name, attributes=attributes) as current:
+        yield current
+
+
+def trace_fields() -> dict[str, str]:
+    """`{"trace_id": …}` of the current span for an event's data; {} when off or outside one."""
+    if not _state["tracing"]:
+        return {}
+    ctx = trace.get_current_span().get_span_context()
+    return {"trace_id": format(ctx.trace_id, "032x")} if ctx.is_valid else {}
+
+
+def traced_nodes(builder: Any) -> Any:
+    """A LangGraph `StateGraph` whose every node runs inside a span `node <name>` (so the model
+    calls and searches a node makes are its children). Unchanged when tracing is off."""
+    if not _state["tracing"]:
+        return builder
+    import dataclasses
+
+    from langgraph._internal._runnable import RunnableCallable
+
+    for name, spec in list(builder.nodes.items()):
+        builder.nodes[name] = dataclasses.replace(
+            spec, runnable=RunnableCallable(None, _node_runner(name, spec.runnable), name=name)
+        )
+    return builder
+
+
+def _node_runner(name: str, inner: Any) -> Any:
+    # LangGraph passes the node's config to a parameter annotated `RunnableConfig` (by name).
+    async def run(state: Any, config: RunnableConfig) -> Any:
+        with _tracer.start_as_current_span(
+            f"node {name}",
+            attributes={"langgraph.node": name},
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as current:
+            try:
+                return await inner.ainvoke(state, config)
+            except Exception as exc:
+                # A LangGraph interrupt (the run pauses for an answer) is no failure.
+                if type(exc).__name__ == "GraphInterrupt":
+                    current.set_attribute("langgraph.interrupted", True)
+                else:
+                    current.record_exception(exc)
+                    current.set_status(Status(StatusCode.ERROR, str(exc)))
+                raise
+
+    return run
+
+
+async def traced_chat(provider: Any, request: Any) -> AsyncIterator[Any]:
+    """`provider.stream(request)`, counted (`amelia_llm_*`) and, when tracing, in a CLIENT span
+    with the GenAI semantic conventions: provider, model, tokens in and out, time to first
+    chunk."""
+    kind = provider_kind(provider)
+    metrics.LLM_REQUESTS.labels(kind).inc()
+    model = str(getattr(provider, "name", ""))
+    started = time.perf_counter()
+    first = True
+    usage: Any = None
+    with contextlib.ExitStack() as stack:
+        current: Span = trace.INVALID_SPAN
+        if _state["tracing"]:
+            current = stack.enter_context(
+                _tracer.start_as_current_span(
+                    f"chat {model}",
+                    kind=SpanKind.CLIENT,
+                    attributes={
+                        "gen_ai.operation.name": "chat",
+                        "gen_ai.provider.name": kind,
+                        "gen_ai.request.model": model,
+                        "gen_ai.request.max_tokens": int(getattr(request, "max_tokens", 0) or 0),
+                    },
+                )
+            )
+        try:
+            async for chunk in provider.stream(request):
+                if first and (chunk.text or chunk.tool_calls):
+                    first = False
+                    waited = time.perf_counter() - started
+                    metrics.LLM_FIRST_TOKEN.labels(kind).observe(waited)
+                    current.set_attribute("gen_ai.response.time_to_first_chunk", waited)
+                if chunk.usage is not None:
+                    usage = chunk.usage
+                yield chunk
+        except Exception as exc:
+            metrics.LLM_ERRORS.labels(kind).inc()
+            current.set_status(Status(StatusCode.ERROR, str(exc)))
+            current.set_attribute("error.type", type(exc).__name__)
+            raise
+        finally:
+            if usage is not None:
+                metrics.LLM_TOKENS.labels(kind, "input").inc(usage.input_tokens)
+                metrics.LLM_TOKENS.labels(kind, "output").inc(usage.output_tokens)
+                current.set_attribute("gen_ai.usage.input_tokens", usage.input_tokens)
+                current.set_attribute("gen_ai.usage.output_tokens", usage.output_tokens)
+            current.set_attribute("gen_ai.response.model", model)
+
+
+def provider_kind(provider: Any) -> str:
+    """`anthropic`, `openai`, `local`, `offline`: a provider's module name, bounded labels."""
+    module = type(provider).__module__.rsplit(".", 1)[-1]
+    return module.removesuffix("_provider") or "unknown"

@@ -1,0 +1,253 @@
+"""Traces and metrics of a real mesh (`amelia up`: events, agents, rag and gateway processes)
+exporting to a local OTLP/HTTP receiver: one connected trace for a chat run with RAG through
+the gateway, and `/metrics` of every service parsed with prometheus-client's parser."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+from otlp_receiver import OtlpReceiver, ReceivedSpan
+from prometheus_client.parser import text_string_to_metric_families
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "e2e"))
+from e2e_mesh import make_mesh_env, mesh_state, start, stop
+
+from amelia_common.embedded import free_port
+
+pytestmark = pytest.mark.slow
+
+METRICS_PORTS = ("EVENTS_METRICS_PORT", "AGENTS_METRICS_PORT", "RAG_METRICS_PORT")
+DOCUMENT = "# Lighthouse\n\nThe Lookout Point lighthouse keeper winds the fog horn every July.\n"
+T = TypeVar("T")
+
+
+def wait_for(what: str, probe: Callable[[], T | None], seconds: float = 120) -> T:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[OtlpReceiver]:
+    receiver = OtlpReceiver().start()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture(scope="module")
+def mesh(
+    tmp_path_factory: pytest.TempPathFactory, receiver: OtlpReceiver
+) -> Iterator[dict[str, str]]:
+    env = make_mesh_env(tmp_path_factory)
+    env |= {name: str(free_port()) for name in METRICS_PORTS}
+    env |= {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        "OTEL_BSP_SCHEDULE_DELAY": "200",
+        "LOCAL_MODEL": "off",
+        "DEFAULT_MODEL": "offline:echo",
+    }
+    proc = start(env)
+    yield env
+    stop(proc, env)
+
+
+@pytest.fixture(scope="module")
+def http(mesh: dict[str, str]) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=f"http://127.0.0.1:{mesh['PORT']}", timeout=60) as client:
+        yield client
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a /metrics page, parsed with prometheus-client's parser."""
+    text = httpx.get(url, timeout=30).raise_for_status().text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def metrics_urls(env: dict[str, str]) -> dict[str, str]:
+    urls = {
+        name.split("_")[0].lower(): f"http://127.0.0.1:{env[name]}/metrics"
+        for name in METRICS_PORTS
+    }
+    urls["gateway"] = f"http://127.0.0.1:{env['PORT']}/metrics"
+    return urls
+
+
+def value(samples: dict[Any, float], name: str, **labels: str) -> float:
+    return sum(v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= set(ls))
+
+
+def chat_run_with_rag(http: httpx.Client) -> dict[str, Any]:
+    """Upload a document, wait until it is searchable, run `chat` over it; the finished run."""
+    uploaded = http.post(
+        "/v1/documents",
+        json={
+            "source": {"title": "lighthouse.md", "filePath": "/tmp/lighthouse.md"},
+            "content": base64.b64encode(DOCUMENT.encode()).decode(),
+        },
+    )
+    assert uploaded.status_code == 200, uploaded.text
+    wait_for(
+        "the document to be indexed",
+        lambda: http.post("/v1/search", json={"query": "fog horn", "topK": 1}).json().get("hits"),
+    )
+    created = http.post(
+        "/v1/runs",
+        json={
+            "run": {
+                "workflow": "workflows/chat",
+                "input": {
+                    "message": "When is the fog horn wound?",
+                    "context_sources": ["documents/*"],
+                },
+            }
+        },
+    )
+    assert created.status_code == 200, created.text
+    name = created.json()["run"]["name"]
+
+    def finished() -> dict[str, Any] | None:
+        run: dict[str, Any] = http.get(f"/v1/{name}").json()["run"]
+        return run if run["status"] not in ("RUN_STATUS_QUEUED", "RUN_STATUS_RUNNING") else None
+
+    run = wait_for("the run to finish", finished)
+    assert run["status"] == "RUN_STATUS_COMPLETED", run.get("error")
+    return run
+
+
+def run_events(http: httpx.Client, name: str) -> list[dict[str, Any]]:
+    with http.stream("GET", f"/v1/{name}:stream") as reply:
+        assert reply.status_code == 200
+        return [json.loads(line)["result"]["event"] for line in reply.iter_lines() if line]
+
+
+def test_metrics_of_every_service_move_as_a_run_executes(
+    mesh: dict[str, str], http: httpx.Client
+) -> None:
+    urls = metrics_urls(mesh)
+    before = {service: scrape(url) for service, url in urls.items()}
+    run = chat_run_with_rag(http)
+
+    def after_run() -> dict[str, Any] | None:
+        now = {service: scrape(url) for service, url in urls.items()}
+        moved = value(now["agents"], "amelia_run_pickups_total", workflow="chat") > value(
+            before["agents"], "amelia_run_pickups_total", workflow="chat"
+        )
+        return now if moved else None
+
+    after = wait_for(f"{run['name']} to be counted", after_run, 30)
+    create_run = {"method": "/amelia.v1.AgentService/CreateRun", "code": "OK"}
+    assert value(after["agents"], "amelia_rpc_duration_seconds_count", **create_run) > value(
+        before["agents"], "amelia_rpc_duration_seconds_count", **create_run
+    )
+    assert value(after["agents"], "amelia_run_pickups_total", outcome="COMPLETED") >= 1
+    assert value(after["agents"], "amelia_llm_requests_total", provider="offline") >= 1
+    assert value(after["agents"], "amelia_llm_tokens_total", provider="offline") > 0
+    assert value(after["agents"], "amelia_events_published_total") > value(
+        before["agents"], "amelia_events_published_total"
+    )
+    assert value(after["agents"], "amelia_worker_loops", state="idle") == 1  # AGENT_WORKERS=1
+    assert value(after["agents"], "amelia_workers_can_work") == 1
+    search = {"method": "/amelia.v1.RagService/Search", "code": "OK"}
+    assert value(after["rag"], "amelia_rpc_duration_seconds_count", **search) >= 1
+    assert value(after["rag"], "amelia_embedding_chunks_total") >= 2  # the document, a query
+    assert ("amelia_ws_connections", ()) in after["gateway"]
+    # The run queue's gauges are sampled every few seconds: present, and empty once it ran.
+    wait_for(
+        "the run queue gauges",
+        lambda: ("amelia_run_queue_depth", ()) in scrape(urls["agents"]),
+        30,
+    )
+    assert value(scrape(urls["agents"]), "amelia_run_queue_oldest_age_seconds") == 0
+
+
+def children(spans: list[ReceivedSpan], parent: ReceivedSpan) -> list[ReceivedSpan]:
+    return [s for s in spans if s.parent_id == parent.span_id]
+
+
+def one(spans: list[ReceivedSpan], **match: str) -> ReceivedSpan:
+    found = [s for s in spans if all(getattr(s, k) == v for k, v in match.items())]
+    assert len(found) == 1, (match, [(s.service, s.name, s.kind) for s in spans])
+    return found[0]
+
+
+def descendant(spans: list[ReceivedSpan], root: ReceivedSpan, **match: str) -> ReceivedSpan:
+    """The one span below `root` (at any depth) matching `match`."""
+    below: list[ReceivedSpan] = []
+    frontier = [root]
+    while frontier:
+        nxt = [c for p in frontier for c in children(spans, p)]
+        below += nxt
+        frontier = nxt
+    return one(below, **match)
+
+
+def test_a_chat_run_with_rag_is_one_trace_across_the_processes(
+    mesh: dict[str, str], http: httpx.Client, receiver: OtlpReceiver
+) -> None:
+    run = chat_run_with_rag(http)
+    events = run_events(http, run["name"])
+    trace_ids = {e["data"].get("trace_id") for e in events}
+    assert len(trace_ids) == 1 and None not in trace_ids, trace_ids  # every event carries it
+    (trace_id,) = trace_ids
+
+    expected = ("node retrieve", "node respond", "chat offline:echo", "embed query")
+
+    def whole_trace() -> list[ReceivedSpan] | None:
+        spans = receiver.trace(trace_id)
+        return spans if all(any(s.name == n for s in spans) for n in expected) else None
+
+    spans = wait_for("the run's spans", whole_trace, 60)
+    # gateway: the HTTP request, then its gRPC call
+    roots = [s for s in spans if not s.parent_id]
+    assert len(roots) == 1 and roots[0].service == "amelia-gateway", roots
+    http_span = roots[0]
+    assert http_span.kind == "SERVER"
+    create_client = descendant(
+        spans, http_span, name="/amelia.v1.AgentService/CreateRun", kind="CLIENT"
+    )
+    # agents: CreateRun, the job through the JetStream queue, the worker, the graph's nodes
+    create_server = one(children(spans, create_client), kind="SERVER")
+    assert create_server.service == "amelia-agents"
+    job = one(children(spans, create_server), kind="CONSUMER")
+    assert job.attributes["amelia.run"] == run["name"].removeprefix("runs/")
+    retrieve = one(children(spans, job), name="node retrieve")
+    respond = one(children(spans, job), name="node respond")
+    # rag: the search the retrieve node makes, and the query's embedding
+    search_client = one(children(spans, retrieve), kind="CLIENT")
+    assert search_client.name == "/amelia.v1.RagService/Search"
+    search_server = one(children(spans, search_client), kind="SERVER")
+    assert search_server.service == "amelia-rag"
+    one(children(spans, search_server), name="embed query")
+    # the model call, with the GenAI semantic conventions
+    llm = one(children(spans, respond), name="chat offline:echo")
+    assert llm.kind == "CLIENT"
+    assert llm.attributes["gen_ai.provider.name"] == "offline"
+    assert llm.attributes["gen_ai.request.model"] == "offline:echo"
+    assert llm.attributes["gen_ai.usage.output_tokens"] > 0
+    assert "gen_ai.response.time_to_first_chunk" in llm.attributes
+    assert {s.service for s in spans} == {"amelia-gateway", "amelia-agents", "amelia-rag"}
+
+    # logs written inside the trace carry its ids
+    agents_log = Path(mesh_state(mesh)["units"]["agents"]["log"]).read_text()
+    picked = [
+        json.loads(line)
+        for line in agents_log.splitlines()
+        if '"run picked up"' in line and run["name"].removeprefix("runs/") in line
+    ]
+    assert picked and picked[-1]["trace_id"] == trace_id, picked

@@ -1,0 +1,146 @@
+"""What the scale-out tests share: service replicas as real processes (`python -m amelia_…`),
+each on its own port, logging to a file, that a test can freeze (SIGSTOP) and SIGKILL; and
+waiting for a replica to report SERVING."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from amelia_common.embedded import free_port
+from amelia_common.settings import Settings
+
+# The module each service runs as, and the setting naming its gRPC port.
+SERVICE_MODULES = {
+    "events": ("amelia_events", "EVENTS_GRPC_PORT", "amelia.v1.EventService"),
+    "agents": ("amelia_agents", "AGENTS_GRPC_PORT", "amelia.v1.AgentService"),
+    "rag": ("amelia_rag", "RAG_GRPC_PORT", "amelia.v1.RagService"),
+}
+
+
+def replica_env(settings: Settings, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment a replica reads: the test's PostgreSQL/NATS and quiet JSON logs."""
+    return {
+        **os.environ,
+        "DATABASE_URL": settings.DATABASE_URL,
+        "NATS_URL": settings.NATS_URL,
+        "AMELIA_DATA_DIR": str(settings.AMELIA_DATA_DIR),
+        "ENVIRONMENT": "testing",
+        "LOG_LEVEL": "INFO",
+        "LOG_FORMAT": "json",
+        "GRPC_SHUTDOWN_GRACE_SECONDS": "1",
+        **(extra or {}),
+    }
+
+
+class Replica:
+    """One service process on its own port, in its own process group."""
+
+    def __init__(
+        self,
+        service: str,
+        settings: Settings,
+        log: Path,
+        env: Mapping[str, str] | None = None,
+        host: str = "127.0.0.1",
+        pythonpath: Iterable[Path] = (),
+    ) -> None:
+        module, port_setting, self.grpc_service = SERVICE_MODULES[service]
+        self.service = service
+        self.port = free_port()
+        self.host = host
+        self.log = log
+        paths = [str(p) for p in pythonpath]
+        full_env = replica_env(
+            settings,
+            {
+                "HOST": host,
+                port_setting: str(self.port),
+                "PYTHONPATH": os.pathsep.join([*paths, os.environ.get("PYTHONPATH", "")]),
+                **(env or {}),
+            },
+        )
+        self._file = log.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", module],
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    async def serving(self, timeout: float = 120) -> None:
+        """Wait until the replica's health says SERVING (its dependencies up)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        async with grpc.aio.insecure_channel(self.address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while True:
+                if self.proc.poll() is not None:
+                    raise AssertionError(f"{self.service} exited: {self.log_text()[-3000:]}")
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    reply = await stub.Check(
+                        health_pb2.HealthCheckRequest(service=self.grpc_service), timeout=5
+                    )
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                if asyncio.get_running_loop().time() > deadline:
+                    raise AssertionError(f"{self.service} never SERVING: {self.log_text()[-3000:]}")
+                await asyncio.sleep(0.2)
+
+    def freeze(self) -> None:
+        """SIGSTOP: calls sent to it now wait, in flight, until it is killed."""
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    async def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                await asyncio.to_thread(self.proc.wait, 5)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._file.close()
+
+
+@asynccontextmanager
+async def replicas(
+    service: str, settings: Settings, logs: Path, count: int, **kwargs: object
+) -> AsyncIterator[list[Replica]]:
+    """`count` replicas of `service`, SERVING; stopped (or reaped, if killed) on the way out."""
+    started = [
+        Replica(service, settings, logs / f"{service}-{i}.log", **kwargs)  # type: ignore[arg-type]
+        for i in range(count)
+    ]
+    try:
+        await asyncio.gather(*(r.serving() for r in started))
+        yield started
+    finally:
+        for replica in started:
+            await replica.stop()
+
+
+def addresses(group: list[Replica]) -> str:
+    """The comma list a client is given for these replicas."""
+    return ",".join(r.address for r in group)
