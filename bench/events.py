@@ -7,7 +7,14 @@ process, then measures in one run:
   each event's publish→receive latency is taken from the envelope's `time` (same clock).
 - live with a stalled subscriber: the same, while another StreamEvents client reads nothing.
 - replay: every stored event read from the beginning as fast as each reader can.
-- publish: acknowledged publishes per second, through the client library and through gRPC.
+- publish: acknowledged publishes per second, through the client library and through gRPC,
+  one event per call and in batches (PublishEvents, `EventLog.publish_events`).
+
+StreamEvents is measured both ways: one event per message (what old clients get) and with
+`max_events_per_message` (several events per message when they are already read). The last
+table is issue 15's rows: each figure, its ratio to the bare baseline and the target. The
+machine's load average is printed with each phase: on a shared machine only ratios measured in
+the same run compare.
 
 Everything shares one process and one event loop (publisher, server, clients), so absolute
 figures are lower than across machines; the side-by-side ratios are the point.
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import tempfile
 import time
 import uuid
@@ -41,7 +49,19 @@ LIVE_EVENTS = 6_000
 RATE = 2_000  # events/s offered during the live phases
 REPLAY_EVENTS = 30_000
 PUBLISH_CONCURRENCY = 64
+PUBLISH_EVENTS = 6_400
+PUBLISH_BATCH = 64  # events per PublishEvents request
+BATCHES_IN_FLIGHT = 2
+PER_MESSAGE = 256  # max_events_per_message of the batched StreamEvents reader
 PAYLOAD = {"text": "x" * 200}
+
+STREAM_ONE = "StreamEvents (gRPC, one event/message)"
+STREAM_BATCHED = f"StreamEvents (gRPC, {PER_MESSAGE} events/message)"
+ORDERED = "nats-py ordered push consumer (bare)"
+PUBLISH_ONE = "PublishEvent over gRPC (64 in flight)"
+PUBLISH_BATCHED = (
+    f"PublishEvents over gRPC ({PUBLISH_BATCH}/request, {BATCHES_IN_FLIGHT} in flight)"
+)
 
 
 @dataclass
@@ -84,15 +104,20 @@ async def grpc_reader(
     reading: Reading,
     total: int,
     ready: asyncio.Event,
+    per_message: int = 0,
 ) -> None:
+    """StreamEvents; `per_message` > 1 asks for several events per message."""
     request = events_pb2.StreamEventsRequest(
-        filter=events_pb2.EventFilter(subject=subject), after_sequence=after
+        filter=events_pb2.EventFilter(subject=subject),
+        after_sequence=after,
+        max_events_per_message=per_message,
     )
     call = stub.StreamEvents(request)
     await call.initial_metadata()
     ready.set()
     async for item in call:
-        reading.saw(sent_ns(item.event))
+        for event in item.events if per_message > 1 else (item.event,):
+            reading.saw(sent_ns(event))
         if reading.count >= total:
             break
     call.cancel()
@@ -197,9 +222,13 @@ async def paced_publish(log: EventLog, subject: str, count: int, rate: float) ->
     return started
 
 
-async def flood(publish: Callable[[int], Awaitable[object]], count: int) -> float:
-    """Acknowledged publishes per second with PUBLISH_CONCURRENCY in flight."""
-    gate = asyncio.Semaphore(PUBLISH_CONCURRENCY)
+async def flood(
+    publish: Callable[[int], Awaitable[object]],
+    count: int,
+    in_flight: int = PUBLISH_CONCURRENCY,
+) -> float:
+    """Acknowledged publishes (calls) per second with `in_flight` at a time."""
+    gate = asyncio.Semaphore(in_flight)
 
     async def one(n: int) -> None:
         async with gate:
@@ -309,23 +338,31 @@ async def _phases(
     ) -> Coroutine[Any, Any, None]:
         return library_reader(reader_log, s, a, r, t, e)
 
+    def batched_factory(
+        s: str, a: int, r: Reading, t: int, e: asyncio.Event
+    ) -> Coroutine[Any, Any, None]:
+        return grpc_reader(stub, s, a, r, t, e, per_message=PER_MESSAGE)
+
     readers: dict[str, ReaderFactory] = {
-        "StreamEvents (gRPC, events service)": grpc_factory,
+        STREAM_ONE: grpc_factory,
+        STREAM_BATCHED: batched_factory,
         "EventLog.read (client library, no gRPC)": library_factory,
-        "nats-py ordered push consumer (bare)": ordered_factory,
+        ORDERED: ordered_factory,
         "nats-py pull consumer (bare)": pull_factory,
     }
     print(
         f"events bench: nats-server embedded, one process; payload ~{len(PAYLOAD['text'])} B; "
-        f"live {LIVE_EVENTS} events at {RATE}/s; replay {REPLAY_EVENTS} events"
+        f"live {LIVE_EVENTS} events at {RATE}/s; replay {REPLAY_EVENTS} events; {load()}"
     )
 
     # Live: latency at a steady offered rate.
     subject = f"bench/{uuid.uuid4().hex[:12]}"
+    live_load = load()
     rows = await run_readers(
         readers, subject, 0, LIVE_EVENTS, lambda: paced_publish(log, subject, LIVE_EVENTS, RATE)
     )
-    print_rows("live, publish → receive", rows, show_latency=True)
+    print_rows(f"live, publish → receive ({live_load})", rows, show_latency=True)
+    live = {reading.name: reading for reading, _ in rows}
 
     # Live again, with a StreamEvents client that reads nothing at all.
     subject = f"bench/{uuid.uuid4().hex[:12]}"
@@ -337,7 +374,7 @@ async def _phases(
     await stalled.initial_metadata()
     rows = await run_readers(
         {
-            "StreamEvents, beside a stalled client": grpc_factory,
+            "StreamEvents, beside a stalled client": batched_factory,
             "nats-py pull consumer (bare)": pull_factory,
         },
         subject,
@@ -351,30 +388,117 @@ async def _phases(
     # Replay: catch up on stored history as fast as possible.
     subject = f"bench/{uuid.uuid4().hex[:12]}"
     first = await log.publish("bench.tick", subject, PAYLOAD)
-    rate = await flood(
+    library_rate = await flood(
         lambda n: log.publish("bench.tick", subject, {"n": n, **PAYLOAD}), REPLAY_EVENTS - 1
     )
+    replay_load = load()
     replay_rows = []
     for name, factory in readers.items():
         (row,) = await run_readers(
             {name: factory}, subject, first.sequence - 1, REPLAY_EVENTS, None
         )
         replay_rows.append(row)
-    print_rows("replay from the beginning (catch-up)", replay_rows, show_latency=False)
+    print_rows(f"replay from the beginning (catch-up; {replay_load})", replay_rows, False)
+    replay = {reading.name: reading.rate(started) for reading, started in replay_rows}
 
     # Publishing: acknowledged events per second.
-    subject = f"bench/{uuid.uuid4().hex[:12]}"
-    grpc_rate = await flood(
-        lambda n: stub.PublishEvent(
-            events_pb2.PublishEventRequest(
-                event=events_pb2.Event(type="bench.tick", subject=subject)
-            )
-        ),
-        5_000,
+    publish_load = load()
+    publish = await publish_rates(stub, log, library_rate)
+    print(f"\npublish (each acknowledged by JetStream; {publish_load})")
+    for name, rate in publish.items():
+        print(f"  {name:<58}{rate:>10,.0f} events/s")
+
+    bare_p99 = live[ORDERED].pct(0.99)
+    print(f"\nissue 15 rows (ratios within this run; {load()})")
+    print(f"  {'path':<44}{'figure':>30}{'ratio':>9}   target")
+    summary_row(
+        "replay over StreamEvents (old clients)",
+        f"{replay[STREAM_ONE]:,.0f} ev/s vs {replay[ORDERED]:,.0f}",
+        replay[STREAM_ONE] / replay[ORDERED],
+        ">= 0.5x bare ordered push",
+        at_least=0.5,
     )
-    print("\npublish (each acknowledged by JetStream, 64 in flight)")
-    print(f"  {'EventLog.publish (client library)':<40}{rate:>19,.0f} events/s")
-    print(f"  {'PublishEvent over gRPC':<40}{grpc_rate:>19,.0f} events/s")
+    summary_row(
+        f"replay over StreamEvents ({PER_MESSAGE}/message)",
+        f"{replay[STREAM_BATCHED]:,.0f} ev/s vs {replay[ORDERED]:,.0f}",
+        replay[STREAM_BATCHED] / replay[ORDERED],
+        ">= 0.5x bare ordered push",
+        at_least=0.5,
+    )
+    summary_row(
+        "PublishEvent over gRPC, 64 in flight",
+        f"{publish[PUBLISH_ONE]:,.0f} ev/s vs {library_rate:,.0f}",
+        publish[PUBLISH_ONE] / library_rate,
+        ">= 0.5x EventLog.publish",
+        at_least=0.5,
+    )
+    summary_row(
+        f"PublishEvents over gRPC ({PUBLISH_BATCH}/request)",
+        f"{publish[PUBLISH_BATCHED]:,.0f} ev/s vs {library_rate:,.0f}",
+        publish[PUBLISH_BATCHED] / library_rate,
+        ">= 0.5x EventLog.publish",
+        at_least=0.5,
+    )
+    for name, label in ((STREAM_ONE, "old clients"), (STREAM_BATCHED, f"{PER_MESSAGE}/message")):
+        p99 = live[name].pct(0.99)
+        summary_row(
+            f"live StreamEvents p99 at {RATE / 1000:g}k ev/s ({label})",
+            f"{p99:.1f} ms vs {bare_p99:.1f} ms",
+            p99 / bare_p99,
+            "<= 2x bare push",
+            at_most=2.0,
+        )
+
+
+def load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.1f} {five:.1f} {fifteen:.1f}"
+
+
+def summary_row(
+    path: str,
+    figure: str,
+    ratio: float,
+    target: str,
+    *,
+    at_least: float | None = None,
+    at_most: float | None = None,
+) -> None:
+    met = (at_least is None or ratio >= at_least) and (at_most is None or ratio <= at_most)
+    print(f"  {path:<44}{figure:>30}{ratio:>8.2f}x   {target} {'(met)' if met else '(NOT met)'}")
+
+
+async def publish_rates(
+    stub: events_pb2_grpc.EventServiceStub, log: EventLog, library_rate: float
+) -> dict[str, float]:
+    """Acknowledged events/s through each publishing path, one after the other."""
+    subject = f"bench/{uuid.uuid4().hex[:12]}"
+
+    def tick(n: int) -> events_pb2.Event:
+        event = events_pb2.Event(type="bench.tick", subject=subject)
+        event.data.update({"n": n, **PAYLOAD})
+        return event
+
+    async def library_batch(n: int) -> None:
+        await log.publish_events([tick(n * PUBLISH_BATCH + k) for k in range(PUBLISH_BATCH)])
+
+    async def grpc_batch(n: int) -> None:
+        request = events_pb2.PublishEventsRequest(
+            events=[tick(n * PUBLISH_BATCH + k) for k in range(PUBLISH_BATCH)]
+        )
+        await stub.PublishEvents(request)
+
+    batches = PUBLISH_EVENTS // PUBLISH_BATCH
+    rates = {"EventLog.publish (client library, 64 in flight)": library_rate}
+    rates[f"EventLog.publish_events (library, {PUBLISH_BATCH}/batch, 2 in flight)"] = (
+        await flood(library_batch, batches, BATCHES_IN_FLIGHT) * PUBLISH_BATCH
+    )
+    rates[PUBLISH_ONE] = await flood(
+        lambda n: stub.PublishEvent(events_pb2.PublishEventRequest(event=tick(n))),
+        PUBLISH_EVENTS,
+    )
+    rates[PUBLISH_BATCHED] = await flood(grpc_batch, batches, BATCHES_IN_FLIGHT) * PUBLISH_BATCH
+    return rates
 
 
 def main() -> None:

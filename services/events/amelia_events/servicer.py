@@ -31,6 +31,9 @@ from amelia_events import pagination
 
 log = get_logger("amelia.events")
 
+# At most this many events in one PublishEvents request or one StreamEvents message.
+MAX_BATCH = 1000
+
 _EVENT_NAME = re.compile(r"^events/([1-9][0-9]{0,19})$")
 
 
@@ -72,6 +75,17 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
         stored = await self.log.publish_event(event, from_client=True)
         return events_pb2.PublishEventResponse(event=stored)
 
+    async def PublishEvents(
+        self, request: events_pb2.PublishEventsRequest, context: grpc.aio.ServicerContext
+    ) -> events_pb2.PublishEventsResponse:
+        if len(request.events) > MAX_BATCH:
+            raise InvalidArgument(
+                f"{len(request.events)} events in one request: at most {MAX_BATCH}; "
+                "send them in several requests"
+            )
+        stored = await self.log.publish_events(list(request.events), from_client=True)
+        return events_pb2.PublishEventsResponse(events=stored)
+
     async def StreamEvents(
         self, request: events_pb2.StreamEventsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[events_pb2.StreamEventsResponse]:
@@ -81,8 +95,9 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
             start_position(request),
             stop=self.stopping,
         )
-        # Each event is handed to gRPC before the next one is read, so a slow client is paced by
-        # HTTP/2 flow control and the reader only ever holds one small batch.
+        # Each message is handed to gRPC before the next one is read, so a slow client is paced
+        # by HTTP/2 flow control and the reader only ever holds one small batch.
+        per_message = min(request.max_events_per_message, MAX_BATCH)
         self.readers.add(reader)
         try:
             async with reader:
@@ -90,8 +105,16 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
                 # is subscribed: nothing published after that moment can be missed.
                 await reader.open()
                 await context.send_initial_metadata(())
-                async for event in reader:
-                    yield events_pb2.StreamEventsResponse(event=event)
+                if per_message <= 1:
+                    async for event in reader:
+                        yield events_pb2.StreamEventsResponse(event=event)
+                else:
+                    while True:
+                        try:
+                            batch = await reader.next_batch(per_message)
+                        except StopAsyncIteration:
+                            break
+                        yield events_pb2.StreamEventsResponse(events=batch)
         finally:
             self.readers.discard(reader)
         if self.stopping.is_set() and not context.done():

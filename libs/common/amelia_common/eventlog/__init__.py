@@ -17,7 +17,8 @@ Three things live here, so every service (and the events service itself) behaves
   never stored twice) for `EVENTS_PUBLISH_TIMEOUT_SECONDS`, with at most `EVENTS_PUBLISH_BUFFER`
   publishes waiting at once; past either bound it raises `EventLogUnavailableError`. Nothing is
   dropped silently: `EventLog.stats` counts what waited, was retried and was refused, and the
-  log says so too.
+  log says so too. `EventLog.pipeline()` / `publish_events` write several events in order
+  without waiting for each acknowledgement (one round trip for a burst, order kept).
 - `EventLog.read`: an `EventReader` over the log (filter + start position, history then live, or
   history only). It reads through an ephemeral JetStream pull consumer in small batches, asking
   for the next batch only when the caller consumed the previous one, so a slow reader costs a
@@ -59,8 +60,10 @@ from amelia_common.eventlog.envelope import (
 from amelia_common.eventlog.log import (
     EventLog,
     Handler,
+    Prepared,
     PublishStats,
 )
+from amelia_common.eventlog.pipeline import PublishPipeline
 from amelia_common.eventlog.reader import (
     EventReader,
     StartAt,
@@ -82,6 +85,8 @@ __all__ = [
     "EventReader",
     "Handler",
     "InvalidEventError",
+    "Prepared",
+    "PublishPipeline",
     "PublishStats",
     "StartAt",
     "check_client_type",

@@ -31,6 +31,7 @@ from amelia_common.eventlog.envelope import (
     stream_config,
     validate_event,
 )
+from amelia_common.eventlog.pipeline import DEFAULT_WINDOW, PublishPipeline
 from amelia_common.eventlog.reader import (
     EventReader,
     StartAt,
@@ -78,6 +79,16 @@ def _report_dispatch_end(task: asyncio.Task[None]) -> None:
         log.error("event subscription stopped", task=task.get_name(), error=repr(task.exception()))
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """An event checked and serialized for publishing: where it goes and its dedup id."""
+
+    event: events_pb2.Event
+    payload: bytes
+    nats_subject: str
+    dedup_id: str
+
+
 @dataclass
 class _Dispatcher:
     handlers: list[Handler] = field(default_factory=list)
@@ -121,7 +132,31 @@ class EventLog:
         `from_client` is for events a client sent (PublishEvent): types the mesh's services own
         are refused (PermissionDenied), and the id deduplicates only against other client ids
         (`Nats-Msg-Id: client:<id>`), so a client cannot squat the id of a service's event.
+        Several events in a row are cheaper through `pipeline()` (one round trip for all).
         """
+        return await self.store(self.prepare(event, from_client=from_client))
+
+    async def publish_events(
+        self, events: list[events_pb2.Event], *, from_client: bool = False
+    ) -> list[events_pb2.Event]:
+        """Store `events` in order, one round trip for all; returns them with their sequences.
+
+        Every event is checked before any is written, so a bad one stores nothing. Raises like
+        `publish_event`; after `EventLogUnavailableError` a prefix may be stored, and publishing
+        the same events again (same ids) stores each once.
+        """
+        prepared = [self.prepare(event, from_client=from_client) for event in events]
+        pipeline = self.pipeline()
+        for item in prepared:
+            await pipeline.write(item)
+        return await pipeline.flush()
+
+    def pipeline(self, *, window: int = DEFAULT_WINDOW) -> PublishPipeline:
+        """A `PublishPipeline`: events written in order at once, acknowledgements awaited together."""
+        return PublishPipeline(self, window=window)
+
+    def prepare(self, event: events_pb2.Event, *, from_client: bool = False) -> Prepared:
+        """Fill in the envelope's defaults and check it (see `publish_event`); serialized once."""
         if not event.id:
             event.id = uuid.uuid4().hex
         if not event.HasField("time"):
@@ -132,9 +167,20 @@ class EventLog:
         payload = validate_event(event, self.settings.EVENTS_MAX_DATA_BYTES)
         if from_client:
             check_client_type(event.type)
-        subject = nats_subject(event.type, event.subject)
-        dedup_id = f"{CLIENT_ID_NAMESPACE}{event.id}" if from_client else event.id
-        if self.stats.waiting >= self.settings.EVENTS_PUBLISH_BUFFER:
+        return Prepared(
+            event=event,
+            payload=payload,
+            nats_subject=nats_subject(event.type, event.subject),
+            dedup_id=f"{CLIENT_ID_NAMESPACE}{event.id}" if from_client else event.id,
+        )
+
+    def buffer_full(self) -> bool:
+        return self.stats.waiting >= self.settings.EVENTS_PUBLISH_BUFFER
+
+    async def store(self, prepared: Prepared) -> events_pb2.Event:
+        """Publish a prepared event and wait for its acknowledgement (retried within bounds)."""
+        event = prepared.event
+        if self.buffer_full():
             self.stats.refused += 1
             log.error(
                 "event refused: publish buffer full",
@@ -150,12 +196,18 @@ class EventLog:
         self.stats.waiting += 1
         self.stats.waiting_peak = max(self.stats.waiting_peak, self.stats.waiting)
         try:
-            ack = await self._publish_with_retry(event, subject, payload, dedup_id)
+            ack = await self._publish_with_retry(
+                event, prepared.nats_subject, prepared.payload, prepared.dedup_id
+            )
         finally:
             self.stats.waiting -= 1
+        return self.stored(prepared, ack)
+
+    def stored(self, prepared: Prepared, ack: api.PubAck) -> events_pb2.Event:
+        """The event as stored: a copy of the envelope with JetStream's sequence."""
         self.stats.published += 1
         stored = events_pb2.Event()
-        stored.CopyFrom(event)
+        stored.CopyFrom(prepared.event)
         stored.sequence = ack.seq
         return stored
 

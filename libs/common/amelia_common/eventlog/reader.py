@@ -194,6 +194,27 @@ class EventReader:
             if event is not None:
                 return event
 
+    async def next_batch(self, limit: int) -> list[events_pb2.Event]:
+        """The next event and those already received behind it, at most `limit`, in order.
+
+        Waits only for the first one, like `__anext__` (raising `StopAsyncIteration` at the
+        end); the others are what NATS delivered meanwhile, so batching never delays an event.
+        """
+        batch = [await self.__anext__()]
+        while len(batch) < limit and self._sub is not None:
+            if self._closed or self._stopped() or self._limit_reached():
+                break
+            try:
+                item = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+            if item is _STOP:
+                break
+            event = await self._handle(item)
+            if event is not None:
+                batch.append(event)
+        return batch
+
     async def open(self) -> None:
         """Create the consumer now rather than on the first `__anext__`.
 

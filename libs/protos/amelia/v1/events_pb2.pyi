@@ -154,6 +154,56 @@ class PublishEventResponse(_message.Message):
 Global___PublishEventResponse: _TypeAlias = PublishEventResponse  # noqa: Y015
 
 @_typing.final
+class PublishEventsRequest(_message.Message):
+    """PublishEventsRequest carries the events to store, in order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]:
+        """The events (at most 1000); like PublishEvent's, `sequence` is ignored and `id` and
+        `time` are filled in when empty. Set the ids to make a resent batch safe.
+        """
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___Event] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishEventsRequest: _TypeAlias = PublishEventsRequest  # noqa: Y015
+
+@_typing.final
+class PublishEventsResponse(_message.Message):
+    """PublishEventsResponse is the stored events, in the request's order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]:
+        """The events as stored, with their sequences (increasing)."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___Event] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishEventsResponse: _TypeAlias = PublishEventsResponse  # noqa: Y015
+
+@_typing.final
 class StreamEventsRequest(_message.Message):
     """StreamEventsRequest says what to stream and where to start."""
 
@@ -163,10 +213,16 @@ class StreamEventsRequest(_message.Message):
     FROM_BEGINNING_FIELD_NUMBER: _builtins.int
     AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
+    MAX_EVENTS_PER_MESSAGE_FIELD_NUMBER: _builtins.int
     from_beginning: _builtins.bool
     """Every retained event from the first one."""
     after_sequence: _builtins.int
     """Events after this sequence (resume with the last sequence seen)."""
+    max_events_per_message: _builtins.int
+    """At most this many events per response message, in `events` (at most 1000). 0 or 1: one
+    event per message, in `event`. Events already read are sent together, none is held back
+    waiting for more, so batching costs no latency; a replay sends far fewer messages.
+    """
     @_builtins.property
     def filter(self) -> Global___EventFilter:
         """Which events."""
@@ -182,10 +238,11 @@ class StreamEventsRequest(_message.Message):
         from_beginning: _builtins.bool = ...,
         after_sequence: _builtins.int = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
+        max_events_per_message: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "filter", b"filter", "from_beginning", b"from_beginning", "start", b"start", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "filter", b"filter", "from_beginning", b"from_beginning", "start", b"start", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "filter", b"filter", "from_beginning", b"from_beginning", "max_events_per_message", b"max_events_per_message", "start", b"start", "start_time", b"start_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_start: _TypeAlias = _typing.Literal["from_beginning", "after_sequence", "start_time"]  # noqa: Y015
     _WhichOneofArgType_start: _TypeAlias = _typing.Literal["start", b"start"]  # noqa: Y015
@@ -195,23 +252,31 @@ Global___StreamEventsRequest: _TypeAlias = StreamEventsRequest  # noqa: Y015
 
 @_typing.final
 class StreamEventsResponse(_message.Message):
-    """StreamEventsResponse carries one event."""
+    """StreamEventsResponse carries one event, or several when the request asked for them."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENT_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def event(self) -> Global___Event:
-        """The event."""
+        """The event (requests without `max_events_per_message`)."""
+
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]:
+        """Consecutive events in sequence order (requests with `max_events_per_message` > 1);
+        `event` is then unset.
+        """
 
     def __init__(
         self,
         *,
         event: Global___Event | None = ...,
+        events: _abc.Iterable[Global___Event] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "events", b"events"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -42,6 +42,11 @@ class EventServiceStub:
                 request_serializer=amelia_dot_v1_dot_events__pb2.PublishEventRequest.SerializeToString,
                 response_deserializer=amelia_dot_v1_dot_events__pb2.PublishEventResponse.FromString,
                 _registered_method=True)
+        self.PublishEvents = channel.unary_unary(
+                '/amelia.v1.EventService/PublishEvents',
+                request_serializer=amelia_dot_v1_dot_events__pb2.PublishEventsRequest.SerializeToString,
+                response_deserializer=amelia_dot_v1_dot_events__pb2.PublishEventsResponse.FromString,
+                _registered_method=True)
         self.StreamEvents = channel.unary_stream(
                 '/amelia.v1.EventService/StreamEvents',
                 request_serializer=amelia_dot_v1_dot_events__pb2.StreamEventsRequest.SerializeToString,
@@ -68,6 +73,17 @@ class EventServiceServicer:
     def PublishEvent(self, request, context):
         """PublishEvent stores an event and returns it with its sequence. It fails with
         UNAVAILABLE when the log cannot store it; success means the event is durable.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishEvents(self, request, context):
+        """PublishEvents stores several events, in order, with their acknowledgements awaited
+        together (one round trip for the batch). Every event is checked before any is stored:
+        one bad event refuses the whole batch with INVALID_ARGUMENT (or PERMISSION_DENIED) and
+        stores nothing. UNAVAILABLE may leave a prefix of the batch stored: resending the same
+        batch with the same event ids stores each event once.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -102,6 +118,11 @@ def add_EventServiceServicer_to_server(servicer, server):
                     servicer.PublishEvent,
                     request_deserializer=amelia_dot_v1_dot_events__pb2.PublishEventRequest.FromString,
                     response_serializer=amelia_dot_v1_dot_events__pb2.PublishEventResponse.SerializeToString,
+            ),
+            'PublishEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishEvents,
+                    request_deserializer=amelia_dot_v1_dot_events__pb2.PublishEventsRequest.FromString,
+                    response_serializer=amelia_dot_v1_dot_events__pb2.PublishEventsResponse.SerializeToString,
             ),
             'StreamEvents': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamEvents,
@@ -149,6 +170,33 @@ class EventService:
             '/amelia.v1.EventService/PublishEvent',
             amelia_dot_v1_dot_events__pb2.PublishEventRequest.SerializeToString,
             amelia_dot_v1_dot_events__pb2.PublishEventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/amelia.v1.EventService/PublishEvents',
+            amelia_dot_v1_dot_events__pb2.PublishEventsRequest.SerializeToString,
+            amelia_dot_v1_dot_events__pb2.PublishEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,6 +40,13 @@ class EventServiceStub:
     """PublishEvent stores an event and returns it with its sequence. It fails with
     UNAVAILABLE when the log cannot store it; success means the event is durable.
     """
+    PublishEvents: _grpc.UnaryUnaryMultiCallable[_events_pb2.PublishEventsRequest, _events_pb2.PublishEventsResponse]
+    """PublishEvents stores several events, in order, with their acknowledgements awaited
+    together (one round trip for the batch). Every event is checked before any is stored:
+    one bad event refuses the whole batch with INVALID_ARGUMENT (or PERMISSION_DENIED) and
+    stores nothing. UNAVAILABLE may leave a prefix of the batch stored: resending the same
+    batch with the same event ids stores each event once.
+    """
     StreamEvents: _grpc.UnaryStreamMultiCallable[_events_pb2.StreamEventsRequest, _events_pb2.StreamEventsResponse]
     """StreamEvents sends every matching event from the start position, in sequence order,
     then keeps sending live ones until the client cancels.
@@ -60,6 +67,13 @@ class EventServiceAsyncStub(EventServiceStub):
     PublishEvent: _aio.UnaryUnaryMultiCallable[_events_pb2.PublishEventRequest, _events_pb2.PublishEventResponse]  # type: ignore[assignment]
     """PublishEvent stores an event and returns it with its sequence. It fails with
     UNAVAILABLE when the log cannot store it; success means the event is durable.
+    """
+    PublishEvents: _aio.UnaryUnaryMultiCallable[_events_pb2.PublishEventsRequest, _events_pb2.PublishEventsResponse]  # type: ignore[assignment]
+    """PublishEvents stores several events, in order, with their acknowledgements awaited
+    together (one round trip for the batch). Every event is checked before any is stored:
+    one bad event refuses the whole batch with INVALID_ARGUMENT (or PERMISSION_DENIED) and
+    stores nothing. UNAVAILABLE may leave a prefix of the batch stored: resending the same
+    batch with the same event ids stores each event once.
     """
     StreamEvents: _aio.UnaryStreamMultiCallable[_events_pb2.StreamEventsRequest, _events_pb2.StreamEventsResponse]  # type: ignore[assignment]
     """StreamEvents sends every matching event from the start position, in sequence order,
@@ -84,6 +98,19 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_events_pb2.PublishEventResponse, _abc.Awaitable[_events_pb2.PublishEventResponse]]:
         """PublishEvent stores an event and returns it with its sequence. It fails with
         UNAVAILABLE when the log cannot store it; success means the event is durable.
+        """
+
+    @_abc_1.abstractmethod
+    def PublishEvents(
+        self,
+        request: _events_pb2.PublishEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_events_pb2.PublishEventsResponse, _abc.Awaitable[_events_pb2.PublishEventsResponse]]:
+        """PublishEvents stores several events, in order, with their acknowledgements awaited
+        together (one round trip for the batch). Every event is checked before any is stored:
+        one bad event refuses the whole batch with INVALID_ARGUMENT (or PERMISSION_DENIED) and
+        stores nothing. UNAVAILABLE may leave a prefix of the batch stored: resending the same
+        batch with the same event ids stores each event once.
         """
 
     @_abc_1.abstractmethod

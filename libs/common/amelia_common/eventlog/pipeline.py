@@ -1,0 +1,173 @@
+"""`PublishPipeline`: events written to NATS as they come, their acknowledgements awaited together.
+
+`EventLog.publish_event` waits for JetStream's acknowledgement before the next event can be
+sent: one round trip per event. A run's tokens (and a PublishEvents batch) need not wait: each
+event is written to the connection at once, in order, and the acknowledgements are collected
+later (`flush`), so a burst of N events costs about one round trip instead of N.
+
+Why the order and the exactly-once guarantees still hold:
+
+- Events are written one after the other on one connection, so JetStream receives and stores
+  them in that order; what a dying connection loses is a suffix of what was written.
+- An event whose acknowledgement did not come (timeout, connection lost) is published again the
+  ordinary way (`EventLog._publish_with_retry`), before anything after it is settled, with the same
+  `Nats-Msg-Id`: stored once, at its first sequence if it had arrived.
+- When the connection changed (a reconnect) since the events in flight were written, or is down,
+  those are settled before the next event is written, so a later event can never be stored
+  ahead of an earlier one that was lost with the old connection.
+
+The one order JetStream itself could break — it refusing an event with a transient error and
+accepting the next one written right after it — does not happen on a single server without the
+connection dropping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import nats.errors
+import nats.js.errors
+from nats.js import api
+
+from amelia.v1 import events_pb2
+from amelia_common.eventlog.envelope import InvalidEventError
+from amelia_common.logging import get_logger
+
+if TYPE_CHECKING:
+    from amelia_common.eventlog.log import EventLog, Prepared
+
+log = get_logger("amelia.eventlog")
+
+# Events written and not yet acknowledged, at most: past it, `submit` settles the oldest first.
+DEFAULT_WINDOW = 256
+
+
+@dataclass
+class _InFlight:
+    prepared: Prepared
+    ack: asyncio.Future[api.PubAck]
+    written_at: float
+
+
+class PublishPipeline:
+    """Publishes events in order without a round trip each; `flush` returns them stored.
+
+    Use one pipeline per ordered flow (a run's pick-up, a batch) and `await flush()` at its
+    end: an event is durable only once `flush` (or a `submit` that had to settle the window)
+    returned without raising. Errors are `EventLog.publish_event`'s: `InvalidEventError` from
+    `submit` for a bad envelope (nothing written), `EventLogUnavailableError` from `submit` or
+    `flush` when NATS did not store an event in time — the events before it are stored, and
+    publishing the same events again (same ids) stores each once.
+    """
+
+    def __init__(self, event_log: EventLog, *, window: int = DEFAULT_WINDOW) -> None:
+        self.log = event_log
+        self.window = max(1, window)
+        self._in_flight: collections.deque[_InFlight] = collections.deque()
+        self._stored: list[events_pb2.Event] = []
+        self._generation = -1
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    async def submit(self, event: events_pb2.Event, *, from_client: bool = False) -> None:
+        """Check `event` and write it to NATS now; its acknowledgement is awaited by `flush`."""
+        await self.write(self.log.prepare(event, from_client=from_client))
+
+    async def write(self, prepared: Prepared) -> None:
+        """Write an event `EventLog.prepare` checked; its acknowledgement is awaited by `flush`."""
+        nc = self.log.nc
+        # Checked again after every wait: the connection may change while the window settles.
+        while self._in_flight:
+            if nc.stats["reconnects"] != self._generation or not nc.is_connected:
+                await self._settle(len(self._in_flight))
+            elif len(self._in_flight) >= self.window:
+                await self._settle(1)
+            else:
+                break
+        generation = nc.stats["reconnects"]
+        if not nc.is_connected or self.log.buffer_full():
+            # The ordinary path waits for the connection (or refuses when the buffer is full).
+            self._stored.append(await self.log.store(prepared))
+            return
+        self._generation = generation
+        try:
+            ack = await self.log.js.publish_async(
+                prepared.nats_subject,
+                prepared.payload,
+                stream=self.log.settings.EVENTS_STREAM,
+                headers={"Nats-Msg-Id": prepared.dedup_id},
+            )
+        except (nats.errors.Error, nats.js.errors.Error):
+            # Not written (the connection went away meanwhile): the ordinary path retries.
+            self._stored.append(await self.log.store(prepared))
+            return
+        self._in_flight.append(_InFlight(prepared, ack, time.monotonic()))
+        stats = self.log.stats
+        stats.waiting += 1
+        stats.waiting_peak = max(stats.waiting_peak, stats.waiting)
+
+    async def flush(self) -> list[events_pb2.Event]:
+        """Wait until every submitted event is stored; returns them (with sequences) in order."""
+        await self._settle(len(self._in_flight))
+        stored, self._stored = self._stored, []
+        return stored
+
+    def abandon(self) -> None:
+        """Stop waiting for acknowledgements (the flow was cancelled); what arrived is stored."""
+        while self._in_flight:
+            self._pop().ack.cancel()
+
+    def _pop(self) -> _InFlight:
+        self.log.stats.waiting -= 1
+        return self._in_flight.popleft()
+
+    async def _settle(self, count: int) -> None:
+        """Settle the `count` oldest events in flight, in order (retrying a missing ack)."""
+        budget = self.log.settings.EVENTS_PUBLISH_TIMEOUT_SECONDS
+        for _ in range(min(count, len(self._in_flight))):
+            entry = self._in_flight[0]
+            remaining = entry.written_at + max(0.2, min(2.0, budget / 4)) - time.monotonic()
+            try:
+                ack = await self._ack(entry, remaining)
+            except nats.errors.MaxPayloadError as exc:
+                self.abandon()
+                raise InvalidEventError(
+                    f"event is {len(entry.prepared.payload)} bytes: larger than NATS accepts "
+                    f"({exc})"
+                ) from exc
+            except BaseException:
+                self.abandon()
+                raise
+            if ack is not None:
+                event = self.log.stored(entry.prepared, ack)
+            else:
+                # No acknowledgement: publish it again the ordinary way (same id: stored once).
+                self.log.stats.retried += 1
+                try:
+                    event = await self.log.store(entry.prepared)
+                except BaseException:
+                    self.abandon()
+                    raise
+            self._pop()
+            self._stored.append(event)
+
+    async def _ack(self, entry: _InFlight, timeout: float) -> api.PubAck | None:
+        """The event's acknowledgement, or None when it did not come (in time, or at all)."""
+        try:
+            return await asyncio.wait_for(asyncio.shield(entry.ack), max(0.0, timeout))
+        except nats.errors.MaxPayloadError:
+            raise
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
+            log.info("event acknowledgement missing; publishing again", error=repr(exc))
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if not entry.ack.cancelled() or (current is not None and current.cancelling()):
+                raise  # this flow is being cancelled, not the acknowledgement
+        entry.ack.cancel()
+        return None
