@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -14,6 +15,7 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
+import yaml
 from otlp_receiver import OtlpReceiver, ReceivedSpan
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -167,6 +169,9 @@ def test_metrics_of_every_service_move_as_a_run_executes(
     assert value(after["rag"], "amelia_rpc_duration_seconds_count", **search) >= 1
     assert value(after["rag"], "amelia_embedding_chunks_total") >= 2  # the document, a query
     assert ("amelia_ws_connections", ()) in after["gateway"]
+    for service in ("events", "agents", "rag"):
+        assert value(after[service], "amelia_service_serving", service=service) == 1
+        assert value(after[service], "amelia_dependency_up", dependency="nats") == 1
     # The run queue's gauges are sampled every few seconds: present, and empty once it ran.
     wait_for(
         "the run queue gauges",
@@ -251,3 +256,40 @@ def test_a_chat_run_with_rag_is_one_trace_across_the_processes(
         if '"run picked up"' in line and run["name"].removeprefix("runs/") in line
     ]
     assert picked and picked[-1]["trace_id"] == trace_id, picked
+
+
+DEPLOY = Path(__file__).parents[2] / "deploy"
+METRIC_NAME = re.compile(r"\bamelia_[a-z_]+\b")
+SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
+
+
+def served_names(urls: dict[str, str]) -> set[str]:
+    """Every series name the mesh serves, including families with no sample yet (a labelled
+    counter nothing has counted, e.g. model errors): their HELP/TYPE lines are there."""
+    names: set[str] = set()
+    for url in urls.values():
+        text = httpx.get(url, timeout=30).raise_for_status().text
+        for family in text_string_to_metric_families(text):
+            names |= {family.name + s for s in SUFFIXES.get(family.type, ("",))}
+            names |= {sample.name for sample in family.samples}
+    return names
+
+
+def test_dashboard_and_alert_rules_use_only_metrics_the_mesh_serves(mesh: dict[str, str]) -> None:
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "amelia-alerts.yml").read_text())
+    alerts = {rule["alert"]: rule for group in rules["groups"] for rule in group["rules"]}
+    for required in ("AmeliaServiceNotServing", "AmeliaRunQueueStuck", "AmeliaWorkerLoopsDead"):
+        assert required in alerts
+    for rule in alerts.values():
+        assert rule["expr"] and rule["labels"]["severity"] in ("warning", "critical")
+        assert rule["annotations"]["summary"]
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    assert all((DEPLOY / "prometheus" / f).exists() for f in config["rule_files"])
+    dashboard = json.loads((DEPLOY / "grafana" / "amelia-dashboard.json").read_text())
+    exprs = [rule["expr"] for rule in alerts.values()]
+    exprs += [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+
+    wanted = {name for expr in exprs for name in METRIC_NAME.findall(expr)}
+    missing = wanted - served_names(metrics_urls(mesh))
+    assert not missing, f"named in deploy/ but served by no service: {sorted(missing)}"
+    assert len(wanted) >= 15

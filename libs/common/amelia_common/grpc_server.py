@@ -355,6 +355,7 @@ class GrpcService:
             if self._dependency_state.get(dep) != ok:
                 (log.info if ok else log.warning)("dependency", dependency=dep, up=ok)
             self._dependency_state[dep] = ok
+            metrics.DEPENDENCY_UP.labels(self.name, dep).set(1 if ok else 0)
             healthy = healthy and ok
             # Each dependency is also a health entry (`dependency/nats`, `dependency/postgres`),
             # so a client (the gateway's /v1/status) can tell which one is down.
@@ -365,6 +366,7 @@ class GrpcService:
                     if ok
                     else health_pb2.HealthCheckResponse.NOT_SERVING,
                 )
+        metrics.SERVING.labels(self.name).set(1 if healthy and not self.stopping.is_set() else 0)
         if not self.stopping.is_set():
             await self._set_all(
                 health_pb2.HealthCheckResponse.SERVING
@@ -383,6 +385,7 @@ class GrpcService:
         if self.stopping.is_set():
             return
         self.stopping.set()
+        metrics.SERVING.labels(self.name).set(0)
         grace = self.settings.GRPC_SHUTDOWN_GRACE_SECONDS if grace is None else grace
         log.info("shutting down", service=self.name, grace_seconds=grace)
         if self._health is not None:

@@ -41,6 +41,18 @@ RPC_DURATION = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 
+# -- health (every gRPC service) ----------------------------------------------------------------
+SERVING = Gauge(
+    "amelia_service_serving",
+    "1 while the service reports SERVING on grpc.health.v1 (all its dependencies answer).",
+    ["service"],
+)
+DEPENDENCY_UP = Gauge(
+    "amelia_dependency_up",
+    "1 while a service's dependency answers its probe (postgres, nats, workers, ...).",
+    ["service", "dependency"],
+)
+
 # -- runs and their queue (agents) ---------------------------------------------------------------
 RUNS = Gauge("amelia_runs", "Runs in the database, by status and workflow.", ["status", "workflow"])
 RUN_QUEUE_DEPTH = Gauge(
