@@ -1,6 +1,7 @@
 """What the scale-out tests share: service replicas as real processes (`python -m amelia_…`),
-each on its own port, logging to a file, that a test can freeze (SIGSTOP) and SIGKILL; and
-waiting for a replica to report SERVING."""
+each on its own port, logging to a file, that a test can freeze (SIGSTOP) and SIGKILL; waiting
+for a replica to report SERVING; and asking the NATS cluster who leads a stream and whether its
+replicas caught up."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from amelia_common.embedded import free_port
+from amelia_common.nats_client import connect_nats
+from amelia_common.nats_cluster import NatsNode
 from amelia_common.settings import Settings
 
 # The module each service runs as, and the setting naming its gRPC port.
@@ -35,6 +38,10 @@ def replica_env(settings: Settings, extra: Mapping[str, str] | None = None) -> d
         "DATABASE_URL": settings.DATABASE_URL,
         "NATS_URL": settings.NATS_URL,
         "AMELIA_DATA_DIR": str(settings.AMELIA_DATA_DIR),
+        "EVENTS_STREAM": settings.EVENTS_STREAM,
+        "EVENTS_STREAM_REPLICAS": str(settings.EVENTS_STREAM_REPLICAS),
+        "RUNS_QUEUE_STREAM": settings.RUNS_QUEUE_STREAM,
+        "RUNS_QUEUE_REPLICAS": str(settings.RUNS_QUEUE_REPLICAS),
         "ENVIRONMENT": "testing",
         "LOG_LEVEL": "INFO",
         "LOG_FORMAT": "json",
@@ -128,13 +135,18 @@ class Replica:
 async def replicas(
     service: str, settings: Settings, logs: Path, count: int, **kwargs: object
 ) -> AsyncIterator[list[Replica]]:
-    """`count` replicas of `service`, SERVING; stopped (or reaped, if killed) on the way out."""
-    started = [
-        Replica(service, settings, logs / f"{service}-{i}.log", **kwargs)  # type: ignore[arg-type]
-        for i in range(count)
-    ]
+    """`count` replicas of `service`, SERVING; stopped (or reaped, if killed) on the way out.
+
+    The first one is SERVING before the others start: replicas starting at the same instant race
+    to create the streams, and the loser's stream update can outlast nats-py's 5 s API timeout on
+    a busy machine (see docs/scale-out.md)."""
+    started: list[Replica] = []
     try:
-        await asyncio.gather(*(r.serving() for r in started))
+        for i in range(count):
+            started.append(Replica(service, settings, logs / f"{service}-{i}.log", **kwargs))  # type: ignore[arg-type]
+            if i == 0:
+                await started[0].serving()
+        await asyncio.gather(*(r.serving() for r in started[1:]))
         yield started
     finally:
         for replica in started:
@@ -144,3 +156,54 @@ async def replicas(
 def addresses(group: list[Replica]) -> str:
     """The comma list a client is given for these replicas."""
     return ",".join(r.address for r in group)
+
+
+async def stream_leader(settings: Settings, stream: str, timeout: float = 60) -> str:
+    """The name of the node leading `stream` (waiting for an election, if one is on)."""
+    nc = await connect_nats(settings, "test-stream-leader")
+    try:
+        js = nc.jetstream(timeout=5)
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            try:
+                info = await js.stream_info(stream)
+                if info.cluster is not None and info.cluster.leader:
+                    return info.cluster.leader
+            except Exception as exc:  # noqa: BLE001 - no leader yet: asked again
+                last = repr(exc)
+            else:
+                last = "no leader"
+            assert asyncio.get_running_loop().time() < deadline, f"{stream}: {last}"
+            await asyncio.sleep(0.2)
+    finally:
+        await nc.close()
+
+
+async def all_replicas_current(settings: Settings, stream: str, timeout: float = 90) -> None:
+    """Wait until `stream` has a leader and every other replica is current (a node restarted
+    after a kill has caught up)."""
+    nc = await connect_nats(settings, "test-replicas-current")
+    try:
+        js = nc.jetstream(timeout=5)
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            state = "no answer"
+            try:
+                info = await js.stream_info(stream)
+                cluster = info.cluster
+                if cluster is not None and cluster.leader:
+                    peers = cluster.replicas or []
+                    if len(peers) == 2 and all(p.current and not p.offline for p in peers):
+                        return
+                    state = f"leader {cluster.leader}, replicas {peers}"
+            except Exception as exc:  # noqa: BLE001 - mid-election: asked again
+                state = repr(exc)
+            assert asyncio.get_running_loop().time() < deadline, f"{stream}: {state}"
+            await asyncio.sleep(0.2)
+    finally:
+        await nc.close()
+
+
+async def restart_node(node: NatsNode) -> None:
+    """Start a killed node again on its store (it rejoins the cluster and catches up)."""
+    await asyncio.to_thread(node.start)

@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from amelia_cli.commands.agents import agents_app, run, runs_app
+from amelia_cli.commands.cluster import cluster_app
 from amelia_cli.commands.docs import docs_app, ingest, search
 from amelia_cli.health import Probe, probe_all
 from amelia_cli.mesh import SERVICES, client_host
@@ -39,6 +40,7 @@ app.command()(run)
 app.add_typer(docs_app, name="docs")
 app.add_typer(agents_app, name="agents")
 app.add_typer(runs_app, name="runs")
+app.add_typer(cluster_app, name="cluster")
 
 
 def endpoints_table(settings: Settings, probes: list[Probe]) -> Table:

@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     EVENTS_MAX_DATA_BYTES: int = Field(default=512 * 1024, ge=1024)
     EVENTS_PUBLISH_BUFFER: int = Field(default=10_000, ge=1)
     EVENTS_PUBLISH_TIMEOUT_SECONDS: float = Field(default=10.0, gt=0)
+    # Copies JetStream keeps of the events stream: 1 on one nats-server, 3 on a NATS cluster (an
+    # acknowledged event then survives losing a node). Changing it re-replicates the stream.
+    EVENTS_STREAM_REPLICAS: int = Field(default=1, ge=1, le=5)
 
     # LLM providers
     ANTHROPIC_API_KEY: SecretStr = SecretStr("")
@@ -128,6 +131,8 @@ class Settings(BaseSettings):
     RUN_ACK_WAIT_SECONDS: float = Field(default=30, gt=0)
     # JetStream work-queue stream the runs wait in (separate from the events stream).
     RUNS_QUEUE_STREAM: str = Field(default="AMELIA_RUNS", pattern=r"^[A-Za-z0-9_-]+$")
+    # Copies of the run queue, as EVENTS_STREAM_REPLICAS (3 on a NATS cluster).
+    RUNS_QUEUE_REPLICAS: int = Field(default=1, ge=1, le=5)
     # A run whose worker died this many times fails instead of being picked up again.
     RUN_MAX_ATTEMPTS: int = Field(default=5, ge=1)
     # First wait before retrying a transient LLM error; doubles on each retry.

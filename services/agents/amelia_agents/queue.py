@@ -74,6 +74,7 @@ async def ensure_queue(js: JetStreamContext, settings: Settings) -> None:
         retention=api.RetentionPolicy.WORK_QUEUE,
         storage=api.StorageType.FILE,
         duplicate_window=120,
+        num_replicas=settings.RUNS_QUEUE_REPLICAS,
     )
     try:
         await js.stream_info(settings.RUNS_QUEUE_STREAM)

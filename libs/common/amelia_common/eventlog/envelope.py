@@ -177,6 +177,7 @@ def stream_config(settings: Settings) -> api.StreamConfig:
         max_bytes=settings.EVENTS_MAX_BYTES,
         duplicate_window=settings.EVENTS_DEDUP_WINDOW_SECONDS,
         discard=api.DiscardPolicy.OLD,
+        num_replicas=settings.EVENTS_STREAM_REPLICAS,
     )
 
 
