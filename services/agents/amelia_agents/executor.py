@@ -32,6 +32,7 @@ from typing import Any
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.types import Command
 
+from amelia.v1 import events_pb2
 from amelia_agents import runtime, workflows
 from amelia_agents.lifecycle import RunEvents
 from amelia_agents.llm import ModelError
@@ -39,6 +40,7 @@ from amelia_agents.models import RunRow, RunState
 from amelia_agents.outages import infrastructure_outage
 from amelia_agents.store import Store
 from amelia_common import telemetry
+from amelia_common.eventlog import PublishPipeline
 from amelia_common.logging import get_logger
 from amelia_common.settings import Settings
 
@@ -131,7 +133,10 @@ class Executor:
         else:
             return await self._complete(row, workflow, snapshot.values)
 
-        await self.events.started(row, kind, timeout)
+        # The pick-up's events (its start, nodes, tokens) are written as they come and their
+        # acknowledgements awaited together at the end of the graph (order kept).
+        pipeline = self.events.log.pipeline()
+        await self.events.started(row, kind, timeout, pipeline)
         ctx = runtime.RunContext(
             settings=self.settings,
             run=f"runs/{row.id}",
@@ -141,7 +146,7 @@ class Executor:
                 (row.agent_config or {}).get("retry_attempts", runtime.DEFAULT_RETRY_ATTEMPTS)
             ),
         )
-        drive = asyncio.create_task(self._drive(row, graph, graph_input, config, ctx))
+        drive = asyncio.create_task(self._drive(row, graph, graph_input, config, ctx, pipeline))
         stops = [
             asyncio.create_task(attempt.cancel_requested.wait()),
             asyncio.create_task(attempt.handover.wait()),
@@ -193,7 +198,9 @@ class Executor:
         graph_input: Any,
         config: dict[str, Any],
         ctx: runtime.RunContext,
+        pipeline: PublishPipeline,
     ) -> None:
+        """Run the graph, its streamed events sent through `pipeline`, all stored on return."""
         token = runtime.bind(ctx)
         started: dict[str, float] = {}
         try:
@@ -201,7 +208,7 @@ class Executor:
                 graph_input, config, stream_mode=["tasks", "custom"], durability="sync"
             ):
                 if mode == "tasks":
-                    await self._task_event(row, chunk, started)
+                    await pipeline.submit(self._task_event(row, chunk, started))
                 elif mode == "custom" and isinstance(chunk, dict) and runtime.EVENT_KEY in chunk:
                     event_type = chunk[runtime.EVENT_KEY]
                     data = chunk.get("data") or {}
@@ -210,19 +217,21 @@ class Executor:
                             row.id, int(data["input_tokens"]), int(data["output_tokens"])
                         )
                     else:
-                        await self.events.publish(row, event_type, _jsonable(data))
+                        await pipeline.submit(self.events.event(row, event_type, _jsonable(data)))
+            await pipeline.flush()
         finally:
             runtime.unbind(token)
+            # Stopped or failed: what was written is stored by NATS; nobody waits for it.
+            pipeline.abandon()
 
-    async def _task_event(
+    def _task_event(
         self, row: RunRow, chunk: dict[str, Any], started: dict[str, float]
-    ) -> None:
+    ) -> events_pb2.Event:
         node = str(chunk.get("name", ""))
         task_id = str(chunk.get("id", ""))
         if "input" in chunk or "triggers" in chunk:
             started[task_id] = time.perf_counter()
-            await self.events.publish(row, "run.node.started", {"node": node, "task": task_id})
-            return
+            return self.events.event(row, "run.node.started", {"node": node, "task": task_id})
         data: dict[str, Any] = {"node": node, "task": task_id}
         if task_id in started:
             data["duration_seconds"] = round(time.perf_counter() - started.pop(task_id), 6)
@@ -230,7 +239,7 @@ class Executor:
             data["error"] = str(chunk["error"])
         if chunk.get("interrupts"):
             data["interrupted"] = True
-        await self.events.publish(row, "run.node.finished", data)
+        return self.events.event(row, "run.node.finished", data)
 
     async def _complete(
         self, row: RunRow, workflow: workflows.Workflow, values: dict[str, Any]

@@ -17,7 +17,7 @@ from amelia_agents.convert import run_name
 from amelia_agents.models import RunRow, RunState
 from amelia_agents.store import Store
 from amelia_common import telemetry
-from amelia_common.eventlog import EventLog, fit_data
+from amelia_common.eventlog import EventLog, PublishPipeline, fit_data, make_event
 
 TERMINAL_TYPES = ("run.completed", "run.failed", "run.cancelled")
 
@@ -32,7 +32,7 @@ class RunEvents:
         self.log = log
         self.store = store
 
-    async def publish(
+    def event(
         self,
         row: RunRow,
         event_type: str,
@@ -40,6 +40,8 @@ class RunEvents:
         *,
         event_id: str | None = None,
     ) -> events_pb2.Event:
+        """An event of the run: subject and correlation id `runs/<uuid>`, `run` and `attempt` in
+        its data."""
         name = run_name(row.id)
         # A run's input or output can be larger than an event may be; the event then carries a
         # preview and the whole value stays on the run.
@@ -48,22 +50,44 @@ class RunEvents:
             self.log.settings.EVENTS_MAX_DATA_BYTES * 3 // 4,
             where=f"GetRun {name}",
         )
-        return await self.log.publish(
-            event_type, name, payload, event_id=event_id, correlation_id=name
+        return make_event(
+            event_type,
+            name,
+            payload,
+            source=self.log.source,
+            event_id=event_id,
+            correlation_id=name,
         )
 
-    async def started(self, row: RunRow, kind: str, timeout: float) -> None:
-        """The first pick-up is `<prefix>.started`; later ones (answer, redelivery) `run.resumed`."""
+    async def publish(
+        self,
+        row: RunRow,
+        event_type: str,
+        data: Mapping[str, Any] | None = None,
+        *,
+        event_id: str | None = None,
+    ) -> events_pb2.Event:
+        """Publish one event of the run and wait until it is stored."""
+        return await self.log.publish_event(self.event(row, event_type, data, event_id=event_id))
+
+    async def started(
+        self, row: RunRow, kind: str, timeout: float, pipeline: PublishPipeline
+    ) -> None:
+        """The first pick-up is `<prefix>.started`; later ones (answer, redelivery) `run.resumed`.
+
+        Sent through the pick-up's `pipeline`, ahead of the events its graph streams.
+        """
         if kind == "start" and row.attempt <= 1:
             target = row.agent_id or row.workflow or ""
-            await self.publish(
+            event = self.event(
                 row,
                 f"{lifecycle_prefix(row)}.started",
                 {"target": target, "input": row.input or {}, "timeout_seconds": timeout},
                 event_id=f"{row.id}:started",
             )
         else:
-            await self.publish(row, "run.resumed", {"reason": kind})
+            event = self.event(row, "run.resumed", {"reason": kind})
+        await pipeline.submit(event)
 
     async def terminal(self, row: RunRow) -> None:
         """Publish the end of a finished run (idempotent) and remember its sequence."""

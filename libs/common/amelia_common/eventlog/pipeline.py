@@ -9,8 +9,8 @@ Why the order and the exactly-once guarantees still hold:
 
 - Events are written one after the other on one connection, so JetStream receives and stores
   them in that order; what a dying connection loses is a suffix of what was written.
-- An event whose acknowledgement did not come (timeout, connection lost) is published again the
-  ordinary way (`EventLog._publish_with_retry`), before anything after it is settled, with the same
+- An event whose acknowledgement will not come (the connection it was written on is gone, an
+  error, or EVENTS_PUBLISH_TIMEOUT_SECONDS passed) is published again the ordinary way (`EventLog._publish_with_retry`), before anything after it is settled, with the same
   `Nats-Msg-Id`: stored once, at its first sequence if it had arrived.
 - When the connection changed (a reconnect) since the events in flight were written, or is down,
   those are settled before the next event is written, so a later event can never be stored
@@ -44,6 +44,8 @@ log = get_logger("amelia.eventlog")
 
 # Events written and not yet acknowledged, at most: past it, `submit` settles the oldest first.
 DEFAULT_WINDOW = 256
+# While waiting for an acknowledgement, how often to check the connection it depends on.
+_ACK_POLL_SECONDS = 0.25
 
 
 @dataclass
@@ -51,6 +53,7 @@ class _InFlight:
     prepared: Prepared
     ack: asyncio.Future[api.PubAck]
     written_at: float
+    generation: int  # the connection it was written on (nats-py's reconnect count)
 
 
 class PublishPipeline:
@@ -107,7 +110,7 @@ class PublishPipeline:
             # Not written (the connection went away meanwhile): the ordinary path retries.
             self._stored.append(await self.log.store(prepared))
             return
-        self._in_flight.append(_InFlight(prepared, ack, time.monotonic()))
+        self._in_flight.append(_InFlight(prepared, ack, time.monotonic(), generation))
         stats = self.log.stats
         stats.waiting += 1
         stats.waiting_peak = max(stats.waiting_peak, stats.waiting)
@@ -129,12 +132,10 @@ class PublishPipeline:
 
     async def _settle(self, count: int) -> None:
         """Settle the `count` oldest events in flight, in order (retrying a missing ack)."""
-        budget = self.log.settings.EVENTS_PUBLISH_TIMEOUT_SECONDS
         for _ in range(min(count, len(self._in_flight))):
             entry = self._in_flight[0]
-            remaining = entry.written_at + max(0.2, min(2.0, budget / 4)) - time.monotonic()
             try:
-                ack = await self._ack(entry, remaining)
+                ack = await self._ack(entry)
             except nats.errors.MaxPayloadError as exc:
                 self.abandon()
                 raise InvalidEventError(
@@ -157,13 +158,27 @@ class PublishPipeline:
             self._pop()
             self._stored.append(event)
 
-    async def _ack(self, entry: _InFlight, timeout: float) -> api.PubAck | None:
-        """The event's acknowledgement, or None when it did not come (in time, or at all)."""
+    async def _ack(self, entry: _InFlight) -> api.PubAck | None:
+        """The event's acknowledgement, or None when it will not come: the connection it was
+        written on is gone, NATS answered with an error, or EVENTS_PUBLISH_TIMEOUT_SECONDS
+        passed (a busy server is waited for; only a lost event is worth sending again)."""
+        nc = self.log.nc
+        deadline = entry.written_at + self.log.settings.EVENTS_PUBLISH_TIMEOUT_SECONDS
         try:
-            return await asyncio.wait_for(asyncio.shield(entry.ack), max(0.0, timeout))
+            while True:
+                remaining = deadline - time.monotonic()
+                try:
+                    return await asyncio.wait_for(
+                        asyncio.shield(entry.ack), max(0.0, min(remaining, _ACK_POLL_SECONDS))
+                    )
+                except TimeoutError:
+                    lost = nc.stats["reconnects"] != entry.generation or not nc.is_connected
+                    if lost or remaining <= _ACK_POLL_SECONDS:
+                        log.info("event acknowledgement missing; publishing again", lost=lost)
+                        break
         except nats.errors.MaxPayloadError:
             raise
-        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
             log.info("event acknowledgement missing; publishing again", error=repr(exc))
         except asyncio.CancelledError:
             current = asyncio.current_task()
