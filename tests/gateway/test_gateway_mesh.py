@@ -164,6 +164,8 @@ async def test_documents_inline_multipart_and_raw_then_search(mesh: Mesh) -> Non
     )
     assert again.json()["unchanged"] is True
 
+    # No waiting: a document is found by its words as soon as its upload is answered, while
+    # its chunks are embedded in the background (here behind the hundreds of hub.txt's).
     hits = await http.post("/v1/search", json={"query": "how are slow clients closed", "topK": 3})
     assert hits.status_code == 200, hits.text
     assert any("4008" in h["content"] for h in hits.json()["hits"])

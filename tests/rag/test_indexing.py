@@ -23,7 +23,7 @@ GUIDE = b"# Orchard\n\n" + b"".join(
 
 
 async def _claimed_by_a_dead_process(rag: Rag, name: str, attempts: int, seconds: float) -> None:
-    """What a rag process killed while indexing leaves: its lease, and chunks half embedded."""
+    """What a rag process killed before saving any batch leaves: its lease, nothing embedded."""
     document_id = uuid.UUID(name.removeprefix("documents/"))
     async with rag.store.sessions() as session, session.begin():
         await session.execute(
@@ -34,32 +34,38 @@ async def _claimed_by_a_dead_process(rag: Rag, name: str, attempts: int, seconds
             ),
             {"s": seconds, "a": attempts, "d": document_id},
         )
+        await session.execute(
+            text("UPDATE chunks SET embedding = NULL WHERE document_id = :d"), {"d": document_id}
+        )
 
 
-async def test_upload_answers_before_embedding_and_search_skips_until_ready(rag: Rag) -> None:
+async def _lease_runs_out(rag: Rag, name: str) -> None:
+    async with rag.store.sessions() as session, session.begin():
+        await session.execute(
+            text("UPDATE documents SET lease_until = now() WHERE id = :d"),
+            {"d": uuid.UUID(name.removeprefix("documents/"))},
+        )
+
+
+async def test_upload_answers_before_embedding_and_is_found_by_its_words_meanwhile(
+    rag: Rag,
+) -> None:
     tag = uuid.uuid4().hex[:8]
-    reply = await rag.ingest(GUIDE, wait=False, file_path=f"/orchard/{tag}.md")
+    quince = f"## Quince\n\nThe quince{tag} tree is pruned in March.\n".encode()
+    reply = await rag.ingest(GUIDE + quince, wait=False, file_path=f"/orchard/{tag}.md")
     assert reply.document.chunk_count > 10
-    # Answered with the chunks stored; a dead process holds it, so it cannot be ready yet.
-    await _claimed_by_a_dead_process(rag, reply.document.name, attempts=1, seconds=10)
-    state, _ = await rag.state(reply.document.name)
-    assert state == "indexing"
-    hits = await rag.stub.Search(  # keyword: no query to embed behind the indexer's batches
-        rag_pb2.SearchRequest(
-            query="apple tree pruned in February",
-            documents=[reply.document.name],
-            mode=rag_pb2.SEARCH_MODE_KEYWORD,
-        )
-    )
-    assert not hits.hits  # still indexing: not searched
+    # Answered with the chunks stored; a dead process holds it, so nothing gets embedded.
+    await _claimed_by_a_dead_process(rag, reply.document.name, attempts=1, seconds=600)
+    assert (await rag.state(reply.document.name))[0] == "indexing"
+    # The default search, over every document, finds it by its words at once.
+    request = rag_pb2.SearchRequest(query=f"when is the quince{tag} tree pruned")
+    hits = await rag.stub.Search(request)
+    assert f"quince{tag}" in hits.hits[0].content and hits.hits[0].vector_score == 0.0
     # The dead process's lease runs out; the live indexer takes the document over.
+    await _lease_runs_out(rag, reply.document.name)
     assert await rag.indexed(reply.document.name) == "ready"
-    hits = await rag.stub.Search(
-        rag_pb2.SearchRequest(
-            query="apple tree pruned in February", documents=[reply.document.name]
-        )
-    )
-    assert hits.hits and "pruned in February" in hits.hits[0].content
+    hits = await rag.stub.Search(request)
+    assert f"quince{tag}" in hits.hits[0].content and hits.hits[0].vector_score > 0.0
     events = await rag.events(reply.document.name, wait_for="document.indexed", timeout=60)
     assert [t for t, _ in events].count("document.indexed") == 1
     await rag.stub.DeleteDocument(rag_pb2.DeleteDocumentRequest(name=reply.document.name))

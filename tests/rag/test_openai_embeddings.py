@@ -8,121 +8,23 @@ HTTP client, batching and error handling, and the service built on it, all run f
 from __future__ import annotations
 
 import asyncio
-import json
-import threading
 import uuid
-import zlib
-from collections.abc import AsyncIterator, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import grpc
 import numpy as np
 import pytest
+from rag_endpoint import EmbeddingServer, bag_of_words, openai_settings
 from rag_support import Rag
 
 from amelia.v1 import rag_pb2, rag_pb2_grpc
-from amelia_common.db import create_engine, libpq_url, session_factory
+from amelia_common.db import create_engine, session_factory
 from amelia_rag.embeddings import OpenAIEmbedder
 from amelia_rag.server import StartupError, build_service
 from amelia_rag.store import DocumentStore
 
 FIXTURES = Path(__file__).parent / "fixtures"
-
-
-def bag_of_words(text: str, dimension: int) -> list[float]:
-    vector = np.zeros(dimension)
-    for word in text.lower().split():
-        word = "".join(ch for ch in word if ch.isalnum())
-        if word:
-            vector[zlib.crc32(word.encode()) % dimension] += 1.0
-    return vector.tolist()
-
-
-class EmbeddingServer:
-    """`POST /v1/embeddings` like OpenAI/Ollama/vLLM answer it; records every request."""
-
-    def __init__(self, dimension: int = 384) -> None:
-        self.dimension = dimension
-        self.requests: list[dict[str, Any]] = []
-        self.fail_with = 0  # an HTTP status to answer with instead
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.requests.append(
-                    {"path": self.path, "auth": self.headers.get("Authorization"), **body}
-                )
-                if self.path != "/v1/embeddings":
-                    self._send(404, {"error": {"message": "not found"}})
-                elif outer.fail_with:
-                    self._send(outer.fail_with, {"error": {"message": "model is loading"}})
-                else:
-                    inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
-                    data = [
-                        {
-                            "object": "embedding",
-                            "index": i,
-                            "embedding": bag_of_words(t, outer.dimension),
-                        }
-                        for i, t in enumerate(inputs)
-                    ]
-                    data.reverse()  # clients must order by index, not by position
-                    self._send(
-                        200,
-                        {
-                            "object": "list",
-                            "data": data,
-                            "model": body["model"],
-                            "usage": {"prompt_tokens": 1, "total_tokens": 1},
-                        },
-                    )
-
-            def _send(self, status: int, payload: dict[str, Any]) -> None:
-                raw = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-@pytest.fixture
-def server() -> Iterator[EmbeddingServer]:
-    s = EmbeddingServer()
-    yield s
-    s.close()
-
-
-def openai_settings(infra: Any, url: str, **overrides: Any) -> Any:
-    values = {
-        "EMBEDDING_PROVIDER": "openai",
-        "EMBEDDING_BASE_URL": url,
-        "EMBEDDING_MODEL": "nomic-embed-text",
-        "EMBEDDING_BATCH_SIZE": 4,
-        "OPENAI_API_KEY": "sk-test-key",
-        "EVENTS_PUBLISH_TIMEOUT_SECONDS": 2.0,
-    }
-    values.update(overrides)
-    return infra.settings(**values)
 
 
 async def test_provider_speaks_the_wire_format(infra: Any, server: EmbeddingServer) -> None:
@@ -146,26 +48,6 @@ async def test_provider_speaks_the_wire_format(infra: Any, server: EmbeddingServ
     expected = np.asarray(bag_of_words(texts[7], 384))
     assert np.allclose(vectors[7], expected / np.linalg.norm(expected), atol=1e-6)
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
-
-
-@pytest.fixture
-async def own_database(infra: Any) -> AsyncIterator[str]:
-    """A fresh database on the session's server: vectors from another model must not mix."""
-    if infra.postgres is None:
-        pytest.skip("DATABASE_URL points at an external server")
-    name = f"rag_openai_{uuid.uuid4().hex[:8]}"
-    admin_url = libpq_url(infra.database_url)
-    conn = await asyncpg.connect(admin_url)
-    try:
-        await conn.execute(f"CREATE DATABASE {name}")
-    finally:
-        await conn.close()
-    yield infra.database_url.replace("/amelia?", f"/{name}?")
-    conn = await asyncpg.connect(admin_url)
-    try:
-        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    finally:
-        await conn.close()
 
 
 async def test_service_ingests_and_searches_through_the_endpoint(
@@ -222,10 +104,10 @@ async def test_service_ingests_and_searches_through_the_endpoint(
         )
         state, error = await settled(changed.document.name)
         assert state == "failed" and "answered 503" in error, error
-        gone = await stub.Search(  # keyword: the endpoint cannot embed the query either
+        found = await stub.Search(  # keyword: the endpoint cannot embed the query either
             rag_pb2.SearchRequest(query="prune roses", mode=rag_pb2.SEARCH_MODE_KEYWORD)
         )
-        assert not gone.hits  # a failed document is not searched
+        assert "Pruning roses" in found.hits[0].heading_path  # still found by its words
         server.fail_with = 0
         retried = await stub.IngestDocument(
             rag_pb2.IngestDocumentRequest(source=source, content=guide + b"\nNew line.\n")

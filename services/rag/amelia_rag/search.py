@@ -2,8 +2,11 @@
 
 Chunks are matched, passages are returned: each chunk is small enough for the embedding model
 to read whole, and a hit carries the chunk's passage (its section, or a window of it centred on
-the chunk; see chunking.py). Only documents that are `ready` are searched: one still being
-indexed (or whose indexing failed) is skipped until it is.
+the chunk; see chunking.py). Every stored chunk is searched, whatever its document's state: a
+document is found by its words as soon as its upload is answered, and by its meaning as the
+background indexer embeds its chunks (an ingest replaces a document's chunks in one
+transaction, so a search never mixes old and new ones). A chunk with no embedding yet (its
+document is `indexing`, or its indexing `failed`) is ranked by its words alone.
 
 - vector: HNSW index scan ordered by cosine distance. Filters (documents, types, metadata) are
   resolved to document ids first and applied inside the scan; pgvector 0.8's iterative scan
@@ -18,6 +21,9 @@ indexed (or whose indexing failed) is skipped until it is.
   `min_score` does not apply.
 - hybrid: weighted reciprocal rank fusion of both rankings (`RRF_K`, `VECTOR_WEIGHT`,
   `KEYWORD_WEIGHT`, `CANDIDATES` per leg — tuned on eval/), scaled so that first in both = 1.
+  A chunk not embedded yet cannot have a vector rank: it counts as ranked by vector where it
+  ranks by keyword, so a document just uploaded is not buried under the vector leg's hits
+  (which are always there, relevant or not) and its best keyword match can come first.
 
 Then hits on the same section whose passages overlap are one hit, at the rank of the best: its
 passage grows to cover both while that stays within `merge_chars` (twice CHUNK_SIZE), else the
@@ -85,6 +91,7 @@ class Hit:
     page: int
     vector_score: float = 0.0
     section: int = 0
+    embedded: bool = True
 
     def overlaps(self, other: Hit) -> bool:
         """Same section of the same document, and the passages share text."""
@@ -200,7 +207,8 @@ def fuse(by_vector: list[Hit], by_keyword: list[Hit], min_score: float) -> list[
     """Weighted reciprocal rank fusion, best first.
 
     A chunk enters through the vector ranking only with similarity ≥ `min_score`, or through
-    the keyword ranking regardless; either way both of its ranks count.
+    the keyword ranking regardless; either way both of its ranks count (a chunk not embedded
+    yet has its keyword rank count for both).
     """
     scores: dict[uuid.UUID, float] = {}
     hits: dict[uuid.UUID, Hit] = {}
@@ -211,7 +219,9 @@ def fuse(by_vector: list[Hit], by_keyword: list[Hit], min_score: float) -> list[
         if hit.vector_score >= min_score:
             admitted.add(hit.chunk_id)
     for rank, hit in enumerate(by_keyword, start=1):
-        scores[hit.chunk_id] = scores.get(hit.chunk_id, 0.0) + KEYWORD_WEIGHT / (RRF_K + rank)
+        # Not embedded yet: no vector rank to have, so its keyword rank stands in for it.
+        weight = KEYWORD_WEIGHT if hit.embedded else KEYWORD_WEIGHT + VECTOR_WEIGHT
+        scores[hit.chunk_id] = scores.get(hit.chunk_id, 0.0) + weight / (RRF_K + rank)
         hits.setdefault(hit.chunk_id, hit)
         admitted.add(hit.chunk_id)
     best = (VECTOR_WEIGHT + KEYWORD_WEIGHT) / (RRF_K + 1)
@@ -227,7 +237,8 @@ def fuse(by_vector: list[Hit], by_keyword: list[Hit], min_score: float) -> list[
 
 
 async def _matching_documents(session: AsyncSession, filters: SearchFilters) -> list[uuid.UUID]:
-    clauses = ["state = 'ready'"]
+    """Ids of the documents the filters keep (`filters` is never empty here)."""
+    clauses: list[str] = []
     params: dict[str, Any] = {}
     if filters.document_ids:
         clauses.append("id = ANY(:ids)")
@@ -245,7 +256,7 @@ async def _matching_documents(session: AsyncSession, filters: SearchFilters) -> 
     return [row[0] for row in result]
 
 
-def _hit(row: Any, score: float, vector_score: float) -> Hit:
+def _hit(row: Any, score: float, vector_score: float, embedded: bool = True) -> Hit:
     return Hit(
         chunk_id=row.chunk_id,
         content=row.content,
@@ -260,11 +271,8 @@ def _hit(row: Any, score: float, vector_score: float) -> Hit:
         page=row.page,
         vector_score=vector_score,
         section=row.section,
+        embedded=embedded,
     )
-
-
-# Chunks of documents that are searchable (not still indexing, not failed).
-_READY = "EXISTS (SELECT 1 FROM documents r WHERE r.id = c.document_id AND r.state = 'ready')"
 
 
 async def vector_ranking(
@@ -280,8 +288,7 @@ async def vector_ranking(
     Approximate (HNSW with iterative scan) unless `exact`; a filtered approximate scan that
     finds fewer than `limit` rows is redone exactly over the filtered rows.
     """
-    # Filtered by document ids: those are ready already (see _matching_documents).
-    where = "WHERE c.document_id = ANY(:ids)" if document_ids is not None else f"WHERE {_READY}"
+    where = "WHERE c.document_id = ANY(:ids) AND" if document_ids is not None else "WHERE"
     # `+ 0` keeps the planner off the HNSW index: an exact scan.
     order = (
         "(c.embedding <=> CAST(:q AS vector)) + 0"
@@ -305,7 +312,7 @@ async def vector_ranking(
             f"""
             WITH nearest AS MATERIALIZED (
                 SELECT c.id, c.embedding <=> CAST(:q AS vector) AS distance
-                FROM chunks c {where} AND c.embedding IS NOT NULL
+                FROM chunks c {where} c.embedding IS NOT NULL
                 ORDER BY {order}
                 LIMIT :n
             )
@@ -391,7 +398,7 @@ async def keyword_ranking(
         f" CAST(:t{i} AS tsquery), 1)"
         for i in range(len(terms))
     )
-    where = f"AND {_READY}"
+    where = ""
     if document_ids is not None:
         where = "AND c.document_id = ANY(:ids)"
         params["ids"] = list(document_ids)
@@ -409,7 +416,8 @@ async def keyword_ranking(
                 ORDER BY rank DESC, c.document_id, c.chunk_index
                 LIMIT :n
             )
-            SELECT {_HIT_COLUMNS}, m.rank, {similarity} AS similarity
+            SELECT {_HIT_COLUMNS}, m.rank, {similarity} AS similarity,
+                   c.embedding IS NOT NULL AS embedded
             FROM matched m
             JOIN chunks c ON c.id = m.id
             JOIN documents d ON d.id = c.document_id
@@ -418,4 +426,4 @@ async def keyword_ranking(
         ),
         params,
     )
-    return [_hit(row, float(row.rank), float(row.similarity)) for row in result.all()]
+    return [_hit(row, float(row.rank), float(row.similarity), row.embedded) for row in result.all()]
