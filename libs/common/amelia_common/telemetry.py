@@ -76,8 +76,15 @@ def start(settings: Settings, service: str) -> None:
     GrpcAioInstrumentorClient().instrument()
     # In place, so loggers already cached (structlog caches on first use) see it too.
     structlog.get_config()["processors"].insert(0, _add_trace_ids)
-    _state.update(tracing=True, service=name)
+    _state.update(tracing=True, service=name, provider=provider)
     log.info("tracing on", endpoint=os.environ[ENDPOINT_VARIABLE], service_name=name)
+
+
+def shutdown() -> None:
+    """Export the spans still buffered and stop exporting (the provider also does it at exit)."""
+    provider = _state.get("provider")
+    if provider is not None:
+        provider.shutdown()
 
 
 def _add_trace_ids(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
