@@ -9,9 +9,10 @@ from pathlib import Path
 import grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from amelia.v1 import agents_pb2, agents_pb2_grpc
+from amelia.v1 import agents_pb2, agents_pb2_grpc, git_pb2, git_pb2_grpc
 from amelia_agents import queue, workflows
 from amelia_agents.checkpoints import open_checkpointer
+from amelia_agents.git_service import GitServicer
 from amelia_agents.lifecycle import RunEvents
 from amelia_agents.servicer import AgentServicer
 from amelia_agents.store import Store
@@ -31,6 +32,7 @@ from amelia_common.nats_client import connect_nats, nats_health
 from amelia_common.settings import Settings
 
 SERVICE_NAME = agents_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
+GIT_SERVICE_NAME = git_pb2.DESCRIPTOR.services_by_name["GitService"].full_name
 SOURCE = "amelia.agents"
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -68,6 +70,7 @@ async def build_service(settings: Settings) -> GrpcService:
 
     def register(server: grpc.aio.Server) -> None:
         agents_pb2_grpc.add_AgentServiceServicer_to_server(servicer, server)
+        git_pb2_grpc.add_GitServiceServicer_to_server(GitServicer(settings, store, events), server)
 
     async def close_engine() -> None:
         await engine.dispose()
@@ -88,7 +91,7 @@ async def build_service(settings: Settings) -> GrpcService:
         name="agents",
         settings=settings,
         port=settings.AGENTS_GRPC_PORT,
-        service_names=[SERVICE_NAME],
+        service_names=[SERVICE_NAME, GIT_SERVICE_NAME],
         register=register,
         dependencies=dependencies,
         on_shutdown=[close_engine, close_checkpoints, close_nats, streamer.close, stop_workers],

@@ -43,12 +43,17 @@ class ToolError(Exception):
     """A tool's failure, worded for the model (it gets `error: <message>` as the result)."""
 
 
+class ToolRoundsExceeded(runtime.NodeError):
+    """The model still asked for tools after the last round allowed."""
+
+
 @dataclass(frozen=True)
 class Tool:
     name: str
     description: str
     parameters: dict[str, Any]
     run: Callable[[dict[str, Any]], Awaitable[Any]]
+    timeout: float = TOOL_TIMEOUT_SECONDS
 
     def spec(self) -> ToolSpec:
         return ToolSpec(self.name, self.description, self.parameters)
@@ -305,7 +310,7 @@ async def run_tool_call(call: ToolCall, tools: Mapping[str, Tool]) -> ChatMessag
             raise ToolError(
                 f"the arguments are not a JSON object: {call.arguments['_invalid_json']}"
             )
-        async with asyncio.timeout(TOOL_TIMEOUT_SECONDS):
+        async with asyncio.timeout(tool.timeout):
             value = await tool.run(dict(call.arguments))
         text = _cut(
             value if isinstance(value, str) else json.dumps(value, ensure_ascii=False),
@@ -314,7 +319,7 @@ async def run_tool_call(call: ToolCall, tools: Mapping[str, Tool]) -> ChatMessag
     except (ToolError, runtime.NodeError) as exc:
         error = str(exc)
     except TimeoutError:
-        error = f"the tool took longer than {TOOL_TIMEOUT_SECONDS:g}s and was stopped"
+        error = f"the tool took longer than {tools[call.name].timeout:g}s and was stopped"
     except Exception as exc:  # noqa: BLE001 - a tool's bug is the model's error, not the run's
         error = f"{type(exc).__name__}: {exc}"
     if error:
@@ -348,14 +353,35 @@ async def chat_with_tools(
             f"tools: this worker does not know the agent's tools {unknown} "
             f"(known: {', '.join(sorted(TOOLS))})"
         )
-    tools = {n: TOOLS[n] for n in tool_names}
+    return await tool_loop(
+        messages,
+        {n: TOOLS[n] for n in tool_names},
+        model=model,
+        system=system,
+        temperature=temperature,
+        max_tokens=max_tokens,
+    )
+
+
+async def tool_loop(
+    messages: Sequence[Mapping[str, Any] | ChatMessage],
+    tools: Mapping[str, Tool],
+    *,
+    model: str,
+    system: str = "",
+    temperature: float | None = None,
+    max_tokens: int = 1024,
+    max_rounds: int = MAX_TOOL_ROUNDS,
+) -> ChatResult:
+    """`chat_with_tools` with any tools (a workflow's own, e.g. the developer's) and rounds
+    limit; past it, `ToolRoundsExceeded`."""
     specs = [t.spec() for t in tools.values()]
     conversation = [
         m if isinstance(m, ChatMessage) else ChatMessage.from_dict(dict(m)) for m in messages
     ]
     texts: list[str] = []
     usage = Usage()
-    for round_ in range(MAX_TOOL_ROUNDS + 1):
+    for round_ in range(max_rounds + 1):
         result = await runtime.chat(
             conversation,
             model=model,
@@ -368,11 +394,11 @@ async def chat_with_tools(
         usage.add(result.usage)
         if not result.tool_calls:
             return ChatResult(text="".join(texts), usage=usage, model=result.model)
-        if round_ == MAX_TOOL_ROUNDS:
+        if round_ == max_rounds:
             asked = ", ".join(c.name for c in result.tool_calls)
-            raise runtime.NodeError(
+            raise ToolRoundsExceeded(
                 f"tools: the model was still asking for tools ({asked}) after "
-                f"{MAX_TOOL_ROUNDS} rounds of tool calls; the run was stopped"
+                f"{max_rounds} rounds of tool calls; the run was stopped"
             )
         conversation.append(
             ChatMessage(role="assistant", content=result.text, tool_calls=tuple(result.tool_calls))

@@ -99,6 +99,15 @@ class ClaudeOutput:
     def message(self) -> str:
         return self.result if self.result is not None else "".join(self.text)
 
+    def check(self, returncode: int) -> None:
+        """CodeError when the CLI failed: a non-zero exit (with its last stderr lines) or an
+        error result."""
+        if returncode != 0:
+            tail = "\n".join(self.stderr) or self.message.strip()[-2000:]
+            raise CodeError(f"claude code exited with status {returncode}: {tail}".strip())
+        if self.is_error:
+            raise CodeError(f"claude code reported an error: {self.message}")
+
     def on_line(self, stream: str, line: str) -> None:
         if stream == "stderr":
             self.stderr = [*self.stderr[-(STDERR_TAIL_LINES - 1) :], line.rstrip("\n")]
@@ -183,7 +192,9 @@ def _resolved(path: str) -> Path:
     return Path(path).resolve()
 
 
-async def _prepare(request: dict[str, Any], settings: Settings, run: str) -> tuple[Worktree, Path]:
+async def prepare_worktree(
+    request: dict[str, Any], settings: Settings, run: str
+) -> tuple[Worktree, Path]:
     """The worktree to make (not made yet) and the directory the CLI runs in."""
     try:
         repository = allowed_repository(request.get("repository"), settings)
@@ -214,17 +225,44 @@ async def _prepare(request: dict[str, Any], settings: Settings, run: str) -> tup
     return tree, tree.path / repository.relative_to(top)
 
 
+def find_claude(settings: Settings) -> str | None:
+    """The Claude Code CLI's path (CLAUDE_CODE_PATH, looked up on PATH), None if not there."""
+    return shutil.which(settings.CLAUDE_CODE_PATH) if settings.CLAUDE_CODE_PATH else None
+
+
+async def run_claude(
+    cli: str, request: dict[str, Any], cwd: Path, tree: Worktree, output: ClaudeOutput
+) -> runtime.ProcessResult:
+    """Run the CLI on `request["message"]` in `cwd` (inside `tree`), within CLAUDE_CODE_TIMEOUT."""
+    settings = runtime.current().settings
+    try:
+        return await runtime.run_process(
+            claude_argv(cli, request),
+            cwd=cwd,
+            env=claude_env(settings),
+            timeout=settings.CLAUDE_CODE_TIMEOUT,
+            tool=TOOL,
+            on_line=output.on_line,
+            on_start=tree.record_process,
+        )
+    except TimeoutError:
+        raise CodeError(
+            f"claude code: timed out after {settings.CLAUDE_CODE_TIMEOUT}s "
+            "(CLAUDE_CODE_TIMEOUT); it and the processes it started were killed"
+        ) from None
+
+
 async def code(state: CodeState) -> dict[str, Any]:
     ctx = runtime.current()
     settings = ctx.settings
     request = state.get("request", {})
-    cli = shutil.which(settings.CLAUDE_CODE_PATH)
+    cli = find_claude(settings)
     if cli is None:
         raise CodeError(
             f"claude code: {settings.CLAUDE_CODE_PATH!r} (CLAUDE_CODE_PATH) was not found or is "
             "not executable; install Claude Code or set CLAUDE_CODE_PATH"
         )
-    tree, cwd = await _prepare(request, settings, ctx.run)
+    tree, cwd = await prepare_worktree(request, settings, ctx.run)
     await tree.create()
     runtime.emit(
         "workflow.progress",
@@ -237,21 +275,7 @@ async def code(state: CodeState) -> dict[str, Any]:
     try:
         # A subdirectory without tracked files is not checked out; the CLI still starts there.
         await asyncio.to_thread(cwd.mkdir, parents=True, exist_ok=True)
-        try:
-            result = await runtime.run_process(
-                claude_argv(cli, request),
-                cwd=cwd,
-                env=claude_env(settings),
-                timeout=settings.CLAUDE_CODE_TIMEOUT,
-                tool=TOOL,
-                on_line=output.on_line,
-                on_start=tree.record_process,
-            )
-        except TimeoutError:
-            raise CodeError(
-                f"claude code: timed out after {settings.CLAUDE_CODE_TIMEOUT}s "
-                "(CLAUDE_CODE_TIMEOUT); it and the processes it started were killed"
-            ) from None
+        result = await run_claude(cli, request, cwd, tree, output)
         files, commits = await tree.changes()
     finally:
         # Also on failure, timeout and cancel; shielded so a second cancel cannot leave it half
@@ -268,11 +292,7 @@ async def code(state: CodeState) -> dict[str, Any]:
                 "branch": tree.branch if branch_kept else "",
             },
         )
-    if result.returncode != 0:
-        tail = "\n".join(output.stderr) or output.message.strip()[-2000:]
-        raise CodeError(f"claude code exited with status {result.returncode}: {tail}".strip())
-    if output.is_error:
-        raise CodeError(f"claude code reported an error: {output.message}")
+    output.check(result.returncode)
     summary: dict[str, Any] = {
         "message": output.message,
         "exit_code": result.returncode,

@@ -110,11 +110,28 @@ def _request_text(state: PlanState) -> str:
     return str(state.get("request", {}).get("message", ""))
 
 
-async def _step(step: str, state: PlanState, system: str, messages: list[dict[str, Any]]) -> str:
-    request = state.get("request", {})
+def step_params(request: dict[str, Any], step: str, system: str) -> dict[str, Any]:
+    """A step's model call parameters: the request's (`models.<step>` first) with the step's
+    instructions after the request's system prompt."""
     params = model_params(None, request)
     params["model"] = str((request.get("models") or {}).get(step) or params["model"])
     params["system"] = f"{params['system']}\n\n{system}".strip()
+    return params
+
+
+def ask(question: dict[str, Any], previous: dict[str, Any] | None) -> Any:
+    """Pause the run on `question` (an interrupt); the answer it resumes with. After an
+    unclear answer the question says so."""
+    if (previous or {}).get("decision") == "unclear":
+        question["note"] = (
+            f"{(previous or {}).get('answer')!r} is neither an approval nor a rejection; "
+            "please answer again."
+        )
+    return interrupt(question)
+
+
+async def _step(step: str, state: PlanState, system: str, messages: list[dict[str, Any]]) -> str:
+    params = step_params(state.get("request", {}), step, system)
     result = await runtime.chat(messages, **params)
     return result.text
 
@@ -136,13 +153,7 @@ async def approval(state: PlanState) -> dict[str, Any]:
         "design": state.get("design", ""),
         "options": ["approve", "reject"],
     }
-    previous = state.get("approval") or {}
-    if previous.get("decision") == "unclear":
-        question["note"] = (
-            f"{previous.get('answer')!r} is neither an approval nor a rejection; please answer "
-            "again."
-        )
-    decision = parse_answer(interrupt(question))
+    decision = parse_answer(ask(question, state.get("approval")))
     runtime.emit("workflow.progress", {"step": "approval", **decision})
     update: dict[str, Any] = {"approval": decision}
     if decision["decision"] == "rejected":

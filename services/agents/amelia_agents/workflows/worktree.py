@@ -57,22 +57,30 @@ def _git_env() -> dict[str, str]:
     return {**runtime.inherited_env(), "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
 
 
-async def git(args: list[str], cwd: Path) -> str:
-    """`git <args>` in `cwd`; its stdout, stripped. Failing: CodeError with git's message."""
+async def git_run(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None
+) -> tuple[int, str, str]:
+    """`git <args>` in `cwd`: (exit status, stdout, stderr), whatever the status. `env` adds
+    variables (a commit's identity) to the environment git always gets."""
     proc = await asyncio.create_subprocess_exec(
         "git",
         *args,
         cwd=str(cwd),
-        env=_git_env(),
+        env={**_git_env(), **(env or {})},
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     out, err = await proc.communicate()
-    if proc.returncode != 0:
-        message = err.decode(errors="replace").strip() or out.decode(errors="replace").strip()
-        raise CodeError(f"git {args[0]} failed in {cwd}: {message}")
-    return out.decode(errors="replace").strip()
+    return proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
+
+
+async def git(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
+    """`git <args>` in `cwd`; its stdout, stripped. Failing: CodeError with git's message."""
+    code, out, err = await git_run(args, cwd, env)
+    if code != 0:
+        raise CodeError(f"git {args[0]} failed in {cwd}: {err.strip() or out.strip()}")
+    return out.strip()
 
 
 @dataclass
@@ -110,6 +118,25 @@ class Worktree:
         with contextlib.suppress(CodeError):
             await git(["branch", "-D", self.branch], self.repository)
         return False
+
+    async def delete(self) -> None:
+        """Remove the worktree (if any) and delete the branch, commits or not."""
+        await self._discard()
+        with contextlib.suppress(CodeError):
+            await git(["branch", "-D", self.branch], self.repository)
+
+    async def restore(self, head: str) -> None:
+        """Bring the worktree back to commit `head` of its branch, as a run's checkpoint left
+        it: made again if it is gone, an earlier attempt's CLI or test command stopped, and
+        whatever that attempt changed or committed afterwards thrown away."""
+        await asyncio.to_thread(self._stop_left_process)
+        if not (self.path / ".git").exists():
+            await self._discard()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            await git(["worktree", "add", "-B", self.branch, str(self.path), head], self.repository)
+            return
+        await git(["reset", "-q", "--hard", head], self.path)
+        await git(["clean", "-q", "-d", "-f", "-f"], self.path)
 
     @property
     def pgid_file(self) -> Path:
