@@ -21,6 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from amelia_cli.commands import git as _git  # noqa: F401 - runs diff/land/discard
 from amelia_cli.commands.agents import agents_app, run, runs_app
 from amelia_cli.commands.cluster import cluster_app
 from amelia_cli.commands.docs import docs_app, ingest, search
