@@ -25,9 +25,11 @@ from amelia_cli.commands import git as _git  # noqa: F401 - runs diff/land/disca
 from amelia_cli.commands.agents import agents_app, run, runs_app
 from amelia_cli.commands.cluster import cluster_app
 from amelia_cli.commands.docs import docs_app, ingest, search
+from amelia_cli.commands.events import events
 from amelia_cli.health import Probe, probe_all
 from amelia_cli.mesh import SERVICES, client_host
 from amelia_cli.supervisor import MeshStartError, Supervisor, read_state
+from amelia_cli.tui import tui
 from amelia_common.embedded import EmbeddedStartError, process_alive
 from amelia_common.logging import configure_logging
 from amelia_common.settings import Settings, get_settings
@@ -42,6 +44,8 @@ app.add_typer(docs_app, name="docs")
 app.add_typer(agents_app, name="agents")
 app.add_typer(runs_app, name="runs")
 app.add_typer(cluster_app, name="cluster")
+app.command()(events)
+app.command()(tui)
 
 
 def endpoints_table(settings: Settings, probes: list[Probe]) -> Table:

@@ -1,0 +1,159 @@
+"""The TUI application: three screens (runs, events, documents) switched with 1/2/3, a run view
+pushed over the runs, the start-a-run form on `n` anywhere, and the keys on `?`.
+
+One `GatewayApi` and one `EventSocket` serve every screen; the socket's state is the top bar's
+`● live` / `◌ reconnecting`. With `live=False` nothing connects and screens show only what they
+are given (the snapshot tests draw fixed data that way).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from rich.text import Text
+from textual.app import App, ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import VerticalScroll
+from textual.reactive import reactive
+from textual.screen import ModalScreen, Screen
+from textual.widgets import Static
+
+from amelia_cli.tui.common import ConfirmScreen, short_id
+from amelia_cli.tui.documents import DocumentsScreen
+from amelia_cli.tui.events_view import EventsScreen
+from amelia_cli.tui.gateway import ApiError, EventSocket, GatewayApi
+from amelia_cli.tui.run_view import RunScreen
+from amelia_cli.tui.runs import RunsScreen
+from amelia_cli.tui.start import StartRunScreen
+
+KEY_NAMES = {"slash": "/", "question_mark": "?", "escape": "esc", "space": "space"}
+
+
+def key_label(keys: str) -> str:
+    return ", ".join(KEY_NAMES.get(k, k) for k in keys.split(","))
+
+
+class HelpScreen(ModalScreen[None]):
+    """Every key of every screen, read from their bindings (so this list cannot drift)."""
+
+    BINDINGS = [Binding("escape,question_mark,q", "close", "Close")]
+
+    def compose(self) -> ComposeResult:
+        sections: list[tuple[str, list[BindingType]]] = [
+            ("Anywhere", AmeliaApp.BINDINGS),
+            ("Runs (1)", RunsScreen.BINDINGS),
+            ("A run (Enter on a run)", RunScreen.BINDINGS),
+            ("Events (2)", EventsScreen.BINDINGS),
+            ("Documents (3)", DocumentsScreen.BINDINGS),
+            ("Start a run (n)", StartRunScreen.BINDINGS),
+        ]
+        text = Text("Amelia keys — Esc closes\n", style="bold")
+        for title, bindings in sections:
+            text.append(f"\n{title}\n", style="bold underline")
+            for binding in bindings:
+                if isinstance(binding, Binding) and binding.description:
+                    text.append(f"  {key_label(binding.key):<11}", style="bold")
+                    text.append(f"{binding.description}\n")
+        text.append(f"\n  {'tab':<11}", style="bold")
+        text.append("the next box of a screen (shift+tab: the one before)\n")
+        with VerticalScroll(id="help"):
+            yield Static(text)
+
+    def action_close(self) -> None:
+        self.dismiss()
+
+
+class AmeliaApp(App[None]):
+    """`amelia tui`."""
+
+    CSS_PATH = "amelia.tcss"
+    TITLE = "Amelia"
+    ENABLE_COMMAND_PALETTE = False
+    MODES: ClassVar[dict[str, Any]] = {
+        "runs": RunsScreen,
+        "events": EventsScreen,
+        "documents": DocumentsScreen,
+    }
+    DEFAULT_MODE = "runs"
+    # Screens get `-tall` from 36 lines and `-wide` from 120 columns (more room for details).
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (36, "-tall")]
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
+    BINDINGS: ClassVar[list[BindingType]] = [
+        # Shown in the top bar, not the footer.
+        Binding("1", "switch_mode('runs')", "Runs", show=False),
+        Binding("2", "switch_mode('events')", "Events", show=False),
+        Binding("3", "switch_mode('documents')", "Documents", show=False),
+        Binding("n", "new_run", "New run"),
+        Binding("question_mark", "help", "Help"),
+        Binding("q", "quit", "Quit"),
+    ]
+
+    connection = reactive("idle")
+
+    def __init__(self, url: str, token: str = "", *, live: bool = True) -> None:
+        super().__init__()
+        self.url = url.rstrip("/")
+        self.live = live
+        self.api = GatewayApi(self.url, token)
+        self.socket = EventSocket.for_gateway(self.url, token, on_state=self._socket_state)
+
+    def on_mount(self) -> None:
+        if self.live:
+            self.socket.start()
+
+    async def on_unmount(self) -> None:
+        await self.socket.stop()
+        await self.api.aclose()
+
+    def _socket_state(self, state: str, detail: str) -> None:
+        if state == "unauthorized" and self.connection != state:
+            self.notify(
+                f"The gateway refused the token ({detail}): set AMELIA_API_TOKEN.",
+                severity="error",
+                timeout=10,
+            )
+        self.connection = state
+
+    # -- navigation -------------------------------------------------------------------------
+
+    def open_run(self, name: str) -> None:
+        if self.current_mode != "runs":
+            self.switch_mode("runs")
+        self.push_screen(RunScreen(name))
+
+    def show_events(self, **flt: str) -> None:
+        self.switch_mode("events")
+        screen: Screen[Any] = self.screen
+        if isinstance(screen, EventsScreen):
+            screen.set_filter(**flt)
+
+    def action_new_run(self) -> None:
+        if isinstance(self.screen, StartRunScreen):
+            return
+
+        def started(name: str | None) -> None:
+            if name:
+                self.open_run(name)
+
+        self.push_screen(StartRunScreen(), started)
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def confirm_cancel(self, name: str) -> None:
+        """Ask, then cancel the run."""
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.run_worker(self._cancel(name), group="cancel")
+
+        self.push_screen(ConfirmScreen(f"Cancel run {short_id(name)}?"), answered)
+
+    async def _cancel(self, name: str) -> None:
+        try:
+            await self.api.cancel_run(name, "cancelled from the terminal UI")
+        except ApiError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        self.notify(f"cancelling {short_id(name)}")

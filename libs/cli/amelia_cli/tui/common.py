@@ -1,0 +1,179 @@
+"""What every screen of the TUI shares: the top bar, run statuses, small formatters, a yes/no."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.timer import Timer
+from textual.widget import Widget
+from textual.widgets import Label, Static
+
+from amelia_cli.tui.eventline import local_time, seconds
+from amelia_cli.tui.gateway import ApiError
+
+T = TypeVar("T")
+
+STATUS_STYLE = {
+    "queued": "dim",
+    "running": "bold cyan",
+    "paused": "bold yellow",
+    "completed": "green",
+    "failed": "bold red",
+    "cancelled": "magenta",
+}
+ACTIVE = {"queued", "running", "paused"}
+STATUSES = ("queued", "running", "paused", "completed", "failed", "cancelled")
+SECTIONS = (("1", "Runs"), ("2", "Events"), ("3", "Documents"))
+CONNECTION_LABEL = {
+    "idle": ("○ not connected", "dim"),
+    "connecting": ("◌ connecting", "yellow"),
+    "open": ("● live", "green"),
+    "reconnecting": ("◌ reconnecting", "yellow"),
+    "unauthorized": ("✕ wrong token", "bold red"),
+    "closed": ("○ closed", "dim"),
+}
+
+
+def status_of(run: dict[str, Any]) -> str:
+    """`RUN_STATUS_PAUSED` → `paused`."""
+    return str(run.get("status", "")).removeprefix("RUN_STATUS_").lower() or "queued"
+
+
+def status_text(status: str) -> Text:
+    return Text(status, style=STATUS_STYLE.get(status, ""))
+
+
+def short_id(name: str) -> str:
+    """`runs/0b9f1c2e-…` → `0b9f1c2e`."""
+    return name.rsplit("/", 1)[-1][:8]
+
+
+def target_of(run: dict[str, Any]) -> str:
+    """`workflows/plan` → `plan`; an agent keeps its collection (`agents/greeter`)."""
+    target = str(run.get("workflow") or run.get("agent") or "")
+    return target.removeprefix("workflows/")
+
+
+def when(value: Any) -> str:
+    return local_time(str(value or ""))
+
+
+def took(value: Any) -> str:
+    return seconds(value)
+
+
+def output_tokens(run: dict[str, Any]) -> str:
+    usage = run.get("usage") or {}
+    count = int(usage.get("outputTokens") or 0)
+    return str(count) if count else ""
+
+
+def closed(widget: Widget) -> bool:
+    """Its screen was closed (or the app is ending): its children may be gone already."""
+    return not widget.is_attached or not widget.display
+
+
+async def ask(widget: Widget, request: Awaitable[T]) -> T:
+    """The answer to a request a worker of `widget` makes, or the worker is cancelled when the
+    widget's screen closed while the request was on its way (Escape on a run that is loading,
+    `q` while a list reloads): the answer, or its error, has nowhere to go."""
+    try:
+        answer = await request
+    except ApiError:
+        if closed(widget):
+            raise asyncio.CancelledError from None
+        raise
+    if closed(widget):
+        raise asyncio.CancelledError
+    return answer
+
+
+class Debounced:
+    """`action` once things settle: calls within `delay` of each other make one call (a burst
+    of events is one reload); a delay of 0 calls it now."""
+
+    def __init__(self, widget: Widget, action: Callable[[], object]) -> None:
+        self.widget = widget
+        self.action = action
+        self.timer: Timer | None = None
+
+    def __call__(self, delay: float = 0.3) -> None:
+        if self.timer is not None:
+            self.timer.stop()
+            self.timer = None
+        if delay <= 0:
+            self.action()
+        else:
+            self.timer = self.widget.set_timer(delay, self.action)
+
+
+class TopBar(Static):
+    """The sections with their keys (the current one lit) on the left, the live connection to
+    the gateway on the right."""
+
+    DEFAULT_CSS = """
+    TopBar { height: 1; background: $panel; color: $text; padding: 0 1; }
+    """
+
+    def __init__(self, section: str, title: str = "") -> None:
+        super().__init__()
+        self.section = section
+        self.title = title
+
+    def on_mount(self) -> None:
+        self.watch(self.app, "connection", self._show, init=True)
+
+    def _show(self, connection: str) -> None:
+        label, style = CONNECTION_LABEL.get(connection, (connection, ""))
+        where = str(getattr(self.app, "url", "")).removeprefix("http://")
+        left = Text.assemble(("Amelia", "bold"), " ")
+        for key, name in SECTIONS:
+            lit = name == self.section
+            left.append(f" {key} ", style="bold reverse" if lit else "dim")
+            left.append(f"{name} ", style="bold" if lit else "dim")
+        if self.title:
+            left.append(f"› {self.title}", style="bold")
+        right = Text.assemble((label, style), " ", (where, "dim"))
+        room = self.size.width - 2
+        if left.cell_len + right.cell_len + 1 > room:
+            right = Text(label, style=style)
+        gap = max(room - left.cell_len - right.cell_len, 1)
+        self.update(Text.assemble(left, " " * gap, right))
+
+    def on_resize(self) -> None:
+        self._show(str(getattr(self.app, "connection", "")))
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    """A yes/no question; `y` or Enter says yes, `n` or Escape says no."""
+
+    BINDINGS = [
+        Binding("y,enter", "answer(True)", "Yes"),
+        Binding("n,escape", "answer(False)", "No"),
+    ]
+    DEFAULT_CSS = """
+    ConfirmScreen { align: center middle; }
+    ConfirmScreen > Vertical {
+        width: 60; max-width: 100%; height: auto; border: thick $warning; padding: 1 2;
+        background: $surface;
+    }
+    """
+
+    def __init__(self, question: str) -> None:
+        super().__init__()
+        self.question = question
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label(self.question)
+            yield Label("[b]y[/b] yes   [b]n[/b] no", classes="hint")
+
+    def action_answer(self, yes: bool) -> None:
+        self.dismiss(yes)

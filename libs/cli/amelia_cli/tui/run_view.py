@@ -1,0 +1,436 @@
+"""One run, live: its events from the beginning (a `run` subscription: the gateway replays the
+run, then follows it until it ends), tokens streaming into the output, nodes with their timings,
+retrieved passages, the question of a paused run with approve / reject / a typed answer, cancel.
+
+A gateway restart costs nothing: the socket subscribes again after the last sequence it
+delivered, so every token is shown once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Footer, Input, Log, Static, TabbedContent, TabPane
+
+from amelia_cli.tui.common import (
+    ACTIVE,
+    TopBar,
+    ask,
+    short_id,
+    status_of,
+    status_text,
+    target_of,
+    took,
+    when,
+)
+from amelia_cli.tui.eventline import describe, passages_of, question_of
+from amelia_cli.tui.gateway import ApiError, Subscription
+from amelia_cli.tui.passages import passage_text
+from amelia_cli.tui.stream import StreamView
+
+TERMINAL = {"run.completed": "completed", "run.failed": "failed", "run.cancelled": "cancelled"}
+NODE_MARK = {
+    "pending": ("·", "dim"),
+    "active": ("▶", "bold cyan"),
+    "done": ("✓", "green"),
+    "waiting": ("?", "bold yellow"),
+    "error": ("✕", "bold red"),
+    "stopped": ("■", "magenta"),
+}
+APPROVE_WORDS = ("approve", "yes", "ok", "accept", "lgtm")
+REJECT_WORDS = ("reject", "no", "deny", "decline")
+QUESTION_KEYS = {"question", "message", "prompt", "text", "options", "choices"}
+RETRY_SECONDS = 1.0
+
+
+def options_of(value: Any) -> list[Any]:
+    if isinstance(value, dict):
+        for key in ("options", "choices"):
+            if isinstance(value.get(key), list):
+                return list(value[key])
+    return []
+
+
+def tokens_used(usage: dict[str, Any]) -> str:
+    """`12 in / 30 out` (proto JSON writes the counts as strings), or "" before any."""
+    used_in, used_out = int(usage.get("inputTokens") or 0), int(usage.get("outputTokens") or 0)
+    return f"{used_in} in / {used_out} out" if used_in or used_out else ""
+
+
+def read_answer(text: str) -> Any:
+    """A typed answer: JSON when it is JSON (`true`, `{"approved": false}`), else the text."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+class RunScreen(Screen[None]):
+    """`escape` goes back to the list; the run keeps going."""
+
+    # Focused once composed (nested boxes may not exist yet in on_mount on a busy machine).
+    AUTO_FOCUS = "#run-output"
+    BINDINGS = [
+        Binding("escape", "back", "Back"),
+        Binding("a", "approve", "Approve"),
+        Binding("r", "reject", "Reject"),
+        Binding("i", "answer", "Answer"),
+        Binding("c", "cancel", "Cancel"),
+        # The tabs' titles show these keys.
+        Binding("o", "tab('output')", "Output", show=False),
+        Binding("v", "tab('activity')", "Activity", show=False),
+        Binding("p", "tab('passages')", "Passages", show=False),
+        Binding("j", "tab('result')", "Result (JSON)", show=False),
+        Binding("e", "events", "Events"),
+    ]
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.run_name = name
+        self.run: dict[str, Any] = {}
+        self.status = ""
+        self.nodes: dict[str, list[str]] = {}  # node -> [state, duration]
+        self.active_node = ""
+        self.token_node = ""
+        self.interrupt: dict[str, Any] | None = None
+        self.passages: list[dict[str, Any]] = []
+        self.ended = False
+        self.events_seen = 0
+        self._subscription: Subscription | None = None
+
+    def compose(self) -> ComposeResult:
+        yield TopBar("Runs", f"run {short_id(self.run_name)}")
+        yield Static("", id="run-head")
+        yield Static("", id="run-nodes")
+        yield Static("", id="run-error", classes="error")
+        with Vertical(id="question"):
+            yield Static("", id="question-text")
+            with VerticalScroll(id="question-details-box"):
+                yield Static("", id="question-details")
+            yield Static("", id="question-keys", classes="hint")
+            yield Input(placeholder="type an answer, Enter sends", compact=True, id="answer")
+        with Horizontal(id="run-body"):
+            with TabbedContent(initial="output", id="run-tabs"):
+                with TabPane("Output o", id="output"):
+                    yield StreamView("waiting for tokens…", id="run-output")
+                with TabPane("Activity v", id="activity"):
+                    yield Log(id="run-activity", max_lines=2000)
+                with TabPane("Passages p", id="passages"):
+                    yield VerticalScroll(id="run-passages")
+                with TabPane("Result j", id="result"), VerticalScroll(id="run-result-box"):
+                    yield Static("(when the run ends)", id="run-result")
+            # From 120 columns on, the activity also shows beside the output.
+            with Vertical(id="run-side"):
+                yield Static("Activity", classes="side-title")
+                yield Log(id="run-side-activity", max_lines=2000)
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        self.query_one("#question").display = False
+        self.query_one("#run-error").display = False
+        self._render_head()
+        app: Any = self.app
+        if app.live:
+            self.run_worker(self._start(), group="load")
+
+    def on_unmount(self) -> None:
+        if self._subscription is not None:
+            self._subscription.close()
+
+    @property
+    def output(self) -> StreamView:
+        return self.query_one("#run-output", StreamView)
+
+    # -- loading ----------------------------------------------------------------------------
+
+    async def _start(self) -> None:
+        """The run (retried while the gateway is away), its workflow's nodes, then its events."""
+        app: Any = self.app
+        await self._refresh_until_loaded()
+        workflow = self.run.get("workflow")
+        if workflow:
+            try:
+                found = {w["name"]: w for w in await ask(self, app.api.list_workflows())}
+            except ApiError:
+                found = {}
+            for node in found.get(workflow, {}).get("nodes", []):
+                self.nodes.setdefault(node, ["pending", ""])
+            self._render_nodes()
+        self._subscription = app.socket.subscribe(
+            run=self.run_name,
+            since="beginning",
+            on_event=self.apply,
+            on_end=self._ended,
+            on_error=self._stream_error,
+        )
+
+    async def _refresh_run(self) -> bool:
+        app: Any = self.app
+        try:
+            run = await ask(self, app.api.get_run(self.run_name))
+        except ApiError as exc:
+            self.notify(str(exc), severity="error", timeout=4)
+            return exc.code == "NOT_FOUND"
+        self.show_run(run)
+        return True
+
+    async def _refresh_until_loaded(self) -> None:
+        while True:
+            if await self._refresh_run():
+                return
+            await asyncio.sleep(RETRY_SECONDS)
+
+    def _ended(self) -> None:
+        self.ended = True
+        self.run_worker(self._refresh_until_loaded(), group="load")
+
+    def _stream_error(self, message: str, final: bool) -> None:
+        self.notify(
+            message if not final else f"the run's stream stopped: {message}",
+            severity="error" if final else "warning",
+            timeout=4,
+        )
+
+    # -- rendering --------------------------------------------------------------------------
+
+    def show_run(self, run: dict[str, Any]) -> None:
+        """The run as the gateway returns it (GetRun)."""
+        self.run = run
+        self.set_status(status_of(run))
+        if self.status == "paused" and self.interrupt is None and run.get("interrupt"):
+            self.show_question(run["interrupt"])
+        error = self.query_one("#run-error", Static)
+        error.display = bool(run.get("error"))
+        error.update(f"{self.status}: {run.get('error', '')}")
+        result = run.get("output")
+        if result:
+            self.query_one("#run-result", Static).update(
+                json.dumps(result, indent=2, ensure_ascii=False)
+            )
+        self._render_head()
+
+    def set_status(self, status: str) -> None:
+        if status and status != self.status:
+            self.status = status
+            self._render_head()
+            self.refresh_bindings()
+
+    def _render_head(self) -> None:
+        """`id target status` and the facts that fit on one line, most telling first."""
+        run = self.run
+        head = Text.assemble(
+            (f"{short_id(self.run_name)} ", "bold"),
+            (target_of(run) or "…", "cyan"),
+            "  ",
+            status_text(self.status or "…"),
+        )
+        created, started = when(run.get("createTime")), when(run.get("startTime"))
+        facts = [
+            ("took", took(run.get("duration"))),
+            ("tokens", tokens_used(run.get("usage") or {})),
+            ("attempt", str(run["attempt"]) if int(run.get("attempt") or 0) > 1 else ""),
+            ("created", created),
+            ("started", started if started != created else ""),
+        ]
+        room = self.size.width - 2 if self.size.width else 1000
+        for label, value in facts:
+            fact = Text.assemble("  ", (label, "dim"), " ", value)
+            if value and head.cell_len + fact.cell_len <= room:
+                head.append_text(fact)
+        self.query_one("#run-head", Static).update(head)
+
+    def on_resize(self) -> None:
+        self._render_head()
+
+    def _render_nodes(self) -> None:
+        line = Text()
+        for node, (state, duration) in self.nodes.items():
+            mark, style = NODE_MARK.get(state, ("·", ""))
+            if line:
+                line.append("  ")
+            line.append(f"{mark} {node}", style=style)
+            if duration and state != "waiting":
+                line.append(f" {duration}", style="dim")
+        self.query_one("#run-nodes", Static).update(line or Text("no nodes yet", style="dim"))
+
+    def set_node(self, node: str, state: str, duration: str = "") -> None:
+        if not node:
+            return
+        entry = self.nodes.setdefault(node, ["pending", ""])
+        entry[0] = state
+        if duration:
+            entry[1] = duration
+        self._render_nodes()
+
+    def show_question(self, interrupt: dict[str, Any] | None) -> None:
+        self.interrupt = interrupt
+        panel = self.query_one("#question")
+        panel.display = interrupt is not None
+        self.refresh_bindings()
+        if interrupt is None:
+            if self.focused is self.query_one("#answer"):
+                self.output.focus()
+            return
+        value = interrupt.get("value")
+        where = f" (node {interrupt['node']})" if interrupt.get("node") else ""
+        self.query_one("#question-text", Static).update(
+            Text.assemble(("? ", "bold yellow"), (question_of(value), "bold"), (where, "dim"))
+        )
+        details = Text()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if key in QUESTION_KEYS:
+                    continue
+                body = item if isinstance(item, str) else json.dumps(item, indent=2)
+                details.append(f"{key.replace('_', ' ')}\n", style="bold dim")
+                details.append(f"{body.strip()}\n")
+        box = self.query_one("#question-details-box")
+        box.display = bool(details)
+        self.query_one("#question-details", Static).update(details)
+        keys = Text()
+        for key, action in (("a", "approve"), ("r", "reject")):
+            option = self._option(action)
+            if option is not None:
+                said = "" if str(option).lower() == action else f" ({option})"
+                keys.append_text(Text.assemble((key, "bold"), f" {action}{said}   "))
+        keys.append_text(Text.assemble(("i", "bold"), " type an answer"))
+        self.query_one("#question-keys", Static).update(keys)
+
+    def _option(self, which: str) -> Any:
+        """The option that approves (or rejects): by its word, else the first (second) one."""
+        options = options_of((self.interrupt or {}).get("value"))
+        words = APPROVE_WORDS if which == "approve" else REJECT_WORDS
+        for option in options:
+            if isinstance(option, str) and option.strip().lower().startswith(words):
+                return option
+        index = 0 if which == "approve" else 1
+        return options[index] if len(options) > index else None
+
+    def add_passages(self, found: list[dict[str, Any]]) -> None:
+        box = self.query_one("#run-passages", VerticalScroll)
+        start = len(self.passages) + 1
+        self.passages += found
+        box.mount_all(
+            Static(passage_text(start + i, hit), classes="passage") for i, hit in enumerate(found)
+        )
+        self.query_one(TabbedContent).get_tab(
+            "passages"
+        ).label = f"Passages ({len(self.passages)}) p"
+
+    # -- events -----------------------------------------------------------------------------
+
+    def apply(self, event: dict[str, Any], sequence: int) -> None:
+        """One event of the run, in sequence order (replayed or live)."""
+        self.events_seen += 1
+        kind = str(event.get("type", ""))
+        data = event.get("data") or {}
+        if kind == "run.token":
+            if self.active_node != self.token_node:
+                # Tokens of another node (plan: discovery, then design…) start a section.
+                if self.output.chunks:
+                    self.output.marker(self.active_node)
+                self.token_node = self.active_node
+            self.output.append(str(data.get("text", "")))
+            return  # tokens are not activity
+        if kind in ("agent.started", "workflow.started"):
+            self.set_status("running")
+        elif kind == "run.node.started":
+            self.active_node = str(data.get("node", ""))
+            self.set_node(self.active_node, "active")
+            if self.status not in TERMINAL.values():
+                self.set_status("running")
+        elif kind == "run.node.finished":
+            state = (
+                "error" if data.get("error") else "waiting" if data.get("interrupted") else "done"
+            )
+            self.set_node(str(data.get("node", "")), state, took(data.get("duration_seconds")))
+        elif kind == "run.interrupted":
+            self.set_status("paused")
+            self.set_node(str(data.get("node", "")), "waiting")
+            self.show_question({"node": data.get("node", ""), "value": data.get("value")})
+        elif kind == "run.resumed":
+            self.set_status("running")
+            if data.get("reason") and data.get("reason") != "answer":
+                # Another worker picked the run up; it continues from its last checkpoint.
+                self.output.marker(f"attempt {int(data.get('attempt') or 0)}: picked up again")
+            self.show_question(None)
+        elif kind == "run.retrieval":
+            self.add_passages(passages_of(data))
+        elif kind in TERMINAL:
+            self.set_status(TERMINAL[kind])
+            self.show_question(None)
+            ended = {"completed": "done", "failed": "error", "cancelled": "stopped"}[TERMINAL[kind]]
+            for node, (state, _) in self.nodes.items():
+                if state == "active":
+                    self.set_node(node, ended)
+        line = f"{sequence:>5} {kind:<19} {describe(event)}"
+        self.query_one("#run-activity", Log).write_line(line)
+        self.query_one("#run-side-activity", Log).write_line(line)
+
+    # -- actions ----------------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        paused = self.interrupt is not None
+        if action in ("approve", "reject"):
+            return paused and self._option(action) is not None
+        if action == "answer":
+            return paused
+        if action == "cancel":
+            return self.status in ACTIVE or not self.status
+        return True
+
+    def action_back(self) -> None:
+        if self.focused is self.query_one("#answer"):
+            self.output.focus()
+            return
+        self.dismiss()
+
+    def action_tab(self, pane: str) -> None:
+        self.query_one(TabbedContent).active = pane
+
+    def action_approve(self) -> None:
+        self.send_answer(self._option("approve"))
+
+    def action_reject(self) -> None:
+        self.send_answer(self._option("reject"))
+
+    def action_answer(self) -> None:
+        self.query_one("#answer", Input).focus()
+
+    @on(Input.Submitted, "#answer")
+    def _typed(self, event: Input.Submitted) -> None:
+        if event.value.strip():
+            self.send_answer(read_answer(event.value))
+
+    def send_answer(self, answer: Any) -> None:
+        if answer is None or self.interrupt is None:
+            return
+        self.run_worker(self._resume(answer), exclusive=True, group="answer")
+
+    async def _resume(self, answer: Any) -> None:
+        app: Any = self.app
+        try:
+            run = await ask(self, app.api.resume_run(self.run_name, answer))
+        except ApiError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        self.query_one("#answer", Input).value = ""
+        self.show_question(None)
+        self.set_status(status_of(run))
+        self.notify("answer sent; the run continues")
+
+    def action_cancel(self) -> None:
+        app: Any = self.app
+        app.confirm_cancel(self.run_name)
+
+    def action_events(self) -> None:
+        app: Any = self.app
+        app.show_events(subject=self.run_name, since="beginning")

@@ -1,0 +1,223 @@
+"""The runs list: newest first, filtered by status and workflow/agent, kept up to date live.
+
+The list is reloaded (debounced) whenever a run starts, pauses, resumes or ends — a WebSocket
+subscription to those lifecycle events, as the dashboard does — and after every reconnect, so
+it is right again as soon as the gateway is back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Input, Label, Select, Static
+
+from amelia_cli.tui.common import (
+    ACTIVE,
+    STATUSES,
+    Debounced,
+    TopBar,
+    ask,
+    output_tokens,
+    short_id,
+    status_of,
+    status_text,
+    target_of,
+    took,
+    when,
+)
+from amelia_cli.tui.gateway import ApiError, Subscription
+
+LIFECYCLE = [
+    "run.completed",
+    "run.failed",
+    "run.cancelled",
+    "run.interrupted",
+    "run.resumed",
+    "agent.started",
+    "workflow.started",
+]
+PAGE_SIZE = 100
+
+
+def target_filter(text: str) -> dict[str, str]:
+    """What the filter box says as ListRuns fields: `plan` / `workflows/plan` or `agents/x`."""
+    text = text.strip()
+    if not text:
+        return {}
+    if text.startswith("agents/"):
+        return {"agent": text}
+    return {"workflow": text if text.startswith("workflows/") else f"workflows/{text}"}
+
+
+class RunsScreen(Screen[None]):
+    """Runs, newest first. Enter opens one; `n` starts a new one (anywhere)."""
+
+    AUTO_FOCUS = "#runs-table"
+    BINDINGS = [
+        Binding("enter", "open", "Open"),
+        Binding("s", "cycle_status", "Status"),
+        Binding("slash", "focus_filter", "Filter"),
+        Binding("c", "cancel", "Cancel"),
+        Binding("r", "reload", "Reload"),
+        Binding("escape", "focus_table", "List", show=False),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.runs: dict[str, dict[str, Any]] = {}
+        self.reload_soon = Debounced(self, self.action_reload)
+        self._subscription: Subscription | None = None
+
+    def compose(self) -> ComposeResult:
+        yield TopBar("Runs")
+        with Horizontal(id="runs-filters", classes="filters"):
+            yield Label("status ")
+            yield Select(
+                [("any", ""), *((s, s) for s in STATUSES)],
+                value="",
+                allow_blank=False,
+                compact=True,
+                id="runs-status",
+            )
+            yield Label("  workflow/agent ")
+            yield Input(placeholder="e.g. plan or agents/greeter", compact=True, id="runs-target")
+        table: DataTable[Any] = DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
+        table.add_column("Run", key="run")
+        table.add_column("Target", key="target")
+        table.add_column("Status", key="status")
+        table.add_column("Created", key="created")
+        table.add_column("Took", key="took")
+        table.add_column("Tokens", key="tokens")
+        yield table
+        yield Static("", id="runs-note", classes="note")
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        app: Any = self.app
+        if app.live:
+            self._subscription = app.socket.subscribe(
+                filter={"types": LIFECYCLE, "subject": "runs/*"},
+                since="now",
+                on_event=lambda event, sequence: self.reload_soon(),
+                on_subscribed=self.reload_soon,
+            )
+            self.reload_soon(0)
+
+    def on_unmount(self) -> None:
+        if self._subscription is not None:
+            self._subscription.close()
+
+    # -- loading ----------------------------------------------------------------------------
+
+    def action_reload(self) -> None:
+        app: Any = self.app
+        if app.live:
+            self.run_worker(self._load(), exclusive=True, group="runs")
+
+    async def _load(self) -> None:
+        app: Any = self.app
+        status = self.query_one("#runs-status", Select).value
+        target = target_filter(self.query_one("#runs-target", Input).value)
+        try:
+            runs = await ask(
+                self,
+                app.api.list_runs(
+                    statuses=[f"RUN_STATUS_{str(status).upper()}"] if status else [],
+                    page_size=PAGE_SIZE,
+                    **target,
+                ),
+            )
+        except ApiError as exc:
+            self.query_one("#runs-note", Static).update(f"[red]{exc}[/red]")
+            return
+        self.show_runs(runs)
+
+    def show_runs(self, runs: list[dict[str, Any]]) -> None:
+        """Fill the table, keeping the cursor on the run it was on."""
+        table: DataTable[Any] = self.query_one("#runs-table", DataTable)
+        keep = self.selected()
+        self.runs = {str(run.get("name")): run for run in runs}
+        table.clear()
+        for name, run in self.runs.items():
+            table.add_row(
+                short_id(name),
+                target_of(run),
+                status_text(status_of(run)),
+                when(run.get("createTime")),
+                took(run.get("duration")),
+                output_tokens(run),
+                key=name,
+            )
+        if keep in self.runs:
+            table.move_cursor(row=table.get_row_index(keep), animate=False)
+        filtered = (
+            self.query_one("#runs-status", Select).value
+            or self.query_one("#runs-target", Input).value.strip()
+        )
+        if runs:
+            note = f"{len(runs)} run{'s' if len(runs) != 1 else ''}" + (
+                " (the latest)" if len(runs) >= PAGE_SIZE else ""
+            )
+            note += " · Enter opens one"
+        else:
+            note = "No runs match." if filtered else "No runs yet: press n to start one."
+        self.query_one("#runs-note", Static).update(note)
+
+    # -- actions ----------------------------------------------------------------------------
+
+    def selected(self) -> str:
+        table: DataTable[Any] = self.query_one("#runs-table", DataTable)
+        if not self.runs or table.cursor_row < 0 or table.cursor_row >= table.row_count:
+            return ""
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key
+        return str(key.value or "")
+
+    @on(DataTable.RowSelected, "#runs-table")
+    def _row_chosen(self, event: DataTable.RowSelected) -> None:
+        self.action_open()
+
+    def action_open(self) -> None:
+        name = self.selected()
+        if name:
+            app: Any = self.app
+            app.open_run(name)
+
+    def action_cycle_status(self) -> None:
+        select = self.query_one("#runs-status", Select)
+        order = ["", *STATUSES]
+        select.value = order[(order.index(str(select.value)) + 1) % len(order)]
+
+    def action_focus_filter(self) -> None:
+        self.query_one("#runs-target", Input).focus()
+
+    def action_focus_table(self) -> None:
+        self.query_one("#runs-table").focus()
+
+    @on(Select.Changed, "#runs-status")
+    def _status_changed(self) -> None:
+        self.reload_soon(0)
+
+    @on(Input.Changed, "#runs-target")
+    def _target_changed(self) -> None:
+        self.reload_soon(0.4)
+
+    @on(Input.Submitted, "#runs-target")
+    def _target_submitted(self) -> None:
+        self.reload_soon(0)
+        self.action_focus_table()
+
+    def action_cancel(self) -> None:
+        name = self.selected()
+        run = self.runs.get(name)
+        if not run:
+            return
+        if status_of(run) not in ACTIVE:
+            self.notify(f"{short_id(name)} is {status_of(run)}: nothing to cancel.")
+            return
+        app: Any = self.app
+        app.confirm_cancel(name)
