@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
+import zlib
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import grpc
@@ -207,3 +211,47 @@ async def all_replicas_current(settings: Settings, stream: str, timeout: float =
 async def restart_node(node: NatsNode) -> None:
     """Start a killed node again on its store (it rejoins the cluster and catches up)."""
     await asyncio.to_thread(node.start)
+
+
+class EmbeddingEndpoint:
+    """A stand-in for an OpenAI-compatible `/v1/embeddings` server (the edge of the world), so
+    rag replicas start without loading a model: each text gets a unit vector picked by its hash
+    (searches here are by keyword; only the wire format matters)."""
+
+    def __init__(self, dimension: int = 384) -> None:
+        dim = dimension
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+                data = []
+                for index, text in enumerate(texts):
+                    vector = [0.0] * dim
+                    vector[zlib.crc32(text.encode()) % dim] = 1.0
+                    data.append({"object": "embedding", "index": index, "embedding": vector})
+                payload = json.dumps({"object": "list", "data": data, "model": body["model"]})
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload.encode())
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What a rag replica needs to use it."""
+        return {
+            "EMBEDDING_PROVIDER": "openai",
+            "EMBEDDING_BASE_URL": f"http://127.0.0.1:{self.server.server_port}/v1",
+        }
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -58,7 +58,7 @@ def test_cluster_up_prints_settings_that_reach_a_replicated_jetstream(data_dir: 
         assert printed["NATS_URL"] == ",".join(f"nats://127.0.0.1:{port + i}" for i in range(3))
         assert printed["EVENTS_STREAM_REPLICAS"] == printed["RUNS_QUEUE_REPLICAS"] == "3"
 
-        asyncio.run(_store_on_three_nodes(Settings(_env_file=None, **printed)))  # type: ignore[call-arg, arg-type]
+        asyncio.run(_store_on_three_nodes(Settings(_env_file=None, **printed)))
 
         status = runner.invoke(app, ["cluster", "status"], env={**env, "COLUMNS": "200"})
         assert status.exit_code == 0, status.output

@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 import urllib.error
@@ -31,7 +32,6 @@ from typing import Any
 from amelia_common.embedded import (
     NATS_STOP,
     EmbeddedStartError,
-    free_port,
     log_tail,
     nats_server_binary,
     port_is_free,
@@ -202,7 +202,15 @@ class NatsCluster:
 
     @classmethod
     def on_free_ports(cls, root: Path, size: int = 3) -> NatsCluster:
-        return cls._make(root, [(free_port(), free_port(), free_port()) for _ in range(size)])
+        """Nodes on ports the OS says are free, all different (held open while chosen)."""
+        with contextlib.ExitStack() as held:
+            ports = []
+            for _ in range(3 * size):
+                sock = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+                sock.bind(("127.0.0.1", 0))
+                ports.append(int(sock.getsockname()[1]))
+        triples = [(ports[i], ports[i + 1], ports[i + 2]) for i in range(0, len(ports), 3)]
+        return cls._make(root, triples)
 
     @classmethod
     def _make(cls, root: Path, ports: list[tuple[int, int, int]]) -> NatsCluster:
