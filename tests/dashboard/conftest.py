@@ -1,6 +1,7 @@
 """Dashboard tests: a real `amelia up` (with an API token) and Debian's Chromium driven by
 Playwright's sync API (plain `def` tests: the sync API cannot run inside the session's asyncio
-loop). Fixtures are module-scoped so the browser is gone before other suites' async tests run.
+loop). The browser is module-scoped, so it is gone before other suites' async tests run; the
+mesh (a subprocess) is shared by the folder's modules, as starting one takes a while.
 
 Screenshots go to test-artifacts/dashboard/ (git-ignored).
 """
@@ -32,8 +33,9 @@ ARTIFACTS = REPO / "test-artifacts" / "dashboard"
 VIEWPORT = {"width": 1280, "height": 860}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def mesh() -> Iterator[Mesh]:
+    """One `amelia up` for the whole folder (starting one takes a while)."""
     # Not under pytest's numbered temp dirs: other pytest sessions on this machine prune those
     # while we run (the embedded PostgreSQL lost its data directory that way).
     root = Path(tempfile.mkdtemp(prefix="amelia-dashboard-"))

@@ -11,87 +11,20 @@ from typing import Any
 
 import pytest
 from dashboard_mesh import Mesh
+from dashboard_pages import (
+    OUTPUT_JS,
+    expect_output,
+    expect_status,
+    output_text,
+    shot,
+    start_run,
+    target_row,
+)
 from playwright.sync_api import Browser, Page, expect
 
 pytestmark = pytest.mark.slow
 
 ECHO_LINES = [f"line {i} of the echo" for i in range(1, 41)]
-
-
-# WCAG 2 contrast of every visible piece of text against the background it is drawn on.
-CONTRAST_JS = """
-() => {
-  const parse = (c) => { const m = c.match(/[\\d.]+/g) || []; return m.map(Number); };
-  const lum = ([r, g, b]) => {
-    const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
-    return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
-  };
-  const background = (el) => {
-    for (let node = el; node; node = node.parentElement) {
-      const [r, g, b, a = 1] = parse(getComputedStyle(node).backgroundColor);
-      if (a > 0.5) return [r, g, b];
-    }
-    return parse(getComputedStyle(document.body).backgroundColor);
-  };
-  const failures = [];
-  for (const el of document.querySelectorAll("body *")) {
-    const text = [...el.childNodes].filter((n) => n.nodeType === 3).map((n) => n.data).join("").trim();
-    if (!text || el.closest("[hidden], [aria-hidden=true], :disabled, .visually-hidden, option")) continue;
-    const rect = el.getBoundingClientRect();
-    if (!rect.width || !rect.height || rect.bottom < 0 || rect.top > innerHeight) continue;
-    const style = getComputedStyle(el);
-    if (style.visibility === "hidden" || Number(style.opacity) < 1) continue;
-    if (el.closest("dialog") && !el.closest("dialog[open]")) continue;
-    const fg = lum(parse(style.color)), bg = lum(background(el));
-    const ratio = (Math.max(fg, bg) + 0.05) / (Math.min(fg, bg) + 0.05);
-    const size = parseFloat(style.fontSize), bold = Number(style.fontWeight) >= 700;
-    const needed = size >= 24 || (size >= 18.66 && bold) ? 3 : 4.5;
-    if (ratio < needed) failures.push(`${text.slice(0, 30)} (${ratio.toFixed(2)} < ${needed})`);
-  }
-  return failures;
-}
-"""
-
-
-def shot(page: Page, artifacts: Path, name: str) -> None:
-    """Save the screen, and check its text is readable (WCAG AA contrast)."""
-    page.screenshot(path=str(artifacts / f"{name}.png"))
-    failures = page.evaluate(CONTRAST_JS)
-    assert not failures, f"{name}: text with too little contrast: {failures}"
-
-
-def start_run(page: Page, target: str, fields: dict[str, str]) -> str:
-    """Fill the start form on the Runs screen and start; returns the run id."""
-    page.goto("/#/runs")
-    page.wait_for_selector(f'#run-target option[value="{target}"]', state="attached")
-    page.select_option("#run-target", target)
-    for name, value in fields.items():
-        page.fill(f'[data-field="{name}"]', value)
-    page.click("#run-start")
-    page.wait_for_url(re.compile(r".*#/runs/[0-9a-f-]+$"))
-    return page.url.rsplit("/", 1)[-1]
-
-
-# The streamed text of the run's output: its pages' text, without the section labels.
-OUTPUT_JS = """() => [...document.querySelectorAll('#run-output .page')]
-  .map((page) => [...page.childNodes].filter((n) => n.nodeType === 3).map((n) => n.data).join(''))
-  .join('')"""
-
-
-def output_text(page: Page) -> str:
-    text: str = page.evaluate(OUTPUT_JS)
-    return text
-
-
-def expect_output(page: Page, expected: str, timeout: float = 30_000) -> None:
-    """Wait until the run's output is exactly `expected` (tokens are written once per frame)."""
-    page.wait_for_function(
-        f"(expected) => ({OUTPUT_JS})() === expected", arg=expected, timeout=timeout
-    )
-
-
-def expect_status(page: Page, status: str, timeout: float = 60_000) -> None:
-    expect(page.locator(f"#run-status [data-status={status}]")).to_be_visible(timeout=timeout)
 
 
 # -- status, token, keyboard ----------------------------------------------------------------
@@ -158,13 +91,13 @@ def test_run_streams_its_tokens_and_lights_its_nodes(page: Page, artifacts: Path
     page.evaluate(LAYOUT_SHIFTS_JS)
     # Mid-stream: some lines are there, the node is running, the run is not over.
     expect(page.locator("#run-output pre")).to_contain_text("line 8 of the echo", timeout=30_000)
-    expect(page.locator("[data-node=echo][data-state=active]")).to_be_visible()
+    expect(page.locator("#run-nodes [data-node=echo][data-state=active]")).to_be_visible()
     assert "line 40" not in output_text(page)
     expect_status(page, "RUN_STATUS_RUNNING")
     shot(page, artifacts, "03-run-streaming")
 
     expect_status(page, "RUN_STATUS_COMPLETED")
-    expect(page.locator("[data-node=echo][data-state=done]")).to_be_visible()
+    expect(page.locator("#run-nodes [data-node=echo][data-state=done]")).to_be_visible()
     expect_output(page, message)
     shifts = page.evaluate("window.__shifts")
     assert sum(shifts) < 0.01, f"layout shifted while streaming: {shifts}"
@@ -183,9 +116,10 @@ def test_paused_run_asks_its_question_and_resumes_with_the_answer(
     )
     expect(page.locator("#question")).to_have_text("Ship the dashboard today?")
     expect_status(page, "RUN_STATUS_PAUSED")
-    expect(page.locator("[data-node=approve][data-state=waiting]")).to_be_visible()
-    expect(page.locator("[data-node=draft][data-state=done]")).to_be_visible()
-    expect(page.locator("#run-output .marker")).to_have_count(0)
+    expect(page.locator("#run-nodes [data-node=approve][data-state=waiting]")).to_be_visible()
+    expect(page.locator("#run-nodes [data-node=draft][data-state=done]")).to_be_visible()
+    # The first node's tokens are labelled too.
+    expect(page.locator("#run-output .marker")).to_have_text(["draft"])
     shot(page, artifacts, "05-run-paused")
 
     page.fill("#answer", "yes, after lunch")
@@ -194,8 +128,10 @@ def test_paused_run_asks_its_question_and_resumes_with_the_answer(
     expect(page.locator("#question")).to_have_count(0)
     expect_output(page, "Plan: ship the dashboard \nanswer was yes, after lunch")
     # The second node's tokens start a section labelled with the node.
-    expect(page.locator("#run-output .marker")).to_have_text("finish")
-    expect(page.locator("[data-node=finish][data-state=done]")).to_be_visible()
+    expect(page.locator("#run-output .marker")).to_have_text(["draft", "finish"])
+    # Answering is not a retry.
+    expect(page.locator("#run-meta")).not_to_contain_text("Retried")
+    expect(page.locator("#run-nodes [data-node=finish][data-state=done]")).to_be_visible()
     shot(page, artifacts, "07-run-resumed")
 
 
@@ -207,12 +143,12 @@ def test_plan_workflow_shows_the_design_to_approve(page: Page, artifacts: Path) 
     expect(page.locator(".question-detail[data-key=design] pre")).to_contain_text(
         "Add a dark theme"
     )
-    expect(page.locator("[data-node=approval][data-state=waiting]")).to_be_visible()
-    expect(page.locator("[data-node=design][data-state=done]")).to_be_visible()
+    expect(page.locator("#run-nodes [data-node=approval][data-state=waiting]")).to_be_visible()
+    expect(page.locator("#run-nodes [data-node=design][data-state=done]")).to_be_visible()
     shot(page, artifacts, "06-plan-approval")
     page.get_by_role("group", name="Choices").get_by_role("button", name="approve").click()
     expect_status(page, "RUN_STATUS_COMPLETED")
-    expect(page.locator("[data-node=planning][data-state=done]")).to_be_visible()
+    expect(page.locator("#run-nodes [data-node=planning][data-state=done]")).to_be_visible()
     expect(page.locator("#run-activity")).to_contain_text("workflow.progress")
 
 
@@ -249,14 +185,15 @@ def test_browse_runs_and_replay_one(page: Page, artifacts: Path) -> None:
     rows = page.locator("#runs-table tbody tr[data-run]")
     expect(rows.first).to_be_visible()
     assert rows.count() >= 3
-    page.select_option("#runs-status", "RUN_STATUS_CANCELLED")
+    statuses = page.get_by_role("group", name="Statuses")
+    statuses.get_by_label("Cancelled").check()
     expect(page.locator("#runs-table tbody tr[data-run]")).to_have_count(1)
-    page.select_option("#runs-status", "")
+    statuses.get_by_label("Cancelled").uncheck()
     expect(rows.nth(2)).to_be_visible()
     shot(page, artifacts, "09-runs")
 
     # The echo run (the oldest of the three): open it, the page replays it from sequence 0.
-    page.locator("#runs-table tbody tr", has_text="workflows/echo").last.locator("a").click()
+    target_row(page, "echo").last.locator("a").click()
     expect_status(page, "RUN_STATUS_COMPLETED")
     expect(page.locator("#run-replay")).to_be_enabled()
     expect(page.locator("#run-output pre")).to_have_text("\n".join(ECHO_LINES))
@@ -383,7 +320,7 @@ def test_run_shows_the_passages_it_retrieved(page: Page, artifacts: Path) -> Non
     expect(passage.locator(".source")).to_have_text("zebras.md")
     expect(passage.locator("blockquote")).to_contain_text("Mara river")
     expect(passage.locator("header .where")).to_contain_text("Zebra migration")
-    expect(page.locator("[data-node=retrieve][data-state=done]")).to_be_visible()
+    expect(page.locator("#run-nodes [data-node=retrieve][data-state=done]")).to_be_visible()
     expect(page.locator("#run-activity")).to_contain_text("retrieved")
     shot(page, artifacts, "13-run-passages")
 
@@ -482,11 +419,9 @@ def test_dark_theme_is_readable(browser: Browser, mesh: Mesh, artifacts: Path) -
         shot(page, artifacts, "17-dark-status")
         page.goto("/#/runs")
         expect(page.locator("#runs-table tbody tr[data-run]").first).to_be_visible()
-        page.locator("#runs-table tbody tr", has_text="workflows/approval").first.locator(
-            "a"
-        ).click()
+        target_row(page, "approval").first.locator("a").click()
         expect_status(page, "RUN_STATUS_COMPLETED")
-        expect(page.locator("[data-node=finish][data-state=done]")).to_be_visible()
+        expect(page.locator("#run-nodes [data-node=finish][data-state=done]")).to_be_visible()
         shot(page, artifacts, "18-dark-run")
     finally:
         context.close()

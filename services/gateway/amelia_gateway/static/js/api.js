@@ -93,6 +93,10 @@ export const api = {
   createRun: (run, requestId) => post("/v1/runs", { run, requestId }),
   getRun: (name) => get(`/v1/runs/${id(name)}`),
   listRuns: (query = {}) => get("/v1/runs", query),
+  listRunSteps: (name, query = {}) => get(`/v1/runs/${id(name)}/steps`, query),
+  rerunRun: (name, requestId) => post(`/v1/runs/${id(name)}:rerun`, { requestId }),
+  forkRun: (name, checkpoint, values, requestId) => post(`/v1/runs/${id(name)}:fork`, { checkpoint, values, requestId }),
+  listThreads: (query = {}) => get("/v1/threads", query),
   cancelRun: (name, reason) => post(`/v1/runs/${id(name)}:cancel`, { reason }),
   resumeRun: (name, answer) => post(`/v1/runs/${id(name)}:resume`, { answer }),
 

@@ -11,6 +11,8 @@ import * as events from "./views/events.js";
 import * as run from "./views/run.js";
 import * as runs from "./views/runs.js";
 import * as status from "./views/status.js";
+import * as threads from "./views/threads.js";
+import { startInbox } from "./inbox.js";
 
 const ROUTES = [
   { pattern: /^\/?$/, view: status, tab: "status" },
@@ -18,6 +20,8 @@ const ROUTES = [
   { pattern: /^\/events$/, view: events, tab: "events" },
   { pattern: /^\/runs$/, view: runs, tab: "runs" },
   { pattern: /^\/runs\/([A-Za-z0-9_-]+)$/, view: run, tab: "runs" },
+  { pattern: /^\/threads$/, view: threads, tab: "threads" },
+  { pattern: /^\/threads\/([A-Za-z0-9_-]+)$/, view: threads, tab: "threads" },
   { pattern: /^\/documents$/, view: documents, tab: "documents" },
 ];
 
@@ -30,6 +34,12 @@ const ctx = {
   socket,
   navigate(path) {
     window.location.hash = `#${path}`;
+  },
+  /** The query of the hash (`#/runs?status=FAILED` -> status=FAILED): a screen's shareable state. */
+  query() {
+    const hash = window.location.hash || "";
+    const at = hash.indexOf("?");
+    return new URLSearchParams(at < 0 ? "" : hash.slice(at + 1));
   },
   announce,
 };
@@ -146,4 +156,5 @@ window.addEventListener("amelia:unauthorized", () => {
 
 window.addEventListener("hashchange", route);
 socket.start();
+startInbox(ctx, document.getElementById("inbox"));
 route();

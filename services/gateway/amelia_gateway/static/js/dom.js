@@ -113,26 +113,6 @@ export function prettyJson(value) {
   }
 }
 
-const RUN_STATUS = {
-  RUN_STATUS_QUEUED: ["Queued", "idle"],
-  RUN_STATUS_RUNNING: ["Running", "info"],
-  RUN_STATUS_PAUSED: ["Paused", "warn"],
-  RUN_STATUS_COMPLETED: ["Completed", "ok"],
-  RUN_STATUS_FAILED: ["Failed", "bad"],
-  RUN_STATUS_CANCELLED: ["Cancelled", "bad"],
-};
-
-export function statusBadge(status) {
-  const [label, tone] = RUN_STATUS[status] || ["Unknown", "idle"];
-  return h("span", { class: `badge ${tone}`, "data-status": status || "" }, label);
-}
-
-export function statusLabel(status) {
-  return (RUN_STATUS[status] || ["Unknown"])[0];
-}
-
-export const ACTIVE_STATUSES = new Set(["RUN_STATUS_QUEUED", "RUN_STATUS_RUNNING", "RUN_STATUS_PAUSED"]);
-
 /** Calls fn at most once per animation frame, with the latest arguments. */
 export function perFrame(fn) {
   let scheduled = false;

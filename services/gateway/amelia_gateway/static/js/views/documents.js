@@ -63,12 +63,12 @@ export function mount(main, ctx) {
           h("h2", { id: "search-title" }, "Search your documents"), searchForm, searchInfo, results),
         h("section", { class: "card", "aria-labelledby": "docs-title" },
           h("h2", { id: "docs-title" }, "Documents"), docsError,
-          h("table", { id: "docs-table" },
+          h("div", { class: "table-wrap" }, h("table", { id: "docs-table" },
             h("thead", {}, h("tr", {},
-              h("th", { scope: "col" }, "Title"), h("th", { scope: "col" }, "Type"),
-              h("th", { scope: "col", class: "num" }, "Chunks"), h("th", { scope: "col", class: "num" }, "Size"),
-              h("th", { scope: "col" }, "Updated"), h("th", { scope: "col" }, h("span", { class: "visually-hidden" }, "Actions")))),
-            docsBody),
+              h("th", { scope: "col" }, "Title"), h("th", { scope: "col", class: "wide-only" }, "Type"),
+              h("th", { scope: "col", class: "num" }, "Chunks"), h("th", { scope: "col", class: "num wide-only" }, "Size"),
+              h("th", { scope: "col", class: "wide-only" }, "Updated"), h("th", { scope: "col" }, h("span", { class: "visually-hidden" }, "Actions")))),
+            docsBody)),
           h("div", { class: "pager" }, more))),
       h("section", { class: "card", "aria-labelledby": "upload-title" },
         h("h2", { id: "upload-title" }, "Upload"), zone, uploads),
@@ -87,12 +87,12 @@ export function mount(main, ctx) {
       nextToken = response.nextPageToken || "";
       more.hidden = !nextToken;
       const rows = docs.map((doc) => h("tr", { dataset: { document: doc.name } },
-        h("td", {}, h("span", { class: "title" }, doc.title || idOf(doc.name)),
+        h("td", { class: "break" }, h("span", { class: "title" }, doc.title || idOf(doc.name)),
           doc.sourceUri ? h("div", { class: "muted mono truncate" }, doc.sourceUri) : null),
-        h("td", {}, TYPE_LABEL[doc.type] || ""),
+        h("td", { class: "wide-only" }, TYPE_LABEL[doc.type] || ""),
         h("td", { class: "num" }, String(doc.chunkCount || 0)),
-        h("td", { class: "num" }, formatBytes(doc.sizeBytes)),
-        h("td", {}, formatTime(doc.updateTime || doc.createTime)),
+        h("td", { class: "num wide-only" }, formatBytes(doc.sizeBytes)),
+        h("td", { class: "wide-only" }, formatTime(doc.updateTime || doc.createTime)),
         h("td", {}, h("button", { type: "button", class: "small ghost", "aria-label": `Delete ${doc.title || doc.name}`,
           onclick: () => remove(doc) }, "Delete")),
       ));
@@ -124,9 +124,34 @@ export function mount(main, ctx) {
         h("span", { class: "name", title: file.name }, file.name, h("span", { class: "muted" }, ` · ${formatBytes(file.size)}`)),
         bar, stateText);
       uploads.prepend(item);
-      waiting.push({ file, item, bar, stateText });
+      waiting.push({ file, item, bar, stateText, ctx });
     }
     pump();
+  }
+
+  /** Follows a stored document's indexing until `document.indexed` or `document.failed`. */
+  function indexing(ctx, name, since, bar, stateText, item) {
+    item.dataset.state = "indexing";
+    bar.removeAttribute("value"); // indeterminate until the first progress event
+    stateText.textContent = "Indexing…";
+    return new Promise((resolve) => {
+      const types = ["document.progress", "document.indexed", "document.failed"];
+      const subscription = ctx.socket.subscribe({ filter: { types, subject: name }, since }, {
+        onEvent(event) {
+          const data = event.data || {};
+          if (event.type === "document.progress" && Number(data.total) > 0) {
+            bar.max = Number(data.total);
+            bar.value = Number(data.done || 0);
+            stateText.textContent = `Indexing ${data.done}/${data.total}`;
+            item.dataset.done = String(data.done);
+            item.dataset.total = String(data.total);
+          } else if (event.type !== "document.progress") {
+            subscription.close();
+            resolve(event.type === "document.indexed" ? { chunks: Number(data.chunk_count || 0) } : { error: data.error || "unknown" });
+          }
+        },
+      });
+    });
   }
 
   function pump() {
@@ -140,7 +165,8 @@ export function mount(main, ctx) {
     }
   }
 
-  async function send({ file, item, bar, stateText }) {
+  async function send({ file, item, bar, stateText, ctx }) {
+    const startedAt = new Date(Date.now() - 1000).toISOString();
     item.dataset.state = "sending";
     stateText.textContent = "0%";
     try {
@@ -148,20 +174,22 @@ export function mount(main, ctx) {
         onProgress(sent, total) {
           const percent = total ? Math.floor((sent / total) * 100) : 0;
           bar.value = percent;
-          stateText.textContent = percent >= 100 ? "Indexing…" : `${percent}%`;
-          if (percent >= 100) item.dataset.state = "indexing";
+          stateText.textContent = percent >= 100 ? "Stored…" : `${percent}%`;
         },
       });
-      bar.value = 100;
       const doc = response.document || {};
-      item.dataset.state = "done";
       item.dataset.document = doc.name || "";
-      const chunks = Number(doc.chunkCount || 0);
+      if (current) current.loadDocuments();
+      // Stored; its passages are embedded in the background: follow `document.progress`.
+      const outcome = response.unchanged ? { chunks: Number(doc.chunkCount || 0) } : await indexing(ctx, doc.name, startedAt, bar, stateText, item);
+      bar.max = 100;
+      bar.value = 100;
+      if (outcome.error) throw new Error(`Indexing failed: ${outcome.error}`);
+      item.dataset.state = "done";
+      const chunks = outcome.chunks;
       stateText.textContent = response.unchanged ? "Unchanged" : `${chunks} chunk${chunks === 1 ? "" : "s"}`;
-      if (current) {
-        current.ctx.announce(`${file.name} ${response.unchanged ? "was already indexed" : "indexed"}`);
-        current.loadDocuments();
-      }
+      ctx.announce(`${file.name} ${response.unchanged ? "was already indexed" : "indexed"}`);
+      if (current) current.loadDocuments();
     } catch (error) {
       item.dataset.state = "error";
       stateText.textContent = "Failed";

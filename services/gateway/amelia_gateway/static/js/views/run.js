@@ -1,23 +1,24 @@
 // One run, live: its events from sequence 0 (a `run` subscription: the gateway replays the run,
-// then follows it until it ends), tokens streaming into the output, nodes lighting up, retrieved
-// passages, the question of a paused run with an answer form, Cancel, and Replay (the stored
+// then follows it until it ends), tokens streaming into the output, nodes lighting up in the
+// workflow's graph, the steps' timeline (from the checkpoints), retrieved passages, the question
+// of a paused run with an answer form, Cancel, Rerun, Fork (from a step), and Replay (the stored
 // events played back again with their original pacing).
 
 import {
-  ACTIVE_STATUSES, compactJson, errorNotice, formatDuration, formatTime, h, idOf, prettyJson,
-  statusBadge, statusLabel,
+  compactJson, debounce, errorNotice, formatDuration, formatTime, h, idOf, prettyJson, uuid,
 } from "../dom.js";
+import { GraphView } from "../graph.js";
 import { OutputView } from "../output.js";
+import {
+  ACTIVE_STATUSES, TERMINAL_EVENTS as TERMINAL, TERMINAL_STATUSES, statusBadge, statusLabel,
+} from "../runstatus.js";
 import { hitsOf, passage } from "./passages.js";
+import { StepsView } from "./steps.js";
 
 const MAX_ACTIVITY = 300;
-const TERMINAL = {
-  "run.completed": "RUN_STATUS_COMPLETED",
-  "run.failed": "RUN_STATUS_FAILED",
-  "run.cancelled": "RUN_STATUS_CANCELLED",
-};
 const NODE_STATE_LABEL = {
   pending: "pending", active: "running", done: "done", error: "failed", waiting: "waiting", stopped: "stopped",
+  skipped: "skipped",
 };
 
 function describe(event) {
@@ -92,12 +93,17 @@ export function mount(main, ctx, [runId]) {
     interrupt: null,
     usage: null,
     activeNode: "", // the node that started last
+    activeTask: "", // its LangGraph task id
     tokenNode: "", // the node the last tokens belonged to
+    tokens: new Map(), // task id -> tokens it streamed
+    retries: 0, // pick-ups after a worker stopped (not answers)
   };
 
   // -- layout ---------------------------------------------------------------------------------
   const badgeSlot = h("span", { id: "run-status" }, statusBadge(""));
   const cancelButton = h("button", { type: "button", class: "danger", id: "run-cancel", disabled: true }, "Cancel run");
+  const rerunButton = h("button", { type: "button", id: "run-rerun", disabled: true, title: "A new run with the same input" }, "Rerun");
+  const continueLink = h("a", { class: "button", id: "run-continue", href: "#/threads" }, "Continue thread");
   const replayButton = h("button", { type: "button", id: "run-replay", disabled: true }, "Replay");
   const speed = h("select", { id: "replay-speed", "aria-label": "Replay speed" },
     h("option", { value: "1" }, "1×"), h("option", { value: "4" }, "4×"),
@@ -114,6 +120,11 @@ export function mount(main, ctx, [runId]) {
     h("h2", { id: "passages-title" }, "Retrieved passages"), passages);
   const activity = h("ol", { class: "activity", id: "run-activity", "aria-label": "Run activity" });
   const resultSlot = h("div", { id: "run-result" });
+  const graphCard = h("section", { class: "card graph-card", "aria-labelledby": "graph-title", hidden: true },
+    h("h2", { id: "graph-title" }, "Graph"));
+  let graph = null;
+  const steps = new StepsView(ctx, name, { canFork: () => TERMINAL_STATUSES.has(state.run && state.run.status) });
+  const reloadSteps = debounce(() => steps.load(state.tokens), 400);
 
   main.append(
     h("a", { href: "#/runs", class: "back" }, "← Runs"),
@@ -121,7 +132,7 @@ export function mount(main, ctx, [runId]) {
       h("h1", {}, `Run ${runId.slice(0, 8)}`), badgeSlot,
       targetLabel,
       h("span", { class: "spacer" }),
-      h("div", { class: "replay-bar" }, speed, replayButton), cancelButton),
+      h("div", { class: "replay-bar" }, speed, replayButton), rerunButton, continueLink, cancelButton),
     meta,
     notices,
     interruptSlot,
@@ -131,10 +142,13 @@ export function mount(main, ctx, [runId]) {
           h("h2", { id: "nodes-title", class: "visually-hidden" }, "Nodes"), nodesList),
         h("section", { "aria-labelledby": "output-title" },
           h("h2", { id: "output-title", class: "visually-hidden" }, "Output"), output.element),
+        // Steps grow as nodes finish, the result comes last: nothing above them moves.
+        steps.element,
         resultSlot),
       h("div", {},
         h("section", { class: "card", "aria-labelledby": "activity-title" },
           h("h2", { id: "activity-title" }, "Activity"), activity),
+        graphCard,
         passagesCard),
     ),
   );
@@ -145,15 +159,25 @@ export function mount(main, ctx, [runId]) {
     if (!status || status === state.status) return;
     const previous = state.status;
     state.status = status;
-    badgeSlot.replaceChildren(statusBadge(status));
+    renderBadge();
     updateCancel();
-    if (previous && !state.replaying) ctx.announce(`Run ${statusLabel(status).toLowerCase()}`);
+    if (previous && !state.replaying) ctx.announce(`Run ${statusLabel(status, outputOf()).toLowerCase()}`);
+  }
+
+  /** The run's output, once the badge may show it (not mid-replay). */
+  function outputOf() {
+    return state.run && !state.replaying && TERMINAL_STATUSES.has(state.status) ? state.run.output : null;
+  }
+
+  function renderBadge() {
+    badgeSlot.replaceChildren(statusBadge(state.status, outputOf()));
   }
 
   function updateCancel() {
     // During a replay the badge shows the replayed status; Cancel follows the real run.
     const real = state.replaying ? state.run && state.run.status : state.status;
     cancelButton.disabled = !ACTIVE_STATUSES.has(real);
+    rerunButton.disabled = !state.run;
   }
 
   function renderMeta() {
@@ -163,26 +187,30 @@ export function mount(main, ctx, [runId]) {
     // Items that appear late come last, so they never push the others around.
     const items = [
       ["Created", formatTime(run.createTime)],
-      ["Thread", run.thread ? idOf(run.thread).slice(0, 8) : ""],
+      ["Thread", run.thread ? h("a", { href: `#/threads/${idOf(run.thread)}`, class: "mono", id: "run-thread-link" }, idOf(run.thread)) : ""],
       ["Started", formatTime(run.startTime)],
       ["Ended", formatTime(run.endTime)],
       ["Duration", formatDuration(run.duration)],
       ["Model tokens", used ? `${Number(usage.inputTokens ?? usage.input_tokens ?? 0)} in / ${Number(usage.outputTokens ?? usage.output_tokens ?? 0)} out` : ""],
-      ["Attempt", run.attempt > 1 ? String(run.attempt) : ""],
+      // Pick-ups after a worker stopped; answering a question is not a retry.
+      ["Retried", state.retries ? `${state.retries}× (a worker stopped; continued from its checkpoint)` : ""],
     ].filter(([, value]) => value);
     meta.replaceChildren(...items.map(([label, value]) => h("span", {}, `${label} `, h("b", {}, value))));
     targetLabel.textContent = run.workflow || run.agent || "";
+    if (run.thread) continueLink.href = `#/threads/${idOf(run.thread)}`;
   }
 
   function renderNodes() {
     nodesList.replaceChildren(...[...state.nodes].map(([node, nodeState]) =>
       h("li", { class: "node", dataset: { node, state: nodeState } },
         h("span", {}, node), h("span", { class: "state" }, NODE_STATE_LABEL[nodeState] || nodeState))));
+    if (graph) for (const [node, nodeState] of state.nodes) graph.setState(node, nodeState);
   }
 
   function setNode(node, nodeState) {
     if (!node) return;
     state.nodes.set(node, nodeState);
+    if (graph) graph.setState(node, nodeState);
     const el = nodesList.querySelector(`[data-node="${CSS.escape(node)}"]`);
     if (!el) {
       renderNodes();
@@ -267,6 +295,10 @@ export function mount(main, ctx, [runId]) {
       parts.push(h("p", { class: `notice ${run.status === "RUN_STATUS_CANCELLED" ? "warn" : "error"}`, id: "run-error" },
         `${statusLabel(run.status)}: ${run.error}`));
     }
+    if (run.output && run.output.status === "rejected") {
+      parts.push(h("p", { class: "notice warn", id: "run-rejected" },
+        `Rejected${run.output.reason ? `: ${run.output.reason}` : ""}. The run completed without a plan.`));
+    }
     if (run.output && Object.keys(run.output).length) {
       parts.push(h("details", { class: "card", id: "run-output-json" },
         h("summary", {}, h("strong", {}, "Result (JSON)")), h("pre", {}, prettyJson(run.output))));
@@ -283,10 +315,12 @@ export function mount(main, ctx, [runId]) {
     switch (event.type) {
       case "run.token":
         if (state.activeNode !== state.tokenNode) {
-          // Tokens of another node (plan: discovery, then design…) start a labelled section.
-          if (output.pieces > 0) output.marker(state.activeNode);
+          // Each node's tokens (plan: discovery, then design…) start a labelled section; a
+          // graph of one node needs no label.
+          if (state.activeNode && (state.nodes.size > 1 || output.pieces > 0)) output.marker(state.activeNode);
           state.tokenNode = state.activeNode;
         }
+        if (state.activeTask) state.tokens.set(state.activeTask, (state.tokens.get(state.activeTask) || 0) + 1);
         output.append(String(data.text ?? ""));
         return; // tokens are not activity
       case "agent.started":
@@ -296,10 +330,12 @@ export function mount(main, ctx, [runId]) {
       case "run.node.started":
         setNode(data.node, "active");
         state.activeNode = data.node || "";
+        state.activeTask = data.task || "";
         if (state.status !== "RUN_STATUS_RUNNING" && !TERMINAL[state.status]) setStatus("RUN_STATUS_RUNNING");
         break;
       case "run.node.finished":
         setNode(data.node, data.error ? "error" : data.interrupted ? "waiting" : "done");
+        if (!state.replaying) reloadSteps();
         break;
       case "run.interrupted":
         setStatus("RUN_STATUS_PAUSED");
@@ -309,6 +345,8 @@ export function mount(main, ctx, [runId]) {
       case "run.resumed":
         setStatus("RUN_STATUS_RUNNING");
         if (data.reason && data.reason !== "answer") {
+          state.retries += 1;
+          renderMeta();
           // A worker died and another picked the run up: what follows continues from the last
           // checkpoint, so tokens of the interrupted node may come again.
           output.marker(`Attempt ${attempt || "?"}: a worker picked the run up again and continues from its last checkpoint`);
@@ -325,7 +363,11 @@ export function mount(main, ctx, [runId]) {
           if (data.usage) state.usage = data.usage;
           if (state.interrupt) showInterrupt(null);
           const ended = { "run.completed": "done", "run.failed": "error", "run.cancelled": "stopped" }[event.type];
-          for (const [node, nodeState] of state.nodes) if (nodeState === "active") setNode(node, ended);
+          for (const [node, nodeState] of state.nodes) {
+            if (nodeState === "active") setNode(node, ended);
+            // A node the run never reached (a rejected plan's `planning`) was skipped.
+            else if (nodeState === "pending" && event.type === "run.completed") setNode(node, "skipped");
+          }
         }
     }
     addActivity(event, sequence);
@@ -343,7 +385,10 @@ export function mount(main, ctx, [runId]) {
       if (retry) notices.replaceChildren();
       state.run = response.run;
       if (!state.replaying) setStatus(state.run.status);
+      renderBadge();
       renderMeta();
+      updateCancel();
+      if (!state.replaying) reloadSteps();
       if (TERMINAL_STATUSES.has(state.run.status)) showResult();
       if (state.run.status === "RUN_STATUS_PAUSED" && !state.interrupt && state.run.interrupt && !state.replaying) {
         showInterrupt(state.run.interrupt);
@@ -374,7 +419,10 @@ export function mount(main, ctx, [runId]) {
     state.interrupt = null;
     state.attempt = 0;
     state.activeNode = "";
+    state.activeTask = "";
     state.tokenNode = "";
+    state.tokens = new Map();
+    state.retries = 0;
     state.status = "";
     badgeSlot.replaceChildren(statusBadge(""));
   }
@@ -458,6 +506,17 @@ export function mount(main, ctx, [runId]) {
     }
   });
   replayButton.addEventListener("click", replay);
+  rerunButton.addEventListener("click", async () => {
+    rerunButton.disabled = true;
+    try {
+      const response = await ctx.api.rerunRun(name, uuid());
+      ctx.announce("Run started again");
+      ctx.navigate(`/runs/${idOf(response.run.name)}`);
+    } catch (error) {
+      notices.replaceChildren(errorNotice(error));
+      rerunButton.disabled = false;
+    }
+  });
 
   // -- start ----------------------------------------------------------------------------------
 
@@ -472,6 +531,11 @@ export function mount(main, ctx, [runId]) {
         const { workflows = [] } = await ctx.api.listWorkflows();
         const workflow = workflows.find((w) => w.name === run.workflow);
         for (const node of (workflow && workflow.nodes) || []) if (!state.nodes.has(node)) state.nodes.set(node, "pending");
+        if (workflow && (workflow.edges || []).length) {
+          graph = new GraphView(workflow);
+          graphCard.append(graph.element);
+          graphCard.hidden = false;
+        }
         renderNodes();
       } catch {
         // Nodes appear as they start.
@@ -506,4 +570,3 @@ export function mount(main, ctx, [runId]) {
   };
 }
 
-const TERMINAL_STATUSES = new Set(["RUN_STATUS_COMPLETED", "RUN_STATUS_FAILED", "RUN_STATUS_CANCELLED"]);

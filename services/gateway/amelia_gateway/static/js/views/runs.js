@@ -1,25 +1,22 @@
 // Runs: start a run of a workflow or an agent (the input form is built from the workflow's JSON
-// Schema), create an agent, and browse past runs (paged, filtered by status). The list refreshes
-// itself when a run starts, pauses or ends (a WebSocket subscription to lifecycle events).
+// Schema), create an agent, and browse past runs: paged, searched and filtered by the API's
+// AIP-160 `filter` (text, workflow or agent, statuses, time range) and sorted, with the filters in
+// the URL (`#/runs?q=…&status=FAILED,PAUSED&target=…&since=24h&order=oldest`) so a link shares
+// them. `#/runs?thread=<id>&target=<name>` opens the form ready to continue a thread. The list
+// refreshes itself when a run starts, pauses or ends (a WebSocket subscription).
 
 import {
-  debounce, errorNotice, formatDuration, formatTime, h, idOf, statusBadge, uuid,
+  debounce, errorNotice, formatDuration, formatTime, h, idOf, uuid,
 } from "../dom.js";
+import { STATUSES as RUN_STATUSES, shortStatus, statusBadge } from "../runstatus.js";
+import { buildRunFilter, threadName } from "../filters.js";
 
 const PAGE_SIZE = 20;
 const LIFECYCLE = [
   "run.completed", "run.failed", "run.cancelled", "run.interrupted", "run.resumed",
   "agent.started", "workflow.started",
 ];
-const STATUSES = [
-  ["", "Any status"],
-  ["RUN_STATUS_QUEUED", "Queued"],
-  ["RUN_STATUS_RUNNING", "Running"],
-  ["RUN_STATUS_PAUSED", "Paused"],
-  ["RUN_STATUS_COMPLETED", "Completed"],
-  ["RUN_STATUS_FAILED", "Failed"],
-  ["RUN_STATUS_CANCELLED", "Cancelled"],
-];
+const SINCE = [["", "Any time"], ["1h", "Last hour"], ["24h", "Last 24 hours"], ["7d", "Last 7 days"]];
 const MESSAGE_SCHEMA = {
   type: "object",
   required: ["message"],
@@ -65,23 +62,37 @@ function schemaField(name, schema, required) {
     read = () => (control.value.trim() === "" ? undefined : JSON.parse(control.value));
   }
   control.dataset.field = name;
-  return { name, element: h("div", { class: "field" }, label, control), read };
+  return { name, control, element: h("div", { class: "field" }, label, control), read };
 }
 
-function startForm(ctx, targets, onError) {
+/** What a control holds, to put back after the fields are built again. */
+function controlValue(control) {
+  return control.type === "checkbox" ? control.checked : control.value;
+}
+
+function setControlValue(control, value) {
+  if (control.type === "checkbox") control.checked = Boolean(value);
+  else control.value = value;
+}
+
+function targetOption(target) {
+  if (target.name.startsWith("agents/")) {
+    return h("option", { value: target.name }, `${target.displayName || idOf(target.name)} (${target.model || "default model"})`);
+  }
+  return h("option", { value: target.name }, `${idOf(target.name)} — ${target.description || ""}`);
+}
+
+/** The start form; returns {element, addAgent(agent), prefill({target, thread})}. */
+function startForm(ctx, targets) {
   const target = h("select", { id: "run-target", required: true });
-  const workflows = h("optgroup", { label: "Workflows" });
-  for (const workflow of targets.workflows) {
-    workflows.append(h("option", { value: workflow.name }, `${idOf(workflow.name)} — ${workflow.description || ""}`));
-  }
-  const agents = h("optgroup", { label: "Agents" });
-  for (const agent of targets.agents) {
-    agents.append(h("option", { value: agent.name }, `${agent.displayName || idOf(agent.name)} (${agent.model || "default model"})`));
-  }
-  if (targets.workflows.length) target.append(workflows);
-  if (targets.agents.length) target.append(agents);
+  const workflows = h("optgroup", { label: "Workflows" }, ...targets.workflows.map(targetOption));
+  const agents = h("optgroup", { label: "Agents" }, ...targets.agents.map(targetOption));
+  target.append(workflows, agents);
+  agents.hidden = !targets.agents.length;
   const fieldsBox = h("div", { id: "run-fields" });
-  const thread = h("input", { id: "run-thread", type: "text", placeholder: "threads/… (empty: a new thread)", spellcheck: "false" });
+  const thread = h("input", { id: "run-thread", type: "text", placeholder: "threads/<id> (empty: a new thread)", spellcheck: "false" });
+  const options = h("details", {}, h("summary", {}, "More options"),
+    h("label", { for: "run-thread" }, "Thread ", h("span", { class: "field-hint" }, "runs in a thread share memory")), thread);
   const submit = h("button", { type: "submit", class: "primary", id: "run-start" }, "Start run");
   const error = h("div", { "aria-live": "polite" });
   let fields = [];
@@ -92,12 +103,15 @@ function startForm(ctx, targets, onError) {
   }
 
   function renderFields() {
+    // What was typed stays when the fields are built again (another target, a new agent).
+    const typed = new Map(fields.map((field) => [field.name, controlValue(field.control)]));
     const schema = schemaFor(target.value);
     const required = new Set(schema.required || []);
     const properties = Object.entries(schema.properties || { message: { type: "string" } });
     // Required fields first, then the rest in schema order.
     properties.sort(([a], [b]) => Number(required.has(b)) - Number(required.has(a)));
     fields = properties.map(([name, sub]) => schemaField(name, sub || {}, required.has(name)));
+    for (const field of fields) if (typed.has(field.name)) setControlValue(field.control, typed.get(field.name));
     fieldsBox.replaceChildren(...fields.map((field) => field.element));
   }
 
@@ -107,10 +121,7 @@ function startForm(ctx, targets, onError) {
   const form = h("form", { id: "start-run", class: "card", "aria-labelledby": "start-title" },
     h("h2", { id: "start-title" }, "Start a run"),
     h("label", { for: "run-target" }, "Workflow or agent"), target,
-    fieldsBox,
-    h("details", {}, h("summary", {}, "More options"),
-      h("label", { for: "run-thread" }, "Thread ", h("span", { class: "field-hint" }, "runs in a thread share memory")), thread),
-    error,
+    fieldsBox, options, error,
     h("div", { class: "actions" }, submit),
   );
   form.addEventListener("submit", async (event) => {
@@ -129,7 +140,7 @@ function startForm(ctx, targets, onError) {
     const run = { input };
     if (target.value.startsWith("agents/")) run.agent = target.value;
     else run.workflow = target.value;
-    if (thread.value.trim()) run.thread = thread.value.trim();
+    if (thread.value.trim()) run.thread = threadName(thread.value);
     submit.disabled = true;
     try {
       const response = await ctx.api.createRun(run, uuid());
@@ -137,23 +148,43 @@ function startForm(ctx, targets, onError) {
       ctx.navigate(`/runs/${idOf(response.run.name)}`);
     } catch (err) {
       error.replaceChildren(errorNotice(err));
-      onError(err);
     } finally {
       submit.disabled = false;
     }
   });
-  return form;
+  return {
+    element: form,
+    addAgent(agent) {
+      agents.append(targetOption(agent));
+      agents.hidden = false;
+      target.value = agent.name;
+      renderFields();
+    },
+    prefill({ target: name, thread: threadId }) {
+      if (name && [...target.options].some((option) => option.value === name)) {
+        target.value = name;
+        renderFields();
+      }
+      if (threadId) {
+        thread.value = threadName(threadId);
+        options.open = true;
+      }
+      const first = fieldsBox.querySelector("textarea, input, select");
+      if (first) first.focus();
+    },
+  };
 }
 
 function agentForm(ctx, onCreated) {
   const name = h("input", { id: "agent-name", type: "text", required: true, spellcheck: "false" });
-  const id = h("input", { id: "agent-id", type: "text", pattern: "[a-z][a-z0-9-]{0,62}", spellcheck: "false",
-    placeholder: "generated when empty" });
+  // Chrome compiles `pattern` with the `v` flag, where a bare `-` in a class is an error.
+  const id = h("input", { id: "agent-id", type: "text", pattern: "[a-z][a-z0-9\\-]{0,62}", spellcheck: "false",
+    placeholder: "generated when empty", title: "lowercase letters, digits and -, starting with a letter" });
   const model = h("input", { id: "agent-model", type: "text", value: "offline:echo", spellcheck: "false" });
   const prompt = h("textarea", { id: "agent-prompt", rows: 2 });
   const sources = h("input", { id: "agent-sources", type: "text", spellcheck: "false",
     placeholder: "documents/* or documents/<id>, comma-separated" });
-  const error = h("div", { "aria-live": "polite" });
+  const message = h("div", { "aria-live": "polite", id: "agent-message" });
   const form = h("form", { id: "new-agent" },
     h("div", { class: "grid cols-2" },
       h("div", {}, h("label", { for: "agent-name" }, "Name"), name),
@@ -162,49 +193,119 @@ function agentForm(ctx, onCreated) {
       "anthropic:<model>, openai:<model>@<url>, offline:echo, offline:say:<text>")), model,
     h("label", { for: "agent-prompt" }, "System prompt"), prompt,
     h("label", { for: "agent-sources" }, "Documents it may draw on ", h("span", { class: "field-hint" }, "optional")), sources,
-    error,
+    message,
     h("div", { class: "actions" }, h("button", { type: "submit" }, "Create agent")),
   );
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
-    error.replaceChildren();
+    message.replaceChildren();
     try {
       const agent = { displayName: name.value, model: model.value, systemPrompt: prompt.value };
       const contextSources = sources.value.split(",").map((item) => item.trim()).filter(Boolean);
       if (contextSources.length) agent.contextSources = contextSources;
       const response = await ctx.api.createAgent(agent, id.value || undefined);
-      ctx.announce(`Agent ${response.agent.displayName || response.agent.name} created`);
-      onCreated();
+      const created = response.agent;
+      const label = created.displayName || idOf(created.name);
+      message.replaceChildren(h("p", { class: "notice ok", role: "status" },
+        `Agent “${label}” (${created.name}) created and selected in “Start a run”.`));
+      ctx.announce(`Agent ${label} created`);
+      form.reset();
+      onCreated(created);
     } catch (err) {
-      error.replaceChildren(errorNotice(err));
+      message.replaceChildren(errorNotice(err));
     }
   });
-  return h("details", { class: "card" }, h("summary", {}, h("strong", {}, "New agent")), form);
+  return h("details", { class: "card", id: "agent-card" }, h("summary", {}, h("strong", {}, "New agent")), form);
+}
+
+/** The filter bar; its state lives in the URL's query. */
+function filterBar(params, targets, onChange) {
+  const text = h("input", { id: "runs-q", type: "search", placeholder: "Search input, output, errors", value: params.get("q") || "",
+    "aria-label": "Search runs", spellcheck: "false" });
+  const target = h("select", { id: "runs-target", "aria-label": "Workflow or agent" },
+    h("option", { value: "" }, "Any workflow or agent"));
+  const since = h("select", { id: "runs-since", "aria-label": "Created" },
+    ...SINCE.map(([value, label]) => h("option", { value }, label)));
+  since.value = params.get("since") || "";
+  const order = h("select", { id: "runs-order", "aria-label": "Order" },
+    h("option", { value: "" }, "Newest first"), h("option", { value: "oldest" }, "Oldest first"));
+  order.value = params.get("order") || "";
+  const chosen = new Set((params.get("status") || "").split(",").filter(Boolean));
+  const statusBoxes = RUN_STATUSES.map(([name, label]) => {
+    const box = h("input", { type: "checkbox", value: shortStatus(name), checked: chosen.has(shortStatus(name)) });
+    return h("label", { class: "check chip" }, box, label);
+  });
+  const advanced = h("input", { id: "runs-filter", type: "text", value: params.get("filter") || "", spellcheck: "false",
+    placeholder: 'e.g. usage.output_tokens > 100 AND error:"timeout"', "aria-describedby": "runs-filter-hint" });
+  const element = h("form", { id: "runs-filters", class: "filters", role: "search" },
+    h("div", { class: "row" }, text, target, since, order),
+    h("div", { class: "row", role: "group", "aria-label": "Statuses" }, ...statusBoxes),
+    h("details", { open: Boolean(params.get("filter")) }, h("summary", {}, "Filter expression"),
+      h("label", { for: "runs-filter", class: "visually-hidden" }, "Filter expression"), advanced,
+      h("p", { class: "hint", id: "runs-filter-hint" }, "AIP-160, combined with the above by AND: fields status, workflow, agent, ",
+        "thread, create_time, start_time, end_time, usage.input_tokens, usage.output_tokens, attempt, error, input, output; ",
+        h("code", {}, "= != < <= > >= :"), ", AND, OR, NOT, parentheses.")),
+  );
+
+  function setTargets(found) {
+    const wanted = params.get("target") || target.value;
+    target.replaceChildren(h("option", { value: "" }, "Any workflow or agent"),
+      ...found.workflows.map((w) => h("option", { value: w.name }, idOf(w.name))),
+      ...found.agents.map((a) => h("option", { value: a.name }, `agent ${a.displayName || idOf(a.name)}`)));
+    if (wanted && ![...target.options].some((option) => option.value === wanted)) {
+      target.append(h("option", { value: wanted }, wanted));
+    }
+    target.value = wanted;
+  }
+  setTargets(targets);
+
+  function read() {
+    const statuses = statusBoxes.map((label) => label.querySelector("input")).filter((box) => box.checked).map((box) => box.value);
+    return { q: text.value.trim(), target: target.value, status: statuses.join(","), since: since.value,
+      order: order.value, filter: advanced.value.trim() };
+  }
+  const changed = debounce(() => onChange(read()), 350);
+  element.addEventListener("input", changed);
+  element.addEventListener("change", changed);
+  element.addEventListener("submit", (event) => {
+    event.preventDefault();
+    changed.cancel();
+    onChange(read());
+  });
+  return { element, read, setTargets, cancel: changed.cancel };
 }
 
 export function mount(main, ctx) {
+  const params = ctx.query();
   const formSlot = h("div", {}, h("p", { class: "empty" }, "Loading workflows and agents…"));
-  const status = h("select", { id: "runs-status", "aria-label": "Filter by status" },
-    ...STATUSES.map(([value, label]) => h("option", { value }, label)));
   const tableBody = h("tbody", {});
   const listError = h("div", { "aria-live": "polite" });
   const prev = h("button", { type: "button", disabled: true }, "Newer");
   const next = h("button", { type: "button", disabled: true }, "Older");
   const pageInfo = h("span", { class: "muted" }, "");
+  const bar = filterBar(params, { workflows: [], agents: [] }, (values) => {
+    const query = new URLSearchParams(Object.entries(values).filter(([, value]) => value));
+    const text = query.toString();
+    window.history.replaceState(null, "", `#/runs${text ? `?${text}` : ""}`);
+    page = 0;
+    tokens.length = 1;
+    loadRuns();
+  });
   main.append(
     h("h1", {}, "Runs"),
     h("div", { class: "split" },
       h("section", { "aria-labelledby": "runs-title" },
         h("div", { class: "card" },
-          h("div", { class: "row" }, h("h2", { id: "runs-title", style: { margin: 0 } }, "Recent runs"),
-            h("span", { class: "spacer" }), status),
+          h("h2", { id: "runs-title" }, "Recent runs"),
+          bar.element,
           listError,
-          h("table", { id: "runs-table" },
-            h("thead", {}, h("tr", {},
-              h("th", { scope: "col" }, "Run"), h("th", { scope: "col" }, "Target"),
-              h("th", { scope: "col" }, "Status"), h("th", { scope: "col" }, "Created"),
-              h("th", { scope: "col", class: "num" }, "Duration"), h("th", { scope: "col", class: "num" }, "Tokens"))),
-            tableBody),
+          h("div", { class: "table-wrap" },
+            h("table", { id: "runs-table" },
+              h("thead", {}, h("tr", {},
+                h("th", { scope: "col" }, "Run"), h("th", { scope: "col" }, "Target"),
+                h("th", { scope: "col" }, "Status"), h("th", { scope: "col", class: "wide-only" }, "Created"),
+                h("th", { scope: "col", class: "num wide-only" }, "Duration"), h("th", { scope: "col", class: "num wide-only" }, "Tokens"))),
+              tableBody)),
           h("div", { class: "pager" }, prev, next, pageInfo),
         )),
       h("div", {}, formSlot, h("div", { id: "agent-slot" })),
@@ -213,6 +314,7 @@ export function mount(main, ctx) {
 
   let stopped = false;
   let targets = "idle"; // "loading" | "loaded" | "failed": reload only after a failure
+  let form = null;
   const tokens = [""]; // page tokens of the pages seen, for "Newer"
   let page = 0;
 
@@ -223,7 +325,10 @@ export function mount(main, ctx) {
       const [workflows, agents] = await Promise.all([ctx.api.listWorkflows(), ctx.api.listAgents()]);
       if (stopped) return;
       const found = { workflows: workflows.workflows || [], agents: agents.agents || [] };
-      formSlot.replaceChildren(startForm(ctx, found, () => {}));
+      form = startForm(ctx, found);
+      formSlot.replaceChildren(form.element);
+      bar.setTargets(found);
+      if (params.get("thread") || params.get("new")) form.prefill({ target: params.get("new"), thread: params.get("thread") });
       targets = "loaded";
     } catch (error) {
       targets = "failed";
@@ -233,7 +338,10 @@ export function mount(main, ctx) {
 
   async function loadRuns() {
     const query = { pageSize: PAGE_SIZE, pageToken: tokens[page] };
-    if (status.value) query.statuses = status.value;
+    const values = bar.read();
+    const filter = buildRunFilter(values);
+    if (filter) query.filter = filter;
+    if (values.order === "oldest") query.orderBy = "create_time";
     try {
       const response = await ctx.api.listRuns(query);
       if (stopped) return;
@@ -245,16 +353,16 @@ export function mount(main, ctx) {
       pageInfo.textContent = `Page ${page + 1}`;
       if (!runs.length) {
         tableBody.replaceChildren(h("tr", {}, h("td", { colspan: "6", class: "empty" },
-          page === 0 && !status.value ? "No runs yet: start one with the form." : "No runs here.")));
+          page === 0 && !filter ? "No runs yet: start one with the form." : "No run matches.")));
         return;
       }
       tableBody.replaceChildren(...runs.map((run) => h("tr", { dataset: { run: run.name } },
         h("td", {}, h("a", { href: `#/runs/${idOf(run.name)}`, class: "mono" }, idOf(run.name).slice(0, 8))),
-        h("td", { class: "mono" }, targetOf(run)),
-        h("td", {}, statusBadge(run.status)),
-        h("td", {}, formatTime(run.createTime)),
-        h("td", { class: "num" }, formatDuration(run.duration)),
-        h("td", { class: "num" }, run.usage ? String(Number(run.usage.outputTokens || 0)) : ""),
+        h("td", { class: "mono" }, idOf(targetOf(run))),
+        h("td", {}, statusBadge(run.status, run.output)),
+        h("td", { class: "wide-only" }, formatTime(run.createTime)),
+        h("td", { class: "num wide-only" }, formatDuration(run.duration)),
+        h("td", { class: "num wide-only" }, run.usage ? String(Number(run.usage.outputTokens || 0)) : ""),
       )));
     } catch (error) {
       if (!stopped) listError.replaceChildren(errorNotice(error));
@@ -262,14 +370,12 @@ export function mount(main, ctx) {
   }
 
   const refresh = debounce(() => { if (page === 0) loadRuns(); }, 300);
-  status.addEventListener("change", () => { page = 0; tokens.length = 1; loadRuns(); });
   next.addEventListener("click", () => { page += 1; loadRuns(); });
   prev.addEventListener("click", () => { page = Math.max(0, page - 1); loadRuns(); });
 
   const agentSlot = main.querySelector("#agent-slot");
-  agentSlot.append(agentForm(ctx, () => {
-    targets = "failed"; // a new agent: load the list again
-    loadTargets();
+  agentSlot.append(agentForm(ctx, (agent) => {
+    if (form) form.addAgent(agent);
   }));
 
   const subscription = ctx.socket.subscribe(
@@ -289,6 +395,7 @@ export function mount(main, ctx) {
   return () => {
     stopped = true;
     refresh.cancel();
+    bar.cancel();
     subscription.close();
   };
 }

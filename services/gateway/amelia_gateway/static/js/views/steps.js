@@ -1,0 +1,149 @@
+// A run's steps (ListRunSteps: each node execution from the checkpoints) as a timeline: one bar
+// per step on the run's time axis, its state, duration and streamed tokens; open a step to see
+// the state it started from and what it wrote, and fork the run from there (LangGraph time
+// travel: ForkRun with an optional state update).
+
+import { errorNotice, formatDuration, h, idOf, prettyJson, uuid } from "../dom.js";
+
+const STEP_STATE = {
+  RUN_STEP_STATE_PENDING: ["running", "active"],
+  RUN_STEP_STATE_COMPLETED: ["done", "done"],
+  RUN_STEP_STATE_FAILED: ["failed", "error"],
+  RUN_STEP_STATE_INTERRUPTED: ["waiting", "waiting"],
+};
+
+function seconds(a, b) {
+  return (Date.parse(b) - Date.parse(a)) / 1000;
+}
+
+export class StepsView {
+  /** `canFork()` says whether the run has ended (a fork needs that). */
+  constructor(ctx, runName, { canFork }) {
+    this.ctx = ctx;
+    this.runName = runName;
+    this.canFork = canFork;
+    this.list = h("ol", { class: "steps", id: "run-steps", "aria-label": "Steps" });
+    this.totals = h("p", { class: "muted steps-totals", id: "steps-totals" }, "");
+    this.error = h("div", { "aria-live": "polite" });
+    this.element = h("section", { class: "card", "aria-labelledby": "steps-title", id: "steps-card" },
+      h("h2", { id: "steps-title" }, "Steps"), this.totals, this.error, this.list);
+    this.open = new Set(); // checkpoints of steps opened, kept open across reloads
+    this.loading = null;
+    this.again = false;
+    this.tokens = new Map();
+  }
+
+  /**
+   * Reload the steps; `tokens` maps a task id to the tokens it streamed. A reload asked for
+   * while one is under way runs after it (the run moved on meanwhile: its answer is older).
+   */
+  async load(tokens) {
+    this.tokens = tokens;
+    if (this.loading) {
+      this.again = true;
+      return this.loading;
+    }
+    this.loading = (async () => {
+      do {
+        this.again = false;
+        try {
+          const { steps = [] } = await this.ctx.api.listRunSteps(this.runName, { pageSize: 1000 });
+          this.error.replaceChildren();
+          this.render(steps, this.tokens);
+        } catch (error) {
+          this.error.replaceChildren(errorNotice(error));
+        }
+      } while (this.again);
+      this.loading = null;
+    })();
+    return this.loading;
+  }
+
+  render(steps, tokens) {
+    if (!steps.length) {
+      this.list.replaceChildren(h("li", { class: "empty" }, "No step has run yet."));
+      this.totals.textContent = "";
+      return;
+    }
+    const start = steps[0].startTime;
+    const ends = steps.map((s) => s.endTime || s.startTime);
+    const end = ends.reduce((a, b) => (Date.parse(b) > Date.parse(a) ? b : a));
+    const span = Math.max(seconds(start, end), 0.001);
+    let streamed = 0;
+    this.list.replaceChildren(...steps.map((step) => {
+      const [word, tone] = STEP_STATE[step.state] || ["?", "pending"];
+      const took = step.endTime ? seconds(step.startTime, step.endTime) : null;
+      const count = tokens.get(step.task) || 0;
+      streamed += count;
+      const left = (seconds(start, step.startTime) / span) * 100;
+      const width = took === null ? 100 - left : Math.max((took / span) * 100, 0.8);
+      const details = h("details", { class: "step", dataset: { node: step.node, state: tone, checkpoint: step.checkpoint } },
+        h("summary", {},
+          h("span", { class: "step-node mono" }, step.node),
+          h("span", { class: "step-state" }, word),
+          h("span", { class: "bar-track", "aria-hidden": "true" },
+            h("span", { class: "bar", style: { left: `${left}%`, width: `${Math.min(width, 100 - left)}%` } })),
+          h("span", { class: "step-time num" }, took === null ? "" : formatDuration(took)),
+          h("span", { class: "step-tokens num" }, count ? `${count} tok` : "")),
+      );
+      details.open = this.open.has(step.checkpoint);
+      details.addEventListener("toggle", () => {
+        if (details.open) {
+          this.open.add(step.checkpoint);
+          if (!details.querySelector(".step-body")) details.append(this.body(step));
+        } else {
+          this.open.delete(step.checkpoint);
+        }
+      });
+      if (details.open) details.append(this.body(step));
+      return h("li", {}, details);
+    }));
+    this.totals.textContent = `${steps.length} step${steps.length === 1 ? "" : "s"} · ${formatDuration(span)} from the first to the last checkpoint`
+      + (streamed ? ` · ${streamed} tokens streamed` : "");
+  }
+
+  body(step) {
+    const parts = [
+      step.error ? h("p", { class: "notice error" }, step.error) : null,
+      h("h3", {}, "State before the step"), h("pre", { class: "json", tabindex: "0" }, prettyJson(step.input || {})),
+      h("h3", {}, "What it wrote"),
+      h("pre", { class: "json", tabindex: "0" }, step.update === undefined || step.update === null ? "(nothing yet)" : prettyJson(step.update)),
+    ];
+    for (const interrupt of step.interrupts || []) {
+      parts.push(h("h3", {}, "Question"), h("pre", { class: "json" }, prettyJson(interrupt.value)));
+    }
+    if (this.canFork()) parts.push(this.forkForm(step));
+    return h("div", { class: "step-body" }, ...parts);
+  }
+
+  forkForm(step) {
+    const values = h("textarea", { rows: 3, class: "fork-values", spellcheck: "false", "aria-label": `State update for the fork from ${step.node}` }, "{}");
+    const error = h("div", { "aria-live": "polite" });
+    const button = h("button", { type: "submit", class: "fork-button" }, `Fork from ${step.node}`);
+    const form = h("form", { class: "fork" },
+      h("label", {}, "Fork: run again from this step, with this state update (JSON; {} for none)"), values, error,
+      h("div", { class: "actions" }, button));
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      error.replaceChildren();
+      let update;
+      try {
+        update = JSON.parse(values.value || "{}");
+        if (!update || typeof update !== "object" || Array.isArray(update)) throw new Error("it must be a JSON object");
+      } catch (err) {
+        error.replaceChildren(errorNotice(new Error(`The state update is not valid: ${err.message}`)));
+        return;
+      }
+      button.disabled = true;
+      try {
+        const response = await this.ctx.api.forkRun(this.runName, step.checkpoint, update, uuid());
+        this.ctx.announce("Forked run started");
+        this.ctx.navigate(`/runs/${idOf(response.run.name)}`);
+      } catch (err) {
+        error.replaceChildren(errorNotice(err));
+        button.disabled = false;
+      }
+    });
+    return form;
+  }
+}

@@ -1,0 +1,138 @@
+// Threads: the list (most recently active first, with each thread's first message and run
+// count), and one thread as a conversation — each run's message and reply, in order — with a
+// form to continue it (a new run in the thread, so it shares the thread's memory).
+
+import { compactJson, debounce, errorNotice, formatTime, h, idOf, uuid } from "../dom.js";
+import { ACTIVE_STATUSES, statusBadge } from "../runstatus.js";
+
+const PAGE_SIZE = 25;
+
+function messageOf(value) {
+  if (!value || typeof value !== "object") return value === undefined ? "" : String(value);
+  for (const key of ["message", "question", "plan", "design", "result"]) {
+    if (typeof value[key] === "string" && value[key]) return value[key];
+  }
+  return Object.keys(value).length ? compactJson(value, 600) : "";
+}
+
+function replyOf(run) {
+  if (run.output && run.output.status === "rejected") return `Rejected: ${run.output.reason || ""}`;
+  const text = messageOf(run.output);
+  if (text) return text;
+  if (run.error) return run.error;
+  return "";
+}
+
+function listView(main, ctx) {
+  const body = h("tbody", {});
+  const error = h("div", { "aria-live": "polite" });
+  const more = h("button", { type: "button", hidden: true }, "More");
+  main.append(h("h1", {}, "Threads"),
+    h("section", { class: "card" },
+      h("p", { class: "hint" }, "Runs in a thread share memory (the conversation so far). Open one to read it and continue it."),
+      error,
+      h("div", { class: "table-wrap" }, h("table", { id: "threads-table" },
+        h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "First message"), h("th", { scope: "col", class: "num" }, "Runs"),
+          h("th", { scope: "col", class: "wide-only" }, "Last active"))),
+        body)),
+      h("div", { class: "pager" }, more)));
+  let token = "";
+  let stopped = false;
+  async function load(append = false) {
+    try {
+      const response = await ctx.api.listThreads({ orderBy: "update_time desc", pageSize: PAGE_SIZE, pageToken: append ? token : "" });
+      if (stopped) return;
+      token = response.nextPageToken || "";
+      more.hidden = !token;
+      const rows = (response.threads || []).map((thread) => h("tr", { dataset: { thread: thread.name } },
+        h("td", { class: "preview" }, h("a", { href: `#/threads/${idOf(thread.name)}` }, thread.preview || `(no message) ${idOf(thread.name)}`)),
+        h("td", { class: "num" }, String(thread.runCount || 0)),
+        h("td", { class: "wide-only" }, formatTime(thread.updateTime))));
+      if (append) body.append(...rows);
+      else if (rows.length) body.replaceChildren(...rows);
+      else body.replaceChildren(h("tr", {}, h("td", { colspan: "3", class: "empty" }, "No threads yet: every run starts one.")));
+    } catch (err) {
+      if (!stopped) error.replaceChildren(errorNotice(err));
+    }
+  }
+  more.addEventListener("click", () => load(true));
+  load();
+  return () => { stopped = true; };
+}
+
+function threadView(main, ctx, threadId) {
+  const name = `threads/${threadId}`;
+  const conversation = h("ol", { class: "conversation", id: "thread-conversation", "aria-label": "Conversation" });
+  const error = h("div", { "aria-live": "polite" });
+  const message = h("textarea", { id: "thread-message", rows: 3, required: true });
+  const send = h("button", { type: "submit", class: "primary", id: "thread-send" }, "Send");
+  const targetText = h("span", { class: "mono muted" }, "");
+  const formError = h("div", { "aria-live": "polite" });
+  const form = h("form", { id: "thread-continue", class: "card", "aria-labelledby": "continue-title" },
+    h("h2", { id: "continue-title" }, "Continue the thread"),
+    h("p", { class: "hint" }, "A new run in this thread, of ", targetText, ", with the last run's other inputs: it sees the conversation above."),
+    h("label", { for: "thread-message" }, "Message"), message, formError,
+    h("div", { class: "actions" }, send));
+  main.append(
+    h("a", { href: "#/threads", class: "back" }, "← Threads"),
+    h("h1", {}, "Thread"),
+    h("p", { class: "mono break", id: "thread-name" }, name),
+    error, conversation, form);
+
+  let stopped = false;
+  let last = null;
+  async function load() {
+    try {
+      const response = await ctx.api.listRuns({ filter: `thread = "${name}"`, orderBy: "create_time", pageSize: 200 });
+      if (stopped) return;
+      const runs = response.runs || [];
+      last = runs[runs.length - 1] || null;
+      targetText.textContent = last ? idOf(last.workflow || last.agent) : "chat";
+      send.disabled = Boolean(last && ACTIVE_STATUSES.has(last.status));
+      send.title = send.disabled ? "A run of this thread has not ended yet" : "";
+      conversation.replaceChildren(...runs.flatMap((run) => [
+        h("li", { class: "turn user", dataset: { run: run.name } }, h("span", { class: "who" }, "Message"),
+          h("div", { class: "text" }, messageOf(run.input))),
+        h("li", { class: "turn reply", dataset: { run: run.name } },
+          h("span", { class: "who" }, h("a", { href: `#/runs/${idOf(run.name)}`, class: "mono" }, idOf(run.name).slice(0, 8)), " ",
+            statusBadge(run.status, run.output)),
+          h("div", { class: "text" }, replyOf(run) || "…")),
+      ]));
+      if (!runs.length) conversation.replaceChildren(h("li", { class: "empty" }, "No runs in this thread yet."));
+    } catch (err) {
+      if (!stopped) error.replaceChildren(errorNotice(err));
+    }
+  }
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    formError.replaceChildren();
+    // The last run's other inputs (model, documents…) carry over; only the message is new.
+    const run = { input: { ...((last && last.input) || {}), message: message.value }, thread: name };
+    const target = last ? last.workflow || last.agent : "workflows/chat";
+    if (target.startsWith("agents/")) run.agent = target;
+    else run.workflow = target;
+    send.disabled = true;
+    try {
+      const response = await ctx.api.createRun(run, uuid());
+      ctx.announce("Run started");
+      ctx.navigate(`/runs/${idOf(response.run.name)}`);
+    } catch (err) {
+      formError.replaceChildren(errorNotice(err));
+      send.disabled = false;
+    }
+  });
+  const refresh = debounce(load, 300);
+  const subscription = ctx.socket.subscribe(
+    { filter: { types: ["run.completed", "run.failed", "run.cancelled", "run.interrupted"], subject: "runs/*" }, since: "now" },
+    { onEvent: refresh });
+  load();
+  return () => {
+    stopped = true;
+    refresh.cancel();
+    subscription.close();
+  };
+}
+
+export function mount(main, ctx, [threadId]) {
+  return threadId ? threadView(main, ctx, threadId) : listView(main, ctx);
+}

@@ -1,0 +1,64 @@
+// Unit tests of the dashboard's pure modules (no browser): `node --test tests/dashboard/js/`.
+import assert from "node:assert/strict";
+import { test } from "node:test";
+
+const STATIC = new URL("../../../services/gateway/amelia_gateway/static/js/", import.meta.url);
+const { buildRunFilter, quoteFilter, threadName } = await import(new URL("filters.js", STATIC));
+const { layout } = await import(new URL("graph.js", STATIC));
+const { outcome, shortStatus } = await import(new URL("runstatus.js", STATIC));
+
+test("the runs filter is one AIP-160 expression, each part ANDed", () => {
+  assert.equal(buildRunFilter({}), "");
+  assert.equal(
+    buildRunFilter({ q: 'say "hi" \\o/', target: "workflows/echo", status: "FAILED,PAUSED", since: "1h", filter: "attempt > 1" }, 3600e3),
+    '"say \\"hi\\" \\\\o/" AND workflow = "workflows/echo" AND (status = FAILED OR status = PAUSED)'
+      + ' AND create_time > "1970-01-01T00:00:00.000Z" AND (attempt > 1)',
+  );
+  assert.equal(buildRunFilter({ target: "agents/helper", status: "COMPLETED" }), 'agent = "agents/helper" AND status = COMPLETED');
+  assert.equal(buildRunFilter({ since: "forever" }), "");
+  assert.equal(quoteFilter('a"b'), '"a\\"b"');
+});
+
+test("a thread pasted in any form becomes threads/<id>", () => {
+  const id = "8b0a3c7e-1234-4abc-9def-0123456789ab";
+  assert.equal(threadName(id), `threads/${id}`);
+  assert.equal(threadName(` threads/${id} `), `threads/${id}`);
+  assert.equal(threadName(`http://localhost:8000/#/threads/${id.toUpperCase()}`), `threads/${id}`);
+  assert.equal(threadName("abc"), "threads/abc"); // the API says what is wrong with it
+});
+
+test("graph layers follow the longest path; loops do not add depth", () => {
+  const edges = [
+    { source: "__start__", target: "discovery" },
+    { source: "discovery", target: "design" },
+    { source: "design", target: "approval" },
+    { source: "approval", target: "approval", conditional: true },
+    { source: "approval", target: "planning", conditional: true },
+    { source: "approval", target: "__end__", conditional: true },
+    { source: "planning", target: "__end__" },
+  ];
+  const { layers, back } = layout(["discovery", "design", "approval", "planning"], edges);
+  assert.deepEqual(layers, [["__start__"], ["discovery"], ["design"], ["approval"], ["planning"], ["__end__"]]);
+  assert.deepEqual([...back], ["approval>approval"]);
+  const branches = layout(["retrieve", "respond"], [
+    { source: "__start__", target: "retrieve", conditional: true },
+    { source: "__start__", target: "respond", conditional: true },
+    { source: "retrieve", target: "respond" },
+    { source: "respond", target: "__end__" },
+  ]);
+  assert.deepEqual(branches.layers, [["__start__"], ["retrieve"], ["respond"], ["__end__"]]);
+  const loop = layout(["a", "b"], [
+    { source: "__start__", target: "a" }, { source: "a", target: "b" },
+    { source: "b", target: "a", conditional: true }, { source: "b", target: "__end__", conditional: true },
+  ]);
+  assert.deepEqual([...loop.back], ["b>a"]);
+  assert.deepEqual(loop.layers.at(-1), ["__end__"]);
+});
+
+test("a completed rejection reads Rejected; other statuses read their word", () => {
+  assert.deepEqual(outcome("RUN_STATUS_COMPLETED", { status: "rejected" }), { label: "Rejected", tone: "warn" });
+  assert.deepEqual(outcome("RUN_STATUS_COMPLETED", { status: "approved" }), { label: "Completed", tone: "ok" });
+  assert.deepEqual(outcome("RUN_STATUS_FAILED"), { label: "Failed", tone: "bad" });
+  assert.deepEqual(outcome(""), { label: "Unknown", tone: "idle" });
+  assert.equal(shortStatus("RUN_STATUS_PAUSED"), "PAUSED");
+});

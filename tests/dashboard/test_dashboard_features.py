@@ -1,0 +1,381 @@
+"""The dashboard as LangGraph Studio / Temporal UI users expect it: every screen on a phone,
+steps with a timeline and a graph, threads to read and continue, the runs list filtered from the
+URL, rerun and fork, the inbox of paused runs — and the defects found when a new user tried it
+(vector search, agent form, rejected plans, the agent id pattern, indexing progress)."""
+
+from __future__ import annotations
+
+import base64
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from dashboard_mesh import Mesh
+from dashboard_pages import expect_output, expect_status, shot, start_run
+from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, expect
+
+pytestmark = pytest.mark.slow
+
+PHONE = {"width": 390, "height": 844}
+DESKTOP = {"width": 1280, "height": 800}
+NO_SIDEWAYS_SCROLL = "() => document.documentElement.scrollWidth <= window.innerWidth"
+
+
+class Problems(list[str]):
+    """Uncaught exceptions and console errors: any of them fails the test."""
+
+
+def _open(
+    browser: Browser, mesh: Mesh, viewport: dict[str, int]
+) -> tuple[BrowserContext, Page, Problems]:
+    context = browser.new_context(viewport=viewport, base_url=mesh.url)  # type: ignore[arg-type]
+    context.set_default_timeout(30_000)
+    page = context.new_page()
+    problems = Problems()
+    page.on("pageerror", lambda error: problems.append(f"uncaught: {error}"))
+
+    def console(message: ConsoleMessage) -> None:
+        # A 400 the page shows as a message (a bad filter) is not a page error.
+        if message.type == "error" and "status of 400" not in message.text:
+            problems.append(f"console: {message.text}")
+
+    page.on("console", console)
+    page.goto(f"/?token={mesh.token}#/status")
+    page.wait_for_selector("#connection[data-state=open]")
+    return context, page, problems
+
+
+@contextmanager
+def _checked_page(browser: Browser, mesh: Mesh, viewport: dict[str, int]) -> Iterator[Page]:
+    """A page that fails the test if it logged an error or threw."""
+    context, page, problems = _open(browser, mesh, viewport)
+    try:
+        yield page
+    finally:
+        context.close()
+    assert not problems, problems
+
+
+@pytest.fixture
+def desk(browser: Browser, mesh: Mesh) -> Iterator[Page]:
+    with _checked_page(browser, mesh, DESKTOP) as page:
+        yield page
+
+
+def _run(mesh: Mesh, workflow: str, **run: object) -> dict[str, object]:
+    body = {"run": {"workflow": f"workflows/{workflow}", **run}, "requestId": str(uuid.uuid4())}
+    created: dict[str, object] = mesh.post("/v1/runs", body)["run"]
+    return created
+
+
+def _wait_run(mesh: Mesh, name: object, *statuses: str, timeout: float = 60) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while True:
+        run: dict[str, object] = mesh.get(f"/v1/{name}")["run"]
+        if run["status"] in statuses:
+            return run
+        assert time.monotonic() < deadline, f"{name} stayed {run['status']}"
+        time.sleep(0.2)
+
+
+def _fits(page: Page, what: str) -> None:
+    assert page.evaluate(NO_SIDEWAYS_SCROLL), (
+        f"{what}: the page is {page.evaluate('document.documentElement.scrollWidth')} px wide"
+    )
+
+
+# -- every screen on a phone and on a desktop -----------------------------------------------
+
+
+@pytest.mark.parametrize("size", ["phone", "desktop"])
+def test_every_screen_fits_without_sideways_scroll(
+    size: str, browser: Browser, mesh: Mesh, artifacts: Path
+) -> None:
+    # A run whose output is one long unbroken word: its result JSON must wrap, not widen the page.
+    long_word = "x" * 600
+    run = _run(mesh, "echo", input={"message": f"fits {long_word}"})
+    _wait_run(mesh, run["name"], "RUN_STATUS_COMPLETED")
+    run_id = str(run["name"]).split("/")[-1]
+    thread_id = str(run["thread"]).split("/")[-1]
+    # A document with a long name, so the documents table has a row to fit.
+    content = base64.b64encode(b"# Fit\n\nA short document to list.").decode()
+    title = f"a-rather-long-document-name-{'y' * 60}-{size}.md"
+    mesh.post("/v1/documents", {"source": {"title": title}, "content": content})
+    with _checked_page(browser, mesh, PHONE if size == "phone" else DESKTOP) as page:
+        screens = {
+            "status": ("#/status", "[data-service=agents]"),
+            "events": ("#/events", "#ev-types"),
+            "runs": ("#/runs", "#runs-table tbody tr[data-run]"),
+            "run": (f"#/runs/{run_id}", "#run-steps .step"),
+            "threads": ("#/threads", "#threads-table tbody tr[data-thread]"),
+            "thread": (f"#/threads/{thread_id}", "#thread-conversation .turn"),
+            "documents": ("#/documents", f'#docs-table tr:has-text("{title}")'),
+        }
+        for name, (path, ready) in screens.items():
+            page.goto(f"/{path}")
+            page.wait_for_selector(ready)
+            if name == "run":
+                page.click("#run-output-json summary")
+                expect(page.locator("#run-output-json pre")).to_contain_text(long_word)
+                page.locator("#run-steps .step summary").first.click()
+            _fits(page, f"{name} at {size}")
+            page.screenshot(path=str(artifacts / f"fit-{size}-{name}.png"), full_page=True)
+        # The Events hint says what docs/events.md says about `*`.
+        page.goto("/#/events")
+        expect(page.locator("#ev-types-hint")).to_contain_text("a trailing * or > matches the rest")
+
+
+# -- defects --------------------------------------------------------------------------------
+
+
+def test_new_agent_keeps_the_run_form_and_is_selected(desk: Page, artifacts: Path) -> None:
+    page = desk
+    page.goto("/#/runs")
+    page.wait_for_selector('#run-target option[value="workflows/echo"]', state="attached")
+    page.select_option("#run-target", "workflows/echo")
+    page.fill('[data-field="message"]', "a message typed before the agent was made")
+    page.click("#agent-card summary")
+    # The id pattern is a valid regex for Chrome (`v` flag): it really validates.
+    page.fill("#agent-id", "Bad_Id")
+    assert page.eval_on_selector("#agent-id", "el => el.validity.patternMismatch")
+    agent_id = f"helper-{uuid.uuid4().hex[:6]}"
+    page.fill("#agent-id", agent_id)
+    assert not page.eval_on_selector("#agent-id", "el => el.validity.patternMismatch")
+    page.fill("#agent-name", "Helper")
+    page.fill("#agent-model", "offline:say:Helper here")
+    page.click("#new-agent button[type=submit]")
+    expect(page.locator("#agent-message .notice")).to_contain_text(f"agents/{agent_id}")
+    expect(page.locator("#run-target")).to_have_value(f"agents/{agent_id}")
+    expect(page.locator('[data-field="message"]')).to_have_value(
+        "a message typed before the agent was made"
+    )
+    shot(page, artifacts, "20-agent-created")
+    page.click("#run-start")
+    expect_status(page, "RUN_STATUS_COMPLETED")
+    expect_output(page, "Helper here")
+
+
+def test_rejected_plan_reads_rejected_and_skips_planning(desk: Page, artifacts: Path) -> None:
+    page = desk
+    start_run(page, "workflows/plan", {"message": "Rewrite it in COBOL", "model": "offline:echo"})
+    page.get_by_role("group", name="Choices").get_by_role("button", name="reject").click()
+    expect(page.locator("#run-status [data-outcome=rejected]")).to_have_text(
+        "Rejected", timeout=60_000
+    )
+    expect(page.locator("#run-rejected")).to_be_visible()
+    expect(page.locator("#run-nodes [data-node=planning]")).to_have_attribute(
+        "data-state", "skipped"
+    )
+    expect(page.locator("#run-graph [data-node=planning]")).to_have_attribute(
+        "data-state", "skipped"
+    )
+    shot(page, artifacts, "21-plan-rejected")
+    # The runs list says so too.
+    page.goto("/#/runs?status=COMPLETED")
+    expect(page.locator("#runs-table [data-outcome=rejected]").first).to_be_visible()
+
+
+ZEBRAS = "\n\n".join(
+    [
+        "# Zebra migration",
+        "Every year the zebras of the Serengeti walk north to the Masai Mara, following the rains "
+        "and the fresh grass. The herds cross the Mara river, where crocodiles wait for them.",
+        *(
+            f"## Note {i}\n\nField note {i}: the herd grazed near waterhole {i} in the dry season."
+            # More chunks than the indexer embeds in one batch (4 x EMBEDDING_BATCH_SIZE).
+            for i in range(150)
+        ),
+    ]
+)
+
+
+def test_upload_shows_indexing_progress_then_vector_search_finds_a_plain_question(
+    desk: Page, mesh: Mesh, artifacts: Path
+) -> None:
+    page = desk
+    page.goto("/#/documents")
+    expect(page.locator("#docs-table")).to_be_visible()
+    # Every text the upload's state shows, as it changes.
+    page.evaluate(
+        """() => {
+          window.__states = [];
+          // Each text node written into a state (events may arrive several per task).
+          new MutationObserver((records) => {
+            for (const record of records) {
+              if (!record.target.classList || !record.target.classList.contains('state')) continue;
+              for (const node of record.addedNodes) window.__states.push(node.data);
+            }
+          }).observe(document.getElementById('uploads'), { subtree: true, childList: true });
+        }"""
+    )
+    notes = mesh.root / f"zebra-notes-{uuid.uuid4().hex[:6]}.md"
+    notes.write_text(ZEBRAS)
+    with page.expect_file_chooser() as chooser:
+        page.click("#choose-files")
+    chooser.value.set_files(str(notes))
+    upload = page.locator(f'#uploads li[data-file="{notes.name}"]')
+    expect(upload).to_have_attribute("data-state", "done", timeout=120_000)
+    states = page.evaluate("window.__states")
+    progress = [s for s in states if re.fullmatch(r"Indexing \d+/\d+", s)]
+    assert progress, f"no indexing progress shown: {states}"
+    done, total = map(int, progress[0].removeprefix("Indexing ").split("/"))
+    assert 0 < done < total
+    assert states[-1] == f"{total} chunks"
+    # A plain question, in the vector mode, with the page's defaults: passages come back.
+    page.select_option("#search-mode", "SEARCH_MODE_VECTOR")
+    page.fill("#search-query", "where do the zebras go every year")
+    page.click("#search-form button[type=submit]")
+    expect(page.locator("#search-results .passage").first).to_be_visible()
+    expect(page.locator("#search-results")).to_contain_text("Serengeti")
+    shot(page, artifacts, "22-vector-search")
+
+
+# -- features -------------------------------------------------------------------------------
+
+
+def test_steps_timeline_graph_then_fork_from_a_step(desk: Page, artifacts: Path) -> None:
+    page = desk
+    start_run(page, "workflows/approval", {"message": "Plan a picnic", "question": "Go?"})
+    expect_status(page, "RUN_STATUS_PAUSED")
+    expect(page.locator("#run-graph [data-node=approve]")).to_have_attribute(
+        "data-state", "waiting"
+    )
+    expect(page.locator("#run-steps .step[data-node=approve]")).to_have_attribute(
+        "data-state", "waiting"
+    )
+    page.get_by_role("group", name="Choices").get_by_role("button", name="yes").click()
+    expect_status(page, "RUN_STATUS_COMPLETED")
+    steps = page.locator("#run-steps .step")
+    expect(steps).to_have_count(3)
+    assert steps.evaluate_all("els => els.map(e => e.dataset.node)") == [
+        "draft",
+        "approve",
+        "finish",
+    ]
+    expect(page.locator("#run-steps .step[data-state=done]")).to_have_count(3)
+    expect(page.locator("#steps-totals")).to_contain_text("3 steps")
+    # draft streamed "Plan a picnic " as three tokens.
+    expect(page.locator("#run-steps .step[data-node=draft] .step-tokens")).to_have_text("3 tok")
+    for node in ("draft", "approve", "finish"):
+        expect(page.locator(f"#run-graph [data-node={node}]")).to_have_attribute(
+            "data-state", "done"
+        )
+    expect(page.locator("#run-graph path.edge")).to_have_count(4)
+    shot(page, artifacts, "23-steps-and-graph")
+
+    finish = page.locator("#run-steps .step[data-node=finish]")
+    finish.locator("summary").click()
+    expect(finish.locator(".step-body")).to_contain_text('"answer": "yes"')
+    finish.locator(".fork-values").fill('{"answer": "a forked answer"}')
+    source = page.url
+    finish.locator(".fork-button").click()
+    page.wait_for_url(lambda url: url != source and "#/runs/" in url)
+    expect_status(page, "RUN_STATUS_COMPLETED")
+    expect_output(page, "\nanswer was a forked answer")
+    expect(page.locator("#run-steps .step")).to_have_count(1)
+    shot(page, artifacts, "24-forked-run")
+
+
+def test_rerun_starts_the_same_input_again(desk: Page, mesh: Mesh) -> None:
+    page = desk
+    word = f"again{uuid.uuid4().hex[:6]}"
+    run = _run(mesh, "echo", input={"message": word})
+    _wait_run(mesh, run["name"], "RUN_STATUS_COMPLETED")
+    page.goto(f"/#/runs/{str(run['name']).split('/')[-1]}")
+    expect_status(page, "RUN_STATUS_COMPLETED")
+    page.click("#run-rerun")
+    page.wait_for_url(lambda url: str(run["name"]).split("/")[-1] not in url)
+    expect_status(page, "RUN_STATUS_COMPLETED")
+    expect_output(page, word)
+
+
+def test_threads_list_opens_a_conversation_that_continues(desk: Page, artifacts: Path) -> None:
+    page = desk
+    first = f"first question {uuid.uuid4().hex[:6]}"
+    start_run(page, "workflows/chat", {"message": first, "model": "offline:echo"})
+    expect_status(page, "RUN_STATUS_COMPLETED")
+    # The run header links its whole thread, and "Continue thread" opens it.
+    thread_link = page.locator("#run-thread-link")
+    thread_id = thread_link.inner_text()
+    assert re.fullmatch(r"[0-9a-f-]{36}", thread_id), thread_id
+    page.click("#run-continue")
+    page.wait_for_url(re.compile(f"#/threads/{thread_id}$"))
+    turns = page.locator("#thread-conversation .turn")
+    expect(turns).to_have_count(2)
+    expect(turns.first).to_contain_text(first)
+    page.fill("#thread-message", "and a second one")
+    page.click("#thread-send")
+    page.wait_for_url(re.compile(r"#/runs/[0-9a-f-]+$"))
+    expect_status(page, "RUN_STATUS_COMPLETED")
+    expect(page.locator("#run-thread-link")).to_have_text(thread_id)
+    page.goto(f"/#/threads/{thread_id}")
+    expect(turns).to_have_count(4)
+    expect(turns.nth(2)).to_contain_text("and a second one")
+    shot(page, artifacts, "25-thread")
+    # The list: most recently active first, with the first message and the run count.
+    page.goto("/#/threads")
+    row = page.locator("#threads-table tbody tr").first
+    expect(row).to_contain_text(first)
+    expect(row.locator("td.num")).to_have_text("2")
+    # The start form takes a bare thread id (a link can carry it).
+    page.goto(f"/#/runs?thread={thread_id}&new=workflows/chat")
+    expect(page.locator("#run-thread")).to_have_value(f"threads/{thread_id}")
+    expect(page.locator("#run-target")).to_have_value("workflows/chat")
+
+
+def test_runs_filters_live_in_the_url(desk: Page, mesh: Mesh, artifacts: Path) -> None:
+    page = desk
+    word = f"filterme{uuid.uuid4().hex[:6]}"
+    done = [_run(mesh, "echo", input={"message": f"{word} {i}"}) for i in range(2)]
+    paused = _run(mesh, "approval", input={"message": word, "question": "Filter?"})
+    for run in done:
+        _wait_run(mesh, run["name"], "RUN_STATUS_COMPLETED")
+    _wait_run(mesh, paused["name"], "RUN_STATUS_PAUSED")
+    page.goto(f"/#/runs?q={word}")
+    rows = page.locator("#runs-table tbody tr[data-run]")
+    expect(rows).to_have_count(3)
+    page.get_by_role("group", name="Statuses").get_by_label("Paused").check()
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_have_attribute("data-run", str(paused["name"]))
+    page.wait_for_function("() => location.hash.includes('status=PAUSED')")
+    shared = page.url
+    # The same link in a fresh page shows the same list.
+    page.goto("/#/status")
+    page.goto(shared)
+    expect(page.get_by_role("group", name="Statuses").get_by_label("Paused")).to_be_checked()
+    expect(page.locator("#runs-q")).to_have_value(word)
+    expect(rows).to_have_count(1)
+    # Oldest first, and a filter expression of one's own.
+    page.goto(f"/#/runs?q={word}&order=oldest")
+    expect(rows).to_have_count(3)
+    assert rows.first.get_attribute("data-run") == done[0]["name"]
+    page.goto(f"/#/runs?q={word}&filter=workflow%20%3D%20%22approval%22")
+    expect(rows).to_have_count(1)
+    page.goto("/#/runs?filter=colour%20%3D%20red")
+    expect(page.locator("#runs-table").locator("..").locator("..")).to_contain_text(
+        "unknown field 'colour'"
+    )
+    shot(page, artifacts, "26-runs-filtered")
+    mesh.post(f"/v1/{paused['name']}:cancel", {"reason": "test done"})
+
+
+def test_inbox_shows_paused_runs_on_every_screen(desk: Page, mesh: Mesh, artifacts: Path) -> None:
+    page = desk
+    page.goto("/#/documents")
+    before = int(page.locator("#inbox").get_attribute("data-count") or 0)
+    paused = _run(mesh, "approval", input={"message": "inbox", "question": "Seen in the inbox?"})
+    inbox = page.locator("#inbox")
+    expect(inbox).to_have_attribute("data-count", str(before + 1), timeout=60_000)
+    expect(inbox).to_be_visible()
+    shot(page, artifacts, "27-inbox")
+    inbox.click()
+    if before == 0:
+        page.wait_for_url(re.compile(f"#/runs/{str(paused['name']).split('/')[-1]}$"))
+    else:
+        expect(page.locator(f'#runs-table tr[data-run="{paused["name"]}"]')).to_be_visible()
+    mesh.post(f"/v1/{paused['name']}:resume", {"answer": "yes"})
+    expect(inbox).to_have_attribute("data-count", str(before), timeout=60_000)
