@@ -383,14 +383,16 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         self,
         row: RunRow,
         new_thread: bool,
-        prepare: Callable[[], Awaitable[None]] | None = None,
+        then: Callable[[], Awaitable[None]] | None = None,
     ) -> agents_pb2.Run:
-        """Record `row` and queue its job in one transaction (after `prepare`, if given)."""
+        """Record `row` and queue its job in one transaction; `then` runs once the job is
+        queued, before the commit (if it raises, nothing is recorded, and the worker drops the
+        job of a run that never appears)."""
 
         async def queue_it() -> None:
-            if prepare is not None:
-                await prepare()
             await queue.enqueue(self.js, self.settings, row.id, "start")
+            if then is not None:
+                await then()
 
         try:
             # The job is queued inside the transaction: if NATS refuses it, nothing is recorded.
@@ -575,11 +577,12 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         )
 
         async def fork() -> None:
-            # Inside the run's transaction, after the one-active-run-per-thread check: the
-            # fork becomes the thread's head only when the run is recorded.
+            # Inside the run's transaction, after the one-active-run-per-thread check and the
+            # queueing: a fork is written only for a run that is recorded and queued (a worker
+            # sees the run, so reads the thread, only after the commit).
             await steps.write_fork(row, source, point, values, self.checkpointer)
 
-        return agents_pb2.ForkRunResponse(run=await self._start(row, False, prepare=fork))
+        return agents_pb2.ForkRunResponse(run=await self._start(row, False, then=fork))
 
     async def StreamRun(
         self, request: agents_pb2.StreamRunRequest, context: Ctx
