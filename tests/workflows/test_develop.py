@@ -336,6 +336,11 @@ async def test_git_service_merges_refuses_a_conflict_and_discards(
     assert mine.current_branch == "main"
     assert sorted(b.run for b in mine.run_branches) == sorted([first.name, second.name])
 
+    targets = {"-f": "INVALID_ARGUMENT", "a..b": "INVALID_ARGUMENT", "nope": "FAILED_PRECONDITION"}
+    for into, code in targets.items():
+        bad = await rpc_error(mesh.git.LandRun(git_pb2.LandRunRequest(name=first.name, into=into)))
+        assert bad.code().name == code, (into, bad.details())
+
     # main moved on elsewhere: landing makes a merge commit.
     (repo / "other.txt").write_text("other\n")
     git(repo, "add", "other.txt")
@@ -469,3 +474,27 @@ async def test_a_worker_killed_during_the_developer_resumes_from_its_checkpoint(
     done = await wait_status(durable_api, run.name, S.RUN_STATUS_COMPLETED, timeout=60)
     assert output_of(done)["status"] == "landed"
     assert git(repo, "show", "main:greet.py") + "\n" == GREETING_V1
+
+
+async def test_claude_code_develops_when_found_and_discard_removes_the_branch(
+    mesh: Mesh, scripted: ScriptedOpenAI, code_env: CodeEnv
+) -> None:
+    """CLAUDE_CODE_PATH is the stand-in here: it runs in the worktree and changes nothing, so
+    the (empty) diff goes to the person without a review round; `discard` removes it all."""
+    repo = repository(code_env)
+    model = scripted.model(team([[Reply("unused")]], lambda _: "APPROVE"))
+    final = await develop_until_final_question(
+        mesh.agents, repo, model, developer="auto", max_review_rounds=0
+    )
+    question = value_of(final)
+    assert question["diff"]["files"] == [] and question["review"]["automatic"]
+    await resume(mesh.agents, final.name, "discard")
+    done = await wait_status(mesh.agents, final.name, S.RUN_STATUS_COMPLETED, timeout=60)
+    assert output_of(done)["status"] == "discarded"
+    assert not git(repo, "branch", "--list", "amelia/*")
+    events = await collect(mesh.agents, final.name)
+    [called] = [d for d in data(events, "run.tool.called") if d["tool"] == "claude-code"]
+    assert called["cwd"].startswith(str(code_env.worktrees))
+    assert "Approved plan:" in called["args"][-1]
+    [discarded] = data(events, "git.discarded")
+    assert discarded["branch"] == f"amelia/{final.name.removeprefix('runs/')}"

@@ -158,6 +158,8 @@ class GitServicer(git_pb2_grpc.GitServiceServicer):
                 into = request.into or info.target
                 message = f"Land {branch} ({row.workflow or 'run'} runs/{row.id})"
                 landed = await gitrepo.land_run(repository, branch, into, message)
+            except gitrepo.InvalidBranchName as exc:
+                raise InvalidArgument(f"into: {exc}") from None
             except CodeError as exc:
                 raise FailedPrecondition(str(exc)) from None
         await self.events.publish(row, "git.landed", landed.event(repository, branch))

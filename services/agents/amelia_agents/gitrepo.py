@@ -43,6 +43,10 @@ class GitStateError(CodeError):
     target checked out with changes in the way); the message says which and what to do."""
 
 
+class InvalidBranchName(CodeError):
+    """A target branch name git would not accept."""
+
+
 class LandConflict(GitStateError):
     def __init__(self, into: str, branch: str, files: list[str]) -> None:
         super().__init__(
@@ -321,9 +325,11 @@ async def land(repository: Path, branch: str, into: str, message: str) -> Landed
     branch stay (see `land_run`)."""
     if not into:
         raise GitStateError("no target branch: name one (LandRun.into, --into)")
+    if into.startswith("-") or "\0" in into:
+        raise InvalidBranchName(f"{into!r} is not a branch name")
     code, _, _ = await git_run(["check-ref-format", "--branch", into], repository)
-    if code != 0 or into.startswith("-"):
-        raise GitStateError(f"{into!r} is not a branch name")
+    if code != 0:
+        raise InvalidBranchName(f"{into!r} is not a branch name")
     old = await commit_of(repository, f"refs/heads/{into}")
     if not old:
         raise GitStateError(f"there is no branch {into} in {repository} to land into")
