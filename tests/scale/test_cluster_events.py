@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 import grpc
+import pytest
 from faults_support import last_sequence
 from scale_support import addresses, all_replicas_current, replicas, stream_leader
 
@@ -20,7 +21,7 @@ from amelia_common.nats_cluster import NatsCluster
 from amelia_common.settings import Settings
 
 PUBLISHERS = 4
-EVENTS_EACH = 40
+EVENTS_EACH = 30
 RETRIED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
@@ -80,6 +81,7 @@ async def replay(
     return got
 
 
+@pytest.mark.slow
 async def test_events_published_through_a_leader_change_are_stored_once_without_gaps(
     cluster_settings: Settings, nats_cluster: NatsCluster, tmp_path: Path
 ) -> None:

@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
+import pytest
 from agents_helpers import running_agents
 from faults_support import burst, last_sequence, terminal_events, wait_all_finished
 from scale_support import all_replicas_current, stream_leader
@@ -22,7 +23,7 @@ from amelia_common.grpc_client import aio_channel
 from amelia_common.nats_cluster import NatsCluster
 from amelia_common.settings import Settings
 
-WAVES = 4
+WAVES = 3
 RUNS_PER_WAVE = 10
 
 
@@ -37,6 +38,7 @@ async def agents_replicas(settings: Settings, count: int) -> AsyncIterator[str]:
         yield ",".join(f"127.0.0.1:{port}" for port in ports)
 
 
+@pytest.mark.slow
 async def test_runs_accepted_while_the_queue_leader_dies_all_finish_once(
     cluster_settings: Settings, nats_cluster: NatsCluster
 ) -> None:

@@ -26,6 +26,7 @@ def embeddings() -> Iterator[EmbeddingEndpoint]:
     endpoint.close()
 
 
+@pytest.mark.slow
 async def test_searches_survive_a_rag_replica_killed_under_them(
     cluster_settings: Settings, embeddings: EmbeddingEndpoint, tmp_path: Path
 ) -> None:
