@@ -169,6 +169,7 @@ def test_metrics_of_every_service_move_as_a_run_executes(
     assert value(after["rag"], "amelia_rpc_duration_seconds_count", **search) >= 1
     assert value(after["rag"], "amelia_embedding_chunks_total") >= 2  # the document, a query
     assert ("amelia_ws_connections", ()) in after["gateway"]
+    assert ("amelia_ws_send_queue_max_messages", ()) in after["gateway"]
     for service in ("events", "agents", "rag"):
         assert value(after[service], "amelia_service_serving", service=service) == 1
         assert value(after[service], "amelia_dependency_up", dependency="nats") == 1

@@ -138,6 +138,19 @@ def _gateway_families(gateways: Iterable[Any]) -> Iterable[Any]:
     gateways = list(gateways)
     sockets = GaugeMetricFamily("amelia_ws_connections", "Open WebSocket connections.")
     sockets.add_metric([], sum(len(g.connections) for g in gateways))
+    # Consumer lag of the sockets: messages waiting in their send queues (WS_SEND_QUEUE each),
+    # in all and in the one furthest behind (per socket would be unbounded cardinality).
+    queued = [c.queued for g in gateways for c in list(g.connections.values())]
+    lag = GaugeMetricFamily(
+        "amelia_ws_send_queue_messages", "Messages waiting to be sent to WebSocket clients."
+    )
+    lag.add_metric([], sum(queued))
+    worst = GaugeMetricFamily(
+        "amelia_ws_send_queue_max_messages", "Messages waiting for the WebSocket furthest behind."
+    )
+    worst.add_metric([], max(queued, default=0))
+    streams = GaugeMetricFamily("amelia_http_streams", "Open NDJSON streams over HTTP.")
+    streams.add_metric([], sum(len(g.http_streams) for g in gateways))
     counters = CounterMetricFamily(
         "amelia_gateway_events",
         "Gateway happenings (refused sockets, slow clients, ...).",
@@ -149,7 +162,7 @@ def _gateway_families(gateways: Iterable[Any]) -> Iterable[Any]:
             totals[kind] = totals.get(kind, 0) + int(value)
     for kind, value in sorted(totals.items()):
         counters.add_metric([kind], value)
-    return [sockets, counters]
+    return [sockets, lag, worst, streams, counters]
 
 
 _EVENT_LOGS = _PerObjectCollector(_event_log_families)

@@ -113,7 +113,9 @@ def asgi_middleware() -> list[tuple[type[Any], dict[str, Any]]]:
         return []
     from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 
-    return [(OpenTelemetryMiddleware, {"excluded_urls": "healthz,metrics"})]
+    # No span per ASGI send/receive: an NDJSON stream would make one per line.
+    options = {"excluded_urls": "healthz,metrics", "exclude_spans": ["receive", "send"]}
+    return [(OpenTelemetryMiddleware, options)]
 
 
 # -- the run queue (NATS) ----------------------------------------------------------------------
