@@ -89,6 +89,8 @@ async def test_events_published_through_a_leader_change_are_stored_once_without_
     run = uuid.uuid4().hex[:8]
     async with replicas("events", settings, tmp_path, 2) as group:
         start = await last_sequence(settings)
+        # The log is on all 3 nodes (EVENTS_STREAM_REPLICAS), its copies up to date.
+        await all_replicas_current(settings, settings.EVENTS_STREAM)
         leader = nats_cluster.node(await stream_leader(settings, settings.EVENTS_STREAM))
         seen: list[events_pb2.Event] = []
         acked: dict[str, int] = {}

@@ -55,6 +55,8 @@ async def test_runs_accepted_while_the_queue_leader_dies_all_finish_once(
     )
     async with agents_replicas(settings, 2) as address:
         after = await last_sequence(settings)
+        # The queue is on all 3 nodes (RUNS_QUEUE_REPLICAS), its copies up to date.
+        await all_replicas_current(settings, settings.RUNS_QUEUE_STREAM)
         leader = nats_cluster.node(await stream_leader(settings, settings.RUNS_QUEUE_STREAM))
         try:
             async with aio_channel(address, settings) as channel:
