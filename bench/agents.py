@@ -17,6 +17,7 @@ N-node graphs (so per-run fixed costs cancel out).
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import tempfile
 import time
@@ -229,6 +230,28 @@ async def bench(root: Path) -> None:
             f"per run (fixed): ~{fixed:.2f} ms (queue, pick-up, claim, lifecycle events, "
             "stream setup)"
         )
+        # Issue 15's rows: the mesh over the same graph run directly with PostgreSQL checkpoints.
+        over_node = per_node_mesh - per_node_cp
+        over_run = (rows[0][3] - rows[0][2]) - over_node
+        first = statistics.median(results[1]["first"] + results[LONG]["first"]) * 1000
+        one, five, fifteen = os.getloadavg()
+        print(f"\nissue 15 rows (load average {one:.1f} {five:.1f} {fifteen:.1f})")
+        for path, figure, target, met in (
+            (
+                "run overhead per node over direct+pg",
+                f"{over_node:.2f} ms/node",
+                "<= 3 ms/node",
+                over_node <= 3,
+            ),
+            (
+                "run overhead per run over direct+pg",
+                f"{over_run:.2f} ms/run",
+                "<= 10 ms/run",
+                over_run <= 10,
+            ),
+            ("CreateRun -> first token, p50", f"{first:.2f} ms", "<= 10 ms", first <= 10),
+        ):
+            print(f"  {path:<40}{figure:>16}   target {target} {'(met)' if met else '(NOT met)'}")
     finally:
         await cp_pool.close()
         await channel.close()

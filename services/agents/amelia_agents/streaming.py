@@ -25,6 +25,8 @@ from amelia_common.grpc_client import aio_channel
 from amelia_common.settings import Settings
 
 IDLE_CHECK_SECONDS = 2.0
+# Events per StreamEvents message: what the events service already read comes in one message.
+EVENTS_PER_MESSAGE = 256
 _DONE = object()
 
 
@@ -48,7 +50,8 @@ class RunStreamer:
         ):
             return
         request = events_pb2.StreamEventsRequest(
-            filter=events_pb2.EventFilter(subject=run_name(row.id))
+            filter=events_pb2.EventFilter(subject=run_name(row.id)),
+            max_events_per_message=EVENTS_PER_MESSAGE,
         )
         if after_sequence:
             request.after_sequence = after_sequence
@@ -60,7 +63,8 @@ class RunStreamer:
         async def pump() -> None:
             try:
                 async for response in call:
-                    await inbox.put(response.event)
+                    for event in response.events or (response.event,):
+                        await inbox.put(event)
                 await inbox.put(_DONE)
             except grpc.aio.AioRpcError as exc:
                 await inbox.put(exc)

@@ -80,6 +80,8 @@ class FeedSpec:
     subject: str = ""
     run: str = ""
     since: Since = Since("now")
+    # Send events already queued for the socket together, in one `events` message.
+    batch: bool = False
 
     @property
     def topic_key(self) -> tuple[tuple[str, ...], str]:

@@ -4,6 +4,7 @@ Client -> server (JSON text messages):
     {"type": "subscribe", "id": "s1", "filter": {"types": ["run.*"], "subject": "runs/…"},
      "since": "now" | "beginning" | 42 | "2026-01-01T00:00:00Z"}
     {"type": "subscribe", "id": "r1", "run": "runs/…", "since": 42}
+    ("batch": true on a subscribe: its events already queued go out together, see below)
     {"type": "unsubscribe", "id": "s1"}
     {"type": "ping"} / {"type": "pong"}
 
@@ -11,6 +12,8 @@ Server -> client:
     {"type": "welcome", "clientId": …}            once, first
     {"type": "subscribed" | "unsubscribed", "subscription": "s1"}
     {"type": "event", "subscription": "s1", "sequence": 42, "event": {…proto JSON Event…}}
+    {"type": "events", "subscription": "s1", "events": [{"sequence": 42, "event": {…}}, …]}
+                                                    (subscriptions with "batch": true)
     {"type": "end", "subscription": "r1"}          a run stream finished
     {"type": "error", "subscription": "s1" | null, "error": {code, message, details}, "final": bool}
     {"type": "ping", "time": …} every WS_HEARTBEAT_INTERVAL / {"type": "pong"}
@@ -54,6 +57,8 @@ CLOSE_SLOW_CONSUMER = 4008  # send queue full: resume from the sequence in the r
 CLOSE_UNAUTHORIZED = 4401  # missing or wrong API token
 
 MAX_SUBSCRIPTIONS = 100
+# Events in one `events` message of a subscription that asked for batches.
+MAX_BATCH_EVENTS = 256
 MAX_ID_LENGTH = 128
 MISSED_HEARTBEATS = 3
 # How long a close may wait for a client that does not read before the TCP connection is dropped.
@@ -87,6 +92,8 @@ class Subscription:
         self.id = sub_id
         self.spec = spec
         self.prefix = '{"type":"event","subscription":' + json.dumps(sub_id) + ',"sequence":'
+        self.batch_prefix = '{"type":"events","subscription":' + json.dumps(sub_id) + ',"events":['
+        self.batch = spec.batch
         self.last_queued = spec.since.sequence if spec.since.kind == "after" else 0
         self.last_sent = self.last_queued
         self.feed: Feed | None = None
@@ -167,16 +174,33 @@ class Connection:
         )
 
     async def _sender(self) -> None:
+        held: Item | None = None
         while True:
-            item = await self.queue.get()
+            item, held = (held, None) if held is not None else (await self.queue.get(), None)
             if isinstance(item, str):
                 await self.ws.send_text(item)
                 continue
             subscription, sequence, event_json = item
-            await self.ws.send_text(
-                subscription.prefix + str(sequence) + ',"event":' + event_json + "}"
-            )
-            subscription.last_sent = sequence
+            if not subscription.batch:
+                await self.ws.send_text(
+                    subscription.prefix + str(sequence) + ',"event":' + event_json + "}"
+                )
+                subscription.last_sent = sequence
+                continue
+            # A batching subscription: its events already queued behind this one go in the same
+            # message (none is waited for); anything else is sent next.
+            parts = ['{"sequence":', str(sequence), ',"event":', event_json, "}"]
+            last, count = sequence, 1
+            while count < MAX_BATCH_EVENTS and not self.queue.empty():
+                following = self.queue.get_nowait()
+                if isinstance(following, str) or following[0] is not subscription:
+                    held = following
+                    break
+                _, last, event_json = following
+                parts += [',{"sequence":', str(last), ',"event":', event_json, "}"]
+                count += 1
+            await self.ws.send_text(subscription.batch_prefix + "".join(parts) + "]}")
+            subscription.last_sent = last
 
     async def _heartbeat(self) -> None:
         interval = self.gateway.settings.WS_HEARTBEAT_INTERVAL
@@ -334,7 +358,7 @@ class Connection:
         )
 
     def _subscribe(self, message: dict[str, Any]) -> None:
-        unknown = set(message) - {"type", "id", "filter", "run", "since"}
+        unknown = set(message) - {"type", "id", "filter", "run", "since", "batch"}
         if unknown:
             raise ProtocolError(f"unknown field(s) in subscribe: {', '.join(sorted(unknown))}")
         sub_id = message.get("id")
@@ -416,6 +440,9 @@ def parse_since(value: Any, *, run: bool) -> Since:
 
 
 def parse_spec(message: dict[str, Any]) -> FeedSpec:
+    batch = message.get("batch", False)
+    if not isinstance(batch, bool):
+        raise ProtocolError("'batch' must be true or false")
     run = message.get("run")
     event_filter = message.get("filter")
     if run is not None:
@@ -423,7 +450,7 @@ def parse_spec(message: dict[str, Any]) -> FeedSpec:
             raise ProtocolError("give either 'filter' or 'run', not both")
         if not isinstance(run, str) or not re.match(r"^runs/[A-Za-z0-9_-]+$", run):
             raise ProtocolError("'run' must be a run name like 'runs/4f1c…'")
-        return FeedSpec(run=run, since=parse_since(message.get("since"), run=True))
+        return FeedSpec(run=run, since=parse_since(message.get("since"), run=True), batch=batch)
     event_filter = {} if event_filter is None else event_filter
     if not isinstance(event_filter, dict):
         raise ProtocolError("'filter' must be an object with 'types' and/or 'subject'")
@@ -442,6 +469,7 @@ def parse_spec(message: dict[str, Any]) -> FeedSpec:
         types=tuple(sorted(set(types))),
         subject=subject,
         since=parse_since(message.get("since"), run=False),
+        batch=batch,
     )
 
 

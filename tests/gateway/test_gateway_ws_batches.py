@@ -1,0 +1,71 @@
+"""`"batch": true` subscriptions on /ws: events already queued for the socket arrive together in
+one `events` message, each once and in order, beside a plain subscription on the same filter
+(which still gets one `event` message per event) and through a resume."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from gateway_support import Client, Publisher, RunningGateway, new_subject
+
+from amelia.v1 import events_pb2
+
+
+async def batched_events(client: Client, count: int, timeout: float = 30) -> list[dict[str, Any]]:
+    """At least the next `count` events of a batching subscription, unpacked (whole messages)."""
+    out: list[dict[str, Any]] = []
+    async with asyncio.timeout(timeout):
+        while len(out) < count:
+            message = await client.recv(timeout)
+            if message["type"] == "ping":
+                continue
+            assert message["type"] == "events", message
+            assert message["events"], "an events message is never empty"
+            out += [{**item, "subscription": message["subscription"]} for item in message["events"]]
+    return out
+
+
+async def test_batched_and_plain_subscriptions_see_every_event_once_in_order(
+    gateway: RunningGateway, publisher: Publisher
+) -> None:
+    subject = new_subject()
+    batched = await Client.connect(gateway.ws_url)
+    await batched.subscribe("b", filter={"subject": subject}, batch=True)
+    plain = await Client.connect(gateway.ws_url)
+    await plain.subscribe("p", filter={"subject": subject})
+
+    sequences: list[int] = []
+    for start in range(0, 300, 100):
+        request = events_pb2.PublishEventsRequest()
+        for i in range(start, start + 100):
+            event = request.events.add(type="app.token", subject=subject, source="tests")
+            event.data.update({"i": i})
+        reply = await publisher.stub.PublishEvents(request)
+        sequences += [int(e.sequence) for e in reply.events]
+
+    got = await batched_events(batched, 150)
+    await batched.close()  # drops midway; resumes after the last event it saw
+    resumed = await Client.connect(gateway.ws_url)
+    await resumed.subscribe("b", filter={"subject": subject}, since=got[-1]["sequence"], batch=True)
+    got += await batched_events(resumed, 300 - len(got))
+    one_by_one = await plain.events(300)
+    await resumed.close()
+    await plain.close()
+
+    assert [m["sequence"] for m in got] == sequences, "every event once, in order"
+    assert [m["event"]["data"]["i"] for m in got] == list(range(300))
+    assert all(m["subscription"] == "b" for m in got)
+    assert [m["sequence"] for m in one_by_one] == sequences
+
+
+async def test_batch_must_be_a_boolean(gateway: RunningGateway) -> None:
+    client = await Client.connect(gateway.ws_url)
+    await client.send(
+        {"type": "subscribe", "id": "x", "filter": {"subject": new_subject()}, "batch": "yes"}
+    )
+    reply = await client.recv_type("error")
+    assert reply["error"]["code"] == 3  # INVALID_ARGUMENT
+    assert "'batch' must be true or false" in reply["error"]["message"]
+    await client.subscribe("y", filter={"subject": new_subject()}, batch=False)
+    await client.close()
