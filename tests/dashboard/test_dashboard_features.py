@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 from dashboard_mesh import Mesh
 from dashboard_pages import expect_output, expect_status, shot, start_run
@@ -379,3 +380,40 @@ def test_inbox_shows_paused_runs_on_every_screen(desk: Page, mesh: Mesh, artifac
         expect(page.locator(f'#runs-table tr[data-run="{paused["name"]}"]')).to_be_visible()
     mesh.post(f"/v1/{paused['name']}:resume", {"answer": "yes"})
     expect(inbox).to_have_attribute("data-count", str(before), timeout=60_000)
+
+
+def test_agents_are_listed_edited_and_deleted(desk: Page, mesh: Mesh) -> None:
+    page = desk
+    agent_id = f"editable-{uuid.uuid4().hex[:6]}"
+    mesh.post(
+        "/v1/agents",
+        {"agentId": agent_id, "agent": {"displayName": "Editable", "model": "offline:say:Before"}},
+    )
+    page.goto("/#/runs")
+    page.wait_for_selector(f'#run-target option[value="agents/{agent_id}"]', state="attached")
+    page.click("#agents-card summary")
+    row = page.locator(f'#agents-list li[data-agent="agents/{agent_id}"]')
+    expect(row).to_contain_text("Editable · offline:say:Before")
+    row.get_by_role("button", name="Edit Editable").click()
+    row.locator(f"#edit-{agent_id}-model").fill("offline:say:After the edit")
+    row.locator(f"#edit-{agent_id}-name").fill("Edited")
+    row.get_by_role("button", name="Save").click()
+    expect(row.locator(".notice")).to_have_text("Saved.")
+    expect(row.locator(".agent-label")).to_have_text("Edited · offline:say:After the edit")
+    assert mesh.get(f"/v1/agents/{agent_id}")["agent"]["model"] == "offline:say:After the edit"
+    page.select_option("#run-target", f"agents/{agent_id}")
+    page.fill('[data-field="message"]', "hi")
+    page.click("#run-start")
+    expect_status(page, "RUN_STATUS_COMPLETED")
+    expect_output(page, "After the edit")
+
+    page.goto("/#/runs")
+    page.click("#agents-card summary")
+    page.once("dialog", lambda dialog: dialog.accept())
+    row.get_by_role("button", name="Delete Edited").click()
+    expect(row).to_have_count(0)
+    expect(page.locator(f'#run-target option[value="agents/{agent_id}"]')).to_have_count(0)
+    response = httpx.get(
+        f"{mesh.url}/v1/agents/{agent_id}", headers={"Authorization": f"Bearer {mesh.token}"}
+    )
+    assert response.status_code == 404

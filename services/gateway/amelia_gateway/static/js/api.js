@@ -89,6 +89,8 @@ export const api = {
   listWorkflows: () => get("/v1/workflows"),
   listAgents: (query = {}) => get("/v1/agents", { pageSize: 200, ...query }),
   createAgent: (agent, agentId) => post("/v1/agents", { agent, agentId }),
+  updateAgent: (agent, updateMask) => request("PATCH", `/v1/agents/${id(agent.name)}`, { body: { agent, updateMask } }),
+  deleteAgent: (name) => request("DELETE", `/v1/agents/${id(name)}`),
 
   createRun: (run, requestId) => post("/v1/runs", { run, requestId }),
   getRun: (name) => get(`/v1/runs/${id(name)}`),

@@ -10,6 +10,7 @@ import {
 } from "../dom.js";
 import { STATUSES as RUN_STATUSES, shortStatus, statusBadge } from "../runstatus.js";
 import { buildRunFilter, threadName } from "../filters.js";
+import { agentsCard } from "./agents.js";
 
 const PAGE_SIZE = 20;
 const LIFECYCLE = [
@@ -159,6 +160,21 @@ function startForm(ctx, targets) {
       agents.hidden = false;
       target.value = agent.name;
       renderFields();
+    },
+    updateAgent(agent) {
+      const option = [...agents.children].find((o) => o.value === agent.name);
+      if (!option) return;
+      const selected = target.value === agent.name;
+      option.replaceWith(targetOption(agent));
+      if (selected) target.value = agent.name;
+    },
+    removeAgent(name) {
+      const option = [...agents.children].find((o) => o.value === name);
+      if (!option) return;
+      const selected = target.value === name;
+      option.remove();
+      agents.hidden = !agents.children.length;
+      if (selected) renderFields();
     },
     prefill({ target: name, thread: threadId }) {
       if (name && [...target.options].some((option) => option.value === name)) {
@@ -374,9 +390,15 @@ export function mount(main, ctx) {
   prev.addEventListener("click", () => { page = Math.max(0, page - 1); loadRuns(); });
 
   const agentSlot = main.querySelector("#agent-slot");
+  const agentsList = agentsCard(ctx, ({ updated, deleted }) => {
+    if (!form) return;
+    if (updated) form.updateAgent(updated);
+    if (deleted) form.removeAgent(deleted);
+  });
   agentSlot.append(agentForm(ctx, (agent) => {
     if (form) form.addAgent(agent);
-  }));
+    agentsList.load();
+  }), agentsList.element);
 
   const subscription = ctx.socket.subscribe(
     { filter: { types: LIFECYCLE, subject: "runs/*" }, since: "now" },
