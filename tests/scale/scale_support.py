@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+import urllib.request
 import zlib
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
@@ -31,6 +32,7 @@ from amelia_common.settings import Settings
 SERVICE_MODULES = {
     "events": ("amelia_events", "EVENTS_GRPC_PORT", "amelia.v1.EventService"),
     "agents": ("amelia_agents", "AGENTS_GRPC_PORT", "amelia.v1.AgentService"),
+    "gateway": ("amelia_gateway", "PORT", ""),  # HTTP: ready when /healthz answers
     "rag": ("amelia_rag", "RAG_GRPC_PORT", "amelia.v1.RagService"),
 }
 
@@ -100,6 +102,8 @@ class Replica:
 
     async def serving(self, timeout: float = 120) -> None:
         """Wait until the replica's health says SERVING (its dependencies up)."""
+        if not self.grpc_service:
+            return await self._http_ready(timeout)
         deadline = asyncio.get_running_loop().time() + timeout
         async with grpc.aio.insecure_channel(self.address) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
@@ -115,6 +119,21 @@ class Replica:
                 if asyncio.get_running_loop().time() > deadline:
                     raise AssertionError(f"{self.service} never SERVING: {self.log_text()[-3000:]}")
                 await asyncio.sleep(0.2)
+
+    async def _http_ready(self, timeout: float) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        url = f"http://{self.address}/healthz"
+        while True:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{self.service} exited: {self.log_text()[-3000:]}")
+            try:
+                await asyncio.to_thread(urllib.request.urlopen, url, timeout=5)
+                return
+            except OSError:
+                pass
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"{self.service} never ready: {self.log_text()[-3000:]}")
+            await asyncio.sleep(0.2)
 
     def freeze(self) -> None:
         """SIGSTOP: calls sent to it now wait, in flight, until it is killed."""
