@@ -452,7 +452,7 @@ async def test_a_worker_killed_during_the_developer_resumes_from_its_checkpoint(
     repo = repository(code_env)
     model = scripted.model(team([run_tests_then_done()], lambda _: "APPROVE"))
     first = start_worker("first")
-    await first.ready()
+    await first.ready(timeout=240)
     run = await create_run(
         durable_api,
         workflow="workflows/develop",
@@ -464,7 +464,7 @@ async def test_a_worker_killed_during_the_developer_resumes_from_its_checkpoint(
     first.kill()
     assert not gone(pid), "the test command died with the worker"
     second = start_worker("second")
-    await second.ready()
+    await second.ready(timeout=240)
     final = await wait_question(durable_api, run.name, "approve_diff")
     assert final.status == S.RUN_STATUS_PAUSED and final.attempt >= 2
     # The next attempt killed what the dead worker left running, then did the round again.

@@ -264,7 +264,7 @@ async def diff(repository: Path, base: str, head: str) -> Diff:
     name_status, numstat, patch, log = await asyncio.gather(
         git_run(["diff", "-z", "--name-status", *common], repository),
         git_run(["diff", "-z", "--numstat", *common], repository),
-        git_run(["diff", *common], repository),
+        git_run(["-c", "core.quotePath=false", "diff", *common], repository),
         git_run(
             ["log", "--reverse", "--format=%H%x00%s%x00%an <%ae>%x00%ct%x00", f"{base}..{head}"],
             repository,
