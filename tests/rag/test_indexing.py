@@ -39,6 +39,12 @@ async def _claimed_by_a_dead_process(rag: Rag, name: str, attempts: int, seconds
         )
 
 
+async def _api_state(rag: Rag, name: str) -> tuple[int, str]:
+    """The document's indexing state and error as GetDocument tells any client."""
+    reply = await rag.stub.GetDocument(rag_pb2.GetDocumentRequest(name=name))
+    return reply.document.state, reply.document.index_error
+
+
 async def _lease_runs_out(rag: Rag, name: str) -> None:
     async with rag.store.sessions() as session, session.begin():
         await session.execute(
@@ -57,6 +63,7 @@ async def test_upload_answers_before_embedding_and_is_found_by_its_words_meanwhi
     # Answered with the chunks stored; a dead process holds it, so nothing gets embedded.
     await _claimed_by_a_dead_process(rag, reply.document.name, attempts=1, seconds=600)
     assert (await rag.state(reply.document.name))[0] == "indexing"
+    assert await _api_state(rag, reply.document.name) == (rag_pb2.DOCUMENT_STATE_INDEXING, "")
     # The default search, over every document, finds it by its words at once.
     request = rag_pb2.SearchRequest(query=f"when is the quince{tag} tree pruned")
     hits = await rag.stub.Search(request)
@@ -64,6 +71,7 @@ async def test_upload_answers_before_embedding_and_is_found_by_its_words_meanwhi
     # The dead process's lease runs out; the live indexer takes the document over.
     await _lease_runs_out(rag, reply.document.name)
     assert await rag.indexed(reply.document.name) == "ready"
+    assert await _api_state(rag, reply.document.name) == (rag_pb2.DOCUMENT_STATE_READY, "")
     hits = await rag.stub.Search(request)
     assert f"quince{tag}" in hits.hits[0].content and hits.hits[0].vector_score > 0.0
     events = await rag.events(reply.document.name, wait_for="document.indexed", timeout=60)
@@ -78,6 +86,8 @@ async def test_a_document_interrupted_too_often_is_marked_failed(rag: Rag) -> No
     assert await rag.indexed(reply.document.name) == "failed"
     _, error = await rag.state(reply.document.name)
     assert "interrupted" in error and "ingest the document again" in error
+    # A client reads the same from the API.
+    assert await _api_state(rag, reply.document.name) == (rag_pb2.DOCUMENT_STATE_FAILED, error)
     events = await rag.events(reply.document.name, wait_for="document.failed", timeout=60)
     failed = [d for t, d in events if t == "document.failed"]
     assert failed and "interrupted" in failed[0]["error"]

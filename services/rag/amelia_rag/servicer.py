@@ -102,6 +102,13 @@ def source_from_proto(message: rag_pb2.DocumentSource) -> Source:
     )
 
 
+STATE_TO_PROTO = {
+    "indexing": rag_pb2.DOCUMENT_STATE_INDEXING,
+    "ready": rag_pb2.DOCUMENT_STATE_READY,
+    "failed": rag_pb2.DOCUMENT_STATE_FAILED,
+}
+
+
 def document_to_proto(row: DocumentRow) -> rag_pb2.Document:
     document = rag_pb2.Document(
         name=f"documents/{row.id}",
@@ -112,6 +119,8 @@ def document_to_proto(row: DocumentRow) -> rag_pb2.Document:
         size_bytes=row.size_bytes,
         content_hash=row.content_hash,
         chunk_count=row.chunk_count,
+        state=STATE_TO_PROTO.get(row.state, rag_pb2.DOCUMENT_STATE_UNSPECIFIED),
+        index_error=row.index_error or "",
     )
     metadata = struct_pb2.Struct()
     metadata.update(row.meta or {})

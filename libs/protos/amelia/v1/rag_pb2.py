@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x61melia/v1/rag.proto\x12\tamelia.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc1\x02\n\x08\x44ocument\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12%\n\x04type\x18\x03 \x01(\x0e\x32\x17.amelia.v1.DocumentType\x12\x12\n\nsource_uri\x18\x04 \x01(\t\x12\x11\n\tfile_path\x18\x05 \x01(\t\x12\x12\n\nsize_bytes\x18\x06 \x01(\x03\x12\x14\n\x0c\x63ontent_hash\x18\x07 \x01(\t\x12)\n\x08metadata\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x13\n\x0b\x63hunk_count\x18\t \x01(\x05\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x98\x01\n\x0e\x44ocumentSource\x12\r\n\x05title\x18\x01 \x01(\t\x12%\n\x04type\x18\x02 \x01(\x0e\x32\x17.amelia.v1.DocumentType\x12\x12\n\nsource_uri\x18\x03 \x01(\t\x12\x11\n\tfile_path\x18\x04 \x01(\t\x12)\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"S\n\x15IngestDocumentRequest\x12)\n\x06source\x18\x01 \x01(\x0b\x32\x19.amelia.v1.DocumentSource\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\"R\n\x16IngestDocumentResponse\x12%\n\x08\x64ocument\x18\x01 \x01(\x0b\x32\x13.amelia.v1.Document\x12\x11\n\tunchanged\x18\x02 \x01(\x08\"_\n\x15UploadDocumentRequest\x12+\n\x06source\x18\x01 \x01(\x0b\x32\x19.amelia.v1.DocumentSourceH\x00\x12\x11\n\x07\x63ontent\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"R\n\x16UploadDocumentResponse\x12%\n\x08\x64ocument\x18\x01 \x01(\x0b\x32\x13.amelia.v1.Document\x12\x11\n\tunchanged\x18\x02 \x01(\x08\"\"\n\x12GetDocumentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"<\n\x13GetDocumentResponse\x12%\n\x08\x64ocument\x18\x01 \x01(\x0b\x32\x13.amelia.v1.Document\"\xea\x01\n\x14ListDocumentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12&\n\x05types\x18\x03 \x03(\x0e\x32\x17.amelia.v1.DocumentType\x12L\n\x0fmetadata_filter\x18\x04 \x03(\x0b\x32\x33.amelia.v1.ListDocumentsRequest.MetadataFilterEntry\x1a\x35\n\x13MetadataFilterEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"X\n\x15ListDocumentsResponse\x12&\n\tdocuments\x18\x01 \x03(\x0b\x32\x13.amelia.v1.Document\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x15\x44\x65leteDocumentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x18\n\x16\x44\x65leteDocumentResponse\"\xb1\x02\n\rSearchRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\r\n\x05top_k\x18\x02 \x01(\x05\x12\x16\n\tmin_score\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x11\n\tdocuments\x18\x04 \x03(\t\x12&\n\x05types\x18\x05 \x03(\x0e\x32\x17.amelia.v1.DocumentType\x12\x45\n\x0fmetadata_filter\x18\x06 \x03(\x0b\x32,.amelia.v1.SearchRequest.MetadataFilterEntry\x12#\n\x04mode\x18\x07 \x01(\x0e\x32\x15.amelia.v1.SearchMode\x1a\x35\n\x13MetadataFilterEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0c\n\n_min_score\"\xfe\x01\n\tSearchHit\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x10\n\x08\x64ocument\x18\x03 \x01(\t\x12\x16\n\x0e\x64ocument_title\x18\x04 \x01(\t\x12.\n\rdocument_type\x18\x05 \x01(\x0e\x32\x17.amelia.v1.DocumentType\x12\x13\n\x0b\x63hunk_index\x18\x06 \x01(\x05\x12\x14\n\x0cstart_offset\x18\x07 \x01(\x05\x12\x12\n\nend_offset\x18\x08 \x01(\x05\x12\x14\n\x0cheading_path\x18\t \x03(\t\x12\x0c\n\x04page\x18\n \x01(\x05\x12\x14\n\x0cvector_score\x18\x0b \x01(\x01\"4\n\x0eSearchResponse\x12\"\n\x04hits\x18\x01 \x03(\x0b\x32\x14.amelia.v1.SearchHit*\xc4\x01\n\x0c\x44ocumentType\x12\x1d\n\x19\x44OCUMENT_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x44OCUMENT_TYPE_PDF\x10\x01\x12\x1a\n\x16\x44OCUMENT_TYPE_MARKDOWN\x10\x02\x12\x16\n\x12\x44OCUMENT_TYPE_TEXT\x10\x03\x12\x16\n\x12\x44OCUMENT_TYPE_HTML\x10\x04\x12\x16\n\x12\x44OCUMENT_TYPE_CODE\x10\x05\x12\x1a\n\x16\x44OCUMENT_TYPE_WEB_PAGE\x10\x06*r\n\nSearchMode\x12\x1b\n\x17SEARCH_MODE_UNSPECIFIED\x10\x00\x12\x16\n\x12SEARCH_MODE_VECTOR\x10\x01\x12\x17\n\x13SEARCH_MODE_KEYWORD\x10\x02\x12\x16\n\x12SEARCH_MODE_HYBRID\x10\x03\x32\xf4\x03\n\nRagService\x12U\n\x0eIngestDocument\x12 .amelia.v1.IngestDocumentRequest\x1a!.amelia.v1.IngestDocumentResponse\x12W\n\x0eUploadDocument\x12 .amelia.v1.UploadDocumentRequest\x1a!.amelia.v1.UploadDocumentResponse(\x01\x12L\n\x0bGetDocument\x12\x1d.amelia.v1.GetDocumentRequest\x1a\x1e.amelia.v1.GetDocumentResponse\x12R\n\rListDocuments\x12\x1f.amelia.v1.ListDocumentsRequest\x1a .amelia.v1.ListDocumentsResponse\x12U\n\x0e\x44\x65leteDocument\x12 .amelia.v1.DeleteDocumentRequest\x1a!.amelia.v1.DeleteDocumentResponse\x12=\n\x06Search\x12\x18.amelia.v1.SearchRequest\x1a\x19.amelia.v1.SearchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x61melia/v1/rag.proto\x12\tamelia.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xff\x02\n\x08\x44ocument\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12%\n\x04type\x18\x03 \x01(\x0e\x32\x17.amelia.v1.DocumentType\x12\x12\n\nsource_uri\x18\x04 \x01(\t\x12\x11\n\tfile_path\x18\x05 \x01(\t\x12\x12\n\nsize_bytes\x18\x06 \x01(\x03\x12\x14\n\x0c\x63ontent_hash\x18\x07 \x01(\t\x12)\n\x08metadata\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x13\n\x0b\x63hunk_count\x18\t \x01(\x05\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x05state\x18\x0c \x01(\x0e\x32\x18.amelia.v1.DocumentState\x12\x13\n\x0bindex_error\x18\r \x01(\t\"\x98\x01\n\x0e\x44ocumentSource\x12\r\n\x05title\x18\x01 \x01(\t\x12%\n\x04type\x18\x02 \x01(\x0e\x32\x17.amelia.v1.DocumentType\x12\x12\n\nsource_uri\x18\x03 \x01(\t\x12\x11\n\tfile_path\x18\x04 \x01(\t\x12)\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"S\n\x15IngestDocumentRequest\x12)\n\x06source\x18\x01 \x01(\x0b\x32\x19.amelia.v1.DocumentSource\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\"R\n\x16IngestDocumentResponse\x12%\n\x08\x64ocument\x18\x01 \x01(\x0b\x32\x13.amelia.v1.Document\x12\x11\n\tunchanged\x18\x02 \x01(\x08\"_\n\x15UploadDocumentRequest\x12+\n\x06source\x18\x01 \x01(\x0b\x32\x19.amelia.v1.DocumentSourceH\x00\x12\x11\n\x07\x63ontent\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"R\n\x16UploadDocumentResponse\x12%\n\x08\x64ocument\x18\x01 \x01(\x0b\x32\x13.amelia.v1.Document\x12\x11\n\tunchanged\x18\x02 \x01(\x08\"\"\n\x12GetDocumentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"<\n\x13GetDocumentResponse\x12%\n\x08\x64ocument\x18\x01 \x01(\x0b\x32\x13.amelia.v1.Document\"\xea\x01\n\x14ListDocumentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12&\n\x05types\x18\x03 \x03(\x0e\x32\x17.amelia.v1.DocumentType\x12L\n\x0fmetadata_filter\x18\x04 \x03(\x0b\x32\x33.amelia.v1.ListDocumentsRequest.MetadataFilterEntry\x1a\x35\n\x13MetadataFilterEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"X\n\x15ListDocumentsResponse\x12&\n\tdocuments\x18\x01 \x03(\x0b\x32\x13.amelia.v1.Document\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x15\x44\x65leteDocumentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x18\n\x16\x44\x65leteDocumentResponse\"\xb1\x02\n\rSearchRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\r\n\x05top_k\x18\x02 \x01(\x05\x12\x16\n\tmin_score\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x11\n\tdocuments\x18\x04 \x03(\t\x12&\n\x05types\x18\x05 \x03(\x0e\x32\x17.amelia.v1.DocumentType\x12\x45\n\x0fmetadata_filter\x18\x06 \x03(\x0b\x32,.amelia.v1.SearchRequest.MetadataFilterEntry\x12#\n\x04mode\x18\x07 \x01(\x0e\x32\x15.amelia.v1.SearchMode\x1a\x35\n\x13MetadataFilterEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0c\n\n_min_score\"\xfe\x01\n\tSearchHit\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x10\n\x08\x64ocument\x18\x03 \x01(\t\x12\x16\n\x0e\x64ocument_title\x18\x04 \x01(\t\x12.\n\rdocument_type\x18\x05 \x01(\x0e\x32\x17.amelia.v1.DocumentType\x12\x13\n\x0b\x63hunk_index\x18\x06 \x01(\x05\x12\x14\n\x0cstart_offset\x18\x07 \x01(\x05\x12\x12\n\nend_offset\x18\x08 \x01(\x05\x12\x14\n\x0cheading_path\x18\t \x03(\t\x12\x0c\n\x04page\x18\n \x01(\x05\x12\x14\n\x0cvector_score\x18\x0b \x01(\x01\"4\n\x0eSearchResponse\x12\"\n\x04hits\x18\x01 \x03(\x0b\x32\x14.amelia.v1.SearchHit*\xc4\x01\n\x0c\x44ocumentType\x12\x1d\n\x19\x44OCUMENT_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x44OCUMENT_TYPE_PDF\x10\x01\x12\x1a\n\x16\x44OCUMENT_TYPE_MARKDOWN\x10\x02\x12\x16\n\x12\x44OCUMENT_TYPE_TEXT\x10\x03\x12\x16\n\x12\x44OCUMENT_TYPE_HTML\x10\x04\x12\x16\n\x12\x44OCUMENT_TYPE_CODE\x10\x05\x12\x1a\n\x16\x44OCUMENT_TYPE_WEB_PAGE\x10\x06*\x81\x01\n\rDocumentState\x12\x1e\n\x1a\x44OCUMENT_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x44OCUMENT_STATE_INDEXING\x10\x01\x12\x18\n\x14\x44OCUMENT_STATE_READY\x10\x02\x12\x19\n\x15\x44OCUMENT_STATE_FAILED\x10\x03*r\n\nSearchMode\x12\x1b\n\x17SEARCH_MODE_UNSPECIFIED\x10\x00\x12\x16\n\x12SEARCH_MODE_VECTOR\x10\x01\x12\x17\n\x13SEARCH_MODE_KEYWORD\x10\x02\x12\x16\n\x12SEARCH_MODE_HYBRID\x10\x03\x32\xf4\x03\n\nRagService\x12U\n\x0eIngestDocument\x12 .amelia.v1.IngestDocumentRequest\x1a!.amelia.v1.IngestDocumentResponse\x12W\n\x0eUploadDocument\x12 .amelia.v1.UploadDocumentRequest\x1a!.amelia.v1.UploadDocumentResponse(\x01\x12L\n\x0bGetDocument\x12\x1d.amelia.v1.GetDocumentRequest\x1a\x1e.amelia.v1.GetDocumentResponse\x12R\n\rListDocuments\x12\x1f.amelia.v1.ListDocumentsRequest\x1a .amelia.v1.ListDocumentsResponse\x12U\n\x0e\x44\x65leteDocument\x12 .amelia.v1.DeleteDocumentRequest\x1a!.amelia.v1.DeleteDocumentResponse\x12=\n\x06Search\x12\x18.amelia.v1.SearchRequest\x1a\x19.amelia.v1.SearchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,44 +37,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTDOCUMENTSREQUEST_METADATAFILTERENTRY']._serialized_options = b'8\001'
   _globals['_SEARCHREQUEST_METADATAFILTERENTRY']._loaded_options = None
   _globals['_SEARCHREQUEST_METADATAFILTERENTRY']._serialized_options = b'8\001'
-  _globals['_DOCUMENTTYPE']._serialized_start=2036
-  _globals['_DOCUMENTTYPE']._serialized_end=2232
-  _globals['_SEARCHMODE']._serialized_start=2234
-  _globals['_SEARCHMODE']._serialized_end=2348
+  _globals['_DOCUMENTTYPE']._serialized_start=2098
+  _globals['_DOCUMENTTYPE']._serialized_end=2294
+  _globals['_DOCUMENTSTATE']._serialized_start=2297
+  _globals['_DOCUMENTSTATE']._serialized_end=2426
+  _globals['_SEARCHMODE']._serialized_start=2428
+  _globals['_SEARCHMODE']._serialized_end=2542
   _globals['_DOCUMENT']._serialized_start=98
-  _globals['_DOCUMENT']._serialized_end=419
-  _globals['_DOCUMENTSOURCE']._serialized_start=422
-  _globals['_DOCUMENTSOURCE']._serialized_end=574
-  _globals['_INGESTDOCUMENTREQUEST']._serialized_start=576
-  _globals['_INGESTDOCUMENTREQUEST']._serialized_end=659
-  _globals['_INGESTDOCUMENTRESPONSE']._serialized_start=661
-  _globals['_INGESTDOCUMENTRESPONSE']._serialized_end=743
-  _globals['_UPLOADDOCUMENTREQUEST']._serialized_start=745
-  _globals['_UPLOADDOCUMENTREQUEST']._serialized_end=840
-  _globals['_UPLOADDOCUMENTRESPONSE']._serialized_start=842
-  _globals['_UPLOADDOCUMENTRESPONSE']._serialized_end=924
-  _globals['_GETDOCUMENTREQUEST']._serialized_start=926
-  _globals['_GETDOCUMENTREQUEST']._serialized_end=960
-  _globals['_GETDOCUMENTRESPONSE']._serialized_start=962
-  _globals['_GETDOCUMENTRESPONSE']._serialized_end=1022
-  _globals['_LISTDOCUMENTSREQUEST']._serialized_start=1025
-  _globals['_LISTDOCUMENTSREQUEST']._serialized_end=1259
-  _globals['_LISTDOCUMENTSREQUEST_METADATAFILTERENTRY']._serialized_start=1206
-  _globals['_LISTDOCUMENTSREQUEST_METADATAFILTERENTRY']._serialized_end=1259
-  _globals['_LISTDOCUMENTSRESPONSE']._serialized_start=1261
-  _globals['_LISTDOCUMENTSRESPONSE']._serialized_end=1349
-  _globals['_DELETEDOCUMENTREQUEST']._serialized_start=1351
-  _globals['_DELETEDOCUMENTREQUEST']._serialized_end=1388
-  _globals['_DELETEDOCUMENTRESPONSE']._serialized_start=1390
-  _globals['_DELETEDOCUMENTRESPONSE']._serialized_end=1414
-  _globals['_SEARCHREQUEST']._serialized_start=1417
-  _globals['_SEARCHREQUEST']._serialized_end=1722
-  _globals['_SEARCHREQUEST_METADATAFILTERENTRY']._serialized_start=1206
-  _globals['_SEARCHREQUEST_METADATAFILTERENTRY']._serialized_end=1259
-  _globals['_SEARCHHIT']._serialized_start=1725
-  _globals['_SEARCHHIT']._serialized_end=1979
-  _globals['_SEARCHRESPONSE']._serialized_start=1981
-  _globals['_SEARCHRESPONSE']._serialized_end=2033
-  _globals['_RAGSERVICE']._serialized_start=2351
-  _globals['_RAGSERVICE']._serialized_end=2851
+  _globals['_DOCUMENT']._serialized_end=481
+  _globals['_DOCUMENTSOURCE']._serialized_start=484
+  _globals['_DOCUMENTSOURCE']._serialized_end=636
+  _globals['_INGESTDOCUMENTREQUEST']._serialized_start=638
+  _globals['_INGESTDOCUMENTREQUEST']._serialized_end=721
+  _globals['_INGESTDOCUMENTRESPONSE']._serialized_start=723
+  _globals['_INGESTDOCUMENTRESPONSE']._serialized_end=805
+  _globals['_UPLOADDOCUMENTREQUEST']._serialized_start=807
+  _globals['_UPLOADDOCUMENTREQUEST']._serialized_end=902
+  _globals['_UPLOADDOCUMENTRESPONSE']._serialized_start=904
+  _globals['_UPLOADDOCUMENTRESPONSE']._serialized_end=986
+  _globals['_GETDOCUMENTREQUEST']._serialized_start=988
+  _globals['_GETDOCUMENTREQUEST']._serialized_end=1022
+  _globals['_GETDOCUMENTRESPONSE']._serialized_start=1024
+  _globals['_GETDOCUMENTRESPONSE']._serialized_end=1084
+  _globals['_LISTDOCUMENTSREQUEST']._serialized_start=1087
+  _globals['_LISTDOCUMENTSREQUEST']._serialized_end=1321
+  _globals['_LISTDOCUMENTSREQUEST_METADATAFILTERENTRY']._serialized_start=1268
+  _globals['_LISTDOCUMENTSREQUEST_METADATAFILTERENTRY']._serialized_end=1321
+  _globals['_LISTDOCUMENTSRESPONSE']._serialized_start=1323
+  _globals['_LISTDOCUMENTSRESPONSE']._serialized_end=1411
+  _globals['_DELETEDOCUMENTREQUEST']._serialized_start=1413
+  _globals['_DELETEDOCUMENTREQUEST']._serialized_end=1450
+  _globals['_DELETEDOCUMENTRESPONSE']._serialized_start=1452
+  _globals['_DELETEDOCUMENTRESPONSE']._serialized_end=1476
+  _globals['_SEARCHREQUEST']._serialized_start=1479
+  _globals['_SEARCHREQUEST']._serialized_end=1784
+  _globals['_SEARCHREQUEST_METADATAFILTERENTRY']._serialized_start=1268
+  _globals['_SEARCHREQUEST_METADATAFILTERENTRY']._serialized_end=1321
+  _globals['_SEARCHHIT']._serialized_start=1787
+  _globals['_SEARCHHIT']._serialized_end=2041
+  _globals['_SEARCHRESPONSE']._serialized_start=2043
+  _globals['_SEARCHRESPONSE']._serialized_end=2095
+  _globals['_RAGSERVICE']._serialized_start=2545
+  _globals['_RAGSERVICE']._serialized_end=3045
 # @@protoc_insertion_point(module_scope)

@@ -61,6 +61,34 @@ DOCUMENT_TYPE_WEB_PAGE: DocumentType.ValueType  # 6
 """A fetched web page (HTML)."""
 Global___DocumentType: _TypeAlias = DocumentType  # noqa: Y015
 
+class _DocumentState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DocumentStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DocumentState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DOCUMENT_STATE_UNSPECIFIED: _DocumentState.ValueType  # 0
+    """Not set."""
+    DOCUMENT_STATE_INDEXING: _DocumentState.ValueType  # 1
+    """Stored and searchable by its words; its chunks are being embedded in the background."""
+    DOCUMENT_STATE_READY: _DocumentState.ValueType  # 2
+    """Every chunk embedded: found by meaning too."""
+    DOCUMENT_STATE_FAILED: _DocumentState.ValueType  # 3
+    """Embedding failed after its retries (see `index_error`); still found by its words."""
+
+class DocumentState(_DocumentState, metaclass=_DocumentStateEnumTypeWrapper):
+    """DocumentState is how far a stored document's indexing got."""
+
+DOCUMENT_STATE_UNSPECIFIED: DocumentState.ValueType  # 0
+"""Not set."""
+DOCUMENT_STATE_INDEXING: DocumentState.ValueType  # 1
+"""Stored and searchable by its words; its chunks are being embedded in the background."""
+DOCUMENT_STATE_READY: DocumentState.ValueType  # 2
+"""Every chunk embedded: found by meaning too."""
+DOCUMENT_STATE_FAILED: DocumentState.ValueType  # 3
+"""Embedding failed after its retries (see `index_error`); still found by its words."""
+Global___DocumentState: _TypeAlias = DocumentState  # noqa: Y015
+
 class _SearchMode:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -106,6 +134,8 @@ class Document(_message.Message):
     CHUNK_COUNT_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    INDEX_ERROR_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`documents/{document}`."""
     title: _builtins.str
@@ -122,6 +152,12 @@ class Document(_message.Message):
     """SHA-256 of the content, hex."""
     chunk_count: _builtins.int
     """Number of chunks."""
+    state: Global___DocumentState.ValueType
+    """Output only: where its indexing is. Its chunks are found by their words from the start,
+    by meaning once READY.
+    """
+    index_error: _builtins.str
+    """Output only: why indexing failed (state FAILED)."""
     @_builtins.property
     def metadata(self) -> _struct_pb2.Struct:
         """Free-form metadata, filterable in ListDocuments and Search."""
@@ -148,10 +184,12 @@ class Document(_message.Message):
         chunk_count: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        state: Global___DocumentState.ValueType = ...,
+        index_error: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "metadata", b"metadata", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_count", b"chunk_count", "content_hash", b"content_hash", "create_time", b"create_time", "file_path", b"file_path", "metadata", b"metadata", "name", b"name", "size_bytes", b"size_bytes", "source_uri", b"source_uri", "title", b"title", "type", b"type", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_count", b"chunk_count", "content_hash", b"content_hash", "create_time", b"create_time", "file_path", b"file_path", "index_error", b"index_error", "metadata", b"metadata", "name", b"name", "size_bytes", b"size_bytes", "source_uri", b"source_uri", "state", b"state", "title", b"title", "type", b"type", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
