@@ -67,6 +67,14 @@ def desk(browser: Browser, mesh: Mesh) -> Iterator[Page]:
         yield page
 
 
+@pytest.fixture(params=["desktop", "phone"])
+def screen(request: pytest.FixtureRequest, browser: Browser, mesh: Mesh) -> Iterator[Page]:
+    """The same test at 1280×800 and at 390×844, where the page must not scroll sideways."""
+    with _checked_page(browser, mesh, DESKTOP if request.param == "desktop" else PHONE) as page:
+        yield page
+        _fits(page, f"{request.node.name} at the end")
+
+
 def _run(mesh: Mesh, workflow: str, **run: object) -> dict[str, object]:
     body = {"run": {"workflow": f"workflows/{workflow}", **run}, "requestId": str(uuid.uuid4())}
     created: dict[str, object] = mesh.post("/v1/runs", body)["run"]
@@ -81,6 +89,12 @@ def _wait_run(mesh: Mesh, name: object, *statuses: str, timeout: float = 60) -> 
             return run
         assert time.monotonic() < deadline, f"{name} stayed {run['status']}"
         time.sleep(0.2)
+
+
+def _width(page: Page) -> int:
+    size = page.viewport_size
+    assert size is not None
+    return size["width"]
 
 
 def _fits(page: Page, what: str) -> None:
@@ -238,8 +252,8 @@ def test_upload_shows_indexing_progress_then_vector_search_finds_a_plain_questio
 # -- features -------------------------------------------------------------------------------
 
 
-def test_steps_timeline_graph_then_fork_from_a_step(desk: Page, artifacts: Path) -> None:
-    page = desk
+def test_steps_timeline_graph_then_fork_from_a_step(screen: Page, artifacts: Path) -> None:
+    page = screen
     start_run(page, "workflows/approval", {"message": "Plan a picnic", "question": "Go?"})
     expect_status(page, "RUN_STATUS_PAUSED")
     expect(page.locator("#run-graph [data-node=approve]")).to_have_attribute(
@@ -266,7 +280,7 @@ def test_steps_timeline_graph_then_fork_from_a_step(desk: Page, artifacts: Path)
             "data-state", "done"
         )
     expect(page.locator("#run-graph path.edge")).to_have_count(4)
-    shot(page, artifacts, "23-steps-and-graph")
+    shot(page, artifacts, f"23-steps-and-graph-{_width(page)}")
 
     finish = page.locator("#run-steps .step[data-node=finish]")
     finish.locator("summary").click()
@@ -278,7 +292,7 @@ def test_steps_timeline_graph_then_fork_from_a_step(desk: Page, artifacts: Path)
     expect_status(page, "RUN_STATUS_COMPLETED")
     expect_output(page, "\nanswer was a forked answer")
     expect(page.locator("#run-steps .step")).to_have_count(1)
-    shot(page, artifacts, "24-forked-run")
+    shot(page, artifacts, f"24-forked-run-{_width(page)}")
 
 
 def test_rerun_starts_the_same_input_again(desk: Page, mesh: Mesh) -> None:
@@ -294,8 +308,8 @@ def test_rerun_starts_the_same_input_again(desk: Page, mesh: Mesh) -> None:
     expect_output(page, word)
 
 
-def test_threads_list_opens_a_conversation_that_continues(desk: Page, artifacts: Path) -> None:
-    page = desk
+def test_threads_list_opens_a_conversation_that_continues(screen: Page, artifacts: Path) -> None:
+    page = screen
     first = f"first question {uuid.uuid4().hex[:6]}"
     start_run(page, "workflows/chat", {"message": first, "model": "offline:echo"})
     expect_status(page, "RUN_STATUS_COMPLETED")
@@ -316,7 +330,7 @@ def test_threads_list_opens_a_conversation_that_continues(desk: Page, artifacts:
     page.goto(f"/#/threads/{thread_id}")
     expect(turns).to_have_count(4)
     expect(turns.nth(2)).to_contain_text("and a second one")
-    shot(page, artifacts, "25-thread")
+    shot(page, artifacts, f"25-thread-{_width(page)}")
     # The list: most recently active first, with the first message and the run count.
     page.goto("/#/threads")
     row = page.locator("#threads-table tbody tr").first
