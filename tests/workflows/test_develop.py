@@ -345,6 +345,15 @@ async def test_git_service_merges_refuses_a_conflict_and_discards(
     (repo / "other.txt").write_text("other\n")
     git(repo, "add", "other.txt")
     git(repo, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "other")
+    # A file of the user's in the way in their checkout of main: refused, nothing moved.
+    (repo / "greet.py").write_text("my own\n")
+    before = git(repo, "rev-parse", "main")
+    blocked = await rpc_error(mesh.git.LandRun(git_pb2.LandRunRequest(name=first.name)))
+    assert blocked.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "checked out" in (blocked.details() or "") and "greet.py" in (blocked.details() or "")
+    assert git(repo, "rev-parse", "main") == before
+    assert (repo / "greet.py").read_text() == "my own\n"
+    (repo / "greet.py").unlink()
     landed = await mesh.git.LandRun(git_pb2.LandRunRequest(name=first.name, into="main"))
     assert not landed.fast_forward and landed.files == ["greet.py"]
     parents = git(repo, "log", "-1", "--format=%P", "main").split()
