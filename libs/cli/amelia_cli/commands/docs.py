@@ -121,7 +121,7 @@ async def _ingest_one(stub: object, path: Path) -> Outcome:
         return Outcome(path, "error", error=f"{exc.code().name}: {exc.details()}")
     return Outcome(
         path,
-        "unchanged" if reply.unchanged else "indexed",
+        "unchanged" if reply.unchanged else "stored",
         reply.document.chunk_count,
         time.perf_counter() - started,
     )
@@ -155,7 +155,8 @@ def ingest(
     paths: list[str] = typer.Argument(..., help="Files, folders or globs."),
     parallel: int = typer.Option(8, min=1, max=32, help="Files in flight at once."),
 ) -> None:
-    """Parse, chunk, embed and index files (unchanged files cost nothing)."""
+    """Store files, parsed and chunked; they are embedded in the background (unchanged files
+    cost nothing)."""
     files = expand(paths)
     if not files:
         console.print("nothing to ingest")
@@ -169,7 +170,7 @@ def ingest(
     for column in ("status", "chunks", "seconds"):
         table.add_column(column, no_wrap=True)
     for o in outcomes:
-        colour = {"indexed": "green", "unchanged": "dim", "error": "red"}[o.status]
+        colour = {"stored": "green", "unchanged": "dim", "error": "red"}[o.status]
         table.add_row(
             _shown(o.path),
             f"[{colour}]{o.status}[/{colour}] {o.error}",
@@ -177,6 +178,12 @@ def ingest(
             f"{o.seconds:.2f}",
         )
     console.print(table)
+    if any(o.status == "stored" for o in outcomes):
+        console.print(
+            "Stored: found by their words now, by meaning once embedded in the background"
+            " (`amelia docs list` shows each document's state).",
+            style="dim",
+        )
     if any(o.status == "error" for o in outcomes):
         raise typer.Exit(1)
 
@@ -260,12 +267,14 @@ def ls(
         documents = asyncio.run(go())
     except grpc.aio.AioRpcError as exc:
         raise fail(exc) from exc
-    table = listing("name", "title", "type", "chunks", "bytes", "updated")
+    table = listing("name", "title", "type", "state", "chunks", "bytes", "updated")
     for d in documents:
+        state = rag_pb2.DocumentState.Name(d.state).removeprefix("DOCUMENT_STATE_").lower()
         table.add_row(
             d.name,
             d.title,
             rag_pb2.DocumentType.Name(d.type).removeprefix("DOCUMENT_TYPE_").lower(),
+            f"{state}: {d.index_error}" if d.index_error else state,
             str(d.chunk_count),
             str(d.size_bytes),
             d.update_time.ToDatetime().isoformat(timespec="seconds"),
