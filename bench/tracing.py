@@ -51,14 +51,8 @@ class _Sink(BaseHTTPRequestHandler):
 
 def _switch_tracing(on: bool) -> None:
     """Tracing on or off between rounds (the provider stays; what `start` turned on is gated)."""
-    from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient
-
     telemetry._state["tracing"] = on
-    client = GrpcAioInstrumentorClient()
-    if on and not client.is_instrumented_by_opentelemetry:
-        client.instrument()
-    elif not on and client.is_instrumented_by_opentelemetry:
-        client.uninstrument()
+    telemetry.instrument_grpc_clients(on)
 
 
 async def _timed(settings: Settings, workflow: str) -> tuple[list[float], list[float], float]:

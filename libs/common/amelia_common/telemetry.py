@@ -64,7 +64,6 @@ def start(settings: Settings, service: str) -> None:
     if _state["tracing"] or not os.environ.get(ENDPOINT_VARIABLE, "").strip():
         return
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -73,7 +72,7 @@ def start(settings: Settings, service: str) -> None:
     provider = TracerProvider(resource=Resource.create({SERVICE_NAME: name}))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
-    GrpcAioInstrumentorClient().instrument()
+    instrument_grpc_clients(True)
     # In place, so loggers already cached (structlog caches on first use) see it too.
     structlog.get_config()["processors"].insert(0, _add_trace_ids)
     _state.update(tracing=True, service=name, provider=provider)
@@ -104,7 +103,35 @@ def server_interceptors() -> list[Any]:
         return []
     from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
-    return [aio_server_interceptor()]
+    return [aio_server_interceptor(filter_=_traced_rpcs())]
+
+
+def instrument_grpc_clients(on: bool) -> None:
+    """Patch (or unpatch) grpc.aio's channel factories so every new channel injects the trace
+    context and makes CLIENT spans (for the calls `_traced_rpcs` keeps)."""
+    from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient
+
+    # A singleton: each construction resets its filter, so always pass ours.
+    client = GrpcAioInstrumentorClient(filter_=_traced_rpcs())
+    if on and not client.is_instrumented_by_opentelemetry:
+        client.instrument()
+    elif not on and client.is_instrumented_by_opentelemetry:
+        client.uninstrument()
+
+
+def _traced_rpcs() -> Any:
+    """Which gRPC calls get spans: not the long-lived streams (Stream*, health Watch, reflection)
+    — a span as long as a subscription says nothing, and wrapping each of its messages costs —
+    nor health checks."""
+    from opentelemetry.instrumentation.grpc import filters
+
+    return filters.negate(
+        filters.any_of(
+            filters.method_prefix("Stream"),
+            filters.health_check(),
+            filters.service_prefix("grpc.reflection"),
+        )
+    )
 
 
 def asgi_middleware() -> list[tuple[type[Any], dict[str, Any]]]:
