@@ -44,7 +44,11 @@ async def start_run(pilot: Any, target: str, message: str, **fields: str) -> Run
         form.query_one(f"#in-{name}", Input).focus()
         await type_text(pilot, value)
     await pilot.press("ctrl+s")
-    await wait_until(lambda: isinstance(pilot.app.screen, RunScreen), "the run is open")
+    await wait_until(
+        lambda: isinstance(pilot.app.screen, RunScreen) and pilot.app.screen.query("#run-output"),
+        "the run is open",
+        seen=lambda: (pilot.app.screen, text_of(form, "#start-error"), form.run_spec()),
+    )
     screen: RunScreen = on_screen(pilot, RunScreen)
     return screen
 
@@ -263,7 +267,7 @@ async def test_search_documents_and_see_retrieved_passages(tui_mesh: TuiMesh) ->
         assert any("Mara river" in p.get("content", "") for p in run.passages)
         assert run.nodes["retrieve"][0] == "done"
         await pilot.press("p")
-        assert "Passages (" in str(run.query_one("#run-tabs").get_tab("passages").label)
+        assert "Passages (" in str(run.query_one("#run-tabbar").render())
 
 
 async def test_gateway_restart_mid_run_shows_each_line_once(tui_mesh: TuiMesh) -> None:
@@ -284,8 +288,12 @@ async def test_gateway_restart_mid_run_shows_each_line_once(tui_mesh: TuiMesh) -
             await wait_until(lambda: app.connection == "open", "the TUI is back")
         assert app.socket.connects == connects + 2
 
-        await wait_until(lambda: run.status == "completed", "the run completes")
-        await wait_until(lambda: len(run.output.text) >= len(message), "every token is there")
+        def seen() -> str:
+            text = run.output.text
+            return f"{run.status}, {run.events_seen} events, {len(text)} chars: ...{text[-60:]!r}"
+
+        await wait_until(lambda: run.status == "completed", "the run completes", seen=seen)
+        await wait_until(lambda: len(run.output.text) >= len(message), "every token", seen=seen)
         assert run.output.text.split("\n") == lines  # every line, once, in order
         assert run.output.text == message
 

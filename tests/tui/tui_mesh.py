@@ -28,7 +28,7 @@ from amelia_common.grpc_server import GrpcService
 from amelia_common.settings import Settings
 
 TOKEN = "tui-test-token"
-DEADLINE = 60.0  # seconds any awaited condition may take on a busy machine
+DEADLINE = 150.0  # seconds any awaited condition may take on a busy machine
 
 
 @dataclass
@@ -130,14 +130,19 @@ def new_gateway(directory: Path, addresses: dict[str, str]) -> GatewayProcess:
 
 
 async def wait_until(
-    condition: Callable[[], Any], what: str = "condition", timeout: float = DEADLINE
+    condition: Callable[[], Any],
+    what: str = "condition",
+    timeout: float = DEADLINE,
+    seen: Callable[[], Any] | None = None,
 ) -> None:
-    """Let the app work until `condition()` holds (a generous deadline, never a speed test)."""
+    """Let the app work until `condition()` holds (a generous deadline, never a speed test);
+    `seen()` says what there was instead when it does not."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not condition():
         if loop.time() > deadline:
-            raise AssertionError(f"not met within {timeout:.0f}s: {what}")
+            instead = f"; instead: {seen()}" if seen else ""
+            raise AssertionError(f"not met within {timeout:.0f}s: {what}{instead}")
         await asyncio.sleep(0.05)
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from rich.columns import Columns
+from rich.console import Group, RenderableType
 from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
@@ -47,17 +49,20 @@ class HelpScreen(ModalScreen[None]):
             ("Documents (3)", DocumentsScreen.BINDINGS),
             ("Start a run (n)", StartRunScreen.BINDINGS),
         ]
-        text = Text("Amelia keys — Esc closes\n", style="bold")
+        parts: list[RenderableType] = [Text("Amelia keys — Esc closes\n", style="bold")]
         for title, bindings in sections:
-            text.append(f"\n{title}\n", style="bold underline")
-            for binding in bindings:
-                if isinstance(binding, Binding) and binding.description:
-                    text.append(f"  {key_label(binding.key):<11}", style="bold")
-                    text.append(f"{binding.description}\n")
-        text.append(f"\n  {'tab':<11}", style="bold")
-        text.append("the next box of a screen (shift+tab: the one before)\n")
+            keys = [
+                Text.assemble((f"{key_label(binding.key):<5} ", "bold"), binding.description)
+                for binding in bindings
+                if isinstance(binding, Binding) and binding.description
+            ]
+            # As many columns as the width takes: the whole list fits 80×24.
+            parts += [Text(title, style="bold underline"), Columns(keys, padding=(0, 3))]
+        parts.append(
+            Text.assemble(("tab", "bold"), " / ", ("shift+tab", "bold"), " the next / previous box")
+        )
         with VerticalScroll(id="help"):
-            yield Static(text)
+            yield Static(Group(*parts))
 
     def action_close(self) -> None:
         self.dismiss()

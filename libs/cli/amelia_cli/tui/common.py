@@ -16,7 +16,7 @@ from textual.widget import Widget
 from textual.widgets import Label, Static
 
 from amelia_cli.tui.eventline import local_time, seconds
-from amelia_cli.tui.gateway import ApiError
+from amelia_cli.tui.gateway import ApiError, Subscription
 
 T = TypeVar("T")
 
@@ -93,6 +93,26 @@ async def ask(widget: Widget, request: Awaitable[T]) -> T:
     if closed(widget):
         raise asyncio.CancelledError
     return answer
+
+
+def subscribe(widget: Widget, **options: Any) -> Subscription:
+    """`app.socket.subscribe(...)` for a screen, its `on_...` callbacks dropped once the screen
+    is closing: the socket may deliver an event between the removal of the screen's boxes and
+    its unsubscribe."""
+
+    def guarded(handler: Callable[..., None]) -> Callable[..., None]:
+        def call(*args: Any) -> None:
+            if not closed(widget):
+                handler(*args)
+
+        return call
+
+    for name, value in options.items():
+        if name.startswith("on_") and callable(value):
+            options[name] = guarded(value)
+    app: Any = widget.app
+    subscription: Subscription = app.socket.subscribe(**options)
+    return subscription
 
 
 class Debounced:

@@ -12,7 +12,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import ContentSwitcher, DataTable, Footer, Input, Label, Static
 
-from amelia_cli.tui.common import Debounced, TopBar, ask, when
+from amelia_cli.tui.common import Debounced, TopBar, ask, subscribe, when
 from amelia_cli.tui.gateway import ApiError, Subscription
 from amelia_cli.tui.passages import passage_text
 
@@ -76,7 +76,8 @@ class DocumentsScreen(Screen[None]):
     def on_mount(self) -> None:
         app: Any = self.app
         if app.live:
-            self._subscription = app.socket.subscribe(
+            self._subscription = subscribe(
+                self,
                 filter={"types": ["document.*"]},
                 since="now",
                 on_event=lambda event, sequence: self.reload_soon(),

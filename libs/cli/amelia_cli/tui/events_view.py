@@ -16,7 +16,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Footer, Input, Label, Static
 
-from amelia_cli.tui.common import TopBar
+from amelia_cli.tui.common import TopBar, subscribe
 from amelia_cli.tui.eventline import describe, event_filter, fit, local_time, short_subject
 from amelia_cli.tui.gateway import Subscription
 
@@ -128,7 +128,8 @@ class EventsScreen(Screen[None]):
         since = read_since(self.query_one("#ev-since", Input).value)
         app: Any = self.app
         if app.live:
-            self._subscription = app.socket.subscribe(
+            self._subscription = subscribe(
+                self,
                 filter=self.current_filter(),
                 since=since,
                 on_event=self.add_event,

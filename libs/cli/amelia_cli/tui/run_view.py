@@ -17,8 +17,9 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.reactive import reactive
 from textual.screen import Screen
-from textual.widgets import Footer, Input, Log, Static, TabbedContent, TabPane
+from textual.widgets import Footer, Input, Log, Static
 
 from amelia_cli.tui.common import (
     ACTIVE,
@@ -27,6 +28,7 @@ from amelia_cli.tui.common import (
     short_id,
     status_of,
     status_text,
+    subscribe,
     target_of,
     took,
     when,
@@ -49,6 +51,36 @@ APPROVE_WORDS = ("approve", "yes", "ok", "accept", "lgtm")
 REJECT_WORDS = ("reject", "no", "deny", "decline")
 QUESTION_KEYS = {"question", "message", "prompt", "text", "options", "choices"}
 RETRY_SECONDS = 1.0
+
+
+# The run's tabs: name → (title, key, the pane's id).
+TABS = {
+    "output": ("Output", "o", "run-output"),
+    "activity": ("Activity", "v", "run-activity"),
+    "passages": ("Passages", "p", "run-passages"),
+    "result": ("Result", "j", "run-result-box"),
+}
+PANES = {tab: pane for tab, (_, _, pane) in TABS.items()}
+
+
+class TabBar(Static):
+    """`Output o  Activity v  Passages (2) p  Result j`, the shown one lit."""
+
+    DEFAULT_CSS = """
+    TabBar { height: 1; padding: 0 1; background: $panel; }
+    """
+    active = reactive("output")
+    passages = reactive(0)
+
+    def render(self) -> Text:
+        bar = Text()
+        for tab, (title, key, _) in TABS.items():
+            if tab == "passages" and self.passages:
+                title = f"{title} ({self.passages})"
+            lit = tab == self.active
+            bar.append(f" {title} ", style="bold reverse" if lit else "")
+            bar.append(f"{key}  ", style="dim")
+        return bar
 
 
 def options_of(value: Any) -> list[Any]:
@@ -118,14 +150,14 @@ class RunScreen(Screen[None]):
             yield Static("", id="question-keys", classes="hint")
             yield Input(placeholder="type an answer, Enter sends", compact=True, id="answer")
         with Horizontal(id="run-body"):
-            with TabbedContent(initial="output", id="run-tabs"):
-                with TabPane("Output o", id="output"):
-                    yield StreamView("waiting for tokens…", id="run-output")
-                with TabPane("Activity v", id="activity"):
-                    yield Log(id="run-activity", max_lines=2000)
-                with TabPane("Passages p", id="passages"):
-                    yield VerticalScroll(id="run-passages")
-                with TabPane("Result j", id="result"), VerticalScroll(id="run-result-box"):
+            # Tabs of our own: a bar and panes shown by a class. (Textual's TabbedContent
+            # raised "No Tab with id" now and then on a busy machine, mounting its tabs.)
+            with Vertical(id="run-main"):
+                yield TabBar(id="run-tabbar")
+                yield StreamView("waiting for tokens…", id="run-output", classes="pane -shown")
+                yield Log(id="run-activity", max_lines=2000, classes="pane")
+                yield VerticalScroll(id="run-passages", classes="pane")
+                with VerticalScroll(id="run-result-box", classes="pane"):
                     yield Static("(when the run ends)", id="run-result")
             # From 120 columns on, the activity also shows beside the output.
             with Vertical(id="run-side"):
@@ -152,8 +184,21 @@ class RunScreen(Screen[None]):
     # -- loading ----------------------------------------------------------------------------
 
     async def _start(self) -> None:
-        """The run (retried while the gateway is away), its workflow's nodes, then its events."""
+        """Its events at once (tokens need nothing else), then the run (retried while the
+        gateway is away) and its workflow's nodes, in the workflow's order."""
         app: Any = self.app
+        # On a busy machine the boxes inside the tabs can be mounted after on_mount: events
+        # are shown in them, so wait for the last one (Textual has no public event for it).
+        while not self.query("#run-side-activity"):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        self._subscription = subscribe(
+            self,
+            run=self.run_name,
+            since="beginning",
+            on_event=self.apply,
+            on_end=self._ended,
+            on_error=self._stream_error,
+        )
         await self._refresh_until_loaded()
         workflow = self.run.get("workflow")
         if workflow:
@@ -161,16 +206,11 @@ class RunScreen(Screen[None]):
                 found = {w["name"]: w for w in await ask(self, app.api.list_workflows())}
             except ApiError:
                 found = {}
-            for node in found.get(workflow, {}).get("nodes", []):
-                self.nodes.setdefault(node, ["pending", ""])
+            order = list(found.get(workflow, {}).get("nodes", []))
+            seen = self.nodes
+            self.nodes = {node: seen.get(node, ["pending", ""]) for node in order}
+            self.nodes.update((node, state) for node, state in seen.items() if node not in order)
             self._render_nodes()
-        self._subscription = app.socket.subscribe(
-            run=self.run_name,
-            since="beginning",
-            on_event=self.apply,
-            on_end=self._ended,
-            on_error=self._stream_error,
-        )
 
     async def _refresh_run(self) -> bool:
         app: Any = self.app
@@ -202,9 +242,11 @@ class RunScreen(Screen[None]):
     # -- rendering --------------------------------------------------------------------------
 
     def show_run(self, run: dict[str, Any]) -> None:
-        """The run as the gateway returns it (GetRun)."""
+        """The run as the gateway returns it (GetRun). Once its events are coming they say the
+        status (this snapshot may be older than the last of them), unless the run has ended."""
         self.run = run
-        self.set_status(status_of(run))
+        if not self.events_seen or status_of(run) in TERMINAL.values():
+            self.set_status(status_of(run))
         if self.status == "paused" and self.interrupt is None and run.get("interrupt"):
             self.show_question(run["interrupt"])
         error = self.query_one("#run-error", Static)
@@ -321,9 +363,7 @@ class RunScreen(Screen[None]):
         box.mount_all(
             Static(passage_text(start + i, hit), classes="passage") for i, hit in enumerate(found)
         )
-        self.query_one(TabbedContent).get_tab(
-            "passages"
-        ).label = f"Passages ({len(self.passages)}) p"
+        self.query_one(TabBar).passages = len(self.passages)
 
     # -- events -----------------------------------------------------------------------------
 
@@ -393,8 +433,11 @@ class RunScreen(Screen[None]):
             return
         self.dismiss()
 
-    def action_tab(self, pane: str) -> None:
-        self.query_one(TabbedContent).active = pane
+    def action_tab(self, tab: str) -> None:
+        for pane in self.query(".pane"):
+            pane.set_class(pane.id == PANES[tab], "-shown")
+        self.query_one(TabBar).active = tab
+        self.query_one(f"#{PANES[tab]}").focus()
 
     def action_approve(self) -> None:
         self.send_answer(self._option("approve"))

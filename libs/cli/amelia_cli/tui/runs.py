@@ -26,6 +26,7 @@ from amelia_cli.tui.common import (
     short_id,
     status_of,
     status_text,
+    subscribe,
     target_of,
     took,
     when,
@@ -100,7 +101,8 @@ class RunsScreen(Screen[None]):
     def on_mount(self) -> None:
         app: Any = self.app
         if app.live:
-            self._subscription = app.socket.subscribe(
+            self._subscription = subscribe(
+                self,
                 filter={"types": LIFECYCLE, "subject": "runs/*"},
                 since="now",
                 on_event=lambda event, sequence: self.reload_soon(),

@@ -70,8 +70,10 @@ class StreamView(ScrollView, can_focus=True):
     StreamView { background: $surface; }
     """
 
-    def __init__(self, placeholder: str = "", *, id: str | None = None) -> None:
-        super().__init__(id=id)
+    def __init__(
+        self, placeholder: str = "", *, id: str | None = None, classes: str | None = None
+    ) -> None:
+        super().__init__(id=id, classes=classes)
         self.placeholder = placeholder
         self.chunks: list[str] = []  # everything appended, for `text`
         # Paragraphs: (text, is_marker). The last one grows as tokens arrive.
