@@ -8,6 +8,8 @@ pointing at them.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -60,12 +62,17 @@ class Infra:
 
 @pytest.fixture(scope="session")
 def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
-    # Unix socket paths are limited to ~100 bytes, so keep the root short.
-    root = tmp_path_factory.mktemp("infra")
+    """Outside pytest's own temporary root: run as root, the embedded PostgreSQL runs as another
+    user, which must traverse the path to its data, and every pytest session that starts makes
+    `/tmp/pytest-of-<user>` private (0700) again. Short, for Unix socket paths (~100 bytes)."""
+    root = Path(tempfile.mkdtemp(prefix=f"amelia-infra-{tmp_path_factory.getbasetemp().name}-"))
     infra = Infra(root)
-    infra.start()
-    yield infra
-    infra.stop()
+    try:
+        infra.start()
+        yield infra
+    finally:
+        infra.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus
@@ -39,10 +39,21 @@ def mesh_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def make_mesh_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def make_mesh_env(
+    tmp_path_factory: pytest.TempPathFactory, *, local_model: bool = False
+) -> dict[str, str]:
+    """The environment of one mesh on free ports. Without `local_model` no model server runs
+    (LOCAL_MODEL=off: these meshes name `offline:` models); with it, no provider key either, so
+    the default model is the local one `amelia up` serves, as on a fresh machine."""
     root = mesh_root(tmp_path_factory)
-    ports = {name: str(free_port()) for name in (*GRPC_SERVICES, "PORT", "EMBEDDED_NATS_PORT")}
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "NATS_URL")} | ports
+    names = (*GRPC_SERVICES, "PORT", "EMBEDDED_NATS_PORT", "LOCAL_MODEL_PORT")
+    ports = {name: str(free_port()) for name in names}
+    inherited = ("DATABASE_URL", "NATS_URL", "LOCAL_MODEL_URL", "DEFAULT_MODEL")
+    env = {k: v for k, v in os.environ.items() if k not in inherited} | ports
+    if local_model:
+        env |= {"LOCAL_MODEL": "qwen2.5-coder-0.5b", "ANTHROPIC_API_KEY": "", "OPENAI_API_KEY": ""}
+    else:
+        env["LOCAL_MODEL"] = "off"
     env |= {
         "AMELIA_DATA_DIR": str(root / "data"),
         "EVENTS_ADDRESS": f"127.0.0.1:{ports['EVENTS_GRPC_PORT']}",
@@ -114,7 +125,8 @@ def mesh_state(env: dict[str, str]) -> dict[str, Any]:
 
 
 def mesh_pids(env: dict[str, str]) -> dict[str, int]:
-    """The pid of every part of the mesh that runs now (services, nats, postgres)."""
+    """The pid of every part of the mesh that runs now (services, nats, postgres, the local
+    model)."""
     units = mesh_state(env)["units"]
     return {name: unit["pid"] for name, unit in units.items() if unit["pid"]}
 
@@ -131,6 +143,40 @@ def stop(proc: subprocess.Popen[str], env: dict[str, str]) -> str:
 
 
 alive = process_alive  # a zombie is gone as far as a user is concerned
+
+DEADLINE = 180.0  # seconds: generous, for a loaded 2-core machine
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def ctrl_c_stop_order(env: dict[str, str], parts: list[str]) -> dict[str, int]:
+    """Ctrl-C to the process group of `amelia up` (what a terminal sends), then, for each of
+    `parts`, the tick at which its process was first seen gone; returns once `amelia up` exited.
+    Give `parts` in the reverse of the expected order, so that a correct stop never looks
+    wrong."""
+    supervisor = int(mesh_state(env)["pid"])
+    pids = mesh_pids(env)
+    gone_at: dict[str, int] = {}
+    os.killpg(supervisor, signal.SIGINT)
+    tick = 0
+    deadline = time.monotonic() + DEADLINE
+    while len(gone_at) < len(parts) and time.monotonic() < deadline:
+        for name in parts:
+            if name not in gone_at and not alive(pids[name]):
+                gone_at[name] = tick
+        tick += 1
+        time.sleep(0.005)
+    wait_for(lambda: not alive(supervisor), "amelia up to exit")
+    assert set(gone_at) == set(parts), f"left running: {set(parts) - set(gone_at)}"
+    return gone_at
 
 
 def leaks(text: str, secrets: Iterable[str]) -> list[str]:

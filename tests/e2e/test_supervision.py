@@ -22,32 +22,28 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import grpc
 import httpx
 import pytest
 import websockets
-from e2e_mesh import alive, amelia, leaks, make_mesh_env, mesh_pids, mesh_state
+from e2e_mesh import (
+    DEADLINE,
+    alive,
+    amelia,
+    ctrl_c_stop_order,
+    leaks,
+    make_mesh_env,
+    mesh_pids,
+    mesh_state,
+    wait_for,
+)
 
 from amelia.v1 import agents_pb2, agents_pb2_grpc, events_pb2, events_pb2_grpc
 from amelia_cli.mesh import ServiceSpec
 from amelia_cli.supervisor import RestartPolicy, Supervisor, UnitState, state_file
 from amelia_common.embedded import log_tail
 from amelia_common.settings import Settings
-
-DEADLINE = 180.0  # seconds: generous, for a loaded 2-core machine
-
-
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
 
 # -- the policy, over stand-in services ---------------------------------------------------------
 
@@ -389,24 +385,10 @@ def test_a_service_killed_five_times_in_a_minute_is_failed_alone(mesh: dict[str,
 def test_ctrl_c_stops_services_then_nats_then_postgres(mesh: dict[str, str]) -> None:
     """A Ctrl-C on a terminal goes to the whole process group of `amelia up`."""
     env = mesh
-    supervisor = int(mesh_state(env)["pid"])
     pids = mesh_pids(env)
     services = [name for name in pids if name not in ("nats", "postgres")]
     assert {"nats", "postgres", "events"} <= set(pids)
-    gone_at: dict[str, int] = {}
-    # Looked at in the reverse of the expected order, so a correct stop can never look wrong.
-    order = ["postgres", "nats", *services]
-    os.killpg(supervisor, signal.SIGINT)
-    tick = 0
-    deadline = time.monotonic() + DEADLINE
-    while len(gone_at) < len(order) and time.monotonic() < deadline:
-        for name in order:
-            if name not in gone_at and not alive(pids[name]):
-                gone_at[name] = tick
-        tick += 1
-        time.sleep(0.005)
-    wait_for(lambda: not alive(supervisor), "amelia up to exit")
-    assert set(gone_at) == set(order), f"left running: {set(order) - set(gone_at)}"
+    gone_at = ctrl_c_stop_order(env, ["postgres", "nats", *services])
     last_service = max(gone_at[name] for name in services)
     assert last_service <= gone_at["nats"] <= gone_at["postgres"], gone_at
     up_log = (Path(env["AMELIA_DATA_DIR"]) / "logs" / "amelia-up.log").read_text()

@@ -19,9 +19,42 @@ def test_defaults_are_the_seeds() -> None:
     s = make()
     assert s.APP_NAME == "Amelia"
     assert (s.CHUNK_SIZE, s.CHUNK_OVERLAP, s.EMBEDDING_DIMENSION) == (800, 200, 384)
-    assert (s.RAG_TOP_K, s.RAG_SIMILARITY_THRESHOLD) == (5, 0.7)
+    # No cosine cut-off by default: hybrid search ranks, MiniLM's scores are no relevance test.
+    assert (s.RAG_TOP_K, s.RAG_SIMILARITY_THRESHOLD) == (5, 0.0)
     assert (s.WS_HEARTBEAT_INTERVAL, s.WS_MAX_CONNECTIONS) == (30, 100)
     assert s.DATABASE_URL == "" and s.NATS_URL == ""  # empty: embedded servers
+
+
+def test_the_default_model_and_temperature_follow_the_keys_set() -> None:
+    """No key: the local model, greedy (sampled, the 0.5B model sometimes says Sydney is
+    Australia's capital); with a key, that provider at the seed's 0.7; a temperature set is
+    kept whatever the model."""
+    local = make()
+    assert (local.DEFAULT_MODEL, local.DEFAULT_TEMPERATURE) == ("local:qwen2.5-coder-0.5b", 0.0)
+    assert make(LOCAL_MODEL_TEMPERATURE=0.3).DEFAULT_TEMPERATURE == 0.3
+    assert make(DEFAULT_TEMPERATURE=0.9).DEFAULT_TEMPERATURE == 0.9
+    keyed = make(ANTHROPIC_API_KEY="sk-ant-abc")
+    assert keyed.DEFAULT_MODEL.startswith("claude") and keyed.DEFAULT_TEMPERATURE == 0.7
+    assert make(OPENAI_API_KEY="sk-x").DEFAULT_MODEL == "openai:gpt-4o-mini"
+    off = make(LOCAL_MODEL="off")
+    assert not off.DEFAULT_MODEL.startswith("local:") and off.DEFAULT_TEMPERATURE == 0.7
+    mine = make(DEFAULT_MODEL="offline:echo")
+    assert mine.DEFAULT_TEMPERATURE == 0.7
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"LOCAL_MODEL_TEMPERATURE": -0.1}, "greater than or equal to 0"),
+        ({"LOCAL_MODEL_TEMPERATURE": 2.5}, "less than or equal to 2"),
+        ({"LOCAL_MODEL": "qwen-7b"}, "or the path of a .gguf file"),
+    ],
+)
+def test_local_model_settings_refused_with_a_clear_message(
+    values: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValidationError, match=message):
+        make(**values)
 
 
 @pytest.mark.parametrize(

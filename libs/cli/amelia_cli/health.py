@@ -1,4 +1,5 @@
-"""Asking each part of the mesh whether it is up: gRPC health, the gateway, NATS, PostgreSQL.
+"""Asking each part of the mesh whether it is up: gRPC health, the gateway, NATS, PostgreSQL and
+the local model server (or why none runs).
 
 NATS and PostgreSQL are asked directly when their URLs are known (configured, or recorded by
 the running `amelia up`); otherwise the services are asked how they see them (each reports
@@ -10,6 +11,7 @@ the probes.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import urllib.request
 from dataclasses import dataclass, replace
 from typing import Any
@@ -20,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from amelia_cli.mesh import SERVICES, ServiceSpec, service_address
 from amelia_common.grpc_client import aio_channel
 from amelia_common.grpc_server import DEPENDENCY_PREFIX
+from amelia_common.llama_server import LocalModelReport, local_model_report, server_report
 from amelia_common.settings import Settings
 
 # What a health check answers about a name the service does not report.
@@ -37,7 +40,8 @@ class Probe:
 
     @property
     def ok(self) -> bool:
-        return self.status == "SERVING"
+        """Up, or not meant to run (a local model that is OFF)."""
+        return self.status in ("SERVING", "OFF")
 
 
 async def grpc_health(settings: Settings, address: str, service: str, timeout: float = 2.0) -> str:
@@ -143,6 +147,23 @@ async def probe_dependency(settings: Settings, name: str) -> Probe:
     return Probe(name, address, "NOT_SERVING", detail)
 
 
+def _local_model(settings: Settings, recorded: dict[str, Any] | None) -> LocalModelReport:
+    """What the running `amelia up` chose (`local_model` of mesh.json), else what the settings
+    say: its server, the one LOCAL_MODEL_URL names, or OFF and why."""
+    if recorded is None:
+        return local_model_report(settings)
+    if not recorded.get("url"):
+        return LocalModelReport("OFF", why=str(recorded.get("off") or "no local model"))
+    data_dir = settings.data_dir if recorded.get("embedded") else None
+    return server_report(str(recorded["url"]), data_dir)
+
+
+async def probe_local_model(settings: Settings, state: dict[str, Any] | None = None) -> Probe:
+    recorded = (state or {}).get("local_model")
+    report = await asyncio.to_thread(_local_model, settings, recorded)
+    return Probe("local-model", report.url or "-", report.status, report.detail())
+
+
 def with_supervisor_view(probe: Probe, unit: dict[str, Any] | None) -> Probe:
     """A probe that failed, explained by the supervisor: FAILED (given up on) or RESTARTING,
     with how it last ended and where its log is."""
@@ -157,6 +178,16 @@ def with_supervisor_view(probe: Probe, unit: dict[str, Any] | None) -> Probe:
 
 async def probe_all(settings: Settings, state: dict[str, Any] | None = None) -> list[Probe]:
     """Every part of the mesh; `state` is the running supervisor's `mesh.json`, if found."""
+    # What the probes import is loaded before they start: imported inside one, it held the
+    # event loop while the gRPC probes' 2 s deadlines ran (amelia_common.db, SQLAlchemy, took
+    # 2 s on a loaded machine) and every service showed DEADLINE_EXCEEDED.
+    for module, wanted in (
+        ("amelia_common.nats_client", settings.NATS_URL),
+        ("asyncpg", settings.DATABASE_URL),
+        ("amelia_common.db", settings.DATABASE_URL),
+    ):
+        if wanted:
+            importlib.import_module(module)
     results = await asyncio.gather(
         *(probe_service(settings, spec) for spec in SERVICES),
         probe_nats(settings) if settings.NATS_URL else probe_dependency(settings, "nats"),
@@ -165,6 +196,7 @@ async def probe_all(settings: Settings, state: dict[str, Any] | None = None) -> 
             if settings.DATABASE_URL
             else probe_dependency(settings, "postgres")
         ),
+        probe_local_model(settings, state),
     )
     units: dict[str, Any] = (state or {}).get("units", {})
     return [with_supervisor_view(probe, units.get(probe.name)) for probe in results]

@@ -148,13 +148,14 @@ async def _run(supervisor: Supervisor, timeout: float) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
+    local_model = "" if supervisor.local_model_off else " and the local model"
     try:
-        with console.status("starting PostgreSQL and NATS…"):
+        with console.status(f"starting PostgreSQL, NATS{local_model}…"):
             settings = await supervisor.start_infrastructure()  # bounded; stopped below
         if stop.is_set():
             return
         await supervisor.start_services()
-        with console.status("waiting for every service to report SERVING…"):
+        with console.status(f"waiting for every service{local_model} to report SERVING…"):
             waiting = asyncio.create_task(supervisor.wait_until_serving(timeout))
             stopper = asyncio.create_task(stop.wait())
             await asyncio.wait({waiting, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -163,7 +164,7 @@ async def _run(supervisor: Supervisor, timeout: float) -> None:
                 waiting.cancel()
                 return
             waiting.result()
-        probes = await probe_all(settings, {"units": supervisor.report()})
+        probes = await probe_all(settings, supervisor.state())
         console.print(endpoints_table(settings, probes))
         console.print(
             f"Dashboard and HTTP API: {dashboard_url(settings, with_token=console.is_terminal)}"
@@ -172,7 +173,8 @@ async def _run(supervisor: Supervisor, timeout: float) -> None:
         )
         await supervisor.watch(stop)
     finally:
-        with console.status("stopping services, then NATS and PostgreSQL…"):
+        model_then = "" if supervisor.local_model_off else "the local model, "
+        with console.status(f"stopping services, then {model_then}NATS and PostgreSQL…"):
             await supervisor.stop()
 
 
@@ -216,7 +218,7 @@ def _up_detached(settings: Settings, timeout: float) -> None:
 
 @app.command()
 def status() -> None:
-    """Health of every service, NATS and PostgreSQL."""
+    """Health of every service, NATS, PostgreSQL and the local model."""
     settings, state = _running_mesh()
     probes = asyncio.run(probe_all(settings, state))
     console.print(endpoints_table(settings, probes))

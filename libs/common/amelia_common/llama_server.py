@@ -4,6 +4,8 @@
 (`<data>/llama/llama-server.log`, `llama-server.pid`), `start()` starts it (or reuses the one
 running there with the same model) and waits until `/health` answers, `stop()` stops it. It
 speaks OpenAI's chat completions at `base_url` (`/v1`), which is what `local:` models talk to.
+`amelia up` supervises it like PostgreSQL and NATS when `embedded_wanted()`; `local_model_report()`
+says how it is (or why none runs) for `amelia status` and the gateway's `/v1/status`.
 
 The child is `python -m amelia_common.llama_server serve …`: xllamacpp's `Server` loads the GGUF
 and runs llama.cpp's own HTTP server (continuous batching over `slots` parallel requests, prompt
@@ -27,15 +29,16 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from amelia_common import local_model
 from amelia_common.embedded import (
+    EmbeddedServer,
     EmbeddedStartError,
-    _StopAtExit,
     port_is_free,
     running_pid,
     stop_process,
@@ -47,6 +50,11 @@ log = get_logger("amelia.llama")
 
 # SIGTERM: the server drops its requests and exits at once (llama.cpp needs no flush).
 LLAMA_STOP = ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0))
+# Under the data directory. The pid file's first line is the pid; its second, written with it
+# once the model is loaded, the server's parameters as JSON (what `amelia status` shows).
+FOLDER = "llama"
+PID_FILE = "llama-server.pid"
+LOG_FILE = "llama-server.log"
 
 
 def get_json(url: str, timeout: float = 2.0) -> Any:
@@ -75,19 +83,140 @@ def served_models(url: str, timeout: float = 2.0) -> list[str]:
     return list(dict.fromkeys(filter(None, names)))
 
 
+def why_not_embedded(settings: Settings) -> str:
+    """Why `amelia up` runs no local model server with these settings ("" when it runs one):
+    LOCAL_MODEL is off, LOCAL_MODEL_URL points at a server run elsewhere, or the default model
+    is not a `local:` one (with a provider key set, DEFAULT_MODEL resolves to that provider)."""
+    if settings.LOCAL_MODEL == LOCAL_MODEL_OFF:
+        return "LOCAL_MODEL=off"
+    if settings.LOCAL_MODEL_URL:
+        return "LOCAL_MODEL_URL: a server run elsewhere"
+    if not settings.DEFAULT_MODEL.startswith("local:"):
+        keys = [
+            name
+            for name in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY")
+            if getattr(settings, name).get_secret_value()
+        ]
+        because = f" ({' and '.join(keys)} set)" if keys else ""
+        return f"not needed: the default model is {settings.DEFAULT_MODEL}{because}"
+    return ""
+
+
 def embedded_wanted(settings: Settings) -> bool:
-    """Whether `amelia up` should run the local model server: the default model is a `local:`
-    one, LOCAL_MODEL is not off and no LOCAL_MODEL_URL points at a server run elsewhere (with a
-    provider key set, DEFAULT_MODEL resolves to that provider and nothing is started)."""
-    return (
-        settings.LOCAL_MODEL != LOCAL_MODEL_OFF
-        and not settings.LOCAL_MODEL_URL
-        and settings.DEFAULT_MODEL.startswith("local:")
+    """Whether `amelia up` runs the local model server (see `why_not_embedded`)."""
+    return not why_not_embedded(settings)
+
+
+def read_pid_file(pid_file: Path) -> dict[str, Any]:
+    """The parameters the server wrote beside its pid ({} when there are none)."""
+    try:
+        lines = pid_file.read_text().splitlines()
+        info = json.loads(lines[1]) if len(lines) > 1 else {}
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+@dataclass(frozen=True)
+class LocalModelReport:
+    """How the local model server is, for `amelia status` and the gateway's `/v1/status`.
+
+    `status` is SERVING, STARTING (loading its model), UNREACHABLE, or OFF (none is meant to
+    run; `why` says why). An embedded server also tells its pid, threads and log.
+    """
+
+    status: str
+    url: str = ""
+    why: str = ""
+    model: str = ""
+    embedded: bool = False
+    threads: int | None = None
+    slots: int | None = None
+    pid: int | None = None
+    log: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def detail(self) -> str:
+        """One line for a terminal: model, threads, slots, pid, log (or why none runs)."""
+        parts = [self.why, self.model]
+        if self.threads is not None:
+            parts.append(f"{self.threads} thread{'s' if self.threads != 1 else ''}")
+        if self.slots is not None:
+            parts.append(f"{self.slots} slot{'s' if self.slots != 1 else ''}")
+        if self.pid is not None:
+            parts.append(f"pid {self.pid}")
+        if self.log:
+            parts.append(f"log: {self.log}")
+        return ", ".join(part for part in parts if part)
+
+
+def _short_name(names: list[str]) -> str:
+    """The model's alias when it has one, else its file name."""
+    for name in names:
+        if "/" not in name:
+            return name
+    return Path(names[0]).name if names else ""
+
+
+def probe(url: str, timeout: float = 2.0) -> tuple[str, list[str], int | None]:
+    """Ask the OpenAI-compatible server at `url` (…/v1): its status (SERVING, STARTING while
+    llama.cpp loads its model, UNREACHABLE), the names it serves and its slots (llama.cpp)."""
+    root = url.rstrip("/").removesuffix("/v1")
+    names = served_models(root, timeout)
+    if not names:
+        try:
+            get_json(f"{root}/health", timeout)
+        except urllib.error.HTTPError as exc:
+            return ("STARTING" if exc.code == 503 else "UNREACHABLE"), [], None
+        except (OSError, ValueError):
+            pass
+        return "UNREACHABLE", [], None
+    try:
+        slots = get_json(f"{root}/props", timeout).get("total_slots")
+    except (OSError, ValueError, AttributeError):
+        slots = None  # not llama.cpp (Ollama, vLLM): no props
+    return "SERVING", names, slots if isinstance(slots, int) else None
+
+
+def local_model_report(settings: Settings, timeout: float = 2.0) -> LocalModelReport:
+    """The local model server these settings use: the embedded one under the data directory,
+    the one LOCAL_MODEL_URL names, or OFF with the reason none runs."""
+    why = why_not_embedded(settings)
+    if why and not settings.LOCAL_MODEL_URL:
+        return LocalModelReport("OFF", why=why)
+    embedded_in = None if settings.LOCAL_MODEL_URL else settings.data_dir
+    return server_report(settings.local_model_url, embedded_in, timeout)
+
+
+def server_report(url: str, data_dir: Path | None, timeout: float = 2.0) -> LocalModelReport:
+    """How the server at `url` (…/v1) is: the embedded one of `data_dir` (with its pid,
+    threads and log), or one run elsewhere (`data_dir` None)."""
+    status, names, slots = probe(url, timeout)
+    if data_dir is None:
+        host = urllib.parse.urlsplit(url).netloc
+        return LocalModelReport(
+            status, url, f"run elsewhere ({host})", _short_name(names), slots=slots
+        )
+    folder = data_dir / FOLDER
+    pid = running_pid(folder / PID_FILE)
+    info = read_pid_file(folder / PID_FILE) if pid is not None else {}
+    threads = info.get("threads")
+    return LocalModelReport(
+        status,
+        url,
+        model=_short_name(names) or str(info.get("alias", "")),
+        embedded=True,
+        threads=threads if isinstance(threads, int) else None,
+        slots=slots,
+        pid=pid,
+        log=str(folder / LOG_FILE),
     )
 
 
 @dataclass
-class EmbeddedLlama(_StopAtExit):
+class EmbeddedLlama(EmbeddedServer):
     """llama.cpp serving `model` (a GGUF) on 127.0.0.1:`port`, its log and pid under `root`."""
 
     root: Path
@@ -132,15 +261,15 @@ class EmbeddedLlama(_StopAtExit):
 
     @property
     def folder(self) -> Path:
-        return self.root / "llama"
+        return self.root / FOLDER
 
     @property
     def pid_file(self) -> Path:
-        return self.folder / "llama-server.pid"
+        return self.folder / PID_FILE
 
     @property
     def log_file(self) -> Path:
-        return self.folder / "llama-server.log"
+        return self.folder / LOG_FILE
 
     def pid(self) -> int | None:
         """The server's pid, while it runs."""
@@ -211,7 +340,8 @@ class EmbeddedLlama(_StopAtExit):
                     f"the local model server exited with code {self._process.returncode} "
                     f"(log: {self.log_file}): {self._log_tail(ready_from)}"
                 )
-            if self.healthy():
+            # Its pid file is written once the model is loaded: then it is known to supervisors.
+            if self.pid() is not None and self.healthy():
                 log.info(
                     "embedded llama.cpp server ready",
                     url=self.base_url,
@@ -275,7 +405,7 @@ def serve(args: argparse.Namespace) -> int:
     params.model.path = str(args.model)
     # `local:<alias>` and `local:<path of the file>` both name this model.
     params.model_alias = {args.alias, str(Path(args.model).resolve())}
-    params.hostnames = ["127.0.0.1"]
+    params.hostnames = [args.host]
     params.port = args.port
     params.n_ctx = args.context
     params.n_parallel = args.slots
@@ -294,7 +424,17 @@ def serve(args: argparse.Namespace) -> int:
         return 1
     pid_file = Path(args.pid_file) if args.pid_file else None
     if pid_file is not None:
-        pid_file.write_text(f"{os.getpid()}\n")
+        info = {
+            "alias": args.alias,
+            "model": str(args.model),
+            "threads": args.threads,
+            "slots": args.slots,
+            "context": args.context,
+        }
+        # Whole or not at all: a reader never sees a pid without its parameters.
+        partial = pid_file.with_name(f".{pid_file.name}.tmp")
+        partial.write_text(f"{os.getpid()}\n{json.dumps(info)}\n")
+        os.replace(partial, pid_file)
     print(
         f"amelia: serving {args.model} as {args.alias!r} at {server.listening_address} "
         f"(loaded in {time.perf_counter() - started:.2f}s, {args.threads} thread(s), "
@@ -318,6 +458,8 @@ def main(argv: list[str] | None = None) -> int:
     child = sub.add_parser("serve", help="serve one GGUF (what EmbeddedLlama runs)")
     child.add_argument("--model", required=True)
     child.add_argument("--alias", required=True)
+    # 127.0.0.1 under `amelia up`; 0.0.0.0 in its docker-compose container (not published).
+    child.add_argument("--host", default="127.0.0.1")
     child.add_argument("--port", type=int, required=True)
     child.add_argument("--threads", type=int, default=1)
     child.add_argument("--context", type=int, default=8192)

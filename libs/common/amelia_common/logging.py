@@ -4,7 +4,10 @@ Context (request id, run id) is bound with `structlog.contextvars`, so it reache
 request logs. Secrets never reach a log line: settings hold them as `SecretStr`, and every
 rendered line, ours or a library's (uvicorn, websockets, grpc, …), passes through `Redactor`,
 which replaces the API token and the provider keys, in any field and in any of the forms they
-take on the way (URL-quoted, JSON- or repr-escaped), with `[REDACTED]`.
+take on the way (URL-quoted, JSON- or repr-escaped), with `[REDACTED]` — and whatever value
+stands where credentials travel (an `authorization:` or `x-api-key:` header, a `bearer.<token>`
+WebSocket subprotocol, a `token=` query parameter), so a wrong or old token a client sends is
+not logged either.
 """
 
 from __future__ import annotations
@@ -22,6 +25,32 @@ import structlog
 from amelia_common.settings import Settings
 
 REDACTED = "[REDACTED]"
+
+# A credential's value, up to what ends it in a header dump, a repr, JSON or a URL (a value
+# already redacted counts as one).
+_VALUE = r"(?:\[REDACTED\]|[^\s'\"\\,;&#)}\]]+)"
+_QUOTE = r"(?:\\?['\"])?"
+_VALUE_QUOTE = r"(?:b?\\?['\"])?"  # bytes too: b'…'
+# Where credentials travel, whatever their value: the name (kept) and the value (replaced).
+CREDENTIAL_POSITIONS = re.compile(
+    "(?:"
+    + "|".join(
+        [
+            # `authorization: Bearer x`, `('authorization', 'Bearer x')`, `"x-api-key": "x"`,
+            # `(b'authorization', b'Basic x')`, `key='authorization', value='x'`: the scheme is
+            # kept, the credential replaced.
+            rf"(?:proxy-)?authorization{_QUOTE}[ \t]*[:=,][ \t]*(?:value=)?{_VALUE_QUOTE}"
+            r"(?:(?:bearer|basic|token)[ \t]+)?",
+            rf"x-api-key{_QUOTE}[ \t]*[:=,][ \t]*(?:value=)?{_VALUE_QUOTE}",
+            # `Sec-WebSocket-Protocol: amelia.v1, bearer.x`
+            r"(?<![\w-])bearer\.",
+            # `?token=x`, `&access_token=x`
+            r"(?<![\w.-])(?:access_)?token=",
+        ]
+    )
+    + f")(?P<value>{_VALUE})",
+    re.IGNORECASE,
+)
 
 
 def secrets_of(settings: Settings) -> list[str]:
@@ -53,10 +82,18 @@ class Redactor:
         self._pattern = re.compile("|".join(map(re.escape, alternatives))) if forms else None
 
     def redact(self, text: str) -> str:
-        return self._pattern.sub(REDACTED, text) if self._pattern else text
+        """`text` without the configured secrets (first, so a secret with odd characters goes
+        whole), then without any value where credentials travel."""
+        if self._pattern:
+            text = self._pattern.sub(REDACTED, text)
+        return CREDENTIAL_POSITIONS.sub(_keep_name, text)
 
     def __call__(self, logger: Any, method: str, line: Any) -> Any:
         return self.redact(line) if isinstance(line, str) else line
+
+
+def _keep_name(match: re.Match[str]) -> str:
+    return match.group(0)[: match.start("value") - match.start(0)] + REDACTED
 
 
 def configure_logging(settings: Settings, service: str) -> None:
@@ -94,6 +131,7 @@ def configure_logging(settings: Settings, service: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    _route_every_logger_to_root()
     for noisy in (
         "nats",
         "asyncio",
@@ -107,6 +145,19 @@ def configure_logging(settings: Settings, service: str) -> None:
     pgserver.filters[:] = [_without_server_log_dump]
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(service=service)
+
+
+def _route_every_logger_to_root() -> None:
+    """Loggers a library configured before us (uvicorn's own `dictConfig` gives `uvicorn` a
+    handler, no propagation, and `uvicorn.error` a level) would write past the Redactor, or
+    drop lines at their own level: every existing logger hands its records to the root's
+    handler, at LOG_LEVEL (the noisy ones are quietened after this)."""
+    for logger in logging.root.manager.loggerDict.values():
+        if isinstance(logger, logging.Logger):
+            logger.handlers.clear()
+            logger.propagate = True
+            logger.disabled = False
+            logger.setLevel(logging.NOTSET)
 
 
 def _without_server_log_dump(record: logging.LogRecord) -> bool:

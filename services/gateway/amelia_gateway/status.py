@@ -2,7 +2,9 @@
 
 `/v1/status` asks each service's grpc.health.v1 for the service and for its dependencies (the
 services publish `dependency/nats`, `dependency/postgres` entries), so NATS and PostgreSQL are
-reported as the services see them, the gateway never connects to them itself.
+reported as the services see them, the gateway never connects to them itself. The local model
+server (llama.cpp, an OpenAI-compatible HTTP server) is asked directly, as the agents service
+calls it: its URL, whether it serves, its model, threads, slots, pid and log, or why none runs.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from amelia_common.grpc_server import DEPENDENCY_PREFIX
+from amelia_common.llama_server import local_model_report
 from amelia_gateway.errors import GatewayError, error_response
 from amelia_gateway.http_api import gateway_of, request_id, require_token
 from amelia_gateway.state import Gateway
@@ -63,8 +66,12 @@ def _combined(reports: dict[str, dict[str, Any]], dep: str) -> str:
 
 async def mesh_status(gateway: Gateway) -> dict[str, Any]:
     upstreams = list(gateway.upstreams.by_service.values())
-    reports = await asyncio.gather(*(_service(u) for u in upstreams))
+    reports, local_model = await asyncio.gather(
+        asyncio.gather(*(_service(u) for u in upstreams)),
+        asyncio.to_thread(local_model_report, gateway.settings, PROBE_TIMEOUT),
+    )
     services = {u.name: report for u, report in zip(upstreams, reports, strict=True)}
+    # The services' health; the local model has its own (a run on it fails saying it is down).
     overall = "SERVING" if all(r["status"] == "SERVING" for r in reports) else "DEGRADED"
     if gateway.stopping.is_set():
         overall = "STOPPING"
@@ -73,6 +80,7 @@ async def mesh_status(gateway: Gateway) -> dict[str, Any]:
         "services": services,
         "nats": _combined(services, "nats"),
         "postgres": _combined(services, "postgres"),
+        "local_model": local_model.as_dict(),
         "gateway": gateway.stats(),
     }
 

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import sys
+from typing import Any
 
 import grpc
 import typer
@@ -43,7 +44,11 @@ def create(
         "You are a helpful assistant.", "--prompt", help="System prompt."
     ),
     model: str = typer.Option(
-        "", help="anthropic:<model>, openai:<model>@<base_url> or offline:echo."
+        "",
+        help=(
+            "anthropic:<model>, openai:<model>@<base_url>, local:qwen2.5-coder-0.5b (or "
+            "local:/path/to/model.gguf) or offline:echo. Default: DEFAULT_MODEL."
+        ),
     ),
     description: str = typer.Option("", help="What it is for."),
     context_source: list[str] = typer.Option(
@@ -52,7 +57,9 @@ def create(
     tool: list[str] = typer.Option(
         [], "--tool", help="Built-in tool it may call: calculator, current_time, search_documents."
     ),
-    temperature: float = typer.Option(0.7),
+    temperature: float | None = typer.Option(
+        None, help="Default: DEFAULT_TEMPERATURE (0 for the local model, else 0.7)."
+    ),
     max_tokens: int = typer.Option(4096),
     timeout: int = typer.Option(300, help="Seconds a run may take."),
     retry_attempts: int = typer.Option(3),
@@ -63,12 +70,13 @@ def create(
         description=description,
         system_prompt=system_prompt,
         model=model,
-        temperature=temperature,
         max_tokens=max_tokens,
         retry_attempts=retry_attempts,
         context_sources=context_source,
         tools=tool,
     )
+    if temperature is not None:  # else the service's default for its model
+        agent.temperature = temperature
     agent.timeout.FromSeconds(timeout)
 
     async def go() -> agents_pb2.CreateAgentResponse:
@@ -123,12 +131,36 @@ async def _target(stub: object, target: str) -> agents_pb2.Run:
     return agents_pb2.Run(agent=f"agents/{target}")
 
 
+# What every run event carries besides its own data: not worth repeating on each line.
+_EVENT_CONTEXT = frozenset({"step", "run", "node", "attempt"})
+
+
+def progress_text(data: dict[str, Any]) -> str:
+    """A `workflow.progress` event in words: its step, then what it counts or names, e.g.
+    `reading context… (3 passages, 2,431 characters)`."""
+    details = []
+    for key, value in data.items():
+        if key in _EVENT_CONTEXT or value in ("", None):
+            continue
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            noun = key.removesuffix("s") if value == 1 else key
+            details.append(
+                f"{value:,.0f} {noun}" if float(value).is_integer() else f"{value} {key}"
+            )
+        elif isinstance(value, str):
+            details.append(f"{key} {value}")
+    text = f"{data.get('step') or 'working'}…"
+    return f"{text} ({', '.join(details)})" if details else text
+
+
 def _show_event(event: events_pb2.Event) -> None:
     data = event_data(event)
     if event.type == "run.token":
         console.print(data.get("text", ""), end="", soft_wrap=True, highlight=False, markup=False)
     elif event.type in ("run.node.started", "run.tool.called", "run.retrieval"):
         console.print(f"\n[dim]· {event.type} {data.get('node') or data.get('tool') or ''}[/dim]")
+    elif event.type == "workflow.progress":
+        console.print(f"\n· {progress_text(data)}", style="dim", highlight=False, markup=False)
     elif event.type == "run.interrupted":
         console.print(f"\n[yellow]? {json.dumps(data.get('value', data))}[/yellow]")
 

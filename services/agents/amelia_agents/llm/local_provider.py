@@ -147,7 +147,13 @@ def fold_tool_results(request: ChatRequest) -> ChatRequest:
             f"{call.name}({json.dumps(call.arguments, ensure_ascii=False)}) {outcome} "
             f"{result.content}"
         )
-    lines.append("Answer the user's question with them.")
+    # Told only to answer "with them", an agent told to use its calculator had the 0.5B model
+    # redo 37*12+5 itself and write 459 beside a result of 449; told the results are right, it
+    # stated them (8/8: four system prompts, two questions, greedy).
+    lines.append(
+        "These results are correct. Answer the user's question by stating the result; "
+        "do not work it out again."
+    )
     system = "\n\n".join(filter(None, [request.system, "\n".join(lines)]))
     return replace(request, messages=kept, system=system, tools=())
 

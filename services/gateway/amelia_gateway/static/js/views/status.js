@@ -1,5 +1,6 @@
-// Status: every service's health, NATS and PostgreSQL as the services see them, and the
-// gateway's own counters (GET /v1/status, polled while the screen is open).
+// Status: every service's health, NATS and PostgreSQL as the services see them, the local
+// model server (or why none runs), and the gateway's own counters (GET /v1/status, polled while
+// the screen is open).
 
 import { errorNotice, h } from "../dom.js";
 
@@ -14,6 +15,8 @@ const TONE = {
   UNKNOWN: "idle",
   SERVICE_UNKNOWN: "idle",
   UNAUTHENTICATED: "bad",
+  STARTING: "warn",
+  OFF: "idle",
 };
 
 const LABEL = {
@@ -25,6 +28,8 @@ const LABEL = {
   UNKNOWN: "Unknown",
   SERVICE_UNKNOWN: "Unknown",
   UNAUTHENTICATED: "No access",
+  STARTING: "Starting",
+  OFF: "Off",
 };
 
 function badge(status) {
@@ -94,6 +99,24 @@ export function mount(main, ctx) {
         h("h3", {}, h("span", {}, name === "nats" ? "NATS JetStream" : "PostgreSQL"), badge(status[name])),
         h("p", { class: "hint" }, "As the services that use it report it."),
       ));
+    const model = status.local_model || { status: "UNKNOWN" };
+    const modelFields = [
+      ["url", "Address", "mono"],
+      ["model", "Model", ""],
+      ["threads", "Threads", ""],
+      ["slots", "Slots", ""],
+      ["pid", "Pid", ""],
+      ["log", "Log", "mono"],
+    ].filter(([key]) => model[key] !== undefined && model[key] !== null && model[key] !== "");
+    const localModel = h("article", { class: "card service-card", "aria-label": "local model", dataset: { service: "local-model" } },
+      h("h3", {}, h("span", {}, "Local model"), badge(model.status)),
+      model.why ? h("p", { class: "hint" }, model.why) : null,
+      modelFields.length ? h("dl", { class: "kv" },
+        ...modelFields.flatMap(([key, label, style]) => [
+          h("dt", {}, label), h("dd", { class: style }, String(model[key])),
+        ]),
+      ) : null,
+    );
     const gateway = status.gateway || {};
     const gatewayCard = h("article", { class: "card", dataset: { service: "gateway" } },
       h("h2", {}, "Gateway"),
@@ -106,7 +129,7 @@ export function mount(main, ctx) {
       ));
     body.replaceChildren(
       h("h2", {}, "Services"),
-      h("div", { class: "grid cards" }, ...cards, ...infra),
+      h("div", { class: "grid cards" }, ...cards, ...infra, localModel),
       gatewayCard,
       h("p", { class: "hint" }, `Refreshed every ${POLL_MS / 1000} seconds.`),
     );
