@@ -2,16 +2,21 @@
 
 The connection reconnects forever with a short wait, so a NATS restart is a pause, not an outage;
 the first connect is retried until `timeout` so services can start before NATS does. Health
-checks read `is_connected`.
+checks read `is_connected`. Streams are created the same way too (`ensure_stream`), safe when
+many replicas start at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable
 
 import nats
+import nats.errors
+import nats.js.errors
 from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext, api
 
 from amelia_common.logging import get_logger
 from amelia_common.settings import Settings
@@ -88,3 +93,59 @@ def nats_health(nc: NATS) -> Callable[[], Awaitable[bool]]:
         return True
 
     return probe
+
+
+# JetStream's "stream name already in use": another process created it between our look and add.
+_STREAM_NAME_IN_USE = 10058
+
+
+async def ensure_stream(js: JetStreamContext, config: api.StreamConfig, wait: float = 60.0) -> None:
+    """Create the stream `config` names, or bring it in line with `config`.
+
+    Every replica of a service does this as it starts, often all at the same moment: the loser
+    of the race to create finds the stream made; a stream already as configured is left alone
+    (an update is a cluster-wide proposal that can outlast nats-py's API timeout while a cluster
+    elects a leader, and crashed racing replicas); JetStream not answering yet (no leader, a
+    node restarting) is retried for up to `wait` seconds before the error is raised.
+    """
+    name = config.name or ""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    delay = 0.2
+    while True:
+        try:
+            try:
+                info = await js.stream_info(name)
+            except nats.js.errors.NotFoundError:
+                try:
+                    await js.add_stream(config)
+                    return
+                except nats.js.errors.BadRequestError as exc:
+                    if exc.err_code != _STREAM_NAME_IN_USE:
+                        raise
+                    continue  # made by another process meanwhile: compare with it
+            if stream_config_differs(info.config, config):
+                await js.update_stream(config)
+            return
+        except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError) as exc:
+            if loop.time() + delay > deadline:
+                raise
+            log.info("JetStream not ready, retrying", stream=name, error=repr(exc))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+def stream_config_differs(existing: api.StreamConfig, wanted: api.StreamConfig) -> bool:
+    """Whether any field `wanted` sets has another value in `existing` (fields left None in
+    `wanted` are the server's to choose)."""
+    for field in dataclasses.fields(wanted):
+        value = getattr(wanted, field.name)
+        if value is None:
+            continue
+        current = getattr(existing, field.name)
+        if field.name == "subjects":
+            if sorted(value) != sorted(current or []):
+                return True
+        elif current != value:
+            return True
+    return False

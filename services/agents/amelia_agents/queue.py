@@ -29,6 +29,7 @@ from nats.js import JetStreamContext, api
 from amelia_common import telemetry
 from amelia_common.errors import Unavailable
 from amelia_common.logging import get_logger
+from amelia_common.nats_client import ensure_stream
 from amelia_common.settings import Settings
 
 log = get_logger("amelia.agents.queue")
@@ -76,12 +77,7 @@ async def ensure_queue(js: JetStreamContext, settings: Settings) -> None:
         duplicate_window=120,
         num_replicas=settings.RUNS_QUEUE_REPLICAS,
     )
-    try:
-        await js.stream_info(settings.RUNS_QUEUE_STREAM)
-    except nats.js.errors.NotFoundError:
-        await js.add_stream(config)
-    else:
-        await js.update_stream(config)
+    await ensure_stream(js, config)
     wanted = consumer_config(settings)
     try:
         await js.add_consumer(settings.RUNS_QUEUE_STREAM, wanted)
