@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from dashboard_mesh import REPO, Mesh
-from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -31,6 +31,9 @@ CHROMIUM_ARGS = [
 ]
 ARTIFACTS = REPO / "test-artifacts" / "dashboard"
 VIEWPORT = {"width": 1280, "height": 860}
+
+# Generous waits: other test suites load this 2-core machine while the browser works.
+expect.set_options(timeout=20_000)
 
 
 @pytest.fixture(scope="package")

@@ -53,6 +53,9 @@ class Mesh:
             # Small chunks so a short test document still makes several passages.
             "CHUNK_SIZE": "300",
             "CHUNK_OVERLAP": "50",
+            # Small embedding batches (the indexer takes 4 at once), so a document of a few
+            # dozen passages shows indexing progress between them.
+            "EMBEDDING_BATCH_SIZE": "4",
         }
         self.env = env
         self.port = int(ports["PORT"])

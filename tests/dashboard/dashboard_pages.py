@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from playwright.sync_api import Locator, Page, expect
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 # WCAG 2 contrast of every visible piece of text against the background it is drawn on.
 CONTRAST_JS = """
@@ -81,9 +82,15 @@ def output_text(page: Page) -> str:
 
 def expect_output(page: Page, expected: str, timeout: float = 30_000) -> None:
     """Wait until the run's output is exactly `expected` (tokens are written once per frame)."""
-    page.wait_for_function(
-        f"(expected) => ({OUTPUT_JS})() === expected", arg=expected, timeout=timeout
-    )
+    try:
+        page.wait_for_function(
+            f"(expected) => ({OUTPUT_JS})() === expected", arg=expected, timeout=timeout
+        )
+    except PlaywrightTimeoutError:
+        activity = page.locator("#run-activity").inner_text()
+        raise AssertionError(
+            f"output {output_text(page)!r} != {expected!r}; activity:\n{activity}"
+        ) from None
 
 
 def expect_status(page: Page, status: str, timeout: float = 60_000) -> None:

@@ -62,3 +62,59 @@ test("a completed rejection reads Rejected; other statuses read their word", () 
   assert.deepEqual(outcome(""), { label: "Unknown", tone: "idle" });
   assert.equal(shortStatus("RUN_STATUS_PAUSED"), "PAUSED");
 });
+
+const { newRunState, reduce } = await import(new URL("runstate.js", STATIC));
+
+function play(nodes, events) {
+  const run = newRunState(nodes);
+  const changes = events.map(([type, data]) => reduce(run, { type, data }));
+  return { run, changes };
+}
+
+test("a plan rejected: nodes done, planning skipped, sections per node, the question gone", () => {
+  const { run, changes } = play(["discovery", "design", "approval", "planning"], [
+    ["workflow.started", {}],
+    ["run.node.started", { node: "discovery", task: "t1" }],
+    ["run.token", { text: "notes " }],
+    ["run.token", { text: "more" }],
+    ["run.node.finished", { node: "discovery", task: "t1" }],
+    ["run.node.started", { node: "design", task: "t2" }],
+    ["run.token", { text: "design" }],
+    ["run.node.finished", { node: "design", task: "t2" }],
+    ["run.node.started", { node: "approval", task: "t3" }],
+    ["run.interrupted", { node: "approval", value: { question: "Approve?" } }],
+    ["run.resumed", { reason: "answer", attempt: 2 }],
+    ["run.node.finished", { node: "approval", task: "t3" }],
+    ["run.completed", { usage: { input_tokens: 5, output_tokens: 3 } }],
+  ]);
+  assert.equal(run.status, "RUN_STATUS_COMPLETED");
+  assert.deepEqual([...run.nodes], [["discovery", "done"], ["design", "done"], ["approval", "done"], ["planning", "skipped"]]);
+  assert.deepEqual(changes.map((c) => c.marker).filter(Boolean), ["discovery", "design"]);
+  assert.deepEqual([...run.tokens], [["t1", 2], ["t2", 1]]);
+  assert.equal(run.retries, 0, "an answer is not a retry");
+  assert.deepEqual(changes[9].interrupt, { node: "approval", value: { question: "Approve?" } });
+  assert.equal(changes[10].interrupt, null);
+  assert.equal(changes.filter((c) => c.stepDone).length, 3);
+  assert.equal(changes.filter((c) => !c.activity).length, 3, "tokens are not activity");
+  assert.deepEqual(run.usage, { input_tokens: 5, output_tokens: 3 });
+});
+
+test("a worker that stopped counts as a retry; a one-node graph needs no section label", () => {
+  const { run, changes } = play(["echo"], [
+    ["run.node.started", { node: "echo", task: "t1" }],
+    ["run.token", { text: "a" }],
+    ["run.resumed", { reason: "redelivered", attempt: 2 }],
+    ["run.node.started", { node: "echo", task: "t1" }],
+    ["run.token", { text: "a" }],
+    ["run.failed", { error: "boom" }],
+  ]);
+  assert.equal(run.retries, 1);
+  assert.equal(run.attempt, 2);
+  assert.ok(changes[2].retried);
+  assert.deepEqual(changes.map((c) => c.marker).filter(Boolean), []);
+  assert.deepEqual([...run.nodes], [["echo", "error"]]);
+  assert.equal(run.status, "RUN_STATUS_FAILED");
+  // A node event after the end does not make the run "running" again.
+  reduce(run, { type: "run.node.started", data: { node: "late" } });
+  assert.equal(run.status, "RUN_STATUS_FAILED");
+});

@@ -10,8 +10,9 @@ import {
 import { GraphView } from "../graph.js";
 import { OutputView } from "../output.js";
 import {
-  ACTIVE_STATUSES, TERMINAL_EVENTS as TERMINAL, TERMINAL_STATUSES, statusBadge, statusLabel,
+  ACTIVE_STATUSES, TERMINAL_STATUSES, statusBadge, statusLabel,
 } from "../runstatus.js";
+import { newRunState, reduce } from "../runstate.js";
 import { hitsOf, passage } from "./passages.js";
 import { StepsView } from "./steps.js";
 
@@ -82,21 +83,14 @@ function optionsOf(value) {
 
 export function mount(main, ctx, [runId]) {
   const name = `runs/${runId}`;
+  // The run's state from its events (`reduce`, runstate.js) and what only this screen keeps.
   const state = {
+    ...newRunState(),
     run: null,
-    status: "",
-    nodes: new Map(), // node -> state
-    attempt: 0,
     events: [], // {sequence, type, time, data} as received, for Replay
     ended: false,
     replaying: false,
-    interrupt: null,
-    usage: null,
-    activeNode: "", // the node that started last
-    activeTask: "", // its LangGraph task id
-    tokenNode: "", // the node the last tokens belonged to
-    tokens: new Map(), // task id -> tokens it streamed
-    retries: 0, // pick-ups after a worker stopped (not answers)
+    interrupt: null, // the question shown
   };
 
   // -- layout ---------------------------------------------------------------------------------
@@ -159,6 +153,11 @@ export function mount(main, ctx, [runId]) {
     if (!status || status === state.status) return;
     const previous = state.status;
     state.status = status;
+    statusChanged(previous);
+  }
+
+  function statusChanged(previous) {
+    const status = state.status;
     renderBadge();
     updateCancel();
     if (previous && !state.replaying) ctx.announce(`Run ${statusLabel(status, outputOf()).toLowerCase()}`);
@@ -207,9 +206,8 @@ export function mount(main, ctx, [runId]) {
     if (graph) for (const [node, nodeState] of state.nodes) graph.setState(node, nodeState);
   }
 
-  function setNode(node, nodeState) {
-    if (!node) return;
-    state.nodes.set(node, nodeState);
+  /** Draws a node's state (`reduce` has recorded it in `state.nodes`). */
+  function drawNode(node, nodeState) {
     if (graph) graph.setState(node, nodeState);
     const el = nodesList.querySelector(`[data-node="${CSS.escape(node)}"]`);
     if (!el) {
@@ -309,68 +307,24 @@ export function mount(main, ctx, [runId]) {
   // -- events ---------------------------------------------------------------------------------
 
   function apply(event, sequence) {
-    const data = event.data || {};
-    const attempt = Number(data.attempt || 0);
-    if (attempt > state.attempt) state.attempt = attempt;
-    switch (event.type) {
-      case "run.token":
-        if (state.activeNode !== state.tokenNode) {
-          // Each node's tokens (plan: discovery, then design…) start a labelled section; a
-          // graph of one node needs no label.
-          if (state.activeNode && (state.nodes.size > 1 || output.pieces > 0)) output.marker(state.activeNode);
-          state.tokenNode = state.activeNode;
-        }
-        if (state.activeTask) state.tokens.set(state.activeTask, (state.tokens.get(state.activeTask) || 0) + 1);
-        output.append(String(data.text ?? ""));
-        return; // tokens are not activity
-      case "agent.started":
-      case "workflow.started":
-        setStatus("RUN_STATUS_RUNNING");
-        break;
-      case "run.node.started":
-        setNode(data.node, "active");
-        state.activeNode = data.node || "";
-        state.activeTask = data.task || "";
-        if (state.status !== "RUN_STATUS_RUNNING" && !TERMINAL[state.status]) setStatus("RUN_STATUS_RUNNING");
-        break;
-      case "run.node.finished":
-        setNode(data.node, data.error ? "error" : data.interrupted ? "waiting" : "done");
-        if (!state.replaying) reloadSteps();
-        break;
-      case "run.interrupted":
-        setStatus("RUN_STATUS_PAUSED");
-        setNode(data.node, "waiting");
-        showInterrupt({ node: data.node, value: data.value });
-        break;
-      case "run.resumed":
-        setStatus("RUN_STATUS_RUNNING");
-        if (data.reason && data.reason !== "answer") {
-          state.retries += 1;
-          renderMeta();
-          // A worker died and another picked the run up: what follows continues from the last
-          // checkpoint, so tokens of the interrupted node may come again.
-          output.marker(`Attempt ${attempt || "?"}: a worker picked the run up again and continues from its last checkpoint`);
-        }
-        if (state.interrupt) showInterrupt(null);
-        break;
-      case "run.retrieval":
-        passagesCard.hidden = false;
-        for (const hit of hitsOf(data)) passages.append(passage(hit));
-        break;
-      default:
-        if (TERMINAL[event.type]) {
-          setStatus(TERMINAL[event.type]);
-          if (data.usage) state.usage = data.usage;
-          if (state.interrupt) showInterrupt(null);
-          const ended = { "run.completed": "done", "run.failed": "error", "run.cancelled": "stopped" }[event.type];
-          for (const [node, nodeState] of state.nodes) {
-            if (nodeState === "active") setNode(node, ended);
-            // A node the run never reached (a rejected plan's `planning`) was skipped.
-            else if (nodeState === "pending" && event.type === "run.completed") setNode(node, "skipped");
-          }
-        }
+    const previous = state.status;
+    const change = reduce(state, event);
+    if (change.marker) output.marker(change.marker);
+    if (change.text !== undefined) output.append(change.text);
+    for (const [node, nodeState] of change.nodes) drawNode(node, nodeState);
+    if (change.status) statusChanged(previous);
+    if (change.retried) {
+      renderMeta();
+      output.marker(`Attempt ${state.attempt || "?"}: a worker picked the run up again and continues from its last checkpoint`);
     }
-    addActivity(event, sequence);
+    if (change.interrupt) showInterrupt(change.interrupt);
+    else if (change.interrupt === null && state.interrupt) showInterrupt(null);
+    if (change.passages) {
+      passagesCard.hidden = false;
+      for (const hit of hitsOf(event.data)) passages.append(passage(hit));
+    }
+    if (change.stepDone && !state.replaying) reloadSteps();
+    if (change.activity) addActivity(event, sequence);
   }
 
   function onEvent(event, sequence) {
@@ -410,20 +364,13 @@ export function mount(main, ctx, [runId]) {
   let replayTimer = 0;
   function resetView() {
     output.reset();
-    for (const node of state.nodes.keys()) state.nodes.set(node, "pending");
+    Object.assign(state, newRunState([...state.nodes.keys()]));
     renderNodes();
     passages.replaceChildren();
     passagesCard.hidden = true;
     activity.replaceChildren();
     interruptSlot.replaceChildren();
     state.interrupt = null;
-    state.attempt = 0;
-    state.activeNode = "";
-    state.activeTask = "";
-    state.tokenNode = "";
-    state.tokens = new Map();
-    state.retries = 0;
-    state.status = "";
     badgeSlot.replaceChildren(statusBadge(""));
   }
 

@@ -1,0 +1,104 @@
+// The pure part of the run screen: a run's events, one at a time, change its state (status,
+// each node's state, the node streaming tokens, tokens per LangGraph task, retries); `reduce`
+// returns what changed, for the view to draw. No DOM here: unit-tested with `node --test`.
+
+import { TERMINAL_EVENTS, TERMINAL_STATUSES } from "./runstatus.js";
+
+/** A run's state before its first event; `nodes` are the workflow's, all pending. */
+export function newRunState(nodes = []) {
+  return {
+    status: "",
+    nodes: new Map(nodes.map((node) => [node, "pending"])), // node -> pending|active|done|error|waiting|stopped|skipped
+    attempt: 0,
+    activeNode: "", // the node that started last
+    activeTask: "", // its LangGraph task id
+    tokenNode: "", // the node the last tokens belonged to
+    tokens: new Map(), // task id -> tokens it streamed
+    pieces: 0, // tokens so far
+    retries: 0, // pick-ups after a worker stopped (answering a question is not one)
+    usage: null,
+  };
+}
+
+const ENDED_NODE = { "run.completed": "done", "run.failed": "error", "run.cancelled": "stopped" };
+
+/**
+ * Applies `event` ({type, data}) to `run`. Returns the changes: `status` (the new one), `nodes`
+ * ([node, state] pairs), `marker` (a labelled section starts), `text` (tokens), `interrupt`
+ * (the question, or null when it is gone), `passages` (hits), `retried`, `stepDone` (a node
+ * finished: the steps changed), `activity` (whether it belongs in the activity log).
+ */
+export function reduce(run, event) {
+  const data = event.data || {};
+  const change = { nodes: [], activity: true };
+  const attempt = Number(data.attempt || 0);
+  if (attempt > run.attempt) run.attempt = attempt;
+  const status = (value) => {
+    if (value && value !== run.status) {
+      run.status = value;
+      change.status = value;
+    }
+  };
+  const node = (name, value) => {
+    if (!name) return;
+    run.nodes.set(name, value);
+    change.nodes.push([name, value]);
+  };
+  switch (event.type) {
+    case "run.token":
+      change.activity = false;
+      if (run.activeNode !== run.tokenNode) {
+        // Each node's tokens start a labelled section; a graph of one node needs no label.
+        if (run.activeNode && (run.nodes.size > 1 || run.pieces > 0)) change.marker = run.activeNode;
+        run.tokenNode = run.activeNode;
+      }
+      if (run.activeTask) run.tokens.set(run.activeTask, (run.tokens.get(run.activeTask) || 0) + 1);
+      run.pieces += 1;
+      change.text = String(data.text ?? "");
+      break;
+    case "agent.started":
+    case "workflow.started":
+      status("RUN_STATUS_RUNNING");
+      break;
+    case "run.node.started":
+      node(data.node, "active");
+      run.activeNode = data.node || "";
+      run.activeTask = data.task || "";
+      if (!TERMINAL_STATUSES.has(run.status)) status("RUN_STATUS_RUNNING");
+      break;
+    case "run.node.finished":
+      node(data.node, data.error ? "error" : data.interrupted ? "waiting" : "done");
+      change.stepDone = true;
+      break;
+    case "run.interrupted":
+      status("RUN_STATUS_PAUSED");
+      node(data.node, "waiting");
+      change.interrupt = { node: data.node, value: data.value };
+      break;
+    case "run.resumed":
+      status("RUN_STATUS_RUNNING");
+      if (data.reason && data.reason !== "answer") {
+        // A worker stopped and another picked the run up: it continues from the last
+        // checkpoint, so tokens of the interrupted node may come again.
+        run.retries += 1;
+        change.retried = true;
+      }
+      change.interrupt = null;
+      break;
+    case "run.retrieval":
+      change.passages = true;
+      break;
+    default:
+      if (TERMINAL_EVENTS[event.type]) {
+        status(TERMINAL_EVENTS[event.type]);
+        if (data.usage) run.usage = data.usage;
+        change.interrupt = null;
+        for (const [name, value] of run.nodes) {
+          if (value === "active") node(name, ENDED_NODE[event.type]);
+          // A node the run never reached (a rejected plan's `planning`) was skipped.
+          else if (value === "pending" && event.type === "run.completed") node(name, "skipped");
+        }
+      }
+  }
+  return change;
+}
