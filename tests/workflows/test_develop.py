@@ -401,28 +401,38 @@ def slow_tests(tmp: Path) -> str:
     )
 
 
-async def wait_pid(path: Path, timeout: float = 60) -> int:
+Process = tuple[int, str]  # pid and start time: a pid alone may be reused meanwhile
+
+
+def stat_fields(pid: int) -> list[str]:
+    """/proc/<pid>/stat from the state on (empty when there is no such process)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+async def wait_pid(path: Path, timeout: float = 60) -> Process:
     deadline = asyncio.get_running_loop().time() + timeout
     while not exists(path):
         assert asyncio.get_running_loop().time() < deadline, "the test command never started"
         await asyncio.sleep(0.1)
-    return int(await asyncio.to_thread(path.read_text))
+    pid = int(await asyncio.to_thread(path.read_text))
+    fields = stat_fields(pid)
+    assert fields, "the test command ended already"
+    return pid, fields[19]
 
 
-def gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    # A zombie not reaped yet counts as gone.
-    state = subprocess.run(["ps", "-o", "stat=", "-p", str(pid)], capture_output=True, text=True)
-    return state.stdout.strip().startswith("Z")
+def gone(process: Process) -> bool:
+    """Ended: no such process, another one with its pid, or a zombie not reaped yet."""
+    fields = stat_fields(process[0])
+    return not fields or fields[19] != process[1] or fields[0] == "Z"
 
 
-async def wait_gone(pid: int, timeout: float = 30) -> None:
+async def wait_gone(process: Process, timeout: float = 30) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
-    while not gone(pid):
-        assert asyncio.get_running_loop().time() < deadline, f"process {pid} still runs"
+    while not gone(process):
+        assert asyncio.get_running_loop().time() < deadline, f"process {process} still runs"
         await asyncio.sleep(0.1)
 
 
