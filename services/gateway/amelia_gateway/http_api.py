@@ -37,13 +37,17 @@ from amelia_gateway.requests import (
 from amelia_gateway.routes import Match
 from amelia_gateway.state import Gateway
 from amelia_gateway.transcode import build_request, parse_json_body, to_json_bytes, to_json_text
-from amelia_gateway.upstream import message_class
+from amelia_gateway.upstream import Upstream, message_class
 
 log = get_logger("amelia.gateway.http")
 
 # How long a stream route waits for the upstream's first answer before it commits to 200: errors
 # found while opening the stream (bad filter, unknown run) still get their own HTTP status.
 STREAM_OPEN_WAIT = 0.5
+# While the upstream is not connected, a stream waits for its verdict (the call fails once the
+# channel's retries are spent, about 1.5 s, see grpc_client.RETRY_POLICY) up to this long, so a
+# service that is down is a 503 too, not a 200 whose body says so.
+STREAM_CONNECT_WAIT = 10.0
 
 
 def metadata(rid: str) -> tuple[tuple[str, str], ...]:
@@ -119,6 +123,22 @@ async def _unary(
     return Response(content, media_type="application/json", headers={"X-Request-Id": rid})
 
 
+async def _answered_while_opening(first: asyncio.Future[Any], upstream: Upstream) -> bool:
+    """Whether the stream answered (a message, its end or an error) before it counts as open:
+    STREAM_OPEN_WAIT after its upstream is connected, at most STREAM_CONNECT_WAIT in all."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + STREAM_CONNECT_WAIT
+    connected_at = loop.time() if upstream.connected() else None
+    while not first.done():
+        now = loop.time()
+        if connected_at is None and upstream.connected():
+            connected_at = now
+        if now >= deadline or (connected_at is not None and now - connected_at >= STREAM_OPEN_WAIT):
+            return False
+        await asyncio.wait({first}, timeout=0.05)
+    return True
+
+
 async def _stream(
     gateway: Gateway, request: Request, found: Match, message: Any, rid: str
 ) -> Response:
@@ -134,8 +154,7 @@ async def _stream(
         message, timeout=timeout, metadata=metadata(rid)
     )
     first = asyncio.ensure_future(call.read())
-    done, _ = await asyncio.wait({first}, timeout=STREAM_OPEN_WAIT)
-    if done:
+    if await _answered_while_opening(first, upstream):
         try:
             first.result()
         except grpc.aio.AioRpcError as exc:

@@ -89,6 +89,7 @@ def _resource(
 ROUTES: tuple[Rule, ...] = (
     # EventService
     Rule("POST", "/v1/events", "EventService", "PublishEvent", body="*"),
+    Rule("POST", "/v1/events:batchPublish", "EventService", "PublishEvents", body="*"),
     Rule("GET", "/v1/events", "EventService", "ListEvents"),
     Rule("GET", "/v1/events:stream", "EventService", "StreamEvents"),
     *_resource("events", "event", "EventService", get="GetEvent"),

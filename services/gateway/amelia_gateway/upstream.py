@@ -70,6 +70,10 @@ class Upstream:
             self._channel = aio_channel(self.address, self.settings)
         return self._channel
 
+    def connected(self) -> bool:
+        """Whether the channel has a connection up (without making it try to connect)."""
+        return self.channel.get_state() == grpc.ChannelConnectivity.READY
+
     async def close(self) -> None:
         channel, self._channel = self._channel, None
         if channel is not None:
