@@ -200,7 +200,7 @@ async def test_unavailable_upstream_is_503_naming_the_service(http: httpx.AsyncC
     for rule in (r for r in ROUTES if r.service != "EventService"):
         reply = await http.request(rule.method, example_path(rule), json={} if rule.body else None)
         body = _status(reply, 503, 14)
-        name = {"AgentService": "agents", "RagService": "rag"}[rule.service]
+        name = {"AgentService": "agents", "GitService": "agents", "RagService": "rag"}[rule.service]
         assert f"the {name} service at 127.0.0.1:" in body["message"], body
 
 

@@ -93,6 +93,7 @@ _SERVICE_NAMES = {
     "EventService": "events",
     "AgentService": "agents",
     "RagService": "rag",
+    "GitService": "agents",  # served by the agents service
 }
 
 

@@ -131,6 +131,25 @@ ROUTES: tuple[Rule, ...] = (
         bind={"name": "runs/{run}"},
     ),
     Rule("GET", "/v1/runs/{run}:stream", "AgentService", "StreamRun", bind={"name": "runs/{run}"}),
+    # GitService (served by the agents service): what develop/code runs leave in git
+    Rule("GET", "/v1/repositories", "GitService", "ListRepositories"),
+    Rule("GET", "/v1/runs/{run}/diff", "GitService", "GetRunDiff", bind={"name": "runs/{run}"}),
+    Rule(
+        "POST",
+        "/v1/runs/{run}:land",
+        "GitService",
+        "LandRun",
+        body="*",
+        bind={"name": "runs/{run}"},
+    ),
+    Rule(
+        "POST",
+        "/v1/runs/{run}:discard",
+        "GitService",
+        "DiscardRun",
+        body="*",
+        bind={"name": "runs/{run}"},
+    ),
     Rule(
         "GET", "/v1/runs/{run}/steps", "AgentService", "ListRunSteps", bind={"parent": "runs/{run}"}
     ),

@@ -18,7 +18,7 @@ from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from amelia.v1 import agents_pb2, events_pb2, rag_pb2
+from amelia.v1 import agents_pb2, events_pb2, git_pb2, rag_pb2
 from amelia_common.grpc_client import aio_channel
 from amelia_common.settings import Settings
 
@@ -28,6 +28,7 @@ SERVICES: dict[str, ServiceDescriptor] = {
     "EventService": events_pb2.DESCRIPTOR.services_by_name["EventService"],
     "AgentService": agents_pb2.DESCRIPTOR.services_by_name["AgentService"],
     "RagService": rag_pb2.DESCRIPTOR.services_by_name["RagService"],
+    "GitService": git_pb2.DESCRIPTOR.services_by_name["GitService"],
 }
 
 # Which setting holds each service's address; also the short name used in /v1/status.
@@ -36,6 +37,9 @@ ADDRESS_SETTING: dict[str, tuple[str, str]] = {
     "AgentService": ("agents", "AGENTS_ADDRESS"),
     "RagService": ("rag", "RAG_ADDRESS"),
 }
+
+# Services served by another one's process, on its channel (and in its health).
+SERVED_WITH: dict[str, str] = {"GitService": "AgentService"}
 
 
 def method(service: str, rpc: str) -> MethodDescriptor:
@@ -80,10 +84,12 @@ class Upstream:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(channel.close(), timeout=2)
 
-    def callable(self, rpc: str) -> Any:
-        """The multi-callable for `rpc`, of the right arity (unary/stream on either side)."""
-        md = method(self.service, rpc)
-        path = f"/{PACKAGE}.{self.service}/{rpc}"
+    def callable(self, rpc: str, service: str = "") -> Any:
+        """The multi-callable for `rpc` of `service` (default: its own), of the right arity
+        (unary/stream on either side)."""
+        service = service or self.service
+        md = method(service, rpc)
+        path = f"/{PACKAGE}.{service}/{rpc}"
         request_cls = message_class(md.input_type)
         response_cls = message_class(md.output_type)
         kind = {
@@ -124,12 +130,12 @@ class Upstreams:
         self._callables: dict[tuple[str, str], Any] = {}
 
     def __getitem__(self, service: str) -> Upstream:
-        return self.by_service[service]
+        return self.by_service[SERVED_WITH.get(service, service)]
 
     def callable(self, service: str, rpc: str) -> Any:
         key = (service, rpc)
         if key not in self._callables:
-            self._callables[key] = self.by_service[service].callable(rpc)
+            self._callables[key] = self[service].callable(rpc, service)
         return self._callables[key]
 
     async def close(self) -> None:
