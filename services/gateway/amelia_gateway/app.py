@@ -28,8 +28,8 @@ from amelia_common import metrics, telemetry
 from amelia_common.logging import get_logger
 from amelia_common.settings import Settings
 from amelia_gateway import http_api, openapi, status, ws
-from amelia_gateway.http_api import NDJSON
 from amelia_gateway.middleware import CatchAll, MethodGuard, MethodsFor, RouteCORS, http_exception
+from amelia_gateway.requests import NDJSON
 from amelia_gateway.routes import RouteTable
 from amelia_gateway.state import Gateway
 
