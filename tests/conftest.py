@@ -64,8 +64,9 @@ class Infra:
 def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
     """Outside pytest's own temporary root: run as root, the embedded PostgreSQL runs as another
     user, which must traverse the path to its data, and every pytest session that starts makes
-    `/tmp/pytest-of-<user>` private (0700) again. Short, for Unix socket paths (~100 bytes)."""
-    root = Path(tempfile.mkdtemp(prefix=f"amelia-infra-{tmp_path_factory.getbasetemp().name}-"))
+    `/tmp/pytest-of-<user>` private (0700) again. Short, for Unix socket paths (~100 bytes), and
+    without "/amelia" in it: tests make other databases' URLs by replacing the database name."""
+    root = Path(tempfile.mkdtemp(prefix=f"infra-{tmp_path_factory.getbasetemp().name}-"))
     infra = Infra(root)
     try:
         infra.start()
