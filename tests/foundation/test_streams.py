@@ -20,11 +20,19 @@ def _own(infra: Any) -> Settings:
     return infra.settings(EVENTS_STREAM=f"EV_{tag}", RUNS_QUEUE_STREAM=f"RQ_{tag}")
 
 
+def _events_config(settings: Settings) -> api.StreamConfig:
+    """The event stream's configuration on subjects of its own (the session's real event
+    stream holds `amelia.events.>`, and streams may not overlap)."""
+    config = stream_config(settings)
+    config.subjects = [f"streams-test.{settings.EVENTS_STREAM}.>"]
+    return config
+
+
 async def test_replicas_starting_together_all_get_the_stream(infra: Any) -> None:
     settings = _own(infra)
     clients = [await connect_nats(settings, f"replica-{i}") for i in range(6)]
     try:
-        config = stream_config(settings)
+        config = _events_config(settings)
         # Six replicas racing to create the same streams: none fails.
         await asyncio.gather(*(ensure_stream(nc.jetstream(), config) for nc in clients))
         await asyncio.gather(*(ensure_queue(nc.jetstream(), settings) for nc in clients))
@@ -51,11 +59,11 @@ async def test_a_stream_as_configured_is_left_alone_and_a_changed_one_updated(in
     nc = await connect_nats(settings, "streams-test")
     js = nc.jetstream()
     try:
-        config = stream_config(settings)
+        config = _events_config(settings)
         await ensure_stream(js, config)
         # What the server reports back reads as the same configuration: no update needed.
         assert not stream_config_differs((await js.stream_info(config.name or "")).config, config)
-        changed = stream_config(settings)
+        changed = _events_config(settings)
         changed.max_bytes = (config.max_bytes or 1 << 30) // 2
         assert stream_config_differs((await js.stream_info(config.name or "")).config, changed)
         await ensure_stream(js, changed)

@@ -417,7 +417,6 @@ async def build_workers(
     """A started pool on existing connections (the service and the standalone worker use it)."""
     js = nc.jetstream(timeout=settings.EVENTS_PUBLISH_TIMEOUT_SECONDS)
     eventlog = EventLog(nc, settings, source="amelia.agents")
-    metrics.track_event_log(eventlog)
     await eventlog.ensure_stream()
     await queue.ensure_queue(js, settings)
     events = RunEvents(eventlog, store)

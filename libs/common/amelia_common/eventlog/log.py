@@ -17,6 +17,7 @@ from nats.aio.client import Client as NATS
 from nats.js import api
 
 from amelia.v1 import events_pb2
+from amelia_common import metrics
 from amelia_common.eventlog.envelope import (
     CLIENT_ID_NAMESPACE,
     MAX_SEQUENCE,
@@ -37,6 +38,7 @@ from amelia_common.eventlog.reader import (
     StartAt,
 )
 from amelia_common.logging import get_logger
+from amelia_common.nats_client import ensure_stream
 from amelia_common.settings import Settings
 
 log = get_logger("amelia.eventlog")
@@ -107,16 +109,11 @@ class EventLog:
         self.stats = PublishStats()
         self._dispatchers: dict[tuple[str, str], _Dispatcher] = {}
         self._last_outage_log = 0.0
+        metrics.track_event_log(self)  # every process's publishes on its /metrics
 
     async def ensure_stream(self) -> None:
         """Create the stream, or bring its limits in line with settings."""
-        config = stream_config(self.settings)
-        try:
-            await self.js.stream_info(config.name or "")
-        except nats.js.errors.NotFoundError:
-            await self.js.add_stream(config)
-        else:
-            await self.js.update_stream(config)
+        await ensure_stream(self.js, stream_config(self.settings))
 
     # -- publish -----------------------------------------------------------------------------
 
