@@ -214,7 +214,9 @@ def run(
     thread: str = typer.Option("", help="Thread to continue (threads/<id>)."),
     input_json: str = typer.Option("", "--input", help="Full input as JSON instead of TEXT."),
     repo: str = typer.Option(
-        "", "--repo", help="Repository for the code workflow (default: the current directory)."
+        "",
+        "--repo",
+        help="Repository for the code and develop workflows (default: the current directory).",
     ),
 ) -> None:
     """Start a run and stream its tokens; Ctrl-C cancels it."""
@@ -226,7 +228,8 @@ def run(
             if thread:
                 spec.thread = resource("threads", thread)
             run_input = json.loads(input_json) if input_json else {"message": text}
-            if repo or (spec.workflow == "workflows/code" and "repository" not in run_input):
+            in_git = spec.workflow in ("workflows/code", "workflows/develop")
+            if repo or (in_git and "repository" not in run_input):
                 run_input["repository"] = repository
             spec.input.update(run_input)
             created = (await stub.CreateRun(agents_pb2.CreateRunRequest(run=spec))).run
