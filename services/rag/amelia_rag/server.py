@@ -29,7 +29,7 @@ log = get_logger("amelia.rag")
 SERVICE_NAME = rag_pb2.DESCRIPTOR.services_by_name["RagService"].full_name
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "alembic_version_rag"
-EVENT_SOURCE = "amelia-rag"
+EVENT_SOURCE = "amelia.rag"  # like amelia.events and amelia.agents
 
 
 class StartupError(RuntimeError):
