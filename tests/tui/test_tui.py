@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import signal
 import uuid
 from typing import Any
 
+from rich.console import Console
 from textual.widgets import DataTable, Input, Static
 from tui_mesh import TuiMesh, on_screen, paste, running_tui, type_text, wait_until
 
@@ -315,7 +317,10 @@ async def test_help_lists_the_keys(tui_mesh: TuiMesh) -> None:
     async with running_tui(tui_mesh.url) as pilot:
         await pilot.press("question_mark")
         help_screen = on_screen(pilot, HelpScreen)
-        text = " ".join(str(s.render()) for s in help_screen.query(Static))
+        console = Console(width=80, file=io.StringIO())  # the help as it reads at 80 columns
+        for box in help_screen.query(Static):
+            console.print(box.content)
+        text = console.file.getvalue()
         for words in ("Approve", "Reject", "Cancel", "New run", "Tokens", "Search"):
             assert words in text
         await pilot.press("escape")
