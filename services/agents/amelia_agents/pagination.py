@@ -1,38 +1,23 @@
-"""Keyset page tokens: opaque to clients, `(create_time, id)` of the last row inside."""
+"""Keyset pages of the agents' List RPCs: `(create_time, id)` of the last row in the shared,
+opaque page token (`amelia_common.paging`)."""
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
 from amelia_common import paging
+from amelia_common.errors import InvalidArgument
 
 Row = TypeVar("Row")
 
-
-class BadPageTokenError(ValueError):
-    pass
+encode = paging.encode_keyset
+decode = paging.decode_keyset
 
 
 def page_size(requested: int) -> int:
     return paging.page_size(requested, default=50)
-
-
-def encode(create_time: datetime, row_id: str) -> str:
-    raw = json.dumps([create_time.isoformat(), row_id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode(token: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        when, row_id = json.loads(raw)
-        return datetime.fromisoformat(when), str(row_id)
-    except (ValueError, TypeError) as exc:
-        raise BadPageTokenError("page_token is not one this service returned") from exc
 
 
 def page(rows: Sequence[Row], limit: int, key: str = "create_time") -> tuple[Sequence[Row], str]:
@@ -56,5 +41,5 @@ def offset_of(token: str) -> int:
         return 0
     _, value = decode(token)
     if not value.isdigit():
-        raise BadPageTokenError("page_token is not one this service returned")
+        raise InvalidArgument(paging.BAD_TOKEN)
     return int(value)

@@ -30,7 +30,7 @@ from amelia_rag.ingest import EventsUnavailable, Ingestor, Source
 from amelia_rag.models import DocumentRow
 from amelia_rag.parsing import InvalidDocument
 from amelia_rag.search import Hit, Searcher, SearchFilters
-from amelia_rag.store import DocumentStore, InvalidPageToken
+from amelia_rag.store import DocumentStore
 
 log = get_logger("amelia.rag")
 
@@ -161,7 +161,7 @@ def rag_errors() -> Iterator[None]:
     """The rag modules' own errors as the shared typed errors (the interceptor maps those)."""
     try:
         yield
-    except (InvalidDocument, InvalidPageToken) as exc:
+    except InvalidDocument as exc:
         raise InvalidArgument(str(exc)) from exc
     except EmbeddingUnavailable as exc:
         raise Unavailable("the embedding model", str(exc)) from exc

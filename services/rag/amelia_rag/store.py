@@ -13,8 +13,6 @@ taken over meanwhile is left to whoever owns it now.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -26,7 +24,9 @@ import numpy as np
 from sqlalchemy import delete, func, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from amelia_common import paging
 from amelia_common.db import transaction
+from amelia_common.errors import InvalidArgument
 from amelia_rag.chunking import Chunk
 from amelia_rag.models import ChunkRow, DocumentRow
 
@@ -52,10 +52,6 @@ _SAVE_VECTORS = text(
     WHERE chunks.id = v.id AND chunks.document_id = :document_id
     """
 )
-
-
-class InvalidPageToken(ValueError):
-    """A page token that this service did not issue."""
 
 
 @dataclass
@@ -398,7 +394,7 @@ class DocumentStore:
         """One page in creation order, and the token of the next page ('' at the end)."""
         query = select(DocumentRow)
         if page_token:
-            created, last_id = decode_page_token(page_token)
+            created, last_id = _keyset(page_token)
             query = query.where(
                 tuple_(DocumentRow.create_time, DocumentRow.id) > tuple_(created, last_id)
             )
@@ -412,7 +408,7 @@ class DocumentStore:
         if len(rows) <= page_size:
             return rows, ""
         rows = rows[:page_size]
-        return rows, encode_page_token(rows[-1].create_time, rows[-1].id)
+        return rows, paging.encode_keyset(rows[-1].create_time, str(rows[-1].id))
 
     async def count_chunks(self, document_id: uuid.UUID | None = None) -> int:
         """Chunks stored (of one document, or in all); used by tests and the bench."""
@@ -432,21 +428,10 @@ async def _lease_end(session: AsyncSession, seconds: float) -> datetime:
     return value
 
 
-def encode_page_token(created: datetime, document_id: uuid.UUID) -> str:
-    raw = json.dumps({"t": created.isoformat(), "i": str(document_id)}).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_page_token(token: str) -> tuple[datetime, uuid.UUID]:
-    invalid = InvalidPageToken(
-        "page_token is not valid: pass the next_page_token of a previous response"
-    )
+def _keyset(token: str) -> tuple[datetime, uuid.UUID]:
+    """The `(create_time, id)` a ListDocuments page token holds."""
+    created, last_id = paging.decode_keyset(token)
     try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        data = json.loads(raw)
-        created, document_id = datetime.fromisoformat(data["t"]), uuid.UUID(str(data["i"]))
-    except (binascii.Error, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise invalid from exc
-    if created.tzinfo is None:
-        raise invalid
-    return created, document_id
+        return created, uuid.UUID(last_id)
+    except ValueError:
+        raise InvalidArgument(paging.BAD_TOKEN) from None
