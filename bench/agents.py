@@ -151,22 +151,29 @@ async def time_mesh(
     return totals, first_tokens
 
 
-async def bench(root: Path) -> None:
-    postgres = EmbeddedPostgres(root)
-    nats = EmbeddedNats(root, free_port())
-    database_url = postgres.start()
-    nats_url = nats.start()
-    settings = Settings(  # type: ignore[call-arg]
+def mesh_settings(
+    root: Path, postgres: EmbeddedPostgres, nats: EmbeddedNats, **overrides: Any
+) -> Settings:
+    """Settings of a bench mesh on embedded PostgreSQL and NATS (started here), services on
+    free ports, two workers; `overrides` for what one bench needs besides."""
+    return Settings(
         _env_file=None,
         ENVIRONMENT=Environment.TESTING,
-        DATABASE_URL=database_url,
-        NATS_URL=nats_url,
+        DATABASE_URL=postgres.start(),
+        NATS_URL=nats.start(),
         AMELIA_DATA_DIR=root / "data",
         LOG_LEVEL="WARNING",
         EVENTS_GRPC_PORT=0,
         AGENTS_GRPC_PORT=0,
         AGENT_WORKERS=2,
+        **overrides,
     )
+
+
+async def bench(root: Path) -> None:
+    postgres = EmbeddedPostgres(root)
+    nats = EmbeddedNats(root, free_port())
+    settings = mesh_settings(root, postgres, nats)
     configure_logging(settings, "bench-agents")
     events = await build_events(settings)
     events_port = await events.start()

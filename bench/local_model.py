@@ -33,8 +33,9 @@ from amelia_common.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from amelia_common.grpc_client import aio_channel
 from amelia_common.llama_server import EmbeddedLlama
 from amelia_common.logging import configure_logging
-from amelia_common.settings import DEFAULT_LOCAL_MODEL, Environment, Settings
+from amelia_common.settings import DEFAULT_LOCAL_MODEL
 from amelia_events.server import build_service as build_events
+from bench.agents import mesh_settings
 
 # Every request its own prompt (one new word): none finds its whole prompt in the server's cache.
 PROMPTS = [
@@ -122,18 +123,7 @@ def summary(label: str, samples: list[Sample]) -> tuple[str, float, float, float
 async def bench(root: Path) -> None:
     postgres = EmbeddedPostgres(root)
     nats = EmbeddedNats(root, free_port())
-    settings = Settings(
-        _env_file=None,
-        ENVIRONMENT=Environment.TESTING,
-        DATABASE_URL=postgres.start(),
-        NATS_URL=nats.start(),
-        AMELIA_DATA_DIR=root / "data",
-        LOG_LEVEL="WARNING",
-        EVENTS_GRPC_PORT=0,
-        AGENTS_GRPC_PORT=0,
-        AGENT_WORKERS=2,
-        LOCAL_MODEL_PORT=free_port(),
-    )
+    settings = mesh_settings(root, postgres, nats, LOCAL_MODEL_PORT=free_port())
     configure_logging(settings, "bench-local-model")
     if not local_model.model_path(settings).is_file():
         raise RuntimeError("the local model is missing: run 'make install'")

@@ -26,9 +26,9 @@ from amelia_common import telemetry
 from amelia_common.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from amelia_common.grpc_client import aio_channel
 from amelia_common.logging import configure_logging
-from amelia_common.settings import Environment, Settings
+from amelia_common.settings import Settings
 from amelia_events.server import build_service as build_events
-from bench.agents import RUNS, WARMUP, register, stats, time_mesh
+from bench.agents import RUNS, WARMUP, mesh_settings, register, stats, time_mesh
 
 NODES = 3
 ROUNDS = 2  # off and on alternate, so a machine getting busier weighs on both alike
@@ -73,18 +73,7 @@ async def _timed(settings: Settings, workflow: str) -> tuple[list[float], list[f
 async def bench(root: Path) -> None:
     postgres = EmbeddedPostgres(root)
     nats = EmbeddedNats(root, free_port())
-    settings = Settings(
-        _env_file=None,
-        ENVIRONMENT=Environment.TESTING,
-        DATABASE_URL=postgres.start(),
-        NATS_URL=nats.start(),
-        AMELIA_DATA_DIR=root / "data",
-        LOG_LEVEL="WARNING",
-        EVENTS_GRPC_PORT=0,
-        AGENTS_GRPC_PORT=0,
-        AGENTS_METRICS_PORT=0,
-        AGENT_WORKERS=2,
-    )
+    settings = mesh_settings(root, postgres, nats, AGENTS_METRICS_PORT=0)
     configure_logging(settings, "bench-tracing")
     sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
     threading.Thread(target=sink.serve_forever, daemon=True).start()
