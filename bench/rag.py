@@ -42,7 +42,7 @@ from amelia_common.settings import Settings
 from amelia_rag.chunking import context_text
 from amelia_rag.embeddings import LocalEmbedder, load_local_model
 from amelia_rag.ingest import Source, prepare
-from amelia_rag.parsing import InvalidDocument
+from amelia_rag.parsing import InvalidDocumentError
 from amelia_rag.search import EF_SEARCH, Searcher, SearchFilters, vector_ranking
 from amelia_rag.server import build_service
 
@@ -119,7 +119,7 @@ def corpus(settings: Settings) -> list[CorpusFile]:
             prepared = prepare(
                 Source(file_path=str(path)), content, settings.CHUNK_SIZE, settings.CHUNK_OVERLAP
             )
-        except InvalidDocument:
+        except InvalidDocumentError:
             continue
         texts = [
             context_text(prepared.title, c.heading_path, c.page, c.text) for c in prepared.chunks

@@ -60,22 +60,22 @@ class SlowOrBroken(events_pb2_grpc.EventServiceServicer):
 # An error a handler raises, and the status and details the caller gets.
 TYPED_ERRORS: dict[str, tuple[Exception, grpc.StatusCode, str]] = {
     "invalid.argument": (
-        errors.InvalidArgument("page_size must be positive"),
+        errors.InvalidArgumentError("page_size must be positive"),
         grpc.StatusCode.INVALID_ARGUMENT,
         "page_size must be positive",
     ),
     "not.found": (
-        errors.NotFound("runs/1 does not exist"),
+        errors.NotFoundError("runs/1 does not exist"),
         grpc.StatusCode.NOT_FOUND,
         "runs/1 does not exist",
     ),
     "permission.denied": (
-        errors.PermissionDenied("only the mesh publishes run.*"),
+        errors.PermissionDeniedError("only the mesh publishes run.*"),
         grpc.StatusCode.PERMISSION_DENIED,
         "only the mesh publishes run.*",
     ),
     "unavailable": (
-        errors.Unavailable("the embedding model", "it is loading"),
+        errors.UnavailableError("the embedding model", "it is loading"),
         grpc.StatusCode.UNAVAILABLE,
         "the embedding model is unavailable: it is loading; try again shortly",
     ),

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 
 from amelia_common import paging
-from amelia_common.errors import InvalidArgument
+from amelia_common.errors import InvalidArgumentError
 
 
 @pytest.mark.parametrize(
@@ -53,5 +53,5 @@ def _b64(raw: bytes) -> str:
     ],
 )
 def test_a_token_not_made_here_is_invalid_argument(token: str) -> None:
-    with pytest.raises(InvalidArgument, match="next_page_token"):
+    with pytest.raises(InvalidArgumentError, match="next_page_token"):
         paging.decode_keyset(token)

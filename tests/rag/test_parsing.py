@@ -8,7 +8,7 @@ import pytest
 from rag_pdf import make_pdf
 
 from amelia_rag.parsing import (
-    InvalidDocument,
+    InvalidDocumentError,
     decode_text,
     detect_type,
     parse,
@@ -93,7 +93,7 @@ def test_pdf_text_by_page() -> None:
     ],
 )
 def test_bad_pdfs_are_refused(content: bytes, reason: str) -> None:
-    with pytest.raises(InvalidDocument, match=reason):
+    with pytest.raises(InvalidDocumentError, match=reason):
         parse(content, "pdf", "x.pdf")
 
 
@@ -150,7 +150,7 @@ def test_html_from_the_web_is_a_web_page() -> None:
     ],
 )
 def test_binary_types_are_named(name: str, content: bytes, reason: str) -> None:
-    with pytest.raises(InvalidDocument, match=reason):
+    with pytest.raises(InvalidDocumentError, match=reason):
         detect_type(name, content)
 
 
@@ -158,13 +158,13 @@ def test_decoding() -> None:
     assert decode_text("héllo".encode()) == "héllo"
     assert decode_text(b"\xef\xbb\xbfbom") == "bom"
     assert decode_text("utf16 text".encode("utf-16")) == "utf16 text"
-    with pytest.raises(InvalidDocument, match=r"not UTF-8 text: byte 0xff at offset 3"):
+    with pytest.raises(InvalidDocumentError, match=r"not UTF-8 text: byte 0xff at offset 3"):
         decode_text(b"abc\xff\xfedef")
-    with pytest.raises(InvalidDocument, match="NUL"):
+    with pytest.raises(InvalidDocumentError, match="NUL"):
         decode_text(b"abc\x00def")
-    with pytest.raises(InvalidDocument, match="only whitespace"):
+    with pytest.raises(InvalidDocumentError, match="only whitespace"):
         decode_text(b" \n\t ")
-    with pytest.raises(InvalidDocument, match="empty"):
+    with pytest.raises(InvalidDocumentError, match="empty"):
         parse(b"", "text", "x.txt")
 
 

@@ -29,27 +29,27 @@ class AmeliaError(Exception):
         self.message = message
 
 
-class InvalidArgument(AmeliaError, ValueError):
+class InvalidArgumentError(AmeliaError, ValueError):
     code = grpc.StatusCode.INVALID_ARGUMENT
 
 
-class NotFound(AmeliaError):
+class NotFoundError(AmeliaError):
     code = grpc.StatusCode.NOT_FOUND
 
 
-class AlreadyExists(AmeliaError):
+class AlreadyExistsError(AmeliaError):
     code = grpc.StatusCode.ALREADY_EXISTS
 
 
-class FailedPrecondition(AmeliaError):
+class FailedPreconditionError(AmeliaError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
-class PermissionDenied(AmeliaError):
+class PermissionDeniedError(AmeliaError):
     code = grpc.StatusCode.PERMISSION_DENIED
 
 
-class Unavailable(AmeliaError):
+class UnavailableError(AmeliaError):
     """`dependency` (e.g. "PostgreSQL", "NATS") cannot be reached; the caller may retry."""
 
     code = grpc.StatusCode.UNAVAILABLE
@@ -73,7 +73,7 @@ def struct_value(value: struct_pb2.Value) -> Any:
 
 
 def check_struct(struct: struct_pb2.Struct, field: str) -> dict[str, Any]:
-    """A request's Struct as plain Python; InvalidArgument (via `check_json`) if it holds NaN,
+    """A request's Struct as plain Python; InvalidArgumentError (via `check_json`) if it holds NaN,
     Infinity or NUL. Use it wherever a Struct comes in, instead of json_format.MessageToDict."""
     values = {k: struct_value(v) for k, v in struct.fields.items()}
     check_json(values, field)
@@ -81,17 +81,17 @@ def check_struct(struct: struct_pb2.Struct, field: str) -> dict[str, Any]:
 
 
 def check_json(value: Any, field: str) -> None:
-    """Raise InvalidArgument unless `value` can be stored and read back as JSON everywhere.
+    """Raise InvalidArgumentError unless `value` can be stored and read back as JSON everywhere.
 
     JSON has no NaN or Infinity (readers in other languages reject them) and PostgreSQL text
     cannot hold NUL characters, so both are refused where data comes in.
     """
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise InvalidArgument(f"{field} must not contain NaN or Infinity")
+            raise InvalidArgumentError(f"{field} must not contain NaN or Infinity")
     elif isinstance(value, str):
         if "\x00" in value:
-            raise InvalidArgument(f"{field} must not contain NUL characters")
+            raise InvalidArgumentError(f"{field} must not contain NUL characters")
     elif isinstance(value, dict):
         for key, item in value.items():
             check_json(key, field)
@@ -259,18 +259,18 @@ def _detail(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def dependency_unavailable(exc: BaseException) -> Unavailable | None:
-    """`Unavailable` naming the dependency `exc` (or what caused it) shows to be unreachable.
+def dependency_unavailable(exc: BaseException) -> UnavailableError | None:
+    """`UnavailableError` naming the dependency `exc` (or what caused it) shows to be unreachable.
 
     None when nothing in the exception's chain is a dependency outage: that is a bug, reported
     as INTERNAL by the caller.
     """
     for link in _chain(exc):
-        if isinstance(link, Unavailable):
+        if isinstance(link, UnavailableError):
             return link
         dependency = _dependency(link)
         if dependency is not None:
-            return Unavailable(dependency, _detail(link))
+            return UnavailableError(dependency, _detail(link))
     return None
 
 

@@ -28,7 +28,7 @@ from grpc_reflection.v1alpha import reflection
 
 from amelia_common import metrics, telemetry
 from amelia_common.auth import token_ok
-from amelia_common.errors import InvalidArgument, Unavailable, as_amelia_error
+from amelia_common.errors import InvalidArgumentError, UnavailableError, as_amelia_error
 from amelia_common.grpc_client import client_options
 from amelia_common.logging import get_logger
 from amelia_common.settings import Settings
@@ -87,9 +87,9 @@ class _Undecodable:
         self.message_type = message_type
         self.error = error
 
-    def refuse(self) -> InvalidArgument:
+    def refuse(self) -> InvalidArgumentError:
         log.debug("undecodable request", error=repr(self.error))
-        return InvalidArgument(
+        return InvalidArgumentError(
             f"the request could not be decoded as {self.message_type} (malformed protobuf)"
         )
 
@@ -130,7 +130,7 @@ async def _decoded_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
 
 
 def _incoming(request: Any, streaming_in: bool) -> Any:
-    """The request a handler sees: decoded, or InvalidArgument raised inside the boundary."""
+    """The request a handler sees: decoded, or InvalidArgumentError raised inside the boundary."""
     return _decoded_stream(request) if streaming_in else _decoded(request)
 
 
@@ -205,7 +205,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})"
             )
             return
-        if isinstance(error, Unavailable):
+        if isinstance(error, UnavailableError):
             log.warning("dependency unavailable", dependency=error.dependency, error=error.message)
         else:
             log.debug("rpc refused", code=error.code.name, error=error.message)

@@ -8,7 +8,7 @@ import binascii
 import json
 from datetime import datetime
 
-from amelia_common.errors import InvalidArgument
+from amelia_common.errors import InvalidArgumentError
 
 BAD_TOKEN = (
     "page_token is not one this service returned: pass a previous response's next_page_token"
@@ -31,14 +31,14 @@ def encode_keyset(time: datetime, row_id: str) -> str:
 
 
 def decode_keyset(token: str) -> tuple[datetime, str]:
-    """The `(time, id)` an `encode_keyset` token holds; `errors.InvalidArgument` for anything
+    """The `(time, id)` an `encode_keyset` token holds; `errors.InvalidArgumentError` for anything
     else (a token of another list, edited, truncated or made up)."""
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         when, row_id = json.loads(raw)
         time = datetime.fromisoformat(when)
     except (ValueError, TypeError, binascii.Error) as exc:
-        raise InvalidArgument(BAD_TOKEN) from exc
+        raise InvalidArgumentError(BAD_TOKEN) from exc
     if time.tzinfo is None or not isinstance(row_id, str):
-        raise InvalidArgument(BAD_TOKEN)
+        raise InvalidArgumentError(BAD_TOKEN)
     return time, row_id

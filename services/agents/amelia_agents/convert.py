@@ -12,7 +12,7 @@ from google.protobuf.message import Message
 
 from amelia.v1 import agents_pb2
 from amelia_agents.models import AgentRow, RunRow, RunState, ThreadRow
-from amelia_common.errors import InvalidArgument, check_json
+from amelia_common.errors import InvalidArgumentError, check_json
 
 AGENT_ID = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 
@@ -122,12 +122,12 @@ def to_value(value: Any) -> struct_pb2.Value:
 
 
 def json_from(message: Message, field: str) -> Any:
-    """A Struct or Value from a request as plain JSON values, refused (InvalidArgument) if it
+    """A Struct or Value from a request as plain JSON values, refused (InvalidArgumentError) if it
     holds NaN, Infinity or NUL characters, which neither JSON nor PostgreSQL can keep."""
     try:
         value = json_format.MessageToDict(message)
     except ValueError:
-        raise InvalidArgument(f"{field} must not contain NaN or Infinity") from None
+        raise InvalidArgumentError(f"{field} must not contain NaN or Infinity") from None
     check_json(value, field)
     return value
 
@@ -137,7 +137,7 @@ _MAX_DURATION_SECONDS = 315_576_000_000
 
 
 def duration_seconds(duration: duration_pb2.Duration, field: str) -> float:
-    """A request's Duration in seconds; InvalidArgument if it is not a valid one."""
+    """A request's Duration in seconds; InvalidArgumentError if it is not a valid one."""
     seconds, nanos = duration.seconds, duration.nanos
     if (
         abs(seconds) > _MAX_DURATION_SECONDS
@@ -145,7 +145,7 @@ def duration_seconds(duration: duration_pb2.Duration, field: str) -> float:
         or (seconds > 0 > nanos)
         or (seconds < 0 < nanos)
     ):
-        raise InvalidArgument(
+        raise InvalidArgumentError(
             f"{field} is not a valid duration (seconds within ±{_MAX_DURATION_SECONDS}, nanos "
             "within ±999999999 with the same sign)"
         )

@@ -6,7 +6,7 @@ is `field op value` with op one of `= != < <= > >= :`; a bare word or quoted str
 search (any case) in the run's input, output and error. Values are words or quoted strings.
 
 Everything is checked before a query is built: an unknown field, an operator a field does not
-take, or a value of the wrong kind is an InvalidArgument naming it and where it is.
+take, or a value of the wrong kind is an InvalidArgumentError naming it and where it is.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from sqlalchemy import Text, and_, cast, not_, or_
 from sqlalchemy.sql.elements import ColumnElement
 
 from amelia_agents.models import RunRow, RunState
-from amelia_common.errors import InvalidArgument
+from amelia_common.errors import InvalidArgumentError
 
 MAX_FILTER_LENGTH = 2000
 MAX_DEPTH = 32
@@ -49,10 +49,10 @@ def tokenize(source: str) -> list[Token]:
         if match is None or match.end() == position:
             rest = source[position:].lstrip()
             if rest[:1] in ("'", '"'):
-                raise InvalidArgument(
+                raise InvalidArgumentError(
                     f"filter: the quote at {len(source) - len(rest)} is never closed"
                 )
-            raise InvalidArgument(f"filter: unexpected {source[position:].strip()[:20]!r}")
+            raise InvalidArgumentError(f"filter: unexpected {source[position:].strip()[:20]!r}")
         at = match.start(match.lastgroup or 0)
         if match.group("op") is not None:
             tokens.append(Token("op", match.group("op"), at))
@@ -76,7 +76,7 @@ def _like(text: str) -> str:
 def _status(value: str) -> str:
     name = value.upper().removeprefix("RUN_STATUS_")
     if name not in RunState.__members__:
-        raise InvalidArgument(
+        raise InvalidArgumentError(
             f"filter: status {value!r} is not one of {', '.join(RunState.__members__)}"
         )
     return name
@@ -87,9 +87,9 @@ def _time(value: str) -> datetime:
     try:
         stamp = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise InvalidArgument(f"filter: {value!r} is not a time; {hint}") from None
+        raise InvalidArgumentError(f"filter: {value!r} is not a time; {hint}") from None
     if stamp.tzinfo is None:
-        raise InvalidArgument(f"filter: time {value!r} has no time zone; {hint}")
+        raise InvalidArgumentError(f"filter: time {value!r} has no time zone; {hint}")
     return stamp
 
 
@@ -97,14 +97,14 @@ def _integer(value: str) -> int:
     try:
         return int(value)
     except ValueError:
-        raise InvalidArgument(f"filter: {value!r} is not a whole number") from None
+        raise InvalidArgumentError(f"filter: {value!r} is not a whole number") from None
 
 
 def _uuid(value: str) -> uuid.UUID:
     try:
         return uuid.UUID(value.removeprefix("threads/"))
     except ValueError:
-        raise InvalidArgument(f"filter: thread {value!r} is not 'threads/<uuid>'") from None
+        raise InvalidArgumentError(f"filter: thread {value!r} is not 'threads/<uuid>'") from None
 
 
 @dataclass(frozen=True)
@@ -173,7 +173,7 @@ class _Parser:
     def take(self) -> Token:
         token = self.peek()
         if token is None:
-            raise InvalidArgument("filter: ends too early; a value or ')' is missing")
+            raise InvalidArgumentError("filter: ends too early; a value or ')' is missing")
         self.index += 1
         return token
 
@@ -189,7 +189,7 @@ class _Parser:
         """sequence {AND sequence}; a sequence is factors side by side (also AND)."""
         self.depth += 1
         if self.depth > MAX_DEPTH:
-            raise InvalidArgument(f"filter: nested more than {MAX_DEPTH} levels deep")
+            raise InvalidArgumentError(f"filter: nested more than {MAX_DEPTH} levels deep")
         parts = [self.factor()]
         while self.peek() is not None and not self.is_op(")"):
             if self.is_word("AND"):
@@ -212,7 +212,7 @@ class _Parser:
         token = self.peek()
         if token is not None and token.kind == "word" and token.value.startswith("-"):
             if len(token.value) == 1:
-                raise InvalidArgument(f"filter: '-' at {token.at} must touch what it negates")
+                raise InvalidArgumentError(f"filter: '-' at {token.at} must touch what it negates")
             self.tokens[self.index] = Token("word", token.value[1:], token.at + 1)
             return not_(self.term())
         return self.simple()
@@ -222,30 +222,30 @@ class _Parser:
         if token.kind == "op" and token.value == "(":
             inner = self.expression()
             if not self.is_op(")"):
-                raise InvalidArgument(f"filter: the '(' at {token.at} is never closed")
+                raise InvalidArgumentError(f"filter: the '(' at {token.at} is never closed")
             self.index += 1
             return inner
         if token.kind == "op":
-            raise InvalidArgument(f"filter: unexpected {token.value!r} at {token.at}")
+            raise InvalidArgumentError(f"filter: unexpected {token.value!r} at {token.at}")
         if token.value in ("AND", "OR") and token.kind == "word":
-            raise InvalidArgument(f"filter: {token.value} at {token.at} has nothing before it")
+            raise InvalidArgumentError(f"filter: {token.value} at {token.at} has nothing before it")
         following = self.peek()
         if following is None or following.kind != "op" or following.value in ("(", ")"):
             return text_search(token.value)  # a bare word or string
         op = self.take().value
         value = self.take()
         if value.kind == "op":
-            raise InvalidArgument(f"filter: {token.value} {op} needs a value at {value.at}")
+            raise InvalidArgumentError(f"filter: {token.value} {op} needs a value at {value.at}")
         return self.restriction(token, op, value.value)
 
     def restriction(self, name: Token, op: str, raw: str) -> ColumnElement[bool]:
         field = FIELDS.get(name.value)
         if field is None or name.kind != "word":
-            raise InvalidArgument(
+            raise InvalidArgumentError(
                 f"filter: unknown field {name.value!r} at {name.at}; fields: {', '.join(FIELDS)}"
             )
         if op not in field.operators:
-            raise InvalidArgument(
+            raise InvalidArgumentError(
                 f"filter: {name.value} takes {' '.join(field.operators)}, not {op!r}"
             )
         if field.text and op == ":":
@@ -254,12 +254,12 @@ class _Parser:
 
 
 def compile_filter(source: str) -> ColumnElement[bool] | None:
-    """The SQL condition `source` means, or None for an empty filter; InvalidArgument if it
+    """The SQL condition `source` means, or None for an empty filter; InvalidArgumentError if it
     is not one this service understands."""
     if len(source) > MAX_FILTER_LENGTH:
-        raise InvalidArgument(f"filter is longer than {MAX_FILTER_LENGTH} characters")
+        raise InvalidArgumentError(f"filter is longer than {MAX_FILTER_LENGTH} characters")
     if "\x00" in source:
-        raise InvalidArgument("filter must not contain NUL characters")
+        raise InvalidArgumentError("filter must not contain NUL characters")
     tokens = tokenize(source)
     if not tokens:
         return None
@@ -267,7 +267,7 @@ def compile_filter(source: str) -> ColumnElement[bool] | None:
     condition = parser.expression()
     if parser.peek() is not None:
         token = parser.take()
-        raise InvalidArgument(f"filter: unexpected {token.value!r} at {token.at}")
+        raise InvalidArgumentError(f"filter: unexpected {token.value!r} at {token.at}")
     return condition
 
 

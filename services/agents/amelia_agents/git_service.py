@@ -23,7 +23,7 @@ from amelia_agents.models import RunRow, RunState
 from amelia_agents.store import Store
 from amelia_agents.workflows.code import allowed_repository
 from amelia_agents.workflows.worktree import CodeError
-from amelia_common.errors import FailedPrecondition, InvalidArgument, NotFound
+from amelia_common.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from amelia_common.settings import Settings
 
 Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
@@ -61,32 +61,32 @@ class GitServicer(git_pb2_grpc.GitServiceServicer):
         try:
             run_id = convert.run_id(name)
         except BadNameError as exc:
-            raise InvalidArgument(str(exc)) from None
+            raise InvalidArgumentError(str(exc)) from None
         row = await self.store.get_run(run_id)
         if row is None:
-            raise NotFound(f"runs/{run_id} does not exist")
+            raise NotFoundError(f"runs/{run_id} does not exist")
         repository = (row.input or {}).get("repository")
         if not repository:
-            raise FailedPrecondition(
+            raise FailedPreconditionError(
                 f"runs/{run_id} ({row.workflow or 'an agent run'}) works in no git repository"
             )
         try:
             path = allowed_repository(repository, self.settings)
         except ValueError as exc:
-            raise FailedPrecondition(str(exc)) from None
+            raise FailedPreconditionError(str(exc)) from None
         try:
             top = await gitrepo.toplevel(path)
         except CodeError as exc:
-            raise FailedPrecondition(str(exc)) from None
+            raise FailedPreconditionError(str(exc)) from None
         return row, top, gitrepo.run_branch(str(run_id))
 
     def _settled(self, row: RunRow, action: str) -> None:
         if row.status in (RunState.QUEUED.value, RunState.RUNNING.value):
-            raise FailedPrecondition(
+            raise FailedPreconditionError(
                 f"runs/{row.id} is {row.status.lower()}: {action} it once it has ended"
             )
         if row.status == RunState.PAUSED.value:
-            raise FailedPrecondition(
+            raise FailedPreconditionError(
                 f"runs/{row.id} is paused on a question; answer it (`amelia runs resume "
                 f"runs/{row.id} land|discard|keep`), or cancel it, before you {action} it here"
             )
@@ -121,7 +121,7 @@ class GitServicer(git_pb2_grpc.GitServiceServicer):
         try:
             info, diff = await gitrepo.run_diff(repository, branch)
         except CodeError as exc:
-            raise FailedPrecondition(str(exc)) from None
+            raise FailedPreconditionError(str(exc)) from None
         reply = git_pb2.GetRunDiffResponse(
             branch=_branch_proto(info),
             repository=str(repository),
@@ -158,10 +158,10 @@ class GitServicer(git_pb2_grpc.GitServiceServicer):
                 into = request.into or info.target
                 message = f"Land {branch} ({row.workflow or 'run'} runs/{row.id})"
                 landed = await gitrepo.land_run(repository, branch, into, message)
-            except gitrepo.InvalidBranchName as exc:
-                raise InvalidArgument(f"into: {exc}") from None
+            except gitrepo.InvalidBranchNameError as exc:
+                raise InvalidArgumentError(f"into: {exc}") from None
             except CodeError as exc:
-                raise FailedPrecondition(str(exc)) from None
+                raise FailedPreconditionError(str(exc)) from None
         await self.events.publish(row, "git.landed", landed.event(repository, branch))
         return git_pb2.LandRunResponse(
             into=landed.into,
@@ -180,7 +180,7 @@ class GitServicer(git_pb2_grpc.GitServiceServicer):
             try:
                 worktree, commit = await gitrepo.discard(repository, branch)
             except CodeError as exc:
-                raise FailedPrecondition(str(exc)) from None
+                raise FailedPreconditionError(str(exc)) from None
         data = gitrepo.discarded_event(repository, branch, worktree, commit)
         await self.events.publish(row, "git.discarded", data)
         return git_pb2.DiscardRunResponse(branch=branch, worktree=worktree, commit=commit)

@@ -43,11 +43,11 @@ class GitStateError(CodeError):
     target checked out with changes in the way); the message says which and what to do."""
 
 
-class InvalidBranchName(CodeError):
+class InvalidBranchNameError(CodeError):
     """A target branch name git would not accept."""
 
 
-class LandConflict(GitStateError):
+class LandConflictError(GitStateError):
     def __init__(self, into: str, branch: str, files: list[str]) -> None:
         super().__init__(
             f"{branch} conflicts with {into} in {', '.join(files)}; nothing was changed "
@@ -326,10 +326,10 @@ async def land(repository: Path, branch: str, into: str, message: str) -> Landed
     if not into:
         raise GitStateError("no target branch: name one (LandRun.into, --into)")
     if into.startswith("-") or "\0" in into:
-        raise InvalidBranchName(f"{into!r} is not a branch name")
+        raise InvalidBranchNameError(f"{into!r} is not a branch name")
     code, _, _ = await git_run(["check-ref-format", "--branch", into], repository)
     if code != 0:
-        raise InvalidBranchName(f"{into!r} is not a branch name")
+        raise InvalidBranchNameError(f"{into!r} is not a branch name")
     old = await commit_of(repository, f"refs/heads/{into}")
     if not old:
         raise GitStateError(f"there is no branch {into} in {repository} to land into")
@@ -346,7 +346,7 @@ async def land(repository: Path, branch: str, into: str, message: str) -> Landed
         )
         if code == 1:
             files = list(dict.fromkeys(line for line in out.splitlines()[1:] if line))
-            raise LandConflict(into, branch, files)
+            raise LandConflictError(into, branch, files)
         if code != 0:
             raise GitStateError(f"git merge-tree failed in {repository}: {err.strip()}")
         tree = out.splitlines()[0]

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from amelia_common import paging
-from amelia_common.errors import InvalidArgument
+from amelia_common.errors import InvalidArgumentError
 
 Row = TypeVar("Row")
 
@@ -41,5 +41,5 @@ def offset_of(token: str) -> int:
         return 0
     _, value = decode(token)
     if not value.isdigit():
-        raise InvalidArgument(paging.BAD_TOKEN)
+        raise InvalidArgumentError(paging.BAD_TOKEN)
     return int(value)

@@ -27,7 +27,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext, api
 
 from amelia_common import telemetry
-from amelia_common.errors import Unavailable
+from amelia_common.errors import UnavailableError
 from amelia_common.logging import get_logger
 from amelia_common.nats_client import ensure_stream
 from amelia_common.settings import Settings
@@ -99,7 +99,7 @@ async def ensure_queue(js: JetStreamContext, settings: Settings) -> None:
 
 async def enqueue(js: JetStreamContext, settings: Settings, run_id: uuid.UUID, key: str) -> None:
     """Queue a job for the run; `key` dedups retries (e.g. `start`, `resume-2`) within two
-    minutes. Raises `Unavailable("NATS")` when JetStream did not acknowledge it."""
+    minutes. Raises `UnavailableError("NATS")` when JetStream did not acknowledge it."""
     try:
         await js.publish(
             job_subject(settings, run_id),
@@ -108,7 +108,7 @@ async def enqueue(js: JetStreamContext, settings: Settings, run_id: uuid.UUID, k
             headers={"Nats-Msg-Id": f"{run_id}:{key}", **telemetry.nats_headers()},
         )
     except Exception as exc:  # whatever NATS said, the job is not queued
-        raise Unavailable(
+        raise UnavailableError(
             "NATS", f"the run queue did not take runs/{run_id} ({exc or type(exc).__name__})"
         ) from exc
 

@@ -31,10 +31,10 @@ from amelia_agents.store import (
 from amelia_agents.streaming import RunStreamer
 from amelia_common import paging
 from amelia_common.errors import (
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    Unavailable,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    UnavailableError,
     check_json,
 )
 from amelia_common.eventlog import timestamp_problem
@@ -252,7 +252,7 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         tid = await self._thread_id(request.name, context)
         found = await self.store.thread_summary(tid)
         if found is None:
-            raise NotFound(f"threads/{tid} does not exist")
+            raise NotFoundError(f"threads/{tid} does not exist")
         return agents_pb2.GetThreadResponse(thread=_thread(found))
 
     async def ListThreads(
@@ -261,7 +261,7 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         limit, after = await self._page(request.page_size, request.page_token, context)
         order_by = " ".join(request.order_by.split()) or "create_time"
         if order_by not in THREAD_ORDERS:
-            raise InvalidArgument(f"order_by must be one of: {', '.join(THREAD_ORDERS)}")
+            raise InvalidArgumentError(f"order_by must be one of: {', '.join(THREAD_ORDERS)}")
         found = await self.store.list_threads(limit + 1, after, order_by)
         rows, token = pagination.page(found, limit, key=order_by.split()[0])
         return agents_pb2.ListThreadsResponse(
@@ -305,7 +305,7 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         QUEUED and the reconciler (`sweeper`) queues it once NATS is back: nothing is lost."""
         try:
             await queue.enqueue(self.js, self.settings, row.id, key)
-        except Unavailable as exc:
+        except UnavailableError as exc:
             log.warning(
                 "run recorded but not queued yet; the reconciler will queue it",
                 run=str(row.id),
@@ -398,7 +398,7 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
             # The job is queued inside the transaction: if NATS refuses it, nothing is recorded.
             await self.store.create_run(row, new_thread, before_commit=queue_it)
         except ActiveRunError:
-            raise FailedPrecondition(
+            raise FailedPreconditionError(
                 f"threads/{row.thread_id} already has a queued, running or paused run; wait for "
                 "it to end, or cancel it"
             ) from None
@@ -407,10 +407,10 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
             if existing is None:
                 raise
             return convert.run_to_proto(existing)
-        except Unavailable as exc:  # from the queue only: PostgreSQL's errors pass untouched
+        except UnavailableError as exc:  # from the queue only: PostgreSQL's errors pass untouched
             log.warning("cannot queue run", run=str(row.id), error=exc.message)
             cause = exc.__cause__
-            raise Unavailable(
+            raise UnavailableError(
                 exc.dependency,
                 f"the run queue did not take the run ({cause or type(cause).__name__}); "
                 "nothing was started",
@@ -458,12 +458,12 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
                 stamp = getattr(request, name)
                 problem = timestamp_problem(stamp, name)
                 if problem is not None:
-                    raise InvalidArgument(problem)
+                    raise InvalidArgumentError(problem)
                 setattr(flt, name, stamp.ToDatetime(tzinfo=UTC))
         flt.condition = filtering.compile_filter(request.filter)
         order_by = " ".join(request.order_by.split()) or "create_time desc"
         if order_by not in RUN_ORDERS:
-            raise InvalidArgument(f"order_by must be one of: {', '.join(RUN_ORDERS)}")
+            raise InvalidArgumentError(f"order_by must be one of: {', '.join(RUN_ORDERS)}")
         flt.oldest_first = order_by == "create_time"
         rows, token = pagination.page(await self.store.list_runs(limit + 1, after, flt), limit)
         return agents_pb2.ListRunsResponse(
@@ -519,7 +519,7 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
             )
             offset = pagination.offset_of(request.page_token)
         except ValueError as exc:
-            raise InvalidArgument(str(exc)) from None
+            raise InvalidArgumentError(str(exc)) from None
         found = steps.to_steps(await steps.history(row, self.checkpointer))
         page = found[offset : offset + limit]
         more = offset + limit < len(found)
@@ -537,7 +537,7 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         new_thread = not request.thread
         tid = uuid.uuid4() if new_thread else await self._thread_id(request.thread, context)
         if not new_thread and await self.store.get_thread(tid) is None:
-            raise NotFound(f"threads/{tid} does not exist")
+            raise NotFoundError(f"threads/{tid} does not exist")
         row = _new_run(
             self.settings,
             agent_id=source.agent_id,
@@ -556,12 +556,14 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         source = await self._get_run(request.name, context)
         values = convert.json_from(request.values, "values")
         if not request.checkpoint:
-            raise InvalidArgument("checkpoint is required: a step's checkpoint from ListRunSteps")
+            raise InvalidArgumentError(
+                "checkpoint is required: a step's checkpoint from ListRunSteps"
+            )
         existing = await self._existing(request.request_id)
         if existing is not None:
             return agents_pb2.ForkRunResponse(run=convert.run_to_proto(existing))
         if source.status not in {s.value for s in TERMINAL_STATES}:
-            raise FailedPrecondition(
+            raise FailedPreconditionError(
                 f"runs/{source.id} is {source.status}: fork a run once it has ended"
             )
         point = steps.fork_point(await steps.history(source, self.checkpointer), request.checkpoint)

@@ -25,7 +25,7 @@ from amelia.v1 import agents_pb2
 from amelia_agents import workflows
 from amelia_agents.convert import to_value
 from amelia_agents.models import RunRow
-from amelia_common.errors import FailedPrecondition, NotFound
+from amelia_common.errors import FailedPreconditionError, NotFoundError
 
 RUN_KEY = "amelia_run"
 
@@ -39,7 +39,7 @@ def workflow_of(row: RunRow) -> workflows.Workflow:
     name = workflows.AGENT_WORKFLOW if row.agent_id else (row.workflow or "")
     workflow = workflows.get(name)
     if workflow is None:
-        raise FailedPrecondition(f"workflow {name!r} is not available on this service")
+        raise FailedPreconditionError(f"workflow {name!r} is not available on this service")
     return workflow
 
 
@@ -120,18 +120,18 @@ class ForkPoint:
 
 
 def fork_point(snapshots: list[StateSnapshot], checkpoint: str) -> ForkPoint:
-    """The step of `snapshots` saved as `checkpoint`; NotFound if the run has none there."""
+    """The step of `snapshots` saved as `checkpoint`; NotFoundError if the run has none there."""
     for index, snapshot in enumerate(snapshots):
         if _checkpoint_id(snapshot) != checkpoint:
             continue
         nodes = [t.name for t in snapshot.tasks if t.name != START]
         if not nodes:
-            raise FailedPrecondition(
+            raise FailedPreconditionError(
                 f"checkpoint {checkpoint} is the end of the run: there is no step to fork from"
             )
         previous = [t.name for t in snapshots[index - 1].tasks] if index else []
         return ForkPoint(checkpoint, nodes[0], previous[0] if previous else START)
-    raise NotFound(f"the run has no step with checkpoint {checkpoint!r}; see ListRunSteps")
+    raise NotFoundError(f"the run has no step with checkpoint {checkpoint!r}; see ListRunSteps")
 
 
 async def write_fork(

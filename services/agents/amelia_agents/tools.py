@@ -43,7 +43,7 @@ class ToolError(Exception):
     """A tool's failure, worded for the model (it gets `error: <message>` as the result)."""
 
 
-class ToolRoundsExceeded(runtime.NodeError):
+class ToolRoundsExceededError(runtime.NodeError):
     """The model still asked for tools after the last round allowed."""
 
 
@@ -374,7 +374,7 @@ async def tool_loop(
     max_rounds: int = MAX_TOOL_ROUNDS,
 ) -> ChatResult:
     """`chat_with_tools` with any tools (a workflow's own, e.g. the developer's) and rounds
-    limit; past it, `ToolRoundsExceeded`."""
+    limit; past it, `ToolRoundsExceededError`."""
     specs = [t.spec() for t in tools.values()]
     conversation = [
         m if isinstance(m, ChatMessage) else ChatMessage.from_dict(dict(m)) for m in messages
@@ -396,7 +396,7 @@ async def tool_loop(
             return ChatResult(text="".join(texts), usage=usage, model=result.model)
         if round_ == max_rounds:
             asked = ", ".join(c.name for c in result.tool_calls)
-            raise ToolRoundsExceeded(
+            raise ToolRoundsExceededError(
                 f"tools: the model was still asking for tools ({asked}) after "
                 f"{max_rounds} rounds of tool calls; the run was stopped"
             )

@@ -18,7 +18,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from amelia.v1 import events_pb2, events_pb2_grpc
-from amelia_common.errors import InvalidArgument, NotFound
+from amelia_common.errors import InvalidArgumentError, NotFoundError
 from amelia_common.eventlog import (
     EventLog,
     EventReader,
@@ -40,7 +40,7 @@ _EVENT_NAME = re.compile(r"^events/([1-9][0-9]{0,19})$")
 def _start_time(ts: timestamp_pb2.Timestamp, field: str) -> dt.datetime:
     problem = timestamp_problem(ts, field)
     if problem is not None:
-        raise InvalidArgument(problem)
+        raise InvalidArgumentError(problem)
     return ts.ToDatetime(tzinfo=dt.UTC)
 
 
@@ -69,7 +69,7 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
         self, request: events_pb2.PublishEventRequest, context: grpc.aio.ServicerContext
     ) -> events_pb2.PublishEventResponse:
         if not request.HasField("event"):
-            raise InvalidArgument("event is required")
+            raise InvalidArgumentError("event is required")
         event = events_pb2.Event()
         event.CopyFrom(request.event)
         stored = await self.log.publish_event(event, from_client=True)
@@ -79,7 +79,7 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
         self, request: events_pb2.PublishEventsRequest, context: grpc.aio.ServicerContext
     ) -> events_pb2.PublishEventsResponse:
         if len(request.events) > MAX_BATCH:
-            raise InvalidArgument(
+            raise InvalidArgumentError(
                 f"{len(request.events)} events in one request: at most {MAX_BATCH}; "
                 "send them in several requests"
             )
@@ -169,11 +169,13 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
     ) -> events_pb2.GetEventResponse:
         match = _EVENT_NAME.match(request.name)
         if match is None:
-            raise InvalidArgument(
+            raise InvalidArgumentError(
                 f"name {request.name[:100]!r} must be 'events/{{sequence}}' with a positive "
                 "sequence, e.g. 'events/42'"
             )
         event = await self.log.get(int(match.group(1)))
         if event is None:
-            raise NotFound(f"{request.name} not found: no event has that sequence (or it expired)")
+            raise NotFoundError(
+                f"{request.name} not found: no event has that sequence (or it expired)"
+            )
         return events_pb2.GetEventResponse(event=event)

@@ -26,19 +26,19 @@ from amelia_gateway.errors import GatewayError, invalid
 MAX_DEPTH = 32
 
 
-class _Refused(Exception):
+class _RefusedError(Exception):
     """Raised from inside the parser's hooks; becomes the GatewayError for the whole input."""
 
 
 def _refuse_constant(name: str) -> NoReturn:
-    raise _Refused(f"has {name}, which JSON does not allow: numbers must be finite")
+    raise _RefusedError(f"has {name}, which JSON does not allow: numbers must be finite")
 
 
 def _finite_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
         shown = text if len(text) <= 24 else text[:20] + "…"
-        raise _Refused(f"has the number {shown}, too large to be finite")
+        raise _RefusedError(f"has the number {shown}, too large to be finite")
     return value
 
 
@@ -51,7 +51,7 @@ def read_json(data: bytes | str, what: str) -> Any:
         raise invalid(f"{what} is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
         raise invalid(f"{what} is not valid JSON: {exc}") from None
-    except _Refused as exc:
+    except _RefusedError as exc:
         raise invalid(f"{what} {exc}") from None
     except RecursionError:
         raise _too_deep(what) from None

@@ -31,7 +31,7 @@ log = get_logger("amelia.rag.embeddings")
 Progress = Callable[[int, int], Awaitable[None]]
 
 
-class EmbeddingUnavailable(RuntimeError):
+class EmbeddingUnavailableError(RuntimeError):
     """The provider could not embed (endpoint down, bad answer); UNAVAILABLE to the caller."""
 
 
@@ -136,7 +136,7 @@ class EncodeBatcher:
         self, texts: Sequence[str], on_progress: Progress | None = None, *, priority: bool = False
     ) -> np.ndarray:
         if self._closed:
-            raise EmbeddingUnavailable("the embedding model is shut down")
+            raise EmbeddingUnavailableError("the embedding model is shut down")
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
         loop = asyncio.get_running_loop()
@@ -197,7 +197,7 @@ class EncodeBatcher:
                 except Exception as exc:
                     log.exception("embedding failed", texts=len(batch))
                     for request in {p[0] for p in parts}:
-                        self._finish(request, EmbeddingUnavailable(f"embedding failed: {exc}"))
+                        self._finish(request, EmbeddingUnavailableError(f"embedding failed: {exc}"))
                     continue
                 position = 0
                 touched: list[_Request] = []
@@ -245,7 +245,7 @@ class EncodeBatcher:
         self._closed = True
         self._wakeup.set()
         for request in list(self._pending):
-            self._finish(request, EmbeddingUnavailable("the embedding model is shutting down"))
+            self._finish(request, EmbeddingUnavailableError("the embedding model is shutting down"))
         if self._task is not None:
             self._task.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -348,7 +348,7 @@ class OpenAIEmbedder:
         )
         try:
             probe = await embedder._post(["dimension probe"])
-        except EmbeddingUnavailable as exc:
+        except EmbeddingUnavailableError as exc:
             await embedder.aclose()
             raise EmbeddingConfigError(f"cannot use the embedding endpoint: {exc}") from exc
         embedder._dimension = int(probe.shape[1])
@@ -372,22 +372,22 @@ class OpenAIEmbedder:
                 json={"model": self.model, "input": texts, "encoding_format": "float"},
             )
         except httpx.HTTPError as exc:
-            raise EmbeddingUnavailable(
+            raise EmbeddingUnavailableError(
                 f"embedding endpoint {url} did not answer: {exc or type(exc).__name__}"
             ) from exc
         if response.status_code >= 400:
-            raise EmbeddingUnavailable(
+            raise EmbeddingUnavailableError(
                 f"embedding endpoint {url} answered {response.status_code}: {response.text[:300]}"
             )
         try:
             data = sorted(response.json()["data"], key=lambda d: d["index"])
             vectors = np.asarray([d["embedding"] for d in data], dtype=np.float32)
         except (ValueError, KeyError, TypeError) as exc:
-            raise EmbeddingUnavailable(
+            raise EmbeddingUnavailableError(
                 f"embedding endpoint {url} sent an answer that is not an embeddings list: {exc}"
             ) from exc
         if vectors.ndim != 2 or vectors.shape[0] != len(texts):
-            raise EmbeddingUnavailable(
+            raise EmbeddingUnavailableError(
                 f"embedding endpoint {url} returned {vectors.shape[0] if vectors.ndim else 0} "
                 f"embeddings for {len(texts)} inputs"
             )
@@ -401,7 +401,7 @@ class OpenAIEmbedder:
             batch = list(texts[start : start + self.batch_size])
             vectors = await self._post(batch)
             if vectors.shape[1] != self._dimension:
-                raise EmbeddingUnavailable(
+                raise EmbeddingUnavailableError(
                     f"embedding endpoint returned {vectors.shape[1]}-dimension vectors; "
                     f"expected {self._dimension}"
                 )

@@ -36,7 +36,7 @@ from amelia_rag.models import DocumentRow
 from amelia_rag.parsing import (
     PARSER_VERSION,
     TYPES,
-    InvalidDocument,
+    InvalidDocumentError,
     ParsedDocument,
     detect_type,
     name_of,
@@ -76,7 +76,7 @@ class IngestResult:
     unchanged: bool
 
 
-class EventsUnavailable(RuntimeError):
+class EventsUnavailableError(RuntimeError):
     """An event could not be published, so the change was not made."""
 
 
@@ -88,16 +88,16 @@ def validate_source(source: Source) -> None:
         ("source_uri", source.source_uri),
     ):
         if len(value) > MAX_NAME_CHARS:
-            raise InvalidDocument(f"{label} is longer than {MAX_NAME_CHARS} characters")
+            raise InvalidDocumentError(f"{label} is longer than {MAX_NAME_CHARS} characters")
         bad = next((c for c in value if unicodedata.category(c) in ("Cc", "Cs")), None)
         if bad is not None:
-            raise InvalidDocument(
+            raise InvalidDocumentError(
                 f"{label} {value[:80]!r} contains the control character U+{ord(bad):04X}"
             )
     if not (source.file_path or source.source_uri or source.title.strip()):
-        raise InvalidDocument("a document needs a file_path, a source_uri or a title")
+        raise InvalidDocumentError("a document needs a file_path, a source_uri or a title")
     if source.type and source.type not in TYPES:
-        raise InvalidDocument(f"unknown document type {source.type!r}")
+        raise InvalidDocumentError(f"unknown document type {source.type!r}")
     validate_metadata(source.metadata)
 
 
@@ -106,13 +106,13 @@ def validate_metadata(metadata: dict[str, Any]) -> None:
 
     def check(value: Any, where: str) -> None:
         if isinstance(value, str) and "\x00" in value:
-            raise InvalidDocument(f"metadata {where} contains a NUL character")
+            raise InvalidDocumentError(f"metadata {where} contains a NUL character")
         if isinstance(value, float) and not math.isfinite(value):
-            raise InvalidDocument(f"metadata {where} is not a finite number")
+            raise InvalidDocumentError(f"metadata {where} is not a finite number")
         if isinstance(value, dict):
             for k, v in value.items():
                 if not k or "\x00" in k:
-                    raise InvalidDocument(f"metadata key {k!r} in {where} is not a valid key")
+                    raise InvalidDocumentError(f"metadata key {k!r} in {where} is not a valid key")
                 check(v, f"{where}.{k}" if where else k)
         if isinstance(value, list):
             for i, v in enumerate(value):
@@ -120,7 +120,7 @@ def validate_metadata(metadata: dict[str, Any]) -> None:
 
     check(metadata, "")
     if len(json.dumps(metadata)) > MAX_METADATA_BYTES:
-        raise InvalidDocument(f"metadata is larger than {MAX_METADATA_BYTES} bytes")
+        raise InvalidDocumentError(f"metadata is larger than {MAX_METADATA_BYTES} bytes")
 
 
 def resolve_type(source: Source, content: bytes) -> str:
@@ -150,7 +150,7 @@ def prepare(source: Source, content: bytes, chunk_size: int, chunk_overlap: int)
     size, overlap = child_size(chunk_size, chunk_overlap)
     chunks = chunk_document(parsed, size, overlap, passage_size=chunk_size)
     if not chunks:
-        raise InvalidDocument("document has no text to index")
+        raise InvalidDocumentError("document has no text to index")
     title = source.title.strip() or name_of(source.file_path, "", "") or parsed.title or name
     passages = [
         None
@@ -191,7 +191,7 @@ class Ingestor:
     async def publish(self, event_type: str, document_id: uuid.UUID, data: dict[str, Any]) -> None:
         if not self.events.nc.is_connected:
             # Fail now rather than buffer an event that would be sent after the change failed.
-            raise EventsUnavailable(
+            raise EventsUnavailableError(
                 f"the event log (NATS) is not connected, so '{event_type}' cannot be published"
             )
         try:
@@ -201,7 +201,7 @@ class Ingestor:
                 {"document": f"documents/{document_id}", **data},
             )
         except Exception as exc:
-            raise EventsUnavailable(
+            raise EventsUnavailableError(
                 f"the event log (NATS JetStream) did not store '{event_type}': "
                 f"{exc or type(exc).__name__}"
             ) from exc
@@ -210,9 +210,9 @@ class Ingestor:
         started = time.perf_counter()
         validate_source(source)
         if not content:
-            raise InvalidDocument("document is empty (0 bytes)")
+            raise InvalidDocumentError("document is empty (0 bytes)")
         if len(content) > self.settings.MAX_DOCUMENT_BYTES:
-            raise InvalidDocument(
+            raise InvalidDocumentError(
                 f"document is {len(content)} bytes; the limit is "
                 f"{self.settings.MAX_DOCUMENT_BYTES} bytes (MAX_DOCUMENT_BYTES)"
             )

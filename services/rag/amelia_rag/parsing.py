@@ -3,7 +3,7 @@
 Every parser returns a `ParsedDocument`: the text that chunk offsets refer to, and `Section`s
 (ranges of that text with a heading path and a page) that chunks never cross. Markdown, plain
 text and code keep the source text as is (offsets are offsets into the file); HTML and PDF
-offsets are into the extracted text. Anything that cannot be read raises `InvalidDocument`
+offsets are into the extracted text. Anything that cannot be read raises `InvalidDocumentError`
 with a message that names the problem; the service turns it into INVALID_ARGUMENT.
 """
 
@@ -104,7 +104,7 @@ _MAGIC = (
 TYPES = ("pdf", "markdown", "text", "html", "code", "web_page")
 
 
-class InvalidDocument(ValueError):
+class InvalidDocumentError(ValueError):
     """The content cannot be ingested; the message says why, for the person who sent it."""
 
 
@@ -173,13 +173,13 @@ def detect_type(name: str, content: bytes, *, web: bool = False) -> str:
 
 def _reject_binary(ext: str, content: bytes) -> None:
     if ext in BINARY_EXTENSIONS:
-        raise InvalidDocument(
+        raise InvalidDocumentError(
             f"unsupported file type '{ext}': Amelia ingests Markdown, plain text, HTML, "
             f"PDF and source code"
         )
     for magic, what in _MAGIC:
         if content.startswith(magic):
-            raise InvalidDocument(
+            raise InvalidDocumentError(
                 f"unsupported content: this is {what}; Amelia ingests Markdown, plain text, "
                 f"HTML, PDF and source code"
             )
@@ -208,11 +208,11 @@ def decode_text(content: bytes) -> str:
         try:
             return _check_text(content.decode("utf-16"))
         except UnicodeDecodeError as exc:
-            raise InvalidDocument(f"content is not valid UTF-16 text: {exc.reason}") from exc
+            raise InvalidDocumentError(f"content is not valid UTF-16 text: {exc.reason}") from exc
     try:
         text = content.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InvalidDocument(
+        raise InvalidDocumentError(
             f"content is not UTF-8 text: byte 0x{content[exc.start]:02x} at offset {exc.start} "
             f"cannot be decoded (binary file, or another encoding?)"
         ) from exc
@@ -222,11 +222,11 @@ def decode_text(content: bytes) -> str:
 def _check_text(text: str) -> str:
     nul = text.find("\x00")
     if nul >= 0:
-        raise InvalidDocument(
+        raise InvalidDocumentError(
             f"content has a NUL character at offset {nul}: it is binary, not text"
         )
     if not text.strip():
-        raise InvalidDocument("document has no text (only whitespace)")
+        raise InvalidDocumentError("document has no text (only whitespace)")
     return text
 
 
@@ -236,7 +236,7 @@ def _check_text(text: str) -> str:
 def parse(content: bytes, doc_type: str, name: str) -> ParsedDocument:
     """Parse `content` as `doc_type`; `name` (the file name) picks a code language."""
     if not content:
-        raise InvalidDocument("document is empty (0 bytes)")
+        raise InvalidDocumentError("document is empty (0 bytes)")
     if doc_type == "pdf":
         return parse_pdf(content)
     text = decode_text(content)
@@ -250,7 +250,7 @@ def parse(content: bytes, doc_type: str, name: str) -> ParsedDocument:
         return parse_code(text, language_of(name))
     if doc_type == "text":
         return ParsedDocument(text, "text", [Section(0, len(text))])
-    raise InvalidDocument(f"unknown document type {doc_type!r}")
+    raise InvalidDocumentError(f"unknown document type {doc_type!r}")
 
 
 def _line_starts(text: str) -> list[int]:
@@ -490,7 +490,7 @@ def parse_html(text: str) -> ParsedDocument:
     walk(main_content(soup), False)
     extracted = out.text().rstrip()
     if not extracted.strip():
-        raise InvalidDocument("HTML document has no visible text")
+        raise InvalidDocumentError("HTML document has no visible text")
     # Boundaries past the end (a trailing empty heading) collapse into the last section.
     boundaries = [(min(b, len(extracted)), p) for b, p in boundaries]
     return ParsedDocument(
@@ -538,7 +538,7 @@ def parse_pdf(content: bytes) -> ParsedDocument:
     from pypdf import PdfReader
 
     if b"%PDF-" not in content[:1024]:
-        raise InvalidDocument("not a PDF: the content has no '%PDF-' header")
+        raise InvalidDocumentError("not a PDF: the content has no '%PDF-' header")
     pypdf_log = logging.getLogger("pypdf")
     previous = pypdf_log.level
     pypdf_log.setLevel(logging.ERROR)  # its warnings about sloppy files are noise here
@@ -549,7 +549,7 @@ def parse_pdf(content: bytes) -> ParsedDocument:
                 reader.decrypt("")
                 pages = [p.extract_text() or "" for p in reader.pages]
             except Exception as exc:
-                raise InvalidDocument("PDF is encrypted with a password") from exc
+                raise InvalidDocumentError("PDF is encrypted with a password") from exc
         else:
             pages = [p.extract_text() or "" for p in reader.pages]
         meta_title = ""
@@ -558,14 +558,14 @@ def parse_pdf(content: bytes) -> ParsedDocument:
                 meta_title = _printable(str(reader.metadata.title))
         except Exception:  # noqa: BLE001 - a broken info dictionary is not worth failing for
             meta_title = ""
-    except InvalidDocument:
+    except InvalidDocumentError:
         raise
     except Exception as exc:
-        raise InvalidDocument(f"corrupt PDF: {exc or type(exc).__name__}") from exc
+        raise InvalidDocumentError(f"corrupt PDF: {exc or type(exc).__name__}") from exc
     finally:
         pypdf_log.setLevel(previous)
     if not pages:
-        raise InvalidDocument("corrupt PDF: no pages found")
+        raise InvalidDocumentError("corrupt PDF: no pages found")
     parts: list[str] = []
     sections: list[Section] = []
     length = 0
@@ -580,7 +580,7 @@ def parse_pdf(content: bytes) -> ParsedDocument:
         parts.append(page_text)
         length += len(page_text)
     if not sections:
-        raise InvalidDocument(
+        raise InvalidDocumentError(
             "PDF has no extractable text (scanned images need OCR before ingesting)"
         )
     return ParsedDocument(

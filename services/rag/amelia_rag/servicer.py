@@ -2,7 +2,7 @@
 
 The work is done by `Ingestor` (ingest.py), `DocumentStore` (store.py) and `Searcher`
 (search.py); this module only speaks protobuf. Failures become status codes in one place, the
-shared interceptor (`amelia_common.errors`): this module raises `InvalidArgument` / `NotFound`,
+shared interceptor (`amelia_common.errors`): this module raises `InvalidArgumentError` / `NotFoundError`,
 lets database and NATS connection errors escape (UNAVAILABLE naming PostgreSQL or NATS), and
 `rag_errors` translates the rag modules' own errors (bad document, event log or embedding
 model down) into those types.
@@ -22,13 +22,19 @@ from google.protobuf import struct_pb2
 
 from amelia.v1 import rag_pb2, rag_pb2_grpc
 from amelia_common import paging
-from amelia_common.errors import NATS, InvalidArgument, NotFound, Unavailable, check_struct
+from amelia_common.errors import (
+    NATS,
+    InvalidArgumentError,
+    NotFoundError,
+    UnavailableError,
+    check_struct,
+)
 from amelia_common.logging import get_logger
 from amelia_common.settings import Settings
-from amelia_rag.embeddings import EmbeddingUnavailable
-from amelia_rag.ingest import EventsUnavailable, Ingestor, Source
+from amelia_rag.embeddings import EmbeddingUnavailableError
+from amelia_rag.ingest import EventsUnavailableError, Ingestor, Source
 from amelia_rag.models import DocumentRow
-from amelia_rag.parsing import InvalidDocument
+from amelia_rag.parsing import InvalidDocumentError
 from amelia_rag.search import Hit, Searcher, SearchFilters
 from amelia_rag.store import DocumentStore
 
@@ -63,7 +69,7 @@ def parse_name(name: str, field: str = "name") -> uuid.UUID:
             return uuid.UUID(match.group(1))
         except ValueError:
             pass
-    raise InvalidArgument(
+    raise InvalidArgumentError(
         f"{field} {name[:100]!r} is not a document name: expected 'documents/{{uuid}}'"
     )
 
@@ -72,7 +78,7 @@ def document_type(value: int, field: str = "type") -> str:
     if value == rag_pb2.DOCUMENT_TYPE_UNSPECIFIED:
         return ""
     if value not in PROTO_TO_TYPE:
-        raise InvalidArgument(f"{field} {value} is not a known DocumentType")
+        raise InvalidArgumentError(f"{field} {value} is not a known DocumentType")
     return PROTO_TO_TYPE[value]
 
 
@@ -150,9 +156,11 @@ def metadata_filter(values: Any) -> dict[str, str]:
     out = dict(values)
     for key, value in out.items():
         if not key or "\x00" in key:
-            raise InvalidArgument(f"metadata_filter key {key!r} is not a valid key")
+            raise InvalidArgumentError(f"metadata_filter key {key!r} is not a valid key")
         if "\x00" in value:
-            raise InvalidArgument(f"metadata_filter value for {key!r} contains a NUL character")
+            raise InvalidArgumentError(
+                f"metadata_filter value for {key!r} contains a NUL character"
+            )
     return out
 
 
@@ -161,12 +169,12 @@ def rag_errors() -> Iterator[None]:
     """The rag modules' own errors as the shared typed errors (the interceptor maps those)."""
     try:
         yield
-    except InvalidDocument as exc:
-        raise InvalidArgument(str(exc)) from exc
-    except EmbeddingUnavailable as exc:
-        raise Unavailable("the embedding model", str(exc)) from exc
-    except EventsUnavailable as exc:
-        raise Unavailable(NATS, str(exc)) from exc
+    except InvalidDocumentError as exc:
+        raise InvalidArgumentError(str(exc)) from exc
+    except EmbeddingUnavailableError as exc:
+        raise UnavailableError("the embedding model", str(exc)) from exc
+    except EventsUnavailableError as exc:
+        raise UnavailableError(NATS, str(exc)) from exc
 
 
 class RagServicer(rag_pb2_grpc.RagServiceServicer):
@@ -188,7 +196,7 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
         self, request: rag_pb2.IngestDocumentRequest, context: grpc.aio.ServicerContext
     ) -> rag_pb2.IngestDocumentResponse:
         if len(request.content) > self.settings.MAX_INLINE_DOCUMENT_BYTES:
-            raise InvalidArgument(
+            raise InvalidArgumentError(
                 f"content is {len(request.content)} bytes; IngestDocument takes up to "
                 f"{self.settings.MAX_INLINE_DOCUMENT_BYTES} bytes "
                 f"(MAX_INLINE_DOCUMENT_BYTES): send larger files with UploadDocument"
@@ -211,20 +219,22 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
             part = message.WhichOneof("part")
             if part == "source":
                 if source is not None:
-                    raise InvalidArgument("the upload sent its source twice; send it only first")
+                    raise InvalidArgumentError(
+                        "the upload sent its source twice; send it only first"
+                    )
                 source = source_from_proto(message.source)
             elif part == "content":
                 if source is None:
-                    raise InvalidArgument("the first upload message must be the source")
+                    raise InvalidArgumentError("the first upload message must be the source")
                 content += message.content
                 if len(content) > limit:
-                    raise InvalidArgument(
+                    raise InvalidArgumentError(
                         f"document is over the size limit of {limit} bytes (MAX_DOCUMENT_BYTES)"
                     )
             else:
-                raise InvalidArgument("an upload message has neither source nor content")
+                raise InvalidArgumentError("an upload message has neither source nor content")
         if source is None:
-            raise InvalidArgument("the upload sent no source message")
+            raise InvalidArgumentError("the upload sent no source message")
         with rag_errors():
             result = await self.ingestor.ingest(source, bytes(content))
         return rag_pb2.UploadDocumentResponse(
@@ -236,7 +246,7 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
     ) -> rag_pb2.GetDocumentResponse:
         row = await self.store.get(parse_name(request.name))
         if row is None:
-            raise NotFound(f"{request.name} does not exist")
+            raise NotFoundError(f"{request.name} does not exist")
         return rag_pb2.GetDocumentResponse(document=document_to_proto(row))
 
     async def ListDocuments(
@@ -245,7 +255,7 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
         try:
             page_size = paging.page_size(request.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         except ValueError as exc:
-            raise InvalidArgument(str(exc)) from exc
+            raise InvalidArgumentError(str(exc)) from exc
         types = [document_type(t, "types") for t in request.types]
         with rag_errors():
             rows, token = await self.store.list(
@@ -264,7 +274,7 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
         with rag_errors():
             row = await self.ingestor.delete(parse_name(request.name))
         if row is None:
-            raise NotFound(f"{request.name} does not exist")
+            raise NotFoundError(f"{request.name} does not exist")
         return rag_pb2.DeleteDocumentResponse()
 
     async def Search(
@@ -272,11 +282,11 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
     ) -> rag_pb2.SearchResponse:
         query = request.query.strip()
         if not query:
-            raise InvalidArgument("query is empty")
+            raise InvalidArgumentError("query is empty")
         if len(query) > MAX_QUERY_CHARS:
-            raise InvalidArgument(f"query is longer than {MAX_QUERY_CHARS} characters")
+            raise InvalidArgumentError(f"query is longer than {MAX_QUERY_CHARS} characters")
         if not 0 <= request.top_k <= MAX_TOP_K:
-            raise InvalidArgument(f"top_k {request.top_k} is out of range: use 1..{MAX_TOP_K}")
+            raise InvalidArgumentError(f"top_k {request.top_k} is out of range: use 1..{MAX_TOP_K}")
         top_k = request.top_k or self.settings.RAG_TOP_K
         min_score = (
             request.min_score
@@ -284,9 +294,9 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
             else self.settings.RAG_SIMILARITY_THRESHOLD
         )
         if math.isnan(min_score) or not -1.0 <= min_score <= 1.0:
-            raise InvalidArgument(f"min_score {min_score} is out of range: use -1..1")
+            raise InvalidArgumentError(f"min_score {min_score} is out of range: use -1..1")
         if request.mode not in MODES:
-            raise InvalidArgument(f"mode {request.mode} is not a known SearchMode")
+            raise InvalidArgumentError(f"mode {request.mode} is not a known SearchMode")
         types = [document_type(t, "types") for t in request.types]
         filters = SearchFilters(
             document_ids=[parse_name(n, "documents") for n in request.documents],

@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from amelia_common import paging
 from amelia_common.db import transaction
-from amelia_common.errors import InvalidArgument
+from amelia_common.errors import InvalidArgumentError
 from amelia_rag.chunking import Chunk
 from amelia_rag.models import ChunkRow, DocumentRow
 
@@ -434,4 +434,4 @@ def _keyset(token: str) -> tuple[datetime, uuid.UUID]:
     try:
         return created, uuid.UUID(last_id)
     except ValueError:
-        raise InvalidArgument(paging.BAD_TOKEN) from None
+        raise InvalidArgumentError(paging.BAD_TOKEN) from None

@@ -37,7 +37,7 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 PAGE_SIZE = 1000
 
 
-class Stop(Exception):
+class StopError(Exception):
     """Following cannot go on (a refused filter, a wrong token): the message says why."""
 
 
@@ -138,7 +138,7 @@ async def print_history(
 
 
 async def follow(socket: EventSocket, flt: dict[str, Any], start: Start, printer: Printer) -> None:
-    """Print what the subscription delivers until Ctrl-C (or a `Stop`)."""
+    """Print what the subscription delivers until Ctrl-C (or a `StopError`)."""
     stopped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     lost = ""
 
@@ -149,7 +149,7 @@ async def follow(socket: EventSocket, flt: dict[str, Any], start: Start, printer
     def on_state(state: str, detail: str) -> None:
         nonlocal lost
         if state == "unauthorized":
-            stop(Stop(f"the gateway refused the token ({detail}): set AMELIA_API_TOKEN"))
+            stop(StopError(f"the gateway refused the token ({detail}): set AMELIA_API_TOKEN"))
         elif state == "reconnecting" and detail and not lost:
             lost = detail  # said once per outage, not at every try
             if socket.connects:
@@ -173,7 +173,7 @@ async def follow(socket: EventSocket, flt: dict[str, Any], start: Start, printer
 
     def on_error(message: str, final: bool) -> None:
         if final:
-            stop(Stop(message))
+            stop(StopError(message))
         else:
             err.print(f"[yellow]{message}[/yellow]")
 
@@ -220,7 +220,7 @@ def run_quietly(work: Coroutine[Any, Any, None]) -> None:
     except BrokenPipeError:
         # The reader left. Point stdout at nothing so the interpreter's final flush is quiet.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except (ApiError, Stop) as exc:
+    except (ApiError, StopError) as exc:
         err.print(f"[red]{getattr(exc, 'code', '') or 'error'}:[/red] {exc}")
         raise typer.Exit(1) from None
 

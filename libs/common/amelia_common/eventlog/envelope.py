@@ -27,9 +27,9 @@ from nats.js import api
 from amelia.v1 import events_pb2
 from amelia_common.errors import (
     NATS,
-    InvalidArgument,
-    PermissionDenied,
-    Unavailable,
+    InvalidArgumentError,
+    PermissionDeniedError,
+    UnavailableError,
     check_json,
     check_struct,
 )
@@ -68,11 +68,11 @@ UNDECODABLE_TYPE = "system.undecodable"
 _RAW_PREVIEW_BYTES = 16 * 1024
 
 
-class InvalidEventError(InvalidArgument):
+class InvalidEventError(InvalidArgumentError):
     """An event, filter or pattern that cannot be stored or matched; the message says why."""
 
 
-class EventLogUnavailableError(Unavailable, ConnectionError):
+class EventLogUnavailableError(UnavailableError, ConnectionError):
     """The log could not store (or read) an event in time: NATS is unreachable or overloaded.
 
     A publish that raised this was not acknowledged; retrying it with the same event id is safe
@@ -242,7 +242,7 @@ def check_client_type(event_type: str) -> None:
     family = event_type.split(".", 1)[0]
     if family in MESH_TYPE_FAMILIES:
         reserved = ", ".join(f"{f}.*" for f in MESH_TYPE_FAMILIES)
-        raise PermissionDenied(
+        raise PermissionDeniedError(
             f"event type {event_type!r} is published only by Amelia's services ({reserved}); "
             f"publish your own events under another name, e.g. 'app.{event_type}'"
         )
@@ -268,7 +268,7 @@ def content_problem(event: events_pb2.Event) -> str | None:
         for name, text in (("source", event.source), ("correlation_id", event.correlation_id)):
             check_json(text, f"event {name}")
         check_struct(event.data, "event data")
-    except InvalidArgument as exc:
+    except InvalidArgumentError as exc:
         return exc.message
     return None
 

@@ -127,7 +127,7 @@ class EventLog:
         (EVENTS_PUBLISH_BUFFER publishes waiting at once) is full.
 
         `from_client` is for events a client sent (PublishEvent): types the mesh's services own
-        are refused (PermissionDenied), and the id deduplicates only against other client ids
+        are refused (PermissionDeniedError), and the id deduplicates only against other client ids
         (`Nats-Msg-Id: client:<id>`), so a client cannot squat the id of a service's event.
         Several events in a row are cheaper through `pipeline()` (one round trip for all).
         """

@@ -37,7 +37,7 @@ from typing import Annotated, Any, TypedDict
 from langgraph.graph import END, START, StateGraph
 
 from amelia_agents import gitrepo, runtime
-from amelia_agents.tools import ToolRoundsExceeded, tool_loop
+from amelia_agents.tools import ToolRoundsExceededError, tool_loop
 from amelia_agents.workflows.builtin import MESSAGE_SCHEMA, MODEL_PROPERTIES
 from amelia_agents.workflows.code import (
     PERMISSION_MODES,
@@ -253,7 +253,7 @@ async def _run_developer(state: DevelopState, tree: Worktree, prompt: str) -> st
             max_rounds=MAX_DEVELOPER_TOOL_ROUNDS,
             **params,
         )
-    except ToolRoundsExceeded as exc:
+    except ToolRoundsExceededError as exc:
         # What it did so far is still reviewed; the reviewer (or the person) decides.
         runtime.emit("workflow.progress", {"step": "developer", "stopped": str(exc)})
         return f"(stopped: {exc})"
@@ -368,7 +368,7 @@ async def _land(state: DevelopState, into: str) -> dict[str, Any]:
     message = f"Land {branch}: {state.get('request', {}).get('message', '')}".splitlines()[0][:200]
     try:
         landed = await gitrepo.land_run(repository, branch, into, message)
-    except gitrepo.LandConflict as exc:
+    except gitrepo.LandConflictError as exc:
         return {"status": "conflict", "files": exc.files, "message": str(exc)}
     except gitrepo.GitStateError as exc:
         # Landed by an earlier attempt that died before its checkpoint: the branch is gone and
