@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC
 from typing import Any, TypeAlias
 
@@ -14,12 +15,11 @@ from nats.js import JetStreamContext
 from sqlalchemy.exc import IntegrityError
 
 from amelia.v1 import agents_pb2, agents_pb2_grpc
-from amelia_agents import convert, filtering, pagination, queue, steps, tools, workflows
+from amelia_agents import agent_fields, convert, filtering, pagination, queue, steps, workflows
 from amelia_agents.convert import BadNameError
 from amelia_agents.lifecycle import RunEvents
-from amelia_agents.llm import ModelError, parse_model
 from amelia_agents.models import TERMINAL_STATES, AgentRow, RunRow, RunState
-from amelia_agents.runtime import DEFAULT_RETRY_ATTEMPTS, DEFAULT_TIMEOUT_SECONDS
+from amelia_agents.queue_status import run_queue
 from amelia_agents.store import (
     THREAD_ORDERS,
     ActiveRunError,
@@ -52,19 +52,6 @@ RUN_ORDERS = ("create_time desc", "create_time")
 STEPS_PAGE_DEFAULT = 100
 STEPS_PAGE_MAX = 1000
 
-AGENT_FIELDS = (
-    "display_name",
-    "description",
-    "system_prompt",
-    "model",
-    "temperature",
-    "max_tokens",
-    "timeout",
-    "retry_attempts",
-    "context_sources",
-    "tools",
-)
-
 
 class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
     def __init__(
@@ -87,77 +74,13 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
 
     # agents ---------------------------------------------------------------------------------
 
-    def _agent_values(self, agent: agents_pb2.Agent, fields: tuple[str, ...]) -> dict[str, Any]:
-        """Validated column values for `fields` of `agent`; raises ValueError with the reason."""
-        values: dict[str, Any] = {}
-        # Only the fields a caller sets are looked at: output-only ones (create_time, …) are
-        # ignored, whatever they hold.
-        for name in ("display_name", "description", "system_prompt", "model"):
-            check_json(getattr(agent, name), f"agent.{name}")
-        check_json(list(agent.context_sources), "agent.context_sources")
-        check_json(list(agent.tools), "agent.tools")
-        for name in fields:
-            if name in ("display_name", "description", "system_prompt"):
-                values[name] = getattr(agent, name)
-            elif name == "model":
-                model = agent.model.strip() or self.settings.DEFAULT_MODEL
-                try:
-                    parse_model(model)
-                except ModelError as exc:
-                    raise ValueError(str(exc)) from None
-                values["model"] = model
-            elif name == "temperature":
-                temperature = (
-                    agent.temperature
-                    if agent.HasField("temperature")
-                    else self.settings.DEFAULT_TEMPERATURE
-                )
-                if not 0 <= temperature <= 2:
-                    raise ValueError("temperature must be between 0 and 2")
-                values["temperature"] = temperature
-            elif name == "max_tokens":
-                if agent.max_tokens < 0:
-                    raise ValueError("max_tokens must be positive")
-                values["max_tokens"] = agent.max_tokens or self.settings.DEFAULT_MAX_TOKENS
-            elif name == "timeout":
-                seconds = (
-                    convert.duration_seconds(agent.timeout, "agent.timeout")
-                    if agent.HasField("timeout")
-                    else DEFAULT_TIMEOUT_SECONDS
-                )
-                if seconds <= 0:
-                    raise ValueError("timeout must be positive")
-                values["timeout_seconds"] = seconds
-            elif name == "retry_attempts":
-                retries = (
-                    agent.retry_attempts
-                    if agent.HasField("retry_attempts")
-                    else DEFAULT_RETRY_ATTEMPTS
-                )
-                if not 0 <= retries <= 20:
-                    raise ValueError("retry_attempts must be between 0 and 20")
-                values["retry_attempts"] = retries
-            elif name == "context_sources":
-                for source in agent.context_sources:
-                    if not source.startswith("documents/"):
-                        raise ValueError(
-                            f"context source {source!r} must be 'documents/<id>' or 'documents/*'"
-                        )
-                values["context_sources"] = list(agent.context_sources)
-            elif name == "tools":
-                values["tools"] = tools.check_tools(list(agent.tools))
-        return values
-
     async def CreateAgent(
         self, request: agents_pb2.CreateAgentRequest, context: Ctx
     ) -> agents_pb2.CreateAgentResponse:
         agent_id = request.agent_id or f"agent-{uuid.uuid4().hex[:12]}"
         if not convert.AGENT_ID.match(agent_id):
             await context.abort(INVALID, f"agent_id {agent_id!r} must match [a-z][a-z0-9-]{{0,62}}")
-        try:
-            values = self._agent_values(request.agent, AGENT_FIELDS)
-        except ValueError as exc:
-            await context.abort(INVALID, str(exc))
+        values = agent_fields.values(request.agent, agent_fields.NAMES, self.settings)
         values["display_name"] = values["display_name"] or agent_id
         stamp = now()
         row = AgentRow(id=agent_id, create_time=stamp, update_time=stamp, **values)
@@ -204,19 +127,8 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         self, request: agents_pb2.UpdateAgentRequest, context: Ctx
     ) -> agents_pb2.UpdateAgentResponse:
         agent_id = await self._agent_id(request.agent.name, context)
-        mask = [f.strip() for path in request.update_mask for f in path.split(",") if f.strip()]
-        unknown = [f for f in mask if f not in AGENT_FIELDS]
-        if unknown:
-            await context.abort(
-                INVALID,
-                f"update_mask has unknown fields {unknown}; allowed: {', '.join(AGENT_FIELDS)}",
-            )
-        if not mask:
-            mask = [f for f in AGENT_FIELDS if _is_set(request.agent, f)]
-        try:
-            values = self._agent_values(request.agent, tuple(mask))
-        except ValueError as exc:
-            await context.abort(INVALID, str(exc))
+        mask = agent_fields.mask_fields(request.update_mask, request.agent)
+        values = agent_fields.values(request.agent, mask, self.settings)
         row = await self.store.update_agent(agent_id, values)
         if row is None:
             await context.abort(NOT_FOUND, f"agents/{agent_id} does not exist")
@@ -315,58 +227,62 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
     async def CreateRun(
         self, request: agents_pb2.CreateRunRequest, context: Ctx
     ) -> agents_pb2.CreateRunResponse:
+        """Resolve the target → validate the input → the thread → the row → record and queue."""
         run = request.run
         existing = await self._existing(request.request_id)
         if existing is not None:
             return agents_pb2.CreateRunResponse(run=convert.run_to_proto(existing))
-        target = run.WhichOneof("target")
-        agent_id: str | None = None
-        workflow_name: str | None = None
-        agent_config: dict[str, Any] | None = None
         input_value = convert.json_from(run.input, "run.input")
-        if target is None:
-            await context.abort(INVALID, "set run.agent ('agents/<id>') or run.workflow")
-        if target == "agent":
-            agent_id = await self._agent_id(run.agent, context)
-            agent = await self.store.get_agent(agent_id)
-            if agent is None:
-                await context.abort(NOT_FOUND, f"agents/{agent_id} does not exist")
-            agent_config = convert.agent_snapshot(agent)
-            workflow = workflows.get(workflows.AGENT_WORKFLOW)
-        else:
-            workflow_name = convert.workflow_name(run.workflow)
-            workflow = workflows.get(workflow_name)
-            if workflow is None or workflow.hidden:
-                await context.abort(
-                    NOT_FOUND,
-                    f"workflows/{workflow_name} does not exist; available: "
-                    f"{', '.join(workflows.names())}",
-                )
-        assert workflow is not None
+        target = await self._target(run, context)
         try:
-            workflow.validate_input(input_value, self.settings)
+            target.workflow.validate_input(input_value, self.settings)
         except workflows.InvalidInputError as exc:
-            await context.abort(INVALID, str(exc))
-        timeout: float | None = None
-        if run.HasField("timeout"):
-            timeout = convert.duration_seconds(run.timeout, "run.timeout")
-            if timeout <= 0:
-                await context.abort(INVALID, "run.timeout must be positive")
-        new_thread = not run.thread
-        tid = uuid.uuid4() if new_thread else await self._thread_id(run.thread, context)
-        if not new_thread and await self.store.get_thread(tid) is None:
-            await context.abort(NOT_FOUND, f"threads/{tid} does not exist")
+            raise InvalidArgumentError(str(exc)) from None
+        timeout = _run_timeout(run)
+        tid, new_thread = await self._thread_for(run.thread, context)
         row = _new_run(
             self.settings,
-            agent_id=agent_id,
-            workflow=workflow_name,
+            agent_id=target.agent_id,
+            workflow=target.workflow_name,
             thread_id=tid,
             input_value=input_value,
-            agent_config=agent_config,
+            agent_config=target.agent_config,
             timeout=timeout,
             request_id=request.request_id,
         )
         return agents_pb2.CreateRunResponse(run=await self._start(row, new_thread))
+
+    async def _target(self, run: agents_pb2.Run, context: Ctx) -> _Target:
+        """What `run` executes: an agent (a snapshot of its configuration, so later edits do not
+        change the run) or a listed workflow; NOT_FOUND naming what is missing."""
+        which = run.WhichOneof("target")
+        if which is None:
+            raise InvalidArgumentError("set run.agent ('agents/<id>') or run.workflow")
+        if which == "agent":
+            agent_id = await self._agent_id(run.agent, context)
+            agent = await self.store.get_agent(agent_id)
+            if agent is None:
+                raise NotFoundError(f"agents/{agent_id} does not exist")
+            graph = workflows.get(workflows.AGENT_WORKFLOW)
+            assert graph is not None, "the agent graph registers on import of workflows"
+            return _Target(graph, agent_id=agent_id, agent_config=convert.agent_snapshot(agent))
+        name = convert.workflow_name(run.workflow)
+        workflow = workflows.get(name)
+        if workflow is None or workflow.hidden:
+            raise NotFoundError(
+                f"workflows/{name} does not exist; available: {', '.join(workflows.names())}"
+            )
+        return _Target(workflow, workflow_name=name)
+
+    async def _thread_for(self, name: str, context: Ctx) -> tuple[uuid.UUID, bool]:
+        """The thread a new run goes on, and whether it is new: a fresh one when `name` is
+        empty, else the existing `threads/<uuid>` (NOT_FOUND if it is not there)."""
+        if not name:
+            return uuid.uuid4(), True
+        tid = await self._thread_id(name, context)
+        if await self.store.get_thread(tid) is None:
+            raise NotFoundError(f"threads/{tid} does not exist")
+        return tid, False
 
     async def _existing(self, request_id: str) -> RunRow | None:
         """The run an earlier request with `request_id` made (re-queued if it never started)."""
@@ -534,10 +450,7 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         existing = await self._existing(request.request_id)
         if existing is not None:
             return agents_pb2.RerunRunResponse(run=convert.run_to_proto(existing))
-        new_thread = not request.thread
-        tid = uuid.uuid4() if new_thread else await self._thread_id(request.thread, context)
-        if not new_thread and await self.store.get_thread(tid) is None:
-            raise NotFoundError(f"threads/{tid} does not exist")
+        tid, new_thread = await self._thread_for(request.thread, context)
         row = _new_run(
             self.settings,
             agent_id=source.agent_id,
@@ -586,12 +499,37 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
 
         return agents_pb2.ForkRunResponse(run=await self._start(row, False, then=fork))
 
+    async def GetRunQueue(
+        self, request: agents_pb2.GetRunQueueRequest, context: Ctx
+    ) -> agents_pb2.GetRunQueueResponse:
+        return await run_queue(self.settings, self.js, self.store.sessions)
+
     async def StreamRun(
         self, request: agents_pb2.StreamRunRequest, context: Ctx
     ) -> AsyncIterator[agents_pb2.StreamRunResponse]:
         row = await self._get_run(request.name, context)
         async for event in self.streamer.stream(row, request.after_sequence, context):
             yield agents_pb2.StreamRunResponse(event=event)
+
+
+@dataclass(frozen=True)
+class _Target:
+    """What a new run executes: a workflow, or the agent graph with an agent's snapshot."""
+
+    workflow: workflows.Workflow
+    agent_id: str | None = None
+    workflow_name: str | None = None
+    agent_config: dict[str, Any] | None = None
+
+
+def _run_timeout(run: agents_pb2.Run) -> float | None:
+    """The run's own timeout in seconds, or None for its workflow's (or agent's) default."""
+    if not run.HasField("timeout"):
+        return None
+    timeout = convert.duration_seconds(run.timeout, "run.timeout")
+    if timeout <= 0:
+        raise InvalidArgumentError("run.timeout must be positive")
+    return timeout
 
 
 def _new_run(
@@ -631,14 +569,6 @@ def _new_run(
 
 def _thread(found: ThreadSummary) -> agents_pb2.Thread:
     return convert.thread_to_proto(found.row, found.run_count, found.preview)
-
-
-def _is_set(agent: agents_pb2.Agent, field: str) -> bool:
-    if field in ("temperature", "retry_attempts", "timeout"):
-        return agent.HasField(field)
-    if field in ("context_sources", "tools"):
-        return bool(getattr(agent, field))
-    return bool(getattr(agent, field))
 
 
 __all__ = ["TERMINAL_STATES", "AgentServicer"]

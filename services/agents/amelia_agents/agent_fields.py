@@ -1,0 +1,146 @@
+"""An agent's settable fields, one validator each: the column value a request's field becomes.
+
+CreateAgent validates every field, UpdateAgent only those its mask names (or that the request
+sets); both go through `values`, so a field is checked the same way whichever method sets it.
+A bad value is InvalidArgumentError with the reason, before anything is stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, TypeAlias
+
+from amelia.v1 import agents_pb2
+from amelia_agents import convert, tools
+from amelia_agents.llm import ModelError, parse_model
+from amelia_agents.runtime import DEFAULT_RETRY_ATTEMPTS, DEFAULT_TIMEOUT_SECONDS
+from amelia_common.errors import InvalidArgumentError, check_json
+from amelia_common.settings import Settings
+
+Agent: TypeAlias = agents_pb2.Agent
+Validator = Callable[[Agent, Settings], Any]
+
+TEMPERATURE_RANGE = (0.0, 2.0)
+RETRY_ATTEMPTS_RANGE = (0, 20)
+
+
+def _text(name: str) -> Validator:
+    def validate(agent: Agent, settings: Settings) -> str:
+        value: str = getattr(agent, name)
+        return value
+
+    return validate
+
+
+def model(agent: Agent, settings: Settings) -> str:
+    """The provider/model string (the default model when blank), parsed to refuse an unknown
+    provider now rather than at the first run."""
+    value = agent.model.strip() or settings.DEFAULT_MODEL
+    try:
+        parse_model(value)
+    except ModelError as exc:
+        raise InvalidArgumentError(str(exc)) from None
+    return value
+
+
+def temperature(agent: Agent, settings: Settings) -> float:
+    value = agent.temperature if agent.HasField("temperature") else settings.DEFAULT_TEMPERATURE
+    low, high = TEMPERATURE_RANGE
+    if not low <= value <= high:
+        raise InvalidArgumentError(f"temperature must be between {low:g} and {high:g}")
+    return value
+
+
+def max_tokens(agent: Agent, settings: Settings) -> int:
+    if agent.max_tokens < 0:
+        raise InvalidArgumentError("max_tokens must be positive")
+    return agent.max_tokens or settings.DEFAULT_MAX_TOKENS
+
+
+def timeout(agent: Agent, settings: Settings) -> float:
+    seconds = (
+        convert.duration_seconds(agent.timeout, "agent.timeout")
+        if agent.HasField("timeout")
+        else DEFAULT_TIMEOUT_SECONDS
+    )
+    if seconds <= 0:
+        raise InvalidArgumentError("timeout must be positive")
+    return seconds
+
+
+def retry_attempts(agent: Agent, settings: Settings) -> int:
+    value = agent.retry_attempts if agent.HasField("retry_attempts") else DEFAULT_RETRY_ATTEMPTS
+    low, high = RETRY_ATTEMPTS_RANGE
+    if not low <= value <= high:
+        raise InvalidArgumentError(f"retry_attempts must be between {low} and {high}")
+    return value
+
+
+def context_sources(agent: Agent, settings: Settings) -> list[str]:
+    for source in agent.context_sources:
+        if not source.startswith("documents/"):
+            raise InvalidArgumentError(
+                f"context source {source!r} must be 'documents/<id>' or 'documents/*'"
+            )
+    return list(agent.context_sources)
+
+
+def tool_names(agent: Agent, settings: Settings) -> list[str]:
+    try:
+        return tools.check_tools(list(agent.tools))
+    except ValueError as exc:
+        raise InvalidArgumentError(str(exc)) from None
+
+
+# The request's field name → (its column, its validator), in the order the API lists them.
+FIELDS: dict[str, tuple[str, Validator]] = {
+    "display_name": ("display_name", _text("display_name")),
+    "description": ("description", _text("description")),
+    "system_prompt": ("system_prompt", _text("system_prompt")),
+    "model": ("model", model),
+    "temperature": ("temperature", temperature),
+    "max_tokens": ("max_tokens", max_tokens),
+    "timeout": ("timeout_seconds", timeout),
+    "retry_attempts": ("retry_attempts", retry_attempts),
+    "context_sources": ("context_sources", context_sources),
+    "tools": ("tools", tool_names),
+}
+NAMES = tuple(FIELDS)
+_OPTIONAL = ("temperature", "retry_attempts", "timeout")  # proto3 `optional` or a message
+
+
+def values(agent: Agent, fields: Sequence[str], settings: Settings) -> dict[str, Any]:
+    """Column values for `fields` of `agent`; InvalidArgumentError with the reason.
+
+    Text the request carries is refused if JSON or PostgreSQL cannot keep it (NUL), whichever
+    fields are named; output-only fields (create_time, …) are ignored, whatever they hold."""
+    for name in ("display_name", "description", "system_prompt", "model"):
+        check_json(getattr(agent, name), f"agent.{name}")
+    check_json(list(agent.context_sources), "agent.context_sources")
+    check_json(list(agent.tools), "agent.tools")
+    found: dict[str, Any] = {}
+    for name in fields:
+        column, validate = FIELDS[name]
+        found[column] = validate(agent, settings)
+    return found
+
+
+def set_in(agent: Agent) -> list[str]:
+    """The fields `agent` sets (an update without a mask changes only these)."""
+    return [
+        name
+        for name in NAMES
+        if (agent.HasField(name) if name in _OPTIONAL else bool(getattr(agent, name)))
+    ]
+
+
+def mask_fields(paths: Sequence[str], agent: Agent) -> list[str]:
+    """An update mask's field names (comma-separated paths allowed); the fields `agent` sets
+    when the mask is empty; InvalidArgumentError naming unknown ones."""
+    mask = [f.strip() for path in paths for f in path.split(",") if f.strip()]
+    unknown = [f for f in mask if f not in FIELDS]
+    if unknown:
+        raise InvalidArgumentError(
+            f"update_mask has unknown fields {unknown}; allowed: {', '.join(NAMES)}"
+        )
+    return mask or set_in(agent)
