@@ -380,11 +380,19 @@ async def test_git_service_merges_refuses_a_conflict_and_discards(
     assert not exists(worktree) and not git(repo, "branch", "--list", discarded.branch)
     again = await rpc_error(mesh.git.DiscardRun(git_pb2.DiscardRunRequest(name=second.name)))
     assert again.code() == grpc.StatusCode.FAILED_PRECONDITION
-    # After the run's end: in the log under the run's subject (StreamRun stops at the end).
+    # After the run's end: in the log under the run's subject.
     [event] = await git_events(events_address, second.name, "git.discarded")
     assert event["commit"] == diff.head and event["branch"] == discarded.branch
     [event] = await git_events(events_address, first.name, "git.landed")
     assert event["commit"] == landed.commit and not event["fast_forward"]
+    # A client watching the run sees them: StreamRun of the finished run replays them after
+    # its end, and one resuming after the end (the last event it saw) gets just those.
+    for run, kind in ((first, "git.landed"), (second, "git.discarded")):
+        replayed = await collect(mesh.agents, run.name)
+        assert [e.type for e in replayed][-2:] == ["run.completed", kind]
+        after_end = await collect(mesh.agents, run.name, after=replayed[-2].sequence)
+        assert [e.type for e in after_end] == [kind]
+        assert await collect(mesh.agents, run.name, after=replayed[-1].sequence) == []
 
     missing = await rpc_error(mesh.git.GetRunDiff(git_pb2.GetRunDiffRequest(name="runs/nope")))
     assert missing.code() == grpc.StatusCode.INVALID_ARGUMENT

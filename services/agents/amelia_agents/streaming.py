@@ -3,8 +3,11 @@
 The agents service does not read JetStream itself for this: it asks the events service
 (`StreamEvents` with subject `runs/<uuid>`), so replay and live delivery behave exactly like any
 other event stream in the mesh. The stream ends after the run's terminal event
-(`run.completed|failed|cancelled`); joining a finished run replays it and ends. If that event is
-not in the log any more (expired), an idle stream of a finished run ends too.
+(`run.completed|failed|cancelled`) and whatever the run's log holds after it at that moment:
+events about the run published after its end — `git.landed` / `git.discarded` when its branch
+is landed or discarded later — so joining a finished run (again, `after_sequence` = the last
+event seen) shows them, then ends. If the terminal event is not in the log any more (expired),
+an idle stream of a finished run ends too.
 """
 
 from __future__ import annotations
@@ -21,12 +24,15 @@ from amelia_agents.convert import run_name
 from amelia_agents.lifecycle import TERMINAL_TYPES
 from amelia_agents.models import TERMINAL_STATES, RunRow
 from amelia_agents.store import Store
+from amelia_common.errors import UnavailableError
 from amelia_common.grpc_client import aio_channel
 from amelia_common.settings import Settings
 
 IDLE_CHECK_SECONDS = 2.0
 # Events per StreamEvents message: what the events service already read comes in one message.
 EVENTS_PER_MESSAGE = 256
+# Events per ListEvents page when reading what came after the run's end.
+AFTER_END_PAGE = 100
 _DONE = object()
 
 
@@ -48,6 +54,8 @@ class RunStreamer:
             and row.terminal_sequence is not None
             and after_sequence >= row.terminal_sequence
         ):
+            async for event in self._after_end(row, after_sequence):
+                yield event
             return
         request = events_pb2.StreamEventsRequest(
             filter=events_pb2.EventFilter(subject=run_name(row.id)),
@@ -92,6 +100,8 @@ class RunStreamer:
                     last = item.sequence
                     yield item
                     if item.type in TERMINAL_TYPES:
+                        async for event in self._after_end(row, item.sequence):
+                            yield event
                         return
                     continue
                 detail = (
@@ -109,3 +119,25 @@ class RunStreamer:
             reader.cancel()
             with contextlib.suppress(BaseException):
                 await reader
+
+    async def _after_end(self, row: RunRow, after_sequence: int) -> AsyncIterator[events_pb2.Event]:
+        """The run's events logged after `after_sequence` (past its end), as they are now."""
+        request = events_pb2.ListEventsRequest(
+            filter=events_pb2.EventFilter(subject=run_name(row.id)),
+            after_sequence=after_sequence,
+            page_size=AFTER_END_PAGE,
+        )
+        while True:
+            try:
+                reply = await self.stub.ListEvents(request)
+            except grpc.aio.AioRpcError as exc:
+                raise UnavailableError(
+                    f"the events service at {self.settings.EVENTS_ADDRESS}",
+                    f"{exc.code().name}: {exc.details()}; reconnect with after_sequence = the "
+                    "last event seen to continue without a gap",
+                ) from None
+            for event in reply.events:
+                yield event
+            if not reply.next_page_token:
+                return
+            request.page_token = reply.next_page_token
