@@ -113,6 +113,7 @@ ROUTES: tuple[Rule, ...] = (
     Rule("GET", "/v1/workflows", "AgentService", "ListWorkflows"),
     Rule("POST", "/v1/runs", "AgentService", "CreateRun", body="*"),
     Rule("GET", "/v1/runs", "AgentService", "ListRuns"),
+    Rule("GET", "/v1/queue", "AgentService", "GetRunQueue"),
     *_resource("runs", "run", "AgentService", get="GetRun"),
     Rule(
         "POST",
@@ -173,6 +174,13 @@ ROUTES: tuple[Rule, ...] = (
     Rule("POST", "/v1/documents", "RagService", "IngestDocument", body="*", uploads=True),
     Rule("GET", "/v1/documents", "RagService", "ListDocuments"),
     *_resource("documents", "document", "RagService", get="GetDocument", delete="DeleteDocument"),
+    Rule(
+        "GET",
+        "/v1/documents/{document}/chunks",
+        "RagService",
+        "ListChunks",
+        bind={"parent": "documents/{document}"},
+    ),
     Rule("POST", "/v1/search", "RagService", "Search", body="*"),
 )
 

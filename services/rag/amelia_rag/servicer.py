@@ -24,6 +24,7 @@ from amelia.v1 import rag_pb2, rag_pb2_grpc
 from amelia_common import paging
 from amelia_common.errors import (
     NATS,
+    FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
     UnavailableError,
@@ -36,7 +37,7 @@ from amelia_rag.ingest import EventsUnavailableError, Ingestor, Source
 from amelia_rag.models import DocumentRow
 from amelia_rag.parsing import InvalidDocumentError
 from amelia_rag.search import Hit, Searcher, SearchFilters
-from amelia_rag.store import DocumentStore
+from amelia_rag.store import DocumentStore, StoredChunk
 
 log = get_logger("amelia.rag")
 
@@ -58,6 +59,7 @@ MODES = {
 MAX_TOP_K = 100
 MAX_QUERY_CHARS = 8192
 DEFAULT_PAGE_SIZE = 50
+DEFAULT_CHUNK_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 _NAME = re.compile(r"^documents/([0-9a-fA-F-]{32,36})$")
 
@@ -150,6 +152,39 @@ def hit_to_proto(hit: Hit) -> rag_pb2.SearchHit:
         page=hit.page,
         vector_score=hit.vector_score,
     )
+
+
+def chunk_to_proto(chunk: StoredChunk) -> rag_pb2.Chunk:
+    return rag_pb2.Chunk(
+        chunk_index=chunk.chunk_index,
+        content=chunk.content,
+        start_offset=chunk.start_offset,
+        end_offset=chunk.end_offset,
+        heading_path=chunk.heading_path or [],
+        page=chunk.page,
+        embedded=chunk.embedded,
+    )
+
+
+def chunk_page_token(document: DocumentRow, chunk_index: int) -> str:
+    """The document's content version and the last chunk index listed: a token is only good
+    for the content it was made on (a re-ingest replaces the chunks)."""
+    return paging.encode_keyset(document.update_time, str(chunk_index))
+
+
+def after_chunk(document: DocumentRow, token: str) -> int:
+    """The chunk index a ListChunks page token continues after (-1: from the start)."""
+    if not token:
+        return -1
+    version, last = paging.decode_keyset(token)
+    if not last.isdigit():
+        raise InvalidArgumentError(paging.BAD_TOKEN)
+    if version != document.update_time:
+        raise FailedPreconditionError(
+            "the document's content changed since this page token was made: "
+            "list its chunks again from the first page"
+        )
+    return int(last)
 
 
 def metadata_filter(values: Any) -> dict[str, str]:
@@ -266,6 +301,24 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
             )
         return rag_pb2.ListDocumentsResponse(
             documents=[document_to_proto(r) for r in rows], next_page_token=token
+        )
+
+    async def ListChunks(
+        self, request: rag_pb2.ListChunksRequest, context: grpc.aio.ServicerContext
+    ) -> rag_pb2.ListChunksResponse:
+        try:
+            page_size = paging.page_size(request.page_size, DEFAULT_CHUNK_PAGE_SIZE, MAX_PAGE_SIZE)
+        except ValueError as exc:
+            raise InvalidArgumentError(str(exc)) from exc
+        document = await self.store.get(parse_name(request.parent, "parent"))
+        if document is None:
+            raise NotFoundError(f"{request.parent} does not exist")
+        chunks, more = await self.store.chunks(
+            document.id, page_size=page_size, after=after_chunk(document, request.page_token)
+        )
+        token = chunk_page_token(document, chunks[-1].chunk_index) if more else ""
+        return rag_pb2.ListChunksResponse(
+            chunks=[chunk_to_proto(c) for c in chunks], next_page_token=token
         )
 
     async def DeleteDocument(

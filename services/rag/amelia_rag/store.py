@@ -85,6 +85,19 @@ class PendingChunk:
     page: int
 
 
+@dataclass(frozen=True)
+class StoredChunk:
+    """A chunk as ListChunks shows it (no vectors)."""
+
+    chunk_index: int
+    content: str
+    start_offset: int
+    end_offset: int
+    heading_path: list[str]
+    page: int
+    embedded: bool
+
+
 def vector_literal(vector: np.ndarray) -> str:
     """pgvector's text form, `[0.1,0.2,…]`."""
     return "[" + ",".join(f"{x:.7g}" for x in vector.tolist()) + "]"
@@ -409,6 +422,29 @@ class DocumentStore:
             return rows, ""
         rows = rows[:page_size]
         return rows, paging.encode_keyset(rows[-1].create_time, str(rows[-1].id))
+
+    async def chunks(
+        self, document_id: uuid.UUID, *, page_size: int, after: int
+    ) -> tuple[Sequence[StoredChunk], bool]:
+        """Chunks of a document after chunk index `after`, in document order, and whether more
+        follow."""
+        query = (
+            select(
+                ChunkRow.chunk_index,
+                ChunkRow.content,
+                ChunkRow.start_offset,
+                ChunkRow.end_offset,
+                ChunkRow.heading_path,
+                ChunkRow.page,
+                ChunkRow.embedding.is_not(None).label("embedded"),
+            )
+            .where(ChunkRow.document_id == document_id, ChunkRow.chunk_index > after)
+            .order_by(ChunkRow.chunk_index)
+            .limit(page_size + 1)
+        )
+        async with self.sessions() as session:
+            rows = [StoredChunk(*r) for r in await session.execute(query)]
+        return rows[:page_size], len(rows) > page_size
 
     async def count_chunks(self, document_id: uuid.UUID | None = None) -> int:
         """Chunks stored (of one document, or in all); used by tests and the bench."""

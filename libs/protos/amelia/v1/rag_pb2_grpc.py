@@ -66,6 +66,11 @@ class RagServiceStub:
                 request_serializer=amelia_dot_v1_dot_rag__pb2.SearchRequest.SerializeToString,
                 response_deserializer=amelia_dot_v1_dot_rag__pb2.SearchResponse.FromString,
                 _registered_method=True)
+        self.ListChunks = channel.unary_unary(
+                '/amelia.v1.RagService/ListChunks',
+                request_serializer=amelia_dot_v1_dot_rag__pb2.ListChunksRequest.SerializeToString,
+                response_deserializer=amelia_dot_v1_dot_rag__pb2.ListChunksResponse.FromString,
+                _registered_method=True)
 
 
 class RagServiceServicer:
@@ -116,6 +121,13 @@ class RagServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListChunks(self, request, context):
+        """ListChunks pages through a document's chunks in document order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RagServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -148,6 +160,11 @@ def add_RagServiceServicer_to_server(servicer, server):
                     servicer.Search,
                     request_deserializer=amelia_dot_v1_dot_rag__pb2.SearchRequest.FromString,
                     response_serializer=amelia_dot_v1_dot_rag__pb2.SearchResponse.SerializeToString,
+            ),
+            'ListChunks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListChunks,
+                    request_deserializer=amelia_dot_v1_dot_rag__pb2.ListChunksRequest.FromString,
+                    response_serializer=amelia_dot_v1_dot_rag__pb2.ListChunksResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -314,6 +331,33 @@ class RagService:
             '/amelia.v1.RagService/Search',
             amelia_dot_v1_dot_rag__pb2.SearchRequest.SerializeToString,
             amelia_dot_v1_dot_rag__pb2.SearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListChunks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/amelia.v1.RagService/ListChunks',
+            amelia_dot_v1_dot_rag__pb2.ListChunksRequest.SerializeToString,
+            amelia_dot_v1_dot_rag__pb2.ListChunksResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,8 @@ class RagServiceStub:
     """DeleteDocument removes a document and its chunks."""
     Search: _grpc.UnaryUnaryMultiCallable[_rag_pb2.SearchRequest, _rag_pb2.SearchResponse]
     """Search returns the best passages for a query."""
+    ListChunks: _grpc.UnaryUnaryMultiCallable[_rag_pb2.ListChunksRequest, _rag_pb2.ListChunksResponse]
+    """ListChunks pages through a document's chunks in document order."""
 
 @_typing.type_check_only
 class RagServiceAsyncStub(RagServiceStub):
@@ -71,6 +73,8 @@ class RagServiceAsyncStub(RagServiceStub):
     """DeleteDocument removes a document and its chunks."""
     Search: _aio.UnaryUnaryMultiCallable[_rag_pb2.SearchRequest, _rag_pb2.SearchResponse]  # type: ignore[assignment]
     """Search returns the best passages for a query."""
+    ListChunks: _aio.UnaryUnaryMultiCallable[_rag_pb2.ListChunksRequest, _rag_pb2.ListChunksResponse]  # type: ignore[assignment]
+    """ListChunks pages through a document's chunks in document order."""
 
 class RagServiceServicer(metaclass=_abc_1.ABCMeta):
     """RagService turns documents into searchable chunks: parsing, chunking, local embeddings,
@@ -126,5 +130,13 @@ class RagServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_rag_pb2.SearchResponse, _abc.Awaitable[_rag_pb2.SearchResponse]]:
         """Search returns the best passages for a query."""
+
+    @_abc_1.abstractmethod
+    def ListChunks(
+        self,
+        request: _rag_pb2.ListChunksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_rag_pb2.ListChunksResponse, _abc.Awaitable[_rag_pb2.ListChunksResponse]]:
+        """ListChunks pages through a document's chunks in document order."""
 
 def add_RagServiceServicer_to_server(servicer: RagServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
