@@ -10,11 +10,16 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
+import asyncpg
 import pytest
+from sqlalchemy.engine import make_url
 
+from amelia_common.db import libpq_url
 from amelia_common.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from amelia_common.settings import Environment, Settings
 
@@ -59,13 +64,25 @@ class Infra:
         values.update(overrides)
         return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
+    @asynccontextmanager
+    async def scratch_database(self, prefix: str) -> AsyncIterator[str]:
+        """A new, empty database on the session's server, dropped afterwards: its URL."""
+        name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+        admin = await asyncpg.connect(libpq_url(self.database_url))
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}"')
+            url = make_url(self.database_url).set(database=name)
+            yield url.render_as_string(hide_password=False)
+        finally:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await admin.close()
+
 
 @pytest.fixture(scope="session")
 def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
     """Outside pytest's own temporary root: run as root, the embedded PostgreSQL runs as another
     user, which must traverse the path to its data, and every pytest session that starts makes
-    `/tmp/pytest-of-<user>` private (0700) again. Short, for Unix socket paths (~100 bytes), and
-    without "/amelia" in it: tests make other databases' URLs by replacing the database name."""
+    `/tmp/pytest-of-<user>` private (0700) again. Short, for Unix socket paths (~100 bytes)."""
     root = Path(tempfile.mkdtemp(prefix=f"infra-{tmp_path_factory.getbasetemp().name}-"))
     infra = Infra(root)
     try:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -21,18 +21,13 @@ from amelia_rag.server import VERSION_TABLE as RAG_VERSION_TABLE
 
 
 @pytest.fixture
-async def empty_database(settings: Settings) -> AsyncIterator[tuple[str, AsyncEngine]]:
-    name = f"empty_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(libpq_url(settings.DATABASE_URL))
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = settings.DATABASE_URL.replace("/amelia?", f"/{name}?").replace("/amelia", f"/{name}")
-    engine = create_engine(settings, url)
-    try:
-        yield url, engine
-    finally:
-        await engine.dispose()
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await admin.close()
+async def empty_database(infra: Any, settings: Settings) -> AsyncIterator[tuple[str, AsyncEngine]]:
+    async with infra.scratch_database("empty") as url:
+        engine = create_engine(settings, url)
+        try:
+            yield url, engine
+        finally:
+            await engine.dispose()
 
 
 async def migrate_all(engine: AsyncEngine, settings: Settings) -> None:

@@ -7,11 +7,9 @@ and a small embedding batch so progress events show up on modest documents.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import asyncpg
 import grpc
 import pytest
 from local_model import local_model
@@ -19,7 +17,7 @@ from rag_endpoint import EmbeddingServer
 from rag_support import INLINE_LIMIT, UPLOAD_LIMIT, CountingModel, Rag
 
 from amelia.v1 import rag_pb2_grpc
-from amelia_common.db import create_engine, libpq_url, session_factory
+from amelia_common.db import create_engine, session_factory
 from amelia_common.nats_client import connect_nats
 from amelia_rag.embeddings import LocalEmbedder
 from amelia_rag.server import build_service
@@ -72,16 +70,5 @@ async def own_database(infra: Any) -> AsyncIterator[str]:
     """A fresh database on the session's server: vectors from another model must not mix."""
     if infra.postgres is None:
         pytest.skip("DATABASE_URL points at an external server")
-    name = f"rag_openai_{uuid.uuid4().hex[:8]}"
-    admin_url = libpq_url(infra.database_url)
-    conn = await asyncpg.connect(admin_url)
-    try:
-        await conn.execute(f"CREATE DATABASE {name}")
-    finally:
-        await conn.close()
-    yield infra.database_url.replace("/amelia?", f"/{name}?")
-    conn = await asyncpg.connect(admin_url)
-    try:
-        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    finally:
-        await conn.close()
+    async with infra.scratch_database("rag_openai") as url:
+        yield url

@@ -1,0 +1,91 @@
+"""`registry.validate` in process: a run's input against its workflow's JSON schema subset
+(type, required, properties, items, enum, minLength, minimum, maximum), or InvalidInputError
+naming the path that does not fit. CreateRun tests go through a running mesh; these cover each
+keyword once, without one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from amelia_agents.workflows.registry import InvalidInputError, validate
+
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["message"],
+    "properties": {
+        "message": {"type": "string", "minLength": 1},
+        "delay_ms": {"type": "integer", "minimum": 0, "maximum": 10_000},
+        "ratio": {"type": "number"},
+        "mode": {"type": "string", "enum": ["fast", "slow"]},
+        "tags": {"type": "array", "items": {"type": "string", "minLength": 1}},
+        "options": {
+            "type": "object",
+            "required": ["depth"],
+            "properties": {"depth": {"type": ["integer", "null"]}},
+        },
+        "flag": {"type": "boolean"},
+    },
+}
+
+VALID: list[dict[str, Any]] = [
+    {"message": "hi"},
+    {"message": "hi", "unknown": object()},  # properties the schema does not name are kept
+    {"message": "hi", "delay_ms": 0},
+    {"message": "hi", "delay_ms": 10_000},
+    {"message": "hi", "delay_ms": 5.0},  # JSON (and Struct) numbers are floats
+    {"message": "hi", "ratio": 1},
+    {"message": "hi", "ratio": 0.5},
+    {"message": "hi", "mode": "slow"},
+    {"message": "hi", "tags": []},
+    {"message": "hi", "tags": ["a", "b"]},
+    {"message": "hi", "options": {"depth": None}},
+    {"message": "hi", "options": {"depth": 3}},
+    {"message": "hi", "flag": False},
+]
+
+
+@pytest.mark.parametrize("value", VALID, ids=[repr(v) for v in VALID])
+def test_an_input_that_fits_passes(value: dict[str, Any]) -> None:
+    validate(value, SCHEMA)
+
+
+INVALID: list[tuple[Any, str]] = [
+    ([], "input must be object"),
+    ("hi", "input must be object"),
+    ({}, "input.message is required"),
+    ({"message": ""}, "input.message must not be empty"),
+    ({"message": 5}, "input.message must be string"),
+    ({"message": "hi", "delay_ms": -1}, "input.delay_ms must be at least 0"),
+    ({"message": "hi", "delay_ms": 10_001}, "input.delay_ms must be at most 10000"),
+    ({"message": "hi", "delay_ms": 1.5}, "input.delay_ms must be integer"),
+    ({"message": "hi", "delay_ms": True}, "input.delay_ms must be integer"),  # bool is not int
+    ({"message": "hi", "ratio": False}, "input.ratio must be number"),
+    ({"message": "hi", "ratio": "1"}, "input.ratio must be number"),
+    ({"message": "hi", "mode": "medium"}, "input.mode must be one of ['fast', 'slow']"),
+    ({"message": "hi", "tags": "a"}, "input.tags must be array"),
+    ({"message": "hi", "tags": ["a", ""]}, "input.tags[1] must not be empty"),
+    ({"message": "hi", "tags": ["a", 2]}, "input.tags[1] must be string"),
+    ({"message": "hi", "options": {}}, "input.options.depth is required"),
+    ({"message": "hi", "options": {"depth": "3"}}, "input.options.depth must be integer or null"),
+    ({"message": "hi", "flag": 0}, "input.flag must be boolean"),
+]
+
+
+@pytest.mark.parametrize(("value", "message"), INVALID, ids=[m for _, m in INVALID])
+def test_an_input_that_does_not_fit_names_the_path(value: Any, message: str) -> None:
+    with pytest.raises(InvalidInputError) as refused:
+        validate(value, SCHEMA)
+    assert str(refused.value) == message
+
+
+def test_the_path_prefix_is_the_callers() -> None:
+    with pytest.raises(InvalidInputError, match=r"^request\.message is required$"):
+        validate({}, SCHEMA, "request")
+
+
+def test_an_empty_schema_accepts_anything() -> None:
+    values: list[Any] = [None, 1, "x", [], {}, {"a": [1]}]
+    for value in values:
+        validate(value, {})

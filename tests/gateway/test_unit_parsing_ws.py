@@ -1,0 +1,115 @@
+"""The /ws subscribe message's parsing in process (`ws.parse_since`, `ws.parse_spec`): what a
+subscription asks for, or the error a client is sent. The WebSocket tests go through a running
+gateway; these cover each rule once, without one."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from amelia_gateway.hub import FeedSpec, Since
+from amelia_gateway.ws import ProtocolError, parse_since, parse_spec
+
+NEW_YEAR = int(dt.datetime(2026, 1, 1, tzinfo=dt.UTC).timestamp())
+
+SINCE: list[tuple[Any, bool, str, int]] = [
+    # (value, run subscription, kind, sequence)
+    (None, True, "beginning", 0),
+    (None, False, "now", 0),
+    (0, False, "beginning", 0),
+    ("0", True, "beginning", 0),
+    (5, True, "after", 5),
+    ("7", False, "after", 7),
+    ("18446744073709551615", False, "after", 2**64 - 1),
+    ("beginning", True, "beginning", 0),
+    ("beginning", False, "beginning", 0),
+    ("now", False, "now", 0),
+]
+
+
+@pytest.mark.parametrize(("value", "run", "kind", "sequence"), SINCE)
+def test_since_a_sequence_or_a_word(value: Any, run: bool, kind: str, sequence: int) -> None:
+    assert parse_since(value, run=run) == Since(kind, sequence=sequence)
+
+
+@pytest.mark.parametrize("value", ["2026-01-01T00:00:00Z", "2026-01-01T01:00:00+01:00"])
+def test_since_a_time(value: str) -> None:
+    since = parse_since(value, run=False)
+    assert since.kind == "time" and since.time is not None
+    assert since.time.seconds == NEW_YEAR
+
+
+def test_a_time_without_a_zone_is_utc() -> None:
+    since = parse_since("2026-01-01T00:00:00", run=False)
+    assert since.time is not None and since.time.seconds == NEW_YEAR
+
+
+REFUSED_SINCE: list[tuple[Any, bool, str]] = [
+    (2**64, False, "between 0 and 2^64-1"),
+    (-1, False, "between 0 and 2^64-1"),
+    (True, False, "must be a sequence, a time, 'now' or 'beginning'"),
+    (1.5, False, "must be a sequence, a time, 'now' or 'beginning'"),
+    ([], False, "must be a sequence, a time, 'now' or 'beginning'"),
+    ("now", True, "a run subscription replays the run"),
+    ("2026-01-01T00:00:00Z", True, "a run subscription starts at a sequence or 'beginning'"),
+    ("yesterday", False, "'yesterday' is not a sequence, an RFC 3339 time"),
+    ("x" * 100, False, "'xxxxxxxx"),
+    ("0001-01-01T00:00:00+14:00", False, "is out of range"),
+]
+
+
+@pytest.mark.parametrize(("value", "run", "message"), REFUSED_SINCE)
+def test_a_bad_since_says_what_is_accepted(value: Any, run: bool, message: str) -> None:
+    with pytest.raises(ProtocolError) as refused:
+        parse_since(value, run=run)
+    assert message in str(refused.value)
+    assert len(str(refused.value)) < 200  # a long value is cut short
+
+
+SPECS: list[tuple[dict[str, Any], FeedSpec]] = [
+    ({}, FeedSpec()),
+    ({"run": "runs/abc"}, FeedSpec(run="runs/abc", since=Since("beginning"))),
+    ({"run": "runs/abc", "since": 9}, FeedSpec(run="runs/abc", since=Since("after", 9))),
+    ({"filter": {"types": "run.*"}}, FeedSpec(types=("run.*",))),
+    (
+        {"filter": {"types": ["b", "a", "b"], "subject": "runs/*"}},
+        FeedSpec(types=("a", "b"), subject="runs/*"),
+    ),
+    ({"batch": True, "since": "7"}, FeedSpec(since=Since("after", 7), batch=True)),
+]
+
+
+@pytest.mark.parametrize(("message", "expected"), SPECS)
+def test_a_subscription_asks_for(message: dict[str, Any], expected: FeedSpec) -> None:
+    assert parse_spec(message) == expected
+
+
+def test_the_same_types_in_any_order_are_one_topic() -> None:
+    one = parse_spec({"filter": {"types": ["a", "b"], "subject": "s"}})
+    other = parse_spec({"filter": {"types": ["b", "a", "a"], "subject": "s"}})
+    assert one.topic_key == other.topic_key
+
+
+REFUSED_SPECS: list[tuple[dict[str, Any], str]] = [
+    ({"run": "runs/abc", "filter": {}}, "give either 'filter' or 'run', not both"),
+    ({"run": "abc"}, "'run' must be a run name like 'runs/"),
+    ({"run": 5}, "'run' must be a run name like 'runs/"),
+    ({"run": "runs/a b"}, "'run' must be a run name like 'runs/"),
+    ({"filter": []}, "'filter' must be an object with 'types' and/or 'subject'"),
+    ({"filter": {"x": 1, "a": 2}}, "unknown filter field(s): a, x"),
+    ({"filter": {"types": [""]}}, "'filter.types' must be a list of type patterns"),
+    ({"filter": {"types": [1]}}, "'filter.types' must be a list of type patterns"),
+    ({"filter": {"types": {"a": 1}}}, "'filter.types' must be a list of type patterns"),
+    ({"filter": {"subject": 1}}, "'filter.subject' must be a string"),
+    ({"batch": "yes"}, "'batch' must be true or false"),
+    ({"run": "runs/abc", "since": "now"}, "a run subscription replays the run"),
+]
+
+
+@pytest.mark.parametrize(("message", "error"), REFUSED_SPECS)
+def test_a_bad_subscription_says_what_is_wrong(message: dict[str, Any], error: str) -> None:
+    with pytest.raises(ProtocolError) as refused:
+        parse_spec(message)
+    assert error in str(refused.value)
