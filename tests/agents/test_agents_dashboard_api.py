@@ -4,12 +4,22 @@ workflows' edges. All against the real services, PostgreSQL and NATS."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import socket
 import uuid
 from pathlib import Path
 from typing import Any
 
 import grpc
-from agents_helpers import S, create_run, rpc_error, wait_status
+from agents_helpers import (
+    S,
+    WorkerProcess,
+    create_run,
+    rpc_error,
+    serve_agents,
+    wait_status,
+)
 from google.protobuf import json_format, struct_pb2
 
 DONE = (S.RUN_STATUS_COMPLETED, S.RUN_STATUS_FAILED)
@@ -267,3 +277,118 @@ async def test_workflows_carry_their_edges_with_branches_and_loops(agents) -> No
     } <= plan
     chat = edges["workflows/chat"]
     assert {("__start__", "retrieve", True), ("__start__", "respond", True)} <= chat
+
+
+async def _queue_when(agents: Any, check: Any, timeout: float = 60) -> S.GetRunQueueResponse:
+    """GetRunQueue once `check(response)` holds (the last response in the error if never)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        found = await agents.GetRunQueue(S.GetRunQueueRequest())
+        if check(found):
+            return found
+        assert asyncio.get_running_loop().time() < deadline, f"never: {found}"
+        await asyncio.sleep(0.2)
+
+
+def _lease(found: S.GetRunQueueResponse, run: str) -> S.RunLease | None:
+    return next((lease for lease in found.in_flight if lease.run == run), None)
+
+
+async def test_run_queue_shows_runs_in_flight_their_worker_heartbeat_and_the_waiting(
+    agents, agents_settings, tmp_path
+) -> None:
+    # Three worker loops in the service: three runs that wait hold them all, a fourth waits.
+    blocked = [
+        await create_run(
+            agents,
+            workflow="workflows/test-steps",
+            input={"record": str(tmp_path / "record"), "release": str(tmp_path / "release")},
+        )
+        for _ in range(3)
+    ]
+    waiting = await create_run(agents, workflow="workflows/test-ask", input={"question": "?"})
+    found = await _queue_when(
+        agents,
+        lambda q: (
+            all((lease := _lease(q, r.name)) and lease.held for r in blocked)
+            and q.queued_runs >= 1
+            and q.waiting_jobs >= 1
+        ),
+    )
+    assert found.queue == agents_settings.RUNS_QUEUE_STREAM
+    assert found.ack_wait.ToTimedelta().total_seconds() == agents_settings.RUN_ACK_WAIT_SECONDS
+    assert found.in_flight_jobs >= 3
+    assert found.HasField("oldest_queued_time")
+    assert found.oldest_queued_age.ToTimedelta().total_seconds() >= 0
+    lease = _lease(found, blocked[0].name)
+    assert lease is not None
+    assert lease.target == "workflows/test-steps"
+    assert lease.attempt == 1
+    process = f"{socket.gethostname()}:{os.getpid()}"
+    assert lease.worker.startswith(f"{process}/")
+    assert lease.lease_expire_time.ToDatetime() > lease.last_heartbeat_time.ToDatetime()
+    worker = next(w for w in found.workers if w.name == process)
+    assert worker.busy_loops >= 3 and worker.healthy
+    # The heartbeat moves on while the run is held.
+    first = lease.last_heartbeat_time.ToDatetime()
+    await _queue_when(
+        agents,
+        lambda q: (
+            (lease := _lease(q, blocked[0].name)) is not None
+            and lease.last_heartbeat_time.ToDatetime() > first
+        ),
+    )
+    (tmp_path / "release").touch()
+    for run in blocked:
+        await wait_status(agents, run.name, S.RUN_STATUS_COMPLETED)
+    await wait_status(agents, waiting.name, S.RUN_STATUS_PAUSED)
+    await agents.CancelRun(S.CancelRunRequest(name=waiting.name))
+    after = await _queue_when(agents, lambda q: not any(_lease(q, r.name) for r in blocked))
+    assert all(_lease(after, r.name) is None for r in [*blocked, waiting])
+
+
+async def test_run_queue_shows_a_killed_workers_run_unheld_and_the_worker_stopped(
+    infra, events_address, tmp_path
+) -> None:
+    settings = infra.settings(
+        EVENTS_ADDRESS=events_address,
+        AGENT_WORKERS=0,
+        RUNS_QUEUE_STREAM=f"queue-view-{uuid.uuid4().hex[:8]}",
+        RUN_ACK_WAIT_SECONDS=30,
+        AGENT_WORKFLOW_MODULES=["agent_test_workflows"],
+    )
+    worker = WorkerProcess(
+        settings,
+        tmp_path / "worker.log",
+        env={
+            "RUNS_QUEUE_STREAM": settings.RUNS_QUEUE_STREAM,
+            "RUN_ACK_WAIT_SECONDS": "30",
+            "AGENT_WORKFLOW_MODULES": "agent_test_workflows",
+        },
+        pythonpath=[Path(__file__).parent],
+    )
+    async with serve_agents(settings) as agents:
+        try:
+            await worker.ready()
+            record = tmp_path / "record"
+            run = await create_run(
+                agents,
+                workflow="workflows/test-steps",
+                input={"record": str(record), "release": str(tmp_path / "release")},
+            )
+            held = await _queue_when(agents, lambda q: (x := _lease(q, run.name)) and x.held)
+            lease = _lease(held, run.name)
+            assert lease is not None and lease.worker.split(":")[1].startswith(
+                f"{worker.proc.pid}/"
+            )
+            assert [(w.busy_loops, w.healthy) for w in held.workers] == [(1, True)]
+            worker.kill()
+            gone = await _queue_when(agents, lambda q: (x := _lease(q, run.name)) and not x.held)
+            lease = _lease(gone, run.name)
+            assert lease is not None and not lease.HasField("last_heartbeat_time")
+            assert [(w.name, w.busy_loops, w.healthy) for w in gone.workers] == [
+                (lease.worker.rsplit("/", 1)[0], 0, False)
+            ]
+            await agents.CancelRun(S.CancelRunRequest(name=run.name))
+        finally:
+            await worker.stop()

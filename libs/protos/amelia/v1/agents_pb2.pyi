@@ -1535,3 +1535,196 @@ class ForkRunResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ForkRunResponse: _TypeAlias = ForkRunResponse  # noqa: Y015
+
+@_typing.final
+class GetRunQueueRequest(_message.Message):
+    """GetRunQueueRequest asks for the run queue of the service answering (RUNS_QUEUE_STREAM)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRunQueueRequest: _TypeAlias = GetRunQueueRequest  # noqa: Y015
+
+@_typing.final
+class GetRunQueueResponse(_message.Message):
+    """GetRunQueueResponse is the run queue now: its jobs (JetStream), its runs (PostgreSQL) and
+    the workers executing them (the runs' locks, heartbeating).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUEUE_FIELD_NUMBER: _builtins.int
+    WAITING_JOBS_FIELD_NUMBER: _builtins.int
+    IN_FLIGHT_JOBS_FIELD_NUMBER: _builtins.int
+    REDELIVERED_JOBS_FIELD_NUMBER: _builtins.int
+    POLLING_WORKERS_FIELD_NUMBER: _builtins.int
+    QUEUED_RUNS_FIELD_NUMBER: _builtins.int
+    OLDEST_QUEUED_TIME_FIELD_NUMBER: _builtins.int
+    OLDEST_QUEUED_AGE_FIELD_NUMBER: _builtins.int
+    ACK_WAIT_FIELD_NUMBER: _builtins.int
+    IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    WORKERS_FIELD_NUMBER: _builtins.int
+    READ_TIME_FIELD_NUMBER: _builtins.int
+    queue: _builtins.str
+    """The work queue (JetStream stream) the workers share."""
+    waiting_jobs: _builtins.int
+    """Jobs waiting for a worker (not delivered yet): the queue depth."""
+    in_flight_jobs: _builtins.int
+    """Jobs delivered to a worker and not acknowledged yet."""
+    redelivered_jobs: _builtins.int
+    """Jobs delivered more than once and not acknowledged yet (a worker stopped or gave one
+    back).
+    """
+    polling_workers: _builtins.int
+    """Worker loops waiting for a job right now (idle workers polling the queue)."""
+    queued_runs: _builtins.int
+    """Runs QUEUED in this queue (their jobs are waiting, or being picked up)."""
+    @_builtins.property
+    def oldest_queued_time(self) -> _timestamp_pb2.Timestamp:
+        """When the oldest QUEUED run was queued; unset when none is."""
+
+    @_builtins.property
+    def oldest_queued_age(self) -> _duration_pb2.Duration:
+        """How long the oldest QUEUED run has waited; unset when none is."""
+
+    @_builtins.property
+    def ack_wait(self) -> _duration_pb2.Duration:
+        """How long a worker may go without a heartbeat before its job goes to another worker."""
+
+    @_builtins.property
+    def in_flight(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunLease]:
+        """Runs a worker is executing (RUNNING), oldest first, at most 200."""
+
+    @_builtins.property
+    def workers(self) -> _containers.RepeatedCompositeFieldContainer[Global___QueueWorker]:
+        """The worker processes executing runs now, by name."""
+
+    @_builtins.property
+    def read_time(self) -> _timestamp_pb2.Timestamp:
+        """When this was read."""
+
+    def __init__(
+        self,
+        *,
+        queue: _builtins.str = ...,
+        waiting_jobs: _builtins.int = ...,
+        in_flight_jobs: _builtins.int = ...,
+        redelivered_jobs: _builtins.int = ...,
+        polling_workers: _builtins.int = ...,
+        queued_runs: _builtins.int = ...,
+        oldest_queued_time: _timestamp_pb2.Timestamp | None = ...,
+        oldest_queued_age: _duration_pb2.Duration | None = ...,
+        ack_wait: _duration_pb2.Duration | None = ...,
+        in_flight: _abc.Iterable[Global___RunLease] | None = ...,
+        workers: _abc.Iterable[Global___QueueWorker] | None = ...,
+        read_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack_wait", b"ack_wait", "oldest_queued_age", b"oldest_queued_age", "oldest_queued_time", b"oldest_queued_time", "read_time", b"read_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_wait", b"ack_wait", "in_flight", b"in_flight", "in_flight_jobs", b"in_flight_jobs", "oldest_queued_age", b"oldest_queued_age", "oldest_queued_time", b"oldest_queued_time", "polling_workers", b"polling_workers", "queue", b"queue", "queued_runs", b"queued_runs", "read_time", b"read_time", "redelivered_jobs", b"redelivered_jobs", "waiting_jobs", b"waiting_jobs", "workers", b"workers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRunQueueResponse: _TypeAlias = GetRunQueueResponse  # noqa: Y015
+
+@_typing.final
+class RunLease(_message.Message):
+    """RunLease is a run in flight: who executes it and whether they are still alive."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    WORKER_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    HELD_FIELD_NUMBER: _builtins.int
+    LAST_HEARTBEAT_TIME_FIELD_NUMBER: _builtins.int
+    LEASE_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    run: _builtins.str
+    """`runs/{run}`."""
+    target: _builtins.str
+    """`agents/{agent}` or `workflows/{workflow}`."""
+    worker: _builtins.str
+    """The worker loop that picked it up last (`host:pid/loop`)."""
+    attempt: _builtins.int
+    """How many times a worker picked it up."""
+    held: _builtins.bool
+    """Whether a live worker holds the run (its lock, on a connection that dies with the worker).
+    False: its worker stopped; the job goes to another worker after the ack wait.
+    """
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """When a worker first started it."""
+
+    @_builtins.property
+    def last_heartbeat_time(self) -> _timestamp_pb2.Timestamp:
+        """When the worker holding it last heartbeat; unset when none holds it."""
+
+    @_builtins.property
+    def lease_expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the job goes to another worker if no heartbeat comes: last heartbeat plus ack wait."""
+
+    def __init__(
+        self,
+        *,
+        run: _builtins.str = ...,
+        target: _builtins.str = ...,
+        worker: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        held: _builtins.bool = ...,
+        last_heartbeat_time: _timestamp_pb2.Timestamp | None = ...,
+        lease_expire_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_heartbeat_time", b"last_heartbeat_time", "lease_expire_time", b"lease_expire_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "held", b"held", "last_heartbeat_time", b"last_heartbeat_time", "lease_expire_time", b"lease_expire_time", "run", b"run", "start_time", b"start_time", "target", b"target", "worker", b"worker"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunLease: _TypeAlias = RunLease  # noqa: Y015
+
+@_typing.final
+class QueueWorker(_message.Message):
+    """QueueWorker is a worker process executing runs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    BUSY_LOOPS_FIELD_NUMBER: _builtins.int
+    LAST_HEARTBEAT_TIME_FIELD_NUMBER: _builtins.int
+    HEALTHY_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`host:pid`."""
+    busy_loops: _builtins.int
+    """Its worker loops executing a run now."""
+    healthy: _builtins.bool
+    """Whether it is able to work: every run it holds heartbeat within the ack wait."""
+    @_builtins.property
+    def last_heartbeat_time(self) -> _timestamp_pb2.Timestamp:
+        """The latest heartbeat of its runs."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        busy_loops: _builtins.int = ...,
+        last_heartbeat_time: _timestamp_pb2.Timestamp | None = ...,
+        healthy: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_heartbeat_time", b"last_heartbeat_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["busy_loops", b"busy_loops", "healthy", b"healthy", "last_heartbeat_time", b"last_heartbeat_time", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueueWorker: _TypeAlias = QueueWorker  # noqa: Y015

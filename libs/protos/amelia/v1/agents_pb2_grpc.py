@@ -130,6 +130,11 @@ class AgentServiceStub:
                 request_serializer=amelia_dot_v1_dot_agents__pb2.ForkRunRequest.SerializeToString,
                 response_deserializer=amelia_dot_v1_dot_agents__pb2.ForkRunResponse.FromString,
                 _registered_method=True)
+        self.GetRunQueue = channel.unary_unary(
+                '/amelia.v1.AgentService/GetRunQueue',
+                request_serializer=amelia_dot_v1_dot_agents__pb2.GetRunQueueRequest.SerializeToString,
+                response_deserializer=amelia_dot_v1_dot_agents__pb2.GetRunQueueResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -271,6 +276,15 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRunQueue(self, request, context):
+        """GetRunQueue shows the run queue as its workers see it (Temporal's task queue and pending
+        activities): jobs waiting, the oldest queued run, the runs in flight with their worker,
+        heartbeat and lease, and the workers holding them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -368,6 +382,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.ForkRun,
                     request_deserializer=amelia_dot_v1_dot_agents__pb2.ForkRunRequest.FromString,
                     response_serializer=amelia_dot_v1_dot_agents__pb2.ForkRunResponse.SerializeToString,
+            ),
+            'GetRunQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRunQueue,
+                    request_deserializer=amelia_dot_v1_dot_agents__pb2.GetRunQueueRequest.FromString,
+                    response_serializer=amelia_dot_v1_dot_agents__pb2.GetRunQueueResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -884,6 +903,33 @@ class AgentService:
             '/amelia.v1.AgentService/ForkRun',
             amelia_dot_v1_dot_agents__pb2.ForkRunRequest.SerializeToString,
             amelia_dot_v1_dot_agents__pb2.ForkRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRunQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/amelia.v1.AgentService/GetRunQueue',
+            amelia_dot_v1_dot_agents__pb2.GetRunQueueRequest.SerializeToString,
+            amelia_dot_v1_dot_agents__pb2.GetRunQueueResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -75,6 +75,11 @@ class AgentServiceStub:
     """ForkRun starts a new run from a step of an earlier one (LangGraph time travel): the state
     before that step, with an optional update, continues in the run's thread.
     """
+    GetRunQueue: _grpc.UnaryUnaryMultiCallable[_agents_pb2.GetRunQueueRequest, _agents_pb2.GetRunQueueResponse]
+    """GetRunQueue shows the run queue as its workers see it (Temporal's task queue and pending
+    activities): jobs waiting, the oldest queued run, the runs in flight with their worker,
+    heartbeat and lease, and the workers holding them.
+    """
 
 @_typing.type_check_only
 class AgentServiceAsyncStub(AgentServiceStub):
@@ -122,6 +127,11 @@ class AgentServiceAsyncStub(AgentServiceStub):
     ForkRun: _aio.UnaryUnaryMultiCallable[_agents_pb2.ForkRunRequest, _agents_pb2.ForkRunResponse]  # type: ignore[assignment]
     """ForkRun starts a new run from a step of an earlier one (LangGraph time travel): the state
     before that step, with an optional update, continues in the run's thread.
+    """
+    GetRunQueue: _aio.UnaryUnaryMultiCallable[_agents_pb2.GetRunQueueRequest, _agents_pb2.GetRunQueueResponse]  # type: ignore[assignment]
+    """GetRunQueue shows the run queue as its workers see it (Temporal's task queue and pending
+    activities): jobs waiting, the oldest queued run, the runs in flight with their worker,
+    heartbeat and lease, and the workers holding them.
     """
 
 class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -281,6 +291,17 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_agents_pb2.ForkRunResponse, _abc.Awaitable[_agents_pb2.ForkRunResponse]]:
         """ForkRun starts a new run from a step of an earlier one (LangGraph time travel): the state
         before that step, with an optional update, continues in the run's thread.
+        """
+
+    @_abc_1.abstractmethod
+    def GetRunQueue(
+        self,
+        request: _agents_pb2.GetRunQueueRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agents_pb2.GetRunQueueResponse, _abc.Awaitable[_agents_pb2.GetRunQueueResponse]]:
+        """GetRunQueue shows the run queue as its workers see it (Temporal's task queue and pending
+        activities): jobs waiting, the oldest queued run, the runs in flight with their worker,
+        heartbeat and lease, and the workers holding them.
         """
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
