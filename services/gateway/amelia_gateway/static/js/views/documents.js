@@ -1,13 +1,32 @@
 // Documents: upload files (drag and drop or a file picker; multipart with per-file progress),
-// list and delete documents, and search them, showing each passage with its source. The list
+// list documents with their indexing state, open one to read its chunks (the latest search's
+// hits marked), delete them, and search them, showing each passage with its source. The list
 // refreshes itself on `document.*` events.
 
-import { uploadDocument } from "../api.js";
+import { request, uploadDocument } from "../api.js";
 import { debounce, errorNotice, formatBytes, formatTime, h, idOf } from "../dom.js";
-import { passage } from "./passages.js";
+import { chunkItem, passage } from "./passages.js";
 
 const PARALLEL_UPLOADS = 2;
 const PAGE_SIZE = 50;
+const CHUNK_PAGE_SIZE = 100;
+// Pages read at most to reach a hit's chunk when a passage is shown in its document.
+const MAX_CHUNK_PAGES = 20;
+
+const STATE = {
+  DOCUMENT_STATE_INDEXING: { label: "Indexing", tone: "info" },
+  DOCUMENT_STATE_READY: { label: "Ready", tone: "ok" },
+  DOCUMENT_STATE_FAILED: { label: "Failed", tone: "bad" },
+};
+
+function stateBadge(doc) {
+  const state = STATE[doc.state] || { label: "Stored", tone: "" };
+  return h("span", { class: `badge ${state.tone}`, dataset: { state: doc.state || "" },
+    title: doc.indexError ? `Indexing failed: ${doc.indexError}` : null }, state.label);
+}
+
+const listChunks = (name, pageToken) =>
+  request("GET", `/v1/documents/${encodeURIComponent(idOf(name))}/chunks`, { query: { pageSize: CHUNK_PAGE_SIZE, pageToken } });
 
 const TYPE_LABEL = {
   DOCUMENT_TYPE_PDF: "PDF",
@@ -43,7 +62,9 @@ export function mount(main, ctx) {
     h("option", { value: "SEARCH_MODE_HYBRID" }, "Hybrid"),
     h("option", { value: "SEARCH_MODE_VECTOR" }, "Vector"),
     h("option", { value: "SEARCH_MODE_KEYWORD" }, "Keyword"));
-  const topK = h("input", { type: "number", id: "search-topk", min: "1", max: "100", value: "5" });
+  // Empty: the service's default (RAG_TOP_K), the same as the API, the CLI and the agents get.
+  const topK = h("input", { type: "number", id: "search-topk", min: "1", max: "100", placeholder: "default",
+    "aria-label": "Number of passages (empty: the service's default)" });
   const results = h("ol", { class: "passages", id: "search-results", "aria-live": "polite" });
   const searchInfo = h("p", { class: "muted", id: "search-info", "aria-live": "polite" });
   const searchForm = h("form", { id: "search-form", role: "search" },
@@ -53,7 +74,17 @@ export function mount(main, ctx) {
       h("div", { style: { width: "9rem" } }, mode),
       h("div", { style: { width: "6rem" } }, topK),
       h("button", { type: "submit", class: "primary" }, "Search")),
-    h("span", { class: "field-hint" }, "Mode and number of passages."));
+    h("span", { class: "field-hint" }, "Mode and number of passages (empty: the service's default)."));
+
+  // -- one document's chunks ----------------------------------------------------------------
+  const chunksTitle = h("h2", { id: "chunks-title" }, "Chunks");
+  const chunksInfo = h("p", { class: "muted", id: "chunks-info", "aria-live": "polite" });
+  const chunksList = h("ol", { class: "passages", id: "chunks-list" });
+  const moreChunks = h("button", { type: "button", id: "more-chunks", hidden: true }, "Load more chunks");
+  const closeChunks = h("button", { type: "button", class: "small ghost", id: "close-chunks" }, "Close");
+  const chunksPanel = h("section", { class: "card", id: "chunks-panel", hidden: true, "aria-labelledby": "chunks-title" },
+    h("div", { class: "row" }, h("div", { class: "grow" }, chunksTitle), closeChunks),
+    chunksInfo, chunksList, h("div", { class: "pager" }, moreChunks));
 
   main.append(
     h("h1", {}, "Documents"),
@@ -61,11 +92,13 @@ export function mount(main, ctx) {
       h("div", {},
         h("section", { class: "card", "aria-labelledby": "search-title" },
           h("h2", { id: "search-title" }, "Search your documents"), searchForm, searchInfo, results),
+        chunksPanel,
         h("section", { class: "card", "aria-labelledby": "docs-title" },
           h("h2", { id: "docs-title" }, "Documents"), docsError,
           h("div", { class: "table-wrap" }, h("table", { id: "docs-table" },
             h("thead", {}, h("tr", {},
               h("th", { scope: "col" }, "Title"), h("th", { scope: "col", class: "wide-only" }, "Type"),
+              h("th", { scope: "col" }, "State"),
               h("th", { scope: "col", class: "num" }, "Chunks"), h("th", { scope: "col", class: "num wide-only" }, "Size"),
               h("th", { scope: "col", class: "wide-only" }, "Updated"), h("th", { scope: "col" }, h("span", { class: "visually-hidden" }, "Actions")))),
             docsBody)),
@@ -77,6 +110,9 @@ export function mount(main, ctx) {
 
   let stopped = false;
   let nextToken = "";
+  let lastHits = [];
+  let lastQuery = ""; // the latest search's hits, marked in an open document's chunks
+  let opened = null; // {doc, chunks, token} of the document whose chunks are shown
 
   async function loadDocuments(append = false) {
     try {
@@ -90,18 +126,91 @@ export function mount(main, ctx) {
         h("td", { class: "break" }, h("span", { class: "title" }, doc.title || idOf(doc.name)),
           doc.sourceUri ? h("div", { class: "muted mono truncate" }, doc.sourceUri) : null),
         h("td", { class: "wide-only" }, TYPE_LABEL[doc.type] || ""),
+        h("td", {}, stateBadge(doc)),
         h("td", { class: "num" }, String(doc.chunkCount || 0)),
         h("td", { class: "num wide-only" }, formatBytes(doc.sizeBytes)),
         h("td", { class: "wide-only" }, formatTime(doc.updateTime || doc.createTime)),
-        h("td", {}, h("button", { type: "button", class: "small ghost", "aria-label": `Delete ${doc.title || doc.name}`,
-          onclick: () => remove(doc) }, "Delete")),
+        h("td", {}, h("div", { class: "row", style: { flexWrap: "nowrap" } },
+          h("button", { type: "button", class: "small ghost open-document", "aria-label": `Open ${doc.title || doc.name}`,
+            onclick: () => openDocument(doc) }, "Open"),
+          h("button", { type: "button", class: "small ghost", "aria-label": `Delete ${doc.title || doc.name}`,
+            onclick: () => remove(doc) }, "Delete"))),
       ));
+      const shown = opened && docs.find((doc) => doc.name === opened.doc.name);
+      if (shown) {
+        opened.doc = shown;
+        showChunksInfo();
+      }
       if (append) docsBody.append(...rows);
       else if (rows.length) docsBody.replaceChildren(...rows);
-      else docsBody.replaceChildren(h("tr", {}, h("td", { colspan: "6", class: "empty" }, "No documents yet: upload some.")));
+      else docsBody.replaceChildren(h("tr", {}, h("td", { colspan: "7", class: "empty" }, "No documents yet: upload some.")));
     } catch (error) {
       if (!stopped) docsError.replaceChildren(errorNotice(error));
     }
+  }
+
+  function hitsOn(name) {
+    return lastHits.filter((hit) => hit.document === name);
+  }
+
+  function showChunksInfo() {
+    const { doc, chunks, token } = opened;
+    const total = Number(doc.chunkCount || 0);
+    const marked = chunks.filter((c) => c.dataset.hit === "true").length;
+    chunksInfo.replaceChildren(stateBadge(doc), " ",
+      `${total} chunk${total === 1 ? "" : "s"}${token ? `, ${chunks.length} shown` : ""}`,
+      marked ? ` · ${marked} marked by the search “${lastQuery}”` : "");
+  }
+
+  /** The next page of the open document's chunks; false when another was opened meanwhile. */
+  async function loadChunks(view) {
+    const page = await listChunks(view.doc.name, view.token);
+    if (stopped || opened !== view) return false;
+    const items = (page.chunks || []).map((chunk) => chunkItem(chunk, hitsOn(view.doc.name)));
+    chunksList.append(...items);
+    view.chunks.push(...items);
+    view.token = page.nextPageToken || "";
+    moreChunks.hidden = !view.token;
+    showChunksInfo();
+    return true;
+  }
+
+  /** Shows a document's chunks; with `hit`, reads on until that hit's chunk and scrolls to it. */
+  async function openDocument(doc, hit = null, reveal = true) {
+    const view = { doc, chunks: [], token: "" };
+    opened = view;
+    chunksPanel.hidden = false;
+    chunksPanel.dataset.document = doc.name;
+    chunksTitle.textContent = doc.title || idOf(doc.name);
+    chunksList.replaceChildren();
+    moreChunks.hidden = true;
+    chunksInfo.textContent = "Loading chunks…";
+    try {
+      // Its current state and chunk count (a hit carries neither).
+      const got = await request("GET", `/v1/documents/${encodeURIComponent(idOf(doc.name))}`);
+      if (stopped || opened !== view) return;
+      view.doc = got.document || doc;
+      chunksTitle.textContent = view.doc.title || idOf(doc.name);
+      const wanted = hit ? Number(hit.chunkIndex || 0) : -1;
+      for (let pages = 0; pages < MAX_CHUNK_PAGES; pages += 1) {
+        if (!(await loadChunks(view))) return;
+        const last = view.chunks.at(-1);
+        if (!view.token || !last || Number(last.dataset.chunkIndex) >= wanted) break;
+      }
+      if (!reveal) return;
+      const target = chunksList.querySelector('[data-hit="true"]') || chunksPanel;
+      target.style.scrollMarginTop = "7rem"; // below the sticky top bar, which wraps on a phone
+      target.scrollIntoView({ block: "start" });
+      ctx.announce(`Showing the chunks of ${view.doc.title || doc.name}`);
+    } catch (error) {
+      if (!stopped) chunksInfo.replaceChildren(errorNotice(error));
+    }
+  }
+
+  function remark() {
+    if (!opened) return;
+    // Re-render the loaded chunks with the new hits (same data, new marks).
+    openDocument(opened.doc, null, false);
   }
 
   async function remove(doc) {
@@ -180,15 +289,19 @@ export function mount(main, ctx) {
       const doc = response.document || {};
       item.dataset.document = doc.name || "";
       if (current) current.loadDocuments();
-      // Stored; its passages are embedded in the background: follow `document.progress`.
-      const outcome = response.unchanged ? { chunks: Number(doc.chunkCount || 0) } : await indexing(ctx, doc.name, startedAt, bar, stateText, item);
+      // Stored, not indexed: its passages are embedded in the background (the document's
+      // state says so), so follow `document.progress` until it is ready or failed.
+      const unchangedReady = response.unchanged && doc.state === "DOCUMENT_STATE_READY";
+      if (doc.state === "DOCUMENT_STATE_FAILED") throw new Error(`Indexing failed: ${doc.indexError || "unknown"}`);
+      if (!unchangedReady) ctx.announce(`${file.name} stored; indexing`);
+      const outcome = unchangedReady ? { chunks: Number(doc.chunkCount || 0) } : await indexing(ctx, doc.name, startedAt, bar, stateText, item);
       bar.max = 100;
       bar.value = 100;
       if (outcome.error) throw new Error(`Indexing failed: ${outcome.error}`);
       item.dataset.state = "done";
       const chunks = outcome.chunks;
-      stateText.textContent = response.unchanged ? "Unchanged" : `${chunks} chunk${chunks === 1 ? "" : "s"}`;
-      ctx.announce(`${file.name} ${response.unchanged ? "was already indexed" : "indexed"}`);
+      stateText.textContent = unchangedReady ? "Unchanged" : `${chunks} chunk${chunks === 1 ? "" : "s"}`;
+      ctx.announce(`${file.name} ${unchangedReady ? "is unchanged and ready" : "is ready"}`);
       if (current) current.loadDocuments();
     } catch (error) {
       item.dataset.state = "error";
@@ -237,18 +350,37 @@ export function mount(main, ctx) {
       if (topK.value) body.topK = Number(topK.value);
       const response = await ctx.api.search(body);
       const hits = response.hits || [];
+      lastHits = hits;
+      lastQuery = text;
       const ms = Math.round(performance.now() - started);
       searchInfo.textContent = hits.length
         ? `${hits.length} passage${hits.length === 1 ? "" : "s"} (${ms} ms)`
         : "No passage matches. Try other words, or the keyword mode.";
-      results.replaceChildren(...hits.map(passage));
+      results.replaceChildren(...hits.map((hit) => passage(hit, { onOpen: showHit })));
+      remark();
     } catch (error) {
       searchInfo.textContent = "";
       results.replaceChildren(h("li", {}, errorNotice(error)));
     }
   });
 
+  function showHit(hit) {
+    openDocument({ name: hit.document, title: hit.documentTitle }, hit);
+  }
+
   more.addEventListener("click", () => loadDocuments(true));
+  moreChunks.addEventListener("click", async () => {
+    try {
+      if (opened) await loadChunks(opened);
+    } catch (error) {
+      chunksInfo.replaceChildren(errorNotice(error));
+    }
+  });
+  closeChunks.addEventListener("click", () => {
+    opened = null;
+    chunksPanel.hidden = true;
+    chunksList.replaceChildren();
+  });
   const refresh = debounce(() => loadDocuments(), 400);
   const subscription = ctx.socket.subscribe(
     { filter: { types: ["document.*"] }, since: "now" },
