@@ -1,7 +1,7 @@
 """Events bench: StreamEvents next to a bare nats-py JetStream consumer, on the same stream.
 
-Starts its own nats-server (embedded, free port, temp dir) and the events service in this
-process, then measures in one run:
+Starts its own nats-server (embedded, free port, temp dir) and the events service (its own
+process, as deployed: `bench/_processes.py` says why), then measures in one run:
 
 - live: a publisher paced at RATE events/s; every reader is subscribed before it starts, and
   each event's publish→receive latency is taken from the envelope's `time` (same clock).
@@ -16,8 +16,9 @@ table is issue 15's rows: each figure, its ratio to the bare baseline and the ta
 machine's load average is printed with each phase: on a shared machine only ratios measured in
 the same run compare.
 
-Everything shares one process and one event loop (publisher, server, clients), so absolute
-figures are lower than across machines; the side-by-side ratios are the point.
+The publisher and every client share this process and its event loop (the bare NATS readers
+as much as the gRPC ones), so absolute figures are lower than across machines; the
+side-by-side ratios are the point.
 """
 
 from __future__ import annotations
@@ -38,12 +39,12 @@ from nats.js import api
 
 from amelia.v1 import events_pb2, events_pb2_grpc
 from amelia_common.embedded import EmbeddedNats, free_port
-from amelia_common.eventlog import EventLog, StartAt, decode_event, filter_subjects
+from amelia_common.eventlog import EventLog, StartAt, decode_event, filter_subjects, make_event
 from amelia_common.grpc_client import aio_channel
 from amelia_common.logging import configure_logging
 from amelia_common.nats_client import connect_nats
 from amelia_common.settings import Settings
-from amelia_events.server import build_service
+from bench._processes import service_process, wait_serving
 
 LIVE_EVENTS = 6_000
 RATE = 2_000  # events/s offered during the live phases
@@ -207,18 +208,19 @@ async def nats_ordered_reader(
 
 
 async def paced_publish(log: EventLog, subject: str, count: int, rate: float) -> float:
-    """Publish `count` events at `rate`/s (acknowledged); returns the start time."""
+    """Publish `count` events at `rate`/s, each written when due and acknowledged in order
+    (`EventLog.pipeline`, as a run's events are); returns the start time."""
     started = time.perf_counter()
-    in_flight: set[asyncio.Task[object]] = set()
+    pipeline = log.pipeline()
     for n in range(count):
         due = started + n / rate
         delay = due - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        task = asyncio.create_task(log.publish("bench.tick", subject, {"n": n, **PAYLOAD}))
-        in_flight.add(task)
-        task.add_done_callback(in_flight.discard)
-    await asyncio.gather(*in_flight)
+        await pipeline.submit(
+            make_event("bench.tick", subject, {"n": n, **PAYLOAD}, source="bench")
+        )
+    await pipeline.flush()
     return started
 
 
@@ -285,34 +287,47 @@ def print_rows(title: str, rows: list[tuple[Reading, float]], show_latency: bool
 
 async def bench() -> None:
     with tempfile.TemporaryDirectory(prefix="amelia-bench-events-") as tmp:
-        nats_server = EmbeddedNats(Path(tmp), free_port())
+        root = Path(tmp)
+        nats_server = EmbeddedNats(root, free_port())
         url = await asyncio.to_thread(nats_server.start)
+        port = free_port()
         settings = Settings(
             _env_file=None,
             NATS_URL=url,
-            EVENTS_GRPC_PORT=0,
             LOG_LEVEL="WARNING",
-            AMELIA_DATA_DIR=Path(tmp) / "data",
-            # A saturated machine (the live phase offers 2k events/s to one process) may hold an
-            # acknowledgement for seconds: the bench measures that latency, it does not fail on it.
+            AMELIA_DATA_DIR=root / "data",
+            # A saturated machine (the live phase offers 2k events/s) may hold an acknowledgement
+            # for seconds: the bench measures that latency, it does not fail on it.
             EVENTS_PUBLISH_TIMEOUT_SECONDS=120.0,
         )
+        env = {
+            **os.environ,
+            "NATS_URL": url,
+            "DATABASE_URL": "",
+            "AMELIA_DATA_DIR": str(root / "data"),
+            "LOG_LEVEL": "WARNING",
+            "EVENTS_GRPC_PORT": str(port),
+            "EVENTS_METRICS_PORT": "0",
+            "EVENTS_PUBLISH_TIMEOUT_SECONDS": "120",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "",
+        }
         configure_logging(settings, "bench")
-        svc = await build_service(settings)
-        port = await svc.start()
-        channel = aio_channel(f"127.0.0.1:{port}", settings)
-        stub = events_pb2_grpc.EventServiceStub(channel)
-        nc = await connect_nats(settings, "bench-publisher")
-        readers_nc = await connect_nats(settings, "bench-readers")
-        log = EventLog(nc, settings, source="bench")
-        stream = settings.EVENTS_STREAM
         try:
-            await _phases(stub, log, readers_nc, stream)
+            async with service_process(["-m", "amelia_events"], env, root):
+                address = f"127.0.0.1:{port}"
+                await wait_serving(address)
+                channel = aio_channel(address, settings)
+                stub = events_pb2_grpc.EventServiceStub(channel)
+                nc = await connect_nats(settings, "bench-publisher")
+                readers_nc = await connect_nats(settings, "bench-readers")
+                log = EventLog(nc, settings, source="bench")
+                try:
+                    await _phases(stub, log, readers_nc, settings.EVENTS_STREAM)
+                finally:
+                    await channel.close()
+                    await readers_nc.close()
+                    await nc.close()
         finally:
-            await channel.close()
-            await svc.stop(grace=1.0)
-            await readers_nc.close()
-            await nc.close()
             await asyncio.to_thread(nats_server.stop)
 
 

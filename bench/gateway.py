@@ -26,10 +26,9 @@ import json
 import os
 import socket
 import statistics
-import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,10 +37,10 @@ import grpc
 import httpx
 import psutil
 import websockets
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from amelia.v1 import events_pb2, events_pb2_grpc
 from amelia_common.embedded import EmbeddedNats, free_port
+from bench._processes import service_process, wait_serving
 
 WS_BATCHED = 'WebSocket, "batch": true'
 THROUGHPUT_EVENTS = 1500
@@ -268,41 +267,6 @@ def issue_rows(results: list[Result]) -> None:
             )
 
 
-@contextlib.asynccontextmanager
-async def _process(args: list[str], env: dict[str, str], cwd: Path) -> AsyncIterator[Any]:
-    log = (cwd / f"{args[-1]}.log").open("wb")
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, *args, env=env, cwd=cwd, stdout=log, stderr=log
-    )
-    try:
-        yield process
-    finally:
-        process.terminate()
-        try:
-            await asyncio.wait_for(process.wait(), timeout=20)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-        log.close()
-        if process.returncode not in (0, -15):
-            print(
-                f"{args[-1]} exited {process.returncode}:",
-                (cwd / f"{args[-1]}.log").read_text()[-2000:],
-            )
-
-
-async def _wait_grpc(address: str) -> None:
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        for _ in range(600):
-            with contextlib.suppress(grpc.aio.AioRpcError):
-                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            await asyncio.sleep(0.1)
-    raise RuntimeError(f"events service at {address} did not become healthy")
-
-
 async def _wait_http(url: str) -> None:
     async with httpx.AsyncClient() as http:
         for _ in range(600):
@@ -363,10 +327,10 @@ async def run() -> list[Result]:
         ws_url = f"ws://127.0.0.1:{gateway_port}/ws"
         try:
             async with (
-                _process(["-m", "amelia_events"], env, root),
-                _process(["-m", "amelia_gateway"], env, root) as gateway,
+                service_process(["-m", "amelia_events"], env, root),
+                service_process(["-m", "amelia_gateway"], env, root) as gateway,
             ):
-                await _wait_grpc(address)
+                await wait_serving(address)
                 await _wait_http(gateway_url)
                 channel = grpc.aio.insecure_channel(address)
                 stub = events_pb2_grpc.EventServiceStub(channel)

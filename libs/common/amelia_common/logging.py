@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import quote, quote_plus
 
 import structlog
+from opentelemetry import trace
 
 from amelia_common.settings import Settings
 
@@ -107,6 +108,7 @@ def configure_logging(settings: Settings, service: str) -> None:
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        add_trace_ids,
     ]
     renderer: Any = (
         structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
@@ -145,6 +147,16 @@ def configure_logging(settings: Settings, service: str) -> None:
     pgserver.filters[:] = [_without_server_log_dump]
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(service=service)
+
+
+def add_trace_ids(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """`trace_id` and `span_id` of the current span on a line written inside one (ours or a
+    library's). Without tracing (OTEL_EXPORTER_OTLP_ENDPOINT unset) no span is ever valid."""
+    ctx = trace.get_current_span().get_span_context()
+    if ctx.is_valid:
+        event.setdefault("trace_id", format(ctx.trace_id, "032x"))
+        event.setdefault("span_id", format(ctx.span_id, "016x"))
+    return event
 
 
 def _route_every_logger_to_root() -> None:

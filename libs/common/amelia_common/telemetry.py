@@ -14,8 +14,9 @@ On, a request is one trace across processes:
   published, and `consumer_span(msg)` continues it in the worker that takes the job;
 - LangGraph nodes (`traced_nodes`), model calls (`traced_chat`, GenAI semantic conventions) and
   RAG work (`span`) are spans of their own;
-- events published while a span is current carry its id (`trace_fields`), and every log line
-  written inside one carries `trace_id` and `span_id`.
+- an event published inside a trace carries its id (`trace_fields`) and gets a PRODUCER span
+  (`producer_span`; a pipeline's events one span for all, `start_producer_span`), and every
+  log line written inside a span carries `trace_id` and `span_id` (`logging.add_trace_ids`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-import structlog
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
@@ -73,8 +73,6 @@ def start(settings: Settings, service: str) -> None:
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
     instrument_grpc_clients(True)
-    # In place, so loggers already cached (structlog caches on first use) see it too.
-    structlog.get_config()["processors"].insert(0, _add_trace_ids)
     _state.update(tracing=True, service=name, provider=provider)
     log.info("tracing on", endpoint=os.environ[ENDPOINT_VARIABLE], service_name=name)
 
@@ -84,14 +82,6 @@ def shutdown() -> None:
     provider = _state.get("provider")
     if provider is not None:
         provider.shutdown()
-
-
-def _add_trace_ids(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
-    ctx = trace.get_current_span().get_span_context()
-    if ctx.is_valid:
-        event.setdefault("trace_id", format(ctx.trace_id, "032x"))
-        event.setdefault("span_id", format(ctx.span_id, "016x"))
-    return event
 
 
 # -- gRPC and HTTP -----------------------------------------------------------------------------
@@ -169,6 +159,34 @@ def consumer_span(
         name, context=parent, kind=SpanKind.CONSUMER, attributes=dict(attributes or {})
     ) as current:
         yield current
+
+
+# -- events published -------------------------------------------------------------------------
+
+
+def _in_trace() -> bool:
+    return bool(_state["tracing"]) and trace.get_current_span().get_span_context().is_valid
+
+
+@contextlib.contextmanager
+def producer_span(name: str, attributes: Mapping[str, Any]) -> Iterator[Span]:
+    """A PRODUCER span for a message sent inside the current trace (none outside a trace: an
+    event published by a background task would otherwise start a trace of its own)."""
+    if not _in_trace():
+        yield trace.INVALID_SPAN
+        return
+    with _tracer.start_as_current_span(
+        name, kind=SpanKind.PRODUCER, attributes=dict(attributes)
+    ) as current:
+        yield current
+
+
+def start_producer_span(name: str, attributes: Mapping[str, Any]) -> Span:
+    """A PRODUCER span the caller ends (`span.end()`), not made current: for messages written
+    over a while and acknowledged later (a run's events through a pipeline)."""
+    if not _in_trace():
+        return trace.INVALID_SPAN
+    return _tracer.start_span(name, kind=SpanKind.PRODUCER, attributes=dict(attributes))
 
 
 # -- spans of our own --------------------------------------------------------------------------

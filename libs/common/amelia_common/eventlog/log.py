@@ -17,7 +17,7 @@ from nats.aio.client import Client as NATS
 from nats.js import api
 
 from amelia.v1 import events_pb2
-from amelia_common import metrics
+from amelia_common import metrics, telemetry
 from amelia_common.eventlog.envelope import (
     CLIENT_ID_NAMESPACE,
     MAX_SEQUENCE,
@@ -32,7 +32,11 @@ from amelia_common.eventlog.envelope import (
     stream_config,
     validate_event,
 )
-from amelia_common.eventlog.pipeline import DEFAULT_WINDOW, PublishPipeline
+from amelia_common.eventlog.pipeline import (
+    DEFAULT_WINDOW,
+    PUBLISH_SPAN_ATTRIBUTES,
+    PublishPipeline,
+)
 from amelia_common.eventlog.reader import (
     EventReader,
     StartAt,
@@ -89,6 +93,16 @@ class Prepared:
     payload: bytes
     nats_subject: str
     dedup_id: str
+
+
+def publish_attributes(prepared: Prepared) -> dict[str, str]:
+    """An event publish's span attributes (OpenTelemetry messaging conventions)."""
+    return {
+        **PUBLISH_SPAN_ATTRIBUTES,
+        "messaging.destination.name": prepared.nats_subject,
+        "messaging.message.id": prepared.event.id,
+        "amelia.event.type": prepared.event.type,
+    }
 
 
 @dataclass
@@ -193,9 +207,13 @@ class EventLog:
         self.stats.waiting += 1
         self.stats.waiting_peak = max(self.stats.waiting_peak, self.stats.waiting)
         try:
-            ack = await self._publish_with_retry(
-                event, prepared.nats_subject, prepared.payload, prepared.dedup_id
-            )
+            with telemetry.producer_span(
+                f"publish {event.type}", publish_attributes(prepared)
+            ) as span:
+                ack = await self._publish_with_retry(
+                    event, prepared.nats_subject, prepared.payload, prepared.dedup_id
+                )
+                span.set_attribute("amelia.event.sequence", ack.seq)
         finally:
             self.stats.waiting -= 1
         return self.stored(prepared, ack)

@@ -34,10 +34,13 @@ import nats.js.errors
 from nats.js import api
 
 from amelia.v1 import events_pb2
+from amelia_common import telemetry
 from amelia_common.eventlog.envelope import InvalidEventError
 from amelia_common.logging import get_logger
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
     from amelia_common.eventlog.log import EventLog, Prepared
 
 log = get_logger("amelia.eventlog")
@@ -46,6 +49,14 @@ log = get_logger("amelia.eventlog")
 DEFAULT_WINDOW = 256
 # While waiting for an acknowledgement, how often to check the connection it depends on.
 _ACK_POLL_SECONDS = 0.25
+
+
+# A publish span's attributes (OpenTelemetry messaging conventions).
+PUBLISH_SPAN_ATTRIBUTES = {
+    "messaging.system": "nats",
+    "messaging.operation.name": "publish",
+    "messaging.operation.type": "send",
+}
 
 
 @dataclass
@@ -73,6 +84,10 @@ class PublishPipeline:
         self._in_flight: collections.deque[_InFlight] = collections.deque()
         self._stored: list[events_pb2.Event] = []
         self._generation = -1
+        # Inside a trace: one PRODUCER span from the first event written until all are stored
+        # (a span per event would double a run's spans: one per token).
+        self._span: Span | None = None
+        self._written = 0
 
     @property
     def in_flight(self) -> int:
@@ -84,6 +99,9 @@ class PublishPipeline:
 
     async def write(self, prepared: Prepared) -> None:
         """Write an event `EventLog.prepare` checked; its acknowledgement is awaited by `flush`."""
+        if self._span is None:
+            self._span = telemetry.start_producer_span("publish events", PUBLISH_SPAN_ATTRIBUTES)
+        self._written += 1
         nc = self.log.nc
         # Checked again after every wait: the connection may change while the window settles.
         while self._in_flight:
@@ -119,12 +137,26 @@ class PublishPipeline:
         """Wait until every submitted event is stored; returns them (with sequences) in order."""
         await self._settle(len(self._in_flight))
         stored, self._stored = self._stored, []
+        if stored:
+            self._end_span(stored[-1].sequence)
         return stored
 
     def abandon(self) -> None:
         """Stop waiting for acknowledgements (the flow was cancelled); what arrived is stored."""
         while self._in_flight:
             self._pop().ack.cancel()
+        self._end_span(0)
+
+    def _end_span(self, last_sequence: int) -> None:
+        span, self._span = self._span, None
+        if span is not None:
+            span.set_attribute("messaging.batch.message_count", self._written)
+            if last_sequence:
+                span.set_attribute("amelia.event.last_sequence", last_sequence)
+            else:
+                span.set_attribute("amelia.events.abandoned", True)
+            span.end()
+        self._written = 0
 
     def _pop(self) -> _InFlight:
         self.log.stats.waiting -= 1
