@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, delete, func, or_, select, update
+from sqlalchemy import Select, and_, delete, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
+from amelia_agents.locks import RunLock
 from amelia_agents.models import (
     ACTIVE_STATES,
     AgentRow,
@@ -77,6 +78,18 @@ PREVIEW_LENGTH = 200
 class Store:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self.sessions = sessions
+        # The engine the sessions are bound to (`db.session_factory` binds one): a run's lock
+        # needs a connection of its own, outside any session.
+        self.engine: AsyncEngine = sessions.kw["bind"]
+
+    async def ping(self) -> None:
+        """Raise PostgreSQL's error unless it answers now."""
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    def run_lock(self, run_id: uuid.UUID) -> RunLock:
+        """The run's lock (not taken yet): one executor per run, see `locks`."""
+        return RunLock(self.engine, run_id)
 
     # agents ---------------------------------------------------------------------------------
 
@@ -417,3 +430,27 @@ class Store:
             await s.execute(
                 update(RunRow).where(RunRow.id == run_id).values(queue=queue, queued_time=now())
             )
+
+    # runs: the gauges of /metrics -----------------------------------------------------------
+
+    async def unfinished_counts(self) -> tuple[list[tuple[str, str, int]], float]:
+        """(status, workflow or 'agent', count) of QUEUED/RUNNING/PAUSED runs, and the age in
+        seconds of the oldest QUEUED run (0 when none is)."""
+        async with self.engine.connect() as conn:
+            counts = (
+                await conn.execute(
+                    text(
+                        "SELECT status, coalesce(workflow, 'agent'), count(*) FROM runs "
+                        "WHERE status IN ('QUEUED', 'RUNNING', 'PAUSED') GROUP BY 1, 2"
+                    )
+                )
+            ).all()
+            oldest = (
+                await conn.execute(
+                    text(
+                        "SELECT extract(epoch FROM now() - min(create_time)) FROM runs "
+                        "WHERE status = 'QUEUED'"
+                    )
+                )
+            ).scalar()
+        return [(str(s), str(w), int(c)) for s, w, c in counts], float(oldest or 0.0)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import socket
 import uuid
 from dataclasses import dataclass
@@ -40,16 +41,17 @@ from typing import Any
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from amelia_agents import queue, workflows
+from amelia_agents import queue
 from amelia_agents.executor import Attempt, Executor, HandoverError
 from amelia_agents.lifecycle import RunEvents
 from amelia_agents.locks import LockLostError, RunLock
 from amelia_agents.models import TERMINAL_STATES, RunRow, RunState
 from amelia_agents.outages import infrastructure_outage
+from amelia_agents.resources import SOURCE, Resources, open_resources
 from amelia_agents.store import Store
+from amelia_agents.sweeper import Sweeper
 from amelia_common import metrics, telemetry
 from amelia_common.eventlog import EventLog
 from amelia_common.logging import configure_logging, get_logger
@@ -80,7 +82,6 @@ class WorkerDeps:
     settings: Settings
     nc: NATS
     js: JetStreamContext
-    engine: AsyncEngine
     store: Store
     events: RunEvents
     executor: Executor
@@ -127,8 +128,7 @@ class WorkerPool:
         reason = "" if ok else "a worker loop is failing or NATS is unreachable"
         if ok:
             try:
-                async with self.deps.engine.connect() as conn:
-                    await conn.execute(text("SELECT 1"))
+                await self.deps.store.ping()
             except Exception as exc:  # noqa: BLE001 - PostgreSQL unreachable
                 ok, reason = False, f"PostgreSQL: {exc or type(exc).__name__}"
         if ok != self._could_work:
@@ -222,7 +222,7 @@ class WorkerPool:
             await msg.term()
             return
         attempt = Attempt()
-        lock = RunLock(self.deps.engine, run_id)
+        lock = self.deps.store.run_lock(run_id)
         sub = None
         try:
             sub = await self.deps.nc.subscribe(
@@ -380,29 +380,19 @@ async def sample_run_metrics(deps: WorkerDeps) -> None:
     info = await deps.js.consumer_info(deps.settings.RUNS_QUEUE_STREAM, queue.CONSUMER)
     metrics.RUN_QUEUE_DEPTH.set(info.num_pending or 0)
     metrics.RUN_QUEUE_IN_FLIGHT.set(info.num_ack_pending or 0)
-    async with deps.engine.connect() as conn:
-        counts = (
-            await conn.execute(
-                text(
-                    "SELECT status, coalesce(workflow, 'agent'), count(*) FROM runs "
-                    "WHERE status IN ('QUEUED', 'RUNNING', 'PAUSED') GROUP BY 1, 2"
-                )
-            )
-        ).all()
-        oldest = (
-            await conn.execute(
-                text(
-                    "SELECT extract(epoch FROM now() - min(create_time)) FROM runs "
-                    "WHERE status = 'QUEUED'"
-                )
-            )
-        ).scalar()
+    counts, oldest = await deps.store.unfinished_counts()
     metrics.RUNS.clear()
     for state in (RunState.QUEUED, RunState.RUNNING, RunState.PAUSED):
         metrics.RUNS.labels(state.value, "agent").set(0)
     for status, workflow, count in counts:
         metrics.RUNS.labels(status, workflow).set(count)
-    metrics.RUN_QUEUE_OLDEST_AGE.set(float(oldest or 0.0))
+    metrics.RUN_QUEUE_OLDEST_AGE.set(oldest)
+
+
+async def start_workers(res: Resources, concurrency: int, name: str | None = None) -> WorkerPool:
+    """A started pool of `concurrency` loops on the process's resources."""
+    deps = _deps(res.settings, res.nc, res.store, res.events, res.checkpointer)
+    return await _started(deps, concurrency, name)
 
 
 async def build_workers(
@@ -414,14 +404,25 @@ async def build_workers(
     concurrency: int,
     name: str | None = None,
 ) -> WorkerPool:
-    """A started pool on existing connections (the service and the standalone worker use it)."""
-    js = nc.jetstream(timeout=settings.EVENTS_PUBLISH_TIMEOUT_SECONDS)
-    eventlog = EventLog(nc, settings, source="amelia.agents")
+    """A started pool on connections a caller opened itself (the fault tests' pools, each
+    standing for a process of its own, with its own event log on `nc`). A process starts its
+    workers with `start_workers` on its `Resources`. `engine` is the store's (unused here)."""
+    eventlog = EventLog(nc, settings, source=SOURCE)
     await eventlog.ensure_stream()
-    await queue.ensure_queue(js, settings)
-    events = RunEvents(eventlog, store)
+    deps = _deps(settings, nc, store, RunEvents(eventlog, store), checkpointer)
+    await queue.ensure_queue(deps.js, settings)
+    return await _started(deps, concurrency, name)
+
+
+def _deps(
+    settings: Settings, nc: NATS, store: Store, events: RunEvents, checkpointer: Any
+) -> WorkerDeps:
+    js = nc.jetstream(timeout=settings.EVENTS_PUBLISH_TIMEOUT_SECONDS)
     executor = Executor(settings, store, events, checkpointer)
-    deps = WorkerDeps(settings, nc, js, engine, store, events, executor)
+    return WorkerDeps(settings, nc, js, store, events, executor)
+
+
+async def _started(deps: WorkerDeps, concurrency: int, name: str | None) -> WorkerPool:
     pool = WorkerPool(deps, concurrency, name)
     await pool.start()
     return pool
@@ -438,34 +439,20 @@ async def _watch_health(pool: WorkerPool, stop: asyncio.Event) -> None:
 
 async def run_standalone(settings: Settings) -> None:
     """A worker process without the gRPC API: until SIGTERM/SIGINT."""
-    import signal
-
-    from amelia_agents.checkpoints import open_checkpointer
-    from amelia_agents.server import migrate
-    from amelia_agents.sweeper import Sweeper
-    from amelia_common.db import create_engine, session_factory, wait_for_database
-    from amelia_common.nats_client import connect_nats
-
-    workflows.load_plugins(settings.AGENT_WORKFLOW_MODULES)
-    engine = create_engine(settings)
-    await wait_for_database(engine)
-    await migrate(engine)
-    nc = await connect_nats(settings, "amelia-agents-worker")
-    cp_pool, saver = await open_checkpointer(settings)
-    store = Store(session_factory(engine))
-    pool = await build_workers(settings, nc, engine, store, saver, max(settings.AGENT_WORKERS, 1))
-    sweeper = Sweeper(settings, engine, store, pool.deps.js)
-    sweeper.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await _watch_health(pool, stop)
-    await sweeper.stop()
-    await pool.stop()
-    await nc.drain()
-    await cp_pool.close()
-    await engine.dispose()
+    res = await open_resources(settings, "amelia-agents-worker")
+    try:
+        pool = await start_workers(res, max(settings.AGENT_WORKERS, 1))
+        res.on_close(pool.stop)
+        sweeper = Sweeper(settings, res.engine, res.store, res.js)
+        sweeper.start()
+        res.on_close(sweeper.stop)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await _watch_health(pool, stop)
+    finally:
+        await res.close()
 
 
 def main() -> None:
