@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from mesh_support import Mesh, own_mesh
+from mesh_helpers import Mesh, own_mesh
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ and Durations far out of range, unknown enum values. Whatever comes in, a servic
 status that says whose fault it is — never INTERNAL or UNKNOWN, never UNAVAILABLE while its
 dependencies are up, never a hang — and stays SERVING.
 
-The services run on their own PostgreSQL and NATS (`mesh_support`), so what the fuzzer stores
+The services run on their own PostgreSQL and NATS (`mesh_helpers`), so what the fuzzer stores
 never reaches other tests. Examples are derandomized (the same on every run, so the suite is
 stable); set AMELIA_FUZZ_RANDOM=1 to explore new ones, AMELIA_FUZZ_EXAMPLES to run more.
 """
@@ -27,7 +27,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescri
 from google.protobuf.message import Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from mesh_support import SERVING, Mesh
+from mesh_helpers import SERVING, Mesh
 
 from amelia.v1 import agents_pb2, events_pb2, rag_pb2
 

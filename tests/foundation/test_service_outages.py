@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from mesh_support import Mesh
+from mesh_helpers import Mesh
 
 from amelia.v1 import agents_pb2, agents_pb2_grpc, events_pb2, rag_pb2
 from amelia_agents.server import build_service as build_agents

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from gateway_support import Mesh, Publisher, RunningGateway, closed_address, start_gateway
+from gateway_helpers import Mesh, Publisher, RunningGateway, closed_address, start_gateway
 
 from amelia_common.settings import Settings
 from amelia_events.server import EventsService, build_service

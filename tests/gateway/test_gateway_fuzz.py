@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway_support import Mesh
+from gateway_helpers import Mesh
 
 CHECKS = (
     "server_errors_are_named_outages",  # fuzz_checks.py

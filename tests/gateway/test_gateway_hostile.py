@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from gateway_support import RunningGateway, new_subject
+from gateway_helpers import RunningGateway, new_subject
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route

@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
-from gateway_support import Publisher, RunningGateway, closed_address, new_subject, start_gateway
-from gateway_support import wait_for as wait_until
+from gateway_helpers import Publisher, RunningGateway, closed_address, new_subject, start_gateway
+from gateway_helpers import wait_for as wait_until
 
 from amelia_common.settings import Settings
 from amelia_events.server import EventsService

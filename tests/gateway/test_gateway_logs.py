@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 import websockets
-from gateway_support import Client, GatewayProcess, Publisher, gateway_process, new_subject
+from gateway_helpers import Client, GatewayProcess, Publisher, gateway_process, new_subject
 
 TOKEN = f"tok-{uuid.uuid4().hex}"
 SEND_QUEUE = 10

@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 import httpx
-from gateway_support import Client, Mesh
+from gateway_helpers import Client, Mesh
 
 from amelia_gateway.routes import ROUTES
 

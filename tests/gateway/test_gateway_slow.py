@@ -19,7 +19,7 @@ import httpx
 import psutil
 import pytest
 import websockets
-from gateway_support import (
+from gateway_helpers import (
     Client,
     GatewayProcess,
     Publisher,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 import httpx
-from gateway_support import Client, Publisher, RunningGateway, new_subject
+from gateway_helpers import Client, Publisher, RunningGateway, new_subject
 
 
 async def test_publish_and_get_over_http(http: httpx.AsyncClient) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import websockets
-from gateway_support import (
+from gateway_helpers import (
     Client,
     Publisher,
     RunningGateway,

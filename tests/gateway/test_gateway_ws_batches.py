@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from gateway_support import Client, Publisher, RunningGateway, new_subject
+from gateway_helpers import Client, Publisher, RunningGateway, new_subject
 
 from amelia.v1 import events_pb2
 

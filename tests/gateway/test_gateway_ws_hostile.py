@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from gateway_support import Client, Publisher, RunningGateway, new_subject
+from gateway_helpers import Client, Publisher, RunningGateway, new_subject
 
 DEPTH = 100_000
 

@@ -14,7 +14,7 @@ import grpc
 import pytest
 from local_model import local_model
 from rag_endpoint import EmbeddingServer
-from rag_support import INLINE_LIMIT, UPLOAD_LIMIT, CountingModel, Rag
+from rag_helpers import INLINE_LIMIT, UPLOAD_LIMIT, CountingModel, Rag
 
 from amelia.v1 import rag_pb2_grpc
 from amelia_common.db import create_engine, session_factory

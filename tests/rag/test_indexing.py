@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from rag_support import Rag
+from rag_helpers import Rag
 from sqlalchemy import text
 
 from amelia.v1 import rag_pb2

@@ -6,7 +6,7 @@ import uuid
 
 import grpc
 import pytest
-from rag_support import Rag
+from rag_helpers import Rag
 
 from amelia.v1 import rag_pb2
 

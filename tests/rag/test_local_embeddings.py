@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
-from rag_support import CountingModel
+from rag_helpers import CountingModel
 
 from amelia_rag.embeddings import LocalEmbedder
 

@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 import pytest
 from rag_endpoint import EmbeddingServer, bag_of_words, openai_settings
-from rag_support import Rag
+from rag_helpers import Rag
 
 from amelia.v1 import rag_pb2, rag_pb2_grpc
 from amelia_common.db import create_engine, session_factory

@@ -15,8 +15,8 @@ import grpc
 import numpy as np
 import pytest
 from google.protobuf import struct_pb2
+from rag_helpers import INLINE_LIMIT, UPLOAD_LIMIT, Rag
 from rag_pdf import make_pdf
-from rag_support import INLINE_LIMIT, UPLOAD_LIMIT, Rag
 from sqlalchemy import text
 
 from amelia.v1 import rag_pb2

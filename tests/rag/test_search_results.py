@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from rag_support import Rag
+from rag_helpers import Rag
 
 from amelia.v1 import rag_pb2
 from amelia_rag.search import Hit, distinct

@@ -1,4 +1,4 @@
-"""Fixtures for the TUI tests: one real mesh for them all (see tui_mesh)."""
+"""Fixtures for the TUI tests: one real mesh for them all (see tui_helpers)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 import pytest_textual_snapshot
-from tui_mesh import TOKEN, TuiMesh, new_gateway
+from tui_helpers import TOKEN, TuiMesh, new_gateway
 
 # pytest-textual-snapshot 1.0 names its file extension the syrupy 4 way (`_file_extension`);
 # syrupy 7 reads `file_extension`. The frames are SVG images: store them as .svg.

@@ -11,7 +11,7 @@ import sys
 import uuid
 from pathlib import Path
 
-from tui_mesh import DEADLINE, TOKEN, TuiMesh, wait_until
+from tui_helpers import DEADLINE, TOKEN, TuiMesh, wait_until
 
 from amelia.v1 import events_pb2, events_pb2_grpc
 from amelia_common.grpc_client import aio_channel

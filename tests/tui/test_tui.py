@@ -12,7 +12,7 @@ from typing import Any
 
 from rich.console import Console
 from textual.widgets import DataTable, Input, Static
-from tui_mesh import TuiMesh, on_screen, paste, running_tui, type_text, wait_until
+from tui_helpers import TuiMesh, on_screen, paste, running_tui, type_text, wait_until
 
 from amelia_cli.tui.app import HelpScreen
 from amelia_cli.tui.common import ConfirmScreen

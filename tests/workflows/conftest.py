@@ -17,7 +17,7 @@ import pytest
 from agents_fake_llm import FakeAnthropic, fake_anthropic, fake_openai
 from agents_helpers import WorkerProcess, serve_agents
 from local_model import local_model
-from workflows_support import CLAUDE_CODE_TIMEOUT, STAND_IN, CodeEnv
+from workflows_helpers import CLAUDE_CODE_TIMEOUT, STAND_IN, CodeEnv
 
 from amelia.v1 import agents_pb2_grpc, rag_pb2_grpc
 from amelia_agents.server import build_service as build_agents

@@ -27,7 +27,7 @@ from agents_helpers import (
     wait_status,
 )
 from google.protobuf import json_format
-from workflows_support import CLAUDE_CODE_TIMEOUT, CodeEnv, git, make_repository
+from workflows_helpers import CLAUDE_CODE_TIMEOUT, CodeEnv, git, make_repository
 
 from amelia.v1 import agents_pb2_grpc
 

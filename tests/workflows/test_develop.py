@@ -35,7 +35,7 @@ from google.protobuf import json_format, struct_pb2
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
-from workflows_support import CodeEnv, git, make_repository
+from workflows_helpers import CodeEnv, git, make_repository
 
 from amelia.v1 import agents_pb2_grpc, events_pb2, events_pb2_grpc, git_pb2, git_pb2_grpc
 from amelia_common.eventlog import event_data
