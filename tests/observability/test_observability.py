@@ -1,12 +1,22 @@
-"""Traces and metrics of a real mesh (`amelia up`: events, agents, rag and gateway processes)
-exporting to a local OTLP/HTTP receiver: one connected trace for a chat run with RAG through
-the gateway, and `/metrics` of every service parsed with prometheus-client's parser."""
+"""Traces and metrics of a real mesh exporting to a local OTLP/HTTP receiver: one connected
+trace for a chat run with RAG through the gateway, and `/metrics` of every service parsed with
+prometheus-client's parser.
+
+The mesh is `amelia up` (events, agents, rag and gateway processes) with no worker loops in the
+agents service, and one standalone worker process (`python -m amelia_agents.worker`, the
+scaled-out deployment): a run's trace crosses four processes — gateway, agents (CreateRun),
+the worker (the job off the JetStream queue, the graph's nodes, the model call, the events
+published) and rag (the search)."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import os
 import re
+import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +36,12 @@ from amelia_common.embedded import free_port
 
 pytestmark = pytest.mark.slow
 
-METRICS_PORTS = ("EVENTS_METRICS_PORT", "AGENTS_METRICS_PORT", "RAG_METRICS_PORT")
+METRICS_PORTS = (
+    "EVENTS_METRICS_PORT",
+    "AGENTS_METRICS_PORT",
+    "RAG_METRICS_PORT",
+    "WORKER_METRICS_PORT",
+)
 DOCUMENT = "# Lighthouse\n\nThe Lookout Point lighthouse keeper winds the fog horn every July.\n"
 T = TypeVar("T")
 
@@ -59,10 +74,54 @@ def mesh(
         "OTEL_BSP_SCHEDULE_DELAY": "200",
         "LOCAL_MODEL": "off",
         "DEFAULT_MODEL": "offline:echo",
+        "AGENT_WORKERS": "0",  # runs are executed by the standalone worker below
     }
     proc = start(env)
-    yield env
-    stop(proc, env)
+    try:
+        with standalone_worker(env) as log_path:
+            env["WORKER_LOG"] = str(log_path)
+            yield env
+    finally:
+        stop(proc, env)
+
+
+@contextlib.contextmanager
+def standalone_worker(env: dict[str, str]) -> Iterator[Path]:
+    """`python -m amelia_agents.worker` (one loop) on the mesh's PostgreSQL and NATS, until its
+    /metrics says it can work; SIGTERM and waited for at the end. Yields its log's path."""
+    state = mesh_state(env)
+    worker_env = env | {
+        "DATABASE_URL": state["database_url"],
+        "NATS_URL": state["nats_url"],
+        "AGENT_WORKERS": "1",
+    }
+    log_path = Path(env["AMELIA_DATA_DIR"]).parent / "worker.log"
+    with log_path.open("wb") as log_file:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "amelia_agents.worker"],
+            env=worker_env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{env['WORKER_METRICS_PORT']}/metrics"
+
+    def ready() -> bool:
+        assert worker.poll() is None, log_path.read_text()[-3000:]
+        try:
+            return value(scrape(url), "amelia_workers_can_work") == 1
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for("the standalone worker", ready, 180)
+        yield log_path
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.kill(worker.pid, signal.SIGKILL)
+            worker.wait()
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +144,7 @@ def metrics_urls(env: dict[str, str]) -> dict[str, str]:
     urls = {
         name.split("_")[0].lower(): f"http://127.0.0.1:{env[name]}/metrics"
         for name in METRICS_PORTS
-    }
+    }  # events, agents, rag, worker
     urls["gateway"] = f"http://127.0.0.1:{env['PORT']}/metrics"
     return urls
 
@@ -147,8 +206,8 @@ def test_metrics_of_every_service_move_as_a_run_executes(
 
     def after_run() -> dict[str, Any] | None:
         now = {service: scrape(url) for service, url in urls.items()}
-        moved = value(now["agents"], "amelia_run_pickups_total", workflow="chat") > value(
-            before["agents"], "amelia_run_pickups_total", workflow="chat"
+        moved = value(now["worker"], "amelia_run_pickups_total", workflow="chat") > value(
+            before["worker"], "amelia_run_pickups_total", workflow="chat"
         )
         return now if moved else None
 
@@ -157,14 +216,16 @@ def test_metrics_of_every_service_move_as_a_run_executes(
     assert value(after["agents"], "amelia_rpc_duration_seconds_count", **create_run) > value(
         before["agents"], "amelia_rpc_duration_seconds_count", **create_run
     )
-    assert value(after["agents"], "amelia_run_pickups_total", outcome="COMPLETED") >= 1
-    assert value(after["agents"], "amelia_llm_requests_total", provider="offline") >= 1
-    assert value(after["agents"], "amelia_llm_tokens_total", provider="offline") > 0
-    assert value(after["agents"], "amelia_events_published_total") > value(
-        before["agents"], "amelia_events_published_total"
+    # the standalone worker ran it: its pick-up, model call and events are counted there
+    worker = after["worker"]
+    assert value(worker, "amelia_run_pickups_total", outcome="COMPLETED") >= 1
+    assert value(worker, "amelia_llm_requests_total", provider="offline") >= 1
+    assert value(worker, "amelia_llm_tokens_total", provider="offline") > 0
+    assert value(worker, "amelia_events_published_total") > value(
+        before["worker"], "amelia_events_published_total"
     )
-    assert value(after["agents"], "amelia_worker_loops", state="idle") == 1  # AGENT_WORKERS=1
-    assert value(after["agents"], "amelia_workers_can_work") == 1
+    assert value(worker, "amelia_worker_loops", state="idle") == 1  # AGENT_WORKERS=1
+    assert value(worker, "amelia_workers_can_work") == 1
     search = {"method": "/amelia.v1.RagService/Search", "code": "OK"}
     assert value(after["rag"], "amelia_rpc_duration_seconds_count", **search) >= 1
     assert value(after["rag"], "amelia_embedding_chunks_total") >= 2  # the document, a query
@@ -176,10 +237,10 @@ def test_metrics_of_every_service_move_as_a_run_executes(
     # The run queue's gauges are sampled every few seconds: present, and empty once it ran.
     wait_for(
         "the run queue gauges",
-        lambda: ("amelia_run_queue_depth", ()) in scrape(urls["agents"]),
+        lambda: ("amelia_run_queue_depth", ()) in scrape(urls["worker"]),
         30,
     )
-    assert value(scrape(urls["agents"]), "amelia_run_queue_oldest_age_seconds") == 0
+    assert value(scrape(urls["worker"]), "amelia_run_queue_oldest_age_seconds") == 0
 
 
 def children(spans: list[ReceivedSpan], parent: ReceivedSpan) -> list[ReceivedSpan]:
@@ -212,7 +273,14 @@ def test_a_chat_run_with_rag_is_one_trace_across_the_processes(
     assert len(trace_ids) == 1 and None not in trace_ids, trace_ids  # every event carries it
     (trace_id,) = trace_ids
 
-    expected = ("node retrieve", "node respond", "chat offline:echo", "embed query")
+    expected = (
+        "node retrieve",
+        "node respond",
+        "chat offline:echo",
+        "embed query",
+        "publish events",
+        "publish run.completed",
+    )
 
     def whole_trace() -> list[ReceivedSpan] | None:
         spans = receiver.trace(trace_id)
@@ -227,13 +295,24 @@ def test_a_chat_run_with_rag_is_one_trace_across_the_processes(
     create_client = descendant(
         spans, http_span, name="/amelia.v1.AgentService/CreateRun", kind="CLIENT"
     )
-    # agents: CreateRun, the job through the JetStream queue, the worker, the graph's nodes
+    # agents: CreateRun queues the job on JetStream (traceparent in its NATS headers)
     create_server = one(children(spans, create_client), kind="SERVER")
     assert create_server.service == "amelia-agents"
+    # the standalone worker: the job, the graph's nodes, the events it publishes
     job = one(children(spans, create_server), kind="CONSUMER")
+    assert job.service == "amelia-agents-worker"
     assert job.attributes["amelia.run"] == run["name"].removeprefix("runs/")
     retrieve = one(children(spans, job), name="node retrieve")
     respond = one(children(spans, job), name="node respond")
+    assert {retrieve.service, respond.service} == {"amelia-agents-worker"}
+    # the pick-up's events (start, nodes, tokens) under one span; the run's end acknowledged
+    streamed = one(children(spans, job), name="publish events", kind="PRODUCER")
+    assert streamed.attributes["messaging.system"] == "nats"
+    assert streamed.attributes["messaging.batch.message_count"] >= 3
+    ended = one(children(spans, job), name="publish run.completed", kind="PRODUCER")
+    assert ended.attributes["messaging.message.id"] == f"{job.attributes['amelia.run']}:end"
+    completed = [e for e in events if e["type"] == "run.completed"]
+    assert int(ended.attributes["amelia.event.sequence"]) == int(completed[0]["sequence"])
     # rag: the search the retrieve node makes, and the query's embedding
     search_client = one(children(spans, retrieve), kind="CLIENT")
     assert search_client.name == "/amelia.v1.RagService/Search"
@@ -247,13 +326,18 @@ def test_a_chat_run_with_rag_is_one_trace_across_the_processes(
     assert llm.attributes["gen_ai.request.model"] == "offline:echo"
     assert llm.attributes["gen_ai.usage.output_tokens"] > 0
     assert "gen_ai.response.time_to_first_chunk" in llm.attributes
-    assert {s.service for s in spans} == {"amelia-gateway", "amelia-agents", "amelia-rag"}
+    assert {s.service for s in spans} == {
+        "amelia-gateway",
+        "amelia-agents",
+        "amelia-agents-worker",
+        "amelia-rag",
+    }
 
     # logs written inside the trace carry its ids
-    agents_log = Path(mesh_state(mesh)["units"]["agents"]["log"]).read_text()
+    worker_log = Path(mesh["WORKER_LOG"]).read_text()
     picked = [
         json.loads(line)
-        for line in agents_log.splitlines()
+        for line in worker_log.splitlines()
         if '"run picked up"' in line and run["name"].removeprefix("runs/") in line
     ]
     assert picked and picked[-1]["trace_id"] == trace_id, picked
