@@ -23,7 +23,7 @@ from agents_helpers import (
     serve_agents,
     wait_status,
 )
-from faults_support import (
+from faults_helpers import (
     all_jobs_delivered,
     burst,
     jobs_per_run,

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from events_support import Janitor, RunningEvents, start_events, stop_events
+from events_helpers import Janitor, RunningEvents, start_events, stop_events
 
 from amelia_common.settings import Settings
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from events_support import RunningEvents, event, list_all, publish
+from events_helpers import RunningEvents, event, list_all, publish
 
 from amelia.v1 import events_pb2
 from amelia_common.embedded import EmbeddedNats, free_port

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from events_support import RunningEvents, collect, list_all, publish
+from events_helpers import RunningEvents, collect, list_all, publish
 
 from amelia.v1 import events_pb2
 

@@ -15,7 +15,7 @@ import grpc
 import pytest
 from agents_helpers import collect as collect_run
 from agents_helpers import create_run, serve_agents, wait_status
-from events_support import RunningEvents, collect, event, list_all, publish, wait_until
+from events_helpers import RunningEvents, collect, event, list_all, publish, wait_until
 from google.protobuf import json_format
 
 from amelia.v1 import agents_pb2, events_pb2

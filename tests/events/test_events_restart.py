@@ -13,7 +13,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from events_support import (
+from events_helpers import (
     Janitor,
     Outcomes,
     collect,

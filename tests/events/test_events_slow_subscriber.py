@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from events_support import Janitor, RunningEvents, consumers_matching, wait_until
+from events_helpers import Janitor, RunningEvents, consumers_matching, wait_until
 
 from amelia.v1 import events_pb2
 from amelia_common.eventlog import EventReader

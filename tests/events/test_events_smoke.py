@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from events_support import RunningEvents
+from events_helpers import RunningEvents
 
 from amelia.v1 import events_pb2
 

@@ -7,7 +7,7 @@ import uuid
 
 import grpc
 import pytest
-from events_support import (
+from events_helpers import (
     Janitor,
     RunningEvents,
     collect,

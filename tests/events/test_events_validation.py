@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from events_support import RunningEvents, collect, event, publish
+from events_helpers import RunningEvents, collect, event, publish
 
 from amelia.v1 import events_pb2
 

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from faults_support import last_sequence, terminal_events, wait_all_finished
-from scale_support import (
+from faults_helpers import last_sequence, terminal_events, wait_all_finished
+from scale_helpers import (
     EmbeddingEndpoint,
     Replica,
     WebSocketClient,

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from scale_support import Replica, addresses, replicas
+from scale_helpers import Replica, addresses, replicas
 
 from amelia.v1 import events_pb2, events_pb2_grpc
 from amelia_common.grpc_client import aio_channel, channel_target
