@@ -8,6 +8,7 @@ import asyncio
 import os
 import socket
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -225,9 +226,109 @@ async def test_list_runs_filter_and_order(agents) -> None:
         error = await rpc_error(agents.ListRuns(S.ListRunsRequest(filter=bad)))
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, bad
         assert says in (error.details() or ""), (bad, error.details())
-    error = await rpc_error(agents.ListRuns(S.ListRunsRequest(order_by="duration")))
+    error = await rpc_error(agents.ListRuns(S.ListRunsRequest(order_by="speed")))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "create_time desc" in (error.details() or "")
+
+
+async def _all_pages(agents: Any, filter: str, order_by: str) -> list[str]:
+    """Every run, one per page, following the tokens."""
+    names: list[str] = []
+    token = ""
+    while True:
+        page = await agents.ListRuns(
+            S.ListRunsRequest(filter=filter, order_by=order_by, page_size=1, page_token=token)
+        )
+        names += [r.name for r in page.runs]
+        token = page.next_page_token
+        if not token:
+            return names
+
+
+async def test_list_runs_by_duration_and_tokens_and_by_input_keys(agents, tmp_path) -> None:
+    tag = f"tag{uuid.uuid4().hex[:8]}"
+    (tmp_path / "go").touch()
+    steps = {"record": str(tmp_path / "record"), "tag": tag}
+    quick = await create_run(
+        agents, workflow="workflows/test-steps", input={**steps, "release": str(tmp_path / "go")}
+    )
+    quick = await wait_status(agents, quick.name, S.RUN_STATUS_COMPLETED)
+    # The slow run is released only once it has run longer than the quick one took.
+    slow = await create_run(
+        agents,
+        workflow="workflows/test-steps",
+        input={**steps, "release": str(tmp_path / "later"), "n": 3},
+    )
+    slow = await wait_status(agents, slow.name, S.RUN_STATUS_RUNNING)
+    took = quick.duration.ToTimedelta().total_seconds()
+    while (await agents.GetRunQueue(S.GetRunQueueRequest())).read_time.ToDatetime() <= (  # noqa: ASYNC110
+        slow.start_time.ToDatetime() + timedelta(seconds=took + 0.2)
+    ):
+        await asyncio.sleep(0.1)
+    (tmp_path / "later").touch()
+    slow = await wait_status(agents, slow.name, S.RUN_STATUS_COMPLETED)
+    paused = await create_run(
+        agents, workflow="workflows/test-ask", input={"question": "?", "tag": tag, "n": "many"}
+    )
+    await wait_status(agents, paused.name, S.RUN_STATUS_PAUSED)
+    assert slow.duration.ToTimedelta() > quick.duration.ToTimedelta()
+
+    mine = f'input.tag = "{tag}"'
+    # Unfinished runs (no duration) come last either way; pages follow the same order.
+    assert await _names(agents, mine, order_by="duration desc") == [
+        slow.name,
+        quick.name,
+        paused.name,
+    ]
+    assert await _all_pages(agents, mine, "duration") == [quick.name, slow.name, paused.name]
+    assert await _all_pages(agents, mine, "duration desc") == [
+        slow.name,
+        quick.name,
+        paused.name,
+    ]
+    # Tokens: echo's usage grows with its message.
+    echoes = []
+    for words in (3, 1, 6):
+        run = await create_run(
+            agents, workflow="workflows/echo", input={"message": " ".join([tag] * words)}
+        )
+        echoes.append(await wait_status(agents, run.name, S.RUN_STATUS_COMPLETED))
+    three, one, six = (r.name for r in echoes)
+    totals = [r.usage.input_tokens + r.usage.output_tokens for r in echoes]
+    assert totals[1] < totals[0] < totals[2], totals
+    echoed = f"input.message : {tag}"
+    assert await _all_pages(agents, echoed, "usage.total_tokens desc") == [six, three, one]
+    assert await _all_pages(agents, echoed, "usage.total_tokens") == [one, three, six]
+
+    # input.<key>: text equality, contains, numbers (a value that is not one never matches).
+    assert await _names(agents, f"{mine} input.n > 2") == [slow.name]
+    assert await _names(agents, f"{mine} input.n = 3") == [slow.name]
+    assert await _names(agents, f'{mine} input.n : "MAN"') == [paused.name]
+    assert await _names(agents, f"{mine} input.n != 3") == [paused.name, quick.name]
+    assert await _names(agents, f"{mine} output.result : answer") == []
+    assert await _names(agents, f'input.tag = "{tag}x"') == []
+
+    for bad, says in (
+        ("input. = 1", "is not input.<key>"),
+        ("input.a;b = 1", "is not input.<key>"),
+        ("input.n > many", "not a number"),
+        ("input.n > NaN", "not a number"),
+        ("colour = red", "input.<key>"),
+    ):
+        error = await rpc_error(agents.ListRuns(S.ListRunsRequest(filter=bad)))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, bad
+        assert says in (error.details() or ""), (bad, error.details())
+    # A page token of one order is refused by another.
+    first = await agents.ListRuns(S.ListRunsRequest(filter=mine, page_size=1))
+    error = await rpc_error(
+        agents.ListRuns(
+            S.ListRunsRequest(
+                filter=mine, order_by="duration", page_size=1, page_token=first.next_page_token
+            )
+        )
+    )
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    await agents.CancelRun(S.CancelRunRequest(name=paused.name))
 
 
 async def test_threads_list_their_run_count_and_first_message(agents) -> None:

@@ -4,6 +4,7 @@ The grammar is AIP-160's: `a b` and `a AND b` both mean AND; OR binds tighter th
 (`a AND b OR c` is `a AND (b OR c)`); `NOT x` and `-x` negate; parentheses group. A restriction
 is `field op value` with op one of `= != < <= > >= :`; a bare word or quoted string is a text
 search (any case) in the run's input, output and error. Values are words or quoted strings.
+`input.<key>` and `output.<key>` reach into the run's JSON (`json_restriction`).
 
 Everything is checked before a query is built: an unknown field, an operator a field does not
 take, or a value of the wrong kind is an InvalidArgumentError naming it and where it is.
@@ -16,9 +17,10 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Text, and_, cast, not_, or_
+from sqlalchemy import Numeric, Text, and_, case, cast, false, func, not_, or_
 from sqlalchemy.sql.elements import ColumnElement
 
 from amelia_agents.models import RunRow, RunState
@@ -239,10 +241,13 @@ class _Parser:
         return self.restriction(token, op, value.value)
 
     def restriction(self, name: Token, op: str, raw: str) -> ColumnElement[bool]:
+        if name.kind == "word" and name.value.split(".", 1)[0] in JSON_FIELDS and "." in name.value:
+            return json_restriction(name, op, raw)
         field = FIELDS.get(name.value)
         if field is None or name.kind != "word":
             raise InvalidArgumentError(
-                f"filter: unknown field {name.value!r} at {name.at}; fields: {', '.join(FIELDS)}"
+                f"filter: unknown field {name.value!r} at {name.at}; fields: {', '.join(FIELDS)}, "
+                "input.<key>, output.<key>"
             )
         if op not in field.operators:
             raise InvalidArgumentError(
@@ -251,6 +256,56 @@ class _Parser:
         if field.text and op == ":":
             return field.column.ilike(_like(raw))
         return _compare(field.column, op, field.parse(raw))
+
+
+JSON_FIELDS = {"input": RunRow.input, "output": RunRow.output}
+_JSON_KEY = re.compile(r"[A-Za-z0-9_-]{1,100}")
+MAX_JSON_PATH = 8
+
+
+def json_restriction(name: Token, op: str, raw: str) -> ColumnElement[bool]:
+    """`input.<key>` or `output.<key>` (dots go deeper: `input.options.mode`): `=` and `!=`
+    compare as numbers or as text (`input.count = 3` matches 3, 3.0 and "3"; a missing key is
+    not equal), `:` is contains (any case), `< <= > >=` compare numbers and hold only for values
+    that are numbers."""
+    field, *path = name.value.split(".")
+    if not path or len(path) > MAX_JSON_PATH or not all(_JSON_KEY.fullmatch(k) for k in path):
+        raise InvalidArgumentError(
+            f"filter: {name.value!r} at {name.at} is not {field}.<key>: keys of letters, digits, "
+            f"'_' or '-', at most {MAX_JSON_PATH} deep"
+        )
+    column = JSON_FIELDS[field]
+    as_text = func.jsonb_extract_path_text(column, *path)
+    if op == ":":
+        return as_text.ilike(_like(raw))
+    value = func.jsonb_extract_path(column, *path)
+    # CASE: a value that is not a number is never cast (PostgreSQL evaluates AND in any order).
+    numeric = case((func.jsonb_typeof(value) == "number", cast(as_text, Numeric)))
+    if op in _EQUALITY:
+        # JSON numbers from a Struct are doubles (3 is stored 3.0): equal as numbers, or as text.
+        equal = as_text == raw
+        if _is_number(raw):
+            equal = or_(equal, numeric == _number(raw))
+        matched = func.coalesce(equal, false())
+        return matched if op == "=" else not_(matched)
+    return _compare(numeric, op, _number(raw))
+
+
+def _is_number(value: str) -> bool:
+    try:
+        return Decimal(value).is_finite()
+    except ArithmeticError:
+        return False
+
+
+def _number(value: str) -> Decimal:
+    try:
+        number = Decimal(value)
+    except ArithmeticError:
+        raise InvalidArgumentError(f"filter: {value!r} is not a number") from None
+    if not number.is_finite():
+        raise InvalidArgumentError(f"filter: {value!r} is not a number")
+    return number
 
 
 def compile_filter(source: str) -> ColumnElement[bool] | None:

@@ -1,12 +1,22 @@
 """Keyset pages of the agents' List RPCs: `(create_time, id)` of the last row in the shared,
-opaque page token (`amelia_common.paging`)."""
+opaque page token (`amelia_common.paging`) — or, for runs listed by duration or tokens, that key's
+value and the id. ListRuns' query (its fields, filter, order and page) is here too."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, TypeVar
 
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.sql.elements import ColumnElement
+
+from amelia_agents.models import RunRow
+from amelia_agents.store import RunFilter
 from amelia_common import paging
 from amelia_common.errors import InvalidArgumentError
 
@@ -43,3 +53,111 @@ def offset_of(token: str) -> int:
     if not value.isdigit():
         raise InvalidArgumentError(paging.BAD_TOKEN)
     return int(value)
+
+
+# -- ListRuns: its orders and their keyset pages ------------------------------------------------
+
+# Unfinished runs have no duration: they come last in either direction.
+_NO_DURATION_LAST = {True: Decimal(-1), False: Decimal("1e18")}
+
+
+@dataclass(frozen=True)
+class RunOrder:
+    """One of `RUN_ORDERS`: the key runs are sorted by (then their id), and which way."""
+
+    key: str
+    descending: bool
+
+    def column(self) -> ColumnElement[Any]:
+        if self.key == "duration":
+            seconds = func.extract("epoch", RunRow.end_time - RunRow.start_time)
+            return func.coalesce(seconds, _NO_DURATION_LAST[self.descending])
+        if self.key == "usage.total_tokens":
+            return RunRow.input_tokens + RunRow.output_tokens
+        return RunRow.create_time
+
+    def after(self, token: tuple[datetime, str]) -> ColumnElement[bool]:
+        """The rows after the page whose last row's keyset the token holds."""
+        value, last = self._decode(token)
+        column = self.column()
+        if self.descending:
+            return or_(column < value, and_(column == value, RunRow.id < last))
+        return or_(column > value, and_(column == value, RunRow.id > last))
+
+    def token(self, row: RunRow, value: Any) -> str:
+        if self.key == "create_time":
+            return encode(row.create_time, str(row.id))
+        # The key and its exact value ride in the token's id part (the time is unused).
+        return encode(_EPOCH, f"{self.key}|{value}|{row.id}")
+
+    def _decode(self, token: tuple[datetime, str]) -> tuple[Any, uuid.UUID]:
+        when, rest = token
+        try:
+            if self.key == "create_time":
+                return when, uuid.UUID(rest)
+            key, value, last = rest.split("|")
+            if key != self.key:
+                raise ValueError(key)
+            number = int(value) if self.key == "usage.total_tokens" else Decimal(value)
+            return number, uuid.UUID(last)
+        except (ValueError, ArithmeticError):
+            raise InvalidArgumentError(paging.BAD_TOKEN) from None
+
+
+_EPOCH = datetime.fromtimestamp(0).astimezone()
+RUN_ORDERS = {
+    f"{key}{suffix}": RunOrder(key, suffix == " desc")
+    for key in ("create_time", "duration", "usage.total_tokens")
+    for suffix in (" desc", "")
+}
+
+
+def run_order(order_by: str) -> RunOrder:
+    """ListRuns' `order_by` (default: newest first); InvalidArgumentError naming the choices."""
+    found = RUN_ORDERS.get(" ".join(order_by.split()) or "create_time desc")
+    if found is None:
+        raise InvalidArgumentError(f"order_by must be one of: {', '.join(RUN_ORDERS)}")
+    return found
+
+
+async def list_runs(
+    sessions: async_sessionmaker[AsyncSession],
+    limit: int,
+    after: tuple[datetime, str] | None,
+    flt: RunFilter,
+    order: RunOrder,
+) -> tuple[list[RunRow], str]:
+    """One page of the runs `flt` keeps, in `order`, and the next page's token."""
+    column = order.column()
+    query = select(RunRow, column.label("sort_key")).where(*run_conditions(flt))
+    if after is not None:
+        query = query.where(order.after(after))
+    if order.descending:
+        query = query.order_by(column.desc(), RunRow.id.desc())
+    else:
+        query = query.order_by(column, RunRow.id)
+    async with sessions() as s:
+        found = (await s.execute(query.limit(limit + 1))).all()
+    rows = [row for row, _ in found[:limit]]
+    if len(found) <= limit:
+        return rows, ""
+    last, value = found[limit - 1]
+    return rows, order.token(last, value)
+
+
+def run_conditions(flt: RunFilter) -> list[ColumnElement[bool]]:
+    """ListRuns' fields and its compiled `filter`, as conditions all of which hold."""
+    conditions = [] if flt.condition is None else [flt.condition]
+    if flt.statuses:
+        conditions.append(RunRow.status.in_(list(flt.statuses)))
+    if flt.agent_id:
+        conditions.append(RunRow.agent_id == flt.agent_id)
+    if flt.workflow:
+        conditions.append(RunRow.workflow == flt.workflow)
+    if flt.thread_id:
+        conditions.append(RunRow.thread_id == flt.thread_id)
+    if flt.created_after:
+        conditions.append(RunRow.create_time >= flt.created_after)
+    if flt.created_before:
+        conditions.append(RunRow.create_time < flt.created_before)
+    return conditions

@@ -48,7 +48,6 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
 CANCEL_CONFIRM_SECONDS = 3.0
-RUN_ORDERS = ("create_time desc", "create_time")
 STEPS_PAGE_DEFAULT = 100
 STEPS_PAGE_MAX = 1000
 
@@ -377,11 +376,8 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
                     raise InvalidArgumentError(problem)
                 setattr(flt, name, stamp.ToDatetime(tzinfo=UTC))
         flt.condition = filtering.compile_filter(request.filter)
-        order_by = " ".join(request.order_by.split()) or "create_time desc"
-        if order_by not in RUN_ORDERS:
-            raise InvalidArgumentError(f"order_by must be one of: {', '.join(RUN_ORDERS)}")
-        flt.oldest_first = order_by == "create_time"
-        rows, token = pagination.page(await self.store.list_runs(limit + 1, after, flt), limit)
+        order = pagination.run_order(request.order_by)
+        rows, token = await pagination.list_runs(self.store.sessions, limit, after, flt, order)
         return agents_pb2.ListRunsResponse(
             runs=[convert.run_to_proto(r) for r in rows], next_page_token=token
         )

@@ -1069,11 +1069,16 @@ class ListRunsRequest(_message.Message):
     `(status = COMPLETED OR status = CANCELLED) AND NOT error:"timeout"` or `zebras` (a bare
     word: text in the run's input, output or error, any case). Fields: `status`, `workflow`,
     `agent`, `thread`, `create_time`, `start_time`, `end_time`, `usage.input_tokens`,
-    `usage.output_tokens`, `attempt`, `error`, `input`, `output`. Operators: `=`, `!=`, `<`,
-    `<=`, `>`, `>=`, `:` (contains, any case, for text), `AND`, `OR`, `NOT`, `-`, parentheses.
+    `usage.output_tokens`, `attempt`, `error`, `input`, `output`, and `input.<key>` or
+    `output.<key>` (dots go deeper: `input.options.mode = "fast"`; `=` matches numbers as
+    numbers, `<` and the like hold only for numbers). Operators: `=`, `!=`, `<`, `<=`, `>`,
+    `>=`, `:` (contains, any case, for text), `AND`, `OR`, `NOT`, `-`, parentheses.
     """
     order_by: _builtins.str
-    """`create_time desc` (default: newest first) or `create_time` (oldest first)."""
+    """`create_time desc` (default: newest first), `create_time` (oldest first), `duration desc`
+    or `duration` (unfinished runs last either way), `usage.total_tokens desc` or
+    `usage.total_tokens` (input plus output tokens). A page token holds its order.
+    """
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[Global___RunStatus.ValueType]:
         """Only runs with these statuses."""
