@@ -4,6 +4,8 @@ interrupt), and streams the answer it got when resumed — with an exact, model-
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
 from typing import Any, TypedDict
 
 from langgraph.graph import END, START, StateGraph
@@ -66,6 +68,39 @@ register(
                 "question": {"type": "string"},
             },
         },
+    ),
+    replace=True,
+)
+
+
+class HoldState(TypedDict, total=False):
+    request: dict[str, Any]
+
+
+async def hold(state: HoldState) -> dict[str, Any]:
+    # Holds a worker until the test creates the file `release` names (the queue view's test).
+    release = Path(state["request"]["release"])
+    while not release.exists():  # noqa: ASYNC110, ASYNC240
+        await asyncio.sleep(0.1)
+    return {}
+
+
+def build_hold(_agent: dict[str, Any] | None) -> StateGraph[Any, Any, Any, Any]:
+    graph = StateGraph(HoldState)
+    graph.add_node("hold", hold)
+    graph.add_edge(START, "hold")
+    graph.add_edge("hold", END)
+    return graph
+
+
+register(
+    Workflow(
+        name="hold",
+        description="Holds its worker until a file exists (dashboard tests).",
+        nodes=["hold"],
+        build=build_hold,
+        to_state=lambda value: {"request": value},
+        to_output=lambda state: {},
     ),
     replace=True,
 )

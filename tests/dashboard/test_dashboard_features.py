@@ -433,3 +433,29 @@ def test_agents_are_listed_edited_and_deleted(desk: Page, mesh: Mesh) -> None:
         f"{mesh.url}/v1/agents/{agent_id}", headers={"Authorization": f"Bearer {mesh.token}"}
     )
     assert response.status_code == 404
+
+
+def test_workers_and_queue_show_a_run_in_flight_with_its_worker_and_heartbeat(
+    screen: Page, mesh: Mesh, artifacts: Path, tmp_path: Path
+) -> None:
+    page = screen
+    release = tmp_path / "release"
+    run = _run(mesh, "hold", input={"release": str(release)})
+    run_id = str(run["name"]).split("/")[-1]
+    try:
+        page.goto("/#/status")
+        page.click("#queue-link")
+        page.wait_for_url(re.compile("#/queue$"))
+        expect(page.locator("h1")).to_have_text("Workers and queue")
+        row = page.locator(f'#queue-runs tr[data-run="{run_id}"]')
+        expect(row).to_have_attribute("data-held", "true", timeout=60_000)
+        expect(row).to_contain_text("hold")
+        expect(row).to_contain_text(re.compile(r"\d+ ms ago|\d+\.\d+ s ago"))
+        expect(page.locator("#queue-workers tr[data-healthy=true]")).not_to_have_count(0)
+        expect(page.locator("[data-queue=in-flight] .queue-figure")).not_to_have_text("0")
+        shot(page, artifacts, f"28-queue-{_width(page)}")
+        _fits(page, "queue")
+    finally:
+        release.touch()
+    _wait_run(mesh, run["name"], "RUN_STATUS_COMPLETED")
+    expect(page.locator(f'#queue-runs tr[data-run="{run_id}"]')).to_have_count(0)

@@ -10,6 +10,7 @@ import * as documents from "./views/documents.js";
 import * as events from "./views/events.js";
 import * as run from "./views/run.js";
 import * as runs from "./views/runs.js";
+import * as queue from "./views/queue.js";
 import * as status from "./views/status.js";
 import * as threads from "./views/threads.js";
 import { startInbox } from "./inbox.js";
@@ -17,6 +18,7 @@ import { startInbox } from "./inbox.js";
 const ROUTES = [
   { pattern: /^\/?$/, view: status, tab: "status" },
   { pattern: /^\/status$/, view: status, tab: "status" },
+  { pattern: /^\/queue$/, view: queue, tab: "status" },
   { pattern: /^\/events$/, view: events, tab: "events" },
   { pattern: /^\/runs$/, view: runs, tab: "runs" },
   { pattern: /^\/runs\/([A-Za-z0-9_-]+)$/, view: run, tab: "runs" },

@@ -128,6 +128,8 @@ export function mount(main, ctx) {
           ? `connected (client ${ctx.socket.clientId || "?"})` : ctx.socket.state),
       ));
     body.replaceChildren(
+      h("p", {}, h("a", { href: "#/queue", id: "queue-link" }, "Workers and queue →"),
+        " runs waiting, runs in flight with their worker and heartbeat."),
       h("h2", {}, "Services"),
       h("div", { class: "grid cards" }, ...cards, ...infra, localModel),
       gatewayCard,
