@@ -131,7 +131,7 @@ async def chat(
     """Call `model` with streaming; returns the full reply (the concatenation of its tokens).
 
     With `tools`, the model may ask for tool calls instead of (or after) text: they are in
-    `ChatResult.tool_calls`, for the caller to run (see `amelia_agents.tools.chat_with_tools`).
+    `ChatResult.tool_calls`, for the caller to run (see `amelia_agents.tools.loop`).
     """
     ctx = current()
     provider = get_model(model, ctx.settings)

@@ -21,8 +21,7 @@ from typing import Annotated, Any, TypedDict
 
 from langgraph.graph import END, START, StateGraph
 
-from amelia_agents import runtime, tools
-from amelia_agents.workflows import retrieval
+from amelia_agents import retrieval, runtime, tools
 from amelia_agents.workflows.builtin import (
     MESSAGE_SCHEMA,
     MODEL_PROPERTIES,

@@ -1,63 +1,18 @@
-"""Built-in tools an agent may call, and the tool-calling loop of an agent's reply.
-
-An agent names its tools (`Agent.tools`, checked at CreateAgent/UpdateAgent against `TOOLS`).
-`chat_with_tools` sends their definitions (name, description, JSON-Schema parameters) with the
-model call; when the model asks for tool calls it publishes `run.tool.called`, runs each tool,
-publishes `run.tool.result`, appends the results to the conversation and calls the model again,
-for at most `MAX_TOOL_ROUNDS` rounds. A tool that fails gives the model an error result (the
-model can say so or try again); it does not fail the run.
-
-Tools run inside the node's task, so cancelling or timing out the run stops them too. The loop
-lives in one checkpointed node: a worker that dies mid-loop re-runs the whole node on the next
-pick-up (the model is asked again and tools run again), so tools should be safe to repeat — the
-built-ins only read.
-
-Built-ins: `calculator` (arithmetic, parsed with `ast`, never `eval`), `current_time` (UTC) and
-`search_documents` (the RAG service's `Search` over gRPC, like `retrieve`; the agents service
-never imports the rag package).
-"""
+"""The built-in tools an agent may name: `calculator` (arithmetic, parsed with `ast`, never
+`eval`), `current_time` (UTC) and `search_documents` (the RAG service's `Search` over gRPC,
+like the chat graph's `retrieve`; the agents service never imports the rag package)."""
 
 from __future__ import annotations
 
 import ast
-import asyncio
-import json
 import math
 import operator
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from amelia_agents import runtime
-from amelia_agents.llm import ChatMessage, ChatResult, ToolCall, ToolSpec, Usage
-
-MAX_TOOL_ROUNDS = 8
-# What a tool result may weigh, in the conversation sent to the model and in its event.
-MAX_RESULT_CHARS = 16 * 1024
-MAX_ARGS_EVENT_CHARS = 4 * 1024
-TOOL_TIMEOUT_SECONDS = 60.0
-
-
-class ToolError(Exception):
-    """A tool's failure, worded for the model (it gets `error: <message>` as the result)."""
-
-
-class ToolRoundsExceededError(runtime.NodeError):
-    """The model still asked for tools after the last round allowed."""
-
-
-@dataclass(frozen=True)
-class Tool:
-    name: str
-    description: str
-    parameters: dict[str, Any]
-    run: Callable[[dict[str, Any]], Awaitable[Any]]
-    timeout: float = TOOL_TIMEOUT_SECONDS
-
-    def spec(self) -> ToolSpec:
-        return ToolSpec(self.name, self.description, self.parameters)
-
+from amelia_agents import retrieval, runtime
+from amelia_agents.tools.base import Tool, ToolError
 
 # calculator ---------------------------------------------------------------------------------
 
@@ -186,9 +141,6 @@ MAX_TOP_K = 50
 
 
 async def _search_documents(args: dict[str, Any]) -> Any:
-    # Imported here: retrieval imports `runtime`, as this module does, and stays optional.
-    from amelia_agents.workflows import retrieval
-
     query = _string_arg(args, "query")
     top_k = args.get("top_k")
     if top_k is not None and (
@@ -278,131 +230,13 @@ def check_tools(names: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-# the loop -------------------------------------------------------------------------------------
-
-
-def _cut(text: str, limit: int) -> str:
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}… [{len(text) - limit} more characters]"
-
-
-def _args_for_event(arguments: dict[str, Any]) -> Any:
-    text = json.dumps(arguments, ensure_ascii=False)
-    return arguments if len(text) <= MAX_ARGS_EVENT_CHARS else _cut(text, MAX_ARGS_EVENT_CHARS)
-
-
-async def run_tool_call(call: ToolCall, tools: Mapping[str, Tool]) -> ChatMessage:
-    """Run one call, with its events; the result (or error) as a `tool` message for the model."""
-    runtime.emit(
-        "run.tool.called",
-        {"tool": call.name, "call_id": call.id, "args": _args_for_event(call.arguments)},
-    )
-    error = ""
-    text = ""
-    try:
-        tool = tools.get(call.name)
-        if tool is None:
-            raise ToolError(
-                f"there is no tool {call.name!r}; available: {', '.join(tools) or 'none'}"
-            )
-        if "_invalid_json" in call.arguments:
-            raise ToolError(
-                f"the arguments are not a JSON object: {call.arguments['_invalid_json']}"
-            )
-        async with asyncio.timeout(tool.timeout):
-            value = await tool.run(dict(call.arguments))
-        text = _cut(
-            value if isinstance(value, str) else json.dumps(value, ensure_ascii=False),
-            MAX_RESULT_CHARS,
-        )
-    except (ToolError, runtime.NodeError) as exc:
-        error = str(exc)
-    except TimeoutError:
-        error = f"the tool took longer than {tools[call.name].timeout:g}s and was stopped"
-    except Exception as exc:  # noqa: BLE001 - a tool's bug is the model's error, not the run's
-        error = f"{type(exc).__name__}: {exc}"
-    if error:
-        error = _cut(error, MAX_RESULT_CHARS)
-        runtime.emit("run.tool.result", {"tool": call.name, "call_id": call.id, "error": error})
-        return ChatMessage(
-            role="tool", content=f"error: {error}", tool_call_id=call.id, is_error=True
-        )
-    runtime.emit("run.tool.result", {"tool": call.name, "call_id": call.id, "result": text})
-    return ChatMessage(role="tool", content=text, tool_call_id=call.id)
-
-
-async def chat_with_tools(
-    messages: Sequence[Mapping[str, Any] | ChatMessage],
-    tool_names: Sequence[str],
-    *,
-    model: str,
-    system: str = "",
-    temperature: float | None = None,
-    max_tokens: int = 1024,
-) -> ChatResult:
-    """A model reply that may use `tool_names`: model call, tool calls, model call, … until the
-    model answers without asking for a tool (at most `MAX_TOOL_ROUNDS` rounds of tools).
-
-    Every round's tokens stream as `run.token`; the reply's text is the concatenation of every
-    round's text (what the user saw streamed) and its usage the sum of the calls'.
-    """
-    unknown = [n for n in tool_names if n not in TOOLS]
+def named(names: Sequence[str]) -> dict[str, Tool]:
+    """The built-in tools `names` (an agent's), in order; a NodeError (the run fails saying so)
+    for a name this worker does not know."""
+    unknown = [n for n in names if n not in TOOLS]
     if unknown:
         raise runtime.NodeError(
             f"tools: this worker does not know the agent's tools {unknown} "
             f"(known: {', '.join(sorted(TOOLS))})"
         )
-    return await tool_loop(
-        messages,
-        {n: TOOLS[n] for n in tool_names},
-        model=model,
-        system=system,
-        temperature=temperature,
-        max_tokens=max_tokens,
-    )
-
-
-async def tool_loop(
-    messages: Sequence[Mapping[str, Any] | ChatMessage],
-    tools: Mapping[str, Tool],
-    *,
-    model: str,
-    system: str = "",
-    temperature: float | None = None,
-    max_tokens: int = 1024,
-    max_rounds: int = MAX_TOOL_ROUNDS,
-) -> ChatResult:
-    """`chat_with_tools` with any tools (a workflow's own, e.g. the developer's) and rounds
-    limit; past it, `ToolRoundsExceededError`."""
-    specs = [t.spec() for t in tools.values()]
-    conversation = [
-        m if isinstance(m, ChatMessage) else ChatMessage.from_dict(dict(m)) for m in messages
-    ]
-    texts: list[str] = []
-    usage = Usage()
-    for round_ in range(max_rounds + 1):
-        result = await runtime.chat(
-            conversation,
-            model=model,
-            system=system,
-            temperature=temperature,
-            max_tokens=max_tokens,
-            tools=specs,
-        )
-        texts.append(result.text)
-        usage.add(result.usage)
-        if not result.tool_calls:
-            return ChatResult(text="".join(texts), usage=usage, model=result.model)
-        if round_ == max_rounds:
-            asked = ", ".join(c.name for c in result.tool_calls)
-            raise ToolRoundsExceededError(
-                f"tools: the model was still asking for tools ({asked}) after "
-                f"{max_rounds} rounds of tool calls; the run was stopped"
-            )
-        conversation.append(
-            ChatMessage(role="assistant", content=result.text, tool_calls=tuple(result.tool_calls))
-        )
-        for call in result.tool_calls:
-            conversation.append(await run_tool_call(call, tools))
-    raise AssertionError("unreachable")  # pragma: no cover
+    return {n: TOOLS[n] for n in names}
