@@ -15,7 +15,9 @@ process, as deployed), then measures with the same publisher and the same events
 goes flat out (PublishEvents batches; the mesh's end-to-end rate, publish included). Latency is publish call ->
 message parsed by the client, at a steady 200 events/s, so it is not queueing behind a burst.
 The clients share one process (and 2 cores with the servers), so 100-subscriber figures include
-the clients' own parsing; compare rows with each other, not with other machines.
+the clients' own parsing; compare rows with each other, not with other machines. Each row's note
+gives the CPU the gateway, the events service and the clients' process used during the flat-out
+phase (100% = one core throughout): which of them limits the row.
 """
 
 from __future__ import annotations
@@ -127,12 +129,18 @@ async def _publish(
     await asyncio.gather(*(batch(i) for i in range(0, count, PUBLISH_BATCH)))
 
 
+def _cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
 async def _measure(
     name: str,
     receivers: list[Receiver],
     stub: events_pb2_grpc.EventServiceStub,
     subject: str,
     note: str = "",
+    processes: dict[str, psutil.Process] | None = None,
 ) -> Result:
     # Warm up: every subscriber sees an event, so all streams are live before timing.
     # ("now" streams start when the service opens them: keep publishing until all have one.)
@@ -149,10 +157,21 @@ async def _measure(
 
     for r in receivers:
         r.reset(THROUGHPUT_EVENTS, False)
+    processes = processes or {}
+    cpu_before = {label: _cpu_seconds(p) for label, p in processes.items()}
     started = time.time()
     await _publish(stub, subject, THROUGHPUT_EVENTS)
     await asyncio.wait_for(asyncio.gather(*(r.done.wait() for r in receivers)), MEASURE_TIMEOUT)
     rates = [THROUGHPUT_EVENTS / max(r.last - started, 1e-9) for r in receivers]
+    # Where the flat-out phase's time went: each process's CPU over the phase's wall time
+    # (100% = one core busy throughout).
+    elapsed = max(time.time() - started, 1e-9)
+    busy = ", ".join(
+        f"{label} {(_cpu_seconds(p) - cpu_before[label]) / elapsed:.0%}"
+        for label, p in processes.items()
+    )
+    if busy:
+        note = f"CPU {busy}; {note}"
 
     for r in receivers:
         r.reset(LATENCY_EVENTS, True)
@@ -327,9 +346,14 @@ async def run() -> list[Result]:
         ws_url = f"ws://127.0.0.1:{gateway_port}/ws"
         try:
             async with (
-                service_process(["-m", "amelia_events"], env, root),
+                service_process(["-m", "amelia_events"], env, root) as events_service,
                 service_process(["-m", "amelia_gateway"], env, root) as gateway,
             ):
+                processes = {
+                    "gateway": psutil.Process(gateway.pid),
+                    "events": psutil.Process(events_service.pid),
+                    "clients": psutil.Process(),
+                }
                 await wait_serving(address)
                 await _wait_http(gateway_url)
                 channel = grpc.aio.insecure_channel(address)
@@ -346,7 +370,9 @@ async def run() -> list[Result]:
                         if count > 1 and "gateway" in name:
                             note = "1 upstream stream"
                         note += f" ({load()})"
-                        results.append(await _measure(name, receivers, stub, subject, note))
+                        results.append(
+                            await _measure(name, receivers, stub, subject, note, processes)
+                        )
                         await close()
                         print(_row(results[-1]), flush=True)
 
