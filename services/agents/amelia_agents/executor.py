@@ -38,6 +38,7 @@ from amelia_agents.lifecycle import RunEvents
 from amelia_agents.llm import ModelError
 from amelia_agents.models import RunRow, RunState
 from amelia_agents.outages import infrastructure_outage
+from amelia_agents.pricing import NodeUsage
 from amelia_agents.store import Store
 from amelia_common import telemetry
 from amelia_common.eventlog import PublishPipeline
@@ -135,7 +136,7 @@ class Executor:
 
         # The pick-up's events (its start, nodes, tokens) are written as they come and their
         # acknowledgements awaited together at the end of the graph (order kept).
-        pipeline = self.events.log.pipeline()
+        pipeline = self.events.event_log.pipeline()
         await self.events.started(row, kind, timeout, pipeline)
         ctx = runtime.RunContext(
             settings=self.settings,
@@ -203,16 +204,18 @@ class Executor:
         """Run the graph, its streamed events sent through `pipeline`, all stored on return."""
         token = runtime.bind(ctx)
         started: dict[str, float] = {}
+        usage = NodeUsage(self.settings.MODEL_PRICES)
         try:
             async for mode, chunk in graph.astream(
                 graph_input, config, stream_mode=["tasks", "custom"], durability="sync"
             ):
                 if mode == "tasks":
-                    await pipeline.submit(self._task_event(row, chunk, started))
+                    await pipeline.submit(self._task_event(row, chunk, started, usage))
                 elif mode == "custom" and isinstance(chunk, dict) and runtime.EVENT_KEY in chunk:
                     event_type = chunk[runtime.EVENT_KEY]
                     data = chunk.get("data") or {}
                     if event_type == runtime.USAGE_TYPE:
+                        usage.add(data)
                         await self.store.add_usage(
                             row.id, int(data["input_tokens"]), int(data["output_tokens"])
                         )
@@ -225,7 +228,7 @@ class Executor:
             pipeline.abandon()
 
     def _task_event(
-        self, row: RunRow, chunk: dict[str, Any], started: dict[str, float]
+        self, row: RunRow, chunk: dict[str, Any], started: dict[str, float], usage: NodeUsage
     ) -> events_pb2.Event:
         node = str(chunk.get("name", ""))
         task_id = str(chunk.get("id", ""))
@@ -239,6 +242,7 @@ class Executor:
             data["error"] = str(chunk["error"])
         if chunk.get("interrupts"):
             data["interrupted"] = True
+        data.update(usage.take(node))
         return self.events.event(row, "run.node.finished", data)
 
     async def _complete(

@@ -28,8 +28,8 @@ def lifecycle_prefix(row: RunRow) -> str:
 
 
 class RunEvents:
-    def __init__(self, log: EventLog, store: Store) -> None:
-        self.log = log
+    def __init__(self, event_log: EventLog, store: Store) -> None:
+        self.event_log = event_log
         self.store = store
 
     def event(
@@ -47,14 +47,14 @@ class RunEvents:
         # preview and the whole value stays on the run.
         payload = fit_data(
             {"run": name, "attempt": row.attempt, **(data or {}), **telemetry.trace_fields()},
-            self.log.settings.EVENTS_MAX_DATA_BYTES * 3 // 4,
+            self.event_log.settings.EVENTS_MAX_DATA_BYTES * 3 // 4,
             where=f"GetRun {name}",
         )
         return make_event(
             event_type,
             name,
             payload,
-            source=self.log.source,
+            source=self.event_log.source,
             event_id=event_id,
             correlation_id=name,
         )
@@ -68,7 +68,9 @@ class RunEvents:
         event_id: str | None = None,
     ) -> events_pb2.Event:
         """Publish one event of the run and wait until it is stored."""
-        return await self.log.publish_event(self.event(row, event_type, data, event_id=event_id))
+        return await self.event_log.publish_event(
+            self.event(row, event_type, data, event_id=event_id)
+        )
 
     async def started(
         self, row: RunRow, kind: str, timeout: float, pipeline: PublishPipeline
