@@ -56,6 +56,8 @@ class Mesh:
             # Small embedding batches (the indexer takes 4 at once), so a document of a few
             # dozen passages shows indexing progress between them.
             "EMBEDDING_BATCH_SIZE": "4",
+            # Repositories the develop workflow may work in (test_dashboard_develop.py).
+            "CODE_ALLOWED_ROOTS": str(root / "code"),
         }
         self.env = env
         self.port = int(ports["PORT"])

@@ -13,6 +13,7 @@ import {
   ACTIVE_STATUSES, TERMINAL_STATUSES, statusBadge, statusLabel,
 } from "../runstatus.js";
 import { newRunState, reduce } from "../runstate.js";
+import { DIFF_QUESTION_KEYS, DiffView } from "./diff.js";
 import { hitsOf, passage } from "./passages.js";
 import { StepsView } from "./steps.js";
 
@@ -63,12 +64,12 @@ function questionText(value) {
 const QUESTION_KEYS = new Set(["question", "message", "prompt", "text", "options", "choices"]);
 
 /** What else the question carries (the design to approve, a note…), as labelled blocks. */
-function questionDetails(value) {
+function questionDetails(value, skip = new Set()) {
   if (!value || typeof value !== "object" || Array.isArray(value)) return [];
   const questionKey = ["question", "message", "prompt", "text"].find((key) => typeof value[key] === "string");
   if (!questionKey) return [];
   return Object.entries(value)
-    .filter(([key]) => !QUESTION_KEYS.has(key))
+    .filter(([key]) => !QUESTION_KEYS.has(key) && !skip.has(key))
     .map(([key, item]) => h("div", { class: "question-detail", dataset: { key } },
       h("h3", {}, key.replace(/_/g, " ")),
       h("pre", { tabindex: "0" }, typeof item === "string" ? item : prettyJson(item))));
@@ -119,6 +120,8 @@ export function mount(main, ctx, [runId]) {
   let graph = null;
   const steps = new StepsView(ctx, name, { canFork: () => TERMINAL_STATUSES.has(state.run && state.run.status) });
   const reloadSteps = debounce(() => steps.load(state.tokens), 400);
+  // A develop run's change, with Land / Discard (views/diff.js).
+  const diffView = new DiffView(ctx, name, { onSettled: () => followAfterEnd() });
 
   main.append(
     h("a", { href: "#/runs", class: "back" }, "← Runs"),
@@ -130,6 +133,7 @@ export function mount(main, ctx, [runId]) {
     meta,
     notices,
     interruptSlot,
+    diffView.slot,
     h("div", { class: "split" },
       h("div", {},
         h("section", { "aria-labelledby": "nodes-title" },
@@ -233,7 +237,8 @@ export function mount(main, ctx, [runId]) {
       return;
     }
     const value = interrupt.value;
-    const options = optionsOf(value);
+    const diffPart = state.replaying ? null : diffView.forQuestion(interrupt);
+    const options = diffPart ? [] : optionsOf(value);
     const answer = h("textarea", { id: "answer", rows: 3, required: options.length === 0 });
     const asJson = h("input", { type: "checkbox", id: "answer-json" });
     const error = h("div", { "aria-live": "polite" });
@@ -278,7 +283,8 @@ export function mount(main, ctx, [runId]) {
     interruptSlot.replaceChildren(h("section", { class: "card interrupt", role: "region", "aria-labelledby": "interrupt-title" },
       h("h2", { id: "interrupt-title" }, `The run is waiting for an answer${interrupt.node ? ` (node ${interrupt.node})` : ""}`),
       h("p", { class: "question", id: "question" }, questionText(value)),
-      ...questionDetails(value),
+      ...questionDetails(value, diffPart ? DIFF_QUESTION_KEYS : undefined),
+      diffPart,
       form));
     if (!state.replaying) {
       ctx.announce("The run is paused and waiting for your answer");
@@ -344,6 +350,7 @@ export function mount(main, ctx, [runId]) {
       updateCancel();
       if (!state.replaying) reloadSteps();
       if (TERMINAL_STATUSES.has(state.run.status)) showResult();
+      if (!state.replaying) diffView.show(state.run);
       if (state.run.status === "RUN_STATUS_PAUSED" && !state.interrupt && state.run.interrupt && !state.replaying) {
         showInterrupt(state.run.interrupt);
       }
@@ -464,6 +471,14 @@ export function mount(main, ctx, [runId]) {
       rerunButton.disabled = false;
     }
   });
+
+  /** What the run's log got after its end (git.landed, git.discarded): StreamRun from the last
+   * event seen replays it and ends. */
+  function followAfterEnd() {
+    const last = state.events.length ? state.events[state.events.length - 1].sequence : 0;
+    if (subscription) subscription.close();
+    subscription = ctx.socket.subscribe({ run: name, since: last }, { onEvent });
+  }
 
   // -- start ----------------------------------------------------------------------------------
 
