@@ -25,6 +25,7 @@ import uuid
 from pathlib import Path
 from typing import Any, TypedDict
 
+from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 
 from amelia.v1 import agents_pb2, agents_pb2_grpc
@@ -95,7 +96,9 @@ async def time_direct(nodes: int, checkpointer: Any = None) -> list[float]:
     graph = build_chain(nodes).compile(checkpointer=checkpointer)
     out = []
     for i in range(WARMUP + RUNS):
-        config = {"configurable": {"thread_id": uuid.uuid4().hex}} if checkpointer else None
+        config: RunnableConfig | None = (
+            {"configurable": {"thread_id": uuid.uuid4().hex}} if checkpointer else None
+        )
         started = time.perf_counter()
         if checkpointer is not None:
             await graph.ainvoke(

@@ -92,7 +92,7 @@ async def list_all(
                 filter=flt,
                 page_size=page_size,
                 page_token=token,
-                **request,  # type: ignore[arg-type]
+                **request,
             )
         )
         out.extend(page.events)
