@@ -369,8 +369,9 @@ async def _phases(
         "nats-py pull consumer (bare)": pull_factory,
     }
     print(
-        f"events bench: nats-server embedded, one process; payload ~{len(PAYLOAD['text'])} B; "
-        f"live {LIVE_EVENTS} events at {RATE}/s; replay {REPLAY_EVENTS} events; {load()}"
+        "events bench: nats-server embedded, the events service its own process; "
+        f"payload ~{len(PAYLOAD['text'])} B; live {LIVE_EVENTS} events at {RATE}/s; "
+        f"replay {REPLAY_EVENTS} events; {load()}"
     )
 
     # Live: latency at a steady offered rate.
