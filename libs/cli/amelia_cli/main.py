@@ -115,6 +115,13 @@ def _running_mesh() -> tuple[Settings, dict[str, Any] | None]:
 def up(
     detach: bool = typer.Option(False, "--detach", "-d", help="Run in the background."),
     timeout: float = typer.Option(300.0, help="Seconds to wait for every service to be SERVING."),
+    cluster: int = typer.Option(
+        0,
+        "--cluster",
+        min=0,
+        max=5,
+        help="Run NATS as this many clustered nodes on loopback (streams kept on min(3, N)).",
+    ),
 ) -> None:
     """Start embedded PostgreSQL and NATS (unless URLs are set) and every service."""
     settings = get_settings()
@@ -122,11 +129,11 @@ def up(
     if warning:
         err.print(f"[yellow]warning:[/yellow] {warning}")
     if detach:
-        _up_detached(settings, timeout)
+        _up_detached(settings, timeout, cluster)
         return
     configure_logging(settings, "amelia.up")
     try:
-        asyncio.run(_run(Supervisor(settings), timeout))
+        asyncio.run(_run(Supervisor(settings, cluster=cluster), timeout))
     except (MeshStartError, EmbeddedStartError) as exc:
         err.print(f"[red]amelia up failed:[/red] {exc}")
         raise typer.Exit(1) from exc
@@ -178,7 +185,7 @@ async def _run(supervisor: Supervisor, timeout: float) -> None:
             await supervisor.stop()
 
 
-def _up_detached(settings: Settings, timeout: float) -> None:
+def _up_detached(settings: Settings, timeout: float, cluster: int = 0) -> None:
     if read_state(settings.data_dir):
         err.print("amelia is already running; `amelia status` shows it, `amelia down` stops it.")
         raise typer.Exit(1)
@@ -186,7 +193,8 @@ def _up_detached(settings: Settings, timeout: float) -> None:
     (settings.data_dir / "logs").mkdir(exist_ok=True)
     out = open(settings.data_dir / "logs" / "amelia-up.log", "ab")  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-m", "amelia_cli", "up", "--timeout", str(timeout)],
+        [sys.executable, "-m", "amelia_cli", "up", "--timeout", str(timeout)]
+        + (["--cluster", str(cluster)] if cluster else []),
         stdin=subprocess.DEVNULL,
         stdout=out,
         stderr=subprocess.STDOUT,

@@ -21,6 +21,8 @@ class ServiceSpec:
     port_setting: str
     # What it reports in its health as `dependency/<name>` entries.
     dependencies: tuple[str, ...] = ()
+    # The setting of its Prometheus endpoint's port ("": served on its own HTTP port).
+    metrics_setting: str = ""
 
     def port(self, settings: Settings) -> int:
         port: int = getattr(settings, self.port_setting)
@@ -31,14 +33,29 @@ class ServiceSpec:
 
 
 SERVICES: tuple[ServiceSpec, ...] = (
-    ServiceSpec("events", "amelia_events", "amelia.v1.EventService", "EVENTS_GRPC_PORT", ("nats",)),
-    ServiceSpec("rag", "amelia_rag", "amelia.v1.RagService", "RAG_GRPC_PORT", ("nats", "postgres")),
+    ServiceSpec(
+        "events",
+        "amelia_events",
+        "amelia.v1.EventService",
+        "EVENTS_GRPC_PORT",
+        ("nats",),
+        "EVENTS_METRICS_PORT",
+    ),
+    ServiceSpec(
+        "rag",
+        "amelia_rag",
+        "amelia.v1.RagService",
+        "RAG_GRPC_PORT",
+        ("nats", "postgres"),
+        "RAG_METRICS_PORT",
+    ),
     ServiceSpec(
         "agents",
         "amelia_agents",
         "amelia.v1.AgentService",
         "AGENTS_GRPC_PORT",
         ("nats", "postgres"),
+        "AGENTS_METRICS_PORT",
     ),
     ServiceSpec("gateway", "amelia_gateway", "", "PORT"),
 )
@@ -55,13 +72,16 @@ def service_address(settings: Settings, spec: ServiceSpec) -> str:
 
 
 def service_env(settings: Settings) -> dict[str, str]:
-    """Environment that points every service at the same infrastructure and at each other, and
+    """Environment that points every service at the same infrastructure (with as many stream
+    copies as it keeps) and at each other, and
     at the same default model and local model server (the embedded one listens on
     LOCAL_MODEL_PORT; a LOCAL_MODEL_URL is passed on)."""
     host = client_host(settings)
     return {
         "DATABASE_URL": settings.DATABASE_URL,
         "NATS_URL": settings.NATS_URL,
+        "EVENTS_STREAM_REPLICAS": str(settings.EVENTS_STREAM_REPLICAS),
+        "RUNS_QUEUE_REPLICAS": str(settings.RUNS_QUEUE_REPLICAS),
         "AMELIA_DATA_DIR": str(settings.data_dir),
         "EVENTS_ADDRESS": f"{host}:{settings.EVENTS_GRPC_PORT}",
         "AGENTS_ADDRESS": f"{host}:{settings.AGENTS_GRPC_PORT}",
@@ -70,4 +90,6 @@ def service_env(settings: Settings) -> dict[str, str]:
         "LOCAL_MODEL": settings.LOCAL_MODEL,
         "LOCAL_MODEL_URL": settings.LOCAL_MODEL_URL,
         "LOCAL_MODEL_PORT": str(settings.LOCAL_MODEL_PORT),
+        # Where each listens: where the supervisor and `amelia status` look for it.
+        **{spec.port_setting: str(spec.port(settings)) for spec in SERVICES},
     }

@@ -1,6 +1,14 @@
 """`amelia up`: embedded PostgreSQL, NATS and the local model, then every service as a child
 process, supervised.
 
+With `cluster` (`amelia up --cluster N`) NATS is N clustered nats-servers on loopback
+(`amelia_common.nats_cluster`, under `<data dir>/nats-cluster`, the one `amelia cluster` runs),
+each node a unit of its own, and the services keep their streams on min(3, N) of them.
+
+Several meshes (or other processes) on one host would share the default metrics ports, and only
+the first process to bind one serves it: each service is given its configured metrics port when
+it is free, another free one otherwise (logged, and kept in mesh.json for `amelia status`).
+
 Order matters both ways: PostgreSQL and NATS first, services after (each waits for its
 dependencies anyway); the local model server (llama.cpp, when the default model is a `local:`
 one: see `llama_server.embedded_wanted`) loads its model meanwhile, in parallel, since no service
@@ -36,10 +44,18 @@ from typing import Any, Protocol
 
 from amelia_cli.health import Probe, probe_service
 from amelia_cli.mesh import SERVICES, ServiceSpec, service_env
-from amelia_common.embedded import ensure_infrastructure, log_tail, port_is_free, process_alive
+from amelia_common.embedded import (
+    EmbeddedStartError,
+    ensure_infrastructure,
+    free_port,
+    log_tail,
+    port_is_free,
+    process_alive,
+)
 from amelia_common.llama_server import EmbeddedLlama, why_not_embedded
 from amelia_common.local_model import LocalModelError
 from amelia_common.logging import get_logger
+from amelia_common.nats_cluster import NatsCluster
 from amelia_common.settings import Settings
 
 log = get_logger("amelia.up")
@@ -137,6 +153,10 @@ class ServiceUnit(Unit):
     env: dict[str, str] = field(default_factory=dict)
     log_to_file: bool = True
     process: subprocess.Popen[bytes] | None = None
+    metrics_port: int = 0  # its Prometheus endpoint (0: none of its own, or off)
+
+    def report(self) -> dict[str, Any]:
+        return {**super().report(), "metrics_port": self.metrics_port}
 
     def pid(self) -> int | None:
         return self.process.pid if self.process and self.process.poll() is None else None
@@ -223,6 +243,29 @@ def write_atomically(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
+def metrics_ports(settings: Settings, specs: Sequence[ServiceSpec]) -> dict[str, int]:
+    """Each service's metrics port: its setting's when free, else a free one (another mesh or
+    process on this host holds it, and a port held elsewhere would leave this process without
+    metrics); 0 stays off."""
+    chosen: dict[str, int] = {}
+    for spec in specs:
+        if not spec.metrics_setting:
+            continue
+        wanted: int = getattr(settings, spec.metrics_setting)
+        port = wanted
+        if port and (port in chosen.values() or not port_is_free(port, settings.bind_host)):
+            port = free_port()
+            log.warning(
+                "metrics port in use; serving on another",
+                service=spec.name,
+                setting=spec.metrics_setting,
+                wanted=wanted,
+                port=port,
+            )
+        chosen[spec.name] = port
+    return chosen
+
+
 def check_ports(settings: Settings, local_model: EmbeddedLlama | None = None) -> None:
     """Fail fast, with the setting to change, when a port the mesh listens on is taken (the
     local model's too, unless its own server from an earlier run is there to be reused)."""
@@ -254,8 +297,19 @@ class Supervisor:
         log_to_files: bool = True,
         services: Sequence[ServiceSpec] = SERVICES,
         policy: RestartPolicy | None = None,
+        cluster: int = 0,
     ) -> None:
+        """`cluster`: run NATS as that many clustered nodes (0: one embedded nats-server)."""
+        if cluster and settings.NATS_URL:
+            raise MeshStartError(
+                "NATS_URL is set: the mesh uses that NATS; unset it to run a cluster here "
+                "(amelia up --cluster)"
+            )
+        if not 0 <= cluster <= 5:
+            raise MeshStartError("--cluster takes 1 to 5 NATS nodes")
         self.settings = settings
+        self.cluster_size = cluster
+        self.nats_cluster: NatsCluster | None = None
         self.log_to_files = log_to_files
         self.specs = tuple(services)
         self.policy = policy or RestartPolicy()
@@ -293,17 +347,43 @@ class Supervisor:
             self.local_model_url = llama.base_url
             self._track(asyncio.create_task(self._first_start(local_model)))
         try:
-            infra = await asyncio.to_thread(ensure_infrastructure, self.settings)
+            infra = await asyncio.to_thread(
+                ensure_infrastructure, self.settings, nats=not self.cluster_size
+            )
             self.settings = infra.settings
             for name, server in (("postgres", infra.postgres), ("nats", infra.nats)):
                 if server is not None:
                     unit = ServerUnit(name, server.log_file, UnitState.RUNNING, server=server)
                     self.servers.append(unit)
+            if self.cluster_size:
+                await self._start_nats_cluster()
         finally:
             if local_model is not None:
                 self.servers.append(local_model)  # stopped before NATS, even if that failed
             self.write_state()
         return self.settings
+
+    async def _start_nats_cluster(self) -> None:
+        """The NATS cluster's nodes (each a unit, restarted when it dies); the services' settings
+        name every node and keep the streams on min(3, N) of them."""
+        root = self.settings.data_dir / "nats-cluster"
+        try:
+            cluster = NatsCluster.at(root, self.cluster_size, self.settings.EMBEDDED_NATS_PORT)
+        except EmbeddedStartError as exc:
+            raise MeshStartError(str(exc)) from exc
+        self.nats_cluster = cluster
+        url = await asyncio.to_thread(cluster.start)
+        for node in cluster.nodes:
+            self.servers.append(
+                ServerUnit(f"nats-{node.name}", node.log_file, UnitState.RUNNING, server=node)
+            )
+        self.settings = self.settings.model_copy(
+            update={
+                "NATS_URL": url,
+                "EVENTS_STREAM_REPLICAS": cluster.stream_replicas,
+                "RUNS_QUEUE_REPLICAS": cluster.stream_replicas,
+            }
+        )
 
     def _local_model_server(self) -> EmbeddedLlama | None:
         """The local model server to run, if the settings want one; its model must be there."""
@@ -336,13 +416,16 @@ class Supervisor:
 
     async def start_services(self) -> None:
         env = {**os.environ, **service_env(self.settings)}
+        metrics = metrics_ports(self.settings, self.specs)
         for spec in self.specs:
+            own = {spec.metrics_setting: str(metrics[spec.name])} if spec.name in metrics else {}
             unit = ServiceUnit(
                 spec.name,
                 self.log_dir / f"{spec.name}.log",
                 spec=spec,
-                env=env,
+                env={**env, **own},
                 log_to_file=self.log_to_files,
+                metrics_port=metrics.get(spec.name, 0),
             )
             await unit.launch()
             unit.state = UnitState.RUNNING
@@ -448,6 +531,8 @@ class Supervisor:
             "data_dir": str(self.settings.data_dir),
             "database_url": self.settings.DATABASE_URL,
             "nats_url": self.settings.NATS_URL,
+            # The NATS cluster's folder (`NatsCluster.load`), when up runs one.
+            "nats_cluster": str(self.nats_cluster.root) if self.nats_cluster else "",
             # The local model server the services use ("" when none; `off` says why).
             "local_model": {
                 "url": self.local_model_url,

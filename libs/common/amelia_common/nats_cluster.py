@@ -225,6 +225,26 @@ class NatsCluster:
         return cls(root, nodes)
 
     @classmethod
+    def at(cls, root: Path, size: int, port: int) -> NatsCluster:
+        """The cluster to start under `root`: the one kept there when it has this shape (its
+        running nodes are reused), else a new one of `size` nodes from client port `port`.
+        Raises EmbeddedStartError when nodes of another shape still run there."""
+        kept = cls.load(root)
+        if kept is not None and len(kept.nodes) == size and kept.nodes[0].port == port:
+            return kept
+        if kept is not None and any(node.pid() is not None for node in kept.nodes):
+            raise EmbeddedStartError(
+                f"a NATS cluster of {len(kept.nodes)} nodes from port {kept.nodes[0].port} "
+                f"runs under {root}: stop it first (amelia cluster down)"
+            )
+        return cls.on_ports(root, size, port)
+
+    @property
+    def stream_replicas(self) -> int:
+        """How many copies of a stream to keep: 3, or every node of a smaller cluster."""
+        return min(3, len(self.nodes))
+
+    @classmethod
     def load(cls, root: Path) -> NatsCluster | None:
         """The cluster whose ports `cluster.json` under `root` keeps (None when there is none)."""
         try:

@@ -42,7 +42,7 @@ def _existing() -> NatsCluster:
 def mesh_settings(cluster: NatsCluster) -> dict[str, str]:
     """What the services need to run on `cluster`: every node, and streams kept on 3 nodes
     (or on every node of a smaller cluster)."""
-    replicas = str(min(3, len(cluster.nodes)))
+    replicas = str(cluster.stream_replicas)
     return {
         "NATS_URL": cluster.url,
         "EVENTS_STREAM_REPLICAS": replicas,
@@ -60,16 +60,8 @@ def up(
     ),
 ) -> None:
     """Start the cluster (or the nodes of it that are down) and print its settings."""
-    cluster = NatsCluster.load(cluster_root())
-    if cluster is None or len(cluster.nodes) != nodes or cluster.nodes[0].port != port:
-        if cluster is not None and any(n.pid() is not None for n in cluster.nodes):
-            err.print(
-                f"a NATS cluster of {len(cluster.nodes)} nodes from port "
-                f"{cluster.nodes[0].port} runs under {cluster_root()}: `amelia cluster down` first"
-            )
-            raise typer.Exit(1)
-        cluster = NatsCluster.on_ports(cluster_root(), nodes, port)
     try:
+        cluster = NatsCluster.at(cluster_root(), nodes, port)
         with console.status(f"starting {nodes} nats-servers and electing a JetStream leader…"):
             cluster.start()
     except EmbeddedStartError as exc:
