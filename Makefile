@@ -10,7 +10,7 @@ PROTO_OUT := libs/protos
 PACKAGES := -e libs/protos -e "libs/common[db,embedded]" -e libs/cli \
 	-e services/events -e services/agents -e services/rag -e services/gateway
 
-.PHONY: install model run test protos check-protos lint buf-lint bench clean browser eval pgdoc
+.PHONY: install model run test protos check-protos lint buf-lint eslint bench clean browser eval pgdoc
 
 install: $(STAMP) node_modules/.installed model
 
@@ -56,7 +56,11 @@ check-protos: $(STAMP)
 buf-lint: node_modules/.installed
 	node_modules/.bin/buf lint
 
-lint: install buf-lint check-protos
+# The dashboard's JavaScript (eslint.config.mjs).
+eslint: node_modules/.installed
+	node_modules/.bin/eslint services/gateway/amelia_gateway/static/js tests/dashboard/js
+
+lint: install buf-lint eslint check-protos
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
