@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from amelia_agents.tools import Tool, ToolError
-from amelia_agents.workflows.devtools import workspace_tools
+from amelia_agents.workflows.devtools import snapshot, workspace_tools
 
 
 @pytest.fixture
@@ -113,3 +113,19 @@ def living_members(pgid: int) -> list[int]:
         if int(fields[2]) == pgid and fields[0] != "Z":
             found.append(int(stat.parent.name))
     return found
+
+
+async def test_the_snapshot_shows_small_text_files_and_nothing_outside(tree: Path) -> None:
+    outside = tree.parent
+    (tree / "link-file").symlink_to(outside / "secret.txt")
+    (tree / "blob.bin").write_bytes(b"\0\1\2")
+    (tree / "big.txt").write_text("x" * 10_000)
+    (tree / ".gitignore").write_text("ignored.txt\n")
+    (tree / "ignored.txt").write_text("not listed\n")
+    shown = await snapshot(tree, max_chars=2000)
+    listed = shown.split("\n\n")[0].splitlines()[1:]
+    assert listed == [".gitignore", "big.txt", "blob.bin", "link-file", "src/app.py"]
+    assert "--- src/app.py\ndef main():\n    return 1\n" in shown
+    assert "outside" not in shown and "--- link-file" not in shown
+    assert "--- blob.bin" not in shown and "--- big.txt" not in shown
+    assert len(shown) <= 2000

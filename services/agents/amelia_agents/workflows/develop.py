@@ -47,7 +47,7 @@ from amelia_agents.workflows.code import (
     prepare_worktree,
     run_claude,
 )
-from amelia_agents.workflows.devtools import workspace_tools
+from amelia_agents.workflows.devtools import snapshot, workspace_tools
 from amelia_agents.workflows.plan import (
     ask,
     design,
@@ -69,10 +69,15 @@ MAX_REVIEW_PATCH_CHARS = 60_000
 MAX_QUESTION_PATCH_CHARS = 48_000
 
 DEVELOPER_PROMPT = (
-    "You are the Developer. Change the repository with your tools to carry out the plan: read "
-    "the files you need, then write or edit files (paths relative to the repository root). Run "
-    "the tests when a run_tests tool is offered. When you are done, reply with a short summary "
-    "of what you changed, without calling a tool."
+    "You are the Developer. Change the repository with your tools to carry out the plan. The "
+    "repository's files are shown after the request, so you can change them at once: call "
+    "write_file with a file's path (relative to the repository root) and its complete new "
+    "content, or edit_file; read_file, list_files and search show what is not shown. A call "
+    'looks like {"name": "write_file", "arguments": {"path": "app.py", "content": "..."}}. '
+    "The only tools are list_files, read_file, write_file, edit_file, search and, when "
+    "offered, run_tests: a function the request names is code to write into a file, not a "
+    "tool to call. Make every change the request asks for. When you are done, reply with a "
+    "short summary of what you changed, without calling a tool."
 )
 REVIEW_PROMPT = (
     "You are the Reviewer. Check the diff against the request and the plan: does it do what "
@@ -246,9 +251,10 @@ async def _run_developer(state: DevelopState, tree: Worktree, prompt: str) -> st
         on_process=tree.record_process,
     )
     params = step_params(request, "developer", DEVELOPER_PROMPT)
+    files = await snapshot(await _resolved(tree.path))
     try:
         reply = await tool_loop(
-            [{"role": "user", "content": prompt}],
+            [{"role": "user", "content": f"{prompt}\n\n{files}"}],
             tools,
             max_rounds=MAX_DEVELOPER_TOOL_ROUNDS,
             **params,
@@ -305,7 +311,10 @@ async def review(state: DevelopState) -> dict[str, Any]:
     if not (state.get("diff") or {}).get("files"):
         verdict: dict[str, Any] = {
             "verdict": "request_changes",
-            "comments": "The branch has no changes: make the change the plan describes.",
+            "comments": (
+                "The branch has no changes: make the change the plan describes by writing the "
+                "files with write_file (or edit_file)."
+            ),
             "automatic": True,
         }
     else:

@@ -25,6 +25,8 @@ MAX_READ_BYTES = 512 * 1024
 MAX_LISTED = 1000
 MAX_MATCHES = 200
 MAX_TEST_OUTPUT = 12 * 1024
+# The repository shown to the developer up front (file list and small files), in characters.
+MAX_SNAPSHOT_CHARS = 6000
 
 
 def confine(root: Path, value: Any, *, name: str = "path") -> Path:
@@ -66,6 +68,43 @@ def _write(path: Path, content: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
     with os.fdopen(fd, "w") as f:
         f.write(content)
+
+
+async def snapshot(root: Path, max_chars: int = MAX_SNAPSHOT_CHARS) -> str:
+    """The worktree's files as the developer first sees them: the list (tracked and new, not
+    ignored) and the content of the small text files, smallest first, within `max_chars`.
+    A small model often cannot go on after reading a file (see llm/local_provider.py: it gets
+    one round of tools), so it must be able to write its change straight away."""
+    code, out, _ = await git_run(
+        ["ls-files", "-z", "--cached", "--others", "--exclude-standard"], root
+    )
+    files = sorted({f for f in out.split("\0") if f}) if code == 0 else []
+    listed = files[:MAX_LISTED]
+    parts = ["Files in the repository:", *listed]
+    if len(files) > len(listed):
+        parts.append(f"… {len(files) - len(listed)} more")
+    budget = max_chars - sum(len(p) + 1 for p in parts)
+
+    def sized(name: str) -> tuple[int, str]:
+        path = root / name
+        try:
+            confine(root, name)
+        except ToolError:  # a symlink out of the worktree: not shown
+            return (-1, name)
+        return (path.stat().st_size if path.is_file() and not path.is_symlink() else -1, name)
+
+    for size, name in sorted(await asyncio.to_thread(lambda: [sized(f) for f in listed])):
+        if size < 0 or size > budget:
+            continue
+        data = await asyncio.to_thread((root / name).read_bytes)
+        if b"\0" in data:
+            continue
+        block = f"\n--- {name}\n{data.decode(errors='replace')}"
+        if len(block) > budget:
+            continue
+        parts.append(block)
+        budget -= len(block)
+    return "\n".join(parts)
 
 
 def workspace_tools(
