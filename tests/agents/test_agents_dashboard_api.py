@@ -16,7 +16,9 @@ import grpc
 from agents_helpers import (
     S,
     WorkerProcess,
+    collect,
     create_run,
+    data,
     rpc_error,
     serve_agents,
     wait_status,
@@ -493,3 +495,18 @@ async def test_run_queue_shows_a_killed_workers_run_unheld_and_the_worker_stoppe
             await agents.CancelRun(S.CancelRunRequest(name=run.name))
         finally:
             await worker.stop()
+
+
+async def test_a_finished_node_carries_its_model_tokens_and_no_cost_without_a_price(
+    agents,
+) -> None:
+    run = await create_run(
+        agents, workflow="workflows/chat", input={"message": "count me", "model": "offline:echo"}
+    )
+    run = await wait_status(agents, run.name, S.RUN_STATUS_COMPLETED)
+    finished = data(await collect(agents, run.name), "run.node.finished")
+    used = [d for d in finished if "input_tokens" in d]
+    assert used, finished
+    assert sum(d["input_tokens"] for d in used) == run.usage.input_tokens
+    assert sum(d["output_tokens"] for d in used) == run.usage.output_tokens
+    assert all(d["models"] == ["offline:echo"] and "cost_usd" not in d for d in used)

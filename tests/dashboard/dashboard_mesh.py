@@ -58,6 +58,8 @@ class Mesh:
             "EMBEDDING_BATCH_SIZE": "4",
             # Repositories the develop workflow may work in (test_dashboard_develop.py).
             "CODE_ALLOWED_ROOTS": str(root / "code"),
+            # Prices for the offline models, so the steps timeline shows each node's cost.
+            "MODEL_PRICES": json.dumps({"offline:*": [1000, 2000]}),
         }
         self.env = env
         self.port = int(ports["PORT"])

@@ -459,3 +459,63 @@ def test_workers_and_queue_show_a_run_in_flight_with_its_worker_and_heartbeat(
         release.touch()
     _wait_run(mesh, run["name"], "RUN_STATUS_COMPLETED")
     expect(page.locator(f'#queue-runs tr[data-run="{run_id}"]')).to_have_count(0)
+
+
+def test_runs_sort_by_tokens_and_duration(screen: Page, mesh: Mesh, artifacts: Path) -> None:
+    page = screen
+    word = f"sortme{uuid.uuid4().hex[:6]}"
+    runs = [_run(mesh, "echo", input={"message": " ".join([word] * n)}) for n in (2, 1, 4)]
+    two, one, four = (str(r["name"]) for r in runs)
+    for run in runs:
+        _wait_run(mesh, run["name"], "RUN_STATUS_COMPLETED")
+    page.goto(f"/#/runs?q={word}")
+    rows = page.locator("#runs-table tbody tr[data-run]")
+    expect(rows).to_have_count(3)
+
+    def expect_order(*names: str) -> None:
+        for i, name in enumerate(names):
+            expect(rows.nth(i)).to_have_attribute("data-run", name)
+
+    if _width(page) > 600:
+        tokens = page.locator("#runs-table th:has(button[data-sort=tokens])")
+        tokens.locator("button").click()
+        expect(tokens).to_have_attribute("aria-sort", "descending")
+        expect_order(four, two, one)
+        tokens.locator("button").click()
+        expect(tokens).to_have_attribute("aria-sort", "ascending")
+        expect_order(one, two, four)
+        page.wait_for_function("() => location.hash.includes('order=fewest-tokens')")
+        shot(page, artifacts, "29-runs-sorted-by-tokens")
+    else:
+        # The columns are hidden on a phone: the order menu sorts the same way.
+        page.select_option("#runs-order", "most-tokens")
+        expect_order(four, two, one)
+        page.wait_for_function("() => location.hash.includes('order=most-tokens')")
+    # A shared link keeps the order; by duration, every run is listed once.
+    page.goto(f"/#/runs?q={word}&order=longest")
+    expect(page.locator("#runs-order")).to_have_value("longest")
+    expect(rows).to_have_count(3)
+    listed = {rows.nth(i).get_attribute("data-run") for i in range(3)}
+    assert listed == {one, two, four}
+
+
+def test_steps_show_each_nodes_tokens_and_cost_and_the_runs_total(
+    screen: Page, artifacts: Path
+) -> None:
+    # The mesh prices offline models at $1000 and $2000 per million input and output tokens.
+    page = screen
+    start_run(page, "workflows/chat", {"message": "what does it cost", "model": "offline:echo"})
+    expect_status(page, "RUN_STATUS_COMPLETED")
+    totals = page.locator("#steps-totals")
+    expect(totals).to_contain_text(re.compile(r"\d+ tokens in, \d+ out · \$"))
+    found = re.search(r"(\d+) tokens in, (\d+) out · \$([0-9.]+)", totals.inner_text())
+    assert found is not None
+    tokens_in, tokens_out, total = int(found[1]), int(found[2]), float(found[3])
+    assert tokens_in > 0 and tokens_out > 0
+    assert total == pytest.approx((tokens_in * 1000 + tokens_out * 2000) / 1e6, rel=0.05)
+    if _width(page) > 600:
+        step = page.locator("#run-steps .step:has(.step-cost:not(:empty))")
+        expect(step).to_have_count(1)
+        expect(step.locator(".step-tokens")).to_have_text(f"{tokens_in + tokens_out} tok")
+        expect(step.locator(".step-cost")).to_have_text(f"${found[3]}")
+    shot(page, artifacts, f"30-steps-cost-{_width(page)}")

@@ -34,6 +34,10 @@ class Environment(StrEnum):
     PRODUCTION = "production"
 
 
+# A price of MODEL_PRICES: USD per million tokens.
+UsdPerMillion = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
 class Settings(BaseSettings):
     """Every setting of every service; each service reads the ones it needs."""
 
@@ -112,6 +116,10 @@ class Settings(BaseSettings):
     # Left unset, it is LOCAL_MODEL_TEMPERATURE when the default model is a local one.
     DEFAULT_TEMPERATURE: float = Field(default=0.7, ge=0, le=2)
     DEFAULT_MAX_TOKENS: int = Field(default=4096, ge=1)
+    # USD per million input and output tokens, by model string; `prefix*` matches a family and
+    # the longest match wins, e.g. {"anthropic:claude-sonnet-4-5": [3, 15], "local:*": [0, 0]}.
+    # A node's cost is shown only when every model it called has a price here.
+    MODEL_PRICES: dict[str, tuple[UsdPerMillion, UsdPerMillion]] = {}
 
     # Local model (llama.cpp through xllamacpp, see amelia_common.local_model / llama_server):
     # `qwen2.5-coder-0.5b` (fetched by `make install`), the path of any .gguf, or `off`.

@@ -3,7 +3,8 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 const STATIC = new URL("../../../services/gateway/amelia_gateway/static/js/", import.meta.url);
-const { buildRunFilter, quoteFilter, threadName } = await import(new URL("filters.js", STATIC));
+const filters = await import(new URL("filters.js", STATIC));
+const { buildRunFilter, quoteFilter, threadName } = filters;
 const { layout } = await import(new URL("graph.js", STATIC));
 const { outcome, shortStatus } = await import(new URL("runstatus.js", STATIC));
 
@@ -117,4 +118,30 @@ test("a worker that stopped counts as a retry; a one-node graph needs no section
   // A node event after the end does not make the run "running" again.
   reduce(run, { type: "run.node.started", data: { node: "late" } });
   assert.equal(run.status, "RUN_STATUS_FAILED");
+});
+
+test("runs sort by clicking a column: descending first, then flipping", () => {
+  const { RUN_ORDERS, nextOrder, sortState } = filters;
+  assert.equal(RUN_ORDERS[nextOrder("duration", "")][1], "duration desc");
+  assert.equal(RUN_ORDERS[nextOrder("duration", "longest")][1], "duration");
+  assert.equal(RUN_ORDERS[nextOrder("duration", "shortest")][1], "duration desc");
+  assert.equal(RUN_ORDERS[nextOrder("tokens", "oldest")][1], "usage.total_tokens desc");
+  assert.equal(nextOrder("created", ""), "oldest");
+  assert.equal(nextOrder("created", "oldest"), "");
+  assert.equal(sortState("created", ""), "descending");
+  assert.equal(sortState("tokens", "fewest-tokens"), "ascending");
+  assert.equal(sortState("duration", "most-tokens"), "none");
+});
+
+test("a run's node usage: tokens per task from run.node.finished, cost only when every node has one", async () => {
+  const { newRunState, reduce, usageTotals } = await import(new URL("runstate.js", STATIC));
+  const run = newRunState(["a", "b"]);
+  reduce(run, { type: "run.node.finished", data: { node: "a", task: "t1", input_tokens: 10, output_tokens: 5, models: ["offline:echo"], cost_usd: 0.02 } });
+  reduce(run, { type: "run.node.finished", data: { node: "b", task: "t2" } }); // no model call
+  assert.deepEqual(run.nodeUsage.get("t1"), { input: 10, output: 5, models: ["offline:echo"], cost: 0.02 });
+  assert.equal(run.nodeUsage.has("t2"), false);
+  assert.deepEqual(usageTotals(run.nodeUsage), { input: 10, output: 5, cost: 0.02 });
+  reduce(run, { type: "run.node.finished", data: { node: "a", task: "t3", input_tokens: 1, output_tokens: 1, models: ["openai:x"] } });
+  assert.deepEqual(usageTotals(run.nodeUsage), { input: 11, output: 6, cost: undefined });
+  assert.deepEqual(usageTotals(new Map()), { input: 0, output: 0, cost: undefined });
 });

@@ -34,3 +34,33 @@ export function threadName(text) {
   if (match) return `threads/${match[1].toLowerCase()}`;
   return value.startsWith("threads/") ? value : `threads/${value}`;
 }
+
+/** The runs list's orders: the URL's `order` value -> [label, the API's `order_by`]. */
+export const RUN_ORDERS = {
+  "": ["Newest first", "create_time desc"],
+  oldest: ["Oldest first", "create_time"],
+  longest: ["Longest first", "duration desc"],
+  shortest: ["Shortest first", "duration"],
+  "most-tokens": ["Most tokens first", "usage.total_tokens desc"],
+  "fewest-tokens": ["Fewest tokens first", "usage.total_tokens"],
+};
+
+/** The orders a sortable column toggles between: [descending, ascending]. */
+export const SORT_COLUMNS = {
+  created: ["", "oldest"],
+  duration: ["longest", "shortest"],
+  tokens: ["most-tokens", "fewest-tokens"],
+};
+
+/** The order after clicking `column` while the list is in `current`: descending first, then flips. */
+export function nextOrder(column, current) {
+  const [down, up] = SORT_COLUMNS[column];
+  return current === down ? up : down;
+}
+
+/** How `column` is sorted under `order`: "descending", "ascending" or "none" (for aria-sort). */
+export function sortState(column, order) {
+  const [down, up] = SORT_COLUMNS[column];
+  if (order === down) return "descending";
+  return order === up ? "ascending" : "none";
+}

@@ -14,10 +14,33 @@ export function newRunState(nodes = []) {
     activeTask: "", // its LangGraph task id
     tokenNode: "", // the node the last tokens belonged to
     tokens: new Map(), // task id -> tokens it streamed
+    nodeUsage: new Map(), // task id -> {input_tokens, output_tokens, models, cost_usd?} of its model calls
     pieces: 0, // tokens so far
     retries: 0, // pick-ups after a worker stopped (answering a question is not one)
     usage: null,
   };
+}
+
+/** A finished node's model usage (and cost, when the service knows its models' prices). */
+function nodeUsageOf(data) {
+  const usage = { input: Number(data.input_tokens || 0), output: Number(data.output_tokens || 0), models: data.models || [] };
+  if (typeof data.cost_usd === "number") usage.cost = data.cost_usd;
+  return usage;
+}
+
+/** Totals of the nodes' usage: tokens, and the cost when every node that used tokens has one. */
+export function usageTotals(nodeUsage) {
+  let input = 0;
+  let output = 0;
+  let cost = 0;
+  let priced = true;
+  for (const usage of nodeUsage.values()) {
+    input += usage.input;
+    output += usage.output;
+    if (usage.cost === undefined) priced = false;
+    else cost += usage.cost;
+  }
+  return { input, output, cost: priced && nodeUsage.size ? cost : undefined };
 }
 
 const ENDED_NODE = { "run.completed": "done", "run.failed": "error", "run.cancelled": "stopped" };
@@ -68,6 +91,7 @@ export function reduce(run, event) {
       break;
     case "run.node.finished":
       node(data.node, data.error ? "error" : data.interrupted ? "waiting" : "done");
+      if (data.task && (data.input_tokens || data.output_tokens)) run.nodeUsage.set(data.task, nodeUsageOf(data));
       change.stepDone = true;
       break;
     case "run.interrupted":

@@ -119,7 +119,7 @@ export function mount(main, ctx, [runId]) {
     h("h2", { id: "graph-title" }, "Graph"));
   let graph = null;
   const steps = new StepsView(ctx, name, { canFork: () => TERMINAL_STATUSES.has(state.run && state.run.status) });
-  const reloadSteps = debounce(() => steps.load(state.tokens), 400);
+  const reloadSteps = debounce(() => steps.load(state.tokens, state.nodeUsage), 400);
   // A develop run's change, with Land / Discard (views/diff.js).
   const diffView = new DiffView(ctx, name, { onSettled: () => followAfterEnd() });
 

@@ -1,15 +1,16 @@
 // Runs: start a run of a workflow or an agent (the input form is built from the workflow's JSON
 // Schema), create an agent, and browse past runs: paged, searched and filtered by the API's
 // AIP-160 `filter` (text, workflow or agent, statuses, time range) and sorted, with the filters in
-// the URL (`#/runs?q=…&status=FAILED,PAUSED&target=…&since=24h&order=oldest`) so a link shares
-// them. `#/runs?thread=<id>&target=<name>` opens the form ready to continue a thread. The list
+// the URL (`#/runs?q=…&status=FAILED,PAUSED&target=…&since=24h&order=longest`; clicking the
+// Created, Duration or Tokens header sorts by it) so a link shares them.
+// `#/runs?thread=<id>&target=<name>` opens the form ready to continue a thread. The list
 // refreshes itself when a run starts, pauses or ends (a WebSocket subscription).
 
 import {
   debounce, errorNotice, formatDuration, formatTime, h, idOf, uuid,
 } from "../dom.js";
 import { STATUSES as RUN_STATUSES, shortStatus, statusBadge } from "../runstatus.js";
-import { buildRunFilter, threadName } from "../filters.js";
+import { RUN_ORDERS, buildRunFilter, nextOrder, sortState, threadName } from "../filters.js";
 import { agentsCard } from "./agents.js";
 
 const PAGE_SIZE = 20;
@@ -234,6 +235,13 @@ function agentForm(ctx, onCreated) {
   return h("details", { class: "card", id: "agent-card" }, h("summary", {}, h("strong", {}, "New agent")), form);
 }
 
+/** Input plus output tokens (what the Tokens column sorts by), each in the tooltip. */
+function tokensCell(usage) {
+  const input = Number((usage && usage.inputTokens) || 0);
+  const output = Number((usage && usage.outputTokens) || 0);
+  return h("td", { class: "num wide-only", title: `${input} in, ${output} out` }, usage ? String(input + output) : "");
+}
+
 /** The filter bar; its state lives in the URL's query. */
 function filterBar(params, targets, onChange) {
   const text = h("input", { id: "runs-q", type: "search", placeholder: "Search input, output, errors", value: params.get("q") || "",
@@ -244,8 +252,8 @@ function filterBar(params, targets, onChange) {
     ...SINCE.map(([value, label]) => h("option", { value }, label)));
   since.value = params.get("since") || "";
   const order = h("select", { id: "runs-order", "aria-label": "Order" },
-    h("option", { value: "" }, "Newest first"), h("option", { value: "oldest" }, "Oldest first"));
-  order.value = params.get("order") || "";
+    ...Object.entries(RUN_ORDERS).map(([value, [label]]) => h("option", { value }, label)));
+  order.value = params.get("order") in RUN_ORDERS ? params.get("order") : "";
   const chosen = new Set((params.get("status") || "").split(",").filter(Boolean));
   const statusBoxes = RUN_STATUSES.map(([name, label]) => {
     const box = h("input", { type: "checkbox", value: shortStatus(name), checked: chosen.has(shortStatus(name)) });
@@ -259,7 +267,8 @@ function filterBar(params, targets, onChange) {
     h("details", { open: Boolean(params.get("filter")) }, h("summary", {}, "Filter expression"),
       h("label", { for: "runs-filter", class: "visually-hidden" }, "Filter expression"), advanced,
       h("p", { class: "hint", id: "runs-filter-hint" }, "AIP-160, combined with the above by AND: fields status, workflow, agent, ",
-        "thread, create_time, start_time, end_time, usage.input_tokens, usage.output_tokens, attempt, error, input, output; ",
+        "thread, create_time, start_time, end_time, usage.input_tokens, usage.output_tokens, attempt, error, input, output, ",
+        h("code", {}, "input.<key>"), "; ",
         h("code", {}, "= != < <= > >= :"), ", AND, OR, NOT, parentheses.")),
   );
 
@@ -288,7 +297,12 @@ function filterBar(params, targets, onChange) {
     changed.cancel();
     onChange(read());
   });
-  return { element, read, setTargets, cancel: changed.cancel };
+  /** Sort by another order (a column header was clicked): as if chosen in the select. */
+  function sortBy(value) {
+    order.value = value;
+    order.dispatchEvent(new Event("change", { bubbles: true }));
+  }
+  return { element, read, setTargets, sortBy, cancel: changed.cancel };
 }
 
 export function mount(main, ctx) {
@@ -307,6 +321,19 @@ export function mount(main, ctx) {
     tokens.length = 1;
     loadRuns();
   });
+  function sortHeader(column, label, className) {
+    const button = h("button", { type: "button", class: "sort", dataset: { sort: column } }, label);
+    button.addEventListener("click", () => bar.sortBy(nextOrder(column, bar.read().order)));
+    return h("th", { scope: "col", class: className, "aria-sort": sortState(column, bar.read().order) }, button);
+  }
+
+  function showSort() {
+    const current = bar.read().order;
+    for (const button of main.querySelectorAll("#runs-table th button.sort")) {
+      button.parentElement.setAttribute("aria-sort", sortState(button.dataset.sort, current));
+    }
+  }
+
   main.append(
     h("h1", {}, "Runs"),
     h("div", { class: "split" },
@@ -319,8 +346,8 @@ export function mount(main, ctx) {
             h("table", { id: "runs-table" },
               h("thead", {}, h("tr", {},
                 h("th", { scope: "col" }, "Run"), h("th", { scope: "col" }, "Target"),
-                h("th", { scope: "col" }, "Status"), h("th", { scope: "col", class: "wide-only" }, "Created"),
-                h("th", { scope: "col", class: "num wide-only" }, "Duration"), h("th", { scope: "col", class: "num wide-only" }, "Tokens"))),
+                h("th", { scope: "col" }, "Status"), sortHeader("created", "Created", "wide-only"),
+                sortHeader("duration", "Duration", "num wide-only"), sortHeader("tokens", "Tokens", "num wide-only"))),
               tableBody)),
           h("div", { class: "pager" }, prev, next, pageInfo),
         )),
@@ -357,7 +384,8 @@ export function mount(main, ctx) {
     const values = bar.read();
     const filter = buildRunFilter(values);
     if (filter) query.filter = filter;
-    if (values.order === "oldest") query.orderBy = "create_time";
+    if (values.order) query.orderBy = RUN_ORDERS[values.order][1];
+    showSort();
     try {
       const response = await ctx.api.listRuns(query);
       if (stopped) return;
@@ -378,7 +406,7 @@ export function mount(main, ctx) {
         h("td", {}, statusBadge(run.status, run.output)),
         h("td", { class: "wide-only" }, formatTime(run.createTime)),
         h("td", { class: "num wide-only" }, formatDuration(run.duration)),
-        h("td", { class: "num wide-only" }, run.usage ? String(Number(run.usage.outputTokens || 0)) : ""),
+        tokensCell(run.usage),
       )));
     } catch (error) {
       if (!stopped) listError.replaceChildren(errorNotice(error));

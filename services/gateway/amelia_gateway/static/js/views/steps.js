@@ -4,6 +4,7 @@
 // travel: ForkRun with an optional state update).
 
 import { errorNotice, formatDuration, h, idOf, prettyJson, uuid } from "../dom.js";
+import { usageTotals } from "../runstate.js";
 
 const STEP_STATE = {
   RUN_STEP_STATE_PENDING: ["running", "active"],
@@ -11,6 +12,11 @@ const STEP_STATE = {
   RUN_STEP_STATE_FAILED: ["failed", "error"],
   RUN_STEP_STATE_INTERRUPTED: ["waiting", "waiting"],
 };
+
+/** USD, with enough digits to tell small costs apart ($0.0012, $1.25). */
+export function formatCost(usd) {
+  return `$${usd >= 1 ? usd.toFixed(2) : usd.toPrecision(2)}`;
+}
 
 function seconds(a, b) {
   return (Date.parse(b) - Date.parse(a)) / 1000;
@@ -31,14 +37,17 @@ export class StepsView {
     this.loading = null;
     this.again = false;
     this.tokens = new Map();
+    this.nodeUsage = new Map();
   }
 
   /**
-   * Reload the steps; `tokens` maps a task id to the tokens it streamed. A reload asked for
-   * while one is under way runs after it (the run moved on meanwhile: its answer is older).
+   * Reload the steps; `tokens` maps a task id to the tokens it streamed, `nodeUsage` to its
+   * model calls' usage and cost (runstate). A reload asked for while one is under way runs
+   * after it (the run moved on meanwhile: its answer is older).
    */
-  async load(tokens) {
+  async load(tokens, nodeUsage = new Map()) {
     this.tokens = tokens;
+    this.nodeUsage = nodeUsage;
     if (this.loading) {
       this.again = true;
       return this.loading;
@@ -75,6 +84,7 @@ export class StepsView {
       const took = step.endTime ? seconds(step.startTime, step.endTime) : null;
       const count = tokens.get(step.task) || 0;
       streamed += count;
+      const usage = this.nodeUsage.get(step.task);
       const left = (seconds(start, step.startTime) / span) * 100;
       const width = took === null ? 100 - left : Math.max((took / span) * 100, 0.8);
       const details = h("details", { class: "step", dataset: { node: step.node, state: tone, checkpoint: step.checkpoint } },
@@ -84,7 +94,9 @@ export class StepsView {
           h("span", { class: "bar-track", "aria-hidden": "true" },
             h("span", { class: "bar", style: { left: `${left}%`, width: `${Math.min(width, 100 - left)}%` } })),
           h("span", { class: "step-time num" }, took === null ? "" : formatDuration(took)),
-          h("span", { class: "step-tokens num" }, count ? `${count} tok` : "")),
+          h("span", { class: "step-tokens num", title: usage ? `${usage.input} in, ${usage.output} out (${usage.models.join(", ")})` : null },
+            usage ? `${usage.input + usage.output} tok` : count ? `${count} tok` : ""),
+          h("span", { class: "step-cost num" }, usage && usage.cost !== undefined ? formatCost(usage.cost) : "")),
       );
       details.open = this.open.has(step.checkpoint);
       details.addEventListener("toggle", () => {
@@ -98,8 +110,10 @@ export class StepsView {
       if (details.open) details.append(this.body(step));
       return h("li", {}, details);
     }));
+    const used = usageTotals(this.nodeUsage);
     this.totals.textContent = `${steps.length} step${steps.length === 1 ? "" : "s"} · ${formatDuration(span)} from the first to the last checkpoint`
-      + (streamed ? ` · ${streamed} tokens streamed` : "");
+      + (used.input + used.output ? ` · ${used.input} tokens in, ${used.output} out` : streamed ? ` · ${streamed} tokens streamed` : "")
+      + (used.cost !== undefined ? ` · ${formatCost(used.cost)}` : "");
   }
 
   body(step) {
