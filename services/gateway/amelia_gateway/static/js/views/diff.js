@@ -89,7 +89,7 @@ export class DiffView {
     if (this.mode === "settled") return;
     if (run.status === "RUN_STATUS_PAUSED") return; // forQuestion decides
     if (!["RUN_STATUS_COMPLETED", "RUN_STATUS_FAILED", "RUN_STATUS_CANCELLED"].includes(run.status)
-        || !output.branch || (output.status && !OPEN_BRANCH.has(output.status))) {
+        || !output.branch || !OPEN_BRANCH.has(output.status)) {
       if (this.mode === "question") this.hide();
       return;
     }
