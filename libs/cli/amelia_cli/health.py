@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import socket
 import urllib.request
+from collections.abc import Awaitable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -64,8 +66,51 @@ def http_health(url: str, timeout: float = 2.0) -> str:
         return "UNREACHABLE"
 
 
-async def probe_service(settings: Settings, spec: ServiceSpec) -> Probe:
-    address = service_address(settings, spec)
+def replica_addresses(target: str) -> list[str]:
+    """Each replica behind a client target, to be asked alone: the addresses of a comma list,
+    or every address a `dns:///name:port` resolves to (a headless Service's pods)."""
+    if not target.startswith("dns:"):
+        return [part.strip() for part in target.split(",") if part.strip()]
+    host, _, port = target.split("///", 1)[-1].rpartition(":")
+    try:
+        found = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
+    except (OSError, ValueError):
+        return [target]  # probed as it is: its probe says it cannot be reached
+    addresses = []
+    for family, *_, sockaddr in found:
+        ip = str(sockaddr[0])
+        address = f"[{ip}]:{port}" if family == socket.AF_INET6 else f"{ip}:{port}"
+        if address not in addresses:
+            addresses.append(address)
+    return addresses
+
+
+def client_target(settings: Settings, spec: ServiceSpec, state: dict[str, Any] | None) -> str:
+    """Where `amelia status` finds `spec`: its port here for a mesh `amelia up` runs (or when
+    no address is set), else the address its clients are given (maybe several replicas)."""
+    configured = spec.address_setting and spec.address_setting in settings.model_fields_set
+    if state or not configured:
+        return service_address(settings, spec)
+    return str(getattr(settings, spec.address_setting))
+
+
+def replica_targets(
+    settings: Settings, spec: ServiceSpec, state: dict[str, Any] | None
+) -> list[str]:
+    """Each replica of `spec`, to be asked alone."""
+    return replica_addresses(client_target(settings, spec, state))
+
+
+async def probe_replicas(
+    settings: Settings, spec: ServiceSpec, state: dict[str, Any] | None = None
+) -> list[Probe]:
+    """One probe per replica of `spec`."""
+    targets = replica_targets(settings, spec, state)
+    return list(await asyncio.gather(*(probe_service(settings, spec, t) for t in targets)))
+
+
+async def probe_service(settings: Settings, spec: ServiceSpec, address: str = "") -> Probe:
+    address = address or service_address(settings, spec)
     if spec.grpc_service:
         status = await grpc_health(settings, address, spec.grpc_service)
         return Probe(spec.name, f"grpc://{address}", status)
@@ -74,36 +119,79 @@ async def probe_service(settings: Settings, spec: ServiceSpec) -> Probe:
     return Probe(spec.name, f"http://{address}", status)
 
 
-async def probe_nats(settings: Settings) -> Probe:
+async def connect_briefly(settings: Settings) -> Any:
+    """A NATS connection for one look (raises when NATS does not answer within seconds)."""
     import nats
 
     from amelia_common.nats_client import nats_servers
 
-    servers = nats_servers(settings)
-
     async def quiet(exc: Exception) -> None:
         """Refusals are reported as the status, not printed."""
 
+    # nats-py retries the first connect forever unless attempts are bounded.
+    return await asyncio.wait_for(
+        nats.connect(
+            servers=nats_servers(settings),
+            connect_timeout=2,
+            max_reconnect_attempts=1,
+            error_cb=quiet,
+        ),
+        5,
+    )
+
+
+@dataclass
+class StreamState:
+    """A JetStream stream as its leader sees it: who leads, and how current each copy is."""
+
+    stream: str
+    leader: str
+    copies: list[tuple[str, bool, int]]  # (node, current, messages behind)
+    messages: int
+
+
+async def stream_states(settings: Settings, streams: list[str]) -> list[StreamState]:
+    """The streams' cluster state, asked of NATS itself (any node, any client: no monitoring
+    port needed); a stream that does not exist yet is left out."""
+    nc = await connect_briefly(settings)
     try:
-        # nats-py retries the first connect forever unless attempts are bounded.
-        nc = await asyncio.wait_for(
-            nats.connect(
-                servers=servers, connect_timeout=2, max_reconnect_attempts=1, error_cb=quiet
-            ),
-            5,
-        )
+        js = nc.jetstream(timeout=3)
+        states = []
+        for name in streams:
+            try:
+                info = await js.stream_info(name)
+            except Exception:  # noqa: BLE001 - not created yet, or no leader now
+                continue
+            cluster = info.cluster
+            copies = [
+                (peer.name or "?", bool(peer.current) and not peer.offline, int(peer.lag or 0))
+                for peer in (cluster.replicas or [] if cluster else [])
+            ]
+            leader = (cluster.leader if cluster else "") or ""
+            states.append(StreamState(name, leader, copies, int(info.state.messages)))
+        return states
+    finally:
+        await nc.close()
+
+
+async def probe_nats(settings: Settings) -> Probe:
+    from amelia_common.nats_client import nats_servers
+
+    servers = nats_servers(settings)
+    try:
+        nc = await connect_briefly(settings)
     except Exception as exc:  # noqa: BLE001 - reported as a status
-        return Probe("nats", ",".join(servers), "UNREACHABLE", str(exc) or type(exc).__name__)
+        return Probe("nats", ", ".join(servers), "UNREACHABLE", str(exc) or type(exc).__name__)
     try:
         js = nc.jetstream()
         info = await js.account_info()
         detail = f"JetStream: {info.streams} streams"
     except Exception as exc:  # noqa: BLE001
         detail = f"JetStream unavailable: {exc}"
-        return Probe("nats", ",".join(servers), "NOT_SERVING", detail)
+        return Probe("nats", ", ".join(servers), "NOT_SERVING", detail)
     finally:
         await nc.close()
-    return Probe("nats", ",".join(servers), "SERVING", detail)
+    return Probe("nats", ", ".join(servers), "SERVING", detail)
 
 
 async def probe_postgres(settings: Settings) -> Probe:
@@ -188,15 +276,20 @@ async def probe_all(settings: Settings, state: dict[str, Any] | None = None) -> 
     ):
         if wanted:
             importlib.import_module(module)
-    results = await asyncio.gather(
-        *(probe_service(settings, spec) for spec in SERVICES),
-        probe_nats(settings) if settings.NATS_URL else probe_dependency(settings, "nats"),
-        (
+
+    async def alone(probe: Awaitable[Probe]) -> list[Probe]:
+        return [await probe]
+
+    groups = await asyncio.gather(
+        *(probe_replicas(settings, spec, state) for spec in SERVICES),
+        alone(probe_nats(settings) if settings.NATS_URL else probe_dependency(settings, "nats")),
+        alone(
             probe_postgres(settings)
             if settings.DATABASE_URL
             else probe_dependency(settings, "postgres")
         ),
-        probe_local_model(settings, state),
+        alone(probe_local_model(settings, state)),
     )
     units: dict[str, Any] = (state or {}).get("units", {})
-    return [with_supervisor_view(probe, units.get(probe.name)) for probe in results]
+    probes = [probe for group in groups for probe in group]
+    return [with_supervisor_view(probe, units.get(probe.name)) for probe in probes]

@@ -19,14 +19,15 @@ from urllib.parse import quote
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from amelia_cli.commands import git as _git  # noqa: F401 - runs diff/land/discard
 from amelia_cli.commands.agents import agents_app, run, runs_app
 from amelia_cli.commands.cluster import cluster_app
 from amelia_cli.commands.docs import docs_app, ingest, search
 from amelia_cli.commands.events import events
-from amelia_cli.health import Probe, probe_all
+from amelia_cli.commands.status import endpoints_table
+from amelia_cli.commands.status import show as show_status
+from amelia_cli.health import probe_all
 from amelia_cli.mesh import SERVICES, client_host
 from amelia_cli.supervisor import MeshStartError, Supervisor, read_state
 from amelia_cli.tui import tui
@@ -46,18 +47,6 @@ app.add_typer(runs_app, name="runs")
 app.add_typer(cluster_app, name="cluster")
 app.command()(events)
 app.command()(tui)
-
-
-def endpoints_table(settings: Settings, probes: list[Probe]) -> Table:
-    table = Table(title="Amelia mesh", title_justify="left")
-    table.add_column("part")
-    table.add_column("address")
-    table.add_column("status")
-    table.add_column("detail")
-    for p in probes:
-        colour = "green" if p.ok else "red"
-        table.add_row(p.name, p.address, f"[{colour}]{p.status}[/{colour}]", p.detail)
-    return table
 
 
 def dashboard_url(settings: Settings, *, with_token: bool = True) -> str:
@@ -172,7 +161,7 @@ async def _run(supervisor: Supervisor, timeout: float) -> None:
                 return
             waiting.result()
         probes = await probe_all(settings, supervisor.state())
-        console.print(endpoints_table(settings, probes))
+        console.print(endpoints_table(probes))
         console.print(
             f"Dashboard and HTTP API: {dashboard_url(settings, with_token=console.is_terminal)}"
             f"   data: {settings.data_dir}   logs: {supervisor.log_dir}"
@@ -211,7 +200,7 @@ def _up_detached(settings: Settings, timeout: float, cluster: int = 0) -> None:
                 running, _ = _running_mesh()
                 probes = asyncio.run(probe_all(running, state))
                 if all(p.ok for p in probes):
-                    console.print(endpoints_table(settings, probes))
+                    console.print(endpoints_table(probes))
                     url = dashboard_url(settings, with_token=console.is_terminal)
                     console.print(f"Dashboard and HTTP API: {url}")
                     console.print(
@@ -226,11 +215,10 @@ def _up_detached(settings: Settings, timeout: float, cluster: int = 0) -> None:
 
 @app.command()
 def status() -> None:
-    """Health of every service, NATS, PostgreSQL and the local model."""
+    """Every replica's health, NATS (its cluster's leaders), PostgreSQL, the local model and
+    the run queue."""
     settings, state = _running_mesh()
-    probes = asyncio.run(probe_all(settings, state))
-    console.print(endpoints_table(settings, probes))
-    if not all(p.ok for p in probes):
+    if not show_status(console, settings, state):
         raise typer.Exit(1)
 
 

@@ -23,6 +23,8 @@ class ServiceSpec:
     dependencies: tuple[str, ...] = ()
     # The setting of its Prometheus endpoint's port ("": served on its own HTTP port).
     metrics_setting: str = ""
+    # The setting its clients reach it by (one address, a comma list of replicas, dns:///).
+    address_setting: str = ""
 
     def port(self, settings: Settings) -> int:
         port: int = getattr(settings, self.port_setting)
@@ -40,6 +42,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
         "EVENTS_GRPC_PORT",
         ("nats",),
         "EVENTS_METRICS_PORT",
+        "EVENTS_ADDRESS",
     ),
     ServiceSpec(
         "rag",
@@ -48,6 +51,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
         "RAG_GRPC_PORT",
         ("nats", "postgres"),
         "RAG_METRICS_PORT",
+        "RAG_ADDRESS",
     ),
     ServiceSpec(
         "agents",
@@ -56,6 +60,7 @@ SERVICES: tuple[ServiceSpec, ...] = (
         "AGENTS_GRPC_PORT",
         ("nats", "postgres"),
         "AGENTS_METRICS_PORT",
+        "AGENTS_ADDRESS",
     ),
     ServiceSpec("gateway", "amelia_gateway", "", "PORT"),
 )

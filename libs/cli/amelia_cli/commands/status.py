@@ -1,0 +1,142 @@
+"""`amelia status`: the mesh at a glance, on 80 columns.
+
+- every replica of every service (each address of a comma list or of a `dns:///` name) and its
+  health, NATS, PostgreSQL and the local model (`health.probe_all`);
+- the NATS cluster: each stream's leader and whether its copies are current, asked of NATS
+  itself; with a cluster `amelia up --cluster` runs, each node and the JetStream meta leader;
+- the run queue, from the agents service's GetRunQueue: jobs waiting, runs queued (and the
+  oldest one's wait), runs running, and each worker process with its busy loops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import grpc
+from rich.console import Console
+from rich.table import Table
+
+from amelia.v1 import agents_pb2, agents_pb2_grpc
+from amelia_cli.health import Probe, StreamState, client_target, probe_all, stream_states
+from amelia_cli.mesh import SERVICES
+from amelia_common.grpc_client import aio_channel
+from amelia_common.nats_cluster import NatsCluster
+from amelia_common.settings import Settings
+
+AGENTS = next(spec for spec in SERVICES if spec.name == "agents")
+
+
+def endpoints_table(probes: list[Probe]) -> Table:
+    """One row per part of the mesh (per replica of a service)."""
+    table = Table(title="Amelia mesh", title_justify="left")
+    table.add_column("part")
+    table.add_column("address", overflow="fold")
+    table.add_column("status")
+    table.add_column("detail", overflow="fold")
+    for p in probes:
+        colour = "green" if p.ok else "red"
+        table.add_row(p.name, p.address, f"[{colour}]{p.status}[/{colour}]", p.detail)
+    return table
+
+
+def _copy(node: str, current: bool, behind: int) -> str:
+    return f"{node} current" if current else f"{node} [red]behind {behind}[/red]"
+
+
+def streams_table(streams: list[StreamState]) -> Table:
+    table = Table(title="NATS streams (as their leader sees them)", title_justify="left")
+    for column in ("stream", "leader", "copies", "messages"):
+        table.add_column(column)
+    for s in streams:
+        copies = ", ".join(_copy(*copy) for copy in s.copies) or "one copy (R1)"
+        table.add_row(s.stream, s.leader or "[red]none[/red]", copies, str(s.messages))
+    return table
+
+
+def nodes_table(cluster: NatsCluster) -> Table:
+    table = Table(title=f"NATS cluster under {cluster.root}", title_justify="left")
+    for column in ("node", "url", "pid", "meta leader"):
+        table.add_column(column)
+    for node in cluster.status():
+        up = node["pid"] is not None
+        table.add_row(
+            node["name"],
+            node["url"],
+            str(node["pid"]) if up else "[red]down[/red]",
+            node["meta_leader"] or ("[red]none[/red]" if up else "-"),
+        )
+    return table
+
+
+def _seconds(duration: Any) -> str:
+    return f"{duration.seconds + duration.nanos / 1e9:.0f}s"
+
+
+def queue_table(queue: agents_pb2.GetRunQueueResponse) -> Table:
+    table = Table(title="Run queue", title_justify="left")
+    table.add_column("what")
+    table.add_column("now")
+    table.add_row("queue", queue.queue)
+    oldest = f" (oldest waits {_seconds(queue.oldest_queued_age)})" if queue.queued_runs else ""
+    table.add_row("jobs waiting", str(queue.waiting_jobs))
+    table.add_row("runs queued", f"{queue.queued_runs}{oldest}")
+    table.add_row("runs running", str(len(queue.in_flight)))
+    table.add_row("workers", str(len(queue.workers)))
+    for worker in queue.workers:
+        health = "" if worker.healthy else ", [red]no heartbeat[/red]"
+        table.add_row(f"  {worker.name}", f"{worker.busy_loops} busy{health}")
+    return table
+
+
+async def run_queue(
+    settings: Settings, state: dict[str, Any] | None
+) -> agents_pb2.GetRunQueueResponse | str:
+    """GetRunQueue of the agents service, or why it could not be read."""
+    address = client_target(settings, AGENTS, state)
+    async with aio_channel(address, settings) as channel:
+        try:
+            return await agents_pb2_grpc.AgentServiceStub(channel).GetRunQueue(
+                agents_pb2.GetRunQueueRequest(), timeout=5
+            )
+        except grpc.aio.AioRpcError as exc:
+            return f"{exc.code().name}: {exc.details()}"
+
+
+async def _streams(settings: Settings) -> list[StreamState] | str:
+    try:
+        return await stream_states(settings, [settings.EVENTS_STREAM, settings.RUNS_QUEUE_STREAM])
+    except Exception as exc:  # noqa: BLE001 - shown as why
+        return str(exc) or type(exc).__name__
+
+
+async def gather(
+    settings: Settings, state: dict[str, Any] | None
+) -> tuple[list[Probe], list[StreamState] | str, agents_pb2.GetRunQueueResponse | str]:
+    """Everything `amelia status` shows, asked at once."""
+    no_nats = "NATS_URL unknown (no mesh running here)"
+    streams: Any = _streams(settings) if settings.NATS_URL else asyncio.sleep(0, no_nats)
+    probes, states, queue = await asyncio.gather(
+        probe_all(settings, state), streams, run_queue(settings, state)
+    )
+    return probes, states, queue
+
+
+def show(console: Console, settings: Settings, state: dict[str, Any] | None) -> bool:
+    """Print the status; whether every part is up."""
+    probes, streams, queue = asyncio.run(gather(settings, state))
+    console.print(endpoints_table(probes))
+    if isinstance(streams, str):
+        console.print(f"NATS streams: {streams}")
+    else:
+        console.print(streams_table(streams))
+    root = (state or {}).get("nats_cluster")
+    cluster = NatsCluster.load(Path(root)) if root else None
+    if cluster is not None:
+        console.print(nodes_table(cluster))
+    if isinstance(queue, str):
+        console.print(f"Run queue: unavailable ({queue})")
+    else:
+        console.print(queue_table(queue))
+    return all(p.ok for p in probes)
