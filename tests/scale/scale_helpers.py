@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,14 +26,18 @@ from typing import TypeVar
 import grpc
 import websockets
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from typer.testing import CliRunner
 
 from amelia.v1 import events_pb2, events_pb2_grpc
+from amelia_cli.main import app
 from amelia_common.embedded import free_port
 from amelia_common.nats_client import connect_nats
 from amelia_common.nats_cluster import NatsNode
-from amelia_common.settings import Settings
+from amelia_common.settings import Settings, get_settings
 
 T = TypeVar("T")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ")  # a log line, not output
 
 # The module each service runs as, and the setting naming its gRPC port.
 SERVICE_MODULES = {
@@ -408,3 +413,13 @@ class EmbeddingEndpoint:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def amelia_status(env: dict[str, str]) -> tuple[int, str]:
+    """`amelia status` as a terminal of 80 columns shows it (settings read afresh)."""
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(app, ["status"], env={**env, "COLUMNS": "80"})
+    finally:
+        get_settings.cache_clear()
+    return result.exit_code, ANSI.sub("", result.output)

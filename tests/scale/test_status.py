@@ -12,17 +12,13 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 from agents_helpers import running_agents, wait_status
-from typer.testing import CliRunner
+from scale_helpers import LOG_LINE, amelia_status
 
 from amelia.v1 import agents_pb2
 from amelia_cli.health import replica_addresses
-from amelia_cli.main import app
 from amelia_common.embedded import free_port
-from amelia_common.settings import Settings, get_settings
+from amelia_common.settings import Settings
 from amelia_events.server import build_service as build_events
-
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
-LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ")
 
 
 @asynccontextmanager
@@ -91,16 +87,6 @@ async def test_status_shows_every_replica_the_cluster_leaders_and_the_run_queue(
     assert re.search(r"runs running\s*│\s*1\b", output), output
     assert re.search(r"workers\s*│\s*1\b", output), output
     assert re.search(r"1 busy", output), output
-
-
-def amelia_status(env: dict[str, str]) -> tuple[int, str]:
-    """`amelia status` as a terminal of 80 columns shows it (settings read afresh)."""
-    get_settings.cache_clear()
-    try:
-        result = CliRunner().invoke(app, ["status"], env={**env, "COLUMNS": "80"})
-    finally:
-        get_settings.cache_clear()
-    return result.exit_code, ANSI.sub("", result.output)
 
 
 def test_each_replica_of_a_target_is_asked_alone() -> None:

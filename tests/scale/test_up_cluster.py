@@ -5,6 +5,7 @@ each service gets a metrics port of its own when its default one is held by anot
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import urllib.request
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from scale_helpers import amelia_status
 from test_cluster_cli import free_port_range
 
 from amelia_cli.mesh import SERVICES
@@ -75,6 +77,16 @@ async def test_up_with_a_cluster_supervises_every_node_and_keeps_streams_on_thre
             supervisor.check(supervisor.servers)
             await asyncio.sleep(0.2)
         assert node.pid() is not None
+
+        # amelia status shows the cluster's nodes, every one up, and one meta leader.
+        _code, output = await asyncio.to_thread(
+            amelia_status, {"AMELIA_DATA_DIR": str(running.data_dir), "LOCAL_MODEL": "off"}
+        )
+        nodes_shown = [line for line in output.splitlines() if re.match(r"│ n[123] ", line)]
+        assert len(nodes_shown) == 3, output
+        cells = [[cell.strip() for cell in line.strip("│").split("│")] for line in nodes_shown]
+        assert {row[3] for row in cells} in ({"n1"}, {"n2"}, {"n3"}), output  # one meta leader
+        assert all(row[2].isdigit() for row in cells), output  # each node's pid: all up
     finally:
         await supervisor.stop()
     assert all(port_is_free(first + i) for i in range(3))
