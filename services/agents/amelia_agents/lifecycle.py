@@ -2,9 +2,8 @@
 
 Every event of a run has the subject `runs/<uuid>` and carries `run` and `attempt` in its data
 (a worker that died mid-node leaves that node's tokens behind; the next attempt's tokens say a
-higher `attempt`). A run's end is published after its status is stored, with fixed event ids, so
-whoever publishes it — the worker, CancelRun, or a worker repairing a crash between the two —
-stores it once; its sequence is kept on the run (`terminal_sequence`).
+higher `attempt`). Which events tell of which transition, and in what order they go with the stored status,
+is `runstate`'s; this module builds and publishes them.
 """
 
 from __future__ import annotations
@@ -14,17 +13,13 @@ from typing import Any
 
 from amelia.v1 import events_pb2
 from amelia_agents.convert import run_name
-from amelia_agents.models import RunRow, RunState
+from amelia_agents.models import RunRow
+from amelia_agents.runstate import end_events, lifecycle_prefix
 from amelia_agents.store import Store
 from amelia_common import telemetry
 from amelia_common.eventlog import EventLog, PublishPipeline, fit_data, make_event
 
 TERMINAL_TYPES = ("run.completed", "run.failed", "run.cancelled")
-
-
-def lifecycle_prefix(row: RunRow) -> str:
-    """`agent` for agent runs, `workflow` for workflow runs (the seed's event families)."""
-    return "agent" if row.agent_id else "workflow"
 
 
 class RunEvents:
@@ -92,48 +87,10 @@ class RunEvents:
         await pipeline.submit(event)
 
     async def terminal(self, row: RunRow) -> None:
-        """Publish the end of a finished run (idempotent) and remember its sequence."""
-        prefix = lifecycle_prefix(row)
-        usage = {"input_tokens": row.input_tokens or 0, "output_tokens": row.output_tokens or 0}
-        duration = (
-            (row.end_time - row.start_time).total_seconds()
-            if row.end_time and row.start_time
-            else 0.0
-        )
-        if row.status == RunState.COMPLETED.value:
-            output = row.output or {}
-            await self.publish(
-                row,
-                f"{prefix}.completed",
-                {"output": output, "usage": usage},
-                event_id=f"{row.id}:lifecycle-end",
-            )
-            event = await self.publish(
-                row,
-                "run.completed",
-                {"output": output, "usage": usage, "duration_seconds": duration},
-                event_id=f"{row.id}:end",
-            )
-        elif row.status == RunState.FAILED.value:
-            await self.publish(
-                row, f"{prefix}.failed", {"error": row.error}, event_id=f"{row.id}:lifecycle-end"
-            )
-            event = await self.publish(
-                row,
-                "run.failed",
-                {"error": row.error, "usage": usage, "duration_seconds": duration},
-                event_id=f"{row.id}:end",
-            )
-        elif row.status == RunState.CANCELLED.value:
-            await self.publish(
-                row, f"{prefix}.failed", {"error": "cancelled"}, event_id=f"{row.id}:lifecycle-end"
-            )
-            event = await self.publish(
-                row,
-                "run.cancelled",
-                {"reason": row.error, "usage": usage},
-                event_id=f"{row.id}:end",
-            )
-        else:
-            return
-        await self.store.set_terminal_sequence(row.id, event.sequence)
+        """Publish the end of a finished run (idempotent: fixed ids) and remember its sequence;
+        nothing for a run that has not ended (see `runstate`, rule 4)."""
+        event = None
+        for end in end_events(row):
+            event = await self.publish(row, end.type, end.data, event_id=end.event_id)
+        if event is not None:
+            await self.store.set_terminal_sequence(row.id, event.sequence)

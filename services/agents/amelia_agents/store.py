@@ -1,6 +1,6 @@
 """Reads and state transitions of agents, threads and runs in PostgreSQL.
 
-Every run transition is one conditional UPDATE (`... WHERE status IN (...) RETURNING`), so the
+Every run transition (`runstate`: its sources and target) is one conditional UPDATE (`... WHERE status IN (...) RETURNING`), so the
 API and any number of workers can race on a run and exactly one of them wins; the loser learns
 the current status and reports it (FAILED_PRECONDITION for a second cancel, a skipped job for a
 worker).
@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
+from amelia_agents import runstate
 from amelia_agents.locks import RunLock
 from amelia_agents.models import (
     ACTIVE_STATES,
@@ -284,14 +285,15 @@ class Store:
             return list((await s.scalars(query)).all())
 
     async def _transition(
-        self, run_id: uuid.UUID, allowed: Sequence[str], values: dict[str, Any]
+        self, run_id: uuid.UUID, transition: runstate.Transition, values: dict[str, Any]
     ) -> tuple[RunRow | None, bool]:
-        """Apply `values` if the run's status is in `allowed`: (row after, whether it changed)."""
+        """Take `transition` with `values` if the run's status allows it: (row after, whether it
+        changed)."""
         async with self.sessions() as s, s.begin():
             changed = await s.scalar(
                 update(RunRow)
-                .where(RunRow.id == run_id, RunRow.status.in_(list(allowed)))
-                .values(**values)
+                .where(RunRow.id == run_id, RunRow.status.in_(transition.source_values))
+                .values(status=transition.target.value, **values)
                 .returning(RunRow)
                 .execution_options(populate_existing=True)
             )
@@ -303,9 +305,8 @@ class Store:
         end = now()
         return await self._transition(
             run_id,
-            ACTIVE_STATES,
+            runstate.CANCEL,
             {
-                "status": RunState.CANCELLED.value,
                 "error": reason,
                 "end_time": end,
                 "interrupt": None,
@@ -319,10 +320,9 @@ class Store:
         """PAUSED → QUEUED with the answer, to be queued on `queue` (a fresh pick-up budget)."""
         return await self._transition(
             run_id,
-            [RunState.PAUSED.value],
+            runstate.RESUME,
             # `interrupt` stays: it names the question this answer is for.
             {
-                "status": RunState.QUEUED.value,
                 "has_resume": True,
                 "resume_value": answer,
                 "queue": queue,
@@ -337,9 +337,8 @@ class Store:
         """QUEUED/RUNNING → RUNNING with the attempt and pick-up counted; else the run as it is."""
         return await self._transition(
             run_id,
-            [RunState.QUEUED.value, RunState.RUNNING.value],
+            runstate.CLAIM,
             {
-                "status": RunState.RUNNING.value,
                 "attempt": RunRow.attempt + 1,
                 "pickups": RunRow.pickups + 1,
                 "start_time": func.coalesce(RunRow.start_time, now()),
@@ -369,9 +368,8 @@ class Store:
         """RUNNING → COMPLETED/FAILED; a run cancelled meanwhile stays CANCELLED."""
         return await self._transition(
             run_id,
-            [RunState.RUNNING.value],
+            runstate.ENDS[status],
             {
-                "status": status.value,
                 "output": output,
                 "error": error,
                 "end_time": now(),
@@ -385,9 +383,8 @@ class Store:
     ) -> tuple[RunRow | None, bool]:
         return await self._transition(
             run_id,
-            [RunState.RUNNING.value],
+            runstate.PAUSE,
             {
-                "status": RunState.PAUSED.value,
                 "interrupt": interrupt,
                 "has_resume": False,
                 "resume_value": None,

@@ -5,10 +5,11 @@ A worker loop fetches one job at a time from the shared durable consumer. For ea
 1. subscribes to the run's cancel subject (so CancelRun can reach it from any process);
 2. takes the run's lock (`locks`: one executor per run even if JetStream delivers the job twice,
    or two jobs of one run exist; the lock dies with a killed worker's connection);
-3. claims the run (QUEUED/RUNNING → RUNNING, attempt and pick-up + 1). A paused or finished run's
-   job is acked and skipped, after re-publishing its end if a crash lost it. A job is never acked
-   while its run is still QUEUED: CreateRun queues the job just before it commits, so a job can
-   arrive before its run is visible; it is looked at again shortly;
+3. claims the run (QUEUED/RUNNING → RUNNING, attempt and pick-up + 1) and does with the job what
+   `runstate.after_claim` says: a paused or finished run's job is acked and skipped, after
+   re-publishing its end if a crash lost it; a job is never acked while its run is still QUEUED
+   (CreateRun queues the job just before it commits, so a job can arrive before its run is
+   visible): it is looked at again shortly;
 4. executes it while heartbeating (`in_progress()`, and a status check on the lock's connection
    that catches a cancel whose message was missed and a lock PostgreSQL dropped), then acks.
 
@@ -47,9 +48,10 @@ from amelia_agents import queue
 from amelia_agents.executor import Attempt, Executor, HandoverError
 from amelia_agents.lifecycle import RunEvents
 from amelia_agents.locks import LockLostError, RunLock
-from amelia_agents.models import TERMINAL_STATES, RunRow, RunState
+from amelia_agents.models import RunRow, RunState
 from amelia_agents.outages import infrastructure_outage
 from amelia_agents.resources import SOURCE, Resources, open_resources
+from amelia_agents.runstate import JobAction, after_claim
 from amelia_agents.store import Store
 from amelia_agents.sweeper import Sweeper
 from amelia_common import metrics, telemetry
@@ -66,8 +68,6 @@ CANCEL_REPLY_TIMEOUT_SECONDS = 10.0
 # then give the job back for NOT_VISIBLE_RETRY_SECONDS.
 CLAIM_RETRY_DELAYS = (0.0, 0.02, 0.05, 0.1, 0.2)
 NOT_VISIBLE_RETRY_SECONDS = 0.5
-# A job whose run never appeared in this long belonged to a CreateRun that failed after queueing.
-ORPHAN_JOB_SECONDS = 30.0
 # The reconciler holds a lock for an instant: look again before waiting a whole ack wait.
 LOCK_RETRY_DELAYS = (0.0, 0.05, 0.2)
 # A loop whose fetch (or anything else) fails waits this long, doubling up to the maximum.
@@ -281,30 +281,24 @@ class WorkerPool:
         )
 
     async def _claim(self, msg: Msg, run_id: uuid.UUID, worker: str) -> RunRow | None:
-        """The claimed run; None when this job is done with (acked, or given back)."""
+        """The claimed run; None when this job is done with (acked, or given back): the claim
+        and ack rules of `runstate` (2 and 3)."""
         deps = self.deps
-        row: RunRow | None = None
+        action, row = JobAction.RETRY_SOON, None
         for delay in CLAIM_RETRY_DELAYS:
             await asyncio.sleep(delay)
             row, claimed = await deps.store.claim(run_id, worker)
-            if claimed:
-                return row
-            if row is not None and row.status != RunState.QUEUED.value:
+            action = after_claim(row, claimed, _job_age(msg))
+            if action not in (JobAction.RETRY_SOON, JobAction.DROP):
                 break
-        if row is None or row.status == RunState.QUEUED.value:
-            # Not visible yet (its CreateRun has not committed) or committed just after the
-            # claim looked: never drop a job whose run may still run. A run that never
-            # appeared at all belonged to a CreateRun that failed after queueing.
-            stored = msg.metadata.timestamp
-            age = (datetime.now(UTC) - stored).total_seconds() if stored is not None else 0.0
-            if row is None and age > ORPHAN_JOB_SECONDS:
-                log.info("dropping the job of a run that was never recorded", run=str(run_id))
-                await msg.ack()
-            else:
-                await msg.nak(delay=NOT_VISIBLE_RETRY_SECONDS)
+        if action is JobAction.RUN:
+            return row
+        if action is JobAction.RETRY_SOON:
+            await msg.nak(delay=NOT_VISIBLE_RETRY_SECONDS)
             return None
-        # Paused (ResumeRun queues a new job) or finished: this job has nothing left to do.
-        if row.status in TERMINAL_STATES and row.terminal_sequence is None:
+        if action is JobAction.DROP:
+            log.info("dropping the job of a run that was never recorded", run=str(run_id))
+        elif action is JobAction.PUBLISH_END and row is not None:
             await deps.events.terminal(row)
         await msg.ack()
         return None
@@ -373,6 +367,12 @@ class WorkerPool:
                 await request.respond(b"cancelled")
 
         return on_cancel
+
+
+def _job_age(msg: Msg) -> float:
+    """Seconds since the job was queued."""
+    stored = msg.metadata.timestamp
+    return (datetime.now(UTC) - stored).total_seconds() if stored is not None else 0.0
 
 
 async def sample_run_metrics(deps: WorkerDeps) -> None:
