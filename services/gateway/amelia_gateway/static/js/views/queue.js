@@ -4,6 +4,7 @@
 
 import { request } from "../api.js";
 import { errorNotice, formatDuration, formatTime, h, idOf, shortId } from "../dom.js";
+import { poll } from "../poll.js";
 
 const POLL_MS = 3000;
 
@@ -96,28 +97,11 @@ export function mount(main) {
     h("div", { class: "row view-head" }, h("h1", {}, "Workers and queue"), name, h("span", { class: "spacer" }), updated),
     body,
   );
-  let timer = 0;
-  let stopped = false;
-  const controller = new AbortController();
-
-  async function refresh() {
-    try {
-      const queue = await request("GET", "/v1/queue", { signal: controller.signal, timeout: 5 });
-      if (stopped) return;
-      name.textContent = queue.queue ? `queue ${queue.queue}` : "";
-      body.replaceChildren(...render(queue));
-      updated.textContent = `Updated ${new Date().toLocaleTimeString()}`;
-    } catch (error) {
-      if (stopped || error.name === "AbortError") return;
-      body.replaceChildren(errorNotice(error));
-    }
-    if (!stopped) timer = setTimeout(refresh, POLL_MS);
-  }
-
-  refresh();
-  return () => {
-    stopped = true;
-    controller.abort();
-    clearTimeout(timer);
-  };
+  return poll(POLL_MS, async (signal) => {
+    const queue = await request("GET", "/v1/queue", { signal, timeout: 5 });
+    if (signal.aborted) return;
+    name.textContent = queue.queue ? `queue ${queue.queue}` : "";
+    body.replaceChildren(...render(queue));
+    updated.textContent = `Updated ${new Date().toLocaleTimeString()}`;
+  }, (error) => body.replaceChildren(errorNotice(error)));
 }

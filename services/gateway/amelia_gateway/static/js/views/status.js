@@ -3,6 +3,7 @@
 // the screen is open).
 
 import { errorNotice, h } from "../dom.js";
+import { poll } from "../poll.js";
 
 const POLL_MS = 4000;
 
@@ -59,24 +60,11 @@ export function mount(main, ctx) {
     h("div", { class: "row view-head" }, h("h1", {}, "Status"), overall, h("span", { class: "spacer" }), updated),
     body,
   );
-  let timer = 0;
-  let stopped = false;
-  const controller = new AbortController();
-
-  async function refresh() {
-    try {
-      const status = await ctx.api.status({ signal: controller.signal, timeout: 5 });
-      if (stopped) return;
-      render(status);
-      updated.textContent = `Updated ${new Date().toLocaleTimeString()}`;
-    } catch (error) {
-      if (stopped || error.name === "AbortError") return;
-      const next = error.httpStatus === 401 ? badge("UNAUTHENTICATED") : badge("UNREACHABLE");
-      next.id = "overall";
-      overall.replaceChildren(next);
-      body.replaceChildren(errorNotice(error));
-    }
-    if (!stopped) timer = setTimeout(refresh, POLL_MS);
+  function failed(error) {
+    const next = error.httpStatus === 401 ? badge("UNAUTHENTICATED") : badge("UNREACHABLE");
+    next.id = "overall";
+    overall.replaceChildren(next);
+    body.replaceChildren(errorNotice(error));
   }
 
   function render(status) {
@@ -137,10 +125,10 @@ export function mount(main, ctx) {
     );
   }
 
-  refresh();
-  return () => {
-    stopped = true;
-    controller.abort();
-    clearTimeout(timer);
-  };
+  return poll(POLL_MS, async (signal) => {
+    const status = await ctx.api.status({ signal, timeout: 5 });
+    if (signal.aborted) return;
+    render(status);
+    updated.textContent = `Updated ${new Date().toLocaleTimeString()}`;
+  }, failed);
 }
