@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dashboard_mesh import Mesh
+from dashboard_helpers import Mesh
 from dashboard_pages import (
     OUTPUT_JS,
     expect_output,

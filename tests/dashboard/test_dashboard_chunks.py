@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from dashboard_mesh import Mesh
+from dashboard_helpers import Mesh
 from dashboard_pages import shot
 from playwright.sync_api import Page, ViewportSize, expect
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dashboard_mesh import Mesh
+from dashboard_helpers import Mesh
 from dashboard_pages import expect_status, shot
 from playwright.sync_api import Browser, Page, expect
 from test_dashboard_features import DESKTOP, PHONE, _checked_page, _fits, _run, _wait_run

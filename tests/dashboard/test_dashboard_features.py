@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from dashboard_mesh import Mesh
+from dashboard_helpers import Mesh
 from dashboard_pages import expect_output, expect_status, shot, start_run
 from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, expect
 

@@ -1,11 +1,11 @@
-"""Fixtures for end-to-end tests: a real mesh started with `amelia up` (see e2e_mesh)."""
+"""Fixtures for end-to-end tests: a real mesh started with `amelia up` (see e2e_helpers)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import pytest
-from e2e_mesh import make_mesh_env, start, stop
+from e2e_helpers import make_mesh_env, start, stop
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from e2e_mesh import GRPC_SERVICES, alive, amelia, start, stop
+from e2e_helpers import GRPC_SERVICES, alive, amelia, start, stop
 
 from amelia.v1 import events_pb2, events_pb2_grpc
 

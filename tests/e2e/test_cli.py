@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from e2e_mesh import amelia
+from e2e_helpers import amelia
 
 pytestmark = pytest.mark.slow
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from e2e_mesh import (
+from e2e_helpers import (
     DEADLINE,
     amelia,
     ctrl_c_stop_order,

@@ -16,7 +16,7 @@ from urllib.parse import quote, quote_plus
 import pytest
 import structlog
 import uvicorn.config
-from e2e_mesh import leaks
+from e2e_helpers import leaks
 
 from amelia_common.logging import REDACTED, configure_logging, get_logger
 from amelia_common.settings import Settings

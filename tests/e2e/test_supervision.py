@@ -27,7 +27,7 @@ import grpc
 import httpx
 import pytest
 import websockets
-from e2e_mesh import (
+from e2e_helpers import (
     DEADLINE,
     alive,
     amelia,

@@ -30,7 +30,7 @@ from otlp_receiver import OtlpReceiver, ReceivedSpan
 from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "e2e"))
-from e2e_mesh import make_mesh_env, mesh_state, start, stop
+from e2e_helpers import make_mesh_env, mesh_state, start, stop
 
 from amelia_common.embedded import free_port
 
