@@ -166,7 +166,7 @@ async def run(root: Path, asked: list[Question], files: list[Path]) -> None:
         model = await asyncio.to_thread(load_local_model)
         local = LocalEmbedder.from_model(model, settings)
         embedder = CachedEmbedder(local, EmbeddingCache(CACHE, local.signature))
-        service = await build_service(settings, embedder=embedder)  # type: ignore[arg-type]
+        service = await build_service(settings, embedder=embedder)
         port = await service.start()
         print(
             f"corpus: {len(files)} pages of {root} ({sum(p.stat().st_size for p in files):,}"

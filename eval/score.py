@@ -10,7 +10,7 @@ passage per question: 1/log2(1 + rank) for the first hit that holds the evidence
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from eval.corpus import Question, words
@@ -45,7 +45,7 @@ def first_rank(hits: Sequence[Ranked], question: Question, passage: bool) -> int
     return None
 
 
-def score(results: dict[int, Sequence[Ranked]], asked: Sequence[Question]) -> Scores:
+def score(results: Mapping[int, Sequence[Ranked]], asked: Sequence[Question]) -> Scores:
     out = Scores()
     if not asked:
         return out

@@ -20,7 +20,7 @@ from amelia_common.settings import Settings
 from amelia_rag.embeddings import Embedder, EmbeddingConfigError, check_dimension, create_embedder
 from amelia_rag.indexer import Indexer
 from amelia_rag.ingest import Ingestor
-from amelia_rag.search import Searcher
+from amelia_rag.search import MERGE_CHUNKS, Searcher
 from amelia_rag.servicer import RagServicer
 from amelia_rag.store import DocumentStore
 
@@ -89,7 +89,7 @@ async def build_service(settings: Settings, *, embedder: Embedder | None = None)
     # Stop indexing before the embedder, the database and NATS go (hooks run in reverse).
     shutdown.append(indexer.stop)
     # Overlapping passages of one section merge up to two passages' length.
-    searcher = Searcher(store.sessions, embedder, merge_chars=2 * settings.CHUNK_SIZE)
+    searcher = Searcher(store.sessions, embedder, merge_chars=MERGE_CHUNKS * settings.CHUNK_SIZE)
     servicer = RagServicer(settings, store, ingestor, searcher)
     service = GrpcService(
         name="rag",

@@ -1,0 +1,71 @@
+"""`python -m eval.tune`: the service's search with its ranking constants varied, on the tune
+split only (the held-out half is never looked at here).
+
+Runs on the database a previous `make eval` left under AMELIA_EVAL_DIR (every page indexed) and
+the embedding cache, so each setting costs only its searches. Each argument is a JSON object of
+`amelia_rag.search` constants to set (`{"RRF_K": 20, "KEYWORD_WEIGHT": 0.5}`), plus `mode`
+(default hybrid) and `merge` (merge_chars); with none, the service's defaults. Prints one row per
+setting, with the questions whose right passage is not in the top 5.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from typing import Any
+
+from sqlalchemy import text
+
+from amelia_common.db import create_engine, session_factory
+from amelia_common.embedded import EmbeddedPostgres
+from amelia_common.settings import Settings
+from amelia_rag import search
+from amelia_rag.embeddings import LocalEmbedder, load_local_model
+from amelia_rag.search import Searcher, SearchFilters
+from eval.__main__ import CACHE, ROOT, TOP_K
+from eval.cache import CachedEmbedder, EmbeddingCache
+from eval.corpus import questions
+from eval.score import HEADER, Ranked, row, score
+
+
+async def tune(settings_to_try: list[dict[str, Any]]) -> None:
+    postgres = EmbeddedPostgres(ROOT)
+    try:
+        settings = Settings(_env_file=None, DATABASE_URL=postgres.start(), LOG_LEVEL="WARNING")
+        model = await asyncio.to_thread(load_local_model)
+        local = LocalEmbedder.from_model(model, settings)
+        embedder = CachedEmbedder(local, EmbeddingCache(CACHE, local.signature))
+        engine = create_engine(settings)
+        async with engine.connect() as conn:
+            rows = await conn.execute(text("SELECT id, file_path FROM documents"))
+            files = {r[0]: r[1].rsplit("/", 1)[-1] for r in rows}
+        asked = [q for q in questions() if q.split == "tune"]
+        defaults = {k: getattr(search, k) for s in settings_to_try for k in s if k.isupper()}
+        print(f"{len(files)} pages, {len(asked)} tune questions, top {TOP_K}\n\n{HEADER}")
+        for setting in settings_to_try:
+            chosen = dict(setting)
+            mode = chosen.pop("mode", "hybrid")
+            merge = chosen.pop("merge", search.MERGE_CHUNKS * settings.CHUNK_SIZE)
+            for key, value in {**defaults, **chosen}.items():
+                setattr(search, key, value)
+            searcher = Searcher(session_factory(engine), embedder, merge_chars=merge)
+            results = {}
+            for q in asked:
+                hits = await searcher.search(
+                    q.question, top_k=TOP_K, min_score=0.0, mode=mode, filters=SearchFilters()
+                )
+                results[q.id] = [Ranked(files.get(h.document_id, "?"), h.content) for h in hits]
+            scored = score(results, asked)
+            print(row(f"{mode} {json.dumps(setting)}", scored), scored.misses, flush=True)
+        await engine.dispose()
+    finally:
+        postgres.stop_if_started_here()  # a running `make eval` keeps its server
+
+
+def main() -> None:
+    asyncio.run(tune([json.loads(arg) for arg in sys.argv[1:]] or [{}]))
+
+
+if __name__ == "__main__":
+    main()
