@@ -101,6 +101,8 @@ async def run_queue(
                 agents_pb2.GetRunQueueRequest(), timeout=5
             )
         except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                return f"the agents service at {address} does not answer"
             return f"{exc.code().name}: {exc.details()}"
 
 
