@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -16,6 +13,7 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from service_process import ServiceProcess, python_path
 
 from amelia.v1 import agents_pb2, agents_pb2_grpc, events_pb2
 from amelia_agents.server import build_service as build_agents
@@ -130,8 +128,8 @@ async def rpc_error(call: Any) -> grpc.aio.AioRpcError:
     raise AssertionError("the call succeeded")
 
 
-class WorkerProcess:
-    """`python -m amelia_agents.worker` in its own process group, logging to a file.
+class WorkerProcess(ServiceProcess):
+    """`python -m amelia_agents.worker`, to SIGKILL (see tests/service_process.py).
 
     It reaches the database and NATS of `settings`; `env` adds or overrides variables (queue,
     ack wait, workflow modules, provider URLs) and `pythonpath` lets it import test plugins.
@@ -144,7 +142,6 @@ class WorkerProcess:
         env: Mapping[str, str] | None = None,
         pythonpath: Iterable[Path] = (),
     ) -> None:
-        paths = [str(p) for p in pythonpath]
         full_env = {
             **os.environ,
             "DATABASE_URL": settings.DATABASE_URL,
@@ -154,54 +151,10 @@ class WorkerProcess:
             "LOG_LEVEL": "INFO",
             "LOG_FORMAT": "json",
             "AGENT_WORKERS": "1",
-            "PYTHONPATH": os.pathsep.join([*paths, os.environ.get("PYTHONPATH", "")]),
+            "PYTHONPATH": python_path(pythonpath),
             **(env or {}),
         }
-        self.log = log
-        self._file = log.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "amelia_agents.worker"],
-            env=full_env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        super().__init__("amelia_agents.worker", full_env, log)
 
     async def ready(self, timeout: float = 60) -> None:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while "workers started" not in self.log.read_text(errors="replace"):
-            if self.proc.poll() is not None:
-                raise AssertionError(f"worker exited: {self.log.read_text()[-2000:]}")
-            if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"worker not ready: {self.log.read_text()[-2000:]}")
-            await asyncio.sleep(0.1)
-
-    async def wait_log(self, text: str, after: str = "", timeout: float = 60) -> None:
-        """Wait until the worker's log says `text` (after the first `after`, if given)."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            log = self.log.read_text(errors="replace")
-            if text in log[log.find(after) if after in log else len(log) :]:
-                return
-            if self.proc.poll() is not None:
-                raise AssertionError(f"worker exited: {log[-2000:]}")
-            if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"worker never logged {text!r}: {log[-2000:]}")
-            await asyncio.sleep(0.1)
-
-    def kill(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    async def stop(self) -> int:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            for _ in range(200):
-                if self.proc.poll() is not None:
-                    break
-                await asyncio.sleep(0.05)
-            else:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-        self._file.close()
-        return self.proc.wait(10)
+        await self.wait_log("workers started", timeout=timeout)
