@@ -48,7 +48,8 @@ async def test_slow_subscriber_is_paced_not_buffered(
             if delay:
                 await asyncio.sleep(delay)
                 if len(out) >= SLOW_READS:
-                    await fast
+                    await fast  # then reads nothing more: its stream stays open, unread
+                    return
 
     slow = janitor.task(read(slow_call, slow_got, SLOW_DELAY))
     fast = janitor.task(read(fast_call, fast_got, 0))
