@@ -2,38 +2,41 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from amelia.v1 import agents_pb2_grpc, events_pb2_grpc, rag_pb2_grpc
+from amelia.v1 import agents_pb2_grpc, rag_pb2_grpc
 from amelia_common.grpc_client import aio_channel
 from amelia_common.settings import get_settings
 
+if TYPE_CHECKING:
+    # The asyncio stubs' types exist only in the generated .pyi (at run time a stub made on an
+    # aio channel is the plain Stub class, with aio callables).
+    from amelia.v1.agents_pb2_grpc import AgentServiceAsyncStub
+    from amelia.v1.rag_pb2_grpc import RagServiceAsyncStub
+
 err = Console(stderr=True)
+Stub = TypeVar("Stub")
 
 
 @asynccontextmanager
-async def _stub(address: str, stub_class: Any) -> AsyncIterator[Any]:
+async def _stub(address: str, make: Callable[[grpc.aio.Channel], Stub]) -> AsyncIterator[Stub]:
     async with aio_channel(address, get_settings()) as channel:
-        yield stub_class(channel)
+        yield make(channel)
 
 
-def rag() -> Any:
+def rag() -> AbstractAsyncContextManager[RagServiceAsyncStub]:
     return _stub(get_settings().RAG_ADDRESS, rag_pb2_grpc.RagServiceStub)
 
 
-def agents() -> Any:
+def agents() -> AbstractAsyncContextManager[AgentServiceAsyncStub]:
     return _stub(get_settings().AGENTS_ADDRESS, agents_pb2_grpc.AgentServiceStub)
-
-
-def events() -> Any:
-    return _stub(get_settings().EVENTS_ADDRESS, events_pb2_grpc.EventServiceStub)
 
 
 def fail(exc: grpc.aio.AioRpcError) -> typer.Exit:

@@ -106,7 +106,6 @@ FIELDS: dict[str, tuple[str, Validator]] = {
     "tools": ("tools", tool_names),
 }
 NAMES = tuple(FIELDS)
-_OPTIONAL = ("temperature", "retry_attempts", "timeout")  # proto3 `optional` or a message
 
 
 def values(agent: Agent, fields: Sequence[str], settings: Settings) -> dict[str, Any]:
@@ -126,12 +125,10 @@ def values(agent: Agent, fields: Sequence[str], settings: Settings) -> dict[str,
 
 
 def set_in(agent: Agent) -> list[str]:
-    """The fields `agent` sets (an update without a mask changes only these)."""
-    return [
-        name
-        for name in NAMES
-        if (agent.HasField(name) if name in _OPTIONAL else bool(getattr(agent, name)))
-    ]
+    """The fields `agent` sets (an update without a mask changes only these): a value other
+    than the default, or one whose presence is tracked (`optional`, a message) set to any."""
+    present = {field.name for field, _ in agent.ListFields()}
+    return [name for name in NAMES if name in present]
 
 
 def mask_fields(paths: Sequence[str], agent: Agent) -> list[str]:

@@ -33,7 +33,7 @@ def _call(coro_factory):  # type: ignore[no-untyped-def]
         raise fail(exc) from exc
 
 
-def status_name(status: int) -> str:
+def status_name(status: agents_pb2.RunStatus.ValueType) -> str:
     return agents_pb2.RunStatus.Name(status).removeprefix("RUN_STATUS_").lower()
 
 

@@ -55,12 +55,12 @@ INGESTIBLE = {
     ".proto",
 }
 UPLOAD_PIECE = 1024 * 1024
-TYPES = {
-    t.name.removeprefix("DOCUMENT_TYPE_").lower(): t.number
+TYPES: dict[str, rag_pb2.DocumentType.ValueType] = {
+    t.name.removeprefix("DOCUMENT_TYPE_").lower(): rag_pb2.DocumentType.Value(t.name)
     for t in rag_pb2.DocumentType.DESCRIPTOR.values
 }
-MODES = {
-    m.name.removeprefix("SEARCH_MODE_").lower(): m.number
+MODES: dict[str, rag_pb2.SearchMode.ValueType] = {
+    m.name.removeprefix("SEARCH_MODE_").lower(): rag_pb2.SearchMode.Value(m.name)
     for m in rag_pb2.SearchMode.DESCRIPTOR.values
 }
 
@@ -230,7 +230,7 @@ def search(
         console.print(hit.content.strip(), markup=False, highlight=False)
 
 
-def _type(name: str) -> int:
+def _type(name: str) -> rag_pb2.DocumentType.ValueType:
     if name.lower() not in TYPES or name.lower() == "unspecified":
         raise typer.BadParameter(
             f"unknown type {name!r}; one of {', '.join(sorted(set(TYPES) - {'unspecified'}))}"
