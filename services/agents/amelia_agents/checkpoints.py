@@ -6,9 +6,12 @@ timeout for it to come back)."""
 
 from __future__ import annotations
 
+import asyncio
 import zlib
+from typing import Any
 
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -16,6 +19,10 @@ from amelia_common.db import libpq_url
 from amelia_common.settings import Settings
 
 _SETUP_LOCK = zlib.crc32(b"amelia_agents_checkpoints") & 0x7FFFFFFF
+# Polled, not waited for: a replica blocked in pg_advisory_lock holds a snapshot open, and the
+# setup's CREATE INDEX CONCURRENTLY in the replica holding the lock waits for every open snapshot
+# to end — both would hang (seen with two replicas starting together on a fresh database).
+_LOCK_POLL_SECONDS = 0.2
 
 
 async def open_checkpointer(
@@ -34,10 +41,23 @@ async def open_checkpointer(
     )
     await pool.open(wait=True, timeout=30)
     saver = AsyncPostgresSaver(pool)  # type: ignore[arg-type]
-    async with pool.connection() as conn:
-        await conn.execute("SELECT pg_advisory_lock(%s)", (_SETUP_LOCK,))
-        try:
-            await saver.setup()
-        finally:
-            await conn.execute("SELECT pg_advisory_unlock(%s)", (_SETUP_LOCK,))
+    try:
+        async with pool.connection() as conn:
+            await _take_setup_lock(conn)
+            try:
+                await saver.setup()
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(%s)", (_SETUP_LOCK,))
+    except BaseException:
+        await pool.close()  # the caller never gets the pool to close
+        raise
     return pool, saver
+
+
+async def _take_setup_lock(conn: AsyncConnection[Any]) -> None:
+    while True:
+        cursor = await conn.execute("SELECT pg_try_advisory_lock(%s) AS taken", (_SETUP_LOCK,))
+        row = await cursor.fetchone()
+        if row and row["taken"]:
+            return
+        await asyncio.sleep(_LOCK_POLL_SECONDS)
