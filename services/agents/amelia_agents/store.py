@@ -46,9 +46,8 @@ class RunFilter:
     thread_id: uuid.UUID | None = None
     created_after: datetime | None = None
     created_before: datetime | None = None
-    # ListRuns' compiled `filter` (see `filtering`), and `order_by create_time` (oldest first).
+    # ListRuns' compiled `filter` (see `filtering`).
     condition: ColumnElement[bool] | None = None
-    oldest_first: bool = False
 
 
 @dataclass
@@ -241,48 +240,6 @@ class Store:
     async def get_run(self, run_id: uuid.UUID) -> RunRow | None:
         async with self.sessions() as s:
             return await s.get(RunRow, run_id)
-
-    async def list_runs(
-        self, limit: int, after: tuple[datetime, str] | None, flt: RunFilter
-    ) -> list[RunRow]:
-        if flt.oldest_first:
-            query = select(RunRow).order_by(RunRow.create_time, RunRow.id).limit(limit)
-        else:
-            query = (
-                select(RunRow).order_by(RunRow.create_time.desc(), RunRow.id.desc()).limit(limit)
-            )
-        if after:
-            when, last = after[0], uuid.UUID(after[1])
-            if flt.oldest_first:
-                query = query.where(
-                    or_(
-                        RunRow.create_time > when,
-                        and_(RunRow.create_time == when, RunRow.id > last),
-                    )
-                )
-            else:
-                query = query.where(
-                    or_(
-                        RunRow.create_time < when,
-                        and_(RunRow.create_time == when, RunRow.id < last),
-                    )
-                )
-        if flt.condition is not None:
-            query = query.where(flt.condition)
-        if flt.statuses:
-            query = query.where(RunRow.status.in_(list(flt.statuses)))
-        if flt.agent_id:
-            query = query.where(RunRow.agent_id == flt.agent_id)
-        if flt.workflow:
-            query = query.where(RunRow.workflow == flt.workflow)
-        if flt.thread_id:
-            query = query.where(RunRow.thread_id == flt.thread_id)
-        if flt.created_after:
-            query = query.where(RunRow.create_time >= flt.created_after)
-        if flt.created_before:
-            query = query.where(RunRow.create_time < flt.created_before)
-        async with self.sessions() as s:
-            return list((await s.scalars(query)).all())
 
     async def _transition(
         self, run_id: uuid.UUID, transition: runstate.Transition, values: dict[str, Any]

@@ -60,7 +60,7 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
     """The four RPCs; `stopping` ends open streams when the service shuts down."""
 
     def __init__(self, event_log: EventLog, stopping: asyncio.Event) -> None:
-        self.log = event_log
+        self.event_log = event_log
         self.stopping = stopping
         # Open StreamEvents readers: their count and progress are the service's stream metrics.
         self.readers: set[EventReader] = set()
@@ -72,7 +72,7 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
             raise InvalidArgumentError("event is required")
         event = events_pb2.Event()
         event.CopyFrom(request.event)
-        stored = await self.log.publish_event(event, from_client=True)
+        stored = await self.event_log.publish_event(event, from_client=True)
         return events_pb2.PublishEventResponse(event=stored)
 
     async def PublishEvents(
@@ -83,13 +83,13 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
                 f"{len(request.events)} events in one request: at most {MAX_BATCH}; "
                 "send them in several requests"
             )
-        stored = await self.log.publish_events(list(request.events), from_client=True)
+        stored = await self.event_log.publish_events(list(request.events), from_client=True)
         return events_pb2.PublishEventsResponse(events=stored)
 
     async def StreamEvents(
         self, request: events_pb2.StreamEventsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[events_pb2.StreamEventsResponse]:
-        reader = self.log.read(
+        reader = self.event_log.read(
             list(request.filter.types),
             request.filter.subject,
             start_position(request),
@@ -143,13 +143,13 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
         else:
             start = StartAt.after(after)
         response = events_pb2.ListEventsResponse()
-        async with self.log.read(
+        async with self.event_log.read(
             list(request.filter.types),
             request.filter.subject,
             start,
             follow=False,
             batch=size,
-            retry_for=self.log.settings.EVENTS_PUBLISH_TIMEOUT_SECONDS,
+            retry_for=self.event_log.settings.EVENTS_PUBLISH_TIMEOUT_SECONDS,
         ) as reader:
             async for event in reader:
                 if event.sequence <= after:
@@ -173,7 +173,7 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
                 f"name {request.name[:100]!r} must be 'events/{{sequence}}' with a positive "
                 "sequence, e.g. 'events/42'"
             )
-        event = await self.log.get(int(match.group(1)))
+        event = await self.event_log.get(int(match.group(1)))
         if event is None:
             raise NotFoundError(
                 f"{request.name} not found: no event has that sequence (or it expired)"

@@ -15,13 +15,12 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-import math
 import re
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.message import DecodeError
 from nats.js import api
 
@@ -31,6 +30,7 @@ from amelia_common.errors import (
     InvalidArgumentError,
     PermissionDeniedError,
     UnavailableError,
+    struct_problem,
 )
 from amelia_common.logging import get_logger
 from amelia_common.settings import Settings
@@ -265,34 +265,6 @@ def content_problem(event: events_pb2.Event) -> str | None:
         if "\x00" in text:
             return f"event {name} must not contain NUL characters"
     return struct_problem(event.data, "event data")
-
-
-def struct_problem(struct: struct_pb2.Struct, field: str) -> str | None:
-    """Why `struct` cannot be JSON everywhere (NaN or Infinity, a NUL in a key or a string), or
-    None: `check_json`'s rule, checked in one walk of the message (no Python copy of it)."""
-    pending: list[struct_pb2.Struct | struct_pb2.ListValue] = [struct]
-    while pending:
-        container = pending.pop()
-        items: Iterable[tuple[str, struct_pb2.Value]] = (
-            container.fields.items()
-            if isinstance(container, struct_pb2.Struct)
-            else (("", value) for value in container.values)
-        )
-        for key, value in items:
-            if "\x00" in key:
-                return f"{field} must not contain NUL characters"
-            kind = value.WhichOneof("kind")
-            if kind == "string_value":
-                if "\x00" in value.string_value:
-                    return f"{field} must not contain NUL characters"
-            elif kind == "number_value":
-                if not math.isfinite(value.number_value):
-                    return f"{field} must not contain NaN or Infinity"
-            elif kind == "struct_value":
-                pending.append(value.struct_value)
-            elif kind == "list_value":
-                pending.append(value.list_value)
-    return None
 
 
 PREVIEW_CHARACTERS = 2000
