@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import asyncpg
 import pytest
@@ -22,6 +23,9 @@ from sqlalchemy.engine import make_url
 from amelia_common.db import libpq_url
 from amelia_common.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from amelia_common.settings import Environment, Settings
+
+if TYPE_CHECKING:
+    from amelia_events.server import EventsService
 
 
 class Infra:
@@ -96,3 +100,20 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
 @pytest.fixture
 def settings(infra: Infra) -> Settings:
     return infra.settings()
+
+
+@pytest.fixture(scope="session")
+async def events_service(infra: Infra) -> AsyncIterator[EventsService]:
+    """One events service in process (port 0) on the session's servers, for the folders that
+    need one with the default settings (agents, workflows, llm, gateway): started once."""
+    from amelia_events.server import build_service
+
+    service = await build_service(infra.settings())
+    await service.start()
+    yield service
+    await service.stop(grace=1.0)
+
+
+@pytest.fixture(scope="session")
+def events_address(events_service: EventsService) -> str:
+    return f"127.0.0.1:{events_service.bound_port}"

@@ -11,18 +11,9 @@ from agents_helpers import serve_agents
 
 from amelia.v1 import agents_pb2_grpc
 from amelia_common.settings import Settings
-from amelia_events.server import build_service as build_events
 
 TEST_WORKFLOWS = "agent_test_workflows"
 __all__ = ["fake_anthropic", "fake_openai"]  # fixtures from tests/agents_fake_llm.py
-
-
-@pytest.fixture(scope="session")
-async def events_address(infra: object) -> AsyncIterator[str]:
-    service = await build_events(infra.settings())  # type: ignore[attr-defined]
-    port = await service.start()
-    yield f"127.0.0.1:{port}"
-    await service.stop(0.5)
 
 
 @pytest.fixture(scope="session")

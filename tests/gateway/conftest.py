@@ -1,6 +1,6 @@
 """The gateway under a real uvicorn server, in front of a real events service (port 0).
 
-One events service for the gateway tests (session NATS); tests use their own subjects so they
+One events service for the gateway tests (`events_service`, shared, tests/conftest.py); tests use their own subjects so they
 never see each other's events. Agents and rag upstreams point at closed ports unless a test
 starts those services itself, or uses `mesh` (real agents and rag behind a gateway, per module).
 """
@@ -15,21 +15,6 @@ import pytest
 from gateway_helpers import Mesh, Publisher, RunningGateway, closed_address, start_gateway
 
 from amelia_common.settings import Settings
-from amelia_events.server import EventsService, build_service
-
-
-@pytest.fixture(scope="session")
-async def events_service(infra: Any) -> AsyncIterator[EventsService]:
-    settings = infra.settings()
-    svc = await build_service(settings)
-    await svc.start()
-    yield svc
-    await svc.stop(grace=1.0)
-
-
-@pytest.fixture(scope="session")
-def events_address(events_service: EventsService) -> str:
-    return f"127.0.0.1:{events_service.bound_port}"
 
 
 @pytest.fixture

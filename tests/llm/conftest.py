@@ -21,7 +21,6 @@ from amelia_common import local_model
 from amelia_common.embedded import free_port
 from amelia_common.llama_server import EmbeddedLlama
 from amelia_common.settings import DEFAULT_LOCAL_MODEL, Settings
-from amelia_events.server import build_service as build_events
 from amelia_rag.embeddings import LocalEmbedder
 from amelia_rag.server import build_service as build_rag
 
@@ -45,11 +44,9 @@ def llama(infra: object) -> Iterator[EmbeddedLlama]:
 
 
 @pytest.fixture(scope="session")
-async def llm_events_address(infra: object) -> AsyncIterator[str]:
-    service = await build_events(infra.settings())  # type: ignore[attr-defined]
-    port = await service.start()
-    yield f"127.0.0.1:{port}"
-    await service.stop(0.5)
+def llm_events_address(events_address: str) -> str:
+    """The shared events service (tests/conftest.py)."""
+    return events_address
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,6 @@ from amelia.v1 import agents_pb2_grpc, rag_pb2_grpc
 from amelia_agents.server import build_service as build_agents
 from amelia_common.grpc_client import aio_channel
 from amelia_common.settings import Settings
-from amelia_events.server import build_service as build_events
 from amelia_rag.embeddings import LocalEmbedder
 from amelia_rag.server import build_service as build_rag
 
@@ -47,14 +46,6 @@ def code_env(tmp_path_factory: pytest.TempPathFactory) -> CodeEnv:
     for path in (env.allowed, env.outside):
         path.mkdir()
     return env
-
-
-@pytest.fixture(scope="session")
-async def events_address(infra: object) -> AsyncIterator[str]:
-    service = await build_events(infra.settings())  # type: ignore[attr-defined]
-    port = await service.start()
-    yield f"127.0.0.1:{port}"
-    await service.stop(0.5)
 
 
 @pytest.fixture(scope="session")
