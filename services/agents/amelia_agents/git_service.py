@@ -22,7 +22,7 @@ from amelia_agents.lifecycle import RunEvents
 from amelia_agents.models import RunRow, RunState
 from amelia_agents.store import Store
 from amelia_agents.workflows.code import allowed_repository
-from amelia_agents.workflows.worktree import CodeError
+from amelia_agents.worktree import CodeError
 from amelia_common.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from amelia_common.settings import Settings
 

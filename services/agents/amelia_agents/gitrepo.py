@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from amelia_agents.workflows.worktree import CodeError, Worktree, git, git_run
+from amelia_agents.worktree import CodeError, Worktree, git, git_run
 
 BRANCH_PREFIX = "amelia/"
 # A commit's identity when the repository has none configured (env vars still win).

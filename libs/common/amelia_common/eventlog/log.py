@@ -342,7 +342,13 @@ class EventLog:
 
         Raises `InvalidEventError` for a bad filter before touching NATS.
         """
-        return EventReader(self, filter_subjects(types, subject), start or StartAt.new(), **options)
+        return EventReader(
+            self.nc,
+            self.settings.EVENTS_STREAM,
+            filter_subjects(types, subject),
+            start or StartAt.new(),
+            **options,
+        )
 
     async def get(self, sequence: int) -> events_pb2.Event | None:
         """The event stored at `sequence`, or None when there is none (or it expired)."""

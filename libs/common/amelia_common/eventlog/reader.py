@@ -10,10 +10,11 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import nats.errors
 import nats.js.errors
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import api
@@ -28,9 +29,6 @@ from amelia_common.eventlog.envelope import (
     decode_event,
 )
 from amelia_common.logging import get_logger
-
-if TYPE_CHECKING:
-    from amelia_common.eventlog.log import EventLog
 
 log = get_logger("amelia.eventlog")
 
@@ -127,7 +125,8 @@ class EventReader:
 
     def __init__(
         self,
-        event_log: EventLog,
+        nc: NATS,
+        stream: str,
         filters: list[str],
         start: StartAt,
         *,
@@ -140,10 +139,10 @@ class EventReader:
         retry_for: float | None = None,
         inactive_threshold: float = 60.0,
     ) -> None:
-        self._log = event_log
-        self._nc = event_log.nc
+        self._stream = stream
+        self._nc = nc
         # Short API timeouts: a reader waiting on NATS must still notice `stop` quickly.
-        self._js = event_log.nc.jetstream(timeout=2.0)
+        self._js = nc.jetstream(timeout=2.0)
         self.filters = filters
         self.start = start
         self.follow = follow
@@ -306,7 +305,7 @@ class EventReader:
             request["idle_heartbeat"] = int(self._heartbeat * 1e9)
         else:
             request["no_wait"] = True
-        stream = self._log.settings.EVENTS_STREAM
+        stream = self._stream
         try:
             await self._nc.publish(
                 f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{self.consumer_name}",
@@ -352,7 +351,7 @@ class EventReader:
         elif self.start.from_beginning:
             self._start_sequence = 1
         else:
-            info = await self._js.stream_info(self._log.settings.EVENTS_STREAM)
+            info = await self._js.stream_info(self._stream)
             self._start_sequence = info.state.last_seq + 1
 
     async def _open(self) -> None:
@@ -367,9 +366,7 @@ class EventReader:
                 self._queue = asyncio.Queue()
                 self._sub = await self._nc.subscribe(inbox, cb=_deliver_to(self._queue))
                 self.consumer_name = name
-                info = await self._js.add_consumer(
-                    self._log.settings.EVENTS_STREAM, self._consumer_config(name)
-                )
+                info = await self._js.add_consumer(self._stream, self._consumer_config(name))
                 self._outstanding = 0
                 if info.num_pending == 0:
                     self._caught_up = True
@@ -419,7 +416,7 @@ class EventReader:
         if name is not None and self._nc.is_connected:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(
-                    self._js.delete_consumer(self._log.settings.EVENTS_STREAM, name),
+                    self._js.delete_consumer(self._stream, name),
                     timeout=2.0,
                 )
 

@@ -37,7 +37,7 @@ from langgraph.graph import END, START, StateGraph
 from amelia_agents import runtime
 from amelia_agents.llm import Usage
 from amelia_agents.workflows.registry import InvalidInputError, Workflow, register
-from amelia_agents.workflows.worktree import CodeError, Worktree, git
+from amelia_agents.worktree import CodeError, Worktree, git
 from amelia_common.settings import Settings
 
 TOOL = "claude-code"

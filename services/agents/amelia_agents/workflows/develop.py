@@ -57,7 +57,7 @@ from amelia_agents.workflows.plan import (
     step_params,
 )
 from amelia_agents.workflows.registry import InvalidInputError, Workflow, register
-from amelia_agents.workflows.worktree import CodeError, Worktree, git
+from amelia_agents.worktree import CodeError, Worktree, git
 from amelia_common.settings import Settings
 
 STEPS = ("discovery", "design", "planning", "developer", "reviewer")

@@ -19,7 +19,7 @@ from typing import Any
 
 from amelia_agents import runtime
 from amelia_agents.tools import Tool, ToolError
-from amelia_agents.workflows.worktree import git_run
+from amelia_agents.worktree import git_run
 
 MAX_READ_BYTES = 512 * 1024
 MAX_LISTED = 1000
