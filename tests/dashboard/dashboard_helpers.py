@@ -60,6 +60,9 @@ class Mesh:
             "CODE_ALLOWED_ROOTS": str(root / "code"),
             # Prices for the offline models, so the steps timeline shows each node's cost.
             "MODEL_PRICES": json.dumps({"offline:*": [1000, 2000]}),
+            # The screens are driven with `offline:` models: no llama-server loading a model
+            # (and holding the fixed LOCAL_MODEL_PORT) for the whole folder.
+            "LOCAL_MODEL": "off",
         }
         self.env = env
         self.port = int(ports["PORT"])

@@ -81,7 +81,7 @@ def document_type(value: int, field: str = "type") -> str:
         return ""
     if value not in PROTO_TO_TYPE:
         raise InvalidArgumentError(f"{field} {value} is not a known DocumentType")
-    return PROTO_TO_TYPE[value]
+    return PROTO_TO_TYPE[rag_pb2.DocumentType.ValueType(value)]
 
 
 def _plain(value: Any) -> Any:
