@@ -36,6 +36,9 @@ async def tui_mesh(infra: Any, tmp_path_factory: pytest.TempPathFactory) -> Asyn
             EVENTS_ADDRESS=f"127.0.0.1:{events_port}",
             RAG_ADDRESS=f"127.0.0.1:{rag_port}",
             AGENT_WORKERS=2,
+            # A queue of its own: the session's other agents services (tests/agents) have other
+            # settings (no RAG_ADDRESS) and would otherwise take some of these runs.
+            RUNS_QUEUE_STREAM="AMELIA_RUNS_TUI",
         )
     )
     agents_port = await agents.start()
