@@ -11,21 +11,17 @@ import contextlib
 import json
 import os
 import re
-import signal
-import subprocess
-import sys
-import threading
 import urllib.request
-import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TypeVar
 
 import grpc
 import websockets
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from rag_endpoint import EmbeddingServer
+from service_process import ServiceProcess, python_path
 from typer.testing import CliRunner
 
 from amelia.v1 import events_pb2, events_pb2_grpc
@@ -73,8 +69,8 @@ def replica_env(settings: Settings, extra: Mapping[str, str] | None = None) -> d
     }
 
 
-class Replica:
-    """One service process on its own port, in its own process group."""
+class Replica(ServiceProcess):
+    """One service process (`service_process.ServiceProcess`) on its own port."""
 
     def __init__(
         self,
@@ -89,86 +85,47 @@ class Replica:
         self.service = service
         self.port = free_port()
         self.host = host
-        self.log = log
-        paths = [str(p) for p in pythonpath]
         full_env = replica_env(
             settings,
             {
                 "HOST": host,
                 port_setting: str(self.port),
-                "PYTHONPATH": os.pathsep.join([*paths, os.environ.get("PYTHONPATH", "")]),
+                "PYTHONPATH": python_path(pythonpath),
                 **(env or {}),
             },
         )
-        self._file = log.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", module],
-            env=full_env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        super().__init__(module, full_env, log)
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
     async def serving(self, timeout: float = 120) -> None:
-        """Wait until the replica's health says SERVING (its dependencies up)."""
+        """Wait until the replica's health says SERVING (its dependencies up), or, for the
+        gateway (HTTP), until its /healthz answers."""
         if not self.grpc_service:
-            return await self._http_ready(timeout)
-        deadline = asyncio.get_running_loop().time() + timeout
+            url = f"http://{self.address}/healthz"
+
+            async def answers() -> bool:
+                try:
+                    await asyncio.to_thread(urllib.request.urlopen, url, timeout=5)
+                except OSError:
+                    return False
+                return True
+
+            return await self.wait_until(answers, "ready", timeout)
         async with grpc.aio.insecure_channel(self.address) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
-            while True:
-                if self.proc.poll() is not None:
-                    raise AssertionError(f"{self.service} exited: {self.log_text()[-3000:]}")
-                with contextlib.suppress(grpc.aio.AioRpcError):
-                    reply = await stub.Check(
-                        health_pb2.HealthCheckRequest(service=self.grpc_service), timeout=5
-                    )
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                if asyncio.get_running_loop().time() > deadline:
-                    raise AssertionError(f"{self.service} never SERVING: {self.log_text()[-3000:]}")
-                await asyncio.sleep(0.2)
+            request = health_pb2.HealthCheckRequest(service=self.grpc_service)
 
-    async def _http_ready(self, timeout: float) -> None:
-        deadline = asyncio.get_running_loop().time() + timeout
-        url = f"http://{self.address}/healthz"
-        while True:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"{self.service} exited: {self.log_text()[-3000:]}")
-            try:
-                await asyncio.to_thread(urllib.request.urlopen, url, timeout=5)
-                return
-            except OSError:
-                pass
-            if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"{self.service} never ready: {self.log_text()[-3000:]}")
-            await asyncio.sleep(0.2)
+            async def serves() -> bool:
+                try:
+                    reply = await stub.Check(request, timeout=5)
+                except grpc.aio.AioRpcError:
+                    return False
+                return reply.status == health_pb2.HealthCheckResponse.SERVING
 
-    def freeze(self) -> None:
-        """SIGSTOP: calls sent to it now wait, in flight, until it is killed."""
-        os.killpg(self.proc.pid, signal.SIGSTOP)
-
-    def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    async def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                await asyncio.to_thread(self.proc.wait, 5)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self._file.close()
+            await self.wait_until(serves, "SERVING", timeout)
 
 
 def launch(
@@ -193,7 +150,7 @@ async def all_serving(*groups: list[Replica]) -> AsyncIterator[None]:
     finally:
         for group in groups:
             for replica in group:
-                await replica.stop()
+                await replica.stop(grace=5)
 
 
 @asynccontextmanager
@@ -371,48 +328,9 @@ async def wait_for(
         await asyncio.sleep(0.05)
 
 
-class EmbeddingEndpoint:
-    """A stand-in for an OpenAI-compatible `/v1/embeddings` server (the edge of the world), so
-    rag replicas start without loading a model: each text gets a unit vector picked by its hash
-    (searches here are by keyword; only the wire format matters)."""
-
-    def __init__(self, dimension: int = 384) -> None:
-        dim = dimension
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
-                data = []
-                for index, text in enumerate(texts):
-                    vector = [0.0] * dim
-                    vector[zlib.crc32(text.encode()) % dim] = 1.0
-                    data.append({"object": "embedding", "index": index, "embedding": vector})
-                payload = json.dumps({"object": "list", "data": data, "model": body["model"]})
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload.encode())
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def env(self) -> dict[str, str]:
-        """What a rag replica needs to use it."""
-        return {
-            "EMBEDDING_PROVIDER": "openai",
-            "EMBEDDING_BASE_URL": f"http://127.0.0.1:{self.server.server_port}/v1",
-        }
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+def embedding_env(endpoint: EmbeddingServer) -> dict[str, str]:
+    """What a rag replica needs to embed with `endpoint` instead of loading a model."""
+    return {"EMBEDDING_PROVIDER": "openai", "EMBEDDING_BASE_URL": endpoint.url}
 
 
 def amelia_status(env: dict[str, str]) -> tuple[int, str]:

@@ -27,13 +27,14 @@ from pathlib import Path
 
 import pytest
 from faults_helpers import last_sequence, terminal_events, wait_all_finished
+from rag_endpoint import EmbeddingServer
 from scale_helpers import (
-    EmbeddingEndpoint,
     Replica,
     WebSocketClient,
     addresses,
     all_replicas_current,
     all_serving,
+    embedding_env,
     launch,
     one_leader,
     publish_until_acknowledged,
@@ -65,8 +66,8 @@ TESTS_DIR = Path(__file__).parent.parent
 
 
 @pytest.fixture
-def embeddings() -> Iterator[EmbeddingEndpoint]:
-    endpoint = EmbeddingEndpoint()
+def embeddings() -> Iterator[EmbeddingServer]:
+    endpoint = EmbeddingServer()
     yield endpoint
     endpoint.close()
 
@@ -133,13 +134,13 @@ def picked_up(replica: Replica) -> set[str]:
 async def test_the_mesh_keeps_its_promises_while_a_node_and_replicas_die_under_load(
     cluster_settings: Settings,
     nats_cluster: NatsCluster,
-    embeddings: EmbeddingEndpoint,
+    embeddings: EmbeddingServer,
     tmp_path: Path,
 ) -> None:
     # A run queue of this test's own: the reconcilers only re-queue runs of their queue.
     settings = cluster_settings.model_copy(update={"RUNS_QUEUE_STREAM": "AMELIA_RUNS_SCALE"})
     events = launch("events", settings, tmp_path, 2)
-    rag = launch("rag", settings, tmp_path, 2, env=embeddings.env)
+    rag = launch("rag", settings, tmp_path, 2, env=embedding_env(embeddings))
     await checkpoint_tables(settings)
     agents = launch(
         "agents",
