@@ -2,8 +2,10 @@
 
 A subscription is a *feed* of events for one sink (a socket's subscription):
 
-- **live** (`since: "now"`): joins the *topic* for its filter. A topic is one StreamEvents call;
-  each event it receives is serialized to JSON once and handed to every sink, however many.
+- **live** (`since: "now"`): joins the *topic* for its filter. A topic is one StreamEvents call
+  asking for up to EVENTS_PER_MESSAGE events per message; each message's events are serialized to
+  JSON once, into one `Chunk`, and that same chunk is handed to every sink, however many (a
+  socket then sends it as one `events` message, or one `event` message per event).
 - **catch-up** (`since` a sequence, a time or the beginning): reads its own StreamEvents call from
   its start while also joining the live topic, buffering what the topic sends. When its own stream
   reaches the first buffered live event, it hands over: its own call is cancelled and the buffer is
@@ -23,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -48,13 +50,91 @@ RETRYABLE = {
 MAX_BACKOFF = 2.0
 # Live events a catch-up feed buffers while its own stream replays history.
 CATCH_UP_BUFFER = 10_000
+# Most events per StreamEvents message asked of the events service (events already read go
+# together, none is waited for): a burst costs one gRPC message and one hand-off per sink, not one
+# per event. A quarter of a socket's send queue at most (`events_per_message`), so a chunk always
+# fits beside what the socket already holds.
+EVENTS_PER_MESSAGE = 256
+
+
+def events_per_message(send_queue: int) -> int:
+    """Events per upstream message for sockets whose send queue holds `send_queue` events."""
+    return max(1, min(EVENTS_PER_MESSAGE, send_queue // 4))
+
+
+class Chunk:
+    """Consecutive events of one filter, serialized once and shared by every sink they go to.
+
+    The socket messages' per-event parts are built on first use and kept, so a hundred sockets
+    sending the same chunk share one string, and only the small envelope differs per socket.
+    """
+
+    __slots__ = ("_items", "_tails", "sequences", "texts")
+
+    def __init__(self, sequences: list[int], texts: list[str]) -> None:
+        self.sequences = sequences
+        self.texts = texts
+        self._items: str | None = None
+        self._tails: list[str] | None = None
+
+    @classmethod
+    def of(cls, events: list[events_pb2.Event]) -> Chunk:
+        return cls([e.sequence for e in events], [to_json_text(e) for e in events])
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    @property
+    def first(self) -> int:
+        return self.sequences[0]
+
+    @property
+    def last(self) -> int:
+        return self.sequences[-1]
+
+    def after(self, sequence: int) -> Chunk | None:
+        """The events after `sequence` (this chunk when it is all of them), or None."""
+        if self.sequences[0] > sequence:
+            return self
+        keep = [i for i, s in enumerate(self.sequences) if s > sequence]
+        if not keep:
+            return None
+        return Chunk([self.sequences[i] for i in keep], [self.texts[i] for i in keep])
+
+    def before(self, sequence: int) -> Chunk | None:
+        """The events before `sequence`, or None."""
+        keep = [i for i, s in enumerate(self.sequences) if s < sequence]
+        if not keep:
+            return None
+        return Chunk([self.sequences[i] for i in keep], [self.texts[i] for i in keep])
+
+    def items(self) -> str:
+        """`{"sequence":…,"event":…}` for each event, comma-separated (an `events` message's)."""
+        if self._items is None:
+            self._items = ",".join(
+                f'{{"sequence":{s},"event":{t}}}'
+                for s, t in zip(self.sequences, self.texts, strict=True)
+            )
+        return self._items
+
+    def tails(self) -> list[str]:
+        """What follows `"sequence":` in each event's own `event` message."""
+        if self._tails is None:
+            self._tails = [
+                f'{s},"event":{t}}}' for s, t in zip(self.sequences, self.texts, strict=True)
+            ]
+        return self._tails
 
 
 class Sink(Protocol):
     """Where a feed delivers: a socket's subscription."""
 
-    def push(self, sequence: int, event_json: str) -> None:
-        """One event, already serialized; must not block (a full sink closes its socket)."""
+    def push(self, chunk: Chunk) -> None:
+        """Events already serialized; must not block (a full sink closes its socket)."""
+
+    async def room(self) -> None:
+        """Wait until the sink can take another chunk without falling behind (a feed reading a
+        stream of its own waits for this: a replay goes at the client's pace)."""
 
     def fail(self, error: GatewayError, final: bool) -> None:
         """The upstream failed; `final` means the feed is over."""
@@ -98,9 +178,10 @@ class UpstreamStream:
         rpc: str,
         request_for: Callable[[int], Message],
         *,
-        on_event: Callable[[events_pb2.Event], bool],
+        on_events: Callable[[list[events_pb2.Event]], bool],
         on_error: Callable[[GatewayError, bool], None],
         on_end: Callable[[], None] | None = None,
+        pace: Callable[[], Awaitable[None]] | None = None,
         follow: bool = True,
         last: int = 0,
     ) -> None:
@@ -108,9 +189,10 @@ class UpstreamStream:
         self.service = service
         self.rpc = rpc
         self.request_for = request_for
-        self.on_event = on_event
+        self.on_events = on_events
         self.on_error = on_error
         self.on_end = on_end
+        self.pace = pace
         self.follow = follow
         self.last = last
         self.task: asyncio.Task[None] | None = None
@@ -135,13 +217,17 @@ class UpstreamStream:
             code = grpc.StatusCode.OK
             try:
                 async for response in call:
-                    event = response.event
-                    if event.sequence <= self.last:
+                    # `events` when the request asked for several per message, else `event`.
+                    got = response.events if len(response.events) else [response.event]
+                    events = [e for e in got if e.sequence > self.last]
+                    if not events:
                         continue
-                    self.last = event.sequence
+                    self.last = events[-1].sequence
                     failing, delay = False, 0.1
-                    if not self.on_event(event):
+                    if not self.on_events(events):
                         return
+                    if self.pace is not None:
+                        await self.pace()
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()
                 error = from_rpc_error(exc, self.service, upstream.address)
@@ -190,7 +276,7 @@ class Topic:
             "EventService",
             "StreamEvents",
             self._request,
-            on_event=self._on_event,
+            on_events=self._on_events,
             on_error=self._on_error,
         )
         self.stream.start()
@@ -198,7 +284,8 @@ class Topic:
     def _request(self, last: int) -> events_pb2.StreamEventsRequest:
         types, subject = self.key
         request = events_pb2.StreamEventsRequest(
-            filter=events_pb2.EventFilter(types=list(types), subject=subject)
+            filter=events_pb2.EventFilter(types=list(types), subject=subject),
+            max_events_per_message=self.hub.events_per_message,
         )
         if last:
             request.after_sequence = last
@@ -206,11 +293,11 @@ class Topic:
             request.start_time.CopyFrom(self.opened)
         return request
 
-    def _on_event(self, event: events_pb2.Event) -> bool:
-        text = to_json_text(event)
-        self.hub.serialized += 1
+    def _on_events(self, events: list[events_pb2.Event]) -> bool:
+        chunk = Chunk.of(events)
+        self.hub.serialized += len(chunk)
         for sink in list(self.sinks.values()):
-            sink.push(event.sequence, text)
+            sink.push(chunk)
         return True
 
     def _on_error(self, error: GatewayError, final: bool) -> None:
@@ -253,8 +340,11 @@ class _Relay:
     def __init__(self, feed: CatchUpFeed) -> None:
         self.feed = feed
 
-    def push(self, sequence: int, event_json: str) -> None:
-        self.feed._live(sequence, event_json)
+    def push(self, chunk: Chunk) -> None:
+        self.feed._live(chunk)
+
+    async def room(self) -> None:  # pragma: no cover - topics do not wait
+        pass
 
     def fail(self, error: GatewayError, final: bool) -> None:
         self.feed._live_failed(error, final)
@@ -271,7 +361,8 @@ class CatchUpFeed(Feed):
         self.spec = spec
         self.sink = sink
         self.last = spec.since.sequence if spec.since.kind == "after" else 0
-        self.buffer: collections.deque[tuple[int, str]] = collections.deque()
+        self.buffer: collections.deque[Chunk] = collections.deque()
+        self.buffered = 0  # events in `buffer`
         self.handed_over = False
         self.closed = False
         self.relay: _Relay | None = _Relay(self)
@@ -282,15 +373,17 @@ class CatchUpFeed(Feed):
             "EventService",
             "StreamEvents",
             self._request,
-            on_event=self._own_event,
+            on_events=self._own_events,
             on_error=self._own_failed,
+            pace=sink.room,
             last=self.last,
         )
         self.own.start()
 
     def _request(self, last: int) -> events_pb2.StreamEventsRequest:
         request = events_pb2.StreamEventsRequest(
-            filter=events_pb2.EventFilter(types=list(self.spec.types), subject=self.spec.subject)
+            filter=events_pb2.EventFilter(types=list(self.spec.types), subject=self.spec.subject),
+            max_events_per_message=self.hub.events_per_message,
         )
         since = self.spec.since
         if last:
@@ -301,21 +394,29 @@ class CatchUpFeed(Feed):
             request.start_time.CopyFrom(since.time)
         return request
 
-    def _own_event(self, event: events_pb2.Event) -> bool:
+    def _forward(self, chunk: Chunk | None) -> None:
+        """Send what of `chunk` comes after the last event sent."""
+        rest = chunk.after(self.last) if chunk is not None else None
+        if rest is not None:
+            self.last = rest.last
+            self.sink.push(rest)
+
+    def _own_events(self, events: list[events_pb2.Event]) -> bool:
         if self.closed or self.handed_over:
             return False
-        if self.topic is not None and self.buffer and event.sequence >= self.buffer[0][0]:
-            # Our replay reached what the live topic has buffered: switch to the topic.
+        chunk = Chunk.of(events)
+        if self.topic is not None and self.buffer and chunk.last >= self.buffer[0].first:
+            # Our replay reached what the live topic has buffered (gap-free from its first
+            # event): send our events before it, then the buffer, and stay on the topic.
             self.handed_over = True
             self.hub.handovers += 1
-            for sequence, text in self.buffer:
-                if sequence > self.last:
-                    self.last = sequence
-                    self.sink.push(sequence, text)
+            self._forward(chunk.before(self.buffer[0].first))
+            for buffered in self.buffer:
+                self._forward(buffered)
             self.buffer.clear()
+            self.buffered = 0
             return False
-        self.last = event.sequence
-        self.sink.push(event.sequence, to_json_text(event))
+        self._forward(chunk)
         return True
 
     def _own_failed(self, error: GatewayError, final: bool) -> None:
@@ -324,16 +425,15 @@ class CatchUpFeed(Feed):
             if final:
                 self.close()
 
-    def _live(self, sequence: int, text: str) -> None:
+    def _live(self, chunk: Chunk) -> None:
         if self.closed:
             return
         if self.handed_over:
-            if sequence > self.last:
-                self.last = sequence
-                self.sink.push(sequence, text)
+            self._forward(chunk)
             return
-        self.buffer.append((sequence, text))
-        if len(self.buffer) > CATCH_UP_BUFFER:
+        self.buffer.append(chunk)
+        self.buffered += len(chunk)
+        if self.buffered > CATCH_UP_BUFFER:
             # Too far behind to buffer the live stream meanwhile: stay on our own stream.
             self._leave_topic()
 
@@ -346,6 +446,7 @@ class CatchUpFeed(Feed):
             self.topic = None
             self.relay = None
             self.buffer.clear()
+            self.buffered = 0
 
     def _leave_topic(self) -> None:
         if self.topic is not None and self.relay is not None:
@@ -353,6 +454,7 @@ class CatchUpFeed(Feed):
         self.topic = None
         self.relay = None
         self.buffer.clear()
+        self.buffered = 0
 
     def close(self) -> None:
         self.closed = True
@@ -372,18 +474,19 @@ class RunFeed(Feed):
             "AgentService",
             "StreamRun",
             lambda last: agents_pb2.StreamRunRequest(name=spec.run, after_sequence=last),
-            on_event=self._event,
+            on_events=self._events,
             on_error=self._failed,
             on_end=self._end,
+            pace=sink.room,
             follow=False,
             last=last,
         )
         self.stream.start()
 
-    def _event(self, event: events_pb2.Event) -> bool:
+    def _events(self, events: list[events_pb2.Event]) -> bool:
         if self.closed:
             return False
-        self.sink.push(event.sequence, to_json_text(event))
+        self.sink.push(Chunk.of(events))
         return True
 
     def _failed(self, error: GatewayError, final: bool) -> None:
@@ -402,8 +505,9 @@ class RunFeed(Feed):
 class Hub:
     """All topics of one gateway, and counters that prove the sharing."""
 
-    def __init__(self, upstreams: Upstreams) -> None:
+    def __init__(self, upstreams: Upstreams, events_per_message: int = EVENTS_PER_MESSAGE) -> None:
         self.upstreams = upstreams
+        self.events_per_message = events_per_message
         self.topics: dict[tuple[tuple[str, ...], str], Topic] = {}
         self.calls_opened = 0
         self.calls_active = 0

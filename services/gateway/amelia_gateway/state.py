@@ -12,7 +12,7 @@ from collections.abc import Sized
 from typing import Any, Protocol
 
 from amelia_common.settings import Settings
-from amelia_gateway.hub import Hub
+from amelia_gateway.hub import Hub, events_per_message
 from amelia_gateway.routes import RouteTable
 from amelia_gateway.upstream import Upstreams
 
@@ -38,7 +38,7 @@ class Gateway:
         self.token = settings.api_token
         self.table = RouteTable()
         self.upstreams = Upstreams(settings)
-        self.hub = Hub(self.upstreams)
+        self.hub = Hub(self.upstreams, events_per_message(settings.WS_SEND_QUEUE))
         self.connections: dict[str, Connection] = {}
         self.http_streams: set[Any] = set()  # open NDJSON streams' gRPC calls
         self.stopping = asyncio.Event()

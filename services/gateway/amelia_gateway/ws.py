@@ -18,15 +18,18 @@ Server -> client:
     {"type": "error", "subscription": "s1" | null, "error": {code, message, details}, "final": bool}
     {"type": "ping", "time": …} every WS_HEARTBEAT_INTERVAL / {"type": "pong"}
 
-Every socket has one bounded send queue (WS_SEND_QUEUE messages) drained by its own task, so
-one slow client never delays another: when its queue is full it is closed with 4008 and told
-the sequence to resume from. Events are queued as (subscription, sequence, shared JSON text): the
-event was serialized once by the hub, and only the small envelope differs per subscription.
+Every socket has one bounded send queue (WS_SEND_QUEUE events and control messages) drained by
+its own task, so one slow client never delays another: when its queue is full it is closed with
+4008 and told the sequence to resume from. Events are queued as (subscription, shared chunk): the
+hub serialized them once for every socket (`hub.Chunk`), and only the small envelope differs per
+subscription. A batching subscription sends a chunk (and the chunks queued behind it) as one
+`events` message; a plain one sends one `event` message per event, back to back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime as dt
 import json
@@ -43,7 +46,7 @@ from amelia_common.auth import token_ok
 from amelia_common.logging import get_logger
 from amelia_gateway import auth
 from amelia_gateway.errors import GatewayError, internal, invalid, status_body
-from amelia_gateway.hub import Feed, FeedSpec, Since
+from amelia_gateway.hub import Chunk, Feed, FeedSpec, Since
 from amelia_gateway.json_input import read_json
 from amelia_gateway.state import Gateway
 
@@ -57,7 +60,8 @@ CLOSE_SLOW_CONSUMER = 4008  # send queue full: resume from the sequence in the r
 CLOSE_UNAUTHORIZED = 4401  # missing or wrong API token
 
 MAX_SUBSCRIPTIONS = 100
-# Events in one `events` message of a subscription that asked for batches.
+# Events in one `events` message of a subscription that asked for batches (a chunk from the hub
+# has at most as many, hub.EVENTS_PER_MESSAGE, so it always fits in one message).
 MAX_BATCH_EVENTS = 256
 MAX_ID_LENGTH = 128
 MISSED_HEARTBEATS = 3
@@ -98,9 +102,12 @@ class Subscription:
         self.last_sent = self.last_queued
         self.feed: Feed | None = None
 
-    def push(self, sequence: int, event_json: str) -> None:
-        if self.connection.enqueue((self, sequence, event_json)):
-            self.last_queued = sequence
+    def push(self, chunk: Chunk) -> None:
+        if self.connection.enqueue((self, chunk), len(chunk)):
+            self.last_queued = chunk.last
+
+    async def room(self) -> None:
+        await self.connection.room()
 
     def fail(self, error: GatewayError, final: bool) -> None:
         self.connection.send_control(
@@ -119,7 +126,7 @@ class Subscription:
         self.connection.forget(self)
 
 
-Item = str | tuple[Subscription, int, str]
+Item = str | tuple[Subscription, Chunk]
 
 
 class Connection:
@@ -130,7 +137,14 @@ class Connection:
         self.ws = websocket
         self.id = client_id
         self.transport = _transport_of(send)
-        self.queue: asyncio.Queue[Item] = asyncio.Queue(maxsize=gateway.settings.WS_SEND_QUEUE)
+        # The raw ASGI send: what goes through it is a text message of an open socket, which
+        # needs none of starlette's state checks (its close goes through `self.ws`).
+        self._send = send
+        self.queue: collections.deque[Item] = collections.deque()
+        self.limit = gateway.settings.WS_SEND_QUEUE
+        self._queued = 0  # events and control messages in `queue`
+        self._waiting: asyncio.Future[None] | None = None  # the sender, for something to send
+        self._room: asyncio.Future[None] | None = None  # feeds, for the queue to drain
         self.subscriptions: dict[str, Subscription] = {}
         self.closing = False
         self.close_code: int | None = None
@@ -140,12 +154,14 @@ class Connection:
 
     @property
     def queued(self) -> int:
-        return self.queue.qsize()
+        return self._queued
 
     # -- sending -----------------------------------------------------------------------------
 
-    def enqueue(self, item: Item) -> bool:
-        """Queue a message without waiting; a full queue closes the socket as a slow consumer.
+    def enqueue(self, item: Item, size: int = 1) -> bool:
+        """Queue `size` events (or a control message) without waiting; a full queue closes the
+        socket as a slow consumer. A chunk is taken whole while the queue is not yet full, so the
+        queue holds at most WS_SEND_QUEUE - 1 + hub.events_per_message(WS_SEND_QUEUE) events.
 
         Once the close is decided (`_close_task`), nothing more is queued: the hub may push many
         events in one go (one per subscription, a catch-up's buffer), and the socket is closed,
@@ -153,12 +169,34 @@ class Connection:
         """
         if self.closing or self._close_task is not None:
             return False
-        try:
-            self.queue.put_nowait(item)
-        except asyncio.QueueFull:
+        if self._queued >= self.limit:
             self._slow()
             return False
+        self.queue.append(item)
+        self._queued += size
+        if self._waiting is not None and not self._waiting.done():
+            self._waiting.set_result(None)
         return True
+
+    def _take(self) -> Item:
+        item = self.queue.popleft()
+        self._queued -= 1 if isinstance(item, str) else len(item[1])
+        if self._queued <= self.limit // 2:
+            self._make_room()
+        return item
+
+    def _make_room(self) -> None:
+        if self._room is not None:
+            if not self._room.done():
+                self._room.set_result(None)
+            self._room = None
+
+    async def room(self) -> None:
+        """Wait until at most half the send queue is used (or the socket is closing)."""
+        while self._queued > self.limit // 2 and not self.closing and self._close_task is None:
+            if self._room is None:
+                self._room = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._room)
 
     def send_control(self, message: dict[str, Any]) -> None:
         self.enqueue(json.dumps(message, separators=(",", ":"), ensure_ascii=False))
@@ -173,34 +211,45 @@ class Connection:
             f"slow consumer: send queue full; resume from sequence {resume}",
         )
 
+    async def _send_text(self, text: str) -> None:
+        await self._send({"type": "websocket.send", "text": text})
+
     async def _sender(self) -> None:
-        held: Item | None = None
+        queue = self.queue
         while True:
-            item, held = (held, None) if held is not None else (await self.queue.get(), None)
+            if not queue:
+                self._waiting = asyncio.get_running_loop().create_future()
+                await self._waiting
+                self._waiting = None
+                continue
+            item = self._take()
             if isinstance(item, str):
-                await self.ws.send_text(item)
+                await self._send_text(item)
                 continue
-            subscription, sequence, event_json = item
+            subscription, chunk = item
             if not subscription.batch:
-                await self.ws.send_text(
-                    subscription.prefix + str(sequence) + ',"event":' + event_json + "}"
-                )
-                subscription.last_sent = sequence
+                prefix = subscription.prefix
+                for sequence, tail in zip(chunk.sequences, chunk.tails(), strict=True):
+                    await self._send_text(prefix + tail)
+                    subscription.last_sent = sequence
                 continue
-            # A batching subscription: its events already queued behind this one go in the same
-            # message (none is waited for); anything else is sent next.
-            parts = ['{"sequence":', str(sequence), ',"event":', event_json, "}"]
-            last, count = sequence, 1
-            while count < MAX_BATCH_EVENTS and not self.queue.empty():
-                following = self.queue.get_nowait()
-                if isinstance(following, str) or following[0] is not subscription:
-                    held = following
+            # A batching subscription: its chunks already queued right behind this one go in the
+            # same message (none is waited for); anything else is sent next.
+            items, count = [chunk.items()], len(chunk)
+            while queue:
+                following = queue[0]
+                if (
+                    isinstance(following, str)
+                    or following[0] is not subscription
+                    or count + len(following[1]) > MAX_BATCH_EVENTS
+                ):
                     break
-                _, last, event_json = following
-                parts += [',{"sequence":', str(last), ',"event":', event_json, "}"]
-                count += 1
-            await self.ws.send_text(subscription.batch_prefix + "".join(parts) + "]}")
-            subscription.last_sent = last
+                chunk = following[1]
+                self._take()
+                items.append(chunk.items())
+                count += len(chunk)
+            await self._send_text(subscription.batch_prefix + ",".join(items) + "]}")
+            subscription.last_sent = chunk.last
 
     async def _heartbeat(self) -> None:
         interval = self.gateway.settings.WS_HEARTBEAT_INTERVAL
@@ -231,8 +280,9 @@ class Connection:
         self.close_code = code
         self.detach()
         await self._stop_tasks()
-        while not self.queue.empty():
-            self.queue.get_nowait()
+        self.queue.clear()
+        self._queued = 0
+        self._make_room()
         if self.ws.application_state != WebSocketState.CONNECTED:
             return
         try:
