@@ -161,3 +161,29 @@ def test_invalid_sizes_are_refused() -> None:
         split_spans("abc", 0, 3, 100, 100)
     with pytest.raises(ValueError):
         split_spans("abc", 0, 3, 0, 0)
+
+
+def test_a_short_section_passage_reads_on_into_the_whole_sections_after_it() -> None:
+    md = (
+        "# REFRESH VIEW\n\nrefresh a view\n\n## Synopsis\n\nREFRESH VIEW name\n\n"
+        "## Description\n\nREFRESH VIEW replaces the contents of a view.\n\n"
+        "## Parameters\n\n" + "The name of the view to refresh, schema-qualified. " * 20
+    )
+    parsed = parse_markdown(md)
+    chunks = chunk_document(parsed, 200, 50, passage_size=300)
+    title, synopsis = chunks[0], chunks[1]
+    for chunk in (title, synopsis):
+        passage = md[chunk.passage_start : chunk.passage_end]
+        # The whole Description, not a word of the over-long Parameters section.
+        assert passage.endswith("replaces the contents of a view.")
+        assert passage.startswith(chunk.text)
+    long_one = chunks[-1]
+    assert long_one.passage_end - long_one.passage_start <= 300
+    assert md[long_one.passage_start : long_one.passage_end].count("## ") == 0
+
+
+def test_a_short_section_passage_stays_on_its_page() -> None:
+    text = "Page one ends here.\n\nPage two starts here with more words."
+    parsed = ParsedDocument(text, "pdf", [Section(0, 19, page=1), Section(21, len(text), page=2)])
+    first = chunk_document(parsed, 100, 10, passage_size=300)[0]
+    assert (first.passage_start, first.passage_end) == (0, 19)

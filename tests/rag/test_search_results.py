@@ -45,17 +45,18 @@ def test_a_merge_that_would_be_too_long_drops_the_lower_hit() -> None:
     assert [(h.start_offset, h.end_offset) for h in hits] == [(400, 1200)]
 
 
-def test_other_sections_and_documents_are_kept_apart() -> None:
+def test_overlapping_passages_of_two_sections_merge_and_other_documents_are_kept_apart() -> None:
+    # A short section's passage reads on into the next section: the same text, one hit.
     other = uuid.uuid4()
     hits = distinct(
         [_hit(0, 500), _hit(100, 600, section=1), _hit(100, 600, document=other), _hit(600, 900)],
         top_k=3,
         merge_chars=1600,
     )
-    assert [(h.section, h.document_id, h.start_offset) for h in hits] == [
-        (0, DOC, 0),
-        (1, DOC, 100),
-        (0, other, 100),
+    assert [(h.document_id, h.start_offset, h.end_offset) for h in hits] == [
+        (DOC, 0, 600),
+        (other, 100, 600),
+        (DOC, 600, 900),
     ]
 
 

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from amelia_rag.parsing import ParsedDocument
+from amelia_rag.parsing import ParsedDocument, Section
 
 _WORD = re.compile(r"\S+")
 _SENTENCE_END = re.compile(r"[.!?…。！？][)\]\"'»”’]*$")
@@ -39,6 +39,9 @@ MIN_FILL = 0.5
 MODEL_CHUNK_CHARS = 500
 # A passage window may move its ends this much (share of its size) to land on a boundary.
 SNAP_SHARE = 0.2
+# What passages are made of; part of a document's index signature, so a change re-chunks.
+# 2: a section shorter than a passage reads on into the whole sections after it.
+PASSAGE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -204,6 +207,23 @@ def passage_window(
     return start, end
 
 
+def reach(sections: list[Section], number: int, size: int) -> int:
+    """Where a passage starting at section `number` may end: the end of the last whole section
+    (on the same page) that keeps it within `size` — at least the section's own end.
+
+    A page title, a Synopsis or a one-line heading body is a few words; what a reader wants
+    from a hit on it is what follows (the Description under the title), and a passage of a few
+    words was, on eval/'s manual pages, the hit that pushed the answering section down.
+    """
+    first = sections[number]
+    end = first.end
+    for section in sections[number + 1 :]:
+        if section.page != first.page or section.end - first.start > size:
+            break
+        end = section.end
+    return end
+
+
 def chunk_document(
     parsed: ParsedDocument, size: int, overlap: int, *, passage_size: int = 0
 ) -> list[Chunk]:
@@ -213,9 +233,12 @@ def chunk_document(
     """
     chunks: list[Chunk] = []
     for number, section in enumerate(parsed.sections):
+        bounds = (section.start, section.end)
+        if passage_size and section.end - section.start < passage_size:
+            bounds = (section.start, reach(parsed.sections, number, passage_size))
         for s, e in split_spans(parsed.text, section.start, section.end, size, overlap):
             p_start, p_end = (
-                passage_window(parsed.text, (section.start, section.end), (s, e), passage_size)
+                passage_window(parsed.text, bounds, (s, e), passage_size)
                 if passage_size
                 else (s, e)
             )

@@ -30,7 +30,7 @@ from typing import Any
 from amelia_common.eventlog import EventLog
 from amelia_common.logging import get_logger
 from amelia_common.settings import Settings
-from amelia_rag.chunking import Chunk, child_size, chunk_document
+from amelia_rag.chunking import PASSAGE_VERSION, Chunk, child_size, chunk_document
 from amelia_rag.embeddings import Embedder
 from amelia_rag.models import DocumentRow
 from amelia_rag.parsing import (
@@ -184,7 +184,8 @@ class Ingestor:
         s = self.settings
         size, overlap = child_size(s.CHUNK_SIZE, s.CHUNK_OVERLAP)
         return (
-            f"{self.embedder.signature}|chunks={size}/{overlap}|passages={s.CHUNK_SIZE}"
+            f"{self.embedder.signature}|chunks={size}/{overlap}"
+            f"|passages={s.CHUNK_SIZE}/v{PASSAGE_VERSION}"
             f"|parser={PARSER_VERSION}"
         )
 

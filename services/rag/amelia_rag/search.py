@@ -97,10 +97,10 @@ class Hit:
     embedded: bool = True
 
     def overlaps(self, other: Hit) -> bool:
-        """Same section of the same document, and the passages share text."""
+        """Same document, and the passages share text (a short section's passage reads on into
+        the next sections, so passages of two sections can)."""
         return (
             self.document_id == other.document_id
-            and self.section == other.section
             and self.start_offset < other.end_offset
             and other.start_offset < self.end_offset
         )
