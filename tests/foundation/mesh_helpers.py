@@ -18,7 +18,7 @@ from local_model import local_model
 from amelia.v1 import agents_pb2_grpc, events_pb2_grpc, rag_pb2_grpc
 from amelia_agents.server import build_service as build_agents
 from amelia_common.embedded import EmbeddedNats, EmbeddedPostgres, free_port
-from amelia_common.grpc_client import aio_channel
+from amelia_common.grpc_client import client_options
 from amelia_common.grpc_server import GrpcService
 from amelia_common.settings import Settings
 from amelia_events.server import build_service as build_events
@@ -36,7 +36,11 @@ HEALTH_NAMES = {
 
 @dataclass
 class Mesh:
-    """The running services, a channel to each, and the servers they depend on."""
+    """The running services, a channel to each, and the servers they depend on.
+
+    The channels send each call once: these tests judge the services' own answers, and the
+    mesh's clients (`aio_channel`) send a read that met UNAVAILABLE four more times, which
+    repeats the same answer after as many waits (seconds each while NATS is down)."""
 
     settings: Settings
     postgres: EmbeddedPostgres
@@ -95,7 +99,9 @@ async def own_mesh(root: Path, base: Settings, **overrides: Any) -> AsyncIterato
         services["rag"] = await build_rag(settings, embedder=embedder)
         for name, service in services.items():
             port = service.bound_port or await service.start()
-            channels[name] = aio_channel(f"127.0.0.1:{port}", settings)
+            channels[name] = grpc.aio.insecure_channel(
+                f"127.0.0.1:{port}", options=client_options(settings)
+            )
         yield Mesh(settings, postgres, nats, services, channels)
     finally:
         for channel in channels.values():

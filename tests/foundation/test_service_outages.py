@@ -18,6 +18,7 @@ from amelia.v1 import agents_pb2, agents_pb2_grpc, events_pb2, rag_pb2
 from amelia_agents.server import build_service as build_agents
 from amelia_common.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from amelia_common.grpc_client import aio_channel
+from amelia_common.grpc_server import GrpcService
 from amelia_common.settings import Settings
 from amelia_events.server import build_service as build_events
 
@@ -37,38 +38,34 @@ async def wait_for(port: int, service: str, expected: int, timeout: float = 30.0
             await asyncio.sleep(0.2)
 
 
+async def follows(
+    service: GrpcService, server: EmbeddedNats | EmbeddedPostgres, name: str, dependency: str
+) -> None:
+    """`service` (on `server`) goes NOT_SERVING, naming `dependency`, while `server` is stopped,
+    and SERVING again once it is back; both are stopped at the end."""
+    port = await service.start()
+    try:
+        await wait_for(port, name, SERVING)
+        server.stop()
+        await wait_for(port, name, NOT_SERVING)
+        await wait_for(port, f"dependency/{dependency}", NOT_SERVING)
+        server.start()
+        await wait_for(port, name, SERVING)
+    finally:
+        await service.stop(0)
+        server.stop()
+
+
 async def test_events_service_follows_its_nats(tmp_path: Path, settings: Settings) -> None:
     nats = EmbeddedNats(tmp_path, free_port())
     own = settings.model_copy(update={"NATS_URL": nats.start()})
-    service = await build_events(own)
-    port = await service.start()
-    try:
-        await wait_for(port, "amelia.v1.EventService", SERVING)
-        nats.stop()
-        await wait_for(port, "amelia.v1.EventService", NOT_SERVING)
-        await wait_for(port, "dependency/nats", NOT_SERVING)
-        nats.start()
-        await wait_for(port, "amelia.v1.EventService", SERVING)
-    finally:
-        await service.stop(0)
-        nats.stop()
+    await follows(await build_events(own), nats, "amelia.v1.EventService", "nats")
 
 
 async def test_agents_service_follows_its_postgres(tmp_path: Path, settings: Settings) -> None:
     postgres = EmbeddedPostgres(tmp_path)
     own = settings.model_copy(update={"DATABASE_URL": postgres.start(), "AGENT_WORKERS": 0})
-    service = await build_agents(own)
-    port = await service.start()
-    try:
-        await wait_for(port, "amelia.v1.AgentService", SERVING)
-        postgres.stop()
-        await wait_for(port, "amelia.v1.AgentService", NOT_SERVING)
-        await wait_for(port, "dependency/postgres", NOT_SERVING)
-        postgres.start()
-        await wait_for(port, "amelia.v1.AgentService", SERVING)
-    finally:
-        await service.stop(0)
-        postgres.stop()
+    await follows(await build_agents(own), postgres, "amelia.v1.AgentService", "postgres")
 
 
 async def test_create_run_with_the_queue_down_records_nothing(

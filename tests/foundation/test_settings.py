@@ -45,21 +45,6 @@ def test_the_default_model_and_temperature_follow_the_keys_set() -> None:
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"LOCAL_MODEL_TEMPERATURE": -0.1}, "greater than or equal to 0"),
-        ({"LOCAL_MODEL_TEMPERATURE": 2.5}, "less than or equal to 2"),
-        ({"LOCAL_MODEL": "qwen-7b"}, "or the path of a .gguf file"),
-    ],
-)
-def test_local_model_settings_refused_with_a_clear_message(
-    values: dict[str, object], message: str
-) -> None:
-    with pytest.raises(ValidationError, match=message):
-        make(**values)
-
-
-@pytest.mark.parametrize(
-    ("values", "message"),
-    [
         ({"DATABASE_URL": "sqlite:///test.db"}, "must be a PostgreSQL connection string"),
         ({"ANTHROPIC_API_KEY": "invalid-key"}, "must start with 'sk-ant-'"),
         ({"CHUNK_SIZE": 50}, "too small"),
@@ -67,6 +52,9 @@ def test_local_model_settings_refused_with_a_clear_message(
         ({"DATABASE_POOL_SIZE": 0}, "DATABASE_POOL_SIZE must be at least 1"),
         ({"DATABASE_MAX_OVERFLOW": -1}, "DATABASE_MAX_OVERFLOW cannot be negative"),
         ({"NATS_URL": "localhost:4222"}, "NATS_URL must be nats://"),
+        ({"LOCAL_MODEL_TEMPERATURE": -0.1}, "greater than or equal to 0"),
+        ({"LOCAL_MODEL_TEMPERATURE": 2.5}, "less than or equal to 2"),
+        ({"LOCAL_MODEL": "qwen-7b"}, "or the path of a .gguf file"),
     ],
 )
 def test_invalid_settings_are_refused_with_the_seeds_message(
