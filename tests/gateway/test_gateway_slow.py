@@ -25,8 +25,12 @@ from gateway_helpers import (
     Publisher,
     gateway_process,
     new_subject,
+    start_gateway,
     wait_for,
 )
+from test_gateway_ws_batches import publish_many
+
+from amelia_common.settings import Settings
 
 EVENTS = 3000
 PAYLOAD = "x" * 8000
@@ -148,3 +152,31 @@ async def test_never_reading_client_is_closed_and_memory_stays_bounded(
     await again.close()
     await reader.close()
     await wait_for(lambda: True)
+
+
+async def test_a_replay_waits_for_a_client_that_pauses_instead_of_dropping_it(
+    gateway_settings: Settings, publisher: Publisher
+) -> None:
+    """A replay reads a stream of its own, so it goes at its client's pace: a client that stops
+    reading for a while (tiny receive buffer, send queue of 8) is not closed as a slow consumer,
+    and then gets all 600 past events (~4.7 MiB) in order."""
+    running = await start_gateway(gateway_settings.model_copy(update={"WS_SEND_QUEUE": 8}))
+    try:
+        subject = new_subject()
+        sequences = await publish_many(publisher, subject, 600, p=PAYLOAD)
+        paused = await _stuck_client(running.port)
+        await paused.send(
+            json.dumps({"type": "subscribe", "id": "s", "filter": {"subject": subject}, "since": 0})
+        )
+        await asyncio.sleep(2)  # the gateway's buffers fill; the replay must wait, not drop
+        got: list[int] = []
+        async with asyncio.timeout(60):
+            while len(got) < len(sequences):
+                message = json.loads(await paused.recv())
+                if message["type"] == "event":
+                    got.append(message["sequence"])
+        assert got == sequences
+        assert running.gateway.counters["wsClosedSlow"] == 0
+        await paused.close()
+    finally:
+        await running.stop()

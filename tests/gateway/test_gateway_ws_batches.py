@@ -1,6 +1,7 @@
 """`"batch": true` subscriptions on /ws: events already queued for the socket arrive together in
 one `events` message, each once and in order, beside a plain subscription on the same filter
-(which still gets one `event` message per event) and through a resume."""
+(which still gets one `event` message per event) and through a resume; a replay comes in few
+messages, at the client's pace."""
 
 from __future__ import annotations
 
@@ -69,3 +70,37 @@ async def test_batch_must_be_a_boolean(gateway: RunningGateway) -> None:
     assert "'batch' must be true or false" in reply["error"]["message"]
     await client.subscribe("y", filter={"subject": new_subject()}, batch=False)
     await client.close()
+
+
+async def publish_many(publisher: Publisher, subject: str, count: int, **data: Any) -> list[int]:
+    """`count` events on `subject` (data `i` and `data`), 100 per PublishEvents; their sequences."""
+    sequences: list[int] = []
+    for start in range(0, count, 100):
+        request = events_pb2.PublishEventsRequest()
+        for i in range(start, min(start + 100, count)):
+            event = request.events.add(type="app.token", subject=subject, source="tests")
+            event.data.update({"i": i, **data})
+        reply = await publisher.stub.PublishEvents(request)
+        sequences += [int(e.sequence) for e in reply.events]
+    return sequences
+
+
+async def test_a_batched_replay_comes_in_a_few_messages(
+    gateway: RunningGateway, publisher: Publisher
+) -> None:
+    """The hub reads history many events per upstream message and a batching socket sends each
+    such chunk as one message: 300 stored events are not 300 socket messages."""
+    subject = new_subject()
+    sequences = await publish_many(publisher, subject, 300)
+    client = await Client.connect(gateway.ws_url)
+    await client.subscribe("b", filter={"subject": subject}, since="beginning", batch=True)
+    messages = 0
+    got: list[int] = []
+    while len(got) < 300:
+        message = await client.recv()
+        if message["type"] == "events":
+            messages += 1
+            got += [item["sequence"] for item in message["events"]]
+    await client.close()
+    assert got == sequences
+    assert messages < 30, f"300 replayed events came in {messages} messages"

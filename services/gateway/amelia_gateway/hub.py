@@ -26,7 +26,7 @@ import asyncio
 import collections
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Protocol
 
 import grpc
@@ -168,34 +168,24 @@ class FeedSpec:
         return (self.types, self.subject)
 
 
+@dataclass(eq=False)
 class UpstreamStream:
     """One server-streaming call of events, reopened after its last sequence when dropped."""
 
-    def __init__(
-        self,
-        hub: Hub,
-        service: str,
-        rpc: str,
-        request_for: Callable[[int], Message],
-        *,
-        on_events: Callable[[list[events_pb2.Event]], bool],
-        on_error: Callable[[GatewayError, bool], None],
-        on_end: Callable[[], None] | None = None,
-        pace: Callable[[], Awaitable[None]] | None = None,
-        follow: bool = True,
-        last: int = 0,
-    ) -> None:
-        self.hub = hub
-        self.service = service
-        self.rpc = rpc
-        self.request_for = request_for
-        self.on_events = on_events
-        self.on_error = on_error
-        self.on_end = on_end
-        self.pace = pace
-        self.follow = follow
-        self.last = last
-        self.task: asyncio.Task[None] | None = None
+    hub: Hub
+    service: str
+    rpc: str
+    request_for: Callable[[int], Message]
+    _: KW_ONLY
+    on_events: Callable[[list[events_pb2.Event]], bool]
+    on_error: Callable[[GatewayError, bool], None]
+    on_end: Callable[[], None] | None = None
+    # Awaited after each message's events were handed on (a feed with a stream of its own
+    # waits for its socket's queue there).
+    pace: Callable[[], Awaitable[None]] | None = None
+    follow: bool = True
+    last: int = 0
+    task: asyncio.Task[None] | None = field(default=None, init=False)
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name=f"upstream-{self.rpc}")
