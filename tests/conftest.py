@@ -11,15 +11,17 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import asyncpg
+import grpc
 import pytest
 from sqlalchemy.engine import make_url
 
+from amelia.v1 import rag_pb2_grpc
 from amelia_common.db import libpq_url
 from amelia_common.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from amelia_common.settings import Environment, Settings
@@ -28,8 +30,18 @@ if TYPE_CHECKING:
     from amelia_events.server import EventsService
 
 
+TESTS = Path(__file__).parent
+
+
 class Infra:
-    """The session's servers; `nats` can be stopped and started again by restart tests."""
+    """The session's servers; `nats` can be stopped and started again by restart tests.
+
+    `folder` is the test folder (agents, gateway, ...) of the test being set up: its settings get
+    a run queue of that folder's own, so an agents service started by one folder's tests never
+    takes another folder's runs (they share one NATS; its workers would run them with the wrong
+    settings). A test that needs a queue of its own still passes RUNS_QUEUE_STREAM."""
+
+    folder = "tests"
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -64,6 +76,7 @@ class Infra:
             "RAG_GRPC_PORT": 0,
             "PORT": 0,
             "GRPC_SHUTDOWN_GRACE_SECONDS": 2.0,
+            "RUNS_QUEUE_STREAM": f"AMELIA_RUNS_{self.folder}",
         }
         values.update(overrides)
         return Settings(_env_file=None, **values)  # type: ignore[call-arg]
@@ -82,19 +95,40 @@ class Infra:
             await admin.close()
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Before the test's fixtures are set up: the folder whose run queue its settings get."""
+    inside = item.path.is_relative_to(TESTS) and len(item.path.relative_to(TESTS).parts) > 1
+    Infra.folder = item.path.relative_to(TESTS).parts[0] if inside else "tests"
+
+
 @pytest.fixture(scope="session")
-def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
-    """Outside pytest's own temporary root: run as root, the embedded PostgreSQL runs as another
-    user, which must traverse the path to its data, and every pytest session that starts makes
-    `/tmp/pytest-of-<user>` private (0700) again. Short, for Unix socket paths (~100 bytes)."""
-    root = Path(tempfile.mkdtemp(prefix=f"infra-{tmp_path_factory.getbasetemp().name}-"))
-    infra = Infra(root)
+def scratch_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], Path]]:
+    """Makes folders for servers' data, removed when the session ends. Outside pytest's own
+    temporary root: run as root, an embedded PostgreSQL runs as another user, which must traverse
+    the path to its data, and every pytest session that starts makes `/tmp/pytest-of-<user>`
+    private (0700) again. Short, for Unix socket paths (~100 bytes)."""
+    made: list[Path] = []
+
+    def make(prefix: str) -> Path:
+        made.append(
+            Path(tempfile.mkdtemp(prefix=f"{prefix}-{tmp_path_factory.getbasetemp().name}-"))
+        )
+        return made[-1]
+
+    yield make
+    for root in made:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def infra(scratch_root: Callable[[str], Path]) -> Iterator[Infra]:
+    infra = Infra(scratch_root("infra"))
     try:
         infra.start()
         yield infra
     finally:
         infra.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
@@ -117,3 +151,29 @@ async def events_service(infra: Infra) -> AsyncIterator[EventsService]:
 @pytest.fixture(scope="session")
 def events_address(events_service: EventsService) -> str:
     return f"127.0.0.1:{events_service.bound_port}"
+
+
+@pytest.fixture(scope="session")
+async def rag_address(infra: Infra) -> AsyncIterator[str]:
+    """One RAG service with the real local model in process, for the folders whose agents ask it
+    for context (workflows, llm): started once."""
+    from local_model import local_model
+
+    from amelia_rag.embeddings import LocalEmbedder
+    from amelia_rag.server import build_service
+
+    settings = infra.settings()
+    embedder = LocalEmbedder.from_model(local_model(), settings)
+    service = await build_service(settings, embedder=embedder)
+    port = await service.start()
+    yield f"127.0.0.1:{port}"
+    await service.stop(1.0)
+    await embedder.aclose()
+
+
+@pytest.fixture(scope="session")
+async def rag(rag_address: str) -> AsyncIterator[rag_pb2_grpc.RagServiceStub]:
+    """A client of `rag_address` (tests/rag has a `rag` of its own, with its own settings)."""
+    channel = grpc.aio.insecure_channel(rag_address)
+    yield rag_pb2_grpc.RagServiceStub(channel)
+    await channel.close()

@@ -2,7 +2,8 @@
 
 One events service for the gateway tests (`events_service`, shared, tests/conftest.py); tests use their own subjects so they
 never see each other's events. Agents and rag upstreams point at closed ports unless a test
-starts those services itself, or uses `mesh` (real agents and rag behind a gateway, per module).
+starts those services itself, or uses `mesh` (real agents and rag behind a gateway, started once
+for the folder).
 """
 
 from __future__ import annotations
@@ -48,9 +49,11 @@ async def publisher(events_address: str, infra: Any) -> AsyncIterator[Publisher]
     await pub.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 async def mesh(infra: Any, events_address: str) -> AsyncIterator[Mesh]:
-    """The whole mesh behind a gateway, for the modules that test through all three services."""
+    """The whole mesh behind a gateway, for the modules that test through all three services
+    (each test uses names of its own, so they share one). Its agents service takes the folder's
+    own run queue (tests/conftest.py: Infra.settings)."""
     from amelia_agents.server import build_service as build_agents
     from amelia_rag.server import build_service as build_rag
 

@@ -2,7 +2,8 @@
 once per session, and the real events, rag and agents services in process on the session's
 PostgreSQL and NATS.
 
-The agents service has its own queue stream, so other suites' workers never take these runs.
+The events and rag services are the session's (tests/conftest.py); the agents service has the
+folder's own run queue (Infra.settings), so other suites' workers never take these runs.
 The model is small (0.5B) and runs on one thread: keep these tests few, with greedy sampling
 (temperature 0), small max_tokens and tolerant assertions.
 """
@@ -11,20 +12,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 
-import grpc
 import pytest
 from agents_helpers import serve_agents
-from local_model import local_model as local_embedding_model
 
-from amelia.v1 import agents_pb2_grpc, rag_pb2_grpc
+from amelia.v1 import agents_pb2_grpc
 from amelia_common import local_model
 from amelia_common.embedded import free_port
 from amelia_common.llama_server import EmbeddedLlama
 from amelia_common.settings import DEFAULT_LOCAL_MODEL, Settings
-from amelia_rag.embeddings import LocalEmbedder
-from amelia_rag.server import build_service as build_rag
 
-QUEUE = "AMELIA_RUNS_LLM"
 MODEL = f"local:{DEFAULT_LOCAL_MODEL}"
 
 
@@ -44,40 +40,15 @@ def llama(infra: object) -> Iterator[EmbeddedLlama]:
 
 
 @pytest.fixture(scope="session")
-def llm_events_address(events_address: str) -> str:
-    """The shared events service (tests/conftest.py)."""
-    return events_address
-
-
-@pytest.fixture(scope="session")
-async def llm_rag_address(infra: object) -> AsyncIterator[str]:
-    settings: Settings = infra.settings()  # type: ignore[attr-defined]
-    embedder = LocalEmbedder.from_model(local_embedding_model(), settings)
-    service = await build_rag(settings, embedder=embedder)
-    port = await service.start()
-    yield f"127.0.0.1:{port}"
-    await service.stop(1.0)
-    await embedder.aclose()
-
-
-@pytest.fixture(scope="session")
-async def llm_rag(llm_rag_address: str) -> AsyncIterator[rag_pb2_grpc.RagServiceStub]:
-    channel = grpc.aio.insecure_channel(llm_rag_address)
-    yield rag_pb2_grpc.RagServiceStub(channel)
-    await channel.close()
-
-
-@pytest.fixture(scope="session")
 def llm_settings(
-    infra: object, llama: EmbeddedLlama, llm_events_address: str, llm_rag_address: str
+    infra: object, llama: EmbeddedLlama, events_address: str, rag_address: str
 ) -> Settings:
     """No provider key: DEFAULT_MODEL resolves to the local model, as on a fresh machine."""
     settings: Settings = infra.settings(  # type: ignore[attr-defined]
-        EVENTS_ADDRESS=llm_events_address,
-        RAG_ADDRESS=llm_rag_address,
+        EVENTS_ADDRESS=events_address,
+        RAG_ADDRESS=rag_address,
         LOCAL_MODEL_URL=llama.base_url,
         AGENT_WORKERS=2,
-        RUNS_QUEUE_STREAM=QUEUE,
         RUN_ACK_WAIT_SECONDS=30,
         LLM_RETRY_BACKOFF_SECONDS=0.2,
         ANTHROPIC_API_KEY="",

@@ -38,9 +38,9 @@ COUNTING = "Count from 1 to 1000, one number per line."
 
 
 @pytest.fixture(scope="module")
-async def field_notes(llm_rag: rag_pb2_grpc.RagServiceStub) -> AsyncIterator[str]:
+async def field_notes(rag: rag_pb2_grpc.RagServiceStub) -> AsyncIterator[str]:
     tag = uuid.uuid4().hex[:8]
-    reply = await llm_rag.IngestDocument(
+    reply = await rag.IngestDocument(
         rag_pb2.IngestDocumentRequest(
             source=rag_pb2.DocumentSource(
                 title=f"savanna-{tag}", file_path=f"/llm-tests/{tag}/savanna.md"
@@ -49,7 +49,7 @@ async def field_notes(llm_rag: rag_pb2_grpc.RagServiceStub) -> AsyncIterator[str
         )
     )
     yield reply.document.name
-    await llm_rag.DeleteDocument(rag_pb2.DeleteDocumentRequest(name=reply.document.name))
+    await rag.DeleteDocument(rag_pb2.DeleteDocumentRequest(name=reply.document.name))
 
 
 async def run_to_end(stub: Stub, **run: Any) -> tuple[S.Run, list[events_pb2.Event]]:

@@ -4,10 +4,8 @@ processes. Streams are kept on all 3 nodes (R3)."""
 
 from __future__ import annotations
 
-import shutil
 import sys
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +19,13 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "agents"))
 
 
 @pytest.fixture(scope="session")
-def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
-    root = Path(tempfile.mkdtemp(prefix=f"amelia-nats-{tmp_path_factory.getbasetemp().name}-"))
-    cluster = NatsCluster.on_free_ports(root, 3)
+def nats_cluster(scratch_root: Callable[[str], Path]) -> Iterator[NatsCluster]:
+    cluster = NatsCluster.on_free_ports(scratch_root("amelia-nats"), 3)
     try:
         cluster.start()
         yield cluster
     finally:
         cluster.remove()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

@@ -12,19 +12,15 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-import grpc
 import pytest
 from agents_fake_llm import FakeAnthropic, fake_anthropic, fake_openai
 from agents_helpers import WorkerProcess, serve_agents
-from local_model import local_model
 from workflows_helpers import CLAUDE_CODE_TIMEOUT, STAND_IN, CodeEnv
 
-from amelia.v1 import agents_pb2_grpc, rag_pb2_grpc
+from amelia.v1 import agents_pb2_grpc
 from amelia_agents.server import build_service as build_agents
 from amelia_common.grpc_client import aio_channel
 from amelia_common.settings import Settings
-from amelia_rag.embeddings import LocalEmbedder
-from amelia_rag.server import build_service as build_rag
 
 __all__ = ["fake_anthropic", "fake_openai"]  # fixtures from tests/agents_fake_llm.py
 
@@ -46,25 +42,6 @@ def code_env(tmp_path_factory: pytest.TempPathFactory) -> CodeEnv:
     for path in (env.allowed, env.outside):
         path.mkdir()
     return env
-
-
-@pytest.fixture(scope="session")
-async def rag_address(infra: object) -> AsyncIterator[str]:
-    """The real RAG service with the real local model (shared with tests/rag)."""
-    settings: Settings = infra.settings()  # type: ignore[attr-defined]
-    embedder = LocalEmbedder.from_model(local_model(), settings)
-    service = await build_rag(settings, embedder=embedder)
-    port = await service.start()
-    yield f"127.0.0.1:{port}"
-    await service.stop(1.0)
-    await embedder.aclose()
-
-
-@pytest.fixture(scope="session")
-async def rag(rag_address: str) -> AsyncIterator[rag_pb2_grpc.RagServiceStub]:
-    channel = grpc.aio.insecure_channel(rag_address)
-    yield rag_pb2_grpc.RagServiceStub(channel)
-    await channel.close()
 
 
 @pytest.fixture(scope="session")
