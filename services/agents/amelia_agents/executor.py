@@ -66,6 +66,41 @@ class HandoverError(Exception):
     """The pick-up stopped because another worker has the run now; nothing was recorded."""
 
 
+class UsageWriter:
+    """A pick-up's token usage, added to its run in the background: a node's model call does
+    not wait for PostgreSQL, and calls made while a write is under way go in the next one.
+    `flush` returns once everything is stored (raising the error of a write that failed)."""
+
+    def __init__(self, store: Store, run_id: uuid.UUID) -> None:
+        self.store = store
+        self.run_id = run_id
+        self._pending = (0, 0)
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, input_tokens: int, output_tokens: int) -> None:
+        self._pending = (self._pending[0] + input_tokens, self._pending[1] + output_tokens)
+        task = self._task
+        if task is None or (task.done() and not task.cancelled() and task.exception() is None):
+            self._task = asyncio.create_task(self._write())
+
+    async def _write(self) -> None:
+        while self._pending != (0, 0):
+            (input_tokens, output_tokens), self._pending = self._pending, (0, 0)
+            try:
+                await self.store.add_usage(self.run_id, input_tokens, output_tokens)
+            except BaseException:
+                self._pending = (
+                    self._pending[0] + input_tokens,
+                    self._pending[1] + output_tokens,
+                )
+                raise
+
+    async def flush(self) -> None:
+        if self._task is not None:
+            await self._task
+        await self._write()
+
+
 def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
@@ -205,6 +240,8 @@ class Executor:
         token = runtime.bind(ctx)
         started: dict[str, float] = {}
         usage = NodeUsage(self.settings.MODEL_PRICES)
+        stored_usage = UsageWriter(self.store, row.id)
+        flushed = False
         try:
             async for mode, chunk in graph.astream(
                 graph_input, config, stream_mode=["tasks", "custom"], durability="sync"
@@ -216,13 +253,17 @@ class Executor:
                     data = chunk.get("data") or {}
                     if event_type == runtime.USAGE_TYPE:
                         usage.add(data)
-                        await self.store.add_usage(
-                            row.id, int(data["input_tokens"]), int(data["output_tokens"])
-                        )
+                        stored_usage.add(int(data["input_tokens"]), int(data["output_tokens"]))
                     else:
                         await pipeline.submit(self.events.event(row, event_type, _jsonable(data)))
+            flushed = True
+            await stored_usage.flush()
             await pipeline.flush()
         finally:
+            if not flushed:
+                # Stopped or failed: the usage of the calls made is stored all the same.
+                with contextlib.suppress(Exception):
+                    await stored_usage.flush()
             runtime.unbind(token)
             # Stopped or failed: what was written is stored by NATS; nobody waits for it.
             pipeline.abandon()

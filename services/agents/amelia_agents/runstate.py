@@ -12,7 +12,7 @@ events; `executor` and `worker` decide which transition a pick-up takes. The rul
 
 1. A run is recorded and its job queued in one transaction (the job is queued just before the
    commit): a run is never stored without a job, and a job may arrive before its run is
-   visible.
+   visible (the worker then waits for that transaction's end: `Store.wait_until_recorded`).
 2. A job is never acked while its run is QUEUED (it may be the not-yet-visible run of rule 1):
    it is given back; one whose run never appeared in ORPHAN_JOB_SECONDS is dropped.
 3. A job whose run is PAUSED or has ended is acked and skipped; an ended run whose end event is

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Select, and_, delete, func, or_, select, text, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -28,6 +28,17 @@ from amelia_agents.models import (
     RunState,
     ThreadRow,
 )
+
+# CreateRun holds a transaction-level lock on (RECORDING_LOCK_SPACE, recording_key(run)) until its
+# transaction ends. Two-key advisory locks never collide with the run locks' one-key ones.
+RECORDING_LOCK_SPACE = 0x616D
+LOCK_NOT_AVAILABLE = "55P03"
+
+
+def recording_key(run_id: uuid.UUID) -> int:
+    """A signed 32-bit key for the run in RECORDING_LOCK_SPACE (a collision only makes a worker
+    wait for another CreateRun's commit)."""
+    return int.from_bytes(run_id.bytes[:4], "big", signed=True)
 
 
 class ActiveRunError(Exception):
@@ -81,6 +92,11 @@ class Store:
         # The engine the sessions are bound to (`db.session_factory` binds one): a run's lock
         # needs a connection of its own, outside any session.
         self.engine: AsyncEngine = sessions.kw["bind"]
+        # A one-statement change needs no transaction around it: without BEGIN and COMMIT it is
+        # one round trip instead of three (a run takes several on its path).
+        self.single_statements = async_sessionmaker(
+            self.engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
+        )
 
     async def ping(self) -> None:
         """Raise PostgreSQL's error unless it answers now."""
@@ -215,10 +231,15 @@ class Store:
         """Insert the run (and its new thread); `ActiveRunError` when the thread is busy.
 
         `before_commit` (queueing the run) runs inside the transaction: if it raises, nothing
-        is recorded, so a run is never stored without being queued.
+        is recorded, so a run is never stored without being queued. A worker given the job
+        before the commit waits for it with `wait_until_recorded` (the transaction holds the
+        run's recording lock).
         """
         try:
             async with self.sessions() as s, s.begin():
+                await s.execute(
+                    select(func.pg_advisory_xact_lock(RECORDING_LOCK_SPACE, recording_key(row.id)))
+                )
                 if new_thread:
                     s.add(
                         ThreadRow(id=row.thread_id, meta={}, create_time=now(), update_time=now())
@@ -237,6 +258,27 @@ class Store:
             raise
         return row
 
+    async def wait_until_recorded(self, run_id: uuid.UUID, timeout_seconds: float) -> bool:
+        """Wait until no CreateRun transaction is still recording `run_id` (it committed or
+        rolled back); False when one still was after `timeout_seconds`."""
+        try:
+            async with self.sessions() as s, s.begin():
+                await s.execute(
+                    text(f"SET LOCAL lock_timeout = '{max(int(timeout_seconds * 1000), 1)}ms'")
+                )
+                await s.execute(
+                    select(
+                        func.pg_advisory_xact_lock_shared(
+                            RECORDING_LOCK_SPACE, recording_key(run_id)
+                        )
+                    )
+                )
+        except DBAPIError as exc:
+            if getattr(exc.orig, "sqlstate", None) == LOCK_NOT_AVAILABLE:
+                return False
+            raise
+        return True
+
     async def get_run(self, run_id: uuid.UUID) -> RunRow | None:
         async with self.sessions() as s:
             return await s.get(RunRow, run_id)
@@ -245,8 +287,8 @@ class Store:
         self, run_id: uuid.UUID, transition: runstate.Transition, values: dict[str, Any]
     ) -> tuple[RunRow | None, bool]:
         """Take `transition` with `values` if the run's status allows it: (row after, whether it
-        changed)."""
-        async with self.sessions() as s, s.begin():
+        changed). The UPDATE is one statement, atomic on its own."""
+        async with self.single_statements() as s:
             changed = await s.scalar(
                 update(RunRow)
                 .where(RunRow.id == run_id, RunRow.status.in_(transition.source_values))
@@ -304,7 +346,7 @@ class Store:
         )
 
     async def add_usage(self, run_id: uuid.UUID, input_tokens: int, output_tokens: int) -> None:
-        async with self.sessions() as s, s.begin():
+        async with self.single_statements() as s:
             await s.execute(
                 update(RunRow)
                 .where(RunRow.id == run_id)
@@ -349,7 +391,7 @@ class Store:
         )
 
     async def set_terminal_sequence(self, run_id: uuid.UUID, sequence: int) -> None:
-        async with self.sessions() as s, s.begin():
+        async with self.single_statements() as s:
             await s.execute(
                 update(RunRow).where(RunRow.id == run_id).values(terminal_sequence=sequence)
             )

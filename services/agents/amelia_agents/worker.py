@@ -9,7 +9,8 @@ A worker loop fetches one job at a time from the shared durable consumer. For ea
    `runstate.after_claim` says: a paused or finished run's job is acked and skipped, after
    re-publishing its end if a crash lost it; a job is never acked while its run is still QUEUED
    (CreateRun queues the job just before it commits, so a job can arrive before its run is
-   visible): it is looked at again shortly;
+   visible): the worker waits for that commit (`Store.wait_until_recorded`: CreateRun's
+   transaction holds the run's recording lock), and looks again;
 4. executes it while heartbeating (`in_progress()`, and a status check on the lock's connection
    that catches a cancel whose message was missed and a lock PostgreSQL dropped), then acks.
 
@@ -64,9 +65,11 @@ log = get_logger("amelia.agents.worker")
 FETCH_TIMEOUT_SECONDS = 2.0
 STATUS_CHECK_SECONDS = 1.0
 CANCEL_REPLY_TIMEOUT_SECONDS = 10.0
-# A job can arrive before the CreateRun that queued it commits: claim again after these waits,
-# then give the job back for NOT_VISIBLE_RETRY_SECONDS.
-CLAIM_RETRY_DELAYS = (0.0, 0.02, 0.05, 0.1, 0.2)
+# A job can arrive before the CreateRun that queued it commits: the worker waits for that commit
+# (at most RECORDING_WAIT_SECONDS), then claims again after these waits, then gives the job back
+# for NOT_VISIBLE_RETRY_SECONDS.
+RECORDING_WAIT_SECONDS = 5.0
+CLAIM_RETRY_DELAYS = (0.0, 0.0, 0.02, 0.05, 0.1, 0.2)
 NOT_VISIBLE_RETRY_SECONDS = 0.5
 # The reconciler holds a lock for an instant: look again before waiting a whole ack wait.
 LOCK_RETRY_DELAYS = (0.0, 0.05, 0.2)
@@ -285,7 +288,11 @@ class WorkerPool:
         and ack rules of `runstate` (2 and 3)."""
         deps = self.deps
         action, row = JobAction.RETRY_SOON, None
-        for delay in CLAIM_RETRY_DELAYS:
+        for i, delay in enumerate(CLAIM_RETRY_DELAYS):
+            if i == 1 and row is None and action is JobAction.RETRY_SOON:
+                # Not visible: most likely its CreateRun has not committed yet; wait for that
+                # commit itself rather than a guessed while.
+                await deps.store.wait_until_recorded(run_id, RECORDING_WAIT_SECONDS)
             await asyncio.sleep(delay)
             row, claimed = await deps.store.claim(run_id, worker)
             action = after_claim(row, claimed, _job_age(msg))

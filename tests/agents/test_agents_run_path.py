@@ -1,0 +1,174 @@
+"""The run path's shortcuts keep its rules: a worker given a job before the CreateRun that queued
+it has committed waits for exactly that commit (no guessed sleep, no job given back), and a
+run's token usage, written in the background while its nodes go on, is all on the run when its
+end is published."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, TypedDict
+
+import pytest
+from agents_helpers import S, collect, create_run, data, types, wait_status
+from langgraph.graph import END, START, StateGraph
+from sqlalchemy import text
+
+from amelia.v1 import agents_pb2_grpc
+from amelia_agents import runtime, workflows
+from amelia_agents.models import RunRow, RunState
+from amelia_agents.servicer import _new_run
+from amelia_agents.store import RECORDING_LOCK_SPACE, Store
+from amelia_common.db import create_engine, session_factory
+from amelia_common.settings import Settings
+
+# A queue no worker or reconciler of the test session looks at.
+NOBODYS_QUEUE = "AMELIA_RUNS_RECORDING_TEST"
+
+
+def queued_run(settings: Settings) -> RunRow:
+    """A QUEUED run of the echo workflow on a queue nobody serves, not recorded yet."""
+    return _new_run(
+        settings.model_copy(update={"RUNS_QUEUE_STREAM": NOBODYS_QUEUE}),
+        agent_id=None,
+        workflow="echo",
+        thread_id=uuid.uuid4(),
+        input_value={"message": "hello"},
+        agent_config=None,
+        timeout=None,
+        request_id="",
+    )
+
+
+@pytest.fixture
+async def store(agents: Any, agents_settings: Settings) -> AsyncIterator[Store]:
+    """A store of its own on the session's database (the agents service migrated it)."""
+    engine = create_engine(agents_settings)
+    yield Store(session_factory(engine))
+    await engine.dispose()
+
+
+async def recording_waiters(store: Store, deadline: float = 30.0) -> int:
+    """Sessions blocked on a run's recording lock, once there is one (or 0 at the deadline)."""
+    until = time.monotonic() + deadline
+    while True:
+        async with store.engine.connect() as conn:
+            waiting = await conn.scalar(
+                text(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                    "AND classid = :space AND objsubid = 2"
+                ),
+                {"space": RECORDING_LOCK_SPACE},
+            )
+        if waiting or time.monotonic() > until:
+            return int(waiting or 0)
+        await asyncio.sleep(0.05)
+
+
+async def test_a_worker_waits_for_the_create_run_still_recording_its_run(
+    store: Store, agents_settings: Settings
+) -> None:
+    row = queued_run(agents_settings)
+    queued, commit = asyncio.Event(), asyncio.Event()
+
+    async def queue_then_hold() -> None:
+        # Where CreateRun queues the job: a worker may have it from here on.
+        queued.set()
+        await commit.wait()
+
+    creating = asyncio.create_task(store.create_run(row, True, before_commit=queue_then_hold))
+    try:
+        await queued.wait()
+        assert await store.claim(row.id, "test-worker") == (None, False)  # not visible yet
+        assert await store.wait_until_recorded(row.id, 0.2) is False  # still being recorded
+        waiting = asyncio.create_task(store.wait_until_recorded(row.id, 60))
+        assert await recording_waiters(store) == 1
+        assert not waiting.done()
+        commit.set()
+        assert await waiting is True
+        await creating
+        claimed, won = await store.claim(row.id, "test-worker")
+        assert won and claimed is not None and claimed.status == RunState.RUNNING.value
+    finally:
+        commit.set()
+        await asyncio.gather(creating, return_exceptions=True)
+        await store.finish(row.id, RunState.FAILED, error="test over")
+
+
+async def test_a_run_that_failed_recording_is_not_waited_for(
+    store: Store, agents_settings: Settings
+) -> None:
+    row = queued_run(agents_settings)
+
+    async def queue_refused() -> None:
+        raise RuntimeError("the queue did not take it")
+
+    creating = store.create_run(row, True, before_commit=queue_refused)
+    assert await asyncio.gather(creating, return_exceptions=True) != [row]
+    assert await store.wait_until_recorded(row.id, 60) is True
+    assert await store.claim(row.id, "test-worker") == (None, False)
+
+
+def register_calls_chain() -> str:
+    """Three nodes, each calling the offline model twice."""
+    name = "test-run-path-calls"
+
+    async def step(state: dict[str, Any]) -> dict[str, Any]:
+        texts = [
+            (
+                await runtime.chat(
+                    [{"role": "user", "content": "go"}], model=f"offline:say:{reply}"
+                )
+            ).text
+            for reply in ("one two three", "four five")
+        ]
+        return {"said": [*state.get("said", []), *texts]}
+
+    def build(_agent: Any) -> StateGraph[Any, Any, Any, Any]:
+        graph = StateGraph(CallsState)
+        previous = START
+        for node in ("a", "b", "c"):
+            graph.add_node(node, step)
+            graph.add_edge(previous, node)
+            previous = node
+        graph.add_edge(previous, END)
+        return graph
+
+    workflows.register(
+        workflows.Workflow(
+            name=name,
+            description="test: six model calls over three nodes",
+            nodes=["a", "b", "c"],
+            build=build,
+            to_state=lambda value: {"said": []},
+            to_output=lambda state: {"said": len(state.get("said", []))},
+            input_schema={"type": "object"},
+        ),
+        replace=True,
+    )
+    return name
+
+
+class CallsState(TypedDict, total=False):
+    said: list[str]
+
+
+async def test_usage_of_every_model_call_is_on_the_run_its_end_tells_of(
+    agents: agents_pb2_grpc.AgentServiceStub,
+) -> None:
+    # Usage is written in the background while the next node runs: all of it is stored before
+    # the end, whose event tells the same figures as the run and as its nodes.
+    run = await create_run(agents, workflow=f"workflows/{register_calls_chain()}", input={})
+    events = await collect(agents, run.name)
+    assert types(events)[-1] == "run.completed"
+    done = await wait_status(agents, run.name, S.RUN_STATUS_COMPLETED)
+    assert done.output["said"] == 6
+    stored = {"input_tokens": done.usage.input_tokens, "output_tokens": done.usage.output_tokens}
+    assert stored["output_tokens"] == 3 * len(["one", "two", "three", "four", "five"])
+    assert data(events, "run.completed")[0]["usage"] == stored
+    nodes = data(events, "run.node.finished")
+    assert {
+        key: sum(int(node[key]) for node in nodes) for key in ("input_tokens", "output_tokens")
+    } == stored
