@@ -213,7 +213,7 @@ class Settings(BaseSettings):
             return [item.strip() for item in v.split(",") if item.strip()]
         return v
 
-    @field_validator("GIT_WORKTREE_DIR", mode="before")
+    @field_validator("GIT_WORKTREE_DIR", "LOCAL_MODEL_DIR", mode="before")
     @classmethod
     def _empty_path_is_unset(cls, v: object) -> object:
         return None if v == "" else v
@@ -249,11 +249,6 @@ class Settings(BaseSettings):
             f"LOCAL_MODEL must be '{DEFAULT_LOCAL_MODEL}', '{LOCAL_MODEL_OFF}' or the path of a "
             ".gguf file"
         )
-
-    @field_validator("LOCAL_MODEL_DIR", mode="before")
-    @classmethod
-    def _empty_model_dir_is_unset(cls, v: object) -> object:
-        return None if v == "" else v
 
     @field_validator("DATABASE_URL")
     @classmethod
