@@ -11,7 +11,9 @@ chain of N nodes, each a model call to the offline provider (a few tokens). In o
 - time from CreateRun to the first run.token on StreamRun.
 
 Overhead per run is mesh minus direct; per node it is the slope between the 1-node and the
-N-node graphs (so per-run fixed costs cancel out).
+N-node graphs (so per-run fixed costs cancel out). The same is given in CPU time of this process
+(which hosts every service and the client): on a loaded machine wall times move with the load,
+CPU per run much less.
 """
 
 from __future__ import annotations
@@ -92,10 +94,21 @@ def stats(samples: list[float]) -> tuple[float, float]:
     return statistics.mean(samples) * 1000, ordered[int(0.95 * (len(ordered) - 1))] * 1000
 
 
-async def time_direct(nodes: int, checkpointer: Any = None) -> list[float]:
+class Timed(list[float]):
+    """Wall seconds of each measured run, and the process's CPU seconds over all of them."""
+
+    cpu = 0.0
+
+    def cpu_ms_per_run(self) -> float:
+        return self.cpu / len(self) * 1000 if self else float("nan")
+
+
+async def time_direct(nodes: int, checkpointer: Any = None) -> Timed:
     graph = build_chain(nodes).compile(checkpointer=checkpointer)
-    out = []
+    out = Timed()
     for i in range(WARMUP + RUNS):
+        if i == WARMUP:
+            cpu = time.process_time()
         config: RunnableConfig | None = (
             {"configurable": {"thread_id": uuid.uuid4().hex}} if checkpointer else None
         )
@@ -108,6 +121,7 @@ async def time_direct(nodes: int, checkpointer: Any = None) -> list[float]:
             await graph.ainvoke({"messages": [{"role": "user", "content": "go"}]})
         if i >= WARMUP:
             out.append(time.perf_counter() - started)
+    out.cpu = time.process_time() - cpu
     return out
 
 
@@ -130,9 +144,11 @@ async def _follow(
 
 async def time_mesh(
     stub: agents_pb2_grpc.AgentServiceStub, workflow: str
-) -> tuple[list[float], list[float]]:
-    totals, first_tokens = [], []
+) -> tuple[Timed, list[float]]:
+    totals, first_tokens = Timed(), []
     for i in range(WARMUP + RUNS):
+        if i == WARMUP:
+            cpu = time.process_time()
         request = agents_pb2.CreateRunRequest(run=agents_pb2.Run(workflow=f"workflows/{workflow}"))
         request.run.input.update({"message": "go"})
         started = time.perf_counter()
@@ -151,6 +167,7 @@ async def time_mesh(
         if i >= WARMUP:
             totals.append(time.perf_counter() - started)
             first_tokens.append(first)
+    totals.cpu = time.process_time() - cpu
     return totals, first_tokens
 
 
@@ -189,12 +206,14 @@ async def bench(root: Path) -> None:
     try:
         rows = []
         results: dict[int, dict[str, Any]] = {}
+        cpu: dict[int, tuple[float, float]] = {}  # nodes -> CPU ms/run (direct+pg, mesh)
         for nodes in (1, LONG):
             name = register(nodes)
             direct = await time_direct(nodes)
             checkpointed = await time_direct(nodes, saver)
             mesh, first = await time_mesh(stub, name)
             results[nodes] = {"direct": direct, "cp": checkpointed, "mesh": mesh, "first": first}
+            cpu[nodes] = (checkpointed.cpu_ms_per_run(), mesh.cpu_ms_per_run())
             d, c, m = stats(direct)[0], stats(checkpointed)[0], stats(mesh)[0]
             rows.append(
                 (
@@ -262,6 +281,13 @@ async def bench(root: Path) -> None:
             ("CreateRun -> first token, p50", f"{first:.2f} ms", "<= 10 ms", first <= 10),
         ):
             print(f"  {path:<40}{figure:>16}   target {target} {'(met)' if met else '(NOT met)'}")
+        cpu_node = ((cpu[LONG][1] - cpu[1][1]) - (cpu[LONG][0] - cpu[1][0])) / (LONG - 1)
+        cpu_run = cpu[1][1] - cpu[1][0] - cpu_node
+        print(
+            f"  the same in CPU of this process (mesh over direct+pg): {cpu_node:.2f} ms/node, "
+            f"{cpu_run:.2f} ms/run (mesh {cpu[1][1]:.2f} / {cpu[LONG][1]:.2f} ms per 1-/{LONG}-node "
+            f"run, direct+pg {cpu[1][0]:.2f} / {cpu[LONG][0]:.2f})"
+        )
     finally:
         await cp_pool.close()
         await channel.close()
