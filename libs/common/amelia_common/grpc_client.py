@@ -139,40 +139,32 @@ def _with_token(details: grpc.aio.ClientCallDetails, token: str) -> grpc.aio.Cli
     )
 
 
-class _TokenUnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
+class _Token:
+    """What the four token interceptors share: the token, added to each call's metadata. (One
+    object cannot serve all four kinds: the channel files an interceptor under the first kind
+    it is an instance of.)"""
+
     def __init__(self, token: str) -> None:
         self.token = token
 
-    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+    async def _intercept(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(_with_token(details, self.token), request)
 
 
-class _TokenUnaryStream(grpc.aio.UnaryStreamClientInterceptor):
-    def __init__(self, token: str) -> None:
-        self.token = token
-
-    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(_with_token(details, self.token), request)
+class _TokenUnaryUnary(_Token, grpc.aio.UnaryUnaryClientInterceptor):
+    intercept_unary_unary = _Token._intercept
 
 
-class _TokenStreamUnary(grpc.aio.StreamUnaryClientInterceptor):
-    def __init__(self, token: str) -> None:
-        self.token = token
-
-    async def intercept_stream_unary(
-        self, continuation: Any, details: Any, request_iterator: Any
-    ) -> Any:
-        return await continuation(_with_token(details, self.token), request_iterator)
+class _TokenUnaryStream(_Token, grpc.aio.UnaryStreamClientInterceptor):
+    intercept_unary_stream = _Token._intercept
 
 
-class _TokenStreamStream(grpc.aio.StreamStreamClientInterceptor):
-    def __init__(self, token: str) -> None:
-        self.token = token
+class _TokenStreamUnary(_Token, grpc.aio.StreamUnaryClientInterceptor):
+    intercept_stream_unary = _Token._intercept
 
-    async def intercept_stream_stream(
-        self, continuation: Any, details: Any, request_iterator: Any
-    ) -> Any:
-        return await continuation(_with_token(details, self.token), request_iterator)
+
+class _TokenStreamStream(_Token, grpc.aio.StreamStreamClientInterceptor):
+    intercept_stream_stream = _Token._intercept
 
 
 def aio_channel(address: str, settings: Settings, token: str | None = None) -> grpc.aio.Channel:
