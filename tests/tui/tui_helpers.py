@@ -12,13 +12,13 @@ import asyncio
 import contextlib
 import os
 import signal
-import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+from service_process import ServiceProcess
 from textual import events
 from textual.pilot import Pilot
 
@@ -33,12 +33,13 @@ DEADLINE = 150.0  # seconds any awaited condition may take on a busy machine
 
 @dataclass
 class GatewayProcess:
-    """`python -m amelia_gateway` on `port`; `start()` again after `kill()` reuses the port."""
+    """`python -m amelia_gateway` on `port` (a `ServiceProcess`); `start()` again after `kill()`
+    starts a new one on the same port, logging to a file of its own."""
 
     port: int
     env: dict[str, str]
-    log_file: Path
-    process: asyncio.subprocess.Process | None = None
+    directory: Path
+    process: ServiceProcess | None = None
     starts: int = 0
 
     @property
@@ -46,41 +47,25 @@ class GatewayProcess:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> None:
-        with self.log_file.open("ab") as log:
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "amelia_gateway",
-                env=self.env,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=log,
-            )
         self.starts += 1
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + DEADLINE
+        log = self.directory / f"gateway-{self.starts}.log"
+        self.process = process = ServiceProcess("amelia_gateway", self.env, log)
         async with httpx.AsyncClient(base_url=self.url) as http:
-            while loop.time() < deadline:
-                if self.process.returncode is not None:
-                    raise RuntimeError(f"the gateway exited:\n{self.log()}")
+
+            async def healthy() -> bool:
                 with contextlib.suppress(httpx.TransportError):
-                    if (await http.get("/healthz")).status_code == 200:
-                        return
-                await asyncio.sleep(0.1)
-        raise RuntimeError(f"the gateway did not start:\n{self.log()}")
+                    return (await http.get("/healthz")).status_code == 200
+                return False
+
+            await process.wait_until(healthy, "answered /healthz", DEADLINE)
 
     async def kill(self, sig: int = signal.SIGKILL) -> None:
-        process = self.process
-        if process is None or process.returncode is not None:
+        """SIGKILL: a crash; SIGTERM: a graceful stop (SIGKILL if it takes over 30 s)."""
+        if self.process is None:
             return
-        process.send_signal(sig)
-        try:
-            await asyncio.wait_for(process.wait(), timeout=30)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-
-    def log(self) -> str:
-        return self.log_file.read_text(errors="replace")[-4000:]
+        if sig == signal.SIGKILL:
+            self.process.kill()
+        await self.process.stop()
 
 
 @dataclass
@@ -123,7 +108,7 @@ def gateway_env(port: int, addresses: dict[str, str]) -> dict[str, str]:
 
 def new_gateway(directory: Path, addresses: dict[str, str]) -> GatewayProcess:
     port = free_port()
-    return GatewayProcess(port, gateway_env(port, addresses), directory / "gateway.log")
+    return GatewayProcess(port, gateway_env(port, addresses), directory)
 
 
 # -- driving the TUI ------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
-from textual.screen import ModalScreen
+from textual.screen import ModalScreen, Screen
 from textual.timer import Timer
 from textual.widget import Widget
 from textual.widgets import Label, Static
@@ -113,6 +113,55 @@ def subscribe(widget: Widget, **options: Any) -> Subscription:
     app: Any = widget.app
     subscription: Subscription = app.socket.subscribe(**options)
     return subscription
+
+
+class LiveScreen(Screen[None]):
+    """A screen fed by one subscription on the gateway's socket at a time: `follow` (re)subscribes
+    and leaving the screen ends it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._subscription: Subscription | None = None
+
+    @property
+    def live(self) -> bool:
+        """Whether the app talks to a gateway (not a snapshot of fixed data)."""
+        return bool(getattr(self.app, "live", False))
+
+    def follow(self, **options: Any) -> None:
+        """`subscribe(self, **options)` instead of what the screen followed before."""
+        self.unfollow()
+        self._subscription = subscribe(self, **options)
+
+    def unfollow(self) -> None:
+        if self._subscription is not None:
+            self._subscription.close()
+            self._subscription = None
+
+    def on_unmount(self) -> None:
+        self.unfollow()
+
+
+class ListScreen(LiveScreen):
+    """A list loaded by `action_reload`, loaded again (once things settle) whenever an event it
+    shows arrives, and when the socket (re)subscribes (events missed while it was away)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reload_soon = Debounced(self, self.action_reload)
+
+    def reload_on(self, event_filter: dict[str, Any]) -> None:
+        """Follow the events of `event_filter` from now on, each a reason to reload."""
+        if self.live:
+            self.follow(
+                filter=event_filter,
+                since="now",
+                on_event=lambda event, sequence: self.reload_soon(),
+                on_subscribed=self.reload_soon,
+            )
+
+    def action_reload(self) -> None:
+        raise NotImplementedError
 
 
 class Debounced:

@@ -9,11 +9,10 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
-from textual.screen import Screen
 from textual.widgets import ContentSwitcher, DataTable, Footer, Input, Label, Static
 
-from amelia_cli.tui.common import Debounced, TopBar, ask, subscribe, when
-from amelia_cli.tui.gateway import ApiError, Subscription
+from amelia_cli.tui.common import ListScreen, TopBar, ask, when
+from amelia_cli.tui.gateway import ApiError
 from amelia_cli.tui.passages import passage_text
 
 TYPE_LABEL = {
@@ -35,7 +34,7 @@ def size_label(value: Any) -> str:
     return ""
 
 
-class DocumentsScreen(Screen[None]):
+class DocumentsScreen(ListScreen):
     """`/` searches; `d` goes back to the list of documents."""
 
     AUTO_FOCUS = "#doc-table"
@@ -49,8 +48,6 @@ class DocumentsScreen(Screen[None]):
     def __init__(self) -> None:
         super().__init__()
         self.hits: list[dict[str, Any]] = []
-        self.reload_soon = Debounced(self, self.action_reload)
-        self._subscription: Subscription | None = None
 
     def compose(self) -> ComposeResult:
         yield TopBar("Documents")
@@ -74,23 +71,10 @@ class DocumentsScreen(Screen[None]):
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
-        app: Any = self.app
-        if app.live:
-            self._subscription = subscribe(
-                self,
-                filter={"types": ["document.*"]},
-                since="now",
-                on_event=lambda event, sequence: self.reload_soon(),
-                on_subscribed=self.reload_soon,
-            )
-
-    def on_unmount(self) -> None:
-        if self._subscription is not None:
-            self._subscription.close()
+        self.reload_on({"types": ["document.*"]})
 
     def action_reload(self) -> None:
-        app: Any = self.app
-        if app.live:
+        if self.live:
             self.run_worker(self._load(), exclusive=True, group="docs")
 
     async def _load(self) -> None:

@@ -13,12 +13,11 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
-from textual.screen import ModalScreen, Screen
+from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Input, Label, Static
 
-from amelia_cli.tui.common import TopBar, subscribe
+from amelia_cli.tui.common import LiveScreen, TopBar
 from amelia_cli.tui.eventline import describe, event_filter, fit, local_time, short_subject
-from amelia_cli.tui.gateway import Subscription
 
 MAX_ROWS = 1000
 WIDE = 120  # from this width on, subjects are shown whole
@@ -57,7 +56,7 @@ class EventDetailScreen(ModalScreen[None]):
         self.dismiss()
 
 
-class EventsScreen(Screen[None]):
+class EventsScreen(LiveScreen):
     """`/` edits the filter (Enter applies it), Enter on a row shows the event."""
 
     AUTO_FOCUS = "#ev-feed"
@@ -77,7 +76,6 @@ class EventsScreen(Screen[None]):
         self.hidden = 0
         self.waiting: list[tuple[dict[str, Any], int]] = []
         self.shown: dict[str, dict[str, Any]] = {}
-        self._subscription: Subscription | None = None
 
     def compose(self) -> ComposeResult:
         yield TopBar("Events")
@@ -101,10 +99,6 @@ class EventsScreen(Screen[None]):
     def on_mount(self) -> None:
         self.restart()
 
-    def on_unmount(self) -> None:
-        if self._subscription is not None:
-            self._subscription.close()
-
     def set_filter(self, *, types: str = "", subject: str = "", since: str = "now") -> None:
         """Show these events instead (e.g. `e` on a run: its subject from the beginning)."""
         self.query_one("#ev-types", Input).value = types
@@ -120,16 +114,12 @@ class EventsScreen(Screen[None]):
 
     def restart(self) -> None:
         """(Re)subscribe with the filter in the boxes; the feed starts over."""
-        if self._subscription is not None:
-            self._subscription.close()
-            self._subscription = None
+        self.unfollow()
         self.action_clear()
         self.received = self.hidden = 0
         since = read_since(self.query_one("#ev-since", Input).value)
-        app: Any = self.app
-        if app.live:
-            self._subscription = subscribe(
-                self,
+        if self.live:
+            self.follow(
                 filter=self.current_filter(),
                 since=since,
                 on_event=self.add_event,

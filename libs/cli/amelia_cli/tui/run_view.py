@@ -18,23 +18,22 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.reactive import reactive
-from textual.screen import Screen
 from textual.widgets import Footer, Input, Log, Static
 
 from amelia_cli.tui.common import (
     ACTIVE,
+    LiveScreen,
     TopBar,
     ask,
     short_id,
     status_of,
     status_text,
-    subscribe,
     target_of,
     took,
     when,
 )
 from amelia_cli.tui.eventline import describe, passages_of, question_of
-from amelia_cli.tui.gateway import ApiError, Subscription
+from amelia_cli.tui.gateway import ApiError
 from amelia_cli.tui.passages import passage_text
 from amelia_cli.tui.stream import StreamView
 
@@ -105,7 +104,7 @@ def read_answer(text: str) -> Any:
         return text
 
 
-class RunScreen(Screen[None]):
+class RunScreen(LiveScreen):
     """`escape` goes back to the list; the run keeps going."""
 
     # Focused once composed (nested boxes may not exist yet in on_mount on a busy machine).
@@ -136,7 +135,6 @@ class RunScreen(Screen[None]):
         self.passages: list[dict[str, Any]] = []
         self.ended = False
         self.events_seen = 0
-        self._subscription: Subscription | None = None
 
     def compose(self) -> ComposeResult:
         yield TopBar("Runs", f"run {short_id(self.run_name)}")
@@ -173,10 +171,6 @@ class RunScreen(Screen[None]):
         if app.live:
             self.run_worker(self._start(), group="load")
 
-    def on_unmount(self) -> None:
-        if self._subscription is not None:
-            self._subscription.close()
-
     @property
     def output(self) -> StreamView:
         return self.query_one("#run-output", StreamView)
@@ -191,8 +185,7 @@ class RunScreen(Screen[None]):
         # are shown in them, so wait for the last one (Textual has no public event for it).
         while not self.query("#run-side-activity"):  # noqa: ASYNC110
             await asyncio.sleep(0.05)
-        self._subscription = subscribe(
-            self,
+        self.follow(
             run=self.run_name,
             since="beginning",
             on_event=self.apply,

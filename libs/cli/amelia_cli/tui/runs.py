@@ -13,25 +13,23 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Label, Select, Static
 
 from amelia_cli.tui.common import (
     ACTIVE,
     STATUSES,
-    Debounced,
+    ListScreen,
     TopBar,
     ask,
     output_tokens,
     short_id,
     status_of,
     status_text,
-    subscribe,
     target_of,
     took,
     when,
 )
-from amelia_cli.tui.gateway import ApiError, Subscription
+from amelia_cli.tui.gateway import ApiError
 
 LIFECYCLE = [
     "run.completed",
@@ -55,7 +53,7 @@ def target_filter(text: str) -> dict[str, str]:
     return {"workflow": text if text.startswith("workflows/") else f"workflows/{text}"}
 
 
-class RunsScreen(Screen[None]):
+class RunsScreen(ListScreen):
     """Runs, newest first. Enter opens one; `n` starts a new one (anywhere)."""
 
     AUTO_FOCUS = "#runs-table"
@@ -71,8 +69,6 @@ class RunsScreen(Screen[None]):
     def __init__(self) -> None:
         super().__init__()
         self.runs: dict[str, dict[str, Any]] = {}
-        self.reload_soon = Debounced(self, self.action_reload)
-        self._subscription: Subscription | None = None
 
     def compose(self) -> ComposeResult:
         yield TopBar("Runs")
@@ -99,26 +95,14 @@ class RunsScreen(Screen[None]):
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
-        app: Any = self.app
-        if app.live:
-            self._subscription = subscribe(
-                self,
-                filter={"types": LIFECYCLE, "subject": "runs/*"},
-                since="now",
-                on_event=lambda event, sequence: self.reload_soon(),
-                on_subscribed=self.reload_soon,
-            )
+        self.reload_on({"types": LIFECYCLE, "subject": "runs/*"})
+        if self.live:
             self.reload_soon(0)
-
-    def on_unmount(self) -> None:
-        if self._subscription is not None:
-            self._subscription.close()
 
     # -- loading ----------------------------------------------------------------------------
 
     def action_reload(self) -> None:
-        app: Any = self.app
-        if app.live:
+        if self.live:
             self.run_worker(self._load(), exclusive=True, group="runs")
 
     async def _load(self) -> None:
