@@ -293,20 +293,14 @@ class Executor:
             output = _jsonable(workflow.to_output(values or {}))
         except Exception as exc:  # noqa: BLE001
             return await self._fail(row, f"cannot build the run's output: {exc}")
-        return await self._end(row.id, RunState.COMPLETED, output=output)
+        return await self._ended(await self.store.finish(row.id, RunState.COMPLETED, output=output))
 
     async def _fail(self, row: RunRow, error: str) -> str:
-        return await self._end(row.id, RunState.FAILED, error=error)
+        return await self._ended(await self.store.finish(row.id, RunState.FAILED, error=error))
 
-    async def _end(
-        self,
-        run_id: uuid.UUID,
-        status: RunState,
-        *,
-        output: dict[str, Any] | None = None,
-        error: str = "",
-    ) -> str:
-        after, _ = await self.store.finish(run_id, status, output=output, error=error)
+    async def _ended(self, finished: tuple[RunRow | None, bool]) -> str:
+        """Publish the end `store.finish` stored (or the cancel that won over it)."""
+        after, _ = finished
         if after is None:
             return "gone"
         # Cancelled meanwhile: the run ends CANCELLED whatever the graph did.
