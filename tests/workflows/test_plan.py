@@ -49,12 +49,17 @@ async def start_plan(stub: Stub, models: dict[str, str]) -> S.Run:
     )
 
 
+async def paused_plan(stub: Stub) -> tuple[dict[str, str], S.Run]:
+    """A plan (models of its own, `step_models`) paused for approval: its models, the run."""
+    models = step_models()
+    run = await start_plan(stub, models)
+    return models, await wait_status(stub, run.name, S.RUN_STATUS_PAUSED)
+
+
 async def test_each_step_feeds_the_next_and_the_run_waits_for_approval(
     agents: Stub, fake_anthropic: FakeAnthropic
 ) -> None:
-    models = step_models()
-    run = await start_plan(agents, models)
-    paused = await wait_status(agents, run.name, S.RUN_STATUS_PAUSED)
+    models, run = await paused_plan(agents)
 
     [discovery] = calls(fake_anthropic, models["discovery"])
     assert discovery["messages"] == [{"role": "user", "content": REQUEST}]
@@ -66,7 +71,7 @@ async def test_each_step_feeds_the_next_and_the_run_waits_for_approval(
     assert not calls(fake_anthropic, models["planning"]), "planning ran before the approval"
 
     # The question, through GetRun and through the event stream.
-    question = json_format.MessageToDict(paused.interrupt)
+    question = json_format.MessageToDict(run.interrupt)
     assert question["node"] == "approval"
     value = question["value"]
     assert value["question"].startswith("Approve this design")
@@ -112,9 +117,7 @@ async def _until(stub: Stub, name: str, event_type: str) -> list[Any]:
 async def test_a_rejection_ends_the_run_with_the_reason(
     agents: Stub, fake_anthropic: FakeAnthropic
 ) -> None:
-    models = step_models()
-    run = await start_plan(agents, models)
-    await wait_status(agents, run.name, S.RUN_STATUS_PAUSED)
+    models, run = await paused_plan(agents)
     await resume(agents, run.name, "no, it needs a user study first")
     done = await wait_status(agents, run.name, S.RUN_STATUS_COMPLETED)
     output = json_format.MessageToDict(done.output)
@@ -133,9 +136,7 @@ async def test_a_rejection_ends_the_run_with_the_reason(
 async def test_an_unclear_answer_is_asked_again(
     agents: Stub, fake_anthropic: FakeAnthropic
 ) -> None:
-    models = step_models()
-    run = await start_plan(agents, models)
-    await wait_status(agents, run.name, S.RUN_STATUS_PAUSED)
+    models, run = await paused_plan(agents)
     await resume(agents, run.name, "hmm, maybe")
     again = await _wait_attempt_paused(agents, run.name)
     note = json_format.MessageToDict(again.interrupt)["value"]["note"]

@@ -17,8 +17,8 @@ from amelia_common.errors import InvalidArgumentError, check_json
 AGENT_ID = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 
 
-class BadNameError(ValueError):
-    pass
+class BadNameError(InvalidArgumentError):
+    """A resource name not of the form its collection takes (INVALID_ARGUMENT)."""
 
 
 def agent_id(name: str) -> str:

@@ -29,6 +29,11 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
+def now_column() -> Mapped[datetime]:
+    """A time column PostgreSQL sets to now when the row is inserted."""
+    return mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -63,12 +68,8 @@ class AgentRow(Base):
     retry_attempts: Mapped[int] = mapped_column(Integer)
     context_sources: Mapped[list[str]] = mapped_column(JSONB, default=list)
     tools: Mapped[list[str]] = mapped_column(JSONB, default=list)
-    create_time: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), server_default=func.now()
-    )
-    update_time: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), server_default=func.now()
-    )
+    create_time: Mapped[datetime] = now_column()
+    update_time: Mapped[datetime] = now_column()
 
 
 class ThreadRow(Base):
@@ -77,12 +78,8 @@ class ThreadRow(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, default=dict)
-    create_time: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), server_default=func.now()
-    )
-    update_time: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), server_default=func.now()
-    )
+    create_time: Mapped[datetime] = now_column()
+    update_time: Mapped[datetime] = now_column()
 
 
 class RunRow(Base):
@@ -117,9 +114,7 @@ class RunRow(Base):
     status: Mapped[str] = mapped_column(String(16), default=RunState.QUEUED.value)
     output: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
     error: Mapped[str] = mapped_column(Text, default="")
-    create_time: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), server_default=func.now()
-    )
+    create_time: Mapped[datetime] = now_column()
     start_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     end_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -16,7 +16,6 @@ from sqlalchemy.exc import IntegrityError
 
 from amelia.v1 import agents_pb2, agents_pb2_grpc
 from amelia_agents import agent_fields, convert, filtering, pagination, queue, steps, workflows
-from amelia_agents.convert import BadNameError
 from amelia_agents.lifecycle import RunEvents
 from amelia_agents.models import TERMINAL_STATES, AgentRow, RunRow, RunState
 from amelia_agents.queue_status import run_queue
@@ -89,17 +88,10 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"agents/{agent_id} already exists")
         return agents_pb2.CreateAgentResponse(agent=convert.agent_to_proto(row))
 
-    async def _agent_id(self, name: str, context: Ctx) -> str:
-        try:
-            return convert.agent_id(name)
-        except BadNameError as exc:
-            await context.abort(INVALID, str(exc))
-            raise
-
     async def GetAgent(
         self, request: agents_pb2.GetAgentRequest, context: Ctx
     ) -> agents_pb2.GetAgentResponse:
-        agent_id = await self._agent_id(request.name, context)
+        agent_id = convert.agent_id(request.name)
         row = await self.store.get_agent(agent_id)
         if row is None:
             await context.abort(NOT_FOUND, f"agents/{agent_id} does not exist")
@@ -125,7 +117,7 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
     async def UpdateAgent(
         self, request: agents_pb2.UpdateAgentRequest, context: Ctx
     ) -> agents_pb2.UpdateAgentResponse:
-        agent_id = await self._agent_id(request.agent.name, context)
+        agent_id = convert.agent_id(request.agent.name)
         mask = agent_fields.mask_fields(request.update_mask, request.agent)
         values = agent_fields.values(request.agent, mask, self.settings)
         row = await self.store.update_agent(agent_id, values)
@@ -136,19 +128,12 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
     async def DeleteAgent(
         self, request: agents_pb2.DeleteAgentRequest, context: Ctx
     ) -> agents_pb2.DeleteAgentResponse:
-        agent_id = await self._agent_id(request.name, context)
+        agent_id = convert.agent_id(request.name)
         if not await self.store.delete_agent(agent_id):
             await context.abort(NOT_FOUND, f"agents/{agent_id} does not exist")
         return agents_pb2.DeleteAgentResponse()
 
     # threads --------------------------------------------------------------------------------
-
-    async def _thread_id(self, name: str, context: Ctx) -> uuid.UUID:
-        try:
-            return convert.thread_id(name)
-        except BadNameError as exc:
-            await context.abort(INVALID, str(exc))
-            raise
 
     async def CreateThread(
         self, request: agents_pb2.CreateThreadRequest, context: Ctx
@@ -160,7 +145,7 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
     async def GetThread(
         self, request: agents_pb2.GetThreadRequest, context: Ctx
     ) -> agents_pb2.GetThreadResponse:
-        tid = await self._thread_id(request.name, context)
+        tid = convert.thread_id(request.name)
         found = await self.store.thread_summary(tid)
         if found is None:
             raise NotFoundError(f"threads/{tid} does not exist")
@@ -182,7 +167,7 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
     async def DeleteThread(
         self, request: agents_pb2.DeleteThreadRequest, context: Ctx
     ) -> agents_pb2.DeleteThreadResponse:
-        tid = await self._thread_id(request.name, context)
+        tid = convert.thread_id(request.name)
         if await self.store.get_thread(tid) is None:
             await context.abort(NOT_FOUND, f"threads/{tid} does not exist")
         if await self.store.thread_has_active_run(tid):
@@ -232,13 +217,13 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         if existing is not None:
             return agents_pb2.CreateRunResponse(run=convert.run_to_proto(existing))
         input_value = convert.json_from(run.input, "run.input")
-        target = await self._target(run, context)
+        target = await self._target(run)
         try:
             target.workflow.validate_input(input_value, self.settings)
         except workflows.InvalidInputError as exc:
             raise InvalidArgumentError(str(exc)) from None
         timeout = _run_timeout(run)
-        tid, new_thread = await self._thread_for(run.thread, context)
+        tid, new_thread = await self._thread_for(run.thread)
         row = _new_run(
             self.settings,
             agent_id=target.agent_id,
@@ -251,14 +236,14 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         )
         return agents_pb2.CreateRunResponse(run=await self._start(row, new_thread))
 
-    async def _target(self, run: agents_pb2.Run, context: Ctx) -> _Target:
+    async def _target(self, run: agents_pb2.Run) -> _Target:
         """What `run` executes: an agent (a snapshot of its configuration, so later edits do not
         change the run) or a listed workflow; NOT_FOUND naming what is missing."""
         which = run.WhichOneof("target")
         if which is None:
             raise InvalidArgumentError("set run.agent ('agents/<id>') or run.workflow")
         if which == "agent":
-            agent_id = await self._agent_id(run.agent, context)
+            agent_id = convert.agent_id(run.agent)
             agent = await self.store.get_agent(agent_id)
             if agent is None:
                 raise NotFoundError(f"agents/{agent_id} does not exist")
@@ -273,12 +258,12 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
             )
         return _Target(workflow, workflow_name=name)
 
-    async def _thread_for(self, name: str, context: Ctx) -> tuple[uuid.UUID, bool]:
+    async def _thread_for(self, name: str) -> tuple[uuid.UUID, bool]:
         """The thread a new run goes on, and whether it is new: a fresh one when `name` is
         empty, else the existing `threads/<uuid>` (NOT_FOUND if it is not there)."""
         if not name:
             return uuid.uuid4(), True
-        tid = await self._thread_id(name, context)
+        tid = convert.thread_id(name)
         if await self.store.get_thread(tid) is None:
             raise NotFoundError(f"threads/{tid} does not exist")
         return tid, False
@@ -332,15 +317,8 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
             ) from exc
         return convert.run_to_proto(row)
 
-    async def _run_id(self, name: str, context: Ctx) -> uuid.UUID:
-        try:
-            return convert.run_id(name)
-        except BadNameError as exc:
-            await context.abort(INVALID, str(exc))
-            raise
-
     async def _get_run(self, name: str, context: Ctx) -> RunRow:
-        rid = await self._run_id(name, context)
+        rid = convert.run_id(name)
         row = await self.store.get_run(rid)
         if row is None:
             await context.abort(NOT_FOUND, f"runs/{rid} does not exist")
@@ -363,11 +341,11 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         except KeyError:
             await context.abort(INVALID, "statuses has an unknown or unspecified status")
         if request.agent:
-            flt.agent_id = await self._agent_id(request.agent, context)
+            flt.agent_id = convert.agent_id(request.agent)
         if request.workflow:
             flt.workflow = convert.workflow_name(request.workflow)
         if request.thread:
-            flt.thread_id = await self._thread_id(request.thread, context)
+            flt.thread_id = convert.thread_id(request.thread)
         for name in ("created_after", "created_before"):
             if request.HasField(name):
                 stamp = getattr(request, name)
@@ -385,7 +363,7 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
     async def CancelRun(
         self, request: agents_pb2.CancelRunRequest, context: Ctx
     ) -> agents_pb2.CancelRunResponse:
-        rid = await self._run_id(request.name, context)
+        rid = convert.run_id(request.name)
         reason = request.reason.replace("\x00", "").strip() or "cancelled"
         row, changed = await self.store.cancel(rid, reason)
         if row is None:
@@ -406,7 +384,7 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
     async def ResumeRun(
         self, request: agents_pb2.ResumeRunRequest, context: Ctx
     ) -> agents_pb2.ResumeRunResponse:
-        rid = await self._run_id(request.name, context)
+        rid = convert.run_id(request.name)
         if not request.HasField("answer"):
             await context.abort(INVALID, "answer is required (any JSON value)")
         answer = convert.json_from(request.answer, "answer")
@@ -446,7 +424,7 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         existing = await self._existing(request.request_id)
         if existing is not None:
             return agents_pb2.RerunRunResponse(run=convert.run_to_proto(existing))
-        tid, new_thread = await self._thread_for(request.thread, context)
+        tid, new_thread = await self._thread_for(request.thread)
         row = _new_run(
             self.settings,
             agent_id=source.agent_id,
