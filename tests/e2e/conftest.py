@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from e2e_helpers import make_mesh_env, start, stop
+from e2e_helpers import DEADLINE, SECRETS, TOKEN, amelia, leaks, make_mesh_env
+
+from amelia_cli.supervisor import state_file
+from amelia_common.embedded import log_tail
 
 
 @pytest.fixture
@@ -13,10 +17,21 @@ def mesh_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return make_mesh_env(tmp_path_factory)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def running_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """One mesh for a whole test module; stopped (and checked for leftovers) at the end."""
-    env = make_mesh_env(tmp_path_factory)
-    proc = start(env)
+    """One `amelia up --detach` for the folder (test_cli, then test_supervision, which ends it
+    with a Ctrl-C), with an API token, provider keys and DEBUG logging: starting a mesh is the
+    slow part of these tests. `amelia down` at the end if it still runs."""
+    env = make_mesh_env(tmp_path_factory) | {
+        "AMELIA_API_TOKEN": TOKEN,
+        "ANTHROPIC_API_KEY": SECRETS[1],
+        "OPENAI_API_KEY": SECRETS[2],
+        "LOG_LEVEL": "DEBUG",
+    }
+    started = amelia(env, "up", "--detach", timeout=DEADLINE + 120)
+    up_log = Path(env["AMELIA_DATA_DIR"]) / "logs" / "amelia-up.log"
+    assert started.returncode == 0, started.stdout + started.stderr + log_tail(up_log, 40)
+    assert not leaks(started.stdout + started.stderr, SECRETS)  # not a terminal: no ?token=
     yield env
-    stop(proc, env)
+    if state_file(Path(env["AMELIA_DATA_DIR"])).exists():
+        amelia(env, "down", timeout=DEADLINE)

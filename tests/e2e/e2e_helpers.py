@@ -14,12 +14,18 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, quote_plus
 
 import pytest
 
 from amelia_common.embedded import free_port, process_alive
+
+T = TypeVar("T")
+
+# The folder's shared mesh runs with an API token and provider keys: no log may hold them.
+TOKEN = "e2e-Tok_4pL9xQ2vR7sK1mN8"
+SECRETS = (TOKEN, "sk-ant-e2e-0123456789abcdef", "sk-openai-e2e-fedcba9876543210")
 
 GRPC_SERVICES = {
     "EVENTS_GRPC_PORT": "amelia.v1.EventService",
@@ -147,7 +153,7 @@ alive = process_alive  # a zombie is gone as far as a user is concerned
 DEADLINE = 180.0  # seconds: generous, for a loaded 2-core machine
 
 
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
+def wait_for(condition: Callable[[], T | None], what: str, timeout: float = DEADLINE) -> T:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         result = condition()

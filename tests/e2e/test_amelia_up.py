@@ -2,7 +2,7 @@
 
 Runs the real command in a subprocess with its own data directory and free ports, lists every
 service's API with the real grpcurl, stops it with SIGINT, and starts it again to find the same
-data.
+data (detached, then `amelia down`).
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ def get(env: dict[str, str], sequence: int) -> events_pb2.Event:
 
 
 def test_up_serves_every_api_stops_cleanly_and_keeps_its_data(mesh_env: dict[str, str]) -> None:
+    """In the foreground, stopped with Ctrl-C; then detached on the same data (one mesh for
+    both: a first start, which creates the database, is the slow part)."""
     proc = start(mesh_env)
     try:
         grpcurl = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or "grpcurl"
@@ -64,19 +66,12 @@ def test_up_serves_every_api_stops_cleanly_and_keeps_its_data(mesh_env: dict[str
         stop(proc, mesh_env)
     assert amelia(mesh_env, "status").returncode == 1  # everything is down now
 
-    proc = start(mesh_env)
-    try:
-        assert get(mesh_env, sequence).subject == "runs/e2e"
-    finally:
-        stop(proc, mesh_env)
-
-
-def test_up_detached_then_down(mesh_env: dict[str, str]) -> None:
     started = amelia(mesh_env, "up", "--detach", timeout=300)
     assert started.returncode == 0, started.stdout + started.stderr
     assert "amelia down" in started.stdout
     try:
         assert amelia(mesh_env, "status").returncode == 0
+        assert get(mesh_env, sequence).subject == "runs/e2e"
         again = amelia(mesh_env, "up", "--detach")
         assert again.returncode == 1 and "already running" in again.stderr
     finally:

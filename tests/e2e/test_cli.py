@@ -1,4 +1,7 @@
-"""The `amelia` commands a user types, against a real mesh: ingest, search, docs, agents, run."""
+"""The `amelia` commands a user types, against a real mesh: ingest, search, docs, agents, run.
+
+The mesh is the folder's (`running_mesh`, with an API token the commands send; test_supervision
+goes on with it)."""
 
 from __future__ import annotations
 

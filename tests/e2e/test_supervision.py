@@ -2,8 +2,9 @@
 alone, Ctrl-C stops the services, then NATS, then PostgreSQL, and no log holds a secret.
 
 The first tests run the real `Supervisor` over stand-in services (small Python processes) to pin
-down its policy quickly. The others share one real `amelia up --detach`, with an API token,
-provider keys and DEBUG logging, and run in this order: use the token over HTTP, WebSocket and
+down its policy quickly. The others share the folder's real `amelia up --detach` (`running_mesh`, tests/e2e/conftest.py:
+with an API token, provider keys and DEBUG logging; test_cli's commands used it first), and run
+in this order: use the token over HTTP, WebSocket and
 gRPC; `amelia status` from elsewhere; SIGKILL its NATS and PostgreSQL; SIGKILL a service until it
 is given up on; Ctrl-C to its process group. Every log it wrote is searched for the secrets
 after the first and after the last.
@@ -19,7 +20,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,11 +30,12 @@ import pytest
 import websockets
 from e2e_helpers import (
     DEADLINE,
+    SECRETS,
+    TOKEN,
     alive,
     amelia,
     ctrl_c_stop_order,
     leaks,
-    make_mesh_env,
     mesh_pids,
     mesh_state,
     wait_for,
@@ -42,7 +44,6 @@ from e2e_helpers import (
 from amelia.v1 import agents_pb2, agents_pb2_grpc, events_pb2, events_pb2_grpc
 from amelia_cli.mesh import ServiceSpec
 from amelia_cli.supervisor import RestartPolicy, Supervisor, UnitState, state_file
-from amelia_common.embedded import log_tail
 from amelia_common.settings import Settings
 
 # -- the policy, over stand-in services ---------------------------------------------------------
@@ -131,8 +132,6 @@ async def test_a_service_waiting_out_its_backoff_does_not_hold_up_the_others(
 
 # -- the real mesh ------------------------------------------------------------------------------
 
-TOKEN = "e2e-Tok_4pL9xQ2vR7sK1mN8"
-SECRETS = (TOKEN, "sk-ant-e2e-0123456789abcdef", "sk-openai-e2e-fedcba9876543210")
 BEARER = (("authorization", f"Bearer {TOKEN}"),)
 
 
@@ -158,23 +157,6 @@ class Reader(threading.Thread):
             except ValueError:
                 self.torn.append(text)
             self.reads += 1
-
-
-@pytest.fixture(scope="module")
-def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    env = make_mesh_env(tmp_path_factory) | {
-        "AMELIA_API_TOKEN": TOKEN,
-        "ANTHROPIC_API_KEY": SECRETS[1],
-        "OPENAI_API_KEY": SECRETS[2],
-        "LOG_LEVEL": "DEBUG",
-    }
-    started = amelia(env, "up", "--detach", timeout=DEADLINE + 120)
-    up_log = Path(env["AMELIA_DATA_DIR"]) / "logs" / "amelia-up.log"
-    assert started.returncode == 0, started.stdout + started.stderr + log_tail(up_log, 40)
-    assert not leaks(started.stdout + started.stderr, SECRETS)  # not a terminal: no ?token=
-    yield env
-    if state_file(Path(env["AMELIA_DATA_DIR"])).exists():
-        amelia(env, "down", timeout=DEADLINE)
 
 
 def log_files(env: dict[str, str]) -> list[Path]:
@@ -277,8 +259,8 @@ def test_up_says_on_its_terminal_that_it_listens_on_loopback_only(
     assert "HOST=0.0.0.0" in refused.stderr and "127.0.0.1 only" in refused.stderr
 
 
-def test_the_token_used_everywhere_reaches_no_log(mesh: dict[str, str]) -> None:
-    env = mesh
+def test_the_token_used_everywhere_reaches_no_log(running_mesh: dict[str, str]) -> None:
+    env = running_mesh
     bearer = {"Authorization": f"Bearer {TOKEN}"}
     with httpx.Client(base_url=f"http://127.0.0.1:{env['PORT']}", timeout=60) as http:
         assert http.get("/v1/events", headers=bearer).status_code == 200
@@ -305,8 +287,10 @@ def test_the_token_used_everywhere_reaches_no_log(mesh: dict[str, str]) -> None:
     assert_no_log_holds_a_secret(env)
 
 
-def test_status_finds_the_mesh_from_any_directory(mesh: dict[str, str], tmp_path: Path) -> None:
-    env = mesh
+def test_status_finds_the_mesh_from_any_directory(
+    running_mesh: dict[str, str], tmp_path: Path
+) -> None:
+    env = running_mesh
     assert serving(env)
     # Elsewhere, without AMELIA_DATA_DIR: the services are asked how NATS and PostgreSQL are.
     elsewhere = {k: v for k, v in env.items() if k != "AMELIA_DATA_DIR"}
@@ -322,8 +306,8 @@ def test_status_finds_the_mesh_from_any_directory(mesh: dict[str, str], tmp_path
     assert "reported by the services" not in found.stdout and "pgvector" in found.stdout
 
 
-def test_killed_nats_and_postgres_come_back_on_their_data(mesh: dict[str, str]) -> None:
-    env = mesh
+def test_killed_nats_and_postgres_come_back_on_their_data(running_mesh: dict[str, str]) -> None:
+    env = running_mesh
     reader = Reader(state_file(Path(env["AMELIA_DATA_DIR"])))
     reader.start()
     try:
@@ -358,9 +342,11 @@ def test_killed_nats_and_postgres_come_back_on_their_data(mesh: dict[str, str]) 
     assert reader.reads > 100 and reader.torn == []
 
 
-def test_a_service_killed_five_times_in_a_minute_is_failed_alone(mesh: dict[str, str]) -> None:
+def test_a_service_killed_five_times_in_a_minute_is_failed_alone(
+    running_mesh: dict[str, str],
+) -> None:
     """Each new gateway is killed as soon as it exists: five crashes well within the window."""
-    env = mesh
+    env = running_mesh
     others = {name: pid for name, pid in mesh_pids(env).items() if name != "gateway"}
     pid = None
     for _ in range(5):
@@ -382,9 +368,9 @@ def test_a_service_killed_five_times_in_a_minute_is_failed_alone(mesh: dict[str,
         assert "SERVING" in next(line for line in status.stdout.splitlines() if name in line)
 
 
-def test_ctrl_c_stops_services_then_nats_then_postgres(mesh: dict[str, str]) -> None:
+def test_ctrl_c_stops_services_then_nats_then_postgres(running_mesh: dict[str, str]) -> None:
     """A Ctrl-C on a terminal goes to the whole process group of `amelia up`."""
-    env = mesh
+    env = running_mesh
     pids = mesh_pids(env)
     services = [name for name in pids if name not in ("nats", "postgres")]
     assert {"nats", "postgres", "events"} <= set(pids)
