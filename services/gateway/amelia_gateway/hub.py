@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Protocol
 
@@ -168,6 +168,16 @@ class FeedSpec:
         return (self.types, self.subject)
 
 
+def _events_of(
+    response: events_pb2.StreamEventsResponse | agents_pb2.StreamRunResponse,
+) -> Sequence[events_pb2.Event]:
+    """A StreamEvents message's events (`events` when it carries several, else `event`), or a
+    StreamRun message's one event."""
+    if isinstance(response, events_pb2.StreamEventsResponse) and len(response.events):
+        return response.events
+    return [response.event]
+
+
 @dataclass(eq=False)
 class UpstreamStream:
     """One server-streaming call of events, reopened after its last sequence when dropped."""
@@ -207,9 +217,7 @@ class UpstreamStream:
             code = grpc.StatusCode.OK
             try:
                 async for response in call:
-                    # `events` when the request asked for several per message, else `event`.
-                    got = response.events if len(response.events) else [response.event]
-                    events = [e for e in got if e.sequence > self.last]
+                    events = [e for e in _events_of(response) if e.sequence > self.last]
                     if not events:
                         continue
                     self.last = events[-1].sequence
