@@ -112,13 +112,13 @@ async def baseline_results(
     embedder: CachedEmbedder, files: list[Path], asked: list[Question]
 ) -> dict[str, Results]:
     chunks = [
-        baselines.PlainChunk(path.name, text)
+        Ranked(path.name, text)
         for path in files
         for text in baselines.split(baselines.html_to_text(path.read_text(encoding="utf-8")))
     ]
     print(f"  baseline: {len(chunks)} chunks of 800/200", file=sys.stderr, flush=True)
-    matrix = await embedder.embed([c.text for c in chunks])
-    bm25 = baselines.BM25([baselines.tokens(c.text) for c in chunks])
+    matrix = await embedder.embed([c.content for c in chunks])
+    bm25 = baselines.BM25([baselines.tokens(c.content) for c in chunks])
     dense: Results = {}
     keyword: Results = {}
     fused: Results = {}
@@ -131,7 +131,7 @@ async def baseline_results(
             (keyword, by_bm25[:TOP_K]),
             (fused, baselines.rrf([by_dense, by_bm25], TOP_K)),
         ):
-            results[q.id] = [Ranked(chunks[i].file, chunks[i].text) for i in ranking]
+            results[q.id] = [chunks[i] for i in ranking]
     return {"plain dense": dense, "plain BM25": keyword, "plain dense + BM25 (RRF)": fused}
 
 

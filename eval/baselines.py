@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -20,12 +19,6 @@ OVERLAP = 200
 SEPARATORS = ("\n\n", "\n", " ", "")
 RRF_K = 60
 _TOKEN = re.compile(r"\w+")
-
-
-@dataclass(frozen=True)
-class PlainChunk:
-    file: str
-    text: str
 
 
 def html_to_text(html: str) -> str:

@@ -65,14 +65,8 @@ class CachedEmbedder:
         self.inner = inner
         self.cache = cache
         self.computed = 0
-
-    @property
-    def dimension(self) -> int:
-        return self.inner.dimension
-
-    @property
-    def signature(self) -> str:
-        return self.inner.signature
+        self.dimension = inner.dimension
+        self.signature = inner.signature
 
     async def embed(self, texts: Sequence[str], on_progress: Progress | None = None) -> np.ndarray:
         known = self.cache.get(texts)

@@ -263,8 +263,11 @@ async def crowded(rag: Rag) -> AsyncIterator[tuple[list[str], np.ndarray]]:
     the alpha chunks."""
     alpha = []
     for i in range(2):
+        # Sections of ~450 characters: one chunk each, and too long for a passage to read on
+        # into the next one, so each chunk is a distinct hit.
         body = "\n\n".join(
-            f"## Section {i}-{j}\n\nQuarterly figures for region {j}: revenue grew by {j} percent."
+            f"## Section {i}-{j}\n\n"
+            + " ".join([f"Quarterly figures for region {j}: revenue grew by {j} percent."] * 7)
             for j in range(3)
         )
         reply = await rag.ingest(

@@ -217,7 +217,8 @@ def reach(sections: list[Section], number: int, size: int) -> int:
     """
     first = sections[number]
     end = first.end
-    for section in sections[number + 1 :]:
+    for following in range(number + 1, len(sections)):
+        section = sections[following]
         if section.page != first.page or section.end - first.start > size:
             break
         end = section.end

@@ -257,7 +257,7 @@ class LocalEmbedder:
     def __init__(self, model: EncodeModel, *, batch_size: int, name: str, dimension: int) -> None:
         self.model = model
         self.batch_size = batch_size
-        self._dimension = dimension
+        self.dimension = dimension
         self._name = name
         # Several model batches per call: encode() sorts by length inside a call, so bigger
         # calls pad less; progress is reported once per call.
@@ -278,12 +278,8 @@ class LocalEmbedder:
         return cls.from_model(model, settings)
 
     @property
-    def dimension(self) -> int:
-        return self._dimension
-
-    @property
     def signature(self) -> str:
-        return f"local:{self._name}:{self._dimension}"
+        return f"local:{self._name}:{self.dimension}"
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         vectors = self.model.encode(
@@ -329,7 +325,7 @@ class OpenAIEmbedder:
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.batch_size = batch_size
-        self._dimension = dimension
+        self.dimension = dimension
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.AsyncClient(
             base_url=self.base_url, headers=headers, timeout=httpx.Timeout(timeout)
@@ -351,16 +347,12 @@ class OpenAIEmbedder:
         except EmbeddingUnavailableError as exc:
             await embedder.aclose()
             raise EmbeddingConfigError(f"cannot use the embedding endpoint: {exc}") from exc
-        embedder._dimension = int(probe.shape[1])
+        embedder.dimension = int(probe.shape[1])
         return embedder
 
     @property
-    def dimension(self) -> int:
-        return self._dimension
-
-    @property
     def signature(self) -> str:
-        return f"openai:{self.base_url}:{self.model}:{self._dimension}"
+        return f"openai:{self.base_url}:{self.model}:{self.dimension}"
 
     async def _post(self, texts: list[str]) -> np.ndarray:
         import httpx
@@ -396,14 +388,14 @@ class OpenAIEmbedder:
         return vectors / np.where(norms == 0, 1, norms)
 
     async def embed(self, texts: Sequence[str], on_progress: Progress | None = None) -> np.ndarray:
-        out = np.empty((len(texts), self._dimension), dtype=np.float32)
+        out = np.empty((len(texts), self.dimension), dtype=np.float32)
         for start in range(0, len(texts), self.batch_size):
             batch = list(texts[start : start + self.batch_size])
             vectors = await self._post(batch)
-            if vectors.shape[1] != self._dimension:
+            if vectors.shape[1] != self.dimension:
                 raise EmbeddingUnavailableError(
                     f"embedding endpoint returned {vectors.shape[1]}-dimension vectors; "
-                    f"expected {self._dimension}"
+                    f"expected {self.dimension}"
                 )
             out[start : start + len(batch)] = vectors
             done = start + len(batch)

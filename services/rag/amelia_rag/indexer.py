@@ -26,7 +26,7 @@ from typing import Any
 from amelia_common.logging import get_logger
 from amelia_rag.chunking import context_text
 from amelia_rag.embeddings import Embedder
-from amelia_rag.models import DocumentRow
+from amelia_rag.models import DocumentRow, document_event
 from amelia_rag.store import DocumentStore
 
 log = get_logger("amelia.rag.indexer")
@@ -144,16 +144,11 @@ class Indexer:
                     await self._progress(document_id, done, total)
 
             async def indexed(ready: DocumentRow) -> None:
+                duration_ms = round((time.perf_counter() - started) * 1000, 1)
                 await self.publish(
                     "document.indexed",
                     ready.id,
-                    {
-                        "title": ready.title,
-                        "type": ready.type,
-                        "chunk_count": ready.chunk_count,
-                        "duration_ms": round((time.perf_counter() - started) * 1000, 1),
-                        "content_hash": ready.content_hash,
-                    },
+                    document_event(ready, chunk_count=ready.chunk_count, duration_ms=duration_ms),
                 )
 
             finished = await self.store.finish(document_id, self.owner, content_hash, indexed)

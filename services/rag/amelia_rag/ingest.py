@@ -32,7 +32,7 @@ from amelia_common.logging import get_logger
 from amelia_common.settings import Settings
 from amelia_rag.chunking import PASSAGE_VERSION, Chunk, child_size, chunk_document
 from amelia_rag.embeddings import Embedder
-from amelia_rag.models import DocumentRow
+from amelia_rag.models import DocumentRow, document_event
 from amelia_rag.parsing import (
     PARSER_VERSION,
     TYPES,
@@ -250,16 +250,14 @@ class Ingestor:
             await self.publish(
                 "document.uploaded",
                 row.id,
-                {
-                    "title": row.title,
-                    "type": row.type,
-                    "file_path": row.file_path,
-                    "source_uri": row.source_uri,
-                    "size_bytes": row.size_bytes,
-                    "content_hash": row.content_hash,
-                    "chunks": row.chunk_count,
-                    "replaces_previous": existing is not None,
-                },
+                document_event(
+                    row,
+                    file_path=row.file_path,
+                    source_uri=row.source_uri,
+                    size_bytes=row.size_bytes,
+                    chunks=row.chunk_count,
+                    replaces_previous=existing is not None,
+                ),
             )
 
         result = await self.store.replace(

@@ -100,3 +100,8 @@ class ChunkRow(Base):
     passage_start: Mapped[int | None] = mapped_column(Integer, nullable=True)
     passage_end: Mapped[int | None] = mapped_column(Integer, nullable=True)
     passage: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+def document_event(row: DocumentRow, **extra: Any) -> dict[str, Any]:
+    """The data of a `document.*` event: what the document is, then what happened to it."""
+    return {"title": row.title, "type": row.type, "content_hash": row.content_hash, **extra}

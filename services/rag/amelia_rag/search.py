@@ -25,7 +25,7 @@ document is `indexing`, or its indexing `failed`) is ranked by its words alone.
   ranks by keyword, so a document just uploaded is not buried under the vector leg's hits
   (which are always there, relevant or not) and its best keyword match can come first.
 
-Then hits on the same section whose passages overlap are one hit, at the rank of the best: its
+Then hits on the same document whose passages overlap are one hit, at the rank of the best: its
 passage grows to cover both while that stays within `merge_chars` (MERGE_CHUNKS × CHUNK_SIZE), else the
 lower one is dropped. So the same paragraph never comes back twice, and neighbouring matches
 read as one passage. Ties are broken by similarity, then document and position.
@@ -193,7 +193,7 @@ class Searcher:
 
 def distinct(ranked: list[Hit], top_k: int, merge_chars: int) -> list[Hit]:
     """The first `top_k` distinct passages: a hit overlapping a better one's passage (same
-    section) is merged into it while the union is at most `merge_chars`, else dropped."""
+    document) is merged into it while the union is at most `merge_chars`, else dropped."""
     out: list[Hit] = []
     for hit in ranked:
         kept = next((k for k in out if k.overlaps(hit)), None)
@@ -259,21 +259,27 @@ async def _matching_documents(session: AsyncSession, filters: SearchFilters) -> 
     return [row[0] for row in result]
 
 
+# Hit fields the queries' rows hold under the same name (see _HIT_COLUMNS).
+_ROW_FIELDS = (
+    "chunk_id",
+    "content",
+    "document_id",
+    "document_title",
+    "document_type",
+    "chunk_index",
+    "start_offset",
+    "end_offset",
+    "page",
+    "section",
+)
+
+
 def _hit(row: Any, score: float, vector_score: float, embedded: bool = True) -> Hit:
     return Hit(
-        chunk_id=row.chunk_id,
-        content=row.content,
-        score=score,
-        document_id=row.document_id,
-        document_title=row.document_title,
-        document_type=row.document_type,
-        chunk_index=row.chunk_index,
-        start_offset=row.start_offset,
-        end_offset=row.end_offset,
+        **{name: getattr(row, name) for name in _ROW_FIELDS},
         heading_path=list(row.heading_path or []),
-        page=row.page,
+        score=score,
         vector_score=vector_score,
-        section=row.section,
         embedded=embedded,
     )
 

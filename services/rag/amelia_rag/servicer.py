@@ -138,19 +138,25 @@ def document_to_proto(row: DocumentRow) -> rag_pb2.Document:
     return document
 
 
+# SearchHit fields a Hit holds under the same name and in the same form.
+_HIT_FIELDS = (
+    "content",
+    "score",
+    "document_title",
+    "chunk_index",
+    "start_offset",
+    "end_offset",
+    "heading_path",
+    "page",
+    "vector_score",
+)
+
+
 def hit_to_proto(hit: Hit) -> rag_pb2.SearchHit:
     return rag_pb2.SearchHit(
-        content=hit.content,
-        score=hit.score,
         document=f"documents/{hit.document_id}",
-        document_title=hit.document_title,
         document_type=TYPE_TO_PROTO[hit.document_type],
-        chunk_index=hit.chunk_index,
-        start_offset=hit.start_offset,
-        end_offset=hit.end_offset,
-        heading_path=hit.heading_path,
-        page=hit.page,
-        vector_score=hit.vector_score,
+        **{name: getattr(hit, name) for name in _HIT_FIELDS},
     )
 
 

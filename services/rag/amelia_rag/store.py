@@ -320,12 +320,7 @@ class DocumentStore:
         self, document_id: uuid.UUID, owner: str, content_hash: str, lease_seconds: float
     ) -> bool:
         """Extend the lease; False when the document is no longer ours."""
-        async with transaction(self.sessions) as session:
-            row = await self._held(session, document_id, owner, content_hash)
-            if row is None:
-                return False
-            row.lease_until = await _lease_end(session, lease_seconds)
-            return True
+        return await self._lease(document_id, owner, content_hash, lease_seconds, keep=True)
 
     async def finish(
         self, document_id: uuid.UUID, owner: str, content_hash: str, before_commit: BeforeCommit
@@ -377,11 +372,21 @@ class DocumentStore:
         self, document_id: uuid.UUID, owner: str, content_hash: str, retry_seconds: float
     ) -> None:
         """Let go of a document after a passing failure: anyone may retry it after a while."""
+        await self._lease(document_id, owner, content_hash, retry_seconds, keep=False)
+
+    async def _lease(
+        self, document_id: uuid.UUID, owner: str, content_hash: str, seconds: float, *, keep: bool
+    ) -> bool:
+        """Move a held document's lease end `seconds` ahead, still ours if `keep`, else nobody's
+        (anyone may take it then); False when the document is no longer ours."""
         async with transaction(self.sessions) as session:
             row = await self._held(session, document_id, owner, content_hash)
-            if row is not None:
+            if row is None:
+                return False
+            if not keep:
                 row.lease_owner = None
-                row.lease_until = await _lease_end(session, retry_seconds)
+            row.lease_until = await _lease_end(session, seconds)
+            return True
 
     async def delete(
         self, document_id: uuid.UUID, before_commit: BeforeCommit
