@@ -17,6 +17,8 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from amelia_common.embedded import stop_child
+
 
 @contextlib.asynccontextmanager
 async def service_process(args: list[str], env: dict[str, str], cwd: Path) -> AsyncIterator[Any]:
@@ -29,12 +31,7 @@ async def service_process(args: list[str], env: dict[str, str], cwd: Path) -> As
     try:
         yield process
     finally:
-        process.terminate()
-        try:
-            await asyncio.wait_for(process.wait(), timeout=20)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
+        await stop_child(process)
         log.close()
         if process.returncode not in (0, -15):
             print(

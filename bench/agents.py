@@ -19,11 +19,12 @@ CPU per run much less.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import statistics
-import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -39,6 +40,7 @@ from amelia_common.grpc_client import aio_channel
 from amelia_common.logging import configure_logging
 from amelia_common.settings import Environment, Settings
 from amelia_events.server import build_service as build_events
+from bench._run import run_in_temp_dir
 
 RUNS = 40
 WARMUP = 3
@@ -190,14 +192,32 @@ def mesh_settings(
     )
 
 
-async def bench(root: Path) -> None:
+@contextlib.asynccontextmanager
+async def events_mesh(root: Path, name: str, **overrides: Any) -> AsyncIterator[Settings]:
+    """Embedded PostgreSQL and NATS and the events service (in this process) for the bench
+    `name`: their settings (`mesh_settings`, EVENTS_ADDRESS set); all stopped on the way out."""
     postgres = EmbeddedPostgres(root)
     nats = EmbeddedNats(root, free_port())
-    settings = mesh_settings(root, postgres, nats)
-    configure_logging(settings, "bench-agents")
-    events = await build_events(settings)
-    events_port = await events.start()
-    settings = settings.model_copy(update={"EVENTS_ADDRESS": f"127.0.0.1:{events_port}"})
+    try:
+        settings = mesh_settings(root, postgres, nats, **overrides)
+        configure_logging(settings, f"bench-{name}")
+        events = await build_events(settings)
+        try:
+            address = f"127.0.0.1:{await events.start()}"
+            yield settings.model_copy(update={"EVENTS_ADDRESS": address})
+        finally:
+            await events.stop(0.5)
+    finally:
+        nats.stop()
+        postgres.stop()
+
+
+async def bench(root: Path) -> None:
+    async with events_mesh(root, "agents") as settings:
+        await _bench(settings)
+
+
+async def _bench(settings: Settings) -> None:
     agents = await build_agents(settings)
     agents_port = await agents.start()
     channel = aio_channel(f"127.0.0.1:{agents_port}", settings)
@@ -292,14 +312,10 @@ async def bench(root: Path) -> None:
         await cp_pool.close()
         await channel.close()
         await agents.stop(1.0)
-        await events.stop(0.5)
-        nats.stop()
-        postgres.stop()
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory(prefix="amelia-bench-agents-") as tmp:
-        asyncio.run(bench(Path(tmp)))
+    run_in_temp_dir(bench, "agents")
 
 
 if __name__ == "__main__":

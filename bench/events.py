@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
@@ -45,6 +44,7 @@ from amelia_common.logging import configure_logging
 from amelia_common.nats_client import connect_nats
 from amelia_common.settings import Settings
 from bench._processes import service_process, wait_serving
+from bench._run import run_in_temp_dir
 
 LIVE_EVENTS = 6_000
 RATE = 2_000  # events/s offered during the live phases
@@ -285,50 +285,48 @@ def print_rows(title: str, rows: list[tuple[Reading, float]], show_latency: bool
         print(line)
 
 
-async def bench() -> None:
-    with tempfile.TemporaryDirectory(prefix="amelia-bench-events-") as tmp:
-        root = Path(tmp)
-        nats_server = EmbeddedNats(root, free_port())
-        url = await asyncio.to_thread(nats_server.start)
-        port = free_port()
-        settings = Settings(
-            _env_file=None,
-            NATS_URL=url,
-            LOG_LEVEL="WARNING",
-            AMELIA_DATA_DIR=root / "data",
-            # A saturated machine (the live phase offers 2k events/s) may hold an acknowledgement
-            # for seconds: the bench measures that latency, it does not fail on it.
-            EVENTS_PUBLISH_TIMEOUT_SECONDS=120.0,
-        )
-        env = {
-            **os.environ,
-            "NATS_URL": url,
-            "DATABASE_URL": "",
-            "AMELIA_DATA_DIR": str(root / "data"),
-            "LOG_LEVEL": "WARNING",
-            "EVENTS_GRPC_PORT": str(port),
-            "EVENTS_METRICS_PORT": "0",
-            "EVENTS_PUBLISH_TIMEOUT_SECONDS": "120",
-            "OTEL_EXPORTER_OTLP_ENDPOINT": "",
-        }
-        configure_logging(settings, "bench")
-        try:
-            async with service_process(["-m", "amelia_events"], env, root):
-                address = f"127.0.0.1:{port}"
-                await wait_serving(address)
-                channel = aio_channel(address, settings)
-                stub = events_pb2_grpc.EventServiceStub(channel)
-                nc = await connect_nats(settings, "bench-publisher")
-                readers_nc = await connect_nats(settings, "bench-readers")
-                log = EventLog(nc, settings, source="bench")
-                try:
-                    await _phases(stub, log, readers_nc, settings.EVENTS_STREAM)
-                finally:
-                    await channel.close()
-                    await readers_nc.close()
-                    await nc.close()
-        finally:
-            await asyncio.to_thread(nats_server.stop)
+async def bench(root: Path) -> None:
+    nats_server = EmbeddedNats(root, free_port())
+    url = await asyncio.to_thread(nats_server.start)
+    port = free_port()
+    settings = Settings(
+        _env_file=None,
+        NATS_URL=url,
+        LOG_LEVEL="WARNING",
+        AMELIA_DATA_DIR=root / "data",
+        # A saturated machine (the live phase offers 2k events/s) may hold an acknowledgement
+        # for seconds: the bench measures that latency, it does not fail on it.
+        EVENTS_PUBLISH_TIMEOUT_SECONDS=120.0,
+    )
+    env = {
+        **os.environ,
+        "NATS_URL": url,
+        "DATABASE_URL": "",
+        "AMELIA_DATA_DIR": str(root / "data"),
+        "LOG_LEVEL": "WARNING",
+        "EVENTS_GRPC_PORT": str(port),
+        "EVENTS_METRICS_PORT": "0",
+        "EVENTS_PUBLISH_TIMEOUT_SECONDS": "120",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "",
+    }
+    configure_logging(settings, "bench")
+    try:
+        async with service_process(["-m", "amelia_events"], env, root):
+            address = f"127.0.0.1:{port}"
+            await wait_serving(address)
+            channel = aio_channel(address, settings)
+            stub = events_pb2_grpc.EventServiceStub(channel)
+            nc = await connect_nats(settings, "bench-publisher")
+            readers_nc = await connect_nats(settings, "bench-readers")
+            log = EventLog(nc, settings, source="bench")
+            try:
+                await _phases(stub, log, readers_nc, settings.EVENTS_STREAM)
+            finally:
+                await channel.close()
+                await readers_nc.close()
+                await nc.close()
+    finally:
+        await asyncio.to_thread(nats_server.stop)
 
 
 async def _phases(
@@ -521,9 +519,7 @@ async def publish_rates(
 
 
 def main() -> None:
-    started = time.perf_counter()
-    asyncio.run(bench())
-    print(f"\n(bench took {time.perf_counter() - started:.1f}s)")
+    run_in_temp_dir(bench, "events")
 
 
 if __name__ == "__main__":

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-import shutil
 import subprocess
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -45,6 +43,7 @@ from amelia_rag.ingest import Source, prepare
 from amelia_rag.parsing import InvalidDocumentError
 from amelia_rag.search import EF_SEARCH, Searcher, SearchFilters, vector_ranking
 from amelia_rag.server import build_service
+from bench._run import run_in_temp_dir
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS_CHUNKS = 100
@@ -387,9 +386,7 @@ async def bench_search(
     return rows, load_seconds
 
 
-async def bench() -> None:
-    # Unix socket paths are short-limited: keep the folder name short.
-    root = Path(tempfile.mkdtemp(prefix="ragb-", dir="/tmp"))
+async def bench(root: Path) -> None:
     postgres = EmbeddedPostgres(root)
     nats = EmbeddedNats(root, free_port())
     service = None
@@ -453,7 +450,6 @@ async def bench() -> None:
             await embedder.aclose()
         nats.stop()
         postgres.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def _sessions(url: str, settings: Settings) -> Any:
@@ -463,9 +459,7 @@ def _sessions(url: str, settings: Settings) -> Any:
 
 
 def main() -> None:
-    started = time.perf_counter()
-    asyncio.run(bench())
-    print(f"\n(bench took {time.perf_counter() - started:.1f}s)")
+    run_in_temp_dir(bench, "rag")
 
 
 if __name__ == "__main__":

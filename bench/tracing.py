@@ -11,9 +11,7 @@ interceptor and channels are those of the mode. Target: at most 10% slower trace
 
 from __future__ import annotations
 
-import asyncio
 import os
-import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,12 +21,10 @@ from typing import Any
 from amelia.v1 import agents_pb2_grpc
 from amelia_agents.server import build_service as build_agents
 from amelia_common import telemetry
-from amelia_common.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from amelia_common.grpc_client import aio_channel
-from amelia_common.logging import configure_logging
 from amelia_common.settings import Settings
-from amelia_events.server import build_service as build_events
-from bench.agents import RUNS, WARMUP, mesh_settings, register, stats, time_mesh
+from bench._run import run_in_temp_dir
+from bench.agents import RUNS, WARMUP, events_mesh, register, stats, time_mesh
 
 NODES = 3
 ROUNDS = 2  # off and on alternate, so a machine getting busier weighs on both alike
@@ -71,14 +67,13 @@ async def _timed(settings: Settings, workflow: str) -> tuple[list[float], list[f
 
 
 async def bench(root: Path) -> None:
-    postgres = EmbeddedPostgres(root)
-    nats = EmbeddedNats(root, free_port())
-    settings = mesh_settings(root, postgres, nats, AGENTS_METRICS_PORT=0)
-    configure_logging(settings, "bench-tracing")
+    async with events_mesh(root, "tracing", AGENTS_METRICS_PORT=0) as settings:
+        await _bench(settings)
+
+
+async def _bench(settings: Settings) -> None:
     sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
     threading.Thread(target=sink.serve_forever, daemon=True).start()
-    events = await build_events(settings)
-    settings = settings.model_copy(update={"EVENTS_ADDRESS": f"127.0.0.1:{await events.start()}"})
     workflow = register(NODES)
     os.environ[telemetry.ENDPOINT_VARIABLE] = f"http://127.0.0.1:{sink.server_port}"
     os.environ["OTEL_TRACES_SAMPLER"] = "always_on"
@@ -120,15 +115,11 @@ async def bench(root: Path) -> None:
             f"(target <= 10% run time: {met})"
         )
     finally:
-        await events.stop(0.5)
         sink.shutdown()
-        nats.stop()
-        postgres.stop()
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory(prefix="amelia-bench-tracing-") as root:
-        asyncio.run(bench(Path(root)))
+    run_in_temp_dir(bench, "tracing")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ else is reported, not retried.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import os
@@ -122,6 +123,20 @@ def stop_process(
                 return
             time.sleep(0.05)
         log.warning("process did not stop; escalating", pid=pid, signal=signal.Signals(sig).name)
+
+
+async def stop_child(process: asyncio.subprocess.Process, grace: float = 20.0) -> int:
+    """Stop a child of this event loop: SIGTERM, SIGKILL if it still runs after `grace`
+    seconds (its whole shutdown); its exit code."""
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.terminate()
+    try:
+        return await asyncio.wait_for(process.wait(), timeout=grace)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        return await process.wait()
 
 
 def _read_pid(path: Path) -> int | None:
