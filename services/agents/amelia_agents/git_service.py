@@ -17,7 +17,6 @@ import grpc
 
 from amelia.v1 import git_pb2, git_pb2_grpc
 from amelia_agents import convert, gitrepo
-from amelia_agents.convert import BadNameError
 from amelia_agents.lifecycle import RunEvents
 from amelia_agents.models import RunRow, RunState
 from amelia_agents.store import Store
@@ -58,10 +57,7 @@ class GitServicer(git_pb2_grpc.GitServiceServicer):
 
     async def _run(self, name: str) -> tuple[RunRow, Path, str]:
         """The run, its repository's top level and its branch name."""
-        try:
-            run_id = convert.run_id(name)
-        except BadNameError as exc:
-            raise InvalidArgumentError(str(exc)) from None
+        run_id = convert.run_id(name)
         row = await self.store.get_run(run_id)
         if row is None:
             raise NotFoundError(f"runs/{run_id} does not exist")
