@@ -8,7 +8,8 @@ import json
 import os
 import signal
 import sys
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import typer
@@ -23,6 +24,10 @@ console = Console()
 agents_app = typer.Typer(help="Agents: prompt, model, tools, documents.", no_args_is_help=True)
 runs_app = typer.Typer(help="Runs of agents and workflows.", no_args_is_help=True)
 
+if TYPE_CHECKING:
+    from amelia.v1.agents_pb2_grpc import AgentServiceAsyncStub
+
+RunReply = agents_pb2.CancelRunResponse | agents_pb2.ResumeRunResponse
 TERMINAL = {"run.completed", "run.failed", "run.cancelled"}
 
 
@@ -322,18 +327,22 @@ def show_run(
     console.print_json(json_format.MessageToJson(_call(go)))
 
 
+def _say_status(name: str, call: Callable[[AgentServiceAsyncStub], Awaitable[RunReply]]) -> None:
+    """Make `call` (CancelRun, ResumeRun: replies that carry the run) and print the run's
+    status after it."""
+
+    async def go() -> RunReply:
+        async with agents() as stub:
+            return await call(stub)
+
+    console.print(f"{name}: {status_name(_call(go).run.status)}")
+
+
 @runs_app.command("cancel")
 def cancel_run(name: str = typer.Argument(...), reason: str = typer.Option("")) -> None:
     """Cancel a queued, running or paused run."""
-
-    async def go() -> agents_pb2.CancelRunResponse:
-        async with agents() as stub:
-            reply: agents_pb2.CancelRunResponse = await stub.CancelRun(
-                agents_pb2.CancelRunRequest(name=resource("runs", name), reason=reason)
-            )
-            return reply
-
-    console.print(f"{name}: {status_name(_call(go).run.status)}")
+    request = agents_pb2.CancelRunRequest(name=resource("runs", name), reason=reason)
+    _say_status(name, lambda stub: stub.CancelRun(request))
 
 
 @runs_app.command("resume")
@@ -344,12 +353,5 @@ def resume_run(name: str = typer.Argument(...), answer: str = typer.Argument(...
         json_format.Parse(answer, value)
     except json_format.ParseError:
         value.string_value = answer
-
-    async def go() -> agents_pb2.ResumeRunResponse:
-        async with agents() as stub:
-            reply: agents_pb2.ResumeRunResponse = await stub.ResumeRun(
-                agents_pb2.ResumeRunRequest(name=resource("runs", name), answer=value)
-            )
-            return reply
-
-    console.print(f"{name}: {status_name(_call(go).run.status)}")
+    request = agents_pb2.ResumeRunRequest(name=resource("runs", name), answer=value)
+    _say_status(name, lambda stub: stub.ResumeRun(request))
