@@ -1,6 +1,6 @@
 """A `develop` run's change on the run page: the diff (per file, coloured lines, counts) in the
 approval card, where Land answers the run's question; and on a finished run whose branch was
-kept, Land / Discard through the git API — a conflict shown as the service's message naming the
+kept (or a cancelled one that left its branch), Land / Discard through the git API — a conflict shown as the service's message naming the
 file, a discard or a landing followed by its `git.*` event appearing in the run's activity.
 
 On the folder's shared mesh, with the scripted OpenAI-compatible model of
@@ -200,3 +200,52 @@ def test_a_conflict_names_the_file_then_discard_removes_the_branch(
         shot(page, artifacts, "develop-discarded-phone")
     assert git(repo, "rev-parse", "main") == before
     assert not git(repo, "branch", "--list", branch)
+
+
+def test_a_cancelled_run_that_left_its_branch_can_be_discarded(
+    browser: Browser, mesh: Mesh, scripted: ScriptedOpenAI, artifacts: Path
+) -> None:
+    """No output names the branch of a cancelled run: the page finds it through the git API."""
+    repo = repository(mesh)
+    run = develop(mesh, scripted, repo)
+    mesh.post(f"/v1/{run['name']}:cancel", {})
+    _wait_run(mesh, run["name"], "RUN_STATUS_CANCELLED", timeout=120)
+    branch = f"amelia/{run['name'].split('/')[-1]}"
+    assert git(repo, "branch", "--list", branch)
+    before = git(repo, "rev-parse", "main")
+    with _checked_page(browser, mesh, PHONE) as page:
+        page.goto(f"/#/runs/{run['name'].split('/')[-1]}")
+        expect_status(page, "RUN_STATUS_CANCELLED")
+        expect_greet_diff(page, "#diff-slot #run-diff")
+        expect(page.locator("#diff-keep")).to_have_count(0)
+        _fits(page, "the cancelled run's change")
+        page.click("#diff-discard")
+        expect(page.locator("#diff-notice .notice.ok")).to_contain_text(f"Discarded {branch}")
+        expect(page.locator("#diff-discard")).to_be_disabled()
+        shot(page, artifacts, "develop-cancelled-discarded-phone")
+    assert not git(repo, "branch", "--list", branch)
+    assert git(repo, "rev-parse", "main") == before
+
+
+def test_a_run_cancelled_before_its_branch_shows_no_change(
+    browser: Browser, mesh: Mesh, scripted: ScriptedOpenAI
+) -> None:
+    repo = repository(mesh)
+    model = scripted.model(team([write_greeting()], lambda _: "APPROVE"))
+    run = _run(
+        mesh,
+        "develop",
+        input={"message": "Add greet()", "repository": str(repo), "model": model},
+    )
+    wait_question(mesh, run["name"], "approve_plan")
+    mesh.post(f"/v1/{run['name']}:cancel", {})
+    _wait_run(mesh, run["name"], "RUN_STATUS_CANCELLED", timeout=120)
+    with _checked_page(browser, mesh, DESKTOP) as page:
+        page.goto(f"/#/runs/{run['name'].split('/')[-1]}")
+        expect_status(page, "RUN_STATUS_CANCELLED")
+        # The git API was asked and named no branch of this run: no card, no 404 logged.
+        page.wait_for_function(
+            "() => performance.getEntriesByType('resource')"
+            ".some((e) => e.name.includes('/v1/repositories'))"
+        )
+        expect(page.locator("#run-diff")).to_be_hidden()

@@ -5,7 +5,8 @@
 // - Paused on the final question (node `approve_diff`): the diff sits in the approval card, and
 //   Land / Discard / Keep answer the question (`{"decision": "land", "into": …}`): the run
 //   itself lands or discards, as the workflow says.
-// - Ended with its branch still there (`kept`, `conflict`, `not_landed`): Land (POST
+// - Ended with its branch still there (`kept`, `conflict`, `not_landed`; or failed / cancelled
+//   with its branch listed by GET /v1/repositories): Land (POST
 //   /v1/runs/{run}:land into the branch typed, default the recorded target) and Discard (POST
 //   :discard). A conflict comes back as FAILED_PRECONDITION naming the files: shown as it is,
 //   nothing moved. Once settled, `onSettled()` lets the run page show the `git.landed` /
@@ -18,6 +19,8 @@ import { errorNotice, h, idOf } from "../dom.js";
 export const DIFF_QUESTION_KEYS = new Set(["diff", "repository", "branch", "into"]);
 // Run outputs whose branch is still there to land or discard.
 const OPEN_BRANCH = new Set(["kept", "conflict", "not_landed"]);
+// Workflows that leave a branch `amelia/<run>`: a failed or cancelled one may have left it.
+const CODING_WORKFLOWS = new Set(["develop", "code"]);
 const CHANGE = {
   FILE_CHANGE_ADDED: "added", FILE_CHANGE_MODIFIED: "modified", FILE_CHANGE_DELETED: "deleted",
   FILE_CHANGE_RENAMED: "renamed",
@@ -67,7 +70,8 @@ export class DiffView {
     this.name = runName;
     this.resume = resume || ((value) => ctx.api.resumeRun(runName, value));
     this.onSettled = onSettled || (() => {});
-    this.mode = ""; // "question" | "ended" | "" (nothing to show)
+    // "question" | "ended" | "settled" | "looking" (for a failed run's branch) | "none" | ""
+    this.mode = "";
     this.loaded = "";
     this.element = h("section", { class: "card diff-card", id: "run-diff", "aria-labelledby": "diff-title", hidden: true });
     // Where the view lives when it is not in the approval card.
@@ -88,18 +92,46 @@ export class DiffView {
     const output = (run && run.output) || {};
     if (this.mode === "settled") return;
     if (run.status === "RUN_STATUS_PAUSED") return; // forQuestion decides
-    if (!["RUN_STATUS_COMPLETED", "RUN_STATUS_FAILED", "RUN_STATUS_CANCELLED"].includes(run.status)
-        || !output.branch || !OPEN_BRANCH.has(output.status)) {
+    const completedOpen = run.status === "RUN_STATUS_COMPLETED" && output.branch && OPEN_BRANCH.has(output.status);
+    if (!completedOpen && !this.mayHaveLeftBranch(run)) {
       if (this.mode === "question") this.hide();
       return;
     }
+    if (completedOpen) {
+      this.showEnded();
+    } else if (!["ended", "looking", "none"].includes(this.mode)) {
+      this.mode = "looking";
+      this.hide(true);
+      this.lookForBranch().then((found) => {
+        if (this.mode !== "looking") return;
+        if (found) this.showEnded();
+        else this.mode = "none";
+      }, () => { if (this.mode === "looking") this.mode = ""; });
+    }
+  }
+
+  /** A develop/code run that failed or was cancelled: its branch may still be there (no output
+   *  says so), so the git API is asked. */
+  mayHaveLeftBranch(run) {
+    return ["RUN_STATUS_FAILED", "RUN_STATUS_CANCELLED"].includes(run.status)
+      && CODING_WORKFLOWS.has(String(run.workflow || "").split("/").pop());
+  }
+
+  /** Whether the run's branch is still in a repository (ListRepositories: no 404 to log). */
+  async lookForBranch() {
+    const listed = await request("GET", "/v1/repositories");
+    return (listed.repositories || []).some((repo) => (repo.runBranches || [])
+      .some((branch) => branch.run === this.name));
+  }
+
+  showEnded() {
     this.mode = "ended";
     if (this.element.parentNode !== this.slot) this.slot.append(this.element);
     this.load("");
   }
 
-  hide() {
-    this.mode = "";
+  hide(keepMode = false) {
+    if (!keepMode) this.mode = "";
     this.loaded = "";
     this.element.hidden = true;
     this.element.replaceChildren();
