@@ -9,22 +9,25 @@ for would be a silent lie, so a mismatch fails saying how to serve the one asked
 
 Tools, for models too small for the tool protocol. A 0.5B model writes its tool call as bare
 JSON (`{"name": "calculator", "arguments": {...}}`, sometimes in a code fence or a tag) instead
-of inside `<tool_call>` tags, so llama.cpp does not see a call; and shown a tool result, it
-calls the tool again instead of answering. So, when tools are offered:
+of inside `<tool_call>` tags, so llama.cpp does not see a call; it calls the function a request
+asks it to write (`{"name": "subtract", "arguments": {"a": 5, "b": 3}}`); and shown a tool
+result, it calls the tool again instead of answering. So, when tools are offered:
 
-- a reply that starts like JSON (`{`, a fence or a tag) is held back until it ends; if it is one
-  or more `{"name", "arguments"}` objects it becomes tool calls, otherwise it is streamed as text.
-  Any other reply streams as it comes. Calls llama.cpp parsed itself pass through untouched;
+- the reply is constrained by a JSON schema (llama.cpp's `response_format`, turned into a
+  grammar as it samples): one call of an offered tool with arguments its parameters accept, or
+  `{"answer": "…"}`. The tools are described in the system prompt instead of sent as `tools`
+  (llama.cpp ignores the schema when tools are sent). The reply is held until it ends: a call
+  becomes a tool call, an answer its text;
 - the results of calls found that way go back to the model as text in the system prompt ("Tool
   results: …"), and the tools are not offered again: the model answers from the results. Such a
-  model gets one round of tools; a model that speaks the protocol keeps the usual loop.
+  model gets one round of tools.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -37,14 +40,15 @@ from amelia_agents.llm.base import (
     ChatRequest,
     ProviderConfigError,
     ToolCall,
+    ToolSpec,
     TransientModelError,
 )
 from amelia_agents.llm.openai_provider import OpenAIModel
 
 # Ids of the calls found in a reply's text; their results go back as text.
 CONTENT_CALL_PREFIX = "content-call-"
-# A reply starting with one of these may be a tool call written as text.
-_MAYBE_CALL = ("{", "`", "<")
+# The key of a reply that answers instead of calling a tool (see `reply_schema`).
+ANSWER_KEY = "answer"
 _FENCE = re.compile(r"^```[A-Za-z]*\s*(.*?)\s*```$", re.DOTALL)
 _TAG = re.compile(r"^<([A-Za-z_][\w-]*)>\s*(.*?)\s*</\1>$", re.DOTALL)
 
@@ -199,27 +203,78 @@ class LocalModel:
             async for chunk in self.inner.stream(request):
                 yield chunk
             return
-        held: list[str] = []  # a reply that may be a tool call written as text
-        streaming = False
-        async for chunk in self.inner.stream(request):
-            if chunk.text and not streaming:
+        constrained = replace(
+            request,
+            tools=(),
+            system="\n\n".join(filter(None, [request.system, tools_prompt(request.tools)])),
+        )
+        options = {
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": "tool_call_or_answer",
+                    "schema": reply_schema(request.tools),
+                },
+            }
+        }
+        held: list[str] = []
+        async for chunk in self.inner.stream(constrained, options):
+            if chunk.text:
                 held.append(chunk.text)
-                start = "".join(held).lstrip()
-                if start and not start.startswith(_MAYBE_CALL):
-                    streaming = True
-                    yield ChatChunk(text="".join(held))
-                    held = []
-                continue
-            if held:  # the text ended: it was a tool call, or an answer that looked like one
-                for out in _text_or_calls("".join(held)):
-                    yield out
-                held = []
-            yield chunk
-        if held:
-            for out in _text_or_calls("".join(held)):
-                yield out
+            else:
+                yield chunk  # usage (the server parsed no call: no tools were sent)
+        yield constrained_reply("".join(held))
 
 
-def _text_or_calls(text: str) -> Sequence[ChatChunk]:
+def _strict(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """A tool's parameters schema with no property beyond its own (so the grammar ends the
+    object instead of letting the model invent arguments)."""
+    schema = {"type": "object", "properties": {}, **parameters}
+    return {**schema, "additionalProperties": False}
+
+
+def reply_schema(tools: Sequence[ToolSpec]) -> dict[str, Any]:
+    """The JSON schema of a reply when `tools` are offered: one call of one of them, with
+    arguments its parameters accept, or an answer."""
+    calls = [
+        {
+            "type": "object",
+            "properties": {"name": {"const": t.name}, "arguments": _strict(t.parameters)},
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        }
+        for t in tools
+    ]
+    answer = {
+        "type": "object",
+        "properties": {ANSWER_KEY: {"type": "string"}},
+        "required": [ANSWER_KEY],
+        "additionalProperties": False,
+    }
+    return {"anyOf": [*calls, answer]}
+
+
+def tools_prompt(tools: Sequence[ToolSpec]) -> str:
+    """The tools as the system prompt describes them to a model they are not sent to."""
+    lines = ["You can call these tools:"]
+    for t in tools:
+        arguments = json.dumps(t.parameters.get("properties", {}), ensure_ascii=False)
+        lines.append(f"- {t.name}: {t.description} Arguments: {arguments}")
+    lines.append(
+        'Reply with one JSON object: {"name": "<tool>", "arguments": {…}} to call a tool, or '
+        f'{{"{ANSWER_KEY}": "<your reply>"}} to reply without one.'
+    )
+    return "\n".join(lines)
+
+
+def constrained_reply(text: str) -> ChatChunk:
+    """A reply written to `reply_schema`: its tool call, or its answer's text (the text as it
+    is when it is neither, e.g. cut short by max_tokens)."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if isinstance(value, dict) and isinstance(value.get(ANSWER_KEY), str) and len(value) == 1:
+        return ChatChunk(text=value[ANSWER_KEY])
     calls = tool_calls_in(text)
-    return [ChatChunk(tool_calls=calls)] if calls else [ChatChunk(text=text)]
+    return ChatChunk(tool_calls=calls) if calls else ChatChunk(text=text)

@@ -9,7 +9,7 @@ need none).
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlparse
 
@@ -75,7 +75,11 @@ class OpenAIModel:
         self.model = model
         self.client = client
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+    async def stream(
+        self, request: ChatRequest, options: Mapping[str, Any] | None = None
+    ) -> AsyncIterator[ChatChunk]:
+        """The reply, streamed; `options` are more request fields for the server (e.g. a
+        llama.cpp server's `response_format` with a JSON schema, see `local_provider`)."""
         messages: list[dict[str, Any]] = []
         if request.system:
             messages.append({"role": "system", "content": request.system})
@@ -101,6 +105,7 @@ class OpenAIModel:
                 }
                 for t in request.tools
             ]
+        kwargs.update(options or {})
         usage = Usage()
         # Streamed tool calls by index: [id, name, arguments as streamed so far]
         calls: dict[int, list[str]] = {}

@@ -67,6 +67,10 @@ DEFAULT_TEST_TIMEOUT = 300
 MAX_DEVELOPER_TOOL_ROUNDS = 40
 MAX_REVIEW_PATCH_CHARS = 60_000
 MAX_QUESTION_PATCH_CHARS = 48_000
+# A local model gets one action per turn (llm/local_provider.py) and, given edit_file, replaced
+# `def add(a, b):` by a whole function, leaving add's body under it: it writes files whole.
+LOCAL_MODEL_PREFIX = "local:"
+WHOLE_FILE_TOOLS = ("write_file", "read_file")
 
 DEVELOPER_PROMPT = (
     "You are the Developer. Change the repository with your tools to carry out the plan. The "
@@ -251,6 +255,8 @@ async def _run_developer(state: DevelopState, tree: Worktree, prompt: str) -> st
         on_process=tree.record_process,
     )
     params = step_params(request, "developer", DEVELOPER_PROMPT)
+    if str(params["model"]).startswith(LOCAL_MODEL_PREFIX):
+        tools = {name: tools[name] for name in WHOLE_FILE_TOOLS}
     files = await snapshot(await _resolved(tree.path))
     try:
         reply = await tool_loop(
