@@ -18,7 +18,7 @@ import httpx
 import websockets
 
 from amelia.v1 import events_pb2, events_pb2_grpc
-from amelia_common.embedded import free_port
+from amelia_common.embedded import free_port, stop_child
 from amelia_common.grpc_client import aio_channel
 from amelia_common.grpc_server import GrpcService
 from amelia_common.settings import Settings
@@ -127,13 +127,7 @@ async def gateway_process(
                 raise RuntimeError("the gateway did not start:\n" + running.log())
         yield running
     finally:
-        if process.returncode is None:
-            process.terminate()
-        try:
-            await asyncio.wait_for(process.wait(), timeout=20)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
+        await stop_child(process)
 
 
 @dataclass
