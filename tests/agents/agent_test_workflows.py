@@ -8,11 +8,12 @@ import os
 from pathlib import Path
 from typing import Any, TypedDict
 
-from langgraph.graph import END, START, StateGraph
+from langgraph.graph import StateGraph
 from langgraph.types import interrupt
 
 from amelia_agents import runtime
 from amelia_agents.workflows import Workflow, register
+from amelia_agents.workflows.registry import linear_graph
 
 
 class StepsState(TypedDict, total=False):
@@ -49,15 +50,7 @@ async def step_c(state: StepsState) -> dict[str, Any]:
 
 
 def build_steps(_agent: dict[str, Any] | None) -> StateGraph[Any, Any, Any, Any]:
-    graph = StateGraph(StepsState)
-    graph.add_node("a", step_a)
-    graph.add_node("b", step_b)
-    graph.add_node("c", step_c)
-    graph.add_edge(START, "a")
-    graph.add_edge("a", "b")
-    graph.add_edge("b", "c")
-    graph.add_edge("c", END)
-    return graph
+    return linear_graph(StepsState, ("a", step_a), ("b", step_b), ("c", step_c))
 
 
 class AskState(TypedDict, total=False):
@@ -77,13 +70,7 @@ async def finish(state: AskState) -> dict[str, Any]:
 
 
 def build_ask(_agent: dict[str, Any] | None) -> StateGraph[Any, Any, Any, Any]:
-    graph = StateGraph(AskState)
-    graph.add_node("ask", ask)
-    graph.add_node("finish", finish)
-    graph.add_edge(START, "ask")
-    graph.add_edge("ask", "finish")
-    graph.add_edge("finish", END)
-    return graph
+    return linear_graph(AskState, ("ask", ask), ("finish", finish))
 
 
 class TwiceState(TypedDict, total=False):
@@ -105,15 +92,7 @@ async def join(state: TwiceState) -> dict[str, Any]:
 
 
 def build_twice(_agent: dict[str, Any] | None) -> StateGraph[Any, Any, Any, Any]:
-    graph = StateGraph(TwiceState)
-    graph.add_node("first", ask_first)
-    graph.add_node("second", ask_second)
-    graph.add_node("join", join)
-    graph.add_edge(START, "first")
-    graph.add_edge("first", "second")
-    graph.add_edge("second", "join")
-    graph.add_edge("join", END)
-    return graph
+    return linear_graph(TwiceState, ("first", ask_first), ("second", ask_second), ("join", join))
 
 
 class OneState(TypedDict, total=False):
@@ -139,11 +118,7 @@ async def process_node(state: OneState) -> dict[str, Any]:
 
 def _single(node: Any) -> Any:
     def build(_agent: dict[str, Any] | None) -> StateGraph[Any, Any, Any, Any]:
-        graph = StateGraph(OneState)
-        graph.add_node("work", node)
-        graph.add_edge(START, "work")
-        graph.add_edge("work", END)
-        return graph
+        return linear_graph(OneState, ("work", node))
 
     return build
 

@@ -8,11 +8,12 @@ import asyncio
 from pathlib import Path
 from typing import Any, TypedDict
 
-from langgraph.graph import END, START, StateGraph
+from langgraph.graph import StateGraph
 from langgraph.types import interrupt
 
 from amelia_agents import runtime
 from amelia_agents.workflows import Workflow, register
+from amelia_agents.workflows.registry import linear_graph
 
 
 class ApprovalState(TypedDict, total=False):
@@ -41,15 +42,7 @@ async def finish(state: ApprovalState) -> dict[str, Any]:
 
 
 def build(_agent: dict[str, Any] | None) -> StateGraph[Any, Any, Any, Any]:
-    graph = StateGraph(ApprovalState)
-    graph.add_node("draft", draft)
-    graph.add_node("approve", approve)
-    graph.add_node("finish", finish)
-    graph.add_edge(START, "draft")
-    graph.add_edge("draft", "approve")
-    graph.add_edge("approve", "finish")
-    graph.add_edge("finish", END)
-    return graph
+    return linear_graph(ApprovalState, ("draft", draft), ("approve", approve), ("finish", finish))
 
 
 register(
@@ -86,11 +79,7 @@ async def hold(state: HoldState) -> dict[str, Any]:
 
 
 def build_hold(_agent: dict[str, Any] | None) -> StateGraph[Any, Any, Any, Any]:
-    graph = StateGraph(HoldState)
-    graph.add_node("hold", hold)
-    graph.add_edge(START, "hold")
-    graph.add_edge("hold", END)
-    return graph
+    return linear_graph(HoldState, ("hold", hold))
 
 
 register(

@@ -7,11 +7,13 @@ so they never see each other's events, whatever runs at the same time.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 from events_helpers import Janitor, RunningEvents, start_events, stop_events
 
+from amelia_common.embedded import EmbeddedNats, free_port
 from amelia_common.settings import Settings
 
 
@@ -36,3 +38,12 @@ async def janitor() -> AsyncIterator[Janitor]:
     j = Janitor()
     yield j
     await j.close()
+
+
+@pytest.fixture
+def private_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
+    """A NATS server of the test's own, for tests that stop or restart it."""
+    server = EmbeddedNats(tmp_path, free_port())
+    server.start()
+    yield server
+    server.stop()

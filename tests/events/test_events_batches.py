@@ -10,26 +10,17 @@ that does not ask sees the original one-event messages.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
 from events_helpers import RunningEvents, event, list_all, publish
 
 from amelia.v1 import events_pb2
-from amelia_common.embedded import EmbeddedNats, free_port
+from amelia_common.embedded import EmbeddedNats
 from amelia_common.eventlog import EventLog, EventLogUnavailableError, StartAt
 from amelia_common.nats_client import connect_nats
 from amelia_common.settings import Settings
-
-
-@pytest.fixture
-def private_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
-    server = EmbeddedNats(tmp_path, free_port())
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
 
 from amelia.v1 import events_pb2
-from amelia_common.embedded import EmbeddedNats, free_port
+from amelia_common.embedded import EmbeddedNats
 from amelia_common.eventlog import (
     EventLog,
     EventLogUnavailableError,
@@ -30,14 +29,6 @@ async def event_log(settings: Settings) -> AsyncIterator[EventLog]:
     yield log
     await log.close()
     await nc.close()
-
-
-@pytest.fixture
-def private_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
-    server = EmbeddedNats(tmp_path, free_port())
-    server.start()
-    yield server
-    server.stop()
 
 
 async def wait_for(condition: object, timeout: float = 20.0) -> None:

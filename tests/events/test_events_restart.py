@@ -8,11 +8,8 @@ never disturbs other tests sharing the session's server.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
-import pytest
 from events_helpers import (
     Janitor,
     Outcomes,
@@ -27,14 +24,6 @@ from events_helpers import (
 from amelia.v1 import events_pb2
 from amelia_common.embedded import EmbeddedNats, free_port
 from amelia_common.settings import Settings
-
-
-@pytest.fixture
-def private_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
-    server = EmbeddedNats(tmp_path, free_port())
-    server.start()
-    yield server
-    server.stop()
 
 
 def check_outcomes(

@@ -10,11 +10,11 @@ from __future__ import annotations
 import operator
 from typing import Annotated, Any, TypedDict
 
-from langgraph.graph import END, START, StateGraph
+from langgraph.graph import StateGraph
 
 from amelia_agents import runtime
 from amelia_agents.runtime import current
-from amelia_agents.workflows.registry import Workflow, register
+from amelia_agents.workflows.registry import Workflow, linear_graph, register
 
 
 class ConversationState(TypedDict, total=False):
@@ -54,11 +54,7 @@ async def echo_node(state: ConversationState) -> dict[str, Any]:
 
 
 def build_echo(_agent: dict[str, Any] | None) -> StateGraph[Any, Any, Any, Any]:
-    graph = StateGraph(ConversationState)
-    graph.add_node("echo", echo_node)
-    graph.add_edge(START, "echo")
-    graph.add_edge("echo", END)
-    return graph
+    return linear_graph(ConversationState, ("echo", echo_node))
 
 
 # shared by the model workflows --------------------------------------------------------------

@@ -32,11 +32,11 @@ import uuid
 from pathlib import Path
 from typing import Annotated, Any, TypedDict
 
-from langgraph.graph import END, START, StateGraph
+from langgraph.graph import StateGraph
 
 from amelia_agents import runtime
 from amelia_agents.llm import Usage
-from amelia_agents.workflows.registry import InvalidInputError, Workflow, register
+from amelia_agents.workflows.registry import InvalidInputError, Workflow, linear_graph, register
 from amelia_agents.worktree import CodeError, Worktree, git
 from amelia_common.settings import Settings
 
@@ -313,11 +313,7 @@ async def code(state: CodeState) -> dict[str, Any]:
 
 
 def build_code(_agent: dict[str, Any] | None) -> StateGraph[Any, Any, Any, Any]:
-    graph = StateGraph(CodeState)
-    graph.add_node("code", code)
-    graph.add_edge(START, "code")
-    graph.add_edge("code", END)
-    return graph
+    return linear_graph(CodeState, ("code", code))
 
 
 register(

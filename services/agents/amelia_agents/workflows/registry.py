@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from langgraph.graph import StateGraph
+from langgraph.graph import END, START, StateGraph
 
 from amelia_common.settings import Settings
 
@@ -78,6 +78,21 @@ def get(name: str) -> Workflow | None:
 
 def listed() -> list[Workflow]:
     return sorted((w for w in _registry.values() if not w.hidden), key=lambda w: w.name)
+
+
+def linear_graph(
+    state: type[Any], *steps: tuple[str, Callable[..., Any]]
+) -> StateGraph[Any, Any, Any, Any]:
+    """An uncompiled graph running `steps` (name, node) one after the other:
+    START ─► first ─► … ─► last ─► END. Most workflows are this shape."""
+    graph = StateGraph(state)
+    previous = START
+    for name, node in steps:
+        graph.add_node(name, node)
+        graph.add_edge(previous, name)
+        previous = name
+    graph.add_edge(previous, END)
+    return graph
 
 
 def names() -> list[str]:
