@@ -53,6 +53,27 @@ async def api(
     await service.stop(1.0)
 
 
+async def create_held_run(api: agents_pb2_grpc.AgentServiceStub, tmp_path: Path) -> S.Run:
+    """A `test-steps` run that records each node it executes (`<node> <pid>` lines in
+    tmp_path/record) and holds in node b until tmp_path/release exists."""
+    request = S.CreateRunRequest(run=S.Run(workflow="workflows/test-steps"))
+    request.run.input.update(
+        {"record": str(tmp_path / "record"), "release": str(tmp_path / "release")}
+    )
+    return (await api.CreateRun(request)).run
+
+
+def node_b_started(record: Path) -> bool:
+    return record.exists() and "b " in record.read_text()
+
+
+async def wait_node_b_started(record: Path) -> None:
+    deadline = asyncio.get_running_loop().time() + 60
+    while not node_b_started(record):
+        assert asyncio.get_running_loop().time() < deadline, "node b never started"
+        await asyncio.sleep(0.05)
+
+
 async def test_sigkilled_worker_is_replaced_and_the_run_resumes_from_its_checkpoint(
     api: agents_pb2_grpc.AgentServiceStub, infra: object, tmp_path: Path
 ) -> None:
@@ -62,16 +83,11 @@ async def test_sigkilled_worker_is_replaced_and_the_run_resumes_from_its_checkpo
     second: WorkerProcess | None = None
     try:
         await first.ready()
-        request = S.CreateRunRequest(run=S.Run(workflow="workflows/test-steps"))
-        request.run.input.update({"record": str(record), "release": str(release)})
-        run = (await api.CreateRun(request)).run
+        run = await create_held_run(api, tmp_path)
         # A client follows the run live from the start, across the worker's death.
         stream = asyncio.create_task(collect(api, run.name, timeout=120))
 
-        deadline = asyncio.get_running_loop().time() + 60
-        while not record.exists() or "b " not in record.read_text():
-            assert asyncio.get_running_loop().time() < deadline, "node b never started"
-            await asyncio.sleep(0.05)
+        await wait_node_b_started(record)
         second = WorkerProcess(settings, tmp_path / "worker2.log")
         await second.ready()
         first.kill()
@@ -118,13 +134,8 @@ async def test_sigterm_hands_the_run_over_at_once(
     try:
         await first.ready()
         await second.ready()
-        request = S.CreateRunRequest(run=S.Run(workflow="workflows/test-steps"))
-        request.run.input.update({"record": str(record), "release": str(release)})
-        run = (await api.CreateRun(request)).run
-        deadline = asyncio.get_running_loop().time() + 60
-        while not record.exists() or "b " not in record.read_text():
-            assert asyncio.get_running_loop().time() < deadline, "node b never started"
-            await asyncio.sleep(0.05)
+        run = await create_held_run(api, tmp_path)
+        await wait_node_b_started(record)
         owner, other = (
             (first, second) if f"b {first.proc.pid}" in record.read_text() else (second, first)
         )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from agents_helpers import S, collect, create_run, data, tokens, types, wait_status
 
+from amelia_common.embedded import process_alive
+
 
 async def test_echo_streams_tokens_in_order_and_output_is_their_concatenation(agents) -> None:
     message = "the quick brown fox jumps over the lazy dog"
@@ -196,21 +198,6 @@ async def test_cancel_mid_stream_stops_the_model_call(agents, fake_anthropic) ->
     assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
-def _alive(pid: int) -> bool:
-    import os
-
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie waiting for its parent counts as gone.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 async def test_cancel_kills_a_running_subprocess_and_its_children(agents, tmp_path) -> None:
     import asyncio
 
@@ -222,7 +209,7 @@ async def test_cancel_kills_a_running_subprocess_and_its_children(agents, tmp_pa
         agents, run.name, lambda ev: any(e.type == "run.tool.output" for e in ev)
     )
     pids = [int(p) for p in pidfile.read_text().split()]
-    assert len(pids) == 2 and all(_alive(p) for p in pids)
+    assert len(pids) == 2 and all(process_alive(p) for p in pids)
     cancelled = (await agents.CancelRun(S.CancelRunRequest(name=run.name))).run
     assert cancelled.status == S.RUN_STATUS_CANCELLED
     events = await asyncio.wait_for(task, 10)
@@ -230,7 +217,9 @@ async def test_cancel_kills_a_running_subprocess_and_its_children(agents, tmp_pa
     called = data(events, "run.tool.called")
     assert called and called[0]["tool"] == "shell"
     assert any("started" in d["text"] for d in data(events, "run.tool.output"))
-    assert not any(_alive(p) for p in pids), "the subprocess or its child survived the cancel"
+    assert not any(process_alive(p) for p in pids), (
+        "the subprocess or its child survived the cancel"
+    )
 
 
 async def test_cancel_of_a_paused_run_needs_no_worker(agents) -> None:

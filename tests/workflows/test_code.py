@@ -30,6 +30,7 @@ from google.protobuf import json_format
 from workflows_helpers import CLAUDE_CODE_TIMEOUT, CodeEnv, git, make_repository
 
 from amelia.v1 import agents_pb2_grpc
+from amelia_common.embedded import process_alive
 
 Stub: TypeAlias = agents_pb2_grpc.AgentServiceStub
 
@@ -37,19 +38,6 @@ Stub: TypeAlias = agents_pb2_grpc.AgentServiceStub
 @pytest.fixture
 def repository(code_env: CodeEnv) -> Path:
     return make_repository(code_env.allowed / f"repo-{uuid.uuid4().hex[:8]}").resolve()
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie waiting for its parent counts as gone.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def parent_of(pid: int) -> int:
@@ -215,7 +203,7 @@ async def _started(agents: Stub, run: S.Run, pidfile: Path) -> list[int]:
     while asyncio.get_running_loop().time() < deadline:
         pids = read_pids(pidfile)
         if pids:
-            assert len(pids) == 2 and all(alive(p) for p in pids)
+            assert len(pids) == 2 and all(process_alive(p) for p in pids)
             return pids
         status = (await agents.GetRun(S.GetRunRequest(name=run.name))).run
         assert status.status in (S.RUN_STATUS_QUEUED, S.RUN_STATUS_RUNNING), status
@@ -225,10 +213,10 @@ async def _started(agents: Stub, run: S.Run, pidfile: Path) -> list[int]:
 
 async def _gone(pids: list[int], paths: list[Path]) -> None:
     for _ in range(200):
-        if not any(alive(p) for p in pids) and not any(exists(p) for p in paths):
+        if not any(process_alive(p) for p in pids) and not any(exists(p) for p in paths):
             return
         await asyncio.sleep(0.05)
-    assert not [p for p in pids if alive(p)], "the CLI or its child survived"
+    assert not [p for p in pids if process_alive(p)], "the CLI or its child survived"
     assert not [p for p in paths if exists(p)], "the worktree was not removed"
 
 
@@ -272,7 +260,7 @@ async def test_a_cli_left_by_a_killed_worker_is_killed_by_the_next_attempt(
     [worktree, _] = worktrees(code_env, repository)
     [owner] = [w for w in workers if w.proc.pid == parent_of(pids[0])]
     owner.kill()
-    assert all(alive(p) for p in pids), "the scenario needs the CLI orphaned"
+    assert all(process_alive(p) for p in pids), "the scenario needs the CLI orphaned"
     done = await wait_status(durable_api, run.name, S.RUN_STATUS_COMPLETED, timeout=90)
     assert done.attempt == 2
     await _gone(pids, [worktree])
