@@ -148,8 +148,9 @@ def postgres_calls(mesh: Mesh) -> dict[str, Call]:
     }
 
 
-async def nats_calls(mesh: Mesh) -> dict[str, Call]:
-    """Reads and writes that need NATS (a thread is made first: CreateRun queues on NATS)."""
+async def nats_calls(mesh: Mesh, title: str) -> dict[str, Call]:
+    """Reads and writes that need NATS (a thread is made first: CreateRun queues on NATS); the
+    document ingested is called `title`."""
     thread = (await mesh.agents.CreateThread(agents_pb2.CreateThreadRequest())).thread.name
     run = agents_pb2.Run(workflow="workflows/echo", thread=thread)
     run.input.update({"message": "hello"})
@@ -163,7 +164,7 @@ async def nats_calls(mesh: Mesh) -> dict[str, Call]:
         "agents.CreateRun": lambda: mesh.agents.CreateRun(agents_pb2.CreateRunRequest(run=run)),
         "rag.IngestDocument": lambda: mesh.rag.IngestDocument(
             rag_pb2.IngestDocumentRequest(
-                source=rag_pb2.DocumentSource(title=f"NATS is down {uuid.uuid4().hex}"),
+                source=rag_pb2.DocumentSource(title=title),
                 content=b"NATS is down, this must not be stored.",
             )
         ),
@@ -216,11 +217,14 @@ async def test_postgres_down_every_call_is_unavailable_naming_postgres(mesh: Mes
 
 async def test_nats_down_every_call_is_unavailable_naming_nats(mesh: Mesh) -> None:
     await mesh.wait_serving()
-    calls = await nats_calls(mesh)
+    # This run's own title: the end of the test stores the document (NATS back), and the mesh
+    # is the session's.
+    title = f"NATS is down {uuid.uuid4().hex}"
+    calls = await nats_calls(mesh, title)
     assert wrong(await during_outage(mesh.nats, calls), "NATS") == {}
     await mesh.wait_serving()
     # The document refused for want of NATS was not stored meanwhile.
     listed = await mesh.rag.ListDocuments(rag_pb2.ListDocumentsRequest(page_size=1000))
-    assert [d.title for d in listed.documents if "NATS is down" in d.title] == []
+    assert [d.title for d in listed.documents if d.title == title] == []
     for rpc in ("events.PublishEvent", "rag.IngestDocument"):
         await until_ok(calls[rpc])
