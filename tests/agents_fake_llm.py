@@ -213,83 +213,57 @@ class FakeAnthropic(FakeServer):
             tokens = tokens_of(TOOL_PREAMBLE)
 
         async def stream() -> AsyncIterator[str]:
-            def sse(event: str, data: dict[str, Any]) -> str:
-                return f"event: {event}\ndata: {json.dumps(data)}\n\n"
+            def sse(event: str, **fields: Any) -> str:
+                """One server-sent event; Anthropic repeats its name as the data's `type`."""
+                return f"event: {event}\ndata: {json.dumps({'type': event, **fields})}\n\n"
+
+            def delta(index: int, **fields: Any) -> str:
+                return sse("content_block_delta", index=index, delta=fields)
 
             yield sse(
                 "message_start",
-                {
-                    "type": "message_start",
-                    "message": {
-                        "id": "msg_fake",
-                        "type": "message",
-                        "role": "assistant",
-                        "model": model,
-                        "content": [],
-                        "stop_reason": None,
-                        "stop_sequence": None,
-                        "usage": {"input_tokens": 25, "output_tokens": 1},
-                    },
+                message={
+                    "id": "msg_fake",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": model,
+                    "content": [],
+                    "stop_reason": None,
+                    "stop_sequence": None,
+                    "usage": {"input_tokens": 25, "output_tokens": 1},
                 },
             )
-            yield sse(
-                "content_block_start",
-                {
-                    "type": "content_block_start",
-                    "index": 0,
-                    "content_block": {"type": "text", "text": ""},
-                },
-            )
-            yield sse("ping", {"type": "ping"})
+            yield sse("content_block_start", index=0, content_block={"type": "text", "text": ""})
+            yield sse("ping")
             async for token in self.held(model, tokens):
                 if delay:
                     await asyncio.sleep(delay)
-                yield sse(
-                    "content_block_delta",
-                    {
-                        "type": "content_block_delta",
-                        "index": 0,
-                        "delta": {"type": "text_delta", "text": token},
-                    },
-                )
-            yield sse("content_block_stop", {"type": "content_block_stop", "index": 0})
+                yield delta(0, type="text_delta", text=token)
+            yield sse("content_block_stop", index=0)
             if call is not None:
                 yield sse(
                     "content_block_start",
-                    {
-                        "type": "content_block_start",
-                        "index": 1,
-                        "content_block": {
-                            "type": "tool_use",
-                            "id": f"toolu_fake_{len(self.requests)}",
-                            "name": "calculator",
-                            "input": {},
-                        },
+                    index=1,
+                    content_block={
+                        "type": "tool_use",
+                        "id": f"toolu_fake_{len(self.requests)}",
+                        "name": "calculator",
+                        "input": {},
                     },
                 )
                 raw = json.dumps(call)
                 for piece in ("", raw[:5], raw[5:14], raw[14:]):
-                    yield sse(
-                        "content_block_delta",
-                        {
-                            "type": "content_block_delta",
-                            "index": 1,
-                            "delta": {"type": "input_json_delta", "partial_json": piece},
-                        },
-                    )
-                yield sse("content_block_stop", {"type": "content_block_stop", "index": 1})
+                    yield delta(1, type="input_json_delta", partial_json=piece)
+                yield sse("content_block_stop", index=1)
             yield sse(
                 "message_delta",
-                {
-                    "type": "message_delta",
-                    "delta": {
-                        "stop_reason": "end_turn" if call is None else "tool_use",
-                        "stop_sequence": None,
-                    },
-                    "usage": {"output_tokens": len(tokens)},
+                delta={
+                    "stop_reason": "end_turn" if call is None else "tool_use",
+                    "stop_sequence": None,
                 },
+                usage={"output_tokens": len(tokens)},
             )
-            yield sse("message_stop", {"type": "message_stop"})
+            yield sse("message_stop")
 
         return StreamingResponse(self._guarded(stream()), media_type="text/event-stream")
 
