@@ -155,6 +155,21 @@ async def test_client_cancel_deletes_its_consumer(events: RunningEvents, resourc
     await wait_until(all_gone)
 
 
+async def test_a_reader_names_its_consumer_only_once_the_consumer_exists(
+    events: RunningEvents, resource: str
+) -> None:
+    """Callers (the service's metrics, tests) may look the consumer up as soon as it is named."""
+    async with events.log.read([], resource) as reader:
+        opening = asyncio.create_task(reader.open())
+        async with asyncio.timeout(20):
+            while reader.consumer_name is None:  # noqa: ASYNC110 - watching every loop iteration
+                await asyncio.sleep(0)
+        name = reader.consumer_name
+        info = await events.log.js.consumer_info(events.log.settings.EVENTS_STREAM, name)
+        assert info.name == name
+        await opening
+
+
 async def test_shutdown_ends_open_streams_promptly_with_resume_hint(
     settings: Settings, resource: str, janitor: Janitor
 ) -> None:

@@ -200,9 +200,10 @@ class PublishPipeline:
             while True:
                 remaining = deadline - time.monotonic()
                 try:
-                    return await asyncio.wait_for(
-                        asyncio.shield(entry.ack), max(0.0, min(remaining, _ACK_POLL_SECONDS))
-                    )
+                    # Not `asyncio.wait_for`: on Python 3.11 it swallows a cancellation that
+                    # comes just as the acknowledgement does.
+                    async with asyncio.timeout(max(0.0, min(remaining, _ACK_POLL_SECONDS))):
+                        return await asyncio.shield(entry.ack)
                 except TimeoutError:
                     lost = nc.stats["reconnects"] != entry.generation or not nc.is_connected
                     if lost or remaining <= _ACK_POLL_SECONDS:

@@ -157,11 +157,14 @@ class EventReader:
         self.last_sequence = 0
         self.delivered = 0
         self.pending: int | None = None  # matching events after last_sequence, per JetStream
+        # The JetStream consumer's name once it exists (None while it is being created).
         self.consumer_name: str | None = None
         self.resets = 0
         # Internal state.
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._sub: Subscription | None = None
+        # The consumer being created or in use: deleted on close even if its creation timed out.
+        self._consumer: str | None = None
         self._outstanding = 0
         self._largest_message = 4096
         self._start_sequence: int | None = None
@@ -202,7 +205,10 @@ class EventReader:
                 item = self._queue.get_nowait()
             except asyncio.QueueEmpty:
                 try:
-                    item = await asyncio.wait_for(self._queue.get(), timeout=self._heartbeat * 3)
+                    # Not `asyncio.wait_for`: on Python 3.11 it swallows a cancellation that
+                    # comes just as the item arrives, and the cancelled read waits on.
+                    async with asyncio.timeout(self._heartbeat * 3):
+                        item = await self._queue.get()
                 except TimeoutError:
                     await self._reset("no heartbeat from NATS")
                     continue
@@ -297,7 +303,7 @@ class EventReader:
         return max(1, min(size, self._batch_bytes // max(self._largest_message, 1)))
 
     async def _pull(self) -> None:
-        assert self._sub is not None and self.consumer_name is not None
+        assert self._sub is not None and self._consumer is not None
         batch = self._batch_size()
         request: dict[str, Any] = {"batch": batch}
         if self.follow:
@@ -308,7 +314,7 @@ class EventReader:
         stream = self._stream
         try:
             await self._nc.publish(
-                f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{self.consumer_name}",
+                f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{self._consumer}",
                 json.dumps(request).encode(),
                 reply=self._sub.subject,
             )
@@ -365,8 +371,9 @@ class EventReader:
                 inbox = self._nc.new_inbox()
                 self._queue = asyncio.Queue()
                 self._sub = await self._nc.subscribe(inbox, cb=_deliver_to(self._queue))
-                self.consumer_name = name
+                self._consumer = name
                 info = await self._js.add_consumer(self._stream, self._consumer_config(name))
+                self.consumer_name = name
                 self._outstanding = 0
                 if info.num_pending == 0:
                     self._caught_up = True
@@ -398,7 +405,8 @@ class EventReader:
             await asyncio.sleep(seconds)
             return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), timeout=seconds)
+            async with asyncio.timeout(seconds):
+                await self._stop.wait()
 
     async def _reset(self, why: str) -> None:
         """Forget the consumer; the next `__anext__` recreates it after `last_sequence`."""
@@ -408,17 +416,15 @@ class EventReader:
 
     async def _drop_consumer(self) -> None:
         sub, self._sub = self._sub, None
-        name, self.consumer_name = self.consumer_name, None
+        name, self._consumer, self.consumer_name = self._consumer, None, None
         self._outstanding = 0
         if sub is not None:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         if name is not None and self._nc.is_connected:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(
-                    self._js.delete_consumer(self._stream, name),
-                    timeout=2.0,
-                )
+                async with asyncio.timeout(2.0):
+                    await self._js.delete_consumer(self._stream, name)
 
 
 # --------------------------------------------------------------------------- publishing
