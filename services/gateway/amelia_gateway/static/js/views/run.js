@@ -33,9 +33,14 @@ function describe(event) {
     case "run.interrupted": return `paused at ${data.node || "a node"}: ${compactJson(data.value, 120)}`;
     case "run.resumed": return `resumed (${data.reason || "answer"})`;
     case "run.retrieval": return `retrieved ${hitsOf(data).length} passage(s)`;
-    case "run.tool.called": return `tool ${data.tool} ${Array.isArray(data.args) ? data.args.join(" ") : ""}`;
+    // A subprocess's argv, or an agent's tool call with the model's JSON arguments (docs/agents.md).
+    case "run.tool.called":
+      return `tool ${data.tool} ${Array.isArray(data.args) ? data.args.join(" ") : compactJson(data.args, 120)}`;
     case "run.tool.output": return `${data.tool}: ${data.text}`;
-    case "run.tool.result": return `tool ${data.tool} exited ${data.exit_code}`;
+    case "run.tool.result":
+      if (data.exit_code !== undefined) return `tool ${data.tool} exited ${data.exit_code}`;
+      if (data.error !== undefined) return `tool ${data.tool} failed: ${compactJson(data.error, 120)}`;
+      return `tool ${data.tool} returned ${compactJson(data.result, 120)}`;
     case "run.retry": return `retrying: ${compactJson(data, 120)}`;
     case "agent.started":
     case "workflow.started": return `${data.target || ""} started`;
