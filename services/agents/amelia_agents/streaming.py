@@ -83,7 +83,10 @@ class RunStreamer:
         try:
             while True:
                 try:
-                    item = await asyncio.wait_for(inbox.get(), IDLE_CHECK_SECONDS)
+                    # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a cancellation
+                    # that arrives as the item does, and the stream would outlive its client.
+                    async with asyncio.timeout(IDLE_CHECK_SECONDS):
+                        item = await inbox.get()
                 except TimeoutError:
                     current = await self.store.get_run(row.id)
                     if (
