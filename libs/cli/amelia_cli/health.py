@@ -129,15 +129,13 @@ async def connect_briefly(settings: Settings) -> Any:
         """Refusals are reported as the status, not printed."""
 
     # nats-py retries the first connect forever unless attempts are bounded.
-    return await asyncio.wait_for(
-        nats.connect(
+    async with asyncio.timeout(5):
+        return await nats.connect(
             servers=nats_servers(settings),
             connect_timeout=2,
             max_reconnect_attempts=1,
             error_cb=quiet,
-        ),
-        5,
-    )
+        )
 
 
 @dataclass

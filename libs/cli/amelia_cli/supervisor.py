@@ -468,7 +468,8 @@ class Supervisor:
         while not stop.is_set():
             self.check(self.units)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=TICK_SECONDS)
+                async with asyncio.timeout(TICK_SECONDS):
+                    await stop.wait()
 
     def check(self, units: Sequence[Unit]) -> None:
         """One look at `units`: note the ones that died, start the ones whose wait is over."""

@@ -132,7 +132,8 @@ async def stop_child(process: asyncio.subprocess.Process, grace: float = 20.0) -
         with contextlib.suppress(ProcessLookupError):
             process.terminate()
     try:
-        return await asyncio.wait_for(process.wait(), timeout=grace)
+        async with asyncio.timeout(grace):
+            return await process.wait()
     except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             process.kill()

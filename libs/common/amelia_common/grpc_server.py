@@ -349,7 +349,8 @@ class GrpcService:
         healthy = True
         for dep, probe in self.dependencies.items():
             try:
-                ok = await asyncio.wait_for(probe(), timeout=max(self.health_interval * 3, 2.0))
+                async with asyncio.timeout(max(self.health_interval * 3, 2.0)):
+                    ok = await probe()
             except Exception:  # noqa: BLE001 - a failing probe is an unhealthy dependency
                 ok = False
             if self._dependency_state.get(dep) != ok:

@@ -58,8 +58,8 @@ async def connect_nats(settings: Settings, name: str, timeout: float = 60.0) -> 
 
     servers = nats_servers(settings)
     try:
-        nc = await asyncio.wait_for(
-            nats.connect(
+        async with asyncio.timeout(timeout):
+            nc = await nats.connect(
                 servers=servers,
                 name=name,
                 allow_reconnect=True,
@@ -71,9 +71,7 @@ async def connect_nats(settings: Settings, name: str, timeout: float = 60.0) -> 
                 error_cb=on_error,
                 disconnected_cb=on_disconnect,
                 reconnected_cb=on_reconnect,
-            ),
-            timeout,
-        )
+            )
     except TimeoutError as exc:
         reason = last_error[-1] if last_error else "no answer"
         raise ConnectionError(

@@ -225,7 +225,8 @@ class Executor:
     async def _stop(self, drive: asyncio.Task[None]) -> None:
         drive.cancel()
         with contextlib.suppress(BaseException):
-            await asyncio.wait_for(asyncio.shield(drive), STOP_GRACE_SECONDS)
+            async with asyncio.timeout(STOP_GRACE_SECONDS):
+                await asyncio.shield(drive)
 
     async def _drive(
         self,

@@ -241,7 +241,8 @@ async def _kill_group(proc: asyncio.subprocess.Process, grace: float = 0.5) -> N
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, sig)
         try:
-            await asyncio.wait_for(asyncio.shield(proc.wait()), timeout=grace)
+            async with asyncio.timeout(grace):
+                await asyncio.shield(proc.wait())
             if sig == signal.SIGTERM:
                 # The leader is gone; make sure its children are too.
                 with contextlib.suppress(ProcessLookupError, PermissionError):

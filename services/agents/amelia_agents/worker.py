@@ -368,10 +368,16 @@ class WorkerPool:
     def _cancel_handler(self, attempt: Attempt) -> Any:
         async def on_cancel(request: Msg) -> None:
             attempt.cancel_requested.set()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(attempt.finished.wait(), CANCEL_REPLY_TIMEOUT_SECONDS)
-            with contextlib.suppress(Exception):
-                await request.respond(b"cancelled")
+            try:
+                async with asyncio.timeout(CANCEL_REPLY_TIMEOUT_SECONDS):
+                    await attempt.finished.wait()
+            except TimeoutError:
+                pass
+            finally:
+                # Also when the attempt's end unsubscribes this handler (cancelling it) as it
+                # wakes: the caller is waiting for this reply.
+                with contextlib.suppress(Exception):
+                    await request.respond(b"cancelled")
 
         return on_cancel
 
@@ -441,7 +447,8 @@ async def _watch_health(pool: WorkerPool, stop: asyncio.Event) -> None:
         with contextlib.suppress(Exception):
             await pool.can_work()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), STATUS_CHECK_SECONDS)
+            async with asyncio.timeout(STATUS_CHECK_SECONDS):
+                await stop.wait()
 
 
 async def run_standalone(settings: Settings) -> None:

@@ -36,7 +36,8 @@ class GatewayServer(uvicorn.Server):
         for server in self.servers:
             server.close()  # stop accepting first
         try:
-            await asyncio.wait_for(self.gateway.drain(), timeout=15)
+            async with asyncio.timeout(15):
+                await self.gateway.drain()
         except Exception:
             log.exception("draining the gateway failed")
         await super().shutdown(sockets)

@@ -73,7 +73,8 @@ class Gateway:
         for call in list(self.http_streams):
             call.cancel()
         if closing:
-            await asyncio.wait_for(asyncio.gather(*closing, return_exceptions=True), timeout=10)
+            async with asyncio.timeout(10):
+                await asyncio.gather(*closing, return_exceptions=True)
         await self.hub.close()
 
     async def close(self) -> None:

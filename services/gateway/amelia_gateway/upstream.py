@@ -82,7 +82,8 @@ class Upstream:
         channel, self._channel = self._channel, None
         if channel is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(channel.close(), timeout=2)
+                async with asyncio.timeout(2):
+                    await channel.close()
 
     def callable(self, rpc: str, service: str = "") -> Any:
         """The multi-callable for `rpc` of `service` (default: its own), of the right arity

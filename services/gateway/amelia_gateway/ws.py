@@ -286,7 +286,8 @@ class Connection:
         if self.ws.application_state != WebSocketState.CONNECTED:
             return
         try:
-            await asyncio.wait_for(self.ws.close(code, reason[:120]), timeout=CLOSE_GRACE)
+            async with asyncio.timeout(CLOSE_GRACE):
+                await self.ws.close(code, reason[:120])
         except TimeoutError:
             log.warning("dropping a websocket that does not read", client=self.id)
             if self.transport is not None:

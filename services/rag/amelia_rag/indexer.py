@@ -99,7 +99,8 @@ class Indexer:
                 continue
             if row is None:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), self.poll_seconds)
+                    async with asyncio.timeout(self.poll_seconds):
+                        await self._wakeup.wait()
                 self._wakeup.clear()
                 continue
             self._wakeup.set()  # there may be more: let another worker look too
