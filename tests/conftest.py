@@ -156,19 +156,21 @@ def events_address(events_service: EventsService) -> str:
 @pytest.fixture(scope="session")
 async def rag_address(infra: Infra) -> AsyncIterator[str]:
     """One RAG service with the real local model in process, for the folders whose agents ask it
-    for context (workflows, llm): started once."""
+    for context (workflows, llm): started once, on a database of its own — it lives on while
+    tests/rag runs, and its background indexer must not take (and embed) tests/rag's documents."""
     from local_model import local_model
 
     from amelia_rag.embeddings import LocalEmbedder
     from amelia_rag.server import build_service
 
-    settings = infra.settings()
-    embedder = LocalEmbedder.from_model(local_model(), settings)
-    service = await build_service(settings, embedder=embedder)
-    port = await service.start()
-    yield f"127.0.0.1:{port}"
-    await service.stop(1.0)
-    await embedder.aclose()
+    async with infra.scratch_database("rag_shared") as database_url:
+        settings = infra.settings(DATABASE_URL=database_url)
+        embedder = LocalEmbedder.from_model(local_model(), settings)
+        service = await build_service(settings, embedder=embedder)
+        port = await service.start()
+        yield f"127.0.0.1:{port}"
+        await service.stop(1.0)
+        await embedder.aclose()
 
 
 @pytest.fixture(scope="session")
