@@ -96,17 +96,17 @@ class Chunk:
         """The events after `sequence` (this chunk when it is all of them), or None."""
         if self.sequences[0] > sequence:
             return self
-        keep = [i for i, s in enumerate(self.sequences) if s > sequence]
-        if not keep:
-            return None
-        return Chunk([self.sequences[i] for i in keep], [self.texts[i] for i in keep])
+        return self._where(lambda s: s > sequence)
 
     def before(self, sequence: int) -> Chunk | None:
         """The events before `sequence`, or None."""
-        keep = [i for i, s in enumerate(self.sequences) if s < sequence]
-        if not keep:
+        return self._where(lambda s: s < sequence)
+
+    def _where(self, keeps: Callable[[int], bool]) -> Chunk | None:
+        kept = [(s, t) for s, t in zip(self.sequences, self.texts, strict=True) if keeps(s)]
+        if not kept:
             return None
-        return Chunk([self.sequences[i] for i in keep], [self.texts[i] for i in keep])
+        return Chunk([s for s, _ in kept], [t for _, t in kept])
 
     def items(self) -> str:
         """`{"sequence":…,"event":…}` for each event, comma-separated (an `events` message's)."""
@@ -411,8 +411,7 @@ class CatchUpFeed(Feed):
             self._forward(chunk.before(self.buffer[0].first))
             for buffered in self.buffer:
                 self._forward(buffered)
-            self.buffer.clear()
-            self.buffered = 0
+            self._drop_buffer()
             return False
         self._forward(chunk)
         return True
@@ -443,14 +442,16 @@ class CatchUpFeed(Feed):
         elif final:
             self.topic = None
             self.relay = None
-            self.buffer.clear()
-            self.buffered = 0
+            self._drop_buffer()
 
     def _leave_topic(self) -> None:
         if self.topic is not None and self.relay is not None:
             self.topic.remove(self.relay)
         self.topic = None
         self.relay = None
+        self._drop_buffer()
+
+    def _drop_buffer(self) -> None:
         self.buffer.clear()
         self.buffered = 0
 
