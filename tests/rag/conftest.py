@@ -31,7 +31,16 @@ def counting_model() -> CountingModel:
 
 @pytest.fixture(scope="session")
 async def rag(infra: Any, counting_model: CountingModel) -> AsyncIterator[Rag]:
+    """On a database of its own: another rag service's indexer on the session's database (a
+    folder's mesh) would take and embed these documents, past the counting model."""
+    async with infra.scratch_database("rag_tests") as database_url:
+        async for running in _rag(infra, counting_model, database_url):
+            yield running
+
+
+async def _rag(infra: Any, counting_model: CountingModel, database_url: str) -> AsyncIterator[Rag]:
     settings = infra.settings(
+        DATABASE_URL=database_url,
         MAX_INLINE_DOCUMENT_BYTES=INLINE_LIMIT,
         MAX_DOCUMENT_BYTES=UPLOAD_LIMIT,
         EMBEDDING_BATCH_SIZE=16,

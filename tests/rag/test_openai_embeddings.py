@@ -122,12 +122,15 @@ async def test_service_ingests_and_searches_through_the_endpoint(
 
 async def test_endpoint_of_another_dimension_stops_the_service(infra: Any, rag: Rag) -> None:
     wide = EmbeddingServer(dimension=768)
+    database = rag.settings.DATABASE_URL  # the rag service made its chunks table for 384
     try:
         with pytest.raises(StartupError, match="produces 768-dimension vectors"):
-            await build_service(openai_settings(infra, wide.url))
+            await build_service(openai_settings(infra, wide.url, DATABASE_URL=database))
         # The model now matches the setting, but the existing table was made for 384.
         with pytest.raises(StartupError, match="chunks table holds 384-dimension vectors"):
-            await build_service(openai_settings(infra, wide.url, EMBEDDING_DIMENSION=768))
+            await build_service(
+                openai_settings(infra, wide.url, DATABASE_URL=database, EMBEDDING_DIMENSION=768)
+            )
     finally:
         wide.close()
 

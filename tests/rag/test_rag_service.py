@@ -620,8 +620,8 @@ async def test_event_log_down_is_unavailable_and_writes_nothing(rag: Rag, infra:
     await rag.stub.DeleteDocument(rag_pb2.DeleteDocumentRequest(name=reply.document.name))
 
 
-async def test_model_of_the_wrong_dimension_stops_the_service(rag: Rag, infra: Any) -> None:
-    settings = infra.settings(EMBEDDING_DIMENSION=768)
+async def test_model_of_the_wrong_dimension_stops_the_service(rag: Rag) -> None:
+    settings = rag.settings.model_copy(update={"EMBEDDING_DIMENSION": 768})
     embedder = LocalEmbedder.from_model(rag.model, settings)
     with pytest.raises(StartupError, match=r"384-dimension vectors but EMBEDDING_DIMENSION is 768"):
         await build_service(settings, embedder=embedder)
