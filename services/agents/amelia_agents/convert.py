@@ -5,20 +5,33 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf import duration_pb2, json_format, struct_pb2
 from google.protobuf.message import Message
 
 from amelia.v1 import agents_pb2
 from amelia_agents.models import AgentRow, RunRow, RunState, ThreadRow
-from amelia_common.errors import InvalidArgumentError, check_json
+from amelia_common.errors import InvalidArgumentError, NotFoundError, check_json
 
+Found = TypeVar("Found")
 AGENT_ID = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 
 
 class BadNameError(InvalidArgumentError):
     """A resource name not of the form its collection takes (INVALID_ARGUMENT)."""
+
+
+def not_found(name: str) -> NotFoundError:
+    """NOT_FOUND for the resource `name` (`agents/x`, `threads/<uuid>`, `runs/<uuid>`)."""
+    return NotFoundError(f"{name} does not exist")
+
+
+def found(value: Found | None, name: str) -> Found:
+    """`value`, read from the store for the resource `name`; NOT_FOUND when it is None."""
+    if value is None:
+        raise not_found(name)
+    return value
 
 
 def agent_id(name: str) -> str:

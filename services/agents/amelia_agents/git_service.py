@@ -22,7 +22,7 @@ from amelia_agents.models import RunRow, RunState
 from amelia_agents.store import Store
 from amelia_agents.workflows.code import allowed_repository
 from amelia_agents.worktree import CodeError
-from amelia_common.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from amelia_common.errors import FailedPreconditionError, InvalidArgumentError
 from amelia_common.settings import Settings
 
 Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
@@ -58,9 +58,7 @@ class GitServicer(git_pb2_grpc.GitServiceServicer):
     async def _run(self, name: str) -> tuple[RunRow, Path, str]:
         """The run, its repository's top level and its branch name."""
         run_id = convert.run_id(name)
-        row = await self.store.get_run(run_id)
-        if row is None:
-            raise NotFoundError(f"runs/{run_id} does not exist")
+        row = convert.found(await self.store.get_run(run_id), convert.run_name(run_id))
         repository = (row.input or {}).get("repository")
         if not repository:
             raise FailedPreconditionError(

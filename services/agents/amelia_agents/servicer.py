@@ -28,8 +28,8 @@ from amelia_agents.store import (
     now,
 )
 from amelia_agents.streaming import RunStreamer
-from amelia_common import paging
 from amelia_common.errors import (
+    AlreadyExistsError,
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
@@ -43,32 +43,20 @@ from amelia_common.settings import Settings
 log = get_logger("amelia.agents.api")
 
 Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
-INVALID = grpc.StatusCode.INVALID_ARGUMENT
-NOT_FOUND = grpc.StatusCode.NOT_FOUND
-PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
 CANCEL_CONFIRM_SECONDS = 3.0
 STEPS_PAGE_DEFAULT = 100
 STEPS_PAGE_MAX = 1000
 
 
+@dataclass(eq=False)
 class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
-    def __init__(
-        self,
-        settings: Settings,
-        store: Store,
-        events: RunEvents,
-        nc: NATS,
-        js: JetStreamContext,
-        checkpointer: BaseCheckpointSaver[Any],
-        streamer: RunStreamer,
-    ) -> None:
-        self.settings = settings
-        self.store = store
-        self.events = events
-        self.nc = nc
-        self.js = js
-        self.checkpointer = checkpointer
-        self.streamer = streamer
+    settings: Settings
+    store: Store
+    events: RunEvents
+    nc: NATS
+    js: JetStreamContext
+    checkpointer: BaseCheckpointSaver[Any]
+    streamer: RunStreamer
 
     # agents ---------------------------------------------------------------------------------
 
@@ -77,7 +65,7 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
     ) -> agents_pb2.CreateAgentResponse:
         agent_id = request.agent_id or f"agent-{uuid.uuid4().hex[:12]}"
         if not convert.AGENT_ID.match(agent_id):
-            await context.abort(INVALID, f"agent_id {agent_id!r} must match [a-z][a-z0-9-]{{0,62}}")
+            raise InvalidArgumentError(f"agent_id {agent_id!r} must match [a-z][a-z0-9-]{{0,62}}")
         values = agent_fields.values(request.agent, agent_fields.NAMES, self.settings)
         values["display_name"] = values["display_name"] or agent_id
         stamp = now()
@@ -85,30 +73,20 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         try:
             await self.store.create_agent(row)
         except IntegrityError:
-            await context.abort(grpc.StatusCode.ALREADY_EXISTS, f"agents/{agent_id} already exists")
+            raise AlreadyExistsError(f"agents/{agent_id} already exists") from None
         return agents_pb2.CreateAgentResponse(agent=convert.agent_to_proto(row))
 
     async def GetAgent(
         self, request: agents_pb2.GetAgentRequest, context: Ctx
     ) -> agents_pb2.GetAgentResponse:
         agent_id = convert.agent_id(request.name)
-        row = await self.store.get_agent(agent_id)
-        if row is None:
-            await context.abort(NOT_FOUND, f"agents/{agent_id} does not exist")
+        row = convert.found(await self.store.get_agent(agent_id), f"agents/{agent_id}")
         return agents_pb2.GetAgentResponse(agent=convert.agent_to_proto(row))
-
-    async def _page(self, size: int, token: str, context: Ctx) -> tuple[int, Any]:
-        try:
-            limit = pagination.page_size(size)
-            after = pagination.decode(token) if token else None
-        except ValueError as exc:
-            await context.abort(INVALID, str(exc))
-        return limit, after
 
     async def ListAgents(
         self, request: agents_pb2.ListAgentsRequest, context: Ctx
     ) -> agents_pb2.ListAgentsResponse:
-        limit, after = await self._page(request.page_size, request.page_token, context)
+        limit, after = pagination.keyset_page(request.page_size, request.page_token)
         rows, token = pagination.page(await self.store.list_agents(limit + 1, after), limit)
         return agents_pb2.ListAgentsResponse(
             agents=[convert.agent_to_proto(r) for r in rows], next_page_token=token
@@ -120,9 +98,7 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         agent_id = convert.agent_id(request.agent.name)
         mask = agent_fields.mask_fields(request.update_mask, request.agent)
         values = agent_fields.values(request.agent, mask, self.settings)
-        row = await self.store.update_agent(agent_id, values)
-        if row is None:
-            await context.abort(NOT_FOUND, f"agents/{agent_id} does not exist")
+        row = convert.found(await self.store.update_agent(agent_id, values), f"agents/{agent_id}")
         return agents_pb2.UpdateAgentResponse(agent=convert.agent_to_proto(row))
 
     async def DeleteAgent(
@@ -130,7 +106,7 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
     ) -> agents_pb2.DeleteAgentResponse:
         agent_id = convert.agent_id(request.name)
         if not await self.store.delete_agent(agent_id):
-            await context.abort(NOT_FOUND, f"agents/{agent_id} does not exist")
+            raise convert.not_found(f"agents/{agent_id}")
         return agents_pb2.DeleteAgentResponse()
 
     # threads --------------------------------------------------------------------------------
@@ -146,15 +122,13 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         self, request: agents_pb2.GetThreadRequest, context: Ctx
     ) -> agents_pb2.GetThreadResponse:
         tid = convert.thread_id(request.name)
-        found = await self.store.thread_summary(tid)
-        if found is None:
-            raise NotFoundError(f"threads/{tid} does not exist")
+        found = convert.found(await self.store.thread_summary(tid), f"threads/{tid}")
         return agents_pb2.GetThreadResponse(thread=_thread(found))
 
     async def ListThreads(
         self, request: agents_pb2.ListThreadsRequest, context: Ctx
     ) -> agents_pb2.ListThreadsResponse:
-        limit, after = await self._page(request.page_size, request.page_token, context)
+        limit, after = pagination.keyset_page(request.page_size, request.page_token)
         order_by = " ".join(request.order_by.split()) or "create_time"
         if order_by not in THREAD_ORDERS:
             raise InvalidArgumentError(f"order_by must be one of: {', '.join(THREAD_ORDERS)}")
@@ -167,12 +141,10 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
     async def DeleteThread(
         self, request: agents_pb2.DeleteThreadRequest, context: Ctx
     ) -> agents_pb2.DeleteThreadResponse:
-        tid = convert.thread_id(request.name)
-        if await self.store.get_thread(tid) is None:
-            await context.abort(NOT_FOUND, f"threads/{tid} does not exist")
+        tid = await self._known_thread(request.name)
         if await self.store.thread_has_active_run(tid):
-            await context.abort(
-                PRECONDITION, f"threads/{tid} has a queued, running or paused run: cancel it first"
+            raise FailedPreconditionError(
+                f"threads/{tid} has a queued, running or paused run: cancel it first"
             )
         await self.checkpointer.adelete_thread(str(tid))
         await self.store.delete_thread(tid)
@@ -244,9 +216,7 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
             raise InvalidArgumentError("set run.agent ('agents/<id>') or run.workflow")
         if which == "agent":
             agent_id = convert.agent_id(run.agent)
-            agent = await self.store.get_agent(agent_id)
-            if agent is None:
-                raise NotFoundError(f"agents/{agent_id} does not exist")
+            agent = convert.found(await self.store.get_agent(agent_id), f"agents/{agent_id}")
             graph = workflows.get(workflows.AGENT_WORKFLOW)
             assert graph is not None, "the agent graph registers on import of workflows"
             return _Target(graph, agent_id=agent_id, agent_config=convert.agent_snapshot(agent))
@@ -263,10 +233,13 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         empty, else the existing `threads/<uuid>` (NOT_FOUND if it is not there)."""
         if not name:
             return uuid.uuid4(), True
+        return await self._known_thread(name), False
+
+    async def _known_thread(self, name: str) -> uuid.UUID:
+        """The id of the existing thread `name`; NOT_FOUND if it is not there."""
         tid = convert.thread_id(name)
-        if await self.store.get_thread(tid) is None:
-            raise NotFoundError(f"threads/{tid} does not exist")
-        return tid, False
+        convert.found(await self.store.get_thread(tid), f"threads/{tid}")
+        return tid
 
     async def _existing(self, request_id: str) -> RunRow | None:
         """The run an earlier request with `request_id` made (re-queued if it never started)."""
@@ -317,29 +290,25 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
             ) from exc
         return convert.run_to_proto(row)
 
-    async def _get_run(self, name: str, context: Ctx) -> RunRow:
+    async def _get_run(self, name: str) -> RunRow:
         rid = convert.run_id(name)
-        row = await self.store.get_run(rid)
-        if row is None:
-            await context.abort(NOT_FOUND, f"runs/{rid} does not exist")
-        assert row is not None
-        return row
+        return convert.found(await self.store.get_run(rid), convert.run_name(rid))
 
     async def GetRun(
         self, request: agents_pb2.GetRunRequest, context: Ctx
     ) -> agents_pb2.GetRunResponse:
-        row = await self._get_run(request.name, context)
+        row = await self._get_run(request.name)
         return agents_pb2.GetRunResponse(run=convert.run_to_proto(row))
 
     async def ListRuns(
         self, request: agents_pb2.ListRunsRequest, context: Ctx
     ) -> agents_pb2.ListRunsResponse:
-        limit, after = await self._page(request.page_size, request.page_token, context)
+        limit, after = pagination.keyset_page(request.page_size, request.page_token)
         flt = RunFilter()
         try:
             flt.statuses = [convert.STATUS_FROM_PROTO[s] for s in request.statuses]
         except KeyError:
-            await context.abort(INVALID, "statuses has an unknown or unspecified status")
+            raise InvalidArgumentError("statuses has an unknown or unspecified status") from None
         if request.agent:
             flt.agent_id = convert.agent_id(request.agent)
         if request.workflow:
@@ -365,13 +334,11 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
     ) -> agents_pb2.CancelRunResponse:
         rid = convert.run_id(request.name)
         reason = request.reason.replace("\x00", "").strip() or "cancelled"
-        row, changed = await self.store.cancel(rid, reason)
-        if row is None:
-            await context.abort(NOT_FOUND, f"runs/{rid} does not exist")
-        assert row is not None
+        found, changed = await self.store.cancel(rid, reason)
+        row = convert.found(found, convert.run_name(rid))
         if not changed:
-            await context.abort(
-                PRECONDITION, f"runs/{rid} already ended ({row.status}); nothing to cancel"
+            raise FailedPreconditionError(
+                f"runs/{rid} already ended ({row.status}); nothing to cancel"
             )
         # The worker running it (if any) stops it and publishes the end; else we do.
         confirmed = await queue.request_cancel(self.nc, rid, reason, CANCEL_CONFIRM_SECONDS)
@@ -386,15 +353,13 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
     ) -> agents_pb2.ResumeRunResponse:
         rid = convert.run_id(request.name)
         if not request.HasField("answer"):
-            await context.abort(INVALID, "answer is required (any JSON value)")
+            raise InvalidArgumentError("answer is required (any JSON value)")
         answer = convert.json_from(request.answer, "answer")
-        row, changed = await self.store.resume(rid, answer, self.settings.RUNS_QUEUE_STREAM)
-        if row is None:
-            await context.abort(NOT_FOUND, f"runs/{rid} does not exist")
-        assert row is not None
+        found, changed = await self.store.resume(rid, answer, self.settings.RUNS_QUEUE_STREAM)
+        row = convert.found(found, convert.run_name(rid))
         if not changed:
-            await context.abort(
-                PRECONDITION, f"runs/{rid} is {row.status}, not PAUSED; there is nothing to answer"
+            raise FailedPreconditionError(
+                f"runs/{rid} is {row.status}, not PAUSED; there is nothing to answer"
             )
         await self._requeue(row, f"resume-{row.attempt}")
         return agents_pb2.ResumeRunResponse(run=convert.run_to_proto(row))
@@ -402,14 +367,9 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
     async def ListRunSteps(
         self, request: agents_pb2.ListRunStepsRequest, context: Ctx
     ) -> agents_pb2.ListRunStepsResponse:
-        row = await self._get_run(request.parent, context)
-        try:
-            limit = paging.page_size(
-                request.page_size, default=STEPS_PAGE_DEFAULT, maximum=STEPS_PAGE_MAX
-            )
-            offset = pagination.offset_of(request.page_token)
-        except ValueError as exc:
-            raise InvalidArgumentError(str(exc)) from None
+        row = await self._get_run(request.parent)
+        limit = pagination.page_size(request.page_size, STEPS_PAGE_DEFAULT, STEPS_PAGE_MAX)
+        offset = pagination.offset_of(request.page_token)
         found = steps.to_steps(await steps.history(row, self.checkpointer))
         page = found[offset : offset + limit]
         more = offset + limit < len(found)
@@ -420,7 +380,7 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
     async def RerunRun(
         self, request: agents_pb2.RerunRunRequest, context: Ctx
     ) -> agents_pb2.RerunRunResponse:
-        source = await self._get_run(request.name, context)
+        source = await self._get_run(request.name)
         existing = await self._existing(request.request_id)
         if existing is not None:
             return agents_pb2.RerunRunResponse(run=convert.run_to_proto(existing))
@@ -440,7 +400,7 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
     async def ForkRun(
         self, request: agents_pb2.ForkRunRequest, context: Ctx
     ) -> agents_pb2.ForkRunResponse:
-        source = await self._get_run(request.name, context)
+        source = await self._get_run(request.name)
         values = convert.json_from(request.values, "values")
         if not request.checkpoint:
             raise InvalidArgumentError(
@@ -481,7 +441,7 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
     async def StreamRun(
         self, request: agents_pb2.StreamRunRequest, context: Ctx
     ) -> AsyncIterator[agents_pb2.StreamRunResponse]:
-        row = await self._get_run(request.name, context)
+        row = await self._get_run(request.name)
         async for event in self.streamer.stream(row, request.after_sequence, context):
             yield agents_pb2.StreamRunResponse(event=event)
 

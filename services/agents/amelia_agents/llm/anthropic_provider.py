@@ -18,17 +18,13 @@ from amelia_agents.llm.base import (
     ChatRequest,
     ModelError,
     ProviderConfigError,
-    ToolCall,
+    SdkModel,
     TransientModelError,
     Usage,
-    parse_arguments,
+    transient_status,
 )
 
 _TRANSIENT_TYPES = {"overloaded_error", "api_error", "rate_limit_error", "timeout_error"}
-
-
-def _is_transient_status(status: int) -> bool:
-    return status in (408, 409, 429) or status >= 500
 
 
 def translate_error(exc: Exception) -> ModelError:
@@ -41,7 +37,7 @@ def translate_error(exc: Exception) -> ModelError:
         kind = error.get("type", "") if isinstance(error, dict) else ""
         message = error.get("message", "") if isinstance(error, dict) else ""
         text = f"anthropic: {exc.status_code} {kind or 'error'}: {message or exc.message}"
-        if _is_transient_status(exc.status_code) or kind in _TRANSIENT_TYPES:
+        if transient_status(exc.status_code) or kind in _TRANSIENT_TYPES:
             return TransientModelError(text)
         return ModelError(text)
     return ModelError(f"anthropic: {exc}")
@@ -84,11 +80,8 @@ def to_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
     return out
 
 
-class AnthropicModel:
-    def __init__(self, model: str, client: anthropic.AsyncAnthropic) -> None:
-        self.name = f"anthropic:{model}"
-        self.model = model
-        self.client = client
+class AnthropicModel(SdkModel[anthropic.AsyncAnthropic]):
+    provider = "anthropic"
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         kwargs: dict[str, Any] = {
@@ -130,14 +123,8 @@ class AnthropicModel:
                         usage.output_tokens = event.usage.output_tokens or usage.output_tokens
         except anthropic.AnthropicError as exc:
             raise translate_error(exc) from exc
-        if calls:
-            yield ChatChunk(
-                tool_calls=[
-                    ToolCall(id=cid, name=name, arguments=parse_arguments(raw))
-                    for _, (cid, name, raw) in sorted(calls.items())
-                ]
-            )
-        yield ChatChunk(usage=usage)
+        for chunk in self.ending(calls, usage):
+            yield chunk
 
 
 def make_client(api_key: str, base_url: str) -> anthropic.AsyncAnthropic:

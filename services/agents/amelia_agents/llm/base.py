@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 
 class ModelError(RuntimeError):
@@ -58,6 +58,20 @@ def parse_arguments(raw: str) -> dict[str, Any]:
     except ValueError:
         return {"_invalid_json": raw}
     return value if isinstance(value, dict) else {"_invalid_json": raw}
+
+
+def streamed_tool_calls(streamed: dict[int, list[str]]) -> list[ToolCall]:
+    """The tool calls a model streamed in pieces, by index `[id, name, arguments' JSON]`, in
+    order; a call whose server sent no id gets `call_<index>`."""
+    return [
+        ToolCall(id=cid or f"call_{index}", name=name, arguments=parse_arguments(raw))
+        for index, (cid, name, raw) in sorted(streamed.items())
+    ]
+
+
+def transient_status(status: int) -> bool:
+    """An HTTP status a retry may fix: a timeout, a conflict, a rate limit, any 5xx."""
+    return status in (408, 409, 429) or status >= 500
 
 
 @dataclass(frozen=True)
@@ -118,3 +132,23 @@ class ChatModel(Protocol):
     name: str
 
     def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]: ...
+
+
+Client = TypeVar("Client")
+
+
+class SdkModel(Generic[Client]):
+    """A model served through its provider's SDK client, named `<provider>:<model>`."""
+
+    provider: ClassVar[str]
+
+    def __init__(self, model: str, client: Client) -> None:
+        self.name = f"{self.provider}:{model}"
+        self.model = model
+        self.client = client
+
+    @staticmethod
+    def ending(calls: dict[int, list[str]], usage: Usage) -> list[ChatChunk]:
+        """The chunks a stream ends with: the tool calls streamed (if any), then the usage."""
+        chunks = [ChatChunk(tool_calls=streamed_tool_calls(calls))] if calls else []
+        return [*chunks, ChatChunk(usage=usage)]

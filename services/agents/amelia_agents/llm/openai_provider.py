@@ -21,10 +21,10 @@ from amelia_agents.llm.base import (
     ChatRequest,
     ModelError,
     ProviderConfigError,
-    ToolCall,
+    SdkModel,
     TransientModelError,
     Usage,
-    parse_arguments,
+    transient_status,
 )
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -35,7 +35,7 @@ def translate_error(exc: Exception) -> ModelError:
         return TransientModelError(f"openai: cannot reach the server: {exc}")
     if isinstance(exc, openai.APIStatusError):
         text = f"openai: {exc.status_code}: {exc.message}"
-        if exc.status_code in (408, 409, 429) or exc.status_code >= 500:
+        if transient_status(exc.status_code):
             return TransientModelError(text)
         return ModelError(text)
     return ModelError(f"openai: {exc}")
@@ -69,11 +69,8 @@ def to_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
     return out
 
 
-class OpenAIModel:
-    def __init__(self, model: str, client: openai.AsyncOpenAI) -> None:
-        self.name = f"openai:{model}"
-        self.model = model
-        self.client = client
+class OpenAIModel(SdkModel[openai.AsyncOpenAI]):
+    provider = "openai"
 
     async def stream(
         self, request: ChatRequest, options: Mapping[str, Any] | None = None
@@ -131,14 +128,8 @@ class OpenAIModel:
                                 call[2] += delta.function.arguments or ""
         except openai.OpenAIError as exc:
             raise translate_error(exc) from exc
-        if calls:
-            yield ChatChunk(
-                tool_calls=[
-                    ToolCall(id=cid or f"call_{index}", name=name, arguments=parse_arguments(raw))
-                    for index, (cid, name, raw) in sorted(calls.items())
-                ]
-            )
-        yield ChatChunk(usage=usage)
+        for chunk in self.ending(calls, usage):
+            yield chunk
 
 
 def api_key_for(base_url: str, openai_key: str, openrouter_key: str) -> str:
