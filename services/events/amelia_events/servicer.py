@@ -18,7 +18,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from amelia.v1 import events_pb2, events_pb2_grpc
-from amelia_common.errors import InvalidArgumentError, NotFoundError
+from amelia_common.errors import AmeliaError, InvalidArgumentError, NotFoundError
 from amelia_common.eventlog import (
     EventLog,
     EventReader,
@@ -26,10 +26,7 @@ from amelia_common.eventlog import (
     filter_subjects,
     timestamp_problem,
 )
-from amelia_common.logging import get_logger
 from amelia_events import pagination
-
-log = get_logger("amelia.events")
 
 # At most this many events in one PublishEvents request or one StreamEvents message.
 MAX_BATCH = 1000
@@ -54,6 +51,13 @@ def start_position(request: events_pb2.StreamEventsRequest) -> StartAt:
     if which == "start_time":
         return StartAt.at_time(_start_time(request.start_time, "start_time"))
     return StartAt.new()
+
+
+class ShuttingDownError(AmeliaError):
+    """UNAVAILABLE for an open stream the service ends as it shuts down: the client resumes
+    after the last event it got (the message says which), from this service or another."""
+
+    code = grpc.StatusCode.UNAVAILABLE
 
 
 class EventServicer(events_pb2_grpc.EventServiceServicer):
@@ -118,16 +122,11 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
         finally:
             self.readers.discard(reader)
         if self.stopping.is_set() and not context.done():
-            try:
-                await context.abort(
-                    grpc.StatusCode.UNAVAILABLE,
-                    "the events service is shutting down; reconnect with "
-                    f"after_sequence={reader.last_sequence} to continue without a gap",
-                )
-            except grpc.aio.AbortError:
-                raise
-            except Exception:  # noqa: BLE001 - the call ended meanwhile: nobody to tell
-                log.debug("stream closed before its shutdown status could be sent")
+            # (Should the call end meanwhile, gRPC drops the status: nobody is there to tell.)
+            raise ShuttingDownError(
+                "the events service is shutting down; reconnect with "
+                f"after_sequence={reader.last_sequence} to continue without a gap"
+            )
 
     async def ListEvents(
         self, request: events_pb2.ListEventsRequest, context: grpc.aio.ServicerContext
