@@ -1,5 +1,6 @@
 """Real services while a dependency is down: NOT_SERVING, and every call UNAVAILABLE naming the
-dependency that is down (never INTERNAL, never the wrong one); all of it back once it returns."""
+dependency that is down (never INTERNAL, never the wrong one), answered once even to a client
+that retries UNAVAILABLE reads (the server tells it not to); all of it back once it returns."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mesh_helpers import Mesh
+from prometheus_client import REGISTRY
 
 from amelia.v1 import agents_pb2, agents_pb2_grpc, events_pb2, rag_pb2
 from amelia_agents.server import build_service as build_agents
@@ -206,11 +209,49 @@ async def during_outage(
         server.start()
 
 
+def attempts_served(method: str) -> float:
+    """How many calls of `method` the in-process services answered UNAVAILABLE (their metric)."""
+    labels = {"method": method, "code": "UNAVAILABLE"}
+    return REGISTRY.get_sample_value("amelia_rpc_duration_seconds_count", labels) or 0.0
+
+
+async def outage_with_retrying_read(
+    mesh: Mesh,
+    server: EmbeddedPostgres | EmbeddedNats,
+    calls: dict[str, Call],
+    service: str,
+    method: str,
+    request: Message,
+) -> tuple[dict[str, tuple[grpc.StatusCode, str]], float]:
+    """`during_outage`, with `request` also sent to `method` through a channel as the mesh's own
+    clients have (UNAVAILABLE reads retried, up to 5 attempts); and how many calls of `method`
+    the services answered UNAVAILABLE meanwhile."""
+    channel = aio_channel(f"127.0.0.1:{mesh.services[service].bound_port}", mesh.settings)
+    read = channel.unary_unary(method, request_serializer=type(request).SerializeToString)
+    before = attempts_served(method)
+    try:
+        outcomes = await during_outage(server, {**calls, "retrying client": lambda: read(request)})
+    finally:
+        await channel.close()
+    return outcomes, attempts_served(method) - before
+
+
 async def test_postgres_down_every_call_is_unavailable_naming_postgres(mesh: Mesh) -> None:
     await mesh.wait_serving()
-    calls = postgres_calls(mesh)
-    assert wrong(await during_outage(mesh.postgres, calls), "PostgreSQL") == {}
+    # The same read as one of the calls, through a retrying client too: each is answered once,
+    # not five times (each waiting out PostgreSQL again: 26-33 s before the caller heard).
+    outcomes, attempts = await outage_with_retrying_read(
+        mesh,
+        mesh.postgres,
+        postgres_calls(mesh),
+        "agents",
+        "/amelia.v1.AgentService/GetRun",
+        agents_pb2.GetRunRequest(name=random_name("runs")),
+    )
+    assert wrong(outcomes, "PostgreSQL") == {}
+    assert attempts == 2  # the plain GetRun and the retrying client's, each answered once
     await mesh.wait_serving()
+    calls = postgres_calls(mesh)
     for rpc in ("agents.ListRuns", "rag.ListDocuments"):
         await until_ok(calls[rpc])
 
@@ -221,7 +262,16 @@ async def test_nats_down_every_call_is_unavailable_naming_nats(mesh: Mesh) -> No
     # is the session's.
     title = f"NATS is down {uuid.uuid4().hex}"
     calls = await nats_calls(mesh, title)
-    assert wrong(await during_outage(mesh.nats, calls), "NATS") == {}
+    outcomes, attempts = await outage_with_retrying_read(
+        mesh,
+        mesh.nats,
+        calls,
+        "events",
+        "/amelia.v1.EventService/ListEvents",
+        events_pb2.ListEventsRequest(),
+    )
+    assert wrong(outcomes, "NATS") == {}
+    assert attempts == 2  # the plain ListEvents and the retrying client's, each answered once
     await mesh.wait_serving()
     # The document refused for want of NATS was not stored meanwhile.
     listed = await mesh.rag.ListDocuments(rag_pb2.ListDocumentsRequest(page_size=1000))

@@ -9,7 +9,11 @@ is made) or `dns:///name:port` (every address the name resolves to, resolved aga
 come and go — a Kubernetes headless Service, a compose service with replicas). Calls are spread
 with gRPC's `round_robin`, and reads (Get*/List*/Search/Stream*, see `IDEMPOTENT_PREFIXES`) that
 meet UNAVAILABLE — a replica killed under them — are retried on another replica by gRPC itself,
-from the channel's service config. Writes are never retried: a write that reached a replica
+from the channel's service config. A replica that answers UNAVAILABLE because its own dependency
+(PostgreSQL, NATS) is down says not to retry (`grpc-retry-pushback-ms: -1`, see grpc_server):
+every replica shares that dependency, and five attempts each waiting it out took 26-33 s to
+report an outage one attempt reports in a fifth of that. The caller gets UNAVAILABLE naming the
+dependency and decides. Writes are never retried: a write that reached a replica
 which died before answering may have happened, and only its caller can decide (CreateRun takes a
 `request_id` for exactly that).
 """

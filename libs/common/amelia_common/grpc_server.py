@@ -3,8 +3,9 @@
 One bootstrap so each service behaves the same to grpcurl and to operators: `grpc.health.v1`
 (SERVING only while the service's dependencies answer), server reflection, a request id bound to
 every log line, the API token checked, one error mapping for every servicer (typed `AmeliaError`s
-to their status, dependency outages to UNAVAILABLE naming the dependency, anything else to INTERNAL
-with that request id — never a traceback on the wire), message size and keepalive limits, and a graceful shutdown on
+to their status, dependency outages to UNAVAILABLE naming the dependency and telling clients not
+to retry — the caller decides —, anything else to INTERNAL with that request id, never a
+traceback on the wire), message size and keepalive limits, and a graceful shutdown on
 SIGTERM/SIGINT that stops accepting, drains in-flight calls for a grace period, then closes
 NATS and the database.
 """
@@ -40,6 +41,11 @@ ShutdownHook = Callable[[], Awaitable[None]]
 
 # Health entry name of each dependency: `dependency/<name>` (e.g. `dependency/nats`).
 DEPENDENCY_PREFIX = "dependency/"
+
+REQUEST_ID = "x-request-id"
+# Trailing metadata a gRPC client's retry policy obeys: a negative value means "do not retry".
+RETRY_PUSHBACK = "grpc-retry-pushback-ms"
+NO_RETRY = "-1"
 
 # Calls that stay open without a token: probes and grpcurl's discovery.
 _PUBLIC_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
@@ -182,11 +188,11 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         )
 
     async def _enter(self, context: grpc.aio.ServicerContext, method: str, public: bool) -> str:
-        request_id = _metadata_value(context, "x-request-id") or uuid.uuid4().hex
+        request_id = _metadata_value(context, REQUEST_ID) or uuid.uuid4().hex
         structlog.contextvars.bind_contextvars(request_id=request_id, rpc=method)
         # Trailing, not initial, metadata: a streaming handler decides when its headers go out
         # (StreamEvents sends them once it is subscribed).
-        context.set_trailing_metadata((("x-request-id", request_id),))
+        context.set_trailing_metadata(((REQUEST_ID, request_id),))
         if not public and not token_ok(self._token, token_from_metadata(context)):
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED,
@@ -207,8 +213,17 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             return
         if isinstance(error, UnavailableError):
             log.warning("dependency unavailable", dependency=error.dependency, error=error.message)
-        else:
-            log.debug("rpc refused", code=error.code.name, error=error.message)
+            # This replica answered: its dependency is down, and another attempt would wait it
+            # out again (our channels retry UNAVAILABLE reads 4 more times: 5x the wait, and
+            # 5x the load on what is recovering). -1 tells a gRPC client not to retry (gRFC A6
+            # server pushback); the caller decides. An unreachable replica is still retried.
+            await context.abort(
+                error.code,
+                error.message,
+                trailing_metadata=((REQUEST_ID, request_id), (RETRY_PUSHBACK, NO_RETRY)),
+            )
+            return
+        log.debug("rpc refused", code=error.code.name, error=error.message)
         await context.abort(error.code, error.message)
 
     @contextlib.asynccontextmanager
