@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from service_process import ServiceProcess, python_path
 
-from amelia.v1 import agents_pb2, agents_pb2_grpc, events_pb2
+from amelia.v1 import agents_pb2, agents_pb2_grpc, events_pb2, rag_pb2, rag_pb2_grpc
 from amelia_agents.server import build_service as build_agents
 from amelia_common.eventlog import event_data
 from amelia_common.grpc_client import aio_channel
@@ -118,6 +119,38 @@ async def create_run(stub: Stub, **run: Any) -> S.Run:
         else:
             setattr(message, key, value)
     return (await stub.CreateRun(S.CreateRunRequest(run=message))).run
+
+
+async def chat_on_one_thread(stub: Stub, *turns: tuple[str, str]) -> list[S.Run]:
+    """`workflows/chat` runs of `(message, model)` turns on one new thread, each started once
+    the one before completed; the runs, completed."""
+    done: list[S.Run] = []
+    for message, model in turns:
+        run = await create_run(
+            stub,
+            workflow="workflows/chat",
+            thread=done[-1].thread if done else "",
+            input={"message": message, "model": model},
+        )
+        done.append(await wait_status(stub, run.name, S.RUN_STATUS_COMPLETED))
+    return done
+
+
+@asynccontextmanager
+async def ingested_document(
+    rag: rag_pb2_grpc.RagServiceStub, title: str, text: str, folder: str
+) -> AsyncIterator[str]:
+    """`text` in the RAG service as `<title>-<tag>` at `/<folder>/<tag>/<title>.md` (a fresh tag:
+    no other test or run shares it); yields the document's name, deleted on the way out."""
+    tag = uuid.uuid4().hex[:8]
+    source = rag_pb2.DocumentSource(title=f"{title}-{tag}", file_path=f"/{folder}/{tag}/{title}.md")
+    reply = await rag.IngestDocument(
+        rag_pb2.IngestDocumentRequest(source=source, content=text.encode())
+    )
+    try:
+        yield reply.document.name
+    finally:
+        await rag.DeleteDocument(rag_pb2.DeleteDocumentRequest(name=reply.document.name))
 
 
 async def rpc_error(call: Any) -> grpc.aio.AioRpcError:

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from agents_helpers import S, collect, create_run, data, tokens, types, wait_status
+from agents_helpers import (
+    S,
+    chat_on_one_thread,
+    collect,
+    create_run,
+    data,
+    tokens,
+    types,
+    wait_status,
+)
 
 from amelia_common.embedded import process_alive
 
@@ -278,26 +287,16 @@ async def test_interrupt_pauses_with_the_question_and_resume_continues(agents) -
 
 
 async def test_second_run_in_a_thread_sees_the_first_runs_messages(agents, fake_anthropic) -> None:
-    first = await create_run(
-        agents,
-        workflow="workflows/chat",
-        input={"message": "My name is Ada.", "model": "offline:echo"},
+    first, second = await chat_on_one_thread(
+        agents, ("My name is Ada.", "offline:echo"), ("What is my name?", "offline:transcript")
     )
-    await wait_status(agents, first.name, S.RUN_STATUS_COMPLETED)
-    second = await create_run(
-        agents,
-        workflow="workflows/chat",
-        thread=first.thread,
-        input={"message": "What is my name?", "model": "offline:transcript"},
-    )
-    done = await wait_status(agents, second.name, S.RUN_STATUS_COMPLETED)
-    assert done.output["message"] == (
+    assert second.output["message"] == (
         "user: My name is Ada.\nassistant: My name is Ada.\nuser: What is my name?"
     )
     # The same through an agent and the Anthropic SDK: the model is sent the whole thread.
     name = await _agent(agents, "memory-agent", "anthropic:transcript")
     third = await create_run(agents, agent=name, thread=first.thread, input={"message": "And now?"})
-    done = await wait_status(agents, third.name, S.RUN_STATUS_COMPLETED)
+    await wait_status(agents, third.name, S.RUN_STATUS_COMPLETED)
     sent = fake_anthropic.requests[-1]["body"]["messages"]
     assert [m["content"] for m in sent][:2] == ["My name is Ada.", "My name is Ada."]
     assert sent[-1] == {"role": "user", "content": "And now?"}

@@ -8,14 +8,23 @@ from __future__ import annotations
 import asyncio
 import re
 import urllib.request
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from agents_helpers import S, Stub, collect, create_run, data, tokens, types, wait_status
+from agents_helpers import (
+    S,
+    Stub,
+    collect,
+    create_run,
+    data,
+    ingested_document,
+    tokens,
+    types,
+    wait_status,
+)
 
-from amelia.v1 import events_pb2, rag_pb2, rag_pb2_grpc
+from amelia.v1 import events_pb2, rag_pb2_grpc
 from amelia_common.llama_server import EmbeddedLlama, get_json
 from amelia_common.settings import DEFAULT_LOCAL_MODEL
 
@@ -39,17 +48,8 @@ COUNTING = "Count from 1 to 1000, one number per line."
 
 @pytest.fixture(scope="module")
 async def field_notes(rag: rag_pb2_grpc.RagServiceStub) -> AsyncIterator[str]:
-    tag = uuid.uuid4().hex[:8]
-    reply = await rag.IngestDocument(
-        rag_pb2.IngestDocumentRequest(
-            source=rag_pb2.DocumentSource(
-                title=f"savanna-{tag}", file_path=f"/llm-tests/{tag}/savanna.md"
-            ),
-            content=FIELD_NOTES.encode(),
-        )
-    )
-    yield reply.document.name
-    await rag.DeleteDocument(rag_pb2.DeleteDocumentRequest(name=reply.document.name))
+    async with ingested_document(rag, "savanna", FIELD_NOTES, "llm-tests") as name:
+        yield name
 
 
 async def run_to_end(stub: Stub, **run: Any) -> tuple[S.Run, list[events_pb2.Event]]:

@@ -3,19 +3,27 @@ model gets (recorded by the fake Anthropic/OpenAI servers) and in `run.retrieval
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any, TypeAlias
 
 import grpc
 import pytest
 from agents_fake_llm import REPLY, FakeAnthropic, FakeOpenAI
-from agents_helpers import S, collect, create_run, data, rpc_error, types, wait_status
+from agents_helpers import (
+    S,
+    chat_on_one_thread,
+    collect,
+    create_run,
+    data,
+    ingested_document,
+    rpc_error,
+    serve_agents,
+    types,
+    wait_status,
+)
 
-from amelia.v1 import agents_pb2_grpc, rag_pb2, rag_pb2_grpc
-from amelia_agents.server import build_service as build_agents
+from amelia.v1 import agents_pb2_grpc, rag_pb2_grpc
 from amelia_common.embedded import free_port
-from amelia_common.grpc_client import aio_channel
 from amelia_common.settings import Settings
 
 Stub: TypeAlias = agents_pb2_grpc.AgentServiceStub
@@ -42,22 +50,12 @@ pan that nobody is allowed to wash with soap.
 
 @pytest.fixture(scope="module")
 async def documents(rag: rag_pb2_grpc.RagServiceStub) -> AsyncIterator[dict[str, str]]:
-    """Two documents ingested into the real RAG service: name -> (its text)."""
-    tag = uuid.uuid4().hex[:8]
-    names: dict[str, str] = {}
-    for title, text in (("savanna", SAVANNA), ("kitchen", OTHER)):
-        reply = await rag.IngestDocument(
-            rag_pb2.IngestDocumentRequest(
-                source=rag_pb2.DocumentSource(
-                    title=f"{title}-{tag}", file_path=f"/workflows-tests/{tag}/{title}.md"
-                ),
-                content=text.encode(),
-            )
-        )
-        names[title] = reply.document.name
-    yield names
-    for name in names.values():
-        await rag.DeleteDocument(rag_pb2.DeleteDocumentRequest(name=name))
+    """Two documents ingested into the real RAG service: title -> the document's name."""
+    async with (
+        ingested_document(rag, "savanna", SAVANNA, "workflows-tests") as savanna,
+        ingested_document(rag, "kitchen", OTHER, "workflows-tests") as kitchen,
+    ):
+        yield {"savanna": savanna, "kitchen": kitchen}
 
 
 async def create_agent(stub: Stub, **fields: Any) -> str:
@@ -82,19 +80,11 @@ def body_text(body: dict[str, Any]) -> str:
 async def test_the_second_message_in_a_thread_sees_the_first(
     agents: Stub, fake_anthropic: FakeAnthropic
 ) -> None:
-    first = await create_run(
+    _, done = await chat_on_one_thread(
         agents,
-        workflow="workflows/chat",
-        input={"message": "My name is Ada.", "model": "anthropic:transcript"},
+        ("My name is Ada.", "anthropic:transcript"),
+        ("What is my name?", "anthropic:transcript"),
     )
-    await wait_status(agents, first.name, S.RUN_STATUS_COMPLETED)
-    second = await create_run(
-        agents,
-        workflow="workflows/chat",
-        thread=first.thread,
-        input={"message": "What is my name?", "model": "anthropic:transcript"},
-    )
-    done = await wait_status(agents, second.name, S.RUN_STATUS_COMPLETED)
     sent = fake_anthropic.requests[-1]["body"]["messages"]
     assert [m["role"] for m in sent] == ["user", "assistant", "user"]
     assert sent[0]["content"] == "My name is Ada."
@@ -103,7 +93,7 @@ async def test_the_second_message_in_a_thread_sees_the_first(
         "user: My name is Ada.\nassistant: user: My name is Ada.\nuser: What is my name?"
     )
     # No context sources: no retrieval step at all.
-    events = await collect(agents, second.name)
+    events = await collect(agents, done.name)
     assert "run.retrieval" not in types(events)
     assert [d["node"] for d in data(events, "run.node.started")] == ["respond"]
 
@@ -189,40 +179,32 @@ async def test_bad_context_sources_are_refused_at_create_run(agents: Stub) -> No
 
 
 async def test_an_unreachable_rag_service_fails_the_run_clearly(
-    infra: object, events_address: str, fake_anthropic: FakeAnthropic
+    workflows_settings: Settings, fake_anthropic: FakeAnthropic
 ) -> None:
     """RAG down: retried like a model call, then FAILED saying what is missing (no answer
     that pretends to come from the documents)."""
     address = f"127.0.0.1:{free_port()}"  # nothing listens there
-    settings: Settings = infra.settings(  # type: ignore[attr-defined]
-        EVENTS_ADDRESS=events_address,
-        RAG_ADDRESS=address,
-        ANTHROPIC_API_KEY="sk-ant-test-key",
-        ANTHROPIC_BASE_URL=fake_anthropic.url,
-        AGENT_WORKERS=1,
-        RUNS_QUEUE_STREAM="AMELIA_RUNS_WORKFLOWS_NO_RAG",
-        LLM_RETRY_BACKOFF_SECONDS=0.05,
+    settings = workflows_settings.model_copy(
+        update={
+            "RAG_ADDRESS": address,
+            "AGENT_WORKERS": 1,
+            "RUNS_QUEUE_STREAM": "AMELIA_RUNS_WORKFLOWS_NO_RAG",
+        }
     )
-    service = await build_agents(settings)
-    port = await service.start()
-    try:
-        async with aio_channel(f"127.0.0.1:{port}", settings) as channel:
-            stub = agents_pb2_grpc.AgentServiceStub(channel)
-            calls = len(fake_anthropic.requests)
-            run = await create_run(
-                stub,
-                workflow="workflows/chat",
-                input={
-                    "message": "hi",
-                    "model": "anthropic:tokens",
-                    "context_sources": ["documents/*"],
-                },
-            )
-            failed = await wait_status(stub, run.name, S.RUN_STATUS_FAILED)
-            assert failed.error.startswith(f"rag: the RAG service at {address} is unreachable")
-            assert "context_sources" in failed.error
-            events = await collect(stub, run.name)
-            assert len(data(events, "run.retry")) == 3
-            assert len(fake_anthropic.requests) == calls, "the model was called anyway"
-    finally:
-        await service.stop(1.0)
+    async with serve_agents(settings) as stub:
+        calls = len(fake_anthropic.requests)
+        run = await create_run(
+            stub,
+            workflow="workflows/chat",
+            input={
+                "message": "hi",
+                "model": "anthropic:tokens",
+                "context_sources": ["documents/*"],
+            },
+        )
+        failed = await wait_status(stub, run.name, S.RUN_STATUS_FAILED)
+        assert failed.error.startswith(f"rag: the RAG service at {address} is unreachable")
+        assert "context_sources" in failed.error
+        events = await collect(stub, run.name)
+        assert len(data(events, "run.retry")) == 3
+        assert len(fake_anthropic.requests) == calls, "the model was called anyway"

@@ -4,13 +4,12 @@ documents and the passages (document, offsets, text) are the tool's result."""
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from agents_helpers import S, collect, create_run, data, wait_status
+from agents_helpers import S, collect, create_run, data, ingested_document, wait_status
 
-from amelia.v1 import agents_pb2_grpc, rag_pb2, rag_pb2_grpc
+from amelia.v1 import agents_pb2_grpc, rag_pb2_grpc
 
 NOTES = """# Ranger notes
 
@@ -22,17 +21,8 @@ The water tank behind the camp holds nine thousand litres and is refilled on Tue
 
 @pytest.fixture(scope="module")
 async def notes(rag: rag_pb2_grpc.RagServiceStub) -> AsyncIterator[str]:
-    tag = uuid.uuid4().hex[:8]
-    reply = await rag.IngestDocument(
-        rag_pb2.IngestDocumentRequest(
-            source=rag_pb2.DocumentSource(
-                title=f"ranger-notes-{tag}", file_path=f"/tools-tests/{tag}/notes.md"
-            ),
-            content=NOTES.encode(),
-        )
-    )
-    yield reply.document.name
-    await rag.DeleteDocument(rag_pb2.DeleteDocumentRequest(name=reply.document.name))
+    async with ingested_document(rag, "ranger-notes", NOTES, "tools-tests") as name:
+        yield name
 
 
 async def test_search_documents_tool_returns_passages_with_offsets(
