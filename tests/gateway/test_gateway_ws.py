@@ -324,6 +324,28 @@ async def test_unavailable_events_service_is_reported_on_the_subscription(
     await client.close()
 
 
+async def test_a_run_stream_that_fails_for_good_says_what_failed_and_where_to_resume(
+    custom_gateway: Any, events_address: str
+) -> None:
+    """AGENTS_ADDRESS naming another service (here the events service): StreamRun is
+    UNIMPLEMENTED there, a final failure. The client reads which service broke the stream, that
+    it ended, and the `since` to resume from; not gRPC's bare "Method not found!"."""
+    running = await custom_gateway(AGENTS_ADDRESS=events_address)
+    client = await Client.connect(running.ws_url)
+    for sub_id, since, resume in (("r0", "beginning", "subscribe again"), ("r5", 5, '"since": 5')):
+        await client.subscribe(sub_id, run="runs/abc", since=since)
+        reply = await client.recv_type("error")
+        assert reply["subscription"] == sub_id and reply["final"] is True
+        assert reply["error"]["code"] == 12  # UNIMPLEMENTED
+        message = reply["error"]["message"]
+        assert message.startswith("the stream of runs/abc failed and has ended"), message
+        assert f"the agents service at {events_address}" in message, message
+        assert resume in message, message
+    # The socket goes on: the same subscription id can be used again.
+    await client.subscribe("r0", run="runs/abc")
+    await client.close()
+
+
 async def test_events_service_restart_is_bridged_without_gap_or_duplicate(
     infra: Any, events_address: str
 ) -> None:

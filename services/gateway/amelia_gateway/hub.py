@@ -35,7 +35,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from amelia.v1 import agents_pb2, events_pb2
 from amelia_common.logging import get_logger
-from amelia_gateway.errors import GatewayError, from_rpc_error
+from amelia_gateway.errors import GatewayError, from_rpc_error, internal
 from amelia_gateway.transcode import to_json_text
 from amelia_gateway.upstream import Upstreams
 
@@ -46,6 +46,16 @@ RETRYABLE = {
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.ABORTED,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+# Codes that say the request was wrong (a bad filter, an unknown run), not that the stream broke.
+CALLER_ERRORS = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.OUT_OF_RANGE,
 }
 MAX_BACKOFF = 2.0
 # Live events a catch-up feed buffers while its own stream replays history.
@@ -229,9 +239,19 @@ class UpstreamStream:
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()
                 error = from_rpc_error(exc, self.service, upstream.address)
-            except Exception as exc:
+                if code not in RETRYABLE and code not in CALLER_ERRORS:
+                    # The service broke the stream (UNIMPLEMENTED: AGENTS_ADDRESS names another
+                    # service; INTERNAL: its log has the request id): say which service it was.
+                    error = GatewayError(
+                        code,
+                        f"the {upstream.name} service at {upstream.address} ended it with "
+                        f"{code.name}: {error.message}",
+                        service=self.service,
+                    )
+            except Exception:
+                # The gateway's own bug: the traceback goes to its log, never to the client.
                 log.exception("upstream stream failed", rpc=self.rpc)
-                error = GatewayError(grpc.StatusCode.INTERNAL, f"gateway error: {exc!r}")
+                error = internal(f"reading {self.service}.{self.rpc}")
                 code = grpc.StatusCode.INTERNAL
             finally:
                 call.cancel()

@@ -46,7 +46,7 @@ from amelia_common.auth import token_ok
 from amelia_common.logging import get_logger
 from amelia_gateway import auth
 from amelia_gateway.errors import GatewayError, internal, invalid, status_body
-from amelia_gateway.hub import Chunk, Feed, FeedSpec, Since
+from amelia_gateway.hub import CALLER_ERRORS, Chunk, Feed, FeedSpec, Since
 from amelia_gateway.json_input import read_json
 from amelia_gateway.state import Gateway
 
@@ -110,16 +110,32 @@ class Subscription:
         await self.connection.room()
 
     def fail(self, error: GatewayError, final: bool) -> None:
+        message = error.message
+        if final and error.code not in CALLER_ERRORS:
+            message = self._broken(message)
         self.connection.send_control(
             {
                 "type": "error",
                 "subscription": self.id,
-                "error": status_body(error.code, error.message),
+                "error": status_body(error.code, message),
                 "final": final,
             }
         )
         if final:
             self.connection.forget(self)
+
+    def _broken(self, why: str) -> str:
+        """A final error that is not the request's fault: what ended, why, and where to resume
+        (the events queued before this message are all sent before it)."""
+        what = f"the stream of {self.spec.run}" if self.spec.run else "this subscription's stream"
+        if self.last_queued:
+            resume = (
+                f'subscribe again with "since": {self.last_queued} to resume after the last '
+                "event sent"
+            )
+        else:
+            resume = "no event was sent: subscribe again to retry"
+        return f"{what} failed and has ended: {why}; {resume}"
 
     def end(self) -> None:
         self.connection.send_control({"type": "end", "subscription": self.id})
