@@ -21,20 +21,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import statistics
+import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TypedDict
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from amelia.v1 import agents_pb2, agents_pb2_grpc
 from amelia_agents import runtime, workflows
 from amelia_agents.checkpoints import open_checkpointer
 from amelia_agents.server import build_service as build_agents
+from amelia_common.db import asyncpg_url
 from amelia_common.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from amelia_common.grpc_client import aio_channel
 from amelia_common.logging import configure_logging
@@ -49,6 +55,13 @@ REPLY = "one two three four five six seven eight"
 # A bench run takes milliseconds: one that has not ended after this is stuck, and the bench fails
 # naming it (rather than waiting for ever).
 RUN_DEADLINE_SECONDS = 60.0
+# Runs whose PostgreSQL statements are counted (log_statement = all), after the warm-up; the
+# count does not move with the machine's load, unlike the times.
+COUNTED_RUNS = 10
+# A logged statement: simple protocol ("statement: ...") or extended ("execute <name>: ...").
+_LOGGED = re.compile(r"LOG:  (?:statement|execute [^:]*): (.*)")
+# Literals and parameters in a logged statement, to group statements by their kind.
+_LITERALS = re.compile(r"'[^']*'|\$\d+|\b\d+\b")
 
 
 class ChainState(TypedDict, total=False):
@@ -145,11 +158,12 @@ async def _follow(
 
 
 async def time_mesh(
-    stub: agents_pb2_grpc.AgentServiceStub, workflow: str
+    stub: agents_pb2_grpc.AgentServiceStub, workflow: str, runs: int = RUNS, warmup: int = WARMUP
 ) -> tuple[Timed, list[float]]:
     totals, first_tokens = Timed(), []
-    for i in range(WARMUP + RUNS):
-        if i == WARMUP:
+    cpu = time.process_time()
+    for i in range(warmup + runs):
+        if i == warmup:
             cpu = time.process_time()
         request = agents_pb2.CreateRunRequest(run=agents_pb2.Run(workflow=f"workflows/{workflow}"))
         request.run.input.update({"message": "go"})
@@ -166,7 +180,7 @@ async def time_mesh(
             ) from None
         if end != "run.completed":
             raise StuckRunError(f"{run.name} did not complete: {end}")
-        if i >= WARMUP:
+        if i >= warmup:
             totals.append(time.perf_counter() - started)
             first_tokens.append(first)
     totals.cpu = time.process_time() - cpu
@@ -212,12 +226,89 @@ async def events_mesh(root: Path, name: str, **overrides: Any) -> AsyncIterator[
         postgres.stop()
 
 
+async def _log_statements(settings: Settings, on: bool) -> None:
+    engine = create_async_engine(asyncpg_url(settings.DATABASE_URL), isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(
+                text(f"ALTER SYSTEM SET log_statement = '{'all' if on else 'none'}'")
+            )
+            await conn.execute(text("SELECT pg_reload_conf()"))
+    finally:
+        await engine.dispose()
+
+
+async def count_statements(
+    settings: Settings, log_file: Path, stub: agents_pb2_grpc.AgentServiceStub, workflow: str
+) -> Counter[str]:
+    """PostgreSQL statements of COUNTED_RUNS runs of `workflow`, by kind (the server's log)."""
+    await _log_statements(settings, True)
+    try:
+        await time_mesh(stub, workflow, runs=0)  # warm-up, not counted
+        await asyncio.sleep(0.5)  # the last run's worker unlocks after its end is streamed
+        start = await asyncio.to_thread(lambda: log_file.stat().st_size)
+        await time_mesh(stub, workflow, runs=COUNTED_RUNS, warmup=0)
+        await asyncio.sleep(0.5)
+        lines = await asyncio.to_thread(_logged_since, log_file, start)
+        if keep := os.environ.get("BENCH_STATEMENTS_LOG"):  # to read them one by one
+            await asyncio.to_thread(Path(f"{keep}.{workflow}").write_text, "\n".join(lines))
+    finally:
+        await _log_statements(settings, False)
+    logged: list[str] = []
+    for line in lines:
+        found = _LOGGED.search(line)
+        if found:
+            logged.append(found.group(1))
+        elif line.startswith("\t") and logged:  # a statement's next line
+            logged[-1] += " " + line
+    kinds = Counter(" ".join(_LITERALS.sub("?", sql).split())[:72] for sql in logged)
+    return Counter({kind: n / COUNTED_RUNS for kind, n in kinds.items()})
+
+
+def _logged_since(log_file: Path, start: int) -> list[str]:
+    with log_file.open("rb") as log:
+        log.seek(start)
+        return log.read().decode(errors="replace").splitlines()
+
+
+async def statements(root: Path) -> None:
+    """`python -m bench.agents statements`: PostgreSQL statements per run and per node only."""
+    async with events_mesh(root, "agents") as settings:
+        agents = await build_agents(settings)
+        channel = aio_channel(f"127.0.0.1:{await agents.start()}", settings)
+        try:
+            await _print_statements(
+                settings, EmbeddedPostgres(root).log_file, agents_pb2_grpc.AgentServiceStub(channel)
+            )
+        finally:
+            await channel.close()
+            await agents.stop(1.0)
+
+
+async def _print_statements(
+    settings: Settings, log_file: Path, stub: agents_pb2_grpc.AgentServiceStub
+) -> None:
+    per_run = {
+        nodes: await count_statements(settings, log_file, stub, register(nodes))
+        for nodes in (1, LONG)
+    }
+    one, five = (sum(per_run[n].values()) for n in (1, LONG))
+    print(
+        f"\nPostgreSQL statements per run ({COUNTED_RUNS} runs each, "
+        f"log_statement = all): 1 node {one:.1f}, {LONG} nodes {five:.1f}, "
+        f"per node {(five - one) / (LONG - 1):.1f}"
+    )
+    print(f"  by kind, {LONG}-node run:")
+    for kind, n in per_run[LONG].most_common():
+        print(f"  {n:6.2f}  {kind}")
+
+
 async def bench(root: Path) -> None:
     async with events_mesh(root, "agents") as settings:
-        await _bench(settings)
+        await _bench(settings, EmbeddedPostgres(root).log_file)
 
 
-async def _bench(settings: Settings) -> None:
+async def _bench(settings: Settings, log_file: Path) -> None:
     agents = await build_agents(settings)
     agents_port = await agents.start()
     channel = aio_channel(f"127.0.0.1:{agents_port}", settings)
@@ -308,6 +399,7 @@ async def _bench(settings: Settings) -> None:
             f"{cpu_run:.2f} ms/run (mesh {cpu[1][1]:.2f} / {cpu[LONG][1]:.2f} ms per 1-/{LONG}-node "
             f"run, direct+pg {cpu[1][0]:.2f} / {cpu[LONG][0]:.2f})"
         )
+        await _print_statements(settings, log_file, stub)
     finally:
         await cp_pool.close()
         await channel.close()
@@ -315,7 +407,10 @@ async def _bench(settings: Settings) -> None:
 
 
 def main() -> None:
-    run_in_temp_dir(bench, "agents")
+    if sys.argv[1:] == ["statements"]:
+        run_in_temp_dir(statements, "agents-statements")
+    else:
+        run_in_temp_dir(bench, "agents")
 
 
 if __name__ == "__main__":

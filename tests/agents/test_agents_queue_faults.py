@@ -33,8 +33,12 @@ from faults_helpers import (
     wait_all_finished,
     worker_pools,
 )
+from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from amelia_agents import queue
+from amelia_agents.checkpoints import open_checkpointer
 from amelia_agents.store import Store
 from amelia_agents.sweeper import Sweeper
 from amelia_common.db import create_engine, session_factory
@@ -215,6 +219,15 @@ async def own_postgres(tmp_path: Path) -> AsyncIterator[tuple[EmbeddedPostgres, 
         await asyncio.to_thread(postgres.stop)
 
 
+async def first_statements(engine: AsyncEngine, saver: AsyncPostgresSaver) -> tuple[Any, Any]:
+    """A statement on a pooled SQLAlchemy connection and a checkpoint read on a pooled psycopg
+    one (of a thread without checkpoints)."""
+    async with engine.connect() as conn:
+        one = await conn.scalar(text("SELECT 1"))
+    config: Any = {"configurable": {"thread_id": str(uuid.uuid4()), "checkpoint_ns": ""}}
+    return one, await saver.aget_tuple(config)
+
+
 @pytest.mark.slow
 async def test_a_postgres_outage_with_runs_in_flight_loses_and_fails_no_run(
     infra: Any,
@@ -229,6 +242,8 @@ async def test_a_postgres_outage_with_runs_in_flight_loses_and_fails_no_run(
     release = tmp_path / "release"
     steps = {"record": str(tmp_path / "record"), "release": str(release)}
     nc = await connect_nats(settings, "test-outage")
+    engine = create_engine(settings)
+    checkpoints, saver = await open_checkpointer(settings, max_size=2)
     try:
         async with (
             running_agents(settings) as agents,
@@ -245,6 +260,7 @@ async def test_a_postgres_outage_with_runs_in_flight_loses_and_fails_no_run(
             for name in held:
                 await wait_status(api, name, S.RUN_STATUS_RUNNING)
             await agents.wait_health("dependency/workers", "SERVING")
+            assert await first_statements(engine, saver) == (1, None)  # idle connections in both
 
             await asyncio.to_thread(postgres.stop)
             # Jobs arrive while PostgreSQL is down: the idle loops take them and must survive.
@@ -255,6 +271,9 @@ async def test_a_postgres_outage_with_runs_in_flight_loses_and_fails_no_run(
             await all_jobs_delivered(nc, settings)
 
             await asyncio.to_thread(postgres.start)
+            # The pools check no connection with a round trip when they hand it out: those the
+            # restart closed are replaced all the same, so the first statements work.
+            assert await first_statements(engine, saver) == (1, None)
             back = time.monotonic()
             release.touch()
             later = await burst(api, 4, retry=True)
@@ -266,6 +285,8 @@ async def test_a_postgres_outage_with_runs_in_flight_loses_and_fails_no_run(
             assert [await pool.can_work() for pool in pools] == [True]
     finally:
         await nc.drain()
+        await engine.dispose()
+        await checkpoints.close()
     failures = {name: run.error for name, run in outcome.runs.items() if run.error}
     assert outcome.statuses() == {"RUN_STATUS_COMPLETED": 8}, failures
 

@@ -1,12 +1,16 @@
 """LangGraph's PostgreSQL checkpointer on a psycopg pool, its tables set up once per database.
 
-The pool checks each connection before handing it out, so after a PostgreSQL restart a run gets
-a new connection instead of a dead one (and while PostgreSQL is down, waits up to the pool's
-timeout for it to come back)."""
+After a PostgreSQL restart a run gets a new connection instead of a dead one (and while
+PostgreSQL is down, waits up to the pool's timeout for it to come back): the pool checks a
+connection before handing it out — with a round trip only when the server has said something
+to it while it was idle (`_check_if_spoken_to`), which an idle connection hears only when the
+server closes it. A step's checkpoint writes take a connection each, so a check per checkout
+was a round trip per write."""
 
 from __future__ import annotations
 
 import asyncio
+import select
 import zlib
 from typing import Any
 
@@ -36,7 +40,7 @@ async def open_checkpointer(
         # What AsyncPostgresSaver expects of its connections.
         kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
         open=False,
-        check=AsyncConnectionPool.check_connection,
+        check=_check_if_spoken_to,
         name="amelia-agents-checkpoints",
     )
     await pool.open(wait=True, timeout=30)
@@ -52,6 +56,20 @@ async def open_checkpointer(
         await pool.close()  # the caller never gets the pool to close
         raise
     return pool, saver
+
+
+async def _check_if_spoken_to(conn: AsyncConnection[Any]) -> None:
+    """Pool checkout: raise (the pool opens another connection) if `conn` is closed, or if the
+    server sent it something while it was idle and a round trip then finds it dead."""
+    if conn.closed or _readable(conn.fileno()):
+        await AsyncConnectionPool.check_connection(conn)
+
+
+def _readable(fd: int) -> bool:
+    """Whether the socket has something to read (or its end) right now, without waiting."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 async def _take_setup_lock(conn: AsyncConnection[Any]) -> None:

@@ -47,6 +47,9 @@ from amelia_common.settings import Settings
 
 log = get_logger("amelia.agents.executor")
 
+# What LangGraph's "values" stream sends, in place of a state, when the graph pauses.
+INTERRUPT_KEY = "__interrupt__"
+
 # How long a stopped graph may take to unwind (kill its subprocess, close its HTTP stream).
 STOP_GRACE_SECONDS = 5.0
 
@@ -60,6 +63,15 @@ class Attempt:
     handover: asyncio.Event = field(default_factory=asyncio.Event)
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     outcome: str = ""
+
+
+@dataclass
+class GraphEnd:
+    """Where the graph stopped, as its stream told it (no read of the checkpoint it just wrote):
+    the state after its last step, and the first interrupt left pending if it paused."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    interrupt: dict[str, Any] | None = None  # {"node", "value", "id"}
 
 
 class HandoverError(Exception):
@@ -162,7 +174,7 @@ class Executor:
             if not row.has_resume or (answered and answered != pending.id):
                 # The graph paused (again) but a worker died before the pause was recorded;
                 # a stored answer belongs to an earlier question.
-                return await self._pause(row, snapshot)
+                return await self._pause(row, _pending_interrupt(snapshot))
             kind, graph_input = "answer", Command(resume={pending.id: row.resume_value})
         elif snapshot.next:
             kind, graph_input = "redelivered", None
@@ -207,7 +219,7 @@ class Executor:
                 return await self._cancelled(row)
             return await self._fail(row, f"timeout: the run took longer than {timeout:g}s")
         try:
-            drive.result()
+            end = drive.result()
         except (ModelError, runtime.NodeError) as exc:
             return await self._fail(row, str(exc))
         except Exception as exc:  # a node's exception fails the run
@@ -217,12 +229,11 @@ class Executor:
             return await self._fail(row, f"{type(exc).__name__}: {exc}")
         if attempt.cancel_requested.is_set():
             return await self._cancelled(row)
-        snapshot = await graph.aget_state(config)
-        if snapshot.interrupts:
-            return await self._pause(row, snapshot)
-        return await self._complete(row, workflow, snapshot.values)
+        if end.interrupt is not None:
+            return await self._pause(row, end.interrupt)
+        return await self._complete(row, workflow, end.values)
 
-    async def _stop(self, drive: asyncio.Task[None]) -> None:
+    async def _stop(self, drive: asyncio.Task[GraphEnd]) -> None:
         drive.cancel()
         with contextlib.suppress(BaseException):
             async with asyncio.timeout(STOP_GRACE_SECONDS):
@@ -236,19 +247,31 @@ class Executor:
         config: dict[str, Any],
         ctx: runtime.RunContext,
         pipeline: PublishPipeline,
-    ) -> None:
-        """Run the graph, its streamed events sent through `pipeline`, all stored on return."""
+    ) -> GraphEnd:
+        """Run the graph, its streamed events sent through `pipeline`, all stored on return;
+        where it stopped."""
         token = runtime.bind(ctx)
+        end = GraphEnd()
         started: dict[str, float] = {}
         usage = NodeUsage(self.settings.MODEL_PRICES)
         stored_usage = UsageWriter(self.store, row.id)
         flushed = False
         try:
             async for mode, chunk in graph.astream(
-                graph_input, config, stream_mode=["tasks", "custom"], durability="sync"
+                graph_input, config, stream_mode=["tasks", "custom", "values"], durability="sync"
             ):
-                if mode == "tasks":
+                if mode == "values":
+                    if isinstance(chunk, dict) and INTERRUPT_KEY not in chunk:
+                        end.values = chunk
+                elif mode == "tasks":
                     await pipeline.submit(self._task_event(row, chunk, started, usage))
+                    if end.interrupt is None and chunk.get("interrupts"):
+                        first = chunk["interrupts"][0]
+                        end.interrupt = {
+                            "node": str(chunk.get("name", "")),
+                            "value": _jsonable(first.get("value")),
+                            "id": first.get("id") or "",
+                        }
                 elif mode == "custom" and isinstance(chunk, dict) and runtime.EVENT_KEY in chunk:
                     event_type = chunk[runtime.EVENT_KEY]
                     data = chunk.get("data") or {}
@@ -260,6 +283,7 @@ class Executor:
             flushed = True
             await stored_usage.flush()
             await pipeline.flush()
+            return end
         finally:
             if not flushed:
                 # Stopped or failed: the usage of the calls made is stored all the same.
@@ -319,17 +343,8 @@ class Executor:
         await self.events.terminal(after)
         return after.status
 
-    async def _pause(self, row: RunRow, snapshot: Any) -> str:
-        node, pending = "", snapshot.interrupts[0] if snapshot.interrupts else None
-        for task in snapshot.tasks:
-            if task.interrupts:
-                node, pending = task.name, task.interrupts[0]
-                break
-        interrupt = {
-            "node": node,
-            "value": _jsonable(pending.value if pending is not None else None),
-            "id": pending.id if pending is not None else "",
-        }
+    async def _pause(self, row: RunRow, interrupt: dict[str, Any]) -> str:
+        """Record the pause at `interrupt` ({"node", "value", "id"}) and tell of it."""
         after, changed = await self.store.pause(row.id, interrupt)
         if after is None:
             return "gone"
@@ -343,3 +358,17 @@ class Executor:
             event_id=f"{row.id}:interrupt:{interrupt['id'] or after.attempt}",
         )
         return after.status
+
+
+def _pending_interrupt(snapshot: Any) -> dict[str, Any]:
+    """The first interrupt a stored snapshot waits on, as `GraphEnd.interrupt`."""
+    node, pending = "", snapshot.interrupts[0] if snapshot.interrupts else None
+    for task in snapshot.tasks:
+        if task.interrupts:
+            node, pending = task.name, task.interrupts[0]
+            break
+    return {
+        "node": node,
+        "value": _jsonable(pending.value if pending is not None else None),
+        "id": pending.id if pending is not None else "",
+    }

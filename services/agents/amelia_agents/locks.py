@@ -5,6 +5,9 @@ job for the same run) never runs it twice at once; the reconciler takes it for a
 know that no worker has the run. A session-level lock dies with its connection: a SIGKILLed
 worker's lock is gone at once — and so is a live worker's when PostgreSQL restarts. `check()`
 notices that and takes the lock again, or reports that another worker has the run by then.
+
+The lock's connection is in autocommit: taking, checking and releasing are one statement each
+(no BEGIN/COMMIT around them), and no transaction stays open while the run executes.
 """
 
 from __future__ import annotations
@@ -44,8 +47,8 @@ class RunLock:
         """Take the lock if nobody holds it; False when somebody does."""
         conn = await self.engine.connect()
         try:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
             taken = bool(await conn.scalar(_LOCK, {"k": self.key}))
-            await conn.commit()
         except BaseException:
             await _discard(conn)
             raise
@@ -65,7 +68,6 @@ class RunLock:
         if self._conn is not None:
             try:
                 status = await self._conn.scalar(_STATUS, {"id": self.run_id})
-                await self._conn.commit()
                 return None if status is None else str(status)
             except Exception:  # noqa: BLE001 - the connection is gone, and the lock with it
                 conn, self._conn = self._conn, None
@@ -80,7 +82,6 @@ class RunLock:
             return
         try:
             await conn.execute(_UNLOCK, {"k": self.key})
-            await conn.commit()
         except Exception:  # noqa: BLE001 - never hand a pooled connection back still locked
             await _discard(conn)
             return

@@ -28,6 +28,7 @@ from amelia_agents.models import (
     RunState,
     ThreadRow,
 )
+from amelia_common.db import select_one
 
 # CreateRun holds a transaction-level lock on (RECORDING_LOCK_SPACE, recording_key(run)) until its
 # transaction ends. Two-key advisory locks never collide with the run locks' one-key ones.
@@ -92,16 +93,15 @@ class Store:
         # The engine the sessions are bound to (`db.session_factory` binds one): a run's lock
         # needs a connection of its own, outside any session.
         self.engine: AsyncEngine = sessions.kw["bind"]
-        # A one-statement change needs no transaction around it: without BEGIN and COMMIT it is
-        # one round trip instead of three (a run takes several on its path).
+        # A one-statement read or change needs no transaction around it: without BEGIN and
+        # COMMIT (or ROLLBACK) it is one round trip instead of three (a run takes several).
         self.single_statements = async_sessionmaker(
             self.engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
         )
 
     async def ping(self) -> None:
         """Raise PostgreSQL's error unless it answers now."""
-        async with self.engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
+        await select_one(self.engine)
 
     def run_lock(self, run_id: uuid.UUID) -> RunLock:
         """The run's lock (not taken yet): one executor per run, see `locks`."""
@@ -115,7 +115,7 @@ class Store:
         return row
 
     async def get_agent(self, agent_id: str) -> AgentRow | None:
-        async with self.sessions() as s:
+        async with self.single_statements() as s:
             return await s.get(AgentRow, agent_id)
 
     async def list_agents(self, limit: int, after: tuple[datetime, str] | None) -> list[AgentRow]:
@@ -127,7 +127,7 @@ class Store:
                     and_(AgentRow.create_time == after[0], AgentRow.id > after[1]),
                 )
             )
-        async with self.sessions() as s:
+        async with self.single_statements() as s:
             return list((await s.scalars(query)).all())
 
     async def update_agent(self, agent_id: str, values: dict[str, Any]) -> AgentRow | None:
@@ -154,7 +154,7 @@ class Store:
         return row
 
     async def get_thread(self, thread_id: uuid.UUID) -> ThreadRow | None:
-        async with self.sessions() as s:
+        async with self.single_statements() as s:
             return await s.get(ThreadRow, thread_id)
 
     @staticmethod
@@ -177,7 +177,7 @@ class Store:
     async def _read_summaries(
         self, query: Select[tuple[ThreadRow, int, str]]
     ) -> list[ThreadSummary]:
-        async with self.sessions() as s:
+        async with self.single_statements() as s:
             rows = (await s.execute(query)).all()
         return [ThreadSummary(row, int(count or 0), preview or "") for row, count, preview in rows]
 
@@ -203,7 +203,7 @@ class Store:
         return await self._read_summaries(query)
 
     async def thread_has_active_run(self, thread_id: uuid.UUID) -> bool:
-        async with self.sessions() as s:
+        async with self.single_statements() as s:
             found = await s.scalar(
                 select(func.count())
                 .select_from(RunRow)
@@ -219,7 +219,7 @@ class Store:
     # runs: API side -------------------------------------------------------------------------
 
     async def run_by_request_id(self, request_id: str) -> RunRow | None:
-        async with self.sessions() as s:
+        async with self.single_statements() as s:
             return await s.scalar(select(RunRow).where(RunRow.request_id == request_id))
 
     async def create_run(
@@ -247,9 +247,12 @@ class Store:
                     await s.flush()
                 s.add(row)
                 await s.flush()
-                await s.execute(
-                    update(ThreadRow).where(ThreadRow.id == row.thread_id).values(update_time=now())
-                )
+                if not new_thread:  # a new thread's update_time is its create_time
+                    await s.execute(
+                        update(ThreadRow)
+                        .where(ThreadRow.id == row.thread_id)
+                        .values(update_time=now())
+                    )
                 if before_commit is not None:
                     await before_commit()
         except IntegrityError as exc:
@@ -280,7 +283,7 @@ class Store:
         return True
 
     async def get_run(self, run_id: uuid.UUID) -> RunRow | None:
-        async with self.sessions() as s:
+        async with self.single_statements() as s:
             return await s.get(RunRow, run_id)
 
     async def _transition(
@@ -397,7 +400,7 @@ class Store:
             )
 
     async def status(self, run_id: uuid.UUID) -> str | None:
-        async with self.sessions() as s:
+        async with self.single_statements() as s:
             return await s.scalar(select(RunRow.status).where(RunRow.id == run_id))
 
     # runs: the reconciler -------------------------------------------------------------------
@@ -417,7 +420,7 @@ class Store:
             .order_by(queued)
             .limit(limit)
         )
-        async with self.sessions() as s:
+        async with self.single_statements() as s:
             return list((await s.scalars(query)).all())
 
     async def requeued(self, run_id: uuid.UUID, queue: str) -> None:
@@ -433,6 +436,7 @@ class Store:
         """(status, workflow or 'agent', count) of QUEUED/RUNNING/PAUSED runs, and the age in
         seconds of the oldest QUEUED run (0 when none is)."""
         async with self.engine.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")  # two reads, no BEGIN
             counts = (
                 await conn.execute(
                     text(
