@@ -36,12 +36,20 @@ from langgraph.graph import StateGraph
 
 from amelia_agents import runtime
 from amelia_agents.llm import Usage
+from amelia_agents.workflows.builtin import MESSAGE_SCHEMA, message_to_state
 from amelia_agents.workflows.registry import InvalidInputError, Workflow, linear_graph, register
 from amelia_agents.worktree import CodeError, Worktree, git
 from amelia_common.settings import Settings
 
 TOOL = "claude-code"
 PERMISSION_MODES = ["default", "acceptEdits", "bypassPermissions", "plan"]
+# Input of a workflow that works in a repository (`code`, `develop`; `check_code` checks it):
+# which repository, the revision its branch starts from, how Claude Code may act there.
+REPOSITORY_PROPERTIES: dict[str, Any] = {
+    "repository": {"type": "string", "minLength": 1},
+    "base_ref": {"type": "string", "minLength": 1},
+    "permission_mode": {"type": "string", "enum": PERMISSION_MODES},
+}
 STDERR_TAIL_LINES = 10
 
 
@@ -326,21 +334,15 @@ register(
         ),
         nodes=["code"],
         build=build_code,
-        to_state=lambda value: {
-            "messages": [{"role": "user", "content": value["message"]}],
-            "request": value,
-            "result": {},
-        },
+        to_state=lambda value: {**message_to_state(value), "result": {}},
         to_output=lambda state: dict(state.get("result") or {}),
         input_schema={
-            "type": "object",
+            **MESSAGE_SCHEMA,
             "required": ["message", "repository"],
             "properties": {
-                "message": {"type": "string", "minLength": 1},
-                "repository": {"type": "string", "minLength": 1},
-                "base_ref": {"type": "string", "minLength": 1},
+                **MESSAGE_SCHEMA["properties"],
+                **REPOSITORY_PROPERTIES,
                 "keep_worktree": {"type": "boolean"},
-                "permission_mode": {"type": "string", "enum": PERMISSION_MODES},
                 "model": {"type": "string", "minLength": 1},
             },
         },

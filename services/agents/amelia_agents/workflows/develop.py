@@ -40,7 +40,7 @@ from amelia_agents import gitrepo, runtime
 from amelia_agents.tools import ToolRoundsExceededError, tool_loop
 from amelia_agents.workflows.builtin import MESSAGE_SCHEMA, MODEL_PROPERTIES
 from amelia_agents.workflows.code import (
-    PERMISSION_MODES,
+    REPOSITORY_PROPERTIES,
     ClaudeOutput,
     check_code,
     find_claude,
@@ -545,14 +545,12 @@ register(
             "properties": {
                 **MESSAGE_SCHEMA["properties"],
                 **MODEL_PROPERTIES,
-                "repository": {"type": "string", "minLength": 1},
-                "base_ref": {"type": "string", "minLength": 1},
+                **REPOSITORY_PROPERTIES,
                 "target_branch": {"type": "string", "minLength": 1},
                 "test_command": {"type": "string"},
                 "test_timeout": {"type": "integer", "minimum": 1, "maximum": 3600},
                 "max_review_rounds": {"type": "integer", "minimum": 0, "maximum": 10},
                 "developer": {"type": "string", "enum": DEVELOPERS},
-                "permission_mode": {"type": "string", "enum": PERMISSION_MODES},
                 "models": {
                     "type": "object",
                     "description": "A model per step, overriding `model`.",
