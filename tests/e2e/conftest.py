@@ -19,9 +19,10 @@ def mesh_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 @pytest.fixture(scope="package")
 def running_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """One `amelia up --detach` for the folder (test_cli, then test_supervision, which ends it
-    with a Ctrl-C), with an API token, provider keys and DEBUG logging: starting a mesh is the
-    slow part of these tests. `amelia down` at the end if it still runs."""
+    """One `amelia up --detach` for the folder (test_amelia_up, test_cli, then test_supervision,
+    which ends it with a Ctrl-C, starts it again on its data and stops it with `amelia down`),
+    with an API token, provider keys and DEBUG logging: starting a mesh is the slow part of
+    these tests. `amelia down` at the end if it still runs."""
     env = make_mesh_env(tmp_path_factory) | {
         "AMELIA_API_TOKEN": TOKEN,
         "ANTHROPIC_API_KEY": SECRETS[1],

@@ -67,6 +67,8 @@ def make_mesh_env(
         "RAG_ADDRESS": f"127.0.0.1:{ports['RAG_GRPC_PORT']}",
         "LOG_LEVEL": "INFO",
         "AGENT_WORKERS": "1",
+        # What the tests kill comes back sooner (the policy's doubling and give-up unchanged).
+        "RESTART_DELAY_SECONDS": "0.2",
         "COLUMNS": "200",  # a roomy terminal, so tables print resource names whole
         # The code workflow: repositories under the mesh's folder, a stand-in for Claude Code.
         "CODE_ALLOWED_ROOTS": str(root),
@@ -99,27 +101,37 @@ def amelia(
     )
 
 
+def up_output(env: dict[str, str]) -> Path:
+    """Where `start` sends what `amelia up` prints on its terminal."""
+    return Path(env["AMELIA_DATA_DIR"]).parent / "amelia-up.out"
+
+
 def start(env: dict[str, str], *, own_session: bool = False) -> subprocess.Popen[str]:
-    """`amelia up`, waited for until `amelia status` says every part is SERVING. With
-    `own_session` it leads its own process group, as a command typed on a terminal does, so a
-    test can send the group a Ctrl-C."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "amelia_cli", "up"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=Path(env["AMELIA_DATA_DIR"]).parent,
-        start_new_session=own_session,
-    )
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"amelia up exited: {proc.stdout.read() if proc.stdout else ''}"
-        if amelia(env, "status").returncode == 0:
-            return proc
-        time.sleep(2)
-    proc.kill()
-    raise AssertionError("mesh did not become SERVING")
+    """`amelia up` in the foreground, waited for until it prints its dashboard's address, which
+    it does once every part is SERVING. With `own_session` it leads its own process group, as a
+    command typed on a terminal does, so a test can send the group a Ctrl-C."""
+    output = up_output(env)
+    with output.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "amelia_cli", "up"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=Path(env["AMELIA_DATA_DIR"]).parent,
+            start_new_session=own_session,
+        )
+
+    def serving() -> bool:
+        assert proc.poll() is None, f"amelia up exited: {output.read_text()}"
+        return "Dashboard and HTTP API:" in output.read_text()
+
+    try:
+        wait_for(serving, "the mesh to be SERVING", timeout=300)
+    except AssertionError:
+        proc.kill()
+        raise
+    return proc
 
 
 def mesh_state(env: dict[str, str]) -> dict[str, Any]:
@@ -141,7 +153,8 @@ def stop(proc: subprocess.Popen[str], env: dict[str, str]) -> str:
     """Ctrl-C, then check that nothing of the mesh is left running."""
     pids = mesh_pids(env)
     proc.send_signal(signal.SIGINT)
-    output, _ = proc.communicate(timeout=120)
+    proc.wait(timeout=120)
+    output = up_output(env).read_text()
     assert proc.returncode == 0, output
     for name, pid in pids.items():
         assert not alive(pid), f"{name} (pid {pid}) left running"

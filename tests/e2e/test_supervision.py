@@ -6,8 +6,8 @@ down its policy quickly. The others share the folder's real `amelia up --detach`
 with an API token, provider keys and DEBUG logging; test_cli's commands used it first), and run
 in this order: use the token over HTTP, WebSocket and
 gRPC; `amelia status` from elsewhere; SIGKILL its NATS and PostgreSQL; SIGKILL a service until it
-is given up on; Ctrl-C to its process group. Every log it wrote is searched for the secrets
-after the first and after the last.
+is given up on; Ctrl-C to its process group; up again (detached) on the same data, then `amelia
+down`. Every log it wrote is searched for the secrets after the first and after the Ctrl-C.
 """
 
 from __future__ import annotations
@@ -196,6 +196,16 @@ def event_subject(env: dict[str, str], sequence: int) -> str:
     return reply.event.subject
 
 
+def events_of(env: dict[str, str], subject: str) -> list[events_pb2.Event]:
+    with grpc.insecure_channel(env["EVENTS_ADDRESS"]) as channel:
+        reply = events_pb2_grpc.EventServiceStub(channel).ListEvents(
+            events_pb2.ListEventsRequest(filter=events_pb2.EventFilter(subject=subject)),
+            metadata=BEARER,
+            timeout=30,
+        )
+    return list(reply.events)
+
+
 def agent_names(env: dict[str, str]) -> set[str]:
     with grpc.insecure_channel(env["AGENTS_ADDRESS"]) as channel:
         reply = agents_pb2_grpc.AgentServiceStub(channel).ListAgents(
@@ -382,3 +392,26 @@ def test_ctrl_c_stops_services_then_nats_then_postgres(running_mesh: dict[str, s
     assert not state_file(Path(env["AMELIA_DATA_DIR"])).exists()
     assert amelia(env, "status").returncode == 1
     assert_no_log_holds_a_secret(env)  # restarts, crashes and the stop included
+
+
+def test_up_again_finds_its_data_and_down_stops_it(running_mesh: dict[str, str]) -> None:
+    """After the Ctrl-C above: detached on the same data directory, the events and agents the
+    tests above stored are there; `amelia down` stops every part."""
+    env = running_mesh
+    started = amelia(env, "up", "--detach", timeout=DEADLINE + 120)
+    assert started.returncode == 0, started.stdout + started.stderr
+    assert "amelia down" in started.stdout
+    try:
+        assert serving(env)
+        assert {"agents/survivor", "agents/after-postgres"} <= agent_names(env)
+        assert events_of(env, "runs/after-nats"), "the event log was lost"
+        again = amelia(env, "up", "--detach")
+        assert again.returncode == 1 and "already running" in again.stderr
+    finally:
+        pids = mesh_pids(env)
+        stopped = amelia(env, "down", timeout=120)
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout, stopped.stdout
+    for name, pid in pids.items():
+        assert not alive(pid), f"{name} (pid {pid}) left running"
+    assert amelia(env, "status").returncode == 1
+    assert "not running" in amelia(env, "down").stdout

@@ -197,11 +197,19 @@ async def test_body_size_limit_is_413(secured: RunningGateway) -> None:
 
 
 async def test_unavailable_upstream_is_503_naming_the_service(http: httpx.AsyncClient) -> None:
-    for rule in (r for r in ROUTES if r.service != "EventService"):
-        reply = await http.request(rule.method, example_path(rule), json={} if rule.body else None)
+    """All routes at once: a read is retried by gRPC (up to 5 attempts, with backoff) before
+    it is UNAVAILABLE, which one route after another spent ~20 s waiting out."""
+    rules = [r for r in ROUTES if r.service != "EventService"]
+    replies = await asyncio.gather(
+        *(
+            http.request(rule.method, example_path(rule), json={} if rule.body else None)
+            for rule in rules
+        )
+    )
+    for rule, reply in zip(rules, replies, strict=True):
         body = _status(reply, 503, 14)
         name = {"AgentService": "agents", "GitService": "agents", "RagService": "rag"}[rule.service]
-        assert f"the {name} service at 127.0.0.1:" in body["message"], body
+        assert f"the {name} service at 127.0.0.1:" in body["message"], (rule.rpc, body)
 
 
 async def test_deadlines_are_passed_upstream(http: httpx.AsyncClient) -> None:

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import subprocess
-import sys
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -22,6 +19,7 @@ from typing import Any
 import grpc
 import pytest
 from rag_endpoint import EmbeddingServer
+from service_process import ServiceProcess
 from sqlalchemy import text
 
 from amelia.v1 import rag_pb2, rag_pb2_grpc
@@ -38,42 +36,11 @@ DOCUMENT = "# Orchard log\n\n" + "".join(
 )
 
 
-class RagProcess:
-    """`python -m amelia_rag` in its own process group, logging to a file."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.port = free_port()
-        self.log = log
-        self._file = log.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "amelia_rag"],
-            env={**os.environ, **env, "RAG_GRPC_PORT": str(self.port)},
-            stdin=subprocess.DEVNULL,
-            stdout=self._file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    async def ready(self, timeout: float = 120) -> None:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while '"listening"' not in self.log.read_text(errors="replace"):
-            assert self.proc.poll() is None, self.log.read_text()[-2000:]
-            assert asyncio.get_running_loop().time() < deadline, self.log.read_text()[-2000:]
-            await asyncio.sleep(0.1)
-
-    def kill(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-        self._file.close()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self._file.close()
+def rag_process(env: dict[str, str], log: Path) -> tuple[ServiceProcess, str]:
+    """`python -m amelia_rag` on a free port, and its address."""
+    port = free_port()
+    process = ServiceProcess("amelia_rag", {**os.environ, **env, "RAG_GRPC_PORT": str(port)}, log)
+    return process, f"127.0.0.1:{port}"
 
 
 async def wait_for(
@@ -108,11 +75,11 @@ async def test_killed_indexer_is_taken_over_and_resumes(
     store = DocumentStore(engine, session_factory(engine))
     # The start-up probe, then two batches are answered; the third batch's first request waits.
     server.hold_after = 1 + 2 * BATCH // REQUEST
-    first = RagProcess(env, tmp_path / "first.log")
-    second: RagProcess | None = None
+    first, first_address = rag_process(env, tmp_path / "first.log")
+    second: ServiceProcess | None = None
     try:
-        await first.ready()
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{first.port}") as channel:
+        await first.wait_log('"listening"', timeout=120)
+        async with grpc.aio.insecure_channel(first_address) as channel:
             reply = await rag_pb2_grpc.RagServiceStub(channel).IngestDocument(
                 rag_pb2.IngestDocumentRequest(
                     source=rag_pb2.DocumentSource(file_path="/orchard/log.md"),
@@ -132,18 +99,28 @@ async def test_killed_indexer_is_taken_over_and_resumes(
         server.released.set()
         row = await store.get(document_id)
         assert row is not None and row.state == "indexing" and row.lease_owner
+        # The dead process's lease would run out by itself within LEASE_SECONDS; the clock is
+        # moved on to then (waiting it out took half of this test's time).
+        async with store.sessions() as session, session.begin():
+            lease_left = await session.scalar(
+                text("SELECT extract(epoch FROM lease_until - now()) FROM documents WHERE id = :d"),
+                {"d": document_id},
+            )
+            assert lease_left is not None and lease_left <= LEASE_SECONDS, lease_left
+            await session.execute(
+                text("UPDATE documents SET lease_until = now() WHERE id = :d"), {"d": document_id}
+            )
 
         sent_before = len(server.requests)
-        second = RagProcess(env, tmp_path / "second.log")
-        await second.ready()
+        second, second_address = rag_process(env, tmp_path / "second.log")
+        await second.wait_log('"listening"', timeout=120)
 
         async def ready() -> bool:
             row = await store.get(document_id)
             assert row is not None and row.state != "failed", row.index_error
             return row.state == "ready"
 
-        # The dead process's lease runs out first (LEASE_SECONDS), then the second takes over.
-        await wait_for(ready, "document ready", timeout=LEASE_SECONDS + 180)
+        await wait_for(ready, "document ready")
         embedded_after = [
             r for r in server.requests[sent_before:] if r["input"] != ["dimension probe"]
         ]
@@ -154,14 +131,14 @@ async def test_killed_indexer_is_taken_over_and_resumes(
                 {"d": document_id},
             )
             assert left.scalar_one() == 0
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{second.port}") as channel:
+        async with grpc.aio.insecure_channel(second_address) as channel:
             hits = await rag_pb2_grpc.RagServiceStub(channel).Search(
                 rag_pb2.SearchRequest(query="how many pear trees in row 42", top_k=3)
             )
         assert any("Row 42 holds 45 pear trees" in h.content for h in hits.hits)
     finally:
         server.released.set()
-        first.stop()
+        await first.stop()
         if second is not None:
-            second.stop()
+            await second.stop()
         await engine.dispose()
