@@ -29,7 +29,7 @@ from amelia_cli.commands.status import endpoints_table
 from amelia_cli.commands.status import show as show_status
 from amelia_cli.health import probe_all
 from amelia_cli.mesh import SERVICES, client_host
-from amelia_cli.supervisor import MeshStartError, Supervisor, read_state
+from amelia_cli.supervisor import MeshStartError, RestartPolicy, Supervisor, read_state
 from amelia_cli.tui import tui
 from amelia_common.embedded import EmbeddedStartError, process_alive
 from amelia_common.logging import configure_logging
@@ -122,7 +122,8 @@ def up(
         return
     configure_logging(settings, "amelia.up")
     try:
-        asyncio.run(_run(Supervisor(settings, cluster=cluster), timeout))
+        policy = RestartPolicy(first_delay=settings.RESTART_DELAY_SECONDS)
+        asyncio.run(_run(Supervisor(settings, cluster=cluster, policy=policy), timeout))
     except (MeshStartError, EmbeddedStartError) as exc:
         err.print(f"[red]amelia up failed:[/red] {exc}")
         raise typer.Exit(1) from exc

@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     RAG_ADDRESS: str = "127.0.0.1:50053"
     GRPC_MAX_MESSAGE_BYTES: int = Field(default=32 * 1024 * 1024, ge=1024)
     GRPC_SHUTDOWN_GRACE_SECONDS: float = Field(default=10.0, ge=0)
+    # `amelia up`: the first wait before a crashed part is started again; it doubles with each
+    # crash within a minute (at most 30 s), and five crashes in a minute give the part up.
+    RESTART_DELAY_SECONDS: float = Field(default=1.0, gt=0, le=30)
     AMELIA_API_TOKEN: SecretStr = SecretStr("")
 
     # CORS (gateway)
