@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +15,7 @@ from nats.js import JetStreamContext
 from amelia.v1 import events_pb2, events_pb2_grpc
 from amelia_common.eventlog import EventLog
 from amelia_common.grpc_client import aio_channel
+from amelia_common.nats_client import connect_nats
 from amelia_common.settings import Settings
 from amelia_events.server import EventsService, build_service
 
@@ -43,6 +44,20 @@ async def start_events(settings: Settings) -> RunningEvents:
 async def stop_events(running: RunningEvents) -> None:
     await running.channel.close()
     await running.svc.stop(grace=1.0)
+
+
+@contextlib.asynccontextmanager
+async def own_event_log(settings: Settings, name: str) -> AsyncIterator[EventLog]:
+    """An `EventLog` on a NATS connection of its own (`test-<name>`, events from `tests.<name>`),
+    its stream ensured; closed, with the connection, on the way out."""
+    nc = await connect_nats(settings, f"test-{name}")
+    log = EventLog(nc, settings, source=f"tests.{name}")
+    try:
+        await log.ensure_stream()
+        yield log
+    finally:
+        await log.close()
+        await nc.close()
 
 
 def event(event_type: str, subject: str, **data: object) -> events_pb2.Event:

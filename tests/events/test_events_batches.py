@@ -14,12 +14,11 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from events_helpers import RunningEvents, event, list_all, publish
+from events_helpers import RunningEvents, event, list_all, own_event_log, publish
 
 from amelia.v1 import events_pb2
 from amelia_common.embedded import EmbeddedNats
 from amelia_common.eventlog import EventLog, EventLogUnavailableError, StartAt
-from amelia_common.nats_client import connect_nats
 from amelia_common.settings import Settings
 
 
@@ -28,12 +27,8 @@ async def private_log(settings: Settings, private_nats: EmbeddedNats) -> AsyncIt
     isolated = settings.model_copy(
         update={"NATS_URL": private_nats.url, "EVENTS_PUBLISH_TIMEOUT_SECONDS": 1.0}
     )
-    nc = await connect_nats(isolated, "test-pipeline")
-    log = EventLog(nc, isolated, source="tests.pipeline")
-    await log.ensure_stream()
-    yield log
-    await log.close()
-    await nc.close()
+    async with own_event_log(isolated, "pipeline") as log:
+        yield log
 
 
 def numbered(subject: str, count: int, prefix: str = "b") -> list[events_pb2.Event]:

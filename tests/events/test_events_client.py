@@ -8,6 +8,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
+from events_helpers import own_event_log
 
 from amelia.v1 import events_pb2
 from amelia_common.embedded import EmbeddedNats
@@ -23,12 +24,8 @@ from amelia_common.settings import Settings
 
 @pytest.fixture
 async def event_log(settings: Settings) -> AsyncIterator[EventLog]:
-    nc = await connect_nats(settings, "test-eventlog")
-    log = EventLog(nc, settings, source="tests.client")
-    await log.ensure_stream()
-    yield log
-    await log.close()
-    await nc.close()
+    async with own_event_log(settings, "client") as log:
+        yield log
 
 
 async def wait_for(condition: object, timeout: float = 20.0) -> None:

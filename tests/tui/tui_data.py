@@ -88,6 +88,17 @@ def tokens(start: int, subject: str, node: str, text: str) -> list[dict[str, Any
     ]
 
 
+def streamed_node(
+    subject: str, node: str, text: str, *, started: int, finished: int, seconds: float
+) -> list[dict[str, Any]]:
+    """A node that streamed `text`: its start (sequence `started`), its tokens, its end."""
+    return [
+        event(started, "run.node.started", subject, {"node": node}),
+        *tokens(started + 1, subject, node, text),
+        event(finished, "run.node.finished", subject, {"node": node, "duration_seconds": seconds}),
+    ]
+
+
 DESIGN = (
     "Request:\nAdd a dark theme to the settings page\n\nDesign:\n"
     "- a theme switch stored with the user's settings\n"
@@ -105,12 +116,15 @@ def paused_plan() -> tuple[dict[str, Any], list[dict[str, Any]]]:
     name = run_name(9)
     events = [
         event(101, "workflow.started", name, {"target": "plan", "attempt": 1}),
-        event(102, "run.node.started", name, {"node": "discovery"}),
-        *tokens(103, name, "discovery", "Goal: a dark theme. Users: everyone at night."),
-        event(112, "run.node.finished", name, {"node": "discovery", "duration_seconds": 0.41}),
-        event(113, "run.node.started", name, {"node": "design"}),
-        *tokens(114, name, "design", DESIGN),
-        event(160, "run.node.finished", name, {"node": "design", "duration_seconds": 0.87}),
+        *streamed_node(
+            name,
+            "discovery",
+            "Goal: a dark theme. Users: everyone at night.",
+            started=102,
+            finished=112,
+            seconds=0.41,
+        ),
+        *streamed_node(name, "design", DESIGN, started=113, finished=160, seconds=0.87),
         event(161, "run.node.started", name, {"node": "approval"}),
         event(
             162,
@@ -169,9 +183,7 @@ def completed_chat() -> tuple[dict[str, Any], list[dict[str, Any]]]:
             {"query": "Which river do the zebras cross?", "passages": PASSAGES},
         ),
         event(204, "run.node.finished", name, {"node": "retrieve", "duration_seconds": 0.12}),
-        event(205, "run.node.started", name, {"node": "respond"}),
-        *tokens(206, name, "respond", answer),
-        event(230, "run.node.finished", name, {"node": "respond", "duration_seconds": 2.3}),
+        *streamed_node(name, "respond", answer, started=205, finished=230, seconds=2.3),
         event(231, "workflow.completed", name, {"output": {"message": answer}}),
         event(232, "run.completed", name, {}),
     ]
