@@ -99,12 +99,21 @@ async def service_results(
     out: dict[str, Results] = {}
     for label, mode in MODES.items():
         results: Results = {}
+        seconds: list[float] = []
         for q in asked:
+            started = time.perf_counter()
             reply = await stub.Search(
                 rag_pb2.SearchRequest(query=q.question, top_k=TOP_K, mode=mode), timeout=120
             )
+            seconds.append(time.perf_counter() - started)
             results[q.id] = [Ranked(names.get(h.document, "?"), h.content) for h in reply.hits]
         out[f"amelia {label}"] = results
+        print(
+            f"  search {label}: p50 {np.median(seconds) * 1000:.0f} ms,"
+            f" max {max(seconds) * 1000:.0f} ms (gRPC, query embedding included)",
+            file=sys.stderr,
+            flush=True,
+        )
     return out
 
 

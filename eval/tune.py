@@ -13,9 +13,13 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from amelia_common.db import create_engine, session_factory
 from amelia_common.embedded import EmbeddedPostgres
@@ -29,7 +33,19 @@ from eval.corpus import questions
 from eval.score import HEADER, Ranked, row, score
 
 
-async def tune(settings_to_try: list[dict[str, Any]]) -> None:
+@dataclass
+class EvalDatabase:
+    """What a `make eval` left: its database, the cached embedder, document id → page file."""
+
+    settings: Settings
+    engine: AsyncEngine
+    embedder: CachedEmbedder
+    files: dict[Any, str]
+
+
+@asynccontextmanager
+async def eval_database() -> AsyncIterator[EvalDatabase]:
+    """The evaluation's PostgreSQL (started here unless `make eval` runs), for reruns of search."""
     postgres = EmbeddedPostgres(ROOT)
     try:
         settings = Settings(_env_file=None, DATABASE_URL=postgres.start(), LOG_LEVEL="WARNING")
@@ -40,27 +56,34 @@ async def tune(settings_to_try: list[dict[str, Any]]) -> None:
         async with engine.connect() as conn:
             rows = await conn.execute(text("SELECT id, file_path FROM documents"))
             files = {r[0]: r[1].rsplit("/", 1)[-1] for r in rows}
+        try:
+            yield EvalDatabase(settings, engine, embedder, files)
+        finally:
+            await engine.dispose()
+    finally:
+        postgres.stop_if_started_here()  # a running `make eval` keeps its server
+
+
+async def tune(settings_to_try: list[dict[str, Any]]) -> None:
+    async with eval_database() as db:
         asked = [q for q in questions() if q.split == "tune"]
         defaults = {k: getattr(search, k) for s in settings_to_try for k in s if k.isupper()}
-        print(f"{len(files)} pages, {len(asked)} tune questions, top {TOP_K}\n\n{HEADER}")
+        print(f"{len(db.files)} pages, {len(asked)} tune questions, top {TOP_K}\n\n{HEADER}")
         for setting in settings_to_try:
             chosen = dict(setting)
             mode = chosen.pop("mode", "hybrid")
-            merge = chosen.pop("merge", search.MERGE_CHUNKS * settings.CHUNK_SIZE)
+            merge = chosen.pop("merge", search.MERGE_CHUNKS * db.settings.CHUNK_SIZE)
             for key, value in {**defaults, **chosen}.items():
                 setattr(search, key, value)
-            searcher = Searcher(session_factory(engine), embedder, merge_chars=merge)
+            searcher = Searcher(session_factory(db.engine), db.embedder, merge_chars=merge)
             results = {}
             for q in asked:
                 hits = await searcher.search(
                     q.question, top_k=TOP_K, min_score=0.0, mode=mode, filters=SearchFilters()
                 )
-                results[q.id] = [Ranked(files.get(h.document_id, "?"), h.content) for h in hits]
+                results[q.id] = [Ranked(db.files.get(h.document_id, "?"), h.content) for h in hits]
             scored = score(results, asked)
             print(row(f"{mode} {json.dumps(setting)}", scored), scored.misses, flush=True)
-        await engine.dispose()
-    finally:
-        postgres.stop_if_started_here()  # a running `make eval` keeps its server
 
 
 def main() -> None:
