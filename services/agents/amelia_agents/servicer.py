@@ -79,9 +79,12 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
     async def GetAgent(
         self, request: agents_pb2.GetAgentRequest, context: Ctx
     ) -> agents_pb2.GetAgentResponse:
-        agent_id = convert.agent_id(request.name)
-        row = convert.found(await self.store.get_agent(agent_id), f"agents/{agent_id}")
+        row = await self._get_agent(request.name)
         return agents_pb2.GetAgentResponse(agent=convert.agent_to_proto(row))
+
+    async def _get_agent(self, name: str) -> AgentRow:
+        agent_id = convert.agent_id(name)
+        return convert.found(await self.store.get_agent(agent_id), f"agents/{agent_id}")
 
     async def ListAgents(
         self, request: agents_pb2.ListAgentsRequest, context: Ctx
@@ -215,11 +218,10 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         if which is None:
             raise InvalidArgumentError("set run.agent ('agents/<id>') or run.workflow")
         if which == "agent":
-            agent_id = convert.agent_id(run.agent)
-            agent = convert.found(await self.store.get_agent(agent_id), f"agents/{agent_id}")
+            agent = await self._get_agent(run.agent)
             graph = workflows.get(workflows.AGENT_WORKFLOW)
             assert graph is not None, "the agent graph registers on import of workflows"
-            return _Target(graph, agent_id=agent_id, agent_config=convert.agent_snapshot(agent))
+            return _Target(graph, agent_id=agent.id, agent_config=convert.agent_snapshot(agent))
         name = convert.workflow_name(run.workflow)
         workflow = workflows.get(name)
         if workflow is None or workflow.hidden:
@@ -385,16 +387,7 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         if existing is not None:
             return agents_pb2.RerunRunResponse(run=convert.run_to_proto(existing))
         tid, new_thread = await self._thread_for(request.thread)
-        row = _new_run(
-            self.settings,
-            agent_id=source.agent_id,
-            workflow=source.workflow,
-            thread_id=tid,
-            input_value=source.input or {},
-            agent_config=source.agent_config,
-            timeout=source.timeout_seconds,
-            request_id=request.request_id,
-        )
+        row = _repeat(self.settings, source, tid, request.request_id)
         return agents_pb2.RerunRunResponse(run=await self._start(row, new_thread))
 
     async def ForkRun(
@@ -414,16 +407,7 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
                 f"runs/{source.id} is {source.status}: fork a run once it has ended"
             )
         point = steps.fork_point(await steps.history(source, self.checkpointer), request.checkpoint)
-        row = _new_run(
-            self.settings,
-            agent_id=source.agent_id,
-            workflow=source.workflow,
-            thread_id=source.thread_id,
-            input_value=source.input or {},
-            agent_config=source.agent_config,
-            timeout=source.timeout_seconds,
-            request_id=request.request_id,
-        )
+        row = _repeat(self.settings, source, source.thread_id, request.request_id)
 
         async def fork() -> None:
             # Inside the run's transaction, after the one-active-run-per-thread check and the
@@ -498,6 +482,21 @@ def _new_run(
         queue=settings.RUNS_QUEUE_STREAM,
         queued_time=now(),
         pickups=0,
+    )
+
+
+def _repeat(settings: Settings, source: RunRow, thread_id: uuid.UUID, request_id: str) -> RunRow:
+    """A QUEUED run, not yet recorded, of what `source` ran: its agent or workflow, input,
+    agent configuration and timeout (a rerun, or a fork)."""
+    return _new_run(
+        settings,
+        agent_id=source.agent_id,
+        workflow=source.workflow,
+        thread_id=thread_id,
+        input_value=source.input or {},
+        agent_config=source.agent_config,
+        timeout=source.timeout_seconds,
+        request_id=request_id,
     )
 
 
