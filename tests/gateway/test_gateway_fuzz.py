@@ -29,7 +29,11 @@ CHECKS = (
     "unsupported_method",
     "allow_header_conformance",
 )
-MAX_EXAMPLES = 25  # per operation in the fuzzing phase; the coverage phase adds its own cases
+# Random cases per operation (positive and negative) in the fuzzing and stateful phases. The
+# coverage phase is the systematic part (every parameter's boundary and wrong-typed values),
+# the same whatever this is. Measured side by side: 25 made 3,226 cases, the fuzzing and
+# stateful phases 66 s of 117; 10 makes 2,634 cases, those phases 17 s.
+MAX_EXAMPLES = 10
 
 # Server errors the fuzzer finds in a service (not in the gateway), reported to their owners;
 # tolerated only as that service's own INTERNAL error. Entries: "METHOD /path": "why".
