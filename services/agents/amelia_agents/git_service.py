@@ -10,10 +10,14 @@ on the run's subject, as the workflow does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
 from amelia.v1 import git_pb2, git_pb2_grpc
 from amelia_agents import convert, gitrepo
@@ -26,6 +30,7 @@ from amelia_common.errors import FailedPreconditionError, InvalidArgumentError
 from amelia_common.settings import Settings
 
 Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+M = TypeVar("M", bound=Message)
 
 _CHANGES = {
     "added": git_pb2.FILE_CHANGE_ADDED,
@@ -35,15 +40,26 @@ _CHANGES = {
 }
 
 
+@contextlib.contextmanager
+def _refused_by_git() -> Iterator[None]:
+    """What git refuses (a conflict, a missing branch, not a repository) as FAILED_PRECONDITION,
+    its message kept."""
+    try:
+        yield
+    except CodeError as exc:
+        raise FailedPreconditionError(str(exc)) from None
+
+
+def _message(message_type: type[M], source: Any, **overrides: Any) -> M:
+    """A `message_type` with the fields of the dataclass `source` that it declares (the same
+    names, meaning the same), then `overrides`."""
+    declared = message_type.DESCRIPTOR.fields_by_name
+    values = {f.name: getattr(source, f.name) for f in dataclasses.fields(source)}
+    return message_type(**{k: v for k, v in values.items() if k in declared} | overrides)
+
+
 def _branch_proto(info: gitrepo.RunBranch) -> git_pb2.RunBranch:
-    return git_pb2.RunBranch(
-        run=info.run,
-        branch=info.branch,
-        base=info.base,
-        target=info.target,
-        worktree=info.worktree,
-        commits_ahead=info.commits_ahead,
-    )
+    return _message(git_pb2.RunBranch, info)
 
 
 class GitServicer(git_pb2_grpc.GitServiceServicer):
@@ -68,11 +84,21 @@ class GitServicer(git_pb2_grpc.GitServiceServicer):
             path = allowed_repository(repository, self.settings)
         except ValueError as exc:
             raise FailedPreconditionError(str(exc)) from None
-        try:
+        with _refused_by_git():
             top = await gitrepo.toplevel(path)
-        except CodeError as exc:
-            raise FailedPreconditionError(str(exc)) from None
         return row, top, gitrepo.run_branch(str(run_id))
+
+    @contextlib.asynccontextmanager
+    async def _settled_branch(
+        self, name: str, action: str
+    ) -> AsyncIterator[tuple[RunRow, Path, str]]:
+        """The ended run `name`, its repository and its branch, the repository locked while
+        `action` (land, discard) works on it; what git refuses is FAILED_PRECONDITION."""
+        row, repository, branch = await self._run(name)
+        self._settled(row, action)
+        async with self._locks.setdefault(repository, asyncio.Lock()):
+            with _refused_by_git():
+                yield row, repository, branch
 
     def _settled(self, row: RunRow, action: str) -> None:
         if row.status in (RunState.QUEUED.value, RunState.RUNNING.value):
@@ -112,10 +138,8 @@ class GitServicer(git_pb2_grpc.GitServiceServicer):
         self, request: git_pb2.GetRunDiffRequest, context: Ctx
     ) -> git_pb2.GetRunDiffResponse:
         _, repository, branch = await self._run(request.name)
-        try:
+        with _refused_by_git():
             info, diff = await gitrepo.run_diff(repository, branch)
-        except CodeError as exc:
-            raise FailedPreconditionError(str(exc)) from None
         reply = git_pb2.GetRunDiffResponse(
             branch=_branch_proto(info),
             repository=str(repository),
@@ -124,18 +148,8 @@ class GitServicer(git_pb2_grpc.GitServiceServicer):
             deletions=diff.deletions,
         )
         for f in diff.files:
-            reply.files.append(
-                git_pb2.FileDiff(
-                    path=f.path,
-                    old_path=f.old_path,
-                    change=_CHANGES.get(f.change, git_pb2.FILE_CHANGE_UNSPECIFIED),
-                    additions=f.additions,
-                    deletions=f.deletions,
-                    binary=f.binary,
-                    patch=f.patch,
-                    truncated=f.truncated,
-                )
-            )
+            change = _CHANGES.get(f.change, git_pb2.FILE_CHANGE_UNSPECIFIED)
+            reply.files.append(_message(git_pb2.FileDiff, f, change=change))
         for c in diff.commits:
             commit = reply.commits.add(sha=c.sha, subject=c.subject, author=c.author)
             commit.commit_time.FromSeconds(c.time)
@@ -144,9 +158,7 @@ class GitServicer(git_pb2_grpc.GitServiceServicer):
     async def LandRun(
         self, request: git_pb2.LandRunRequest, context: Ctx
     ) -> git_pb2.LandRunResponse:
-        row, repository, branch = await self._run(request.name)
-        self._settled(row, "land")
-        async with self._locks.setdefault(repository, asyncio.Lock()):
+        async with self._settled_branch(request.name, "land") as (row, repository, branch):
             try:
                 info = await gitrepo.run_branch_info(repository, branch)
                 into = request.into or info.target
@@ -154,27 +166,14 @@ class GitServicer(git_pb2_grpc.GitServiceServicer):
                 landed = await gitrepo.land_run(repository, branch, into, message)
             except gitrepo.InvalidBranchNameError as exc:
                 raise InvalidArgumentError(f"into: {exc}") from None
-            except CodeError as exc:
-                raise FailedPreconditionError(str(exc)) from None
         await self.events.publish(row, "git.landed", landed.event(repository, branch))
-        return git_pb2.LandRunResponse(
-            into=landed.into,
-            commit=landed.commit,
-            fast_forward=landed.fast_forward,
-            files=landed.files,
-            updated_worktree=landed.updated_worktree,
-        )
+        return _message(git_pb2.LandRunResponse, landed)
 
     async def DiscardRun(
         self, request: git_pb2.DiscardRunRequest, context: Ctx
     ) -> git_pb2.DiscardRunResponse:
-        row, repository, branch = await self._run(request.name)
-        self._settled(row, "discard")
-        async with self._locks.setdefault(repository, asyncio.Lock()):
-            try:
-                worktree, commit = await gitrepo.discard(repository, branch)
-            except CodeError as exc:
-                raise FailedPreconditionError(str(exc)) from None
+        async with self._settled_branch(request.name, "discard") as (row, repository, branch):
+            worktree, commit = await gitrepo.discard(repository, branch)
         data = gitrepo.discarded_event(repository, branch, worktree, commit)
         await self.events.publish(row, "git.discarded", data)
         return git_pb2.DiscardRunResponse(branch=branch, worktree=worktree, commit=commit)
