@@ -75,8 +75,9 @@ browser:
 test: lint browser
 	$(VENV)/bin/pytest
 
+# `make bench BENCH=gateway` (or "events agents"...) runs only those benchmarks.
 bench: install
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH)
 
 # Retrieval quality on the PostgreSQL manual (Debian's postgresql-doc HTML) next to plain
 # dense/BM25/RRF baselines: see eval/. Minutes on a busy machine the first time (embeddings are
