@@ -41,6 +41,8 @@ from amelia_common.logging import get_logger
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
+    # For annotations only: a pipeline is one EventLog's write path (log.py makes and imports
+    # it) and calls back into that log's prepare/store, so the two modules name each other.
     from amelia_common.eventlog.log import EventLog, Prepared
 
 log = get_logger("amelia.eventlog")
