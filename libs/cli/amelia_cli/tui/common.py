@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -16,7 +16,7 @@ from textual.widget import Widget
 from textual.widgets import Label, Static
 
 from amelia_cli.tui.eventline import local_time, seconds
-from amelia_cli.tui.gateway import ApiError, Subscription
+from amelia_cli.tui.gateway import ApiError, EventSocket, GatewayApi, Subscription
 
 T = TypeVar("T")
 
@@ -75,6 +75,26 @@ def output_tokens(run: dict[str, Any]) -> str:
     return str(count) if count else ""
 
 
+class Amelia(Protocol):
+    """What the screens use of the app (`app.AmeliaApp`), named here because the app imports
+    every screen: its gateway, its socket, and the moves between screens."""
+
+    api: GatewayApi
+    socket: EventSocket
+    live: bool
+
+    def open_run(self, name: str) -> None: ...
+
+    def show_events(self, **flt: str) -> None: ...
+
+    def confirm_cancel(self, name: str) -> None: ...
+
+
+def amelia(widget: Widget) -> Amelia:
+    """The app `widget` is in, as the screens know it."""
+    return cast(Amelia, widget.app)
+
+
 def closed(widget: Widget) -> bool:
     """Its screen was closed (or the app is ending): its children may be gone already."""
     return not widget.is_attached or not widget.display
@@ -110,9 +130,7 @@ def subscribe(widget: Widget, **options: Any) -> Subscription:
     for name, value in options.items():
         if name.startswith("on_") and callable(value):
             options[name] = guarded(value)
-    app: Any = widget.app
-    subscription: Subscription = app.socket.subscribe(**options)
-    return subscription
+    return amelia(widget).socket.subscribe(**options)
 
 
 class LiveScreen(Screen[None]):

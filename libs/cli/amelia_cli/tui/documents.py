@@ -11,7 +11,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import ContentSwitcher, DataTable, Footer, Input, Label, Static
 
-from amelia_cli.tui.common import ListScreen, TopBar, ask, when
+from amelia_cli.tui.common import ListScreen, TopBar, amelia, ask, when
 from amelia_cli.tui.gateway import ApiError
 from amelia_cli.tui.passages import passage_text
 
@@ -78,7 +78,7 @@ class DocumentsScreen(ListScreen):
             self.run_worker(self._load(), exclusive=True, group="docs")
 
     async def _load(self) -> None:
-        app: Any = self.app
+        app = amelia(self)
         try:
             documents = await ask(self, app.api.list_documents())
         except ApiError as exc:
@@ -115,7 +115,7 @@ class DocumentsScreen(ListScreen):
             self.action_documents()
 
     async def _run_search(self, query: str) -> None:
-        app: Any = self.app
+        app = amelia(self)
         try:
             hits = await ask(self, app.api.search(query))
         except ApiError as exc:

@@ -24,6 +24,7 @@ from amelia_cli.tui.common import (
     ACTIVE,
     LiveScreen,
     TopBar,
+    amelia,
     ask,
     short_id,
     status_of,
@@ -167,7 +168,7 @@ class RunScreen(LiveScreen):
         self.query_one("#question").display = False
         self.query_one("#run-error").display = False
         self._render_head()
-        app: Any = self.app
+        app = amelia(self)
         if app.live:
             self.run_worker(self._start(), group="load")
 
@@ -180,7 +181,7 @@ class RunScreen(LiveScreen):
     async def _start(self) -> None:
         """Its events at once (tokens need nothing else), then the run (retried while the
         gateway is away) and its workflow's nodes, in the workflow's order."""
-        app: Any = self.app
+        app = amelia(self)
         # On a busy machine the boxes inside the tabs can be mounted after on_mount: events
         # are shown in them, so wait for the last one (Textual has no public event for it).
         while not self.query("#run-side-activity"):  # noqa: ASYNC110
@@ -206,7 +207,7 @@ class RunScreen(LiveScreen):
             self._render_nodes()
 
     async def _refresh_run(self) -> bool:
-        app: Any = self.app
+        app = amelia(self)
         try:
             run = await ask(self, app.api.get_run(self.run_name))
         except ApiError as exc:
@@ -452,7 +453,7 @@ class RunScreen(LiveScreen):
         self.run_worker(self._resume(answer), exclusive=True, group="answer")
 
     async def _resume(self, answer: Any) -> None:
-        app: Any = self.app
+        app = amelia(self)
         try:
             run = await ask(self, app.api.resume_run(self.run_name, answer))
         except ApiError as exc:
@@ -464,9 +465,9 @@ class RunScreen(LiveScreen):
         self.notify("answer sent; the run continues")
 
     def action_cancel(self) -> None:
-        app: Any = self.app
+        app = amelia(self)
         app.confirm_cancel(self.run_name)
 
     def action_events(self) -> None:
-        app: Any = self.app
+        app = amelia(self)
         app.show_events(subject=self.run_name, since="beginning")

@@ -20,6 +20,7 @@ from amelia_cli.tui.common import (
     STATUSES,
     ListScreen,
     TopBar,
+    amelia,
     ask,
     output_tokens,
     short_id,
@@ -106,7 +107,7 @@ class RunsScreen(ListScreen):
             self.run_worker(self._load(), exclusive=True, group="runs")
 
     async def _load(self) -> None:
-        app: Any = self.app
+        app = amelia(self)
         status = self.query_one("#runs-status", Select).value
         target = target_filter(self.query_one("#runs-target", Input).value)
         try:
@@ -170,7 +171,7 @@ class RunsScreen(ListScreen):
     def action_open(self) -> None:
         name = self.selected()
         if name:
-            app: Any = self.app
+            app = amelia(self)
             app.open_run(name)
 
     def action_cycle_status(self) -> None:
@@ -205,5 +206,5 @@ class RunsScreen(ListScreen):
         if status_of(run) not in ACTIVE:
             self.notify(f"{short_id(name)} is {status_of(run)}: nothing to cancel.")
             return
-        app: Any = self.app
+        app = amelia(self)
         app.confirm_cancel(name)

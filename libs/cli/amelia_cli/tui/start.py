@@ -20,7 +20,7 @@ from textual.screen import ModalScreen
 from textual.suggester import SuggestFromList
 from textual.widgets import Button, Checkbox, Input, Label, Static, TextArea
 
-from amelia_cli.tui.common import ask
+from amelia_cli.tui.common import amelia, ask
 from amelia_cli.tui.gateway import ApiError
 
 MESSAGE_SCHEMA: dict[str, Any] = {
@@ -158,12 +158,12 @@ class StartRunScreen(ModalScreen[str | None]):
                 yield Button("Close  esc", id="start-close", compact=True)
 
     def on_mount(self) -> None:
-        app: Any = self.app
+        app = amelia(self)
         if app.live:
             self.run_worker(self._load_targets(), exclusive=True)
 
     async def _load_targets(self) -> None:
-        app: Any = self.app
+        app = amelia(self)
         try:
             self.workflows = {w["name"]: w for w in await ask(self, app.api.list_workflows())}
             self.agents = {a["name"]: a for a in await ask(self, app.api.list_agents())}
@@ -280,7 +280,7 @@ class StartRunScreen(ModalScreen[str | None]):
         self.run_worker(self._create(spec), exclusive=True, group="create")
 
     async def _create(self, spec: dict[str, Any]) -> None:
-        app: Any = self.app
+        app = amelia(self)
         try:
             run = await ask(self, app.api.create_run(spec, request_id=self.request_id))
         except ApiError as exc:
