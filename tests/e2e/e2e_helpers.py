@@ -4,6 +4,7 @@ directory (embedded PostgreSQL + NATS) and free ports."""
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import shutil
@@ -12,12 +13,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote, quote_plus
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from amelia_common.embedded import free_port, process_alive
 
@@ -26,6 +29,14 @@ T = TypeVar("T")
 # The folder's shared mesh runs with an API token and provider keys: no log may hold them.
 TOKEN = "e2e-Tok_4pL9xQ2vR7sK1mN8"
 SECRETS = (TOKEN, "sk-ant-e2e-0123456789abcdef", "sk-openai-e2e-fedcba9876543210")
+
+# Each service's Prometheus port, a standalone worker's included.
+METRICS_PORTS = (
+    "EVENTS_METRICS_PORT",
+    "AGENTS_METRICS_PORT",
+    "RAG_METRICS_PORT",
+    "WORKER_METRICS_PORT",
+)
 
 GRPC_SERVICES = {
     "EVENTS_GRPC_PORT": "amelia.v1.EventService",
@@ -149,18 +160,6 @@ def mesh_pids(env: dict[str, str]) -> dict[str, int]:
     return {name: unit["pid"] for name, unit in units.items() if unit["pid"]}
 
 
-def stop(proc: subprocess.Popen[str], env: dict[str, str]) -> str:
-    """Ctrl-C, then check that nothing of the mesh is left running."""
-    pids = mesh_pids(env)
-    proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=120)
-    output = up_output(env).read_text()
-    assert proc.returncode == 0, output
-    for name, pid in pids.items():
-        assert not alive(pid), f"{name} (pid {pid}) left running"
-    return output
-
-
 alive = process_alive  # a zombie is gone as far as a user is concerned
 
 DEADLINE = 180.0  # seconds: generous, for a loaded 2-core machine
@@ -204,3 +203,57 @@ def leaks(text: str, secrets: Iterable[str]) -> list[str]:
     forms = {f for s in secrets for f in (s, quote(s), quote(s, safe=""), quote_plus(s))}
     forms |= {json.dumps(f)[1:-1] for f in forms}
     return [line for line in text.splitlines() if any(f in line for f in forms)]
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a /metrics page, parsed with prometheus-client's parser."""
+    text = httpx.get(url, timeout=30).raise_for_status().text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: dict[Any, float], name: str, **labels: str) -> float:
+    return sum(v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= set(ls))
+
+
+@contextlib.contextmanager
+def standalone_worker(env: dict[str, str]) -> Iterator[tuple[int, Path]]:
+    """`python -m amelia_agents.worker` (one loop) on the mesh's PostgreSQL and NATS, until its
+    /metrics (WORKER_METRICS_PORT) says it can work; SIGTERM and waited for at the end (if still
+    running). Yields its pid and its log's path."""
+    state = mesh_state(env)
+    worker_env = env | {
+        "DATABASE_URL": state["database_url"],
+        "NATS_URL": state["nats_url"],
+        "AGENT_WORKERS": "1",
+    }
+    log_path = Path(env["AMELIA_DATA_DIR"]).parent / "worker.log"
+    with log_path.open("wb") as log_file:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "amelia_agents.worker"],
+            env=worker_env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{env['WORKER_METRICS_PORT']}/metrics"
+
+    def ready() -> bool:
+        assert worker.poll() is None, log_path.read_text()[-3000:]
+        try:
+            return value(scrape(url), "amelia_workers_can_work") == 1
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(ready, "the standalone worker", 180)
+        yield worker.pid, log_path
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.kill(worker.pid, signal.SIGKILL)
+            worker.wait()

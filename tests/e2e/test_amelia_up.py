@@ -5,7 +5,7 @@ directory and free ports) starts here; every service's API is listed with the re
 `amelia status` shows every part. Stopping it with Ctrl-C is the last test of
 test_supervision.py, and starting it again on the same data (then `amelia down`) the one after
 it: one first start (which creates the database, the slow part) for the whole folder. A mesh in
-the foreground, stopped with Ctrl-C, is test_local_model_mesh's (and tests/observability's).
+the foreground, stopped with Ctrl-C, is test_local_model_mesh's.
 """
 
 from __future__ import annotations

@@ -379,8 +379,12 @@ def test_a_service_killed_five_times_in_a_minute_is_failed_alone(
 
 
 def test_ctrl_c_stops_services_then_nats_then_postgres(running_mesh: dict[str, str]) -> None:
-    """A Ctrl-C on a terminal goes to the whole process group of `amelia up`."""
+    """A Ctrl-C on a terminal goes to the whole process group of `amelia up`. (The standalone
+    worker is no part of the mesh: stopped first, as its own deployment would be.)"""
     env = running_mesh
+    worker = int(env["WORKER_PID"])
+    os.kill(worker, signal.SIGTERM)
+    wait_for(lambda: not alive(worker), "the standalone worker to stop")
     pids = mesh_pids(env)
     services = [name for name in pids if name not in ("nats", "postgres")]
     assert {"nats", "postgres", "events"} <= set(pids)

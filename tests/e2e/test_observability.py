@@ -2,22 +2,17 @@
 trace for a chat run with RAG through the gateway, and `/metrics` of every service parsed with
 prometheus-client's parser.
 
-The mesh is `amelia up` (events, agents, rag and gateway processes) with no worker loops in the
-agents service, and one standalone worker process (`python -m amelia_agents.worker`, the
-scaled-out deployment): a run's trace crosses four processes — gateway, agents (CreateRun),
-the worker (the job off the JetStream queue, the graph's nodes, the model call, the events
-published) and rag (the search)."""
+The mesh is the folder's (`running_mesh`, tests/e2e/conftest.py: `amelia up` with events,
+agents, rag and gateway processes, no worker loops in the agents service, and one standalone
+worker process, `python -m amelia_agents.worker`, the scaled-out deployment): a run's trace
+crosses four processes — gateway, agents (CreateRun), the worker (the job off the JetStream
+queue, the graph's nodes, the model call, the events published) and rag (the search)."""
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,107 +20,23 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from e2e_helpers import METRICS_PORTS, TOKEN, scrape, value, wait_for
 from otlp_receiver import OtlpReceiver, ReceivedSpan
 from prometheus_client.parser import text_string_to_metric_families
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "e2e"))
-from e2e_helpers import make_mesh_env, mesh_state, start, stop, wait_for
-
-from amelia_common.embedded import free_port
-
 pytestmark = pytest.mark.slow
 
-METRICS_PORTS = (
-    "EVENTS_METRICS_PORT",
-    "AGENTS_METRICS_PORT",
-    "RAG_METRICS_PORT",
-    "WORKER_METRICS_PORT",
-)
 DOCUMENT = "# Lighthouse\n\nThe Lookout Point lighthouse keeper winds the fog horn every July.\n"
 
 
 @pytest.fixture(scope="module")
-def receiver() -> Iterator[OtlpReceiver]:
-    receiver = OtlpReceiver().start()
-    yield receiver
-    receiver.stop()
-
-
-@pytest.fixture(scope="module")
-def mesh(
-    tmp_path_factory: pytest.TempPathFactory, receiver: OtlpReceiver
-) -> Iterator[dict[str, str]]:
-    env = make_mesh_env(tmp_path_factory)
-    env |= {name: str(free_port()) for name in METRICS_PORTS}
-    env |= {
-        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
-        "OTEL_BSP_SCHEDULE_DELAY": "200",
-        "LOCAL_MODEL": "off",
-        "DEFAULT_MODEL": "offline:echo",
-        "AGENT_WORKERS": "0",  # runs are executed by the standalone worker below
-    }
-    proc = start(env)
-    try:
-        with standalone_worker(env) as log_path:
-            env["WORKER_LOG"] = str(log_path)
-            yield env
-    finally:
-        stop(proc, env)
-
-
-@contextlib.contextmanager
-def standalone_worker(env: dict[str, str]) -> Iterator[Path]:
-    """`python -m amelia_agents.worker` (one loop) on the mesh's PostgreSQL and NATS, until its
-    /metrics says it can work; SIGTERM and waited for at the end. Yields its log's path."""
-    state = mesh_state(env)
-    worker_env = env | {
-        "DATABASE_URL": state["database_url"],
-        "NATS_URL": state["nats_url"],
-        "AGENT_WORKERS": "1",
-    }
-    log_path = Path(env["AMELIA_DATA_DIR"]).parent / "worker.log"
-    with log_path.open("wb") as log_file:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "amelia_agents.worker"],
-            env=worker_env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{env['WORKER_METRICS_PORT']}/metrics"
-
-    def ready() -> bool:
-        assert worker.poll() is None, log_path.read_text()[-3000:]
-        try:
-            return value(scrape(url), "amelia_workers_can_work") == 1
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_for(ready, "the standalone worker", 180)
-        yield log_path
-    finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.kill(worker.pid, signal.SIGKILL)
-            worker.wait()
-
-
-@pytest.fixture(scope="module")
-def http(mesh: dict[str, str]) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=f"http://127.0.0.1:{mesh['PORT']}", timeout=60) as client:
+def http(running_mesh: dict[str, str]) -> Iterator[httpx.Client]:
+    with httpx.Client(
+        base_url=f"http://127.0.0.1:{running_mesh['PORT']}",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=60,
+    ) as client:
         yield client
-
-
-def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of a /metrics page, parsed with prometheus-client's parser."""
-    text = httpx.get(url, timeout=30).raise_for_status().text
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
 
 
 def metrics_urls(env: dict[str, str]) -> dict[str, str]:
@@ -135,10 +46,6 @@ def metrics_urls(env: dict[str, str]) -> dict[str, str]:
     }  # events, agents, rag, worker
     urls["gateway"] = f"http://127.0.0.1:{env['PORT']}/metrics"
     return urls
-
-
-def value(samples: dict[Any, float], name: str, **labels: str) -> float:
-    return sum(v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= set(ls))
 
 
 def chat_run_with_rag(http: httpx.Client) -> dict[str, Any]:
@@ -186,9 +93,9 @@ def run_events(http: httpx.Client, name: str) -> list[dict[str, Any]]:
 
 
 def test_metrics_of_every_service_move_as_a_run_executes(
-    mesh: dict[str, str], http: httpx.Client
+    running_mesh: dict[str, str], http: httpx.Client
 ) -> None:
-    urls = metrics_urls(mesh)
+    urls = metrics_urls(running_mesh)
     before = {service: scrape(url) for service, url in urls.items()}
     run = chat_run_with_rag(http)
 
@@ -253,7 +160,7 @@ def descendant(spans: list[ReceivedSpan], root: ReceivedSpan, **match: str) -> R
 
 
 def test_a_chat_run_with_rag_is_one_trace_across_the_processes(
-    mesh: dict[str, str], http: httpx.Client, receiver: OtlpReceiver
+    running_mesh: dict[str, str], http: httpx.Client, receiver: OtlpReceiver
 ) -> None:
     run = chat_run_with_rag(http)
     events = run_events(http, run["name"])
@@ -325,7 +232,7 @@ def test_a_chat_run_with_rag_is_one_trace_across_the_processes(
     }
 
     # logs written inside the trace carry its ids
-    worker_log = Path(mesh["WORKER_LOG"]).read_text()
+    worker_log = Path(running_mesh["WORKER_LOG"]).read_text()
     picked = [
         json.loads(line)
         for line in worker_log.splitlines()
@@ -351,7 +258,9 @@ def served_names(urls: dict[str, str]) -> set[str]:
     return names
 
 
-def test_dashboard_and_alert_rules_use_only_metrics_the_mesh_serves(mesh: dict[str, str]) -> None:
+def test_dashboard_and_alert_rules_use_only_metrics_the_mesh_serves(
+    running_mesh: dict[str, str],
+) -> None:
     rules = yaml.safe_load((DEPLOY / "prometheus" / "amelia-alerts.yml").read_text())
     alerts = {rule["alert"]: rule for group in rules["groups"] for rule in group["rules"]}
     for required in ("AmeliaServiceNotServing", "AmeliaRunQueueStuck", "AmeliaWorkerLoopsDead"):
@@ -366,6 +275,6 @@ def test_dashboard_and_alert_rules_use_only_metrics_the_mesh_serves(mesh: dict[s
     exprs += [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
 
     wanted = {name for expr in exprs for name in METRIC_NAME.findall(expr)}
-    missing = wanted - served_names(metrics_urls(mesh))
+    missing = wanted - served_names(metrics_urls(running_mesh))
     assert not missing, f"named in deploy/ but served by no service: {sorted(missing)}"
     assert len(wanted) >= 15
