@@ -53,6 +53,7 @@ from amelia_agents.workflows.plan import (
     design,
     discovery,
     parse_answer,
+    plan_to_state,
     planning,
     step_params,
 )
@@ -465,14 +466,10 @@ def build_develop(_agent: dict[str, Any] | None) -> StateGraph[Any, Any, Any, An
 
 
 def develop_to_state(value: dict[str, Any]) -> dict[str, Any]:
-    # Every field is reset: a thread's earlier run must not leak into this one.
+    # Every field is reset: a thread's earlier run must not leak into this one. The planning
+    # steps' fields are plan's.
     return {
-        "messages": [{"role": "user", "content": value["message"]}],
-        "request": value,
-        "discovery": "",
-        "design": "",
-        "plan": "",
-        "approval": {},
+        **plan_to_state(value),
         "worktree": {},
         "round": 0,
         "work": "",
