@@ -30,6 +30,12 @@ from amelia_events import pagination
 
 # At most this many events in one PublishEvents request or one StreamEvents message.
 MAX_BATCH = 1000
+# A StreamEvents message or a ListEvents page takes no more events once they add up to this
+# (one event always fits): well under the 4 MiB that gRPC clients accept by default (grpcio,
+# grpc-js, grpcurl), with events of up to EVENTS_MAX_DATA_BYTES. Counted in events alone,
+# 1,000 large events would make a message no client can receive, and a stream that fails on
+# it again at every reconnect.
+MESSAGE_BYTES = 1024 * 1024
 
 _EVENT_NAME = re.compile(r"^events/([1-9][0-9]{0,19})$")
 
@@ -115,7 +121,7 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
                 else:
                     while True:
                         try:
-                            batch = await reader.next_batch(per_message)
+                            batch = await reader.next_batch(per_message, MESSAGE_BYTES)
                         except StopAsyncIteration:
                             break
                         yield events_pb2.StreamEventsResponse(events=batch)
@@ -142,6 +148,8 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
         else:
             start = StartAt.after(after)
         response = events_pb2.ListEventsResponse()
+        page_bytes = 0
+        full = False
         async with self.event_log.read(
             list(request.filter.types),
             request.filter.subject,
@@ -154,9 +162,11 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
                 if event.sequence <= after:
                     continue
                 response.events.append(event)
-                if len(response.events) >= size:
+                page_bytes += event.ByteSize()
+                if len(response.events) >= size or page_bytes >= MESSAGE_BYTES:
+                    full = True
                     break
-            more = bool(reader.pending) and len(response.events) >= size
+            more = bool(reader.pending) and full
         if more:
             response.next_page_token = pagination.encode_token(
                 response.events[-1].sequence, filters

@@ -218,14 +218,17 @@ class EventReader:
             if event is not None:
                 return event
 
-    async def next_batch(self, limit: int) -> list[events_pb2.Event]:
-        """The next event and those already received behind it, at most `limit`, in order.
+    async def next_batch(self, limit: int, max_bytes: int) -> list[events_pb2.Event]:
+        """The next event and those already received behind it, in order: at most `limit`,
+        and no more once they add up to `max_bytes` encoded (so at most `max_bytes` plus one
+        event; a single event always comes, whatever its size).
 
         Waits only for the first one, like `__anext__` (raising `StopAsyncIteration` at the
         end); the others are what NATS delivered meanwhile, so batching never delays an event.
         """
         batch = [await self.__anext__()]
-        while len(batch) < limit and self._sub is not None:
+        size = batch[0].ByteSize()
+        while len(batch) < limit and size < max_bytes and self._sub is not None:
             if self._closed or self._stopped() or self._limit_reached():
                 break
             try:
@@ -237,6 +240,7 @@ class EventReader:
             event = await self._handle(item)
             if event is not None:
                 batch.append(event)
+                size += event.ByteSize()
         return batch
 
     async def open(self) -> None:
