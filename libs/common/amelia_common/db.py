@@ -64,7 +64,8 @@ def create_engine(settings: Settings, url: str | None = None) -> AsyncEngine:
 def _replace_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
     """Pool checkout: refuse a connection asyncpg saw closed, without a round trip (the pool
     then opens another)."""
-    if dbapi_connection.driver_connection.is_closed():
+    is_closed = getattr(dbapi_connection.driver_connection, "is_closed", None)  # asyncpg's
+    if is_closed is not None and is_closed():
         raise DisconnectionError("PostgreSQL closed this pooled connection")
 
 
