@@ -19,7 +19,7 @@ def test_page_size_defaults_and_caps(requested: int, expected: int) -> None:
 
 
 def test_a_negative_page_size_names_the_rule() -> None:
-    with pytest.raises(ValueError, match="page_size must be 0"):
+    with pytest.raises(InvalidArgumentError, match="page_size must be 0"):
         paging.page_size(-1, default=50)
 
 

@@ -60,6 +60,13 @@ class UnavailableError(AmeliaError):
         self.dependency = dependency
 
 
+class StreamEndedError(AmeliaError):
+    """UNAVAILABLE for an open stream ended by the service's side (it shuts down, its upstream
+    went away): the message says after which event to resume, here or on another replica."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
 def struct_value(value: struct_pb2.Value) -> Any:
     """A Struct value as plain Python, without json_format (which raises on NaN and Infinity)."""
     kind = value.WhichOneof("kind")

@@ -16,9 +16,9 @@ BAD_TOKEN = (
 
 
 def page_size(requested: int, default: int, maximum: int = 1000) -> int:
-    """The page size to use; raises `ValueError` with a message for the caller when negative."""
+    """The page size to use; `InvalidArgumentError` with a message for the caller when negative."""
     if requested < 0:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"page_size must be 0 (the default, {default}) or positive; got {requested}"
         )
     return min(requested or default, maximum)

@@ -26,17 +26,12 @@ encode = paging.encode_keyset
 decode = paging.decode_keyset
 
 
-def page_size(requested: int, default: int = 50, maximum: int = 1000) -> int:
-    """`paging.page_size`, a negative size refused as INVALID_ARGUMENT."""
-    try:
-        return paging.page_size(requested, default, maximum)
-    except ValueError as exc:
-        raise InvalidArgumentError(str(exc)) from None
+DEFAULT_PAGE_SIZE = 50
 
 
 def keyset_page(requested: int, token: str) -> tuple[int, tuple[datetime, str] | None]:
     """A List request's page size and the keyset its token resumes after (None: the start)."""
-    return page_size(requested), decode(token) if token else None
+    return paging.page_size(requested, DEFAULT_PAGE_SIZE), decode(token) if token else None
 
 
 def page(rows: Sequence[Row], limit: int, key: str = "create_time") -> tuple[Sequence[Row], str]:

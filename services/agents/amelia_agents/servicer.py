@@ -28,6 +28,7 @@ from amelia_agents.store import (
     now,
 )
 from amelia_agents.streaming import RunStreamer
+from amelia_common import paging
 from amelia_common.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
@@ -370,7 +371,7 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         self, request: agents_pb2.ListRunStepsRequest, context: Ctx
     ) -> agents_pb2.ListRunStepsResponse:
         row = await self._get_run(request.parent)
-        limit = pagination.page_size(request.page_size, STEPS_PAGE_DEFAULT, STEPS_PAGE_MAX)
+        limit = paging.page_size(request.page_size, STEPS_PAGE_DEFAULT, STEPS_PAGE_MAX)
         offset = pagination.offset_of(request.page_token)
         found = steps.to_steps(await steps.history(row, self.checkpointer))
         page = found[offset : offset + limit]
@@ -426,7 +427,7 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         self, request: agents_pb2.StreamRunRequest, context: Ctx
     ) -> AsyncIterator[agents_pb2.StreamRunResponse]:
         row = await self._get_run(request.name)
-        async for event in self.streamer.stream(row, request.after_sequence, context):
+        async for event in self.streamer.stream(row, request.after_sequence):
             yield agents_pb2.StreamRunResponse(event=event)
 
 

@@ -24,7 +24,7 @@ from amelia_agents.convert import run_name
 from amelia_agents.lifecycle import TERMINAL_TYPES
 from amelia_agents.models import TERMINAL_STATES, RunRow
 from amelia_agents.store import Store
-from amelia_common.errors import UnavailableError
+from amelia_common.errors import StreamEndedError, UnavailableError
 from amelia_common.grpc_client import aio_channel
 from amelia_common.settings import Settings
 
@@ -46,9 +46,7 @@ class RunStreamer:
     async def close(self) -> None:
         await self.channel.close()
 
-    async def stream(
-        self, row: RunRow, after_sequence: int, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[events_pb2.Event]:
+    async def stream(self, row: RunRow, after_sequence: int) -> AsyncIterator[events_pb2.Event]:
         if (
             row.status in TERMINAL_STATES
             and row.terminal_sequence is not None
@@ -112,10 +110,9 @@ class RunStreamer:
                     if isinstance(item, grpc.aio.AioRpcError)
                     else "the stream ended"
                 )
-                await context.abort(
-                    grpc.StatusCode.UNAVAILABLE,
+                raise StreamEndedError(
                     f"events service at {self.settings.EVENTS_ADDRESS} ({detail}); reconnect "
-                    f"with after_sequence={last} to continue without a gap",
+                    f"with after_sequence={last} to continue without a gap"
                 )
         finally:
             call.cancel()

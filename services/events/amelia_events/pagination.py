@@ -11,19 +11,10 @@ import base64
 import binascii
 import hashlib
 
-from amelia_common import paging
 from amelia_common.eventlog import InvalidEventError
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
-
-
-def page_size(requested: int) -> int:
-    """The page size to use; negative is an INVALID_ARGUMENT for ListEvents."""
-    try:
-        return paging.page_size(requested, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-    except ValueError as exc:
-        raise InvalidEventError(str(exc)) from exc
 
 
 def fingerprint(filters: list[str]) -> str:

@@ -18,7 +18,8 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from amelia.v1 import events_pb2, events_pb2_grpc
-from amelia_common.errors import AmeliaError, InvalidArgumentError, NotFoundError
+from amelia_common import paging
+from amelia_common.errors import InvalidArgumentError, NotFoundError, StreamEndedError
 from amelia_common.eventlog import (
     EventLog,
     EventReader,
@@ -57,13 +58,6 @@ def start_position(request: events_pb2.StreamEventsRequest) -> StartAt:
     if which == "start_time":
         return StartAt.at_time(_start_time(request.start_time, "start_time"))
     return StartAt.new()
-
-
-class ShuttingDownError(AmeliaError):
-    """UNAVAILABLE for an open stream the service ends as it shuts down: the client resumes
-    after the last event it got (the message says which), from this service or another."""
-
-    code = grpc.StatusCode.UNAVAILABLE
 
 
 class EventServicer(events_pb2_grpc.EventServiceServicer):
@@ -129,7 +123,7 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
             self.readers.discard(reader)
         if self.stopping.is_set() and not context.done():
             # (Should the call end meanwhile, gRPC drops the status: nobody is there to tell.)
-            raise ShuttingDownError(
+            raise StreamEndedError(
                 "the events service is shutting down; reconnect with "
                 f"after_sequence={reader.last_sequence} to continue without a gap"
             )
@@ -137,7 +131,9 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
     async def ListEvents(
         self, request: events_pb2.ListEventsRequest, context: grpc.aio.ServicerContext
     ) -> events_pb2.ListEventsResponse:
-        size = pagination.page_size(request.page_size)
+        size = paging.page_size(
+            request.page_size, pagination.DEFAULT_PAGE_SIZE, pagination.MAX_PAGE_SIZE
+        )
         filters = filter_subjects(list(request.filter.types), request.filter.subject)
         after = request.after_sequence
         if request.page_token:

@@ -160,13 +160,6 @@ def hit_to_proto(hit: Hit) -> rag_pb2.SearchHit:
     )
 
 
-def _page_size(requested: int, default: int) -> int:
-    try:
-        return paging.page_size(requested, default, MAX_PAGE_SIZE)
-    except ValueError as exc:
-        raise InvalidArgumentError(str(exc)) from exc
-
-
 def chunk_to_proto(chunk: StoredChunk) -> rag_pb2.Chunk:
     return rag_pb2.Chunk(
         chunk_index=chunk.chunk_index,
@@ -300,7 +293,7 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
     async def ListDocuments(
         self, request: rag_pb2.ListDocumentsRequest, context: grpc.aio.ServicerContext
     ) -> rag_pb2.ListDocumentsResponse:
-        page_size = _page_size(request.page_size, DEFAULT_PAGE_SIZE)
+        page_size = paging.page_size(request.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         types = [document_type(t, "types") for t in request.types]
         with rag_errors():
             rows, token = await self.store.list(
@@ -316,7 +309,7 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
     async def ListChunks(
         self, request: rag_pb2.ListChunksRequest, context: grpc.aio.ServicerContext
     ) -> rag_pb2.ListChunksResponse:
-        page_size = _page_size(request.page_size, DEFAULT_CHUNK_PAGE_SIZE)
+        page_size = paging.page_size(request.page_size, DEFAULT_CHUNK_PAGE_SIZE, MAX_PAGE_SIZE)
         document = await self.store.get(parse_name(request.parent, "parent"))
         if document is None:
             raise NotFoundError(f"{request.parent} does not exist")
