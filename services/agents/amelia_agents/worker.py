@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import socket
@@ -460,6 +461,7 @@ async def run_standalone(settings: Settings) -> None:
         sweeper = Sweeper(settings, res.engine, res.store, res.js)
         sweeper.start()
         res.on_close(sweeper.stop)
+        gc.freeze()  # as GrpcService.serve does: start-up's objects out of the collector's sight
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
