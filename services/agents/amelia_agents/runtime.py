@@ -278,11 +278,16 @@ async def run_process(
     inherits only `inherited_env()`.
     """
     emit("run.tool.called", {"tool": tool, "args": list(argv), "cwd": str(cwd or "")})
+    if on_start is not None:
+        # The command waits (a shell reading one line) until `on_start` has noted its process:
+        # a worker killed in between would otherwise leave it running unnoted. If this process
+        # dies first, the shell reads end-of-file and never starts the command.
+        argv = ["sh", "-c", 'read -r _ && exec "$@"', "sh", *argv]
     proc = await asyncio.create_subprocess_exec(
         *argv,
         cwd=str(cwd) if cwd else None,
         env=dict(env) if env is not None else inherited_env(),
-        stdin=asyncio.subprocess.DEVNULL,
+        stdin=asyncio.subprocess.PIPE if on_start is not None else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
@@ -290,6 +295,11 @@ async def run_process(
     )
     if on_start is not None:
         on_start(proc.pid)
+        assert proc.stdin is not None
+        proc.stdin.write(b"go\n")
+        with contextlib.suppress(ConnectionError):
+            await proc.stdin.drain()
+        proc.stdin.close()  # the command reads end-of-file, as from /dev/null
     lines: list[str] = []
 
     async def pump(reader: asyncio.StreamReader | None, stream: str) -> None:
