@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from nats.js.errors import NoStreamResponseError
 from typer.testing import CliRunner
 
 from amelia_cli.main import app
@@ -83,8 +84,16 @@ async def _store_on_three_nodes(settings: Settings) -> None:
         await js.add_stream(
             name="SCALE_CLI", subjects=["scale.cli"], num_replicas=settings.EVENTS_STREAM_REPLICAS
         )
-        await js.publish("scale.cli", b"kept on three nodes")
         deadline = asyncio.get_running_loop().time() + 60
+        while True:
+            # A new R3 stream answers once its nodes have elected its leader: until then JetStream
+            # has no responder for the subject (seen in CI right after add_stream).
+            try:
+                await js.publish("scale.cli", b"kept on three nodes")
+                break
+            except NoStreamResponseError:
+                assert asyncio.get_running_loop().time() < deadline, "the stream never answered"
+                await asyncio.sleep(0.2)
         while True:
             info = await js.stream_info("SCALE_CLI")
             peers = info.cluster.replicas if info.cluster else None
