@@ -267,11 +267,9 @@ class Executor:
                     await pipeline.submit(self._task_event(row, chunk, started, usage))
                     if end.interrupt is None and chunk.get("interrupts"):
                         first = chunk["interrupts"][0]
-                        end.interrupt = {
-                            "node": str(chunk.get("name", "")),
-                            "value": _jsonable(first.get("value")),
-                            "id": first.get("id") or "",
-                        }
+                        end.interrupt = _interrupt(
+                            str(chunk.get("name", "")), first.get("value"), first.get("id")
+                        )
                 elif mode == "custom" and isinstance(chunk, dict) and runtime.EVENT_KEY in chunk:
                     event_type = chunk[runtime.EVENT_KEY]
                     data = chunk.get("data") or {}
@@ -367,8 +365,11 @@ def _pending_interrupt(snapshot: Any) -> dict[str, Any]:
         if task.interrupts:
             node, pending = task.name, task.interrupts[0]
             break
-    return {
-        "node": node,
-        "value": _jsonable(pending.value if pending is not None else None),
-        "id": pending.id if pending is not None else "",
-    }
+    if pending is None:
+        return _interrupt(node, None, None)
+    return _interrupt(node, pending.value, pending.id)
+
+
+def _interrupt(node: str, value: Any, interrupt_id: str | None) -> dict[str, Any]:
+    """A pause as the run row and `run.interrupted` keep it: {"node", "value", "id"}."""
+    return {"node": node, "value": _jsonable(value), "id": interrupt_id or ""}
