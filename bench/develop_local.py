@@ -34,15 +34,9 @@ import grpc
 from google.protobuf import json_format, struct_pb2
 
 from amelia.v1 import agents_pb2, agents_pb2_grpc
-from amelia_agents.server import build_service as build_agents
-from amelia_common import local_model
-from amelia_common.embedded import EmbeddedNats, EmbeddedPostgres, free_port
-from amelia_common.grpc_client import aio_channel
-from amelia_common.llama_server import EmbeddedLlama
-from amelia_common.logging import configure_logging
+from amelia_agents.worktree import git
 from amelia_common.settings import DEFAULT_LOCAL_MODEL
-from amelia_events.server import build_service as build_events
-from bench.agents import mesh_settings
+from bench.local_model import local_mesh
 
 MODEL = f"local:{DEFAULT_LOCAL_MODEL}"
 REQUEST = (
@@ -72,20 +66,19 @@ class Try:
     run: str = ""
 
 
-def git(cwd: Path, *args: str) -> str:
-    done = subprocess.run(
-        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True, timeout=60
-    )
-    return done.stdout.strip()
-
-
-def sample_repository(path: Path) -> Path:
+def sample_files(path: Path) -> None:
     path.mkdir(parents=True)
-    git(path, "init", "-q", "-b", "main")
     (path / "calc.py").write_text(CALC)
     (path / "test_calc.py").write_text(TEST_CALC)
-    git(path, "add", ".")
-    git(path, "-c", "user.name=b", "-c", "user.email=b@example.com", "commit", "-qm", "calc")
+
+
+async def sample_repository(path: Path) -> Path:
+    """`calc.py` and its test, committed on `main` in a new repository at `path`."""
+    await asyncio.to_thread(sample_files, path)
+    await git(["init", "-q", "-b", "main"], path)
+    await git(["add", "."], path)
+    identity = ["-c", "user.name=b", "-c", "user.email=b@example.com"]
+    await git([*identity, "commit", "-qm", "calc"], path)
     return path
 
 
@@ -152,7 +145,7 @@ async def drive(stub: agents_pb2_grpc.AgentServiceStub, repo: Path, attempt: Try
                 )
             elif node == "approve_diff":
                 attempt.rounds = int(question.get("rounds", 0))
-                worktree = worktree_of(repo, str(question.get("branch", "")))
+                worktree = await worktree_of(repo, str(question.get("branch", "")))
                 attempt.why = check_branch(worktree) if worktree else "no worktree"
                 decision = "discard" if attempt.why else "land into main"
                 answered.add((node, len(answered)))
@@ -169,13 +162,13 @@ async def drive(stub: agents_pb2_grpc.AgentServiceStub, repo: Path, attempt: Try
     if output.get("status") != "landed":
         attempt.why = attempt.why or f"not landed: {output.get('status')} {output.get('message')}"
         return
-    calc = git(repo, "show", "main:calc.py")
+    calc = await git(["show", "main:calc.py"], repo)
     attempt.ok = "def subtract(" in calc
     attempt.why = "" if attempt.ok else "landed, but main has no subtract()"
 
 
-def worktree_of(repo: Path, branch: str) -> Path | None:
-    for block in git(repo, "worktree", "list", "--porcelain").split("\n\n"):
+async def worktree_of(repo: Path, branch: str) -> Path | None:
+    for block in (await git(["worktree", "list", "--porcelain"], repo)).split("\n\n"):
         lines = dict(line.split(" ", 1) for line in block.splitlines() if " " in line)
         if lines.get("branch") == f"refs/heads/{branch}":
             return Path(lines["worktree"])
@@ -193,45 +186,30 @@ async def tools_used(stub: agents_pb2_grpc.AgentServiceStub, name: str) -> str:
 
 
 async def bench(root: Path, tries: int, deadline: float) -> list[Try]:
-    postgres = EmbeddedPostgres(root)
-    nats = EmbeddedNats(root, free_port())
     allowed = root / "repos"
     allowed.mkdir()
-    settings = mesh_settings(
+    results: list[Try] = []
+    async with local_mesh(
         root,
-        postgres,
-        nats,
-        LOCAL_MODEL_PORT=free_port(),
+        "develop-local",
         CODE_ALLOWED_ROOTS=[allowed],
         GIT_WORKTREE_DIR=root / "worktrees",
         CLAUDE_CODE_PATH="",
-    )
-    configure_logging(settings, "bench-develop-local")
-    if not local_model.model_path(settings).is_file():
-        raise RuntimeError("the local model is missing: run 'make install'")
-    llama = EmbeddedLlama.from_settings(settings, watch_parent=True)
-    settings = settings.model_copy(update={"LOCAL_MODEL_URL": llama.start()})
-    events = await build_events(settings)
-    settings = settings.model_copy(update={"EVENTS_ADDRESS": f"127.0.0.1:{await events.start()}"})
-    agents = await build_agents(settings)
-    channel = aio_channel(f"127.0.0.1:{await agents.start()}", settings)
-    stub = agents_pb2_grpc.AgentServiceStub(channel)
-    results: list[Try] = []
-    try:
+    ) as mesh:
         for number in range(1, tries + 1):
             attempt = Try(number)
-            repo = sample_repository(allowed / f"sample-{number}")
+            repo = await sample_repository(allowed / f"sample-{number}")
             started = time.perf_counter()
             try:
-                await asyncio.wait_for(drive(stub, repo, attempt), deadline)
+                await asyncio.wait_for(drive(mesh.stub, repo, attempt), deadline)
             except TimeoutError:
                 attempt.why = f"no result within {deadline:.0f}s"
             attempt.seconds = time.perf_counter() - started
             if attempt.run:
                 with contextlib.suppress(grpc.aio.AioRpcError):  # ended already
-                    await stub.CancelRun(agents_pb2.CancelRunRequest(name=attempt.run))
+                    await mesh.stub.CancelRun(agents_pb2.CancelRunRequest(name=attempt.run))
                 try:
-                    attempt.tools = await asyncio.wait_for(tools_used(stub, attempt.run), 30)
+                    attempt.tools = await asyncio.wait_for(tools_used(mesh.stub, attempt.run), 30)
                 except TimeoutError:
                     attempt.tools = "?"
             results.append(attempt)
@@ -241,13 +219,6 @@ async def bench(root: Path, tries: int, deadline: float) -> list[Try]:
                 f"tools: {attempt.tools or 'none'})",
                 flush=True,
             )
-    finally:
-        await channel.close()
-        await agents.stop(1.0)
-        await events.stop(0.5)
-        llama.stop()
-        nats.stop()
-        postgres.stop()
     return results
 
 

@@ -17,25 +17,26 @@ the same prompt reading). Every request has a deadline: a stuck run is reported 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import statistics
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import openai
 
 from amelia.v1 import agents_pb2, agents_pb2_grpc
 from amelia_agents.server import build_service as build_agents
 from amelia_common import local_model
-from amelia_common.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from amelia_common.embedded import free_port
 from amelia_common.grpc_client import aio_channel
 from amelia_common.llama_server import EmbeddedLlama
-from amelia_common.logging import configure_logging
 from amelia_common.settings import DEFAULT_LOCAL_MODEL
-from amelia_events.server import build_service as build_events
-from bench.agents import mesh_settings
+from bench.agents import events_mesh
 
 # Every request its own prompt (one new word): none finds its whole prompt in the server's cache.
 PROMPTS = [
@@ -80,7 +81,7 @@ async def raw(client: openai.AsyncOpenAI, prompt: str) -> Sample:
     return Sample(first - started, tokens, last - first)
 
 
-async def mesh(stub: agents_pb2_grpc.AgentServiceStub, prompt: str) -> Sample:
+async def mesh_sample(stub: agents_pb2_grpc.AgentServiceStub, prompt: str) -> Sample:
     request = agents_pb2.CreateRunRequest(run=agents_pb2.Run(workflow="workflows/chat"))
     request.run.input.update(
         {"message": prompt, "model": MODEL, "temperature": 0, "max_tokens": MAX_TOKENS}
@@ -120,54 +121,72 @@ def summary(label: str, samples: list[Sample]) -> tuple[str, float, float, float
     )
 
 
+@dataclass
+class LocalMesh:
+    """What a bench drives: the local model server (for its raw API) and the agents service."""
+
+    llama: EmbeddedLlama
+    load_seconds: float  # the model server's start, until it answers
+    stub: agents_pb2_grpc.AgentServiceStub
+
+
+@contextlib.asynccontextmanager
+async def local_mesh(root: Path, name: str, **overrides: Any) -> AsyncIterator[LocalMesh]:
+    """`events_mesh` with the local model server (the model `make install` fetched, as `amelia
+    up` runs it) and the agents service in this process, for the bench `name`; all stopped on
+    the way out, whatever failed on the way in."""
+    async with events_mesh(root, name, LOCAL_MODEL_PORT=free_port(), **overrides) as settings:
+        if not local_model.model_path(settings).is_file():
+            raise RuntimeError("the local model is missing: run 'make install'")
+        llama = EmbeddedLlama.from_settings(settings, watch_parent=True)
+        try:
+            started = time.perf_counter()
+            settings = settings.model_copy(update={"LOCAL_MODEL_URL": llama.start()})
+            load_seconds = time.perf_counter() - started
+            agents = await build_agents(settings)
+            try:
+                channel = aio_channel(f"127.0.0.1:{await agents.start()}", settings)
+                try:
+                    yield LocalMesh(llama, load_seconds, agents_pb2_grpc.AgentServiceStub(channel))
+                finally:
+                    await channel.close()
+            finally:
+                await agents.stop(1.0)
+        finally:
+            llama.stop()
+
+
 async def bench(root: Path) -> None:
-    postgres = EmbeddedPostgres(root)
-    nats = EmbeddedNats(root, free_port())
-    settings = mesh_settings(root, postgres, nats, LOCAL_MODEL_PORT=free_port())
-    configure_logging(settings, "bench-local-model")
-    if not local_model.model_path(settings).is_file():
-        raise RuntimeError("the local model is missing: run 'make install'")
-    llama = EmbeddedLlama.from_settings(settings, watch_parent=True)
-    started = time.perf_counter()
-    settings = settings.model_copy(update={"LOCAL_MODEL_URL": llama.start()})
-    load_seconds = time.perf_counter() - started
-    events = await build_events(settings)
-    settings = settings.model_copy(update={"EVENTS_ADDRESS": f"127.0.0.1:{await events.start()}"})
-    agents = await build_agents(settings)
-    channel = aio_channel(f"127.0.0.1:{await agents.start()}", settings)
-    stub = agents_pb2_grpc.AgentServiceStub(channel)
-    client = openai.AsyncOpenAI(base_url=llama.base_url, api_key="not-needed", max_retries=0)
-    try:
-        # Warm-up: the first request of each path pays one-time costs.
-        await asyncio.wait_for(raw(client, "Say hello."), DEADLINE_SECONDS)
-        await asyncio.wait_for(mesh(stub, "Say hello."), DEADLINE_SECONDS)
-        raws, meshes = [], []
-        for raw_prompt, mesh_prompt in zip(PROMPTS[::2], PROMPTS[1::2], strict=True):
-            raws.append(await asyncio.wait_for(raw(client, raw_prompt), DEADLINE_SECONDS))
-            meshes.append(await asyncio.wait_for(mesh(stub, mesh_prompt), DEADLINE_SECONDS))
-        rss = rss_mib(llama.pid())
-        print(
-            f"{llama.model.name}: loaded in {load_seconds:.1f}s, RSS {rss:.0f} MiB, "
-            f"{llama.threads} thread(s), {llama.slots} slots; {len(raws)} prompts each, greedy, "
-            f"max_tokens {MAX_TOKENS}, {os.cpu_count()} cores"
-        )
-        header = f"{'path':>5} | {'tokens/s':>8} | {'first token ms':>14} | {'tokens':>6}"
-        print(header)
-        print("-" * len(header))
-        rows = [summary("raw", raws), summary("mesh", meshes)]
-        for label, rate, first, tokens in rows:
-            print(f"{label:>5} | {rate:>8.1f} | {first:>14.0f} | {tokens:>6.0f}")
-        ratio = rows[1][1] / rows[0][1]
-        verdict = "meets" if ratio >= 0.9 else "MISSES"
-        print(f"\nmesh/raw generation rate: {ratio:.2f}x ({verdict} the 0.9x target, medians)")
-    finally:
-        await client.close()
-        await channel.close()
-        await agents.stop(1.0)
-        await events.stop(0.5)
-        llama.stop()
-        nats.stop()
-        postgres.stop()
+    async with local_mesh(root, "local-model") as mesh:
+        llama = mesh.llama
+        client = openai.AsyncOpenAI(base_url=llama.base_url, api_key="not-needed", max_retries=0)
+        try:
+            # Warm-up: the first request of each path pays one-time costs.
+            await asyncio.wait_for(raw(client, "Say hello."), DEADLINE_SECONDS)
+            await asyncio.wait_for(mesh_sample(mesh.stub, "Say hello."), DEADLINE_SECONDS)
+            raws, meshes = [], []
+            for raw_prompt, mesh_prompt in zip(PROMPTS[::2], PROMPTS[1::2], strict=True):
+                raws.append(await asyncio.wait_for(raw(client, raw_prompt), DEADLINE_SECONDS))
+                meshes.append(
+                    await asyncio.wait_for(mesh_sample(mesh.stub, mesh_prompt), DEADLINE_SECONDS)
+                )
+            rss = rss_mib(llama.pid())
+            print(
+                f"{llama.model.name}: loaded in {mesh.load_seconds:.1f}s, RSS {rss:.0f} MiB, "
+                f"{llama.threads} thread(s), {llama.slots} slots; {len(raws)} prompts each, "
+                f"greedy, max_tokens {MAX_TOKENS}, {os.cpu_count()} cores"
+            )
+            header = f"{'path':>5} | {'tokens/s':>8} | {'first token ms':>14} | {'tokens':>6}"
+            print(header)
+            print("-" * len(header))
+            rows = [summary("raw", raws), summary("mesh", meshes)]
+            for label, rate, first, tokens in rows:
+                print(f"{label:>5} | {rate:>8.1f} | {first:>14.0f} | {tokens:>6.0f}")
+            ratio = rows[1][1] / rows[0][1]
+            verdict = "meets" if ratio >= 0.9 else "MISSES"
+            print(f"\nmesh/raw generation rate: {ratio:.2f}x ({verdict} the 0.9x target, medians)")
+        finally:
+            await client.close()
 
 
 def main() -> None:
