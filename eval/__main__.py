@@ -6,7 +6,8 @@ process with its default settings, ingests the corpus (see corpus.py) through gR
 every page is indexed, asks every question in each search mode (top 10, no threshold or mode
 option beyond the defaults a user gets), and scores the passages next to the baselines of
 baselines.py built from the same pages. Embeddings are cached on disk (cache.py), so only the
-first run pays for the model. Prints one table per question split (all, tune, held-out).
+first run pays for the model. Prints one table per question split (all, tune, held-out, fresh). Refuses to start
+when a question's evidence is not in its page's section (corpus.check).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from amelia_rag.embeddings import LocalEmbedder, load_local_model
 from amelia_rag.server import build_service
 from eval import baselines
 from eval.cache import CachedEmbedder, EmbeddingCache
-from eval.corpus import Question, manual_dir, pages, questions
+from eval.corpus import SPLITS, Question, check, manual_dir, pages, questions
 from eval.score import HEADER, Ranked, Scores, row, score
 
 ROOT = Path(os.environ.get("AMELIA_EVAL_DIR", "/tmp/amelia-eval"))
@@ -145,7 +146,7 @@ async def baseline_results(
 
 
 def report(all_results: dict[str, Results], asked: list[Question]) -> None:
-    for split in ("all", "tune", "held-out"):
+    for split in ("all", *SPLITS):
         subset = [q for q in asked if split == "all" or q.split == split]
         print(f"\n{split} questions ({len(subset)}), top {TOP_K}\n")
         print(HEADER)
@@ -209,6 +210,7 @@ def main() -> None:
     np.set_printoptions(precision=3)
     root = manual_dir()
     asked = questions()
+    check(root, asked)
     ROOT.mkdir(parents=True, exist_ok=True)
     asyncio.run(run(root, asked, pages(root, asked)))
 

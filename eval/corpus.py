@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from bs4 import BeautifulSoup
+
 HERE = Path(__file__).parent
 QUESTIONS = HERE / "questions.jsonl"
 MANUAL_GLOB = "/usr/share/doc/postgresql-doc-*/html"
@@ -23,6 +25,9 @@ MANUAL_GLOB = "/usr/share/doc/postgresql-doc-*/html"
 # hours to embed on a busy 2-core machine.
 DISTRACTORS = int(os.environ.get("EVAL_DISTRACTORS", "150"))
 SEED = 16
+# tune: looked at while tuning; held-out: written with it, never looked at; fresh: written in
+# session 7 before any run on them (commit 'eval: 59 fresh questions'), never tuned on.
+SPLITS = ("tune", "held-out", "fresh")
 _WORD = re.compile(r"\w+")
 
 
@@ -48,6 +53,50 @@ def manual_dir() -> Path:
 
 def questions() -> list[Question]:
     return [Question(**json.loads(line)) for line in QUESTIONS.read_text().splitlines() if line]
+
+
+def section_text(page: BeautifulSoup, section: str) -> str | None:
+    """The text of the element whose id is `section` (a definition term with its definition)."""
+    element = page.find(id=section)
+    if element is None:
+        return None
+    text = element.get_text(" ")
+    if element.name == "dt":
+        definition = element.find_next_sibling("dd")
+        if definition is not None:
+            text += " " + definition.get_text(" ")
+    return text
+
+
+def check(root: Path, asked: list[Question]) -> None:
+    """Refuse a question set with a duplicate id, or a question whose evidence is not on its page.
+
+    The evidence phrase must occur (as lower-case words) in the element of its file whose id is
+    the question's section: a question pointing at the wrong page or section, or whose evidence
+    was paraphrased rather than copied, is an error before anything is run.
+    """
+    errors: list[str] = []
+    seen: set[int] = set()
+    parsed: dict[str, BeautifulSoup] = {}
+    for q in asked:
+        if q.split not in SPLITS:
+            errors.append(f"question {q.id}: split {q.split!r} is none of {', '.join(SPLITS)}")
+        if q.id in seen:
+            errors.append(f"question {q.id}: id used twice")
+        seen.add(q.id)
+        path = root / q.file
+        if not path.is_file():
+            errors.append(f"question {q.id}: no page {q.file}")
+            continue
+        if q.file not in parsed:
+            parsed[q.file] = BeautifulSoup(path.read_text(encoding="utf-8"), "html.parser")
+        text = section_text(parsed[q.file], q.section)
+        if text is None:
+            errors.append(f"question {q.id}: {q.file} has no element with id {q.section}")
+        elif words(q.evidence) not in words(text):
+            errors.append(f"question {q.id}: evidence not in {q.file}#{q.section}: {q.evidence!r}")
+    if errors:
+        raise SystemExit("bad questions in eval/questions.jsonl:\n" + "\n".join(errors))
 
 
 def pages(root: Path, asked: list[Question]) -> list[Path]:
