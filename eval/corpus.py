@@ -28,6 +28,7 @@ SEED = 16
 # tune: looked at while tuning; held-out: written with it, never looked at; fresh: written in
 # session 7 before any run on them (commit 'eval: 59 fresh questions'), never tuned on.
 SPLITS = ("tune", "held-out", "fresh")
+FIRST_SET = ("tune", "held-out")
 _WORD = re.compile(r"\w+")
 
 
@@ -100,18 +101,25 @@ def check(root: Path, asked: list[Question]) -> None:
 
 
 def pages(root: Path, asked: list[Question]) -> list[Path]:
-    """The asked pages and DISTRACTORS other pages (seeded), sorted by name."""
+    """The asked pages and DISTRACTORS other pages (seeded), sorted by name.
+
+    The distractors are drawn from the pages the first question set (tune and held-out) does not
+    ask about, so adding questions does not redraw them: a later split's pages join the corpus
+    (or are already in it, as distractors), the rest of the corpus and its cached embeddings stay,
+    and scores before and after the addition stay comparable.
+    """
     wanted = {q.file for q in asked}
     missing = [f for f in wanted if not (root / f).is_file()]
     if missing:
         raise SystemExit(f"pages missing from {root}: {', '.join(sorted(missing))}")
+    first_set = {q.file for q in asked if q.split in FIRST_SET}
     others = sorted(
         p.name
         for p in root.glob("*.html")
-        if p.name not in wanted and not p.name.startswith("release")
+        if p.name not in first_set and not p.name.startswith("release")
     )
     random.Random(SEED).shuffle(others)
-    return sorted(root / name for name in [*wanted, *others[:DISTRACTORS]])
+    return sorted(root / name for name in wanted | set(others[:DISTRACTORS]))
 
 
 def words(text: str) -> str:
