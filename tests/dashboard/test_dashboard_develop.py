@@ -101,12 +101,14 @@ def wait_question(mesh: Mesh, name: str, node: str, timeout: float = 120) -> dic
         time.sleep(0.2)
 
 
-def kept(mesh: Mesh, scripted: ScriptedOpenAI, repo: Path) -> dict[str, Any]:
+def kept(mesh: Mesh, scripted: ScriptedOpenAI) -> tuple[Path, dict[str, Any]]:
+    """A new repository, and a develop run on it that ended keeping its branch (greet.py)."""
+    repo = repository(mesh)
     run = develop(mesh, scripted, repo)
     mesh.post(f"/v1/{run['name']}:resume", {"answer": "keep"})
     done = _wait_run(mesh, run["name"], "RUN_STATUS_COMPLETED", timeout=120)
     assert done["output"]["status"] == "kept", done
-    return done
+    return repo, done
 
 
 def expect_greet_diff(page: Page, where: str) -> None:
@@ -122,6 +124,16 @@ def expect_greet_diff(page: Page, where: str) -> None:
     assert card.evaluate(stray) == []
 
 
+def open_run(page: Page, run: dict[str, Any]) -> None:
+    page.goto(f"/#/runs/{run['name'].split('/')[-1]}")
+
+
+def open_change(page: Page, run: dict[str, Any]) -> None:
+    """The page of an ended run that left its branch, with greet.py in its change card."""
+    open_run(page, run)
+    expect_greet_diff(page, "#diff-slot #run-diff")
+
+
 def activity(page: Page, event_type: str) -> Any:
     return page.locator(f'#run-activity li[data-type="{event_type}"]')
 
@@ -133,7 +145,7 @@ def test_the_final_question_shows_the_diff_and_land_answers_it(
     repo = repository(mesh)
     run = develop(mesh, scripted, repo)
     with _checked_page(browser, mesh, DESKTOP if size == "desktop" else PHONE) as page:
-        page.goto(f"/#/runs/{run['name'].split('/')[-1]}")
+        open_run(page, run)
         expect_greet_diff(page, ".interrupt #run-diff")
         expect(page.locator("#diff-into")).to_have_value("main")
         # The diff replaces the question's raw JSON; Land / Discard / Keep answer it.
@@ -152,11 +164,9 @@ def test_the_final_question_shows_the_diff_and_land_answers_it(
 def test_a_kept_branch_lands_from_the_run_page_and_git_landed_appears(
     browser: Browser, mesh: Mesh, scripted: ScriptedOpenAI, artifacts: Path
 ) -> None:
-    repo = repository(mesh)
-    run = kept(mesh, scripted, repo)
+    repo, run = kept(mesh, scripted)
     with _checked_page(browser, mesh, DESKTOP) as page:
-        page.goto(f"/#/runs/{run['name'].split('/')[-1]}")
-        expect_greet_diff(page, "#diff-slot #run-diff")
+        open_change(page, run)
         expect(page.locator("#diff-keep")).to_have_count(0)
         expect(activity(page, "run.completed")).to_have_count(1)
         expect(activity(page, "git.landed")).to_have_count(0)
@@ -174,16 +184,14 @@ def test_a_kept_branch_lands_from_the_run_page_and_git_landed_appears(
 def test_a_conflict_names_the_file_then_discard_removes_the_branch(
     browser: Browser, mesh: Mesh, scripted: ScriptedOpenAI, artifacts: Path
 ) -> None:
-    repo = repository(mesh)
-    run = kept(mesh, scripted, repo)
+    repo, run = kept(mesh, scripted)
     # main gets its own greet.py meanwhile: the run's branch conflicts with it.
     (repo / "greet.py").write_text("def greet(name):\n    return 'hi ' + name\n")
     commit(repo, "mine")
     before = git(repo, "rev-parse", "main")
     branch = run["output"]["branch"]
     with _checked_page(browser, mesh, PHONE) as page:
-        page.goto(f"/#/runs/{run['name'].split('/')[-1]}")
-        expect_greet_diff(page, "#diff-slot #run-diff")
+        open_change(page, run)
         page.click("#diff-land")
         error = page.locator("#diff-notice .notice.error")
         expect(error).to_contain_text("conflict")
@@ -214,7 +222,7 @@ def test_a_cancelled_run_that_left_its_branch_can_be_discarded(
     assert git(repo, "branch", "--list", branch)
     before = git(repo, "rev-parse", "main")
     with _checked_page(browser, mesh, PHONE) as page:
-        page.goto(f"/#/runs/{run['name'].split('/')[-1]}")
+        open_run(page, run)
         expect_status(page, "RUN_STATUS_CANCELLED")
         expect_greet_diff(page, "#diff-slot #run-diff")
         expect(page.locator("#diff-keep")).to_have_count(0)
@@ -241,7 +249,7 @@ def test_a_run_cancelled_before_its_branch_shows_no_change(
     mesh.post(f"/v1/{run['name']}:cancel", {})
     _wait_run(mesh, run["name"], "RUN_STATUS_CANCELLED", timeout=120)
     with _checked_page(browser, mesh, DESKTOP) as page:
-        page.goto(f"/#/runs/{run['name'].split('/')[-1]}")
+        open_run(page, run)
         expect_status(page, "RUN_STATUS_CANCELLED")
         # The git API was asked and named no branch of this run: no card, no 404 logged.
         page.wait_for_function(
