@@ -4,6 +4,8 @@ Revision ID: agents_0001
 Revises:
 """
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
@@ -14,10 +16,29 @@ branch_labels = None
 depends_on = None
 
 
-def upgrade() -> None:
+def _timestamp(name: str) -> sa.Column[Any]:
+    """`<name> timestamptz NOT NULL DEFAULT now()` (the DDL is the same as when each table
+    spelled it out: a migration is history)."""
+    return sa.Column(name, sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now())
+
+
+def _create_listed_table(name: str, key: Any, *columns: sa.Column[Any]) -> None:
+    """Table `name`: its `id` (of type `key`), `columns`, its create and update times, and the
+    (create_time, id) index its list pages by."""
     op.create_table(
+        name,
+        sa.Column("id", key, primary_key=True),
+        *columns,
+        _timestamp("create_time"),
+        _timestamp("update_time"),
+    )
+    op.create_index(f"ix_{name}_create_time", name, ["create_time", "id"])
+
+
+def upgrade() -> None:
+    _create_listed_table(
         "agents",
-        sa.Column("id", sa.String(63), primary_key=True),
+        sa.String(63),
         sa.Column("display_name", sa.Text(), nullable=False, server_default=""),
         sa.Column("description", sa.Text(), nullable=False, server_default=""),
         sa.Column("system_prompt", sa.Text(), nullable=False, server_default=""),
@@ -28,26 +49,12 @@ def upgrade() -> None:
         sa.Column("retry_attempts", sa.Integer(), nullable=False),
         sa.Column("context_sources", postgresql.JSONB(), nullable=False, server_default="[]"),
         sa.Column("tools", postgresql.JSONB(), nullable=False, server_default="[]"),
-        sa.Column(
-            "create_time", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
-        ),
-        sa.Column(
-            "update_time", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
-        ),
     )
-    op.create_index("ix_agents_create_time", "agents", ["create_time", "id"])
-    op.create_table(
+    _create_listed_table(
         "threads",
-        sa.Column("id", postgresql.UUID(as_uuid=True), primary_key=True),
+        postgresql.UUID(as_uuid=True),
         sa.Column("metadata", postgresql.JSONB(), nullable=False, server_default="{}"),
-        sa.Column(
-            "create_time", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
-        ),
-        sa.Column(
-            "update_time", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
-        ),
     )
-    op.create_index("ix_threads_create_time", "threads", ["create_time", "id"])
     op.create_table(
         "runs",
         sa.Column("id", postgresql.UUID(as_uuid=True), primary_key=True),
@@ -64,9 +71,7 @@ def upgrade() -> None:
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("output", postgresql.JSONB(), nullable=True),
         sa.Column("error", sa.Text(), nullable=False, server_default=""),
-        sa.Column(
-            "create_time", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
-        ),
+        _timestamp("create_time"),
         sa.Column("start_time", sa.DateTime(timezone=True), nullable=True),
         sa.Column("end_time", sa.DateTime(timezone=True), nullable=True),
         sa.Column("input_tokens", sa.BigInteger(), nullable=False, server_default="0"),
