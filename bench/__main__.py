@@ -1,6 +1,7 @@
 """`make bench`: every benchmark, each printing its own table of figures measured side by side.
 
 Each module in this folder with a `main()` is one benchmark; `python -m bench NAME...` runs some.
+Those in ON_DEMAND run only when named: they take far longer than the rest.
 Each runs in a process of its own with a deadline (`BENCH_DEADLINE_SECONDS`, default 1200): a
 benchmark that has not finished by then (a stuck run, a server that never answers) is
 interrupted, reported as failed, and the others still run. The exit status is non-zero when any
@@ -20,11 +21,19 @@ from pathlib import Path
 DEADLINE_SECONDS = float(os.environ.get("BENCH_DEADLINE_SECONDS", "1200"))
 # After the deadline: SIGINT (its `finally` blocks stop the servers it started), then SIGKILL.
 CLEANUP_SECONDS = 30.0
+# Not in a plain `make bench`: n tries of `develop` with the local model, minutes each (its own
+# deadline is BENCH_DEADLINE_SECONDS=5400, see docs/develop.md).
+ON_DEMAND = frozenset({"develop_local"})
 
 
 def available() -> list[str]:
+    """What a plain `make bench` runs."""
     here = Path(__file__).parent
-    return sorted(m.name for m in pkgutil.iter_modules([str(here)]) if not m.name.startswith("_"))
+    return sorted(
+        m.name
+        for m in pkgutil.iter_modules([str(here)])
+        if not m.name.startswith("_") and m.name not in ON_DEMAND
+    )
 
 
 def run(name: str, deadline: float) -> str | None:

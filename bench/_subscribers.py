@@ -4,14 +4,17 @@
 and decoding 100 sockets' messages took more CPU than the gateway spent sending them. Each
 process here holds a share of a row's subscribers (WebSockets on the gateway, or StreamEvents
 calls on the events service), decodes every message with orjson, counts each subscriber's
-events and, while measuring latency, takes receive time minus the publish time the event
-carries (`data.t`: the publisher's time.time(), the same clock on the same machine).
+events, checks that each got every event of the phase once, in the log's order (`data.p` names
+the phase, `data.i` numbers its events from 0; the stream sequences must go up) and, while measuring latency, takes receive time
+minus the publish time the event carries (`data.t`: the publisher's time.time(), the same clock
+on the same machine), leaving out the phase's first `skip` events (its warm-up).
 
 The parent sends commands over a pipe and gets one answer per command:
-    ("reset", target, measure) -> True    count afresh up to `target` events each
-    ("status",)                -> bool    whether every subscriber has its target
-    ("wait", timeout)          -> Report  once every subscriber has it, or after `timeout`
-    ("close",)                 -> True    and the process ends
+    ("reset", Phase)  -> True    count afresh up to `phase.target` events each
+    ("status",)       -> bool    whether every subscriber has its target
+    ("wait", timeout) -> Report  once every subscriber has it (or its socket closed), or after
+                                 `timeout`
+    ("close",)        -> True    and the process ends
 """
 
 from __future__ import annotations
@@ -36,6 +39,17 @@ WEBSOCKET_BATCHED = "websocket-batched"
 STREAM_EVENTS = "stream-events"
 
 
+@dataclass(frozen=True)
+class Phase:
+    """What the subscribers count next: `target` events of phase `name` each, numbered from 0;
+    latency of those numbered `skip` and up when `measure`."""
+
+    name: str = ""
+    target: int = 0
+    measure: bool = False
+    skip: int = 0
+
+
 @dataclass
 class Report:
     """What one process's subscribers received since the last reset."""
@@ -44,34 +58,55 @@ class Report:
     counts: list[int]
     lasts: list[float]  # time.time() of each subscriber's last event
     latencies: list[float] = field(default_factory=list)  # seconds, publish -> decoded
+    gapped: int = 0  # subscribers whose events came with a gap, a repeat or out of order
+    closed: list[str] = field(default_factory=list)  # why sockets closed meanwhile
 
 
 class Receiver:
-    """Counts events for one subscriber; records latency when measuring."""
+    """Counts one subscriber's events of the current phase, checks their order, takes latency."""
 
     def __init__(self) -> None:
+        self.phase = Phase()
         self.count = 0
         self.last = 0.0
+        self.gapped = False
+        self.closed = ""
         self.latencies: list[float] = []
-        self.measure = False
-        self.target = 0
+        self.seen = bytearray()
+        self.sequence = 0
         self.done = asyncio.Event()
 
-    def arrived(self, data: dict[str, Any]) -> None:
+    def arrived(self, sequence: int, data: dict[str, Any]) -> None:
+        phase = self.phase
+        if data.get("p") != phase.name:
+            return  # a straggler of an earlier phase (a warm-up event)
         now = time.time()
+        number = int(data["i"])
+        if sequence <= self.sequence or number >= len(self.seen) or self.seen[number]:
+            self.gapped = True  # out of the log's order, repeated, or not of this phase
+        else:
+            self.seen[number] = 1
+        self.sequence = sequence
         self.count += 1
         self.last = now
-        if self.measure and "t" in data:
+        if phase.measure and number >= phase.skip:
             self.latencies.append(now - data["t"])
-        if self.target and self.count >= self.target:
+        if phase.target and self.count >= phase.target:
             self.done.set()
 
-    def reset(self, target: int, measure: bool) -> None:
+    def ended(self, why: str) -> None:
+        self.closed = why
+        self.done.set()
+
+    def reset(self, phase: Phase) -> None:
+        self.phase = phase
         self.count = 0
+        self.gapped = False
         self.latencies = []
-        self.measure = measure
-        self.target = target
+        self.seen = bytearray(phase.target)
         self.done = asyncio.Event()
+        if self.closed:
+            self.done.set()
 
 
 Closer = Callable[[], Awaitable[None]]
@@ -94,15 +129,21 @@ async def _websockets(url: str, subject: str, receivers: list[Receiver], batch: 
         sockets += await asyncio.gather(*(open_one() for _ in receivers[start : start + 25]))
 
     async def consume(ws: Any, receiver: Receiver) -> None:
-        with contextlib.suppress(websockets.ConnectionClosed, asyncio.CancelledError):
-            async for text in ws:
-                message = orjson.loads(text)
-                kind = message["type"]
-                if kind == "events":
-                    for item in message["events"]:
-                        receiver.arrived(item["event"]["data"])
-                elif kind == "event":
-                    receiver.arrived(message["event"]["data"])
+        with contextlib.suppress(asyncio.CancelledError):
+            try:
+                async for text in ws:
+                    message = orjson.loads(text)
+                    kind = message["type"]
+                    if kind == "events":
+                        for item in message["events"]:
+                            receiver.arrived(item["sequence"], item["event"]["data"])
+                    elif kind == "event":
+                        receiver.arrived(message["sequence"], message["event"]["data"])
+                    elif kind == "ping":  # the gateway's heartbeat: it closes a silent client
+                        await ws.send('{"type":"pong"}')
+            except websockets.ConnectionClosed as exc:
+                close = exc.rcvd
+                receiver.ended(f"closed {close.code}: {close.reason}" if close else "dropped")
 
     tasks = [asyncio.create_task(consume(ws, r)) for ws, r in zip(sockets, receivers, strict=True)]
 
@@ -119,10 +160,21 @@ async def _stream_events(address: str, subject: str, receivers: list[Receiver]) 
     tasks = []
 
     async def consume(call: Any, receiver: Receiver) -> None:
-        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
-            async for response in call:
-                fields = response.event.data.fields
-                receiver.arrived({"t": fields["t"].number_value} if "t" in fields else {})
+        with contextlib.suppress(asyncio.CancelledError):
+            try:
+                async for response in call:
+                    fields = response.event.data.fields
+                    if "p" in fields:
+                        receiver.arrived(
+                            response.event.sequence,
+                            {
+                                "p": fields["p"].string_value,
+                                "i": fields["i"].number_value,
+                                "t": fields["t"].number_value,
+                            },
+                        )
+            except grpc.aio.AioRpcError as exc:
+                receiver.ended(f"{exc.code().name}: {exc.details()}")
 
     request = events_pb2.StreamEventsRequest(filter=events_pb2.EventFilter(subject=subject))
     for i, receiver in enumerate(receivers):
@@ -152,7 +204,7 @@ async def _serve(pipe: Connection, kind: str, target: str, subject: str, count: 
             command = await asyncio.to_thread(pipe.recv)
             if command[0] == "reset":
                 for r in receivers:
-                    r.reset(command[1], command[2])
+                    r.reset(command[1])
                 pipe.send(True)
             elif command[0] == "status":
                 pipe.send(all(r.done.is_set() for r in receivers))
@@ -169,6 +221,8 @@ async def _serve(pipe: Connection, kind: str, target: str, subject: str, count: 
                         [r.count for r in receivers],
                         [r.last for r in receivers],
                         [x for r in receivers for x in r.latencies],
+                        sum(r.gapped for r in receivers),
+                        [r.closed for r in receivers if r.closed],
                     )
                 )
             else:

@@ -25,20 +25,23 @@ throughout: which of them limits the row) and the gateway's CPU per delivered ev
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import multiprocessing
 import os
 import socket
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 import httpx
@@ -48,18 +51,30 @@ import websockets
 from amelia.v1 import events_pb2, events_pb2_grpc
 from amelia_common.embedded import EmbeddedNats, free_port
 from bench import _subscribers
+from bench._node_clients import NodeSubscribers, node_websocket
 from bench._processes import service_process, wait_serving
-from bench._subscribers import STREAM_EVENTS, WEBSOCKET, WEBSOCKET_BATCHED, Report
+from bench._subscribers import STREAM_EVENTS, WEBSOCKET, WEBSOCKET_BATCHED, Phase, Report
 
+STUCK = "stuck"  # the row with one socket that never reads
 WS_BATCHED = 'WebSocket, "batch": true'
 WS_PLAIN = "WebSocket (gateway)"
 GRPC = "StreamEvents (gRPC, events service)"
 THROUGHPUT_EVENTS = 1500
 LATENCY_EVENTS = 400
 LATENCY_RATE = 200.0
+# Issue 15's rows (100 sockets): latency at the target's offered load, over STEADY_SECONDS
+# after STEADY_WARM_UP seconds at that rate (every event still checked, none missing).
+STEADY_RATE = 1000.0
+STEADY_WARM_UP = 2.0
+STEADY_SECONDS = 10.0
+STEADY_EVENTS = int(STEADY_RATE * (STEADY_WARM_UP + STEADY_SECONDS))
+# A steady publisher sends the events due every PACE_TICK in one PublishEvents request.
+PACE_TICK = 0.005
 # Every subscriber has its events within this, or the row says NOT MEASURED.
 MEASURE_TIMEOUT = 150.0
 PUBLISH_BATCH = 50  # events per PublishEvents request while publishing flat out
+MAX_PUBLISH = 1000  # the most events PublishEvents takes in one request
+SLOWEST_PUBLISH = [0.0]
 BATCHES_IN_FLIGHT = 2
 # Processes the subscribers of a row are spread over (the machine has 2 cores).
 CLIENT_PROCESSES = 2
@@ -75,6 +90,7 @@ class Result:
     p50_ms: float
     p99_ms: float
     note: str = ""
+    latency_rate: float = 0.0  # events/s the latency was measured at (0: not measured)
 
 
 def _answer(process: BaseProcess, pipe: Connection, timeout: float) -> Any:
@@ -128,14 +144,14 @@ class Subscribers:
             pipe.send(command)
         return await self._answers(timeout)
 
-    async def reset(self, target: int, measure: bool) -> None:
-        await self.ask("reset", target, measure)
+    async def reset(self, phase: Phase) -> None:
+        await self.ask("reset", phase)
 
     async def all_done(self) -> bool:
         return all(await self.ask("status"))
 
-    async def wait(self) -> list[Report]:
-        return await self.ask("wait", MEASURE_TIMEOUT, timeout=MEASURE_TIMEOUT + 60)
+    async def wait(self, timeout: float) -> list[Report]:
+        return await self.ask("wait", timeout, timeout=timeout + 60)
 
     def processes(self) -> dict[str, psutil.Process]:
         return {f"clients {i + 1}": psutil.Process(p.pid) for i, (p, _) in enumerate(self.workers)}
@@ -152,37 +168,72 @@ class Subscribers:
 
 
 async def _publish(
-    stub: events_pb2_grpc.EventServiceStub, subject: str, count: int, *, rate: float = 0
-) -> None:
-    """Publish `count` events: flat out (bounded concurrency) or at a steady `rate`."""
+    stub: events_pb2_grpc.EventServiceStub,
+    subject: str,
+    count: int,
+    phase: str,
+    *,
+    rate: float = 0,
+) -> float:
+    """Publish `count` events of `phase` (numbered from 0): flat out, or at a steady `rate`.
+
+    Steady: every PACE_TICK the events due by then go in one PublishEvents request, each
+    stamped with time.time() as its request is built (latency is measured from there); one
+    request at a time, so the events are stored in the order they are numbered (the subscribers
+    check it), and a late acknowledgement makes the next request carry more events, not fewer.
+    The answer is the rate reached (events over the time to the last acknowledgement), below
+    `rate` when the events service or the publisher could not keep up.
+    """
 
     def tick(i: int) -> events_pb2.Event:
         event = events_pb2.Event(type="bench.tick", subject=subject, source="bench")
-        event.data.update({"i": i, "t": time.time()})
+        event.data.update({"p": phase, "i": i, "t": time.time()})
         return event
 
-    async def one(i: int) -> None:
-        await stub.PublishEvent(events_pb2.PublishEventRequest(event=tick(i)))
+    def request(first: int, last: int) -> events_pb2.PublishEventsRequest:
+        return events_pb2.PublishEventsRequest(events=[tick(i) for i in range(first, last)])
 
+    started = time.perf_counter()
     if rate:
-        start = time.perf_counter()
-        tasks = []
-        for i in range(count):
-            delay = start + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(i)))
-        await asyncio.gather(*tasks)
-        return
-    # Flat out: PublishEvents batches, so the publisher is not what limits the subscribers.
-    gate = asyncio.Semaphore(BATCHES_IN_FLIGHT)
+        sent = 0
+        while sent < count:
+            due = min(count, sent + MAX_PUBLISH, int((time.perf_counter() - started) * rate) + 1)
+            if due > sent:
+                asked = time.perf_counter()
+                await stub.PublishEvents(request(sent, due))
+                SLOWEST_PUBLISH[0] = max(SLOWEST_PUBLISH[0], time.perf_counter() - asked)
+                sent = due
+            await asyncio.sleep(started + sent / rate - time.perf_counter() + PACE_TICK)
+    else:
+        # Flat out: PublishEvents batches, so the publisher is not what limits the subscribers.
+        gate = asyncio.Semaphore(BATCHES_IN_FLIGHT)
 
-    async def batch(first: int) -> None:
-        async with gate:
-            events = [tick(i) for i in range(first, min(first + PUBLISH_BATCH, count))]
-            await stub.PublishEvents(events_pb2.PublishEventsRequest(events=events))
+        async def batch(first: int) -> None:
+            async with gate:
+                await stub.PublishEvents(request(first, min(first + PUBLISH_BATCH, count)))
 
-    await asyncio.gather(*(batch(i) for i in range(0, count, PUBLISH_BATCH)))
+        await asyncio.gather(*(batch(i) for i in range(0, count, PUBLISH_BATCH)))
+    return count / max(time.perf_counter() - started, 1e-9)
+
+
+class Readers(Protocol):
+    """A row's subscribers, wherever they run (Python processes, or Node for WebSockets)."""
+
+    async def reset(self, phase: Phase) -> None: ...
+    async def all_done(self) -> bool: ...
+    async def wait(self, timeout: float) -> list[Report]: ...
+    def processes(self) -> dict[str, psutil.Process]: ...
+    async def close(self) -> None: ...
+
+
+# Node.js reads the WebSocket rows when it can (bench/_node_clients.py); else Python processes.
+NO_NODE = node_websocket()
+
+
+async def _start(kind: str, target: str, subject: str, count: int) -> Readers:
+    if kind == STREAM_EVENTS or NO_NODE is not None:
+        return await Subscribers.start(kind, target, subject, count)
+    return await NodeSubscribers.start(kind, target, subject, count)
 
 
 def _cpu_seconds(process: psutil.Process) -> float:
@@ -190,71 +241,121 @@ def _cpu_seconds(process: psutil.Process) -> float:
     return float(times.user + times.system)
 
 
+class CpuShare:
+    """Each process's CPU over a phase's wall time (100% = one core busy throughout): which
+    of them limits the phase; and the gateway's CPU per event delivered to a socket."""
+
+    def __init__(self, processes: dict[str, psutil.Process]) -> None:
+        self.processes = processes
+        self.before = {label: _cpu_seconds(p) for label, p in processes.items()}
+        self.started = time.perf_counter()
+
+    def note(self, deliveries: int | None) -> str:
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        used = {label: _cpu_seconds(p) - self.before[label] for label, p in self.processes.items()}
+        busy = ", ".join(f"{label} {seconds / elapsed:.0%}" for label, seconds in used.items())
+        if deliveries:
+            busy += f"; gateway {used['gateway'] / deliveries * 1e6:.1f} us/delivered event"
+        return f"CPU {busy}"
+
+
 def _not_measured(name: str, subscribers: int, why: str) -> Result:
     nan = float("nan")
     return Result(name, subscribers, nan, nan, nan, f"NOT MEASURED: {why}")
 
 
+def _problems(reports: list[Report], expected: int) -> str:
+    """What went wrong for some subscribers: sockets closed, events missing or out of order."""
+    problems = []
+    closed = [why for r in reports for why in r.closed]
+    if closed:
+        problems.append(f"{len(closed)} closed (first: {closed[0][:80]})")
+    gapped = sum(r.gapped for r in reports)
+    if gapped:
+        problems.append(f"{gapped} got events with a gap, a repeat or out of order")
+    if not problems and not all(r.done for r in reports):
+        got = sorted(c for r in reports for c in r.counts)
+        problems.append(
+            f"after {MEASURE_TIMEOUT:g}s the median subscriber had {got[len(got) // 2]}/{expected}"
+        )
+    return "; ".join(problems)
+
+
+_PHASES = itertools.count(1)
+
+
+def _phase(target: int, *, measure: bool = False, skip: int = 0) -> Phase:
+    """The next phase, named apart from every other (a straggler of one is not counted in the
+    next)."""
+    return Phase(f"p{next(_PHASES)}", target, measure, skip)
+
+
 async def _measure(
     name: str,
-    subscribers: Subscribers,
+    subscribers: Readers,
     count: int,
     stub: events_pb2_grpc.EventServiceStub,
     subject: str,
     note: str = "",
     processes: dict[str, psutil.Process] | None = None,
+    *,
+    steady: bool = False,
 ) -> Result:
+    """Flat out (events/s to every subscriber), then latency at a steady rate: STEADY_RATE for
+    STEADY_SECONDS after STEADY_WARM_UP when `steady`, else LATENCY_EVENTS at LATENCY_RATE."""
     # Warm up: every subscriber sees an event, so all streams are live before timing.
     # ("now" streams start when the service opens them: keep publishing until all have one.)
-    await subscribers.reset(1, False)
+    warm_up = _phase(1)
+    await subscribers.reset(warm_up)
     for _ in range(300):
-        await _publish(stub, subject, 1)
+        await _publish(stub, subject, 1, warm_up.name)
         await asyncio.sleep(0.2)
         if await subscribers.all_done():
             break
     else:
         raise RuntimeError(f"{name}: subscribers never received the warm-up events")
-    await asyncio.sleep(1.0)  # let the last warm-up events land before counting
 
-    await subscribers.reset(THROUGHPUT_EVENTS, False)
+    flat_out = _phase(THROUGHPUT_EVENTS)
+    await subscribers.reset(flat_out)
     processes = {**(processes or {}), **subscribers.processes()}
-    cpu_before = {label: _cpu_seconds(p) for label, p in processes.items()}
+    cpu = CpuShare(processes)
     started = time.time()
-    await _publish(stub, subject, THROUGHPUT_EVENTS)
-    reports = await subscribers.wait()
-    elapsed = max(time.time() - started, 1e-9)
-    if not all(r.done for r in reports):
-        # A machine too busy for this row: say so, and let the other rows run.
-        got = sorted(c for r in reports for c in r.counts)
-        return _not_measured(
-            name,
-            count,
-            f"after {MEASURE_TIMEOUT:g}s the median subscriber had "
-            f"{got[len(got) // 2]}/{THROUGHPUT_EVENTS} events; {note}",
-        )
+    await _publish(stub, subject, THROUGHPUT_EVENTS, flat_out.name)
+    reports = await subscribers.wait(MEASURE_TIMEOUT)
+    wrong = _problems(reports, THROUGHPUT_EVENTS)
+    if wrong:
+        # A machine too busy for this row, or a broken guarantee: say so; the other rows run.
+        return _not_measured(name, count, f"flat out: {wrong}; {note}")
     rates = [THROUGHPUT_EVENTS / max(last - started, 1e-9) for r in reports for last in r.lasts]
-    # Where the flat-out phase's time went: each process's CPU over the phase's wall time
-    # (100% = one core busy throughout), and the gateway's per event delivered to a client.
-    used = {label: _cpu_seconds(p) - cpu_before[label] for label, p in processes.items()}
-    busy = ", ".join(f"{label} {seconds / elapsed:.0%}" for label, seconds in used.items())
-    if "gateway" in used and "WebSocket" in name:
-        per_event = used["gateway"] / (THROUGHPUT_EVENTS * count) * 1e6
-        busy += f"; gateway {per_event:.1f} us/delivered event"
-    note = f"CPU {busy}; {note}"
+    websocket = "gateway" in processes and "WebSocket" in name
+    note = f"{cpu.note(THROUGHPUT_EVENTS * count if websocket else None)}; {note}"
 
-    await subscribers.reset(LATENCY_EVENTS, True)
-    await _publish(stub, subject, LATENCY_EVENTS, rate=LATENCY_RATE)
-    reports = await subscribers.wait()
-    if not all(r.done for r in reports):
-        note = f"latency NOT MEASURED (events missing after {MEASURE_TIMEOUT:g}s); {note}"
+    if steady:
+        rate, warm, events = STEADY_RATE, int(STEADY_RATE * STEADY_WARM_UP), STEADY_EVENTS
+    else:
+        rate, warm, events = LATENCY_RATE, 0, LATENCY_EVENTS
+    timed = _phase(events, measure=True, skip=warm)
+    await subscribers.reset(timed)
+    cpu = CpuShare(processes)
+    reached = await _publish(stub, subject, events, timed.name, rate=rate)
+    reports = await subscribers.wait(MEASURE_TIMEOUT)
+    measured = f"{events - warm} events at {rate:,.0f}/s"
+    if reached < rate * 0.95:
+        measured += f" (the publisher reached {reached:,.0f}/s; slowest PublishEvents {SLOWEST_PUBLISH[0] * 1000:.0f} ms)"
+    wrong = _problems(reports, events)
     latencies = sorted(x for r in reports for x in r.latencies) or [float("nan")]
+    latency_note = f"latency of {measured}: {cpu.note(events * count if websocket else None)}"
+    if wrong:
+        latency_note = f"latency NOT MEASURED: {wrong}; {latency_note}"
+        latencies = [float("nan")]
     return Result(
         name,
         count,
         statistics.median(rates),
         latencies[len(latencies) // 2] * 1000,
         latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
-        note,
+        f"{note}; {latency_note}",
+        latency_rate=rate if not wrong else 0.0,
     )
 
 
@@ -264,22 +365,36 @@ def load() -> str:
 
 
 def issue_rows(results: list[Result]) -> None:
-    """Issue 15's row: 100 sockets on one filter, next to its target, with the ratio."""
+    """Issue 15's row, 100 sockets on one filter, as two figures next to their targets with the
+    ratio: the latency at the target's offered load, and the rate to every client flat out."""
     print(f"\nissue 15 rows ({load()})")
     for r in results:
         if r.subscribers != 100 or r.name not in (WS_BATCHED, WS_PLAIN):
             continue
+        path = f"100 sockets, {r.name}"
         if r.events_per_s != r.events_per_s:  # NaN: the row could not be measured
-            print(f"  100 sockets, {r.name:<26} not measured: {r.note}")
+            print(f"  {path:<38} not measured: {r.note}")
             continue
-        ratio = r.events_per_s / TARGET_EVENTS_PER_S
-        met = ratio >= 1 and r.p99_ms <= TARGET_P99_MS
+        if r.latency_rate >= TARGET_EVENTS_PER_S:
+            met = r.p99_ms <= TARGET_P99_MS
+            figure = f"p99 {r.p99_ms:.1f} ms (p50 {r.p50_ms:.1f}) at {r.latency_rate:,.0f} ev/s"
+            ratio = f"{r.p99_ms / TARGET_P99_MS:.2f}x the limit"
+        else:
+            met, figure, ratio = False, "latency not measured at the target rate", ""
         print(
-            f"  100 sockets, {r.name:<26} {r.events_per_s:>7.0f} ev/s to every client "
-            f"({ratio:.2f}x the target), p50 {r.p50_ms:.1f} ms, p99 {r.p99_ms:.1f} ms   "
-            f"target >= {TARGET_EVENTS_PER_S:,.0f} ev/s, p99 <= {TARGET_P99_MS:g} ms "
-            f"{'(met)' if met else '(NOT met)'}"
+            f"  {path:<38}{figure:>40} {ratio:>16}   target p99 <= {TARGET_P99_MS:g} ms at "
+            f"{TARGET_EVENTS_PER_S:,.0f} ev/s, every client gap-free {_met(met)}"
         )
+        figure = f"{r.events_per_s:,.0f} ev/s to every client flat out"
+        ratio = f"{r.events_per_s / TARGET_EVENTS_PER_S:.2f}x"
+        print(
+            f"  {path:<38}{figure:>40} {ratio:>16}   target >= {TARGET_EVENTS_PER_S:,.0f} ev/s "
+            f"{_met(r.events_per_s >= TARGET_EVENTS_PER_S)}"
+        )
+
+
+def _met(met: bool) -> str:
+    return "(met)" if met else "(NOT met)"
 
 
 async def _wait_http(url: str) -> None:
@@ -319,6 +434,7 @@ async def _rows(
     address: str,
     ws_url: str,
     processes: dict[str, psutil.Process],
+    choice: Choice,
 ) -> list[Result]:
     """The batched, plain and StreamEvents rows, 1 then 100 subscribers each."""
     results: list[Result] = []
@@ -327,16 +443,27 @@ async def _rows(
         (WS_PLAIN, WEBSOCKET, ws_url),
         (GRPC, STREAM_EVENTS, address),
     ):
-        for count in (1, 100):
+        if kind not in choice.kinds:
+            continue
+        for count in choice.counts:
             subject = f"bench/{kind}{count}x{time.monotonic_ns()}"
-            subscribers = await Subscribers.start(kind, target, subject, count)
+            subscribers = await _start(kind, target, subject, count)
             note = "100 streams" if count > 1 and kind == STREAM_EVENTS else ""
             if count > 1 and kind != STREAM_EVENTS:
                 note = "1 upstream stream"
             note += f" ({load()})"
             try:
                 results.append(
-                    await _measure(name, subscribers, count, stub, subject, note, processes)
+                    await _measure(
+                        name,
+                        subscribers,
+                        count,
+                        stub,
+                        subject,
+                        note,
+                        processes,
+                        steady=count > 1 and kind != STREAM_EVENTS,
+                    )
                 )
             finally:
                 await subscribers.close()
@@ -352,7 +479,7 @@ async def _stuck_row(
     subject = f"bench/stuck{time.monotonic_ns()}"
     filler_subject = f"bench/fill{time.monotonic_ns()}"
     stuck = await _stuck_socket(port, subject, filler_subject)
-    subscribers = await Subscribers.start(WEBSOCKET, ws_url, subject, 100)
+    subscribers = await _start(WEBSOCKET, ws_url, subject, 100)
     try:
         before = gateway.memory_info().rss
         filler = asyncio.create_task(_fill(stub, filler_subject))
@@ -372,7 +499,15 @@ async def _stuck_row(
     return result
 
 
-async def run() -> list[Result]:
+@dataclass(frozen=True)
+class Choice:
+    """The rows to run (`python -m bench.gateway --help`); all of them by default."""
+
+    kinds: tuple[str, ...] = (WEBSOCKET_BATCHED, WEBSOCKET, STREAM_EVENTS, STUCK)
+    counts: tuple[int, ...] = (1, 100)
+
+
+async def run(choice: Choice) -> list[Result]:
     with tempfile.TemporaryDirectory(prefix="amelia-bench-gw-") as tmp:
         root = Path(tmp)
         nats = EmbeddedNats(root, free_port())
@@ -406,14 +541,16 @@ async def run() -> list[Result]:
                     "events": psutil.Process(events_service.pid),
                     "publisher": psutil.Process(),
                 }
+                print(f"(gateway pid {gateway.pid}, events pid {events_service.pid})", flush=True)
                 await wait_serving(address)
                 await _wait_http(f"http://127.0.0.1:{gateway_port}")
                 async with grpc.aio.insecure_channel(address) as channel:
                     stub = events_pb2_grpc.EventServiceStub(channel)
                     ws_url = f"ws://127.0.0.1:{gateway_port}/ws"
-                    results = await _rows(stub, address, ws_url, processes)
-                    results.append(await _stuck_row(stub, gateway_port, gateway))
-                    print(_row(results[-1]), flush=True)
+                    results = await _rows(stub, address, ws_url, processes, choice)
+                    if STUCK in choice.kinds:
+                        results.append(await _stuck_row(stub, gateway_port, gateway))
+                        print(_row(results[-1]), flush=True)
         finally:
             nats.stop()
     return results
@@ -426,15 +563,33 @@ def _row(r: Result) -> str:
     )
 
 
+def _choice() -> Choice:
+    if __name__ != "__main__":  # `python -m bench gateway`: every row
+        return Choice()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", choices=Choice().kinds, default=Choice().kinds)
+    parser.add_argument("--subscribers", nargs="+", type=int, default=Choice().counts)
+    args = parser.parse_args(sys.argv[1:])
+    return Choice(tuple(args.only), tuple(args.subscribers))
+
+
 def main() -> None:
+    choice = _choice()
     print(
         f"publisher: {THROUGHPUT_EVENTS} events flat out (PublishEvents, {PUBLISH_BATCH}/request, "
-        f"{BATCHES_IN_FLIGHT} in flight), then {LATENCY_EVENTS} at {LATENCY_RATE:.0f}/s for "
-        f"latency; subscribers in {CLIENT_PROCESSES} processes of their own"
+        f"{BATCHES_IN_FLIGHT} in flight), then for latency {LATENCY_EVENTS} at "
+        f"{LATENCY_RATE:.0f}/s, or (100 sockets) {STEADY_EVENTS} at {STEADY_RATE:,.0f}/s, the "
+        f"first {STEADY_WARM_UP:g}s not timed (the events due every {PACE_TICK * 1000:g} ms in "
+        f"one PublishEvents); StreamEvents subscribers in {CLIENT_PROCESSES} Python processes, "
+        + (
+            "WebSocket ones in one Node.js process"
+            if NO_NODE is None
+            else f"WebSocket ones too (not Node.js: {NO_NODE})"
+        )
     )
     print(f"{'path':<38} {'subs':>5} {'events/s':>10} {'p50 ms':>8} {'p99 ms':>8}  note")
     started = time.perf_counter()
-    results = asyncio.run(run())
+    results = asyncio.run(run(choice))
     issue_rows(results)
     print(f"(gateway bench: {time.perf_counter() - started:.0f}s)")
 
