@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import typer
 from google.protobuf import json_format, struct_pb2
@@ -22,6 +22,11 @@ from amelia_cli.client import listing, resource
 from amelia_cli.commands.agents import _call, runs_app, status_name
 from amelia_common.grpc_client import aio_channel
 from amelia_common.settings import get_settings
+
+if TYPE_CHECKING:
+    # Only in the generated .pyi (see amelia_cli.client).
+    from amelia.v1.agents_pb2_grpc import AgentServiceAsyncStub
+    from amelia.v1.git_pb2_grpc import GitServiceAsyncStub
 
 console = Console()
 FINAL_QUESTION = "approve_diff"
@@ -35,11 +40,15 @@ _CHANGE = {
 
 
 @asynccontextmanager
-async def stubs() -> AsyncIterator[tuple[Any, Any]]:
+async def stubs() -> AsyncIterator[tuple[AgentServiceAsyncStub, GitServiceAsyncStub]]:
     """(AgentService, GitService) stubs on one channel to the agents service."""
     settings = get_settings()
     async with aio_channel(settings.AGENTS_ADDRESS, settings) as channel:
-        yield agents_pb2_grpc.AgentServiceStub(channel), git_pb2_grpc.GitServiceStub(channel)
+        # The plain Stub classes on an aio channel: the .pyi's AsyncStub types (aio callables).
+        yield (
+            cast("AgentServiceAsyncStub", agents_pb2_grpc.AgentServiceStub(channel)),
+            cast("GitServiceAsyncStub", git_pb2_grpc.GitServiceStub(channel)),
+        )
 
 
 @runs_app.command("diff")
@@ -80,7 +89,9 @@ def diff_run(
                 console.print("[dim]… cut; see the branch with git[/dim]")
 
 
-async def _answer(agents: Any, name: str, answer: dict[str, Any]) -> agents_pb2.Run | None:
+async def _answer(
+    agents: AgentServiceAsyncStub, name: str, answer: dict[str, Any]
+) -> agents_pb2.Run | None:
     """If the run is a `develop` paused on its final question: answer it, wait for the run to
     move on, and return it; otherwise None."""
     run = (await agents.GetRun(agents_pb2.GetRunRequest(name=name))).run
