@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import time
 import uuid
@@ -94,71 +95,69 @@ class Reading:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+@dataclass
+class Read:
+    """One reader's task: `total` events of `subject` after sequence `after`, counted in
+    `reading`; `ready` is set once it is subscribed."""
+
+    subject: str
+    after: int
+    total: int
+    reading: Reading
+    ready: asyncio.Event
+
+
 def sent_ns(event: events_pb2.Event) -> int:
     return event.time.seconds * 1_000_000_000 + event.time.nanos
 
 
 async def grpc_reader(
-    stub: events_pb2_grpc.EventServiceStub,
-    subject: str,
-    after: int,
-    reading: Reading,
-    total: int,
-    ready: asyncio.Event,
-    per_message: int = 0,
+    stub: events_pb2_grpc.EventServiceStub, read: Read, per_message: int = 0
 ) -> None:
     """StreamEvents; `per_message` > 1 asks for several events per message."""
     request = events_pb2.StreamEventsRequest(
-        filter=events_pb2.EventFilter(subject=subject),
-        after_sequence=after,
+        filter=events_pb2.EventFilter(subject=read.subject),
+        after_sequence=read.after,
         max_events_per_message=per_message,
     )
     call = stub.StreamEvents(request)
     await call.initial_metadata()
-    ready.set()
+    read.ready.set()
     async for item in call:
         for event in item.events if per_message > 1 else (item.event,):
-            reading.saw(sent_ns(event))
-        if reading.count >= total:
+            read.reading.saw(sent_ns(event))
+        if read.reading.count >= read.total:
             break
     call.cancel()
 
 
-async def library_reader(
-    log: EventLog, subject: str, after: int, reading: Reading, total: int, ready: asyncio.Event
-) -> None:
+async def library_reader(log: EventLog, read: Read) -> None:
     """The shared client's reader (what StreamEvents runs on), without gRPC in between."""
-    async with log.read(subject=subject, start=StartAt.after(after)) as reader:
+    async with log.read(subject=read.subject, start=StartAt.after(read.after)) as reader:
         await reader.open()
-        ready.set()
+        read.ready.set()
         async for event in reader:
-            reading.saw(sent_ns(event))
-            if reading.count >= total:
+            read.reading.saw(sent_ns(event))
+            if read.reading.count >= read.total:
                 break
 
 
-async def nats_pull_reader(
-    nc: NATS,
-    stream: str,
-    subject: str,
-    after: int,
-    reading: Reading,
-    total: int,
-    ready: asyncio.Event,
-) -> None:
+async def nats_pull_reader(nc: NATS, stream: str, read: Read) -> None:
     """The bare nats-py way: an ephemeral pull consumer fetched in batches."""
     js = nc.jetstream()
     config = api.ConsumerConfig(
         ack_policy=api.AckPolicy.NONE,
         deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
-        opt_start_seq=after + 1,
+        opt_start_seq=read.after + 1,
         mem_storage=True,
         inactive_threshold=30,
     )
-    sub = await js.pull_subscribe(filter_subjects([], subject)[0], stream=stream, config=config)
-    ready.set()
+    subject = filter_subjects([], read.subject)[0]
+    sub = await js.pull_subscribe(subject, stream=stream, config=config)
+    read.ready.set()
+    reading = read.reading
     try:
-        while reading.count < total:
+        while reading.count < read.total:
             try:
                 msgs = await sub.fetch(256, timeout=1.0)
             except TimeoutError:
@@ -171,35 +170,28 @@ async def nats_pull_reader(
             await sub.unsubscribe()
 
 
-async def nats_ordered_reader(
-    nc: NATS,
-    stream: str,
-    subject: str,
-    after: int,
-    reading: Reading,
-    total: int,
-    ready: asyncio.Event,
-) -> None:
+async def nats_ordered_reader(nc: NATS, stream: str, read: Read) -> None:
     """The other bare nats-py way: an ordered push consumer (flow control, heartbeats)."""
     js = nc.jetstream()
     done = asyncio.Event()
+    reading = read.reading
 
     async def on_msg(msg: object) -> None:
         event = decode_event(msg.data, msg.metadata.sequence.stream)  # type: ignore[attr-defined]
         reading.saw(sent_ns(event))
-        if reading.count >= total:
+        if reading.count >= read.total:
             done.set()
 
     sub = await js.subscribe(
-        filter_subjects([], subject)[0],
+        filter_subjects([], read.subject)[0],
         stream=stream,
         cb=on_msg,
         ordered_consumer=True,
         config=api.ConsumerConfig(
-            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after + 1
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=read.after + 1
         ),
     )
-    ready.set()
+    read.ready.set()
     try:
         await done.wait()
     finally:
@@ -241,7 +233,7 @@ async def flood(
     return count / (time.perf_counter() - started)
 
 
-ReaderFactory = Callable[[str, int, Reading, int, asyncio.Event], Coroutine[Any, Any, None]]
+ReaderFactory = Callable[[Read], Coroutine[Any, Any, None]]
 
 
 async def run_readers(
@@ -256,7 +248,7 @@ async def run_readers(
     readies = {name: asyncio.Event() for name in readers}
     clock = time.perf_counter()  # replay: the clock runs from before the reader subscribes
     tasks = [
-        asyncio.create_task(factory(subject, after, readings[name], total, readies[name]))
+        asyncio.create_task(factory(Read(subject, after, total, readings[name], readies[name])))
         for name, factory in readers.items()
     ]
     await asyncio.gather(*(e.wait() for e in readies.values()))
@@ -334,30 +326,11 @@ async def _phases(
 ) -> None:
     reader_log = EventLog(readers_nc, log.settings, source="bench")
 
-    def grpc_factory(
-        s: str, a: int, r: Reading, t: int, e: asyncio.Event
-    ) -> Coroutine[Any, Any, None]:
-        return grpc_reader(stub, s, a, r, t, e)
-
-    def pull_factory(
-        s: str, a: int, r: Reading, t: int, e: asyncio.Event
-    ) -> Coroutine[Any, Any, None]:
-        return nats_pull_reader(readers_nc, stream, s, a, r, t, e)
-
-    def ordered_factory(
-        s: str, a: int, r: Reading, t: int, e: asyncio.Event
-    ) -> Coroutine[Any, Any, None]:
-        return nats_ordered_reader(readers_nc, stream, s, a, r, t, e)
-
-    def library_factory(
-        s: str, a: int, r: Reading, t: int, e: asyncio.Event
-    ) -> Coroutine[Any, Any, None]:
-        return library_reader(reader_log, s, a, r, t, e)
-
-    def batched_factory(
-        s: str, a: int, r: Reading, t: int, e: asyncio.Event
-    ) -> Coroutine[Any, Any, None]:
-        return grpc_reader(stub, s, a, r, t, e, per_message=PER_MESSAGE)
+    grpc_factory = functools.partial(grpc_reader, stub)
+    batched_factory = functools.partial(grpc_reader, stub, per_message=PER_MESSAGE)
+    library_factory = functools.partial(library_reader, reader_log)
+    ordered_factory = functools.partial(nats_ordered_reader, readers_nc, stream)
+    pull_factory = functools.partial(nats_pull_reader, readers_nc, stream)
 
     readers: dict[str, ReaderFactory] = {
         STREAM_ONE: grpc_factory,

@@ -48,7 +48,7 @@ from amelia_common.auth import token_ok
 from amelia_common.logging import get_logger
 from amelia_gateway import auth
 from amelia_gateway.errors import GatewayError, internal, invalid, status_body
-from amelia_gateway.hub import CALLER_ERRORS, Chunk, Feed, FeedSpec, Since
+from amelia_gateway.hub import CALLER_ERRORS, EVENTS_PER_MESSAGE, Chunk, Feed, FeedSpec, Since
 from amelia_gateway.json_input import read_json
 from amelia_gateway.state import Gateway
 
@@ -62,9 +62,9 @@ CLOSE_SLOW_CONSUMER = 4008  # send queue full: resume from the sequence in the r
 CLOSE_UNAUTHORIZED = 4401  # missing or wrong API token
 
 MAX_SUBSCRIPTIONS = 100
-# Events in one `events` message of a subscription that asked for batches (a chunk from the hub
-# has at most as many, hub.EVENTS_PER_MESSAGE, so it always fits in one message).
-MAX_BATCH_EVENTS = 256
+# Events in one `events` message of a subscription that asked for batches: as many as a chunk
+# from the hub may hold, so a chunk always fits in one message.
+MAX_BATCH_EVENTS = EVENTS_PER_MESSAGE
 MAX_ID_LENGTH = 128
 MISSED_HEARTBEATS = 3
 # How long a close may wait for a client that does not read before the TCP connection is dropped.
