@@ -441,8 +441,14 @@ async def _phases(
 
 
 def load() -> str:
+    """The machine's load average, and the share of the last 10 s some task waited for a CPU
+    (Linux PSI): near 100%, every process of the benchmark is starved and no figure is its own."""
     one, five, fifteen = os.getloadavg()
-    return f"load average {one:.1f} {five:.1f} {fifteen:.1f}"
+    text = f"load average {one:.1f} {five:.1f} {fifteen:.1f}"
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        some = Path("/proc/pressure/cpu").read_text().split()[1]  # "avg10=12.34"
+        text += f", CPU pressure {float(some.split('=')[1]):.0f}%"
+    return text
 
 
 def summary_row(
