@@ -13,14 +13,17 @@ from typing import Any, TypedDict
 
 import pytest
 from agents_helpers import S, collect, create_run, data, types, wait_status
+from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph
 from sqlalchemy import text
 
 from amelia.v1 import agents_pb2_grpc
 from amelia_agents import runtime, workflows
+from amelia_agents.executor import CompiledGraphs
 from amelia_agents.models import RunRow, RunState
 from amelia_agents.servicer import _new_run
 from amelia_agents.store import RECORDING_LOCK_SPACE, Store
+from amelia_agents.workflows.registry import linear_graph
 from amelia_common.db import create_engine, session_factory
 from amelia_common.settings import Settings
 
@@ -172,3 +175,75 @@ async def test_usage_of_every_model_call_is_on_the_run_its_end_tells_of(
     assert {
         key: sum(int(node[key]) for node in nodes) for key in ("input_tokens", "output_tokens")
     } == stored
+
+
+class SaidState(TypedDict, total=False):
+    said: list[str]
+
+
+def register_saying(name: str, word: str, extra: dict[str, Any] | None = None) -> None:
+    """`name`: one node that emits a `test.said` event with `word` (and `extra`) and says it."""
+
+    async def say(state: SaidState) -> dict[str, Any]:
+        runtime.emit("test.said", {"word": word, **(extra or {})})
+        return {"said": [word]}
+
+    workflows.register(
+        workflows.Workflow(
+            name=name,
+            description="test: says one word",
+            nodes=["say"],
+            build=lambda _agent: linear_graph(SaidState, ("say", say)),
+            to_state=lambda value: {"said": []},
+            to_output=lambda state: {"said": state.get("said", [])},
+            input_schema={"type": "object"},
+        ),
+        replace=True,
+    )
+
+
+async def test_a_workflow_registered_again_runs_its_new_graph(
+    agents: agents_pb2_grpc.AgentServiceStub,
+) -> None:
+    # Workers compile a workflow's graph once, not per run: registering the workflow again
+    # (what a redeployed worker or a test does) must still take effect at the next run.
+    name = "test-run-path-version"
+
+    async def said() -> list[str]:
+        run = await create_run(agents, workflow=f"workflows/{name}", input={})
+        done = await wait_status(agents, run.name, S.RUN_STATUS_COMPLETED)
+        return list(done.output["said"])
+
+    register_saying(name, "first")
+    assert await said() == ["first"]
+    register_saying(name, "second")
+    assert [await said(), await said()] == [["second"], ["second"]]
+
+
+def test_compiled_graphs_are_kept_per_agent_configuration() -> None:
+    graphs = CompiledGraphs(InMemorySaver(), size=2)
+    register_saying("test-run-path-compiled", "x")
+    workflow = workflows.get("test-run-path-compiled")
+    assert workflow is not None
+    first = graphs.compiled(workflow, {"model": "a"})
+    assert graphs.compiled(workflow, {"model": "a"}) is first
+    other = graphs.compiled(workflow, {"model": "b"})
+    assert other is not first
+    graphs.compiled(workflow, None)  # a third configuration: the oldest ({"model": "a"}) goes
+    assert graphs.compiled(workflow, {"model": "b"}) is other
+    assert graphs.compiled(workflow, {"model": "a"}) is not first
+
+
+async def test_a_node_event_json_cannot_carry_fails_the_run_and_is_not_stored(
+    agents: agents_pb2_grpc.AgentServiceStub,
+) -> None:
+    # The run's events are checked where their data is built (not again by the event log):
+    # NaN from a node still fails the run, saying why, and reaches no reader.
+    name = "test-run-path-nan"
+    register_saying(name, "nan", {"value": float("nan")})
+    run = await create_run(agents, workflow=f"workflows/{name}", input={})
+    done = await wait_status(agents, run.name, S.RUN_STATUS_FAILED)
+    assert "event data must not contain NaN or Infinity" in done.error
+    events = await collect(agents, run.name)
+    assert "test.said" not in types(events)
+    assert types(events)[-1] == "run.failed"

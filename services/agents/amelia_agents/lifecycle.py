@@ -17,7 +17,14 @@ from amelia_agents.models import RunRow
 from amelia_agents.runstate import end_events, lifecycle_prefix
 from amelia_agents.store import Store
 from amelia_common import telemetry
-from amelia_common.eventlog import EventLog, PublishPipeline, fit_data, make_event
+from amelia_common.errors import InvalidArgumentError, check_json
+from amelia_common.eventlog import (
+    EventLog,
+    InvalidEventError,
+    PublishPipeline,
+    fit_data,
+    make_event,
+)
 
 TERMINAL_TYPES = ("run.completed", "run.failed", "run.cancelled")
 
@@ -36,7 +43,8 @@ class RunEvents:
         event_id: str | None = None,
     ) -> events_pb2.Event:
         """An event of the run: subject and correlation id `runs/<uuid>`, `run` and `attempt` in
-        its data."""
+        its data. Its data is checked here (`check_json`, on the Python values: cheaper than
+        the event log's walk of the built message), so it is published with `data_checked`."""
         name = run_name(row.id)
         # A run's input or output can be larger than an event may be; the event then carries a
         # preview and the whole value stays on the run.
@@ -45,6 +53,10 @@ class RunEvents:
             self.event_log.settings.EVENTS_MAX_DATA_BYTES * 3 // 4,
             where=f"GetRun {name}",
         )
+        try:
+            check_json(payload, "event data")
+        except InvalidArgumentError as exc:
+            raise InvalidEventError(exc.message) from None
         return make_event(
             event_type,
             name,
@@ -64,7 +76,7 @@ class RunEvents:
     ) -> events_pb2.Event:
         """Publish one event of the run and wait until it is stored."""
         return await self.event_log.publish_event(
-            self.event(row, event_type, data, event_id=event_id)
+            self.event(row, event_type, data, event_id=event_id), data_checked=True
         )
 
     async def started(
@@ -84,7 +96,7 @@ class RunEvents:
             )
         else:
             event = self.event(row, "run.resumed", {"reason": kind})
-        await pipeline.submit(event)
+        await pipeline.submit(event, data_checked=True)
 
     async def terminal(self, row: RunRow) -> None:
         """Publish the end of a finished run (idempotent: fixed ids) and remember its sequence;

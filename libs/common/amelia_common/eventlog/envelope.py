@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import json
 import re
 import uuid
@@ -107,8 +108,10 @@ def subject_tokens(subject: str, *, allow_wildcard: bool = False) -> str:
     return f"{match.group(1)}.{match.group(2)}"
 
 
+@functools.lru_cache(maxsize=4096)
 def nats_subject(event_type: str, subject: str) -> str:
-    """Where an event with this type and subject is stored."""
+    """Where an event with this type and subject is stored (remembered: a run's events share
+    a few types and one subject, and each of its events asks)."""
     validate_type(event_type)
     return f"{SUBJECT_PREFIX}.{subject_tokens(subject)}.{event_type}"
 
@@ -203,9 +206,11 @@ def make_event(
     return event
 
 
-def validate_event(event: events_pb2.Event, max_bytes: int) -> bytes:
+def validate_event(event: events_pb2.Event, max_bytes: int, *, data_checked: bool = False) -> bytes:
     """Check every field of an envelope about to be stored; returns its payload.
 
+    `data_checked`: the caller built `event.data` from values it already passed through
+    `check_json` (the run events of the agents service), so its walk is not done twice.
     Raises `InvalidEventError` naming the first problem.
     """
     validate_type(event.type)
@@ -221,7 +226,7 @@ def validate_event(event: events_pb2.Event, max_bytes: int) -> bytes:
         raise InvalidEventError(
             f"correlation_id is longer than {MAX_CORRELATION_ID_LENGTH} characters"
         )
-    problem = content_problem(event)
+    problem = content_problem(event, data=not data_checked)
     if problem is not None:
         raise InvalidEventError(problem)
     payload = event.SerializeToString()
@@ -253,10 +258,11 @@ def timestamp_problem(ts: timestamp_pb2.Timestamp, field: str) -> str | None:
     return None
 
 
-def content_problem(event: events_pb2.Event) -> str | None:
+def content_problem(event: events_pb2.Event, *, data: bool = True) -> str | None:
     """Why a reader could not represent this event as JSON (NaN, Infinity, NUL, a time out of
     range, …), or None. The one rule for what is stored and what is read back: it runs on every
-    event published and every event read, so it walks the envelope once, building nothing."""
+    event published and every event read, so it walks the envelope once, building nothing.
+    `data=False` leaves out `event.data` (checked by its builder, see `validate_event`)."""
     if event.HasField("time"):
         problem = timestamp_problem(event.time, "event time")
         if problem is not None:
@@ -264,7 +270,7 @@ def content_problem(event: events_pb2.Event) -> str | None:
     for name, text in (("source", event.source), ("correlation_id", event.correlation_id)):
         if "\x00" in text:
             return f"event {name} must not contain NUL characters"
-    return struct_problem(event.data, "event data")
+    return struct_problem(event.data, "event data") if data else None
 
 
 PREVIEW_CHARACTERS = 2000
@@ -283,6 +289,8 @@ def fit_data(data: Mapping[str, Any], max_bytes: int, *, where: str) -> dict[str
         return len(json.dumps(value, ensure_ascii=False, default=str).encode())
 
     fitted = dict(data)
+    if _surely_fits(fitted, max_bytes):
+        return fitted
     while fitted and size(fitted) > max_bytes:
         key = max(fitted, key=lambda k: size(fitted[k]))
         value = fitted[key]
@@ -296,6 +304,33 @@ def fit_data(data: Mapping[str, Any], max_bytes: int, *, where: str) -> dict[str
             "see": where,
         }
     return fitted
+
+
+# Bytes of JSON one character can take at most (`\u0000`); a key's or a scalar's overhead
+# (quotes, separators, the longest float or 64-bit integer).
+_JSON_BYTES_PER_CHARACTER = 6
+_JSON_SCALAR_BYTES = 32
+
+
+def _surely_fits(data: Mapping[str, Any], max_bytes: int) -> bool:
+    """True when flat `data` (strings, numbers, booleans, None) is below `max_bytes` as JSON by
+    an upper bound counted without encoding it: a run's token and node events, most of its
+    events, skip `fit_data`'s encoding. False means "encode and see"."""
+    bound = 2
+    for key, value in data.items():
+        bound += _JSON_SCALAR_BYTES + _JSON_BYTES_PER_CHARACTER * len(key)
+        if isinstance(value, str):
+            bound += _JSON_BYTES_PER_CHARACTER * len(value)
+        elif not (value is None or isinstance(value, float) or _small_int(value)):
+            return False
+        if bound > max_bytes:
+            return False
+    return True
+
+
+def _small_int(value: Any) -> bool:
+    """An int (or bool) of at most 64 bits: at most 20 characters of JSON."""
+    return isinstance(value, int) and value.bit_length() <= 64
 
 
 _reported_undecodable: set[int] = set()

@@ -132,7 +132,7 @@ class EventLog:
     # -- publish -----------------------------------------------------------------------------
 
     async def publish_event(
-        self, event: events_pb2.Event, *, from_client: bool = False
+        self, event: events_pb2.Event, *, from_client: bool = False, data_checked: bool = False
     ) -> events_pb2.Event:
         """Store `event`; returns it with its sequence once JetStream acknowledged it.
 
@@ -144,8 +144,11 @@ class EventLog:
         are refused (PermissionDeniedError), and the id deduplicates only against other client ids
         (`Nats-Msg-Id: client:<id>`), so a client cannot squat the id of a service's event.
         Several events in a row are cheaper through `pipeline()` (one round trip for all).
+        `data_checked`: see `prepare`.
         """
-        return await self.store(self.prepare(event, from_client=from_client))
+        return await self.store(
+            self.prepare(event, from_client=from_client, data_checked=data_checked)
+        )
 
     async def publish_events(
         self, events: list[events_pb2.Event], *, from_client: bool = False
@@ -166,8 +169,12 @@ class EventLog:
         """A `PublishPipeline`: events written in order at once, acknowledgements awaited together."""
         return PublishPipeline(self, window=window)
 
-    def prepare(self, event: events_pb2.Event, *, from_client: bool = False) -> Prepared:
-        """Fill in the envelope's defaults and check it (see `publish_event`); serialized once."""
+    def prepare(
+        self, event: events_pb2.Event, *, from_client: bool = False, data_checked: bool = False
+    ) -> Prepared:
+        """Fill in the envelope's defaults and check it (see `publish_event`); serialized once.
+        `data_checked`: `event.data` was built from values its builder passed through
+        `check_json` (never for a client's event), so it is not walked again."""
         if not event.id:
             event.id = uuid.uuid4().hex
         if not event.HasField("time"):
@@ -175,7 +182,11 @@ class EventLog:
         if not event.source:
             event.source = self.source
         event.sequence = 0
-        payload = validate_event(event, self.settings.EVENTS_MAX_DATA_BYTES)
+        payload = validate_event(
+            event,
+            self.settings.EVENTS_MAX_DATA_BYTES,
+            data_checked=data_checked and not from_client,
+        )
         if from_client:
             check_client_type(event.type)
         return Prepared(

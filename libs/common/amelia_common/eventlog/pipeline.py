@@ -95,9 +95,14 @@ class PublishPipeline:
     def in_flight(self) -> int:
         return len(self._in_flight)
 
-    async def submit(self, event: events_pb2.Event, *, from_client: bool = False) -> None:
-        """Check `event` and write it to NATS now; its acknowledgement is awaited by `flush`."""
-        await self.write(self.log.prepare(event, from_client=from_client))
+    async def submit(
+        self, event: events_pb2.Event, *, from_client: bool = False, data_checked: bool = False
+    ) -> None:
+        """Check `event` and write it to NATS now; its acknowledgement is awaited by `flush`.
+        (`from_client`, `data_checked`: as `EventLog.prepare`.)"""
+        await self.write(
+            self.log.prepare(event, from_client=from_client, data_checked=data_checked)
+        )
 
     async def write(self, prepared: Prepared) -> None:
         """Write an event `EventLog.prepare` checked; its acknowledgement is awaited by `flush`."""
