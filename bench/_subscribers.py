@@ -5,9 +5,10 @@ and decoding 100 sockets' messages took more CPU than the gateway spent sending 
 process here holds a share of a row's subscribers (WebSockets on the gateway, or StreamEvents
 calls on the events service), decodes every message with orjson, counts each subscriber's
 events, checks that each got every event of the phase once, in the log's order (`data.p` names
-the phase, `data.i` numbers its events from 0; the stream sequences must go up) and, while measuring latency, takes receive time
-minus the publish time the event carries (`data.t`: the publisher's time.time(), the same clock
-on the same machine), leaving out the phase's first `skip` events (its warm-up).
+the phase, `data.i` numbers its events from 0; the stream sequences must go up) and, while
+measuring latency, takes receive time minus the publish time the event carries (`data.t`: the
+publisher's time.time(), the same clock on the same machine), leaving out the phase's first
+`skip` events (its warm-up). (The WebSocket rows use bench/_ws_clients.mjs when Node can.)
 
 The parent sends commands over a pipe and gets one answer per command:
     ("reset", Phase)  -> True    count afresh up to `phase.target` events each

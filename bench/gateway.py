@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import grpc
 import httpx
@@ -77,7 +77,6 @@ PACE_TICK = 0.005
 MEASURE_TIMEOUT = 150.0
 PUBLISH_BATCH = 50  # events per PublishEvents request while publishing flat out
 MAX_PUBLISH = 1000  # the most events PublishEvents takes in one request
-SLOWEST_PUBLISH = [0.0]
 BATCHES_IN_FLIGHT = 2
 # Processes the subscribers of a row are spread over (the machine has 2 cores).
 CLIENT_PROCESSES = 2
@@ -178,15 +177,15 @@ async def _publish(
     phase: str,
     *,
     rate: float = 0,
-) -> float:
+) -> Published:
     """Publish `count` events of `phase` (numbered from 0): flat out, or at a steady `rate`.
 
     Steady: every PACE_TICK the events due by then go in one PublishEvents request, each
     stamped with time.time() as its request is built (latency is measured from there); one
     request at a time, so the events are stored in the order they are numbered (the subscribers
     check it), and a late acknowledgement makes the next request carry more events, not fewer.
-    The answer is the rate reached (events over the time to the last acknowledgement), below
-    `rate` when the events service or the publisher could not keep up.
+    The answer says the rate reached (events over the time to the last acknowledgement), below
+    `rate` when the events service or the publisher could not keep up, and the slowest request.
     """
 
     def tick(i: int) -> events_pb2.Event:
@@ -198,6 +197,7 @@ async def _publish(
         return events_pb2.PublishEventsRequest(events=[tick(i) for i in range(first, last)])
 
     started = time.perf_counter()
+    slowest = 0.0
     if rate:
         sent = 0
         while sent < count:
@@ -205,7 +205,7 @@ async def _publish(
             if due > sent:
                 asked = time.perf_counter()
                 await stub.PublishEvents(request(sent, due))
-                SLOWEST_PUBLISH[0] = max(SLOWEST_PUBLISH[0], time.perf_counter() - asked)
+                slowest = max(slowest, time.perf_counter() - asked)
                 sent = due
             await asyncio.sleep(started + sent / rate - time.perf_counter() + PACE_TICK)
     else:
@@ -217,7 +217,12 @@ async def _publish(
                 await stub.PublishEvents(request(first, min(first + PUBLISH_BATCH, count)))
 
         await asyncio.gather(*(batch(i) for i in range(0, count, PUBLISH_BATCH)))
-    return count / max(time.perf_counter() - started, 1e-9)
+    return Published(count / max(time.perf_counter() - started, 1e-9), slowest)
+
+
+class Published(NamedTuple):
+    rate: float  # events/s, to the last acknowledgement
+    slowest: float  # seconds, the slowest PublishEvents of a steady publisher
 
 
 class Readers(Protocol):
@@ -341,11 +346,14 @@ async def _measure(
     timed = _phase(events, measure=True, skip=warm)
     await subscribers.reset(timed)
     cpu = CpuShare(processes)
-    reached = await _publish(stub, subject, events, timed.name, rate=rate)
+    reached, slowest = await _publish(stub, subject, events, timed.name, rate=rate)
     reports = await subscribers.wait(MEASURE_TIMEOUT)
     measured = f"{events - warm} events at {rate:,.0f}/s"
     if reached < rate * REACHED:
-        measured += f" (the publisher reached {reached:,.0f}/s; slowest PublishEvents {SLOWEST_PUBLISH[0] * 1000:.0f} ms)"
+        measured += (
+            f" (the publisher reached {reached:,.0f}/s; slowest PublishEvents "
+            f"{slowest * 1000:.0f} ms)"
+        )
     wrong = _problems(reports, events)
     latencies = sorted(x for r in reports for x in r.latencies) or [float("nan")]
     latency_note = f"latency of {measured}: {cpu.note(events * count if websocket else None)}"
@@ -456,6 +464,7 @@ async def _rows(
             if count > 1 and kind != STREAM_EVENTS:
                 note = "1 upstream stream"
             note += f" ({load()})"
+            slow_before = await _slow_closes(ws_url)
             try:
                 results.append(
                     await _measure(
@@ -471,15 +480,26 @@ async def _rows(
                 )
             finally:
                 await subscribers.close()
+            slow = await _slow_closes(ws_url) - slow_before
+            if slow:
+                results[-1].note += f"; the gateway closed {slow} as slow consumers (4008)"
             print(_row(results[-1]), flush=True)
     return results
+
+
+async def _slow_closes(ws_url: str) -> int:
+    """How many sockets the gateway has closed as slow consumers so far (its /v1/status)."""
+    url = ws_url.replace("ws://", "http://").removesuffix("/ws")
+    async with httpx.AsyncClient(base_url=url) as http:
+        return int((await http.get("/v1/status")).json()["gateway"]["wsClosedSlow"])
 
 
 async def _stuck_row(
     stub: events_pb2_grpc.EventServiceStub, port: int, gateway: psutil.Process
 ) -> Result:
     """100 readers and one socket that never reads."""
-    ws_url, gateway_url = f"ws://127.0.0.1:{port}/ws", f"http://127.0.0.1:{port}"
+    ws_url = f"ws://127.0.0.1:{port}/ws"
+    slow_before = await _slow_closes(ws_url)
     subject = f"bench/stuck{time.monotonic_ns()}"
     filler_subject = f"bench/fill{time.monotonic_ns()}"
     stuck = await _stuck_socket(port, subject, filler_subject)
@@ -492,11 +512,10 @@ async def _stuck_row(
         after = gateway.memory_info().rss
     finally:
         await subscribers.close()
-    async with httpx.AsyncClient(base_url=gateway_url) as http:
-        stats = (await http.get("/v1/status")).json()["gateway"]
+    slow = await _slow_closes(ws_url) - slow_before
     result.note = (
-        f"stuck closed: {'yes' if stats['wsClosedSlow'] else 'NO'}; gateway RSS "
-        f"{before / 2**20:.0f}->{after / 2**20:.0f} MiB"
+        f"sockets closed as slow consumers: {slow} (1 expected: the stuck one); gateway RSS "
+        f"{before / 2**20:.0f}->{after / 2**20:.0f} MiB; {result.note}"
     )
     with contextlib.suppress(Exception):
         await stuck.close()
