@@ -118,7 +118,7 @@ def register_calls_chain() -> str:
     """Three nodes, each calling the offline model twice."""
     name = "test-run-path-calls"
 
-    async def step(state: dict[str, Any]) -> dict[str, Any]:
+    async def step(state: CallsState) -> dict[str, Any]:
         texts = [
             (
                 await runtime.chat(
