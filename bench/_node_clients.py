@@ -1,9 +1,10 @@
 """The gateway bench's WebSocket subscribers in one Node.js process (bench/_ws_clients.mjs).
 
-Python's websockets and orjson took ~6 µs of CPU per event delivered to 100 batched sockets,
-more than twice what the gateway spent sending it (2.3 µs): on two shared cores the Python
-readers, not the gateway, set the rate. Node's own WebSocket client reads and parses a message
-for much less, in one process (no context switches between reader processes). Same commands and
+Reading 100 sockets costs the clients 2-3x the gateway's CPU per event: whether that was
+Python's (websockets, orjson) is what this answers. Measured side by side, Node's own WebSocket
+client and JSON.parse cost about the same per event (5-6.6 µs, docs/performance.md): parsing
+every event is what a client costs. It stays the default reader of the WebSocket rows: one
+process instead of two, and not Python's runtime measuring Python's gateway. Same commands and
 reports as bench/_subscribers.py, as JSON lines over the process's stdin and stdout.
 """
 

@@ -1,7 +1,6 @@
 // The gateway bench's WebSocket subscribers in one Node.js process (bench/_node_clients.py
-// drives it): Node's own WebSocket client (undici, `--experimental-websocket` on Node 20) reads
-// and parses a message for a fraction of what Python's websockets and orjson take, so 100
-// sockets at 1,000 events/s each measure the gateway rather than the readers.
+// drives it, and says why): Node's own WebSocket client (undici, `--experimental-websocket` on
+// Node 20), every message parsed with JSON.parse, as a browser or a Node client would.
 //
 // It does what bench/_subscribers.py does, with the same commands, one JSON line each on stdin
 // and one JSON line answered on stdout:
@@ -12,6 +11,7 @@
 //   {"close": true}                                   -> true, and the process ends
 // Usage: node --experimental-websocket _ws_clients.mjs URL SUBJECT COUNT BATCH(0|1)
 
+/* global process, performance, WebSocket, setTimeout */
 import readline from "node:readline";
 
 const [url, subject, countText, batchText] = process.argv.slice(2);

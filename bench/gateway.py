@@ -236,7 +236,12 @@ class Readers(Protocol):
 
 
 # Node.js reads the WebSocket rows when it can (bench/_node_clients.py); else Python processes.
-NO_NODE = node_websocket()
+# BENCH_WS_CLIENTS=python reads them in Python anyway (to compare the two clients' cost).
+NO_NODE = (
+    "BENCH_WS_CLIENTS=python"
+    if os.environ.get("BENCH_WS_CLIENTS") == "python"
+    else node_websocket()
+)
 
 
 async def _start(kind: str, target: str, subject: str, count: int) -> Readers:
@@ -337,7 +342,9 @@ async def _measure(
         return _not_measured(name, count, f"flat out: {wrong}; {note}")
     rates = [THROUGHPUT_EVENTS / max(last - started, 1e-9) for r in reports for last in r.lasts]
     websocket = "gateway" in processes and "WebSocket" in name
-    note = f"{cpu.note(THROUGHPUT_EVENTS * count if websocket else None)}; {note}"
+    note = "; ".join(
+        filter(None, (cpu.note(THROUGHPUT_EVENTS * count if websocket else None), note))
+    )
 
     if steady:
         rate, warm, events = STEADY_RATE, int(STEADY_RATE * STEADY_WARM_UP), STEADY_EVENTS
