@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -45,7 +47,7 @@ REQUEST = (
 )
 CALC = "def add(a, b):\n    return a + b\n"
 TEST_CALC = "from calc import add\n\n\ndef test_add():\n    assert add(2, 3) == 5\n"
-TEST_COMMAND = f"{sys.executable} -m pytest -q -p no:cacheprovider"
+TEST_COMMAND = f"{sys.executable} -B -m pytest -q -p no:cacheprovider"
 DEADLINE_SECONDS = 900.0
 MAX_TOKENS = 256
 TERMINAL = (
@@ -101,7 +103,8 @@ def check_branch(worktree: Path) -> str:
     ok, summary = tests_pass(worktree)
     if not ok:
         return f"the tests fail on the branch: {summary}"
-    if "2 passed" not in summary and "3 passed" not in summary:
+    passed = re.search(r"(\d+) passed", summary)
+    if not passed or int(passed.group(1)) < 2:  # test_add was there before
         return f"the tests pass but no test was added: {summary}"
     return ""
 
@@ -175,17 +178,23 @@ async def worktree_of(repo: Path, branch: str) -> Path | None:
     return None
 
 
-async def tools_used(stub: agents_pb2_grpc.AgentServiceStub, name: str) -> str:
-    """The developer's tool calls, in order, e.g. `read_file write_file run_tests`."""
-    calls = []
+async def tools_used(stub: agents_pb2_grpc.AgentServiceStub, name: str) -> tuple[str, str]:
+    """The developer's tool calls, in order (`read_file write_file run_tests`), and a
+    transcript of them with their arguments and results (for `--show`)."""
+    calls: list[str] = []
+    transcript: list[str] = []
     async for reply in stub.StreamRun(agents_pb2.StreamRunRequest(name=name)):
+        data = json_format.MessageToDict(reply.event.data)
         if reply.event.type == "run.tool.called":
-            data = json_format.MessageToDict(reply.event.data)
             calls.append(str(data.get("tool", "?")))
-    return " ".join(calls)
+            transcript.append(f"  > {data.get('tool')} {json.dumps(data.get('args'))[:400]}")
+        elif reply.event.type == "run.tool.result":
+            outcome = data.get("error") or data.get("result") or ""
+            transcript.append(f"  < {str(outcome)[-400:]}")
+    return " ".join(calls), "\n".join(transcript)
 
 
-async def bench(root: Path, tries: int, deadline: float) -> list[Try]:
+async def bench(root: Path, tries: int, deadline: float, show: bool = False) -> list[Try]:
     allowed = root / "repos"
     allowed.mkdir()
     results: list[Try] = []
@@ -209,9 +218,11 @@ async def bench(root: Path, tries: int, deadline: float) -> list[Try]:
                 with contextlib.suppress(grpc.aio.AioRpcError):  # ended already
                     await mesh.stub.CancelRun(agents_pb2.CancelRunRequest(name=attempt.run))
                 try:
-                    attempt.tools = await asyncio.wait_for(tools_used(mesh.stub, attempt.run), 30)
+                    attempt.tools, transcript = await asyncio.wait_for(
+                        tools_used(mesh.stub, attempt.run), 30
+                    )
                 except TimeoutError:
-                    attempt.tools = "?"
+                    attempt.tools, transcript = "?", ""
             results.append(attempt)
             verdict = "ok" if attempt.ok else f"FAILED: {attempt.why}"
             print(
@@ -219,6 +230,8 @@ async def bench(root: Path, tries: int, deadline: float) -> list[Try]:
                 f"tools: {attempt.tools or 'none'})",
                 flush=True,
             )
+            if show and attempt.run:
+                print(transcript, flush=True)
     return results
 
 
@@ -226,9 +239,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tries", type=int, default=5)
     parser.add_argument("--deadline", type=float, default=DEADLINE_SECONDS, help="per try, s")
+    parser.add_argument("--show", action="store_true", help="print each try's tool calls")
     args = parser.parse_args(sys.argv[1:] if __name__ == "__main__" else [])
     with tempfile.TemporaryDirectory(prefix="amelia-bench-develop-", dir="/tmp") as tmp:
-        results = asyncio.run(bench(Path(tmp), args.tries, args.deadline))
+        results = asyncio.run(bench(Path(tmp), args.tries, args.deadline, args.show))
     done = sum(r.ok for r in results)
     print(f"\ndevelop with {MODEL}: {done} of {len(results)} tries completed the change")
 

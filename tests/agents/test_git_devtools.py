@@ -45,12 +45,14 @@ async def test_paths_cannot_leave_the_worktree(tree: Path) -> None:
     t = tools(tree)
     for path in ("../secret.txt", "src/../../secret.txt", "link-file", "link-dir/x.txt"):
         assert "outside the repository" in await refused(t["read_file"], {"path": path})
+        for writer in ("write_file", "append_file"):
+            assert "outside the repository" in await refused(
+                t[writer], {"path": path, "content": "x"}
+            )
+    for writer in ("write_file", "append_file"):
         assert "outside the repository" in await refused(
-            t["write_file"], {"path": path, "content": "x"}
+            t[writer], {"path": "dangling", "content": "x"}
         )
-    assert "outside the repository" in await refused(
-        t["write_file"], {"path": "dangling", "content": "x"}
-    )
     assert "absolute" in await refused(t["read_file"], {"path": str(outside / "secret.txt")})
     assert "cannot resolve" in await refused(t["read_file"], {"path": "loop"}) or (
         "not a file" in await refused(t["read_file"], {"path": "loop"})
@@ -62,6 +64,7 @@ async def test_paths_cannot_leave_the_worktree(tree: Path) -> None:
     )
     for path in (".git/config", ".git/hooks/pre-commit", "src/../.git/HEAD"):
         assert ".git" in await refused(t["write_file"], {"path": path, "content": "x"})
+        assert ".git" in await refused(t["append_file"], {"path": path, "content": "x"})
     # Nothing outside was read or changed.
     assert (outside / "secret.txt").read_text() == "outside\n"
     assert not (outside / "new.txt").exists() and not list((outside / "outside").iterdir())
@@ -71,6 +74,9 @@ async def test_tools_work_inside_the_worktree(tree: Path) -> None:
     t = tools(tree)
     assert "wrote" in await t["write_file"].run({"path": "pkg/new.py", "content": "X = 1\n"})
     assert (tree / "pkg" / "new.py").read_text() == "X = 1\n"
+    assert "added" in await t["append_file"].run({"path": "pkg/new.py", "content": "Y = 2"})
+    assert (tree / "pkg" / "new.py").read_text() == "X = 1\n\nY = 2\n"
+    assert "is a directory" in await refused(t["append_file"], {"path": "pkg", "content": "x"})
     assert (await t["list_files"].run({})).split("\n") == ["pkg/new.py", "src/app.py"]
     assert await t["read_file"].run({"path": "src/app.py"}) == "def main():\n    return 1\n"
     await t["edit_file"].run({"path": "src/app.py", "old_text": "1", "new_text": "2"})

@@ -33,14 +33,15 @@ from agents_helpers import (
 )
 from google.protobuf import json_format, struct_pb2
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from workflows_helpers import CodeEnv, git, make_repository
 
 from amelia.v1 import agents_pb2_grpc, events_pb2, events_pb2_grpc, git_pb2, git_pb2_grpc
 from amelia_common.eventlog import event_data
-from amelia_common.settings import Settings
+from amelia_common.settings import DEFAULT_LOCAL_MODEL, Settings
 
+LOCAL = DEFAULT_LOCAL_MODEL
 GREETING_V1 = 'def greet(name):\n    return f"Hello, {name}!"\n'
 GREETING_V2 = 'def greet(name):\n    """Say hello."""\n    return f"Hello, {name}!"\n'
 
@@ -66,7 +67,14 @@ class ScriptedOpenAI(FakeServer):
         self.scripts: dict[str, Script] = {}
 
     def routes(self) -> list[Route]:
-        return [Route("/v1/chat/completions", self.completions, methods=["POST"])]
+        return [
+            Route("/v1/chat/completions", self.completions, methods=["POST"]),
+            Route("/v1/models", self.served, methods=["GET"]),
+        ]
+
+    async def served(self, _request: Request) -> Response:
+        """As llama.cpp's server lists the one model it serves (for `local:` models)."""
+        return JSONResponse({"object": "list", "data": [{"id": LOCAL, "object": "model"}]})
 
     def model(self, script: Script) -> str:
         name = f"scripted-{uuid.uuid4().hex[:8]}"
@@ -163,8 +171,10 @@ class Mesh:
 
 
 @pytest.fixture(scope="module")
-async def mesh(workflows_settings: Settings) -> AsyncIterator[Mesh]:
-    async with running_agents(workflows_settings) as running:
+async def mesh(workflows_settings: Settings, scripted: ScriptedOpenAI) -> AsyncIterator[Mesh]:
+    # `local:` models are served by the scripted server, as llama.cpp would serve them.
+    settings = workflows_settings.model_copy(update={"LOCAL_MODEL_URL": f"{scripted.url}/v1"})
+    async with running_agents(settings) as running:
         address = f"127.0.0.1:{running.service.bound_port}"
         yield Mesh(running.stub, git_pb2_grpc.GitServiceStub(running.channel), address)
 
@@ -525,3 +535,64 @@ async def test_claude_code_develops_when_found_and_discard_removes_the_branch(
     assert "Approved plan:" in called["args"][-1]
     [discarded] = data(events, "git.discarded")
     assert discarded["branch"] == f"amelia/{final.name.removeprefix('runs/')}"
+
+
+async def test_a_local_model_drafts_until_the_tests_pass_and_its_change_lands(
+    mesh: Mesh, scripted: ScriptedOpenAI, code_env: CodeEnv
+) -> None:
+    """A `local:` model develops file by file (small_developer): its first draft fails the
+    tests and is taken back, the second, drawn warmer, passes and is what lands."""
+    repo = repository(code_env)
+    (repo / "greet.py").write_text("def hello():\n    return 'hi'\n")
+    git(repo, "add", "greet.py")
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "hello")
+    drafts = {
+        "greet.py": ["def greet(name):\n    return name", GREETING_V1.strip()],
+        "check_greet.py": ["from greet import greet\nassert greet('Ada') == 'Hello, Ada!'"] * 2,
+    }
+    temperatures: list[float] = []
+    asked: list[str] = []
+
+    def script(system: str, messages: list[dict[str, Any]]) -> Reply:
+        if "Name the files" in system:
+            return Reply("Files:\n- `greet.py`\n- check_greet.py\n- ../outside.py")
+        if "add code to one file" in system:
+            name = str(messages[-1]["content"]).rsplit("at the end of ", 1)[1].rstrip(".")
+            asked.append(name)
+            temperatures.append(float(scripted.requests[-1]["body"].get("temperature", 0)))
+            return Reply(f"```python\n{drafts[name][min(asked.count(name) - 1, 1)]}\n```")
+        if "You are the Reviewer" in system:
+            return Reply("APPROVE")
+        return Reply("1. Add greet() and a check.")
+
+    scripted.scripts[LOCAL] = script
+    final = await develop_until_final_question(
+        mesh.agents,
+        repo,
+        f"local:{LOCAL}",
+        test_command=f"{sys.executable} -B check_greet.py",
+        temperature=0,
+    )
+    question = value_of(final)
+    assert question["review"]["verdict"] == "approve"
+    assert sorted(f["path"] for f in question["diff"]["files"]) == ["check_greet.py", "greet.py"]
+    # The first draft was drawn at the run's temperature, the second warmer.
+    assert temperatures == [0, 0, 0.7, 0.7]
+    await resume(mesh.agents, final.name, "land into main")
+    done = await wait_status(mesh.agents, final.name, S.RUN_STATUS_COMPLETED, timeout=60)
+    assert output_of(done)["status"] == "landed"
+    # What the user had stays; the passing draft is added after it, the failing one is gone.
+    assert (
+        git(repo, "show", "main:greet.py") + "\n"
+        == f"def hello():\n    return 'hi'\n\n{GREETING_V1}"
+    )
+    assert "return name" not in git(repo, "show", "main:greet.py")
+    events = await collect(mesh.agents, final.name)
+    drafts_seen = [
+        (d["draft"], d["passed"]) for d in data(events, "workflow.progress") if "draft" in d
+    ]
+    assert drafts_seen == [(1, False), (2, True)]
+    appended = [
+        d["args"]["path"] for d in data(events, "run.tool.called") if d["tool"] == "append_file"
+    ]
+    assert appended == ["greet.py", "check_greet.py"] * 2  # ../outside.py was never a candidate

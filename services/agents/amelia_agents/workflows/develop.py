@@ -15,7 +15,9 @@ final diff.
   `amelia/<run>` from `base_ref` and records base and target branch with the branch (gitrepo).
 - develop: the Claude Code CLI (CLAUDE_CODE_PATH found, `developer` auto or claude-code) or the
   built-in developer, a tool loop on the run's model (`models.developer`) with `devtools`
-  confined to the worktree. What it leaves is committed on the branch (`git.diff.ready`).
+  confined to the worktree — for a `local:` model, too small for that loop, `small_developer`
+  (additions drafted file by file, kept only when the tests pass). What it leaves is
+  committed on the branch (`git.diff.ready`).
   A re-run (a worker died) first restores the worktree to the checkpointed commit.
 - review: a model call (`models.reviewer`) on the plan and the diff: APPROVE or REQUEST CHANGES
   with comments; changes go back to the developer, at most `max_review_rounds` times.
@@ -58,6 +60,7 @@ from amelia_agents.workflows.plan import (
     step_params,
 )
 from amelia_agents.workflows.registry import InvalidInputError, Workflow, register
+from amelia_agents.workflows.small_developer import draft_and_verify
 from amelia_agents.worktree import CodeError, Worktree, git
 from amelia_common.settings import Settings
 
@@ -68,10 +71,8 @@ DEFAULT_TEST_TIMEOUT = 300
 MAX_DEVELOPER_TOOL_ROUNDS = 40
 MAX_REVIEW_PATCH_CHARS = 60_000
 MAX_QUESTION_PATCH_CHARS = 48_000
-# A local model gets one action per turn (llm/local_provider.py) and, given edit_file, replaced
-# `def add(a, b):` by a whole function, leaving add's body under it: it writes files whole.
+# A local model is too small for the tool loop: small_developer drafts and verifies instead.
 LOCAL_MODEL_PREFIX = "local:"
-WHOLE_FILE_TOOLS = ("write_file", "read_file")
 
 DEVELOPER_PROMPT = (
     "You are the Developer. Change the repository with your tools to carry out the plan. The "
@@ -257,7 +258,11 @@ async def _run_developer(state: DevelopState, tree: Worktree, prompt: str) -> st
     )
     params = step_params(request, "developer", DEVELOPER_PROMPT)
     if str(params["model"]).startswith(LOCAL_MODEL_PREFIX):
-        tools = {name: tools[name] for name in WHOLE_FILE_TOOLS}
+        params["system"] = str(request.get("system_prompt") or "")
+        head = str(state["worktree"]["head"])
+        return await draft_and_verify(
+            await _resolved(tree.path), prompt, tools, params, lambda: tree.restore(head)
+        )
     files = await snapshot(await _resolved(tree.path))
     try:
         reply = await tool_loop(

@@ -70,6 +70,12 @@ def _write(path: Path, content: str) -> None:
         f.write(content)
 
 
+def appended(before: str, content: str) -> str:
+    """`content` added after `before`: one blank line between them, a newline at the end."""
+    body = content.strip("\n") + "\n"
+    return before.rstrip("\n") + "\n\n" + body if before.strip() else body
+
+
 async def snapshot(root: Path, max_chars: int = MAX_SNAPSHOT_CHARS) -> str:
     """The worktree's files as the developer first sees them: the list (tracked and new, not
     ignored) and the content of the small text files, smallest first, within `max_chars`.
@@ -132,14 +138,26 @@ def workspace_tools(
         shown = _text(args, "path")
         return await asyncio.to_thread(_read, confine(root, shown), shown)
 
-    async def write_file(args: dict[str, Any]) -> Any:
+    def file_to_write(args: dict[str, Any]) -> tuple[str, Path]:
+        """The `path` argument as given and resolved inside the worktree: not a directory."""
         shown = _text(args, "path")
-        content = _text(args, "content", empty_ok=True)
         path = confine(root, shown)
         if path == root or path.is_dir():
             raise ToolError(f"{shown!r} is a directory")
+        return shown, path
+
+    async def write_file(args: dict[str, Any]) -> Any:
+        shown, path = file_to_write(args)
+        content = _text(args, "content", empty_ok=True)
         await asyncio.to_thread(_write, path, content)
         return f"wrote {len(content.encode())} bytes to {shown}"
+
+    async def append_file(args: dict[str, Any]) -> Any:
+        shown, path = file_to_write(args)
+        content = _text(args, "content")
+        before = await asyncio.to_thread(_read, path, shown) if path.exists() else ""
+        await asyncio.to_thread(_write, path, appended(before, content))
+        return f"added {len(content.encode())} bytes at the end of {shown}"
 
     async def edit_file(args: dict[str, Any]) -> Any:
         shown = _text(args, "path")
@@ -189,6 +207,11 @@ def workspace_tools(
         return {"exit_code": result.returncode, "passed": result.returncode == 0, "output": output}
 
     path_arg = {"type": "string", "description": "Relative to the repository root."}
+    path_and_content = {
+        "type": "object",
+        "properties": {"path": path_arg, "content": {"type": "string"}},
+        "required": ["path", "content"],
+    }
     tools = [
         Tool(
             "list_files",
@@ -205,12 +228,14 @@ def workspace_tools(
         Tool(
             "write_file",
             "Creates or replaces a file with the given content (directories are made).",
-            {
-                "type": "object",
-                "properties": {"path": path_arg, "content": {"type": "string"}},
-                "required": ["path", "content"],
-            },
+            path_and_content,
             write_file,
+        ),
+        Tool(
+            "append_file",
+            "Adds content at the end of a file (made if missing); what the file holds stays.",
+            path_and_content,
+            append_file,
         ),
         Tool(
             "edit_file",
