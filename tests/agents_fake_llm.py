@@ -158,6 +158,18 @@ class FakeServer:
                 self.disconnects += 1
 
 
+def openai_chunk(model: str, delta: dict[str, Any], finish: str | None = None) -> str:
+    """One `chat.completion.chunk` of OpenAI's streaming wire format, as an SSE `data:` line."""
+    data = {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion.chunk",
+        "created": 1700000000,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    return f"data: {json.dumps(data)}\n\n"
+
+
 def _api_key(request: Request) -> str:
     """The key the SDK sent: `x-api-key`, or (newer SDKs) `Authorization: Bearer`."""
     bearer = request.headers.get("authorization", "")
@@ -288,14 +300,7 @@ class FakeOpenAI(FakeServer):
 
         async def stream() -> AsyncIterator[str]:
             def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
-                data = {
-                    "id": "chatcmpl-fake",
-                    "object": "chat.completion.chunk",
-                    "created": 1700000000,
-                    "model": model,
-                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-                }
-                return f"data: {json.dumps(data)}\n\n"
+                return openai_chunk(model, delta, finish)
 
             if call is not None:
                 yield chunk({"role": "assistant", "content": None})

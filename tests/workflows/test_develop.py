@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc
 import pytest
-from agents_fake_llm import FakeServer
+from agents_fake_llm import FakeServer, openai_chunk
 from agents_helpers import (
     S,
     WorkerProcess,
@@ -89,15 +89,7 @@ class ScriptedOpenAI(FakeServer):
         reply = self.scripts[body["model"]](system, [m for m in messages if m["role"] != "system"])
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
-            choice = {"index": 0, "delta": delta, "finish_reason": finish}
-            payload = {
-                "id": "chatcmpl-scripted",
-                "object": "chat.completion.chunk",
-                "created": 1700000000,
-                "model": body["model"],
-                "choices": [choice],
-            }
-            return f"data: {json.dumps(payload)}\n\n"
+            return openai_chunk(body["model"], delta, finish)
 
         async def stream() -> AsyncIterator[str]:
             yield chunk({"role": "assistant", "content": ""})
