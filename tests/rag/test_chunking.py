@@ -163,7 +163,7 @@ def test_invalid_sizes_are_refused() -> None:
         split_spans("abc", 0, 3, 0, 0)
 
 
-def test_a_short_section_passage_reads_on_into_the_whole_sections_after_it() -> None:
+def test_a_short_section_passage_reads_on_into_the_sections_after_it() -> None:
     md = (
         "# REFRESH VIEW\n\nrefresh a view\n\n## Synopsis\n\nREFRESH VIEW name\n\n"
         "## Description\n\nREFRESH VIEW replaces the contents of a view.\n\n"
@@ -174,12 +174,22 @@ def test_a_short_section_passage_reads_on_into_the_whole_sections_after_it() -> 
     title, synopsis = chunks[0], chunks[1]
     for chunk in (title, synopsis):
         passage = md[chunk.passage_start : chunk.passage_end]
-        # The whole Description, not a word of the over-long Parameters section.
-        assert passage.endswith("replaces the contents of a view.")
         assert passage.startswith(chunk.text)
+        # The whole Description, and the over-long Parameters section's opening sentences.
+        assert "replaces the contents of a view.\n\n## Parameters\n\nThe name of" in passage
+        assert passage.endswith("schema-qualified.")
+        assert len(passage) <= 300
     long_one = chunks[-1]
     assert long_one.passage_end - long_one.passage_start <= 300
     assert md[long_one.passage_start : long_one.passage_end].count("## ") == 0
+
+
+def test_a_short_section_passage_reads_on_by_whole_sentences_only() -> None:
+    md = "# VIEWS\n\nviews\n\n## Synopsis\n\n" + "CREATE VIEW name AS query " * 30
+    parsed = parse_markdown(md)
+    title = chunk_document(parsed, 200, 50, passage_size=300)[0]
+    # No sentence of the Synopsis ends within the passage: the title stays alone.
+    assert md[title.passage_start : title.passage_end] == "# VIEWS\n\nviews"
 
 
 def test_a_short_section_passage_stays_on_its_page() -> None:

@@ -22,6 +22,7 @@ from amelia_rag.parsing import ParsedDocument, Section
 
 _WORD = re.compile(r"\S+")
 _SENTENCE_END = re.compile(r"[.!?…。！？][)\]\"'»”’]*$")
+_SENTENCE_STOP = re.compile(r"[.!?…。！？][)\]\"'»”’]*(?=\s)")
 
 # Boundary strengths, weakest first. A cut inside an over-long token is weaker than any gap.
 _CUT = -1
@@ -41,7 +42,8 @@ MODEL_CHUNK_CHARS = 500
 SNAP_SHARE = 0.2
 # What passages are made of; part of a document's index signature, so a change re-chunks.
 # 2: a section shorter than a passage reads on into the whole sections after it.
-PASSAGE_VERSION = 2
+# 3: … and into the opening of the first one that does not fit whole.
+PASSAGE_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -207,19 +209,28 @@ def passage_window(
     return start, end
 
 
-def reach(sections: list[Section], number: int, size: int) -> int:
-    """Where a passage starting at section `number` may end: the end of the last whole section
-    (on the same page) that keeps it within `size` — at least the section's own end.
+def reach(text: str, sections: list[Section], number: int, size: int) -> int:
+    """Where a passage starting at section `number` may end: it reads on through the sections
+    after it (on the same page) while it stays within `size`, into the first one that does not
+    fit whole up to its last paragraph or sentence end that does — at least the section's own end.
 
     A page title, a Synopsis or a one-line heading body is a few words; what a reader wants
     from a hit on it is what follows (the Description under the title), and a passage of a few
-    words was, on eval/'s manual pages, the hit that pushed the answering section down.
+    words was, on eval/'s manual pages, the hit that pushed the answering section down. When
+    the Description is longer than what is left, its opening is what the reader wants (before,
+    the passage stopped at the title: pg_basebackup's title hit read "pg_basebackup — take a base
+    backup…" and nothing more).
     """
     first = sections[number]
     end = first.end
     for following in range(number + 1, len(sections)):
         section = sections[following]
-        if section.page != first.page or section.end - first.start > size:
+        if section.page != first.page:
+            break
+        if section.end - first.start > size:
+            sentences = list(_SENTENCE_STOP.finditer(text, section.start, first.start + size))
+            if sentences:
+                end = sentences[-1].end()
             break
         end = section.end
     return end
@@ -236,7 +247,7 @@ def chunk_document(
     for number, section in enumerate(parsed.sections):
         bounds = (section.start, section.end)
         if passage_size and section.end - section.start < passage_size:
-            bounds = (section.start, reach(parsed.sections, number, passage_size))
+            bounds = (section.start, reach(parsed.text, parsed.sections, number, passage_size))
         for s, e in split_spans(parsed.text, section.start, section.end, size, overlap):
             p_start, p_end = (
                 passage_window(parsed.text, bounds, (s, e), passage_size)
