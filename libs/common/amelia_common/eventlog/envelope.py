@@ -16,8 +16,9 @@ import base64
 import datetime as dt
 import functools
 import json
+import os
 import re
-import uuid
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -183,6 +184,18 @@ def stream_config(settings: Settings) -> api.StreamConfig:
 # --------------------------------------------------------------------------- envelope
 
 
+def new_event_id() -> str:
+    """A fresh event id: 32 random hex digits (as `uuid4().hex`, without building a UUID: an id
+    per token adds up)."""
+    return os.urandom(16).hex()
+
+
+def stamp_now(ts: timestamp_pb2.Timestamp) -> None:
+    """Set `ts` to now (`Timestamp.GetCurrentTime` goes through a datetime: several times the
+    cost, per event)."""
+    ts.seconds, ts.nanos = divmod(time.time_ns(), 1_000_000_000)
+
+
 def make_event(
     event_type: str,
     subject: str = "",
@@ -194,13 +207,13 @@ def make_event(
 ) -> events_pb2.Event:
     """A new envelope with id and time filled in."""
     event = events_pb2.Event(
-        id=event_id or uuid.uuid4().hex,
+        id=event_id or new_event_id(),
         type=event_type,
         source=source,
         subject=subject,
         correlation_id=correlation_id,
     )
-    event.time.GetCurrentTime()
+    stamp_now(event.time)
     if data:
         event.data.update(dict(data))
     return event

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import inspect
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +28,8 @@ from amelia_common.eventlog.envelope import (
     filter_subjects,
     make_event,
     nats_subject,
+    new_event_id,
+    stamp_now,
     stream_config,
     validate_event,
 )
@@ -176,9 +177,9 @@ class EventLog:
         `data_checked`: `event.data` was built from values its builder passed through
         `check_json` (never for a client's event), so it is not walked again."""
         if not event.id:
-            event.id = uuid.uuid4().hex
+            event.id = new_event_id()
         if not event.HasField("time"):
-            event.time.GetCurrentTime()
+            stamp_now(event.time)
         if not event.source:
             event.source = self.source
         event.sequence = 0
