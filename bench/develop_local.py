@@ -115,13 +115,15 @@ def value(answer: Any) -> struct_pb2.Value:
     return out
 
 
-async def drive(stub: agents_pb2_grpc.AgentServiceStub, repo: Path, attempt: Try) -> None:
+async def drive(
+    stub: agents_pb2_grpc.AgentServiceStub, repo: Path, attempt: Try, model: str = MODEL
+) -> None:
     request = agents_pb2.CreateRunRequest(run=agents_pb2.Run(workflow="workflows/develop"))
     request.run.input.update(
         {
             "message": REQUEST,
             "repository": str(repo),
-            "model": MODEL,
+            "model": model,
             "developer": "agent",
             "test_command": TEST_COMMAND,
             "test_timeout": 120,
@@ -194,13 +196,16 @@ async def tools_used(stub: agents_pb2_grpc.AgentServiceStub, name: str) -> tuple
     return " ".join(calls), "\n".join(transcript)
 
 
-async def bench(root: Path, tries: int, deadline: float, show: bool = False) -> list[Try]:
+async def bench(
+    root: Path, tries: int, deadline: float, show: bool = False, gguf: str = DEFAULT_LOCAL_MODEL
+) -> list[Try]:
     allowed = root / "repos"
     allowed.mkdir()
     results: list[Try] = []
     async with local_mesh(
         root,
         "develop-local",
+        LOCAL_MODEL=gguf,
         CODE_ALLOWED_ROOTS=[allowed],
         GIT_WORKTREE_DIR=root / "worktrees",
         CLAUDE_CODE_PATH="",
@@ -210,7 +215,7 @@ async def bench(root: Path, tries: int, deadline: float, show: bool = False) -> 
             repo = await sample_repository(allowed / f"sample-{number}")
             started = time.perf_counter()
             try:
-                await asyncio.wait_for(drive(mesh.stub, repo, attempt), deadline)
+                await asyncio.wait_for(drive(mesh.stub, repo, attempt, f"local:{gguf}"), deadline)
             except TimeoutError:
                 attempt.why = f"no result within {deadline:.0f}s"
             attempt.seconds = time.perf_counter() - started
@@ -240,11 +245,14 @@ def main() -> None:
     parser.add_argument("--tries", type=int, default=5)
     parser.add_argument("--deadline", type=float, default=DEADLINE_SECONDS, help="per try, s")
     parser.add_argument("--show", action="store_true", help="print each try's tool calls")
+    parser.add_argument(
+        "--model", default=DEFAULT_LOCAL_MODEL, help="LOCAL_MODEL: the default, or a .gguf's path"
+    )
     args = parser.parse_args(sys.argv[1:] if __name__ == "__main__" else [])
     with tempfile.TemporaryDirectory(prefix="amelia-bench-develop-", dir="/tmp") as tmp:
-        results = asyncio.run(bench(Path(tmp), args.tries, args.deadline, args.show))
+        results = asyncio.run(bench(Path(tmp), args.tries, args.deadline, args.show, args.model))
     done = sum(r.ok for r in results)
-    print(f"\ndevelop with {MODEL}: {done} of {len(results)} tries completed the change")
+    print(f"\ndevelop with local:{args.model}: {done} of {len(results)} tries completed the change")
 
 
 if __name__ == "__main__":

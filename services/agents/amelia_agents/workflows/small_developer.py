@@ -47,7 +47,8 @@ FILES_PROMPT = (
 )
 CODE_PROMPT = (
     "You are the Developer. You add code to one file of a repository to carry out a request. "
-    "Reply with only the code to add at the end of the file, in one fenced code block."
+    "Reply with only the code to add at the end of the file, in one fenced code block. Keep it "
+    "short: only what the request asks for."
 )
 _FENCED = re.compile(r"```[^\n`]*\n(.*?)(?:```|$)", re.DOTALL)
 _PATH = re.compile(r"[\w./-]+\.\w+")
