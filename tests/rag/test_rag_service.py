@@ -118,7 +118,7 @@ def _matches(
     "mode", [rag_pb2.SEARCH_MODE_UNSPECIFIED, rag_pb2.SEARCH_MODE_VECTOR], ids=["hybrid", "vector"]
 )
 async def test_known_questions_find_the_right_passage_in_the_top_3(
-    rag: Rag, corpus: Corpus, mode: int
+    rag: Rag, corpus: Corpus, mode: rag_pb2.SearchMode.ValueType
 ) -> None:
     misses = []
     for question, doc, where, words in QUESTIONS:
@@ -132,8 +132,11 @@ async def test_known_questions_find_the_right_passage_in_the_top_3(
 
 
 async def test_hits_cite_exact_source_slices(rag: Rag, corpus: Corpus) -> None:
+    # Within the corpus: other tests' documents share the service, and their texts are not here.
     reply = await rag.stub.Search(
-        rag_pb2.SearchRequest(query="watering tomatoes", top_k=10, min_score=0)
+        rag_pb2.SearchRequest(
+            query="watering tomatoes", top_k=10, min_score=0, documents=corpus.names.values()
+        )
     )
     assert reply.hits
     for hit in reply.hits:
@@ -263,11 +266,12 @@ async def crowded(rag: Rag) -> AsyncIterator[tuple[list[str], np.ndarray]]:
     the alpha chunks."""
     alpha = []
     for i in range(2):
-        # Sections of ~450 characters: one chunk each, and too long for a passage to read on
-        # into the next one, so each chunk is a distinct hit.
+        # Sections of ~450 characters: one chunk each, too long for a passage to read on into
+        # the next one whole, and with no sentence end in it to read on to (a passage reads on
+        # by whole sentences), so each chunk is a distinct hit.
         body = "\n\n".join(
             f"## Section {i}-{j}\n\n"
-            + " ".join([f"Quarterly figures for region {j}: revenue grew by {j} percent."] * 7)
+            + " ".join([f"Quarterly figures for region {j}: revenue grew by {j} percent;"] * 7)
             for j in range(3)
         )
         reply = await rag.ingest(
@@ -493,7 +497,7 @@ BAD_INGESTS: list[tuple[str, rag_pb2.IngestDocumentRequest, str]] = [
     ("pdf type, not pdf", _ingest(b"hello", title="x", type=rag_pb2.DOCUMENT_TYPE_PDF), "PDF"),
     ("image", _ingest(b"\x89PNG\r\n\x1a\n....", file_path="/tmp/cat.png"), "unsupported"),
     ("office", _ingest(b"PK\x03\x04....", file_path="/tmp/report.docx"), "unsupported"),
-    ("unknown enum", _ingest(b"text", title="t", type=42), "DocumentType"),  # type: ignore[arg-type]
+    ("unknown enum", _ingest(b"text", title="t", type=42), "DocumentType"),
     ("too big", _ingest(b"a " * (INLINE_LIMIT // 2 + 1), file_path="/tmp/big.txt"), "bytes"),
     ("no identity", _ingest(b"some text"), "file_path, a source_uri or a title"),
     ("control char", _ingest(b"text", file_path="/tmp/a\x07b.txt"), "control character"),
