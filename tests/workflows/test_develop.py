@@ -544,13 +544,16 @@ async def test_a_local_model_drafts_until_the_tests_pass_and_its_change_lands(
     }
     temperatures: list[float] = []
     asked: list[str] = []
+    prompts: list[str] = []
 
     def script(system: str, messages: list[dict[str, Any]]) -> Reply:
         if "Name the files" in system:
             return Reply("Files:\n- `greet.py`\n- check_greet.py\n- ../outside.py")
         if "add code to one file" in system:
-            name = str(messages[-1]["content"]).rsplit("at the end of ", 1)[1].rstrip(".")
+            prompt = str(messages[-1]["content"])
+            name = prompt.rsplit("at the end of ", 1)[1].rstrip(".")
             asked.append(name)
+            prompts.append(prompt)
             temperatures.append(float(scripted.requests[-1]["body"].get("temperature", 0)))
             return Reply(f"```python\n{drafts[name][min(asked.count(name) - 1, 1)]}\n```")
         if "You are the Reviewer" in system:
@@ -570,6 +573,9 @@ async def test_a_local_model_drafts_until_the_tests_pass_and_its_change_lands(
     assert sorted(f["path"] for f in question["diff"]["files"]) == ["check_greet.py", "greet.py"]
     # The first draft was drawn at the run's temperature, the second warmer.
     assert temperatures == [0, 0, 0.7, 0.7]
+    # The redraw is shown what the failed draft added and how the tests failed.
+    assert "the tests failed" not in prompts[0]
+    assert "return name\n```\nand the tests failed" in prompts[2] and "AssertionError" in prompts[2]
     await resume(mesh.agents, final.name, "land into main")
     done = await wait_status(mesh.agents, final.name, S.RUN_STATUS_COMPLETED, timeout=60)
     assert output_of(done)["status"] == "landed"

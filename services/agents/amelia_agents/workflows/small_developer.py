@@ -13,8 +13,9 @@ file. So this developer, in one round:
 2. asks, file by file, for the code to add at its end (one fenced block), and adds it with the
    `append_file` tool (`run.tool.called` / `run.tool.result` as in the tool loop);
 3. with a test command, runs the tests (`run_tests`): a draft they fail is taken back (the
-   worktree restored to the round's commit) and drawn again, at a temperature of at least
-   `REDRAW_TEMPERATURE` (the same draw again would fail again), at most `MAX_DRAFTS` drafts.
+   worktree restored to the round's commit) and drawn again, shown what it added and how the
+   tests failed, at a temperature of at least `REDRAW_TEMPERATURE`, at most `MAX_DRAFTS` drafts.
+   (The 1.5B model's first drafts added `test_subtract` without importing `subtract`.)
    No draft passing leaves the round's commit as it was, and the report says so: a small model
    never leaves code on the branch that breaks the tests. Without a test command the first
    draft stays.
@@ -41,6 +42,7 @@ MAX_DRAFTS = 4
 MAX_FILES = 5
 REDRAW_TEMPERATURE = 0.7
 MAX_FILE_CHARS = 6000
+MAX_FAILURE_CHARS = 1500
 FILES_PROMPT = (
     "You are the Developer. Name the files you will add code to, or create, to carry out the "
     "request: their paths relative to the repository root, one per line, nothing else."
@@ -104,7 +106,8 @@ async def draft_and_verify(
     if not files:
         return f"(no file named to change: {reply.text.strip()[:200]!r})"
     system = f"{params['system']}\n\n{CODE_PROMPT}".strip()
-    last = ""
+    added: dict[str, str] = {}
+    failure = ""
     for draft in range(1, MAX_DRAFTS + 1):
         temperature = params.get("temperature") or 0.0
         if draft > 1:
@@ -114,33 +117,45 @@ async def draft_and_verify(
             others = "\n".join(text for other, text in shown.items() if other != name)
             prompt = (
                 f"{task}\n\n{others}\n{shown[name]} (the file you add to)\n\n"
-                f"Write the code to add at the end of {name}."
+                f"{_feedback(name, added, failure)}Write the code to add at the end of {name}."
             )
             answer = await runtime.chat(
                 [{"role": "user", "content": prompt}],
                 **{**params, "system": system, "temperature": temperature},
             )
-            code = code_in(answer.text)
-            if code.strip():
-                arguments = {"path": name, "content": code}
+            added[name] = code_in(answer.text)
+            if added[name].strip():
+                arguments = {"path": name, "content": added[name]}
                 await run_tool_call(
                     ToolCall(f"draft-{draft}-{name}", "append_file", arguments), tools
                 )
         if "run_tests" not in tools:
             return f"added code to {', '.join(files)} (no test command to check it)"
         result = await run_tool_call(ToolCall(f"draft-{draft}-tests", "run_tests", {}), tools)
-        passed = _passed(result)
+        passed, failure = _outcome(result)
         runtime.emit("workflow.progress", {"step": "developer", "draft": draft, "passed": passed})
         if passed:
             return f"added code to {', '.join(files)}; the tests pass (draft {draft})"
-        last = result.content[-1500:]
         await restore()
-    return f"no draft of {MAX_DRAFTS} passed the tests; nothing was changed. Last run:\n{last}"
+    return f"no draft of {MAX_DRAFTS} passed the tests; nothing was changed. Last run:\n{failure}"
 
 
-def _passed(result: ChatMessage) -> bool:
-    """Whether a `run_tests` result says the tests passed."""
+def _feedback(name: str, added: Mapping[str, str], failure: str) -> str:
+    """What the last draft added to `name` and how the tests failed (nothing for a first draft).
+    A model that forgot an import sees the NameError and adds it."""
+    if not failure:
+        return ""
+    return (
+        f"Your last draft added to {name}:\n```\n{added.get(name, '')}\n```\n"
+        f"and the tests failed:\n{failure}\n\n"
+    )
+
+
+def _outcome(result: ChatMessage) -> tuple[bool, str]:
+    """Whether a `run_tests` result says the tests passed, and the end of their output."""
     try:
-        return not result.is_error and json.loads(result.content).get("passed") is True
-    except (ValueError, AttributeError):
-        return False
+        value = json.loads(result.content)
+        return value["passed"] is True, str(value.get("output", ""))[-MAX_FAILURE_CHARS:]
+    except (ValueError, KeyError, TypeError):  # an error result, or output cut to fit
+        passed = not result.is_error and '"passed": true' in result.content
+        return passed, result.content[-MAX_FAILURE_CHARS:]
