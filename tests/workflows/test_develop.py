@@ -164,8 +164,11 @@ class Mesh:
 
 @pytest.fixture(scope="module")
 async def mesh(workflows_settings: Settings, scripted: ScriptedOpenAI) -> AsyncIterator[Mesh]:
-    # `local:` models are served by the scripted server, as llama.cpp would serve them.
-    settings = workflows_settings.model_copy(update={"LOCAL_MODEL_URL": f"{scripted.url}/v1"})
+    # `local:` models are served by the scripted server, as llama.cpp would serve them; a queue
+    # of its own, so the session's other agents service (no such server) never takes its runs.
+    settings = workflows_settings.model_copy(
+        update={"LOCAL_MODEL_URL": f"{scripted.url}/v1", "RUNS_QUEUE_STREAM": "AMELIA_RUNS_DEVELOP"}
+    )
     async with running_agents(settings) as running:
         address = f"127.0.0.1:{running.service.bound_port}"
         yield Mesh(running.stub, git_pb2_grpc.GitServiceStub(running.channel), address)
