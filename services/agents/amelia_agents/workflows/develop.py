@@ -258,10 +258,13 @@ async def _run_developer(state: DevelopState, tree: Worktree, prompt: str) -> st
     )
     params = step_params(request, "developer", DEVELOPER_PROMPT)
     if str(params["model"]).startswith(LOCAL_MODEL_PREFIX):
-        params["system"] = str(request.get("system_prompt") or "")
         head = str(state["worktree"]["head"])
         return await draft_and_verify(
-            await _resolved(tree.path), prompt, tools, params, lambda: tree.restore(head)
+            await _resolved(tree.path),
+            prompt,
+            tools,
+            step_params(request, "developer", ""),  # small_developer adds its own instructions
+            lambda: tree.restore(head),
         )
     files = await snapshot(await _resolved(tree.path))
     try:

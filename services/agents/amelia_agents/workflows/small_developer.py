@@ -109,10 +109,11 @@ async def draft_and_verify(
     added: dict[str, str] = {}
     failure = ""
     for draft in range(1, MAX_DRAFTS + 1):
-        temperature = params.get("temperature") or 0.0
+        temperature = params["temperature"]
         if draft > 1:
             temperature = max(temperature, REDRAW_TEMPERATURE)
         for name in files:
+            # Read again for each file: it sees what this draft added to the files before it.
             shown = await asyncio.to_thread(lambda: {f: _shown(root, f) for f in files})
             others = "\n".join(text for other, text in shown.items() if other != name)
             prompt = (
