@@ -1251,19 +1251,26 @@ class StreamRunRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
+    MAX_EVENTS_PER_MESSAGE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`runs/{run}`."""
     after_sequence: _builtins.int
     """Only events after this sequence (resume with the last sequence seen)."""
+    max_events_per_message: _builtins.int
+    """At most this many events per response message, in `events` (at most 1000). 0 or 1: one
+    event per message, in `event`. Events already read are sent together, none is held back
+    waiting for more, so batching costs no latency; every token is still its own event.
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         after_sequence: _builtins.int = ...,
+        max_events_per_message: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "max_events_per_message", b"max_events_per_message", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1271,23 +1278,31 @@ Global___StreamRunRequest: _TypeAlias = StreamRunRequest  # noqa: Y015
 
 @_typing.final
 class StreamRunResponse(_message.Message):
-    """StreamRunResponse carries one of the run's events."""
+    """StreamRunResponse carries one of the run's events, or several when the request asked for them."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENT_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def event(self) -> _events_pb2.Event:
-        """The event."""
+        """The event (requests without `max_events_per_message`)."""
+
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_events_pb2.Event]:
+        """Consecutive events of the run in sequence order (requests with `max_events_per_message`
+        > 1); `event` is then unset.
+        """
 
     def __init__(
         self,
         *,
         event: _events_pb2.Event | None = ...,
+        events: _abc.Iterable[_events_pb2.Event] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "events", b"events"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
