@@ -12,14 +12,15 @@ from collections.abc import AsyncIterator
 from typing import Any, TypedDict
 
 import pytest
-from agents_helpers import S, collect, create_run, data, types, wait_status
+from agents_helpers import S, collect, create_run, data, tokens, types, wait_status
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph
 from sqlalchemy import text
 
-from amelia.v1 import agents_pb2_grpc
+from amelia.v1 import agents_pb2_grpc, events_pb2
 from amelia_agents import runtime, workflows
 from amelia_agents.executor import CompiledGraphs
+from amelia_agents.llm.offline import tokenize
 from amelia_agents.models import RunRow, RunState
 from amelia_agents.servicer import _new_run
 from amelia_agents.store import RECORDING_LOCK_SPACE, Store
@@ -247,3 +248,52 @@ async def test_a_node_event_json_cannot_carry_fails_the_run_and_is_not_stored(
     events = await collect(agents, run.name)
     assert "test.said" not in types(events)
     assert types(events)[-1] == "run.failed"
+
+
+async def stream_run(
+    stub: agents_pb2_grpc.AgentServiceStub, name: str, after: int = 0, per_message: int = 0
+) -> list[list[events_pb2.Event]]:
+    """StreamRun to its end: each message's events (one for a request without batches)."""
+
+    async def read() -> list[list[events_pb2.Event]]:
+        request = S.StreamRunRequest(
+            name=name, after_sequence=after, max_events_per_message=per_message
+        )
+        messages = []
+        async for response in stub.StreamRun(request):
+            if per_message <= 1:
+                assert not response.events, "a request without batches got several events"
+                messages.append([response.event])
+            else:
+                assert not response.HasField("event") and 1 <= len(response.events) <= per_message
+                messages.append(list(response.events))
+        return messages
+
+    return await asyncio.wait_for(read(), 60)
+
+
+async def test_a_batched_stream_run_gives_every_event_once_in_order_every_token_alone(
+    agents: agents_pb2_grpc.AgentServiceStub,
+) -> None:
+    # 300 tokens, each its own run.token event. Followed live with batches, replayed with and
+    # without them, resumed from the middle: the same events, once each, in order.
+    message = " ".join(f"w{i}" for i in range(300))
+    run = await create_run(
+        agents, workflow="workflows/chat", input={"message": message, "model": "offline:echo"}
+    )
+    live = [e for batch in await stream_run(agents, run.name, per_message=64) for e in batch]
+    await wait_status(agents, run.name, S.RUN_STATUS_COMPLETED)
+    one_by_one = [e for [e] in await stream_run(agents, run.name)]
+    assert types(one_by_one)[-1] == "run.completed"
+    assert tokens(one_by_one) == tokenize(message) and len(tokens(one_by_one)) == 300
+    sequences = [e.sequence for e in one_by_one]
+    assert sequences == sorted(set(sequences))
+    assert live == one_by_one
+    replayed = await stream_run(agents, run.name, per_message=64)
+    assert max(len(batch) for batch in replayed) > 1  # a replay reads many events at once
+    assert [e for batch in replayed for e in batch] == one_by_one
+    middle = one_by_one[len(one_by_one) // 2].sequence
+    resumed = await stream_run(agents, run.name, after=middle, per_message=2)
+    assert [e for batch in resumed for e in batch] == [e for e in one_by_one if e.sequence > middle]
+    after_end = await stream_run(agents, run.name, after=sequences[-1], per_message=64)
+    assert after_end == []

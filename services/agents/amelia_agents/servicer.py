@@ -427,8 +427,8 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         self, request: agents_pb2.StreamRunRequest, context: Ctx
     ) -> AsyncIterator[agents_pb2.StreamRunResponse]:
         row = await self._get_run(request.name)
-        async for event in self.streamer.stream(row, request.after_sequence):
-            yield agents_pb2.StreamRunResponse(event=event)
+        async for response in self.streamer.responses(row, request):
+            yield response
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,11 @@ events about the run published after its end — `git.landed` / `git.discarded` 
 is landed or discarded later — so joining a finished run (again, `after_sequence` = the last
 event seen) shows them, then ends. If the terminal event is not in the log any more (expired),
 an idle stream of a finished run ends too.
+
+A client that asks for `max_events_per_message` gets the events the events service sent
+together in one message (at most that many; never held back to fill a message): a run's node
+is ~10 events, and each gRPC message costs CPU on both sides. Every token is still its own
+event, in order.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import Any
 
 import grpc
 
-from amelia.v1 import events_pb2, events_pb2_grpc
+from amelia.v1 import agents_pb2, events_pb2, events_pb2_grpc
 from amelia_agents.convert import run_name
 from amelia_agents.lifecycle import TERMINAL_TYPES
 from amelia_agents.models import TERMINAL_STATES, RunRow
@@ -30,6 +35,7 @@ from amelia_common.settings import Settings
 
 IDLE_CHECK_SECONDS = 2.0
 # Events per StreamEvents message: what the events service already read comes in one message.
+# It also bounds a StreamRun message: the events service keeps a message under 1 MiB.
 EVENTS_PER_MESSAGE = 256
 # Events per ListEvents page when reading what came after the run's end.
 AFTER_END_PAGE = 100
@@ -46,14 +52,31 @@ class RunStreamer:
     async def close(self) -> None:
         await self.channel.close()
 
-    async def stream(self, row: RunRow, after_sequence: int) -> AsyncIterator[events_pb2.Event]:
+    async def responses(
+        self, row: RunRow, request: agents_pb2.StreamRunRequest
+    ) -> AsyncIterator[agents_pb2.StreamRunResponse]:
+        """StreamRun's messages: one event each, or (`max_events_per_message` > 1) the events
+        that arrived together, at most that many per message."""
+        per_message = min(request.max_events_per_message, EVENTS_PER_MESSAGE)
+        async for batch in self.stream(row, request.after_sequence):
+            if per_message <= 1:
+                for event in batch:
+                    yield agents_pb2.StreamRunResponse(event=event)
+            else:
+                for start in range(0, len(batch), per_message):
+                    yield agents_pb2.StreamRunResponse(events=batch[start : start + per_message])
+
+    async def stream(
+        self, row: RunRow, after_sequence: int
+    ) -> AsyncIterator[list[events_pb2.Event]]:
+        """The run's events after `after_sequence` in order, in the batches they arrived in."""
         if (
             row.status in TERMINAL_STATES
             and row.terminal_sequence is not None
             and after_sequence >= row.terminal_sequence
         ):
-            async for event in self._after_end(row, after_sequence):
-                yield event
+            async for page in self._after_end(row, after_sequence):
+                yield page
             return
         request = events_pb2.StreamEventsRequest(
             filter=events_pb2.EventFilter(subject=run_name(row.id)),
@@ -69,8 +92,7 @@ class RunStreamer:
         async def pump() -> None:
             try:
                 async for response in call:
-                    for event in response.events or (response.event,):
-                        await inbox.put(event)
+                    await inbox.put(list(response.events) or [response.event])
                 await inbox.put(_DONE)
             except grpc.aio.AioRpcError as exc:
                 await inbox.put(exc)
@@ -97,14 +119,17 @@ class RunStreamer:
                             return
                     continue
                 idle_checks = 0
-                if isinstance(item, events_pb2.Event):
-                    last = item.sequence
-                    yield item
-                    if item.type in TERMINAL_TYPES:
-                        async for event in self._after_end(row, item.sequence):
-                            yield event
-                        return
-                    continue
+                if isinstance(item, list):
+                    end = _terminal_index(item)
+                    if end is None:
+                        last = item[-1].sequence
+                        yield item
+                        continue
+                    # What follows the end is read as it is now (the same as joining later).
+                    yield item[: end + 1]
+                    async for page in self._after_end(row, item[end].sequence):
+                        yield page
+                    return
                 detail = (
                     f"{item.code().name}: {item.details()}"
                     if isinstance(item, grpc.aio.AioRpcError)
@@ -120,8 +145,10 @@ class RunStreamer:
             with contextlib.suppress(BaseException):
                 await reader
 
-    async def _after_end(self, row: RunRow, after_sequence: int) -> AsyncIterator[events_pb2.Event]:
-        """The run's events logged after `after_sequence` (past its end), as they are now."""
+    async def _after_end(
+        self, row: RunRow, after_sequence: int
+    ) -> AsyncIterator[list[events_pb2.Event]]:
+        """The run's events logged after `after_sequence` (past its end), as they are now: pages."""
         request = events_pb2.ListEventsRequest(
             filter=events_pb2.EventFilter(subject=run_name(row.id)),
             after_sequence=after_sequence,
@@ -136,8 +163,16 @@ class RunStreamer:
                     f"{exc.code().name}: {exc.details()}; reconnect with after_sequence = the "
                     "last event seen to continue without a gap",
                 ) from None
-            for event in reply.events:
-                yield event
+            if reply.events:
+                yield list(reply.events)
             if not reply.next_page_token:
                 return
             request.page_token = reply.next_page_token
+
+
+def _terminal_index(batch: list[events_pb2.Event]) -> int | None:
+    """Where the run's end is in `batch`, if it is there."""
+    for index, event in enumerate(batch):
+        if event.type in TERMINAL_TYPES:
+            return index
+    return None

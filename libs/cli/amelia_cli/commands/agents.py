@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 RunReply = agents_pb2.CancelRunResponse | agents_pb2.ResumeRunResponse
 TERMINAL = {"run.completed", "run.failed", "run.cancelled"}
+# StreamRun's max_events_per_message: events that arrived together come in one message.
+STREAM_BATCH = 256
 
 
 def _call(coro_factory):  # type: ignore[no-untyped-def]
@@ -184,22 +186,26 @@ async def _follow(stub: object, run_name: str) -> agents_pb2.Run:
         last_type = ""
         try:
             async for reply in stub.StreamRun(  # type: ignore[attr-defined]
-                agents_pb2.StreamRunRequest(name=run_name, after_sequence=after)
+                agents_pb2.StreamRunRequest(
+                    name=run_name, after_sequence=after, max_events_per_message=STREAM_BATCH
+                )
             ):
                 retries = 0
-                event = reply.event
-                after = event.sequence
-                last_type = event.type
-                _show_event(event)
-                if event.type == "run.interrupted":
-                    if not interactive:
-                        break
-                    answer = await asyncio.to_thread(input, "> ")
-                    value = struct_pb2.Value()
-                    value.string_value = answer
-                    await stub.ResumeRun(  # type: ignore[attr-defined]
-                        agents_pb2.ResumeRunRequest(name=run_name, answer=value)
-                    )
+                for event in reply.events or (reply.event,):
+                    after = event.sequence
+                    last_type = event.type
+                    _show_event(event)
+                    if event.type == "run.interrupted":
+                        if not interactive:
+                            break
+                        answer = await asyncio.to_thread(input, "> ")
+                        value = struct_pb2.Value()
+                        value.string_value = answer
+                        await stub.ResumeRun(  # type: ignore[attr-defined]
+                            agents_pb2.ResumeRunRequest(name=run_name, answer=value)
+                        )
+                if last_type == "run.interrupted" and not interactive:
+                    break
         except grpc.aio.AioRpcError as exc:
             if exc.code() != grpc.StatusCode.UNAVAILABLE or retries >= 30:
                 raise
