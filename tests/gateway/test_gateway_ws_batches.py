@@ -1,7 +1,7 @@
 """`"batch": true` subscriptions on /ws: events already queued for the socket arrive together in
 one `events` message, each once and in order, beside a plain subscription on the same filter
 (which still gets one `event` message per event) and through a resume; a replay comes in few
-messages, at the client's pace."""
+messages, at the client's pace; live events held for WS_BATCH_WINDOW_MS go out together."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from typing import Any
 from gateway_helpers import Client, Publisher, RunningGateway, new_subject
 
 from amelia.v1 import events_pb2
+from amelia_gateway.errors import GatewayError
+from amelia_gateway.hub import Chunk, _Coalesced
 
 
 async def batched_events(client: Client, count: int, timeout: float = 30) -> list[dict[str, Any]]:
@@ -104,3 +106,59 @@ async def test_a_batched_replay_comes_in_a_few_messages(
     await client.close()
     assert got == sequences
     assert messages < 30, f"300 replayed events came in {messages} messages"
+
+
+class Received:
+    """A sink that keeps what it is handed (the hub's side of a batching socket subscription)."""
+
+    def __init__(self) -> None:
+        self.chunks: list[list[int]] = []
+        self.pushed = asyncio.Event()
+
+    def push(self, chunk: Chunk) -> None:
+        self.chunks.append(list(chunk.sequences))
+        self.pushed.set()
+
+    async def room(self) -> None:
+        pass
+
+    def fail(self, error: GatewayError, final: bool) -> None:
+        pass
+
+    def end(self) -> None:
+        pass
+
+
+def _chunk(*sequences: int) -> Chunk:
+    return Chunk(list(sequences), [f'{{"sequence":"{s}"}}' for s in sequences])
+
+
+async def test_a_batching_sink_gets_a_window_of_chunks_as_one_and_never_more_than_fit() -> None:
+    """The chunks of one window go out as one (one socket message), in order, the first one no
+    later than the window after it came; a window never gathers more than a chunk may hold."""
+    sink = Received()
+    coalesced = _Coalesced({id(sink): sink}, window=0.05, most=4)
+    coalesced.add(_chunk(1))
+    coalesced.add(_chunk(2, 3))
+    assert sink.chunks == [], "held for the window"
+    async with asyncio.timeout(30):
+        await sink.pushed.wait()
+    assert sink.chunks == [[1, 2, 3]]
+
+    coalesced.add(_chunk(4, 5, 6))
+    coalesced.add(_chunk(7, 8))  # 5 would not fit in 4: the window's 3 go first
+    coalesced.add(_chunk(9, 10))  # 4: full, out at once
+    assert sink.chunks[1:] == [[4, 5, 6], [7, 8, 9, 10]]
+    coalesced.add(_chunk(11))
+    coalesced.flush()  # an upstream error: what was held goes before it
+    assert sink.chunks[3:] == [[11]]
+    await asyncio.sleep(0.1)
+    assert len(sink.chunks) == 4, "a flushed window's timer does not fire again"
+
+
+async def test_without_a_window_every_chunk_goes_at_once() -> None:
+    sink = Received()
+    coalesced = _Coalesced({id(sink): sink}, window=0, most=4)
+    coalesced.add(_chunk(1))
+    coalesced.add(_chunk(2))
+    assert sink.chunks == [[1], [2]]

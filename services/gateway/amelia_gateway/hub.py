@@ -5,7 +5,12 @@ A subscription is a *feed* of events for one sink (a socket's subscription):
 - **live** (`since: "now"`): joins the *topic* for its filter. A topic is one StreamEvents call
   asking for up to EVENTS_PER_MESSAGE events per message; each message's events are serialized to
   JSON once, into one `Chunk`, and that same chunk is handed to every sink, however many (a
-  socket then sends it as one `events` message, or one `event` message per event).
+  socket then sends it as one `events` message, or one `event` message per event). Sinks that
+  asked for batches (`"batch": true`) get the topic's events coalesced for at most the hub's
+  `batch_window` (WS_BATCH_WINDOW_MS) from the first one's arrival, or until a chunk is full: one
+  socket message per window instead of one per upstream message, the sends and the clients'
+  wake-ups cut several-fold at a steady rate, each event delayed by at most the window. The
+  other sinks get each chunk at once.
 - **catch-up** (`since` a sequence, a time or the beginning): reads its own StreamEvents call from
   its start while also joining the live topic, buffering what the topic sends. When its own stream
   reaches the first buffered live event, it hands over: its own call is cancelled and the buffer is
@@ -36,7 +41,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from amelia.v1 import agents_pb2, events_pb2
 from amelia_common.logging import get_logger
 from amelia_gateway.errors import GatewayError, from_rpc_error, internal
-from amelia_gateway.transcode import to_json_text
+from amelia_gateway.event_json import event_json
 from amelia_gateway.upstream import Upstreams
 
 log = get_logger("amelia.gateway.hub")
@@ -89,7 +94,17 @@ class Chunk:
 
     @classmethod
     def of(cls, events: list[events_pb2.Event]) -> Chunk:
-        return cls([e.sequence for e in events], [to_json_text(e) for e in events])
+        return cls([e.sequence for e in events], [event_json(e) for e in events])
+
+    @classmethod
+    def joined(cls, chunks: list[Chunk]) -> Chunk:
+        """Consecutive chunks as one (the one itself when alone)."""
+        if len(chunks) == 1:
+            return chunks[0]
+        return cls(
+            [s for c in chunks for s in c.sequences],
+            [t for c in chunks for t in c.texts],
+        )
 
     def __len__(self) -> int:
         return len(self.sequences)
@@ -279,12 +294,15 @@ class UpstreamStream:
 
 
 class Topic:
-    """One shared live StreamEvents call for a filter, and the sinks it feeds."""
+    """One shared live StreamEvents call for a filter, and the sinks it feeds: `sinks` each chunk
+    at once, `batching` sinks the chunks of up to `hub.batch_window` together (`_Coalesced`)."""
 
     def __init__(self, hub: Hub, key: tuple[tuple[str, ...], str]) -> None:
         self.hub = hub
         self.key = key
         self.sinks: dict[int, Sink] = {}
+        self.batching: dict[int, Sink] = {}
+        self.coalesced = _Coalesced(self.batching, hub.batch_window, hub.events_per_message)
         # "now" is the moment the topic opened; a reconnect before the first event resumes at
         # that moment, after it right after the last sequence.
         self.opened = Timestamp()
@@ -316,23 +334,83 @@ class Topic:
         self.hub.serialized += len(chunk)
         for sink in list(self.sinks.values()):
             sink.push(chunk)
+        if self.batching:
+            self.coalesced.add(chunk)
         return True
 
     def _on_error(self, error: GatewayError, final: bool) -> None:
-        sinks = list(self.sinks.values())
+        self.coalesced.flush()  # the events before the error
+        sinks = [*self.sinks.values(), *self.batching.values()]
         if final:
             self.sinks.clear()
+            self.batching.clear()
             self.hub._drop(self)
         for sink in sinks:
             sink.fail(error, final)
 
-    def add(self, sink: Sink) -> None:
-        self.sinks[id(sink)] = sink
+    def add(self, sink: Sink, *, batch: bool = False) -> None:
+        """Feed `sink` from now on; `batch`: coalesced (a socket subscription that asked for
+        batches)."""
+        if batch and self.coalesced.window > 0:
+            self.coalesced.flush()  # what came before it joined is not its
+            self.batching[id(sink)] = sink
+        else:
+            self.sinks[id(sink)] = sink
 
     def remove(self, sink: Sink) -> None:
         self.sinks.pop(id(sink), None)
-        if not self.sinks:
+        self.batching.pop(id(sink), None)
+        if not self.batching:
+            self.coalesced.drop()
+        if not self.sinks and not self.batching:
             self.hub._drop(self)
+
+
+class _Coalesced:
+    """A topic's events waiting for its batching sinks: handed to them together, as one chunk,
+    `window` seconds after the first arrived or as soon as they fill a chunk (at most
+    `most` events, so a chunk still fits in one socket message), whichever comes first."""
+
+    def __init__(self, sinks: dict[int, Sink], window: float, most: int) -> None:
+        self.sinks = sinks
+        self.window = window
+        self.most = most
+        self.pending: list[Chunk] = []
+        self.count = 0
+        self.timer: asyncio.TimerHandle | None = None
+
+    def add(self, chunk: Chunk) -> None:
+        if self.window <= 0:
+            self._push(chunk)
+            return
+        if self.count + len(chunk) > self.most:
+            self.flush()
+        self.pending.append(chunk)
+        self.count += len(chunk)
+        if self.count >= self.most:
+            self.flush()
+        elif self.timer is None:
+            self.timer = asyncio.get_running_loop().call_later(self.window, self.flush)
+
+    def flush(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.pending:
+            chunk = Chunk.joined(self.pending)
+            self.pending, self.count = [], 0
+            self._push(chunk)
+
+    def _push(self, chunk: Chunk) -> None:
+        for sink in list(self.sinks.values()):
+            sink.push(chunk)
+
+    def drop(self) -> None:
+        """Nobody to flush to any more."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.pending, self.count = [], 0
 
 
 class Feed:
@@ -346,7 +424,7 @@ class LiveFeed(Feed):
     def __init__(self, hub: Hub, spec: FeedSpec, sink: Sink) -> None:
         self.topic = hub._topic(spec.topic_key)
         self.sink = sink
-        self.topic.add(sink)
+        self.topic.add(sink, batch=spec.batch)
 
     def close(self) -> None:
         self.topic.remove(self.sink)
@@ -524,9 +602,16 @@ class RunFeed(Feed):
 class Hub:
     """All topics of one gateway, and counters that prove the sharing."""
 
-    def __init__(self, upstreams: Upstreams, events_per_message: int = EVENTS_PER_MESSAGE) -> None:
+    def __init__(
+        self,
+        upstreams: Upstreams,
+        events_per_message: int = EVENTS_PER_MESSAGE,
+        batch_window: float = 0.0,
+    ) -> None:
         self.upstreams = upstreams
         self.events_per_message = events_per_message
+        # Seconds a topic holds events for its batching sinks (see `_Coalesced`); 0: none.
+        self.batch_window = batch_window
         self.topics: dict[tuple[tuple[str, ...], str], Topic] = {}
         self.calls_opened = 0
         self.calls_active = 0
@@ -551,6 +636,7 @@ class Hub:
     def _drop(self, topic: Topic) -> None:
         if self.topics.get(topic.key) is topic:
             del self.topics[topic.key]
+        topic.coalesced.drop()
         topic.stream.stop()
 
     def stats(self) -> dict[str, Any]:
@@ -565,6 +651,7 @@ class Hub:
     async def close(self) -> None:
         tasks = []
         for topic in list(self.topics.values()):
+            topic.coalesced.drop()
             topic.stream.stop()
             if topic.stream.task is not None:
                 tasks.append(topic.stream.task)

@@ -38,7 +38,11 @@ class Gateway:
         self.token = settings.api_token
         self.table = RouteTable()
         self.upstreams = Upstreams(settings)
-        self.hub = Hub(self.upstreams, events_per_message(settings.WS_SEND_QUEUE))
+        self.hub = Hub(
+            self.upstreams,
+            events_per_message(settings.WS_SEND_QUEUE),
+            batch_window=settings.WS_BATCH_WINDOW_MS / 1000,
+        )
         self.connections: dict[str, Connection] = {}
         self.http_streams: set[Any] = set()  # open NDJSON streams' gRPC calls
         self.stopping = asyncio.Event()
