@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import Select, and_, bindparam, delete, func, or_, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
 from amelia_agents import runstate
@@ -93,6 +93,22 @@ _ADD_USAGE = (
         output_tokens=RunRow.output_tokens + bindparam("added_output"),
     )
 )
+
+# The runs table: a run's reads and transitions go through SQLAlchemy Core, outside the ORM.
+# A run makes several (claim, finish, its end's sequence, StreamRun's read), and an ORM UPDATE
+# ... RETURNING (its identity map, its evaluation of the new values on loaded objects) cost
+# several times the CPU of the statement; the RunRow given back is built from the row.
+_RUNS = RunRow.__table__
+
+
+def _run_row(found: Any) -> RunRow | None:
+    """A RunRow (not attached to any session) of a `runs` row read with all its columns."""
+    return None if found is None else RunRow(**found._mapping)
+
+
+async def _read_run(conn: AsyncConnection, run_id: uuid.UUID) -> RunRow | None:
+    return _run_row((await conn.execute(select(_RUNS).where(_RUNS.c.id == run_id))).first())
+
 
 THREAD_ORDERS = ("create_time", "create_time desc", "update_time", "update_time desc")
 PREVIEW_LENGTH = 200
@@ -293,25 +309,26 @@ class Store:
         return True
 
     async def get_run(self, run_id: uuid.UUID) -> RunRow | None:
-        async with self.single_statements() as s:
-            return await s.get(RunRow, run_id)
+        async with self.autocommit.connect() as conn:
+            return await _read_run(conn, run_id)
 
     async def _transition(
         self, run_id: uuid.UUID, transition: runstate.Transition, values: dict[str, Any]
     ) -> tuple[RunRow | None, bool]:
         """Take `transition` with `values` if the run's status allows it: (row after, whether it
         changed). The UPDATE is one statement, atomic on its own."""
-        async with self.single_statements() as s:
-            changed = await s.scalar(
-                update(RunRow)
-                .where(RunRow.id == run_id, RunRow.status.in_(transition.source_values))
-                .values(status=transition.target.value, **values)
-                .returning(RunRow)
-                .execution_options(populate_existing=True)
-            )
+        async with self.autocommit.connect() as conn:
+            changed = (
+                await conn.execute(
+                    update(_RUNS)
+                    .where(_RUNS.c.id == run_id, _RUNS.c.status.in_(transition.source_values))
+                    .values(status=transition.target.value, **values)
+                    .returning(*_RUNS.c)
+                )
+            ).first()
             if changed is not None:
-                return changed, True
-            return await s.get(RunRow, run_id), False
+                return _run_row(changed), True
+            return await _read_run(conn, run_id), False
 
     async def cancel(self, run_id: uuid.UUID, reason: str) -> tuple[RunRow | None, bool]:
         end = now()
@@ -400,9 +417,9 @@ class Store:
         )
 
     async def set_terminal_sequence(self, run_id: uuid.UUID, sequence: int) -> None:
-        async with self.single_statements() as s:
-            await s.execute(
-                update(RunRow).where(RunRow.id == run_id).values(terminal_sequence=sequence)
+        async with self.autocommit.connect() as conn:
+            await conn.execute(
+                update(_RUNS).where(_RUNS.c.id == run_id).values(terminal_sequence=sequence)
             )
 
     async def status(self, run_id: uuid.UUID) -> str | None:
