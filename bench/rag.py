@@ -7,7 +7,8 @@ all-MiniLM-L6-v2 once, runs the rag service in this process, and measures in one
   `IngestDocument` over gRPC, a few files in flight like the CLI sends them (parse, chunk,
   store, events, then the background indexer's embed and store until every document is
   ready), in chunks/s, next to raw `model.encode` on exactly the texts the service
-  embeds (timed before and after the ingest; the mean is used). Target: ≥ 0.85×.
+  embeds, in paired rounds (which goes first alternates). Target (issue 16): the median of the
+  rounds' ratios ≥ 0.9×; the totals' ratio and the ratio per CPU-second are printed too.
 - search at 100,000 chunks: the table is filled with seeded synthetic 384-d embeddings (random
   clusters, so neighbourhoods look like real data) written straight into PostgreSQL, and the
   HNSW index is built. Then p50/p99 latency and recall@10 against exact search (numpy over the
@@ -48,6 +49,8 @@ from bench._run import run_in_temp_dir
 REPO = Path(__file__).resolve().parents[1]
 CORPUS_CHUNKS = 100
 ROUNDS = 6
+# Issue 16: ingest at least 0.9x raw model.encode on the same texts.
+TARGET_RATIO = 0.9
 IN_FLIGHT = 8
 SEARCH_CHUNKS = 100_000
 DOCUMENTS = 1_000
@@ -425,11 +428,13 @@ async def bench(root: Path) -> None:
                 f"  {'IngestDocument over gRPC (parse+chunk+embed+store)':<52}"
                 f"{f.rate(f.ingest_wall):>10.1f}{f.rate(f.ingest_cpu):>11.1f}"
             )
+            median = float(np.median(f.ratios))
             print(
-                f"  ingest / raw: {f.raw_wall / f.ingest_wall:.2f}x wall clock, "
+                f"  ingest / raw: median of paired rounds {median:.2f}x "
+                f"(target {TARGET_RATIO}x: {'met' if median >= TARGET_RATIO else 'NOT met'}); "
+                f"totals {f.raw_wall / f.ingest_wall:.2f}x wall clock, "
                 f"{f.raw_cpu / f.ingest_cpu:.2f}x per CPU-second (PostgreSQL included); "
-                f"target 0.85x; per-round wall ratios "
-                f"{', '.join(f'{r:.2f}' for r in f.ratios)}"
+                f"per-round wall ratios {', '.join(f'{r:.2f}' for r in f.ratios)}"
             )
 
             engine_searcher = Searcher(_sessions(database_url, settings), embedder)

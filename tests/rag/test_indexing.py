@@ -133,3 +133,35 @@ async def test_racing_indexers_embed_each_chunk_once(rag: Rag) -> None:
     await asyncio.gather(
         *(rag.stub.DeleteDocument(rag_pb2.DeleteDocumentRequest(name=n)) for n in names)
     )
+
+
+async def test_each_chunk_holds_the_vector_of_its_own_text(rag: Rag) -> None:
+    """The indexer saves a batch's vectors in one statement: each lands on its own chunk, exact."""
+    import numpy as np
+
+    from amelia_rag.chunking import context_text
+
+    tag = uuid.uuid4().hex[:8]
+    reply = await rag.ingest(GUIDE + tag.encode(), file_path=f"/orchard/vectors-{tag}.md")
+    assert reply.document.chunk_count > 30
+    async with rag.store.sessions() as session:
+        rows = (
+            await session.execute(
+                text(
+                    "SELECT content, heading_path, page, CAST(embedding AS real[]) AS v"
+                    " FROM chunks WHERE document_id = :d ORDER BY chunk_index"
+                ),
+                {"d": uuid.UUID(reply.document.name.removeprefix("documents/"))},
+            )
+        ).all()
+    stored = np.asarray([r.v for r in rows], dtype=np.float32)
+    texts = [
+        context_text(reply.document.title, tuple(r.heading_path), r.page, r.content) for r in rows
+    ]
+    expected = rag.model.encode(texts, batch_size=16, normalize_embeddings=True)
+    assert stored.shape == expected.shape
+    # Batches padded differently differ in the last bits only; a vector on the wrong chunk,
+    # or cut at the wrong place, differs in the first.
+    assert np.abs(stored - expected).max() < 1e-4
+    assert (np.argmax(stored @ expected.T, axis=1) == np.arange(len(rows))).all()
+    await rag.stub.DeleteDocument(rag_pb2.DeleteDocumentRequest(name=reply.document.name))

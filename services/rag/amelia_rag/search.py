@@ -63,6 +63,9 @@ CANDIDATES_PER_HIT = 4
 MERGE_CHUNKS = 3
 EF_SEARCH = 100
 MAX_SCAN_TUPLES = 20_000
+# What one Search may ask: the servicer refuses more.
+MAX_TOP_K = 100
+MAX_QUERY_CHARS = 8192
 MAX_QUERY_WORDS = 64
 _QUERY_WORD = re.compile(r"\w+")
 

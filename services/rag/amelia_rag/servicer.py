@@ -36,7 +36,7 @@ from amelia_rag.embeddings import EmbeddingUnavailableError
 from amelia_rag.ingest import EventsUnavailableError, Ingestor, Source
 from amelia_rag.models import DocumentRow
 from amelia_rag.parsing import InvalidDocumentError
-from amelia_rag.search import Hit, Searcher, SearchFilters
+from amelia_rag.search import MAX_QUERY_CHARS, MAX_TOP_K, Hit, Searcher, SearchFilters
 from amelia_rag.store import DocumentStore, StoredChunk
 
 log = get_logger("amelia.rag")
@@ -56,8 +56,6 @@ MODES = {
     rag_pb2.SEARCH_MODE_VECTOR: "vector",
     rag_pb2.SEARCH_MODE_KEYWORD: "keyword",
 }
-MAX_TOP_K = 100
-MAX_QUERY_CHARS = 8192
 DEFAULT_PAGE_SIZE = 50
 DEFAULT_CHUNK_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
