@@ -126,6 +126,24 @@ async def test_several_events_per_message_history_then_live_each_once_in_order(
     assert max(sizes) <= 64 and max(sizes) > 1, sizes
 
 
+async def test_a_live_batch_holds_for_what_arrives_right_after_the_last_one(
+    events: RunningEvents, resource: str
+) -> None:
+    """At a high live rate, a batched reader sends one batch per `hold`, not one per event: a
+    batch that would start within `hold` of the previous one gathers what arrives meanwhile.
+    Events published one by one, each acknowledged before the next, come in one batch, in order.
+    (The hold here is long enough for any machine.)"""
+    hold = 2.0
+    async with events.log.read([], resource, StartAt.new()) as reader:
+        await reader.open()
+        first = await publish(events.stub, "test.live", resource, k=0)
+        assert await reader.next_batch(64, 1 << 20, hold) == [first]
+        waiting = asyncio.create_task(reader.next_batch(64, 1 << 20, hold))
+        burst = [await publish(events.stub, "test.live", resource, k=k) for k in range(1, 6)]
+        async with asyncio.timeout(60):
+            assert await waiting == burst
+
+
 async def test_pipelined_publishes_through_a_nats_restart_are_stored_once_in_order(
     private_log: EventLog, private_nats: EmbeddedNats, resource: str
 ) -> None:

@@ -23,6 +23,7 @@ from amelia_common.eventlog import (
     MAX_SEQUENCE,
     UNDECODABLE_TYPE,
     StartAt,
+    decode_event,
     event_data,
     filter_subjects,
 )
@@ -158,6 +159,21 @@ async def test_unreadable_messages_in_the_stream_never_make_the_log_unreadable(
 
     async with events.log.read([], resource, StartAt.beginning(), follow=False) as reader:
         assert [e.sequence async for e in reader] == [e.sequence for e in listed]
+
+
+def test_an_event_found_readable_once_is_not_trusted_for_other_bytes_at_its_sequence() -> None:
+    """Readers share the check of an event read back (one check for 100 subscribers of a run),
+    by sequence and bytes: a stream recreated under the same name reuses its sequences, and a
+    NaN stored there must still come back as a placeholder, never as the event checked before."""
+    good = event("test.good", "tests/recreated", n=1)
+    good.time.GetCurrentTime()
+    bad = _nan_event("tests/recreated", a=math.nan)
+    bad.time.GetCurrentTime()
+    sequence = MAX_SEQUENCE - 7  # a sequence no stream of the session reaches
+    for _ in range(2):  # the second time, the good bytes are known
+        assert decode_event(good.SerializeToString(), sequence).type == "test.good"
+        assert decode_event(bad.SerializeToString(), sequence).type == UNDECODABLE_TYPE
+    assert decode_event(bytes(good.SerializeToString()), sequence).sequence == sequence
 
 
 # --------------------------------------------------------------------------- ids and types

@@ -38,6 +38,13 @@ MAX_BATCH = 1000
 # it again at every reconnect.
 MESSAGE_BYTES = 1024 * 1024
 
+# A batched stream's next message waits until this long after its previous one, gathering the
+# events that arrive meanwhile (`EventReader.next_batch`'s hold): a live stream at 2,000
+# events/s sends ~4-6 events per message instead of ~1-2, and each gRPC message costs the
+# service ~100-200 us of CPU whatever it carries. An event arriving after a quiet moment goes
+# out at once; none waits longer than this.
+LIVE_HOLD_SECONDS = 0.002
+
 _EVENT_NAME = re.compile(r"^events/([1-9][0-9]{0,19})$")
 
 
@@ -115,7 +122,9 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
                 else:
                     while True:
                         try:
-                            batch = await reader.next_batch(per_message, MESSAGE_BYTES)
+                            batch = await reader.next_batch(
+                                per_message, MESSAGE_BYTES, LIVE_HOLD_SECONDS
+                            )
                         except StopAsyncIteration:
                             break
                         yield events_pb2.StreamEventsResponse(events=batch)

@@ -19,6 +19,7 @@ import json
 import os
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -349,6 +350,38 @@ def _small_int(value: Any) -> bool:
 _reported_undecodable: set[int] = set()
 
 
+class _CheckedPayloads:
+    """Stored payloads already found readable, by stream sequence: every reader of an event
+    (100 StreamEvents subscribers of one run: 100 JetStream consumers, each delivering its own
+    copy) checks it once per process, not once each. A hit needs the same bytes at the same
+    sequence, so a recreated stream (sequences start again) is checked afresh. Bounded in
+    entries and bytes; the oldest go first."""
+
+    def __init__(self, max_entries: int = 8192, max_bytes: int = 8 * 1024 * 1024) -> None:
+        self._payloads: OrderedDict[int, bytes] = OrderedDict()
+        self._bytes = 0
+        self._max_entries = max_entries
+        self._max_bytes = max_bytes
+
+    def __contains__(self, item: tuple[int, bytes]) -> bool:
+        sequence, payload = item
+        return self._payloads.get(sequence) == payload
+
+    def add(self, sequence: int, payload: bytes) -> None:
+        if len(payload) > self._max_bytes // 16:
+            return  # rare large events: not worth holding
+        old = self._payloads.pop(sequence, None)
+        if old is not None:
+            self._bytes -= len(old)
+        self._payloads[sequence] = payload
+        self._bytes += len(payload)
+        while len(self._payloads) > self._max_entries or self._bytes > self._max_bytes:
+            self._bytes -= len(self._payloads.popitem(last=False)[1])
+
+
+_checked = _CheckedPayloads()
+
+
 def decode_event(payload: bytes, sequence: int, stored_on: str = "") -> events_pb2.Event:
     """A stored message back into an Event with its stream sequence.
 
@@ -365,12 +398,16 @@ def decode_event(payload: bytes, sequence: int, stored_on: str = "") -> events_p
     except DecodeError as exc:
         event, problem = None, f"not an amelia.v1.Event ({exc})"
     else:
+        if (sequence, payload) in _checked:
+            event.sequence = sequence
+            return event
         try:
             validate_type(event.type)
             problem = content_problem(event)
         except InvalidEventError as exc:
             problem = exc.message
         if problem is None:
+            _checked.add(sequence, payload)
             event.sequence = sequence
             return event
     if sequence not in _reported_undecodable:
