@@ -61,6 +61,7 @@ class Report:
     latencies: list[float] = field(default_factory=list)  # seconds, publish -> decoded
     gapped: int = 0  # subscribers whose events came with a gap, a repeat or out of order
     closed: list[str] = field(default_factory=list)  # why sockets closed meanwhile
+    messages: int = 0  # socket (or gRPC) messages that carried events, all subscribers together
 
 
 class Receiver:
@@ -73,6 +74,7 @@ class Receiver:
         self.gapped = False
         self.closed = ""
         self.latencies: list[float] = []
+        self.messages = 0
         self.seen = bytearray()
         self.sequence = 0
         self.done = asyncio.Event()
@@ -104,6 +106,7 @@ class Receiver:
         self.count = 0
         self.gapped = False
         self.latencies = []
+        self.messages = 0
         self.seen = bytearray(phase.target)
         self.done = asyncio.Event()
         if self.closed:
@@ -136,9 +139,11 @@ async def _websockets(url: str, subject: str, receivers: list[Receiver], batch: 
                     message = orjson.loads(text)
                     kind = message["type"]
                     if kind == "events":
+                        receiver.messages += 1
                         for item in message["events"]:
                             receiver.arrived(item["sequence"], item["event"]["data"])
                     elif kind == "event":
+                        receiver.messages += 1
                         receiver.arrived(message["sequence"], message["event"]["data"])
                     elif kind == "ping":  # the gateway's heartbeat: it closes a silent client
                         await ws.send('{"type":"pong"}')
@@ -164,6 +169,7 @@ async def _stream_events(address: str, subject: str, receivers: list[Receiver]) 
         with contextlib.suppress(asyncio.CancelledError):
             try:
                 async for response in call:
+                    receiver.messages += 1
                     fields = response.event.data.fields
                     if "p" in fields:
                         receiver.arrived(
@@ -224,6 +230,7 @@ async def _serve(pipe: Connection, kind: str, target: str, subject: str, count: 
                         [x for r in receivers for x in r.latencies],
                         sum(r.gapped for r in receivers),
                         [r.closed for r in receivers if r.closed],
+                        sum(r.messages for r in receivers),
                     )
                 )
             else:

@@ -27,6 +27,7 @@ class Receiver {
     this.gapped = false;
     this.closed = "";
     this.latencies = [];
+    this.messages = 0;
     this.seen = new Uint8Array(0);
     this.sequence = 0;
   }
@@ -56,6 +57,7 @@ class Receiver {
     this.count = 0;
     this.gapped = false;
     this.latencies = [];
+    this.messages = 0;
     this.seen = new Uint8Array(phase.target);
   }
 }
@@ -68,8 +70,10 @@ function open(receiver) {
       const parsed = JSON.parse(message.data);
       const kind = parsed.type;
       if (kind === "events") {
+        receiver.messages += 1;
         for (const item of parsed.events) receiver.arrived(item.sequence, item.event.data);
       } else if (kind === "event") {
+        receiver.messages += 1;
         receiver.arrived(parsed.sequence, parsed.event.data);
       } else if (kind === "ping") {
         ws.send('{"type":"pong"}'); // the gateway's heartbeat: it closes a silent client
@@ -115,6 +119,7 @@ async function wait(seconds) {
     latencies: receivers.flatMap((r) => r.latencies),
     gapped: receivers.filter((r) => r.gapped).length,
     closed: receivers.filter((r) => r.closed).map((r) => r.closed),
+    messages: receivers.reduce((sum, r) => sum + r.messages, 0),
   };
 }
 

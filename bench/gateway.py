@@ -269,8 +269,18 @@ class CpuShare:
         used = {label: _cpu_seconds(p) - self.before[label] for label, p in self.processes.items()}
         busy = ", ".join(f"{label} {seconds / elapsed:.0%}" for label, seconds in used.items())
         if deliveries:
-            busy += f"; gateway {used['gateway'] / deliveries * 1e6:.1f} us/delivered event"
+            clients = sum(seconds for label, seconds in used.items() if label.startswith("clients"))
+            busy += (
+                f"; per delivered event: gateway {used['gateway'] / deliveries * 1e6:.1f} us, "
+                f"clients {clients / deliveries * 1e6:.1f} us"
+            )
         return f"CPU {busy}"
+
+
+def _per_message(reports: list[Report], deliveries: int) -> str:
+    """Events per message a subscriber received (what the gateway's batching achieved)."""
+    messages = sum(r.messages for r in reports)
+    return f"{deliveries / messages:.1f} events/message" if messages else ""
 
 
 def _not_measured(name: str, subscribers: int, why: str) -> Result:
@@ -343,7 +353,14 @@ async def _measure(
     rates = [THROUGHPUT_EVENTS / max(last - started, 1e-9) for r in reports for last in r.lasts]
     websocket = "gateway" in processes and "WebSocket" in name
     note = "; ".join(
-        filter(None, (cpu.note(THROUGHPUT_EVENTS * count if websocket else None), note))
+        filter(
+            None,
+            (
+                cpu.note(THROUGHPUT_EVENTS * count if websocket else None),
+                _per_message(reports, THROUGHPUT_EVENTS * count),
+                note,
+            ),
+        )
     )
 
     if steady:
@@ -363,7 +380,10 @@ async def _measure(
         )
     wrong = _problems(reports, events)
     latencies = sorted(x for r in reports for x in r.latencies) or [float("nan")]
-    latency_note = f"latency of {measured}: {cpu.note(events * count if websocket else None)}"
+    latency_note = (
+        f"latency of {measured}: {cpu.note(events * count if websocket else None)}; "
+        + _per_message(reports, events * count)
+    )
     if wrong:
         latency_note = f"latency NOT MEASURED: {wrong}; {latency_note}"
         latencies = [float("nan")]
