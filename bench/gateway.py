@@ -50,6 +50,7 @@ import websockets
 
 from amelia.v1 import events_pb2, events_pb2_grpc
 from amelia_common.embedded import EmbeddedNats, free_port
+from amelia_common.settings import Settings
 from bench import _subscribers
 from bench._node_clients import NodeSubscribers, node_websocket
 from bench._processes import service_process, wait_serving
@@ -614,6 +615,12 @@ def _row(r: Result) -> str:
     )
 
 
+def _batch_window() -> str:
+    """The gateway's WS_BATCH_WINDOW_MS (from the environment, as its process reads it)."""
+    default = Settings.model_fields["WS_BATCH_WINDOW_MS"].default
+    return os.environ.get("WS_BATCH_WINDOW_MS", f"{default:g}")
+
+
 def _choice() -> Choice:
     if __name__ != "__main__":  # `python -m bench gateway`: every row
         return Choice()
@@ -631,7 +638,8 @@ def main() -> None:
         f"{BATCHES_IN_FLIGHT} in flight), then for latency {LATENCY_EVENTS} at "
         f"{LATENCY_RATE:.0f}/s, or (100 sockets) {STEADY_EVENTS} at {STEADY_RATE:,.0f}/s, the "
         f"first {STEADY_WARM_UP:g}s not timed (the events due every {PACE_TICK * 1000:g} ms in "
-        f"one PublishEvents); StreamEvents subscribers in {CLIENT_PROCESSES} Python processes, "
+        f"one PublishEvents); gateway WS_BATCH_WINDOW_MS={_batch_window()}; "
+        f"StreamEvents subscribers in {CLIENT_PROCESSES} Python processes, "
         + (
             "WebSocket ones in one Node.js process"
             if NO_NODE is None
