@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,25 @@ async def api(
     await service.stop(1.0)
 
 
+@dataclass
+class Held:
+    """A held run's files — `record` (each node it executes, `<node> <pid>`), `release` (node b
+    waits for it) — and the worker processes' settings."""
+
+    settings: Settings
+    record: Path
+    release: Path
+
+    def worker(self, number: int) -> WorkerProcess:
+        return WorkerProcess(self.settings, self.record.parent / f"worker{number}.log")
+
+
+@pytest.fixture
+def held(infra: object, tmp_path: Path) -> Held:
+    settings: Settings = infra.settings()  # type: ignore[attr-defined]
+    return Held(settings, tmp_path / "record", tmp_path / "release")
+
+
 async def create_held_run(api: agents_pb2_grpc.AgentServiceStub, tmp_path: Path) -> S.Run:
     """A `test-steps` run that records each node it executes (`<node> <pid>` lines in
     tmp_path/record) and holds in node b until tmp_path/release exists."""
@@ -75,11 +95,10 @@ async def wait_node_b_started(record: Path) -> None:
 
 
 async def test_sigkilled_worker_is_replaced_and_the_run_resumes_from_its_checkpoint(
-    api: agents_pb2_grpc.AgentServiceStub, infra: object, tmp_path: Path
+    api: agents_pb2_grpc.AgentServiceStub, held: Held, tmp_path: Path
 ) -> None:
-    settings: Settings = infra.settings()  # type: ignore[attr-defined]
-    record, release = tmp_path / "record", tmp_path / "release"
-    first = WorkerProcess(settings, tmp_path / "worker1.log")
+    record, release = held.record, held.release
+    first = held.worker(1)
     second: WorkerProcess | None = None
     try:
         await first.ready()
@@ -88,7 +107,7 @@ async def test_sigkilled_worker_is_replaced_and_the_run_resumes_from_its_checkpo
         stream = asyncio.create_task(collect(api, run.name, timeout=120))
 
         await wait_node_b_started(record)
-        second = WorkerProcess(settings, tmp_path / "worker2.log")
+        second = held.worker(2)
         await second.ready()
         first.kill()
         release.touch()
@@ -125,12 +144,10 @@ async def test_sigkilled_worker_is_replaced_and_the_run_resumes_from_its_checkpo
 
 
 async def test_sigterm_hands_the_run_over_at_once(
-    api: agents_pb2_grpc.AgentServiceStub, infra: object, tmp_path: Path
+    api: agents_pb2_grpc.AgentServiceStub, held: Held, tmp_path: Path
 ) -> None:
-    settings: Settings = infra.settings()  # type: ignore[attr-defined]
-    record, release = tmp_path / "record", tmp_path / "release"
-    first = WorkerProcess(settings, tmp_path / "worker1.log")
-    second = WorkerProcess(settings, tmp_path / "worker2.log")
+    record, release = held.record, held.release
+    first, second = held.worker(1), held.worker(2)
     try:
         await first.ready()
         await second.ready()

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -208,13 +209,29 @@ async def test_an_answer_given_while_nats_is_down_is_kept_and_the_run_finishes(
     assert done.output["result"] == "answer was yes"
 
 
+@dataclass
+class OwnPostgres:
+    """A PostgreSQL of the test's own to stop and start, and fault settings on it."""
+
+    postgres: EmbeddedPostgres
+    settings: Callable[..., Settings]
+
+
 @pytest.fixture
-async def own_postgres(tmp_path: Path) -> AsyncIterator[tuple[EmbeddedPostgres, str]]:
-    """A PostgreSQL of the test's own to stop and start, and its URL (stopped at the end)."""
+async def own_postgres(
+    infra: Any, events_address: str, tmp_path: Path
+) -> AsyncIterator[OwnPostgres]:
+    """A PostgreSQL of the test's own (stopped at the end); its `settings(queue, **overrides)`
+    are `fault_settings` on it."""
     postgres = EmbeddedPostgres(tmp_path)
     url = await asyncio.to_thread(postgres.start)
     try:
-        yield postgres, url
+        yield OwnPostgres(
+            postgres,
+            lambda queue_name, **overrides: fault_settings(
+                infra, events_address, queue_name, DATABASE_URL=url, **overrides
+            ),
+        )
     finally:
         await asyncio.to_thread(postgres.stop)
 
@@ -230,15 +247,10 @@ async def first_statements(engine: AsyncEngine, saver: AsyncPostgresSaver) -> tu
 
 @pytest.mark.slow
 async def test_a_postgres_outage_with_runs_in_flight_loses_and_fails_no_run(
-    infra: Any,
-    events_address: str,
-    own_postgres: tuple[EmbeddedPostgres, str],
-    tmp_path: Path,
+    own_postgres: OwnPostgres, tmp_path: Path
 ) -> None:
-    postgres, url = own_postgres
-    settings = fault_settings(
-        infra, events_address, "AMELIA_RUNS_POSTGRES", DATABASE_URL=url, AGENT_WORKERS=2
-    )
+    postgres = own_postgres.postgres
+    settings = own_postgres.settings("AMELIA_RUNS_POSTGRES", AGENT_WORKERS=2)
     release = tmp_path / "release"
     steps = {"record": str(tmp_path / "record"), "release": str(release)}
     nc = await connect_nats(settings, "test-outage")
@@ -293,15 +305,10 @@ async def test_a_postgres_outage_with_runs_in_flight_loses_and_fails_no_run(
 
 @pytest.mark.slow
 async def test_a_standalone_worker_outlives_a_postgres_outage_and_says_so(
-    infra: Any,
-    events_address: str,
-    own_postgres: tuple[EmbeddedPostgres, str],
-    tmp_path: Path,
+    own_postgres: OwnPostgres, tmp_path: Path
 ) -> None:
-    postgres, url = own_postgres
-    settings = fault_settings(
-        infra, events_address, "AMELIA_RUNS_STANDALONE", DATABASE_URL=url, AGENT_WORKERS=0
-    )
+    postgres = own_postgres.postgres
+    settings = own_postgres.settings("AMELIA_RUNS_STANDALONE", AGENT_WORKERS=0)
     worker = WorkerProcess(
         settings,
         tmp_path / "worker.log",

@@ -402,10 +402,12 @@ class Executor:
             await self.events.terminal(after)
             return after.status
         await self.events.publish(
-            after,
-            "run.interrupted",
-            {"node": interrupt["node"], "value": interrupt["value"]},
-            event_id=f"{row.id}:interrupt:{interrupt['id'] or after.attempt}",
+            self.events.event(
+                after,
+                "run.interrupted",
+                {"node": interrupt["node"], "value": interrupt["value"]},
+                event_id=f"{row.id}:interrupt:{interrupt['id'] or after.attempt}",
+            )
         )
         return after.status
 

@@ -166,7 +166,9 @@ class GitServicer(git_pb2_grpc.GitServiceServicer):
                 landed = await gitrepo.land_run(repository, branch, into, message)
             except gitrepo.InvalidBranchNameError as exc:
                 raise InvalidArgumentError(f"into: {exc}") from None
-        await self.events.publish(row, "git.landed", landed.event(repository, branch))
+        await self.events.publish(
+            self.events.event(row, "git.landed", landed.event(repository, branch))
+        )
         return _message(git_pb2.LandRunResponse, landed)
 
     async def DiscardRun(
@@ -175,5 +177,5 @@ class GitServicer(git_pb2_grpc.GitServiceServicer):
         async with self._settled_branch(request.name, "discard") as (row, repository, branch):
             worktree, commit = await gitrepo.discard(repository, branch)
         data = gitrepo.discarded_event(repository, branch, worktree, commit)
-        await self.events.publish(row, "git.discarded", data)
+        await self.events.publish(self.events.event(row, "git.discarded", data))
         return git_pb2.DiscardRunResponse(branch=branch, worktree=worktree, commit=commit)

@@ -66,18 +66,9 @@ class RunEvents:
             correlation_id=name,
         )
 
-    async def publish(
-        self,
-        row: RunRow,
-        event_type: str,
-        data: Mapping[str, Any] | None = None,
-        *,
-        event_id: str | None = None,
-    ) -> events_pb2.Event:
-        """Publish one event of the run and wait until it is stored."""
-        return await self.event_log.publish_event(
-            self.event(row, event_type, data, event_id=event_id), data_checked=True
-        )
+    async def publish(self, event: events_pb2.Event) -> events_pb2.Event:
+        """Publish one event of a run, built (and checked) by `event`; wait until it is stored."""
+        return await self.event_log.publish_event(event, data_checked=True)
 
     async def started(
         self, row: RunRow, kind: str, timeout: float, pipeline: PublishPipeline
@@ -103,6 +94,6 @@ class RunEvents:
         nothing for a run that has not ended (see `runstate`, rule 4)."""
         event = None
         for end in end_events(row):
-            event = await self.publish(row, end.type, end.data, event_id=end.event_id)
+            event = await self.publish(self.event(row, end.type, end.data, event_id=end.event_id))
         if event is not None:
             await self.store.set_terminal_sequence(row.id, event.sequence)
