@@ -349,7 +349,8 @@ async def test_a_run_stream_that_fails_for_good_says_what_failed_and_where_to_re
 async def test_events_service_restart_is_bridged_without_gap_or_duplicate(
     infra: Any, events_address: str
 ) -> None:
-    """The gateway's upstream goes away and comes back: subscribers miss nothing."""
+    """The gateway's upstream goes away and comes back: subscribers miss nothing, a plain one and
+    a batching one (whose events the window holds: they still come before the error, once)."""
     from amelia_common.embedded import free_port
     from amelia_events.server import build_service
 
@@ -369,22 +370,41 @@ async def test_events_service_restart_is_bridged_without_gap_or_duplicate(
         subject = new_subject()
         client = await Client.connect(running.ws_url)
         await client.subscribe("s", filter={"subject": subject})
+        batched = await Client.connect(running.ws_url)
+        await batched.subscribe("b", filter={"subject": subject}, batch=True)
         await wait_for(lambda: upstream.servicer is not None and bool(upstream.servicer.readers))
         published = [await publisher.publish(subject, data={"i": i}) for i in range(3)]
         received = [m["sequence"] for m in await client.events(3)]
+        in_batches = await _batched_sequences(batched, 3)
 
         await upstream.stop(grace=0.5)
-        error = await client.recv_type("error")
-        assert error["error"]["code"] == 14 and error["final"] is False
+        for subscriber in (client, batched):
+            error = await subscriber.recv_type("error")
+            assert error["error"]["code"] == 14 and error["final"] is False
         published += [await publisher.publish(subject, data={"i": i}) for i in range(3, 6)]
 
         upstream = await build_service(upstream_settings)
         await upstream.start()
         published += [await publisher.publish(subject, data={"i": i}) for i in range(6, 9)]
         received += [m["sequence"] for m in await client.events(6, timeout=60)]
+        in_batches += await _batched_sequences(batched, 6)
         assert received == published
+        assert in_batches == published
         await client.close()
+        await batched.close()
     finally:
         await publisher.close()
         await running.stop()
         await upstream.stop(grace=0.5)
+
+
+async def _batched_sequences(client: Client, count: int, timeout: float = 60) -> list[int]:
+    """The sequences of the next `count` events of a batching subscription (whole messages)."""
+    out: list[int] = []
+    while len(out) < count:
+        message = await client.recv(timeout)
+        if message["type"] == "ping":
+            continue
+        assert message["type"] == "events", message
+        out += [int(item["sequence"]) for item in message["events"]]
+    return out
