@@ -71,6 +71,15 @@ async def build_service(settings: Settings, *, embedder: Embedder | None = None)
                 f"{settings.EMBEDDING_DIMENSION}: go back to a {stored}-dimension model, or "
                 f"drop the rag tables (documents, chunks, alembic_version_rag) and re-ingest"
             )
+        sent_back = await store.reembed_other_models(
+            embedder.signature, f":{settings.EMBEDDING_MODEL}:{embedder.dimension}"
+        )
+        if sent_back:
+            log.warning(
+                "documents embedded by another model are embedded again",
+                documents=sent_back,
+                model=embedder.signature,
+            )
         nc = await connect_nats(settings, "amelia-rag")
         shutdown.append(nc.close)
         events = EventLog(nc, settings, source=EVENT_SOURCE)

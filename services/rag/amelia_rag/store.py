@@ -58,6 +58,18 @@ _SAVE_VECTORS = text(
     """
 )
 
+_OTHER_MODELS = text(
+    """
+    UPDATE documents
+    SET index_signature = :embedder || substr(index_signature, strpos(index_signature, '|')),
+        state = 'indexing', index_error = '', lease_owner = NULL, lease_until = NULL,
+        index_attempts = 0
+    WHERE index_signature LIKE '%|chunks=%'
+      AND right(split_part(index_signature, '|', 1), length(:model)) <> :model
+    RETURNING id
+    """
+)
+
 
 @dataclass
 class DocumentFields:
@@ -234,6 +246,27 @@ class DocumentStore:
                 )
             await before_commit(row)
             return ReplaceResult(row, unchanged=False)
+
+    async def reembed_other_models(self, embedder_signature: str, model: str) -> int:
+        """Send documents embedded by another model back to `indexing`, their vectors dropped.
+
+        Vectors of two models are not comparable: after a change of EMBEDDING_MODEL a search
+        would rank the old documents by noise. `model` is how every embedder signature ends,
+        `:<model>:<dimension>`; the same model served another way (another provider or URL) is
+        left alone. The chunks stay (chunking is the next ingest's business), found by their
+        words until the indexer has embedded them again. Only signatures this service wrote
+        (`<embedder>|chunks=…`) are looked at. Returns how many documents were sent back.
+        """
+        params = {"embedder": embedder_signature, "model": model}
+        async with transaction(self.sessions) as session:
+            result = await session.execute(_OTHER_MODELS, params)
+            ids = [r.id for r in result]
+            if ids:
+                await session.execute(
+                    text("UPDATE chunks SET embedding = NULL WHERE document_id = ANY(:ids)"),
+                    {"ids": ids},
+                )
+            return len(ids)
 
     # The indexer's side ----------------------------------------------------------------
 
