@@ -47,13 +47,19 @@ def config(
     app: Starlette, settings: Settings, *, host: str | None = None, port: int | None = None
 ) -> uvicorn.Config:
     """uvicorn settings for the gateway: no per-message deflate (fan-out would compress each
-    event once per socket), bounded client messages, graceful shutdown bounded by the gRPC grace."""
+    event once per socket), bounded client messages, graceful shutdown bounded by the gRPC grace.
+
+    No protocol-level pings from uvicorn: a client far behind in reading answers a ping only after
+    the data queued before it, so uvicorn closed it (1006, no reason) after 20 s instead of the
+    gateway's slow-consumer close (4008, with the sequence to resume from). The gateway's own
+    heartbeat (`WS_HEARTBEAT_INTERVAL`, 4000 after three silent intervals) finds dead peers."""
     return uvicorn.Config(
         app,
         host=host if host is not None else settings.bind_host,
         port=settings.PORT if port is None else port,
         ws_max_size=WS_MAX_MESSAGE_BYTES,
         ws_per_message_deflate=False,
+        ws_ping_interval=None,
         timeout_graceful_shutdown=max(1, int(settings.GRPC_SHUTDOWN_GRACE_SECONDS)),
         log_config=None,
         access_log=False,
