@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from urllib.parse import quote, quote_plus
 
 import pytest
+import sqlalchemy
 import structlog
 import uvicorn.config
 from e2e_helpers import leaks
@@ -139,3 +140,16 @@ def test_a_library_that_set_up_its_own_logging_first_is_redacted_too(
     records = [json.loads(line) for line in written.splitlines()]
     assert [r["logger"] for r in records] == ["uvicorn.error", "uvicorn.access"], written
     assert not leaks(written, [ODD_TOKEN]) and all(REDACTED in r["event"] for r in records)
+
+
+def test_sql_statements_are_not_logged_at_info(
+    capsys: pytest.CaptureFixture[str], restored_logging: None
+) -> None:
+    """SQLAlchemy quietens itself at import; the set-up that routes every library's lines to the
+    root must not undo it, or an idle mesh writes each pool's BEGIN/SELECT/ROLLBACK at INFO."""
+    engine = sqlalchemy.create_engine("sqlite://")
+    configure_logging(Settings(_env_file=None, LOG_LEVEL="INFO"), "sql-log-test")
+    with engine.connect() as conn:
+        conn.execute(sqlalchemy.text("SELECT 41 + 1"))
+    engine.dispose()
+    assert "SELECT 41 + 1" not in capsys.readouterr().err

