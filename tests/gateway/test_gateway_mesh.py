@@ -75,6 +75,31 @@ async def test_a_run_streams_to_its_end_and_resumes_without_gap(mesh: Mesh) -> N
         lines = [json.loads(line) async for line in reply.aiter_lines() if line]
     assert [int(line["result"]["event"]["sequence"]) for line in lines] == sequences
 
+    # A batching run subscription gets the finished run in a few `events` messages, and resumes
+    # midway the same way: each event once, in order.
+    middle = sequences[len(sequences) // 2]
+    batched = await Client.connect(mesh.gateway.ws_url)
+    await batched.send({"type": "subscribe", "id": "all", "run": run["name"], "batch": True})
+    await batched.send(
+        {"type": "subscribe", "id": "rest", "run": run["name"], "since": middle, "batch": True}
+    )
+    messages: dict[str, list[dict[str, Any]]] = {"all": [], "rest": []}
+    ended: set[str] = set()
+    while ended != {"all", "rest"}:
+        message_ = await batched.recv(timeout=60)
+        if message_["type"] in ("subscribed", "ping"):
+            continue
+        if message_["type"] == "end":
+            ended.add(message_["subscription"])
+            continue
+        assert message_["type"] == "events", message_
+        messages[message_["subscription"]].append(message_)
+    await batched.close()
+    for sub, expected in (("all", sequences), ("rest", [s for s in sequences if s > middle])):
+        got_sequences = [item["sequence"] for m in messages[sub] for item in m["events"]]
+        assert got_sequences == expected, sub
+        assert len(messages[sub]) < len(expected) / 4, (sub, len(messages[sub]))
+
     got = (await http.get(f"/v1/{run['name']}")).json()["run"]
     assert got["status"] == "RUN_STATUS_COMPLETED"
     page = (await http.get("/v1/runs", params={"pageSize": 1})).json()

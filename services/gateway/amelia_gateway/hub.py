@@ -18,7 +18,8 @@ A subscription is a *feed* of events for one sink (a socket's subscription):
   with no gap and no duplicate. If the buffer overflows first (a long replay), it stays on its own
   stream for good, still correct, just not shared.
 - **run** (`run: "runs/…"`): its own AgentService.StreamRun call, which replays the run and ends
-  when the run does.
+  when the run does; asking for up to EVENTS_PER_MESSAGE events per message when the
+  subscription batches.
 
 Every upstream call resumes after the last sequence it delivered when the service drops it
 (UNAVAILABLE, a restart), so sinks see neither a gap nor a duplicate. A topic whose last sink
@@ -196,9 +197,9 @@ class FeedSpec:
 def _events_of(
     response: events_pb2.StreamEventsResponse | agents_pb2.StreamRunResponse,
 ) -> Sequence[events_pb2.Event]:
-    """A StreamEvents message's events (`events` when it carries several, else `event`), or a
-    StreamRun message's one event."""
-    if isinstance(response, events_pb2.StreamEventsResponse) and len(response.events):
+    """A StreamEvents or StreamRun message's events: `events` when it carries several (the
+    request asked for `max_events_per_message`), else its one `event`."""
+    if len(response.events):
         return response.events
     return [response.event]
 
@@ -566,11 +567,16 @@ class RunFeed(Feed):
         self.sink = sink
         self.closed = False
         last = spec.since.sequence if spec.since.kind == "after" else 0
+        # A batching subscription asks for several events per message (a replay then comes as a
+        # few chunks, each one `events` socket message); a plain one for one at a time.
+        per_message = hub.events_per_message if spec.batch else 0
         self.stream = UpstreamStream(
             hub,
             "AgentService",
             "StreamRun",
-            lambda last: agents_pb2.StreamRunRequest(name=spec.run, after_sequence=last),
+            lambda last: agents_pb2.StreamRunRequest(
+                name=spec.run, after_sequence=last, max_events_per_message=per_message
+            ),
             on_events=self._events,
             on_error=self._failed,
             on_end=self._end,
