@@ -26,6 +26,7 @@ from gateway_helpers import (
 
 from amelia_common.settings import Settings
 from amelia_events.server import EventsService
+from amelia_gateway.ws import MAX_SUBSCRIPTIONS
 
 
 def readers_for(events_service: EventsService, subject: str) -> list[Any]:
@@ -210,7 +211,16 @@ async def test_bad_messages_get_errors_and_the_socket_stays_usable(
         {"type": "subscribe", "id": "x", "filter": {"types": "run.*", "colour": "red"}},
         {"type": "subscribe", "id": "x", "filter": {"subject": 5}},
         {"type": "subscribe", "id": "x", "run": "nope"},
-        {"type": "subscribe", "id": "x", "run": "runs/abc", "since": "now"},
+        # What the services refuse, refused before `subscribed` (one error, nothing after).
+        {"type": "subscribe", "id": "x", "run": "runs/nope"},
+        {"type": "subscribe", "id": "x", "filter": {"types": ["a..b"]}},
+        {"type": "subscribe", "id": "x", "filter": {"subject": "runs/**"}},
+        {
+            "type": "subscribe",
+            "id": "x",
+            "run": "runs/4f1c2a3b-0000-4000-8000-00000000abcd",
+            "since": "now",
+        },
         {"type": "unsubscribe", "id": "never"},
     ]
     for message in bad:
@@ -226,11 +236,16 @@ async def test_bad_messages_get_errors_and_the_socket_stays_usable(
     await client.subscribe("ok", filter={"subject": subject})
     await client.send({"type": "subscribe", "id": "ok", "filter": {"subject": subject}})
     assert "already exists" in (await client.recv_type("error"))["error"]["message"]
-    # A filter only the events service can judge: its INVALID_ARGUMENT comes back, final.
-    await client.send({"type": "subscribe", "id": "bad", "filter": {"types": ["Run..X"]}})
-    await client.recv_type("subscribed")
+    # The 101st subscription of a socket: RESOURCE_EXHAUSTED, and the socket goes on.
+    for i in range(1, MAX_SUBSCRIPTIONS):
+        await client.subscribe(i, filter={"subject": subject})
+    await client.send({"type": "subscribe", "id": "one-too-many", "filter": {"subject": subject}})
     reply = await client.recv_type("error")
-    assert reply["subscription"] == "bad" and reply["error"]["code"] == 3 and reply["final"]
+    assert reply["subscription"] == "one-too-many" and reply["error"]["code"] == 8, reply
+    assert "at most 100 subscriptions" in reply["error"]["message"]
+    for i in range(1, MAX_SUBSCRIPTIONS):
+        await client.send({"type": "unsubscribe", "id": i})
+        await client.recv_type("unsubscribed")
 
     await client.send({"type": "ping"})
     assert (await client.recv_type("pong"))["type"] == "pong"
@@ -333,16 +348,18 @@ async def test_a_run_stream_that_fails_for_good_says_what_failed_and_where_to_re
     running = await custom_gateway(AGENTS_ADDRESS=events_address)
     client = await Client.connect(running.ws_url)
     for sub_id, since, resume in (("r0", "beginning", "subscribe again"), ("r5", 5, '"since": 5')):
-        await client.subscribe(sub_id, run="runs/abc", since=since)
+        await client.subscribe(sub_id, run="runs/4f1c2a3b-0000-4000-8000-00000000abcd", since=since)
         reply = await client.recv_type("error")
         assert reply["subscription"] == sub_id and reply["final"] is True
         assert reply["error"]["code"] == 12  # UNIMPLEMENTED
         message = reply["error"]["message"]
-        assert message.startswith("the stream of runs/abc failed and has ended"), message
+        assert message.startswith(
+            "the stream of runs/4f1c2a3b-0000-4000-8000-00000000abcd failed and has ended"
+        ), message
         assert f"the agents service at {events_address}" in message, message
         assert resume in message, message
     # The socket goes on: the same subscription id can be used again.
-    await client.subscribe("r0", run="runs/abc")
+    await client.subscribe("r0", run="runs/4f1c2a3b-0000-4000-8000-00000000abcd")
     await client.close()
 
 

@@ -12,6 +12,7 @@ import pytest
 from amelia_gateway.hub import FeedSpec, Since
 from amelia_gateway.ws import ProtocolError, parse_since, parse_spec
 
+RUN = "runs/4f1c2a3b-0000-4000-8000-00000000abcd"
 NEW_YEAR = int(dt.datetime(2026, 1, 1, tzinfo=dt.UTC).timestamp())
 
 SINCE: list[tuple[Any, bool, str, int]] = [
@@ -70,13 +71,19 @@ def test_a_bad_since_says_what_is_accepted(value: Any, run: bool, message: str) 
 
 SPECS: list[tuple[dict[str, Any], FeedSpec]] = [
     ({}, FeedSpec()),
-    ({"run": "runs/abc"}, FeedSpec(run="runs/abc", since=Since("beginning"))),
-    ({"run": "runs/abc", "since": 9}, FeedSpec(run="runs/abc", since=Since("after", 9))),
+    ({"run": RUN}, FeedSpec(run=RUN, since=Since("beginning"))),
+    ({"run": RUN, "since": 9}, FeedSpec(run=RUN, since=Since("after", 9))),
+    (
+        {"run": "runs/4f1c2a3b00004000800000000000abcd"},
+        FeedSpec(run="runs/4f1c2a3b00004000800000000000abcd", since=Since("beginning")),
+    ),
     ({"filter": {"types": "run.*"}}, FeedSpec(types=("run.*",))),
     (
         {"filter": {"types": ["b", "a", "b"], "subject": "runs/*"}},
         FeedSpec(types=("a", "b"), subject="runs/*"),
     ),
+    ({"filter": {"types": ["run.*.started", "app.>"]}}, FeedSpec(types=("app.>", "run.*.started"))),
+    ({"filter": {"subject": "documents/d-1_x"}}, FeedSpec(subject="documents/d-1_x")),
     ({"batch": True, "since": "7"}, FeedSpec(since=Since("after", 7), batch=True)),
 ]
 
@@ -87,16 +94,32 @@ def test_a_subscription_asks_for(message: dict[str, Any], expected: FeedSpec) ->
 
 
 def test_the_same_types_in_any_order_are_one_topic() -> None:
-    one = parse_spec({"filter": {"types": ["a", "b"], "subject": "s"}})
-    other = parse_spec({"filter": {"types": ["b", "a", "a"], "subject": "s"}})
+    one = parse_spec({"filter": {"types": ["a", "b"], "subject": "runs/*"}})
+    other = parse_spec({"filter": {"types": ["b", "a", "a"], "subject": "runs/*"}})
     assert one.topic_key == other.topic_key
 
 
 REFUSED_SPECS: list[tuple[dict[str, Any], str]] = [
-    ({"run": "runs/abc", "filter": {}}, "give either 'filter' or 'run', not both"),
-    ({"run": "abc"}, "'run' must be a run name like 'runs/"),
-    ({"run": 5}, "'run' must be a run name like 'runs/"),
-    ({"run": "runs/a b"}, "'run' must be a run name like 'runs/"),
+    ({"run": RUN, "filter": {}}, "give either 'filter' or 'run', not both"),
+    # Run names: the agents service's rule, `runs/<uuid>` (amelia_agents.convert.run_id).
+    ({"run": "abc"}, "'run' must be a run name like 'runs/<uuid>', got 'abc'"),
+    ({"run": 5}, "'run' must be a run name like 'runs/<uuid>', got 5"),
+    ({"run": "runs/a b"}, "'run' must be a run name like 'runs/<uuid>'"),
+    ({"run": "runs/nope"}, "'run' must be a run name like 'runs/<uuid>', got 'runs/nope'"),
+    ({"run": RUN[5:]}, "'run' must be a run name like 'runs/<uuid>'"),
+    ({"run": RUN + "0"}, "'run' must be a run name like 'runs/<uuid>'"),
+    ({"run": "runs/{" + RUN[5:] + "}"}, "'run' must be a run name like 'runs/<uuid>'"),
+    ({"run": "threads/" + RUN[5:]}, "'run' must be a run name like 'runs/<uuid>'"),
+    # Filters: the events service's rules (amelia_common.eventlog.filter_subjects).
+    ({"filter": {"types": ["a..b"]}}, "type pattern 'a..b' has an empty token"),
+    ({"filter": {"types": ["run.>.x"]}}, "'>' may only be the last token"),
+    ({"filter": {"types": ["Run.X"]}}, "token 'Run' must be a lowercase word"),
+    ({"filter": {"types": [f"t{i}" for i in range(33)]}}, "at most 32 type patterns"),
+    ({"filter": {"subject": "runs/**"}}, "subject 'runs/**' must look like 'collection/id'"),
+    ({"filter": {"subject": "runs"}}, "must look like 'collection/id'"),
+    ({"filter": {"subject": "runs/a/b"}}, "must look like 'collection/id'"),
+    ({"filter": {"subject": "Runs/x"}}, "must look like 'collection/id'"),
+    ({"filter": {"subject": "runs/" + "x" * 300}}, "must look like 'collection/id'"),
     ({"filter": []}, "'filter' must be an object with 'types' and/or 'subject'"),
     ({"filter": {"x": 1, "a": 2}}, "unknown filter field(s): a, x"),
     ({"filter": {"types": [""]}}, "'filter.types' must be a list of type patterns"),
@@ -104,7 +127,7 @@ REFUSED_SPECS: list[tuple[dict[str, Any], str]] = [
     ({"filter": {"types": {"a": 1}}}, "'filter.types' must be a list of type patterns"),
     ({"filter": {"subject": 1}}, "'filter.subject' must be a string"),
     ({"batch": "yes"}, "'batch' must be true or false"),
-    ({"run": "runs/abc", "since": "now"}, "a run subscription replays the run"),
+    ({"run": RUN, "since": "now"}, "a run subscription replays the run"),
 ]
 
 
@@ -113,3 +136,4 @@ def test_a_bad_subscription_says_what_is_wrong(message: dict[str, Any], error: s
     with pytest.raises(ProtocolError) as refused:
         parse_spec(message)
     assert error in str(refused.value)
+    assert len(str(refused.value)) <= 300  # a long value is cut short

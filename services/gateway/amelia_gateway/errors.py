@@ -69,6 +69,19 @@ class GatewayError(Exception):
         return status_body(self.code, self.message, request_id)
 
 
+MAX_MESSAGE = 300
+
+
+def cut(text: str, most: int = MAX_MESSAGE) -> str:
+    """`text` cut to `most` characters by leaving out its middle: an error message quoting a
+    client's value (which may be thousands of characters long) keeps its start and its end,
+    what was wrong and why."""
+    if len(text) <= most:
+        return text
+    half = (most - 1) // 2
+    return text[:half] + "…" + text[len(text) - (most - 1 - half) :]
+
+
 def invalid(message: str) -> GatewayError:
     return GatewayError(grpc.StatusCode.INVALID_ARGUMENT, message)
 

@@ -18,7 +18,7 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 from google.protobuf.message import Message
 
-from amelia_gateway.errors import GatewayError, invalid
+from amelia_gateway.errors import GatewayError, cut, invalid
 from amelia_gateway.json_input import read_json_object
 
 # Well-known types that proto JSON writes as a single string; they may be set from a query value.
@@ -133,15 +133,11 @@ def _check_finite(message: Message, where: str, prefix: str = "") -> None:
                 _check_finite(item, where, name + ".")
 
 
-MAX_MESSAGE = 300
-
-
 def _clean(text: str) -> str:
     # json_format says 'Failed to parse x field: ...' with the full message type path; keep it,
     # it names the field, but drop the Python-specific noise, and cut the client's value short
     # (it quotes the value, which may be thousands of characters).
-    text = text.replace("Message type ", "message ").strip()
-    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"
+    return cut(text.replace("Message type ", "message ").strip())
 
 
 def _query_scalar(field: FieldDescriptor, value: str, key: str) -> Any:

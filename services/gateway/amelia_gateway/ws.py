@@ -40,6 +40,7 @@ import time
 import uuid
 from typing import Any
 
+import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -47,9 +48,11 @@ from websockets.exceptions import InvalidState
 from websockets.server import ServerProtocol
 
 from amelia_common.auth import token_ok
+from amelia_common.errors import InvalidArgumentError
+from amelia_common.eventlog.envelope import filter_subjects
 from amelia_common.logging import get_logger
 from amelia_gateway import auth
-from amelia_gateway.errors import GatewayError, internal, invalid, status_body
+from amelia_gateway.errors import GatewayError, cut, internal, invalid, status_body
 from amelia_gateway.hub import CALLER_ERRORS, EVENTS_PER_MESSAGE, Chunk, Feed, FeedSpec, Since
 from amelia_gateway.json_input import read_json
 from amelia_gateway.state import Gateway
@@ -484,7 +487,10 @@ class Connection:
         if _key(sub_id) in self.subscriptions:
             raise ProtocolError(f"subscription {_shown(sub_id)} already exists; unsubscribe first")
         if len(self.subscriptions) >= MAX_SUBSCRIPTIONS:
-            raise ProtocolError(f"at most {MAX_SUBSCRIPTIONS} subscriptions per socket")
+            raise GatewayError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"at most {MAX_SUBSCRIPTIONS} subscriptions per socket: unsubscribe one first",
+            )
         spec = parse_spec(message)
         subscription = Subscription(self, sub_id, spec)
         self.subscriptions[_key(sub_id)] = subscription
@@ -554,6 +560,23 @@ def parse_since(value: Any, *, run: bool) -> Since:
     raise ProtocolError("'since' must be a sequence, a time, 'now' or 'beginning'")
 
 
+_RUN_NAME = re.compile(r"runs/([A-Za-z0-9_-]+)")
+
+
+def parse_run_name(run: Any) -> str:
+    """`run`, when it is a name the agents service takes: `runs/<uuid>`.
+
+    The agents service's rule (`amelia_agents.convert.run_id`), mirrored here because the
+    gateway imports no service: a malformed name is refused before `subscribed`, not after.
+    """
+    match = _RUN_NAME.fullmatch(run) if isinstance(run, str) else None
+    if match is not None:
+        with contextlib.suppress(ValueError):
+            uuid.UUID(match.group(1))
+            return str(run)
+    raise ProtocolError(f"'run' must be a run name like 'runs/<uuid>', got {_shown(run)}")
+
+
 def parse_spec(message: dict[str, Any]) -> FeedSpec:
     batch = message.get("batch", False)
     if not isinstance(batch, bool):
@@ -563,9 +586,9 @@ def parse_spec(message: dict[str, Any]) -> FeedSpec:
     if run is not None:
         if event_filter is not None:
             raise ProtocolError("give either 'filter' or 'run', not both")
-        if not isinstance(run, str) or not re.match(r"^runs/[A-Za-z0-9_-]+$", run):
-            raise ProtocolError("'run' must be a run name like 'runs/4f1c…'")
-        return FeedSpec(run=run, since=parse_since(message.get("since"), run=True), batch=batch)
+        return FeedSpec(
+            run=parse_run_name(run), since=parse_since(message.get("since"), run=True), batch=batch
+        )
     event_filter = {} if event_filter is None else event_filter
     if not isinstance(event_filter, dict):
         raise ProtocolError("'filter' must be an object with 'types' and/or 'subject'")
@@ -580,6 +603,11 @@ def parse_spec(message: dict[str, Any]) -> FeedSpec:
     subject = event_filter.get("subject", "")
     if not isinstance(subject, str):
         raise ProtocolError("'filter.subject' must be a string like 'runs/4f1c…' or 'runs/*'")
+    try:
+        # The events service's own rules for a filter (the patterns, the subject, how many).
+        filter_subjects(types, subject)
+    except InvalidArgumentError as exc:
+        raise ProtocolError(cut(f"'filter': {exc}")) from None
     return FeedSpec(
         types=tuple(sorted(set(types))),
         subject=subject,
