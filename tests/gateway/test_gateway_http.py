@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -288,6 +289,20 @@ async def test_cors_gzip_health_and_status(
     assert status["status"] == "DEGRADED"
     assert status["gateway"]["connections"] == 0
     assert {"topics", "upstreamStreams", "subscriptions"} <= set(status["gateway"])
+    assert status["localModel"]["status"] in ("SERVING", "STARTING", "UNREACHABLE", "OFF")
+    assert not [key for key in _keys(status) if not LOWER_CAMEL.fullmatch(key)], "lowerCamelCase"
+
+
+LOWER_CAMEL = re.compile(r"[a-z][A-Za-z0-9]*")
+
+
+def _keys(value: Any) -> list[str]:
+    """Every object key in a JSON value, at any depth."""
+    if isinstance(value, dict):
+        return [k for key, item in value.items() for k in [key, *_keys(item)]]
+    if isinstance(value, list):
+        return [k for item in value for k in _keys(item)]
+    return []
 
 
 async def test_no_token_means_loopback_only() -> None:

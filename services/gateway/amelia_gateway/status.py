@@ -80,7 +80,7 @@ async def mesh_status(gateway: Gateway) -> dict[str, Any]:
         "services": services,
         "nats": _combined(services, "nats"),
         "postgres": _combined(services, "postgres"),
-        "local_model": local_model.as_dict(),
+        "localModel": local_model.as_dict(),
         "gateway": gateway.stats(),
     }
 

@@ -87,7 +87,7 @@ export function mount(main, ctx) {
         h("h3", {}, h("span", {}, name === "nats" ? "NATS JetStream" : "PostgreSQL"), badge(status[name])),
         h("p", { class: "hint" }, "As the services that use it report it."),
       ));
-    const model = status.local_model || { status: "UNKNOWN" };
+    const model = status.localModel || { status: "UNKNOWN" };
     const modelFields = [
       ["url", "Address", "mono"],
       ["model", "Model", ""],
