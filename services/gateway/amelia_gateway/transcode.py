@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
@@ -108,7 +109,9 @@ def parse_into(message: Message, data: Mapping[str, Any], where: str) -> None:
     try:
         json_format.ParseDict(dict(data), message, ignore_unknown_fields=False)
     except json_format.ParseError as exc:
-        raise invalid(f"{where}: {_clean(str(exc))}") from None
+        descriptor = cast(Descriptor, message.DESCRIPTOR)
+        problem = parse_error_message(str(exc), descriptor, data, where)
+        raise invalid(problem if where == "request body" else f"{where}: {problem}") from None
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:
         raise invalid(f"{where}: {_clean(str(exc))}") from None
     _check_finite(message, where)
@@ -134,10 +137,111 @@ def _check_finite(message: Message, where: str, prefix: str = "") -> None:
 
 
 def _clean(text: str) -> str:
-    # json_format says 'Failed to parse x field: ...' with the full message type path; keep it,
-    # it names the field, but drop the Python-specific noise, and cut the client's value short
-    # (it quotes the value, which may be thousands of characters).
-    return cut(text.replace("Message type ", "message ").strip())
+    """An exception's text on one line, a client's value in it cut short."""
+    return cut(" ".join(text.replace("Message type ", "message ").split()))
+
+
+# json_format's ParseError text: 'Failed to parse run field: Failed to parse input field: Struct
+# must be in a dict which is hello at CreateRunRequest.run.input..', or 'Message type "x.Run" has
+# no field named "colour" at "CreateRunRequest.run".\n Available Fields(except extensions): …'.
+_FAILED_FIELD = re.compile(r"Failed to parse (\w+) field: ")
+_UNKNOWN_FIELD = re.compile(r'has no field named "(.*?)" at "(?P<at>[\w.\[\]]*)"')
+_INDEX = re.compile(r"(\w+)\[(\d+)\]")
+# Where it failed, at the end of the text: ' at CreateAgentRequest.agent.temperature.'.
+_AT_PATH = re.compile(r" at (?P<at>\w+(?:\.\w+(?:\[\d+\])?)*)\.*$")
+_INT_RANGES = {
+    FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1),
+    FieldDescriptor.TYPE_SINT32: (-(2**31), 2**31 - 1),
+    FieldDescriptor.TYPE_SFIXED32: (-(2**31), 2**31 - 1),
+    FieldDescriptor.TYPE_UINT32: (0, 2**32 - 1),
+    FieldDescriptor.TYPE_FIXED32: (0, 2**32 - 1),
+    FieldDescriptor.TYPE_INT64: (-(2**63), 2**63 - 1),
+    FieldDescriptor.TYPE_SINT64: (-(2**63), 2**63 - 1),
+    FieldDescriptor.TYPE_SFIXED64: (-(2**63), 2**63 - 1),
+    FieldDescriptor.TYPE_UINT64: (0, 2**64 - 1),
+    FieldDescriptor.TYPE_FIXED64: (0, 2**64 - 1),
+}
+# A value the error's path does not lead to in the client's JSON (an item of a list it gave no
+# index for): the message then says what the field must be, not what it got.
+_UNSEEN = object()
+_MESSAGE_KINDS = {
+    "google.protobuf.Struct": "a JSON object",
+    "google.protobuf.ListValue": "a JSON array",
+    "google.protobuf.Timestamp": 'an RFC 3339 time like "2026-01-01T00:00:00Z"',
+    "google.protobuf.Duration": 'a duration in seconds like "30s" or "1.5s"',
+    "google.protobuf.FieldMask": 'a comma-separated list of field paths like "a,b.c"',
+}
+
+
+def parse_error_message(text: str, descriptor: Descriptor, data: Any, where: str) -> str:
+    """json_format's ParseError `text` as one line that names the field (its JSON path) and says
+    what it must be and what it got: `run.input: must be a JSON object, got "hello"`,
+    `unknown field "colour" in CreateRunRequest body; its fields are run, requestId`."""
+    names = _FAILED_FIELD.findall(text)
+    unknown = _UNKNOWN_FIELD.search(text)
+    at = unknown or _AT_PATH.search(text)
+    at_path = at.group("at") if at else ""
+    at_names = [_INDEX.sub(r"\1", n) for n in at_path.split(".")[1:]]
+    if len(at_names) > len(names) and at_names[: len(names)] == names:
+        names = at_names  # where a value failed inside the innermost field named (a float's)
+    indexes = dict(_INDEX.findall(at_path))
+    path: list[str] = []
+    value: Any = data
+    field: FieldDescriptor | None = None
+    desc: Descriptor | None = descriptor
+    for name in names:
+        field = find_field(desc, name) if desc is not None else None
+        value = value.get(name, _UNSEEN) if isinstance(value, dict) else _UNSEEN
+        path.append(name)
+        if isinstance(value, list) and name in indexes and int(indexes[name]) < len(value):
+            value = value[int(indexes[name])]
+            path[-1] += f"[{indexes[name]}]"
+        desc = msg_type(field) if field is not None and field.message_type else None
+    if unknown is not None and (not path or isinstance(value, dict)):
+        owner = ".".join(path) or f"{descriptor.name} {where.removeprefix('request ')}"
+        known = ", ".join(f.json_name for f in desc.fields) if desc is not None else ""
+        return cut(
+            f"unknown field {json.dumps(unknown.group(1))} in {owner}"
+            + (f"; its fields are {known}" if known else "")
+        )
+    if field is None:
+        return _clean(text)
+    element = bool(path) and path[-1].endswith("]")
+    got = "" if value is _UNSEEN else f", got {_shown(value)}"
+    return cut(f"{'.'.join(path)}: must be {_expected(field, value, element)}{got}")
+
+
+def _expected(field: FieldDescriptor, value: Any, element: bool) -> str:
+    """What a JSON value for `field` must be (for one of its items when `element`)."""
+    if is_map(field):
+        value_field = msg_type(field).fields_by_name["value"]
+        return "a JSON object, each value " + _expected(value_field, None, True)
+    if is_repeated(field) and not element:
+        if not isinstance(value, list):
+            return "a JSON array"
+        return "a JSON array, each item " + _expected(field, None, True)
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        name = msg_type(field).full_name
+        if name in WRAPPER_WKT:
+            return _expected(msg_type(field).fields_by_name["value"], value, True)
+        return _MESSAGE_KINDS.get(name, "a JSON object")
+    if field.type == FieldDescriptor.TYPE_ENUM:
+        return "one of " + ", ".join(v.name for v in enum_type(field).values)
+    if field.type in _INT_RANGES:
+        low, high = _INT_RANGES[field.type]
+        return f"an integer from {low} to {high}"
+    return {
+        FieldDescriptor.TYPE_BOOL: "true or false",
+        FieldDescriptor.TYPE_STRING: "a string",
+        FieldDescriptor.TYPE_BYTES: "base64 text",
+        FieldDescriptor.TYPE_DOUBLE: "a number",
+        FieldDescriptor.TYPE_FLOAT: "a number",
+    }.get(field.type, "another value")
+
+
+def _shown(value: Any) -> str:
+    """A client's JSON value in an error message, cut short."""
+    return cut(json.dumps(value, ensure_ascii=False), 60)
 
 
 def _query_scalar(field: FieldDescriptor, value: str, key: str) -> Any:

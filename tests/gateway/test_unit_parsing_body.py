@@ -1,0 +1,128 @@
+"""`transcode.build_request` in process: a JSON body that does not fit the request message is
+INVALID_ARGUMENT with one line naming the field by its JSON path, what it must be and what it
+got (never protobuf's own text: "Struct must be in a dict which is hello at …", a newline and
+"Available Fields(except extensions)"). The HTTP tests go through a running gateway; these
+cover each kind of mistake once, without one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf.message import Message
+
+from amelia.v1 import agents_pb2, events_pb2, rag_pb2
+from amelia_gateway.errors import GatewayError
+from amelia_gateway.transcode import build_request
+
+REFUSED: list[tuple[type[Message], dict[str, Any], str]] = [
+    (
+        agents_pb2.CreateRunRequest,
+        {"run": {"input": "hello"}},
+        'run.input: must be a JSON object, got "hello"',
+    ),
+    (
+        agents_pb2.CreateRunRequest,
+        {"colour": "red"},
+        'unknown field "colour" in CreateRunRequest body; its fields are run, requestId',
+    ),
+    (
+        agents_pb2.CreateRunRequest,
+        {"run": {"colour": "red"}},
+        'unknown field "colour" in run; its fields are name, agent, workflow,',
+    ),
+    (agents_pb2.CreateRunRequest, {"run": "x"}, 'run: must be a JSON object, got "x"'),
+    (agents_pb2.CreateRunRequest, {"requestId": 3}, "requestId: must be a string, got 3"),
+    (
+        agents_pb2.CreateRunRequest,
+        {"run": {"timeout": 5}},
+        'run.timeout: must be a duration in seconds like "30s" or "1.5s", got 5',
+    ),
+    (
+        agents_pb2.ListRunsRequest,
+        {"pageSize": "lots"},
+        'pageSize: must be an integer from -2147483648 to 2147483647, got "lots"',
+    ),
+    (agents_pb2.ListRunsRequest, {"page_size": 1.5}, "page_size: must be an integer from"),
+    (
+        agents_pb2.ListRunsRequest,
+        {"pageSize": 2**40},
+        "pageSize: must be an integer from -2147483648 to 2147483647, got 1099511627776",
+    ),
+    (
+        agents_pb2.ListRunsRequest,
+        {"pageSize": True},
+        "pageSize: must be an integer from -2147483648 to 2147483647, got true",
+    ),
+    (
+        agents_pb2.ListRunsRequest,
+        {"statuses": "NOPE"},
+        'statuses: must be a JSON array, got "NOPE"',
+    ),
+    (agents_pb2.ListRunsRequest, {"statuses": ["NOPE"]}, "statuses[0]: must be one of RUN_STATUS_"),
+    (
+        agents_pb2.CreateAgentRequest,
+        {"agent": {"temperature": "hot"}},
+        'agent.temperature: must be a number, got "hot"',
+    ),
+    (
+        events_pb2.ListEventsRequest,
+        {"filter": {"types": [1]}},
+        "filter.types: must be a JSON array, each item a string, got [1]",
+    ),
+    (
+        events_pb2.ListEventsRequest,
+        {"startTime": "yesterday"},
+        'startTime: must be an RFC 3339 time like "2026-01-01T00:00:00Z", got "yesterday"',
+    ),
+    (
+        events_pb2.PublishEventRequest,
+        {"event": {"data": [1]}},
+        "event.data: must be a JSON object, got [1]",
+    ),
+    (
+        events_pb2.PublishEventsRequest,
+        {"events": [{"type": "a.b"}, {"data": "x"}]},
+        'events[1].data: must be a JSON object, got "x"',
+    ),
+    (
+        events_pb2.PublishEventsRequest,
+        {"events": [{"type": "a.b"}, {"colour": "x"}]},
+        'unknown field "colour" in events[1]; its fields are id, type,',
+    ),
+    (
+        rag_pb2.SearchRequest,
+        {"metadataFilter": {"team": 1}},
+        'metadataFilter: must be a JSON object, each value a string, got {"team": 1}',
+    ),
+    (
+        agents_pb2.CreateRunRequest,
+        {"run": {"input": "x" * 5000}},
+        'run.input: must be a JSON object, got "xxx',
+    ),
+]
+
+
+@pytest.mark.parametrize(("request_type", "body", "message"), REFUSED)
+def test_a_body_that_does_not_fit_says_which_field_and_why(
+    request_type: type[Message], body: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(GatewayError) as refused:
+        build_request(request_type, body=body, query=[], path={})
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    got = refused.value.message
+    assert got.startswith(message), got
+    assert "\n" not in got and len(got) <= 300, got
+    for noise in ("Failed to parse", "Available Fields", "Message type", " at "):
+        assert noise not in got, got
+
+
+def test_a_query_value_that_does_not_fit_says_it_came_from_the_query() -> None:
+    with pytest.raises(GatewayError) as refused:
+        build_request(
+            events_pb2.ListEventsRequest, body=None, query=[("startTime", "soon")], path={}
+        )
+    assert refused.value.message.startswith(
+        'query string: start_time: must be an RFC 3339 time like "2026-01-01T00:00:00Z", got "soon"'
+    ), refused.value.message
