@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import datetime as dt
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 import typer
+from google.protobuf.timestamp_pb2 import Timestamp
+from rich import box
+from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from amelia.v1 import agents_pb2_grpc, rag_pb2_grpc
 from amelia_common.grpc_client import aio_channel
@@ -55,9 +61,59 @@ def resource(collection: str, value: str) -> str:
     return value if value.startswith(f"{collection}/") else f"{collection}/{value}"
 
 
-def listing(*columns: str, title: str | None = None) -> Table:
-    """A table whose long cells (resource names, paths) fold instead of being cut off."""
-    table = Table(title=title)
-    for column in columns:
-        table.add_column(column, overflow="fold")
-    return table
+@dataclass(frozen=True)
+class Column:
+    """A listing's column, and what it does on a narrow terminal: a name, id, time or number
+    stays on one line (so it can be copied); text folds; an optional column (`drop` > 0) is
+    left out, highest `drop` first, while the table would not fit otherwise."""
+
+    header: str
+    wraps: bool = False
+    drop: int = 0
+
+
+FOLDED_AT_LEAST = 16  # cells a folding column keeps before optional columns go
+_GAP = 3  # between two columns: padding, the separator, padding
+
+
+def _min_width(column: Column, cells: list[str]) -> int:
+    widest = max([cell_len(column.header), *(cell_len(cell) for cell in cells)])
+    return min(widest, FOLDED_AT_LEAST) if column.wraps else widest
+
+
+def listing(console: Console, columns: Sequence[Column], rows: Sequence[Sequence[str]]) -> None:
+    """Print rows as a table that fits the terminal: names and times whole on one line,
+    a column empty in every row left out, optional columns dropped until the rest fits, text
+    folded in what is left. Cells are literal text (a title `[red]` is not markup)."""
+    shown = [i for i, column in enumerate(columns) if not rows or any(row[i] for row in rows)]
+
+    def width(indexes: list[int]) -> int:
+        needed = (_min_width(columns[i], [row[i] for row in rows]) for i in indexes)
+        return sum(needed) + _GAP * (len(indexes) - 1)
+
+    while width(shown) > console.width and any(columns[i].drop for i in shown):
+        shown.remove(max(shown, key=lambda i: columns[i].drop))
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for i in shown:
+        column = columns[i]
+        table.add_column(
+            column.header,
+            no_wrap=not column.wraps,
+            overflow="fold" if column.wraps else "ellipsis",
+        )
+    for row in rows:
+        table.add_row(*(Text(row[i]) for i in shown))
+    console.print(table)
+
+
+def ago(when: Timestamp, now: dt.datetime | None = None) -> str:
+    """A time as how long ago it was (`5m ago`), short enough for a narrow listing; the date
+    after a month."""
+    then = when.ToDatetime(dt.UTC)
+    seconds = ((now or dt.datetime.now(dt.UTC)) - then).total_seconds()
+    if seconds >= 30 * 86400:
+        return then.date().isoformat()
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size:
+            return f"{seconds // size:.0f}{unit} ago"
+    return "now"

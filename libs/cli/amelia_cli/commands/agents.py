@@ -17,7 +17,7 @@ from google.protobuf import json_format, struct_pb2
 from rich.console import Console
 
 from amelia.v1 import agents_pb2, events_pb2
-from amelia_cli.client import agents, fail, listing, resource
+from amelia_cli.client import Column, agents, ago, fail, listing, resource
 from amelia_common.eventlog import event_data
 
 console = Console()
@@ -107,10 +107,8 @@ def ls_agents() -> None:
             )
             return reply
 
-    table = listing("name", "model", "description")
-    for a in _call(go).agents:
-        table.add_row(a.name, a.model, a.description)
-    console.print(table)
+    columns = (Column("name"), Column("model", wraps=True), Column("description", wraps=True))
+    listing(console, columns, [(a.name, a.model, a.description) for a in _call(go).agents])
 
 
 @agents_app.command("rm")
@@ -301,16 +299,18 @@ def ls_runs(
             )
             return reply
 
-    table = listing("name", "target", "status", "created", "error")
-    for r in _call(go).runs:
-        table.add_row(
-            r.name,
-            r.agent or r.workflow,
-            status_name(r.status),
-            r.create_time.ToDatetime().isoformat(timespec="seconds"),
-            r.error,
-        )
-    console.print(table)
+    columns = (
+        Column("name"),
+        Column("target", wraps=True),
+        Column("status"),
+        Column("created"),
+        Column("error", wraps=True),
+    )
+    rows = [
+        (r.name, r.agent or r.workflow, status_name(r.status), ago(r.create_time), r.error)
+        for r in _call(go).runs
+    ]
+    listing(console, columns, rows)
 
 
 @runs_app.command("show")

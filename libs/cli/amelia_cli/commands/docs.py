@@ -13,12 +13,12 @@ import grpc
 import typer
 from google.protobuf import json_format
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
+from rich.text import Text
 
 from amelia.v1 import rag_pb2
-from amelia_cli.client import fail, listing, rag, resource
+from amelia_cli.client import Column, ago, fail, listing, rag, resource
 from amelia_common.settings import get_settings
 
 console = Console()
@@ -181,7 +181,7 @@ def ingest(
     if any(o.status == "stored" for o in outcomes):
         console.print(
             "Stored: found by their words now, by meaning once embedded in the background"
-            " (`amelia docs list` shows each document's state).",
+            " (`amelia docs ls` shows each document's state).",
             style="dim",
         )
     if any(o.status == "error" for o in outcomes):
@@ -222,11 +222,10 @@ def search(
     for i, hit in enumerate(reply.hits, 1):
         # Document text is printed literally: `f([x=None])` is not console markup.
         where = " › ".join(hit.heading_path) or (f"page {hit.page}" if hit.page else "")
-        console.rule(
-            f"{i}. {escape(hit.document_title)}  [dim]{escape(where)}  score {hit.score:.3f}  "
-            f"chars {hit.start_offset}-{hit.end_offset}  {hit.document}[/dim]",
-            align="left",
-        )
+        # The title may be cut to fit the rule; where it comes from wraps below it, whole.
+        console.rule(Text(f"{i}. {hit.document_title}"), align="left")
+        source = f"score {hit.score:.3f}  chars {hit.start_offset}-{hit.end_offset}  {hit.document}"
+        console.print(Text(f"{where}  {source}" if where else source, style="dim"))
         console.print(hit.content.strip(), markup=False, highlight=False)
 
 
@@ -236,6 +235,18 @@ def _type(name: str) -> rag_pb2.DocumentType.ValueType:
             f"unknown type {name!r}; one of {', '.join(sorted(set(TYPES) - {'unspecified'}))}"
         )
     return TYPES[name.lower()]
+
+
+# On a narrow terminal the size goes first, then the type, the chunk count, the time.
+DOCUMENT_COLUMNS = (
+    Column("name"),
+    Column("title", wraps=True),
+    Column("type", drop=3),
+    Column("state", wraps=True),
+    Column("chunks", drop=2),
+    Column("bytes", drop=4),
+    Column("updated", drop=1),
+)
 
 
 @docs_app.command("ls")
@@ -267,19 +278,21 @@ def ls(
         documents = asyncio.run(go())
     except grpc.aio.AioRpcError as exc:
         raise fail(exc) from exc
-    table = listing("name", "title", "type", "state", "chunks", "bytes", "updated")
+    rows = []
     for d in documents:
         state = rag_pb2.DocumentState.Name(d.state).removeprefix("DOCUMENT_STATE_").lower()
-        table.add_row(
-            d.name,
-            d.title,
-            rag_pb2.DocumentType.Name(d.type).removeprefix("DOCUMENT_TYPE_").lower(),
-            f"{state}: {d.index_error}" if d.index_error else state,
-            str(d.chunk_count),
-            str(d.size_bytes),
-            d.update_time.ToDatetime().isoformat(timespec="seconds"),
+        rows.append(
+            (
+                d.name,
+                d.title,
+                rag_pb2.DocumentType.Name(d.type).removeprefix("DOCUMENT_TYPE_").lower(),
+                f"{state}: {d.index_error}" if d.index_error else state,
+                str(d.chunk_count),
+                str(d.size_bytes),
+                ago(d.update_time),
+            )
         )
-    console.print(table)
+    listing(console, DOCUMENT_COLUMNS, rows)
 
 
 @docs_app.command("rm")

@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.syntax import Syntax
 
 from amelia.v1 import agents_pb2, agents_pb2_grpc, git_pb2, git_pb2_grpc
-from amelia_cli.client import listing, resource
+from amelia_cli.client import Column, listing, resource
 from amelia_cli.commands.agents import _call, runs_app, status_name
 from amelia_common.grpc_client import aio_channel
 from amelia_common.settings import get_settings
@@ -73,14 +73,16 @@ def diff_run(
         + (f"\nworktree {b.worktree}" if b.worktree else ""),
         highlight=False,
     )
-    table = listing("file", "change", "+", "-")
-    for f in diff.files:
-        shown = f"{f.old_path} → {f.path}" if f.old_path else f.path
-        binary = "binary" if f.binary else ""
-        table.add_row(
-            shown, _CHANGE.get(f.change, "?"), binary or str(f.additions), str(f.deletions)
+    rows = [
+        (
+            f"{f.old_path} → {f.path}" if f.old_path else f.path,
+            _CHANGE.get(f.change, "?"),
+            "binary" if f.binary else str(f.additions),
+            str(f.deletions),
         )
-    console.print(table)
+        for f in diff.files
+    ]
+    listing(console, (Column("file", wraps=True), Column("change"), Column("+"), Column("-")), rows)
     console.print(f"{len(diff.files)} file(s), +{diff.additions} -{diff.deletions}")
     if not stat:
         for f in diff.files:

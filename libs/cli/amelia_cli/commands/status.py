@@ -83,7 +83,9 @@ def queue_table(queue: agents_pb2.GetRunQueueResponse) -> Table:
     table.add_row("jobs waiting", str(queue.waiting_jobs))
     table.add_row("runs queued", f"{queue.queued_runs}{oldest}")
     table.add_row("runs running", str(len(queue.in_flight)))
-    table.add_row("workers", str(len(queue.workers)))
+    # Idle loops poll the queue; busy ones hold a run (each process that holds one is below).
+    busy = sum(worker.busy_loops for worker in queue.workers)
+    table.add_row("workers", f"{busy} busy, {queue.polling_workers} ready")
     for worker in queue.workers:
         health = "" if worker.healthy else ", [red]no heartbeat[/red]"
         table.add_row(f"  {worker.name}", f"{worker.busy_loops} busy{health}")
