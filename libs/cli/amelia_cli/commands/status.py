@@ -5,7 +5,8 @@
 - the NATS cluster: each stream's leader and whether its copies are current, asked of NATS
   itself; with a cluster `amelia up --cluster` runs, each node and the JetStream meta leader;
 - the run queue, from the agents service's GetRunQueue: jobs waiting, runs queued (and the
-  oldest one's wait), runs running, and each worker process with its busy loops.
+  oldest one's wait), runs running, worker loops busy and ready (polling the queue), and each
+  worker process with its busy loops.
 """
 
 from __future__ import annotations
