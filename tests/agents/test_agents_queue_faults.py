@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -211,27 +211,33 @@ async def test_an_answer_given_while_nats_is_down_is_kept_and_the_run_finishes(
 
 @dataclass
 class OwnPostgres:
-    """A PostgreSQL of the test's own to stop and start, and fault settings on it."""
+    """A PostgreSQL of the test's own to stop and start, and the mesh's settings on it."""
 
     postgres: EmbeddedPostgres
-    settings: Callable[..., Settings]
+    url: str
+    infra: Any
+    events_address: str
+
+    def mesh(self, queue_name: str, workers: int) -> tuple[EmbeddedPostgres, Settings]:
+        """That PostgreSQL, and `fault_settings` on it: `queue_name`, `workers` in process."""
+        return self.postgres, fault_settings(
+            self.infra,
+            self.events_address,
+            queue_name,
+            DATABASE_URL=self.url,
+            AGENT_WORKERS=workers,
+        )
 
 
 @pytest.fixture
 async def own_postgres(
     infra: Any, events_address: str, tmp_path: Path
 ) -> AsyncIterator[OwnPostgres]:
-    """A PostgreSQL of the test's own (stopped at the end); its `settings(queue, **overrides)`
-    are `fault_settings` on it."""
+    """A PostgreSQL of the test's own (stopped at the end)."""
     postgres = EmbeddedPostgres(tmp_path)
     url = await asyncio.to_thread(postgres.start)
     try:
-        yield OwnPostgres(
-            postgres,
-            lambda queue_name, **overrides: fault_settings(
-                infra, events_address, queue_name, DATABASE_URL=url, **overrides
-            ),
-        )
+        yield OwnPostgres(postgres, url, infra, events_address)
     finally:
         await asyncio.to_thread(postgres.stop)
 
@@ -249,8 +255,7 @@ async def first_statements(engine: AsyncEngine, saver: AsyncPostgresSaver) -> tu
 async def test_a_postgres_outage_with_runs_in_flight_loses_and_fails_no_run(
     own_postgres: OwnPostgres, tmp_path: Path
 ) -> None:
-    postgres = own_postgres.postgres
-    settings = own_postgres.settings("AMELIA_RUNS_POSTGRES", AGENT_WORKERS=2)
+    postgres, settings = own_postgres.mesh("AMELIA_RUNS_POSTGRES", workers=2)
     release = tmp_path / "release"
     steps = {"record": str(tmp_path / "record"), "release": str(release)}
     nc = await connect_nats(settings, "test-outage")
@@ -307,8 +312,7 @@ async def test_a_postgres_outage_with_runs_in_flight_loses_and_fails_no_run(
 async def test_a_standalone_worker_outlives_a_postgres_outage_and_says_so(
     own_postgres: OwnPostgres, tmp_path: Path
 ) -> None:
-    postgres = own_postgres.postgres
-    settings = own_postgres.settings("AMELIA_RUNS_STANDALONE", AGENT_WORKERS=0)
+    postgres, settings = own_postgres.mesh("AMELIA_RUNS_STANDALONE", workers=0)
     worker = WorkerProcess(
         settings,
         tmp_path / "worker.log",
