@@ -1257,9 +1257,9 @@ class StreamRunRequest(_message.Message):
     after_sequence: _builtins.int
     """Only events after this sequence (resume with the last sequence seen)."""
     max_events_per_message: _builtins.int
-    """At most this many events per response message, in `events` (at most 1000). 0 or 1: one
-    event per message, in `event`. Events already read are sent together, none is held back
-    waiting for more, so batching costs no latency; every token is still its own event.
+    """At most this many events per response message, in `events` (a larger value counts as 256).
+    0 or 1: one event per message, in `event`. The events the events service sent together go
+    together; every token is still its own event.
     """
     def __init__(
         self,

@@ -219,9 +219,11 @@ class StreamEventsRequest(_message.Message):
     after_sequence: _builtins.int
     """Events after this sequence (resume with the last sequence seen)."""
     max_events_per_message: _builtins.int
-    """At most this many events per response message, in `events` (at most 1000). 0 or 1: one
-    event per message, in `event`. Events already read are sent together, none is held back
-    waiting for more, so batching costs no latency; a replay sends far fewer messages.
+    """At most this many events per response message, in `events` (a larger value counts as
+    1000). 0 or 1: one event per message, in `event`. Events already read are sent together; at
+    the live edge a message goes no sooner than 2 ms after the previous one, gathering what
+    arrives meanwhile (an event after a quiet moment goes at once). A replay sends far fewer
+    messages.
     """
     @_builtins.property
     def filter(self) -> Global___EventFilter:
