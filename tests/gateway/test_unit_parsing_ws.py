@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 
+from amelia_common.errors import InvalidArgumentError
 from amelia_gateway.hub import FeedSpec, Since
+from amelia_gateway.subscription_rules import RuleError, check_filter, check_run_name
 from amelia_gateway.ws import ProtocolError, parse_since, parse_spec
 
 RUN = "runs/4f1c2a3b-0000-4000-8000-00000000abcd"
@@ -137,3 +139,79 @@ def test_a_bad_subscription_says_what_is_wrong(message: dict[str, Any], error: s
         parse_spec(message)
     assert error in str(refused.value)
     assert len(str(refused.value)) <= 300  # a long value is cut short
+
+
+# One table through the gateway's copy of the services' rules and the services' own: a
+# subscription the gateway lets through is one the service takes, and one it refuses is refused
+# there too, with the same words.
+FILTERS: list[tuple[list[str], str]] = [
+    ([], ""),
+    (["run.*", "app.>", "*.token", "run.node.started"], "runs/*"),
+    (["a_b-c.d"], "documents/d-1_X"),
+    (["a..b"], ""),
+    ([".a"], ""),
+    (["a."], ""),
+    (["run.>.x"], ""),
+    (["Run.>.x"], ""),
+    (["run.Token"], ""),
+    (["1run"], ""),
+    (["run.**"], ""),
+    ([f"t{i}" for i in range(32)], ""),
+    ([f"t{i}" for i in range(33)], ""),
+    ([], "runs/**"),
+    ([], "runs"),
+    ([], "runs/a/b"),
+    ([], "Runs/x"),
+    ([], "runs/a b"),
+    ([], "*/x"),
+    ([], "runs/" + "x" * 251),
+    ([], "runs/" + "x" * 252),
+]
+
+
+@pytest.mark.parametrize(("types", "subject"), FILTERS)
+def test_the_gateway_checks_a_filter_as_the_events_service_does(
+    types: list[str], subject: str
+) -> None:
+    from amelia_common.eventlog import filter_subjects
+
+    try:
+        filter_subjects(types, subject)
+        service = ""
+    except InvalidArgumentError as exc:
+        service = str(exc)
+    try:
+        check_filter(types, subject)
+        gateway = ""
+    except RuleError as exc:
+        gateway = str(exc)
+    assert gateway == service
+
+
+RUN_NAMES = [
+    RUN,
+    RUN.upper().replace("RUNS/", "runs/"),
+    "runs/4f1c2a3b00004000800000000000abcd",
+    "runs/nope",
+    "runs/",
+    "runs/" + RUN[5:-1],
+    "runs/" + RUN[5:] + "0",
+    "runs/" + RUN[5:] + "_",
+]
+
+
+@pytest.mark.parametrize("name", RUN_NAMES)
+def test_the_gateway_takes_the_run_names_the_agents_service_takes(name: str) -> None:
+    from amelia_agents.convert import run_id
+
+    try:
+        run_id(name)
+        service = True
+    except InvalidArgumentError:
+        service = False
+    try:
+        check_run_name(name)
+        gateway = True
+    except RuleError:
+        gateway = False
+    assert gateway == service

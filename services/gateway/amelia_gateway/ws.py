@@ -48,14 +48,13 @@ from websockets.exceptions import InvalidState
 from websockets.server import ServerProtocol
 
 from amelia_common.auth import token_ok
-from amelia_common.errors import InvalidArgumentError
-from amelia_common.eventlog.envelope import filter_subjects
 from amelia_common.logging import get_logger
 from amelia_gateway import auth
 from amelia_gateway.errors import GatewayError, cut, internal, invalid, status_body
 from amelia_gateway.hub import CALLER_ERRORS, EVENTS_PER_MESSAGE, Chunk, Feed, FeedSpec, Since
 from amelia_gateway.json_input import read_json
 from amelia_gateway.state import Gateway
+from amelia_gateway.subscription_rules import RuleError, check_filter, check_run_name
 
 log = get_logger("amelia.gateway.ws")
 
@@ -560,21 +559,16 @@ def parse_since(value: Any, *, run: bool) -> Since:
     raise ProtocolError("'since' must be a sequence, a time, 'now' or 'beginning'")
 
 
-_RUN_NAME = re.compile(r"runs/([A-Za-z0-9_-]+)")
-
-
 def parse_run_name(run: Any) -> str:
-    """`run`, when it is a name the agents service takes: `runs/<uuid>`.
-
-    The agents service's rule (`amelia_agents.convert.run_id`), mirrored here because the
-    gateway imports no service: a malformed name is refused before `subscribed`, not after.
-    """
-    match = _RUN_NAME.fullmatch(run) if isinstance(run, str) else None
-    if match is not None:
-        with contextlib.suppress(ValueError):
-            uuid.UUID(match.group(1))
-            return str(run)
-    raise ProtocolError(f"'run' must be a run name like 'runs/<uuid>', got {_shown(run)}")
+    """`run`, when it is a name the agents service takes (a malformed one is refused before
+    `subscribed`, not after)."""
+    try:
+        if not isinstance(run, str):
+            raise RuleError(f"'run' must be a run name like 'runs/<uuid>', got {_shown(run)}")
+        check_run_name(run)
+    except RuleError as exc:
+        raise ProtocolError(cut(str(exc))) from None
+    return run
 
 
 def parse_spec(message: dict[str, Any]) -> FeedSpec:
@@ -604,9 +598,8 @@ def parse_spec(message: dict[str, Any]) -> FeedSpec:
     if not isinstance(subject, str):
         raise ProtocolError("'filter.subject' must be a string like 'runs/4f1c…' or 'runs/*'")
     try:
-        # The events service's own rules for a filter (the patterns, the subject, how many).
-        filter_subjects(types, subject)
-    except InvalidArgumentError as exc:
+        check_filter(types, subject)
+    except RuleError as exc:
         raise ProtocolError(cut(f"'filter': {exc}")) from None
     return FeedSpec(
         types=tuple(sorted(set(types))),
