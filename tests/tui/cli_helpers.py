@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
 
 import typer.main
@@ -43,9 +44,15 @@ def _alternatives(word: str) -> list[str]:
     return [w.strip("[]") for w in word.replace("\\|", "|").split("|") if w.strip("[]")]
 
 
+@cache
+def _root() -> TyperGroup:
+    root: TyperGroup = typer.main.get_command(app)  # type: ignore[assignment]
+    return root
+
+
 def unknown_part(quoted: str) -> str | None:
     """What in `amelia <quoted>` the CLI does not have (a command or an option), if anything."""
-    commands: list[TyperCommand | TyperGroup] = [typer.main.get_command(app)]  # type: ignore[list-item]
+    commands: list[TyperCommand | TyperGroup] = [_root()]
     for word in quoted.split():
         groups = [c for c in commands if isinstance(c, TyperGroup)]
         if word in ("…", "..."):  # `amelia runs …`: any of them
