@@ -94,7 +94,7 @@ def test_status_shows_the_model_server_it_supervises(mesh: dict[str, str]) -> No
     assert unit["state"] == "RUNNING" and unit["log"].endswith("llama-server.log")
     assert f"pid {unit['pid']}" in line
     with http(mesh) as client:
-        model = client.get("/v1/status").json()["local_model"]
+        model = client.get("/v1/status").json()["localModel"]
     assert model["status"] == "SERVING" and model["model"] == "qwen2.5-coder-0.5b"
     assert model["url"] == f"http://127.0.0.1:{mesh['LOCAL_MODEL_PORT']}/v1"
     assert (model["embedded"], model["threads"], model["pid"]) == (True, 1, unit["pid"])

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from amelia_common.errors import InvalidArgumentError
+from amelia_gateway.errors import cut
 from amelia_gateway.hub import FeedSpec, Since
-from amelia_gateway.subscription_rules import RuleError, check_filter, check_run_name
 from amelia_gateway.ws import ProtocolError, parse_since, parse_spec
 
 RUN = "runs/4f1c2a3b-0000-4000-8000-00000000abcd"
@@ -141,9 +141,9 @@ def test_a_bad_subscription_says_what_is_wrong(message: dict[str, Any], error: s
     assert len(str(refused.value)) <= 300  # a long value is cut short
 
 
-# One table through the gateway's copy of the services' rules and the services' own: a
-# subscription the gateway lets through is one the service takes, and one it refuses is refused
-# there too, with the same words.
+# One table through the gateway's parsing and the services' own checks: a subscription the
+# gateway lets through is one the service takes, and one it refuses is refused there too, with
+# the same words (before `subscribed`, not as a stream error after it).
 FILTERS: list[tuple[list[str], str]] = [
     ([], ""),
     (["run.*", "app.>", "*.token", "run.node.started"], "runs/*"),
@@ -166,6 +166,8 @@ FILTERS: list[tuple[list[str], str]] = [
     ([], "*/x"),
     ([], "runs/" + "x" * 251),
     ([], "runs/" + "x" * 252),
+    (["run\n"], ""),
+    ([], "runs/x\n"),
 ]
 
 
@@ -181,11 +183,11 @@ def test_the_gateway_checks_a_filter_as_the_events_service_does(
     except InvalidArgumentError as exc:
         service = str(exc)
     try:
-        check_filter(types, subject)
+        parse_spec({"filter": {"types": types, "subject": subject}})
         gateway = ""
-    except RuleError as exc:
+    except ProtocolError as exc:
         gateway = str(exc)
-    assert gateway == service
+    assert gateway == (cut(f"'filter': {service}") if service else "")
 
 
 RUN_NAMES = [
@@ -197,6 +199,7 @@ RUN_NAMES = [
     "runs/" + RUN[5:-1],
     "runs/" + RUN[5:] + "0",
     "runs/" + RUN[5:] + "_",
+    RUN + "\n",
 ]
 
 
@@ -210,8 +213,8 @@ def test_the_gateway_takes_the_run_names_the_agents_service_takes(name: str) -> 
     except InvalidArgumentError:
         service = False
     try:
-        check_run_name(name)
+        parse_spec({"run": name})
         gateway = True
-    except RuleError:
+    except ProtocolError:
         gateway = False
     assert gateway == service

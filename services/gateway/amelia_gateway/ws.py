@@ -48,13 +48,13 @@ from websockets.exceptions import InvalidState
 from websockets.server import ServerProtocol
 
 from amelia_common.auth import token_ok
+from amelia_common.event_names import InvalidEventError, filter_tokens
 from amelia_common.logging import get_logger
 from amelia_gateway import auth
 from amelia_gateway.errors import GatewayError, cut, internal, invalid, status_body
 from amelia_gateway.hub import CALLER_ERRORS, EVENTS_PER_MESSAGE, Chunk, Feed, FeedSpec, Since
 from amelia_gateway.json_input import read_json
 from amelia_gateway.state import Gateway
-from amelia_gateway.subscription_rules import RuleError, check_filter, check_run_name
 
 log = get_logger("amelia.gateway.ws")
 
@@ -78,6 +78,8 @@ _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 # A sequence given as text: ASCII digits only (str.isdigit also takes '²', which int() refuses),
 # at most 20 (2^64 has 20).
 _SEQUENCE = re.compile(r"[0-9]{1,20}")
+# A run name whose id the agents service then reads as a UUID (any form uuid.UUID takes).
+_RUN_NAME = re.compile(r"runs/([A-Za-z0-9_-]+)")
 
 
 class ProtocolError(Exception):
@@ -560,14 +562,16 @@ def parse_since(value: Any, *, run: bool) -> Since:
 
 
 def parse_run_name(run: Any) -> str:
-    """`run`, when it is a name the agents service takes (a malformed one is refused before
-    `subscribed`, not after)."""
+    """`run`, when it is a name the agents service takes (`runs/<uuid>`, as
+    `amelia_agents.convert.run_id` reads it): a malformed one is refused before `subscribed`."""
+    match = _RUN_NAME.fullmatch(run) if isinstance(run, str) else None
     try:
-        if not isinstance(run, str):
-            raise RuleError(f"'run' must be a run name like 'runs/<uuid>', got {_shown(run)}")
-        check_run_name(run)
-    except RuleError as exc:
-        raise ProtocolError(cut(str(exc))) from None
+        uuid.UUID(match.group(1) if match else "-")
+    except ValueError:
+        shown = repr(run) if isinstance(run, str) else _shown(run)
+        raise ProtocolError(
+            cut(f"'run' must be a run name like 'runs/<uuid>', got {shown}")
+        ) from None
     return run
 
 
@@ -598,8 +602,8 @@ def parse_spec(message: dict[str, Any]) -> FeedSpec:
     if not isinstance(subject, str):
         raise ProtocolError("'filter.subject' must be a string like 'runs/4f1c…' or 'runs/*'")
     try:
-        check_filter(types, subject)
-    except RuleError as exc:
+        filter_tokens(types, subject)  # the events service's own check
+    except InvalidEventError as exc:
         raise ProtocolError(cut(f"'filter': {exc}")) from None
     return FeedSpec(
         types=tuple(sorted(set(types))),

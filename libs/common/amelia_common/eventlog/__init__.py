@@ -29,19 +29,24 @@ Three things live here, so every service (and the events service itself) behaves
   and never stops the others.
 """
 
+from amelia_common.event_names import (
+    MAX_SUBJECT_LENGTH,
+    MAX_TYPE_LENGTH,
+    MAX_TYPE_PATTERNS,
+    InvalidEventError,
+    subject_tokens,
+    type_pattern_tokens,
+    validate_type,
+)
 from amelia_common.eventlog.envelope import (
     CLIENT_ID_NAMESPACE,
     MAX_CORRELATION_ID_LENGTH,
     MAX_SEQUENCE,
     MAX_SOURCE_LENGTH,
-    MAX_SUBJECT_LENGTH,
-    MAX_TYPE_LENGTH,
-    MAX_TYPE_PATTERNS,
     MESH_TYPE_FAMILIES,
     SUBJECT_PREFIX,
     UNDECODABLE_TYPE,
     EventLogUnavailableError,
-    InvalidEventError,
     check_client_type,
     content_problem,
     decode_event,
@@ -51,11 +56,8 @@ from amelia_common.eventlog.envelope import (
     make_event,
     nats_subject,
     stream_config,
-    subject_tokens,
     timestamp_problem,
-    type_pattern_tokens,
     validate_event,
-    validate_type,
 )
 from amelia_common.eventlog.log import (
     EventLog,

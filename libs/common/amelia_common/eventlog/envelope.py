@@ -30,10 +30,15 @@ from nats.js import api
 from amelia.v1 import events_pb2
 from amelia_common.errors import (
     NATS,
-    InvalidArgumentError,
     PermissionDeniedError,
     UnavailableError,
     struct_problem,
+)
+from amelia_common.event_names import (
+    InvalidEventError,
+    filter_tokens,
+    subject_tokens,
+    validate_type,
 )
 from amelia_common.logging import get_logger
 from amelia_common.settings import Settings
@@ -41,16 +46,9 @@ from amelia_common.settings import Settings
 log = get_logger("amelia.eventlog")
 
 SUBJECT_PREFIX = "amelia.events"
-_TYPE_TOKEN = re.compile(r"^[a-z][a-z0-9_-]*$")
-# A whole event type in one match: two or more dotted lowercase words (see validate_type).
-_EVENT_TYPE = re.compile(r"[a-z][a-z0-9_-]*(?:\.[a-z][a-z0-9_-]*)+")
-_RESOURCE = re.compile(r"^([a-z][a-z0-9-]*)/([A-Za-z0-9_-]+|\*)$")
 _EVENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-MAX_TYPE_LENGTH = 128
-MAX_SUBJECT_LENGTH = 256
 MAX_SOURCE_LENGTH = 128
 MAX_CORRELATION_ID_LENGTH = 128
-MAX_TYPE_PATTERNS = 32
 
 # Event type families only the mesh's services publish (through `EventLog`, never PublishEvent):
 # a client must not be able to forge a run's end or a document's indexing.
@@ -72,10 +70,6 @@ UNDECODABLE_TYPE = "system.undecodable"
 _RAW_PREVIEW_BYTES = 16 * 1024
 
 
-class InvalidEventError(InvalidArgumentError):
-    """An event, filter or pattern that cannot be stored or matched; the message says why."""
-
-
 class EventLogUnavailableError(UnavailableError, ConnectionError):
     """The log could not store (or read) an event in time: NATS is unreachable or overloaded.
 
@@ -90,26 +84,6 @@ class EventLogUnavailableError(UnavailableError, ConnectionError):
 # --------------------------------------------------------------------------- subject scheme
 
 
-def validate_type(event_type: str) -> None:
-    if len(event_type) > MAX_TYPE_LENGTH or not _EVENT_TYPE.fullmatch(event_type):
-        raise InvalidEventError(
-            f"event type {event_type!r} must be dotted lowercase words, e.g. 'run.token'"
-        )
-
-
-def subject_tokens(subject: str, *, allow_wildcard: bool = False) -> str:
-    """`runs/abc` → `runs.abc`; empty → `_._`; `runs/*` → `runs.*` when allowed."""
-    if not subject:
-        return "_._"
-    match = _RESOURCE.match(subject) if len(subject) <= MAX_SUBJECT_LENGTH else None
-    if not match or (match.group(2) == "*" and not allow_wildcard):
-        raise InvalidEventError(
-            f"subject {subject!r} must look like 'collection/id' (e.g. 'runs/4f1c…')"
-            + (" or 'collection/*'" if allow_wildcard else "")
-        )
-    return f"{match.group(1)}.{match.group(2)}"
-
-
 @functools.lru_cache(maxsize=4096)
 def nats_subject(event_type: str, subject: str) -> str:
     """Where an event with this type and subject is stored (remembered: a run's events share
@@ -118,34 +92,13 @@ def nats_subject(event_type: str, subject: str) -> str:
     return f"{SUBJECT_PREFIX}.{subject_tokens(subject)}.{event_type}"
 
 
-def type_pattern_tokens(pattern: str) -> str:
-    """A user type pattern as NATS tokens: `run.*` (trailing) → `run.>`; `*` mid-way is one token."""
-    tokens = pattern.split(".")
-    if not pattern or any(not t for t in tokens):
-        raise InvalidEventError(f"type pattern {pattern!r} has an empty token")
-    for i, token in enumerate(tokens):
-        last = i == len(tokens) - 1
-        if token == ">" and not last:
-            raise InvalidEventError(f"type pattern {pattern!r}: '>' may only be the last token")
-        if token not in ("*", ">") and not _TYPE_TOKEN.match(token):
-            raise InvalidEventError(
-                f"type pattern {pattern!r}: token {token!r} must be a lowercase word, '*' or '>'"
-            )
-    if tokens[-1] == "*":
-        tokens[-1] = ">"
-    return ".".join(tokens)
-
-
 def filter_subjects(types: list[str] | tuple[str, ...], subject: str) -> list[str]:
     """NATS filter subjects for an EventFilter (one per type pattern, overlaps removed).
 
     Overlapping filters (e.g. `run.*` and `run.token`) are refused by JetStream, so a pattern
     another pattern already covers is dropped; the result matches the same events.
     """
-    if len(types) > MAX_TYPE_PATTERNS:
-        raise InvalidEventError(f"at most {MAX_TYPE_PATTERNS} type patterns, got {len(types)}")
-    resource = subject_tokens(subject, allow_wildcard=True) if subject else "*.*"
-    patterns = {type_pattern_tokens(t) for t in types} or {">"}
+    resource, patterns = filter_tokens(types, subject)
     kept = [p for p in patterns if not any(o != p and _covers(o, p) for o in patterns)]
     return sorted(f"{SUBJECT_PREFIX}.{resource}.{p}" for p in kept)
 

@@ -17,12 +17,12 @@ from nats.js import api
 
 from amelia.v1 import events_pb2
 from amelia_common import metrics, telemetry
+from amelia_common.event_names import InvalidEventError
 from amelia_common.eventlog.envelope import (
     CLIENT_ID_NAMESPACE,
     MAX_SEQUENCE,
     SUBJECT_PREFIX,
     EventLogUnavailableError,
-    InvalidEventError,
     check_client_type,
     decode_event,
     filter_subjects,

@@ -35,7 +35,7 @@ from nats.js import api
 
 from amelia.v1 import events_pb2
 from amelia_common import telemetry
-from amelia_common.eventlog.envelope import InvalidEventError
+from amelia_common.event_names import InvalidEventError
 from amelia_common.logging import get_logger
 
 if TYPE_CHECKING:

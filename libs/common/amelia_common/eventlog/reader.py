@@ -20,12 +20,12 @@ from nats.aio.subscription import Subscription
 from nats.js import api
 
 from amelia.v1 import events_pb2
+from amelia_common.event_names import InvalidEventError
 from amelia_common.eventlog.envelope import (
     EPOCH,
     LAST_TIME,
     MAX_SEQUENCE,
     EventLogUnavailableError,
-    InvalidEventError,
     decode_event,
 )
 from amelia_common.logging import get_logger

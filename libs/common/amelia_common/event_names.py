@@ -1,0 +1,72 @@
+"""Event types, subjects and type patterns: what the event log accepts, in one place.
+
+Kept apart from `amelia_common.eventlog` (which imports the NATS client) so that the gateway,
+which must not import NATS, checks a WebSocket subscription with the events service's own rules
+before it answers `subscribed`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from amelia_common.errors import InvalidArgumentError
+
+_TYPE_TOKEN = re.compile(r"[a-z][a-z0-9_-]*")
+# A whole event type in one match: two or more dotted lowercase words (see validate_type).
+_EVENT_TYPE = re.compile(r"[a-z][a-z0-9_-]*(?:\.[a-z][a-z0-9_-]*)+")
+_RESOURCE = re.compile(r"([a-z][a-z0-9-]*)/([A-Za-z0-9_-]+|\*)")
+MAX_TYPE_LENGTH = 128
+MAX_SUBJECT_LENGTH = 256
+MAX_TYPE_PATTERNS = 32
+
+
+class InvalidEventError(InvalidArgumentError):
+    """An event, filter or pattern that cannot be stored or matched; the message says why."""
+
+
+def validate_type(event_type: str) -> None:
+    if len(event_type) > MAX_TYPE_LENGTH or not _EVENT_TYPE.fullmatch(event_type):
+        raise InvalidEventError(
+            f"event type {event_type!r} must be dotted lowercase words, e.g. 'run.token'"
+        )
+
+
+def subject_tokens(subject: str, *, allow_wildcard: bool = False) -> str:
+    """`runs/abc` → `runs.abc`; empty → `_._`; `runs/*` → `runs.*` when allowed."""
+    if not subject:
+        return "_._"
+    match = _RESOURCE.fullmatch(subject) if len(subject) <= MAX_SUBJECT_LENGTH else None
+    if not match or (match.group(2) == "*" and not allow_wildcard):
+        raise InvalidEventError(
+            f"subject {subject!r} must look like 'collection/id' (e.g. 'runs/4f1c…')"
+            + (" or 'collection/*'" if allow_wildcard else "")
+        )
+    return f"{match.group(1)}.{match.group(2)}"
+
+
+def type_pattern_tokens(pattern: str) -> str:
+    """A user type pattern as NATS tokens: `run.*` (trailing) → `run.>`; `*` mid-way is one token."""
+    tokens = pattern.split(".")
+    if not pattern or any(not t for t in tokens):
+        raise InvalidEventError(f"type pattern {pattern!r} has an empty token")
+    for i, token in enumerate(tokens):
+        last = i == len(tokens) - 1
+        if token == ">" and not last:
+            raise InvalidEventError(f"type pattern {pattern!r}: '>' may only be the last token")
+        if token not in ("*", ">") and not _TYPE_TOKEN.fullmatch(token):
+            raise InvalidEventError(
+                f"type pattern {pattern!r}: token {token!r} must be a lowercase word, '*' or '>'"
+            )
+    if tokens[-1] == "*":
+        tokens[-1] = ">"
+    return ".".join(tokens)
+
+
+def filter_tokens(types: Sequence[str], subject: str) -> tuple[str, set[str]]:
+    """An EventFilter as NATS tokens: its subject's (`*.*` for any) and its type patterns'
+    (`>` for any), or `InvalidEventError` naming the first problem."""
+    if len(types) > MAX_TYPE_PATTERNS:
+        raise InvalidEventError(f"at most {MAX_TYPE_PATTERNS} type patterns, got {len(types)}")
+    resource = subject_tokens(subject, allow_wildcard=True) if subject else "*.*"
+    return resource, {type_pattern_tokens(t) for t in types} or {">"}
