@@ -202,7 +202,7 @@ class Settings(BaseSettings):
     WS_SEND_QUEUE: int = Field(default=1000, ge=1)
     # Milliseconds a `"batch": true` subscription's live events may wait to go out together (one
     # socket message per window, not per upstream message); 0 sends each at once. At most 50.
-    WS_BATCH_WINDOW_MS: float = Field(default=20, ge=0, le=50)
+    WS_BATCH_WINDOW_MS: float = Field(default=10, ge=0, le=50)
     MAX_REQUEST_BYTES: int = Field(default=8 * 1024 * 1024, ge=1024)
     # Gateway: default deadline of a unary call passed upstream (a client may send its own with
     # `X-Request-Timeout` / `grpc-timeout`), and of a streamed document upload.

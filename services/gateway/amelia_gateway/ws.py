@@ -24,7 +24,7 @@ its own task, so one slow client never delays another: when its queue is full it
 hub serialized them once for every socket (`hub.Chunk`), and only the small envelope differs per
 subscription. A batching subscription sends a chunk (and the chunks queued behind it) as one
 `events` message; a plain one sends one `event` message per event, back to back. A batching live
-subscription's events come from the hub coalesced for up to WS_BATCH_WINDOW_MS (20 ms by default):
+subscription's events come from the hub coalesced for up to WS_BATCH_WINDOW_MS (10 ms by default):
 at a steady rate a socket message costs far more than an event in it, on both ends.
 """
 
