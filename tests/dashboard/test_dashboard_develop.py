@@ -132,6 +132,10 @@ def open_change(page: Page, run: dict[str, Any]) -> None:
     """The page of an ended run that left its branch, with greet.py in its change card."""
     open_run(page, run)
     expect_greet_diff(page, "#diff-slot #run-diff")
+    # The page has replayed the run's events (its old approve_diff question among them) and the
+    # card is still the ended run's: a click now acts on what the user sees.
+    expect(activity(page, "run.completed")).to_have_count(1)
+    expect_greet_diff(page, "#diff-slot #run-diff")
 
 
 def activity(page: Page, event_type: str) -> Any:

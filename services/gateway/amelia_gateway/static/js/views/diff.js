@@ -80,6 +80,10 @@ export class DiffView {
 
   /** The view for a paused run's question, when it is the final diff's; else null. */
   forQuestion(interrupt) {
+    // An ended run's card stays as it is: the page replays the run's events, and its old
+    // approve_diff question must not take the card back (a click on Land would then answer a
+    // question that is over, and the card be drawn again under the user's eyes).
+    if (this.mode === "ended" || this.mode === "settled") return null;
     const value = interrupt && interrupt.value;
     if (!interrupt || interrupt.node !== "approve_diff" || !value || !value.diff) return null;
     this.mode = "question";

@@ -236,6 +236,8 @@ export function mount(main, ctx, [runId]) {
   }
 
   function showInterrupt(interrupt) {
+    // A run known to have ended asks nothing: its events replayed show old questions.
+    if (interrupt && state.run && TERMINAL_STATUSES.has(state.run.status)) interrupt = null;
     state.interrupt = interrupt;
     if (!interrupt) {
       interruptSlot.replaceChildren();
