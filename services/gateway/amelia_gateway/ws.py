@@ -520,9 +520,8 @@ def _key(value: Any) -> str:
 
 
 def _shown(value: Any) -> str:
-    """A client's value quoted in an error message, cut short."""
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    """A client's value quoted in an error message, cut short the way every gateway error is."""
+    return cut(repr(value), 60)
 
 
 def parse_since(value: Any, *, run: bool) -> Since:
