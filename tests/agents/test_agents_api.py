@@ -326,3 +326,29 @@ async def test_timestamps_and_durations_out_of_range_are_invalid_argument(agents
     ).agent
     assert 0 < created.create_time.seconds < 10**11
     await agents.DeleteAgent(S.DeleteAgentRequest(name=created.name))
+
+
+async def test_a_request_id_longer_than_the_gateways_limit_is_refused_naming_it(agents) -> None:
+    """CreateRun, RerunRun and ForkRun take an idempotency key of at most 128 characters, the
+    limit of the gateway's X-Request-Id; a longer one is INVALID_ARGUMENT and nothing starts."""
+    done = await create_run(agents, workflow="workflows/echo", input={"message": "hi"})
+    await wait_status(agents, done.name, S.RUN_STATUS_COMPLETED)
+    before = len((await agents.ListRuns(S.ListRunsRequest(page_size=1000))).runs)
+    too_long = "k" * 129
+    create = S.CreateRunRequest(run=S.Run(workflow="workflows/echo"), request_id=too_long)
+    create.run.input.update({"message": "hi"})
+    for call in (
+        agents.CreateRun(create),
+        agents.RerunRun(S.RerunRunRequest(name=done.name, request_id=too_long)),
+        agents.ForkRun(S.ForkRunRequest(name=done.name, checkpoint="x", request_id=too_long)),
+    ):
+        error = await rpc_error(call)
+        assert (error.code(), error.details()) == (
+            INVALID,
+            "request_id must be at most 128 characters (got 129)",
+        )
+    assert len((await agents.ListRuns(S.ListRunsRequest(page_size=1000))).runs) == before
+    create.request_id = "k" * 128
+    first = (await agents.CreateRun(create)).run
+    assert (await agents.CreateRun(create)).run.name == first.name
+    await wait_status(agents, first.name, S.RUN_STATUS_COMPLETED)

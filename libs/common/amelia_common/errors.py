@@ -137,6 +137,21 @@ def check_json(value: Any, field: str) -> None:
             check_json(item, field)
 
 
+# A client's request id / idempotency key: the gateway's X-Request-Id header and the request_id
+# of CreateRun, ForkRun and RerunRun are held to the same length (it is stored, and looked up).
+MAX_REQUEST_ID_LENGTH = 128
+
+
+def check_request_id(value: str, field: str = "request_id") -> None:
+    """Raise InvalidArgumentError naming `field` and the limit when `value` is longer than
+    MAX_REQUEST_ID_LENGTH characters, or not storable text (NUL)."""
+    if len(value) > MAX_REQUEST_ID_LENGTH:
+        raise InvalidArgumentError(
+            f"{field} must be at most {MAX_REQUEST_ID_LENGTH} characters (got {len(value)})"
+        )
+    check_json(value, field)
+
+
 # --------------------------------------------------------------------------- dependency failures
 #
 # Exceptions of the libraries we talk to our dependencies with, recognised by module name so that

@@ -35,7 +35,7 @@ from amelia_common.errors import (
     InvalidArgumentError,
     NotFoundError,
     UnavailableError,
-    check_json,
+    check_request_id,
 )
 from amelia_common.eventlog import timestamp_problem
 from amelia_common.logging import get_logger
@@ -246,7 +246,7 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
 
     async def _existing(self, request_id: str) -> RunRow | None:
         """The run an earlier request with `request_id` made (re-queued if it never started)."""
-        check_json(request_id, "request_id")
+        check_request_id(request_id)
         if not request_id:
             return None
         existing = await self.store.run_by_request_id(request_id)

@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from amelia_common.errors import MAX_REQUEST_ID_LENGTH
 from amelia_common.logging import get_logger
 from amelia_gateway.errors import GatewayError, error_response, internal
 
@@ -31,7 +32,7 @@ log = get_logger("amelia.gateway.http")
 # The methods a path takes, or None for a path the gateway does not have.
 MethodsFor = Callable[[str], tuple[str, ...] | None]
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_REQUEST_ID = re.compile(rf"^[A-Za-z0-9._:-]{{1,{MAX_REQUEST_ID_LENGTH}}}$")
 _CODE_FOR_HTTP = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
     401: grpc.StatusCode.UNAUTHENTICATED,
