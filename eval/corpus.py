@@ -11,6 +11,10 @@ import json
 import os
 import random
 import re
+import shutil
+import subprocess
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +23,10 @@ from bs4 import BeautifulSoup
 HERE = Path(__file__).parent
 QUESTIONS = HERE / "questions.jsonl"
 MANUAL_GLOB = "/usr/share/doc/postgresql-doc-*/html"
+# The manual the questions were written on and every earlier score was measured on (Debian
+# bookworm's point release); unpacked under MANUAL_CACHE, the system's own copy left alone.
+MANUAL_VERSION = "15.18-0+deb12u1"
+MANUAL_CACHE = Path.home() / ".cache/amelia"
 # Other pages added as distractors (EVAL_DISTRACTORS), 150 by default (1.6 MB of HTML, 28 of
 # them other SQL command pages): with the asked pages alone, the modes differed only in passage
 # ranking; with these, they differ on file hit@1 and MRR too. The whole manual (15 MB) would take
@@ -43,13 +51,54 @@ class Question:
 
 
 def manual_dir() -> Path:
+    """The pinned manual (MANUAL_VERSION), else EVAL_MANUAL, else the installed one.
+
+    The questions quote the manual word for word, and a Debian security update rewords pages
+    (15.20 renamed jsonb_set's parameters, so question 94's evidence is gone): the scores are
+    only comparable between runs on the same text, so the eval reads one fixed version.
+    """
+    if chosen := os.environ.get("EVAL_MANUAL"):
+        return Path(chosen)
+    pinned = pinned_manual()
+    if pinned is not None:
+        return pinned
     found = sorted(glob.glob(MANUAL_GLOB))
     if not found:
         raise SystemExit(
             "the PostgreSQL manual is not installed: `make eval` installs Debian's "
             "postgresql-doc with apt (or run: apt-get install postgresql-doc)"
         )
+    print(
+        f"postgresql-doc-15={MANUAL_VERSION} could not be fetched; using {found[-1]}, whose"
+        " wording may differ from the questions' (scores not comparable with earlier runs)",
+        file=sys.stderr,
+    )
     return Path(found[-1])
+
+
+def pinned_manual() -> Path | None:
+    """MANUAL_VERSION's HTML, fetched once with `apt-get download` and unpacked (not installed)."""
+    home = MANUAL_CACHE / f"postgresql-doc-15_{MANUAL_VERSION}"
+    html = home / "usr/share/doc/postgresql-doc-15/html"
+    if html.is_dir():
+        return html
+    if not shutil.which("apt-get") or not shutil.which("dpkg-deb"):
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        fetched = subprocess.run(
+            ["apt-get", "download", f"postgresql-doc-15={MANUAL_VERSION}"],
+            cwd=tmp,
+            capture_output=True,
+            text=True,
+        )
+        debs = list(Path(tmp).glob("*.deb"))
+        if fetched.returncode != 0 or not debs:
+            return None
+        unpacked = Path(tmp) / "x"
+        subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(unpacked)], check=True)
+        home.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(unpacked), home)
+    return html if html.is_dir() else None
 
 
 def questions() -> list[Question]:

@@ -64,3 +64,22 @@ def test_a_bad_question_stops_the_run_naming_it(
 def test_an_id_used_twice_is_refused(manual: Path) -> None:
     with pytest.raises(SystemExit, match="question 1: id used twice"):
         check(manual, [GOOD, GOOD])
+
+
+def test_the_pinned_manual_is_read_when_unpacked_else_the_named_one(
+    manual: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A security update rewords the installed manual; the eval reads the version it was written on."""
+    import eval.corpus as corpus
+
+    monkeypatch.delenv("EVAL_MANUAL", raising=False)
+    monkeypatch.setattr(corpus, "MANUAL_CACHE", tmp_path / "cache")
+    pinned = (
+        tmp_path
+        / "cache"
+        / f"postgresql-doc-15_{corpus.MANUAL_VERSION}/usr/share/doc/postgresql-doc-15/html"
+    )
+    pinned.mkdir(parents=True)
+    assert corpus.manual_dir() == pinned
+    monkeypatch.setenv("EVAL_MANUAL", str(manual))
+    assert corpus.manual_dir() == manual
