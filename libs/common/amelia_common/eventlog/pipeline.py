@@ -171,10 +171,19 @@ class PublishPipeline:
 
     async def _settle(self, count: int) -> None:
         """Settle the `count` oldest events in flight, in order (retrying a missing ack)."""
-        for _ in range(min(count, len(self._in_flight))):
+        count = min(count, len(self._in_flight))
+        if count > 1:
+            try:
+                await self._wait_together(count)
+            except BaseException:
+                self.abandon()
+                raise
+        for _ in range(count):
             entry = self._in_flight[0]
             try:
-                ack = await self._ack(entry)
+                ack = _arrived(entry.ack)
+                if ack is None:
+                    ack = await self._ack(entry)
             except nats.errors.MaxPayloadError as exc:
                 self.abandon()
                 raise InvalidEventError(
@@ -196,6 +205,17 @@ class PublishPipeline:
                     raise
             self._pop()
             self._stored.append(event)
+
+    async def _wait_together(self, count: int) -> None:
+        """Wait (one poll interval at most) for the acknowledgements of the `count` oldest
+        events together: one wait for the lot instead of a timeout and a shielded future per
+        event. JetStream answers the events of one connection in the order they were written,
+        so the newest one's acknowledgement arriving means the others' almost always have;
+        any that has not (an error, a lost connection, a slow server) is settled on its own by
+        `_ack`, with its deadline and retry, before anything after it."""
+        last = self._in_flight[count - 1].ack
+        if not last.done():
+            await asyncio.wait((last,), timeout=_ACK_POLL_SECONDS)
 
     async def _ack(self, entry: _InFlight) -> api.PubAck | None:
         """The event's acknowledgement, or None when it will not come: the connection it was
@@ -226,3 +246,11 @@ class PublishPipeline:
                 raise  # this flow is being cancelled, not the acknowledgement
         entry.ack.cancel()
         return None
+
+
+def _arrived(ack: asyncio.Future[api.PubAck]) -> api.PubAck | None:
+    """The acknowledgement if it already arrived as one; None when it has to be waited for or
+    did not come as an acknowledgement (an error, a cancellation: `_ack` decides)."""
+    if ack.done() and not ack.cancelled() and ack.exception() is None:
+        return ack.result()
+    return None
