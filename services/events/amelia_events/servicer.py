@@ -38,11 +38,13 @@ MAX_BATCH = 1000
 # it again at every reconnect.
 MESSAGE_BYTES = 1024 * 1024
 
-# A batched stream's next message waits until this long after its previous one, gathering the
-# events that arrive meanwhile (`EventReader.next_batch`'s hold): a live stream at 2,000
-# events/s sends ~4-6 events per message instead of ~1-2, and each gRPC message costs the
-# service ~100-200 us of CPU whatever it carries. An event arriving after a quiet moment goes
-# out at once; none waits longer than this.
+# When a batched stream falls behind at the live edge (an event was already delivered behind
+# the one starting the next message), that message waits until this long after the previous
+# one, gathering what arrives meanwhile (`EventReader.next_batch`'s hold): fewer, fuller
+# messages when the service or its client is short of CPU (each gRPC message costs the service
+# ~100-200 us whatever it carries). A stream that keeps up sends each message as soon as the
+# previous one was written, with what arrived during that write: no timer delays an event
+# (docs/performance.md, session 9: the timed hold was most of the p99 at 2k events/s).
 LIVE_HOLD_SECONDS = 0.002
 
 _EVENT_NAME = re.compile(r"^events/([1-9][0-9]{0,19})$")

@@ -229,17 +229,19 @@ class EventReader:
         event always comes, whatever its size).
 
         Waits for the first one, like `__anext__` (raising `StopAsyncIteration` at the end).
-        With `hold` (seconds), at the live edge (nothing stored behind the first event), a batch
-        that would start less than `hold` after the previous one was returned waits until
-        `hold` has passed since it, taking what NATS delivers meanwhile: at a high live rate
-        the caller gets one batch per `hold` instead of one per event (each batch is a gRPC
-        message for StreamEvents, ~100 us of CPU whatever it carries), and no event waits
-        longer than `hold` for it. Below one event per `hold`, every event is returned as soon
-        as it arrives, and a reader catching up never waits (more is already on its way).
-        Memory stays bounded: NATS delivers at most one pull's batch into the queue.
+        With `hold` (seconds), at the live edge (nothing stored behind the first event), while
+        events keep arriving faster than the caller takes them (another one was already
+        delivered behind the first), a batch that would start less than `hold` after the
+        previous one was returned waits until `hold` has passed since it, taking what NATS
+        delivers meanwhile: fewer, fuller batches when the caller falls behind (each batch is
+        a gRPC message for StreamEvents, ~100-200 us of CPU whatever it carries), and no event
+        waits longer than `hold` for it. An event with nothing behind it is returned at once,
+        so a reader that keeps up never waits, and neither does one catching up (more is
+        already on its way). Memory stays bounded: NATS delivers at most one pull's batch
+        into the queue.
         """
         batch = [await self.__anext__()]
-        if hold > 0 and self.pending == 0 and self._queue.qsize() < limit - 1:
+        if hold > 0 and self.pending == 0 and 0 < self._queue.qsize() < limit - 1:
             loop = asyncio.get_running_loop()
             wait = self._last_batch_at + hold - loop.time()
             if wait > 0 and not (self._closed or self._stopped()):
