@@ -221,9 +221,9 @@ class StreamEventsRequest(_message.Message):
     max_events_per_message: _builtins.int
     """At most this many events per response message, in `events` (a larger value counts as
     1000). 0 or 1: one event per message, in `event`. Events already read are sent together; at
-    the live edge a message goes no sooner than 2 ms after the previous one, gathering what
-    arrives meanwhile (an event after a quiet moment goes at once). A replay sends far fewer
-    messages.
+    the live edge a message goes as soon as the previous one is written, unless the stream is
+    behind (more events already wait): then it goes no sooner than 2 ms after the previous one,
+    gathering what arrives meanwhile. A replay sends far fewer messages.
     """
     @_builtins.property
     def filter(self) -> Global___EventFilter:
