@@ -31,10 +31,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.constants import CONFIG_KEY_CHECKPOINTER
 from langgraph.types import Command
 
 from amelia.v1 import events_pb2
-from amelia_agents import runtime, workflows
+from amelia_agents import checkpoints, runtime, workflows
 from amelia_agents.lifecycle import RunEvents
 from amelia_agents.llm import ModelError
 from amelia_agents.models import RunRow, RunState
@@ -201,10 +202,27 @@ class Executor:
         workflow = workflows.get(target)
         if workflow is None:
             return await self._fail(row, f"workflow {target!r} is not available on this worker")
+        # The pick-up's checkpoints go through one connection held for it (`checkpoints`),
+        # lent to the shared compiled graph through its config.
+        async with checkpoints.for_pickup(self.checkpointer) as saver:
+            return await self._execute(row, attempt, workflow, saver)
+
+    async def _execute(
+        self,
+        row: RunRow,
+        attempt: Attempt,
+        workflow: workflows.Workflow,
+        saver: BaseCheckpointSaver[Any],
+    ) -> str:
+        target = workflow.name
         timeout = run_timeout(row, workflow)
         try:
             graph = self.graphs.compiled(workflow, row.agent_config)
             config = graph_config(row)
+            if saver is not self.checkpointer:
+                config["configurable"][CONFIG_KEY_CHECKPOINTER] = saver
+            if isinstance(saver, checkpoints.RunSaver):
+                saver.keep_latest_read()  # LangGraph's own first read is this one
             snapshot = await graph.aget_state(config)
         except Exception as exc:
             if infrastructure_outage(exc):

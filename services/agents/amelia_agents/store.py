@@ -22,6 +22,7 @@ from sqlalchemy import (
     func,
     insert,
     inspect,
+    literal,
     or_,
     select,
     text,
@@ -29,6 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.elements import ColumnElement
 
 from amelia_agents import runstate
@@ -46,6 +48,11 @@ from amelia_common.db import select_one
 # transaction ends. Two-key advisory locks never collide with the run locks' one-key ones.
 RECORDING_LOCK_SPACE = 0x616D
 LOCK_NOT_AVAILABLE = "55P03"
+# Waits for a CreateRun's commit: `set_config(..., true)` holds for this statement's implicit
+# transaction only, and is evaluated before the lock (left to right), so the wait is bounded.
+_WAIT_RECORDED = text(
+    "SELECT set_config('lock_timeout', :timeout, true), pg_advisory_xact_lock_shared(:space, :key)"
+)
 
 
 def recording_key(run_id: uuid.UUID) -> int:
@@ -126,6 +133,34 @@ def _set_values(row: RunRow) -> dict[str, Any]:
 
 async def _read_run(conn: AsyncConnection, run_id: uuid.UUID) -> RunRow | None:
     return _run_row((await conn.execute(select(_RUNS).where(_RUNS.c.id == run_id))).first())
+
+
+def _recording_insert(row: RunRow, new_thread: bool) -> Insert:
+    """INSERT the run, FROM its recording lock taken (`pg_advisory_xact_lock`, a materialized
+    CTE the row is selected from, so it runs first), WITH the thread's INSERT (new) or its
+    update_time (existing): one round trip. A new thread's update_time is its create_time.
+    The foreign key to the thread is checked at the end of the statement, after both."""
+    values = _set_values(row)
+    locked = (
+        select(
+            func.pg_advisory_xact_lock(RECORDING_LOCK_SPACE, recording_key(row.id)).label("held")
+        )
+        .cte("recording_lock")
+        .prefix_with("MATERIALIZED")
+    )
+    source = select(
+        *(literal(value, _RUNS.c[key].type).label(key) for key, value in values.items())
+    ).select_from(locked)
+    threads = ThreadRow.__table__
+    stamp = now()
+    thread_change = (
+        insert(threads).values(id=row.thread_id, metadata={}, create_time=stamp, update_time=stamp)
+        if new_thread
+        else update(threads).where(threads.c.id == row.thread_id).values(update_time=stamp)
+    )
+    return (
+        insert(_RUNS).from_select(list(values), source).add_cte(thread_change.cte("thread_change"))
+    )
 
 
 THREAD_ORDERS = ("create_time", "create_time desc", "update_time", "update_time desc")
@@ -279,28 +314,12 @@ class Store:
         before the commit waits for it with `wait_until_recorded` (the transaction holds the
         run's recording lock).
         """
-        # Core statements, not the ORM's unit of work (it cost more CPU than the statements,
-        # on the way to the run's first token): the row's attributes set are its values.
+        # One statement before the queueing: the recording lock, the run and its thread (new,
+        # or its update_time), as Core (the ORM's unit of work cost more CPU than the
+        # statements, on the way to the run's first token). Each statement was a round trip.
         try:
             async with self.engine.begin() as conn:
-                await conn.execute(
-                    select(func.pg_advisory_xact_lock(RECORDING_LOCK_SPACE, recording_key(row.id)))
-                )
-                threads = ThreadRow.__table__
-                if new_thread:
-                    stamp = now()
-                    await conn.execute(
-                        insert(threads).values(
-                            id=row.thread_id, metadata={}, create_time=stamp, update_time=stamp
-                        )
-                    )
-                await conn.execute(insert(_RUNS).values(_set_values(row)))
-                if not new_thread:  # a new thread's update_time is its create_time
-                    await conn.execute(
-                        update(threads)
-                        .where(threads.c.id == row.thread_id)
-                        .values(update_time=now())
-                    )
+                await conn.execute(_recording_insert(row, new_thread))
                 if before_commit is not None:
                     await before_commit()
         except IntegrityError as exc:
@@ -312,17 +331,17 @@ class Store:
     async def wait_until_recorded(self, run_id: uuid.UUID, timeout_seconds: float) -> bool:
         """Wait until no CreateRun transaction is still recording `run_id` (it committed or
         rolled back); False when one still was after `timeout_seconds`."""
+        # One statement on its own (implicit) transaction: the timeout set for it alone, then
+        # the shared lock, taken and released with it (was BEGIN, SET LOCAL, the lock, COMMIT).
         try:
-            async with self.sessions() as s, s.begin():
-                await s.execute(
-                    text(f"SET LOCAL lock_timeout = '{max(int(timeout_seconds * 1000), 1)}ms'")
-                )
-                await s.execute(
-                    select(
-                        func.pg_advisory_xact_lock_shared(
-                            RECORDING_LOCK_SPACE, recording_key(run_id)
-                        )
-                    )
+            async with self.autocommit.connect() as conn:
+                await conn.execute(
+                    _WAIT_RECORDED,
+                    {
+                        "timeout": f"{max(int(timeout_seconds * 1000), 1)}ms",
+                        "space": RECORDING_LOCK_SPACE,
+                        "key": recording_key(run_id),
+                    },
                 )
         except DBAPIError as exc:
             if getattr(exc.orig, "sqlstate", None) == LOCK_NOT_AVAILABLE:
