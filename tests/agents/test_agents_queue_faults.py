@@ -344,3 +344,30 @@ async def test_a_standalone_worker_outlives_a_postgres_outage_and_says_so(
         await nc.drain()
         await worker.stop()
     assert outcome.statuses() == {"RUN_STATUS_COMPLETED": 4}
+
+
+@pytest.mark.slow
+async def test_a_postgres_restart_while_a_node_runs_does_not_run_the_node_again(
+    own_postgres: OwnPostgres, tmp_path: Path
+) -> None:
+    """A pick-up checkpoints through one connection it holds; a PostgreSQL restart while a node
+    runs closes it. The node's checkpoint goes through a new one: the run carries on in the
+    same pick-up, each node executed once (a failed write would stop the pick-up and run the
+    node again from the last checkpoint)."""
+    postgres, settings = own_postgres.mesh("AMELIA_RUNS_NODE_RESTART", workers=0)
+    record, release = tmp_path / "record", tmp_path / "release"
+    steps = {"record": str(record), "release": str(release)}
+    async with running_agents(settings) as agents, worker_pools(settings, pools=1, loops=1):
+        api = agents.stub
+        run = await create_run(api, workflow="workflows/test-steps", input=steps)
+        deadline = time.monotonic() + 30
+        while not (record.exists() and "b " in record.read_text()):
+            assert time.monotonic() < deadline, "node b never started"
+            await asyncio.sleep(0.05)
+        await asyncio.to_thread(postgres.stop)
+        await asyncio.to_thread(postgres.start)
+        release.touch()
+        done = await wait_status(api, run.name, S.RUN_STATUS_COMPLETED, S.RUN_STATUS_FAILED)
+    assert done.status == S.RUN_STATUS_COMPLETED, done.error
+    assert [line.split()[0] for line in record.read_text().splitlines()] == ["a", "b", "c"]
+    assert done.attempt == 1
