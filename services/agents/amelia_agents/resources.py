@@ -76,12 +76,14 @@ async def _close_all(closers: list[Closer]) -> None:
             log.exception("closing failed", closer=getattr(closer, "__qualname__", repr(closer)))
 
 
-async def open_resources(
-    settings: Settings, client_name: str, checkpoint_pool_size: int | None = None
-) -> Resources:
+async def open_resources(settings: Settings, client_name: str) -> Resources:
     """Open everything in order; `client_name` names the NATS connection (`amelia-agents`,
     `amelia-agents-worker`). Plugins in AGENT_WORKFLOW_MODULES are loaded first, so a wrong
-    module name stops the start before anything is opened."""
+    module name stops the start before anything is opened.
+
+    The checkpoint pool has a connection for each worker loop on top of DATABASE_POOL_SIZE: a
+    pick-up holds one for its whole run (`checkpoints.for_pickup`), so AGENT_WORKERS loops
+    never leave the API's checkpoint reads (GetState, steps) waiting for the pool."""
     workflows.load_plugins(settings.AGENT_WORKFLOW_MODULES)
     closers: list[Closer] = []
     try:
@@ -89,7 +91,9 @@ async def open_resources(
         closers.append(engine.dispose)
         await wait_for_database(engine)
         await migrate(engine)
-        checkpoints, saver = await open_checkpointer(settings, max_size=checkpoint_pool_size)
+        checkpoints, saver = await open_checkpointer(
+            settings, max_size=settings.DATABASE_POOL_SIZE + max(settings.AGENT_WORKERS, 1)
+        )
         closers.append(checkpoints.close)
         nc = await connect_nats(settings, client_name)
         closers.append(nc.drain)
