@@ -8,6 +8,7 @@ worker).
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    Integer,
     Select,
     and_,
     bindparam,
@@ -22,7 +24,6 @@ from sqlalchemy import (
     func,
     insert,
     inspect,
-    literal,
     or_,
     select,
     text,
@@ -135,31 +136,56 @@ async def _read_run(conn: AsyncConnection, run_id: uuid.UUID) -> RunRow | None:
     return _run_row((await conn.execute(select(_RUNS).where(_RUNS.c.id == run_id))).first())
 
 
-def _recording_insert(row: RunRow, new_thread: bool) -> Insert:
-    """INSERT the run, FROM its recording lock taken (`pg_advisory_xact_lock`, a materialized
-    CTE the row is selected from, so it runs first), WITH the thread's INSERT (new) or its
-    update_time (existing): one round trip. A new thread's update_time is its create_time.
-    The foreign key to the thread is checked at the end of the statement, after both."""
+def _recording_insert(row: RunRow, new_thread: bool) -> tuple[Insert, dict[str, Any]]:
+    """CreateRun's one statement and its parameters (see `_recording_statement`)."""
     values = _set_values(row)
+    stamp = now()
+    params = {f"run_{key}": value for key, value in values.items()}
+    params.update(
+        lock_space=RECORDING_LOCK_SPACE,
+        lock_key=recording_key(row.id),
+        thread_id=row.thread_id,
+        thread_time=stamp,
+    )
+    if new_thread:
+        params["thread_metadata"] = {}
+    return _recording_statement(tuple(values), new_thread), params
+
+
+@functools.lru_cache(maxsize=16)
+def _recording_statement(columns: tuple[str, ...], new_thread: bool) -> Insert:
+    """INSERT the run's `columns`, FROM its recording lock taken (`pg_advisory_xact_lock`, a
+    materialized CTE the row is selected from, so it runs first), WITH the thread's INSERT
+    (new; its update_time is its create_time) or its update_time (existing): one round trip.
+    The run's foreign key to the thread is checked at the end of the statement, after both.
+    Built once per set of columns (building it cost more CPU than sending it)."""
     locked = (
         select(
-            func.pg_advisory_xact_lock(RECORDING_LOCK_SPACE, recording_key(row.id)).label("held")
+            func.pg_advisory_xact_lock(
+                bindparam("lock_space", type_=Integer), bindparam("lock_key", type_=Integer)
+            ).label("held")
         )
         .cte("recording_lock")
         .prefix_with("MATERIALIZED")
     )
     source = select(
-        *(literal(value, _RUNS.c[key].type).label(key) for key, value in values.items())
+        *(bindparam(f"run_{key}", type_=_RUNS.c[key].type).label(key) for key in columns)
     ).select_from(locked)
     threads = ThreadRow.__table__
-    stamp = now()
     thread_change = (
-        insert(threads).values(id=row.thread_id, metadata={}, create_time=stamp, update_time=stamp)
+        insert(threads).values(
+            id=bindparam("thread_id"),
+            metadata=bindparam("thread_metadata"),
+            create_time=bindparam("thread_time"),
+            update_time=bindparam("thread_time"),
+        )
         if new_thread
-        else update(threads).where(threads.c.id == row.thread_id).values(update_time=stamp)
+        else update(threads)
+        .where(threads.c.id == bindparam("thread_id"))
+        .values(update_time=bindparam("thread_time"))
     )
     return (
-        insert(_RUNS).from_select(list(values), source).add_cte(thread_change.cte("thread_change"))
+        insert(_RUNS).from_select(list(columns), source).add_cte(thread_change.cte("thread_change"))
     )
 
 
@@ -319,7 +345,7 @@ class Store:
         # statements, on the way to the run's first token). Each statement was a round trip.
         try:
             async with self.engine.begin() as conn:
-                await conn.execute(_recording_insert(row, new_thread))
+                await conn.execute(*_recording_insert(row, new_thread))
                 if before_commit is not None:
                     await before_commit()
         except IntegrityError as exc:
