@@ -133,7 +133,7 @@ async def test_a_live_batch_holds_only_while_events_keep_arriving(
     the next one) holds its batch for `hold`, gathering what arrives meanwhile, in order; an
     event with nothing behind it is returned at once, however long the hold. (The hold here is
     long enough for any machine, and far longer than the test allows a lone event.)"""
-    hold = 2.0
+    hold = 5.0
     async with events.log.read([], resource, StartAt.new()) as reader:
         await reader.open()
         first = await publish(events.stub, "test.live", resource, k=0)
