@@ -227,3 +227,57 @@ async def test_status_reports_every_service_and_dependency(mesh: Mesh) -> None:
         "postgres": "SERVING",
     }
     assert status["nats"] == "SERVING" and status["postgres"] == "SERVING"
+
+
+def _message_fields(descriptor: Any) -> set[str]:
+    """The JSON names of a message's fields outside a oneof (those always in a response)."""
+    return {f.json_name for f in descriptor.fields if f.containing_oneof is None}
+
+
+async def test_responses_carry_every_field_unset_messages_as_null(mesh: Mesh) -> None:
+    """grpc-gateway's EmitUnpopulated: a client reads `run.output` or `run.startTime` of a
+    queued run without checking that the key exists."""
+    from amelia.v1 import agents_pb2
+
+    http = mesh.http
+    agent = await _agent(http, "offline:echo?delay_ms=20")
+    created = await http.post(
+        "/v1/runs", json={"run": {"agent": agent, "input": {"message": "hi"}}}
+    )
+    assert created.status_code == 200, created.text
+    run = created.json()["run"]
+    assert _message_fields(agents_pb2.Run.DESCRIPTOR) <= set(run), run
+    assert run["agent"] == agent and "workflow" not in run  # the unset side of a oneof: absent
+    assert run["output"] is None or isinstance(run["output"], dict), run
+    for name in ("startTime", "endTime", "duration", "timeout"):
+        assert run[name] is None or isinstance(run[name], str), run
+    queued = (await http.get(f"/v1/{run['name']}")).json()["run"]
+    assert _message_fields(agents_pb2.Run.DESCRIPTOR) <= set(queued)
+    listed = (await http.get("/v1/runs", params={"agent": agent})).json()
+    assert set(listed) == {"runs", "nextPageToken"}
+    assert all(_message_fields(agents_pb2.Run.DESCRIPTOR) <= set(r) for r in listed["runs"])
+    empty = (await http.get("/v1/runs", params={"agent": "agents/nobody-has-this"})).json()
+    assert empty == {"runs": [], "nextPageToken": ""}
+
+
+async def test_an_update_mask_is_taken_as_grpc_gateway_takes_it(mesh: Mesh) -> None:
+    """`updateMask` as proto JSON writes a FieldMask (a comma-separated string of lowerCamelCase
+    paths), or as a list of lowerCamelCase or snake_case paths."""
+    http = mesh.http
+    agent = await _agent(http, "offline:echo")
+    for mask, tokens in (
+        ("maxTokens,displayName", 11),
+        (["maxTokens", "displayName"], 12),
+        (["max_tokens", "display_name"], 13),
+    ):
+        reply = await http.patch(
+            f"/v1/{agent}",
+            json={"agent": {"maxTokens": tokens, "displayName": f"n{tokens}"}, "updateMask": mask},
+        )
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["agent"]["maxTokens"] == tokens
+        assert reply.json()["agent"]["displayName"] == f"n{tokens}"
+    refused = await http.patch(
+        f"/v1/{agent}", json={"agent": {"maxTokens": 3}, "updateMask": "maxTokenz"}
+    )
+    assert refused.status_code == 400 and "max_tokenz" in refused.json()["message"], refused.text

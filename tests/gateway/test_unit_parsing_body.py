@@ -118,11 +118,57 @@ def test_a_body_that_does_not_fit_says_which_field_and_why(
         assert noise not in got, got
 
 
-def test_a_query_value_that_does_not_fit_says_it_came_from_the_query() -> None:
+@pytest.mark.parametrize(
+    ("items", "message"),
+    [
+        (
+            [("startTime", "soon")],
+            "query parameter 'startTime': must be an RFC 3339 time like"
+            ' "2026-01-01T00:00:00Z", got "soon"',
+        ),
+        (
+            [("pageSize", "3"), ("afterSequence", "-1")],
+            "query parameter 'afterSequence': must be an integer from 0 to",
+        ),
+        (
+            [("pageSize", "99999999999")],
+            "query parameter 'pageSize': must be an integer from -2147483648 to 2147483647,"
+            ' got "99999999999"',
+        ),
+        (
+            [("page_size", "99999999999")],
+            "query parameter 'page_size': must be an integer from -2147483648",
+        ),
+        ([("pageSize", "lots")], "query parameter 'pageSize': must be an integer from"),
+    ],
+)
+def test_a_query_value_that_does_not_fit_is_named_as_the_client_wrote_it(
+    items: list[tuple[str, str]], message: str
+) -> None:
+    """One parameter, one name in every error about it: the key the client sent."""
     with pytest.raises(GatewayError) as refused:
-        build_request(
-            events_pb2.ListEventsRequest, body=None, query=[("startTime", "soon")], path={}
+        build_request(events_pb2.ListEventsRequest, body=None, query=items, path={})
+    assert refused.value.message.startswith(message), refused.value.message
+
+
+@pytest.mark.parametrize(
+    "mask",
+    [
+        ["maxTokens", "displayName"],
+        ["max_tokens", "display_name"],
+        ["maxTokens", "display_name"],
+        "maxTokens,displayName",
+        "max_tokens, display_name",
+    ],
+)
+def test_an_update_mask_is_taken_in_camel_or_snake_case_as_a_list_or_a_string(mask: Any) -> None:
+    """grpc-gateway takes a FieldMask as one comma-separated string of lowerCamelCase paths;
+    the services read a list of the proto's snake_case names."""
+    for key in ("updateMask", "update_mask"):
+        request = build_request(
+            agents_pb2.UpdateAgentRequest,
+            body={"agent": {"displayName": "x"}, key: mask},
+            query=[],
+            path={"agent.name": "agents/a"},
         )
-    assert refused.value.message.startswith(
-        'query string: start_time: must be an RFC 3339 time like "2026-01-01T00:00:00Z", got "soon"'
-    ), refused.value.message
+        assert list(request.update_mask) == ["max_tokens", "display_name"]  # type: ignore[attr-defined]

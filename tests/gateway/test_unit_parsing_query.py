@@ -69,7 +69,8 @@ def test_query_pairs_become_the_requests_fields(
 
 REFUSED: list[tuple[Descriptor, list[tuple[str, str]], set[str], str]] = [
     (RUNS, [("nope", "1")], set(), "unknown query parameter 'nope'"),
-    (RUNS, [("page_size", "x")], set(), "'page_size': expected an integer, got 'x'"),
+    (RUNS, [("page_size", "x")], set(), "'page_size': must be an integer from -2147483648"),
+    (RUNS, [("pageSize", "lots")], set(), "'pageSize': must be an integer from -2147483648"),
     (RUNS, [("statuses", "BOGUS")], set(), "'BOGUS' is not one of RUN_STATUS_UNSPECIFIED"),
     (RUNS, [("page_size", "1"), ("page_size", "2")], set(), "'page_size' is given more than once"),
     (RUNS, [("page_size[a]", "1")], set(), "'page_size' is not a map"),

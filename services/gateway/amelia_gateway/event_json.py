@@ -9,7 +9,8 @@ every rule of proto JSON as `MessageToDict` applies them, so the two agree byte 
 (tests/gateway/test_unit_event_json.py checks them on a table of hostile events):
 
 - field order: the fields that are set, by field number, then the unset ones without presence
-  (`always_print_fields_with_no_presence`) with their default: an empty string, "0";
+  (`always_print_fields_with_no_presence`) with their default: an empty string, "0", then the
+  unset message fields (`time`, `data`) as null (`to_json`'s emit-unpopulated);
 - `sequence` (uint64) as a quoted decimal; `time` as RFC 3339 with 0, 3, 6 or 9 fractional
   digits; `data` (a Struct) as its JSON, numbers as Python floats print (`42.0`), keys in the
   map's own order;
@@ -58,18 +59,23 @@ def _event(event: events_pb2.Event) -> str:
         ("subject", event.subject),
     ):
         (set_fields if value else defaults).append(f'"{name}":{encode_basestring(value)}')
+    unset: list[str] = []  # message fields, written null after the defaults (`to_json`'s order)
     if event.HasField("time"):
         set_fields.append(f'"time":"{_time(event.time.seconds, event.time.nanos)}"')
+    else:
+        unset.append('"time":null')
     if event.HasField("data"):
         parts: list[str] = ['"data":']
         _struct(event.data, parts)
         set_fields.append("".join(parts))
+    else:
+        unset.append('"data":null')
     (set_fields if event.sequence else defaults).append(f'"sequence":"{event.sequence}"')
     if event.correlation_id:
         set_fields.append(f'"correlationId":{encode_basestring(event.correlation_id)}')
     else:
         defaults.append('"correlationId":""')
-    return "{" + ",".join(set_fields + defaults) + "}"
+    return "{" + ",".join(set_fields + defaults + unset) + "}"
 
 
 def _time(seconds: int, nanos: int) -> str:

@@ -262,7 +262,9 @@ def _query_scalar(field: FieldDescriptor, value: str, key: str) -> Any:
         return value
     if field.type in _INT_TYPES:
         if not value.lstrip("-").isdigit():
-            raise invalid(f"query parameter {key!r}: expected an integer, got {value!r}")
+            raise invalid(
+                f"query parameter {key!r}: must be {_expected(field, value, True)}, got {_shown(value)}"
+            )
         return value
     if field.type == FieldDescriptor.TYPE_MESSAGE:
         full_name = msg_type(field).full_name
@@ -358,25 +360,115 @@ def build_request(
 ) -> Message:
     """The request message for an HTTP request: body, then query, then path variables."""
     message = message_cls()
+    descriptor = cast(Descriptor, message_cls.DESCRIPTOR)
     if body:
-        parse_into(message, body, "request body")
+        parse_into(message, _field_masks(descriptor, body), "request body")
     query_items = list(query)
     if query_items:
-        values = query_to_dict(cast(Descriptor, message_cls.DESCRIPTOR), query_items, set(path))
+        values = query_to_dict(descriptor, query_items, set(path))
         from_query = message_cls()
-        parse_into(from_query, values, "query string")
+        try:
+            parse_into(from_query, values, "query string")
+        except GatewayError:
+            _refuse_query_parameter(message_cls, query_items, set(path))
+            raise
         message.MergeFrom(from_query)
     for field_path, value in path.items():
         set_path_field(message, field_path, value)
     return message
 
 
+# A value's JSON path at the start of a parse error: `page_size: must be …`, `filter.types[1]: …`.
+_PROBLEM_PATH = re.compile(r"^[\w.\[\]]+: ")
+
+
+def _refuse_query_parameter(
+    message_cls: type[Message], items: list[tuple[str, str]], bound: set[str]
+) -> None:
+    """Raise the error of the first query parameter that does not fit, named as the client
+    wrote it (`query parameter 'pageSize': must be …`), as the query's own checks name it."""
+    descriptor = cast(Descriptor, message_cls.DESCRIPTOR)
+    for key, value in items:
+        try:
+            parse_into(message_cls(), query_to_dict(descriptor, [(key, value)], bound), "")
+        except GatewayError as exc:
+            problem = _PROBLEM_PATH.sub("", exc.message.removeprefix(": "), count=1)
+            raise invalid(f"query parameter {key!r}: {problem}") from None
+
+
+# lowerCamelCase -> snake_case, one path segment at a time (`maxTokens` -> `max_tokens`).
+_UPPER = re.compile(r"[A-Z]")
+
+
+def _field_masks(descriptor: Descriptor, body: Mapping[str, Any]) -> Mapping[str, Any]:
+    """`body` with its update masks (a `repeated string ..._mask` field of the request, as in
+    UpdateAgentRequest) in the form the services read: a list of snake_case paths. A client may
+    send the FieldMask's proto JSON form, as grpc-gateway takes it — one string of
+    comma-separated lowerCamelCase paths (`"maxTokens,displayName"`) — or a list, of
+    lowerCamelCase or snake_case paths."""
+    changed: dict[str, Any] | None = None
+    for field in descriptor.fields:
+        if not (
+            field.name.endswith("_mask")
+            and is_repeated(field)
+            and field.type == FieldDescriptor.TYPE_STRING
+        ):
+            continue
+        for key in {field.json_name, field.name}:
+            value = body.get(key)
+            if isinstance(value, str):
+                value = [part.strip() for part in value.split(",") if part.strip()]
+            if isinstance(value, list):
+                changed = changed if changed is not None else dict(body)
+                changed[key] = [
+                    _UPPER.sub(lambda m: "_" + m.group().lower(), path)
+                    if isinstance(path, str)
+                    else path
+                    for path in value
+                ]
+    return changed if changed is not None else body
+
+
 def to_json(message: Message) -> dict[str, Any]:
-    """Proto JSON with lowerCamelCase names and unpopulated fields present (grpc-gateway's)."""
+    """Proto JSON with lowerCamelCase names and every field present, as grpc-gateway's
+    `EmitUnpopulated` writes it: scalars with their default, lists `[]`, maps `{}`, and an unset
+    message field `null` (a client reads `run.output` without checking it exists). Fields of a
+    oneof are left out when unset, as protojson does."""
     data: dict[str, Any] = json_format.MessageToDict(
         message, always_print_fields_with_no_presence=True
     )
+    _add_unset_messages(message, data)
     return data
+
+
+def _add_unset_messages(message: Message, data: dict[str, Any]) -> None:
+    """Write the unset message fields of `message` (and of the messages in it) as null into its
+    proto JSON `data`; `always_print_fields_with_no_presence` leaves them out."""
+    for field in cast(Descriptor, message.DESCRIPTOR).fields:
+        if field.type != FieldDescriptor.TYPE_MESSAGE or field.containing_oneof is not None:
+            continue
+        name = field.json_name
+        if is_map(field):
+            value_field = msg_type(field).fields_by_name["value"]
+            if _has_fields(value_field):
+                for key, item in getattr(message, field.name).items():
+                    _add_unset_messages(item, data[name][str(key)])
+        elif is_repeated(field):
+            if _has_fields(field):
+                for item, item_data in zip(getattr(message, field.name), data[name], strict=True):
+                    _add_unset_messages(item, item_data)
+        elif not message.HasField(field.name):
+            data[name] = None
+        elif _has_fields(field):
+            _add_unset_messages(getattr(message, field.name), data[name])
+
+
+def _has_fields(field: FieldDescriptor) -> bool:
+    """Whether a message field's JSON is an object of its fields (not a well-known type's
+    own form: Struct, Timestamp, wrappers, …)."""
+    return field.type == FieldDescriptor.TYPE_MESSAGE and not msg_type(field).full_name.startswith(
+        "google.protobuf."
+    )
 
 
 def to_json_text(message: Message) -> str:

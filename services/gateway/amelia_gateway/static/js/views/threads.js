@@ -8,7 +8,7 @@ import { ACTIVE_STATUSES, statusBadge } from "../runstatus.js";
 const PAGE_SIZE = 25;
 
 function messageOf(value) {
-  if (!value || typeof value !== "object") return value === undefined ? "" : String(value);
+  if (!value || typeof value !== "object") return value === undefined || value === null ? "" : String(value);
   for (const key of ["message", "question", "plan", "design", "result"]) {
     if (typeof value[key] === "string" && value[key]) return value[key];
   }
