@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+from typing import Any
 
 import numpy as np
 from rag_helpers import CountingModel
@@ -54,23 +56,45 @@ async def test_long_document_reports_progress_before_its_result(
         await embedder.aclose()
 
 
-async def test_queries_go_before_queued_passages(counting_model: CountingModel) -> None:
-    embedder = small_batches(counting_model)
+class GatedModel:
+    """The real model, whose calls of several texts (passages, not a query) wait at a gate the
+    test opens: an indexing call held in flight for as long as the test needs."""
+
+    def __init__(self, model: CountingModel) -> None:
+        self.model = model
+
+    def encode(self, sentences: list[str], **kwargs: Any) -> Any:
+        if len(sentences) > 1:
+            _ENTERED.set()
+            _GATE.wait(60)
+        return self.model.encode(sentences, **kwargs)
+
+    def get_embedding_dimension(self) -> int:
+        return self.model.get_embedding_dimension()
+
+
+# Module-level: the query's copy of the model (a deep copy) shares them.
+_GATE = threading.Event()
+_ENTERED = threading.Event()
+
+
+async def test_a_query_does_not_wait_for_an_encode_call_in_flight(
+    counting_model: CountingModel,
+) -> None:
+    embedder = LocalEmbedder(GatedModel(counting_model), batch_size=4, name="test", dimension=384)
+    _GATE.clear()
+    _ENTERED.clear()
     try:
-        order: list[str] = []
-
-        async def passages() -> None:
-            await embedder.embed([f"passage {i}" for i in range(64)])
-            order.append("passages")
-
-        async def query() -> None:
-            await asyncio.sleep(0)  # the passages are queued first
-            await embedder.embed_query("what is a passage?")
-            order.append("query")
-
-        await asyncio.gather(passages(), query())
-        assert order == ["query", "passages"]
+        passages = asyncio.create_task(embedder.embed([f"passage {i}" for i in range(64)]))
+        assert await asyncio.to_thread(_ENTERED.wait, 60), "no encode call started"
+        query = await asyncio.wait_for(embedder.embed_query("what is a passage?"), 60)
+        assert not passages.done(), "the passages' call was not held"
+        expected = counting_model.model.encode(["what is a passage?"], normalize_embeddings=True)
+        assert np.allclose(query, expected[0], atol=1e-5)
+        _GATE.set()
+        assert (await passages).shape == (64, 384)
     finally:
+        _GATE.set()
         await embedder.aclose()
 
 

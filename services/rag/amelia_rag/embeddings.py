@@ -7,12 +7,16 @@ re-indexes unchanged files).
 
 The local model runs on one worker thread behind `EncodeBatcher`, which packs the passages of
 every document being ingested at the same time into shared `model.encode` calls, so the gRPC
-event loop never waits on the CPU and concurrent ingests share batches. Queries jump the queue.
+event loop never waits on the CPU and concurrent ingests share batches. Queries do not queue
+behind them at all: they are encoded on a thread of their own by a copy of the model (one call
+of passages takes seconds on a busy machine, and a search waited for it; the copy because a
+Hugging Face fast tokenizer must not be used by two threads at once).
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -132,7 +136,7 @@ class EncodeBatcher:
     """Packs texts from concurrent requests into shared encode calls on one worker thread.
 
     Each call takes up to `call_size` texts, round-robin across the waiting requests so a long
-    document does not starve short ones; priority requests (queries) go first.
+    document does not starve short ones.
     """
 
     encode: Callable[[list[str]], np.ndarray]
@@ -146,9 +150,7 @@ class EncodeBatcher:
     )
     _closed: bool = False
 
-    async def submit(
-        self, texts: Sequence[str], on_progress: Progress | None = None, *, priority: bool = False
-    ) -> np.ndarray:
+    async def submit(self, texts: Sequence[str], on_progress: Progress | None = None) -> np.ndarray:
         if self._closed:
             raise EmbeddingUnavailableError("the embedding model is shut down")
         if not texts:
@@ -160,10 +162,7 @@ class EncodeBatcher:
             future=loop.create_future(),
             on_progress=on_progress,
         )
-        if priority:
-            self._pending.appendleft(request)
-        else:
-            self._pending.append(request)
+        self._pending.append(request)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="amelia-embed-batcher")
         self._wakeup.set()
@@ -268,14 +267,27 @@ class EncodeBatcher:
 class LocalEmbedder:
     """sentence-transformers on CPU, behind an `EncodeBatcher`."""
 
-    def __init__(self, model: EncodeModel, *, batch_size: int, name: str, dimension: int) -> None:
+    def __init__(
+        self,
+        model: EncodeModel,
+        *,
+        batch_size: int,
+        name: str,
+        dimension: int,
+        query_model: EncodeModel | None = None,
+    ) -> None:
         self.model = model
         self.batch_size = batch_size
         self.dimension = dimension
         self._name = name
         # Several model batches per call: encode() sorts by length inside a call, so bigger
         # calls pad less; progress is reported once per call.
-        self._batcher = EncodeBatcher(self._encode, dimension, call_size=batch_size * 4)
+        self._batcher = EncodeBatcher(
+            lambda texts: self._encode(self.model, texts), dimension, call_size=batch_size * 4
+        )
+        self._query_model = copy.deepcopy(model) if query_model is None else query_model
+        self._query_thread = ThreadPoolExecutor(1, thread_name_prefix="amelia-embed-query")
+        self._closed = False
 
     @classmethod
     def from_model(cls, model: EncodeModel, settings: Settings) -> LocalEmbedder:
@@ -296,8 +308,8 @@ class LocalEmbedder:
     def signature(self) -> str:
         return f"local:{self._name}:{self.dimension}"
 
-    def _encode(self, texts: list[str]) -> np.ndarray:
-        vectors = self.model.encode(
+    def _encode(self, model: EncodeModel, texts: list[str]) -> np.ndarray:
+        vectors = model.encode(
             texts,
             batch_size=self.batch_size,
             normalize_embeddings=True,
@@ -311,12 +323,24 @@ class LocalEmbedder:
             return await self._batcher.submit(texts, on_progress)
 
     async def embed_query(self, text: str) -> np.ndarray:
+        if self._closed:
+            raise EmbeddingUnavailableError("the embedding model is shut down")
+        loop = asyncio.get_running_loop()
         with telemetry.span("embed query", **{"amelia.embedding.texts": 1}):
-            vectors = await self._batcher.submit([text], priority=True)
+            try:
+                vectors = await loop.run_in_executor(
+                    self._query_thread, self._encode, self._query_model, [text]
+                )
+            except Exception as exc:
+                log.exception("embedding a query failed")
+                raise EmbeddingUnavailableError(f"embedding failed: {exc}") from exc
+        metrics.EMBEDDED_CHUNKS.inc()
         return vectors[0]
 
     async def aclose(self) -> None:
+        self._closed = True
         await self._batcher.aclose()
+        self._query_thread.shutdown(wait=False, cancel_futures=True)
 
 
 # OpenAI-compatible endpoint ----------------------------------------------------------------
