@@ -1,4 +1,5 @@
-"""What a search returns: distinct passages, any-term keyword matches ranked by rarity."""
+"""What a search returns: distinct passages, windows of a section in reading order, any-term
+keyword matches ranked by rarity."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import uuid
 from rag_helpers import Rag
 
 from amelia.v1 import rag_pb2
-from amelia_rag.search import Hit, distinct
+from amelia_rag.search import Hit, distinct, reading_order
 
 TEXT = "".join(f"Sentence {i} of the long section about compaction. " for i in range(60))
 
@@ -58,6 +59,31 @@ def test_overlapping_passages_of_two_sections_merge_and_other_documents_are_kept
         (other, 100, 600),
         (DOC, 600, 900),
     ]
+
+
+def _ranked(*hits: Hit) -> list[Hit]:
+    for rank, hit in enumerate(hits):
+        hit.score = 1.0 - rank / 10
+    return list(hits)
+
+
+def test_a_sections_opening_ranked_right_below_a_later_window_reads_first() -> None:
+    later, opening, other = _hit(1600, 2400, section=3), _hit(0, 800, section=3), _hit(0, 500)
+    hits = reading_order(_ranked(later, opening, other))
+    assert [(h.start_offset, h.section) for h in hits] == [(0, 3), (1600, 3), (0, 0)]
+    assert [h.score for h in hits] == [1.0, 0.9, 0.8]  # the ranks keep their scores
+
+
+def test_windows_of_other_sections_or_documents_or_further_down_keep_their_ranks() -> None:
+    elsewhere = uuid.uuid4()
+    cases = [
+        [_hit(1600, 2400, section=3), _hit(0, 800, section=2)],
+        [_hit(1600, 2400, section=3), _hit(0, 800, section=3, document=elsewhere)],
+        [_hit(1600, 2400, section=3), _hit(900, 1400, section=4), _hit(0, 800, section=3)],
+        [_hit(0, 800, section=3), _hit(1600, 2400, section=3)],
+    ]
+    for hits in cases:
+        assert reading_order(_ranked(*hits)) == hits
 
 
 async def test_keyword_search_matches_any_term_and_ranks_rare_terms_first(rag: Rag) -> None:
