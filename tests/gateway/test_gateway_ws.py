@@ -235,13 +235,18 @@ async def test_bad_messages_get_errors_and_the_socket_stays_usable(
     subject = new_subject()
     await client.subscribe("ok", filter={"subject": subject})
     await client.send({"type": "subscribe", "id": "ok", "filter": {"subject": subject}})
-    assert "already exists" in (await client.recv_type("error"))["error"]["message"]
+    reply = await client.recv_type("error")
+    assert "subscribe refused" in reply["error"]["message"], reply
+    assert "already exists" in reply["error"]["message"], reply
+    # Not final: the subscription "ok" goes on, a client must not drop it.
+    assert reply["subscription"] == "ok" and reply["final"] is False, reply
     # The 101st subscription of a socket: RESOURCE_EXHAUSTED, and the socket goes on.
     for i in range(1, MAX_SUBSCRIPTIONS):
         await client.subscribe(i, filter={"subject": subject})
     await client.send({"type": "subscribe", "id": "one-too-many", "filter": {"subject": subject}})
     reply = await client.recv_type("error")
     assert reply["subscription"] == "one-too-many" and reply["error"]["code"] == 8, reply
+    assert reply["final"] is True  # no subscription of that id runs
     assert "at most 100 subscriptions" in reply["error"]["message"]
     for i in range(1, MAX_SUBSCRIPTIONS):
         await client.send({"type": "unsubscribe", "id": i})

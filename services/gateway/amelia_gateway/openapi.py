@@ -150,10 +150,18 @@ class SchemaBuilder:
         else:
             schema = self.single(field)
         doc = _doc(field.full_name) if with_doc else {}
-        if doc and "$ref" in schema:
+        # A message field outside a oneof is written null when unset (transcode.to_json).
+        nullable = (
+            {"nullable": True}
+            if field.type == FieldDescriptor.TYPE_MESSAGE
+            and not is_repeated(field)
+            and field.containing_oneof is None
+            else {}
+        )
+        if (doc or nullable) and "$ref" in schema:
             # OpenAPI 3.0 ignores siblings of $ref; wrap to keep the field's description.
-            return {"allOf": [schema], **doc}
-        return {**schema, **doc}
+            return {"allOf": [schema], **nullable, **doc}
+        return {**schema, **nullable, **doc}
 
     def message(self, descriptor: Descriptor) -> dict[str, Any]:
         properties = {f.json_name: self.field(f) for f in descriptor.fields}

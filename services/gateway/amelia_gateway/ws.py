@@ -467,12 +467,17 @@ class Connection:
             self._refuse(message_id, internal(f"client {self.id}"))
 
     def _refuse(self, message_id: Any, error: GatewayError) -> None:
+        """Answer a refused message. `final` is about the subscription the error names: true
+        when no subscription of that id runs (the refused subscribe never started), false when
+        one does and goes on (a second subscribe with its id): a client that drops a subscription
+        on a final error must not drop a live one."""
+        valid = _valid_id(message_id)
         self.send_control(
             {
                 "type": "error",
-                "subscription": message_id if _valid_id(message_id) else None,
+                "subscription": message_id if valid else None,
                 "error": status_body(error.code, error.message),
-                "final": True,
+                "final": not (valid and _key(message_id) in self.subscriptions),
             }
         )
 
@@ -486,7 +491,10 @@ class Connection:
                 f"subscribe needs an 'id': a string (1-{MAX_ID_LENGTH} chars) or an integer"
             )
         if _key(sub_id) in self.subscriptions:
-            raise ProtocolError(f"subscription {_shown(sub_id)} already exists; unsubscribe first")
+            raise ProtocolError(
+                f"subscribe refused: subscription {_shown(sub_id)} already exists and goes on;"
+                " use another id, or unsubscribe it first"
+            )
         if len(self.subscriptions) >= MAX_SUBSCRIPTIONS:
             raise GatewayError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
