@@ -156,6 +156,9 @@ class Settings(BaseSettings):
     RUN_MAX_ATTEMPTS: int = Field(default=5, ge=1)
     # First wait before retrying a transient LLM error; doubles on each retry.
     LLM_RETRY_BACKOFF_SECONDS: float = Field(default=0.5, ge=0)
+    # How long a model server that cannot be reached (refused, reset, cut mid-reply, loading)
+    # is tried again before the call fails: covers a supervised restart of the local server.
+    LLM_RECONNECT_SECONDS: float = Field(default=30, ge=0)
     # Extra Python modules imported at start that register workflows (plugins).
     AGENT_WORKFLOW_MODULES: Annotated[list[str], NoDecode] = []
     # The run reconciler: every RUN_SWEEP_INTERVAL_SECONDS it re-queues each run left QUEUED or

@@ -29,6 +29,7 @@ from amelia_agents.llm.base import (
     Usage,
 )
 from amelia_agents.llm.offline import OfflineModel
+from amelia_agents.llm.reconnect import Patience
 from amelia_common.settings import Settings
 
 __all__ = [
@@ -102,18 +103,19 @@ def get_model(model: str, settings: Settings) -> ChatModel:
     spec = parse_model(model)
     if spec.provider == "offline":
         return OfflineModel(spec.model)
+    patience = Patience(settings.LLM_RECONNECT_SECONDS, settings.LLM_RETRY_BACKOFF_SECONDS)
     if spec.provider == "anthropic":
         key = settings.ANTHROPIC_API_KEY.get_secret_value()
         base = settings.ANTHROPIC_BASE_URL
         client = _cached(
             ("anthropic", key, base), lambda: anthropic_provider.make_client(key, base)
         )
-        return anthropic_provider.AnthropicModel(spec.model, client)
+        return anthropic_provider.AnthropicModel(spec.model, client, patience)
     if spec.provider == "local":
         base = settings.local_model_url
         # Local servers need no key: none of the provider keys is sent there.
         client = _cached(("local", base), lambda: openai_provider.make_client(base, "not-needed"))
-        return local_provider.LocalModel(spec.model, client, base)
+        return local_provider.LocalModel(spec.model, client, base, patience)
     base = spec.base_url or openai_provider.DEFAULT_BASE_URL
     key = openai_provider.api_key_for(
         base,
@@ -121,4 +123,4 @@ def get_model(model: str, settings: Settings) -> ChatModel:
         settings.OPENROUTER_API_KEY.get_secret_value(),
     )
     client = _cached(("openai", key, base), lambda: openai_provider.make_client(base, key))
-    return openai_provider.OpenAIModel(spec.model, client)
+    return openai_provider.OpenAIModel(spec.model, client, patience)

@@ -23,6 +23,7 @@ from amelia_agents.llm.base import (
     Usage,
     transient_status,
 )
+from amelia_agents.llm.reconnect import Patience, UnreachableModelError, resumed
 
 _TRANSIENT_TYPES = {"overloaded_error", "api_error", "rate_limit_error", "timeout_error"}
 
@@ -30,7 +31,7 @@ _TRANSIENT_TYPES = {"overloaded_error", "api_error", "rate_limit_error", "timeou
 def translate_error(exc: Exception) -> ModelError:
     """An SDK exception as a `ModelError` whose message a person understands."""
     if isinstance(exc, anthropic.APIConnectionError):
-        return TransientModelError(f"anthropic: cannot reach the API: {exc}")
+        return UnreachableModelError(f"anthropic: cannot reach the API: {exc}")
     if isinstance(exc, anthropic.APIStatusError):
         body: Any = exc.body
         error = body.get("error", {}) if isinstance(body, dict) else {}
@@ -83,7 +84,18 @@ def to_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
 class AnthropicModel(SdkModel[anthropic.AsyncAnthropic]):
     provider = "anthropic"
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+    def __init__(
+        self, model: str, client: anthropic.AsyncAnthropic, patience: Patience = Patience()
+    ) -> None:
+        super().__init__(model, client)
+        self.patience = patience
+        self.server = f"anthropic: the API at {str(client.base_url).rstrip('/')}"
+
+    def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        """The reply, streamed, waiting for the API if it cannot be reached (`llm.reconnect`)."""
+        return resumed(lambda: self.stream_once(request), self.server, self.patience)
+
+    async def stream_once(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         kwargs: dict[str, Any] = {
             "model": self.model,
             "max_tokens": request.max_tokens,

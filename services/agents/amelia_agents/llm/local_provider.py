@@ -44,11 +44,14 @@ from amelia_agents.llm.base import (
     TransientModelError,
 )
 from amelia_agents.llm.openai_provider import OpenAIModel
+from amelia_agents.llm.reconnect import Patience, UnreachableModelError, resumed
 
 # Ids of the calls found in a reply's text; their results go back as text.
 CONTENT_CALL_PREFIX = "content-call-"
 # The key of a reply that answers instead of calling a tool (see `reply_schema`).
 ANSWER_KEY = "answer"
+# Statuses of a llama.cpp server that is (re)starting: 503 while it loads its model.
+LOADING = frozenset({502, 503, 504})
 _FENCE = re.compile(r"^```[A-Za-z]*\s*(.*?)\s*```$", re.DOTALL)
 _TAG = re.compile(r"^<([A-Za-z_][\w-]*)>\s*(.*?)\s*</\1>$", re.DOTALL)
 
@@ -165,22 +168,35 @@ def fold_tool_results(request: ChatRequest) -> ChatRequest:
 class LocalModel:
     """A model served by the local llama.cpp server, with the small-model tool handling above."""
 
-    def __init__(self, model: str, client: openai.AsyncOpenAI, base_url: str) -> None:
+    def __init__(
+        self,
+        model: str,
+        client: openai.AsyncOpenAI,
+        base_url: str,
+        patience: Patience = Patience(),
+    ) -> None:
         self.name = f"local:{model}"
         self.model = served_name(model)
         self.client = client
         self.base_url = base_url
-        self.inner = OpenAIModel(self.model, client)
+        self.patience = patience
+        # Errors say `local:` as the user wrote it; a 503 is llama.cpp loading its model.
+        self.inner = OpenAIModel(
+            self.model, client, label="local", what="the local model server", restarting=LOADING
+        )
 
     async def _check_served(self) -> None:
         try:
             page = await self.client.models.list()
         except openai.APIConnectionError as exc:
-            raise TransientModelError(
+            raise UnreachableModelError(
                 f"local: the local model server at {self.base_url} is not answering ({exc}); "
                 "'amelia up' starts it (LOCAL_MODEL), or set LOCAL_MODEL_URL to a running "
                 "llama.cpp server"
             ) from exc
+        except openai.APIStatusError as exc:
+            error = UnreachableModelError if exc.status_code in LOADING else TransientModelError
+            raise error(f"local: {self.base_url}: {exc}") from exc
         except openai.OpenAIError as exc:
             raise TransientModelError(f"local: {self.base_url}: {exc}") from exc
         served = list(
@@ -196,11 +212,17 @@ class LocalModel:
                 f"local:{served[0] if served else '<model>'}"
             )
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+    def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        """The reply, streamed; a server restarting meanwhile is waited for and the reply
+        resumed (`llm.reconnect`)."""
+        server = f"local: the local model server at {self.base_url}"
+        return resumed(lambda: self.stream_once(request), server, self.patience)
+
+    async def stream_once(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         await self._check_served()
         request = fold_tool_results(request)
         if not request.tools:
-            async for chunk in self.inner.stream(request):
+            async for chunk in self.inner.stream_once(request):
                 yield chunk
             return
         constrained = replace(
@@ -218,7 +240,7 @@ class LocalModel:
             }
         }
         held: list[str] = []
-        async for chunk in self.inner.stream(constrained, options):
+        async for chunk in self.inner.stream_once(constrained, options):
             if chunk.text:
                 held.append(chunk.text)
             else:

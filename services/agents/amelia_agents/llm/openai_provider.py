@@ -26,19 +26,30 @@ from amelia_agents.llm.base import (
     Usage,
     transient_status,
 )
+from amelia_agents.llm.reconnect import Patience, UnreachableModelError, resumed
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 
-def translate_error(exc: Exception) -> ModelError:
+def translate_error(
+    exc: Exception,
+    label: str = "openai",
+    where: str = "the server",
+    restarting: frozenset[int] = frozenset(),
+) -> ModelError:
+    """An SDK exception as a `ModelError` starting with `label`, the provider as the user named
+    it, and naming `where` the server is when it cannot be reached; a status in `restarting`
+    means the server is starting (llama.cpp loading its model)."""
     if isinstance(exc, openai.APIConnectionError):
-        return TransientModelError(f"openai: cannot reach the server: {exc}")
+        return UnreachableModelError(f"{label}: cannot reach {where}: {exc}")
     if isinstance(exc, openai.APIStatusError):
-        text = f"openai: {exc.status_code}: {exc.message}"
+        text = f"{label}: {exc.status_code}: {exc.message}"
+        if exc.status_code in restarting:
+            return UnreachableModelError(text)
         if transient_status(exc.status_code):
             return TransientModelError(text)
         return ModelError(text)
-    return ModelError(f"openai: {exc}")
+    return ModelError(f"{label}: {exc}")
 
 
 def to_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
@@ -72,7 +83,33 @@ def to_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
 class OpenAIModel(SdkModel[openai.AsyncOpenAI]):
     provider = "openai"
 
-    async def stream(
+    def __init__(
+        self,
+        model: str,
+        client: openai.AsyncOpenAI,
+        patience: Patience = Patience(),
+        *,
+        label: str = "openai",
+        what: str = "the server",
+        restarting: frozenset[int] = frozenset(),
+    ) -> None:
+        """`label` (the provider as the user named it) and `what` name the server in errors;
+        statuses in `restarting` mean it is (re)starting and are waited for like a refusal."""
+        super().__init__(model, client)
+        self.patience = patience
+        self.label = label
+        self.where = f"{what} at {str(client.base_url).rstrip('/')}"
+        self.restarting = restarting
+
+    def stream(
+        self, request: ChatRequest, options: Mapping[str, Any] | None = None
+    ) -> AsyncIterator[ChatChunk]:
+        """The reply, streamed, waiting for the server if it cannot be reached (see
+        `llm.reconnect`); `options` as in `stream_once`."""
+        server = f"{self.label}: {self.where}"
+        return resumed(lambda: self.stream_once(request, options), server, self.patience)
+
+    async def stream_once(
         self, request: ChatRequest, options: Mapping[str, Any] | None = None
     ) -> AsyncIterator[ChatChunk]:
         """The reply, streamed; `options` are more request fields for the server (e.g. a
@@ -127,7 +164,7 @@ class OpenAIModel(SdkModel[openai.AsyncOpenAI]):
                                 call[1] += delta.function.name or ""
                                 call[2] += delta.function.arguments or ""
         except openai.OpenAIError as exc:
-            raise translate_error(exc) from exc
+            raise translate_error(exc, self.label, self.where, self.restarting) from exc
         for chunk in self.ending(calls, usage):
             yield chunk
 

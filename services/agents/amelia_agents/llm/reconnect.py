@@ -1,0 +1,121 @@
+"""Waiting out a model server that went away, and resuming a reply it was streaming.
+
+A model server that cannot be reached (connection refused or reset, a stream cut in the middle,
+the local llama.cpp server answering 503 while it loads its model again) is usually being
+restarted: `amelia up` restarts a killed local server ~8 s later. So the call is tried again,
+with backoff from `LLM_RETRY_BACKOFF_SECONDS` doubling up to `MAX_DELAY_SECONDS`, until the
+server has not answered for `LLM_RECONNECT_SECONDS`; then it fails for good naming the server
+and its URL (a `ModelError`, not transient: the runtime's own retries would only wait again).
+
+A reply cut in the middle is asked for again, and the text already streamed is not streamed
+twice: the new reply must start with it (the same request at temperature 0 — the local model's
+default — gives the same reply), and only what follows is passed on. A new reply that differs
+from the text already shown cannot be stitched to it, and the call fails saying so: tokens a
+user has read are not taken back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from amelia_agents.llm.base import ChatChunk, ModelError, TransientModelError
+from amelia_common.logging import get_logger
+
+log = get_logger("amelia.agents.llm")
+
+# The longest wait between two tries, so a server back after a restart is seen within ~2 s.
+MAX_DELAY_SECONDS = 2.0
+
+
+class UnreachableModelError(TransientModelError):
+    """The model server did not answer: refused, reset, cut mid-reply, or (local) loading."""
+
+
+@dataclass(frozen=True)
+class Patience:
+    """How long a model server may stay unreachable (seconds), and the first wait between
+    tries (doubling up to MAX_DELAY_SECONDS)."""
+
+    window: float = 30.0
+    backoff: float = 0.5
+
+
+class _Resume:
+    """The text already streamed, matched against the start of a new reply."""
+
+    def __init__(self, server: str, shown: str) -> None:
+        self.server = server
+        self.shown = shown
+        self.left = shown
+
+    def text(self, text: str) -> str:
+        """The part of a new reply's `text` not streamed yet ('' while it repeats the old)."""
+        if not self.left:
+            return text
+        if self.left.startswith(text):
+            self.left = self.left[len(text) :]
+            return ""
+        if text.startswith(self.left):
+            text, self.left = text[len(self.left) :], ""
+            return text
+        raise self.differs()
+
+    def differs(self) -> ModelError:
+        return ModelError(
+            f"{self.server} was unreachable in the middle of a reply, and the reply it gave when "
+            f"asked again differs from the {len(self.shown)} characters already streamed: "
+            "they cannot be joined"
+        )
+
+
+async def resumed(
+    attempt: Callable[[], AsyncIterator[ChatChunk]], server: str, patience: Patience
+) -> AsyncIterator[ChatChunk]:
+    """The chunks of `attempt()`, tried again while it raises `UnreachableModelError` (see the
+    module). `server` names it in errors, e.g. 'local: the local model server at <url>'."""
+    shown: list[str] = []
+    ended = False  # a tool call or the usage was passed on: nothing can be resumed after it
+    since: float | None = None  # when the server stopped answering
+    delay = patience.backoff
+    tries = 0
+    while True:
+        resume = _Resume(server, "".join(shown))
+        try:
+            async for chunk in attempt():
+                if chunk.text:
+                    text = resume.text(chunk.text)
+                    if not text:
+                        continue
+                    chunk = ChatChunk(text=text)
+                    shown.append(text)
+                elif resume.left:
+                    raise resume.differs()  # the new reply ended (or called a tool) early
+                else:
+                    ended = True
+                since, delay = None, patience.backoff
+                yield chunk
+            return
+        except UnreachableModelError as exc:
+            now = time.monotonic()
+            since = now if since is None else since
+            waited = now - since
+            if ended or waited >= patience.window:
+                raise ModelError(
+                    f"{server} did not answer for {waited:.0f}s after {tries + 1} tries "
+                    f"(LLM_RECONNECT_SECONDS={patience.window:g}): {exc.__cause__ or exc}"
+                ) from exc
+            tries += 1
+            pause = min(delay, patience.window - waited)
+            log.warning(
+                "model server unreachable, trying again",
+                server=server,
+                error=str(exc),
+                streamed_chars=len(resume.shown),
+                retry=tries,
+                delay_seconds=round(pause, 3),
+            )
+            await asyncio.sleep(pause)
+            delay = min(delay * 2, MAX_DELAY_SECONDS)
