@@ -18,8 +18,8 @@ from rich.table import Table
 from rich.text import Text
 
 from amelia.v1 import agents_pb2_grpc, rag_pb2_grpc
+from amelia_cli.located import service_target
 from amelia_common.grpc_client import aio_channel
-from amelia_common.settings import get_settings
 
 if TYPE_CHECKING:
     # The asyncio stubs' types exist only in the generated .pyi (at run time a stub made on an
@@ -32,27 +32,45 @@ Stub = TypeVar("Stub")
 
 
 @asynccontextmanager
-async def _stub(address: str, make: Callable[[grpc.aio.Channel], Stub]) -> AsyncIterator[Stub]:
-    async with aio_channel(address, get_settings()) as channel:
+async def channel_to(service: str) -> AsyncIterator[grpc.aio.Channel]:
+    """A channel to `service` of the mesh, found the one way every command finds it
+    (`amelia_cli.located`)."""
+    settings, address = service_target(service)
+    async with aio_channel(address, settings) as channel:
+        yield channel
+
+
+@asynccontextmanager
+async def _stub(service: str, make: Callable[[grpc.aio.Channel], Stub]) -> AsyncIterator[Stub]:
+    async with channel_to(service) as channel:
         yield make(channel)
 
 
 def rag() -> AbstractAsyncContextManager[RagServiceAsyncStub]:
-    return _stub(get_settings().RAG_ADDRESS, rag_pb2_grpc.RagServiceStub)
+    return _stub("rag", rag_pb2_grpc.RagServiceStub)
 
 
 def agents() -> AbstractAsyncContextManager[AgentServiceAsyncStub]:
-    return _stub(get_settings().AGENTS_ADDRESS, agents_pb2_grpc.AgentServiceStub)
+    return _stub("agents", agents_pb2_grpc.AgentServiceStub)
+
+
+def said(*parts: str | tuple[str, str]) -> Text:
+    """A line with server or user text in it, printed literally: plain strings and
+    `(text, style)` pairs, none read as console markup (`[a-z]` in an error stays)."""
+    return Text.assemble(*parts)
 
 
 def fail(exc: grpc.aio.AioRpcError) -> typer.Exit:
     """Print an RPC error as `CODE: message` and return the exit to raise."""
     if exc.code() == grpc.StatusCode.UNAVAILABLE:
         err.print(
-            f"[red]UNAVAILABLE:[/red] {exc.details()} — is the mesh running? (`amelia status`)"
+            said(
+                ("UNAVAILABLE:", "red"),
+                f" {exc.details()} — is the mesh running? (`amelia status`)",
+            )
         )
     else:
-        err.print(f"[red]{exc.code().name}:[/red] {exc.details()}")
+        err.print(said((f"{exc.code().name}:", "red"), f" {exc.details()}"))
     return typer.Exit(1)
 
 

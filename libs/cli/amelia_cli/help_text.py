@@ -2,7 +2,8 @@
 terminal should.
 
 Typer's rich help keeps the single newlines of a command's docstring in the command list (and
-in every paragraph after the first), so `amelia --help` broke sentences mid-line. The root group
+in every paragraph after the first), so `amelia --help` broke sentences mid-line. A flag's
+help shows no value type (`<bool>`: it takes none). The root group
 reflows the help of every command under it once, when the CLI is built; a paragraph that starts
 with click's `\\b` marker keeps its lines.
 """
@@ -11,7 +12,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from typer.core import TyperCommand, TyperGroup
+from typer import _click
+from typer.core import TyperCommand, TyperGroup, TyperOption
+
+_type_of = TyperOption.display_type_rich
+
+
+def _flag_without_type(self: TyperOption, ctx: _click.Context) -> str | None:
+    """A flag takes no value: typer 0.29 still shows `<bool>` beside it (even `--help`)."""
+    return None if self.is_flag else _type_of(self, ctx)
+
+
+TyperOption.display_type_rich = _flag_without_type  # type: ignore[method-assign]
 
 
 def flowing(text: str) -> str:

@@ -13,13 +13,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 import typer
 from rich.console import Console
 
+from amelia_cli.client import said
 from amelia_cli.commands import git as _git  # noqa: F401 - runs diff/land/discard
 from amelia_cli.commands.agents import agents_app, run, runs_app
 from amelia_cli.commands.cluster import cluster_app
@@ -29,8 +28,16 @@ from amelia_cli.commands.status import endpoints_table
 from amelia_cli.commands.status import show as show_status
 from amelia_cli.health import probe_all
 from amelia_cli.help_text import FlowingHelpGroup
+from amelia_cli.located import running_mesh
 from amelia_cli.mesh import SERVICES, client_host
-from amelia_cli.supervisor import MeshStartError, RestartPolicy, Supervisor, read_state
+from amelia_cli.supervisor import (
+    AlreadyRunningError,
+    MeshStartError,
+    RestartPolicy,
+    Supervisor,
+    read_state,
+    refuse_if_running,
+)
 from amelia_cli.tui import tui
 from amelia_common.embedded import EmbeddedStartError, process_alive
 from amelia_common.logging import configure_logging
@@ -73,38 +80,6 @@ def loopback_warning(settings: Settings) -> str | None:
     )
 
 
-def find_running_mesh(settings: Settings) -> dict[str, Any] | None:
-    """`mesh.json` of the running `amelia up`: under AMELIA_DATA_DIR when it is set (or
-    absolute); with the default, under this folder or the nearest parent that has one, the way
-    git finds `.git`."""
-    configured = settings.AMELIA_DATA_DIR.expanduser()
-    if "AMELIA_DATA_DIR" in settings.model_fields_set or configured.is_absolute():
-        return read_state(settings.data_dir)
-    here = Path.cwd()
-    for folder in (here, *here.parents):
-        state = read_state((folder / configured).resolve())
-        if state:
-            return state
-    return None
-
-
-def _running_mesh() -> tuple[Settings, dict[str, Any] | None]:
-    """Settings, with the data dir and URLs of a running `amelia up` filled in when it is
-    found and no URLs are configured."""
-    settings = get_settings()
-    state = find_running_mesh(settings)
-    if state:
-        updates: dict[str, Any] = {
-            "AMELIA_DATA_DIR": Path(state.get("data_dir", settings.data_dir))
-        }
-        if not settings.DATABASE_URL:
-            updates["DATABASE_URL"] = str(state.get("database_url", ""))
-        if not settings.NATS_URL:
-            updates["NATS_URL"] = str(state.get("nats_url", ""))
-        settings = settings.model_copy(update=updates)
-    return settings, state
-
-
 @app.command()
 def up(
     detach: bool = typer.Option(False, "--detach", "-d", help="Run in the background."),
@@ -121,7 +96,13 @@ def up(
     settings = get_settings()
     warning = loopback_warning(settings)
     if warning:
-        err.print(f"[yellow]warning:[/yellow] {warning}")
+        err.print(said(("warning:", "yellow"), f" {warning}"))
+    # Foreground or not, a second `up` here refuses before it starts (or stops) anything.
+    try:
+        refuse_if_running(settings.data_dir)
+    except AlreadyRunningError as exc:
+        err.print(said(str(exc)))
+        raise typer.Exit(1) from exc
     if detach:
         _up_detached(settings, timeout, cluster)
         return
@@ -130,7 +111,7 @@ def up(
         policy = RestartPolicy(first_delay=settings.RESTART_DELAY_SECONDS)
         asyncio.run(_run(Supervisor(settings, cluster=cluster, policy=policy), timeout))
     except (MeshStartError, EmbeddedStartError) as exc:
-        err.print(f"[red]amelia up failed:[/red] {exc}")
+        err.print(said(("amelia up failed:", "red"), f" {exc}"))
         raise typer.Exit(1) from exc
     except KeyboardInterrupt:  # before anything started
         raise typer.Exit(130) from None
@@ -181,9 +162,6 @@ async def _run(supervisor: Supervisor, timeout: float) -> None:
 
 
 def _up_detached(settings: Settings, timeout: float, cluster: int = 0) -> None:
-    if read_state(settings.data_dir):
-        err.print("amelia is already running; `amelia status` shows it, `amelia down` stops it.")
-        raise typer.Exit(1)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     (settings.data_dir / "logs").mkdir(exist_ok=True)
     out = open(settings.data_dir / "logs" / "amelia-up.log", "ab")  # noqa: SIM115
@@ -199,23 +177,25 @@ def _up_detached(settings: Settings, timeout: float, cluster: int = 0) -> None:
     with console.status("starting in the background…"):
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                err.print(f"[red]amelia up failed[/red]; see {out.name}")
+                err.print(said(("amelia up failed", "red"), f"; see {out.name}"))
                 raise typer.Exit(1)
             state = read_state(settings.data_dir)
             if state:
-                running, _ = _running_mesh()
+                running, _ = running_mesh()
                 probes = asyncio.run(probe_all(running, state))
                 if all(p.ok for p in probes):
                     console.print(endpoints_table(probes))
                     url = dashboard_url(settings, with_token=console.is_terminal)
-                    console.print(f"Dashboard and HTTP API: {url}")
+                    console.print(said(f"Dashboard and HTTP API: {url}"))
                     console.print(
-                        f"running in the background (pid {proc.pid}); logs: {out.name}; "
-                        "`amelia down` stops it."
+                        said(
+                            f"running in the background (pid {proc.pid}); logs: {out.name}; "
+                            "`amelia down` stops it."
+                        )
                     )
                     return
             time.sleep(1.0)
-    err.print(f"[red]not SERVING after {timeout:.0f}s[/red]; see {out.name}")
+    err.print(said((f"not SERVING after {timeout:.0f}s", "red"), f"; see {out.name}"))
     raise typer.Exit(1)
 
 
@@ -223,7 +203,7 @@ def _up_detached(settings: Settings, timeout: float, cluster: int = 0) -> None:
 def status() -> None:
     """Every replica's health, NATS (its cluster's leaders), PostgreSQL, the local model and
     the run queue."""
-    settings, state = _running_mesh()
+    settings, state = running_mesh()
     if not show_status(console, settings, state):
         raise typer.Exit(1)
 
@@ -231,9 +211,9 @@ def status() -> None:
 @app.command()
 def down(timeout: float = typer.Option(60.0, help="Seconds to wait for a clean stop.")) -> None:
     """Stop a mesh started with `amelia up --detach`."""
-    settings, state = _running_mesh()
+    settings, state = running_mesh()
     if not state:
-        console.print(f"amelia is not running (no mesh state under {settings.data_dir}).")
+        console.print(said(f"amelia is not running (no mesh state under {settings.data_dir})."))
         return
     pid = int(state["pid"])
     os.kill(pid, signal.SIGTERM)

@@ -287,6 +287,21 @@ def check_ports(settings: Settings, local_model: EmbeddedLlama | None = None) ->
         )
 
 
+class AlreadyRunningError(MeshStartError):
+    """Another `amelia up` runs the mesh of this data directory."""
+
+
+def refuse_if_running(data_dir: Path) -> None:
+    """Raise, naming the running `amelia up` (its pid), if one holds `data_dir`; touch nothing
+    of it."""
+    state = read_state(data_dir)
+    if state and int(state["pid"]) != os.getpid():
+        raise AlreadyRunningError(
+            f"amelia is already running here (pid {state['pid']}, data {data_dir}); "
+            "`amelia status` shows it, `amelia down` stops it."
+        )
+
+
 class Supervisor:
     """Starts, watches (restarting what dies) and stops the mesh."""
 
@@ -339,6 +354,7 @@ class Supervisor:
         when the default model is local (it goes on loading in the background: see
         `wait_until_serving`); returns settings using them."""
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        refuse_if_running(self.settings.data_dir)
         llama = self._local_model_server()
         check_ports(self.settings, llama)
         local_model = None
@@ -540,6 +556,8 @@ class Supervisor:
                 "embedded": not self.local_model_off,
                 "off": "" if self.local_model_url else self.local_model_off,
             },
+            # Where each service listens: how every `amelia` command finds this mesh.
+            "ports": {spec.port_setting: spec.port(self.settings) for spec in SERVICES},
             # pid of each service's latest process (kept while it restarts)
             "services": {
                 name: unit.process.pid for name, unit in self.services.items() if unit.process
@@ -593,5 +611,15 @@ class Supervisor:
             await server.stop()
             server.state = UnitState.STOPPED
             log.info("stopped", unit=server.name)
-        with contextlib.suppress(OSError):
-            state_file(self.settings.data_dir).unlink()
+        # Only the supervisor that wrote mesh.json removes it: a second `amelia up` that was
+        # refused must leave the running mesh findable (and stoppable by `amelia down`).
+        if self._written and self._owns_state_file():
+            with contextlib.suppress(OSError):
+                state_file(self.settings.data_dir).unlink()
+
+    def _owns_state_file(self) -> bool:
+        try:
+            written = json.loads(state_file(self.settings.data_dir).read_text())
+            return int(written["pid"]) == os.getpid()
+        except (OSError, ValueError, KeyError, TypeError):
+            return False

@@ -15,9 +15,10 @@ import grpc
 import typer
 from google.protobuf import json_format, struct_pb2
 from rich.console import Console
+from rich.text import Text
 
 from amelia.v1 import agents_pb2, events_pb2
-from amelia_cli.client import Column, agents, ago, fail, listing, resource
+from amelia_cli.client import Column, agents, ago, fail, listing, resource, said
 from amelia_common.eventlog import event_data
 
 console = Console()
@@ -67,9 +68,9 @@ def create(
     temperature: float | None = typer.Option(
         None, help="Default: DEFAULT_TEMPERATURE (0 for the local model, else 0.7)."
     ),
-    max_tokens: int = typer.Option(4096),
+    max_tokens: int = typer.Option(4096, help="Most tokens the model may write per answer."),
     timeout: int = typer.Option(300, help="Seconds a run may take."),
-    retry_attempts: int = typer.Option(3),
+    retry_attempts: int = typer.Option(3, help="Times a failed model call is tried again."),
 ) -> None:
     """Define an agent."""
     agent = agents_pb2.Agent(
@@ -93,7 +94,7 @@ def create(
             )
             return reply
 
-    console.print(f"created {_call(go).agent.name}")
+    console.print(said(f"created {_call(go).agent.name}"))
 
 
 @agents_app.command("ls")
@@ -112,14 +113,14 @@ def ls_agents() -> None:
 
 
 @agents_app.command("rm")
-def rm_agents(names: list[str] = typer.Argument(...)) -> None:
+def rm_agents(names: list[str] = typer.Argument(..., help="Agent ids or agents/<id>.")) -> None:
     """Delete agents."""
 
     async def go() -> None:
         async with agents() as stub:
             for name in names:
                 await stub.DeleteAgent(agents_pb2.DeleteAgentRequest(name=resource("agents", name)))
-                console.print(f"deleted {resource('agents', name)}")
+                console.print(said(f"deleted {resource('agents', name)}"))
 
     _call(go)
 
@@ -141,10 +142,11 @@ _EVENT_CONTEXT = frozenset({"step", "run", "node", "attempt"})
 
 
 def progress_text(data: dict[str, Any]) -> str:
-    """A `workflow.progress` event in words: its step, then what it counts or names, e.g.
-    `reading context… (3 passages, 2,431 characters)`."""
+    """A `workflow.progress` event in words: its step, then what it counts or names in one
+    order (by name, whatever order the event's data came in), e.g.
+    `reading context… (2,431 characters, 3 passages)`."""
     details = []
-    for key, value in data.items():
+    for key, value in sorted(data.items()):
         if key in _EVENT_CONTEXT or value in ("", None):
             continue
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -158,16 +160,50 @@ def progress_text(data: dict[str, Any]) -> str:
     return f"{text} ({', '.join(details)})" if details else text
 
 
-def _show_event(event: events_pb2.Event) -> None:
-    data = event_data(event)
-    if event.type == "run.token":
-        console.print(data.get("text", ""), end="", soft_wrap=True, highlight=False, markup=False)
-    elif event.type in ("run.node.started", "run.tool.called", "run.retrieval"):
-        console.print(f"\n[dim]· {event.type} {data.get('node') or data.get('tool') or ''}[/dim]")
-    elif event.type == "workflow.progress":
-        console.print(f"\n· {progress_text(data)}", style="dim", highlight=False, markup=False)
-    elif event.type == "run.interrupted":
-        console.print(f"\n[yellow]? {json.dumps(data.get('value', data))}[/yellow]")
+class Shown:
+    """What a followed run has printed so far: the attempt its events are from (a new attempt
+    gets a marker line, since a retried run streams its answer again) and whether the last
+    thing printed was a token (what follows the tokens starts on a new line)."""
+
+    def __init__(self) -> None:
+        self.attempt = 0
+        self.mid_line = False
+
+    def line(self, text: str | Text, style: str = "dim") -> None:
+        """`text` on a line of its own, literally (server text is not console markup)."""
+        if self.mid_line:
+            console.print()
+        console.print(text if isinstance(text, Text) else Text(text, style=style))
+        self.mid_line = False
+
+    def end(self) -> None:
+        """Close the line the tokens left open."""
+        if self.mid_line:
+            console.print()
+        self.mid_line = False
+
+    def event(self, event: events_pb2.Event) -> None:
+        data = event_data(event)
+        attempt = data.get("attempt")
+        if isinstance(attempt, (int, float)) and not isinstance(attempt, bool):
+            if self.attempt and attempt > self.attempt:
+                self.line(
+                    f"· attempt {attempt:.0f} (the run was retried; it starts again)", "yellow"
+                )
+            self.attempt = max(self.attempt, int(attempt))
+        if event.type == "run.token":
+            text = str(data.get("text", ""))
+            console.print(text, end="", soft_wrap=True, highlight=False, markup=False)
+            if text:
+                self.mid_line = not text.endswith("\n")
+        elif event.type == "run.tool.called":
+            self.line(f"· {event.type} {data.get('tool') or ''} (in {data.get('node') or '?'})")
+        elif event.type in ("run.node.started", "run.retrieval"):
+            self.line(f"· {event.type} {data.get('node') or ''}")
+        elif event.type == "workflow.progress":
+            self.line(f"· {progress_text(data)}")
+        elif event.type == "run.interrupted":
+            self.line(f"? {json.dumps(data.get('value', data))}", "yellow")
 
 
 async def _follow(stub: object, run_name: str) -> agents_pb2.Run:
@@ -180,6 +216,7 @@ async def _follow(stub: object, run_name: str) -> agents_pb2.Run:
     after = 0
     interactive = sys.stdin.isatty()
     retries = 0
+    shown = Shown()
     while True:
         last_type = ""
         try:
@@ -192,10 +229,11 @@ async def _follow(stub: object, run_name: str) -> agents_pb2.Run:
                 for event in reply.events or (reply.event,):
                     after = event.sequence
                     last_type = event.type
-                    _show_event(event)
+                    shown.event(event)
                     if event.type == "run.interrupted":
                         if not interactive:
                             break
+                        shown.end()
                         answer = await asyncio.to_thread(input, "> ")
                         value = struct_pb2.Value()
                         value.string_value = answer
@@ -212,6 +250,7 @@ async def _follow(stub: object, run_name: str) -> agents_pb2.Run:
             continue
         if last_type in TERMINAL or last_type == "run.interrupted" or not last_type:
             break
+    shown.end()
     reply = await stub.GetRun(agents_pb2.GetRunRequest(name=run_name))  # type: ignore[attr-defined]
     run: agents_pb2.Run = reply.run
     return run
@@ -242,31 +281,43 @@ def run(
                 run_input["repository"] = repository
             spec.input.update(run_input)
             created = (await stub.CreateRun(agents_pb2.CreateRunRequest(run=spec))).run
-            console.print(f"[dim]{created.name} in {created.thread}[/dim]")
+            console.print(Text(f"{created.name} in {created.thread}", style="dim"))
             follow = asyncio.create_task(_follow(stub, created.name))
-            loop = asyncio.get_running_loop()
-            loop.add_signal_handler(signal.SIGINT, follow.cancel)
+            interrupted = asyncio.Event()
+
+            def on_ctrl_c() -> None:
+                interrupted.set()
+                follow.cancel()
+
+            asyncio.get_running_loop().add_signal_handler(signal.SIGINT, on_ctrl_c)
             try:
                 return await follow
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, grpc.aio.AioRpcError):
+                # The stream cancelled under it may end as either.
+                if not interrupted.is_set():
+                    raise
                 with contextlib.suppress(grpc.aio.AioRpcError):
                     await stub.CancelRun(
                         agents_pb2.CancelRunRequest(
                             name=created.name, reason="cancelled from the CLI"
                         )
                     )
-                console.print(f"\n[yellow]cancelled {created.name}[/yellow]")
-                raise typer.Exit(130) from None
+                # After `^C` (and maybe half a line of tokens): a line of its own.
+                console.print()
+                console.print(Text(f"cancelled {created.name} (Ctrl-C)", style="yellow"))
+                raise typer.Exit(1) from None
 
     final = _call(go)
     console.print(
-        f"\n[dim]{final.name}: {status_name(final.status)}"
-        + (f" — {final.error}" if final.error else "")
-        + "[/dim]"
+        Text(
+            f"{final.name}: {status_name(final.status)}"
+            + (f" — {final.error}" if final.error else ""),
+            style="dim",
+        )
     )
     if final.status == agents_pb2.RUN_STATUS_PAUSED:
         console.print(
-            f"[yellow]paused; answer with `amelia runs resume {final.name} ANSWER`[/yellow]"
+            Text(f"paused; answer with `amelia runs resume {final.name} ANSWER`", style="yellow")
         )
     elif final.status != agents_pb2.RUN_STATUS_COMPLETED:
         raise typer.Exit(1)
@@ -277,9 +328,9 @@ def ls_runs(
     status: list[str] = typer.Option(
         [], help="queued, running, paused, completed, failed, cancelled."
     ),
-    agent: str = typer.Option(""),
-    thread: str = typer.Option(""),
-    limit: int = typer.Option(50),
+    agent: str = typer.Option("", help="Only this agent's runs (agents/<id> or <id>)."),
+    thread: str = typer.Option("", help="Only this thread's runs (threads/<id> or <id>)."),
+    limit: int = typer.Option(50, help="At most this many."),
 ) -> None:
     """List runs, newest first."""
     try:
@@ -315,7 +366,7 @@ def ls_runs(
 
 @runs_app.command("show")
 def show_run(
-    name: str = typer.Argument(...),
+    name: str = typer.Argument(..., help="The run (runs/<id> or <id>)."),
     follow: bool = typer.Option(
         False, "--follow", "-f", help="Replay its events, then follow it live."
     ),
@@ -341,18 +392,24 @@ def _say_status(name: str, call: Callable[[AgentServiceAsyncStub], Awaitable[Run
         async with agents() as stub:
             return await call(stub)
 
-    console.print(f"{name}: {status_name(_call(go).run.status)}")
+    console.print(said(f"{name}: {status_name(_call(go).run.status)}"))
 
 
 @runs_app.command("cancel")
-def cancel_run(name: str = typer.Argument(...), reason: str = typer.Option("")) -> None:
+def cancel_run(
+    name: str = typer.Argument(..., help="The run (runs/<id> or <id>)."),
+    reason: str = typer.Option("", help="Why, kept with the run."),
+) -> None:
     """Cancel a queued, running or paused run."""
     request = agents_pb2.CancelRunRequest(name=resource("runs", name), reason=reason)
     _say_status(name, lambda stub: stub.CancelRun(request))
 
 
 @runs_app.command("resume")
-def resume_run(name: str = typer.Argument(...), answer: str = typer.Argument(...)) -> None:
+def resume_run(
+    name: str = typer.Argument(..., help="The run (runs/<id> or <id>)."),
+    answer: str = typer.Argument(..., help="The answer: JSON, or plain text."),
+) -> None:
     """Answer a paused run's question (JSON or plain text)."""
     value = struct_pb2.Value()
     try:

@@ -14,6 +14,7 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from amelia_common.embedded import EmbeddedStartError
 from amelia_common.nats_cluster import NatsCluster
@@ -65,7 +66,7 @@ def up(
         with console.status(f"starting {nodes} nats-servers and electing a JetStream leader…"):
             cluster.start()
     except EmbeddedStartError as exc:
-        err.print(f"[red]{exc}[/red]")
+        err.print(Text(str(exc), style="red"))
         raise typer.Exit(1) from None
     console.print(f"NATS cluster of {nodes} ready under {cluster_root()}. Run the mesh on it with:")
     for name, value in mesh_settings(cluster).items():

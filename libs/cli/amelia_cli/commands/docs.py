@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from amelia.v1 import rag_pb2
-from amelia_cli.client import Column, ago, fail, listing, rag, resource
+from amelia_cli.client import Column, ago, fail, listing, rag, resource, said
 from amelia_common.settings import get_settings
 
 console = Console()
@@ -165,19 +165,21 @@ def ingest(
         outcomes = asyncio.run(_ingest(files, parallel))
     except grpc.aio.AioRpcError as exc:
         raise fail(exc) from exc
-    table = Table(title=f"{len(outcomes)} files")
+    # The table holds only short words and numbers, so the file's name keeps the room; why a
+    # file failed (the server's words, maybe long) goes under it, literally.
+    table = Table(title=f"{len(outcomes)} file{'' if len(outcomes) == 1 else 's'}")
     table.add_column("file", overflow="fold")
     for column in ("status", "chunks", "seconds"):
         table.add_column(column, no_wrap=True)
     for o in outcomes:
         colour = {"stored": "green", "unchanged": "dim", "error": "red"}[o.status]
         table.add_row(
-            _shown(o.path),
-            f"[{colour}]{o.status}[/{colour}] {o.error}",
-            str(o.chunks),
-            f"{o.seconds:.2f}",
+            Text(_shown(o.path)), Text(o.status, style=colour), str(o.chunks), f"{o.seconds:.2f}"
         )
     console.print(table)
+    for o in outcomes:
+        if o.error:
+            console.print(said((f"{_shown(o.path)}: ", "red"), o.error))
     if any(o.status == "stored" for o in outcomes):
         console.print(
             "Stored: found by their words now, by meaning once embedded in the background"
@@ -190,7 +192,9 @@ def ingest(
 
 def search(
     query: str = typer.Argument(..., help="Question or keywords."),
-    top_k: int = typer.Option(0, "--top-k", "-k", help="Hits (default RAG_TOP_K)."),
+    top_k: int = typer.Option(
+        0, "--top-k", "-k", help="Hits (0: RAG_TOP_K of the settings).", show_default=False
+    ),
     mode: str = typer.Option("hybrid", help="hybrid, vector or keyword."),
     min_score: float | None = typer.Option(None, help="Minimum cosine similarity for vector hits."),
     doc_type: list[str] = typer.Option([], "--type", help="Only these document types."),
@@ -226,7 +230,7 @@ def search(
         console.rule(Text(f"{i}. {hit.document_title}"), align="left")
         source = f"score {hit.score:.3f}  chars {hit.start_offset}-{hit.end_offset}  {hit.document}"
         console.print(Text(f"{where}  {source}" if where else source, style="dim"))
-        console.print(hit.content.strip(), markup=False, highlight=False)
+        console.print(Text(hit.content.strip()))
 
 
 def _type(name: str) -> rag_pb2.DocumentType.ValueType:
@@ -305,7 +309,7 @@ def rm(names: list[str] = typer.Argument(..., help="Document names or ids.")) ->
                 await stub.DeleteDocument(
                     rag_pb2.DeleteDocumentRequest(name=resource("documents", name))
                 )
-                console.print(f"deleted {resource('documents', name)}")
+                console.print(said(f"deleted {resource('documents', name)}"))
 
     try:
         asyncio.run(go())

@@ -24,7 +24,9 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
+from amelia_cli.client import said
 from amelia_cli.tui import gateway_url, url_option
 from amelia_cli.tui.eventline import event_filter, event_line
 from amelia_cli.tui.gateway import ApiError, EventSocket, GatewayApi
@@ -153,9 +155,11 @@ async def follow(socket: EventSocket, flt: dict[str, Any], start: Start, printer
         elif state == "reconnecting" and detail and not lost:
             lost = detail  # said once per outage, not at every try
             if socket.connects:
-                err.print(f"[yellow]lost the gateway ({detail}); reconnecting…[/yellow]")
+                err.print(Text(f"lost the gateway ({detail}); reconnecting…", style="yellow"))
             else:
-                err.print(f"[yellow]waiting for the gateway at {socket.url} ({detail})…[/yellow]")
+                err.print(
+                    Text(f"waiting for the gateway at {socket.url} ({detail})…", style="yellow")
+                )
 
     def on_subscribed() -> None:
         nonlocal lost
@@ -175,7 +179,7 @@ async def follow(socket: EventSocket, flt: dict[str, Any], start: Start, printer
         if final:
             stop(StopError(message))
         else:
-            err.print(f"[yellow]{message}[/yellow]")
+            err.print(Text(message, style="yellow"))
 
     socket.on_state = on_state
     socket.subscribe(
@@ -221,7 +225,7 @@ def run_quietly(work: Coroutine[Any, Any, None]) -> None:
         # The reader left. Point stdout at nothing so the interpreter's final flush is quiet.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     except (ApiError, StopError) as exc:
-        err.print(f"[red]{getattr(exc, 'code', '') or 'error'}:[/red] {exc}")
+        err.print(said((f"{getattr(exc, 'code', '') or 'error'}:", "red"), f" {exc}"))
         raise typer.Exit(1) from None
 
 

@@ -18,10 +18,8 @@ from rich.console import Console
 from rich.syntax import Syntax
 
 from amelia.v1 import agents_pb2, agents_pb2_grpc, git_pb2, git_pb2_grpc
-from amelia_cli.client import Column, listing, resource
+from amelia_cli.client import Column, channel_to, listing, resource, said
 from amelia_cli.commands.agents import _call, runs_app, status_name
-from amelia_common.grpc_client import aio_channel
-from amelia_common.settings import get_settings
 
 if TYPE_CHECKING:
     # Only in the generated .pyi (see amelia_cli.client).
@@ -42,8 +40,7 @@ _CHANGE = {
 @asynccontextmanager
 async def stubs() -> AsyncIterator[tuple[AgentServiceAsyncStub, GitServiceAsyncStub]]:
     """(AgentService, GitService) stubs on one channel to the agents service."""
-    settings = get_settings()
-    async with aio_channel(settings.AGENTS_ADDRESS, settings) as channel:
+    async with channel_to("agents") as channel:
         # The plain Stub classes on an aio channel: the .pyi's AsyncStub types (aio callables).
         yield (
             cast("AgentServiceAsyncStub", agents_pb2_grpc.AgentServiceStub(channel)),
@@ -68,10 +65,12 @@ def diff_run(
     diff = _call(go)
     b = diff.branch
     console.print(
-        f"[bold]{b.branch}[/bold] in {diff.repository}: {b.base[:12]}..{diff.head[:12]}, "
-        f"{len(diff.commits)} commit(s), lands into {b.target or '(no target)'}"
-        + (f"\nworktree {b.worktree}" if b.worktree else ""),
-        highlight=False,
+        said(
+            (b.branch, "bold"),
+            f" in {diff.repository}: {b.base[:12]}..{diff.head[:12]}, "
+            f"{len(diff.commits)} commit(s), lands into {b.target or '(no target)'}"
+            + (f"\nworktree {b.worktree}" if b.worktree else ""),
+        )
     )
     rows = [
         (
@@ -115,7 +114,9 @@ async def _answer(
 def _settled(run: agents_pb2.Run) -> None:
     output = json_format.MessageToDict(run.output)
     message = output.get("message") or run.error or status_name(run.status)
-    console.print(f"{run.name}: {output.get('status') or status_name(run.status)} — {message}")
+    console.print(
+        said(f"{run.name}: {output.get('status') or status_name(run.status)} — {message}")
+    )
     if output.get("status") not in ("landed", "discarded"):
         raise typer.Exit(1)
 
@@ -145,10 +146,11 @@ def land_run(
         return
     how = "fast-forward" if result.fast_forward else "merge commit"
     console.print(
-        f"{run_name}: landed into {result.into} ({how}, {result.commit[:12]}): "
-        f"{', '.join(result.files)}"
-        + (f"\n{result.updated_worktree} brought forward" if result.updated_worktree else ""),
-        highlight=False,
+        said(
+            f"{run_name}: landed into {result.into} ({how}, {result.commit[:12]}): "
+            f"{', '.join(result.files)}"
+            + (f"\n{result.updated_worktree} brought forward" if result.updated_worktree else "")
+        )
     )
 
 
@@ -172,8 +174,9 @@ def discard_run(name: str = typer.Argument(..., help="The run (runs/<id> or <id>
         _settled(result)
         return
     console.print(
-        f"{run_name}: deleted {result.branch} (was {result.commit[:12]}; "
-        f"`git branch {result.branch} {result.commit}` brings it back)"
-        + (f", removed {result.worktree}" if result.worktree else ""),
-        highlight=False,
+        said(
+            f"{run_name}: deleted {result.branch} (was {result.commit[:12]}; "
+            f"`git branch {result.branch} {result.commit}` brings it back)"
+            + (f", removed {result.worktree}" if result.worktree else "")
+        )
     )

@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from amelia.v1 import agents_pb2, agents_pb2_grpc
 from amelia_cli.health import Probe, StreamState, client_target, probe_all, stream_states
@@ -38,7 +39,7 @@ def endpoints_table(probes: list[Probe]) -> Table:
     table.add_column("detail", overflow="fold")
     for p in probes:
         colour = "green" if p.ok else "red"
-        table.add_row(p.name, p.address, f"[{colour}]{p.status}[/{colour}]", p.detail)
+        table.add_row(p.name, Text(p.address), Text(p.status, style=colour), Text(p.detail))
     return table
 
 

@@ -16,8 +16,11 @@ from amelia_common.settings import get_settings
 
 
 def gateway_url() -> str:
-    """The local gateway's address, from the same settings `amelia up` uses."""
-    settings = get_settings()
+    """The local gateway's address: the running `amelia up`'s for this folder, else the
+    settings' (found the way every command finds the mesh: `amelia_cli.located`)."""
+    from amelia_cli.located import running_mesh
+
+    settings, _ = running_mesh()
     return f"http://{client_host(settings)}:{settings.PORT}"
 
 
@@ -27,7 +30,10 @@ def url_option() -> Any:
         "",
         "--url",
         envvar="AMELIA_GATEWAY_URL",
-        help="The gateway, e.g. http://127.0.0.1:8000 (default: HOST and PORT of the settings).",
+        help=(
+            "The gateway, e.g. http://127.0.0.1:8000 (default: the running mesh's, else HOST "
+            "and PORT)."
+        ),
     )
 
 

@@ -1,0 +1,322 @@
+"""What a stranger's check of a fresh clone found in `amelia`, each as the user meets it: a second
+`up` that left the running mesh unstoppable, commands that ignored moved ports, an ingest table
+with no room for the file's name, server text eaten as markup, a retried run's answer shown
+twice, a silent Ctrl-C, help with `<bool>` beside every flag, a tool call without its tool."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import typer.main
+from cli_helpers import amelia
+from rich.console import Console
+from test_cli_output import ADDRESSES, cli_env, eventually
+from tui_helpers import DEADLINE, TuiMesh
+from typer.core import TyperCommand, TyperGroup
+
+from amelia_cli.commands import agents as agents_cmd
+from amelia_cli.main import app
+from amelia_cli.supervisor import MeshStartError, Supervisor, read_state, state_file
+from amelia_common.eventlog import make_event
+from amelia_common.settings import Settings
+
+AMELIA = [sys.executable, "-m", "amelia_cli"]
+HOSTILE = "[bold]x[/] must match [a-z][a-z0-9-]{0,62}"
+
+# A process that runs `amelia up`'s Supervisor and writes mesh.json as it does (no services: the
+# refusal under test must happen before any would start), then stops as `amelia up` does on
+# SIGTERM.
+HOLDER = """
+import asyncio, signal, sys
+from amelia_cli.supervisor import Supervisor
+from amelia_common.settings import get_settings
+
+supervisor = Supervisor(get_settings(), services=(), log_to_files=False)
+supervisor.write_state()
+print("written", flush=True)
+signal.sigwait({signal.SIGTERM})
+asyncio.run(supervisor.stop(grace=1))
+"""
+
+
+def _env(data_dir: Path, **extra: str) -> dict[str, str]:
+    return os.environ | {
+        "AMELIA_DATA_DIR": str(data_dir),
+        "LOCAL_MODEL": "off",
+        "COLUMNS": "80",
+        "LOG_LEVEL": "WARNING",
+        **extra,
+    }
+
+
+def amelia_process(env: dict[str, str], *args: str, columns: int = 80) -> tuple[int, str]:
+    """`amelia …` as its own process (`amelia run` sets a Ctrl-C handler: main thread only),
+    with what it printed on stdout and stderr."""
+    done = subprocess.run(
+        [*AMELIA, *args],
+        env=os.environ | env | {"COLUMNS": str(columns)},
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
+@pytest.fixture
+def running_up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]:
+    """A process that holds `tmp_path/data` the way a running `amelia up` does."""
+    data = tmp_path / "data"
+    env = _env(
+        data, DATABASE_URL="postgresql://nobody@127.0.0.1:1/x", NATS_URL="nats://127.0.0.1:1"
+    )
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # inherited: sigwait gets it
+    try:
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLDER], env=env, stdout=subprocess.PIPE, text=True
+        )
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "written"
+    try:
+        yield holder, data
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_second_up_refuses_naming_the_running_one_and_leaves_it_stoppable(
+    running_up: tuple[subprocess.Popen[str], Path],
+) -> None:
+    holder, data = running_up
+    before = state_file(data).read_text()
+    for detach in ([], ["--detach"]):
+        second = subprocess.run(
+            [*AMELIA, "up", *detach, "--timeout", "20"],
+            env=_env(data),
+            capture_output=True,
+            text=True,
+            timeout=DEADLINE,
+        )
+        assert second.returncode == 1, second
+        said = " ".join(second.stderr.split())
+        assert f"already running here (pid {holder.pid}" in said, second
+        assert state_file(data).read_text() == before, "the refused `up` touched mesh.json"
+    shown = subprocess.run(
+        [*AMELIA, "down", "--timeout", "30"], env=_env(data), capture_output=True, text=True
+    )
+    assert shown.returncode == 0 and "stopped." in shown.stdout, shown
+    assert holder.wait(timeout=30) == 0
+    assert not state_file(data).exists(), "the supervisor that wrote mesh.json removes it"
+
+
+def test_a_supervisor_that_never_started_leaves_another_ones_mesh_json(
+    running_up: tuple[subprocess.Popen[str], Path],
+) -> None:
+    holder, data = running_up
+    settings = Settings(AMELIA_DATA_DIR=data, LOCAL_MODEL="off")  # type: ignore[call-arg]
+    second = Supervisor(settings, services=(), log_to_files=False)
+    with pytest.raises(MeshStartError, match=f"pid {holder.pid}"):
+        asyncio.run(second.start_infrastructure())
+    asyncio.run(second.stop(grace=1))
+    state = read_state(data)
+    assert state is not None and state["pid"] == holder.pid
+
+
+def _ports(mesh: TuiMesh) -> dict[str, str]:
+    """The TUI mesh's services' ports, as `*_GRPC_PORT` settings."""
+    return {
+        key.replace("_ADDRESS", "_GRPC_PORT"): mesh.gateway.env[key].rsplit(":", 1)[1]
+        for key in ADDRESSES
+    }
+
+
+async def test_every_command_finds_the_mesh_by_its_ports_or_its_mesh_json(
+    tui_mesh: TuiMesh, tmp_path: Path
+) -> None:
+    """Moved ports (README's configuration table) without any `*_ADDRESS`; then nothing set at
+    all but the mesh.json of a running `amelia up` that names them."""
+    addressed = cli_env(tui_mesh, tmp_path / "none")
+    env = {k: v for k, v in addressed.items() if k not in ADDRESSES}
+    word = f"zq{uuid.uuid4().hex[:10]}"
+    document = tmp_path / f"{word}.md"
+    document.write_text(f"# Survey\n\nThe {word} rosette grows on the northern shore.\n")
+    # Stored in this mesh for sure (its addresses): another mesh on the default ports (this
+    # machine is shared) has never seen the word.
+    code, shown = await asyncio.to_thread(amelia, addressed, "ingest", str(document))
+    assert code == 0 and f"{word}.md" in shown, shown
+    moved = env | _ports(tui_mesh)
+    code, found = await asyncio.to_thread(
+        amelia, moved, "search", word, "--mode", "keyword", "-k", "1"
+    )
+    assert code == 0 and f"The {word} rosette" in found, found
+
+    # mesh.json, written by `amelia up`'s own code (this process is the live pid it names).
+    data = tmp_path / "up-data"
+    ports = {k: int(v) for k, v in _ports(tui_mesh).items()}
+    settings = tui_mesh.settings.model_copy(update={"AMELIA_DATA_DIR": data, **ports})
+    Supervisor(settings, services=(), log_to_files=False).write_state()
+    plain = env | {"AMELIA_DATA_DIR": str(data)}
+    code, found = await asyncio.to_thread(
+        amelia, plain, "search", word, "--mode", "keyword", "-k", "1"
+    )
+    assert code == 0 and f"The {word} rosette" in found, found
+    for args in (("agents", "ls"), ("runs", "ls", "--limit", "1")):
+        code, shown = await asyncio.to_thread(amelia, plain, *args)
+        assert code == 0, (args, shown)
+    state_file(data).unlink()
+
+
+async def test_ingest_at_80_columns_keeps_the_file_name_and_puts_errors_under_the_table(
+    tui_mesh: TuiMesh, tmp_path: Path
+) -> None:
+    env = cli_env(tui_mesh, tmp_path / "none")
+    binary = tmp_path / "a-binary-file-with-a-rather-long-name"
+    binary.write_bytes(bytes(range(256)) * 64)
+    code, shown = await asyncio.to_thread(amelia, env, "ingest", str(binary))
+    assert code == 1, shown
+    lines = [line for line in shown.splitlines() if line.strip()]
+    assert lines[0].strip() == "1 file", shown
+    assert max(len(line) for line in lines) <= 80, shown
+    row = next(line for line in lines if "error" in line and "│" in line)
+    assert re.search(r"│\s*error\s*│\s*0\s*│\s*\d+\.\d\d\s*│", row), shown
+    assert "a-binary-file-with-a-rather-long-name" in "".join(
+        line.split("│")[1].strip() for line in lines if line.startswith("│")
+    ), shown
+    below = " ".join(lines[lines.index(next(line for line in lines if line.startswith("└"))) + 1 :])
+    assert "a-binary-file-with-a-rather-long-name:INVALID_ARGUMENT:" in "".join(below.split())
+
+
+async def test_server_and_user_text_is_printed_literally(tui_mesh: TuiMesh, tmp_path: Path) -> None:
+    env = cli_env(tui_mesh, tmp_path / "none")
+    code, shown = await asyncio.to_thread(amelia, env, "agents", "create", "Bad_Name")
+    assert code == 1 and "must match [a-z][a-z0-9-]{0,62}" in shown, shown
+
+    agent = f"hostile-{uuid.uuid4().hex[:8]}"
+    code, shown = await asyncio.to_thread(
+        amelia, env, "agents", "create", agent, "--model", f"offline:fail:{HOSTILE}"
+    )
+    assert code == 0, shown
+    code, shown = await asyncio.to_thread(amelia_process, env, "run", agent, "hello")
+    assert code == 1 and HOSTILE in " ".join(shown.split()), shown
+
+    echo = f"echo-{uuid.uuid4().hex[:8]}"
+    await asyncio.to_thread(amelia, env, "agents", "create", echo, "--model", "offline:echo")
+    code, shown = await asyncio.to_thread(amelia_process, env, "run", echo, HOSTILE, columns=200)
+    assert code == 0 and HOSTILE in shown, shown
+
+    document = tmp_path / "hostile.md"
+    document.write_text(f"# {HOSTILE}\n\n{HOSTILE} zqhostilezq\n")
+    await asyncio.to_thread(amelia, env, "ingest", str(document))
+    code, shown = await asyncio.to_thread(
+        amelia, env, "search", "zqhostilezq", "--mode", "keyword", "-k", "1", columns=200
+    )
+    assert code == 0 and f"{HOSTILE} zqhostilezq" in shown, shown
+
+
+def test_a_retried_run_marks_where_the_new_attempt_starts_and_ends_its_line() -> None:
+    """`runs show -f` replays attempt 1's tokens (it died mid-answer), then attempt 2's."""
+    console = Console(record=True, width=80, file=open(os.devnull, "w"))  # noqa: SIM115
+    agents_cmd.console = console
+    try:
+        shown = agents_cmd.Shown()
+        for attempt, text in ((1, "The answer is "), (2, "The answer is worldwide.")):
+            for token in text.split(" "):
+                data = {"run": "runs/x", "attempt": attempt, "text": token + " "}
+                shown.event(make_event("run.token", "runs/x", data, source="t"))
+        shown.end()
+        console.print_json('{"name": "runs/x"}')
+    finally:
+        agents_cmd.console = Console()
+    out = console.export_text()
+    lines = out.splitlines()
+    assert lines[0].startswith("The answer is"), out
+    assert lines[1].startswith("· attempt 2"), out
+    assert lines[2].rstrip() == "The answer is worldwide.", out
+    assert lines[3] == "{", out
+
+
+def test_progress_names_its_counts_in_one_order() -> None:
+    a = agents_cmd.progress_text({"step": "reading context", "passages": 5, "characters": 4327})
+    b = agents_cmd.progress_text({"step": "reading context", "characters": 4327, "passages": 5})
+    assert a == b == "reading context… (4,327 characters, 5 passages)"
+
+
+async def test_run_names_the_tool_it_calls(tui_mesh: TuiMesh, tmp_path: Path) -> None:
+    env = cli_env(tui_mesh, tmp_path / "none")
+    agent = f"calc-{uuid.uuid4().hex[:8]}"
+    model = 'offline:tool:calculator:{"expression": "6*7"}'
+    code, shown = await asyncio.to_thread(
+        amelia, env, "agents", "create", agent, "--model", model, "--tool", "calculator"
+    )
+    assert code == 0, shown
+    code, shown = await asyncio.to_thread(amelia_process, env, "run", agent, "six times seven")
+    assert code == 0 and "run.tool.called calculator" in shown, shown
+
+
+async def test_ctrl_c_on_run_says_it_cancelled_the_run(tui_mesh: TuiMesh, tmp_path: Path) -> None:
+    env = cli_env(tui_mesh, tmp_path / "none")
+    agent = f"slow-{uuid.uuid4().hex[:8]}"
+    code, shown = await asyncio.to_thread(
+        amelia, env, "agents", "create", agent, "--model", "offline:echo?delay_ms=400"
+    )
+    assert code == 0, shown
+    process = await asyncio.create_subprocess_exec(
+        *AMELIA,
+        "run",
+        agent,
+        " ".join(["word"] * 200),
+        env=os.environ | env | {"COLUMNS": "80"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    first = (await asyncio.wait_for(process.stdout.readline(), DEADLINE)).decode()
+    run_name = first.split()[0]
+    assert run_name.startswith("runs/"), first
+    await asyncio.wait_for(process.stdout.read(10), DEADLINE)  # some tokens are out
+    process.send_signal(signal.SIGINT)
+    out, errors = await asyncio.wait_for(process.communicate(), DEADLINE)
+    assert process.returncode == 1, (out, errors)
+    text = out.decode()
+    assert text.endswith("\n") and f"\ncancelled {run_name} (Ctrl-C)\n" in text, (text, errors)
+    status: dict[str, str] = {}
+
+    async def cancelled() -> bool:
+        status.update((await tui_mesh.get(f"/v1/{run_name}"))["run"])
+        return status.get("status") == "RUN_STATUS_CANCELLED"
+
+    await eventually(cancelled, lambda: status)
+
+
+def _commands(command: TyperCommand | TyperGroup) -> Iterator[tuple[str, TyperCommand]]:
+    if isinstance(command, TyperGroup):
+        for name, sub in command.commands.items():
+            for path, leaf in _commands(sub):  # type: ignore[arg-type]
+                yield f"{name} {path}".strip(), leaf
+    else:
+        yield "", command
+
+
+def test_help_gives_every_option_a_line_and_no_flag_a_type() -> None:
+    root = typer.main.get_command(app)
+    missing = [
+        f"amelia {path} {param.name}"
+        for path, command in _commands(root)  # type: ignore[arg-type]
+        for param in command.params
+        if not getattr(param, "help", None)
+    ]
+    assert not missing, missing
+    code, shown = amelia({}, "search", "--help")
+    assert code == 0, shown
+    assert "[default: 0]" not in shown and "<bool>" not in shown, shown
+    code, shown = amelia({}, "runs", "show", "--help")
+    assert "<bool>" not in shown, shown
