@@ -24,12 +24,32 @@ TEMPERATURE_RANGE = (0.0, 2.0)
 RETRY_ATTEMPTS_RANGE = (0, 20)
 
 
+# The longest an agent's text fields may be, in characters: OpenAI's Assistants API's limits
+# (name 256, description 512, instructions 256,000); a model string is a name and a URL.
+TEXT_LIMITS = {
+    "display_name": 256,
+    "description": 512,
+    "system_prompt": 256_000,
+    "model": 1000,
+}
+
+
 def _text(name: str) -> Validator:
     def validate(agent: Agent, settings: Settings) -> str:
         value: str = getattr(agent, name)
         return value
 
     return validate
+
+
+def check_lengths(agent: Agent) -> None:
+    """InvalidArgumentError naming the first text field longer than its TEXT_LIMITS."""
+    for name, limit in TEXT_LIMITS.items():
+        length = len(getattr(agent, name))
+        if length > limit:
+            raise InvalidArgumentError(
+                f"agent.{name} is {length} characters; at most {limit} are accepted"
+            )
 
 
 def model(agent: Agent, settings: Settings) -> str:
@@ -111,9 +131,10 @@ NAMES = tuple(FIELDS)
 def values(agent: Agent, fields: Sequence[str], settings: Settings) -> dict[str, Any]:
     """Column values for `fields` of `agent`; InvalidArgumentError with the reason.
 
-    Text the request carries is refused if JSON or PostgreSQL cannot keep it (NUL), whichever
-    fields are named; output-only fields (create_time, …) are ignored, whatever they hold."""
-    for name in ("display_name", "description", "system_prompt", "model"):
+    Text the request carries is refused if longer than TEXT_LIMITS or if JSON or PostgreSQL
+    cannot keep it (NUL), whichever fields are named; output-only fields (create_time, …) are ignored, whatever they hold."""
+    check_lengths(agent)
+    for name in TEXT_LIMITS:
         check_json(getattr(agent, name), f"agent.{name}")
     check_json(list(agent.context_sources), "agent.context_sources")
     check_json(list(agent.tools), "agent.tools")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from google.protobuf import duration_pb2, json_format, struct_pb2
 from google.protobuf.message import Message
@@ -134,9 +135,44 @@ def to_value(value: Any) -> struct_pb2.Value:
     return msg
 
 
+# The largest a request's JSON field may be, serialized (protobuf bytes, as it came). A run's
+# input (and what a client sends into a run: an answer, a fork's values) up to 1 MiB, so that
+# pages of runs stay readable by gRPC clients with their default 4 MiB limit; a thread's metadata
+# is a few labels. Unnamed fields have no limit of their own.
+MIB = 1024 * 1024
+JSON_LIMITS = {
+    "run.input": MIB,
+    "answer": MIB,
+    "values": MIB,
+    "thread.metadata": 64 * 1024,
+}
+# A List response holds the items that fit in this many bytes (at least one), and a
+# next_page_token for the rest: under the 4 MiB a gRPC client accepts by default.
+MAX_PAGE_BYTES = 3 * MIB
+
+
+def size_text(size: int) -> str:
+    """A byte count as a person reads a limit: '1 MiB', '64 KiB', '900 bytes'."""
+    for unit, name in ((MIB, "MiB"), (1024, "KiB")):
+        if size >= unit and size % unit == 0:
+            return f"{size // unit} {name}"
+    return f"{size} bytes"
+
+
+def check_size(size: int, field: str, limit: int) -> None:
+    """InvalidArgumentError naming `field` and its limit when `size` (bytes) is over it."""
+    if size > limit:
+        raise InvalidArgumentError(
+            f"{field} is {size} bytes serialized; at most {size_text(limit)} is accepted"
+        )
+
+
 def json_from(message: Message, field: str) -> Any:
     """A Struct or Value from a request as plain JSON values, refused (InvalidArgumentError) if it
-    holds NaN, Infinity or NUL characters, which neither JSON nor PostgreSQL can keep."""
+    is over its JSON_LIMITS size or holds NaN, Infinity or NUL characters, which neither JSON nor
+    PostgreSQL can keep."""
+    if field in JSON_LIMITS:
+        check_size(message.ByteSize(), field, JSON_LIMITS[field])
     try:
         value = json_format.MessageToDict(message)
     except ValueError:
@@ -193,3 +229,29 @@ def run_to_proto(row: RunRow) -> agents_pb2.Run:
     if row.timeout_seconds:
         msg.timeout.FromNanoseconds(int(row.timeout_seconds * 1e9))
     return msg
+
+
+M = TypeVar("M", bound=Message)
+R = TypeVar("R")
+
+
+class PageFit(Generic[R, M]):
+    """Rows converted (once) to the messages of a List response, and how many of them fit in
+    MAX_PAGE_BYTES: a page is cut short there, its token pointing after the last one kept."""
+
+    def __init__(self, to_proto: Callable[[R], M], budget: int = MAX_PAGE_BYTES) -> None:
+        self.to_proto = to_proto
+        self.budget = budget
+        self.messages: list[M] = []
+
+    def __call__(self, rows: Sequence[R]) -> int:
+        """How many of `rows` go in the page (at least one, so a page always moves on)."""
+        self.messages = [self.to_proto(r) for r in rows]
+        total = 0
+        for count, message in enumerate(self.messages):
+            # A repeated field's item: its bytes plus a tag and a length prefix.
+            total += message.ByteSize() + 6
+            if total > self.budget and count:
+                del self.messages[count:]
+                return count
+        return len(self.messages)

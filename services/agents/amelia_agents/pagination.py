@@ -5,7 +5,7 @@ value and the id. ListRuns' query (its fields, filter, order and page) is here t
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -34,11 +34,18 @@ def keyset_page(requested: int, token: str) -> tuple[int, tuple[datetime, str] |
     return paging.page_size(requested, DEFAULT_PAGE_SIZE), decode(token) if token else None
 
 
-def page(rows: Sequence[Row], limit: int, key: str = "create_time") -> tuple[Sequence[Row], str]:
+def page(
+    rows: Sequence[Row],
+    limit: int,
+    key: str = "create_time",
+    fit: Callable[[Sequence[Row]], int] = len,
+) -> tuple[Sequence[Row], str]:
     """The first `limit` of `limit + 1` fetched rows, and the token of the next page ("" at the end).
 
-    Rows have `key` (a time) and `id`, the keyset the store orders by.
+    Rows have `key` (a time) and `id`, the keyset the store orders by. `fit` may cut the page
+    shorter (how many of the first `limit` rows to keep, e.g. `convert.PageFit` by bytes).
     """
+    limit = min(limit, fit(rows[:limit]))
     if len(rows) <= limit:
         return rows, ""
     last: Any = rows[limit - 1]
@@ -130,8 +137,10 @@ async def list_runs(
     after: tuple[datetime, str] | None,
     flt: RunFilter,
     order: RunOrder,
+    fit: Callable[[Sequence[RunRow]], int] = len,
 ) -> tuple[list[RunRow], str]:
-    """One page of the runs `flt` keeps, in `order`, and the next page's token."""
+    """One page of the runs `flt` keeps, in `order`, and the next page's token; `fit` as in
+    `page`."""
     column = order.column()
     query = select(RunRow, column.label("sort_key")).where(*run_conditions(flt))
     if after is not None:
@@ -143,6 +152,10 @@ async def list_runs(
     async with sessions() as s:
         found = (await s.execute(query.limit(limit + 1))).all()
     rows = [row for row, _ in found[:limit]]
+    kept = fit(rows)
+    if kept < len(rows):
+        last, value = found[kept - 1]
+        return rows[:kept], order.token(last, value)
     if len(found) <= limit:
         return rows, ""
     last, value = found[limit - 1]

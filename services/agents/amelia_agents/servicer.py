@@ -91,10 +91,10 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         self, request: agents_pb2.ListAgentsRequest, context: Ctx
     ) -> agents_pb2.ListAgentsResponse:
         limit, after = pagination.keyset_page(request.page_size, request.page_token)
-        rows, token = pagination.page(await self.store.list_agents(limit + 1, after), limit)
-        return agents_pb2.ListAgentsResponse(
-            agents=[convert.agent_to_proto(r) for r in rows], next_page_token=token
-        )
+        fit = convert.PageFit(convert.agent_to_proto)
+        found = await self.store.list_agents(limit + 1, after)
+        _, token = pagination.page(found, limit, fit=fit)
+        return agents_pb2.ListAgentsResponse(agents=fit.messages, next_page_token=token)
 
     async def UpdateAgent(
         self, request: agents_pb2.UpdateAgentRequest, context: Ctx
@@ -327,10 +327,9 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
                 setattr(flt, name, stamp.ToDatetime(tzinfo=UTC))
         flt.condition = filtering.compile_filter(request.filter)
         order = pagination.run_order(request.order_by)
-        rows, token = await pagination.list_runs(self.store.sessions, limit, after, flt, order)
-        return agents_pb2.ListRunsResponse(
-            runs=[convert.run_to_proto(r) for r in rows], next_page_token=token
-        )
+        fit = convert.PageFit(convert.run_to_proto)
+        _, token = await pagination.list_runs(self.store.sessions, limit, after, flt, order, fit)
+        return agents_pb2.ListRunsResponse(runs=fit.messages, next_page_token=token)
 
     async def CancelRun(
         self, request: agents_pb2.CancelRunRequest, context: Ctx
