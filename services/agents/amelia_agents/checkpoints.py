@@ -48,11 +48,15 @@ _LOCK_POLL_SECONDS = 0.2
 async def open_checkpointer(
     settings: Settings, max_size: int | None = None
 ) -> tuple[AsyncConnectionPool, AsyncPostgresSaver]:
-    """A pool and a saver on it; the saver's tables are created/migrated under an advisory lock."""
+    """A pool and a saver on it; the saver's tables are created/migrated under an advisory lock.
+
+    The pool has room for a connection per worker loop of this process (each holds one for its
+    pick-up, see `RunSaver`) and one more for everything else, whatever DATABASE_POOL_SIZE says.
+    """
     pool: AsyncConnectionPool = AsyncConnectionPool(
         conninfo=libpq_url(settings.DATABASE_URL),
         min_size=1,
-        max_size=max_size or settings.DATABASE_POOL_SIZE,
+        max_size=max(max_size or settings.DATABASE_POOL_SIZE, settings.AGENT_WORKERS + 1),
         # What AsyncPostgresSaver expects of its connections.
         kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
         open=False,
