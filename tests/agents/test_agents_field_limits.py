@@ -103,5 +103,29 @@ async def test_list_pages_stay_readable_by_a_default_grpc_client(agents_settings
                 if not token:
                     break
             assert sorted(found) == [f"agents/{prefix}-{i}" for i in range(5)]
+            # Threads: metadata over 64 KiB is refused; sixty of ~60 KiB (3.6 MB) are paged.
+            big = S.Thread()
+            big.metadata.update({"note": "m" * (64 * 1024)})
+            error = await rpc_error(stub.CreateThread(S.CreateThreadRequest(thread=big)))
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "thread.metadata" in error.details() and "64 KiB" in error.details()
+            mine = set()
+            for i in range(60):
+                thread = S.Thread()
+                thread.metadata.update({"note": "m" * (60 * 1024), "i": i})
+                created = await stub.CreateThread(S.CreateThreadRequest(thread=thread))
+                mine.add(created.thread.name)
+            seen, token, pages = set(), "", 0
+            while True:
+                listing = await stub.ListThreads(
+                    S.ListThreadsRequest(page_size=1000, page_token=token)
+                )
+                assert listing.ByteSize() < 4 * 1024 * 1024
+                seen |= {t.name for t in listing.threads}
+                pages += 1
+                token = listing.next_page_token
+                if not token:
+                    break
+            assert mine <= seen and pages >= 2
     finally:
         await service.stop(1.0)

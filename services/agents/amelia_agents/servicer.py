@@ -137,10 +137,9 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         if order_by not in THREAD_ORDERS:
             raise InvalidArgumentError(f"order_by must be one of: {', '.join(THREAD_ORDERS)}")
         found = await self.store.list_threads(limit + 1, after, order_by)
-        rows, token = pagination.page(found, limit, key=order_by.split()[0])
-        return agents_pb2.ListThreadsResponse(
-            threads=[_thread(r) for r in rows], next_page_token=token
-        )
+        fit = convert.PageFit(_thread)
+        _, token = pagination.page(found, limit, key=order_by.split()[0], fit=fit)
+        return agents_pb2.ListThreadsResponse(threads=fit.messages, next_page_token=token)
 
     async def DeleteThread(
         self, request: agents_pb2.DeleteThreadRequest, context: Ctx
