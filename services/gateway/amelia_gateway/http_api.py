@@ -37,7 +37,7 @@ from amelia_gateway.requests import (
 from amelia_gateway.routes import Match
 from amelia_gateway.state import Gateway
 from amelia_gateway.transcode import build_request, parse_json_body, to_json_bytes, to_json_text
-from amelia_gateway.upstream import Upstream, message_class
+from amelia_gateway.upstream import Upstream, message_class, waiting_for, watch_opening
 
 log = get_logger("amelia.gateway.http")
 
@@ -154,15 +154,30 @@ async def _stream(
         message, timeout=timeout, metadata=metadata(rid)
     )
     first = asyncio.ensure_future(call.read())
-    if await _answered_while_opening(first, upstream):
-        try:
-            first.result()
-        except grpc.aio.AioRpcError as exc:
+    opened = asyncio.ensure_future(call.initial_metadata())
+    try:
+        if await _answered_while_opening(first, upstream):
+            try:
+                first.result()
+            except grpc.aio.AioRpcError as exc:
+                call.cancel()
+                raise from_rpc_error(exc, rule.service, upstream.address) from None
+        elif not opened.done() and (dependency := await upstream.down_dependency()):
+            # The service waits for a dependency before it opens the stream (the events
+            # service for NATS) and says nothing meanwhile: a 503 naming it, not a silent 200.
             call.cancel()
-            raise from_rpc_error(exc, rule.service, upstream.address) from None
+            raise waiting_for(upstream, dependency)
+    finally:
+        opened.cancel()
     gateway.http_streams.add(call)
+    down: list[str] = []
+
+    def dependency_down(dependency: str) -> None:
+        down.append(dependency)
+        call.cancel()  # the last line says why
 
     async def lines() -> AsyncIterator[str]:
+        watch = asyncio.create_task(watch_opening(call, upstream, dependency_down))
         try:
             item = await first
             while item is not grpc.aio.EOF:
@@ -179,12 +194,17 @@ async def _stream(
             yield '{"error":' + _json(internal(f"request id {rid}").body(rid)) + "}\n"
         except asyncio.CancelledError:
             task = asyncio.current_task()
+            if down and not (task is not None and task.cancelling()):
+                # The service never opened the stream: it waits for a dependency that is down.
+                yield '{"error":' + _json(waiting_for(upstream, down[0]).body(rid)) + "}\n"
+                return
             if (task is not None and task.cancelling()) or not gateway.stopping.is_set():
                 raise  # the client went away: nothing to write to
             # The gateway is draining and cancelled the call: say so, then end the body.
             error = GatewayError(grpc.StatusCode.UNAVAILABLE, "server shutting down")
             yield '{"error":' + _json(error.body(rid)) + "}\n"
         finally:
+            watch.cancel()
             call.cancel()
             gateway.http_streams.discard(call)
 

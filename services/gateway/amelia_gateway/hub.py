@@ -43,7 +43,7 @@ from amelia.v1 import agents_pb2, events_pb2
 from amelia_common.logging import get_logger
 from amelia_gateway.errors import GatewayError, from_rpc_error, internal
 from amelia_gateway.event_json import event_json
-from amelia_gateway.upstream import Upstreams
+from amelia_gateway.upstream import Upstream, Upstreams, waiting_for, watch_opening
 
 log = get_logger("amelia.gateway.hub")
 
@@ -222,6 +222,8 @@ class UpstreamStream:
     follow: bool = True
     last: int = 0
     task: asyncio.Task[None] | None = field(default=None, init=False)
+    # Whether the subscribers were told the stream is interrupted (told once per outage).
+    failing: bool = field(default=False, init=False)
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name=f"upstream-{self.rpc}")
@@ -231,14 +233,28 @@ class UpstreamStream:
         if self.task is not None and not self.task.done():
             self.task.cancel()
 
+    def _dependency_down(self, upstream: Upstream, dependency: str) -> None:
+        """The service waits for `dependency` before it opens the stream (the events service
+        for NATS, sending nothing meanwhile): tell the subscribers once, `final: false`."""
+        if not self.failing:
+            self.failing = True
+            waiting = waiting_for(upstream, dependency)
+            waiting.message += "; waiting for it, the events follow once it is back"
+            log.warning(
+                "upstream stream waits for a dependency", rpc=self.rpc, error=waiting.message
+            )
+            self.on_error(waiting, False)
+
     async def _run(self) -> None:
         delay = 0.1
-        failing = False
         upstream = self.hub.upstreams[self.service]
         while True:
             call = self.hub.upstreams.callable(self.service, self.rpc)(self.request_for(self.last))
             self.hub.calls_opened += 1
             self.hub.calls_active += 1
+            watch = asyncio.create_task(
+                watch_opening(call, upstream, lambda d: self._dependency_down(upstream, d))
+            )
             error: GatewayError | None = None
             code = grpc.StatusCode.OK
             try:
@@ -247,7 +263,7 @@ class UpstreamStream:
                     if not events:
                         continue
                     self.last = events[-1].sequence
-                    failing, delay = False, 0.1
+                    self.failing, delay = False, 0.1
                     if not self.on_events(events):
                         return
                     if self.pace is not None:
@@ -270,6 +286,7 @@ class UpstreamStream:
                 error = internal(f"reading {self.service}.{self.rpc}")
                 code = grpc.StatusCode.INTERNAL
             finally:
+                watch.cancel()
                 call.cancel()
                 self.hub.calls_active -= 1
             if code == grpc.StatusCode.OK:
@@ -286,10 +303,10 @@ class UpstreamStream:
             if code not in RETRYABLE:
                 self.on_error(error, True)
                 return
-            if not failing:
+            if not self.failing:
                 log.warning("upstream stream interrupted", rpc=self.rpc, error=error.message)
                 self.on_error(error, False)
-                failing = True
+                self.failing = True
             await asyncio.sleep(delay)
             delay = min(delay * 2, MAX_BACKOFF)
 

@@ -20,14 +20,8 @@ from amelia_common.llama_server import local_model_report
 from amelia_gateway.errors import GatewayError, error_response
 from amelia_gateway.http_api import gateway_of, request_id, require_token
 from amelia_gateway.state import Gateway
-from amelia_gateway.upstream import Upstream
+from amelia_gateway.upstream import DEPENDENCIES, Upstream
 
-# What each service depends on (names as the services register them).
-DEPENDENCIES = {
-    "EventService": ("nats",),
-    "AgentService": ("nats", "postgres"),
-    "RagService": ("nats", "postgres"),
-}
 PROBE_TIMEOUT = 2.0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from amelia.v1 import agents_pb2, events_pb2, git_pb2, rag_pb2
 from amelia_common.grpc_client import aio_channel
+from amelia_common.grpc_server import DEPENDENCY_PREFIX
 from amelia_common.settings import Settings
+from amelia_gateway.errors import GatewayError
 
 PACKAGE = "amelia.v1"
 
@@ -52,6 +55,14 @@ def method(service: str, rpc: str) -> MethodDescriptor:
 def message_class(descriptor: Any) -> type[Message]:
     cls: type[Message] = message_factory.GetMessageClass(descriptor)
     return cls
+
+
+# What each service depends on (names as the services register their health entries).
+DEPENDENCIES = {
+    "EventService": ("nats",),
+    "AgentService": ("nats", "postgres"),
+    "RagService": ("nats", "postgres"),
+}
 
 
 @dataclass
@@ -109,6 +120,14 @@ class Upstream:
         """grpc.health.v1 status of this service, or UNREACHABLE."""
         return await self.health_of(f"{PACKAGE}.{self.service}", timeout)
 
+    async def down_dependency(self, timeout: float = 2.0) -> str:
+        """The first of this service's dependencies its health reports NOT_SERVING ("nats"),
+        or "": why a stream it was asked for does not open (the service waits for it)."""
+        for dependency in DEPENDENCIES.get(self.service, ()):
+            if await self.health_of(DEPENDENCY_PREFIX + dependency, timeout) == "NOT_SERVING":
+                return dependency
+        return ""
+
     async def health_of(self, name: str, timeout: float = 2.0) -> str:
         stub = health_pb2_grpc.HealthStub(self.channel)
         try:
@@ -118,6 +137,40 @@ class Upstream:
                 return "UNREACHABLE"
             return exc.code().name
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+
+def waiting_for(upstream: Upstream, dependency: str) -> GatewayError:
+    """UNAVAILABLE: `upstream` has not opened a stream because `dependency` is down."""
+    return GatewayError(
+        grpc.StatusCode.UNAVAILABLE,
+        f"the {upstream.name} service at {upstream.address} cannot open the stream: its"
+        f" dependency {dependency} is down (its health check dependency/{dependency} says"
+        " NOT_SERVING)",
+        service=upstream.service,
+    )
+
+
+# A stream the service has not opened (no headers) after this long: ask the service's health
+# which of its dependencies is down (it waits for it), then again at doubling intervals.
+OPEN_CHECK_SECONDS = 2.0
+MAX_OPEN_CHECK_SECONDS = 30.0
+
+
+async def watch_opening(
+    call: Any, upstream: Upstream, on_down: Callable[[str], None], wait: float = OPEN_CHECK_SECONDS
+) -> None:
+    """Until the streaming `call` has its headers (the service opened it), call `on_down` with
+    the name of each dependency the service's health says is down: a service waiting for one
+    sends nothing, and the client must hear why, never silence."""
+    opened = asyncio.ensure_future(call.initial_metadata())
+    try:
+        while not (await asyncio.wait({opened}, timeout=wait))[0]:
+            dependency = await upstream.down_dependency()
+            if dependency:
+                on_down(dependency)
+            wait = min(wait * 2, MAX_OPEN_CHECK_SECONDS)
+    finally:
+        opened.cancel()
 
 
 class Upstreams:
