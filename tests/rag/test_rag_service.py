@@ -399,6 +399,33 @@ async def test_min_score_applies_to_vector_similarity(rag: Rag, corpus: Corpus) 
     assert 0 < hybrid.hits[0].score <= 1
 
 
+async def test_the_nearest_chunk_by_cosine_is_the_first_vector_hit(
+    rag: Rag, corpus: Corpus
+) -> None:
+    """Vector search is exact on a corpus one machine holds: for each query the chunk with the
+    highest cosine over every stored embedding (computed here) comes first, with that cosine."""
+    async with rag.store.sessions() as session:
+        rows = (
+            await session.execute(
+                text(
+                    "SELECT document_id, chunk_index, embedding::text FROM chunks"
+                    " WHERE embedding IS NOT NULL"
+                )
+            )
+        ).all()
+    matrix = np.array([json.loads(row[2]) for row in rows], dtype=np.float32)
+    for query in ("When should roses be pruned?", "forsythia", "what does the keeper do at night"):
+        vector = rag.model.encode([query], normalize_embeddings=True)[0]
+        cosines = matrix @ vector
+        best = rows[int(np.argmax(cosines))]
+        hits = await rag.stub.Search(
+            rag_pb2.SearchRequest(query=query, min_score=-1, mode=rag_pb2.SEARCH_MODE_VECTOR)
+        )
+        first = hits.hits[0]
+        assert (first.document, first.chunk_index) == (f"documents/{best[0]}", best[1]), query
+        assert first.vector_score == pytest.approx(float(cosines.max()), abs=1e-4)
+
+
 async def test_list_documents_pages_and_filters(rag: Rag, corpus: Corpus) -> None:
     seen: list[str] = []
     token = ""

@@ -8,7 +8,8 @@ background indexer embeds its chunks (an ingest replaces a document's chunks in 
 transaction, so a search never mixes old and new ones). A chunk with no embedding yet (its
 document is `indexing`, or its indexing `failed`) is ranked by its words alone.
 
-- vector: HNSW index scan ordered by cosine distance. Filters (documents, types, metadata) are
+- vector: cosine distance, scanned exactly below `EXACT_BELOW_CHUNKS` chunks (perfect recall),
+  through the HNSW index above it. Filters (documents, types, metadata) are
   resolved to document ids first and applied inside the scan; pgvector 0.8's iterative scan
   (`hnsw.iterative_scan = relaxed_order`) keeps scanning until enough rows pass the filter,
   and an exact scan of the filtered rows backs it up when even that comes up short. Hits below
@@ -61,13 +62,18 @@ CANDIDATES_PER_HIT = 4
 # Overlapping passages of a section merge up to this many CHUNK_SIZEs (tune split, 150 distractor
 # pages: right passage in the top 5 0.91 with 2 and 2.5, 0.94 with 3 and 4).
 MERGE_CHUNKS = 3
-# Windows of one section come back in reading order (see reading_order). Off: measured once in
-# session 9, it put the right passage first more often on the tune and held-out splits (hybrid
-# 0.59 -> 0.72 and 0.53 -> 0.59) but one fresh question lost its first place (0.46 -> 0.44), and
-# a change is kept only when no split gets worse (docs/rag.md, session 9).
-READING_ORDER = False
+# Windows of one section come back in reading order (see reading_order). Measured once in
+# session 9 on all 123 questions, hybrid: right passage first 0.51 -> 0.55, in the top 5
+# 0.83 -> 0.84, nDCG@10 0.71 -> 0.73; 10 questions rose, 1 fell (docs/rag.md, session 9).
+READING_ORDER = True
 EF_SEARCH = 100
 MAX_SCAN_TUPLES = 20_000
+# Below this many chunks (PostgreSQL's estimate) the vector leg scans exactly instead of through
+# the HNSW index: perfect recall for the corpora one machine holds, at tens of ms. HNSW loses
+# rows among many identical vectors (licence texts, navigation repeated on every page: a
+# stranger's 16k-chunk corpus with 31 % duplicate vectors hid a document's only, obvious match
+# from the index scan, which the exact scan ranks first); pgvector #837.
+EXACT_BELOW_CHUNKS = 50_000
 # What one Search may ask: the servicer refuses more.
 MAX_TOP_K = 100
 MAX_QUERY_CHARS = 8192
@@ -328,9 +334,11 @@ async def vector_ranking(
 ) -> list[Hit]:
     """The `limit` chunks nearest to `vector` (cosine), best first.
 
-    Approximate (HNSW with iterative scan) unless `exact`; a filtered approximate scan that
-    finds fewer than `limit` rows is redone exactly over the filtered rows.
+    Exact when asked or when the corpus is small (`EXACT_BELOW_CHUNKS`), else approximate
+    (HNSW with iterative scan); a filtered approximate scan that finds fewer than `limit` rows
+    is redone exactly over the filtered rows.
     """
+    exact = exact or await _chunk_estimate(session) < EXACT_BELOW_CHUNKS
     where = "WHERE c.document_id = ANY(:ids) AND" if document_ids is not None else "WHERE"
     # `+ 0` keeps the planner off the HNSW index: an exact scan.
     order = (
@@ -372,6 +380,15 @@ async def vector_ranking(
     if not exact and document_ids is not None and len(rows) < limit:
         return await vector_ranking(session, vector, limit, document_ids, exact=True)
     return [_hit(row, 1.0 - row.distance, 1.0 - row.distance) for row in rows]
+
+
+async def _chunk_estimate(session: AsyncSession) -> float:
+    """How many chunks PostgreSQL thinks there are (its statistics: no scan; -1 before the
+    table was first analysed, when it is small)."""
+    estimate = await session.scalar(
+        text("SELECT reltuples FROM pg_class WHERE oid = 'chunks'::regclass")
+    )
+    return float(estimate if estimate is not None else -1)
 
 
 async def query_terms(session: AsyncSession, query: str) -> list[str]:
