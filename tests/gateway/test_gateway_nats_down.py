@@ -10,7 +10,8 @@ nats-server and events service, so stopping it disturbs no other test.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,28 +22,31 @@ from gateway_helpers import Client, Publisher, RunningGateway, new_subject, star
 from amelia_common.embedded import EmbeddedNats, free_port
 
 
-@pytest.fixture
-def private_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
-    server = EmbeddedNats(tmp_path, free_port())
-    server.start()
-    yield server
-    server.stop()
+@dataclass
+class Isolated:
+    gateway: RunningGateway
+    events_address: str
+    nats: EmbeddedNats
 
 
 @pytest.fixture
-async def isolated(
-    infra: Any, private_nats: EmbeddedNats
-) -> AsyncIterator[tuple[RunningGateway, str]]:
+async def isolated(infra: Any, tmp_path: Path) -> AsyncIterator[Isolated]:
+    """A gateway in front of an events service on a nats-server of the test's own."""
     from amelia_events.server import build_service
 
-    settings = infra.settings(NATS_URL=private_nats.url)
+    nats = EmbeddedNats(tmp_path, free_port())
+    nats.start()
+    settings = infra.settings(NATS_URL=nats.url)
     events = await build_service(settings)
     await events.start()
     address = f"127.0.0.1:{events.bound_port}"
-    gateway = await start_gateway(infra.settings(NATS_URL=private_nats.url, EVENTS_ADDRESS=address))
-    yield gateway, address
-    await gateway.stop()
-    await events.stop(1.0)
+    gateway = await start_gateway(infra.settings(NATS_URL=nats.url, EVENTS_ADDRESS=address))
+    try:
+        yield Isolated(gateway, address, nats)
+    finally:
+        await gateway.stop()
+        await events.stop(1.0)
+        nats.stop()
 
 
 async def _nats_reported(http: httpx.AsyncClient, status: str) -> None:
@@ -56,9 +60,9 @@ async def _nats_reported(http: httpx.AsyncClient, status: str) -> None:
 
 
 async def test_with_nats_down_streams_say_so_and_events_follow_once_it_is_back(
-    isolated: tuple[RunningGateway, str], private_nats: EmbeddedNats, infra: Any
+    isolated: Isolated, infra: Any
 ) -> None:
-    gateway, events_address = isolated
+    gateway, events_address, private_nats = isolated.gateway, isolated.events_address, isolated.nats
     subject = new_subject()
     async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as http:
         for _ in range(3):  # down and back, three times: the same answers each time
