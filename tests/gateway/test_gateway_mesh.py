@@ -281,3 +281,25 @@ async def test_an_update_mask_is_taken_as_grpc_gateway_takes_it(mesh: Mesh) -> N
         f"/v1/{agent}", json={"agent": {"maxTokens": 3}, "updateMask": "maxTokenz"}
     )
     assert refused.status_code == 400 and "max_tokenz" in refused.json()["message"], refused.text
+
+
+async def test_a_query_of_symbols_only_answers_a_list_of_hits(mesh: Mesh) -> None:
+    """A query with no words (☃ 🎉) is still a search: `hits` is there, a list (empty or not),
+    in every mode; never a bare `{}`."""
+    http = mesh.http
+    stored = await http.post(
+        "/v1/documents",
+        json={
+            "source": {"title": "snow.md"},
+            "content": base64.b64encode(b"# Snow\n\nA snowman.").decode(),
+        },
+    )
+    assert stored.status_code == 200, stored.text
+    for mode in ("SEARCH_MODE_VECTOR", "SEARCH_MODE_KEYWORD", "SEARCH_MODE_HYBRID"):
+        reply = await http.post("/v1/search", json={"query": "☃ 🎉", "mode": mode, "topK": 3})
+        assert reply.status_code in (200, 400), reply.text
+        body = reply.json()
+        if reply.status_code == 200:
+            assert isinstance(body["hits"], list), body
+        else:
+            assert body["message"], body
