@@ -303,3 +303,29 @@ async def test_a_query_of_symbols_only_answers_a_list_of_hits(mesh: Mesh) -> Non
             assert isinstance(body["hits"], list), body
         else:
             assert body["message"], body
+
+
+async def test_a_token_larger_than_an_event_stays_a_string_and_says_it_was_cut(
+    mesh: Mesh,
+) -> None:
+    """A run.token's `text` is a string for every reader: too large for an event (one 600 KB
+    word from the echo model), it is its start, and `text_truncated` says how long it was."""
+    http = mesh.http
+    agent = await _agent(http, "offline:echo")
+    word = "".join(f"{i:07d}" for i in range(90_000))  # 630,000 characters, no space: one token
+    created = await http.post(
+        "/v1/runs", json={"run": {"agent": agent, "input": {"message": word}}}
+    )
+    assert created.status_code == 200, created.text
+    client = await Client.connect(mesh.gateway.ws_url)
+    await client.subscribe("r", run=created.json()["run"]["name"])
+    tokens: list[dict[str, Any]] = []
+    while (message := await client.recv(timeout=120))["type"] != "end":
+        assert message["type"] in ("event", "ping"), message
+        if message["type"] == "event" and message["event"]["type"] == "run.token":
+            tokens.append(message["event"]["data"])
+    await client.close()
+    assert len(tokens) == 1, [t.keys() for t in tokens]
+    text, cut = tokens[0]["text"], tokens[0]["text_truncated"]
+    assert isinstance(text, str) and word.startswith(text) and 0 < len(text) < len(word)
+    assert cut["characters"] == len(word) and cut["see"].startswith("GetRun runs/"), cut

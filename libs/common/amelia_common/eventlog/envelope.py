@@ -244,11 +244,14 @@ PREVIEW_CHARACTERS = 2000
 
 
 def fit_data(data: Mapping[str, Any], max_bytes: int, *, where: str) -> dict[str, Any]:
-    """`data` with its largest values replaced by previews until it fits in `max_bytes`.
+    """`data` with its largest values cut until it fits in `max_bytes`.
 
-    For events that carry a resource's content (a run's input or output): the event must be
-    stored whatever the content's size, and the whole value stays on the resource (`where`
-    says how to get it). A replaced value becomes
+    For events that carry a resource's content (a run's input or output, a huge token): the
+    event must be stored whatever the content's size, and the whole value stays on the resource
+    (`where` says how to get it). A value keeps its JSON type, so readers need no second shape:
+    a string stays a string, its first PREVIEW_CHARACTERS characters, and a sibling
+    `"<key>_truncated": {"characters": n, "size_bytes": n, "see": where}` says it was cut; any
+    other value becomes
     `{"truncated": true, "size_bytes": n, "preview": "<first characters of its JSON>", "see": where}`.
     """
 
@@ -258,11 +261,21 @@ def fit_data(data: Mapping[str, Any], max_bytes: int, *, where: str) -> dict[str
     fitted = dict(data)
     if _surely_fits(fitted, max_bytes):
         return fitted
+    cut: set[str] = set()
     while fitted and size(fitted) > max_bytes:
         key = max(fitted, key=lambda k: size(fitted[k]))
         value = fitted[key]
-        if isinstance(value, dict) and value.get("truncated") is True:
+        if key in cut or (isinstance(value, dict) and value.get("truncated") is True):
             break  # the largest value is already a preview: nothing left to shrink
+        cut.add(key)
+        if isinstance(value, str):
+            fitted[key] = value[:PREVIEW_CHARACTERS]
+            fitted[f"{key}_truncated"] = {
+                "characters": len(value),
+                "size_bytes": len(value.encode(errors="surrogatepass")),
+                "see": where,
+            }
+            continue
         text = json.dumps(value, ensure_ascii=False, default=str)
         fitted[key] = {
             "truncated": True,
