@@ -50,13 +50,12 @@ async def open_checkpointer(
 ) -> tuple[AsyncConnectionPool, AsyncPostgresSaver]:
     """A pool and a saver on it; the saver's tables are created/migrated under an advisory lock.
 
-    The pool has room for a connection per worker loop of this process (each holds one for its
-    pick-up, see `RunSaver`) and one more for everything else, whatever DATABASE_POOL_SIZE says.
-    """
+    A pick-up holds one of the pool's connections (`RunSaver`): the caller sizes the pool for
+    its worker loops (`resources.open_resources`: DATABASE_POOL_SIZE plus one per loop)."""
     pool: AsyncConnectionPool = AsyncConnectionPool(
         conninfo=libpq_url(settings.DATABASE_URL),
         min_size=1,
-        max_size=max(max_size or settings.DATABASE_POOL_SIZE, settings.AGENT_WORKERS + 1),
+        max_size=max_size or settings.DATABASE_POOL_SIZE,
         # What AsyncPostgresSaver expects of its connections.
         kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
         open=False,
