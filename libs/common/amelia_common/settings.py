@@ -120,6 +120,7 @@ class Settings(BaseSettings):
     DEFAULT_MODEL: str = ""
     # Left unset, it is LOCAL_MODEL_TEMPERATURE when the default model is a local one.
     DEFAULT_TEMPERATURE: float = Field(default=0.7, ge=0, le=2)
+    # Left unset, it is LOCAL_MODEL_MAX_TOKENS when the default model is a local one.
     DEFAULT_MAX_TOKENS: int = Field(default=4096, ge=1)
     # USD per million input and output tokens, by model string; `prefix*` matches a family and
     # the longest match wins, e.g. {"anthropic:claude-sonnet-4-5": [3, 15], "local:*": [0, 0]}.
@@ -144,6 +145,11 @@ class Settings(BaseSettings):
     # greedy. The 0.5B model ranks "Canberra" barely above "Sydney" for Australia's capital:
     # sampled even at 0.05 it answered Sydney 4 times in 20, greedy never.
     LOCAL_MODEL_TEMPERATURE: float = Field(default=0.0, ge=0, le=2)
+    # The default max_tokens for the local model (DEFAULT_MAX_TOKENS unset). Greedy, the 0.5B
+    # model can repeat itself until the limit ("Write 150 words about the sea" ran 700 of 700
+    # tokens, a sentence over and over; penalties did not make it stop and made it write a script
+    # instead of counting): 1024 bounds such a reply to about a minute on one thread.
+    LOCAL_MODEL_MAX_TOKENS: int = Field(default=1024, ge=1)
 
     # Agents' workers
     AGENT_WORKERS: int = Field(default=2, ge=0)
@@ -323,11 +329,16 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _resolve_default_temperature(self) -> Settings:
         """A local default model samples at LOCAL_MODEL_TEMPERATURE unless DEFAULT_TEMPERATURE
-        is set: what an agent or a run leaves out is then the small model's safe choice."""
+        is set, and stops at LOCAL_MODEL_MAX_TOKENS unless DEFAULT_MAX_TOKENS is: what an agent
+        or a run leaves out is then the small model's safe choice."""
         if "DEFAULT_TEMPERATURE" not in self.model_fields_set and self.DEFAULT_MODEL.startswith(
             "local:"
         ):
             self.DEFAULT_TEMPERATURE = self.LOCAL_MODEL_TEMPERATURE
+        if "DEFAULT_MAX_TOKENS" not in self.model_fields_set and self.DEFAULT_MODEL.startswith(
+            "local:"
+        ):
+            self.DEFAULT_MAX_TOKENS = self.LOCAL_MODEL_MAX_TOKENS
         return self
 
     # Helpers -------------------------------------------------------------------------------

@@ -72,9 +72,16 @@ def temperature(agent: Agent, settings: Settings) -> float:
 
 
 def max_tokens(agent: Agent, settings: Settings) -> int:
+    """The agent's max_tokens; left out, DEFAULT_MAX_TOKENS, or LOCAL_MODEL_MAX_TOKENS for a
+    `local:` model unless DEFAULT_MAX_TOKENS is set (a small model may repeat until the end)."""
     if agent.max_tokens < 0:
         raise InvalidArgumentError("max_tokens must be positive")
-    return agent.max_tokens or settings.DEFAULT_MAX_TOKENS
+    if agent.max_tokens:
+        return agent.max_tokens
+    local = (agent.model.strip() or settings.DEFAULT_MODEL).startswith("local:")
+    if local and "DEFAULT_MAX_TOKENS" not in settings.model_fields_set:
+        return settings.LOCAL_MODEL_MAX_TOKENS
+    return settings.DEFAULT_MAX_TOKENS
 
 
 def timeout(agent: Agent, settings: Settings) -> float:
