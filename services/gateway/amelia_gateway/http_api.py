@@ -37,7 +37,13 @@ from amelia_gateway.requests import (
 from amelia_gateway.routes import Match
 from amelia_gateway.state import Gateway
 from amelia_gateway.transcode import build_request, parse_json_body, to_json_bytes, to_json_text
-from amelia_gateway.upstream import Upstream, message_class, waiting_for, watch_opening
+from amelia_gateway.upstream import (
+    Upstream,
+    message_class,
+    settle,
+    waiting_for,
+    watch_opening,
+)
 
 log = get_logger("amelia.gateway.http")
 
@@ -168,7 +174,7 @@ async def _stream(
             call.cancel()
             raise waiting_for(upstream, dependency)
     finally:
-        opened.cancel()
+        settle(opened)
     gateway.http_streams.add(call)
     down: list[str] = []
 

@@ -169,8 +169,18 @@ async def watch_opening(
             if dependency:
                 on_down(dependency)
             wait = min(wait * 2, MAX_OPEN_CHECK_SECONDS)
+    except (grpc.aio.UsageError, RuntimeError):
+        return  # the channel was closed (shutdown): the call ends with it
     finally:
-        opened.cancel()
+        settle(opened)
+
+
+def settle(future: asyncio.Future[Any]) -> None:
+    """Cancel `future`, or take its exception if it has one (never "exception never retrieved")."""
+    if not future.done():
+        future.cancel()
+    elif not future.cancelled():
+        future.exception()
 
 
 class Upstreams:
