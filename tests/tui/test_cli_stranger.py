@@ -262,7 +262,11 @@ async def test_run_names_the_tool_it_calls(tui_mesh: TuiMesh, tmp_path: Path) ->
     assert code == 0 and "run.tool.called calculator" in shown, shown
 
 
-async def test_ctrl_c_on_run_says_it_cancelled_the_run(tui_mesh: TuiMesh, tmp_path: Path) -> None:
+@pytest.mark.parametrize("when", ["at once", "after tokens"])
+async def test_ctrl_c_on_run_says_it_cancelled_the_run(
+    tui_mesh: TuiMesh, tmp_path: Path, when: str
+) -> None:
+    """Ctrl-C as soon as the run's name is out, or once its tokens stream."""
     env = cli_env(tui_mesh, tmp_path / "none")
     agent = f"slow-{uuid.uuid4().hex[:8]}"
     code, shown = await asyncio.to_thread(
@@ -282,7 +286,10 @@ async def test_ctrl_c_on_run_says_it_cancelled_the_run(tui_mesh: TuiMesh, tmp_pa
     first = (await asyncio.wait_for(process.stdout.readline(), DEADLINE)).decode()
     run_name = first.split()[0]
     assert run_name.startswith("runs/"), first
-    await asyncio.wait_for(process.stdout.read(10), DEADLINE)  # some tokens are out
+    if when == "after tokens":
+        seen = b""
+        while b"word word" not in seen:
+            seen += await asyncio.wait_for(process.stdout.read(1), DEADLINE)
     process.send_signal(signal.SIGINT)
     out, errors = await asyncio.wait_for(process.communicate(), DEADLINE)
     assert process.returncode == 1, (out, errors)

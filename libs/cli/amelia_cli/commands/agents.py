@@ -280,16 +280,34 @@ def run(
             if repo or (in_git and "repository" not in run_input):
                 run_input["repository"] = repository
             spec.input.update(run_input)
-            created = (await stub.CreateRun(agents_pb2.CreateRunRequest(run=spec))).run
-            console.print(Text(f"{created.name} in {created.thread}", style="dim"))
-            follow = asyncio.create_task(_follow(stub, created.name))
+            # Ctrl-C from here on cancels the run: one while it is being created waits for its
+            # name (then cancels it); a second one stops waiting.
             interrupted = asyncio.Event()
+            main = asyncio.current_task()
+            following: list[asyncio.Task[agents_pb2.Run]] = []
 
             def on_ctrl_c() -> None:
+                if following:
+                    following[0].cancel()
+                elif interrupted.is_set() and main is not None:
+                    main.cancel()
                 interrupted.set()
-                follow.cancel()
 
             asyncio.get_running_loop().add_signal_handler(signal.SIGINT, on_ctrl_c)
+            try:
+                reply = await stub.CreateRun(agents_pb2.CreateRunRequest(run=spec))
+            except asyncio.CancelledError:
+                console.print()
+                console.print(
+                    Text("Ctrl-C before the run was created (`amelia runs ls` shows if it was)")
+                )
+                raise typer.Exit(1) from None
+            created = reply.run
+            console.print(Text(f"{created.name} in {created.thread}", style="dim"))
+            follow = asyncio.create_task(_follow(stub, created.name))
+            following.append(follow)
+            if interrupted.is_set():
+                follow.cancel()
             try:
                 return await follow
             except (asyncio.CancelledError, grpc.aio.AioRpcError):
