@@ -113,7 +113,7 @@ async def resumed(
                 "model server unreachable, trying again",
                 server=server,
                 error=str(exc),
-                streamed_chars=len(resume.shown),
+                streamed_chars=sum(map(len, shown)),
                 retry=tries,
                 delay_seconds=round(pause, 3),
             )
