@@ -103,4 +103,7 @@ async def test_a_local_model_server_that_stays_away_fails_naming_it(infra: objec
     message = str(caught.value)
     assert message.startswith("local: the local model server at ")
     assert url in message and "did not answer" in message and "openai" not in message
+    assert message.endswith(
+        "'amelia up' starts it (LOCAL_MODEL), or set LOCAL_MODEL_URL to a running llama.cpp server"
+    )
     assert waited >= 1.5  # it was tried again for LLM_RECONNECT_SECONDS, not failed at once

@@ -50,6 +50,9 @@ from amelia_agents.llm.reconnect import Patience, UnreachableModelError, resumed
 CONTENT_CALL_PREFIX = "content-call-"
 # The key of a reply that answers instead of calling a tool (see `reply_schema`).
 ANSWER_KEY = "answer"
+START_HINT = (
+    "'amelia up' starts it (LOCAL_MODEL), or set LOCAL_MODEL_URL to a running llama.cpp server"
+)
 # Statuses of a llama.cpp server that is (re)starting: 503 while it loads its model.
 LOADING = frozenset({502, 503, 504})
 _FENCE = re.compile(r"^```[A-Za-z]*\s*(.*?)\s*```$", re.DOTALL)
@@ -191,8 +194,7 @@ class LocalModel:
         except openai.APIConnectionError as exc:
             raise UnreachableModelError(
                 f"local: the local model server at {self.base_url} is not answering ({exc}); "
-                "'amelia up' starts it (LOCAL_MODEL), or set LOCAL_MODEL_URL to a running "
-                "llama.cpp server"
+                f"{START_HINT}"
             ) from exc
         except openai.APIStatusError as exc:
             error = UnreachableModelError if exc.status_code in LOADING else TransientModelError
@@ -216,7 +218,7 @@ class LocalModel:
         """The reply, streamed; a server restarting meanwhile is waited for and the reply
         resumed (`llm.reconnect`)."""
         server = f"local: the local model server at {self.base_url}"
-        return resumed(lambda: self.stream_once(request), server, self.patience)
+        return resumed(lambda: self.stream_once(request), server, self.patience, START_HINT)
 
     async def stream_once(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         await self._check_served()

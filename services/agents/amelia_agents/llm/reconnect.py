@@ -72,10 +72,14 @@ class _Resume:
 
 
 async def resumed(
-    attempt: Callable[[], AsyncIterator[ChatChunk]], server: str, patience: Patience
+    attempt: Callable[[], AsyncIterator[ChatChunk]],
+    server: str,
+    patience: Patience,
+    hint: str = "",
 ) -> AsyncIterator[ChatChunk]:
     """The chunks of `attempt()`, tried again while it raises `UnreachableModelError` (see the
-    module). `server` names it in errors, e.g. 'local: the local model server at <url>'."""
+    module). `server` names it in errors, e.g. 'local: the local model server at <url>'; `hint`
+    (what to do about it) ends the error when it stays away."""
     shown: list[str] = []
     ended = False  # a tool call or the usage was passed on: nothing can be resumed after it
     since: float | None = None  # when the server stopped answering
@@ -106,6 +110,7 @@ async def resumed(
                 raise ModelError(
                     f"{server} did not answer for {waited:.0f}s after {tries + 1} tries "
                     f"(LLM_RECONNECT_SECONDS={patience.window:g}): {exc.__cause__ or exc}"
+                    + (f"; {hint}" if hint else "")
                 ) from exc
             tries += 1
             pause = min(delay, patience.window - waited)
