@@ -292,7 +292,7 @@ async def test_ctrl_c_on_run_says_it_cancelled_the_run(
             seen += await asyncio.wait_for(process.stdout.read(1), DEADLINE)
     process.send_signal(signal.SIGINT)
     out, errors = await asyncio.wait_for(process.communicate(), DEADLINE)
-    assert process.returncode == 1, (out, errors)
+    assert process.returncode == 130, (out, errors)
     text = out.decode()
     assert text.endswith("\n") and f"\ncancelled {run_name} (Ctrl-C)\n" in text, (text, errors)
     status: dict[str, str] = {}

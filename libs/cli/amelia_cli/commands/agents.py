@@ -301,7 +301,7 @@ def run(
                 console.print(
                     Text("Ctrl-C before the run was created (`amelia runs ls` shows if it was)")
                 )
-                raise typer.Exit(1) from None
+                raise typer.Exit(130) from None
             created = reply.run
             console.print(Text(f"{created.name} in {created.thread}", style="dim"))
             follow = asyncio.create_task(_follow(stub, created.name))
@@ -323,7 +323,7 @@ def run(
                 # After `^C` (and maybe half a line of tokens): a line of its own.
                 console.print()
                 console.print(Text(f"cancelled {created.name} (Ctrl-C)", style="yellow"))
-                raise typer.Exit(1) from None
+                raise typer.Exit(130) from None
 
     final = _call(go)
     console.print(

@@ -11,6 +11,7 @@ from typing import Any
 
 import typer
 
+from amelia_cli.located import running_mesh
 from amelia_cli.mesh import client_host
 from amelia_common.settings import get_settings
 
@@ -18,8 +19,6 @@ from amelia_common.settings import get_settings
 def gateway_url() -> str:
     """The local gateway's address: the running `amelia up`'s for this folder, else the
     settings' (found the way every command finds the mesh: `amelia_cli.located`)."""
-    from amelia_cli.located import running_mesh
-
     settings, _ = running_mesh()
     return f"http://{client_host(settings)}:{settings.PORT}"
 
