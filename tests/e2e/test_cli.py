@@ -100,8 +100,10 @@ def test_define_an_agent_and_run_it_streaming_tokens(running_mesh: dict[str, str
     assert unknown.returncode == 1 and "NOT_FOUND" in unknown.stderr
 
 
-def test_an_unreachable_mesh_is_a_clear_error(running_mesh: dict[str, str]) -> None:
-    env = running_mesh | {"RAG_ADDRESS": "127.0.0.1:9"}
+def test_an_unreachable_mesh_is_a_clear_error(running_mesh: dict[str, str], tmp_path: Path) -> None:
+    # No `amelia up` runs for this data directory, so the CLI dials RAG_ADDRESS (a running
+    # mesh's mesh.json would come first: README, "finds the mesh").
+    env = running_mesh | {"AMELIA_DATA_DIR": str(tmp_path), "RAG_ADDRESS": "127.0.0.1:9"}
     result = amelia(env, "search", "anything")
     assert result.returncode == 1
     assert "UNAVAILABLE" in result.stderr and "amelia status" in result.stderr
