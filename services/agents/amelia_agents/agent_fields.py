@@ -139,7 +139,8 @@ def values(agent: Agent, fields: Sequence[str], settings: Settings) -> dict[str,
     """Column values for `fields` of `agent`; InvalidArgumentError with the reason.
 
     Text the request carries is refused if longer than TEXT_LIMITS or if JSON or PostgreSQL
-    cannot keep it (NUL), whichever fields are named; output-only fields (create_time, …) are ignored, whatever they hold."""
+    cannot keep it (NUL), whichever fields are named; output-only fields (create_time, …) are
+    ignored, whatever they hold."""
     check_lengths(agent)
     for name in TEXT_LIMITS:
         check_json(getattr(agent, name), f"agent.{name}")
