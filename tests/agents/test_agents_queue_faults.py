@@ -43,7 +43,7 @@ from amelia_agents.checkpoints import open_checkpointer
 from amelia_agents.store import Store
 from amelia_agents.sweeper import Sweeper
 from amelia_common.db import create_engine, session_factory
-from amelia_common.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from amelia_common.embedded import EmbeddedNats, EmbeddedPostgres, EmbeddedStartError, free_port
 from amelia_common.nats_client import connect_nats
 from amelia_common.settings import Settings
 
@@ -233,9 +233,14 @@ class OwnPostgres:
 async def own_postgres(
     infra: Any, events_address: str, tmp_path: Path
 ) -> AsyncIterator[OwnPostgres]:
-    """A PostgreSQL of the test's own (stopped at the end)."""
-    postgres = EmbeddedPostgres(tmp_path)
-    url = await asyncio.to_thread(postgres.start)
+    """A PostgreSQL of the test's own (stopped at the end). Its initdb is tried once more in a
+    fresh folder if it crashes (seen once in CI: initdb died with SIGSEGV, before any of ours)."""
+    postgres = EmbeddedPostgres(tmp_path / "pg")
+    try:
+        url = await asyncio.to_thread(postgres.start)
+    except EmbeddedStartError:
+        postgres = EmbeddedPostgres(tmp_path / "pg-again")
+        url = await asyncio.to_thread(postgres.start)
     try:
         yield OwnPostgres(postgres, url, infra, events_address)
     finally:
