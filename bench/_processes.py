@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -51,3 +52,10 @@ async def wait_serving(address: str, what: str = "events service") -> None:
                     return
             await asyncio.sleep(0.1)
     raise RuntimeError(f"{what} at {address} did not become healthy")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, every thread) process `pid` has used so far, from
+    /proc/<pid>/stat (Linux; clock ticks, 10 ms apart: read it over many runs)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

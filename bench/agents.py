@@ -1,8 +1,10 @@
 """Agents bench: a run through the durable mesh next to the same graph invoked directly.
 
 Starts its own embedded PostgreSQL and nats-server (temp dir, free port), the events service and
-the agents service (in-process workers) in this process, and registers one bench workflow: a
-chain of N nodes, each a model call to the offline provider (a few tokens). In one run it times:
+the agents service (with its workers) as processes of their own, as deployed (BENCH_AGENTS_MESH=
+in-process: both in this process, as before session 10), and the bench workflows
+(`_agents_chain`): chains of N nodes, each a model call to the offline provider (a few tokens).
+The client and the direct runs are in this process. In one run it times:
 
 - direct: `graph.ainvoke` of the same compiled graph with no checkpointer (pure LangGraph);
 - direct + checkpoints: the same with the PostgreSQL checkpointer, durability "sync";
@@ -11,9 +13,9 @@ chain of N nodes, each a model call to the offline provider (a few tokens). In o
 - time from CreateRun to the first run.token on StreamRun.
 
 Overhead per run is mesh minus direct; per node it is the slope between the 1-node and the
-N-node graphs (so per-run fixed costs cancel out). The same is given in CPU time of this process
-(which hosts every service and the client): on a loaded machine wall times move with the load,
-CPU per run much less.
+N-node graphs (so per-run fixed costs cancel out). The same is given in CPU time: the mesh's is
+that of this process (the client) and of each service process (/proc), direct's that of this
+process; on a loaded machine wall times move with the load, CPU per run much less.
 """
 
 from __future__ import annotations
@@ -29,15 +31,13 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any
 
 from langchain_core.runnables import RunnableConfig
-from langgraph.graph import END, START, StateGraph
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from amelia.v1 import agents_pb2, agents_pb2_grpc
-from amelia_agents import runtime, workflows
 from amelia_agents.checkpoints import open_checkpointer
 from amelia_agents.server import build_service as build_agents
 from amelia_common.db import asyncpg_url
@@ -46,18 +46,24 @@ from amelia_common.grpc_client import aio_channel
 from amelia_common.logging import configure_logging
 from amelia_common.settings import Environment, Settings
 from amelia_events.server import build_service as build_events
+from bench import _agents_chain
+from bench._agents_chain import LONG, REPLY, build_chain, register
+from bench._processes import cpu_seconds, service_process, wait_serving
 from bench._run import run_in_temp_dir
 
 RUNS = 40
 WARMUP = 3
-LONG = 5  # nodes in the long chain
-REPLY = "one two three four five six seven eight"
 # A bench run takes milliseconds: one that has not ended after this is stuck, and the bench fails
 # naming it (rather than waiting for ever).
 RUN_DEADLINE_SECONDS = 60.0
 # StreamRun's max_events_per_message: the events that arrived together come in one message (an
 # old server ignores it and sends one per message, `event`: read either way).
 STREAM_BATCH = 256
+# How the mesh is deployed: "processes" (default) — the events service and the agents service
+# (with its workers) each a process of its own, as `amelia up` runs them, the client in the
+# bench's process; "in-process" — all of them in the bench's one process (sessions 5-9's bench).
+MESH = os.environ.get("BENCH_AGENTS_MESH", "processes")
+REPO = str(Path(__file__).resolve().parents[1])  # on the service processes' path (the plugin)
 # Runs whose PostgreSQL statements are counted (log_statement = all), after the warm-up; the
 # count does not move with the machine's load, unlike the times.
 COUNTED_RUNS = 10
@@ -67,66 +73,49 @@ _LOGGED = re.compile(r"LOG:  (?:statement|execute [^:]*): (.*)")
 _LITERALS = re.compile(r"'[^']*'|\$\d+|\b\d+\b")
 
 
-class ChainState(TypedDict, total=False):
-    messages: list[dict[str, Any]]
-    request: dict[str, Any]
-
-
-def build_chain(nodes: int) -> StateGraph[Any, Any, Any, Any]:
-    graph = StateGraph(ChainState)
-
-    async def step(state: ChainState) -> dict[str, Any]:
-        result = await runtime.chat(state.get("messages", []), model=f"offline:say:{REPLY}")
-        return {
-            "messages": [*state.get("messages", []), {"role": "assistant", "content": result.text}]
-        }
-
-    previous = START
-    for i in range(nodes):
-        graph.add_node(f"n{i}", step)
-        graph.add_edge(previous, f"n{i}")
-        previous = f"n{i}"
-    graph.add_edge(previous, END)
-    return graph
-
-
-def register(nodes: int) -> str:
-    name = f"bench-chain-{nodes}"
-    workflows.register(
-        workflows.Workflow(
-            name=name,
-            description=f"bench: {nodes} offline model calls in a row",
-            nodes=[f"n{i}" for i in range(nodes)],
-            build=lambda _agent: build_chain(nodes),
-            to_state=lambda value: {"messages": [{"role": "user", "content": value["message"]}]},
-            to_output=lambda state: {"replies": len(state.get("messages", [])) - 1},
-            input_schema={"type": "object"},
-        ),
-        replace=True,
-    )
-    return name
-
-
 def stats(samples: list[float]) -> tuple[float, float]:
     ordered = sorted(samples)
     return statistics.mean(samples) * 1000, ordered[int(0.95 * (len(ordered) - 1))] * 1000
 
 
 class Timed(list[float]):
-    """Wall seconds of each measured run, and the process's CPU seconds over all of them."""
+    """Wall seconds of each measured run, and the CPU seconds the processes spent over all of
+    them (`parts`: by process; `cpu` their sum)."""
 
     cpu = 0.0
+    parts: dict[str, float]
 
-    def cpu_ms_per_run(self) -> float:
-        return self.cpu / len(self) * 1000 if self else float("nan")
+    def cpu_ms_per_run(self, part: str | None = None) -> float:
+        spent = self.cpu if part is None else self.parts.get(part, float("nan"))
+        return spent / len(self) * 1000 if self else float("nan")
+
+
+class CpuMeter:
+    """CPU seconds used so far by the bench's process and by each service process it started
+    (`pids`: name -> pid), read before and after a phase."""
+
+    def __init__(self, pids: dict[str, int] | None = None) -> None:
+        self.pids = pids or {}
+
+    def read(self) -> dict[str, float]:
+        return {"bench": time.process_time()} | {
+            name: cpu_seconds(pid) for name, pid in self.pids.items()
+        }
+
+    def spent(self, since: dict[str, float], timed: Timed) -> None:
+        """Set `timed`'s CPU to what each process used since the reading `since`."""
+        now = self.read()
+        timed.parts = {name: now[name] - since[name] for name in now}
+        timed.cpu = sum(timed.parts.values())
 
 
 async def time_direct(nodes: int, checkpointer: Any = None) -> Timed:
     graph = build_chain(nodes).compile(checkpointer=checkpointer)
-    out = Timed()
+    out, meter = Timed(), CpuMeter()
+    cpu = meter.read()
     for i in range(WARMUP + RUNS):
         if i == WARMUP:
-            cpu = time.process_time()
+            cpu = meter.read()
         config: RunnableConfig | None = (
             {"configurable": {"thread_id": uuid.uuid4().hex}} if checkpointer else None
         )
@@ -139,7 +128,7 @@ async def time_direct(nodes: int, checkpointer: Any = None) -> Timed:
             await graph.ainvoke({"messages": [{"role": "user", "content": "go"}]})
         if i >= WARMUP:
             out.append(time.perf_counter() - started)
-    out.cpu = time.process_time() - cpu
+    meter.spent(cpu, out)
     return out
 
 
@@ -163,13 +152,20 @@ async def _follow(
 
 
 async def time_mesh(
-    stub: agents_pb2_grpc.AgentServiceStub, workflow: str, runs: int = RUNS, warmup: int = WARMUP
+    stub: agents_pb2_grpc.AgentServiceStub,
+    workflow: str,
+    runs: int = RUNS,
+    warmup: int = WARMUP,
+    meter: CpuMeter | None = None,
 ) -> tuple[Timed, list[float]]:
+    """`runs` runs of `workflow` one after the other (after `warmup`): wall time of each, CPU
+    of the processes `meter` reads (this process alone by default), and times to first token."""
+    meter = meter or CpuMeter()
     totals, first_tokens = Timed(), []
-    cpu = time.process_time()
+    cpu = meter.read()
     for i in range(warmup + runs):
         if i == warmup:
-            cpu = time.process_time()
+            cpu = meter.read()
         request = agents_pb2.CreateRunRequest(run=agents_pb2.Run(workflow=f"workflows/{workflow}"))
         request.run.input.update({"message": "go"})
         started = time.perf_counter()
@@ -188,7 +184,7 @@ async def time_mesh(
         if i >= warmup:
             totals.append(time.perf_counter() - started)
             first_tokens.append(first)
-    totals.cpu = time.process_time() - cpu
+    meter.spent(cpu, totals)
     return totals, first_tokens
 
 
@@ -276,18 +272,90 @@ def _logged_since(log_file: Path, start: int) -> list[str]:
         return log.read().decode(errors="replace").splitlines()
 
 
+@contextlib.asynccontextmanager
+async def agents_mesh(root: Path) -> AsyncIterator[tuple[Settings, CpuMeter, str]]:
+    """The mesh the bench measures, as MESH says: its settings (AGENTS_ADDRESS set), a meter of
+    the CPU of its processes and of the bench's, and a line saying how it is deployed."""
+    if MESH == "in-process":
+        async with events_mesh(root, "agents") as settings:
+            agents = await build_agents(settings)
+            try:
+                address = f"127.0.0.1:{await agents.start()}"
+                yield (
+                    settings.model_copy(update={"AGENTS_ADDRESS": address}),
+                    CpuMeter(),
+                    "one process (client, events and agents services, 2 workers)",
+                )
+            finally:
+                await agents.stop(1.0)
+        return
+    async with deployed_mesh(root) as (settings, meter):
+        uvloop = os.environ.get("AMELIA_UVLOOP", "")
+        yield (
+            settings,
+            meter,
+            "events and agents services (2 workers) each a process of its own, the client here"
+            + (f", AMELIA_UVLOOP={uvloop}" if uvloop else ""),
+        )
+
+
+@contextlib.asynccontextmanager
+async def deployed_mesh(root: Path) -> AsyncIterator[tuple[Settings, CpuMeter]]:
+    """Embedded PostgreSQL and NATS, and the events and agents services as processes of their
+    own (`python -m amelia_events`, `python -m amelia_agents`, as `amelia up` starts them; the
+    agents service loads the bench's workflows as a plugin); all stopped on the way out."""
+    postgres = EmbeddedPostgres(root)
+    nats = EmbeddedNats(root, free_port())
+    try:
+        events_address, agents_address = (f"127.0.0.1:{free_port()}" for _ in range(2))
+        settings = mesh_settings(
+            root,
+            postgres,
+            nats,
+            EVENTS_ADDRESS=events_address,
+            AGENTS_ADDRESS=agents_address,
+            AGENT_WORKFLOW_MODULES=[_agents_chain.__name__],
+        )
+        configure_logging(settings, "bench-agents")
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])),
+            "ENVIRONMENT": settings.ENVIRONMENT.value,
+            "DATABASE_URL": settings.DATABASE_URL,
+            "NATS_URL": settings.NATS_URL,
+            "AMELIA_DATA_DIR": str(settings.AMELIA_DATA_DIR),
+            "LOG_LEVEL": settings.LOG_LEVEL,
+            "EVENTS_GRPC_PORT": events_address.rsplit(":", 1)[1],
+            "AGENTS_GRPC_PORT": agents_address.rsplit(":", 1)[1],
+            "EVENTS_ADDRESS": events_address,
+            "AGENT_WORKERS": str(settings.AGENT_WORKERS),
+            "AGENT_WORKFLOW_MODULES": _agents_chain.__name__,
+            "EVENTS_METRICS_PORT": "0",
+            "AGENTS_METRICS_PORT": "0",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "",
+        }
+        async with (
+            service_process(["-m", "amelia_events"], env, root) as events,
+            service_process(["-m", "amelia_agents"], env, root) as agents,
+        ):
+            await wait_serving(events_address)
+            await wait_serving(agents_address, "agents service")
+            yield settings, CpuMeter({"events": events.pid, "agents": agents.pid})
+    finally:
+        nats.stop()
+        postgres.stop()
+
+
 async def statements(root: Path) -> None:
     """`python -m bench.agents statements`: PostgreSQL statements per run and per node only."""
-    async with events_mesh(root, "agents") as settings:
-        agents = await build_agents(settings)
-        channel = aio_channel(f"127.0.0.1:{await agents.start()}", settings)
+    async with agents_mesh(root) as (settings, _meter, _how):
+        channel = aio_channel(settings.AGENTS_ADDRESS, settings)
         try:
             await _print_statements(
                 settings, EmbeddedPostgres(root).log_file, agents_pb2_grpc.AgentServiceStub(channel)
             )
         finally:
             await channel.close()
-            await agents.stop(1.0)
 
 
 async def _print_statements(
@@ -309,14 +377,12 @@ async def _print_statements(
 
 
 async def bench(root: Path) -> None:
-    async with events_mesh(root, "agents") as settings:
-        await _bench(settings, EmbeddedPostgres(root).log_file)
+    async with agents_mesh(root) as (settings, meter, how):
+        await _bench(settings, EmbeddedPostgres(root).log_file, meter, how)
 
 
-async def _bench(settings: Settings, log_file: Path) -> None:
-    agents = await build_agents(settings)
-    agents_port = await agents.start()
-    channel = aio_channel(f"127.0.0.1:{agents_port}", settings)
+async def _bench(settings: Settings, log_file: Path, meter: CpuMeter, how: str) -> None:
+    channel = aio_channel(settings.AGENTS_ADDRESS, settings)
     stub = agents_pb2_grpc.AgentServiceStub(channel)
     cp_pool, saver = await open_checkpointer(settings, max_size=4)
     try:
@@ -327,7 +393,7 @@ async def _bench(settings: Settings, log_file: Path) -> None:
             name = register(nodes)
             direct = await time_direct(nodes)
             checkpointed = await time_direct(nodes, saver)
-            mesh, first = await time_mesh(stub, name)
+            mesh, first = await time_mesh(stub, name, meter=meter)
             results[nodes] = {"direct": direct, "cp": checkpointed, "mesh": mesh, "first": first}
             cpu[nodes] = (checkpointed.cpu_ms_per_run(), mesh.cpu_ms_per_run())
             d, c, m = stats(direct)[0], stats(checkpointed)[0], stats(mesh)[0]
@@ -346,7 +412,7 @@ async def _bench(settings: Settings, log_file: Path) -> None:
         tokens = len(REPLY.split())
         print(
             f"offline provider, {tokens} tokens per node, {RUNS} runs each (after {WARMUP} "
-            "warm-up), one process, 2 workers"
+            f"warm-up); {how}"
         )
         header = (
             f"{'nodes':>5} | {'direct ms':>9} | {'direct+pg ms':>12} | {'mesh ms':>8} | "
@@ -399,16 +465,25 @@ async def _bench(settings: Settings, log_file: Path) -> None:
             print(f"  {path:<40}{figure:>16}   target {target} {'(met)' if met else '(NOT met)'}")
         cpu_node = ((cpu[LONG][1] - cpu[1][1]) - (cpu[LONG][0] - cpu[1][0])) / (LONG - 1)
         cpu_run = cpu[1][1] - cpu[1][0] - cpu_node
+        where = " + ".join(results[LONG]["mesh"].parts) + " processes"
         print(
-            f"  the same in CPU of this process (mesh over direct+pg): {cpu_node:.2f} ms/node, "
+            f"  the same in CPU ({where}; mesh over direct+pg): {cpu_node:.2f} ms/node, "
             f"{cpu_run:.2f} ms/run (mesh {cpu[1][1]:.2f} / {cpu[LONG][1]:.2f} ms per 1-/{LONG}-node "
             f"run, direct+pg {cpu[1][0]:.2f} / {cpu[LONG][0]:.2f})"
         )
+        if len(results[LONG]["mesh"].parts) > 1:
+            print(
+                "  mesh CPU by process, ms per 1-/5-node run: "
+                + ", ".join(
+                    f"{part} {results[1]['mesh'].cpu_ms_per_run(part):.2f} / "
+                    f"{results[LONG]['mesh'].cpu_ms_per_run(part):.2f}"
+                    for part in results[LONG]["mesh"].parts
+                )
+            )
         await _print_statements(settings, log_file, stub)
     finally:
         await cp_pool.close()
         await channel.close()
-        await agents.stop(1.0)
 
 
 def main() -> None:
