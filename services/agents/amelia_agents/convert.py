@@ -235,9 +235,22 @@ M = TypeVar("M", bound=Message)
 R = TypeVar("R")
 
 
+def fitting(messages: Sequence[Message], budget: int = MAX_PAGE_BYTES) -> int:
+    """How many of `messages`, from the first, a List response can hold in `budget` bytes — at
+    least one, so a page always moves on (an item is never trimmed)."""
+    total = 0
+    for count, message in enumerate(messages):
+        # A repeated field's item: its bytes plus a tag and a length prefix.
+        total += message.ByteSize() + 6
+        if total > budget and count:
+            return count
+    return len(messages)
+
+
 class PageFit(Generic[R, M]):
-    """Rows converted (once) to the messages of a List response, and how many of them fit in
-    MAX_PAGE_BYTES: a page is cut short there, its token pointing after the last one kept."""
+    """One List page being built, for `pagination.page`'s `fit`: called with the rows read for
+    the page, it converts them (once) and keeps in `messages` those that `fitting` lets in; the
+    caller answers with `messages`. Make one per page: each call replaces `messages`."""
 
     def __init__(self, to_proto: Callable[[R], M], budget: int = MAX_PAGE_BYTES) -> None:
         self.to_proto = to_proto
@@ -245,13 +258,7 @@ class PageFit(Generic[R, M]):
         self.messages: list[M] = []
 
     def __call__(self, rows: Sequence[R]) -> int:
-        """How many of `rows` go in the page (at least one, so a page always moves on)."""
-        self.messages = [self.to_proto(r) for r in rows]
-        total = 0
-        for count, message in enumerate(self.messages):
-            # A repeated field's item: its bytes plus a tag and a length prefix.
-            total += message.ByteSize() + 6
-            if total > self.budget and count:
-                del self.messages[count:]
-                return count
+        """How many of `rows` go in the page; `messages` becomes theirs."""
+        messages = [self.to_proto(r) for r in rows]
+        self.messages = messages[: fitting(messages, self.budget)]
         return len(self.messages)

@@ -11,16 +11,19 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
+from google.protobuf.message import Message
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
+from amelia_agents import convert
 from amelia_agents.models import RunRow
 from amelia_agents.store import RunFilter
 from amelia_common import paging
 from amelia_common.errors import InvalidArgumentError
 
 Row = TypeVar("Row")
+M = TypeVar("M", bound=Message)
 
 encode = paging.encode_keyset
 decode = paging.decode_keyset
@@ -39,17 +42,29 @@ def page(
     limit: int,
     key: str = "create_time",
     fit: Callable[[Sequence[Row]], int] = len,
+    token: Callable[[Row], str] | None = None,
 ) -> tuple[Sequence[Row], str]:
     """The first `limit` of `limit + 1` fetched rows, and the token of the next page ("" at the end).
 
-    Rows have `key` (a time) and `id`, the keyset the store orders by. `fit` may cut the page
-    shorter (how many of the first `limit` rows to keep, e.g. `convert.PageFit` by bytes).
+    The next page resumes after the last row kept: its `token`, by default the keyset the store
+    orders by (its `key`, a time, and its `id`). `fit` may cut the page shorter (how many of the
+    first `limit` rows to keep, e.g. `convert.PageFit` by bytes).
     """
     limit = min(limit, fit(rows[:limit]))
     if len(rows) <= limit:
         return rows, ""
     last: Any = rows[limit - 1]
-    return rows[:limit], encode(getattr(last, key), str(last.id))
+    next_token = token(last) if token else encode(getattr(last, key), str(last.id))
+    return rows[:limit], next_token
+
+
+def offset_page(items: Sequence[M], offset: int, limit: int) -> tuple[Sequence[M], str]:
+    """A page of a list read whole (a run's steps): up to `limit` items from `offset`, cut by
+    bytes like the other List pages (`convert.fitting`), and the token of the next item."""
+    window = items[offset : offset + limit]
+    kept = window[: convert.fitting(window)]
+    end = offset + len(kept)
+    return kept, offset_token(end) if end < len(items) else ""
 
 
 def offset_token(offset: int) -> str:
@@ -151,15 +166,13 @@ async def list_runs(
         query = query.order_by(column, RunRow.id)
     async with sessions() as s:
         found = (await s.execute(query.limit(limit + 1))).all()
-    rows = [row for row, _ in found[:limit]]
-    kept = fit(rows)
-    if kept < len(rows):
-        last, value = found[kept - 1]
-        return rows[:kept], order.token(last, value)
-    if len(found) <= limit:
-        return rows, ""
-    last, value = found[limit - 1]
-    return rows, order.token(last, value)
+    kept, token = page(
+        found,
+        limit,
+        fit=lambda pairs: fit([row for row, _ in pairs]),
+        token=lambda pair: order.token(*pair),
+    )
+    return [row for row, _ in kept], token
 
 
 def run_conditions(flt: RunFilter) -> list[ColumnElement[bool]]:

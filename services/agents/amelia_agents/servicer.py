@@ -372,11 +372,8 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         limit = paging.page_size(request.page_size, STEPS_PAGE_DEFAULT, STEPS_PAGE_MAX)
         offset = pagination.offset_of(request.page_token)
         found = steps.to_steps(await steps.history(row, self.checkpointer))
-        page = found[offset : offset + limit]
-        more = offset + limit < len(found)
-        return agents_pb2.ListRunStepsResponse(
-            steps=page, next_page_token=pagination.offset_token(offset + limit) if more else ""
-        )
+        page, token = pagination.offset_page(found, offset, limit)
+        return agents_pb2.ListRunStepsResponse(steps=page, next_page_token=token)
 
     async def RerunRun(
         self, request: agents_pb2.RerunRunRequest, context: Ctx
