@@ -2,28 +2,22 @@
 terminal should.
 
 Typer's rich help keeps the single newlines of a command's docstring in the command list (and
-in every paragraph after the first), so `amelia --help` broke sentences mid-line. A flag's
-help shows no value type (`<bool>`: it takes none). The root group
-reflows the help of every command under it once, when the CLI is built; a paragraph that starts
-with click's `\\b` marker keeps its lines.
+in every paragraph after the first), so `amelia --help` broke sentences mid-line; and typer 0.29
+shows a value type beside a flag (`<bool>`, even for `--help`), which takes none. Every `amelia`
+command and group is made by `App` with the classes here: each reflows its help when it is made
+(a paragraph that starts with click's `\\b` marker keeps its lines), and its `format_help` —
+click's place for a command to shape its own help — gives flags an empty metavar (what typer
+shows instead of the type) before typer renders it. All public typer/click API: no patching.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
-from typer import _click
+import typer
 from typer.core import TyperCommand, TyperGroup, TyperOption
-
-_type_of = TyperOption.display_type_rich
-
-
-def _flag_without_type(self: TyperOption, ctx: _click.Context) -> str | None:
-    """A flag takes no value: typer 0.29 still shows `<bool>` beside it (even `--help`)."""
-    return None if self.is_flag else _type_of(self, ctx)
-
-
-TyperOption.display_type_rich = _flag_without_type  # type: ignore[method-assign]
+from typer.models import CommandFunctionType
 
 
 def flowing(text: str) -> str:
@@ -34,20 +28,47 @@ def flowing(text: str) -> str:
     )
 
 
-def reflow(command: TyperCommand | TyperGroup) -> None:
-    """Reflow the help of `command` and of every command under it (typer builds them on its
-    own copy of click: TyperCommand and TyperGroup are what it makes)."""
-    if command.help:
-        command.help = flowing(command.help)
-    if isinstance(command, TyperGroup):
-        for sub in command.commands.values():
-            if isinstance(sub, TyperCommand | TyperGroup):
-                reflow(sub)
+def _untyped_flags(command: TyperCommand | TyperGroup, ctx: Any) -> None:
+    """A flag takes no value: show no type beside it (typer shows a metavar instead, if any)."""
+    for param in command.get_params(ctx):  # the --help option too, made for the context
+        if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
+            param.metavar = ""
 
 
-class FlowingHelpGroup(TyperGroup):
-    """The root group: every command's help flows to the terminal's width."""
+# typer 0.29 renders help with its own copy of click (typer._click, a private module): its
+# Context and HelpFormatter have no public name, so format_help takes them as Any.
+
+
+class _FlowingHelp:
+    """Mixed in before TyperCommand or TyperGroup (whose methods `super()` reaches)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        reflow(self)
+        command = cast("TyperCommand | TyperGroup", self)
+        command.help = flowing(command.help) if command.help else command.help
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        _untyped_flags(cast("TyperCommand | TyperGroup", self), ctx)
+        super().format_help(ctx, formatter)  # type: ignore[misc]
+
+
+class FlowingHelpCommand(_FlowingHelp, TyperCommand):
+    """An `amelia` command whose `--help` flows to the terminal's width."""
+
+
+class FlowingHelpGroup(_FlowingHelp, TyperGroup):
+    """An `amelia` command group whose `--help` flows to the terminal's width."""
+
+
+class App(typer.Typer):
+    """`typer.Typer` whose groups and commands are the flowing-help ones unless told otherwise."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("cls", FlowingHelpGroup)
+        super().__init__(**kwargs)
+
+    def command(
+        self, name: str | None = None, **kwargs: Any
+    ) -> Callable[[CommandFunctionType], CommandFunctionType]:
+        kwargs.setdefault("cls", FlowingHelpCommand)
+        return super().command(name, **kwargs)

@@ -27,7 +27,7 @@ from amelia_cli.commands.events import events
 from amelia_cli.commands.status import endpoints_table
 from amelia_cli.commands.status import show as show_status
 from amelia_cli.health import probe_all
-from amelia_cli.help_text import FlowingHelpGroup
+from amelia_cli.help_text import App
 from amelia_cli.located import running_mesh
 from amelia_cli.mesh import SERVICES, client_host
 from amelia_cli.supervisor import (
@@ -43,10 +43,9 @@ from amelia_common.embedded import EmbeddedStartError, process_alive
 from amelia_common.logging import configure_logging
 from amelia_common.settings import Settings, get_settings
 
-app = typer.Typer(
+app = App(
     help="Amelia: local-first LLM workflow orchestration mesh.",
     no_args_is_help=True,
-    cls=FlowingHelpGroup,
 )
 console = Console()
 err = Console(stderr=True)

@@ -19,11 +19,12 @@ from rich.text import Text
 
 from amelia.v1 import agents_pb2, events_pb2
 from amelia_cli.client import Column, agents, ago, fail, listing, resource, said
+from amelia_cli.help_text import App
 from amelia_common.eventlog import event_data
 
 console = Console()
-agents_app = typer.Typer(help="Agents: prompt, model, tools, documents.", no_args_is_help=True)
-runs_app = typer.Typer(help="Runs of agents and workflows.", no_args_is_help=True)
+agents_app = App(help="Agents: prompt, model, tools, documents.", no_args_is_help=True)
+runs_app = App(help="Runs of agents and workflows.", no_args_is_help=True)
 
 if TYPE_CHECKING:
     from amelia.v1.agents_pb2_grpc import AgentServiceAsyncStub

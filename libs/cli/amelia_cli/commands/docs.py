@@ -19,10 +19,11 @@ from rich.text import Text
 
 from amelia.v1 import rag_pb2
 from amelia_cli.client import Column, ago, fail, listing, rag, resource, said
+from amelia_cli.help_text import App
 from amelia_common.settings import get_settings
 
 console = Console()
-docs_app = typer.Typer(help="Documents in the RAG service.", no_args_is_help=True)
+docs_app = App(help="Documents in the RAG service.", no_args_is_help=True)
 
 # Files `amelia ingest DIR` picks up; anything else must be named explicitly.
 INGESTIBLE = {

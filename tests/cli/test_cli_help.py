@@ -1,0 +1,60 @@
+"""`amelia … --help` of every command at 80 columns: nothing cut, no type beside a flag."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import typer.main
+from typer.core import TyperCommand, TyperGroup
+from typer.testing import CliRunner
+
+from amelia_cli.main import app
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+BOX = "│╭╮╰╯─"
+
+
+def _paths(command: TyperCommand | TyperGroup, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    subs = command.commands.items() if isinstance(command, TyperGroup) else []
+    return [path, *(p for name, sub in subs for p in _paths(sub, (*path, name)))]  # type: ignore[arg-type]
+
+
+ROOT: TyperGroup = typer.main.get_command(app)  # type: ignore[assignment]
+PATHS = _paths(ROOT)
+
+
+def _command(path: tuple[str, ...]) -> TyperCommand | TyperGroup:
+    command: TyperCommand | TyperGroup = ROOT
+    for name in path:
+        command = command.commands[name]  # type: ignore[union-attr,assignment]
+    return command
+
+
+def _help(path: tuple[str, ...]) -> str:
+    result = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "80"}, terminal_width=80)
+    assert result.exit_code == 0, result.output
+    return ANSI.sub("", result.output)
+
+
+@pytest.mark.parametrize("path", PATHS, ids=lambda p: " ".join(p) or "amelia")
+def test_help_fits_80_columns_with_every_word_whole(path: tuple[str, ...]) -> None:
+    shown = _help(path)
+    lines = shown.splitlines()
+    assert max(len(line) for line in lines) <= 80, shown
+    # A flag takes no value: no `<bool>` beside it (typer 0.29 shows one unless told).
+    assert "<bool>" not in shown, shown
+    words = {w for line in lines for w in line.translate({ord(c): " " for c in BOX}).split()}
+    command = _command(path)
+    texts = [command.help or ""] + [getattr(p, "help", None) or "" for p in command.params]
+    if isinstance(command, TyperGroup):  # the command list: each one's first paragraph
+        texts += [(sub.help or "").split("\n\n")[0] for sub in command.commands.values()]
+    written = {w for text in texts for w in text.replace("\b", " ").split()}
+    cut = sorted(w for w in written if w not in words)
+    assert not cut, f"words not shown whole: {cut}\n{shown}"
+
+
+def test_every_command_is_listed() -> None:
+    """The list above is the CLI's: a command added later is checked too."""
+    assert {" ".join(p) for p in PATHS} >= {"", "up", "status", "runs ls", "docs show", "tui"}
+    assert len(PATHS) >= 29
