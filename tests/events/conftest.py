@@ -47,3 +47,15 @@ def private_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+async def on_private_nats(
+    settings: Settings, private_nats: EmbeddedNats, janitor: Janitor
+) -> RunningEvents:
+    """The events service on the test's own NATS, waiting for it at most 1 s per call
+    (EVENTS_PUBLISH_TIMEOUT_SECONDS), so outages are quick to show."""
+    isolated = settings.model_copy(
+        update={"NATS_URL": private_nats.url, "EVENTS_PUBLISH_TIMEOUT_SECONDS": 1.0}
+    )
+    return await janitor.start(isolated)

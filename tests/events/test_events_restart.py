@@ -13,6 +13,7 @@ import grpc
 from events_helpers import (
     Janitor,
     Outcomes,
+    RunningEvents,
     collect,
     consumers_matching,
     follow,
@@ -101,12 +102,9 @@ async def test_events_service_restart_while_publishing(
 
 
 async def test_nats_restart_while_publishing(
-    settings: Settings, private_nats: EmbeddedNats, resource: str, janitor: Janitor
+    on_private_nats: RunningEvents, private_nats: EmbeddedNats, resource: str, janitor: Janitor
 ) -> None:
-    isolated = settings.model_copy(
-        update={"NATS_URL": private_nats.url, "EVENTS_PUBLISH_TIMEOUT_SECONDS": 1.0}
-    )
-    running = await janitor.start(isolated)
+    running = on_private_nats
     stub = running.stub
     outcomes, stop = Outcomes(), asyncio.Event()
     flt = events_pb2.EventFilter(subject=resource)
@@ -138,7 +136,7 @@ async def test_nats_restart_while_publishing(
     call.cancel()
     assert [e.sequence for e in received] == [e.sequence for e in log], "no gap, no duplicate"
     # No consumer outlives the stream, including the one NATS lost in the restart.
-    js, stream = running.log.js, isolated.EVENTS_STREAM
+    js, stream = running.log.js, running.log.settings.EVENTS_STREAM
 
     async def consumers_gone() -> bool:
         return not await consumers_matching(js, stream, resource.split("/")[1])

@@ -58,6 +58,7 @@ class UnavailableError(AmeliaError):
         message = f"{dependency} is unavailable" + (f": {detail}" if detail else "")
         super().__init__(f"{message}; try again shortly")
         self.dependency = dependency
+        self.detail = detail
 
 
 class StreamEndedError(AmeliaError):

@@ -2,14 +2,17 @@
 
 The servicer only translates requests into `EventLog` calls. Failures are typed errors the
 shared interceptor turns into status codes (`amelia_common.errors`): INVALID_ARGUMENT says what
-is wrong, PERMISSION_DENIED refuses a client forging the services' events, UNAVAILABLE says NATS
-did not answer and that retrying is safe. Reading, pacing and NATS restarts are the reader's
-job, so other services that read the log directly behave exactly like StreamEvents.
+is wrong, PERMISSION_DENIED refuses a client forging the services' events, UNAVAILABLE names the
+NATS that did not answer and says retrying is safe (`outage`). Every call waits for NATS at most
+EVENTS_PUBLISH_TIMEOUT_SECONDS; only a stream already open waits for as long as NATS is away.
+Reading, pacing and NATS restarts are the reader's job, so other services that read the log
+directly behave exactly like StreamEvents.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import re
 from collections.abc import AsyncIterator
@@ -28,6 +31,7 @@ from amelia_common.eventlog import (
     timestamp_problem,
 )
 from amelia_events import pagination
+from amelia_events.outage import naming_nats, nats_unreachable
 
 # At most this many events in one PublishEvents request or one StreamEvents message.
 MAX_BATCH = 1000
@@ -78,6 +82,9 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
         # Open StreamEvents readers: their count and progress are the service's stream metrics.
         self.readers: set[EventReader] = set()
 
+    def _naming_nats(self) -> contextlib.AbstractContextManager[None]:
+        return naming_nats(self.event_log.nc, self.event_log.settings)
+
     async def PublishEvent(
         self, request: events_pb2.PublishEventRequest, context: grpc.aio.ServicerContext
     ) -> events_pb2.PublishEventResponse:
@@ -85,7 +92,8 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
             raise InvalidArgumentError("event is required")
         event = events_pb2.Event()
         event.CopyFrom(request.event)
-        stored = await self.event_log.publish_event(event, from_client=True)
+        with self._naming_nats():
+            stored = await self.event_log.publish_event(event, from_client=True)
         return events_pb2.PublishEventResponse(event=stored)
 
     async def PublishEvents(
@@ -96,7 +104,8 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
                 f"{len(request.events)} events in one request: at most {MAX_BATCH}; "
                 "send them in several requests"
             )
-        stored = await self.event_log.publish_events(list(request.events), from_client=True)
+        with self._naming_nats():
+            stored = await self.event_log.publish_events(list(request.events), from_client=True)
         return events_pb2.PublishEventsResponse(events=stored)
 
     async def StreamEvents(
@@ -113,23 +122,24 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
         per_message = min(request.max_events_per_message, MAX_BATCH)
         self.readers.add(reader)
         try:
-            async with reader:
-                # Headers go out once the consumer exists, so a client that awaits them knows it
-                # is subscribed: nothing published after that moment can be missed.
-                await reader.open()
-                await context.send_initial_metadata(())
-                if per_message <= 1:
-                    async for event in reader:
-                        yield events_pb2.StreamEventsResponse(event=event)
-                else:
-                    while True:
-                        try:
-                            batch = await reader.next_batch(
-                                per_message, MESSAGE_BYTES, LIVE_HOLD_SECONDS
-                            )
-                        except StopAsyncIteration:
-                            break
-                        yield events_pb2.StreamEventsResponse(events=batch)
+            with self._naming_nats():
+                async with reader:
+                    # Headers go out once the consumer exists, so a client that awaits them
+                    # knows it is subscribed: nothing published after that moment can be missed.
+                    await self._open(reader)
+                    await context.send_initial_metadata(())
+                    if per_message <= 1:
+                        async for event in reader:
+                            yield events_pb2.StreamEventsResponse(event=event)
+                    else:
+                        while True:
+                            try:
+                                batch = await reader.next_batch(
+                                    per_message, MESSAGE_BYTES, LIVE_HOLD_SECONDS
+                                )
+                            except StopAsyncIteration:
+                                break
+                            yield events_pb2.StreamEventsResponse(events=batch)
         finally:
             self.readers.discard(reader)
         if self.stopping.is_set() and not context.done():
@@ -138,6 +148,26 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
                 "the events service is shutting down; reconnect with "
                 f"after_sequence={reader.last_sequence} to continue without a gap"
             )
+
+    async def _open(self, reader: EventReader) -> None:
+        """Create the stream's consumer, waiting for NATS at most EVENTS_PUBLISH_TIMEOUT_SECONDS
+        (like every other call), then UNAVAILABLE naming it: never a silent wait.
+
+        Only the opening is bounded: once open, the reader carries the stream across a NATS
+        restart or outage of any length (a new consumer after its last sequence: no gap, no
+        duplicate), as docs/events.md promises; the service's health says NATS is down meanwhile.
+        """
+        bound = self.event_log.settings.EVENTS_PUBLISH_TIMEOUT_SECONDS
+        try:
+            async with asyncio.timeout(bound):
+                await reader.open()
+        except TimeoutError as exc:
+            raise nats_unreachable(
+                self.event_log.nc,
+                self.event_log.settings,
+                f"the stream was not opened: its JetStream consumer could not be created within "
+                f"{bound:g}s (EVENTS_PUBLISH_TIMEOUT_SECONDS)",
+            ) from exc
 
     async def ListEvents(
         self, request: events_pb2.ListEventsRequest, context: grpc.aio.ServicerContext
@@ -157,23 +187,24 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
         response = events_pb2.ListEventsResponse()
         page_bytes = 0
         full = False
-        async with self.event_log.read(
-            list(request.filter.types),
-            request.filter.subject,
-            start,
-            follow=False,
-            batch=size,
-            retry_for=self.event_log.settings.EVENTS_PUBLISH_TIMEOUT_SECONDS,
-        ) as reader:
-            async for event in reader:
-                if event.sequence <= after:
-                    continue
-                response.events.append(event)
-                page_bytes += event.ByteSize()
-                if len(response.events) >= size or page_bytes >= MESSAGE_BYTES:
-                    full = True
-                    break
-            more = bool(reader.pending) and full
+        with self._naming_nats():
+            async with self.event_log.read(
+                list(request.filter.types),
+                request.filter.subject,
+                start,
+                follow=False,
+                batch=size,
+                retry_for=self.event_log.settings.EVENTS_PUBLISH_TIMEOUT_SECONDS,
+            ) as reader:
+                async for event in reader:
+                    if event.sequence <= after:
+                        continue
+                    response.events.append(event)
+                    page_bytes += event.ByteSize()
+                    if len(response.events) >= size or page_bytes >= MESSAGE_BYTES:
+                        full = True
+                        break
+                more = bool(reader.pending) and full
         if more:
             response.next_page_token = pagination.encode_token(
                 response.events[-1].sequence, filters
@@ -189,7 +220,8 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
                 f"name {request.name[:100]!r} must be 'events/{{sequence}}' with a positive "
                 "sequence, e.g. 'events/42'"
             )
-        event = await self.event_log.get(int(match.group(1)))
+        with self._naming_nats():
+            event = await self.event_log.get(int(match.group(1)))
         if event is None:
             raise NotFoundError(
                 f"{request.name} not found: no event has that sequence (or it expired)"
