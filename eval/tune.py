@@ -6,12 +6,18 @@ the embedding cache, so each setting costs only its searches. Each argument is a
 `amelia_rag.search` constants to set (`{"RRF_K": 20, "KEYWORD_WEIGHT": 0.5}`), plus `mode`
 (default hybrid) and `merge` (merge_chars); with none, the service's defaults. Prints one row per
 setting, with the questions whose right passage is not in the top 5.
+
+`EVAL_SPLIT=held-out` (or fresh, all) measures a mechanism already chosen on the tune split, once,
+on another split: only aggregates are printed there, and how many questions' right passage rose
+or fell against the first setting of the same mode — never which ones, so nothing is chosen on
+them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -30,7 +36,9 @@ from amelia_rag.search import Searcher, SearchFilters
 from eval.__main__ import CACHE, ROOT, TOP_K
 from eval.cache import CachedEmbedder, EmbeddingCache
 from eval.corpus import questions
-from eval.score import HEADER, Ranked, row, score
+from eval.score import HEADER, Ranked, first_rank, row, score
+
+SPLIT = os.environ.get("EVAL_SPLIT", "tune")
 
 
 @dataclass
@@ -66,9 +74,10 @@ async def eval_database() -> AsyncIterator[EvalDatabase]:
 
 async def tune(settings_to_try: list[dict[str, Any]]) -> None:
     async with eval_database() as db:
-        asked = [q for q in questions() if q.split == "tune"]
+        asked = [q for q in questions() if SPLIT in ("all", q.split)]
         defaults = {k: getattr(search, k) for s in settings_to_try for k in s if k.isupper()}
-        print(f"{len(db.files)} pages, {len(asked)} tune questions, top {TOP_K}\n\n{HEADER}")
+        print(f"{len(db.files)} pages, {len(asked)} {SPLIT} questions, top {TOP_K}\n\n{HEADER}")
+        first: dict[str, dict[int, int]] = {}
         for setting in settings_to_try:
             chosen = dict(setting)
             mode = chosen.pop("mode", "hybrid")
@@ -83,7 +92,14 @@ async def tune(settings_to_try: list[dict[str, Any]]) -> None:
                 )
                 results[q.id] = [Ranked(db.files.get(h.document_id, "?"), h.content) for h in hits]
             scored = score(results, asked)
-            print(row(f"{mode} {json.dumps(setting)}", scored), scored.misses, flush=True)
+            ranks = {q.id: first_rank(results[q.id], q, passage=True) or 99 for q in asked}
+            before = first.setdefault(mode, ranks)
+            moved = (
+                f"{sum(ranks[i] < before[i] for i in ranks)} rose /"
+                f" {sum(ranks[i] > before[i] for i in ranks)} fell"
+            )
+            shown = scored.misses if SPLIT == "tune" else moved
+            print(row(f"{mode} {json.dumps(setting)}", scored), shown, flush=True)
 
 
 def main() -> None:

@@ -1,5 +1,5 @@
-"""What a search returns: distinct passages, windows of a section in reading order, any-term
-keyword matches ranked by rarity."""
+"""What a search returns: distinct passages, windows of a section in reading order, no more than
+a few passages of one document ahead of the others, any-term keyword matches ranked by rarity."""
 
 from __future__ import annotations
 
@@ -61,6 +61,36 @@ def test_overlapping_passages_of_two_sections_merge_and_other_documents_are_kept
     ]
 
 
+def test_a_documents_passages_beyond_the_limit_come_after_the_other_documents() -> None:
+    other, third = uuid.uuid4(), uuid.uuid4()
+    ranked = _ranked(
+        *(_hit(i * 1000, i * 1000 + 800, section=i) for i in range(4)),
+        _hit(600, 1000, document=other),  # overlaps nothing of `other` kept before: a passage
+        _hit(0, 400, document=third),
+    )
+    spread = distinct(list(ranked), top_k=4, merge_chars=1600, per_document=2)
+    assert [(h.document_id, h.start_offset) for h in spread] == [
+        (DOC, 0),
+        (DOC, 1000),
+        (other, 600),
+        (third, 0),
+    ]
+    assert [h.score for h in spread] == sorted((h.score for h in spread), reverse=True)
+    # Without the limit the one document fills the list.
+    assert {h.document_id for h in distinct(ranked, top_k=4, merge_chars=1600)} == {DOC}
+
+
+def test_the_search_past_the_limit_merges_nothing_more_into_the_passages_found() -> None:
+    later = _hit(700, 1500)  # overlaps the first passage, but ranks below where the list filled
+    ranked = _ranked(_hit(0, 800), _hit(2000, 2800, section=1), _hit(3000, 3800, section=2))
+    ranked += [later, _hit(0, 300, document=uuid.uuid4())]
+    spread = distinct(ranked, top_k=3, merge_chars=2400, per_document=2)
+    assert [(h.start_offset, h.end_offset) for h in spread] == [(0, 800), (2000, 2800), (0, 300)]
+    # Too few other passages: the document's own come back, in their order.
+    alone = _ranked(*(_hit(i * 1000, i * 1000 + 800, section=i) for i in range(4)))
+    assert distinct(alone, top_k=3, merge_chars=1600, per_document=2) == alone[:3]
+
+
 def _ranked(*hits: Hit) -> list[Hit]:
     for rank, hit in enumerate(hits):
         hit.score = 1.0 - rank / 10
@@ -84,6 +114,38 @@ def test_windows_of_other_sections_or_documents_or_further_down_keep_their_ranks
     ]
     for hits in cases:
         assert reading_order(_ranked(*hits)) == hits
+
+
+async def test_one_long_page_matching_everywhere_leaves_room_for_another_page(rag: Rag) -> None:
+    tag = uuid.uuid4().hex[:8]
+    filler = "The crew checked the rigging, logged the weather and trimmed the sails. " * 11
+    entries = "".join(
+        f"## Ballast{tag} entry {i}\n\nBallast{tag} shifted. {filler}Ballast{tag} restowed.\n\n"
+        for i in range(8)
+    )
+    log = await rag.ingest(f"# Logbook\n\n{entries}".encode(), file_path=f"/spread/{tag}-log.md")
+    manual = await rag.ingest(
+        f"# Manual\n\n## Loading\n\n{filler}Stow ballast{tag} low. {filler}".encode(),
+        file_path=f"/spread/{tag}-manual.md",
+    )
+    names = [log.document.name, manual.document.name]
+    hits = await rag.stub.Search(
+        rag_pb2.SearchRequest(
+            query=f"ballast{tag}", top_k=10, mode=rag_pb2.SEARCH_MODE_KEYWORD, documents=names
+        )
+    )
+    # Every entry of the log matches better than the manual's one mention, yet the manual comes
+    # fifth, right after the log's first four; the log's other entries follow.
+    expected = [log.document.name] * 4 + [manual.document.name] + [log.document.name] * 4
+    assert [h.document for h in hits.hits] == expected
+    assert [h.score for h in hits.hits] == sorted((h.score for h in hits.hits), reverse=True)
+    hybrid = await rag.stub.Search(
+        rag_pb2.SearchRequest(query=f"ballast{tag}", top_k=5, documents=names)
+    )
+    assert manual.document.name in [h.document for h in hybrid.hits]
+    assert [h.document for h in hybrid.hits].count(log.document.name) == 4
+    for name in names:
+        await rag.stub.DeleteDocument(rag_pb2.DeleteDocumentRequest(name=name))
 
 
 async def test_keyword_search_matches_any_term_and_ranks_rare_terms_first(rag: Rag) -> None:

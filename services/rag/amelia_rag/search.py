@@ -29,7 +29,9 @@ document is `indexing`, or its indexing `failed`) is ranked by its words alone.
 Then hits on the same document whose passages overlap are one hit, at the rank of the best: its
 passage grows to cover both while that stays within `merge_chars` (MERGE_CHUNKS × CHUNK_SIZE), else the
 lower one is dropped. So the same paragraph never comes back twice, and neighbouring matches
-read as one passage. Ties are broken by similarity, then document and position.
+read as one passage. A document's passages beyond its first `PER_DOCUMENT` come after the other
+documents' (one long page matching everywhere does not fill the list). Ties are broken by
+similarity, then document and position.
 """
 
 from __future__ import annotations
@@ -66,6 +68,11 @@ MERGE_CHUNKS = 3
 # session 9 on all 123 questions, hybrid: right passage first 0.51 -> 0.55, in the top 5
 # 0.83 -> 0.84, nDCG@10 0.71 -> 0.73; 10 questions rose, 1 fell (docs/rag.md, session 9).
 READING_ORDER = True
+# At most this many passages of one document come before the other documents' (None: no limit;
+# see distinct). Tune split: a page of 10 windows answering "EXPLAIN ANALYZE" hid the EXPLAIN
+# reference page; file hit@5 0.97 -> 1.00 with 4 (2 and 3 lost a right passage, 5 changed
+# nothing). All 123 questions, hybrid: file hit@5 0.96 -> 0.98, MRR@10 0.84 -> 0.85 (session 10).
+PER_DOCUMENT: int | None = 4
 EF_SEARCH = 100
 MAX_SCAN_TUPLES = 20_000
 # Below this many chunks (PostgreSQL's estimate) the vector leg scans exactly instead of through
@@ -190,7 +197,7 @@ class Searcher:
                 by_vector = await vector_ranking(session, vector, n, document_ids)
                 by_keyword = await keyword_ranking(session, query, vector, n, document_ids)
                 ranked = fuse(by_vector, by_keyword, min_score)
-        hits = distinct(ranked, top_k, self.merge_chars)
+        hits = distinct(ranked, top_k, self.merge_chars, PER_DOCUMENT)
         return reading_order(hits) if READING_ORDER else hits
 
     async def vector_search(
@@ -206,19 +213,40 @@ class Searcher:
             return await vector_ranking(session, vector, top_k, document_ids)
 
 
-def distinct(ranked: list[Hit], top_k: int, merge_chars: int) -> list[Hit]:
+def distinct(
+    ranked: list[Hit], top_k: int, merge_chars: int, per_document: int | None = None
+) -> list[Hit]:
     """The first `top_k` distinct passages: a hit overlapping a better one's passage (same
-    document) is merged into it while the union is at most `merge_chars`, else dropped."""
+    document) is merged into it while the union is at most `merge_chars`, else dropped.
+
+    With `per_document`, a document's passages beyond its first `per_document` come after the
+    other documents' passages: one long page that matches everywhere does not fill the whole
+    list and hide the page a question is about. Scores stay with the ranks (still best first).
+    Looking further down the ranking for those other passages merges nothing more into the ones
+    already found, so passages read as they would without the limit.
+    """
     out: list[Hit] = []
+    later: list[Hit] = []
+    counts: dict[uuid.UUID, int] = {}
     for hit in ranked:
-        kept = next((k for k in out if k.overlaps(hit)), None)
+        kept = next((k for k in (*out, *later) if k.overlaps(hit)), None)
         if kept is not None:
-            kept.absorb(hit, merge_chars)
+            if len(out) + len(later) < top_k:
+                kept.absorb(hit, merge_chars)
+            continue
+        counts[hit.document_id] = counts.get(hit.document_id, 0) + 1
+        if per_document is not None and counts[hit.document_id] > per_document:
+            later.append(hit)
             continue
         out.append(hit)
         if len(out) == top_k:
             break
-    return out
+    if not later:
+        return out
+    chosen = (out + later)[:top_k]
+    for hit, score in zip(chosen, sorted((h.score for h in chosen), reverse=True), strict=True):
+        hit.score = score
+    return chosen
 
 
 def reading_order(hits: list[Hit]) -> list[Hit]:
