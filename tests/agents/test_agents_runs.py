@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import grpc
 from agents_helpers import (
     S,
     chat_on_one_thread,
     collect,
     create_run,
     data,
+    rpc_error,
     tokens,
     types,
     wait_status,
@@ -262,7 +264,7 @@ async def test_interrupt_pauses_with_the_question_and_resume_continues(agents) -
     blocked.run.input.update({"message": "me too"})
     busy = await rpc_error(agents.CreateRun(blocked))
     assert busy.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "already has a queued, running or paused run" in busy.details()
+    assert f"already has a paused run, {run.name};" in busy.details()
 
     resume = S.ResumeRunRequest(name=run.name)
     resume.answer.string_value = "yes"
@@ -315,6 +317,20 @@ async def test_create_run_is_idempotent_by_request_id(agents) -> None:
     await wait_status(agents, first.name, S.RUN_STATUS_COMPLETED)
     runs = (await agents.ListRuns(S.ListRunsRequest(thread=first.thread))).runs
     assert len(runs) == 1
+    # The same key for another request is a client's bug: said, not answered with the old run.
+    other_input = S.CreateRunRequest()
+    other_input.CopyFrom(request)
+    other_input.run.input.update({"message": "twice"})
+    other_workflow = S.CreateRunRequest()
+    other_workflow.CopyFrom(request)
+    other_workflow.run.workflow = "workflows/test-ask"
+    for call, differs in ((other_input, "input"), (other_workflow, "workflow")):
+        error = await rpc_error(agents.CreateRun(call))
+        assert error.code() == grpc.StatusCode.ALREADY_EXISTS, error.details()
+        assert error.details().startswith(
+            f"request_id 'req-idempotent-1' already made {first.name} with a different {differs};"
+        )
+    assert len((await agents.ListRuns(S.ListRunsRequest(thread=first.thread))).runs) == 1
 
 
 async def test_stream_of_a_finished_run_replays_and_resumes_after_a_sequence(agents) -> None:

@@ -145,9 +145,11 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         self, request: agents_pb2.DeleteThreadRequest, context: Ctx
     ) -> agents_pb2.DeleteThreadResponse:
         tid = await self._known_thread(request.name)
-        if await self.store.thread_has_active_run(tid):
+        active = await self.store.active_run(tid)
+        if active is not None:
             raise FailedPreconditionError(
-                f"threads/{tid} has a queued, running or paused run: cancel it first"
+                f"threads/{tid} has a {active.status.lower()} run, runs/{active.id}: "
+                "cancel it first"
             )
         await self.checkpointer.adelete_thread(str(tid))
         await self.store.delete_thread(tid)
@@ -189,9 +191,10 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         """Resolve the target → validate the input → the thread → the row → record and queue."""
         run = request.run
         existing = await self._existing(request.request_id)
-        if existing is not None:
-            return agents_pb2.CreateRunResponse(run=convert.run_to_proto(existing))
         input_value = convert.json_from(run.input, "run.input")
+        if existing is not None:
+            _check_same_run(existing, run, input_value, request.request_id)
+            return agents_pb2.CreateRunResponse(run=convert.run_to_proto(existing))
         target = await self._target(run)
         try:
             target.workflow.validate_input(input_value, self.settings)
@@ -273,9 +276,11 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
             # The job is queued inside the transaction: if NATS refuses it, nothing is recorded.
             await self.store.create_run(row, new_thread, before_commit=queue_it)
         except ActiveRunError:
+            active = await self.store.active_run(row.thread_id)
+            which = f"a {active.status.lower()} run, runs/{active.id}" if active else "a run"
             raise FailedPreconditionError(
-                f"threads/{row.thread_id} already has a queued, running or paused run; wait for "
-                "it to end, or cancel it"
+                f"threads/{row.thread_id} already has {which}; a thread runs one at a time: "
+                "wait for it to end, or cancel it"
             ) from None
         except IntegrityError:
             existing = await self.store.run_by_request_id(row.request_id or "")
@@ -479,6 +484,28 @@ def _new_run(
         queued_time=now(),
         pickups=0,
     )
+
+
+def _check_same_run(existing: RunRow, run: agents_pb2.Run, input_value: Any, rid: str) -> None:
+    """ALREADY_EXISTS when `rid` made a run of something else: a retried CreateRun must be the
+    same request (as with Stripe's idempotency keys), or a client's bug would silently get an
+    unrelated run back."""
+    differs = []
+    if run.WhichOneof("target") == "agent":
+        if existing.agent_id != convert.agent_id(run.agent):
+            differs.append("agent")
+    elif existing.agent_id is not None or existing.workflow != convert.workflow_name(run.workflow):
+        differs.append("workflow")
+    if run.thread and convert.thread_id(run.thread) != existing.thread_id:
+        differs.append("thread")
+    if input_value != (existing.input or {}):
+        differs.append("input")
+    if differs:
+        raise AlreadyExistsError(
+            f"request_id {rid!r} already made runs/{existing.id} with a different "
+            f"{' and '.join(differs)}; a retry must repeat the same request, a new run needs a "
+            "new request_id"
+        )
 
 
 def _repeat(settings: Settings, source: RunRow, thread_id: uuid.UUID, request_id: str) -> RunRow:

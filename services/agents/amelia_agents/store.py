@@ -307,14 +307,14 @@ class Store:
                 query = query.where(or_(column > when, and_(column == when, ThreadRow.id > last)))
         return await self._read_summaries(query)
 
-    async def thread_has_active_run(self, thread_id: uuid.UUID) -> bool:
+    async def active_run(self, thread_id: uuid.UUID) -> RunRow | None:
+        """The thread's queued, running or paused run (at most one), if any."""
         async with self.single_statements() as s:
-            found = await s.scalar(
-                select(func.count())
-                .select_from(RunRow)
+            return await s.scalar(
+                select(RunRow)
                 .where(RunRow.thread_id == thread_id, RunRow.status.in_(ACTIVE_STATES))
+                .limit(1)
             )
-        return bool(found)
 
     async def delete_thread(self, thread_id: uuid.UUID) -> bool:
         async with self.sessions() as s, s.begin():
