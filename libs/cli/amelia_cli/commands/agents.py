@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.text import Text
 
 from amelia.v1 import agents_pb2, events_pb2
-from amelia_cli.client import Column, agents, ago, fail, listing, resource, said
+from amelia_cli.client import Column, agents, ago, err, fail, listing, resource, said
 from amelia_cli.help_text import App
 from amelia_common.eventlog import event_data
 
@@ -33,6 +33,22 @@ RunReply = agents_pb2.CancelRunResponse | agents_pb2.ResumeRunResponse
 TERMINAL = {"run.completed", "run.failed", "run.cancelled"}
 # StreamRun's max_events_per_message: events that arrived together come in one message.
 STREAM_BATCH = 256
+
+
+# Listings at 80 columns: a long name leaves little room, so text that `runs show` or a wider
+# terminal gives whole goes first (before, rich cut every folding column to a few cells).
+AGENT_COLUMNS = (
+    Column("name"),
+    Column("model", wraps=True),
+    Column("description", wraps=True, drop=1),
+)
+RUN_COLUMNS = (
+    Column("name"),
+    Column("target", wraps=True),
+    Column("status"),
+    Column("created"),
+    Column("error", wraps=True, drop=1),
+)
 
 
 def _call(coro_factory):  # type: ignore[no-untyped-def]
@@ -109,8 +125,8 @@ def ls_agents() -> None:
             )
             return reply
 
-    columns = (Column("name"), Column("model", wraps=True), Column("description", wraps=True))
-    listing(console, columns, [(a.name, a.model, a.description) for a in _call(go).agents])
+    rows = [(a.name, a.model, a.description) for a in _call(go).agents]
+    listing(console, AGENT_COLUMNS, rows)
 
 
 @agents_app.command("rm")
@@ -204,7 +220,24 @@ class Shown:
         elif event.type == "workflow.progress":
             self.line(f"· {progress_text(data)}")
         elif event.type == "run.interrupted":
-            self.line(f"? {json.dumps(data.get('value', data))}", "yellow")
+            for line in question_lines(data.get("value", data)):
+                self.line(line, "yellow")
+
+
+def question_lines(value: Any) -> list[str]:
+    """A paused run's question as a person reads it: the question, what it carries (a plan's
+    design: text as text, not a JSON string with `\\n` in it) and the answers it takes."""
+    if not isinstance(value, dict):
+        return [f"? {value if isinstance(value, str) else json.dumps(value)}"]
+    lines = [f"? {value.get('question') or 'the run waits for an answer'}"]
+    for key, item in value.items():
+        if key not in ("question", "options"):
+            text = item if isinstance(item, str) else json.dumps(item)
+            lines.append(f"  {key}: " + text.replace("\n", "\n    "))
+    options = value.get("options")
+    if isinstance(options, list) and options:
+        lines.append("  answers: " + " | ".join(str(option) for option in options))
+    return lines
 
 
 async def _follow(stub: object, run_name: str) -> agents_pb2.Run:
@@ -297,6 +330,19 @@ def run(
             asyncio.get_running_loop().add_signal_handler(signal.SIGINT, on_ctrl_c)
             try:
                 reply = await stub.CreateRun(agents_pb2.CreateRunRequest(run=spec))
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.NOT_FOUND or "/" in target or not spec.agent:
+                    raise
+                flows = await stub.ListWorkflows(agents_pb2.ListWorkflowsRequest())
+                names = ", ".join(w.name.removeprefix("workflows/") for w in flows.workflows)
+                err.print(
+                    said(
+                        ("NOT_FOUND:", "red"),
+                        f" {target!r} is neither a workflow ({names}) nor an agent"
+                        " (`amelia agents ls`).",
+                    )
+                )
+                raise typer.Exit(1) from exc
             except asyncio.CancelledError:
                 console.print()
                 console.print(
@@ -352,10 +398,14 @@ def ls_runs(
     limit: int = typer.Option(50, help="At most this many."),
 ) -> None:
     """List runs, newest first."""
-    try:
-        statuses = [agents_pb2.RunStatus.Value(f"RUN_STATUS_{s.upper()}") for s in status]
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
+    choices = [status_name(s) for s in agents_pb2.RunStatus.values() if s]
+    unknown = [s for s in status if s.lower() not in choices]
+    if unknown:
+        raise typer.BadParameter(
+            f"{unknown[0]!r} is not a run status; one of: {', '.join(choices)}",
+            param_hint="--status",
+        )
+    statuses = [agents_pb2.RunStatus.Value(f"RUN_STATUS_{s.upper()}") for s in status]
 
     async def go() -> agents_pb2.ListRunsResponse:
         async with agents() as stub:
@@ -369,18 +419,11 @@ def ls_runs(
             )
             return reply
 
-    columns = (
-        Column("name"),
-        Column("target", wraps=True),
-        Column("status"),
-        Column("created"),
-        Column("error", wraps=True),
-    )
     rows = [
         (r.name, r.agent or r.workflow, status_name(r.status), ago(r.create_time), r.error)
         for r in _call(go).runs
     ]
-    listing(console, columns, rows)
+    listing(console, RUN_COLUMNS, rows)
 
 
 @runs_app.command("show")

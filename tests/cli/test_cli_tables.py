@@ -1,0 +1,91 @@
+"""What the CLI prints at 80 columns, from the values a real mesh gave (session 10's survey):
+listings keep names and short values whole, a paused run's question reads as words, and a
+wrong --status says which words are right."""
+
+from __future__ import annotations
+
+import io
+import re
+
+from rich.console import Console
+from typer.testing import CliRunner
+
+from amelia_cli.client import Column, listing
+from amelia_cli.commands.agents import AGENT_COLUMNS, RUN_COLUMNS, question_lines
+from amelia_cli.main import app
+
+RUNS = [
+    ("runs/a22e4bef-4415-48f2-932d-4ab84d269435", "workflows/plan", "paused", "12s ago", ""),
+    (
+        "runs/f698043b-a670-45f7-8ccf-dca38fddc519",
+        "agents/researcher-with-a-rather-long-identifier-name",
+        "failed",
+        "45s ago",
+        "openai: the server at http://127.0.0.1:9/v1 did not answer for 30s after 18 tries "
+        "(LLM_RECONNECT_SECONDS=30): Connection error.",
+    ),
+    ("runs/fb64f05b-28fc-4fdd-b41c-c3f428d34a71", "agents/greeter", "completed", "47s ago", ""),
+]
+AGENTS = [
+    ("agents/greeter", "offline:echo", "Says hello back, word for word, for trying the mesh out"),
+    ("agents/researcher-with-a-rather-long-identifier-name", "openai:gpt-4o-mini@http://h/v1", ""),
+]
+
+
+def _printed(columns: tuple[Column, ...], rows: list[tuple[str, ...]], width: int) -> list[str]:
+    out = io.StringIO()
+    listing(Console(file=out, width=width, color_system=None), columns, rows)
+    lines = out.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= width, "\n".join(lines)
+    return lines
+
+
+def test_runs_at_80_columns_keep_targets_that_fit_whole() -> None:
+    lines = _printed(RUN_COLUMNS, RUNS, 80)
+    shown = "\n".join(lines)
+    for name, target, status, created, _ in (RUNS[0], RUNS[2]):
+        row = next(line for line in lines if name in line)
+        assert re.search(rf"{target}\s+{status}\s+{created}$", row.rstrip()), shown
+    assert "error" not in lines[0], shown  # optional: left for `amelia runs show`
+    # Before: the target column was cut to 5 cells ('workf' / 'lows/' / 'plan').
+    assert all(len(line.split()) >= 4 for line in lines[2:] if line.startswith("runs/")), shown
+
+
+def test_runs_at_120_columns_show_the_error_in_words() -> None:
+    lines = _printed(RUN_COLUMNS, RUNS, 120)
+    assert "error" in lines[0]
+    words = " ".join(line[90:] for line in lines).split()
+    assert {"openai:", "server", "answer", "Connection", "error."} <= set(words), lines
+
+
+def test_agents_at_80_columns_keep_the_model_whole_next_to_a_description() -> None:
+    lines = _printed(AGENT_COLUMNS, AGENTS[:1], 80)
+    assert re.match(r"agents/greeter\s+offline:echo\s+Says hello", lines[2]), lines
+    # No room next to a 52-character name: the description goes, the model keeps its cells
+    # (before: 'offline:ec' / 'ho').
+    lines = _printed(AGENT_COLUMNS, AGENTS, 80)
+    assert "description" not in lines[0], lines
+    assert re.match(r"agents/greeter\s+offline:echo$", lines[2].rstrip()), lines
+
+
+def test_a_paused_runs_question_reads_as_words() -> None:
+    value = {
+        "question": "Approve this design so the plan can be written?",
+        "design": "Request:\nAdd a --verbose flag\n\nDiscovery notes:\nnone",
+        "options": ["approve", "reject"],
+    }
+    assert question_lines(value) == [
+        "? Approve this design so the plan can be written?",
+        "  design: Request:\n    Add a --verbose flag\n    \n    Discovery notes:\n    none",
+        "  answers: approve | reject",
+    ]
+    assert question_lines("Proceed?") == ["? Proceed?"]
+    assert question_lines({"n": 3}) == ["? the run waits for an answer", "  n: 3"]
+
+
+def test_a_wrong_status_names_the_right_ones() -> None:
+    result = CliRunner().invoke(app, ["runs", "ls", "--status", "weird"], env={"COLUMNS": "80"})
+    assert result.exit_code == 2
+    said = " ".join(result.output.replace("│", " ").split())
+    assert "'weird' is not a run status; one of: queued, running, paused, completed" in said
+    assert "RUN_STATUS" not in said
