@@ -89,3 +89,10 @@ def test_a_wrong_status_names_the_right_ones() -> None:
     said = " ".join(result.output.replace("│", " ").split())
     assert "'weird' is not a run status; one of: queued, running, paused, completed" in said
     assert "RUN_STATUS" not in said
+
+
+def test_a_short_subject_copied_from_an_80_column_line_is_refused_with_the_way_out() -> None:
+    result = CliRunner().invoke(app, ["events", "-s", "runs/a22e4bef"], env={"COLUMNS": "80"})
+    assert result.exit_code == 2
+    said = " ".join(result.output.replace("│", " ").split())
+    assert "runs/a22e4bef is the start of a name" in said and "amelia runs ls" in said

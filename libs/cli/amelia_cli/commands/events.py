@@ -229,6 +229,10 @@ def run_quietly(work: Coroutine[Any, Any, None]) -> None:
         raise typer.Exit(1) from None
 
 
+# `eventline.short_subject`'s form for the collections named by uuid.
+_SHORT_NAME = re.compile(r"^(runs|threads|documents)/[0-9a-fA-F]{8}$")
+
+
 def events(
     follow: bool = typer.Option(
         False, "--follow", "-f", help="Keep printing new events (resumes after a disconnect)."
@@ -248,6 +252,13 @@ def events(
     url: str = url_option(),
 ) -> None:
     """Print the event log (with -f, follow it): one line per event, or JSON lines."""
+    if _SHORT_NAME.match(subject.strip()):
+        # An 80-column line's subject, copied: as a filter it would match nothing, silently.
+        raise typer.BadParameter(
+            f"{subject.strip()} is the start of a name (how 80-column lines show it); give it "
+            "whole, e.g. runs/<uuid> (`amelia runs ls`; --json or a wider terminal shows it)",
+            param_hint="--subject",
+        )
     start = Start.parse(since or ("now" if follow else "beginning"))
     if start.is_now() and not follow:
         return  # nothing is stored after now
