@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from amelia_agents.server import build_service
-from amelia_common import telemetry
+from amelia_common import aio, telemetry
 from amelia_common.embedded import ensure_infrastructure
 from amelia_common.logging import configure_logging
 from amelia_common.settings import get_settings
@@ -21,7 +19,7 @@ def main() -> None:
         service = await build_service(infra.settings)
         await service.serve()
 
-    asyncio.run(serve())
+    aio.run(serve())
 
 
 if __name__ == "__main__":
