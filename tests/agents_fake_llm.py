@@ -4,7 +4,9 @@
 (message_start, content_block_*, message_delta, message_stop, pings); `FakeOpenAI` answers
 `POST /v1/chat/completions` with OpenAI's chat.completion.chunk SSE stream ending in `[DONE]`.
 Both pick a behaviour from the requested model name, record every request, and notice when a
-client goes away mid-stream.
+client goes away mid-stream. `FakeOpenAI(llama=True)` also behaves as llama.cpp's server does:
+`/props` and `/v1/models` (serving every name below) answer, and a request whose last message is
+the assistant's is continued (assistant prefill): the stream carries only what follows it.
 
 Model names (both servers):
 - `tokens` — replies REPLY in word tokens.
@@ -16,6 +18,9 @@ Model names (both servers):
   next succeeds.
 - `down-<key>` — always fails with 529/503.
 - `slow` — 200 tokens, 100 ms apart (to cancel mid-stream).
+- `drift` — DRIFT_TOKENS tokens `w<i>-<tag> `, 50 ms apart, where <tag> is the server's own
+  (a new one each time a server starts): like a restarted llama.cpp server whose reply differs
+  from the one it was streaming when it died.
 - `tool-calculator[-<key>]` — when the request offers tools and its last message is not a tool
   result: asks for `calculator` with `{"expression": "6*7"}` (Anthropic: a short text block
   first, then a `tool_use` block streamed as `input_json_delta`s, stop_reason `tool_use`;
@@ -31,8 +36,11 @@ import asyncio
 import contextlib
 import json
 import re
+import sys
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -43,6 +51,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 REPLY = "Hello from the fake model, streamed one token at a time."
+DRIFT_TOKENS = 120
 TOOL_PREAMBLE = "Let me check. "
 TOOL_ARGS = {
     "tool-calculator": {"expression": "6*7"},
@@ -63,6 +72,8 @@ class FakeServer:
     disconnects: int = 0
     streams_open: int = 0
     port: int = 0
+    # Tells this server's `drift` replies from another's (a restarted one's).
+    tag: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
     _server: uvicorn.Server | None = None
     _task: asyncio.Task[None] | None = None
 
@@ -143,6 +154,8 @@ class FakeServer:
             return "ok", tokens_of(text), 0.0
         if model == "slow":
             return "ok", [f"t{i} " for i in range(200)], 0.1
+        if model == "drift":
+            return "ok", [f"w{i}-{self.tag} " for i in range(DRIFT_TOKENS)], 0.05
         return "ok", tokens_of(REPLY), 0.0
 
     async def _guarded(self, body: AsyncIterator[str]) -> AsyncIterator[str]:
@@ -280,15 +293,37 @@ class FakeAnthropic(FakeServer):
         return StreamingResponse(self._guarded(stream()), media_type="text/event-stream")
 
 
+# The model names FakeOpenAI(llama=True) lists at /v1/models.
+LLAMA_MODELS = ("tokens", "transcript", "slow", "drift")
+
+
+@dataclass
 class FakeOpenAI(FakeServer):
+    llama: bool = False
+
     def routes(self) -> list[Route]:
-        return [Route("/v1/chat/completions", self.completions, methods=["POST"])]
+        routes = [Route("/v1/chat/completions", self.completions, methods=["POST"])]
+        if self.llama:
+            routes += [Route("/props", self.props), Route("/v1/models", self.list_models)]
+        return routes
+
+    async def props(self, request: Request) -> Response:
+        return JSONResponse({"default_generation_settings": {"n_ctx": 4096}, "total_slots": 2})
+
+    async def list_models(self, request: Request) -> Response:
+        data = [{"id": m, "object": "model", "owned_by": "fake"} for m in LLAMA_MODELS]
+        return JSONResponse({"object": "list", "data": data})
 
     async def completions(self, request: Request) -> Response:
         body = await request.json()
         self.requests.append({"headers": dict(request.headers), "body": body})
         messages = [m for m in body["messages"] if m["role"] != "system"]
+        prefill = ""
+        if self.llama and messages and messages[-1]["role"] == "assistant":
+            prefill = _text(messages.pop()["content"])
         outcome, tokens, delay = self.plan(body["model"], messages)
+        if prefill:  # continue after the reply's tokens it was given (whoever wrote them)
+            tokens = tokens[len(tokens_of(prefill)) :]
         if outcome == "fail":
             return JSONResponse(
                 {"error": {"message": "server busy", "type": "server_error"}}, status_code=503
@@ -363,3 +398,42 @@ async def fake_openai() -> AsyncIterator[FakeOpenAI]:
     await server.start()
     yield server
     await server.stop()
+
+
+TESTS = str(Path(__file__).resolve().parent)
+# A FakeOpenAI in a process of its own, on a given port, so that a test can SIGKILL it like a
+# crashed llama.cpp server and start it again on the same port.
+_SERVE = """
+import sys
+import uvicorn
+from starlette.applications import Starlette
+sys.path.insert(0, sys.argv[2])
+from agents_fake_llm import FakeOpenAI
+app = Starlette(routes=FakeOpenAI(llama=sys.argv[3] == "llama").routes())
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", lifespan="off")
+"""
+
+
+async def start_fake_openai(port: int, llama: bool = False) -> asyncio.subprocess.Process:
+    """`FakeOpenAI(llama=llama)` serving on `port` in a child process, once it accepts."""
+    kind = "llama" if llama else "openai"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _SERVE, str(port), TESTS, kind
+    )
+    async with asyncio.timeout(30):
+        while True:
+            assert process.returncode is None, "the fake OpenAI server exited at start"
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                await asyncio.sleep(0.05)
+                continue
+            writer.close()
+            return process
+
+
+async def kill(process: asyncio.subprocess.Process) -> None:
+    """SIGKILL (if still running) and reap."""
+    if process.returncode is None:
+        process.kill()
+    await process.wait()

@@ -6,53 +6,18 @@ it and the server's URL."""
 from __future__ import annotations
 
 import asyncio
-import sys
 import uuid
-from pathlib import Path
 
 import pytest
+from agents_fake_llm import kill, start_fake_openai
 from agents_helpers import S, collect, create_run, data, tokens, types, wait_status
 
 from amelia_agents.llm import ChatMessage, ChatRequest, ModelError, get_model
 from amelia_common.embedded import free_port
 from amelia_common.settings import Settings
 
-TESTS = Path(__file__).resolve().parents[1]
-# The fake OpenAI-compatible server of tests/agents_fake_llm.py on a given port, in a process of
-# its own so that it can be SIGKILLed like a crashed llama.cpp server.
-SERVE = """
-import sys
-import uvicorn
-from starlette.applications import Starlette
-sys.path.insert(0, sys.argv[2])
-from agents_fake_llm import FakeOpenAI
-app = Starlette(routes=FakeOpenAI().routes())
-uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", lifespan="off")
-"""
 # The fake's `slow` model: 200 tokens, 100 ms apart.
 SLOW_REPLY = "".join(f"t{i} " for i in range(200))
-
-
-async def start_fake(port: int) -> asyncio.subprocess.Process:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", SERVE, str(port), str(TESTS)
-    )
-    async with asyncio.timeout(30):
-        while True:
-            assert process.returncode is None, "the fake OpenAI server exited at start"
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-            except OSError:
-                await asyncio.sleep(0.05)
-                continue
-            writer.close()
-            return process
-
-
-async def kill(process: asyncio.subprocess.Process) -> None:
-    if process.returncode is None:
-        process.kill()
-    await process.wait()
 
 
 @pytest.mark.parametrize("attempt", range(3))
@@ -60,7 +25,7 @@ async def test_a_model_server_restarted_mid_reply_leaves_the_output_whole(
     agents, attempt: int
 ) -> None:
     port = free_port()
-    server = await start_fake(port)
+    server = await start_fake_openai(port)
     try:
         agent = S.Agent(model=f"openai:slow@http://127.0.0.1:{port}/v1", retry_attempts=0)
         created = await agents.CreateAgent(
@@ -77,7 +42,7 @@ async def test_a_model_server_restarted_mid_reply_leaves_the_output_whole(
         call.cancel()
         await kill(server)  # SIGKILL in the middle of the reply, as the QA did to llama.cpp
         await asyncio.sleep(3)
-        server = await start_fake(port)
+        server = await start_fake_openai(port)
         events = seen + await collect(agents, run.name, after=seen[-1].sequence, timeout=120)
         assert types(events)[-1] == "run.completed", data(events, "run.failed")
         assert "".join(tokens(events)) == SLOW_REPLY

@@ -152,6 +152,8 @@ async def chat(
         usage = Usage()
         try:
             async for chunk in telemetry.traced_chat(provider, request):
+                if chunk.event is not None:  # e.g. run.model.waiting (llm.reconnect)
+                    emit(*chunk.event)
                 if chunk.text:
                     parts.append(chunk.text)
                     emit("run.token", {"text": chunk.text})

@@ -111,11 +111,13 @@ class Usage:
 @dataclass
 class ChatChunk:
     """A text delta, the complete tool calls the model asked for (once, after the text), or
-    (once, at the end) the call's token usage."""
+    (once, at the end) the call's token usage; or `event`, a run event (type, data) telling the
+    user how the call is going (e.g. `run.model.waiting`), for the runtime to publish."""
 
     text: str = ""
     usage: Usage | None = None
     tool_calls: list[ToolCall] | None = None
+    event: tuple[str, dict[str, Any]] | None = None
 
 
 @dataclass

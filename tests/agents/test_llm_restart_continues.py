@@ -1,0 +1,110 @@
+"""A local model server killed in the middle of a reply and started again gives a DIFFERENT reply
+from scratch (as a llama.cpp server answering from a reused prompt cache can): the run continues
+the reply instead of asking for it again, and completes with the part streamed before the kill
+followed by the continuation, each token once. The run tells the user, once, that it is
+waiting. A server that cannot continue (OpenAI's API has no prefill) is still asked again: its
+different reply fails the run saying where the two part.
+
+The fake server (tests/agents_fake_llm.py, `drift` model, llama.cpp's prefill) runs in a process
+of its own so that it can be SIGKILLed; the agents service is one of the test's own, with
+LOCAL_MODEL_URL at the fake and a run queue of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from agents_fake_llm import DRIFT_TOKENS, kill, start_fake_openai
+from agents_helpers import S, collect, create_run, data, serve_agents, tokens, types, wait_status
+
+from amelia.v1 import agents_pb2_grpc, events_pb2
+from amelia_common.embedded import free_port
+from amelia_common.settings import Settings
+
+TOKEN = re.compile(r"w(\d+)-(\w+) ")
+
+
+@pytest.fixture(scope="module")
+def port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+async def local_agents(
+    infra: object, events_address: str, port: int
+) -> AsyncIterator[agents_pb2_grpc.AgentServiceStub]:
+    settings: Settings = infra.settings(  # type: ignore[attr-defined]
+        EVENTS_ADDRESS=events_address,
+        LOCAL_MODEL_URL=f"http://127.0.0.1:{port}/v1",
+        AGENT_WORKERS=1,
+        RUN_ACK_WAIT_SECONDS=30,
+        LLM_RETRY_BACKOFF_SECONDS=0.05,
+        RUNS_QUEUE_STREAM=f"AMELIA_RUNS_LLM_{uuid.uuid4().hex[:8]}",
+    )
+    async with serve_agents(settings) as stub:
+        yield stub
+
+
+async def killed_mid_reply(
+    stub: agents_pb2_grpc.AgentServiceStub, model: str, port: int, llama: bool, after: int
+) -> tuple[str, list[events_pb2.Event]]:
+    """A run of `model` whose server is SIGKILLed after `after` tokens and started again 2 s
+    later: its name and all its events."""
+    server = await start_fake_openai(port, llama)
+    try:
+        agent = S.Agent(model=model, retry_attempts=0, max_tokens=2000)
+        created = await stub.CreateAgent(
+            S.CreateAgentRequest(agent=agent, agent_id=f"drift-{uuid.uuid4().hex[:8]}")
+        )
+        run = await create_run(stub, agent=created.agent.name, input={"message": "hi"})
+        seen = []
+        call = stub.StreamRun(S.StreamRunRequest(name=run.name))
+        async with asyncio.timeout(60):
+            async for response in call:
+                seen.append(response.event)
+                if len(tokens(seen)) >= after:
+                    break
+        call.cancel()
+        await kill(server)  # SIGKILL in the middle of the reply, as the QA did to llama.cpp
+        await asyncio.sleep(2)
+        server = await start_fake_openai(port, llama)
+        rest = await collect(stub, run.name, after=seen[-1].sequence, timeout=120)
+        return run.name, seen + rest
+    finally:
+        await kill(server)
+
+
+@pytest.mark.parametrize("attempt", range(3))
+async def test_a_restarted_local_server_continues_the_reply(
+    local_agents: agents_pb2_grpc.AgentServiceStub, port: int, attempt: int
+) -> None:
+    name, events = await killed_mid_reply(local_agents, "local:drift", port, True, 5 + attempt * 9)
+    assert types(events)[-1] == "run.completed", data(events, "run.failed")
+    output = "".join(tokens(events))
+    found = TOKEN.findall(output)
+    assert TOKEN.sub("", output) == ""  # nothing but whole tokens
+    # Every token once, in order: the part before the kill, then the continuation, never doubled.
+    assert [int(i) for i, _ in found] == list(range(DRIFT_TOKENS))
+    # Written by two servers: the restarted one's reply from scratch would have differed.
+    tags = list(dict.fromkeys(tag for _, tag in found))
+    assert len(tags) == 2
+    waiting = data(events, "run.model.waiting")
+    assert len(waiting) == 1
+    assert waiting[0]["server"] == f"local: the local model server at http://127.0.0.1:{port}/v1"
+    assert waiting[0]["seconds"] == 30 and waiting[0]["message"]
+    done = await wait_status(local_agents, name, S.RUN_STATUS_COMPLETED)
+    assert done.output["message"] == output
+
+
+async def test_a_server_without_prefill_is_asked_again_and_a_different_reply_fails(
+    local_agents: agents_pb2_grpc.AgentServiceStub, port: int
+) -> None:
+    model = f"openai:drift@http://127.0.0.1:{port}/v1"
+    _, events = await killed_mid_reply(local_agents, model, port, False, 5)
+    assert types(events)[-1] == "run.failed"
+    error = data(events, "run.failed")[0]["error"]
+    assert "differs from the" in error and "characters already streamed at character " in error
+    assert len(data(events, "run.model.waiting")) == 1
