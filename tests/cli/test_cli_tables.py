@@ -12,6 +12,8 @@ from typer.testing import CliRunner
 
 from amelia_cli.client import Column, listing
 from amelia_cli.commands.agents import AGENT_COLUMNS, RUN_COLUMNS, question_lines
+from amelia_cli.commands.status import endpoints_table
+from amelia_cli.health import Probe
 from amelia_cli.main import app
 
 RUNS = [
@@ -96,3 +98,26 @@ def test_a_short_subject_copied_from_an_80_column_line_is_refused_with_the_way_o
     assert result.exit_code == 2
     said = " ".join(result.output.replace("│", " ").split())
     assert "runs/a22e4bef is the start of a name" in said and "amelia runs ls" in said
+
+
+LOG = "/home/someone/projects/amelia/.amelia/llama/llama-server.log"
+PROBES = [
+    Probe("events", "grpc://127.0.0.1:50051", "UNREACHABLE"),
+    Probe(
+        "gateway", "http://127.0.0.1:8000", "FAILED", "killed by SIGKILL; 5 restarts; log: " + LOG
+    ),
+    Probe("nats", "-", "UNKNOWN", "mesh not running (no mesh state under /tmp/x, no answers)"),
+    Probe("local-model", "http://127.0.0.1:8081/v1", "SERVING", f"qwen2.5, 2 slots, log: {LOG}"),
+]
+
+
+def test_status_keeps_addresses_and_log_paths_whole_at_80_columns() -> None:
+    for width in (80, 200):
+        out = io.StringIO()
+        Console(file=out, width=width, color_system=None).print(endpoints_table(PROBES))
+        lines = out.getvalue().splitlines()
+        assert max(len(line) for line in lines) <= width, "\n".join(lines)
+        row = next(line for line in lines if "local-model" in line)
+        assert "http://127.0.0.1:8081/v1" in row, "\n".join(lines)  # was '…8081/' and 'v1'
+        assert "killed by SIGKILL" in next(line for line in lines if "gateway" in line)
+        assert f"[1] {LOG}" in lines and f"[2] {LOG}" in lines, "\n".join(lines)

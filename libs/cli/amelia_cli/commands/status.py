@@ -12,15 +12,18 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 from typing import Any
 
 import grpc
-from rich.console import Console
+from rich.cells import cell_len
+from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.table import Table
 from rich.text import Text
 
 from amelia.v1 import agents_pb2, agents_pb2_grpc
+from amelia_cli.client import FOLDED_AT_LEAST
 from amelia_cli.health import Probe, StreamState, client_target, probe_all, stream_states
 from amelia_cli.mesh import SERVICES
 from amelia_common.grpc_client import aio_channel
@@ -30,17 +33,49 @@ from amelia_common.settings import Settings
 AGENTS = next(spec for spec in SERVICES if spec.name == "agents")
 
 
-def endpoints_table(probes: list[Probe]) -> Table:
-    """One row per part of the mesh (per replica of a service)."""
+# A log file named in a part's detail (the local model's, a given-up service's).
+_LOG_PATH = re.compile(r"(?<=log: )\S+")
+
+
+def endpoints_table(probes: list[Probe]) -> Group:
+    """One row per part of the mesh (per replica of a service); the log files they name are
+    listed under the table, each whole on its line (in an 80-column detail cell a path was cut
+    mid-name: `…/llama/l` `lama-server.log`)."""
     table = Table(title="Amelia mesh", title_justify="left")
     table.add_column("part")
     table.add_column("address", overflow="fold")
     table.add_column("status")
     table.add_column("detail", overflow="fold")
+    logs: list[str] = []
+
+    def noted(match: re.Match[str]) -> str:
+        logs.append(match.group(0))
+        return f"[{len(logs)}]"
+
     for p in probes:
         colour = "green" if p.ok else "red"
-        table.add_row(p.name, Text(p.address), Text(p.status, style=colour), Text(p.detail))
-    return table
+        detail = _LOG_PATH.sub(noted, p.detail)
+        table.add_row(p.name, Text(p.address), Text(p.status, style=colour), Text(detail))
+    notes = [Text(f"[{i}] {path}", overflow="ignore") for i, path in enumerate(logs, 1)]
+    rows = [("part", "address", "status"), *((p.name, p.address, p.status) for p in probes)]
+    before_detail = sum(max(cell_len(row[i]) for row in rows) for i in range(3))
+    return Group(_AddressesWhole(table, before_detail), *notes)
+
+
+class _AddressesWhole:
+    """The endpoints table, its addresses kept whole while the detail column still gets
+    FOLDED_AT_LEAST cells: rich narrows the widest folding column first, then all alike, so on
+    80 columns `http://127.0.0.1:8081/v1` lost its `v1` to a line of its own."""
+
+    def __init__(self, table: Table, before_detail: int) -> None:
+        self.table = table
+        self.before_detail = before_detail  # cells of the part, address and status columns
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        # Each of the 4 columns: a space either side and a border; one more border at the end.
+        needed = self.before_detail + FOLDED_AT_LEAST + 3 * 4 + 1
+        self.table.columns[1].no_wrap = needed <= options.max_width
+        yield self.table
 
 
 def _copy(node: str, current: bool, behind: int) -> str:
