@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from typing import Any
 
 import numpy as np
 
@@ -23,7 +24,7 @@ from amelia_rag.chunking import MODEL_CHUNK_CHARS, context_text, split_spans
 from amelia_rag.search import Hit, Searcher, SearchFilters
 from eval.__main__ import TOP_K
 from eval.cache import CachedEmbedder
-from eval.corpus import questions
+from eval.corpus import Question, questions
 from eval.score import HEADER, Ranked, row, score
 from eval.tune import eval_database
 
@@ -59,18 +60,24 @@ async def rerank(depth: int) -> None:
             f" {db.embedder.computed - computed} passage windows in {seconds:.0f} s (the rest"
             f" from the cache)\n\n{HEADER}"
         )
-        for alpha in ALPHAS:
-            results = {
-                qid: [
-                    Ranked(db.files.get(h.document_id, "?"), h.content)
-                    for h, _ in sorted(
-                        found, key=lambda p: -(alpha * p[0].score + (1 - alpha) * p[1])
-                    )[:TOP_K]
-                ]
-                for qid, found in candidates.items()
-            }
-            scored = score(results, asked)
-            print(row(f"hybrid, alpha {alpha}", scored), scored.misses, flush=True)
+        mixed(candidates, asked, db.files, ALPHAS)
+
+
+def mixed(
+    candidates: dict[int, list[tuple[Hit, float]]],
+    asked: list[Question],
+    files: dict[Any, str],
+    alphas: tuple[float, ...],
+) -> None:
+    """One row per alpha: the passages re-sorted by alpha × fused + (1 − alpha) × similarity."""
+    for alpha in alphas:
+        results: dict[int, list[Ranked]] = {}
+        for qid, found in candidates.items():
+            best = sorted(found, key=lambda p: -(alpha * p[0].score + (1 - alpha) * p[1]))
+            results[qid] = [Ranked(files.get(h.document_id, "?"), h.content) for h, _ in best]
+            results[qid] = results[qid][:TOP_K]
+        scored = score(results, asked)
+        print(row(f"hybrid, alpha {alpha}", scored), scored.misses, flush=True)
 
 
 def main() -> None:
