@@ -145,3 +145,32 @@ test("a run's node usage: tokens per task from run.node.finished, cost only when
   assert.deepEqual(usageTotals(run.nodeUsage), { input: 11, output: 6, cost: undefined });
   assert.deepEqual(usageTotals(new Map()), { input: 0, output: 0, cost: undefined });
 });
+
+test("the steps card gives the run's duration; the steps' own time only when the rest was waiting", async () => {
+  const { StepsView } = await import(new URL("views/steps.js", STATIC));
+  const timing = (run, steps) => StepsView.prototype.timing.call({ run }, steps);
+  const at = (s) => new Date(Date.UTC(2026, 0, 1, 0, 0, s)).toISOString();
+  const step = (start, end) => ({ startTime: at(start), endTime: end === undefined ? undefined : at(end) });
+  const ended = { startTime: at(0), endTime: at(30), duration: "30s" };
+  // A timeout: one step whose checkpoints are 1 ms apart, a run of 30 s.
+  assert.equal(timing(ended, [step(0)]), " · the run took 30.0 s");
+  // Three steps taking 2 s in all, 28 s waiting for an answer.
+  assert.equal(timing(ended, [step(0, 1), step(1, 1.5), step(29.5, 30)]), " · the run took 30.0 s, 2.00 s of it in its steps");
+  // Steps that fill the run: nothing to add.
+  assert.equal(timing(ended, [step(0, 15), step(15, 30)]), " · the run took 30.0 s");
+  assert.equal(timing({ startTime: at(0) }, [step(0)]), " so far");
+  assert.equal(timing(null, [step(0)]), "");
+});
+
+test("a run cancelled while it waits for an answer: the waiting node reads stopped, the question is gone", async () => {
+  const { newRunState, reduce } = await import(new URL("runstate.js", STATIC));
+  const run = newRunState(["draft", "approve", "finish"]);
+  reduce(run, { type: "run.node.started", data: { node: "draft", task: "t1" } });
+  reduce(run, { type: "run.node.finished", data: { node: "draft", task: "t1" } });
+  reduce(run, { type: "run.node.started", data: { node: "approve", task: "t2" } });
+  reduce(run, { type: "run.interrupted", data: { node: "approve", value: "Ship it?" } });
+  assert.equal(run.nodes.get("approve"), "waiting");
+  const change = reduce(run, { type: "run.cancelled", data: { reason: "no" } });
+  assert.deepEqual(Object.fromEntries(run.nodes), { draft: "done", approve: "stopped", finish: "pending" });
+  assert.equal(change.interrupt, null);
+});

@@ -41,7 +41,6 @@ export class OutputView {
       tabindex: "0",
     });
     this.placeholder = placeholder ? h("span", { class: "placeholder" }, placeholder) : null;
-    if (this.placeholder) this.pre.append(this.placeholder);
     this.element = h(
       "div",
       { class: "output-box" },
@@ -51,6 +50,8 @@ export class OutputView {
     );
     this.pageEls = new Map();
     this._renderWindow();
+    // After the window's pages: drawing them replaces the box's children.
+    if (this.placeholder) this.pre.prepend(this.placeholder);
     this.pre.addEventListener("scroll", () => this._onScroll(), { passive: true });
   }
 
@@ -79,6 +80,7 @@ export class OutputView {
       this.placeholder.remove();
       this.placeholder = null;
     }
+    this.element.classList.remove("settled-empty");
     const atBottom = this._atBottom();
     let text = "";
     for (const item of queued) {
@@ -95,7 +97,25 @@ export class OutputView {
     if (this.follow && atBottom) this.pre.scrollTop = this.pre.scrollHeight;
   }
 
+  /** Nothing written and nothing queued. */
+  isEmpty() {
+    return this.totalChars === 0 && !this.pending.some((item) => typeof item === "string" && item);
+  }
+
+  /** The stream ended with nothing written: one line saying so replaces the tall empty box. */
+  settleEmpty(text) {
+    this.element.classList.add("settled-empty");
+    if (!this.placeholder || !this.placeholder.isConnected) {
+      this.placeholder = h("span", { class: "placeholder" }, "");
+      this.pre.prepend(this.placeholder);
+    }
+    this.placeholder.textContent = text;
+  }
+
   reset() {
+    this.element.classList.remove("settled-empty");
+    if (this.placeholder) this.placeholder.remove();
+    this.placeholder = null;
     this.pages = [{ label: "", text: "" }];
     this.pending = [];
     this.totalChars = 0;

@@ -118,7 +118,8 @@ export function reduce(run, event) {
         if (data.usage) run.usage = data.usage;
         change.interrupt = null;
         for (const [name, value] of run.nodes) {
-          if (value === "active") node(name, ENDED_NODE[event.type]);
+          // A node running, or waiting for an answer, when the run ended ended with it.
+          if (value === "active" || value === "waiting") node(name, ENDED_NODE[event.type]);
           // A node the run never reached (a rejected plan's `planning`) was skipped.
           else if (value === "pending" && event.type === "run.completed") node(name, "skipped");
         }

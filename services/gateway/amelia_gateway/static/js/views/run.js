@@ -111,6 +111,8 @@ export function mount(main, ctx, [runId]) {
   const meta = h("div", { class: "run-meta", id: "run-meta" });
   const targetLabel = h("span", { class: "mono muted", id: "run-target" }, "");
   const notices = h("div", { "aria-live": "polite", id: "run-notices" });
+  // Why a run failed, was cancelled or rejected: at the top, before anything else about it.
+  const problemSlot = h("div", { id: "run-problem" });
   const nodesList = h("ol", { class: "nodes", id: "run-nodes", "aria-label": "Workflow nodes" });
   const output = new OutputView({ label: "Run output", placeholder: "Waiting for tokens…" });
   output.element.id = "run-output";
@@ -135,6 +137,7 @@ export function mount(main, ctx, [runId]) {
       targetLabel,
       h("span", { class: "spacer" }),
       h("div", { class: "replay-bar" }, speed, replayButton), rerunButton, continueLink, cancelButton),
+    problemSlot,
     meta,
     notices,
     interruptSlot,
@@ -185,6 +188,7 @@ export function mount(main, ctx, [runId]) {
     // During a replay the badge shows the replayed status; Cancel follows the real run.
     const real = state.replaying ? state.run && state.run.status : state.status;
     cancelButton.disabled = !ACTIVE_STATUSES.has(real);
+    cancelButton.classList.toggle("ended", TERMINAL_STATUSES.has(real));
     rerunButton.disabled = !state.run;
   }
 
@@ -246,7 +250,9 @@ export function mount(main, ctx, [runId]) {
     const value = interrupt.value;
     const diffPart = state.replaying ? null : diffView.forQuestion(interrupt);
     const options = diffPart ? [] : optionsOf(value);
-    const answer = h("textarea", { id: "answer", rows: 3, required: options.length === 0 });
+    // Required even next to choices: an empty "Send answer" would answer "" (a choice button
+    // answers without the form).
+    const answer = h("textarea", { id: "answer", rows: 3, required: true });
     const asJson = h("input", { type: "checkbox", id: "answer-json" });
     const error = h("div", { "aria-live": "polite" });
     const send = h("button", { type: "submit", class: "primary", id: "answer-send" }, "Send answer");
@@ -301,15 +307,22 @@ export function mount(main, ctx, [runId]) {
   function showResult() {
     const run = state.run;
     if (!run) return;
-    const parts = [];
-    if (run.error) {
-      parts.push(h("p", { class: `notice ${run.status === "RUN_STATUS_CANCELLED" ? "warn" : "error"}`, id: "run-error" },
-        `${statusLabel(run.status)}: ${run.error}`));
+    const problems = [];
+    if (run.status === "RUN_STATUS_FAILED" || run.status === "RUN_STATUS_CANCELLED") {
+      const failed = run.status === "RUN_STATUS_FAILED";
+      problems.push(h("p", { class: `notice ${failed ? "error" : "warn"}`, id: "run-error", role: failed ? "alert" : null },
+        h("strong", {}, statusLabel(run.status)), run.error ? `: ${run.error}` : failed ? ": no reason was recorded." : "."));
     }
     if (run.output && run.output.status === "rejected") {
-      parts.push(h("p", { class: "notice warn", id: "run-rejected" },
+      problems.push(h("p", { class: "notice warn", id: "run-rejected" },
         `Rejected${run.output.reason ? `: ${run.output.reason}` : ""}. The run completed without a plan.`));
     }
+    problemSlot.replaceChildren(...problems);
+    // A finished run that wrote nothing: say so in one line instead of an empty box.
+    if (state.ended && !state.replaying && output.isEmpty()) {
+      output.settleEmpty(problems.length ? "No output: the run ended before writing any." : "No output.");
+    }
+    const parts = [];
     if (run.output && Object.keys(run.output).length) {
       parts.push(h("details", { class: "card", id: "run-output-json" },
         h("summary", {}, h("strong", {}, "Result (JSON)")), h("pre", {}, prettyJson(run.output))));
@@ -351,6 +364,7 @@ export function mount(main, ctx, [runId]) {
       if (stopped) return null;
       if (retry) notices.replaceChildren();
       state.run = response.run;
+      steps.run = state.run;
       if (!state.replaying) setStatus(state.run.status);
       renderBadge();
       renderMeta();
@@ -400,6 +414,7 @@ export function mount(main, ctx, [runId]) {
       if (state.run.status === "RUN_STATUS_PAUSED" && state.run.interrupt && !state.interrupt) showInterrupt(state.run.interrupt);
     }
     output.flush();
+    if (state.run && TERMINAL_STATUSES.has(state.run.status)) showResult();
     ctx.announce("Replay finished");
   }
 

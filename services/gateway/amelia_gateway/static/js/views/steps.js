@@ -38,6 +38,7 @@ export class StepsView {
     this.again = false;
     this.tokens = new Map();
     this.nodeUsage = new Map();
+    this.run = null; // the run (GetRun): its start, end and duration give the time axis
   }
 
   /**
@@ -74,14 +75,20 @@ export class StepsView {
       this.totals.textContent = "";
       return;
     }
-    const start = steps[0].startTime;
-    const ends = steps.map((s) => s.endTime || s.startTime);
-    const end = ends.reduce((a, b) => (Date.parse(b) > Date.parse(a) ? b : a));
+    // The time axis is the run's (it includes waiting for a worker or an answer); a step still
+    // open when the run ended ran until the run's end.
+    const run = this.run || {};
+    const ended = Boolean(run.endTime);
+    const earliest = (a, b) => (a && (!b || Date.parse(a) < Date.parse(b)) ? a : b);
+    const latest = (a, b) => (a && (!b || Date.parse(a) > Date.parse(b)) ? a : b);
+    const start = earliest(run.startTime, steps[0].startTime);
+    const endOf = (step) => step.endTime || (ended ? run.endTime : null);
+    const end = steps.map((s) => endOf(s) || s.startTime).reduce(latest, run.endTime);
     const span = Math.max(seconds(start, end), 0.001);
     let streamed = 0;
     this.list.replaceChildren(...steps.map((step) => {
       const [word, tone] = STEP_STATE[step.state] || ["?", "pending"];
-      const took = step.endTime ? seconds(step.startTime, step.endTime) : null;
+      const took = endOf(step) ? Math.max(seconds(step.startTime, endOf(step)), 0) : null;
       const count = tokens.get(step.task) || 0;
       streamed += count;
       const usage = this.nodeUsage.get(step.task);
@@ -111,9 +118,24 @@ export class StepsView {
       return h("li", {}, details);
     }));
     const used = usageTotals(this.nodeUsage);
-    this.totals.textContent = `${steps.length} step${steps.length === 1 ? "" : "s"} · ${formatDuration(span)} from the first to the last checkpoint`
+    this.totals.textContent = `${steps.length} step${steps.length === 1 ? "" : "s"}${this.timing(steps)}`
       + (used.input + used.output ? ` · ${used.input} tokens in, ${used.output} out` : streamed ? ` · ${streamed} tokens streamed` : "")
       + (used.cost !== undefined ? ` · ${formatCost(used.cost)}` : "");
+  }
+
+  /** " · the run took 30 s", and the steps' own time when it differs enough to mean something
+   * (the rest was waiting for a worker or an answer). */
+  timing(steps) {
+    const run = this.run || {};
+    const duration = parseFloat(String(run.duration ?? ""));
+    if (!run.endTime || !Number.isFinite(duration)) return run.startTime ? " so far" : "";
+    let text = ` · the run took ${formatDuration(duration)}`;
+    const working = steps.reduce((sum, s) => sum + (s.endTime ? Math.max(seconds(s.startTime, s.endTime), 0) : 0), 0);
+    const allEnded = steps.every((s) => s.endTime);
+    if (steps.length > 1 && allEnded && duration - working >= Math.max(1, duration * 0.2)) {
+      text += `, ${formatDuration(working)} of it in its steps`;
+    }
+    return text;
   }
 
   body(step) {

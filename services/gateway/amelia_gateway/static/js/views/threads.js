@@ -23,6 +23,11 @@ function replyOf(run) {
   return "";
 }
 
+/** A turn's text; a long one scrolls inside its turn (and takes the keyboard focus to). */
+function longText(text) {
+  return h("div", { class: "text", tabindex: text.length > 1500 ? "0" : null }, text);
+}
+
 function listView(main, ctx) {
   const body = h("tbody", {});
   const error = h("div", { "aria-live": "polite" });
@@ -60,6 +65,8 @@ function listView(main, ctx) {
   return () => { stopped = true; };
 }
 
+const PAGE = 200;
+
 function threadView(main, ctx, threadId) {
   const name = `threads/${threadId}`;
   const conversation = h("ol", { class: "conversation", id: "thread-conversation", "aria-label": "Conversation" });
@@ -73,30 +80,42 @@ function threadView(main, ctx, threadId) {
     h("p", { class: "hint" }, "A new run in this thread, of ", targetText, ", with the last run's other inputs: it sees the conversation above."),
     h("label", { for: "thread-message" }, "Message"), message, formError,
     h("div", { class: "actions" }, send));
+  // A long thread: the newest runs are shown (at most PAGE), and the form is one click away.
+  const older = h("p", { class: "hint", id: "thread-older", hidden: true });
+  const jump = h("button", { type: "button", id: "thread-jump", hidden: true, onclick: () => {
+    form.scrollIntoView({ block: "end" });
+    message.focus({ preventScroll: true });
+  } }, "Latest reply and continue ↓");
   main.append(
     h("a", { href: "#/threads", class: "back" }, "← Threads"),
     h("h1", {}, "Thread"),
     h("p", { class: "mono break", id: "thread-name" }, name),
-    error, conversation, form);
+    error, jump, older, conversation, form);
 
   let stopped = false;
   let last = null;
   async function load() {
     try {
-      const response = await ctx.api.listRuns({ filter: `thread = "${name}"`, orderBy: "create_time", pageSize: 200 });
+      // Newest first, so a thread longer than a page shows its latest runs and continues
+      // from its last one; read oldest first.
+      const response = await ctx.api.listRuns({ filter: `thread = "${name}"`, orderBy: "create_time desc", pageSize: PAGE });
       if (stopped) return;
-      const runs = response.runs || [];
+      const runs = (response.runs || []).reverse();
+      older.hidden = !response.nextPageToken;
+      older.replaceChildren(`The latest ${runs.length} runs of this thread; older ones are in `,
+        h("a", { href: `#/runs?filter=${encodeURIComponent(`thread = "${name}"`)}&order=oldest` }, "the runs list"), ".");
+      jump.hidden = runs.length < 4;
       last = runs[runs.length - 1] || null;
       targetText.textContent = last ? idOf(last.workflow || last.agent) : "chat";
       send.disabled = Boolean(last && ACTIVE_STATUSES.has(last.status));
       send.title = send.disabled ? "A run of this thread has not ended yet" : "";
       conversation.replaceChildren(...runs.flatMap((run) => [
         h("li", { class: "turn user", dataset: { run: run.name } }, h("span", { class: "who" }, "Message"),
-          h("div", { class: "text" }, messageOf(run.input))),
+          longText(messageOf(run.input))),
         h("li", { class: "turn reply", dataset: { run: run.name } },
           h("span", { class: "who" }, h("a", { href: `#/runs/${idOf(run.name)}`, class: "mono" }, idOf(run.name).slice(0, 8)), " ",
             statusBadge(run.status, run.output)),
-          h("div", { class: "text" }, replyOf(run) || "…")),
+          longText(replyOf(run) || "…")),
       ]));
       if (!runs.length) conversation.replaceChildren(h("li", { class: "empty" }, "No runs in this thread yet."));
     } catch (err) {
