@@ -6,6 +6,7 @@ twice, a silent Ctrl-C, help with `<bool>` beside every flag, a tool call withou
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -67,6 +68,7 @@ def amelia_process(env: dict[str, str], *args: str, columns: int = 80) -> tuple[
         capture_output=True,
         text=True,
         timeout=DEADLINE,
+        stdin=subprocess.DEVNULL,  # not a terminal: `amelia run` stops at a question
     )
     return done.returncode, done.stdout + done.stderr
 
@@ -222,26 +224,100 @@ async def test_server_and_user_text_is_printed_literally(tui_mesh: TuiMesh, tmp_
     assert code == 0 and f"{HOSTILE} zqhostilezq" in shown, shown
 
 
-def test_a_retried_run_marks_where_the_new_attempt_starts_and_ends_its_line() -> None:
-    """`runs show -f` replays attempt 1's tokens (it died mid-answer), then attempt 2's."""
+def _shown(*events: tuple[str, dict[str, object]]) -> list[str]:
+    """The lines `amelia run` prints for a run's events (data as the service writes it)."""
     console = Console(record=True, width=80, file=open(os.devnull, "w"))  # noqa: SIM115
     agents_cmd.console = console
     try:
         shown = agents_cmd.Shown()
-        for attempt, text in ((1, "The answer is "), (2, "The answer is worldwide.")):
-            for token in text.split(" "):
-                data = {"run": "runs/x", "attempt": attempt, "text": token + " "}
-                shown.event(make_event("run.token", "runs/x", data, source="t"))
+        for kind, data in events:
+            shown.event(make_event(kind, "runs/x", {"run": "runs/x", **data}, source="t"))
         shown.end()
-        console.print_json('{"name": "runs/x"}')
     finally:
         agents_cmd.console = Console()
-    out = console.export_text()
-    lines = out.splitlines()
-    assert lines[0].startswith("The answer is"), out
-    assert lines[1].startswith("· attempt 2"), out
-    assert lines[2].rstrip() == "The answer is worldwide.", out
-    assert lines[3] == "{", out
+    return console.export_text().splitlines()
+
+
+def test_a_run_picked_up_again_says_it_continues_from_its_checkpoint() -> None:
+    """A worker killed in `design` (attempt 1's tokens stay in the log): the next pick-up is
+    `run.resumed` reason `redelivered`, and the run continues at design, not from the start."""
+    lines = _shown(
+        ("run.node.started", {"attempt": 1, "node": "discovery"}),
+        ("run.node.finished", {"attempt": 1, "node": "discovery"}),
+        ("run.node.started", {"attempt": 1, "node": "design"}),
+        *(("run.token", {"attempt": 1, "text": t}) for t in ("The design ", "is ")),
+        ("run.resumed", {"attempt": 2, "reason": "redelivered"}),
+        ("run.node.started", {"attempt": 2, "node": "design"}),
+        ("run.token", {"attempt": 2, "text": "The design is whole."}),
+    )
+    text = "\n".join(lines)
+    assert lines[2].startswith("The design is"), text
+    assert "it continues from its last checkpoint; design runs again" in " ".join(
+        " ".join(lines[3:5]).split()
+    )
+    assert "starts again" not in text and "retried" not in text, text
+    assert lines[-1] == "The design is whole.", text
+
+
+def test_a_run_whose_worker_stopped_before_any_checkpoint_says_it_starts_again() -> None:
+    lines = _shown(("run.resumed", {"attempt": 2, "reason": "start"}))
+    assert "before its first checkpoint — it starts again" in " ".join(" ".join(lines).split()), (
+        lines
+    )
+
+
+def test_model_waits_and_retries_are_shown_in_words() -> None:
+    message = (
+        "local: the local model server at http://127.0.0.1:8081/v1 is unreachable (Connection "
+        "error.); trying again for up to 30s (LLM_RECONNECT_SECONDS)"
+    )
+    waiting = {"attempt": 1, "node": "respond", "server": "http://127.0.0.1:8081/v1"}
+    retry = {"attempt": 1, "error": "529 overloaded", "retry": 1, "of": 3, "delay_seconds": 0.5}
+    lines = _shown(
+        ("run.model.waiting", {**waiting, "error": "x", "seconds": 30, "message": message}),
+        ("run.retry", retry),
+        ("workflow.progress", {"attempt": 1, "step": "reading", "trace_id": "ab" * 16}),
+    )
+    assert " ".join(" ".join(lines).split()) == (
+        f"· {message} · trying again (1 of 3) in 0.50 s: 529 overloaded · reading…"
+    ), lines
+
+
+async def test_an_answer_is_not_a_retry(tui_mesh: TuiMesh, tmp_path: Path) -> None:
+    """The stranger's plan: paused, answered with `runs resume`, followed: `resumed with the
+    answer`, no attempt marker (the answer is the run's second pick-up)."""
+    env = cli_env(tui_mesh, tmp_path / "none")
+    request = {"message": "Add a --verbose flag to a small CLI", "model": "offline:echo"}
+    code, shown = await asyncio.to_thread(
+        amelia_process, env, "run", "plan", "x", "--input", json.dumps(request)
+    )
+    assert code == 0 and "paused; answer with" in shown, shown
+    run_name = shown.split()[0]
+    code, answered = await asyncio.to_thread(amelia, env, "runs", "resume", run_name, "approve")
+    assert code == 0, answered
+    code, shown = await asyncio.to_thread(amelia_process, env, "runs", "show", run_name, "-f")
+    assert code == 0 and "· resumed with the answer" in shown, shown
+    assert "attempt" not in shown.replace('"attempt"', "") and "again" not in shown, shown
+    assert '"RUN_STATUS_COMPLETED"' in shown, shown
+
+
+async def test_agents_create_leaves_max_tokens_to_the_service(
+    tui_mesh: TuiMesh, tmp_path: Path
+) -> None:
+    """No `--max-tokens`: a local model gets LOCAL_MODEL_MAX_TOKENS (1024), not 4096."""
+    env = cli_env(tui_mesh, tmp_path / "none")
+    model = f"local:{tmp_path / 'small.gguf'}"
+    for agent, given in (
+        (f"tok-{uuid.uuid4().hex[:8]}", ()),
+        (f"tok-{uuid.uuid4().hex[:8]}", ("--max-tokens", "2000")),
+    ):
+        code, shown = await asyncio.to_thread(
+            amelia, env, "agents", "create", agent, "--model", model, *given
+        )
+        assert code == 0, shown
+        stored = (await tui_mesh.get(f"/v1/agents/{agent}"))["agent"]
+        want = 2000 if given else tui_mesh.settings.LOCAL_MODEL_MAX_TOKENS
+        assert stored["maxTokens"] == want, stored
 
 
 def test_progress_names_its_counts_in_one_order() -> None:

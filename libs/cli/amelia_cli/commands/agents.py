@@ -20,6 +20,7 @@ from rich.text import Text
 from amelia.v1 import agents_pb2, events_pb2
 from amelia_cli.client import Column, agents, ago, err, fail, listing, resource, said
 from amelia_cli.help_text import App
+from amelia_cli.tui.eventline import resumed_text, retry_text, waiting_text
 from amelia_common.eventlog import event_data
 
 console = Console()
@@ -85,7 +86,13 @@ def create(
     temperature: float | None = typer.Option(
         None, help="Default: DEFAULT_TEMPERATURE (0 for the local model, else 0.7)."
     ),
-    max_tokens: int = typer.Option(4096, help="Most tokens the model may write per answer."),
+    max_tokens: int | None = typer.Option(
+        None,
+        help=(
+            "Most tokens the model may write per answer. Default: DEFAULT_MAX_TOKENS "
+            "(LOCAL_MODEL_MAX_TOKENS for a local: model)."
+        ),
+    ),
     timeout: int = typer.Option(300, help="Seconds a run may take."),
     retry_attempts: int = typer.Option(3, help="Times a failed model call is tried again."),
 ) -> None:
@@ -95,7 +102,7 @@ def create(
         description=description,
         system_prompt=system_prompt,
         model=model,
-        max_tokens=max_tokens,
+        max_tokens=max_tokens or 0,  # 0: the service's default for its model
         retry_attempts=retry_attempts,
         context_sources=context_source,
         tools=tool,
@@ -154,8 +161,9 @@ async def _target(stub: object, target: str) -> agents_pb2.Run:
     return agents_pb2.Run(agent=f"agents/{target}")
 
 
-# What every run event carries besides its own data: not worth repeating on each line.
-_EVENT_CONTEXT = frozenset({"step", "run", "node", "attempt"})
+# What every run event carries besides its own data (the trace id when tracing is on): not
+# worth repeating on each line.
+_EVENT_CONTEXT = frozenset({"step", "run", "node", "attempt", "trace_id"})
 
 
 def progress_text(data: dict[str, Any]) -> str:
@@ -178,12 +186,14 @@ def progress_text(data: dict[str, Any]) -> str:
 
 
 class Shown:
-    """What a followed run has printed so far: the attempt its events are from (a new attempt
-    gets a marker line, since a retried run streams its answer again) and whether the last
-    thing printed was a token (what follows the tokens starts on a new line)."""
+    """What a followed run has printed so far: the node it is in (a run picked up again after its
+    worker stopped runs that node again and streams its answer again), whether this terminal
+    sent the answer it resumed with, and whether the last thing printed was a token (what
+    follows the tokens starts on a new line)."""
 
     def __init__(self) -> None:
-        self.attempt = 0
+        self.node = ""
+        self.answered = False
         self.mid_line = False
 
     def line(self, text: str | Text, style: str = "dim") -> None:
@@ -201,14 +211,18 @@ class Shown:
 
     def event(self, event: events_pb2.Event) -> None:
         data = event_data(event)
-        attempt = data.get("attempt")
-        if isinstance(attempt, (int, float)) and not isinstance(attempt, bool):
-            if self.attempt and attempt > self.attempt:
-                self.line(
-                    f"· attempt {attempt:.0f} (the run was retried; it starts again)", "yellow"
-                )
-            self.attempt = max(self.attempt, int(attempt))
-        if event.type == "run.token":
+        if event.type == "run.resumed":
+            reason = data.get("reason") or "answer"
+            said_how = resumed_text(data, self.node, answered_here=self.answered)
+            self.line(f"· {said_how}", "dim" if reason == "answer" else "yellow")
+            self.answered = False
+        elif event.type == "run.model.waiting":
+            self.line(f"· {waiting_text(data)}", "yellow")
+        elif event.type == "run.retry":
+            self.line(f"· {retry_text(data)}", "yellow")
+        elif event.type == "run.node.finished" and data.get("node") == self.node:
+            self.node = ""
+        elif event.type == "run.token":
             text = str(data.get("text", ""))
             console.print(text, end="", soft_wrap=True, highlight=False, markup=False)
             if text:
@@ -216,6 +230,8 @@ class Shown:
         elif event.type == "run.tool.called":
             self.line(f"· {event.type} {data.get('tool') or ''} (in {data.get('node') or '?'})")
         elif event.type in ("run.node.started", "run.retrieval"):
+            if event.type == "run.node.started":
+                self.node = str(data.get("node") or "")
             self.line(f"· {event.type} {data.get('node') or ''}")
         elif event.type == "workflow.progress":
             self.line(f"· {progress_text(data)}")
@@ -240,6 +256,15 @@ def question_lines(value: Any) -> list[str]:
     return lines
 
 
+async def _asks_now(stub: object, event: events_pb2.Event) -> bool:
+    """Whether the run still waits on this question: a replay (`runs show -f`) passes questions
+    answered since (the run has moved on to a later pick-up or ended) without stopping there."""
+    reply = await stub.GetRun(agents_pb2.GetRunRequest(name=event.subject))  # type: ignore[attr-defined]
+    run: agents_pb2.Run = reply.run
+    attempt = event_data(event).get("attempt")
+    return run.status == agents_pb2.RUN_STATUS_PAUSED and attempt in (None, run.attempt)
+
+
 async def _follow(stub: object, run_name: str) -> agents_pb2.Run:
     """Stream a run's events to the terminal until it ends.
 
@@ -251,6 +276,7 @@ async def _follow(stub: object, run_name: str) -> agents_pb2.Run:
     interactive = sys.stdin.isatty()
     retries = 0
     shown = Shown()
+    paused = False
     while True:
         last_type = ""
         try:
@@ -264,8 +290,9 @@ async def _follow(stub: object, run_name: str) -> agents_pb2.Run:
                     after = event.sequence
                     last_type = event.type
                     shown.event(event)
-                    if event.type == "run.interrupted":
+                    if event.type == "run.interrupted" and await _asks_now(stub, event):
                         if not interactive:
+                            paused = True
                             break
                         shown.end()
                         answer = await asyncio.to_thread(input, "> ")
@@ -274,7 +301,8 @@ async def _follow(stub: object, run_name: str) -> agents_pb2.Run:
                         await stub.ResumeRun(  # type: ignore[attr-defined]
                             agents_pb2.ResumeRunRequest(name=run_name, answer=value)
                         )
-                if last_type == "run.interrupted" and not interactive:
+                        shown.answered = True
+                if paused:
                     break
         except grpc.aio.AioRpcError as exc:
             if exc.code() != grpc.StatusCode.UNAVAILABLE or retries >= 30:
@@ -282,7 +310,7 @@ async def _follow(stub: object, run_name: str) -> agents_pb2.Run:
             retries += 1
             await asyncio.sleep(1.0)
             continue
-        if last_type in TERMINAL or last_type == "run.interrupted" or not last_type:
+        if last_type in TERMINAL or paused or not last_type:
             break
     shown.end()
     reply = await stub.GetRun(agents_pb2.GetRunRequest(name=run_name))  # type: ignore[attr-defined]

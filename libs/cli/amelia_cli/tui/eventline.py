@@ -106,6 +106,39 @@ def question_of(value: Any) -> str:
     return compact(value)
 
 
+def resumed_text(data: dict[str, Any], node: str = "", answered_here: bool = False) -> str:
+    """A `run.resumed` event as what happened: an answer is not a retry, and a run picked up
+    after its worker stopped continues from its last checkpoint (`node`, the one it was in,
+    runs again); only a run whose worker stopped before its first checkpoint starts again."""
+    reason = data.get("reason") or "answer"
+    if reason == "answer":
+        return f"resumed with {'your' if answered_here else 'the'} answer"
+    if reason == "redelivered":
+        again = f"; {node} runs again" if node else ""
+        return f"picked up again after its worker stopped — it continues from its last checkpoint{again}"
+    if reason == "start":
+        return (
+            "picked up again after its worker stopped before its first checkpoint — it starts again"
+        )
+    return f"resumed ({reason})"
+
+
+def waiting_text(data: dict[str, Any]) -> str:
+    """A `run.model.waiting` event: its one line (the server, why, how long it is waited for)."""
+    message = data.get("message")
+    if isinstance(message, str) and message:
+        return message
+    server = data.get("server") or "the model server"
+    return f"{server} is unreachable ({data.get('error', '')}); trying again"
+
+
+def retry_text(data: dict[str, Any]) -> str:
+    """A `run.retry` event: which try of how many, when, and the error that caused it."""
+    delay = f" in {seconds(data.get('delay_seconds'))}" if data.get("delay_seconds") else ""
+    count = f" ({plain(data.get('retry'))} of {plain(data['of'])})" if "of" in data else ""
+    return f"trying again{count}{delay}: {compact(data.get('error', ''), 160)}"
+
+
 def describe(event: dict[str, Any]) -> str:
     """What an event says, in a few words (its data, summarised by type)."""
     kind = str(event.get("type", ""))
@@ -127,7 +160,11 @@ def describe(event: dict[str, Any]) -> str:
     if kind == "run.interrupted":
         return f"paused at {node or 'a node'}: {question_of(data.get('value'))}"
     if kind == "run.resumed":
-        return f"resumed ({data.get('reason') or 'answer'})"
+        return resumed_text(data)
+    if kind == "run.model.waiting":
+        return waiting_text(data)
+    if kind == "run.retry":
+        return retry_text(data)
     if kind == "run.retrieval":
         found = passages_of(data)
         return f"{len(found)} passage{'' if len(found) == 1 else 's'} for {compact(data.get('query', ''), 60)}"

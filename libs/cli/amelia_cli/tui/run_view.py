@@ -33,7 +33,7 @@ from amelia_cli.tui.common import (
     took,
     when,
 )
-from amelia_cli.tui.eventline import describe, passages_of, question_of
+from amelia_cli.tui.eventline import describe, passages_of, question_of, resumed_text
 from amelia_cli.tui.gateway import ApiError
 from amelia_cli.tui.passages import passage_text
 from amelia_cli.tui.stream import StreamView
@@ -393,8 +393,13 @@ class RunScreen(LiveScreen):
         elif kind == "run.resumed":
             self.set_status("running")
             if data.get("reason") and data.get("reason") != "answer":
-                # Another worker picked the run up; it continues from its last checkpoint.
-                self.output.marker(f"attempt {int(data.get('attempt') or 0)}: picked up again")
+                # Picked up again after its worker stopped: an answer is not a retry.
+                running = (
+                    self.active_node
+                    if self.nodes.get(self.active_node, ("",))[0] == "active"
+                    else ""
+                )
+                self.output.marker(resumed_text(data, running))
             self.show_question(None)
         elif kind == "run.retrieval":
             self.add_passages(passages_of(data))
