@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from amelia_cli.mesh import SERVICES, ServiceSpec, service_address
+from amelia_cli.mesh import SERVICES, ServiceSpec, client_target, service_address
 from amelia_common.grpc_client import aio_channel
 from amelia_common.grpc_server import DEPENDENCY_PREFIX
 from amelia_common.llama_server import LocalModelReport, local_model_report, server_report
@@ -83,15 +83,6 @@ def replica_addresses(target: str) -> list[str]:
         if address not in addresses:
             addresses.append(address)
     return addresses
-
-
-def client_target(settings: Settings, spec: ServiceSpec, state: dict[str, Any] | None) -> str:
-    """Where `amelia status` finds `spec`: its port here for a mesh `amelia up` runs (or when
-    no address is set), else the address its clients are given (maybe several replicas)."""
-    configured = spec.address_setting and spec.address_setting in settings.model_fields_set
-    if state or not configured:
-        return service_address(settings, spec)
-    return str(getattr(settings, spec.address_setting))
 
 
 def replica_targets(

@@ -1,14 +1,13 @@
-"""Where the mesh is, one way for every command: the `mesh.json` of the `amelia up` running for
-this folder first (its ports, URLs, data dir), else the settings (each `*_ADDRESS` defaulting to
-its `*_GRPC_PORT` on this host)."""
+"""Where the mesh is, one way for every command: an `*_ADDRESS` the user set, else the
+`mesh.json` of the `amelia up` running for this folder (its replicas, ports, URLs, data dir),
+else the settings' `*_GRPC_PORT` on this host (`mesh.client_target` is the rule)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from amelia_cli.health import client_target
-from amelia_cli.mesh import SERVICES
+from amelia_cli.mesh import SERVICES, client_target, service_address
 from amelia_cli.supervisor import read_state
 from amelia_common.settings import Settings, get_settings
 
@@ -56,3 +55,21 @@ def service_target(name: str) -> tuple[Settings, str]:
     settings, state = running_mesh()
     spec = next(spec for spec in SERVICES if spec.name == name)
     return settings, client_target(settings, spec, state)
+
+
+def addresses_over_mesh(settings: Settings, state: dict[str, Any] | None) -> list[str]:
+    """Each `*_ADDRESS` the user set that sends the CLI elsewhere than the running
+    `amelia up` would (said, so that the choice is seen, not guessed)."""
+    if not state:
+        return []
+    notes = []
+    for spec in SERVICES:
+        setting = spec.address_setting
+        if not setting or setting not in settings.model_fields_set:
+            continue
+        recorded = (state.get("addresses") or {}).get(setting)
+        mesh = ",".join(recorded) if recorded else service_address(settings, spec)
+        given = str(getattr(settings, setting))
+        if given != mesh:
+            notes.append(f"{setting}={given} is set: used instead of {mesh} (amelia up here)")
+    return notes

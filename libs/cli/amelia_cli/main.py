@@ -28,9 +28,10 @@ from amelia_cli.commands.status import endpoints_table
 from amelia_cli.commands.status import show as show_status
 from amelia_cli.health import probe_all
 from amelia_cli.help_text import App
-from amelia_cli.located import running_mesh
+from amelia_cli.located import addresses_over_mesh, running_mesh
 from amelia_cli.mesh import SERVICES, client_host
 from amelia_cli.supervisor import (
+    MAX_REPLICAS,
     AlreadyRunningError,
     MeshStartError,
     RestartPolicy,
@@ -90,6 +91,15 @@ def up(
         max=5,
         help="Run NATS as this many clustered nodes on loopback (streams kept on min(3, N)).",
     ),
+    replicas: int = typer.Option(
+        1,
+        "--replicas",
+        "-r",
+        min=1,
+        max=MAX_REPLICAS,
+        help="Processes of each of events, agents and rag (on consecutive free ports; every "
+        "client is given them all).",
+    ),
 ) -> None:
     """Start embedded PostgreSQL and NATS (unless URLs are set) and every service."""
     settings = get_settings()
@@ -103,12 +113,14 @@ def up(
         err.print(said(str(exc)))
         raise typer.Exit(1) from exc
     if detach:
-        _up_detached(settings, timeout, cluster)
+        _up_detached(settings, timeout, cluster, replicas)
         return
     configure_logging(settings, "amelia.up")
     try:
         policy = RestartPolicy(first_delay=settings.RESTART_DELAY_SECONDS)
-        asyncio.run(_run(Supervisor(settings, cluster=cluster, policy=policy), timeout))
+        asyncio.run(
+            _run(Supervisor(settings, cluster=cluster, policy=policy, replicas=replicas), timeout)
+        )
     except (MeshStartError, EmbeddedStartError) as exc:
         err.print(said(("amelia up failed:", "red"), f" {exc}"))
         raise typer.Exit(1) from exc
@@ -160,13 +172,14 @@ async def _run(supervisor: Supervisor, timeout: float) -> None:
             await supervisor.stop()
 
 
-def _up_detached(settings: Settings, timeout: float, cluster: int = 0) -> None:
+def _up_detached(settings: Settings, timeout: float, cluster: int = 0, replicas: int = 1) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     (settings.data_dir / "logs").mkdir(exist_ok=True)
     out = open(settings.data_dir / "logs" / "amelia-up.log", "ab")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "amelia_cli", "up", "--timeout", str(timeout)]
-        + (["--cluster", str(cluster)] if cluster else []),
+        + (["--cluster", str(cluster)] if cluster else [])
+        + (["--replicas", str(replicas)] if replicas > 1 else []),
         stdin=subprocess.DEVNULL,
         stdout=out,
         stderr=subprocess.STDOUT,
@@ -203,6 +216,8 @@ def status() -> None:
     """Every replica's health, NATS (its cluster's leaders), PostgreSQL, the local model and
     the run queue."""
     settings, state = running_mesh()
+    for note in addresses_over_mesh(settings, state):
+        err.print(said(("note:", "yellow"), f" {note}"))
     if not show_status(console, settings, state):
         raise typer.Exit(1)
 

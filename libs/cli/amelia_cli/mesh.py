@@ -6,7 +6,9 @@ One table, read by `amelia up` (to start them), `amelia status` (to check them) 
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from amelia_common.settings import Settings
 
@@ -25,6 +27,11 @@ class ServiceSpec:
     metrics_setting: str = ""
     # The setting its clients reach it by (one address, a comma list of replicas, dns:///).
     address_setting: str = ""
+
+    @property
+    def scalable(self) -> bool:
+        """Run as several replicas by `amelia up --replicas` (its clients take a list)."""
+        return bool(self.address_setting)
 
     def port(self, settings: Settings) -> int:
         port: int = getattr(settings, self.port_setting)
@@ -76,9 +83,29 @@ def service_address(settings: Settings, spec: ServiceSpec) -> str:
     return f"{client_host(settings)}:{spec.port(settings)}"
 
 
-def service_env(settings: Settings) -> dict[str, str]:
+def client_target(settings: Settings, spec: ServiceSpec, state: dict[str, Any] | None) -> str:
+    """Where the CLI reaches `spec`, one rule for every command (`amelia status` included):
+
+    1. its `*_ADDRESS`, when the user set it (environment or `.env`): named on purpose, it wins,
+       as kubectl's `--server` beats the kubeconfig and `DOCKER_HOST` the docker context;
+    2. else the running `amelia up`'s mesh.json (`state`): every replica it runs, or its port;
+    3. else its `*_GRPC_PORT` (`PORT` for the gateway) on this host.
+
+    mesh.json beats the ports, so the CLI never talks to another mesh on the default ports
+    while the one `amelia up` runs here listens on others."""
+    setting = spec.address_setting
+    if setting and setting in settings.model_fields_set:
+        return str(getattr(settings, setting))
+    recorded = ((state or {}).get("addresses") or {}).get(setting) if setting else None
+    if recorded:
+        return ",".join(recorded) if isinstance(recorded, list) else str(recorded)
+    return service_address(settings, spec)
+
+
+def service_env(settings: Settings, addresses: Mapping[str, str] | None = None) -> dict[str, str]:
     """Environment that points every service at the same infrastructure (with as many stream
-    copies as it keeps) and at each other, and
+    copies as it keeps) and at each other (`addresses`: a comma list of replicas by
+    `*_ADDRESS`, else the one port), and
     at the same default model and local model server (the embedded one listens on
     LOCAL_MODEL_PORT; a LOCAL_MODEL_URL is passed on)."""
     host = client_host(settings)
@@ -97,4 +124,5 @@ def service_env(settings: Settings) -> dict[str, str]:
         "LOCAL_MODEL_PORT": str(settings.LOCAL_MODEL_PORT),
         # Where each listens: where the supervisor and `amelia status` look for it.
         **{spec.port_setting: str(spec.port(settings)) for spec in SERVICES},
+        **(addresses or {}),
     }

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from amelia_cli.health import Probe, probe_service
-from amelia_cli.mesh import SERVICES, ServiceSpec, service_env
+from amelia_cli.mesh import SERVICES, ServiceSpec, client_host, service_env
 from amelia_common.embedded import (
     EmbeddedStartError,
     ensure_infrastructure,
@@ -154,9 +154,10 @@ class ServiceUnit(Unit):
     log_to_file: bool = True
     process: subprocess.Popen[bytes] | None = None
     metrics_port: int = 0  # its Prometheus endpoint (0: none of its own, or off)
+    address: str = ""  # host:port it serves on (a replica's own; "": the spec's port)
 
     def report(self) -> dict[str, Any]:
-        return {**super().report(), "metrics_port": self.metrics_port}
+        return {**super().report(), "metrics_port": self.metrics_port, "address": self.address}
 
     def pid(self) -> int | None:
         return self.process.pid if self.process and self.process.poll() is None else None
@@ -266,6 +267,25 @@ def metrics_ports(settings: Settings, specs: Sequence[ServiceSpec]) -> dict[str,
     return chosen
 
 
+MAX_REPLICAS = 8
+
+
+def replica_ports(first: int, count: int, taken: set[int], host: str) -> list[int]:
+    """`count` ports for the replicas of a service: its own, then the next free ones after it
+    (skipping `taken`, the ports the rest of the mesh listens on), so that `amelia status`
+    reads events on 50051, 50054, … rather than on ports drawn at random."""
+    ports = [first]
+    candidate = first
+    while len(ports) < count:
+        candidate += 1
+        if candidate > 65535:
+            raise MeshStartError(f"no free port after {first} for {count} replicas")
+        if candidate not in taken and port_is_free(candidate, host):
+            ports.append(candidate)
+            taken.add(candidate)
+    return ports
+
+
 def check_ports(settings: Settings, local_model: EmbeddedLlama | None = None) -> None:
     """Fail fast, with the setting to change, when a port the mesh listens on is taken (the
     local model's too, unless its own server from an earlier run is there to be reused)."""
@@ -313,8 +333,13 @@ class Supervisor:
         services: Sequence[ServiceSpec] = SERVICES,
         policy: RestartPolicy | None = None,
         cluster: int = 0,
+        replicas: int = 1,
     ) -> None:
-        """`cluster`: run NATS as that many clustered nodes (0: one embedded nats-server)."""
+        """`cluster`: run NATS as that many clustered nodes (0: one embedded nats-server);
+        `replicas`: processes of each scalable service (events, rag, agents; the gateway is
+        the one HTTP port users open, so one)."""
+        if not 1 <= replicas <= MAX_REPLICAS:
+            raise MeshStartError(f"--replicas takes 1 to {MAX_REPLICAS}")
         if cluster and settings.NATS_URL:
             raise MeshStartError(
                 "NATS_URL is set: the mesh uses that NATS; unset it to run a cluster here "
@@ -324,6 +349,9 @@ class Supervisor:
             raise MeshStartError("--cluster takes 1 to 5 NATS nodes")
         self.settings = settings
         self.cluster_size = cluster
+        self.replicas = replicas
+        # Every replica's host:port by `*_ADDRESS`, what each client is given (mesh.json too).
+        self.addresses: dict[str, list[str]] = {}
         self.nats_cluster: NatsCluster | None = None
         self.log_to_files = log_to_files
         self.specs = tuple(services)
@@ -431,21 +459,43 @@ class Supervisor:
         task.add_done_callback(self._launches.discard)
 
     async def start_services(self) -> None:
-        env = {**os.environ, **service_env(self.settings)}
+        """Every service, `replicas` processes of each scalable one, each on a port and a
+        metrics port of its own; every client is given the comma list of a service's
+        replicas (gRPC balances over them, round_robin)."""
+        host = client_host(self.settings)
         metrics = metrics_ports(self.settings, self.specs)
+        taken = {spec.port(self.settings) for spec in SERVICES} | set(metrics.values())
+        ports: dict[str, list[int]] = {}
         for spec in self.specs:
-            own = {spec.metrics_setting: str(metrics[spec.name])} if spec.name in metrics else {}
-            unit = ServiceUnit(
-                spec.name,
-                self.log_dir / f"{spec.name}.log",
-                spec=spec,
-                env={**env, **own},
-                log_to_file=self.log_to_files,
-                metrics_port=metrics.get(spec.name, 0),
+            count = self.replicas if spec.scalable else 1
+            ports[spec.name] = replica_ports(
+                spec.port(self.settings), count, taken, self.settings.bind_host
             )
-            await unit.launch()
-            unit.state = UnitState.RUNNING
-            self.services[spec.name] = unit
+            if spec.scalable:
+                self.addresses[spec.address_setting] = [f"{host}:{p}" for p in ports[spec.name]]
+        listed = {setting: ",".join(found) for setting, found in self.addresses.items()}
+        env = {**os.environ, **service_env(self.settings, listed)}
+        for spec in self.specs:
+            for index, port in enumerate(ports[spec.name]):
+                name = spec.name if index == 0 else f"{spec.name}-{index + 1}"
+                metrics_port = metrics.get(spec.name, 0)
+                if index and metrics_port:
+                    metrics_port = free_port()  # two processes cannot share one
+                own = {spec.port_setting: str(port)}
+                if spec.metrics_setting:
+                    own[spec.metrics_setting] = str(metrics_port)
+                unit = ServiceUnit(
+                    name,
+                    self.log_dir / f"{name}.log",
+                    spec=spec,
+                    env={**env, **own},
+                    log_to_file=self.log_to_files,
+                    metrics_port=metrics_port,
+                    address=f"{host}:{port}",
+                )
+                await unit.launch()
+                unit.state = UnitState.RUNNING
+                self.services[name] = unit
         self.write_state()
 
     async def wait_until_serving(self, timeout: float = 300.0) -> list[Probe]:
@@ -456,7 +506,9 @@ class Supervisor:
         deadline = time.monotonic() + timeout
         while True:
             units = list(self.services.values())
-            probes = [await probe_service(self.settings, u.spec) for u in units if u.spec]
+            probes = [
+                await probe_service(self.settings, u.spec, u.address) for u in units if u.spec
+            ]
             starting = [s for s in self.servers if s.state == UnitState.STARTING]
             if all(p.ok for p in probes) and not starting:
                 return probes
@@ -558,6 +610,8 @@ class Supervisor:
             },
             # Where each service listens: how every `amelia` command finds this mesh.
             "ports": {spec.port_setting: spec.port(self.settings) for spec in SERVICES},
+            # Every replica of each scalable service, by the setting its clients read.
+            "addresses": self.addresses,
             # pid of each service's latest process (kept while it restarts)
             "services": {
                 name: unit.process.pid for name, unit in self.services.items() if unit.process

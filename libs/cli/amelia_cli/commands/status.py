@@ -24,8 +24,8 @@ from rich.text import Text
 
 from amelia.v1 import agents_pb2, agents_pb2_grpc
 from amelia_cli.client import FOLDED_AT_LEAST
-from amelia_cli.health import Probe, StreamState, client_target, probe_all, stream_states
-from amelia_cli.mesh import SERVICES
+from amelia_cli.health import Probe, StreamState, probe_all, stream_states
+from amelia_cli.mesh import SERVICES, client_target
 from amelia_common.grpc_client import aio_channel
 from amelia_common.nats_cluster import NatsCluster
 from amelia_common.settings import Settings
