@@ -524,7 +524,7 @@ async def _phases(
 
     bare_p99 = live[ORDERED].median_pct(0.99)
     print(f"\nissue 15 rows (ratios within this run; {load()})")
-    print(f"  {'path':<44}{'figure':>30}{'ratio':>9}   target")
+    print(f"  {'path':<44}{'figure':>32}{'ratio':>9}   target")
     summary_row(
         "replay over StreamEvents (old clients)",
         f"{replay[STREAM_ONE]:,.0f} ev/s vs {replay[ORDERED]:,.0f}",
@@ -585,7 +585,7 @@ def summary_row(
     at_most: float | None = None,
 ) -> None:
     met = (at_least is None or ratio >= at_least) and (at_most is None or ratio <= at_most)
-    print(f"  {path:<44}{figure:>30}{ratio:>8.2f}x   {target} {'(met)' if met else '(NOT met)'}")
+    print(f"  {path:<44}{figure:>32}{ratio:>8.2f}x   {target} {'(met)' if met else '(NOT met)'}")
 
 
 async def publish_rates(
