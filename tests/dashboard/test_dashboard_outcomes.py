@@ -123,6 +123,9 @@ def test_cancel_a_queued_run_from_its_page_and_it_never_runs(
         with _checked_page(browser, mesh, DESKTOP) as page:
             page.goto(f"/#/runs/{str(queued['name']).split('/')[-1]}")
             expect_status(page, "RUN_STATUS_QUEUED")
+            expect(page.locator("#run-output .placeholder")).to_have_text(
+                "Queued: waiting for a worker to pick the run up…"
+            )
             page.click("#run-cancel")
             expect_status(page, "RUN_STATUS_CANCELLED")
             expect(page.locator("#run-error")).to_contain_text("Cancelled")

@@ -102,6 +102,11 @@ export class OutputView {
     return this.totalChars === 0 && !this.pending.some((item) => typeof item === "string" && item);
   }
 
+  /** What the empty box says while nothing is written yet (it waits for a worker, for tokens…). */
+  say(text) {
+    if (this.placeholder && this.placeholder.isConnected) this.placeholder.textContent = text;
+  }
+
   /** The stream ended with nothing written: one line saying so replaces the tall empty box. */
   settleEmpty(text) {
     this.element.classList.add("settled-empty");

@@ -172,6 +172,9 @@ export function mount(main, ctx, [runId]) {
     const status = state.status;
     renderBadge();
     updateCancel();
+    if (ACTIVE_STATUSES.has(status) && !state.replaying && output.isEmpty()) {
+      output.say(status === "RUN_STATUS_QUEUED" ? "Queued: waiting for a worker to pick the run up…" : "Waiting for tokens…");
+    }
     if (previous && !state.replaying) ctx.announce(`Run ${statusLabel(status, outputOf()).toLowerCase()}`);
   }
 
