@@ -85,7 +85,7 @@ async def test_answer_a_paused_plan_by_key_and_by_typing(tui_mesh: TuiMesh) -> N
         assert run.query_one("#question").display
         await pilot.press("a")  # approve
         await wait_until(lambda: run.status == "completed", "the approved plan completes")
-        await wait_until(lambda: run.run.get("output", {}).get("status") == "approved")
+        await wait_until(lambda: (run.run.get("output") or {}).get("status") == "approved")
         assert run.nodes["planning"][0] == "done"
         assert not run.query_one("#question").display
         assert "── planning ──" in [line for line, _ in run.output._lines]
@@ -97,7 +97,7 @@ async def test_answer_a_paused_plan_by_key_and_by_typing(tui_mesh: TuiMesh) -> N
         await type_text(pilot, "reject, too risky")
         await pilot.press("enter")
         await wait_until(lambda: run.status == "completed", "the rejected plan completes")
-        await wait_until(lambda: run.run.get("output", {}).get("status") == "rejected")
+        await wait_until(lambda: (run.run.get("output") or {}).get("status") == "rejected")
         assert run.run["output"]["reason"] == "too risky"
         assert run.nodes["planning"][0] == "pending"
 

@@ -43,6 +43,13 @@ AGENT_COLUMNS = (
     Column("model", wraps=True),
     Column("description", wraps=True, drop=1),
 )
+STEP_COLUMNS = (
+    Column("step"),
+    Column("node"),
+    Column("state"),
+    Column("checkpoint"),
+    Column("error", wraps=True, drop=1),
+)
 RUN_COLUMNS = (
     Column("name"),
     Column("target", wraps=True),
@@ -328,6 +335,11 @@ def run(
         "--repo",
         help="Repository for the code and develop workflows (default: the current directory).",
     ),
+    context: list[str] = typer.Option(
+        [],
+        "--context",
+        help="Documents chat answers from, cited (documents/<id> or documents/*; repeatable).",
+    ),
 ) -> None:
     """Start a run and stream its tokens; Ctrl-C cancels it."""
     repository = os.path.abspath(repo or ".")
@@ -341,6 +353,8 @@ def run(
             in_git = spec.workflow in ("workflows/code", "workflows/develop")
             if repo or (in_git and "repository" not in run_input):
                 run_input["repository"] = repository
+            if context:
+                run_input["context_sources"] = [resource("documents", c) for c in context]
             spec.input.update(run_input)
             # Ctrl-C from here on cancels the run: one while it is being created waits for its
             # name (then cancels it); a second one stops waiting.
@@ -508,3 +522,82 @@ def resume_run(
         value.string_value = answer
     request = agents_pb2.ResumeRunRequest(name=resource("runs", name), answer=value)
     _say_status(name, lambda stub: stub.ResumeRun(request))
+
+
+def _new_run(follow: bool, call: Callable[[AgentServiceAsyncStub], Awaitable[Any]]) -> None:
+    """Make `call` (RerunRun, ForkRun: replies that carry a new, queued run), print the new run
+    and, with `follow`, stream it as `amelia run` does."""
+
+    async def go() -> agents_pb2.Run:
+        async with agents() as stub:
+            created: agents_pb2.Run = (await call(stub)).run
+            console.print(Text(f"{created.name} in {created.thread}", style="dim"))
+            return await _follow(stub, created.name) if follow else created
+
+    final = _call(go)
+    console.print(said(f"{final.name}: {status_name(final.status)}"))
+
+
+@runs_app.command("rerun")
+def rerun_run(
+    name: str = typer.Argument(..., help="The run (runs/<id> or <id>)."),
+    thread: str = typer.Option("", help="Thread to run in (threads/<id>); default: a new one."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Stream the new run."),
+) -> None:
+    """Run a run's target again with the same input, as a new run."""
+    request = agents_pb2.RerunRunRequest(
+        name=resource("runs", name), thread=resource("threads", thread) if thread else ""
+    )
+    _new_run(follow, lambda stub: stub.RerunRun(request))
+
+
+@runs_app.command("steps")
+def steps_run(name: str = typer.Argument(..., help="The run (runs/<id> or <id>).")) -> None:
+    """A run's steps in the order they ran, each with the checkpoint `runs fork` takes."""
+
+    async def go() -> list[agents_pb2.RunStep]:
+        steps: list[agents_pb2.RunStep] = []
+        token = ""
+        async with agents() as stub:
+            while True:
+                reply = await stub.ListRunSteps(
+                    agents_pb2.ListRunStepsRequest(
+                        parent=resource("runs", name), page_size=1000, page_token=token
+                    )
+                )
+                steps += reply.steps
+                token = reply.next_page_token
+                if not token:
+                    return steps
+
+    states = agents_pb2.RunStepState
+    rows = [
+        (
+            str(s.step),
+            s.node,
+            states.Name(s.state).removeprefix("RUN_STEP_STATE_").lower(),
+            s.checkpoint,
+            s.error,
+        )
+        for s in _call(go)
+    ]
+    listing(console, STEP_COLUMNS, rows)
+
+
+@runs_app.command("fork")
+def fork_run(
+    name: str = typer.Argument(..., help="The run (runs/<id> or <id>)."),
+    checkpoint: str = typer.Argument(..., help="A step's checkpoint (`amelia runs steps`)."),
+    values: str = typer.Option(
+        "", help="A state update as JSON, applied before the step runs again."
+    ),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Stream the new run."),
+) -> None:
+    """Run a run again from one of its steps (its checkpoint), as a new run in its thread."""
+    request = agents_pb2.ForkRunRequest(name=resource("runs", name), checkpoint=checkpoint)
+    if values:
+        try:
+            request.values.update(json.loads(values))
+        except (ValueError, AttributeError, TypeError) as exc:
+            raise typer.BadParameter(f"not a JSON object: {exc}", param_hint="--values") from exc
+    _new_run(follow, lambda stub: stub.ForkRun(request))

@@ -1,0 +1,70 @@
+"""What the API does with a run that `amelia` had no command for: run it again (`runs rerun`),
+list its steps with their checkpoints (`runs steps`) and run it again from one (`runs fork`),
+and a chat that answers from documents (`run --context`), on the TUI tests' real mesh."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import uuid
+from pathlib import Path
+
+from cli_helpers import amelia
+from test_cli_output import cli_env
+from test_cli_stranger import amelia_process
+from tui_helpers import TuiMesh
+
+ECHO = {"message": "the heron waits by the weir", "model": "offline:echo"}
+
+
+async def _run(env: dict[str, str], *args: str) -> tuple[str, str]:
+    """`amelia …` that makes a run: the new run's name and what was printed."""
+    code, shown = await asyncio.to_thread(amelia_process, env, *args)
+    assert code == 0, shown
+    return shown.split()[0], shown
+
+
+async def test_rerun_steps_and_fork_make_new_runs_of_the_same_work(
+    tui_mesh: TuiMesh, tmp_path: Path
+) -> None:
+    env = cli_env(tui_mesh, tmp_path / "none")
+    first, _ = await _run(env, "run", "echo", "x", "--input", json.dumps(ECHO))
+
+    again, shown = await _run(env, "runs", "rerun", first, "-f")
+    assert again != first and again.startswith("runs/"), shown
+    assert ECHO["message"] in shown and f"{again}: completed" in shown, shown
+
+    code, steps = await asyncio.to_thread(amelia, env, "runs", "steps", first)
+    assert code == 0, steps
+    row = next(line for line in steps.splitlines() if " echo " in f" {line} ")
+    assert "completed" in row, steps
+    checkpoint = re.search(r"[0-9a-f]{8}-[0-9a-f-]{27}", row)
+    assert checkpoint, steps  # whole on one line at 80 columns: it can be copied
+
+    forked, shown = await _run(env, "runs", "fork", first, checkpoint.group(0), "-f")
+    assert forked not in (first, again) and f"{forked}: completed" in shown, shown
+    assert ECHO["message"] in shown, shown
+
+    code, shown = await asyncio.to_thread(
+        amelia, env, "runs", "fork", first, checkpoint.group(0), "--values", "[1]"
+    )
+    assert code == 2 and "not a JSON object" in shown, shown
+
+
+async def test_run_context_answers_from_documents(tui_mesh: TuiMesh, tmp_path: Path) -> None:
+    env = cli_env(tui_mesh, tmp_path / "none")
+    word = f"zq{uuid.uuid4().hex[:8]}"
+    document = tmp_path / "kestrel.md"
+    document.write_text(f"# Kestrel Point\n\nMara Olsen ({word}) was the last keeper.\n")
+    code, shown = await asyncio.to_thread(amelia, env, "ingest", str(document), columns=200)
+    assert code == 0, shown
+
+    question = f"Who was {word}?"
+    request = json.dumps({"message": question, "model": "offline:echo"})
+    run_name, shown = await _run(
+        env, "run", "chat", question, "--input", request, "--context", "documents/*"
+    )
+    assert "· reading context… (" in shown and " passage" in shown, shown
+    run = (await tui_mesh.get(f"/v1/{run_name}"))["run"]
+    assert run["input"]["context_sources"] == ["documents/*"], run
