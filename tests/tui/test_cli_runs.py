@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import uuid
 from pathlib import Path
 
 from cli_helpers import amelia
 from test_cli_output import cli_env
-from test_cli_stranger import amelia_process
-from tui_helpers import TuiMesh
+from test_cli_stranger import AMELIA, amelia_process
+from tui_helpers import DEADLINE, TuiMesh
 
 ECHO = {"message": "the heron waits by the weir", "model": "offline:echo"}
 
@@ -68,3 +69,35 @@ async def test_run_context_answers_from_documents(tui_mesh: TuiMesh, tmp_path: P
     assert "· reading context… (" in shown and " passage" in shown, shown
     run = (await tui_mesh.get(f"/v1/{run_name}"))["run"]
     assert run["input"]["context_sources"] == ["documents/*"], run
+
+
+async def test_run_piped_keeps_its_names_on_one_line_and_a_cancel_says_it_once(
+    tui_mesh: TuiMesh, tmp_path: Path
+) -> None:
+    """Piped (rich's width is 80), `runs/… in threads/…` (90 characters) stays one line; a run
+    cancelled with no reason ends `runs/…: cancelled`, not `cancelled — cancelled`."""
+    env = cli_env(tui_mesh, tmp_path / "none")
+    agent = f"slow-{uuid.uuid4().hex[:8]}"
+    code, shown = await asyncio.to_thread(
+        amelia, env, "agents", "create", agent, "--model", "offline:echo?delay_ms=300"
+    )
+    assert code == 0, shown
+    process = await asyncio.create_subprocess_exec(
+        *AMELIA,
+        "run",
+        agent,
+        " ".join(["word"] * 200),
+        env=os.environ | env | {"COLUMNS": "80"},
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    first = (await asyncio.wait_for(process.stdout.readline(), DEADLINE)).decode()
+    assert re.fullmatch(r"runs/[0-9a-f-]{36} in threads/[0-9a-f-]{36}\n", first), first
+    run_name = first.split()[0]
+    code, shown = await asyncio.to_thread(amelia, env, "runs", "cancel", run_name)
+    assert code == 0, shown
+    out, errors = await asyncio.wait_for(process.communicate(), DEADLINE)
+    text = out.decode()
+    assert f"{run_name}: cancelled\n" in text and "— cancelled" not in text, (text, errors)

@@ -263,6 +263,12 @@ def question_lines(value: Any) -> list[str]:
     return lines
 
 
+def created_line(created: agents_pb2.Run) -> None:
+    """`runs/<id> in threads/<id>`: on one line even when piped (rich's width is then 80 and
+    the two names are 90 characters), so both can be copied whole."""
+    console.print(Text(f"{created.name} in {created.thread}", style="dim"), soft_wrap=True)
+
+
 async def _asks_now(stub: object, event: events_pb2.Event) -> bool:
     """Whether the run still waits on this question: a replay (`runs show -f`) passes questions
     answered since (the run has moved on to a later pick-up or ended) without stopping there."""
@@ -392,7 +398,7 @@ def run(
                 )
                 raise typer.Exit(130) from None
             created = reply.run
-            console.print(Text(f"{created.name} in {created.thread}", style="dim"))
+            created_line(created)
             follow = asyncio.create_task(_follow(stub, created.name))
             following.append(follow)
             if interrupted.is_set():
@@ -415,13 +421,10 @@ def run(
                 raise typer.Exit(130) from None
 
     final = _call(go)
-    console.print(
-        Text(
-            f"{final.name}: {status_name(final.status)}"
-            + (f" — {final.error}" if final.error else ""),
-            style="dim",
-        )
-    )
+    status = status_name(final.status)
+    # A cancelled run's error is its reason: "cancelled" itself when none was given.
+    told = f" — {final.error}" if final.error and final.error != status else ""
+    console.print(Text(f"{final.name}: {status}{told}", style="dim"), soft_wrap=True)
     if final.status == agents_pb2.RUN_STATUS_PAUSED:
         console.print(
             Text(f"paused; answer with `amelia runs resume {final.name} ANSWER`", style="yellow")
@@ -531,7 +534,7 @@ def _new_run(follow: bool, call: Callable[[AgentServiceAsyncStub], Awaitable[Any
     async def go() -> agents_pb2.Run:
         async with agents() as stub:
             created: agents_pb2.Run = (await call(stub)).run
-            console.print(Text(f"{created.name} in {created.thread}", style="dim"))
+            created_line(created)
             return await _follow(stub, created.name) if follow else created
 
     final = _call(go)

@@ -177,7 +177,8 @@ def describe(event: dict[str, Any]) -> str:
     if kind == "run.failed":
         return f"failed: {data.get('error', '')}"
     if kind == "run.cancelled":
-        return "cancelled" + (f": {data['reason']}" if data.get("reason") else "")
+        reason = data.get("reason")  # "cancelled" when none was given
+        return "cancelled" + (f": {reason}" if reason and reason != "cancelled" else "")
     if kind == "run.completed":
         return "completed"
     if kind.endswith(".started") and data.get("target"):
