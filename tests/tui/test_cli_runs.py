@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import uuid
 from pathlib import Path
 
 from cli_helpers import amelia
 from test_cli_output import cli_env
-from test_cli_stranger import AMELIA, amelia_process
+from test_cli_stranger import amelia_process, slow_run_process
 from tui_helpers import DEADLINE, TuiMesh
 
 ECHO = {"message": "the heron waits by the weir", "model": "offline:echo"}
@@ -77,21 +76,7 @@ async def test_run_piped_keeps_its_names_on_one_line_and_a_cancel_says_it_once(
     """Piped (rich's width is 80), `runs/… in threads/…` (90 characters) stays one line; a run
     cancelled with no reason ends `runs/…: cancelled`, not `cancelled — cancelled`."""
     env = cli_env(tui_mesh, tmp_path / "none")
-    agent = f"slow-{uuid.uuid4().hex[:8]}"
-    code, shown = await asyncio.to_thread(
-        amelia, env, "agents", "create", agent, "--model", "offline:echo?delay_ms=300"
-    )
-    assert code == 0, shown
-    process = await asyncio.create_subprocess_exec(
-        *AMELIA,
-        "run",
-        agent,
-        " ".join(["word"] * 200),
-        env=os.environ | env | {"COLUMNS": "80"},
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    process = await slow_run_process(env)
     assert process.stdout is not None
     first = (await asyncio.wait_for(process.stdout.readline(), DEADLINE)).decode()
     assert re.fullmatch(r"runs/[0-9a-f-]{36} in threads/[0-9a-f-]{36}\n", first), first

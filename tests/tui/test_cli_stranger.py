@@ -338,26 +338,32 @@ async def test_run_names_the_tool_it_calls(tui_mesh: TuiMesh, tmp_path: Path) ->
     assert code == 0 and "run.tool.called calculator" in shown, shown
 
 
+async def slow_run_process(env: dict[str, str]) -> asyncio.subprocess.Process:
+    """`amelia run` of a new agent that streams 200 words slowly, piped, in its own process."""
+    agent = f"slow-{uuid.uuid4().hex[:8]}"
+    code, shown = await asyncio.to_thread(
+        amelia, env, "agents", "create", agent, "--model", "offline:echo?delay_ms=400"
+    )
+    assert code == 0, shown
+    return await asyncio.create_subprocess_exec(
+        *AMELIA,
+        "run",
+        agent,
+        " ".join(["word"] * 200),
+        env=os.environ | env | {"COLUMNS": "80"},
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
 @pytest.mark.parametrize("when", ["at once", "after tokens"])
 async def test_ctrl_c_on_run_says_it_cancelled_the_run(
     tui_mesh: TuiMesh, tmp_path: Path, when: str
 ) -> None:
     """Ctrl-C as soon as the run's name is out, or once its tokens stream."""
     env = cli_env(tui_mesh, tmp_path / "none")
-    agent = f"slow-{uuid.uuid4().hex[:8]}"
-    code, shown = await asyncio.to_thread(
-        amelia, env, "agents", "create", agent, "--model", "offline:echo?delay_ms=400"
-    )
-    assert code == 0, shown
-    process = await asyncio.create_subprocess_exec(
-        *AMELIA,
-        "run",
-        agent,
-        " ".join(["word"] * 200),
-        env=os.environ | env | {"COLUMNS": "80"},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    process = await slow_run_process(env)
     assert process.stdout is not None
     first = (await asyncio.wait_for(process.stdout.readline(), DEADLINE)).decode()
     run_name = first.split()[0]
