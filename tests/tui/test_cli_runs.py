@@ -15,6 +15,8 @@ from test_cli_output import cli_env
 from test_cli_stranger import amelia_process, slow_run_process
 from tui_helpers import DEADLINE, TuiMesh
 
+from amelia_cli.tui.eventline import describe
+
 ECHO = {"message": "the heron waits by the weir", "model": "offline:echo"}
 
 
@@ -86,3 +88,26 @@ async def test_run_piped_keeps_its_names_on_one_line_and_a_cancel_says_it_once(
     out, errors = await asyncio.wait_for(process.communicate(), DEADLINE)
     text = out.decode()
     assert f"{run_name}: cancelled\n" in text and "— cancelled" not in text, (text, errors)
+
+
+def test_the_event_log_and_the_tuis_activity_say_why_a_run_is_quiet() -> None:
+    """`amelia events` and the TUI's activity pane (both `describe`) for the events of a run
+    waiting for its model server, retrying a call, picked up again or answered."""
+    message = "local: the local model server at http://127.0.0.1:8081/v1 is unreachable"
+    said = [
+        describe({"type": kind, "data": data})
+        for kind, data in (
+            ("run.model.waiting", {"server": "http://127.0.0.1:8081/v1", "message": message}),
+            ("run.retry", {"error": "529 overloaded", "retry": 2.0, "of": 3.0, "delay_seconds": 1}),
+            ("run.resumed", {"reason": "redelivered", "attempt": 2}),
+            ("run.resumed", {"reason": "answer", "attempt": 2}),
+            ("run.cancelled", {"reason": "cancelled"}),
+        )
+    ]
+    assert said == [
+        message,
+        "trying again (2 of 3) in 1.00 s: 529 overloaded",
+        "picked up again after its worker stopped — it continues from its last checkpoint",
+        "resumed with the answer",
+        "cancelled",
+    ]
