@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from amelia_agents.server import build_service
-from amelia_common import aio, telemetry
+from amelia_common import telemetry
 from amelia_common.embedded import ensure_infrastructure
 from amelia_common.logging import configure_logging
 from amelia_common.settings import get_settings
@@ -19,7 +21,7 @@ def main() -> None:
         service = await build_service(infra.settings)
         await service.serve()
 
-    aio.run(serve())
+    asyncio.run(serve())
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ from amelia_agents.resources import SOURCE, Resources, open_resources
 from amelia_agents.runstate import JobAction, after_claim
 from amelia_agents.store import Store
 from amelia_agents.sweeper import Sweeper
-from amelia_common import aio, metrics, telemetry
+from amelia_common import metrics, telemetry
 from amelia_common.eventlog import EventLog
 from amelia_common.logging import configure_logging, get_logger
 from amelia_common.settings import Settings, get_settings
@@ -478,7 +478,7 @@ def main() -> None:
     configure_logging(settings, "agents-worker")
     telemetry.start(settings, "agents-worker")
     infra = ensure_infrastructure(settings)
-    aio.run(run_standalone(infra.settings))
+    asyncio.run(run_standalone(infra.settings))
 
 
 if __name__ == "__main__":
