@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -138,6 +139,28 @@ async def test_a_killed_postgres_starts_again_on_its_data_with_the_same_url(
         assert server.pid() is None
     finally:
         server.stop()
+
+
+def test_a_socket_lock_outliving_its_postmaster_does_not_stop_a_start(tmp_path: Path) -> None:
+    """A socket lock can outlive postmaster.pid (seen on a restart right after a stop, at load
+    ~10). One naming a process that is gone — here a zombie, which PostgreSQL's own check
+    (`kill(pid, 0)`) takes for a running postmaster — is removed at start."""
+    server = EmbeddedPostgres(tmp_path)
+    server.start()
+    # A zombie of the user PostgreSQL runs as (pgserver when we are root): one it may signal.
+    zombie = subprocess.Popen(["true"], user=server.pgdata.stat().st_uid)
+    try:
+        lines = server.pid_file.read_text().splitlines()
+        lock = Path(lines[4]) / f".s.PGSQL.{lines[3]}.lock"
+        server.stop()
+        wait_until(lambda: not process_alive(zombie.pid), "a zombie child")
+        lock.write_text(f"{zombie.pid}\n{server.pgdata}\n")
+        assert not server.pid_file.exists()
+        server.start()
+        assert server.pid() is not None
+    finally:
+        server.stop()
+        zombie.wait()
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:

@@ -194,6 +194,7 @@ class EmbeddedPostgres(EmbeddedServer):
     started_here: bool = False
     _server: Any = field(default=None, repr=False)
     _stop_at_exit: bool = field(default=False, repr=False)
+    _socket_dir: Path | None = field(default=None, repr=False)
 
     @property
     def pgdata(self) -> Path:
@@ -258,16 +259,26 @@ class EmbeddedPostgres(EmbeddedServer):
         url: str = server.get_uri(DATABASE_NAME, "asyncpg")
         return url
 
+    def _socket_dir_in_pid_file(self) -> Path | None:
+        """The socket folder the postmaster.pid names (the data folder, or a runtime folder
+        when its path is too long for a socket), if the file is there."""
+        try:
+            return Path(self.pid_file.read_text().splitlines()[4])
+        except (OSError, IndexError):
+            return None
+
     def _remove_stale_lock_files(self) -> None:
         """Remove the lock files of a postmaster that is gone. Postgres removes them itself when
         their pid is free, but takes a killed postmaster not yet reaped (a zombie) for a running
-        one and refuses to start; its shared-memory interlock still guards the data."""
-        try:
-            lines = self.pid_file.read_text().splitlines()
-            socket_lock = Path(lines[4]) / f".s.PGSQL.{int(lines[3])}.lock"
-        except (OSError, ValueError, IndexError):
-            return
-        for lock in (socket_lock, self.pid_file):
+        one and refuses to start; its shared-memory interlock still guards the data. A socket
+        lock can outlive the postmaster.pid (seen at load ~10 on a restart right after a stop:
+        'lock file ".s.PGSQL.5432.lock" already exists'), so the socket folder last seen is
+        searched too."""
+        found = self._socket_dir_in_pid_file()
+        self._socket_dir = found or self._socket_dir
+        folders = {self.pgdata, *([self._socket_dir] if self._socket_dir else [])}
+        locks = [lock for folder in folders for lock in folder.glob(".s.PGSQL.*.lock")]
+        for lock in (*locks, self.pid_file):
             pid = _read_pid(lock)
             if pid is not None and not process_alive(pid):
                 lock.unlink(missing_ok=True)
@@ -276,6 +287,7 @@ class EmbeddedPostgres(EmbeddedServer):
         """Stop the server running on this data, whoever started it (a fast shutdown)."""
         pid = self.pid()
         self.started_here = False
+        self._socket_dir = self._socket_dir_in_pid_file() or self._socket_dir
         if pid is not None:
             stop_process(pid, POSTGRES_STOP)
 
