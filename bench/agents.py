@@ -290,12 +290,10 @@ async def agents_mesh(root: Path) -> AsyncIterator[tuple[Settings, CpuMeter, str
                 await agents.stop(1.0)
         return
     async with deployed_mesh(root) as (settings, meter):
-        uvloop = os.environ.get("AMELIA_UVLOOP", "")
         yield (
             settings,
             meter,
-            "events and agents services (2 workers) each a process of its own, the client here"
-            + (f", AMELIA_UVLOOP={uvloop}" if uvloop else ""),
+            "events and agents services (2 workers) each a process of its own, the client here",
         )
 
 
