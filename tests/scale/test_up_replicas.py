@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -108,8 +109,9 @@ def mesh(infra: Any, tmp_path: Path) -> Iterator[tuple[dict[str, str], Settings]
 
 
 def rows(output: str, part: str) -> list[list[str]]:
-    """The cells of `amelia status`'s rows of `part`."""
-    lines = [line for line in output.splitlines() if line.startswith(f"│ {part} ")]
+    """The cells of `amelia status`'s rows of `part`'s replicas (`events`, `events-2`)."""
+    row = re.compile(rf"│ {part}(-\d+)? ")
+    lines = [line for line in output.splitlines() if row.match(line)]
     return [[cell.strip() for cell in line.strip("│").split("│")] for line in lines]
 
 
@@ -158,8 +160,9 @@ async def test_up_with_two_replicas_serves_both_and_survives_losing_an_agents_re
     # amelia status: a row per replica, at the addresses mesh.json records.
     output = await serving_twice(env)
     for part in REPLICATED:
-        shown = [row[1] for row in rows(output, part)]
-        assert shown == [f"grpc://{a}" for a in state["addresses"][f"{part.upper()}_ADDRESS"]]
+        shown = [row[:2] for row in rows(output, part)]
+        addresses = state["addresses"][f"{part.upper()}_ADDRESS"]
+        assert shown == [[part, f"grpc://{addresses[0]}"], [f"{part}-2", f"grpc://{addresses[1]}"]]
     # An EVENTS_ADDRESS the user sets wins over mesh.json: one events row, the one named.
     first = state["units"]["events"]["address"]
     _code, output = await asyncio.to_thread(amelia_status, env | {"EVENTS_ADDRESS": first})
@@ -174,7 +177,7 @@ async def test_up_with_two_replicas_serves_both_and_survives_losing_an_agents_re
         request = agents_pb2.CreateRunRequest(
             run=agents_pb2.Run(workflow="workflows/test-sleep"), request_id=uuid.uuid4().hex
         )
-        request.run.input.update({"seconds": 4})
+        request.run.input.update({"seconds": 8})  # outlives a slow poll of the queue
         run = (await stub.CreateRun(request, timeout=30)).run.name
         pid = await worker_pid(stub, run)
         assert pid in units, (pid, units)

@@ -280,5 +280,7 @@ async def probe_all(settings: Settings, state: dict[str, Any] | None = None) -> 
         alone(probe_local_model(settings, state)),
     )
     units: dict[str, Any] = (state or {}).get("units", {})
-    probes = [probe for group in groups for probe in group]
+    # A replica `amelia up --replicas` runs is named as its unit (`events-2`, as its log is).
+    named = {f"grpc://{u['address']}": n for n, u in units.items() if u.get("address")}
+    probes = [replace(p, name=named.get(p.address, p.name)) for group in groups for p in group]
     return [with_supervisor_view(probe, units.get(probe.name)) for probe in probes]
