@@ -83,7 +83,9 @@ async def test_status_shows_every_replica_the_cluster_leaders_and_the_run_queue(
     for stream in (settings.EVENTS_STREAM, settings.RUNS_QUEUE_STREAM):
         row = next(line for line in lines if stream[:14] in line)
         assert re.search(r"\bn[123]\b", row), row  # its leader
-    assert output.count("current") >= 4, output  # two copies of each stream, current
+    # Two copies of each stream, each with its state: "current", or "behind N" for the instant a
+    # copy has not yet stored the newest event (CI saw "n3 behind 1" while the run published).
+    assert len(re.findall(r"\bn[123] (?:current|behind \d+)", output)) >= 4, output
     assert re.search(r"runs running\s*│\s*1\b", output), output
     assert re.search(r"workers\s*│\s*1\b", output), output
     assert re.search(r"1 busy", output), output
