@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from agents_fake_llm import kill, start_fake_openai
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from service_process import ServiceProcess, python_path
 
@@ -191,3 +192,38 @@ class WorkerProcess(ServiceProcess):
 
     async def ready(self, timeout: float = 60) -> None:
         await self.wait_log("workers started", timeout=timeout)
+
+
+async def killed_mid_reply(
+    stub: agents_pb2_grpc.AgentServiceStub,
+    agent: agents_pb2.Agent,
+    port: int,
+    after: int,
+    *,
+    llama: bool = False,
+    pause: float = 2.0,
+) -> tuple[str, list[events_pb2.Event]]:
+    """A run of `agent` whose fake model server (tests/agents_fake_llm.py, on `port`) is
+    SIGKILLed after `after` tokens and started again `pause` seconds later: the run's name and
+    all its events."""
+    server = await start_fake_openai(port, llama)
+    try:
+        created = await stub.CreateAgent(
+            agents_pb2.CreateAgentRequest(agent=agent, agent_id=f"restart-{uuid.uuid4().hex[:8]}")
+        )
+        run = await create_run(stub, agent=created.agent.name, input={"message": "hi"})
+        seen = []
+        call = stub.StreamRun(agents_pb2.StreamRunRequest(name=run.name))
+        async with asyncio.timeout(60):
+            async for response in call:
+                seen.append(response.event)
+                if len(tokens(seen)) >= after:
+                    break
+        call.cancel()
+        await kill(server)  # SIGKILL in the middle of the reply, as the QA did to llama.cpp
+        await asyncio.sleep(pause)
+        server = await start_fake_openai(port, llama)
+        rest = await collect(stub, run.name, after=seen[-1].sequence, timeout=120)
+        return run.name, seen + rest
+    finally:
+        await kill(server)

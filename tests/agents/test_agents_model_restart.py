@@ -6,11 +6,9 @@ it and the server's URL."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import pytest
-from agents_fake_llm import kill, start_fake_openai
-from agents_helpers import S, collect, create_run, data, tokens, types, wait_status
+from agents_helpers import S, data, killed_mid_reply, tokens, types, wait_status
 
 from amelia_agents.llm import ChatMessage, ChatRequest, ModelError, get_model
 from amelia_common.embedded import free_port
@@ -25,31 +23,12 @@ async def test_a_model_server_restarted_mid_reply_leaves_the_output_whole(
     agents, attempt: int
 ) -> None:
     port = free_port()
-    server = await start_fake_openai(port)
-    try:
-        agent = S.Agent(model=f"openai:slow@http://127.0.0.1:{port}/v1", retry_attempts=0)
-        created = await agents.CreateAgent(
-            S.CreateAgentRequest(agent=agent, agent_id=f"restart-{uuid.uuid4().hex[:8]}")
-        )
-        run = await create_run(agents, agent=created.agent.name, input={"message": "hi"})
-        seen = []
-        call = agents.StreamRun(S.StreamRunRequest(name=run.name))
-        async with asyncio.timeout(60):
-            async for response in call:
-                seen.append(response.event)
-                if len(tokens(seen)) >= 5 + attempt * 7:
-                    break
-        call.cancel()
-        await kill(server)  # SIGKILL in the middle of the reply, as the QA did to llama.cpp
-        await asyncio.sleep(3)
-        server = await start_fake_openai(port)
-        events = seen + await collect(agents, run.name, after=seen[-1].sequence, timeout=120)
-        assert types(events)[-1] == "run.completed", data(events, "run.failed")
-        assert "".join(tokens(events)) == SLOW_REPLY
-        done = await wait_status(agents, run.name, S.RUN_STATUS_COMPLETED)
-        assert done.output["message"] == SLOW_REPLY
-    finally:
-        await kill(server)
+    agent = S.Agent(model=f"openai:slow@http://127.0.0.1:{port}/v1", retry_attempts=0)
+    name, events = await killed_mid_reply(agents, agent, port, 5 + attempt * 7, pause=3.0)
+    assert types(events)[-1] == "run.completed", data(events, "run.failed")
+    assert "".join(tokens(events)) == SLOW_REPLY
+    done = await wait_status(agents, name, S.RUN_STATUS_COMPLETED)
+    assert done.output["message"] == SLOW_REPLY
 
 
 async def test_a_local_model_server_that_stays_away_fails_naming_it(infra: object) -> None:

@@ -11,16 +11,15 @@ LOCAL_MODEL_URL at the fake and a run queue of its own."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from agents_fake_llm import DRIFT_TOKENS, kill, start_fake_openai
-from agents_helpers import S, collect, create_run, data, serve_agents, tokens, types, wait_status
+from agents_fake_llm import DRIFT_TOKENS
+from agents_helpers import S, data, killed_mid_reply, serve_agents, tokens, types, wait_status
 
-from amelia.v1 import agents_pb2_grpc, events_pb2
+from amelia.v1 import agents_pb2_grpc
 from amelia_common.embedded import free_port
 from amelia_common.settings import Settings
 
@@ -48,40 +47,13 @@ async def local_agents(
         yield stub
 
 
-async def killed_mid_reply(
-    stub: agents_pb2_grpc.AgentServiceStub, model: str, port: int, llama: bool, after: int
-) -> tuple[str, list[events_pb2.Event]]:
-    """A run of `model` whose server is SIGKILLed after `after` tokens and started again 2 s
-    later: its name and all its events."""
-    server = await start_fake_openai(port, llama)
-    try:
-        agent = S.Agent(model=model, retry_attempts=0, max_tokens=2000)
-        created = await stub.CreateAgent(
-            S.CreateAgentRequest(agent=agent, agent_id=f"drift-{uuid.uuid4().hex[:8]}")
-        )
-        run = await create_run(stub, agent=created.agent.name, input={"message": "hi"})
-        seen = []
-        call = stub.StreamRun(S.StreamRunRequest(name=run.name))
-        async with asyncio.timeout(60):
-            async for response in call:
-                seen.append(response.event)
-                if len(tokens(seen)) >= after:
-                    break
-        call.cancel()
-        await kill(server)  # SIGKILL in the middle of the reply, as the QA did to llama.cpp
-        await asyncio.sleep(2)
-        server = await start_fake_openai(port, llama)
-        rest = await collect(stub, run.name, after=seen[-1].sequence, timeout=120)
-        return run.name, seen + rest
-    finally:
-        await kill(server)
-
-
 @pytest.mark.parametrize("attempt", range(3))
 async def test_a_restarted_local_server_continues_the_reply(
     local_agents: agents_pb2_grpc.AgentServiceStub, port: int, attempt: int
 ) -> None:
-    name, events = await killed_mid_reply(local_agents, "local:drift", port, True, 5 + attempt * 9)
+    name, events = await killed_mid_reply(
+        local_agents, _agent("local:drift"), port, 5 + attempt * 9, llama=True
+    )
     assert types(events)[-1] == "run.completed", data(events, "run.failed")
     output = "".join(tokens(events))
     found = TOKEN.findall(output)
@@ -103,8 +75,13 @@ async def test_a_server_without_prefill_is_asked_again_and_a_different_reply_fai
     local_agents: agents_pb2_grpc.AgentServiceStub, port: int
 ) -> None:
     model = f"openai:drift@http://127.0.0.1:{port}/v1"
-    _, events = await killed_mid_reply(local_agents, model, port, False, 5)
+    _, events = await killed_mid_reply(local_agents, _agent(model), port, 5)
     assert types(events)[-1] == "run.failed"
     error = data(events, "run.failed")[0]["error"]
     assert "differs from the" in error and "characters already streamed at character " in error
     assert len(data(events, "run.model.waiting")) == 1
+
+
+def _agent(model: str) -> S.Agent:
+    """An agent of `model` that neither retries a failed call nor stops the reply early."""
+    return S.Agent(model=model, retry_attempts=0, max_tokens=2000)
