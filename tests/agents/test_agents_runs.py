@@ -192,6 +192,12 @@ async def test_cancel_mid_stream_stops_the_model_call(agents, fake_anthropic) ->
     assert types(events)[-2:] == ["agent.failed", "run.cancelled"]
     assert data(events, "run.cancelled")[0]["reason"] == "enough"
     assert 3 <= len(tokens(events)) < 200
+    # The tokens streamed before the cancel count: Anthropic's message_start said 25 in; out,
+    # at least the deltas shown (one may have been read, not shown, when the cancel came).
+    assert cancelled.usage.input_tokens == 25
+    assert len(tokens(events)) <= cancelled.usage.output_tokens <= len(tokens(events)) + 1
+    stored = {"input_tokens": 25, "output_tokens": cancelled.usage.output_tokens}
+    assert data(events, "run.cancelled")[0]["usage"] == stored
     # The HTTP stream to the model was closed: nothing is left streaming.
     for _ in range(100):
         if fake_anthropic.disconnects > disconnects and fake_anthropic.streams_open == 0:
@@ -207,6 +213,32 @@ async def test_cancel_mid_stream_stops_the_model_call(agents, fake_anthropic) ->
     resume.answer.string_value = "x"
     refused = await rpc_error(agents.ResumeRun(resume))
     assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_a_cancelled_call_whose_server_sent_no_usage_yet_counts_an_estimate(
+    agents, fake_openai
+) -> None:
+    """OpenAI-compatible servers send usage only at the end of the stream: a call cancelled
+    before it counts the deltas it streamed, and its prompt at 4 characters a token."""
+    import asyncio
+
+    message = "talk slowly, one token at a time, please"
+    name = await _agent(agents, "slow-openai", f"openai:slow@{fake_openai.url}/v1")
+    run = await create_run(agents, agent=name, input={"message": message})
+    task, _ = await _stream_until(agents, run.name, lambda ev: len(tokens(ev)) >= 3)
+    cancelled = (await agents.CancelRun(S.CancelRunRequest(name=run.name))).run
+    assert cancelled.status == S.RUN_STATUS_CANCELLED
+    events = await asyncio.wait_for(task, 10)
+    shown = len(tokens(events))
+    assert 3 <= shown < 200
+    sent = next(r["body"] for r in fake_openai.requests if r["body"]["model"] == "slow")
+    prompt = sum(len(m["content"]) for m in sent["messages"])
+    assert cancelled.usage.input_tokens == -(-prompt // 4)
+    assert shown <= cancelled.usage.output_tokens <= shown + 1
+    assert data(events, "run.cancelled")[0]["usage"] == {
+        "input_tokens": cancelled.usage.input_tokens,
+        "output_tokens": cancelled.usage.output_tokens,
+    }
 
 
 async def test_cancel_kills_a_running_subprocess_and_its_children(agents, tmp_path) -> None:

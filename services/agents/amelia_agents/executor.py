@@ -37,7 +37,7 @@ from langgraph.types import Command
 from amelia.v1 import events_pb2
 from amelia_agents import checkpoints, runtime, workflows
 from amelia_agents.lifecycle import RunEvents
-from amelia_agents.llm import ModelError
+from amelia_agents.llm import ModelError, Usage
 from amelia_agents.models import RunRow, RunState
 from amelia_agents.outages import infrastructure_outage
 from amelia_agents.pricing import NodeUsage
@@ -91,8 +91,11 @@ class UsageWriter:
         self._pending = (0, 0)
         self._task: asyncio.Task[None] | None = None
 
-    def add(self, input_tokens: int, output_tokens: int) -> None:
-        self._pending = (self._pending[0] + input_tokens, self._pending[1] + output_tokens)
+    def add(self, usage: Usage) -> None:
+        self._pending = (
+            self._pending[0] + usage.input_tokens,
+            self._pending[1] + usage.output_tokens,
+        )
         task = self._task
         if task is None or (task.done() and not task.cancelled() and task.exception() is None):
             self._task = asyncio.create_task(self._write())
@@ -279,6 +282,10 @@ class Executor:
 
         if drive not in done:
             await self._stop(drive)
+        # The graph's checkpoints are written behind (`checkpoints.RunSaver`): all stored
+        # before the run's end or pause is recorded.
+        unstored = await _drain(saver)
+        if drive not in done:
             if attempt.handover.is_set():
                 raise HandoverError(f"runs/{row.id} is held by another worker now")
             if attempt.cancel_requested.is_set():
@@ -286,6 +293,8 @@ class Executor:
             return await self._fail(row, f"timeout: the run took longer than {timeout:g}s")
         try:
             end = drive.result()
+            if unstored is not None:
+                raise unstored
         except (ModelError, runtime.NodeError) as exc:
             return await self._fail(row, str(exc))
         except Exception as exc:  # a node's exception fails the run
@@ -321,6 +330,8 @@ class Executor:
         started: dict[str, float] = {}
         usage = NodeUsage(self.settings.MODEL_PRICES)
         stored_usage = UsageWriter(self.store, row.id)
+        # A model call records its usage here directly (a cancelled one too, see `runtime`).
+        ctx.store_usage = stored_usage.add
         flushed = False
         try:
             async for mode, chunk in graph.astream(
@@ -342,8 +353,7 @@ class Executor:
                     event_type = chunk[runtime.EVENT_KEY]
                     data = chunk.get("data") or {}
                     if event_type == runtime.USAGE_TYPE:
-                        usage.add(data)
-                        stored_usage.add(int(data["input_tokens"]), int(data["output_tokens"]))
+                        usage.add(data)  # the node's, for its run.node.finished
                     else:
                         await pipeline.submit(
                             self.events.event(row, event_type, _jsonable(data)), data_checked=True
@@ -428,6 +438,17 @@ class Executor:
             )
         )
         return after.status
+
+
+async def _drain(saver: BaseCheckpointSaver[Any]) -> Exception | None:
+    """Wait until every checkpoint the graph gave `saver` is stored (a `RunSaver` writes them
+    behind); the error of one that could not be."""
+    if isinstance(saver, checkpoints.RunSaver):
+        try:
+            await saver.drain()
+        except Exception as exc:  # noqa: BLE001 - the caller decides what it means
+            return exc
+    return None
 
 
 def _pending_interrupt(snapshot: Any) -> dict[str, Any]:

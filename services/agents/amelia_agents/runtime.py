@@ -24,7 +24,7 @@ import contextvars
 import os
 import signal
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from amelia_agents.llm import (
     ChatMessage,
     ChatRequest,
     ChatResult,
+    Counted,
     ToolCall,
     ToolSpec,
     TransientModelError,
@@ -66,6 +67,9 @@ class RunContext:
     agent: dict[str, Any] | None = None
     retry_attempts: int = DEFAULT_RETRY_ATTEMPTS
     usage: Usage = field(default_factory=Usage)
+    # Where the run's usage is stored (the executor's `UsageWriter`), called directly: a model
+    # call cut short by a cancel records its usage while the graph's stream is going away.
+    store_usage: Callable[[Usage], None] | None = None
 
 
 _current: contextvars.ContextVar[RunContext | None] = contextvars.ContextVar(
@@ -111,7 +115,10 @@ def emit(event_type: str, data: Mapping[str, Any] | None = None) -> None:
 
 def record_usage(usage: Usage, model: str) -> None:
     """Add a call's token usage to the run (model calls do it; tools that call models too)."""
-    current().usage.add(usage)
+    ctx = current()
+    ctx.usage.add(usage)
+    if ctx.store_usage is not None:
+        ctx.store_usage(usage)
     emit(
         USAGE_TYPE,
         {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens, "model": model},
@@ -149,9 +156,10 @@ async def chat(
     for attempt in range(retries + 1):
         parts: list[str] = []
         calls: list[ToolCall] = []
-        usage = Usage()
+        usage: Usage | None = None
+        call = replace(request, counted=Counted())
         try:
-            async for chunk in telemetry.traced_chat(provider, request):
+            async for chunk in telemetry.traced_chat(provider, call):
                 if chunk.event is not None:  # e.g. run.model.waiting (llm.reconnect)
                     emit(*chunk.event)
                 if chunk.text:
@@ -161,7 +169,14 @@ async def chat(
                     calls.extend(chunk.tool_calls)
                 if chunk.usage is not None:
                     usage = chunk.usage
-        except TransientModelError as exc:
+        except BaseException as exc:
+            # Cut short (a cancel, an error): the tokens it consumed count all the same, as
+            # the provider counted them (`Counted`: the server's figures, else an estimate).
+            partial = call.counted.usage(call)
+            if partial != Usage():
+                record_usage(partial, provider.name)
+            if not isinstance(exc, TransientModelError):
+                raise
             # Tokens already shown cannot be taken back, so only a clean failure is retried.
             if parts or attempt >= retries:
                 raise
@@ -172,6 +187,8 @@ async def chat(
             )
             await asyncio.sleep(delay)
             continue
+        if usage is None:  # a provider that sends no usage: what it counted
+            usage = call.counted.usage(call)
         record_usage(usage, provider.name)
         return ChatResult(text="".join(parts), usage=usage, model=provider.name, tool_calls=calls)
     raise AssertionError("unreachable")  # pragma: no cover

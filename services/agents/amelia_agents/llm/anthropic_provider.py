@@ -120,6 +120,7 @@ class AnthropicModel(SdkModel[anthropic.AsyncAnthropic]):
                     if event.type == "message_start":
                         usage.input_tokens = event.message.usage.input_tokens or 0
                         usage.output_tokens = event.message.usage.output_tokens or 0
+                        request.counted.reported = usage
                     elif (
                         event.type == "content_block_start"
                         and event.content_block.type == "tool_use"
@@ -127,6 +128,7 @@ class AnthropicModel(SdkModel[anthropic.AsyncAnthropic]):
                         block = event.content_block
                         calls[event.index] = [block.id, block.name, ""]
                     elif event.type == "content_block_delta":
+                        request.counted.deltas += 1
                         if event.delta.type == "text_delta":
                             yield ChatChunk(text=event.delta.text)
                         elif event.delta.type == "input_json_delta" and event.index in calls:

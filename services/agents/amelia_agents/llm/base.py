@@ -89,15 +89,6 @@ class ChatMessage:
         return cls(role=str(value.get("role", "user")), content=str(value.get("content", "")))
 
 
-@dataclass(frozen=True)
-class ChatRequest:
-    messages: list[ChatMessage]
-    system: str = ""
-    temperature: float | None = None
-    max_tokens: int = 1024
-    tools: tuple[ToolSpec, ...] = ()
-
-
 @dataclass
 class Usage:
     input_tokens: int = 0
@@ -106,6 +97,46 @@ class Usage:
     def add(self, other: Usage) -> None:
         self.input_tokens += other.input_tokens
         self.output_tokens += other.output_tokens
+
+
+# Characters per prompt token when the server said nothing: the usual rule of thumb for English
+# text with BPE tokenizers (OpenAI's, Llama's, Qwen's).
+CHARS_PER_TOKEN = 4
+
+
+@dataclass
+class Counted:
+    """What a provider has seen of one call so far, for a call cut short (a cancel, an error)
+    before its final usage chunk: the usage the server last reported mid-stream (Anthropic's
+    `message_start`), and the text and tool-call deltas streamed (one token each, about)."""
+
+    reported: Usage | None = None
+    deltas: int = 0
+
+    def usage(self, request: ChatRequest) -> Usage:
+        """The call's usage so far: the server's, its output raised to the deltas streamed
+        since; else an estimate — the deltas, and the prompt at CHARS_PER_TOKEN — once the
+        server started answering (before that, nothing: it may not have read the prompt)."""
+        if self.reported is not None:
+            return Usage(self.reported.input_tokens, max(self.reported.output_tokens, self.deltas))
+        if not self.deltas:
+            return Usage()
+        prompt = len(request.system) + sum(
+            len(m.content) + sum(len(json.dumps(c.arguments)) for c in m.tool_calls)
+            for m in request.messages
+        )
+        return Usage(-(-prompt // CHARS_PER_TOKEN), self.deltas)
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    messages: list[ChatMessage]
+    system: str = ""
+    temperature: float | None = None
+    max_tokens: int = 1024
+    tools: tuple[ToolSpec, ...] = ()
+    # Filled in by the provider as the reply streams (a request `replace`d keeps it).
+    counted: Counted = field(default_factory=Counted, compare=False, repr=False)
 
 
 @dataclass

@@ -80,6 +80,7 @@ class OfflineModel:
         for token in tokens:
             if self.delay:
                 await asyncio.sleep(self.delay)
+            request.counted.deltas += 1
             yield ChatChunk(text=token)
         call = self.tool_call
         if call is not None and not (request.messages and request.messages[-1].role == "tool"):

@@ -141,6 +141,7 @@ class OpenAIModel(SdkModel[openai.AsyncOpenAI]):
             ]
         kwargs.update(options or {})
         usage = Usage()
+        counted = request.counted
         # Streamed tool calls by index: [id, name, arguments as streamed so far]
         calls: dict[int, list[str]] = {}
         try:
@@ -152,12 +153,15 @@ class OpenAIModel(SdkModel[openai.AsyncOpenAI]):
                             input_tokens=chunk.usage.prompt_tokens or 0,
                             output_tokens=chunk.usage.completion_tokens or 0,
                         )
+                        counted.reported = usage
                     for choice in chunk.choices:
                         if choice.delta is None:
                             continue
                         if choice.delta.content:
+                            counted.deltas += 1
                             yield ChatChunk(text=choice.delta.content)
                         for delta in choice.delta.tool_calls or []:
+                            counted.deltas += 1
                             call = calls.setdefault(delta.index, ["", "", ""])
                             call[0] = call[0] or (delta.id or "")
                             if delta.function is not None:
