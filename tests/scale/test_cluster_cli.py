@@ -4,7 +4,6 @@ whose printed settings are enough to use it."""
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,24 +12,17 @@ from nats.js.errors import NoStreamResponseError
 from typer.testing import CliRunner
 
 from amelia_cli.main import app
-from amelia_common.embedded import port_is_free
 from amelia_common.nats_client import connect_nats
 from amelia_common.nats_cluster import MONITOR_PORT_OFFSET, ROUTE_PORT_OFFSET
+from amelia_common.ports import free_port_block, port_is_free
 from amelia_common.settings import Settings, get_settings
 
 
 def free_port_range(nodes: int) -> int:
     """A first client port whose client, route and monitoring ports are all free."""
-    for _ in range(200):
-        first = random.randrange(20000, 40000)
-        wanted = [
-            first + offset + i
-            for offset in (0, ROUTE_PORT_OFFSET, MONITOR_PORT_OFFSET)
-            for i in range(nodes)
-        ]
-        if all(port_is_free(p) for p in wanted):
-            return first
-    raise AssertionError("no free port range")
+    return free_port_block(
+        [offset + i for offset in (0, ROUTE_PORT_OFFSET, MONITOR_PORT_OFFSET) for i in range(nodes)]
+    )
 
 
 def settings_printed(output: str) -> dict[str, str]:

@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from amelia_common.logging import get_logger
+from amelia_common.ports import free_port as free_port
+from amelia_common.ports import port_is_free as port_is_free
 from amelia_common.settings import Settings
 
 log = get_logger("amelia.embedded")
@@ -47,26 +49,6 @@ PORT_RELEASE_SECONDS = 2.0
 
 class EmbeddedStartError(RuntimeError):
     """An embedded server could not start; the message says why and what to do."""
-
-
-def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    """True when nothing listens on host:port (checked by binding it, as servers do)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        # Like the servers we start: connections in TIME_WAIT don't make a port busy.
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port() -> int:
-    """A TCP port the OS says is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _port_answers(port: int, host: str = "127.0.0.1") -> bool:

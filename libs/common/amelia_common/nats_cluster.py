@@ -20,7 +20,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -34,11 +33,11 @@ from amelia_common.embedded import (
     EmbeddedStartError,
     log_tail,
     nats_server_binary,
-    port_is_free,
     running_pid,
     stop_process,
 )
 from amelia_common.logging import get_logger
+from amelia_common.ports import free_port, port_is_free
 
 log = get_logger("amelia.nats_cluster")
 
@@ -202,13 +201,8 @@ class NatsCluster:
 
     @classmethod
     def on_free_ports(cls, root: Path, size: int = 3) -> NatsCluster:
-        """Nodes on ports the OS says are free, all different (held open while chosen)."""
-        with contextlib.ExitStack() as held:
-            ports = []
-            for _ in range(3 * size):
-                sock = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-                sock.bind(("127.0.0.1", 0))
-                ports.append(int(sock.getsockname()[1]))
+        """Nodes on free ports, all different (`ports.free_port`: held until they bind)."""
+        ports = [free_port() for _ in range(3 * size)]
         triples = [(ports[i], ports[i + 1], ports[i + 2]) for i in range(0, len(ports), 3)]
         return cls._make(root, triples)
 
