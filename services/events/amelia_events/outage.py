@@ -28,15 +28,11 @@ class NatsUnreachableError(UnavailableError):
 
 
 def nats_unreachable(nc: NATS, settings: Settings, detail: str) -> NatsUnreachableError:
-    """The error for `detail`, saying whether the connection is down or JetStream is silent.
-
-    (No "connect" in the wording: the gateway takes an UNAVAILABLE mentioning it for the events
-    service itself being unreachable.)"""
+    """The error for `detail`, saying whether the connection is down or JetStream is silent."""
     servers = ", ".join(nats_servers(settings))
     state = "did not answer" if nc.is_connected else "is unreachable"
     if not nc.is_connected and nc.last_error is not None:
-        # Its type only: an OSError's text may say "Connection refused", which the gateway would
-        # read as the events service itself being unreachable.
+        # Its type only: the message names NATS and its address already.
         detail += f" (last error: {type(nc.last_error).__name__})"
     return NatsUnreachableError(f"events: NATS at {servers} {state}: {detail}; try again shortly")
 

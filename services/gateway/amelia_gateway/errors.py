@@ -110,18 +110,21 @@ _SERVICE_NAMES = {
 }
 
 
-def from_rpc_error(exc: grpc.aio.AioRpcError, service: str, address: str) -> GatewayError:
+def from_rpc_error(
+    exc: grpc.aio.AioRpcError, service: str, address: str, reached: bool
+) -> GatewayError:
     """An upstream failure as a GatewayError, with a message that names the service.
 
-    gRPC's own text for an unreachable server ("failed to connect to all addresses; ...") does
-    not say which of the mesh's services is down; that is what a person needs to know.
+    `reached`: whether the channel to the service is up (READY) now that the call failed. An
+    UNAVAILABLE through a channel that is not is gRPC's own, whatever its words ("failed to
+    connect to all addresses", "Socket closed", "errors resolving …"): the service itself cannot
+    be reached, and which of the mesh's services that is, is what a person needs to know. An
+    UNAVAILABLE the service sent (READY) names its own dependency and is passed on as it is.
     """
     code = exc.code()
     message = exc.details() or code.name
     name = _SERVICE_NAMES.get(service, service)
-    if code == grpc.StatusCode.UNAVAILABLE and (
-        "failed to connect" in message or "Connection refused" in message or "connect" in message
-    ):
+    if code == grpc.StatusCode.UNAVAILABLE and not reached:
         message = f"the {name} service at {address} is unavailable ({message})"
     elif code == grpc.StatusCode.DEADLINE_EXCEEDED and message in ("Deadline Exceeded", ""):
         message = f"the {name} service did not answer before the deadline"

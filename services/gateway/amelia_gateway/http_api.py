@@ -20,7 +20,6 @@ from amelia_gateway import uploads
 from amelia_gateway.errors import (
     GatewayError,
     error_response,
-    from_rpc_error,
     internal,
     invalid,
 )
@@ -124,7 +123,7 @@ async def _unary(
     try:
         response = await call(message, timeout=timeout, metadata=metadata(rid))
     except grpc.aio.AioRpcError as exc:
-        raise from_rpc_error(exc, rule.service, upstream.address) from None
+        raise upstream.error(exc, rule.service) from None
     content = await asyncio.to_thread(to_json_bytes, response)  # a big page: as above
     return Response(content, media_type="application/json", headers={"X-Request-Id": rid})
 
@@ -167,7 +166,7 @@ async def _stream(
                 first.result()
             except grpc.aio.AioRpcError as exc:
                 call.cancel()
-                raise from_rpc_error(exc, rule.service, upstream.address) from None
+                raise upstream.error(exc, rule.service) from None
         elif not opened.done() and (dependency := await upstream.down_dependency()):
             # The service waits for a dependency before it opens the stream (the events
             # service for NATS) and says nothing meanwhile: a 503 naming it, not a silent 200.
@@ -193,7 +192,7 @@ async def _stream(
             if gateway.stopping.is_set():
                 error = GatewayError(grpc.StatusCode.UNAVAILABLE, "server shutting down")
             else:
-                error = from_rpc_error(exc, rule.service, upstream.address)
+                error = upstream.error(exc, rule.service)
             yield '{"error":' + _json(error.body(rid)) + "}\n"
         except Exception:  # the status line is sent: the last line says what happened
             log.exception("stream failed", rpc=rule.rpc, request_id=rid)

@@ -41,7 +41,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from amelia.v1 import agents_pb2, events_pb2
 from amelia_common.logging import get_logger
-from amelia_gateway.errors import GatewayError, from_rpc_error, internal
+from amelia_gateway.errors import GatewayError, internal
 from amelia_gateway.event_json import event_json
 from amelia_gateway.upstream import Upstream, Upstreams, waiting_for, watch_opening
 
@@ -270,7 +270,7 @@ class UpstreamStream:
                         await self.pace()
             except grpc.aio.AioRpcError as exc:
                 code = exc.code()
-                error = from_rpc_error(exc, self.service, upstream.address)
+                error = upstream.error(exc, self.service)
                 if code not in RETRYABLE and code not in CALLER_ERRORS:
                     # The service broke the stream (UNIMPLEMENTED: AGENTS_ADDRESS names another
                     # service; INTERNAL: its log has the request id): say which service it was.

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from amelia.v1 import rag_pb2
-from amelia_gateway.errors import GatewayError, from_rpc_error, invalid
+from amelia_gateway.errors import GatewayError, invalid
 from amelia_gateway.json_input import read_json_object
 from amelia_gateway.requests import client_timeout, too_large
 from amelia_gateway.state import Gateway
@@ -78,7 +78,7 @@ class _Call:
         try:
             await self.call.write(message)
         except grpc.aio.AioRpcError as exc:
-            raise from_rpc_error(exc, "RagService", self.upstream.address) from None
+            raise self.upstream.error(exc) from None
         except Exception:  # noqa: BLE001 - the call ended early; its status says why
             await self.finish()
 
@@ -96,7 +96,7 @@ class _Call:
             await self.call.done_writing()
             response: rag_pb2.UploadDocumentResponse = await self.call
         except grpc.aio.AioRpcError as exc:
-            raise from_rpc_error(exc, "RagService", self.upstream.address) from None
+            raise self.upstream.error(exc) from None
         return response
 
     def cancel(self) -> None:

@@ -23,7 +23,7 @@ from amelia.v1 import agents_pb2, events_pb2, git_pb2, rag_pb2
 from amelia_common.grpc_client import aio_channel
 from amelia_common.grpc_server import DEPENDENCY_PREFIX
 from amelia_common.settings import Settings
-from amelia_gateway.errors import GatewayError
+from amelia_gateway.errors import GatewayError, from_rpc_error
 
 PACKAGE = "amelia.v1"
 
@@ -88,6 +88,14 @@ class Upstream:
     def connected(self) -> bool:
         """Whether the channel has a connection up (without making it try to connect)."""
         return self.channel.get_state() == grpc.ChannelConnectivity.READY
+
+    def error(self, exc: grpc.aio.AioRpcError, service: str = "") -> GatewayError:
+        """A failed call to `service` (default: its own) on this channel, as the client is
+        told of it (`errors.from_rpc_error`, the channel's state saying whether it was
+        reached)."""
+        channel = self._channel  # none left at shutdown: not reached, and not opened again
+        reached = channel is not None and channel.get_state() == grpc.ChannelConnectivity.READY
+        return from_rpc_error(exc, service or self.service, self.address, reached)
 
     async def close(self) -> None:
         channel, self._channel = self._channel, None
