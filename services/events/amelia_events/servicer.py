@@ -31,6 +31,7 @@ from amelia_common.eventlog import (
     timestamp_problem,
 )
 from amelia_events import pagination
+from amelia_events.heartbeat import Heartbeats, heartbeat_seconds
 from amelia_events.outage import naming_nats, nats_unreachable
 
 # At most this many events in one PublishEvents request or one StreamEvents message.
@@ -111,6 +112,7 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
     async def StreamEvents(
         self, request: events_pb2.StreamEventsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[events_pb2.StreamEventsResponse]:
+        every = heartbeat_seconds(request)
         reader = self.event_log.read(
             list(request.filter.types),
             request.filter.subject,
@@ -128,7 +130,12 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
                     # knows it is subscribed: nothing published after that moment can be missed.
                     await self._open(reader)
                     await context.send_initial_metadata(())
-                    if per_message <= 1:
+                    if every:
+                        async for message in self._with_heartbeats(
+                            reader, per_message, every, request.after_sequence
+                        ):
+                            yield message
+                    elif per_message <= 1:
                         async for event in reader:
                             yield events_pb2.StreamEventsResponse(event=event)
                     else:
@@ -148,6 +155,24 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
                 "the events service is shutting down; reconnect with "
                 f"after_sequence={reader.last_sequence} to continue without a gap"
             )
+
+    def _with_heartbeats(
+        self, reader: EventReader, per_message: int, every: int, after: int
+    ) -> AsyncIterator[events_pb2.StreamEventsResponse]:
+        """The stream's messages as above, and a heartbeat after each `every` seconds of
+        silence (`heartbeat`)."""
+
+        async def next_message() -> events_pb2.StreamEventsResponse | None:
+            try:
+                if per_message <= 1:
+                    return events_pb2.StreamEventsResponse(event=await anext(reader))
+                batch = await reader.next_batch(per_message, MESSAGE_BYTES, LIVE_HOLD_SECONDS)
+            except StopAsyncIteration:
+                return None
+            return events_pb2.StreamEventsResponse(events=batch)
+
+        beats = Heartbeats(reader, self.event_log.nc, self.event_log.settings, after)
+        return beats.around(next_message, every)
 
     async def _open(self, reader: EventReader) -> None:
         """Create the stream's consumer, waiting for NATS at most EVENTS_PUBLISH_TIMEOUT_SECONDS

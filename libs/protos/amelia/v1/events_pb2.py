@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61melia/v1/events.proto\x12\tamelia.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbd\x01\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x04\x64\x61ta\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08sequence\x18\x07 \x01(\x04\x12\x16\n\x0e\x63orrelation_id\x18\x08 \x01(\t\"-\n\x0b\x45ventFilter\x12\r\n\x05types\x18\x01 \x03(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\"6\n\x13PublishEventRequest\x12\x1f\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x10.amelia.v1.Event\"7\n\x14PublishEventResponse\x12\x1f\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x10.amelia.v1.Event\"8\n\x14PublishEventsRequest\x12 \n\x06\x65vents\x18\x01 \x03(\x0b\x32\x10.amelia.v1.Event\"9\n\x15PublishEventsResponse\x12 \n\x06\x65vents\x18\x01 \x03(\x0b\x32\x10.amelia.v1.Event\"\xcc\x01\n\x13StreamEventsRequest\x12&\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x16.amelia.v1.EventFilter\x12\x18\n\x0e\x66rom_beginning\x18\x02 \x01(\x08H\x00\x12\x18\n\x0e\x61\x66ter_sequence\x18\x03 \x01(\x04H\x00\x12\x30\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x12\x1e\n\x16max_events_per_message\x18\x05 \x01(\rB\x07\n\x05start\"Y\n\x14StreamEventsResponse\x12\x1f\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x10.amelia.v1.Event\x12 \n\x06\x65vents\x18\x02 \x03(\x0b\x32\x10.amelia.v1.Event\"\xaa\x01\n\x11ListEventsRequest\x12&\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x16.amelia.v1.EventFilter\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x04 \x01(\x04\x12.\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"O\n\x12ListEventsResponse\x12 \n\x06\x65vents\x18\x01 \x03(\x0b\x32\x10.amelia.v1.Event\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1f\n\x0fGetEventRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"3\n\x10GetEventResponse\x12\x1f\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x10.amelia.v1.Event2\x96\x03\n\x0c\x45ventService\x12O\n\x0cPublishEvent\x12\x1e.amelia.v1.PublishEventRequest\x1a\x1f.amelia.v1.PublishEventResponse\x12R\n\rPublishEvents\x12\x1f.amelia.v1.PublishEventsRequest\x1a .amelia.v1.PublishEventsResponse\x12Q\n\x0cStreamEvents\x12\x1e.amelia.v1.StreamEventsRequest\x1a\x1f.amelia.v1.StreamEventsResponse0\x01\x12I\n\nListEvents\x12\x1c.amelia.v1.ListEventsRequest\x1a\x1d.amelia.v1.ListEventsResponse\x12\x43\n\x08GetEvent\x12\x1a.amelia.v1.GetEventRequest\x1a\x1b.amelia.v1.GetEventResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61melia/v1/events.proto\x12\tamelia.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbd\x01\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12(\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x04\x64\x61ta\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08sequence\x18\x07 \x01(\x04\x12\x16\n\x0e\x63orrelation_id\x18\x08 \x01(\t\"-\n\x0b\x45ventFilter\x12\r\n\x05types\x18\x01 \x03(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\"6\n\x13PublishEventRequest\x12\x1f\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x10.amelia.v1.Event\"7\n\x14PublishEventResponse\x12\x1f\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x10.amelia.v1.Event\"8\n\x14PublishEventsRequest\x12 \n\x06\x65vents\x18\x01 \x03(\x0b\x32\x10.amelia.v1.Event\"9\n\x15PublishEventsResponse\x12 \n\x06\x65vents\x18\x01 \x03(\x0b\x32\x10.amelia.v1.Event\"\xe7\x01\n\x13StreamEventsRequest\x12&\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x16.amelia.v1.EventFilter\x12\x18\n\x0e\x66rom_beginning\x18\x02 \x01(\x08H\x00\x12\x18\n\x0e\x61\x66ter_sequence\x18\x03 \x01(\x04H\x00\x12\x30\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x12\x1e\n\x16max_events_per_message\x18\x05 \x01(\r\x12\x19\n\x11heartbeat_seconds\x18\x06 \x01(\rB\x07\n\x05start\"\x88\x01\n\x14StreamEventsResponse\x12\x1f\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x10.amelia.v1.Event\x12 \n\x06\x65vents\x18\x02 \x03(\x0b\x32\x10.amelia.v1.Event\x12-\n\theartbeat\x18\x03 \x01(\x0b\x32\x1a.amelia.v1.StreamHeartbeat\"y\n\x0fStreamHeartbeat\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rlast_sequence\x18\x02 \x01(\x04\x12\x15\n\rlog_reachable\x18\x03 \x01(\x08\x12\x0e\n\x06status\x18\x04 \x01(\t\"\xaa\x01\n\x11ListEventsRequest\x12&\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x16.amelia.v1.EventFilter\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x04 \x01(\x04\x12.\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"O\n\x12ListEventsResponse\x12 \n\x06\x65vents\x18\x01 \x03(\x0b\x32\x10.amelia.v1.Event\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1f\n\x0fGetEventRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"3\n\x10GetEventResponse\x12\x1f\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x10.amelia.v1.Event2\x96\x03\n\x0c\x45ventService\x12O\n\x0cPublishEvent\x12\x1e.amelia.v1.PublishEventRequest\x1a\x1f.amelia.v1.PublishEventResponse\x12R\n\rPublishEvents\x12\x1f.amelia.v1.PublishEventsRequest\x1a .amelia.v1.PublishEventsResponse\x12Q\n\x0cStreamEvents\x12\x1e.amelia.v1.StreamEventsRequest\x1a\x1f.amelia.v1.StreamEventsResponse0\x01\x12I\n\nListEvents\x12\x1c.amelia.v1.ListEventsRequest\x1a\x1d.amelia.v1.ListEventsResponse\x12\x43\n\x08GetEvent\x12\x1a.amelia.v1.GetEventRequest\x1a\x1b.amelia.v1.GetEventResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,17 +46,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PUBLISHEVENTSRESPONSE']._serialized_start=510
   _globals['_PUBLISHEVENTSRESPONSE']._serialized_end=567
   _globals['_STREAMEVENTSREQUEST']._serialized_start=570
-  _globals['_STREAMEVENTSREQUEST']._serialized_end=774
-  _globals['_STREAMEVENTSRESPONSE']._serialized_start=776
-  _globals['_STREAMEVENTSRESPONSE']._serialized_end=865
-  _globals['_LISTEVENTSREQUEST']._serialized_start=868
-  _globals['_LISTEVENTSREQUEST']._serialized_end=1038
-  _globals['_LISTEVENTSRESPONSE']._serialized_start=1040
-  _globals['_LISTEVENTSRESPONSE']._serialized_end=1119
-  _globals['_GETEVENTREQUEST']._serialized_start=1121
-  _globals['_GETEVENTREQUEST']._serialized_end=1152
-  _globals['_GETEVENTRESPONSE']._serialized_start=1154
-  _globals['_GETEVENTRESPONSE']._serialized_end=1205
-  _globals['_EVENTSERVICE']._serialized_start=1208
-  _globals['_EVENTSERVICE']._serialized_end=1614
+  _globals['_STREAMEVENTSREQUEST']._serialized_end=801
+  _globals['_STREAMEVENTSRESPONSE']._serialized_start=804
+  _globals['_STREAMEVENTSRESPONSE']._serialized_end=940
+  _globals['_STREAMHEARTBEAT']._serialized_start=942
+  _globals['_STREAMHEARTBEAT']._serialized_end=1063
+  _globals['_LISTEVENTSREQUEST']._serialized_start=1066
+  _globals['_LISTEVENTSREQUEST']._serialized_end=1236
+  _globals['_LISTEVENTSRESPONSE']._serialized_start=1238
+  _globals['_LISTEVENTSRESPONSE']._serialized_end=1317
+  _globals['_GETEVENTREQUEST']._serialized_start=1319
+  _globals['_GETEVENTREQUEST']._serialized_end=1350
+  _globals['_GETEVENTRESPONSE']._serialized_start=1352
+  _globals['_GETEVENTRESPONSE']._serialized_end=1403
+  _globals['_EVENTSERVICE']._serialized_start=1406
+  _globals['_EVENTSERVICE']._serialized_end=1812
 # @@protoc_insertion_point(module_scope)

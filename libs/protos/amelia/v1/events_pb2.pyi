@@ -214,6 +214,7 @@ class StreamEventsRequest(_message.Message):
     AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
     MAX_EVENTS_PER_MESSAGE_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_SECONDS_FIELD_NUMBER: _builtins.int
     from_beginning: _builtins.bool
     """Every retained event from the first one."""
     after_sequence: _builtins.int
@@ -224,6 +225,12 @@ class StreamEventsRequest(_message.Message):
     the live edge a message goes as soon as the previous one is written, unless the stream is
     behind (more events already wait): then it goes no sooner than 2 ms after the previous one,
     gathering what arrives meanwhile. A replay sends far fewer messages.
+    """
+    heartbeat_seconds: _builtins.int
+    """Heartbeats, so that a client can tell a quiet log from a dead stream: when the stream has
+    sent nothing for this many seconds (1 to 3600), the service sends a message with
+    `heartbeat` set and no event, and again after each as many seconds of silence. 0 (the
+    default, what older clients send): none.
     """
     @_builtins.property
     def filter(self) -> Global___EventFilter:
@@ -241,10 +248,11 @@ class StreamEventsRequest(_message.Message):
         after_sequence: _builtins.int = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
         max_events_per_message: _builtins.int = ...,
+        heartbeat_seconds: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "filter", b"filter", "from_beginning", b"from_beginning", "start", b"start", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "filter", b"filter", "from_beginning", b"from_beginning", "max_events_per_message", b"max_events_per_message", "start", b"start", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "filter", b"filter", "from_beginning", b"from_beginning", "heartbeat_seconds", b"heartbeat_seconds", "max_events_per_message", b"max_events_per_message", "start", b"start", "start_time", b"start_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_start: _TypeAlias = _typing.Literal["from_beginning", "after_sequence", "start_time"]  # noqa: Y015
     _WhichOneofArgType_start: _TypeAlias = _typing.Literal["start", b"start"]  # noqa: Y015
@@ -254,12 +262,15 @@ Global___StreamEventsRequest: _TypeAlias = StreamEventsRequest  # noqa: Y015
 
 @_typing.final
 class StreamEventsResponse(_message.Message):
-    """StreamEventsResponse carries one event, or several when the request asked for them."""
+    """StreamEventsResponse carries one event, or several when the request asked for them, or a
+    heartbeat when the request asked for those.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENT_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def event(self) -> Global___Event:
         """The event (requests without `max_events_per_message`)."""
@@ -270,19 +281,64 @@ class StreamEventsResponse(_message.Message):
         `event` is then unset.
         """
 
+    @_builtins.property
+    def heartbeat(self) -> Global___StreamHeartbeat:
+        """Set, with no event, when the stream sent nothing for `heartbeat_seconds`."""
+
     def __init__(
         self,
         *,
         event: Global___Event | None = ...,
         events: _abc.Iterable[Global___Event] | None = ...,
+        heartbeat: Global___StreamHeartbeat | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "heartbeat", b"heartbeat"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "events", b"events"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "events", b"events", "heartbeat", b"heartbeat"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StreamEventsResponse: _TypeAlias = StreamEventsResponse  # noqa: Y015
+
+@_typing.final
+class StreamHeartbeat(_message.Message):
+    """StreamHeartbeat says that a stream is alive, and whether the service can read the log now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIME_FIELD_NUMBER: _builtins.int
+    LAST_SEQUENCE_FIELD_NUMBER: _builtins.int
+    LOG_REACHABLE_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    last_sequence: _builtins.int
+    """The last sequence this stream has sent (0: none yet): the `after_sequence` to resume from."""
+    log_reachable: _builtins.bool
+    """Whether the service reads the log now. False while it cannot reach NATS: the stream stays
+    open and carries on after `last_sequence` once NATS is back (no gap, no duplicate).
+    """
+    status: _builtins.str
+    """Why not, when not, e.g. "events: NATS at nats://127.0.0.1:4222 is unreachable since 12s;
+    the stream carries on after sequence 41 once it is back". Empty when reachable.
+    """
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """When the service sent it."""
+
+    def __init__(
+        self,
+        *,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        last_sequence: _builtins.int = ...,
+        log_reachable: _builtins.bool = ...,
+        status: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_sequence", b"last_sequence", "log_reachable", b"log_reachable", "status", b"status", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamHeartbeat: _TypeAlias = StreamHeartbeat  # noqa: Y015
 
 @_typing.final
 class ListEventsRequest(_message.Message):
