@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -123,18 +123,26 @@ async def wait_all_finished(stub: Stub, names: list[str], timeout: float = 180) 
         await asyncio.sleep(0.2)
 
 
-async def terminal_events(settings: Settings, after: int) -> Counter[str]:
-    """How many terminal events (`run.completed|failed|cancelled`) each run has in the log."""
+async def terminal_events(
+    settings: Settings, after: int, runs: Collection[str] = (), timeout: float = 60
+) -> Counter[str]:
+    """How many terminal events (`run.completed|failed|cancelled`) each run has in the log,
+    once each of `runs` has one (or `timeout` passed). A worker stores a run's end, then
+    publishes its end event: GetRun may say COMPLETED a moment before the log does."""
+    deadline = asyncio.get_running_loop().time() + timeout
     nc = await connect_nats(settings, "test-terminal-events")
     try:
         log = EventLog(nc, settings, source="test")
-        counts: Counter[str] = Counter()
-        async with log.read(
-            TERMINAL_EVENTS, "runs/*", StartAt.after(after), follow=False
-        ) as reader:
-            async for event in reader:
-                counts[event.subject] += 1
-        return counts
+        while True:
+            counts: Counter[str] = Counter()
+            async with log.read(
+                TERMINAL_EVENTS, "runs/*", StartAt.after(after), follow=False
+            ) as reader:
+                async for event in reader:
+                    counts[event.subject] += 1
+            if all(counts[run] for run in runs) or asyncio.get_running_loop().time() > deadline:
+                return counts
+            await asyncio.sleep(0.2)
     finally:
         await nc.drain()
 

@@ -103,7 +103,7 @@ async def test_a_nats_restart_mid_burst_loses_no_run(
             names += await burst(api, RUNS // 2, retry=True)
             outcome = await wait_all_finished(api, names, timeout=180)
             print(f"\nNATS restart: all {RUNS} runs ended {time.monotonic() - back:.1f}s after")
-            ends = await terminal_events(settings, after=0)
+            ends = await terminal_events(settings, after=0, runs=names)
     finally:
         await asyncio.to_thread(nats.stop)
     assert outcome.statuses() == {"RUN_STATUS_COMPLETED": RUNS}
@@ -121,7 +121,7 @@ async def test_runs_whose_jobs_were_lost_are_requeued_and_finish(
         assert cancelled.status == S.RUN_STATUS_CANCELLED
         async with worker_pools(settings, pools=1, loops=2):
             outcome = await wait_all_finished(api, names, timeout=90)
-        ends = await terminal_events(settings, after=0)
+        ends = await terminal_events(settings, after=0, runs=names)
     assert outcome.statuses() == {"RUN_STATUS_COMPLETED": 5, "RUN_STATUS_CANCELLED": 1}
     assert {name: ends[name] for name in names} == {name: 1 for name in names}
 

@@ -245,7 +245,7 @@ async def test_the_mesh_keeps_its_promises_while_a_node_and_replicas_die_under_l
             outcome = await wait_all_finished(load.agents, load.runs, timeout=300)
             assert outcome.statuses() == {"RUN_STATUS_COMPLETED": len(load.runs)}
             assert all(outcome.runs[name].attempt >= 2 for name in held), "not taken over"
-            ends = await terminal_events(settings, start)
+            ends = await terminal_events(settings, start, load.runs)
             assert {name: ends[name] for name in load.runs} == dict.fromkeys(load.runs, 1)
 
             # Every acknowledged event once, at its sequence; the log without a gap.

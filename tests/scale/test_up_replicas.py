@@ -188,7 +188,7 @@ async def test_up_with_two_replicas_serves_both_and_survives_losing_an_agents_re
         outcome = await wait_all_finished(stub, [run], timeout=180)
         assert outcome.statuses() == {"RUN_STATUS_COMPLETED": 1}
         assert outcome.runs[run].attempt >= 2
-        assert await terminal_events(settings, start) == {run: 1}
+        assert await terminal_events(settings, start, [run]) == {run: 1}
 
     # The killed replica is started again, on its own port, and serves.
     deadline = time.monotonic() + 120

@@ -29,7 +29,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-HOLD_SECONDS = 900.0
+HOLD_SECONDS = 3600.0
 STRIDE = 10  # a replicated service's first 9 replicas fit after its port (MAX_REPLICAS is 8)
 BLOCK_RANGE = (10000, 12000)  # first ports of blocks; their offsets reach up to 16000
 BLOCK_STRIDE = 5  # a NATS cluster has up to 5 nodes
