@@ -6,6 +6,7 @@ end is published."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -54,8 +55,34 @@ async def store(agents: Any, agents_settings: Settings) -> AsyncIterator[Store]:
     await engine.dispose()
 
 
-async def recording_waiters(store: Store, deadline: float = 30.0) -> int:
-    """Sessions blocked on a run's recording lock, once there is one (or 0 at the deadline)."""
+@contextlib.asynccontextmanager
+async def recording(
+    store: Store, settings: Settings
+) -> AsyncIterator[tuple[RunRow, asyncio.Event]]:
+    """A run CreateRun is recording (its job queued, its transaction open until the event is
+    set); ended FAILED on the way out."""
+    row = queued_run(settings)
+    queued, commit = asyncio.Event(), asyncio.Event()
+
+    async def queue_then_hold() -> None:
+        queued.set()
+        await commit.wait()
+
+    creating = asyncio.create_task(store.create_run(row, True, before_commit=queue_then_hold))
+    try:
+        await queued.wait()
+        yield row, commit
+        commit.set()
+        await creating
+    finally:
+        commit.set()
+        await asyncio.gather(creating, return_exceptions=True)
+        await store.finish(row.id, RunState.FAILED, error="test over")
+
+
+async def recording_waiters(store: Store, deadline: float = 30.0, count: int = 1) -> int:
+    """Sessions blocked on a run's recording lock, once there are `count` (or as many as there
+    are at the deadline)."""
     until = time.monotonic() + deadline
     while True:
         async with store.engine.connect() as conn:
@@ -66,7 +93,7 @@ async def recording_waiters(store: Store, deadline: float = 30.0) -> int:
                 ),
                 {"space": RECORDING_LOCK_SPACE},
             )
-        if waiting or time.monotonic() > until:
+        if (waiting or 0) >= count or time.monotonic() > until:
             return int(waiting or 0)
         await asyncio.sleep(0.05)
 
@@ -74,31 +101,25 @@ async def recording_waiters(store: Store, deadline: float = 30.0) -> int:
 async def test_a_worker_waits_for_the_create_run_still_recording_its_run(
     store: Store, agents_settings: Settings
 ) -> None:
-    row = queued_run(agents_settings)
-    queued, commit = asyncio.Event(), asyncio.Event()
-
-    async def queue_then_hold() -> None:
-        # Where CreateRun queues the job: a worker may have it from here on.
-        queued.set()
-        await commit.wait()
-
-    creating = asyncio.create_task(store.create_run(row, True, before_commit=queue_then_hold))
-    try:
-        await queued.wait()
+    async with recording(store, agents_settings) as (row, commit):
         assert await store.claim(row.id, "test-worker") == (None, False)  # not visible yet
         assert await store.wait_until_recorded(row.id, 0.2) is False  # still being recorded
         waiting = asyncio.create_task(store.wait_until_recorded(row.id, 60))
-        assert await recording_waiters(store) == 1
-        assert not waiting.done()
-        commit.set()
-        assert await waiting is True
-        await creating
-        claimed, won = await store.claim(row.id, "test-worker")
-        assert won and claimed is not None and claimed.status == RunState.RUNNING.value
-    finally:
-        commit.set()
-        await asyncio.gather(creating, return_exceptions=True)
-        await store.finish(row.id, RunState.FAILED, error="test over")
+        # A worker's run lock waits for the commit in the same statement (session 11).
+        lock = store.run_lock(row.id)
+        locking = asyncio.create_task(lock.acquire(recorded_within=60))
+        try:
+            assert await recording_waiters(store, count=2) == 2
+            assert not waiting.done() and not locking.done()
+            commit.set()
+            assert await waiting is True
+            assert await locking is True
+            # The claim right after the lock finds the run: no claim that misses.
+            claimed, won = await store.claim(row.id, "test-worker")
+            assert won and claimed is not None and claimed.status == RunState.RUNNING.value
+        finally:
+            await asyncio.gather(locking, return_exceptions=True)
+            await lock.release()
 
 
 async def test_a_run_that_failed_recording_is_not_waited_for(

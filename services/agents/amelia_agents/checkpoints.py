@@ -8,13 +8,16 @@ server closes it. A step's checkpoint writes take a connection each, so a check 
 was a round trip per write.
 
 A pick-up checkpoints through `RunSaver` (`for_pickup`): one pooled connection for its whole
-pick-up instead of a checkout per read and write, and the thread's latest checkpoint read once
-for both the executor (start, resume or continue?) and LangGraph's own first read."""
+pick-up instead of a checkout per read and write, the thread's latest checkpoint read once
+for both the executor (start, resume or continue?) and LangGraph's own first read, and each
+step's checkpoint stored while the step's nodes already run (written behind, in order: see
+`RunSaver`)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import copy
 import select
 import zlib
@@ -31,7 +34,7 @@ from langgraph.checkpoint.base import (
     get_checkpoint_id,
 )
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, OperationalError
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -101,6 +104,15 @@ async def _take_setup_lock(conn: AsyncConnection[Any]) -> None:
 
 
 _NOTHING_KEPT: Any = object()
+# The graph's own input step: its writes only map the run's input (no node's code ran).
+_START_TASK_PATH = "~__pregel_pull, __start__"
+# A checkpoint written behind whose connection PostgreSQL closed is written again on a new
+# one (its statements are upserts), this many times in all.
+_WRITE_BEHIND_ATTEMPTS = 3
+# Inside a checkpoint's write behind: (set once it is serialized, the write before it).
+_BEHIND: contextvars.ContextVar[tuple[asyncio.Future[None], asyncio.Task[None] | None] | None] = (
+    contextvars.ContextVar("amelia_checkpoint_behind", default=None)
+)
 
 
 class RunSaver(AsyncPostgresSaver):
@@ -117,6 +129,23 @@ class RunSaver(AsyncPostgresSaver):
     from PostgreSQL would be). The executor reads the checkpoint to choose how to start, then
     LangGraph reads it again to start; nothing writes to the thread between the two (the run's
     lock, one active run per thread), and any write through this saver forgets the row.
+
+    **Checkpoints written behind.** Under durability "sync" LangGraph awaits each step's
+    checkpoint before the step's nodes start: before a run's first node, three writes in a row
+    (the input checkpoint, the `__start__` writes, the step-0 checkpoint), then one per node.
+    Here `aput` returns once the checkpoint is serialized and the writes of the nodes that ran
+    before it are stored; its own statements go out behind, while the next node runs, and
+    every later read or write on the connection waits for them (one order: the order of the
+    calls). What a crash can lose is therefore only a checkpoint that the stored one before it
+    and the stored writes of its nodes give again: LangGraph resumes from the last stored
+    checkpoint, finds every finished node's writes, runs none of them again, and makes the
+    lost checkpoint afresh — as when a crash falls in the middle of a step. A node never
+    starts before the writes of the nodes before it are stored, as under "sync". The input
+    step's writes (`__start__`) are no node's work: the run's row has the input to give them
+    again. A checkpoint written behind whose connection
+    PostgreSQL closed is written again on a new one; any other failure fails the next read,
+    write or `drain()` (the pick-up stops; the job is tried again). `drain()` returns once
+    everything is stored: the executor calls it before recording the run's end or pause.
     """
 
     def __init__(
@@ -127,14 +156,42 @@ class RunSaver(AsyncPostgresSaver):
         self._keep_next = False
         self._keeping = False
         self._kept: Any = _NOTHING_KEPT
+        self._behind: asyncio.Task[None] | None = None  # the last checkpoint written behind
+        self._node_writes: set[asyncio.Future[None]] = set()  # nodes' writes not stored yet
+        self._failure: BaseException | None = None
 
     def keep_latest_read(self) -> None:
         self._keep_next = True
 
+    async def drain(self) -> None:
+        """Return once every checkpoint and write given so far is stored; raise the error of
+        one that could not be."""
+        await self._settle(self._behind, *self._node_writes)
+        self._raise_failure()
+
+    async def _settle(self, *pending: asyncio.Future[Any] | None) -> None:
+        waiting = [future for future in pending if future is not None and not future.done()]
+        if waiting:
+            await asyncio.wait(waiting)
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
     @contextlib.asynccontextmanager
     async def _cursor(self, *, pipeline: bool = False) -> AsyncIterator[Any]:
         """AsyncPostgresSaver's cursor (no pipe of its own), on the held connection checked
-        first, under the lock: a check only when nothing else is in flight on it."""
+        first, under the lock: a check only when nothing else is in flight on it. Behind the
+        checkpoint written behind before it (see the class)."""
+        behind = _BEHIND.get()
+        if behind is None:
+            await self._settle(self._behind)
+        else:  # the write behind itself: serialized now; its turn after the one before it
+            serialized, previous = behind
+            if not serialized.done():
+                serialized.set_result(None)
+            await self._settle(previous)
+        self._raise_failure()
         async with self.lock:
             conn = self.conn
             assert isinstance(conn, AsyncConnection)
@@ -185,8 +242,56 @@ class RunSaver(AsyncPostgresSaver):
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
+        """Store the checkpoint behind (see the class): returns once it is serialized and the
+        nodes' writes given before it are stored."""
         self._kept = _NOTHING_KEPT
-        return await super().aput(config, checkpoint, metadata, new_versions)
+        await self._settle(*self._node_writes)
+        self._raise_failure()
+        serialized = asyncio.get_running_loop().create_future()
+        write = asyncio.create_task(
+            self._write_behind(
+                (serialized, self._behind), config, checkpoint, metadata.copy(), new_versions
+            )
+        )
+        self._behind = write
+        await asyncio.wait((serialized, write), return_when=asyncio.FIRST_COMPLETED)
+        if not serialized.done():  # it failed before its statements: as an awaited write
+            self._raise_failure()
+        return {
+            "configurable": {
+                "thread_id": config["configurable"]["thread_id"],
+                "checkpoint_ns": config["configurable"]["checkpoint_ns"],
+                "checkpoint_id": checkpoint["id"],
+            }
+        }
+
+    async def _write_behind(
+        self,
+        behind: tuple[asyncio.Future[None], asyncio.Task[None] | None],
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> None:
+        """`aput`'s statements, after the write before them (their failure kept, not raised:
+        the next read, write or `drain` raises it)."""
+        _BEHIND.set(behind)
+        for attempt in range(1, _WRITE_BEHIND_ATTEMPTS + 1):
+            try:
+                await super().aput(config, checkpoint, metadata, new_versions)
+                return
+            except OperationalError as exc:
+                conn = self.conn
+                closed = isinstance(conn, AsyncConnection) and conn.closed
+                if closed and attempt < _WRITE_BEHIND_ATTEMPTS and self._failure is None:
+                    continue  # `_cursor` takes a new connection from the pool
+                self._failure = self._failure or exc
+                return
+            except BaseException as exc:
+                self._failure = self._failure or exc
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                return
 
     async def aput_writes(
         self,
@@ -196,7 +301,19 @@ class RunSaver(AsyncPostgresSaver):
         task_path: str = "",
     ) -> None:
         self._kept = _NOTHING_KEPT
-        await super().aput_writes(config, writes, task_id, task_path)
+        if task_path == _START_TASK_PATH:
+            await super().aput_writes(config, writes, task_id, task_path)
+            return
+        stored = asyncio.get_running_loop().create_future()
+        self._node_writes.add(stored)
+        try:
+            await super().aput_writes(config, writes, task_id, task_path)
+        except Exception as exc:
+            self._failure = self._failure or exc
+            raise
+        finally:
+            self._node_writes.discard(stored)
+            stored.set_result(None)
 
     async def adelete_thread(self, thread_id: str) -> None:
         self._kept = _NOTHING_KEPT
@@ -215,6 +332,9 @@ async def for_pickup(saver: BaseCheckpointSaver[Any]) -> AsyncIterator[BaseCheck
     try:
         yield run_saver
     finally:
+        # Nothing may still be writing on the connection when it goes back to the pool.
+        with contextlib.suppress(BaseException):
+            await asyncio.shield(run_saver.drain())
         conn = run_saver.conn
         assert isinstance(conn, AsyncConnection)
         await pool.putconn(conn)

@@ -8,6 +8,10 @@ notices that and takes the lock again, or reports that another worker has the ru
 
 The lock's connection is in autocommit: taking, checking and releasing are one statement each
 (no BEGIN/COMMIT around them), and no transaction stays open while the run executes.
+
+A worker's lock also waits, in the same statement, for the CreateRun still recording the run
+(`acquire(recorded_within=…)`: the recording lock CreateRun's transaction holds, see `store`):
+a job JetStream delivers before that commit then costs no statement more than one after it.
 """
 
 from __future__ import annotations
@@ -16,9 +20,18 @@ import contextlib
 import uuid
 
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 _LOCK = text("SELECT pg_try_advisory_lock(:k)")
+# The run's lock, then (left to right) a lock_timeout for this statement's implicit transaction
+# alone and the shared recording lock, released with it: the lock taken once nothing records
+# the run any more.
+_LOCK_RECORDED = text(
+    "SELECT pg_try_advisory_lock(:k), set_config('lock_timeout', :timeout, true), "
+    "pg_advisory_xact_lock_shared(:space, :key)"
+)
+LOCK_NOT_AVAILABLE = "55P03"
 _UNLOCK = text("SELECT pg_advisory_unlock(:k)")
 _STATUS = text("SELECT status FROM runs WHERE id = :id")
 
@@ -33,22 +46,42 @@ def run_lock_key(run_id: uuid.UUID) -> int:
 
 
 class RunLock:
-    def __init__(self, engine: AsyncEngine, run_id: uuid.UUID) -> None:
+    def __init__(
+        self, engine: AsyncEngine, run_id: uuid.UUID, recording: tuple[int, int] | None = None
+    ) -> None:
         self.engine = engine
         self.run_id = run_id
         self.key = run_lock_key(run_id)
+        self.recording = recording  # (space, key) of the run's recording lock, see `store`
         self._conn: AsyncConnection | None = None
 
     @property
     def held(self) -> bool:
         return self._conn is not None
 
-    async def acquire(self) -> bool:
-        """Take the lock if nobody holds it; False when somebody does."""
+    async def acquire(self, recorded_within: float | None = None) -> bool:
+        """Take the lock if nobody holds it; False when somebody does. With `recorded_within`
+        (and `recording`), once no CreateRun is recording the run any more, waiting at most
+        that many seconds for its commit (then as without)."""
         conn = await self.engine.connect()
         try:
             await conn.execution_options(isolation_level="AUTOCOMMIT")
-            taken = bool(await conn.scalar(_LOCK, {"k": self.key}))
+            if recorded_within is None or self.recording is None:
+                taken = bool(await conn.scalar(_LOCK, {"k": self.key}))
+            else:
+                space, key = self.recording
+                timeout = f"{max(int(recorded_within * 1000), 1)}ms"
+                found = await conn.execute(
+                    _LOCK_RECORDED, {"k": self.key, "timeout": timeout, "space": space, "key": key}
+                )
+                taken = bool(found.scalar())
+        except DBAPIError as exc:
+            # Whether the run's lock was taken before the wait timed out is not known: the
+            # connection goes, and the lock with it.
+            await _discard(conn)
+            if getattr(exc.orig, "sqlstate", None) == LOCK_NOT_AVAILABLE:
+                return await self.acquire()
+            raise
         except BaseException:
             await _discard(conn)
             raise

@@ -35,7 +35,7 @@ from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.elements import ColumnElement
 
 from amelia_agents import runstate
-from amelia_agents.locks import RunLock
+from amelia_agents.locks import LOCK_NOT_AVAILABLE, RunLock
 from amelia_agents.models import (
     ACTIVE_STATES,
     AgentRow,
@@ -48,7 +48,6 @@ from amelia_common.db import select_one
 # CreateRun holds a transaction-level lock on (RECORDING_LOCK_SPACE, recording_key(run)) until its
 # transaction ends. Two-key advisory locks never collide with the run locks' one-key ones.
 RECORDING_LOCK_SPACE = 0x616D
-LOCK_NOT_AVAILABLE = "55P03"
 # Waits for a CreateRun's commit: `set_config(..., true)` holds for this statement's implicit
 # transaction only, and is evaluated before the lock (left to right), so the wait is bounded.
 _WAIT_RECORDED = text(
@@ -209,8 +208,9 @@ class Store:
         await select_one(self.engine)
 
     def run_lock(self, run_id: uuid.UUID) -> RunLock:
-        """The run's lock (not taken yet): one executor per run, see `locks`."""
-        return RunLock(self.engine, run_id)
+        """The run's lock (not taken yet): one executor per run, see `locks`; it can wait for
+        the run's recording too."""
+        return RunLock(self.engine, run_id, (RECORDING_LOCK_SPACE, recording_key(run_id)))
 
     # agents ---------------------------------------------------------------------------------
 

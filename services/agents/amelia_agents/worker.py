@@ -4,13 +4,15 @@ A worker loop fetches one job at a time from the shared durable consumer. For ea
 
 1. subscribes to the run's cancel subject (so CancelRun can reach it from any process);
 2. takes the run's lock (`locks`: one executor per run even if JetStream delivers the job twice,
-   or two jobs of one run exist; the lock dies with a killed worker's connection);
+   or two jobs of one run exist; the lock dies with a killed worker's connection) — in the same
+   statement waiting for the CreateRun still recording the run, if any: CreateRun queues the
+   job just before it commits, so a job can arrive before its run is visible, and CreateRun's
+   transaction holds the run's recording lock;
 3. claims the run (QUEUED/RUNNING → RUNNING, attempt and pick-up + 1) and does with the job what
    `runstate.after_claim` says: a paused or finished run's job is acked and skipped, after
    re-publishing its end if a crash lost it; a job is never acked while its run is still QUEUED
-   (CreateRun queues the job just before it commits, so a job can arrive before its run is
-   visible): the worker waits for that commit (`Store.wait_until_recorded`: CreateRun's
-   transaction holds the run's recording lock), and looks again;
+   (not visible yet: the worker waits for that commit again, `Store.wait_until_recorded`, and
+   looks again);
 4. executes it while heartbeating (`in_progress()`, and a status check on the lock's connection
    that catches a cancel whose message was missed and a lock PostgreSQL dropped), then acks.
 
@@ -268,9 +270,11 @@ class WorkerPool:
             await lock.release()
 
     async def _lock(self, lock: RunLock) -> bool:
-        for delay in LOCK_RETRY_DELAYS:
+        for i, delay in enumerate(LOCK_RETRY_DELAYS):
             await asyncio.sleep(delay)
-            if await lock.acquire():
+            # The first look also waits for the CreateRun still recording the run, if any (a
+            # job can arrive before it commits): then the claim finds the run.
+            if await lock.acquire(RECORDING_WAIT_SECONDS if i == 0 else None):
                 return True
         return False
 
