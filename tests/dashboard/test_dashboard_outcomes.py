@@ -2,7 +2,8 @@
 run says so, with its error, above the fold and before its (empty) output; the steps card gives
 the run's duration, not "1 ms from the first to the last checkpoint" for a run that took
 seconds; a paused and a queued run are cancelled from the page (the node that waited for the
-answer reads stopped); a long thread leads to its form."""
+answer reads stopped, the queued run's node that never ran reads not run); a long thread leads
+to its form."""
 
 from __future__ import annotations
 
@@ -126,9 +127,14 @@ def test_cancel_a_queued_run_from_its_page_and_it_never_runs(
             expect(page.locator("#run-output .placeholder")).to_have_text(
                 "Queued: waiting for a worker to pick the run up…"
             )
+            node = page.locator("#run-nodes [data-node=echo]")
+            expect(node).to_have_attribute("data-state", "pending")
             page.click("#run-cancel")
             expect_status(page, "RUN_STATUS_CANCELLED")
             expect(page.locator("#run-error")).to_contain_text("Cancelled")
+            # Its node never ran: it says so, not "pending" (as if it still might).
+            expect(node).to_have_attribute("data-state", "notrun")
+            expect(node.locator(".state")).to_have_text("not run")
             shot(page, artifacts, "42-run-cancelled-queued")
     finally:
         release.touch()
@@ -143,6 +149,8 @@ def test_cancel_a_queued_run_from_its_page_and_it_never_runs(
         expect(page.locator("#run-output .placeholder")).to_have_text(
             "No output: the run ended before writing any."
         )
+        # Opened after the end too (the replayed run.cancelled).
+        expect(page.locator("#run-nodes [data-node=echo] .state")).to_have_text("not run")
 
 
 @pytest.mark.parametrize("size", SIZES)

@@ -72,6 +72,18 @@ function play(nodes, events) {
   return { run, changes };
 }
 
+test("a run that ended before reaching a node: not run when it failed or was cancelled", () => {
+  for (const end of ["run.cancelled", "run.failed"]) {
+    // A queued run cancelled (or failed) before a worker took it: no node ever started.
+    const queued = play(["discovery", "design"], [[end, {}]]);
+    assert.deepEqual([...queued.run.nodes], [["discovery", "notrun"], ["design", "notrun"]], end);
+    assert.deepEqual(queued.changes[0].nodes, [["discovery", "notrun"], ["design", "notrun"]]);
+    // Stopped in the middle: the node running ended with it, the next one never ran.
+    const midway = play(["discovery", "design"], [["run.node.started", { node: "discovery", task: "t1" }], [end, {}]]);
+    assert.deepEqual([...midway.run.nodes], [["discovery", end === "run.failed" ? "error" : "stopped"], ["design", "notrun"]]);
+  }
+});
+
 test("a plan rejected: nodes done, planning skipped, sections per node, the question gone", () => {
   const { run, changes } = play(["discovery", "design", "approval", "planning"], [
     ["workflow.started", {}],
@@ -162,7 +174,7 @@ test("the steps card gives the run's duration; the steps' own time only when the
   assert.equal(timing(null, [step(0)]), "");
 });
 
-test("a run cancelled while it waits for an answer: the waiting node reads stopped, the question is gone", async () => {
+test("a run cancelled while it waits for an answer: the waiting node reads stopped, the next not run, the question is gone", async () => {
   const { newRunState, reduce } = await import(new URL("runstate.js", STATIC));
   const run = newRunState(["draft", "approve", "finish"]);
   reduce(run, { type: "run.node.started", data: { node: "draft", task: "t1" } });
@@ -171,6 +183,6 @@ test("a run cancelled while it waits for an answer: the waiting node reads stopp
   reduce(run, { type: "run.interrupted", data: { node: "approve", value: "Ship it?" } });
   assert.equal(run.nodes.get("approve"), "waiting");
   const change = reduce(run, { type: "run.cancelled", data: { reason: "no" } });
-  assert.deepEqual(Object.fromEntries(run.nodes), { draft: "done", approve: "stopped", finish: "pending" });
+  assert.deepEqual(Object.fromEntries(run.nodes), { draft: "done", approve: "stopped", finish: "notrun" });
   assert.equal(change.interrupt, null);
 });

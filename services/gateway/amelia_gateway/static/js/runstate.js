@@ -8,7 +8,7 @@ import { TERMINAL_EVENTS, TERMINAL_STATUSES } from "./runstatus.js";
 export function newRunState(nodes = []) {
   return {
     status: "",
-    nodes: new Map(nodes.map((node) => [node, "pending"])), // node -> pending|active|done|error|waiting|stopped|skipped
+    nodes: new Map(nodes.map((node) => [node, "pending"])), // node -> pending|active|done|error|waiting|stopped|skipped|notrun
     attempt: 0,
     activeNode: "", // the node that started last
     activeTask: "", // its LangGraph task id
@@ -44,6 +44,9 @@ export function usageTotals(nodeUsage) {
 }
 
 const ENDED_NODE = { "run.completed": "done", "run.failed": "error", "run.cancelled": "stopped" };
+// A node the run never reached: skipped by a completed run (a rejected plan's `planning`), not
+// run by one that failed or was cancelled (a queued run cancelled before it started: all).
+const UNREACHED_NODE = { "run.completed": "skipped", "run.failed": "notrun", "run.cancelled": "notrun" };
 
 /**
  * Applies `event` ({type, data}) to `run`. Returns the changes: `status` (the new one), `nodes`
@@ -120,8 +123,7 @@ export function reduce(run, event) {
         for (const [name, value] of run.nodes) {
           // A node running, or waiting for an answer, when the run ended ended with it.
           if (value === "active" || value === "waiting") node(name, ENDED_NODE[event.type]);
-          // A node the run never reached (a rejected plan's `planning`) was skipped.
-          else if (value === "pending" && event.type === "run.completed") node(name, "skipped");
+          else if (value === "pending") node(name, UNREACHED_NODE[event.type]);
         }
       }
   }

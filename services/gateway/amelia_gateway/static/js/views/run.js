@@ -20,7 +20,7 @@ import { StepsView } from "./steps.js";
 const MAX_ACTIVITY = 300;
 const NODE_STATE_LABEL = {
   pending: "pending", active: "running", done: "done", error: "failed", waiting: "waiting", stopped: "stopped",
-  skipped: "skipped",
+  skipped: "skipped", notrun: "not run",
 };
 
 function describe(event) {
