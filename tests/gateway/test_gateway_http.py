@@ -250,6 +250,26 @@ async def test_streams_as_ndjson_and_cancelled_when_the_client_leaves(
     _status(bad, 400, 3)
 
 
+async def test_an_ndjson_stream_that_asks_for_heartbeats_gets_them_between_events(
+    http: httpx.AsyncClient, publisher: Publisher
+) -> None:
+    """`heartbeatSeconds` (StreamEventsRequest.heartbeat_seconds, docs/events.md): a line
+    `{"result": {"heartbeat": …}}` after each second of silence, the event lines as ever."""
+    subject = new_subject()
+    sequence = await publisher.publish(subject)
+    params = {"filter.subject": subject, "fromBeginning": "true", "heartbeatSeconds": "1"}
+    async with http.stream("GET", "/v1/events:stream", params=params) as reply:
+        assert reply.status_code == 200
+        results: list[dict[str, Any]] = []
+        async for line in reply.aiter_lines():  # (a busy machine may beat before the event)
+            results.append(json.loads(line)["result"])
+            if results[-1].get("heartbeat") and any(r.get("event") for r in results):
+                break
+    assert [int(r["event"]["sequence"]) for r in results if r.get("event")] == [sequence]
+    beat = results[-1]["heartbeat"]
+    assert (int(beat["lastSequence"]), beat["logReachable"], beat["status"]) == (sequence, True, "")
+
+
 async def test_cors_gzip_health_and_status(
     http: httpx.AsyncClient, gateway: RunningGateway
 ) -> None:
