@@ -136,6 +136,7 @@ class Document(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     INDEX_ERROR_FIELD_NUMBER: _builtins.int
+    EMBEDDED_CHUNK_COUNT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`documents/{document}`."""
     title: _builtins.str
@@ -158,6 +159,11 @@ class Document(_message.Message):
     """
     index_error: _builtins.str
     """Output only: why indexing failed (state FAILED)."""
+    embedded_chunk_count: _builtins.int
+    """Output only: how many of its `chunk_count` chunks are embedded so far (all of them once
+    READY): how far indexing has got, also kept when it FAILED (ingesting the same content
+    again resumes from there).
+    """
     @_builtins.property
     def metadata(self) -> _struct_pb2.Struct:
         """Free-form metadata, filterable in ListDocuments and Search."""
@@ -186,10 +192,11 @@ class Document(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         state: Global___DocumentState.ValueType = ...,
         index_error: _builtins.str = ...,
+        embedded_chunk_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "metadata", b"metadata", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_count", b"chunk_count", "content_hash", b"content_hash", "create_time", b"create_time", "file_path", b"file_path", "index_error", b"index_error", "metadata", b"metadata", "name", b"name", "size_bytes", b"size_bytes", "source_uri", b"source_uri", "state", b"state", "title", b"title", "type", b"type", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_count", b"chunk_count", "content_hash", b"content_hash", "create_time", b"create_time", "embedded_chunk_count", b"embedded_chunk_count", "file_path", b"file_path", "index_error", b"index_error", "metadata", b"metadata", "name", b"name", "size_bytes", b"size_bytes", "source_uri", b"source_uri", "state", b"state", "title", b"title", "type", b"type", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
