@@ -136,11 +136,15 @@ async def test_cancel_and_unknown_ids(mesh: Mesh) -> None:
         reply = await http.request(rule.method, path, json=body if rule.body else None)
         assert reply.status_code == 404, (rule.rpc, reply.status_code, reply.text)
         assert reply.json()["code"] == 5
-    # A run that does not exist, on the socket: a final NOT_FOUND error for that subscription.
+    # A run that does not exist, on the socket: checked before it is answered, so a final
+    # NOT_FOUND error for that subscription and never a `subscribed` (was: subscribed, then
+    # the error); a run that exists is subscribed on the same socket after it.
     client = await Client.connect(mesh.gateway.ws_url)
-    await client.subscribe("x", run=f"runs/{missing}")
+    await client.send({"type": "subscribe", "id": "x", "run": f"runs/{missing}"})
     error = await client.recv_type("error")
     assert error["subscription"] == "x" and error["error"]["code"] == 5 and error["final"]
+    assert missing in error["error"]["message"], error
+    await client.subscribe("y", run=name)
     await client.close()
     bad = await http.post("/v1/runs", json={"run": {"input": {"message": "no target"}}})
     assert bad.status_code == 400 and bad.json()["code"] == 3

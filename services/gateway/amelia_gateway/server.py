@@ -13,6 +13,7 @@ import socket
 
 import uvicorn
 from starlette.applications import Starlette
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from amelia_common.logging import get_logger
 from amelia_common.settings import Settings
@@ -23,6 +24,46 @@ log = get_logger("amelia.gateway")
 
 # Client messages are small JSON; anything larger is refused by the server (close 1009).
 WS_MAX_MESSAGE_BYTES = 1024 * 1024
+# How long a socket failed by the client's data (1009, 1002) keeps reading what it still sends.
+LINGER_SECONDS = 10.0
+
+
+class LingeringWebSocket(WebSocketsSansIOProtocol):
+    """uvicorn's WebSocket protocol, closing a socket the client's data failed (a message over
+    `ws_max_size`: 1009, a protocol error: 1002) without a TCP reset.
+
+    uvicorn sends the close frame (websockets' reason names the limit: `frame with 20971520 bytes
+    exceeds limit of 1048576 bytes`) and closes the TCP connection at once, while the client is
+    still sending the rest of its 20 MiB; the kernel then answers that data with a reset, and a
+    client whose send fails on it, or whose kernel drops the unread close frame, sees a reset
+    and no close code. Here the close frame is followed by our FIN only, and whatever the client
+    still sends is read and dropped (a lingering close, as web servers do) until it closes its
+    side or LINGER_SECONDS pass.
+    """
+
+    lingering = False
+
+    def data_received(self, data: bytes) -> None:
+        if self.lingering:
+            return  # the rest of a refused message: dropped unparsed
+        super().data_received(data)
+
+    def handle_parser_exception(self) -> None:
+        close = self.conn.close_sent
+        assert close is not None
+        self.queue.put_nowait(
+            {"type": "websocket.disconnect", "code": close.code, "reason": close.reason}
+        )
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        self.lingering = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+        # As a close_timer, which uvicorn waits for instead of closing when the app returns.
+        self.close_timer = self.loop.call_later(LINGER_SECONDS, self.transport.close)
 
 
 class GatewayServer(uvicorn.Server):
@@ -57,6 +98,7 @@ def config(
         app,
         host=host if host is not None else settings.bind_host,
         port=settings.PORT if port is None else port,
+        ws=LingeringWebSocket,
         ws_max_size=WS_MAX_MESSAGE_BYTES,
         ws_per_message_deflate=False,
         ws_ping_interval=None,

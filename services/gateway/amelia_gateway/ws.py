@@ -47,6 +47,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from websockets.exceptions import InvalidState
 from websockets.server import ServerProtocol
 
+from amelia.v1 import agents_pb2
 from amelia_common.auth import token_ok
 from amelia_common.event_names import InvalidEventError, filter_tokens
 from amelia_common.logging import get_logger
@@ -71,6 +72,8 @@ MAX_SUBSCRIPTIONS = 100
 MAX_BATCH_EVENTS = EVENTS_PER_MESSAGE
 MAX_ID_LENGTH = 128
 MISSED_HEARTBEATS = 3
+# How long a run subscribe waits for the agents service to say whether the run exists.
+RUN_CHECK_SECONDS = 5.0
 # How long a close may wait for a client that does not read before the TCP connection is dropped.
 CLOSE_GRACE = 10.0
 
@@ -408,7 +411,7 @@ class Connection:
                 self.last_heard = time.monotonic()
                 if self.closing:
                     continue
-                self._handle(message.get("text"), message.get("bytes"))
+                await self._handle(message.get("text"), message.get("bytes"))
         except (WebSocketDisconnect, RuntimeError):
             pass
         finally:
@@ -431,11 +434,12 @@ class Connection:
             log.exception("websocket task failed", client=self.id)
             self.close_soon(1011, "internal error")
 
-    def _handle(self, text: str | None, data: bytes | None) -> None:
+    async def _handle(self, text: str | None, data: bytes | None) -> None:
         """Act on one client message; whatever is wrong with it is answered with an `error`.
 
         No message can end the socket: one the gateway fails on unexpectedly is logged and
-        answered as INTERNAL, and the socket goes on.
+        answered as INTERNAL, and the socket goes on. Messages are handled one at a time, in
+        order (a run subscribe waits for its run's check, `_check_run`).
         """
         message_id: Any = None
         try:
@@ -447,7 +451,7 @@ class Connection:
             message_id = message.get("id")
             kind = message.get("type")
             if kind == "subscribe":
-                self._subscribe(message)
+                await self._subscribe(message)
             elif kind == "unsubscribe":
                 self._unsubscribe(message)
             elif kind == "ping":
@@ -481,7 +485,7 @@ class Connection:
             }
         )
 
-    def _subscribe(self, message: dict[str, Any]) -> None:
+    async def _subscribe(self, message: dict[str, Any]) -> None:
         unknown = set(message) - {"type", "id", "filter", "run", "since", "batch"}
         if unknown:
             raise ProtocolError(f"unknown field(s) in subscribe: {', '.join(sorted(unknown))}")
@@ -501,10 +505,25 @@ class Connection:
                 f"at most {MAX_SUBSCRIPTIONS} subscriptions per socket: unsubscribe one first",
             )
         spec = parse_spec(message)
+        if spec.run:
+            await self._check_run(spec.run)
+            if self.closing:
+                return
         subscription = Subscription(self, sub_id, spec)
         self.subscriptions[_key(sub_id)] = subscription
         self.send_control({"type": "subscribed", "subscription": sub_id})
         subscription.feed = self.gateway.hub.feed(spec, subscription)
+
+    async def _check_run(self, run: str) -> None:
+        """Refuse a run subscription before `subscribed` when the agents service says the run
+        does not exist (GetRun: NOT_FOUND, as the request's fault). Any other failure (the
+        service down or slow) is left to the stream, which reports it and retries."""
+        get_run = self.gateway.upstreams.callable("AgentService", "GetRun")
+        try:
+            await get_run(agents_pb2.GetRunRequest(name=run), timeout=RUN_CHECK_SECONDS)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in CALLER_ERRORS:
+                raise self.gateway.upstreams["AgentService"].error(exc) from None
 
     def _unsubscribe(self, message: dict[str, Any]) -> None:
         sub_id = message.get("id")
