@@ -6,7 +6,9 @@
 Both pick a behaviour from the requested model name, record every request, and notice when a
 client goes away mid-stream. `FakeOpenAI(llama=True)` also behaves as llama.cpp's server does:
 `/props` and `/v1/models` (serving every name below) answer, and a request whose last message is
-the assistant's is continued (assistant prefill): the stream carries only what follows it.
+the assistant's is continued (assistant prefill): the stream carries only what follows it, and
+a prompt longer than its slot's context (`LLAMA_N_CTX`, counted by `llama_prompt_tokens`) is
+refused with llama.cpp's 400 `exceed_context_size_error`.
 
 Model names (both servers):
 - `tokens` — replies REPLY in word tokens.
@@ -294,7 +296,17 @@ class FakeAnthropic(FakeServer):
 
 
 # The model names FakeOpenAI(llama=True) lists at /v1/models.
-LLAMA_MODELS = ("tokens", "transcript", "slow", "drift")
+LLAMA_MODELS = ("tokens", "transcript", "transcript-dense", "slow", "drift")
+# The context of one slot `/props` reports, which a llama server enforces: a longer prompt is
+# refused with llama.cpp's 400. Its prompt tokens: 3.5 characters each (a `-dense` model: 1, a
+# tokenizer far denser than any rule of thumb), plus 8 per message.
+LLAMA_N_CTX = 4096
+
+
+def llama_prompt_tokens(body: dict[str, Any]) -> int:
+    chars = sum(len(_text(m.get("content") or "")) for m in body["messages"])
+    per = 1.0 if body["model"].endswith("-dense") else 3.5
+    return int(chars / per) + 8 * len(body["messages"])
 
 
 @dataclass
@@ -308,7 +320,9 @@ class FakeOpenAI(FakeServer):
         return routes
 
     async def props(self, request: Request) -> Response:
-        return JSONResponse({"default_generation_settings": {"n_ctx": 4096}, "total_slots": 2})
+        return JSONResponse(
+            {"default_generation_settings": {"n_ctx": LLAMA_N_CTX}, "total_slots": 2}
+        )
 
     async def list_models(self, request: Request) -> Response:
         data = [{"id": m, "object": "model", "owned_by": "fake"} for m in LLAMA_MODELS]
@@ -317,6 +331,20 @@ class FakeOpenAI(FakeServer):
     async def completions(self, request: Request) -> Response:
         body = await request.json()
         self.requests.append({"headers": dict(request.headers), "body": body})
+        if self.llama and llama_prompt_tokens(body) >= LLAMA_N_CTX:
+            counted = llama_prompt_tokens(body)
+            message = (
+                f"request ({counted} tokens) exceeds the available context size "
+                f"({LLAMA_N_CTX} tokens), try increasing it"
+            )
+            error = {
+                "code": 400,
+                "message": message,
+                "type": "exceed_context_size_error",
+                "n_prompt_tokens": counted,
+                "n_ctx": LLAMA_N_CTX,
+            }
+            return JSONResponse({"error": error}, status_code=400)
         messages = [m for m in body["messages"] if m["role"] != "system"]
         prefill = ""
         if self.llama and messages and messages[-1]["role"] == "assistant":

@@ -32,6 +32,7 @@ from langgraph.config import get_config, get_stream_writer
 
 from amelia_agents.llm import (
     ChatMessage,
+    ChatModel,
     ChatRequest,
     ChatResult,
     Counted,
@@ -40,6 +41,7 @@ from amelia_agents.llm import (
     TransientModelError,
     Usage,
     get_model,
+    window,
 )
 from amelia_common import telemetry
 from amelia_common.settings import Settings, get_settings
@@ -125,6 +127,39 @@ def record_usage(usage: Usage, model: str) -> None:
     )
 
 
+async def _fitted(
+    provider: ChatModel, request: ChatRequest, context: tuple[str, ...], fitting: _Fitting
+) -> ChatRequest:
+    """The request fitted to the model's window (`llm.window`), saying what it took out in a
+    `run.context.fitted` event; as is (context joined) when the window is unknown."""
+    size = fitting.context_tokens or await provider.context_tokens()
+    if size is None:
+        return window.joined(request, context)
+    fitted, note = window.fit(request, context, size, fitting.chars_per_token)
+    if note is not None:
+        emit("run.context.fitted", note)
+    return fitted
+
+
+@dataclass
+class _Fitting:
+    """How a call's prompt is fitted: the rule of thumb, until a server refusing the prompt
+    says how many tokens it counted and what its window is (then once more, measured)."""
+
+    chars_per_token: float = window.FIT_CHARS_PER_TOKEN
+    context_tokens: int | None = None
+
+    def measured(self, sent: ChatRequest, error: BaseException) -> bool:
+        """Learn from `error` if it is a first refusal of `sent` as too long; whether it was."""
+        found = None if self.context_tokens else window.overflow(error)
+        if found is None:
+            return False
+        counted, self.context_tokens = found
+        # A little under the measured ratio: the fitted prompt tokenizes a bit differently.
+        self.chars_per_token = 0.9 * window.prompt_chars(sent) / max(counted, 1)
+        return True
+
+
 async def chat(
     messages: Sequence[Mapping[str, Any] | ChatMessage],
     *,
@@ -134,11 +169,14 @@ async def chat(
     max_tokens: int = 1024,
     retry_attempts: int | None = None,
     tools: Sequence[ToolSpec] = (),
+    context: Sequence[str] = (),
 ) -> ChatResult:
     """Call `model` with streaming; returns the full reply (the concatenation of its tokens).
 
     With `tools`, the model may ask for tool calls instead of (or after) text: they are in
     `ChatResult.tool_calls`, for the caller to run (see `amelia_agents.tools.loop`).
+    `context` are blocks for the end of the system prompt (retrieved passages, best first)
+    that may be dropped, lowest first, to fit the prompt to the model's window (`llm.window`).
     """
     ctx = current()
     provider = get_model(model, ctx.settings)
@@ -153,12 +191,15 @@ async def chat(
     )
     retries = ctx.retry_attempts if retry_attempts is None else retry_attempts
     backoff = ctx.settings.LLM_RETRY_BACKOFF_SECONDS
-    for attempt in range(retries + 1):
+    fitting = _Fitting()
+    attempt = 0
+    while True:
         parts: list[str] = []
         calls: list[ToolCall] = []
         usage: Usage | None = None
         call = replace(request, counted=Counted())
         try:
+            call = await _fitted(provider, call, tuple(context), fitting)
             async for chunk in telemetry.traced_chat(provider, call):
                 if chunk.event is not None:  # e.g. run.model.waiting (llm.reconnect)
                     emit(*chunk.event)
@@ -175,15 +216,18 @@ async def chat(
             partial = call.counted.usage(call)
             if partial != Usage():
                 record_usage(partial, provider.name)
+            if not parts and fitting.measured(call, exc):
+                continue  # refused as too long: fit it again, measured
             if not isinstance(exc, TransientModelError):
                 raise
             # Tokens already shown cannot be taken back, so only a clean failure is retried.
             if parts or attempt >= retries:
                 raise
             delay = backoff * (2**attempt)
+            attempt += 1
             emit(
                 "run.retry",
-                {"error": str(exc), "retry": attempt + 1, "of": retries, "delay_seconds": delay},
+                {"error": str(exc), "retry": attempt, "of": retries, "delay_seconds": delay},
             )
             await asyncio.sleep(delay)
             continue
@@ -191,7 +235,6 @@ async def chat(
             usage = call.counted.usage(call)
         record_usage(usage, provider.name)
         return ChatResult(text="".join(parts), usage=usage, model=provider.name, tool_calls=calls)
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 # The worker's environment variables a run's subprocess inherits (docs/agents.md): what a

@@ -28,6 +28,10 @@ from amelia_agents.llm.reconnect import Patience, UnreachableModelError, resumed
 _TRANSIENT_TYPES = {"overloaded_error", "api_error", "rate_limit_error", "timeout_error"}
 
 
+# The context window of the Claude models (Anthropic's model overview: 200k for all of them).
+CONTEXT_TOKENS = 200_000
+
+
 def translate_error(exc: Exception) -> ModelError:
     """An SDK exception as a `ModelError` whose message a person understands."""
     if isinstance(exc, anthropic.APIConnectionError):
@@ -90,6 +94,10 @@ class AnthropicModel(SdkModel[anthropic.AsyncAnthropic]):
         super().__init__(model, client)
         self.patience = patience
         self.server = f"anthropic: the API at {str(client.base_url).rstrip('/')}"
+
+    async def context_tokens(self) -> int | None:
+        """Every current Claude model reads 200k tokens (its documented window)."""
+        return CONTEXT_TOKENS
 
     def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         """The reply, streamed, waiting for the API if it cannot be reached (`llm.reconnect`)."""

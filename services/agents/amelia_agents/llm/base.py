@@ -166,6 +166,10 @@ class ChatModel(Protocol):
 
     def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]: ...
 
+    async def context_tokens(self) -> int | None:
+        """The tokens one request may hold (prompt and reply), or None when unknown."""
+        ...
+
 
 Client = TypeVar("Client")
 
@@ -179,6 +183,10 @@ class SdkModel(Generic[Client]):
         self.name = f"{self.provider}:{model}"
         self.model = model
         self.client = client
+
+    async def context_tokens(self) -> int | None:
+        """Unknown unless the provider knows it (see `llm.window`)."""
+        return None
 
     @staticmethod
     def ending(calls: dict[int, list[str]], usage: Usage) -> list[ChatChunk]:

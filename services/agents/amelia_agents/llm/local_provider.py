@@ -207,7 +207,7 @@ class LocalModel:
         self.inner = OpenAIModel(
             self.model, client, label="local", what="the local model server", restarting=LOADING
         )
-        self._prefills: bool | None = None  # whether the server continues a final assistant
+        self._fetched: tuple[dict[str, Any] | None] | None = None  # `/props`, once fetched
 
     async def _check_served(self) -> None:
         try:
@@ -237,11 +237,9 @@ class LocalModel:
                 f"{', '.join(map(repr, served)) or 'no model'}, not {self.model!r}: {ask}"
             )
 
-    async def _server_prefills(self) -> bool:
-        """Whether the server continues a request's final assistant message: llama.cpp (its
-        `/props` answers) does unless started with --no-prefill-assistant, which `amelia up`
-        never passes."""
-        if self._prefills is None:
+    async def _props(self) -> dict[str, Any] | None:
+        """llama.cpp's `/props` (None from a server that is not llama.cpp), fetched once."""
+        if self._fetched is None:
             root = self.base_url.rstrip("/").removesuffix("/v1")
             try:
                 props = await self.client.get(f"{root}/props", cast_to=object)
@@ -253,8 +251,22 @@ class LocalModel:
                 props = None
             except openai.OpenAIError:
                 props = None
-            self._prefills = isinstance(props, dict) and "default_generation_settings" in props
-        return self._prefills
+            self._fetched = (props,) if isinstance(props, dict) else (None,)
+        return self._fetched[0]
+
+    async def _server_prefills(self) -> bool:
+        """Whether the server continues a request's final assistant message: llama.cpp (its
+        `/props` answers) does unless started with --no-prefill-assistant, which `amelia up`
+        never passes."""
+        props = await self._props()
+        return props is not None and "default_generation_settings" in props
+
+    async def context_tokens(self) -> int | None:
+        """The context of one slot (a request's window): llama.cpp's `/props`
+        `default_generation_settings.n_ctx`; None from another server."""
+        settings = (await self._props() or {}).get("default_generation_settings") or {}
+        n_ctx = settings.get("n_ctx") if isinstance(settings, dict) else None
+        return n_ctx if isinstance(n_ctx, int) and n_ctx > 0 else None
 
     async def _continuation(
         self, request: ChatRequest, shown: str

@@ -38,6 +38,10 @@ def tokenize(text: str) -> list[str]:
 class OfflineModel:
     """A deterministic stand-in for a model."""
 
+    async def context_tokens(self) -> int | None:
+        """No window: the stand-in reads any prompt."""
+        return None
+
     def __init__(self, spec: str) -> None:
         self.name = f"offline:{spec}"
         # `?delay_ms=N` ends the spec; a `?` elsewhere (e.g. in a tool's JSON arguments) is text.

@@ -27,6 +27,7 @@ async def chat_with_tools(
     system: str = "",
     temperature: float | None = None,
     max_tokens: int = 1024,
+    context: Sequence[str] = (),
 ) -> ChatResult:
     """An agent's reply with the built-in tools it names (see `loop.tool_loop`)."""
     return await tool_loop(
@@ -36,6 +37,7 @@ async def chat_with_tools(
         system=system,
         temperature=temperature,
         max_tokens=max_tokens,
+        context=context,
     )
 
 

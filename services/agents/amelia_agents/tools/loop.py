@@ -93,9 +93,11 @@ async def tool_loop(
     temperature: float | None = None,
     max_tokens: int = 1024,
     max_rounds: int = MAX_TOOL_ROUNDS,
+    context: Sequence[str] = (),
 ) -> ChatResult:
     """A model reply that may use `tools` (an agent's built-ins, a workflow's own), at most
-    `max_rounds` rounds of tool calls; past it, `ToolRoundsExceededError`.
+    `max_rounds` rounds of tool calls; past it, `ToolRoundsExceededError`. `context` as in
+    `runtime.chat` (every round's prompt is fitted to the model's window).
 
     Every round's tokens stream as `run.token`; the reply's text is the concatenation of every
     round's text (what the user saw streamed) and its usage the sum of the calls'.
@@ -114,6 +116,7 @@ async def tool_loop(
             temperature=temperature,
             max_tokens=max_tokens,
             tools=specs,
+            context=context,
         )
         texts.append(result.text)
         usage.add(result.usage)

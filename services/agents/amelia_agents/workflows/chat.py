@@ -6,7 +6,7 @@ agent (or the chat input) names `context_sources`, passages from the RAG service
 `retrieve` searches the sources for the user's message (gRPC `RagService.Search`), emits a
 `run.retrieval` event with the passages (document, offsets, page, score, text) and keeps them in
 the state, so a worker that dies during `respond` does not search again. `respond` sends the
-thread's messages with the passages in the system prompt (`context_prompt`: numbered, asking for
+thread's messages with the passages in the system prompt (`context_blocks`: numbered, asking for
 `[n]` citations), after a `workflow.progress` event "reading context" (a small local model takes
 seconds to read them before its first token): they inform this reply without being added to the
 thread's memory (the next message retrieves its own). An agent with `tools` answers
@@ -73,18 +73,20 @@ NO_PASSAGES_PROMPT = (
 )
 
 
-def context_prompt(passages: list[dict[str, Any]]) -> str:
-    """The passages as a block of the system prompt, numbered as the `run.retrieval` event
-    numbers them, so `[n]` in the answer points at a passage the user can open."""
+def context_blocks(passages: list[dict[str, Any]]) -> tuple[str, list[str]]:
+    """The passages for the system prompt: a header, and one block per passage numbered as the
+    `run.retrieval` event numbers them, so `[n]` in the answer points at a passage the user can
+    open. The blocks go to the model call as `context`, dropped lowest-ranked first when the
+    prompt does not fit the model's window (`llm.window`)."""
     if not passages:
-        return NO_PASSAGES_PROMPT
+        return NO_PASSAGES_PROMPT, []
     blocks = []
     for p in passages:
         where = f"{p['document']}, characters {p['start_offset']}-{p['end_offset']}"
         if p.get("page"):
             where += f", page {p['page']}"
         blocks.append(f"Passage [{p['index']}] ({p['document_title']}: {where}):\n{p['content']}")
-    return "\n\n".join([CITATION_PROMPT, *blocks])
+    return CITATION_PROMPT, blocks
 
 
 def build_chat(agent: dict[str, Any] | None) -> StateGraph[Any, Any, Any, Any]:
@@ -96,21 +98,28 @@ def build_chat(agent: dict[str, Any] | None) -> StateGraph[Any, Any, Any, Any]:
     async def respond(state: ChatState) -> dict[str, Any]:
         request = state.get("request", {})
         params = model_params(agent, request)
+        context: list[str] = []
         if _sources(agent, request):
             passages = state.get("context", [])
-            context = context_prompt(passages)
-            params["system"] = f"{params['system']}\n\n{context}".strip()
+            header, context = context_blocks(passages)
+            params["system"] = f"{params['system']}\n\n{header}".strip()
             # A small local model reads ~80 prompt tokens/s: say why the first token waits.
             runtime.emit(
                 "workflow.progress",
-                {"step": "reading context", "passages": len(passages), "characters": len(context)},
+                {
+                    "step": "reading context",
+                    "passages": len(passages),
+                    "characters": len(header) + sum(len(c) + 2 for c in context),
+                },
             )
         tool_names = list((agent or {}).get("tools") or [])
         if tool_names:
             # The whole tool loop is this one node: a crash mid-loop re-runs it from the start.
-            result = await tools.chat_with_tools(state.get("messages", []), tool_names, **params)
+            result = await tools.chat_with_tools(
+                state.get("messages", []), tool_names, context=context, **params
+            )
         else:
-            result = await runtime.chat(state.get("messages", []), **params)
+            result = await runtime.chat(state.get("messages", []), context=context, **params)
         return {"messages": [{"role": "assistant", "content": result.text}]}
 
     def route(state: ChatState) -> str:
