@@ -14,6 +14,7 @@ from rag_helpers import Rag
 from sqlalchemy import text
 
 from amelia.v1 import rag_pb2
+from amelia_rag.chunking import context_text
 from amelia_rag.indexer import MAX_ATTEMPTS
 
 GUIDE = b"# Orchard\n\n" + b"".join(
@@ -25,14 +26,10 @@ GUIDE = b"# Orchard\n\n" + b"".join(
 async def _claimed_by_a_dead_process(rag: Rag, name: str, attempts: int, seconds: float) -> None:
     """What a rag process killed before saving any batch leaves: its lease, nothing embedded."""
     document_id = uuid.UUID(name.removeprefix("documents/"))
+    await _leased(rag, document_id, "dead-process", seconds=seconds, attempts=attempts)
     async with rag.store.sessions() as session, session.begin():
         await session.execute(
-            text(
-                "UPDATE documents SET state = 'indexing', lease_owner = 'dead-process',"
-                " lease_until = now() + make_interval(secs => :s), index_attempts = :a"
-                " WHERE id = :d"
-            ),
-            {"s": seconds, "a": attempts, "d": document_id},
+            text("UPDATE documents SET state = 'indexing' WHERE id = :d"), {"d": document_id}
         )
         await session.execute(
             text("UPDATE chunks SET embedding = NULL WHERE document_id = :d"), {"d": document_id}
@@ -165,3 +162,96 @@ async def test_each_chunk_holds_the_vector_of_its_own_text(rag: Rag) -> None:
     assert np.abs(stored - expected).max() < 1e-4
     assert (np.argmax(stored @ expected.T, axis=1) == np.arange(len(rows))).all()
     await rag.stub.DeleteDocument(rag_pb2.DeleteDocumentRequest(name=reply.document.name))
+
+
+async def _leased(
+    rag: Rag, document_id: uuid.UUID, owner: str, *, seconds: float, attempts: int | None = None
+) -> None:
+    """`owner` holds the document for `seconds` more, after its claim number `attempts` (by
+    default one more claim than before), its saved embeddings kept."""
+    async with rag.store.sessions() as session, session.begin():
+        await session.execute(
+            text(
+                "UPDATE documents SET lease_owner = :o,"
+                " lease_until = now() + make_interval(secs => :s),"
+                " index_attempts = coalesce(CAST(:a AS integer), index_attempts + 1)"
+                " WHERE id = :d"
+            ),
+            {"o": owner, "s": seconds, "a": attempts, "d": document_id},
+        )
+
+
+async def _dead_process_saves_a_batch(rag: Rag, name: str, owner: str, size: int) -> None:
+    """A rag process claims the document, saves one batch of embeddings and dies (its lease
+    still running): an interruption after which indexing made progress."""
+    document_id = uuid.UUID(name.removeprefix("documents/"))
+    await _leased(rag, document_id, owner, seconds=600)
+    row = await rag.store.get(document_id)
+    assert row is not None
+    pending = await rag.store.pending(document_id, size)
+    texts = [context_text(row.title, p.heading_path, p.page, p.content) for p in pending]
+    vectors = rag.model.model.encode(texts, normalize_embeddings=True)
+    saved = await rag.store.save_vectors(
+        document_id, owner, row.content_hash, [p.id for p in pending], vectors, 600
+    )
+    assert saved
+
+
+async def _api_progress(rag: Rag, name: str) -> tuple[int, int, int]:
+    """(state, embedded, total) as GetDocument tells any client."""
+    reply = await rag.stub.GetDocument(rag_pb2.GetDocumentRequest(name=name))
+    d = reply.document
+    return d.state, d.embedded_chunk_count, d.chunk_count
+
+
+async def test_interruptions_after_progress_do_not_fail_a_document(rag: Rag) -> None:
+    """Interrupted more than MAX_ATTEMPTS times, each time after saving a batch: carried on to
+    READY, and every screen could follow how far it got."""
+    tag = uuid.uuid4().hex[:8]
+    reply = await rag.ingest(GUIDE + tag.encode(), file_path=f"/orchard/progress-{tag}.md")
+    name, total = reply.document.name, reply.document.chunk_count
+    assert reply.document.embedded_chunk_count in (0, total)  # answered before or after indexing
+    assert await _api_progress(rag, name) == (rag_pb2.DOCUMENT_STATE_READY, total, total)
+    await _claimed_by_a_dead_process(rag, name, attempts=0, seconds=600)
+    assert await _api_progress(rag, name) == (rag_pb2.DOCUMENT_STATE_INDEXING, 0, total)
+    batch = 4
+    for i in range(MAX_ATTEMPTS + 2):
+        await _dead_process_saves_a_batch(rag, name, f"dead-{i}", batch)
+        assert await _api_progress(rag, name) == (
+            rag_pb2.DOCUMENT_STATE_INDEXING,
+            batch * (i + 1),
+            total,
+        )
+    listed = await rag.stub.ListDocuments(rag_pb2.ListDocumentsRequest(page_size=1000))
+    [mine] = [d for d in listed.documents if d.name == name]
+    assert mine.embedded_chunk_count == batch * (MAX_ATTEMPTS + 2)
+    await _lease_runs_out(rag, name)
+    assert await rag.indexed(name) == "ready"
+    assert await _api_progress(rag, name) == (rag_pb2.DOCUMENT_STATE_READY, total, total)
+    await rag.stub.DeleteDocument(rag_pb2.DeleteDocumentRequest(name=name))
+
+
+async def test_ingesting_a_failed_document_again_resumes_its_embeddings(rag: Rag) -> None:
+    tag = uuid.uuid4().hex[:8]
+    content = GUIDE + tag.encode()
+    path = f"/orchard/resume-{tag}.md"
+    reply = await rag.ingest(content, file_path=path)
+    name, total = reply.document.name, reply.document.chunk_count
+    await _claimed_by_a_dead_process(rag, name, attempts=0, seconds=600)
+    await _dead_process_saves_a_batch(rag, name, "dead", 16)
+    # Then interrupted MAX_ATTEMPTS times in a row without progress: given up.
+    document_id = uuid.UUID(name.removeprefix("documents/"))
+    await _leased(rag, document_id, "dead-process", seconds=0, attempts=MAX_ATTEMPTS)
+    assert await rag.indexed(name) == "failed"
+    _, error = await rag.state(name)
+    assert "without progress" in error and "ingest the document again" in error
+    assert await _api_progress(rag, name) == (rag_pb2.DOCUMENT_STATE_FAILED, 16, total)
+    before = rag.model.texts
+    again = await rag.ingest(content, file_path=path)
+    assert not again.unchanged and again.document.name == name
+    assert again.document.embedded_chunk_count >= 16
+    assert await rag.state(name) == ("ready", "")
+    # Only the chunks not embedded before were embedded.
+    assert rag.model.texts - before == total - 16
+    assert await _api_progress(rag, name) == (rag_pb2.DOCUMENT_STATE_READY, total, total)
+    await rag.stub.DeleteDocument(rag_pb2.DeleteDocumentRequest(name=name))

@@ -9,8 +9,12 @@ next carries on from there), publishes `document.progress`, and finally marks th
 
 A lease lasts `lease_seconds` and is renewed while the work goes on; a process that dies stops
 renewing it, and any process (itself, restarted) takes the document over once it has run out.
-A document whose indexing was interrupted or failed `max_attempts` times is marked `failed`
-with the reason, published as `document.failed`, so nothing stays `indexing` forever.
+A document whose indexing was interrupted or failed `max_attempts` times in a row without
+progress is marked `failed` with the reason, published as `document.failed`, so nothing stays
+`indexing` forever. A saved batch is progress: it resets the count to the claim in hand (like a
+heartbeating activity), so a big document interrupted now and then while it advances is carried
+on to the end, and one that stops advancing is still given up. Ingesting a `failed` document's
+same content again resumes it with the embeddings already saved (ingest.py).
 """
 
 from __future__ import annotations
@@ -112,12 +116,14 @@ class Indexer:
         if row.index_attempts > self.max_attempts:
             await self._give_up(
                 row,
-                f"indexing was interrupted {row.index_attempts - 1} times (the rag process "
-                f"stopped or lost its database); ingest the document again to retry",
+                f"indexing was interrupted {row.index_attempts - 1} times in a row without "
+                f"progress (the rag process stopped or lost its database); ingest the document "
+                f"again to resume it",
             )
             return
         heartbeat = asyncio.create_task(self._renew(row))
         started = time.perf_counter()
+        attempts = row.index_attempts  # in a row without progress, this claim included
         try:
             total = row.chunk_count
             done = total - await self.store.count_pending(document_id)
@@ -140,6 +146,7 @@ class Indexer:
                 if not kept:
                     log.info("document changed while indexing", document=str(document_id))
                     return
+                attempts = 1  # save_vectors reset the count: this batch was progress
                 done += len(pending)
                 if done < total:
                     await self._progress(document_id, done, total)
@@ -165,12 +172,12 @@ class Indexer:
         except Exception as exc:  # noqa: BLE001 - whatever went wrong is recorded on the document
             reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             log.warning("indexing failed", document=str(document_id), error=reason)
-            if row.index_attempts >= self.max_attempts:
+            if attempts >= self.max_attempts:
                 await self._give_up(row, f"indexing failed: {reason}")
             else:
                 with contextlib.suppress(Exception):
                     await self.store.release(
-                        document_id, self.owner, content_hash, RETRY_SECONDS * row.index_attempts
+                        document_id, self.owner, content_hash, RETRY_SECONDS * attempts
                     )
         finally:
             heartbeat.cancel()

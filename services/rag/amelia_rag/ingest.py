@@ -5,8 +5,9 @@ embeddings, the slow part, are computed afterwards by the indexer (indexer.py) o
 process claims the document. Bad content is still refused before anything is stored.
 
 Idempotent by content: the same bytes indexed with the same model and chunking are not parsed
-or embedded again (only title/source/metadata are refreshed). Changed content replaces the old
-chunks in one transaction. Events, all with subject `documents/{id}`:
+or embedded again (only title/source/metadata are refreshed); the same bytes of a document whose
+indexing `failed` send it back to indexing with the embeddings already saved kept (resume, not
+redo). Changed content replaces the old chunks in one transaction. Events, all with subject `documents/{id}`:
 
 - `document.uploaded` when the document is stored, published inside the storing transaction
   so an event-log outage leaves nothing half-written (title, type, size, hash, chunk count);
@@ -231,20 +232,14 @@ class Ingestor:
             index_signature=signature,
             meta=source.metadata,
         )
-        if (
+        same = (
             existing is not None
             and existing.content_hash == content_hash
             and existing.index_signature == signature
-            and existing.state != "failed"
-        ):
+        )
+        if existing is not None and same and existing.state != "failed":
             fields.title = source.title.strip() or existing.title
             return IngestResult(await self.store.touch(existing, fields), unchanged=True)
-
-        prepared = await asyncio.to_thread(
-            prepare, source, content, self.settings.CHUNK_SIZE, self.settings.CHUNK_OVERLAP
-        )
-        fields.type, fields.title = prepared.type, prepared.title
-        document_id = existing.id if existing is not None else uuid.uuid4()
 
         async def uploaded(row: DocumentRow) -> None:
             await self.publish(
@@ -260,6 +255,18 @@ class Ingestor:
                 ),
             )
 
+        if same:
+            resumed = await self.store.resume(fields, uploaded)
+            if resumed is not None:
+                self.stored()
+                log.info("failed document resumed", document=str(resumed.id))
+                return IngestResult(resumed, unchanged=False)
+
+        prepared = await asyncio.to_thread(
+            prepare, source, content, self.settings.CHUNK_SIZE, self.settings.CHUNK_OVERLAP
+        )
+        fields.type, fields.title = prepared.type, prepared.title
+        document_id = existing.id if existing is not None else uuid.uuid4()
         result = await self.store.replace(
             document_id, fields, prepared.chunks, prepared.passages, uploaded
         )

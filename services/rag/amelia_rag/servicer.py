@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import re
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -115,7 +115,8 @@ STATE_TO_PROTO = {
 }
 
 
-def document_to_proto(row: DocumentRow) -> rag_pb2.Document:
+def document_to_proto(row: DocumentRow, embedded: int) -> rag_pb2.Document:
+    """The Document resource; `embedded` is how many of its chunks have their embedding."""
     document = rag_pb2.Document(
         name=f"documents/{row.id}",
         title=row.title,
@@ -127,6 +128,7 @@ def document_to_proto(row: DocumentRow) -> rag_pb2.Document:
         chunk_count=row.chunk_count,
         state=STATE_TO_PROTO.get(row.state, rag_pb2.DOCUMENT_STATE_UNSPECIFIED),
         index_error=row.index_error or "",
+        embedded_chunk_count=embedded,
     )
     metadata = struct_pb2.Struct()
     metadata.update(row.meta or {})
@@ -231,6 +233,11 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
         self.ingestor = ingestor
         self.searcher = searcher
 
+    async def _documents(self, rows: Sequence[DocumentRow]) -> list[rag_pb2.Document]:
+        """Documents as the API shows them, with how far their indexing has got."""
+        embedded = await self.store.embedded_counts(rows)
+        return [document_to_proto(r, embedded[r.id]) for r in rows]
+
     async def IngestDocument(
         self, request: rag_pb2.IngestDocumentRequest, context: grpc.aio.ServicerContext
     ) -> rag_pb2.IngestDocumentResponse:
@@ -242,9 +249,8 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
             )
         with rag_errors():
             result = await self.ingestor.ingest(source_from_proto(request.source), request.content)
-        return rag_pb2.IngestDocumentResponse(
-            document=document_to_proto(result.document), unchanged=result.unchanged
-        )
+        [document] = await self._documents([result.document])
+        return rag_pb2.IngestDocumentResponse(document=document, unchanged=result.unchanged)
 
     async def UploadDocument(
         self,
@@ -276,9 +282,8 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
             raise InvalidArgumentError("the upload sent no source message")
         with rag_errors():
             result = await self.ingestor.ingest(source, bytes(content))
-        return rag_pb2.UploadDocumentResponse(
-            document=document_to_proto(result.document), unchanged=result.unchanged
-        )
+        [document] = await self._documents([result.document])
+        return rag_pb2.UploadDocumentResponse(document=document, unchanged=result.unchanged)
 
     async def GetDocument(
         self, request: rag_pb2.GetDocumentRequest, context: grpc.aio.ServicerContext
@@ -286,7 +291,8 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
         row = await self.store.get(parse_name(request.name))
         if row is None:
             raise NotFoundError(f"{request.name} does not exist")
-        return rag_pb2.GetDocumentResponse(document=document_to_proto(row))
+        [document] = await self._documents([row])
+        return rag_pb2.GetDocumentResponse(document=document)
 
     async def ListDocuments(
         self, request: rag_pb2.ListDocumentsRequest, context: grpc.aio.ServicerContext
@@ -301,7 +307,7 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
                 metadata=metadata_filter(request.metadata_filter),
             )
         return rag_pb2.ListDocumentsResponse(
-            documents=[document_to_proto(r) for r in rows], next_page_token=token
+            documents=await self._documents(rows), next_page_token=token
         )
 
     async def ListChunks(

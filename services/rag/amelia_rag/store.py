@@ -184,20 +184,8 @@ class DocumentStore:
         is `unchanged`.
         """
         async with transaction(self.sessions) as session:
-            await session.execute(
-                text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
-                {"key": f"amelia.rag.document:{fields.identity}"},
-            )
-            result = await session.execute(
-                select(DocumentRow).where(DocumentRow.identity == fields.identity).with_for_update()
-            )
-            row = result.scalar_one_or_none()
-            if (
-                row is not None
-                and row.content_hash == fields.content_hash
-                and row.index_signature == fields.index_signature
-                and row.state != "failed"
-            ):
+            row = await _locked_identity(session, fields.identity)
+            if row is not None and row.state != "failed" and _same_content(row, fields):
                 return ReplaceResult(row, unchanged=True)
             now = _now()
             if row is None:
@@ -246,6 +234,39 @@ class DocumentStore:
                 )
             await before_commit(row)
             return ReplaceResult(row, unchanged=False)
+
+    async def resume(
+        self, fields: DocumentFields, before_commit: BeforeCommit
+    ) -> DocumentRow | None:
+        """A `failed` document ingested again with the same content: back to `indexing` with its
+        chunks and the embeddings already computed kept, so indexing resumes rather than
+        restarts. None when the stored document is not that (the caller replaces it then).
+        """
+        async with transaction(self.sessions) as session:
+            row = await _locked_identity(session, fields.identity)
+            if row is None or not _same_content(row, fields) or row.state != "failed":
+                return None
+            row.title = fields.title.strip() or row.title
+            row.source_uri, row.meta = fields.source_uri, fields.meta
+            row.state, row.index_error = "indexing", ""
+            row.lease_owner, row.lease_until, row.index_attempts = None, None, 0
+            await session.flush()
+            await before_commit(row)
+            return row
+
+    async def embedded_counts(self, rows: Sequence[DocumentRow]) -> dict[uuid.UUID, int]:
+        """How many chunks of each document have their embedding (all of a `ready` one)."""
+        counts = {r.id: r.chunk_count for r in rows if r.state == "ready"}
+        others = [r.id for r in rows if r.state != "ready"]
+        if others:
+            async with self.sessions() as session:
+                result = await session.execute(
+                    select(ChunkRow.document_id, func.count())
+                    .where(ChunkRow.document_id.in_(others), ChunkRow.embedding.is_not(None))
+                    .group_by(ChunkRow.document_id)
+                )
+                counts.update({document_id: int(n) for document_id, n in result.all()})
+        return {r.id: counts.get(r.id, 0) for r in rows}
 
     async def reembed_other_models(self, embedder_signature: str, model: str) -> int:
         """Send documents embedded by another model back to `indexing`, their vectors dropped.
@@ -353,6 +374,9 @@ class DocumentStore:
                 },
             )
             row.lease_until = await _lease_end(session, lease_seconds)
+            # Progress: the interruptions before this one no longer count against the document
+            # (only this claim does), so a slow document interrupted now and then is not given up.
+            row.index_attempts = 1
             return True
 
     async def renew(
@@ -497,6 +521,24 @@ class DocumentStore:
             query = query.where(ChunkRow.document_id == document_id)
         async with self.sessions() as session:
             return int((await session.execute(query)).scalar_one())
+
+
+async def _locked_identity(session: AsyncSession, identity: str) -> DocumentRow | None:
+    """The document with this identity, locked, after the advisory lock that serializes
+    concurrent ingests of it (which may be creating it)."""
+    await session.execute(
+        text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+        {"key": f"amelia.rag.document:{identity}"},
+    )
+    result = await session.execute(
+        select(DocumentRow).where(DocumentRow.identity == identity).with_for_update()
+    )
+    return result.scalar_one_or_none()
+
+
+def _same_content(row: DocumentRow, fields: DocumentFields) -> bool:
+    """The stored document holds these bytes, chunked and embedded the same way."""
+    return (row.content_hash, row.index_signature) == (fields.content_hash, fields.index_signature)
 
 
 async def _lease_end(session: AsyncSession, seconds: float) -> datetime:

@@ -20,6 +20,7 @@ from rich.text import Text
 
 from amelia.v1 import rag_pb2
 from amelia_cli.client import Column, ago, fail, listing, rag, resource, said
+from amelia_cli.docstate import state_label
 from amelia_cli.help_text import App
 from amelia_common.settings import get_settings
 
@@ -288,6 +289,24 @@ DOCUMENT_COLUMNS = (
 )
 
 
+def document_row(d: rag_pb2.Document) -> tuple[str, ...]:
+    """A document as a row of DOCUMENT_COLUMNS."""
+    return (
+        d.name,
+        d.title,
+        rag_pb2.DocumentType.Name(d.type).removeprefix("DOCUMENT_TYPE_").lower(),
+        state_label(
+            rag_pb2.DocumentState.Name(d.state),
+            d.embedded_chunk_count,
+            d.chunk_count,
+            d.index_error,
+        ),
+        str(d.chunk_count),
+        str(d.size_bytes),
+        ago(d.update_time),
+    )
+
+
 @docs_app.command("ls")
 def ls(
     doc_type: list[str] = typer.Option([], "--type", help="Only these types."),
@@ -317,21 +336,7 @@ def ls(
         documents = asyncio.run(go())
     except grpc.aio.AioRpcError as exc:
         raise fail(exc) from exc
-    rows = []
-    for d in documents:
-        state = rag_pb2.DocumentState.Name(d.state).removeprefix("DOCUMENT_STATE_").lower()
-        rows.append(
-            (
-                d.name,
-                d.title,
-                rag_pb2.DocumentType.Name(d.type).removeprefix("DOCUMENT_TYPE_").lower(),
-                f"{state}: {d.index_error}" if d.index_error else state,
-                str(d.chunk_count),
-                str(d.size_bytes),
-                ago(d.update_time),
-            )
-        )
-    listing(console, DOCUMENT_COLUMNS, rows)
+    listing(console, DOCUMENT_COLUMNS, [document_row(d) for d in documents])
 
 
 @docs_app.command("rm")

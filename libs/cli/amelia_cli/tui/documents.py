@@ -11,6 +11,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import ContentSwitcher, DataTable, Footer, Input, Label, Static
 
+from amelia_cli.docstate import state_label
 from amelia_cli.tui.common import ListScreen, TopBar, amelia, ask, when
 from amelia_cli.tui.gateway import ApiError
 from amelia_cli.tui.passages import passage_text
@@ -63,6 +64,7 @@ class DocumentsScreen(ListScreen):
             table: DataTable[Any] = DataTable(id="doc-table", cursor_type="row")
             table.add_column("Title", key="title")
             table.add_column("Type", key="type")
+            table.add_column("State", key="state")
             table.add_column("Chunks", key="chunks")
             table.add_column("Size", key="size")
             table.add_column("Updated", key="updated")
@@ -93,6 +95,12 @@ class DocumentsScreen(ListScreen):
             table.add_row(
                 str(doc.get("title") or doc.get("name", "")),
                 TYPE_LABEL.get(str(doc.get("type")), ""),
+                state_label(
+                    str(doc.get("state") or ""),
+                    int(doc.get("embeddedChunkCount") or 0),
+                    int(doc.get("chunkCount") or 0),
+                    str(doc.get("indexError") or ""),
+                ),
                 str(doc.get("chunkCount") or 0),
                 size_label(doc.get("sizeBytes")),
                 when(doc.get("updateTime") or doc.get("createTime")),
