@@ -75,7 +75,7 @@ async def _healthy(http: httpx.AsyncClient) -> None:
 @pytest.mark.parametrize("case", sorted(HOSTILE_BODIES))
 async def test_hostile_json_is_400_on_every_body_route(http: httpx.AsyncClient, case: str) -> None:
     body, word = HOSTILE_BODIES[case]
-    for rule in (r for r in ROUTES if r.body == "*"):
+    for rule in (r for r in ROUTES if r.body):
         reply = await http.request(
             rule.method,
             example_path(rule),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import uuid
 from typing import Any
 
 import httpx
@@ -333,3 +334,33 @@ async def test_a_token_larger_than_an_event_stays_a_string_and_says_it_was_cut(
     text, cut = tokens[0]["text"], tokens[0]["text_truncated"]
     assert isinstance(text, str) and word.startswith(text) and 0 < len(text) < len(word)
     assert cut["characters"] == len(word) and cut["see"].startswith("GetRun runs/"), cut
+
+
+async def test_fields_beside_the_body_come_from_the_query_string(mesh: Mesh) -> None:
+    """grpc-gateway's `body: "agent"`: the request's other fields may come from the query
+    string, so a client chooses the id and retries safely: the second identical POST is a 409
+    (the first created the agent), never a second agent. Was: 400 "unknown query parameter
+    'agentId'"."""
+    http = mesh.http
+    agent_id = f"qa-{uuid.uuid4().hex[:12]}"
+    body = {"agent": {"displayName": "Echo", "model": "offline:echo"}}
+    first = await http.post("/v1/agents", params={"agentId": agent_id}, json=body)
+    assert first.status_code == 200, first.text
+    assert first.json()["agent"]["name"] == f"agents/{agent_id}"
+    again = await http.post("/v1/agents", params={"agent_id": agent_id}, json=body)
+    assert again.status_code == 409 and again.json()["code"] == 6, again.text
+    # The same for every route whose body is a sub-field: a run's idempotency key.
+    key = uuid.uuid4().hex
+    run = {"run": {"agent": f"agents/{agent_id}", "input": {"message": "hi"}}}
+    runs = [(await http.post("/v1/runs", params={"requestId": key}, json=run)) for _ in range(2)]
+    assert [r.status_code for r in runs] == [200, 200], runs[0].text
+    assert runs[0].json()["run"]["name"] == runs[1].json()["run"]["name"]
+    # Refused: a field in both places, the body's own field, and any query on a "*" route.
+    both = await http.post("/v1/agents", params={"agentId": "x"}, json={**body, "agentId": "y"})
+    assert both.status_code == 400 and "both" in both.json()["message"], both.text
+    resource = await http.post("/v1/agents", params={"agent.model": "x"}, json=body)
+    assert resource.status_code == 400, resource.text
+    assert "except agentId" in resource.json()["message"], resource.text
+    search = await http.post("/v1/search", params={"topK": "3"}, json={"query": "x"})
+    assert search.status_code == 400, search.text
+    assert "unknown query parameter 'topK'" in search.json()["message"], search.text

@@ -21,7 +21,6 @@ from amelia_gateway.errors import (
     GatewayError,
     error_response,
     internal,
-    invalid,
 )
 from amelia_gateway.requests import (
     NDJSON,
@@ -85,7 +84,7 @@ async def _request_message(gateway: Gateway, request: Request, found: Match) -> 
     rule = found.rule
     raw = b""
     query = list(request.query_params.multi_items())
-    if rule.body == "*":
+    if rule.body:
         content_type = request.headers.get("content-type", "application/json")
         if not is_json(content_type):
             raise GatewayError(
@@ -94,16 +93,12 @@ async def _request_message(gateway: Gateway, request: Request, found: Match) -> 
                 http_status=415,
             )
         raw = await read_body(request, gateway.settings.MAX_REQUEST_BYTES)
-        if query:
-            raise invalid(
-                f"unknown query parameter {query[0][0]!r}: this route takes its fields"
-                " from the JSON body"
-            )
 
     def transcode() -> Any:
         return build_request(
             message_class(rule.input),
-            body=parse_json_body(raw),
+            body=parse_json_body(raw) if rule.body else None,
+            body_field=rule.body,
             query=query,
             path=rule.bound_fields(found.variables),
         )

@@ -180,7 +180,11 @@ class SchemaBuilder:
         return schema
 
 
-def _query_parameters(builder: SchemaBuilder, rule: Rule) -> list[dict[str, Any]]:
+def _query_parameters(
+    builder: SchemaBuilder, rule: Rule, *, beside_body: bool = False
+) -> list[dict[str, Any]]:
+    """The query parameters of a route: every settable field, or with `beside_body` only the
+    top-level ones that are not messages (transcode.check_query_beside_body)."""
     bound = set(rule.bind)
     parameters: list[dict[str, Any]] = []
 
@@ -190,6 +194,8 @@ def _query_parameters(builder: SchemaBuilder, rule: Rule) -> list[dict[str, Any]
             if proto_path in bound:
                 continue
             name = prefix + field.json_name
+            if beside_body and field.type == FieldDescriptor.TYPE_MESSAGE:
+                continue
             if is_map(field):
                 value = msg_type(field).fields_by_name["value"]
                 if query_settable(value):
@@ -286,7 +292,7 @@ def _operation(builder: SchemaBuilder, rule: Rule) -> dict[str, Any]:
         ],
         "responses": _responses(builder.ref(rule.output), rule.server_streaming),
     }
-    if rule.body == "*":
+    if rule.body:
         content: dict[str, Any] = {"application/json": {"schema": builder.ref(rule.input)}}
         if rule.uploads:
             content["multipart/form-data"] = {
@@ -303,6 +309,8 @@ def _operation(builder: SchemaBuilder, rule: Rule) -> dict[str, Any]:
             }
             content["application/octet-stream"] = {"schema": {"type": "string", "format": "binary"}}
         operation["requestBody"] = {"required": True, "content": content}
+        if rule.body != "*":
+            operation["parameters"] += _query_parameters(builder, rule, beside_body=True)
     else:
         operation["parameters"] += _query_parameters(builder, rule)
     operation["parameters"].append({"$ref": "#/components/parameters/RequestTimeout"})

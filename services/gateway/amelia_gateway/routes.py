@@ -7,7 +7,11 @@ from the proto descriptors, so exposing a new RPC over HTTP is one line here.
 Templates are AIP/grpc-gateway style: `{run}` is a path variable (one path segment, no `/` or
 `:`), `:cancel` a custom verb; `bind` says which request field a variable fills and how
 (`{"name": "runs/{run}"}` turns `/v1/runs/abc` into `name = "runs/abc"`). `body="*"` means the JSON
-body is the whole request message; routes without a body take their fields from the query string.
+body is the whole request message; `body="agent"` (grpc-gateway's annotation for a request that
+carries a resource) means the body is for that field: it is still sent as the request message
+(`{"agent": {…}}`), and the request's other top-level fields (`agentId`) may come from the query
+string instead (`transcode.check_query_beside_body`). Routes without a body take their fields from
+the query string.
 """
 
 from __future__ import annotations
@@ -94,7 +98,7 @@ ROUTES: tuple[Rule, ...] = (
     Rule("GET", "/v1/events:stream", "EventService", "StreamEvents"),
     *_resource("events", "event", "EventService", get="GetEvent"),
     # AgentService: agents
-    Rule("POST", "/v1/agents", "AgentService", "CreateAgent", body="*"),
+    Rule("POST", "/v1/agents", "AgentService", "CreateAgent", body="agent"),
     Rule("GET", "/v1/agents", "AgentService", "ListAgents"),
     *_resource("agents", "agent", "AgentService", get="GetAgent", delete="DeleteAgent"),
     Rule(
@@ -102,16 +106,16 @@ ROUTES: tuple[Rule, ...] = (
         "/v1/agents/{agent}",
         "AgentService",
         "UpdateAgent",
-        body="*",
+        body="agent",
         bind={"agent.name": "agents/{agent}"},
     ),
     # AgentService: threads
-    Rule("POST", "/v1/threads", "AgentService", "CreateThread", body="*"),
+    Rule("POST", "/v1/threads", "AgentService", "CreateThread", body="thread"),
     Rule("GET", "/v1/threads", "AgentService", "ListThreads"),
     *_resource("threads", "thread", "AgentService", get="GetThread", delete="DeleteThread"),
     # AgentService: workflows and runs
     Rule("GET", "/v1/workflows", "AgentService", "ListWorkflows"),
-    Rule("POST", "/v1/runs", "AgentService", "CreateRun", body="*"),
+    Rule("POST", "/v1/runs", "AgentService", "CreateRun", body="run"),
     Rule("GET", "/v1/runs", "AgentService", "ListRuns"),
     Rule("GET", "/v1/queue", "AgentService", "GetRunQueue"),
     *_resource("runs", "run", "AgentService", get="GetRun"),

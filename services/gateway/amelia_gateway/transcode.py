@@ -351,19 +351,57 @@ def set_path_field(message: Message, path: str, value: str) -> None:
     setattr(target, leaf, value)
 
 
+def check_query_beside_body(
+    descriptor: Descriptor,
+    body_field: str,
+    body: Mapping[str, Any],
+    items: Iterable[tuple[str, str]],
+) -> None:
+    """What the query string may set on a route with a JSON body. `body_field` "*": nothing
+    (the body is the whole request). A field (`agent`, grpc-gateway's `body: "agent"`): the
+    request's other top-level fields a query value can set (scalars, enums, lists of them), as
+    grpc-gateway takes them: `POST /v1/agents?agentId=x`, `POST /v1/runs?requestId=k`; a field
+    set both in the query and in the body is refused."""
+    settable = {
+        f.name: f
+        for f in descriptor.fields
+        if f.type != FieldDescriptor.TYPE_MESSAGE and body_field != "*"
+    }
+    in_body = {f.name for key in body if (f := find_field(descriptor, key)) is not None}
+    for key, _ in items:
+        field = find_field(descriptor, key)
+        if field is None or field.name not in settable:
+            allowed = ", ".join(f.json_name for f in settable.values())
+            raise invalid(
+                f"unknown query parameter {key!r}: this route takes "
+                + (
+                    f"its fields from the JSON body except {allowed}"
+                    if allowed
+                    else "its fields from the JSON body"
+                )
+            )
+        if field.name in in_body:
+            raise invalid(f"{key!r} is given both in the query string and in the JSON body")
+
+
 def build_request(
     message_cls: type[Message],
     *,
     body: Mapping[str, Any] | None,
     query: Iterable[tuple[str, str]],
     path: Mapping[str, str],
+    body_field: str = "",
 ) -> Message:
-    """The request message for an HTTP request: body, then query, then path variables."""
+    """The request message for an HTTP request: body, then query, then path variables. On a
+    route with a body (`body_field`), the query may set only what `check_query_beside_body`
+    lets it."""
     message = message_cls()
     descriptor = cast(Descriptor, message_cls.DESCRIPTOR)
+    query_items = list(query)
+    if body_field and query_items:
+        check_query_beside_body(descriptor, body_field, body or {}, query_items)
     if body:
         parse_into(message, _field_masks(descriptor, body), "request body")
-    query_items = list(query)
     if query_items:
         values = query_to_dict(descriptor, query_items, set(path))
         from_query = message_cls()
