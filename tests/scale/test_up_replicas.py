@@ -27,7 +27,7 @@ from service_process import python_path
 
 from amelia.v1 import agents_pb2, agents_pb2_grpc
 from amelia_cli.supervisor import read_state
-from amelia_common.embedded import free_port, process_alive
+from amelia_common.embedded import free_port, log_tail, process_alive
 from amelia_common.grpc_client import aio_channel
 from amelia_common.settings import Settings
 
@@ -104,6 +104,9 @@ def mesh(infra: Any, tmp_path: Path) -> Iterator[tuple[dict[str, str], Settings]
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        # Shown by pytest only when the test failed: what each replica said last.
+        for log in sorted((Path(env["AMELIA_DATA_DIR"]) / "logs").glob("*.log")):
+            print(f"--- {log.name} (last lines)\n{log_tail(log, 30)}")
     # Ctrl-C stops every replica, not only the first of each service.
     assert pids and not [pid for pid in pids if process_alive(pid)], output.read_text()
 
