@@ -40,10 +40,10 @@ ACCEPTED = [
     ({"retry_attempts": 0}, "retry_attempts", "retry_attempts", 0),
     ({"retry_attempts": 20}, "retry_attempts", "retry_attempts", 20),
     (
-        {"context_sources": ["documents/*", "documents/a"]},
+        {"context_sources": ["documents/*", "documents/0b8f6c1e-0d3c-4a0f-9f2e-5b1c2d3e4f50"]},
         "context_sources",
         "context_sources",
-        ["documents/*", "documents/a"],
+        ["documents/*", "documents/0b8f6c1e-0d3c-4a0f-9f2e-5b1c2d3e4f50"],
     ),
     ({"tools": ["calculator", "calculator"]}, "tools", "tools", ["calculator"]),
     ({"display_name": "Ada"}, "display_name", "display_name", "Ada"),

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeAlias
 
 from amelia.v1 import agents_pb2
-from amelia_agents import convert, tools
+from amelia_agents import convert, retrieval, tools
 from amelia_agents.llm import ModelError, local_provider, parse_model
 from amelia_agents.runtime import DEFAULT_RETRY_ATTEMPTS, DEFAULT_TIMEOUT_SECONDS
 from amelia_common.errors import InvalidArgumentError, check_json
@@ -117,12 +117,10 @@ def retry_attempts(agent: Agent, settings: Settings) -> int:
 
 
 def context_sources(agent: Agent, settings: Settings) -> list[str]:
-    for source in agent.context_sources:
-        if not source.startswith("documents/"):
-            raise InvalidArgumentError(
-                f"context source {source!r} must be 'documents/<id>' or 'documents/*'"
-            )
-    return list(agent.context_sources)
+    try:
+        return retrieval.check_sources(list(agent.context_sources), "agent.context_sources")
+    except ValueError as exc:
+        raise InvalidArgumentError(str(exc)) from None
 
 
 def tool_names(agent: Agent, settings: Settings) -> list[str]:

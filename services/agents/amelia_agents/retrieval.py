@@ -13,6 +13,8 @@ fallback.
 from __future__ import annotations
 
 import asyncio
+import re
+import uuid
 from typing import Any
 
 import grpc
@@ -22,6 +24,12 @@ from amelia_agents import runtime
 from amelia_common.grpc_client import aio_channel
 
 ALL_DOCUMENTS = "documents/*"
+ACCEPTED = (
+    "'documents/<id>' (<id> a document's UUID, as 'amelia docs ls' shows it) or 'documents/*' "
+    "(every document)"
+)
+# The RAG service's document ids (its `parse_name`): a UUID, with or without dashes.
+_UUID = re.compile(r"[0-9a-fA-F-]{32,36}")
 SEARCH_TIMEOUT_SECONDS = 30.0
 # The RAG service refuses longer queries (8192); the embedding model reads far less anyway.
 MAX_QUERY_CHARS = 8000
@@ -33,17 +41,31 @@ class RetrievalError(runtime.NodeError):
 
 
 def check_sources(sources: Any, path: str = "context_sources") -> list[str]:
-    """The sources as strings, or ValueError naming the bad one."""
+    """The sources as strings, or ValueError naming the bad one and the accepted forms.
+
+    The one check of a context source (CreateAgent, UpdateAgent, CreateRun's input): the RAG
+    service refuses a malformed document name, so accepting one would fail every run at
+    `retrieve`. A well-formed id of no document (yet) is accepted: it gives no passages."""
     if not isinstance(sources, list):
-        raise ValueError(f"{path} must be a list of 'documents/<id>' or 'documents/*'")
+        raise ValueError(f"{path} must be a list, each entry {ACCEPTED}")
     for source in sources:
-        if (
-            not isinstance(source, str)
-            or not source.startswith("documents/")
-            or source in ("documents/",)
-        ):
-            raise ValueError(f"{path} entry {source!r} must be 'documents/<id>' or 'documents/*'")
+        named = isinstance(source, str) and source.startswith("documents/")
+        if source != ALL_DOCUMENTS and not (named and _document_id(source[len("documents/") :])):
+            raise ValueError(
+                f"{path} entry {str(source)[:100]!r} is not a context source: it must be {ACCEPTED}"
+            )
     return list(sources)
+
+
+def _document_id(text: str) -> bool:
+    """Whether `text` is a document id as the RAG service names them (a UUID)."""
+    if not _UUID.fullmatch(text):
+        return False
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
 
 
 def search_request(query: str, sources: list[str], top_k: int) -> rag_pb2.SearchRequest:
