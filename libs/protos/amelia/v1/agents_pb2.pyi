@@ -79,6 +79,10 @@ class _RunStepStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunStepS
     """Its node raised an error."""
     RUN_STEP_STATE_INTERRUPTED: _RunStepState.ValueType  # 4
     """Its node asked a question (see `interrupts`) and waits for the answer."""
+    RUN_STEP_STATE_CANCELLED: _RunStepState.ValueType  # 5
+    """Its node was stopped before it finished because the run was cancelled (CancelRun); `error`
+    says so in words.
+    """
 
 class RunStepState(_RunStepState, metaclass=_RunStepStateEnumTypeWrapper):
     """RunStepState is how far a step got."""
@@ -93,6 +97,10 @@ RUN_STEP_STATE_FAILED: RunStepState.ValueType  # 3
 """Its node raised an error."""
 RUN_STEP_STATE_INTERRUPTED: RunStepState.ValueType  # 4
 """Its node asked a question (see `interrupts`) and waits for the answer."""
+RUN_STEP_STATE_CANCELLED: RunStepState.ValueType  # 5
+"""Its node was stopped before it finished because the run was cancelled (CancelRun); `error`
+says so in words.
+"""
 Global___RunStepState: _TypeAlias = RunStepState  # noqa: Y015
 
 @_typing.final
@@ -1199,8 +1207,14 @@ class ResumeRunRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     ANSWER_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`runs/{run}`."""
+    request_id: _builtins.str
+    """Idempotency key (at most 128 characters): a retry with the same id after the answer was
+    taken returns the run instead of FAILED_PRECONDITION; the same id with another answer is
+    ALREADY_EXISTS.
+    """
     @_builtins.property
     def answer(self) -> _struct_pb2.Value:
         """The answer to the pending question."""
@@ -1210,10 +1224,11 @@ class ResumeRunRequest(_message.Message):
         *,
         name: _builtins.str = ...,
         answer: _struct_pb2.Value | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "name", b"name", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
