@@ -79,6 +79,12 @@ TYPED_ERRORS: dict[str, tuple[Exception, grpc.StatusCode, str]] = {
         grpc.StatusCode.UNAVAILABLE,
         "the embedding model is unavailable: it is loading; try again shortly",
     ),
+    # An 8000-character value the message quotes: its first 64 characters and its length.
+    "echo.long": (
+        errors.InvalidArgumentError(f"run name 'runs/{'a' * 8000}' must be 'runs/<uuid>'"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"run name 'runs/{'a' * 59}…' (8005 characters) must be 'runs/<uuid>'",
+    ),
     "connection.refused": (
         ConnectionRefusedError(111, "Connect call failed ('10.0.0.9', 6333)"),
         grpc.StatusCode.UNAVAILABLE,

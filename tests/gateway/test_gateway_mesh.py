@@ -364,3 +364,26 @@ async def test_fields_beside_the_body_come_from_the_query_string(mesh: Mesh) -> 
     search = await http.post("/v1/search", params={"topK": "3"}, json={"query": "x"})
     assert search.status_code == 400, search.text
     assert "unknown query parameter 'topK'" in search.json()["message"], search.text
+
+
+async def test_a_long_id_is_not_echoed_whole_in_errors(mesh: Mesh) -> None:
+    """GET /v1/runs/<8000 x a>: the agents service's INVALID_ARGUMENT quotes the name; the
+    error (gRPC, then the gateway's body) carries its first 64 characters and its length, not
+    an 8 KB message (was 8,175 bytes). The same on the socket and for the gateway's own errors."""
+    http = mesh.http
+    long_id = "a" * 8000
+    reply = await http.get(f"/v1/runs/{long_id}")
+    assert reply.status_code == 400, reply.text[:300]
+    message = reply.json()["message"]
+    assert f"'runs/{'a' * 59}…' (8005 characters)" in message, message
+    assert len(reply.content) < 600, len(reply.content)
+    own = await http.get("/v1/events", params={long_id: "1"})
+    assert own.status_code == 400 and len(own.content) < 600, own.text[:300]
+    assert "(8000 characters)" in own.json()["message"], own.text[:300]
+    client = await Client.connect(mesh.gateway.ws_url)
+    await client.send({"type": "nonsense", "id": "x", "filter": {"subject": long_id}})
+    await client.send({"type": "subscribe", "id": "y", "filter": {"subject": f"runs/{long_id}"}})
+    for _ in range(2):
+        error = await client.recv_type("error")
+        assert len(json.dumps(error)) < 600, json.dumps(error)[:300]
+    await client.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import math
+import re
 import sys
 import traceback
 from collections.abc import Iterable, Iterator
@@ -136,6 +137,38 @@ def check_json(value: Any, field: str) -> None:
     elif isinstance(value, list | tuple):
         for item in value:
             check_json(item, field)
+
+
+# ------------------------------------------------------------------------ echoed input, shortened
+#
+# Error messages quote what the caller sent ("run name 'runs/aaaa…' must be 'runs/<uuid>'"); a
+# value of 8,000 characters made an 8 KB error that repeats it whole. Every error message goes
+# through `shorten_echoes` on its way out: the services' gRPC statuses (grpc_server's error
+# boundary) and every error body of the gateway (HTTP, NDJSON, WebSocket).
+
+# A quoted value, or a run of text without spaces, longer than this is shortened...
+ECHO_LIMIT = 160
+# ... to its first this many characters, then "… (8000 characters)".
+ECHO_KEPT = 64
+_LONG_ECHO = re.compile(
+    rf"'([^'\n]{{{ECHO_LIMIT + 1},}})'|\"([^\"\n]{{{ECHO_LIMIT + 1},}})\"|(\S{{{ECHO_LIMIT + 1},}})"
+)
+
+
+def _shortened(match: re.Match[str]) -> str:
+    quoted, double, bare = match.groups()
+    value = quoted or double or bare
+    quote = "'" if quoted else '"' if double else ""
+    return f"{quote}{value[:ECHO_KEPT]}…{quote} ({len(value)} characters)"
+
+
+def shorten_echoes(message: str) -> str:
+    """`message` with every long value in it (a quoted one, or any text without spaces longer
+    than ECHO_LIMIT characters) cut to its first ECHO_KEPT characters and its length:
+    `run name 'runs/aaaaaaaa…' (8005 characters) must be 'runs/<uuid>'`."""
+    if len(message) <= ECHO_LIMIT:
+        return message
+    return _LONG_ECHO.sub(_shortened, message)
 
 
 # A client's request id / idempotency key: the gateway's X-Request-Id header and the request_id

@@ -30,7 +30,12 @@ from grpc_reflection.v1alpha import reflection
 
 from amelia_common import metrics, telemetry
 from amelia_common.auth import token_ok
-from amelia_common.errors import InvalidArgumentError, UnavailableError, as_amelia_error
+from amelia_common.errors import (
+    InvalidArgumentError,
+    UnavailableError,
+    as_amelia_error,
+    shorten_echoes,
+)
 from amelia_common.grpc_client import client_options
 from amelia_common.logging import get_logger
 from amelia_common.settings import Settings
@@ -220,12 +225,12 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             # server pushback); the caller decides. An unreachable replica is still retried.
             await context.abort(
                 error.code,
-                error.message,
+                shorten_echoes(error.message),
                 trailing_metadata=((REQUEST_ID, request_id), (RETRY_PUSHBACK, NO_RETRY)),
             )
             return
         log.debug("rpc refused", code=error.code.name, error=error.message)
-        await context.abort(error.code, error.message)
+        await context.abort(error.code, shorten_echoes(error.message))
 
     @contextlib.asynccontextmanager
     async def _boundary(

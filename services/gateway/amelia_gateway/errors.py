@@ -13,6 +13,8 @@ from typing import Any
 import grpc
 from starlette.responses import JSONResponse
 
+from amelia_common.errors import shorten_echoes
+
 HTTP_STATUS: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.OK: 200,
     grpc.StatusCode.CANCELLED: 499,
@@ -95,11 +97,13 @@ def internal(reference: str) -> GatewayError:
 
 
 def status_body(code: grpc.StatusCode, message: str, request_id: str = "") -> dict[str, Any]:
-    """`{"code": 5, "message": "...", "details": [...]}` (google.rpc.Status as proto JSON)."""
+    """`{"code": 5, "message": "...", "details": [...]}` (google.rpc.Status as proto JSON).
+    Every error the gateway answers is written here: a long value the message quotes is
+    shortened (`amelia_common.errors.shorten_echoes`, as the services do for gRPC)."""
     details: list[dict[str, Any]] = []
     if request_id:
         details.append({"@type": REQUEST_INFO_TYPE, "requestId": request_id})
-    return {"code": code_number(code), "message": message, "details": details}
+    return {"code": code_number(code), "message": shorten_echoes(message), "details": details}
 
 
 _SERVICE_NAMES = {
