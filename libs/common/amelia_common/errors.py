@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import math
+import os
 import re
 import sys
 import traceback
@@ -334,9 +335,32 @@ def _summary(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
+def _connect_address(exc: BaseException) -> str:
+    """Where a failed connection was going, when a driver's frames say it: asyncpg's `addr`
+    (a socket path, or a (host, port) pair) in the innermost frame that has one; "" if none."""
+    frames = [frame for frame, _ in traceback.walk_tb(exc.__traceback__)]
+    for frame in reversed(frames):
+        if _library(frame.f_globals.get("__name__", "")) not in _LIBRARY_DEPENDENCY:
+            continue
+        address = frame.f_locals.get("addr")
+        if isinstance(address, str) and address:
+            return address
+        if isinstance(address, tuple) and len(address) >= 2:
+            return f"{address[0]}:{address[1]}"
+    return ""
+
+
 def _detail(exc: BaseException) -> str:
-    """What went wrong, briefly: the driver's own error (SQLAlchemy keeps it as `orig`, with
-    the SQL left out), else the exception, else the first one of its chain that says more."""
+    """What went wrong, briefly: a connection that could not be made, as a sentence naming where
+    it went ("cannot connect to /run/pg/.s.PGSQL.5432 (No such file or directory: is it
+    running?)", not a bare `FileNotFoundError: [Errno 2] …` while PostgreSQL restarts); else the
+    driver's own error (SQLAlchemy keeps it as `orig`, with the SQL left out), else the
+    exception, else the first one of its chain that says more."""
+    if isinstance(exc, OSError) and exc.errno in _NETWORK_ERRNOS | {errno.ENOENT}:
+        address = _connect_address(exc)
+        if address:
+            reason = os.strerror(exc.errno) if exc.errno else _summary(exc)
+            return f"cannot connect to {address} ({reason}: is it running?)"
     origin = getattr(exc, "orig", None)
     for candidate in (origin, exc, _root(exc)):
         if isinstance(candidate, BaseException) and str(candidate).strip():
