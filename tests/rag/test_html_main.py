@@ -1,7 +1,7 @@
 """HTML main content on pages from several documentation generators.
 
 Real pages: Sphinx (Python's `secrets`), rustdoc (`std::time::SystemTimeError`), DocBook (the
-PostgreSQL manual's VACUUM). Pages built to the generators' markup: MkDocs Material,
+PostgreSQL manual's VACUUM), GNU Texinfo 6 (libffi's and bc's manuals from /usr/share/doc). Pages built to the generators' markup: MkDocs Material,
 Docusaurus, Javadoc. On each, the page's own text is kept and the site around it is not.
 """
 
@@ -57,6 +57,19 @@ def parsed(name: str):  # type: ignore[no-untyped-def]
             ["Class RetryPolicy", "two seconds doubled"],
             ["SEARCH:", "Help", "Use", "All rights reserved"],
         ),
+        (
+            # GNU Texinfo 6.8 (makeinfo), one node per page: /usr/share/doc/libffi8/html
+            "texinfo6_libffi_the_basics.html",
+            ["2.1 The Basics", "create an ffi_cif object", "ffi_prep_cif"],
+            ["Next:", "Up:", "Simple Example", "[Index]"],
+        ),
+        (
+            # GNU Texinfo 6.7, the whole manual on one page: /usr/share/doc/bc/bc.html
+            "texinfo6_bc.html",
+            ["bc is a language that supports arbitrary precision numbers", "BC_LINE_LENGTH"],
+            ["Next:", "Previous:", "Up:", "[Contents]", "Table of Contents",
+             "• Basic Elements"],
+        ),
     ],
 )  # fmt: skip
 def test_only_the_main_content_is_indexed(page: str, kept: list[str], dropped: list[str]) -> None:
@@ -106,3 +119,25 @@ def test_a_long_section_returns_a_window_centred_on_the_chunk() -> None:
         else:
             assert chunk.end <= chunk.passage_end <= section.end
             assert chunk.passage_end - chunk.passage_start <= 700
+
+
+TEXINFO7 = """<html><head><meta name="Generator" content="makeinfo"></head><body>
+<div class="section-level-extent" id="Widgets">
+<div class="nav-panel"><p>Next: <a href="Gears.html">Gears</a>, Previous:
+<a href="Bolts.html">Bolts</a>, Up: <a href="Parts.html">Parts</a> &nbsp;
+[<a href="Index.html">Index</a>]</p></div>
+<h3 class="section" id="Widgets-1"><span>2.1 Widgets<a class="copiable-link" href="#Widgets-1">
+ &para;</a></span></h3>
+<p>A widget turns once per second.</p>
+<ul class="mini-toc"><li><a href="Small-widgets.html">Small widgets</a></li></ul>
+</div></body></html>"""
+
+
+def test_texinfo7_navigation_is_dropped_and_a_real_header_kept() -> None:
+    """Texinfo 7's markup (no such page on the machine); a site's own `div.header` stays."""
+    doc = parse_html(TEXINFO7)
+    assert "A widget turns once per second." in doc.text
+    for words in ("Next:", "Gears", "Bolts", "Small widgets", "Index", "¶"):
+        assert words not in doc.text, words
+    page = '<body><div class="header"><h1>Pump manual</h1></div><p>Prime the pump.</p></body>'
+    assert "Pump manual" in parse_html(page).text

@@ -12,7 +12,12 @@ page's own markup says where its content is, by convention:
    their tag (`nav`, `aside`, `footer`, forms) or by the class/id names the generators give them
    (Sphinx `sphinxsidebar`/`related`/`headerlink`, DocBook `navheader`/`navfooter`/`toc`,
    MkDocs `md-sidebar`/`md-footer`, Docusaurus `pagination-nav`/`theme-doc-toc-*`, rustdoc
-   `sidebar`/`anchor`, Javadoc `top-nav`/`sub-nav`, …) are removed.
+   `sidebar`/`anchor`, Javadoc `top-nav`/`sub-nav`, …) are removed;
+3. GNU Texinfo's makeinfo puts no such markup around its pages, but heads every node with a
+   navigation line, "Next: …, Previous: …, Up: … [Contents][Index]", in `div.header` (Texinfo 6)
+   or `div.nav-panel` (Texinfo 7), and older makeinfo in `div.node`: such a block is chrome when
+   its text is that line (a `div.header` elsewhere may be a page's real header). Its node menus
+   (`section-toc`, `mini-toc`, `table.menu`), table of contents and copiable anchors go too.
 """
 
 from __future__ import annotations
@@ -45,7 +50,13 @@ CHROME_NAMES = {
     "breadcrumb", "breadcrumbs", "skip-link", "skip-to-content", "sr-only", "visually-hidden",
     "prev-next", "page-nav", "edit-on-github", "edit-this-page", "cookie-banner",
     "site-footer", "site-header", "site-nav", "sidenav", "side-nav", "permalink",
+    # GNU Texinfo (makeinfo 6 and 7); its navigation lines: TEXINFO_NAV_NAMES
+    "nav-panel", "section-toc", "mini-toc", "copiable-anchor", "copiable-link",
+    "contents-heading", "shortcontents", "shortcontents-heading",
 }  # fmt: skip
+# Blocks makeinfo writes its "Next: …, Previous: …, Up: …" line in; chrome when they hold it.
+TEXINFO_NAV_NAMES = {"header", "nav-panel", "node"}
+_TEXINFO_NAV_LINE = re.compile(r"\s*(Next|Previous|Prev|Up|Forward|Back)\s*:")
 # Signs generators add to headings and definitions as permalinks.
 PERMALINK_SIGNS = "¶§🔗\u200b"  # not "#": "C#" is a name
 _EDGE_SIGNS = re.compile(f"^[\\s{PERMALINK_SIGNS}]+|[\\s{PERMALINK_SIGNS}]+$")
@@ -75,7 +86,23 @@ def is_chrome(tag: Any) -> bool:
         return True
     if tag.get("aria-hidden") == "true" or tag.get("hidden") is not None:
         return True
-    return bool(_names(tag) & CHROME_NAMES)
+    names = _names(tag)
+    if names & CHROME_NAMES:
+        return True
+    return _texinfo_chrome(tag, names)
+
+
+def _texinfo_chrome(tag: Any, names: set[str]) -> bool:
+    """makeinfo's chrome under names other sites use for content: a navigation line, a node
+    menu (`table.menu`, Texinfo 6.7), the table of contents after its `contents-heading`."""
+    if names & TEXINFO_NAV_NAMES:
+        return bool(_TEXINFO_NAV_LINE.match(tag.get_text(" ", strip=True)))
+    if tag.name == "table" and "menu" in names:
+        return True
+    if "contents" in names:
+        heading = tag.find_previous_sibling(["h1", "h2"])
+        return heading is not None and "contents-heading" in _names(heading)
+    return False
 
 
 def main_content(soup: Any) -> Any:

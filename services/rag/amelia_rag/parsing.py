@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 from amelia_rag.htmlmain import clean_heading, is_chrome, main_content
 
 # Bump when parsing or chunking changes what is produced, so unchanged files are re-indexed.
-PARSER_VERSION = 2
+PARSER_VERSION = 3  # 3: GNU Texinfo navigation lines, menus and contents dropped
 
 MARKDOWN_EXTENSIONS = {".md", ".markdown", ".mdx", ".mkd", ".mdown"}
 HTML_EXTENSIONS = {".html", ".htm", ".xhtml"}
