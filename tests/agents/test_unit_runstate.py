@@ -89,7 +89,7 @@ END_EVENTS = [
     (
         _run(X, error="user asked", start_time=None),
         [
-            ("workflow.failed", {"error": "cancelled"}, "lifecycle-end"),
+            ("workflow.cancelled", {"reason": "user asked"}, "lifecycle-end"),
             ("run.cancelled", {"reason": "user asked", "usage": USAGE}, "end"),
         ],
     ),

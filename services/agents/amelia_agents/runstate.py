@@ -107,7 +107,8 @@ def end_events(row: RunRow) -> list[EndEvent]:
         ]
     if row.status == RunState.CANCELLED.value:
         return [
-            EndEvent(f"{prefix}.failed", {"error": "cancelled"}, lifecycle_id),
+            # A cancel is not a failure: its own lifecycle event, with the reason.
+            EndEvent(f"{prefix}.cancelled", {"reason": row.error}, lifecycle_id),
             EndEvent("run.cancelled", {"reason": row.error, "usage": usage}, end_id),
         ]
     return []

@@ -376,7 +376,8 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         row = await self._get_run(request.parent)
         limit = paging.page_size(request.page_size, STEPS_PAGE_DEFAULT, STEPS_PAGE_MAX)
         offset = pagination.offset_of(request.page_token)
-        found = steps.to_steps(await steps.history(row, self.checkpointer))
+        cancelled = row.error if row.status == RunState.CANCELLED.value else None
+        found = steps.to_steps(await steps.history(row, self.checkpointer), cancelled)
         page, token = pagination.offset_page(found, offset, limit)
         return agents_pb2.ListRunStepsResponse(steps=page, next_page_token=token)
 

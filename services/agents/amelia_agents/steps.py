@@ -75,7 +75,11 @@ def _time(target: Any, value: str | None) -> None:
         target.FromDatetime(datetime.fromisoformat(value))
 
 
-def to_steps(snapshots: list[StateSnapshot]) -> list[agents_pb2.RunStep]:
+def to_steps(
+    snapshots: list[StateSnapshot], cancelled: str | None = None
+) -> list[agents_pb2.RunStep]:
+    """The run's steps; `cancelled` (the reason) when the run was cancelled: a step it stopped
+    before it finished (LangGraph records the `CancelledError` as its error) reads CANCELLED."""
     steps: list[agents_pb2.RunStep] = []
     for index, snapshot in enumerate(snapshots):
         after = snapshots[index + 1] if index + 1 < len(snapshots) else None
@@ -98,7 +102,11 @@ def to_steps(snapshots: list[StateSnapshot]) -> list[agents_pb2.RunStep]:
             finished = task.result is not None or (after is not None and not task.error)
             if task.result is not None:
                 step.update.CopyFrom(to_value(_plain(task.result)))
-            if task.error:
+            if cancelled is not None and not finished and not task.interrupts:
+                step.state = agents_pb2.RUN_STEP_STATE_CANCELLED
+                reason = f" ({cancelled})" if cancelled else ""
+                step.error = f"cancelled: the run was cancelled{reason} while this step ran"
+            elif task.error:
                 step.state = agents_pb2.RUN_STEP_STATE_FAILED
             elif finished:
                 step.state = agents_pb2.RUN_STEP_STATE_COMPLETED

@@ -48,6 +48,8 @@ function describe(event) {
     case "workflow.completed": return "finished";
     case "agent.failed":
     case "workflow.failed": return data.error || "failed";
+    case "agent.cancelled":
+    case "workflow.cancelled": return "stopped";
     case "run.completed": return "completed";
     case "run.failed": return `failed: ${data.error || ""}`;
     case "run.cancelled": return `cancelled${data.reason ? `: ${data.reason}` : ""}`;

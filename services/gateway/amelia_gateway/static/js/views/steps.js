@@ -11,6 +11,7 @@ const STEP_STATE = {
   RUN_STEP_STATE_COMPLETED: ["done", "done"],
   RUN_STEP_STATE_FAILED: ["failed", "error"],
   RUN_STEP_STATE_INTERRUPTED: ["waiting", "waiting"],
+  RUN_STEP_STATE_CANCELLED: ["cancelled", "stopped"],
 };
 
 /** USD, with enough digits to tell small costs apart ($0.0012, $1.25). */
