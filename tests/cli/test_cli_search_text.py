@@ -4,6 +4,7 @@ columns, shown on 80, alternated long and short lines (seen on docs/tui.md in se
 from __future__ import annotations
 
 from amelia_cli.commands.docs import prose_flowing
+from amelia_cli.tui.passages import passage_text
 
 PASSAGE = (
     """### A gateway restart costs nothing
@@ -64,3 +65,52 @@ def test_prose_flows_and_blocks_keep_their_lines() -> None:
 
 def test_every_word_is_kept_in_order() -> None:
     assert prose_flowing(PASSAGE).split() == PASSAGE.split()
+
+
+def test_a_nested_list_items_continuation_flows_too() -> None:
+    """docs pages nest lists: a nested item's continuation is 4+ spaces in; it was taken for
+    an indented code block and kept its source line break, mid-phrase, at 80 columns."""
+    passage = (
+        "- **Upstream outages.** If the events service drops a stream, the gateway\n"
+        "  reopens it:\n"
+        "    - subscribers get one `error` with `final: false`, then the events\n"
+        "      continue without a gap;\n"
+        "-   a four-space style item whose text\n"
+        "    goes on here.\n"
+        "\n"
+        "    indented code after a blank line\n"
+        "    keeps its lines\n"
+    )
+    assert prose_flowing(passage).split("\n") == [
+        "- **Upstream outages.** If the events service drops a stream, the gateway reopens it:",
+        "    - subscribers get one `error` with `final: false`, then the events continue "
+        "without a gap;",
+        "-   a four-space style item whose text goes on here.",
+        "",
+        "    indented code after a blank line",
+        "    keeps its lines",
+        "",
+    ]
+
+
+C_PASSAGE = """static int add(int a, int b)
+{
+    return a + b;  /* no overflow check */
+}
+
+int main(void) { return add(1, 2); }
+"""
+
+
+def test_the_tui_shows_a_code_passage_line_by_line_and_prose_flowing() -> None:
+    """The TUI's search results (and `amelia search`) lay a passage out by its document's type:
+    C code keeps its lines and indentation (it was squeezed into one paragraph), Markdown
+    flows, a PDF's layout line breaks go."""
+    code_hit = {"documentTitle": "add.c", "documentType": "DOCUMENT_TYPE_CODE"}
+    shown = passage_text(1, {**code_hit, "content": C_PASSAGE}).plain.split("\n", 1)[1]
+    assert shown == C_PASSAGE.rstrip("\n")
+    markdown = {"documentTitle": "a.md", "documentType": "DOCUMENT_TYPE_MARKDOWN"}
+    shown = passage_text(1, {**markdown, "content": "one\ntwo\n\n```c\nint x;\nint y;\n```"}).plain
+    assert shown.split("\n", 1)[1] == "one two\n\n```c\nint x;\nint y;\n```"
+    pdf = {"documentTitle": "a.pdf", "documentType": "DOCUMENT_TYPE_PDF", "content": "a\nb\n\nc"}
+    assert passage_text(1, pdf).plain.split("\n", 1)[1] == "a b c"

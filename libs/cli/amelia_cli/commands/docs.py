@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import glob
-import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from amelia.v1 import rag_pb2
 from amelia_cli.client import Column, ago, fail, listing, rag, resource, said
 from amelia_cli.docstate import state_label
 from amelia_cli.help_text import App
+from amelia_cli.tui.passages import prose_flowing
 from amelia_common.settings import get_settings
 
 console = Console()
@@ -236,37 +236,6 @@ def search(
         content = hit.content.strip()
         flows = hit.document_type in (rag_pb2.DOCUMENT_TYPE_MARKDOWN, rag_pb2.DOCUMENT_TYPE_TEXT)
         console.print(Text(prose_flowing(content) if flows else content))
-
-
-# A line that starts a block of its own in Markdown: a list item, quote, table row, heading,
-# fence, or an indented code line.
-_BLOCK = re.compile(r"^(\s*([-*+>|#]|\d+[.)]\s|```|~~~)|\s{4})")
-
-
-def prose_flowing(text: str) -> str:
-    """A passage's prose without its source's line breaks (a file wrapped at 100 columns, shown
-    on 80, alternated long and short lines), so the terminal wraps it; lists, tables, headings
-    and code keep their lines, and a list item's continuation joins the item."""
-    lines: list[str] = []
-    fenced = False
-    for line in text.split("\n"):
-        fence = line.lstrip().startswith(("```", "~~~"))
-        previous = lines[-1] if lines else ""
-        if (
-            not fenced
-            and not fence
-            and line.strip()
-            and previous.strip()
-            and not _BLOCK.match(line)
-            and not previous.lstrip().startswith(("#", "|", "```", "~~~"))
-            and not previous.startswith("    ")
-            and not previous.endswith("  ")  # a Markdown hard break
-        ):
-            lines[-1] = f"{previous.rstrip()} {line.strip()}"
-        else:
-            lines.append(line)
-        fenced ^= fence
-    return "\n".join(lines)
 
 
 def _type(name: str) -> rag_pb2.DocumentType.ValueType:
