@@ -19,10 +19,16 @@ const STATE = {
   DOCUMENT_STATE_FAILED: { label: "Failed", tone: "bad" },
 };
 
+/** The state, with how far indexing has got (chunks embedded of all) while it runs. */
 function stateBadge(doc) {
   const state = STATE[doc.state] || { label: "Stored", tone: "" };
-  return h("span", { class: `badge ${state.tone}`, dataset: { state: doc.state || "" },
-    title: doc.indexError ? `Indexing failed: ${doc.indexError}` : null }, state.label);
+  const total = Number(doc.chunkCount || 0);
+  const embedded = Number(doc.embeddedChunkCount || 0);
+  const indexing = doc.state === "DOCUMENT_STATE_INDEXING";
+  const label = indexing ? `${state.label} ${total ? Math.floor((100 * embedded) / total) : 0}%` : state.label;
+  const progress = `${embedded} of ${total} chunks embedded`;
+  const title = doc.indexError ? `Indexing failed at ${embedded}/${total}: ${doc.indexError}` : indexing ? progress : null;
+  return h("span", { class: `badge ${state.tone}`, dataset: { state: doc.state || "", embedded: String(embedded) }, title }, label);
 }
 
 const listChunks = (name, pageToken) =>
@@ -69,10 +75,10 @@ export function mount(main, ctx) {
   const searchInfo = h("p", { class: "muted", id: "search-info", "aria-live": "polite" });
   const searchForm = h("form", { id: "search-form", role: "search" },
     h("label", { for: "search-query" }, "Search"),
-    h("div", { class: "row" },
+    h("div", { class: "row search-row" },
       h("div", { class: "grow" }, query),
-      h("div", { style: { width: "9rem" } }, mode),
-      h("div", { style: { width: "6rem" } }, topK),
+      h("div", { class: "search-mode" }, mode),
+      h("div", { class: "search-topk" }, topK),
       h("button", { type: "submit", class: "primary" }, "Search")),
     h("span", { class: "field-hint" }, "Mode and number of passages (empty: the service's default)."));
 
@@ -86,14 +92,18 @@ export function mount(main, ctx) {
     h("div", { class: "row" }, h("div", { class: "grow" }, chunksTitle), closeChunks),
     chunksInfo, chunksList, h("div", { class: "pager" }, moreChunks));
 
+  // Search (and a document's chunks) beside the upload card, the list under both at full
+  // width; on a phone, one column: search, upload, then the list as cards (app.css).
   main.append(
     h("h1", {}, "Documents"),
-    h("div", { class: "split" },
+    h("div", { class: "split documents-top" },
       h("div", {},
         h("section", { class: "card", "aria-labelledby": "search-title" },
           h("h2", { id: "search-title" }, "Search your documents"), searchForm, searchInfo, results),
-        chunksPanel,
-        h("section", { class: "card", "aria-labelledby": "docs-title" },
+        chunksPanel),
+      h("section", { class: "card", "aria-labelledby": "upload-title" },
+        h("h2", { id: "upload-title" }, "Upload"), zone, uploads)),
+    h("section", { class: "card", "aria-labelledby": "docs-title" },
           h("h2", { id: "docs-title" }, "Documents"), docsError,
           h("div", { class: "table-wrap" }, h("table", { id: "docs-table" },
             h("thead", {}, h("tr", {},
@@ -102,10 +112,7 @@ export function mount(main, ctx) {
               h("th", { scope: "col", class: "num" }, "Chunks"), h("th", { scope: "col", class: "num wide-only" }, "Size"),
               h("th", { scope: "col", class: "wide-only" }, "Updated"), h("th", { scope: "col" }, h("span", { class: "visually-hidden" }, "Actions")))),
             docsBody)),
-          h("div", { class: "pager" }, more))),
-      h("section", { class: "card", "aria-labelledby": "upload-title" },
-        h("h2", { id: "upload-title" }, "Upload"), zone, uploads),
-    ),
+          h("div", { class: "pager" }, more)),
   );
 
   let stopped = false;
@@ -123,14 +130,14 @@ export function mount(main, ctx) {
       nextToken = response.nextPageToken || "";
       more.hidden = !nextToken;
       const rows = docs.map((doc) => h("tr", { dataset: { document: doc.name } },
-        h("td", { class: "break" }, h("span", { class: "title" }, doc.title || idOf(doc.name)),
+        h("td", { class: "break doc-title" }, h("span", { class: "title" }, doc.title || idOf(doc.name)),
           doc.sourceUri ? h("div", { class: "muted mono truncate" }, doc.sourceUri) : null),
         h("td", { class: "wide-only" }, TYPE_LABEL[doc.type] || ""),
         h("td", {}, stateBadge(doc)),
-        h("td", { class: "num" }, String(doc.chunkCount || 0)),
+        h("td", { class: "num chunks" }, String(doc.chunkCount || 0)),
         h("td", { class: "num wide-only" }, formatBytes(doc.sizeBytes)),
         h("td", { class: "wide-only" }, formatTime(doc.updateTime || doc.createTime)),
-        h("td", {}, h("div", { class: "row", style: { flexWrap: "nowrap" } },
+        h("td", { class: "actions" }, h("div", { class: "row", style: { flexWrap: "nowrap" } },
           h("button", { type: "button", class: "small ghost open-document", "aria-label": `Open ${doc.title || doc.name}`,
             onclick: () => openDocument(doc) }, "Open"),
           h("button", { type: "button", class: "small ghost", "aria-label": `Delete ${doc.title || doc.name}`,
