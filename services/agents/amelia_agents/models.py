@@ -123,6 +123,9 @@ class RunRow(Base):
     # The answer ResumeRun gave, consumed by the next worker that picks the run up.
     has_resume: Mapped[bool] = mapped_column(Boolean, default=False)
     resume_value: Mapped[Any] = mapped_column(JSONB, nullable=True)
+    # {"request_id", "answer"} of the last ResumeRun sent with a request_id: its retry gets the
+    # run back (kept after the answer is consumed, unlike resume_value).
+    resume_request: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     timeout_seconds: Mapped[float | None] = mapped_column(Double, nullable=True)
     request_id: Mapped[str | None] = mapped_column(Text, nullable=True, unique=True)

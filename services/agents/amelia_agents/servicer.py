@@ -361,11 +361,22 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         if not request.HasField("answer"):
             raise InvalidArgumentError("answer is required (any JSON value)")
         answer = convert.json_from(request.answer, "answer")
-        found, changed = await self.store.resume(rid, answer, self.settings.RUNS_QUEUE_STREAM)
+        request_id = request.request_id
+        check_request_id(request_id)
+        if request_id:  # a retry after the answer was taken (the run may be paused again)
+            row = convert.found(await self.store.get_run(rid), convert.run_name(rid))
+            if _resumed_by(row, request_id):
+                return _resumed_again(row, answer, request_id)
+        found, changed = await self.store.resume(
+            rid, answer, self.settings.RUNS_QUEUE_STREAM, request_id
+        )
         row = convert.found(found, convert.run_name(rid))
         if not changed:
+            if _resumed_by(row, request_id):  # a concurrent twin won
+                return _resumed_again(row, answer, request_id)
             raise FailedPreconditionError(
-                f"runs/{rid} is {row.status}, not PAUSED; there is nothing to answer"
+                f"runs/{rid} is {row.status}, not PAUSED; there is nothing to answer (an answer "
+                "sent with a request_id can be retried with it: the retry gets the run back)"
             )
         await self._requeue(row, f"resume-{row.attempt}")
         return agents_pb2.ResumeRunResponse(run=convert.run_to_proto(row))
@@ -485,6 +496,22 @@ def _new_run(
         queued_time=now(),
         pickups=0,
     )
+
+
+def _resumed_by(row: RunRow, request_id: str) -> bool:
+    """Whether the run's last answer came with `request_id` (a non-empty one)."""
+    return bool(request_id) and (row.resume_request or {}).get("request_id") == request_id
+
+
+def _resumed_again(row: RunRow, answer: Any, request_id: str) -> agents_pb2.ResumeRunResponse:
+    """The answer to a ResumeRun retried with the `request_id` that already answered the run:
+    the run as it is now, or ALREADY_EXISTS if the retry carries another answer."""
+    if (row.resume_request or {}).get("answer") != answer:
+        raise AlreadyExistsError(
+            f"request_id {request_id!r} already answered runs/{row.id} with another answer; a "
+            "retry must repeat the same answer, a new answer needs a new request_id"
+        )
+    return agents_pb2.ResumeRunResponse(run=convert.run_to_proto(row))
 
 
 def _check_same_run(existing: RunRow, run: agents_pb2.Run, input_value: Any, rid: str) -> None:

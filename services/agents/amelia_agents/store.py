@@ -411,7 +411,7 @@ class Store:
         )
 
     async def resume(
-        self, run_id: uuid.UUID, answer: Any, queue: str
+        self, run_id: uuid.UUID, answer: Any, queue: str, request_id: str = ""
     ) -> tuple[RunRow | None, bool]:
         """PAUSED → QUEUED with the answer, to be queued on `queue` (a fresh pick-up budget)."""
         return await self._transition(
@@ -421,6 +421,9 @@ class Store:
             {
                 "has_resume": True,
                 "resume_value": answer,
+                "resume_request": {"request_id": request_id, "answer": answer}
+                if request_id
+                else None,
                 "queue": queue,
                 "queued_time": now(),
                 "pickups": 0,
