@@ -139,7 +139,8 @@ async def test_timeout_fails_the_run_with_timeout(agents) -> None:
     events = await collect(agents, run.name)
     assert types(events)[-2:] == ["workflow.failed", "run.failed"]
     failed = await wait_status(agents, run.name, S.RUN_STATUS_FAILED)
-    assert failed.error.startswith("timeout")
+    assert failed.error.startswith("timeout: the run took longer than 1s; give a run more time")
+    assert "`amelia run --timeout SECONDS`, CreateRun `run.timeout`" in failed.error
     assert data(events, "run.failed")[0]["error"] == failed.error
 
 

@@ -111,3 +111,19 @@ def test_the_event_log_and_the_tuis_activity_say_why_a_run_is_quiet() -> None:
         "resumed with the answer",
         "cancelled",
     ]
+
+
+async def test_run_timeout_is_set_per_run_and_its_failure_says_how(
+    tui_mesh: TuiMesh, tmp_path: Path
+) -> None:
+    """`amelia run --timeout` gives this run its own limit (CreateRun `run.timeout`), and a run
+    that ran out of time says how to give it more (QA: a long local answer failed at 300 s with
+    no way to raise it from `amelia run`)."""
+    env = cli_env(tui_mesh, tmp_path / "none")
+    slow = {"message": "a b c d e f g h", "model": "offline:echo?delay_ms=1000"}
+    code, shown = await asyncio.to_thread(
+        amelia_process, env, "run", "chat", "x", "--input", json.dumps(slow), "--timeout", "2"
+    )
+    assert code != 0, shown
+    assert "the run took longer than 2s" in shown, shown
+    assert "amelia run --timeout SECONDS" in " ".join(shown.split()), shown

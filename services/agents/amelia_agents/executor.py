@@ -35,7 +35,7 @@ from langgraph.constants import CONFIG_KEY_CHECKPOINTER
 from langgraph.types import Command
 
 from amelia.v1 import events_pb2
-from amelia_agents import checkpoints, runtime, workflows
+from amelia_agents import checkpoints, runstate, runtime, workflows
 from amelia_agents.lifecycle import RunEvents
 from amelia_agents.llm import ModelError, Usage
 from amelia_agents.models import RunRow, RunState
@@ -290,7 +290,7 @@ class Executor:
                 raise HandoverError(f"runs/{row.id} is held by another worker now")
             if attempt.cancel_requested.is_set():
                 return await self._cancelled(row)
-            return await self._fail(row, f"timeout: the run took longer than {timeout:g}s")
+            return await self._fail(row, runstate.timed_out(timeout))
         try:
             end = drive.result()
             if unstored is not None:

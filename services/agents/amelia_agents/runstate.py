@@ -114,6 +114,15 @@ def end_events(row: RunRow) -> list[EndEvent]:
     return []
 
 
+def timed_out(seconds: float) -> str:
+    """A run's error when it ran out of time, saying how to give the next one more."""
+    return (
+        f"timeout: the run took longer than {seconds:g}s; give a run more time with its own "
+        "timeout (`amelia run --timeout SECONDS`, CreateRun `run.timeout`) or the agent's "
+        "(`amelia agents create --timeout SECONDS`, the agent's `timeout`)"
+    )
+
+
 class JobAction(enum.Enum):
     """What a worker does with a job once its claim was tried (rules 2 and 3)."""
 

@@ -346,6 +346,12 @@ def run(
         "--context",
         help="Documents chat answers from, cited (documents/<id> or documents/*; repeatable).",
     ),
+    timeout: int = typer.Option(
+        0,
+        "--timeout",
+        min=0,
+        help="Seconds this run may take (default: the agent's, else the workflow's: 300 for chat).",
+    ),
 ) -> None:
     """Start a run and stream its tokens; Ctrl-C cancels it."""
     repository = os.path.abspath(repo or ".")
@@ -362,6 +368,8 @@ def run(
             if context:
                 run_input["context_sources"] = [resource("documents", c) for c in context]
             spec.input.update(run_input)
+            if timeout:
+                spec.timeout.FromSeconds(timeout)
             # Ctrl-C from here on cancels the run: one while it is being created waits for its
             # name (then cancels it); a second one stops waiting.
             interrupted = asyncio.Event()
