@@ -109,7 +109,9 @@ async def test_listings_keep_names_and_times_whole_at_80_columns(
 
     code, listed = await asyncio.to_thread(amelia, env, "docs", "ls")
     assert code == 0 and fits(listed), listed
-    assert re.search(r"\bthe-quillwort-\S*\s+(indexing|ready)$", row_of(listed, name)), listed
+    assert re.search(
+        r"\bthe-quillwort-\S*\s+(indexing \d+%( \d+/\d+)?|ready)$", row_of(listed, name)
+    ), listed
 
     created = (
         await tui_mesh.post(
@@ -133,7 +135,9 @@ async def test_listings_keep_names_and_times_whole_at_80_columns(
 
     code, wide = await asyncio.to_thread(amelia, env, "docs", "ls", columns=120)
     assert fits(wide, 120), wide  # room for every column
-    assert re.search(rf"\bmarkdown .*\b(indexing|ready)\s+\d+\s+\d+\s+{TIME}$", row_of(wide, name))
+    assert re.search(
+        rf"\bmarkdown .*\b(indexing \d+% \d+/\d+|ready)\s+\d+\s+\d+\s+{TIME}$", row_of(wide, name)
+    )
 
 
 async def test_status_counts_idle_workers_as_ready(tui_mesh: TuiMesh, tmp_path: Path) -> None:
