@@ -129,22 +129,3 @@ async def retrieve(
     passages = [passage(i, hit) for i, hit in enumerate(reply.hits, start=1)]
     runtime.emit("run.retrieval", {"query": query, "sources": sources, "passages": passages})
     return passages
-
-
-def context_prompt(passages: list[dict[str, Any]]) -> str:
-    """The passages as a block of the system prompt, numbered so the model can cite them."""
-    if not passages:
-        return (
-            "No passage of the user's documents matched this message; say so if the answer "
-            "needs them."
-        )
-    lines = [
-        "Passages from the user's documents follow. Use them when they help, cite them as "
-        "[1], [2], …, and say so when they do not contain the answer.",
-    ]
-    for p in passages:
-        where = f"{p['document']}, characters {p['start_offset']}-{p['end_offset']}"
-        if p.get("page"):
-            where += f", page {p['page']}"
-        lines.append(f"\n[{p['index']}] {p['document_title']} ({where})\n{p['content']}")
-    return "\n".join(lines)
