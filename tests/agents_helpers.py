@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +71,29 @@ async def serve_agents(settings: Settings) -> AsyncIterator[agents_pb2_grpc.Agen
     """The agents service in process on a free port, and a stub talking to it over gRPC."""
     async with running_agents(settings) as running:
         yield running.stub
+
+
+@asynccontextmanager
+async def local_model_agents(
+    make_settings: Callable[..., Settings],
+    events_address: str,
+    model_url: str,
+    queue: str,
+    **more: Any,
+) -> AsyncIterator[agents_pb2_grpc.AgentServiceStub]:
+    """The agents service with the `local:` provider at `model_url` (a fake llama.cpp server),
+    one worker, quick model retries and a run queue of its own (`queue` in its name).
+    `make_settings` is the `infra` fixture's `settings`; `more` are further settings."""
+    settings = make_settings(
+        EVENTS_ADDRESS=events_address,
+        LOCAL_MODEL_URL=model_url,
+        AGENT_WORKERS=1,
+        LLM_RETRY_BACKOFF_SECONDS=0.05,
+        RUNS_QUEUE_STREAM=f"AMELIA_RUNS_{queue}_{uuid.uuid4().hex[:8]}",
+        **more,
+    )
+    async with serve_agents(settings) as stub:
+        yield stub
 
 
 async def wait_status(stub: Stub, name: str, *statuses: int, timeout: float = 30) -> S.Run:

@@ -48,14 +48,15 @@ async def test_a_malformed_source_is_refused_by_create_update_and_create_run(age
     kept = await agents.GetAgent(S.GetAgentRequest(name=created.agent.name))
     assert list(kept.agent.context_sources) == [unknown]
 
-    refused = await rpc_error(
-        create_run(
-            agents,
-            workflow="workflows/chat",
-            input={"message": "hello", "context_sources": ["documents/zzz"]},
+    for bad in ("documents/zzz", "notes/1"):
+        refused = await rpc_error(
+            create_run(
+                agents,
+                workflow="workflows/chat",
+                input={"message": "hello", "context_sources": [bad]},
+            )
         )
-    )
-    assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
-    details = refused.details() or ""
-    assert "input.context_sources entry 'documents/zzz' is not a context source" in details
-    assert ACCEPTED in details
+        assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
+        details = refused.details() or ""
+        assert f"input.context_sources entry {bad!r} is not a context source" in details
+        assert ACCEPTED in details

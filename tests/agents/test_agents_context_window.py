@@ -10,16 +10,14 @@ its exact 400 for a prompt over it; the agents service is one of the test's own.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from agents_fake_llm import FakeOpenAI, llama_prompt_tokens
-from agents_helpers import S, collect, create_run, data, serve_agents, types, wait_status
+from agents_helpers import S, collect, create_run, data, local_model_agents, types, wait_status
 
 from amelia.v1 import agents_pb2_grpc
-from amelia_common.settings import Settings
 
 
 @pytest.fixture(scope="module")
@@ -34,14 +32,10 @@ async def llama() -> AsyncIterator[FakeOpenAI]:
 async def local_agents(
     infra: object, events_address: str, llama: FakeOpenAI
 ) -> AsyncIterator[agents_pb2_grpc.AgentServiceStub]:
-    settings: Settings = infra.settings(  # type: ignore[attr-defined]
-        EVENTS_ADDRESS=events_address,
-        LOCAL_MODEL_URL=f"{llama.url}/v1",
-        AGENT_WORKERS=1,
-        LLM_RETRY_BACKOFF_SECONDS=0.05,
-        RUNS_QUEUE_STREAM=f"AMELIA_RUNS_WINDOW_{uuid.uuid4().hex[:8]}",
-    )
-    async with serve_agents(settings) as stub:
+    make_settings = infra.settings  # type: ignore[attr-defined]
+    async with local_model_agents(
+        make_settings, events_address, f"{llama.url}/v1", "WINDOW"
+    ) as stub:
         yield stub
 
 

@@ -12,16 +12,14 @@ LOCAL_MODEL_URL at the fake and a run queue of its own."""
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 from agents_fake_llm import DRIFT_TOKENS
-from agents_helpers import S, data, killed_mid_reply, serve_agents, tokens, types, wait_status
+from agents_helpers import S, data, killed_mid_reply, local_model_agents, tokens, types, wait_status
 
 from amelia.v1 import agents_pb2_grpc
 from amelia_common.embedded import free_port
-from amelia_common.settings import Settings
 
 TOKEN = re.compile(r"w(\d+)-(\w+) ")
 
@@ -35,15 +33,11 @@ def port() -> int:
 async def local_agents(
     infra: object, events_address: str, port: int
 ) -> AsyncIterator[agents_pb2_grpc.AgentServiceStub]:
-    settings: Settings = infra.settings(  # type: ignore[attr-defined]
-        EVENTS_ADDRESS=events_address,
-        LOCAL_MODEL_URL=f"http://127.0.0.1:{port}/v1",
-        AGENT_WORKERS=1,
-        RUN_ACK_WAIT_SECONDS=30,
-        LLM_RETRY_BACKOFF_SECONDS=0.05,
-        RUNS_QUEUE_STREAM=f"AMELIA_RUNS_LLM_{uuid.uuid4().hex[:8]}",
-    )
-    async with serve_agents(settings) as stub:
+    url = f"http://127.0.0.1:{port}/v1"
+    make_settings = infra.settings  # type: ignore[attr-defined]
+    async with local_model_agents(
+        make_settings, events_address, url, "LLM", RUN_ACK_WAIT_SECONDS=30
+    ) as stub:
         yield stub
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, TypeAlias
 
-import grpc
 import pytest
 from agents_fake_llm import REPLY, FakeAnthropic, FakeOpenAI
 from agents_helpers import (
@@ -16,7 +15,6 @@ from agents_helpers import (
     create_run,
     data,
     ingested_document,
-    rpc_error,
     serve_agents,
     types,
     wait_status,
@@ -164,18 +162,6 @@ async def test_chat_with_all_documents_over_openai(
     sent = fake_openai.requests[-1]["body"]["messages"]
     assert sent[0]["role"] == "system" and "forty kilograms of rice" in sent[0]["content"]
     assert sent[-1] == {"role": "user", "content": question}
-
-
-async def test_bad_context_sources_are_refused_at_create_run(agents: Stub) -> None:
-    error = await rpc_error(
-        create_run(
-            agents,
-            workflow="workflows/chat",
-            input={"message": "hi", "context_sources": ["notes/1"]},
-        )
-    )
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "documents/<id>" in (error.details() or "")
 
 
 async def test_an_unreachable_rag_service_fails_the_run_clearly(
