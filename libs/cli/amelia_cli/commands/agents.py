@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import sys
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -269,6 +270,12 @@ def created_line(created: agents_pb2.Run) -> None:
     console.print(Text(f"{created.name} in {created.thread}", style="dim"), soft_wrap=True)
 
 
+def resume_request(run_name: str, answer: struct_pb2.Value) -> agents_pb2.ResumeRunRequest:
+    """One answer the user gave, with its own request_id: the service takes it once, however
+    often the same request is sent (a retry after a lost reply gets the run back, not an error)."""
+    return agents_pb2.ResumeRunRequest(name=run_name, answer=answer, request_id=str(uuid.uuid4()))
+
+
 async def _asks_now(stub: object, event: events_pb2.Event) -> bool:
     """Whether the run still waits on this question: a replay (`runs show -f`) passes questions
     answered since (the run has moved on to a later pick-up or ended) without stopping there."""
@@ -312,7 +319,7 @@ async def _follow(stub: object, run_name: str) -> agents_pb2.Run:
                         value = struct_pb2.Value()
                         value.string_value = answer
                         await stub.ResumeRun(  # type: ignore[attr-defined]
-                            agents_pb2.ResumeRunRequest(name=run_name, answer=value)
+                            resume_request(run_name, value)
                         )
                         shown.answered = True
                 if paused:
@@ -531,7 +538,7 @@ def resume_run(
         json_format.Parse(answer, value)
     except json_format.ParseError:
         value.string_value = answer
-    request = agents_pb2.ResumeRunRequest(name=resource("runs", name), answer=value)
+    request = resume_request(resource("runs", name), value)
     _say_status(name, lambda stub: stub.ResumeRun(request))
 
 

@@ -142,8 +142,9 @@ class GatewayApi:
         reply = await self.call("POST", f"/v1/runs/{run_id(name)}:cancel", body={"reason": reason})
         return dict(reply.get("run", {}))
 
-    async def resume_run(self, name: str, answer: Any) -> dict[str, Any]:
-        reply = await self.call("POST", f"/v1/runs/{run_id(name)}:resume", body={"answer": answer})
+    async def resume_run(self, name: str, answer: Any, request_id: str) -> dict[str, Any]:
+        body = {"answer": answer, "requestId": request_id}
+        reply = await self.call("POST", f"/v1/runs/{run_id(name)}:resume", body=body)
         return dict(reply.get("run", {}))
 
     async def list_workflows(self) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from typing import Any
 
 from rich.text import Text
@@ -455,12 +456,14 @@ class RunScreen(LiveScreen):
     def send_answer(self, answer: Any) -> None:
         if answer is None or self.interrupt is None:
             return
-        self.run_worker(self._resume(answer), exclusive=True, group="answer")
+        # One request_id per answer sent: the service takes it once (see ResumeRunRequest).
+        request_id = str(uuid.uuid4())
+        self.run_worker(self._resume(answer, request_id), exclusive=True, group="answer")
 
-    async def _resume(self, answer: Any) -> None:
+    async def _resume(self, answer: Any, request_id: str) -> None:
         app = amelia(self)
         try:
-            run = await ask(self, app.api.resume_run(self.run_name, answer))
+            run = await ask(self, app.api.resume_run(self.run_name, answer, request_id))
         except ApiError as exc:
             self.notify(str(exc), severity="error")
             return
