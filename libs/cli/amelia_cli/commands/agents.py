@@ -276,6 +276,22 @@ def resume_request(run_name: str, answer: struct_pb2.Value) -> agents_pb2.Resume
     return agents_pb2.ResumeRunRequest(name=run_name, answer=answer, request_id=str(uuid.uuid4()))
 
 
+async def resume_until_taken(
+    stub: object, request: agents_pb2.ResumeRunRequest, attempts: int = 30
+) -> None:
+    """Send an answer until the agents service takes it. It carries its request_id, so sending
+    it again after a reply that never came is safe; an answer lost to an unreachable service
+    would otherwise leave the run paused and `amelia run` waiting on nothing."""
+    for attempt in range(1, attempts + 1):
+        try:
+            await stub.ResumeRun(request)  # type: ignore[attr-defined]
+            return
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == attempts:
+                raise
+            await asyncio.sleep(1.0)
+
+
 async def _asks_now(stub: object, event: events_pb2.Event) -> bool:
     """Whether the run still waits on this question: a replay (`runs show -f`) passes questions
     answered since (the run has moved on to a later pick-up or ended) without stopping there."""
@@ -318,9 +334,7 @@ async def _follow(stub: object, run_name: str) -> agents_pb2.Run:
                         answer = await asyncio.to_thread(input, "> ")
                         value = struct_pb2.Value()
                         value.string_value = answer
-                        await stub.ResumeRun(  # type: ignore[attr-defined]
-                            resume_request(run_name, value)
-                        )
+                        await resume_until_taken(stub, resume_request(run_name, value))
                         shown.answered = True
                 if paused:
                     break
