@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from pathlib import Path
 
 from google.protobuf import struct_pb2
 from test_cli_output import cli_env, eventually
-from test_cli_stranger import amelia_process
+from test_cli_stranger import paused_plan
 from tui_helpers import TuiMesh
 
 from amelia.v1 import agents_pb2, agents_pb2_grpc
@@ -62,12 +61,7 @@ async def test_an_answer_lost_to_an_unreachable_service_is_sent_again(
     tui_mesh: TuiMesh, tmp_path: Path
 ) -> None:
     env = cli_env(tui_mesh, tmp_path / "none")
-    request = {"message": "Add a --verbose flag to a small CLI", "model": "offline:echo"}
-    code, shown = await asyncio.to_thread(
-        amelia_process, env, "run", "plan", "x", "--input", json.dumps(request)
-    )
-    assert code == 0 and "paused; answer with" in shown, shown
-    run_name = shown.split()[0]
+    run_name = await paused_plan(env)
 
     link = FlakyLink(env["AGENTS_ADDRESS"].split(",")[0])
     await link.start()

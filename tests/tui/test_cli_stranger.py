@@ -283,16 +283,22 @@ def test_model_waits_and_retries_are_shown_in_words() -> None:
     ), lines
 
 
-async def test_an_answer_is_not_a_retry(tui_mesh: TuiMesh, tmp_path: Path) -> None:
-    """The stranger's plan: paused, answered with `runs resume`, followed: `resumed with the
-    answer`, no attempt marker (the answer is the run's second pick-up)."""
-    env = cli_env(tui_mesh, tmp_path / "none")
+async def paused_plan(env: dict[str, str]) -> str:
+    """A `plan` run started with `amelia run` (not a terminal: it stops at the approval
+    question), by name."""
     request = {"message": "Add a --verbose flag to a small CLI", "model": "offline:echo"}
     code, shown = await asyncio.to_thread(
         amelia_process, env, "run", "plan", "x", "--input", json.dumps(request)
     )
     assert code == 0 and "paused; answer with" in shown, shown
-    run_name = shown.split()[0]
+    return shown.split()[0]
+
+
+async def test_an_answer_is_not_a_retry(tui_mesh: TuiMesh, tmp_path: Path) -> None:
+    """The stranger's plan: paused, answered with `runs resume`, followed: `resumed with the
+    answer`, no attempt marker (the answer is the run's second pick-up)."""
+    env = cli_env(tui_mesh, tmp_path / "none")
+    run_name = await paused_plan(env)
     code, answered = await asyncio.to_thread(amelia, env, "runs", "resume", run_name, "approve")
     assert code == 0, answered
     code, shown = await asyncio.to_thread(amelia_process, env, "runs", "show", run_name, "-f")
