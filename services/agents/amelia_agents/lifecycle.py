@@ -91,15 +91,12 @@ class RunEvents:
 
     async def terminal(self, row: RunRow) -> None:
         """Publish the end of a finished run (idempotent: fixed ids) and remember its sequence;
-        nothing for a run that has not ended (see `runstate`, rule 4). Its events are written
-        together, in order, their acknowledgements awaited together (one round trip)."""
-        ends = end_events(row)
-        if not ends:
-            return
-        pipeline = self.event_log.pipeline()
-        for end in ends:
-            await pipeline.submit(
-                self.event(row, end.type, end.data, event_id=end.event_id), data_checked=True
-            )
-        stored = await pipeline.flush()
-        await self.store.set_terminal_sequence(row.id, stored[-1].sequence)
+        nothing for a run that has not ended (see `runstate`, rule 4). Each end event is
+        published and acknowledged on its own, so a trace shows `publish run.completed` with
+        its id and sequence (written through one pipeline they were one `publish events` span:
+        one round trip less, not worth the lost span)."""
+        event = None
+        for end in end_events(row):
+            event = await self.publish(self.event(row, end.type, end.data, event_id=end.event_id))
+        if event is not None:
+            await self.store.set_terminal_sequence(row.id, event.sequence)
