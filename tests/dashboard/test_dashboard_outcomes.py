@@ -174,3 +174,22 @@ def test_a_long_thread_leads_to_its_latest_reply_and_form(
         _above_the_fold(page, "#thread-send")
         _fits(page, "long thread")
         shot(page, artifacts, f"43-thread-long-{size}")
+
+
+def test_a_run_out_of_time_shows_what_it_streamed_as_partial(browser: Browser, mesh: Mesh) -> None:
+    # Echo one word every 0.5 s for longer than the run's 3 s: a few words, then the timeout.
+    words = " ".join(f"w{i}" for i in range(20))
+    run = _run(mesh, "echo", input={"message": words, "delay_ms": 500}, timeout="3s")
+    failed = _wait_run(mesh, run["name"], "RUN_STATUS_FAILED")
+    kept = failed["output"]["partial"]  # type: ignore[index]
+    assert kept and words.startswith(kept), failed
+    with _checked_page(browser, mesh, DESKTOP) as page:
+        page.goto(f"/#/runs/{str(run['name']).split('/')[-1]}")
+        expect_status(page, "RUN_STATUS_FAILED")
+        expect(page.locator("#run-error")).to_have_text(re.compile(r"^Failed: timeout"))
+        expect(page.locator("#run-partial")).to_have_text(
+            f"Partial output: the {len(kept)} characters below streamed before the run "
+            "stopped; they are kept on the run (output.partial)."
+        )
+        expect(page.locator("#run-output pre")).to_contain_text(kept.strip())
+        expect(page.locator("#run-output")).not_to_have_class(re.compile("settled-empty"))

@@ -118,12 +118,21 @@ async def test_run_timeout_is_set_per_run_and_its_failure_says_how(
 ) -> None:
     """`amelia run --timeout` gives this run its own limit (CreateRun `run.timeout`), and a run
     that ran out of time says how to give it more (QA: a long local answer failed at 300 s with
-    no way to raise it from `amelia run`)."""
+    no way to raise it from `amelia run`). What it streamed before it ran out of time is kept
+    on the run as `output.partial`, and `amelia run` says so."""
     env = cli_env(tui_mesh, tmp_path / "none")
-    slow = {"message": "a b c d e f g h", "model": "offline:echo?delay_ms=1000"}
+    message = "a b c d e f g h i j k l m n o p"
+    slow = {"message": message, "model": "offline:echo?delay_ms=400"}
     code, shown = await asyncio.to_thread(
         amelia_process, env, "run", "chat", "x", "--input", json.dumps(slow), "--timeout", "2"
     )
     assert code != 0, shown
     assert "the run took longer than 2s" in shown, shown
     assert "amelia run --timeout SECONDS" in " ".join(shown.split()), shown
+    said = " ".join(shown.split())
+    assert "partial output: the " in said and "streamed before it stopped" in said, shown
+    code, run_json = await asyncio.to_thread(amelia, env, "runs", "show", shown.split()[0])
+    assert code == 0, run_json
+    kept = json.loads(run_json)["output"]["partial"]
+    assert kept and message.startswith(kept) and kept.strip() in shown, (kept, shown)
+    assert f"the {len(kept)} characters" in said, shown

@@ -35,7 +35,7 @@ from langgraph.constants import CONFIG_KEY_CHECKPOINTER
 from langgraph.types import Command
 
 from amelia.v1 import events_pb2
-from amelia_agents import checkpoints, runstate, runtime, workflows
+from amelia_agents import checkpoints, partial, runstate, runtime, workflows
 from amelia_agents.lifecycle import RunEvents
 from amelia_agents.llm import ModelError, Usage
 from amelia_agents.models import RunRow, RunState
@@ -290,7 +290,7 @@ class Executor:
                 raise HandoverError(f"runs/{row.id} is held by another worker now")
             if attempt.cancel_requested.is_set():
                 return await self._cancelled(row)
-            return await self._fail(row, runstate.timed_out(timeout))
+            return await self._timed_out(row, timeout)
         try:
             end = drive.result()
             if unstored is not None:
@@ -410,6 +410,18 @@ class Executor:
         await self.events.terminal(after)
         return after.status
 
+    async def _timed_out(self, row: RunRow, timeout: float) -> str:
+        """Out of time: the run fails, the text it streamed kept as its `output.partial`."""
+        text = await partial.streamed_text(self.events.event_log, row)
+        return await self._ended(
+            await self.store.finish(
+                row.id,
+                RunState.FAILED,
+                output=partial.partial_output(text),
+                error=runstate.timed_out(timeout),
+            )
+        )
+
     async def _cancelled(self, row: RunRow) -> str:
         after = await self.store.get_run(row.id)
         if after is None:
@@ -418,6 +430,11 @@ class Executor:
             # A stop asked by the DB check without a recorded cancel cannot happen; be safe.
             after, _ = await self.store.cancel(row.id, "cancelled")
             assert after is not None
+        # CancelRun recorded the end (and may have told of it): the text streamed until the
+        # graph stopped goes on the run now, as its `output.partial`.
+        output = partial.partial_output(await partial.streamed_text(self.events.event_log, row))
+        if output is not None and after.output is None:
+            after = await self.store.keep_partial(row.id, output) or after
         await self.events.terminal(after)
         return after.status
 

@@ -410,6 +410,20 @@ class Store:
             },
         )
 
+    async def keep_partial(self, run_id: uuid.UUID, output: dict[str, Any]) -> RunRow | None:
+        """A cancelled run's output: the text it streamed before its worker stopped it
+        (`partial`); the run after it, None if it is not a cancelled run."""
+        async with self.autocommit.connect() as conn:
+            kept = (
+                await conn.execute(
+                    update(_RUNS)
+                    .where(_RUNS.c.id == run_id, _RUNS.c.status == RunState.CANCELLED.value)
+                    .values(output=output)
+                    .returning(*_RUNS.c)
+                )
+            ).first()
+        return _run_row(kept) if kept is not None else None
+
     async def resume(
         self, run_id: uuid.UUID, answer: Any, queue: str, request_id: str = ""
     ) -> tuple[RunRow | None, bool]:

@@ -454,12 +454,32 @@ def run(
     # A cancelled run's error is its reason: "cancelled" itself when none was given.
     told = f" — {final.error}" if final.error and final.error != status else ""
     console.print(Text(f"{final.name}: {status}{told}", style="dim"), soft_wrap=True)
+    partial_line(final)
     if final.status == agents_pb2.RUN_STATUS_PAUSED:
         console.print(
             Text(f"paused; answer with `amelia runs resume {final.name} ANSWER`", style="yellow")
         )
     elif final.status != agents_pb2.RUN_STATUS_COMPLETED:
         raise typer.Exit(1)
+
+
+def partial_line(run: agents_pb2.Run) -> None:
+    """Say that a run stopped mid-answer (out of time, cancelled) kept what it streamed."""
+    kept = run.output.fields.get("partial")
+    if kept is None or run.status not in (
+        agents_pb2.RUN_STATUS_FAILED,
+        agents_pb2.RUN_STATUS_CANCELLED,
+    ):
+        return
+    size = len(kept.string_value)
+    console.print(
+        Text(
+            f"partial output: the {size} character{'' if size == 1 else 's'} streamed before it "
+            f"stopped are kept on the run (output.partial; `amelia runs show {run.name}`)",
+            style="yellow",
+        ),
+        soft_wrap=True,
+    )
 
 
 @runs_app.command("ls")

@@ -322,6 +322,15 @@ export function mount(main, ctx, [runId]) {
       problems.push(h("p", { class: "notice warn", id: "run-rejected" },
         `Rejected${run.output.reason ? `: ${run.output.reason}` : ""}. The run completed without a plan.`));
     }
+    // Stopped mid-answer (out of time, cancelled): what it streamed is kept on the run.
+    const partial = typeof run.output?.partial === "string" ? run.output.partial : "";
+    if (partial && (run.status === "RUN_STATUS_FAILED" || run.status === "RUN_STATUS_CANCELLED")) {
+      // Its tokens are no longer in the log (expired): the kept text fills the box instead.
+      if (state.ended && !state.replaying && output.isEmpty()) output.append(partial);
+      const chars = `${partial.length} character${partial.length === 1 ? "" : "s"}`;
+      problems.push(h("p", { class: "notice", id: "run-partial" }, h("strong", {}, "Partial output"),
+        `: the ${chars} below streamed before the run stopped; they are kept on the run (output.partial).`));
+    }
     problemSlot.replaceChildren(...problems);
     // A finished run that wrote nothing: say so in one line instead of an empty box.
     if (state.ended && !state.replaying && output.isEmpty()) {
