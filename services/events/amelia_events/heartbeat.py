@@ -13,19 +13,31 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Protocol
 
 from google.protobuf import timestamp_pb2
 from nats.aio.client import Client as NATS
 
 from amelia.v1 import events_pb2
 from amelia_common.errors import InvalidArgumentError
-from amelia_common.eventlog import EventReader
 from amelia_common.nats_client import nats_servers
 from amelia_common.settings import Settings
 
 MAX_HEARTBEAT_SECONDS = 3600
 
-Message = events_pb2.StreamEventsResponse
+# A stream's message: serialized already (`fanout.Item`), or a heartbeat.
+Message = bytes | events_pb2.StreamEventsResponse
+
+
+class Position(Protocol):
+    """Where a stream is: the consumer it reads through (None while being recreated) and the
+    last sequence it sent (or started after)."""
+
+    @property
+    def consumer_name(self) -> str | None: ...
+
+    @property
+    def sent(self) -> int: ...
 
 
 def heartbeat_seconds(request: events_pb2.StreamEventsRequest) -> int:
@@ -39,19 +51,19 @@ def heartbeat_seconds(request: events_pb2.StreamEventsRequest) -> int:
 
 
 class Heartbeats:
-    """The heartbeats of one stream reading through `reader`."""
+    """The heartbeats of one stream at `position`."""
 
-    def __init__(self, reader: EventReader, nc: NATS, settings: Settings, after: int) -> None:
-        self.reader = reader
+    def __init__(self, position: Position, nc: NATS, settings: Settings) -> None:
+        self.position = position
         self.nc = nc
         self.servers = ", ".join(nats_servers(settings))
-        self.sent = after  # the last sequence the stream sent (or started after)
         self.down_since: float | None = None
 
     def beat(self) -> Message:
         """A heartbeat saying whether the log is read now (NATS connected, the reader's
         JetStream consumer in place) and, when not, since when and where the stream goes on."""
-        reachable = self.nc.is_connected and self.reader.consumer_name is not None
+        reachable = self.nc.is_connected and self.position.consumer_name is not None
+        sent = self.position.sent
         status = ""
         if reachable:
             self.down_since = None
@@ -61,13 +73,13 @@ class Heartbeats:
             state = "did not answer" if self.nc.is_connected else "is unreachable"
             status = (
                 f"events: NATS at {self.servers} {state} since {now - self.down_since:.0f}s; "
-                f"the stream carries on after sequence {self.sent} once it is back"
+                f"the stream carries on after sequence {sent} once it is back"
             )
         stamp = timestamp_pb2.Timestamp()
         stamp.GetCurrentTime()
-        return Message(
+        return events_pb2.StreamEventsResponse(
             heartbeat=events_pb2.StreamHeartbeat(
-                time=stamp, last_sequence=self.sent, log_reachable=reachable, status=status
+                time=stamp, last_sequence=sent, log_reachable=reachable, status=status
             )
         )
 
@@ -88,6 +100,4 @@ class Heartbeats:
                     await asyncio.wait({pending})
             if message is None:
                 return
-            last = message.events[-1] if message.events else message.event
-            self.sent = max(self.sent, last.sequence)
             yield message

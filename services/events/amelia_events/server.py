@@ -44,6 +44,36 @@ async def _ensure_stream(event_log: EventLog, timeout: float = 30.0) -> None:
             await asyncio.sleep(0.5)
 
 
+def _handlers(servicer: EventServicer) -> dict[str, grpc.RpcMethodHandler]:
+    """The generated handlers, except that StreamEvents hands gRPC its messages serialized
+    already when they are bytes: `fanout` serializes each event once for every stream."""
+    handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    class Capture:
+        def add_generic_rpc_handlers(self, generic: object) -> None:
+            pass
+
+        def add_registered_method_handlers(
+            self, service: str, methods: dict[str, grpc.RpcMethodHandler]
+        ) -> None:
+            handlers.update(methods)
+
+    events_pb2_grpc.add_EventServiceServicer_to_server(servicer, Capture())
+    stream = handlers["StreamEvents"]
+    serialize = stream.response_serializer
+    assert serialize is not None
+
+    def serialized(message: bytes | events_pb2.StreamEventsResponse) -> bytes:
+        return message if isinstance(message, bytes) else serialize(message)
+
+    handlers["StreamEvents"] = grpc.unary_stream_rpc_method_handler(
+        stream.unary_stream,
+        request_deserializer=stream.request_deserializer,
+        response_serializer=serialized,
+    )
+    return handlers
+
+
 async def build_service(settings: Settings) -> EventsService:
     """The events service, ready to `start()` or `serve()`; NATS is connected and the stream exists."""
     nc = await connect_nats(settings, name="amelia-events")
@@ -71,7 +101,11 @@ async def build_service(settings: Settings) -> EventsService:
     servicer = EventServicer(event_log, svc.stopping)
 
     def register(server: grpc.aio.Server) -> None:
-        events_pb2_grpc.add_EventServiceServicer_to_server(servicer, server)
+        handlers = _handlers(servicer)
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),)
+        )
+        server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
     svc.register = register
     svc.servicer = servicer

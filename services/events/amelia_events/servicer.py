@@ -25,12 +25,12 @@ from amelia_common import paging
 from amelia_common.errors import InvalidArgumentError, NotFoundError, StreamEndedError
 from amelia_common.eventlog import (
     EventLog,
-    EventReader,
     StartAt,
     filter_subjects,
     timestamp_problem,
 )
 from amelia_events import pagination
+from amelia_events.fanout import Call, Hub
 from amelia_events.heartbeat import Heartbeats, heartbeat_seconds
 from amelia_events.outage import naming_nats, nats_unreachable
 
@@ -80,8 +80,9 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
     def __init__(self, event_log: EventLog, stopping: asyncio.Event) -> None:
         self.event_log = event_log
         self.stopping = stopping
-        # Open StreamEvents readers: their count and progress are the service's stream metrics.
-        self.readers: set[EventReader] = set()
+        self.hub = Hub(event_log, stopping)
+        # Open StreamEvents calls: their count and progress are the service's stream metrics.
+        self.readers: set[Call] = set()
 
     def _naming_nats(self) -> contextlib.AbstractContextManager[None]:
         return naming_nats(self.event_log.nc, self.event_log.settings)
@@ -109,83 +110,60 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
             stored = await self.event_log.publish_events(list(request.events), from_client=True)
         return events_pb2.PublishEventsResponse(events=stored)
 
-    async def StreamEvents(
+    async def StreamEvents(  # type: ignore[override]  # messages may come serialized
         self, request: events_pb2.StreamEventsRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[events_pb2.StreamEventsResponse]:
+    ) -> AsyncIterator[bytes | events_pb2.StreamEventsResponse]:
         every = heartbeat_seconds(request)
-        reader = self.event_log.read(
+        # Calls on one filter at the live edge share one consumer and serialize each event
+        # once (`fanout`); each message is handed to gRPC before the next one is taken, so a
+        # slow client is paced by HTTP/2 flow control and never holds up another.
+        call = Call(
+            self.hub,
             list(request.filter.types),
             request.filter.subject,
             start_position(request),
-            stop=self.stopping,
+            min(request.max_events_per_message, MAX_BATCH),
+            MESSAGE_BYTES,
+            LIVE_HOLD_SECONDS,
         )
-        # Each message is handed to gRPC before the next one is read, so a slow client is paced
-        # by HTTP/2 flow control and the reader only ever holds one small batch.
-        per_message = min(request.max_events_per_message, MAX_BATCH)
-        self.readers.add(reader)
+        self.readers.add(call)
         try:
             with self._naming_nats():
-                async with reader:
-                    # Headers go out once the consumer exists, so a client that awaits them
-                    # knows it is subscribed: nothing published after that moment can be missed.
-                    await self._open(reader)
+                try:
+                    # Headers go out once the call is subscribed (its tap or its own consumer
+                    # exists): a client that awaits them misses nothing published after.
+                    await self._open(call)
                     await context.send_initial_metadata(())
                     if every:
-                        async for message in self._with_heartbeats(
-                            reader, per_message, every, request.after_sequence
-                        ):
+                        beats = Heartbeats(call, self.event_log.nc, self.event_log.settings)
+                        async for message in beats.around(call.next_message, every):
                             yield message
-                    elif per_message <= 1:
-                        async for event in reader:
-                            yield events_pb2.StreamEventsResponse(event=event)
                     else:
-                        while True:
-                            try:
-                                batch = await reader.next_batch(
-                                    per_message, MESSAGE_BYTES, LIVE_HOLD_SECONDS
-                                )
-                            except StopAsyncIteration:
-                                break
-                            yield events_pb2.StreamEventsResponse(events=batch)
+                        while (message := await call.next_message()) is not None:
+                            yield message
+                finally:
+                    await call.close()
         finally:
-            self.readers.discard(reader)
+            self.readers.discard(call)
         if self.stopping.is_set() and not context.done():
             # (Should the call end meanwhile, gRPC drops the status: nobody is there to tell.)
             raise StreamEndedError(
                 "the events service is shutting down; reconnect with "
-                f"after_sequence={reader.last_sequence} to continue without a gap"
+                f"after_sequence={call.sent} to continue without a gap"
             )
 
-    def _with_heartbeats(
-        self, reader: EventReader, per_message: int, every: int, after: int
-    ) -> AsyncIterator[events_pb2.StreamEventsResponse]:
-        """The stream's messages as above, and a heartbeat after each `every` seconds of
-        silence (`heartbeat`)."""
+    async def _open(self, call: Call) -> None:
+        """Subscribe the call, waiting for NATS at most EVENTS_PUBLISH_TIMEOUT_SECONDS (like
+        every other call), then UNAVAILABLE naming it: never a silent wait.
 
-        async def next_message() -> events_pb2.StreamEventsResponse | None:
-            try:
-                if per_message <= 1:
-                    return events_pb2.StreamEventsResponse(event=await anext(reader))
-                batch = await reader.next_batch(per_message, MESSAGE_BYTES, LIVE_HOLD_SECONDS)
-            except StopAsyncIteration:
-                return None
-            return events_pb2.StreamEventsResponse(events=batch)
-
-        beats = Heartbeats(reader, self.event_log.nc, self.event_log.settings, after)
-        return beats.around(next_message, every)
-
-    async def _open(self, reader: EventReader) -> None:
-        """Create the stream's consumer, waiting for NATS at most EVENTS_PUBLISH_TIMEOUT_SECONDS
-        (like every other call), then UNAVAILABLE naming it: never a silent wait.
-
-        Only the opening is bounded: once open, the reader carries the stream across a NATS
-        restart or outage of any length (a new consumer after its last sequence: no gap, no
-        duplicate), as docs/events.md promises; the service's health says NATS is down meanwhile.
+        Only the opening is bounded: once open, the call is carried across a NATS restart or
+        outage of any length (a new consumer after its last sequence: no gap, no duplicate),
+        as docs/events.md promises; the service's health says NATS is down meanwhile.
         """
         bound = self.event_log.settings.EVENTS_PUBLISH_TIMEOUT_SECONDS
         try:
             async with asyncio.timeout(bound):
-                await reader.open()
+                await call.open()
         except TimeoutError as exc:
             raise nats_unreachable(
                 self.event_log.nc,

@@ -1,0 +1,381 @@
+"""Live StreamEvents calls with the same filter share one JetStream consumer (`Tap`).
+
+With a consumer of its own per call, the service pulled, parsed, decoded, checked and serialized
+every event once per call: 100 calls on one filter got 123 events/s each with the service at
+87% CPU (docs/performance.md, session 12), where NATS fans out at no cost to us. Here the calls
+on a filter that are at the live edge share a tap: one `EventReader` whose events are decoded,
+checked and serialized once (`Item`), then queued, the same bytes, for each call. Each call
+keeps every promise a reader of its own gave it:
+
+- gap-free and in order: a call joins a tap only where the tap goes on exactly after the call's
+  last sequence (the tap keeps its recent events for that); until then it reads on a reader of
+  its own, as before, and joins once that reader has caught up with the log;
+- a slow client stalls no one, and memory stays bounded: a call's queue holds at most
+  QUEUE_EVENTS / QUEUE_BYTES. A call that falls that far behind leaves the tap (the tap and the
+  other calls never wait for it), sends what it had queued and goes on from there on a reader
+  of its own, paced by HTTP/2 flow control (its backlog stays in the log, as before), until it
+  catches up and joins again. It is not cut: no client, old or new, has to handle a new error;
+- filters exact: calls share a tap only when their NATS filter subjects are the same set;
+- NATS restarts: the tap's reader recreates its consumer after its last sequence, like any
+  reader, and its calls see neither a gap nor a duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from dataclasses import dataclass
+
+import nats.errors
+
+from amelia.v1 import events_pb2
+from amelia_common.eventlog import EventLog, EventReader, StartAt, filter_subjects
+from amelia_common.logging import get_logger
+
+log = get_logger("amelia.events.fanout")
+
+# What a call may have queued and not yet handed to gRPC before it leaves its tap.
+QUEUE_EVENTS = 4096
+QUEUE_BYTES = 2 * 1024 * 1024
+# A tap's most recent events, kept so that a call can join exactly after its last sequence.
+# Well under the queue's bounds: a call that joins never starts over them.
+RECENT_EVENTS = 512
+RECENT_BYTES = 1024 * 1024
+# Events a tap takes from its reader at a time.
+TAP_BATCH = 256
+
+
+def _tag(field: str) -> bytes:
+    """The key of StreamEventsResponse's length-delimited `field` (one byte: numbers < 16)."""
+    number = events_pb2.StreamEventsResponse.DESCRIPTOR.fields_by_name[field].number
+    return bytes([number << 3 | 2])
+
+
+_EVENT_TAG = _tag("event")
+_EVENTS_TAG = _tag("events")
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One event serialized once, for every call: a whole one-event `StreamEventsResponse`
+    (`single`), and its part of a batched one (`piece`: a message's `events` are its items'
+    pieces one after the other, as protobuf encodes a repeated field)."""
+
+    sequence: int
+    single: bytes
+    piece: bytes
+
+    @classmethod
+    def of(cls, event: events_pb2.Event) -> Item:
+        encoded = event.SerializeToString()
+        length = _varint(len(encoded))
+        return cls(event.sequence, _EVENT_TAG + length + encoded, _EVENTS_TAG + length + encoded)
+
+
+class Tap:
+    """One reader at the live edge of a filter, its events offered to every joined call."""
+
+    def __init__(self, hub: Hub, key: tuple[str, ...], reader: EventReader, after: int) -> None:
+        self.hub = hub
+        self.key = key
+        self.reader = reader
+        self.calls: set[Call] = set()
+        self.recent: collections.deque[Item] = collections.deque()
+        self.recent_bytes = 0
+        # Every matching event after this sequence is in `recent` or was offered after it.
+        self.recent_after = after
+        self.ended = False
+        self.error: Exception | None = None
+        self.task = asyncio.create_task(self._pump())
+
+    def serves(self, after: int) -> bool:
+        """Whether a call whose last sequence is `after` can join now without a gap: the tap
+        still has what came after it, and reads the log (its consumer exists)."""
+        return (
+            not self.ended
+            and after >= self.recent_after
+            and self.reader.consumer_name is not None
+            and self.hub.event_log.nc.is_connected
+        )
+
+    def join(self, call: Call, after: int) -> None:
+        call.attach(self, [item for item in self.recent if item.sequence > after])
+        self.calls.add(call)
+
+    async def leave(self, call: Call) -> None:
+        self.calls.discard(call)
+        if not self.calls:
+            await self.close()
+
+    async def close(self) -> None:
+        self.ended = True
+        self.hub.forget(self)
+        if not self.task.done():
+            self.task.cancel()
+        await asyncio.wait({self.task})
+
+    async def _pump(self) -> None:
+        try:
+            while True:
+                events = await self.reader.next_batch(TAP_BATCH, 1024 * 1024)
+                items = [Item.of(event) for event in events]
+                self._remember(items)
+                for call in list(self.calls):  # a call may leave while offered
+                    call.offer(items)
+                if not self.calls:  # every call left (fell behind)
+                    return
+        except StopAsyncIteration:  # the service is stopping
+            pass
+        except Exception as exc:  # noqa: BLE001 - handed to the calls, which raise it
+            self.error = exc
+        finally:
+            self.ended = True
+            self.hub.forget(self)
+            for call in self.calls:
+                call.wake.set()
+            await self.reader.aclose()
+
+    def _remember(self, items: list[Item]) -> None:
+        recent = self.recent
+        recent.extend(items)
+        self.recent_bytes += sum(len(item.piece) for item in items)
+        while len(recent) > RECENT_EVENTS or self.recent_bytes > RECENT_BYTES:
+            gone = recent.popleft()
+            self.recent_bytes -= len(gone.piece)
+            self.recent_after = gone.sequence
+
+
+class Hub:
+    """The taps of one events service, by filter."""
+
+    def __init__(self, event_log: EventLog, stopping: asyncio.Event) -> None:
+        self.event_log = event_log
+        self.stopping = stopping
+        self.taps: dict[tuple[str, ...], Tap] = {}
+        self.left_behind = 0  # calls that left a tap because they fell behind (a metric)
+
+    def lead(self, key: tuple[str, ...], reader: EventReader, after: int) -> Tap:
+        tap = Tap(self, key, reader, after)
+        self.taps[key] = tap
+        return tap
+
+    def forget(self, tap: Tap) -> None:
+        if self.taps.get(tap.key) is tap:
+            del self.taps[tap.key]
+
+    async def last_sequence(self) -> int:
+        """The log's last sequence: what "only new events" starts after. Tries again while NATS
+        is away (the caller bounds the wait, as a reader's opening)."""
+        delay = 0.1
+        while True:
+            try:
+                info = await self.event_log.js.stream_info(self.event_log.settings.EVENTS_STREAM)
+                return int(info.state.last_seq)
+            except (nats.errors.Error, TimeoutError) as exc:
+                log.warning("stream waiting for NATS", error=repr(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def reader(self, types: list[str], subject: str, start: StartAt) -> EventReader:
+        return self.event_log.read(types, subject, start, stop=self.stopping)
+
+
+class Call:
+    """What one StreamEvents call sends: its tap's queued events, or those of its own reader.
+
+    `next_message` gives the call's next message, serialized (see `Item`), or None when the
+    service stops. `sent` is the last sequence in a message given (where to resume from).
+    """
+
+    def __init__(
+        self,
+        hub: Hub,
+        types: list[str],
+        subject: str,
+        start: StartAt,
+        per_message: int,
+        message_bytes: int,
+        hold: float,
+    ) -> None:
+        self.hub = hub
+        self.types = types
+        self.subject = subject
+        self.filters = filter_subjects(types, subject)  # INVALID_ARGUMENT before touching NATS
+        self.key = tuple(sorted(self.filters))
+        self.start = start
+        self.per_message = per_message
+        self.message_bytes = message_bytes
+        self.hold = hold
+        # The last sequence taken (queued or read), once known (a start time: its first event).
+        self.after: int | None = start.after_sequence
+        if start.from_beginning:
+            self.after = 0
+        self.sent = start.after_sequence or 0
+        self.delivered = 0  # events taken for this call (queued or read)
+        self.queue: collections.deque[Item] = collections.deque()
+        self.queued_bytes = 0
+        self.tap: Tap | None = None
+        self.behind = False  # left its tap, falling behind: goes on with a reader of its own
+        self.reader: EventReader | None = None
+        self.wake = asyncio.Event()
+
+    @property
+    def consumer_name(self) -> str | None:
+        """The JetStream consumer the call reads through now (None: being recreated)."""
+        reader = self.tap.reader if self.tap is not None else self.reader
+        return reader.consumer_name if reader is not None else None
+
+    @property
+    def last_sequence(self) -> int:
+        """The last sequence read from the log for this call (as `EventReader.last_sequence`)."""
+        read = self.reader.last_sequence if self.reader is not None else 0
+        return max(self.after or 0, read)
+
+    @property
+    def resets(self) -> int:
+        """How often the reader the call reads through now recreated its consumer."""
+        reader = self.tap.reader if self.tap is not None else self.reader
+        return reader.resets if reader is not None else 0
+
+    @property
+    def buffered(self) -> int:
+        """Events taken for this call and not yet given in a message."""
+        return len(self.queue) + (self.reader.buffered if self.reader is not None else 0)
+
+    async def open(self) -> None:
+        """Subscribe: once this returns, every matching event stored after the start position
+        (or, with none, published from now on) will be given, in order, each once."""
+        start = self.start
+        if start.after_sequence is None and not start.from_beginning and start.time is None:
+            self.after = await self.hub.last_sequence()
+        tap = self.hub.taps.get(self.key)
+        if self.after is not None and tap is not None and tap.serves(self.after):
+            tap.join(self, self.after)
+            return
+        if self.start.time is not None:
+            self.reader = self.hub.reader(self.types, self.subject, self.start)
+        else:
+            assert self.after is not None
+            self.reader = self.hub.reader(self.types, self.subject, StartAt.after(self.after))
+        await self.reader.open()
+        await self._catch_up()
+
+    async def close(self) -> None:
+        tap, self.tap = self.tap, None
+        if tap is not None:
+            await tap.leave(self)
+        reader, self.reader = self.reader, None
+        if reader is not None:
+            await reader.aclose()
+
+    async def next_message(self) -> bytes | None:
+        while True:
+            if self.queue:
+                return self._from_queue()
+            tap = self.tap
+            if tap is not None:
+                if not (self.behind or tap.ended):
+                    self.wake.clear()
+                    await self.wake.wait()
+                    continue
+                if not self.behind:
+                    if tap.error is not None:
+                        raise tap.error
+                    return None  # the service is stopping
+                self.tap, self.behind = None, False
+                assert self.after is not None
+                self.reader = self.hub.reader(self.types, self.subject, StartAt.after(self.after))
+            if self.reader is None:
+                return None
+            return await self._from_reader(self.reader)
+
+    def attach(self, tap: Tap, items: list[Item]) -> None:
+        self.tap = tap
+        self.behind = False
+        self._enqueue(items)
+
+    def offer(self, items: list[Item]) -> None:
+        """The tap's next events: queued, or (past the bounds) the call leaves the tap."""
+        after = self.after or 0
+        if items[-1].sequence <= after:
+            return
+        if items[0].sequence <= after:
+            items = [item for item in items if item.sequence > after]
+        size = sum(len(item.piece) for item in items)
+        if len(self.queue) + len(items) > QUEUE_EVENTS or self.queued_bytes + size > QUEUE_BYTES:
+            assert self.tap is not None
+            self.tap.calls.discard(self)
+            self.behind = True
+            self.hub.left_behind += 1
+            self.wake.set()
+            return
+        self._enqueue(items, size)
+
+    def _enqueue(self, items: list[Item], size: int | None = None) -> None:
+        if not items:
+            return
+        self.queue.extend(items)
+        self.queued_bytes += sum(len(item.piece) for item in items) if size is None else size
+        self.after = items[-1].sequence
+        self.delivered += len(items)
+        self.wake.set()
+
+    def _from_queue(self) -> bytes:
+        queue = self.queue
+        if self.per_message <= 1:
+            item = queue.popleft()
+            self.queued_bytes -= len(item.piece)
+            self.sent = item.sequence
+            return item.single
+        pieces: list[bytes] = []
+        size = 0
+        while queue and len(pieces) < self.per_message and size < self.message_bytes:
+            item = queue.popleft()
+            pieces.append(item.piece)
+            size += len(item.piece)
+        self.queued_bytes -= size
+        self.sent = item.sequence
+        return b"".join(pieces)
+
+    async def _from_reader(self, reader: EventReader) -> bytes | None:
+        try:
+            if self.per_message <= 1:
+                events = [await anext(reader)]
+            else:
+                events = await reader.next_batch(self.per_message, self.message_bytes, self.hold)
+        except StopAsyncIteration:
+            return None
+        items = [Item.of(event) for event in events]
+        self.after = items[-1].sequence
+        self.delivered += len(items)
+        await self._catch_up()
+        self.sent = self.after
+        if len(items) == 1 and self.per_message <= 1:
+            return items[0].single
+        return b"".join(item.piece for item in items)
+
+    async def _catch_up(self) -> None:
+        """Join the filter's tap once the own reader has caught up with the log (nothing
+        pending, nothing buffered), or become the tap when there is none."""
+        reader = self.reader
+        if reader is None or self.after is None or reader.pending != 0 or reader.buffered:
+            return
+        tap = self.hub.taps.get(self.key)
+        if tap is None and reader.start.time is None:
+            # The reader's position is this call's: it goes on as the filter's tap. (A reader
+            # with a start time skips what was stored before it: never one to share.)
+            self.reader = None
+            self.hub.lead(self.key, reader, self.after).join(self, self.after)
+        elif tap is not None and tap.serves(self.after):
+            self.reader = None
+            tap.join(self, self.after)
+            await reader.aclose()
