@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from agents_helpers import (
     S,
     WorkerProcess,
     create_run,
+    rpc_error,
     running_agents,
     serve_agents,
     wait_status,
@@ -28,12 +30,14 @@ from faults_helpers import (
     all_jobs_delivered,
     burst,
     jobs_per_run,
+    last_sequence,
     purge_queue,
     run_uuid,
     terminal_events,
     wait_all_finished,
     worker_pools,
 )
+from frozen_postgres import frozen
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -218,7 +222,9 @@ class OwnPostgres:
     infra: Any
     events_address: str
 
-    def mesh(self, queue_name: str, workers: int) -> tuple[EmbeddedPostgres, Settings]:
+    def mesh(
+        self, queue_name: str, workers: int, **overrides: Any
+    ) -> tuple[EmbeddedPostgres, Settings]:
         """That PostgreSQL, and `fault_settings` on it: `queue_name`, `workers` in process."""
         return self.postgres, fault_settings(
             self.infra,
@@ -226,6 +232,7 @@ class OwnPostgres:
             queue_name,
             DATABASE_URL=self.url,
             AGENT_WORKERS=workers,
+            **overrides,
         )
 
 
@@ -376,3 +383,63 @@ async def test_a_postgres_restart_while_a_node_runs_does_not_run_the_node_again(
     assert done.status == S.RUN_STATUS_COMPLETED, done.error
     assert [line.split()[0] for line in record.read_text().splitlines()] == ["a", "b", "c"]
     assert done.attempt == 1
+
+
+@pytest.mark.slow
+async def test_a_frozen_postgres_fails_new_calls_unavailable_and_loses_no_run(
+    own_postgres: OwnPostgres, tmp_path: Path
+) -> None:
+    """While PostgreSQL is frozen a call that needs a new connection fails UNAVAILABLE naming
+    PostgreSQL after the connect timeout; one already on a connection waits for its deadline
+    (nothing we can tell from a slow statement). The run in a node and the run queued wait for
+    it, and finish once, each node executed once, when it thaws.
+
+    One pooled connection kept per pool (DATABASE_POOL_SIZE=1), so a few calls use up the idle
+    one; the calls' deadline (30 s) is far above the connect timeout (2 s)."""
+    postgres, settings = own_postgres.mesh(
+        "AMELIA_RUNS_FROZEN",
+        workers=0,
+        DATABASE_POOL_SIZE=1,
+        DATABASE_CONNECT_TIMEOUT_SECONDS=2,
+        DATABASE_POOL_TIMEOUT_SECONDS=2,
+    )
+    record, release = tmp_path / "record", tmp_path / "release"
+    steps = {"record": str(record), "release": str(release)}
+    after = await last_sequence(settings)
+    async with running_agents(settings) as agents, worker_pools(settings, pools=1, loops=1):
+        api = agents.stub
+        held = await create_run(api, workflow="workflows/test-steps", input=steps)
+        await wait_status(api, held.name, S.RUN_STATUS_RUNNING)
+        queued = await create_run(api, workflow="workflows/echo", input={"message": "queued"})
+        deadline = time.monotonic() + 30
+        while not (record.exists() and "b " in record.read_text()):
+            assert time.monotonic() < deadline, "node b never started"
+            await asyncio.sleep(0.05)
+        outcomes: list[tuple[str, str]] = []
+        with frozen(postgres):
+            release.touch()  # node b ends: its writes wait on the frozen connection
+            for _ in range(4):
+                error = await rpc_error(api.GetRun(S.GetRunRequest(name=held.name), timeout=30))
+                outcomes.append((error.code().name, error.details() or ""))
+                if error.code() == grpc.StatusCode.UNAVAILABLE:
+                    break
+            refused = S.Run(workflow="workflows/echo")
+            refused.input.update({"message": "while frozen"})
+            created = await rpc_error(api.CreateRun(S.CreateRunRequest(run=refused), timeout=30))
+            outcomes.append((created.code().name, created.details() or ""))
+        done = [
+            await wait_status(api, name, *FINISHED, timeout=90) for name in (held.name, queued.name)
+        ]
+        later = await create_run(api, workflow="workflows/echo", input={"message": "after"})
+        done.append(await wait_status(api, later.name, *FINISHED, timeout=60))
+        runs = [run.name for run in done]
+        ends = await terminal_events(settings, after=after, runs=runs)
+    unavailable = "PostgreSQL is unavailable: no answer in time (TimeoutError); try again shortly"
+    # Calls before the last GetRun took the pooled connection that froze mid-statement.
+    assert {code for code, _ in outcomes[:-2]} <= {"DEADLINE_EXCEEDED"}, outcomes
+    assert outcomes[-2:] == [("UNAVAILABLE", unavailable)] * 2, outcomes
+    assert [(S.RunStatus.Name(run.status), run.error) for run in done] == [
+        ("RUN_STATUS_COMPLETED", "")
+    ] * 3
+    assert [line.split()[0] for line in record.read_text().splitlines()] == ["a", "b", "c"]
+    assert {name: ends[name] for name in runs} == {name: 1 for name in runs}

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, event, text
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -50,15 +51,36 @@ def create_engine(settings: Settings, url: str | None = None) -> AsyncEngine:
     says goodbye, and is replaced at checkout (`_replace_closed`). A statement that meets a
     connection dying under it fails (UNAVAILABLE naming PostgreSQL) and invalidates the whole
     pool (SQLAlchemy's disconnect handling), so the next checkout connects afresh.
+
+    A frozen PostgreSQL (SIGSTOP, a stalled host) keeps its connections up and answers nothing:
+    a new connection gives up after DATABASE_CONNECT_TIMEOUT_SECONDS and a checkout waiting for
+    a busy pool after DATABASE_POOL_TIMEOUT_SECONDS, both UNAVAILABLE naming PostgreSQL
+    (`errors.dependency_unavailable`). A statement already sent waits for its caller's deadline;
+    cancelled there, it makes every pooled connection suspect (`_suspect_the_pool`), so the calls
+    after it connect afresh, and time out, instead of each waiting on an idle frozen one.
     """
     engine = create_async_engine(
         asyncpg_url(url or settings.DATABASE_URL),
         pool_size=settings.DATABASE_POOL_SIZE,
         max_overflow=settings.DATABASE_MAX_OVERFLOW,
+        pool_timeout=settings.DATABASE_POOL_TIMEOUT_SECONDS,
+        connect_args={"timeout": settings.DATABASE_CONNECT_TIMEOUT_SECONDS},
         pool_recycle=1800,
     )
     event.listen(engine.sync_engine.pool, "checkout", _replace_closed)
+    event.listen(engine.sync_engine, "handle_error", _suspect_the_pool)
     return engine
+
+
+def _suspect_the_pool(context: ExceptionContext) -> None:
+    """A statement cancelled mid-way (its caller's deadline, mostly): replace every pooled
+    connection at its next checkout, not only this one (SQLAlchemy's choice for a cancellation).
+
+    The connections of a frozen PostgreSQL look idle and healthy in the pool: without this, each
+    next call took one and waited for its own deadline. The cost when PostgreSQL is fine: one
+    reconnect per pooled connection after a cancelled statement."""
+    if isinstance(context.original_exception, asyncio.CancelledError):
+        context.invalidate_pool_on_disconnect = True
 
 
 def _replace_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:

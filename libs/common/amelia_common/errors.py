@@ -361,6 +361,9 @@ def _detail(exc: BaseException) -> str:
         if address:
             reason = os.strerror(exc.errno) if exc.errno else _summary(exc)
             return f"cannot connect to {address} ({reason}: is it running?)"
+    if isinstance(exc, TimeoutError) and not str(exc).strip():
+        # A driver's own timeout says nothing (asyncpg's connect to a frozen server).
+        return "no answer in time (TimeoutError)"
     origin = getattr(exc, "orig", None)
     for candidate in (origin, exc, _root(exc)):
         if isinstance(candidate, BaseException) and str(candidate).strip():

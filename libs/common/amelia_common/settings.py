@@ -93,6 +93,11 @@ class Settings(BaseSettings):
     DATABASE_URL: str = ""
     DATABASE_POOL_SIZE: int = 10
     DATABASE_MAX_OVERFLOW: int = 20
+    # A frozen or overloaded PostgreSQL: a new connection that gets no answer within
+    # DATABASE_CONNECT_TIMEOUT_SECONDS, or a call that waits DATABASE_POOL_TIMEOUT_SECONDS for a
+    # pooled connection (all busy), fails UNAVAILABLE naming PostgreSQL instead of waiting.
+    DATABASE_CONNECT_TIMEOUT_SECONDS: float = Field(default=5, gt=0)
+    DATABASE_POOL_TIMEOUT_SECONDS: float = Field(default=10, gt=0)
 
     # NATS (empty: embedded nats-server with JetStream under the data dir)
     NATS_URL: str = ""

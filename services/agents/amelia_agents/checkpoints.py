@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import contextvars
 import copy
+import math
 import select
 import zlib
 from collections.abc import AsyncIterator, Sequence
@@ -59,8 +60,17 @@ async def open_checkpointer(
         conninfo=libpq_url(settings.DATABASE_URL),
         min_size=1,
         max_size=max_size or settings.DATABASE_POOL_SIZE,
-        # What AsyncPostgresSaver expects of its connections.
-        kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
+        # What AsyncPostgresSaver expects of its connections, and (a frozen PostgreSQL) how long
+        # a new one waits for an answer: libpq's whole seconds, at least 2.
+        kwargs={
+            "autocommit": True,
+            "prepare_threshold": 0,
+            "row_factory": dict_row,
+            "connect_timeout": max(2, math.ceil(settings.DATABASE_CONNECT_TIMEOUT_SECONDS)),
+        },
+        # A checkout that finds every connection busy, or none it can open, fails then
+        # (PoolTimeout: UNAVAILABLE naming PostgreSQL) instead of after the pool's 30 s.
+        timeout=settings.DATABASE_POOL_TIMEOUT_SECONDS,
         open=False,
         check=_check_if_spoken_to,
         name="amelia-agents-checkpoints",
