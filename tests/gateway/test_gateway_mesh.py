@@ -175,7 +175,8 @@ async def test_documents_inline_multipart_and_raw_then_search(mesh: Mesh) -> Non
     assert multipart.status_code == 200, multipart.text
     uploaded = multipart.json()["document"]
     assert uploaded["sizeBytes"] == str(len(body))
-    assert uploaded["title"] == "hub.txt" and uploaded["metadata"] == {"team": "gw"}
+    # Titled by its file path's name (as IngestDocument and `amelia ingest` title it).
+    assert uploaded["title"] == "hub-gw.txt" and uploaded["metadata"] == {"team": "gw"}
 
     raw = await http.post(
         "/v1/documents",

@@ -6,10 +6,15 @@ so a 50 MB PDF never sits whole in the gateway's memory.
 
 - multipart/form-data: form fields first (`source` as a JSON DocumentSource, or any of its fields
   by name: `title`, `type`, `sourceUri`, `filePath`, `metadata` as a JSON object), then one file
-  part; the file name is the title when none is given.
+  part.
 - any other content type: the body is the document; DocumentSource fields come from the query
-  string (`?title=notes.md&type=DOCUMENT_TYPE_MARKDOWN`), the title may also come from
+  string (`?title=notes.md&type=DOCUMENT_TYPE_MARKDOWN`), the file name may come from
   `Content-Disposition: attachment; filename="notes.md"`.
+
+The title is the rag service's to choose, as for IngestDocument without a title and `amelia
+ingest` (the client's title, else the `filePath`'s file name, else what the page itself says for
+a `sourceUri`): the upload's file name is sent as the title only when the request names the
+document no other way (no title, `filePath` or `sourceUri`), as it must be named by something.
 """
 
 from __future__ import annotations
@@ -50,7 +55,13 @@ def _source_from_fields(fields: dict[str, str], filename: str) -> rag_pb2.Docume
             values[field.name] = text
     if values:
         parse_into(source, values, "form fields")
-    if not source.title and filename:
+    return _named(source, filename)
+
+
+def _named(source: rag_pb2.DocumentSource, filename: str) -> rag_pb2.DocumentSource:
+    """`source`, titled by the upload's file name only if nothing else names the document (the
+    rag service titles it otherwise, the same for every client)."""
+    if filename and not (source.title or source.file_path or source.source_uri):
         source.title = filename
     return source
 
@@ -132,10 +143,9 @@ async def _raw(request: Request, call: _Call, limit: int) -> None:
     values = query_to_dict(rag_pb2.DocumentSource.DESCRIPTOR, query, set())
     source = rag_pb2.DocumentSource()
     parse_into(source, values, "query string")
-    if not source.title:
-        _, disposition = parse_options_header(request.headers.get("content-disposition", ""))
-        filename = disposition.get(b"filename", b"").decode("utf-8", "replace")
-        source.title = filename.rsplit("/", 1)[-1]
+    _, disposition = parse_options_header(request.headers.get("content-disposition", ""))
+    filename = disposition.get(b"filename", b"").decode("utf-8", "replace")
+    _named(source, filename.rsplit("/", 1)[-1])
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise too_large(limit, "document", "MAX_DOCUMENT_BYTES")

@@ -99,7 +99,9 @@ class Outcome:
 
 
 def _source(path: Path) -> rag_pb2.DocumentSource:
-    return rag_pb2.DocumentSource(title=path.name, file_path=str(path), source_uri=path.as_uri())
+    """What `amelia ingest` says of a file: where it is, no title (the rag service titles it by
+    its file name, as every client's document without a title; docs/rag.md)."""
+    return rag_pb2.DocumentSource(file_path=str(path), source_uri=path.as_uri())
 
 
 async def _ingest_one(stub: object, path: Path) -> Outcome:
