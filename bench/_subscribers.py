@@ -38,6 +38,8 @@ from amelia.v1 import events_pb2, events_pb2_grpc
 WEBSOCKET = "websocket"
 WEBSOCKET_BATCHED = "websocket-batched"
 STREAM_EVENTS = "stream-events"
+STREAM_EVENTS_BATCHED = "stream-events-batched"  # max_events_per_message=PER_MESSAGE
+PER_MESSAGE = 256
 
 
 @dataclass(frozen=True)
@@ -160,30 +162,38 @@ async def _websockets(url: str, subject: str, receivers: list[Receiver], batch: 
     return close
 
 
-async def _stream_events(address: str, subject: str, receivers: list[Receiver]) -> Closer:
+async def _stream_events(
+    address: str, subject: str, receivers: list[Receiver], per_message: int
+) -> Closer:
     channels = [grpc.aio.insecure_channel(address) for _ in range(max(1, len(receivers) // 25))]
     calls = []
     tasks = []
+
+    def arrived(receiver: Receiver, event: events_pb2.Event) -> None:
+        fields = event.data.fields
+        if "p" in fields:
+            receiver.arrived(
+                event.sequence,
+                {
+                    "p": fields["p"].string_value,
+                    "i": fields["i"].number_value,
+                    "t": fields["t"].number_value,
+                },
+            )
 
     async def consume(call: Any, receiver: Receiver) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             try:
                 async for response in call:
                     receiver.messages += 1
-                    fields = response.event.data.fields
-                    if "p" in fields:
-                        receiver.arrived(
-                            response.event.sequence,
-                            {
-                                "p": fields["p"].string_value,
-                                "i": fields["i"].number_value,
-                                "t": fields["t"].number_value,
-                            },
-                        )
+                    for event in response.events if per_message > 1 else (response.event,):
+                        arrived(receiver, event)
             except grpc.aio.AioRpcError as exc:
                 receiver.ended(f"{exc.code().name}: {exc.details()}")
 
-    request = events_pb2.StreamEventsRequest(filter=events_pb2.EventFilter(subject=subject))
+    request = events_pb2.StreamEventsRequest(
+        filter=events_pb2.EventFilter(subject=subject), max_events_per_message=per_message
+    )
     for i, receiver in enumerate(receivers):
         call = events_pb2_grpc.EventServiceStub(channels[i % len(channels)]).StreamEvents(request)
         calls.append(call)
@@ -201,8 +211,9 @@ async def _stream_events(address: str, subject: str, receivers: list[Receiver]) 
 
 async def _serve(pipe: Connection, kind: str, target: str, subject: str, count: int) -> None:
     receivers = [Receiver() for _ in range(count)]
-    if kind == STREAM_EVENTS:
-        close = await _stream_events(target, subject, receivers)
+    if kind in (STREAM_EVENTS, STREAM_EVENTS_BATCHED):
+        per_message = PER_MESSAGE if kind == STREAM_EVENTS_BATCHED else 0
+        close = await _stream_events(target, subject, receivers, per_message)
     else:
         close = await _websockets(target, subject, receivers, batch=kind == WEBSOCKET_BATCHED)
     pipe.send(True)  # open

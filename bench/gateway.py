@@ -3,7 +3,9 @@
 One run starts an embedded nats-server, the events service and the gateway (each its own
 process, as deployed), then measures with the same publisher and the same events:
 
-- the events service's own StreamEvents (gRPC) with 1 and 100 subscribers (100 streams),
+- the events service's own StreamEvents (gRPC) with 1 and 100 subscribers (100 streams), with
+  256 events per message at most (`max_events_per_message`) and one event per message (old
+  clients); calls on one filter share one consumer in the service (amelia_events.fanout),
 - the gateway's WebSocket with 1 and 100 sockets on one filter (one shared upstream stream),
   with `"batch": true` (events already queued for a socket go out in one message) and plain (one
   message per event),
@@ -20,7 +22,8 @@ goes flat out (PublishEvents batches; the mesh's end-to-end rate, publish includ
 the publisher's time.time() carried in the event -> the subscriber's time.time() once the
 message is decoded (one clock), at a steady 200 events/s, so it is not queueing behind a burst.
 Each row's note gives the CPU each process used during the flat-out phase (100% = one core
-throughout: which of them limits the row) and the gateway's CPU per delivered event.
+throughout: which of them limits the row) and the CPU per delivered event of the service the
+clients talk to (the gateway, or the events service for StreamEvents).
 """
 
 from __future__ import annotations
@@ -54,13 +57,22 @@ from amelia_common.settings import Settings
 from bench import _subscribers
 from bench._node_clients import NodeSubscribers, node_websocket
 from bench._processes import service_process, wait_serving
-from bench._subscribers import STREAM_EVENTS, WEBSOCKET, WEBSOCKET_BATCHED, Phase, Report
+from bench._subscribers import (
+    PER_MESSAGE,
+    STREAM_EVENTS,
+    STREAM_EVENTS_BATCHED,
+    WEBSOCKET,
+    WEBSOCKET_BATCHED,
+    Phase,
+    Report,
+)
 from bench.events import load, summary_row
 
 STUCK = "stuck"  # the row with one socket that never reads
 WS_BATCHED = 'WebSocket, "batch": true'
 WS_PLAIN = "WebSocket (gateway)"
 GRPC = "StreamEvents (gRPC, events service)"
+GRPC_BATCHED = f"StreamEvents, {PER_MESSAGE}/message (gRPC)"
 THROUGHPUT_EVENTS = 1500
 LATENCY_EVENTS = 400
 LATENCY_RATE = 200.0
@@ -246,7 +258,7 @@ NO_NODE = (
 
 
 async def _start(kind: str, target: str, subject: str, count: int) -> Readers:
-    if kind == STREAM_EVENTS or NO_NODE is not None:
+    if kind in (STREAM_EVENTS, STREAM_EVENTS_BATCHED) or NO_NODE is not None:
         return await Subscribers.start(kind, target, subject, count)
     return await NodeSubscribers.start(kind, target, subject, count)
 
@@ -258,21 +270,21 @@ def _cpu_seconds(process: psutil.Process) -> float:
 
 class CpuShare:
     """Each process's CPU over a phase's wall time (100% = one core busy throughout): which
-    of them limits the phase; and the gateway's CPU per event delivered to a socket."""
+    of them limits the phase; and a service's CPU per event delivered to a client."""
 
     def __init__(self, processes: dict[str, psutil.Process]) -> None:
         self.processes = processes
         self.before = {label: _cpu_seconds(p) for label, p in processes.items()}
         self.started = time.perf_counter()
 
-    def note(self, deliveries: int | None) -> str:
+    def note(self, deliveries: int | None, server: str = "gateway") -> str:
         elapsed = max(time.perf_counter() - self.started, 1e-9)
         used = {label: _cpu_seconds(p) - self.before[label] for label, p in self.processes.items()}
         busy = ", ".join(f"{label} {seconds / elapsed:.0%}" for label, seconds in used.items())
         if deliveries:
             clients = sum(seconds for label, seconds in used.items() if label.startswith("clients"))
             busy += (
-                f"; per delivered event: gateway {used['gateway'] / deliveries * 1e6:.1f} us, "
+                f"; per delivered event: {server} {used[server] / deliveries * 1e6:.1f} us, "
                 f"clients {clients / deliveries * 1e6:.1f} us"
             )
         return f"CPU {busy}"
@@ -352,12 +364,13 @@ async def _measure(
         # A machine too busy for this row, or a broken guarantee: say so; the other rows run.
         return _not_measured(name, count, f"flat out: {wrong}; {note}")
     rates = [THROUGHPUT_EVENTS / max(last - started, 1e-9) for r in reports for last in r.lasts]
-    websocket = "gateway" in processes and "WebSocket" in name
+    # The service whose CPU per delivered event the note gives: the one the clients talk to.
+    server = "gateway" if "WebSocket" in name else "events"
     note = "; ".join(
         filter(
             None,
             (
-                cpu.note(THROUGHPUT_EVENTS * count if websocket else None),
+                cpu.note(THROUGHPUT_EVENTS * count if server in processes else None, server),
                 _per_message(reports, THROUGHPUT_EVENTS * count),
                 note,
             ),
@@ -382,7 +395,7 @@ async def _measure(
     wrong = _problems(reports, events)
     latencies = sorted(x for r in reports for x in r.latencies) or [float("nan")]
     latency_note = (
-        f"latency of {measured}: {cpu.note(events * count if websocket else None)}; "
+        f"latency of {measured}: {cpu.note(events * count if server in processes else None, server)}; "
         + _per_message(reports, events * count)
     )
     if wrong:
@@ -399,17 +412,26 @@ async def _measure(
     )
 
 
+# Issue 15's rows: 100 subscribers on one filter, each kind.
+ISSUE_ROWS = {
+    WS_BATCHED: "100 sockets, batch",
+    WS_PLAIN: "100 sockets, plain",  # one event per message
+    GRPC_BATCHED: f"100 StreamEvents, {PER_MESSAGE}/message",
+    GRPC: "100 StreamEvents, one event/message",
+}
+
+
 def issue_rows(results: list[Result]) -> None:
-    """Issue 15's row, 100 sockets on one filter, as two figures next to their targets with the
-    ratio: the latency at the target's offered load (every client gap-free), and the rate to
-    every client flat out."""
+    """Issue 15's rows, 100 subscribers on one filter (sockets through the gateway, StreamEvents
+    calls on the events service), as two figures next to their targets with the ratio: the
+    latency at the target's offered load (every client gap-free), and the rate to every client
+    flat out."""
     print(f"\nissue 15 rows ({load()})")
     print(f"  {'path':<44}{'figure':>30}{'ratio':>9}   target")
     for r in results:
-        if r.subscribers != 100 or r.name not in (WS_BATCHED, WS_PLAIN):
+        if r.subscribers != 100 or r.name not in ISSUE_ROWS:
             continue
-        kind = "batch" if r.name == WS_BATCHED else "plain"  # one event per message
-        path = f"100 sockets, {kind}"
+        path = ISSUE_ROWS[r.name]
         if r.latency_rate >= TARGET_EVENTS_PER_S * REACHED:
             summary_row(
                 f"{path}, p99 at {TARGET_EVENTS_PER_S / 1000:g}k ev/s each",
@@ -481,6 +503,7 @@ async def _rows(
     for name, kind, target in (
         (WS_BATCHED, WEBSOCKET_BATCHED, ws_url),
         (WS_PLAIN, WEBSOCKET, ws_url),
+        (GRPC_BATCHED, STREAM_EVENTS_BATCHED, address),
         (GRPC, STREAM_EVENTS, address),
     ):
         if kind not in choice.kinds:
@@ -488,8 +511,9 @@ async def _rows(
         for count in choice.counts:
             subject = f"bench/{kind}{count}x{time.monotonic_ns()}"
             subscribers = await _start(kind, target, subject, count)
-            note = "100 streams" if count > 1 and kind == STREAM_EVENTS else ""
-            if count > 1 and kind != STREAM_EVENTS:
+            grpc_row = kind in (STREAM_EVENTS, STREAM_EVENTS_BATCHED)
+            note = f"{count} streams" if count > 1 and grpc_row else ""
+            if count > 1 and not grpc_row:
                 note = "1 upstream stream"
             note += f" ({load()})"
             slow_before = await _slow_closes(ws_url)
@@ -503,6 +527,8 @@ async def _rows(
                         subject,
                         note,
                         processes,
+                        # (Not one event per message on 100 streams: 1,000 events/s to each is
+                        # 100,000 gRPC messages/s, several cores of grpc's per-message cost.)
                         steady=count > 1 and kind != STREAM_EVENTS,
                     )
                 )
@@ -554,7 +580,13 @@ async def _stuck_row(
 class Choice:
     """The rows to run (`python -m bench.gateway --help`); all of them by default."""
 
-    kinds: tuple[str, ...] = (WEBSOCKET_BATCHED, WEBSOCKET, STREAM_EVENTS, STUCK)
+    kinds: tuple[str, ...] = (
+        WEBSOCKET_BATCHED,
+        WEBSOCKET,
+        STREAM_EVENTS_BATCHED,
+        STREAM_EVENTS,
+        STUCK,
+    )
     counts: tuple[int, ...] = (1, 100)
 
 
