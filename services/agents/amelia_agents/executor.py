@@ -55,6 +55,10 @@ INTERRUPT_KEY = "__interrupt__"
 # How long a stopped graph may take to unwind (kill its subprocess, close its HTTP stream).
 STOP_GRACE_SECONDS = 5.0
 
+# How long a model call's usage waits to be written with the calls after it (or with the run's
+# end, if it comes first): a pick-up that dies loses at most this much of its usage.
+USAGE_WRITE_SECONDS = 0.5
+
 
 @dataclass
 class Attempt:
@@ -81,15 +85,20 @@ class HandoverError(Exception):
 
 
 class UsageWriter:
-    """A pick-up's token usage, added to its run in the background: a node's model call does
-    not wait for PostgreSQL, and calls made while a write is under way go in the next one.
+    """A pick-up's token usage, added to its run: a node's model call does not wait for
+    PostgreSQL. What the calls used is held for USAGE_WRITE_SECONDS (calls made meanwhile add
+    to it), then written in one UPDATE; what is still held when the graph ends goes into the
+    statement recording the run's end (`take`, `Store.finish`) rather than one of its own — a
+    run of quick nodes writes its usage once, with its end, instead of once per model call.
     `flush` returns once everything is stored (raising the error of a write that failed)."""
 
-    def __init__(self, store: Store, run_id: uuid.UUID) -> None:
+    def __init__(self, store: Store, run_id: uuid.UUID, delay: float = USAGE_WRITE_SECONDS) -> None:
         self.store = store
         self.run_id = run_id
+        self.delay = delay
         self._pending = (0, 0)
         self._task: asyncio.Task[None] | None = None
+        self._writing = False  # the task is past its wait: its UPDATE may be under way
 
     def add(self, usage: Usage) -> None:
         self._pending = (
@@ -98,7 +107,15 @@ class UsageWriter:
         )
         task = self._task
         if task is None or (task.done() and not task.cancelled() and task.exception() is None):
-            self._task = asyncio.create_task(self._write())
+            self._task = asyncio.create_task(self._write_later())
+
+    async def _write_later(self) -> None:
+        await asyncio.sleep(self.delay)
+        self._writing = True
+        try:
+            await self._write()
+        finally:
+            self._writing = False
 
     async def _write(self) -> None:
         while self._pending != (0, 0):
@@ -112,9 +129,28 @@ class UsageWriter:
                 )
                 raise
 
+    async def _settle(self) -> None:
+        """No write in the background any more: a waiting one is called off, one under way
+        awaited (its error raised)."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        if not task.done() and not self._writing:
+            task.cancel()
+        await asyncio.wait((task,))
+        failure = None if task.cancelled() else task.exception()
+        if failure is not None:
+            raise failure
+
+    async def take(self) -> tuple[int, int]:
+        """The (input, output) tokens not stored yet, for the caller's own statement; this
+        writer stores nothing more of them."""
+        await self._settle()
+        pending, self._pending = self._pending, (0, 0)
+        return pending
+
     async def flush(self) -> None:
-        if self._task is not None:
-            await self._task
+        await self._settle()
         await self._write()
 
 
@@ -263,7 +299,13 @@ class Executor:
                 (row.agent_config or {}).get("retry_attempts", runtime.DEFAULT_RETRY_ATTEMPTS)
             ),
         )
-        drive = asyncio.create_task(self._drive(row, graph, graph_input, config, ctx, pipeline))
+        # A model call records its usage here directly (a cancelled one too, see `runtime`);
+        # what is not stored when the graph ends goes into the statement recording the end.
+        usage = UsageWriter(self.store, row.id)
+        ctx.store_usage = usage.add
+        drive = asyncio.create_task(
+            self._drive(row, graph, graph_input, config, ctx, pipeline, usage)
+        )
         stops = [
             asyncio.create_task(attempt.cancel_requested.wait()),
             asyncio.create_task(attempt.handover.wait()),
@@ -298,15 +340,17 @@ class Executor:
         except (ModelError, runtime.NodeError) as exc:
             return await self._fail(row, str(exc))
         except Exception as exc:  # a node's exception fails the run
+            await _stored(usage)  # (a failed graph's were stored as it stopped)
             if infrastructure_outage(exc):
                 raise  # a checkpoint or event that could not be written: try again later
             log.info("run failed", run=str(row.id), error=repr(exc))
             return await self._fail(row, f"{type(exc).__name__}: {exc}")
-        if attempt.cancel_requested.is_set():
-            return await self._cancelled(row)
-        if end.interrupt is not None:
+        if attempt.cancel_requested.is_set() or end.interrupt is not None:
+            await _stored(usage)
+            if end.interrupt is None:
+                return await self._cancelled(row)
             return await self._pause(row, end.interrupt)
-        return await self._complete(row, workflow, end.values)
+        return await self._complete(row, workflow, end.values, usage)
 
     async def _stop(self, drive: asyncio.Task[GraphEnd]) -> None:
         drive.cancel()
@@ -322,17 +366,16 @@ class Executor:
         config: dict[str, Any],
         ctx: runtime.RunContext,
         pipeline: PublishPipeline,
+        stored_usage: UsageWriter,
     ) -> GraphEnd:
         """Run the graph, its streamed events sent through `pipeline`, all stored on return;
-        where it stopped."""
+        where it stopped. Stopped or failed, the usage of the calls made is stored on the way
+        out (`stored_usage`); ended, it is left for the run's end."""
         token = runtime.bind(ctx)
         end = GraphEnd()
         started: dict[str, float] = {}
         usage = NodeUsage(self.settings.MODEL_PRICES)
-        stored_usage = UsageWriter(self.store, row.id)
-        # A model call records its usage here directly (a cancelled one too, see `runtime`).
-        ctx.store_usage = stored_usage.add
-        flushed = False
+        ended = False
         try:
             async for mode, chunk in graph.astream(
                 graph_input, config, stream_mode=["tasks", "custom", "values"], durability="sync"
@@ -358,15 +401,12 @@ class Executor:
                         await pipeline.submit(
                             self.events.event(row, event_type, _jsonable(data)), data_checked=True
                         )
-            flushed = True
-            await stored_usage.flush()
             await pipeline.flush()
+            ended = True
             return end
         finally:
-            if not flushed:
-                # Stopped or failed: the usage of the calls made is stored all the same.
-                with contextlib.suppress(Exception):
-                    await stored_usage.flush()
+            if not ended:
+                await _stored(stored_usage)
             runtime.unbind(token)
             # Stopped or failed: what was written is stored by NATS; nobody waits for it.
             pipeline.abandon()
@@ -390,13 +430,24 @@ class Executor:
         return self.events.event(row, "run.node.finished", data)
 
     async def _complete(
-        self, row: RunRow, workflow: workflows.Workflow, values: dict[str, Any]
+        self,
+        row: RunRow,
+        workflow: workflows.Workflow,
+        values: dict[str, Any],
+        usage: UsageWriter | None = None,
     ) -> str:
+        """Record the run COMPLETED with its output and the usage `usage` has not stored yet,
+        in one statement."""
         try:
             output = _jsonable(workflow.to_output(values or {}))
         except Exception as exc:  # noqa: BLE001
+            if usage is not None:
+                await _stored(usage)
             return await self._fail(row, f"cannot build the run's output: {exc}")
-        return await self._ended(await self.store.finish(row.id, RunState.COMPLETED, output=output))
+        added = await usage.take() if usage is not None else (0, 0)
+        return await self._ended(
+            await self.store.finish(row.id, RunState.COMPLETED, output=output, usage=added)
+        )
 
     async def _fail(self, row: RunRow, error: str) -> str:
         return await self._ended(await self.store.finish(row.id, RunState.FAILED, error=error))
@@ -455,6 +506,13 @@ class Executor:
             )
         )
         return after.status
+
+
+async def _stored(usage: UsageWriter) -> None:
+    """Store what `usage` holds now, on a path where nothing else records it; a failure is
+    the run's outage's, not news (the run goes on from its checkpoint)."""
+    with contextlib.suppress(Exception):
+        await usage.flush()
 
 
 async def _drain(saver: BaseCheckpointSaver[Any]) -> Exception | None:

@@ -473,9 +473,16 @@ class Store:
         *,
         output: dict[str, Any] | None = None,
         error: str = "",
+        usage: tuple[int, int] = (0, 0),
     ) -> tuple[RunRow | None, bool]:
-        """RUNNING → COMPLETED/FAILED; a run cancelled meanwhile stays CANCELLED."""
-        return await self._transition(
+        """RUNNING → COMPLETED/FAILED; a run cancelled meanwhile stays CANCELLED. `usage`
+        (input, output tokens) is added to the run's in the same statement — or, when the
+        run had ended already, on its own before it is read."""
+        added = {
+            "input_tokens": _RUNS.c.input_tokens + usage[0],
+            "output_tokens": _RUNS.c.output_tokens + usage[1],
+        }
+        after, changed = await self._transition(
             run_id,
             runstate.ENDS[status],
             {
@@ -484,8 +491,13 @@ class Store:
                 "end_time": now(),
                 "interrupt": None,
                 "has_resume": False,
+                **(added if usage != (0, 0) else {}),
             },
         )
+        if not changed and after is not None and usage != (0, 0):
+            await self.add_usage(run_id, *usage)
+            after = await self.get_run(run_id)
+        return after, changed
 
     async def pause(
         self, run_id: uuid.UUID, interrupt: dict[str, Any]
