@@ -169,6 +169,17 @@ class RunSaver(AsyncPostgresSaver):
         self._behind: asyncio.Task[None] | None = None  # the last checkpoint written behind
         self._node_writes: set[asyncio.Future[None]] = set()  # nodes' writes not stored yet
         self._failure: BaseException | None = None
+        self._given_back = False  # `conn` broke and is back in the pool (`release`)
+
+    async def release(self) -> None:
+        """Give the held connection back to the pool, once: a broken one given back while no
+        other could be had (PoolTimeout) is not given back again (each return of a broken
+        connection makes the pool open a replacement, beyond its max_size)."""
+        conn = self.conn
+        assert isinstance(conn, AsyncConnection)
+        if not self._given_back:
+            self._given_back = True
+            await self.pool.putconn(conn)
 
     def keep_latest_read(self) -> None:
         self._keep_next = True
@@ -208,8 +219,9 @@ class RunSaver(AsyncPostgresSaver):
             try:
                 await _check_if_spoken_to(conn)
             except Exception:  # noqa: BLE001 - closed by the server: take another
-                await self.pool.putconn(conn)
+                await self.release()
                 conn = self.conn = await self.pool.getconn()
+                self._given_back = False
             if pipeline and self.supports_pipeline:
                 async with conn.pipeline(), conn.cursor(binary=True, row_factory=dict_row) as cur:
                     yield cur
@@ -345,6 +357,4 @@ async def for_pickup(saver: BaseCheckpointSaver[Any]) -> AsyncIterator[BaseCheck
         # Nothing may still be writing on the connection when it goes back to the pool.
         with contextlib.suppress(BaseException):
             await asyncio.shield(run_saver.drain())
-        conn = run_saver.conn
-        assert isinstance(conn, AsyncConnection)
-        await pool.putconn(conn)
+        await run_saver.release()

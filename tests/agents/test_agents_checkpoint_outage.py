@@ -1,0 +1,71 @@
+"""A pick-up's checkpoint connection broken by a PostgreSQL outage longer than the pool's wait
+(DATABASE_POOL_TIMEOUT_SECONDS): the pick-up stops (PoolTimeout, PostgreSQL unavailable), the
+broken connection goes back to the pool once, and the pool replaces it once. Before, every
+retry of the write behind and the pick-up's end gave the same broken connection back again, and
+each return made the pool open one more: 4 returns, 3 connections over max_size after it."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langgraph.checkpoint.base import empty_checkpoint
+from psycopg_pool import PoolTimeout
+
+from amelia_agents.checkpoints import RunSaver, for_pickup, open_checkpointer
+from amelia_common.embedded import EmbeddedPostgres
+from amelia_common.errors import dependency_unavailable
+from amelia_common.settings import Settings
+
+
+@pytest.fixture
+async def postgres(tmp_path: Path) -> AsyncIterator[tuple[EmbeddedPostgres, str]]:
+    server = EmbeddedPostgres(tmp_path / "pg")
+    url = await asyncio.to_thread(server.start)
+    try:
+        yield server, url
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+def _checkpoint(value: str) -> tuple[Any, Any]:
+    checkpoint: dict[str, Any] = dict(empty_checkpoint())
+    checkpoint["channel_values"] = {"note": value}
+    checkpoint["channel_versions"] = {"note": 1}
+    return checkpoint, {"note": 1}
+
+
+async def test_a_connection_broken_in_a_long_outage_is_given_back_once(
+    postgres: tuple[EmbeddedPostgres, str], settings: Settings
+) -> None:
+    server, url = postgres
+    pool, shared = await open_checkpointer(
+        settings.model_copy(update={"DATABASE_URL": url, "DATABASE_POOL_TIMEOUT_SECONDS": 1}),
+        max_size=2,
+    )
+    config: Any = {"configurable": {"thread_id": uuid.uuid4().hex, "checkpoint_ns": ""}}
+    try:
+        async with for_pickup(shared) as saver:
+            assert isinstance(saver, RunSaver)
+            checkpoint, versions = _checkpoint("before")
+            await saver.aput(config, checkpoint, {"source": "input", "step": -1}, versions)
+            await saver.drain()
+            await asyncio.to_thread(server.stop)
+            # Written behind while PostgreSQL is down for longer than the pool waits.
+            checkpoint, versions = _checkpoint("during")
+            await saver.aput(config, checkpoint, {"source": "loop", "step": 0}, versions)
+            with pytest.raises(PoolTimeout) as failed:
+                await saver.drain()
+        unavailable = dependency_unavailable(failed.value)
+        assert unavailable is not None and unavailable.dependency == "PostgreSQL"
+        await asyncio.to_thread(server.start)
+        assert pool.get_stats().get("returns_bad", 0) == 1
+        async with for_pickup(shared) as saver:  # the pool works again
+            read = await saver.aget_tuple(config)
+        assert read is not None and read.checkpoint["channel_values"] == {"note": "before"}
+    finally:
+        await pool.close()
