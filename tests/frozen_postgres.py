@@ -1,12 +1,16 @@
-"""A PostgreSQL frozen with SIGSTOP, as a stalled host or a stopped container leaves it: its
-connections stay up, it accepts new ones into the listen queue, and it answers nothing."""
+"""A PostgreSQL of a test's own (`own_postgres_server`), and frozen with SIGSTOP (`frozen`), as
+a stalled host or a paused container leaves it: its connections stay up, it accepts new ones
+into the listen queue, and it answers nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import psutil
+import pytest
 
 from amelia_common.embedded import EmbeddedPostgres
 
@@ -29,3 +33,14 @@ def frozen(postgres: EmbeddedPostgres) -> Iterator[None]:
         for process in [*servers, postmaster]:
             with contextlib.suppress(psutil.NoSuchProcess):
                 process.resume()
+
+
+@pytest.fixture
+async def own_postgres_server(tmp_path: Path) -> AsyncIterator[tuple[EmbeddedPostgres, str]]:
+    """An embedded PostgreSQL under `tmp_path` and its URL, stopped at the end."""
+    server = EmbeddedPostgres(tmp_path / "pg")
+    url = await asyncio.to_thread(server.start)
+    try:
+        yield server, url
+    finally:
+        await asyncio.to_thread(server.stop)

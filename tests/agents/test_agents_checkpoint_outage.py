@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
+from frozen_postgres import own_postgres_server as own_postgres_server  # the fixture
 from langgraph.checkpoint.base import empty_checkpoint
 from psycopg_pool import PoolTimeout
 
@@ -20,16 +19,6 @@ from amelia_agents.checkpoints import RunSaver, for_pickup, open_checkpointer
 from amelia_common.embedded import EmbeddedPostgres
 from amelia_common.errors import dependency_unavailable
 from amelia_common.settings import Settings
-
-
-@pytest.fixture
-async def postgres(tmp_path: Path) -> AsyncIterator[tuple[EmbeddedPostgres, str]]:
-    server = EmbeddedPostgres(tmp_path / "pg")
-    url = await asyncio.to_thread(server.start)
-    try:
-        yield server, url
-    finally:
-        await asyncio.to_thread(server.stop)
 
 
 def _checkpoint(value: str) -> tuple[Any, Any]:
@@ -40,9 +29,9 @@ def _checkpoint(value: str) -> tuple[Any, Any]:
 
 
 async def test_a_connection_broken_in_a_long_outage_is_given_back_once(
-    postgres: tuple[EmbeddedPostgres, str], settings: Settings
+    own_postgres_server: tuple[EmbeddedPostgres, str], settings: Settings
 ) -> None:
-    server, url = postgres
+    server, url = own_postgres_server
     pool, shared = await open_checkpointer(
         settings.model_copy(update={"DATABASE_URL": url, "DATABASE_POOL_TIMEOUT_SECONDS": 1}),
         max_size=2,

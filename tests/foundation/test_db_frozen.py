@@ -9,11 +9,10 @@ waited for; no duration is asserted."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from frozen_postgres import frozen
+from frozen_postgres import own_postgres_server as own_postgres_server  # the fixture
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from amelia_common.db import create_engine, select_one
@@ -22,16 +21,6 @@ from amelia_common.errors import dependency_unavailable
 from amelia_common.settings import Settings
 
 IDLE = 3
-
-
-@pytest.fixture
-async def postgres(tmp_path: Path) -> AsyncIterator[tuple[EmbeddedPostgres, str]]:
-    server = EmbeddedPostgres(tmp_path / "pg")
-    url = await asyncio.to_thread(server.start)
-    try:
-        yield server, url
-    finally:
-        await asyncio.to_thread(server.stop)
 
 
 async def _idle_connections(engine: AsyncEngine) -> None:
@@ -47,9 +36,9 @@ async def _idle_connections(engine: AsyncEngine) -> None:
 
 
 async def test_a_frozen_postgres_fails_the_next_call_unavailable_and_recovers(
-    postgres: tuple[EmbeddedPostgres, str], settings: Settings
+    own_postgres_server: tuple[EmbeddedPostgres, str], settings: Settings
 ) -> None:
-    server, url = postgres
+    server, url = own_postgres_server
     engine = create_engine(
         settings.model_copy(
             update={"DATABASE_POOL_SIZE": IDLE, "DATABASE_CONNECT_TIMEOUT_SECONDS": 1}
