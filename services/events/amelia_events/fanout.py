@@ -43,6 +43,11 @@ RECENT_EVENTS = 512
 RECENT_BYTES = 1024 * 1024
 # Events a tap takes from its reader at a time.
 TAP_BATCH = 256
+# A batched call sharing its tap sends a message at most this often per other call on the tap
+# (at most SHARED_HOLD_MAX): each gRPC message costs the service's one thread ~100-200 us
+# whatever it carries, so n calls each sending as events come would saturate it (see `Tap.hold`).
+SHARED_HOLD_PER_CALL = 0.0002
+SHARED_HOLD_MAX = 0.020
 
 
 def _tag(field: str) -> bytes:
@@ -106,6 +111,13 @@ class Tap:
             and self.reader.consumer_name is not None
             and self.hub.event_log.nc.is_connected
         )
+
+    def hold(self) -> float:
+        """How long after its previous message a batched call on this tap waits before the
+        next, gathering what arrives meanwhile: none for a call alone on its tap (it sends as
+        events come), up to SHARED_HOLD_MAX with many (about the time the service needs to
+        send one message to each of the others anyway)."""
+        return min(SHARED_HOLD_MAX, SHARED_HOLD_PER_CALL * (len(self.calls) - 1))
 
     def join(self, call: Call, after: int) -> None:
         call.attach(self, [item for item in self.recent if item.sequence > after])
@@ -227,6 +239,7 @@ class Call:
         self.behind = False  # left its tap, falling behind: goes on with a reader of its own
         self.reader: EventReader | None = None
         self.wake = asyncio.Event()
+        self._sent_at = float("-inf")  # loop time of the last batched message from the queue
 
     @property
     def consumer_name(self) -> str | None:
@@ -280,6 +293,12 @@ class Call:
     async def next_message(self) -> bytes | None:
         while True:
             if self.queue:
+                if self.per_message > 1 and self.tap is not None:
+                    loop = asyncio.get_running_loop()
+                    wait = self._sent_at + self.tap.hold() - loop.time()
+                    if wait > 0:
+                        await asyncio.sleep(wait)  # the tap keeps queueing meanwhile
+                    self._sent_at = loop.time()
                 return self._from_queue()
             tap = self.tap
             if tap is not None:
