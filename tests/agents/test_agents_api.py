@@ -230,9 +230,12 @@ async def test_list_runs_filters_and_pages(agents) -> None:
     assert (await agents.ListRuns(request)).runs == []
 
 
-async def test_stream_run_says_unavailable_when_the_events_service_is_down(
+async def test_stream_run_reads_the_run_from_the_log_without_the_events_service(
     infra, agents, agents_settings
 ) -> None:
+    """StreamRun reads the run's events from JetStream itself (docs/performance.md, session
+    12): an agents service whose events service cannot be reached still streams a run, every
+    event once, in sequence order, from the start and from the middle."""
     from amelia.v1 import agents_pb2_grpc
     from amelia_agents.server import build_service
     from amelia_common.embedded import free_port
@@ -248,9 +251,21 @@ async def test_stream_run_says_unavailable_when_the_events_service_is_down(
     channel = aio_channel(f"127.0.0.1:{port}", settings)
     try:
         stub = agents_pb2_grpc.AgentServiceStub(channel)
-        error = await rpc_error(_drain(stub.StreamRun(S.StreamRunRequest(name=run.name))))
-        assert error.code() == grpc.StatusCode.UNAVAILABLE
-        assert "events service" in error.details() and "after_sequence=0" in error.details()
+
+        async def events(after: int) -> list:
+            request = S.StreamRunRequest(name=run.name, after_sequence=after)
+            return [response.event async for response in stub.StreamRun(request)]
+
+        everything = await events(0)
+        types = [event.type for event in everything]
+        assert types[0] == "workflow.started" and types[-1] == "run.completed", types
+        assert "run.token" in types
+        sequences = [event.sequence for event in everything]
+        assert sequences == sorted(set(sequences))
+        middle = everything[len(everything) // 2].sequence
+        assert [event.sequence for event in await events(middle)] == [
+            s for s in sequences if s > middle
+        ]
     finally:
         await channel.close()
         await service.stop(0.5)

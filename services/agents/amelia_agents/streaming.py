@@ -1,8 +1,13 @@
-"""StreamRun: a run's events from the events service — replay, then live, until the run ends.
+"""StreamRun: a run's events from the event log — replay, then live, until the run ends.
 
-The agents service does not read JetStream itself for this: it asks the events service
-(`StreamEvents` with subject `runs/<uuid>`), so replay and live delivery behave exactly like any
-other event stream in the mesh. The stream ends after the run's terminal event
+The agents service reads the run's events from JetStream itself, with the event log's own
+reader (`EventLog.read`, subject `runs/<uuid>`): the reader the events service's StreamEvents
+uses, so replay and live delivery behave the same — in stream-sequence order, from
+`after_sequence`, no gap and no duplicate across a NATS restart (a new consumer after the last
+event seen). The log stays the one truth: every event comes back from JetStream with its
+sequence, whoever published it. Read here rather than relayed by the events service, a token
+makes one hop less on its way to the client (docs/performance.md, session 12), and StreamRun
+works while the events service is down. The stream ends after the run's terminal event
 (`run.completed|failed|cancelled`) and whatever the run's log holds after it at that moment:
 events about the run published after its end — `git.landed` / `git.discarded` when its branch
 is landed or discarded later — so joining a finished run (again, `after_sequence` = the last
@@ -22,35 +27,57 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-import grpc
-
-from amelia.v1 import agents_pb2, events_pb2, events_pb2_grpc
+from amelia.v1 import agents_pb2, events_pb2
 from amelia_agents.convert import run_name
 from amelia_agents.lifecycle import TERMINAL_TYPES
 from amelia_agents.models import TERMINAL_STATES, RunRow
 from amelia_agents.store import Store
-from amelia_common.errors import StreamEndedError, UnavailableError
-from amelia_common.grpc_client import aio_channel
+from amelia_common.errors import StreamEndedError
+from amelia_common.eventlog import EventLog, EventLogUnavailableError, EventReader, StartAt
 from amelia_common.settings import Settings
 
 IDLE_CHECK_SECONDS = 2.0
-# Events per StreamEvents message: what the events service already read comes in one message.
-# It also bounds a StreamRun message: the events service keeps a message under 1 MiB.
+# Events read together: what JetStream already delivered comes in one batch (and one StreamRun
+# message for a client that asks for batches), at most this many ...
 EVENTS_PER_MESSAGE = 256
-# Events per ListEvents page when reading what came after the run's end.
-AFTER_END_PAGE = 100
+# ... and no more once they add up to this (one event always fits): under the 4 MiB gRPC
+# clients accept by default, as the events service's StreamEvents messages.
+MESSAGE_BYTES = 1024 * 1024
+# A batch that would start less than this after the previous one while events keep arriving
+# faster than they are sent waits for the rest (`EventReader.next_batch`'s hold, as the
+# events service's StreamEvents): no event waits longer, and one with nothing behind it not at all.
+LIVE_HOLD_SECONDS = 0.002
 _DONE = object()
 
 
 class RunStreamer:
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(self, settings: Settings, store: Store, event_log: EventLog) -> None:
         self.settings = settings
         self.store = store
-        self.channel = aio_channel(settings.EVENTS_ADDRESS, settings)
-        self.stub = events_pb2_grpc.EventServiceStub(self.channel)
+        self.event_log = event_log
 
     async def close(self) -> None:
-        await self.channel.close()
+        """Nothing of its own to close: the readers are the requests' (the event log's NATS
+        connection is the service's)."""
+
+    def _reader(self, row: RunRow, after_sequence: int, *, follow: bool) -> EventReader:
+        """A reader of the run's events after `after_sequence`. Opening it waits for NATS at
+        most EVENTS_PUBLISH_TIMEOUT_SECONDS (then UNAVAILABLE, saying where to resume); once
+        open, it carries the stream across a NATS restart without a gap."""
+        return self.event_log.read(
+            (),
+            run_name(row.id),
+            StartAt.after(after_sequence) if after_sequence else StartAt.beginning(),
+            follow=follow,
+            batch=EVENTS_PER_MESSAGE,
+            retry_for=self.settings.EVENTS_PUBLISH_TIMEOUT_SECONDS,
+        )
+
+    def _ended(self, detail: str, last: int) -> StreamEndedError:
+        return StreamEndedError(
+            f"the event log (NATS JetStream at {self.settings.NATS_URL}) {detail}; reconnect "
+            f"with after_sequence={last} to continue without a gap"
+        )
 
     async def responses(
         self, row: RunRow, request: agents_pb2.StreamRunRequest
@@ -78,23 +105,21 @@ class RunStreamer:
             async for page in self._after_end(row, after_sequence):
                 yield page
             return
-        request = events_pb2.StreamEventsRequest(
-            filter=events_pb2.EventFilter(subject=run_name(row.id)),
-            max_events_per_message=EVENTS_PER_MESSAGE,
-        )
-        if after_sequence:
-            request.after_sequence = after_sequence
-        else:
-            request.from_beginning = True
-        call = self.stub.StreamEvents(request)
-        inbox: asyncio.Queue[Any] = asyncio.Queue(maxsize=256)
+        log_reader = self._reader(row, after_sequence, follow=True)
+        inbox: asyncio.Queue[Any] = asyncio.Queue(maxsize=4)
 
         async def pump() -> None:
             try:
-                async for response in call:
-                    await inbox.put(list(response.events) or [response.event])
+                async with log_reader:
+                    while True:
+                        await inbox.put(
+                            await log_reader.next_batch(
+                                EVENTS_PER_MESSAGE, MESSAGE_BYTES, LIVE_HOLD_SECONDS
+                            )
+                        )
+            except StopAsyncIteration:
                 await inbox.put(_DONE)
-            except grpc.aio.AioRpcError as exc:
+            except Exception as exc:  # noqa: BLE001 - NATS could not be reached: said below
                 await inbox.put(exc)
 
         reader = asyncio.create_task(pump())
@@ -125,22 +150,17 @@ class RunStreamer:
                         last = item[-1].sequence
                         yield item
                         continue
-                    # What follows the end is read as it is now (the same as joining later).
+                    # What follows the end is read as it is now (the same as joining later),
+                    # unless JetStream said, delivering the end, that nothing follows it.
                     yield item[: end + 1]
+                    if end == len(item) - 1 and log_reader.pending == 0:
+                        return
                     async for page in self._after_end(row, item[end].sequence):
                         yield page
                     return
-                detail = (
-                    f"{item.code().name}: {item.details()}"
-                    if isinstance(item, grpc.aio.AioRpcError)
-                    else "the stream ended"
-                )
-                raise StreamEndedError(
-                    f"events service at {self.settings.EVENTS_ADDRESS} ({detail}); reconnect "
-                    f"with after_sequence={last} to continue without a gap"
-                )
+                detail = "ended the stream" if item is _DONE else f"could not be read: {item}"
+                raise self._ended(detail, last)
         finally:
-            call.cancel()
             reader.cancel()
             with contextlib.suppress(BaseException):
                 await reader
@@ -148,26 +168,20 @@ class RunStreamer:
     async def _after_end(
         self, row: RunRow, after_sequence: int
     ) -> AsyncIterator[list[events_pb2.Event]]:
-        """The run's events logged after `after_sequence` (past its end), as they are now: pages."""
-        request = events_pb2.ListEventsRequest(
-            filter=events_pb2.EventFilter(subject=run_name(row.id)),
-            after_sequence=after_sequence,
-            page_size=AFTER_END_PAGE,
-        )
-        while True:
-            try:
-                reply = await self.stub.ListEvents(request)
-            except grpc.aio.AioRpcError as exc:
-                raise UnavailableError(
-                    f"the events service at {self.settings.EVENTS_ADDRESS}",
-                    f"{exc.code().name}: {exc.details()}; reconnect with after_sequence = the "
-                    "last event seen to continue without a gap",
-                ) from None
-            if reply.events:
-                yield list(reply.events)
-            if not reply.next_page_token:
-                return
-            request.page_token = reply.next_page_token
+        """The run's events logged after `after_sequence` (past its end), as they are now: in
+        batches."""
+        last = after_sequence
+        try:
+            async with self._reader(row, after_sequence, follow=False) as reader:
+                while True:
+                    try:
+                        batch = await reader.next_batch(EVENTS_PER_MESSAGE, MESSAGE_BYTES)
+                    except StopAsyncIteration:
+                        return
+                    last = batch[-1].sequence
+                    yield batch
+        except EventLogUnavailableError as exc:
+            raise self._ended(f"could not be read: {exc}", last) from None
 
 
 def _terminal_index(batch: list[events_pb2.Event]) -> int | None:
