@@ -202,6 +202,7 @@ def validate_event(event: events_pb2.Event, max_bytes: int, *, data_checked: boo
             f"event is {len(payload)} bytes once encoded; the limit is {max_bytes} "
             "(EVENTS_MAX_DATA_BYTES): store large payloads elsewhere and reference them"
         )
+    _written.add(payload)
     return payload
 
 
@@ -348,6 +349,34 @@ class _CheckedPayloads:
 _checked = _CheckedPayloads()
 
 
+class _WrittenPayloads:
+    """Payloads this process checked and serialized itself (`validate_event`), the recent ones:
+    a reader in the same process — the agents service's StreamRun reading back the events its
+    workers just published — takes them as readable without walking them again (the same bytes
+    are the same event, checked by the same rules where it was built). Bounded in entries and
+    bytes; the oldest go first."""
+
+    def __init__(self, max_entries: int = 8192, max_bytes: int = 8 * 1024 * 1024) -> None:
+        self._payloads: OrderedDict[bytes, None] = OrderedDict()
+        self._bytes = 0
+        self._max_entries = max_entries
+        self._max_bytes = max_bytes
+
+    def __contains__(self, payload: bytes) -> bool:
+        return payload in self._payloads
+
+    def add(self, payload: bytes) -> None:
+        if payload in self._payloads:
+            return
+        self._payloads[payload] = None
+        self._bytes += len(payload)
+        while len(self._payloads) > self._max_entries or self._bytes > self._max_bytes:
+            self._bytes -= len(self._payloads.popitem(last=False)[0])
+
+
+_written = _WrittenPayloads()
+
+
 def decode_event(payload: bytes, sequence: int, stored_on: str = "") -> events_pb2.Event:
     """A stored message back into an Event with its stream sequence.
 
@@ -364,7 +393,7 @@ def decode_event(payload: bytes, sequence: int, stored_on: str = "") -> events_p
     except DecodeError as exc:
         event, problem = None, f"not an amelia.v1.Event ({exc})"
     else:
-        if (sequence, payload) in _checked:
+        if payload in _written or (sequence, payload) in _checked:
             event.sequence = sequence
             return event
         try:
