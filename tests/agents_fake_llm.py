@@ -312,12 +312,23 @@ def llama_prompt_tokens(body: dict[str, Any]) -> int:
 @dataclass
 class FakeOpenAI(FakeServer):
     llama: bool = False
+    # With llama: llama.cpp's `/tokenize`, counting this many characters a token (0: no route,
+    # as an older server); `tokenized` counts the texts it was asked to count.
+    tokenize_chars_per_token: float = 0.0
+    tokenized: int = 0
 
     def routes(self) -> list[Route]:
         routes = [Route("/v1/chat/completions", self.completions, methods=["POST"])]
         if self.llama:
             routes += [Route("/props", self.props), Route("/v1/models", self.list_models)]
+        if self.llama and self.tokenize_chars_per_token:
+            routes.append(Route("/tokenize", self.tokenize, methods=["POST"]))
         return routes
+
+    async def tokenize(self, request: Request) -> Response:
+        self.tokenized += 1
+        text = (await request.json())["content"]
+        return JSONResponse({"tokens": list(range(int(len(text) / self.tokenize_chars_per_token)))})
 
     async def props(self, request: Request) -> Response:
         return JSONResponse(

@@ -8,7 +8,13 @@ from __future__ import annotations
 import pytest
 
 from amelia_agents.llm import ChatMessage, ChatRequest, ToolCall
-from amelia_agents.llm.window import PromptTooLongError, fit, overflow, prompt_chars
+from amelia_agents.llm.window import (
+    FIT_CHARS_PER_TOKEN,
+    PromptTooLongError,
+    fit,
+    overflow,
+    prompt_chars,
+)
 
 
 def _request(*messages: ChatMessage, max_tokens: int = 300) -> ChatRequest:
@@ -46,7 +52,7 @@ def test_passages_go_first_lowest_ranked_first() -> None:
     assert note["tool_results_cut"] == 0 and note["messages_dropped"] == 0
     assert "[3] " in fitted.system and "[4] " not in fitted.system
     assert fitted.messages == request.messages
-    budget = (4096 - 300 - 32 - 8 * 4) * 3
+    budget = (4096 - 300 - 32 - 8 * 4) * FIT_CHARS_PER_TOKEN
     assert prompt_chars(fitted) <= budget
 
 
@@ -66,11 +72,11 @@ def test_then_tool_results_are_cut_saying_so_then_the_oldest_exchanges() -> None
     result = fitted.messages[-1]
     assert result.role == "tool" and "characters cut to fit the model's context" in result.content
     assert fitted.messages[:-1] == request.messages[:-1]
-    assert prompt_chars(fitted) <= (4096 - 300 - 32 - 8 * 8) * 3
+    assert prompt_chars(fitted) <= (4096 - 300 - 32 - 8 * 8) * FIT_CHARS_PER_TOKEN
 
     # History long enough that cutting the tool result to nothing is not enough.
     request = _request(
-        *_exchange("first", 5000), *_exchange("second", 1000), current, *_tool_round(500)
+        *_exchange("first", 6000), *_exchange("second", 1000), current, *_tool_round(500)
     )
     fitted, note = fit(request, (), 4096)
     assert note is not None and note["messages_dropped"] == 2

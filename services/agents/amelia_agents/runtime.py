@@ -135,7 +135,11 @@ async def _fitted(
     size = fitting.context_tokens or await provider.context_tokens()
     if size is None:
         return window.joined(request, context)
-    fitted, note = window.fit(request, context, size, fitting.chars_per_token)
+    # The server's own count when it gives one (llama.cpp), else the rule of thumb.
+    ratio, counted = await window.chars_per_token(
+        provider, request, context, size, fitting.chars_per_token
+    )
+    fitted, note = window.fit(request, context, size, ratio, counted=counted)
     if note is not None:
         emit("run.context.fitted", note)
     return fitted

@@ -268,6 +268,21 @@ class LocalModel:
         n_ctx = settings.get("n_ctx") if isinstance(settings, dict) else None
         return n_ctx if isinstance(n_ctx, int) and n_ctx > 0 else None
 
+    async def count_tokens(self, text: str) -> int | None:
+        """How many tokens the server's own tokenizer makes of `text` (llama.cpp's
+        `/tokenize`); None from another server, or when it cannot say (see `llm.window`)."""
+        if await self._props() is None:
+            return None
+        root = self.base_url.rstrip("/").removesuffix("/v1")
+        try:
+            counted = await self.client.post(
+                f"{root}/tokenize", body={"content": text}, cast_to=object
+            )
+        except openai.OpenAIError:
+            return None
+        tokens = counted.get("tokens") if isinstance(counted, dict) else None
+        return len(tokens) if isinstance(tokens, list) else None
+
     async def _continuation(
         self, request: ChatRequest, shown: str
     ) -> AsyncIterator[ChatChunk] | None:
