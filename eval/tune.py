@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from amelia_common.db import create_engine, session_factory
 from amelia_common.embedded import EmbeddedPostgres
@@ -35,8 +35,8 @@ from amelia_rag.embeddings import LocalEmbedder, load_local_model
 from amelia_rag.search import Searcher, SearchFilters
 from eval.__main__ import CACHE, ROOT, TOP_K
 from eval.cache import CachedEmbedder, EmbeddingCache
-from eval.corpus import questions
-from eval.score import HEADER, Ranked, first_rank, row, score
+from eval.corpus import Question, questions
+from eval.score import HEADER, Ranked, Scores, first_rank, row, score
 
 SPLIT = os.environ.get("EVAL_SPLIT", "tune")
 
@@ -49,6 +49,10 @@ class EvalDatabase:
     engine: AsyncEngine
     embedder: CachedEmbedder
     files: dict[Any, str]
+
+    @property
+    def sessions(self) -> async_sessionmaker[AsyncSession]:
+        return session_factory(self.engine)
 
 
 @asynccontextmanager
@@ -72,6 +76,21 @@ async def eval_database() -> AsyncIterator[EvalDatabase]:
         postgres.stop_if_started_here()  # a running `make eval` keeps its server
 
 
+async def measure(
+    db: EvalDatabase, searcher: Searcher, asked: list[Question], mode: str
+) -> tuple[Scores, dict[int, int]]:
+    """The questions asked through `searcher` at the defaults (top TOP_K, no threshold): the
+    scores, and each question's rank of its right passage (99: not in the top TOP_K)."""
+    results = {}
+    for q in asked:
+        hits = await searcher.search(
+            q.question, top_k=TOP_K, min_score=0.0, mode=mode, filters=SearchFilters()
+        )
+        results[q.id] = [Ranked(db.files.get(h.document_id, "?"), h.content) for h in hits]
+    ranks = {q.id: first_rank(results[q.id], q, passage=True) or 99 for q in asked}
+    return score(results, asked), ranks
+
+
 async def tune(settings_to_try: list[dict[str, Any]]) -> None:
     async with eval_database() as db:
         asked = [q for q in questions() if SPLIT in ("all", q.split)]
@@ -84,15 +103,8 @@ async def tune(settings_to_try: list[dict[str, Any]]) -> None:
             merge = chosen.pop("merge", search.MERGE_CHUNKS * db.settings.CHUNK_SIZE)
             for key, value in {**defaults, **chosen}.items():
                 setattr(search, key, value)
-            searcher = Searcher(session_factory(db.engine), db.embedder, merge_chars=merge)
-            results = {}
-            for q in asked:
-                hits = await searcher.search(
-                    q.question, top_k=TOP_K, min_score=0.0, mode=mode, filters=SearchFilters()
-                )
-                results[q.id] = [Ranked(db.files.get(h.document_id, "?"), h.content) for h in hits]
-            scored = score(results, asked)
-            ranks = {q.id: first_rank(results[q.id], q, passage=True) or 99 for q in asked}
+            searcher = Searcher(db.sessions, db.embedder, merge_chars=merge)
+            scored, ranks = await measure(db, searcher, asked, mode)
             before = first.setdefault(mode, ranks)
             moved = (
                 f"{sum(ranks[i] < before[i] for i in ranks)} rose /"
