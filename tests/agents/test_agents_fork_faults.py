@@ -18,9 +18,9 @@ from amelia_common.embedded import EmbeddedNats, free_port
 DONE = (S.RUN_STATUS_COMPLETED, S.RUN_STATUS_FAILED, S.RUN_STATUS_CANCELLED)
 
 
-def _fork(name: str, checkpoint: str, done: list[str]) -> S.ForkRunRequest:
+def _fork(name: str, checkpoint: str, done: list[str], **values: Any) -> S.ForkRunRequest:
     request = S.ForkRunRequest(name=name, checkpoint=checkpoint, request_id=str(uuid.uuid4()))
-    request.values.update({"done": done})
+    request.values.update({"done": done, **values})
     return request
 
 
@@ -40,21 +40,30 @@ async def _source(api: Any, tmp_path: Path) -> tuple[S.Run, list[S.RunStep]]:
 
 async def test_two_forks_at_once_start_exactly_one_run(agents, tmp_path) -> None:
     source, steps = await _source(agents, tmp_path)
+    [before_b] = [step for step in steps if step.node == "b"]
     for i in range(10):
+        # The winner's run waits in node b until both forks have answered: had it ended before
+        # the other fork was decided, that one would rightly start a run after it (one run at a
+        # time), which is not the race this test is about (seen under load: both won).
+        hold = tmp_path / f"hold-{i}"
+        request = {"record": str(tmp_path / "record"), "release": str(hold)}
         calls = [
-            agents.ForkRun(_fork(source.name, steps[2].checkpoint, [f"try{i}-{side}"]))
+            agents.ForkRun(
+                _fork(source.name, before_b.checkpoint, [f"try{i}-{side}"], request=request)
+            )
             for side in ("left", "right")
         ]
         results = await asyncio.gather(*calls, return_exceptions=True)
+        hold.touch()
         won = [r.run for r in results if isinstance(r, S.ForkRunResponse)]
         lost = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
         assert len(won) == 1 and len(lost) == 1, results
         assert lost[0].code() == grpc.StatusCode.FAILED_PRECONDITION
         done = await wait_status(agents, won[0].name, *DONE, timeout=60)
-        # The winner ran from its own fork: its edit, then c.
+        # The winner ran from its own fork: its edit, then b and c.
         assert done.status == S.RUN_STATUS_COMPLETED, done.error
         side, *rest = done.output["done"]
-        assert rest == ["c"] and str(side).startswith(f"try{i}-")
+        assert rest == ["b", "c"] and str(side).startswith(f"try{i}-")
     runs = await agents.ListRuns(S.ListRunsRequest(thread=source.thread, page_size=100))
     assert len(runs.runs) == 11
 
