@@ -53,6 +53,8 @@ async def test_a_connection_broken_in_a_long_outage_is_given_back_once(
         assert unavailable is not None and unavailable.dependency == "PostgreSQL"
         await asyncio.to_thread(server.start)
         assert pool.get_stats().get("returns_bad", 0) == 1
+        # The pool reconnects on its own backoff (seconds apart after failures), not at once.
+        pool.timeout = 60
         async with for_pickup(shared) as saver:  # the pool works again
             read = await saver.aget_tuple(config)
         assert read is not None and read.checkpoint["channel_values"] == {"note": "before"}
