@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from service_process import ServiceProcess, python_path
 
 from amelia.v1 import agents_pb2, agents_pb2_grpc, events_pb2, rag_pb2, rag_pb2_grpc
+from amelia_agents import workflows
 from amelia_agents.server import build_service as build_agents
 from amelia_common.eventlog import event_data
 from amelia_common.grpc_client import aio_channel
@@ -250,3 +251,21 @@ async def killed_mid_reply(
         return run.name, seen + rest
     finally:
         await kill(server)
+
+
+def register_said_workflow(name: str, description: str, graph: Any) -> str:
+    """Register the test workflow `name` running `graph` (an uncompiled graph over a state whose
+    `said` is a list of texts): it starts with nothing said and outputs {"said": how many}."""
+    workflows.register(
+        workflows.Workflow(
+            name=name,
+            description=description,
+            nodes=[node for node in graph.nodes if not node.startswith("__")],
+            build=lambda _agent: graph,
+            to_state=lambda value: {"said": []},
+            to_output=lambda state: {"said": len(state.get("said", []))},
+            input_schema={"type": "object"},
+        ),
+        replace=True,
+    )
+    return name

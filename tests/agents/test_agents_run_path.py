@@ -13,9 +13,17 @@ from collections.abc import AsyncIterator
 from typing import Any, TypedDict
 
 import pytest
-from agents_helpers import S, collect, create_run, data, tokens, types, wait_status
+from agents_helpers import (
+    S,
+    collect,
+    create_run,
+    data,
+    register_said_workflow,
+    tokens,
+    types,
+    wait_status,
+)
 from langgraph.checkpoint.memory import InMemorySaver
-from langgraph.graph import END, START, StateGraph
 from sqlalchemy import text
 
 from amelia.v1 import agents_pb2_grpc, events_pb2
@@ -151,29 +159,11 @@ def register_calls_chain() -> str:
         ]
         return {"said": [*state.get("said", []), *texts]}
 
-    def build(_agent: Any) -> StateGraph[Any, Any, Any, Any]:
-        graph = StateGraph(CallsState)
-        previous = START
-        for node in ("a", "b", "c"):
-            graph.add_node(node, step)
-            graph.add_edge(previous, node)
-            previous = node
-        graph.add_edge(previous, END)
-        return graph
-
-    workflows.register(
-        workflows.Workflow(
-            name=name,
-            description="test: six model calls over three nodes",
-            nodes=["a", "b", "c"],
-            build=build,
-            to_state=lambda value: {"said": []},
-            to_output=lambda state: {"said": len(state.get("said", []))},
-            input_schema={"type": "object"},
-        ),
-        replace=True,
+    return register_said_workflow(
+        name,
+        "test: six model calls over three nodes",
+        linear_graph(CallsState, ("a", step), ("b", step), ("c", step)),
     )
-    return name
 
 
 class CallsState(TypedDict, total=False):

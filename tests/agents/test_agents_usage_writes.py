@@ -8,11 +8,11 @@ import asyncio
 import uuid
 from typing import Any, TypedDict
 
-from agents_helpers import S, collect, create_run, data, types, wait_status
-from langgraph.graph import END, START, StateGraph
+from agents_helpers import S, collect, create_run, data, register_said_workflow, types, wait_status
 
 from amelia.v1 import agents_pb2_grpc
-from amelia_agents import runtime, workflows
+from amelia_agents import runtime
+from amelia_agents.workflows.registry import linear_graph
 
 REPLY = "one two three"
 
@@ -36,28 +36,11 @@ def register_call_then_gate(gate: asyncio.Event) -> str:
         await gate.wait()
         return await call(state)
 
-    def build(_agent: Any) -> StateGraph[Any, Any, Any, Any]:
-        graph = StateGraph(GateState)
-        graph.add_node("a", call)
-        graph.add_node("b", wait_then_call)
-        graph.add_edge(START, "a")
-        graph.add_edge("a", "b")
-        graph.add_edge("b", END)
-        return graph
-
-    workflows.register(
-        workflows.Workflow(
-            name=name,
-            description="test: a model call, then another once the test opens the gate",
-            nodes=["a", "b"],
-            build=build,
-            to_state=lambda value: {"said": []},
-            to_output=lambda state: {"said": len(state.get("said", []))},
-            input_schema={"type": "object"},
-        ),
-        replace=True,
+    return register_said_workflow(
+        name,
+        "test: a model call, then another once the test opens the gate",
+        linear_graph(GateState, ("a", call), ("b", wait_then_call)),
     )
-    return name
 
 
 async def _usage_while_running(
