@@ -13,9 +13,19 @@ import uuid
 
 import grpc
 import pytest
-from events_helpers import RunningEvents, consumers_matching, event, wait_until
+from events_helpers import (
+    Janitor,
+    Outcomes,
+    RunningEvents,
+    consumers_matching,
+    event,
+    list_all,
+    publish_until,
+    wait_until,
+)
 
 from amelia.v1 import events_pb2
+from amelia_common.embedded import EmbeddedNats
 from amelia_events import fanout
 
 BLOB = "x" * 4000  # ~4 KB events: the stalled call's queue bound (2 MiB) is passed quickly
@@ -194,4 +204,48 @@ async def test_streams_share_a_consumer_only_with_the_same_filter(
     assert await consumers(events, resource) == 4
     assert await consumers(events, other) == 1
     for call in calls.values():
+        call.cancel()
+
+
+async def test_streams_sharing_a_consumer_carry_on_through_a_nats_restart(
+    on_private_nats: RunningEvents, private_nats: EmbeddedNats, resource: str, janitor: Janitor
+) -> None:
+    running = on_private_nats
+    servicer = running.svc.servicer
+    assert servicer is not None
+    calls = [
+        running.stub.StreamEvents(request(resource, per_message=n, from_beginning=True))
+        for n in (0, 0, 32, 32)
+    ]
+    for call in calls:
+        await call.initial_metadata()
+    assert await consumers(running, resource) == 1
+    outcomes, stop = Outcomes(), asyncio.Event()
+    publisher = janitor.task(publish_until(running.stub, resource, outcomes, stop))
+
+    async def stored(count: int) -> None:
+        target = len(outcomes.ok) + count
+
+        async def enough() -> bool:
+            return len(outcomes.ok) >= target
+
+        await wait_until(enough, timeout=60)
+
+    await stored(50)
+    await asyncio.to_thread(private_nats.stop)
+    await asyncio.sleep(2.5)  # the outage: longer than the 1 s publish budget
+    await asyncio.to_thread(private_nats.start)
+    await stored(50)
+    stop.set()
+    await publisher
+
+    log = [
+        e.sequence for e in await list_all(running.stub, events_pb2.EventFilter(subject=resource))
+    ]
+    for call in calls:
+        assert await read(call, len(log)) == log, "no gap, no duplicate, through the restart"
+    (tap,) = servicer.hub.taps.values()
+    assert tap.reader.resets >= 1, "the shared reader recreated its consumer"
+    assert len(tap.calls) == len(calls)
+    for call in calls:
         call.cancel()
