@@ -26,6 +26,7 @@ from events_helpers import (
 
 from amelia.v1 import events_pb2
 from amelia_common.embedded import EmbeddedNats
+from amelia_common.settings import Settings
 from amelia_events import fanout
 
 BLOB = "x" * 4000  # ~4 KB events: the stalled call's queue bound (2 MiB) is passed quickly
@@ -249,3 +250,29 @@ async def test_streams_sharing_a_consumer_carry_on_through_a_nats_restart(
     assert len(tap.calls) == len(calls)
     for call in calls:
         call.cancel()
+
+
+async def test_at_shutdown_each_shared_stream_names_its_own_resume_point(
+    settings: Settings, resource: str, janitor: Janitor
+) -> None:
+    running = await janitor.start(settings)
+    early = running.stub.StreamEvents(request(resource))
+    await early.initial_metadata()
+    first = await publish_many(running, resource, 5)
+    late = running.stub.StreamEvents(request(resource, per_message=8))
+    other = running.stub.StreamEvents(request(resource, types=("test.other",)))
+    for call in (late, other):
+        await call.initial_metadata()  # joined after the five: has none of them
+    marker = await running.log.publish("test.other", resource, {})
+    second = await publish_many(running, resource, 3)
+    assert await read(early, 9) == [*first, marker.sequence, *second]
+    assert await read(late, 4) == [marker.sequence, *second]
+    assert await read(other, 1) == [marker.sequence]
+    assert len(running.svc.servicer.hub.taps) == 2  # type: ignore[union-attr]
+
+    await running.svc.stop(grace=5.0)
+    for call, last in ((early, second[-1]), (late, second[-1]), (other, marker.sequence)):
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            await read(call, 1)
+        assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert f"after_sequence={last}" in (ended.value.details() or "")
