@@ -175,7 +175,8 @@ def fit(
             f"the prompt (about {int(prompt_chars(state.request) / chars_per_token)} tokens "
             f"without passages, tool results or earlier messages) does not fit the model's "
             f"context of {context_tokens} tokens with max_tokens {request.max_tokens} kept for "
-            "the reply: shorten the system prompt or the message, or lower max_tokens"
+            "the reply: shorten the system prompt or the message, or lower max_tokens (the "
+            "agent's max_tokens: `amelia agents create --max-tokens N`, or UpdateAgent)"
         )
     note = {
         "context_tokens": context_tokens,
