@@ -21,6 +21,7 @@ from agents_helpers import (
     data,
     rpc_error,
     serve_agents,
+    types,
     wait_status,
 )
 from google.protobuf import json_format, struct_pb2
@@ -126,6 +127,14 @@ async def test_fork_continues_from_a_step_with_edited_state(agents, tmp_path) ->
         "c",
     ]
     assert [s.node for s in (await _steps(agents, fork.name)).steps] == ["b", "c"]
+    # The fork starts like a run, naming where it came from: not a worker's redelivery.
+    events = await collect(agents, fork.name)
+    assert events[0].type == "workflow.started", types(events)
+    assert data(events, "workflow.started")[0]["forked_from"] == {
+        "run": source.name,
+        "checkpoint": step_b.checkpoint,
+    }
+    assert "run.resumed" not in types(events)
     # The source's steps are untouched by the fork.
     assert [s.node for s in (await _steps(agents, source.name)).steps] == ["a", "b", "c"]
 

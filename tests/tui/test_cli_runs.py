@@ -47,6 +47,7 @@ async def test_rerun_steps_and_fork_make_new_runs_of_the_same_work(
     forked, shown = await _run(env, "runs", "fork", first, checkpoint.group(0), "-f")
     assert forked not in (first, again) and f"{forked}: completed" in shown, shown
     assert ECHO["message"] in shown, shown
+    assert "picked up again" not in shown, shown
 
     code, shown = await asyncio.to_thread(
         amelia, env, "runs", "fork", first, checkpoint.group(0), "--values", "[1]"
@@ -102,6 +103,10 @@ def test_the_event_log_and_the_tuis_activity_say_why_a_run_is_quiet() -> None:
             ("run.resumed", {"reason": "redelivered", "attempt": 2}),
             ("run.resumed", {"reason": "answer", "attempt": 2}),
             ("run.cancelled", {"reason": "cancelled"}),
+            (
+                "workflow.started",
+                {"target": "workflows/echo", "forked_from": {"run": "runs/r1", "checkpoint": "c1"}},
+            ),
         )
     ]
     assert said == [
@@ -110,6 +115,7 @@ def test_the_event_log_and_the_tuis_activity_say_why_a_run_is_quiet() -> None:
         "picked up again after its worker stopped — it continues from its last checkpoint",
         "resumed with the answer",
         "cancelled",
+        "workflows/echo started, forked from runs/r1 at checkpoint c1",
     ]
 
 

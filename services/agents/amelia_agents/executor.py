@@ -35,7 +35,7 @@ from langgraph.constants import CONFIG_KEY_CHECKPOINTER
 from langgraph.types import Command
 
 from amelia.v1 import events_pb2
-from amelia_agents import checkpoints, partial, runstate, runtime, workflows
+from amelia_agents import checkpoints, partial, runstate, runtime, steps, workflows
 from amelia_agents.lifecycle import RunEvents
 from amelia_agents.llm import ModelError, Usage
 from amelia_agents.models import RunRow, RunState
@@ -271,6 +271,7 @@ class Executor:
 
         mine = (snapshot.metadata or {}).get("amelia_run") == str(row.id)
         graph_input: Any
+        fork: dict[str, Any] | None = None
         if not mine:
             kind, graph_input = "start", workflow.to_state(row.input or {})
         elif snapshot.interrupts:
@@ -282,14 +283,17 @@ class Executor:
                 return await self._pause(row, _pending_interrupt(snapshot))
             kind, graph_input = "answer", Command(resume={pending.id: row.resume_value})
         elif snapshot.next:
-            kind, graph_input = "redelivered", None
+            # A fork's first pick-up starts from the checkpoint `steps.write_fork` made: a
+            # start, not a worker's redelivery.
+            fork = steps.forked_from(snapshot)
+            kind, graph_input = ("fork" if fork else "redelivered"), None
         else:
             return await self._complete(row, workflow, snapshot.values)
 
         # The pick-up's events (its start, nodes, tokens) are written as they come and their
         # acknowledgements awaited together at the end of the graph (order kept).
         pipeline = self.events.event_log.pipeline()
-        await self.events.started(row, kind, timeout, pipeline)
+        await self.events.started(row, kind, timeout, pipeline, forked_from=fork)
         ctx = runtime.RunContext(
             settings=self.settings,
             run=f"runs/{row.id}",

@@ -71,22 +71,36 @@ class RunEvents:
         return await self.event_log.publish_event(event, data_checked=True)
 
     async def started(
-        self, row: RunRow, kind: str, timeout: float, pipeline: PublishPipeline
+        self,
+        row: RunRow,
+        kind: str,
+        timeout: float,
+        pipeline: PublishPipeline,
+        forked_from: dict[str, Any] | None = None,
     ) -> None:
-        """The first pick-up is `<prefix>.started`; later ones (answer, redelivery) `run.resumed`.
+        """The first pick-up is `<prefix>.started` (a fork's names the run and checkpoint it was
+        forked from); later ones (answer, redelivery) `run.resumed`. A fork picked up again
+        before its first checkpoint starts again (`reason` start).
 
         Sent through the pick-up's `pipeline`, ahead of the events its graph streams.
         """
-        if kind == "start" and row.attempt <= 1:
+        if kind in ("start", "fork") and row.attempt <= 1:
             target = row.agent_id or row.workflow or ""
+            data: dict[str, Any] = {
+                "target": target,
+                "input": row.input or {},
+                "timeout_seconds": timeout,
+            }
+            if forked_from:
+                data["forked_from"] = forked_from
             event = self.event(
                 row,
                 f"{lifecycle_prefix(row)}.started",
-                {"target": target, "input": row.input or {}, "timeout_seconds": timeout},
+                data,
                 event_id=f"{row.id}:started",
             )
         else:
-            event = self.event(row, "run.resumed", {"reason": kind})
+            event = self.event(row, "run.resumed", {"reason": "start" if kind == "fork" else kind})
         await pipeline.submit(event, data_checked=True)
 
     async def terminal(self, row: RunRow) -> None:

@@ -28,6 +28,10 @@ from amelia_agents.models import RunRow
 from amelia_common.errors import FailedPreconditionError, NotFoundError
 
 RUN_KEY = "amelia_run"
+# Set on a fork's head checkpoint: the run and checkpoint it was forked from (`forked_from`);
+# plain strings (LangGraph keeps only scalar values of a config's metadata).
+FORK_RUN_KEY = "amelia_forked_from"
+FORK_CHECKPOINT_KEY = "amelia_forked_from_checkpoint"
 
 
 def _plain(value: Any) -> Any:
@@ -157,6 +161,19 @@ async def write_fork(
             "checkpoint_ns": "",
             "checkpoint_id": point.checkpoint,
         },
-        "metadata": {RUN_KEY: str(row.id)},
+        "metadata": {
+            RUN_KEY: str(row.id),
+            FORK_RUN_KEY: f"runs/{source.id}",
+            FORK_CHECKPOINT_KEY: point.checkpoint,
+        },
     }
     await graph.aupdate_state(config, values, as_node=point.before)  # type: ignore[arg-type]
+
+
+def forked_from(snapshot: StateSnapshot) -> dict[str, Any] | None:
+    """The source run and checkpoint of a fork not yet run (its head is still the checkpoint
+    `write_fork` made, LangGraph's `update`); None for any other checkpoint."""
+    metadata: dict[str, Any] = dict(snapshot.metadata or {})
+    if metadata.get("source") != "update" or not metadata.get(FORK_RUN_KEY):
+        return None
+    return {"run": metadata[FORK_RUN_KEY], "checkpoint": metadata.get(FORK_CHECKPOINT_KEY, "")}

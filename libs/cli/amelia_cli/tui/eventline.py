@@ -182,6 +182,9 @@ def describe(event: dict[str, Any]) -> str:
     if kind == "run.completed":
         return "completed"
     if kind.endswith(".started") and data.get("target"):
+        fork = data.get("forked_from")
+        if isinstance(fork, dict):
+            return f"{data['target']} started, forked from {fork.get('run')} at checkpoint {fork.get('checkpoint')}"
         return f"{data['target']} started"
     if kind.startswith("document.") and data.get("title"):
         rest = {k: v for k, v in data.items() if k in ("chunk_count", "done", "total", "error")}

@@ -43,7 +43,11 @@ function describe(event) {
       return `tool ${data.tool} returned ${compactJson(data.result, 120)}`;
     case "run.retry": return `retrying: ${compactJson(data, 120)}`;
     case "agent.started":
-    case "workflow.started": return `${data.target || ""} started`;
+    case "workflow.started":
+      if (data.forked_from) {
+        return `${data.target || ""} started, forked from ${data.forked_from.run} at checkpoint ${data.forked_from.checkpoint}`;
+      }
+      return `${data.target || ""} started`;
     case "agent.completed":
     case "workflow.completed": return "finished";
     case "agent.failed":
