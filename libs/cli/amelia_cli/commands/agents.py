@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -16,6 +17,7 @@ import grpc
 import typer
 from google.protobuf import json_format, struct_pb2
 from rich.console import Console
+from rich.status import Status
 from rich.text import Text
 
 from amelia.v1 import agents_pb2, events_pb2
@@ -35,6 +37,8 @@ RunReply = agents_pb2.CancelRunResponse | agents_pb2.ResumeRunResponse
 TERMINAL = {"run.completed", "run.failed", "run.cancelled"}
 # StreamRun's max_events_per_message: events that arrived together come in one message.
 STREAM_BATCH = 256
+# Seconds between looks at the queue while a followed run waits in it (and before the first).
+QUEUED_EVERY = 3.0
 
 
 # Listings at 80 columns: a long name leaves little room, so text that `runs show` or a wider
@@ -301,41 +305,173 @@ async def _asks_now(stub: object, event: events_pb2.Event) -> bool:
     return run.status == agents_pb2.RUN_STATUS_PAUSED and attempt in (None, run.attempt)
 
 
+class _Typed:
+    """Lines typed at the terminal, read by a daemon thread: a question answered elsewhere leaves
+    its read pending (a blocked `input` cannot be cancelled; a daemon thread does not hold the
+    process open), and a line typed after that question moved on is not sent to a later one."""
+
+    def __init__(self) -> None:
+        self.pending: asyncio.Future[str] | None = None
+
+    def line(self) -> asyncio.Future[str]:
+        """The next line typed for the question asked now."""
+        if self.pending is not None and self.pending.done():
+            self.pending = None  # typed for a question that was answered elsewhere
+        if self.pending is None:
+            loop = asyncio.get_running_loop()
+            future: asyncio.Future[str] = loop.create_future()
+
+            def read() -> None:
+                text = sys.stdin.readline()
+                if text:
+                    loop.call_soon_threadsafe(_settle, future, text.rstrip("\n"), None)
+                else:
+                    loop.call_soon_threadsafe(_settle, future, "", EOFError())
+
+            threading.Thread(target=read, daemon=True).start()
+            self.pending = future
+        return self.pending
+
+    def taken(self) -> None:
+        self.pending = None
+
+
+def _settle(future: asyncio.Future[str], text: str, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(text)
+
+
+async def _answer_here(stub: object, run_name: str, text: str, shown: Shown) -> None:
+    """Send the typed answer; one that lost the race to an answer from elsewhere (the run moved
+    on: FAILED_PRECONDITION) is said, and the run is followed on."""
+    value = struct_pb2.Value()
+    value.string_value = text
+    try:
+        await resume_until_taken(stub, resume_request(run_name, value))
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
+            raise
+        shown.line(
+            "· not sent: the run moved on without it (answered elsewhere or ended)", "yellow"
+        )
+        return
+    shown.answered = True
+
+
+def queued_text(queue: agents_pb2.GetRunQueueResponse) -> str:
+    """The line a run waiting in the queue shows: how many other runs are queued (GetRunQueue
+    counts them all, this one included, not only those ahead of it) and how many run now."""
+    others = max(queue.queued_runs - 1, 0)
+    running = len(queue.in_flight)
+    return (
+        f"queued: {others} other run{'' if others == 1 else 's'} queued, {running} running;"
+        " waiting for a worker"
+    )
+
+
+async def _say_queued(stub: object, run_name: str, every: float = QUEUED_EVERY) -> None:
+    """While the run waits in the queue (it streams nothing then), say so: a line that changes
+    at most every `every` seconds, on a terminal one that goes away once the run starts. Only
+    said; the queue unread (the agents service busy) is not this command's failure."""
+    said = ""
+    live: Status | None = None
+    try:
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            while True:
+                await asyncio.sleep(every)
+                reply = await stub.GetRun(agents_pb2.GetRunRequest(name=run_name))  # type: ignore[attr-defined]
+                if reply.run.status != agents_pb2.RUN_STATUS_QUEUED:
+                    return
+                queue = await stub.GetRunQueue(agents_pb2.GetRunQueueRequest(), timeout=5)  # type: ignore[attr-defined]
+                text = queued_text(queue)
+                if text == said:
+                    continue
+                said = text
+                if not console.is_terminal:
+                    console.print(Text(text, style="dim"), soft_wrap=True)
+                elif live is None:
+                    live = console.status(Text(text, style="dim"))
+                    live.start()
+                else:
+                    live.update(Text(text, style="dim"))
+    finally:
+        if live is not None:
+            live.stop()
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    """Stop `task` and wait until it has (its line is gone before anything else is printed)."""
+    if not task.done():
+        task.cancel()
+        await asyncio.wait({task})
+
+
 async def _follow(stub: object, run_name: str) -> agents_pb2.Run:
     """Stream a run's events to the terminal until it ends.
 
-    On a terminal, a paused run's question is asked and answered here; otherwise following stops
-    at the question (answer it with `amelia runs resume`). A dropped stream is resumed from the
-    last sequence seen, so no token is shown twice or lost.
+    On a terminal, a paused run's question is asked and answered here, while the stream is still
+    read: an answer given elsewhere (another client, the TUI) is said and the run followed on.
+    Otherwise following stops at the question (answer it with `amelia runs resume`). A dropped
+    stream is resumed from the last sequence seen, so no token is shown twice or lost.
     """
     after = 0
     interactive = sys.stdin.isatty()
     retries = 0
     shown = Shown()
+    typed = _Typed()
     paused = False
+    queued = asyncio.create_task(_say_queued(stub, run_name))
     while True:
         last_type = ""
+        asking = False
+        replies = stub.StreamRun(  # type: ignore[attr-defined]
+            agents_pb2.StreamRunRequest(
+                name=run_name, after_sequence=after, max_events_per_message=STREAM_BATCH
+            )
+        ).__aiter__()
         try:
-            async for reply in stub.StreamRun(  # type: ignore[attr-defined]
-                agents_pb2.StreamRunRequest(
-                    name=run_name, after_sequence=after, max_events_per_message=STREAM_BATCH
-                )
-            ):
+            while True:
+                following = asyncio.ensure_future(anext(replies))
+                try:
+                    if asking:
+                        line = typed.line()
+                        await asyncio.wait({following, line}, return_when=asyncio.FIRST_COMPLETED)
+                        if line.done():
+                            typed.taken()
+                            asking = False
+                            await _answer_here(stub, run_name, line.result(), shown)
+                    reply = await following
+                except StopAsyncIteration:
+                    break
+                finally:
+                    following.cancel()
                 retries = 0
                 for event in reply.events or (reply.event,):
                     after = event.sequence
                     last_type = event.type
+                    await _stop(queued)
+                    if asking:  # the run moved on while the question was asked here
+                        asking = False
+                        shown.mid_line = True  # the `> ` prompt's line
+                        if event.type == "run.resumed" and event_data(event).get("reason") in (
+                            None,
+                            "",
+                            "answer",
+                        ):
+                            shown.line("· answered elsewhere", "yellow")
+                            continue
                     shown.event(event)
                     if event.type == "run.interrupted" and await _asks_now(stub, event):
                         if not interactive:
                             paused = True
                             break
                         shown.end()
-                        answer = await asyncio.to_thread(input, "> ")
-                        value = struct_pb2.Value()
-                        value.string_value = answer
-                        await resume_until_taken(stub, resume_request(run_name, value))
-                        shown.answered = True
+                        console.print("> ", end="", highlight=False, markup=False)
+                        asking = True
                 if paused:
                     break
         except grpc.aio.AioRpcError as exc:
@@ -346,6 +482,7 @@ async def _follow(stub: object, run_name: str) -> agents_pb2.Run:
             continue
         if last_type in TERMINAL or paused or not last_type:
             break
+    await _stop(queued)
     shown.end()
     reply = await stub.GetRun(agents_pb2.GetRunRequest(name=run_name))  # type: ignore[attr-defined]
     run: agents_pb2.Run = reply.run
