@@ -27,31 +27,38 @@ async def wait_until(condition: Any, what: str, timeout: float = 60) -> None:
         await asyncio.sleep(0.05)
 
 
+async def read_from_both(
+    stub: events_pb2_grpc.EventServiceStub, group: list[Replica], subject: str
+) -> tuple[events_pb2.Event, events_pb2.GetEventRequest]:
+    """An event published, then read until both replicas have answered reads (spread): the
+    event and the read request."""
+    stored = (
+        await stub.PublishEvent(
+            events_pb2.PublishEventRequest(
+                event=events_pb2.Event(type="test.scale", subject=subject)
+            ),
+            timeout=30,
+        )
+    ).event
+    request = events_pb2.GetEventRequest(name=f"events/{stored.sequence}")
+    for _ in range(20):
+        await stub.GetEvent(request, timeout=30)
+    await wait_until(
+        lambda: all(served(replica, "GetEvent") for replica in group),
+        f"one replica served every read: {[served(r, 'GetEvent') for r in group]}",
+    )
+    return stored, request
+
+
 async def test_reads_are_spread_and_survive_a_replica_killed_under_them(
     infra: Any, tmp_path: Path
 ) -> None:
     settings = infra.settings()
     async with replicas("events", settings, tmp_path, 2, env={"LOG_LEVEL": "DEBUG"}) as group:
-        doomed, survivor = group
+        doomed = group[0]
         async with aio_channel(addresses(group), settings) as channel:
             stub = events_pb2_grpc.EventServiceStub(channel)
-            stored = (
-                await stub.PublishEvent(
-                    events_pb2.PublishEventRequest(
-                        event=events_pb2.Event(type="test.scale", subject="rr/1")
-                    ),
-                    timeout=30,
-                )
-            ).event
-            request = events_pb2.GetEventRequest(name=f"events/{stored.sequence}")
-            for _ in range(20):
-                await stub.GetEvent(request, timeout=30)
-            # Spread: both replicas answered reads.
-            await wait_until(
-                lambda: served(doomed, "GetEvent") and served(survivor, "GetEvent"),
-                f"one replica served every read: {served(doomed, 'GetEvent')} / "
-                f"{served(survivor, 'GetEvent')}",
-            )
+            stored, request = await read_from_both(stub, group, "rr/1")
 
             # Reads sent while one replica is frozen: its share waits there, in flight …
             doomed.freeze()

@@ -42,6 +42,12 @@ RETRY_POLICY: dict[str, Any] = {
     "backoffMultiplier": 2,
     "retryableStatusCodes": ["UNAVAILABLE"],
 }
+# HTTP/2 keepalive: every connection is pinged this often (with or without calls) and closed
+# when a ping is not answered within the same time, so a replica that is frozen (SIGSTOP, a
+# stuck host) leaves round_robin's rotation within ~10 s and the reads in flight on it are
+# retried on another replica (the retry policy). The servers accept pings this often
+# (grpc_server.server_options); 30 s + 10 s left every other call waiting 40-60 s.
+KEEPALIVE_MS = 5_000
 # Schemes gRPC resolves itself (https://github.com/grpc/grpc/blob/master/doc/naming.md).
 _TARGET_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:")
 
@@ -51,9 +57,14 @@ def client_options(settings: Settings) -> list[tuple[str, Any]]:
     return [
         ("grpc.max_send_message_length", settings.GRPC_MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", settings.GRPC_MAX_MESSAGE_BYTES),
-        ("grpc.keepalive_time_ms", 30_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_time_ms", KEEPALIVE_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_MS),
         ("grpc.keepalive_permit_without_calls", 1),
+        # Keep pinging an idle connection (gRPC stops after 2 pings without data by default).
+        ("grpc.http2.max_pings_without_data", 0),
+        # Any ping in flight (BDP probes too) stands in for the keepalive one, and waited 60 s
+        # by default: the 60 s a read hung on a frozen replica.
+        ("grpc.http2.ping_timeout_ms", KEEPALIVE_MS),
     ]
 
 

@@ -36,7 +36,7 @@ from amelia_common.errors import (
     as_amelia_error,
     shorten_echoes,
 )
-from amelia_common.grpc_client import client_options
+from amelia_common.grpc_client import KEEPALIVE_MS, client_options
 from amelia_common.logging import get_logger
 from amelia_common.settings import Settings
 
@@ -61,8 +61,10 @@ def server_options(settings: Settings) -> list[tuple[str, Any]]:
     """The clients' channel arguments, plus what only a server decides."""
     return [
         *client_options(settings),
-        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-        ("grpc.http2.max_pings_without_data", 0),
+        # The fastest pings without data the server accepts (the C core's "min RECV ping
+        # interval"): the clients' keepalive, every KEEPALIVE_MS, with room for timer jitter.
+        # Slower than that, the server answers GOAWAY too_many_pings.
+        ("grpc.http2.min_ping_interval_without_data_ms", KEEPALIVE_MS // 2),
         # A port another process holds must be an error, not silently shared.
         ("grpc.so_reuseport", 0),
     ]
