@@ -11,13 +11,16 @@
 //   {"close": true}                                   -> true, and the process ends
 // Usage: node --experimental-websocket _ws_clients.mjs URL SUBJECT COUNT BATCH(0|1)
 
-/* global process, performance, WebSocket, setTimeout */
+/* global process, WebSocket, setTimeout */
 import readline from "node:readline";
 
 const [url, subject, countText, batchText] = process.argv.slice(2);
 const count = Number(countText);
 const batch = batchText === "1";
-const now = () => (performance.timeOrigin + performance.now()) / 1000;
+// The wall clock, as the Python publisher's time.time() stamps each event: timeOrigin plus the
+// monotonic performance.now() drifts from it while the system clock is slewed (measured here:
+// 11 ms in 2 s), which made latencies negative.
+const now = () => Date.now() / 1000;
 
 class Receiver {
   constructor() {
