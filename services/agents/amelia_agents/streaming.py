@@ -56,10 +56,6 @@ class RunStreamer:
         self.store = store
         self.event_log = event_log
 
-    async def close(self) -> None:
-        """Nothing of its own to close: the readers are the requests' (the event log's NATS
-        connection is the service's)."""
-
     def _reader(self, row: RunRow, after_sequence: int, *, follow: bool) -> EventReader:
         """A reader of the run's events after `after_sequence`. Opening it waits for NATS at
         most EVENTS_PUBLISH_TIMEOUT_SECONDS (then UNAVAILABLE, saying where to resume); once
