@@ -278,17 +278,28 @@ def json_restriction(name: Token, op: str, raw: str) -> ColumnElement[bool]:
     as_text = func.jsonb_extract_path_text(column, *path)
     if op == ":":
         return as_text.ilike(_like(raw))
+    if op in _EQUALITY:
+        matched = json_equal(column, path, raw)
+        return matched if op == "=" else not_(matched)
+    return _compare(_json_number(column, path), op, _number(raw))
+
+
+def _json_number(column: Any, path: list[str]) -> Any:
+    """The JSON value at `path` as a number, NULL when it is not one."""
     value = func.jsonb_extract_path(column, *path)
     # CASE: a value that is not a number is never cast (PostgreSQL evaluates AND in any order).
-    numeric = case((func.jsonb_typeof(value) == "number", cast(as_text, Numeric)))
-    if op in _EQUALITY:
-        # JSON numbers from a Struct are doubles (3 is stored 3.0): equal as numbers, or as text.
-        equal = as_text == raw
-        if _is_number(raw):
-            equal = or_(equal, numeric == _number(raw))
-        matched = func.coalesce(equal, false())
-        return matched if op == "=" else not_(matched)
-    return _compare(numeric, op, _number(raw))
+    as_text = func.jsonb_extract_path_text(column, *path)
+    return case((func.jsonb_typeof(value) == "number", cast(as_text, Numeric)))
+
+
+def json_equal(column: Any, path: list[str], raw: str) -> ColumnElement[bool]:
+    """Whether the JSON value at `path` of `column` is `raw`: as numbers or as text (3 matches
+    3, 3.0 and "3"); a missing key is not equal. Also ListThreads' `metadata_filter`."""
+    # JSON numbers from a Struct are doubles (3 is stored 3.0): equal as numbers, or as text.
+    equal = func.jsonb_extract_path_text(column, *path) == raw
+    if _is_number(raw):
+        equal = or_(equal, _json_number(column, path) == _number(raw))
+    return func.coalesce(equal, false())
 
 
 def _is_number(value: str) -> bool:

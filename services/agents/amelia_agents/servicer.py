@@ -15,7 +15,16 @@ from nats.js import JetStreamContext
 from sqlalchemy.exc import IntegrityError
 
 from amelia.v1 import agents_pb2, agents_pb2_grpc
-from amelia_agents import agent_fields, convert, filtering, pagination, queue, steps, workflows
+from amelia_agents import (
+    agent_fields,
+    convert,
+    filtering,
+    pagination,
+    queue,
+    steps,
+    threadstate,
+    workflows,
+)
 from amelia_agents.lifecycle import RunEvents
 from amelia_agents.models import TERMINAL_STATES, AgentRow, RunRow, RunState
 from amelia_agents.queue_status import run_queue
@@ -136,7 +145,8 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         order_by = " ".join(request.order_by.split()) or "create_time"
         if order_by not in THREAD_ORDERS:
             raise InvalidArgumentError(f"order_by must be one of: {', '.join(THREAD_ORDERS)}")
-        found = await self.store.list_threads(limit + 1, after, order_by)
+        where = threadstate.metadata_condition(request.metadata_filter)
+        found = await self.store.list_threads(limit + 1, after, order_by, where)
         fit = convert.PageFit(_thread)
         _, token = pagination.page(found, limit, key=order_by.split()[0], fit=fit)
         return agents_pb2.ListThreadsResponse(threads=fit.messages, next_page_token=token)
@@ -154,6 +164,29 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         await self.checkpointer.adelete_thread(str(tid))
         await self.store.delete_thread(tid)
         return agents_pb2.DeleteThreadResponse()
+
+    # a thread's state (LangGraph's get_state, get_state_history, update_state): threadstate
+
+    def _states(self) -> threadstate.ThreadStates:
+        return threadstate.ThreadStates(self.store, self.checkpointer)
+
+    async def GetThreadState(
+        self, request: agents_pb2.GetThreadStateRequest, context: Ctx
+    ) -> agents_pb2.GetThreadStateResponse:
+        state = await self._states().get(request.thread, request.checkpoint)
+        return agents_pb2.GetThreadStateResponse(state=state)
+
+    async def ListThreadHistory(
+        self, request: agents_pb2.ListThreadHistoryRequest, context: Ctx
+    ) -> agents_pb2.ListThreadHistoryResponse:
+        states, token = await self._states().history(request)
+        return agents_pb2.ListThreadHistoryResponse(states=states, next_page_token=token)
+
+    async def UpdateThreadState(
+        self, request: agents_pb2.UpdateThreadStateRequest, context: Ctx
+    ) -> agents_pb2.UpdateThreadStateResponse:
+        state = await self._states().update(request)
+        return agents_pb2.UpdateThreadStateResponse(state=state)
 
     # workflows ------------------------------------------------------------------------------
 

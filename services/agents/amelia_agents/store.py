@@ -291,14 +291,21 @@ class Store:
         return found[0] if found else None
 
     async def list_threads(
-        self, limit: int, after: tuple[datetime, str] | None, order_by: str = "create_time"
+        self,
+        limit: int,
+        after: tuple[datetime, str] | None,
+        order_by: str = "create_time",
+        where: ColumnElement[bool] | None = None,
     ) -> list[ThreadSummary]:
-        """Threads in `order_by` (one of THREAD_ORDERS), with their run count and preview."""
+        """Threads in `order_by` (one of THREAD_ORDERS), with their run count and preview;
+        only those `where` holds for, when given (ListThreads' metadata filter)."""
         key, _, direction = order_by.partition(" ")
         column = ThreadRow.update_time if key == "update_time" else ThreadRow.create_time
         descending = direction == "desc"
         order = (column.desc(), ThreadRow.id.desc()) if descending else (column, ThreadRow.id)
         query = self._summaries().order_by(*order).limit(limit)
+        if where is not None:
+            query = query.where(where)
         if after:
             when, last = after[0], uuid.UUID(after[1])
             if descending:

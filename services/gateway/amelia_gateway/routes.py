@@ -39,6 +39,8 @@ class Rule:
     bind: dict[str, str] = field(default_factory=dict)
     # Extra request content types (besides JSON) this route accepts; see uploads.py.
     uploads: bool = False
+    # The OpenAPI operation's name when a second route calls the same RPC (ids are unique).
+    operation: str = ""
 
     @cached_property
     def descriptor(self) -> MethodDescriptor:
@@ -77,7 +79,7 @@ class Rule:
 
     @property
     def operation_id(self) -> str:
-        return f"{self.service}_{self.rpc}"
+        return f"{self.service}_{self.operation or self.rpc}"
 
 
 def _resource(
@@ -112,7 +114,55 @@ ROUTES: tuple[Rule, ...] = (
     # AgentService: threads
     Rule("POST", "/v1/threads", "AgentService", "CreateThread", body="thread"),
     Rule("GET", "/v1/threads", "AgentService", "ListThreads"),
+    Rule(
+        "POST",
+        "/v1/threads:search",
+        "AgentService",
+        "ListThreads",
+        body="*",
+        operation="SearchThreads",
+    ),
     *_resource("threads", "thread", "AgentService", get="GetThread", delete="DeleteThread"),
+    # AgentService: a thread's state and history (LangGraph Server's /threads/{id}/state)
+    Rule(
+        "GET",
+        "/v1/threads/{thread}/state",
+        "AgentService",
+        "GetThreadState",
+        bind={"thread": "threads/{thread}"},
+    ),
+    Rule(
+        "GET",
+        "/v1/threads/{thread}/state/{checkpoint}",
+        "AgentService",
+        "GetThreadState",
+        bind={"thread": "threads/{thread}", "checkpoint": "{checkpoint}"},
+        operation="GetThreadStateAtCheckpoint",
+    ),
+    Rule(
+        "POST",
+        "/v1/threads/{thread}/state",
+        "AgentService",
+        "UpdateThreadState",
+        body="*",
+        bind={"thread": "threads/{thread}"},
+    ),
+    Rule(
+        "GET",
+        "/v1/threads/{thread}/history",
+        "AgentService",
+        "ListThreadHistory",
+        bind={"parent": "threads/{thread}"},
+    ),
+    Rule(
+        "POST",
+        "/v1/threads/{thread}/history",
+        "AgentService",
+        "ListThreadHistory",
+        body="*",
+        bind={"parent": "threads/{thread}"},
+        operation="SearchThreadHistory",
+    ),
     # AgentService: workflows and runs
     Rule("GET", "/v1/workflows", "AgentService", "ListWorkflows"),
     Rule("POST", "/v1/runs", "AgentService", "CreateRun", body="run"),

@@ -583,9 +583,30 @@ class ListThreadsRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class MetadataFilterEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     ORDER_BY_FIELD_NUMBER: _builtins.int
+    METADATA_FILTER_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Maximum per page (default 50, at most 1000)."""
     page_token: _builtins.str
@@ -594,16 +615,24 @@ class ListThreadsRequest(_message.Message):
     """`create_time` (default, oldest first), `create_time desc`, `update_time desc` (most
     recently active first) or `update_time`.
     """
+    @_builtins.property
+    def metadata_filter(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Only threads whose metadata has these key/values (LangGraph's `metadata` filter): exact
+        match of each key's value as text (a number `2` matches "2", `true` matches "true", a string
+        itself), all keys together.
+        """
+
     def __init__(
         self,
         *,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         order_by: _builtins.str = ...,
+        metadata_filter: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["order_by", b"order_by", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["metadata_filter", b"metadata_filter", "order_by", b"order_by", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -675,6 +704,328 @@ class DeleteThreadResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteThreadResponse: _TypeAlias = DeleteThreadResponse  # noqa: Y015
+
+@_typing.final
+class ThreadTask(_message.Message):
+    """ThreadTask is a task of a checkpoint: a node to run from that state, or one that ran."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    INTERRUPTS_FIELD_NUMBER: _builtins.int
+    UPDATE_FIELD_NUMBER: _builtins.int
+    task: _builtins.str
+    """LangGraph's task id; the same as the `task` of the run's `run.node.*` events."""
+    node: _builtins.str
+    """The node."""
+    error: _builtins.str
+    """The node's error, when it failed."""
+    @_builtins.property
+    def interrupts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Interrupt]:
+        """The questions the node asked (waiting for an answer unless a later checkpoint exists)."""
+
+    @_builtins.property
+    def update(self) -> _struct_pb2.Value:
+        """What the node wrote (its state update), when it finished; null until it did."""
+
+    def __init__(
+        self,
+        *,
+        task: _builtins.str = ...,
+        node: _builtins.str = ...,
+        error: _builtins.str = ...,
+        interrupts: _abc.Iterable[Global___Interrupt] | None = ...,
+        update: _struct_pb2.Value | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["update", b"update"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "interrupts", b"interrupts", "node", b"node", "task", b"task", "update", b"update"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ThreadTask: _TypeAlias = ThreadTask  # noqa: Y015
+
+@_typing.final
+class ThreadState(_message.Message):
+    """ThreadState is a thread's state at one checkpoint (LangGraph's StateSnapshot)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    THREAD_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    PARENT_CHECKPOINT_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    NEXT_FIELD_NUMBER: _builtins.int
+    TASKS_FIELD_NUMBER: _builtins.int
+    INTERRUPTS_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    RUN_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    thread: _builtins.str
+    """`threads/{thread}`."""
+    checkpoint: _builtins.str
+    """The checkpoint's id; empty when the thread has none yet (no run has started)."""
+    parent_checkpoint: _builtins.str
+    """The checkpoint before it; empty for the first."""
+    step: _builtins.int
+    """LangGraph's step number in the thread's history."""
+    run: _builtins.str
+    """`runs/{run}` that wrote the checkpoint; empty for a state update (UpdateThreadState)."""
+    @_builtins.property
+    def values(self) -> _struct_pb2.Struct:
+        """The state's values (e.g. `messages`)."""
+
+    @_builtins.property
+    def next(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The nodes that run next from this state; empty when the graph ended."""
+
+    @_builtins.property
+    def tasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___ThreadTask]:
+        """The tasks of this checkpoint: the next nodes, with their errors, questions and updates."""
+
+    @_builtins.property
+    def interrupts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Interrupt]:
+        """The questions waiting for an answer at this checkpoint."""
+
+    @_builtins.property
+    def metadata(self) -> _struct_pb2.Struct:
+        """The checkpoint's metadata as LangGraph wrote it: `source` (`input`, `loop`, `update`,
+        `fork`), `step`, `parents`, and `amelia_run` (the run's id) for a run's checkpoints.
+        """
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the checkpoint was saved; unset when there is none."""
+
+    def __init__(
+        self,
+        *,
+        thread: _builtins.str = ...,
+        checkpoint: _builtins.str = ...,
+        parent_checkpoint: _builtins.str = ...,
+        values: _struct_pb2.Struct | None = ...,
+        next: _abc.Iterable[_builtins.str] | None = ...,
+        tasks: _abc.Iterable[Global___ThreadTask] | None = ...,
+        interrupts: _abc.Iterable[Global___Interrupt] | None = ...,
+        metadata: _struct_pb2.Struct | None = ...,
+        step: _builtins.int = ...,
+        run: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "metadata", b"metadata", "values", b"values"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "create_time", b"create_time", "interrupts", b"interrupts", "metadata", b"metadata", "next", b"next", "parent_checkpoint", b"parent_checkpoint", "run", b"run", "step", b"step", "tasks", b"tasks", "thread", b"thread", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ThreadState: _TypeAlias = ThreadState  # noqa: Y015
+
+@_typing.final
+class GetThreadStateRequest(_message.Message):
+    """GetThreadStateRequest names a thread, and optionally one of its checkpoints."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    THREAD_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    thread: _builtins.str
+    """`threads/{thread}`."""
+    checkpoint: _builtins.str
+    """A checkpoint of the thread (ListThreadHistory); empty: the latest."""
+    def __init__(
+        self,
+        *,
+        thread: _builtins.str = ...,
+        checkpoint: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "thread", b"thread"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetThreadStateRequest: _TypeAlias = GetThreadStateRequest  # noqa: Y015
+
+@_typing.final
+class GetThreadStateResponse(_message.Message):
+    """GetThreadStateResponse is the state."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def state(self) -> Global___ThreadState:
+        """The state."""
+
+    def __init__(
+        self,
+        *,
+        state: Global___ThreadState | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetThreadStateResponse: _TypeAlias = GetThreadStateResponse  # noqa: Y015
+
+@_typing.final
+class ListThreadHistoryRequest(_message.Message):
+    """ListThreadHistoryRequest pages through a thread's checkpoints."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetadataFilterEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    METADATA_FILTER_FIELD_NUMBER: _builtins.int
+    BEFORE_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """`threads/{thread}`."""
+    page_size: _builtins.int
+    """Maximum per page (default 10, at most 1000)."""
+    page_token: _builtins.str
+    """Token from a previous response."""
+    before: _builtins.str
+    """Only checkpoints before this one (LangGraph's `before`); empty: from the latest."""
+    @_builtins.property
+    def metadata_filter(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Only checkpoints whose metadata has these key/values, compared as text as ListThreads'
+        `metadata_filter` does, e.g. `source` = `update`, `step` = `2`, `amelia_run` = a run's id.
+        """
+
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        metadata_filter: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        before: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["before", b"before", "metadata_filter", b"metadata_filter", "page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListThreadHistoryRequest: _TypeAlias = ListThreadHistoryRequest  # noqa: Y015
+
+@_typing.final
+class ListThreadHistoryResponse(_message.Message):
+    """ListThreadHistoryResponse is one page of checkpoints, newest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def states(self) -> _containers.RepeatedCompositeFieldContainer[Global___ThreadState]:
+        """The states, newest first."""
+
+    def __init__(
+        self,
+        *,
+        states: _abc.Iterable[Global___ThreadState] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "states", b"states"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListThreadHistoryResponse: _TypeAlias = ListThreadHistoryResponse  # noqa: Y015
+
+@_typing.final
+class UpdateThreadStateRequest(_message.Message):
+    """UpdateThreadStateRequest writes values into a thread's state."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    THREAD_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    AS_NODE_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    thread: _builtins.str
+    """`threads/{thread}`."""
+    as_node: _builtins.str
+    """The node the update is written as (LangGraph's `as_node`), one of the graph's nodes; empty:
+    the node that wrote last, as LangGraph chooses it.
+    """
+    checkpoint: _builtins.str
+    """The checkpoint to update from (a branch, as time travel makes); empty: the latest."""
+    @_builtins.property
+    def values(self) -> _struct_pb2.Struct:
+        """The update, through the graph's reducers (a list such as `messages` is appended to); its
+        keys must be the state's.
+        """
+
+    def __init__(
+        self,
+        *,
+        thread: _builtins.str = ...,
+        values: _struct_pb2.Struct | None = ...,
+        as_node: _builtins.str = ...,
+        checkpoint: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["values", b"values"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_node", b"as_node", "checkpoint", b"checkpoint", "thread", b"thread", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateThreadStateRequest: _TypeAlias = UpdateThreadStateRequest  # noqa: Y015
+
+@_typing.final
+class UpdateThreadStateResponse(_message.Message):
+    """UpdateThreadStateResponse is the new state."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def state(self) -> Global___ThreadState:
+        """The state at the new checkpoint."""
+
+    def __init__(
+        self,
+        *,
+        state: Global___ThreadState | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateThreadStateResponse: _TypeAlias = UpdateThreadStateResponse  # noqa: Y015
 
 @_typing.final
 class Workflow(_message.Message):

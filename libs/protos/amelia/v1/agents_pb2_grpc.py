@@ -80,6 +80,21 @@ class AgentServiceStub:
                 request_serializer=amelia_dot_v1_dot_agents__pb2.DeleteThreadRequest.SerializeToString,
                 response_deserializer=amelia_dot_v1_dot_agents__pb2.DeleteThreadResponse.FromString,
                 _registered_method=True)
+        self.GetThreadState = channel.unary_unary(
+                '/amelia.v1.AgentService/GetThreadState',
+                request_serializer=amelia_dot_v1_dot_agents__pb2.GetThreadStateRequest.SerializeToString,
+                response_deserializer=amelia_dot_v1_dot_agents__pb2.GetThreadStateResponse.FromString,
+                _registered_method=True)
+        self.ListThreadHistory = channel.unary_unary(
+                '/amelia.v1.AgentService/ListThreadHistory',
+                request_serializer=amelia_dot_v1_dot_agents__pb2.ListThreadHistoryRequest.SerializeToString,
+                response_deserializer=amelia_dot_v1_dot_agents__pb2.ListThreadHistoryResponse.FromString,
+                _registered_method=True)
+        self.UpdateThreadState = channel.unary_unary(
+                '/amelia.v1.AgentService/UpdateThreadState',
+                request_serializer=amelia_dot_v1_dot_agents__pb2.UpdateThreadStateRequest.SerializeToString,
+                response_deserializer=amelia_dot_v1_dot_agents__pb2.UpdateThreadStateResponse.FromString,
+                _registered_method=True)
         self.ListWorkflows = channel.unary_unary(
                 '/amelia.v1.AgentService/ListWorkflows',
                 request_serializer=amelia_dot_v1_dot_agents__pb2.ListWorkflowsRequest.SerializeToString,
@@ -199,6 +214,31 @@ class AgentServiceServicer:
 
     def DeleteThread(self, request, context):
         """DeleteThread removes a thread, its runs and its checkpoints.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetThreadState(self, request, context):
+        """GetThreadState gives a thread's state (LangGraph's `get_state`): its latest checkpoint, or
+        the one named: values, the nodes to run next, pending tasks and questions, metadata.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListThreadHistory(self, request, context):
+        """ListThreadHistory pages through a thread's checkpoints, newest first (LangGraph's
+        `get_state_history`), across its runs, forks and state updates.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateThreadState(self, request, context):
+        """UpdateThreadState writes values into a thread's state as if a node had written them
+        (LangGraph's `update_state`): a new checkpoint the thread's next run starts from.
+        FAILED_PRECONDITION while a run of the thread is queued, running or paused.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -332,6 +372,21 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.DeleteThread,
                     request_deserializer=amelia_dot_v1_dot_agents__pb2.DeleteThreadRequest.FromString,
                     response_serializer=amelia_dot_v1_dot_agents__pb2.DeleteThreadResponse.SerializeToString,
+            ),
+            'GetThreadState': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetThreadState,
+                    request_deserializer=amelia_dot_v1_dot_agents__pb2.GetThreadStateRequest.FromString,
+                    response_serializer=amelia_dot_v1_dot_agents__pb2.GetThreadStateResponse.SerializeToString,
+            ),
+            'ListThreadHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListThreadHistory,
+                    request_deserializer=amelia_dot_v1_dot_agents__pb2.ListThreadHistoryRequest.FromString,
+                    response_serializer=amelia_dot_v1_dot_agents__pb2.ListThreadHistoryResponse.SerializeToString,
+            ),
+            'UpdateThreadState': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateThreadState,
+                    request_deserializer=amelia_dot_v1_dot_agents__pb2.UpdateThreadStateRequest.FromString,
+                    response_serializer=amelia_dot_v1_dot_agents__pb2.UpdateThreadStateResponse.SerializeToString,
             ),
             'ListWorkflows': grpc.unary_unary_rpc_method_handler(
                     servicer.ListWorkflows,
@@ -633,6 +688,87 @@ class AgentService:
             '/amelia.v1.AgentService/DeleteThread',
             amelia_dot_v1_dot_agents__pb2.DeleteThreadRequest.SerializeToString,
             amelia_dot_v1_dot_agents__pb2.DeleteThreadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetThreadState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/amelia.v1.AgentService/GetThreadState',
+            amelia_dot_v1_dot_agents__pb2.GetThreadStateRequest.SerializeToString,
+            amelia_dot_v1_dot_agents__pb2.GetThreadStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListThreadHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/amelia.v1.AgentService/ListThreadHistory',
+            amelia_dot_v1_dot_agents__pb2.ListThreadHistoryRequest.SerializeToString,
+            amelia_dot_v1_dot_agents__pb2.ListThreadHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateThreadState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/amelia.v1.AgentService/UpdateThreadState',
+            amelia_dot_v1_dot_agents__pb2.UpdateThreadStateRequest.SerializeToString,
+            amelia_dot_v1_dot_agents__pb2.UpdateThreadStateResponse.FromString,
             options,
             channel_credentials,
             insecure,

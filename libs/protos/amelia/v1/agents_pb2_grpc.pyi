@@ -51,6 +51,19 @@ class AgentServiceStub:
     """ListThreads pages through threads."""
     DeleteThread: _grpc.UnaryUnaryMultiCallable[_agents_pb2.DeleteThreadRequest, _agents_pb2.DeleteThreadResponse]
     """DeleteThread removes a thread, its runs and its checkpoints."""
+    GetThreadState: _grpc.UnaryUnaryMultiCallable[_agents_pb2.GetThreadStateRequest, _agents_pb2.GetThreadStateResponse]
+    """GetThreadState gives a thread's state (LangGraph's `get_state`): its latest checkpoint, or
+    the one named: values, the nodes to run next, pending tasks and questions, metadata.
+    """
+    ListThreadHistory: _grpc.UnaryUnaryMultiCallable[_agents_pb2.ListThreadHistoryRequest, _agents_pb2.ListThreadHistoryResponse]
+    """ListThreadHistory pages through a thread's checkpoints, newest first (LangGraph's
+    `get_state_history`), across its runs, forks and state updates.
+    """
+    UpdateThreadState: _grpc.UnaryUnaryMultiCallable[_agents_pb2.UpdateThreadStateRequest, _agents_pb2.UpdateThreadStateResponse]
+    """UpdateThreadState writes values into a thread's state as if a node had written them
+    (LangGraph's `update_state`): a new checkpoint the thread's next run starts from.
+    FAILED_PRECONDITION while a run of the thread is queued, running or paused.
+    """
     ListWorkflows: _grpc.UnaryUnaryMultiCallable[_agents_pb2.ListWorkflowsRequest, _agents_pb2.ListWorkflowsResponse]
     """ListWorkflows describes the built-in workflows."""
     CreateRun: _grpc.UnaryUnaryMultiCallable[_agents_pb2.CreateRunRequest, _agents_pb2.CreateRunResponse]
@@ -104,6 +117,19 @@ class AgentServiceAsyncStub(AgentServiceStub):
     """ListThreads pages through threads."""
     DeleteThread: _aio.UnaryUnaryMultiCallable[_agents_pb2.DeleteThreadRequest, _agents_pb2.DeleteThreadResponse]  # type: ignore[assignment]
     """DeleteThread removes a thread, its runs and its checkpoints."""
+    GetThreadState: _aio.UnaryUnaryMultiCallable[_agents_pb2.GetThreadStateRequest, _agents_pb2.GetThreadStateResponse]  # type: ignore[assignment]
+    """GetThreadState gives a thread's state (LangGraph's `get_state`): its latest checkpoint, or
+    the one named: values, the nodes to run next, pending tasks and questions, metadata.
+    """
+    ListThreadHistory: _aio.UnaryUnaryMultiCallable[_agents_pb2.ListThreadHistoryRequest, _agents_pb2.ListThreadHistoryResponse]  # type: ignore[assignment]
+    """ListThreadHistory pages through a thread's checkpoints, newest first (LangGraph's
+    `get_state_history`), across its runs, forks and state updates.
+    """
+    UpdateThreadState: _aio.UnaryUnaryMultiCallable[_agents_pb2.UpdateThreadStateRequest, _agents_pb2.UpdateThreadStateResponse]  # type: ignore[assignment]
+    """UpdateThreadState writes values into a thread's state as if a node had written them
+    (LangGraph's `update_state`): a new checkpoint the thread's next run starts from.
+    FAILED_PRECONDITION while a run of the thread is queued, running or paused.
+    """
     ListWorkflows: _aio.UnaryUnaryMultiCallable[_agents_pb2.ListWorkflowsRequest, _agents_pb2.ListWorkflowsResponse]  # type: ignore[assignment]
     """ListWorkflows describes the built-in workflows."""
     CreateRun: _aio.UnaryUnaryMultiCallable[_agents_pb2.CreateRunRequest, _agents_pb2.CreateRunResponse]  # type: ignore[assignment]
@@ -208,6 +234,37 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_agents_pb2.DeleteThreadResponse, _abc.Awaitable[_agents_pb2.DeleteThreadResponse]]:
         """DeleteThread removes a thread, its runs and its checkpoints."""
+
+    @_abc_1.abstractmethod
+    def GetThreadState(
+        self,
+        request: _agents_pb2.GetThreadStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agents_pb2.GetThreadStateResponse, _abc.Awaitable[_agents_pb2.GetThreadStateResponse]]:
+        """GetThreadState gives a thread's state (LangGraph's `get_state`): its latest checkpoint, or
+        the one named: values, the nodes to run next, pending tasks and questions, metadata.
+        """
+
+    @_abc_1.abstractmethod
+    def ListThreadHistory(
+        self,
+        request: _agents_pb2.ListThreadHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agents_pb2.ListThreadHistoryResponse, _abc.Awaitable[_agents_pb2.ListThreadHistoryResponse]]:
+        """ListThreadHistory pages through a thread's checkpoints, newest first (LangGraph's
+        `get_state_history`), across its runs, forks and state updates.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateThreadState(
+        self,
+        request: _agents_pb2.UpdateThreadStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agents_pb2.UpdateThreadStateResponse, _abc.Awaitable[_agents_pb2.UpdateThreadStateResponse]]:
+        """UpdateThreadState writes values into a thread's state as if a node had written them
+        (LangGraph's `update_state`): a new checkpoint the thread's next run starts from.
+        FAILED_PRECONDITION while a run of the thread is queued, running or paused.
+        """
 
     @_abc_1.abstractmethod
     def ListWorkflows(

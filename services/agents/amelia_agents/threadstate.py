@@ -1,0 +1,294 @@
+"""A thread's state as LangGraph Server users read and edit it: the latest checkpoint (or one
+named), the history newest first, and state updates written as if a node had written them
+(LangGraph's `get_state`, `get_state_history` and `update_state`).
+
+A thread's checkpoints are read through the graph of its latest run: the graph knows the state's
+keys, reducers and nodes, which the next tasks, the pending questions and an update's reducers
+need. An update is written while the thread's row is locked (`FOR UPDATE`) and no run of it is
+active: CreateRun updates that row when it records a run, so a run cannot start in between, and
+the next run starts from the updated state (its input goes through the reducers on top of it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import uuid
+from collections.abc import AsyncGenerator, Mapping
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.errors import InvalidUpdateError
+from langgraph.graph import START
+from langgraph.pregel import Pregel
+from langgraph.types import StateSnapshot
+from sqlalchemy import and_, select
+from sqlalchemy.sql.elements import ColumnElement
+
+from amelia.v1 import agents_pb2
+from amelia_agents import convert, filtering, pagination, steps
+from amelia_agents.models import ACTIVE_STATES, RunRow, ThreadRow
+from amelia_agents.store import Store
+from amelia_common import paging
+from amelia_common.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+)
+
+HISTORY_PAGE_DEFAULT = 10
+HISTORY_PAGE_MAX = 1000
+# LangGraph's checkpoint ids are UUIDs (version 6, ordered in time); anything else names none.
+_CHECKPOINT_ID = re.compile(r"^[0-9A-Za-z-]{1,64}$")
+
+
+def metadata_filter(values: Mapping[str, str], field: str = "metadata_filter") -> dict[str, str]:
+    """A request's key/value filter, checked: keys non-empty, no NUL characters anywhere."""
+    out = dict(values)
+    for key, value in out.items():
+        if not key or "\x00" in key:
+            raise InvalidArgumentError(f"{field} key {key!r} is not a valid key")
+        if "\x00" in value:
+            raise InvalidArgumentError(f"{field} value for {key!r} contains a NUL character")
+    return out
+
+
+def metadata_condition(wanted: Mapping[str, str]) -> ColumnElement[bool] | None:
+    """ListThreads' filter: the thread's metadata has each key's value, as ListRuns' filter
+    compares `input.<key> = value` (as numbers or as text); None for no filter."""
+    checked = metadata_filter(wanted)
+    if not checked:
+        return None
+    return and_(*(filtering.json_equal(ThreadRow.meta, [k], v) for k, v in checked.items()))
+
+
+def _equal(value: Any, raw: str) -> bool:
+    """`json_equal` for a checkpoint's metadata, read in Python: as numbers or as text."""
+    if value is None:
+        return False
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        with contextlib.suppress(ArithmeticError):
+            return Decimal(str(value)) == Decimal(raw)
+    return (value if isinstance(value, str) else json.dumps(value)) == raw
+
+
+def _matches(metadata: Mapping[str, Any], wanted: Mapping[str, str]) -> bool:
+    return all(_equal(metadata.get(key), value) for key, value in wanted.items())
+
+
+def _checkpoint(value: str, field: str) -> str:
+    if not _CHECKPOINT_ID.match(value):
+        raise InvalidArgumentError(
+            f"{field} {value[:80]!r} is not a checkpoint id: take one from ListThreadHistory"
+        )
+    return value
+
+
+def _config(tid: uuid.UUID, checkpoint: str = "") -> RunnableConfig:
+    configurable: dict[str, Any] = {"thread_id": str(tid), "checkpoint_ns": ""}
+    if checkpoint:
+        configurable["checkpoint_id"] = checkpoint
+    return {"configurable": configurable}
+
+
+def _checkpoint_of(config: Mapping[str, Any] | None) -> str:
+    return str(((config or {}).get("configurable") or {}).get("checkpoint_id") or "")
+
+
+def to_state(tid: uuid.UUID, snapshot: StateSnapshot) -> agents_pb2.ThreadState:
+    """LangGraph's StateSnapshot as a ThreadState (JSON values only: others become text)."""
+    metadata: dict[str, Any] = steps._plain(dict(snapshot.metadata or {}))
+    state = agents_pb2.ThreadState(
+        thread=f"threads/{tid}",
+        checkpoint=_checkpoint_of(snapshot.config),
+        parent_checkpoint=_checkpoint_of(snapshot.parent_config),
+        next=list(snapshot.next),
+        step=int(metadata.get("step") or 0),
+    )
+    values = steps._plain(snapshot.values)
+    if isinstance(values, dict):
+        state.values.update(values)
+    asked_by: dict[str, str] = {}
+    for task in snapshot.tasks:
+        msg = state.tasks.add(task=task.id, node=task.name, error=str(task.error or ""))
+        for interrupt in task.interrupts:
+            asked_by[interrupt.id] = task.name
+            msg.interrupts.add(node=task.name).value.CopyFrom(
+                convert.to_value(steps._plain(interrupt.value))
+            )
+        if task.result is not None:
+            msg.update.CopyFrom(convert.to_value(steps._plain(task.result)))
+    for interrupt in snapshot.interrupts:
+        state.interrupts.add(node=asked_by.get(interrupt.id, "")).value.CopyFrom(
+            convert.to_value(steps._plain(interrupt.value))
+        )
+    state.metadata.update(metadata)
+    if metadata.get(steps.RUN_KEY):
+        state.run = f"runs/{metadata[steps.RUN_KEY]}"
+    steps._time(state.create_time, snapshot.created_at)
+    return state
+
+
+class ThreadStates:
+    """The thread-state RPCs' work; the servicer checks names and maps nothing else."""
+
+    def __init__(self, store: Store, checkpointer: BaseCheckpointSaver[Any]) -> None:
+        self.store = store
+        self.checkpointer = checkpointer
+
+    async def _thread(self, name: str) -> uuid.UUID:
+        tid = convert.thread_id(name)
+        convert.found(await self.store.get_thread(tid), f"threads/{tid}")
+        return tid
+
+    async def _graph(self, tid: uuid.UUID) -> Pregel[Any] | None:
+        """The graph of the thread's latest run (None: the thread has no run)."""
+        async with self.store.single_statements() as s:
+            latest = await s.scalar(_latest_run(tid))
+        return steps.compiled(latest, self.checkpointer) if latest is not None else None
+
+    async def _known_checkpoint(self, tid: uuid.UUID, checkpoint: str) -> None:
+        if await self.checkpointer.aget_tuple(_config(tid, checkpoint)) is None:
+            raise NotFoundError(
+                f"threads/{tid} has no checkpoint {checkpoint!r}; see ListThreadHistory"
+            )
+
+    async def get(self, name: str, checkpoint: str) -> agents_pb2.ThreadState:
+        tid = await self._thread(name)
+        if checkpoint:
+            _checkpoint(checkpoint, "checkpoint")
+            await self._known_checkpoint(tid, checkpoint)
+        graph = await self._graph(tid)
+        if graph is None:  # no run, so no checkpoint yet
+            return agents_pb2.ThreadState(thread=f"threads/{tid}")
+        snapshot = await graph.aget_state(_config(tid, checkpoint))
+        return to_state(tid, snapshot)
+
+    async def history(
+        self, request: agents_pb2.ListThreadHistoryRequest
+    ) -> tuple[list[agents_pb2.ThreadState], str]:
+        """A page of the thread's checkpoints newest first, and the next page's token. Pages
+        go by checkpoint id (ordered in time): checkpoints saved meanwhile are newer, so a page
+        neither repeats nor skips one."""
+        tid = await self._thread(request.parent)
+        limit = paging.page_size(request.page_size, HISTORY_PAGE_DEFAULT, HISTORY_PAGE_MAX)
+        wanted = metadata_filter(request.metadata_filter)
+        before = ""
+        if request.page_token:
+            _, before = pagination.decode(request.page_token)
+            _checkpoint(before, "page_token")
+        elif request.before:
+            before = _checkpoint(request.before, "before")
+            await self._known_checkpoint(tid, before)
+        graph = await self._graph(tid)
+        if graph is None:
+            return [], ""
+        found: list[StateSnapshot] = []
+        listed: AsyncGenerator[StateSnapshot] = graph.aget_state_history(  # type: ignore[assignment]
+            _config(tid),
+            before=_config(tid, before) if before else None,
+        )
+        async with contextlib.aclosing(listed) as snapshots:
+            async for snapshot in snapshots:
+                if _matches(snapshot.metadata or {}, wanted):
+                    found.append(snapshot)
+                    if len(found) > limit:
+                        break
+        states = [to_state(tid, s) for s in found[:limit]]
+        states = states[: convert.fitting(states)]
+        if len(found) <= len(states):
+            return states, ""
+        last = found[len(states) - 1]
+        when = datetime.fromisoformat(last.created_at) if last.created_at else datetime.now()
+        return states, pagination.encode(when, states[-1].checkpoint)
+
+    async def update(self, request: agents_pb2.UpdateThreadStateRequest) -> agents_pb2.ThreadState:
+        """Write `values` as `as_node` on the thread's latest checkpoint (or the one named): a
+        new head checkpoint. Refused while a run of the thread is active."""
+        tid = convert.thread_id(request.thread)
+        values = convert.json_from(request.values, "values")
+        if request.checkpoint:
+            _checkpoint(request.checkpoint, "checkpoint")
+        async with self.store.sessions() as s, s.begin():
+            # Locked until the update is written: CreateRun updates this row (its update_time)
+            # when it records a run, so no run of the thread starts in between.
+            locked = await s.scalar(
+                select(ThreadRow.id).where(ThreadRow.id == tid).with_for_update()
+            )
+            if locked is None:
+                raise convert.not_found(f"threads/{tid}")
+            active = await s.scalar(
+                select(RunRow)
+                .where(RunRow.thread_id == tid, RunRow.status.in_(ACTIVE_STATES))
+                .limit(1)
+            )
+            if active is not None:
+                raise FailedPreconditionError(
+                    f"threads/{tid} has a {active.status.lower()} run, runs/{active.id}: its "
+                    "state changes only between runs; wait for the run to end, or cancel it"
+                )
+            latest = await s.scalar(_latest_run(tid))
+            if latest is None:
+                raise FailedPreconditionError(
+                    f"threads/{tid} has no run yet: its graph (the state's keys and nodes) is "
+                    "its first run's; start a run, then update its state"
+                )
+            graph = steps.compiled(latest, self.checkpointer)
+            _check_update(graph, values, request.as_node)
+            if request.checkpoint:
+                await self._known_checkpoint(tid, request.checkpoint)
+            try:
+                written = await graph.aupdate_state(
+                    _config(tid, request.checkpoint),
+                    values,
+                    as_node=request.as_node or None,
+                )
+            except InvalidUpdateError as exc:
+                raise InvalidArgumentError(_update_problem(str(exc))) from None
+            except (TypeError, ValueError) as exc:
+                raise InvalidArgumentError(
+                    f"values do not fit the thread's state ({exc}); see GetThreadState for "
+                    "its values"
+                ) from None
+            snapshot = await graph.aget_state(written)
+        return to_state(tid, snapshot)
+
+
+def _latest_run(tid: uuid.UUID) -> Any:
+    return (
+        select(RunRow)
+        .where(RunRow.thread_id == tid)
+        .order_by(RunRow.create_time.desc(), RunRow.id.desc())
+        .limit(1)
+    )
+
+
+def _check_update(graph: Pregel[Any], values: dict[str, Any], as_node: str) -> None:
+    """INVALID_ARGUMENT naming the problem: a key the state does not have, or a node the graph
+    does not have (LangGraph would drop the first silently)."""
+    nodes = [n for n in graph.nodes if n != START]
+    if as_node and as_node not in nodes:
+        raise InvalidArgumentError(
+            f"as_node {as_node[:80]!r} is not a node of the thread's graph; its nodes: "
+            f"{', '.join(nodes)}"
+        )
+    keys = list(getattr(getattr(graph, "builder", None), "channels", None) or values)
+    unknown = [key for key in values if key not in keys]
+    if unknown:
+        raise InvalidArgumentError(
+            f"values has {', '.join(repr(k[:80]) for k in unknown)}, not a key of the thread's "
+            f"state; its keys: {', '.join(keys)}"
+        )
+
+
+def _update_problem(text: str) -> str:
+    if "Ambiguous update" in text or "as_node" in text:
+        return (
+            "as_node is required here: no single node wrote the thread's latest state "
+            f"(LangGraph: {text})"
+        )
+    return f"cannot update the thread's state: {text}"

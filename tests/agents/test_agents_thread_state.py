@@ -1,0 +1,266 @@
+"""A thread's state and history as LangGraph Server users expect them (GetThreadState,
+ListThreadHistory, UpdateThreadState, ListThreads' metadata filter), against the real agents
+service, PostgreSQL and NATS; the model that must see an updated state is the fake Anthropic
+server (tests/agents_fake_llm.py)."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from pathlib import Path
+from typing import Any
+
+import grpc
+from agents_helpers import S, create_run, rpc_error, wait_status
+from google.protobuf import json_format
+
+DONE = (S.RUN_STATUS_COMPLETED, S.RUN_STATUS_FAILED)
+
+
+def _plain(message: Any) -> Any:
+    return json_format.MessageToDict(message)
+
+
+async def _steps_run(agents: Any, tmp_path: Path, thread: str = "") -> S.Run:
+    """A completed `test-steps` run (nodes a, b, c), in `thread` or a new one."""
+    release = tmp_path / "release"
+    release.touch()
+    run = await create_run(
+        agents,
+        workflow="workflows/test-steps",
+        thread=thread,
+        input={"record": str(tmp_path / "record"), "release": str(release)},
+    )
+    done = await wait_status(agents, run.name, *DONE)
+    assert done.status == S.RUN_STATUS_COMPLETED, done.error
+    return done
+
+
+async def _state(agents: Any, thread: str, checkpoint: str = "") -> S.ThreadState:
+    request = S.GetThreadStateRequest(thread=thread, checkpoint=checkpoint)
+    return (await agents.GetThreadState(request)).state
+
+
+async def _update(agents: Any, thread: str, values: dict[str, Any], **more: Any) -> S.ThreadState:
+    request = S.UpdateThreadStateRequest(thread=thread, **more)
+    request.values.update(values)
+    return (await agents.UpdateThreadState(request)).state
+
+
+async def _history(agents: Any, thread: str, **request: Any) -> S.ListThreadHistoryResponse:
+    return await agents.ListThreadHistory(S.ListThreadHistoryRequest(parent=thread, **request))
+
+
+async def test_state_after_a_run_is_what_the_run_wrote(agents, tmp_path) -> None:
+    run = await _steps_run(agents, tmp_path)
+    state = await _state(agents, run.thread)
+    assert state.thread == run.thread
+    assert list(state.values["done"]) == ["a", "b", "c"]
+    assert _plain(state.values)["request"]["record"] == str(tmp_path / "record")
+    assert list(state.next) == [] and list(state.tasks) == [] and list(state.interrupts) == []
+    assert state.run == run.name
+    assert state.checkpoint and state.parent_checkpoint
+    assert state.metadata["source"] == "loop" and state.step == int(state.metadata["step"])
+    assert state.create_time.ToDatetime() <= run.end_time.ToDatetime()
+    # The state at an earlier checkpoint: before c ran, c is next and b's update is there.
+    before_c = await _state(agents, run.thread, state.parent_checkpoint)
+    assert list(before_c.values["done"]) == ["a", "b"]
+    assert list(before_c.next) == ["c"]
+    assert [t.node for t in before_c.tasks] == ["c"]
+    assert _plain(before_c.tasks[0].update) == {"done": ["a", "b", "c"]}
+    assert before_c.checkpoint == state.parent_checkpoint
+
+
+async def test_a_paused_thread_shows_its_question(agents) -> None:
+    run = await create_run(agents, workflow="workflows/test-ask", input={"question": "Ship it?"})
+    await wait_status(agents, run.name, S.RUN_STATUS_PAUSED)
+    state = await _state(agents, run.thread)
+    assert list(state.next) == ["ask"]
+    assert [(i.node, _plain(i.value)) for i in state.interrupts] == [
+        ("ask", {"question": "Ship it?"})
+    ]
+    assert _plain(state.tasks[0].interrupts[0].value) == {"question": "Ship it?"}
+    await agents.CancelRun(S.CancelRunRequest(name=run.name))
+
+
+async def test_history_is_newest_first_and_pages_without_gaps_or_repeats(agents, tmp_path) -> None:
+    first = await _steps_run(agents, tmp_path)
+    second = await _steps_run(agents, tmp_path, thread=first.thread)
+    whole = await _history(agents, first.thread, page_size=1000)
+    assert whole.next_page_token == ""
+    states = list(whole.states)
+    # Both runs' checkpoints, the second run's first: each child's parent is the next one.
+    assert states[0].run == second.name and states[-1].run == first.name
+    assert {s.run for s in states} == {first.name, second.name}
+    for newer, older in itertools.pairwise(states):
+        assert newer.parent_checkpoint == older.checkpoint
+        assert newer.create_time.ToDatetime() >= older.create_time.ToDatetime()
+    assert states[0] == await _state(agents, first.thread)
+
+    pages: list[S.ThreadState] = []
+    token = ""
+    while True:
+        page = await _history(agents, first.thread, page_size=3, page_token=token)
+        assert len(page.states) <= 3
+        pages += page.states
+        token = page.next_page_token
+        if not token:
+            break
+        if len(pages) == 3:  # a checkpoint saved meanwhile is newer: later pages do not move
+            await _update(agents, first.thread, {"done": ["edited"]}, as_node="c")
+    assert [s.checkpoint for s in pages] == [s.checkpoint for s in states]
+
+    # LangGraph's filters: metadata (as text, so step 2 matches "2") and `before`.
+    updates = await _history(agents, first.thread, metadata_filter={"source": "update"})
+    assert [s.metadata["source"] for s in updates.states] == ["update"]
+    # `done` has no reducer: the update replaces it.
+    assert updates.states[0].run == "" and list(updates.states[0].values["done"]) == ["edited"]
+    step = str(states[2].step)
+    at_step = await _history(agents, first.thread, metadata_filter={"step": step})
+    assert {s.step for s in at_step.states} == {states[2].step} and at_step.states
+    older = await _history(agents, first.thread, before=states[1].checkpoint, page_size=2)
+    assert [s.checkpoint for s in older.states] == [s.checkpoint for s in states[2:4]]
+
+
+async def test_an_update_is_what_the_next_run_starts_from(agents, fake_anthropic) -> None:
+    first = await create_run(
+        agents,
+        workflow="workflows/chat",
+        input={"message": "My name is Ada.", "model": "offline:echo"},
+    )
+    await wait_status(agents, first.name, S.RUN_STATUS_COMPLETED)
+    told = {"role": "user", "content": "Actually, call me Zed."}
+    state = await _update(agents, first.thread, {"messages": [told]}, as_node="respond")
+    assert [m["content"] for m in _plain(state.values)["messages"]] == [
+        "My name is Ada.",
+        "My name is Ada.",
+        "Actually, call me Zed.",
+    ]
+    assert state.metadata["source"] == "update" and state.run == ""
+    assert list(state.next) == []
+    assert await _state(agents, first.thread) == state
+
+    agent = (
+        await agents.CreateAgent(
+            S.CreateAgentRequest(
+                agent=S.Agent(model="anthropic:transcript"),
+                agent_id=f"state-{uuid.uuid4().hex[:8]}",
+            )
+        )
+    ).agent
+    second = await create_run(
+        agents, agent=agent.name, thread=first.thread, input={"message": "Who am I?"}
+    )
+    done = await wait_status(agents, second.name, *DONE)
+    assert done.status == S.RUN_STATUS_COMPLETED, done.error
+    sent = fake_anthropic.requests[-1]["body"]["messages"]
+    assert [m["content"] for m in sent] == [
+        "My name is Ada.",
+        "My name is Ada.",
+        "Actually, call me Zed.",
+        "Who am I?",
+    ]
+
+
+async def test_an_update_is_refused_while_a_run_of_the_thread_is_active(agents, tmp_path) -> None:
+    release = tmp_path / "release"
+    run = await create_run(
+        agents,
+        workflow="workflows/test-steps",
+        input={"record": str(tmp_path / "record"), "release": str(release)},
+    )
+    await wait_status(agents, run.name, S.RUN_STATUS_RUNNING)
+    refused = await rpc_error(_update(agents, run.thread, {"done": ["x"]}, as_node="a"))
+    assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert run.name in (refused.details() or "") and "running" in (refused.details() or "")
+    release.touch()
+    await wait_status(agents, run.name, S.RUN_STATUS_COMPLETED)
+    state = await _update(agents, run.thread, {"done": ["x"]}, as_node="a")
+    # Written as `a`: b runs next, from the state a left plus the update.
+    assert list(state.next) == ["b"] and list(state.values["done"]) == ["x"]
+
+    paused = await create_run(agents, workflow="workflows/test-ask", input={})
+    await wait_status(agents, paused.name, S.RUN_STATUS_PAUSED)
+    refused = await rpc_error(_update(agents, paused.thread, {"answer": "no"}, as_node="ask"))
+    assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "paused" in (refused.details() or "")
+    await agents.CancelRun(S.CancelRunRequest(name=paused.name))
+
+
+async def test_bad_input_says_what_is_wrong(agents, tmp_path) -> None:
+    run = await _steps_run(agents, tmp_path)
+
+    async def code(call: Any, *words: str) -> grpc.StatusCode:
+        error = await rpc_error(call)
+        for word in words:
+            assert word in (error.details() or ""), error.details()
+        return error.code()
+
+    nope = "1f0c0000-0000-6000-8000-000000000000"
+    assert await code(_state(agents, run.thread, nope), nope) == grpc.StatusCode.NOT_FOUND
+    assert await code(_state(agents, run.thread, "x y"), "checkpoint") == (
+        grpc.StatusCode.INVALID_ARGUMENT
+    )
+    missing = f"threads/{uuid.uuid4()}"
+    assert await code(_state(agents, missing)) == grpc.StatusCode.NOT_FOUND
+    assert await code(_history(agents, missing)) == grpc.StatusCode.NOT_FOUND
+    assert await code(_update(agents, missing, {}, as_node="a")) == grpc.StatusCode.NOT_FOUND
+    assert await code(_update(agents, run.thread, {"done": ["x"]}, as_node="zz"), "a, b, c") == (
+        grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert await code(_update(agents, run.thread, {"dnoe": ["x"]}, as_node="c"), "'dnoe'") == (
+        grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert await code(
+        _update(agents, run.thread, {"done": ["x"]}, as_node="c", checkpoint=nope), nope
+    ) == (grpc.StatusCode.NOT_FOUND)
+    assert await code(_history(agents, run.thread, page_token="garbage")) == (
+        grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert await code(_history(agents, run.thread, metadata_filter={"": "x"})) == (
+        grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert await code(_history(agents, run.thread, page_size=-1)) == (
+        grpc.StatusCode.INVALID_ARGUMENT
+    )
+    # Nothing was written by the refused updates.
+    assert (await _state(agents, run.thread)).metadata["source"] == "loop"
+
+    # A thread without a run has no state yet, and no graph to update it with.
+    empty = (await agents.CreateThread(S.CreateThreadRequest())).thread
+    state = await _state(agents, empty.name)
+    assert state.thread == empty.name and state.checkpoint == "" and not state.values
+    assert list((await _history(agents, empty.name)).states) == []
+    assert await code(_update(agents, empty.name, {"done": []}), "no run yet") == (
+        grpc.StatusCode.FAILED_PRECONDITION
+    )
+
+
+async def test_list_threads_filters_on_metadata(agents) -> None:
+    team = f"team-{uuid.uuid4().hex[:8]}"
+    made = []
+    for meta in ({"team": team, "n": 2}, {"team": team, "n": 3}, {"team": "other", "n": 2}):
+        request = S.CreateThreadRequest()
+        request.thread.metadata.update(meta)
+        made.append((await agents.CreateThread(request)).thread.name)
+
+    async def names(**wanted: str) -> list[str]:
+        reply = await agents.ListThreads(
+            S.ListThreadsRequest(metadata_filter=wanted, page_size=1000)
+        )
+        return [t.name for t in reply.threads]
+
+    assert await names(team=team) == made[:2]
+    assert await names(team=team, n="2") == made[:1]
+    assert await names(team=team, n="2.0") == made[:1]  # as numbers, as ListRuns' filter does
+    assert await names(team=team, n="4") == []
+    # Pages of a filtered list hold only matching threads.
+    first = await agents.ListThreads(
+        S.ListThreadsRequest(metadata_filter={"team": team}, page_size=1)
+    )
+    rest = await agents.ListThreads(
+        S.ListThreadsRequest(metadata_filter={"team": team}, page_token=first.next_page_token)
+    )
+    assert [t.name for t in [*first.threads, *rest.threads]] == made[:2]
+    refused = await rpc_error(agents.ListThreads(S.ListThreadsRequest(metadata_filter={"": "x"})))
+    assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
