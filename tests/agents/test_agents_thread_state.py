@@ -1,18 +1,26 @@
 """A thread's state and history as LangGraph Server users expect them (GetThreadState,
 ListThreadHistory, UpdateThreadState, ListThreads' metadata filter), against the real agents
 service, PostgreSQL and NATS; the model that must see an updated state is the fake Anthropic
-server (tests/agents_fake_llm.py)."""
+server (tests/agents_fake_llm.py). The HTTP routes go through a real gateway."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
+import pytest
 from agents_helpers import S, create_run, rpc_error, wait_status
+from gateway_helpers import start_gateway
 from google.protobuf import json_format
+
+from amelia_agents.server import build_service as build_agents
+from amelia_common.settings import Settings
 
 DONE = (S.RUN_STATUS_COMPLETED, S.RUN_STATUS_FAILED)
 
@@ -264,3 +272,124 @@ async def test_list_threads_filters_on_metadata(agents) -> None:
     assert [t.name for t in [*first.threads, *rest.threads]] == made[:2]
     refused = await rpc_error(agents.ListThreads(S.ListThreadsRequest(metadata_filter={"": "x"})))
     assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.fixture
+async def http(infra: Any, agents_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """A gateway in front of an agents service of its own (one worker), as curl reaches it."""
+    service = await build_agents(agents_settings.model_copy(update={"AGENT_WORKERS": 1}))
+    port = await service.start()
+    gateway = await start_gateway(
+        infra.settings(
+            EVENTS_ADDRESS=agents_settings.EVENTS_ADDRESS, AGENTS_ADDRESS=f"127.0.0.1:{port}"
+        )
+    )
+    try:
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as client:
+            yield client
+    finally:
+        await gateway.stop()
+        await service.stop(1.0)
+
+
+async def _finished(http: httpx.AsyncClient, run: str) -> dict[str, Any]:
+    async with asyncio.timeout(60):
+        while True:
+            body: dict[str, Any] = (await http.get(f"/v1/{run}")).json()["run"]
+            if body["status"] not in ("RUN_STATUS_QUEUED", "RUN_STATUS_RUNNING"):
+                return body
+            await asyncio.sleep(0.05)
+
+
+def _status(reply: httpx.Response, http_status: int, code: int, *words: str) -> None:
+    """A google.rpc.Status body with `code`, whose message has `words`."""
+    assert reply.status_code == http_status, reply.text
+    body = reply.json()
+    assert body["code"] == code, body
+    for word in words:
+        assert word in body["message"], body
+
+
+async def test_the_routes_through_the_gateway(http, tmp_path) -> None:
+    release = tmp_path / "release"
+    release.touch()
+    created = await http.post(
+        "/v1/runs",
+        json={
+            "run": {
+                "workflow": "workflows/test-steps",
+                "input": {"record": str(tmp_path / "record"), "release": str(release)},
+            }
+        },
+    )
+    assert created.status_code == 200, created.text
+    run = await _finished(http, created.json()["run"]["name"])
+    assert run["status"] == "RUN_STATUS_COMPLETED", run
+    thread = run["thread"]
+
+    reply = await http.get(f"/v1/{thread}/state")
+    assert reply.status_code == 200, reply.text
+    state = reply.json()["state"]
+    assert state["values"]["done"] == ["a", "b", "c"]
+    assert state["next"] == [] and state["tasks"] == [] and state["run"] == run["name"]
+    assert state["metadata"]["source"] == "loop" and state["createTime"]
+    at = await http.get(f"/v1/{thread}/state/{state['parentCheckpoint']}")
+    assert at.status_code == 200, at.text
+    assert at.json()["state"]["next"] == ["c"]
+
+    first = (await http.get(f"/v1/{thread}/history", params={"pageSize": 2})).json()
+    assert [s["checkpoint"] for s in first["states"]] == [
+        state["checkpoint"],
+        state["parentCheckpoint"],
+    ]
+    rest = await http.post(f"/v1/{thread}/history", json={"pageToken": first["nextPageToken"]})
+    assert rest.status_code == 200, rest.text
+    assert rest.json()["states"][0]["checkpoint"] == first["states"][1]["parentCheckpoint"]
+    loops = await http.get(f"/v1/{thread}/history", params={"metadataFilter[source]": "input"})
+    assert [s["metadata"]["source"] for s in loops.json()["states"]] == ["input"]
+
+    updated = await http.post(
+        f"/v1/{thread}/state", json={"values": {"done": ["z"]}, "asNode": "c"}
+    )
+    assert updated.status_code == 200, updated.text
+    assert updated.json()["state"]["values"]["done"] == ["z"]
+    assert updated.json()["state"]["metadata"]["source"] == "update"
+    assert (await http.get(f"/v1/{thread}/state")).json()["state"] == updated.json()["state"]
+
+    nope = "1f0c0000-0000-6000-8000-000000000000"
+    _status(await http.get(f"/v1/{thread}/state/{nope}"), 404, 5, nope, "ListThreadHistory")
+    _status(
+        await http.post(f"/v1/{thread}/state", json={"values": {"done": []}, "asNode": "x"}),
+        400,
+        3,
+        "as_node",
+        "a, b, c",
+    )
+    _status(await http.post(f"/v1/{thread}/state", json={"values": ["not", "an object"]}), 400, 3)
+    _status(await http.get(f"/v1/{thread}/history", params={"pageToken": "junk"}), 400, 3)
+    _status(await http.get(f"/v1/threads/{uuid.uuid4()}/state"), 404, 5, "does not exist")
+
+    # While a run of the thread is active: 400 FAILED_PRECONDITION naming it.
+    busy = await http.post(
+        "/v1/runs",
+        json={
+            "run": {
+                "workflow": "workflows/test-steps",
+                "thread": thread,
+                "input": {"record": str(tmp_path / "record"), "release": str(tmp_path / "held")},
+            }
+        },
+    )
+    busy_run = busy.json()["run"]["name"]
+    refused = await http.post(f"/v1/{thread}/state", json={"values": {"done": []}, "asNode": "c"})
+    _status(refused, 400, 9, busy_run)
+    assert (await http.post(f"/v1/{busy_run}:cancel", json={})).status_code == 200
+
+    # ListThreads' metadata filter, in a query string and as LangGraph's POST search.
+    team = f"team-{uuid.uuid4().hex[:8]}"
+    made = (await http.post("/v1/threads", json={"thread": {"metadata": {"team": team}}})).json()
+    found = await http.get("/v1/threads", params={"metadataFilter[team]": team})
+    assert [t["name"] for t in found.json()["threads"]] == [made["thread"]["name"]]
+    searched = await http.post("/v1/threads:search", json={"metadataFilter": {"team": team}})
+    assert searched.status_code == 200, searched.text
+    assert searched.json()["threads"] == found.json()["threads"]

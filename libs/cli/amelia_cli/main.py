@@ -26,6 +26,7 @@ from amelia_cli.commands.docs import docs_app, ingest, search
 from amelia_cli.commands.events import events
 from amelia_cli.commands.status import endpoints_table
 from amelia_cli.commands.status import show as show_status
+from amelia_cli.commands.threads import threads_app
 from amelia_cli.health import probe_all
 from amelia_cli.help_text import App
 from amelia_cli.located import addresses_over_mesh, running_mesh
@@ -56,6 +57,7 @@ app.command()(run)
 app.add_typer(docs_app, name="docs")
 app.add_typer(agents_app, name="agents")
 app.add_typer(runs_app, name="runs")
+app.add_typer(threads_app, name="threads")
 app.add_typer(cluster_app, name="cluster")
 app.command()(events)
 app.command()(tui)

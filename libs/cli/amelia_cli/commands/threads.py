@@ -1,0 +1,205 @@
+"""`amelia threads …`: a thread's state and its checkpoints, as LangGraph Server shows them
+(`get_state`, `get_state_history`, `update_state`), from a terminal 80 columns wide."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import typer
+from google.protobuf import json_format
+from rich.console import Console
+
+from amelia.v1 import agents_pb2
+from amelia_cli.client import Column, agents, ago, listing, resource, said
+from amelia_cli.commands.agents import _call, question_lines
+from amelia_cli.help_text import App
+
+console = Console()
+threads_app = App(help="Threads: a conversation's state and its history.", no_args_is_help=True)
+
+# A checkpoint id stays whole (36 characters, to copy into --checkpoint); the run that wrote
+# the checkpoint is left for wider terminals (`threads state` names it).
+HISTORY_COLUMNS = (
+    Column("checkpoint"),
+    Column("step"),
+    Column("source"),
+    Column("next", wraps=True),
+    Column("saved"),
+    Column("run", drop=1),
+)
+THREAD_COLUMNS = (
+    Column("name"),
+    Column("runs"),
+    Column("updated"),
+    Column("preview", wraps=True, drop=1),
+)
+
+
+def _plain(message: Any) -> Any:
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def _metadata(pairs: list[str], option: str) -> dict[str, str]:
+    wanted = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{pair!r} is not key=value", param_hint=option)
+        wanted[key] = value
+    return wanted
+
+
+def _written_by(state: agents_pb2.ThreadState) -> str:
+    if state.run:
+        return state.run
+    source = _source(state)
+    return "a state update (threads update)" if source == "update" else source or "-"
+
+
+def _source(state: agents_pb2.ThreadState) -> str:
+    """What saved the checkpoint: LangGraph's `input`, `loop`, `update` or `fork`."""
+    return str(_plain(state.metadata).get("source", ""))
+
+
+def show_state(state: agents_pb2.ThreadState) -> None:
+    """The state as lines a person reads: where it is, what runs next, what it asks, values."""
+    console.print(said(state.thread))
+    if not state.checkpoint:
+        console.print(said("no checkpoint yet: no run of this thread has started"))
+        return
+    fields = [
+        ("checkpoint", state.checkpoint),
+        ("parent", state.parent_checkpoint or "-"),
+        ("step", f"{state.step}, saved {ago(state.create_time)}"),
+        ("written by", _written_by(state)),
+        ("next", ", ".join(state.next) or "- (the graph ended)"),
+    ]
+    for label, value in fields:
+        console.print(said((f"{label:<11}", "bold"), value))
+    for interrupt in state.interrupts:
+        for line in question_lines(_plain(interrupt.value)):
+            console.print(said((f"{interrupt.node or 'question'}: ", "yellow"), line))
+    for task in state.tasks:
+        if task.error:
+            console.print(said((f"{task.node} failed: ", "red"), task.error))
+    console.print(said(("values", "bold")))
+    console.print_json(json.dumps(_plain(state.values)))
+
+
+@threads_app.command("state")
+def state_cmd(
+    thread: str = typer.Argument(..., help="The thread (threads/<id> or <id>)."),
+    checkpoint: str = typer.Option(
+        "", help="One of its checkpoints (`amelia threads history`); default: the latest."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="The whole state as JSON."),
+) -> None:
+    """A thread's state: its values, the nodes that run next, a question waiting."""
+    request = agents_pb2.GetThreadStateRequest(
+        thread=resource("threads", thread), checkpoint=checkpoint
+    )
+
+    async def go() -> agents_pb2.ThreadState:
+        async with agents() as stub:
+            reply: agents_pb2.GetThreadStateResponse = await stub.GetThreadState(request)
+            return reply.state
+
+    state = _call(go)
+    if as_json:
+        console.print_json(json_format.MessageToJson(state))
+    else:
+        show_state(state)
+
+
+@threads_app.command("history")
+def history_cmd(
+    thread: str = typer.Argument(..., help="The thread (threads/<id> or <id>)."),
+    limit: int = typer.Option(20, help="At most this many checkpoints."),
+    where: list[str] = typer.Option(
+        [], "--metadata", help="Only checkpoints whose metadata has key=value (e.g. source=update)."
+    ),
+    before: str = typer.Option("", help="Only checkpoints before this one."),
+) -> None:
+    """A thread's checkpoints, newest first: what each step saved, for `threads state`."""
+    wanted = _metadata(where, "--metadata")
+
+    async def go() -> list[agents_pb2.ThreadState]:
+        states: list[agents_pb2.ThreadState] = []
+        token = ""
+        async with agents() as stub:
+            while len(states) < limit:
+                reply = await stub.ListThreadHistory(
+                    agents_pb2.ListThreadHistoryRequest(
+                        parent=resource("threads", thread),
+                        page_size=min(limit - len(states), 1000),
+                        page_token=token,
+                        metadata_filter=wanted,
+                        before=before,
+                    )
+                )
+                states += reply.states
+                token = reply.next_page_token
+                if not token:
+                    break
+        return states
+
+    rows = [
+        (
+            s.checkpoint,
+            str(s.step),
+            _source(s),
+            ", ".join(s.next) or "-",
+            ago(s.create_time),
+            s.run,
+        )
+        for s in _call(go)
+    ]
+    listing(console, HISTORY_COLUMNS, rows)
+
+
+@threads_app.command("update")
+def update_cmd(
+    thread: str = typer.Argument(..., help="The thread (threads/<id> or <id>)."),
+    values: str = typer.Argument(..., help="The update as a JSON object, e.g. '{\"done\": []}'."),
+    as_node: str = typer.Option(
+        "", "--as-node", help="Write it as this node (default: LangGraph's)."
+    ),
+    checkpoint: str = typer.Option("", help="Update from this checkpoint; default: the latest."),
+) -> None:
+    """Write values into a thread's state as if a node had: its next run starts from them."""
+    request = agents_pb2.UpdateThreadStateRequest(
+        thread=resource("threads", thread), as_node=as_node, checkpoint=checkpoint
+    )
+    try:
+        request.values.update(json.loads(values))
+    except (ValueError, AttributeError, TypeError) as exc:
+        raise typer.BadParameter(f"not a JSON object: {exc}", param_hint="VALUES") from exc
+
+    async def go() -> agents_pb2.ThreadState:
+        async with agents() as stub:
+            reply: agents_pb2.UpdateThreadStateResponse = await stub.UpdateThreadState(request)
+            return reply.state
+
+    show_state(_call(go))
+
+
+@threads_app.command("ls")
+def ls_threads(
+    where: list[str] = typer.Option(
+        [], "--metadata", help="Only threads whose metadata has key=value."
+    ),
+    limit: int = typer.Option(50, help="At most this many."),
+) -> None:
+    """List threads, most recently active first."""
+    request = agents_pb2.ListThreadsRequest(
+        page_size=limit, order_by="update_time desc", metadata_filter=_metadata(where, "--metadata")
+    )
+
+    async def go() -> agents_pb2.ListThreadsResponse:
+        async with agents() as stub:
+            reply: agents_pb2.ListThreadsResponse = await stub.ListThreads(request)
+            return reply
+
+    rows = [(t.name, str(t.run_count), ago(t.update_time), t.preview) for t in _call(go).threads]
+    listing(console, THREAD_COLUMNS, rows)

@@ -1,0 +1,88 @@
+"""`amelia threads state|history|update|ls` at 80 columns, on the TUI tests' real mesh: what a
+thread holds after a chat, its checkpoints newest first, an update the next run starts from."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+from cli_helpers import amelia
+from test_cli_output import cli_env
+from tui_helpers import DEADLINE, TuiMesh
+
+CHECKPOINT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+async def _chat(mesh: TuiMesh, message: str, thread: str = "") -> dict[str, Any]:
+    """A completed `workflows/chat` run (offline:echo) made through the gateway."""
+    run = {"workflow": "workflows/chat", "thread": thread, "input": {"message": message}}
+    run["input"]["model"] = "offline:echo"
+    created = await mesh.http.post("/v1/runs", json={"run": run})
+    assert created.status_code == 200, created.text
+    name = created.json()["run"]["name"]
+    async with asyncio.timeout(DEADLINE):
+        while True:
+            body: dict[str, Any] = (await mesh.http.get(f"/v1/{name}")).json()["run"]
+            if body["status"] not in ("RUN_STATUS_QUEUED", "RUN_STATUS_RUNNING"):
+                assert body["status"] == "RUN_STATUS_COMPLETED", body
+                return body
+            await asyncio.sleep(0.05)
+
+
+async def test_threads_state_history_and_update(tui_mesh: TuiMesh, tmp_path: Path) -> None:
+    env = cli_env(tui_mesh, tmp_path / "none")
+    word = f"heron{uuid.uuid4().hex[:6]}"
+    run = await _chat(tui_mesh, f"the {word} waits by the weir")
+    thread = run["thread"]
+
+    code, shown = await asyncio.to_thread(amelia, env, "threads", "state", thread)
+    assert code == 0, shown
+    lines = shown.splitlines()
+    assert all(len(line) <= 80 for line in lines), shown
+    assert lines[0] == thread
+    fields = {line[:11].strip(): line[11:].strip() for line in lines[1:6]}
+    assert CHECKPOINT.fullmatch(fields["checkpoint"]), shown
+    assert fields["written by"] == run["name"], shown
+    assert fields["next"] == "- (the graph ended)", shown
+    assert f'"content": "the {word} waits by the weir"' in shown, shown
+
+    # The id alone (no threads/ prefix) names the thread too.
+    code, history = await asyncio.to_thread(
+        amelia, env, "threads", "history", thread.removeprefix("threads/")
+    )
+    assert code == 0, history
+    rows = [line for line in history.splitlines() if CHECKPOINT.match(line)]
+    assert all(len(line) <= 80 for line in history.splitlines()), history
+    assert rows[0].split()[0] == fields["checkpoint"], history  # newest first, whole
+    assert [row.split()[2] for row in rows][-1] == "input", history
+    assert "respond" in " ".join(rows), history  # a checkpoint whose next node is respond
+
+    told = {"messages": [{"role": "user", "content": f"call the {word} Ada"}]}
+    code, shown = await asyncio.to_thread(
+        amelia, env, "threads", "update", thread, json.dumps(told), "--as-node", "respond"
+    )
+    assert code == 0, shown
+    assert "a state update" in shown and f"call the {word} Ada" in shown, shown
+    code, updates = await asyncio.to_thread(
+        amelia, env, "threads", "history", thread, "--metadata", "source=update"
+    )
+    assert code == 0 and len([x for x in updates.splitlines() if CHECKPOINT.match(x)]) == 1, updates
+
+    # The next run starts from the updated state: the echo model answers the last message,
+    # and the thread now holds the update between the two turns.
+    await _chat(tui_mesh, "and now?", thread=thread)
+    code, shown = await asyncio.to_thread(amelia, env, "threads", "state", thread, "--json")
+    assert code == 0, shown
+    contents = [m["content"] for m in json.loads(shown)["values"]["messages"]]
+    assert contents[2:] == [f"call the {word} Ada", "and now?", "and now?"], contents
+
+    code, shown = await asyncio.to_thread(
+        amelia, env, "threads", "state", thread, "--checkpoint", str(uuid.uuid4())
+    )
+    assert code == 1 and "NOT_FOUND:" in shown, shown
+    code, shown = await asyncio.to_thread(amelia, env, "threads", "update", thread, "[1]")
+    assert code == 2 and "not a JSON object" in shown, shown
