@@ -1,25 +1,33 @@
 """Durable runs: a worker process SIGKILLed mid-run is replaced and the run resumes from its
-last checkpoint. Real `python -m amelia_agents.worker` processes on the real queue."""
+last checkpoint; a frozen (SIGSTOPped) one loses its run to another worker once it has not
+heartbeated for RUN_HEARTBEAT_TIMEOUT_SECONDS, and writes nothing more for it when it resumes
+(fencing). Real `python -m amelia_agents.worker` processes on the real queue."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from agents_helpers import S, collect, data, types, wait_status
+from agents_helpers import S, collect, data, event_data, types, wait_status
 from agents_helpers import WorkerProcess as SharedWorkerProcess
 
-from amelia.v1 import agents_pb2_grpc
+from amelia.v1 import agents_pb2_grpc, events_pb2
 from amelia_agents.server import build_service
+from amelia_common.eventlog import EventLog, StartAt
 from amelia_common.grpc_client import aio_channel
+from amelia_common.nats_client import connect_nats
 from amelia_common.settings import Settings
 
 HERE = Path(__file__).parent
 QUEUE = "AMELIA_RUNS_DURABILITY"
 ACK_WAIT = 2
+# A worker silent this long loses its run (a live one checks its lock every second).
+HEARTBEAT_TIMEOUT = 3
 
 
 class WorkerProcess(SharedWorkerProcess):
@@ -29,6 +37,7 @@ class WorkerProcess(SharedWorkerProcess):
         env = {
             "RUNS_QUEUE_STREAM": QUEUE,
             "RUN_ACK_WAIT_SECONDS": str(ACK_WAIT),
+            "RUN_HEARTBEAT_TIMEOUT_SECONDS": str(HEARTBEAT_TIMEOUT),
             "AGENT_WORKFLOW_MODULES": "agent_test_workflows",
         }
         super().__init__(settings, log, env=env, pythonpath=[HERE])
@@ -44,6 +53,7 @@ async def api(
         AGENT_WORKERS=0,
         RUNS_QUEUE_STREAM=QUEUE,
         RUN_ACK_WAIT_SECONDS=ACK_WAIT,
+        RUN_HEARTBEAT_TIMEOUT_SECONDS=HEARTBEAT_TIMEOUT,
         AGENT_WORKFLOW_MODULES=["agent_test_workflows"],
     )
     service = await build_service(settings)
@@ -83,13 +93,14 @@ async def create_held_run(api: agents_pb2_grpc.AgentServiceStub, tmp_path: Path)
     return (await api.CreateRun(request)).run
 
 
-def node_b_started(record: Path) -> bool:
-    return record.exists() and "b " in record.read_text()
+def node_b_started(record: Path, pid: int | None = None) -> bool:
+    """Whether node b started (in process `pid`, if given)."""
+    return record.exists() and ("b " if pid is None else f"b {pid}\n") in record.read_text()
 
 
-async def wait_node_b_started(record: Path) -> None:
-    deadline = asyncio.get_running_loop().time() + 60
-    while not node_b_started(record):
+async def wait_node_b_started(record: Path, pid: int | None = None, timeout: float = 60) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not node_b_started(record, pid):
         assert asyncio.get_running_loop().time() < deadline, "node b never started"
         await asyncio.sleep(0.05)
 
@@ -167,5 +178,77 @@ async def test_sigterm_hands_the_run_over_at_once(
         # Nak'ed, not left to the ack wait: the other worker took b over at once.
         assert done.attempt == 2
     finally:
+        await first.stop()
+        await second.stop()
+
+
+def executions(record: Path) -> list[tuple[str, int]]:
+    """The nodes executed so far, with the pid of the process that executed each."""
+    lines = record.read_text().splitlines() if record.exists() else []
+    return [(node, int(pid)) for node, pid in (line.split() for line in lines)]
+
+
+async def run_events(settings: Settings, run: str) -> list[events_pb2.Event]:
+    """Every event the log holds for `run`, in order (also any after its end)."""
+    nc = await connect_nats(settings, "test-takeover-events")
+    try:
+        log = EventLog(nc, settings, source="test")
+        async with log.read((), run, StartAt.beginning(), follow=False) as reader:
+            return [event async for event in reader]
+    finally:
+        await nc.drain()
+
+
+async def test_a_frozen_worker_loses_its_run_and_writes_nothing_once_resumed(
+    api: agents_pb2_grpc.AgentServiceStub, held: Held, tmp_path: Path
+) -> None:
+    record = held.record
+    first, second = held.worker(1), held.worker(2)
+    frozen = False
+    try:
+        await first.ready()
+        await second.ready()
+        run = await create_held_run(api, tmp_path)
+
+        # Whichever worker got the run is frozen inside node b (waiting for `release`).
+        await wait_node_b_started(record)
+        owner_pid = executions(record)[-1][1]
+        owner, other = (first, second) if owner_pid == first.proc.pid else (second, first)
+        os.killpg(owner.proc.pid, signal.SIGSTOP)
+        frozen = True
+
+        # The other takes it over once the frozen one has been silent long enough, and
+        # continues from the checkpoint after a: b again (its own), then c.
+        await other.wait_log("took a run over from a holder that stopped heartbeating", timeout=90)
+        await wait_node_b_started(record, other.proc.pid, timeout=90)
+        held.release.touch()
+        done = await wait_status(api, run.name, S.RUN_STATUS_COMPLETED, timeout=90)
+        assert done.output["done"] == ["a", "b", "c"]
+        assert done.attempt == 2
+        expected = [
+            ("a", owner_pid),
+            ("b", owner_pid),
+            ("b", other.proc.pid),
+            ("c", other.proc.pid),
+        ]
+        assert executions(record) == expected
+        await other.wait_log("run left", timeout=60)  # its end events are stored
+        before = await run_events(held.settings, run.name)
+        assert [e.type for e in before].count("run.completed") == 1
+        assert before[-1].type == "run.completed"
+        assert event_data(before[-1])["attempt"] == 2
+
+        # Resumed, the frozen worker finds b released at once: it must write nothing more.
+        os.killpg(owner.proc.pid, signal.SIGCONT)
+        frozen = False
+        await owner.wait_log("lost the run: another worker took it over", timeout=60)
+        assert (await api.GetRun(S.GetRunRequest(name=run.name))).run == done
+        after = await run_events(held.settings, run.name)
+        assert [(e.sequence, e.type) for e in after] == [(e.sequence, e.type) for e in before]
+        assert executions(record) == expected  # c not run by the frozen one, b not a third time
+        assert owner.proc.poll() is None  # it goes on working
+    finally:
+        if frozen:
+            os.killpg(owner.proc.pid, signal.SIGCONT)
         await first.stop()
         await second.stop()

@@ -163,6 +163,11 @@ class Settings(BaseSettings):
     RUNS_QUEUE_STREAM: str = Field(default="AMELIA_RUNS", pattern=r"^[A-Za-z0-9_-]+$")
     # Copies of the run queue, as EVENTS_STREAM_REPLICAS (3 on a NATS cluster).
     RUNS_QUEUE_REPLICAS: int = Field(default=1, ge=1, le=5)
+    # A worker that has not heartbeated (checked its run on its lock's connection, every second)
+    # for this long loses its runs: a worker that then finds the run's lock taken terminates the
+    # silent holder's connection and continues the run (a frozen process: SIGSTOP, a VM pause).
+    # Above the longest silence of a live holder (up to ~6 s while a claim waits for CreateRun).
+    RUN_HEARTBEAT_TIMEOUT_SECONDS: float = Field(default=30, gt=0)
     # A run whose worker died this many times fails instead of being picked up again.
     RUN_MAX_ATTEMPTS: int = Field(default=5, ge=1)
     # First wait before retrying a transient LLM error; doubles on each retry.

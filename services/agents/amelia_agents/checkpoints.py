@@ -39,6 +39,7 @@ from psycopg import AsyncConnection, OperationalError
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from amelia_agents.locks import still_held
 from amelia_common.db import libpq_url
 from amelia_common.settings import Settings
 
@@ -213,6 +214,7 @@ class RunSaver(AsyncPostgresSaver):
                 serialized.set_result(None)
             await self._settle(previous)
         self._raise_failure()
+        await still_held()  # nothing more once another worker has the run (`locks`: fencing)
         async with self.lock:
             conn = self.conn
             assert isinstance(conn, AsyncConnection)
@@ -269,6 +271,8 @@ class RunSaver(AsyncPostgresSaver):
         self._kept = _NOTHING_KEPT
         await self._settle(*self._node_writes)
         self._raise_failure()
+        # The next step's nodes start once this returns: not after another worker took over.
+        await still_held()
         serialized = asyncio.get_running_loop().create_future()
         write = asyncio.create_task(
             self._write_behind(

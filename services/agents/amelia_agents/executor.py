@@ -38,6 +38,7 @@ from amelia.v1 import events_pb2
 from amelia_agents import checkpoints, partial, runstate, runtime, steps, workflows
 from amelia_agents.lifecycle import RunEvents
 from amelia_agents.llm import ModelError, Usage
+from amelia_agents.locks import LockLostError, still_held
 from amelia_agents.models import RunRow, RunState
 from amelia_agents.outages import infrastructure_outage
 from amelia_agents.pricing import NodeUsage
@@ -344,6 +345,8 @@ class Executor:
         except (ModelError, runtime.NodeError) as exc:
             return await self._fail(row, str(exc))
         except Exception as exc:  # a node's exception fails the run
+            if isinstance(exc, LockLostError):
+                raise  # another worker has the run now (`locks`): nothing more is written
             await _stored(usage)  # (a failed graph's were stored as it stopped)
             if infrastructure_outage(exc):
                 raise  # a checkpoint or event that could not be written: try again later
@@ -384,6 +387,7 @@ class Executor:
             async for mode, chunk in graph.astream(
                 graph_input, config, stream_mode=["tasks", "custom", "values"], durability="sync"
             ):
+                await still_held()  # no event once another worker has the run (`locks`)
                 if mode == "values":
                     if isinstance(chunk, dict) and INTERRUPT_KEY not in chunk:
                         end.values = chunk
@@ -450,11 +454,15 @@ class Executor:
             return await self._fail(row, f"cannot build the run's output: {exc}")
         added = await usage.take() if usage is not None else (0, 0)
         return await self._ended(
-            await self.store.finish(row.id, RunState.COMPLETED, output=output, usage=added)
+            await self.store.finish(
+                row.id, RunState.COMPLETED, output=output, usage=added, attempt=row.attempt
+            )
         )
 
     async def _fail(self, row: RunRow, error: str) -> str:
-        return await self._ended(await self.store.finish(row.id, RunState.FAILED, error=error))
+        return await self._ended(
+            await self.store.finish(row.id, RunState.FAILED, error=error, attempt=row.attempt)
+        )
 
     async def _ended(self, finished: tuple[RunRow | None, bool]) -> str:
         """Publish the end `store.finish` stored (or the cancel that won over it)."""
@@ -474,6 +482,7 @@ class Executor:
                 RunState.FAILED,
                 output=partial.partial_output(text),
                 error=runstate.timed_out(timeout),
+                attempt=row.attempt,
             )
         )
 
@@ -495,7 +504,7 @@ class Executor:
 
     async def _pause(self, row: RunRow, interrupt: dict[str, Any]) -> str:
         """Record the pause at `interrupt` ({"node", "value", "id"}) and tell of it."""
-        after, changed = await self.store.pause(row.id, interrupt)
+        after, changed = await self.store.pause(row.id, interrupt, row.attempt)
         if after is None:
             return "gone"
         if not changed:

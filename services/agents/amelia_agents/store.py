@@ -35,7 +35,7 @@ from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.elements import ColumnElement
 
 from amelia_agents import runstate
-from amelia_agents.locks import LOCK_NOT_AVAILABLE, RunLock
+from amelia_agents.locks import LOCK_NOT_AVAILABLE, LockLostError, RunLock
 from amelia_agents.models import (
     ACTIVE_STATES,
     AgentRow,
@@ -387,22 +387,36 @@ class Store:
             return await _read_run(conn, run_id)
 
     async def _transition(
-        self, run_id: uuid.UUID, transition: runstate.Transition, values: dict[str, Any]
+        self,
+        run_id: uuid.UUID,
+        transition: runstate.Transition,
+        values: dict[str, Any],
+        attempt: int | None = None,
     ) -> tuple[RunRow | None, bool]:
         """Take `transition` with `values` if the run's status allows it: (row after, whether it
-        changed). The UPDATE is one statement, atomic on its own."""
+        changed). The UPDATE is one statement, atomic on its own. With `attempt` (a worker's
+        fencing token, see `locks`), only while the run is still at that attempt:
+        `LockLostError` when another pick-up has claimed it since."""
+        fence = [] if attempt is None else [_RUNS.c.attempt == attempt]
         async with self.autocommit.connect() as conn:
             changed = (
                 await conn.execute(
                     update(_RUNS)
-                    .where(_RUNS.c.id == run_id, _RUNS.c.status.in_(transition.source_values))
+                    .where(
+                        _RUNS.c.id == run_id,
+                        _RUNS.c.status.in_(transition.source_values),
+                        *fence,
+                    )
                     .values(status=transition.target.value, **values)
                     .returning(*_RUNS.c)
                 )
             ).first()
             if changed is not None:
                 return _run_row(changed), True
-            return await _read_run(conn, run_id), False
+            after = await _read_run(conn, run_id)
+        if attempt is not None and after is not None and after.attempt != attempt:
+            raise LockLostError(f"runs/{run_id} was taken over: attempt {after.attempt}")
+        return after, False
 
     async def cancel(self, run_id: uuid.UUID, reason: str) -> tuple[RunRow | None, bool]:
         end = now()
@@ -481,10 +495,11 @@ class Store:
         output: dict[str, Any] | None = None,
         error: str = "",
         usage: tuple[int, int] = (0, 0),
+        attempt: int | None = None,
     ) -> tuple[RunRow | None, bool]:
         """RUNNING → COMPLETED/FAILED; a run cancelled meanwhile stays CANCELLED. `usage`
         (input, output tokens) is added to the run's in the same statement — or, when the
-        run had ended already, on its own before it is read."""
+        run had ended already, on its own before it is read. `attempt`: see `_transition`."""
         added = {
             "input_tokens": _RUNS.c.input_tokens + usage[0],
             "output_tokens": _RUNS.c.output_tokens + usage[1],
@@ -500,6 +515,7 @@ class Store:
                 "has_resume": False,
                 **(added if usage != (0, 0) else {}),
             },
+            attempt,
         )
         if not changed and after is not None and usage != (0, 0):
             await self.add_usage(run_id, *usage)
@@ -507,7 +523,7 @@ class Store:
         return after, changed
 
     async def pause(
-        self, run_id: uuid.UUID, interrupt: dict[str, Any]
+        self, run_id: uuid.UUID, interrupt: dict[str, Any], attempt: int | None = None
     ) -> tuple[RunRow | None, bool]:
         return await self._transition(
             run_id,
@@ -517,6 +533,7 @@ class Store:
                 "has_resume": False,
                 "resume_value": None,
             },
+            attempt,
         )
 
     async def set_terminal_sequence(self, run_id: uuid.UUID, sequence: int) -> None:

@@ -10,7 +10,9 @@ queues a new job for it, and a worker continues it from its checkpoint.
 
 It checks under the run's lock, so any number of reconcilers (every agents replica and every
 standalone worker runs one) and workers can race: whoever holds the lock has the run, and a
-reconciler that comes second finds the new job and leaves the run alone.
+reconciler that comes second finds the new job and leaves the run alone. A lock whose holder
+has been silent for RUN_HEARTBEAT_TIMEOUT_SECONDS (a frozen worker) is taken over, as a worker
+does (`RunLock.take_over`): a frozen worker whose job was lost too does not keep its run.
 """
 
 from __future__ import annotations
@@ -89,8 +91,10 @@ class Sweeper:
 
     async def _requeue_if_lost(self, run_id: uuid.UUID) -> bool:
         lock = RunLock(self.engine, run_id)
-        if not await lock.acquire():
-            return False  # a worker has it
+        if not await lock.acquire() and await lock.take_over(
+            self.settings.RUN_HEARTBEAT_TIMEOUT_SECONDS
+        ):
+            return False  # a worker has it, and is alive
         try:
             status = await lock.check()
             if status not in _UNFINISHED or await queue.has_job(self.js, self.settings, run_id):

@@ -16,6 +16,11 @@ A worker loop fetches one job at a time from the shared durable consumer. For ea
 4. executes it while heartbeating (`in_progress()`, and a status check on the lock's connection
    that catches a cancel whose message was missed and a lock PostgreSQL dropped), then acks.
 
+A worker that finds the run's lock taken by a holder silent for RUN_HEARTBEAT_TIMEOUT_SECONDS (a
+frozen process) takes the run over (`RunLock.take_over`) and continues it from its checkpoint;
+else it gives the job back until that holder would have been silent that long. The frozen
+worker, if it ever resumes, writes nothing more for the run (`locks`: fencing) and says so.
+
 A pick-up that meets a PostgreSQL or NATS outage is not the run's failure: the job is nak'ed with
 a growing delay (`RUN_RETRY_BACKOFF_SECONDS`, doubling, at most the ack wait) and the run goes
 on from its checkpoint later. Pick-ups since the run was last queued are bounded by
@@ -51,7 +56,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from amelia_agents import queue
 from amelia_agents.executor import Attempt, Executor, HandoverError
 from amelia_agents.lifecycle import RunEvents
-from amelia_agents.locks import LockLostError, RunLock
+from amelia_agents.locks import LockLostError, RunLock, holding
 from amelia_agents.models import RunRow, RunState
 from amelia_agents.outages import infrastructure_outage
 from amelia_agents.resources import SOURCE, Resources, open_resources
@@ -234,17 +239,22 @@ class WorkerPool:
             sub = await self.deps.nc.subscribe(
                 queue.cancel_subject(run_id), cb=self._cancel_handler(attempt)
             )
-            if not await self._lock(lock):
-                # Another live worker has it; look again once it may have finished.
-                await msg.nak(delay=self.deps.settings.RUN_ACK_WAIT_SECONDS)
+            retry_in = await self._lock(lock)
+            if retry_in:
+                # Another worker has it; look again once it may have finished, or gone silent.
+                await msg.nak(delay=min(retry_in, self.deps.settings.RUN_ACK_WAIT_SECONDS))
                 return
             await self._execute(msg, run_id, attempt, worker, lock)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 await msg.nak()
             raise
-        except HandoverError:
-            log.warning("another worker took the run over; leaving it", run=str(run_id))
+        except (HandoverError, LockLostError) as exc:
+            log.warning(
+                "lost the run: another worker took it over; leaving it, writing nothing more",
+                run=str(run_id),
+                reason=str(exc),
+            )
             with contextlib.suppress(Exception):
                 await msg.nak(delay=self.deps.settings.RUN_ACK_WAIT_SECONDS)
         except Exception as exc:  # the job goes back to the queue
@@ -269,14 +279,16 @@ class WorkerPool:
                     await sub.unsubscribe()
             await lock.release()
 
-    async def _lock(self, lock: RunLock) -> bool:
+    async def _lock(self, lock: RunLock) -> float:
+        """0 once the run's lock is this worker's; else how long to wait before trying again
+        (its holder is alive, or not silent for long enough yet to be taken over)."""
         for i, delay in enumerate(LOCK_RETRY_DELAYS):
             await asyncio.sleep(delay)
             # The first look also waits for the CreateRun still recording the run, if any (a
             # job can arrive before it commits): then the claim finds the run.
             if await lock.acquire(RECORDING_WAIT_SECONDS if i == 0 else None):
-                return True
-        return False
+                return 0.0
+        return await lock.take_over(self.deps.settings.RUN_HEARTBEAT_TIMEOUT_SECONDS)
 
     def _retry_delay(self, msg: Msg) -> float:
         settings = self.deps.settings
@@ -322,12 +334,15 @@ class WorkerPool:
         row = await self._claim(msg, run_id, worker)
         if row is None:
             return
+        # This pick-up is the run's `row.attempt`: a takeover claims again (see `locks`).
+        lock.fence(row.attempt, deps.settings.RUN_HEARTBEAT_TIMEOUT_SECONDS / 2)
         if row.pickups > deps.settings.RUN_MAX_ATTEMPTS:
             after, _ = await deps.store.finish(
                 run_id,
                 RunState.FAILED,
                 error=f"gave up after {row.pickups - 1} attempts: each pick-up of the run was "
                 "interrupted (its worker stopped, or PostgreSQL or NATS could not be reached)",
+                attempt=row.attempt,
             )
             if after is not None:
                 await deps.events.terminal(after)
@@ -336,7 +351,8 @@ class WorkerPool:
         log.info("run picked up", run=str(run_id), attempt=row.attempt, worker=worker)
         heartbeat = asyncio.create_task(self._heartbeat(msg, run_id, attempt, lock))
         try:
-            attempt.outcome = await deps.executor.execute(row, attempt)
+            with holding(lock):  # each write of the pick-up first asks `still_held()`
+                attempt.outcome = await deps.executor.execute(row, attempt)
         finally:
             heartbeat.cancel()
             with contextlib.suppress(BaseException):
@@ -349,7 +365,9 @@ class WorkerPool:
         self, msg: Msg, run_id: uuid.UUID, attempt: Attempt, lock: RunLock
     ) -> None:
         """Keep the job ours while it runs, notice a cancel whose message we missed, and keep
-        the run's lock (PostgreSQL drops it with the connection when it restarts)."""
+        the run's lock (PostgreSQL drops it with the connection when it restarts): the check
+        is the heartbeat another worker's takeover looks at, and renews the lease the pick-up's
+        writes rely on (`locks`); a lost lock hands the run over."""
         interval = max(min(self.deps.settings.RUN_ACK_WAIT_SECONDS / 3, 5.0), 0.1)
         since_ack = 0.0
         while True:
