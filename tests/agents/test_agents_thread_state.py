@@ -18,8 +18,12 @@ import pytest
 from agents_helpers import S, create_run, rpc_error, wait_status
 from gateway_helpers import start_gateway
 from google.protobuf import json_format
+from sqlalchemy import text
 
 from amelia_agents.server import build_service as build_agents
+from amelia_agents.servicer import _new_run
+from amelia_agents.store import Store
+from amelia_common.db import create_engine, session_factory
 from amelia_common.settings import Settings
 
 DONE = (S.RUN_STATUS_COMPLETED, S.RUN_STATUS_FAILED)
@@ -393,3 +397,98 @@ async def test_the_routes_through_the_gateway(http, tmp_path) -> None:
     searched = await http.post("/v1/threads:search", json={"metadataFilter": {"team": team}})
     assert searched.status_code == 200, searched.text
     assert searched.json()["threads"] == found.json()["threads"]
+
+
+async def test_an_update_racing_a_new_run_lands_before_it_or_is_refused(agents, tmp_path) -> None:
+    """UpdateThreadState and CreateRun sent together, several times: the update is written
+    before the run's first checkpoint (the run starts from it) or refused naming the run;
+    never in the middle of the run."""
+    run = await _steps_run(agents, tmp_path)
+    release = tmp_path / "release"
+    outcomes = set()
+    for attempt in range(6):
+        update = _update(agents, run.thread, {"done": [f"u{attempt}"]}, as_node="c")
+        started = create_run(
+            agents,
+            workflow="workflows/test-steps",
+            thread=run.thread,
+            input={"record": str(tmp_path / "record"), "release": str(release)},
+        )
+        # Sent one then the other, in turn: the second usually finds the first done.
+        calls = (update, started) if attempt % 2 == 0 else (started, update)
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        updated, new = results if attempt % 2 == 0 else results[::-1]
+        assert isinstance(new, S.Run), new
+        await wait_status(agents, new.name, S.RUN_STATUS_COMPLETED)
+        history = list((await _history(agents, run.thread, page_size=1000)).states)
+        mine = [i for i, s in enumerate(history) if s.run == new.name]
+        if isinstance(updated, grpc.aio.AioRpcError):
+            assert updated.code() == grpc.StatusCode.FAILED_PRECONDITION, updated
+            assert new.name in (updated.details() or "")
+            assert history[max(mine) + 1].metadata["source"] != "update"
+            outcomes.add("refused")
+        else:
+            assert isinstance(updated, S.ThreadState), updated
+            at = next(i for i, s in enumerate(history) if s.checkpoint == updated.checkpoint)
+            assert at == max(mine) + 1, [(s.run, s.metadata["source"]) for s in history]
+            # The run's input went on top of the updated state (no reducer: replaced by a, …).
+            assert list(history[max(mine)].values["done"]) == [f"u{attempt}"]
+            outcomes.add("before")
+    assert outcomes  # which ones happen depends on timing; each is checked when it does
+
+
+async def test_an_update_waits_for_a_run_being_recorded_then_is_refused(
+    agents, agents_settings, tmp_path
+) -> None:
+    """A run recorded while an update comes (CreateRun's transaction, held open here between
+    its statement and its commit, as while it queues the job): the update waits for it, then
+    sees the run and is refused, instead of writing a checkpoint under a starting run."""
+    run = await _steps_run(agents, tmp_path)
+    engine = create_engine(agents_settings)
+    store = Store(session_factory(engine))
+    recorded, commit = asyncio.Event(), asyncio.Event()
+
+    async def hold() -> None:
+        recorded.set()
+        await commit.wait()
+
+    row = _new_run(
+        agents_settings,
+        agent_id=None,
+        workflow="test-steps",
+        thread_id=uuid.UUID(run.thread.removeprefix("threads/")),
+        input_value={"record": str(tmp_path / "record"), "release": str(tmp_path / "release")},
+        agent_config=None,
+        timeout=None,
+        request_id="",
+    )
+    try:
+        recording = asyncio.create_task(store.create_run(row, False, before_commit=hold))
+        await recorded.wait()
+        update = asyncio.create_task(_update(agents, run.thread, {"done": ["u"]}, as_node="c"))
+        async with asyncio.timeout(60):  # the update's statement waits for the thread's row
+            while not update.done() and not await _waiting_for_a_lock(engine):  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+        assert not update.done(), "the update did not wait for the run being recorded"
+        commit.set()
+        await recording
+        refused = await rpc_error(update)
+        assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION, refused
+        assert f"runs/{row.id}" in (refused.details() or "")
+        assert (await _state(agents, run.thread)).metadata["source"] == "loop"
+    finally:
+        commit.set()
+        await agents.CancelRun(S.CancelRunRequest(name=f"runs/{row.id}"))
+        await engine.dispose()
+
+
+async def _waiting_for_a_lock(engine: Any) -> bool:
+    """Whether a statement on the threads table waits for a row lock now."""
+    async with engine.connect() as conn:
+        waiting = await conn.scalar(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND query ILIKE '%FROM threads%FOR UPDATE%'"
+            )
+        )
+    return bool(waiting)
