@@ -86,3 +86,19 @@ async def test_threads_state_history_and_update(tui_mesh: TuiMesh, tmp_path: Pat
     assert code == 1 and "NOT_FOUND:" in shown, shown
     code, shown = await asyncio.to_thread(amelia, env, "threads", "update", thread, "[1]")
     assert code == 2 and "not a JSON object" in shown, shown
+
+
+async def test_threads_ls_by_metadata(tui_mesh: TuiMesh, tmp_path: Path) -> None:
+    env = cli_env(tui_mesh, tmp_path / "none")
+    team = f"team-{uuid.uuid4().hex[:8]}"
+    made = await tui_mesh.http.post("/v1/threads", json={"thread": {"metadata": {"team": team}}})
+    assert made.status_code == 200, made.text
+    name = made.json()["thread"]["name"]
+    code, shown = await asyncio.to_thread(
+        amelia, env, "threads", "ls", "--metadata", f"team={team}"
+    )
+    assert code == 0, shown
+    rows = [line for line in shown.splitlines() if line.startswith("threads/")]
+    assert [row.split()[:2] for row in rows] == [[name, "0"]], shown
+    code, shown = await asyncio.to_thread(amelia, env, "threads", "ls", "--metadata", "team")
+    assert code == 2 and "not key=value" in shown, shown

@@ -180,7 +180,8 @@ class ThreadStates:
         before = ""
         if request.page_token:
             _, before = pagination.decode(request.page_token)
-            _checkpoint(before, "page_token")
+            if not _CHECKPOINT_ID.match(before):
+                raise InvalidArgumentError(paging.BAD_TOKEN)
         elif request.before:
             before = _checkpoint(request.before, "before")
             await self._known_checkpoint(tid, before)
@@ -191,6 +192,9 @@ class ThreadStates:
         listed: AsyncGenerator[StateSnapshot] = graph.aget_state_history(  # type: ignore[assignment]
             _config(tid),
             before=_config(tid, before) if before else None,
+            # Without a filter, PostgreSQL reads no more than the page (and one to know more
+            # follow); a filter is applied here, as numbers or text (`_equal`), so reads on.
+            limit=None if wanted else limit + 1,
         )
         async with contextlib.aclosing(listed) as snapshots:
             async for snapshot in snapshots:
