@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +17,10 @@ from pathlib import Path
 import pytest
 from agents_helpers import S, collect, data, event_data, types, wait_status
 from agents_helpers import WorkerProcess as SharedWorkerProcess
+from nats.js import JetStreamContext
 
 from amelia.v1 import agents_pb2_grpc, events_pb2
+from amelia_agents import queue
 from amelia_agents.server import build_service
 from amelia_common.eventlog import EventLog, StartAt
 from amelia_common.grpc_client import aio_channel
@@ -215,11 +219,13 @@ async def test_a_frozen_worker_loses_its_run_and_writes_nothing_once_resumed(
         owner_pid = executions(record)[-1][1]
         owner, other = (first, second) if owner_pid == first.proc.pid else (second, first)
         os.killpg(owner.proc.pid, signal.SIGSTOP)
-        frozen = True
+        frozen, stopped = True, time.monotonic()
 
         # The other takes it over once the frozen one has been silent long enough, and
         # continues from the checkpoint after a: b again (its own), then c.
         await other.wait_log("took a run over from a holder that stopped heartbeating", timeout=90)
+        # A figure for docs/agents.md (-rP shows it), not an assertion.
+        print(f"taken over {time.monotonic() - stopped:.1f} s after SIGSTOP")
         await wait_node_b_started(record, other.proc.pid, timeout=90)
         held.release.touch()
         done = await wait_status(api, run.name, S.RUN_STATUS_COMPLETED, timeout=90)
@@ -252,3 +258,47 @@ async def test_a_frozen_worker_loses_its_run_and_writes_nothing_once_resumed(
             os.killpg(owner.proc.pid, signal.SIGCONT)
         await first.stop()
         await second.stop()
+
+
+async def test_a_live_worker_in_a_long_node_keeps_its_run(
+    api: agents_pb2_grpc.AgentServiceStub, held: Held, tmp_path: Path
+) -> None:
+    """A second job of the run meets the lock of a holder that heartbeats: it is given back,
+    again and again past the heartbeat timeout, and the run is never taken over."""
+    record = held.record
+    first, second = held.worker(1), held.worker(2)
+    try:
+        await first.ready()
+        await second.ready()
+        run = await create_held_run(api, tmp_path)
+        await wait_node_b_started(record)
+        owner_pid = executions(record)[-1][1]
+        other = second if owner_pid == first.proc.pid else first
+
+        settings = held.settings.model_copy(update={"RUNS_QUEUE_STREAM": QUEUE})
+        nc = await connect_nats(settings, "test-second-job")
+        try:
+            js = nc.jetstream()
+            before = (await js.consumer_info(QUEUE, queue.CONSUMER)).delivered.consumer_seq
+            await queue.enqueue(js, settings, uuid.UUID(run.name.removeprefix("runs/")), "again")
+            # The other worker is given it four times: three waits of at least the heartbeat
+            # timeout less the holder's silence (under a second) each, longer than the timeout.
+            await other.wait_until(
+                lambda: _delivered(js, before + 4), "given the second job four times", 120
+            )
+        finally:
+            await nc.drain()
+        held.release.touch()
+        done = await wait_status(api, run.name, S.RUN_STATUS_COMPLETED, timeout=90)
+        assert done.attempt == 1
+        assert executions(record) == [("a", owner_pid), ("b", owner_pid), ("c", owner_pid)]
+        assert "took a run over" not in other.log_text()
+    finally:
+        await first.stop()
+        await second.stop()
+
+
+async def _delivered(js: JetStreamContext, count: int) -> bool:
+    """Whether the run queue's consumer has made `count` deliveries in all."""
+    info = await js.consumer_info(QUEUE, queue.CONSUMER)
+    return info.delivered.consumer_seq >= count

@@ -215,7 +215,12 @@ class RunLock:
                 )
             ).first()
         if holder is not None and not holder.terminated:
-            return max(silent_for - float(holder.silent), 0.1) if holder.idle else silent_for
+            if not holder.idle:
+                return silent_for
+            silent = float(holder.silent)
+            if silent >= silent_for:  # pg_terminate_backend gave up waiting for it to exit
+                log.warning("a silent holder's backend did not exit", run=str(self.run_id))
+            return max(silent_for - silent, 0.1)
         if not await self.acquire():  # another contender was quicker (or a new holder came)
             return silent_for
         if holder is not None:

@@ -242,7 +242,9 @@ class WorkerPool:
             retry_in = await self._lock(lock)
             if retry_in:
                 # Another worker has it; look again once it may have finished, or gone silent.
-                await msg.nak(delay=min(retry_in, self.deps.settings.RUN_ACK_WAIT_SECONDS))
+                retry_in = min(retry_in, self.deps.settings.RUN_ACK_WAIT_SECONDS)
+                log.info("run held by another worker", run=str(run_id), retry_in=round(retry_in, 2))
+                await msg.nak(delay=retry_in)
                 return
             await self._execute(msg, run_id, attempt, worker, lock)
         except asyncio.CancelledError:
