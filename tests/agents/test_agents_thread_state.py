@@ -492,3 +492,22 @@ async def _waiting_for_a_lock(engine: Any) -> bool:
             )
         )
     return bool(waiting)
+
+
+async def test_an_update_from_an_earlier_checkpoint_branches_and_the_next_run_follows(
+    agents, tmp_path
+) -> None:
+    run = await _steps_run(agents, tmp_path)
+    head = await _state(agents, run.thread)
+    before_c = head.parent_checkpoint
+    branch = await _update(
+        agents, run.thread, {"done": ["branch"]}, as_node="b", checkpoint=before_c
+    )
+    # A new head whose parent is the checkpoint named, with b's update replaced: c is next.
+    assert branch.parent_checkpoint == before_c and list(branch.next) == ["c"]
+    assert list(branch.values["done"]) == ["branch"]
+    assert await _state(agents, run.thread) == branch
+    assert (await _history(agents, run.thread, page_size=1)).states[0] == branch
+    # The next run starts from the branch (its input goes on top; the graph starts over).
+    again = await _steps_run(agents, tmp_path, thread=run.thread)
+    assert list(again.output["done"]) == ["branch", "a", "b", "c"]
