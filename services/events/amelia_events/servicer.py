@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import re
-from collections.abc import AsyncIterator
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -112,11 +111,13 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
 
     async def StreamEvents(  # type: ignore[override]  # messages may come serialized
         self, request: events_pb2.StreamEventsRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[bytes | events_pb2.StreamEventsResponse]:
+    ) -> None:
         every = heartbeat_seconds(request)
         # Calls on one filter at the live edge share one consumer and serialize each event
         # once (`fanout`); each message is handed to gRPC before the next one is taken, so a
-        # slow client is paced by HTTP/2 flow control and never holds up another.
+        # slow client is paced by HTTP/2 flow control and never holds up another. Written with
+        # `context.write`, not yielded: a generator here and the interceptor's around it cost
+        # each message two more async generator steps (docs/performance.md, session 13).
         call = Call(
             self.hub,
             list(request.filter.types),
@@ -134,13 +135,15 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
                     # exists): a client that awaits them misses nothing published after.
                     await self._open(call)
                     await context.send_initial_metadata(())
+                    write = context.write
                     if every:
                         beats = Heartbeats(call, self.event_log.nc, self.event_log.settings)
                         async for message in beats.around(call.next_message, every):
-                            yield message
+                            await write(message)
                     else:
-                        while (message := await call.next_message()) is not None:
-                            yield message
+                        next_message = call.next_message
+                        while (message := await next_message()) is not None:
+                            await write(message)
                 finally:
                     await call.close()
         finally:
