@@ -58,3 +58,10 @@ def test_every_command_is_listed() -> None:
     """The list above is the CLI's: a command added later is checked too."""
     assert {" ".join(p) for p in PATHS} >= {"", "up", "status", "runs ls", "docs show", "tui"}
     assert len(PATHS) >= 29
+
+
+def test_down_help_says_it_stops_a_foreground_mesh_too() -> None:
+    """`amelia down` stops whatever `amelia up` runs here (README), not only a detached one."""
+    shown = " ".join(_help(("down",)).translate({ord(c): " " for c in BOX}).split())
+    assert "make run" in shown and "--detach" in shown, shown
+    assert "Stop a mesh started with `amelia up --detach`" not in shown, shown

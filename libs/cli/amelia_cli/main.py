@@ -1,8 +1,8 @@
 """`amelia` — the command-line front of the mesh.
 
 `amelia up` starts everything (embedded PostgreSQL + NATS when no URLs are set) and waits until
-every service reports SERVING; `amelia status` checks each part; `amelia down` stops a mesh
-started with `amelia up --detach`.
+every service reports SERVING; `amelia status` checks each part; `amelia down` stops the mesh
+running here, detached (`amelia up --detach`) or in another terminal (`amelia up`, `make run`).
 """
 
 from __future__ import annotations
@@ -226,7 +226,8 @@ def status() -> None:
 
 @app.command()
 def down(timeout: float = typer.Option(60.0, help="Seconds to wait for a clean stop.")) -> None:
-    """Stop a mesh started with `amelia up --detach`."""
+    """Stop the mesh running here: one started with `amelia up --detach`, or a foreground
+    `amelia up` / `make run` in another terminal."""
     settings, state = running_mesh()
     if not state:
         console.print(said(f"amelia is not running (no mesh state under {settings.data_dir})."))
