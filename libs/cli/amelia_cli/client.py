@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 
 err = Console(stderr=True)
 Stub = TypeVar("Stub")
+Result = TypeVar("Result")
 
 
 @asynccontextmanager
@@ -72,6 +74,14 @@ def fail(exc: grpc.aio.AioRpcError) -> typer.Exit:
     else:
         err.print(said((f"{exc.code().name}:", "red"), f" {exc.details()}"))
     return typer.Exit(1)
+
+
+def call_rpc(coro_factory: Callable[[], Awaitable[Result]]) -> Result:
+    """Run one command's RPCs to their result; an RPC error is printed (`fail`) and exits 1."""
+    try:
+        return asyncio.run(coro_factory())  # type: ignore[arg-type]
+    except grpc.aio.AioRpcError as exc:
+        raise fail(exc) from exc
 
 
 def resource(collection: str, value: str) -> str:

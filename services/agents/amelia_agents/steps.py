@@ -34,7 +34,7 @@ FORK_RUN_KEY = "amelia_forked_from"
 FORK_CHECKPOINT_KEY = "amelia_forked_from_checkpoint"
 
 
-def _plain(value: Any) -> Any:
+def plain_json(value: Any) -> Any:
     """JSON values only (a state may hold other objects): anything else becomes its text."""
     return json.loads(json.dumps(value, default=str))
 
@@ -74,7 +74,7 @@ def _checkpoint_id(snapshot: StateSnapshot) -> str:
     return str(snapshot.config["configurable"]["checkpoint_id"])
 
 
-def _time(target: Any, value: str | None) -> None:
+def set_timestamp(target: Any, value: str | None) -> None:
     if value:
         target.FromDatetime(datetime.fromisoformat(value))
 
@@ -97,15 +97,15 @@ def to_steps(
                 checkpoint=_checkpoint_id(snapshot),
                 error=str(task.error or ""),
             )
-            step.input.update(_plain(dict(snapshot.values or {})))
+            step.input.update(plain_json(dict(snapshot.values or {})))
             for interrupt in task.interrupts:
                 step.interrupts.add(node=task.name).value.CopyFrom(
-                    to_value(_plain(interrupt.value))
+                    to_value(plain_json(interrupt.value))
                 )
-            _time(step.start_time, snapshot.created_at)
+            set_timestamp(step.start_time, snapshot.created_at)
             finished = task.result is not None or (after is not None and not task.error)
             if task.result is not None:
-                step.update.CopyFrom(to_value(_plain(task.result)))
+                step.update.CopyFrom(to_value(plain_json(task.result)))
             if cancelled is not None and not finished and not task.interrupts:
                 step.state = agents_pb2.RUN_STEP_STATE_CANCELLED
                 reason = f" ({cancelled})" if cancelled else ""
@@ -115,7 +115,7 @@ def to_steps(
             elif finished:
                 step.state = agents_pb2.RUN_STEP_STATE_COMPLETED
                 if after is not None:
-                    _time(step.end_time, after.created_at)
+                    set_timestamp(step.end_time, after.created_at)
             elif task.interrupts:
                 step.state = agents_pb2.RUN_STEP_STATE_INTERRUPTED
             else:

@@ -101,7 +101,7 @@ def _checkpoint_of(config: Mapping[str, Any] | None) -> str:
 
 def to_state(tid: uuid.UUID, snapshot: StateSnapshot) -> agents_pb2.ThreadState:
     """LangGraph's StateSnapshot as a ThreadState (JSON values only: others become text)."""
-    metadata: dict[str, Any] = steps._plain(dict(snapshot.metadata or {}))
+    metadata: dict[str, Any] = steps.plain_json(dict(snapshot.metadata or {}))
     state = agents_pb2.ThreadState(
         thread=f"threads/{tid}",
         checkpoint=_checkpoint_of(snapshot.config),
@@ -109,7 +109,7 @@ def to_state(tid: uuid.UUID, snapshot: StateSnapshot) -> agents_pb2.ThreadState:
         next=list(snapshot.next),
         step=int(metadata.get("step") or 0),
     )
-    values = steps._plain(snapshot.values)
+    values = steps.plain_json(snapshot.values)
     if isinstance(values, dict):
         state.values.update(values)
     asked_by: dict[str, str] = {}
@@ -118,18 +118,18 @@ def to_state(tid: uuid.UUID, snapshot: StateSnapshot) -> agents_pb2.ThreadState:
         for interrupt in task.interrupts:
             asked_by[interrupt.id] = task.name
             msg.interrupts.add(node=task.name).value.CopyFrom(
-                convert.to_value(steps._plain(interrupt.value))
+                convert.to_value(steps.plain_json(interrupt.value))
             )
         if task.result is not None:
-            msg.update.CopyFrom(convert.to_value(steps._plain(task.result)))
+            msg.update.CopyFrom(convert.to_value(steps.plain_json(task.result)))
     for interrupt in snapshot.interrupts:
         state.interrupts.add(node=asked_by.get(interrupt.id, "")).value.CopyFrom(
-            convert.to_value(steps._plain(interrupt.value))
+            convert.to_value(steps.plain_json(interrupt.value))
         )
     state.metadata.update(metadata)
     if metadata.get(steps.RUN_KEY):
         state.run = f"runs/{metadata[steps.RUN_KEY]}"
-    steps._time(state.create_time, snapshot.created_at)
+    steps.set_timestamp(state.create_time, snapshot.created_at)
     return state
 
 

@@ -21,7 +21,7 @@ from rich.status import Status
 from rich.text import Text
 
 from amelia.v1 import agents_pb2, events_pb2
-from amelia_cli.client import Column, agents, ago, err, fail, listing, resource, said
+from amelia_cli.client import Column, agents, ago, call_rpc, err, listing, resource, said
 from amelia_cli.help_text import App
 from amelia_cli.tui.eventline import resumed_text, retry_text, waiting_text
 from amelia_common.eventlog import event_data
@@ -62,13 +62,6 @@ RUN_COLUMNS = (
     Column("created"),
     Column("error", wraps=True, drop=1),
 )
-
-
-def _call(coro_factory):  # type: ignore[no-untyped-def]
-    try:
-        return asyncio.run(coro_factory())
-    except grpc.aio.AioRpcError as exc:
-        raise fail(exc) from exc
 
 
 def status_name(status: agents_pb2.RunStatus.ValueType) -> str:
@@ -130,7 +123,7 @@ def create(
             )
             return reply
 
-    console.print(said(f"created {_call(go).agent.name}"))
+    console.print(said(f"created {call_rpc(go).agent.name}"))
 
 
 @agents_app.command("ls")
@@ -144,7 +137,7 @@ def ls_agents() -> None:
             )
             return reply
 
-    rows = [(a.name, a.model, a.description) for a in _call(go).agents]
+    rows = [(a.name, a.model, a.description) for a in call_rpc(go).agents]
     listing(console, AGENT_COLUMNS, rows)
 
 
@@ -158,7 +151,7 @@ def rm_agents(names: list[str] = typer.Argument(..., help="Agent ids or agents/<
                 await stub.DeleteAgent(agents_pb2.DeleteAgentRequest(name=resource("agents", name)))
                 console.print(said(f"deleted {resource('agents', name)}"))
 
-    _call(go)
+    call_rpc(go)
 
 
 async def _target(stub: object, target: str) -> agents_pb2.Run:
@@ -586,7 +579,7 @@ def run(
                 console.print(Text(f"cancelled {created.name} (Ctrl-C)", style="yellow"))
                 raise typer.Exit(130) from None
 
-    final = _call(go)
+    final = call_rpc(go)
     status = status_name(final.status)
     # A cancelled run's error is its reason: "cancelled" itself when none was given.
     told = f" — {final.error}" if final.error and final.error != status else ""
@@ -652,7 +645,7 @@ def ls_runs(
 
     rows = [
         (r.name, r.agent or r.workflow, status_name(r.status), ago(r.create_time), r.error)
-        for r in _call(go).runs
+        for r in call_rpc(go).runs
     ]
     listing(console, RUN_COLUMNS, rows)
 
@@ -674,7 +667,7 @@ def show_run(
             run: agents_pb2.Run = reply.run
             return run
 
-    console.print_json(json_format.MessageToJson(_call(go)))
+    console.print_json(json_format.MessageToJson(call_rpc(go)))
 
 
 def _say_status(name: str, call: Callable[[AgentServiceAsyncStub], Awaitable[RunReply]]) -> None:
@@ -685,7 +678,7 @@ def _say_status(name: str, call: Callable[[AgentServiceAsyncStub], Awaitable[Run
         async with agents() as stub:
             return await call(stub)
 
-    console.print(said(f"{name}: {status_name(_call(go).run.status)}"))
+    console.print(said(f"{name}: {status_name(call_rpc(go).run.status)}"))
 
 
 @runs_app.command("cancel")
@@ -723,7 +716,7 @@ def _new_run(follow: bool, call: Callable[[AgentServiceAsyncStub], Awaitable[Any
             created_line(created)
             return await _follow(stub, created.name) if follow else created
 
-    final = _call(go)
+    final = call_rpc(go)
     console.print(said(f"{final.name}: {status_name(final.status)}"))
 
 
@@ -768,7 +761,7 @@ def steps_run(name: str = typer.Argument(..., help="The run (runs/<id> or <id>).
             s.checkpoint,
             s.error,
         )
-        for s in _call(go)
+        for s in call_rpc(go)
     ]
     listing(console, STEP_COLUMNS, rows)
 

@@ -18,8 +18,8 @@ from rich.console import Console
 from rich.syntax import Syntax
 
 from amelia.v1 import agents_pb2, agents_pb2_grpc, git_pb2, git_pb2_grpc
-from amelia_cli.client import Column, channel_to, listing, resource, said
-from amelia_cli.commands.agents import _call, runs_app, status_name
+from amelia_cli.client import Column, call_rpc, channel_to, listing, resource, said
+from amelia_cli.commands.agents import runs_app, status_name
 
 if TYPE_CHECKING:
     # Only in the generated .pyi (see amelia_cli.client).
@@ -62,7 +62,7 @@ def diff_run(
             )
             return reply
 
-    diff = _call(go)
+    diff = call_rpc(go)
     b = diff.branch
     console.print(
         said(
@@ -140,7 +140,7 @@ def land_run(
             )
             return reply
 
-    result = _call(go)
+    result = call_rpc(go)
     if isinstance(result, agents_pb2.Run):
         _settled(result)
         return
@@ -169,7 +169,7 @@ def discard_run(name: str = typer.Argument(..., help="The run (runs/<id> or <id>
             )
             return reply
 
-    result = _call(go)
+    result = call_rpc(go)
     if isinstance(result, agents_pb2.Run):
         _settled(result)
         return

@@ -11,8 +11,8 @@ from google.protobuf import json_format
 from rich.console import Console
 
 from amelia.v1 import agents_pb2
-from amelia_cli.client import Column, agents, ago, listing, resource, said
-from amelia_cli.commands.agents import _call, question_lines
+from amelia_cli.client import Column, agents, ago, call_rpc, listing, resource, said
+from amelia_cli.commands.agents import question_lines
 from amelia_cli.help_text import App
 
 console = Console()
@@ -105,7 +105,7 @@ def state_cmd(
             reply: agents_pb2.GetThreadStateResponse = await stub.GetThreadState(request)
             return reply.state
 
-    state = _call(go)
+    state = call_rpc(go)
     if as_json:
         console.print_json(json_format.MessageToJson(state))
     else:
@@ -153,7 +153,7 @@ def history_cmd(
             ago(s.create_time),
             s.run,
         )
-        for s in _call(go)
+        for s in call_rpc(go)
     ]
     listing(console, HISTORY_COLUMNS, rows)
 
@@ -181,7 +181,7 @@ def update_cmd(
             reply: agents_pb2.UpdateThreadStateResponse = await stub.UpdateThreadState(request)
             return reply.state
 
-    show_state(_call(go))
+    show_state(call_rpc(go))
 
 
 @threads_app.command("ls")
@@ -201,5 +201,5 @@ def ls_threads(
             reply: agents_pb2.ListThreadsResponse = await stub.ListThreads(request)
             return reply
 
-    rows = [(t.name, str(t.run_count), ago(t.update_time), t.preview) for t in _call(go).threads]
+    rows = [(t.name, str(t.run_count), ago(t.update_time), t.preview) for t in call_rpc(go).threads]
     listing(console, THREAD_COLUMNS, rows)
