@@ -37,6 +37,7 @@ async def build_service(settings: Settings) -> GrpcService:
 async def _service(res: Resources) -> GrpcService:
     settings, store, events = res.settings, res.store, res.events
     streamer = RunStreamer(settings, store, events.event_log)
+    res.on_close(streamer.close)
     servicer = AgentServicer(settings, store, events, res.nc, res.js, res.checkpointer, streamer)
     dependencies = {"postgres": db_health(res.engine), "nats": nats_health(res.nc)}
     if settings.AGENT_WORKERS > 0:

@@ -24,13 +24,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
+
+import nats.errors
 
 from amelia.v1 import agents_pb2, events_pb2
 from amelia_agents.convert import run_name
 from amelia_agents.lifecycle import TERMINAL_TYPES
 from amelia_agents.models import TERMINAL_STATES, RunRow
+from amelia_agents.runfeed import Follower, RunFeed
 from amelia_agents.store import Store
 from amelia_common.errors import StreamEndedError
 from amelia_common.eventlog import EventLog, EventLogUnavailableError, EventReader, StartAt
@@ -47,7 +51,6 @@ MESSAGE_BYTES = 1024 * 1024
 # faster than they are sent waits for the rest (`EventReader.next_batch`'s hold, as the
 # events service's StreamEvents): no event waits longer, and one with nothing behind it not at all.
 LIVE_HOLD_SECONDS = 0.002
-_DONE = object()
 
 
 class RunStreamer:
@@ -55,6 +58,11 @@ class RunStreamer:
         self.settings = settings
         self.store = store
         self.event_log = event_log
+        self.feed = RunFeed(event_log, settings.EVENTS_PUBLISH_TIMEOUT_SECONDS)
+
+    async def close(self) -> None:
+        """Stop the run feed's reader (at shutdown)."""
+        await self.feed.close()
 
     def _reader(self, row: RunRow, after_sequence: int, *, follow: bool) -> EventReader:
         """A reader of the run's events after `after_sequence`. Opening it waits for NATS at
@@ -101,24 +109,12 @@ class RunStreamer:
             async for page in self._after_end(row, after_sequence):
                 yield page
             return
-        log_reader = self._reader(row, after_sequence, follow=True)
-        inbox: asyncio.Queue[Any] = asyncio.Queue(maxsize=4)
-
-        async def pump() -> None:
-            try:
-                async with log_reader:
-                    while True:
-                        await inbox.put(
-                            await log_reader.next_batch(
-                                EVENTS_PER_MESSAGE, MESSAGE_BYTES, LIVE_HOLD_SECONDS
-                            )
-                        )
-            except StopAsyncIteration:
-                await inbox.put(_DONE)
-            except Exception as exc:  # noqa: BLE001 - NATS could not be reached: said below
-                await inbox.put(exc)
-
-        reader = asyncio.create_task(pump())
+        follower = await self._follower(row, after_sequence)
+        source: _FeedSource | _ReaderSource = (
+            _FeedSource(self.feed, follower, row.id)
+            if follower is not None
+            else _ReaderSource(self._reader(row, after_sequence, follow=True))
+        )
         last = after_sequence
         idle_checks = 0
         try:
@@ -127,7 +123,7 @@ class RunStreamer:
                     # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a cancellation
                     # that arrives as the item does, and the stream would outlive its client.
                     async with asyncio.timeout(IDLE_CHECK_SECONDS):
-                        item = await inbox.get()
+                        batch = await source.next_batch()
                 except TimeoutError:
                     current = await self.store.get_run(row.id)
                     if (
@@ -139,27 +135,52 @@ class RunStreamer:
                         if idle_checks >= 2:
                             return
                     continue
+                except _UnreadableError as exc:
+                    raise self._ended(str(exc), last) from None
                 idle_checks = 0
-                if isinstance(item, list):
-                    end = _terminal_index(item)
-                    if end is None:
-                        last = item[-1].sequence
-                        yield item
-                        continue
-                    # What follows the end is read as it is now (the same as joining later),
-                    # unless JetStream said, delivering the end, that nothing follows it.
-                    yield item[: end + 1]
-                    if end == len(item) - 1 and log_reader.pending == 0:
-                        return
-                    async for page in self._after_end(row, item[end].sequence):
-                        yield page
+                if batch is None:
+                    # Left the feed (fell behind, or the feed stopped): on with a reader of its
+                    # own, after the last event given.
+                    await source.close()
+                    source = _ReaderSource(self._reader(row, last, follow=True))
+                    continue
+                end = _terminal_index(batch)
+                if end is None:
+                    last = batch[-1].sequence
+                    yield batch
+                    continue
+                # What follows the end is read as it is now (the same as joining later),
+                # unless the log says that nothing follows it.
+                yield batch[: end + 1]
+                if end == len(batch) - 1 and await source.nothing_after(batch[end].sequence):
                     return
-                detail = "ended the stream" if item is _DONE else f"could not be read: {item}"
-                raise self._ended(detail, last)
+                async for page in self._after_end(row, batch[end].sequence):
+                    yield page
+                return
         finally:
-            reader.cancel()
-            with contextlib.suppress(BaseException):
-                await reader
+            await source.close()
+
+    async def _follower(self, row: RunRow, after_sequence: int) -> Follower | None:
+        """The call's share of the process's run feed, its catch-up queued first; None when it
+        reads on its own: a finished run (a replay), more to catch up on than CATCH_UP_EVENTS,
+        or NATS not answering now (the reader says so)."""
+        if row.status in TERMINAL_STATES:
+            return None
+        follower = await self.feed.follow(row.id)
+        if follower is None:
+            return None
+        try:
+            history = await self.feed.history(row.id, after_sequence, follower.position)
+        except (nats.errors.Error, TimeoutError):
+            history = None
+        if history is None:
+            follower.leave()
+            return None
+        follower.after = max(after_sequence, follower.position)
+        follower.queue.extendleft(reversed(history))
+        if history:
+            follower.wake.set()
+        return follower
 
     async def _after_end(
         self, row: RunRow, after_sequence: int
@@ -178,6 +199,72 @@ class RunStreamer:
                     yield batch
         except EventLogUnavailableError as exc:
             raise self._ended(f"could not be read: {exc}", last) from None
+
+
+class _UnreadableError(Exception):
+    """The event log could not be read (the message says why)."""
+
+
+class _FeedSource:
+    """A call's events from the process's run feed."""
+
+    def __init__(self, feed: RunFeed, follower: Follower, run_id: uuid.UUID) -> None:
+        self.feed = feed
+        self.follower = follower
+        self.run_id = run_id
+
+    async def next_batch(self) -> list[events_pb2.Event] | None:
+        """The next events; None once the call left the feed (read on from the log)."""
+        return await self.follower.next_batch(EVENTS_PER_MESSAGE, MESSAGE_BYTES)
+
+    async def nothing_after(self, sequence: int) -> bool:
+        if self.follower.queue:
+            return False
+        try:
+            return not await self.feed.any_after(self.run_id, sequence)
+        except (nats.errors.Error, TimeoutError):
+            return False  # read after the end, which says what it finds
+
+    async def close(self) -> None:
+        self.follower.leave()
+
+
+class _ReaderSource:
+    """A call's events from a reader of its own, read ahead by a task: a stream waiting for
+    them can be cancelled (the client went away, the idle check) without losing any."""
+
+    def __init__(self, reader: EventReader) -> None:
+        self.reader = reader
+        self.inbox: asyncio.Queue[Any] = asyncio.Queue(maxsize=4)
+        self.task = asyncio.create_task(self._pump())
+
+    async def _pump(self) -> None:
+        try:
+            async with self.reader:
+                while True:
+                    await self.inbox.put(
+                        await self.reader.next_batch(
+                            EVENTS_PER_MESSAGE, MESSAGE_BYTES, LIVE_HOLD_SECONDS
+                        )
+                    )
+        except StopAsyncIteration:
+            await self.inbox.put(_UnreadableError("ended the stream"))
+        except Exception as exc:  # noqa: BLE001 - NATS could not be reached: said by the call
+            await self.inbox.put(_UnreadableError(f"could not be read: {exc}"))
+
+    async def next_batch(self) -> list[events_pb2.Event]:
+        item = await self.inbox.get()
+        if isinstance(item, _UnreadableError):
+            raise item
+        return item
+
+    async def nothing_after(self, sequence: int) -> bool:
+        return self.reader.pending == 0
+
+    async def close(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(BaseException):
+            await self.task
 
 
 def _terminal_index(batch: list[events_pb2.Event]) -> int | None:
