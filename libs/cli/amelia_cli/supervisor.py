@@ -21,7 +21,10 @@ way systemd (`Restart=on-failure`, `StartLimitBurst`/`StartLimitIntervalSec`) an
 (`autorestart`, `startretries`) do it: each restart waits a little longer than the one before;
 a unit that crashes `burst` times within `window` seconds is given up on and reported FAILED
 (with its last exit and its log) while the rest of the mesh keeps running; crashes older than
-the window are forgotten, so healthy uptime earns the restarts back. The supervisor writes
+the window are forgotten, so healthy uptime earns the restarts back. A service that exits
+cleanly (exit 0, or by the SIGTERM/SIGINT someone sent it: it drained and stopped, as systemd
+counts it) has stopped, not crashed: it is started again at once and no crash is counted. The
+supervisor's own stop (Ctrl-C, `amelia down`) starts nothing again. The supervisor writes
 `<data dir>/run/mesh.json` (atomically) so `amelia status` and `amelia down` find what it runs.
 """
 
@@ -61,6 +64,15 @@ from amelia_common.settings import Settings
 log = get_logger("amelia.up")
 
 TICK_SECONDS = 0.5
+
+# How a process that stopped (rather than crashed) ends: exit 0, or the signal asking it to
+# stop, by which a drained process re-raises it (uvicorn does) or dies with Python's default
+# handler; the shell's 128+N spelling of the same.
+CLEAN_EXITS = frozenset(
+    {0}
+    | {-sig for sig in (signal.SIGTERM, signal.SIGINT)}
+    | {128 + sig for sig in (signal.SIGTERM, signal.SIGINT)}
+)
 
 
 class MeshStartError(RuntimeError):
@@ -130,6 +142,11 @@ class Unit(ABC):
     async def launch(self) -> None:
         """Start it (again); raises when it cannot."""
 
+    def stopped_cleanly(self) -> bool:
+        """Whether its process, now gone, ended as a stop rather than a crash (only a child
+        the supervisor started can tell)."""
+        return False
+
     def forget_crashes_before(self, moment: float) -> None:
         while self.crashes and self.crashes[0] <= moment:
             self.crashes.popleft()
@@ -167,8 +184,13 @@ class ServiceUnit(Unit):
         if code is None:
             return None
         if code < 0:
-            return f"killed by {signal.Signals(-code).name}"
+            how = "stopped" if code in CLEAN_EXITS else "killed"
+            return f"{how} by {signal.Signals(-code).name}"
         return f"exit code {code}"
+
+    def stopped_cleanly(self) -> bool:
+        code = self.process.poll() if self.process else None
+        return code in CLEAN_EXITS
 
     async def launch(self) -> None:
         await asyncio.to_thread(self._spawn)
@@ -546,7 +568,9 @@ class Supervisor:
             unit.forget_crashes_before(now - self.policy.window)
             if unit.state == UnitState.RUNNING:
                 why = unit.exited()
-                if why is not None:
+                if why is not None and unit.stopped_cleanly():
+                    self._stopped(unit, why)
+                elif why is not None:
                     self._crashed(unit, why, now)
             elif unit.state == UnitState.RESTARTING and now >= unit.restart_at:
                 unit.state = UnitState.STARTING
@@ -574,6 +598,14 @@ class Supervisor:
         log.warning(
             "stopped; restarting", unit=unit.name, why=why, restart_in=delay, log=str(unit.log_path)
         )
+
+    def _stopped(self, unit: Unit, why: str) -> None:
+        """`unit` stopped cleanly (someone else asked it to): start it again now, no crash
+        counted, no backoff."""
+        unit.last_exit = f"{why} (a clean stop, not a crash)"
+        unit.state = UnitState.STARTING
+        log.warning("stopped cleanly; starting it again", unit=unit.name, why=why)
+        self._track(asyncio.create_task(self._relaunch(unit)))
 
     async def _relaunch(self, unit: Unit) -> None:
         if self._stopping:
