@@ -99,6 +99,9 @@ export const api = {
   rerunRun: (name, requestId) => post(`/v1/runs/${id(name)}:rerun`, { requestId }),
   forkRun: (name, checkpoint, values, requestId) => post(`/v1/runs/${id(name)}:fork`, { checkpoint, values, requestId }),
   listThreads: (query = {}) => get("/v1/threads", query),
+  getThreadState: (thread, checkpoint = "") => get(`/v1/threads/${id(thread)}/state${checkpoint ? `/${encodeURIComponent(checkpoint)}` : ""}`),
+  listThreadHistory: (thread, query = {}) => get(`/v1/threads/${id(thread)}/history`, query),
+  updateThreadState: (thread, values, asNode = "") => post(`/v1/threads/${id(thread)}/state`, { values, asNode }),
   cancelRun: (name, reason) => post(`/v1/runs/${id(name)}:cancel`, { reason }),
   resumeRun: (name, answer) => post(`/v1/runs/${id(name)}:resume`, { answer }),
 

@@ -1,9 +1,11 @@
 // Threads: the list (most recently active first, with each thread's first message and run
 // count), and one thread as a conversation — each run's message and reply, in order — with a
-// form to continue it (a new run in the thread, so it shares the thread's memory).
+// form to continue it (a new run in the thread, so it shares the thread's memory), then its
+// state, history and edit form (views/threadstate.js).
 
 import { compactJson, debounce, errorNotice, formatTime, h, idOf, uuid } from "../dom.js";
 import { ACTIVE_STATUSES, statusBadge } from "../runstatus.js";
+import { ThreadStatePanel } from "./threadstate.js";
 
 const PAGE_SIZE = 25;
 
@@ -91,6 +93,8 @@ function threadView(main, ctx, threadId) {
     h("h1", {}, "Thread"),
     h("p", { class: "mono break", id: "thread-name" }, name),
     error, jump, older, conversation, form);
+  const panel = new ThreadStatePanel(ctx, name);
+  main.append(h("div", { class: "thread-state" }, ...panel.elements));
 
   let stopped = false;
   let last = null;
@@ -109,6 +113,7 @@ function threadView(main, ctx, threadId) {
       targetText.textContent = last ? idOf(last.workflow || last.agent) : "chat";
       send.disabled = Boolean(last && ACTIVE_STATUSES.has(last.status));
       send.title = send.disabled ? "A run of this thread has not ended yet" : "";
+      panel.setLastRun(last || {}, send.disabled);
       conversation.replaceChildren(...runs.flatMap((run) => [
         h("li", { class: "turn user", dataset: { run: run.name } }, h("span", { class: "who" }, "Message"),
           longText(messageOf(run.input))),
@@ -140,13 +145,15 @@ function threadView(main, ctx, threadId) {
       send.disabled = false;
     }
   });
-  const refresh = debounce(load, 300);
+  const refresh = debounce(() => Promise.all([load(), panel.refresh()]), 300);
   const subscription = ctx.socket.subscribe(
     { filter: { types: ["run.completed", "run.failed", "run.cancelled", "run.interrupted"], subject: "runs/*" }, since: "now" },
     { onEvent: refresh });
   load();
+  panel.refresh();
   return () => {
     stopped = true;
+    panel.stop();
     refresh.cancel();
     subscription.close();
   };

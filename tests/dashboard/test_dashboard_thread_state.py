@@ -1,0 +1,204 @@
+"""The Threads screen's State, History and Edit state (LangGraph Studio's state panel), as a user
+sees them at 1280×800 and 390×844: after a run the panel shows the run's values; the history
+lists the checkpoints newest first and a row opens its state; an edit then a continued run sees
+the edited values; an edit while a run is active shows the service's refusal."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+from dashboard_helpers import Mesh
+from dashboard_pages import shot
+from playwright.sync_api import Browser, Page, expect
+from test_dashboard_features import DESKTOP, PHONE, _checked_page, _fits, _run, _wait_run
+
+pytestmark = pytest.mark.slow
+
+SIZES = {"desktop": DESKTOP, "phone": PHONE}
+
+
+def _thread_id(run: dict[str, object]) -> str:
+    return str(run["thread"]).split("/")[-1]
+
+
+def _history(mesh: Mesh, thread_id: str) -> list[dict[str, object]]:
+    states: list[dict[str, object]] = mesh.get(f"/v1/threads/{thread_id}/history?pageSize=10")[
+        "states"
+    ]
+    return states
+
+
+def _open_thread(page: Page, thread_id: str) -> None:
+    page.goto(f"/#/threads/{thread_id}")
+    expect(page.locator("#thread-state #state-checkpoint")).not_to_be_empty()
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_after_a_run_the_panel_shows_its_state_and_history_opens_a_checkpoint(
+    size: str, browser: Browser, mesh: Mesh, artifacts: Path
+) -> None:
+    word = f"zebra-{uuid.uuid4().hex[:6]}"
+    run = _run(
+        mesh, "chat", input={"message": f"what do you know of the {word}", "model": "offline:echo"}
+    )
+    _wait_run(mesh, run["name"], "RUN_STATUS_COMPLETED")
+    thread_id = _thread_id(run)
+    latest = mesh.get(f"/v1/threads/{thread_id}/state")["state"]
+    with _checked_page(browser, mesh, SIZES[size]) as page:
+        _open_thread(page, thread_id)
+        # The latest checkpoint: the run's messages as a conversation, and its details.
+        messages = page.locator("#state-messages li")
+        expect(messages).to_have_count(2)
+        expect(messages.nth(0)).to_have_attribute("data-role", "user")
+        expect(messages.nth(0).locator(".text")).to_have_text(f"what do you know of the {word}")
+        expect(messages.nth(1).locator(".text")).to_have_text(f"what do you know of the {word}")
+        expect(page.locator("#state-next")).to_have_text("nothing: the graph ended")
+        expect(page.locator("#state-checkpoint")).to_have_text(latest["checkpoint"])
+        expect(page.locator("#state-run")).to_have_text(str(run["name"]).split("/")[-1])
+        expect(page.locator("#state-step")).to_have_text(f"{latest['step']} (node)")
+        assert json.loads(page.locator("#state-values").inner_text()) == latest["values"]
+        # The history: every checkpoint, newest first, as the API lists them.
+        history = _history(mesh, thread_id)
+        rows = page.locator("#state-history .history-row")
+        expect(rows).to_have_count(len(history))
+        shown = [rows.nth(i).get_attribute("data-checkpoint") for i in range(len(history))]
+        assert shown == [state["checkpoint"] for state in history]
+        steps = [int(rows.nth(i).get_attribute("data-step") or 0) for i in range(len(history))]
+        assert steps == sorted(steps, reverse=True), steps
+        expect(rows.first).to_have_attribute("aria-current", "true")
+        expect(rows.first).to_contain_text("respond → end")
+        _fits(page, "thread state")
+        shot(page, artifacts, f"50-thread-state-{size}")
+        # A row opens that checkpoint's state: the first one, before any node ran.
+        oldest = history[-1]
+        rows.last.click()
+        expect(page.locator("#state-title")).to_have_text(f"State at step {oldest['step']}")
+        expect(page.locator("#state-checkpoint")).to_have_text(str(oldest["checkpoint"]))
+        expect(page.locator("#state-next")).to_have_text(", ".join(oldest["next"]))
+        expect(page.locator("#state-step")).to_contain_text("(input)")
+        expect(rows.last).to_have_attribute("aria-current", "true")
+        assert json.loads(page.locator("#state-values").inner_text()) == oldest["values"]
+        page.locator("#state-history").scroll_into_view_if_needed()
+        _fits(page, "a checkpoint from the history")
+        shot(page, artifacts, f"51-thread-checkpoint-{size}")
+        page.click("#state-latest")
+        expect(page.locator("#state-title")).to_have_text("State")
+        expect(page.locator("#state-checkpoint")).to_have_text(latest["checkpoint"])
+
+
+def test_history_pages_on_with_older(browser: Browser, mesh: Mesh) -> None:
+    # Four chat turns in one thread write more checkpoints than a page (10) holds.
+    first = _run(mesh, "chat", input={"message": "turn 0", "model": "offline:echo"})
+    _wait_run(mesh, first["name"], "RUN_STATUS_COMPLETED")
+    for turn in range(1, 4):
+        run = _run(
+            mesh,
+            "chat",
+            input={"message": f"turn {turn}", "model": "offline:echo"},
+            thread=first["thread"],
+        )
+        _wait_run(mesh, run["name"], "RUN_STATUS_COMPLETED")
+    thread_id = _thread_id(first)
+    every = mesh.get(f"/v1/threads/{thread_id}/history?pageSize=1000")["states"]
+    assert len(every) > 10
+    with _checked_page(browser, mesh, DESKTOP) as page:
+        _open_thread(page, thread_id)
+        rows = page.locator("#state-history .history-row")
+        expect(rows).to_have_count(10)
+        page.click("#history-older")
+        expect(rows).to_have_count(min(len(every), 20))
+        while page.locator("#history-older").is_visible():
+            count = rows.count()
+            page.click("#history-older")
+            expect(rows).not_to_have_count(count)
+        shown = [rows.nth(i).get_attribute("data-checkpoint") for i in range(rows.count())]
+        assert shown == [state["checkpoint"] for state in every]
+
+
+def test_an_edit_then_a_continued_run_sees_the_edited_values(
+    browser: Browser, mesh: Mesh, artifacts: Path
+) -> None:
+    run = _run(mesh, "chat", input={"message": "first words", "model": "offline:transcript"})
+    _wait_run(mesh, run["name"], "RUN_STATUS_COMPLETED")
+    thread_id = _thread_id(run)
+    before = mesh.get(f"/v1/threads/{thread_id}/state")["state"]["checkpoint"]
+    note = f"remember the zebra {uuid.uuid4().hex[:6]}"
+    with _checked_page(browser, mesh, DESKTOP) as page:
+        _open_thread(page, thread_id)
+        # Bad JSON is caught in the page, before any request.
+        page.fill("#edit-values", "{oops")
+        page.click("#edit-save")
+        expect(page.locator("#edit-error")).to_contain_text("The values are not valid JSON")
+        # The workflow's nodes are offered as as_node.
+        expect(page.locator("#edit-as-node option[value=respond]")).to_have_count(1)
+        page.fill("#edit-values", json.dumps({"messages": [{"role": "user", "content": note}]}))
+        page.select_option("#edit-as-node", "respond")
+        page.click("#edit-save")
+        # The panel shows the new checkpoint: an edit, with the message appended.
+        expect(page.locator("#state-run")).to_have_text("a state edit")
+        expect(page.locator("#state-checkpoint")).not_to_have_text(before)
+        expect(page.locator("#state-messages li").last.locator(".text")).to_have_text(note)
+        expect(page.locator("#edit-error")).to_be_empty()
+        saved = mesh.get(f"/v1/threads/{thread_id}/state")["state"]
+        expect(page.locator("#state-checkpoint")).to_have_text(saved["checkpoint"])
+        assert saved["metadata"]["source"] == "update"
+        first_row = page.locator("#state-history .history-row").first
+        expect(first_row).to_have_attribute("data-checkpoint", saved["checkpoint"])
+        expect(first_row.locator(".history-source")).to_have_text("edit")
+        shot(page, artifacts, "52-thread-edited-desktop")
+        # The next run of the thread continues from the edit: the model is sent the note.
+        page.fill("#thread-message", "what did I say")
+        page.click("#thread-send")
+        page.wait_for_url(re.compile(r".*#/runs/[0-9a-f-]+$"))
+        continued = f"runs/{page.url.rsplit('/', 1)[-1]}"
+        done = _wait_run(mesh, continued, "RUN_STATUS_COMPLETED")
+        assert f"user: {note}" in json.dumps(done["output"]), done["output"]
+        _open_thread(page, thread_id)
+        expect(page.locator("#state-run")).to_have_text(continued.split("/")[-1])
+        texts = page.locator("#state-messages li .text")
+        expect(texts.last).to_contain_text(f"user: {note}\nuser: what did I say")
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_an_edit_while_a_run_is_active_shows_the_refusal(
+    size: str, browser: Browser, mesh: Mesh, artifacts: Path
+) -> None:
+    run = _run(mesh, "approval", input={"message": "a draft", "question": "Edit me?"})
+    _wait_run(mesh, run["name"], "RUN_STATUS_PAUSED", timeout=120)
+    thread_id = _thread_id(run)
+    try:
+        before = mesh.get(f"/v1/threads/{thread_id}/state")["state"]
+        # What the service answers such an edit: the page must show this google.rpc.Status.
+        refused = httpx.post(
+            f"{mesh.url}/v1/threads/{thread_id}/state",
+            json={"values": {"result": "edited"}},
+            headers={"Authorization": f"Bearer {mesh.token}"},
+        )
+        assert refused.status_code == 400 and refused.json()["code"] == 9, refused.text
+        with _checked_page(browser, mesh, SIZES[size]) as page:
+            _open_thread(page, thread_id)
+            # The paused run's state: its question waits, approve runs next.
+            expect(page.locator("#state-questions li")).to_have_text(["Edit me?"])
+            expect(page.locator("#state-next")).to_have_text("approve")
+            expect(page.locator("#edit-active")).to_have_text(
+                "A run of this thread is paused: the state can change only once it has ended."
+            )
+            page.fill("#edit-values", json.dumps({"result": "edited"}))
+            page.click("#edit-save")
+            expect(page.locator("#edit-error")).to_have_text(refused.json()["message"])
+            expect(page.locator("#edit-error [role=alert]")).to_be_visible()
+            expect(page.locator("#state-checkpoint")).to_have_text(before["checkpoint"])
+            page.locator("#thread-edit").scroll_into_view_if_needed()
+            _fits(page, "refused edit")
+            shot(page, artifacts, f"53-thread-edit-refused-{size}")
+        assert (
+            mesh.get(f"/v1/threads/{thread_id}/state")["state"]["checkpoint"]
+            == before["checkpoint"]
+        )
+    finally:
+        mesh.post(f"/v1/{run['name']}:cancel", {"reason": "test over"})
