@@ -51,6 +51,12 @@ class PermissionDeniedError(AmeliaError):
     code = grpc.StatusCode.PERMISSION_DENIED
 
 
+class OutOfRangeError(AmeliaError):
+    """A position past the end of what exists (a resume point beyond the event log's end)."""
+
+    code = grpc.StatusCode.OUT_OF_RANGE
+
+
 class UnavailableError(AmeliaError):
     """`dependency` (e.g. "PostgreSQL", "NATS") cannot be reached; the caller may retry."""
 

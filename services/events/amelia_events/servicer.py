@@ -21,7 +21,12 @@ from google.protobuf import timestamp_pb2
 
 from amelia.v1 import events_pb2, events_pb2_grpc
 from amelia_common import paging
-from amelia_common.errors import InvalidArgumentError, NotFoundError, StreamEndedError
+from amelia_common.errors import (
+    InvalidArgumentError,
+    NotFoundError,
+    OutOfRangeError,
+    StreamEndedError,
+)
 from amelia_common.eventlog import (
     EventLog,
     StartAt,
@@ -126,7 +131,9 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
             min(request.max_events_per_message, MAX_BATCH),
             MESSAGE_BYTES,
             LIVE_HOLD_SECONDS,
-        )
+        )  # (bad input: INVALID_ARGUMENT, before the log is asked anything)
+        with self._naming_nats():
+            await self._check_resume_point(request)
         self.readers.add(call)
         try:
             with self._naming_nats():
@@ -153,6 +160,23 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
             raise StreamEndedError(
                 "the events service is shutting down; reconnect with "
                 f"after_sequence={call.sent} to continue without a gap"
+            )
+
+    async def _check_resume_point(self, request: events_pb2.StreamEventsRequest) -> None:
+        """OUT_OF_RANGE for an `after_sequence` beyond the log's last sequence at the call's
+        start (Kafka's OffsetOutOfRange). Every replica reads one JetStream stream, so a sequence
+        a client saw is never beyond it: one that is comes from a log since wiped, and waiting
+        for the log to reach it would miss everything meanwhile, silently."""
+        if request.WhichOneof("start") != "after_sequence":
+            return
+        settings = self.event_log.settings
+        info = await self.event_log.js.stream_info(settings.EVENTS_STREAM)
+        last = info.state.last_seq
+        if request.after_sequence > last:
+            raise OutOfRangeError(
+                f"after_sequence {request.after_sequence} is beyond the end of the event log:"
+                f" its last sequence is {last} (was the log reset?); resume after {last} for"
+                " new events, or from the beginning"
             )
 
     async def _open(self, call: Call) -> None:
