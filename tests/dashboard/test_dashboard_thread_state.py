@@ -33,6 +33,19 @@ def _history(mesh: Mesh, thread_id: str) -> list[dict[str, object]]:
     return states
 
 
+def _scroll_to(page: Page, selector: str) -> None:
+    """Scroll so the element's top is at the top of the screen (for the screenshot)."""
+    page.locator(selector).evaluate("(el) => el.scrollIntoView({block: 'start'})")
+
+
+def _no_stray_text(page: Page) -> None:
+    """The state's parts are elements: no bare text (a "null" for a part left out) between them."""
+    stray = page.locator("#state-body").evaluate(
+        "(el) => [...el.childNodes].filter((n) => n.nodeType === 3).map((n) => n.data)"
+    )
+    assert not stray, stray
+
+
 def _open_thread(page: Page, thread_id: str) -> None:
     page.goto(f"/#/threads/{thread_id}")
     expect(page.locator("#thread-state #state-checkpoint")).not_to_be_empty()
@@ -73,6 +86,8 @@ def test_after_a_run_the_panel_shows_its_state_and_history_opens_a_checkpoint(
         expect(rows.first).to_have_attribute("aria-current", "true")
         expect(rows.first).to_contain_text("respond → end")
         _fits(page, "thread state")
+        _scroll_to(page, "#thread-state")
+        _no_stray_text(page)
         shot(page, artifacts, f"50-thread-state-{size}")
         # A row opens that checkpoint's state: the first one, before any node ran.
         oldest = history[-1]
@@ -83,7 +98,9 @@ def test_after_a_run_the_panel_shows_its_state_and_history_opens_a_checkpoint(
         expect(page.locator("#state-step")).to_contain_text("(input)")
         expect(rows.last).to_have_attribute("aria-current", "true")
         assert json.loads(page.locator("#state-values").inner_text()) == oldest["values"]
-        page.locator("#state-history").scroll_into_view_if_needed()
+        # An empty state (no message yet) reads as its values, nothing else.
+        expect(page.locator("#state-messages")).to_have_count(0)
+        _no_stray_text(page)
         _fits(page, "a checkpoint from the history")
         shot(page, artifacts, f"51-thread-checkpoint-{size}")
         page.click("#state-latest")
@@ -150,6 +167,7 @@ def test_an_edit_then_a_continued_run_sees_the_edited_values(
         first_row = page.locator("#state-history .history-row").first
         expect(first_row).to_have_attribute("data-checkpoint", saved["checkpoint"])
         expect(first_row.locator(".history-source")).to_have_text("edit")
+        _scroll_to(page, "#thread-state")
         shot(page, artifacts, "52-thread-edited-desktop")
         # The next run of the thread continues from the edit: the model is sent the note.
         page.fill("#thread-message", "what did I say")
@@ -193,7 +211,7 @@ def test_an_edit_while_a_run_is_active_shows_the_refusal(
             expect(page.locator("#edit-error")).to_have_text(refused.json()["message"])
             expect(page.locator("#edit-error [role=alert]")).to_be_visible()
             expect(page.locator("#state-checkpoint")).to_have_text(before["checkpoint"])
-            page.locator("#thread-edit").scroll_into_view_if_needed()
+            _scroll_to(page, "#thread-edit")
             _fits(page, "refused edit")
             shot(page, artifacts, f"53-thread-edit-refused-{size}")
         assert (

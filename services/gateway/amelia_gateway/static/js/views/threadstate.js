@@ -174,7 +174,7 @@ export class ThreadStatePanel {
     const questions = questionsOf(state);
     const values = state.values || {};
     const conversation = conversationOf(values);
-    this.body.replaceChildren(
+    const parts = [
       h("dl", { class: "kv state-kv" },
         field("Next", next.length ? h("span", { class: "mono", id: "state-next" }, next.join(", ")) : h("span", { id: "state-next" }, "nothing: the graph ended")),
         questions.length ? field("Waiting for an answer", h("ul", { class: "state-questions", id: "state-questions" }, ...questions.map((q) => h("li", {}, q)))) : [],
@@ -188,7 +188,9 @@ export class ThreadStatePanel {
       conversation ? h("ol", { class: "state-messages", id: "state-messages", "aria-label": "Messages in the state" },
         ...conversation.map(({ role, text }) => h("li", { dataset: { role } }, h("span", { class: "who" }, role), h("div", { class: "text" }, text)))) : null,
       h("h3", {}, "Values"),
-      h("pre", { class: "json state-values", id: "state-values", tabindex: "0" }, prettyJson(values)));
+      h("pre", { class: "json state-values", id: "state-values", tabindex: "0" }, prettyJson(values)),
+    ];
+    this.body.replaceChildren(...parts.filter(Boolean));
     this.renderHistory();
   }
 
