@@ -57,7 +57,7 @@ from amelia_common.grpc_client import aio_channel
 from amelia_common.logging import configure_logging
 from amelia_common.nats_client import connect_nats
 from amelia_common.settings import Settings
-from bench._processes import service_process, wait_serving
+from bench._processes import cpu_seconds, service_process, wait_serving
 from bench._run import run_in_temp_dir
 
 LIVE_EVENTS = 4_000
@@ -337,10 +337,12 @@ async def run_readers(
 
 @dataclass
 class LiveRow:
-    """One reader's rounds of the live phase, each alone with the publisher."""
+    """One reader's rounds of the live phase, each alone with the publisher, and the events
+    service's CPU per event in each (steadier than a p99 on a busy machine)."""
 
     name: str
     rounds: list[tuple[Reading, float]] = field(default_factory=list)
+    service_us: list[float] = field(default_factory=list)
 
     def median_pct(self, q: float) -> float:
         return statistics.median(reading.pct(q) for reading, _ in self.rounds)
@@ -350,7 +352,7 @@ class LiveRow:
 
 
 async def live_rounds(
-    readers: dict[str, ReaderFactory], publisher: Publisher, rounds: int
+    readers: dict[str, ReaderFactory], publisher: Publisher, rounds: int, service_pid: int
 ) -> dict[str, LiveRow]:
     """Each reader alone with a publisher paced at RATE, `rounds` times, the order rotated."""
     rows = {name: LiveRow(name) for name in readers}
@@ -359,6 +361,7 @@ async def live_rounds(
         print(f"  round {turn + 1}: {load()}")
         for name in names[turn % len(names) :] + names[: turn % len(names)]:
             subject = f"bench/{uuid.uuid4().hex[:12]}"
+            cpu = cpu_seconds(service_pid)
             (row,) = await run_readers(
                 {name: readers[name]},
                 subject,
@@ -366,18 +369,26 @@ async def live_rounds(
                 LIVE_EVENTS,
                 functools.partial(publisher.paced, subject, LIVE_EVENTS, RATE),
             )
+            rows[name].service_us.append((cpu_seconds(service_pid) - cpu) / LIVE_EVENTS * 1e6)
             rows[name].rounds.append(row)
     return rows
 
 
 def print_live(rows: dict[str, LiveRow]) -> None:
-    print(f"  {'reader':<40}{'slowest ev/s':>13}{'p50 ms':>9}{'p99 ms':>9}   p99 of each round")
+    print(
+        f"  {'reader':<40}{'slowest ev/s':>13}{'p50 ms':>9}{'p99 ms':>9}{'svc µs/ev':>11}"
+        "   p99 of each round"
+    )
     for row in rows.values():
         p99s = ", ".join(f"{reading.pct(0.99):.1f}" for reading, _ in row.rounds)
         print(
             f"  {row.name:<40}{row.slowest_rate():>13,.0f}{row.median_pct(0.5):>9.2f}"
-            f"{row.median_pct(0.99):>9.2f}   {p99s}"
+            f"{row.median_pct(0.99):>9.2f}{statistics.median(row.service_us):>11.0f}   {p99s}"
         )
+    print(
+        "  (svc µs/ev: the events service's CPU per event in each round, median; the bare "
+        "readers' is its idle cost)"
+    )
 
 
 def print_rows(title: str, rows: list[tuple[Reading, float]], show_latency: bool) -> None:
@@ -422,7 +433,7 @@ async def bench(root: Path) -> None:
     }
     configure_logging(settings, "bench")
     try:
-        async with service_process(["-m", "amelia_events"], env, root):
+        async with service_process(["-m", "amelia_events"], env, root) as service:
             address = f"127.0.0.1:{port}"
             await wait_serving(address)
             channel = aio_channel(address, settings)
@@ -433,7 +444,7 @@ async def bench(root: Path) -> None:
             log = EventLog(nc, settings, source="bench")
             try:
                 await publisher.ready()
-                await _phases(stub, log, publisher, readers_nc, settings.EVENTS_STREAM)
+                await _phases(stub, log, publisher, readers_nc, settings.EVENTS_STREAM, service.pid)
             finally:
                 await channel.close()
                 await readers_nc.close()
@@ -449,6 +460,7 @@ async def _phases(
     publisher: Publisher,
     readers_nc: NATS,
     stream: str,
+    service_pid: int,
 ) -> None:
     reader_log = EventLog(readers_nc, log.settings, source="bench")
 
@@ -477,7 +489,7 @@ async def _phases(
         f"\nlive, publish → receive: each reader alone with the publisher, {LIVE_ROUNDS} rounds "
         f"of {LIVE_EVENTS} events; medians of the rounds"
     )
-    live = await live_rounds(readers, publisher, LIVE_ROUNDS)
+    live = await live_rounds(readers, publisher, LIVE_ROUNDS, service_pid)
     print(f"  after: {load()}")
     print_live(live)
 
