@@ -58,7 +58,8 @@ export class ThreadStatePanel {
       event.preventDefault();
       this.submit();
     });
-    this.elements = [this.stateCard, this.historyCard, this.editForm];
+    // Side by side on a desktop: the state, and the history above the edit form.
+    this.elements = [this.stateCard, h("div", { class: "thread-side" }, this.historyCard, this.editForm)];
   }
 
   /** The thread's latest run: its status says whether an edit can land now, its target names the nodes. */
