@@ -55,3 +55,21 @@ def _b64(raw: bytes) -> str:
 def test_a_token_not_made_here_is_invalid_argument(token: str) -> None:
     with pytest.raises(InvalidArgumentError, match="next_page_token"):
         paging.decode_keyset(token)
+
+
+def test_a_token_is_bound_to_its_requests_other_parameters() -> None:
+    from amelia.v1 import agents_pb2
+
+    def scope(**fields: object) -> str:
+        return paging.request_scope(agents_pb2.ListRunsRequest(**fields))  # type: ignore[arg-type]
+
+    when = datetime(2026, 12, 1, tzinfo=UTC)
+    made = scope(order_by="duration", filter="input.n > 2", page_size=2)
+    token = paging.encode_keyset(when, "row", made)
+    # The page fields and spaces in order_by are not part of it.
+    same = scope(order_by=" duration ", filter="input.n > 2", page_size=9, page_token=token)
+    assert paging.decode_keyset(token, same) == (when, "row")
+    for other in (scope(filter="input.n > 2"), scope(order_by="duration"), ""):
+        with pytest.raises(InvalidArgumentError) as info:
+            paging.decode_keyset(token, other)
+        assert info.value.message == paging.DIFFERENT_REQUEST

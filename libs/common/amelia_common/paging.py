@@ -1,18 +1,29 @@
 """Paging every List RPC follows (AIP-158): the page-size rule (0 means the default, larger values
-are capped, a negative one is the caller's mistake) and opaque keyset page tokens."""
+are capped, a negative one is the caller's mistake) and opaque keyset page tokens, each bound to
+the request's other parameters (`request_scope`): a token reused with another order_by or filter
+is refused saying so, not taken for a position it does not mean."""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 from datetime import datetime
+
+from google.protobuf.message import Message
 
 from amelia_common.errors import InvalidArgumentError
 
 BAD_TOKEN = (
     "page_token is not one this service returned: pass a previous response's next_page_token"
 )
+DIFFERENT_REQUEST = (
+    "page_token was made for a different order_by/filter: repeat the request's other parameters"
+    " with it"
+)
+# A List request's fields that may change from page to page; every other one is the scope.
+PAGE_FIELDS = ("page_token", "page_size")
 
 
 def page_size(requested: int, default: int, maximum: int = 1000) -> int:
@@ -24,21 +35,38 @@ def page_size(requested: int, default: int, maximum: int = 1000) -> int:
     return min(requested or default, maximum)
 
 
-def encode_keyset(time: datetime, row_id: str) -> str:
-    """An opaque page token holding the keyset `(time, id)` of a page's last row."""
-    raw = json.dumps([time.isoformat(), row_id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+def request_scope(request: Message) -> str:
+    """A short fingerprint of a List request's parameters but its page (`PAGE_FIELDS`): its page
+    tokens carry it, so one used with other parameters is told so (AIP-158)."""
+    rest = type(request)()
+    rest.CopyFrom(request)
+    for name in PAGE_FIELDS:
+        if name in rest.DESCRIPTOR.fields_by_name:
+            rest.ClearField(name)
+    if "order_by" in rest.DESCRIPTOR.fields_by_name:  # spaces do not matter in it (AIP-132)
+        rest.order_by = " ".join(rest.order_by.split())  # type: ignore[attr-defined]
+    return hashlib.sha256(rest.SerializeToString(deterministic=True)).hexdigest()[:12]
 
 
-def decode_keyset(token: str) -> tuple[datetime, str]:
+def encode_keyset(time: datetime, row_id: str, scope: str = "") -> str:
+    """An opaque page token holding the keyset `(time, id)` of a page's last row, and the
+    `request_scope` of the request it answers."""
+    raw = json.dumps([time.isoformat(), row_id, scope] if scope else [time.isoformat(), row_id])
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_keyset(token: str, scope: str = "") -> tuple[datetime, str]:
     """The `(time, id)` an `encode_keyset` token holds; `errors.InvalidArgumentError` for anything
-    else (a token of another list, edited, truncated or made up)."""
+    else (a token of another list, edited, truncated or made up), or for a token made for a
+    request of another `scope`."""
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        when, row_id = json.loads(raw)
+        when, row_id, *made_for = json.loads(raw)
         time = datetime.fromisoformat(when)
     except (ValueError, TypeError, binascii.Error) as exc:
         raise InvalidArgumentError(BAD_TOKEN) from exc
-    if time.tzinfo is None or not isinstance(row_id, str):
+    if time.tzinfo is None or not isinstance(row_id, str) or len(made_for) > 1:
         raise InvalidArgumentError(BAD_TOKEN)
+    if (made_for or [""])[0] != scope:
+        raise InvalidArgumentError(DIFFERENT_REQUEST)
     return time, row_id

@@ -1,6 +1,8 @@
 """Keyset pages of the agents' List RPCs: `(create_time, id)` of the last row in the shared,
 opaque page token (`amelia_common.paging`) — or, for runs listed by duration or tokens, that key's
-value and the id. ListRuns' query (its fields, filter, order and page) is here too."""
+value and the id. Every token carries its request's scope (`paging.request_scope`: the request's
+parameters but its page), so one reused with another order or filter is told so. ListRuns' query
+(its fields, filter, order and page) is here too."""
 
 from __future__ import annotations
 
@@ -30,11 +32,17 @@ decode = paging.decode_keyset
 
 
 DEFAULT_PAGE_SIZE = 50
+# The time part of tokens that hold something else (an offset, a sort key's value).
+_EPOCH = datetime.fromtimestamp(0).astimezone()
 
 
-def keyset_page(requested: int, token: str) -> tuple[int, tuple[datetime, str] | None]:
-    """A List request's page size and the keyset its token resumes after (None: the start)."""
-    return paging.page_size(requested, DEFAULT_PAGE_SIZE), decode(token) if token else None
+def keyset_page(request: Any) -> tuple[int, tuple[datetime, str] | None, str]:
+    """A List request's page size, the keyset its token resumes after (None: the start), and
+    its scope (`paging.request_scope`, for the next page's token)."""
+    scope = paging.request_scope(request)
+    token = request.page_token
+    after = decode(token, scope) if token else None
+    return paging.page_size(request.page_size, DEFAULT_PAGE_SIZE), after, scope
 
 
 def page(
@@ -43,39 +51,42 @@ def page(
     key: str = "create_time",
     fit: Callable[[Sequence[Row]], int] = len,
     token: Callable[[Row], str] | None = None,
+    scope: str = "",
 ) -> tuple[Sequence[Row], str]:
     """The first `limit` of `limit + 1` fetched rows, and the token of the next page ("" at the end).
 
     The next page resumes after the last row kept: its `token`, by default the keyset the store
-    orders by (its `key`, a time, and its `id`). `fit` may cut the page shorter (how many of the
+    orders by (its `key`, a time, and its `id`), with the request's `scope`. `fit` may cut the page shorter (how many of the
     first `limit` rows to keep, e.g. `convert.PageFit` by bytes).
     """
     limit = min(limit, fit(rows[:limit]))
     if len(rows) <= limit:
         return rows, ""
     last: Any = rows[limit - 1]
-    next_token = token(last) if token else encode(getattr(last, key), str(last.id))
+    next_token = token(last) if token else encode(getattr(last, key), str(last.id), scope)
     return rows[:limit], next_token
 
 
-def offset_page(items: Sequence[M], offset: int, limit: int) -> tuple[Sequence[M], str]:
+def offset_page(
+    items: Sequence[M], offset: int, limit: int, scope: str = ""
+) -> tuple[Sequence[M], str]:
     """A page of a list read whole (a run's steps): up to `limit` items from `offset`, cut by
     bytes like the other List pages (`convert.fitting`), and the token of the next item."""
     window = items[offset : offset + limit]
     kept = window[: convert.fitting(window)]
     end = offset + len(kept)
-    return kept, offset_token(end) if end < len(items) else ""
+    return kept, offset_token(end, scope) if end < len(items) else ""
 
 
-def offset_token(offset: int) -> str:
+def offset_token(offset: int, scope: str = "") -> str:
     """A token for lists read whole and cut (a run's steps): the position of the next item."""
-    return encode(datetime.fromtimestamp(0).astimezone(), str(offset)) if offset else ""
+    return encode(_EPOCH, str(offset), scope) if offset else ""
 
 
-def offset_of(token: str) -> int:
+def offset_of(token: str, scope: str = "") -> int:
     if not token:
         return 0
-    _, value = decode(token)
+    _, value = decode(token, scope)
     if not value.isdigit():
         raise InvalidArgumentError(paging.BAD_TOKEN)
     return int(value)
@@ -110,11 +121,11 @@ class RunOrder:
             return or_(column < value, and_(column == value, RunRow.id < last))
         return or_(column > value, and_(column == value, RunRow.id > last))
 
-    def token(self, row: RunRow, value: Any) -> str:
+    def token(self, row: RunRow, value: Any, scope: str) -> str:
         if self.key == "create_time":
-            return encode(row.create_time, str(row.id))
+            return encode(row.create_time, str(row.id), scope)
         # The key and its exact value ride in the token's id part (the time is unused).
-        return encode(_EPOCH, f"{self.key}|{value}|{row.id}")
+        return encode(_EPOCH, f"{self.key}|{value}|{row.id}", scope)
 
     def _decode(self, token: tuple[datetime, str]) -> tuple[Any, uuid.UUID]:
         when, rest = token
@@ -130,7 +141,6 @@ class RunOrder:
             raise InvalidArgumentError(paging.BAD_TOKEN) from None
 
 
-_EPOCH = datetime.fromtimestamp(0).astimezone()
 RUN_ORDERS = {
     f"{key}{suffix}": RunOrder(key, suffix == " desc")
     for key in ("create_time", "duration", "usage.total_tokens")
@@ -153,9 +163,10 @@ async def list_runs(
     flt: RunFilter,
     order: RunOrder,
     fit: Callable[[Sequence[RunRow]], int] = len,
+    scope: str = "",
 ) -> tuple[list[RunRow], str]:
-    """One page of the runs `flt` keeps, in `order`, and the next page's token; `fit` as in
-    `page`."""
+    """One page of the runs `flt` keeps, in `order`, and the next page's token (for the
+    request's `scope`); `fit` as in `page`."""
     column = order.column()
     query = select(RunRow, column.label("sort_key")).where(*run_conditions(flt))
     if after is not None:
@@ -170,7 +181,7 @@ async def list_runs(
         found,
         limit,
         fit=lambda pairs: fit([row for row, _ in pairs]),
-        token=lambda pair: order.token(*pair),
+        token=lambda pair: order.token(pair[0], pair[1], scope),
     )
     return [row for row, _ in kept], token
 

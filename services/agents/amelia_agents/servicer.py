@@ -99,10 +99,10 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
     async def ListAgents(
         self, request: agents_pb2.ListAgentsRequest, context: Ctx
     ) -> agents_pb2.ListAgentsResponse:
-        limit, after = pagination.keyset_page(request.page_size, request.page_token)
+        limit, after, scope = pagination.keyset_page(request)
         fit = convert.PageFit(convert.agent_to_proto)
         found = await self.store.list_agents(limit + 1, after)
-        _, token = pagination.page(found, limit, fit=fit)
+        _, token = pagination.page(found, limit, fit=fit, scope=scope)
         return agents_pb2.ListAgentsResponse(agents=fit.messages, next_page_token=token)
 
     async def UpdateAgent(
@@ -141,14 +141,15 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
     async def ListThreads(
         self, request: agents_pb2.ListThreadsRequest, context: Ctx
     ) -> agents_pb2.ListThreadsResponse:
-        limit, after = pagination.keyset_page(request.page_size, request.page_token)
+        limit, after, scope = pagination.keyset_page(request)
         order_by = " ".join(request.order_by.split()) or "create_time"
         if order_by not in THREAD_ORDERS:
             raise InvalidArgumentError(f"order_by must be one of: {', '.join(THREAD_ORDERS)}")
         where = threadstate.metadata_condition(request.metadata_filter)
         found = await self.store.list_threads(limit + 1, after, order_by, where)
         fit = convert.PageFit(_thread)
-        _, token = pagination.page(found, limit, key=order_by.split()[0], fit=fit)
+        key = order_by.split()[0]
+        _, token = pagination.page(found, limit, key=key, fit=fit, scope=scope)
         return agents_pb2.ListThreadsResponse(threads=fit.messages, next_page_token=token)
 
     async def DeleteThread(
@@ -343,7 +344,7 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
     async def ListRuns(
         self, request: agents_pb2.ListRunsRequest, context: Ctx
     ) -> agents_pb2.ListRunsResponse:
-        limit, after = pagination.keyset_page(request.page_size, request.page_token)
+        limit, after, scope = pagination.keyset_page(request)
         flt = RunFilter()
         try:
             flt.statuses = [convert.STATUS_FROM_PROTO[s] for s in request.statuses]
@@ -365,7 +366,8 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         flt.condition = filtering.compile_filter(request.filter)
         order = pagination.run_order(request.order_by)
         fit = convert.PageFit(convert.run_to_proto)
-        _, token = await pagination.list_runs(self.store.sessions, limit, after, flt, order, fit)
+        sessions = self.store.sessions
+        _, token = await pagination.list_runs(sessions, limit, after, flt, order, fit, scope)
         return agents_pb2.ListRunsResponse(runs=fit.messages, next_page_token=token)
 
     async def CancelRun(
@@ -419,10 +421,11 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
     ) -> agents_pb2.ListRunStepsResponse:
         row = await self._get_run(request.parent)
         limit = paging.page_size(request.page_size, STEPS_PAGE_DEFAULT, STEPS_PAGE_MAX)
-        offset = pagination.offset_of(request.page_token)
+        scope = paging.request_scope(request)
+        offset = pagination.offset_of(request.page_token, scope)
         cancelled = row.error if row.status == RunState.CANCELLED.value else None
         found = steps.to_steps(await steps.history(row, self.checkpointer), cancelled)
-        page, token = pagination.offset_page(found, offset, limit)
+        page, token = pagination.offset_page(found, offset, limit, scope)
         return agents_pb2.ListRunStepsResponse(steps=page, next_page_token=token)
 
     async def RerunRun(

@@ -1,0 +1,53 @@
+"""A page token is bound to the request's other parameters (AIP-158): reused with another
+order_by or filter it is refused saying so, not called one the service never returned."""
+
+from __future__ import annotations
+
+import httpx
+from gateway_helpers import Mesh
+
+
+async def _runs(http: httpx.AsyncClient, **params: object) -> httpx.Response:
+    return await http.get("/v1/runs", params={"pageSize": 2, **params})
+
+
+async def test_a_token_reused_with_another_order_or_filter_says_so(mesh: Mesh) -> None:
+    http = mesh.http
+    reply = await http.post(
+        "/v1/agents", json={"agent": {"displayName": "Pager", "model": "offline:echo"}}
+    )
+    assert reply.status_code == 200, reply.text
+    agent = reply.json()["agent"]["name"]
+    created = []
+    for i in range(3):
+        run = await http.post(
+            "/v1/runs", json={"run": {"agent": agent, "input": {"message": f"m{i}"}}}
+        )
+        assert run.status_code == 200, run.text
+        created.append(run.json()["run"]["name"])
+
+    first = (await _runs(http, agent=agent, orderBy="duration")).json()
+    token = first["nextPageToken"]
+    assert token and len(first["runs"]) == 2
+
+    for changed in (
+        {"agent": agent},
+        {"orderBy": "duration"},
+        {"agent": agent, "orderBy": "create_time"},
+    ):
+        refused = await _runs(http, pageToken=token, **changed)
+        assert refused.status_code == 400, (changed, refused.text)
+        assert refused.json()["message"] == (
+            "page_token was made for a different order_by/filter: repeat the request's other"
+            " parameters with it"
+        ), changed
+
+    # The same parameters (spaces in order_by do not matter, the page size may change) go on.
+    rest = await _runs(http, agent=agent, orderBy=" duration ", pageSize=5, pageToken=token)
+    assert rest.status_code == 200, rest.text
+    names = [r["name"] for r in first["runs"] + rest.json()["runs"]]
+    assert sorted(names) == sorted(created)
+
+    made_up = await _runs(http, agent=agent, pageToken="garbage!")
+    assert made_up.status_code == 400
+    assert "is not one this service returned" in made_up.json()["message"]
