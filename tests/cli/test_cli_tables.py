@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from amelia_cli.client import Column, listing
 from amelia_cli.commands.agents import AGENT_COLUMNS, RUN_COLUMNS, question_lines
 from amelia_cli.commands.status import endpoints_table
-from amelia_cli.health import Probe
+from amelia_cli.health import Probe, postgres_address, silent_detail
 from amelia_cli.main import app
 
 RUNS = [
@@ -121,3 +121,50 @@ def test_status_keeps_addresses_and_log_paths_whole_at_80_columns() -> None:
         assert "http://127.0.0.1:8081/v1" in row, "\n".join(lines)  # was '…8081/' and 'v1'
         assert "killed by SIGKILL" in next(line for line in lines if "gateway" in line)
         assert f"[1] {LOG}" in lines and f"[2] {LOG}" in lines, "\n".join(lines)
+
+
+SOCKET = "/home/someone/projects/amelia/.amelia/postgres"
+REPLICAS = [
+    Probe("events", "grpc://127.0.0.1:50051", "SERVING"),
+    Probe("events-2", "grpc://127.0.0.1:50054", "SERVING"),
+    Probe("agents", "grpc://127.0.0.1:50053", "SERVING"),
+    Probe("agents-2", "grpc://127.0.0.1:50056", "NO_ANSWER", silent_detail()),
+    Probe("nats", "nats://127.0.0.1:4222, nats://127.0.0.1:4223", "SERVING", "JetStream: 2"),
+    Probe(
+        "postgres",
+        *postgres_address(f"postgresql://amelia@/amelia?host={SOCKET}")[:1],
+        "SERVING",
+        f"pgvector 0.8.5; socket: {SOCKET}",
+    ),
+    Probe("local-model", "http://127.0.0.1:8081/v1", "NOT_SERVING", f"qwen2.5, log: {LOG}"),
+]
+
+
+def test_status_of_replicas_keeps_each_host_and_port_whole_at_80_columns() -> None:
+    """`amelia up --replicas 2` with a frozen agents replica: `grpc://127.0.0.1:500` / `56`
+    no more; a cluster's NATS servers a line each; the embedded PostgreSQL's socket folder
+    under the table; the frozen replica said in words."""
+    out = io.StringIO()
+    Console(file=out, width=80, color_system=None).print(endpoints_table(REPLICAS))
+    shown = out.getvalue()
+    lines = shown.splitlines()
+    assert max(len(line) for line in lines) <= 80, shown
+    for probe in REPLICAS:
+        for address in probe.address.split(", "):
+            assert f"│ {address} " in shown, shown
+    assert "│ agents-2    │ grpc://127.0.0.1:50056 " in shown, shown
+    frozen = lines.index(next(line for line in lines if "agents-2" in line))
+    said = " ".join(line.split("│")[4].strip() for line in lines[frozen : frozen + 3])
+    assert said == "no answer within 2 s (frozen or overloaded?)", shown
+    assert f"[1] {SOCKET}" in lines, shown
+
+
+def test_postgres_is_named_without_credentials_or_its_socket_path() -> None:
+    assert postgres_address("postgresql://amelia:secret@db.example:5432/amelia") == (
+        "db.example:5432/amelia",
+        "",
+    )
+    assert postgres_address(f"postgresql://amelia@/amelia?host={SOCKET}") == (
+        "amelia (socket)",
+        SOCKET,
+    )

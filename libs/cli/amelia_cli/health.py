@@ -13,10 +13,12 @@ from __future__ import annotations
 import asyncio
 import importlib
 import socket
+import urllib.error
 import urllib.request
 from collections.abc import Awaitable
 from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -29,6 +31,15 @@ from amelia_common.settings import Settings
 
 # What a health check answers about a name the service does not report.
 _NO_ANSWER = ("UNREACHABLE", "NOT_FOUND", "SERVICE_UNKNOWN", "UNKNOWN")
+
+# A part that accepts the connection but does not answer in time (frozen by SIGSTOP, or too
+# busy): said in words, not as gRPC's DEADLINE_EXCEEDED with nothing beside it.
+SILENT = "NO_ANSWER"
+PROBE_SECONDS = 2.0
+
+
+def silent_detail(timeout: float = PROBE_SECONDS) -> str:
+    return f"no answer within {timeout:g} s (frozen or overloaded?)"
 
 
 @dataclass
@@ -46,22 +57,30 @@ class Probe:
         return self.status in ("SERVING", "OFF")
 
 
-async def grpc_health(settings: Settings, address: str, service: str, timeout: float = 2.0) -> str:
-    """The grpc.health.v1 status name, or UNREACHABLE."""
+async def grpc_health(
+    settings: Settings, address: str, service: str, timeout: float = PROBE_SECONDS
+) -> str:
+    """The grpc.health.v1 status name, UNREACHABLE, or NO_ANSWER (none within `timeout`)."""
     async with aio_channel(address, settings) as channel:
         try:
             reply = await health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout
             )
         except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                return SILENT
             return "UNREACHABLE" if exc.code() == grpc.StatusCode.UNAVAILABLE else exc.code().name
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
 
 
-def http_health(url: str, timeout: float = 2.0) -> str:
+def http_health(url: str, timeout: float = PROBE_SECONDS) -> str:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as reply:
             return "SERVING" if reply.status == 200 else f"HTTP {reply.status}"
+    except TimeoutError:
+        return SILENT
+    except urllib.error.URLError as exc:
+        return SILENT if isinstance(exc.reason, TimeoutError) else "UNREACHABLE"
     except OSError:
         return "UNREACHABLE"
 
@@ -104,10 +123,11 @@ async def probe_service(settings: Settings, spec: ServiceSpec, address: str = ""
     address = address or service_address(settings, spec)
     if spec.grpc_service:
         status = await grpc_health(settings, address, spec.grpc_service)
-        return Probe(spec.name, f"grpc://{address}", status)
-    url = f"http://{address}/healthz"
-    status = await asyncio.to_thread(http_health, url)
-    return Probe(spec.name, f"http://{address}", status)
+        shown = f"grpc://{address}"
+    else:
+        status = await asyncio.to_thread(http_health, f"http://{address}/healthz")
+        shown = f"http://{address}"
+    return Probe(spec.name, shown, status, silent_detail() if status == SILENT else "")
 
 
 async def connect_briefly(settings: Settings) -> Any:
@@ -189,18 +209,30 @@ async def probe_postgres(settings: Settings) -> Probe:
     from amelia_common.db import libpq_url
 
     url = libpq_url(settings.DATABASE_URL)
-    shown = url.split("@")[-1]
+    shown, socket_dir = postgres_address(url)
+    where = f"; socket: {socket_dir}" if socket_dir else ""
     try:
         conn = await asyncpg.connect(url, timeout=3)
     except Exception as exc:  # noqa: BLE001 - reported as a status
-        return Probe("postgres", shown, "UNREACHABLE", str(exc))
+        return Probe("postgres", shown, "UNREACHABLE", f"{exc}{where}")
     try:
         version = await conn.fetchval(
             "SELECT extversion FROM pg_extension WHERE extname = 'vector'"
         )
     finally:
         await conn.close()
-    return Probe("postgres", shown, "SERVING", f"pgvector {version or 'missing'}")
+    return Probe("postgres", shown, "SERVING", f"pgvector {version or 'missing'}{where}")
+
+
+def postgres_address(url: str) -> tuple[str, str]:
+    """How `amelia status` names the database: `host:port/db`, no credentials; one on a Unix
+    socket (the embedded one) as `db (socket)` and the socket's folder apart (a path of 50
+    characters in the address column left no room for the rest at 80 columns)."""
+    parts = urlsplit(url)
+    socket_dir = next((h for h in parse_qs(parts.query).get("host", []) if h.startswith("/")), "")
+    if socket_dir:
+        return f"{parts.path.lstrip('/') or 'postgres'} (socket)", socket_dir
+    return url.split("@")[-1], ""
 
 
 async def probe_dependency(settings: Settings, name: str) -> Probe:

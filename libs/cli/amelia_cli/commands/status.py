@@ -17,13 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from rich.cells import cell_len
-from rich.console import Console, ConsoleOptions, Group, RenderResult
+from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
 from amelia.v1 import agents_pb2, agents_pb2_grpc
-from amelia_cli.client import FOLDED_AT_LEAST
 from amelia_cli.health import Probe, StreamState, probe_all, stream_states
 from amelia_cli.mesh import SERVICES, client_target
 from amelia_common.grpc_client import aio_channel
@@ -33,17 +31,21 @@ from amelia_common.settings import Settings
 AGENTS = next(spec for spec in SERVICES if spec.name == "agents")
 
 
-# A log file named in a part's detail (the local model's, a given-up service's).
-_LOG_PATH = re.compile(r"(?<=log: )\S+")
+# A file or folder named in a part's detail: a log (the local model's, a given-up service's),
+# PostgreSQL's socket folder.
+_LOG_PATH = re.compile(r"(?<=log: )\S+|(?<=socket: )\S+")
 
 
 def endpoints_table(probes: list[Probe]) -> Group:
-    """One row per part of the mesh (per replica of a service); the log files they name are
-    listed under the table, each whole on its line (in an 80-column detail cell a path was cut
-    mid-name: `…/llama/l` `lama-server.log`)."""
+    """One row per part of the mesh (per replica of a service). An address is never split:
+    at 80 columns with `--replicas 2` rich folded the widest column, the address, mid-port
+    (`grpc://127.0.0.1:500` / `56`) and replicas could not be told apart; the detail column
+    wraps instead, and a list of addresses (a NATS cluster's) takes a line each. The log files
+    the details name are listed under the table, each whole on its line (in a detail cell a
+    path was cut mid-name: `…/llama/l` `lama-server.log`)."""
     table = Table(title="Amelia mesh", title_justify="left")
     table.add_column("part")
-    table.add_column("address", overflow="fold")
+    table.add_column("address", no_wrap=True, overflow="ellipsis")
     table.add_column("status")
     table.add_column("detail", overflow="fold")
     logs: list[str] = []
@@ -55,27 +57,10 @@ def endpoints_table(probes: list[Probe]) -> Group:
     for p in probes:
         colour = "green" if p.ok else "red"
         detail = _LOG_PATH.sub(noted, p.detail)
-        table.add_row(p.name, Text(p.address), Text(p.status, style=colour), Text(detail))
+        address = Text(p.address.replace(", ", "\n"))
+        table.add_row(p.name, address, Text(p.status, style=colour), Text(detail))
     notes = [Text(f"[{i}] {path}", overflow="ignore") for i, path in enumerate(logs, 1)]
-    rows = [("part", "address", "status"), *((p.name, p.address, p.status) for p in probes)]
-    before_detail = sum(max(cell_len(row[i]) for row in rows) for i in range(3))
-    return Group(_AddressesWhole(table, before_detail), *notes)
-
-
-class _AddressesWhole:
-    """The endpoints table, its addresses kept whole while the detail column still gets
-    FOLDED_AT_LEAST cells: rich narrows the widest folding column first, then all alike, so on
-    80 columns `http://127.0.0.1:8081/v1` lost its `v1` to a line of its own."""
-
-    def __init__(self, table: Table, before_detail: int) -> None:
-        self.table = table
-        self.before_detail = before_detail  # cells of the part, address and status columns
-
-    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        # Each of the 4 columns: a space either side and a border; one more border at the end.
-        needed = self.before_detail + FOLDED_AT_LEAST + 3 * 4 + 1
-        self.table.columns[1].no_wrap = needed <= options.max_width
-        yield self.table
+    return Group(table, *notes)
 
 
 def _copy(node: str, current: bool, behind: int) -> str:
