@@ -14,6 +14,7 @@ import grpc
 from starlette.responses import JSONResponse
 
 from amelia_common.errors import shorten_echoes
+from amelia_common.grpc_server import REQUEST_ID
 
 HTTP_STATUS: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.OK: 200,
@@ -120,19 +121,26 @@ def from_rpc_error(
     """An upstream failure as a GatewayError, with a message that names the service.
 
     `reached`: whether the channel to the service is up (READY) now that the call failed. An
-    UNAVAILABLE through a channel that is not is gRPC's own, whatever its words ("failed to
-    connect to all addresses", "Socket closed", "errors resolving …"): the service itself cannot
-    be reached, and which of the mesh's services that is, is what a person needs to know. An
-    UNAVAILABLE the service sent (READY) names its own dependency and is passed on as it is.
+    UNAVAILABLE the service sent names its own dependency and is passed on as it is; it comes
+    through a READY channel with the request id every status of the mesh's servicers carries
+    (`amelia_common.grpc_server`). Any other UNAVAILABLE is gRPC's own, whatever its words
+    ("failed to connect to all addresses", "Socket closed", "Stream removed (ping timeout)" from
+    a frozen service, whose channel still reads READY a moment after): the service itself cannot
+    be reached, and which of the mesh's services that is, is what a person needs to know.
     """
     code = exc.code()
     message = exc.details() or code.name
     name = _SERVICE_NAMES.get(service, service)
-    if code == grpc.StatusCode.UNAVAILABLE and not reached:
+    if code == grpc.StatusCode.UNAVAILABLE and not (reached and _from_servicer(exc)):
         message = f"the {name} service at {address} is unavailable ({message})"
     elif code == grpc.StatusCode.DEADLINE_EXCEEDED and message in ("Deadline Exceeded", ""):
         message = f"the {name} service did not answer before the deadline"
     return GatewayError(code, message, service=service)
+
+
+def _from_servicer(exc: grpc.aio.AioRpcError) -> bool:
+    """Whether the status was sent by one of the mesh's servicers (its request id trailer)."""
+    return any(key == REQUEST_ID for key, _ in exc.trailing_metadata() or ())
 
 
 def error_response(exc: GatewayError, request_id: str = "") -> JSONResponse:

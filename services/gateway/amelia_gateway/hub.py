@@ -64,6 +64,8 @@ CALLER_ERRORS = {
     grpc.StatusCode.OUT_OF_RANGE,
 }
 MAX_BACKOFF = 2.0
+# How a notice that a stream is interrupted (`final: false`) ends.
+RESUMES = "; waiting for it, the events follow once it is back"
 # Live events a catch-up feed buffers while its own stream replays history.
 CATCH_UP_BUFFER = 10_000
 # Most events per StreamEvents message asked of the events service (events already read go
@@ -239,7 +241,7 @@ class UpstreamStream:
         if not self.failing:
             self.failing = True
             waiting = waiting_for(upstream, dependency)
-            waiting.message += "; waiting for it, the events follow once it is back"
+            waiting.message += RESUMES
             log.warning(
                 "upstream stream waits for a dependency", rpc=self.rpc, error=waiting.message
             )
@@ -305,6 +307,7 @@ class UpstreamStream:
                 return
             if not self.failing:
                 log.warning("upstream stream interrupted", rpc=self.rpc, error=error.message)
+                error.message += RESUMES
                 self.on_error(error, False)
                 self.failing = True
             await asyncio.sleep(delay)
