@@ -50,6 +50,7 @@ window.amelia = { socket, api, ctx };
 
 let unmount = null;
 let firstRoute = true;
+let shownPath = null;
 
 function route() {
   const path = (window.location.hash || "#/status").slice(1).split("?")[0];
@@ -77,6 +78,11 @@ function route() {
   }
   unmount = found.view.mount(main, ctx, match ? match.slice(1) : []) || null;
   document.body.dataset.view = found.tab;
+  // A new screen opens at its top: the page keeps the old one's scroll otherwise (on a phone,
+  // "Start run" low in the runs form opened the run below its title and status). A change of
+  // the query alone (a list's filter) is the same screen: it keeps its place.
+  if (shownPath !== null && path !== shownPath) window.scrollTo(0, 0);
+  shownPath = path;
   // Move focus to the new screen's heading (not on first load: keep the skip link first).
   const heading = main.querySelector("h1");
   if (heading) {

@@ -1,0 +1,30 @@
+"""A new screen opens at its top (session 13's QA): on a phone, "Start run" sits low in the runs
+form, and the new run's page opened scrolled down past its title and status (scrollY 562 at
+390×844), while at 1280×800 it opened at the top."""
+
+from __future__ import annotations
+
+import pytest
+from dashboard_helpers import Mesh
+from dashboard_pages import expect_status, start_run
+from playwright.sync_api import Browser, expect
+from test_dashboard_features import DESKTOP, PHONE, _checked_page
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("size", ["phone", "desktop"])
+def test_the_new_runs_page_opens_at_its_top(size: str, browser: Browser, mesh: Mesh) -> None:
+    viewport = PHONE if size == "phone" else DESKTOP
+    with _checked_page(browser, mesh, viewport) as page:
+        page.goto("/#/runs")
+        page.wait_for_selector('#run-target option[value="workflows/echo"]', state="attached")
+        page.locator("#run-start").scroll_into_view_if_needed()
+        if size == "phone":  # the button is below the first screen: the page was scrolled
+            assert page.evaluate("window.scrollY") > 0
+        start_run(page, "workflows/echo", {"message": "top of the page"})
+        expect_status(page, "RUN_STATUS_COMPLETED")
+        assert page.evaluate("window.scrollY") == 0
+        heading = page.locator("main h1").bounding_box()
+        assert heading is not None and 0 <= heading["y"] < viewport["height"] / 2, heading
+        expect(page.locator("#run-status")).to_be_in_viewport()
