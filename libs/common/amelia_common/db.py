@@ -43,8 +43,11 @@ def libpq_url(url: str) -> str:
     return url
 
 
-def create_engine(settings: Settings, url: str | None = None) -> AsyncEngine:
+def create_engine(settings: Settings, url: str | None = None, held: int = 0) -> AsyncEngine:
     """The service's engine: a bounded pool that replaces connections PostgreSQL closed.
+
+    `held`: connections callers hold for long (an agents worker loop's run lock), kept on top of
+    DATABASE_POOL_SIZE (`amelia_common.connections`).
 
     No ping per checkout (it cost BEGIN, `;`, ROLLBACK: three round trips each time): a
     connection the server closed (a restart) is known to asyncpg as closed as soon as the server
@@ -61,7 +64,7 @@ def create_engine(settings: Settings, url: str | None = None) -> AsyncEngine:
     """
     engine = create_async_engine(
         asyncpg_url(url or settings.DATABASE_URL),
-        pool_size=settings.DATABASE_POOL_SIZE,
+        pool_size=settings.DATABASE_POOL_SIZE + held,
         max_overflow=settings.DATABASE_MAX_OVERFLOW,
         pool_timeout=settings.DATABASE_POOL_TIMEOUT_SECONDS,
         connect_args={"timeout": settings.DATABASE_CONNECT_TIMEOUT_SECONDS},

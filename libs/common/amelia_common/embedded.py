@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from amelia_common.connections import EMBEDDED_MAX_CONNECTIONS_AT_LEAST, embedded_max_connections
 from amelia_common.logging import get_logger
 from amelia_common.ports import free_port as free_port
 from amelia_common.ports import port_is_free as port_is_free
@@ -174,6 +175,8 @@ class EmbeddedPostgres(EmbeddedServer):
 
     root: Path
     started_here: bool = False
+    # Written into postgresql.conf before each start (`connections.embedded_max_connections`).
+    max_connections: int = EMBEDDED_MAX_CONNECTIONS_AT_LEAST
     _server: Any = field(default=None, repr=False)
     _stop_at_exit: bool = field(default=False, repr=False)
     _socket_dir: Path | None = field(default=None, repr=False)
@@ -212,6 +215,7 @@ class EmbeddedPostgres(EmbeddedServer):
                 starting = self.pid() is None
                 if starting:
                     self._remove_stale_lock_files()
+                    _set_max_connections(self.pgdata / "postgresql.conf", self.max_connections)
                 _again_if_it_crashed(self._server.ensure_postgres_running)
         except Exception as exc:
             raise EmbeddedStartError(
@@ -272,6 +276,14 @@ class EmbeddedPostgres(EmbeddedServer):
         self._socket_dir = self._socket_dir_in_pid_file() or self._socket_dir
         if pid is not None:
             stop_process(pid, POSTGRES_STOP)
+
+
+def _set_max_connections(conf: Path, value: int) -> None:
+    """Set max_connections in a stopped server's postgresql.conf (initdb wrote 100 there)."""
+    lines = conf.read_text().splitlines(keepends=True)
+    line = f"max_connections = {value}\t\t# amelia_common.connections\n"
+    kept = [old for old in lines if not old.startswith("max_connections")]
+    conf.write_text("".join([*kept, line]))
 
 
 def _again_if_it_crashed(step: Callable[[], object]) -> None:
@@ -447,7 +459,7 @@ def ensure_infrastructure(
     infra = Infrastructure(settings)
     root = settings.data_dir
     if postgres and not settings.DATABASE_URL:
-        infra.postgres = EmbeddedPostgres(root)
+        infra.postgres = EmbeddedPostgres(root, max_connections=embedded_max_connections(settings))
         updates["DATABASE_URL"] = infra.postgres.start()
     if nats and not settings.NATS_URL:
         infra.nats = EmbeddedNats(root, settings.EMBEDDED_NATS_PORT)

@@ -91,8 +91,10 @@ class Settings(BaseSettings):
 
     # Database (empty: embedded PostgreSQL under the data dir)
     DATABASE_URL: str = ""
-    DATABASE_POOL_SIZE: int = 10
-    DATABASE_MAX_OVERFLOW: int = 20
+    # Per process; an agents process adds 2 per worker loop (amelia_common.connections): the
+    # default mesh at `--replicas 3` opens at most 90, under a stock max_connections of 100.
+    DATABASE_POOL_SIZE: int = 2
+    DATABASE_MAX_OVERFLOW: int = 2
     # A frozen or overloaded PostgreSQL: a new connection that gets no answer within
     # DATABASE_CONNECT_TIMEOUT_SECONDS, or a call that waits DATABASE_POOL_TIMEOUT_SECONDS for a
     # pooled connection (all busy), fails UNAVAILABLE naming PostgreSQL instead of waiting.
@@ -157,7 +159,9 @@ class Settings(BaseSettings):
     LOCAL_MODEL_MAX_TOKENS: int = Field(default=1024, ge=1)
 
     # Agents' workers
-    AGENT_WORKERS: int = Field(default=2, ge=0)
+    # Worker loops per agents process: a loop waiting on a model costs little (no thread, two
+    # held PostgreSQL connections), so quick runs are not queued behind slow ones.
+    AGENT_WORKERS: int = Field(default=10, ge=0)
     RUN_ACK_WAIT_SECONDS: float = Field(default=30, gt=0)
     # JetStream work-queue stream the runs wait in (separate from the events stream).
     RUNS_QUEUE_STREAM: str = Field(default="AMELIA_RUNS", pattern=r"^[A-Za-z0-9_-]+$")

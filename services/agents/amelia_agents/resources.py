@@ -19,12 +19,14 @@ from typing import Any
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from amelia_agents import queue, workflows
 from amelia_agents.checkpoints import open_checkpointer
 from amelia_agents.lifecycle import RunEvents
 from amelia_agents.store import Store
+from amelia_common import connections
 from amelia_common.db import create_engine, run_migrations, session_factory, wait_for_database
 from amelia_common.eventlog import EventLog
 from amelia_common.logging import get_logger
@@ -76,23 +78,45 @@ async def _close_all(closers: list[Closer]) -> None:
             log.exception("closing failed", closer=getattr(closer, "__qualname__", repr(closer)))
 
 
+# The connections a client without superuser rights can open, and those open now.
+_CONNECTION_ROOM = text(
+    "SELECT current_setting('max_connections')::int"
+    " - current_setting('superuser_reserved_connections')::int"
+    " - coalesce(current_setting('reserved_connections', true), '0')::int,"
+    " (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')"
+)
+
+
+async def _check_connections_fit(engine: AsyncEngine, settings: Settings) -> None:
+    """Stop the start if this process's pools alone exceed the server's max_connections; warn
+    if they do next to the connections already open (other replicas, other services)."""
+    async with engine.connect() as conn:
+        available, in_use = (await conn.execute(_CONNECTION_ROOM)).one()
+    warning = connections.check_fits(settings, available, in_use)
+    if warning:
+        log.warning("postgres connections may run out", detail=warning)
+
+
 async def open_resources(settings: Settings, client_name: str) -> Resources:
     """Open everything in order; `client_name` names the NATS connection (`amelia-agents`,
     `amelia-agents-worker`). Plugins in AGENT_WORKFLOW_MODULES are loaded first, so a wrong
     module name stops the start before anything is opened.
 
-    The checkpoint pool has a connection for each worker loop on top of DATABASE_POOL_SIZE: a
-    pick-up holds one for its whole run (`checkpoints.for_pickup`), so AGENT_WORKERS loops
-    never leave the API's checkpoint reads (GetState, steps) waiting for the pool."""
+    Both pools have a connection for each worker loop on top of DATABASE_POOL_SIZE: a running
+    run holds its lock on an engine connection (`locks`) and its pick-up's checkpoint
+    connection (`checkpoints.for_pickup`), so AGENT_WORKERS busy loops never leave the API's
+    calls waiting for a pool. A server whose max_connections cannot take this process's pools
+    stops the start (`connections.check_fits`)."""
     workflows.load_plugins(settings.AGENT_WORKFLOW_MODULES)
     closers: list[Closer] = []
     try:
-        engine = create_engine(settings)
+        engine = create_engine(settings, held=connections.engine_held(settings))
         closers.append(engine.dispose)
         await wait_for_database(engine)
+        await _check_connections_fit(engine, settings)
         await migrate(engine)
         checkpoints, saver = await open_checkpointer(
-            settings, max_size=settings.DATABASE_POOL_SIZE + max(settings.AGENT_WORKERS, 1)
+            settings, max_size=connections.checkpoint_pool_size(settings)
         )
         closers.append(checkpoints.close)
         nc = await connect_nats(settings, client_name)
