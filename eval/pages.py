@@ -15,7 +15,7 @@ setting a JSON object; the first is the baseline the others' rose/fell counts co
   vector leg ranking each chunk by the better cosine of the two, the keyword leg reading the
   stripped form.
 
-Printed like eval.tune: the tune split unless EVAL_SPLIT says otherwise (other splits:
+Printed like eval.tune: the tuning splits (tune, tune2) unless EVAL_SPLIT says otherwise (other splits:
 aggregates and how many questions rose/fell only).
 
 `ceiling`: for every split (aggregates only), the right passage's rank if the right page were
@@ -48,10 +48,8 @@ from amelia_rag.search import (
     reading_order,
     vector_ranking,
 )
-from eval.__main__ import TOP_K
 from eval.corpus import SPLITS, questions, words
-from eval.score import HEADER, row
-from eval.tune import SPLIT, EvalDatabase, eval_database, measure
+from eval.tune import EvalDatabase, compare, eval_database
 
 PAGE_DEPTH = 200
 _STEM = re.compile(
@@ -201,18 +199,7 @@ def rescored(hits: dict[uuid.UUID, Hit], scores: dict[uuid.UUID, float]) -> list
 
 async def run_search(settings: list[dict[str, Any]]) -> None:
     async with eval_database() as db:
-        asked = [q for q in questions() if SPLIT in ("all", q.split)]
-        print(f"{len(db.files)} pages, {len(asked)} {SPLIT} questions, top {TOP_K}\n\n{HEADER}")
-        first: dict[int, int] | None = None
-        for setting in settings:
-            scored, ranks = await measure(db, VariantSearcher(db, setting), asked, "hybrid")
-            first = first or ranks
-            moved = (
-                f"{sum(ranks[i] < first[i] for i in ranks)} rose /"
-                f" {sum(ranks[i] > first[i] for i in ranks)} fell"
-            )
-            shown = f"{scored.misses} {moved}" if SPLIT == "tune" else moved
-            print(row(f"hybrid {json.dumps(setting)}", scored), shown, flush=True)
+        await compare(db, settings, lambda setting: VariantSearcher(db, setting))
 
 
 async def ceiling() -> None:

@@ -1,5 +1,5 @@
-"""`python -m eval.tune`: the service's search with its ranking constants varied, on the tune
-split only (the held-out half is never looked at here).
+"""`python -m eval.tune`: the service's search with its ranking constants varied, on the tuning
+splits only (tune and tune2; held-out and fresh are never looked at here).
 
 Runs on the database a previous `make eval` left under AMELIA_EVAL_DIR (every page indexed) and
 the embedding cache, so each setting costs only its searches. Each argument is a JSON object of
@@ -7,7 +7,8 @@ the embedding cache, so each setting costs only its searches. Each argument is a
 (default hybrid) and `merge` (merge_chars); with none, the service's defaults. Prints one row per
 setting, with the questions whose right passage is not in the top 5.
 
-`EVAL_SPLIT=held-out` (or fresh, all) measures a mechanism already chosen on the tune split, once,
+`EVAL_SPLIT` names the splits asked, comma-separated (default `tune,tune2`; `all`: every one).
+`EVAL_SPLIT=held-out` (or fresh) measures a mechanism already chosen on the tuning splits, once,
 on another split: only aggregates are printed there, and how many questions' right passage rose
 or fell against the first setting of the same mode — never which ones, so nothing is chosen on
 them.
@@ -19,7 +20,7 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +39,20 @@ from eval.cache import CachedEmbedder, EmbeddingCache
 from eval.corpus import Question, questions
 from eval.score import HEADER, Ranked, Scores, first_rank, row, score
 
-SPLIT = os.environ.get("EVAL_SPLIT", "tune")
+SPLIT = os.environ.get("EVAL_SPLIT", "tune,tune2")
+# The splits a change is chosen on: only their misses are printed question by question.
+TUNING = ("tune", "tune2")
+
+
+def asked_questions() -> list[Question]:
+    """The questions of the splits EVAL_SPLIT names."""
+    chosen = SPLIT.split(",")
+    return [q for q in questions() if "all" in chosen or q.split in chosen]
+
+
+def tuning_only() -> bool:
+    """Whether only tuning splits are asked (then misses may be shown by question)."""
+    return set(SPLIT.split(",")) <= set(TUNING)
 
 
 @dataclass
@@ -93,7 +107,7 @@ async def measure(
 
 async def tune(settings_to_try: list[dict[str, Any]]) -> None:
     async with eval_database() as db:
-        asked = [q for q in questions() if SPLIT in ("all", q.split)]
+        asked = asked_questions()
         defaults = {k: getattr(search, k) for s in settings_to_try for k in s if k.isupper()}
         print(f"{len(db.files)} pages, {len(asked)} {SPLIT} questions, top {TOP_K}\n\n{HEADER}")
         first: dict[str, dict[int, int]] = {}
@@ -106,12 +120,31 @@ async def tune(settings_to_try: list[dict[str, Any]]) -> None:
             searcher = Searcher(db.sessions, db.embedder, merge_chars=merge)
             scored, ranks = await measure(db, searcher, asked, mode)
             before = first.setdefault(mode, ranks)
-            moved = (
-                f"{sum(ranks[i] < before[i] for i in ranks)} rose /"
-                f" {sum(ranks[i] > before[i] for i in ranks)} fell"
-            )
-            shown = scored.misses if SPLIT == "tune" else moved
-            print(row(f"{mode} {json.dumps(setting)}", scored), shown, flush=True)
+            print(row(f"{mode} {json.dumps(setting)}", scored), moved(scored, ranks, before))
+
+
+def moved(scored: Scores, ranks: dict[int, int], before: dict[int, int]) -> str:
+    """How many questions' right passage rose or fell against `before` (and, on the tuning
+    splits only, which questions miss the top 5)."""
+    counts = (
+        f"{sum(ranks[i] < before[i] for i in ranks)} rose /"
+        f" {sum(ranks[i] > before[i] for i in ranks)} fell"
+    )
+    return f"{scored.misses} {counts}" if tuning_only() else counts
+
+
+async def compare(
+    db: EvalDatabase, settings: list[dict[str, Any]], searcher: Callable[[dict[str, Any]], Searcher]
+) -> None:
+    """The asked questions through `searcher(setting)` in hybrid mode, one row per setting,
+    rises and falls counted against the first."""
+    asked = asked_questions()
+    print(f"{len(db.files)} pages, {len(asked)} {SPLIT} questions, top {TOP_K}\n\n{HEADER}")
+    first: dict[int, int] | None = None
+    for setting in settings:
+        scored, ranks = await measure(db, searcher(setting), asked, "hybrid")
+        first = first or ranks
+        print(row(f"hybrid {json.dumps(setting)}", scored), moved(scored, ranks, first), flush=True)
 
 
 def main() -> None:
