@@ -22,7 +22,8 @@ export class ThreadStatePanel {
     this.token = "";
     this.pinned = ""; // a checkpoint picked from the history, or "" for the latest
     this.shown = null;
-    this.nodes = [];
+    this.nodes = []; // as_node choices: the workflow's nodes in its order, then others the history names
+    this.target = "";
     this.stopped = false;
 
     this.heading = h("h2", { id: "state-title" }, "State");
@@ -79,19 +80,22 @@ export class ThreadStatePanel {
     try {
       const { workflows = [] } = await this.ctx.api.listWorkflows();
       const workflow = workflows.find((w) => w.name === target);
-      if (!this.stopped && workflow) this.setNodes(workflow.nodes || []);
+      if (!this.stopped && workflow) this.setNodes(workflow.nodes || [], true);
     } catch {
       // The history's nodes stand in (setNodes from the tasks seen).
     }
   }
 
-  setNodes(nodes) {
-    const known = new Set(this.nodes);
+  /** Offer `nodes` as as_node; the workflow's own (`first`) go before the others, in its order. */
+  setNodes(nodes, first = false) {
     // LangGraph's own nodes (__start__) are not the workflow's.
-    const added = nodes.filter((node) => node && !node.startsWith("__") && !known.has(node));
-    if (!added.length) return;
-    this.nodes.push(...added);
-    this.asNode.append(...added.map((node) => h("option", { value: node }, node)));
+    const named = nodes.filter((node) => node && !node.startsWith("__"));
+    const merged = first ? [...new Set([...named, ...this.nodes])] : [...new Set([...this.nodes, ...named])];
+    if (merged.join("\n") === this.nodes.join("\n")) return;
+    this.nodes = merged;
+    const chosen = this.asNode.value;
+    this.asNode.replaceChildren(this.asNode.options[0], ...merged.map((node) => h("option", { value: node }, node)));
+    this.asNode.value = chosen;
   }
 
   /** Reload the state shown (the latest unless a checkpoint is picked) and the history's first page. */
