@@ -222,3 +222,34 @@ def test_an_edit_while_a_run_is_active_shows_the_refusal(
         )
     finally:
         mesh.post(f"/v1/{run['name']}:cancel", {"reason": "test over"})
+
+
+def test_the_state_panel_is_readable_in_the_dark_theme(
+    browser: Browser, mesh: Mesh, artifacts: Path
+) -> None:
+    run = _run(mesh, "approval", input={"message": "a dark draft", "question": "Dark?"})
+    _wait_run(mesh, run["name"], "RUN_STATUS_PAUSED", timeout=120)
+    try:
+        context = browser.new_context(
+            viewport=DESKTOP,  # type: ignore[arg-type]
+            base_url=mesh.url,
+            color_scheme="dark",
+        )
+        try:
+            page = context.new_page()
+            page.goto(f"/?token={mesh.token}#/status")
+            _open_thread(page, _thread_id(run))
+            expect(page.locator("#state-questions li")).to_have_text(["Dark?"])
+            page.locator("#state-history .history-row").nth(1).click()
+            expect(page.locator("#state-latest")).to_be_visible()
+            page.fill("#edit-values", json.dumps({"result": "x"}))
+            page.click("#edit-save")
+            expect(page.locator("#edit-error [role=alert]")).to_be_visible()
+            _scroll_to(page, "#thread-state")
+            shot(page, artifacts, "54-thread-state-dark")
+            _scroll_to(page, "#thread-edit")
+            shot(page, artifacts, "55-thread-edit-dark")
+        finally:
+            context.close()
+    finally:
+        mesh.post(f"/v1/{run['name']}:cancel", {"reason": "test over"})
