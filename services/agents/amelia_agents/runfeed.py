@@ -33,7 +33,14 @@ import nats.js.errors
 
 from amelia.v1 import events_pb2
 from amelia_agents.convert import run_name
-from amelia_common.eventlog import EventLog, EventReader, StartAt, decode_event, filter_subjects
+from amelia_common.eventlog import (
+    EventLog,
+    EventLogUnavailableError,
+    EventReader,
+    StartAt,
+    decode_event,
+    filter_subjects,
+)
 from amelia_common.logging import get_logger
 
 log = get_logger("amelia.agents.runfeed")
@@ -127,14 +134,14 @@ class RunFeed:
 
     async def follow(self, run_id: uuid.UUID) -> Follower | None:
         """Register a call following `run_id`: from now on every event of the run stored after
-        the returned follower's `position` is queued for it. None when the feed cannot read the
-        log now (the caller reads on its own, and says what that finds)."""
+        the returned follower's `position` is queued for it. None once the feed is closed (the
+        service stops); `EventLogUnavailableError` when NATS does not answer."""
         if self._closed:
             return None
         if not self.open:
             async with self._opening:
-                if not self.open and not await self._open():
-                    return None
+                if not self.open:
+                    await self._open()
         follower = Follower(self, run_name(run_id), self.position)
         self.followers.setdefault(follower.subject, set()).add(follower)
         if self._idle is not None:
@@ -178,6 +185,18 @@ class RunFeed:
             sequence = msg.seq + 1
         return found
 
+    def quiet_after(self, sequence: int) -> bool:
+        """Whether the feed has read past `sequence` and JetStream said, delivering the last
+        event read, that no event of any run followed it: then every event of a run stored
+        after `sequence` (until that moment) has been handed on."""
+        reader = self._reader
+        return (
+            reader is not None
+            and self.position >= sequence
+            and reader.pending == 0
+            and reader.buffered == 0
+        )
+
     async def any_after(self, run_id: uuid.UUID, sequence: int) -> bool:
         """Whether the log holds an event of the run after `sequence` now. Raises NATS's error."""
         (subject,) = filter_subjects((), run_name(run_id))
@@ -195,8 +214,10 @@ class RunFeed:
         self._closed = True
         await self._stop()
 
-    async def _open(self) -> bool:
-        """Start reading at the log's end; False if NATS does not answer in `retry_for`."""
+    async def _open(self) -> None:
+        """Start reading at the log's end; `EventLogUnavailableError` if NATS does not answer
+        in `retry_for` (what a reader of the call's own would have said)."""
+        reader: EventReader | None = None
         try:
             async with asyncio.timeout(self.retry_for):
                 info = await self.event_log.js.stream_info(self.event_log.settings.EVENTS_STREAM)
@@ -209,13 +230,19 @@ class RunFeed:
                     retry_for=self.retry_for,
                 )
                 await reader.open()
-        except (nats.errors.Error, TimeoutError, OSError) as exc:
-            log.warning("run feed cannot read the event log now", error=repr(exc))
-            return False
+        except Exception as exc:
+            if reader is not None:
+                await reader.aclose()  # its consumer, if it made one
+            if isinstance(exc, EventLogUnavailableError):
+                raise  # the reader's own word
+            if isinstance(exc, nats.errors.Error | TimeoutError | OSError):
+                raise EventLogUnavailableError(
+                    f"cannot read the event log: NATS JetStream did not answer ({exc!r})"
+                ) from exc
+            raise
         self.position = last
         self._reader = reader
         self._task = asyncio.create_task(self._pump(reader))
-        return True
 
     async def _pump(self, reader: EventReader) -> None:
         try:

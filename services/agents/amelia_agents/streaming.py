@@ -166,7 +166,10 @@ class RunStreamer:
         or NATS not answering now (the reader says so)."""
         if row.status in TERMINAL_STATES:
             return None
-        follower = await self.feed.follow(row.id)
+        try:
+            follower = await self.feed.follow(row.id)
+        except EventLogUnavailableError as exc:
+            raise self._ended(f"could not be read: {exc}", after_sequence) from None
         if follower is None:
             return None
         try:
@@ -220,6 +223,8 @@ class _FeedSource:
     async def nothing_after(self, sequence: int) -> bool:
         if self.follower.queue:
             return False
+        if self.feed.quiet_after(sequence):
+            return True  # as JetStream said delivering it, as a reader of its own would know
         try:
             return not await self.feed.any_after(self.run_id, sequence)
         except (nats.errors.Error, TimeoutError):
