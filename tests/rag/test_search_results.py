@@ -8,7 +8,7 @@ import uuid
 from rag_helpers import Rag
 
 from amelia.v1 import rag_pb2
-from amelia_rag.search import Hit, distinct, reading_order
+from amelia_rag.search import Hit, distinct, fuse, reading_order
 
 TEXT = "".join(f"Sentence {i} of the long section about compaction. " for i in range(60))
 
@@ -89,6 +89,19 @@ def test_the_search_past_the_limit_merges_nothing_more_into_the_passages_found()
     # Too few other passages: the document's own come back, in their order.
     alone = _ranked(*(_hit(i * 1000, i * 1000 + 800, section=i) for i in range(4)))
     assert distinct(alone, top_k=3, merge_chars=1600, per_document=2) == alone[:3]
+
+
+def test_a_sections_overlapping_windows_do_not_push_other_pages_down_a_leg() -> None:
+    """Vector leg: four overlapping windows of one section, then the answer's page, then a page
+    the keyword leg ranks first; keyword leg: that page, then the answer. Counted in chunks the
+    answer is 5th by vector and fuses below that page (6th); counted in passages it is 2nd and
+    comes first: both legs rank it second among distinct passages."""
+    answer, other = _hit(0, 800, document=uuid.uuid4()), _hit(0, 800, document=uuid.uuid4())
+    windows = [_hit(i * 100, i * 100 + 800) for i in range(4)]
+    fused = fuse([*windows, answer, other], [other, answer], min_score=0.0)
+    assert fused[:2] == [answer, other]
+    # The windows keep their order among themselves.
+    assert [h.start_offset for h in fused[2:]] == [0, 100, 200, 300]
 
 
 def _ranked(*hits: Hit) -> list[Hit]:

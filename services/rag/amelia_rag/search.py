@@ -22,6 +22,8 @@ document is `indexing`, or its indexing `failed`) is ranked by its words alone.
   `min_score` does not apply.
 - hybrid: weighted reciprocal rank fusion of both rankings (`RRF_K`, `VECTOR_WEIGHT`,
   `KEYWORD_WEIGHT`, `CANDIDATES` per leg — tuned on eval/), scaled so that first in both = 1.
+  Each leg's ranks count passages, not chunks (see passage_ranks): the overlapping windows of
+  one long section do not push every other page's passages down that leg.
   A chunk not embedded yet cannot have a vector rank: it counts as ranked by vector where it
   ranks by keyword, so a document just uploaded is not buried under the vector leg's hits
   (which are always there, relevant or not) and its best keyword match can come first.
@@ -274,8 +276,30 @@ def reading_order(hits: list[Hit]) -> list[Hit]:
     return out
 
 
+def passage_ranks(leg: list[Hit]) -> list[int]:
+    """A leg's ranks counted in passages: a chunk whose passage overlaps that of a chunk ranked
+    above it (same document: windows of one section) ranks right behind that passage's rank
+    instead of taking a place of its own; only a new passage moves the count on.
+
+    Otherwise the windows of one long section, which end up as one passage, each take a place
+    of a leg and push another page's passage that the other leg may rank first down that leg.
+    Measured on eval/ (docs/rag.md, session 13): file hit@1 and MRR rose on every split, the
+    right passage in the top 5 on all 182 questions 0.80 -> 0.83, passages 17 % longer.
+    """
+    ranks: list[int] = []
+    passages: list[tuple[Hit, int]] = []
+    for hit in leg:
+        above = next((rank for kept, rank in passages if kept.overlaps(hit)), None)
+        if above is None:
+            passages.append((hit, len(passages) + 1))
+            ranks.append(len(passages))
+        else:
+            ranks.append(above + 1)
+    return ranks
+
+
 def fuse(by_vector: list[Hit], by_keyword: list[Hit], min_score: float) -> list[Hit]:
-    """Weighted reciprocal rank fusion, best first.
+    """Weighted reciprocal rank fusion of the legs' passage ranks (passage_ranks), best first.
 
     A chunk enters through the vector ranking only with similarity ≥ `min_score`, or through
     the keyword ranking regardless; either way both of its ranks count (a chunk not embedded
@@ -284,12 +308,12 @@ def fuse(by_vector: list[Hit], by_keyword: list[Hit], min_score: float) -> list[
     scores: dict[uuid.UUID, float] = {}
     hits: dict[uuid.UUID, Hit] = {}
     admitted: set[uuid.UUID] = set()
-    for rank, hit in enumerate(by_vector, start=1):
+    for rank, hit in zip(passage_ranks(by_vector), by_vector, strict=True):
         scores[hit.chunk_id] = scores.get(hit.chunk_id, 0.0) + VECTOR_WEIGHT / (RRF_K + rank)
         hits[hit.chunk_id] = hit
         if hit.vector_score >= min_score:
             admitted.add(hit.chunk_id)
-    for rank, hit in enumerate(by_keyword, start=1):
+    for rank, hit in zip(passage_ranks(by_keyword), by_keyword, strict=True):
         # Not embedded yet: no vector rank to have, so its keyword rank stands in for it.
         weight = KEYWORD_WEIGHT if hit.embedded else KEYWORD_WEIGHT + VECTOR_WEIGHT
         scores[hit.chunk_id] = scores.get(hit.chunk_id, 0.0) + weight / (RRF_K + rank)
