@@ -93,13 +93,31 @@ async def test_answer_a_paused_plan_by_key_and_by_typing(tui_mesh: TuiMesh) -> N
         await pilot.press("escape")
         run = await start_run(pilot, "plan", "Rewrite it in Rust", model="offline:echo")
         await wait_until(lambda: run.status == "paused", "the second plan waits")
-        await pilot.press("i")
-        await type_text(pilot, "reject, too risky")
+        # `r`: the question asks for a reason, so the TUI asks for it before rejecting.
+        answer = run.query_one("#answer", Input)
+        await pilot.press("r")
+        await wait_until(lambda: run.focused is answer, "the reason is asked for")
+        assert answer.value == "reject: " and "why?" in text_of(run, "#question-keys")
+        await pilot.press("escape")  # not now: nothing sent, the question still asked
+        await wait_until(lambda: run.focused is not answer, "the reason box left")
+        assert answer.value == "" and "why?" not in text_of(run, "#question-keys")
+        assert run.status == "paused" and run.query_one("#question").display
+        await pilot.press("r")
+        await wait_until(lambda: run.focused is answer, "the reason is asked for again")
+        await pilot.press("enter")  # no reason given: not sent, still asked
+        await pilot.pause()
+        assert run.status == "paused" and run.focused is answer
+        await type_text(pilot, "too risky")
         await pilot.press("enter")
         await wait_until(lambda: run.status == "completed", "the rejected plan completes")
         await wait_until(lambda: (run.run.get("output") or {}).get("status") == "rejected")
         assert run.run["output"]["reason"] == "too risky"
-        assert run.nodes["planning"][0] == "pending"
+        # Never reached: said in words, as the dashboard's chip (not `· planning`).
+        await wait_until(lambda: run.nodes["planning"][0] == "skipped", "planning skipped")
+        assert "planning skipped" in text_of(run, "#run-nodes")
+        # One answer is no retry: the head says nothing of retries (it said "attempt 2").
+        assert "retried" not in text_of(run, "#run-head")
+        assert "attempt" not in text_of(run, "#run-head")
 
 
 async def test_cancel_a_running_run(tui_mesh: TuiMesh) -> None:

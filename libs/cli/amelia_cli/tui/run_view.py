@@ -47,7 +47,15 @@ NODE_MARK = {
     "waiting": ("?", "bold yellow"),
     "error": ("✕", "bold red"),
     "stopped": ("■", "magenta"),
+    # Never reached: skipped by a run that completed (a rejected plan's `planning`), not run by
+    # one that failed or was cancelled; said in words, as the dashboard does.
+    "skipped": ("–", "dim"),
+    "notrun": ("–", "dim"),
 }
+NODE_WORDS = {"skipped": "skipped", "notrun": "not run"}
+# How a run's nodes end with it: the one running or waiting, and the ones never reached.
+ENDED_NODE = {"completed": "done", "failed": "error", "cancelled": "stopped"}
+UNREACHED_NODE = {"completed": "skipped", "failed": "notrun", "cancelled": "notrun"}
 APPROVE_WORDS = ("approve", "yes", "ok", "accept", "lgtm")
 REJECT_WORDS = ("reject", "no", "deny", "decline")
 QUESTION_KEYS = {"question", "message", "prompt", "text", "options", "choices"}
@@ -137,6 +145,11 @@ class RunScreen(LiveScreen):
         self.passages: list[dict[str, Any]] = []
         self.ended = False
         self.events_seen = 0
+        # Pick-ups after a worker stopped (run.resumed not by an answer): the dashboard's
+        # "Retried N×". The run's `attempt` counts every pick-up, answers included.
+        self.retries = 0
+        # `r` asked for the reason the question requests: the answer box holds the rejection.
+        self.rejecting = False
 
     def compose(self) -> ComposeResult:
         yield TopBar("Runs", f"run {short_id(self.run_name)}")
@@ -148,7 +161,13 @@ class RunScreen(LiveScreen):
             with VerticalScroll(id="question-details-box"):
                 yield Static("", id="question-details")
             yield Static("", id="question-keys", classes="hint")
-            yield Input(placeholder="type an answer, Enter sends", compact=True, id="answer")
+            # Not selected on focus: `r` opens it holding the rejection, the reason typed after.
+            yield Input(
+                placeholder="type an answer, Enter sends",
+                compact=True,
+                select_on_focus=False,
+                id="answer",
+            )
         with Horizontal(id="run-body"):
             # Tabs of our own: a bar and panes shown by a class. (Textual's TabbedContent
             # raised "No Tab with id" now and then on a busy machine, mounting its tabs.)
@@ -205,6 +224,8 @@ class RunScreen(LiveScreen):
             seen = self.nodes
             self.nodes = {node: seen.get(node, ["pending", ""]) for node in order}
             self.nodes.update((node, state) for node, state in seen.items() if node not in order)
+            if self.status in ENDED_NODE:
+                self._end_nodes(self.status)
             self._render_nodes()
 
     async def _refresh_run(self) -> bool:
@@ -273,7 +294,7 @@ class RunScreen(LiveScreen):
         facts = [
             ("took", took(run.get("duration"))),
             ("tokens", tokens_used(run.get("usage") or {})),
-            ("attempt", str(run["attempt"]) if int(run.get("attempt") or 0) > 1 else ""),
+            ("retried", f"{self.retries}×" if self.retries else ""),
             ("created", created),
             ("started", started if started != created else ""),
         ]
@@ -294,9 +315,21 @@ class RunScreen(LiveScreen):
             if line:
                 line.append("  ")
             line.append(f"{mark} {node}", style=style)
-            if duration and state != "waiting":
+            if state in NODE_WORDS:
+                line.append(f" {NODE_WORDS[state]}", style="dim")
+            elif duration and state != "waiting":
                 line.append(f" {duration}", style="dim")
         self.query_one("#run-nodes", Static).update(line or Text("no nodes yet", style="dim"))
+
+    def _end_nodes(self, status: str) -> None:
+        """The run ended with `status`: its running or waiting node ended with it, the nodes
+        it never reached are skipped (it completed) or not run."""
+        for entry in self.nodes.values():
+            if entry[0] in ("active", "waiting"):
+                entry[0] = ENDED_NODE[status]
+            elif entry[0] == "pending":
+                entry[0] = UNREACHED_NODE[status]
+        self._render_nodes()
 
     def set_node(self, node: str, state: str, duration: str = "") -> None:
         if not node:
@@ -313,6 +346,7 @@ class RunScreen(LiveScreen):
         panel.display = interrupt is not None
         self.refresh_bindings()
         if interrupt is None:
+            self.rejecting = False
             if self.focused is self.query_one("#answer"):
                 self.output.focus()
             return
@@ -339,7 +373,21 @@ class RunScreen(LiveScreen):
                 said = "" if str(option).lower() == action else f" ({option})"
                 keys.append_text(Text.assemble((key, "bold"), f" {action}{said}   "))
         keys.append_text(Text.assemble(("i", "bold"), " type an answer"))
+        if self.rejecting:
+            keys = Text.assemble(
+                ("why? ", "bold"),
+                "the reason after the rejection; ",
+                ("Enter", "bold"),
+                " sends it, ",
+                ("Esc", "bold"),
+                " cancels",
+            )
         self.query_one("#question-keys", Static).update(keys)
+
+    def _wants_reason(self) -> bool:
+        """Whether the question asks for a reason (the plan's: "'reject' with a reason")."""
+        value = (self.interrupt or {}).get("value")
+        return "reason" in question_of(value).lower()
 
     def _option(self, which: str) -> Any:
         """The option that approves (or rejects): by its word, else the first (second) one."""
@@ -395,6 +443,8 @@ class RunScreen(LiveScreen):
             self.set_status("running")
             if data.get("reason") and data.get("reason") != "answer":
                 # Picked up again after its worker stopped: an answer is not a retry.
+                self.retries += 1
+                self._render_head()
                 running = (
                     self.active_node
                     if self.nodes.get(self.active_node, ("",))[0] == "active"
@@ -407,10 +457,7 @@ class RunScreen(LiveScreen):
         elif kind in TERMINAL:
             self.set_status(TERMINAL[kind])
             self.show_question(None)
-            ended = {"completed": "done", "failed": "error", "cancelled": "stopped"}[TERMINAL[kind]]
-            for node, (state, _) in self.nodes.items():
-                if state == "active":
-                    self.set_node(node, ended)
+            self._end_nodes(TERMINAL[kind])
         line = f"{sequence:>5} {kind:<19} {describe(event)}"
         self.query_one("#run-activity", Log).write_line(line)
         self.query_one("#run-side-activity", Log).write_line(line)
@@ -429,6 +476,10 @@ class RunScreen(LiveScreen):
 
     def action_back(self) -> None:
         if self.focused is self.query_one("#answer"):
+            if self.rejecting:  # the rejection is not sent
+                self.rejecting = False
+                self.query_one("#answer", Input).value = ""
+                self.show_question(self.interrupt)
             self.output.focus()
             return
         self.dismiss()
@@ -443,13 +494,29 @@ class RunScreen(LiveScreen):
         self.send_answer(self._option("approve"))
 
     def action_reject(self) -> None:
-        self.send_answer(self._option("reject"))
+        """Reject; when the question asks why, first ask for the reason (as `amelia run`'s
+        typed answer gives it): the answer box opens with the rejection, the reason is typed
+        after it, Enter sends, Esc cancels."""
+        option = self._option("reject")
+        if not (isinstance(option, str) and self._wants_reason()):
+            self.send_answer(option)
+            return
+        self.rejecting = True
+        self.show_question(self.interrupt)
+        box = self.query_one("#answer", Input)
+        box.value = f"{option}: "
+        box.cursor_position = len(box.value)
+        box.focus()
 
     def action_answer(self) -> None:
         self.query_one("#answer", Input).focus()
 
     @on(Input.Submitted, "#answer")
     def _typed(self, event: Input.Submitted) -> None:
+        option = self._option("reject")
+        if self.rejecting and event.value.strip().rstrip(":").strip() == str(option):
+            self.notify("say why: the question asks for a reason (Esc: not now)", timeout=4)
+            return
         if event.value.strip():
             self.send_answer(read_answer(event.value))
 
