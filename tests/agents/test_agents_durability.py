@@ -19,10 +19,12 @@ from agents_helpers import S, collect, data, event_data, types, wait_status
 from agents_helpers import WorkerProcess as SharedWorkerProcess
 from faults_helpers import purge_queue
 from nats.js import JetStreamContext
+from sqlalchemy import text
 
 from amelia.v1 import agents_pb2_grpc, events_pb2
 from amelia_agents import queue
 from amelia_agents.server import build_service
+from amelia_common.db import create_engine
 from amelia_common.eventlog import EventLog, StartAt
 from amelia_common.grpc_client import aio_channel
 from amelia_common.nats_client import connect_nats
@@ -330,3 +332,46 @@ async def _delivered(js: JetStreamContext, count: int) -> bool:
     """Whether the run queue's consumer has made `count` deliveries in all."""
     info = await js.consumer_info(QUEUE, queue.CONSUMER)
     return info.delivered.consumer_seq >= count
+
+
+async def test_a_step_whose_checkpoint_was_lost_with_its_worker_goes_on(
+    api: agents_pb2_grpc.AgentServiceStub, held: Held, tmp_path: Path
+) -> None:
+    """A step's checkpoint is written behind (`checkpoints.RunSaver`): a worker that dies (or
+    is taken over) while it is written leaves the checkpoint before it and the step's stored
+    writes. LangGraph's `next` is then empty (tasks with writes are left out): the next worker
+    must go on from there, not record the run as ended with the state so far."""
+    record, release = held.record, held.release
+    first = held.worker(1)
+    second: WorkerProcess | None = None
+    try:
+        await first.ready()
+        run = await create_held_run(api, tmp_path)
+        await wait_node_b_started(record)
+        first.kill()
+        # The checkpoint after a, as if it had not been written when the worker died.
+        thread = run.thread.removeprefix("threads/")
+        engine = create_engine(held.settings)
+        try:
+            async with engine.begin() as conn:
+                deleted = await conn.execute(
+                    text(
+                        "DELETE FROM checkpoints WHERE thread_id = :t AND checkpoint_id = "
+                        "(SELECT max(checkpoint_id) FROM checkpoints WHERE thread_id = :t)"
+                    ),
+                    {"t": thread},
+                )
+                assert deleted.rowcount == 1  # type: ignore[attr-defined]
+        finally:
+            await engine.dispose()
+        second = held.worker(2)
+        await second.ready()
+        release.touch()
+        done = await wait_status(api, run.name, S.RUN_STATUS_COMPLETED, timeout=90)
+        assert done.output["done"] == ["a", "b", "c"]
+        # a's writes were stored: not executed again.
+        assert [node for node, _ in executions(record)] == ["a", "b", "b", "c"]
+    finally:
+        await first.stop()
+        if second is not None:
+            await second.stop()

@@ -7,7 +7,8 @@ checkpoint, whose metadata names the run that wrote it:
 
 - not written by this run → a fresh start with the run's input;
 - this run's, with a pending interrupt → resume with the stored answer (`Command(resume=…)`);
-- this run's, with nodes left → continue (`None`): nodes already checkpointed are not re-run;
+- this run's, with nodes left → continue (`None`): nodes already checkpointed are not re-run
+  (also when a step's writes are stored and its checkpoint, written behind, is not);
 - this run's, finished → only the recording of the end was lost; record it.
 
 While the graph runs, LangGraph's `tasks` stream becomes `run.node.started|finished` events and
@@ -283,7 +284,10 @@ class Executor:
                 # a stored answer belongs to an earlier question.
                 return await self._pause(row, _pending_interrupt(snapshot))
             kind, graph_input = "answer", Command(resume={pending.id: row.resume_value})
-        elif snapshot.next:
+        elif snapshot.next or snapshot.tasks:
+            # Nodes left — or a step whose nodes' writes are stored but whose checkpoint is not
+            # (written behind when the worker stopped: `next` leaves out tasks with writes, so
+            # it is empty though the graph has not ended): LangGraph applies them and goes on.
             # A fork's first pick-up starts from the checkpoint `steps.write_fork` made: a
             # start, not a worker's redelivery.
             fork = steps.forked_from(snapshot)
