@@ -172,17 +172,17 @@ def chunk_to_proto(chunk: StoredChunk) -> rag_pb2.Chunk:
     )
 
 
-def chunk_page_token(document: DocumentRow, chunk_index: int) -> str:
+def chunk_page_token(document: DocumentRow, chunk_index: int, scope: str) -> str:
     """The document's content version and the last chunk index listed: a token is only good
     for the content it was made on (a re-ingest replaces the chunks)."""
-    return paging.encode_keyset(document.update_time, str(chunk_index))
+    return paging.encode_keyset(document.update_time, str(chunk_index), scope)
 
 
-def after_chunk(document: DocumentRow, token: str) -> int:
+def after_chunk(document: DocumentRow, token: str, scope: str) -> int:
     """The chunk index a ListChunks page token continues after (-1: from the start)."""
     if not token:
         return -1
-    version, last = paging.decode_keyset(token)
+    version, last = paging.decode_keyset(token, scope)
     if not last.isdigit():
         raise InvalidArgumentError(paging.BAD_TOKEN)
     if version != document.update_time:
@@ -305,6 +305,7 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
                 page_token=request.page_token,
                 types=[t for t in types if t],
                 metadata=metadata_filter(request.metadata_filter),
+                scope=paging.request_scope(request),
             )
         return rag_pb2.ListDocumentsResponse(
             documents=await self._documents(rows), next_page_token=token
@@ -317,10 +318,10 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
         document = await self.store.get(parse_name(request.parent, "parent"))
         if document is None:
             raise NotFoundError(f"{request.parent} does not exist")
-        chunks, more = await self.store.chunks(
-            document.id, page_size=page_size, after=after_chunk(document, request.page_token)
-        )
-        token = chunk_page_token(document, chunks[-1].chunk_index) if more else ""
+        scope = paging.request_scope(request)
+        after = after_chunk(document, request.page_token, scope)
+        chunks, more = await self.store.chunks(document.id, page_size=page_size, after=after)
+        token = chunk_page_token(document, chunks[-1].chunk_index, scope) if more else ""
         return rag_pb2.ListChunksResponse(
             chunks=[chunk_to_proto(c) for c in chunks], next_page_token=token
         )

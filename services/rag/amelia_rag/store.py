@@ -471,11 +471,13 @@ class DocumentStore:
         page_token: str,
         types: Sequence[str],
         metadata: dict[str, str],
+        scope: str = "",
     ) -> tuple[list[DocumentRow], str]:
-        """One page in creation order, and the token of the next page ('' at the end)."""
+        """One page in creation order, and the token of the next page ('' at the end), bound
+        to the request's `scope` (`paging.request_scope`)."""
         query = select(DocumentRow)
         if page_token:
-            created, last_id = _keyset(page_token)
+            created, last_id = _keyset(page_token, scope)
             query = query.where(
                 tuple_(DocumentRow.create_time, DocumentRow.id) > tuple_(created, last_id)
             )
@@ -489,7 +491,7 @@ class DocumentStore:
         if len(rows) <= page_size:
             return rows, ""
         rows = rows[:page_size]
-        return rows, paging.encode_keyset(rows[-1].create_time, str(rows[-1].id))
+        return rows, paging.encode_keyset(rows[-1].create_time, str(rows[-1].id), scope)
 
     async def chunks(
         self, document_id: uuid.UUID, *, page_size: int, after: int
@@ -550,9 +552,9 @@ async def _lease_end(session: AsyncSession, seconds: float) -> datetime:
     return value
 
 
-def _keyset(token: str) -> tuple[datetime, uuid.UUID]:
+def _keyset(token: str, scope: str) -> tuple[datetime, uuid.UUID]:
     """The `(create_time, id)` a ListDocuments page token holds."""
-    created, last_id = paging.decode_keyset(token)
+    created, last_id = paging.decode_keyset(token, scope)
     try:
         return created, uuid.UUID(last_id)
     except ValueError:
