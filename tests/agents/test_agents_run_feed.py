@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from amelia_agents.models import RunRow, RunState
 from amelia_agents.store import Store
 from amelia_agents.streaming import RunStreamer
 from amelia_common.db import create_engine, session_factory
+from amelia_common.embedded import EmbeddedNats, free_port
 from amelia_common.eventlog import EventLog, make_event
 from amelia_common.nats_client import connect_nats
 from amelia_common.settings import Settings
@@ -122,3 +124,32 @@ async def test_calls_joining_a_run_catch_up_from_the_log_then_follow_it_to_its_e
     assert after[1] == [s for s in published if s > middle]
     assert after[2] == [s for s in published if s > latest]
     assert streamer.feed.left_behind == 0
+
+
+async def test_a_nats_restart_under_the_feed_loses_and_repeats_no_event(
+    agents: Any, agents_settings: Settings, tmp_path: Path
+) -> None:
+    nats = EmbeddedNats(tmp_path, free_port())
+    settings = agents_settings.model_copy(update={"NATS_URL": nats.start()})
+    engine = create_engine(settings)
+    nc = await connect_nats(settings, "test-run-feed-restart")
+    streamer = RunStreamer(settings, Store(session_factory(engine)), EventLog(nc, settings, "test"))
+    try:
+        await streamer.event_log.ensure_stream()
+        run_id = uuid.uuid4()
+        published = await publish(streamer, run_id, "workflow.started", "run.token")
+        stream = aiter(streamer.stream(running(run_id), 0))
+        first = await anext(stream)
+        assert f"runs/{run_id}" in streamer.feed.followers  # followed through the feed
+        await asyncio.to_thread(nats.stop)
+        await asyncio.to_thread(nats.start)
+        # Published while the feed's reader reconnects, and after.
+        published += await publish(streamer, run_id, "run.token", "run.token")
+        await publish_elsewhere(streamer, 2)
+        published += await publish(streamer, run_id, "run.token", "run.completed")
+        assert [*(e.sequence for e in first), *await rest(stream)] == published
+    finally:
+        await streamer.close()
+        await nc.close()
+        await engine.dispose()
+        await asyncio.to_thread(nats.stop)
