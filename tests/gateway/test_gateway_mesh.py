@@ -128,7 +128,13 @@ async def test_cancel_and_unknown_ids(mesh: Mesh) -> None:
     assert run["status"] == "RUN_STATUS_CANCELLED"
 
     missing = "00000000-0000-0000-0000-000000000000"
-    ids = {"agent": "no-such-agent", "thread": missing, "run": missing, "document": missing}
+    ids = {
+        "agent": "no-such-agent",
+        "thread": missing,
+        "run": missing,
+        "document": missing,
+        "checkpoint": "1f0c0000-0000-6000-8000-000000000000",
+    }
     for rule in ROUTES:
         if not rule.variables or rule.service == "EventService":
             continue
