@@ -9,7 +9,7 @@ import pytest
 from dashboard_helpers import Mesh
 from dashboard_pages import expect_status, start_run
 from playwright.sync_api import Browser, expect
-from test_dashboard_features import DESKTOP, PHONE, _checked_page
+from test_dashboard_features import DESKTOP, PHONE, _checked_page, _run
 
 pytestmark = pytest.mark.slow
 
@@ -45,3 +45,21 @@ def test_a_resume_point_beyond_the_logs_end_says_so_on_the_events_screen(
             "The feed stopped: after_sequence 99999999 is beyond the end of the event log: its"
             " last sequence is"
         )
+
+
+def test_the_runs_list_pages_on_with_a_since_filter(browser: Browser, mesh: Mesh) -> None:
+    """Page tokens are bound to the request's filter (AIP-158): "Older" repeats the first
+    page's filter, whose "since" time is not computed afresh (which would refuse the token)."""
+    for i in range(21):  # more than a page (20), all within the last hour
+        _run(mesh, "echo", input={"message": f"page {i}"})
+    with _checked_page(browser, mesh, DESKTOP) as page:
+        page.goto("/#/runs?since=1h")
+        rows = page.locator("#runs-table tbody tr")
+        expect(rows).to_have_count(20)
+        older = page.get_by_role("button", name="Older")
+        expect(older).to_be_enabled()
+        first = rows.first.inner_text()
+        older.click()
+        expect(page.get_by_text("Page 2")).to_be_visible()
+        expect(rows.first).not_to_have_text(first)
+        expect(page.get_by_text("page_token")).to_have_count(0)

@@ -319,6 +319,7 @@ export function mount(main, ctx) {
     window.history.replaceState(null, "", `#/runs${text ? `?${text}` : ""}`);
     page = 0;
     tokens.length = 1;
+    filters.length = 1;
     loadRuns();
   });
   function sortHeader(column, label, className) {
@@ -360,6 +361,9 @@ export function mount(main, ctx) {
   let form = null;
   const tokens = [""]; // page tokens of the pages seen, for "Newer"
   let page = 0;
+  // The filter each token was made with: the page it opens repeats it (a token is bound to its
+  // request's filter; a "since" filter's time is computed afresh only for the first page).
+  const filters = [""];
 
   async function loadTargets() {
     if (targets === "loading" || targets === "loaded") return;
@@ -382,7 +386,8 @@ export function mount(main, ctx) {
   async function loadRuns() {
     const query = { pageSize: PAGE_SIZE, pageToken: tokens[page] };
     const values = bar.read();
-    const filter = buildRunFilter(values);
+    const at = page;
+    const filter = at === 0 ? buildRunFilter(values) : filters[at];
     if (filter) query.filter = filter;
     if (values.order) query.orderBy = RUN_ORDERS[values.order][1];
     showSort();
@@ -391,7 +396,8 @@ export function mount(main, ctx) {
       if (stopped) return;
       listError.replaceChildren();
       const runs = response.runs || [];
-      tokens[page + 1] = response.nextPageToken || "";
+      tokens[at + 1] = response.nextPageToken || "";
+      filters[at + 1] = filter;
       next.disabled = !response.nextPageToken;
       prev.disabled = page === 0;
       pageInfo.textContent = `Page ${page + 1}`;
