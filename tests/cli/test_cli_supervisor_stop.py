@@ -23,7 +23,13 @@ import httpx
 import pytest
 
 from amelia_cli.mesh import SERVICES, ServiceSpec
-from amelia_cli.supervisor import RestartPolicy, Supervisor, UnitState, state_file
+from amelia_cli.supervisor import (
+    CLEAN_STOPS_BURST,
+    RestartPolicy,
+    Supervisor,
+    UnitState,
+    state_file,
+)
 from amelia_common.embedded import free_port, process_alive
 from amelia_common.settings import Settings
 
@@ -51,6 +57,8 @@ EXITS_ZERO = StandIn(
     "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
     "time.sleep(600)",
 )
+# Serves a moment, then exits 0 by itself: nobody asked it to stop.
+QUITTER = StandIn("quitter", "", "", "PORT", code="import time; time.sleep(0.2)")
 GATEWAY = next(spec for spec in SERVICES if spec.name == "gateway")
 
 
@@ -146,3 +154,16 @@ async def test_the_gateway_stopped_by_sigterm_is_back_at_once_without_a_crash(
     gateway = supervisor.services["gateway"]
     assert gateway.last_exit == "stopped by SIGTERM (a clean stop, not a crash)"
     assert not gateway.crashes and gateway.restarts == 1
+
+
+async def test_a_part_that_keeps_exiting_zero_by_itself_backs_off_like_a_crash(
+    watched: Callable[..., Supervisor],
+) -> None:
+    """Restarted at once forever, a part that exits 0 on its own would spin: after burst × 4
+    clean stops within the window it is crashing (backoff, then FAILED as any crash)."""
+    supervisor = await watched(PLAIN, QUITTER)  # type: ignore[misc]
+    unit = supervisor.services["quitter"]
+    await until(lambda: unit.state == UnitState.RESTARTING, "the stops treated as a crash")
+    assert len(unit.stops) == CRASH_BACKOFF.burst * CLEAN_STOPS_BURST
+    assert unit.last_exit.startswith("exit code 0, ") and len(unit.crashes) == 1
+    assert supervisor.services["plain"].state == UnitState.RUNNING

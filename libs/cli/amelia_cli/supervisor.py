@@ -74,6 +74,11 @@ CLEAN_EXITS = frozenset(
     | {128 + sig for sig in (signal.SIGTERM, signal.SIGINT)}
 )
 
+# A part that stops cleanly this many times more often than `RestartPolicy.burst` within the
+# window is not being stopped by someone: it exits by itself, and restarting it at once would
+# spin (systemd's StartLimitBurst counts every start, clean or not).
+CLEAN_STOPS_BURST = 4
+
 
 class MeshStartError(RuntimeError):
     """The mesh could not start; the message says what to do."""
@@ -128,6 +133,7 @@ class Unit(ABC):
     restarts: int = 0
     last_exit: str = ""
     crashes: deque[float] = field(default_factory=deque)
+    stops: deque[float] = field(default_factory=deque)  # its clean stops (`CLEAN_STOPS_BURST`)
     restart_at: float = 0.0
 
     @abstractmethod
@@ -150,6 +156,8 @@ class Unit(ABC):
     def forget_crashes_before(self, moment: float) -> None:
         while self.crashes and self.crashes[0] <= moment:
             self.crashes.popleft()
+        while self.stops and self.stops[0] <= moment:
+            self.stops.popleft()
 
     def report(self) -> dict[str, Any]:
         return {
@@ -569,7 +577,7 @@ class Supervisor:
             if unit.state == UnitState.RUNNING:
                 why = unit.exited()
                 if why is not None and unit.stopped_cleanly():
-                    self._stopped(unit, why)
+                    self._stopped(unit, why, now)
                 elif why is not None:
                     self._crashed(unit, why, now)
             elif unit.state == UnitState.RESTARTING and now >= unit.restart_at:
@@ -599,9 +607,14 @@ class Supervisor:
             "stopped; restarting", unit=unit.name, why=why, restart_in=delay, log=str(unit.log_path)
         )
 
-    def _stopped(self, unit: Unit, why: str) -> None:
+    def _stopped(self, unit: Unit, why: str, now: float) -> None:
         """`unit` stopped cleanly (someone else asked it to): start it again now, no crash
-        counted, no backoff."""
+        counted, no backoff — unless it keeps stopping by itself (burst × `CLEAN_STOPS_BURST` times within
+        the window): then it is crashing, and backs off like a crash."""
+        unit.stops.append(now)
+        if len(unit.stops) >= self.policy.burst * CLEAN_STOPS_BURST:
+            self._crashed(unit, f"{why}, {len(unit.stops)} times within the window", now)
+            return
         unit.last_exit = f"{why} (a clean stop, not a crash)"
         unit.state = UnitState.STARTING
         log.warning("stopped cleanly; starting it again", unit=unit.name, why=why)
