@@ -3,6 +3,8 @@ order_by or filter it is refused saying so, not called one the service never ret
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 from gateway_helpers import Mesh
 
@@ -25,6 +27,17 @@ async def test_a_token_reused_with_another_order_or_filter_says_so(mesh: Mesh) -
         )
         assert run.status_code == 200, run.text
         created.append(run.json()["run"]["name"])
+    # Duration is a key that changes while a run runs (keyset paging over it may then skip or
+    # repeat a run, as any cursor over a changing key): page once all three have ended.
+    for _ in range(600):
+        done = await http.get(
+            "/v1/runs", params={"statuses": "RUN_STATUS_COMPLETED", "agent": agent}
+        )
+        if len(done.json().get("runs", [])) == len(created):
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("the three runs did not complete")
 
     first = (await _runs(http, agent=agent, orderBy="duration")).json()
     token = first["nextPageToken"]
