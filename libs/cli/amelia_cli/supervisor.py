@@ -47,6 +47,7 @@ from typing import Any, Protocol
 
 from amelia_cli.health import Probe, probe_service
 from amelia_cli.mesh import SERVICES, ServiceSpec, client_host, service_env
+from amelia_common.connections import MESH_REPLICAS_AT_MOST
 from amelia_common.embedded import (
     EmbeddedStartError,
     ensure_infrastructure,
@@ -297,7 +298,8 @@ def metrics_ports(settings: Settings, specs: Sequence[ServiceSpec]) -> dict[str,
     return chosen
 
 
-MAX_REPLICAS = 8
+# One limit for `--replicas` and the embedded PostgreSQL's connections sized for it.
+MAX_REPLICAS = MESH_REPLICAS_AT_MOST
 
 
 def replica_ports(first: int, count: int, taken: set[int], host: str) -> list[int]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from amelia_common.settings import Settings
 
 # `amelia up --replicas` runs at most this many processes of each service (the CLI's
-# MAX_REPLICAS): the embedded PostgreSQL takes as many as they may open together.
+# MAX_REPLICAS is this): the embedded PostgreSQL takes as many as they may open together.
 MESH_REPLICAS_AT_MOST = 8
 # Beside the services: `amelia status`, psql, a migration, a bench's own connections.
 OTHER_CLIENTS = 10
