@@ -88,13 +88,25 @@ class RunRow(Base):
         Index("ix_runs_create_time", "create_time", "id"),
         Index("ix_runs_thread", "thread_id"),
         Index("ix_runs_agent", "agent_id"),
-        # One active run per thread: runs in a thread share one checkpoint history.
+        # One admitted active run per thread: runs in a thread share one checkpoint history.
+        # Runs queued behind it (multitask enqueue/interrupt/rollback) wait outside the index.
         Index(
             "uq_runs_active_thread",
             "thread_id",
             unique=True,
-            postgresql_where=text("status IN ('QUEUED', 'RUNNING', 'PAUSED')"),
+            postgresql_where=text(
+                "status IN ('QUEUED', 'RUNNING', 'PAUSED') AND queued_behind IS NULL"
+            ),
         ),
+        # A thread's waiting runs, first come first admitted.
+        Index(
+            "ix_runs_waiting",
+            "thread_id",
+            "create_time",
+            postgresql_where=text("status = 'QUEUED' AND queued_behind IS NOT NULL"),
+        ),
+        # Runs a rollback stopped, to be deleted with their checkpoints.
+        Index("ix_runs_rolled_back", "thread_id", postgresql_where=text("rolled_back")),
         # What the reconciler looks through for runs whose job was lost.
         Index(
             "ix_runs_unfinished",
@@ -139,3 +151,9 @@ class RunRow(Base):
     # Pick-ups since it was last queued by the API: RUN_MAX_ATTEMPTS bounds them. (`attempt`
     # counts every pick-up of the run's life, answers included.)
     pickups: Mapped[int] = mapped_column(Integer, default=0)
+    # Multitask strategies (`multitask`): how the run was created on a busy thread (NULL:
+    # reject); the thread's run it waits for while QUEUED behind it (NULL once admitted: only
+    # then does it get a job); stopped by a rollback: deleted with its checkpoints at its end.
+    multitask_strategy: Mapped[str | None] = mapped_column(Text, nullable=True)
+    queued_behind: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True), nullable=True)
+    rolled_back: Mapped[bool] = mapped_column(Boolean, default=False)
