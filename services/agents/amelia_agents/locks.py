@@ -269,6 +269,11 @@ def holding(lock: RunLock) -> Iterator[None]:
         _HELD.reset(token)
 
 
+def held_lock() -> RunLock | None:
+    """The run lock this task's pick-up holds (`holding`), if any."""
+    return _HELD.get()
+
+
 async def still_held() -> None:
     """Before a pick-up writes: `LockLostError` unless its run's lock (`holding`) is still
     this worker's. No round trip while the lock's last check is recent (see the module)."""
