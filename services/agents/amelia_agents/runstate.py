@@ -141,7 +141,8 @@ def after_claim(row: RunRow | None, claimed: bool, job_age_seconds: float) -> Jo
     if row is None:
         return JobAction.DROP if job_age_seconds > ORPHAN_JOB_SECONDS else JobAction.RETRY_SOON
     if row.status == RunState.QUEUED.value:
-        return JobAction.RETRY_SOON
+        # Waiting behind its thread's run (`multitask`): its admission queues a job of its own.
+        return JobAction.SKIP if row.queued_behind else JobAction.RETRY_SOON
     ended = RunState(row.status) not in (Q, R, P)
     if ended and row.terminal_sequence is None:
         return JobAction.PUBLISH_END
