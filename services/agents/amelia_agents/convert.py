@@ -228,6 +228,9 @@ def run_to_proto(row: RunRow) -> agents_pb2.Run:
         msg.interrupt.value.CopyFrom(to_value(row.interrupt.get("value")))
     if row.timeout_seconds:
         msg.timeout.FromNanoseconds(int(row.timeout_seconds * 1e9))
+    msg.multitask_strategy = row.multitask_strategy or ""
+    if row.queued_behind is not None and row.status == RunState.QUEUED.value:
+        msg.queued_behind = run_name(row.queued_behind)
     return msg
 
 

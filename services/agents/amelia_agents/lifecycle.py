@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from amelia.v1 import events_pb2
+from amelia_agents import multitask
 from amelia_agents.convert import run_name
 from amelia_agents.models import RunRow
 from amelia_agents.runstate import end_events, lifecycle_prefix
@@ -105,12 +106,15 @@ class RunEvents:
 
     async def terminal(self, row: RunRow) -> None:
         """Publish the end of a finished run (idempotent: fixed ids) and remember its sequence;
-        nothing for a run that has not ended (see `runstate`, rule 4). Each end event is
+        nothing for a run that has not ended (see `runstate`, rule 4); then the thread's next
+        run is admitted, if one waits behind it (`multitask.settle`). Each end event is
         published and acknowledged on its own, so a trace shows `publish run.completed` with
         its id and sequence (written through one pipeline they were one `publish events` span:
         one round trip less, not worth the lost span)."""
         event = None
         for end in end_events(row):
             event = await self.publish(self.event(row, end.type, end.data, event_id=end.event_id))
-        if event is not None:
-            await self.store.set_terminal_sequence(row.id, event.sequence)
+        if event is not None and await self.store.set_terminal_sequence(row.id, event.sequence):
+            # Runs wait behind it, or a rollback left runs to delete (`multitask`).
+            log = self.event_log
+            await multitask.settle_quietly(self.store, log.js, log.settings, row.thread_id)

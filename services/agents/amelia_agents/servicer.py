@@ -19,6 +19,7 @@ from amelia_agents import (
     agent_fields,
     convert,
     filtering,
+    multitask,
     pagination,
     queue,
     steps,
@@ -235,6 +236,7 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         except workflows.InvalidInputError as exc:
             raise InvalidArgumentError(str(exc)) from None
         timeout = _run_timeout(run)
+        chosen = multitask.strategy(run.multitask_strategy)
         tid, new_thread = await self._thread_for(run.thread)
         row = _new_run(
             self.settings,
@@ -246,7 +248,9 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
             timeout=timeout,
             request_id=request.request_id,
         )
-        return agents_pb2.CreateRunResponse(run=await self._start(row, new_thread))
+        if run.multitask_strategy:
+            row.multitask_strategy = chosen
+        return agents_pb2.CreateRunResponse(run=await self._start(row, new_thread, chosen=chosen))
 
     async def _target(self, run: agents_pb2.Run) -> _Target:
         """What `run` executes: an agent (a snapshot of its configuration, so later edits do not
@@ -287,7 +291,13 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
             return None
         existing = await self.store.run_by_request_id(request_id)
         queued = existing is not None and existing.status == RunState.QUEUED.value
-        if queued and existing is not None and not existing.has_resume:
+        # (A run waiting behind its thread's run gets its job when admitted, not before.)
+        if (
+            queued
+            and existing is not None
+            and not existing.has_resume
+            and not existing.queued_behind
+        ):
             await self._requeue(existing, "start")
         return existing
 
@@ -296,10 +306,12 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         row: RunRow,
         new_thread: bool,
         then: Callable[[], Awaitable[None]] | None = None,
+        chosen: str = multitask.REJECT,
     ) -> agents_pb2.Run:
         """Record `row` and queue its job in one transaction; `then` runs once the job is
         queued, before the commit (if it raises, nothing is recorded, and the worker drops the
-        job of a run that never appears)."""
+        job of a run that never appears). On a busy thread, `chosen` (`multitask`) says what
+        happens: FAILED_PRECONDITION, or the run waits behind the thread's run."""
 
         async def queue_it() -> None:
             await queue.enqueue(self.js, self.settings, row.id, "start")
@@ -308,13 +320,27 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
 
         try:
             # The job is queued inside the transaction: if NATS refuses it, nothing is recorded.
-            await self.store.create_run(row, new_thread, before_commit=queue_it)
+            # A busy thread: the run waits behind its run, unless that run ended meanwhile.
+            while True:
+                try:
+                    await self.store.create_run(row, new_thread, before_commit=queue_it)
+                    break
+                except ActiveRunError:
+                    if chosen == multitask.REJECT:
+                        raise
+                stopped = await self.store.create_waiting(
+                    row, multitask.stop_reason(chosen, row.id), chosen == multitask.ROLLBACK
+                )
+                if stopped is not None:
+                    await self._waiting(row, chosen, stopped)
+                    break
         except ActiveRunError:
             active = await self.store.active_run(row.thread_id)
             which = f"a {active.status.lower()} run, runs/{active.id}" if active else "a run"
             raise FailedPreconditionError(
                 f"threads/{row.thread_id} already has {which}; a thread runs one at a time: "
-                "wait for it to end, or cancel it"
+                "wait for it to end, or cancel it, or create the run with a multitask_strategy "
+                "(enqueue, interrupt, rollback)"
             ) from None
         except IntegrityError:
             existing = await self.store.run_by_request_id(row.request_id or "")
@@ -330,6 +356,39 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
                 "nothing was started",
             ) from exc
         return convert.run_to_proto(row)
+
+    async def _waiting(self, row: RunRow, chosen: str, stopped: list[RunRow]) -> None:
+        """After `row` was recorded waiting behind its thread's run: tell what it waits for,
+        stop the runs its strategy cancelled (those that never started first: a rollback
+        deletes them with the one that ran), and admit it if the run it waits for has ended
+        since (that run's end may have looked for waiting runs before this commit)."""
+        try:
+            await self.events.publish(
+                self.events.event(
+                    row,
+                    "run.queued",
+                    {"behind": convert.run_name(row.queued_behind), "strategy": chosen}
+                    if row.queued_behind
+                    else {"strategy": chosen},
+                    event_id=f"{row.id}:queued",
+                )
+            )
+        except Exception as exc:  # noqa: BLE001 - the run is recorded: its start tells the rest
+            log.warning("run.queued not published", run=str(row.id), error=str(exc) or repr(exc))
+        for run in sorted(stopped, key=lambda r: r.start_time is not None):
+            await self._tell_cancelled(run)
+        await multitask.settle_quietly(self.store, self.js, self.settings, row.thread_id)
+
+    async def _tell_cancelled(self, row: RunRow) -> RunRow:
+        """After `row` was recorded CANCELLED: the worker running it (if any) stops it and
+        publishes the end; else we do. The run as it is then (`row` if it is gone: a rollback
+        deleted it)."""
+        confirmed = await queue.request_cancel(self.nc, row.id, row.error, CANCEL_CONFIRM_SECONDS)
+        row = await self.store.get_run(row.id) or row
+        if not confirmed or row.terminal_sequence is None:
+            await self.events.terminal(row)
+            row = await self.store.get_run(row.id) or row
+        return row
 
     async def _get_run(self, name: str) -> RunRow:
         rid = convert.run_id(name)
@@ -381,12 +440,7 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
             raise FailedPreconditionError(
                 f"runs/{rid} already ended ({row.status}); nothing to cancel"
             )
-        # The worker running it (if any) stops it and publishes the end; else we do.
-        confirmed = await queue.request_cancel(self.nc, rid, reason, CANCEL_CONFIRM_SECONDS)
-        row = await self.store.get_run(rid) or row
-        if not confirmed or row.terminal_sequence is None:
-            await self.events.terminal(row)
-            row = await self.store.get_run(rid) or row
+        row = await self._tell_cancelled(row)
         return agents_pb2.CancelRunResponse(run=convert.run_to_proto(row))
 
     async def ResumeRun(
@@ -531,6 +585,7 @@ def _new_run(
         queue=settings.RUNS_QUEUE_STREAM,
         queued_time=now(),
         pickups=0,
+        rolled_back=False,
     )
 
 

@@ -21,6 +21,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     delete,
+    exists,
     func,
     insert,
     inspect,
@@ -38,6 +39,7 @@ from amelia_agents import runstate
 from amelia_agents.locks import LOCK_NOT_AVAILABLE, LockLostError, RunLock
 from amelia_agents.models import (
     ACTIVE_STATES,
+    TERMINAL_STATES,
     AgentRow,
     RunRow,
     RunState,
@@ -186,6 +188,62 @@ def _recording_statement(columns: tuple[str, ...], new_thread: bool) -> Insert:
     return (
         insert(_RUNS).from_select(list(columns), source).add_cte(thread_change.cte("thread_change"))
     )
+
+
+def _unsettled(thread_id: ColumnElement[Any]) -> ColumnElement[bool]:
+    """Whether the thread has runs waiting behind its run, or rolled back and not deleted yet
+    (`multitask.settle` has something to do)."""
+    other = _RUNS.alias("other")
+    return exists().where(
+        other.c.thread_id == thread_id,
+        or_(
+            and_(
+                other.c.status == RunState.QUEUED.value,
+                other.c.queued_behind.is_not(None),
+            ),
+            other.c.rolled_back,
+        ),
+    )
+
+
+_ACTIVE_VALUES = [state.value for state in ACTIVE_STATES]
+_ENDED_VALUES = [state.value for state in TERMINAL_STATES]
+
+# The thread's first waiting run admitted (its job is queued by the caller once this
+# committed), the others now waiting behind it — only while the thread has no admitted active
+# run (the unique index `uq_runs_active_thread` settles a race: the loser changes nothing).
+_ADMIT = text(
+    """
+    WITH first AS (
+        SELECT id FROM runs
+        WHERE thread_id = :thread AND status = 'QUEUED' AND queued_behind IS NOT NULL
+        AND NOT EXISTS (
+            SELECT 1 FROM runs a WHERE a.thread_id = :thread
+            AND a.status IN ('QUEUED', 'RUNNING', 'PAUSED') AND a.queued_behind IS NULL
+        )
+        ORDER BY create_time, id LIMIT 1
+        FOR UPDATE
+    )
+    UPDATE runs SET
+        queued_behind = CASE WHEN runs.id = first.id THEN NULL ELSE first.id END,
+        queued_time = CASE WHEN runs.id = first.id THEN :now ELSE runs.queued_time END,
+        queue = CASE WHEN runs.id = first.id THEN :queue ELSE runs.queue END
+    FROM first
+    WHERE runs.thread_id = :thread AND runs.status = 'QUEUED' AND runs.queued_behind IS NOT NULL
+    RETURNING runs.id, runs.queued_behind IS NULL AS admitted
+    """
+)
+
+
+@dataclass
+class ThreadTurn:
+    """Where a thread's runs stand for `multitask.settle`: its latest run a worker started (the
+    only one whose executor may still be running: the runs of a thread execute one after the
+    other) and its status, and whether the thread has an admitted active run."""
+
+    last_started: uuid.UUID | None
+    last_status: str | None
+    busy: bool
 
 
 THREAD_ORDERS = ("create_time", "create_time desc", "update_time", "update_time desc")
@@ -392,12 +450,14 @@ class Store:
         transition: runstate.Transition,
         values: dict[str, Any],
         attempt: int | None = None,
+        where: Sequence[ColumnElement[bool]] = (),
     ) -> tuple[RunRow | None, bool]:
-        """Take `transition` with `values` if the run's status allows it: (row after, whether it
-        changed). The UPDATE is one statement, atomic on its own. With `attempt` (a worker's
-        fencing token, see `locks`), only while the run is still at that attempt:
-        `LockLostError` when another pick-up has claimed it since."""
+        """Take `transition` with `values` if the run's status allows it (and `where` holds):
+        (row after, whether it changed). The UPDATE is one statement, atomic on its own. With
+        `attempt` (a worker's fencing token, see `locks`), only while the run is still at that
+        attempt: `LockLostError` when another pick-up has claimed it since."""
         fence = [] if attempt is None else [_RUNS.c.attempt == attempt]
+        fence.extend(where)
         async with self.autocommit.connect() as conn:
             changed = (
                 await conn.execute(
@@ -468,7 +528,8 @@ class Store:
     # runs: worker side ----------------------------------------------------------------------
 
     async def claim(self, run_id: uuid.UUID, worker: str) -> tuple[RunRow | None, bool]:
-        """QUEUED/RUNNING → RUNNING with the attempt and pick-up counted; else the run as it is."""
+        """QUEUED/RUNNING → RUNNING with the attempt and pick-up counted; else the run as it is.
+        A run queued behind its thread's run (`multitask`) is never claimed."""
         return await self._transition(
             run_id,
             runstate.CLAIM,
@@ -478,6 +539,7 @@ class Store:
                 "start_time": func.coalesce(RunRow.start_time, now()),
                 "worker": worker,
             },
+            where=(_RUNS.c.queued_behind.is_(None),),
         )
 
     async def add_usage(self, run_id: uuid.UUID, input_tokens: int, output_tokens: int) -> None:
@@ -536,11 +598,17 @@ class Store:
             attempt,
         )
 
-    async def set_terminal_sequence(self, run_id: uuid.UUID, sequence: int) -> None:
+    async def set_terminal_sequence(self, run_id: uuid.UUID, sequence: int) -> bool:
+        """Keep the sequence of the run's end event; whether its thread has runs waiting behind
+        it or rolled back to delete (`multitask.settle`), read in the same statement."""
         async with self.autocommit.connect() as conn:
-            await conn.execute(
-                update(_RUNS).where(_RUNS.c.id == run_id).values(terminal_sequence=sequence)
+            unsettled = await conn.scalar(
+                update(_RUNS)
+                .where(_RUNS.c.id == run_id)
+                .values(terminal_sequence=sequence)
+                .returning(_unsettled(_RUNS.c.thread_id))
             )
+        return bool(unsettled)
 
     async def status(self, run_id: uuid.UUID) -> str | None:
         async with self.single_statements() as s:
@@ -559,6 +627,7 @@ class Store:
                 RunRow.status.in_([RunState.QUEUED.value, RunState.RUNNING.value]),
                 or_(RunRow.queue == queue, RunRow.queue.is_(None)),
                 queued < queued_before,
+                RunRow.queued_behind.is_(None),  # a run waiting behind another has no job yet
             )
             .order_by(queued)
             .limit(limit)
@@ -572,6 +641,126 @@ class Store:
             await s.execute(
                 update(RunRow).where(RunRow.id == run_id).values(queue=queue, queued_time=now())
             )
+
+    # runs: multitask strategies (`multitask`) ----------------------------------------------
+
+    async def create_waiting(
+        self, row: RunRow, stop_reason: str | None, rollback: bool
+    ) -> list[RunRow] | None:
+        """Record `row` QUEUED behind its thread's admitted active run (`queued_behind`; no job:
+        it gets one when admitted); with `stop_reason`, in the same transaction, every other
+        active run of the thread is CANCELLED with that reason (`rollback`: marked to be
+        deleted). The cancelled runs; None when the thread has no admitted active run any
+        more (record `row` as any run).
+
+        The admitted run's row is locked first, so its end (an UPDATE of that row) comes after
+        this commit and sees `row` waiting; a run that ended meanwhile is not found."""
+        async with self.engine.begin() as conn:
+            ahead = await conn.scalar(
+                select(_RUNS.c.id)
+                .where(
+                    _RUNS.c.thread_id == row.thread_id,
+                    _RUNS.c.status.in_(_ACTIVE_VALUES),
+                    _RUNS.c.queued_behind.is_(None),
+                )
+                .with_for_update()
+            )
+            if ahead is None:
+                return None
+            row.queued_behind = ahead
+            await conn.execute(*_recording_insert(row, False))
+            if stop_reason is None:
+                return []
+            stopped = await conn.execute(
+                update(_RUNS)
+                .where(
+                    _RUNS.c.thread_id == row.thread_id,
+                    _RUNS.c.status.in_(_ACTIVE_VALUES),
+                    _RUNS.c.id != row.id,
+                )
+                .values(
+                    status=RunState.CANCELLED.value,
+                    error=stop_reason,
+                    end_time=now(),
+                    interrupt=None,
+                    has_resume=False,
+                    rolled_back=rollback,
+                )
+                .returning(*_RUNS.c)
+            )
+            return [RunRow(**found._mapping) for found in stopped.all()]
+
+    async def thread_turn(self, thread_id: uuid.UUID) -> ThreadTurn:
+        """The thread's `ThreadTurn`, in one statement."""
+        latest = (
+            select(_RUNS.c.id, _RUNS.c.status)
+            .where(_RUNS.c.thread_id == thread_id, _RUNS.c.start_time.is_not(None))
+            .order_by(_RUNS.c.start_time.desc())
+            .limit(1)
+            .subquery()
+        )
+        busy = exists().where(
+            _RUNS.c.thread_id == thread_id,
+            _RUNS.c.status.in_(_ACTIVE_VALUES),
+            _RUNS.c.queued_behind.is_(None),
+        )
+        query = select(
+            select(latest.c.id).scalar_subquery(),
+            select(latest.c.status).scalar_subquery(),
+            busy,
+        )
+        async with self.autocommit.connect() as conn:
+            found = (await conn.execute(query)).one()
+        return ThreadTurn(found[0], found[1], bool(found[2]))
+
+    async def admit_next(self, thread_id: uuid.UUID, queue: str) -> uuid.UUID | None:
+        """Admit the thread's first waiting run if the thread has no admitted active run: the
+        run admitted (queue its job), None if none was."""
+        try:
+            async with self.autocommit.connect() as conn:
+                changed = (
+                    await conn.execute(_ADMIT, {"thread": thread_id, "now": now(), "queue": queue})
+                ).all()
+        except IntegrityError as exc:
+            if "uq_runs_active_thread" in str(exc.orig):
+                return None  # another run was admitted (or recorded) meanwhile
+            raise
+        return next((found.id for found in changed if found.admitted), None)
+
+    async def rolled_back(self, thread_id: uuid.UUID) -> list[uuid.UUID]:
+        """The thread's ended runs a rollback stopped, not deleted yet."""
+        async with self.autocommit.connect() as conn:
+            found = await conn.scalars(
+                select(_RUNS.c.id).where(
+                    _RUNS.c.thread_id == thread_id,
+                    _RUNS.c.rolled_back,
+                    _RUNS.c.status.in_(_ENDED_VALUES),
+                )
+            )
+            return list(found.all())
+
+    async def unsettled_threads(self, limit: int = 1000) -> list[uuid.UUID]:
+        """Threads with runs waiting while none of theirs is admitted and active (the run they
+        waited for ended and its end did not admit the next: its worker was killed in between),
+        or with rolled back runs not deleted yet: for the reconciler."""
+        admitted = _RUNS.alias("admitted")
+        stalled = and_(
+            _RUNS.c.status == RunState.QUEUED.value,
+            _RUNS.c.queued_behind.is_not(None),
+            ~exists().where(
+                admitted.c.thread_id == _RUNS.c.thread_id,
+                admitted.c.status.in_(_ACTIVE_VALUES),
+                admitted.c.queued_behind.is_(None),
+            ),
+        )
+        leftover = and_(_RUNS.c.rolled_back, _RUNS.c.status.in_(_ENDED_VALUES))
+        query = select(_RUNS.c.thread_id).where(or_(stalled, leftover)).distinct().limit(limit)
+        async with self.autocommit.connect() as conn:
+            return list((await conn.scalars(query)).all())
+
+    async def delete_runs(self, run_ids: Sequence[uuid.UUID]) -> None:
+        async with self.autocommit.connect() as conn:
+            await conn.execute(delete(_RUNS).where(_RUNS.c.id.in_(run_ids)))
 
     # runs: the gauges of /metrics -----------------------------------------------------------
 

@@ -13,6 +13,9 @@ standalone worker runs one) and workers can race: whoever holds the lock has the
 reconciler that comes second finds the new job and leaves the run alone. A lock whose holder
 has been silent for RUN_HEARTBEAT_TIMEOUT_SECONDS (a frozen worker) is taken over, as a worker
 does (`RunLock.take_over`): a frozen worker whose job was lost too does not keep its run.
+
+It also admits the next run of a thread whose run ended without admitting it (its worker was
+killed between the two; `multitask.settle`), and deletes what a rollback left.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from datetime import timedelta
 from nats.js import JetStreamContext
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from amelia_agents import queue
+from amelia_agents import multitask, queue
 from amelia_agents.locks import RunLock
 from amelia_agents.models import RunState
 from amelia_agents.outages import infrastructure_outage
@@ -76,7 +79,10 @@ class Sweeper:
                 failing = False
 
     async def sweep(self) -> list[uuid.UUID]:
-        """Re-queue the lost runs of this queue now; returns them."""
+        """Admit the runs waiting on a thread whose admitting end was lost (`multitask`), then
+        re-queue the lost runs of this queue; returns those re-queued."""
+        for thread_id in await self.store.unsettled_threads():
+            await multitask.settle(self.store, self.js, self.settings, thread_id)
         queue_name = self.settings.RUNS_QUEUE_STREAM
         before = now() - timedelta(seconds=self.settings.RUN_REQUEUE_AFTER_SECONDS)
         candidates = await self.store.unfinished_runs(queue_name, before)

@@ -1218,6 +1218,8 @@ class Run(_message.Message):
     INTERRUPT_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
     TIMEOUT_FIELD_NUMBER: _builtins.int
+    MULTITASK_STRATEGY_FIELD_NUMBER: _builtins.int
+    QUEUED_BEHIND_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`runs/{run}`."""
     agent: _builtins.str
@@ -1232,6 +1234,18 @@ class Run(_message.Message):
     """Output only: why it failed or was cancelled."""
     attempt: _builtins.int
     """Output only: how many times a worker picked it up."""
+    multitask_strategy: _builtins.str
+    """What CreateRun does when the thread already has a queued, running or paused run
+    (LangGraph Server's `multitask_strategy`): "reject" (the default, also when empty:
+    FAILED_PRECONDITION), "enqueue" (accepted QUEUED behind the thread's runs; it starts when
+    they have ended, first come first served), "interrupt" (the thread's runs are cancelled,
+    their checkpoints kept, and this run starts once they have stopped), "rollback" (the same,
+    and the stopped runs are deleted with their checkpoints). Kept on the run as given.
+    """
+    queued_behind: _builtins.str
+    """Output only: while QUEUED behind the thread's runs, `runs/{run}` of the thread's run it
+    waits for (the one running, paused or about to run); empty once it waits for a worker only.
+    """
     @_builtins.property
     def input(self) -> _struct_pb2.Struct:
         """Input, e.g. `{"message": "..."}`."""
@@ -1287,10 +1301,12 @@ class Run(_message.Message):
         interrupt: Global___Interrupt | None = ...,
         attempt: _builtins.int = ...,
         timeout: _duration_pb2.Duration | None = ...,
+        multitask_strategy: _builtins.str = ...,
+        queued_behind: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "create_time", b"create_time", "duration", b"duration", "end_time", b"end_time", "input", b"input", "interrupt", b"interrupt", "output", b"output", "start_time", b"start_time", "target", b"target", "timeout", b"timeout", "usage", b"usage", "workflow", b"workflow"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attempt", b"attempt", "create_time", b"create_time", "duration", b"duration", "end_time", b"end_time", "error", b"error", "input", b"input", "interrupt", b"interrupt", "name", b"name", "output", b"output", "start_time", b"start_time", "status", b"status", "target", b"target", "thread", b"thread", "timeout", b"timeout", "usage", b"usage", "workflow", b"workflow"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attempt", b"attempt", "create_time", b"create_time", "duration", b"duration", "end_time", b"end_time", "error", b"error", "input", b"input", "interrupt", b"interrupt", "multitask_strategy", b"multitask_strategy", "name", b"name", "output", b"output", "queued_behind", b"queued_behind", "start_time", b"start_time", "status", b"status", "target", b"target", "thread", b"thread", "timeout", b"timeout", "usage", b"usage", "workflow", b"workflow"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["agent", "workflow"]  # noqa: Y015
     _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
