@@ -209,7 +209,8 @@ async def test_unavailable_upstream_is_503_naming_the_service(http: httpx.AsyncC
     )
     for rule, reply in zip(rules, replies, strict=True):
         body = _status(reply, 503, 14)
-        name = {"AgentService": "agents", "GitService": "agents", "RagService": "rag"}[rule.service]
+        served_by = {"GitService": "agents", "CronService": "agents", "RagService": "rag"}
+        name = served_by.get(rule.service, "agents" if rule.service == "AgentService" else "?")
         assert f"the {name} service at 127.0.0.1:" in body["message"], (rule.rpc, body)
 
 

@@ -134,6 +134,7 @@ async def test_cancel_and_unknown_ids(mesh: Mesh) -> None:
         "run": missing,
         "document": missing,
         "checkpoint": "1f0c0000-0000-6000-8000-000000000000",
+        "cron": missing,
     }
     for rule in ROUTES:
         if not rule.variables or rule.service == "EventService":

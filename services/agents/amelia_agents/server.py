@@ -1,12 +1,14 @@
-"""Building the agents service: database, checkpointer, NATS, the API, its workers and the run
-reconciler (`sweeper`). Health: `dependency/postgres`, `dependency/nats`, and — with workers in
-the process — `dependency/workers` (NOT_SERVING while they cannot run anything)."""
+"""Building the agents service: database, checkpointer, NATS, the API, its workers, the run
+reconciler (`sweeper`) and the cron scheduler (`crons`). Health: `dependency/postgres`,
+`dependency/nats`, and — with workers in the process — `dependency/workers` (NOT_SERVING while
+they cannot run anything)."""
 
 from __future__ import annotations
 
 import grpc
 
-from amelia.v1 import agents_pb2, agents_pb2_grpc, git_pb2, git_pb2_grpc
+from amelia.v1 import agents_pb2, agents_pb2_grpc, crons_pb2, crons_pb2_grpc, git_pb2, git_pb2_grpc
+from amelia_agents.crons import start_crons
 from amelia_agents.git_service import GitServicer
 from amelia_agents.resources import Resources, migrate, open_resources
 from amelia_agents.servicer import AgentServicer
@@ -20,6 +22,7 @@ from amelia_common.settings import Settings
 
 SERVICE_NAME = agents_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
 GIT_SERVICE_NAME = git_pb2.DESCRIPTOR.services_by_name["GitService"].full_name
+CRON_SERVICE_NAME = crons_pb2.DESCRIPTOR.services_by_name["CronService"].full_name
 
 
 async def build_service(settings: Settings) -> GrpcService:
@@ -47,17 +50,19 @@ async def _service(res: Resources) -> GrpcService:
     sweeper = Sweeper(settings, res.engine, store, res.js)
     sweeper.start()
     res.on_close(sweeper.stop)
+    crons = start_crons(res, servicer)  # the API and the scheduler loop
 
     def register(server: grpc.aio.Server) -> None:
         agents_pb2_grpc.add_AgentServiceServicer_to_server(servicer, server)
         git_pb2_grpc.add_GitServiceServicer_to_server(GitServicer(settings, store, events), server)
+        crons_pb2_grpc.add_CronServiceServicer_to_server(crons, server)
 
     # Closing runs in reverse: the reconciler and workers stop first, then what they used.
     return GrpcService(
         name="agents",
         settings=settings,
         port=settings.AGENTS_GRPC_PORT,
-        service_names=[SERVICE_NAME, GIT_SERVICE_NAME],
+        service_names=[SERVICE_NAME, GIT_SERVICE_NAME, CRON_SERVICE_NAME],
         register=register,
         dependencies=dependencies,
         on_shutdown=[res.close],

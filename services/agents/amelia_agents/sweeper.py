@@ -20,8 +20,6 @@ killed between the two; `multitask.settle`), and deletes what a rollback left.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import uuid
 from datetime import timedelta
 
@@ -31,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from amelia_agents import multitask, queue
 from amelia_agents.locks import RunLock
 from amelia_agents.models import RunState
-from amelia_agents.outages import infrastructure_outage
+from amelia_agents.periodic import Periodic
 from amelia_agents.store import Store, now
 from amelia_common.logging import get_logger
 from amelia_common.settings import Settings
@@ -49,34 +47,20 @@ class Sweeper:
         self.engine = engine
         self.store = store
         self.js = js
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Periodic(
+            "run-reconciler",
+            settings.RUN_SWEEP_INTERVAL_SECONDS,
+            self.sweep,
+            log,
+            "the run reconciler cannot look for lost runs",
+            wait_first=True,
+        )
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="run-reconciler")
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
-            self._task = None
-
-    async def _loop(self) -> None:
-        failing = False
-        while True:
-            await asyncio.sleep(self.settings.RUN_SWEEP_INTERVAL_SECONDS)
-            try:
-                await self.sweep()
-            except Exception as exc:  # noqa: BLE001 - look again next time
-                if not failing:
-                    log.warning(
-                        "the run reconciler cannot look for lost runs",
-                        dependency=infrastructure_outage(exc),
-                        error=str(exc) or repr(exc),
-                    )
-                failing = True
-            else:
-                failing = False
+        await self._loop.stop()
 
     async def sweep(self) -> list[uuid.UUID]:
         """Admit the runs waiting on a thread whose admitting end was lost (`multitask`), then

@@ -112,6 +112,7 @@ _SERVICE_NAMES = {
     "AgentService": "agents",
     "RagService": "rag",
     "GitService": "agents",  # served by the agents service
+    "CronService": "agents",  # served by the agents service
 }
 
 

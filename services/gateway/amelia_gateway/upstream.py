@@ -19,7 +19,7 @@ from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from amelia.v1 import agents_pb2, events_pb2, git_pb2, rag_pb2
+from amelia.v1 import agents_pb2, crons_pb2, events_pb2, git_pb2, rag_pb2
 from amelia_common.grpc_client import aio_channel
 from amelia_common.grpc_server import DEPENDENCY_PREFIX
 from amelia_common.settings import Settings
@@ -32,6 +32,7 @@ SERVICES: dict[str, ServiceDescriptor] = {
     "AgentService": agents_pb2.DESCRIPTOR.services_by_name["AgentService"],
     "RagService": rag_pb2.DESCRIPTOR.services_by_name["RagService"],
     "GitService": git_pb2.DESCRIPTOR.services_by_name["GitService"],
+    "CronService": crons_pb2.DESCRIPTOR.services_by_name["CronService"],
 }
 
 # Which setting holds each service's address; also the short name used in /v1/status.
@@ -42,7 +43,7 @@ ADDRESS_SETTING: dict[str, tuple[str, str]] = {
 }
 
 # Services served by another one's process, on its channel (and in its health).
-SERVED_WITH: dict[str, str] = {"GitService": "AgentService"}
+SERVED_WITH: dict[str, str] = {"GitService": "AgentService", "CronService": "AgentService"}
 
 
 def method(service: str, rpc: str) -> MethodDescriptor:

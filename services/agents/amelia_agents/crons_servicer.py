@@ -1,0 +1,280 @@
+"""CronService over gRPC: a cron's fields checked here (a bad schedule, zone, input or end time
+is INVALID_ARGUMENT naming the field; a missing agent, workflow or thread NOT_FOUND), state in
+`crons_store`, firing in `crons_scheduler`. What a run of the cron executes is resolved and its
+input checked by AgentService's own code, as CreateRun does."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf import timestamp_pb2
+
+from amelia.v1 import agents_pb2, crons_pb2, crons_pb2_grpc
+from amelia_agents import convert, crons_schedule, pagination, workflows
+from amelia_agents.crons_scheduler import (
+    Clock,
+    StartRun,
+    run_request,
+    tell,
+    utc_now,
+)
+from amelia_agents.crons_store import Action, CronRow, CronStore
+from amelia_agents.servicer import AgentServicer
+from amelia_common import paging
+from amelia_common.errors import InvalidArgumentError, check_request_id
+from amelia_common.eventlog import EventLog, timestamp_problem
+
+Ctx = Any
+UPDATABLE = ("paused", "schedule", "timezone", "input", "metadata", "end_time")
+# Changing one of these computes the next run time afresh.
+RESCHEDULING = {"paused", "schedule", "timezone", "end_time"}
+COLUMNS = {"metadata": "meta"}  # a field whose column is named otherwise
+OUTCOMES = {
+    "FIRED": crons_pb2.CRON_OUTCOME_FIRED,
+    "SKIPPED": crons_pb2.CRON_OUTCOME_SKIPPED,
+    "FAILED": crons_pb2.CRON_OUTCOME_FAILED,
+}
+
+
+def cron_id(name: str) -> uuid.UUID:
+    value = name.removeprefix("crons/")
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise convert.BadNameError(f"cron name {name!r} must be 'crons/<uuid>'") from None
+
+
+def _time(target: timestamp_pb2.Timestamp, value: datetime | str | None) -> None:
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if value is not None:
+        target.FromDatetime(value)
+
+
+def _action(found: dict[str, Any], target: crons_pb2.CronAction) -> None:
+    _time(target.schedule_time, found.get("schedule_time"))
+    _time(target.action_time, found.get("action_time"))
+    target.outcome = OUTCOMES.get(found.get("outcome", ""), crons_pb2.CRON_OUTCOME_UNSPECIFIED)
+    target.run = found.get("run", "")
+    target.reason = found.get("reason", "")
+    target.missed_ticks = found.get("missed_ticks", 0)
+    target.triggered = found.get("triggered", False)
+
+
+def cron_to_proto(row: CronRow) -> crons_pb2.Cron:
+    msg = crons_pb2.Cron(
+        name=f"crons/{row.id}",
+        thread=f"threads/{row.thread_id}" if row.thread_id else "",
+        schedule=row.schedule,
+        timezone=row.timezone,
+        paused=row.paused,
+        fired_count=row.fired_count,
+        skipped_count=row.skipped_count,
+        failed_count=row.failed_count,
+    )
+    if row.agent_id:
+        msg.agent = f"agents/{row.agent_id}"
+    elif row.workflow:
+        msg.workflow = f"workflows/{row.workflow}"
+    msg.input.update(row.input or {})
+    msg.metadata.update(row.meta or {})
+    for name in ("end_time", "next_run_time", "create_time", "update_time"):
+        _time(getattr(msg, name), getattr(row, name))
+    if row.last_run:
+        _action(row.last_run, msg.last_run)
+    for found in row.recent or []:
+        _action(found, msg.recent_actions.add())
+    return msg
+
+
+@dataclass(eq=False)
+class CronServicer(crons_pb2_grpc.CronServiceServicer):
+    crons: CronStore
+    agents: AgentServicer
+    start_run: StartRun
+    event_log: EventLog
+    clock: Clock = utc_now
+
+    async def CreateCron(
+        self, request: crons_pb2.CreateCronRequest, context: Ctx
+    ) -> crons_pb2.CreateCronResponse:
+        cron = request.cron
+        # The thread first: POST /v1/threads/{thread}/crons names a thread that must exist.
+        thread = await self.agents._known_thread(cron.thread) if cron.thread else None
+        schedule = crons_schedule.parse(cron.schedule, cron.timezone)
+        end_time = _end_time(cron)
+        input_value = _json(cron.input, "cron.input", convert.MIB)
+        meta = _json(cron.metadata, "cron.metadata", 64 * 1024)
+        agent_id, workflow = await self._target(cron, input_value)
+        moment = self.clock()
+        if end_time is not None and end_time <= moment:
+            raise InvalidArgumentError("cron.end_time must be in the future")
+        row = CronRow(
+            id=uuid.uuid4(),
+            agent_id=agent_id,
+            workflow=workflow,
+            thread_id=thread,
+            schedule=schedule.expression,
+            timezone=cron.timezone,
+            input=input_value,
+            meta=meta,
+            paused=cron.paused,
+            end_time=end_time,
+            next_run_time=None
+            if cron.paused
+            else crons_schedule.first_tick(schedule, moment, end_time),
+            pending_missed=0,
+            recent=[],
+            fired_count=0,
+            skipped_count=0,
+            failed_count=0,
+            create_time=moment,
+            update_time=moment,
+        )
+        await self.crons.create(row)
+        return crons_pb2.CreateCronResponse(cron=cron_to_proto(row))
+
+    async def _target(
+        self, cron: crons_pb2.Cron, input_value: Any
+    ) -> tuple[str | None, str | None]:
+        """The cron's agent or workflow, checked as CreateRun checks a run's (NOT_FOUND when it
+        is missing), with the input its runs will get."""
+        run = agents_pb2.Run()
+        which = cron.WhichOneof("target")
+        if which is None:
+            raise InvalidArgumentError("set cron.agent ('agents/<id>') or cron.workflow")
+        setattr(run, which, getattr(cron, which))
+        target = await self.agents._target(run)
+        try:
+            target.workflow.validate_input(input_value, self.agents.settings)
+        except workflows.InvalidInputError as exc:
+            raise InvalidArgumentError(f"cron.input: {exc}") from None
+        return target.agent_id, target.workflow_name
+
+    async def _get(self, name: str) -> CronRow:
+        cid = cron_id(name)
+        return convert.found(await self.crons.get(cid), f"crons/{cid}")
+
+    async def GetCron(
+        self, request: crons_pb2.GetCronRequest, context: Ctx
+    ) -> crons_pb2.GetCronResponse:
+        return crons_pb2.GetCronResponse(cron=cron_to_proto(await self._get(request.name)))
+
+    async def ListCrons(
+        self, request: crons_pb2.ListCronsRequest, context: Ctx
+    ) -> crons_pb2.ListCronsResponse:
+        limit, after, scope = pagination.keyset_page(request)
+        if after is not None:
+            try:
+                uuid.UUID(after[1])
+            except ValueError:
+                raise InvalidArgumentError(paging.BAD_TOKEN) from None
+        agent = convert.agent_id(request.agent) if request.agent else None
+        thread = convert.thread_id(request.thread) if request.thread else None
+        found = await self.crons.page(limit + 1, after, agent, thread)
+        fit = convert.PageFit(cron_to_proto)
+        _, token = pagination.page(found, limit, fit=fit, scope=scope)
+        return crons_pb2.ListCronsResponse(crons=fit.messages, next_page_token=token)
+
+    async def UpdateCron(
+        self, request: crons_pb2.UpdateCronRequest, context: Ctx
+    ) -> crons_pb2.UpdateCronResponse:
+        cron = request.cron
+        row = await self._get(cron.name)
+        cid = row.id
+        mask = [COLUMNS.get(name, name) for name in _mask(request.update_mask, cron)]
+        values: dict[str, Any] = {
+            "paused": cron.paused,
+            "schedule": " ".join(cron.schedule.split()),
+            "timezone": cron.timezone,
+            "input": _json(cron.input, "cron.input", convert.MIB),
+            "meta": _json(cron.metadata, "cron.metadata", 64 * 1024),
+            "end_time": _end_time(cron),
+        }
+        moment = self.clock()
+        if values["end_time"] is not None and values["end_time"] <= moment:
+            raise InvalidArgumentError("cron.end_time must be in the future")
+        if "input" in mask:
+            await self._target(_target_of(row), values["input"])
+
+        def change(locked: CronRow) -> None:
+            for name in mask:
+                setattr(locked, name, values[name])
+            schedule = crons_schedule.parse(locked.schedule, locked.timezone)  # as changed
+            if RESCHEDULING & set(mask):
+                locked.next_run_time = (
+                    None
+                    if locked.paused
+                    else crons_schedule.first_tick(schedule, moment, locked.end_time)
+                )
+
+        updated = await self.crons.update(cid, change)
+        row = convert.found(updated, f"crons/{cid}")
+        return crons_pb2.UpdateCronResponse(cron=cron_to_proto(row))
+
+    async def DeleteCron(
+        self, request: crons_pb2.DeleteCronRequest, context: Ctx
+    ) -> crons_pb2.DeleteCronResponse:
+        cid = cron_id(request.name)
+        if not await self.crons.delete(cid):
+            raise convert.not_found(f"crons/{cid}")
+        return crons_pb2.DeleteCronResponse()
+
+    async def TriggerCron(
+        self, request: crons_pb2.TriggerCronRequest, context: Ctx
+    ) -> crons_pb2.TriggerCronResponse:
+        row = await self._get(request.name)
+        check_request_id(request.request_id)
+        key = request.request_id or uuid.uuid4().hex
+        if len(key) > 64 or not key.isascii():
+            key = hashlib.sha256(key.encode()).hexdigest()[:32]
+        moment = self.clock()
+        run = await self.start_run(run_request(row, f"cron:{row.id}:trigger:{key}"))
+        action = Action(moment, "FIRED", run=run.name, triggered=True, action_time=moment)
+        recorded = await self.crons.record(row.id, action, pending=None)
+        await tell(self.event_log, row.id, action)
+        row = convert.found(recorded, f"crons/{row.id}")
+        return crons_pb2.TriggerCronResponse(run=run, cron=cron_to_proto(row))
+
+
+def _target_of(row: CronRow) -> crons_pb2.Cron:
+    if row.agent_id:
+        return crons_pb2.Cron(agent=f"agents/{row.agent_id}")
+    return crons_pb2.Cron(workflow=f"workflows/{row.workflow}")
+
+
+def _json(message: Any, field: str, limit: int) -> Any:
+    convert.check_size(message.ByteSize(), field, limit)
+    return convert.json_from(message, field)
+
+
+def _end_time(cron: crons_pb2.Cron) -> datetime | None:
+    if not cron.HasField("end_time"):
+        return None
+    problem = timestamp_problem(cron.end_time, "cron.end_time")
+    if problem is not None:
+        raise InvalidArgumentError(problem)
+    return cron.end_time.ToDatetime(tzinfo=UTC)
+
+
+def _mask(paths: Any, cron: crons_pb2.Cron) -> list[str]:
+    """An update mask's fields (comma-separated paths allowed); the updatable fields `cron`
+    sets when it is empty; INVALID_ARGUMENT naming unknown ones, or when nothing would change."""
+    mask = [f.strip() for path in paths for f in path.split(",") if f.strip()]
+    unknown = [f for f in mask if f not in UPDATABLE]
+    if unknown:
+        raise InvalidArgumentError(
+            f"update_mask has unknown fields {unknown}; allowed: {', '.join(UPDATABLE)}"
+        )
+    if not mask:
+        present = {field.name for field, _ in cron.ListFields()}
+        mask = [name for name in UPDATABLE if name in present]
+    if not mask:
+        raise InvalidArgumentError(
+            f"nothing to update: name the fields in update_mask ({', '.join(UPDATABLE)})"
+        )
+    return mask

@@ -1,0 +1,388 @@
+"""Crons: a tick fires a run that completes, once, whatever the schedulers do.
+
+The schedulers here run in the test process on the session's real PostgreSQL and NATS, creating
+runs through AgentService's CreateRun code; the shared agents service's workers run them. Their
+clock is arranged: crons are created at an instant in 2031 (the service's own scheduler, on the
+real clock, never finds them due) and a pass is made at the instants a test needs, so nothing
+waits for a minute to pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from agents_helpers import S, create_run, wait_status
+from sqlalchemy import text
+
+from amelia.v1 import agents_pb2_grpc, crons_pb2
+from amelia_agents import crons
+from amelia_agents.crons_scheduler import CronScheduler, tick_request_id
+from amelia_agents.crons_servicer import CronServicer
+from amelia_agents.resources import Resources, open_resources
+from amelia_agents.servicer import AgentServicer
+from amelia_agents.streaming import RunStreamer
+from amelia_common.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from amelia_common.settings import Settings
+
+START = datetime(2031, 1, 6, 0, 0, 30, tzinfo=UTC)  # a Monday, mid-minute
+C = crons_pb2
+
+
+@dataclass
+class Clock:
+    now: datetime = START
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@dataclass
+class Crons:
+    """A CronServicer and schedulers of the test's own, on one arranged clock."""
+
+    res: Resources
+    agents: AgentServicer
+    stub: agents_pb2_grpc.AgentServiceStub
+    clock: Clock = field(default_factory=Clock)
+    made: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.api = CronServicer(
+            crons.CronStore(self.res.store.sessions),
+            self.agents,
+            crons.creating_runs(self.agents),
+            self.res.eventlog,
+            clock=self.clock,
+        )
+
+    def scheduler(self, **options: Any) -> CronScheduler:
+        made = crons.scheduler(self.res, self.agents, clock=self.clock)
+        for key, value in options.items():
+            setattr(made, key, value)
+        return made
+
+    async def create(self, **fields: Any) -> C.Cron:
+        if "agent" in fields:
+            fields.setdefault("input", {"message": "tick"})
+        message = C.Cron()
+        for key, value in fields.items():
+            if key in ("input", "metadata"):
+                getattr(message, key).update(value)
+            elif key == "end_time":
+                message.end_time.FromDatetime(value)
+            else:
+                setattr(message, key, value)
+        made = (await self.api.CreateCron(C.CreateCronRequest(cron=message), None)).cron
+        self.made.append(made.name)
+        return made
+
+    async def get(self, name: str) -> C.Cron:
+        return (await self.api.GetCron(C.GetCronRequest(name=name), None)).cron
+
+    async def agent(self) -> str:
+        agent_id = f"cron-{uuid.uuid4().hex[:10]}"
+        await self.stub.CreateAgent(
+            S.CreateAgentRequest(agent_id=agent_id, agent=S.Agent(model="offline:echo"))
+        )
+        return f"agents/{agent_id}"
+
+    async def runs_of(self, agent: str) -> list[S.Run]:
+        return list((await self.stub.ListRuns(S.ListRunsRequest(agent=agent))).runs)
+
+
+@pytest.fixture(scope="module")
+async def cron_env(
+    agents_settings: Settings, agents: agents_pb2_grpc.AgentServiceStub
+) -> AsyncIterator[tuple[Resources, AgentServicer]]:
+    res = await open_resources(agents_settings, "amelia-agents-cron-test")
+    async with res.engine.begin() as conn:  # crons other modules left would be due in 2031
+        await conn.execute(text("DELETE FROM crons"))
+    streamer = RunStreamer(agents_settings, res.store, res.eventlog)
+    servicer = AgentServicer(
+        agents_settings, res.store, res.events, res.nc, res.js, res.checkpointer, streamer
+    )
+    yield res, servicer
+    await streamer.close()
+    await res.close()
+
+
+@pytest.fixture
+async def env(
+    cron_env: tuple[Resources, AgentServicer], agents: agents_pb2_grpc.AgentServiceStub
+) -> AsyncIterator[Crons]:
+    """The test's crons, removed after it: another test's clock would find them due."""
+    made = Crons(*cron_env, agents)
+    yield made
+    for name in made.made:
+        await made.api.DeleteCron(C.DeleteCronRequest(name=name), None)
+
+
+def at(minutes: float) -> datetime:
+    return START + timedelta(minutes=minutes)
+
+
+async def test_a_cron_fires_a_run_that_completes(env: Crons) -> None:
+    agent = await env.agent()
+    cron = await env.create(agent=agent, schedule="*/5 * * * *", input={"message": "tick"})
+    assert cron.next_run_time.ToDatetime(tzinfo=UTC) == at(4.5)  # 00:05
+    scheduler = env.scheduler()
+
+    env.clock.now = at(4)  # not due yet
+    assert await scheduler.run_once() == []
+    env.clock.now = at(4.6)
+    [action] = await scheduler.run_once()
+    assert action.outcome == "FIRED"
+    assert action.missed_ticks == 0
+    run = await wait_status(env.stub, action.run, S.RUN_STATUS_COMPLETED)
+    assert run.agent == agent
+    assert dict(run.input) == {"message": "tick"}
+    shown = await env.get(cron.name)
+    assert shown.last_run.run == run.name
+    assert shown.last_run.schedule_time.ToDatetime(tzinfo=UTC) == at(4.5)
+    assert shown.fired_count == 1
+    assert shown.next_run_time.ToDatetime(tzinfo=UTC) == at(9.5)  # 00:10
+    assert [a.outcome for a in shown.recent_actions] == [C.CRON_OUTCOME_FIRED]
+    assert await scheduler.run_once() == []  # the tick fired once
+    assert [r.name for r in await env.runs_of(agent)] == [run.name]
+
+
+async def test_a_timezone_reads_the_schedule_on_its_wall_clock(env: Crons) -> None:
+    cron = await env.create(
+        agent=await env.agent(), schedule="0 9 * * *", timezone="America/New_York"
+    )
+    # 09:00 in New York in January is 14:00 UTC.
+    assert cron.next_run_time.ToDatetime(tzinfo=UTC) == START.replace(hour=14, second=0)
+
+
+async def test_two_schedulers_racing_on_a_due_cron_create_one_run(env: Crons) -> None:
+    agent = await env.agent()
+    cron = await env.create(agent=agent, schedule="* * * * *")
+    first, second = env.scheduler(), env.scheduler()
+    fired: list[str] = []
+    for tick in range(1, 11):  # ten ticks, each raced by both
+        env.clock.now = at(tick)
+        done = await asyncio.gather(first.run_once(), second.run_once())
+        outcomes = [a.run for found in done for a in found]
+        assert len(outcomes) == 1, f"tick {tick}: {outcomes}"
+        fired += outcomes
+        await wait_status(env.stub, outcomes[0], S.RUN_STATUS_COMPLETED)
+    runs = await env.runs_of(agent)
+    assert sorted(r.name for r in runs) == sorted(fired)
+    assert (await env.get(cron.name)).fired_count == 10
+
+
+class KilledError(BaseException):
+    """The scheduler's process dying (not an error it could handle)."""
+
+
+async def test_a_scheduler_killed_between_claim_and_run_loses_no_tick(env: Crons) -> None:
+    agent = await env.agent()
+    cron = await env.create(agent=agent, schedule="*/5 * * * *")
+    entered = asyncio.Event()
+
+    async def hang(_request: Any) -> S.Run:
+        entered.set()
+        await asyncio.Event().wait()  # until the task is cancelled: the process died here
+        raise AssertionError("unreachable")
+
+    env.clock.now = at(5)
+    dying = asyncio.create_task(env.scheduler(start_run=hang).run_once())
+    await entered.wait()
+    dying.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await dying
+    assert await env.runs_of(agent) == []
+    survivor = env.scheduler()
+    env.clock.now = at(5.5)  # within the lease: the claimer may still be at it
+    assert await survivor.run_once() == []
+    env.clock.now = at(6.1)  # the lease (60 s) has passed
+    [action] = await survivor.run_once()
+    assert action.outcome == "FIRED"
+    assert action.schedule_time == at(4.5)
+    [run] = await env.runs_of(agent)
+    assert run.name == action.run
+    await wait_status(env.stub, run.name, S.RUN_STATUS_COMPLETED)
+    shown = await env.get(cron.name)
+    assert (shown.fired_count, shown.last_run.run) == (1, run.name)
+    assert shown.next_run_time.ToDatetime(tzinfo=UTC) == at(9.5)
+
+
+async def test_a_scheduler_killed_after_creating_the_run_does_not_run_the_tick_twice(
+    env: Crons,
+) -> None:
+    agent = await env.agent()
+    cron = await env.create(agent=agent, schedule="*/5 * * * *")
+    start_run = crons.creating_runs(env.agents)
+
+    async def create_then_die(request: Any) -> S.Run:
+        await start_run(request)
+        raise KilledError
+
+    env.clock.now = at(5)
+    with pytest.raises(KilledError):
+        await env.scheduler(start_run=create_then_die).run_once()
+    [made] = await env.runs_of(agent)
+    env.clock.now = at(6.1)
+    [action] = await env.scheduler().run_once()
+    assert action.run == made.name  # the request id found the run made before the crash
+    assert [r.name for r in await env.runs_of(agent)] == [made.name]
+    tick = action.schedule_time
+    assert (await env.agents.store.run_by_request_id(tick_request_id(_id(cron), tick))) is not None
+    assert (await env.get(cron.name)).fired_count == 1
+
+
+def _id(cron: C.Cron) -> uuid.UUID:
+    return uuid.UUID(cron.name.removeprefix("crons/"))
+
+
+async def test_paused_crons_do_not_fire_and_resume_from_now(env: Crons) -> None:
+    agent = await env.agent()
+    paused = await env.create(agent=agent, schedule="* * * * *", paused=True)
+    assert not paused.HasField("next_run_time")
+    cron = await env.create(agent=agent, schedule="*/5 * * * *")
+    change = C.Cron(name=cron.name, paused=True)
+    request = C.UpdateCronRequest(cron=change, update_mask=["paused"])
+    assert not (await env.api.UpdateCron(request, None)).cron.HasField("next_run_time")
+    scheduler = env.scheduler()
+    env.clock.now = at(30)
+    assert await scheduler.run_once() == []
+    assert await env.runs_of(agent) == []
+    change.paused = False
+    resumed = (
+        await env.api.UpdateCron(C.UpdateCronRequest(cron=change, update_mask=["paused"]), None)
+    ).cron
+    # The ticks missed while paused do not fire: the next one is after the unpause.
+    assert resumed.next_run_time.ToDatetime(tzinfo=UTC) == at(34.5)
+    assert await scheduler.run_once() == []
+    env.clock.now = at(35)
+    [action] = await scheduler.run_once()
+    assert action.outcome == "FIRED"
+    [run] = await env.runs_of(agent)
+    assert run.name == action.run
+    await wait_status(env.stub, run.name, S.RUN_STATUS_COMPLETED)
+
+
+async def test_a_tick_whose_thread_is_busy_is_skipped_and_shown(env: Crons) -> None:
+    busy = await create_run(env.stub, workflow="workflows/test-ask", input={"question": "?"})
+    await wait_status(env.stub, busy.name, S.RUN_STATUS_PAUSED)
+    cron = await env.create(
+        workflow="workflows/test-ask", thread=busy.thread, schedule="*/5 * * * *"
+    )
+    scheduler = env.scheduler()
+    env.clock.now = at(5)
+    [action] = await scheduler.run_once()
+    assert action.outcome == "SKIPPED"
+    assert busy.name in action.reason
+    shown = await env.get(cron.name)
+    assert (shown.skipped_count, shown.fired_count) == (1, 0)
+    assert shown.recent_actions[0].outcome == C.CRON_OUTCOME_SKIPPED
+    assert not shown.HasField("last_run")
+    await env.stub.CancelRun(S.CancelRunRequest(name=busy.name))
+    env.clock.now = at(10)
+    [action] = await scheduler.run_once()
+    assert action.outcome == "FIRED"
+    run = await wait_status(env.stub, action.run, S.RUN_STATUS_PAUSED)
+    assert run.thread == busy.thread
+    await env.stub.CancelRun(S.CancelRunRequest(name=run.name))
+
+
+async def test_after_downtime_a_cron_fires_once_for_its_missed_ticks(env: Crons) -> None:
+    agent = await env.agent()
+    cron = await env.create(agent=agent, schedule="*/5 * * * *")
+    scheduler = env.scheduler()
+    env.clock.now = at(24 * 60 + 7)  # down for a day: 00:05 … 00:00 missed, 00:05 fires
+    [action] = await scheduler.run_once()
+    assert (action.outcome, action.missed_ticks) == ("FIRED", 24 * 12)
+    assert action.schedule_time == at(24 * 60 + 4.5)  # the latest missed tick fires
+    assert await scheduler.run_once() == []
+    shown = await env.get(cron.name)
+    assert shown.next_run_time.ToDatetime(tzinfo=UTC) == at(24 * 60 + 9.5)
+    assert shown.last_run.missed_ticks == 24 * 12
+    [run] = await env.runs_of(agent)
+    await wait_status(env.stub, run.name, S.RUN_STATUS_COMPLETED)
+
+
+async def test_a_cron_whose_agent_was_deleted_records_failed_ticks(env: Crons) -> None:
+    agent = await env.agent()
+    cron = await env.create(agent=agent, schedule="*/5 * * * *")
+    await env.stub.DeleteAgent(S.DeleteAgentRequest(name=agent))
+    scheduler = env.scheduler()
+    for tick in (5, 10):
+        env.clock.now = at(tick)
+        [action] = await scheduler.run_once()
+        assert action.outcome == "FAILED"
+        assert f"{agent} does not exist" in action.reason
+    shown = await env.get(cron.name)
+    assert (shown.failed_count, shown.fired_count) == (2, 0)
+    assert shown.next_run_time.ToDatetime(tzinfo=UTC) == at(14.5)
+
+
+async def test_an_end_time_stops_the_schedule(env: Crons) -> None:
+    agent = await env.agent()
+    cron = await env.create(agent=agent, schedule="*/5 * * * *", end_time=at(12))
+    scheduler = env.scheduler()
+    env.clock.now = at(60)  # 00:05 and 00:10 were before the end, 00:15 is not
+    [action] = await scheduler.run_once()
+    assert (action.schedule_time, action.missed_ticks) == (at(9.5), 1)
+    assert not (await env.get(cron.name)).HasField("next_run_time")
+    [run] = await env.runs_of(agent)
+    await wait_status(env.stub, run.name, S.RUN_STATUS_COMPLETED)
+
+
+async def test_trigger_runs_now_even_paused(env: Crons) -> None:
+    agent = await env.agent()
+    cron = await env.create(agent=agent, schedule="0 0 1 1 *", paused=True)
+    request = C.TriggerCronRequest(name=cron.name, request_id="manual-1")
+    first = await env.api.TriggerCron(request, None)
+    again = await env.api.TriggerCron(request, None)  # a retry: the same run, recorded once
+    assert again.run.name == first.run.name
+    assert again.cron.fired_count == 1
+    assert again.cron.last_run.triggered
+    await wait_status(env.stub, first.run.name, S.RUN_STATUS_COMPLETED)
+
+
+@pytest.mark.parametrize(
+    ("fields", "words"),
+    [
+        ({"schedule": "* * * *"}, "cron.schedule '* * * *' must have 5 fields"),
+        ({"schedule": "61 * * * *"}, "cron.schedule '61 * * * *' is not a valid cron expression"),
+        ({"schedule": "0 0 30 2 *"}, "never fires"),
+        ({"schedule": "* * * * *", "timezone": "Mars/Base"}, "cron.timezone 'Mars/Base'"),
+        ({"schedule": "* * * * *"}, "set cron.agent"),
+        (
+            {"schedule": "* * * * *", "agent": "agents/{agent}", "input": {"x": 1}},
+            "cron.input: input.message is required",
+        ),
+    ],
+)
+async def test_bad_crons_are_refused_naming_the_field(
+    env: Crons, fields: dict[str, Any], words: str
+) -> None:
+    if fields.get("agent"):
+        fields["agent"] = await env.agent()
+    with pytest.raises(InvalidArgumentError) as caught:
+        await env.create(**fields)
+    assert words in caught.value.message
+
+
+async def test_missing_agents_and_threads_are_not_found(env: Crons) -> None:
+    with pytest.raises(NotFoundError, match="agents/nobody-here does not exist"):
+        await env.create(agent="agents/nobody-here", schedule="* * * * *")
+    thread = f"threads/{uuid.uuid4()}"
+    with pytest.raises(NotFoundError, match=thread):
+        await env.create(agent=await env.agent(), thread=thread, schedule="* * * * *")
+
+
+async def test_trigger_on_a_busy_thread_is_refused(env: Crons) -> None:
+    busy = await create_run(env.stub, workflow="workflows/test-ask", input={"question": "?"})
+    await wait_status(env.stub, busy.name, S.RUN_STATUS_PAUSED)
+    cron = await env.create(workflow="workflows/test-ask", thread=busy.thread, schedule="0 0 1 1 *")
+    with pytest.raises(FailedPreconditionError, match="already has a paused run"):
+        await env.api.TriggerCron(C.TriggerCronRequest(name=cron.name), None)
+    await env.stub.CancelRun(S.CancelRunRequest(name=busy.name))
