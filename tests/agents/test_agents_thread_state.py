@@ -229,6 +229,17 @@ async def test_bad_input_says_what_is_wrong(agents, tmp_path) -> None:
     assert await code(_history(agents, run.thread, page_token="garbage")) == (
         grpc.StatusCode.INVALID_ARGUMENT
     )
+    # A page token answers the request it was made for (AIP-158): not another thread's history,
+    # nor the same history with another filter.
+    token = (await _history(agents, run.thread, page_size=1)).next_page_token
+    assert token
+    other = await _steps_run(agents, tmp_path)
+    assert await code(_history(agents, other.thread, page_size=1, page_token=token)) == (
+        grpc.StatusCode.INVALID_ARGUMENT
+    )
+    filtered = _history(agents, run.thread, page_token=token, metadata_filter={"source": "loop"})
+    assert await code(filtered) == grpc.StatusCode.INVALID_ARGUMENT
+    assert (await _history(agents, run.thread, page_size=1, page_token=token)).states
     assert await code(_history(agents, run.thread, metadata_filter={"": "x"})) == (
         grpc.StatusCode.INVALID_ARGUMENT
     )

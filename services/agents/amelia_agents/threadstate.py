@@ -16,7 +16,7 @@ import json
 import re
 import uuid
 from collections.abc import AsyncGenerator, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -173,13 +173,15 @@ class ThreadStates:
     ) -> tuple[list[agents_pb2.ThreadState], str]:
         """A page of the thread's checkpoints newest first, and the next page's token. Pages
         go by checkpoint id (ordered in time): checkpoints saved meanwhile are newer, so a page
-        neither repeats nor skips one."""
+        neither repeats nor skips one. A token carries its request's scope (AIP-158), so one
+        reused for another thread, filter or `before` is told so."""
         tid = await self._thread(request.parent)
+        scope = paging.request_scope(request)
         limit = paging.page_size(request.page_size, HISTORY_PAGE_DEFAULT, HISTORY_PAGE_MAX)
         wanted = metadata_filter(request.metadata_filter)
         before = ""
         if request.page_token:
-            _, before = pagination.decode(request.page_token)
+            _, before = pagination.decode(request.page_token, scope)
             if not _CHECKPOINT_ID.match(before):
                 raise InvalidArgumentError(paging.BAD_TOKEN)
         elif request.before:
@@ -207,8 +209,8 @@ class ThreadStates:
         if len(found) <= len(states):
             return states, ""
         last = found[len(states) - 1]
-        when = datetime.fromisoformat(last.created_at) if last.created_at else datetime.now()
-        return states, pagination.encode(when, states[-1].checkpoint)
+        when = datetime.fromisoformat(last.created_at) if last.created_at else datetime.now(UTC)
+        return states, pagination.encode(when, states[-1].checkpoint, scope)
 
     async def update(self, request: agents_pb2.UpdateThreadStateRequest) -> agents_pb2.ThreadState:
         """Write `values` as `as_node` on the thread's latest checkpoint (or the one named): a
