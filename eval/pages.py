@@ -77,26 +77,31 @@ class VariantSearcher(Searcher):
     async def search(
         self, query: str, *, top_k: int, min_score: float, mode: str, filters: SearchFilters
     ) -> list[Hit]:
-        s = self.setting
         vector = await self.embedder.embed_query(query)
         n = max(top_k * search.CANDIDATES_PER_HIT, search.CANDIDATES)
         async with self.sessions() as session, session.begin():
-            by_vector = await vector_ranking(session, vector, n, None)
-            keyword_query = query
-            if s.get("forms") and (short := stripped(query)) != query:
-                other = await vector_ranking(
-                    session, await self.embedder.embed_query(short), n, None
-                )
-                by_vector = best_of(by_vector, other, n)
-                keyword_query = short
-            by_keyword = await keyword_ranking(session, keyword_query, vector, n, None)
-            ranked = fuse(by_vector, by_keyword, min_score)
-            if s.get("pages"):
-                ranked = await page_then_passage(session, query, vector, ranked, s)
-            if s.get("neighbours"):
-                ranked = smooth(ranked, s["neighbours"], s.get("near", "adjacent"))
+            ranked = await self.ranked(session, query, vector, n, min_score)
         hits = distinct(ranked, top_k, self.merge_chars, search.PER_DOCUMENT)
         return reading_order(hits) if search.READING_ORDER else hits
+
+    async def ranked(
+        self, session: AsyncSession, query: str, vector: np.ndarray, n: int, min_score: float
+    ) -> list[Hit]:
+        """The candidates, best first, as the setting ranks them (`n` per leg)."""
+        s = self.setting
+        by_vector = await vector_ranking(session, vector, n, None)
+        keyword_query = query
+        if s.get("forms") and (short := stripped(query)) != query:
+            other = await vector_ranking(session, await self.embedder.embed_query(short), n, None)
+            by_vector = best_of(by_vector, other, n)
+            keyword_query = short
+        by_keyword = await keyword_ranking(session, keyword_query, vector, n, None)
+        ranked = fuse(by_vector, by_keyword, min_score)
+        if s.get("pages"):
+            ranked = await page_then_passage(session, query, vector, ranked, s)
+        if s.get("neighbours"):
+            ranked = smooth(ranked, s["neighbours"], s.get("near", "adjacent"))
+        return ranked
 
 
 def best_of(first: list[Hit], second: list[Hit], limit: int) -> list[Hit]:

@@ -41,9 +41,24 @@ def test_overlapping_passages_of_a_section_merge_into_one_exact_slice() -> None:
     assert hit.content == TEXT[100:1700]
 
 
-def test_a_merge_that_would_be_too_long_drops_the_lower_hit() -> None:
-    hits = distinct([_hit(400, 1200), _hit(900, 1700)], top_k=5, merge_chars=1000)
+def test_a_merge_that_would_be_too_long_drops_the_lower_hit_when_little_of_it_is_new() -> None:
+    # 1,100–1,300: 100 characters not shown yet, under REST_CHARS.
+    hits = distinct([_hit(400, 1200), _hit(1100, 1300)], top_k=5, merge_chars=800)
     assert [(h.start_offset, h.end_offset) for h in hits] == [(400, 1200)]
+
+
+def test_a_sections_opening_below_a_full_passage_shows_what_that_passage_does_not() -> None:
+    # A long section's later windows rank first and merge up to merge_chars; its opening,
+    # ranked below them, overlaps that passage but cannot join it: the part not shown yet comes
+    # back as a passage of its own (an exact slice, nothing shown twice), and reads first.
+    windows = [_hit(1000, 1800), _hit(1500, 2300), _hit(800, 1300)]
+    opening = _hit(0, 1000)
+    ranked = _ranked(*windows, opening, _hit(5000, 5600))
+    hits = reading_order(distinct(ranked, top_k=5, merge_chars=1500))
+    assert [(h.start_offset, h.end_offset) for h in hits] == [(0, 800), (800, 2300), (5000, 5600)]
+    assert hits[0].content == TEXT[0:800]
+    assert hits[0].chunk_id == opening.chunk_id
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
 
 
 def test_overlapping_passages_of_two_sections_merge_and_other_documents_are_kept_apart() -> None:

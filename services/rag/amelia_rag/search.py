@@ -30,7 +30,8 @@ document is `indexing`, or its indexing `failed`) is ranked by its words alone.
 
 Then hits on the same document whose passages overlap are one hit, at the rank of the best: its
 passage grows to cover both while that stays within `merge_chars` (MERGE_CHUNKS × CHUNK_SIZE), else the
-lower one is dropped. So the same paragraph never comes back twice, and neighbouring matches
+lower one keeps only the part of its passage not shown above (when it is at least REST_CHARS
+long) as a passage of its own. So the same paragraph never comes back twice, and neighbouring matches
 read as one passage. A document's passages beyond its first `PER_DOCUMENT` come after the other
 documents' (one long page matching everywhere does not fill the list). Ties are broken by
 similarity, then document and position.
@@ -42,7 +43,7 @@ import math
 import re
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -75,6 +76,12 @@ READING_ORDER = True
 # reference page; file hit@5 0.97 -> 1.00 with 4 (2 and 3 lost a right passage, 5 changed
 # nothing). All 123 questions, hybrid: file hit@5 0.96 -> 0.98, MRR@10 0.84 -> 0.85 (session 10).
 PER_DOCUMENT: int | None = 4
+# A hit whose passage cannot merge into an overlapping one above it (the union would pass
+# merge_chars) keeps the part not shown yet as a passage of its own from this many characters
+# (a quarter of the default CHUNK_SIZE); see distinct. Session 14, tune + tune2: question 24 found
+# (0.80 -> 0.81), nothing else moved (1 rose / 0 fell); held-out 0 / 0, fresh 0 / 1 (still in
+# the top 5); 1 to 200 characters gave the same, 300 lost it again.
+REST_CHARS = 200
 EF_SEARCH = 100
 MAX_SCAN_TUPLES = 20_000
 # Below this many chunks (PostgreSQL's estimate) the vector leg scans exactly instead of through
@@ -132,20 +139,40 @@ class Hit:
     def order(self) -> tuple[str, int]:
         return (str(self.document_id), self.chunk_index)
 
-    def absorb(self, other: Hit, limit: int) -> None:
-        """Grow this passage to cover an overlapping one, if the union stays within `limit`.
+    def absorb(self, other: Hit, limit: int) -> bool:
+        """Grow this passage to cover an overlapping one, if the union stays within `limit`
+        (whether it did).
 
         Both passages are exact slices of the same parsed text, so their union is too.
         """
         start = min(self.start_offset, other.start_offset)
         end = max(self.end_offset, other.end_offset)
         if end - start > limit:
-            return
+            return False
         first, last = (self, other) if self.start_offset <= other.start_offset else (other, self)
         content = first.content
         if last.end_offset > first.end_offset:
             content += last.content[len(last.content) - (last.end_offset - first.end_offset) :]
         self.start_offset, self.end_offset, self.content = start, end, content
+        return True
+
+    def uncovered(self, kept: Sequence[Hit], least: int) -> Hit | None:
+        """This hit with its passage cut to the longest stretch no `kept` passage covers (an
+        exact slice still), or None when that is shorter than `least` characters."""
+        start, end = self.start_offset, self.end_offset
+        for other in kept:
+            if other.document_id != self.document_id:
+                continue
+            if other.start_offset < end and start < other.end_offset:
+                before = (start, min(end, other.start_offset))
+                after = (max(start, other.end_offset), end)
+                start, end = max(before, after, key=lambda span: span[1] - span[0])
+        if end - start < least:
+            return None
+        cut = replace(self)
+        cut.content = self.content[start - self.start_offset : end - self.start_offset]
+        cut.start_offset, cut.end_offset = start, end
+        return cut
 
 
 # What a hit returns is the chunk's passage (NULL passage: the chunk is its own passage).
@@ -219,7 +246,14 @@ def distinct(
     ranked: list[Hit], top_k: int, merge_chars: int, per_document: int | None = None
 ) -> list[Hit]:
     """The first `top_k` distinct passages: a hit overlapping a better one's passage (same
-    document) is merged into it while the union is at most `merge_chars`, else dropped.
+    document) is merged into it while the union is at most `merge_chars`; past that, the part
+    of its passage no passage above covers is a passage of its own when it is at least
+    `REST_CHARS` long (else the hit is dropped).
+
+    A long section's later windows can fill its passage up to `merge_chars` before its opening
+    chunk, which ranks lower, arrives: dropping that chunk lost the section's first sentences,
+    often its definition (eval/: "synchronous_commit … Specifies how much WAL processing must
+    complete", ranked 10th, was in no passage). No text is shown twice.
 
     With `per_document`, a document's passages beyond its first `per_document` come after the
     other documents' passages: one long page that matches everywhere does not fill the whole
@@ -233,9 +267,12 @@ def distinct(
     for hit in ranked:
         kept = next((k for k in (*out, *later) if k.overlaps(hit)), None)
         if kept is not None:
-            if len(out) + len(later) < top_k:
-                kept.absorb(hit, merge_chars)
-            continue
+            if len(out) + len(later) >= top_k or kept.absorb(hit, merge_chars):
+                continue
+            rest = hit.uncovered((*out, *later), REST_CHARS)
+            if rest is None:
+                continue
+            hit = rest
         counts[hit.document_id] = counts.get(hit.document_id, 0) + 1
         if per_document is not None and counts[hit.document_id] > per_document:
             later.append(hit)
