@@ -27,16 +27,20 @@ from typing import Any
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
+    WRITES_IDX_MAP,
     BaseCheckpointSaver,
     ChannelVersions,
     Checkpoint,
     CheckpointMetadata,
     CheckpointTuple,
     get_checkpoint_id,
+    get_serializable_checkpoint_metadata,
 )
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from langgraph.checkpoint.serde.types import _DeltaSnapshot
 from psycopg import AsyncConnection, OperationalError
 from psycopg.rows import DictRow, dict_row
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from amelia_agents.locks import still_held
@@ -304,7 +308,7 @@ class RunSaver(AsyncPostgresSaver):
         _BEHIND.set(behind)
         for attempt in range(1, _WRITE_BEHIND_ATTEMPTS + 1):
             try:
-                await super().aput(config, checkpoint, metadata, new_versions)
+                await self._store(config, checkpoint, metadata, new_versions)
                 return
             except OperationalError as exc:
                 conn = self.conn
@@ -328,18 +332,85 @@ class RunSaver(AsyncPostgresSaver):
     ) -> None:
         self._kept = _NOTHING_KEPT
         if task_path == _START_TASK_PATH:
-            await super().aput_writes(config, writes, task_id, task_path)
+            await self._store_writes(config, writes, task_id, task_path)
             return
         stored = asyncio.get_running_loop().create_future()
         self._node_writes.add(stored)
         try:
-            await super().aput_writes(config, writes, task_id, task_path)
+            await self._store_writes(config, writes, task_id, task_path)
         except Exception as exc:
             self._failure = self._failure or exc
             raise
         finally:
             self._node_writes.discard(stored)
             stored.set_result(None)
+
+    async def _store(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> None:
+        """`AsyncPostgresSaver.aput`'s statements (langgraph-checkpoint-postgres 3.x), its
+        channel values serialized here instead of in a thread (`asyncio.to_thread`).
+
+        Serializing holds the GIL either way, so the thread let nothing else run meanwhile; it
+        only cost a hop to the thread pool and a wake-up of the event loop back (a write to its
+        self-pipe) per checkpoint, several per node, on the way to the first token."""
+        configurable = config["configurable"]
+        thread_id, checkpoint_ns = configurable["thread_id"], configurable["checkpoint_ns"]
+        stored = dict(checkpoint)
+        stored["channel_values"] = inline = dict(checkpoint["channel_values"])
+        # Primitive values stay inline in the checkpoint's row; the others go to blobs.
+        blob_values = {}
+        for key, value in checkpoint["channel_values"].items():
+            if isinstance(value, _DeltaSnapshot):
+                blob_values[key] = inline.pop(key)
+                inline[key] = True
+            elif value is not None and not isinstance(value, (str, int, float, bool)):
+                blob_values[key] = inline.pop(key)
+        versions = {k: v for k, v in new_versions.items() if k in blob_values}
+        blobs = self._dump_blobs(thread_id, checkpoint_ns, blob_values, versions)
+        async with self._cursor(pipeline=True) as cur:
+            if versions:
+                await cur.executemany(self.UPSERT_CHECKPOINT_BLOBS_SQL, blobs)
+            await cur.execute(
+                self.UPSERT_CHECKPOINTS_SQL,
+                (
+                    thread_id,
+                    checkpoint_ns,
+                    checkpoint["id"],
+                    configurable.get("checkpoint_id"),
+                    Jsonb(stored),
+                    Jsonb(get_serializable_checkpoint_metadata(config, metadata)),
+                ),
+            )
+
+    async def _store_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str,
+    ) -> None:
+        """`AsyncPostgresSaver.aput_writes`' statement, serialized here (as `_store`)."""
+        configurable = config["configurable"]
+        query = (
+            self.UPSERT_CHECKPOINT_WRITES_SQL
+            if all(channel in WRITES_IDX_MAP for channel, _ in writes)
+            else self.INSERT_CHECKPOINT_WRITES_SQL
+        )
+        params = self._dump_writes(
+            configurable["thread_id"],
+            configurable["checkpoint_ns"],
+            configurable["checkpoint_id"],
+            task_id,
+            task_path,
+            writes,
+        )
+        async with self._cursor(pipeline=True) as cur:
+            await cur.executemany(query, params)
 
     async def adelete_thread(self, thread_id: str) -> None:
         self._kept = _NOTHING_KEPT
