@@ -7,7 +7,9 @@ worker's lock is gone at once — and so is a live worker's when PostgreSQL rest
 notices that and takes the lock again, or reports that another worker has the run by then.
 
 The lock's connection is in autocommit: taking, checking and releasing are one statement each
-(no BEGIN/COMMIT around them), and no transaction stays open while the run executes.
+(no BEGIN/COMMIT around them), and no transaction stays open while the run executes. They go to
+the driver (asyncpg) directly, on a connection of the engine's pool: SQLAlchemy's compile, cache
+key and result processing cost several times the statement's own CPU, twice per run.
 
 A worker's lock also waits, in the same statement, for the CreateRun still recording the run
 (`acquire(recorded_within=…)`: the recording lock CreateRun's transaction holds, see `store`):
@@ -37,26 +39,27 @@ import contextvars
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from amelia_common.logging import get_logger
 
 log = get_logger("amelia.agents.locks")
 
-_LOCK = text("SELECT pg_try_advisory_lock(:k)")
+# Sent to asyncpg as they are (`_driver`), outside a transaction: one statement each.
+_LOCK = "SELECT pg_try_advisory_lock($1)"
 # The run's lock, then (left to right) a lock_timeout for this statement's implicit transaction
 # alone and the shared recording lock, released with it: the lock taken once nothing records
 # the run any more.
-_LOCK_RECORDED = text(
-    "SELECT pg_try_advisory_lock(:k), set_config('lock_timeout', :timeout, true), "
-    "pg_advisory_xact_lock_shared(:space, :key)"
+_LOCK_RECORDED = (
+    "SELECT pg_try_advisory_lock($1), set_config('lock_timeout', $2, true), "
+    "pg_advisory_xact_lock_shared($3, $4)"
 )
 LOCK_NOT_AVAILABLE = "55P03"
-_UNLOCK = text("SELECT pg_advisory_unlock(:k)")
-_STATUS = text("SELECT status, attempt FROM runs WHERE id = :id")
+_UNLOCK = "SELECT pg_advisory_unlock($1)"
+_STATUS = "SELECT status, attempt FROM runs WHERE id = $1"
 # The backend holding the run's lock (pg_advisory_lock(bigint): classid and objid are the key's
 # high and low halves, objsubid 1): how long it has been idle, terminated (waiting up to
 # :wait_ms for it to exit, and its locks with it) when that is :after seconds or more. A
@@ -93,6 +96,7 @@ class RunLock:
         self.key = run_lock_key(run_id)
         self.recording = recording  # (space, key) of the run's recording lock, see `store`
         self._conn: AsyncConnection | None = None
+        self._pg: Any = None  # the asyncpg connection under `_conn`
         # The run's attempt this holder claimed, and how long a check proves the lock (`fence`).
         self.attempt: int | None = None
         self.lease_seconds = 0.0
@@ -112,30 +116,24 @@ class RunLock:
         conn = await self.engine.connect()
         sent = time.monotonic()
         try:
-            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            pg = await _driver(conn)
             if recorded_within is None or self.recording is None:
-                taken = bool(await conn.scalar(_LOCK, {"k": self.key}))
+                taken = bool(await pg.fetchval(_LOCK, self.key))
             else:
                 space, key = self.recording
                 timeout = f"{max(int(recorded_within * 1000), 1)}ms"
-                found = await conn.execute(
-                    _LOCK_RECORDED, {"k": self.key, "timeout": timeout, "space": space, "key": key}
-                )
-                taken = bool(found.scalar())
-        except DBAPIError as exc:
-            # Whether the run's lock was taken before the wait timed out is not known: the
+                taken = bool(await pg.fetchval(_LOCK_RECORDED, self.key, timeout, space, key))
+        except BaseException as exc:
+            # Whether the run's lock was taken before a wait timed out is not known: the
             # connection goes, and the lock with it.
             await _discard(conn)
-            if getattr(exc.orig, "sqlstate", None) == LOCK_NOT_AVAILABLE:
+            if getattr(exc, "sqlstate", None) == LOCK_NOT_AVAILABLE:
                 return await self.acquire()
-            raise
-        except BaseException:
-            await _discard(conn)
             raise
         if not taken:
             await conn.close()
             return False
-        self._conn = conn
+        self._conn, self._pg = conn, pg
         self._taken_at = sent
         return True
 
@@ -170,20 +168,20 @@ class RunLock:
         if self._conn is not None:
             sent = time.monotonic()
             try:
-                found = (await self._conn.execute(_STATUS, {"id": self.run_id})).first()
+                found = await self._pg.fetchrow(_STATUS, self.run_id)
             except Exception:  # noqa: BLE001 - the connection is gone, and the lock with it
-                conn, self._conn = self._conn, None
+                conn, self._conn, self._pg = self._conn, None, None
                 await _discard(conn)
             else:
                 if found is None:
                     return None
-                if self.attempt is not None and found.attempt != self.attempt:
+                if self.attempt is not None and found["attempt"] != self.attempt:
                     raise LockLostError(
-                        f"runs/{self.run_id} was taken over: attempt {found.attempt}, "
+                        f"runs/{self.run_id} was taken over: attempt {found['attempt']}, "
                         f"this holder's was {self.attempt}"
                     )
                 self._checked_at = sent
-                return str(found.status)
+                return str(found["status"])
         if not await self.acquire():
             raise LockLostError(f"runs/{self.run_id} is locked by another worker")
         return await self._read_status()
@@ -233,16 +231,23 @@ class RunLock:
         return 0.0
 
     async def release(self) -> None:
-        conn, self._conn = self._conn, None
+        conn, pg, self._conn, self._pg = self._conn, self._pg, None, None
         if conn is None:
             return
         try:
-            await conn.execute(_UNLOCK, {"k": self.key})
+            await pg.fetchval(_UNLOCK, self.key)
         except Exception:  # noqa: BLE001 - never hand a pooled connection back still locked
             await _discard(conn)
             return
         with contextlib.suppress(Exception):
             await conn.close()
+
+
+async def _driver(conn: AsyncConnection) -> Any:
+    """The asyncpg connection under `conn`, outside any transaction (SQLAlchemy begins one only
+    for its own statements): each statement sent to it commits on its own."""
+    raw = await conn.get_raw_connection()
+    return raw.driver_connection
 
 
 async def _discard(conn: AsyncConnection) -> None:
