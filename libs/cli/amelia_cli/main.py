@@ -22,6 +22,7 @@ from amelia_cli.client import said
 from amelia_cli.commands import git as _git  # noqa: F401 - runs diff/land/discard
 from amelia_cli.commands.agents import agents_app, run, runs_app
 from amelia_cli.commands.cluster import cluster_app
+from amelia_cli.commands.crons import crons_app
 from amelia_cli.commands.docs import docs_app, ingest, search
 from amelia_cli.commands.events import events
 from amelia_cli.commands.status import endpoints_table
@@ -58,6 +59,7 @@ app.add_typer(docs_app, name="docs")
 app.add_typer(agents_app, name="agents")
 app.add_typer(runs_app, name="runs")
 app.add_typer(threads_app, name="threads")
+app.add_typer(crons_app, name="crons")
 app.add_typer(cluster_app, name="cluster")
 app.command()(events)
 app.command()(tui)

@@ -1,0 +1,263 @@
+"""`amelia crons …`: runs on a schedule (CronService, served by the agents service) — create,
+list, show with the recent ticks, pause and resume, trigger now, remove — 80 columns wide."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+import typer
+from google.protobuf import json_format
+from google.protobuf.timestamp_pb2 import Timestamp
+from rich.console import Console
+
+from amelia.v1 import agents_pb2_grpc, crons_pb2, crons_pb2_grpc
+from amelia_cli.client import Column, ago, call_rpc, channel_to, listing, resource, said
+from amelia_cli.commands.agents import _target
+from amelia_cli.help_text import App
+
+if TYPE_CHECKING:
+    from amelia.v1.agents_pb2_grpc import AgentServiceAsyncStub
+    from amelia.v1.crons_pb2_grpc import CronServiceAsyncStub
+
+console = Console()
+crons_app = App(
+    help="Crons: runs of an agent or workflow on a schedule (5-field cron, UTC or --tz).",
+    no_args_is_help=True,
+)
+Result = TypeVar("Result")
+
+CRON_COLUMNS = (
+    Column("cron"),
+    Column("schedule", wraps=True),
+    Column("state"),
+    Column("next"),
+    Column("target", drop=1),
+)
+ACTION_COLUMNS = (
+    Column("tick"),
+    Column("outcome"),
+    Column("run or reason", wraps=True),
+)
+OUTCOMES = {
+    crons_pb2.CRON_OUTCOME_FIRED: "fired",
+    crons_pb2.CRON_OUTCOME_SKIPPED: "skipped",
+    crons_pb2.CRON_OUTCOME_FAILED: "failed",
+}
+
+
+@asynccontextmanager
+async def _stubs() -> AsyncIterator[tuple[CronServiceAsyncStub, AgentServiceAsyncStub]]:
+    """(CronService, AgentService) stubs on one channel to the agents service."""
+    async with channel_to("agents") as channel:
+        yield (
+            cast("CronServiceAsyncStub", crons_pb2_grpc.CronServiceStub(channel)),
+            cast("AgentServiceAsyncStub", agents_pb2_grpc.AgentServiceStub(channel)),
+        )
+
+
+def _call(rpc: Callable[[CronServiceAsyncStub], Awaitable[Result]]) -> Result:
+    async def go() -> Result:
+        async with _stubs() as (stub, _):
+            return await rpc(stub)
+
+    return call_rpc(go)
+
+
+def until(when: Timestamp, now: dt.datetime | None = None) -> str:
+    """A time to come as how soon (`in 4m`); the date after a month."""
+    then = when.ToDatetime(dt.UTC)
+    seconds = (then - (now or dt.datetime.now(dt.UTC))).total_seconds()
+    if seconds >= 30 * 86400:
+        return then.date().isoformat()
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size:
+            return f"in {seconds // size:.0f}{unit}"
+    return "now"
+
+
+def state(cron: crons_pb2.Cron) -> str:
+    if cron.paused:
+        return "paused"
+    return "active" if cron.HasField("next_run_time") else "ended"
+
+
+def _schedule(cron: crons_pb2.Cron) -> str:
+    return f"{cron.schedule} {cron.timezone}" if cron.timezone else cron.schedule
+
+
+def cron_row(cron: crons_pb2.Cron, now: dt.datetime | None = None) -> tuple[str, ...]:
+    upcoming = until(cron.next_run_time, now) if cron.HasField("next_run_time") else "-"
+    target = cron.agent or cron.workflow
+    return (cron.name, _schedule(cron), state(cron), upcoming, target)
+
+
+def action_row(action: crons_pb2.CronAction, now: dt.datetime | None = None) -> tuple[str, ...]:
+    outcome = OUTCOMES.get(action.outcome, "?")
+    if action.triggered:
+        outcome += " (trigger)"
+    detail = action.run or action.reason
+    if action.missed_ticks:
+        detail += f" ({action.missed_ticks} missed ticks before it)"
+    return (ago(action.schedule_time, now), outcome, detail)
+
+
+def show(cron: crons_pb2.Cron, out: Console = console, now: dt.datetime | None = None) -> None:
+    """A cron as lines a person reads, then its recent ticks."""
+    upcoming = "-"
+    if cron.HasField("next_run_time"):
+        upcoming = f"{cron.next_run_time.ToJsonString()} ({until(cron.next_run_time, now)})"
+    fields = [
+        ("target", cron.agent or cron.workflow),
+        ("thread", cron.thread or "a new one for each run"),
+        ("schedule", f"{cron.schedule} ({cron.timezone or 'UTC'})"),
+        ("state", state(cron)),
+        ("next run", upcoming),
+        (
+            "ticks",
+            f"{cron.fired_count} fired, {cron.skipped_count} skipped (thread busy), "
+            f"{cron.failed_count} failed",
+        ),
+    ]
+    if cron.HasField("end_time"):
+        fields.append(("ends", cron.end_time.ToJsonString()))
+    if cron.input:
+        fields.append(("input", json.dumps(json_format.MessageToDict(cron.input))))
+    out.print(said((cron.name, "bold")))
+    for label, value in fields:
+        out.print(said((f"{label:<10}", "bold"), value))
+    if cron.recent_actions:
+        listing(out, ACTION_COLUMNS, [action_row(a, now) for a in cron.recent_actions])
+
+
+def _input(message: str, input_json: str) -> dict[str, Any]:
+    if message and input_json:
+        raise typer.BadParameter("give --message or --input, not both", param_hint="--input")
+    if not input_json:
+        return {"message": message} if message else {}
+    try:
+        value = json.loads(input_json)
+    except ValueError as exc:
+        raise typer.BadParameter(f"not JSON: {exc}", param_hint="--input") from exc
+    if not isinstance(value, dict):
+        raise typer.BadParameter("must be a JSON object", param_hint="--input")
+    return value
+
+
+def _end(value: str) -> Timestamp | None:
+    if not value:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise typer.BadParameter(f"not an ISO time: {exc}", param_hint="--end") from exc
+    stamp = Timestamp()
+    stamp.FromDatetime(when if when.tzinfo else when.replace(tzinfo=dt.UTC))
+    return stamp
+
+
+@crons_app.command("create")
+def create(
+    target: str = typer.Argument(..., help="An agent id or a workflow name."),
+    schedule: str = typer.Argument(..., help="5 fields: minute hour day month weekday."),
+    message: str = typer.Option("", "--message", "-m", help="Each run's input message."),
+    input_json: str = typer.Option("", "--input", help="Each run's input as a JSON object."),
+    thread: str = typer.Option("", help="Run on this thread (else a new thread per run)."),
+    timezone: str = typer.Option("", "--tz", help="IANA zone the schedule is read in."),
+    paused: bool = typer.Option(False, "--paused", help="Create it paused."),
+    end: str = typer.Option("", help="No run at or after this ISO time (UTC if no zone)."),
+) -> None:
+    """Schedule runs of an agent or workflow."""
+    cron = crons_pb2.Cron(schedule=schedule, timezone=timezone, paused=paused)
+    cron.input.update(_input(message, input_json))
+    if thread:
+        cron.thread = resource("threads", thread)
+    end_time = _end(end)
+    if end_time is not None:
+        cron.end_time.CopyFrom(end_time)
+
+    async def go() -> crons_pb2.Cron:
+        async with _stubs() as (stub, agents):
+            run = await _target(agents, target)
+            which = run.WhichOneof("target") or "agent"
+            setattr(cron, which, getattr(run, which))
+            reply = await stub.CreateCron(crons_pb2.CreateCronRequest(cron=cron))
+            return reply.cron
+
+    show(call_rpc(go))
+
+
+@crons_app.command("ls")
+def ls_crons(
+    agent: str = typer.Option("", help="Only this agent's crons."),
+    thread: str = typer.Option("", help="Only the crons on this thread."),
+    limit: int = typer.Option(50, help="At most this many."),
+) -> None:
+    """List crons, oldest first."""
+    request = crons_pb2.ListCronsRequest(
+        page_size=limit,
+        agent=resource("agents", agent) if agent else "",
+        thread=resource("threads", thread) if thread else "",
+    )
+    found = _call(lambda stub: stub.ListCrons(request))
+    listing(console, CRON_COLUMNS, [cron_row(c) for c in found.crons])
+
+
+@crons_app.command("get")
+def get(
+    cron: str = typer.Argument(..., help="The cron (crons/<id> or <id>)."),
+    as_json: bool = typer.Option(False, "--json", help="The whole cron as JSON."),
+) -> None:
+    """A cron: its schedule, next run, counts and recent ticks."""
+    request = crons_pb2.GetCronRequest(name=resource("crons", cron))
+    found = _call(lambda stub: stub.GetCron(request)).cron
+    if as_json:
+        console.print_json(json_format.MessageToJson(found))
+    else:
+        show(found)
+
+
+def _set_paused(cron: str, paused: bool) -> None:
+    change = crons_pb2.Cron(name=resource("crons", cron), paused=paused)
+    request = crons_pb2.UpdateCronRequest(cron=change, update_mask=["paused"])
+    found = _call(lambda stub: stub.UpdateCron(request)).cron
+    upcoming = f", next run {until(found.next_run_time)}" if found.HasField("next_run_time") else ""
+    console.print(said(f"{found.name}: {state(found)}{upcoming}"))
+
+
+@crons_app.command("pause")
+def pause(cron: str = typer.Argument(..., help="The cron (crons/<id> or <id>).")) -> None:
+    """Pause a cron: no tick fires until it is resumed."""
+    _set_paused(cron, True)
+
+
+@crons_app.command("resume")
+def resume(cron: str = typer.Argument(..., help="The cron (crons/<id> or <id>).")) -> None:
+    """Resume a paused cron from now (the ticks missed while paused do not fire)."""
+    _set_paused(cron, False)
+
+
+@crons_app.command("trigger")
+def trigger(cron: str = typer.Argument(..., help="The cron (crons/<id> or <id>).")) -> None:
+    """Start a run of the cron now, paused or not."""
+    request = crons_pb2.TriggerCronRequest(name=resource("crons", cron))
+    found = _call(lambda stub: stub.TriggerCron(request))
+    console.print(said(found.run.name))  # a name and a thread are more than 80 columns
+    console.print(said(f"  in {found.run.thread}"))
+
+
+@crons_app.command("rm")
+def rm(crons: list[str] = typer.Argument(..., help="Crons (crons/<id> or <id>).")) -> None:
+    """Remove crons (the runs they started stay)."""
+
+    async def go() -> None:
+        async with _stubs() as (stub, _):
+            for cron in crons:
+                name = resource("crons", cron)
+                await stub.DeleteCron(crons_pb2.DeleteCronRequest(name=name))
+                console.print(said(f"deleted {name}"))
+
+    call_rpc(go)

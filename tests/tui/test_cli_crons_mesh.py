@@ -1,0 +1,62 @@
+"""`amelia crons create|ls|get|pause|resume|trigger|rm` at 80 columns on the TUI tests' real
+mesh: what a person types to schedule an agent, see it, stop and restart it, run it now and
+remove it. The schedule is yearly, so the mesh's scheduler never fires it during the test;
+firing on time is tests/agents/test_agents_crons.py's."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from pathlib import Path
+
+from cli_helpers import amelia
+from test_cli_output import cli_env, row_of
+from tui_helpers import TuiMesh
+
+CRON = re.compile(r"crons/[0-9a-f-]{36}")
+
+
+async def test_a_cron_from_the_terminal(tui_mesh: TuiMesh, tmp_path: Path) -> None:
+    env = cli_env(tui_mesh, tmp_path / "none")
+    agent = f"cron-{uuid.uuid4().hex[:8]}"
+    code, shown = await asyncio.to_thread(
+        amelia, env, "agents", "create", agent, "--model", "offline:echo"
+    )
+    assert code == 0, shown
+
+    async def run(*args: str) -> str:
+        code, shown = await asyncio.to_thread(amelia, env, "crons", *args)
+        assert code == 0, shown
+        assert all(len(line) <= 80 for line in shown.splitlines()), shown
+        return shown
+
+    shown = await run("create", agent, "0 9 1 1 *", "-m", "happy new year", "--tz", "Europe/Paris")
+    name = CRON.search(shown).group(0)  # type: ignore[union-attr]
+    assert shown.splitlines()[0] == name
+    assert "0 9 1 1 * (Europe/Paris)" in shown and "-01-01T08:00:00Z" in shown, shown
+
+    listed = await run("ls", "--agent", agent)
+    row = row_of(listed, name)
+    assert "0 9 1 1 *" in row and "active" in row, listed
+
+    paused = await run("pause", name)
+    assert paused.strip() == f"{name}: paused", paused
+    assert "paused" in row_of(await run("ls", "--agent", agent), name)
+    resumed = await run("resume", name.removeprefix("crons/"))
+    assert resumed.startswith(f"{name}: active, next run in "), resumed
+
+    triggered = await run("trigger", name)
+    assert re.fullmatch(r"runs/[0-9a-f-]{36}\n  in threads/[0-9a-f-]{36}", triggered.strip()), (
+        triggered
+    )
+    shown = await run("get", name)
+    assert "1 fired, 0 skipped (thread busy), 0 failed" in shown, shown
+    assert "fired (trigger)" in row_of(shown, triggered.split()[0]), shown
+
+    code, refused = await asyncio.to_thread(amelia, env, "crons", "create", agent, "* * *")
+    assert code == 1 and "INVALID_ARGUMENT: cron.schedule '* * *' must have 5 fields" in refused
+
+    assert (await run("rm", name)).strip() == f"deleted {name}"
+    code, gone = await asyncio.to_thread(amelia, env, "crons", "get", name)
+    assert code == 1 and f"NOT_FOUND: {name} does not exist" in gone, gone
