@@ -52,7 +52,7 @@ MAX_CORRELATION_ID_LENGTH = 128
 
 # Event type families only the mesh's services publish (through `EventLog`, never PublishEvent):
 # a client must not be able to forge a run's end or a document's indexing.
-MESH_TYPE_FAMILIES = ("run", "agent", "workflow", "document")
+MESH_TYPE_FAMILIES = ("run", "agent", "workflow", "document", "cron")
 # The dedup namespace of ids a client chose (the `Nats-Msg-Id` of a PublishEvent is
 # `client:<id>`), so no client id can collide with an id a service uses, like `<run-id>:end`.
 CLIENT_ID_NAMESPACE = "client:"
