@@ -54,6 +54,11 @@ _SETUP_LOCK = zlib.crc32(b"amelia_agents_checkpoints") & 0x7FFFFFFF
 _LOCK_POLL_SECONDS = 0.2
 
 
+# How long the checkpoint pool retries a connection that failed before leaving it to the next
+# checkout (see `open_checkpointer`): its retries are 1 and 2 s apart within it.
+RECONNECT_GIVE_UP_SECONDS = 4.0
+
+
 async def open_checkpointer(
     settings: Settings, max_size: int | None = None
 ) -> tuple[AsyncConnectionPool, AsyncPostgresSaver]:
@@ -76,6 +81,11 @@ async def open_checkpointer(
         # A checkout that finds every connection busy, or none it can open, fails then
         # (PoolTimeout: UNAVAILABLE naming PostgreSQL) instead of after the pool's 30 s.
         timeout=settings.DATABASE_POOL_TIMEOUT_SECONDS,
+        # psycopg_pool retries a failed connect with a delay doubling without bound (1, 2, 4,
+        # 8, 16 s…) until this much time passed, so after a long outage it would not try again
+        # for tens of seconds though PostgreSQL was back, and every pick-up's checkout meanwhile
+        # timed out. Giving up early ends that schedule: the next checkout tries at once.
+        reconnect_timeout=RECONNECT_GIVE_UP_SECONDS,
         open=False,
         check=_check_if_spoken_to,
         name="amelia-agents-checkpoints",
