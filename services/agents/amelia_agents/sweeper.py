@@ -66,7 +66,7 @@ class Sweeper:
         """Admit the runs waiting on a thread whose admitting end was lost (`multitask`), then
         re-queue the lost runs of this queue; returns those re-queued."""
         for thread_id in await self.store.unsettled_threads():
-            await multitask.settle(self.store, self.js, self.settings, thread_id)
+            await multitask.settle_quietly(self.store, self.js, self.settings, thread_id)
         queue_name = self.settings.RUNS_QUEUE_STREAM
         before = now() - timedelta(seconds=self.settings.RUN_REQUEUE_AFTER_SECONDS)
         candidates = await self.store.unfinished_runs(queue_name, before)

@@ -379,8 +379,11 @@ async def _say_queued(stub: object, run_name: str, every: float = QUEUED_EVERY) 
                 reply = await stub.GetRun(agents_pb2.GetRunRequest(name=run_name))  # type: ignore[attr-defined]
                 if reply.run.status != agents_pb2.RUN_STATUS_QUEUED:
                     return
-                queue = await stub.GetRunQueue(agents_pb2.GetRunQueueRequest(), timeout=5)  # type: ignore[attr-defined]
-                text = queued_text(queue)
+                if reply.run.queued_behind:  # (multitask enqueue, interrupt, rollback)
+                    text = f"queued behind {reply.run.queued_behind}: it starts once that run ends"
+                else:
+                    queue = await stub.GetRunQueue(agents_pb2.GetRunQueueRequest(), timeout=5)  # type: ignore[attr-defined]
+                    text = queued_text(queue)
                 if text == said:
                     continue
                 said = text
@@ -446,7 +449,8 @@ async def _follow(stub: object, run_name: str) -> agents_pb2.Run:
                 for event in reply.events or (reply.event,):
                     after = event.sequence
                     last_type = event.type
-                    await _stop(queued)
+                    if event.type != "run.queued":  # (it waits behind its thread's run)
+                        await _stop(queued)
                     if asking:  # the run moved on while the question was asked here
                         asking = False
                         shown.mid_line = True  # the `> ` prompt's line
@@ -503,6 +507,12 @@ def run(
         min=0,
         help="Seconds this run may take (default: the agent's, else the workflow's: 300 for chat).",
     ),
+    multitask: str = typer.Option(
+        "",
+        "--multitask",
+        help="If the --thread has a run: reject (the default: an error), enqueue (start after "
+        "it), interrupt (stop it, keep its state) or rollback (stop and delete it).",
+    ),
 ) -> None:
     """Start a run and stream its tokens; Ctrl-C cancels it."""
     repository = os.path.abspath(repo or ".")
@@ -521,6 +531,7 @@ def run(
             spec.input.update(run_input)
             if timeout:
                 spec.timeout.FromSeconds(timeout)
+            spec.multitask_strategy = multitask
             # Ctrl-C from here on cancels the run: one while it is being created waits for its
             # name (then cancels it); a second one stops waiting.
             interrupted = asyncio.Event()

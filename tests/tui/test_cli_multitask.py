@@ -1,0 +1,80 @@
+"""A second run on a busy thread, as LangGraph Server's clients send it: `multitask_strategy`
+in the run of `POST /v1/runs`' JSON body, and `amelia run --thread … --multitask enqueue`, which
+says what its run waits for and follows it to its end — on the TUI tests' real mesh."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+
+from test_cli_output import cli_env
+from test_cli_stranger import AMELIA
+from tui_helpers import DEADLINE, TuiMesh
+
+PLAN = {"message": "a plan", "model": "offline:echo"}  # pauses at its approval
+
+
+async def wait_paused(mesh: TuiMesh, name: str) -> None:
+    async with asyncio.timeout(DEADLINE):
+        while True:
+            if (await mesh.get(f"/v1/{name}"))["run"]["status"] == "RUN_STATUS_PAUSED":
+                return
+            await asyncio.sleep(0.1)
+
+
+async def test_enqueue_over_http_and_from_the_cli(tui_mesh: TuiMesh, tmp_path: Path) -> None:
+    first = (
+        await tui_mesh.post("/v1/runs", {"run": {"workflow": "workflows/plan", "input": PLAN}})
+    )["run"]
+    thread = first["thread"]
+    await wait_paused(tui_mesh, first["name"])  # a paused run keeps the thread's queue waiting
+    refused = await tui_mesh.http.post(
+        "/v1/runs", json={"run": {"workflow": "workflows/plan", "thread": thread, "input": PLAN}}
+    )
+    assert refused.status_code == 400 and refused.json()["code"] == 9, refused.text
+    second = await tui_mesh.post(
+        "/v1/runs",
+        {
+            "run": {
+                "workflow": "workflows/chat",
+                "thread": thread,
+                "input": {"message": "second", "model": "offline:echo"},
+                "multitask_strategy": "enqueue",  # (LangGraph's spelling; multitaskStrategy too)
+            }
+        },
+    )
+    second = second["run"]
+    assert second["status"] == "RUN_STATUS_QUEUED" and second["queuedBehind"] == first["name"]
+    assert second["multitaskStrategy"] == "enqueue"
+
+    env = (
+        os.environ
+        | cli_env(tui_mesh, tmp_path / "none")
+        | {"COLUMNS": "80", "PYTHONUNBUFFERED": "1"}
+    )
+    cli = await asyncio.create_subprocess_exec(
+        *AMELIA,
+        *("run", "chat", "x", "--thread", thread, "--multitask", "enqueue"),
+        *("--input", json.dumps({"message": "third", "model": "offline:transcript"})),
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert cli.stdout is not None
+    shown = ""
+    async with asyncio.timeout(DEADLINE):
+        while "queued behind" not in shown:
+            line = (await cli.stdout.readline()).decode()
+            assert line, shown
+            shown += line
+        assert f"queued behind {first['name']}: it starts once that run ends" in shown, shown
+        await tui_mesh.post(f"/v1/{first['name']}:resume", {"answer": "approve"})
+        shown += (await cli.stdout.read()).decode()
+        assert await cli.wait() == 0, shown
+    assert "\nuser: second\nassistant: second\nuser: third\n" in shown, shown
+    assert ": completed" in shown, shown
+    done = (await tui_mesh.get(f"/v1/{second['name']}"))["run"]
+    assert done["status"] == "RUN_STATUS_COMPLETED" and done["queuedBehind"] == ""
