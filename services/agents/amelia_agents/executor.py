@@ -274,8 +274,12 @@ class Executor:
         mine = (snapshot.metadata or {}).get("amelia_run") == str(row.id)
         graph_input: Any
         fork: dict[str, Any] | None = None
-        if not mine:
-            kind, graph_input = "start", workflow.to_state(row.input or {})
+        if not mine and not (row.input is None and row.has_resume):
+            # A run created without input continues the thread (`None`: LangGraph runs the
+            # latest checkpoint's `next`). Its interrupt writes no checkpoint of its own, so
+            # once answered it is resumed below although the head is not its.
+            graph_input = None if row.input is None else workflow.to_state(row.input)
+            kind = "start"
         elif snapshot.interrupts:
             pending = snapshot.interrupts[0]
             answered = (row.interrupt or {}).get("id")

@@ -179,7 +179,11 @@ export function mount(main, ctx, [runId]) {
     renderBadge();
     updateCancel();
     if (ACTIVE_STATUSES.has(status) && !state.replaying && output.isEmpty()) {
-      output.say(status === "RUN_STATUS_QUEUED" ? "Queued: waiting for a worker to pick the run up…" : "Waiting for tokens…");
+      // A run created with a multitask strategy may wait behind its thread's run first.
+      const behind = state.run && state.run.queuedBehind;
+      output.say(status !== "RUN_STATUS_QUEUED" ? "Waiting for tokens…"
+        : behind ? `Queued behind ${behind}: it starts once that run ends…`
+          : "Queued: waiting for a worker to pick the run up…");
     }
     if (previous && !state.replaying) ctx.announce(`Run ${statusLabel(status, outputOf()).toLowerCase()}`);
   }

@@ -93,8 +93,16 @@ function startForm(ctx, targets) {
   agents.hidden = !targets.agents.length;
   const fieldsBox = h("div", { id: "run-fields" });
   const thread = h("input", { id: "run-thread", type: "text", placeholder: "threads/<id> (empty: a new thread)", spellcheck: "false" });
+  // LangGraph Server's multitask_strategy: what happens when the thread already has a run.
+  const busy = h("select", { id: "run-multitask" }, ...[
+    ["", "Refuse the run (the default)"],
+    ["enqueue", "Queue it after the thread's runs"],
+    ["interrupt", "Stop the thread's run, keep its state"],
+    ["rollback", "Stop the thread's run and delete it"],
+  ].map(([value, text]) => h("option", { value }, text)));
   const options = h("details", {}, h("summary", {}, "More options"),
-    h("label", { for: "run-thread" }, "Thread ", h("span", { class: "field-hint" }, "runs in a thread share memory")), thread);
+    h("label", { for: "run-thread" }, "Thread ", h("span", { class: "field-hint" }, "runs in a thread share memory")), thread,
+    h("label", { for: "run-multitask" }, "If the thread has a run"), busy);
   const submit = h("button", { type: "submit", class: "primary", id: "run-start" }, "Start run");
   const error = h("div", { "aria-live": "polite" });
   let fields = [];
@@ -143,6 +151,7 @@ function startForm(ctx, targets) {
     if (target.value.startsWith("agents/")) run.agent = target.value;
     else run.workflow = target.value;
     if (thread.value.trim()) run.thread = threadName(thread.value);
+    if (busy.value) run.multitaskStrategy = busy.value;
     submit.disabled = true;
     try {
       const response = await ctx.api.createRun(run, uuid());
