@@ -407,6 +407,8 @@ async def test_events_service_restart_is_bridged_without_gap_or_duplicate(
 
         upstream = await build_service(upstream_settings)
         await upstream.start()
+        for subscriber in (client, batched):  # the notice that clears the error, before events
+            assert (await subscriber.recv_type("status", timeout=60))["status"] == "back"
         published += [await publisher.publish(subject, data={"i": i}) for i in range(6, 9)]
         received += [m["sequence"] for m in await client.events(6, timeout=60)]
         in_batches += await _batched_sequences(batched, 6)

@@ -66,6 +66,8 @@ CALLER_ERRORS = {
 MAX_BACKOFF = 2.0
 # How a notice that a stream is interrupted (`final: false`) ends.
 RESUMES = "; waiting for it, the events follow once it is back"
+# How the notice that it is open again (a `status` message on a socket) ends.
+BACK = ": the stream is open again, its events follow from where they stopped"
 # Live events a catch-up feed buffers while its own stream replays history.
 CATCH_UP_BUFFER = 10_000
 # Most events per StreamEvents message asked of the events service (events already read go
@@ -170,6 +172,9 @@ class Sink(Protocol):
     def end(self) -> None:
         """The upstream ended normally (a run finished)."""
 
+    def back(self, message: str) -> None:
+        """The upstream stream is open again after a `fail(…, final=False)`."""
+
 
 @dataclass(frozen=True)
 class Since:
@@ -218,6 +223,8 @@ class UpstreamStream:
     on_events: Callable[[list[events_pb2.Event]], bool]
     on_error: Callable[[GatewayError, bool], None]
     on_end: Callable[[], None] | None = None
+    # Called once the stream is open again after an interruption its subscribers were told of.
+    on_back: Callable[[str], None] | None = None
     # Awaited after each message's events were handed on (a feed with a stream of its own
     # waits for its socket's queue there).
     pace: Callable[[], Awaitable[None]] | None = None
@@ -247,6 +254,23 @@ class UpstreamStream:
             )
             self.on_error(waiting, False)
 
+    async def _watch(self, call: Any, upstream: Upstream) -> None:
+        """Watch the opening of `call` (`watch_opening`); once the service sent its headers (it
+        subscribed the call) after an interruption the subscribers were told of, tell them it is
+        back: without it a client keeps its outage notice until the next event, however long."""
+        await watch_opening(call, upstream, lambda d: self._dependency_down(upstream, d))
+        # A call that failed has empty headers too, and is done by then.
+        if not call.done():
+            self._back(upstream)
+
+    def _back(self, upstream: Upstream) -> None:
+        """The stream is open (or delivers) again: tell the subscribers if they heard it was not."""
+        if self.failing:
+            self.failing = False
+            log.info("upstream stream open again", rpc=self.rpc)
+            if self.on_back is not None:
+                self.on_back(f"the {upstream.name} service is back{BACK}")
+
     async def _run(self) -> None:
         delay = 0.1
         upstream = self.hub.upstreams[self.service]
@@ -254,9 +278,7 @@ class UpstreamStream:
             call = self.hub.upstreams.callable(self.service, self.rpc)(self.request_for(self.last))
             self.hub.calls_opened += 1
             self.hub.calls_active += 1
-            watch = asyncio.create_task(
-                watch_opening(call, upstream, lambda d: self._dependency_down(upstream, d))
-            )
+            watch = asyncio.create_task(self._watch(call, upstream))
             error: GatewayError | None = None
             code = grpc.StatusCode.OK
             try:
@@ -265,7 +287,8 @@ class UpstreamStream:
                     if not events:
                         continue
                     self.last = events[-1].sequence
-                    self.failing, delay = False, 0.1
+                    delay = 0.1
+                    self._back(upstream)  # (a service that sends its headers with its first event)
                     if not self.on_events(events):
                         return
                     if self.pace is not None:
@@ -335,6 +358,7 @@ class Topic:
             self._request,
             on_events=self._on_events,
             on_error=self._on_error,
+            on_back=self._on_back,
         )
         self.stream.start()
 
@@ -368,6 +392,10 @@ class Topic:
             self.hub._drop(self)
         for sink in sinks:
             sink.fail(error, final)
+
+    def _on_back(self, message: str) -> None:
+        for sink in [*self.sinks.values(), *self.batching.values()]:
+            sink.back(message)
 
     def add(self, sink: Sink, *, batch: bool = False) -> None:
         """Feed `sink` from now on; `batch`: coalesced (a socket subscription that asked for
@@ -466,6 +494,10 @@ class _Relay:
     def fail(self, error: GatewayError, final: bool) -> None:
         self.feed._live_failed(error, final)
 
+    def back(self, message: str) -> None:
+        if self.feed.handed_over and not self.feed.closed:
+            self.feed.sink.back(message)
+
     def end(self) -> None:  # pragma: no cover - topics follow forever
         pass
 
@@ -492,6 +524,7 @@ class CatchUpFeed(Feed):
             self._request,
             on_events=self._own_events,
             on_error=self._own_failed,
+            on_back=self._own_back,
             pace=sink.room,
             last=self.last,
         )
@@ -540,6 +573,10 @@ class CatchUpFeed(Feed):
             self.sink.fail(error, final)
             if final:
                 self.close()
+
+    def _own_back(self, message: str) -> None:
+        if not self.handed_over and not self.closed:
+            self.sink.back(message)
 
     def _live(self, chunk: Chunk) -> None:
         if self.closed:
@@ -600,6 +637,7 @@ class RunFeed(Feed):
             on_events=self._events,
             on_error=self._failed,
             on_end=self._end,
+            on_back=self._back,
             pace=sink.room,
             follow=False,
             last=last,
@@ -619,6 +657,10 @@ class RunFeed(Feed):
     def _end(self) -> None:
         if not self.closed:
             self.sink.end()
+
+    def _back(self, message: str) -> None:
+        if not self.closed:
+            self.sink.back(message)
 
     def close(self) -> None:
         self.closed = True

@@ -16,6 +16,8 @@ Server -> client:
                                                     (subscriptions with "batch": true)
     {"type": "end", "subscription": "r1"}          a run stream finished
     {"type": "error", "subscription": "s1" | null, "error": {code, message, details}, "final": bool}
+    {"type": "status", "subscription": "s1", "status": "back", "message": …}
+                                                    the stream is open again after a non-final error
     {"type": "ping", "time": …} every WS_HEARTBEAT_INTERVAL / {"type": "pong"}
 
 Every socket has one bounded send queue (WS_SEND_QUEUE events and control messages) drained by
@@ -190,6 +192,12 @@ class Subscription:
     def end(self) -> None:
         self.connection.send_control({"type": "end", "subscription": self.id})
         self.connection.forget(self)
+
+    def back(self, message: str) -> None:
+        """After an `error` with `final: false`: the stream is open again (clear the notice)."""
+        self.connection.send_control(
+            {"type": "status", "subscription": self.id, "status": "back", "message": message}
+        )
 
 
 Item = str | tuple[Subscription, Chunk]

@@ -124,7 +124,8 @@ export class EventSocket extends EventTarget {
 
   /**
    * spec: {filter: {types, subject}, since} or {run: "runs/…", since}.
-   * handlers: onEvent(event, sequence), onEnd(), onError(message, final), onSubscribed().
+   * handlers: onEvent(event, sequence), onEnd(), onError(message, final), onSubscribed(),
+   * onBack(message) (the stream is open again after a non-final error; default: onSubscribed).
    */
   subscribe(spec, handlers = {}) {
     const id = `s${this.nextId++}`;
@@ -258,6 +259,14 @@ export class EventSocket extends EventTarget {
       case "subscribed":
         if (subscription && subscription.handlers.onSubscribed) subscription.handlers.onSubscribed();
         break;
+      case "status": {
+        // The stream is open again after an error with `final: false`: clear its notice (a
+        // handler without onBack clears it as on `subscribed`).
+        const handlers = subscription ? subscription.handlers : {};
+        const back = handlers.onBack || handlers.onSubscribed;
+        if (message.status === "back" && back) back(message.message || "");
+        break;
+      }
       case "end":
         if (subscription) {
           subscription.ended = true;
