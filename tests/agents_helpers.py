@@ -139,6 +139,7 @@ async def create_run(stub: Stub, **run: Any) -> S.Run:
     for key, value in run.items():
         if key == "input":
             message.input.update(value)
+            message.input.SetInParent()  # given, even empty: no input continues a thread
         elif key == "timeout":
             message.timeout.FromSeconds(value)
         else:

@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 import httpx
 import pytest
-from agents_helpers import S, create_run, rpc_error, wait_status
+from agents_helpers import S, chat_on_one_thread, create_run, rpc_error, wait_status
 from gateway_helpers import start_gateway
 from google.protobuf import json_format
 from sqlalchemy import text
@@ -522,3 +522,138 @@ async def test_an_update_from_an_earlier_checkpoint_branches_and_the_next_run_fo
     # The next run starts from the branch (its input goes on top; the graph starts over).
     again = await _steps_run(agents, tmp_path, thread=run.thread)
     assert list(again.output["done"]) == ["branch", "a", "b", "c"]
+
+
+async def _continue(agents: Any, thread: str, **run: Any) -> S.Run:
+    """A run created on `thread` without input: it continues the thread's latest checkpoint."""
+    request = S.CreateRunRequest(run=S.Run(thread=thread, **run))
+    return (await agents.CreateRun(request)).run
+
+
+async def test_a_run_without_input_runs_the_edited_states_next_node(agents, tmp_path) -> None:
+    first = await _steps_run(agents, tmp_path)
+    (tmp_path / "record").write_text("")
+    edited = await _update(agents, first.thread, {"done": ["x"]}, as_node="a")
+    assert list(edited.next) == ["b"]
+
+    run = await _continue(agents, first.thread, workflow="workflows/test-steps")
+    assert not run.HasField("input")
+    done = await wait_status(agents, run.name, *DONE)
+    assert done.status == S.RUN_STATUS_COMPLETED, done.error
+    # b and c ran on the edited state; a did not run again.
+    assert [line.split()[0] for line in (tmp_path / "record").read_text().splitlines()] == [
+        "b",
+        "c",
+    ]
+    assert _plain(done.output) == {"done": ["x", "b", "c"]}
+    state = await _state(agents, first.thread)
+    assert list(state.next) == [] and state.run == run.name
+    assert list(state.values["done"]) == ["x", "b", "c"]
+
+
+async def test_the_model_sees_the_edit_when_the_thread_continues(agents) -> None:
+    (first,) = await chat_on_one_thread(agents, ("hi", "offline:echo"))
+    secret = {"role": "user", "content": "The secret word is PAPAYA."}
+    edited = await _update(agents, first.thread, {"messages": [secret]}, as_node="retrieve")
+    assert list(edited.next) == ["respond"]
+    # Continued on the same graph, with the model named in the first run's input.
+    run = await _continue(agents, first.thread, workflow="workflows/chat")
+    done = await wait_status(agents, run.name, *DONE)
+    assert done.status == S.RUN_STATUS_COMPLETED, done.error
+    state = _plain(await _state(agents, first.thread))
+    assert [m["content"] for m in state["values"]["messages"]] == [
+        "hi",
+        "hi",
+        "The secret word is PAPAYA.",
+        "The secret word is PAPAYA.",  # offline:echo answered the edited last message
+    ]
+
+
+async def test_a_run_without_input_needs_something_to_continue(agents, tmp_path) -> None:
+    run = await _steps_run(agents, tmp_path)
+
+    async def refused(call: Any, *words: str) -> grpc.StatusCode:
+        error = await rpc_error(call)
+        for word in words:
+            assert word in (error.details() or ""), error.details()
+        return error.code()
+
+    # Its latest checkpoint ended the graph: nothing to run.
+    assert (
+        await refused(
+            _continue(agents, run.thread, workflow="workflows/test-steps"),
+            "nothing to continue",
+            "input is required",
+        )
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )
+    empty = (await agents.CreateThread(S.CreateThreadRequest())).thread
+    assert (
+        await refused(
+            _continue(agents, empty.name, workflow="workflows/test-steps"), "nothing to continue"
+        )
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )
+    # A pending node, but another graph than the thread's.
+    await _update(agents, run.thread, {"done": ["x"]}, as_node="a")
+    assert (
+        await refused(
+            _continue(agents, run.thread, workflow="workflows/chat"), "workflows/test-steps"
+        )
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )
+    # An empty input is a fresh start, checked as one (chat needs a message).
+    fresh = S.Run(thread=run.thread, workflow="workflows/chat")
+    fresh.input.SetInParent()
+    assert (
+        await refused(agents.CreateRun(S.CreateRunRequest(run=fresh)), "message")
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert list((await _state(agents, run.thread)).next) == ["b"]
+
+
+async def test_a_cancelled_question_asks_again_when_the_thread_continues(agents) -> None:
+    paused = await create_run(agents, workflow="workflows/test-ask", input={"question": "Ok?"})
+    await wait_status(agents, paused.name, S.RUN_STATUS_PAUSED)
+    await agents.CancelRun(S.CancelRunRequest(name=paused.name))
+    await wait_status(agents, paused.name, S.RUN_STATUS_CANCELLED)
+
+    run = await _continue(agents, paused.thread, workflow="workflows/test-ask")
+    asked = await wait_status(agents, run.name, S.RUN_STATUS_PAUSED, *DONE)
+    assert asked.status == S.RUN_STATUS_PAUSED, asked.error
+    assert _plain(asked.interrupt.value) == {"question": "Ok?"}
+    resume = S.ResumeRunRequest(name=run.name)
+    resume.answer.string_value = "yes"
+    await agents.ResumeRun(resume)
+    done = await wait_status(agents, run.name, *DONE)
+    assert done.status == S.RUN_STATUS_COMPLETED, done.error
+    assert _plain(done.output) == {"result": "answer was yes"}
+
+
+async def test_a_run_without_input_over_http(http, tmp_path) -> None:
+    release = tmp_path / "release"
+    release.touch()
+    request = {"record": str(tmp_path / "record"), "release": str(release)}
+    created = await http.post(
+        "/v1/runs", json={"run": {"workflow": "workflows/test-steps", "input": request}}
+    )
+    run = await _finished(http, created.json()["run"]["name"])
+    thread = run["thread"]
+    nothing = await http.post(
+        "/v1/runs", json={"run": {"workflow": "workflows/test-steps", "thread": thread}}
+    )
+    _status(nothing, 400, 3, "nothing to continue")
+    edited = await http.post(f"/v1/{thread}/state", json={"values": {"done": []}, "asNode": "b"})
+    assert edited.json()["state"]["next"] == ["c"], edited.text
+    for body in (
+        {"workflow": "workflows/test-steps", "thread": thread, "input": None},
+        {"workflow": "workflows/test-steps", "thread": thread},
+    ):
+        continued = await http.post("/v1/runs", json={"run": body})
+        assert continued.status_code == 200, continued.text
+        assert "input" not in continued.json()["run"] or not continued.json()["run"]["input"]
+        ended = await _finished(http, continued.json()["run"]["name"])
+        assert ended["status"] == "RUN_STATUS_COMPLETED", ended
+        assert ended["output"] == {"done": ["c"]}
+        # Ready for the second form: c pending again.
+        await http.post(f"/v1/{thread}/state", json={"values": {"done": []}, "asNode": "b"})

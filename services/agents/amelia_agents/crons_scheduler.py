@@ -68,6 +68,7 @@ def run_request(row: CronRow, request_id: str) -> agents_pb2.CreateRunRequest:
     else:
         run.workflow = f"workflows/{row.workflow}"
     run.input.update(row.input or {})
+    run.input.SetInParent()  # present even when empty: a fresh start, not a continuation
     return agents_pb2.CreateRunRequest(run=run, request_id=request_id)
 
 

@@ -121,7 +121,8 @@ class RunRow(Base):
     thread_id: Mapped[uuid.UUID] = mapped_column(
         UUID(as_uuid=True), ForeignKey("threads.id", ondelete="CASCADE")
     )
-    input: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    # JSON null (not SQL NULL): a run created without input, continuing its thread.
+    input: Mapped[dict[str, Any] | None] = mapped_column(JSONB, default=dict, nullable=False)
     agent_config: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
     status: Mapped[str] = mapped_column(String(16), default=RunState.QUEUED.value)
     output: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)

@@ -226,18 +226,24 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         """Resolve the target → validate the input → the thread → the row → record and queue."""
         run = request.run
         existing = await self._existing(request.request_id)
-        input_value = convert.json_from(run.input, "run.input")
+        # No input on a thread: continue it from its latest checkpoint (LangGraph's
+        # `invoke(None, config)`), recorded as input None. `input: {}` is a fresh start.
+        continuing = bool(run.thread) and not run.HasField("input")
+        input_value = None if continuing else convert.json_from(run.input, "run.input")
         if existing is not None:
             _check_same_run(existing, run, input_value, request.request_id)
             return agents_pb2.CreateRunResponse(run=convert.run_to_proto(existing))
         target = await self._target(run)
-        try:
-            target.workflow.validate_input(input_value, self.settings)
-        except workflows.InvalidInputError as exc:
-            raise InvalidArgumentError(str(exc)) from None
+        if input_value is not None:
+            try:
+                target.workflow.validate_input(input_value, self.settings)
+            except workflows.InvalidInputError as exc:
+                raise InvalidArgumentError(str(exc)) from None
         timeout = _run_timeout(run)
         chosen = multitask.strategy(run.multitask_strategy)
         tid, new_thread = await self._thread_for(run.thread)
+        if input_value is None:
+            await self._states().check_continuable(tid, target.agent_id, target.workflow_name)
         row = _new_run(
             self.settings,
             agent_id=target.agent_id,
@@ -559,12 +565,12 @@ def _new_run(
     agent_id: str | None,
     workflow: str | None,
     thread_id: uuid.UUID,
-    input_value: dict[str, Any],
+    input_value: dict[str, Any] | None,
     agent_config: dict[str, Any] | None,
     timeout: float | None,
     request_id: str,
 ) -> RunRow:
-    """A QUEUED run, not yet recorded."""
+    """A QUEUED run, not yet recorded (input None: it continues its thread)."""
     return RunRow(
         id=uuid.uuid4(),
         agent_id=agent_id,
@@ -617,7 +623,7 @@ def _check_same_run(existing: RunRow, run: agents_pb2.Run, input_value: Any, rid
         differs.append("workflow")
     if run.thread and convert.thread_id(run.thread) != existing.thread_id:
         differs.append("thread")
-    if input_value != (existing.input or {}):
+    if input_value != existing.input:
         differs.append("input")
     if differs:
         raise AlreadyExistsError(
@@ -635,7 +641,7 @@ def _repeat(settings: Settings, source: RunRow, thread_id: uuid.UUID, request_id
         agent_id=source.agent_id,
         workflow=source.workflow,
         thread_id=thread_id,
-        input_value=source.input or {},
+        input_value=source.input,
         agent_config=source.agent_config,
         timeout=source.timeout_seconds,
         request_id=request_id,

@@ -168,6 +168,31 @@ class ThreadStates:
         snapshot = await graph.aget_state(_config(tid, checkpoint))
         return to_state(tid, snapshot)
 
+    async def check_continuable(
+        self, tid: uuid.UUID, agent_id: str | None, workflow: str | None
+    ) -> None:
+        """INVALID_ARGUMENT unless a run without input can continue the thread: its latest
+        checkpoint has nodes to run (`next`), on the graph of its latest run (the target)."""
+        async with self.store.single_statements() as s:
+            latest = await s.scalar(_latest_run(tid))
+        snapshot = None
+        if latest is not None:
+            snapshot = await steps.compiled(latest, self.checkpointer).aget_state(_config(tid))
+        if snapshot is None or not snapshot.next:
+            raise InvalidArgumentError(
+                f"threads/{tid} has nothing to continue (its latest checkpoint has no node "
+                "to run): run.input is required"
+            )
+        assert latest is not None
+        if (latest.agent_id, latest.workflow) != (agent_id, workflow):
+            graph = (
+                f"agents/{latest.agent_id}" if latest.agent_id else f"workflows/{latest.workflow}"
+            )
+            raise InvalidArgumentError(
+                f"threads/{tid} continues on its graph, {graph}: run it with that target, or "
+                "give run.input for a fresh start"
+            )
+
     async def history(
         self, request: agents_pb2.ListThreadHistoryRequest
     ) -> tuple[list[agents_pb2.ThreadState], str]:
