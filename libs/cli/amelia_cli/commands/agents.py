@@ -488,8 +488,14 @@ async def _follow(stub: object, run_name: str) -> agents_pb2.Run:
 
 def run(
     target: str = typer.Argument(..., help="Agent id or workflow name (chat, plan, code, …)."),
-    text: str = typer.Argument(..., help="The input message."),
-    thread: str = typer.Option("", help="Thread to continue (threads/<id>)."),
+    text: str = typer.Argument("", help="The input message (none with --continue)."),
+    thread: str = typer.Option("", help="Thread to run on (threads/<id>): its memory."),
+    go_on: bool = typer.Option(
+        False,
+        "--continue",
+        help="No input: run the --thread's pending nodes (its state's `next`, e.g. after "
+        "`amelia threads update`) from its latest checkpoint.",
+    ),
     input_json: str = typer.Option("", "--input", help="Full input as JSON instead of TEXT."),
     repo: str = typer.Option(
         "",
@@ -516,19 +522,27 @@ def run(
 ) -> None:
     """Start a run and stream its tokens; Ctrl-C cancels it."""
     repository = os.path.abspath(repo or ".")
+    if go_on and (not thread or text or input_json or context or repo):
+        raise typer.BadParameter(
+            "--continue takes a --thread and no input", param_hint="--continue"
+        )
+    if not go_on and not text and not input_json:
+        raise typer.BadParameter("the input message is missing (or --input, or --continue)")
 
     async def go() -> agents_pb2.Run:
         async with agents() as stub:
             spec = await _target(stub, target)
             if thread:
                 spec.thread = resource("threads", thread)
-            run_input = json.loads(input_json) if input_json else {"message": text}
-            in_git = spec.workflow in ("workflows/code", "workflows/develop")
-            if repo or (in_git and "repository" not in run_input):
-                run_input["repository"] = repository
-            if context:
-                run_input["context_sources"] = [resource("documents", c) for c in context]
-            spec.input.update(run_input)
+            if not go_on:  # (an absent input continues the thread; {} starts afresh)
+                run_input = json.loads(input_json) if input_json else {"message": text}
+                in_git = spec.workflow in ("workflows/code", "workflows/develop")
+                if repo or (in_git and "repository" not in run_input):
+                    run_input["repository"] = repository
+                if context:
+                    run_input["context_sources"] = [resource("documents", c) for c in context]
+                spec.input.update(run_input)
+                spec.input.SetInParent()
             if timeout:
                 spec.timeout.FromSeconds(timeout)
             spec.multitask_strategy = multitask
