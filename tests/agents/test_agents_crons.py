@@ -386,3 +386,35 @@ async def test_trigger_on_a_busy_thread_is_refused(env: Crons) -> None:
     with pytest.raises(FailedPreconditionError, match="already has a paused run"):
         await env.api.TriggerCron(C.TriggerCronRequest(name=cron.name), None)
     await env.stub.CancelRun(S.CancelRunRequest(name=busy.name))
+
+
+async def test_update_reschedules_and_refuses_a_bad_schedule(env: Crons) -> None:
+    cron = await env.create(agent=await env.agent(), schedule="*/5 * * * *")
+    change = C.Cron(name=cron.name, schedule="0 * * * *", timezone="Asia/Kolkata")
+    request = C.UpdateCronRequest(cron=change, update_mask=["schedule,timezone"])
+    updated = (await env.api.UpdateCron(request, None)).cron
+    # Minute 0 in Kolkata (UTC+05:30) is minute 30 in UTC.
+    assert updated.next_run_time.ToDatetime(tzinfo=UTC) == at(29.5)
+    assert (updated.schedule, updated.timezone) == ("0 * * * *", "Asia/Kolkata")
+    change.schedule = "0 * * *"
+    with pytest.raises(InvalidArgumentError, match=r"cron.schedule '0 \* \* \*' must have 5"):
+        await env.api.UpdateCron(C.UpdateCronRequest(cron=change, update_mask=["schedule"]), None)
+    with pytest.raises(InvalidArgumentError, match="update_mask has unknown fields"):
+        await env.api.UpdateCron(C.UpdateCronRequest(cron=change, update_mask=["agent"]), None)
+    assert (await env.get(cron.name)).schedule == "0 * * * *"  # nothing changed
+
+
+async def test_crons_are_listed_in_pages_by_agent(env: Crons) -> None:
+    agent = await env.agent()
+    made = []
+    for minute in range(3):  # oldest first
+        env.clock.now = at(minute)
+        made.append((await env.create(agent=agent, schedule=f"{minute} * * * *")).name)
+    first = await env.api.ListCrons(C.ListCronsRequest(agent=agent, page_size=2), None)
+    assert [c.name for c in first.crons] == made[:2] and first.next_page_token
+    rest = await env.api.ListCrons(
+        C.ListCronsRequest(agent=agent, page_size=2, page_token=first.next_page_token), None
+    )
+    assert [c.name for c in rest.crons] == made[2:] and not rest.next_page_token
+    with pytest.raises(InvalidArgumentError, match="page_token"):
+        await env.api.ListCrons(C.ListCronsRequest(page_token=first.next_page_token), None)
