@@ -643,6 +643,9 @@ async def test_a_run_without_input_over_http(http, tmp_path) -> None:
         "/v1/runs", json={"run": {"workflow": "workflows/test-steps", "thread": thread}}
     )
     _status(nothing, 400, 3, "nothing to continue")
+    _status(await http.get(f"/v1/{thread}/state/garbage"), 400, 3, "not a checkpoint id")
+    wizard = {"values": {"messages": [{"role": "wizard", "content": 42}]}, "asNode": "c"}
+    _status(await http.post(f"/v1/{thread}/state", json=wizard), 400, 3, "messages[0].role")
     edited = await http.post(f"/v1/{thread}/state", json={"values": {"done": []}, "asNode": "b"})
     assert edited.json()["state"]["next"] == ["c"], edited.text
     for body in (
@@ -657,3 +660,39 @@ async def test_a_run_without_input_over_http(http, tmp_path) -> None:
         assert ended["output"] == {"done": ["c"]}
         # Ready for the second form: c pending again.
         await http.post(f"/v1/{thread}/state", json={"values": {"done": []}, "asNode": "b"})
+
+
+async def test_an_update_with_unreadable_messages_or_checkpoint_is_refused(agents) -> None:
+    (first,) = await chat_on_one_thread(agents, ("hi", "offline:echo"))
+    before = await _state(agents, first.thread)
+    for messages, words in (
+        ([{"role": "wizard", "content": 42}], ("values.messages[0].role", "wizard")),
+        ([{"role": "user", "content": "ok"}, {"role": "user", "content": 42}], ("[1].content",)),
+        ([{"role": "user"}], ("values.messages[0].content",)),
+        (["hello"], ("values.messages[0]",)),
+        ({"role": "user", "content": "x"}, ("values.messages must be a list",)),
+    ):
+        error = await rpc_error(
+            _update(agents, first.thread, {"messages": messages}, as_node="respond")
+        )
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+        for word in words:
+            assert word in (error.details() or ""), error.details()
+    assert await _state(agents, first.thread) == before  # nothing written
+    ok = {"role": "tool", "content": "42", "tool_call_id": "t1"}
+    state = await _update(agents, first.thread, {"messages": [ok]}, as_node="respond")
+    assert _plain(state.values)["messages"][-1] == ok
+    # Not a checkpoint id at all: INVALID_ARGUMENT, not NOT_FOUND.
+    error = await rpc_error(_state(agents, first.thread, "garbage"))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "ListThreadHistory" in (error.details() or "")
+
+
+async def test_a_paused_runs_refusal_names_the_way_to_edit_it(agents) -> None:
+    paused = await create_run(agents, workflow="workflows/test-ask", input={})
+    await wait_status(agents, paused.name, S.RUN_STATUS_PAUSED)
+    error = await rpc_error(_update(agents, paused.thread, {"answer": "no"}, as_node="ask"))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert f"{paused.name}:fork" in (error.details() or ""), error.details()
+    assert "cancel" in (error.details() or "")
+    await agents.CancelRun(S.CancelRunRequest(name=paused.name))

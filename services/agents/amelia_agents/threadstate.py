@@ -31,7 +31,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from amelia.v1 import agents_pb2
 from amelia_agents import convert, filtering, pagination, steps
-from amelia_agents.models import ACTIVE_STATES, RunRow, ThreadRow
+from amelia_agents.models import ACTIVE_STATES, RunRow, RunState, ThreadRow
 from amelia_agents.store import Store
 from amelia_common import paging
 from amelia_common.errors import (
@@ -43,7 +43,9 @@ from amelia_common.errors import (
 HISTORY_PAGE_DEFAULT = 10
 HISTORY_PAGE_MAX = 1000
 # LangGraph's checkpoint ids are UUIDs (version 6, ordered in time); anything else names none.
-_CHECKPOINT_ID = re.compile(r"^[0-9A-Za-z-]{1,64}$")
+_CHECKPOINT_ID = re.compile(r"^[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$")
+# A state's chat messages as the workflows' input steps and nodes write them.
+MESSAGE_ROLES = ("user", "assistant", "system", "tool")
 
 
 def metadata_filter(values: Mapping[str, str], field: str = "metadata_filter") -> dict[str, str]:
@@ -258,9 +260,16 @@ class ThreadStates:
                 .limit(1)
             )
             if active is not None:
+                paused = ""
+                if active.status == RunState.PAUSED.value:
+                    paused = (
+                        "; to answer with other values, cancel it, then fork it at its question's "
+                        f"step: POST /v1/runs/{active.id}:fork {{checkpoint, values}} (ForkRun), "
+                        "or update the state and continue the thread with a run without input"
+                    )
                 raise FailedPreconditionError(
                     f"threads/{tid} has a {active.status.lower()} run, runs/{active.id}: its "
-                    "state changes only between runs; wait for the run to end, or cancel it"
+                    f"state changes only between runs; wait for the run to end, or cancel it{paused}"
                 )
             latest = await s.scalar(_latest_run(tid))
             if latest is None:
@@ -307,6 +316,7 @@ def _check_update(graph: Pregel[Any], values: dict[str, Any], as_node: str) -> N
             f"as_node {as_node[:80]!r} is not a node of the thread's graph; its nodes: "
             f"{', '.join(nodes)}"
         )
+    _check_messages(values.get("messages"))
     keys = list(getattr(getattr(graph, "builder", None), "channels", None) or values)
     unknown = [key for key in values if key not in keys]
     if unknown:
@@ -314,6 +324,26 @@ def _check_update(graph: Pregel[Any], values: dict[str, Any], as_node: str) -> N
             f"values has {', '.join(repr(k[:80]) for k in unknown)}, not a key of the thread's "
             f"state; its keys: {', '.join(keys)}"
         )
+
+
+def _check_messages(messages: Any) -> None:
+    """INVALID_ARGUMENT for `values.messages` that the next run's model could not read: each
+    a {role, content} object, role one of MESSAGE_ROLES, content text (other keys pass)."""
+    if messages is None:
+        return
+    if not isinstance(messages, list):
+        raise InvalidArgumentError("values.messages must be a list of {role, content} objects")
+    for i, message in enumerate(messages):
+        where = f"values.messages[{i}]"
+        if not isinstance(message, dict):
+            raise InvalidArgumentError(f"{where} must be an object with role and content")
+        if message.get("role") not in MESSAGE_ROLES:
+            raise InvalidArgumentError(
+                f"{where}.role must be one of {', '.join(MESSAGE_ROLES)}, "
+                f"not {json.dumps(message.get('role'))[:80]}"
+            )
+        if not isinstance(message.get("content"), str):
+            raise InvalidArgumentError(f"{where}.content must be text")
 
 
 def _update_problem(text: str) -> str:
