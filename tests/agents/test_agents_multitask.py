@@ -92,12 +92,20 @@ async def test_interrupt_stops_the_run_and_the_new_one_continues_its_state(agent
     stream = asyncio.create_task(collect(agents, first.name))
     await first_token(agents, first.name)
     second = await chat(agents, first.thread, "what did I say?", TRANSCRIPT, "interrupt")
+    # The thread stays busy while the stopped run winds down and the new one waits or runs:
+    # a default run is refused, an enqueued one goes behind the new run.
+    refused = await rpc_error(chat(agents, first.thread, "and now?", TRANSCRIPT))
+    assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION
+    third = await chat(agents, first.thread, "and now?", "offline:echo", "enqueue")
+    assert third.queued_behind == second.name
 
     done = await wait_status(agents, second.name, S.RUN_STATUS_COMPLETED)
     stopped = await wait_status(agents, first.name, S.RUN_STATUS_CANCELLED)
     reason = f"interrupted by {second.name} (multitask_strategy interrupt)"
     assert stopped.error == reason
     assert started_after_end(stopped, done)
+    after = await wait_status(agents, third.name, S.RUN_STATUS_COMPLETED)
+    assert started_after_end(done, after)
     assert stopped.output["partial"].startswith("word0 ")  # what it streamed is kept
     events = await stream
     assert types(events)[-1] == "run.cancelled"

@@ -4,8 +4,9 @@ Three sources, each the authority on its part:
 
 - JetStream's consumer `agent-workers`: jobs waiting (the depth), delivered and not acknowledged
   (in flight), redelivered, and the worker loops polling for a job right now;
-- the `runs` table: QUEUED runs and the oldest one's wait, RUNNING runs and the worker loop that
-  picked each up last;
+- the `runs` table: QUEUED runs waiting for a worker (not those waiting behind their thread's
+  run, `multitask`) and the oldest one's wait, RUNNING runs and the worker loop that picked each
+  up last;
 - PostgreSQL's lock table: a worker executing a run holds the run's advisory lock (`locks`) on a
   connection of its own, and checks the run's status on it every second — so the lock says
   whether a live worker still has the run (a killed worker's lock dies with its connection) and
@@ -36,7 +37,7 @@ MAX_IN_FLIGHT = 200
 
 _QUEUED = text(
     "SELECT count(*), min(coalesce(queued_time, create_time)), now() FROM runs "
-    "WHERE status = 'QUEUED' AND (queue = :queue OR queue IS NULL)"
+    "WHERE status = 'QUEUED' AND (queue = :queue OR queue IS NULL) AND queued_behind IS NULL"
 )
 _RUNNING = text(
     "SELECT id, agent_id, workflow, worker, attempt, start_time FROM runs "

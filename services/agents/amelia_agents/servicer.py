@@ -326,20 +326,22 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
 
         try:
             # The job is queued inside the transaction: if NATS refuses it, nothing is recorded.
-            # A busy thread: the run waits behind its run, unless that run ended meanwhile.
+            # With a multitask strategy, on a thread that ever started a run, the run waits
+            # behind the thread's run and is admitted once that run's worker is done with it.
             while True:
+                if chosen != multitask.REJECT and not new_thread:
+                    behind = await self.store.create_behind(
+                        row, multitask.stop_reason(chosen, row.id), chosen == multitask.ROLLBACK
+                    )
+                    if behind is not None:
+                        await self._waiting(row, chosen, *behind)
+                        break
                 try:
                     await self.store.create_run(row, new_thread, before_commit=queue_it)
                     break
                 except ActiveRunError:
                     if chosen == multitask.REJECT:
                         raise
-                stopped = await self.store.create_waiting(
-                    row, multitask.stop_reason(chosen, row.id), chosen == multitask.ROLLBACK
-                )
-                if stopped is not None:
-                    await self._waiting(row, chosen, stopped)
-                    break
         except ActiveRunError:
             active = await self.store.active_run(row.thread_id)
             which = f"a {active.status.lower()} run, runs/{active.id}" if active else "a run"
@@ -363,24 +365,27 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
             ) from exc
         return convert.run_to_proto(row)
 
-    async def _waiting(self, row: RunRow, chosen: str, stopped: list[RunRow]) -> None:
-        """After `row` was recorded waiting behind its thread's run: tell what it waits for,
-        stop the runs its strategy cancelled (those that never started first: a rollback
-        deletes them with the one that ran), and admit it if the run it waits for has ended
-        since (that run's end may have looked for waiting runs before this commit)."""
-        try:
-            await self.events.publish(
-                self.events.event(
-                    row,
-                    "run.queued",
-                    {"behind": convert.run_name(row.queued_behind), "strategy": chosen}
-                    if row.queued_behind
-                    else {"strategy": chosen},
-                    event_id=f"{row.id}:queued",
+    async def _waiting(
+        self, row: RunRow, chosen: str, stopped: list[RunRow], behind_active: bool
+    ) -> None:
+        """After `row` was recorded waiting behind its thread's run: tell what it waits for
+        (if that run is active), stop the runs its strategy cancelled (those that never started
+        first: a rollback deletes them with the one that ran), and admit it if the run it
+        waits for has ended (its end may have looked for waiting runs before this commit)."""
+        if behind_active and row.queued_behind is not None:
+            try:
+                await self.events.publish(
+                    self.events.event(
+                        row,
+                        "run.queued",
+                        {"behind": convert.run_name(row.queued_behind), "strategy": chosen},
+                        event_id=f"{row.id}:queued",
+                    )
                 )
-            )
-        except Exception as exc:  # noqa: BLE001 - the run is recorded: its start tells the rest
-            log.warning("run.queued not published", run=str(row.id), error=str(exc) or repr(exc))
+            except Exception as exc:  # noqa: BLE001 - it is recorded: its start tells the rest
+                log.warning(
+                    "run.queued not published", run=str(row.id), error=str(exc) or repr(exc)
+                )
         for run in sorted(stopped, key=lambda r: r.start_time is not None):
             await self._tell_cancelled(run)
         await multitask.settle_quietly(self.store, self.js, self.settings, row.thread_id)

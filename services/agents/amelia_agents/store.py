@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
     Integer,
     Select,
     and_,
@@ -150,6 +151,7 @@ def _recording_insert(row: RunRow, new_thread: bool) -> tuple[Insert, dict[str, 
     )
     if new_thread:
         params["thread_metadata"] = {}
+    params["behind_waiting"] = row.queued_behind is not None
     return _recording_statement(tuple(values), new_thread), params
 
 
@@ -169,9 +171,18 @@ def _recording_statement(columns: tuple[str, ...], new_thread: bool) -> Insert:
         .cte("recording_lock")
         .prefix_with("MATERIALIZED")
     )
-    source = select(
-        *(bindparam(f"run_{key}", type_=_RUNS.c[key].type).label(key) for key in columns)
-    ).select_from(locked)
+    # Not on a thread with runs waiting behind its run (`multitask`): they come first, and the
+    # run they wait for may still be unwinding (a run queued behind it passes `queued_behind`).
+    waiting = exists().where(
+        _RUNS.c.thread_id == bindparam("thread_id"),
+        _RUNS.c.status == RunState.QUEUED.value,
+        _RUNS.c.queued_behind.is_not(None),
+    )
+    source = (
+        select(*(bindparam(f"run_{key}", type_=_RUNS.c[key].type).label(key) for key in columns))
+        .select_from(locked)
+        .where(bindparam("behind_waiting", type_=Boolean) | ~waiting)
+    )
     threads = ThreadRow.__table__
     thread_change = (
         insert(threads).values(
@@ -410,7 +421,9 @@ class Store:
         # statements, on the way to the run's first token). Each statement was a round trip.
         try:
             async with self.engine.begin() as conn:
-                await conn.execute(*_recording_insert(row, new_thread))
+                recorded = await conn.execute(*_recording_insert(row, new_thread))
+                if not recorded.rowcount:
+                    raise ActiveRunError  # runs wait on the thread (`multitask`)
                 if before_commit is not None:
                     await before_commit()
         except IntegrityError as exc:
@@ -644,40 +657,50 @@ class Store:
 
     # runs: multitask strategies (`multitask`) ----------------------------------------------
 
-    async def create_waiting(
+    async def create_behind(
         self, row: RunRow, stop_reason: str | None, rollback: bool
-    ) -> list[RunRow] | None:
-        """Record `row` QUEUED behind its thread's admitted active run (`queued_behind`; no job:
-        it gets one when admitted); with `stop_reason`, in the same transaction, every other
-        active run of the thread is CANCELLED with that reason (`rollback`: marked to be
-        deleted). The cancelled runs; None when the thread has no admitted active run any
-        more (record `row` as any run).
+    ) -> tuple[list[RunRow], bool] | None:
+        """Record `row` QUEUED behind the thread's run (`queued_behind`; no job: it gets one
+        when admitted, `multitask.settle`): its admitted active run, else its first waiting
+        one, else its latest started run (ended, but its worker may still be stopping it). With
+        `stop_reason`, in the same transaction, every other active run of the thread is
+        CANCELLED with it (`rollback`: marked to be deleted). The cancelled runs and whether the
+        run it is behind is active; None when the thread never started a run and has none
+        active (record `row` as any run).
 
-        The admitted run's row is locked first, so its end (an UPDATE of that row) comes after
-        this commit and sees `row` waiting; a run that ended meanwhile is not found."""
+        The thread's row is locked first (CreateRuns on a thread are taken one at a time), then
+        the run it goes behind, so that run's end (an UPDATE of its row) comes after this commit
+        and sees `row` waiting; a run that ended meanwhile is read as ended."""
+        tid = row.thread_id
+        runs = _RUNS.c
         async with self.engine.begin() as conn:
+            threads = ThreadRow.__table__
+            await conn.execute(select(threads.c.id).where(threads.c.id == tid).with_for_update())
+            active = and_(runs.thread_id == tid, runs.status.in_(_ACTIVE_VALUES))
             ahead = await conn.scalar(
-                select(_RUNS.c.id)
-                .where(
-                    _RUNS.c.thread_id == row.thread_id,
-                    _RUNS.c.status.in_(_ACTIVE_VALUES),
-                    _RUNS.c.queued_behind.is_(None),
-                )
+                select(runs.id)
+                .where(active)
+                .order_by(runs.queued_behind.is_not(None), runs.create_time, runs.id)
+                .limit(1)
                 .with_for_update()
             )
+            ahead_active = ahead is not None
+            if ahead is None:
+                ahead = await conn.scalar(
+                    select(runs.id)
+                    .where(runs.thread_id == tid, runs.start_time.is_not(None))
+                    .order_by(runs.start_time.desc())
+                    .limit(1)
+                )
             if ahead is None:
                 return None
             row.queued_behind = ahead
             await conn.execute(*_recording_insert(row, False))
             if stop_reason is None:
-                return []
+                return [], ahead_active
             stopped = await conn.execute(
                 update(_RUNS)
-                .where(
-                    _RUNS.c.thread_id == row.thread_id,
-                    _RUNS.c.status.in_(_ACTIVE_VALUES),
-                    _RUNS.c.id != row.id,
-                )
+                .where(active, runs.id != row.id)
                 .values(
                     status=RunState.CANCELLED.value,
                     error=stop_reason,
@@ -688,7 +711,7 @@ class Store:
                 )
                 .returning(*_RUNS.c)
             )
-            return [RunRow(**found._mapping) for found in stopped.all()]
+            return [RunRow(**found._mapping) for found in stopped.all()], ahead_active
 
     async def thread_turn(self, thread_id: uuid.UUID) -> ThreadTurn:
         """The thread's `ThreadTurn`, in one statement."""
@@ -766,7 +789,8 @@ class Store:
 
     async def unfinished_counts(self) -> tuple[list[tuple[str, str, int]], float]:
         """(status, workflow or 'agent', count) of QUEUED/RUNNING/PAUSED runs, and the age in
-        seconds of the oldest QUEUED run (0 when none is)."""
+        seconds of the oldest QUEUED run that waits for a worker (0 when none does; one waiting
+        behind its thread's run, `multitask`, does not count)."""
         async with self.engine.connect() as conn:
             await conn.execution_options(isolation_level="AUTOCOMMIT")  # two reads, no BEGIN
             counts = (
@@ -781,7 +805,7 @@ class Store:
                 await conn.execute(
                     text(
                         "SELECT extract(epoch FROM now() - min(create_time)) FROM runs "
-                        "WHERE status = 'QUEUED'"
+                        "WHERE status = 'QUEUED' AND queued_behind IS NULL"
                     )
                 )
             ).scalar()
