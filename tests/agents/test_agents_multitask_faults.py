@@ -1,6 +1,7 @@
 """Multitask enqueue across a worker's death: a worker SIGKILLed between recording a run's end
 and admitting the thread's next run (it is held there: the test keeps the next run's row locked
-until the kill) — the reconciler admits it and another worker runs it, once. Real `python -m amelia_agents.worker`
+until the kill) — the reconciler admits it; its job is then lost (the queue purged) — the
+reconciler queues it again, and another worker runs it, once. Real `python -m amelia_agents.worker`
 processes on a queue of their own."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 from agents_helpers import S, Stub, WorkerProcess, create_run, serve_agents, wait_status
-from faults_helpers import run_uuid, terminal_events
+from faults_helpers import jobs_per_run, purge_queue, run_uuid, terminal_events
 
 from amelia_common.db import libpq_url
 from amelia_common.settings import Settings
@@ -86,6 +87,15 @@ async def test_a_worker_killed_between_a_runs_end_and_the_next_ones_start(
         await wait_blocked_by(db)  # the worker admitting the next run (the only one)
         first_worker.kill()
         await holding.rollback()
+        # The reconciler admits the next run and queues its job; NATS then loses the job.
+        queue_settings = infra.settings(RUNS_QUEUE_STREAM=QUEUE)  # type: ignore[attr-defined]
+        async with asyncio.timeout(60):
+            while True:
+                if run_uuid(second.name) in await jobs_per_run(queue_settings):
+                    break
+                await asyncio.sleep(0.1)
+        assert (await api.GetRun(S.GetRunRequest(name=second.name))).run.queued_behind == ""
+        await purge_queue(queue_settings)
         second_worker = WorkerProcess(
             settings, tmp_path / "worker2.log", env=ENV, pythonpath=[HERE]
         )
