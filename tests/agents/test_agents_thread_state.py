@@ -696,3 +696,47 @@ async def test_a_paused_runs_refusal_names_the_way_to_edit_it(agents) -> None:
     assert f"{paused.name}:fork" in (error.details() or ""), error.details()
     assert "cancel" in (error.details() or "")
     await agents.CancelRun(S.CancelRunRequest(name=paused.name))
+
+
+async def test_an_update_retried_with_its_request_id_is_written_once(agents, http) -> None:
+    (first,) = await chat_on_one_thread(agents, ("hi", "offline:echo"))
+    said = {"role": "user", "content": "r"}
+    once = await _update(
+        agents, first.thread, {"messages": [said]}, as_node="respond", request_id="edit-1"
+    )
+    again = await _update(
+        agents, first.thread, {"messages": [said]}, as_node="respond", request_id="edit-1"
+    )
+    assert again == once
+    assert [m["content"] for m in _plain(once.values)["messages"]] == ["hi", "hi", "r"]
+    # Over HTTP (a client whose first call timed out retries it), and after the thread moved on.
+    later = await _update(agents, first.thread, {"messages": [said]}, as_node="respond")
+    body = {"values": {"messages": [said]}, "asNode": "respond", "requestId": "edit-1"}
+    retried = await http.post(f"/v1/{first.thread}/state", json=body)
+    assert retried.status_code == 200, retried.text
+    assert retried.json()["state"]["checkpoint"] == once.checkpoint
+    assert (await _state(agents, first.thread)).checkpoint == later.checkpoint
+    # The same id with another update: ALREADY_EXISTS, nothing written.
+    error = await rpc_error(
+        _update(
+            agents,
+            first.thread,
+            {"messages": [{"role": "user", "content": "other"}]},
+            as_node="respond",
+            request_id="edit-1",
+        )
+    )
+    assert error.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert "edit-1" in (error.details() or "")
+    assert (await _state(agents, first.thread)).checkpoint == later.checkpoint
+    error = await rpc_error(_update(agents, first.thread, {}, request_id="x" * 200))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_questions_interrupt_carries_langgraphs_id(agents) -> None:
+    paused = await create_run(agents, workflow="workflows/test-ask", input={})
+    asked = await wait_status(agents, paused.name, S.RUN_STATUS_PAUSED)
+    state = await _state(agents, paused.thread)
+    assert state.interrupts[0].id and state.interrupts[0].id == state.tasks[0].interrupts[0].id
+    assert asked.interrupt.id == state.interrupts[0].id
+    await agents.CancelRun(S.CancelRunRequest(name=paused.name))

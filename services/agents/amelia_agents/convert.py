@@ -225,6 +225,7 @@ def run_to_proto(row: RunRow) -> agents_pb2.Run:
     msg.usage.output_tokens = row.output_tokens or 0
     if row.interrupt and row.status == RunState.PAUSED.value:
         msg.interrupt.node = str(row.interrupt.get("node", ""))
+        msg.interrupt.id = str(row.interrupt.get("id") or "")
         msg.interrupt.value.CopyFrom(to_value(row.interrupt.get("value")))
     if row.timeout_seconds:
         msg.timeout.FromNanoseconds(int(row.timeout_seconds * 1e9))

@@ -12,6 +12,7 @@ the next run starts from the updated state (its input goes through the reducers 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import re
 import uuid
@@ -35,9 +36,11 @@ from amelia_agents.models import ACTIVE_STATES, RunRow, RunState, ThreadRow
 from amelia_agents.store import Store
 from amelia_common import paging
 from amelia_common.errors import (
+    AlreadyExistsError,
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    check_request_id,
 )
 
 HISTORY_PAGE_DEFAULT = 10
@@ -46,6 +49,9 @@ HISTORY_PAGE_MAX = 1000
 _CHECKPOINT_ID = re.compile(r"^[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$")
 # A state's chat messages as the workflows' input steps and nodes write them.
 MESSAGE_ROLES = ("user", "assistant", "system", "tool")
+# An update's request id and what it wrote (`_digest`), in its checkpoint's metadata.
+_REQUEST_KEY = "amelia_request"
+_DIGEST_KEY = "amelia_request_digest"
 
 
 def metadata_filter(values: Mapping[str, str], field: str = "metadata_filter") -> dict[str, str]:
@@ -119,13 +125,13 @@ def to_state(tid: uuid.UUID, snapshot: StateSnapshot) -> agents_pb2.ThreadState:
         msg = state.tasks.add(task=task.id, node=task.name, error=str(task.error or ""))
         for interrupt in task.interrupts:
             asked_by[interrupt.id] = task.name
-            msg.interrupts.add(node=task.name).value.CopyFrom(
+            msg.interrupts.add(node=task.name, id=interrupt.id).value.CopyFrom(
                 convert.to_value(steps.plain_json(interrupt.value))
             )
         if task.result is not None:
             msg.update.CopyFrom(convert.to_value(steps.plain_json(task.result)))
     for interrupt in snapshot.interrupts:
-        state.interrupts.add(node=asked_by.get(interrupt.id, "")).value.CopyFrom(
+        state.interrupts.add(node=asked_by.get(interrupt.id, ""), id=interrupt.id).value.CopyFrom(
             convert.to_value(steps.plain_json(interrupt.value))
         )
     state.metadata.update(metadata)
@@ -239,6 +245,28 @@ class ThreadStates:
         when = datetime.fromisoformat(last.created_at) if last.created_at else datetime.now(UTC)
         return states, pagination.encode(when, states[-1].checkpoint, scope)
 
+    async def _written_by(
+        self, tid: uuid.UUID, request_id: str, digest: str
+    ) -> agents_pb2.ThreadState | None:
+        """The state the update with `request_id` wrote on the thread, if one did; ALREADY_EXISTS
+        if that update had other values, as_node or checkpoint (as ResumeRun's retries)."""
+        found = None
+        async for stored in self.checkpointer.alist(
+            _config(tid), filter={_REQUEST_KEY: request_id}, limit=1
+        ):
+            found = stored
+        if found is None:
+            return None
+        if (found.metadata or {}).get(_DIGEST_KEY) != digest:
+            raise AlreadyExistsError(
+                f"request_id {request_id!r} already updated threads/{tid} with other values, "
+                "as_node or checkpoint; a retry must repeat the same update, a new update needs "
+                "a new request_id"
+            )
+        graph = await self._graph(tid)
+        assert graph is not None, "a thread with an update has a run"
+        return to_state(tid, await graph.aget_state(found.config))
+
     async def update(self, request: agents_pb2.UpdateThreadStateRequest) -> agents_pb2.ThreadState:
         """Write `values` as `as_node` on the thread's latest checkpoint (or the one named): a
         new head checkpoint. Refused while a run of the thread is active."""
@@ -246,6 +274,8 @@ class ThreadStates:
         values = convert.json_from(request.values, "values")
         if request.checkpoint:
             _checkpoint(request.checkpoint, "checkpoint")
+        check_request_id(request.request_id)
+        digest = _digest(values, request.as_node, request.checkpoint)
         async with self.store.sessions() as s, s.begin():
             # Locked until the update is written: CreateRun updates this row (its update_time)
             # when it records a run, so no run of the thread starts in between.
@@ -254,6 +284,10 @@ class ThreadStates:
             )
             if locked is None:
                 raise convert.not_found(f"threads/{tid}")
+            if request.request_id:  # a retry gets the state its first request wrote
+                earlier = await self._written_by(tid, request.request_id, digest)
+                if earlier is not None:
+                    return earlier
             active = await s.scalar(
                 select(RunRow)
                 .where(RunRow.thread_id == tid, RunRow.status.in_(ACTIVE_STATES))
@@ -281,9 +315,12 @@ class ThreadStates:
             _check_update(graph, values, request.as_node)
             if request.checkpoint:
                 await self._known_checkpoint(tid, request.checkpoint)
+            config = _config(tid, request.checkpoint)
+            if request.request_id:
+                config["metadata"] = {_REQUEST_KEY: request.request_id, _DIGEST_KEY: digest}
             try:
                 written = await graph.aupdate_state(
-                    _config(tid, request.checkpoint),
+                    config,
                     values,
                     as_node=request.as_node or None,
                 )
@@ -305,6 +342,12 @@ def _latest_run(tid: uuid.UUID) -> Any:
         .order_by(RunRow.create_time.desc(), RunRow.id.desc())
         .limit(1)
     )
+
+
+def _digest(values: Any, as_node: str, checkpoint: str) -> str:
+    """What an update with a request id wrote, for telling its retry from another update."""
+    text = json.dumps([values, as_node, checkpoint], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _check_update(graph: Pregel[Any], values: dict[str, Any], as_node: str) -> None:

@@ -973,6 +973,7 @@ class UpdateThreadStateRequest(_message.Message):
     VALUES_FIELD_NUMBER: _builtins.int
     AS_NODE_FIELD_NUMBER: _builtins.int
     CHECKPOINT_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     thread: _builtins.str
     """`threads/{thread}`."""
     as_node: _builtins.str
@@ -981,6 +982,12 @@ class UpdateThreadStateRequest(_message.Message):
     """
     checkpoint: _builtins.str
     """The checkpoint to update from (a branch, as time travel makes); empty: the latest."""
+    request_id: _builtins.str
+    """Idempotency key (at most 128 characters): a retry with the same id returns the state that
+    request wrote (also once runs have moved on) instead of writing again; the same id with
+    other values, as_node or checkpoint is ALREADY_EXISTS. Kept in the checkpoint's metadata
+    (`amelia_request`).
+    """
     @_builtins.property
     def values(self) -> _struct_pb2.Struct:
         """The update, through the graph's reducers (a list such as `messages` is appended to); its
@@ -994,10 +1001,11 @@ class UpdateThreadStateRequest(_message.Message):
         values: _struct_pb2.Struct | None = ...,
         as_node: _builtins.str = ...,
         checkpoint: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["values", b"values"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_node", b"as_node", "checkpoint", b"checkpoint", "thread", b"thread", "values", b"values"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_node", b"as_node", "checkpoint", b"checkpoint", "request_id", b"request_id", "thread", b"thread", "values", b"values"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1176,8 +1184,11 @@ class Interrupt(_message.Message):
 
     NODE_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     """The node that asked."""
+    id: _builtins.str
+    """LangGraph's interrupt id (`Interrupt.id`): what a resume answers."""
     @_builtins.property
     def value(self) -> _struct_pb2.Value:
         """The question, as the node gave it."""
@@ -1187,10 +1198,11 @@ class Interrupt(_message.Message):
         *,
         node: _builtins.str = ...,
         value: _struct_pb2.Value | None = ...,
+        id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["node", b"node", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "node", b"node", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
