@@ -196,3 +196,31 @@ def test_any_event(
         event.data.update(data)
     assert event_json(event) == to_json_text(event)
     assert json.loads(event_json(event))["sequence"] == str(sequence)
+
+
+def test_whole_numbers_are_integers_as_protojson_writes_them() -> None:
+    """A Struct holds every number as a double: `attempt` 1 was written 1.0, grpc-gateway writes
+    1. Whole numbers within ±2^53 are integers; others keep their float form."""
+    data = {
+        "attempt": 1,
+        "step": 6.0,
+        "neg": -3,
+        "usage": {"total": 1e3},
+        "list": [0, 2.5],
+        "edge": 2.0**53,
+        "beyond": 2.0**54,
+        "delay": 0.25,
+    }
+    text = event_json(_event("run.retry", data))
+    assert text == to_json_text(_event("run.retry", data))
+    for shown in (
+        '"attempt":1',
+        '"step":6',
+        '"neg":-3',
+        '"usage":{"total":1000}',
+        '"list":[0,2.5]',
+        '"edge":9007199254740992',
+        '"beyond":1.8014398509481984e+16',
+        '"delay":0.25',
+    ):
+        assert re.search(re.escape(shown) + "[,}]", text), (shown, text)

@@ -12,8 +12,8 @@ every rule of proto JSON as `MessageToDict` applies them, so the two agree byte 
   (`always_print_fields_with_no_presence`) with their default: an empty string, "0", then the
   unset message fields (`time`, `data`) as null (`to_json`'s emit-unpopulated);
 - `sequence` (uint64) as a quoted decimal; `time` as RFC 3339 with 0, 3, 6 or 9 fractional
-  digits; `data` (a Struct) as its JSON, numbers as Python floats print (`42.0`), keys in the
-  map's own order;
+  digits; `data` (a Struct) as its JSON, whole numbers as integers (`42`, not 42.0:
+  `json_numbers.number_text`, as `to_json` writes them), keys in the map's own order;
 - strings escaped as `json.dumps(..., ensure_ascii=False)` does (the same C function).
 
 What proto JSON refuses (NaN or Infinity in `data`, a time out of range) is left to
@@ -29,6 +29,7 @@ from json.encoder import encode_basestring
 from typing import Any
 
 from amelia.v1 import events_pb2
+from amelia_common.json_numbers import number_text
 from amelia_gateway.transcode import to_json_text
 
 # google.protobuf's Timestamp range (0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z).
@@ -122,7 +123,7 @@ def _value(value: Any, parts: list[str]) -> None:
         number = value.number_value
         if not math.isfinite(number):
             raise _UnusualError
-        parts.append(float.__repr__(number))
+        parts.append(number_text(number))
     elif kind == "bool_value":
         parts.append("true" if value.bool_value else "false")
     elif kind == "struct_value":

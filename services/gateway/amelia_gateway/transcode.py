@@ -19,6 +19,7 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 from google.protobuf.message import Message
 
+from amelia_common.json_numbers import message_dict
 from amelia_gateway.errors import GatewayError, cut, invalid
 from amelia_gateway.json_input import read_json_object
 
@@ -471,10 +472,9 @@ def to_json(message: Message) -> dict[str, Any]:
     """Proto JSON with lowerCamelCase names and every field present, as grpc-gateway's
     `EmitUnpopulated` writes it: scalars with their default, lists `[]`, maps `{}`, and an unset
     message field `null` (a client reads `run.output` without checking it exists). Fields of a
-    oneof are left out when unset, as protojson does."""
-    data: dict[str, Any] = json_format.MessageToDict(
-        message, always_print_fields_with_no_presence=True
-    )
+    oneof are left out when unset, as protojson does. Whole numbers are integers (`"step": 6`,
+    not 6.0), as protojson writes them (`json_numbers`)."""
+    data: dict[str, Any] = message_dict(message, always_print_fields_with_no_presence=True)
     _add_unset_messages(message, data)
     return data
 

@@ -25,6 +25,7 @@ from amelia_cli.client import Column, agents, ago, call_rpc, err, listing, resou
 from amelia_cli.help_text import App
 from amelia_cli.tui.eventline import resumed_text, retry_text, waiting_text
 from amelia_common.eventlog import event_data
+from amelia_common.json_numbers import message_text
 
 console = Console()
 agents_app = App(help="Agents: prompt, model, tools, documents.", no_args_is_help=True)
@@ -692,7 +693,7 @@ def show_run(
             run: agents_pb2.Run = reply.run
             return run
 
-    console.print_json(json_format.MessageToJson(call_rpc(go)))
+    console.print_json(message_text(call_rpc(go)))
 
 
 def _say_status(name: str, call: Callable[[AgentServiceAsyncStub], Awaitable[RunReply]]) -> None:

@@ -10,7 +10,6 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import typer
-from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 from rich.console import Console
 
@@ -18,6 +17,7 @@ from amelia.v1 import agents_pb2_grpc, crons_pb2, crons_pb2_grpc
 from amelia_cli.client import Column, ago, call_rpc, channel_to, listing, resource, said
 from amelia_cli.commands.agents import _target
 from amelia_cli.help_text import App
+from amelia_common.json_numbers import message_dict, message_text
 
 if TYPE_CHECKING:
     from amelia.v1.agents_pb2_grpc import AgentServiceAsyncStub
@@ -125,7 +125,7 @@ def show(cron: crons_pb2.Cron, out: Console = console, now: dt.datetime | None =
     if cron.HasField("end_time"):
         fields.append(("ends", cron.end_time.ToJsonString()))
     if cron.input:
-        fields.append(("input", json.dumps(json_format.MessageToDict(cron.input))))
+        fields.append(("input", json.dumps(message_dict(cron.input))))
     out.print(said((cron.name, "bold")))
     for label, value in fields:
         out.print(said((f"{label:<10}", "bold"), value))
@@ -215,7 +215,7 @@ def get(
     request = crons_pb2.GetCronRequest(name=resource("crons", cron))
     found = _call(lambda stub: stub.GetCron(request)).cron
     if as_json:
-        console.print_json(json_format.MessageToJson(found))
+        console.print_json(message_text(found))
     else:
         show(found)
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import grpc
 import typer
-from google.protobuf import json_format
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
@@ -22,6 +21,7 @@ from amelia_cli.client import Column, ago, fail, listing, rag, resource, said
 from amelia_cli.docstate import state_label
 from amelia_cli.help_text import App
 from amelia_cli.tui.passages import prose_flowing
+from amelia_common.json_numbers import message_text
 from amelia_common.settings import get_settings
 
 console = Console()
@@ -343,4 +343,4 @@ def show(name: str = typer.Argument(..., help="Document name or id.")) -> None:
         reply = asyncio.run(go())
     except grpc.aio.AioRpcError as exc:
         raise fail(exc) from exc
-    console.print_json(json_format.MessageToJson(reply.document))
+    console.print_json(message_text(reply.document))

@@ -7,13 +7,13 @@ import json
 from typing import Any
 
 import typer
-from google.protobuf import json_format
 from rich.console import Console
 
 from amelia.v1 import agents_pb2
 from amelia_cli.client import Column, agents, ago, call_rpc, listing, resource, said
 from amelia_cli.commands.agents import question_lines
 from amelia_cli.help_text import App
+from amelia_common.json_numbers import message_dict, message_text
 
 console = Console()
 threads_app = App(help="Threads: a conversation's state and its history.", no_args_is_help=True)
@@ -37,7 +37,7 @@ THREAD_COLUMNS = (
 
 
 def _plain(message: Any) -> Any:
-    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+    return message_dict(message, preserving_proto_field_name=True)
 
 
 def _metadata(pairs: list[str], option: str) -> dict[str, str]:
@@ -107,7 +107,7 @@ def state_cmd(
 
     state = call_rpc(go)
     if as_json:
-        console.print_json(json_format.MessageToJson(state))
+        console.print_json(message_text(state))
     else:
         show_state(state)
 

@@ -14,6 +14,8 @@ import json
 import re
 from typing import Any
 
+from amelia_common.json_numbers import whole_numbers
+
 # A resource id long enough that its first 8 characters say which one (UUIDs, hex digests).
 _LONG_ID = re.compile(r"^([0-9a-fA-F]{8})[0-9a-fA-F-]{8,}$")
 TYPE_WIDTH = 19
@@ -23,24 +25,12 @@ TERMINAL_RUN_TYPES = ("run.completed", "run.failed", "run.cancelled")
 _SAID_ELSEWHERE = {"run", "task", "attempt", "target"}
 
 
-def plain(value: Any) -> Any:
-    """`value` with whole floats as integers: a Struct holds every number as a double, so an
-    attempt of 1 comes back as 1.0."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {key: plain(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [plain(item) for item in value]
-    return value
-
-
 def compact(value: Any, limit: int = 200) -> str:
     """JSON on one line, cut to `limit` characters."""
     text = (
         value
         if isinstance(value, str)
-        else json.dumps(plain(value), ensure_ascii=False, default=str)
+        else json.dumps(whole_numbers(value), ensure_ascii=False, default=str)
     )
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: max(limit - 1, 0)] + "…"
@@ -135,7 +125,11 @@ def waiting_text(data: dict[str, Any]) -> str:
 def retry_text(data: dict[str, Any]) -> str:
     """A `run.retry` event: which try of how many, when, and the error that caused it."""
     delay = f" in {seconds(data.get('delay_seconds'))}" if data.get("delay_seconds") else ""
-    count = f" ({plain(data.get('retry'))} of {plain(data['of'])})" if "of" in data else ""
+    count = (
+        f" ({whole_numbers(data.get('retry'))} of {whole_numbers(data['of'])})"
+        if "of" in data
+        else ""
+    )
     return f"trying again{count}{delay}: {compact(data.get('error', ''), 160)}"
 
 
