@@ -105,6 +105,13 @@ export const api = {
   cancelRun: (name, reason) => post(`/v1/runs/${id(name)}:cancel`, { reason }),
   resumeRun: (name, answer) => post(`/v1/runs/${id(name)}:resume`, { answer }),
 
+  // Crons (CronService): scheduled runs.
+  listCrons: (query = {}) => get("/v1/crons", query),
+  createCron: (cron) => post("/v1/crons", { cron }),
+  updateCron: (cron, updateMask) => request("PATCH", `/v1/crons/${id(cron.name)}`, { body: { cron, updateMask } }),
+  deleteCron: (name) => request("DELETE", `/v1/crons/${id(name)}`),
+  triggerCron: (name, requestId) => post(`/v1/crons/${id(name)}:trigger`, { requestId }),
+
   listEvents: (query = {}) => get("/v1/events", query),
 
   listDocuments: (query = {}) => get("/v1/documents", query),

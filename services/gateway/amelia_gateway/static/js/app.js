@@ -6,6 +6,7 @@ import { api } from "./api.js";
 import { getToken, initToken, setToken } from "./auth.js";
 import { announce, h } from "./dom.js";
 import { EventSocket } from "./ws.js";
+import * as crons from "./views/crons.js";
 import * as documents from "./views/documents.js";
 import * as events from "./views/events.js";
 import * as run from "./views/run.js";
@@ -25,6 +26,7 @@ const ROUTES = [
   { pattern: /^\/threads$/, view: threads, tab: "threads" },
   { pattern: /^\/threads\/([A-Za-z0-9_-]+)$/, view: threads, tab: "threads" },
   { pattern: /^\/documents$/, view: documents, tab: "documents" },
+  { pattern: /^\/crons$/, view: crons, tab: "crons" },
 ];
 
 initToken();

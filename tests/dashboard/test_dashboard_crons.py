@@ -1,0 +1,140 @@
+"""The Crons screen, as a user sees it at 1280×800 and 390×844 (no sideways scroll): a cron made
+with the form is listed with its schedule, zone and thread; Pause turns it paused (in the API
+too); Trigger now starts a run whose link opens it, and the card then counts it as its last run;
+Delete asks inline and removes it; a bad schedule shows the API's own message under the field."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+from dashboard_helpers import Mesh
+from dashboard_pages import expect_status, shot
+from playwright.sync_api import Browser, Page, expect
+from test_dashboard_features import DESKTOP, PHONE, _checked_page, _fits, _run, _wait_run
+
+pytestmark = pytest.mark.slow
+
+SIZES = {"desktop": DESKTOP, "phone": PHONE}
+
+
+def _agent(mesh: Mesh) -> str:
+    agent_id = f"digest-{uuid.uuid4().hex[:6]}"
+    mesh.post(
+        "/v1/agents",
+        {"agentId": agent_id, "agent": {"displayName": "Morning digest", "model": "offline:echo"}},
+    )
+    return f"agents/{agent_id}"
+
+
+def _fill_form(page: Page, agent: str, schedule: str, thread: str = "") -> None:
+    page.goto("/#/crons")
+    page.wait_for_selector(f'#cron-agent option[value="{agent}"]', state="attached")
+    page.select_option("#cron-agent", agent)
+    page.fill("#cron-schedule", schedule)
+    page.fill("#cron-timezone", "Europe/Paris")
+    page.fill("#cron-thread", thread)
+    page.fill("#cron-input", '{"message": "what happened overnight"}')
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_create_pause_trigger_follow_and_delete_a_cron(
+    size: str, browser: Browser, mesh: Mesh, artifacts: Path
+) -> None:
+    agent = _agent(mesh)
+    # On a phone, a cron on a thread (its id is a link that must wrap); on a desktop, none.
+    thread = ""
+    if size == "phone":
+        first = _run(mesh, "chat", input={"message": "hello", "model": "offline:echo"})
+        _wait_run(mesh, first["name"], "RUN_STATUS_COMPLETED")
+        thread = str(first["thread"])
+    with _checked_page(browser, mesh, SIZES[size]) as page:
+        _fill_form(page, agent, "0 3 * * *", thread)
+        page.click("#cron-create")
+        card = page.locator("#crons-list li.cron").first
+        expect(card.locator("h2")).to_have_text("0 3 * * * Europe/Paris")
+        expect(card.locator("[data-field=target]")).to_have_text(agent.split("/")[-1])
+        if thread:
+            expect(card.locator("[data-field=thread] a")).to_have_text(thread.split("/")[-1])
+        else:
+            expect(card.locator("[data-field=thread]")).to_have_text("new thread each run")
+        expect(card.locator("[data-field=last]")).to_have_text("none yet")
+        cron = str(card.get_attribute("data-cron"))
+        listed = mesh.get(f"/v1/{cron}")["cron"]
+        assert listed["agent"] == agent and listed["timezone"] == "Europe/Paris"
+        assert not listed.get("paused") and listed["nextRunTime"]
+        assert listed["input"] == {"message": "what happened overnight"}
+        _fits(page, f"the new cron at {size}")
+        shot(page, artifacts, f"crons-{size}-created")
+
+        card.get_by_role("button", name="Pause").click()
+        expect(card.locator(".badge")).to_have_text("Paused")
+        expect(card.locator("[data-field=next]")).to_have_text("paused")
+        expect(card.get_by_role("button", name="Resume")).to_be_visible()
+        assert mesh.get(f"/v1/{cron}")["cron"]["paused"] is True
+
+        # Trigger now runs it, paused or not; the notice links to the run.
+        card.get_by_role("button", name="Trigger now").click()
+        link = card.locator(".cron-message a")
+        expect(link).to_be_visible()
+        run_id = str(link.text_content())
+        expect(card.locator("[data-field=counts]")).to_have_text("1 fired · 0 skipped · 0 failed")
+        expect(card.locator("[data-field=last] a")).to_have_attribute("href", f"#/runs/{run_id}")
+        shot(page, artifacts, f"crons-{size}-triggered")
+        link.click()
+        page.wait_for_url(f"**/#/runs/{run_id}")
+        expect_status(page, "RUN_STATUS_COMPLETED")
+        run = mesh.get(f"/v1/runs/{run_id}")["run"]
+        assert run["agent"] == agent
+        if thread:
+            assert run["thread"] == thread
+
+        # Delete asks first, inline; No keeps it, Yes removes it (in the API too).
+        page.goto("/#/crons")
+        card = page.locator(f'#crons-list li[data-cron="{cron}"]')
+        card.get_by_role("button", name="Delete", exact=True).click()
+        expect(card.get_by_role("group", name="Confirm deleting")).to_be_visible()
+        _fits(page, f"the delete confirmation at {size}")
+        card.get_by_role("button", name="No, keep it").click()
+        expect(card.get_by_role("button", name="Delete", exact=True)).to_be_visible()
+        card.get_by_role("button", name="Delete", exact=True).click()
+        card.get_by_role("button", name="Yes, delete it").click()
+        expect(card).to_have_count(0)
+        missing = httpx.get(
+            f"{mesh.url}/v1/{cron}", headers={"Authorization": f"Bearer {mesh.token}"}
+        )
+        assert missing.status_code == 404
+
+
+def test_a_bad_schedule_shows_the_apis_message_under_the_field(
+    browser: Browser, mesh: Mesh, artifacts: Path
+) -> None:
+    agent = _agent(mesh)
+    refused = httpx.post(
+        f"{mesh.url}/v1/crons",
+        json={"cron": {"agent": agent, "schedule": "every morning", "timezone": "Europe/Paris"}},
+        headers={"Authorization": f"Bearer {mesh.token}"},
+    )
+    assert refused.status_code == 400
+    message = refused.json()["message"]
+    assert "cron.schedule" in message
+    before = len(mesh.get(f"/v1/crons?agent={agent}").get("crons", []))
+    with _checked_page(browser, mesh, DESKTOP) as page:
+        _fill_form(page, agent, "every morning")
+        page.click("#cron-create")
+        expect(page.locator("#cron-schedule-error")).to_have_text(message)
+        expect(page.locator("#cron-schedule")).to_have_attribute("aria-invalid", "true")
+        expect(page.locator("#cron-schedule")).to_be_focused()
+        if not mesh.get("/v1/crons").get("crons"):
+            expect(page.locator("#crons-empty")).to_contain_text("amelia crons create")
+        shot(page, artifacts, "crons-desktop-bad-schedule")
+        # Bad JSON is caught in the page, under the input.
+        page.fill("#cron-schedule", "*/5 * * * *")
+        page.fill("#cron-input", "{not json")
+        page.click("#cron-create")
+        expect(page.locator("#cron-input-error")).to_contain_text("Not JSON")
+        expect(page.locator("#cron-schedule-error")).to_be_empty()
+        shot(page, artifacts, "crons-desktop-bad-json")
+    assert len(mesh.get(f"/v1/crons?agent={agent}").get("crons", [])) == before
