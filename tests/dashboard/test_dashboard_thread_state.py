@@ -184,6 +184,35 @@ def test_an_edit_then_a_continued_run_sees_the_edited_values(
         expect(texts.last).to_contain_text(f"user: {note}\nuser: what did I say")
 
 
+def test_an_edit_as_an_earlier_node_then_continue_runs_the_next_node(
+    browser: Browser, mesh: Mesh, artifacts: Path
+) -> None:
+    run = _run(mesh, "chat", input={"message": "first words", "model": "offline:transcript"})
+    _wait_run(mesh, run["name"], "RUN_STATUS_COMPLETED")
+    thread_id = _thread_id(run)
+    note = f"the secret word is papaya-{uuid.uuid4().hex[:6]}"
+    with _checked_page(browser, mesh, DESKTOP) as page:
+        _open_thread(page, thread_id)
+        # The graph ended: nothing to continue.
+        expect(page.locator("#state-continue")).to_be_hidden()
+        page.fill("#edit-values", json.dumps({"messages": [{"role": "user", "content": note}]}))
+        page.select_option("#edit-as-node", "retrieve")
+        page.click("#edit-save")
+        expect(page.locator("#state-next")).to_have_text("respond")
+        expect(page.locator("#state-continue")).to_be_visible()
+        _scroll_to(page, "#thread-state")
+        shot(page, artifacts, "53-thread-continue-desktop")
+        page.click("#state-continue")
+        page.wait_for_url(re.compile(r".*#/runs/[0-9a-f-]+$"))
+        continued = f"runs/{page.url.rsplit('/', 1)[-1]}"
+        done = _wait_run(mesh, continued, "RUN_STATUS_COMPLETED")
+        # respond ran on the edited state, with no new message: the model saw the note last.
+        assert json.dumps(done["output"]).endswith(f'user: {note}"}}'), done["output"]
+        _open_thread(page, thread_id)
+        expect(page.locator("#state-next")).to_have_text("nothing: the graph ended")
+        expect(page.locator("#state-continue")).to_be_hidden()
+
+
 @pytest.mark.parametrize("size", SIZES)
 def test_an_edit_while_a_run_is_active_shows_the_refusal(
     size: str, browser: Browser, mesh: Mesh, artifacts: Path

@@ -2,10 +2,12 @@
 // picked from the history) — its values, next nodes, waiting questions, id, step, the run that
 // wrote it and when — the history newest first ("Older…" pages on), and a form to edit the state
 // between runs (UpdateThreadState: the next run continues from the new checkpoint; while a run
-// is active the service refuses, and its google.rpc.Status message is shown).
+// is active the service refuses, and its google.rpc.Status message is shown). When the latest
+// checkpoint has nodes to run, "Continue" starts a run without input on the thread's graph:
+// those nodes run on the state as it is (LangGraph's invoke(None), Studio's edit-then-continue).
 
 import { conversationOf, flowOf, parseValues, questionsOf, sourceOf } from "../checkpoint.js";
-import { errorNotice, formatTime, h, idOf, prettyJson } from "../dom.js";
+import { errorNotice, formatTime, h, idOf, prettyJson, uuid } from "../dom.js";
 
 const HISTORY_PAGE = 10;
 
@@ -24,15 +26,20 @@ export class ThreadStatePanel {
     this.shown = null;
     this.nodes = []; // as_node choices: the workflow's nodes in its order, then others the history names
     this.target = "";
+    this.lastRun = null; // the thread's latest run: a continuation runs on its target
+    this.active = false;
     this.stopped = false;
 
     this.heading = h("h2", { id: "state-title" }, "State");
     this.latest = h("button", { type: "button", id: "state-latest", hidden: true, onclick: () => this.showLatest() }, "Show the latest");
+    this.continueButton = h("button", { type: "button", class: "primary", id: "state-continue", hidden: true, onclick: () => this.continueThread() }, "Continue");
+    this.continueError = h("div", { "aria-live": "polite", id: "continue-error" });
     this.note = h("p", { class: "hint", id: "state-note" }, "");
     this.error = h("div", { "aria-live": "polite" });
     this.body = h("div", { id: "state-body" }, h("p", { class: "empty" }, "Loading…"));
     this.stateCard = h("section", { class: "card state-card", id: "thread-state", "aria-labelledby": "state-title" },
-      h("div", { class: "row state-head" }, this.heading, this.latest), this.note, this.error, this.body);
+      h("div", { class: "row state-head" }, this.heading, this.latest, this.continueButton), this.note, this.error,
+      this.continueError, this.body);
 
     this.list = h("ol", { class: "history", id: "state-history", "aria-label": "Checkpoints, newest first" });
     this.older = h("button", { type: "button", id: "history-older", hidden: true, onclick: () => this.loadHistory(true) }, "Older…");
@@ -65,6 +72,9 @@ export class ThreadStatePanel {
 
   /** The thread's latest run: its status says whether an edit can land now, its target names the nodes. */
   setLastRun(run, active) {
+    this.lastRun = run && run.name ? run : null;
+    this.active = Boolean(active);
+    this.showContinue();
     this.editHint.hidden = !active;
     this.editHint.textContent = active
       ? `A run of this thread is ${String(run.status || "").replace("RUN_STATUS_", "").toLowerCase()}: the state can change only once it has ended.`
@@ -163,8 +173,35 @@ export class ThreadStatePanel {
     this.loadLatest();
   }
 
+  /** "Continue" only for the latest checkpoint with nodes to run, between runs. */
+  showContinue() {
+    const next = (this.shown && this.shown.next) || [];
+    this.continueButton.hidden = Boolean(this.pinned) || !next.length || !this.lastRun || this.active;
+    this.continueButton.title = this.continueButton.hidden ? "" : `Run ${next.join(", ")} on the state as it is`;
+  }
+
+  /** A run without input on the thread's graph: the latest checkpoint's next nodes run. */
+  async continueThread() {
+    this.continueError.replaceChildren();
+    const target = this.lastRun.workflow || this.lastRun.agent;
+    const run = { thread: this.thread };
+    if (target.startsWith("agents/")) run.agent = target;
+    else run.workflow = target;
+    this.continueButton.disabled = true;
+    try {
+      const response = await this.ctx.api.createRun(run, uuid());
+      this.ctx.announce("Run started: the thread continues");
+      this.ctx.navigate(`/runs/${idOf(response.run.name)}`);
+    } catch (err) {
+      if (!this.stopped) this.continueError.replaceChildren(errorNotice(err));
+    } finally {
+      this.continueButton.disabled = false;
+    }
+  }
+
   render(state) {
     this.shown = state;
+    this.showContinue();
     const latest = !this.pinned;
     this.heading.textContent = latest ? "State" : `State at step ${state.step || 0}`;
     this.heading.tabIndex = -1;
