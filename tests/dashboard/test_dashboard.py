@@ -182,6 +182,13 @@ def test_cancel_stops_a_running_run(page: Page, artifacts: Path) -> None:
     start_run(page, "workflows/echo", {"message": words, "delay_ms": "100"})
     expect(page.locator("#run-output pre")).to_contain_text("w3 ", timeout=30_000)
     page.click("#run-cancel")
+    # It asks first (one tap on a phone must not end a long run); "No" keeps the run going.
+    expect(page.locator("#run-cancel-confirm")).to_contain_text("Cancel this run?")
+    page.click("#run-cancel-no")
+    expect(page.locator("#run-cancel-confirm")).to_be_hidden()
+    expect_status(page, "RUN_STATUS_RUNNING")
+    page.click("#run-cancel")
+    page.click("#run-cancel-yes")
     expect_status(page, "RUN_STATUS_CANCELLED", timeout=30_000)
     expect(page.locator("#run-error")).to_contain_text("cancelled from the dashboard")
     expect(page.locator("#run-cancel")).to_be_disabled()

@@ -94,6 +94,10 @@ def test_cancel_a_paused_run_from_its_page(
         assert mesh.get(f"/v1/{run['name']}")["run"]["status"] == "RUN_STATUS_PAUSED"
         _above_the_fold(page, "#run-cancel")
         page.click("#run-cancel")
+        _above_the_fold(page, "#run-cancel-yes")
+        shot(page, artifacts, f"41-run-cancel-asks-{size}")
+        assert mesh.get(f"/v1/{run['name']}")["run"]["status"] == "RUN_STATUS_PAUSED"
+        page.click("#run-cancel-yes")
         expect_status(page, "RUN_STATUS_CANCELLED")
         expect(page.locator("#question")).to_have_count(0)
         # The node that was waiting for the answer stopped with the run.
@@ -130,6 +134,7 @@ def test_cancel_a_queued_run_from_its_page_and_it_never_runs(
             node = page.locator("#run-nodes [data-node=echo]")
             expect(node).to_have_attribute("data-state", "pending")
             page.click("#run-cancel")
+            page.click("#run-cancel-yes")
             expect_status(page, "RUN_STATUS_CANCELLED")
             expect(page.locator("#run-error")).to_contain_text("Cancelled")
             # Its node never ran: it says so, not "pending" (as if it still might).

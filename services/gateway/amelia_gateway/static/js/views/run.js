@@ -108,6 +108,11 @@ export function mount(main, ctx, [runId]) {
   // -- layout ---------------------------------------------------------------------------------
   const badgeSlot = h("span", { id: "run-status" }, statusBadge(""));
   const cancelButton = h("button", { type: "button", class: "danger", id: "run-cancel", disabled: true }, "Cancel run");
+  // One tap on a phone must not end a long run: Cancel asks inline first (as the TUI asks y/n).
+  const cancelYes = h("button", { type: "button", class: "danger", id: "run-cancel-yes" }, "Yes, cancel it");
+  const cancelNo = h("button", { type: "button", id: "run-cancel-no" }, "No, keep it");
+  const cancelConfirm = h("span", { class: "cancel-confirm", id: "run-cancel-confirm", role: "group",
+    "aria-label": "Confirm cancelling", hidden: true }, h("span", {}, "Cancel this run?"), cancelYes, cancelNo);
   const rerunButton = h("button", { type: "button", id: "run-rerun", disabled: true, title: "A new run with the same input" }, "Rerun");
   const continueLink = h("a", { class: "button", id: "run-continue", href: "#/threads" }, "Continue thread");
   const replayButton = h("button", { type: "button", id: "run-replay", disabled: true }, "Replay");
@@ -142,7 +147,7 @@ export function mount(main, ctx, [runId]) {
       h("h1", {}, `Run ${runId.slice(0, 8)}`), badgeSlot,
       targetLabel,
       h("span", { class: "spacer" }),
-      h("div", { class: "replay-bar" }, speed, replayButton), rerunButton, continueLink, cancelButton),
+      h("div", { class: "replay-bar" }, speed, replayButton), rerunButton, continueLink, cancelButton, cancelConfirm),
     problemSlot,
     meta,
     notices,
@@ -201,6 +206,7 @@ export function mount(main, ctx, [runId]) {
     // During a replay the badge shows the replayed status; Cancel follows the real run.
     const real = state.replaying ? state.run && state.run.status : state.status;
     cancelButton.disabled = !ACTIVE_STATUSES.has(real);
+    if (cancelButton.disabled) askCancel(false);
     cancelButton.classList.toggle("ended", TERMINAL_STATUSES.has(real));
     rerunButton.disabled = !state.run;
   }
@@ -489,7 +495,18 @@ export function mount(main, ctx, [runId]) {
 
   // -- actions --------------------------------------------------------------------------------
 
-  cancelButton.addEventListener("click", async () => {
+  function askCancel(asking) {
+    cancelConfirm.hidden = !asking;
+    cancelButton.hidden = asking;
+    if (asking) cancelNo.focus();
+  }
+  cancelButton.addEventListener("click", () => askCancel(true));
+  cancelNo.addEventListener("click", () => {
+    askCancel(false);
+    cancelButton.focus();
+  });
+  cancelYes.addEventListener("click", async () => {
+    askCancel(false);
     cancelButton.disabled = true;
     try {
       const response = await ctx.api.cancelRun(name, "cancelled from the dashboard");
