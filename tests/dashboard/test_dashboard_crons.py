@@ -138,3 +138,38 @@ def test_a_bad_schedule_shows_the_apis_message_under_the_field(
         expect(page.locator("#cron-schedule-error")).to_be_empty()
         shot(page, artifacts, "crons-desktop-bad-json")
     assert len(mesh.get(f"/v1/crons?agent={agent}").get("crons", [])) == before
+
+
+def test_the_list_pages_with_more(browser: Browser, mesh: Mesh) -> None:
+    agent = _agent(mesh)
+    made = [
+        mesh.post(
+            "/v1/crons",
+            {
+                "cron": {
+                    "agent": agent,
+                    "schedule": f"{minute} 4 * * *",
+                    "paused": True,
+                    "input": {"message": "page me"},
+                }
+            },
+        )["cron"]["name"]
+        for minute in range(21)
+    ]
+    try:
+        total = len(mesh.get("/v1/crons?pageSize=1000")["crons"])
+        assert total > 20
+        with _checked_page(browser, mesh, DESKTOP) as page:
+            page.goto("/#/crons")
+            cards = page.locator("#crons-list li.cron")
+            expect(cards).to_have_count(20)
+            while page.locator("#crons-more").is_visible():
+                shown = cards.count()
+                page.click("#crons-more")
+                expect(cards).not_to_have_count(shown)
+            expect(cards).to_have_count(total)
+            names = cards.evaluate_all("(els) => els.map((el) => el.dataset.cron)")
+            assert len(set(names)) == total and set(made) <= set(names)
+    finally:
+        for name in made:
+            mesh.request("DELETE", f"/v1/{name}")
