@@ -282,3 +282,37 @@ def test_the_state_panel_is_readable_in_the_dark_theme(
             context.close()
     finally:
         mesh.post(f"/v1/{run['name']}:cancel", {"reason": "test over"})
+
+
+def test_save_on_a_picked_older_checkpoint_branches_from_it(
+    browser: Browser, mesh: Mesh, artifacts: Path
+) -> None:
+    """QA session 14: after opening an older checkpoint, Save wrote on the latest one; the CLI and
+    HTTP could branch from an old checkpoint (`checkpoint` of UpdateThreadState), the page not."""
+    run = _run(mesh, "chat", input={"message": "first words", "model": "offline:transcript"})
+    _wait_run(mesh, run["name"], "RUN_STATUS_COMPLETED")
+    thread_id = _thread_id(run)
+    history = _history(mesh, thread_id)
+    picked = history[1]  # the checkpoint before the latest
+    note = f"a branch note {uuid.uuid4().hex[:6]}"
+    with _checked_page(browser, mesh, DESKTOP) as page:
+        _open_thread(page, thread_id)
+        expect(page.locator("#edit-save")).to_have_text("Save state")
+        page.locator(
+            f'#state-history .history-row[data-checkpoint="{picked["checkpoint"]}"]'
+        ).click()
+        step = picked.get("step", 0)
+        expect(page.locator("#edit-save")).to_have_text(f"Save as a branch from step {step}")
+        expect(page.locator("#edit-where")).to_contain_text("a branch from it")
+        page.fill("#edit-values", json.dumps({"messages": [{"role": "user", "content": note}]}))
+        page.select_option("#edit-as-node", "respond")
+        _scroll_to(page, "#thread-edit")
+        shot(page, artifacts, "56-thread-branch-save-desktop")
+        page.click("#edit-save")
+        expect(page.locator("#state-run")).to_have_text("a state edit")
+        saved = mesh.get(f"/v1/threads/{thread_id}/state")["state"]
+        expect(page.locator("#state-checkpoint")).to_have_text(saved["checkpoint"])
+        # Written on the picked checkpoint, not on the latest one.
+        assert saved["parentCheckpoint"] == picked["checkpoint"], saved
+        expect(page.locator("#edit-save")).to_have_text("Save state")
+        expect(page.locator("#state-messages li").last.locator(".text")).to_have_text(note)

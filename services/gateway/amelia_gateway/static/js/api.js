@@ -101,7 +101,9 @@ export const api = {
   listThreads: (query = {}) => get("/v1/threads", query),
   getThreadState: (thread, checkpoint = "") => get(`/v1/threads/${id(thread)}/state${checkpoint ? `/${encodeURIComponent(checkpoint)}` : ""}`),
   listThreadHistory: (thread, query = {}) => get(`/v1/threads/${id(thread)}/history`, query),
-  updateThreadState: (thread, values, asNode = "") => post(`/v1/threads/${id(thread)}/state`, { values, asNode }),
+  // `checkpoint`: write on that one (a branch from it) instead of the latest.
+  updateThreadState: (thread, values, asNode = "", checkpoint = "") =>
+    post(`/v1/threads/${id(thread)}/state`, checkpoint ? { values, asNode, checkpoint } : { values, asNode }),
   cancelRun: (name, reason) => post(`/v1/runs/${id(name)}:cancel`, { reason }),
   resumeRun: (name, answer) => post(`/v1/runs/${id(name)}:resume`, { answer }),
 

@@ -11,6 +11,10 @@ import { errorNotice, formatTime, h, idOf, prettyJson, uuid } from "../dom.js";
 
 const HISTORY_PAGE = 10;
 
+const LATEST_HINT = "Written on the latest checkpoint as if the node below had written it: the values go through "
+  + "the graph's reducers (a list such as messages is appended to, another key replaced), and the thread's next run "
+  + "continues from the new checkpoint. Only between runs.";
+
 function field(label, ...value) {
   return [h("dt", {}, label), h("dd", {}, ...value)];
 }
@@ -56,9 +60,7 @@ export class ThreadStatePanel {
     this.save = h("button", { type: "submit", class: "primary", id: "edit-save" }, "Save state");
     this.editForm = h("form", { class: "card", id: "thread-edit", "aria-labelledby": "edit-title" },
       h("h2", { id: "edit-title" }, "Edit state"),
-      h("p", { class: "hint" }, "Written on the latest checkpoint as if the node below had written it: the values go through "
-        + "the graph's reducers (a list such as messages is appended to, another key replaced), and the thread's next run "
-        + "continues from the new checkpoint. Only between runs."),
+      this.editWhere = h("p", { class: "hint", id: "edit-where" }, LATEST_HINT),
       h("label", { for: "edit-values" }, "Values (a JSON object)"), this.values,
       h("label", { for: "edit-as-node" }, "As node"), this.asNode,
       this.editHint, this.editError, h("div", { class: "actions" }, this.save));
@@ -207,6 +209,13 @@ export class ThreadStatePanel {
     this.heading.tabIndex = -1;
     this.latest.hidden = latest;
     this.note.textContent = latest ? "The thread's latest checkpoint." : "A checkpoint from the history (not the latest).";
+    // Save writes on the checkpoint shown: a picked older one makes a branch from it (as the CLI's
+    // `threads update --checkpoint`), and the thread's next run continues from that branch.
+    this.save.textContent = latest ? "Save state" : `Save as a branch from step ${state.step || 0}`;
+    this.editWhere.textContent = latest ? LATEST_HINT
+      : `Written on the checkpoint shown (step ${state.step || 0}, not the latest): a branch from it. The values go `
+        + "through the graph's reducers; the thread's next run continues from the new checkpoint, and the later "
+        + "checkpoints stay in the history. Only between runs.";
     if (!state.checkpoint) {
       this.body.replaceChildren(h("p", { class: "empty" }, "No state yet: the thread's first run writes it."));
       this.renderHistory();
@@ -245,7 +254,7 @@ export class ThreadStatePanel {
     }
     this.save.disabled = true;
     try {
-      const { state = {} } = await this.ctx.api.updateThreadState(this.thread, values, this.asNode.value);
+      const { state = {} } = await this.ctx.api.updateThreadState(this.thread, values, this.asNode.value, this.pinned);
       if (this.stopped) return;
       this.pinned = "";
       this.render(state);
