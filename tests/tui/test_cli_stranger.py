@@ -371,7 +371,8 @@ async def slow_run_process(env: dict[str, str]) -> asyncio.subprocess.Process:
 async def test_ctrl_c_on_run_says_it_cancelled_the_run(
     tui_mesh: TuiMesh, tmp_path: Path, when: str
 ) -> None:
-    """Ctrl-C as soon as the run's name is out, or once its tokens stream."""
+    """Ctrl-C as soon as the run's name is out, or once its tokens stream (then the text it
+    streamed is kept on the run, and said)."""
     env = cli_env(tui_mesh, tmp_path / "none")
     process = await slow_run_process(env)
     assert process.stdout is not None
@@ -394,6 +395,15 @@ async def test_ctrl_c_on_run_says_it_cancelled_the_run(
         return status.get("status") == "RUN_STATUS_CANCELLED"
 
     await eventually(cancelled, lambda: status)
+    # What it streamed is kept on the run, and `amelia run` says so, as for a timeout (QA).
+    said = " ".join(text.split())
+    if when == "at once":
+        assert "partial output" not in said, text
+        return
+    kept = (await tui_mesh.get(f"/v1/{run_name}"))["run"]["output"]["partial"]
+    assert kept.startswith("word word"), kept
+    assert f"partial output: the {len(kept)} characters streamed before it stopped" in said, text
+    assert text.rstrip("\n").endswith(f"`amelia runs show {run_name}`)"), text
 
 
 def _commands(command: TyperCommand | TyperGroup) -> Iterator[tuple[str, TyperCommand]]:

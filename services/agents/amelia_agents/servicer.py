@@ -474,9 +474,16 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         if not changed:
             if _resumed_by(row, request_id):  # a concurrent twin won
                 return _resumed_again(row, answer, request_id)
+            # The question stays on the run until it pauses again or ends: an answer that lost
+            # a race to another one is told so, not just the run's state.
+            answered = row.has_resume or (
+                row.interrupt is not None and row.status != RunState.PAUSED.value
+            )
             raise FailedPreconditionError(
-                f"runs/{rid} is {row.status}, not PAUSED; there is nothing to answer (an answer "
-                "sent with a request_id can be retried with it: the retry gets the run back)"
+                f"runs/{rid} was already answered (it is {row.status}); this answer was not used"
+                if answered
+                else f"runs/{rid} is {row.status}, not PAUSED; there is nothing to answer (an "
+                "answer sent with a request_id can be retried with it: the retry gets the run back)"
             )
         await self._requeue(row, f"resume-{row.attempt}")
         return agents_pb2.ResumeRunResponse(run=convert.run_to_proto(row))

@@ -40,6 +40,8 @@ TERMINAL = {"run.completed", "run.failed", "run.cancelled"}
 STREAM_BATCH = 256
 # Seconds between looks at the queue while a followed run waits in it (and before the first).
 QUEUED_EVERY = 3.0
+# How long a cancel from the CLI waits for the run to keep the text it streamed (seconds).
+PARTIAL_WAIT = 5.0
 
 
 # Listings at 80 columns: a long name leaves little room, so text that `runs show` or a wider
@@ -201,6 +203,7 @@ class Shown:
         self.node = ""
         self.answered = False
         self.mid_line = False
+        self.streamed = False  # any token text at all (a cancel then keeps it on the run)
 
     def line(self, text: str | Text, style: str = "dim") -> None:
         """`text` on a line of its own, literally (server text is not console markup)."""
@@ -233,6 +236,7 @@ class Shown:
             console.print(text, end="", soft_wrap=True, highlight=False, markup=False)
             if text:
                 self.mid_line = not text.endswith("\n")
+                self.streamed = True
         elif event.type == "run.tool.called":
             self.line(f"· {event.type} {data.get('tool') or ''} (in {data.get('node') or '?'})")
         elif event.type in ("run.node.started", "run.retrieval"):
@@ -268,10 +272,15 @@ def created_line(created: agents_pb2.Run) -> None:
     console.print(Text(f"{created.name} in {created.thread}", style="dim"), soft_wrap=True)
 
 
-def resume_request(run_name: str, answer: struct_pb2.Value) -> agents_pb2.ResumeRunRequest:
-    """One answer the user gave, with its own request_id: the service takes it once, however
-    often the same request is sent (a retry after a lost reply gets the run back, not an error)."""
-    return agents_pb2.ResumeRunRequest(name=run_name, answer=answer, request_id=str(uuid.uuid4()))
+def resume_request(
+    run_name: str, answer: struct_pb2.Value, request_id: str = ""
+) -> agents_pb2.ResumeRunRequest:
+    """One answer the user gave, with its own request_id (`request_id`, else a new one): the
+    service takes it once, however often the same request is sent (a retry after a lost reply
+    gets the run back, not an error)."""
+    return agents_pb2.ResumeRunRequest(
+        name=run_name, answer=answer, request_id=request_id or str(uuid.uuid4())
+    )
 
 
 async def resume_until_taken(
@@ -407,7 +416,7 @@ async def _stop(task: asyncio.Task[None]) -> None:
         await asyncio.wait({task})
 
 
-async def _follow(stub: object, run_name: str) -> agents_pb2.Run:
+async def _follow(stub: object, run_name: str, shown: Shown | None = None) -> agents_pb2.Run:
     """Stream a run's events to the terminal until it ends.
 
     On a terminal, a paused run's question is asked and answered here, while the stream is still
@@ -418,7 +427,7 @@ async def _follow(stub: object, run_name: str) -> agents_pb2.Run:
     after = 0
     interactive = sys.stdin.isatty()
     retries = 0
-    shown = Shown()
+    shown = shown or Shown()
     typed = _Typed()
     paused = False
     queued = asyncio.create_task(_say_queued(stub, run_name))
@@ -552,6 +561,7 @@ def run(
             interrupted = asyncio.Event()
             main = asyncio.current_task()
             following: list[asyncio.Task[agents_pb2.Run]] = []
+            shown = Shown()
 
             def on_ctrl_c() -> None:
                 if following:
@@ -584,7 +594,7 @@ def run(
                 raise typer.Exit(130) from None
             created = reply.run
             created_line(created)
-            follow = asyncio.create_task(_follow(stub, created.name))
+            follow = asyncio.create_task(_follow(stub, created.name, shown))
             following.append(follow)
             if interrupted.is_set():
                 follow.cancel()
@@ -603,6 +613,10 @@ def run(
                 # After `^C` (and maybe half a line of tokens): a line of its own.
                 console.print()
                 console.print(Text(f"cancelled {created.name} (Ctrl-C)", style="yellow"))
+                if shown.streamed:
+                    following.clear()  # a second Ctrl-C stops waiting for the partial text
+                    with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+                        await _say_partial(stub, created.name)
                 raise typer.Exit(130) from None
 
     final = call_rpc(go)
@@ -617,6 +631,31 @@ def run(
         )
     elif final.status != agents_pb2.RUN_STATUS_COMPLETED:
         raise typer.Exit(1)
+
+
+async def _say_partial(stub: object, run_name: str) -> None:
+    """After a cancel, say what the run kept of its answer: its worker stores the streamed text
+    as `output.partial` once it has stopped the graph, shortly after CancelRun returned."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + PARTIAL_WAIT
+    while True:
+        reply = await stub.GetRun(agents_pb2.GetRunRequest(name=run_name))  # type: ignore[attr-defined]
+        if reply.run.status != agents_pb2.RUN_STATUS_CANCELLED:
+            return  # it ended otherwise before the cancel (`amelia runs show` says how)
+        if "partial" in reply.run.output.fields:
+            partial_line(reply.run)
+            return
+        if loop.time() >= deadline:
+            break
+        await asyncio.sleep(0.2)
+    console.print(
+        Text(
+            f"partial output: not on the run yet; `amelia runs show {run_name}` shows it once "
+            "its worker has stopped (output.partial)",
+            style="yellow",
+        ),
+        soft_wrap=True,
+    )
 
 
 def partial_line(run: agents_pb2.Run) -> None:
@@ -721,6 +760,13 @@ def cancel_run(
 def resume_run(
     name: str = typer.Argument(..., help="The run (runs/<id> or <id>)."),
     answer: str = typer.Argument(..., help="The answer: JSON, or plain text."),
+    request_id: str = typer.Option(
+        "",
+        "--request-id",
+        help="Your id for this answer (e.g. a uuid; default: a new one each time). Sent again "
+        "with the same answer after a lost reply or a timeout, it gets the run back instead "
+        "of 'already answered': the run takes an answer once.",
+    ),
 ) -> None:
     """Answer a paused run's question (JSON or plain text)."""
     value = struct_pb2.Value()
@@ -728,7 +774,7 @@ def resume_run(
         json_format.Parse(answer, value)
     except json_format.ParseError:
         value.string_value = answer
-    request = resume_request(resource("runs", name), value)
+    request = resume_request(resource("runs", name), value, request_id)
     _say_status(name, lambda stub: stub.ResumeRun(request))
 
 
