@@ -5,9 +5,11 @@ beyond the log's end gets nothing (the events service's OUT_OF_RANGE, relayed by
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from dashboard_helpers import Mesh
-from dashboard_pages import expect_status, start_run
+from dashboard_pages import expect_status, shot, start_run
 from playwright.sync_api import Browser, expect
 from test_dashboard_features import DESKTOP, PHONE, _checked_page, _run
 
@@ -15,7 +17,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("size", ["phone", "desktop"])
-def test_the_new_runs_page_opens_at_its_top(size: str, browser: Browser, mesh: Mesh) -> None:
+def test_the_new_runs_page_opens_at_its_top(
+    size: str, browser: Browser, mesh: Mesh, artifacts: Path
+) -> None:
     viewport = PHONE if size == "phone" else DESKTOP
     with _checked_page(browser, mesh, viewport) as page:
         page.goto("/#/runs")
@@ -28,6 +32,7 @@ def test_the_new_runs_page_opens_at_its_top(size: str, browser: Browser, mesh: M
             assert start is not None and runs is not None and start["y"] < runs["y"], (start, runs)
             button = page.locator("#run-start").bounding_box()
             assert button is not None and button["y"] < 1.5 * viewport["height"], button
+        shot(page, artifacts, f"57-runs-start-first-{size}")
         # Scrolled down the page, as a user reading the list: the new run's page still opens at
         # its top.
         page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
