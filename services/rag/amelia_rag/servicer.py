@@ -30,6 +30,7 @@ from amelia_common.errors import (
     UnavailableError,
     check_struct,
 )
+from amelia_common.json_numbers import whole_numbers
 from amelia_common.logging import get_logger
 from amelia_common.settings import Settings
 from amelia_rag.embeddings import EmbeddingUnavailableError
@@ -82,20 +83,9 @@ def document_type(value: int, field: str = "type") -> str:
     return PROTO_TO_TYPE[rag_pb2.DocumentType.ValueType(value)]
 
 
-def _plain(value: Any) -> Any:
-    """Struct numbers are doubles; keep whole numbers whole, so `2` filters as "2"."""
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return int(value)
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
-
-
 def source_from_proto(message: rag_pb2.DocumentSource) -> Source:
     metadata = (
-        _plain(check_struct(message.metadata, "source.metadata"))
+        whole_numbers(check_struct(message.metadata, "source.metadata"))
         if message.HasField("metadata")
         else {}
     )
