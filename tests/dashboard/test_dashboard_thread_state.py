@@ -231,6 +231,11 @@ def test_an_edit_while_a_run_is_active_shows_the_refusal(
         assert refused.status_code == 400 and refused.json()["code"] == 9, refused.text
         with _checked_page(browser, mesh, SIZES[size]) as page:
             _open_thread(page, thread_id)
+            # In the conversation the paused run's turn is its question and where to answer it.
+            waiting = page.locator("#thread-conversation .turn.reply .waiting")
+            expect(waiting).to_contain_text("Waiting for an answer: Edit me?")
+            answer = waiting.get_by_role("link", name="Answer it on the run's page →")
+            expect(answer).to_have_attribute("href", f"#/runs/{str(run['name']).split('/')[-1]}")
             # The paused run's state: its question waits, approve runs next.
             expect(page.locator("#state-questions li")).to_have_text(["Edit me?"])
             expect(page.locator("#state-next")).to_have_text("approve")

@@ -4,6 +4,7 @@
 // state, history and edit form (views/threadstate.js).
 
 import { compactJson, debounce, errorNotice, formatTime, h, idOf, uuid } from "../dom.js";
+import { questionsOf } from "../checkpoint.js";
 import { ACTIVE_STATUSES, statusBadge } from "../runstatus.js";
 import { ThreadStatePanel } from "./threadstate.js";
 
@@ -69,6 +70,14 @@ function listView(main, ctx) {
 
 const PAGE = 200;
 
+/** A paused run's turn: the question it waits on, and where to answer it (the run's page). */
+function waitingQuestion(run) {
+  const [question] = questionsOf({ interrupts: [run.interrupt] });
+  return h("div", { class: "waiting" },
+    h("p", {}, h("strong", {}, "Waiting for an answer: "), question),
+    h("a", { href: `#/runs/${idOf(run.name)}`, class: "answer-link" }, "Answer it on the run's page →"));
+}
+
 function threadView(main, ctx, threadId) {
   const name = `threads/${threadId}`;
   const conversation = h("ol", { class: "conversation", id: "thread-conversation", "aria-label": "Conversation" });
@@ -79,7 +88,7 @@ function threadView(main, ctx, threadId) {
   const formError = h("div", { "aria-live": "polite" });
   const form = h("form", { id: "thread-continue", class: "card", "aria-labelledby": "continue-title" },
     h("h2", { id: "continue-title" }, "Continue the thread"),
-    h("p", { class: "hint" }, "A new run in this thread, of ", targetText, ", with the last run's other inputs: it sees the conversation above."),
+    h("p", { class: "hint" }, "A new run in this thread, of ", targetText, ", with the last run's other inputs: it continues from the thread's latest state (State, below — an edit or a branch there is what it sees)."),
     h("label", { for: "thread-message" }, "Message"), message, formError,
     h("div", { class: "actions" }, send));
   // A long thread: the newest runs are shown (at most PAGE), and the form is one click away.
@@ -120,7 +129,7 @@ function threadView(main, ctx, threadId) {
         h("li", { class: "turn reply", dataset: { run: run.name } },
           h("span", { class: "who" }, h("a", { href: `#/runs/${idOf(run.name)}`, class: "mono" }, idOf(run.name).slice(0, 8)), " ",
             statusBadge(run.status, run.output)),
-          longText(replyOf(run) || "…")),
+          run.status === "RUN_STATUS_PAUSED" && run.interrupt ? waitingQuestion(run) : longText(replyOf(run) || "…")),
       ]));
       if (!runs.length) conversation.replaceChildren(h("li", { class: "empty" }, "No runs in this thread yet."));
     } catch (err) {
