@@ -88,6 +88,9 @@ async def test_with_nats_down_streams_say_so_and_events_follow_once_it_is_back(
             publisher = Publisher.connect(events_address, infra.settings())
             sequence = await publisher.publish(subject)
             await publisher.close()
+            # The stream is open again: the client is told so (its error can be cleared), then
+            # the events follow.
+            assert (await client.recv_type("status", timeout=60))["status"] == "back"
             received: list[int] = []
             while sequence not in received:  # every event so far, then the new one, once each
                 received += [m["sequence"] for m in await client.events(1, timeout=60)]

@@ -52,6 +52,7 @@ async def test_a_frozen_events_service_is_named_and_the_subscription_resumes(
 
             os.killpg(events.proc.pid, signal.SIGCONT)
             second = await until_answered(lambda: publisher.publish(subject))
+            assert (await client.recv_type("status", timeout=90))["status"] == "back"
             got = await client.events(1, timeout=90)
             assert [m["sequence"] for m in got] == [second]
         finally:
@@ -106,7 +107,9 @@ async def test_a_frozen_replica_under_the_stream_is_named_while_the_other_serves
             said = message["error"]["message"]
             assert said.startswith(f"the events service at {address} is unavailable ("), said
             assert said.endswith(RESUMES), said
-            # The subscription carries on through the replica left, from where it was.
+            # The subscription carries on through the replica left, from where it was: the
+            # client is told the stream is open again, then the event follows.
+            assert (await client.recv_type("status", timeout=90))["status"] == "back"
             got = await client.events(1, timeout=90)
             assert [m["sequence"] for m in got] == [second]
         finally:
