@@ -33,14 +33,19 @@ def _checkpoint(value: str) -> tuple[Any, Any]:
     return checkpoint, {"note": 1}
 
 
+async def _checkpointer(settings: Settings, url: str) -> tuple[Any, Any]:
+    """A checkpoint pool of 2 on the test's own PostgreSQL that waits 1 s for a connection."""
+    return await open_checkpointer(
+        settings.model_copy(update={"DATABASE_URL": url, "DATABASE_POOL_TIMEOUT_SECONDS": 1}),
+        max_size=2,
+    )
+
+
 async def test_a_connection_broken_in_a_long_outage_is_given_back_once(
     own_postgres_server: tuple[EmbeddedPostgres, str], settings: Settings
 ) -> None:
     server, url = own_postgres_server
-    pool, shared = await open_checkpointer(
-        settings.model_copy(update={"DATABASE_URL": url, "DATABASE_POOL_TIMEOUT_SECONDS": 1}),
-        max_size=2,
-    )
+    pool, shared = await _checkpointer(settings, url)
     config: Any = {"configurable": {"thread_id": uuid.uuid4().hex, "checkpoint_ns": ""}}
     try:
         async with for_pickup(shared) as saver:
@@ -71,10 +76,7 @@ async def test_the_first_checkout_after_a_long_outage_connects(
     own_postgres_server: tuple[EmbeddedPostgres, str], settings: Settings
 ) -> None:
     server, url = own_postgres_server
-    pool, shared = await open_checkpointer(
-        settings.model_copy(update={"DATABASE_URL": url, "DATABASE_POOL_TIMEOUT_SECONDS": 1}),
-        max_size=2,
-    )
+    pool, shared = await _checkpointer(settings, url)
     config: Any = {"configurable": {"thread_id": uuid.uuid4().hex, "checkpoint_ns": ""}}
     try:
         assert await shared.aget_tuple(config) is None

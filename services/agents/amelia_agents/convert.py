@@ -69,6 +69,14 @@ def run_name(rid: uuid.UUID) -> str:
     return f"runs/{rid}"
 
 
+def set_target(msg: Any, agent_id: str | None, workflow: str | None) -> None:
+    """A run's or cron's `target` oneof from its row: `agents/{id}`, else `workflows/{name}`."""
+    if agent_id:
+        msg.agent = f"agents/{agent_id}"
+    elif workflow:
+        msg.workflow = f"workflows/{workflow}"
+
+
 def _ts(target: Any, value: datetime | None) -> None:
     if value is not None:
         target.FromDatetime(value)
@@ -209,10 +217,7 @@ def run_to_proto(row: RunRow) -> agents_pb2.Run:
         error=row.error or "",
         attempt=row.attempt,
     )
-    if row.agent_id:
-        msg.agent = f"agents/{row.agent_id}"
-    elif row.workflow:
-        msg.workflow = f"workflows/{row.workflow}"
+    set_target(msg, row.agent_id, row.workflow)
     msg.input.update(row.input or {})
     if row.output is not None:
         msg.output.update(row.output)

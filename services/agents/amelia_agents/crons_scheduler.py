@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 from amelia.v1 import agents_pb2
-from amelia_agents import crons_schedule
+from amelia_agents import convert, crons_schedule
 from amelia_agents.crons_store import Action, CronRow, CronStore
 from amelia_agents.outages import infrastructure_outage
 from amelia_agents.periodic import Periodic
@@ -63,10 +63,7 @@ def tick_request_id(cron_id: uuid.UUID, tick: datetime) -> str:
 def run_request(row: CronRow, request_id: str) -> agents_pb2.CreateRunRequest:
     """CreateRun's request for a run of the cron."""
     run = agents_pb2.Run(thread=f"threads/{row.thread_id}" if row.thread_id else "")
-    if row.agent_id:
-        run.agent = f"agents/{row.agent_id}"
-    else:
-        run.workflow = f"workflows/{row.workflow}"
+    convert.set_target(run, row.agent_id, row.workflow)
     run.input.update(row.input or {})
     run.input.SetInParent()  # present even when empty: a fresh start, not a continuation
     return agents_pb2.CreateRunRequest(run=run, request_id=request_id)

@@ -76,10 +76,7 @@ def cron_to_proto(row: CronRow) -> crons_pb2.Cron:
         skipped_count=row.skipped_count,
         failed_count=row.failed_count,
     )
-    if row.agent_id:
-        msg.agent = f"agents/{row.agent_id}"
-    elif row.workflow:
-        msg.workflow = f"workflows/{row.workflow}"
+    convert.set_target(msg, row.agent_id, row.workflow)
     msg.input.update(row.input or {})
     msg.metadata.update(row.meta or {})
     for name in ("end_time", "next_run_time", "create_time", "update_time"):
@@ -242,9 +239,9 @@ class CronServicer(crons_pb2_grpc.CronServiceServicer):
 
 
 def _target_of(row: CronRow) -> crons_pb2.Cron:
-    if row.agent_id:
-        return crons_pb2.Cron(agent=f"agents/{row.agent_id}")
-    return crons_pb2.Cron(workflow=f"workflows/{row.workflow}")
+    cron = crons_pb2.Cron()
+    convert.set_target(cron, row.agent_id, row.workflow)
+    return cron
 
 
 def _json(message: Any, field: str, limit: int) -> Any:
