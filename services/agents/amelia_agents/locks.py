@@ -44,11 +44,12 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from amelia_agents.pgdriver import discard, driver
 from amelia_common.logging import get_logger
 
 log = get_logger("amelia.agents.locks")
 
-# Sent to asyncpg as they are (`_driver`), outside a transaction: one statement each.
+# Sent to asyncpg as they are (`pgdriver.driver`), outside a transaction: one statement each.
 _LOCK = "SELECT pg_try_advisory_lock($1)"
 # The run's lock, then (left to right) a lock_timeout for this statement's implicit transaction
 # alone and the shared recording lock, released with it: the lock taken once nothing records
@@ -116,7 +117,7 @@ class RunLock:
         conn = await self.engine.connect()
         sent = time.monotonic()
         try:
-            pg = await _driver(conn)
+            pg = await driver(conn)
             if recorded_within is None or self.recording is None:
                 taken = bool(await pg.fetchval(_LOCK, self.key))
             else:
@@ -126,7 +127,7 @@ class RunLock:
         except BaseException as exc:
             # Whether the run's lock was taken before a wait timed out is not known: the
             # connection goes, and the lock with it.
-            await _discard(conn)
+            await discard(conn)
             if getattr(exc, "sqlstate", None) == LOCK_NOT_AVAILABLE:
                 return await self.acquire()
             raise
@@ -171,7 +172,7 @@ class RunLock:
                 found = await self._pg.fetchrow(_STATUS, self.run_id)
             except Exception:  # noqa: BLE001 - the connection is gone, and the lock with it
                 conn, self._conn, self._pg = self._conn, None, None
-                await _discard(conn)
+                await discard(conn)
             else:
                 if found is None:
                     return None
@@ -237,25 +238,10 @@ class RunLock:
         try:
             await pg.fetchval(_UNLOCK, self.key)
         except Exception:  # noqa: BLE001 - never hand a pooled connection back still locked
-            await _discard(conn)
+            await discard(conn)
             return
         with contextlib.suppress(Exception):
             await conn.close()
-
-
-async def _driver(conn: AsyncConnection) -> Any:
-    """The asyncpg connection under `conn`, outside any transaction (SQLAlchemy begins one only
-    for its own statements): each statement sent to it commits on its own."""
-    raw = await conn.get_raw_connection()
-    return raw.driver_connection
-
-
-async def _discard(conn: AsyncConnection) -> None:
-    """Close the connection for good (not back to the pool): whatever it holds dies with it."""
-    with contextlib.suppress(Exception):
-        await conn.invalidate()
-    with contextlib.suppress(Exception):
-        await conn.close()
 
 
 # What the pick-up of this task holds (`holding`), for `still_held`.
