@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import grpc
 import pytest
-from agents_helpers import S, create_run, wait_status
+from agents_helpers import S, create_run, rpc_error, wait_status
 from sqlalchemy import text
+from test_agents_multitask import LONG, SLOW, first_token, started_after_end
 
 from amelia.v1 import agents_pb2_grpc, crons_pb2
 from amelia_agents import crons
@@ -125,6 +127,12 @@ async def env(
 
 def at(minutes: float) -> datetime:
     return START + timedelta(minutes=minutes)
+
+
+async def paused_run(env: Crons) -> S.Run:
+    """A run PAUSED on a question: its thread stays busy until it is answered or cancelled."""
+    busy = await create_run(env.stub, workflow="workflows/test-ask", input={"question": "?"})
+    return await wait_status(env.stub, busy.name, S.RUN_STATUS_PAUSED)
 
 
 async def test_a_cron_fires_a_run_that_completes(env: Crons) -> None:
@@ -292,6 +300,78 @@ async def test_a_tick_whose_thread_is_busy_is_skipped_and_shown(env: Crons) -> N
     await env.stub.CancelRun(S.CancelRunRequest(name=run.name))
 
 
+async def test_enqueue_on_a_busy_thread_queues_the_run_which_runs_once_the_thread_is_free(
+    env: Crons,
+) -> None:
+    busy = await paused_run(env)
+    cron = await env.create(
+        workflow="workflows/test-ask",
+        thread=busy.thread,
+        schedule="*/5 * * * *",
+        input={"question": "from the cron?"},
+        multitask_strategy="enqueue",
+    )
+    assert cron.multitask_strategy == "enqueue"
+    env.clock.now = at(5)
+    [action] = await env.scheduler().run_once()
+    assert (action.outcome, action.reason) == ("FIRED", f"queued behind {busy.name}")
+    waiting = (await env.stub.GetRun(S.GetRunRequest(name=action.run))).run
+    assert (waiting.status, waiting.queued_behind) == (S.RUN_STATUS_QUEUED, busy.name)
+    shown = await env.get(cron.name)
+    assert (shown.fired_count, shown.skipped_count) == (1, 0)
+    assert shown.recent_actions[0].reason == f"queued behind {busy.name}"
+    await env.stub.CancelRun(S.CancelRunRequest(name=busy.name))
+    ran = await wait_status(env.stub, action.run, S.RUN_STATUS_PAUSED)  # it ran to its question
+    assert "from the cron?" in str(ran.interrupt.value)
+    ended = await wait_status(env.stub, busy.name, S.RUN_STATUS_CANCELLED)
+    assert started_after_end(ended, ran)
+    await env.stub.CancelRun(S.CancelRunRequest(name=ran.name))
+
+
+async def test_interrupt_on_a_busy_thread_cancels_the_running_run_and_runs_the_crons(
+    env: Crons,
+) -> None:
+    busy = await create_run(
+        env.stub, workflow="workflows/chat", input={"message": LONG, "model": SLOW}
+    )
+    await first_token(env.stub, busy.name)
+    cron = await env.create(
+        workflow="workflows/chat",
+        thread=busy.thread,
+        schedule="*/5 * * * *",
+        input={"message": "tick", "model": "offline:echo"},
+        multitask_strategy="interrupt",
+    )
+    env.clock.now = at(5)
+    [action] = await env.scheduler().run_once()
+    assert (action.outcome, action.reason) == ("FIRED", f"interrupted {busy.name}")
+    stopped = await wait_status(env.stub, busy.name, S.RUN_STATUS_CANCELLED)
+    assert stopped.error == f"interrupted by {action.run} (multitask_strategy interrupt)"
+    done = await wait_status(env.stub, action.run, S.RUN_STATUS_COMPLETED)
+    assert done.output["message"] == "tick"
+    assert started_after_end(stopped, done)
+    assert (await env.get(cron.name)).last_run.run == done.name
+
+
+async def test_rollback_on_a_busy_thread_deletes_the_stopped_run(env: Crons) -> None:
+    busy = await paused_run(env)
+    await env.create(
+        workflow="workflows/test-ask",
+        thread=busy.thread,
+        schedule="*/5 * * * *",
+        input={"question": "again?"},
+        multitask_strategy="rollback",
+    )
+    env.clock.now = at(5)
+    [action] = await env.scheduler().run_once()
+    assert (action.outcome, action.reason) == ("FIRED", f"rolled back {busy.name}")
+    ran = await wait_status(env.stub, action.run, S.RUN_STATUS_PAUSED)
+    assert ran.thread == busy.thread
+    gone = await rpc_error(env.stub.GetRun(S.GetRunRequest(name=busy.name)))
+    assert gone.code() == grpc.StatusCode.NOT_FOUND
+    await env.stub.CancelRun(S.CancelRunRequest(name=ran.name))
+
+
 async def test_after_downtime_a_cron_fires_once_for_its_missed_ticks(env: Crons) -> None:
     agent = await env.agent()
     cron = await env.create(agent=agent, schedule="*/5 * * * *")
@@ -335,6 +415,72 @@ async def test_an_end_time_stops_the_schedule(env: Crons) -> None:
     await wait_status(env.stub, run.name, S.RUN_STATUS_COMPLETED)
 
 
+async def test_no_tick_fires_after_the_end_even_with_two_schedulers_racing(env: Crons) -> None:
+    agent = await env.agent()
+    cron = await env.create(agent=agent, schedule="* * * * *", end_time=at(2.25))  # 00:02:45
+    assert not cron.ended
+    first, second = env.scheduler(), env.scheduler()
+    fired: list[str] = []
+    for minute in range(1, 6):  # 00:01:30 … 00:05:30: the ticks 00:01 and 00:02 are before it
+        env.clock.now = at(minute)
+        done = await asyncio.gather(first.run_once(), second.run_once())
+        fired += [a.run for found in done for a in found]
+    assert len(fired) == 2, fired
+    assert sorted(r.name for r in await env.runs_of(agent)) == sorted(fired)
+    shown = await env.get(cron.name)
+    assert shown.ended and not shown.HasField("next_run_time")
+    assert shown.fired_count == 2 and shown.end_time.ToDatetime(tzinfo=UTC) == at(2.25)
+    listed = await env.api.ListCrons(C.ListCronsRequest(agent=agent), None)
+    assert [c.ended for c in listed.crons] == [True]  # shown as ended, not deleted
+    for name in fired:
+        await wait_status(env.stub, name, S.RUN_STATUS_COMPLETED)
+
+
+async def test_an_end_set_while_a_scheduler_claims_is_kept(env: Crons) -> None:
+    """An UpdateCron committed between a scheduler's read of the due crons and its claim (the
+    update's clock a moment behind the scheduler's): the claim made from the old row is refused,
+    the next pass reads the new end, and no tick after it fires."""
+    agent = await env.agent()
+    cron = await env.create(agent=agent, schedule="*/5 * * * *")  # next 00:05
+    scheduler = env.scheduler()
+    due = scheduler.crons.due
+
+    async def due_then_update(moment: datetime, limit: int) -> list[Any]:
+        found = await due(moment, limit)
+        env.clock.now = at(4.4)  # 00:04:54: the next tick is still 00:05, before the end
+        change = C.Cron(name=cron.name)
+        change.end_time.FromDatetime(at(7))  # 00:07:30
+        request = C.UpdateCronRequest(cron=change, update_mask=["end_time"])
+        updated = (await env.api.UpdateCron(request, None)).cron
+        assert updated.next_run_time.ToDatetime(tzinfo=UTC) == at(4.5)
+        env.clock.now = at(5)
+        return found
+
+    scheduler.crons.due = due_then_update  # type: ignore[method-assign]
+    env.clock.now = at(5)
+    assert await scheduler.run_once() == []  # read before the change: not claimed
+    scheduler.crons.due = due  # type: ignore[method-assign]
+    env.clock.now = at(5.1)
+    [action] = await scheduler.run_once()
+    assert action.schedule_time == at(4.5)
+    shown = await env.get(cron.name)
+    assert shown.ended and not shown.HasField("next_run_time")  # 00:10 is after the end
+    env.clock.now = at(10)
+    assert await scheduler.run_once() == []
+    [run] = await env.runs_of(agent)
+    await wait_status(env.stub, run.name, S.RUN_STATUS_COMPLETED)
+
+
+async def test_a_paused_cron_past_its_end_shows_as_ended(env: Crons) -> None:
+    cron = await env.create(agent=await env.agent(), schedule="* * * * *", end_time=at(3))
+    change = C.Cron(name=cron.name, paused=True)
+    await env.api.UpdateCron(C.UpdateCronRequest(cron=change, update_mask=["paused"]), None)
+    assert not (await env.get(cron.name)).ended
+    env.clock.now = at(4)
+    shown = await env.get(cron.name)
+    assert shown.paused and shown.ended
+
+
 async def test_trigger_runs_now_even_paused(env: Crons) -> None:
     agent = await env.agent()
     cron = await env.create(agent=agent, schedule="0 0 1 1 *", paused=True)
@@ -358,6 +504,27 @@ async def test_trigger_runs_now_even_paused(env: Crons) -> None:
         (
             {"schedule": "* * * * *", "agent": "agents/{agent}", "input": {"x": 1}},
             "cron.input: input.message is required",
+        ),
+        (
+            {"schedule": "* * * * *", "agent": "agents/{agent}", "multitask_strategy": "queue"},
+            "cron.multitask_strategy 'queue' is not one of: reject, enqueue, interrupt, rollback",
+        ),
+        (
+            {"schedule": "* * * * *", "agent": "agents/{agent}", "multitask_strategy": "x" * 5000},
+            "is not one of: reject, enqueue, interrupt, rollback",
+        ),
+        (
+            {"schedule": "* * * * *", "agent": "agents/{agent}", "end_time": at(-1)},
+            "cron.end_time 2031-01-05T23:59:30Z must be in the future (it is 2031-01-06T00:00:30Z)",
+        ),
+        (
+            {"schedule": "0 * * * *", "agent": "agents/{agent}", "end_time": at(20)},
+            "cron.end_time 2031-01-06T00:20:30Z is not after the schedule's next tick "
+            "(2031-01-06T01:00:00Z): no run would start",
+        ),
+        (
+            {"schedule": "* * * * *", "agent": "agents/{agent}", "end_time": at(0.5)},
+            "is not after the schedule's next tick (2031-01-06T00:01:00Z)",
         ),
     ],
 )
@@ -402,6 +569,31 @@ async def test_update_reschedules_and_refuses_a_bad_schedule(env: Crons) -> None
     with pytest.raises(InvalidArgumentError, match="update_mask has unknown fields"):
         await env.api.UpdateCron(C.UpdateCronRequest(cron=change, update_mask=["agent"]), None)
     assert (await env.get(cron.name)).schedule == "0 * * * *"  # nothing changed
+
+
+async def test_update_changes_the_strategy_and_refuses_a_bad_one_or_a_past_end(env: Crons) -> None:
+    cron = await env.create(agent=await env.agent(), schedule="*/5 * * * *")
+    assert cron.multitask_strategy == "reject" and not cron.ended
+    change = C.Cron(name=cron.name, multitask_strategy="ENQUEUE")
+    updated = (await env.api.UpdateCron(C.UpdateCronRequest(cron=change), None)).cron
+    assert updated.multitask_strategy == "enqueue"
+    for strategy in ("skip", " "):
+        change.multitask_strategy = strategy
+        request = C.UpdateCronRequest(cron=change, update_mask=["multitask_strategy"])
+        if strategy == " ":  # blank: the default again
+            assert (await env.api.UpdateCron(request, None)).cron.multitask_strategy == "reject"
+            continue
+        with pytest.raises(InvalidArgumentError, match="'skip' is not one of: reject, enqueue"):
+            await env.api.UpdateCron(request, None)
+    past = C.Cron(name=cron.name)
+    past.end_time.FromDatetime(at(-10))
+    with pytest.raises(InvalidArgumentError, match=r"cron.end_time .* must be in the future"):
+        await env.api.UpdateCron(C.UpdateCronRequest(cron=past, update_mask=["end_time"]), None)
+    past.end_time.FromDatetime(at(2))  # before 00:05
+    with pytest.raises(InvalidArgumentError, match="not after the schedule's next tick"):
+        await env.api.UpdateCron(C.UpdateCronRequest(cron=past, update_mask=["end_time"]), None)
+    shown = await env.get(cron.name)
+    assert not shown.HasField("end_time") and shown.next_run_time.ToDatetime(tzinfo=UTC) == at(4.5)
 
 
 async def test_crons_are_listed_in_pages_by_agent(env: Crons) -> None:

@@ -6,8 +6,10 @@ scheduler died, or the run could not be created for a while), then claims the du
 CreateRun's own code with the request id `cron:<cron id>:<tick>`, so a tick fired again after a
 crash gets the run already made. Outcomes:
 
-- FIRED: a run was created (`cron.fired`);
-- SKIPPED: the cron's thread still had a run (Temporal's overlap policy SKIP; `cron.skipped`);
+- FIRED: a run was created (`cron.fired`) — on a busy thread, as the cron's multitask strategy
+  says: queued behind the thread's run ("enqueue"), or stopping it ("interrupt", "rollback");
+- SKIPPED: the cron's thread still had a run and its strategy is "reject" (Temporal's overlap
+  policy SKIP; `cron.skipped`);
 - FAILED: the run was refused (the agent was deleted, the input no longer fits its workflow):
   recorded, and the cron goes on to its next tick (`cron.failed`) — never a crash loop.
 
@@ -61,8 +63,12 @@ def tick_request_id(cron_id: uuid.UUID, tick: datetime) -> str:
 
 
 def run_request(row: CronRow, request_id: str) -> agents_pb2.CreateRunRequest:
-    """CreateRun's request for a run of the cron."""
-    run = agents_pb2.Run(thread=f"threads/{row.thread_id}" if row.thread_id else "")
+    """CreateRun's request for a run of the cron, with its multitask strategy (on a busy thread
+    "reject" is FAILED_PRECONDITION: the tick is skipped)."""
+    run = agents_pb2.Run(
+        thread=f"threads/{row.thread_id}" if row.thread_id else "",
+        multitask_strategy=row.multitask_strategy if row.thread_id else "",
+    )
     convert.set_target(run, row.agent_id, row.workflow)
     run.input.update(row.input or {})
     run.input.SetInParent()  # present even when empty: a fresh start, not a continuation
@@ -125,11 +131,11 @@ class CronScheduler:
         try:
             schedule = crons_schedule.parse(row.schedule, row.timezone)
         except InvalidArgumentError:  # stored valid; a zone database without its zone now
-            return await self.crons.claim(row.id, due, due, 0, None, moment)
+            return await self.crons.claim(row, due, 0, None, moment)
         limit = moment if row.end_time is None else min(moment, crons_schedule.before(row.end_time))
         tick, missed = schedule.catch_up(due, max(limit, due))
         following = crons_schedule.first_tick(schedule, moment, row.end_time)
-        return await self.crons.claim(row.id, due, tick, missed, following, moment)
+        return await self.crons.claim(row, tick, missed, following, moment)
 
     async def _fire(self, row: CronRow, done: list[Action]) -> None:
         tick = row.pending_tick
@@ -139,6 +145,7 @@ class CronScheduler:
         try:
             run = await self.start_run(run_request(row, request_id))
             action.run = run.name
+            action.reason = busy_reason(run)
         except FailedPreconditionError as exc:
             # The thread is busy, unless that busy run is this tick's own (a racing retry).
             existing = await self.runs.run_by_request_id(request_id)
@@ -160,6 +167,18 @@ class CronScheduler:
         await tell(self.event_log, row.id, action)
         if await self.crons.record(row.id, action, pending=tick) is not None:
             done.append(action)
+
+
+# What a fired action says of a run created on a busy thread, by its multitask strategy.
+BUSY = {"enqueue": "queued behind", "interrupt": "interrupted", "rollback": "rolled back"}
+
+
+def busy_reason(run: agents_pb2.Run) -> str:
+    """`queued behind runs/X` / `interrupted runs/X` / `rolled back runs/X` for a run created
+    waiting for the thread's run (which an interrupt or rollback stops); empty otherwise."""
+    if not run.queued_behind:
+        return ""
+    return f"{BUSY.get(run.multitask_strategy, 'queued behind')} {run.queued_behind}"
 
 
 async def tell(event_log: EventLog, cron_id: uuid.UUID, action: Action) -> None:

@@ -1,5 +1,5 @@
-"""CronService over gRPC: a cron's fields checked here (a bad schedule, zone, input or end time
-is INVALID_ARGUMENT naming the field; a missing agent, workflow or thread NOT_FOUND), state in
+"""CronService over gRPC: a cron's fields checked here (a bad schedule, zone, input, multitask
+strategy or end time is INVALID_ARGUMENT naming the field; a missing agent, workflow or thread NOT_FOUND), state in
 `crons_store`, firing in `crons_scheduler`. What a run of the cron executes is resolved and its
 input checked by AgentService's own code, as CreateRun does."""
 
@@ -14,10 +14,11 @@ from typing import Any
 from google.protobuf import timestamp_pb2
 
 from amelia.v1 import agents_pb2, crons_pb2, crons_pb2_grpc
-from amelia_agents import convert, crons_schedule, pagination, workflows
+from amelia_agents import convert, crons_schedule, multitask, pagination, workflows
 from amelia_agents.crons_scheduler import (
     Clock,
     StartRun,
+    busy_reason,
     run_request,
     tell,
     utc_now,
@@ -29,7 +30,15 @@ from amelia_common.errors import InvalidArgumentError, check_request_id
 from amelia_common.eventlog import EventLog, timestamp_problem
 
 Ctx = Any
-UPDATABLE = ("paused", "schedule", "timezone", "input", "metadata", "end_time")
+UPDATABLE = (
+    "paused",
+    "schedule",
+    "timezone",
+    "input",
+    "metadata",
+    "end_time",
+    "multitask_strategy",
+)
 # Changing one of these computes the next run time afresh.
 RESCHEDULING = {"paused", "schedule", "timezone", "end_time"}
 COLUMNS = {"metadata": "meta"}  # a field whose column is named otherwise
@@ -65,7 +74,14 @@ def _action(found: dict[str, Any], target: crons_pb2.CronAction) -> None:
     target.triggered = found.get("triggered", False)
 
 
-def cron_to_proto(row: CronRow) -> crons_pb2.Cron:
+def ended(row: CronRow, moment: datetime) -> bool:
+    """No tick is left: the schedule reached its end (a paused cron once its end has passed)."""
+    if row.paused:
+        return row.end_time is not None and row.end_time <= moment
+    return row.next_run_time is None and row.pending_tick is None
+
+
+def cron_to_proto(row: CronRow, moment: datetime) -> crons_pb2.Cron:
     msg = crons_pb2.Cron(
         name=f"crons/{row.id}",
         thread=f"threads/{row.thread_id}" if row.thread_id else "",
@@ -75,6 +91,8 @@ def cron_to_proto(row: CronRow) -> crons_pb2.Cron:
         fired_count=row.fired_count,
         skipped_count=row.skipped_count,
         failed_count=row.failed_count,
+        multitask_strategy=row.multitask_strategy,
+        ended=ended(row, moment),
     )
     convert.set_target(msg, row.agent_id, row.workflow)
     msg.input.update(row.input or {})
@@ -103,13 +121,13 @@ class CronServicer(crons_pb2_grpc.CronServiceServicer):
         # The thread first: POST /v1/threads/{thread}/crons names a thread that must exist.
         thread = await self.agents._known_thread(cron.thread) if cron.thread else None
         schedule = crons_schedule.parse(cron.schedule, cron.timezone)
+        strategy = _strategy(cron.multitask_strategy)
         end_time = _end_time(cron)
         input_value = _json(cron.input, "cron.input", convert.MIB)
         meta = _json(cron.metadata, "cron.metadata", 64 * 1024)
         agent_id, workflow = await self._target(cron, input_value)
         moment = self.clock()
-        if end_time is not None and end_time <= moment:
-            raise InvalidArgumentError("cron.end_time must be in the future")
+        _check_end(schedule, end_time, moment)
         row = CronRow(
             id=uuid.uuid4(),
             agent_id=agent_id,
@@ -120,6 +138,7 @@ class CronServicer(crons_pb2_grpc.CronServiceServicer):
             input=input_value,
             meta=meta,
             paused=cron.paused,
+            multitask_strategy=strategy,
             end_time=end_time,
             next_run_time=None
             if cron.paused
@@ -133,7 +152,7 @@ class CronServicer(crons_pb2_grpc.CronServiceServicer):
             update_time=moment,
         )
         await self.crons.create(row)
-        return crons_pb2.CreateCronResponse(cron=cron_to_proto(row))
+        return crons_pb2.CreateCronResponse(cron=cron_to_proto(row, moment))
 
     async def _target(
         self, cron: crons_pb2.Cron, input_value: Any
@@ -159,7 +178,8 @@ class CronServicer(crons_pb2_grpc.CronServiceServicer):
     async def GetCron(
         self, request: crons_pb2.GetCronRequest, context: Ctx
     ) -> crons_pb2.GetCronResponse:
-        return crons_pb2.GetCronResponse(cron=cron_to_proto(await self._get(request.name)))
+        row = await self._get(request.name)
+        return crons_pb2.GetCronResponse(cron=cron_to_proto(row, self.clock()))
 
     async def ListCrons(
         self, request: crons_pb2.ListCronsRequest, context: Ctx
@@ -173,7 +193,8 @@ class CronServicer(crons_pb2_grpc.CronServiceServicer):
         agent = convert.agent_id(request.agent) if request.agent else None
         thread = convert.thread_id(request.thread) if request.thread else None
         found = await self.crons.page(limit + 1, after, agent, thread)
-        fit = convert.PageFit(cron_to_proto)
+        moment = self.clock()
+        fit = convert.PageFit(lambda row: cron_to_proto(row, moment))
         _, token = pagination.page(found, limit, fit=fit, scope=scope)
         return crons_pb2.ListCronsResponse(crons=fit.messages, next_page_token=token)
 
@@ -191,10 +212,9 @@ class CronServicer(crons_pb2_grpc.CronServiceServicer):
             "input": _json(cron.input, "cron.input", convert.MIB),
             "meta": _json(cron.metadata, "cron.metadata", 64 * 1024),
             "end_time": _end_time(cron),
+            "multitask_strategy": _strategy(cron.multitask_strategy),
         }
         moment = self.clock()
-        if values["end_time"] is not None and values["end_time"] <= moment:
-            raise InvalidArgumentError("cron.end_time must be in the future")
         if "input" in mask:
             await self._target(_target_of(row), values["input"])
 
@@ -202,6 +222,8 @@ class CronServicer(crons_pb2_grpc.CronServiceServicer):
             for name in mask:
                 setattr(locked, name, values[name])
             schedule = crons_schedule.parse(locked.schedule, locked.timezone)  # as changed
+            if "end_time" in mask:
+                _check_end(schedule, locked.end_time, moment)
             if RESCHEDULING & set(mask):
                 locked.next_run_time = (
                     None
@@ -211,7 +233,7 @@ class CronServicer(crons_pb2_grpc.CronServiceServicer):
 
         updated = await self.crons.update(cid, change)
         row = convert.found(updated, f"crons/{cid}")
-        return crons_pb2.UpdateCronResponse(cron=cron_to_proto(row))
+        return crons_pb2.UpdateCronResponse(cron=cron_to_proto(row, moment))
 
     async def DeleteCron(
         self, request: crons_pb2.DeleteCronRequest, context: Ctx
@@ -231,11 +253,18 @@ class CronServicer(crons_pb2_grpc.CronServiceServicer):
             key = hashlib.sha256(key.encode()).hexdigest()[:32]
         moment = self.clock()
         run = await self.start_run(run_request(row, f"cron:{row.id}:trigger:{key}"))
-        action = Action(moment, "FIRED", run=run.name, triggered=True, action_time=moment)
+        action = Action(
+            moment,
+            "FIRED",
+            run=run.name,
+            reason=busy_reason(run),
+            triggered=True,
+            action_time=moment,
+        )
         recorded = await self.crons.record(row.id, action, pending=None)
         await tell(self.event_log, row.id, action)
         row = convert.found(recorded, f"crons/{row.id}")
-        return crons_pb2.TriggerCronResponse(run=run, cron=cron_to_proto(row))
+        return crons_pb2.TriggerCronResponse(run=run, cron=cron_to_proto(row, moment))
 
 
 def _target_of(row: CronRow) -> crons_pb2.Cron:
@@ -256,6 +285,42 @@ def _end_time(cron: crons_pb2.Cron) -> datetime | None:
     if problem is not None:
         raise InvalidArgumentError(problem)
     return cron.end_time.ToDatetime(tzinfo=UTC)
+
+
+def _strategy(value: str) -> str:
+    """A cron's multitask strategy as stored (empty: reject), or INVALID_ARGUMENT naming the
+    allowed values — the runs' own (`multitask.STRATEGIES`)."""
+    try:
+        return multitask.strategy(value)
+    except InvalidArgumentError:
+        shown = value if len(value) <= 40 else value[:40] + "…"
+        raise InvalidArgumentError(
+            f"cron.multitask_strategy {shown!r} is not one of: {', '.join(multitask.STRATEGIES)} "
+            "(what a tick does when the cron's thread still has a run)"
+        ) from None
+
+
+def _check_end(
+    schedule: crons_schedule.Schedule, end_time: datetime | None, moment: datetime
+) -> None:
+    """INVALID_ARGUMENT when `end_time` has passed, or comes before the schedule's next tick:
+    no run would ever start (pausing or deleting the cron says that)."""
+    if end_time is None:
+        return
+    if end_time <= moment:
+        raise InvalidArgumentError(
+            f"cron.end_time {_iso(end_time)} must be in the future (it is {_iso(moment)})"
+        )
+    tick = schedule.next_after(moment)
+    if end_time <= tick:
+        raise InvalidArgumentError(
+            f"cron.end_time {_iso(end_time)} is not after the schedule's next tick "
+            f"({_iso(tick)}): no run would start; to stop a cron, pause or delete it"
+        )
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _mask(paths: Any, cron: crons_pb2.Cron) -> list[str]:

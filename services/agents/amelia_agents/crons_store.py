@@ -64,6 +64,8 @@ class CronRow(Base):
     input: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, default=dict)
     paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    # What a tick does on a busy thread: the CreateRun's multitask strategy (migration 0006).
+    multitask_strategy: Mapped[str] = mapped_column(Text, default="reject")
     end_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     # The next tick to fire; NULL while paused or once the schedule has ended.
     next_run_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
@@ -176,20 +178,22 @@ class CronStore:
 
     async def claim(
         self,
-        cron_id: uuid.UUID,
-        due: datetime,
+        seen: CronRow,
         tick: datetime,
         missed: int,
         following: datetime | None,
         moment: datetime,
     ) -> CronRow | None:
-        """Take the tick `due` (firing as `tick`, `missed` folded in) and move the cron on to
-        `following`, in one statement: of schedulers racing on it, one gets the row."""
+        """Take the cron's due tick as `seen` (firing as `tick`, `missed` folded in) and move the
+        cron on to `following`, in one statement: of schedulers racing on it, one gets the row.
+        None also when the cron was changed since it was read (`update_time`): `tick` and
+        `following` were worked out from its old schedule and end, the next pass reads it anew."""
         statement = (
             update(CronRow)
             .where(
-                CronRow.id == cron_id,
-                CronRow.next_run_time == due,
+                CronRow.id == seen.id,
+                CronRow.next_run_time == seen.next_run_time,
+                CronRow.update_time == seen.update_time,
                 CronRow.pending_tick.is_(None),
                 CronRow.paused.is_(False),
             )

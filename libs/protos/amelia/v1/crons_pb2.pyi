@@ -33,7 +33,7 @@ class _CronOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CronOutco
     CRON_OUTCOME_FIRED: _CronOutcome.ValueType  # 1
     """A run was started."""
     CRON_OUTCOME_SKIPPED: _CronOutcome.ValueType  # 2
-    """No run: the cron's thread still had one (overlap policy SKIP)."""
+    """No run: the cron's thread still had one (multitask strategy "reject", overlap policy SKIP)."""
     CRON_OUTCOME_FAILED: _CronOutcome.ValueType  # 3
     """No run: it could not be created (the agent was deleted, the input is refused…)."""
 
@@ -45,7 +45,7 @@ CRON_OUTCOME_UNSPECIFIED: CronOutcome.ValueType  # 0
 CRON_OUTCOME_FIRED: CronOutcome.ValueType  # 1
 """A run was started."""
 CRON_OUTCOME_SKIPPED: CronOutcome.ValueType  # 2
-"""No run: the cron's thread still had one (overlap policy SKIP)."""
+"""No run: the cron's thread still had one (multitask strategy "reject", overlap policy SKIP)."""
 CRON_OUTCOME_FAILED: CronOutcome.ValueType  # 3
 """No run: it could not be created (the agent was deleted, the input is refused…)."""
 Global___CronOutcome: _TypeAlias = CronOutcome  # noqa: Y015
@@ -68,7 +68,10 @@ class CronAction(_message.Message):
     run: _builtins.str
     """The run it started (`runs/{run}`), when it fired."""
     reason: _builtins.str
-    """Why it was skipped or failed."""
+    """Why it was skipped or failed; for a run made on a busy thread, what it did to the thread's
+    run: `queued behind runs/{run}` ("enqueue"), `interrupted runs/{run}`, `rolled back
+    runs/{run}`.
+    """
     missed_ticks: _builtins.int
     """Ticks before this one that were missed while no scheduler ran, folded into this one."""
     triggered: _builtins.bool
@@ -124,6 +127,8 @@ class Cron(_message.Message):
     FAILED_COUNT_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    MULTITASK_STRATEGY_FIELD_NUMBER: _builtins.int
+    ENDED_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`crons/{cron}`."""
     agent: _builtins.str
@@ -144,6 +149,21 @@ class Cron(_message.Message):
     """Output only: ticks skipped because the thread still had a run."""
     failed_count: _builtins.int
     """Output only: ticks whose run could not be created."""
+    multitask_strategy: _builtins.str
+    """What a tick does when the cron's thread still has a queued, running or paused run (the
+    run's `multitask_strategy`, passed to the CreateRun each tick makes; LangGraph Server's
+    crons take it too): "reject" (the default, also when empty: no run, the tick recorded
+    SKIPPED; Temporal's SKIP), "enqueue" (the run waits behind the thread's runs and starts
+    when they have ended; BUFFER_ALL), "interrupt" (the thread's runs are cancelled, their
+    checkpoints kept; CANCEL_OTHER), "rollback" (the same, and they are deleted with their
+    checkpoints; TERMINATE_OTHER). A cron without a thread never overlaps: each run has a new
+    thread. Returned as stored ("reject" when it was empty).
+    """
+    ended: _builtins.bool
+    """Output only: no tick is left before `end_time` (or the end time has passed while paused):
+    the scheduler starts no more runs. The cron stays, with its counts and recent actions, until
+    deleted; UpdateCron of `end_time` or `schedule` can give it ticks again.
+    """
     @_builtins.property
     def input(self) -> _struct_pb2.Struct:
         """Each run's input, e.g. `{"message": "..."}`."""
@@ -154,7 +174,10 @@ class Cron(_message.Message):
 
     @_builtins.property
     def end_time(self) -> _timestamp_pb2.Timestamp:
-        """No tick at or after this time fires; unset: no end."""
+        """No tick at or after this time fires (LangGraph's `end_time`, Temporal's `end_at`); unset:
+        no end. It must be after now and after the schedule's next tick (else no run would start).
+        Once no tick is left the cron is `ended`, not deleted.
+        """
 
     @_builtins.property
     def next_run_time(self) -> _timestamp_pb2.Timestamp:
@@ -197,10 +220,12 @@ class Cron(_message.Message):
         failed_count: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        multitask_strategy: _builtins.str = ...,
+        ended: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "create_time", b"create_time", "end_time", b"end_time", "input", b"input", "last_run", b"last_run", "metadata", b"metadata", "next_run_time", b"next_run_time", "target", b"target", "update_time", b"update_time", "workflow", b"workflow"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "create_time", b"create_time", "end_time", b"end_time", "failed_count", b"failed_count", "fired_count", b"fired_count", "input", b"input", "last_run", b"last_run", "metadata", b"metadata", "name", b"name", "next_run_time", b"next_run_time", "paused", b"paused", "recent_actions", b"recent_actions", "schedule", b"schedule", "skipped_count", b"skipped_count", "target", b"target", "thread", b"thread", "timezone", b"timezone", "update_time", b"update_time", "workflow", b"workflow"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "create_time", b"create_time", "end_time", b"end_time", "ended", b"ended", "failed_count", b"failed_count", "fired_count", b"fired_count", "input", b"input", "last_run", b"last_run", "metadata", b"metadata", "multitask_strategy", b"multitask_strategy", "name", b"name", "next_run_time", b"next_run_time", "paused", b"paused", "recent_actions", b"recent_actions", "schedule", b"schedule", "skipped_count", b"skipped_count", "target", b"target", "thread", b"thread", "timezone", b"timezone", "update_time", b"update_time", "workflow", b"workflow"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["agent", "workflow"]  # noqa: Y015
     _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
@@ -378,8 +403,8 @@ class UpdateCronRequest(_message.Message):
 
     @_builtins.property
     def update_mask(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Fields to change: `paused`, `schedule`, `timezone`, `input`, `metadata`, `end_time`
-        (comma-separated allowed); empty: every one of them that is set.
+        """Fields to change: `paused`, `schedule`, `timezone`, `input`, `metadata`, `end_time`,
+        `multitask_strategy` (comma-separated allowed); empty: every one of them that is set.
         """
 
     def __init__(

@@ -30,8 +30,9 @@ class CronServiceStub:
     Schedules). Served by the agents service, on its address. Every agents replica runs the
     scheduler: each tick of a cron fires at most once (a run with request_id
     `cron:<cron id>:<tick>`), even when replicas race or one dies half-way. A tick whose thread
-    still has a run is skipped and recorded (Temporal's default overlap policy, SKIP); after
-    downtime the missed ticks fire once, not in a burst (catch-up with a buffer of one).
+    still has a run is skipped and recorded (the default `multitask_strategy` "reject", Temporal's
+    overlap policy SKIP), or queued behind it, or interrupts it (see `Cron.multitask_strategy`);
+    after downtime the missed ticks fire once, not in a burst (catch-up with a buffer of one).
     """
 
     def __init__(self, channel):
@@ -77,13 +78,15 @@ class CronServiceServicer:
     Schedules). Served by the agents service, on its address. Every agents replica runs the
     scheduler: each tick of a cron fires at most once (a run with request_id
     `cron:<cron id>:<tick>`), even when replicas race or one dies half-way. A tick whose thread
-    still has a run is skipped and recorded (Temporal's default overlap policy, SKIP); after
-    downtime the missed ticks fire once, not in a burst (catch-up with a buffer of one).
+    still has a run is skipped and recorded (the default `multitask_strategy` "reject", Temporal's
+    overlap policy SKIP), or queued behind it, or interrupts it (see `Cron.multitask_strategy`);
+    after downtime the missed ticks fire once, not in a burst (catch-up with a buffer of one).
     """
 
     def CreateCron(self, request, context):
         """CreateCron schedules runs of an agent or workflow. INVALID_ARGUMENT names a bad schedule,
-        timezone or input; NOT_FOUND a missing agent, workflow or thread.
+        timezone, input, multitask strategy or end time; NOT_FOUND a missing agent, workflow or
+        thread.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -105,8 +108,8 @@ class CronServiceServicer:
 
     def UpdateCron(self, request, context):
         """UpdateCron changes the fields named in the update mask: pause or unpause, schedule,
-        timezone, input, metadata, end time. A new schedule, timezone or an unpause computes the
-        next run time from now (ticks missed while paused do not fire).
+        timezone, input, metadata, end time, multitask strategy. A new schedule, timezone, end time
+        or an unpause computes the next run time from now (ticks missed while paused do not fire).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -120,8 +123,9 @@ class CronServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def TriggerCron(self, request, context):
-        """TriggerCron starts a run of the cron now, paused or not (Temporal's trigger). Its thread
-        still running a run is FAILED_PRECONDITION.
+        """TriggerCron starts a run of the cron now, paused or ended or not (Temporal's trigger), with
+        the cron's multitask strategy: its thread still running a run is FAILED_PRECONDITION under
+        "reject"; "enqueue" queues the run, "interrupt"/"rollback" stop the thread's run.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -173,8 +177,9 @@ class CronService:
     Schedules). Served by the agents service, on its address. Every agents replica runs the
     scheduler: each tick of a cron fires at most once (a run with request_id
     `cron:<cron id>:<tick>`), even when replicas race or one dies half-way. A tick whose thread
-    still has a run is skipped and recorded (Temporal's default overlap policy, SKIP); after
-    downtime the missed ticks fire once, not in a burst (catch-up with a buffer of one).
+    still has a run is skipped and recorded (the default `multitask_strategy` "reject", Temporal's
+    overlap policy SKIP), or queued behind it, or interrupts it (see `Cron.multitask_strategy`);
+    after downtime the missed ticks fire once, not in a burst (catch-up with a buffer of one).
     """
 
     @staticmethod

@@ -31,8 +31,9 @@ class CronServiceStub:
     Schedules). Served by the agents service, on its address. Every agents replica runs the
     scheduler: each tick of a cron fires at most once (a run with request_id
     `cron:<cron id>:<tick>`), even when replicas race or one dies half-way. A tick whose thread
-    still has a run is skipped and recorded (Temporal's default overlap policy, SKIP); after
-    downtime the missed ticks fire once, not in a burst (catch-up with a buffer of one).
+    still has a run is skipped and recorded (the default `multitask_strategy` "reject", Temporal's
+    overlap policy SKIP), or queued behind it, or interrupts it (see `Cron.multitask_strategy`);
+    after downtime the missed ticks fire once, not in a burst (catch-up with a buffer of one).
     """
 
     @_typing.overload
@@ -41,7 +42,8 @@ class CronServiceStub:
     def __new__(cls, channel: _aio.Channel) -> CronServiceAsyncStub: ...
     CreateCron: _grpc.UnaryUnaryMultiCallable[_crons_pb2.CreateCronRequest, _crons_pb2.CreateCronResponse]
     """CreateCron schedules runs of an agent or workflow. INVALID_ARGUMENT names a bad schedule,
-    timezone or input; NOT_FOUND a missing agent, workflow or thread.
+    timezone, input, multitask strategy or end time; NOT_FOUND a missing agent, workflow or
+    thread.
     """
     GetCron: _grpc.UnaryUnaryMultiCallable[_crons_pb2.GetCronRequest, _crons_pb2.GetCronResponse]
     """GetCron returns one cron with its next run time and recent actions."""
@@ -49,14 +51,15 @@ class CronServiceStub:
     """ListCrons pages through crons, oldest first, optionally those of one agent or thread."""
     UpdateCron: _grpc.UnaryUnaryMultiCallable[_crons_pb2.UpdateCronRequest, _crons_pb2.UpdateCronResponse]
     """UpdateCron changes the fields named in the update mask: pause or unpause, schedule,
-    timezone, input, metadata, end time. A new schedule, timezone or an unpause computes the
-    next run time from now (ticks missed while paused do not fire).
+    timezone, input, metadata, end time, multitask strategy. A new schedule, timezone, end time
+    or an unpause computes the next run time from now (ticks missed while paused do not fire).
     """
     DeleteCron: _grpc.UnaryUnaryMultiCallable[_crons_pb2.DeleteCronRequest, _crons_pb2.DeleteCronResponse]
     """DeleteCron removes a cron; the runs it started stay."""
     TriggerCron: _grpc.UnaryUnaryMultiCallable[_crons_pb2.TriggerCronRequest, _crons_pb2.TriggerCronResponse]
-    """TriggerCron starts a run of the cron now, paused or not (Temporal's trigger). Its thread
-    still running a run is FAILED_PRECONDITION.
+    """TriggerCron starts a run of the cron now, paused or ended or not (Temporal's trigger), with
+    the cron's multitask strategy: its thread still running a run is FAILED_PRECONDITION under
+    "reject"; "enqueue" queues the run, "interrupt"/"rollback" stop the thread's run.
     """
 
 @_typing.type_check_only
@@ -65,14 +68,16 @@ class CronServiceAsyncStub(CronServiceStub):
     Schedules). Served by the agents service, on its address. Every agents replica runs the
     scheduler: each tick of a cron fires at most once (a run with request_id
     `cron:<cron id>:<tick>`), even when replicas race or one dies half-way. A tick whose thread
-    still has a run is skipped and recorded (Temporal's default overlap policy, SKIP); after
-    downtime the missed ticks fire once, not in a burst (catch-up with a buffer of one).
+    still has a run is skipped and recorded (the default `multitask_strategy` "reject", Temporal's
+    overlap policy SKIP), or queued behind it, or interrupts it (see `Cron.multitask_strategy`);
+    after downtime the missed ticks fire once, not in a burst (catch-up with a buffer of one).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateCron: _aio.UnaryUnaryMultiCallable[_crons_pb2.CreateCronRequest, _crons_pb2.CreateCronResponse]  # type: ignore[assignment]
     """CreateCron schedules runs of an agent or workflow. INVALID_ARGUMENT names a bad schedule,
-    timezone or input; NOT_FOUND a missing agent, workflow or thread.
+    timezone, input, multitask strategy or end time; NOT_FOUND a missing agent, workflow or
+    thread.
     """
     GetCron: _aio.UnaryUnaryMultiCallable[_crons_pb2.GetCronRequest, _crons_pb2.GetCronResponse]  # type: ignore[assignment]
     """GetCron returns one cron with its next run time and recent actions."""
@@ -80,14 +85,15 @@ class CronServiceAsyncStub(CronServiceStub):
     """ListCrons pages through crons, oldest first, optionally those of one agent or thread."""
     UpdateCron: _aio.UnaryUnaryMultiCallable[_crons_pb2.UpdateCronRequest, _crons_pb2.UpdateCronResponse]  # type: ignore[assignment]
     """UpdateCron changes the fields named in the update mask: pause or unpause, schedule,
-    timezone, input, metadata, end time. A new schedule, timezone or an unpause computes the
-    next run time from now (ticks missed while paused do not fire).
+    timezone, input, metadata, end time, multitask strategy. A new schedule, timezone, end time
+    or an unpause computes the next run time from now (ticks missed while paused do not fire).
     """
     DeleteCron: _aio.UnaryUnaryMultiCallable[_crons_pb2.DeleteCronRequest, _crons_pb2.DeleteCronResponse]  # type: ignore[assignment]
     """DeleteCron removes a cron; the runs it started stay."""
     TriggerCron: _aio.UnaryUnaryMultiCallable[_crons_pb2.TriggerCronRequest, _crons_pb2.TriggerCronResponse]  # type: ignore[assignment]
-    """TriggerCron starts a run of the cron now, paused or not (Temporal's trigger). Its thread
-    still running a run is FAILED_PRECONDITION.
+    """TriggerCron starts a run of the cron now, paused or ended or not (Temporal's trigger), with
+    the cron's multitask strategy: its thread still running a run is FAILED_PRECONDITION under
+    "reject"; "enqueue" queues the run, "interrupt"/"rollback" stop the thread's run.
     """
 
 class CronServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -95,8 +101,9 @@ class CronServiceServicer(metaclass=_abc_1.ABCMeta):
     Schedules). Served by the agents service, on its address. Every agents replica runs the
     scheduler: each tick of a cron fires at most once (a run with request_id
     `cron:<cron id>:<tick>`), even when replicas race or one dies half-way. A tick whose thread
-    still has a run is skipped and recorded (Temporal's default overlap policy, SKIP); after
-    downtime the missed ticks fire once, not in a burst (catch-up with a buffer of one).
+    still has a run is skipped and recorded (the default `multitask_strategy` "reject", Temporal's
+    overlap policy SKIP), or queued behind it, or interrupts it (see `Cron.multitask_strategy`);
+    after downtime the missed ticks fire once, not in a burst (catch-up with a buffer of one).
     """
 
     @_abc_1.abstractmethod
@@ -106,7 +113,8 @@ class CronServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_crons_pb2.CreateCronResponse, _abc.Awaitable[_crons_pb2.CreateCronResponse]]:
         """CreateCron schedules runs of an agent or workflow. INVALID_ARGUMENT names a bad schedule,
-        timezone or input; NOT_FOUND a missing agent, workflow or thread.
+        timezone, input, multitask strategy or end time; NOT_FOUND a missing agent, workflow or
+        thread.
         """
 
     @_abc_1.abstractmethod
@@ -132,8 +140,8 @@ class CronServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_crons_pb2.UpdateCronResponse, _abc.Awaitable[_crons_pb2.UpdateCronResponse]]:
         """UpdateCron changes the fields named in the update mask: pause or unpause, schedule,
-        timezone, input, metadata, end time. A new schedule, timezone or an unpause computes the
-        next run time from now (ticks missed while paused do not fire).
+        timezone, input, metadata, end time, multitask strategy. A new schedule, timezone, end time
+        or an unpause computes the next run time from now (ticks missed while paused do not fire).
         """
 
     @_abc_1.abstractmethod
@@ -150,8 +158,9 @@ class CronServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _crons_pb2.TriggerCronRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_crons_pb2.TriggerCronResponse, _abc.Awaitable[_crons_pb2.TriggerCronResponse]]:
-        """TriggerCron starts a run of the cron now, paused or not (Temporal's trigger). Its thread
-        still running a run is FAILED_PRECONDITION.
+        """TriggerCron starts a run of the cron now, paused or ended or not (Temporal's trigger), with
+        the cron's multitask strategy: its thread still running a run is FAILED_PRECONDITION under
+        "reject"; "enqueue" queues the run, "interrupt"/"rollback" stop the thread's run.
         """
 
 def add_CronServiceServicer_to_server(servicer: CronServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
