@@ -20,6 +20,7 @@ from amelia_common.grpc_client import aio_channel
 from amelia_common.settings import Settings
 
 YEARLY = "0 0 1 1 *"
+SLOW = "offline:echo?delay_ms=100"  # 30 s for 300 words: cancelled long before
 
 
 async def _agent(http: httpx.AsyncClient) -> str:
@@ -93,6 +94,10 @@ async def test_a_cron_over_http_from_creation_to_removal(mesh: Mesh) -> None:
         ({"schedule": "0 25 * * *"}, "cron.schedule '0 25 * * *' is not a valid cron expression"),
         ({"schedule": YEARLY, "timezone": "Nowhere/Land"}, "cron.timezone 'Nowhere/Land'"),
         ({"schedule": YEARLY, "endTime": "2001-01-01T00:00:00Z"}, "cron.end_time"),
+        (
+            {"schedule": YEARLY, "endTime": "2999-01-01T00:00:00Z", "multitaskStrategy": "x"},
+            "cron.multitask_strategy 'x' is not one of: reject, enqueue, interrupt, rollback",
+        ),
     ],
 )
 async def test_bad_crons_are_400_naming_the_field(
@@ -131,3 +136,53 @@ async def test_bad_crons_over_grpc_are_invalid_argument(mesh: Mesh, infra: objec
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.UpdateCron(crons_pb2.UpdateCronRequest(cron=change, update_mask=["owner"]))
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_cron_on_a_busy_thread_follows_its_multitask_strategy_over_http(
+    mesh: Mesh,
+) -> None:
+    """enqueue: a trigger while the thread's run streams makes a run queued behind it, and the
+    action says so; the strategy and `ended` are in the cron's JSON; an unknown strategy and an
+    end that has passed or comes before the next tick are 400s naming the field."""
+    http = mesh.http
+    thread = (await http.post("/v1/threads", json={"thread": {}})).json()["thread"]["name"]
+    slow = {"message": " ".join(f"word{i}" for i in range(300)), "model": SLOW}
+    created = await http.post(
+        f"/v1/{thread}/crons",
+        json={
+            "cron": {
+                "workflow": "workflows/chat",
+                "schedule": YEARLY,
+                "input": slow,
+                "multitaskStrategy": "enqueue",
+            }
+        },
+    )
+    assert created.status_code == 200, created.text
+    cron = created.json()["cron"]
+    assert (cron["multitaskStrategy"], cron["ended"]) == ("enqueue", False)
+    first = (await http.post(f"/v1/{cron['name']}:trigger", json={})).json()["run"]
+    second = await http.post(f"/v1/{cron['name']}:trigger", json={})
+    assert second.status_code == 200, second.text
+    queued = second.json()["run"]
+    assert (queued["status"], queued["queuedBehind"]) == ("RUN_STATUS_QUEUED", first["name"])
+    action = second.json()["cron"]["recentActions"][0]
+    assert action["reason"] == f"queued behind {first['name']}", action
+    for run in (queued, first):
+        assert (await http.post(f"/v1/{run['name']}:cancel", json={})).status_code == 200
+
+    for mask, change, words in (
+        ("multitask_strategy", {"multitaskStrategy": "later"}, "'later' is not one of: reject"),
+        ("end_time", {"endTime": "2001-01-01T00:00:00Z"}, "cron.end_time 2001-01-01T00:00:00Z"),
+    ):
+        reply = await http.patch(
+            f"/v1/{cron['name']}", params={"updateMask": mask}, json={"cron": change}
+        )
+        assert reply.status_code == 400 and words in reply.json()["message"], reply.text
+    ends = await http.patch(
+        f"/v1/{cron['name']}",
+        params={"updateMask": "end_time"},
+        json={"cron": {"endTime": "2999-01-01T00:00:00Z"}},
+    )
+    assert ends.status_code == 200 and ends.json()["cron"]["endTime"], ends.text
+    assert (await http.delete(f"/v1/{cron['name']}")).status_code == 200

@@ -1,5 +1,6 @@
 """`amelia crons …`: runs on a schedule (CronService, served by the agents service) — create,
-list, show with the recent ticks, pause and resume, trigger now, remove — 80 columns wide."""
+list (the next run and the last ticks), show with the recent ticks, pause and resume, trigger
+now, remove — 80 columns wide."""
 
 from __future__ import annotations
 
@@ -33,15 +34,23 @@ Result = TypeVar("Result")
 CRON_COLUMNS = (
     Column("cron"),
     Column("schedule", wraps=True),
-    Column("state"),
-    Column("next"),
+    Column("next"),  # when, or why none: paused, ended
+    Column("last (ago)"),  # the last ticks, one line each, newest first: `fired 5m`
     Column("target", drop=1),
 )
+LAST_TICKS = 3  # in `crons ls`; `crons get` lists every recent one (up to 10)
 ACTION_COLUMNS = (
     Column("tick"),
     Column("outcome"),
     Column("run or reason", wraps=True),
 )
+# What a tick does when the cron's thread still has a run (`--multitask`).
+BUSY = {
+    "reject": "reject: the tick is skipped",
+    "enqueue": "enqueue: the run waits for the thread's run",
+    "interrupt": "interrupt: the thread's run is cancelled",
+    "rollback": "rollback: the thread's run is cancelled and deleted",
+}
 OUTCOMES = {
     crons_pb2.CRON_OUTCOME_FIRED: "fired",
     crons_pb2.CRON_OUTCOME_SKIPPED: "skipped",
@@ -80,9 +89,9 @@ def until(when: Timestamp, now: dt.datetime | None = None) -> str:
 
 
 def state(cron: crons_pb2.Cron) -> str:
-    if cron.paused:
-        return "paused"
-    return "active" if cron.HasField("next_run_time") else "ended"
+    if cron.ended:
+        return "ended"
+    return "paused" if cron.paused else "active"
 
 
 def _schedule(cron: crons_pb2.Cron) -> str:
@@ -90,9 +99,13 @@ def _schedule(cron: crons_pb2.Cron) -> str:
 
 
 def cron_row(cron: crons_pb2.Cron, now: dt.datetime | None = None) -> tuple[str, ...]:
-    upcoming = until(cron.next_run_time, now) if cron.HasField("next_run_time") else "-"
+    upcoming = until(cron.next_run_time, now) if cron.HasField("next_run_time") else state(cron)
+    ticks = "\n".join(
+        f"{OUTCOMES.get(action.outcome, '?')} {ago(action.schedule_time, now).removesuffix(' ago')}"
+        for action in cron.recent_actions[:LAST_TICKS]
+    )
     target = cron.agent or cron.workflow
-    return (cron.name, _schedule(cron), state(cron), upcoming, target)
+    return (cron.name, _schedule(cron), upcoming, ticks, target)
 
 
 def action_row(action: crons_pb2.CronAction, now: dt.datetime | None = None) -> tuple[str, ...]:
@@ -100,6 +113,8 @@ def action_row(action: crons_pb2.CronAction, now: dt.datetime | None = None) -> 
     if action.triggered:
         outcome += " (trigger)"
     detail = action.run or action.reason
+    if action.run and action.reason:  # a run on a busy thread: `queued behind runs/…`
+        detail += f" ({action.reason})"
     if action.missed_ticks:
         detail += f" ({action.missed_ticks} missed ticks before it)"
     return (ago(action.schedule_time, now), outcome, detail)
@@ -116,6 +131,7 @@ def show(cron: crons_pb2.Cron, out: Console = console, now: dt.datetime | None =
         ("schedule", f"{cron.schedule} ({cron.timezone or 'UTC'})"),
         ("state", state(cron)),
         ("next run", upcoming),
+        ("if busy", BUSY.get(cron.multitask_strategy, cron.multitask_strategy)),
         (
             "ticks",
             f"{cron.fired_count} fired, {cron.skipped_count} skipped (thread busy), "
@@ -169,9 +185,18 @@ def create(
     timezone: str = typer.Option("", "--tz", help="IANA zone the schedule is read in."),
     paused: bool = typer.Option(False, "--paused", help="Create it paused."),
     end: str = typer.Option("", help="No run at or after this ISO time (UTC if no zone)."),
+    multitask: str = typer.Option(
+        "",
+        "--multitask",
+        help="If the --thread still has a run at a tick: reject (the default: skip the tick), "
+        "enqueue (run after it), interrupt (stop it, keep its state) or rollback (stop and "
+        "delete it).",
+    ),
 ) -> None:
     """Schedule runs of an agent or workflow."""
-    cron = crons_pb2.Cron(schedule=schedule, timezone=timezone, paused=paused)
+    cron = crons_pb2.Cron(
+        schedule=schedule, timezone=timezone, paused=paused, multitask_strategy=multitask
+    )
     cron.input.update(_input(message, input_json))
     if thread:
         cron.thread = resource("threads", thread)
@@ -218,6 +243,44 @@ def get(
         console.print_json(message_text(found))
     else:
         show(found)
+
+
+@crons_app.command("update")
+def update(
+    cron: str = typer.Argument(..., help="The cron (crons/<id> or <id>)."),
+    schedule: str = typer.Option("", help="A new schedule (5 fields); the next run from now."),
+    timezone: str = typer.Option("", "--tz", help="A new IANA zone for the schedule."),
+    end: str = typer.Option("", help="A new end: no run at or after this ISO time."),
+    no_end: bool = typer.Option(False, "--no-end", help="Remove the end."),
+    multitask: str = typer.Option(
+        "", "--multitask", help="reject, enqueue, interrupt or rollback (see create)."
+    ),
+) -> None:
+    """Change a cron's schedule, zone, end or what a tick does on a busy thread."""
+    if end and no_end:
+        raise typer.BadParameter("give --end or --no-end, not both", param_hint="--end")
+    change = crons_pb2.Cron(
+        name=resource("crons", cron),
+        schedule=schedule,
+        timezone=timezone,
+        multitask_strategy=multitask,
+    )
+    end_time = _end(end)
+    if end_time is not None:
+        change.end_time.CopyFrom(end_time)
+    given = {
+        "schedule": schedule,
+        "timezone": timezone,
+        "end_time": end or no_end,
+        "multitask_strategy": multitask,
+    }
+    mask = [name for name, value in given.items() if value]
+    if not mask:
+        raise typer.BadParameter(
+            "nothing to change: give --schedule, --tz, --end, --no-end or --multitask"
+        )
+    request = crons_pb2.UpdateCronRequest(cron=change, update_mask=mask)
+    show(_call(lambda stub: stub.UpdateCron(request)).cron)
 
 
 def _set_paused(cron: str, paused: bool) -> None:
