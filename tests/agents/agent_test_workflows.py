@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -116,6 +117,38 @@ async def process_node(state: OneState) -> dict[str, Any]:
     return {"result": result.output}
 
 
+def _mark(state: OneState, what: str) -> None:
+    """A line in the shared record file: what happened, in which run's request."""
+    request = state["request"]
+    with Path(request["record"]).open("a") as f:
+        f.write(f"{request['name']} {what} {os.getpid()}\n")
+
+
+async def stubborn_node(state: OneState) -> dict[str, Any]:
+    """Waits for its `release` file; cancelled, it is slow to stop: it blocks its whole process
+    (as a stuck unwinding would, sure to outlast the executor's grace) until `unwind` exists."""
+    _mark(state, "work")
+    try:
+        while not os.path.exists(state["request"]["release"]):  # noqa: ASYNC110, ASYNC240
+            await asyncio.sleep(0.05)
+    except asyncio.CancelledError:
+        _mark(state, "cancelled")
+        while not os.path.exists(state["request"]["unwind"]):  # noqa: ASYNC240
+            time.sleep(0.05)  # noqa: ASYNC251 - on purpose: the worker cannot stop it sooner
+        _mark(state, "unwound")
+        raise
+    return {"result": "released"}
+
+
+async def then_node(state: OneState) -> dict[str, Any]:
+    _mark(state, "then")
+    return {"result": f"{state.get('result')} then"}
+
+
+def build_stubborn(_agent: dict[str, Any] | None) -> StateGraph[Any, Any, Any, Any]:
+    return linear_graph(OneState, ("work", stubborn_node), ("then", then_node))
+
+
 def _single(node: Any) -> Any:
     def build(_agent: dict[str, Any] | None) -> StateGraph[Any, Any, Any, Any]:
         return linear_graph(OneState, ("work", node))
@@ -153,3 +186,4 @@ _register(
 _register("test-raise", _single(raise_node), ["work"], lambda s: {})
 _register("test-sleep", _single(sleep_node), ["work"], lambda s: {"result": s.get("result")})
 _register("test-process", _single(process_node), ["work"], lambda s: {"result": s.get("result")})
+_register("test-stubborn", build_stubborn, ["work", "then"], lambda s: {"result": s.get("result")})

@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import grpc
-from agents_helpers import S, Stub
+from agents_helpers import S, Stub, serve_agents
 from nats.aio.client import Client as NATS
 
 from amelia_agents import queue
@@ -24,6 +24,34 @@ from amelia_common.db import create_engine, session_factory
 from amelia_common.eventlog import EventLog, StartAt
 from amelia_common.nats_client import connect_nats
 from amelia_common.settings import Settings
+
+
+def worker_env(queue_stream: str) -> dict[str, str]:
+    """The environment of a test's `python -m amelia_agents.worker` processes on its own queue,
+    with the agents tests' workflows and an ack wait of 2 s."""
+    return {
+        "RUNS_QUEUE_STREAM": queue_stream,
+        "RUN_ACK_WAIT_SECONDS": "2",
+        "AGENT_WORKFLOW_MODULES": "agent_test_workflows",
+    }
+
+
+@asynccontextmanager
+async def agents_without_workers(
+    infra: object, events_address: str, queue_stream: str, **settings: object
+) -> AsyncIterator[Stub]:
+    """An agents service with no workers of its own, on `queue_stream` (as `worker_env`)."""
+    served: Settings = infra.settings(  # type: ignore[attr-defined]
+        EVENTS_ADDRESS=events_address,
+        AGENT_WORKERS=0,
+        RUNS_QUEUE_STREAM=queue_stream,
+        RUN_ACK_WAIT_SECONDS=2,
+        AGENT_WORKFLOW_MODULES=["agent_test_workflows"],
+        **settings,
+    )
+    async with serve_agents(served) as stub:
+        yield stub
+
 
 FINISHED = (S.RUN_STATUS_COMPLETED, S.RUN_STATUS_FAILED, S.RUN_STATUS_CANCELLED)
 TERMINAL_EVENTS = ["run.completed", "run.failed", "run.cancelled"]

@@ -12,36 +12,30 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from agents_helpers import S, Stub, WorkerProcess, create_run, serve_agents, wait_status
-from faults_helpers import jobs_per_run, purge_queue, run_uuid, terminal_events
+from agents_helpers import S, Stub, WorkerProcess, create_run, wait_status
+from faults_helpers import (
+    agents_without_workers,
+    jobs_per_run,
+    purge_queue,
+    run_uuid,
+    terminal_events,
+    worker_env,
+)
 
 from amelia_common.db import libpq_url
 from amelia_common.settings import Settings
 
 HERE = Path(__file__).parent
 QUEUE = "AMELIA_RUNS_MULTITASK_FAULTS"
-ENV = {
-    "RUNS_QUEUE_STREAM": QUEUE,
-    "RUN_ACK_WAIT_SECONDS": "2",
-    "RUN_SWEEP_INTERVAL_SECONDS": "1",
-    "RUN_REQUEUE_AFTER_SECONDS": "1",
-    "AGENT_WORKFLOW_MODULES": "agent_test_workflows",
-}
+ENV = {**worker_env(QUEUE), "RUN_SWEEP_INTERVAL_SECONDS": "1", "RUN_REQUEUE_AFTER_SECONDS": "1"}
 
 
 @pytest.fixture
 async def api(infra: object, events_address: str) -> AsyncIterator[Stub]:
     """An agents service with no workers of its own, its reconciler looking every second."""
-    settings: Settings = infra.settings(  # type: ignore[attr-defined]
-        EVENTS_ADDRESS=events_address,
-        AGENT_WORKERS=0,
-        RUNS_QUEUE_STREAM=QUEUE,
-        RUN_ACK_WAIT_SECONDS=2,
-        RUN_SWEEP_INTERVAL_SECONDS=1,
-        RUN_REQUEUE_AFTER_SECONDS=1,
-        AGENT_WORKFLOW_MODULES=["agent_test_workflows"],
-    )
-    async with serve_agents(settings) as stub:
+    async with agents_without_workers(
+        infra, events_address, QUEUE, RUN_SWEEP_INTERVAL_SECONDS=1, RUN_REQUEUE_AFTER_SECONDS=1
+    ) as stub:
         yield stub
 
 

@@ -15,6 +15,16 @@ A worker's lock also waits, in the same statement, for the CreateRun still recor
 (`acquire(recorded_within=…)`: the recording lock CreateRun's transaction holds, see `store`):
 a job JetStream delivers before that commit then costs no statement more than one after it.
 
+**One executor per thread.** A worker's lock (`exclusive`) also takes, in the same statement and
+only once the run's lock is its, the run's *thread* lock: a session lock too, on the same
+connection, released with it (`pg_advisory_unlock_all`) — so a SIGKILLed worker, or a takeover
+terminating a frozen holder's backend, frees both at once. A run's status says nothing about its
+executor: a CANCELLED run's worker may still be stopping its graph (and writing its checkpoints)
+for a few seconds, while the next run of the thread is already admitted. The thread's id comes
+with the job (`queue`), else from the run's row in that statement. A holder of the run's lock
+that finds the thread held (`thread_busy`) waits for it, bounded (`wait_thread`), or gives the
+run back; a thread holder silent for the heartbeat timeout is taken over as a run's would be.
+
 **A silent holder loses the run.** PostgreSQL frees a session lock only when the connection
 dies, and a frozen process's connection does not (the kernel answers its keepalives). The
 holder's heartbeat runs `check()` every second on the lock's connection, so the backend's
@@ -59,7 +69,29 @@ _LOCK_RECORDED = (
     "pg_advisory_xact_lock_shared($3, $4)"
 )
 LOCK_NOT_AVAILABLE = "55P03"
+# A thread's lock key from its id, as `lock_key` computes it (the UUID's first 8 bytes, 63 bits).
+_SQL_KEY = "(('x' || left(replace(thread_id::text, '-', ''), 16))::bit(64)::bigint & {mask})"
+_MASK = 0x7FFFFFFFFFFFFFFF
+# The thread of a run known from its job ($2), else read from its row (not visible yet to this
+# statement's snapshot while CreateRun records it: then NULL, and the thread is taken after).
+_THREAD_KEY = (
+    f"coalesce($2::bigint, (SELECT {_SQL_KEY.format(mask=_MASK)} FROM runs WHERE id = $3))"
+)
+# The run's lock and, only once it is taken, the thread's (NULL: the thread is not known yet):
+# one statement. The subquery is not flattened (OFFSET 0), so each lock is tried once, in order.
+_LOCK_EXCLUSIVE = (
+    "SELECT run, key, CASE WHEN run THEN pg_try_advisory_lock(key) END AS thread FROM ("
+    f"SELECT pg_try_advisory_lock($1) AS run, {_THREAD_KEY} AS key OFFSET 0) taken"
+)
+_LOCK_EXCLUSIVE_RECORDED = (
+    "SELECT run, key, CASE WHEN run THEN pg_try_advisory_lock(key) END AS thread FROM ("
+    f"SELECT pg_try_advisory_lock($1) AS run, set_config('lock_timeout', $4, true), "
+    f"pg_advisory_xact_lock_shared($5, $6), {_THREAD_KEY} AS key OFFSET 0) taken"
+)
+# Waiting for the thread's lock, at most $2 (a lock_timeout for this statement alone).
+_WAIT_THREAD = "SELECT set_config('lock_timeout', $2, true), pg_advisory_lock($1)"
 _UNLOCK = "SELECT pg_advisory_unlock($1)"
+_UNLOCK_ALL = "SELECT pg_advisory_unlock_all()"
 _STATUS = "SELECT status, attempt FROM runs WHERE id = $1"
 # The backend holding the run's lock (pg_advisory_lock(bigint): classid and objid are the key's
 # high and low halves, objsubid 1): how long it has been idle, terminated (waiting up to
@@ -84,8 +116,11 @@ class LockLostError(Exception):
 
 
 def run_lock_key(run_id: uuid.UUID) -> int:
-    """A 63-bit advisory-lock key for the run."""
-    return int.from_bytes(run_id.bytes[:8], "big") & 0x7FFFFFFFFFFFFFFF
+    """A 63-bit advisory-lock key for the run (or the thread: `thread_lock_key`)."""
+    return int.from_bytes(run_id.bytes[:8], "big") & _MASK
+
+
+thread_lock_key = run_lock_key
 
 
 class RunLock:
@@ -105,6 +140,17 @@ class RunLock:
         self._checked_at: float | None = None  # and before the last check that proved it
         self._lost: LockLostError | None = None  # once lost, lost for good
         self._checking = asyncio.Lock()  # one statement at a time on the lock's connection
+        # `exclusive`: the run's thread is locked with it (one executor per thread).
+        self.exclusive = False
+        self.thread_key: int | None = None  # the thread's key, once known
+        self.thread_held = False
+        self.thread_busy = False  # the last try found the thread's lock another's
+
+    def exclusive_thread(self, thread_id: uuid.UUID | None) -> None:
+        """Take the run's thread's lock with the run's (`thread_id` if known: else it is read
+        from the run's row in the same statement)."""
+        self.exclusive = True
+        self.thread_key = thread_lock_key(thread_id) if thread_id is not None else None
 
     @property
     def held(self) -> bool:
@@ -116,13 +162,17 @@ class RunLock:
         that many seconds for its commit (then as without)."""
         conn = await self.engine.connect()
         sent = time.monotonic()
+        self.thread_held = self.thread_busy = False
         try:
             pg = await driver(conn)
-            if recorded_within is None or self.recording is None:
+            recording = self.recording if recorded_within is not None else None
+            if self.exclusive:
+                taken = await self._lock_exclusive(pg, recorded_within, recording)
+            elif recorded_within is None or recording is None:
                 taken = bool(await pg.fetchval(_LOCK, self.key))
             else:
-                space, key = self.recording
-                timeout = f"{max(int(recorded_within * 1000), 1)}ms"
+                space, key = recording
+                timeout = _ms(recorded_within)
                 taken = bool(await pg.fetchval(_LOCK_RECORDED, self.key, timeout, space, key))
         except BaseException as exc:
             # Whether the run's lock was taken before a wait timed out is not known: the
@@ -136,6 +186,58 @@ class RunLock:
             return False
         self._conn, self._pg = conn, pg
         self._taken_at = sent
+        return True
+
+    async def _lock_exclusive(
+        self, pg: Any, recorded_within: float | None, recording: tuple[int, int] | None
+    ) -> bool:
+        """The run's lock, then the thread's (`exclusive`): one statement. Whether the run's
+        was taken; `thread_held` / `thread_busy` say how the thread's went (neither: not known
+        yet, see `hold_thread`)."""
+        if recorded_within is None or recording is None:
+            found = await pg.fetchrow(_LOCK_EXCLUSIVE, self.key, self.thread_key, self.run_id)
+        else:
+            found = await pg.fetchrow(
+                _LOCK_EXCLUSIVE_RECORDED,
+                self.key,
+                self.thread_key,
+                self.run_id,
+                _ms(recorded_within),
+                *recording,
+            )
+        if found["key"] is not None:
+            self.thread_key = int(found["key"])
+        self.thread_held = found["thread"] is True
+        self.thread_busy = found["thread"] is False
+        return bool(found["run"])
+
+    async def hold_thread(self, thread_id: uuid.UUID) -> bool:
+        """Whether this holder has `thread_id`'s lock now: taken if it did not (a job whose
+        thread was not known when the run's lock was taken); False when another holds it."""
+        key = thread_lock_key(thread_id)
+        if self.thread_held and self.thread_key == key:
+            return True
+        async with self._checking:
+            if self.thread_held:  # another thread's (a job naming the wrong one): let it go
+                await self._pg.fetchval(_UNLOCK, self.thread_key)
+            self.thread_key = key
+            self.thread_held = bool(await self._pg.fetchval(_LOCK, key))
+        self.thread_busy = not self.thread_held
+        return self.thread_held
+
+    async def wait_thread(self, seconds: float) -> bool:
+        """Wait at most `seconds` for the thread's lock (`thread_busy`), on the run lock's
+        connection; whether it is this holder's now. Cancelling the task stops the wait."""
+        if self.thread_key is None or self._pg is None:
+            return False
+        try:
+            async with self._checking:
+                await self._pg.fetchval(_WAIT_THREAD, self.thread_key, _ms(seconds))
+        except Exception as exc:
+            if getattr(exc, "sqlstate", None) != LOCK_NOT_AVAILABLE:
+                raise
+            return False
+        self.thread_held, self.thread_busy = True, False
         return True
 
     def fence(self, attempt: int, lease_seconds: float) -> None:
@@ -185,6 +287,9 @@ class RunLock:
                 return str(found["status"])
         if not await self.acquire():
             raise LockLostError(f"runs/{self.run_id} is locked by another worker")
+        if self.exclusive and not self.thread_held:
+            await self.release()  # (lost for good: see `release`)
+            raise LockLostError(f"runs/{self.run_id}: its thread is another run's now")
         return await self._read_status()
 
     async def ensure_held(self) -> None:
@@ -200,11 +305,14 @@ class RunLock:
         checked = self._checked_at
         return checked is not None and time.monotonic() - checked < self.lease_seconds
 
-    async def take_over(self, silent_for: float) -> float:
+    async def take_over(self, silent_for: float, thread: bool = False) -> float:
         """Take the lock from a holder idle on its connection for `silent_for` seconds or more:
         its backend is terminated (logged). 0 once the lock is this holder's; else how many
-        seconds until its holder would have been silent that long (try again then)."""
-        high, low = self.key >> 32, self.key & 0xFFFFFFFF
+        seconds until its holder would have been silent that long (try again then). With
+        `thread`, the thread's lock (`thread_busy`), for a holder of the run's: 0 once nobody
+        holds it any more (its holder terminated: `wait_thread` takes it)."""
+        key = self.thread_key if thread and self.thread_key is not None else self.key
+        high, low = key >> 32, key & 0xFFFFFFFF
         async with self.engine.connect() as conn:
             await conn.execution_options(isolation_level="AUTOCOMMIT")
             holder = (
@@ -220,11 +328,13 @@ class RunLock:
             if silent >= silent_for:  # pg_terminate_backend gave up waiting for it to exit
                 log.warning("a silent holder's backend did not exit", run=str(self.run_id))
             return max(silent_for - silent, 0.1)
-        if not await self.acquire():  # another contender was quicker (or a new holder came)
-            return silent_for
+        if not thread and not await self.acquire():
+            return silent_for  # another contender was quicker (or a new holder came)
         if holder is not None:
             log.warning(
-                "took a run over from a holder that stopped heartbeating",
+                "took a thread over from a holder that stopped heartbeating"
+                if thread
+                else "took a run over from a holder that stopped heartbeating",
                 run=str(self.run_id),
                 silent_seconds=round(float(holder.silent), 1),
                 backend_pid=holder.pid,
@@ -232,16 +342,30 @@ class RunLock:
         return 0.0
 
     async def release(self) -> None:
+        """Let the run's lock go (and the thread's, `exclusive`: both in one statement). A
+        pick-up's writes (`still_held`) fail from now on: its graph may still be unwinding."""
         conn, pg, self._conn, self._pg = self._conn, self._pg, None, None
+        if self.attempt is not None and self._lost is None:
+            self._lost = LockLostError(f"runs/{self.run_id}: this pick-up let its lock go")
+            self._checked_at = None
+        held_thread, self.thread_held = self.thread_held, False
         if conn is None:
             return
         try:
-            await pg.fetchval(_UNLOCK, self.key)
+            if held_thread:
+                await pg.fetchval(_UNLOCK_ALL)
+            else:
+                await pg.fetchval(_UNLOCK, self.key)
         except Exception:  # noqa: BLE001 - never hand a pooled connection back still locked
             await discard(conn)
             return
         with contextlib.suppress(Exception):
             await conn.close()
+
+
+def _ms(seconds: float) -> str:
+    """A lock_timeout of `seconds` (at least 1 ms)."""
+    return f"{max(int(seconds * 1000), 1)}ms"
 
 
 # What the pick-up of this task holds (`holding`), for `still_held`.

@@ -35,7 +35,7 @@ from nats.js import JetStreamContext
 from sqlalchemy import text
 
 from amelia_agents import queue
-from amelia_agents.locks import RunLock, held_lock
+from amelia_agents.locks import RunLock, held_lock, thread_lock_key
 from amelia_agents.models import ACTIVE_STATES
 from amelia_agents.store import Store
 from amelia_common.errors import InvalidArgumentError
@@ -97,7 +97,8 @@ async def settle(
         if lock is not None:
             await lock.release()
     if admitted is not None:
-        await queue.enqueue(js, settings, admitted, f"admitted-{uuid.uuid4().hex[:12]}")
+        key = f"admitted-{uuid.uuid4().hex[:12]}"
+        await queue.enqueue(js, settings, admitted, key, thread_id)
         log.info("run admitted on its thread", run=str(admitted), thread=str(thread_id))
     return admitted
 
@@ -123,6 +124,37 @@ async def settle_quietly(
             thread=str(thread_id),
             error=str(exc) or repr(exc),
         )
+
+
+# The run of the thread whose executor holds the thread's lock (`locks`: its backend holds the
+# thread's key and that run's, each a one-key advisory lock: classid, objid its halves), other
+# than :run.
+_STOPPING = text(
+    """
+    SELECT r.id FROM pg_locks t
+    JOIN pg_locks l ON l.pid = t.pid AND l.locktype = 'advisory' AND l.granted
+        AND l.objsubid = 1 AND l.database = t.database
+    JOIN runs r ON r.thread_id = :thread AND r.id <> :run
+        AND l.classid::bigint = (('x' || left(replace(r.id::text, '-', ''), 8))::bit(32)::bigint
+            & 2147483647)
+        AND l.objid::bigint = ('x' || substr(replace(r.id::text, '-', ''), 9, 8))::bit(32)::bigint
+    WHERE t.locktype = 'advisory' AND t.granted AND t.objsubid = 1
+        AND t.classid::bigint = :high AND t.objid::bigint = :low
+        AND t.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+    LIMIT 1
+    """
+)
+
+
+async def stopping_run(store: Store, run_id: uuid.UUID, thread_id: uuid.UUID) -> uuid.UUID | None:
+    """The run of the thread still being executed — ended, its worker stopping it — that a
+    QUEUED run of it waits for before a worker can start it (`locks`: one executor per
+    thread); None when no other run's executor holds the thread. For GetRun's `queued_behind`."""
+    key = thread_lock_key(thread_id)
+    params = {"thread": thread_id, "run": run_id, "high": key >> 32, "low": key & 0xFFFFFFFF}
+    async with store.autocommit.connect() as conn:
+        found = (await conn.execute(_STOPPING, params)).scalar()
+    return found if isinstance(found, uuid.UUID) else None
 
 
 # A rolled back run's checkpoints (those whose metadata names it, see `steps`) and their

@@ -5,7 +5,7 @@ Subjects (the only place they are defined):
 - `amelia.jobs.<RUNS_QUEUE_STREAM>.<run uuid>` — a run's jobs (stream `RUNS_QUEUE_STREAM`,
   work-queue retention, file storage). One subject per run, so whether a run has a job waiting
   is one question to JetStream: the reconciler (`sweeper`) asks it before re-queuing a run. Each
-  message is `{"run": "<uuid>"}`; the durable pull consumer `agent-workers` is shared by every
+  message is `{"run": "<uuid>", "thread": "<uuid>"}` (the thread, when the sender knew it); the durable pull consumer `agent-workers` is shared by every
   worker, so each message goes to one worker at a time. A worker heartbeats with
   `in_progress()` while it runs (the ack wait is `RUN_ACK_WAIT_SECONDS`) and acks when the run
   is paused or finished — never while it is still QUEUED or RUNNING; a worker that dies stops
@@ -97,13 +97,26 @@ async def ensure_queue(js: JetStreamContext, settings: Settings) -> None:
             )
 
 
-async def enqueue(js: JetStreamContext, settings: Settings, run_id: uuid.UUID, key: str) -> None:
+async def enqueue(
+    js: JetStreamContext,
+    settings: Settings,
+    run_id: uuid.UUID,
+    key: str,
+    thread_id: uuid.UUID | None = None,
+) -> None:
     """Queue a job for the run; `key` dedups retries (e.g. `start`, `resume-2`) within two
-    minutes. Raises `UnavailableError("NATS")` when JetStream did not acknowledge it."""
+    minutes. `thread_id`, the run's thread, lets the worker lock the thread with the run in one
+    statement before the run is visible (`locks`). Raises `UnavailableError("NATS")` when
+    JetStream did not acknowledge it."""
+    job = (
+        {"run": str(run_id)}
+        if thread_id is None
+        else {"run": str(run_id), "thread": str(thread_id)}
+    )
     try:
         await js.publish(
             job_subject(settings, run_id),
-            json.dumps({"run": str(run_id)}).encode(),
+            json.dumps(job).encode(),
             stream=settings.RUNS_QUEUE_STREAM,
             headers={"Nats-Msg-Id": f"{run_id}:{key}", **telemetry.nats_headers()},
         )
@@ -136,11 +149,17 @@ async def has_job(js: JetStreamContext, settings: Settings, run_id: uuid.UUID) -
     return True
 
 
-def parse_job(payload: bytes) -> uuid.UUID | None:
+def parse_job(payload: bytes) -> tuple[uuid.UUID | None, uuid.UUID | None]:
+    """The job's run (None: malformed) and its thread (None: not given, as earlier versions)."""
     try:
-        return uuid.UUID(json.loads(payload)["run"])
+        job = json.loads(payload)
+        run_id = uuid.UUID(job["run"])
     except (ValueError, KeyError, TypeError):
-        return None
+        return None, None
+    try:
+        return run_id, uuid.UUID(job["thread"])
+    except (ValueError, KeyError, TypeError):
+        return run_id, None
 
 
 async def request_cancel(nc: NATS, run_id: uuid.UUID, reason: str, timeout: float) -> bool:

@@ -7,7 +7,10 @@ A worker loop fetches one job at a time from the shared durable consumer. For ea
    or two jobs of one run exist; the lock dies with a killed worker's connection) — in the same
    statement waiting for the CreateRun still recording the run, if any: CreateRun queues the
    job just before it commits, so a job can arrive before its run is visible, and CreateRun's
-   transaction holds the run's recording lock;
+   transaction holds the run's recording lock — and its thread's lock (one executor per thread:
+   a run that ended, CANCELLED, may still be stopping in its worker). A thread held by another
+   executor is waited for, bounded (`THREAD_WAIT_SECONDS`, the job kept), else the job is given
+   back for THREAD_BUSY_RETRY_SECONDS: not a pick-up, the run stays QUEUED, unclaimed;
 3. claims the run (QUEUED/RUNNING → RUNNING, attempt and pick-up + 1) and does with the job what
    `runstate.after_claim` says: a paused or finished run's job is acked and skipped, after
    re-publishing its end if a crash lost it; a job is never acked while its run is still QUEUED
@@ -81,6 +84,10 @@ CLAIM_RETRY_DELAYS = (0.0, 0.0, 0.02, 0.05, 0.1, 0.2)
 NOT_VISIBLE_RETRY_SECONDS = 0.5
 # The reconciler holds a lock for an instant: look again before waiting a whole ack wait.
 LOCK_RETRY_DELAYS = (0.0, 0.05, 0.2)
+# A run whose thread another executor still holds (`locks`): waited for this long at most (and
+# half an ack wait), the job kept; then given back for this long, and so on until it is free.
+THREAD_WAIT_SECONDS = 5.0
+THREAD_BUSY_RETRY_SECONDS = 0.5
 # A loop whose fetch (or anything else) fails waits this long, doubling up to the maximum.
 LOOP_BACKOFF_SECONDS = 0.2
 LOOP_BACKOFF_MAX_SECONDS = 5.0
@@ -219,21 +226,24 @@ class WorkerPool:
 
     async def handle(self, msg: Msg, worker: str) -> None:
         """Take one job, in a span continuing the trace of whoever queued it."""
-        run_id = queue.parse_job(msg.data)
+        run_id, thread_id = queue.parse_job(msg.data)
         with telemetry.consumer_span(
             f"{self.deps.settings.RUNS_QUEUE_STREAM} process",
             msg.headers,
             {"messaging.system": "nats", "amelia.run": str(run_id), "amelia.worker": worker},
         ):
-            await self._handle(msg, run_id, worker)
+            await self._handle(msg, run_id, thread_id, worker)
 
-    async def _handle(self, msg: Msg, run_id: uuid.UUID | None, worker: str) -> None:
+    async def _handle(
+        self, msg: Msg, run_id: uuid.UUID | None, thread_id: uuid.UUID | None, worker: str
+    ) -> None:
         if run_id is None:
             log.warning("dropping a malformed job", data=msg.data[:200])
             await msg.term()
             return
         attempt = Attempt()
         lock = self.deps.store.run_lock(run_id)
+        lock.exclusive_thread(thread_id)  # one executor per thread too (`locks`)
         sub = None
         try:
             sub = await self.deps.nc.subscribe(
@@ -245,6 +255,9 @@ class WorkerPool:
                 retry_in = min(retry_in, self.deps.settings.RUN_ACK_WAIT_SECONDS)
                 log.info("run held by another worker", run=str(run_id), retry_in=round(retry_in, 2))
                 await msg.nak(delay=retry_in)
+                return
+            if lock.thread_busy and not await self._wait_for_thread(msg, lock):
+                await self._thread_busy(msg, lock)
                 return
             await self._execute(msg, run_id, attempt, worker, lock)
         except asyncio.CancelledError:
@@ -292,6 +305,32 @@ class WorkerPool:
                 return 0.0
         return await lock.take_over(self.deps.settings.RUN_HEARTBEAT_TIMEOUT_SECONDS)
 
+    async def _wait_for_thread(self, msg: Msg, lock: RunLock) -> bool:
+        """The run's lock is this worker's, its thread's another executor's (a run of the
+        thread that ended, its worker still stopping it): wait for it, bounded (the job is
+        kept meanwhile), taking it over from a holder silent for the heartbeat timeout.
+        Whether the thread is this worker's now."""
+        settings = self.deps.settings
+        wait = min(THREAD_WAIT_SECONDS, settings.RUN_ACK_WAIT_SECONDS / 2)
+        with contextlib.suppress(Exception):
+            await msg.in_progress()
+        if await lock.wait_thread(wait):
+            return True
+        if await lock.take_over(settings.RUN_HEARTBEAT_TIMEOUT_SECONDS, thread=True):
+            return False
+        return await lock.wait_thread(wait)  # its silent holder is gone
+
+    async def _thread_busy(self, msg: Msg, lock: RunLock) -> None:
+        """Give the job back, not a pick-up (the run stays QUEUED, unclaimed): its thread is
+        still another executor's. It comes back in THREAD_BUSY_RETRY_SECONDS."""
+        await lock.release()
+        log.info(
+            "run's thread still held by another executor; the run waits",
+            run=str(lock.run_id),
+            retry_in=THREAD_BUSY_RETRY_SECONDS,
+        )
+        await msg.nak(delay=THREAD_BUSY_RETRY_SECONDS)
+
     def _retry_delay(self, msg: Msg) -> float:
         settings = self.deps.settings
         delivered = max(msg.metadata.num_delivered or 1, 1)
@@ -336,6 +375,9 @@ class WorkerPool:
         row = await self._claim(msg, run_id, worker)
         if row is None:
             return
+        if not await lock.hold_thread(row.thread_id) and not await self._wait_for_thread(msg, lock):
+            # (A job that did not name its thread, for a run not visible when it was locked.)
+            raise HandoverError(f"runs/{run_id}'s thread is held by another executor")
         # This pick-up is the run's `row.attempt`: a takeover claims again (see `locks`).
         lock.fence(row.attempt, deps.settings.RUN_HEARTBEAT_TIMEOUT_SECONDS / 2)
         if row.pickups > deps.settings.RUN_MAX_ATTEMPTS:
