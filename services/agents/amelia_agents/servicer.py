@@ -212,7 +212,7 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         """Queue a job for a run already recorded. If NATS does not take it, the run stays
         QUEUED and the reconciler (`sweeper`) queues it once NATS is back: nothing is lost."""
         try:
-            await queue.enqueue(self.js, self.settings, row.id, key)
+            await queue.enqueue(self.js, self.settings, row.id, key, row.thread_id)
         except UnavailableError as exc:
             log.warning(
                 "run recorded but not queued yet; the reconciler will queue it",
@@ -320,7 +320,7 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         happens: FAILED_PRECONDITION, or the run waits behind the thread's run."""
 
         async def queue_it() -> None:
-            await queue.enqueue(self.js, self.settings, row.id, "start")
+            await queue.enqueue(self.js, self.settings, row.id, "start", row.thread_id)
             if then is not None:
                 await then()
 
@@ -409,7 +409,13 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         self, request: agents_pb2.GetRunRequest, context: Ctx
     ) -> agents_pb2.GetRunResponse:
         row = await self._get_run(request.name)
-        return agents_pb2.GetRunResponse(run=convert.run_to_proto(row))
+        run = convert.run_to_proto(row)
+        if row.status == RunState.QUEUED.value and row.queued_behind is None:
+            # Its thread's previous run ended but its worker is still stopping it (`locks`).
+            stopping = await multitask.stopping_run(self.store, row.id, row.thread_id)
+            if stopping is not None:
+                run.queued_behind = convert.run_name(stopping)
+        return agents_pb2.GetRunResponse(run=run)
 
     async def ListRuns(
         self, request: agents_pb2.ListRunsRequest, context: Ctx
