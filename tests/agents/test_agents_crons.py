@@ -326,6 +326,12 @@ async def test_enqueue_on_a_busy_thread_queues_the_run_which_runs_once_the_threa
     ended = await wait_status(env.stub, busy.name, S.RUN_STATUS_CANCELLED)
     assert started_after_end(ended, ran)
     await env.stub.CancelRun(S.CancelRunRequest(name=ran.name))
+    await wait_status(env.stub, ran.name, S.RUN_STATUS_CANCELLED)
+    env.clock.now = at(10)  # the thread is free: the run starts, nothing is said of a wait
+    [action] = await env.scheduler().run_once()
+    assert (action.outcome, action.reason) == ("FIRED", "")
+    free = await wait_status(env.stub, action.run, S.RUN_STATUS_PAUSED)
+    await env.stub.CancelRun(S.CancelRunRequest(name=free.name))
 
 
 async def test_interrupt_on_a_busy_thread_cancels_the_running_run_and_runs_the_crons(

@@ -173,3 +173,79 @@ def test_the_list_pages_with_more(browser: Browser, mesh: Mesh) -> None:
     finally:
         for name in made:
             mesh.request("DELETE", f"/v1/{name}")
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_the_list_refreshes_itself_with_the_last_ticks_and_the_busy_strategy(
+    size: str, browser: Browser, mesh: Mesh, artifacts: Path
+) -> None:
+    """A cron on a thread, made through the API, shows what a tick does when the thread is busy
+    and its end; triggered through the API (another tab, the CLI), its card shows the tick and
+    the run it made, and a cron made elsewhere is listed, without a reload."""
+    agent = _agent(mesh)
+    first = _run(mesh, "chat", input={"message": "hello", "model": "offline:echo"})
+    _wait_run(mesh, first["name"], "RUN_STATUS_COMPLETED")
+    cron = mesh.post(
+        f"/v1/{first['thread']}/crons",
+        {
+            "cron": {
+                "agent": agent,
+                "schedule": "0 3 * * *",
+                "input": {"message": "digest"},
+                "multitaskStrategy": "enqueue",
+                "endTime": "2099-12-31T23:00:00Z",
+            }
+        },
+    )["cron"]
+    made = [cron["name"]]
+    try:
+        with _checked_page(browser, mesh, SIZES[size]) as page:
+            page.goto("/#/crons")
+            card = page.locator(f'#crons-list li[data-cron="{cron["name"]}"]')
+            expect(card.locator("[data-field=multitask]")).to_have_text("Run after it (enqueue)")
+            expect(card.locator("[data-field=end]")).to_contain_text("2099")
+            expect(card.locator("[data-field=recent]")).to_have_text("none yet")
+            page.evaluate("window.notReloaded = true")
+
+            run = mesh.post(f"/v1/{cron['name']}:trigger", {})["run"]["name"]
+            recent = card.locator("[data-field=recent] li")
+            expect(recent).to_have_count(1, timeout=20_000)
+            expect(recent.first).to_contain_text("fired")
+            expect(recent.first).not_to_contain_text("queued behind")  # the thread was free
+            run_id = run.split("/")[-1]
+            expect(recent.first.locator("a")).to_have_attribute("href", f"#/runs/{run_id}")
+            expect(card.locator("[data-field=counts]")).to_have_text(
+                "1 fired · 0 skipped · 0 failed"
+            )
+            _wait_run(mesh, run, "RUN_STATUS_COMPLETED")
+
+            other = mesh.post(
+                "/v1/crons",
+                {"cron": {"agent": agent, "schedule": "30 4 * * 1", "input": {"message": "x"}}},
+            )["cron"]["name"]
+            made.append(other)
+            expect(page.locator(f'#crons-list li[data-cron="{other}"]')).to_have_count(
+                1, timeout=20_000
+            )
+            assert page.evaluate("window.notReloaded") is True
+            card.scroll_into_view_if_needed()
+            _fits(page, f"the refreshed list at {size}")
+            shot(page, artifacts, f"crons-{size}-refreshed")
+
+            # The form's busy-thread choice and end go to the API.
+            _fill_form(page, agent, "15 6 * * *", str(first["thread"]))
+            page.select_option("#cron-multitask", "interrupt")
+            page.fill("#cron-end", "2098-06-01T09:30")
+            page.click("#cron-create")
+            new = page.locator("#crons-list li.cron").first
+            expect(new.locator("[data-field=multitask]")).to_have_text(
+                "Stop it and run (interrupt)"
+            )
+            created = mesh.get(f"/v1/{new.get_attribute('data-cron')}")["cron"]
+            made.append(created["name"])
+            assert created["multitaskStrategy"] == "interrupt"
+            assert created["endTime"].startswith("2098-06-01")
+            shot(page, artifacts, f"crons-{size}-form-busy-end")
+    finally:
+        for name in made:
+            mesh.request("DELETE", f"/v1/{name}")

@@ -145,7 +145,7 @@ class CronScheduler:
         try:
             run = await self.start_run(run_request(row, request_id))
             action.run = run.name
-            action.reason = busy_reason(run)
+            action.reason = await busy_reason(self.runs, run)
         except FailedPreconditionError as exc:
             # The thread is busy, unless that busy run is this tick's own (a racing retry).
             existing = await self.runs.run_by_request_id(request_id)
@@ -173,10 +173,16 @@ class CronScheduler:
 BUSY = {"enqueue": "queued behind", "interrupt": "interrupted", "rollback": "rolled back"}
 
 
-def busy_reason(run: agents_pb2.Run) -> str:
+async def busy_reason(runs: Store, run: agents_pb2.Run) -> str:
     """`queued behind runs/X` / `interrupted runs/X` / `rolled back runs/X` for a run created
-    waiting for the thread's run (which an interrupt or rollback stops); empty otherwise."""
+    while the thread's run X was active (an interrupt or rollback stops it); empty otherwise. A
+    run with a strategy is recorded behind the thread's latest run even when that one has
+    ended (`multitask`), and admitted at once: the thread was free, nothing to say."""
     if not run.queued_behind:
+        return ""
+    behind = await runs.get_run(uuid.UUID(run.queued_behind.removeprefix("runs/")))
+    created = run.create_time.ToDatetime(tzinfo=UTC)
+    if behind is not None and behind.end_time is not None and behind.end_time <= created:
         return ""
     return f"{BUSY.get(run.multitask_strategy, 'queued behind')} {run.queued_behind}"
 

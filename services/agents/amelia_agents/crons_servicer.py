@@ -257,7 +257,7 @@ class CronServicer(crons_pb2_grpc.CronServiceServicer):
             moment,
             "FIRED",
             run=run.name,
-            reason=busy_reason(run),
+            reason=await busy_reason(self.agents.store, run),
             triggered=True,
             action_time=moment,
         )

@@ -1,16 +1,30 @@
 // Crons (scheduled runs, LangGraph Server's crons / Temporal's Schedules): the list, paged with
-// the API's tokens, each cron as a card with its schedule, next and last run and what became of
-// its ticks, with Pause/Resume, Trigger now (a link to the run it made) and Delete (confirmed
-// inline); and a form to create one, showing the service's refusal next to the field it names.
+// the API's tokens and refreshed while the screen is open (a tick that fired shows without a
+// reload), each cron as a card with its schedule, next run (or why none: paused, ended), its last
+// ticks with the runs they made, what a tick does on a busy thread, with Pause/Resume, Trigger
+// now (a link to the run it made) and Delete (confirmed inline); and a form to create one,
+// showing the service's refusal next to the field it names.
 
 import { errorNotice, formatTime, h, idOf, uuid } from "../dom.js";
+import { poll } from "../poll.js";
 
 const PAGE_SIZE = 20;
+const POLL_MS = 5000;
+const RECENT_SHOWN = 5; // of the 10 recent actions a cron keeps
+const OUTCOMES = { CRON_OUTCOME_FIRED: "fired", CRON_OUTCOME_SKIPPED: "skipped", CRON_OUTCOME_FAILED: "failed" };
+// What a tick does when the cron's thread still has a run (the runs' multitask strategies).
+const STRATEGIES = [
+  ["reject", "Skip the tick (reject)"],
+  ["enqueue", "Run after it (enqueue)"],
+  ["interrupt", "Stop it and run (interrupt)"],
+  ["rollback", "Stop it, delete it and run (rollback)"],
+];
+const FIELDS = { workflow: "agent", multitask_strategy: "multitask", end_time: "end" };
 
 /** The form field an INVALID_ARGUMENT / NOT_FOUND message names (`cron.schedule '…' must…`). */
 function fieldOf(message) {
-  const named = /\bcron\.(schedule|timezone|input|thread|agent|workflow)\b/.exec(message);
-  if (named) return named[1] === "workflow" ? "agent" : named[1];
+  const named = /\bcron\.(schedule|timezone|input|thread|agent|workflow|multitask_strategy|end_time)\b/.exec(message);
+  if (named) return FIELDS[named[1]] || named[1];
   if (/\bthreads\//.test(message)) return "thread";
   if (/\b(agents|workflows)\//.test(message)) return "agent";
   return "";
@@ -24,6 +38,24 @@ function runLink(run, text) {
   return h("a", { href: `#/runs/${idOf(run)}`, class: "mono" }, text || idOf(run).slice(0, 8));
 }
 
+/** The cron's latest ticks, newest first: when, what became of it, its run (or why none). */
+function recentList(cron) {
+  const actions = (cron.recentActions || []).slice(0, RECENT_SHOWN);
+  if (!actions.length) return "none yet";
+  return h("ol", { class: "cron-recent" }, ...actions.map((action) => {
+    const outcome = OUTCOMES[action.outcome] || "?";
+    const detail = action.run ? [runLink(action.run), action.reason ? ` ${action.reason}` : ""] : action.reason || "";
+    return h("li", { dataset: { outcome } }, formatTime(action.scheduleTime), " ",
+      h("span", { class: `badge ${outcome === "fired" ? "ok" : outcome === "failed" ? "bad" : "warn"}` },
+        action.triggered ? `${outcome} (trigger)` : outcome), " ", detail);
+  }));
+}
+
+function strategyText(cron) {
+  const found = STRATEGIES.find(([value]) => value === (cron.multitaskStrategy || "reject"));
+  return found ? found[1] : cron.multitaskStrategy;
+}
+
 function kv(rows) {
   return h("dl", { class: "kv" }, ...rows.flatMap(([term, value, key]) => [h("dt", {}, term), h("dd", { dataset: { field: key } }, value)]));
 }
@@ -31,16 +63,18 @@ function kv(rows) {
 function cronCard(ctx, cron, onRemoved) {
   const card = h("li", { class: "card cron", dataset: { cron: cron.name } });
   const message = h("div", { "aria-live": "polite", class: "cron-message" });
+  let drawn = "";
 
   function draw(current) {
     cron = current;
+    drawn = JSON.stringify(current);
     const thread = cron.thread
       ? h("a", { href: `#/threads/${idOf(cron.thread)}`, class: "mono break" }, idOf(cron.thread))
       : "new thread each run";
     const last = cron.lastRun && cron.lastRun.run
       ? [runLink(cron.lastRun.run), " ", formatTime(cron.lastRun.scheduleTime)]
       : "none yet";
-    const next = cron.paused ? "paused" : cron.nextRunTime ? formatTime(cron.nextRunTime) : "none (the schedule has ended)";
+    const next = cron.ended ? "none (the schedule has ended)" : cron.paused ? "paused" : cron.nextRunTime ? formatTime(cron.nextRunTime) : "none";
     const pause = h("button", { type: "button", class: "small", dataset: { action: "pause" } }, cron.paused ? "Resume" : "Pause");
     const trigger = h("button", { type: "button", class: "small", dataset: { action: "trigger" } }, "Trigger now");
     const remove = h("button", { type: "button", class: "small danger", dataset: { action: "delete" } }, "Delete");
@@ -79,12 +113,16 @@ function cronCard(ctx, cron, onRemoved) {
     const counts = `${cron.firedCount || 0} fired · ${cron.skippedCount || 0} skipped · ${cron.failedCount || 0} failed`;
     card.replaceChildren(
       h("h2", { class: "mono break" }, `${cron.schedule} `, h("span", { class: "muted" }, cron.timezone || "UTC"),
-        cron.paused ? [" ", h("span", { class: "badge warn" }, "Paused")] : null),
+        cron.ended ? [" ", h("span", { class: "badge info" }, "Ended")]
+          : cron.paused ? [" ", h("span", { class: "badge warn" }, "Paused")] : null),
       kv([
         ["Runs", h("span", { class: "mono break" }, idOf(targetOf(cron))), "target"],
         ["Thread", thread, "thread"],
+        ...(cron.thread ? [["If busy", strategyText(cron), "multitask"]] : []),
         ["Next run", next, "next"],
+        ...(cron.endTime ? [["Ends", formatTime(cron.endTime), "end"]] : []),
         ["Last run", last, "last"],
+        ["Last ticks", recentList(cron), "recent"],
         ["Ticks", counts, "counts"],
         ["Cron", h("span", { class: "mono break" }, idOf(cron.name)), "name"],
       ]),
@@ -103,6 +141,16 @@ function cronCard(ctx, cron, onRemoved) {
     }
   }
 
+  /** A newer copy of the cron from the list's refresh: drawn unless the user is mid-action
+   * (deleting, or a request under way); the focused button keeps the focus. */
+  card.refresh = (current) => {
+    if (JSON.stringify(current) === drawn) return;
+    const asking = card.querySelector(".cancel-confirm:not([hidden])");
+    if (asking || card.querySelector("button:disabled")) return;
+    const focused = card.contains(document.activeElement) ? document.activeElement.dataset.action : "";
+    draw(current);
+    if (focused) card.querySelector(`button[data-action="${focused}"]`)?.focus();
+  };
   draw(cron);
   return card;
 }
@@ -129,6 +177,9 @@ function createForm(ctx, onCreated) {
       "minute hour day-of-month month day-of-week"),
     field("timezone", "Time zone", h("input", { type: "text", spellcheck: "false", placeholder: "UTC" }), "IANA, e.g. Europe/Paris; empty: UTC"),
     field("thread", "Thread", h("input", { type: "text", spellcheck: "false", placeholder: "threads/…" }), "optional; empty: a new thread each run"),
+    field("multitask", "If the thread is busy", h("select", {}, ...STRATEGIES.map(([value, text]) => h("option", { value }, text))),
+      "what a tick does while the thread still has a run"),
+    field("end", "Ends", h("input", { type: "datetime-local" }), "optional, your local time: no run at or after it"),
     field("input", "Input (JSON)", input),
     general,
     h("div", { class: "actions" }, submit));
@@ -162,6 +213,16 @@ function createForm(ctx, onCreated) {
     else cron.workflow = chosen;
     const thread = fields.thread.value.trim();
     if (thread) cron.thread = thread.startsWith("threads/") ? thread : `threads/${thread}`;
+    cron.multitaskStrategy = fields.multitask.value;
+    if (fields.end.value) {
+      const end = new Date(fields.end.value);
+      if (Number.isNaN(end.getTime())) {
+        showError("end", new Error("Not a date and time"));
+        fields.end.focus();
+        return;
+      }
+      cron.endTime = end.toISOString();
+    }
     try {
       cron.input = input.value.trim() ? JSON.parse(input.value) : {};
     } catch (err) {
@@ -194,38 +255,68 @@ export function mount(main, ctx) {
     "No crons yet. Create one with the form below, with ", h("code", {}, "amelia crons create"), " or ", h("code", {}, "POST /v1/crons"), ".");
   let token = "";
   let stopped = false;
+  let queue = Promise.resolve(); // More and the refresh, one at a time: neither undoes the other
+  const createdHere = new Set(); // shown at the top, where the form put them
 
   function showEmpty() {
     empty.hidden = list.children.length > 0;
   }
 
-  async function load(append = false) {
-    try {
-      const response = await ctx.api.listCrons({ pageSize: PAGE_SIZE, pageToken: append ? token : "" });
-      if (stopped) return;
-      error.replaceChildren();
-      token = response.nextPageToken || "";
-      more.hidden = !token;
-      // A cron created here is shown at once, at the top: a later page must not list it again.
-      const shown = new Set([...list.children].map((card) => card.dataset.cron));
-      const crons = (response.crons || []).filter((cron) => !append || !shown.has(cron.name));
-      const cards = crons.map((cron) => cronCard(ctx, cron, showEmpty));
-      if (append) list.append(...cards);
-      else list.replaceChildren(...cards);
-      showEmpty();
-    } catch (err) {
-      if (!stopped) error.replaceChildren(errorNotice(err));
+  function serially(work) {
+    queue = queue.then(work, work);
+    return queue;
+  }
+
+  function cardFor(cron, cards) {
+    const card = cards.get(cron.name);
+    if (!card) return cronCard(ctx, cron, showEmpty);
+    card.refresh(cron);
+    return card;
+  }
+
+  /** The next page (More), or, from the top, as many crons as are shown (the first load and each
+   * refresh): cards kept (a message, a confirmation in progress), updated, added, removed. */
+  async function load(append = false, signal = undefined) {
+    const pageSize = append ? PAGE_SIZE : Math.min(1000, Math.max(PAGE_SIZE, list.children.length));
+    const response = await ctx.api.listCrons({ pageSize, pageToken: append ? token : "" });
+    if (stopped || signal?.aborted) return;
+    error.replaceChildren();
+    token = response.nextPageToken || "";
+    more.hidden = !token;
+    const cards = new Map([...list.children].map((card) => [card.dataset.cron, card]));
+    const crons = (response.crons || []).filter((cron) => !append || !cards.has(cron.name));
+    if (append) {
+      list.append(...crons.map((cron) => cronCard(ctx, cron, showEmpty)));
+    } else {
+      const listed = crons.filter((cron) => !createdHere.has(cron.name)).map((cron) => cardFor(cron, cards));
+      const mine = [];
+      for (const name of createdHere) {
+        const found = crons.find((cron) => cron.name === name);
+        if (!found && !token) createdHere.delete(name); // every cron was listed: it is gone
+        else if (cards.has(name)) mine.push(cards.get(name));
+        if (found && cards.has(name)) cards.get(name).refresh(found);
+      }
+      list.replaceChildren(...mine, ...listed);
     }
+    showEmpty();
   }
 
   const form = createForm(ctx, (cron) => {
+    createdHere.add(cron.name);
     list.prepend(cronCard(ctx, cron, showEmpty));
     showEmpty();
   });
-  more.addEventListener("click", () => load(true));
+  more.addEventListener("click", () => serially(() => load(true)).catch((err) => {
+    if (!stopped) error.replaceChildren(errorNotice(err));
+  }));
   main.append(h("h1", {}, "Crons"),
-    h("p", { class: "hint" }, "Runs of an agent or workflow on a schedule. A tick whose thread still has a run is skipped; Trigger now starts one at once, paused or not."),
+    h("p", { class: "hint" }, "Runs of an agent or workflow on a schedule. A tick whose thread still has a run is skipped, waits or stops that run, as the cron's \u201cif busy\u201d says; Trigger now starts one at once, paused or not. The list refreshes itself."),
     error, empty, list, h("div", { class: "pager" }, more), form);
-  load();
-  return () => { stopped = true; };
+  const stopPolling = poll(POLL_MS, (signal) => serially(() => load(false, signal)), (err) => {
+    if (!stopped) error.replaceChildren(errorNotice(err));
+  });
+  return () => {
+    stopped = true;
+    stopPolling();
+  };
 }
