@@ -23,6 +23,8 @@ from amelia_cli.tui.events_view import EventsScreen
 from amelia_cli.tui.run_view import RunScreen
 from amelia_cli.tui.runs import RunsScreen
 from amelia_cli.tui.start import StartRunScreen
+from amelia_cli.tui.thread_view import ThreadScreen
+from amelia_cli.tui.threads import ThreadsScreen
 
 SIZES = [pytest.param((80, 24), id="80x24"), pytest.param((160, 48), id="160x48")]
 Scene = Callable[[Pilot[None]], Awaitable[None]]
@@ -110,6 +112,34 @@ async def help_keys(pilot: Pilot[None]) -> None:
     await settle(pilot)
 
 
+async def threads_list(pilot: Pilot[None]) -> None:
+    await pilot.app.switch_mode("threads")
+    screen = pilot.app.screen
+    assert isinstance(screen, ThreadsScreen)
+    screen.show_threads(tui_data.THREADS, tui_data.LATEST_RUNS)
+    await settle(pilot)
+
+
+async def open_thread(pilot: Pilot[None]) -> ThreadScreen:
+    await pilot.app.switch_mode("threads")
+    screen = ThreadScreen(tui_data.THREAD)
+    await pilot.app.push_screen(screen)
+    history = tui_data.THREAD_HISTORY
+    screen.show_thread(history[0], tui_data.THREAD_RUNS, history)
+    await settle(pilot)
+    return screen
+
+
+async def thread_state(pilot: Pilot[None]) -> None:
+    await open_thread(pilot)
+
+
+async def thread_history(pilot: Pilot[None]) -> None:
+    await open_thread(pilot)
+    await pilot.press("h")
+    await settle(pilot)
+
+
 SCENES: dict[str, Scene] = {
     "runs": runs_list,
     "run-paused": paused_plan,
@@ -118,6 +148,9 @@ SCENES: dict[str, Scene] = {
     "documents": document_search,
     "start": start_form,
     "help": help_keys,
+    "threads": threads_list,
+    "thread-state": thread_state,
+    "thread-history": thread_history,
 }
 
 

@@ -269,3 +269,94 @@ WORKFLOWS = {
     "workflows/plan": {"name": "workflows/plan"},
 }
 AGENTS = {"agents/greeter": {"name": "agents/greeter"}}
+
+
+# -- threads ---------------------------------------------------------------------------------
+
+THREAD = "threads/5a5a0007-0000-4000-8000-000000000000"
+
+
+def thread(n: int, runs: int, preview: str) -> dict[str, Any]:
+    return {
+        "name": f"threads/5a5a{n:04d}-0000-4000-8000-000000000000",
+        "runCount": runs,
+        "createTime": at(n),
+        "updateTime": at(n + 20),
+        "preview": preview,
+    }
+
+
+THREADS = [
+    thread(9, 1, "Add a dark theme"),
+    thread(8, 1, "line 1 of the echo"),
+    thread(7, 2, "What is a good name for a cat that likes to sit on keyboards?"),
+    thread(6, 1, "Hello"),
+]
+LATEST_RUNS = {
+    THREADS[0]["name"]: RUNS[0],
+    THREADS[1]["name"]: RUNS[1],
+    THREADS[2]["name"]: run(10, "chat", "completed", seconds="0.410s", tokens=12),
+    THREADS[3]["name"]: RUNS[3],
+}
+CAT = "What is a good name for a cat that likes to sit on keyboards?"
+DOG = "And one for a dog that chews cables?"
+HAMSTER = "A name for a hamster?"
+
+
+def checkpoint(
+    n: int,
+    step: int,
+    source: str,
+    next_nodes: list[str],
+    parent: int | None,
+    messages: list[dict[str, str]],
+    run_n: int | None = None,
+    wrote: str = "",
+) -> dict[str, Any]:
+    """A ThreadState of the chat thread: checkpoint `n`, its parent, what its task wrote."""
+    return {
+        "thread": THREAD,
+        "checkpoint": f"1f1ef047-{n:04d}-6000-8000-000000000000",
+        "parentCheckpoint": ""
+        if parent is None
+        else f"1f1ef047-{parent:04d}-6000-8000-000000000000",
+        "values": {
+            "messages": messages,
+            "context": [],
+            "request": {"message": messages[-1]["content"]},
+        },
+        "next": next_nodes,
+        "tasks": [{"node": node, "update": None} for node in next_nodes],
+        "metadata": {"source": source, "step": step},
+        "step": step,
+        "run": run_name(run_n) if run_n else "",
+        "createTime": at(n),
+    }
+
+
+def _turns(*texts: str) -> list[dict[str, str]]:
+    turns = []
+    for text in texts:
+        turns += [{"role": "user", "content": text}, {"role": "assistant", "content": text}]
+    return turns
+
+
+# Newest first: the first run (checkpoints 1-3), the second (4-6), then an edit branching from
+# checkpoint 3 (the first run's end).
+THREAD_HISTORY = [
+    checkpoint(7, 2, "update", [], 3, [*_turns(CAT), {"role": "user", "content": HAMSTER}]),
+    checkpoint(6, 4, "loop", [], 5, _turns(CAT, DOG), 10),
+    checkpoint(5, 3, "loop", ["respond"], 4, [*_turns(CAT), {"role": "user", "content": DOG}], 10),
+    checkpoint(4, 2, "input", ["__start__"], 3, _turns(CAT), 10),
+    checkpoint(3, 1, "loop", [], 2, _turns(CAT), 7),
+    checkpoint(2, 0, "loop", ["respond"], 1, [{"role": "user", "content": CAT}], 7),
+    checkpoint(1, -1, "input", ["__start__"], None, [{"role": "user", "content": CAT}], 7),
+]
+# What each checkpoint's task wrote (its child's writer): respond after 2 and 5, __start__ after 1, 4.
+for _state in THREAD_HISTORY:
+    for _task in _state["tasks"]:
+        _task["update"] = {"written": True}
+THREAD_RUNS = [
+    run(10, "chat", "completed", seconds="0.410s", tokens=12, thread=THREAD),
+    run(7, "chat", "completed", seconds="2.480s", tokens=64, thread=THREAD),
+]

@@ -1,5 +1,6 @@
-"""The TUI application: three screens (runs, events, documents) switched with 1/2/3, a run view
-pushed over the runs, the start-a-run form on `n` anywhere, and the keys on `?`.
+"""The TUI application: four screens (runs, events, documents, threads) switched with 1/2/3/4, a
+run view pushed over the runs (or over a thread), a thread's view over the threads, the
+start-a-run form on `n` anywhere, and the keys on `?`.
 
 One `GatewayApi` and one `EventSocket` serve every screen; the socket's state is the top bar's
 `● live` / `◌ reconnecting`. With `live=False` nothing connects and screens show only what they
@@ -27,8 +28,11 @@ from amelia_cli.tui.gateway import ApiError, EventSocket, GatewayApi
 from amelia_cli.tui.run_view import RunScreen
 from amelia_cli.tui.runs import RunsScreen
 from amelia_cli.tui.start import StartRunScreen
+from amelia_cli.tui.thread_edit import StateEditScreen
+from amelia_cli.tui.thread_view import ThreadScreen
+from amelia_cli.tui.threads import ThreadsScreen
 
-KEY_NAMES = {"slash": "/", "question_mark": "?", "escape": "esc", "space": "space"}
+KEY_NAMES = {"slash": "/", "question_mark": "?", "escape": "esc", "space": "space", "plus": "+"}
 
 
 def key_label(keys: str) -> str:
@@ -47,16 +51,19 @@ class HelpScreen(ModalScreen[None]):
             ("A run (Enter on a run)", RunScreen.BINDINGS),
             ("Events (2)", EventsScreen.BINDINGS),
             ("Documents (3)", DocumentsScreen.BINDINGS),
+            ("Threads (4)", ThreadsScreen.BINDINGS),
+            ("A thread (Enter on a thread)", ThreadScreen.BINDINGS),
+            ("Edit a thread's state (e, b)", StateEditScreen.BINDINGS),
             ("Start a run (n)", StartRunScreen.BINDINGS),
         ]
-        parts: list[RenderableType] = [Text("Amelia keys — Esc closes\n", style="bold")]
+        parts: list[RenderableType] = [Text("Amelia keys — Esc closes, ↓ scrolls\n", style="bold")]
         for title, bindings in sections:
             keys = [
                 Text.assemble((f"{key_label(binding.key):<5} ", "bold"), binding.description)
                 for binding in bindings
                 if isinstance(binding, Binding) and binding.description
             ]
-            # As many columns as the width takes: the whole list fits 80×24.
+            # As many columns as the width takes: the whole list fits 120×40 (80×24 scrolls).
             parts += [Text(title, style="bold underline"), Columns(keys, padding=(0, 3))]
         parts.append(
             Text.assemble(("tab", "bold"), " / ", ("shift+tab", "bold"), " the next / previous box")
@@ -78,6 +85,7 @@ class AmeliaApp(App[None]):
         "runs": RunsScreen,
         "events": EventsScreen,
         "documents": DocumentsScreen,
+        "threads": ThreadsScreen,
     }
     DEFAULT_MODE = "runs"
     # Screens get `-tall` from 36 lines and `-wide` from 120 columns (more room for details).
@@ -88,6 +96,7 @@ class AmeliaApp(App[None]):
         Binding("1", "switch_mode('runs')", "Runs", show=False),
         Binding("2", "switch_mode('events')", "Events", show=False),
         Binding("3", "switch_mode('documents')", "Documents", show=False),
+        Binding("4", "switch_mode('threads')", "Threads", show=False),
         Binding("n", "new_run", "New run"),
         Binding("question_mark", "help", "Help"),
         Binding("q", "quit", "Quit"),
@@ -122,9 +131,15 @@ class AmeliaApp(App[None]):
     # -- navigation -------------------------------------------------------------------------
 
     def open_run(self, name: str) -> None:
-        if self.current_mode != "runs":
+        """The run, over the runs; from a thread, over the thread (Esc goes back to it)."""
+        if self.current_mode not in ("runs", "threads"):
             self.switch_mode("runs")
         self.push_screen(RunScreen(name))
+
+    def open_thread(self, name: str) -> None:
+        if self.current_mode != "threads":
+            self.switch_mode("threads")
+        self.push_screen(ThreadScreen(name))
 
     def show_events(self, **flt: str) -> None:
         self.switch_mode("events")

@@ -30,7 +30,7 @@ STATUS_STYLE = {
 }
 ACTIVE = {"queued", "running", "paused"}
 STATUSES = ("queued", "running", "paused", "completed", "failed", "cancelled")
-SECTIONS = (("1", "Runs"), ("2", "Events"), ("3", "Documents"))
+SECTIONS = (("1", "Runs"), ("2", "Events"), ("3", "Documents"), ("4", "Threads"))
 CONNECTION_LABEL = {
     "idle": ("○ not connected", "dim"),
     "connecting": ("◌ connecting", "yellow"),
@@ -84,6 +84,8 @@ class Amelia(Protocol):
     live: bool
 
     def open_run(self, name: str) -> None: ...
+
+    def open_thread(self, name: str) -> None: ...
 
     def show_events(self, **flt: str) -> None: ...
 

@@ -69,7 +69,7 @@ class ApiError(Exception):
 
 
 def run_id(name: str) -> str:
-    """`runs/abc` → `abc`, for paths."""
+    """`runs/abc` (or `threads/abc`) → `abc`, for paths."""
     return quote(name.rsplit("/", 1)[-1], safe="")
 
 
@@ -125,9 +125,21 @@ class GatewayApi:
         return payload if isinstance(payload, dict) else {}
 
     async def list_runs(
-        self, *, statuses: list[str], workflow: str = "", agent: str = "", page_size: int = 50
+        self,
+        *,
+        statuses: list[str] | None = None,
+        workflow: str = "",
+        agent: str = "",
+        thread: str = "",
+        page_size: int = 50,
     ) -> list[dict[str, Any]]:
-        query = {"pageSize": page_size, "statuses": statuses, "workflow": workflow, "agent": agent}
+        query = {
+            "pageSize": page_size,
+            "statuses": statuses or [],
+            "workflow": workflow,
+            "agent": agent,
+            "thread": thread,
+        }
         reply = await self.call("GET", "/v1/runs", query=query)
         return list(reply.get("runs", []))
 
@@ -146,6 +158,31 @@ class GatewayApi:
         body = {"answer": answer, "requestId": request_id}
         reply = await self.call("POST", f"/v1/runs/{run_id(name)}:resume", body=body)
         return dict(reply.get("run", {}))
+
+    async def list_threads(self, page_size: int, page_token: str = "") -> dict[str, Any]:
+        """A page of threads, most recently active first: `threads`, `nextPageToken`."""
+        query = {"pageSize": page_size, "pageToken": page_token, "orderBy": "update_time desc"}
+        return await self.call("GET", "/v1/threads", query=query)
+
+    async def get_thread_state(self, thread: str, checkpoint: str = "") -> dict[str, Any]:
+        path = f"/v1/threads/{run_id(thread)}/state"
+        reply = await self.call("GET", path, query={"checkpoint": checkpoint})
+        return dict(reply.get("state", {}))
+
+    async def list_thread_history(
+        self, thread: str, page_size: int, page_token: str = ""
+    ) -> dict[str, Any]:
+        """A page of the thread's checkpoints, newest first: `states`, `nextPageToken`."""
+        query = {"pageSize": page_size, "pageToken": page_token}
+        return await self.call("GET", f"/v1/threads/{run_id(thread)}/history", query=query)
+
+    async def update_thread_state(
+        self, thread: str, values: dict[str, Any], checkpoint: str, request_id: str
+    ) -> dict[str, Any]:
+        """UpdateThreadState on the latest checkpoint, or on `checkpoint` (a branch)."""
+        body = {"values": values, "checkpoint": checkpoint, "requestId": request_id}
+        reply = await self.call("POST", f"/v1/threads/{run_id(thread)}/state", body=body)
+        return dict(reply.get("state", {}))
 
     async def list_workflows(self) -> list[dict[str, Any]]:
         return list((await self.call("GET", "/v1/workflows")).get("workflows", []))

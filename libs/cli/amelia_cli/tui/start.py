@@ -101,6 +101,19 @@ class Field:
             return widget.value
         return json.loads(text)
 
+    def fill(self, widget: Input | Checkbox | TextArea, value: Any) -> None:
+        """Put `value` in the box, as `read` would read it back."""
+        if isinstance(widget, Checkbox):
+            widget.value = bool(value)
+        elif isinstance(widget, TextArea):
+            widget.load_text(str(value))
+        elif self.schema.get("type") == "array" and isinstance(value, list):
+            widget.value = ", ".join(str(item) for item in value)
+        elif isinstance(value, str):
+            widget.value = value
+        else:
+            widget.value = json.dumps(value)
+
 
 def fields_of(schema: dict[str, Any]) -> list[Field]:
     """The schema's properties as fields, required ones first."""
@@ -127,9 +140,15 @@ class StartRunScreen(ModalScreen[str | None]):
         Binding("ctrl+s", "start", "Start"),
     ]
 
-    def __init__(self, target: str = "") -> None:
+    def __init__(
+        self, target: str = "", thread: str = "", values: dict[str, Any] | None = None
+    ) -> None:
+        """`target`, `thread` and input `values` (the thread's last run's, but its message)
+        fill the form: a new run on a thread, as the dashboard's form continues one."""
         super().__init__()
         self.initial_target = target
+        self.initial_thread = thread
+        self.initial_values = dict(values or {})
         self.workflows: dict[str, dict[str, Any]] = {}
         self.agents: dict[str, dict[str, Any]] = {}
         self.fields: list[Field] = []
@@ -151,7 +170,12 @@ class StartRunScreen(ModalScreen[str | None]):
             yield VerticalScroll(id="start-fields", can_focus=False)
             with Horizontal(classes="field"):
                 yield Label("thread", classes="field-label")
-                yield Input(placeholder="optional — threads/<id>", compact=True, id="start-thread")
+                yield Input(
+                    value=self.initial_thread,
+                    placeholder="optional — threads/<id>",
+                    compact=True,
+                    id="start-thread",
+                )
             yield Static("", id="start-error", classes="error")
             with Horizontal(id="start-buttons"):
                 yield Button("Start  ctrl+s", variant="primary", id="start-run", compact=True)
@@ -222,6 +246,22 @@ class StartRunScreen(ModalScreen[str | None]):
                     await box.mount(row, before=0) if box.children else await box.mount(row)
             previous = row
         self.fields = fields
+        if self.initial_values:
+            self._fill_initial(box)
+
+    def _fill_initial(self, box: VerticalScroll) -> None:
+        """The values given once, then the focus on the first box left empty (the message)."""
+        values, self.initial_values = self.initial_values, {}
+        empty = None
+        for field in self.fields:
+            widget = box.query_one(f"#{field.widget_id}")
+            assert isinstance(widget, Input | Checkbox | TextArea)
+            if field.name in values and values[field.name] is not None:
+                field.fill(widget, values[field.name])
+            elif empty is None:
+                empty = widget
+        if empty is not None:
+            empty.focus()
 
     @on(Input.Changed, "#start-target")
     async def _target_changed(self) -> None:

@@ -1,0 +1,157 @@
+"""The threads list: most recently active first, each with its first message, its run count
+and its latest run's status; `+` loads the next page. It reloads (debounced) when a run starts,
+pauses, resumes or ends, as the runs list does, and Enter opens a thread (`thread_view`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.widgets import DataTable, Footer, Static
+
+from amelia_cli.tui.common import (
+    ListScreen,
+    TopBar,
+    amelia,
+    ask,
+    short_id,
+    status_of,
+    status_text,
+    when,
+)
+from amelia_cli.tui.gateway import ApiError, GatewayApi
+from amelia_cli.tui.runs import LIFECYCLE
+from amelia_cli.tui.threadstate import plural
+
+PAGE_SIZE = 50
+AT_ONCE = 8  # latest-run look-ups in flight together
+
+
+async def latest_runs(api: GatewayApi, threads: list[str]) -> dict[str, dict[str, Any]]:
+    """Each thread's newest run (ListRuns by thread, one run each), a few calls at a time."""
+    gate = asyncio.Semaphore(AT_ONCE)
+
+    async def newest(thread: str) -> dict[str, Any]:
+        async with gate:
+            runs = await api.list_runs(thread=thread, page_size=1)
+        return runs[0] if runs else {}
+
+    found = await asyncio.gather(*(newest(thread) for thread in threads))
+    return dict(zip(threads, found, strict=True))
+
+
+class ThreadsScreen(ListScreen):
+    """Threads, most recently active first. Enter opens one."""
+
+    AUTO_FOCUS = "#threads-table"
+    BINDINGS = [
+        Binding("enter", "open", "Open"),
+        Binding("plus", "more", "More"),
+        Binding("r", "reload", "Reload"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: dict[str, dict[str, Any]] = {}
+        self.latest: dict[str, dict[str, Any]] = {}
+        self.pages = 1
+        self.next_token = ""
+
+    def compose(self) -> ComposeResult:
+        yield TopBar("Threads")
+        yield Static("", id="threads-note", classes="note")
+        table: DataTable[Any] = DataTable(id="threads-table", cursor_type="row", zebra_stripes=True)
+        table.add_column("Thread", key="thread")
+        table.add_column("Latest run", key="status")
+        table.add_column("Runs", key="runs")
+        table.add_column("Active", key="active")
+        table.add_column("First message", key="preview")
+        yield table
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        self.reload_on({"types": LIFECYCLE, "subject": "runs/*"})
+        if self.live:
+            self.reload_soon(0)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        return bool(self.next_token) if action == "more" else True
+
+    def action_reload(self) -> None:
+        if self.live:
+            self.run_worker(self._load(self.pages), exclusive=True, group="threads")
+
+    def action_more(self) -> None:
+        if self.live and self.next_token:
+            self.run_worker(self._load(self.pages + 1), exclusive=True, group="threads")
+
+    async def _load(self, pages: int) -> None:
+        """The first `pages` pages again (a reload keeps what `+` added)."""
+        api = amelia(self).api
+        threads: list[dict[str, Any]] = []
+        token = ""
+        try:
+            for _ in range(pages):
+                reply = await ask(self, api.list_threads(PAGE_SIZE, token))
+                threads += reply.get("threads", [])
+                token = str(reply.get("nextPageToken") or "")
+                if not token:
+                    break
+            latest = await ask(self, latest_runs(api, [str(t.get("name")) for t in threads]))
+        except ApiError as exc:
+            self.query_one("#threads-note", Static).update(f"[red]{exc}[/red]")
+            return
+        self.pages = max(pages, 1)
+        self.show_threads(threads, latest, token)
+
+    def show_threads(
+        self, threads: list[dict[str, Any]], latest: dict[str, dict[str, Any]], token: str = ""
+    ) -> None:
+        """Fill the table, keeping the cursor on the thread it was on."""
+        table: DataTable[Any] = self.query_one("#threads-table", DataTable)
+        keep = self.selected()
+        self.threads = {str(t.get("name")): t for t in threads}
+        self.latest = latest
+        self.next_token = token
+        self.refresh_bindings()
+        table.clear()
+        for name, thread in self.threads.items():
+            run = latest.get(name) or {}
+            table.add_row(
+                short_id(name),
+                status_text(status_of(run)) if run else "",
+                str(thread.get("runCount") or 0),
+                when(thread.get("updateTime") or thread.get("createTime")),
+                str(thread.get("preview") or "").replace("\n", " ")[:200] or "(no message)",
+                key=name,
+            )
+        if keep in self.threads:
+            table.move_cursor(row=table.get_row_index(keep), animate=False)
+        count = len(threads)
+        if count:
+            note = plural(count, "thread")
+            note += " · + loads more" if token else ""
+            note += " · Enter opens one"
+        else:
+            note = "No threads yet: every run starts one (n)."
+        self.query_one("#threads-note", Static).update(note)
+
+    def selected(self) -> str:
+        table: DataTable[Any] = self.query_one("#threads-table", DataTable)
+        if not self.threads or table.cursor_row < 0 or table.cursor_row >= table.row_count:
+            return ""
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key
+        return str(key.value or "")
+
+    @on(DataTable.RowSelected, "#threads-table")
+    def _row_chosen(self, event: DataTable.RowSelected) -> None:
+        self.action_open()
+
+    def action_open(self) -> None:
+        name = self.selected()
+        if name:
+            amelia(self).open_thread(name)

@@ -1,0 +1,209 @@
+"""The TUI's Threads screens (LangGraph Studio's thread view) driven headless by keys, against the
+real mesh behind a real gateway: the list, a thread's state, its question answered, a refused
+edit, a branch from a picked checkpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+from textual.widgets import DataTable, Input, Static, TextArea
+from tui_helpers import DEADLINE, TuiMesh, on_screen, running_tui, type_text, wait_until
+
+from amelia_cli.tui.run_view import RunScreen
+from amelia_cli.tui.start import StartRunScreen
+from amelia_cli.tui.thread_edit import StateEditScreen
+from amelia_cli.tui.thread_view import FORK_MARK, ThreadScreen
+from amelia_cli.tui.threads import ThreadsScreen
+
+ENDED = {"RUN_STATUS_COMPLETED", "RUN_STATUS_FAILED", "RUN_STATUS_CANCELLED"}
+
+
+def text_of(screen: Any, selector: str) -> str:
+    return str(screen.query_one(selector, Static).render())
+
+
+async def start(mesh: TuiMesh, workflow: str, message: str, thread: str = "") -> dict[str, Any]:
+    run: dict[str, Any] = {
+        "workflow": f"workflows/{workflow}",
+        "input": {"message": message, "model": "offline:echo"},
+    }
+    if thread:
+        run["thread"] = thread
+    return dict((await mesh.post("/v1/runs", {"run": run}))["run"])
+
+
+async def reaches(mesh: TuiMesh, name: str, statuses: set[str]) -> dict[str, Any]:
+    """The run once its status is one of `statuses` (read over HTTP, as any client would)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DEADLINE
+    while True:
+        run = dict((await mesh.get(f"/v1/runs/{name.rsplit('/', 1)[-1]}"))["run"])
+        if run.get("status") in statuses:
+            return run
+        assert loop.time() < deadline, f"{name} stayed {run.get('status')}"
+        await asyncio.sleep(0.1)
+
+
+async def open_thread(pilot: Any, thread: str) -> ThreadScreen:
+    """`4`, the cursor on the thread (it is listed by itself), Enter."""
+    await pilot.press("4")
+    threads = on_screen(pilot, ThreadsScreen)
+    await wait_until(lambda: thread in threads.threads, "the thread is listed")
+    table = threads.query_one("#threads-table", DataTable)
+    table.focus()
+    table.move_cursor(row=table.get_row_index(thread), animate=False)
+    await pilot.press("enter")
+    await wait_until(lambda: isinstance(pilot.app.screen, ThreadScreen), "the thread opens")
+    screen: ThreadScreen = on_screen(pilot, ThreadScreen)
+    await wait_until(lambda: screen.loaded, "the thread is loaded")
+    return screen
+
+
+async def test_list_open_and_answer_the_question(tui_mesh: TuiMesh) -> None:
+    run = await start(tui_mesh, "plan", "Add a dark theme")
+    await reaches(tui_mesh, run["name"], {"RUN_STATUS_PAUSED"})
+    thread = run["thread"]
+    async with running_tui(tui_mesh.url) as pilot:
+        await pilot.press("4")
+        threads = on_screen(pilot, ThreadsScreen)
+        await wait_until(lambda: thread in threads.threads, "the thread is listed")
+        # Newest first, with its latest run's status.
+        assert next(iter(threads.threads)) == thread
+        assert threads.latest[thread]["status"] == "RUN_STATUS_PAUSED"
+        screen = await open_thread(pilot, thread)
+
+        state = text_of(screen, "#thread-state-text")
+        assert "approval" in state.split("next", 1)[1].splitlines()[0]
+        assert "design" in state and "Add a dark theme" in state
+        assert screen.query_one("#thread-question").display
+        assert "Approve this design" in text_of(screen, "#thread-question-text")
+        assert screen.check_action("answer", ()) and not screen.check_action("continue", ())
+
+        await pilot.press("a")
+        await type_text(pilot, "approve")
+        await pilot.press("enter")
+        # Nobody reloads: the run's events bring the end in.
+        await wait_until(
+            lambda: screen.latest_run.get("status") == "RUN_STATUS_COMPLETED",
+            "the answered run completes",
+            seen=lambda: screen.latest_run.get("status"),
+        )
+        await wait_until(
+            lambda: "nothing: the graph ended" in text_of(screen, "#thread-state-text")
+        )
+        assert not screen.query_one("#thread-question").display
+        assert "plan" in screen.state.get("values", {})
+
+        # A new run on the thread: the form holds the thread and the last run's model, the
+        # message is typed; the run opens over the thread, Esc goes back to it.
+        await pilot.press("r")
+        form = on_screen(pilot, StartRunScreen)
+        await wait_until(lambda: form.query("#in-message"), "the form's boxes")
+        await wait_until(lambda: form.focused is form.query_one("#in-message"), "message focused")
+        assert form.query_one("#start-thread", Input).value == thread
+        assert form.query_one("#in-model", Input).value == "offline:echo"
+        await type_text(pilot, "Add a light theme")
+        await pilot.press("ctrl+s")
+        await wait_until(lambda: isinstance(pilot.app.screen, RunScreen), "the run opens")
+        await pilot.press("escape")
+        assert pilot.app.screen is screen
+        await wait_until(lambda: len(screen.runs) == 2, "the thread has the new run")
+
+        # A thread that is not there is said so on the screen.
+        await pilot.press("escape")
+        pilot.app.open_thread(f"threads/{uuid.uuid4()}")  # type: ignore[attr-defined]
+        missing = on_screen(pilot, ThreadScreen)
+        await wait_until(lambda: missing.query("#thread-error"), "the screen is composed")
+        await wait_until(lambda: "not found" in text_of(missing, "#thread-error"), "said")
+        assert missing.query_one("#thread-error").display
+
+
+async def test_refused_edit_then_a_branch_from_a_picked_checkpoint(tui_mesh: TuiMesh) -> None:
+    first = await start(tui_mesh, "chat", "first message")
+    await reaches(tui_mesh, first["name"], ENDED)
+    thread = first["thread"]
+    second = await start(tui_mesh, "chat", "second message", thread)
+    assert (await reaches(tui_mesh, second["name"], ENDED))["status"] == "RUN_STATUS_COMPLETED"
+    async with running_tui(tui_mesh.url) as pilot:
+        screen = await open_thread(pilot, thread)
+        await pilot.press("m")
+        conversation = text_of(screen, "#thread-messages-text")
+        assert conversation.index("first message") < conversation.index("second message")
+        assert "user" in conversation and "assistant" in conversation
+
+        # A key the state does not have: the API's refusal is shown in the editor.
+        await pilot.press("e")
+        editor = on_screen(pilot, StateEditScreen)
+        editor.query_one("#edit-values", TextArea).load_text('{"nope": 1}')
+        await pilot.press("ctrl+s")
+        await wait_until(lambda: "refused" in text_of(editor, "#edit-error"), "the refusal")
+        refusal = text_of(editor, "#edit-error")
+        assert "INVALID_ARGUMENT" in refusal and "nope" in refusal
+        editor.query_one("#edit-values", TextArea).load_text("{not json")
+        await pilot.press("ctrl+s")
+        assert "not valid JSON" in text_of(editor, "#edit-error")
+        await pilot.press("escape")
+        await wait_until(lambda: pilot.app.screen is screen, "back on the thread")
+
+        # The first run's last checkpoint, picked from the history, then a branch from it.
+        await pilot.press("h")
+        picked = next(
+            s for s in screen.history if s.get("run") == first["name"] and not s.get("next")
+        )
+        table = screen.query_one("#thread-history", DataTable)
+        table.move_cursor(row=table.get_row_index(picked["checkpoint"]), animate=False)
+        await pilot.press("enter")
+        assert screen.picked == picked["checkpoint"]
+        assert "picked from the history" in text_of(screen, "#thread-state-text")
+        assert "second message" not in text_of(screen, "#thread-messages-text")
+        await pilot.press("b")
+        editor = on_screen(pilot, StateEditScreen)
+        assert f"Branch from step {picked['step']}" in str(editor.query_one("Label").render())
+        editor.query_one("#edit-values", TextArea).load_text(
+            '{"messages": [{"role": "user", "content": "a branch"}]}'
+        )
+        await pilot.press("ctrl+s")
+        await wait_until(lambda: pilot.app.screen is screen, "saved")
+        await wait_until(
+            lambda: screen.state.get("parentCheckpoint") == picked["checkpoint"],
+            "the new checkpoint continues from the picked one",
+        )
+        await wait_until(lambda: screen.history[0]["checkpoint"] == screen.state["checkpoint"])
+        newest = screen.history[0]
+        row = table.get_row(newest["checkpoint"])
+        assert str(row[0]) == FORK_MARK and str(row[2]) == "edit"
+        conversation = text_of(screen, "#thread-messages-text")
+        assert "a branch" in conversation and "second message" not in conversation
+        # The later checkpoints stay in the history.
+        assert any(s.get("run") == second["name"] for s in screen.history)
+
+
+async def test_continue_a_cancelled_question_then_answer_it(tui_mesh: TuiMesh) -> None:
+    run = await start(tui_mesh, "plan", "Split the settings page")
+    await reaches(tui_mesh, run["name"], {"RUN_STATUS_PAUSED"})
+    await tui_mesh.post(f"/v1/runs/{run['name'].rsplit('/', 1)[-1]}:cancel", {"reason": "later"})
+    await reaches(tui_mesh, run["name"], {"RUN_STATUS_CANCELLED"})
+    async with running_tui(tui_mesh.url) as pilot:
+        screen = await open_thread(pilot, run["thread"])
+        # Cancelled at its question: the state still has approval next, nothing runs.
+        assert screen.state.get("next") == ["approval"]
+        assert screen.check_action("continue", ()) and not screen.check_action("answer", ())
+        await pilot.press("c")
+        await wait_until(lambda: isinstance(pilot.app.screen, RunScreen), "the new run opens")
+        continued = on_screen(pilot, RunScreen)
+        assert continued.run_name != run["name"]
+        await wait_until(lambda: continued.status == "paused", "asked again")
+        await pilot.press("escape")
+        await wait_until(lambda: screen.query_one("#thread-question").display, "the question")
+        assert screen.latest_run.get("name") == continued.run_name
+        await pilot.press("a")
+        await type_text(pilot, "approve")
+        await pilot.press("enter")
+        await wait_until(
+            lambda: screen.latest_run.get("status") == "RUN_STATUS_COMPLETED",
+            "the continued run completes",
+            seen=lambda: screen.latest_run.get("status"),
+        )
+        assert not screen.state.get("next") and "plan" in screen.state.get("values", {})
