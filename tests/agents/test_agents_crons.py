@@ -616,3 +616,51 @@ async def test_crons_are_listed_in_pages_by_agent(env: Crons) -> None:
     assert [c.name for c in rest.crons] == made[2:] and not rest.next_page_token
     with pytest.raises(InvalidArgumentError, match="page_token"):
         await env.api.ListCrons(C.ListCronsRequest(page_token=first.next_page_token), None)
+
+
+async def test_migration_0006_downgrades_and_upgrades_again(infra: Any) -> None:
+    """agents_0006 on a database with a cron: existing crons get "reject"; the downgrade drops
+    the column and keeps the cron, the upgrade brings the column back."""
+    from alembic import command
+    from alembic.config import Config
+
+    from amelia_agents.resources import MIGRATIONS, migrate
+    from amelia_common.db import create_engine
+
+    async with infra.scratch_database("cron_migration") as url:
+        engine = create_engine(infra.settings(), url)
+        try:
+            await migrate(engine)
+
+            def to(revision: str) -> Any:
+                def move(sync_conn: Any) -> None:
+                    cfg = Config()
+                    cfg.set_main_option("script_location", str(MIGRATIONS))
+                    cfg.attributes["connection"] = sync_conn
+                    cfg.attributes["version_table"] = "alembic_version_agents"
+                    if revision == "agents_0005":
+                        command.downgrade(cfg, revision)
+                    else:
+                        command.upgrade(cfg, revision)
+
+                return move
+
+            column = text(
+                "SELECT count(*) FROM information_schema.columns "
+                "WHERE table_name = 'crons' AND column_name = 'multitask_strategy'"
+            )
+            async with engine.begin() as conn:
+                await conn.run_sync(to("agents_0005"))
+                assert (await conn.execute(column)).scalar() == 0
+                await conn.execute(
+                    text(
+                        "INSERT INTO crons (id, schedule, workflow) VALUES (:id, '* * * * *', 'chat')"
+                    ),
+                    {"id": uuid.uuid4()},
+                )
+                await conn.run_sync(to("head"))
+                assert (await conn.execute(column)).scalar() == 1
+                found = await conn.execute(text("SELECT multitask_strategy FROM crons"))
+                assert [row[0] for row in found] == ["reject"]
+        finally:
+            await engine.dispose()
