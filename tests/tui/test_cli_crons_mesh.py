@@ -1,4 +1,4 @@
-"""`amelia crons create|ls|get|pause|resume|trigger|rm` at 80 columns on the TUI tests' real
+"""`amelia crons create|ls|get|pause|resume|trigger|update|rm` at 80 columns on the TUI tests' real
 mesh: what a person types to schedule an agent, see it, stop and restart it, run it now and
 remove it. The schedule is yearly, so the mesh's scheduler never fires it during the test;
 firing on time is tests/agents/test_agents_crons.py's."""
@@ -38,7 +38,7 @@ async def test_a_cron_from_the_terminal(tui_mesh: TuiMesh, tmp_path: Path) -> No
 
     listed = await run("ls", "--agent", agent)
     row = row_of(listed, name)
-    assert "0 9 1 1 *" in row and "active" in row, listed
+    assert "0 9 1 1 *" in row and re.search(r"in \d+d|\d{4}-01-01", row), listed  # next run
 
     paused = await run("pause", name)
     assert paused.strip() == f"{name}: paused", paused
@@ -53,6 +53,18 @@ async def test_a_cron_from_the_terminal(tui_mesh: TuiMesh, tmp_path: Path) -> No
     shown = await run("get", name)
     assert "1 fired, 0 skipped (thread busy), 0 failed" in shown, shown
     assert "fired (trigger)" in row_of(shown, triggered.split()[0]), shown
+
+    assert "fired " in row_of(await run("ls", "--agent", agent), name)  # its last tick
+
+    changed = await run("update", name, "--multitask", "enqueue", "--end", "2099-01-01T00:00")
+    assert "enqueue: the run waits for the thread's run" in changed, changed
+    assert "2099-01-01T00:00:00Z" in changed, changed
+    code, refused = await asyncio.to_thread(
+        amelia, env, "crons", "update", name, "--multitask", "later"
+    )
+    assert code == 1 and "cron.multitask_strategy 'later' is not one of: reject" in refused
+    code, refused = await asyncio.to_thread(amelia, env, "crons", "update", name)
+    assert code == 2 and "nothing to change" in refused, refused
 
     code, refused = await asyncio.to_thread(amelia, env, "crons", "create", agent, "* * *")
     assert code == 1 and "INVALID_ARGUMENT: cron.schedule '* * *' must have 5 fields" in refused
