@@ -218,3 +218,49 @@ async def test_keyword_search_matches_any_term_and_ranks_rare_terms_first(rag: R
     )
     assert f"zeolite{tag}" in hits.hits[0].content
     await rag.stub.DeleteDocument(rag_pb2.DeleteDocumentRequest(name=reply.document.name))
+
+
+async def test_a_hit_deep_in_a_long_section_shows_the_sections_opening_too(rag: Rag) -> None:
+    # A view's definition opens a long section and its column list follows: a question about a
+    # column matches a later window, and the reader also needs what the section is about (eval/:
+    # "The pg_stat_activity view will have one row per server process" above its columns).
+    tag = uuid.uuid4().hex[:8]
+    opening = f"The activity{tag} view has one row per server process, showing what it does."
+
+    def section(title: str, count: int, rare: int, word: str) -> str:
+        columns = "".join(
+            f"column {i}: the {word + tag if i == rare else 'plain'} value of the process,"
+            " kept while it runs.\n\n"
+            for i in range(count)
+        )
+        return f"## {title}\n\n{opening}\n\n{columns}"
+
+    # Column lines are 68 characters: 30 make 2,000, 60 make 4,000.
+    near = section("Near view", 30, 22, "quasar")
+    long = section("Long view", 60, 24, "nebula")
+    far = section("Far view", 60, 56, "pulsar")
+    source = f"# Views\n\n{near}## Other\n\nNothing.\n\n{long}## More\n\nNothing.\n\n{far}"
+    reply = await rag.ingest(source.encode(), file_path=f"/openings/{tag}.md")
+    name = reply.document.name
+
+    async def hit_on(word: str) -> rag_pb2.SearchHit:
+        hits = await rag.stub.Search(
+            rag_pb2.SearchRequest(query=f"{word}{tag}", top_k=1, documents=[name])
+        )
+        (hit,) = hits.hits
+        assert f"the {word}{tag} value" in hit.content
+        assert hit.content == source[hit.start_offset : hit.end_offset]
+        assert len(hit.content) <= 3 * rag.settings.CHUNK_SIZE
+        return hit
+
+    # The whole section fits in a passage: it is shown from its heading on.
+    hit = await hit_on("quasar")
+    assert hit.content.startswith(f"# Views\n\n## Near view\n\n{opening}")
+    # It does not fit: the opening still comes first, the passage ends after the match.
+    hit = await hit_on("nebula")
+    assert hit.content.startswith(f"## Long view\n\n{opening}")
+    assert hit.content.endswith("kept while it runs.")
+    # The match is too far from the opening: the window alone, as before.
+    hit = await hit_on("pulsar")
+    assert opening not in hit.content
+    await rag.stub.DeleteDocument(rag_pb2.DeleteDocumentRequest(name=name))

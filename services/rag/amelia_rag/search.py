@@ -82,6 +82,13 @@ PER_DOCUMENT: int | None = 4
 # (0.80 -> 0.81), nothing else moved (1 rose / 0 fell); held-out 0 / 0, fresh 0 / 1 (still in
 # the top 5); 1 to 200 characters gave the same, 300 lost it again.
 REST_CHARS = 200
+# A hit on a later window of a long section also shows the section's opening (its definition,
+# usually): the passage grows back to the section's start while it stays within merge_chars, its
+# end cut back (never before the matched chunk's end) when the whole does not fit; see openings.
+# Session 15, all 182 questions, hybrid: right passage in the top 5 0.84 -> 0.86 (4 rose / 0
+# fell; tune + tune2 2 / 0, held-out 1 / 0, fresh 1 / 0); the same characters added after the
+# window instead moved nothing (docs/rag.md, session 15).
+SECTION_OPENINGS = True
 EF_SEARCH = 100
 MAX_SCAN_TUPLES = 20_000
 # Below this many chunks (PostgreSQL's estimate) the vector leg scans exactly instead of through
@@ -226,7 +233,9 @@ class Searcher:
                 by_vector = await vector_ranking(session, vector, n, document_ids)
                 by_keyword = await keyword_ranking(session, query, vector, n, document_ids)
                 ranked = fuse(by_vector, by_keyword, min_score)
-        hits = distinct(ranked, top_k, self.merge_chars, PER_DOCUMENT)
+            hits = distinct(ranked, top_k, self.merge_chars, PER_DOCUMENT)
+            if SECTION_OPENINGS and hits:
+                await openings(session, hits, self.merge_chars)
         return reading_order(hits) if READING_ORDER else hits
 
     async def vector_search(
@@ -298,6 +307,88 @@ def distinct(
     for hit, score in zip(chosen, sorted((h.score for h in chosen), reverse=True), strict=True):
         hit.score = score
     return chosen
+
+
+async def openings(session: AsyncSession, hits: list[Hit], limit: int) -> None:
+    """Each hit on a later window of a long section grows back to the section's start, so the
+    section's opening (its definition, usually) is shown with the window that matched.
+
+    The passage becomes `parsed_text[section start:end]` (still an exact slice) while it stays
+    within `limit`; when the whole does not fit, its end is cut back to the last sentence or
+    line end that fits, never before the end of the chunk that matched (else it stays as it
+    is). A hit whose grown passage would overlap another hit's stays as it is too.
+
+    Why: a long section's later windows (a view's column table, an example) often match a
+    question's words better than its opening, which says what the section is about and is what
+    the question asks (eval/: "The pg_stat_activity view will have one row per server process",
+    the opening of a 4,000-character section whose table windows were shown; date_bin's
+    definition above the window with its example).
+    """
+    result = await session.execute(
+        text(
+            """
+            SELECT DISTINCT c.id, c.document_id, c.section, c.chunk_index, c.start_offset,
+                   c.end_offset, c.content
+            FROM unnest(CAST(:docs AS uuid[]), CAST(:sections AS int[]),
+                        CAST(:ends AS int[])) AS s(d, n, e)
+            JOIN chunks c ON c.document_id = s.d AND c.section = s.n
+                         AND c.start_offset < s.e
+            ORDER BY c.document_id, c.section, c.chunk_index
+            """
+        ),
+        {
+            "docs": [h.document_id for h in hits],
+            "sections": [h.section for h in hits],
+            "ends": [h.end_offset for h in hits],
+        },
+    )
+    sections: dict[tuple[uuid.UUID, int], list[Any]] = {}
+    for row in result:
+        sections.setdefault((row.document_id, row.section), []).append(row)
+    for hit in hits:
+        chunks = sections.get((hit.document_id, hit.section))
+        if chunks:
+            _grow_back(hit, chunks, hits, limit)
+
+
+def _grow_back(hit: Hit, chunks: list[Any], hits: list[Hit], limit: int) -> None:
+    """`hit`'s passage from its section's start (see openings); `chunks` are the section's, in
+    order (their texts overlap and cover it)."""
+    start = chunks[0].start_offset
+    if hit.start_offset <= start:
+        return
+    own = next((c for c in chunks if c.id == hit.chunk_id), None)
+    end = hit.end_offset
+    if end - start > limit:
+        if own is None or own.end_offset - start > limit:
+            return
+        end = start + limit
+    if any(
+        o is not hit
+        and o.document_id == hit.document_id
+        and o.start_offset < end
+        and start < o.end_offset
+        for o in hits
+    ):
+        return
+    pieces, reached = [], start
+    for chunk in chunks:
+        if reached >= hit.start_offset:
+            break
+        if chunk.start_offset <= reached < chunk.end_offset:
+            pieces.append(chunk.content[reached - chunk.start_offset :])
+            reached = chunk.end_offset
+    if reached < hit.start_offset:
+        return
+    content = ("".join(pieces)[: hit.start_offset - start] + hit.content)[: end - start]
+    if end < hit.end_offset:
+        assert own is not None
+        after = own.end_offset - start
+        cut = max(content.rfind(". ", after - 1), content.rfind("\n", after))
+        if cut < 0:
+            return
+        content = content[: cut + 1].rstrip()
+    hit.start_offset, hit.end_offset, hit.content = start, start + len(content), content
 
 
 def _joined(overlapping: list[Hit], hit: Hit, limit: int) -> bool:
