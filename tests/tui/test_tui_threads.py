@@ -61,6 +61,19 @@ async def open_thread(pilot: Any, thread: str) -> ThreadScreen:
     return screen
 
 
+async def approve(pilot: Any, screen: ThreadScreen) -> None:
+    """`a`, "approve", Enter: the thread's latest run completes. Nobody reloads: the run's
+    events bring its end in."""
+    await pilot.press("a")
+    await type_text(pilot, "approve")
+    await pilot.press("enter")
+    await wait_until(
+        lambda: screen.latest_run.get("status") == "RUN_STATUS_COMPLETED",
+        "the answered run completes",
+        seen=lambda: screen.latest_run.get("status"),
+    )
+
+
 async def test_list_open_and_answer_the_question(tui_mesh: TuiMesh) -> None:
     run = await start(tui_mesh, "plan", "Add a dark theme")
     await reaches(tui_mesh, run["name"], {"RUN_STATUS_PAUSED"})
@@ -81,15 +94,7 @@ async def test_list_open_and_answer_the_question(tui_mesh: TuiMesh) -> None:
         assert "Approve this design" in text_of(screen, "#thread-question-text")
         assert screen.check_action("answer", ()) and not screen.check_action("continue", ())
 
-        await pilot.press("a")
-        await type_text(pilot, "approve")
-        await pilot.press("enter")
-        # Nobody reloads: the run's events bring the end in.
-        await wait_until(
-            lambda: screen.latest_run.get("status") == "RUN_STATUS_COMPLETED",
-            "the answered run completes",
-            seen=lambda: screen.latest_run.get("status"),
-        )
+        await approve(pilot, screen)
         await wait_until(
             lambda: "nothing: the graph ended" in text_of(screen, "#thread-state-text")
         )
@@ -198,12 +203,5 @@ async def test_continue_a_cancelled_question_then_answer_it(tui_mesh: TuiMesh) -
         await pilot.press("escape")
         await wait_until(lambda: screen.query_one("#thread-question").display, "the question")
         assert screen.latest_run.get("name") == continued.run_name
-        await pilot.press("a")
-        await type_text(pilot, "approve")
-        await pilot.press("enter")
-        await wait_until(
-            lambda: screen.latest_run.get("status") == "RUN_STATUS_COMPLETED",
-            "the continued run completes",
-            seen=lambda: screen.latest_run.get("status"),
-        )
+        await approve(pilot, screen)
         assert not screen.state.get("next") and "plan" in screen.state.get("values", {})

@@ -10,10 +10,11 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
+from textual.reactive import reactive
 from textual.screen import ModalScreen, Screen
 from textual.timer import Timer
 from textual.widget import Widget
-from textual.widgets import Label, Static
+from textual.widgets import DataTable, Label, Static
 
 from amelia_cli.tui.eventline import local_time, seconds
 from amelia_cli.tui.gateway import ApiError, EventSocket, GatewayApi, Subscription
@@ -73,6 +74,13 @@ def output_tokens(run: dict[str, Any]) -> str:
     usage = run.get("usage") or {}
     count = int(usage.get("outputTokens") or 0)
     return str(count) if count else ""
+
+
+def cursor_key(table: DataTable[Any]) -> str:
+    """The key of the row under the table's cursor, or "" when it has none."""
+    if table.row_count == 0 or not 0 <= table.cursor_row < table.row_count:
+        return ""
+    return str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value or "")
 
 
 class Amelia(Protocol):
@@ -182,6 +190,68 @@ class ListScreen(LiveScreen):
 
     def action_reload(self) -> None:
         raise NotImplementedError
+
+
+class PagedScreen(ListScreen):
+    """A list read page by page (page tokens): `+` (`action_more`) shows one page more, and a
+    reload reads again as many pages as are shown. `load(pages)` reads and shows them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pages = 1
+        self.next_token = ""
+
+    def action_reload(self) -> None:
+        if self.live:
+            self.run_worker(self.load(self.pages), exclusive=True, group="load")
+
+    def action_more(self) -> None:
+        if self.live and self.next_token:
+            self.run_worker(self.load(self.pages + 1), exclusive=True, group="load")
+
+    async def load(self, pages: int) -> None:
+        raise NotImplementedError
+
+
+async def first_pages(
+    fetch: Callable[[str], Awaitable[dict[str, Any]]], key: str, pages: int
+) -> tuple[list[dict[str, Any]], str]:
+    """The `key` items of the first `pages` pages (`fetch(page_token)`) and the token after."""
+    items: list[dict[str, Any]] = []
+    token = ""
+    for _ in range(pages):
+        reply = await fetch(token)
+        items += reply.get(key, [])
+        token = str(reply.get("nextPageToken") or "")
+        if not token:
+            break
+    return items, token
+
+
+class TabBar(Static):
+    """`Output o  Activity v  Passages (2) p`, the shown tab lit: `tabs` maps each tab to its
+    (title, key, pane id); `counts` puts a number after a title."""
+
+    DEFAULT_CSS = """
+    TabBar { height: 1; padding: 0 1; background: $panel; }
+    """
+    active = reactive("")
+    counts: reactive[dict[str, int]] = reactive(dict, always_update=True)
+
+    def __init__(self, tabs: dict[str, tuple[str, str, str]], *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.tabs = tabs
+        self.set_reactive(TabBar.active, next(iter(tabs)))
+
+    def render(self) -> Text:
+        bar = Text()
+        for tab, (title, key, _) in self.tabs.items():
+            count = self.counts.get(tab)
+            if count:
+                title = f"{title} ({count})"
+            bar.append(f" {title} ", style="bold reverse" if tab == self.active else "")
+            bar.append(f"{key}  ", style="dim")
+        return bar
 
 
 class Debounced:

@@ -18,12 +18,12 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.reactive import reactive
 from textual.widgets import Footer, Input, Log, Static
 
 from amelia_cli.tui.common import (
     ACTIVE,
     LiveScreen,
+    TabBar,
     TopBar,
     amelia,
     ask,
@@ -70,26 +70,6 @@ TABS = {
     "result": ("Result", "j", "run-result-box"),
 }
 PANES = {tab: pane for tab, (_, _, pane) in TABS.items()}
-
-
-class TabBar(Static):
-    """`Output o  Activity v  Passages (2) p  Result j`, the shown one lit."""
-
-    DEFAULT_CSS = """
-    TabBar { height: 1; padding: 0 1; background: $panel; }
-    """
-    active = reactive("output")
-    passages = reactive(0)
-
-    def render(self) -> Text:
-        bar = Text()
-        for tab, (title, key, _) in TABS.items():
-            if tab == "passages" and self.passages:
-                title = f"{title} ({self.passages})"
-            lit = tab == self.active
-            bar.append(f" {title} ", style="bold reverse" if lit else "")
-            bar.append(f"{key}  ", style="dim")
-        return bar
 
 
 def options_of(value: Any) -> list[Any]:
@@ -172,7 +152,7 @@ class RunScreen(LiveScreen):
             # Tabs of our own: a bar and panes shown by a class. (Textual's TabbedContent
             # raised "No Tab with id" now and then on a busy machine, mounting its tabs.)
             with Vertical(id="run-main"):
-                yield TabBar(id="run-tabbar")
+                yield TabBar(TABS, id="run-tabbar")
                 yield StreamView("waiting for tokens…", id="run-output", classes="pane -shown")
                 yield Log(id="run-activity", max_lines=2000, classes="pane")
                 yield VerticalScroll(id="run-passages", classes="pane")
@@ -406,7 +386,7 @@ class RunScreen(LiveScreen):
         box.mount_all(
             Static(passage_text(start + i, hit), classes="passage") for i, hit in enumerate(found)
         )
-        self.query_one(TabBar).passages = len(self.passages)
+        self.query_one(TabBar).counts = {"passages": len(self.passages)}
 
     # -- events -----------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from amelia_cli.tui.common import (
     TopBar,
     amelia,
     ask,
+    cursor_key,
     output_tokens,
     short_id,
     status_of,
@@ -158,11 +159,7 @@ class RunsScreen(ListScreen):
     # -- actions ----------------------------------------------------------------------------
 
     def selected(self) -> str:
-        table: DataTable[Any] = self.query_one("#runs-table", DataTable)
-        if not self.runs or table.cursor_row < 0 or table.cursor_row >= table.row_count:
-            return ""
-        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key
-        return str(key.value or "")
+        return cursor_key(self.query_one("#runs-table", DataTable))
 
     @on(DataTable.RowSelected, "#runs-table")
     def _row_chosen(self, event: DataTable.RowSelected) -> None:

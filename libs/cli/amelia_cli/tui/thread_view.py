@@ -11,6 +11,7 @@ gateway refuses or cannot answer is said on the screen.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable
 from typing import Any
 
 from rich.text import Text
@@ -18,16 +19,17 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.reactive import reactive
 from textual.widgets import DataTable, Footer, Input, Static
 
 from amelia_cli.tui.common import (
     ACTIVE,
-    Debounced,
-    LiveScreen,
+    PagedScreen,
+    TabBar,
     TopBar,
     amelia,
     ask,
+    cursor_key,
+    first_pages,
     short_id,
     status_of,
     status_text,
@@ -71,27 +73,7 @@ FORK_MARK = "⑂"  # a branch made from an older checkpoint (its parent is not t
 POINT_MARK = "◆"  # a checkpoint more than one checkpoint continues from
 
 
-class ThreadTabs(Static):
-    """`State s  Messages (4) m  History (12) h`, the shown one lit."""
-
-    DEFAULT_CSS = """
-    ThreadTabs { height: 1; padding: 0 1; background: $panel; }
-    """
-    active = reactive("state")
-    counts: reactive[dict[str, int]] = reactive(dict, always_update=True)
-
-    def render(self) -> Text:
-        bar = Text()
-        for tab, (title, key, _) in TABS.items():
-            count = self.counts.get(tab)
-            if count:
-                title = f"{title} ({count})"
-            bar.append(f" {title} ", style="bold reverse" if tab == self.active else "")
-            bar.append(f"{key}  ", style="dim")
-        return bar
-
-
-class ThreadScreen(LiveScreen):
+class ThreadScreen(PagedScreen):
     """`escape` goes back to the threads."""
 
     AUTO_FOCUS = "#thread-state"
@@ -117,12 +99,9 @@ class ThreadScreen(LiveScreen):
         self.runs: list[dict[str, Any]] = []
         self.state: dict[str, Any] = {}  # the latest checkpoint
         self.history: list[dict[str, Any]] = []
-        self.next_token = ""
-        self.pages = 1
         self.picked = ""  # a checkpoint picked from the history (Enter), shown instead
         self.tab = "state"
         self.loaded = False
-        self.reload_soon = Debounced(self, self.action_reload)
 
     def compose(self) -> ComposeResult:
         yield TopBar("Threads", f"thread {short_id(self.thread)}")
@@ -137,7 +116,7 @@ class ThreadScreen(LiveScreen):
             )
         with Horizontal(id="thread-body"):
             with Vertical(id="thread-main"):
-                yield ThreadTabs(id="thread-tabs")
+                yield TabBar(TABS, id="thread-tabs")
                 yield Static("", id="thread-note", classes="note")
                 with VerticalScroll(id="thread-state", classes="pane -shown"):
                     yield Static("loading…", id="thread-state-text")
@@ -181,27 +160,16 @@ class ThreadScreen(LiveScreen):
         if started or any(run.get("name") == subject for run in self.runs):
             self.reload_soon()
 
-    def action_reload(self) -> None:
-        if self.live:
-            self.run_worker(self._load(self.pages), exclusive=True, group="thread")
-
-    def action_more(self) -> None:
-        if self.live and self.next_token:
-            self.run_worker(self._load(self.pages + 1), exclusive=True, group="thread")
-
-    async def _load(self, pages: int) -> None:
+    async def load(self, pages: int) -> None:
         api = amelia(self).api
+
+        def page(token: str) -> Awaitable[dict[str, Any]]:
+            return api.list_thread_history(self.thread, HISTORY_PAGE, token)
+
         try:
             state = await ask(self, api.get_thread_state(self.thread))
             runs = await ask(self, api.list_runs(thread=self.thread, page_size=RUNS_KEPT))
-            history: list[dict[str, Any]] = []
-            token = ""
-            for _ in range(pages):
-                reply = await ask(self, api.list_thread_history(self.thread, HISTORY_PAGE, token))
-                history += reply.get("states", [])
-                token = str(reply.get("nextPageToken") or "")
-                if not token:
-                    break
+            history, token = await ask(self, first_pages(page, "states", pages))
         except ApiError as exc:
             self.show_error(exc)
             return
@@ -348,7 +316,7 @@ class ThreadScreen(LiveScreen):
             shown = conversation_text(turns)
         self.query_one("#thread-messages-text", Static).update(shown)
         self.query_one("#thread-side-text", Static).update(shown)
-        tabs = self.query_one(ThreadTabs)
+        tabs = self.query_one(TabBar)
         tabs.counts = {"messages": len(turns or []), "history": len(self.history)}
 
     def _render_history(self) -> None:
@@ -385,10 +353,7 @@ class ThreadScreen(LiveScreen):
     # -- moves ------------------------------------------------------------------------------
 
     def cursor_checkpoint(self) -> str:
-        table: DataTable[Any] = self.query_one("#thread-history", DataTable)
-        if not self.history or table.cursor_row < 0 or table.cursor_row >= table.row_count:
-            return ""
-        return str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value or "")
+        return cursor_key(self.query_one("#thread-history", DataTable))
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "answer":
@@ -411,7 +376,7 @@ class ThreadScreen(LiveScreen):
         self.tab = tab
         for pane in self.query(".pane"):
             pane.set_class(pane.id == TABS[tab][2], "-shown")
-        self.query_one(ThreadTabs).active = tab
+        self.query_one(TabBar).active = tab
         self.query_one("#thread-note").display = tab == "history"
         self.query_one(f"#{TABS[tab][2]}").focus()
         self.refresh_bindings()

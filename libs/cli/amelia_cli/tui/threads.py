@@ -6,6 +6,7 @@ pauses, resumes or ends, as the runs list does, and Enter opens a thread (`threa
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from typing import Any
 
 from textual import on
@@ -14,10 +15,12 @@ from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Static
 
 from amelia_cli.tui.common import (
-    ListScreen,
+    PagedScreen,
     TopBar,
     amelia,
     ask,
+    cursor_key,
+    first_pages,
     short_id,
     status_of,
     status_text,
@@ -44,7 +47,7 @@ async def latest_runs(api: GatewayApi, threads: list[str]) -> dict[str, dict[str
     return dict(zip(threads, found, strict=True))
 
 
-class ThreadsScreen(ListScreen):
+class ThreadsScreen(PagedScreen):
     """Threads, most recently active first. Enter opens one."""
 
     AUTO_FOCUS = "#threads-table"
@@ -58,8 +61,6 @@ class ThreadsScreen(ListScreen):
         super().__init__()
         self.threads: dict[str, dict[str, Any]] = {}
         self.latest: dict[str, dict[str, Any]] = {}
-        self.pages = 1
-        self.next_token = ""
 
     def compose(self) -> ComposeResult:
         yield TopBar("Threads")
@@ -81,26 +82,15 @@ class ThreadsScreen(ListScreen):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         return bool(self.next_token) if action == "more" else True
 
-    def action_reload(self) -> None:
-        if self.live:
-            self.run_worker(self._load(self.pages), exclusive=True, group="threads")
-
-    def action_more(self) -> None:
-        if self.live and self.next_token:
-            self.run_worker(self._load(self.pages + 1), exclusive=True, group="threads")
-
-    async def _load(self, pages: int) -> None:
+    async def load(self, pages: int) -> None:
         """The first `pages` pages again (a reload keeps what `+` added)."""
         api = amelia(self).api
-        threads: list[dict[str, Any]] = []
-        token = ""
+
+        def page(token: str) -> Awaitable[dict[str, Any]]:
+            return api.list_threads(PAGE_SIZE, token)
+
         try:
-            for _ in range(pages):
-                reply = await ask(self, api.list_threads(PAGE_SIZE, token))
-                threads += reply.get("threads", [])
-                token = str(reply.get("nextPageToken") or "")
-                if not token:
-                    break
+            threads, token = await ask(self, first_pages(page, "threads", pages))
             latest = await ask(self, latest_runs(api, [str(t.get("name")) for t in threads]))
         except ApiError as exc:
             self.query_one("#threads-note", Static).update(f"[red]{exc}[/red]")
@@ -141,11 +131,7 @@ class ThreadsScreen(ListScreen):
         self.query_one("#threads-note", Static).update(note)
 
     def selected(self) -> str:
-        table: DataTable[Any] = self.query_one("#threads-table", DataTable)
-        if not self.threads or table.cursor_row < 0 or table.cursor_row >= table.row_count:
-            return ""
-        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key
-        return str(key.value or "")
+        return cursor_key(self.query_one("#threads-table", DataTable))
 
     @on(DataTable.RowSelected, "#threads-table")
     def _row_chosen(self, event: DataTable.RowSelected) -> None:
