@@ -98,8 +98,8 @@ class DriverStatement:
         self.sql = str(compiled)
         self.names: tuple[str, ...] = tuple(compiled.positiontup or ())
         binds = compiled.binds
-        self.defaults = {name: bind.effective_value for name, bind in binds.items()}
-        self.json = frozenset(name for name, bind in binds.items() if isinstance(bind.type, JSON))
+        self.defaults = {name: binds[name].effective_value for name in self.names}
+        self.json = frozenset(name for name in self.names if isinstance(binds[name].type, JSON))
 
     def args(self, params: Mapping[str, Any]) -> list[Any]:
         values = {**self.defaults, **params}
