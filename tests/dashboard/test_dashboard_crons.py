@@ -6,6 +6,7 @@ Delete asks inline and removes it; a bad schedule shows the API's own message un
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -249,3 +250,44 @@ def test_the_list_refreshes_itself_with_the_last_ticks_and_the_busy_strategy(
     finally:
         for name in made:
             mesh.request("DELETE", f"/v1/{name}")
+
+
+def test_a_tick_the_scheduler_fires_shows_and_the_cron_then_ends(
+    browser: Browser, mesh: Mesh, artifacts: Path
+) -> None:
+    """On the real clock (the mesh's own scheduler, up to a minute's wait): a cron due at the
+    next minute, ending 30 s after it, shows its tick, then the Ended badge, without a reload."""
+    agent = _agent(mesh)
+    now = datetime.now(UTC)
+    tick = now.replace(second=0, microsecond=0) + timedelta(minutes=1)
+    end = (tick + timedelta(seconds=30)).isoformat().replace("+00:00", "Z")
+    cron = mesh.post(
+        "/v1/crons",
+        {
+            "cron": {
+                "agent": agent,
+                "schedule": "* * * * *",
+                "input": {"message": "m"},
+                "endTime": end,
+            }
+        },
+    )["cron"]
+    try:
+        assert cron["ended"] is False and cron["nextRunTime"]
+        with _checked_page(browser, mesh, DESKTOP) as page:
+            page.goto("/#/crons")
+            card = page.locator(f'#crons-list li[data-cron="{cron["name"]}"]')
+            expect(card.locator("[data-field=recent]")).to_have_text("none yet")
+            page.evaluate("window.notReloaded = true")
+            recent = card.locator("[data-field=recent] li")
+            expect(recent).to_have_count(1, timeout=120_000)
+            expect(recent.first).to_contain_text("fired")
+            expect(card.locator(".badge").first).to_have_text("Ended", timeout=20_000)
+            expect(card.locator("[data-field=next]")).to_have_text("none (the schedule has ended)")
+            assert page.evaluate("window.notReloaded") is True
+            shot(page, artifacts, "crons-desktop-ended")
+        shown = mesh.get(f"/v1/{cron['name']}")["cron"]
+        assert shown["ended"] is True and shown["firedCount"] == "1"  # int64: a JSON string
+        assert shown["recentActions"][0]["scheduleTime"].startswith(tick.strftime("%Y-%m-%dT%H:%M"))
+    finally:
+        mesh.request("DELETE", f"/v1/{cron['name']}")
