@@ -121,7 +121,7 @@ def _mark(state: OneState, what: str) -> None:
     """A line in the shared record file: what happened, in which run's request."""
     request = state["request"]
     with Path(request["record"]).open("a") as f:
-        f.write(f"{request['name']} {what} {os.getpid()}\n")
+        f.write(f"{request['name']} {what} {os.getpid()} {time.time():.6f}\n")
 
 
 async def stubborn_node(state: OneState) -> dict[str, Any]:

@@ -16,7 +16,11 @@
 admitted (`queued_behind IS NULL`) queued, running or paused run per thread, and a waiting run is
 never claimed. A run is admitted only by `settle`, which holds the run lock of the thread's
 latest started run (the only one whose executor may still be running) — or is that run's worker,
-at its end — so a cancelled run still unwinding keeps the next one waiting.
+at its end — so a cancelled run still unwinding keeps the next one waiting. A default (reject)
+CreateRun right after a CancelRun is admitted by the index alone, though: where runs execute,
+the worker's run lock also takes the thread's (`locks`), so that run starts only once the
+cancelled run's executor has let the thread go; meanwhile GetRun names the run it waits for
+(`stopping_run`).
 
 `settle` runs at every end that leaves the thread runs to admit or delete (`RunEvents.terminal`),
 after CreateRun recorded a waiting run (its own end may have been read before the commit), and
