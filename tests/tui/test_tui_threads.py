@@ -203,5 +203,12 @@ async def test_continue_a_cancelled_question_then_answer_it(tui_mesh: TuiMesh) -
         await pilot.press("escape")
         await wait_until(lambda: screen.query_one("#thread-question").display, "the question")
         assert screen.latest_run.get("name") == continued.run_name
+        # `c` is gone while the run waits; had it been pressed in that instant, the API's
+        # refusal (the thread is busy) is said on the screen.
+        assert not screen.check_action("continue", ())
+        screen.action_continue()
+        await wait_until(lambda: "not continued" in text_of(screen, "#thread-error"), "said")
+        assert continued.run_name in text_of(screen, "#thread-error")
         await approve(pilot, screen)
+        assert not screen.query_one("#thread-error").display
         assert not screen.state.get("next") and "plan" in screen.state.get("values", {})

@@ -37,7 +37,7 @@ def url_option() -> Any:
 
 
 def tui(url: str = url_option()) -> None:
-    """Runs, events and documents in a terminal UI (keyboard-first; ? shows the keys)."""
+    """Runs, events, documents and threads in a terminal UI (keyboard-first; ? shows the keys)."""
     from amelia_cli.tui.app import AmeliaApp
 
     AmeliaApp(url or gateway_url(), get_settings().api_token).run()

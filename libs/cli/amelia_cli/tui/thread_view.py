@@ -154,9 +154,7 @@ class ThreadScreen(PagedScreen):
     def _event(self, event: dict[str, Any], sequence: int) -> None:
         """One of the thread's runs moved, or a run started (it may be on this thread)."""
         subject = str(event.get("subject", ""))
-        started = str(event.get("type", "")).endswith(".started") and "node" not in str(
-            event.get("type")
-        )
+        started = event.get("type") in ("agent.started", "workflow.started")
         if started or any(run.get("name") == subject for run in self.runs):
             self.reload_soon()
 
@@ -177,15 +175,18 @@ class ThreadScreen(PagedScreen):
         self.show_thread(state, runs, history, token)
 
     def show_error(self, exc: ApiError) -> None:
-        box = self.query_one("#thread-error", Static)
         if exc.code == "NOT_FOUND":
-            text = f"not found: {exc} (deleted, or made on another mesh)"
+            self.say(f"not found: {exc} (deleted, or made on another mesh)")
         else:
-            text = f"{exc} — shown as last loaded; it reloads when the gateway is back."
-        box.update(Text(text))
-        box.display = True
+            self.say(f"{exc} — shown as last loaded; it reloads when the gateway is back.")
         if not self.loaded:
             self.query_one("#thread-state-text", Static).update(Text("(not loaded)", style="dim"))
+
+    def say(self, text: str) -> None:
+        """What went wrong, above the tabs, until the thread is loaded again."""
+        box = self.query_one("#thread-error", Static)
+        box.update(Text(text))
+        box.display = True
 
     def show_thread(
         self,
@@ -424,7 +425,7 @@ class ThreadScreen(PagedScreen):
         try:
             await ask(self, app.api.resume_run(run, answer, str(uuid.uuid4())))
         except ApiError as exc:
-            self.notify(str(exc), severity="error", timeout=6)
+            self.say(f"not answered: {exc}")
             return
         box = self.query_one("#thread-answer", Input)
         box.value = ""
@@ -461,7 +462,7 @@ class ThreadScreen(PagedScreen):
         try:
             run = await ask(self, app.api.create_run(spec, str(uuid.uuid4())))
         except ApiError as exc:
-            self.notify(f"not continued: {exc}", severity="error", timeout=8)
+            self.say(f"not continued: {exc}")
             return
         app.open_run(str(run.get("name")))
 
