@@ -117,9 +117,9 @@ def values_text(values: dict[str, Any]) -> Text:
         if key == "messages" and conversation_of(values) is not None:
             text.append(f"  {plural(len(value), 'message')} (m shows them)\n", style="dim")
             continue
-        if isinstance(value, str):
+        if isinstance(value, str) and value.strip():
             text.append("\n" + _indent(value) + "\n")
-        elif value is None or isinstance(value, bool | int | float) or value in ([], {}):
+        elif value is None or isinstance(value, str | bool | int | float) or value in ([], {}):
             text.append(f"  {json.dumps(value)}\n")
         else:
             text.append("\n" + _indent(json.dumps(value, indent=2, ensure_ascii=False)) + "\n")
