@@ -45,6 +45,7 @@ from amelia_rag.search import (
     distinct,
     fuse,
     keyword_ranking,
+    openings,
     reading_order,
     vector_ranking,
 )
@@ -81,7 +82,9 @@ class VariantSearcher(Searcher):
         n = max(top_k * search.CANDIDATES_PER_HIT, search.CANDIDATES)
         async with self.sessions() as session, session.begin():
             ranked = await self.ranked(session, query, vector, n, min_score)
-        hits = distinct(ranked, top_k, self.merge_chars, search.PER_DOCUMENT)
+            hits = distinct(ranked, top_k, self.merge_chars, search.PER_DOCUMENT)
+            if search.SECTION_OPENINGS and hits:
+                await openings(session, hits, self.merge_chars)
         return reading_order(hits) if search.READING_ORDER else hits
 
     async def ranked(
