@@ -505,6 +505,12 @@ async def test_trigger_runs_now_even_paused(env: Crons) -> None:
         ({"schedule": "* * * *"}, "cron.schedule '* * * *' must have 5 fields"),
         ({"schedule": "61 * * * *"}, "cron.schedule '61 * * * *' is not a valid cron expression"),
         ({"schedule": "0 0 30 2 *"}, "never fires"),
+        # Plain cron only: croniter's extensions are refused in words, not its internals.
+        ({"schedule": "H * * * *"}, "the minute field's 'H' is not a number in 0-59"),
+        ({"schedule": "* * ? * *"}, "the day-of-month field's '?' is not plain cron"),
+        ({"schedule": "0 0 L 2 *"}, "the day-of-month field's 'L' is not a number in 1-31"),
+        ({"schedule": "1-31/40 * * * *"}, "the minute field's step in '1-31/40' is not in 1-30"),
+        ({"schedule": "0 0 * * 5-1"}, "the day-of-week field's range '5-1' runs backwards"),
         ({"schedule": "* * * * *", "timezone": "Mars/Base"}, "cron.timezone 'Mars/Base'"),
         ({"schedule": "* * * * *"}, "set cron.agent"),
         (

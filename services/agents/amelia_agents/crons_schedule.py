@@ -1,12 +1,18 @@
 """A cron's schedule: a 5-field cron expression read in a time zone, its arithmetic done by
 `croniter` (a maintained library, as LangGraph Server's crons use), not by a parser of ours.
 
+Only plain cron is accepted (`_check_fields`): per field a `,` list of `*`, a number or a name
+(`jan`…`dec`, `sun`…`sat`), a range `a-b`, each with an optional step `/n` no larger than the
+field's span. croniter's extensions (`H` hashes, `?`, `L`, `#`, `W`, 6 or 7 fields) are refused
+before croniter sees them, so its internal messages never reach a person.
+
 Times in and out are UTC-aware datetimes; the zone only says which wall clock the fields mean
 (`0 9 * * *` in `Europe/Paris` is 08:00 UTC in winter, 07:00 UTC in summer).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -16,6 +22,21 @@ from croniter import CroniterBadCronError, CroniterBadDateError, CroniterError, 
 from amelia_common.errors import InvalidArgumentError
 
 FIELDS = "minute hour day-of-month month day-of-week"
+# Each field: its name, lowest and highest value, and the names it accepts (as numbers).
+MONTHS = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
+DAYS = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]
+FIELD_RANGES: tuple[tuple[str, int, int, dict[str, int]], ...] = (
+    ("minute", 0, 59, {}),
+    ("hour", 0, 23, {}),
+    ("day-of-month", 1, 31, {}),
+    ("month", 1, 12, {name: number for number, name in enumerate(MONTHS, 1)}),
+    ("day-of-week", 0, 7, {name: number for number, name in enumerate(DAYS)}),
+)
+ITEM = re.compile(
+    r"^(?:(?P<star>\*)|(?P<low>[0-9a-z]+)(?:-(?P<high>[0-9a-z]+))?)(?:/(?P<step>[0-9]+))?$",
+    re.IGNORECASE,
+)
+PLAIN = "numbers, names (jan, mon), '*', ',' lists, '-' ranges and '/' steps"
 # Missed ticks counted after downtime at most (a minute schedule down for a week is 10080).
 MAX_COUNTED = 100_000
 
@@ -55,6 +76,11 @@ def parse(expression: str, timezone: str, field: str = "cron") -> Schedule:
             f"{field}.schedule {expression!r} must have 5 fields ({FIELDS}), e.g. '*/15 * * * *'; "
             f"it has {count}"
         )
+    bad = _check_fields(text.split())
+    if bad:
+        raise InvalidArgumentError(
+            f"{field}.schedule {text!r} is not a valid cron expression ({FIELDS}): {bad}"
+        )
     try:
         schedule = Schedule(text, zone)
         schedule.next_after(datetime.now(UTC))
@@ -67,6 +93,29 @@ def parse(expression: str, timezone: str, field: str = "cron") -> Schedule:
             f"{field}.schedule {text!r} is not a valid cron expression ({FIELDS}): {exc}"
         ) from None
     return schedule
+
+
+def _check_fields(fields: list[str]) -> str:
+    """What is wrong with the 5 fields as plain cron ("" when nothing)."""
+    for value, (name, lowest, highest, names) in zip(fields, FIELD_RANGES, strict=True):
+        for item in value.split(","):
+            found = ITEM.match(item)
+            if found is None:
+                return f"the {name} field's {item!r} is not plain cron ({PLAIN})"
+            ends = [end for end in (found["low"], found["high"]) if end]
+            numbers = [names.get(end.lower(), int(end) if end.isdigit() else -1) for end in ends]
+            for end, number in zip(ends, numbers, strict=True):
+                if not lowest <= number <= highest:
+                    kind = "number or name" if names else "number"
+                    return f"the {name} field's {end!r} is not a {kind} in {lowest}-{highest}"
+            span = numbers[1] - numbers[0] if len(numbers) == 2 else highest - lowest
+            if span < 0:
+                return f"the {name} field's range {item!r} runs backwards"
+            if found["step"] and len(numbers) == 1:
+                return f"the {name} field's step in {item!r} needs '*' or a range ('*/n', 'a-b/n')"
+            if found["step"] and not 1 <= int(found["step"]) <= span:
+                return f"the {name} field's step in {item!r} is not in 1-{span}"
+    return ""
 
 
 def _zone(timezone: str, field: str) -> ZoneInfo:
