@@ -137,6 +137,37 @@ async def test_bad_json_and_wrong_types_are_400_on_every_body_route(
     _status(wrong, 415, 3)
 
 
+async def test_a_oneof_given_twice_is_a_400_saying_so_not_a_wrong_type(
+    http: httpx.AsyncClient,
+) -> None:
+    """`agent` and `workflow` together were refused as "cron: must be a JSON object, got {…}"
+    although the cron is one: every ParseError was read as a value of the wrong type. The
+    transcoder refuses before any upstream, so no mesh is needed."""
+    both = {"agent": "agents/slow", "workflow": "workflows/echo", "input": {"message": "x"}}
+    cron = {**both, "schedule": "0 0 1 1 *"}
+    refused = [
+        (await http.post("/v1/crons", json={"cron": cron}), "cron: "),
+        (await http.post("/v1/threads/t1/crons", json={"cron": cron}), "cron: "),
+        (await http.patch("/v1/crons/c1", json={"cron": cron}), "cron: "),
+        (await http.post("/v1/runs", json={"run": both}), "run: "),
+    ]
+    for reply, owner in refused:
+        message = _status(reply, 400, 3)["message"]
+        assert message == f"{owner}only one of agent, workflow may be set, got both", message
+    three = await http.get(
+        "/v1/events:stream", params={"fromBeginning": "true", "afterSequence": 3}
+    )
+    assert _status(three, 400, 3)["message"].endswith(
+        "only one of fromBeginning, afterSequence, startTime may be set,"
+        " got fromBeginning and afterSequence"
+    ), three.text
+    # Other mistakes inside the same nested message keep saying what the value must be.
+    enum = await http.post("/v1/runs", json={"run": {"agent": "agents/a", "status": "NOPE"}})
+    assert _status(enum, 400, 3)["message"].startswith("run.status: must be one of RUN_STATUS_")
+    nested = await http.post("/v1/crons", json={"cron": {"agent": "agents/a", "input": "hi"}})
+    assert _status(nested, 400, 3)["message"] == 'cron.input: must be a JSON object, got "hi"'
+
+
 async def test_bad_query_parameters_are_400_on_every_get_route(http: httpx.AsyncClient) -> None:
     for rule in (r for r in ROUTES if r.method in ("GET", "DELETE")):
         reply = await http.request(rule.method, example_path(rule), params={"noSuchParam": "1"})

@@ -98,6 +98,17 @@ REFUSED: list[tuple[type[Message], dict[str, Any], str]] = [
     ),
     (
         agents_pb2.CreateRunRequest,
+        {"run": {"agent": "agents/a", "workflow": "workflows/w"}},
+        "run: only one of agent, workflow may be set, got both",
+    ),
+    (
+        events_pb2.StreamEventsRequest,
+        {"fromBeginning": True, "after_sequence": "3", "startTime": "2026-01-01T00:00:00Z"},
+        "only one of fromBeginning, afterSequence, startTime may be set,"
+        " got fromBeginning, afterSequence and startTime",
+    ),
+    (
+        agents_pb2.CreateRunRequest,
         {"run": {"input": "x" * 5000}},
         'run.input: must be a JSON object, got "xxx',
     ),

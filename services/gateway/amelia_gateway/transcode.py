@@ -16,7 +16,12 @@ from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
 from google.protobuf import json_format
-from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
+from google.protobuf.descriptor import (
+    Descriptor,
+    EnumDescriptor,
+    FieldDescriptor,
+    OneofDescriptor,
+)
 from google.protobuf.message import Message
 
 from amelia_common.json_numbers import message_dict
@@ -147,6 +152,9 @@ def _clean(text: str) -> str:
 # no field named "colour" at "CreateRunRequest.run".\n Available Fields(except extensions): …'.
 _FAILED_FIELD = re.compile(r"Failed to parse (\w+) field: ")
 _UNKNOWN_FIELD = re.compile(r'has no field named "(.*?)" at "(?P<at>[\w.\[\]]*)"')
+# A oneof given more than one member ('Message type "amelia.v1.Run" should not have multiple
+# "target" oneof fields at "CreateRunRequest.run".'): its own kind of mistake, not a wrong value.
+_ONEOF_TWICE = re.compile(r'should not have multiple "(\w+)" oneof fields at "(?P<at>[\w.\[\]]*)"')
 _INDEX = re.compile(r"(\w+)\[(\d+)\]")
 # Where it failed, at the end of the text: ' at CreateAgentRequest.agent.temperature.'.
 _AT_PATH = re.compile(r" at (?P<at>\w+(?:\.\w+(?:\[\d+\])?)*)\.*$")
@@ -180,7 +188,8 @@ def parse_error_message(text: str, descriptor: Descriptor, data: Any, where: str
     `unknown field "colour" in CreateRunRequest body; its fields are run, requestId`."""
     names = _FAILED_FIELD.findall(text)
     unknown = _UNKNOWN_FIELD.search(text)
-    at = unknown or _AT_PATH.search(text)
+    oneof_twice = _ONEOF_TWICE.search(text)
+    at = unknown or oneof_twice or _AT_PATH.search(text)
     at_path = at.group("at") if at else ""
     at_names = [_INDEX.sub(r"\1", n) for n in at_path.split(".")[1:]]
     if len(at_names) > len(names) and at_names[: len(names)] == names:
@@ -205,11 +214,24 @@ def parse_error_message(text: str, descriptor: Descriptor, data: Any, where: str
             f"unknown field {json.dumps(unknown.group(1))} in {owner}"
             + (f"; its fields are {known}" if known else "")
         )
+    if oneof_twice is not None and desc is not None and isinstance(value, dict):
+        return _oneof_twice_message(desc.oneofs_by_name[oneof_twice.group(1)], value, path)
     if field is None:
         return _clean(text)
     element = bool(path) and path[-1].endswith("]")
     got = "" if value is _UNSEEN else f", got {_shown(value)}"
     return cut(f"{'.'.join(path)}: must be {_expected(field, value, element)}{got}")
+
+
+def _oneof_twice_message(oneof: OneofDescriptor, value: dict[str, Any], path: list[str]) -> str:
+    """`run: only one of agent, workflow may be set, got both` (the members given, when the
+    oneof has more than two)."""
+    members = [f.json_name for f in oneof.fields]
+    json_names = {spelling: f.json_name for f in oneof.fields for spelling in (f.name, f.json_name)}
+    given = [json_names[key] for key in value if value[key] is not None and key in json_names]
+    got = "both" if len(members) == 2 else ", ".join(given[:-1]) + " and " + given[-1]
+    where = ".".join(path) + ": " if path else ""
+    return cut(f"{where}only one of {', '.join(members)} may be set, got {got}")
 
 
 def _expected(field: FieldDescriptor, value: Any, element: bool) -> str:
