@@ -24,6 +24,22 @@ async def wait_paused(mesh: TuiMesh, name: str) -> None:
             await asyncio.sleep(0.1)
 
 
+async def enqueue_from_the_cli(
+    mesh: TuiMesh, tmp_path: Path, thread: str, message: str
+) -> asyncio.subprocess.Process:
+    """`amelia run chat --thread <thread> --multitask enqueue`, its output piped."""
+    env = os.environ | cli_env(mesh, tmp_path / "none") | {"COLUMNS": "80", "PYTHONUNBUFFERED": "1"}
+    return await asyncio.create_subprocess_exec(
+        *AMELIA,
+        *("run", "chat", "x", "--thread", thread, "--multitask", "enqueue"),
+        *("--input", json.dumps({"message": message, "model": "offline:transcript"})),
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+
+
 async def test_enqueue_over_http_and_from_the_cli(tui_mesh: TuiMesh, tmp_path: Path) -> None:
     first = (
         await tui_mesh.post("/v1/runs", {"run": {"workflow": "workflows/plan", "input": PLAN}})
@@ -49,20 +65,7 @@ async def test_enqueue_over_http_and_from_the_cli(tui_mesh: TuiMesh, tmp_path: P
     assert second["status"] == "RUN_STATUS_QUEUED" and second["queuedBehind"] == first["name"]
     assert second["multitaskStrategy"] == "enqueue"
 
-    env = (
-        os.environ
-        | cli_env(tui_mesh, tmp_path / "none")
-        | {"COLUMNS": "80", "PYTHONUNBUFFERED": "1"}
-    )
-    cli = await asyncio.create_subprocess_exec(
-        *AMELIA,
-        *("run", "chat", "x", "--thread", thread, "--multitask", "enqueue"),
-        *("--input", json.dumps({"message": "third", "model": "offline:transcript"})),
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
+    cli = await enqueue_from_the_cli(tui_mesh, tmp_path, thread, "third")
     assert cli.stdout is not None
     shown = ""
     async with asyncio.timeout(DEADLINE):
@@ -78,3 +81,24 @@ async def test_enqueue_over_http_and_from_the_cli(tui_mesh: TuiMesh, tmp_path: P
     assert ": completed" in shown, shown
     done = (await tui_mesh.get(f"/v1/{second['name']}"))["run"]
     assert done["status"] == "RUN_STATUS_COMPLETED" and done["queuedBehind"] == ""
+
+
+async def test_enqueue_says_queued_at_once_even_when_the_wait_is_short(
+    tui_mesh: TuiMesh, tmp_path: Path
+) -> None:
+    """CreateRun's reply names the run it waits behind: said before anything streams, not at
+    the first 3 s check (the thread's run here ends as soon as the CLI's run is created)."""
+    first = (
+        await tui_mesh.post("/v1/runs", {"run": {"workflow": "workflows/plan", "input": PLAN}})
+    )["run"]
+    await wait_paused(tui_mesh, first["name"])
+    cli = await enqueue_from_the_cli(tui_mesh, tmp_path, first["thread"], "short")
+    assert cli.stdout is not None
+    async with asyncio.timeout(DEADLINE):
+        shown = (await cli.stdout.readline()).decode()  # `runs/… in threads/…`: created
+        assert f" in {first['thread']}" in shown, shown
+        await tui_mesh.post(f"/v1/{first['name']}:resume", {"answer": "approve"})
+        shown += (await cli.stdout.read()).decode()
+        assert await cli.wait() == 0, shown
+    said = f"queued behind {first['name']}: it starts once that run ends"
+    assert said in shown and shown.index(said) < shown.index("user: short"), shown

@@ -376,24 +376,31 @@ def queued_text(queue: agents_pb2.GetRunQueueResponse) -> str:
     )
 
 
-async def _say_queued(stub: object, run_name: str, every: float = QUEUED_EVERY) -> None:
+async def _say_queued(
+    stub: object, run_name: str, created: agents_pb2.Run | None = None, every: float = QUEUED_EVERY
+) -> None:
     """While the run waits in the queue (it streams nothing then), say so: a line that changes
-    at most every `every` seconds, on a terminal one that goes away once the run starts. Only
-    said; the queue unread (the agents service busy) is not this command's failure."""
+    at most every `every` seconds, on a terminal one that goes away once the run starts. A run
+    `created` queued behind a thread's run says so at once, from CreateRun's reply (a wait
+    shorter than `every` was not said). Only said; the queue unread (the agents service busy)
+    is not this command's failure."""
     said = ""
     live: Status | None = None
+    run = created if created is not None and created.queued_behind else None
     try:
         with contextlib.suppress(grpc.aio.AioRpcError):
             while True:
-                await asyncio.sleep(every)
-                reply = await stub.GetRun(agents_pb2.GetRunRequest(name=run_name))  # type: ignore[attr-defined]
-                if reply.run.status != agents_pb2.RUN_STATUS_QUEUED:
+                if run is None:
+                    await asyncio.sleep(every)
+                    run = (await stub.GetRun(agents_pb2.GetRunRequest(name=run_name))).run  # type: ignore[attr-defined]
+                if run.status != agents_pb2.RUN_STATUS_QUEUED:
                     return
-                if reply.run.queued_behind:  # (multitask enqueue, interrupt, rollback)
-                    text = f"queued behind {reply.run.queued_behind}: it starts once that run ends"
+                if run.queued_behind:  # (multitask enqueue, interrupt, rollback)
+                    text = f"queued behind {run.queued_behind}: it starts once that run ends"
                 else:
                     queue = await stub.GetRunQueue(agents_pb2.GetRunQueueRequest(), timeout=5)  # type: ignore[attr-defined]
                     text = queued_text(queue)
+                run = None
                 if text == said:
                     continue
                 said = text
@@ -416,7 +423,12 @@ async def _stop(task: asyncio.Task[None]) -> None:
         await asyncio.wait({task})
 
 
-async def _follow(stub: object, run_name: str, shown: Shown | None = None) -> agents_pb2.Run:
+async def _follow(
+    stub: object,
+    run_name: str,
+    shown: Shown | None = None,
+    created: agents_pb2.Run | None = None,
+) -> agents_pb2.Run:
     """Stream a run's events to the terminal until it ends.
 
     On a terminal, a paused run's question is asked and answered here, while the stream is still
@@ -430,7 +442,7 @@ async def _follow(stub: object, run_name: str, shown: Shown | None = None) -> ag
     shown = shown or Shown()
     typed = _Typed()
     paused = False
-    queued = asyncio.create_task(_say_queued(stub, run_name))
+    queued = asyncio.create_task(_say_queued(stub, run_name, created))
     while True:
         last_type = ""
         asking = False
@@ -594,7 +606,7 @@ def run(
                 raise typer.Exit(130) from None
             created = reply.run
             created_line(created)
-            follow = asyncio.create_task(_follow(stub, created.name, shown))
+            follow = asyncio.create_task(_follow(stub, created.name, shown, created))
             following.append(follow)
             if interrupted.is_set():
                 follow.cancel()
@@ -786,7 +798,7 @@ def _new_run(follow: bool, call: Callable[[AgentServiceAsyncStub], Awaitable[Any
         async with agents() as stub:
             created: agents_pb2.Run = (await call(stub)).run
             created_line(created)
-            return await _follow(stub, created.name) if follow else created
+            return await _follow(stub, created.name, created=created) if follow else created
 
     final = call_rpc(go)
     console.print(said(f"{final.name}: {status_name(final.status)}"))
