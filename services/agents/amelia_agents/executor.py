@@ -36,7 +36,15 @@ from langgraph.constants import CONFIG_KEY_CHECKPOINTER
 from langgraph.types import Command
 
 from amelia.v1 import events_pb2
-from amelia_agents import checkpoints, partial, runstate, runtime, steps, workflows
+from amelia_agents import (
+    checkpoints,
+    partial,
+    runstate,
+    runtime,
+    steps,
+    threadstate,
+    workflows,
+)
 from amelia_agents.lifecycle import RunEvents
 from amelia_agents.llm import ModelError, Usage
 from amelia_agents.locks import LockLostError, still_held
@@ -80,6 +88,7 @@ class GraphEnd:
 
     values: dict[str, Any] = field(default_factory=dict)
     interrupt: dict[str, Any] | None = None  # {"node", "value", "id"}
+    ran: bool = False  # a node started: without one, `values` is what earlier runs wrote
 
 
 class HandoverError(Exception):
@@ -277,7 +286,10 @@ class Executor:
         if not mine and not (row.input is None and row.has_resume):
             # A run created without input continues the thread (`None`: LangGraph runs the
             # latest checkpoint's `next`). Its interrupt writes no checkpoint of its own, so
-            # once answered it is resumed below although the head is not its.
+            # once answered it is resumed below although the head is not its. CreateRun saw
+            # nodes to continue, but a run enqueued before this one may have run them since.
+            if row.input is None and not snapshot.next:
+                return await self._fail(row, threadstate.nothing_to_continue(row.thread_id))
             graph_input = None if row.input is None else workflow.to_state(row.input)
             kind = "start"
         elif snapshot.interrupts:
@@ -365,6 +377,13 @@ class Executor:
             if end.interrupt is None:
                 return await self._cancelled(row)
             return await self._pause(row, end.interrupt)
+        if kind == "start" and not end.ran:
+            # The stream's state is then the thread's as earlier runs left it: not this
+            # run's output.
+            await _stored(usage)
+            if row.input is None:
+                return await self._fail(row, threadstate.nothing_to_continue(row.thread_id))
+            return await self._fail(row, "the graph ran no node for the run's input")
         return await self._complete(row, workflow, end.values, usage)
 
     async def _stop(self, drive: asyncio.Task[GraphEnd]) -> None:
@@ -400,6 +419,7 @@ class Executor:
                     if isinstance(chunk, dict) and INTERRUPT_KEY not in chunk:
                         end.values = chunk
                 elif mode == "tasks":
+                    end.ran = True
                     await pipeline.submit(
                         self._task_event(row, chunk, started, usage), data_checked=True
                     )

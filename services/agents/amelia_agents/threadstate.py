@@ -187,10 +187,7 @@ class ThreadStates:
         if latest is not None:
             snapshot = await steps.compiled(latest, self.checkpointer).aget_state(_config(tid))
         if snapshot is None or not snapshot.next:
-            raise InvalidArgumentError(
-                f"threads/{tid} has nothing to continue (its latest checkpoint has no node "
-                "to run): run.input is required"
-            )
+            raise InvalidArgumentError(nothing_to_continue(tid))
         assert latest is not None
         if (latest.agent_id, latest.workflow) != (agent_id, workflow):
             graph = (
@@ -333,6 +330,15 @@ class ThreadStates:
                 ) from None
             snapshot = await graph.aget_state(written)
         return to_state(tid, snapshot)
+
+
+def nothing_to_continue(tid: uuid.UUID) -> str:
+    """Why a run without input cannot run: said by CreateRun, and by the run itself when it
+    starts (an enqueued run can find the nodes it was to continue run by the run before it)."""
+    return (
+        f"threads/{tid} has nothing to continue (its latest checkpoint has no node to run): "
+        "run.input is required"
+    )
 
 
 def _latest_run(tid: uuid.UUID) -> Any:
