@@ -315,12 +315,14 @@ def test_threads_list_opens_a_conversation_that_continues(screen: Page, artifact
     first = f"first question {uuid.uuid4().hex[:6]}"
     start_run(page, "workflows/chat", {"message": first, "model": "offline:echo"})
     expect_status(page, "RUN_STATUS_COMPLETED")
-    # The run header links its whole thread, and "Continue thread" opens it.
+    # The run header links its whole thread, and "New run on this thread" opens its message form.
     thread_link = page.locator("#run-thread-link")
     thread_id = thread_link.inner_text()
     assert re.fullmatch(r"[0-9a-f-]{36}", thread_id), thread_id
+    expect(page.locator("#run-continue")).to_have_text("New run on this thread")
     page.click("#run-continue")
     page.wait_for_url(re.compile(f"#/threads/{thread_id}$"))
+    expect(page.locator("#continue-title")).to_have_text("Send a message")
     turns = page.locator("#thread-conversation .turn")
     expect(turns).to_have_count(2)
     expect(turns.first).to_contain_text(first)

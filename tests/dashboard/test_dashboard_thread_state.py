@@ -184,15 +184,23 @@ def test_an_edit_then_a_continued_run_sees_the_edited_values(
         expect(texts.last).to_contain_text(f"user: {note}\nuser: what did I say")
 
 
+@pytest.mark.parametrize("size", SIZES)
 def test_an_edit_as_an_earlier_node_then_continue_runs_the_next_node(
-    browser: Browser, mesh: Mesh, artifacts: Path
+    browser: Browser, mesh: Mesh, artifacts: Path, size: str
 ) -> None:
+    """The two ways on from a thread are named by what they do: "Send a message" (a new run
+    from the graph's start) and "Continue from here (no input)" (the checkpoint's next nodes);
+    the run continued without input reads so in the conversation, not as an empty message."""
     run = _run(mesh, "chat", input={"message": "first words", "model": "offline:transcript"})
     _wait_run(mesh, run["name"], "RUN_STATUS_COMPLETED")
     thread_id = _thread_id(run)
     note = f"the secret word is papaya-{uuid.uuid4().hex[:6]}"
-    with _checked_page(browser, mesh, DESKTOP) as page:
+    with _checked_page(browser, mesh, SIZES[size]) as page:
         _open_thread(page, thread_id)
+        expect(page.locator("#continue-title")).to_have_text("Send a message")
+        expect(page.locator("#thread-continue .hint")).to_contain_text(
+            "The graph starts again from its start, on the thread's latest state"
+        )
         # The graph ended: nothing to continue.
         expect(page.locator("#state-continue")).to_be_hidden()
         page.fill("#edit-values", json.dumps({"messages": [{"role": "user", "content": note}]}))
@@ -200,8 +208,10 @@ def test_an_edit_as_an_earlier_node_then_continue_runs_the_next_node(
         page.click("#edit-save")
         expect(page.locator("#state-next")).to_have_text("respond")
         expect(page.locator("#state-continue")).to_be_visible()
+        expect(page.locator("#state-continue")).to_have_text("Continue from here (no input)")
         _scroll_to(page, "#thread-state")
-        shot(page, artifacts, "53-thread-continue-desktop")
+        _fits(page, f"thread state with Continue from here, {size}")
+        shot(page, artifacts, f"53-thread-continue-{size}")
         page.click("#state-continue")
         page.wait_for_url(re.compile(r".*#/runs/[0-9a-f-]+$"))
         continued = f"runs/{page.url.rsplit('/', 1)[-1]}"
@@ -211,6 +221,17 @@ def test_an_edit_as_an_earlier_node_then_continue_runs_the_next_node(
         _open_thread(page, thread_id)
         expect(page.locator("#state-next")).to_have_text("nothing: the graph ended")
         expect(page.locator("#state-continue")).to_be_hidden()
+        # The continued run's turn says it had no input; the first run's is its message.
+        users = page.locator("#thread-conversation .turn.user")
+        expect(users).to_have_count(2)
+        expect(users.first.locator(".who")).to_have_text("Message")
+        expect(users.first.locator(".text")).to_have_text("first words")
+        expect(users.last).to_have_attribute("data-run", continued)
+        expect(users.last.locator(".who")).to_have_text("Continued")
+        expect(users.last.locator(".text")).to_contain_text("continued (no input)")
+        _scroll_to(page, "#thread-conversation")
+        _fits(page, f"thread conversation with a continued run, {size}")
+        shot(page, artifacts, f"54-thread-continued-{size}")
 
 
 @pytest.mark.parametrize("size", SIZES)

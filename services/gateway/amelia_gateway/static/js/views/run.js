@@ -114,7 +114,9 @@ export function mount(main, ctx, [runId]) {
   const cancelConfirm = h("span", { class: "cancel-confirm", id: "run-cancel-confirm", role: "group",
     "aria-label": "Confirm cancelling", hidden: true }, h("span", {}, "Cancel this run?"), cancelYes, cancelNo);
   const rerunButton = h("button", { type: "button", id: "run-rerun", disabled: true, title: "A new run with the same input" }, "Rerun");
-  const continueLink = h("a", { class: "button", id: "run-continue", href: "#/threads" }, "Continue thread");
+  // Opens the run's thread, whose form sends a message: a new run on the thread's state.
+  const continueLink = h("a", { class: "button", id: "run-continue", href: "#/threads",
+    title: "Open this run's thread to send a message: a new run on the thread's state" }, "New run on this thread");
   const replayButton = h("button", { type: "button", id: "run-replay", disabled: true }, "Replay");
   const speed = h("select", { id: "replay-speed", "aria-label": "Replay speed" },
     h("option", { value: "1" }, "1×"), h("option", { value: "4" }, "4×"),

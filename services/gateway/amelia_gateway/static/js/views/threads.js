@@ -1,7 +1,8 @@
 // Threads: the list (most recently active first, with each thread's first message and run
 // count), and one thread as a conversation — each run's message and reply, in order — with a
-// form to continue it (a new run in the thread, so it shares the thread's memory), then its
-// state, history and edit form (views/threadstate.js).
+// form to send a message (a new run on the thread: the graph starts again from its start, on the
+// thread's state, so it shares the thread's memory), then its state, history, edit form and
+// "Continue from here (no input)" (views/threadstate.js).
 
 import { compactJson, debounce, errorNotice, formatTime, h, idOf, uuid } from "../dom.js";
 import { questionsOf } from "../checkpoint.js";
@@ -16,6 +17,21 @@ function messageOf(value) {
     if (typeof value[key] === "string" && value[key]) return value[key];
   }
   return Object.keys(value).length ? compactJson(value, 600) : "";
+}
+
+/** A run started without input (the State panel's "Continue from here"): no message to show. */
+function hasNoInput(run) {
+  return !run.input || (typeof run.input === "object" && !Object.keys(run.input).length);
+}
+
+/** The user's side of a run's turn: its message, or that it was continued without one. */
+function userTurn(run) {
+  if (hasNoInput(run)) {
+    return h("li", { class: "turn user no-input", dataset: { run: run.name } }, h("span", { class: "who" }, "Continued"),
+      h("div", { class: "text muted" }, "continued (no input): the graph's next nodes ran on the thread's state"));
+  }
+  return h("li", { class: "turn user", dataset: { run: run.name } }, h("span", { class: "who" }, "Message"),
+    longText(messageOf(run.input)));
 }
 
 function replyOf(run) {
@@ -37,7 +53,7 @@ function listView(main, ctx) {
   const more = h("button", { type: "button", hidden: true }, "More");
   main.append(h("h1", {}, "Threads"),
     h("section", { class: "card" },
-      h("p", { class: "hint" }, "Runs in a thread share memory (the conversation so far). Open one to read it and continue it."),
+      h("p", { class: "hint" }, "Runs in a thread share memory (the conversation so far). Open one to read it and send it a message."),
       error,
       h("div", { class: "table-wrap" }, h("table", { id: "threads-table" },
         h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "First message"), h("th", { scope: "col", class: "num" }, "Runs"),
@@ -87,8 +103,11 @@ function threadView(main, ctx, threadId) {
   const targetText = h("span", { class: "mono muted" }, "");
   const formError = h("div", { "aria-live": "polite" });
   const form = h("form", { id: "thread-continue", class: "card", "aria-labelledby": "continue-title" },
-    h("h2", { id: "continue-title" }, "Continue the thread"),
-    h("p", { class: "hint" }, "A new run in this thread, of ", targetText, ", with the last run's other inputs: it continues from the thread's latest state (State, below — an edit or a branch there is what it sees)."),
+    h("h2", { id: "continue-title" }, "Send a message"),
+    h("p", { class: "hint" }, "A new run on this thread, of ", targetText, ", with this message and the last run's other inputs. "
+      + "The graph starts again from its start, on the thread's latest state (State, below — an edit or a branch there is "
+      + "what it sees): the conversation so far carries over. To run only the nodes a checkpoint has left to run, without "
+      + "a message, use Continue from here (no input) in State."),
     h("label", { for: "thread-message" }, "Message"), message, formError,
     h("div", { class: "actions" }, send));
   // A long thread: the newest runs are shown (at most PAGE), and the form is one click away.
@@ -96,7 +115,7 @@ function threadView(main, ctx, threadId) {
   const jump = h("button", { type: "button", id: "thread-jump", hidden: true, onclick: () => {
     form.scrollIntoView({ block: "end" });
     message.focus({ preventScroll: true });
-  } }, "Latest reply and continue ↓");
+  } }, "Latest reply and send a message ↓");
   main.append(
     h("a", { href: "#/threads", class: "back" }, "← Threads"),
     h("h1", {}, "Thread"),
@@ -124,8 +143,7 @@ function threadView(main, ctx, threadId) {
       send.title = send.disabled ? "A run of this thread has not ended yet" : "";
       panel.setLastRun(last || {}, send.disabled);
       conversation.replaceChildren(...runs.flatMap((run) => [
-        h("li", { class: "turn user", dataset: { run: run.name } }, h("span", { class: "who" }, "Message"),
-          longText(messageOf(run.input))),
+        userTurn(run),
         h("li", { class: "turn reply", dataset: { run: run.name } },
           h("span", { class: "who" }, h("a", { href: `#/runs/${idOf(run.name)}`, class: "mono" }, idOf(run.name).slice(0, 8)), " ",
             statusBadge(run.status, run.output)),

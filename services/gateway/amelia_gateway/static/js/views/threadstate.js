@@ -3,8 +3,10 @@
 // wrote it and when — the history newest first ("Older…" pages on), and a form to edit the state
 // between runs (UpdateThreadState: the next run continues from the new checkpoint; while a run
 // is active the service refuses, and its google.rpc.Status message is shown). When the latest
-// checkpoint has nodes to run, "Continue" starts a run without input on the thread's graph:
-// those nodes run on the state as it is (LangGraph's invoke(None), Studio's edit-then-continue).
+// checkpoint has nodes to run, "Continue from here (no input)" starts a run without input on the
+// thread's graph: those nodes run on the state as it is (LangGraph's invoke(None), Studio's
+// edit-then-continue). Sending a message (views/threads.js) is another thing: a run from the
+// graph's start.
 
 import { conversationOf, flowOf, parseValues, questionsOf, sourceOf } from "../checkpoint.js";
 import { errorNotice, formatTime, h, idOf, prettyJson, uuid } from "../dom.js";
@@ -13,7 +15,7 @@ const HISTORY_PAGE = 10;
 
 const LATEST_HINT = "Written on the latest checkpoint as if the node below had written it: the values go through "
   + "the graph's reducers (a list such as messages is appended to, another key replaced), and the thread's next run "
-  + "continues from the new checkpoint. Only between runs.";
+  + "(a message sent above, or Continue from here) runs on the new checkpoint. Only between runs.";
 
 function field(label, ...value) {
   return [h("dt", {}, label), h("dd", {}, ...value)];
@@ -36,7 +38,7 @@ export class ThreadStatePanel {
 
     this.heading = h("h2", { id: "state-title" }, "State");
     this.latest = h("button", { type: "button", id: "state-latest", hidden: true, onclick: () => this.showLatest() }, "Show the latest");
-    this.continueButton = h("button", { type: "button", class: "primary", id: "state-continue", hidden: true, onclick: () => this.continueThread() }, "Continue");
+    this.continueButton = h("button", { type: "button", class: "primary", id: "state-continue", hidden: true, onclick: () => this.continueThread() }, "Continue from here (no input)");
     this.continueError = h("div", { "aria-live": "polite", id: "continue-error" });
     this.note = h("p", { class: "hint", id: "state-note" }, "");
     this.error = h("div", { "aria-live": "polite" });
@@ -175,11 +177,11 @@ export class ThreadStatePanel {
     this.loadLatest();
   }
 
-  /** "Continue" only for the latest checkpoint with nodes to run, between runs. */
+  /** "Continue from here" only for the latest checkpoint with nodes to run, between runs. */
   showContinue() {
     const next = (this.shown && this.shown.next) || [];
     this.continueButton.hidden = Boolean(this.pinned) || !next.length || !this.lastRun || this.active;
-    this.continueButton.title = this.continueButton.hidden ? "" : `Run ${next.join(", ")} on the state as it is`;
+    this.continueButton.title = this.continueButton.hidden ? "" : `A new run without a message: ${next.join(", ")} run on the state as it is`;
   }
 
   /** A run without input on the thread's graph: the latest checkpoint's next nodes run. */
@@ -192,7 +194,7 @@ export class ThreadStatePanel {
     this.continueButton.disabled = true;
     try {
       const response = await this.ctx.api.createRun(run, uuid());
-      this.ctx.announce("Run started: the thread continues");
+      this.ctx.announce("Run started: the thread continues from its latest checkpoint, without input");
       this.ctx.navigate(`/runs/${idOf(response.run.name)}`);
     } catch (err) {
       if (!this.stopped) this.continueError.replaceChildren(errorNotice(err));
