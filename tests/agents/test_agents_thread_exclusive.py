@@ -84,12 +84,14 @@ class Scene:
 
 @asynccontextmanager
 async def staged(
-    infra: object, tmp_path: Path, workers: int, loops: int = 1
+    infra: object, tmp_path: Path, workers: int, loops: int = 1, **env: str
 ) -> AsyncIterator[tuple[Scene, asyncpg.Connection]]:
-    """The scene with `workers` worker processes started, and a connection to the database;
-    on the way out the first run's node is let go and every worker stopped."""
+    """The scene with `workers` worker processes started (`env` added to theirs), and a
+    connection to the database; on the way out the first run's node is let go and every
+    worker stopped."""
     settings: Settings = infra.settings(RUNS_QUEUE_STREAM=QUEUE)  # type: ignore[attr-defined]
     scene = Scene(settings, tmp_path, loops)
+    scene.env.update(env)
     db = await asyncpg.connect(libpq_url(settings.DATABASE_URL))
     try:
         for _ in range(workers):
@@ -149,6 +151,15 @@ async def checkpoints(db: asyncpg.Connection, thread: str) -> list[asyncpg.Recor
         "FROM checkpoints WHERE thread_id = $1 AND checkpoint_ns = '' ORDER BY checkpoint_id",
         thread.removeprefix("threads/"),
     )
+
+
+async def written(db: asyncpg.Connection, thread: str) -> tuple[list[asyncpg.Record], int]:
+    """The thread's checkpoints and how many checkpoint writes it has."""
+    writes = await db.fetchval(
+        "SELECT count(*) FROM checkpoint_writes WHERE thread_id = $1",
+        thread.removeprefix("threads/"),
+    )
+    return await checkpoints(db, thread), int(writes)
 
 
 def assert_one_chain(found: list[asyncpg.Record]) -> None:
@@ -233,6 +244,48 @@ async def test_the_next_run_starts_once_the_stopping_worker_is_killed(
         scene.workers[0].kill()  # its connections die, with the run's and the thread's locks
         await assert_ran_once_after(api, db, scene, first, second)
         assert "r1 unwound" not in scene.marks()
+        await cancel
+
+
+async def test_a_silent_thread_holder_is_taken_over_and_writes_nothing_after(
+    api: Stub, infra: object, tmp_path: Path
+) -> None:
+    """The stuck worker stops heartbeating (its node blocks its process): the next run's worker
+    takes the thread over once it has been silent for the heartbeat timeout (3 s here, for both
+    workers: a holder's lease is half its own); let go afterwards, the stuck worker writes
+    nothing more for the thread."""
+    async with staged(infra, tmp_path, workers=1, RUN_HEARTBEAT_TIMEOUT_SECONDS="3") as (
+        scene,
+        db,
+    ):
+        first, second, cancel = await cancelled_then_next(api, scene)
+        # The first run's job gone (a redelivery would take the whole stuck worker over): the
+        # next run's worker meets the thread's silent holder itself.
+        nc = await connect_nats(scene.settings, "test-drop-job")
+        try:
+            js = nc.jetstream()
+            job = await js.get_last_msg(
+                QUEUE, queue.job_subject(scene.settings, run_uuid(first.name))
+            )
+            await js.delete_msg(QUEUE, job.seq)
+        finally:
+            await nc.drain()
+        other = await scene.start_worker()
+        await assert_ran_once_after(api, db, scene, first, second)
+        assert "took a thread over from a holder that stopped heartbeating" in other.log_text()
+        assert "r1 unwound" not in scene.marks()
+        before = await written(db, first.thread)
+
+        (tmp_path / "r1.unwind").touch()
+        await scene.marked("r1 unwound")
+        stuck = scene.workers[0]
+
+        async def over() -> bool:
+            return any(said in stuck.log_text() for said in ("run left", "lost the run"))
+
+        await stuck.wait_until(over, "the stuck pick-up over", 30)
+        assert await written(db, first.thread) == before
+        assert scene.marks().count("r2 work") == 1
         await cancel
 
 

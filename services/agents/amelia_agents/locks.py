@@ -54,6 +54,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from amelia_agents.models import TERMINAL_STATES
 from amelia_agents.pgdriver import discard, driver
 from amelia_common.logging import get_logger
 
@@ -93,6 +94,7 @@ _WAIT_THREAD = "SELECT set_config('lock_timeout', $2, true), pg_advisory_lock($1
 _UNLOCK = "SELECT pg_advisory_unlock($1)"
 _UNLOCK_ALL = "SELECT pg_advisory_unlock_all()"
 _STATUS = "SELECT status, attempt FROM runs WHERE id = $1"
+_ENDED = {state.value for state in TERMINAL_STATES}
 # The backend holding the run's lock (pg_advisory_lock(bigint): classid and objid are the key's
 # high and low halves, objsubid 1): how long it has been idle, terminated (waiting up to
 # :wait_ms for it to exit, and its locks with it) when that is :after seconds or more. A
@@ -290,7 +292,13 @@ class RunLock:
         if self.exclusive and not self.thread_held:
             await self.release()  # (lost for good: see `release`)
             raise LockLostError(f"runs/{self.run_id}: its thread is another run's now")
-        return await self._read_status()
+        status = await self._read_status()
+        if self.exclusive and status in _ENDED:
+            # Its thread may have been taken over (this holder silent) and another run of it
+            # executed meanwhile: an ended run's holder does not take the thread back.
+            await self.release()
+            raise LockLostError(f"runs/{self.run_id} ended ({status}) while its lock was gone")
+        return status
 
     async def ensure_held(self) -> None:
         """Return if the lock is still this holder's: at once while the last check is younger
