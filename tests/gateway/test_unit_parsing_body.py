@@ -6,15 +6,19 @@ cover each kind of mistake once, without one."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.descriptor import Descriptor, FieldDescriptor, OneofDescriptor
 from google.protobuf.message import Message
 
 from amelia.v1 import agents_pb2, events_pb2, rag_pb2
 from amelia_gateway.errors import GatewayError
-from amelia_gateway.transcode import build_request
+from amelia_gateway.routes import ROUTES
+from amelia_gateway.transcode import build_request, is_repeated
+from amelia_gateway.upstream import message_class
 
 REFUSED: list[tuple[type[Message], dict[str, Any], str]] = [
     (
@@ -183,3 +187,59 @@ def test_an_update_mask_is_taken_in_camel_or_snake_case_as_a_list_or_a_string(ma
             path={"agent.name": "agents/a"},
         )
         assert list(request.update_mask) == ["max_tokens", "display_name"]  # type: ignore[attr-defined]
+
+
+# A JSON value each kind of oneof member takes (the test gives two members at once).
+_MEMBER_VALUES: dict[int, Any] = {
+    FieldDescriptor.TYPE_STRING: "x",
+    FieldDescriptor.TYPE_BOOL: True,
+    FieldDescriptor.TYPE_UINT64: "3",
+    FieldDescriptor.TYPE_BYTES: "",
+}
+_MEMBER_MESSAGES = {"google.protobuf.Timestamp": "2026-01-01T00:00:00Z"}
+
+
+def _oneofs(
+    descriptor: Descriptor, path: tuple[str, ...] = (), seen: frozenset[str] = frozenset()
+) -> Iterator[tuple[tuple[str, ...], OneofDescriptor]]:
+    """Every oneof a request can reach through singular message fields, with its JSON path
+    (not the one-member oneof of a proto3 `optional` field: it cannot be given twice)."""
+    for oneof in descriptor.oneofs:
+        if len(oneof.fields) > 1:
+            yield path, oneof
+    for field in descriptor.fields:
+        kind = field.message_type
+        if kind is None or is_repeated(field) or kind.full_name.startswith("google.protobuf."):
+            continue
+        if kind.full_name not in seen:
+            yield from _oneofs(kind, (*path, field.json_name), seen | {descriptor.full_name})
+
+
+def _member_value(field: FieldDescriptor) -> Any:
+    if field.message_type is not None:
+        return _MEMBER_MESSAGES.get(field.message_type.full_name, {})
+    return _MEMBER_VALUES[field.type]
+
+
+def test_a_oneof_given_twice_is_said_so_for_every_request_of_every_route() -> None:
+    """Not "must be a JSON object, got {…}": every oneof any route's request reaches."""
+    checked = set()
+    for rule in ROUTES:
+        for path, oneof in _oneofs(rule.input):
+            first, second = oneof.fields[:2]
+            body: dict[str, Any] = {
+                first.json_name: _member_value(first),
+                second.json_name: _member_value(second),
+            }
+            for name in reversed(path):
+                body = {name: body}
+            with pytest.raises(GatewayError) as refused:
+                build_request(message_class(rule.input), body=body, query=[], path={})
+            members = ", ".join(f.json_name for f in oneof.fields)
+            owner = ".".join(path) + ": " if path else ""
+            assert refused.value.message.startswith(
+                f"{owner}only one of {members} may be set, got "
+            ), (rule.template, refused.value.message)
+            checked.add(oneof.full_name)
+    # Run.target, Cron.target, StreamEventsRequest.start: the ones the routes reach today.
+    assert len(checked) >= 3, checked
