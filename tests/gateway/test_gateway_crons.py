@@ -111,6 +111,40 @@ async def test_bad_crons_are_400_naming_the_field(
     assert body["code"] == 3 and words in body["message"], body
 
 
+@pytest.mark.parametrize(
+    ("query", "words"),
+    [
+        ("agent=garbage", "agent name 'garbage' must be 'agents/<id>'"),
+        ("thread=garbage", "thread name 'garbage' must be 'threads/<uuid>'"),
+        ("workflow=chat", "workflow name 'chat' must be 'workflows/<name>'"),
+        ("workflow=workflows/nope", "workflow 'workflows/nope' is not a workflow; available: "),
+    ],
+)
+async def test_bad_list_filters_are_400_not_an_empty_list(
+    mesh: Mesh, query: str, words: str
+) -> None:
+    reply = await mesh.http.get(f"/v1/crons?{query}")
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["code"] == 3 and words in reply.json()["message"], reply.text
+
+
+async def test_crons_are_listed_by_workflow(mesh: Mesh) -> None:
+    made = await mesh.http.post(
+        "/v1/crons",
+        json={
+            "cron": {"workflow": "workflows/chat", "schedule": YEARLY, "input": {"message": "hi"}}
+        },
+    )
+    assert made.status_code == 200, made.text
+    name = made.json()["cron"]["name"]
+    listed = (await mesh.http.get("/v1/crons?workflow=workflows/chat&pageSize=1000")).json()
+    assert name in [c["name"] for c in listed["crons"]]
+    assert {c["workflow"] for c in listed["crons"]} == {"workflows/chat"}
+    other = (await mesh.http.get("/v1/crons?workflow=workflows/plan&pageSize=1000")).json()
+    assert name not in [c["name"] for c in other.get("crons", [])]
+    assert (await mesh.http.delete(f"/v1/{name}")).status_code == 200
+
+
 async def test_missing_agents_are_404(mesh: Mesh) -> None:
     reply = await mesh.http.post(
         "/v1/crons",

@@ -69,6 +69,14 @@ async def test_a_cron_from_the_terminal(tui_mesh: TuiMesh, tmp_path: Path) -> No
     code, refused = await asyncio.to_thread(amelia, env, "crons", "create", agent, "* * *")
     assert code == 1 and "INVALID_ARGUMENT: cron.schedule '* * *' must have 5 fields" in refused
 
+    code, refused = await asyncio.to_thread(amelia, env, "crons", "create", agent, "H * * * *")
+    said = " ".join(refused.split())
+    assert code == 1 and "the minute field's 'H' is not a number in 0-59" in said, refused
+    assert "Hashed" not in said, refused
+    assert name not in await run("ls", "--workflow", "chat")  # an agent's cron
+    code, refused = await asyncio.to_thread(amelia, env, "crons", "ls", "--workflow", "nope")
+    assert code == 1 and "'workflows/nope' is not a workflow" in " ".join(refused.split())
+
     assert (await run("rm", name)).strip() == f"deleted {name}"
     code, gone = await asyncio.to_thread(amelia, env, "crons", "get", name)
     assert code == 1 and f"NOT_FOUND: {name} does not exist" in gone, gone

@@ -49,6 +49,9 @@ OUTCOMES = {
 }
 
 
+AGENT_FORM = "<id>' with id [a-z][a-z0-9-]*"  # (convert.agent_id's words)
+
+
 def cron_id(name: str) -> uuid.UUID:
     value = name.removeprefix("crons/")
     try:
@@ -190,9 +193,12 @@ class CronServicer(crons_pb2_grpc.CronServiceServicer):
                 uuid.UUID(after[1])
             except ValueError:
                 raise InvalidArgumentError(paging.BAD_TOKEN) from None
-        agent = convert.agent_id(request.agent) if request.agent else None
+        agent = (
+            convert.agent_id(_whole(request.agent, "agents", AGENT_FORM)) if request.agent else None
+        )
         thread = convert.thread_id(request.thread) if request.thread else None
-        found = await self.crons.page(limit + 1, after, agent, thread)
+        workflow = _workflow_filter(request.workflow) if request.workflow else None
+        found = await self.crons.page(limit + 1, after, agent, thread, workflow)
         moment = self.clock()
         fit = convert.PageFit(lambda row: cron_to_proto(row, moment))
         _, token = pagination.page(found, limit, fit=fit, scope=scope)
@@ -265,6 +271,23 @@ class CronServicer(crons_pb2_grpc.CronServiceServicer):
         await tell(self.event_log, row.id, action)
         row = convert.found(recorded, f"crons/{row.id}")
         return crons_pb2.TriggerCronResponse(run=run, cron=cron_to_proto(row, moment))
+
+
+def _whole(name: str, collection: str, form: str) -> str:
+    """A list filter names its resource whole (`agents/x`, as the proto says): a bare or misspelt
+    value is INVALID_ARGUMENT, not an empty page."""
+    if not name.startswith(f"{collection}/"):
+        raise convert.BadNameError(f"{collection[:-1]} name {name!r} must be '{collection}/{form}")
+    return name
+
+
+def _workflow_filter(name: str) -> str:
+    workflow = convert.workflow_name(_whole(name, "workflows", "<name>'"))
+    if workflow not in workflows.names():
+        raise InvalidArgumentError(
+            f"workflow {name!r} is not a workflow; available: {', '.join(workflows.names())}"
+        )
+    return workflow
 
 
 def _target_of(row: CronRow) -> crons_pb2.Cron:

@@ -127,6 +127,7 @@ class CronStore:
         after: tuple[datetime, str] | None,
         agent_id: str | None,
         thread_id: uuid.UUID | None,
+        workflow: str | None = None,
     ) -> list[CronRow]:
         query = select(CronRow).order_by(CronRow.create_time, CronRow.id).limit(limit)
         if after:
@@ -140,6 +141,8 @@ class CronStore:
             query = query.where(CronRow.agent_id == agent_id)
         if thread_id is not None:
             query = query.where(CronRow.thread_id == thread_id)
+        if workflow is not None:
+            query = query.where(CronRow.workflow == workflow)
         async with self.sessions() as s:
             return list((await s.scalars(query)).all())
 

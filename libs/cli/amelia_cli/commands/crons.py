@@ -219,6 +219,7 @@ def create(
 def ls_crons(
     agent: str = typer.Option("", help="Only this agent's crons."),
     thread: str = typer.Option("", help="Only the crons on this thread."),
+    workflow: str = typer.Option("", help="Only this workflow's crons."),
     limit: int = typer.Option(50, help="At most this many."),
 ) -> None:
     """List crons, oldest first."""
@@ -226,6 +227,7 @@ def ls_crons(
         page_size=limit,
         agent=resource("agents", agent) if agent else "",
         thread=resource("threads", thread) if thread else "",
+        workflow=resource("workflows", workflow) if workflow else "",
     )
     found = _call(lambda stub: stub.ListCrons(request))
     listing(console, CRON_COLUMNS, [cron_row(c) for c in found.crons])

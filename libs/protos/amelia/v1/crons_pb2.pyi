@@ -337,6 +337,7 @@ class ListCronsRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     AGENT_FIELD_NUMBER: _builtins.int
     THREAD_FIELD_NUMBER: _builtins.int
+    WORKFLOW_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Maximum per page (default 50, at most 1000)."""
     page_token: _builtins.str
@@ -345,6 +346,10 @@ class ListCronsRequest(_message.Message):
     """Only crons of this agent (`agents/{agent}`)."""
     thread: _builtins.str
     """Only crons on this thread (`threads/{thread}`)."""
+    workflow: _builtins.str
+    """Only crons of this workflow (`workflows/{workflow}`). A filter not of its collection's form
+    (`agent=garbage`) or an unknown workflow is INVALID_ARGUMENT, not an empty page.
+    """
     def __init__(
         self,
         *,
@@ -352,10 +357,11 @@ class ListCronsRequest(_message.Message):
         page_token: _builtins.str = ...,
         agent: _builtins.str = ...,
         thread: _builtins.str = ...,
+        workflow: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "page_size", b"page_size", "page_token", b"page_token", "thread", b"thread"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "page_size", b"page_size", "page_token", b"page_token", "thread", b"thread", "workflow", b"workflow"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
