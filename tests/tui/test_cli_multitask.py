@@ -9,7 +9,8 @@ import json
 import os
 from pathlib import Path
 
-from test_cli_output import cli_env
+from cli_helpers import amelia
+from test_cli_output import cli_env, row_of
 from test_cli_stranger import AMELIA
 from tui_helpers import DEADLINE, TuiMesh
 
@@ -102,3 +103,22 @@ async def test_enqueue_says_queued_at_once_even_when_the_wait_is_short(
         assert await cli.wait() == 0, shown
     said = f"queued behind {first['name']}: it starts once that run ends"
     assert said in shown and shown.index(said) < shown.index("user: short"), shown
+
+
+async def test_status_counts_the_runs_waiting_behind_a_threads_run(
+    tui_mesh: TuiMesh, tmp_path: Path
+) -> None:
+    """`amelia status` and GET /v1/queue count the runs queued behind a thread's run apart from
+    those waiting for a worker (they showed "runs queued 0" while 3 waited)."""
+    first = (
+        await tui_mesh.post("/v1/runs", {"run": {"workflow": "workflows/plan", "input": PLAN}})
+    )["run"]
+    await wait_paused(tui_mesh, first["name"])
+    for n in range(3):
+        run = {"workflow": "workflows/chat", "thread": first["thread"]}
+        run |= {"input": {"message": f"q{n}", "model": "offline:echo"}}
+        await tui_mesh.post("/v1/runs", {"run": run | {"multitask_strategy": "enqueue"}})
+    assert (await tui_mesh.get("/v1/queue"))["waitingBehindRuns"] == "3"
+    _, shown = await asyncio.to_thread(amelia, cli_env(tui_mesh, tmp_path / "none"), "status")
+    assert row_of(shown, "waiting behind a thread's run").split("│")[2].strip() == "3", shown
+    await tui_mesh.post(f"/v1/{first['name']}:cancel", {})

@@ -4,8 +4,8 @@ Three sources, each the authority on its part:
 
 - JetStream's consumer `agent-workers`: jobs waiting (the depth), delivered and not acknowledged
   (in flight), redelivered, and the worker loops polling for a job right now;
-- the `runs` table: QUEUED runs waiting for a worker (not those waiting behind their thread's
-  run, `multitask`) and the oldest one's wait, RUNNING runs and the worker loop that picked each
+- the `runs` table: QUEUED runs waiting for a worker and the oldest one's wait, those waiting
+  behind their thread's run (`multitask`) counted apart, RUNNING runs and the worker loop that picked each
   up last;
 - PostgreSQL's lock table: a worker executing a run holds the run's advisory lock (`locks`) on a
   connection of its own, and checks the run's status on it every second — so the lock says
@@ -36,8 +36,10 @@ from amelia_common.settings import Settings
 MAX_IN_FLIGHT = 200
 
 _QUEUED = text(
-    "SELECT count(*), min(coalesce(queued_time, create_time)), now() FROM runs "
-    "WHERE status = 'QUEUED' AND (queue = :queue OR queue IS NULL) AND queued_behind IS NULL"
+    "SELECT count(*) FILTER (WHERE queued_behind IS NULL), "
+    "min(coalesce(queued_time, create_time)) FILTER (WHERE queued_behind IS NULL), now(), "
+    "count(*) FILTER (WHERE queued_behind IS NOT NULL) FROM runs "
+    "WHERE status = 'QUEUED' AND (queue = :queue OR queue IS NULL)"
 )
 _RUNNING = text(
     "SELECT id, agent_id, workflow, worker, attempt, start_time FROM runs "
@@ -77,7 +79,7 @@ async def run_queue(
             NATS, f"the run queue cannot be read ({exc or type(exc).__name__})"
         ) from exc
     async with sessions() as s:
-        queued, oldest, read_time = (
+        queued, oldest, read_time, behind = (
             await s.execute(_QUEUED, {"queue": settings.RUNS_QUEUE_STREAM})
         ).one()
         running = (
@@ -107,6 +109,7 @@ async def run_queue(
         redelivered_jobs=info.num_redelivered or 0,
         polling_workers=info.num_waiting or 0,
         queued_runs=queued,
+        waiting_behind_runs=behind,
         ack_wait=_duration(ack_wait),
         read_time=_timestamp(read_time),
         in_flight=[_lease_to_proto(lease, ack_wait) for lease in leases],

@@ -104,6 +104,7 @@ def queue_table(queue: agents_pb2.GetRunQueueResponse) -> Table:
     oldest = f" (oldest waits {_seconds(queue.oldest_queued_age)})" if queue.queued_runs else ""
     table.add_row("jobs waiting", str(queue.waiting_jobs))
     table.add_row("runs queued", f"{queue.queued_runs}{oldest}")
+    table.add_row("waiting behind a thread's run", str(queue.waiting_behind_runs))
     table.add_row("runs running", str(len(queue.in_flight)))
     # Idle loops poll the queue; busy ones hold a run (each process that holds one is below).
     busy = sum(worker.busy_loops for worker in queue.workers)

@@ -1987,6 +1987,7 @@ class GetRunQueueResponse(_message.Message):
     IN_FLIGHT_FIELD_NUMBER: _builtins.int
     WORKERS_FIELD_NUMBER: _builtins.int
     READ_TIME_FIELD_NUMBER: _builtins.int
+    WAITING_BEHIND_RUNS_FIELD_NUMBER: _builtins.int
     queue: _builtins.str
     """The work queue (JetStream stream) the workers share."""
     waiting_jobs: _builtins.int
@@ -2001,6 +2002,10 @@ class GetRunQueueResponse(_message.Message):
     """Worker loops waiting for a job right now (idle workers polling the queue)."""
     queued_runs: _builtins.int
     """Runs QUEUED in this queue (their jobs are waiting, or being picked up)."""
+    waiting_behind_runs: _builtins.int
+    """Runs QUEUED behind their thread's run (multitask enqueue, interrupt, rollback): not in
+    `queued_runs`, they wait for that run to end, not for a worker.
+    """
     @_builtins.property
     def oldest_queued_time(self) -> _timestamp_pb2.Timestamp:
         """When the oldest QUEUED run was queued; unset when none is."""
@@ -2040,10 +2045,11 @@ class GetRunQueueResponse(_message.Message):
         in_flight: _abc.Iterable[Global___RunLease] | None = ...,
         workers: _abc.Iterable[Global___QueueWorker] | None = ...,
         read_time: _timestamp_pb2.Timestamp | None = ...,
+        waiting_behind_runs: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ack_wait", b"ack_wait", "oldest_queued_age", b"oldest_queued_age", "oldest_queued_time", b"oldest_queued_time", "read_time", b"read_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_wait", b"ack_wait", "in_flight", b"in_flight", "in_flight_jobs", b"in_flight_jobs", "oldest_queued_age", b"oldest_queued_age", "oldest_queued_time", b"oldest_queued_time", "polling_workers", b"polling_workers", "queue", b"queue", "queued_runs", b"queued_runs", "read_time", b"read_time", "redelivered_jobs", b"redelivered_jobs", "waiting_jobs", b"waiting_jobs", "workers", b"workers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_wait", b"ack_wait", "in_flight", b"in_flight", "in_flight_jobs", b"in_flight_jobs", "oldest_queued_age", b"oldest_queued_age", "oldest_queued_time", b"oldest_queued_time", "polling_workers", b"polling_workers", "queue", b"queue", "queued_runs", b"queued_runs", "read_time", b"read_time", "redelivered_jobs", b"redelivered_jobs", "waiting_behind_runs", b"waiting_behind_runs", "waiting_jobs", b"waiting_jobs", "workers", b"workers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

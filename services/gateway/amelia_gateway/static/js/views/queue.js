@@ -67,7 +67,7 @@ export function render(queue) {
   const polling = Number(queue.pollingWorkers || 0);
   return [
     h("div", { class: "grid queue-tiles" },
-      tile("Waiting jobs", String(waiting), `${Number(queue.queuedRuns || 0)} runs queued`, "waiting"),
+      tile("Waiting jobs", String(waiting), `${Number(queue.queuedRuns || 0)} runs queued, ${Number(queue.waitingBehindRuns || 0)} waiting behind a thread's run`, "waiting"),
       tile("Oldest queued", oldest, queue.oldestQueuedTime ? `since ${formatTime(queue.oldestQueuedTime)}` : "none waiting", "oldest"),
       tile("In flight", String(Number(queue.inFlightJobs || 0)), `${Number(queue.redeliveredJobs || 0)} redelivered`, "in-flight"),
       tile("Idle workers", String(polling), "worker loops polling for a job", "polling")),
