@@ -286,7 +286,10 @@ async def test_a_tick_whose_thread_is_busy_is_skipped_and_shown(env: Crons) -> N
     env.clock.now = at(5)
     [action] = await scheduler.run_once()
     assert action.outcome == "SKIPPED"
-    assert busy.name in action.reason
+    # The busy run with its status, and the cron's own way to run on a busy thread.
+    assert f"already has an active run, {busy.name} (PAUSED)" in action.reason
+    assert "set the cron's multitask_strategy (enqueue, interrupt, rollback)" in action.reason
+    assert "create the run" not in action.reason
     shown = await env.get(cron.name)
     assert (shown.skipped_count, shown.fired_count) == (1, 0)
     assert shown.recent_actions[0].outcome == C.CRON_OUTCOME_SKIPPED
@@ -562,8 +565,10 @@ async def test_trigger_on_a_busy_thread_is_refused(env: Crons) -> None:
     busy = await create_run(env.stub, workflow="workflows/test-ask", input={"question": "?"})
     await wait_status(env.stub, busy.name, S.RUN_STATUS_PAUSED)
     cron = await env.create(workflow="workflows/test-ask", thread=busy.thread, schedule="0 0 1 1 *")
-    with pytest.raises(FailedPreconditionError, match="already has a paused run"):
+    with pytest.raises(FailedPreconditionError) as caught:
         await env.api.TriggerCron(C.TriggerCronRequest(name=cron.name), None)
+    assert f"already has an active run, {busy.name} (PAUSED)" in caught.value.message
+    assert "set the cron's multitask_strategy" in caught.value.message
     await env.stub.CancelRun(S.CancelRunRequest(name=busy.name))
 
 

@@ -297,7 +297,8 @@ async def test_interrupt_pauses_with_the_question_and_resume_continues(agents) -
     blocked.run.input.update({"message": "me too"})
     busy = await rpc_error(agents.CreateRun(blocked))
     assert busy.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert f"already has a paused run, {run.name};" in busy.details()
+    assert f"already has an active run, {run.name} (PAUSED);" in busy.details()
+    assert "or create the run with a multitask_strategy" in busy.details()
 
     resume = S.ResumeRunRequest(name=run.name)
     resume.answer.string_value = "yes"

@@ -19,7 +19,7 @@ def creating_runs(agents: AgentServicer) -> StartRun:
     idempotency, thread and queueing)."""
 
     async def start_run(request: agents_pb2.CreateRunRequest) -> agents_pb2.Run:
-        return (await agents.CreateRun(request, cast(Any, None))).run
+        return (await agents.CreateRun(request, cast(Any, None), by_cron=True)).run
 
     return start_run
 

@@ -157,11 +157,11 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         self, request: agents_pb2.DeleteThreadRequest, context: Ctx
     ) -> agents_pb2.DeleteThreadResponse:
         tid = await self._known_thread(request.name)
-        active = await self.store.active_run(tid)
-        if active is not None:
+        active = await threadstate.active_runs(self.store, tid)
+        if active:
+            them = "it" if len(active) == 1 else "them"
             raise FailedPreconditionError(
-                f"threads/{tid} has a {active.status.lower()} run, runs/{active.id}: "
-                "cancel it first"
+                f"threads/{tid} has {threadstate.named(active)}: cancel {them} first"
             )
         await self.checkpointer.adelete_thread(str(tid))
         await self.store.delete_thread(tid)
@@ -221,9 +221,10 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
             )
 
     async def CreateRun(
-        self, request: agents_pb2.CreateRunRequest, context: Ctx
+        self, request: agents_pb2.CreateRunRequest, context: Ctx, *, by_cron: bool = False
     ) -> agents_pb2.CreateRunResponse:
-        """Resolve the target → validate the input → the thread → the row → record and queue."""
+        """Resolve the target → validate the input → the thread → the row → record and queue.
+        `by_cron`: a cron's run, whose busy-thread refusal names the cron's strategy field."""
         run = request.run
         existing = await self._existing(request.request_id)
         # No input on a thread: continue it from its latest checkpoint (LangGraph's
@@ -256,7 +257,8 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         )
         if run.multitask_strategy:
             row.multitask_strategy = chosen
-        return agents_pb2.CreateRunResponse(run=await self._start(row, new_thread, chosen=chosen))
+        started = await self._start(row, new_thread, chosen=chosen, by_cron=by_cron)
+        return agents_pb2.CreateRunResponse(run=started)
 
     async def _target(self, run: agents_pb2.Run) -> _Target:
         """What `run` executes: an agent (a snapshot of its configuration, so later edits do not
@@ -313,6 +315,7 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         new_thread: bool,
         then: Callable[[], Awaitable[None]] | None = None,
         chosen: str = multitask.REJECT,
+        by_cron: bool = False,
     ) -> agents_pb2.Run:
         """Record `row` and queue its job in one transaction; `then` runs once the job is
         queued, before the commit (if it raises, nothing is recorded, and the worker drops the
@@ -343,12 +346,15 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
                     if chosen == multitask.REJECT:
                         raise
         except ActiveRunError:
-            active = await self.store.active_run(row.thread_id)
-            which = f"a {active.status.lower()} run, runs/{active.id}" if active else "a run"
+            active = await threadstate.active_runs(self.store, row.thread_id)
+            way = (
+                "cancel it, or set the cron's multitask_strategy"
+                if by_cron
+                else "wait for it to end, or cancel it, or create the run with a multitask_strategy"
+            )
             raise FailedPreconditionError(
-                f"threads/{row.thread_id} already has {which}; a thread runs one at a time: "
-                "wait for it to end, or cancel it, or create the run with a multitask_strategy "
-                "(enqueue, interrupt, rollback)"
+                f"threads/{row.thread_id} already has {threadstate.named(active[:1])}; a thread "
+                f"runs one at a time: {way} (enqueue, interrupt, rollback)"
             ) from None
         except IntegrityError:
             existing = await self.store.run_by_request_id(row.request_id or "")

@@ -52,6 +52,8 @@ MESSAGE_ROLES = ("user", "assistant", "system", "tool")
 # An update's request id and what it wrote (`_digest`), in its checkpoint's metadata.
 _REQUEST_KEY = "amelia_request"
 _DIGEST_KEY = "amelia_request_digest"
+# How many of a thread's active runs a refusal names.
+NAMED_RUNS = 3
 
 
 def metadata_filter(values: Mapping[str, str], field: str = "metadata_filter") -> dict[str, str]:
@@ -339,6 +341,41 @@ def nothing_to_continue(tid: uuid.UUID) -> str:
         f"threads/{tid} has nothing to continue (its latest checkpoint has no node to run): "
         "run.input is required"
     )
+
+
+async def active_runs(store: Store, tid: uuid.UUID) -> list[RunRow]:
+    """The thread's active runs for a refusal to name: the one holding the thread first, then
+    those waiting behind it, oldest first; at most NAMED_RUNS + 1 (more than `named` shows)."""
+    async with store.single_statements() as s:
+        found = await s.scalars(
+            select(RunRow)
+            .where(RunRow.thread_id == tid, RunRow.status.in_(ACTIVE_STATES))
+            .order_by(RunRow.queued_behind.is_not(None), RunRow.create_time, RunRow.id)
+            .limit(NAMED_RUNS + 1)
+        )
+        return list(found.all())
+
+
+def named(runs: list[RunRow]) -> str:
+    """`an active run, runs/X (RUNNING)` or `2 active runs: runs/X (RUNNING), runs/Y (QUEUED
+    behind runs/X)`: each with its status as GetRun shows it (a QUEUED run holding the thread
+    was admitted but has not started)."""
+
+    def one(run: RunRow) -> str:
+        status = run.status
+        if status == RunState.QUEUED.value:
+            behind = run.queued_behind
+            status += f" behind runs/{behind}" if behind else ", not started yet"
+        return f"runs/{run.id} ({status})"
+
+    if not runs:
+        return "an active run"
+    if len(runs) == 1:
+        return f"an active run, {one(runs[0])}"
+    shown = ", ".join(one(r) for r in runs[:NAMED_RUNS])
+    if len(runs) > NAMED_RUNS:
+        return f"more than {NAMED_RUNS} active runs: {shown}, and more"
+    return f"{len(runs)} active runs: {shown}"
 
 
 def _latest_run(tid: uuid.UUID) -> Any:
