@@ -94,6 +94,15 @@ def read_answer(text: str) -> Any:
         return text
 
 
+WAITING = "waiting for tokens…"
+WAITING_BEHIND = "waiting for the thread's run to end…"
+
+
+def queued_behind_text(behind: str) -> str:
+    """What a run waiting for its thread's run shows, in the CLI's and the dashboard's words."""
+    return f"Queued behind {behind}: it starts once that run ends"
+
+
 class RunScreen(LiveScreen):
     """`escape` goes back to the list; the run keeps going."""
 
@@ -130,12 +139,16 @@ class RunScreen(LiveScreen):
         self.retries = 0
         # `r` asked for the reason the question requests: the answer box holds the rejection.
         self.rejecting = False
+        # The run it waits behind while QUEUED on a busy thread (`run.queued`, `queuedBehind`).
+        self.behind = ""
 
     def compose(self) -> ComposeResult:
         yield TopBar("Runs", f"run {short_id(self.run_name)}")
         yield Static("", id="run-head")
         yield Static("", id="run-nodes")
         yield Static("", id="run-error", classes="error")
+        # Wraps (the output's placeholder is one line): the names are whole at 80 columns.
+        yield Static("", id="run-queued")
         with Vertical(id="question"):
             yield Static("", id="question-text")
             with VerticalScroll(id="question-details-box"):
@@ -153,7 +166,7 @@ class RunScreen(LiveScreen):
             # raised "No Tab with id" now and then on a busy machine, mounting its tabs.)
             with Vertical(id="run-main"):
                 yield TabBar(TABS, id="run-tabbar")
-                yield StreamView("waiting for tokens…", id="run-output", classes="pane -shown")
+                yield StreamView(WAITING, id="run-output", classes="pane -shown")
                 yield Log(id="run-activity", max_lines=2000, classes="pane")
                 yield VerticalScroll(id="run-passages", classes="pane")
                 with VerticalScroll(id="run-result-box", classes="pane"):
@@ -167,6 +180,7 @@ class RunScreen(LiveScreen):
     def on_mount(self) -> None:
         self.query_one("#question").display = False
         self.query_one("#run-error").display = False
+        self.query_one("#run-queued").display = False
         self._render_head()
         app = amelia(self)
         if app.live:
@@ -241,8 +255,11 @@ class RunScreen(LiveScreen):
         """The run as the gateway returns it (GetRun). Once its events are coming they say the
         status (this snapshot may be older than the last of them), unless the run has ended."""
         self.run = run
-        if not self.events_seen or status_of(run) in TERMINAL.values():
+        if status_of(run) == "queued":
+            self.behind = str(run.get("queuedBehind", ""))
+        if not self.events_seen or not self.status or status_of(run) in TERMINAL.values():
             self.set_status(status_of(run))
+        self._show_waiting()
         if self.status == "paused" and self.interrupt is None and run.get("interrupt"):
             self.show_question(run["interrupt"])
         error = self.query_one("#run-error", Static)
@@ -260,6 +277,18 @@ class RunScreen(LiveScreen):
             self.status = status
             self._render_head()
             self.refresh_bindings()
+            self._show_waiting()
+
+    def _show_waiting(self) -> None:
+        """Before its first token: what the run waits for (its thread's run, or tokens)."""
+        queued = self.status == "queued" and bool(self.behind)
+        line = self.query_one("#run-queued", Static)
+        line.display = queued
+        line.update(queued_behind_text(self.behind) if queued else "")
+        text = WAITING_BEHIND if queued else WAITING
+        if self.output.placeholder != text:
+            self.output.placeholder = text
+            self.output.refresh()
 
     def _render_head(self) -> None:
         """`id target status` and the facts that fit on one line, most telling first."""
@@ -403,7 +432,11 @@ class RunScreen(LiveScreen):
                 self.token_node = self.active_node
             self.output.append(str(data.get("text", "")))
             return  # tokens are not activity
-        if kind in ("agent.started", "workflow.started"):
+        if kind == "run.queued":
+            self.behind = str(data.get("behind", ""))
+            self.set_status("queued")
+            self._show_waiting()
+        elif kind in ("agent.started", "workflow.started"):
             self.set_status("running")
         elif kind == "run.node.started":
             self.active_node = str(data.get("node", ""))
