@@ -693,7 +693,10 @@ async def test_a_paused_runs_refusal_names_the_way_to_edit_it(agents) -> None:
     await wait_status(agents, paused.name, S.RUN_STATUS_PAUSED)
     error = await rpc_error(_update(agents, paused.thread, {"answer": "no"}, as_node="ask"))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert f"{paused.name}:fork" in (error.details() or ""), error.details()
+    # Each client's way to fork: the RPC, the CLI command and the HTTP route.
+    assert "(ForkRun; CLI `amelia runs fork" in (error.details() or ""), error.details()
+    assert f"`amelia runs fork {paused.name} <checkpoint>" in (error.details() or "")
+    assert f"POST /v1/{paused.name}:fork" in (error.details() or "")
     assert "cancel" in (error.details() or "")
     await agents.CancelRun(S.CancelRunRequest(name=paused.name))
 

@@ -297,8 +297,10 @@ class ThreadStates:
                 if active.status == RunState.PAUSED.value:
                     paused = (
                         "; to answer with other values, cancel it, then fork it at its question's "
-                        f"step: POST /v1/runs/{active.id}:fork {{checkpoint, values}} (ForkRun), "
-                        "or update the state and continue the thread with a run without input"
+                        "step with the values (ForkRun; CLI `amelia runs fork "
+                        f"runs/{active.id} <checkpoint> --values <json>`; HTTP POST "
+                        f"/v1/runs/{active.id}:fork), or update the state and continue the "
+                        "thread with a run without input"
                     )
                 raise FailedPreconditionError(
                     f"threads/{tid} has a {active.status.lower()} run, runs/{active.id}: its "
