@@ -23,6 +23,40 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _ThreadStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ThreadStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ThreadStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    THREAD_STATUS_UNSPECIFIED: _ThreadStatus.ValueType  # 0
+    """Not set."""
+    THREAD_STATUS_IDLE: _ThreadStatus.ValueType  # 1
+    """No run queued, running or paused, and its latest run did not fail (or it has no run)."""
+    THREAD_STATUS_BUSY: _ThreadStatus.ValueType  # 2
+    """A run of the thread is queued (waiting for a worker, or behind the thread's run) or running."""
+    THREAD_STATUS_INTERRUPTED: _ThreadStatus.ValueType  # 3
+    """A run of the thread is paused on a question (runs queued behind it wait for the answer)."""
+    THREAD_STATUS_ERROR: _ThreadStatus.ValueType  # 4
+    """No run queued, running or paused, and its latest run failed."""
+
+class ThreadStatus(_ThreadStatus, metaclass=_ThreadStatusEnumTypeWrapper):
+    """ThreadStatus is where a thread stands, from its runs (LangGraph Server's `idle`, `busy`,
+    `interrupted`, `error`).
+    """
+
+THREAD_STATUS_UNSPECIFIED: ThreadStatus.ValueType  # 0
+"""Not set."""
+THREAD_STATUS_IDLE: ThreadStatus.ValueType  # 1
+"""No run queued, running or paused, and its latest run did not fail (or it has no run)."""
+THREAD_STATUS_BUSY: ThreadStatus.ValueType  # 2
+"""A run of the thread is queued (waiting for a worker, or behind the thread's run) or running."""
+THREAD_STATUS_INTERRUPTED: ThreadStatus.ValueType  # 3
+"""A run of the thread is paused on a question (runs queued behind it wait for the answer)."""
+THREAD_STATUS_ERROR: ThreadStatus.ValueType  # 4
+"""No run queued, running or paused, and its latest run failed."""
+Global___ThreadStatus: _TypeAlias = ThreadStatus  # noqa: Y015
+
 class _RunStatus:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -447,12 +481,16 @@ class Thread(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     RUN_COUNT_FIELD_NUMBER: _builtins.int
     PREVIEW_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    LATEST_RUN_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`threads/{thread}`."""
     run_count: _builtins.int
     """Output only: how many runs the thread has."""
     preview: _builtins.str
     """Output only: the start of the message of the thread's first run (up to 200 characters)."""
+    status: Global___ThreadStatus.ValueType
+    """Output only: where the thread stands (LangGraph Server's thread `status`)."""
     @_builtins.property
     def metadata(self) -> _struct_pb2.Struct:
         """Free-form metadata."""
@@ -465,6 +503,10 @@ class Thread(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When a run in the thread last changed."""
 
+    @_builtins.property
+    def latest_run(self) -> Global___ThreadRun:
+        """Output only: the thread's most recent run (by create time); unset when it has none."""
+
     def __init__(
         self,
         *,
@@ -474,14 +516,42 @@ class Thread(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         run_count: _builtins.int = ...,
         preview: _builtins.str = ...,
+        status: Global___ThreadStatus.ValueType = ...,
+        latest_run: Global___ThreadRun | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "metadata", b"metadata", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "latest_run", b"latest_run", "metadata", b"metadata", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "metadata", b"metadata", "name", b"name", "preview", b"preview", "run_count", b"run_count", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "latest_run", b"latest_run", "metadata", b"metadata", "name", b"name", "preview", b"preview", "run_count", b"run_count", "status", b"status", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Thread: _TypeAlias = Thread  # noqa: Y015
+
+@_typing.final
+class ThreadRun(_message.Message):
+    """ThreadRun is a run as a list of threads shows it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`runs/{run}`."""
+    status: Global___RunStatus.ValueType
+    """The run's status."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        status: Global___RunStatus.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ThreadRun: _TypeAlias = ThreadRun  # noqa: Y015
 
 @_typing.final
 class CreateThreadRequest(_message.Message):
@@ -607,6 +677,7 @@ class ListThreadsRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     ORDER_BY_FIELD_NUMBER: _builtins.int
     METADATA_FILTER_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Maximum per page (default 50, at most 1000)."""
     page_token: _builtins.str
@@ -614,6 +685,10 @@ class ListThreadsRequest(_message.Message):
     order_by: _builtins.str
     """`create_time` (default, oldest first), `create_time desc`, `update_time desc` (most
     recently active first) or `update_time`.
+    """
+    status: _builtins.str
+    """Only threads with this status (LangGraph's `status` filter): `idle`, `busy`, `interrupted`
+    or `error` (any case; `THREAD_STATUS_BUSY` and the like too). Empty: any status.
     """
     @_builtins.property
     def metadata_filter(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
@@ -629,10 +704,11 @@ class ListThreadsRequest(_message.Message):
         page_token: _builtins.str = ...,
         order_by: _builtins.str = ...,
         metadata_filter: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        status: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["metadata_filter", b"metadata_filter", "order_by", b"order_by", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["metadata_filter", b"metadata_filter", "order_by", b"order_by", "page_size", b"page_size", "page_token", b"page_token", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
