@@ -1308,6 +1308,7 @@ class Run(_message.Message):
     TIMEOUT_FIELD_NUMBER: _builtins.int
     MULTITASK_STRATEGY_FIELD_NUMBER: _builtins.int
     QUEUED_BEHIND_FIELD_NUMBER: _builtins.int
+    WEBHOOK_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`runs/{run}`."""
     agent: _builtins.str
@@ -1333,6 +1334,12 @@ class Run(_message.Message):
     queued_behind: _builtins.str
     """Output only: while QUEUED behind the thread's runs, `runs/{run}` of the thread's run it
     waits for (the one running, paused or about to run); empty once it waits for a worker only.
+    """
+    webhook: _builtins.str
+    """An http or https URL POSTed once the run ends, with the run as JSON (as GET /v1/runs/{run}
+    gives it); retried with backoff on an error or a non-2xx answer, at most 5 attempts, and
+    delivered at least once even across a restart of the agents service. Events
+    `run.webhook.delivered` / `run.webhook.failed` tell how it went. Kept on the run as given.
     """
     @_builtins.property
     def input(self) -> _struct_pb2.Struct:
@@ -1391,10 +1398,11 @@ class Run(_message.Message):
         timeout: _duration_pb2.Duration | None = ...,
         multitask_strategy: _builtins.str = ...,
         queued_behind: _builtins.str = ...,
+        webhook: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "create_time", b"create_time", "duration", b"duration", "end_time", b"end_time", "input", b"input", "interrupt", b"interrupt", "output", b"output", "start_time", b"start_time", "target", b"target", "timeout", b"timeout", "usage", b"usage", "workflow", b"workflow"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attempt", b"attempt", "create_time", b"create_time", "duration", b"duration", "end_time", b"end_time", "error", b"error", "input", b"input", "interrupt", b"interrupt", "multitask_strategy", b"multitask_strategy", "name", b"name", "output", b"output", "queued_behind", b"queued_behind", "start_time", b"start_time", "status", b"status", "target", b"target", "thread", b"thread", "timeout", b"timeout", "usage", b"usage", "workflow", b"workflow"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attempt", b"attempt", "create_time", b"create_time", "duration", b"duration", "end_time", b"end_time", "error", b"error", "input", b"input", "interrupt", b"interrupt", "multitask_strategy", b"multitask_strategy", "name", b"name", "output", b"output", "queued_behind", b"queued_behind", "start_time", b"start_time", "status", b"status", "target", b"target", "thread", b"thread", "timeout", b"timeout", "usage", b"usage", "webhook", b"webhook", "workflow", b"workflow"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["agent", "workflow"]  # noqa: Y015
     _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
@@ -1712,6 +1720,58 @@ class ResumeRunResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ResumeRunResponse: _TypeAlias = ResumeRunResponse  # noqa: Y015
+
+@_typing.final
+class WaitRunRequest(_message.Message):
+    """WaitRunRequest names the run to wait for."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """`runs/{run}`."""
+    @_builtins.property
+    def timeout(self) -> _duration_pb2.Duration:
+        """How long to wait at most (default and at most 600 s); the call's deadline, if sooner, too."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        timeout: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["timeout", b"timeout"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "timeout", b"timeout"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WaitRunRequest: _TypeAlias = WaitRunRequest  # noqa: Y015
+
+@_typing.final
+class WaitRunResponse(_message.Message):
+    """WaitRunResponse is the run once it has ended or is paused on a question."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def run(self) -> Global___Run:
+        """The run: status, output, error, interrupt."""
+
+    def __init__(
+        self,
+        *,
+        run: Global___Run | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WaitRunResponse: _TypeAlias = WaitRunResponse  # noqa: Y015
 
 @_typing.final
 class StreamRunRequest(_message.Message):

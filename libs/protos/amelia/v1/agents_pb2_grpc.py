@@ -130,6 +130,11 @@ class AgentServiceStub:
                 request_serializer=amelia_dot_v1_dot_agents__pb2.StreamRunRequest.SerializeToString,
                 response_deserializer=amelia_dot_v1_dot_agents__pb2.StreamRunResponse.FromString,
                 _registered_method=True)
+        self.WaitRun = channel.unary_unary(
+                '/amelia.v1.AgentService/WaitRun',
+                request_serializer=amelia_dot_v1_dot_agents__pb2.WaitRunRequest.SerializeToString,
+                response_deserializer=amelia_dot_v1_dot_agents__pb2.WaitRunResponse.FromString,
+                _registered_method=True)
         self.ListRunSteps = channel.unary_unary(
                 '/amelia.v1.AgentService/ListRunSteps',
                 request_serializer=amelia_dot_v1_dot_agents__pb2.ListRunStepsRequest.SerializeToString,
@@ -293,6 +298,15 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WaitRun(self, request, context):
+        """WaitRun blocks until the run ends (COMPLETED, FAILED or CANCELLED) or is PAUSED on a
+        question, and returns it (LangGraph Server's runs wait/join, Temporal's handle.result());
+        DEADLINE_EXCEEDED, the run untouched, when it has not by `timeout` or the call's deadline.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListRunSteps(self, request, context):
         """ListRunSteps gives each node execution of a run, read from its LangGraph checkpoints: the
         state before the node, what it wrote, when, and the checkpoint to fork from.
@@ -422,6 +436,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.StreamRun,
                     request_deserializer=amelia_dot_v1_dot_agents__pb2.StreamRunRequest.FromString,
                     response_serializer=amelia_dot_v1_dot_agents__pb2.StreamRunResponse.SerializeToString,
+            ),
+            'WaitRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.WaitRun,
+                    request_deserializer=amelia_dot_v1_dot_agents__pb2.WaitRunRequest.FromString,
+                    response_serializer=amelia_dot_v1_dot_agents__pb2.WaitRunResponse.SerializeToString,
             ),
             'ListRunSteps': grpc.unary_unary_rpc_method_handler(
                     servicer.ListRunSteps,
@@ -958,6 +977,33 @@ class AgentService:
             '/amelia.v1.AgentService/StreamRun',
             amelia_dot_v1_dot_agents__pb2.StreamRunRequest.SerializeToString,
             amelia_dot_v1_dot_agents__pb2.StreamRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WaitRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/amelia.v1.AgentService/WaitRun',
+            amelia_dot_v1_dot_agents__pb2.WaitRunRequest.SerializeToString,
+            amelia_dot_v1_dot_agents__pb2.WaitRunResponse.FromString,
             options,
             channel_credentials,
             insecure,

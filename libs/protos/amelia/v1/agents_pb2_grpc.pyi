@@ -78,6 +78,11 @@ class AgentServiceStub:
     """ResumeRun answers a paused run's question and continues it."""
     StreamRun: _grpc.UnaryStreamMultiCallable[_agents_pb2.StreamRunRequest, _agents_pb2.StreamRunResponse]
     """StreamRun replays a run's events from the log, then follows it live until it ends."""
+    WaitRun: _grpc.UnaryUnaryMultiCallable[_agents_pb2.WaitRunRequest, _agents_pb2.WaitRunResponse]
+    """WaitRun blocks until the run ends (COMPLETED, FAILED or CANCELLED) or is PAUSED on a
+    question, and returns it (LangGraph Server's runs wait/join, Temporal's handle.result());
+    DEADLINE_EXCEEDED, the run untouched, when it has not by `timeout` or the call's deadline.
+    """
     ListRunSteps: _grpc.UnaryUnaryMultiCallable[_agents_pb2.ListRunStepsRequest, _agents_pb2.ListRunStepsResponse]
     """ListRunSteps gives each node execution of a run, read from its LangGraph checkpoints: the
     state before the node, what it wrote, when, and the checkpoint to fork from.
@@ -144,6 +149,11 @@ class AgentServiceAsyncStub(AgentServiceStub):
     """ResumeRun answers a paused run's question and continues it."""
     StreamRun: _aio.UnaryStreamMultiCallable[_agents_pb2.StreamRunRequest, _agents_pb2.StreamRunResponse]  # type: ignore[assignment]
     """StreamRun replays a run's events from the log, then follows it live until it ends."""
+    WaitRun: _aio.UnaryUnaryMultiCallable[_agents_pb2.WaitRunRequest, _agents_pb2.WaitRunResponse]  # type: ignore[assignment]
+    """WaitRun blocks until the run ends (COMPLETED, FAILED or CANCELLED) or is PAUSED on a
+    question, and returns it (LangGraph Server's runs wait/join, Temporal's handle.result());
+    DEADLINE_EXCEEDED, the run untouched, when it has not by `timeout` or the call's deadline.
+    """
     ListRunSteps: _aio.UnaryUnaryMultiCallable[_agents_pb2.ListRunStepsRequest, _agents_pb2.ListRunStepsResponse]  # type: ignore[assignment]
     """ListRunSteps gives each node execution of a run, read from its LangGraph checkpoints: the
     state before the node, what it wrote, when, and the checkpoint to fork from.
@@ -321,6 +331,17 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_agents_pb2.StreamRunResponse], _abc.AsyncIterator[_agents_pb2.StreamRunResponse]]:
         """StreamRun replays a run's events from the log, then follows it live until it ends."""
+
+    @_abc_1.abstractmethod
+    def WaitRun(
+        self,
+        request: _agents_pb2.WaitRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agents_pb2.WaitRunResponse, _abc.Awaitable[_agents_pb2.WaitRunResponse]]:
+        """WaitRun blocks until the run ends (COMPLETED, FAILED or CANCELLED) or is PAUSED on a
+        question, and returns it (LangGraph Server's runs wait/join, Temporal's handle.result());
+        DEADLINE_EXCEEDED, the run untouched, when it has not by `timeout` or the call's deadline.
+        """
 
     @_abc_1.abstractmethod
     def ListRunSteps(
