@@ -36,6 +36,7 @@ from amelia_agents.lifecycle import TERMINAL_TYPES
 from amelia_agents.models import TERMINAL_STATES, RunRow
 from amelia_agents.runfeed import Follower, RunFeed
 from amelia_agents.store import Store
+from amelia_agents.waiting import RunWaits
 from amelia_common.errors import StreamEndedError
 from amelia_common.eventlog import EventLog, EventLogUnavailableError, EventReader, StartAt
 from amelia_common.settings import Settings
@@ -59,6 +60,8 @@ class RunStreamer:
         self.store = store
         self.event_log = event_log
         self.feed = RunFeed(event_log, settings.EVENTS_PUBLISH_TIMEOUT_SECONDS)
+        # WaitRun's calls, woken by the same feed.
+        self.waits = RunWaits(store, self.feed)
 
     async def close(self) -> None:
         """Stop the run feed's reader (at shutdown)."""
