@@ -26,6 +26,7 @@ from sqlalchemy import (
     Text,
     and_,
     bindparam,
+    case,
     delete,
     exists,
     func,
@@ -34,6 +35,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    true,
     update,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -98,6 +100,9 @@ class ThreadSummary:
     row: ThreadRow
     run_count: int
     preview: str
+    # One of THREAD_STATUSES, and the thread's newest run (its id and status), if any.
+    status: str = "idle"
+    latest_run: tuple[uuid.UUID, str] | None = None
 
     @property
     def id(self) -> uuid.UUID:
@@ -366,6 +371,10 @@ class ThreadTurn:
 
 
 THREAD_ORDERS = ("create_time", "create_time desc", "update_time", "update_time desc")
+# A thread's status (LangGraph Server's): a run paused on a question, else one queued or running,
+# else its newest run failed, else idle.
+THREAD_STATUSES = ("idle", "busy", "interrupted", "error")
+_BUSY_VALUES = (RunState.QUEUED.value, RunState.RUNNING.value)
 PREVIEW_LENGTH = 200
 
 
@@ -440,28 +449,61 @@ class Store:
             return await s.get(ThreadRow, thread_id)
 
     @staticmethod
-    def _summaries() -> Select[tuple[ThreadRow, int, str]]:
-        runs = (
-            select(func.count())
-            .select_from(RunRow)
-            .where(RunRow.thread_id == ThreadRow.id)
-            .scalar_subquery()
+    def _summaries() -> Select[Any]:
+        """Threads with their run count, preview, status and newest run: one statement, each
+        thread's runs read once through `ix_runs_thread` (no query per thread)."""
+        runs = RunRow.__table__.alias("thread_runs")
+        activity = (
+            select(
+                func.count().label("run_count"),
+                func.bool_or(runs.c.status == RunState.PAUSED.value).label("paused"),
+                func.bool_or(runs.c.status.in_(_BUSY_VALUES)).label("busy"),
+            )
+            .where(runs.c.thread_id == ThreadRow.id)
+            .lateral("activity")
+        )
+        latest = (
+            select(runs.c.id, runs.c.status)
+            .where(runs.c.thread_id == ThreadRow.id)
+            .order_by(runs.c.create_time.desc(), runs.c.id.desc())
+            .limit(1)
+            .lateral("latest")
         )
         first_message = (
-            select(func.left(RunRow.input["message"].astext, PREVIEW_LENGTH))
-            .where(RunRow.thread_id == ThreadRow.id)
-            .order_by(RunRow.create_time, RunRow.id)
+            select(func.left(runs.c.input["message"].astext, PREVIEW_LENGTH))
+            .where(runs.c.thread_id == ThreadRow.id)
+            .order_by(runs.c.create_time, runs.c.id)
             .limit(1)
             .scalar_subquery()
         )
-        return select(ThreadRow, runs, first_message)
+        status = case(
+            (activity.c.paused, "interrupted"),
+            (activity.c.busy, "busy"),
+            (latest.c.status == RunState.FAILED.value, "error"),
+            else_="idle",
+        ).label("status")
+        return (
+            select(
+                ThreadRow, activity.c.run_count, first_message, status, latest.c.id, latest.c.status
+            )
+            .select_from(ThreadRow)
+            .join(activity, true())
+            .outerjoin(latest, true())
+        )
 
-    async def _read_summaries(
-        self, query: Select[tuple[ThreadRow, int, str]]
-    ) -> list[ThreadSummary]:
+    async def _read_summaries(self, query: Select[Any]) -> list[ThreadSummary]:
         async with self.single_statements() as s:
             rows = (await s.execute(query)).all()
-        return [ThreadSummary(row, int(count or 0), preview or "") for row, count, preview in rows]
+        return [
+            ThreadSummary(
+                row,
+                int(count or 0),
+                preview or "",
+                status,
+                (latest_id, latest_status) if latest_id else None,
+            )
+            for row, count, preview, status, latest_id, latest_status in rows
+        ]
 
     async def thread_summary(self, thread_id: uuid.UUID) -> ThreadSummary | None:
         found = await self._read_summaries(self._summaries().where(ThreadRow.id == thread_id))
@@ -473,9 +515,11 @@ class Store:
         after: tuple[datetime, str] | None,
         order_by: str = "create_time",
         where: ColumnElement[bool] | None = None,
+        status: str = "",
     ) -> list[ThreadSummary]:
-        """Threads in `order_by` (one of THREAD_ORDERS), with their run count and preview;
-        only those `where` holds for, when given (ListThreads' metadata filter)."""
+        """Threads in `order_by` (one of THREAD_ORDERS), with their run count, preview, status
+        and newest run; only those `where` holds for (ListThreads' metadata filter) and with
+        `status` (one of THREAD_STATUSES), when given."""
         key, _, direction = order_by.partition(" ")
         column = ThreadRow.update_time if key == "update_time" else ThreadRow.create_time
         descending = direction == "desc"
@@ -483,6 +527,8 @@ class Store:
         query = self._summaries().order_by(*order).limit(limit)
         if where is not None:
             query = query.where(where)
+        if status:
+            query = query.where(query.selected_columns.status == status)
         if after:
             when, last = after[0], uuid.UUID(after[1])
             if descending:
