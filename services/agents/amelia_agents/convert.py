@@ -117,8 +117,40 @@ def agent_snapshot(row: AgentRow) -> dict[str, Any]:
     }
 
 
-def thread_to_proto(row: ThreadRow, run_count: int = 0, preview: str = "") -> agents_pb2.Thread:
-    msg = agents_pb2.Thread(name=f"threads/{row.id}", run_count=run_count, preview=preview)
+THREAD_STATUS_TO_PROTO = {
+    "idle": agents_pb2.THREAD_STATUS_IDLE,
+    "busy": agents_pb2.THREAD_STATUS_BUSY,
+    "interrupted": agents_pb2.THREAD_STATUS_INTERRUPTED,
+    "error": agents_pb2.THREAD_STATUS_ERROR,
+}
+
+
+def thread_status(value: str) -> str:
+    """ListThreads' `status` filter as the store's status ("" for none): `busy`, any case, or
+    the enum's name (`THREAD_STATUS_BUSY`, what a Thread's `status` reads in JSON)."""
+    wanted = value.strip().lower().removeprefix("thread_status_")
+    if wanted and wanted not in THREAD_STATUS_TO_PROTO:
+        allowed = ", ".join(THREAD_STATUS_TO_PROTO)
+        raise InvalidArgumentError(f"status {value[:40]!r} is not one of: {allowed}")
+    return wanted
+
+
+def thread_to_proto(
+    row: ThreadRow,
+    run_count: int = 0,
+    preview: str = "",
+    status: str = "idle",
+    latest_run: tuple[uuid.UUID, str] | None = None,
+) -> agents_pb2.Thread:
+    msg = agents_pb2.Thread(
+        name=f"threads/{row.id}",
+        run_count=run_count,
+        preview=preview,
+        status=THREAD_STATUS_TO_PROTO[status],
+    )
+    if latest_run:
+        msg.latest_run.name = f"runs/{latest_run[0]}"
+        msg.latest_run.status = STATUS_TO_PROTO[latest_run[1]]
     if row.meta:
         msg.metadata.update(row.meta)
     _ts(msg.create_time, row.create_time)

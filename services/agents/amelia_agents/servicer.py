@@ -147,7 +147,8 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         if order_by not in THREAD_ORDERS:
             raise InvalidArgumentError(f"order_by must be one of: {', '.join(THREAD_ORDERS)}")
         where = threadstate.metadata_condition(request.metadata_filter)
-        found = await self.store.list_threads(limit + 1, after, order_by, where)
+        status = convert.thread_status(request.status)
+        found = await self.store.list_threads(limit + 1, after, order_by, where, status)
         fit = convert.PageFit(_thread)
         key = order_by.split()[0]
         _, token = pagination.page(found, limit, key=key, fit=fit, scope=scope)
@@ -673,7 +674,9 @@ def _repeat(settings: Settings, source: RunRow, thread_id: uuid.UUID, request_id
 
 
 def _thread(found: ThreadSummary) -> agents_pb2.Thread:
-    return convert.thread_to_proto(found.row, found.run_count, found.preview)
+    return convert.thread_to_proto(
+        found.row, found.run_count, found.preview, found.status, found.latest_run
+    )
 
 
 __all__ = ["TERMINAL_STATES", "AgentServicer"]
