@@ -17,10 +17,10 @@ from tui_helpers import DEADLINE, TuiMesh
 CHECKPOINT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
-async def _chat(mesh: TuiMesh, message: str, thread: str = "") -> dict[str, Any]:
-    """A completed `workflows/chat` run (offline:echo) made through the gateway."""
+async def _run(mesh: TuiMesh, model: str, thread: str = "", message: str = "hi") -> dict[str, Any]:
+    """A `workflows/chat` run of `model` made through the gateway, once it ended."""
     run = {"workflow": "workflows/chat", "thread": thread, "input": {"message": message}}
-    run["input"]["model"] = "offline:echo"
+    run["input"]["model"] = model
     created = await mesh.http.post("/v1/runs", json={"run": run})
     assert created.status_code == 200, created.text
     name = created.json()["run"]["name"]
@@ -28,9 +28,15 @@ async def _chat(mesh: TuiMesh, message: str, thread: str = "") -> dict[str, Any]
         while True:
             body: dict[str, Any] = (await mesh.http.get(f"/v1/{name}")).json()["run"]
             if body["status"] not in ("RUN_STATUS_QUEUED", "RUN_STATUS_RUNNING"):
-                assert body["status"] == "RUN_STATUS_COMPLETED", body
                 return body
             await asyncio.sleep(0.05)
+
+
+async def _chat(mesh: TuiMesh, message: str, thread: str = "") -> dict[str, Any]:
+    """A completed `workflows/chat` run (offline:echo) made through the gateway."""
+    body = await _run(mesh, "offline:echo", thread, message)
+    assert body["status"] == "RUN_STATUS_COMPLETED", body
+    return body
 
 
 async def test_threads_state_history_and_update(tui_mesh: TuiMesh, tmp_path: Path) -> None:
@@ -88,17 +94,38 @@ async def test_threads_state_history_and_update(tui_mesh: TuiMesh, tmp_path: Pat
     assert code == 2 and "not a JSON object" in shown, shown
 
 
-async def test_threads_ls_by_metadata(tui_mesh: TuiMesh, tmp_path: Path) -> None:
+async def test_threads_ls_by_metadata_and_status(tui_mesh: TuiMesh, tmp_path: Path) -> None:
     env = cli_env(tui_mesh, tmp_path / "none")
     team = f"team-{uuid.uuid4().hex[:8]}"
-    made = await tui_mesh.http.post("/v1/threads", json={"thread": {"metadata": {"team": team}}})
-    assert made.status_code == 200, made.text
-    name = made.json()["thread"]["name"]
+    names = []
+    for _ in range(2):
+        made = await tui_mesh.http.post(
+            "/v1/threads", json={"thread": {"metadata": {"team": team}}}
+        )
+        assert made.status_code == 200, made.text
+        names.append(made.json()["thread"]["name"])
+    failed = await _run(tui_mesh, "offline:fail:the model broke", names[1])
+    assert failed["status"] == "RUN_STATUS_FAILED", failed
+
     code, shown = await asyncio.to_thread(
         amelia, env, "threads", "ls", "--metadata", f"team={team}"
     )
     assert code == 0, shown
+    assert all(len(line) <= 80 for line in shown.splitlines()), shown
+    assert shown.split()[:4] == ["name", "status", "runs", "updated"], shown
     rows = [line for line in shown.splitlines() if line.startswith("threads/")]
-    assert [row.split()[:2] for row in rows] == [[name, "0"]], shown
+    # Most recently active first: the thread with the failed run, then the empty one.
+    assert [row.split()[:3] for row in rows] == [[names[1], "error", "1"], [names[0], "idle", "0"]]
+
+    code, shown = await asyncio.to_thread(
+        amelia, env, "threads", "ls", "--metadata", f"team={team}", "--status", "error"
+    )
+    assert code == 0, shown
+    assert [line.split()[0] for line in shown.splitlines() if "threads/" in line] == [names[1]]
+    code, shown = await asyncio.to_thread(amelia, env, "threads", "ls", "--status", "asleep")
+    assert code == 1, shown
+    assert "INVALID_ARGUMENT: status 'asleep' is not one of: idle, busy, interrupted, error" in (
+        " ".join(shown.split())
+    ), shown
     code, shown = await asyncio.to_thread(amelia, env, "threads", "ls", "--metadata", "team")
     assert code == 2 and "not key=value" in shown, shown

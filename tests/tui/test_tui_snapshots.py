@@ -116,7 +116,7 @@ async def threads_list(pilot: Pilot[None]) -> None:
     await pilot.app.switch_mode("threads")
     screen = pilot.app.screen
     assert isinstance(screen, ThreadsScreen)
-    screen.show_threads(tui_data.THREADS, tui_data.LATEST_RUNS)
+    screen.show_threads(tui_data.THREADS)
     await settle(pilot)
 
 

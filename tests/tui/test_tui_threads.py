@@ -82,9 +82,11 @@ async def test_list_open_and_answer_the_question(tui_mesh: TuiMesh) -> None:
         await pilot.press("4")
         threads = on_screen(pilot, ThreadsScreen)
         await wait_until(lambda: thread in threads.threads, "the thread is listed")
-        # Newest first, with its latest run's status.
+        # Newest first, interrupted (its run waits for an answer), from ListThreads alone.
         assert next(iter(threads.threads)) == thread
-        assert threads.latest[thread]["status"] == "RUN_STATUS_PAUSED"
+        table = threads.query_one("#threads-table", DataTable)
+        assert str(table.get_cell(thread, "status")) == "interrupted"
+        assert threads.threads[thread]["latestRun"]["name"] == run["name"]
         screen = await open_thread(pilot, thread)
 
         state = text_of(screen, "#thread-state-text")

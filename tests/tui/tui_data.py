@@ -276,28 +276,24 @@ AGENTS = {"agents/greeter": {"name": "agents/greeter"}}
 THREAD = "threads/5a5a0007-0000-4000-8000-000000000000"
 
 
-def thread(n: int, runs: int, preview: str) -> dict[str, Any]:
+def thread(n: int, runs: int, preview: str, status: str, latest: dict[str, Any]) -> dict[str, Any]:
     return {
         "name": f"threads/5a5a{n:04d}-0000-4000-8000-000000000000",
         "runCount": runs,
         "createTime": at(n),
         "updateTime": at(n + 20),
         "preview": preview,
+        "status": f"THREAD_STATUS_{status.upper()}",
+        "latestRun": {"name": latest["name"], "status": latest["status"]},
     }
 
 
 THREADS = [
-    thread(9, 1, "Add a dark theme"),
-    thread(8, 1, "line 1 of the echo"),
-    thread(7, 2, "What is a good name for a cat that likes to sit on keyboards?"),
-    thread(6, 1, "Hello"),
+    thread(9, 1, "Add a dark theme", "interrupted", RUNS[0]),
+    thread(8, 1, "line 1 of the echo", "busy", RUNS[1]),
+    thread(7, 2, "What is a good name for a cat that likes to sit on keyboards?", "idle", RUNS[2]),
+    thread(6, 1, "Hello", "error", RUNS[5]),
 ]
-LATEST_RUNS = {
-    THREADS[0]["name"]: RUNS[0],
-    THREADS[1]["name"]: RUNS[1],
-    THREADS[2]["name"]: run(10, "chat", "completed", seconds="0.410s", tokens=12),
-    THREADS[3]["name"]: RUNS[3],
-}
 CAT = "What is a good name for a cat that likes to sit on keyboards?"
 DOG = "And one for a dog that chews cables?"
 HAMSTER = "A name for a hamster?"

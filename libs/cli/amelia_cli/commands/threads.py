@@ -28,12 +28,19 @@ HISTORY_COLUMNS = (
     Column("saved"),
     Column("run", drop=1),
 )
+# The status stays at 80 columns; the first message goes first (it needs the width left).
 THREAD_COLUMNS = (
     Column("name"),
+    Column("status"),
     Column("runs"),
     Column("updated"),
     Column("preview", wraps=True, drop=1),
 )
+
+
+def thread_status(status: agents_pb2.ThreadStatus.ValueType) -> str:
+    """`THREAD_STATUS_BUSY` → `busy` (what `--status` takes)."""
+    return agents_pb2.ThreadStatus.Name(status).removeprefix("THREAD_STATUS_").lower()
 
 
 def _plain(message: Any) -> Any:
@@ -189,11 +196,17 @@ def ls_threads(
     where: list[str] = typer.Option(
         [], "--metadata", help="Only threads whose metadata has key=value."
     ),
+    status: str = typer.Option(
+        "", "--status", help="Only threads that are idle, busy, interrupted or error."
+    ),
     limit: int = typer.Option(50, help="At most this many."),
 ) -> None:
-    """List threads, most recently active first."""
+    """List threads, most recently active first, with their status (LangGraph Server's)."""
     request = agents_pb2.ListThreadsRequest(
-        page_size=limit, order_by="update_time desc", metadata_filter=_metadata(where, "--metadata")
+        page_size=limit,
+        order_by="update_time desc",
+        metadata_filter=_metadata(where, "--metadata"),
+        status=status,
     )
 
     async def go() -> agents_pb2.ListThreadsResponse:
@@ -201,5 +214,8 @@ def ls_threads(
             reply: agents_pb2.ListThreadsResponse = await stub.ListThreads(request)
             return reply
 
-    rows = [(t.name, str(t.run_count), ago(t.update_time), t.preview) for t in call_rpc(go).threads]
+    rows = [
+        (t.name, thread_status(t.status), str(t.run_count), ago(t.update_time), t.preview)
+        for t in call_rpc(go).threads
+    ]
     listing(console, THREAD_COLUMNS, rows)

@@ -28,6 +28,11 @@ STATUS_STYLE = {
     "completed": "green",
     "failed": "bold red",
     "cancelled": "magenta",
+    # A thread's status (ListThreads), styled as the run statuses it stands for.
+    "idle": "green",
+    "busy": "bold cyan",
+    "interrupted": "bold yellow",
+    "error": "bold red",
 }
 ACTIVE = {"queued", "running", "paused"}
 STATUSES = ("queued", "running", "paused", "completed", "failed", "cancelled")

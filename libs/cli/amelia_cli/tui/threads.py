@@ -1,11 +1,11 @@
-"""The threads list: most recently active first, each with its first message, its run count
-and its latest run's status; `+` loads the next page. It reloads (debounced) when a run starts,
-pauses, resumes or ends, as the runs list does, and Enter opens a thread (`thread_view`).
+"""The threads list: most recently active first, each with its status (LangGraph Server's: idle,
+busy, interrupted, error — from ListThreads, one call a page), its run count and its first
+message; `+` loads the next page. It reloads (debounced) when a run starts, pauses, resumes or
+ends, as the runs list does, and Enter opens a thread (`thread_view`).
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable
 from typing import Any
 
@@ -22,29 +22,19 @@ from amelia_cli.tui.common import (
     cursor_key,
     first_pages,
     short_id,
-    status_of,
     status_text,
     when,
 )
-from amelia_cli.tui.gateway import ApiError, GatewayApi
+from amelia_cli.tui.gateway import ApiError
 from amelia_cli.tui.runs import LIFECYCLE
 from amelia_cli.tui.threadstate import plural
 
 PAGE_SIZE = 50
-AT_ONCE = 8  # latest-run look-ups in flight together
 
 
-async def latest_runs(api: GatewayApi, threads: list[str]) -> dict[str, dict[str, Any]]:
-    """Each thread's newest run (ListRuns by thread, one run each), a few calls at a time."""
-    gate = asyncio.Semaphore(AT_ONCE)
-
-    async def newest(thread: str) -> dict[str, Any]:
-        async with gate:
-            runs = await api.list_runs(thread=thread, page_size=1)
-        return runs[0] if runs else {}
-
-    found = await asyncio.gather(*(newest(thread) for thread in threads))
-    return dict(zip(threads, found, strict=True))
+def thread_status(thread: dict[str, Any]) -> str:
+    """`THREAD_STATUS_INTERRUPTED` → `interrupted`."""
+    return str(thread.get("status", "")).removeprefix("THREAD_STATUS_").lower()
 
 
 class ThreadsScreen(PagedScreen):
@@ -60,14 +50,13 @@ class ThreadsScreen(PagedScreen):
     def __init__(self) -> None:
         super().__init__()
         self.threads: dict[str, dict[str, Any]] = {}
-        self.latest: dict[str, dict[str, Any]] = {}
 
     def compose(self) -> ComposeResult:
         yield TopBar("Threads")
         yield Static("", id="threads-note", classes="note")
         table: DataTable[Any] = DataTable(id="threads-table", cursor_type="row", zebra_stripes=True)
         table.add_column("Thread", key="thread")
-        table.add_column("Latest run", key="status")
+        table.add_column("Status", key="status")
         table.add_column("Runs", key="runs")
         table.add_column("Active", key="active")
         table.add_column("First message", key="preview")
@@ -91,29 +80,24 @@ class ThreadsScreen(PagedScreen):
 
         try:
             threads, token = await ask(self, first_pages(page, "threads", pages))
-            latest = await ask(self, latest_runs(api, [str(t.get("name")) for t in threads]))
         except ApiError as exc:
             self.query_one("#threads-note", Static).update(f"[red]{exc}[/red]")
             return
         self.pages = max(pages, 1)
-        self.show_threads(threads, latest, token)
+        self.show_threads(threads, token)
 
-    def show_threads(
-        self, threads: list[dict[str, Any]], latest: dict[str, dict[str, Any]], token: str = ""
-    ) -> None:
+    def show_threads(self, threads: list[dict[str, Any]], token: str = "") -> None:
         """Fill the table, keeping the cursor on the thread it was on."""
         table: DataTable[Any] = self.query_one("#threads-table", DataTable)
         keep = self.selected()
         self.threads = {str(t.get("name")): t for t in threads}
-        self.latest = latest
         self.next_token = token
         self.refresh_bindings()
         table.clear()
         for name, thread in self.threads.items():
-            run = latest.get(name) or {}
             table.add_row(
                 short_id(name),
-                status_text(status_of(run)) if run else "",
+                status_text(thread_status(thread)),
                 str(thread.get("runCount") or 0),
                 when(thread.get("updateTime") or thread.get("createTime")),
                 str(thread.get("preview") or "").replace("\n", " ")[:200] or "(no message)",
