@@ -192,6 +192,7 @@ class WorkerProcess(ServiceProcess):
 
     It reaches the database and NATS of `settings`; `env` adds or overrides variables (queue,
     ack wait, workflow modules, provider URLs) and `pythonpath` lets it import test plugins.
+    `module` "amelia_agents" runs the whole agents service (its API too) instead.
     """
 
     def __init__(
@@ -200,6 +201,7 @@ class WorkerProcess(ServiceProcess):
         log: Path,
         env: Mapping[str, str] | None = None,
         pythonpath: Iterable[Path] = (),
+        module: str = "amelia_agents.worker",
     ) -> None:
         full_env = {
             **os.environ,
@@ -213,7 +215,7 @@ class WorkerProcess(ServiceProcess):
             "PYTHONPATH": python_path(pythonpath),
             **(env or {}),
         }
-        super().__init__("amelia_agents.worker", full_env, log)
+        super().__init__(module, full_env, log)
 
     async def ready(self, timeout: float = 60) -> None:
         await self.wait_log("workers started", timeout=timeout)

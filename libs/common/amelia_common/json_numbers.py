@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import Any, cast
 
 from google.protobuf import json_format
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 # Beyond this a double no longer holds every integer: 2**53 + 1 reads back as 2**53.
@@ -56,3 +57,59 @@ def message_dict(message: Message, **options: Any) -> Any:
 def message_text(message: Message, indent: int | None = 2) -> str:
     """`json_format.MessageToJson(message)` with whole numbers as integers."""
     return json.dumps(message_dict(message), indent=indent, ensure_ascii=False, allow_nan=False)
+
+
+def to_json(message: Message) -> dict[str, Any]:
+    """Proto JSON with lowerCamelCase names and every field present, as grpc-gateway's
+    `EmitUnpopulated` writes it: scalars with their default, lists `[]`, maps `{}`, and an unset
+    message field `null` (a client reads `run.output` without checking it exists). Fields of a
+    oneof are left out when unset, as protojson does. Whole numbers are integers (`"step": 6`,
+    not 6.0), as protojson writes them (`json_numbers`)."""
+    data: dict[str, Any] = message_dict(message, always_print_fields_with_no_presence=True)
+    _add_unset_messages(message, data)
+    return data
+
+
+def _add_unset_messages(message: Message, data: dict[str, Any]) -> None:
+    """Write the unset message fields of `message` (and of the messages in it) as null into its
+    proto JSON `data`; `always_print_fields_with_no_presence` leaves them out."""
+    for field in cast(Descriptor, message.DESCRIPTOR).fields:
+        if field.type != FieldDescriptor.TYPE_MESSAGE or field.containing_oneof is not None:
+            continue
+        name = field.json_name
+        if _is_map(field):
+            value_field = _message_type(field).fields_by_name["value"]
+            if _has_fields(value_field):
+                for key, item in getattr(message, field.name).items():
+                    _add_unset_messages(item, data[name][str(key)])
+        elif field.is_repeated:
+            if _has_fields(field):
+                for item, item_data in zip(getattr(message, field.name), data[name], strict=True):
+                    _add_unset_messages(item, item_data)
+        elif not message.HasField(field.name):
+            data[name] = None
+        elif _has_fields(field):
+            _add_unset_messages(getattr(message, field.name), data[name])
+
+
+def _has_fields(field: FieldDescriptor) -> bool:
+    """Whether a message field's JSON is an object of its fields (not a well-known type's
+    own form: Struct, Timestamp, wrappers, …)."""
+    return field.type == FieldDescriptor.TYPE_MESSAGE and not _message_type(
+        field
+    ).full_name.startswith("google.protobuf.")
+
+
+def _is_map(field: FieldDescriptor) -> bool:
+    return bool(
+        field.is_repeated
+        and field.type == FieldDescriptor.TYPE_MESSAGE
+        and _message_type(field).GetOptions().map_entry
+    )
+
+
+def _message_type(field: FieldDescriptor) -> Descriptor:
+    """The message type of a message field (never None for one)."""
+    descriptor = field.message_type
+    assert descriptor is not None, field.full_name
+    return descriptor

@@ -248,6 +248,7 @@ def run_to_proto(row: RunRow) -> agents_pb2.Run:
         status=STATUS_TO_PROTO.get(row.status, agents_pb2.RUN_STATUS_UNSPECIFIED),
         error=row.error or "",
         attempt=row.attempt,
+        webhook=row.webhook or "",
     )
     set_target(msg, row.agent_id, row.workflow)
     msg.input.update(row.input or {})

@@ -113,6 +113,13 @@ class RunRow(Base):
             "queue",
             postgresql_where=text("status IN ('QUEUED', 'RUNNING')"),
         ),
+        # Webhooks owed (`webhooks`): runs whose end is still to be POSTed.
+        Index(
+            "ix_runs_webhooks_owed",
+            "queue",
+            "webhook_due",
+            postgresql_where=text("webhook_state = 'pending'"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
@@ -158,3 +165,9 @@ class RunRow(Base):
     multitask_strategy: Mapped[str | None] = mapped_column(Text, nullable=True)
     queued_behind: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True), nullable=True)
     rolled_back: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The URL POSTed when the run ends (`webhooks`): "pending" until delivered or failed, the
+    # POSTs made, and when the next may be made (NULL: once the run's end is in the log).
+    webhook: Mapped[str | None] = mapped_column(Text, nullable=True)
+    webhook_state: Mapped[str | None] = mapped_column(Text, nullable=True)
+    webhook_attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    webhook_due: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -14,6 +14,7 @@ from amelia_agents.resources import Resources, migrate, open_resources
 from amelia_agents.servicer import AgentServicer
 from amelia_agents.streaming import RunStreamer
 from amelia_agents.sweeper import Sweeper
+from amelia_agents.webhooks import start_webhooks
 from amelia_agents.worker import start_workers
 from amelia_common.db import db_health
 from amelia_common.grpc_server import GrpcService
@@ -50,6 +51,9 @@ async def _service(res: Resources) -> GrpcService:
     sweeper = Sweeper(settings, res.engine, store, res.js)
     sweeper.start()
     res.on_close(sweeper.stop)
+    # POSTs the webhooks of the runs that ended (`webhooks`).
+    webhooks = start_webhooks(store, events, settings.RUNS_QUEUE_STREAM)
+    res.on_close(webhooks.stop)
     crons = start_crons(res, servicer)  # the API and the scheduler loop
 
     def register(server: grpc.aio.Server) -> None:

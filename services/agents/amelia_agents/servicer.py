@@ -24,6 +24,8 @@ from amelia_agents import (
     queue,
     steps,
     threadstate,
+    waiting,
+    webhooks,
     workflows,
 )
 from amelia_agents.lifecycle import RunEvents
@@ -258,6 +260,7 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         )
         if run.multitask_strategy:
             row.multitask_strategy = chosen
+        webhooks.attach(row, run.webhook)
         started = await self._start(row, new_thread, chosen=chosen, by_cron=by_cron)
         return agents_pb2.CreateRunResponse(run=started)
 
@@ -415,13 +418,12 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
     async def GetRun(
         self, request: agents_pb2.GetRunRequest, context: Ctx
     ) -> agents_pb2.GetRunResponse:
-        row = await self._get_run(request.name)
-        run = convert.run_to_proto(row)
-        if row.status == RunState.QUEUED.value and row.queued_behind is None:
+        rid = convert.run_id(request.name)
+        found, stopping = await multitask.run_and_stopping(self.store, rid)
+        run = convert.run_to_proto(convert.found(found, convert.run_name(rid)))
+        if stopping is not None:
             # Its thread's previous run ended but its worker is still stopping it (`locks`).
-            stopping = await multitask.stopping_run(self.store, row.id, row.thread_id)
-            if stopping is not None:
-                run.queued_behind = convert.run_name(stopping)
+            run.queued_behind = convert.run_name(stopping)
         return agents_pb2.GetRunResponse(run=run)
 
     async def ListRuns(
@@ -562,6 +564,13 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         row = await self._get_run(request.name)
         async for response in self.streamer.responses(row, request):
             yield response
+
+    async def WaitRun(
+        self, request: agents_pb2.WaitRunRequest, context: Ctx
+    ) -> agents_pb2.WaitRunResponse:
+        seconds = waiting.wait_seconds(request, context.time_remaining())
+        row = await self.streamer.waits.wait(request.name, seconds)
+        return agents_pb2.WaitRunResponse(run=convert.run_to_proto(row))
 
 
 @dataclass(frozen=True)

@@ -112,7 +112,7 @@ async def _unary(
     gateway: Gateway, request: Request, found: Match, message: Any, rid: str
 ) -> Response:
     rule = found.rule
-    timeout = client_timeout(request, gateway.settings.GATEWAY_TIMEOUT_SECONDS)
+    timeout = client_timeout(request, rule.deadline or gateway.settings.GATEWAY_TIMEOUT_SECONDS)
     call = gateway.upstreams.callable(rule.service, rule.rpc)
     upstream = gateway.upstreams[rule.service]
     try:

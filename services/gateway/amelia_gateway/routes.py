@@ -24,6 +24,8 @@ from google.protobuf.descriptor import Descriptor, MethodDescriptor
 
 from amelia_gateway import upstream
 
+# WaitRun's longest wait (amelia_agents.waiting.MAX_WAIT_SECONDS) and a margin for its answer.
+WAIT_DEADLINE_SECONDS = 600.0 + 30.0
 _VARIABLE = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
 
 
@@ -41,6 +43,9 @@ class Rule:
     uploads: bool = False
     # The OpenAPI operation's name when a second route calls the same RPC (ids are unique).
     operation: str = ""
+    # The upstream call's deadline when the client sends none, if not GATEWAY_TIMEOUT_SECONDS:
+    # a call that waits on purpose (WaitRun) may take longer than the gateway's usual answer.
+    deadline: float = 0.0
 
     @cached_property
     def descriptor(self) -> MethodDescriptor:
@@ -186,6 +191,16 @@ ROUTES: tuple[Rule, ...] = (
         bind={"name": "runs/{run}"},
     ),
     Rule("GET", "/v1/runs/{run}:stream", "AgentService", "StreamRun", bind={"name": "runs/{run}"}),
+    Rule(
+        "POST",
+        "/v1/runs/{run}:wait",
+        "AgentService",
+        "WaitRun",
+        body="*",
+        bind={"name": "runs/{run}"},
+        # WaitRun answers by its own timeout (at most 600 s): the call may last that long.
+        deadline=WAIT_DEADLINE_SECONDS,
+    ),
     # GitService (served by the agents service): what develop/code runs leave in git
     Rule("GET", "/v1/repositories", "GitService", "ListRepositories"),
     Rule("GET", "/v1/runs/{run}/diff", "GitService", "GetRunDiff", bind={"name": "runs/{run}"}),

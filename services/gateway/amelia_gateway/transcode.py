@@ -24,7 +24,7 @@ from google.protobuf.descriptor import (
 )
 from google.protobuf.message import Message
 
-from amelia_common.json_numbers import message_dict
+from amelia_common.json_numbers import to_json
 from amelia_gateway.errors import GatewayError, cut, invalid
 from amelia_gateway.json_input import read_json_object
 
@@ -488,47 +488,6 @@ def _field_masks(descriptor: Descriptor, body: Mapping[str, Any]) -> Mapping[str
                     for path in value
                 ]
     return changed if changed is not None else body
-
-
-def to_json(message: Message) -> dict[str, Any]:
-    """Proto JSON with lowerCamelCase names and every field present, as grpc-gateway's
-    `EmitUnpopulated` writes it: scalars with their default, lists `[]`, maps `{}`, and an unset
-    message field `null` (a client reads `run.output` without checking it exists). Fields of a
-    oneof are left out when unset, as protojson does. Whole numbers are integers (`"step": 6`,
-    not 6.0), as protojson writes them (`json_numbers`)."""
-    data: dict[str, Any] = message_dict(message, always_print_fields_with_no_presence=True)
-    _add_unset_messages(message, data)
-    return data
-
-
-def _add_unset_messages(message: Message, data: dict[str, Any]) -> None:
-    """Write the unset message fields of `message` (and of the messages in it) as null into its
-    proto JSON `data`; `always_print_fields_with_no_presence` leaves them out."""
-    for field in cast(Descriptor, message.DESCRIPTOR).fields:
-        if field.type != FieldDescriptor.TYPE_MESSAGE or field.containing_oneof is not None:
-            continue
-        name = field.json_name
-        if is_map(field):
-            value_field = msg_type(field).fields_by_name["value"]
-            if _has_fields(value_field):
-                for key, item in getattr(message, field.name).items():
-                    _add_unset_messages(item, data[name][str(key)])
-        elif is_repeated(field):
-            if _has_fields(field):
-                for item, item_data in zip(getattr(message, field.name), data[name], strict=True):
-                    _add_unset_messages(item, item_data)
-        elif not message.HasField(field.name):
-            data[name] = None
-        elif _has_fields(field):
-            _add_unset_messages(getattr(message, field.name), data[name])
-
-
-def _has_fields(field: FieldDescriptor) -> bool:
-    """Whether a message field's JSON is an object of its fields (not a well-known type's
-    own form: Struct, Timestamp, wrappers, …)."""
-    return field.type == FieldDescriptor.TYPE_MESSAGE and not msg_type(field).full_name.startswith(
-        "google.protobuf."
-    )
 
 
 def to_json_text(message: Message) -> str:

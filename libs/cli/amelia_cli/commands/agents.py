@@ -541,6 +541,11 @@ def run(
         help="If the --thread has a run: reject (the default: an error), enqueue (start after "
         "it), interrupt (stop it, keep its state) or rollback (stop and delete it).",
     ),
+    webhook: str = typer.Option(
+        "",
+        "--webhook",
+        help="An http(s) URL POSTed with the run as JSON when it ends (retried; at least once).",
+    ),
 ) -> None:
     """Start a run and stream its tokens; Ctrl-C cancels it."""
     repository = os.path.abspath(repo or ".")
@@ -568,6 +573,7 @@ def run(
             if timeout:
                 spec.timeout.FromSeconds(timeout)
             spec.multitask_strategy = multitask
+            spec.webhook = webhook
             # Ctrl-C from here on cancels the run: one while it is being created waits for its
             # name (then cancels it); a second one stops waiting.
             interrupted = asyncio.Event()
@@ -745,6 +751,31 @@ def show_run(
             return run
 
     console.print_json(message_text(call_rpc(go)))
+
+
+@runs_app.command("wait")
+def wait_run(
+    name: str = typer.Argument(..., help="The run (runs/<id> or <id>)."),
+    timeout: float = typer.Option(
+        600, "--timeout", min=0.001, max=600, help="Seconds to wait at most (up to 600)."
+    ),
+) -> None:
+    """Wait until a run ends or pauses on a question, then show it (exit 1 unless it completed
+    or paused; DEADLINE_EXCEEDED if it is still going after --timeout, the run untouched)."""
+    request = agents_pb2.WaitRunRequest(name=resource("runs", name))
+    request.timeout.FromNanoseconds(int(timeout * 1e9))
+
+    async def go() -> agents_pb2.Run:
+        async with agents() as stub:
+            # The call's deadline a little after the wait's: the service answers first, in words.
+            reply = await stub.WaitRun(request, timeout=timeout + 30)
+            run: agents_pb2.Run = reply.run
+            return run
+
+    final = call_rpc(go)
+    console.print_json(message_text(final))
+    if final.status not in (agents_pb2.RUN_STATUS_COMPLETED, agents_pb2.RUN_STATUS_PAUSED):
+        raise typer.Exit(1)
 
 
 def _say_status(name: str, call: Callable[[AgentServiceAsyncStub], Awaitable[RunReply]]) -> None:

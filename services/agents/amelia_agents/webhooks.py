@@ -1,0 +1,220 @@
+"""Run webhooks: POST the run as JSON to the URL given at CreateRun once the run has ended.
+
+LangGraph Server's `webhook` on a run. The delivery owed is kept in the run's row
+(`webhook_state` "pending", migration agents_0007), not in memory: a run that ends while the
+agents service is down, or just before it is killed, is delivered after it starts again. A
+durable JetStream consumer on the runs' end events would have done it too, but the end events
+share their subjects with every token of every run (`runs/<uuid>`), so that consumer would read
+them all; the row is written once at CreateRun and once per attempt.
+
+Every agents process runs `Webhooks`: every POLL_SECONDS it claims the deliveries due of its
+run queue's runs, as the reconciler looks after its queue's runs (an UPDATE over the partial
+index of owed ones, `FOR UPDATE SKIP LOCKED`: the processes of a queue share them, each
+once) and POSTs each in a task of its own — no run or worker waits for a receiver.
+A delivery is due once the run's end event is in the log (`terminal_sequence` set), so a
+receiver that reads the run's events already finds its end. The claim counts the attempt and
+leases it for LEASE_SECONDS (longer than a POST may take): a process killed mid-POST leaves it
+to be claimed again then, so a receiver may get a run twice (at least once; the
+`X-Amelia-Delivery` header is the same each time, to recognise it).
+
+A 2xx answer delivers it (`run.webhook.delivered`); an error or any other answer is retried
+after BACKOFF_SECONDS[attempt - 1] (1, 2, 4, 8 s), MAX_ATTEMPTS POSTs in all, then the delivery
+has failed (`run.webhook.failed`, with the last answer). Redirects are not followed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from sqlalchemy import text
+
+from amelia_agents import convert
+from amelia_agents.lifecycle import RunEvents
+from amelia_agents.models import RunRow
+from amelia_agents.periodic import Periodic
+from amelia_agents.store import Store, now
+from amelia_common.errors import InvalidArgumentError
+from amelia_common.json_numbers import to_json
+from amelia_common.logging import get_logger
+
+log = get_logger("amelia.agents.webhooks")
+
+MAX_URL_LENGTH = 2048
+MAX_ATTEMPTS = 5
+BACKOFF_SECONDS = (1.0, 2.0, 4.0, 8.0)
+POST_TIMEOUT_SECONDS = 10.0
+LEASE_SECONDS = POST_TIMEOUT_SECONDS + 5.0
+POLL_SECONDS = 1.0
+CLAIM_LIMIT = 32
+PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+
+_CLAIM = text(
+    """
+    UPDATE runs SET webhook_attempts = webhook_attempts + 1,
+                    webhook_due = now() + make_interval(secs => :lease)
+    WHERE id IN (
+        SELECT id FROM runs
+        WHERE webhook_state = 'pending' AND queue = :queue AND terminal_sequence IS NOT NULL
+          AND (webhook_due IS NULL OR webhook_due <= now())
+        ORDER BY webhook_due NULLS FIRST
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING id, webhook_attempts
+    """
+)
+_SETTLE = text(
+    "UPDATE runs SET webhook_state = :state, webhook_due = NULL "
+    "WHERE id = :id AND webhook_state = 'pending'"
+)
+_RETRY = text("UPDATE runs SET webhook_due = :due WHERE id = :id AND webhook_state = 'pending'")
+
+
+def check_url(url: str) -> str:
+    """`url` if it is an http or https URL with a host; INVALID_ARGUMENT saying why if not."""
+    if len(url) > MAX_URL_LENGTH:
+        raise InvalidArgumentError(
+            f"run.webhook is {len(url)} characters long; at most {MAX_URL_LENGTH}"
+        )
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise InvalidArgumentError(f"run.webhook {url!r} is not a URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not host or any(c.isspace() for c in url):
+        raise InvalidArgumentError(
+            f"run.webhook must be an http or https URL with a host, like "
+            f"'https://example.com/hooks/run', got {url!r}"
+        )
+    return url
+
+
+def attach(row: RunRow, url: str) -> None:
+    """Owe `row`'s webhook to `url` (checked) once it ends; nothing for an empty `url`."""
+    if url:
+        row.webhook = check_url(url)
+        row.webhook_state = PENDING
+        row.webhook_attempts = 0
+
+
+def body(row: RunRow) -> bytes:
+    """The run as JSON, as the gateway's GET /v1/runs/{run} gives it."""
+    return json.dumps(
+        to_json(convert.run_to_proto(row)), separators=(",", ":"), ensure_ascii=False
+    ).encode()
+
+
+class Webhooks:
+    """This process's deliveries: claimed from the runs' rows, each POSTed in a task."""
+
+    def __init__(self, store: Store, events: RunEvents, queue: str) -> None:
+        self.store = store
+        self.queue = queue
+        self.events = events
+        self.client = httpx.AsyncClient(timeout=POST_TIMEOUT_SECONDS, follow_redirects=False)
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.loop = Periodic(
+            "webhooks",
+            POLL_SECONDS,
+            self.deliver_due,
+            log,
+            "cannot look for webhooks to deliver",
+        )
+
+    def start(self) -> None:
+        self.loop.start()
+
+    async def stop(self) -> None:
+        await self.loop.stop()
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.client.aclose()
+
+    async def deliver_due(self) -> None:
+        """Claim the deliveries due and start each."""
+        async with self.store.engine.begin() as conn:
+            claimed = (
+                await conn.execute(
+                    _CLAIM, {"lease": LEASE_SECONDS, "limit": CLAIM_LIMIT, "queue": self.queue}
+                )
+            ).all()
+        for rid, attempt in claimed:
+            task = asyncio.create_task(self.deliver(rid, attempt), name=f"webhook runs/{rid}")
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def deliver(self, rid: uuid.UUID, attempt: int) -> None:
+        """POST the run once (its `attempt`th), then record how it went; an error recording it
+        leaves the delivery to be claimed again when its lease ends."""
+        try:
+            await self._deliver(rid, attempt)
+        except Exception as exc:  # noqa: BLE001 - claimed again after LEASE_SECONDS
+            log.warning("webhook delivery not recorded", run=convert.run_name(rid), error=repr(exc))
+
+    async def _deliver(self, rid: uuid.UUID, attempt: int) -> None:
+        row = await self.store.get_run(rid)
+        if row is None or not row.webhook:
+            return  # deleted since (a rollback's run): nothing to tell
+        url = row.webhook
+        try:
+            answer = await self.client.post(
+                url,
+                content=body(row),
+                headers={
+                    "Content-Type": "application/json",
+                    "User-Agent": "amelia-webhooks",
+                    "X-Amelia-Run": convert.run_name(rid),
+                    "X-Amelia-Delivery": f"{rid}:end",
+                    "X-Amelia-Attempt": str(attempt),
+                },
+            )
+            code: int | None = answer.status_code
+            outcome = f"HTTP {code}"
+        except httpx.HTTPError as exc:
+            code, outcome = None, f"{type(exc).__name__}: {exc}" if str(exc) else repr(exc)
+        data: dict[str, Any] = {"url": url, "attempts": attempt}
+        if code is not None and 200 <= code < 300:
+            data["status_code"] = code
+            await self._tell(row, "run.webhook.delivered", data)
+            await self._settle(rid, DELIVERED)
+            return
+        data["error"] = outcome
+        if attempt >= MAX_ATTEMPTS:
+            log.warning("webhook failed", run=convert.run_name(rid), url=url, error=outcome)
+            await self._tell(row, "run.webhook.failed", data)
+            await self._settle(rid, FAILED)
+            return
+        due = now() + timedelta(seconds=BACKOFF_SECONDS[attempt - 1])
+        log.info("webhook to retry", run=convert.run_name(rid), attempt=attempt, error=outcome)
+        async with self.store.engine.begin() as conn:
+            await conn.execute(_RETRY, {"id": rid, "due": due})
+
+    async def _settle(self, rid: uuid.UUID, state: str) -> None:
+        async with self.store.engine.begin() as conn:
+            await conn.execute(_SETTLE, {"id": rid, "state": state})
+
+    async def _tell(self, row: RunRow, event_type: str, data: dict[str, Any]) -> None:
+        """The outcome's event on the run's subject (fixed id: told once, even if the delivery
+        is made again after a crash before it was recorded). A delivery is recorded even if
+        NATS cannot take its event (logged)."""
+        try:
+            await self.events.publish(
+                self.events.event(row, event_type, data, event_id=f"{row.id}:{event_type}")
+            )
+        except Exception as exc:  # noqa: BLE001 - the delivery stands without its event
+            log.warning("webhook event not published", event=event_type, error=repr(exc))
+
+
+def start_webhooks(store: Store, events: RunEvents, queue: str) -> Webhooks:
+    """Deliver the webhooks of the runs of `queue` (the process's RUNS_QUEUE_STREAM)."""
+    hooks = Webhooks(store, events, queue)
+    hooks.start()
+    return hooks
