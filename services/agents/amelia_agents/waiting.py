@@ -5,7 +5,8 @@ feed (`runfeed.RunFeed`, the reader StreamRun shares). The status is stored befo
 that tells of it is published (`runstate`, rule 4), so the order below misses nothing: register
 with the feed first, then read the run; if it has not settled yet, the event that settles it
 is stored after the feed's position and reaches the follower. The waiters of one run share one
-follower (`_Watch`): a hundred waiters cost one set of queued events, not a hundred.
+follower (`_Watch`) and the one read of the run once it has settled: a hundred waiters cost one
+set of queued events and one statement, not a hundred.
 
 A waiter that gives up (its timeout, its deadline, its client gone) leaves the run untouched;
 the last one to leave takes the run's follower away with it.
@@ -68,7 +69,8 @@ class _Watch:
 
     def __init__(self, waits: RunWaits, run_id: uuid.UUID) -> None:
         self.waiters = 0
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # The run as read once it settled (None: deleted meanwhile, a rollback's run).
+        self.done: asyncio.Future[RunRow | None] = asyncio.get_running_loop().create_future()
         self.task = asyncio.create_task(waits.watch(run_id, self.done))
 
 
@@ -92,7 +94,7 @@ class RunWaits:
         watch.waiters += 1
         try:
             async with asyncio.timeout(seconds):
-                await asyncio.shield(watch.done)
+                found = await asyncio.shield(watch.done)
         except TimeoutError:
             row = await self.store.get_run(rid) or row
             status = row.status
@@ -105,15 +107,17 @@ class RunWaits:
             if watch.waiters == 0 and self.watches.get(rid) is watch:
                 del self.watches[rid]
                 watch.task.cancel()
-        return convert.found(await self.store.get_run(rid), convert.run_name(rid))
+        return convert.found(found, convert.run_name(rid))
 
-    async def watch(self, rid: uuid.UUID, done: asyncio.Future[None]) -> None:
-        """Follow the run's events until one settles it (or the run settled already)."""
+    async def watch(self, rid: uuid.UUID, done: asyncio.Future[RunRow | None]) -> None:
+        """Follow the run's events until one settles it (or the run settled already), then
+        read it for all the waiters."""
         try:
             while not await self._follow_until_settled(rid):
                 pass  # left the feed (fell behind, or its reader stopped): join again
+            row = await self.store.get_run(rid)
             if not done.done():
-                done.set_result(None)
+                done.set_result(row)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - each waiter raises it
