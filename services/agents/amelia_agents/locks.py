@@ -356,7 +356,9 @@ class RunLock:
         if self.attempt is not None and self._lost is None:
             self._lost = LockLostError(f"runs/{self.run_id}: this pick-up let its lock go")
             self._checked_at = None
-        held_thread, self.thread_held = self.thread_held, False
+        # `exclusive`: all the connection's locks, the thread's too even when not known to be
+        # held (a wait for it cancelled just as PostgreSQL granted it).
+        held_thread, self.thread_held = self.thread_held or self.exclusive, False
         if conn is None:
             return
         try:

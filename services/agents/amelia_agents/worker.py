@@ -9,8 +9,10 @@ A worker loop fetches one job at a time from the shared durable consumer. For ea
    job just before it commits, so a job can arrive before its run is visible, and CreateRun's
    transaction holds the run's recording lock — and its thread's lock (one executor per thread:
    a run that ended, CANCELLED, may still be stopping in its worker). A thread held by another
-   executor is waited for, bounded (`THREAD_WAIT_SECONDS`, the job kept), else the job is given
-   back for THREAD_BUSY_RETRY_SECONDS: not a pick-up, the run stays QUEUED, unclaimed;
+   executor is waited for beside the loop (`_Wait`: the job and both locks kept, the run QUEUED
+   and unclaimed), which goes on with other jobs meanwhile: the next job it takes gives the
+   waiting one back at once (to an idle loop, or to this one once it is free again); the wait
+   that gets its thread while its loop is idle runs the run as that loop's;
 3. claims the run (QUEUED/RUNNING → RUNNING, attempt and pick-up + 1) and does with the job what
    `runstate.after_claim` says: a paused or finished run's job is acked and skipped, after
    re-publishing its end if a crash lost it; a job is never acked while its run is still QUEUED
@@ -43,11 +45,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import itertools
 import os
 import signal
 import socket
 import uuid
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -84,8 +88,10 @@ CLAIM_RETRY_DELAYS = (0.0, 0.0, 0.02, 0.05, 0.1, 0.2)
 NOT_VISIBLE_RETRY_SECONDS = 0.5
 # The reconciler holds a lock for an instant: look again before waiting a whole ack wait.
 LOCK_RETRY_DELAYS = (0.0, 0.05, 0.2)
-# A run whose thread another executor still holds (`locks`): waited for this long at most (and
-# half an ack wait), the job kept; then given back for this long, and so on until it is free.
+# A run whose thread another executor holds (`locks`): waited for in statements of this long
+# at most (and half an ack wait), the job's ack wait renewed and a silent holder looked for
+# between them. Where a loop must wait itself (a job naming no thread), two of them, then the
+# job is given back for THREAD_BUSY_RETRY_SECONDS.
 THREAD_WAIT_SECONDS = 5.0
 THREAD_BUSY_RETRY_SECONDS = 0.5
 # A loop whose fetch (or anything else) fails waits this long, doubling up to the maximum.
@@ -93,6 +99,46 @@ LOOP_BACKOFF_SECONDS = 0.2
 LOOP_BACKOFF_MAX_SECONDS = 5.0
 # How often the run and queue gauges of /metrics are refreshed.
 METRICS_SAMPLE_SECONDS = 5.0
+
+
+@dataclass
+class _Job:
+    """A job a loop took: its run's lock, its pick-up's `Attempt` and cancel subscription."""
+
+    msg: Msg
+    run_id: uuid.UUID
+    worker: str
+    lock: RunLock
+    attempt: Attempt = field(default_factory=Attempt)
+    sub: Any = None
+    wait: _Wait | None = None  # its thread was busy: it waits beside the loop
+
+
+class _Wait:
+    """A job whose thread another executor still holds, waiting for it beside its loop (the
+    loop fetches on): `started` once it has the thread and runs as the loop's run; until
+    then `give_back()` (the loop took another job) stops the wait and gives the job back at
+    once, its run still QUEUED and unclaimed."""
+
+    def __init__(self) -> None:
+        self.started = False
+        self.task: asyncio.Task[None] | None = None
+
+    async def give_back(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+    @property
+    def over(self) -> bool:
+        """Started (its run is its loop's), or ended without it."""
+        return self.started or self.task is None or self.task.done()
+
+    async def finished(self) -> None:
+        """Once its run has ended (cancelling the caller does not cancel it: `give_back`)."""
+        if self.task is not None and not self.task.done():
+            await asyncio.wait([self.task])
 
 
 @dataclass
@@ -181,8 +227,13 @@ class WorkerPool:
     async def _fetch_loop(self, name: str, idle: Any) -> None:
         psub: Any = None
         backoff = LOOP_BACKOFF_SECONDS
+        waiting: _Wait | None = None  # this loop's job waiting for its thread, if any
         while not self._stopping.is_set():
             try:
+                if waiting is not None and waiting.over:
+                    await waiting.finished()  # its run is this loop's run
+                    waiting = None
+                    continue
                 if psub is None:
                     if backoff > LOOP_BACKOFF_SECONDS:
                         # After a failure: the queue may be gone with a NATS that lost its store.
@@ -195,16 +246,25 @@ class WorkerPool:
                 except TimeoutError:
                     msgs = []
                 for msg in msgs:
+                    if waiting is not None and waiting.started:
+                        # Its thread came free during the fetch: the wait runs as this loop's
+                        # run, this job goes to another loop (not a pick-up).
+                        await msg.nak()
+                        continue
+                    if waiting is not None:
+                        await waiting.give_back()
                     idle.dec()
                     metrics.WORKER_LOOPS.labels("busy").inc()
                     try:
-                        await self.handle(msg, name)
+                        waiting = await self.handle(msg, name, idle)
                     finally:
                         metrics.WORKER_LOOPS.labels("busy").dec()
                         idle.inc()
                 self._failing.discard(name)
                 backoff = LOOP_BACKOFF_SECONDS
             except asyncio.CancelledError:
+                if waiting is not None:
+                    await waiting.give_back()
                 break
             except Exception as exc:  # noqa: BLE001 - NATS or PostgreSQL hiccup: wait, go on
                 self._failing.add(name)
@@ -224,75 +284,107 @@ class WorkerPool:
             with contextlib.suppress(Exception):
                 await psub.unsubscribe()
 
-    async def handle(self, msg: Msg, worker: str) -> None:
-        """Take one job, in a span continuing the trace of whoever queued it."""
+    async def handle(self, msg: Msg, worker: str, idle: Any = None) -> _Wait | None:
+        """Take one job, in a span continuing the trace of whoever queued it. Its `_Wait` when
+        its thread is another executor's (`idle`: the loop's gauge, moved while it runs)."""
         run_id, thread_id = queue.parse_job(msg.data)
         with telemetry.consumer_span(
             f"{self.deps.settings.RUNS_QUEUE_STREAM} process",
             msg.headers,
             {"messaging.system": "nats", "amelia.run": str(run_id), "amelia.worker": worker},
         ):
-            await self._handle(msg, run_id, thread_id, worker)
+            if run_id is None:
+                log.warning("dropping a malformed job", data=msg.data[:200])
+                await msg.term()
+                return None
+            lock = self.deps.store.run_lock(run_id)
+            lock.exclusive_thread(thread_id)  # one executor per thread too (`locks`)
+            job = _Job(msg, run_id, worker, lock)
+            await self._handle(job, idle)
+            return job.wait
 
-    async def _handle(
-        self, msg: Msg, run_id: uuid.UUID | None, thread_id: uuid.UUID | None, worker: str
-    ) -> None:
-        if run_id is None:
-            log.warning("dropping a malformed job", data=msg.data[:200])
-            await msg.term()
-            return
-        attempt = Attempt()
-        lock = self.deps.store.run_lock(run_id)
-        lock.exclusive_thread(thread_id)  # one executor per thread too (`locks`)
-        sub = None
-        try:
-            sub = await self.deps.nc.subscribe(
-                queue.cancel_subject(run_id), cb=self._cancel_handler(attempt)
+    async def _handle(self, job: _Job, idle: Any) -> None:
+        async with self._picking_up(job):
+            job.sub = await self.deps.nc.subscribe(
+                queue.cancel_subject(job.run_id), cb=self._cancel_handler(job.attempt)
             )
-            retry_in = await self._lock(lock)
+            retry_in = await self._lock(job.lock)
             if retry_in:
                 # Another worker has it; look again once it may have finished, or gone silent.
                 retry_in = min(retry_in, self.deps.settings.RUN_ACK_WAIT_SECONDS)
-                log.info("run held by another worker", run=str(run_id), retry_in=round(retry_in, 2))
-                await msg.nak(delay=retry_in)
+                log.info(
+                    "run held by another worker", run=str(job.run_id), retry_in=round(retry_in, 2)
+                )
+                await job.msg.nak(delay=retry_in)
                 return
-            if lock.thread_busy and not await self._wait_for_thread(msg, lock):
-                await self._thread_busy(msg, lock)
+            if job.lock.thread_busy:
+                log.info("run waits for its thread beside its loop", run=str(job.run_id))
+                job.wait = _Wait()
+                job.wait.task = asyncio.create_task(
+                    self._wait_then_execute(job, job.wait, idle), name=f"thread-wait-{job.run_id}"
+                )
                 return
-            await self._execute(msg, run_id, attempt, worker, lock)
+            await self._execute(job)
+
+    async def _wait_then_execute(self, job: _Job, wait: _Wait, idle: Any) -> None:
+        """A `_Wait`: the thread's lock waited for (taking it over from a silent holder), then
+        the run executed as its loop's run. Cancelled (`give_back`): the job goes back at once."""
+        async with self._picking_up(job):
+            if not await self._wait_for_thread(job.msg, job.lock, None, job.attempt):
+                await self._thread_busy(job.msg, job.lock)  # (cancelled meanwhile)
+                return
+            wait.started = True  # (no await since the wait: its loop has not taken another job)
+            if idle is not None:
+                idle.dec()
+            metrics.WORKER_LOOPS.labels("busy").inc()
+            try:
+                await self._execute(job)
+            finally:
+                metrics.WORKER_LOOPS.labels("busy").dec()
+                if idle is not None:
+                    idle.inc()
+
+    @contextlib.asynccontextmanager
+    async def _picking_up(self, job: _Job) -> AsyncIterator[None]:
+        """Around a job's pick-up: what fails gives the job back (with the right delay), and
+        the subscription and the locks go at the end — unless it waits beside the loop (its
+        `_Wait` does the same around its part)."""
+        try:
+            yield
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
-                await msg.nak()
+                await job.msg.nak()
             raise
         except (HandoverError, LockLostError) as exc:
             log.warning(
                 "lost the run: another worker took it over; leaving it, writing nothing more",
-                run=str(run_id),
+                run=str(job.run_id),
                 reason=str(exc),
             )
             with contextlib.suppress(Exception):
-                await msg.nak(delay=self.deps.settings.RUN_ACK_WAIT_SECONDS)
+                await job.msg.nak(delay=self.deps.settings.RUN_ACK_WAIT_SECONDS)
         except Exception as exc:  # the job goes back to the queue
-            delay = self._retry_delay(msg)
+            delay = self._retry_delay(job.msg)
             dependency = infrastructure_outage(exc)
             if dependency:
                 log.warning(
                     "run pick-up stopped: a dependency is unreachable; it will be retried",
-                    run=str(run_id),
+                    run=str(job.run_id),
                     dependency=dependency,
                     error=str(exc) or repr(exc),
                     retry_in=delay,
                 )
             else:
-                log.exception("run pick-up failed; it will be retried", run=str(run_id))
+                log.exception("run pick-up failed; it will be retried", run=str(job.run_id))
             with contextlib.suppress(Exception):
-                await msg.nak(delay=delay)
+                await job.msg.nak(delay=delay)
         finally:
-            attempt.finished.set()
-            if sub is not None:
-                with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
-            await lock.release()
+            if job.wait is None or job.wait.task is asyncio.current_task():
+                job.attempt.finished.set()
+                if job.sub is not None:
+                    with contextlib.suppress(Exception):
+                        await job.sub.unsubscribe()
+                await job.lock.release()
 
     async def _lock(self, lock: RunLock) -> float:
         """0 once the run's lock is this worker's; else how long to wait before trying again
@@ -305,20 +397,26 @@ class WorkerPool:
                 return 0.0
         return await lock.take_over(self.deps.settings.RUN_HEARTBEAT_TIMEOUT_SECONDS)
 
-    async def _wait_for_thread(self, msg: Msg, lock: RunLock) -> bool:
+    async def _wait_for_thread(
+        self, msg: Msg, lock: RunLock, rounds: int | None = 2, attempt: Attempt | None = None
+    ) -> bool:
         """The run's lock is this worker's, its thread's another executor's (a run of the
-        thread that ended, its worker still stopping it): wait for it, bounded (the job is
-        kept meanwhile), taking it over from a holder silent for the heartbeat timeout.
+        thread that ended, its worker still stopping it): wait for it (the job kept, its ack
+        wait renewed), `rounds` waits at most (None: until it is free), taking it over from a
+        holder silent for the heartbeat timeout; not after the run's cancel (`attempt`).
         Whether the thread is this worker's now."""
         settings = self.deps.settings
         wait = min(THREAD_WAIT_SECONDS, settings.RUN_ACK_WAIT_SECONDS / 2)
-        with contextlib.suppress(Exception):
-            await msg.in_progress()
-        if await lock.wait_thread(wait):
-            return True
-        if await lock.take_over(settings.RUN_HEARTBEAT_TIMEOUT_SECONDS, thread=True):
-            return False
-        return await lock.wait_thread(wait)  # its silent holder is gone
+        for _ in itertools.count() if rounds is None else range(rounds):
+            if attempt is not None and attempt.cancel_requested.is_set():
+                return False
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
+            if await lock.wait_thread(wait):
+                return True
+            # A silent holder is terminated (0: the next wait takes the thread at once).
+            await lock.take_over(settings.RUN_HEARTBEAT_TIMEOUT_SECONDS, thread=True)
+        return False
 
     async def _thread_busy(self, msg: Msg, lock: RunLock) -> None:
         """Give the job back, not a pick-up (the run stays QUEUED, unclaimed): its thread is
@@ -368,10 +466,9 @@ class WorkerPool:
         await msg.ack()
         return None
 
-    async def _execute(
-        self, msg: Msg, run_id: uuid.UUID, attempt: Attempt, worker: str, lock: RunLock
-    ) -> None:
+    async def _execute(self, job: _Job) -> None:
         deps = self.deps
+        msg, run_id, attempt, worker, lock = job.msg, job.run_id, job.attempt, job.worker, job.lock
         row = await self._claim(msg, run_id, worker)
         if row is None:
             return
