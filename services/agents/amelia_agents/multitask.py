@@ -20,7 +20,7 @@ at its end — so a cancelled run still unwinding keeps the next one waiting. A 
 CreateRun right after a CancelRun is admitted by the index alone, though: where runs execute,
 the worker's run lock also takes the thread's (`locks`), so that run starts only once the
 cancelled run's executor has let the thread go; meanwhile GetRun names the run it waits for
-(`stopping_run`).
+(`run_and_stopping`).
 
 `settle` runs at every end that leaves the thread runs to admit or delete (`RunEvents.terminal`),
 after CreateRun recorded a waiting run (its own end may have been read before the commit), and
@@ -38,9 +38,9 @@ from collections.abc import Sequence
 from nats.js import JetStreamContext
 from sqlalchemy import text
 
-from amelia_agents import queue
-from amelia_agents.locks import RunLock, held_lock, thread_lock_key
-from amelia_agents.models import ACTIVE_STATES
+from amelia_agents import pgdriver, queue
+from amelia_agents.locks import RunLock, held_lock
+from amelia_agents.models import ACTIVE_STATES, RunRow
 from amelia_agents.store import Store
 from amelia_common.errors import InvalidArgumentError
 from amelia_common.logging import get_logger
@@ -130,35 +130,44 @@ async def settle_quietly(
         )
 
 
-# The run of the thread whose executor holds the thread's lock (`locks`: its backend holds the
-# thread's key and that run's, each a one-key advisory lock: classid, objid its halves), other
-# than :run.
-_STOPPING = text(
-    """
-    SELECT r.id FROM pg_locks t
-    JOIN pg_locks l ON l.pid = t.pid AND l.locktype = 'advisory' AND l.granted
-        AND l.objsubid = 1 AND l.database = t.database
-    JOIN runs r ON r.thread_id = :thread AND r.id <> :run
-        AND l.classid::bigint = (('x' || left(replace(r.id::text, '-', ''), 8))::bit(32)::bigint
-            & 2147483647)
-        AND l.objid::bigint = ('x' || substr(replace(r.id::text, '-', ''), 9, 8))::bit(32)::bigint
-    WHERE t.locktype = 'advisory' AND t.granted AND t.objsubid = 1
-        AND t.classid::bigint = :high AND t.objid::bigint = :low
-        AND t.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-    LIMIT 1
-    """
-)
+# A run's two 32-bit halves of its advisory-lock key (`locks.run_lock_key`: the UUID's first 8
+# bytes, 63 bits), as pg_locks shows them (classid, objid), from a uuid column `{id}`.
+_HIGH = "(('x' || left(replace({id}::text, '-', ''), 8))::bit(32)::bigint & 2147483647)"
+_LOW = "('x' || substr(replace({id}::text, '-', ''), 9, 8))::bit(32)::bigint"
+# A run read with, for an admitted QUEUED run only, the run of its thread whose executor holds
+# the thread's lock (`locks`: its backend holds the thread's key and that run's, each a one-key
+# advisory lock), other than itself: one statement, pg_locks read only when it can matter.
+_RUN_AND_STOPPING = f"""
+    SELECT {", ".join(f"r.{column.name}" for column in RunRow.__table__.c)}, CASE WHEN r.status = 'QUEUED' AND r.queued_behind IS NULL THEN (
+        SELECT o.id FROM pg_locks t
+        JOIN pg_locks l ON l.pid = t.pid AND l.locktype = 'advisory' AND l.granted
+            AND l.objsubid = 1 AND l.database = t.database
+        JOIN runs o ON o.thread_id = r.thread_id AND o.id <> r.id
+            AND l.classid::bigint = {_HIGH.format(id="o.id")}
+            AND l.objid::bigint = {_LOW.format(id="o.id")}
+        WHERE t.locktype = 'advisory' AND t.granted AND t.objsubid = 1
+            AND t.classid::bigint = {_HIGH.format(id="r.thread_id")}
+            AND t.objid::bigint = {_LOW.format(id="r.thread_id")}
+            AND t.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+        LIMIT 1) END AS stopping_run
+    FROM runs r WHERE r.id = $1
+"""
 
 
-async def stopping_run(store: Store, run_id: uuid.UUID, thread_id: uuid.UUID) -> uuid.UUID | None:
-    """The run of the thread still being executed — ended, its worker stopping it — that a
-    QUEUED run of it waits for before a worker can start it (`locks`: one executor per
-    thread); None when no other run's executor holds the thread. For GetRun's `queued_behind`."""
-    key = thread_lock_key(thread_id)
-    params = {"thread": thread_id, "run": run_id, "high": key >> 32, "low": key & 0xFFFFFFFF}
-    async with store.autocommit.connect() as conn:
-        found = (await conn.execute(_STOPPING, params)).scalar()
-    return found if isinstance(found, uuid.UUID) else None
+async def run_and_stopping(
+    store: Store, run_id: uuid.UUID
+) -> tuple[RunRow | None, uuid.UUID | None]:
+    """The run (None if unknown) and, while it is QUEUED for a worker, the run of its thread
+    still being executed — ended, its worker stopping it — that it waits for before a worker
+    can start it (`locks`: one executor per thread); None when no other run's executor holds
+    the thread. For GetRun's `queued_behind`, in one statement."""
+    async with pgdriver.connection(store.engine) as pg:
+        found = await pg.fetchrow(_RUN_AND_STOPPING, run_id)
+    if found is None:
+        return None, None
+    values = dict(found)
+    stopping = values.pop("stopping_run")
+    return RunRow(**values), stopping
 
 
 # A rolled back run's checkpoints (those whose metadata names it, see `steps`) and their
