@@ -589,9 +589,22 @@ async def test_update_reschedules_and_refuses_a_bad_schedule(env: Crons) -> None
 
 
 async def test_update_changes_the_strategy_and_refuses_a_bad_one_or_a_past_end(env: Crons) -> None:
-    cron = await env.create(agent=await env.agent(), schedule="*/5 * * * *")
+    agent = await env.agent()
+    cron = await env.create(agent=agent, schedule="*/5 * * * *")
     assert cron.multitask_strategy == "reject" and not cron.ended
-    change = C.Cron(name=cron.name, multitask_strategy="ENQUEUE")
+    # Without a thread each tick's thread is new, never busy: a strategy is refused, as
+    # LangGraph Server's stateless crons have none (reject, the default, is what it has).
+    never_busy = "'enqueue' needs a cron on a thread: without cron.thread each tick runs on a new"
+    change = C.Cron(name=cron.name, multitask_strategy="enqueue")
+    with pytest.raises(InvalidArgumentError, match=never_busy):
+        await env.api.UpdateCron(C.UpdateCronRequest(cron=change), None)
+    with pytest.raises(InvalidArgumentError, match=never_busy):
+        await env.create(agent=agent, schedule="* * * * *", multitask_strategy="enqueue")
+    change.multitask_strategy = "reject"
+    assert (await env.api.UpdateCron(C.UpdateCronRequest(cron=change), None)).cron.name
+    thread = (await env.stub.CreateThread(S.CreateThreadRequest())).thread.name
+    threaded = await env.create(agent=agent, thread=thread, schedule="*/5 * * * *")
+    change = C.Cron(name=threaded.name, multitask_strategy="ENQUEUE")
     updated = (await env.api.UpdateCron(C.UpdateCronRequest(cron=change), None)).cron
     assert updated.multitask_strategy == "enqueue"
     for strategy in ("skip", " "):

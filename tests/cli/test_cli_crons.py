@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import re
 
+import pytest
 from rich.console import Console
+from typer.testing import CliRunner
 
 from amelia.v1 import crons_pb2
 from amelia_cli.client import listing
 from amelia_cli.commands.crons import CRON_COLUMNS, cron_row, show, until
+from amelia_cli.main import app
 
 NOW = dt.datetime(2026, 12, 3, 8, 0, 30, tzinfo=dt.UTC)
 NAME = "crons/5f0c3a52-3b8e-4f7a-9f55-0d4b2e6c7a11"
@@ -62,20 +66,24 @@ def test_crons_ls_at_80_columns_keeps_names_whole_with_the_next_run_and_last_tic
     ended = _cron(ended=True)
     ended.ClearField("next_run_time")
     _tick(ended, FIRED, -60 * 24 * 3)
+    ended_paused = _cron(ended=True, paused=True)  # paused after its end: both facts
+    ended_paused.ClearField("next_run_time")
     yearly = _cron()
     yearly.schedule = "0 0 1 1 *"
     yearly.next_run_time.FromDatetime(_stamp(60 * 24 * 40))
-    rows = [cron_row(c, NOW) for c in (active, paused, ended, yearly)]
+    rows = [cron_row(c, NOW) for c in (active, paused, ended, yearly, ended_paused)]
     lines = _lines(lambda console: listing(console, CRON_COLUMNS, rows))
     shown = "\n".join(lines)
-    assert sum(NAME in line for line in lines) == 4, shown
+    assert sum(NAME in line for line in lines) == 5, shown
     assert "target" not in lines[0], shown  # optional: `amelia crons get` names it
     first = lines.index(next(line for line in lines if NAME in line))
     assert "in 14m" in lines[first] and "fired 1m" in lines[first], shown
     assert "skipped 16m" in lines[first + 1] and "fired 31m" in lines[first + 2], shown
     assert "46m" not in shown, shown
-    assert sum("paused" in line for line in lines) == 1, shown
-    assert sum(" ended " in line for line in lines) == 1 and "fired 3d" in shown, shown
+    assert sum(" ended " in line for line in lines) == 2 and "fired 3d" in shown, shown
+    last = [i for i, line in enumerate(lines) if NAME in line][-1]  # paused after its end:
+    assert " ended " in lines[last] and " paused " in lines[last + 1], shown  # both, one a line
+    assert sum(" paused " in line for line in lines) == 2, shown
     assert "2027-01-12" in shown, shown  # a month away: the date, whole
     column = len(NAME) + 3  # the schedule's, folded (not cut) in what is left
     folded = "".join(line[column:].split()[0] for line in lines[first:] if line[column:].strip())
@@ -102,6 +110,8 @@ def test_crons_get_shows_counts_and_recent_ticks() -> None:
     )
     queued.schedule_time.FromDatetime(_stamp(-31))
     cron.multitask_strategy = "enqueue"
+    cron.thread = "threads/9a1c2e3f-4b5d-4e6f-8a7b-0c1d2e3f4a5b"
+    cron.metadata.update({"team": "ops"})
     lines = _lines(lambda console: show(cron, console, NOW))
     shown = "\n".join(lines)
     assert lines[0] == NAME
@@ -110,7 +120,7 @@ def test_crons_get_shows_counts_and_recent_ticks() -> None:
         shown
     )
     assert "12 fired, 2 skipped (thread busy), 1 failed" in shown, shown
-    assert "a new one for each run" in shown, shown
+    assert '{"team": "ops"}' in shown, shown
     assert "(in 14m)" in shown, shown
     words = shown.split()
     assert "runs/0b9f2a4e-9c61-4a57-8d1e-7c2f0e3b5a99" in words, shown  # whole, to copy
@@ -124,3 +134,31 @@ def test_until_says_how_soon() -> None:
     assert until(stamp, NOW) == "in 1h"
     stamp.FromDatetime(_stamp(-1))
     assert until(stamp, NOW) == "now"
+
+
+def test_crons_get_says_a_cron_without_a_thread_is_never_busy() -> None:
+    """Each tick's run has a new thread: no strategy applies (the service refuses one)."""
+    cron = _cron(multitask_strategy="reject")
+    cron.paused, cron.ended = True, True
+    cron.ClearField("next_run_time")
+    shown = "\n".join(_lines(lambda console: show(cron, console, NOW)))
+    assert "a new one for each run" in shown, shown
+    assert "a new thread each tick: never busy" in shown and "reject" not in shown, shown
+    assert re.search(r"state +ended · paused", shown), shown
+
+
+@pytest.mark.parametrize(
+    "end",
+    ["2026-12-03T14:03:00+25:00", "tomorrow", "2026-13-03T14:03"],
+)
+def test_a_bad_end_is_refused_with_the_forms_accepted(end: str) -> None:
+    """Before any call to the service: the same words from create and update."""
+    for args in (["create", "fast", "* * * * *"], ["update", "crons/x"]):
+        result = CliRunner().invoke(
+            app, ["crons", *args, "--end", end], env={"COLUMNS": "80"}, terminal_width=80
+        )
+        said = " ".join(re.sub(r"[│╭╮╰╯─]|\x1b\[[0-9;]*m", " ", result.output).split())
+        assert result.exit_code == 2, result.output
+        assert f"Invalid value for --end: '{end}' is not an ISO time, e.g." in said, said
+        assert "2026-12-03T14:03+01:00 (offset under 24h)" in said, said
+        assert "timedelta" not in said and "isoformat" not in said, said

@@ -98,6 +98,10 @@ async def test_a_cron_over_http_from_creation_to_removal(mesh: Mesh) -> None:
             {"schedule": YEARLY, "endTime": "2999-01-01T00:00:00Z", "multitaskStrategy": "x"},
             "cron.multitask_strategy 'x' is not one of: reject, enqueue, interrupt, rollback",
         ),
+        (  # no thread: each tick's is new, never busy (LangGraph's stateless crons have none)
+            {"schedule": YEARLY, "multitaskStrategy": "interrupt"},
+            "cron.multitask_strategy 'interrupt' needs a cron on a thread: without cron.thread",
+        ),
     ],
 )
 async def test_bad_crons_are_400_naming_the_field(

@@ -1,23 +1,30 @@
 """`amelia crons create|ls|get|pause|resume|trigger|update|rm` at 80 columns on the TUI tests' real
-mesh: what a person types to schedule an agent, see it, stop and restart it, run it now and
-remove it. The schedule is yearly, so the mesh's scheduler never fires it during the test;
-firing on time is tests/agents/test_agents_crons.py's."""
+mesh: what a person types to schedule an agent, see it, stop and restart it, run it now, change
+it and remove it. The schedule is yearly, so the mesh's scheduler never fires it during the test;
+firing on time is tests/agents/test_agents_crons.py's. One test waits (up to ~1 min, the mesh's
+real clock) for a paused cron's end, to pause and resume a cron that has ended."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import json
 import re
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from cli_helpers import amelia
-from test_cli_output import cli_env, row_of
+from test_cli_output import cli_env, eventually, row_of
 from tui_helpers import TuiMesh
 
 CRON = re.compile(r"crons/[0-9a-f-]{36}")
+Run = Callable[..., Awaitable[str]]
 
 
-async def test_a_cron_from_the_terminal(tui_mesh: TuiMesh, tmp_path: Path) -> None:
+async def _terminal(tui_mesh: TuiMesh, tmp_path: Path) -> tuple[dict[str, str], str, Run]:
+    """The CLI's environment, a new `offline:echo` agent, and `run(*args)`: `amelia crons …`'s
+    output, asserted to succeed within 80 columns."""
     env = cli_env(tui_mesh, tmp_path / "none")
     agent = f"cron-{uuid.uuid4().hex[:8]}"
     code, shown = await asyncio.to_thread(
@@ -31,6 +38,11 @@ async def test_a_cron_from_the_terminal(tui_mesh: TuiMesh, tmp_path: Path) -> No
         assert all(len(line) <= 80 for line in shown.splitlines()), shown
         return shown
 
+    return env, agent, run
+
+
+async def test_a_cron_from_the_terminal(tui_mesh: TuiMesh, tmp_path: Path) -> None:
+    env, agent, run = await _terminal(tui_mesh, tmp_path)
     shown = await run("create", agent, "0 9 1 1 *", "-m", "happy new year", "--tz", "Europe/Paris")
     name = CRON.search(shown).group(0)  # type: ignore[union-attr]
     assert shown.splitlines()[0] == name
@@ -56,9 +68,25 @@ async def test_a_cron_from_the_terminal(tui_mesh: TuiMesh, tmp_path: Path) -> No
 
     assert "fired " in row_of(await run("ls", "--agent", agent), name)  # its last tick
 
-    changed = await run("update", name, "--multitask", "enqueue", "--end", "2099-01-01T00:00")
-    assert "enqueue: the run waits for the thread's run" in changed, changed
-    assert "2099-01-01T00:00:00Z" in changed, changed
+    changed = await run(
+        "update", name, "-m", "happy new year!", "--metadata", "team=ops", "--end", "2099-01-01"
+    )
+    assert '{"message": "happy new year!"}' in changed, changed
+    assert '{"team": "ops"}' in changed and "2099-01-01T00:00:00Z" in changed, changed
+    assert "a new thread each tick: never busy" in changed, changed  # no --thread: no strategy
+    changed = await run("update", name, "--input", '{"message": "hi", "n": 2}')
+    assert '{"message": "hi", "n": 2}' in changed and '{"team": "ops"}' in changed, changed
+    code, refused = await asyncio.to_thread(
+        amelia, env, "crons", "update", name, "--multitask", "enqueue"
+    )
+    said = " ".join(refused.split())
+    assert code == 1 and "INVALID_ARGUMENT: cron.multitask_strategy 'enqueue' needs a cron" in said
+    assert "without cron.thread each tick runs on a new thread, which is never busy" in said, said
+    code, refused = await asyncio.to_thread(
+        amelia, env, "crons", "update", name, "--end", "2026-12-03T14:03:00+25:00"
+    )
+    said = " ".join(re.sub("[│╭╮╰╯─]", " ", refused).split())  # the error's box gone
+    assert code == 2 and "is not an ISO time, e.g. 2026-12-03T14:03 (UTC)" in said, refused
     code, refused = await asyncio.to_thread(
         amelia, env, "crons", "update", name, "--multitask", "later"
     )
@@ -80,3 +108,34 @@ async def test_a_cron_from_the_terminal(tui_mesh: TuiMesh, tmp_path: Path) -> No
     assert (await run("rm", name)).strip() == f"deleted {name}"
     code, gone = await asyncio.to_thread(amelia, env, "crons", "get", name)
     assert code == 1 and f"NOT_FOUND: {name} does not exist" in gone, gone
+
+
+async def test_pausing_and_resuming_a_cron_that_has_ended(
+    tui_mesh: TuiMesh, tmp_path: Path
+) -> None:
+    """An ended cron keeps its paused flag: pause and resume say what they did and that it has
+    ended, `ls` and `get` show both facts, and moving its end shows the flag alone."""
+    _, agent, run = await _terminal(tui_mesh, tmp_path)
+    # Paused from the start (no run fires), ending 2 s after the next minute's tick.
+    now = dt.datetime.now(dt.UTC)
+    end = now.replace(second=0, microsecond=0) + dt.timedelta(minutes=1, seconds=2)
+    shown = await run("create", agent, "* * * * *", "-m", "x", "--paused", "--end", end.isoformat())
+    name = CRON.search(shown).group(0)  # type: ignore[union-attr]
+    await asyncio.sleep((end - dt.datetime.now(dt.UTC)).total_seconds())
+
+    async def ended() -> bool:
+        return bool(json.loads(await run("get", name, "--json")).get("ended"))
+
+    await eventually(ended, lambda: name)
+    still = "(it has ended: no tick fires until its end is moved)"
+    listed = (await run("ls", "--agent", agent)).splitlines()
+    row = next(i for i, line in enumerate(listed) if name in line)
+    assert re.search(r" ended\b", listed[row]), "\n".join(listed)
+    assert re.search(r" paused\b", listed[row + 1]), "\n".join(listed)  # under it
+    assert " ".join((await run("resume", name)).split()) == f"{name}: resumed {still}"
+    assert re.search(r"state +ended\n", await run("get", name))
+    assert " ".join((await run("pause", name)).split()) == f"{name}: paused {still}"
+    assert re.search(r"state +ended · paused\n", await run("get", name))
+    moved = await run("update", name, "--end", "2099-01-01T00:00")
+    assert re.search(r"state +paused\n", moved) and "2099-01-01T00:00:00Z" in moved, moved
+    assert (await run("rm", name)).strip() == f"deleted {name}"

@@ -124,7 +124,7 @@ class CronServicer(crons_pb2_grpc.CronServiceServicer):
         # The thread first: POST /v1/threads/{thread}/crons names a thread that must exist.
         thread = await self.agents._known_thread(cron.thread) if cron.thread else None
         schedule = crons_schedule.parse(cron.schedule, cron.timezone)
-        strategy = _strategy(cron.multitask_strategy)
+        strategy = _threaded(_strategy(cron.multitask_strategy), thread)
         end_time = _end_time(cron)
         input_value = _json(cron.input, "cron.input", convert.MIB)
         meta = _json(cron.metadata, "cron.metadata", 64 * 1024)
@@ -221,6 +221,8 @@ class CronServicer(crons_pb2_grpc.CronServiceServicer):
             "multitask_strategy": _strategy(cron.multitask_strategy),
         }
         moment = self.clock()
+        if "multitask_strategy" in mask:
+            _threaded(values["multitask_strategy"], row.thread_id)
         if "input" in mask:
             await self._target(_target_of(row), values["input"])
 
@@ -321,6 +323,18 @@ def _strategy(value: str) -> str:
             f"cron.multitask_strategy {shown!r} is not one of: {', '.join(multitask.STRATEGIES)} "
             "(what a tick does when the cron's thread still has a run)"
         ) from None
+
+
+def _threaded(strategy: str, thread: uuid.UUID | None) -> str:
+    """`strategy`, or INVALID_ARGUMENT when it is one a thread-less cron cannot use: each tick's
+    run has a new thread, never busy (LangGraph Server's stateless crons have no strategy at
+    all). reject, the default, is accepted: a client sends the form's or the API's default."""
+    if thread is None and strategy != multitask.REJECT:
+        raise InvalidArgumentError(
+            f"cron.multitask_strategy {strategy!r} needs a cron on a thread: without cron.thread "
+            "each tick runs on a new thread, which is never busy"
+        )
+    return strategy
 
 
 def _check_end(

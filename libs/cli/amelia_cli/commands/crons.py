@@ -17,6 +17,7 @@ from rich.console import Console
 from amelia.v1 import agents_pb2_grpc, crons_pb2, crons_pb2_grpc
 from amelia_cli.client import Column, ago, call_rpc, channel_to, listing, resource, said
 from amelia_cli.commands.agents import _target
+from amelia_cli.commands.threads import _metadata
 from amelia_cli.help_text import App
 from amelia_common.json_numbers import message_dict, message_text
 
@@ -51,6 +52,12 @@ BUSY = {
     "interrupt": "interrupt: the thread's run is cancelled",
     "rollback": "rollback: the thread's run is cancelled and deleted",
 }
+# A cron without a thread: each tick's run gets a new thread, so no strategy applies (the service
+# refuses one other than reject, as LangGraph Server's stateless crons have none).
+NEVER_BUSY = "a new thread each tick: never busy"
+# What pause and resume add when the cron's end has passed (it stays ended either way).
+STILL_ENDED = "it has ended: no tick fires until its end is moved"
+END_FORMS = "an ISO time, e.g. 2026-12-03T14:03 (UTC) or 2026-12-03T14:03+01:00 (offset under 24h)"
 OUTCOMES = {
     crons_pb2.CRON_OUTCOME_FIRED: "fired",
     crons_pb2.CRON_OUTCOME_SKIPPED: "skipped",
@@ -88,10 +95,19 @@ def until(when: Timestamp, now: dt.datetime | None = None) -> str:
     return "now"
 
 
-def state(cron: crons_pb2.Cron) -> str:
+def state(cron: crons_pb2.Cron, joined: str = " · ") -> str:
+    """active, paused, ended — or `ended · paused`: an ended cron keeps its paused flag, which
+    matters again once its end is moved."""
     if cron.ended:
-        return "ended"
+        return joined.join(("ended", "paused")) if cron.paused else "ended"
     return "paused" if cron.paused else "active"
+
+
+def if_busy(cron: crons_pb2.Cron) -> str:
+    """What a tick does while the cron's thread still has a run."""
+    if not cron.thread:
+        return NEVER_BUSY
+    return BUSY.get(cron.multitask_strategy, cron.multitask_strategy)
 
 
 def _schedule(cron: crons_pb2.Cron) -> str:
@@ -99,7 +115,10 @@ def _schedule(cron: crons_pb2.Cron) -> str:
 
 
 def cron_row(cron: crons_pb2.Cron, now: dt.datetime | None = None) -> tuple[str, ...]:
-    upcoming = until(cron.next_run_time, now) if cron.HasField("next_run_time") else state(cron)
+    # Both facts of an ended, paused cron one per line: the schedule keeps its width.
+    upcoming = (
+        until(cron.next_run_time, now) if cron.HasField("next_run_time") else state(cron, "\n")
+    )
     ticks = "\n".join(
         f"{OUTCOMES.get(action.outcome, '?')} {ago(action.schedule_time, now).removesuffix(' ago')}"
         for action in cron.recent_actions[:LAST_TICKS]
@@ -131,7 +150,7 @@ def show(cron: crons_pb2.Cron, out: Console = console, now: dt.datetime | None =
         ("schedule", f"{cron.schedule} ({cron.timezone or 'UTC'})"),
         ("state", state(cron)),
         ("next run", upcoming),
-        ("if busy", BUSY.get(cron.multitask_strategy, cron.multitask_strategy)),
+        ("if busy", if_busy(cron)),
         (
             "ticks",
             f"{cron.fired_count} fired, {cron.skipped_count} skipped (thread busy), "
@@ -142,6 +161,8 @@ def show(cron: crons_pb2.Cron, out: Console = console, now: dt.datetime | None =
         fields.append(("ends", cron.end_time.ToJsonString()))
     if cron.input:
         fields.append(("input", json.dumps(message_dict(cron.input))))
+    if cron.metadata:
+        fields.append(("metadata", json.dumps(message_dict(cron.metadata))))
     out.print(said((cron.name, "bold")))
     for label, value in fields:
         out.print(said((f"{label:<10}", "bold"), value))
@@ -166,10 +187,10 @@ def _input(message: str, input_json: str) -> dict[str, Any]:
 def _end(value: str) -> Timestamp | None:
     if not value:
         return None
-    try:
+    try:  # one message for any bad form: Python's own (a timedelta's repr) is no help
         when = dt.datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise typer.BadParameter(f"not an ISO time: {exc}", param_hint="--end") from exc
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not {END_FORMS}", param_hint="--end") from None
     stamp = Timestamp()
     stamp.FromDatetime(when if when.tzinfo else when.replace(tzinfo=dt.UTC))
     return stamp
@@ -182,6 +203,7 @@ def create(
     message: str = typer.Option("", "--message", "-m", help="Each run's input message."),
     input_json: str = typer.Option("", "--input", help="Each run's input as a JSON object."),
     thread: str = typer.Option("", help="Run on this thread (else a new thread per run)."),
+    metadata: list[str] = typer.Option([], "--metadata", help="The cron's metadata: key=value."),
     timezone: str = typer.Option("", "--tz", help="IANA zone the schedule is read in."),
     paused: bool = typer.Option(False, "--paused", help="Create it paused."),
     end: str = typer.Option("", help="No run at or after this ISO time (UTC if no zone)."),
@@ -190,7 +212,7 @@ def create(
         "--multitask",
         help="If the --thread still has a run at a tick: reject (the default: skip the tick), "
         "enqueue (run after it), interrupt (stop it, keep its state) or rollback (stop and "
-        "delete it).",
+        "delete it). Only with --thread: without one each tick's thread is new, never busy.",
     ),
 ) -> None:
     """Schedule runs of an agent or workflow."""
@@ -198,6 +220,7 @@ def create(
         schedule=schedule, timezone=timezone, paused=paused, multitask_strategy=multitask
     )
     cron.input.update(_input(message, input_json))
+    cron.metadata.update(_metadata(metadata, "--metadata"))
     if thread:
         cron.thread = resource("threads", thread)
     end_time = _end(end)
@@ -257,8 +280,14 @@ def update(
     multitask: str = typer.Option(
         "", "--multitask", help="reject, enqueue, interrupt or rollback (see create)."
     ),
+    message: str = typer.Option("", "--message", "-m", help="A new input message for each run."),
+    input_json: str = typer.Option("", "--input", help="A new input as a JSON object."),
+    metadata: list[str] = typer.Option(
+        [], "--metadata", help="New metadata, key=value (replaces it all)."
+    ),
 ) -> None:
-    """Change a cron's schedule, zone, end or what a tick does on a busy thread."""
+    """Change a cron's schedule, zone, end, input, metadata or what a tick does on a busy
+    thread."""
     if end and no_end:
         raise typer.BadParameter("give --end or --no-end, not both", param_hint="--end")
     change = crons_pb2.Cron(
@@ -267,6 +296,8 @@ def update(
         timezone=timezone,
         multitask_strategy=multitask,
     )
+    change.input.update(_input(message, input_json))
+    change.metadata.update(_metadata(metadata, "--metadata"))
     end_time = _end(end)
     if end_time is not None:
         change.end_time.CopyFrom(end_time)
@@ -275,11 +306,14 @@ def update(
         "timezone": timezone,
         "end_time": end or no_end,
         "multitask_strategy": multitask,
+        "input": message or input_json,
+        "metadata": metadata,
     }
     mask = [name for name, value in given.items() if value]
     if not mask:
         raise typer.BadParameter(
-            "nothing to change: give --schedule, --tz, --end, --no-end or --multitask"
+            "nothing to change: give --schedule, --tz, --end, --no-end, --multitask, "
+            "--message, --input or --metadata"
         )
     request = crons_pb2.UpdateCronRequest(cron=change, update_mask=mask)
     show(_call(lambda stub: stub.UpdateCron(request)).cron)
@@ -289,6 +323,10 @@ def _set_paused(cron: str, paused: bool) -> None:
     change = crons_pb2.Cron(name=resource("crons", cron), paused=paused)
     request = crons_pb2.UpdateCronRequest(cron=change, update_mask=["paused"])
     found = _call(lambda stub: stub.UpdateCron(request)).cron
+    if found.ended:  # the flag changed, the cron stays ended: say both
+        done = "paused" if found.paused else "resumed"
+        console.print(said(f"{found.name}: {done} ({STILL_ENDED})"))
+        return
     upcoming = f", next run {until(found.next_run_time)}" if found.HasField("next_run_time") else ""
     console.print(said(f"{found.name}: {state(found)}{upcoming}"))
 
