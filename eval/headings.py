@@ -78,7 +78,7 @@ class Corpus:
                     " WHERE c.embedding IS NOT NULL ORDER BY c.document_id, c.chunk_index"
                 )
             )
-            rows = result.all()
+            rows = list(result.all())
         vectors = np.array([np.array(json.loads(r.vec), dtype=np.float32) for r in rows])
         return cls(rows, vectors)
 
