@@ -97,9 +97,9 @@ class RunWaits:
                 found = await asyncio.shield(watch.done)
         except TimeoutError:
             row = await self.store.get_run(rid) or row
-            status = row.status
+            waited = round(seconds, 1)
             raise DeadlineExceededError(
-                f"{convert.run_name(rid)} is still {status} after {seconds:g} s of waiting "
+                f"{convert.run_name(rid)} is still {row.status} after {waited:g} s of waiting "
                 "(the run goes on; wait again, or follow it with StreamRun)"
             ) from None
         finally:

@@ -139,8 +139,9 @@ class Webhooks:
         await self.client.aclose()
 
     async def deliver_due(self) -> None:
-        """Claim the deliveries due and start each."""
-        async with self.store.engine.begin() as conn:
+        """Claim the deliveries due and start each (one statement, no transaction around it:
+        one round trip a second when nothing is owed)."""
+        async with self.store.autocommit.connect() as conn:
             claimed = (
                 await conn.execute(
                     _CLAIM, {"lease": LEASE_SECONDS, "limit": CLAIM_LIMIT, "queue": self.queue}
@@ -194,11 +195,11 @@ class Webhooks:
             return
         due = now() + timedelta(seconds=BACKOFF_SECONDS[attempt - 1])
         log.info("webhook to retry", run=convert.run_name(rid), attempt=attempt, error=outcome)
-        async with self.store.engine.begin() as conn:
+        async with self.store.autocommit.connect() as conn:
             await conn.execute(_RETRY, {"id": rid, "due": due})
 
     async def _settle(self, rid: uuid.UUID, state: str) -> None:
-        async with self.store.engine.begin() as conn:
+        async with self.store.autocommit.connect() as conn:
             await conn.execute(_SETTLE, {"id": rid, "state": state})
 
     async def _tell(self, row: RunRow, event_type: str, data: dict[str, Any]) -> None:
