@@ -46,6 +46,15 @@ async def reaches(mesh: TuiMesh, name: str, statuses: set[str]) -> dict[str, Any
         await asyncio.sleep(0.1)
 
 
+async def cancelled_at_its_question(mesh: TuiMesh, message: str) -> dict[str, Any]:
+    """A `plan` run cancelled while it waited for approval: its thread's graph has approval
+    next, and nothing runs on it."""
+    run = await start(mesh, "plan", message)
+    await reaches(mesh, run["name"], {"RUN_STATUS_PAUSED"})
+    await mesh.post(f"/v1/runs/{run['name'].rsplit('/', 1)[-1]}:cancel", {"reason": "later"})
+    return await reaches(mesh, run["name"], {"RUN_STATUS_CANCELLED"})
+
+
 async def open_thread(pilot: Any, thread: str) -> ThreadScreen:
     """`4`, the cursor on the thread (it is listed by itself), Enter."""
     await pilot.press("4")
@@ -188,10 +197,7 @@ async def test_refused_edit_then_a_branch_from_a_picked_checkpoint(tui_mesh: Tui
 
 
 async def test_continue_a_cancelled_question_then_answer_it(tui_mesh: TuiMesh) -> None:
-    run = await start(tui_mesh, "plan", "Split the settings page")
-    await reaches(tui_mesh, run["name"], {"RUN_STATUS_PAUSED"})
-    await tui_mesh.post(f"/v1/runs/{run['name'].rsplit('/', 1)[-1]}:cancel", {"reason": "later"})
-    await reaches(tui_mesh, run["name"], {"RUN_STATUS_CANCELLED"})
+    run = await cancelled_at_its_question(tui_mesh, "Split the settings page")
     async with running_tui(tui_mesh.url) as pilot:
         screen = await open_thread(pilot, run["thread"])
         # Cancelled at its question: the state still has approval next, nothing runs.

@@ -81,6 +81,30 @@ def output_tokens(run: dict[str, Any]) -> str:
     return str(count) if count else ""
 
 
+class RowTable(DataTable[Any]):
+    """Every list's table (runs, events, documents, threads, a thread's history): a row cursor
+    that Home and End move to the first and last row, as in every list, and no sideways scroll —
+    what is wider than the screen (a thread's first message, an event's data) is cut at its right
+    edge. DataTable's own Home/End scroll sideways and leave the cursor where it was, so Enter
+    could open a row that is not on the screen, and End showed a blank table."""
+
+    DEFAULT_CSS = """
+    RowTable { overflow-x: hidden; }
+    """
+    BINDINGS = [
+        Binding("home", "scroll_top", "First", show=False),
+        Binding("end", "scroll_bottom", "Last", show=False),
+    ]
+
+    def __init__(self, *, id: str, zebra_stripes: bool = False, classes: str | None = None):
+        super().__init__(id=id, cursor_type="row", zebra_stripes=zebra_stripes, classes=classes)
+
+    @property
+    def max_scroll_x(self) -> int:
+        """0: Left, Right, a wheel or the cursor's scroll never move it sideways."""
+        return 0
+
+
 def cursor_key(table: DataTable[Any]) -> str:
     """The key of the row under the table's cursor, or "" when it has none."""
     if table.row_count == 0 or not 0 <= table.cursor_row < table.row_count:

@@ -12,7 +12,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import ContentSwitcher, DataTable, Footer, Input, Label, Static
 
 from amelia_cli.docstate import state_label
-from amelia_cli.tui.common import ListScreen, TopBar, amelia, ask, when
+from amelia_cli.tui.common import ListScreen, RowTable, TopBar, amelia, ask, when
 from amelia_cli.tui.gateway import ApiError
 from amelia_cli.tui.passages import passage_text
 
@@ -61,7 +61,7 @@ class DocumentsScreen(ListScreen):
             )
         yield Static("", id="doc-note", classes="note")
         with ContentSwitcher(initial="doc-table", id="doc-views"):
-            table: DataTable[Any] = DataTable(id="doc-table", cursor_type="row")
+            table = RowTable(id="doc-table")
             table.add_column("Title", key="title")
             table.add_column("Type", key="type")
             table.add_column("State", key="state")

@@ -16,7 +16,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Input, Label, Static
 
-from amelia_cli.tui.common import LiveScreen, TopBar
+from amelia_cli.tui.common import LiveScreen, RowTable, TopBar
 from amelia_cli.tui.eventline import describe, event_filter, fit, local_time, short_subject
 
 MAX_ROWS = 1000
@@ -87,7 +87,7 @@ class EventsScreen(LiveScreen):
             yield Label(" since ")
             yield Input(value="now", compact=True, id="ev-since")
         yield Static("", id="ev-counts", classes="note")
-        table: DataTable[Any] = DataTable(id="ev-feed", cursor_type="row")
+        table = RowTable(id="ev-feed")
         table.add_column("Seq", key="seq")
         table.add_column("Time", key="time")
         table.add_column("Type", key="type")

@@ -19,6 +19,7 @@ from amelia_cli.tui.common import (
     ACTIVE,
     STATUSES,
     ListScreen,
+    RowTable,
     TopBar,
     amelia,
     ask,
@@ -85,7 +86,7 @@ class RunsScreen(ListScreen):
             )
             yield Label("  workflow/agent ")
             yield Input(placeholder="e.g. plan or agents/greeter", compact=True, id="runs-target")
-        table: DataTable[Any] = DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
+        table = RowTable(id="runs-table", zebra_stripes=True)
         table.add_column("Run", key="run")
         table.add_column("Target", key="target")
         table.add_column("Status", key="status")

@@ -1,6 +1,6 @@
 """Edit a thread's state (UpdateThreadState), on its latest checkpoint or, from the history, on
 an older one (a branch): a JSON editor whose refusal (the API's google.rpc.Status message) is
-shown under it, as the dashboard's State panel does.
+shown under it (a few lines that scroll), as the dashboard's State panel does.
 
 The editor starts with the checkpoint's plain values (a key written back as it is stays as it
 is); list values are left out, because a list such as `messages` goes through an appending
@@ -17,7 +17,7 @@ from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Label, Static, TextArea
 
@@ -90,7 +90,10 @@ class StateEditScreen(ModalScreen[dict[str, Any] | None]):
                 tab_behavior="focus",
                 id="edit-values",
             )
-            yield Static("", id="edit-error", classes="error")
+            # A refusal can be long (a paused thread's names the fork for each client): it
+            # scrolls in a few lines, so the title and the buttons stay on an 80x24 screen.
+            with VerticalScroll(id="edit-error-box"):
+                yield Static("", id="edit-error", classes="error")
             with Horizontal(id="edit-buttons"):
                 label = f"Save as a branch from step {step}" if self.branch else "Save state"
                 yield Button(f"{label}  ctrl+s", variant="primary", id="edit-save", compact=True)

@@ -24,6 +24,7 @@ from textual.widgets import DataTable, Footer, Input, Static
 from amelia_cli.tui.common import (
     ACTIVE,
     PagedScreen,
+    RowTable,
     TabBar,
     TopBar,
     amelia,
@@ -122,9 +123,7 @@ class ThreadScreen(PagedScreen):
                     yield Static("loading…", id="thread-state-text")
                 with VerticalScroll(id="thread-messages", classes="pane"):
                     yield Static("", id="thread-messages-text")
-                table: DataTable[Any] = DataTable(
-                    id="thread-history", cursor_type="row", zebra_stripes=True, classes="pane"
-                )
+                table = RowTable(id="thread-history", zebra_stripes=True, classes="pane")
                 for key, label in HISTORY_COLUMNS:
                     table.add_column(label, key=key)
                 yield table
@@ -322,7 +321,11 @@ class ThreadScreen(PagedScreen):
 
     def _render_history(self) -> None:
         table: DataTable[Any] = self.query_one("#thread-history", DataTable)
-        keep = self.cursor_checkpoint()
+        # A cursor put on an older checkpoint stays on it (by id: new checkpoints push its row
+        # down); on the newest one (where it starts) it stays on the newest, as at a log's end.
+        # Kept by id there too, it sat below the steps a run had just added: Down Down then `b`
+        # branched from an older step than the one counted from the top.
+        keep = self.cursor_checkpoint() if table.cursor_row > 0 else ""
         by_id = self.by_id()
         branches = branches_of(self.history)
         table.clear()

@@ -16,6 +16,7 @@ from textual.widgets import DataTable, Footer, Static
 
 from amelia_cli.tui.common import (
     PagedScreen,
+    RowTable,
     TopBar,
     amelia,
     ask,
@@ -54,7 +55,7 @@ class ThreadsScreen(PagedScreen):
     def compose(self) -> ComposeResult:
         yield TopBar("Threads")
         yield Static("", id="threads-note", classes="note")
-        table: DataTable[Any] = DataTable(id="threads-table", cursor_type="row", zebra_stripes=True)
+        table = RowTable(id="threads-table", zebra_stripes=True)
         table.add_column("Thread", key="thread")
         table.add_column("Status", key="status")
         table.add_column("Runs", key="runs")
