@@ -1,15 +1,18 @@
-// Threads: the list (most recently active first, with each thread's first message and run
-// count), and one thread as a conversation — each run's message and reply, in order — with a
+// Threads: the list (most recently active first, with each thread's first message, status —
+// idle, busy, interrupted, error, filtered by `#/threads?status=busy` — and run count), and one thread as a conversation — each run's message and reply, in order — with a
 // form to send a message (a new run on the thread: the graph starts again from its start, on the
 // thread's state, so it shares the thread's memory), then its state, history, edit form and
 // "Continue from here (no input)" (views/threadstate.js).
 
 import { compactJson, debounce, errorNotice, formatTime, h, idOf, uuid } from "../dom.js";
 import { questionsOf } from "../checkpoint.js";
-import { ACTIVE_STATUSES, statusBadge } from "../runstatus.js";
+import { ACTIVE_STATUSES, shortStatus, statusBadge } from "../runstatus.js";
 import { ThreadStatePanel } from "./threadstate.js";
 
 const PAGE_SIZE = 25;
+// Events that change a thread's status: a run starts, waits behind another, pauses, resumes or ends.
+const LIFECYCLE = ["agent.started", "workflow.started", "run.queued", "run.interrupted", "run.resumed",
+  "run.completed", "run.failed", "run.cancelled"];
 
 function messageOf(value) {
   if (!value || typeof value !== "object") return value === undefined || value === null ? "" : String(value);
@@ -47,41 +50,89 @@ function longText(text) {
   return h("div", { class: "text", tabindex: text.length > 1500 ? "0" : null }, text);
 }
 
+// A thread's status (ListThreads, LangGraph Server's): the word the API's `status` filter takes,
+// its label and its badge's tone (as the run statuses it stands for).
+export const THREAD_STATUSES = [
+  ["THREAD_STATUS_IDLE", "idle", "Idle", "ok"],
+  ["THREAD_STATUS_BUSY", "busy", "Busy", "info"],
+  ["THREAD_STATUS_INTERRUPTED", "interrupted", "Interrupted", "warn"],
+  ["THREAD_STATUS_ERROR", "error", "Error", "bad"],
+];
+
+function threadBadge(thread) {
+  const found = THREAD_STATUSES.find(([name]) => name === thread.status);
+  const [, word, label, tone] = found || ["", "", "Unknown", "idle"];
+  const latest = thread.latestRun;
+  const title = latest ? `latest run ${idOf(latest.name).slice(0, 8)}: ${shortStatus(latest.status).toLowerCase()}` : "no runs yet";
+  return h("span", { class: `badge ${tone}`, "data-thread-status": word, title }, label);
+}
+
 function listView(main, ctx) {
   const body = h("tbody", {});
   const error = h("div", { "aria-live": "polite" });
   const more = h("button", { type: "button", hidden: true }, "More");
+  const wanted = ctx.query().get("status") || "";
+  const status = h("select", { id: "threads-status" },
+    h("option", { value: "" }, "Any status"),
+    ...THREAD_STATUSES.map(([, word, label]) => h("option", { value: word }, label)));
+  status.value = THREAD_STATUSES.some(([, word]) => word === wanted) ? wanted : "";
   main.append(h("h1", {}, "Threads"),
     h("section", { class: "card" },
       h("p", { class: "hint" }, "Runs in a thread share memory (the conversation so far). Open one to read it and send it a message."),
+      h("form", { id: "threads-filters", class: "filters", role: "search" }, h("div", { class: "row" }, h("label", { for: "threads-status" }, "Status"), status)),
       error,
       h("div", { class: "table-wrap" }, h("table", { id: "threads-table" },
-        h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "First message"), h("th", { scope: "col", class: "num" }, "Runs"),
-          h("th", { scope: "col", class: "wide-only" }, "Last active"))),
+        h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "First message"), h("th", { scope: "col" }, "Status"),
+          h("th", { scope: "col", class: "num" }, "Runs"), h("th", { scope: "col", class: "wide-only" }, "Last active"))),
         body)),
       h("div", { class: "pager" }, more)));
   let token = "";
   let stopped = false;
+  let shown = 1;  // pages shown: a live reload keeps what More added
   async function load(append = false) {
+    error.replaceChildren();
     try {
-      const response = await ctx.api.listThreads({ orderBy: "update_time desc", pageSize: PAGE_SIZE, pageToken: append ? token : "" });
+      const query = { orderBy: "update_time desc", pageSize: PAGE_SIZE * (append ? 1 : shown), pageToken: append ? token : "" };
+      if (status.value) query.status = status.value;
+      const response = await ctx.api.listThreads(query);
       if (stopped) return;
       token = response.nextPageToken || "";
       more.hidden = !token;
       const rows = (response.threads || []).map((thread) => h("tr", { dataset: { thread: thread.name } },
         h("td", { class: "preview" }, h("a", { href: `#/threads/${idOf(thread.name)}` }, thread.preview || `(no message) ${idOf(thread.name)}`)),
+        h("td", {}, threadBadge(thread)),
         h("td", { class: "num" }, String(thread.runCount || 0)),
         h("td", { class: "wide-only" }, formatTime(thread.updateTime))));
-      if (append) body.append(...rows);
-      else if (rows.length) body.replaceChildren(...rows);
-      else body.replaceChildren(h("tr", {}, h("td", { colspan: "3", class: "empty" }, "No threads yet: every run starts one.")));
+      if (append) {
+        shown += 1;
+        body.append(...rows);
+      } else if (rows.length) body.replaceChildren(...rows);
+      else {
+        const none = status.value ? `No ${status.value} threads.` : "No threads yet: every run starts one.";
+        body.replaceChildren(h("tr", {}, h("td", { colspan: "4", class: "empty" }, none)));
+      }
     } catch (err) {
       if (!stopped) error.replaceChildren(errorNotice(err));
     }
   }
+  status.addEventListener("change", () => {
+    // The filter lives in the URL (a link shares the list); the same screen keeps its place.
+    window.history.replaceState(null, "", `#/threads${status.value ? `?status=${status.value}` : ""}`);
+    shown = 1;
+    load();
+  });
   more.addEventListener("click", () => load(true));
+  // A run that starts, pauses or ends changes its thread's status: the list follows.
+  const refresh = debounce(() => load(), 500);
+  const subscription = ctx.socket.subscribe(
+    { filter: { types: LIFECYCLE, subject: "runs/*" }, since: "now" },
+    { onEvent: refresh });
   load();
-  return () => { stopped = true; };
+  return () => {
+    stopped = true;
+    refresh.cancel();
+    subscription.close();
+  };
 }
 
 const PAGE = 200;
