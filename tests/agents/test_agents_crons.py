@@ -485,6 +485,9 @@ async def test_a_paused_cron_past_its_end_shows_as_ended(env: Crons) -> None:
     change = C.Cron(name=cron.name, paused=True)
     await env.api.UpdateCron(C.UpdateCronRequest(cron=change, update_mask=["paused"]), None)
     assert not (await env.get(cron.name)).ended
+    env.clock.now = at(2.6)  # its last tick (03:00) is past, its end (03:30) not yet: no tick left
+    shown = await env.get(cron.name)
+    assert shown.paused and shown.ended
     env.clock.now = at(4)
     shown = await env.get(cron.name)
     assert shown.paused and shown.ended

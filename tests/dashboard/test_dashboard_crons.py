@@ -256,7 +256,8 @@ def test_a_tick_the_scheduler_fires_shows_and_the_cron_then_ends(
     browser: Browser, mesh: Mesh, artifacts: Path
 ) -> None:
     """On the real clock (the mesh's own scheduler, up to a minute's wait): a cron due at the
-    next minute, ending 30 s after it, shows its tick, then the Ended badge, without a reload."""
+    next minute, ending 30 s after it, shows its tick, then the Ended badge, without a reload.
+    Paused then, it shows both badges and says it stays ended; so does a phone."""
     agent = _agent(mesh)
     now = datetime.now(UTC)
     tick = now.replace(second=0, microsecond=0) + timedelta(minutes=1)
@@ -286,6 +287,28 @@ def test_a_tick_the_scheduler_fires_shows_and_the_cron_then_ends(
             expect(card.locator("[data-field=next]")).to_have_text("none (the schedule has ended)")
             assert page.evaluate("window.notReloaded") is True
             shot(page, artifacts, "crons-desktop-ended")
+            title = card.locator("h2 .badge")
+            expect(title).to_have_text(["Ended"])
+            card.locator("[data-action=pause]").click()
+            expect(title).to_have_text(["Ended", "Paused"])
+            expect(card.locator(".cron-message")).to_have_text(
+                "Cron paused. It has ended: no tick fires until its end is moved."
+            )
+            expect(card.locator("[data-action=pause]")).to_have_text("Resume")
+            shot(page, artifacts, "crons-desktop-ended-paused")
+        assert mesh.get(f"/v1/{cron['name']}")["cron"]["paused"] is True
+        with _checked_page(browser, mesh, PHONE) as page:
+            page.goto("/#/crons")
+            card = page.locator(f'#crons-list li[data-cron="{cron["name"]}"]')
+            expect(card.locator("h2 .badge")).to_have_text(["Ended", "Paused"])
+            card.scroll_into_view_if_needed()
+            _fits(page, "an ended, paused cron on a phone")
+            shot(page, artifacts, "crons-phone-ended-paused")
+            card.locator("[data-action=pause]").click()
+            expect(card.locator("h2 .badge")).to_have_text(["Ended"])
+            expect(card.locator(".cron-message")).to_have_text(
+                "Cron resumed. It has ended: no tick fires until its end is moved."
+            )
         shown = mesh.get(f"/v1/{cron['name']}")["cron"]
         assert shown["ended"] is True and shown["firedCount"] == "1"  # int64: a JSON string
         assert shown["recentActions"][0]["scheduleTime"].startswith(tick.strftime("%Y-%m-%dT%H:%M"))

@@ -78,9 +78,13 @@ def _action(found: dict[str, Any], target: crons_pb2.CronAction) -> None:
 
 
 def ended(row: CronRow, moment: datetime) -> bool:
-    """No tick is left: the schedule reached its end (a paused cron once its end has passed)."""
+    """No tick is left: the schedule reached its end (a paused cron once no tick comes before its
+    end: pausing a cron whose last tick fired keeps it ended, as resuming it would)."""
     if row.paused:
-        return row.end_time is not None and row.end_time <= moment
+        if row.end_time is None:
+            return False
+        schedule = crons_schedule.parse(row.schedule, row.timezone)
+        return crons_schedule.first_tick(schedule, moment, row.end_time) is None
     return row.next_run_time is None and row.pending_tick is None
 
 

@@ -85,7 +85,12 @@ function cronCard(ctx, cron, onRemoved) {
     pause.addEventListener("click", () => act(async () => {
       const response = await ctx.api.updateCron({ name: cron.name, paused: !cron.paused }, ["paused"]);
       draw(response.cron);
-      ctx.announce(response.cron.paused ? "Cron paused" : "Cron resumed");
+      const done = response.cron.paused ? "Cron paused" : "Cron resumed";
+      if (response.cron.ended) { // the flag changed; the cron stays ended until its end is moved
+        message.replaceChildren(h("p", { class: "notice", role: "status" },
+          `${done}. It has ended: no tick fires until its end is moved.`));
+      }
+      ctx.announce(done);
     }));
     trigger.addEventListener("click", () => act(async () => {
       const response = await ctx.api.triggerCron(cron.name, uuid());
@@ -113,8 +118,9 @@ function cronCard(ctx, cron, onRemoved) {
     const counts = `${cron.firedCount || 0} fired · ${cron.skippedCount || 0} skipped · ${cron.failedCount || 0} failed`;
     card.replaceChildren(
       h("h2", { class: "mono break" }, `${cron.schedule} `, h("span", { class: "muted" }, cron.timezone || "UTC"),
-        cron.ended ? [" ", h("span", { class: "badge info" }, "Ended")]
-          : cron.paused ? [" ", h("span", { class: "badge warn" }, "Paused")] : null),
+        // Both when a cron is paused after its end: the flag matters again once the end is moved.
+        cron.ended ? [" ", h("span", { class: "badge info" }, "Ended")] : null,
+        cron.paused ? [" ", h("span", { class: "badge warn" }, "Paused")] : null),
       kv([
         ["Runs", h("span", { class: "mono break" }, idOf(targetOf(cron))), "target"],
         ["Thread", thread, "thread"],
