@@ -135,12 +135,25 @@ _ADD_USAGE = DriverStatement(
 _RUNS = RunRow.__table__
 
 
+# Mapped classes are configured on their first construction; a new instance made as below is
+# not one (a worker process may build a RunRow this way before any other): configured here.
+RunRow.registry.configure()
+_NEW_RUN_ROW = RunRow._sa_class_manager.new_instance
+
+
 def _run_row(found: Any) -> RunRow | None:
     """A RunRow (not attached to any session) of a `runs` row read with all its columns (a
-    SQLAlchemy row, or an asyncpg record: `pgdriver`)."""
+    SQLAlchemy row, or an asyncpg record: `pgdriver`).
+
+    Built as SQLAlchemy's loader builds one — a new instance, its attributes' values put in
+    its `__dict__` — instead of `RunRow(**values)`, whose set event per attribute cost ~50 µs
+    of CPU per row against ~3 (session 16, docs/performance.md); a run reads several. Reading
+    and setting its attributes work as on any transient RunRow."""
     if found is None:
         return None
-    return RunRow(**(found._mapping if isinstance(found, Row) else found))
+    row = _NEW_RUN_ROW()
+    row.__dict__.update(found._mapping if isinstance(found, Row) else found)
+    return row
 
 
 def _set_values(row: RunRow) -> dict[str, Any]:
