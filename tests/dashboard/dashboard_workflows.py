@@ -72,8 +72,17 @@ class HoldState(TypedDict, total=False):
 
 async def hold(state: HoldState) -> dict[str, Any]:
     # Holds a worker until the test creates the file `release` names (the queue view's test).
-    release = Path(state["request"]["release"])
-    while not release.exists():  # noqa: ASYNC110, ASYNC240
+    # Streams its `message` first, and the text of the file `more` names once it exists (the
+    # thread page's live turn): tokens arrive while the test watches, at instants it arranges.
+    request = state["request"]
+    release = Path(request["release"])
+    for word in str(request.get("message", "")).split():
+        runtime.emit("run.token", {"text": word + " "})
+    more = Path(request["more"]) if request.get("more") else None
+    while not release.exists():  # noqa: ASYNC240
+        if more is not None and more.exists():
+            runtime.emit("run.token", {"text": more.read_text()})
+            more = None
         await asyncio.sleep(0.1)
     return {}
 

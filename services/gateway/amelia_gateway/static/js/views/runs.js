@@ -25,6 +25,18 @@ const MESSAGE_SCHEMA = {
   properties: { message: { type: "string", minLength: 1 } },
 };
 
+/** LangGraph Server's multitask_strategy: what happens when the thread already has a run. The
+ * start form's "More options" and a busy thread's Send (views/threads.js) offer it; `refuse`
+ * adds the default, refusing the run. */
+export function multitaskSelect(id, { refuse = true } = {}) {
+  return h("select", { id }, ...[
+    ...(refuse ? [["", "Refuse the run (the default)"]] : []),
+    ["enqueue", "Queue it after the thread's runs"],
+    ["interrupt", "Stop the thread's run, keep its state"],
+    ["rollback", "Stop the thread's run and delete it"],
+  ].map(([value, text]) => h("option", { value }, text)));
+}
+
 export function targetOf(run) {
   return run.workflow || run.agent || "";
 }
@@ -93,13 +105,7 @@ function startForm(ctx, targets) {
   agents.hidden = !targets.agents.length;
   const fieldsBox = h("div", { id: "run-fields" });
   const thread = h("input", { id: "run-thread", type: "text", placeholder: "threads/<id> (empty: a new thread)", spellcheck: "false" });
-  // LangGraph Server's multitask_strategy: what happens when the thread already has a run.
-  const busy = h("select", { id: "run-multitask" }, ...[
-    ["", "Refuse the run (the default)"],
-    ["enqueue", "Queue it after the thread's runs"],
-    ["interrupt", "Stop the thread's run, keep its state"],
-    ["rollback", "Stop the thread's run and delete it"],
-  ].map(([value, text]) => h("option", { value }, text)));
+  const busy = multitaskSelect("run-multitask");
   const options = h("details", {}, h("summary", {}, "More options"),
     h("label", { for: "run-thread" }, "Thread ", h("span", { class: "field-hint" }, "runs in a thread share memory")), thread,
     h("label", { for: "run-multitask" }, "If the thread has a run"), busy);

@@ -2,11 +2,17 @@
 // idle, busy, interrupted, error, filtered by `#/threads?status=busy` — and run count), and one thread as a conversation — each run's message and reply, in order — with a
 // form to send a message (a new run on the thread: the graph starts again from its start, on the
 // thread's state, so it shares the thread's memory), then its state, history, edit form and
-// "Continue from here (no input)" (views/threadstate.js).
+// "Continue from here (no input)" (views/threadstate.js). A running run's turn streams its tokens
+// (the run page's stream: ws.js, runstate.js, output.js); Send on a busy thread asks what to do
+// with the run that has not ended (the start form's multitask strategies: enqueue, interrupt,
+// rollback), as LangGraph Studio's double-texting.
 
 import { compactJson, debounce, errorNotice, formatTime, h, idOf, uuid } from "../dom.js";
 import { questionsOf } from "../checkpoint.js";
+import { OutputView } from "../output.js";
 import { ACTIVE_STATUSES, shortStatus, statusBadge } from "../runstatus.js";
+import { newRunState, reduce } from "../runstate.js";
+import { multitaskSelect } from "./runs.js";
 import { ThreadStatePanel } from "./threadstate.js";
 
 const PAGE_SIZE = 25;
@@ -145,12 +151,40 @@ function waitingQuestion(run) {
     h("a", { href: `#/runs/${idOf(run.name)}`, class: "answer-link" }, "Answer it on the run's page →"));
 }
 
+/** A queued or running run's reply: its events from the start (a `run` subscription, as the run
+ * page's), reduced by runstate.js, its tokens written into an OutputView as they stream. */
+class LiveReply {
+  constructor(ctx, run) {
+    this.state = newRunState();
+    this.output = new OutputView({ label: "Reply so far", placeholder: "Waiting for tokens…" });
+    this.output.element.classList.add("live-reply");
+    this.subscription = ctx.socket.subscribe({ run: run.name, since: "beginning" }, {
+      onEvent: (event) => {
+        const change = reduce(this.state, event);
+        if (change.marker) this.output.marker(change.marker);
+        if (change.text !== undefined) this.output.append(change.text);
+      },
+    });
+  }
+
+  close() {
+    this.subscription.close();
+  }
+}
+
+const STREAMING = new Set(["RUN_STATUS_QUEUED", "RUN_STATUS_RUNNING"]);
+
 function threadView(main, ctx, threadId) {
   const name = `threads/${threadId}`;
   const conversation = h("ol", { class: "conversation", id: "thread-conversation", "aria-label": "Conversation" });
   const error = h("div", { "aria-live": "polite" });
   const message = h("textarea", { id: "thread-message", rows: 3, required: true });
   const send = h("button", { type: "submit", class: "primary", id: "thread-send" }, "Send");
+  // Shown while a run of the thread has not ended: what Send does with it (double-texting).
+  const strategy = multitaskSelect("thread-multitask", { refuse: false });
+  const busyText = h("span", { id: "thread-busy-text" }, "");
+  const busy = h("div", { id: "thread-busy", class: "busy-choice", hidden: true },
+    h("label", { for: "thread-multitask" }, busyText), strategy);
   const targetText = h("span", { class: "mono muted" }, "");
   const formError = h("div", { "aria-live": "polite" });
   const form = h("form", { id: "thread-continue", class: "card", "aria-labelledby": "continue-title" },
@@ -159,7 +193,7 @@ function threadView(main, ctx, threadId) {
       + "The graph starts again from its start, on the thread's latest state (State, below — an edit or a branch there is "
       + "what it sees): the conversation so far carries over. To run only the nodes a checkpoint has left to run, without "
       + "a message, use Continue from here (no input) in State."),
-    h("label", { for: "thread-message" }, "Message"), message, formError,
+    h("label", { for: "thread-message" }, "Message"), message, busy, formError,
     h("div", { class: "actions" }, send));
   // A long thread: the newest runs are shown (at most PAGE), and the form is one click away.
   const older = h("p", { class: "hint", id: "thread-older", hidden: true });
@@ -177,6 +211,14 @@ function threadView(main, ctx, threadId) {
 
   let stopped = false;
   let last = null;
+  const live = new Map(); // run name -> LiveReply, kept across reloads while the run streams
+  /** The reply turn's body: the question a paused run waits on, a live stream, or the reply. */
+  function replyBody(run) {
+    if (run.status === "RUN_STATUS_PAUSED" && run.interrupt) return waitingQuestion(run);
+    if (!STREAMING.has(run.status)) return longText(replyOf(run) || "…");
+    if (!live.has(run.name)) live.set(run.name, new LiveReply(ctx, run));
+    return live.get(run.name).output.element;
+  }
   async function load() {
     try {
       // Newest first, so a thread longer than a page shows its latest runs and continues
@@ -190,15 +232,23 @@ function threadView(main, ctx, threadId) {
       jump.hidden = runs.length < 4;
       last = runs[runs.length - 1] || null;
       targetText.textContent = last ? idOf(last.workflow || last.agent) : "chat";
-      send.disabled = Boolean(last && ACTIVE_STATUSES.has(last.status));
-      send.title = send.disabled ? "A run of this thread has not ended yet" : "";
-      panel.setLastRun(last || {}, send.disabled);
+      const active = Boolean(last && ACTIVE_STATUSES.has(last.status));
+      busy.hidden = !active;
+      busyText.textContent = active ? `Run ${idOf(last.name).slice(0, 8)} of this thread is ${shortStatus(last.status).toLowerCase()}. Send:` : "";
+      panel.setLastRun(last || {}, active);
+      // Streams of runs that have ended (or left the page) stop; their turn shows the reply.
+      for (const [runName, reply] of live) {
+        if (!runs.some((run) => run.name === runName && STREAMING.has(run.status))) {
+          reply.close();
+          live.delete(runName);
+        }
+      }
       conversation.replaceChildren(...runs.flatMap((run) => [
         userTurn(run),
         h("li", { class: "turn reply", dataset: { run: run.name } },
           h("span", { class: "who" }, h("a", { href: `#/runs/${idOf(run.name)}`, class: "mono" }, idOf(run.name).slice(0, 8)), " ",
             statusBadge(run.status, run.output)),
-          run.status === "RUN_STATUS_PAUSED" && run.interrupt ? waitingQuestion(run) : longText(replyOf(run) || "…")),
+          replyBody(run)),
       ]));
       if (!runs.length) conversation.replaceChildren(h("li", { class: "empty" }, "No runs in this thread yet."));
     } catch (err) {
@@ -213,6 +263,7 @@ function threadView(main, ctx, threadId) {
     const target = last ? last.workflow || last.agent : "workflows/chat";
     if (target.startsWith("agents/")) run.agent = target;
     else run.workflow = target;
+    if (!busy.hidden) run.multitaskStrategy = strategy.value;
     send.disabled = true;
     try {
       const response = await ctx.api.createRun(run, uuid());
@@ -224,8 +275,9 @@ function threadView(main, ctx, threadId) {
     }
   });
   const refresh = debounce(() => Promise.all([load(), panel.refresh()]), 300);
+  // A run starts, waits, pauses, resumes or ends: the turns and Send follow.
   const subscription = ctx.socket.subscribe(
-    { filter: { types: ["run.completed", "run.failed", "run.cancelled", "run.interrupted"], subject: "runs/*" }, since: "now" },
+    { filter: { types: LIFECYCLE, subject: "runs/*" }, since: "now" },
     { onEvent: refresh });
   load();
   panel.refresh();
@@ -234,6 +286,7 @@ function threadView(main, ctx, threadId) {
     panel.stop();
     refresh.cancel();
     subscription.close();
+    for (const reply of live.values()) reply.close();
   };
 }
 
