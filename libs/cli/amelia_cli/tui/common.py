@@ -83,26 +83,40 @@ def output_tokens(run: dict[str, Any]) -> str:
 
 class RowTable(DataTable[Any]):
     """Every list's table (runs, events, documents, threads, a thread's history): a row cursor
-    that Home and End move to the first and last row, as in every list, and no sideways scroll —
-    what is wider than the screen (a thread's first message, an event's data) is cut at its right
-    edge. DataTable's own Home/End scroll sideways and leave the cursor where it was, so Enter
-    could open a row that is not on the screen, and End showed a blank table."""
+    that Home and End move to the first and last row, as in every list, and no sideways scroll
+    but in the documents' — what is wider than the screen (a thread's first message, an event's
+    data) is cut at its right edge. DataTable's own Home/End scroll sideways and leave the
+    cursor where it was, so Enter could open a row that is not on the screen, and End showed a
+    blank table."""
 
     DEFAULT_CSS = """
     RowTable { overflow-x: hidden; }
+    RowTable.-sideways { overflow-x: auto; }
     """
     BINDINGS = [
         Binding("home", "scroll_top", "First", show=False),
         Binding("end", "scroll_bottom", "Last", show=False),
     ]
+    sideways = False  # read by max_scroll_x while DataTable's __init__ runs
 
-    def __init__(self, *, id: str, zebra_stripes: bool = False, classes: str | None = None):
+    def __init__(
+        self,
+        *,
+        id: str,
+        zebra_stripes: bool = False,
+        classes: str | None = None,
+        sideways: bool = False,
+    ):
         super().__init__(id=id, cursor_type="row", zebra_stripes=zebra_stripes, classes=classes)
+        # The documents' table scrolls sideways (Left, Right): a long title would otherwise
+        # hide the columns after it.
+        self.sideways = sideways
+        self.set_class(sideways, "-sideways")
 
     @property
     def max_scroll_x(self) -> int:
-        """0: Left, Right, a wheel or the cursor's scroll never move it sideways."""
-        return 0
+        """0 (unless `sideways`): Left, Right, a wheel or the cursor never move it sideways."""
+        return super().max_scroll_x if self.sideways else 0
 
 
 def cursor_key(table: DataTable[Any]) -> str:

@@ -61,7 +61,7 @@ class DocumentsScreen(ListScreen):
             )
         yield Static("", id="doc-note", classes="note")
         with ContentSwitcher(initial="doc-table", id="doc-views"):
-            table = RowTable(id="doc-table")
+            table = RowTable(id="doc-table", sideways=True)
             table.add_column("Title", key="title")
             table.add_column("Type", key="type")
             table.add_column("State", key="state")
