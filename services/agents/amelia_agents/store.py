@@ -165,6 +165,13 @@ def _set_values(row: RunRow) -> dict[str, Any]:
 # The run's reads and transitions on its path go to asyncpg (`pgdriver`): SQLAlchemy's work
 # around each statement cost ~140 µs of CPU, several times the driver's.
 _GET_RUN = DriverStatement(select(_RUNS).where(_RUNS.c.id == bindparam("run_id")))
+# An existing thread's row, locked as `create_behind` locks it: CreateRuns on a thread one at a
+# time, and the recording statement after it reads what the one before committed.
+_LOCK_THREAD = DriverStatement(
+    select(ThreadRow.__table__.c.id)
+    .where(ThreadRow.__table__.c.id == bindparam("thread_id"))
+    .with_for_update()
+)
 
 
 async def _read_run(pg: Any, run_id: uuid.UUID) -> RunRow | None:
@@ -592,6 +599,13 @@ class Store:
         statement = _recording_driver(columns, new_thread)
         try:
             async with pgdriver.connection(self.engine) as pg, pg.transaction():
+                if not new_thread:
+                    # An interrupt/rollback (`create_behind`) cancels the thread's run and
+                    # records its own waiting behind it in one transaction: a recording
+                    # statement whose snapshot predates that commit would see neither and be
+                    # admitted ahead of it. Waiting for the thread's row first gives the
+                    # statement a snapshot that sees the waiting run (and refuses).
+                    await _LOCK_THREAD.execute(pg, {"thread_id": row.thread_id})
                 status = await statement.execute(pg, params)
                 if status.endswith(" 0"):
                     raise ActiveRunError  # runs wait on the thread (`multitask`)
