@@ -50,7 +50,7 @@ import os
 import signal
 import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -112,6 +112,20 @@ class _Job:
     attempt: Attempt = field(default_factory=Attempt)
     sub: Any = None
     wait: _Wait | None = None  # its thread was busy: it waits beside the loop
+
+
+@contextlib.contextmanager
+def _busy(idle: Any) -> Iterator[None]:
+    """A loop counted busy, not idle (its `idle` gauge, if any), while it runs a job."""
+    if idle is not None:
+        idle.dec()
+    metrics.WORKER_LOOPS.labels("busy").inc()
+    try:
+        yield
+    finally:
+        metrics.WORKER_LOOPS.labels("busy").dec()
+        if idle is not None:
+            idle.inc()
 
 
 class _Wait:
@@ -253,13 +267,8 @@ class WorkerPool:
                         continue
                     if waiting is not None:
                         await waiting.give_back()
-                    idle.dec()
-                    metrics.WORKER_LOOPS.labels("busy").inc()
-                    try:
+                    with _busy(idle):
                         waiting = await self.handle(msg, name, idle)
-                    finally:
-                        metrics.WORKER_LOOPS.labels("busy").dec()
-                        idle.inc()
                 self._failing.discard(name)
                 backoff = LOOP_BACKOFF_SECONDS
             except asyncio.CancelledError:
@@ -334,15 +343,8 @@ class WorkerPool:
                 await self._thread_busy(job.msg, job.lock)  # (cancelled meanwhile)
                 return
             wait.started = True  # (no await since the wait: its loop has not taken another job)
-            if idle is not None:
-                idle.dec()
-            metrics.WORKER_LOOPS.labels("busy").inc()
-            try:
+            with _busy(idle):
                 await self._execute(job)
-            finally:
-                metrics.WORKER_LOOPS.labels("busy").dec()
-                if idle is not None:
-                    idle.inc()
 
     @contextlib.asynccontextmanager
     async def _picking_up(self, job: _Job) -> AsyncIterator[None]:
