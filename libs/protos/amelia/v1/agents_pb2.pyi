@@ -1979,22 +1979,29 @@ class RerunRunRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     THREAD_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    WEBHOOK_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`runs/{run}`."""
     thread: _builtins.str
     """`threads/{thread}` to run in; empty: a new thread."""
     request_id: _builtins.str
     """Idempotency key: a repeated request with the same id returns the first new run."""
+    webhook: _builtins.str
+    """POSTed the new run when it ends, as CreateRun's `run.webhook`; empty: none. The source
+    run's webhook is not carried over (it was asked for that run, as in LangGraph, where a
+    run made from another one takes its own `webhook`).
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         thread: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        webhook: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "request_id", b"request_id", "thread", b"thread"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "request_id", b"request_id", "thread", b"thread", "webhook", b"webhook"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2034,12 +2041,17 @@ class ForkRunRequest(_message.Message):
     CHECKPOINT_FIELD_NUMBER: _builtins.int
     VALUES_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    WEBHOOK_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`runs/{run}`."""
     checkpoint: _builtins.str
     """A step's `checkpoint` (ListRunSteps): the new run starts with that step's node."""
     request_id: _builtins.str
     """Idempotency key: a repeated request with the same id returns the first new run."""
+    webhook: _builtins.str
+    """POSTed the new run when it ends, as CreateRun's `run.webhook`; empty: none (the source
+    run's webhook is not carried over).
+    """
     @_builtins.property
     def values(self) -> _struct_pb2.Struct:
         """A state update applied before continuing, as if the step before had written it (through
@@ -2053,10 +2065,11 @@ class ForkRunRequest(_message.Message):
         checkpoint: _builtins.str = ...,
         values: _struct_pb2.Struct | None = ...,
         request_id: _builtins.str = ...,
+        webhook: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["values", b"values"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "name", b"name", "request_id", b"request_id", "values", b"values"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "name", b"name", "request_id", b"request_id", "values", b"values", "webhook", b"webhook"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -27,43 +27,43 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x61melia/v1/crons.proto\x12\tamelia.v1\x1a\x16\x61melia/v1/agents.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdf\x01\n\nCronAction\x12\x31\n\rschedule_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x61\x63tion_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x07outcome\x18\x03 \x01(\x0e\x32\x16.amelia.v1.CronOutcome\x12\x0b\n\x03run\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x14\n\x0cmissed_ticks\x18\x06 \x01(\x05\x12\x11\n\ttriggered\x18\x07 \x01(\x08\"\xe2\x04\n\x04\x43ron\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x05\x61gent\x18\x02 \x01(\tH\x00\x12\x12\n\x08workflow\x18\x03 \x01(\tH\x00\x12\x0e\n\x06thread\x18\x04 \x01(\t\x12\x10\n\x08schedule\x18\x05 \x01(\t\x12\x10\n\x08timezone\x18\x06 \x01(\t\x12&\n\x05input\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12)\n\x08metadata\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06paused\x18\t \x01(\x08\x12,\n\x08\x65nd_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rnext_run_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x08last_run\x18\x0c \x01(\x0b\x32\x15.amelia.v1.CronAction\x12-\n\x0erecent_actions\x18\r \x03(\x0b\x32\x15.amelia.v1.CronAction\x12\x13\n\x0b\x66ired_count\x18\x0e \x01(\x03\x12\x15\n\rskipped_count\x18\x0f \x01(\x03\x12\x14\n\x0c\x66\x61iled_count\x18\x10 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12multitask_strategy\x18\x13 \x01(\t\x12\r\n\x05\x65nded\x18\x14 \x01(\x08\x42\x08\n\x06target\"2\n\x11\x43reateCronRequest\x12\x1d\n\x04\x63ron\x18\x01 \x01(\x0b\x32\x0f.amelia.v1.Cron\"3\n\x12\x43reateCronResponse\x12\x1d\n\x04\x63ron\x18\x01 \x01(\x0b\x32\x0f.amelia.v1.Cron\"\x1e\n\x0eGetCronRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"0\n\x0fGetCronResponse\x12\x1d\n\x04\x63ron\x18\x01 \x01(\x0b\x32\x0f.amelia.v1.Cron\"j\n\x10ListCronsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\r\n\x05\x61gent\x18\x03 \x01(\t\x12\x0e\n\x06thread\x18\x04 \x01(\t\x12\x10\n\x08workflow\x18\x05 \x01(\t\"L\n\x11ListCronsResponse\x12\x1e\n\x05\x63rons\x18\x01 \x03(\x0b\x32\x0f.amelia.v1.Cron\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"G\n\x11UpdateCronRequest\x12\x1d\n\x04\x63ron\x18\x01 \x01(\x0b\x32\x0f.amelia.v1.Cron\x12\x13\n\x0bupdate_mask\x18\x02 \x03(\t\"3\n\x12UpdateCronResponse\x12\x1d\n\x04\x63ron\x18\x01 \x01(\x0b\x32\x0f.amelia.v1.Cron\"!\n\x11\x44\x65leteCronRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x14\n\x12\x44\x65leteCronResponse\"6\n\x12TriggerCronRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"Q\n\x13TriggerCronResponse\x12\x1b\n\x03run\x18\x01 \x01(\x0b\x32\x0e.amelia.v1.Run\x12\x1d\n\x04\x63ron\x18\x02 \x01(\x0b\x32\x0f.amelia.v1.Cron*v\n\x0b\x43ronOutcome\x12\x1c\n\x18\x43RON_OUTCOME_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43RON_OUTCOME_FIRED\x10\x01\x12\x18\n\x14\x43RON_OUTCOME_SKIPPED\x10\x02\x12\x17\n\x13\x43RON_OUTCOME_FAILED\x10\x03\x32\xc6\x03\n\x0b\x43ronService\x12I\n\nCreateCron\x12\x1c.amelia.v1.CreateCronRequest\x1a\x1d.amelia.v1.CreateCronResponse\x12@\n\x07GetCron\x12\x19.amelia.v1.GetCronRequest\x1a\x1a.amelia.v1.GetCronResponse\x12\x46\n\tListCrons\x12\x1b.amelia.v1.ListCronsRequest\x1a\x1c.amelia.v1.ListCronsResponse\x12I\n\nUpdateCron\x12\x1c.amelia.v1.UpdateCronRequest\x1a\x1d.amelia.v1.UpdateCronResponse\x12I\n\nDeleteCron\x12\x1c.amelia.v1.DeleteCronRequest\x1a\x1d.amelia.v1.DeleteCronResponse\x12L\n\x0bTriggerCron\x12\x1d.amelia.v1.TriggerCronRequest\x1a\x1e.amelia.v1.TriggerCronResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x61melia/v1/crons.proto\x12\tamelia.v1\x1a\x16\x61melia/v1/agents.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdf\x01\n\nCronAction\x12\x31\n\rschedule_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x61\x63tion_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x07outcome\x18\x03 \x01(\x0e\x32\x16.amelia.v1.CronOutcome\x12\x0b\n\x03run\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x14\n\x0cmissed_ticks\x18\x06 \x01(\x05\x12\x11\n\ttriggered\x18\x07 \x01(\x08\"\xf3\x04\n\x04\x43ron\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x05\x61gent\x18\x02 \x01(\tH\x00\x12\x12\n\x08workflow\x18\x03 \x01(\tH\x00\x12\x0e\n\x06thread\x18\x04 \x01(\t\x12\x10\n\x08schedule\x18\x05 \x01(\t\x12\x10\n\x08timezone\x18\x06 \x01(\t\x12&\n\x05input\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12)\n\x08metadata\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06paused\x18\t \x01(\x08\x12,\n\x08\x65nd_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rnext_run_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x08last_run\x18\x0c \x01(\x0b\x32\x15.amelia.v1.CronAction\x12-\n\x0erecent_actions\x18\r \x03(\x0b\x32\x15.amelia.v1.CronAction\x12\x13\n\x0b\x66ired_count\x18\x0e \x01(\x03\x12\x15\n\rskipped_count\x18\x0f \x01(\x03\x12\x14\n\x0c\x66\x61iled_count\x18\x10 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12multitask_strategy\x18\x13 \x01(\t\x12\r\n\x05\x65nded\x18\x14 \x01(\x08\x12\x0f\n\x07webhook\x18\x15 \x01(\tB\x08\n\x06target\"2\n\x11\x43reateCronRequest\x12\x1d\n\x04\x63ron\x18\x01 \x01(\x0b\x32\x0f.amelia.v1.Cron\"3\n\x12\x43reateCronResponse\x12\x1d\n\x04\x63ron\x18\x01 \x01(\x0b\x32\x0f.amelia.v1.Cron\"\x1e\n\x0eGetCronRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"0\n\x0fGetCronResponse\x12\x1d\n\x04\x63ron\x18\x01 \x01(\x0b\x32\x0f.amelia.v1.Cron\"j\n\x10ListCronsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\r\n\x05\x61gent\x18\x03 \x01(\t\x12\x0e\n\x06thread\x18\x04 \x01(\t\x12\x10\n\x08workflow\x18\x05 \x01(\t\"L\n\x11ListCronsResponse\x12\x1e\n\x05\x63rons\x18\x01 \x03(\x0b\x32\x0f.amelia.v1.Cron\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"G\n\x11UpdateCronRequest\x12\x1d\n\x04\x63ron\x18\x01 \x01(\x0b\x32\x0f.amelia.v1.Cron\x12\x13\n\x0bupdate_mask\x18\x02 \x03(\t\"3\n\x12UpdateCronResponse\x12\x1d\n\x04\x63ron\x18\x01 \x01(\x0b\x32\x0f.amelia.v1.Cron\"!\n\x11\x44\x65leteCronRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x14\n\x12\x44\x65leteCronResponse\"6\n\x12TriggerCronRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"Q\n\x13TriggerCronResponse\x12\x1b\n\x03run\x18\x01 \x01(\x0b\x32\x0e.amelia.v1.Run\x12\x1d\n\x04\x63ron\x18\x02 \x01(\x0b\x32\x0f.amelia.v1.Cron*v\n\x0b\x43ronOutcome\x12\x1c\n\x18\x43RON_OUTCOME_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43RON_OUTCOME_FIRED\x10\x01\x12\x18\n\x14\x43RON_OUTCOME_SKIPPED\x10\x02\x12\x17\n\x13\x43RON_OUTCOME_FAILED\x10\x03\x32\xc6\x03\n\x0b\x43ronService\x12I\n\nCreateCron\x12\x1c.amelia.v1.CreateCronRequest\x1a\x1d.amelia.v1.CreateCronResponse\x12@\n\x07GetCron\x12\x19.amelia.v1.GetCronRequest\x1a\x1a.amelia.v1.GetCronResponse\x12\x46\n\tListCrons\x12\x1b.amelia.v1.ListCronsRequest\x1a\x1c.amelia.v1.ListCronsResponse\x12I\n\nUpdateCron\x12\x1c.amelia.v1.UpdateCronRequest\x1a\x1d.amelia.v1.UpdateCronResponse\x12I\n\nDeleteCron\x12\x1c.amelia.v1.DeleteCronRequest\x1a\x1d.amelia.v1.DeleteCronResponse\x12L\n\x0bTriggerCron\x12\x1d.amelia.v1.TriggerCronRequest\x1a\x1e.amelia.v1.TriggerCronResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'amelia.v1.crons_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CRONOUTCOME']._serialized_start=1657
-  _globals['_CRONOUTCOME']._serialized_end=1775
+  _globals['_CRONOUTCOME']._serialized_start=1674
+  _globals['_CRONOUTCOME']._serialized_end=1792
   _globals['_CRONACTION']._serialized_start=124
   _globals['_CRONACTION']._serialized_end=347
   _globals['_CRON']._serialized_start=350
-  _globals['_CRON']._serialized_end=960
-  _globals['_CREATECRONREQUEST']._serialized_start=962
-  _globals['_CREATECRONREQUEST']._serialized_end=1012
-  _globals['_CREATECRONRESPONSE']._serialized_start=1014
-  _globals['_CREATECRONRESPONSE']._serialized_end=1065
-  _globals['_GETCRONREQUEST']._serialized_start=1067
-  _globals['_GETCRONREQUEST']._serialized_end=1097
-  _globals['_GETCRONRESPONSE']._serialized_start=1099
-  _globals['_GETCRONRESPONSE']._serialized_end=1147
-  _globals['_LISTCRONSREQUEST']._serialized_start=1149
-  _globals['_LISTCRONSREQUEST']._serialized_end=1255
-  _globals['_LISTCRONSRESPONSE']._serialized_start=1257
-  _globals['_LISTCRONSRESPONSE']._serialized_end=1333
-  _globals['_UPDATECRONREQUEST']._serialized_start=1335
-  _globals['_UPDATECRONREQUEST']._serialized_end=1406
-  _globals['_UPDATECRONRESPONSE']._serialized_start=1408
-  _globals['_UPDATECRONRESPONSE']._serialized_end=1459
-  _globals['_DELETECRONREQUEST']._serialized_start=1461
-  _globals['_DELETECRONREQUEST']._serialized_end=1494
-  _globals['_DELETECRONRESPONSE']._serialized_start=1496
-  _globals['_DELETECRONRESPONSE']._serialized_end=1516
-  _globals['_TRIGGERCRONREQUEST']._serialized_start=1518
-  _globals['_TRIGGERCRONREQUEST']._serialized_end=1572
-  _globals['_TRIGGERCRONRESPONSE']._serialized_start=1574
-  _globals['_TRIGGERCRONRESPONSE']._serialized_end=1655
-  _globals['_CRONSERVICE']._serialized_start=1778
-  _globals['_CRONSERVICE']._serialized_end=2232
+  _globals['_CRON']._serialized_end=977
+  _globals['_CREATECRONREQUEST']._serialized_start=979
+  _globals['_CREATECRONREQUEST']._serialized_end=1029
+  _globals['_CREATECRONRESPONSE']._serialized_start=1031
+  _globals['_CREATECRONRESPONSE']._serialized_end=1082
+  _globals['_GETCRONREQUEST']._serialized_start=1084
+  _globals['_GETCRONREQUEST']._serialized_end=1114
+  _globals['_GETCRONRESPONSE']._serialized_start=1116
+  _globals['_GETCRONRESPONSE']._serialized_end=1164
+  _globals['_LISTCRONSREQUEST']._serialized_start=1166
+  _globals['_LISTCRONSREQUEST']._serialized_end=1272
+  _globals['_LISTCRONSRESPONSE']._serialized_start=1274
+  _globals['_LISTCRONSRESPONSE']._serialized_end=1350
+  _globals['_UPDATECRONREQUEST']._serialized_start=1352
+  _globals['_UPDATECRONREQUEST']._serialized_end=1423
+  _globals['_UPDATECRONRESPONSE']._serialized_start=1425
+  _globals['_UPDATECRONRESPONSE']._serialized_end=1476
+  _globals['_DELETECRONREQUEST']._serialized_start=1478
+  _globals['_DELETECRONREQUEST']._serialized_end=1511
+  _globals['_DELETECRONRESPONSE']._serialized_start=1513
+  _globals['_DELETECRONRESPONSE']._serialized_end=1533
+  _globals['_TRIGGERCRONREQUEST']._serialized_start=1535
+  _globals['_TRIGGERCRONREQUEST']._serialized_end=1589
+  _globals['_TRIGGERCRONRESPONSE']._serialized_start=1591
+  _globals['_TRIGGERCRONRESPONSE']._serialized_end=1672
+  _globals['_CRONSERVICE']._serialized_start=1795
+  _globals['_CRONSERVICE']._serialized_end=2249
 # @@protoc_insertion_point(module_scope)

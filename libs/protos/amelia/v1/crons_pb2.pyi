@@ -129,6 +129,7 @@ class Cron(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     MULTITASK_STRATEGY_FIELD_NUMBER: _builtins.int
     ENDED_FIELD_NUMBER: _builtins.int
+    WEBHOOK_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`crons/{cron}`."""
     agent: _builtins.str
@@ -163,6 +164,11 @@ class Cron(_message.Message):
     """Output only: no tick is left before `end_time` (or the end time has passed while paused):
     the scheduler starts no more runs. The cron stays, with its counts and recent actions, until
     deleted; UpdateCron of `end_time` or `schedule` can give it ticks again.
+    """
+    webhook: _builtins.str
+    """POSTed each run the cron makes when that run ends (the run's `webhook`, LangGraph Server's
+    cron `webhook`): an http or https URL, checked as CreateRun checks `run.webhook`; empty:
+    none. A changed webhook applies to the runs made after the change.
     """
     @_builtins.property
     def input(self) -> _struct_pb2.Struct:
@@ -222,10 +228,11 @@ class Cron(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         multitask_strategy: _builtins.str = ...,
         ended: _builtins.bool = ...,
+        webhook: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "create_time", b"create_time", "end_time", b"end_time", "input", b"input", "last_run", b"last_run", "metadata", b"metadata", "next_run_time", b"next_run_time", "target", b"target", "update_time", b"update_time", "workflow", b"workflow"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "create_time", b"create_time", "end_time", b"end_time", "ended", b"ended", "failed_count", b"failed_count", "fired_count", b"fired_count", "input", b"input", "last_run", b"last_run", "metadata", b"metadata", "multitask_strategy", b"multitask_strategy", "name", b"name", "next_run_time", b"next_run_time", "paused", b"paused", "recent_actions", b"recent_actions", "schedule", b"schedule", "skipped_count", b"skipped_count", "target", b"target", "thread", b"thread", "timezone", b"timezone", "update_time", b"update_time", "workflow", b"workflow"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "create_time", b"create_time", "end_time", b"end_time", "ended", b"ended", "failed_count", b"failed_count", "fired_count", b"fired_count", "input", b"input", "last_run", b"last_run", "metadata", b"metadata", "multitask_strategy", b"multitask_strategy", "name", b"name", "next_run_time", b"next_run_time", "paused", b"paused", "recent_actions", b"recent_actions", "schedule", b"schedule", "skipped_count", b"skipped_count", "target", b"target", "thread", b"thread", "timezone", b"timezone", "update_time", b"update_time", "webhook", b"webhook", "workflow", b"workflow"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["agent", "workflow"]  # noqa: Y015
     _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
