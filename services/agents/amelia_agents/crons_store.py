@@ -66,6 +66,8 @@ class CronRow(Base):
     paused: Mapped[bool] = mapped_column(Boolean, default=False)
     # What a tick does on a busy thread: the CreateRun's multitask strategy (migration 0006).
     multitask_strategy: Mapped[str] = mapped_column(Text, default="reject")
+    # Each run's webhook (`run.webhook`), or NULL for none (migration 0008).
+    webhook: Mapped[str | None] = mapped_column(Text, nullable=True)
     end_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     # The next tick to fire; NULL while paused or once the schedule has ended.
     next_run_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
