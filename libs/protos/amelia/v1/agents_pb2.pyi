@@ -743,6 +743,76 @@ class ListThreadsResponse(_message.Message):
 Global___ListThreadsResponse: _TypeAlias = ListThreadsResponse  # noqa: Y015
 
 @_typing.final
+class CountThreadsRequest(_message.Message):
+    """CountThreadsRequest takes ListThreads' filters."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetadataFilterEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    METADATA_FILTER_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    status: _builtins.str
+    """As ListThreadsRequest.status."""
+    @_builtins.property
+    def metadata_filter(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """As ListThreadsRequest.metadata_filter."""
+
+    def __init__(
+        self,
+        *,
+        metadata_filter: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        status: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["metadata_filter", b"metadata_filter", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CountThreadsRequest: _TypeAlias = CountThreadsRequest  # noqa: Y015
+
+@_typing.final
+class CountThreadsResponse(_message.Message):
+    """CountThreadsResponse is how many threads match."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUNT_FIELD_NUMBER: _builtins.int
+    count: _builtins.int
+    """The number of threads."""
+    def __init__(
+        self,
+        *,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CountThreadsResponse: _TypeAlias = CountThreadsResponse  # noqa: Y015
+
+@_typing.final
 class DeleteThreadRequest(_message.Message):
     """DeleteThreadRequest names a thread."""
 

@@ -75,6 +75,11 @@ class AgentServiceStub:
                 request_serializer=amelia_dot_v1_dot_agents__pb2.ListThreadsRequest.SerializeToString,
                 response_deserializer=amelia_dot_v1_dot_agents__pb2.ListThreadsResponse.FromString,
                 _registered_method=True)
+        self.CountThreads = channel.unary_unary(
+                '/amelia.v1.AgentService/CountThreads',
+                request_serializer=amelia_dot_v1_dot_agents__pb2.CountThreadsRequest.SerializeToString,
+                response_deserializer=amelia_dot_v1_dot_agents__pb2.CountThreadsResponse.FromString,
+                _registered_method=True)
         self.DeleteThread = channel.unary_unary(
                 '/amelia.v1.AgentService/DeleteThread',
                 request_serializer=amelia_dot_v1_dot_agents__pb2.DeleteThreadRequest.SerializeToString,
@@ -212,6 +217,14 @@ class AgentServiceServicer:
 
     def ListThreads(self, request, context):
         """ListThreads pages through threads.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CountThreads(self, request, context):
+        """CountThreads counts the threads ListThreads lists with the same filters, over all its pages
+        (LangGraph Server's `POST /threads/count`): a paging UI's total.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -381,6 +394,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.ListThreads,
                     request_deserializer=amelia_dot_v1_dot_agents__pb2.ListThreadsRequest.FromString,
                     response_serializer=amelia_dot_v1_dot_agents__pb2.ListThreadsResponse.SerializeToString,
+            ),
+            'CountThreads': grpc.unary_unary_rpc_method_handler(
+                    servicer.CountThreads,
+                    request_deserializer=amelia_dot_v1_dot_agents__pb2.CountThreadsRequest.FromString,
+                    response_serializer=amelia_dot_v1_dot_agents__pb2.CountThreadsResponse.SerializeToString,
             ),
             'DeleteThread': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteThread,
@@ -680,6 +698,33 @@ class AgentService:
             '/amelia.v1.AgentService/ListThreads',
             amelia_dot_v1_dot_agents__pb2.ListThreadsRequest.SerializeToString,
             amelia_dot_v1_dot_agents__pb2.ListThreadsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CountThreads(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/amelia.v1.AgentService/CountThreads',
+            amelia_dot_v1_dot_agents__pb2.CountThreadsRequest.SerializeToString,
+            amelia_dot_v1_dot_agents__pb2.CountThreadsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,10 @@ class AgentServiceStub:
     """GetThread returns one thread."""
     ListThreads: _grpc.UnaryUnaryMultiCallable[_agents_pb2.ListThreadsRequest, _agents_pb2.ListThreadsResponse]
     """ListThreads pages through threads."""
+    CountThreads: _grpc.UnaryUnaryMultiCallable[_agents_pb2.CountThreadsRequest, _agents_pb2.CountThreadsResponse]
+    """CountThreads counts the threads ListThreads lists with the same filters, over all its pages
+    (LangGraph Server's `POST /threads/count`): a paging UI's total.
+    """
     DeleteThread: _grpc.UnaryUnaryMultiCallable[_agents_pb2.DeleteThreadRequest, _agents_pb2.DeleteThreadResponse]
     """DeleteThread removes a thread, its runs and its checkpoints."""
     GetThreadState: _grpc.UnaryUnaryMultiCallable[_agents_pb2.GetThreadStateRequest, _agents_pb2.GetThreadStateResponse]
@@ -120,6 +124,10 @@ class AgentServiceAsyncStub(AgentServiceStub):
     """GetThread returns one thread."""
     ListThreads: _aio.UnaryUnaryMultiCallable[_agents_pb2.ListThreadsRequest, _agents_pb2.ListThreadsResponse]  # type: ignore[assignment]
     """ListThreads pages through threads."""
+    CountThreads: _aio.UnaryUnaryMultiCallable[_agents_pb2.CountThreadsRequest, _agents_pb2.CountThreadsResponse]  # type: ignore[assignment]
+    """CountThreads counts the threads ListThreads lists with the same filters, over all its pages
+    (LangGraph Server's `POST /threads/count`): a paging UI's total.
+    """
     DeleteThread: _aio.UnaryUnaryMultiCallable[_agents_pb2.DeleteThreadRequest, _agents_pb2.DeleteThreadResponse]  # type: ignore[assignment]
     """DeleteThread removes a thread, its runs and its checkpoints."""
     GetThreadState: _aio.UnaryUnaryMultiCallable[_agents_pb2.GetThreadStateRequest, _agents_pb2.GetThreadStateResponse]  # type: ignore[assignment]
@@ -236,6 +244,16 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_agents_pb2.ListThreadsResponse, _abc.Awaitable[_agents_pb2.ListThreadsResponse]]:
         """ListThreads pages through threads."""
+
+    @_abc_1.abstractmethod
+    def CountThreads(
+        self,
+        request: _agents_pb2.CountThreadsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agents_pb2.CountThreadsResponse, _abc.Awaitable[_agents_pb2.CountThreadsResponse]]:
+        """CountThreads counts the threads ListThreads lists with the same filters, over all its pages
+        (LangGraph Server's `POST /threads/count`): a paging UI's total.
+        """
 
     @_abc_1.abstractmethod
     def DeleteThread(
