@@ -626,6 +626,10 @@ async def run_standalone(settings: Settings) -> None:
         sweeper = Sweeper(settings, res.engine, res.store, res.js)
         sweeper.start()
         res.on_close(sweeper.stop)
+        # A mesh whose only process with the database is this one still delivers webhooks.
+        from amelia_agents.webhooks import start_webhooks
+
+        res.on_close(start_webhooks(res.store, res.events, settings.RUNS_QUEUE_STREAM).stop)
         gc.freeze()  # as GrpcService.serve does: start-up's objects out of the collector's sight
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
