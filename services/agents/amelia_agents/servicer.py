@@ -524,6 +524,7 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
             return agents_pb2.RerunRunResponse(run=convert.run_to_proto(existing))
         tid, new_thread = await self._thread_for(request.thread)
         row = _repeat(self.settings, source, tid, request.request_id)
+        webhooks.attach(row, request.webhook, "webhook")  # its own: the source's is not kept
         return agents_pb2.RerunRunResponse(run=await self._start(row, new_thread))
 
     async def ForkRun(
@@ -544,6 +545,7 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
             )
         point = steps.fork_point(await steps.history(source, self.checkpointer), request.checkpoint)
         row = _repeat(self.settings, source, source.thread_id, request.request_id)
+        webhooks.attach(row, request.webhook, "webhook")  # its own: the source's is not kept
 
         async def fork() -> None:
             # Inside the run's transaction, after the one-active-run-per-thread check and the

@@ -20,6 +20,12 @@ to be claimed again then, so a receiver may get a run twice (at least once; the
 A 2xx answer delivers it (`run.webhook.delivered`); an error or any other answer is retried
 after BACKOFF_SECONDS[attempt - 1] (1, 2, 4, 8 s), MAX_ATTEMPTS POSTs in all, then the delivery
 has failed (`run.webhook.failed`, with the last answer). Redirects are not followed.
+
+A run deleted while its delivery is owed — a rollback's stopped run (multitask), a run deleted
+with its thread — keeps it: a trigger copies the row into `deleted_run_webhooks` in the
+deleting transaction (migration agents_0008). Those are claimed, retried and told the same
+way; the body is the run as it was when deleted (CANCELLED, `rolled back by runs/…`) and the
+header `X-Amelia-Run-Deleted: true` says it is gone. The copy is deleted once settled.
 """
 
 from __future__ import annotations
@@ -27,12 +33,13 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from sqlalchemy import text
+from sqlalchemy import TextClause, select, text
 
 from amelia_agents import convert
 from amelia_agents.lifecycle import RunEvents
@@ -75,31 +82,69 @@ _SETTLE = text(
 )
 _RETRY = text("UPDATE runs SET webhook_due = :due WHERE id = :id AND webhook_state = 'pending'")
 
+# The same for runs deleted while owed one (`deleted_run_webhooks`, all of them pending).
+_CLAIM_DELETED = text(
+    """
+    UPDATE deleted_run_webhooks SET webhook_attempts = webhook_attempts + 1,
+                                    webhook_due = now() + make_interval(secs => :lease)
+    WHERE run_id IN (
+        SELECT run_id FROM deleted_run_webhooks
+        WHERE queue = :queue AND (webhook_due IS NULL OR webhook_due <= now())
+        ORDER BY webhook_due NULLS FIRST
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    )
+    RETURNING run_id, webhook_attempts
+    """
+)
+_SETTLE_DELETED = text("DELETE FROM deleted_run_webhooks WHERE run_id = :id")
+_RETRY_DELETED = text("UPDATE deleted_run_webhooks SET webhook_due = :due WHERE run_id = :id")
+# The deleted run's row as it was (the runs table's own column types, back from its copy).
+_READ_DELETED = text(
+    "SELECT (jsonb_populate_record(NULL::runs, run)).* FROM deleted_run_webhooks WHERE run_id = :id"
+)
 
-def check_url(url: str) -> str:
-    """`url` if it is an http or https URL with a host; INVALID_ARGUMENT saying why if not."""
+
+@dataclass(frozen=True)
+class _Owed:
+    """Where a kind of owed delivery is kept: the runs' rows, or deleted runs' copies."""
+
+    claim: TextClause
+    settle: TextClause
+    retry: TextClause
+    deleted: bool
+
+
+_LIVE = _Owed(_CLAIM, _SETTLE, _RETRY, deleted=False)
+_DELETED = _Owed(_CLAIM_DELETED, _SETTLE_DELETED, _RETRY_DELETED, deleted=True)
+
+
+def check_url(url: str, field: str = "run.webhook") -> str:
+    """`url` if it is an http or https URL with a host; INVALID_ARGUMENT naming `field` and
+    saying why if not (the one check of every webhook: runs, reruns, forks, crons)."""
     if len(url) > MAX_URL_LENGTH:
         raise InvalidArgumentError(
-            f"run.webhook is {len(url)} characters long; at most {MAX_URL_LENGTH}"
+            f"{field} is {len(url)} characters long; at most {MAX_URL_LENGTH}"
         )
     try:
         parts = urlsplit(url)
         host = parts.hostname
         parts.port  # noqa: B018 - raises ValueError for a port that is not a number
     except ValueError as exc:
-        raise InvalidArgumentError(f"run.webhook {url!r} is not a URL: {exc}") from None
+        raise InvalidArgumentError(f"{field} {url!r} is not a URL: {exc}") from None
     if parts.scheme not in ("http", "https") or not host or any(c.isspace() for c in url):
         raise InvalidArgumentError(
-            f"run.webhook must be an http or https URL with a host, like "
+            f"{field} must be an http or https URL with a host, like "
             f"'https://example.com/hooks/run', got {url!r}"
         )
     return url
 
 
-def attach(row: RunRow, url: str) -> None:
-    """Owe `row`'s webhook to `url` (checked) once it ends; nothing for an empty `url`."""
+def attach(row: RunRow, url: str, field: str = "run.webhook") -> None:
+    """Owe `row`'s webhook to `url` (checked, as the request's `field`) once it ends; nothing
+    for an empty `url`."""
     if url:
-        row.webhook = check_url(url)
+        row.webhook = check_url(url, field)
         row.webhook_state = PENDING
         row.webhook_attempts = 0
 
@@ -139,44 +184,51 @@ class Webhooks:
         await self.client.aclose()
 
     async def deliver_due(self) -> None:
-        """Claim the deliveries due and start each (one statement, no transaction around it:
-        one round trip a second when nothing is owed)."""
-        async with self.store.autocommit.connect() as conn:
-            claimed = (
-                await conn.execute(
-                    _CLAIM, {"lease": LEASE_SECONDS, "limit": CLAIM_LIMIT, "queue": self.queue}
+        """Claim the deliveries due and start each (one statement for the runs, one for the
+        deleted runs, no transaction around them: two round trips a second when nothing is
+        owed)."""
+        params = {"lease": LEASE_SECONDS, "limit": CLAIM_LIMIT, "queue": self.queue}
+        for owed in (_LIVE, _DELETED):
+            async with self.store.autocommit.connect() as conn:
+                claimed = (await conn.execute(owed.claim, params)).all()
+            for rid, attempt in claimed:
+                task = asyncio.create_task(
+                    self.deliver(owed, rid, attempt), name=f"webhook runs/{rid}"
                 )
-            ).all()
-        for rid, attempt in claimed:
-            task = asyncio.create_task(self.deliver(rid, attempt), name=f"webhook runs/{rid}")
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
 
-    async def deliver(self, rid: uuid.UUID, attempt: int) -> None:
+    async def deliver(self, owed: _Owed, rid: uuid.UUID, attempt: int) -> None:
         """POST the run once (its `attempt`th), then record how it went; an error recording it
         leaves the delivery to be claimed again when its lease ends."""
         try:
-            await self._deliver(rid, attempt)
+            await self._deliver(owed, rid, attempt)
         except Exception as exc:  # noqa: BLE001 - claimed again after LEASE_SECONDS
             log.warning("webhook delivery not recorded", run=convert.run_name(rid), error=repr(exc))
 
-    async def _deliver(self, rid: uuid.UUID, attempt: int) -> None:
-        row = await self.store.get_run(rid)
+    async def _read(self, owed: _Owed, rid: uuid.UUID) -> RunRow | None:
+        if not owed.deleted:
+            return await self.store.get_run(rid)
+        async with self.store.single_statements() as s:
+            query = select(RunRow).from_statement(_READ_DELETED)
+            return (await s.execute(query, {"id": rid})).scalar_one_or_none()
+
+    async def _deliver(self, owed: _Owed, rid: uuid.UUID, attempt: int) -> None:
+        row = await self._read(owed, rid)
         if row is None or not row.webhook:
-            return  # deleted since (a rollback's run): nothing to tell
+            return  # deleted since: its copy in deleted_run_webhooks is delivered instead
         url = row.webhook
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "amelia-webhooks",
+            "X-Amelia-Run": convert.run_name(rid),
+            "X-Amelia-Delivery": f"{rid}:end",
+            "X-Amelia-Attempt": str(attempt),
+        }
+        if owed.deleted:
+            headers["X-Amelia-Run-Deleted"] = "true"
         try:
-            answer = await self.client.post(
-                url,
-                content=body(row),
-                headers={
-                    "Content-Type": "application/json",
-                    "User-Agent": "amelia-webhooks",
-                    "X-Amelia-Run": convert.run_name(rid),
-                    "X-Amelia-Delivery": f"{rid}:end",
-                    "X-Amelia-Attempt": str(attempt),
-                },
-            )
+            answer = await self.client.post(url, content=body(row), headers=headers)
             code: int | None = answer.status_code
             outcome = f"HTTP {code}"
         except httpx.HTTPError as exc:
@@ -185,22 +237,22 @@ class Webhooks:
         if code is not None and 200 <= code < 300:
             data["status_code"] = code
             await self._tell(row, "run.webhook.delivered", data)
-            await self._settle(rid, DELIVERED)
+            await self._settle(owed, rid, DELIVERED)
             return
         data["error"] = outcome
         if attempt >= MAX_ATTEMPTS:
             log.warning("webhook failed", run=convert.run_name(rid), url=url, error=outcome)
             await self._tell(row, "run.webhook.failed", data)
-            await self._settle(rid, FAILED)
+            await self._settle(owed, rid, FAILED)
             return
         due = now() + timedelta(seconds=BACKOFF_SECONDS[attempt - 1])
         log.info("webhook to retry", run=convert.run_name(rid), attempt=attempt, error=outcome)
         async with self.store.autocommit.connect() as conn:
-            await conn.execute(_RETRY, {"id": rid, "due": due})
+            await conn.execute(owed.retry, {"id": rid, "due": due})
 
-    async def _settle(self, rid: uuid.UUID, state: str) -> None:
+    async def _settle(self, owed: _Owed, rid: uuid.UUID, state: str) -> None:
         async with self.store.autocommit.connect() as conn:
-            await conn.execute(_SETTLE, {"id": rid, "state": state})
+            await conn.execute(owed.settle, {"id": rid, "state": state})
 
     async def _tell(self, row: RunRow, event_type: str, data: dict[str, Any]) -> None:
         """The outcome's event on the run's subject (fixed id: told once, even if the delivery
