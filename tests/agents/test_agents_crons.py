@@ -21,6 +21,7 @@ import pytest
 from agents_helpers import S, create_run, rpc_error, wait_status
 from sqlalchemy import text
 from test_agents_multitask import LONG, SLOW, first_token, started_after_end
+from webhook_receiver import receiving
 
 from amelia.v1 import agents_pb2_grpc, crons_pb2
 from amelia_agents import crons
@@ -691,3 +692,49 @@ async def test_migration_0006_downgrades_and_upgrades_again(infra: Any) -> None:
                 assert [row[0] for row in found] == ["reject"]
         finally:
             await engine.dispose()
+
+
+async def test_each_run_a_cron_makes_is_posted_to_the_crons_webhook(env: Crons) -> None:
+    """A cron's webhook (LangGraph's cron `webhook`) goes on every run it makes: a tick's and
+    a trigger's; a changed one applies from the next run on, a cleared one stops."""
+    agent = await env.agent()
+    scheduler = env.scheduler()
+    async with receiving() as first, receiving() as second:
+        cron = await env.create(agent=agent, schedule="*/5 * * * *", webhook=first.url)
+        assert cron.webhook == first.url
+        env.clock.now = at(4.6)
+        [tick] = await scheduler.run_once()
+        triggered = (await env.api.TriggerCron(C.TriggerCronRequest(name=cron.name), None)).run
+        hooks = await first.wait_for(2)
+        assert {h.body["name"] for h in hooks} == {tick.run, triggered.name}
+        assert all(h.body["status"] == "RUN_STATUS_COMPLETED" for h in hooks)
+        assert all(h.body["webhook"] == first.url for h in hooks)
+
+        changed = C.Cron(name=cron.name, webhook=second.url)
+        update = C.UpdateCronRequest(cron=changed, update_mask=["webhook"])
+        assert (await env.api.UpdateCron(update, None)).cron.webhook == second.url
+        env.clock.now = at(9.6)
+        [later] = await scheduler.run_once()
+        (hook,) = await second.wait_for(1)
+        assert hook.body["name"] == later.run
+        assert len(first.received) == 2
+
+        cleared = C.UpdateCronRequest(cron=C.Cron(name=cron.name), update_mask=["webhook"])
+        assert (await env.api.UpdateCron(cleared, None)).cron.webhook == ""
+        env.clock.now = at(14.6)
+        [plain] = await scheduler.run_once()
+        run = await wait_status(env.stub, plain.run, S.RUN_STATUS_COMPLETED)
+        assert run.webhook == ""
+
+
+async def test_a_cron_webhook_that_is_not_an_http_url_is_refused(env: Crons) -> None:
+    agent = await env.agent()
+    with pytest.raises(InvalidArgumentError, match=r"^cron.webhook must be an http or https"):
+        await env.create(agent=agent, schedule="*/5 * * * *", webhook="file:///etc/passwd")
+    cron = await env.create(agent=agent, schedule="*/5 * * * *")
+    bad = C.UpdateCronRequest(
+        cron=C.Cron(name=cron.name, webhook="http://x:port/"), update_mask=["webhook"]
+    )
+    with pytest.raises(InvalidArgumentError, match=r"^cron.webhook 'http://x:port/' is not a URL"):
+        await env.api.UpdateCron(bad, None)
+    assert (await env.get(cron.name)).webhook == ""

@@ -64,10 +64,11 @@ def tick_request_id(cron_id: uuid.UUID, tick: datetime) -> str:
 
 def run_request(row: CronRow, request_id: str) -> agents_pb2.CreateRunRequest:
     """CreateRun's request for a run of the cron, with its multitask strategy (on a busy thread
-    "reject" is FAILED_PRECONDITION: the tick is skipped)."""
+    "reject" is FAILED_PRECONDITION: the tick is skipped) and its webhook."""
     run = agents_pb2.Run(
         thread=f"threads/{row.thread_id}" if row.thread_id else "",
         multitask_strategy=row.multitask_strategy if row.thread_id else "",
+        webhook=row.webhook or "",
     )
     convert.set_target(run, row.agent_id, row.workflow)
     run.input.update(row.input or {})

@@ -14,7 +14,7 @@ from typing import Any
 from google.protobuf import timestamp_pb2
 
 from amelia.v1 import agents_pb2, crons_pb2, crons_pb2_grpc
-from amelia_agents import convert, crons_schedule, multitask, pagination, workflows
+from amelia_agents import convert, crons_schedule, multitask, pagination, webhooks, workflows
 from amelia_agents.crons_scheduler import (
     Clock,
     StartRun,
@@ -38,6 +38,7 @@ UPDATABLE = (
     "metadata",
     "end_time",
     "multitask_strategy",
+    "webhook",
 )
 # Changing one of these computes the next run time afresh.
 RESCHEDULING = {"paused", "schedule", "timezone", "end_time"}
@@ -100,6 +101,7 @@ def cron_to_proto(row: CronRow, moment: datetime) -> crons_pb2.Cron:
         failed_count=row.failed_count,
         multitask_strategy=row.multitask_strategy,
         ended=ended(row, moment),
+        webhook=row.webhook or "",
     )
     convert.set_target(msg, row.agent_id, row.workflow)
     msg.input.update(row.input or {})
@@ -130,6 +132,7 @@ class CronServicer(crons_pb2_grpc.CronServiceServicer):
         schedule = crons_schedule.parse(cron.schedule, cron.timezone)
         strategy = _threaded(_strategy(cron.multitask_strategy), thread)
         end_time = _end_time(cron)
+        webhook = _webhook(cron.webhook)
         input_value = _json(cron.input, "cron.input", convert.MIB)
         meta = _json(cron.metadata, "cron.metadata", 64 * 1024)
         agent_id, workflow = await self._target(cron, input_value)
@@ -146,6 +149,7 @@ class CronServicer(crons_pb2_grpc.CronServiceServicer):
             meta=meta,
             paused=cron.paused,
             multitask_strategy=strategy,
+            webhook=webhook,
             end_time=end_time,
             next_run_time=None
             if cron.paused
@@ -223,6 +227,7 @@ class CronServicer(crons_pb2_grpc.CronServiceServicer):
             "meta": _json(cron.metadata, "cron.metadata", 64 * 1024),
             "end_time": _end_time(cron),
             "multitask_strategy": _strategy(cron.multitask_strategy),
+            "webhook": _webhook(cron.webhook),
         }
         moment = self.clock()
         if "multitask_strategy" in mask:
@@ -314,6 +319,11 @@ def _end_time(cron: crons_pb2.Cron) -> datetime | None:
     if problem is not None:
         raise InvalidArgumentError(problem)
     return cron.end_time.ToDatetime(tzinfo=UTC)
+
+
+def _webhook(url: str) -> str | None:
+    """The URL each run of the cron is POSTed to when it ends (checked as a run's), or None."""
+    return webhooks.check_url(url, "cron.webhook") if url else None
 
 
 def _strategy(value: str) -> str:

@@ -163,6 +163,8 @@ def show(cron: crons_pb2.Cron, out: Console = console, now: dt.datetime | None =
         fields.append(("input", json.dumps(message_dict(cron.input))))
     if cron.metadata:
         fields.append(("metadata", json.dumps(message_dict(cron.metadata))))
+    if cron.webhook:
+        fields.append(("webhook", cron.webhook))
     out.print(said((cron.name, "bold")))
     for label, value in fields:
         out.print(said((f"{label:<10}", "bold"), value))
@@ -214,10 +216,17 @@ def create(
         "enqueue (run after it), interrupt (stop it, keep its state) or rollback (stop and "
         "delete it). Only with --thread: without one each tick's thread is new, never busy.",
     ),
+    webhook: str = typer.Option(
+        "", "--webhook", help="POST each run to this http(s) URL when it ends (as run --webhook)."
+    ),
 ) -> None:
     """Schedule runs of an agent or workflow."""
     cron = crons_pb2.Cron(
-        schedule=schedule, timezone=timezone, paused=paused, multitask_strategy=multitask
+        schedule=schedule,
+        timezone=timezone,
+        paused=paused,
+        multitask_strategy=multitask,
+        webhook=webhook,
     )
     cron.input.update(_input(message, input_json))
     cron.metadata.update(_metadata(metadata, "--metadata"))
@@ -285,16 +294,23 @@ def update(
     metadata: list[str] = typer.Option(
         [], "--metadata", help="New metadata, key=value (replaces it all)."
     ),
+    webhook: str = typer.Option(
+        "", "--webhook", help="A new webhook for the runs made from now on."
+    ),
+    no_webhook: bool = typer.Option(False, "--no-webhook", help="Remove the webhook."),
 ) -> None:
-    """Change a cron's schedule, zone, end, input, metadata or what a tick does on a busy
-    thread."""
+    """Change a cron's schedule, zone, end, input, metadata, webhook or what a tick does on a
+    busy thread."""
     if end and no_end:
         raise typer.BadParameter("give --end or --no-end, not both", param_hint="--end")
+    if webhook and no_webhook:
+        raise typer.BadParameter("give --webhook or --no-webhook, not both", param_hint="--webhook")
     change = crons_pb2.Cron(
         name=resource("crons", cron),
         schedule=schedule,
         timezone=timezone,
         multitask_strategy=multitask,
+        webhook=webhook,
     )
     change.input.update(_input(message, input_json))
     change.metadata.update(_metadata(metadata, "--metadata"))
@@ -308,12 +324,13 @@ def update(
         "multitask_strategy": multitask,
         "input": message or input_json,
         "metadata": metadata,
+        "webhook": webhook or no_webhook,
     }
     mask = [name for name, value in given.items() if value]
     if not mask:
         raise typer.BadParameter(
             "nothing to change: give --schedule, --tz, --end, --no-end, --multitask, "
-            "--message, --input or --metadata"
+            "--message, --input, --metadata, --webhook or --no-webhook"
         )
     request = crons_pb2.UpdateCronRequest(cron=change, update_mask=mask)
     show(_call(lambda stub: stub.UpdateCron(request)).cron)
