@@ -20,6 +20,9 @@ pytestmark = pytest.mark.slow
 
 SIZES = {"desktop": DESKTOP, "phone": PHONE}
 
+# A webhook the form sends (nothing listens: the crons here never fire on their own).
+HOOK = "http://127.0.0.1:9/hooks/cron"
+
 
 def _agent(mesh: Mesh) -> str:
     agent_id = f"digest-{uuid.uuid4().hex[:6]}"
@@ -53,6 +56,7 @@ def test_create_pause_trigger_follow_and_delete_a_cron(
         thread = str(first["thread"])
     with _checked_page(browser, mesh, SIZES[size]) as page:
         _fill_form(page, agent, "0 3 * * *", thread)
+        page.fill("#cron-webhook", HOOK)
         page.click("#cron-create")
         card = page.locator("#crons-list li.cron").first
         expect(card.locator("h2")).to_have_text("0 3 * * * Europe/Paris")
@@ -67,6 +71,8 @@ def test_create_pause_trigger_follow_and_delete_a_cron(
         assert listed["agent"] == agent and listed["timezone"] == "Europe/Paris"
         assert not listed.get("paused") and listed["nextRunTime"]
         assert listed["input"] == {"message": "what happened overnight"}
+        assert listed["webhook"] == HOOK
+        expect(card.locator("[data-field=webhook]")).to_have_text(HOOK)
         _fits(page, f"the new cron at {size}")
         shot(page, artifacts, f"crons-{size}-created")
 
@@ -138,6 +144,14 @@ def test_a_bad_schedule_shows_the_apis_message_under_the_field(
         expect(page.locator("#cron-input-error")).to_contain_text("Not JSON")
         expect(page.locator("#cron-schedule-error")).to_be_empty()
         shot(page, artifacts, "crons-desktop-bad-json")
+        # A webhook that is not http(s): the API's message under the webhook field.
+        page.fill("#cron-input", "{}")
+        page.fill("#cron-webhook", "file:///etc/passwd")
+        page.click("#cron-create")
+        expect(page.locator("#cron-webhook-error")).to_contain_text(
+            "cron.webhook must be an http or https URL"
+        )
+        expect(page.locator("#cron-webhook")).to_be_focused()
     assert len(mesh.get(f"/v1/crons?agent={agent}").get("crons", [])) == before
 
 

@@ -23,7 +23,7 @@ const FIELDS = { workflow: "agent", multitask_strategy: "multitask", end_time: "
 
 /** The form field an INVALID_ARGUMENT / NOT_FOUND message names (`cron.schedule '…' must…`). */
 function fieldOf(message) {
-  const named = /\bcron\.(schedule|timezone|input|thread|agent|workflow|multitask_strategy|end_time)\b/.exec(message);
+  const named = /\bcron\.(schedule|timezone|input|thread|agent|workflow|multitask_strategy|end_time|webhook)\b/.exec(message);
   if (named) return FIELDS[named[1]] || named[1];
   if (/\bthreads\//.test(message)) return "thread";
   if (/\b(agents|workflows)\//.test(message)) return "agent";
@@ -127,6 +127,7 @@ function cronCard(ctx, cron, onRemoved) {
         ...(cron.thread ? [["If busy", strategyText(cron), "multitask"]] : []),
         ["Next run", next, "next"],
         ...(cron.endTime ? [["Ends", formatTime(cron.endTime), "end"]] : []),
+        ...(cron.webhook ? [["Webhook", h("span", { class: "mono break" }, cron.webhook), "webhook"]] : []),
         ["Last run", last, "last"],
         ["Last ticks", recentList(cron), "recent"],
         ["Ticks", counts, "counts"],
@@ -187,6 +188,8 @@ function createForm(ctx, onCreated) {
       "what a tick does while the thread still has a run"),
     field("end", "Ends", h("input", { type: "datetime-local" }), "optional, your local time: no run at or after it"),
     field("input", "Input (JSON)", input),
+    field("webhook", "Webhook", h("input", { type: "text", inputmode: "url", spellcheck: "false", placeholder: "https://…" }),
+      "optional: each run is POSTed to it when it ends"),
     general,
     h("div", { class: "actions" }, submit));
 
@@ -220,6 +223,8 @@ function createForm(ctx, onCreated) {
     const thread = fields.thread.value.trim();
     if (thread) cron.thread = thread.startsWith("threads/") ? thread : `threads/${thread}`;
     cron.multitaskStrategy = fields.multitask.value;
+    const webhook = fields.webhook.value.trim();
+    if (webhook) cron.webhook = webhook;
     if (fields.end.value) {
       const end = new Date(fields.end.value);
       if (Number.isNaN(end.getTime())) {
