@@ -6,7 +6,8 @@ with the TUI's own `GatewayApi` (its Threads list's load).
 Starts its own embedded PostgreSQL and NATS (temp dir, free port), the events and agents
 services in this process (their 2 workers idle: nothing is queued), the gateway as a process,
 and writes the threads and runs straight into the tables (20 runs a thread, the newest
-completed, failed or paused, in turn). Prints the median and p90 of each, with the machine's
+completed or failed in turn, paused for the BENCH_RARE oldest threads only: a rare status
+whose threads come last in the page order, the worst case of a status filter). Prints the median and p90 of each, with the machine's
 load. Run it on an older tree with the same file to compare (`PYTHONPATH` of that tree's
 packages first; a server without the fields answers the same ListThreads without them).
 """
@@ -40,11 +41,17 @@ from bench.agents import events_mesh
 from bench.gateway import _wait_http
 
 THREADS = int(os.environ.get("BENCH_THREADS", "50"))
+RARE = int(os.environ.get("BENCH_RARE", "3"))
 RUNS_EACH = 20
 SAMPLES = 40
 WARMUP = 5
 AT_ONCE = 8
-NEWEST = ("COMPLETED", "FAILED", "PAUSED")
+NEWEST = ("COMPLETED", "FAILED")
+
+
+def newest(t: int) -> str:
+    """The status of thread t's newest run: PAUSED for the RARE oldest threads."""
+    return "PAUSED" if t < RARE else NEWEST[t % len(NEWEST)]
 
 
 async def seed(settings: Settings) -> None:
@@ -63,7 +70,7 @@ async def seed(settings: Settings) -> None:
                     "workflow": "chat",
                     "thread_id": tid,
                     "input": {"message": f"thread {t} turn {r}"},
-                    "status": NEWEST[t % len(NEWEST)] if last else "COMPLETED",
+                    "status": newest(t) if last else "COMPLETED",
                     "create_time": when + timedelta(seconds=r),
                 }
             )
@@ -76,15 +83,26 @@ async def seed(settings: Settings) -> None:
         await engine.dispose()
 
 
-async def statement_ms(settings: Settings, samples: int = SAMPLES) -> tuple[float, float]:
+def page_statement(status: str = "") -> str:
+    """The SQL of a page of 50 threads, most recently active first, with `status` if given, as
+    this tree's store builds it (`Store.threads_query`; before it, `_summaries` + the CASE)."""
+    builder = getattr(Store, "threads_query", None)
+    if builder is not None:
+        query = builder(51, None, "update_time desc", None, status)
+    else:
+        query = Store._summaries().order_by(ThreadRow.update_time.desc(), ThreadRow.id.desc())
+        query = query.limit(51)
+        if status:
+            query = query.where(query.selected_columns.status == status)
+    return str(query.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
+
+
+async def statement_ms(
+    settings: Settings, status: str = "", samples: int = SAMPLES
+) -> tuple[float, float]:
     """Median and p90 of the execution time PostgreSQL reports for the page's statement (the
     store's, as this tree builds it): the database's part, without the network or Python."""
-    query = Store._summaries().order_by(ThreadRow.update_time.desc(), ThreadRow.id.desc())
-    sql = str(
-        query.limit(51).compile(
-            dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}
-        )
-    )
+    sql = page_statement(status)
     engine = create_async_engine(asyncpg_url(settings.DATABASE_URL))
     taken = []
     try:
@@ -150,12 +168,9 @@ async def bench(root: Path) -> None:
             load = os.getloadavg()[0]
             rows = [("ListThreads, a page of 50", await timed(list_threads))]
             rows.append(("the page, then 50 ListRuns (8 at a time)", await timed(list_then_runs)))
-            if has_fields:
-                by_status = agents_pb2.ListThreadsRequest(page_size=50, status="error")
-                rows.append(
-                    ("ListThreads status=error", await timed(lambda: stub.ListThreads(by_status)))
-                )
             rows.append(("its SQL statement (EXPLAIN ANALYZE)", await statement_ms(settings)))
+            if has_fields:
+                rows += await by_status(stub, settings)
             rows.append(("Store.list_threads (SQL, rows read)", await store_ms(settings)))
             rows += await through_gateway(root, settings, address)
             load = max(load, os.getloadavg()[0])
@@ -170,6 +185,27 @@ async def bench(root: Path) -> None:
         finally:
             await channel.close()
             await agents.stop(0.5)
+
+
+async def by_status(
+    stub: agents_pb2_grpc.AgentServiceStub, settings: Settings
+) -> list[tuple[str, tuple[float, float]]]:
+    """A page of 50 with a status filter: `error` (half the threads), `interrupted` (RARE of
+    them, the oldest: the page's walk reaches the end) and `busy` (none): over gRPC, then the
+    statement's execution in PostgreSQL. Checks the rare page holds exactly the RARE threads."""
+    rows = []
+    for status in ("error", "interrupted", "busy"):
+        request = agents_pb2.ListThreadsRequest(
+            page_size=50, order_by="update_time desc", status=status
+        )
+        if status == "interrupted":
+            found = await stub.ListThreads(request)
+            assert len(found.threads) == min(RARE, 50), len(found.threads)
+        rows.append(
+            (f"ListThreads status={status}", await timed(lambda r=request: stub.ListThreads(r)))
+        )
+        rows.append((f"  its statement, status={status}", await statement_ms(settings, status)))
+    return rows
 
 
 async def through_gateway(

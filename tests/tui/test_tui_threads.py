@@ -220,3 +220,41 @@ async def test_continue_a_cancelled_question_then_answer_it(tui_mesh: TuiMesh) -
         await approve(pilot, screen)
         assert not screen.query_one("#thread-error").display
         assert not screen.state.get("next") and "plan" in screen.state.get("values", {})
+
+
+async def test_s_shows_the_threads_of_one_status_at_a_time(tui_mesh: TuiMesh) -> None:
+    asked = await start(tui_mesh, "plan", "Add a status filter")
+    await reaches(tui_mesh, asked["name"], {"RUN_STATUS_PAUSED"})
+    done = await start(tui_mesh, "chat", "a finished thread")
+    await reaches(tui_mesh, done["name"], {"RUN_STATUS_COMPLETED"})
+    async with running_tui(tui_mesh.url) as pilot:
+        await pilot.press("4")
+        threads = on_screen(pilot, ThreadsScreen)
+        await wait_until(lambda: asked["thread"] in threads.threads, "all threads are listed")
+        assert done["thread"] in threads.threads
+        table = threads.query_one("#threads-table", DataTable)
+        table.focus()
+
+        async def step(status: str) -> None:
+            """`s`: the next status, its list once loaded (its note says which status)."""
+            await pilot.press("s")
+            await wait_until(
+                lambda: text_of(threads, "#threads-note").startswith(f"Status: {status}"),
+                f"the {status} threads are shown",
+                seen=lambda: text_of(threads, "#threads-note"),
+            )
+
+        await step("idle")
+        assert done["thread"] in threads.threads and asked["thread"] not in threads.threads
+        await step("busy")
+        await step("interrupted")
+        assert asked["thread"] in threads.threads and done["thread"] not in threads.threads
+        shown = {str(table.get_cell(name, "status")) for name in threads.threads}
+        assert shown == {"interrupted"}
+        await step("error")
+        assert asked["thread"] not in threads.threads and done["thread"] not in threads.threads
+        # Then every thread again, the note without a status.
+        await pilot.press("s")
+        await wait_until(lambda: asked["thread"] in threads.threads, "all threads again")
+        assert done["thread"] in threads.threads
+        assert not text_of(threads, "#threads-note").startswith("Status:")

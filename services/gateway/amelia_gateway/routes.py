@@ -127,6 +127,15 @@ ROUTES: tuple[Rule, ...] = (
         body="*",
         operation="SearchThreads",
     ),
+    Rule("GET", "/v1/threads:count", "AgentService", "CountThreads"),
+    Rule(
+        "POST",
+        "/v1/threads:count",
+        "AgentService",
+        "CountThreads",
+        body="*",
+        operation="CountThreadsSearch",
+    ),
     *_resource("threads", "thread", "AgentService", get="GetThread", delete="DeleteThread"),
     # AgentService: a thread's state and history (LangGraph Server's /threads/{id}/state)
     Rule(

@@ -199,12 +199,18 @@ def ls_threads(
     status: str = typer.Option(
         "", "--status", help="Only threads that are idle, busy, interrupted or error."
     ),
+    sort: str = typer.Option(
+        "update_time desc",
+        "--sort",
+        help="update_time desc (most recently active first), update_time, create_time desc "
+        "(newest first) or create_time (oldest first).",
+    ),
     limit: int = typer.Option(50, help="At most this many."),
 ) -> None:
     """List threads, most recently active first, with their status (LangGraph Server's)."""
     request = agents_pb2.ListThreadsRequest(
         page_size=limit,
-        order_by="update_time desc",
+        order_by=sort,
         metadata_filter=_metadata(where, "--metadata"),
         status=status,
     )

@@ -159,9 +159,17 @@ class GatewayApi:
         reply = await self.call("POST", f"/v1/runs/{run_id(name)}:resume", body=body)
         return dict(reply.get("run", {}))
 
-    async def list_threads(self, page_size: int, page_token: str = "") -> dict[str, Any]:
-        """A page of threads, most recently active first: `threads`, `nextPageToken`."""
-        query = {"pageSize": page_size, "pageToken": page_token, "orderBy": "update_time desc"}
+    async def list_threads(
+        self, page_size: int, page_token: str = "", status: str = ""
+    ) -> dict[str, Any]:
+        """A page of threads, most recently active first (only those with `status`, if given):
+        `threads`, `nextPageToken`."""
+        query = {
+            "pageSize": page_size,
+            "pageToken": page_token,
+            "orderBy": "update_time desc",
+            "status": status,
+        }
         return await self.call("GET", "/v1/threads", query=query)
 
     async def get_thread_state(self, thread: str, checkpoint: str = "") -> dict[str, Any]:

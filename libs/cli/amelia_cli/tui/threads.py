@@ -1,6 +1,8 @@
 """The threads list: most recently active first, each with its status (LangGraph Server's: idle,
 busy, interrupted, error — from ListThreads, one call a page), its run count and its first
-message; `+` loads the next page. It reloads (debounced) when a run starts, pauses, resumes or
+message; `+` loads the next page, `s` shows only the threads with one status (all, idle, busy,
+interrupted, error in turn: ListThreads' own `status` filter, so a page holds 50 of them). It
+reloads (debounced) when a run starts, pauses, resumes or
 ends, as the runs list does, and Enter opens a thread (`thread_view`).
 """
 
@@ -31,6 +33,8 @@ from amelia_cli.tui.runs import LIFECYCLE
 from amelia_cli.tui.threadstate import plural
 
 PAGE_SIZE = 50
+# What `s` steps through: every thread, then each status (ListThreads' `status`).
+STATUS_FILTERS = ("", "idle", "busy", "interrupted", "error")
 
 
 def thread_status(thread: dict[str, Any]) -> str:
@@ -45,12 +49,15 @@ class ThreadsScreen(PagedScreen):
     BINDINGS = [
         Binding("enter", "open", "Open"),
         Binding("plus", "more", "More"),
+        Binding("s", "cycle_status", "Status"),
         Binding("r", "reload", "Reload"),
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self.threads: dict[str, dict[str, Any]] = {}
+        # The status shown (one of STATUS_FILTERS; empty: all).
+        self.status = ""
 
     def compose(self) -> ComposeResult:
         yield TopBar("Threads")
@@ -77,7 +84,7 @@ class ThreadsScreen(PagedScreen):
         api = amelia(self).api
 
         def page(token: str) -> Awaitable[dict[str, Any]]:
-            return api.list_threads(PAGE_SIZE, token)
+            return api.list_threads(PAGE_SIZE, token, self.status)
 
         try:
             threads, token = await ask(self, first_pages(page, "threads", pages))
@@ -107,13 +114,23 @@ class ThreadsScreen(PagedScreen):
         if keep in self.threads:
             table.move_cursor(row=table.get_row_index(keep), animate=False)
         count = len(threads)
+        shown = f"Status: {self.status} · " if self.status else ""
         if count:
-            note = plural(count, "thread")
+            note = shown + plural(count, f"{self.status} thread".strip())
             note += " · + loads more" if token else ""
             note += " · Enter opens one"
+        elif self.status:
+            note = f"{shown}no {self.status} thread (s shows the next status)."
         else:
             note = "No threads yet: every run starts one (n)."
         self.query_one("#threads-note", Static).update(note)
+
+    def action_cycle_status(self) -> None:
+        """The next status of STATUS_FILTERS, its first page read again."""
+        at = STATUS_FILTERS.index(self.status)
+        self.status = STATUS_FILTERS[(at + 1) % len(STATUS_FILTERS)]
+        self.pages = 1
+        self.action_reload()
 
     def selected(self) -> str:
         return cursor_key(self.query_one("#threads-table", DataTable))
