@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 from gateway_helpers import Mesh, start_gateway
+from webhook_receiver import receiving
 
 SLOW = "offline:echo?delay_ms=100"  # 30 s for 300 words: cancelled long before
 
@@ -86,3 +87,45 @@ async def test_a_webhook_that_is_not_http_is_a_400_naming_the_field(mesh: Mesh) 
     )
     run = await _run(mesh.http, "hooked", webhook="http://127.0.0.1:9/hook")
     assert run["webhook"] == "http://127.0.0.1:9/hook"
+
+
+async def test_a_crons_and_a_reruns_webhooks_over_http(mesh: Mesh) -> None:
+    """`webhook` on `POST /v1/crons` (every run the cron makes) and on `:rerun`: each run is
+    POSTed to a real local receiver; a cron's bad webhook is a 400 naming `cron.webhook`."""
+    http = mesh.http
+    bad = await http.post(
+        "/v1/crons",
+        json={
+            "cron": {"workflow": "workflows/echo", "schedule": "0 0 1 1 *", "webhook": "ftp://x/"}
+        },
+    )
+    assert bad.status_code == 400, bad.text
+    assert bad.json()["message"].startswith("cron.webhook must be an http or https URL")
+    async with receiving() as receiver:
+        created = await http.post(
+            "/v1/crons",
+            json={
+                "cron": {
+                    "workflow": "workflows/echo",
+                    "schedule": "0 0 1 1 *",  # yearly: only the trigger below runs it
+                    "input": {"message": "from the cron"},
+                    "webhook": receiver.url,
+                }
+            },
+        )
+        assert created.status_code == 200, created.text
+        cron = created.json()["cron"]
+        assert cron["webhook"] == receiver.url
+        try:
+            triggered = await http.post(f"/v1/{cron['name']}:trigger", json={})
+            assert triggered.status_code == 200, triggered.text
+            fired = triggered.json()["run"]
+            assert fired["webhook"] == receiver.url
+            rerun = await http.post(f"/v1/{fired['name']}:rerun", json={"webhook": receiver.url})
+            assert rerun.status_code == 200, rerun.text
+            again = rerun.json()["run"]
+            hooks = await receiver.wait_for(2)
+        finally:
+            await http.delete(f"/v1/{cron['name']}")
+    assert {h.body["name"] for h in hooks} == {fired["name"], again["name"]}
+    assert all(h.body["output"] == {"message": "from the cron"} for h in hooks)
