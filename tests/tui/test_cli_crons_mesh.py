@@ -78,6 +78,15 @@ async def test_a_cron_from_the_terminal(tui_mesh: TuiMesh, tmp_path: Path) -> No
     shown_input = next(line for line in changed.splitlines() if line.startswith("input "))
     assert json.loads(shown_input.removeprefix("input ")) == {"message": "hi", "n": 2}, changed
     assert '{"team": "ops"}' in changed, changed  # kept: --input changes the input alone
+    hooked = await run("update", name, "--webhook", "https://example.com/hooks/digest")
+    assert "webhook   https://example.com/hooks/digest" in hooked, hooked
+    unhooked = await run("update", name, "--no-webhook")
+    assert "webhook" not in unhooked, unhooked
+    code, refused = await asyncio.to_thread(
+        amelia, env, "crons", "update", name, "--webhook", "file:///etc/passwd"
+    )
+    said = " ".join(refused.split())
+    assert code == 1 and "cron.webhook must be an http or https URL" in said, refused
     code, refused = await asyncio.to_thread(
         amelia, env, "crons", "update", name, "--multitask", "enqueue"
     )
