@@ -835,15 +835,22 @@ def _new_run(follow: bool, call: Callable[[AgentServiceAsyncStub], Awaitable[Any
     console.print(said(f"{final.name}: {status_name(final.status)}"))
 
 
+# A rerun's or fork's own webhook: the source run's is not carried over.
+REPEAT_WEBHOOK = "POST the new run to this http(s) URL when it ends (the source's is not kept)."
+
+
 @runs_app.command("rerun")
 def rerun_run(
     name: str = typer.Argument(..., help="The run (runs/<id> or <id>)."),
     thread: str = typer.Option("", help="Thread to run in (threads/<id>); default: a new one."),
     follow: bool = typer.Option(False, "--follow", "-f", help="Stream the new run."),
+    webhook: str = typer.Option("", "--webhook", help=REPEAT_WEBHOOK),
 ) -> None:
     """Run a run's target again with the same input, as a new run."""
     request = agents_pb2.RerunRunRequest(
-        name=resource("runs", name), thread=resource("threads", thread) if thread else ""
+        name=resource("runs", name),
+        thread=resource("threads", thread) if thread else "",
+        webhook=webhook,
     )
     _new_run(follow, lambda stub: stub.RerunRun(request))
 
@@ -889,9 +896,12 @@ def fork_run(
         "", help="A state update as JSON, applied before the step runs again."
     ),
     follow: bool = typer.Option(False, "--follow", "-f", help="Stream the new run."),
+    webhook: str = typer.Option("", "--webhook", help=REPEAT_WEBHOOK),
 ) -> None:
     """Run a run again from one of its steps (its checkpoint), as a new run in its thread."""
-    request = agents_pb2.ForkRunRequest(name=resource("runs", name), checkpoint=checkpoint)
+    request = agents_pb2.ForkRunRequest(
+        name=resource("runs", name), checkpoint=checkpoint, webhook=webhook
+    )
     if values:
         try:
             request.values.update(json.loads(values))
