@@ -1,6 +1,9 @@
 """Connecting to NATS the same way in every service.
 
 The connection reconnects forever with a short wait, so a NATS restart is a pause, not an outage;
+a server that stops answering without closing its socket (a frozen node: SIGSTOP, a hung VM) is
+noticed by the client's PINGs going unanswered and left for another node of the cluster within a
+few seconds (`PING_INTERVAL`, `MAX_OUTSTANDING_PINGS`);
 the first connect is retried until `timeout` so services can start before NATS does. Health
 checks read `is_connected`. Streams are created the same way too (`ensure_stream`), safe when
 many replicas start at once.
@@ -22,6 +25,13 @@ from amelia_common.logging import get_logger
 from amelia_common.settings import Settings
 
 log = get_logger("amelia.nats")
+
+# A server whose socket stays open but that answers nothing (SIGSTOP, a hung VM) is only seen by
+# unanswered PINGs: with 2 outstanding allowed at one every 2 s, the client leaves it 4-6 s after
+# it froze (it was 15-20 s with nats-py's 5 s x 3 we had). A PING and its PONG are 6 bytes each,
+# one every 2 s per connection: nothing next to the traffic of a run.
+PING_INTERVAL = 2
+MAX_OUTSTANDING_PINGS = 2
 
 
 def nats_servers(settings: Settings) -> list[str]:
@@ -66,8 +76,8 @@ async def connect_nats(settings: Settings, name: str, timeout: float = 60.0) -> 
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
                 connect_timeout=2,
-                ping_interval=5,
-                max_outstanding_pings=3,
+                ping_interval=PING_INTERVAL,
+                max_outstanding_pings=MAX_OUTSTANDING_PINGS,
                 error_cb=on_error,
                 disconnected_cb=on_disconnect,
                 reconnected_cb=on_reconnect,
