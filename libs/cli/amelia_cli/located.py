@@ -8,23 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from amelia_cli.mesh import SERVICES, client_target, service_address
-from amelia_cli.supervisor import read_state
+from amelia_common.running_mesh import find_running_mesh
 from amelia_common.settings import Settings, get_settings
-
-
-def find_running_mesh(settings: Settings) -> dict[str, Any] | None:
-    """`mesh.json` of the running `amelia up`: under AMELIA_DATA_DIR when it is set (or
-    absolute); with the default, under this folder or the nearest parent that has one, the way
-    git finds `.git`."""
-    configured = settings.AMELIA_DATA_DIR.expanduser()
-    if "AMELIA_DATA_DIR" in settings.model_fields_set or configured.is_absolute():
-        return read_state(settings.data_dir)
-    here = Path.cwd()
-    for folder in (here, *here.parents):
-        state = read_state((folder / configured).resolve())
-        if state:
-            return state
-    return None
 
 
 def running_mesh() -> tuple[Settings, dict[str, Any] | None]:

@@ -54,12 +54,17 @@ from amelia_common.embedded import (
     free_port,
     log_tail,
     port_is_free,
-    process_alive,
 )
 from amelia_common.llama_server import EmbeddedLlama, why_not_embedded
 from amelia_common.local_model import LocalModelError
 from amelia_common.logging import get_logger
 from amelia_common.nats_cluster import NatsCluster
+from amelia_common.running_mesh import (
+    STREAM_REPLICAS,
+    metrics_port_or_free,
+    read_state,
+    state_file,
+)
 from amelia_common.settings import Settings
 
 log = get_logger("amelia.up")
@@ -253,20 +258,6 @@ class ServerUnit(Unit):
         await asyncio.to_thread(self.server.stop)
 
 
-def state_file(data_dir: Path) -> Path:
-    return data_dir / "run" / "mesh.json"
-
-
-def read_state(data_dir: Path) -> dict[str, Any] | None:
-    """What a running `amelia up` wrote under `data_dir`, if its process is still alive."""
-    try:
-        state: dict[str, Any] = json.loads(state_file(data_dir).read_text())
-        running = process_alive(int(state["pid"]))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return state if running else None
-
-
 def write_atomically(path: Path, text: str) -> None:
     """Replace `path` so a reader sees the old content or the new one, never half of it."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -284,17 +275,10 @@ def metrics_ports(settings: Settings, specs: Sequence[ServiceSpec]) -> dict[str,
         if not spec.metrics_setting:
             continue
         wanted: int = getattr(settings, spec.metrics_setting)
-        port = wanted
-        if port and (port in chosen.values() or not port_is_free(port, settings.bind_host)):
-            port = free_port()
-            log.warning(
-                "metrics port in use; serving on another",
-                service=spec.name,
-                setting=spec.metrics_setting,
-                wanted=wanted,
-                port=port,
-            )
-        chosen[spec.name] = port
+        taken = frozenset(chosen.values())
+        chosen[spec.name] = metrics_port_or_free(
+            wanted, settings.bind_host, spec.metrics_setting, taken
+        )
     return chosen
 
 
@@ -647,6 +631,8 @@ class Supervisor:
             "data_dir": str(self.settings.data_dir),
             "database_url": self.settings.DATABASE_URL,
             "nats_url": self.settings.NATS_URL,
+            # Copies of each stream: what a worker joining this mesh keeps (running_mesh).
+            "stream_replicas": {name: getattr(self.settings, name) for name in STREAM_REPLICAS},
             # The NATS cluster's folder (`NatsCluster.load`), when up runs one.
             "nats_cluster": str(self.nats_cluster.root) if self.nats_cluster else "",
             # The local model server the services use ("" when none; `off` says why).

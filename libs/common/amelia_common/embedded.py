@@ -463,6 +463,10 @@ def ensure_infrastructure(
         updates["DATABASE_URL"] = infra.postgres.start()
     if nats and not settings.NATS_URL:
         infra.nats = EmbeddedNats(root, settings.EMBEDDED_NATS_PORT)
-        updates["NATS_URL"] = infra.nats.start()
+        try:
+            updates["NATS_URL"] = infra.nats.start()
+        except EmbeddedStartError:
+            infra.stop()  # the PostgreSQL just started is not left behind by a failed start
+            raise
     infra.settings = settings.model_copy(update=updates)
     return infra

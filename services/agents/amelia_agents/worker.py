@@ -641,12 +641,26 @@ async def run_standalone(settings: Settings) -> None:
 
 
 def main() -> None:
-    from amelia_common.embedded import ensure_infrastructure
+    """Joins the `amelia up` running for this folder (its mesh.json) for every setting not
+    given; else starts embedded PostgreSQL/NATS, or says in one line what to set."""
+    from amelia_common.embedded import EmbeddedStartError, ensure_infrastructure
+    from amelia_common.running_mesh import join_running_mesh, metrics_port_or_free
 
     settings = get_settings()
     configure_logging(settings, "agents-worker")
+    settings = join_running_mesh(settings)
+    port = metrics_port_or_free(
+        settings.WORKER_METRICS_PORT, settings.bind_host, "WORKER_METRICS_PORT"
+    )
+    settings = settings.model_copy(update={"WORKER_METRICS_PORT": port})
     telemetry.start(settings, "agents-worker")
-    infra = ensure_infrastructure(settings)
+    try:
+        infra = ensure_infrastructure(settings)
+    except EmbeddedStartError as exc:
+        raise SystemExit(
+            f"amelia-agents-worker: {exc} (no `amelia up` runs for this folder: start one "
+            "here, or set DATABASE_URL, NATS_URL, EVENTS_ADDRESS and RAG_ADDRESS to the mesh's)"
+        ) from None
     asyncio.run(run_standalone(infra.settings))
 
 
