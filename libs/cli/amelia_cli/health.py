@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Awaitable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -256,20 +257,26 @@ async def probe_dependency(settings: Settings, name: str) -> Probe:
     return Probe(name, address, "NOT_SERVING", detail)
 
 
-def _local_model(settings: Settings, recorded: dict[str, Any] | None) -> LocalModelReport:
-    """What the running `amelia up` chose (`local_model` of mesh.json), else what the settings
-    say: its server, the one LOCAL_MODEL_URL names, or OFF and why."""
+def _local_model(settings: Settings, state: dict[str, Any] | None) -> LocalModelReport:
+    """What the running `amelia up` chose (`local_model` of mesh.json, its server's files under
+    the mesh's data dir), else what the settings say: its server, the one LOCAL_MODEL_URL
+    names, or OFF and why. A log named is one that exists (from another folder, the settings'
+    data dir is not the mesh's)."""
+    recorded = (state or {}).get("local_model")
     if recorded is None:
-        return local_model_report(settings)
-    if not recorded.get("url"):
+        report = local_model_report(settings)
+    elif not recorded.get("url"):
         return LocalModelReport("OFF", why=str(recorded.get("off") or "no local model"))
-    data_dir = settings.data_dir if recorded.get("embedded") else None
-    return server_report(str(recorded["url"]), data_dir)
+    else:
+        data_dir = Path(str((state or {}).get("data_dir") or settings.data_dir))
+        report = server_report(str(recorded["url"]), data_dir if recorded.get("embedded") else None)
+    if report.log and not Path(report.log).exists():
+        report = replace(report, log="")
+    return report
 
 
 async def probe_local_model(settings: Settings, state: dict[str, Any] | None = None) -> Probe:
-    recorded = (state or {}).get("local_model")
-    report = await asyncio.to_thread(_local_model, settings, recorded)
+    report = await asyncio.to_thread(_local_model, settings, state)
     return Probe("local-model", report.url or "-", report.status, report.detail())
 
 
