@@ -122,6 +122,29 @@ async def test_threads_ls_by_metadata_and_status(tui_mesh: TuiMesh, tmp_path: Pa
     )
     assert code == 0, shown
     assert [line.split()[0] for line in shown.splitlines() if "threads/" in line] == [names[1]]
+    # The count a paging UI shows (LangGraph's POST /threads/count), over HTTP.
+    counted = await tui_mesh.http.post(
+        "/v1/threads:count", json={"metadataFilter": {"team": team}, "status": "error"}
+    )
+    assert counted.status_code == 200 and counted.json() == {"count": "1"}, counted.text
+    counted = await tui_mesh.http.get("/v1/threads:count", params={"metadataFilter[team]": team})
+    assert counted.status_code == 200 and counted.json() == {"count": "2"}, counted.text
+    refused = await tui_mesh.http.get("/v1/threads:count", params={"status": "asleep"})
+    assert refused.status_code == 400, refused.text
+    assert "is not one of: idle, busy, interrupted, error" in refused.json()["message"]
+    # Oldest first, then newest first (LangGraph's sort_by created_at, sort_order).
+    for sort, expected in (("create_time", names), ("create_time desc", names[::-1])):
+        code, shown = await asyncio.to_thread(
+            amelia, env, "threads", "ls", "--metadata", f"team={team}", "--sort", sort
+        )
+        assert code == 0, shown
+        assert [line.split()[0] for line in shown.splitlines() if "threads/" in line] == expected
+    code, shown = await asyncio.to_thread(amelia, env, "threads", "ls", "--sort", "status")
+    assert code == 1, shown
+    assert (
+        "INVALID_ARGUMENT: order_by must be one of: create_time, create_time desc, update_time, "
+        "update_time desc"
+    ) in " ".join(shown.split()), shown
     code, shown = await asyncio.to_thread(amelia, env, "threads", "ls", "--status", "asleep")
     assert code == 1, shown
     assert "INVALID_ARGUMENT: status 'asleep' is not one of: idle, busy, interrupted, error" in (

@@ -156,6 +156,13 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         _, token = pagination.page(found, limit, key=key, fit=fit, scope=scope)
         return agents_pb2.ListThreadsResponse(threads=fit.messages, next_page_token=token)
 
+    async def CountThreads(
+        self, request: agents_pb2.CountThreadsRequest, context: Ctx
+    ) -> agents_pb2.CountThreadsResponse:
+        where = threadstate.metadata_condition(request.metadata_filter)
+        status = convert.thread_status(request.status)
+        return agents_pb2.CountThreadsResponse(count=await self.store.count_threads(where, status))
+
     async def DeleteThread(
         self, request: agents_pb2.DeleteThreadRequest, context: Ctx
     ) -> agents_pb2.DeleteThreadResponse:

@@ -41,6 +41,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.orm import aliased
 from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -396,6 +397,23 @@ THREAD_ORDERS = ("create_time", "create_time desc", "update_time", "update_time 
 THREAD_STATUSES = ("idle", "busy", "interrupted", "error")
 _BUSY_VALUES = (RunState.QUEUED.value, RunState.RUNNING.value)
 PREVIEW_LENGTH = 200
+# The statuses only a thread with an active run can have (a paused run; a queued or running one).
+_ACTIVE_THREAD_STATUSES = ("busy", "interrupted")
+
+
+def _active_threads() -> Select[Any]:
+    """The threads with a queued, running or paused run: the admitted ones (one a thread, in
+    `uq_runs_active_thread`) and those waiting behind them (`ix_runs_waiting`). Each branch
+    states its index's predicate as SQL text, not parameters: a prepared statement's generic
+    plan cannot prove a partial index's predicate from parameters, and would read every run."""
+    runs = RunRow.__table__
+    admitted = select(runs.c.thread_id).where(
+        text("status IN ('QUEUED', 'RUNNING', 'PAUSED') AND queued_behind IS NULL")
+    )
+    waiting = select(runs.c.thread_id).where(
+        text("status = 'QUEUED' AND queued_behind IS NOT NULL")
+    )
+    return select(admitted.union_all(waiting).subquery().c.thread_id)
 
 
 class Store:
@@ -474,6 +492,11 @@ class Store:
         """Threads with their run count, preview, status and newest run: one statement, each
         thread's runs read through `ix_runs_thread` (no query per thread). Built once: building
         it cost several times what PostgreSQL takes to run it (a Select is immutable)."""
+        return Store._summaries_of(ThreadRow)
+
+    @staticmethod
+    def _summaries_of(threads: Any) -> Select[Any]:
+        """`_summaries` over `threads`: ThreadRow, or an aliased subquery of its rows."""
         runs = RunRow.__table__.alias("thread_runs")
         activity = (
             select(
@@ -481,19 +504,19 @@ class Store:
                 func.bool_or(runs.c.status == RunState.PAUSED.value).label("paused"),
                 func.bool_or(runs.c.status.in_(_BUSY_VALUES)).label("busy"),
             )
-            .where(runs.c.thread_id == ThreadRow.id)
+            .where(runs.c.thread_id == threads.id)
             .lateral("activity")
         )
         latest = (
             select(runs.c.id, runs.c.status)
-            .where(runs.c.thread_id == ThreadRow.id)
+            .where(runs.c.thread_id == threads.id)
             .order_by(runs.c.create_time.desc(), runs.c.id.desc())
             .limit(1)
             .lateral("latest")
         )
         first_message = (
             select(func.left(runs.c.input["message"].astext, PREVIEW_LENGTH))
-            .where(runs.c.thread_id == ThreadRow.id)
+            .where(runs.c.thread_id == threads.id)
             .order_by(runs.c.create_time, runs.c.id)
             .limit(1)
             .scalar_subquery()
@@ -506,9 +529,9 @@ class Store:
         ).label("status")
         return (
             select(
-                ThreadRow, activity.c.run_count, first_message, status, latest.c.id, latest.c.status
+                threads, activity.c.run_count, first_message, status, latest.c.id, latest.c.status
             )
-            .select_from(ThreadRow)
+            .select_from(threads)
             .join(activity, true())
             .outerjoin(latest, true())
         )
@@ -531,6 +554,55 @@ class Store:
         found = await self._read_summaries(self._summaries().where(ThreadRow.id == thread_id))
         return found[0] if found else None
 
+    @staticmethod
+    def threads_query(
+        limit: int | None,
+        after: tuple[datetime, str] | None,
+        order_by: str = "create_time",
+        where: ColumnElement[bool] | None = None,
+        status: str = "",
+    ) -> Select[Any]:
+        """list_threads' one statement (the bench compiles it too). Without a status the page's
+        threads are picked first (`threads` alone, ordered and cut: a sort of plain columns),
+        and only they get their runs read: ordering by `update_time` (no index) had the
+        statement read every thread's runs, then sort (600 ms at 10,000 threads). A `busy` or
+        `interrupted` filter narrows the threads to those with an active run, read through the
+        runs' partial indexes (`uq_runs_active_thread`, `ix_runs_waiting`: a few rows however
+        many threads there are), then the status CASE decides. `idle` and `error` (any thread
+        may have them) read the threads' runs in page order until the page is full: the walk
+        stops there, but a rare one of them still reads every thread's runs."""
+        key, _, direction = order_by.partition(" ")
+        column = ThreadRow.update_time if key == "update_time" else ThreadRow.create_time
+        descending = direction == "desc"
+        order = (column.desc(), ThreadRow.id.desc()) if descending else (column, ThreadRow.id)
+        conditions = [] if where is None else [where]
+        if after:
+            when, last = after[0], uuid.UUID(after[1])
+            if descending:
+                conditions.append(or_(column < when, and_(column == when, ThreadRow.id < last)))
+            else:
+                conditions.append(or_(column > when, and_(column == when, ThreadRow.id > last)))
+        if status in _ACTIVE_THREAD_STATUSES:
+            conditions.append(ThreadRow.id.in_(_active_threads()))
+        if status in _ACTIVE_THREAD_STATUSES:
+            query = Store._summaries().where(*conditions).order_by(*order).limit(limit)
+            return query.where(query.selected_columns.status == status)
+        if status:
+            # The threads in page order (a subquery with ORDER BY is not flattened: its rows
+            # reach the LATERALs in that order), so the walk stops once the page is full.
+            walk = aliased(
+                ThreadRow, select(ThreadRow).where(*conditions).order_by(*order).subquery("walk")
+            )
+            key_column = walk.update_time if key == "update_time" else walk.create_time
+            walk_order = (
+                (key_column.desc(), walk.id.desc()) if descending else (key_column, walk.id)
+            )
+            query = Store._summaries_of(walk).order_by(*walk_order).limit(limit)
+            return query.where(query.selected_columns.status == status)
+        query = Store._summaries().order_by(*order).limit(limit)
+        page = select(ThreadRow.id).where(*conditions).order_by(*order).limit(limit)
+        return query.where(ThreadRow.id.in_(page.correlate(None)))
+
     async def list_threads(
         self,
         limit: int,
@@ -542,22 +614,23 @@ class Store:
         """Threads in `order_by` (one of THREAD_ORDERS), with their run count, preview, status
         and newest run; only those `where` holds for (ListThreads' metadata filter) and with
         `status` (one of THREAD_STATUSES), when given."""
-        key, _, direction = order_by.partition(" ")
-        column = ThreadRow.update_time if key == "update_time" else ThreadRow.create_time
-        descending = direction == "desc"
-        order = (column.desc(), ThreadRow.id.desc()) if descending else (column, ThreadRow.id)
-        query = self._summaries().order_by(*order).limit(limit)
-        if where is not None:
-            query = query.where(where)
+        return await self._read_summaries(self.threads_query(limit, after, order_by, where, status))
+
+    async def count_threads(
+        self, where: ColumnElement[bool] | None = None, status: str = ""
+    ) -> int:
+        """How many threads list_threads lists with these filters, over all its pages. Without a
+        status a count of the threads' rows; with one, of the same statement's rows (a status
+        needs each thread's runs: `busy`/`interrupted` only of the threads with an active run)."""
         if status:
-            query = query.where(query.selected_columns.status == status)
-        if after:
-            when, last = after[0], uuid.UUID(after[1])
-            if descending:
-                query = query.where(or_(column < when, and_(column == when, ThreadRow.id < last)))
-            else:
-                query = query.where(or_(column > when, and_(column == when, ThreadRow.id > last)))
-        return await self._read_summaries(query)
+            listed = self.threads_query(None, None, "create_time", where, status).order_by(None)
+            query = select(func.count()).select_from(listed.subquery())
+        else:
+            query = select(func.count()).select_from(ThreadRow)
+            if where is not None:
+                query = query.where(where)
+        async with self.single_statements() as s:
+            return int(await s.scalar(query) or 0)
 
     async def active_run(self, thread_id: uuid.UUID) -> RunRow | None:
         """The thread's queued, running or paused run (at most one), if any."""
