@@ -46,6 +46,7 @@ async def _service(res: Resources) -> GrpcService:
     dependencies = {"postgres": db_health(res.engine), "nats": nats_health(res.nc)}
     if settings.AGENT_WORKERS > 0:
         workers = await start_workers(res, settings.AGENT_WORKERS)
+        servicer.workers = workers  # eager start (`worker.Eager`)
         res.on_close(workers.stop)
         dependencies["workers"] = workers.can_work
     sweeper = Sweeper(settings, res.engine, store, res.js)

@@ -6,7 +6,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 from langgraph.checkpoint.base import BaseCheckpointSaver
@@ -53,6 +53,9 @@ from amelia_common.eventlog import timestamp_problem
 from amelia_common.logging import get_logger
 from amelia_common.settings import Settings
 
+if TYPE_CHECKING:
+    from amelia_agents.worker import WorkerPool
+
 log = get_logger("amelia.agents.api")
 
 Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
@@ -70,6 +73,8 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
     js: JetStreamContext
     checkpointer: BaseCheckpointSaver[Any]
     streamer: RunStreamer
+    # This process's worker loops, if any: CreateRun starts a run on an idle one (`_record`).
+    workers: WorkerPool | None = None
 
     # agents ---------------------------------------------------------------------------------
 
@@ -351,7 +356,7 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
                         await self._waiting(row, chosen, *behind)
                         break
                 try:
-                    await self.store.create_run(row, new_thread, before_commit=queue_it)
+                    await self._record(row, new_thread, queue_it)
                     break
                 except ActiveRunError:
                     if chosen == multitask.REJECT:
@@ -381,6 +386,25 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
                 "nothing was started",
             ) from exc
         return convert.run_to_proto(row)
+
+    async def _record(
+        self, row: RunRow, new_thread: bool, queue_it: Callable[[], Awaitable[None]]
+    ) -> None:
+        """`create_run`: recorded claimed and started right after its commit by this process
+        (eager start, `worker.Eager`) when one of its worker loops is idle."""
+        workers = self.workers
+        eager = await workers.eager(row.id, row.thread_id) if workers is not None else None
+        if workers is None or eager is None:
+            await self.store.create_run(row, new_thread, before_commit=queue_it)
+            return
+        try:
+            recorded = await self.store.create_run(
+                row, new_thread, before_commit=queue_it, claimed=eager.claim
+            )
+        except BaseException:
+            await workers.abandon(eager)
+            raise
+        workers.start_eager(eager, recorded)
 
     async def _waiting(
         self, row: RunRow, chosen: str, stopped: list[RunRow], behind_active: bool

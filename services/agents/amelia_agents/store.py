@@ -657,8 +657,11 @@ class Store:
         row: RunRow,
         new_thread: bool,
         before_commit: Callable[[], Awaitable[None]] | None = None,
+        claimed: dict[str, Any] | None = None,
     ) -> RunRow:
         """Insert the run (and its new thread); `ActiveRunError` when the thread is busy.
+        With `claimed` (an eager start's claim: status, attempt, pick-ups, worker, start), the
+        run is recorded claimed, and the row as recorded is returned (`row` is not changed).
 
         `before_commit` (queueing the run) runs inside the transaction: if it raises, nothing
         is recorded, so a run is never stored without being queued. A worker given the job
@@ -669,6 +672,9 @@ class Store:
         # or its update_time), as Core (the ORM's unit of work cost more CPU than the
         # statements, on the way to the run's first token). Each statement was a round trip.
         columns, params = _recording_params(row, new_thread)
+        if claimed:
+            columns = tuple(dict.fromkeys((*columns, *claimed)))
+            params.update({f"run_{key}": value for key, value in claimed.items()})
         statement = _recording_driver(columns, new_thread)
         try:
             async with pgdriver.connection(self.engine) as pg, pg.transaction():
@@ -689,6 +695,8 @@ class Store:
                 raise ActiveRunError from exc
             # As SQLAlchemy raised it (a request_id taken meanwhile: the servicer looks it up).
             raise IntegrityError(statement.sql, None, exc) from exc
+        if claimed:
+            return _run_row({c.key: getattr(row, c.key) for c in _RUNS.c} | claimed) or row
         return row
 
     async def wait_until_recorded(self, run_id: uuid.UUID, timeout_seconds: float) -> bool:

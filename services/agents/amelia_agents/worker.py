@@ -103,29 +103,42 @@ METRICS_SAMPLE_SECONDS = 5.0
 
 @dataclass
 class _Job:
-    """A job a loop took: its run's lock, its pick-up's `Attempt` and cancel subscription."""
+    """A job a loop took: its run's lock, its pick-up's `Attempt` and cancel subscription.
+    An eager start's (`Eager`) has no message until a loop of this process adopts it."""
 
-    msg: Msg
+    msg: Msg | None
     run_id: uuid.UUID
     worker: str
     lock: RunLock
     attempt: Attempt = field(default_factory=Attempt)
     sub: Any = None
     wait: _Wait | None = None  # its thread was busy: it waits beside the loop
+    settled: bool = False  # acked or given back (a message adopted later is not this job's)
+
+    async def ack(self) -> None:
+        self.settled = True
+        if self.msg is not None:
+            await self.msg.ack()
+
+    async def nak(self, delay: float | None = None) -> None:
+        self.settled = True
+        if self.msg is not None:
+            await self.msg.nak(delay=delay)
 
 
-@contextlib.contextmanager
-def _busy(idle: Any) -> Iterator[None]:
-    """A loop counted busy, not idle (its `idle` gauge, if any), while it runs a job."""
-    if idle is not None:
-        idle.dec()
-    metrics.WORKER_LOOPS.labels("busy").inc()
-    try:
-        yield
-    finally:
-        metrics.WORKER_LOOPS.labels("busy").dec()
-        if idle is not None:
-            idle.inc()
+@dataclass
+class Eager:
+    """A run this process starts itself, right after the CreateRun that recorded it commits
+    (eager start): an idle loop's place reserved for it, its run's and thread's locks taken
+    before that commit, and the run recorded claimed (`claim`) by CreateRun's statement. Its
+    job is queued as any run's: the loop of this process that fetches it adopts it (`ended`:
+    the run executed, the job acked by it), another process's finds the lock held."""
+
+    job: _Job
+    claim: dict[str, Any]
+    reserved: bool = True  # counted in its pool's reserved loops (until a loop adopts it)
+    task: asyncio.Task[None] | None = None
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class _Wait:
@@ -177,6 +190,113 @@ class WorkerPool:
         self._failing: set[str] = set()
         self._could_work: bool | None = None
         self._sampler: asyncio.Task[None] | None = None
+        self._busy_loops = 0  # loops running a job
+        self._reserved = 0  # idle loops' places an eager start holds
+        self._eager: dict[uuid.UUID, Eager] = {}
+
+    @contextlib.contextmanager
+    def _busy(self, idle: Any) -> Iterator[None]:
+        """A loop counted busy, not idle (its `idle` gauge, if any), while it runs a job."""
+        self._busy_loops += 1
+        if idle is not None:
+            idle.dec()
+        metrics.WORKER_LOOPS.labels("busy").inc()
+        try:
+            yield
+        finally:
+            self._busy_loops -= 1
+            metrics.WORKER_LOOPS.labels("busy").dec()
+            if idle is not None:
+                idle.inc()
+
+    async def eager(self, run_id: uuid.UUID, thread_id: uuid.UUID) -> Eager | None:
+        """Reserve an idle loop's place for a run CreateRun is about to record, and take its
+        run's and thread's locks (nobody else can know the run yet; its thread may still be
+        held by a run's stopping executor). None: no idle loop, or the thread is held — the
+        run goes the queue's way only. Then `start_eager` after the commit, else `abandon`."""
+        if (
+            not self.deps.settings.AGENT_EAGER_START
+            or self._stopping.is_set()
+            or self._failing
+            or self._busy_loops + self._reserved >= self.concurrency
+        ):
+            return None
+        lock = self.deps.store.run_lock(run_id)
+        lock.exclusive_thread(thread_id)
+        claim = {
+            "status": RunState.RUNNING.value,
+            "attempt": 1,
+            "pickups": 1,
+            "worker": f"{self.name}/eager",
+            "start_time": datetime.now(UTC),
+        }
+        eager = Eager(_Job(None, run_id, claim["worker"], lock), claim)
+        self._eager[run_id] = eager
+        self._reserve(1)
+        try:
+            eager.job.sub = await self.deps.nc.subscribe(
+                queue.cancel_subject(run_id), cb=self._cancel_handler(eager.job.attempt)
+            )
+            if await lock.acquire() and lock.thread_held:
+                return eager
+        except Exception as exc:  # noqa: BLE001 - the queue's way then
+            log.debug("no eager start", run=str(run_id), error=str(exc) or repr(exc))
+        await self.abandon(eager)
+        return None
+
+    def start_eager(self, eager: Eager, row: RunRow) -> None:
+        """Execute the run CreateRun recorded claimed (`row`, as recorded) now, beside it. After
+        `stop`, not: its locks go, and its job (queued) has another worker claim it again."""
+        run = self.abandon(eager) if self._stopping.is_set() else self._run_eager(eager, row)
+        eager.task = asyncio.create_task(run, name=f"eager-{row.id}")
+
+    async def abandon(self, eager: Eager) -> None:
+        """The run was not recorded claimed (CreateRun failed): its locks go, and a loop that
+        adopted its job handles it as any job."""
+        job = eager.job
+        job.attempt.finished.set()  # (a cancel request waiting for it is answered)
+        try:
+            if job.sub is not None:
+                with contextlib.suppress(Exception):
+                    await job.sub.unsubscribe()
+            await job.lock.release()
+        finally:
+            self._eager_ended(eager)
+
+    def _reserve(self, n: int) -> None:
+        self._reserved += n
+        metrics.WORKER_LOOPS.labels("idle").dec(n)
+        metrics.WORKER_LOOPS.labels("busy").inc(n)
+
+    def _eager_ended(self, eager: Eager) -> None:
+        if eager.reserved:
+            eager.reserved = False
+            self._reserve(-1)
+        self._eager.pop(eager.job.run_id, None)
+        eager.ended.set()
+
+    async def _run_eager(self, eager: Eager, row: RunRow) -> None:
+        job = eager.job
+        try:
+            async with self._picking_up(job):
+                job.lock.fence(row.attempt, self.deps.settings.RUN_HEARTBEAT_TIMEOUT_SECONDS / 2)
+                await self._run(job, row)
+        finally:
+            self._eager_ended(eager)
+
+    async def _adopt(self, eager: Eager, msg: Msg) -> bool:
+        """The job of a run this process started eagerly: its run's heartbeat renews it and
+        its end acks it, this loop busy until then. False: not this job's any more (settled
+        before, or never started) — the loop handles it as any job."""
+        job = eager.job
+        if job.settled:
+            return False
+        job.msg = msg
+        if eager.reserved:  # this loop's place now
+            eager.reserved = False
+            self._reserve(-1)
+        await eager.ended.wait()
+        return job.settled
 
     async def start(self) -> None:
         for i in range(self.concurrency):
@@ -187,8 +307,10 @@ class WorkerPool:
 
     async def stop(self) -> None:
         self._stopping.set()
-        for task in (*self._tasks, *([self._sampler] if self._sampler else [])):
+        eager = [e.task for e in self._eager.values() if e.task is not None]
+        for task in (*self._tasks, *eager, *([self._sampler] if self._sampler else [])):
             task.cancel()
+        await asyncio.gather(*eager, return_exceptions=True)
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._sampler is not None:
             await asyncio.gather(self._sampler, return_exceptions=True)
@@ -267,7 +389,7 @@ class WorkerPool:
                         continue
                     if waiting is not None:
                         await waiting.give_back()
-                    with _busy(idle):
+                    with self._busy(idle):
                         waiting = await self.handle(msg, name, idle)
                 self._failing.discard(name)
                 backoff = LOOP_BACKOFF_SECONDS
@@ -306,6 +428,9 @@ class WorkerPool:
                 log.warning("dropping a malformed job", data=msg.data[:200])
                 await msg.term()
                 return None
+            eager = self._eager.get(run_id)
+            if eager is not None and await self._adopt(eager, msg):
+                return None
             lock = self.deps.store.run_lock(run_id)
             lock.exclusive_thread(thread_id)  # one executor per thread too (`locks`)
             job = _Job(msg, run_id, worker, lock)
@@ -324,7 +449,7 @@ class WorkerPool:
                 log.info(
                     "run held by another worker", run=str(job.run_id), retry_in=round(retry_in, 2)
                 )
-                await job.msg.nak(delay=retry_in)
+                await job.nak(retry_in)
                 return
             if job.lock.thread_busy:
                 log.info("run waits for its thread beside its loop", run=str(job.run_id))
@@ -338,12 +463,14 @@ class WorkerPool:
     async def _wait_then_execute(self, job: _Job, wait: _Wait, idle: Any) -> None:
         """A `_Wait`: the thread's lock waited for (taking it over from a silent holder), then
         the run executed as its loop's run. Cancelled (`give_back`): the job goes back at once."""
+        msg = job.msg
+        assert msg is not None  # (a loop's job)
         async with self._picking_up(job):
-            if not await self._wait_for_thread(job.msg, job.lock, None, job.attempt):
-                await self._thread_busy(job.msg, job.lock)  # (cancelled meanwhile)
+            if not await self._wait_for_thread(msg, job.lock, None, job.attempt):
+                await self._thread_busy(msg, job.lock)  # (cancelled meanwhile)
                 return
             wait.started = True  # (no await since the wait: its loop has not taken another job)
-            with _busy(idle):
+            with self._busy(idle):
                 await self._execute(job)
 
     @contextlib.asynccontextmanager
@@ -355,7 +482,7 @@ class WorkerPool:
             yield
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
-                await job.msg.nak()
+                await job.nak()
             raise
         except (HandoverError, LockLostError) as exc:
             log.warning(
@@ -364,7 +491,7 @@ class WorkerPool:
                 reason=str(exc),
             )
             with contextlib.suppress(Exception):
-                await job.msg.nak(delay=self.deps.settings.RUN_ACK_WAIT_SECONDS)
+                await job.nak(self.deps.settings.RUN_ACK_WAIT_SECONDS)
         except Exception as exc:  # the job goes back to the queue
             delay = self._retry_delay(job.msg)
             dependency = infrastructure_outage(exc)
@@ -379,7 +506,7 @@ class WorkerPool:
             else:
                 log.exception("run pick-up failed; it will be retried", run=str(job.run_id))
             with contextlib.suppress(Exception):
-                await job.msg.nak(delay=delay)
+                await job.nak(delay)
         finally:
             if job.wait is None or job.wait.task is asyncio.current_task():
                 job.attempt.finished.set()
@@ -431,9 +558,9 @@ class WorkerPool:
         )
         await msg.nak(delay=THREAD_BUSY_RETRY_SECONDS)
 
-    def _retry_delay(self, msg: Msg) -> float:
+    def _retry_delay(self, msg: Msg | None) -> float:
         settings = self.deps.settings
-        delivered = max(msg.metadata.num_delivered or 1, 1)
+        delivered = max(msg.metadata.num_delivered or 1, 1) if msg is not None else 1
         return float(
             min(
                 settings.RUN_RETRY_BACKOFF_SECONDS * 2 ** min(delivered - 1, 16),
@@ -470,7 +597,8 @@ class WorkerPool:
 
     async def _execute(self, job: _Job) -> None:
         deps = self.deps
-        msg, run_id, attempt, worker, lock = job.msg, job.run_id, job.attempt, job.worker, job.lock
+        msg, run_id, worker, lock = job.msg, job.run_id, job.worker, job.lock
+        assert msg is not None  # (a loop's job: only an eager start's has none)
         row = await self._claim(msg, run_id, worker)
         if row is None:
             return
@@ -489,28 +617,32 @@ class WorkerPool:
             )
             if after is not None:
                 await deps.events.terminal(after)
-            await msg.ack()
+            await job.ack()
             return
-        log.info("run picked up", run=str(run_id), attempt=row.attempt, worker=worker)
-        heartbeat = asyncio.create_task(self._heartbeat(msg, run_id, attempt, lock))
+        await self._run(job, row)
+
+    async def _run(self, job: _Job, row: RunRow) -> None:
+        """Execute the claimed run `row` while heartbeating, then ack its job."""
+        attempt, run_id = job.attempt, job.run_id
+        log.info("run picked up", run=str(run_id), attempt=row.attempt, worker=job.worker)
+        heartbeat = asyncio.create_task(self._heartbeat(job))
         try:
-            with holding(lock):  # each write of the pick-up first asks `still_held()`
-                attempt.outcome = await deps.executor.execute(row, attempt)
+            with holding(job.lock):  # each write of the pick-up first asks `still_held()`
+                attempt.outcome = await self.deps.executor.execute(row, attempt)
         finally:
             heartbeat.cancel()
             with contextlib.suppress(BaseException):
                 await heartbeat
-        await msg.ack()
+        await job.ack()
         log.info("run left", run=str(run_id), outcome=attempt.outcome)
         metrics.RUNS_LEFT.labels(row.workflow or "agent", attempt.outcome or "unknown").inc()
 
-    async def _heartbeat(
-        self, msg: Msg, run_id: uuid.UUID, attempt: Attempt, lock: RunLock
-    ) -> None:
+    async def _heartbeat(self, job: _Job) -> None:
         """Keep the job ours while it runs, notice a cancel whose message we missed, and keep
         the run's lock (PostgreSQL drops it with the connection when it restarts): the check
         is the heartbeat another worker's takeover looks at, and renews the lease the pick-up's
         writes rely on (`locks`); a lost lock hands the run over."""
+        attempt, lock = job.attempt, job.lock
         interval = max(min(self.deps.settings.RUN_ACK_WAIT_SECONDS / 3, 5.0), 0.1)
         since_ack = 0.0
         while True:
@@ -519,8 +651,9 @@ class WorkerPool:
             since_ack += step
             if since_ack >= interval:
                 since_ack = 0.0
-                with contextlib.suppress(Exception):
-                    await msg.in_progress()
+                if job.msg is not None:  # (an eager start's, once adopted)
+                    with contextlib.suppress(Exception):
+                        await job.msg.in_progress()
             try:
                 status = await lock.check()
             except LockLostError:
