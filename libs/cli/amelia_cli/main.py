@@ -38,6 +38,7 @@ from amelia_cli.supervisor import (
     MeshStartError,
     RestartPolicy,
     Supervisor,
+    event_log_switch_warning,
     read_state,
     refuse_if_running,
 )
@@ -107,9 +108,9 @@ def up(
 ) -> None:
     """Start embedded PostgreSQL and NATS (unless URLs are set) and every service."""
     settings = get_settings()
-    warning = loopback_warning(settings)
-    if warning:
-        err.print(said(("warning:", "yellow"), f" {warning}"))
+    for warning in (loopback_warning(settings), event_log_switch_warning(settings, cluster)):
+        if warning:
+            err.print(said(("warning:", "yellow"), f" {warning}"))
     # Foreground or not, a second `up` here refuses before it starts (or stops) anything.
     try:
         refuse_if_running(settings.data_dir)

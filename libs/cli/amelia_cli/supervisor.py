@@ -338,6 +338,41 @@ def refuse_if_running(data_dir: Path) -> None:
         )
 
 
+def _streams_in(root: Path, pattern: str) -> list[str]:
+    """The JetStream streams stored under `root` (their folders' names)."""
+    return sorted({p.name for p in root.glob(pattern) if p.is_dir()})
+
+
+def event_log_switch_warning(settings: Settings, cluster: int) -> str | None:
+    """What `amelia up` should say when the event log it is about to use is not the one this
+    data directory's earlier runs wrote: one nats-server keeps its store in `<data>/nats`,
+    `--cluster N` in `<data>/nats-cluster`, and neither reads the other, so switching would
+    show the old runs without their events, silently."""
+    if settings.NATS_URL:
+        return None  # an outside NATS: its log is the same whatever `up` is given
+    single = settings.data_dir / "nats"
+    clustered = settings.data_dir / "nats-cluster"
+    if cluster:
+        unused, used, how = single, clustered, "without --cluster"
+        streams = _streams_in(single, "jetstream/*/streams/*")
+    else:
+        unused, used, how = clustered, single, f"with --cluster {_cluster_size(clustered)}"
+        streams = _streams_in(clustered, "*/jetstream/jetstream/*/streams/*")
+    if settings.EVENTS_STREAM not in streams:
+        return None
+    return (
+        f"the event log of the runs started here {how} is in {unused}, which this mesh does "
+        f"not read (it uses {used}): their events will not show in `amelia runs show` or "
+        f"`amelia events`. Start it {how} to see them (docs/scale-out.md)."
+    )
+
+
+def _cluster_size(root: Path) -> str:
+    """How many nodes the cluster kept under `root` had ("N" when it cannot tell)."""
+    kept = NatsCluster.load(root)
+    return str(len(kept.nodes)) if kept is not None else "N"
+
+
 class Supervisor:
     """Starts, watches (restarting what dies) and stops the mesh."""
 
