@@ -7,8 +7,8 @@ keepalive limits.
 An address may name several replicas: `host:port,host:port` (resolved once, when the channel
 is made) or `dns:///name:port` (every address the name resolves to, resolved again as replicas
 come and go — a Kubernetes headless Service, a compose service with replicas). Calls are spread
-with gRPC's `round_robin`, and reads (Get*/List*/Search/Stream*, see `IDEMPOTENT_PREFIXES`) that
-meet UNAVAILABLE — a replica killed under them — are retried on another replica by gRPC itself,
+with gRPC's `round_robin`, and reads (Get*/List*/Search/Stream*/WaitRun, see `IDEMPOTENT_PREFIXES`)
+that meet UNAVAILABLE — a replica killed under them — are retried on another replica by gRPC itself,
 from the channel's service config. A replica that answers UNAVAILABLE because its own dependency
 (PostgreSQL, NATS) is down says not to retry (`grpc-retry-pushback-ms: -1`, see grpc_server):
 every replica shares that dependency, and five attempts each waiting it out took 26-33 s to
@@ -16,14 +16,22 @@ report an outage one attempt reports in a fifth of that. The caller gets UNAVAIL
 dependency and decides. Writes are never retried: a write that reached a replica
 which died before answering may have happened, and only its caller can decide (CreateRun takes a
 `request_id` for exactly that).
+
+gRPC's retries stop after five attempts (about 1.5 s): enough for another replica, not for the
+only one to be restarted. A call that waits on purpose (WaitRun, for minutes) is worth more than
+that: `reissue_while_unavailable` sends it again, with what is left of its deadline, until a
+replica answers or the deadline passes (like Temporal's `handle.result()` long poll).
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import socket
-from typing import Any
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import grpc
 
@@ -31,7 +39,8 @@ from amelia.v1 import agents_pb2, events_pb2, rag_pb2
 from amelia_common.settings import Settings
 
 # Methods whose name starts with one of these only read: safe to send again to another replica.
-IDEMPOTENT_PREFIXES = ("Get", "List", "Search", "Stream")
+# WaitRun only waits for a run to end and reads it: the run goes on whichever replica serves it.
+IDEMPOTENT_PREFIXES = ("Get", "List", "Search", "Stream", "Wait")
 # gRPC caps maxAttempts at 5. Backoffs are randomised in [0, backoff] by gRPC: with these the
 # retries of one call wait about 1.5 s at most, long enough for a killed replica's connection to
 # be seen closed, short enough that a real outage is reported quickly.
@@ -48,6 +57,14 @@ RETRY_POLICY: dict[str, Any] = {
 # retried on another replica (the retry policy). The servers accept pings this often
 # (grpc_server.server_options); 30 s + 10 s left every other call waiting 40-60 s.
 KEEPALIVE_MS = 5_000
+# `reissue_while_unavailable`'s pauses between attempts: doubling, at most REISSUE_MAX_BACKOFF.
+REISSUE_BACKOFF = 0.25
+REISSUE_MAX_BACKOFF = 2.0
+# A first attempt UNAVAILABLE sooner than this never reached a replica: gRPC's own retries of a
+# call to a service that is down end in ~1.5 s (RETRY_POLICY). One that fails later was waiting
+# on a replica that went away. (So a wait whose replica dies in its first seconds, with no other
+# replica to retry on, is still reported, as before.)
+UNREACHED_SECONDS = 5.0
 # Schemes gRPC resolves itself (https://github.com/grpc/grpc/blob/master/doc/naming.md).
 _TARGET_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:")
 
@@ -89,6 +106,44 @@ def service_config() -> str:
             "methodConfig": [{"name": idempotent_methods(), "retryPolicy": RETRY_POLICY}],
         }
     )
+
+
+T = TypeVar("T")
+
+
+async def reissue_while_unavailable(
+    attempt: Callable[[float], Awaitable[T]], seconds: float, service: str
+) -> T:
+    """`attempt(remaining_seconds)` until it answers: on UNAVAILABLE (the replica serving it
+    died, the only one is restarting) it is sent again after a short pause while `seconds`
+    allow, each time with the time left. Any other error is the call's answer, and so is an
+    UNAVAILABLE of the first attempt within UNREACHED_SECONDS (the service was not there to
+    begin with: said at once, not after the whole wait). If the service never comes back,
+    UNAVAILABLE says which service and for how long it was tried."""
+    first_sent = time.monotonic()
+    deadline = first_sent + seconds
+    pause = REISSUE_BACKOFF
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            return await attempt(max(deadline - time.monotonic(), 0.001))
+        except grpc.aio.AioRpcError as exc:
+            now = time.monotonic()
+            if exc.code() != grpc.StatusCode.UNAVAILABLE or (
+                attempts == 1 and now - first_sent < UNREACHED_SECONDS
+            ):
+                raise
+            if deadline - now <= pause:
+                raise grpc.aio.AioRpcError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    exc.initial_metadata(),
+                    exc.trailing_metadata(),
+                    f"the {service} service went away and did not come back within "
+                    f"{seconds:g} s ({attempts} attempts): {exc.details()}",
+                ) from exc
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, REISSUE_MAX_BACKOFF)
 
 
 def _split_host_port(address: str) -> tuple[str, str]:

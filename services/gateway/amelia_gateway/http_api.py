@@ -15,6 +15,7 @@ import grpc
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from amelia_common.grpc_client import reissue_while_unavailable
 from amelia_common.logging import get_logger
 from amelia_gateway import uploads
 from amelia_gateway.errors import (
@@ -32,7 +33,7 @@ from amelia_gateway.requests import (
     request_id,
     require_token,
 )
-from amelia_gateway.routes import Match
+from amelia_gateway.routes import MAX_WAIT_SECONDS, Match
 from amelia_gateway.state import Gateway
 from amelia_gateway.transcode import build_request, parse_json_body, to_json_bytes, to_json_text
 from amelia_gateway.upstream import (
@@ -52,6 +53,12 @@ STREAM_OPEN_WAIT = 0.5
 # channel's retries are spent, about 1.5 s, see grpc_client.RETRY_POLICY) up to this long, so a
 # service that is down is a 503 too, not a 200 whose body says so.
 STREAM_CONNECT_WAIT = 10.0
+# A resumable stream (StreamRun) the service drops is reopened after its last sequence, after a
+# pause doubling up to MAX_RESUME_BACKOFF, for an outage of up to STREAM_RESUME_SECONDS (or the
+# client's deadline): a replica's death or a restart (the supervisor's takes ~1 s) is not seen.
+RESUME_BACKOFF = 0.25
+MAX_RESUME_BACKOFF = 2.0
+STREAM_RESUME_SECONDS = 30.0
 
 
 def metadata(rid: str) -> tuple[tuple[str, str], ...]:
@@ -116,11 +123,33 @@ async def _unary(
     call = gateway.upstreams.callable(rule.service, rule.rpc)
     upstream = gateway.upstreams[rule.service]
     try:
-        response = await call(message, timeout=timeout, metadata=metadata(rid))
+        if rule.waits:
+            response = await _wait(call, message, timeout, rid, upstream.name)
+        else:
+            response = await call(message, timeout=timeout, metadata=metadata(rid))
     except grpc.aio.AioRpcError as exc:
         raise upstream.error(exc, rule.service) from None
     content = await asyncio.to_thread(to_json_bytes, response)  # a big page: as above
     return Response(content, media_type="application/json", headers={"X-Request-Id": rid})
+
+
+async def _wait(call: Any, message: Any, timeout: float, rid: str, service: str) -> Any:
+    """WaitRun until the run's end or the wait's own timeout, sent again while the service is
+    UNAVAILABLE (the replica serving it died, the only one restarts), each time with the time
+    left of both the wait and the call."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    asked = message.timeout.ToNanoseconds() / 1e9 if message.HasField("timeout") else 0.0
+    wait_end = start + min(asked or MAX_WAIT_SECONDS, timeout)
+    call_end = start + timeout
+
+    async def attempt(_: float) -> Any:
+        again = type(message)()
+        again.CopyFrom(message)
+        again.timeout.FromNanoseconds(int(max(wait_end - loop.time(), 0.001) * 1e9))
+        return await call(again, timeout=max(call_end - loop.time(), 0.001), metadata=metadata(rid))
+
+    return await reissue_while_unavailable(attempt, wait_end - start, service)
 
 
 async def _answered_while_opening(first: asyncio.Future[Any], upstream: Upstream) -> bool:
@@ -176,13 +205,57 @@ async def _stream(
         down.append(dependency)
         call.cancel()  # the last line says why
 
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout if timeout else None
+
+    def reopen(last: int) -> Any:
+        """The stream again, after the last sequence sent, with what is left of its deadline."""
+        nonlocal call
+        call.cancel()
+        gateway.http_streams.discard(call)
+        message.after_sequence = last
+        left = max(end - loop.time(), 0.001) if end is not None else None
+        call = gateway.upstreams.callable(rule.service, rule.rpc)(
+            message, timeout=left, metadata=metadata(rid)
+        )
+        gateway.http_streams.add(call)
+        return call
+
     async def lines() -> AsyncIterator[str]:
         watch = asyncio.create_task(watch_opening(call, upstream, dependency_down))
         try:
             item = await first
-            while item is not grpc.aio.EOF:
-                yield '{"result":' + to_json_text(item) + "}\n"
-                item = await call.read()
+            last = 0
+            pause = RESUME_BACKOFF
+            broke_at: float | None = None
+            while True:
+                try:
+                    if item is None:
+                        item = await reopen(last).read()
+                    while item is not grpc.aio.EOF:
+                        if rule.resumes:
+                            last = _last_sequence(item, last)
+                            broke_at, pause = None, RESUME_BACKOFF
+                        yield '{"result":' + to_json_text(item) + "}\n"
+                        item = await call.read()
+                    break
+                except grpc.aio.AioRpcError as exc:
+                    now = loop.time()
+                    broke_at = now if broke_at is None else broke_at
+                    if not (
+                        rule.resumes
+                        and exc.code() == grpc.StatusCode.UNAVAILABLE
+                        and not gateway.stopping.is_set()
+                        and now - broke_at + pause < STREAM_RESUME_SECONDS
+                        and (end is None or now + pause < end)
+                    ):
+                        raise
+                    log.warning(
+                        "stream dropped; resuming", rpc=rule.rpc, after=last, error=exc.details()
+                    )
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, MAX_RESUME_BACKOFF)
+                item = None
         except grpc.aio.AioRpcError as exc:
             if gateway.stopping.is_set():
                 error = GatewayError(grpc.StatusCode.UNAVAILABLE, "server shutting down")
@@ -213,6 +286,13 @@ async def _stream(
         media_type=NDJSON,
         headers={"X-Request-Id": rid, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+def _last_sequence(item: Any, last: int) -> int:
+    """The sequence of the last event in a StreamRun message (`event`, or `events` batched)."""
+    if item.events:
+        return int(item.events[-1].sequence)
+    return int(item.event.sequence) or last
 
 
 def _json(value: Any) -> str:

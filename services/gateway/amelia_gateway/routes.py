@@ -25,7 +25,8 @@ from google.protobuf.descriptor import Descriptor, MethodDescriptor
 from amelia_gateway import upstream
 
 # WaitRun's longest wait (amelia_agents.waiting.MAX_WAIT_SECONDS) and a margin for its answer.
-WAIT_DEADLINE_SECONDS = 600.0 + 30.0
+MAX_WAIT_SECONDS = 600.0
+WAIT_DEADLINE_SECONDS = MAX_WAIT_SECONDS + 30.0
 _VARIABLE = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
 
 
@@ -46,6 +47,12 @@ class Rule:
     # The upstream call's deadline when the client sends none, if not GATEWAY_TIMEOUT_SECONDS:
     # a call that waits on purpose (WaitRun) may take longer than the gateway's usual answer.
     deadline: float = 0.0
+    # A unary call that waits (WaitRun): sent again, with the time left, when the replica
+    # serving it dies or the service restarts (grpc_client.reissue_while_unavailable).
+    waits: bool = False
+    # A stream resumable after the last sequence it sent (StreamRun): reopened there when the
+    # service drops it, so the HTTP client reads one stream without a gap or a repeat.
+    resumes: bool = False
 
     @cached_property
     def descriptor(self) -> MethodDescriptor:
@@ -199,7 +206,14 @@ ROUTES: tuple[Rule, ...] = (
         body="*",
         bind={"name": "runs/{run}"},
     ),
-    Rule("GET", "/v1/runs/{run}:stream", "AgentService", "StreamRun", bind={"name": "runs/{run}"}),
+    Rule(
+        "GET",
+        "/v1/runs/{run}:stream",
+        "AgentService",
+        "StreamRun",
+        bind={"name": "runs/{run}"},
+        resumes=True,
+    ),
     Rule(
         "POST",
         "/v1/runs/{run}:wait",
@@ -209,6 +223,7 @@ ROUTES: tuple[Rule, ...] = (
         bind={"name": "runs/{run}"},
         # WaitRun answers by its own timeout (at most 600 s): the call may last that long.
         deadline=WAIT_DEADLINE_SECONDS,
+        waits=True,
     ),
     # GitService (served by the agents service): what develop/code runs leave in git
     Rule("GET", "/v1/repositories", "GitService", "ListRepositories"),

@@ -25,6 +25,7 @@ from amelia_cli.client import Column, agents, ago, call_rpc, err, listing, resou
 from amelia_cli.help_text import App
 from amelia_cli.tui.eventline import resumed_text, retry_text, waiting_text
 from amelia_common.eventlog import event_data
+from amelia_common.grpc_client import reissue_while_unavailable
 from amelia_common.json_numbers import message_text
 
 console = Console()
@@ -761,14 +762,20 @@ def wait_run(
     ),
 ) -> None:
     """Wait until a run ends or pauses on a question, then show it (exit 1 unless it completed
-    or paused; DEADLINE_EXCEEDED if it is still going after --timeout, the run untouched)."""
-    request = agents_pb2.WaitRunRequest(name=resource("runs", name))
-    request.timeout.FromNanoseconds(int(timeout * 1e9))
+    or paused; DEADLINE_EXCEEDED if it is still going after --timeout, the run untouched). The
+    wait goes on across a restart of the agents service, or on another replica, until --timeout."""
 
     async def go() -> agents_pb2.Run:
         async with agents() as stub:
-            # The call's deadline a little after the wait's: the service answers first, in words.
-            reply = await stub.WaitRun(request, timeout=timeout + 30)
+
+            async def wait(left: float) -> agents_pb2.WaitRunResponse:
+                request = agents_pb2.WaitRunRequest(name=resource("runs", name))
+                request.timeout.FromNanoseconds(int(left * 1e9))
+                # The call's deadline a little after the wait's: the service answers first,
+                # in words.
+                return await stub.WaitRun(request, timeout=left + 30)
+
+            reply = await reissue_while_unavailable(wait, timeout, "agents")
             run: agents_pb2.Run = reply.run
             return run
 
