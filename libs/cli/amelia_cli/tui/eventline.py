@@ -18,7 +18,8 @@ from amelia_common.json_numbers import whole_numbers
 
 # A resource id long enough that its first 8 characters say which one (UUIDs, hex digests).
 _LONG_ID = re.compile(r"^([0-9a-fA-F]{8})[0-9a-fA-F-]{8,}$")
-TYPE_WIDTH = 19
+# The longest event type, `run.webhook.delivered`: every row's subject starts in one column.
+TYPE_WIDTH = 21
 SUBJECT_SHORT_WIDTH = 14
 TERMINAL_RUN_TYPES = ("run.completed", "run.failed", "run.cancelled")
 # Data keys the line already shows (the subject) or that say nothing on their own.
