@@ -9,14 +9,17 @@ streamed in order, with the node still frozen."""
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import signal
 import uuid
 from pathlib import Path
 
+from rich.console import Console
 from scale_helpers import publish_until_acknowledged, replicas, wait_for
 
 from amelia.v1 import events_pb2, events_pb2_grpc
+from amelia_cli.commands.status import nodes_table
 from amelia_common.grpc_client import aio_channel
 from amelia_common.nats_cluster import NatsCluster, NatsNode
 from amelia_common.settings import Settings
@@ -96,3 +99,22 @@ async def test_the_events_service_moves_off_a_frozen_nats_node(
             os.kill(pid, signal.SIGCONT)
             stream.cancel()
             receiving.cancel()
+
+
+def test_status_names_the_frozen_node(nats_cluster: NatsCluster) -> None:
+    frozen = nats_cluster.nodes[-1]
+    pid = frozen.pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        console = Console(width=80, file=io.StringIO(), color_system=None)
+        console.print(nodes_table(nats_cluster))
+        output = console.file.getvalue()  # type: ignore[attr-defined]
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    row = next(line for line in output.splitlines() if line.startswith(f"│ {frozen.name} "))
+    assert str(pid) in row and "no answer" in row, output  # running, silent
+    assert f"{frozen.name}: running but not answering" in output, output
+    for node in nats_cluster.nodes[:-1]:
+        row = next(line for line in output.splitlines() if line.startswith(f"│ {node.name} "))
+        assert "no answer" not in row, output

@@ -306,8 +306,8 @@ class NatsCluster:
             time.sleep(0.1)
 
     def status(self) -> list[dict[str, Any]]:
-        """Per node: pid, URL and, when it answers, its JetStream view (meta leader, streams
-        with their leader and how current each replica is)."""
+        """Per node: pid, URL, whether it answers its monitoring port and, when it does, its
+        JetStream view (meta leader, streams with their leader and how current each replica is)."""
         report = []
         for node in self.nodes:
             jsz = node.monitor("jsz?streams=true") if node.pid() is not None else None
@@ -336,6 +336,8 @@ class NatsCluster:
                     "url": node.url,
                     "pid": node.pid(),
                     "meta_leader": (jsz or {}).get("meta_cluster", {}).get("leader", ""),
+                    # Running but silent (frozen, overloaded): its clients leave it, see nats_client.
+                    "answers": jsz is not None,
                     "streams": streams,
                 }
             )

@@ -81,14 +81,23 @@ def nodes_table(cluster: NatsCluster) -> Table:
     table = Table(title=f"NATS cluster under {cluster.root}", title_justify="left")
     for column in ("node", "url", "pid", "meta leader"):
         table.add_column(column)
+    silent = []
     for node in cluster.status():
         up = node["pid"] is not None
+        if up and not node["answers"]:
+            silent.append(node["name"])
+            leader = "[red]no answer[/red]"
+        else:
+            leader = node["meta_leader"] or ("[red]none[/red]" if up else "-")
         table.add_row(
-            node["name"],
-            node["url"],
-            str(node["pid"]) if up else "[red]down[/red]",
-            node["meta_leader"] or ("[red]none[/red]" if up else "-"),
+            node["name"], node["url"], str(node["pid"]) if up else "[red]down[/red]", leader
         )
+    if silent:
+        table.caption = (
+            f"{', '.join(silent)}: running but not answering (frozen or overloaded); "
+            "clients move to the other nodes within ~6 s"
+        )
+        table.caption_justify = "left"
     return table
 
 
