@@ -140,6 +140,42 @@ _BEHIND: contextvars.ContextVar[tuple[asyncio.Future[None], asyncio.Task[None] |
 )
 
 
+# A checkpoint in one statement: its channel blobs (AsyncPostgresSaver's blob upsert, one row per
+# array element) and its row (AsyncPostgresSaver's checkpoint upsert), one implicit transaction as
+# in the library's pipeline. One message to PostgreSQL instead of a pipeline's four sends (each
+# statement, its sync, a flush), a syscall each: most of a step's checkpoint CPU here.
+_STORE_CHECKPOINT_SQL = """
+    WITH blobs AS (
+        INSERT INTO checkpoint_blobs (thread_id, checkpoint_ns, channel, version, type, blob)
+        SELECT %(thread_id)s, %(checkpoint_ns)s, b.channel, b.version, b.type, b.blob
+        FROM unnest(%(channels)s::text[], %(versions)s::text[], %(types)s::text[],
+                    %(blobs)s::bytea[]) AS b(channel, version, type, blob)
+        ON CONFLICT (thread_id, checkpoint_ns, channel, version) DO NOTHING
+    )
+    INSERT INTO checkpoints (thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id,
+                             checkpoint, metadata)
+    VALUES (%(thread_id)s, %(checkpoint_ns)s, %(checkpoint_id)s, %(parent_id)s,
+            %(checkpoint)s, %(metadata)s)
+    ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id)
+    DO UPDATE SET checkpoint = EXCLUDED.checkpoint, metadata = EXCLUDED.metadata
+"""
+# A task's writes in one statement (AsyncPostgresSaver's, one row per array element): upserted
+# when every channel is a special one (`WRITES_IDX_MAP`), else inserted once.
+_STORE_WRITES_SQL = """
+    INSERT INTO checkpoint_writes (thread_id, checkpoint_ns, checkpoint_id, task_id, task_path,
+                                   idx, channel, type, blob)
+    SELECT %(thread_id)s, %(checkpoint_ns)s, %(checkpoint_id)s, %(task_id)s, %(task_path)s,
+           w.idx, w.channel, w.type, w.blob
+    FROM unnest(%(idx)s::integer[], %(channels)s::text[], %(types)s::text[],
+                %(blobs)s::bytea[]) AS w(idx, channel, type, blob)
+    ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx)
+"""
+_WRITES_UPSERT = (
+    " DO UPDATE SET channel = EXCLUDED.channel, type = EXCLUDED.type, blob = EXCLUDED.blob"
+)
+_WRITES_INSERT = " DO NOTHING"
+
+
 class RunSaver(AsyncPostgresSaver):
     """The checkpointer of one pick-up, on one connection of the shared pool held for it.
 
@@ -362,8 +398,9 @@ class RunSaver(AsyncPostgresSaver):
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> None:
-        """`AsyncPostgresSaver.aput`'s statements (langgraph-checkpoint-postgres 3.x), its
-        channel values serialized here instead of in a thread (`asyncio.to_thread`).
+        """`AsyncPostgresSaver.aput`'s rows (langgraph-checkpoint-postgres 3.x) in one statement
+        (`_STORE_CHECKPOINT_SQL`), its channel values serialized here instead of in a thread
+        (`asyncio.to_thread`).
 
         Serializing holds the GIL either way, so the thread let nothing else run meanwhile; it
         only cost a hop to the thread pool and a wake-up of the event loop back (a write to its
@@ -382,20 +419,17 @@ class RunSaver(AsyncPostgresSaver):
                 blob_values[key] = inline.pop(key)
         versions = {k: v for k, v in new_versions.items() if k in blob_values}
         blobs = self._dump_blobs(thread_id, checkpoint_ns, blob_values, versions)
-        async with self._cursor(pipeline=True) as cur:
-            if versions:
-                await cur.executemany(self.UPSERT_CHECKPOINT_BLOBS_SQL, blobs)
-            await cur.execute(
-                self.UPSERT_CHECKPOINTS_SQL,
-                (
-                    thread_id,
-                    checkpoint_ns,
-                    checkpoint["id"],
-                    configurable.get("checkpoint_id"),
-                    Jsonb(stored),
-                    Jsonb(get_serializable_checkpoint_metadata(config, metadata)),
-                ),
-            )
+        params = {
+            "thread_id": thread_id,
+            "checkpoint_ns": checkpoint_ns,
+            **_columns(blobs, channels=2, versions=3, types=4, blobs=5),
+            "checkpoint_id": checkpoint["id"],
+            "parent_id": configurable.get("checkpoint_id"),
+            "checkpoint": Jsonb(stored),
+            "metadata": Jsonb(get_serializable_checkpoint_metadata(config, metadata)),
+        }
+        async with self._cursor() as cur:
+            await cur.execute(_STORE_CHECKPOINT_SQL, params)
 
     async def _store_writes(
         self,
@@ -404,14 +438,11 @@ class RunSaver(AsyncPostgresSaver):
         task_id: str,
         task_path: str,
     ) -> None:
-        """`AsyncPostgresSaver.aput_writes`' statement, serialized here (as `_store`)."""
+        """`AsyncPostgresSaver.aput_writes`' rows in one statement (`_STORE_WRITES_SQL`),
+        serialized here (as `_store`)."""
         configurable = config["configurable"]
-        query = (
-            self.UPSERT_CHECKPOINT_WRITES_SQL
-            if all(channel in WRITES_IDX_MAP for channel, _ in writes)
-            else self.INSERT_CHECKPOINT_WRITES_SQL
-        )
-        params = self._dump_writes(
+        upsert = all(channel in WRITES_IDX_MAP for channel, _ in writes)
+        rows = self._dump_writes(
             configurable["thread_id"],
             configurable["checkpoint_ns"],
             configurable["checkpoint_id"],
@@ -419,12 +450,33 @@ class RunSaver(AsyncPostgresSaver):
             task_path,
             writes,
         )
-        async with self._cursor(pipeline=True) as cur:
-            await cur.executemany(query, params)
+        # One row per idx, as the library's statement per write left it: its upsert keeps the
+        # last write of an idx, its insert the first (one statement may not touch a row twice).
+        by_idx: dict[int, tuple[Any, ...]] = {}
+        for row in rows:
+            if upsert or row[5] not in by_idx:
+                by_idx[row[5]] = row
+        kept = list(by_idx.values())
+        params = {
+            "thread_id": configurable["thread_id"],
+            "checkpoint_ns": configurable["checkpoint_ns"],
+            "checkpoint_id": configurable["checkpoint_id"],
+            "task_id": task_id,
+            "task_path": task_path,
+            **_columns(kept, idx=5, channels=6, types=7, blobs=8),
+        }
+        query = _STORE_WRITES_SQL + (_WRITES_UPSERT if upsert else _WRITES_INSERT)
+        async with self._cursor() as cur:
+            await cur.execute(query, params)
 
     async def adelete_thread(self, thread_id: str) -> None:
         self._kept = _NOTHING_KEPT
         await super().adelete_thread(thread_id)
+
+
+def _columns(rows: Sequence[tuple[Any, ...]], **index: int) -> dict[str, list[Any]]:
+    """Columns of `rows` by name (name=position): the arrays a statement `unnest`s."""
+    return {name: [row[i] for row in rows] for name, i in index.items()}
 
 
 @contextlib.asynccontextmanager
