@@ -143,11 +143,17 @@ async def _wait(call: Any, message: Any, timeout: float, rid: str, service: str)
     wait_end = start + min(asked or MAX_WAIT_SECONDS, timeout)
     call_end = start + timeout
 
+    sent: list[Any] = []
+
     async def attempt(_: float) -> Any:
-        again = type(message)()
-        again.CopyFrom(message)
-        again.timeout.FromNanoseconds(int(max(wait_end - loop.time(), 0.001) * 1e9))
-        return await call(again, timeout=max(call_end - loop.time(), 0.001), metadata=metadata(rid))
+        again = message
+        if sent:  # sent as it came first (the service checks it), then with the time left
+            again = type(message)()
+            again.CopyFrom(message)
+            again.timeout.FromNanoseconds(int(max(wait_end - loop.time(), 0.001) * 1e9))
+        sent.append(again)
+        left = max(call_end - loop.time(), 0.001)
+        return await call(again, timeout=left, metadata=metadata(rid))
 
     return await reissue_while_unavailable(attempt, wait_end - start, service)
 
@@ -225,7 +231,7 @@ async def _stream(
         watch = asyncio.create_task(watch_opening(call, upstream, dependency_down))
         try:
             item = await first
-            last = 0
+            last = int(getattr(message, "after_sequence", 0))
             pause = RESUME_BACKOFF
             broke_at: float | None = None
             while True:
