@@ -24,8 +24,13 @@ has failed (`run.webhook.failed`, with the last answer). Redirects are not follo
 A run deleted while its delivery is owed — a rollback's stopped run (multitask), a run deleted
 with its thread — keeps it: a trigger copies the row into `deleted_run_webhooks` in the
 deleting transaction (migration agents_0008). Those are claimed, retried and told the same
-way; the body is the run as it was when deleted (CANCELLED, `rolled back by runs/…`) and the
-header `X-Amelia-Run-Deleted: true` says it is gone. The copy is deleted once settled.
+way; the header `X-Amelia-Run-Deleted: true` says it is gone. The body always ends the run
+(`as_deleted`): a rolled back run is already CANCELLED (`rolled back by runs/…`); one deleted
+before it ended (QUEUED, RUNNING or PAUSED when its thread was deleted) is sent CANCELLED,
+`deleted with its thread`, ended when it was deleted — else its receiver would wait for an end
+that never comes. A run that ended before it was deleted is sent as it ended. A rolled back run
+is delivered from its copy only (the live claim skips it: it is about to be deleted), so its
+receiver hears of it once. The copy is deleted once settled.
 """
 
 from __future__ import annotations
@@ -34,16 +39,16 @@ import asyncio
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from sqlalchemy import TextClause, select, text
+from sqlalchemy import DateTime, TextClause, text
 
 from amelia_agents import convert
 from amelia_agents.lifecycle import RunEvents
-from amelia_agents.models import RunRow
+from amelia_agents.models import TERMINAL_STATES, RunRow, RunState
 from amelia_agents.periodic import Periodic
 from amelia_agents.store import Store, now
 from amelia_common.errors import InvalidArgumentError
@@ -68,6 +73,7 @@ _CLAIM = text(
     WHERE id IN (
         SELECT id FROM runs
         WHERE webhook_state = 'pending' AND queue = :queue AND terminal_sequence IS NOT NULL
+          AND NOT rolled_back
           AND (webhook_due IS NULL OR webhook_due <= now())
         ORDER BY webhook_due NULLS FIRST
         LIMIT :limit
@@ -99,10 +105,14 @@ _CLAIM_DELETED = text(
 )
 _SETTLE_DELETED = text("DELETE FROM deleted_run_webhooks WHERE run_id = :id")
 _RETRY_DELETED = text("UPDATE deleted_run_webhooks SET webhook_due = :due WHERE run_id = :id")
-# The deleted run's row as it was (the runs table's own column types, back from its copy).
+# The deleted run's row as it was (the runs table's own column types, back from its copy)
+# and when it was deleted.
 _READ_DELETED = text(
-    "SELECT (jsonb_populate_record(NULL::runs, run)).* FROM deleted_run_webhooks WHERE run_id = :id"
-)
+    "SELECT (jsonb_populate_record(NULL::runs, run)).*, delete_time AS deleted_at "
+    "FROM deleted_run_webhooks WHERE run_id = :id"
+).columns(**{c.name: c.type for c in RunRow.__table__.c}, deleted_at=DateTime(timezone=True))
+DELETED_WITH_THREAD = "deleted with its thread"
+_ENDED = {state.value for state in TERMINAL_STATES}
 
 
 @dataclass(frozen=True)
@@ -149,8 +159,19 @@ def attach(row: RunRow, url: str, field: str = "run.webhook") -> None:
         row.webhook_attempts = 0
 
 
+def as_deleted(row: RunRow, deleted_at: datetime) -> RunRow:
+    """The run a deleted run's receiver is told of: as it ended, or — deleted before it
+    ended (with its thread) — CANCELLED then, saying why: a receiver waits for an end."""
+    if row.status not in _ENDED:
+        row.status = RunState.CANCELLED.value
+        row.error = DELETED_WITH_THREAD
+        row.end_time = deleted_at
+        row.interrupt = None
+    return row
+
+
 def body(row: RunRow) -> bytes:
-    """The run as JSON, as the gateway's GET /v1/runs/{run} gives it."""
+    """The bare Run as JSON (what GET /v1/runs/{run} gives inside its `run` field)."""
     return json.dumps(
         to_json(convert.run_to_proto(row)), separators=(",", ":"), ensure_ascii=False
     ).encode()
@@ -209,9 +230,13 @@ class Webhooks:
     async def _read(self, owed: _Owed, rid: uuid.UUID) -> RunRow | None:
         if not owed.deleted:
             return await self.store.get_run(rid)
-        async with self.store.single_statements() as s:
-            query = select(RunRow).from_statement(_READ_DELETED)
-            return (await s.execute(query, {"id": rid})).scalar_one_or_none()
+        async with self.store.autocommit.connect() as conn:
+            found = (await conn.execute(_READ_DELETED, {"id": rid})).one_or_none()
+        if found is None:
+            return None
+        fields = dict(found._mapping)
+        deleted_at = fields.pop("deleted_at")
+        return as_deleted(RunRow(**fields), deleted_at)
 
     async def _deliver(self, owed: _Owed, rid: uuid.UUID, attempt: int) -> None:
         row = await self._read(owed, rid)
