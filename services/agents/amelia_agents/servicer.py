@@ -6,7 +6,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import Any, TypeAlias
 
 import grpc
 from langgraph.checkpoint.base import BaseCheckpointSaver
@@ -40,6 +40,7 @@ from amelia_agents.store import (
     now,
 )
 from amelia_agents.streaming import RunStreamer
+from amelia_agents.worker import WorkerPool
 from amelia_common import paging
 from amelia_common.errors import (
     AlreadyExistsError,
@@ -52,9 +53,6 @@ from amelia_common.errors import (
 from amelia_common.eventlog import timestamp_problem
 from amelia_common.logging import get_logger
 from amelia_common.settings import Settings
-
-if TYPE_CHECKING:
-    from amelia_agents.worker import WorkerPool
 
 log = get_logger("amelia.agents.api")
 

@@ -70,6 +70,7 @@ from amelia_agents.resources import SOURCE, Resources, open_resources
 from amelia_agents.runstate import JobAction, after_claim
 from amelia_agents.store import Store
 from amelia_agents.sweeper import Sweeper
+from amelia_agents.webhooks import start_webhooks
 from amelia_common import metrics, telemetry
 from amelia_common.eventlog import EventLog
 from amelia_common.logging import configure_logging, get_logger
@@ -760,8 +761,6 @@ async def run_standalone(settings: Settings) -> None:
         sweeper.start()
         res.on_close(sweeper.stop)
         # A mesh whose only process with the database is this one still delivers webhooks.
-        from amelia_agents.webhooks import start_webhooks
-
         res.on_close(start_webhooks(res.store, res.events, settings.RUNS_QUEUE_STREAM).stop)
         gc.freeze()  # as GrpcService.serve does: start-up's objects out of the collector's sight
         stop = asyncio.Event()
