@@ -52,7 +52,7 @@ class Mesh:
     def __init__(self, infra: Any, events_address: str, tmp_path: Path) -> None:
         self.queue = f"AMELIA_RUNS_EAGER_{uuid.uuid4().hex[:8]}"
         self.settings: Settings = infra.settings(
-            EVENTS_ADDRESS=events_address, RUNS_QUEUE_STREAM=self.queue
+            EVENTS_ADDRESS=events_address, RUNS_QUEUE_STREAM=self.queue, AGENT_EAGER_START=True
         )
         self.tmp_path = tmp_path
         self.env = {
@@ -62,6 +62,7 @@ class Mesh:
             "RUN_HEARTBEAT_TIMEOUT_SECONDS": "3",
             "AGENT_WORKFLOW_MODULES": "agent_test_workflows",
             "AGENT_WORKERS": "1",
+            "AGENT_EAGER_START": "true",  # (off by default)
         }
         self.processes: list[WorkerProcess] = []
 
@@ -346,7 +347,9 @@ async def test_postgres_stopped_during_an_eager_create_run_answers_unavailable_a
     """PostgreSQL stops while a CreateRun holds its eager start's locks, its recording statement
     waiting for the thread's row: UNAVAILABLE, no run recorded; once it is back, the thread
     takes the next run (eagerly or not: the loop may be busy with a job the outage gave back)."""
-    postgres, settings = own_postgres.mesh(f"AMELIA_RUNS_EAGER_PG_{uuid.uuid4().hex[:6]}", 1)
+    postgres, settings = own_postgres.mesh(
+        f"AMELIA_RUNS_EAGER_PG_{uuid.uuid4().hex[:6]}", 1, AGENT_EAGER_START=True
+    )
     async with running_agents(settings) as agents:
         api = agents.stub
         first = await create_run(api, workflow="workflows/echo", input={"message": "one"})

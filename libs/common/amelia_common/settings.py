@@ -163,8 +163,9 @@ class Settings(BaseSettings):
     # held PostgreSQL connections), so quick runs are not queued behind slow ones.
     AGENT_WORKERS: int = Field(default=10, ge=0)
     # Eager start: a CreateRun taken by a process with an idle worker loop starts the run there,
-    # right after its commit, without waiting for its job to come round (docs/agents.md).
-    AGENT_EAGER_START: bool = True
+    # right after its commit, without waiting for its job to come round (docs/agents.md). Off by
+    # default, as Temporal's eager workflow start is opt-in: on a quiet machine it measured slower.
+    AGENT_EAGER_START: bool = False
     RUN_ACK_WAIT_SECONDS: float = Field(default=30, gt=0)
     # JetStream work-queue stream the runs wait in (separate from the events stream).
     RUNS_QUEUE_STREAM: str = Field(default="AMELIA_RUNS", pattern=r"^[A-Za-z0-9_-]+$")
