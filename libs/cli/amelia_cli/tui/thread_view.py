@@ -164,8 +164,10 @@ class ThreadScreen(PagedScreen):
             return api.list_thread_history(self.thread, HISTORY_PAGE, token)
 
         try:
-            state = await ask(self, api.get_thread_state(self.thread))
+            # Runs before state: a run's end is recorded after its last checkpoint, so a run
+            # read as ended never sits beside the state it had before that checkpoint.
             runs = await ask(self, api.list_runs(thread=self.thread, page_size=RUNS_KEPT))
+            state = await ask(self, api.get_thread_state(self.thread))
             history, token = await ask(self, first_pages(page, "states", pages))
         except ApiError as exc:
             self.show_error(exc)
