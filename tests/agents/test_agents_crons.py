@@ -737,4 +737,9 @@ async def test_a_cron_webhook_that_is_not_an_http_url_is_refused(env: Crons) -> 
     )
     with pytest.raises(InvalidArgumentError, match=r"^cron.webhook 'http://x:port/' is not a URL"):
         await env.api.UpdateCron(bad, None)
+    nul = C.UpdateCronRequest(
+        cron=C.Cron(name=cron.name, webhook="http://x/\x00"), update_mask=["webhook"]
+    )
+    with pytest.raises(InvalidArgumentError, match=r"^cron.webhook must not contain NUL"):
+        await env.api.UpdateCron(nul, None)
     assert (await env.get(cron.name)).webhook == ""

@@ -90,6 +90,7 @@ async def test_a_webhook_that_is_not_an_http_url_is_refused(agents) -> None:
         ("http://exa mple.com/", "must be an http or https URL with a host"),
         ("http://example.com:port/", "is not a URL"),
         ("http://example.com/" + "a" * 2048, "characters long; at most 2048"),
+        ("http://127.0.0.1:18991/\x00", "must not contain NUL characters"),
     ):
         error = await rpc_error(
             create_run(agents, workflow="workflows/echo", input={"message": "x"}, webhook=bad)

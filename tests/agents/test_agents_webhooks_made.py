@@ -54,11 +54,14 @@ async def test_a_rerun_and_a_fork_are_posted_to_their_own_webhook_only(agents) -
     for request in (
         S.RerunRunRequest(name=source.name, webhook="file:///etc/passwd"),
         S.ForkRunRequest(name=source.name, checkpoint=steps[0].checkpoint, webhook="ftp://x/"),
+        S.RerunRunRequest(name=source.name, webhook="http://x/\x00"),
     ):
         call = agents.RerunRun if isinstance(request, S.RerunRunRequest) else agents.ForkRun
         error = await rpc_error(call(request))
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert (error.details() or "").startswith("webhook must be an http or https URL")
+        assert (error.details() or "").startswith(
+            ("webhook must be an http or https URL", "webhook must not contain NUL characters")
+        ), error.details()
 
 
 async def test_a_rolled_back_run_is_posted_as_rolled_back_after_its_row_is_deleted(

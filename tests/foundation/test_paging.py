@@ -73,3 +73,19 @@ def test_a_token_is_bound_to_its_requests_other_parameters() -> None:
         with pytest.raises(InvalidArgumentError) as info:
             paging.decode_keyset(token, other)
         assert info.value.message == paging.DIFFERENT_REQUEST
+
+
+def test_a_token_of_another_list_is_refused_naming_both() -> None:
+    # With no parameters, every List request serializes to nothing: the scope names the list.
+    from amelia.v1 import agents_pb2
+
+    when = datetime(2026, 12, 1, tzinfo=UTC)
+    agents = paging.request_scope(agents_pb2.ListAgentsRequest())
+    threads = paging.request_scope(agents_pb2.ListThreadsRequest())
+    token = paging.encode_keyset(when, "agent-id", agents)
+    with pytest.raises(InvalidArgumentError) as info:
+        paging.decode_keyset(token, threads)
+    assert info.value.message == (
+        "page_token was made for ListAgents, not ListThreads: pass a previous ListThreads"
+        " response's next_page_token"
+    )

@@ -61,6 +61,22 @@ async def test_a_token_reused_with_another_order_or_filter_says_so(mesh: Mesh) -
     names = [r["name"] for r in first["runs"] + rest.json()["runs"]]
     assert sorted(names) == sorted(created)
 
+    # A token of another list is refused naming both lists, whatever its rows' ids look like
+    # (they were taken for this list's ids: a 500, or a page silently skipping rows).
+    threads = (await http.get("/v1/threads", params={"pageSize": 1})).json()["nextPageToken"]
+    assert threads  # the three runs' threads
+    foreign = [
+        (threads, "/v1/runs", "ListThreads", "ListRuns"),
+        (token, "/v1/threads", "ListRuns", "ListThreads"),
+    ]
+    for other, path, made_for, used in foreign:
+        refused = await http.get(path, params={"pageToken": other})
+        assert refused.status_code == 400, (path, refused.text)
+        assert refused.json()["message"] == (
+            f"page_token was made for {made_for}, not {used}: pass a previous {used}"
+            " response's next_page_token"
+        )
+
     made_up = await _runs(http, agent=agent, pageToken="garbage!")
     assert made_up.status_code == 400
     assert "is not one this service returned" in made_up.json()["message"]

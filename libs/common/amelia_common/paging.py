@@ -45,7 +45,14 @@ def request_scope(request: Message) -> str:
             rest.ClearField(name)
     if "order_by" in rest.DESCRIPTOR.fields_by_name:  # spaces do not matter in it (AIP-132)
         rest.order_by = " ".join(rest.order_by.split())  # type: ignore[attr-defined]
-    return hashlib.sha256(rest.SerializeToString(deterministic=True)).hexdigest()[:12]
+    fingerprint = hashlib.sha256(rest.SerializeToString(deterministic=True)).hexdigest()[:12]
+    # The list's name too: two lists' requests with no parameters serialize alike.
+    return f"{list_name(request)}:{fingerprint}"
+
+
+def list_name(request: Message) -> str:
+    """The List RPC a request is for, as a person calls it: ListThreadsRequest → ListThreads."""
+    return request.DESCRIPTOR.name.removesuffix("Request")
 
 
 def encode_keyset(time: datetime, row_id: str, scope: str = "") -> str:
@@ -67,6 +74,13 @@ def decode_keyset(token: str, scope: str = "") -> tuple[datetime, str]:
         raise InvalidArgumentError(BAD_TOKEN) from exc
     if time.tzinfo is None or not isinstance(row_id, str) or len(made_for) > 1:
         raise InvalidArgumentError(BAD_TOKEN)
-    if (made_for or [""])[0] != scope:
+    made = (made_for or [""])[0]
+    if made != scope:
+        made_list, this_list = made.partition(":")[0], scope.partition(":")[0]
+        if ":" in made and ":" in scope and made_list != this_list:
+            raise InvalidArgumentError(
+                f"page_token was made for {made_list}, not {this_list}: pass a previous "
+                f"{this_list} response's next_page_token"
+            )
         raise InvalidArgumentError(DIFFERENT_REQUEST)
     return time, row_id

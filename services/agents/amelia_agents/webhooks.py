@@ -51,7 +51,7 @@ from amelia_agents.lifecycle import RunEvents
 from amelia_agents.models import TERMINAL_STATES, RunRow, RunState
 from amelia_agents.periodic import Periodic
 from amelia_agents.store import Store, now
-from amelia_common.errors import InvalidArgumentError
+from amelia_common.errors import InvalidArgumentError, check_json
 from amelia_common.json_numbers import to_json
 from amelia_common.logging import get_logger
 
@@ -132,6 +132,7 @@ _DELETED = _Owed(_CLAIM_DELETED, _SETTLE_DELETED, _RETRY_DELETED, deleted=True)
 def check_url(url: str, field: str = "run.webhook") -> str:
     """`url` if it is an http or https URL with a host; INVALID_ARGUMENT naming `field` and
     saying why if not (the one check of every webhook: runs, reruns, forks, crons)."""
+    check_json(url, field)  # no NUL: PostgreSQL's text cannot hold it
     if len(url) > MAX_URL_LENGTH:
         raise InvalidArgumentError(
             f"{field} is {len(url)} characters long; at most {MAX_URL_LENGTH}"
