@@ -56,9 +56,19 @@ _DIGEST_KEY = "amelia_request_digest"
 NAMED_RUNS = 3
 
 
+# Keys a metadata filter may name: far more than a person writes, and each is a statement
+# parameter (PostgreSQL takes at most 32,767 in all).
+MAX_FILTER_KEYS = 256
+
+
 def metadata_filter(values: Mapping[str, str], field: str = "metadata_filter") -> dict[str, str]:
-    """A request's key/value filter, checked: keys non-empty, no NUL characters anywhere."""
+    """A request's key/value filter, checked: at most MAX_FILTER_KEYS keys, keys non-empty, no
+    NUL characters anywhere."""
     out = dict(values)
+    if len(out) > MAX_FILTER_KEYS:
+        raise InvalidArgumentError(
+            f"{field} has {len(out)} keys; at most {MAX_FILTER_KEYS} (a thread must match each)"
+        )
     for key, value in out.items():
         if not key or "\x00" in key:
             raise InvalidArgumentError(f"{field} key {key!r} is not a valid key")
