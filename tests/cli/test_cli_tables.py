@@ -168,3 +168,26 @@ def test_postgres_is_named_without_credentials_or_its_socket_path() -> None:
         "amelia (socket)",
         SOCKET,
     )
+
+
+def test_json_that_is_not_an_object_is_refused_saying_what_it_is() -> None:
+    # Before any call to the mesh: none runs here.
+    for args, hint in (
+        (["runs", "fork", "runs/r", "c", "--values", "[1]"], "--values"),
+        (["threads", "update", "threads/t", "3"], "VALUES"),
+        (["run", "workflows/chat", "--input", "null"], "--input"),
+        (["run", "workflows/chat", "--input", "{nope"], "--input"),
+    ):
+        result = CliRunner().invoke(app, args, env={"COLUMNS": "80"})
+        assert result.exit_code == 2, (args, result.output)
+        said = " ".join(result.output.replace("│", " ").split())
+        assert hint in said, (args, said)
+        assert ("must be a JSON object ({...}), not" in said) or ("not JSON:" in said), said
+        assert "attribute" not in said and "Traceback" not in said, said
+
+
+def test_a_limit_below_one_is_refused() -> None:
+    for command in (["threads", "ls"], ["runs", "ls"], ["docs", "ls"], ["crons", "ls"]):
+        result = CliRunner().invoke(app, [*command, "--limit", "0"], env={"COLUMNS": "80"})
+        assert result.exit_code == 2, (command, result.output)
+        assert "--limit" in result.output

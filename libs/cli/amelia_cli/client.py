@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -82,6 +83,30 @@ def call_rpc(coro_factory: Callable[[], Awaitable[Result]]) -> Result:
         return asyncio.run(coro_factory())  # type: ignore[arg-type]
     except grpc.aio.AioRpcError as exc:
         raise fail(exc) from exc
+
+
+def json_object(text: str, hint: str) -> dict[str, object]:
+    """`text` read as a JSON object; a usage error naming the option `hint` when it is not
+    JSON or is JSON of another kind (a list, a number...)."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise typer.BadParameter(f"not JSON: {exc}", param_hint=hint) from exc
+    if not isinstance(value, dict):
+        raise typer.BadParameter(
+            f"must be a JSON object ({{...}}), not {_json_kind(value)}", param_hint=hint
+        )
+    return value
+
+
+def _json_kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return "an array" if isinstance(value, list) else "a string"
 
 
 def resource(collection: str, value: str) -> str:

@@ -21,7 +21,17 @@ from rich.status import Status
 from rich.text import Text
 
 from amelia.v1 import agents_pb2, events_pb2
-from amelia_cli.client import Column, agents, ago, call_rpc, err, listing, resource, said
+from amelia_cli.client import (
+    Column,
+    agents,
+    ago,
+    call_rpc,
+    err,
+    json_object,
+    listing,
+    resource,
+    said,
+)
 from amelia_cli.help_text import App
 from amelia_cli.tui.eventline import resumed_text, retry_text, waiting_text
 from amelia_common.eventlog import event_data
@@ -556,6 +566,7 @@ def run(
         )
     if not go_on and not text and not input_json:
         raise typer.BadParameter("the input message is missing (or --input, or --continue)")
+    parsed_input = json_object(input_json, "--input") if input_json else {}
 
     async def go() -> agents_pb2.Run:
         async with agents() as stub:
@@ -563,7 +574,7 @@ def run(
             if thread:
                 spec.thread = resource("threads", thread)
             if not go_on:  # (an absent input continues the thread; {} starts afresh)
-                run_input = json.loads(input_json) if input_json else {"message": text}
+                run_input: dict[str, object] = parsed_input if input_json else {"message": text}
                 in_git = spec.workflow in ("workflows/code", "workflows/develop")
                 if repo or (in_git and "repository" not in run_input):
                     run_input["repository"] = repository
@@ -703,7 +714,7 @@ def ls_runs(
     ),
     agent: str = typer.Option("", help="Only this agent's runs (agents/<id> or <id>)."),
     thread: str = typer.Option("", help="Only this thread's runs (threads/<id> or <id>)."),
-    limit: int = typer.Option(50, help="At most this many."),
+    limit: int = typer.Option(50, min=1, help="At most this many."),
 ) -> None:
     """List runs, newest first."""
     choices = [status_name(s) for s in agents_pb2.RunStatus.values() if s]
@@ -910,8 +921,5 @@ def fork_run(
         name=resource("runs", name), checkpoint=checkpoint, webhook=webhook
     )
     if values:
-        try:
-            request.values.update(json.loads(values))
-        except (ValueError, AttributeError, TypeError) as exc:
-            raise typer.BadParameter(f"not a JSON object: {exc}", param_hint="--values") from exc
+        request.values.update(json_object(values, "--values"))
     _new_run(follow, lambda stub: stub.ForkRun(request))

@@ -15,7 +15,16 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from rich.console import Console
 
 from amelia.v1 import agents_pb2_grpc, crons_pb2, crons_pb2_grpc
-from amelia_cli.client import Column, ago, call_rpc, channel_to, listing, resource, said
+from amelia_cli.client import (
+    Column,
+    ago,
+    call_rpc,
+    channel_to,
+    json_object,
+    listing,
+    resource,
+    said,
+)
 from amelia_cli.commands.agents import _target
 from amelia_cli.commands.threads import _metadata
 from amelia_cli.help_text import App
@@ -177,13 +186,7 @@ def _input(message: str, input_json: str) -> dict[str, Any]:
         raise typer.BadParameter("give --message or --input, not both", param_hint="--input")
     if not input_json:
         return {"message": message} if message else {}
-    try:
-        value = json.loads(input_json)
-    except ValueError as exc:
-        raise typer.BadParameter(f"not JSON: {exc}", param_hint="--input") from exc
-    if not isinstance(value, dict):
-        raise typer.BadParameter("must be a JSON object", param_hint="--input")
-    return value
+    return json_object(input_json, "--input")
 
 
 def _end(value: str) -> Timestamp | None:
@@ -252,7 +255,7 @@ def ls_crons(
     agent: str = typer.Option("", help="Only this agent's crons."),
     thread: str = typer.Option("", help="Only the crons on this thread."),
     workflow: str = typer.Option("", help="Only this workflow's crons."),
-    limit: int = typer.Option(50, help="At most this many."),
+    limit: int = typer.Option(50, min=1, help="At most this many."),
 ) -> None:
     """List crons, oldest first."""
     request = crons_pb2.ListCronsRequest(

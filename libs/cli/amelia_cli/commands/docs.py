@@ -281,7 +281,7 @@ def document_row(d: rag_pb2.Document) -> tuple[str, ...]:
 @docs_app.command("ls")
 def ls(
     doc_type: list[str] = typer.Option([], "--type", help="Only these types."),
-    limit: int = typer.Option(100, help="At most this many."),
+    limit: int = typer.Option(100, min=1, help="At most this many."),
 ) -> None:
     """List documents."""
 

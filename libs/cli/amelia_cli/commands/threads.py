@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from amelia.v1 import agents_pb2
-from amelia_cli.client import Column, agents, ago, call_rpc, listing, resource, said
+from amelia_cli.client import Column, agents, ago, call_rpc, json_object, listing, resource, said
 from amelia_cli.commands.agents import question_lines
 from amelia_cli.help_text import App
 from amelia_common.json_numbers import message_dict, message_text
@@ -122,7 +122,7 @@ def state_cmd(
 @threads_app.command("history")
 def history_cmd(
     thread: str = typer.Argument(..., help="The thread (threads/<id> or <id>)."),
-    limit: int = typer.Option(20, help="At most this many checkpoints."),
+    limit: int = typer.Option(20, min=1, help="At most this many checkpoints."),
     where: list[str] = typer.Option(
         [], "--metadata", help="Only checkpoints whose metadata has key=value (e.g. source=update)."
     ),
@@ -178,10 +178,7 @@ def update_cmd(
     request = agents_pb2.UpdateThreadStateRequest(
         thread=resource("threads", thread), as_node=as_node, checkpoint=checkpoint
     )
-    try:
-        request.values.update(json.loads(values))
-    except (ValueError, AttributeError, TypeError) as exc:
-        raise typer.BadParameter(f"not a JSON object: {exc}", param_hint="VALUES") from exc
+    request.values.update(json_object(values, "VALUES"))
 
     async def go() -> agents_pb2.ThreadState:
         async with agents() as stub:
@@ -205,7 +202,7 @@ def ls_threads(
         help="update_time desc (most recently active first), update_time, create_time desc "
         "(newest first) or create_time (oldest first).",
     ),
-    limit: int = typer.Option(50, help="At most this many."),
+    limit: int = typer.Option(50, min=1, help="At most this many."),
 ) -> None:
     """List threads, most recently active first, with their status (LangGraph Server's)."""
     request = agents_pb2.ListThreadsRequest(
