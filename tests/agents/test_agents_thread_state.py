@@ -141,8 +141,12 @@ async def test_an_update_is_what_the_next_run_starts_from(agents, fake_anthropic
         input={"message": "My name is Ada.", "model": "offline:echo"},
     )
     await wait_status(agents, first.name, S.RUN_STATUS_COMPLETED)
+    before = (await agents.GetThread(S.GetThreadRequest(name=first.thread))).thread.update_time
     told = {"role": "user", "content": "Actually, call me Zed."}
     state = await _update(agents, first.thread, {"messages": [told]}, as_node="respond")
+    # The edit is the thread's latest activity (`update_time desc` lists it first).
+    after = (await agents.GetThread(S.GetThreadRequest(name=first.thread))).thread.update_time
+    assert after.ToDatetime() > before.ToDatetime()
     assert [m["content"] for m in _plain(state.values)["messages"]] == [
         "My name is Ada.",
         "My name is Ada.",

@@ -27,13 +27,13 @@ from langgraph.errors import InvalidUpdateError
 from langgraph.graph import START
 from langgraph.pregel import Pregel
 from langgraph.types import StateSnapshot
-from sqlalchemy import and_, select
+from sqlalchemy import and_, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
 from amelia.v1 import agents_pb2
 from amelia_agents import convert, filtering, pagination, steps
 from amelia_agents.models import ACTIVE_STATES, RunRow, RunState, ThreadRow
-from amelia_agents.store import Store
+from amelia_agents.store import Store, now
 from amelia_common import paging
 from amelia_common.errors import (
     AlreadyExistsError,
@@ -343,6 +343,9 @@ class ThreadStates:
                     "its values"
                 ) from None
             snapshot = await graph.aget_state(written)
+            # An edit is activity: ListThreads' `update_time desc` lists the thread first (as
+            # LangGraph's update_state moves its thread's updated_at).
+            await s.execute(update(ThreadRow).where(ThreadRow.id == tid).values(update_time=now()))
         return to_state(tid, snapshot)
 
 
