@@ -40,12 +40,18 @@ async def api(infra: object, events_address: str) -> AsyncIterator[Stub]:
 
 
 async def wait_blocked_by(db: asyncpg.Connection, timeout: float = 60) -> None:
-    """Once another backend waits for a lock `db` holds."""
+    """Once another backend waits for a lock `db` holds. `db` is inside its transaction, where
+    PostgreSQL keeps the first look at pg_stat_activity until the transaction ends: a backend
+    that connected later (the worker's pool opening a connection for the admission) would never
+    be seen, so that look is cleared before each poll."""
     deadline = asyncio.get_running_loop().time() + timeout
-    while not await db.fetchval(
-        "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
-        db.get_server_pid(),
-    ):
+    while True:
+        await db.execute("SELECT pg_stat_clear_snapshot()")
+        if await db.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+            db.get_server_pid(),
+        ):
+            return
         assert asyncio.get_running_loop().time() < deadline, "the next run was never admitted"
         await asyncio.sleep(0.05)
 

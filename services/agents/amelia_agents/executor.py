@@ -45,7 +45,7 @@ from amelia_agents import (
     threadstate,
     workflows,
 )
-from amelia_agents.lifecycle import RunEvents
+from amelia_agents.lifecycle import TOKEN_TYPE, RunEvents
 from amelia_agents.llm import ModelError, Usage
 from amelia_agents.locks import LockLostError, still_held
 from amelia_agents.models import RunRow, RunState
@@ -410,6 +410,7 @@ class Executor:
         started: dict[str, float] = {}
         usage = NodeUsage(self.settings.MODEL_PRICES)
         ended = False
+        tokens_flowing = False  # the last event written was a token
         try:
             async for mode, chunk in graph.astream(
                 graph_input, config, stream_mode=["tasks", "custom", "values"], durability="sync"
@@ -420,6 +421,7 @@ class Executor:
                         end.values = chunk
                 elif mode == "tasks":
                     end.ran = True
+                    tokens_flowing = False
                     await pipeline.submit(
                         self._task_event(row, chunk, started, usage), data_checked=True
                     )
@@ -437,6 +439,14 @@ class Executor:
                         await pipeline.submit(
                             self.events.event(row, event_type, _jsonable(data)), data_checked=True
                         )
+                        if event_type == TOKEN_TYPE and not tokens_flowing:
+                            # The first token of a burst goes to NATS now (the loop runs
+                            # nats-py's flusher first), not after the rest of the burst and
+                            # the node's end: ~0.5 ms sooner at the client (docs/performance.md,
+                            # session 18). Tokens a model streams one by one go out as they
+                            # come anyway: the loop writes while the node waits for the next.
+                            await asyncio.sleep(0)
+                        tokens_flowing = event_type == TOKEN_TYPE
             await pipeline.flush()
             ended = True
             return end

@@ -28,6 +28,8 @@ from amelia_common.eventlog import (
 )
 
 TERMINAL_TYPES = ("run.completed", "run.failed", "run.cancelled")
+# A piece of a model's reply (`runtime.chat` emits one per streamed chunk).
+TOKEN_TYPE = "run.token"
 
 
 class RunEvents:
