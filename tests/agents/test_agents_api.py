@@ -374,3 +374,21 @@ async def test_a_request_id_longer_than_the_gateways_limit_is_refused_naming_it(
     first = (await agents.CreateRun(create)).run
     assert (await agents.CreateRun(create)).run.name == first.name
     await wait_status(agents, first.name, S.RUN_STATUS_COMPLETED)
+
+
+async def test_a_stream_resumed_beyond_the_logs_end_is_out_of_range(agents) -> None:
+    """A sequence saved before the log was wiped: StreamRun says so (as StreamEvents does)
+    instead of waiting in silence for the log to reach it while the run's events go by."""
+    run = await create_run(agents, workflow="workflows/test-ask", input={"question": "Go?"})
+    await wait_status(agents, run.name, S.RUN_STATUS_PAUSED)
+    beyond = 99_999_999_999
+
+    async def first(after: int) -> S.StreamRunResponse:
+        stream = agents.StreamRun(S.StreamRunRequest(name=run.name, after_sequence=after))
+        return await anext(aiter(stream))
+
+    error = await rpc_error(first(beyond))
+    assert error.code() == grpc.StatusCode.OUT_OF_RANGE
+    assert f"after_sequence {beyond} is beyond the end of the event log" in error.details()
+    # A point the log has goes on as before: the run's question, from its first event.
+    assert (await first(0)).event.type == "workflow.started"

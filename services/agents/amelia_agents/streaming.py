@@ -103,7 +103,15 @@ class RunStreamer:
     async def stream(
         self, row: RunRow, after_sequence: int
     ) -> AsyncIterator[list[events_pb2.Event]]:
-        """The run's events after `after_sequence` in order, in the batches they arrived in."""
+        """The run's events after `after_sequence` in order, in the batches they arrived in;
+        OUT_OF_RANGE for a sequence beyond the log's end (`EventLog.check_resume_point`), which
+        would otherwise be waited past in silence, the run's events meanwhile never sent."""
+        known = row.terminal_sequence is not None and after_sequence <= row.terminal_sequence
+        if after_sequence > 0 and not known:
+            try:
+                await self.event_log.check_resume_point(after_sequence)
+            except nats.errors.Error as exc:
+                raise EventLogUnavailableError(f"cannot read the event log's end: {exc!r}") from exc
         if (
             row.status in TERMINAL_STATES
             and row.terminal_sequence is not None

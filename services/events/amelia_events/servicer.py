@@ -24,7 +24,6 @@ from amelia_common import paging
 from amelia_common.errors import (
     InvalidArgumentError,
     NotFoundError,
-    OutOfRangeError,
     StreamEndedError,
 )
 from amelia_common.eventlog import (
@@ -133,7 +132,8 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
             LIVE_HOLD_SECONDS,
         )  # (bad input: INVALID_ARGUMENT, before the log is asked anything)
         with self._naming_nats():
-            await self._check_resume_point(request)
+            if request.WhichOneof("start") == "after_sequence":
+                await self.event_log.check_resume_point(request.after_sequence)
         self.readers.add(call)
         try:
             with self._naming_nats():
@@ -160,23 +160,6 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
             raise StreamEndedError(
                 "the events service is shutting down; reconnect with "
                 f"after_sequence={call.sent} to continue without a gap"
-            )
-
-    async def _check_resume_point(self, request: events_pb2.StreamEventsRequest) -> None:
-        """OUT_OF_RANGE for an `after_sequence` beyond the log's last sequence at the call's
-        start (Kafka's OffsetOutOfRange). Every replica reads one JetStream stream, so a sequence
-        a client saw is never beyond it: one that is comes from a log since wiped, and waiting
-        for the log to reach it would miss everything meanwhile, silently."""
-        if request.WhichOneof("start") != "after_sequence":
-            return
-        settings = self.event_log.settings
-        info = await self.event_log.js.stream_info(settings.EVENTS_STREAM)
-        last = info.state.last_seq
-        if request.after_sequence > last:
-            raise OutOfRangeError(
-                f"after_sequence {request.after_sequence} is beyond the end of the event log:"
-                f" its last sequence is {last} (was the log reset?); resume after {last} for"
-                " new events, or from the beginning"
             )
 
     async def _open(self, call: Call) -> None:

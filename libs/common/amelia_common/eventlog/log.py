@@ -17,6 +17,7 @@ from nats.js import api
 
 from amelia.v1 import events_pb2
 from amelia_common import metrics, telemetry
+from amelia_common.errors import OutOfRangeError
 from amelia_common.event_names import InvalidEventError
 from amelia_common.eventlog.envelope import (
     CLIENT_ID_NAMESPACE,
@@ -361,6 +362,22 @@ class EventLog:
             start or StartAt.new(),
             **options,
         )
+
+    async def check_resume_point(self, after_sequence: int) -> None:
+        """OUT_OF_RANGE for an `after_sequence` beyond the log's last sequence now (Kafka's
+        OffsetOutOfRange). Every replica reads one JetStream stream, so a sequence a client saw
+        is never beyond it: one that is comes from a log since wiped, and waiting for the log to
+        reach it would miss everything meanwhile, silently. (StreamEvents and StreamRun.)"""
+        if after_sequence <= 0:
+            return
+        info = await self.js.stream_info(self.settings.EVENTS_STREAM)
+        last = info.state.last_seq
+        if after_sequence > last:
+            raise OutOfRangeError(
+                f"after_sequence {after_sequence} is beyond the end of the event log:"
+                f" its last sequence is {last} (was the log reset?); resume after {last} for"
+                " new events, or from the beginning"
+            )
 
     async def get(self, sequence: int) -> events_pb2.Event | None:
         """The event stored at `sequence`, or None when there is none (or it expired)."""
