@@ -8,7 +8,7 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import typer
@@ -85,7 +85,7 @@ def call_rpc(coro_factory: Callable[[], Awaitable[Result]]) -> Result:
         raise fail(exc) from exc
 
 
-def json_object(text: str, hint: str) -> dict[str, object]:
+def json_object(text: str, hint: str) -> dict[str, Any]:
     """`text` read as a JSON object; a usage error naming the option `hint` when it is not
     JSON or is JSON of another kind (a list, a number...)."""
     try:

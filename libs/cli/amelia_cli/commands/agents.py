@@ -574,7 +574,7 @@ def run(
             if thread:
                 spec.thread = resource("threads", thread)
             if not go_on:  # (an absent input continues the thread; {} starts afresh)
-                run_input: dict[str, object] = parsed_input if input_json else {"message": text}
+                run_input: dict[str, Any] = parsed_input if input_json else {"message": text}
                 in_git = spec.workflow in ("workflows/code", "workflows/develop")
                 if repo or (in_git and "repository" not in run_input):
                     run_input["repository"] = repository
