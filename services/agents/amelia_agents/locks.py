@@ -14,6 +14,12 @@ key and result processing cost several times the statement's own CPU, twice per 
 A worker's lock also waits, in the same statement, for the CreateRun still recording the run
 (`acquire(recorded_within=…)`: the recording lock CreateRun's transaction holds, see `store`):
 a job JetStream delivers before that commit then costs no statement more than one after it.
+A worker's first look also claims the run in that statement (`claim_as`), once the run's and
+its thread's locks are both taken: a PL/pgSQL function (`runs_lock_and_claim`, migration
+agents_0009) whose claim, a statement of its own, sees what the commit it waited for wrote
+(one SQL statement's snapshot is taken before its lock waits). The worker takes that claim
+(`take_claim`) instead of claiming on a pooled connection: one round trip for the lock and
+the claim.
 
 **One executor per thread.** A worker's lock (`exclusive`) also takes, in the same statement and
 only once the run's lock is its, the run's *thread* lock: a session lock too, on the same
@@ -49,6 +55,7 @@ import contextvars
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import text
@@ -88,6 +95,14 @@ _LOCK_EXCLUSIVE_RECORDED = (
     "SELECT run, key, CASE WHEN run THEN pg_try_advisory_lock(key) END AS thread FROM ("
     f"SELECT pg_try_advisory_lock($1) AS run, set_config('lock_timeout', $4, true), "
     f"pg_advisory_xact_lock_shared($5, $6), {_THREAD_KEY} AS key OFFSET 0) taken"
+)
+# A worker's first look at a job (`acquire(claim_as=…)`): the run's lock, the wait for its
+# recording, the thread's lock and — with both — the claim, in one statement: a PL/pgSQL
+# function (migration agents_0009), whose statements each see what the commit waited for wrote.
+# The run after it (`claimed`: whether this claim won) in the runs table's own columns.
+_LOCK_AND_CLAIM = (
+    "SELECT t.run_held, t.thread_key, t.thread_held, t.claimed, (t.run_row).* "
+    "FROM runs_lock_and_claim($1, $2, $3, $4, $5, $6, $7, $8) t"
 )
 # Waiting for the thread's lock, at most $2 (a lock_timeout for this statement alone).
 _WAIT_THREAD = "SELECT set_config('lock_timeout', $2, true), pg_advisory_lock($1)"
@@ -147,6 +162,9 @@ class RunLock:
         self.thread_key: int | None = None  # the thread's key, once known
         self.thread_held = False
         self.thread_busy = False  # the last try found the thread's lock another's
+        # `acquire(claim_as=…)`'s claim, until `take_claim`: the run after it (a record of the
+        # runs table's columns, plus `claimed`), when its locks were both taken.
+        self._claimed: Any = None
 
     def exclusive_thread(self, thread_id: uuid.UUID | None) -> None:
         """Take the run's thread's lock with the run's (`thread_id` if known: else it is read
@@ -158,17 +176,25 @@ class RunLock:
     def held(self) -> bool:
         return self._conn is not None
 
-    async def acquire(self, recorded_within: float | None = None) -> bool:
+    async def acquire(
+        self, recorded_within: float | None = None, claim_as: str | None = None
+    ) -> bool:
         """Take the lock if nobody holds it; False when somebody does. With `recorded_within`
         (and `recording`), once no CreateRun is recording the run any more, waiting at most
-        that many seconds for its commit (then as without)."""
+        that many seconds for its commit (then as without). With `claim_as` too (`exclusive`),
+        the run is claimed for that worker in the same statement once both locks are taken
+        (`take_claim`); when its recording is not over in time, the lock is taken without."""
         conn = await self.engine.connect()
         sent = time.monotonic()
         self.thread_held = self.thread_busy = False
+        self._claimed = None
         try:
             pg = await driver(conn)
             recording = self.recording if recorded_within is not None else None
-            if self.exclusive:
+            if self.exclusive and claim_as is not None and recording is not None:
+                assert recorded_within is not None
+                taken = await self._lock_and_claim(pg, recorded_within, recording, claim_as)
+            elif self.exclusive:
                 taken = await self._lock_exclusive(pg, recorded_within, recording)
             elif recorded_within is None or recording is None:
                 taken = bool(await pg.fetchval(_LOCK, self.key))
@@ -212,6 +238,36 @@ class RunLock:
         self.thread_held = found["thread"] is True
         self.thread_busy = found["thread"] is False
         return bool(found["run"])
+
+    async def _lock_and_claim(
+        self, pg: Any, recorded_within: float, recording: tuple[int, int], worker: str
+    ) -> bool:
+        """`_lock_exclusive` waiting for the run's recording, and the claim with both locks
+        taken: one statement (`_LOCK_AND_CLAIM`)."""
+        found = await pg.fetchrow(
+            _LOCK_AND_CLAIM,
+            self.key,
+            self.thread_key,
+            self.run_id,
+            _ms(recorded_within),
+            *recording,
+            datetime.now(UTC),
+            worker,
+        )
+        if found["thread_key"] is not None:
+            self.thread_key = int(found["thread_key"])
+        self.thread_held = found["thread_held"] is True
+        self.thread_busy = found["thread_held"] is False
+        if found["run_held"] and not self.thread_busy:
+            self._claimed = found
+        return bool(found["run_held"])
+
+    def take_claim(self) -> Any:
+        """The claim `acquire(claim_as=…)` made (the run after it, with `claimed`), once; None
+        when it made none (the lock not taken, the thread another executor's, or the lock taken
+        without it)."""
+        claimed, self._claimed = self._claimed, None
+        return claimed
 
     async def hold_thread(self, thread_id: uuid.UUID) -> bool:
         """Whether this holder has `thread_id`'s lock now: taken if it did not (a job whose

@@ -200,6 +200,8 @@ def _transition_statement(
 
 
 _WHEN = DateTime(timezone=True)
+# Written twice: also in the function `runs_lock_and_claim` (migration agents_0009), a worker's
+# lock and claim in one statement (`locks`); a change here needs a migration replacing it.
 _CLAIM = _transition_statement(
     runstate.CLAIM,
     {
@@ -779,6 +781,16 @@ class Store:
         """QUEUED/RUNNING → RUNNING with the attempt and pick-up counted; else the run as it is.
         A run queued behind its thread's run (`multitask`) is never claimed."""
         return await self._transition(run_id, _CLAIM, {"now": now(), "worker": worker})
+
+    @staticmethod
+    def claimed_by_lock(found: Any) -> tuple[RunRow | None, bool]:
+        """`claim`'s answer from the claim a worker's lock made in its statement
+        (`RunLock.take_claim`: the runs table's columns, and `claimed`)."""
+        if found["id"] is None:
+            return None, False
+        return _run_row({column.key: found[column.key] for column in _RUNS.c}), bool(
+            found["claimed"]
+        )
 
     async def add_usage(self, run_id: uuid.UUID, input_tokens: int, output_tokens: int) -> None:
         async with pgdriver.connection(self.engine) as pg:

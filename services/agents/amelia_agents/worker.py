@@ -13,9 +13,11 @@ A worker loop fetches one job at a time from the shared durable consumer. For ea
    and unclaimed), which goes on with other jobs meanwhile: the next job it takes gives the
    waiting one back at once (to an idle loop, or to this one once it is free again); the wait
    that gets its thread while its loop is idle runs the run as that loop's;
-3. claims the run (QUEUED/RUNNING → RUNNING, attempt and pick-up + 1) and does with the job what
-   `runstate.after_claim` says: a paused or finished run's job is acked and skipped, after
-   re-publishing its end if a crash lost it; a job is never acked while its run is still QUEUED
+3. claims the run (QUEUED/RUNNING → RUNNING, attempt and pick-up + 1) — on the first look, in
+   the lock's own statement once both locks are its (`RunLock.acquire(claim_as=…)`: one round
+   trip for the recording wait, the locks and the claim), else on a pooled connection — and
+   does with the job what `runstate.after_claim` says: a paused or finished run's job is acked
+   and skipped, after re-publishing its end if a crash lost it; a job is never acked while its run is still QUEUED
    (not visible yet: the worker waits for that commit again, `Store.wait_until_recorded`, and
    looks again);
 4. executes it while heartbeating (`in_progress()`, and a status check on the lock's connection
@@ -443,7 +445,7 @@ class WorkerPool:
             job.sub = await self.deps.nc.subscribe(
                 queue.cancel_subject(job.run_id), cb=self._cancel_handler(job.attempt)
             )
-            retry_in = await self._lock(job.lock)
+            retry_in = await self._lock(job.lock, job.worker)
             if retry_in:
                 # Another worker has it; look again once it may have finished, or gone silent.
                 retry_in = min(retry_in, self.deps.settings.RUN_ACK_WAIT_SECONDS)
@@ -516,14 +518,18 @@ class WorkerPool:
                         await job.sub.unsubscribe()
                 await job.lock.release()
 
-    async def _lock(self, lock: RunLock) -> float:
+    async def _lock(self, lock: RunLock, worker: str) -> float:
         """0 once the run's lock is this worker's; else how long to wait before trying again
         (its holder is alive, or not silent for long enough yet to be taken over)."""
         for i, delay in enumerate(LOCK_RETRY_DELAYS):
             await asyncio.sleep(delay)
             # The first look also waits for the CreateRun still recording the run, if any (a
-            # job can arrive before it commits): then the claim finds the run.
-            if await lock.acquire(RECORDING_WAIT_SECONDS if i == 0 else None):
+            # job can arrive before it commits), and then — its thread's lock taken too —
+            # claims the run in the same statement (`_claim` takes it from the lock).
+            if i == 0:
+                if await lock.acquire(RECORDING_WAIT_SECONDS, claim_as=worker):
+                    return 0.0
+            elif await lock.acquire():
                 return 0.0
         return await lock.take_over(self.deps.settings.RUN_HEARTBEAT_TIMEOUT_SECONDS)
 
@@ -569,18 +575,25 @@ class WorkerPool:
             )
         )
 
-    async def _claim(self, msg: Msg, run_id: uuid.UUID, worker: str) -> RunRow | None:
+    async def _claim(
+        self, msg: Msg, run_id: uuid.UUID, worker: str, lock: RunLock
+    ) -> RunRow | None:
         """The claimed run; None when this job is done with (acked, or given back): the claim
-        and ack rules of `runstate` (2 and 3)."""
+        and ack rules of `runstate` (2 and 3). The first claim is the one the lock's statement
+        made, if it made one (`RunLock.take_claim`)."""
         deps = self.deps
         action, row = JobAction.RETRY_SOON, None
+        by_lock = lock.take_claim()
         for i, delay in enumerate(CLAIM_RETRY_DELAYS):
             if i == 1 and row is None and action is JobAction.RETRY_SOON:
                 # Not visible: most likely its CreateRun has not committed yet; wait for that
                 # commit itself rather than a guessed while.
                 await deps.store.wait_until_recorded(run_id, RECORDING_WAIT_SECONDS)
             await asyncio.sleep(delay)
-            row, claimed = await deps.store.claim(run_id, worker)
+            if i == 0 and by_lock is not None:
+                row, claimed = deps.store.claimed_by_lock(by_lock)
+            else:
+                row, claimed = await deps.store.claim(run_id, worker)
             action = after_claim(row, claimed, _job_age(msg))
             if action not in (JobAction.RETRY_SOON, JobAction.DROP):
                 break
@@ -600,7 +613,7 @@ class WorkerPool:
         deps = self.deps
         msg, run_id, worker, lock = job.msg, job.run_id, job.worker, job.lock
         assert msg is not None  # (a loop's job: only an eager start's has none)
-        row = await self._claim(msg, run_id, worker)
+        row = await self._claim(msg, run_id, worker, lock)
         if row is None:
             return
         if not await lock.hold_thread(row.thread_id) and not await self._wait_for_thread(msg, lock):
