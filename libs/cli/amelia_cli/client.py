@@ -22,6 +22,7 @@ from rich.text import Text
 from amelia.v1 import agents_pb2_grpc, rag_pb2_grpc
 from amelia_cli.located import service_target
 from amelia_common.grpc_client import aio_channel
+from amelia_common.json_numbers import json_kind
 
 if TYPE_CHECKING:
     # The asyncio stubs' types exist only in the generated .pyi (at run time a stub made on an
@@ -94,19 +95,9 @@ def json_object(text: str, hint: str) -> dict[str, Any]:
         raise typer.BadParameter(f"not JSON: {exc}", param_hint=hint) from exc
     if not isinstance(value, dict):
         raise typer.BadParameter(
-            f"must be a JSON object ({{...}}), not {_json_kind(value)}", param_hint=hint
+            f"must be a JSON object ({{...}}), not {json_kind(value)}", param_hint=hint
         )
     return value
-
-
-def _json_kind(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    return "an array" if isinstance(value, list) else "a string"
 
 
 def resource(collection: str, value: str) -> str:

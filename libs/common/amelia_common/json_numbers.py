@@ -113,3 +113,17 @@ def _message_type(field: FieldDescriptor) -> Descriptor:
     descriptor = field.message_type
     assert descriptor is not None, field.full_name
     return descriptor
+
+
+def json_kind(value: Any) -> str:
+    """What a parsed JSON value is, as a person says it: "an array", "a number", "null"...
+    (for "must be a JSON object, not …")."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"

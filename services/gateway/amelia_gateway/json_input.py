@@ -19,6 +19,7 @@ import json
 import math
 from typing import Any, NoReturn
 
+from amelia_common.json_numbers import json_kind
 from amelia_gateway.errors import GatewayError, invalid
 
 # Levels of objects/arrays, the outermost counting as 1; a Struct field of a request sits at
@@ -65,7 +66,7 @@ def read_json_object(data: bytes | str, what: str) -> dict[str, Any]:
     """`read_json`, and the value must be an object."""
     value = read_json(data, what)
     if not isinstance(value, dict):
-        raise invalid(f"{what} must be a JSON object, not {_kind(value)}")
+        raise invalid(f"{what} must be a JSON object, not {json_kind(value)}")
     return value
 
 
@@ -102,15 +103,3 @@ def _check_text(text: str, what: str) -> None:
 
 def _too_deep(what: str) -> GatewayError:
     return invalid(f"{what} is nested too deeply: at most {MAX_DEPTH} levels of objects/arrays")
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    return "an array"
