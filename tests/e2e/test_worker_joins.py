@@ -1,6 +1,6 @@
 """A worker added to a running `amelia up` with one command (`python -m amelia_agents.worker`
 typed in the project's folder, nothing exported): it finds the mesh by its mesh.json, as every
-`amelia` command does, and executes runs; with no mesh and no way to start NATS, one clear line.
+`amelia` command does, and executes runs; with no mesh running, it starts nothing: one clear line.
 """
 
 from __future__ import annotations
@@ -98,29 +98,30 @@ def test_a_worker_started_in_the_folder_joins_amelia_up_and_runs_its_runs(
     assert process.returncode == 0, log_tail(log, 40)
 
 
-def test_with_no_mesh_and_no_nats_the_worker_says_what_to_set_in_one_line(
-    tmp_path_factory: pytest.TempPathFactory,
+@pytest.mark.parametrize("given", ["nothing", "DATABASE_URL alone"])
+def test_with_no_mesh_running_the_worker_starts_nothing_and_says_what_to_do_in_one_line(
+    tmp_path_factory: pytest.TempPathFactory, given: str
 ) -> None:
+    # A worker joins a mesh; it never starts one of its own. Started with the mesh stopped it
+    # once started PostgreSQL on the mesh's data and NATS, took the mesh's runs and failed them
+    # (no local model, no events or rag service: QA session 18).
     env = make_mesh_env(tmp_path_factory)
-    folder = Path(env["AMELIA_DATA_DIR"]).parent
-    # PostgreSQL given (unreachable: never dialled), NATS to start on a port another holds.
-    with held_port() as nats_port:
-        env |= {
-            "DATABASE_URL": "postgresql+asyncpg://postgres:@127.0.0.1:1/amelia",
-            "EMBEDDED_NATS_PORT": str(nats_port),
-            "WORKER_METRICS_PORT": "0",
-        }
-        env = {k: v for k, v in env.items() if k != "NATS_URL"}
-        done = subprocess.run(
-            [sys.executable, "-m", "amelia_agents.worker"],
-            env=env,
-            cwd=folder,
-            capture_output=True,
-            text=True,
-            timeout=DEADLINE,
-        )
-    assert done.returncode == 1
+    data = Path(env["AMELIA_DATA_DIR"])
+    env = {k: v for k, v in env.items() if k not in NOT_EXPORTED or k == "AMELIA_DATA_DIR"}
+    if given == "DATABASE_URL alone":
+        env["DATABASE_URL"] = "postgresql+asyncpg://postgres:@127.0.0.1:1/amelia"
+    before = sorted(p.name for p in data.iterdir()) if data.exists() else []
+    done = subprocess.run(
+        [sys.executable, "-m", "amelia_agents.worker"],
+        env=env,
+        cwd=data.parent,
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
     assert "Traceback" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("amelia-agents-worker: port ")
-    assert "NATS_URL" in last and "amelia up" in last
+    assert last.startswith("amelia-agents-worker: no `amelia up` runs for "), last
+    assert "NATS_URL" in last and "make run" in last, last
+    assert (sorted(p.name for p in data.iterdir()) if data.exists() else []) == before

@@ -787,12 +787,25 @@ async def run_standalone(settings: Settings) -> None:
 
 def main() -> None:
     """Joins the `amelia up` running for this folder (its mesh.json) for every setting not
-    given; else starts embedded PostgreSQL/NATS, or says in one line what to set."""
+    given, or the servers DATABASE_URL and NATS_URL name; else says in one line what to do."""
     from amelia_common.embedded import EmbeddedStartError, ensure_infrastructure
-    from amelia_common.running_mesh import join_running_mesh, metrics_port_or_free
+    from amelia_common.running_mesh import (
+        find_running_mesh,
+        join_running_mesh,
+        metrics_port_or_free,
+    )
 
     settings = get_settings()
     configure_logging(settings, "agents-worker")
+    if find_running_mesh(settings) is None and not (settings.DATABASE_URL and settings.NATS_URL):
+        # Else it would start PostgreSQL and NATS of its own on the mesh's data, with no model,
+        # events or rag service, and take (and fail) the stopped mesh's runs.
+        raise SystemExit(
+            "amelia-agents-worker: no `amelia up` runs for this folder, and DATABASE_URL and "
+            "NATS_URL are not both set: a worker joins a mesh, it never starts one; start the "
+            "mesh here (`make run`), or set DATABASE_URL, NATS_URL, EVENTS_ADDRESS and "
+            "RAG_ADDRESS to the mesh's"
+        )
     settings = join_running_mesh(settings)
     port = metrics_port_or_free(
         settings.WORKER_METRICS_PORT, settings.bind_host, "WORKER_METRICS_PORT"
