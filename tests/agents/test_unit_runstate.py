@@ -114,7 +114,8 @@ AFTER_CLAIM = [
     (None, False, 29.0, JobAction.RETRY_SOON),
     (None, False, 31.0, JobAction.DROP),  # its CreateRun failed after queueing
     (_run(Q), False, 31.0, JobAction.RETRY_SOON),  # never acked while QUEUED, however old
-    (_run(P), False, 0.0, JobAction.SKIP),  # ResumeRun queues a new job
+    # ResumeRun queues a new job; this one is back after a crash: its question, if lost.
+    (_run(P), False, 0.0, JobAction.TELL_QUESTION),
     (_run(C, terminal_sequence=12), False, 0.0, JobAction.SKIP),
     (_run(C), False, 0.0, JobAction.PUBLISH_END),  # a crash lost its end event
     (_run(F), False, 0.0, JobAction.PUBLISH_END),

@@ -548,14 +548,7 @@ class Executor:
         if not changed:
             await self.events.terminal(after)
             return after.status
-        await self.events.publish(
-            self.events.event(
-                after,
-                "run.interrupted",
-                {"node": interrupt["node"], "value": interrupt["value"]},
-                event_id=f"{row.id}:interrupt:{interrupt['id'] or after.attempt}",
-            )
-        )
+        await self.events.publish(self.events.question(after))
         return after.status
 
 

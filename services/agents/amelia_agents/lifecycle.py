@@ -106,6 +106,28 @@ class RunEvents:
             event = self.event(row, "run.resumed", {"reason": "start" if kind == "fork" else kind})
         await pipeline.submit(event, data_checked=True)
 
+    def question(self, row: RunRow) -> events_pb2.Event:
+        """`run.interrupted` for a PAUSED run: the question its node asked (`row.interrupt`),
+        with a fixed id, so whoever publishes it — the worker that paused it, or one repairing
+        a crash (`runstate`, rule 3) — stores it once."""
+        interrupt = row.interrupt or {}
+        return self.event(
+            row,
+            "run.interrupted",
+            {"node": interrupt.get("node", ""), "value": interrupt.get("value")},
+            event_id=f"{row.id}:interrupt:{interrupt.get('id') or row.attempt}",
+        )
+
+    async def question_told(self, row: RunRow) -> None:
+        """Publish a PAUSED run's question if the log does not have it: its worker stored the
+        pause, then died (or lost NATS) before the event was stored. The run's last question in
+        the log is read first, as the end events' `terminal_sequence` is, so that a question
+        told long ago (beyond JetStream's window of deduplication) is not told again."""
+        event = self.question(row)
+        last = await self.event_log.last("run.interrupted", run_name(row.id))
+        if last is None or last.id != event.id:
+            await self.publish(event)
+
     async def terminal(self, row: RunRow) -> None:
         """Publish the end of a finished run (idempotent: fixed ids) and remember its sequence;
         nothing for a run that has not ended (see `runstate`, rule 4); then the thread's next

@@ -16,7 +16,10 @@ events; `executor` and `worker` decide which transition a pick-up takes. The rul
 2. A job is never acked while its run is QUEUED (it may be the not-yet-visible run of rule 1):
    it is given back; one whose run never appeared in ORPHAN_JOB_SECONDS is dropped.
 3. A job whose run is PAUSED or has ended is acked and skipped; an ended run whose end event is
-   not stored yet (`terminal_sequence` unset: a crash between the two) gets it published first.
+   not stored yet (`terminal_sequence` unset: a crash between the two) gets it published first,
+   and a PAUSED run whose question (`run.interrupted`) the log lacks gets it published first.
+   (The paused run's job is acked only after its question is stored: a job of a PAUSED run
+   comes back only after such a crash, or NATS lost while it was told.)
 4. End events are published after the end status is stored, with fixed ids (`<run>:end`,
    `<run>:lifecycle-end`), so whoever publishes them — the worker, CancelRun, a worker
    repairing a crash — stores them once; the end event's sequence is kept on the run.
@@ -130,7 +133,8 @@ class JobAction(enum.Enum):
     RETRY_SOON = "retry soon"  # the run is not visible yet, or still QUEUED: give the job back
     DROP = "drop"  # the run was never recorded: ack the job, nothing to run
     PUBLISH_END = "publish the end"  # ended, its end event lost: publish it, then ack
-    SKIP = "skip"  # paused or ended: ack, nothing to do
+    TELL_QUESTION = "tell the question"  # paused: its question published if lost, then ack
+    SKIP = "skip"  # ended (or queued behind its thread's run): ack, nothing to do
 
 
 def after_claim(row: RunRow | None, claimed: bool, job_age_seconds: float) -> JobAction:
@@ -143,6 +147,8 @@ def after_claim(row: RunRow | None, claimed: bool, job_age_seconds: float) -> Jo
     if row.status == RunState.QUEUED.value:
         # Waiting behind its thread's run (`multitask`): its admission queues a job of its own.
         return JobAction.SKIP if row.queued_behind else JobAction.RETRY_SOON
+    if row.status == P.value:
+        return JobAction.TELL_QUESTION
     ended = RunState(row.status) not in (Q, R, P)
     if ended and row.terminal_sequence is None:
         return JobAction.PUBLISH_END

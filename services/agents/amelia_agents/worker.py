@@ -606,6 +606,8 @@ class WorkerPool:
             log.info("dropping the job of a run that was never recorded", run=str(run_id))
         elif action is JobAction.PUBLISH_END and row is not None:
             await deps.events.terminal(row)
+        elif action is JobAction.TELL_QUESTION and row is not None:
+            await deps.events.question_told(row)
         await msg.ack()
         return None
 

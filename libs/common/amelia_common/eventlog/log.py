@@ -391,6 +391,17 @@ class EventLog:
             return None
         return decode_event(msg.data, sequence, msg.subject)
 
+    async def last(self, event_type: str, subject: str) -> events_pb2.Event | None:
+        """The latest stored event of this type and subject, or None when there is none (one
+        request: JetStream keeps the last message of each NATS subject at hand)."""
+        try:
+            msg = await self.js.get_msg(
+                self.settings.EVENTS_STREAM, subject=nats_subject(event_type, subject)
+            )
+        except nats.js.errors.NotFoundError:
+            return None
+        return decode_event(msg.data, msg.seq or 0, msg.subject)
+
     # -- subscribe (the seed's EventBus) -------------------------------------------------------
 
     async def subscribe(self, type_pattern: str, handler: Handler, *, subject: str = "") -> None:
