@@ -52,7 +52,7 @@ async def test_rerun_steps_and_fork_make_new_runs_of_the_same_work(
     code, shown = await asyncio.to_thread(
         amelia, env, "runs", "fork", first, checkpoint.group(0), "--values", "[1]"
     )
-    assert code == 2 and "not a JSON object" in shown, shown
+    assert code == 2 and "must be a JSON object ({...}), not an array" in shown, shown
 
 
 async def test_run_context_answers_from_documents(tui_mesh: TuiMesh, tmp_path: Path) -> None:

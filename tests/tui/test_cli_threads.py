@@ -91,7 +91,7 @@ async def test_threads_state_history_and_update(tui_mesh: TuiMesh, tmp_path: Pat
     )
     assert code == 1 and "NOT_FOUND:" in shown, shown
     code, shown = await asyncio.to_thread(amelia, env, "threads", "update", thread, "[1]")
-    assert code == 2 and "not a JSON object" in shown, shown
+    assert code == 2 and "must be a JSON object ({...}), not an array" in shown, shown
 
 
 async def test_threads_ls_by_metadata_and_status(tui_mesh: TuiMesh, tmp_path: Path) -> None:
