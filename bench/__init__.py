@@ -1,0 +1,3 @@
+"""Benchmarks."""
+
+import amelia_common  # noqa: F401 - first, before grpc: it turns gRPC's fork handlers off

@@ -7,6 +7,9 @@ pointing at them.
 
 from __future__ import annotations
 
+import amelia_common  # noqa: F401 - first, before grpc: it turns gRPC's fork handlers off
+
+# isort: split
 import getpass
 import hashlib
 import os

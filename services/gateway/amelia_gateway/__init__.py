@@ -4,6 +4,7 @@
 graceful shutdown that tells sockets the server is going away.
 """
 
+import amelia_common  # noqa: F401 - first, before grpc: it turns gRPC's fork handlers off
 from amelia_gateway.app import create_app
 
 __all__ = ["create_app"]
