@@ -27,6 +27,9 @@ class Receiver:
     then: int = 200
     received: list[Received] = field(default_factory=list)
     port: int = 0
+    # When set, each answer waits for it (the request is recorded before): a test can act while
+    # a delivery is in flight.
+    answer_after: asyncio.Event | None = None
     _arrived: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     @property
@@ -53,14 +56,16 @@ class Receiver:
             }
             body = await reader.readexactly(int(headers.get("content-length", "0")))
             status = self.script.pop(0) if self.script else self.then
+            async with self._arrived:
+                self.received.append(Received(path, headers, json.loads(body), status))
+                self._arrived.notify_all()
+            if self.answer_after is not None:
+                await self.answer_after.wait()
             writer.write(
                 f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}\r\n"
                 "Content-Length: 0\r\nConnection: close\r\n\r\n".encode()
             )
             await writer.drain()
-            async with self._arrived:
-                self.received.append(Received(path, headers, json.loads(body), status))
-                self._arrived.notify_all()
         finally:
             writer.close()
             with contextlib.suppress(Exception):

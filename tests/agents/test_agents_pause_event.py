@@ -23,6 +23,7 @@ from faults_helpers import run_uuid, worker_env
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 from test_agents_queue_faults import FINISHED, fault_settings
+from webhook_receiver import receiving
 
 from amelia_common.db import create_engine
 from amelia_common.embedded import EmbeddedNats, free_port
@@ -110,9 +111,18 @@ async def test_a_question_lost_with_its_worker_in_a_nats_outage_is_told_once_nat
     first = WorkerProcess(settings, tmp_path / "worker1.log", env, [HERE])
     second: WorkerProcess | None = None
     try:
-        async with serve_agents(settings) as api, pause_held(settings) as held:
+        async with (
+            serve_agents(settings) as api,
+            pause_held(settings) as held,
+            receiving() as receiver,
+        ):
             await first.ready()
-            run = await create_run(api, workflow="workflows/test-ask", input={"question": "Go?"})
+            run = await create_run(
+                api,
+                workflow="workflows/test-ask",
+                input={"question": "Go?"},
+                webhook=receiver.url,
+            )
             await wait_for_held_pause(held)
             # The graph stopped at its question; its pause waits in PostgreSQL. NATS goes,
             # the pause is stored, and the worker dies before it could tell of it.
@@ -128,6 +138,10 @@ async def test_a_question_lost_with_its_worker_in_a_nats_outage_is_told_once_nat
                 f"{run.name} is PAUSED; its questions in the log: {questions}"
             )
             assert questions[0].startswith(f"{run_uuid(run.name)}:interrupt:")
+            # Its webhook hears of the pause too, once the question is in the log.
+            (hook,) = await receiver.wait_for(1)
+            assert hook.headers["x-amelia-delivery"] == questions[0]
+            assert hook.body["status"] == "RUN_STATUS_PAUSED"
             # The question is answered as any other, and stays told once.
             request = S.ResumeRunRequest(name=run.name)
             request.answer.string_value = "yes"

@@ -46,6 +46,7 @@ async def test_the_run_is_posted_once_with_its_output_when_it_ends(agents) -> No
         "url": receiver.url,
         "attempts": 1,
         "status_code": 200,
+        "delivery": f"{run.name.removeprefix('runs/')}:end",
     }
     # Its end came first in the run's log.
     events = await collect(agents, run.name)

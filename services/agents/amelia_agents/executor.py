@@ -548,7 +548,7 @@ class Executor:
         if not changed:
             await self.events.terminal(after)
             return after.status
-        await self.events.publish(self.events.question(after))
+        await self.events.ask(after)
         return after.status
 
 

@@ -32,6 +32,13 @@ TERMINAL_TYPES = ("run.completed", "run.failed", "run.cancelled")
 TOKEN_TYPE = "run.token"
 
 
+def question_id(row: RunRow) -> str:
+    """The id of a PAUSED run's `run.interrupted`, one per question: also the
+    `X-Amelia-Delivery` of its webhook's pause delivery (`webhooks`)."""
+    interrupt = row.interrupt or {}
+    return f"{row.id}:interrupt:{interrupt.get('id') or row.attempt}"
+
+
 class RunEvents:
     def __init__(self, event_log: EventLog, store: Store) -> None:
         self.event_log = event_log
@@ -115,8 +122,13 @@ class RunEvents:
             row,
             "run.interrupted",
             {"node": interrupt.get("node", ""), "value": interrupt.get("value")},
-            event_id=f"{row.id}:interrupt:{interrupt.get('id') or row.attempt}",
+            event_id=question_id(row),
         )
+
+    async def ask(self, row: RunRow) -> None:
+        """Publish the question of a run just PAUSED; then, if the run has a webhook, keep the
+        question's sequence: the pause's delivery is due once the question is in the log."""
+        await self._question_kept(row, await self.publish(self.question(row)))
 
     async def question_told(self, row: RunRow) -> None:
         """Publish a PAUSED run's question if the log does not have it: its worker stored the
@@ -126,7 +138,12 @@ class RunEvents:
         event = self.question(row)
         last = await self.event_log.last("run.interrupted", run_name(row.id))
         if last is None or last.id != event.id:
-            await self.publish(event)
+            last = await self.publish(event)
+        await self._question_kept(row, last)
+
+    async def _question_kept(self, row: RunRow, told: events_pb2.Event) -> None:
+        if row.webhook and row.question_sequence != told.sequence:
+            await self.store.set_question_sequence(row, told.sequence)
 
     async def terminal(self, row: RunRow) -> None:
         """Publish the end of a finished run (idempotent: fixed ids) and remember its sequence;

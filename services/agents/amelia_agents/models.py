@@ -165,9 +165,16 @@ class RunRow(Base):
     multitask_strategy: Mapped[str | None] = mapped_column(Text, nullable=True)
     queued_behind: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True), nullable=True)
     rolled_back: Mapped[bool] = mapped_column(Boolean, default=False)
-    # The URL POSTed when the run ends (`webhooks`): "pending" until delivered or failed, the
-    # POSTs made, and when the next may be made (NULL: once the run's end is in the log).
+    # The URL POSTed when the run pauses and when it ends (`webhooks`): "pending" until the
+    # end's is delivered or failed, the POSTs made of the delivery due, and when the next may
+    # be made (NULL: once the run's question or end is in the log).
     webhook: Mapped[str | None] = mapped_column(Text, nullable=True)
     webhook_state: Mapped[str | None] = mapped_column(Text, nullable=True)
     webhook_attempts: Mapped[int] = mapped_column(Integer, server_default="0")
     webhook_due: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # A pause is told too (migration agents_0010): the sequence of the PAUSED run's
+    # `run.interrupted` once it is in the log, that of the last pause whose delivery settled,
+    # and the delivery `webhook_attempts` counts (a pause's question_sequence; 0: the end's).
+    question_sequence: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    webhook_paused_told: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    webhook_attempts_for: Mapped[int | None] = mapped_column(BigInteger, nullable=True)

@@ -239,7 +239,12 @@ _CANCEL = _transition_statement(
 )
 _PAUSE = _transition_statement(
     runstate.PAUSE,
-    {"interrupt": bindparam("interrupt", type_=JSONB), "has_resume": False, "resume_value": None},
+    {
+        "interrupt": bindparam("interrupt", type_=JSONB),
+        "has_resume": False,
+        "resume_value": None,
+        "question_sequence": None,  # set once its `run.interrupted` is in the log
+    },
 )
 _RESUME = _transition_statement(
     runstate.RESUME,
@@ -351,6 +356,17 @@ _TERMINAL_SEQUENCE = DriverStatement(
     .where(_RUNS.c.id == bindparam("run_id"))
     .values(terminal_sequence=bindparam("sequence", type_=BigInteger))
     .returning(_unsettled(_RUNS.c.thread_id))
+)
+# The sequence of a PAUSED run's question kept (its webhook's pause delivery is due then), only
+# while it is still paused on that question.
+_QUESTION_SEQUENCE = DriverStatement(
+    update(_RUNS)
+    .where(
+        _RUNS.c.id == bindparam("run_id"),
+        _RUNS.c.status == RunState.PAUSED.value,
+        _RUNS.c.interrupt == bindparam("interrupt", type_=JSONB),
+    )
+    .values(question_sequence=bindparam("sequence", type_=BigInteger))
 )
 
 _ACTIVE_VALUES = [state.value for state in ACTIVE_STATES]
@@ -841,6 +857,14 @@ class Store:
                 pg, {"run_id": run_id, "sequence": sequence}
             )
         return bool(unsettled)
+
+    async def set_question_sequence(self, row: RunRow, sequence: int) -> None:
+        """Keep the sequence of the PAUSED `row`'s `run.interrupted` (nothing if it has been
+        answered or paused on another question since)."""
+        async with pgdriver.connection(self.engine) as pg:
+            await _QUESTION_SEQUENCE.execute(
+                pg, {"run_id": row.id, "interrupt": row.interrupt, "sequence": sequence}
+            )
 
     async def status(self, run_id: uuid.UUID) -> str | None:
         async with self.single_statements() as s:

@@ -1,4 +1,5 @@
-"""Run webhooks: POST the run as JSON to the URL given at CreateRun once the run has ended.
+"""Run webhooks: POST the run as JSON to the URL given at CreateRun when it pauses on a
+question and once it has ended.
 
 LangGraph Server's `webhook` on a run. The delivery owed is kept in the run's row
 (`webhook_state` "pending", migration agents_0007), not in memory: a run that ends while the
@@ -12,10 +13,14 @@ run queue's runs, as the reconciler looks after its queue's runs (an UPDATE over
 index of owed ones, `FOR UPDATE SKIP LOCKED`: the processes of a queue share them, each
 once) and POSTs each in a task of its own — no run or worker waits for a receiver.
 A delivery is due once the run's end event is in the log (`terminal_sequence` set), so a
-receiver that reads the run's events already finds its end. The claim counts the attempt and
-leases it for LEASE_SECONDS (longer than a POST may take): a process killed mid-POST leaves it
-to be claimed again then, so a receiver may get a run twice (at least once; the
-`X-Amelia-Delivery` header is the same each time, to recognise it).
+receiver that reads the run's events already finds its end. Each pause is a delivery too
+(LangGraph's run ends at an interrupt; ours is answered as the same run): due once the
+question's `run.interrupted` is in the log (`question_sequence`), not made if the run has been
+answered since; `webhook_state` stays "pending" until the end's delivery settles.
+
+The claim counts the attempt and leases it for LEASE_SECONDS (longer than a POST may take): a
+process killed mid-POST leaves it to be claimed again then, so a receiver may get a run twice
+(at least once; the `X-Amelia-Delivery` header is the same each time, to recognise it).
 
 A 2xx answer delivers it (`run.webhook.delivered`); an error or any other answer is retried
 after BACKOFF_SECONDS[attempt - 1] (1, 2, 4, 8 s), MAX_ATTEMPTS POSTs in all, then the delivery
@@ -47,7 +52,7 @@ import httpx
 from sqlalchemy import DateTime, TextClause, text
 
 from amelia_agents import convert
-from amelia_agents.lifecycle import RunEvents
+from amelia_agents.lifecycle import RunEvents, question_id
 from amelia_agents.models import TERMINAL_STATES, RunRow, RunState
 from amelia_agents.periodic import Periodic
 from amelia_agents.store import Store, now
@@ -66,27 +71,44 @@ POLL_SECONDS = 1.0
 CLAIM_LIMIT = 32
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 
+# A live run's delivery due: its end once the end is in the log, else its pause once the
+# question is (and not told yet). `stop` names the delivery: 0 the end, else the pause's
+# question_sequence; `webhook_attempts` counts the POSTs of that delivery only.
+_STOP = "CASE WHEN terminal_sequence IS NOT NULL THEN 0 ELSE question_sequence END"
 _CLAIM = text(
-    """
-    UPDATE runs SET webhook_attempts = webhook_attempts + 1,
+    f"""
+    UPDATE runs SET webhook_attempts = CASE WHEN webhook_attempts_for = due.stop
+                                            THEN webhook_attempts + 1 ELSE 1 END,
+                    webhook_attempts_for = due.stop,
                     webhook_due = now() + make_interval(secs => :lease)
-    WHERE id IN (
-        SELECT id FROM runs
-        WHERE webhook_state = 'pending' AND queue = :queue AND terminal_sequence IS NOT NULL
-          AND NOT rolled_back
+    FROM (
+        SELECT id, {_STOP} AS stop FROM runs
+        WHERE webhook_state = 'pending' AND queue = :queue AND NOT rolled_back
           AND (webhook_due IS NULL OR webhook_due <= now())
+          AND (terminal_sequence IS NOT NULL
+               OR (status = 'PAUSED' AND question_sequence IS NOT NULL
+                   AND question_sequence IS DISTINCT FROM webhook_paused_told))
         ORDER BY webhook_due NULLS FIRST
         LIMIT :limit
         FOR UPDATE SKIP LOCKED
-    )
-    RETURNING id, webhook_attempts
+    ) AS due
+    WHERE runs.id = due.id
+    RETURNING runs.id, runs.webhook_attempts, due.stop
     """
 )
 _SETTLE = text(
     "UPDATE runs SET webhook_state = :state, webhook_due = NULL "
     "WHERE id = :id AND webhook_state = 'pending'"
 )
-_RETRY = text("UPDATE runs SET webhook_due = :due WHERE id = :id AND webhook_state = 'pending'")
+# A pause's delivery settled: the run stays owed its end's.
+_SETTLE_PAUSE = text(
+    "UPDATE runs SET webhook_paused_told = :stop, webhook_due = NULL "
+    "WHERE id = :id AND webhook_state = 'pending'"
+)
+_RETRY = text(
+    "UPDATE runs SET webhook_due = :due "
+    "WHERE id = :id AND webhook_state = 'pending' AND webhook_attempts_for = :stop"
+)
 
 # The same for runs deleted while owed one (`deleted_run_webhooks`, all of them pending).
 _CLAIM_DELETED = text(
@@ -100,11 +122,13 @@ _CLAIM_DELETED = text(
         LIMIT :limit
         FOR UPDATE SKIP LOCKED
     )
-    RETURNING run_id, webhook_attempts
+    RETURNING run_id, webhook_attempts, 0
     """
 )
 _SETTLE_DELETED = text("DELETE FROM deleted_run_webhooks WHERE run_id = :id")
-_RETRY_DELETED = text("UPDATE deleted_run_webhooks SET webhook_due = :due WHERE run_id = :id")
+_RETRY_DELETED = text(
+    "UPDATE deleted_run_webhooks SET webhook_due = :due WHERE run_id = :id AND :stop = 0"
+)
 # The deleted run's row as it was (the runs table's own column types, back from its copy)
 # and when it was deleted.
 _READ_DELETED = text(
@@ -213,18 +237,19 @@ class Webhooks:
         for owed in (_LIVE, _DELETED):
             async with self.store.autocommit.connect() as conn:
                 claimed = (await conn.execute(owed.claim, params)).all()
-            for rid, attempt in claimed:
+            for rid, attempt, stop in claimed:
                 task = asyncio.create_task(
-                    self.deliver(owed, rid, attempt), name=f"webhook runs/{rid}"
+                    self.deliver(owed, rid, attempt, stop), name=f"webhook runs/{rid}"
                 )
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
 
-    async def deliver(self, owed: _Owed, rid: uuid.UUID, attempt: int) -> None:
-        """POST the run once (its `attempt`th), then record how it went; an error recording it
+    async def deliver(self, owed: _Owed, rid: uuid.UUID, attempt: int, stop: int = 0) -> None:
+        """POST the run once (the `attempt`th of its delivery `stop`: 0 its end, else the pause
+        whose question has that sequence), then record how it went; an error recording it
         leaves the delivery to be claimed again when its lease ends."""
         try:
-            await self._deliver(owed, rid, attempt)
+            await self._deliver(owed, rid, attempt, stop)
         except Exception as exc:  # noqa: BLE001 - claimed again after LEASE_SECONDS
             log.warning("webhook delivery not recorded", run=convert.run_name(rid), error=repr(exc))
 
@@ -239,16 +264,19 @@ class Webhooks:
         deleted_at = fields.pop("deleted_at")
         return as_deleted(RunRow(**fields), deleted_at)
 
-    async def _deliver(self, owed: _Owed, rid: uuid.UUID, attempt: int) -> None:
+    async def _deliver(self, owed: _Owed, rid: uuid.UUID, attempt: int, stop: int) -> None:
         row = await self._read(owed, rid)
         if row is None or not row.webhook:
             return  # deleted since: its copy in deleted_run_webhooks is delivered instead
+        if stop and (row.status != RunState.PAUSED.value or row.question_sequence != stop):
+            return  # answered (or cancelled) since: its next stop is told instead
         url = row.webhook
+        delivery = question_id(row) if stop else f"{rid}:end"
         headers = {
             "Content-Type": "application/json",
             "User-Agent": "amelia-webhooks",
             "X-Amelia-Run": convert.run_name(rid),
-            "X-Amelia-Delivery": f"{rid}:end",
+            "X-Amelia-Delivery": delivery,
             "X-Amelia-Attempt": str(attempt),
         }
         if owed.deleted:
@@ -259,35 +287,37 @@ class Webhooks:
             outcome = f"HTTP {code}"
         except httpx.HTTPError as exc:
             code, outcome = None, f"{type(exc).__name__}: {exc}" if str(exc) else repr(exc)
-        data: dict[str, Any] = {"url": url, "attempts": attempt}
+        data: dict[str, Any] = {"url": url, "attempts": attempt, "delivery": delivery}
         if code is not None and 200 <= code < 300:
             data["status_code"] = code
             await self._tell(row, "run.webhook.delivered", data)
-            await self._settle(owed, rid, DELIVERED)
+            await self._settle(owed, rid, stop, DELIVERED)
             return
         data["error"] = outcome
         if attempt >= MAX_ATTEMPTS:
             log.warning("webhook failed", run=convert.run_name(rid), url=url, error=outcome)
             await self._tell(row, "run.webhook.failed", data)
-            await self._settle(owed, rid, FAILED)
+            await self._settle(owed, rid, stop, FAILED)
             return
         due = now() + timedelta(seconds=BACKOFF_SECONDS[attempt - 1])
         log.info("webhook to retry", run=convert.run_name(rid), attempt=attempt, error=outcome)
         async with self.store.autocommit.connect() as conn:
-            await conn.execute(owed.retry, {"id": rid, "due": due})
+            await conn.execute(owed.retry, {"id": rid, "due": due, "stop": stop})
 
-    async def _settle(self, owed: _Owed, rid: uuid.UUID, state: str) -> None:
+    async def _settle(self, owed: _Owed, rid: uuid.UUID, stop: int, state: str) -> None:
+        settle, params = owed.settle, {"id": rid, "state": state}
+        if stop:
+            settle, params = _SETTLE_PAUSE, {"id": rid, "stop": stop}
         async with self.store.autocommit.connect() as conn:
-            await conn.execute(owed.settle, {"id": rid, "state": state})
+            await conn.execute(settle, params)
 
     async def _tell(self, row: RunRow, event_type: str, data: dict[str, Any]) -> None:
-        """The outcome's event on the run's subject (fixed id: told once, even if the delivery
-        is made again after a crash before it was recorded). A delivery is recorded even if
-        NATS cannot take its event (logged)."""
+        """The outcome's event on the run's subject (its id fixed by the delivery: told once,
+        even if the delivery is made again after a crash before it was recorded). A delivery
+        is recorded even if NATS cannot take its event (logged)."""
+        event_id = f"{data['delivery']}:{event_type}"
         try:
-            await self.events.publish(
-                self.events.event(row, event_type, data, event_id=f"{row.id}:{event_type}")
-            )
+            await self.events.publish(self.events.event(row, event_type, data, event_id=event_id))
         except Exception as exc:  # noqa: BLE001 - the delivery stands without its event
             log.warning("webhook event not published", event=event_type, error=repr(exc))
 
