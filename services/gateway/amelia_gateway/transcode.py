@@ -346,6 +346,8 @@ def query_to_dict(
                 if not query_settable(value_field):
                     raise invalid(f"query parameter {key!r} cannot be set in the query string")
                 entries = node.setdefault(field.name, {})
+                if map_key in entries:
+                    raise invalid(f"query parameter {key!r} is given more than once")
                 entries[map_key] = _query_scalar(value_field, value, key)
                 continue
             if map_key is not None:
