@@ -97,8 +97,15 @@ REFUSED: list[tuple[type[Message], dict[str, Any], str]] = [
     ),
     (
         rag_pb2.SearchRequest,
-        {"metadataFilter": {"team": 1}},
-        'metadataFilter: must be a JSON object, each value a string, got {"team": 1}',
+        {"metadataFilter": {"team": {"name": "qa"}}},
+        "metadataFilter: must be a JSON object, each value a string, a number or true/false,"
+        ' got {"team": {"name": "qa"}}',
+    ),
+    (
+        agents_pb2.ListThreadsRequest,
+        {"metadataFilter": {"n": 1, "team": None}},
+        "metadataFilter: must be a JSON object, each value a string, a number or true/false,"
+        ' got {"n": 1, "team": null}',
     ),
     (
         agents_pb2.CreateRunRequest,
@@ -187,6 +194,34 @@ def test_an_update_mask_is_taken_in_camel_or_snake_case_as_a_list_or_a_string(ma
             path={"agent.name": "agents/a"},
         )
         assert list(request.update_mask) == ["max_tokens", "display_name"]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "request_type",
+    [
+        agents_pb2.ListThreadsRequest,
+        agents_pb2.CountThreadsRequest,
+        agents_pb2.ListThreadHistoryRequest,
+        rag_pb2.ListDocumentsRequest,
+        rag_pb2.SearchRequest,
+    ],
+)
+def test_a_metadata_filter_takes_numbers_and_booleans_as_their_json_text(
+    request_type: type[Message],
+) -> None:
+    """QA L3: LangGraph's threads/search takes any JSON value in a metadata filter; a number or
+    a boolean in the body is the text the query string (`metadataFilter[n]=1`) sends."""
+    for key in ("metadataFilter", "metadata_filter"):
+        body = {key: {"n": 1, "half": 0.5, "whole": 2.0, "ok": True, "no": False, "s": "1"}}
+        request = build_request(request_type, body=body, query=[], path={})
+        assert dict(request.metadata_filter) == {  # type: ignore[attr-defined]
+            "n": "1",
+            "half": "0.5",
+            "whole": "2",
+            "ok": "true",
+            "no": "false",
+            "s": "1",
+        }
 
 
 # A JSON value each kind of oneof member takes (the test gives two members at once).

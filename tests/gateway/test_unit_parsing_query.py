@@ -80,6 +80,19 @@ REFUSED: list[tuple[Descriptor, list[tuple[str, str]], set[str], str]] = [
     (UPDATE, [("agent.tools.x", "1")], set(), "unknown query parameter 'agent.tools.x'"),
     (UPDATE, [("agent.nope", "1")], set(), "unknown query parameter 'agent.nope'"),
     (DOCUMENTS, [("metadata_filter", "x")], set(), "use metadata_filter[key]=value"),
+    # A map key given twice is refused as a field given twice is (QA L5: the last one won).
+    (
+        DOCUMENTS,
+        [("metadataFilter[team]", "bulk"), ("metadataFilter[team]", "qa")],
+        set(),
+        "query parameter 'metadataFilter[team]' is given more than once",
+    ),
+    (
+        DOCUMENTS,
+        [("metadata_filter[team]", "bulk"), ("metadataFilter[team]", "qa")],
+        set(),
+        "query parameter 'metadataFilter[team]' is given more than once",
+    ),
 ]
 
 

@@ -15,6 +15,10 @@ from amelia_gateway.hub import FeedSpec, Since
 from amelia_gateway.ws import ProtocolError, parse_since, parse_spec
 
 RUN = "runs/4f1c2a3b-0000-4000-8000-00000000abcd"
+RUN_FORM = (
+    "'run' must be a run name like 'runs/<uuid>' with the uuid in its canonical form "
+    "(8-4-4-4-12 lowercase hex digits)"
+)
 NEW_YEAR = int(dt.datetime(2026, 1, 1, tzinfo=dt.UTC).timestamp())
 
 SINCE: list[tuple[Any, bool, str, int]] = [
@@ -75,10 +79,6 @@ SPECS: list[tuple[dict[str, Any], FeedSpec]] = [
     ({}, FeedSpec()),
     ({"run": RUN}, FeedSpec(run=RUN, since=Since("beginning"))),
     ({"run": RUN, "since": 9}, FeedSpec(run=RUN, since=Since("after", 9))),
-    (
-        {"run": "runs/4f1c2a3b00004000800000000000abcd"},
-        FeedSpec(run="runs/4f1c2a3b00004000800000000000abcd", since=Since("beginning")),
-    ),
     ({"filter": {"types": "run.*"}}, FeedSpec(types=("run.*",))),
     (
         {"filter": {"types": ["b", "a", "b"], "subject": "runs/*"}},
@@ -103,15 +103,19 @@ def test_the_same_types_in_any_order_are_one_topic() -> None:
 
 REFUSED_SPECS: list[tuple[dict[str, Any], str]] = [
     ({"run": RUN, "filter": {}}, "give either 'filter' or 'run', not both"),
-    # Run names: the agents service's rule, `runs/<uuid>` (amelia_agents.convert.run_id).
-    ({"run": "abc"}, "'run' must be a run name like 'runs/<uuid>', got 'abc'"),
-    ({"run": 5}, "'run' must be a run name like 'runs/<uuid>', got 5"),
-    ({"run": "runs/a b"}, "'run' must be a run name like 'runs/<uuid>'"),
-    ({"run": "runs/nope"}, "'run' must be a run name like 'runs/<uuid>', got 'runs/nope'"),
-    ({"run": RUN[5:]}, "'run' must be a run name like 'runs/<uuid>'"),
-    ({"run": RUN + "0"}, "'run' must be a run name like 'runs/<uuid>'"),
-    ({"run": "runs/{" + RUN[5:] + "}"}, "'run' must be a run name like 'runs/<uuid>'"),
-    ({"run": "threads/" + RUN[5:]}, "'run' must be a run name like 'runs/<uuid>'"),
+    # Run names: the services' rule, `runs/<uuid>` spelt one way (amelia_common.names).
+    ({"run": "abc"}, f"{RUN_FORM}, got 'abc'"),
+    ({"run": 5}, f"{RUN_FORM}, got 5"),
+    ({"run": "runs/a b"}, RUN_FORM),
+    ({"run": "runs/nope"}, f"{RUN_FORM}, got 'runs/nope'"),
+    ({"run": RUN[5:]}, RUN_FORM),
+    ({"run": RUN + "0"}, RUN_FORM),
+    ({"run": "runs/{" + RUN[5:] + "}"}, RUN_FORM),
+    ({"run": "threads/" + RUN[5:]}, RUN_FORM),
+    # Other spellings of the same UUID name no run (QA L2): upper case, no hyphens, a URN.
+    ({"run": RUN.upper().replace("RUNS/", "runs/")}, RUN_FORM),
+    ({"run": RUN.replace("-", "")}, f"{RUN_FORM}, got '{RUN.replace('-', '')}'"),
+    ({"run": "runs/urn:uuid:" + RUN[5:]}, RUN_FORM),
     # Filters: the events service's rules (amelia_common.eventlog.filter_subjects).
     ({"filter": {"types": ["a..b"]}}, "type pattern 'a..b' has an empty token"),
     ({"filter": {"types": ["run.>.x"]}}, "'>' may only be the last token"),

@@ -14,13 +14,10 @@ from google.protobuf.message import Message
 from amelia.v1 import agents_pb2
 from amelia_agents.models import AgentRow, RunRow, RunState, ThreadRow
 from amelia_common.errors import InvalidArgumentError, NotFoundError, check_json
+from amelia_common.names import BadNameError, uuid_name
 
 Found = TypeVar("Found")
 AGENT_ID = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
-
-
-class BadNameError(InvalidArgumentError):
-    """A resource name not of the form its collection takes (INVALID_ARGUMENT)."""
 
 
 def not_found(name: str) -> NotFoundError:
@@ -43,22 +40,12 @@ def agent_id(name: str) -> str:
     return value
 
 
-def _uuid_name(name: str, collection: str) -> uuid.UUID:
-    value = name.removeprefix(f"{collection}/")
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise BadNameError(
-            f"{collection[:-1]} name {name!r} must be '{collection}/<uuid>'"
-        ) from None
-
-
 def thread_id(name: str) -> uuid.UUID:
-    return _uuid_name(name, "threads")
+    return uuid_name(name, "threads")
 
 
 def run_id(name: str) -> uuid.UUID:
-    return _uuid_name(name, "runs")
+    return uuid_name(name, "runs")
 
 
 def workflow_name(name: str) -> str:

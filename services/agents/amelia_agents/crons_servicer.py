@@ -28,6 +28,7 @@ from amelia_agents.servicer import AgentServicer
 from amelia_common import paging
 from amelia_common.errors import InvalidArgumentError, check_request_id
 from amelia_common.eventlog import EventLog, timestamp_problem
+from amelia_common.names import BadNameError, uuid_name
 
 Ctx = Any
 UPDATABLE = (
@@ -54,11 +55,7 @@ AGENT_FORM = "<id>' with id [a-z][a-z0-9-]*"  # (convert.agent_id's words)
 
 
 def cron_id(name: str) -> uuid.UUID:
-    value = name.removeprefix("crons/")
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise convert.BadNameError(f"cron name {name!r} must be 'crons/<uuid>'") from None
+    return uuid_name(name, "crons")
 
 
 def _time(target: timestamp_pb2.Timestamp, value: datetime | str | None) -> None:
@@ -288,7 +285,7 @@ def _whole(name: str, collection: str, form: str) -> str:
     """A list filter names its resource whole (`agents/x`, as the proto says): a bare or misspelt
     value is INVALID_ARGUMENT, not an empty page."""
     if not name.startswith(f"{collection}/"):
-        raise convert.BadNameError(f"{collection[:-1]} name {name!r} must be '{collection}/{form}")
+        raise BadNameError(f"{collection[:-1]} name {name!r} must be '{collection}/{form}")
     return name
 
 

@@ -25,6 +25,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from amelia_agents.models import RunRow, RunState
 from amelia_common.errors import InvalidArgumentError
+from amelia_common.names import uuid_name
 
 MAX_FILTER_LENGTH = 2000
 MAX_DEPTH = 32
@@ -102,11 +103,8 @@ def _integer(value: str) -> int:
         raise InvalidArgumentError(f"filter: {value!r} is not a whole number") from None
 
 
-def _uuid(value: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(value.removeprefix("threads/"))
-    except ValueError:
-        raise InvalidArgumentError(f"filter: thread {value!r} is not 'threads/<uuid>'") from None
+def _thread(value: str) -> uuid.UUID:
+    return uuid_name(value, "threads", "filter")
 
 
 @dataclass(frozen=True)
@@ -122,7 +120,7 @@ FIELDS: dict[str, Field] = {
     "status": Field(RunRow.status, _status, _EQUALITY),
     "workflow": Field(RunRow.workflow, lambda v: v.removeprefix("workflows/"), _EQUALITY),
     "agent": Field(RunRow.agent_id, lambda v: v.removeprefix("agents/"), _EQUALITY),
-    "thread": Field(RunRow.thread_id, _uuid, _EQUALITY),
+    "thread": Field(RunRow.thread_id, _thread, _EQUALITY),
     "create_time": Field(RunRow.create_time, _time, COMPARISONS),
     "start_time": Field(RunRow.start_time, _time, COMPARISONS),
     "end_time": Field(RunRow.end_time, _time, COMPARISONS),

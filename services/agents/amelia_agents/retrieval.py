@@ -13,8 +13,6 @@ fallback.
 from __future__ import annotations
 
 import asyncio
-import re
-import uuid
 from typing import Any
 
 import grpc
@@ -22,14 +20,13 @@ import grpc
 from amelia.v1 import rag_pb2, rag_pb2_grpc
 from amelia_agents import runtime
 from amelia_common.grpc_client import aio_channel
+from amelia_common.names import BadNameError, uuid_name
 
 ALL_DOCUMENTS = "documents/*"
 ACCEPTED = (
     "'documents/<id>' (<id> a document's UUID, as 'amelia docs ls' shows it) or 'documents/*' "
     "(every document)"
 )
-# The RAG service's document ids (its `parse_name`): a UUID, with or without dashes.
-_UUID = re.compile(r"[0-9a-fA-F-]{32,36}")
 SEARCH_TIMEOUT_SECONDS = 30.0
 # The RAG service refuses longer queries (8192); the embedding model reads far less anyway.
 MAX_QUERY_CHARS = 8000
@@ -49,21 +46,18 @@ def check_sources(sources: Any, path: str = "context_sources") -> list[str]:
     if not isinstance(sources, list):
         raise ValueError(f"{path} must be a list, each entry {ACCEPTED}")
     for source in sources:
-        named = isinstance(source, str) and source.startswith("documents/")
-        if source != ALL_DOCUMENTS and not (named and _document_id(source[len("documents/") :])):
+        if source != ALL_DOCUMENTS and not (isinstance(source, str) and _document_name(source)):
             raise ValueError(
                 f"{path} entry {str(source)[:100]!r} is not a context source: it must be {ACCEPTED}"
             )
     return list(sources)
 
 
-def _document_id(text: str) -> bool:
-    """Whether `text` is a document id as the RAG service names them (a UUID)."""
-    if not _UUID.fullmatch(text):
-        return False
+def _document_name(text: str) -> bool:
+    """Whether `text` is a document name the RAG service takes (`documents/<uuid>`)."""
     try:
-        uuid.UUID(text)
-    except ValueError:
+        uuid_name(text, "documents")
+    except BadNameError:
         return False
     return True
 

@@ -24,7 +24,7 @@ from google.protobuf.descriptor import (
 )
 from google.protobuf.message import Message
 
-from amelia_common.json_numbers import to_json
+from amelia_common.json_numbers import number_text, to_json
 from amelia_gateway.errors import GatewayError, cut, invalid
 from amelia_gateway.json_input import read_json_object
 
@@ -236,6 +236,8 @@ def _oneof_twice_message(oneof: OneofDescriptor, value: dict[str, Any], path: li
 
 def _expected(field: FieldDescriptor, value: Any, element: bool) -> str:
     """What a JSON value for `field` must be (for one of its items when `element`)."""
+    if _is_string_map(field):  # numbers and booleans are taken as text (_map_scalars)
+        return "a JSON object, each value a string, a number or true/false"
     if is_map(field):
         value_field = msg_type(field).fields_by_name["value"]
         return "a JSON object, each value " + _expected(value_field, None, True)
@@ -346,6 +348,8 @@ def query_to_dict(
                 if not query_settable(value_field):
                     raise invalid(f"query parameter {key!r} cannot be set in the query string")
                 entries = node.setdefault(field.name, {})
+                if map_key in entries:
+                    raise invalid(f"query parameter {key!r} is given more than once")
                 entries[map_key] = _query_scalar(value_field, value, key)
                 continue
             if map_key is not None:
@@ -424,7 +428,9 @@ def build_request(
     if body_field and query_items:
         check_query_beside_body(descriptor, body_field, body or {}, query_items)
     if body:
-        parse_into(message, _field_masks(descriptor, body), "request body")
+        parse_into(
+            message, _map_scalars(descriptor, _field_masks(descriptor, body)), "request body"
+        )
     if query_items:
         values = query_to_dict(descriptor, query_items, set(path))
         from_query = message_cls()
@@ -488,6 +494,41 @@ def _field_masks(descriptor: Descriptor, body: Mapping[str, Any]) -> Mapping[str
                     for path in value
                 ]
     return changed if changed is not None else body
+
+
+def _map_scalars(descriptor: Descriptor, body: Mapping[str, Any]) -> Mapping[str, Any]:
+    """`body` with the numbers and booleans in its string maps (every `metadata_filter`) as
+    their JSON text: `{"metadataFilter": {"n": 1}}` asks for `n` = "1", which the services
+    match against a metadata value as text and, for a number, as a number (LangGraph's
+    threads/search takes any JSON value there). The query string and the CLI send the same text
+    (`metadataFilter[n]=1`, `--metadata n=1`). A map with a null, an object or an array in it is
+    left as the client wrote it, and refused so, naming the field."""
+    changed: dict[str, Any] | None = None
+    for field in descriptor.fields:
+        if not _is_string_map(field):
+            continue
+        for key in {field.json_name, field.name}:
+            entries = body.get(key)
+            if isinstance(entries, dict) and all(
+                isinstance(v, (str, bool, int, float)) for v in entries.values()
+            ):
+                changed = changed if changed is not None else dict(body)
+                changed[key] = {k: _as_text(v) for k, v in entries.items()}
+    return changed if changed is not None else body
+
+
+def _is_string_map(field: FieldDescriptor) -> bool:
+    value = msg_type(field).fields_by_name["value"] if is_map(field) else None
+    return value is not None and value.type == FieldDescriptor.TYPE_STRING
+
+
+def _as_text(value: str | float) -> str:
+    """A string as it is; a boolean or a number as its JSON text (`true`, `1`, `0.5`)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value) if isinstance(value, int) else number_text(value)
 
 
 def to_json_text(message: Message) -> str:

@@ -53,6 +53,7 @@ from amelia.v1 import agents_pb2
 from amelia_common.auth import token_ok
 from amelia_common.event_names import InvalidEventError, filter_tokens
 from amelia_common.logging import get_logger
+from amelia_common.names import CANONICAL_FORM, BadNameError, uuid_name
 from amelia_gateway import auth
 from amelia_gateway.errors import GatewayError, cut, internal, invalid, status_body
 from amelia_gateway.hub import CALLER_ERRORS, EVENTS_PER_MESSAGE, Chunk, Feed, FeedSpec, Since
@@ -83,8 +84,6 @@ _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 # A sequence given as text: ASCII digits only (str.isdigit also takes '²', which int() refuses),
 # at most 20 (2^64 has 20).
 _SEQUENCE = re.compile(r"[0-9]{1,20}")
-# A run name whose id the agents service then reads as a UUID (any form uuid.UUID takes).
-_RUN_NAME = re.compile(r"runs/([A-Za-z0-9_-]+)")
 
 
 class ProtocolError(Exception):
@@ -596,17 +595,16 @@ def parse_since(value: Any, *, run: bool) -> Since:
 
 
 def parse_run_name(run: Any) -> str:
-    """`run`, when it is a name the agents service takes (`runs/<uuid>`, as
-    `amelia_agents.convert.run_id` reads it): a malformed one is refused before `subscribed`."""
-    match = _RUN_NAME.fullmatch(run) if isinstance(run, str) else None
+    """`run`, when it is a name the agents service takes (`runs/<uuid>`, read by the same
+    `amelia_common.names.uuid_name`): a malformed one is refused before `subscribed`."""
     try:
-        uuid.UUID(match.group(1) if match else "-")
-    except ValueError:
+        uuid_name(run if isinstance(run, str) else "", "runs")
+    except BadNameError:
         shown = repr(run) if isinstance(run, str) else _shown(run)
         raise ProtocolError(
-            cut(f"'run' must be a run name like 'runs/<uuid>', got {shown}")
+            cut(f"'run' must be a run name like 'runs/<uuid>' with {CANONICAL_FORM}, got {shown}")
         ) from None
-    return run
+    return str(run)
 
 
 def parse_spec(message: dict[str, Any]) -> FeedSpec:

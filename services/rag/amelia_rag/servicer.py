@@ -11,8 +11,6 @@ model down) into those types.
 from __future__ import annotations
 
 import math
-import re
-import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -32,6 +30,7 @@ from amelia_common.errors import (
 )
 from amelia_common.json_numbers import whole_numbers
 from amelia_common.logging import get_logger
+from amelia_common.names import uuid_name
 from amelia_common.settings import Settings
 from amelia_rag.embeddings import EmbeddingUnavailableError
 from amelia_rag.ingest import EventsUnavailableError, Ingestor, Source
@@ -60,19 +59,6 @@ MODES = {
 DEFAULT_PAGE_SIZE = 50
 DEFAULT_CHUNK_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
-_NAME = re.compile(r"^documents/([0-9a-fA-F-]{32,36})$")
-
-
-def parse_name(name: str, field: str = "name") -> uuid.UUID:
-    match = _NAME.match(name)
-    if match:
-        try:
-            return uuid.UUID(match.group(1))
-        except ValueError:
-            pass
-    raise InvalidArgumentError(
-        f"{field} {name[:100]!r} is not a document name: expected 'documents/{{uuid}}'"
-    )
 
 
 def document_type(value: int, field: str = "type") -> str:
@@ -278,7 +264,7 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
     async def GetDocument(
         self, request: rag_pb2.GetDocumentRequest, context: grpc.aio.ServicerContext
     ) -> rag_pb2.GetDocumentResponse:
-        row = await self.store.get(parse_name(request.name))
+        row = await self.store.get(uuid_name(request.name, "documents"))
         if row is None:
             raise NotFoundError(f"{request.name} does not exist")
         [document] = await self._documents([row])
@@ -305,7 +291,7 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
         self, request: rag_pb2.ListChunksRequest, context: grpc.aio.ServicerContext
     ) -> rag_pb2.ListChunksResponse:
         page_size = paging.page_size(request.page_size, DEFAULT_CHUNK_PAGE_SIZE, MAX_PAGE_SIZE)
-        document = await self.store.get(parse_name(request.parent, "parent"))
+        document = await self.store.get(uuid_name(request.parent, "documents", "parent"))
         if document is None:
             raise NotFoundError(f"{request.parent} does not exist")
         scope = paging.request_scope(request)
@@ -320,7 +306,7 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
         self, request: rag_pb2.DeleteDocumentRequest, context: grpc.aio.ServicerContext
     ) -> rag_pb2.DeleteDocumentResponse:
         with rag_errors():
-            row = await self.ingestor.delete(parse_name(request.name))
+            row = await self.ingestor.delete(uuid_name(request.name, "documents"))
         if row is None:
             raise NotFoundError(f"{request.name} does not exist")
         return rag_pb2.DeleteDocumentResponse()
@@ -347,7 +333,7 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
             raise InvalidArgumentError(f"mode {request.mode} is not a known SearchMode")
         types = [document_type(t, "types") for t in request.types]
         filters = SearchFilters(
-            document_ids=[parse_name(n, "documents") for n in request.documents],
+            document_ids=[uuid_name(n, "documents", "documents") for n in request.documents],
             types=[t for t in types if t],
             metadata=metadata_filter(request.metadata_filter),
         )

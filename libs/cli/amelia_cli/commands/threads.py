@@ -48,11 +48,18 @@ def _plain(message: Any) -> Any:
 
 
 def _metadata(pairs: list[str], option: str) -> dict[str, str]:
-    wanted = {}
+    """Repeated `key=value` options as a dict; a key given twice is refused (the gateway refuses
+    `metadataFilter[k]` twice too), not settled silently by the last value."""
+    wanted: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise typer.BadParameter(f"{pair!r} is not key=value", param_hint=option)
+        if key in wanted:
+            raise typer.BadParameter(
+                f"key {key!r} is given more than once ({wanted[key]!r}, then {value!r})",
+                param_hint=option,
+            )
         wanted[key] = value
     return wanted
 
