@@ -14,12 +14,30 @@ import sys
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 
+import psutil
+
 TAIL = 3000  # characters of the log a failed wait shows
 
 
 def python_path(paths: Iterable[Path]) -> str:
     """PYTHONPATH with `paths` first (test plugins a service imports), then the inherited one."""
     return os.pathsep.join([*(str(p) for p in paths), os.environ.get("PYTHONPATH", "")])
+
+
+def connected(pid: int, port: int) -> bool:
+    """Whether process `pid` has a TCP connection open to `port` on this host."""
+    return any(
+        c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED
+        for c in psutil.Process(pid).net_connections("tcp")
+    )
+
+
+async def until_connected(pid: int, port: int, timeout: float = 60) -> None:
+    """Until process `pid` (a client) has reached the service on `port`."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not connected(pid, port):
+        assert asyncio.get_running_loop().time() < deadline, f"{pid} never connected to {port}"
+        await asyncio.sleep(0.05)
 
 
 class ServiceProcess:

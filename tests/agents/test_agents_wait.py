@@ -1,11 +1,13 @@
 """WaitRun (LangGraph's runs wait/join): the call returns the run once it has ended or paused on
 a question, with its output, error or interrupt; a bounded wait that runs out says so and leaves
-the run alone; a hundred waiters on one run all get it. The runs are `test-stubborn`, whose node
-waits for its release file: the test decides when the run ends, nothing is timed."""
+the run alone, counting from the caller's start_time when it sends the wait again; a hundred
+waiters on one run all get it. The runs are `test-stubborn`, whose node waits for its release
+file: the test decides when the run ends, nothing is timed."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +87,32 @@ async def test_a_wait_that_runs_out_says_so_and_leaves_the_run_running(agents, t
     assert (await agents.GetRun(S.GetRunRequest(name=run.name))).run.status == (
         S.RUN_STATUS_RUNNING
     )
+    _let_go(request)
+    done = (await _wait(agents, run.name)).run
+    assert done.status == S.RUN_STATUS_COMPLETED
+
+
+async def test_a_wait_sent_again_counts_from_its_start_time(agents, tmp_path) -> None:
+    """A caller sending its wait again (after a restart) gives the wait's start_time: the wait
+    ends a timeout after it, not after this call, and says the caller's whole wait."""
+    request = _stubborn(tmp_path)
+    run = await create_run(agents, workflow="workflows/test-stubborn", input=request)
+    await wait_status(agents, run.name, S.RUN_STATUS_RUNNING)
+    again = S.WaitRunRequest(name=run.name)
+    again.timeout.FromSeconds(60)
+    again.start_time.FromNanoseconds(time.time_ns() - 59_500_000_000)  # 0.5 s left
+    error = await rpc_error(agents.WaitRun(again, timeout=30))
+    assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert error.details() == (
+        f"{run.name} is still RUNNING after 60 s of waiting (the run goes on; wait again, "
+        "or follow it with StreamRun)"
+    )
+    # A start_time after now (a clock ahead of the service's) counts as now.
+    ahead = S.WaitRunRequest(name=run.name)
+    ahead.timeout.FromNanoseconds(500_000_000)
+    ahead.start_time.FromSeconds(int(time.time()) + 3600)
+    error = await rpc_error(agents.WaitRun(ahead, timeout=30))
+    assert "is still RUNNING after 0.5 s of waiting" in error.details()
     _let_go(request)
     done = (await _wait(agents, run.name)).run
     assert done.status == S.RUN_STATUS_COMPLETED

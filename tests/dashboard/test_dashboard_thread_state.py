@@ -1,7 +1,8 @@
 """The Threads screen's State, History and Edit state (LangGraph Studio's state panel), as a user
 sees them at 1280×800 and 390×844: after a run the panel shows the run's values; the history
 lists the checkpoints newest first and a row opens its state; an edit then a continued run sees
-the edited values; an edit while a run is active shows the service's refusal."""
+the edited values; an edit while a run is active shows the service's refusal; the page reads a
+thread's runs before its state."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ import json
 import re
 import uuid
 from pathlib import Path
+from urllib.parse import parse_qs, urlparse
 
 import httpx
 import pytest
 from dashboard_helpers import Mesh
 from dashboard_pages import shot
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Page, Route, expect
 from test_dashboard_features import DESKTOP, PHONE, _checked_page, _fits, _run, _wait_run
 
 pytestmark = pytest.mark.slow
@@ -135,6 +137,45 @@ def test_history_pages_on_with_older(browser: Browser, mesh: Mesh) -> None:
             expect(rows).not_to_have_count(count)
         shown = [rows.nth(i).get_attribute("data-checkpoint") for i in range(rows.count())]
         assert shown == [state["checkpoint"] for state in every]
+
+
+def _thread_runs_url(url: str) -> bool:
+    """The thread page's list of the thread's runs (not the inbox's of paused runs)."""
+    parts = urlparse(url)
+    return parts.path == "/v1/runs" and "thread" in "".join(parse_qs(parts.query).get("filter", []))
+
+
+def _state_url(url: str) -> bool:
+    return bool(re.fullmatch(r"/v1/threads/[^/]+/state", urlparse(url).path))
+
+
+def test_the_thread_page_reads_its_runs_before_its_state(browser: Browser, mesh: Mesh) -> None:
+    """A run's end is stored only after its last checkpoint: with the runs read first, the state
+    read next has every checkpoint of a run shown as ended. Read at once, a run that ended
+    between the two reads showed COMPLETED beside the state from before its last step (the
+    TUI's thread screen had the race, 5a7e9cf). The order is seen by holding the runs' answer:
+    the state is asked for only once it is given."""
+    run = _run(mesh, "chat", input={"message": "in order", "model": "offline:echo"})
+    _wait_run(mesh, run["name"], "RUN_STATUS_COMPLETED")
+    seen: list[str] = []
+
+    def runs(route: Route) -> None:
+        seen.append("runs asked")
+        answer = route.fetch()
+        seen.append("runs answered")
+        route.fulfill(response=answer)
+
+    def state(route: Route) -> None:
+        seen.append("state asked")
+        route.continue_()
+
+    with _checked_page(browser, mesh, DESKTOP) as page:
+        page.route(_thread_runs_url, runs)
+        page.route(_state_url, state)
+        _open_thread(page, _thread_id(run))
+        expect(page.locator("#thread-conversation .turn.reply .badge")).to_have_text("Completed")
+        expect(page.locator("#state-next")).to_have_text("nothing: the graph ended")
+    assert seen[:3] == ["runs asked", "runs answered", "state asked"], seen
 
 
 def test_an_edit_then_a_continued_run_sees_the_edited_values(

@@ -1,15 +1,28 @@
 """`POST /v1/runs/{run}:wait` (WaitRun) and a run's `webhook` through the gateway and the real
 mesh: the wait answers the ended run with its output; a wait longer than the gateway's usual
 deadline (GATEWAY_TIMEOUT_SECONDS) is not cut by it; a wait that runs out is a 504 saying the
-run goes on; a webhook that is not an http(s) URL is a 400 naming the field."""
+run goes on, and says the client's whole wait when the agents service restarted under it; a
+webhook that is not an http(s) URL is a 400 naming the field."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import re
+import sys
+import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from gateway_helpers import Mesh, start_gateway
+from service_process import until_connected
 from webhook_receiver import receiving
+
+from amelia_agents.server import build_service as build_agents
+from amelia_common.embedded import free_port
+from amelia_common.grpc_client import UNREACHED_SECONDS
 
 SLOW = "offline:echo?delay_ms=100"  # 30 s for 300 words: cancelled long before
 
@@ -129,3 +142,98 @@ async def test_a_crons_and_a_reruns_webhooks_over_http(mesh: Mesh) -> None:
             await http.delete(f"/v1/{cron['name']}")
     assert {h.body["name"] for h in hooks} == {fired["name"], again["name"]}
     assert all(h.body["output"] == {"message": "from the cron"} for h in hooks)
+
+
+# Seconds the agents service is down when it restarts: none (gRPC's own retries resend the wait
+# as it was), or longer than those retries last (about 1.5 s): the gateway and the CLI send it
+# again (reissue_while_unavailable) once gRPC's reconnect backoff (1 s, then 1.6 times longer
+# each time) finds the service back.
+OUTAGES = {"quick": 0.0, "slow": 2.0}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("outage", OUTAGES)
+async def test_a_wait_across_a_restart_is_one_wait_of_the_callers_length(
+    outage: str, infra: Any, events_address: str, tmp_path: Path
+) -> None:
+    """QA F6: the agents service restarts under a `:wait` and an `amelia runs wait`; each goes
+    on, runs out when its caller's timeout does (not a whole timeout after the restart) and
+    says how long its caller waited in all (not only since the restart). The service has its
+    own run queue and no workers: the run stays QUEUED."""
+    port = free_port()
+    settings = infra.settings(
+        EVENTS_ADDRESS=events_address,
+        AGENTS_GRPC_PORT=port,
+        AGENT_WORKERS=0,
+        RUNS_QUEUE_STREAM=f"AMELIA_RUNS_WAIT_{uuid.uuid4().hex[:8]}",
+    )
+    agents = await build_agents(settings)
+    await agents.start()
+    gateway = await start_gateway(
+        infra.settings(EVENTS_ADDRESS=events_address, AGENTS_ADDRESS=f"127.0.0.1:{port}")
+    )
+    timeout = UNREACHED_SECONDS + 12  # the service is back well before the wait runs out
+    cli: asyncio.subprocess.Process | None = None
+    loop = asyncio.get_running_loop()
+    try:
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as http:
+            name = (await _run(http, "never taken"))["name"]
+            http_sent = loop.time()
+            http_wait = asyncio.ensure_future(
+                http.post(f"/v1/{name}:wait", json={"timeout": f"{timeout}s"})
+            )
+            cli = await asyncio.create_subprocess_exec(
+                *(sys.executable, "-m", "amelia_cli", "runs", "wait", name),
+                *("--timeout", str(timeout)),
+                env={
+                    **os.environ,
+                    "AGENTS_ADDRESS": f"127.0.0.1:{port}",
+                    "AMELIA_DATA_DIR": str(tmp_path / "cli"),
+                    "COLUMNS": "200",
+                },
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            # Both waits have reached the service and waited there longer than a call to a
+            # service that is down takes to fail (UNREACHED_SECONDS) when it restarts.
+            await until_connected(cli.pid, port)
+            cli_waiting = loop.time()
+            await asyncio.sleep(UNREACHED_SECONDS + 0.5)
+            assert not http_wait.done()
+            await agents.stop(0)
+            await asyncio.sleep(OUTAGES[outage])
+            agents = await build_agents(settings)
+            await agents.start()
+            reply = await http_wait
+            http_took = loop.time() - http_sent
+            out, errors = await asyncio.wait_for(cli.communicate(), timeout=60)
+            cli_took = loop.time() - cli_waiting
+    finally:
+        if cli is not None and cli.returncode is None:
+            cli.kill()
+            await cli.wait()
+        await gateway.stop()
+        await agents.stop(0)
+    assert reply.status_code == 504, reply.text
+    message = reply.json()["message"]
+    assert waited_seconds(message, name) == pytest.approx(timeout, abs=0.5), message
+    assert cli.returncode == 1, (out, errors)
+    said = errors.decode().splitlines()[-1]  # after gRPC's own log line of the restart's GOAWAY
+    assert said.startswith("DEADLINE_EXCEEDED: "), errors
+    assert waited_seconds(said.removeprefix("DEADLINE_EXCEEDED: "), name) == pytest.approx(
+        timeout, abs=0.5
+    ), said
+    # A whole timeout after the restart would be more than UNREACHED_SECONDS later than these.
+    assert http_took < timeout + UNREACHED_SECONDS, http_took
+    assert cli_took < timeout + UNREACHED_SECONDS, cli_took
+
+
+def waited_seconds(message: str, name: str) -> float:
+    """The seconds a timeout's message says the caller waited."""
+    found = re.fullmatch(
+        rf"{name} is still QUEUED after ([0-9.]+) s of waiting \(the run goes on; wait again, "
+        r"or follow it with StreamRun\)",
+        message,
+    )
+    assert found, message
+    return float(found.group(1))

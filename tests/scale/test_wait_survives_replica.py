@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 from scale_helpers import Replica, addresses, all_serving, launch
+from service_process import until_connected
 
 from amelia.v1 import agents_pb2, agents_pb2_grpc
 from amelia_agents.checkpoints import open_checkpointer
@@ -129,14 +129,6 @@ async def test_waits_and_http_streams_outlive_the_agents_replica_serving_them(
             assert lines[-1]["result"]["event"]["type"] == "run.completed", lines[-1]
 
 
-def connected(pid: int, port: int) -> bool:
-    """Whether process `pid` has a TCP connection open to `port` on this host."""
-    return any(
-        c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED
-        for c in psutil.Process(pid).net_connections("tcp")
-    )
-
-
 def restarted(replica: Replica, settings: Settings, env: dict[str, str], log: Path) -> Replica:
     """`replica`'s service started again on its port (as a supervisor restarts it)."""
     again = Replica(
@@ -170,7 +162,7 @@ async def test_the_clis_wait_outlives_a_restart_of_the_only_agents_replica(
         try:
             # The CLI's wait has reached the replica (connected), and waited there a while:
             # longer than a call to a service that is down takes to fail (UNREACHED_SECONDS) …
-            await until(lambda: connected(cli.pid, agents[0].port), "the CLI never connected")
+            await until_connected(cli.pid, agents[0].port)
             await asyncio.sleep(UNREACHED_SECONDS + 1)
             run = (await stub.GetRun(agents_pb2.GetRunRequest(name=name), timeout=30)).run
             assert run.status == agents_pb2.RUN_STATUS_RUNNING, run

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from rich.text import Text
 from amelia.v1 import agents_pb2_grpc, rag_pb2_grpc
 from amelia_cli.located import service_target
 from amelia_common.grpc_client import aio_channel
+from amelia_common.grpc_server import from_servicer
 from amelia_common.json_numbers import json_kind
 
 if TYPE_CHECKING:
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
     from amelia.v1.rag_pb2_grpc import RagServiceAsyncStub
 
 err = Console(stderr=True)
+_ERRNO = re.compile(r"\s*\(\d+\)$")  # "Connection refused (111)"
 Stub = TypeVar("Stub")
 Result = TypeVar("Result")
 
@@ -38,10 +41,31 @@ Result = TypeVar("Result")
 @asynccontextmanager
 async def channel_to(service: str) -> AsyncIterator[grpc.aio.Channel]:
     """A channel to `service` of the mesh, found the one way every command finds it
-    (`amelia_cli.located`)."""
+    (`amelia_cli.located`); a call on it that could not reach the service fails naming it
+    (`unreached`), whichever command made it."""
     settings, address = service_target(service)
     async with aio_channel(address, settings) as channel:
-        yield channel
+        try:
+            yield channel
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE or from_servicer(exc):
+                raise  # a service answered (its dependency is down): its own words
+            raise unreached(exc, service, address) from exc
+
+
+def unreached(exc: grpc.aio.AioRpcError, service: str, address: str) -> grpc.aio.AioRpcError:
+    """gRPC's UNAVAILABLE for a service it could not reach ("connections to all backends
+    failing; last error: UNKNOWN: ipv4:…: Connection refused"), said as a person acts on it:
+    which service, where, gRPC's last words on why, and what to do."""
+    why = _ERRNO.sub("", (exc.details() or "").rsplit(": ", 1)[-1]).strip()
+    return grpc.aio.AioRpcError(
+        grpc.StatusCode.UNAVAILABLE,
+        exc.initial_metadata(),
+        exc.trailing_metadata(),
+        f"the {service} service at {address} is not answering"
+        + (f" ({why})" if why else "")
+        + " — is the mesh running? Start it with `amelia up`",
+    )
 
 
 @asynccontextmanager
@@ -66,15 +90,7 @@ def said(*parts: str | tuple[str, str]) -> Text:
 
 def fail(exc: grpc.aio.AioRpcError) -> typer.Exit:
     """Print an RPC error as `CODE: message` and return the exit to raise."""
-    if exc.code() == grpc.StatusCode.UNAVAILABLE:
-        err.print(
-            said(
-                ("UNAVAILABLE:", "red"),
-                f" {exc.details()} — is the mesh running? (`amelia status`)",
-            )
-        )
-    else:
-        err.print(said((f"{exc.code().name}:", "red"), f" {exc.details()}"))
+    err.print(said((f"{exc.code().name}:", "red"), f" {exc.details()}"))
     return typer.Exit(1)
 
 

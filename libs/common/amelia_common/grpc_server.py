@@ -57,6 +57,12 @@ NO_RETRY = "-1"
 _PUBLIC_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
+def from_servicer(exc: grpc.aio.AioRpcError) -> bool:
+    """Whether one of the mesh's servicers sent this status (every status of ours carries the
+    request id trailer), rather than gRPC itself for a service it could not reach."""
+    return any(key == REQUEST_ID for key, _ in exc.trailing_metadata() or ())
+
+
 def server_options(settings: Settings) -> list[tuple[str, Any]]:
     """The clients' channel arguments, plus what only a server decides."""
     return [

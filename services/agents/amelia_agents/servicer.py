@@ -599,8 +599,8 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
     async def WaitRun(
         self, request: agents_pb2.WaitRunRequest, context: Ctx
     ) -> agents_pb2.WaitRunResponse:
-        seconds = waiting.wait_seconds(request, context.time_remaining())
-        row = await self.streamer.waits.wait(request.name, seconds)
+        wait = waiting.wait_time(request, context.time_remaining())
+        row = await self.streamer.waits.wait(request.name, wait.seconds, wait.already)
         return agents_pb2.WaitRunResponse(run=convert.run_to_proto(row))
 
 

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
+from dataclasses import dataclass
 
 import grpc
 
@@ -48,9 +50,20 @@ def settled(row: RunRow) -> bool:
     return row.status in TERMINAL_STATES or row.status == RunState.PAUSED.value
 
 
-def wait_seconds(request: agents_pb2.WaitRunRequest, time_remaining: float | None) -> float:
-    """How long the call waits: its `timeout` (default and at most MAX_WAIT_SECONDS), or less
-    when the call's deadline comes first."""
+@dataclass(frozen=True)
+class WaitTime:
+    """What a call waits: `seconds` here, after the `already` seconds its caller has waited
+    since the wait's `start_time` (in calls before this one)."""
+
+    already: float
+    seconds: float
+
+
+def wait_time(request: agents_pb2.WaitRunRequest, time_remaining: float | None) -> WaitTime:
+    """How long the call waits: what is left of its `timeout` (default and at most
+    MAX_WAIT_SECONDS) since the caller's `start_time`, or less when the call's deadline comes
+    first. A wait sent again (by its caller or by gRPC's retries, as it was) so ends when the
+    caller's wait does, not a whole timeout after the last attempt."""
     limit = MAX_WAIT_SECONDS
     if request.HasField("timeout"):
         limit = convert.duration_seconds(request.timeout, "timeout")
@@ -59,9 +72,14 @@ def wait_seconds(request: agents_pb2.WaitRunRequest, time_remaining: float | Non
                 f"timeout must be more than 0 s and at most {MAX_WAIT_SECONDS:g} s, got {limit:g} s"
                 " (wait again for longer, or follow the run with StreamRun)"
             )
+    already = 0.0
+    if request.HasField("start_time"):
+        # A start after now (another host's clock ahead of ours) counts as now.
+        already = min(max(time.time() - request.start_time.ToNanoseconds() / 1e9, 0.0), limit)
+    seconds = limit - already
     if time_remaining is not None:
-        limit = min(limit, max(0.0, time_remaining - DEADLINE_MARGIN_SECONDS))
-    return limit
+        seconds = min(seconds, max(0.0, time_remaining - DEADLINE_MARGIN_SECONDS))
+    return WaitTime(already, seconds)
 
 
 class _Watch:
@@ -82,8 +100,9 @@ class RunWaits:
         self.feed = feed
         self.watches: dict[uuid.UUID, _Watch] = {}
 
-    async def wait(self, name: str, seconds: float) -> RunRow:
-        """The run `name` once settled; DeadlineExceededError after `seconds`."""
+    async def wait(self, name: str, seconds: float, already: float = 0.0) -> RunRow:
+        """The run `name` once settled; DeadlineExceededError after `seconds`, saying how long
+        the caller waited in all (`already` before this call, then `seconds`)."""
         rid = convert.run_id(name)
         row = convert.found(await self.store.get_run(rid), convert.run_name(rid))
         if settled(row):
@@ -97,7 +116,7 @@ class RunWaits:
                 found = await asyncio.shield(watch.done)
         except TimeoutError:
             row = await self.store.get_run(rid) or row
-            waited = round(seconds, 1)
+            waited = round(already + seconds, 1)
             raise DeadlineExceededError(
                 f"{convert.run_name(rid)} is still {row.status} after {waited:g} s of waiting "
                 "(the run goes on; wait again, or follow it with StreamRun)"

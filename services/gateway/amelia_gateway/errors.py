@@ -14,7 +14,7 @@ import grpc
 from starlette.responses import JSONResponse
 
 from amelia_common.errors import shorten_echoes
-from amelia_common.grpc_server import REQUEST_ID
+from amelia_common.grpc_server import from_servicer
 
 HTTP_STATUS: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.OK: 200,
@@ -132,16 +132,11 @@ def from_rpc_error(
     code = exc.code()
     message = exc.details() or code.name
     name = _SERVICE_NAMES.get(service, service)
-    if code == grpc.StatusCode.UNAVAILABLE and not (reached and _from_servicer(exc)):
+    if code == grpc.StatusCode.UNAVAILABLE and not (reached and from_servicer(exc)):
         message = f"the {name} service at {address} is unavailable ({message})"
     elif code == grpc.StatusCode.DEADLINE_EXCEEDED and message in ("Deadline Exceeded", ""):
         message = f"the {name} service did not answer before the deadline"
     return GatewayError(code, message, service=service)
-
-
-def _from_servicer(exc: grpc.aio.AioRpcError) -> bool:
-    """Whether the status was sent by one of the mesh's servicers (its request id trailer)."""
-    return any(key == REQUEST_ID for key, _ in exc.trailing_metadata() or ())
 
 
 def error_response(exc: GatewayError, request_id: str = "") -> JSONResponse:

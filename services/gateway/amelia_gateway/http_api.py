@@ -136,25 +136,21 @@ async def _unary(
 
 async def _wait(call: Any, message: Any, timeout: float, rid: str, service: str) -> Any:
     """WaitRun until the run's end or the wait's own timeout, sent again while the service is
-    UNAVAILABLE (the replica serving it died, the only one restarts), each time with the time
-    left of both the wait and the call."""
+    UNAVAILABLE (the replica serving it died, the only one restarts) with what is left of the
+    call's deadline. Every attempt carries the wait's `start_time` (the client's, else when the
+    gateway got it): the service counts the timeout and its message from it, so the attempts
+    make one wait of the client's length."""
     loop = asyncio.get_running_loop()
     start = loop.time()
     asked = message.timeout.ToNanoseconds() / 1e9 if message.HasField("timeout") else 0.0
     wait_end = start + min(asked or MAX_WAIT_SECONDS, timeout)
     call_end = start + timeout
-
-    sent: list[Any] = []
+    if not message.HasField("start_time"):
+        message.start_time.GetCurrentTime()
 
     async def attempt(_: float) -> Any:
-        again = message
-        if sent:  # sent as it came first (the service checks it), then with the time left
-            again = type(message)()
-            again.CopyFrom(message)
-            again.timeout.FromNanoseconds(int(max(wait_end - loop.time(), 0.001) * 1e9))
-        sent.append(again)
         left = max(call_end - loop.time(), 0.001)
-        return await call(again, timeout=left, metadata=metadata(rid))
+        return await call(message, timeout=left, metadata=metadata(rid))
 
     return await reissue_while_unavailable(attempt, wait_end - start, service)
 

@@ -777,11 +777,14 @@ def wait_run(
     wait goes on across a restart of the agents service, or on another replica, until --timeout."""
 
     async def go() -> agents_pb2.Run:
+        # One wait however often it is sent: the service counts the timeout (and says how
+        # long it waited) from its start_time.
+        request = agents_pb2.WaitRunRequest(name=resource("runs", name))
+        request.timeout.FromNanoseconds(int(timeout * 1e9))
+        request.start_time.GetCurrentTime()
         async with agents() as stub:
 
             async def wait(left: float) -> agents_pb2.WaitRunResponse:
-                request = agents_pb2.WaitRunRequest(name=resource("runs", name))
-                request.timeout.FromNanoseconds(int(left * 1e9))
                 # The call's deadline a little after the wait's: the service answers first,
                 # in words.
                 return await stub.WaitRun(request, timeout=left + 30)

@@ -1799,21 +1799,31 @@ class WaitRunRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     TIMEOUT_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """`runs/{run}`."""
     @_builtins.property
     def timeout(self) -> _duration_pb2.Duration:
         """How long to wait at most (default and at most 600 s); the call's deadline, if sooner, too."""
 
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """When the caller started this wait, for a caller that sends it again (after the service
+        restarted, or to another replica; gRPC's own retries resend it as it was): `timeout` then
+        counts from it, and so does the DEADLINE_EXCEEDED message, so every attempt is part of one
+        wait of the caller's length. Default, and for a time later than that: when the call arrives.
+        """
+
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         timeout: _duration_pb2.Duration | None = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["start_time", b"start_time", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "start_time", b"start_time", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

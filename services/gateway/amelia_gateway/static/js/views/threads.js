@@ -2,7 +2,7 @@
 // idle, busy, interrupted, error, filtered by `#/threads?status=busy` — and run count), and one thread as a conversation — each run's message and reply, in order — with a
 // form to send a message (a new run on the thread: the graph starts again from its start, on the
 // thread's state, so it shares the thread's memory), then its state, history, edit form and
-// "Continue from here (no input)" (views/threadstate.js). A running run's turn streams its tokens
+// "Continue from here (no input)" (views/threadstate.js), read after the runs. A running run's turn streams its tokens
 // (the run page's stream: ws.js, runstate.js, output.js); Send on a busy thread asks what to do
 // with the run that has not ended (the start form's multitask strategies: enqueue, interrupt,
 // rollback), as LangGraph Studio's double-texting.
@@ -274,13 +274,19 @@ function threadView(main, ctx, threadId) {
       send.disabled = false;
     }
   });
-  const refresh = debounce(() => Promise.all([load(), panel.refresh()]), 300);
+  /** The runs, then the state (as the TUI's thread screen): a run's end is stored only after its
+   * last checkpoint, so a run read as ended is never shown beside the state from before that
+   * checkpoint, as it was when both were read at once and the run ended in between. */
+  async function reload() {
+    await load();
+    await panel.refresh();
+  }
+  const refresh = debounce(reload, 300);
   // A run starts, waits, pauses, resumes or ends: the turns and Send follow.
   const subscription = ctx.socket.subscribe(
     { filter: { types: LIFECYCLE, subject: "runs/*" }, since: "now" },
     { onEvent: refresh });
-  load();
-  panel.refresh();
+  reload();
   return () => {
     stopped = true;
     panel.stop();

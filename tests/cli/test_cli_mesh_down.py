@@ -1,0 +1,78 @@
+"""With the mesh down, every command says in one line which service it could not reach, at
+which address, and what to do (QA L9: it printed gRPC's own "UNAVAILABLE: connections to all
+backends failing; last error: UNKNOWN: ipv4:…"), and exits 1. The real `amelia` process, its
+services pointed at ports where nothing listens, no `amelia up` for its data folder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from amelia_common.embedded import free_port
+
+# What gRPC says and a person need not read.
+GRPC_WORDS = ("backends", "last error", "UNKNOWN", "ipv4:", "Failed to connect")
+
+
+def amelia(tmp_path: Path, columns: int, *args: str) -> tuple[int, str, str, dict[str, str]]:
+    """`amelia ARGS` with the agents and rag services where nothing listens: exit code,
+    stdout, stderr, and those services' addresses."""
+    addresses = {service: f"127.0.0.1:{free_port()}" for service in ("agents", "rag")}
+    done = subprocess.run(
+        [sys.executable, "-m", "amelia_cli", *args],
+        env={
+            **os.environ,
+            "AGENTS_ADDRESS": addresses["agents"],
+            "RAG_ADDRESS": addresses["rag"],
+            "AMELIA_DATA_DIR": str(tmp_path / "data"),
+            "COLUMNS": str(columns),
+        },
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    return done.returncode, done.stdout, done.stderr, addresses
+
+
+@pytest.mark.parametrize(
+    ("args", "service"),
+    [
+        (("runs", "ls"), "agents"),
+        (("runs", "wait", "runs/00000000-0000-4000-8000-000000000000"), "agents"),
+        (("threads", "ls"), "agents"),
+        (("docs", "ls"), "rag"),
+        (("search", "what is a run"), "rag"),
+    ],
+    ids=["runs-ls", "runs-wait", "threads-ls", "docs-ls", "search"],
+)
+def test_a_command_with_the_mesh_down_names_the_service_and_what_to_do(
+    args: tuple[str, ...], service: str, tmp_path: Path
+) -> None:
+    code, out, errors, addresses = amelia(tmp_path, 200, *args)
+    assert code == 1, (out, errors)
+    assert out == ""
+    assert errors == (
+        f"UNAVAILABLE: the {service} service at {addresses[service]} is not answering "
+        "(Connection refused) — is the mesh running? Start it with `amelia up`\n"
+    )
+
+
+def test_at_80_columns_the_line_folds_between_words(tmp_path: Path) -> None:
+    code, _, errors, addresses = amelia(tmp_path, 80, "runs", "ls")
+    assert code == 1
+    rows = errors.splitlines()
+    assert all(len(row.rstrip()) <= 80 for row in rows), rows
+    assert " ".join(row.strip() for row in rows) == (
+        f"UNAVAILABLE: the agents service at {addresses['agents']} is not answering "
+        "(Connection refused) — is the mesh running? Start it with `amelia up`"
+    )
+    # The address and the command to type are each whole on one row; no gRPC jargon.
+    assert any(addresses["agents"] in row for row in rows), rows
+    assert any("`amelia up`" in row for row in rows), rows
+    assert not any(word in errors for word in GRPC_WORDS), errors
