@@ -50,6 +50,7 @@ HOSTILE_BODIES: dict[str, tuple[bytes, str]] = {
     "a number too large for a double": (b'{"a": 1e999}', "finite"),
     "a lone surrogate": (b'{"a": "\\ud800"}', "surrogate"),
     "a lone surrogate in a key": (b'{"\\udfff": 1}', "surrogate"),
+    "a key given twice": (b'{"a": {"team": "bulk", "team": "qa"}}', "'team' more than once"),
 }
 
 

@@ -30,6 +30,7 @@ HOSTILE_MESSAGES: dict[str, tuple[str, str]] = {
         '{"type":"subscribe","id":"s","filter":{"types":["run.\\udbff"]}}',
         "surrogate",
     ),
+    "a key given twice": ('{"type":"subscribe","id":"s","id":"t","filter":{}}', "more than once"),
     "nested past the recursion limit": ('{"a":' * DEPTH + "1" + "}" * DEPTH, "nested"),
     "nested arrays": ('{"type":"ping","a":' + "[" * DEPTH + "]" * DEPTH + "}", "nested"),
     "nested 40 deep": ('{"type":"ping","a":' + '{"a":' * 40 + "1" + "}" * 40 + "}", "nested"),

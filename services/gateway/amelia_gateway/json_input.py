@@ -10,7 +10,9 @@ each of these is refused here with a 400 (an `error` on a socket) that says what
 - nesting deeper than `MAX_DEPTH` (past Python's recursion limit the parser itself fails; well
   before it, protobuf stops decoding a Struct at 100 message levels, three per JSON level);
 - lone surrogates (`"\\ud800"`): valid JSON escapes, but not Unicode, so no UTF-8 encoder (gRPC,
-  the socket) can send them on.
+  the socket) can send them on;
+- a key given twice in one object (`{"team": "a", "team": "b"}`): Python keeps the last one
+  silently; grpc-gateway's protojson refuses it, and which one the client meant is a guess.
 """
 
 from __future__ import annotations
@@ -43,11 +45,26 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def _one_value_per_key(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            shown = key if len(key) <= 40 else key[:36] + "…"
+            raise _RefusedError(f"gives the key {shown!r} more than once in one object")
+        found[key] = value
+    return found
+
+
 def read_json(data: bytes | str, what: str) -> Any:
     """`data` parsed as strict JSON; `what` ("request body") starts every error message."""
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
-        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+        value = json.loads(
+            text,
+            parse_constant=_refuse_constant,
+            parse_float=_finite_float,
+            object_pairs_hook=_one_value_per_key,
+        )
     except UnicodeDecodeError:
         raise invalid(f"{what} is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
