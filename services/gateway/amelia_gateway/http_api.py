@@ -72,11 +72,13 @@ async def endpoint(request: Request) -> Response:
     rid = request_id(request)
     gateway.counters["httpRequests"] += 1
     try:
-        found = gateway.table.match(request.method, request.url.path)
+        # The path as sent (percent-decoded), not `request.url.path`: Starlette rebuilds that
+        # through urlsplit, which drops tabs, CRs and LFs, so `threads/<uuid>%0A` reached the
+        # thread instead of being refused as another spelling of its name.
+        path = request.scope["path"]
+        found = gateway.table.match(request.method, path)
         if found is None:
-            raise GatewayError(
-                grpc.StatusCode.NOT_FOUND, f"no route for {request.method} {request.url.path}"
-            )
+            raise GatewayError(grpc.StatusCode.NOT_FOUND, f"no route for {request.method} {path}")
         require_token(gateway, request)
         if found.rule.uploads and is_upload(request):
             return await uploads.upload(gateway, request, rid)

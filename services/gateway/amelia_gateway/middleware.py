@@ -114,7 +114,7 @@ async def http_exception(request: Request, exc: Exception) -> Response:
     code = _CODE_FOR_HTTP.get(exc.status_code, grpc.StatusCode.UNKNOWN)
     detail = exc.detail or HTTPStatus(exc.status_code).phrase
     if exc.status_code == 404:
-        detail = f"no such path: {request.url.path}"
+        detail = f"no such path: {request.scope['path']}"
     error = GatewayError(code, detail, http_status=exc.status_code, headers=exc.headers)
     return error_response(error, request_id(request.scope))
 
