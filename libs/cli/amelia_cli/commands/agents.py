@@ -555,7 +555,8 @@ def run(
     webhook: str = typer.Option(
         "",
         "--webhook",
-        help="An http(s) URL POSTed with the run as JSON when it ends (retried; at least once).",
+        help="An http(s) URL POSTed with the run as JSON when it pauses on a question and when it"
+        " ends (retried; at least once).",
     ),
 ) -> None:
     """Start a run and stream its tokens; Ctrl-C cancels it."""
@@ -857,7 +858,10 @@ def _new_run(follow: bool, call: Callable[[AgentServiceAsyncStub], Awaitable[Any
 
 
 # A rerun's or fork's own webhook: the source run's is not carried over.
-REPEAT_WEBHOOK = "POST the new run to this http(s) URL when it ends (the source's is not kept)."
+REPEAT_WEBHOOK = (
+    "POST the new run to this http(s) URL when it pauses and when it ends (the source's is not"
+    " kept)."
+)
 
 
 @runs_app.command("rerun")

@@ -220,7 +220,9 @@ def create(
         "delete it). Only with --thread: without one each tick's thread is new, never busy.",
     ),
     webhook: str = typer.Option(
-        "", "--webhook", help="POST each run to this http(s) URL when it ends (as run --webhook)."
+        "",
+        "--webhook",
+        help="POST each run to this http(s) URL when it pauses and when it ends (as run --webhook).",
     ),
 ) -> None:
     """Schedule runs of an agent or workflow."""
