@@ -151,3 +151,10 @@ async def test_wait_refuses_a_missing_run_and_a_timeout_out_of_bounds(agents) ->
         error = await rpc_error(_wait(agents, run.name, timeout=bad))
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "timeout must be more than 0 s and at most 600 s" in error.details()
+    # A start_time protobuf cannot convert (the RPC fuzz found it a 500).
+    for seconds, nanos in ((-(2**62), 0), (2**40, 0), (0, -5)):
+        request = S.WaitRunRequest(name=run.name)
+        request.start_time.seconds, request.start_time.nanos = seconds, nanos
+        error = await rpc_error(agents.WaitRun(request, timeout=30))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error.details() == "start_time is not a valid timestamp (0001-01-01 .. 9999-12-31)"

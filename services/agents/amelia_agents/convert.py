@@ -8,12 +8,13 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from google.protobuf import duration_pb2, json_format, struct_pb2
+from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
 from amelia.v1 import agents_pb2
 from amelia_agents.models import AgentRow, RunRow, RunState, ThreadRow
 from amelia_common.errors import InvalidArgumentError, NotFoundError, check_json
+from amelia_common.eventlog import timestamp_problem
 from amelia_common.names import BadNameError, uuid_name
 
 Found = TypeVar("Found")
@@ -226,6 +227,15 @@ def duration_seconds(duration: duration_pb2.Duration, field: str) -> float:
             "within ±999999999 with the same sign)"
         )
     return seconds + nanos / 1e9
+
+
+def timestamp_seconds(timestamp: timestamp_pb2.Timestamp, field: str) -> float:
+    """A request's Timestamp in seconds since the epoch; InvalidArgumentError if it is not a
+    valid one (protobuf's own conversions raise ValueError: a 500 for the caller)."""
+    problem = timestamp_problem(timestamp, field)
+    if problem is not None:
+        raise InvalidArgumentError(problem)
+    return timestamp.seconds + timestamp.nanos / 1e9
 
 
 def run_to_proto(row: RunRow) -> agents_pb2.Run:

@@ -75,7 +75,8 @@ def wait_time(request: agents_pb2.WaitRunRequest, time_remaining: float | None) 
     already = 0.0
     if request.HasField("start_time"):
         # A start after now (another host's clock ahead of ours) counts as now.
-        already = min(max(time.time() - request.start_time.ToNanoseconds() / 1e9, 0.0), limit)
+        start = convert.timestamp_seconds(request.start_time, "start_time")
+        already = min(max(time.time() - start, 0.0), limit)
     seconds = limit - already
     if time_remaining is not None:
         seconds = min(seconds, max(0.0, time_remaining - DEADLINE_MARGIN_SECONDS))
