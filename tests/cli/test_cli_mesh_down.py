@@ -10,8 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import grpc
 import pytest
 
+from amelia_cli.client import unreached
 from amelia_common.embedded import free_port
 
 # What gRPC says and a person need not read.
@@ -76,3 +78,18 @@ def test_at_80_columns_the_line_folds_between_words(tmp_path: Path) -> None:
     assert any(addresses["agents"] in row for row in rows), rows
     assert any("`amelia up`" in row for row in rows), rows
     assert not any(word in errors for word in GRPC_WORDS), errors
+
+
+def test_a_name_that_does_not_resolve_is_said_without_grpcs_brackets() -> None:
+    resolver = (
+        "errors resolving nosuchhost.invalid:50052: [field:hostname lookup error:address lookup "
+        "failed for nosuchhost.invalid:50052: Domain name not found]"
+    )
+    failed = grpc.aio.AioRpcError(
+        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), resolver
+    )
+    said = unreached(failed, "agents", "nosuchhost.invalid:50052")
+    assert said.details() == (
+        "the agents service at nosuchhost.invalid:50052 is not answering (Domain name not found)"
+        " — is the mesh running? Start it with `amelia up`"
+    )

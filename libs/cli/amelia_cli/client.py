@@ -57,7 +57,8 @@ def unreached(exc: grpc.aio.AioRpcError, service: str, address: str) -> grpc.aio
     """gRPC's UNAVAILABLE for a service it could not reach ("connections to all backends
     failing; last error: UNKNOWN: ipv4:…: Connection refused"), said as a person acts on it:
     which service, where, gRPC's last words on why, and what to do."""
-    why = _ERRNO.sub("", (exc.details() or "").rsplit(": ", 1)[-1]).strip()
+    # The last clause of gRPC's text; a resolver's comes inside "[field:…]".
+    why = _ERRNO.sub("", (exc.details() or "").rsplit(": ", 1)[-1].rstrip("]")).strip()
     return grpc.aio.AioRpcError(
         grpc.StatusCode.UNAVAILABLE,
         exc.initial_metadata(),
