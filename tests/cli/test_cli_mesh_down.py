@@ -23,13 +23,14 @@ GRPC_WORDS = ("backends", "last error", "UNKNOWN", "ipv4:", "Failed to connect")
 def amelia(tmp_path: Path, columns: int, *args: str) -> tuple[int, str, str, dict[str, str]]:
     """`amelia ARGS` with the agents and rag services where nothing listens: exit code,
     stdout, stderr, and those services' addresses."""
-    addresses = {service: f"127.0.0.1:{free_port()}" for service in ("agents", "rag")}
+    addresses = {service: f"127.0.0.1:{free_port()}" for service in ("agents", "rag", "gateway")}
     done = subprocess.run(
         [sys.executable, "-m", "amelia_cli", *args],
         env={
             **os.environ,
             "AGENTS_ADDRESS": addresses["agents"],
             "RAG_ADDRESS": addresses["rag"],
+            "AMELIA_GATEWAY_URL": f"http://{addresses['gateway']}",
             "AMELIA_DATA_DIR": str(tmp_path / "data"),
             "COLUMNS": str(columns),
         },
@@ -62,6 +63,16 @@ def test_a_command_with_the_mesh_down_names_the_service_and_what_to_do(
     assert errors == (
         f"UNAVAILABLE: the {service} service at {addresses[service]} is not answering "
         "(Connection refused) — is the mesh running? Start it with `amelia up`\n"
+    )
+
+
+def test_a_command_through_the_gateway_says_it_the_same_way(tmp_path: Path) -> None:
+    """`amelia events` speaks to the gateway (HTTP and its socket), not to a gRPC service."""
+    code, out, errors, addresses = amelia(tmp_path, 200, "events")
+    assert code == 1, (out, errors)
+    assert errors == (
+        f"UNAVAILABLE: the gateway at http://{addresses['gateway']} is not answering "
+        "(All connection attempts failed) — is the mesh running? Start it with `amelia up`\n"
     )
 
 

@@ -54,7 +54,9 @@ SEARCH_TIMEOUT = 120.0
 class ApiError(Exception):
     """A call the gateway refused or could not make, with the message a person reads."""
 
-    def __init__(self, http_status: int, body: Any, url: str = "", reason: str = "") -> None:
+    def __init__(
+        self, http_status: int, body: Any, url: str = "", reason: str = "", advice: str = ""
+    ) -> None:
         body = body if isinstance(body, dict) else {}
         number = body.get("code")
         self.http_status = http_status
@@ -64,7 +66,9 @@ class ApiError(Exception):
         elif http_status:
             message = f"the gateway answered HTTP {http_status}"
         else:
-            message = f"the gateway at {url} did not answer ({reason})"
+            # As a gRPC command says a service it cannot reach (`client.unreached`).
+            self.code = "UNAVAILABLE"
+            message = f"the gateway at {url} is not answering ({reason}){advice}"
         super().__init__(message)
 
 
@@ -114,7 +118,8 @@ class GatewayApi:
                 0,
                 None,
                 self.url,
-                f"{type(exc).__name__} {exc}".strip() + ": is `amelia up` running?",
+                str(exc) or type(exc).__name__,
+                " — is the mesh running? Start it with `amelia up`",
             ) from None
         try:
             payload = response.json()
