@@ -107,12 +107,16 @@ async def test_a_wait_sent_again_counts_from_its_start_time(agents, tmp_path) ->
         f"{run.name} is still RUNNING after 60 s of waiting (the run goes on; wait again, "
         "or follow it with StreamRun)"
     )
-    # A start_time after now (a clock ahead of the service's) counts as now.
-    ahead = S.WaitRunRequest(name=run.name)
-    ahead.timeout.FromNanoseconds(500_000_000)
-    ahead.start_time.FromSeconds(int(time.time()) + 3600)
-    error = await rpc_error(agents.WaitRun(ahead, timeout=30))
-    assert "is still RUNNING after 0.5 s of waiting" in error.details()
+    # A start_time after now, or before the whole timeout (a clock apart from the service's),
+    # counts as now: the wait is the whole timeout.
+    for skew in (3600, -3600):
+        apart = S.WaitRunRequest(name=run.name)
+        apart.timeout.FromNanoseconds(500_000_000)
+        apart.start_time.FromSeconds(int(time.time()) + skew)
+        started = time.monotonic()
+        error = await rpc_error(agents.WaitRun(apart, timeout=30))
+        assert "is still RUNNING after 0.5 s of waiting" in error.details()
+        assert time.monotonic() - started >= 0.5
     _let_go(request)
     done = (await _wait(agents, run.name)).run
     assert done.status == S.RUN_STATUS_COMPLETED

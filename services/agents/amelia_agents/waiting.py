@@ -74,9 +74,10 @@ def wait_time(request: agents_pb2.WaitRunRequest, time_remaining: float | None) 
             )
     already = 0.0
     if request.HasField("start_time"):
-        # A start after now (another host's clock ahead of ours) counts as now.
-        start = convert.timestamp_seconds(request.start_time, "start_time")
-        already = min(max(time.time() - start, 0.0), limit)
+        # A start after now, or longer ago than the whole timeout, counts as now: the caller's
+        # clock is apart from ours (a caller re-sends its wait only within its timeout).
+        waited = time.time() - convert.timestamp_seconds(request.start_time, "start_time")
+        already = waited if 0.0 < waited <= limit else 0.0
     seconds = limit - already
     if time_remaining is not None:
         seconds = min(seconds, max(0.0, time_remaining - DEADLINE_MARGIN_SECONDS))

@@ -1811,7 +1811,8 @@ class WaitRunRequest(_message.Message):
         """When the caller started this wait, for a caller that sends it again (after the service
         restarted, or to another replica; gRPC's own retries resend it as it was): `timeout` then
         counts from it, and so does the DEADLINE_EXCEEDED message, so every attempt is part of one
-        wait of the caller's length. Default, and for a time later than that: when the call arrives.
+        wait of the caller's length. Default, and for a time after the call arrives or before the
+        whole timeout (a clock apart from the service's): when the call arrives.
         """
 
     def __init__(
