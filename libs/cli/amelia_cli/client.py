@@ -118,8 +118,9 @@ def json_object(text: str, hint: str) -> dict[str, Any]:
 
 
 def resource(collection: str, value: str) -> str:
-    """`abc` or `runs/abc` → `runs/abc`."""
-    return value if value.startswith(f"{collection}/") else f"{collection}/{value}"
+    """`abc` or `runs/abc` → `runs/abc`; a value that names a collection already is sent as
+    it is, for the service to say what is wrong with it (not `crons/Crons/…`)."""
+    return value if "/" in value else f"{collection}/{value}"
 
 
 @dataclass(frozen=True)
