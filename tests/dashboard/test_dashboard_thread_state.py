@@ -17,7 +17,7 @@ import pytest
 from dashboard_helpers import Mesh
 from dashboard_pages import shot
 from playwright.sync_api import Browser, Page, Route, expect
-from test_dashboard_features import DESKTOP, PHONE, _checked_page, _fits, _run, _wait_run
+from test_dashboard_features import DESKTOP, PHONE, _checked_page, _fits, _open, _run, _wait_run
 
 pytestmark = pytest.mark.slow
 
@@ -176,6 +176,20 @@ def test_the_thread_page_reads_its_runs_before_its_state(browser: Browser, mesh:
         expect(page.locator("#thread-conversation .turn.reply .badge")).to_have_text("Completed")
         expect(page.locator("#state-next")).to_have_text("nothing: the graph ended")
     assert seen[:3] == ["runs asked", "runs answered", "state asked"], seen
+
+
+def test_an_address_that_names_no_thread_says_so_and_offers_no_message_form(
+    browser: Browser, mesh: Mesh
+) -> None:
+    """`#/threads/<UPPER-CASE UUID>` (an id pasted as another tool spelt it): the service's
+    refusal is shown, and no "Send a message" form to a thread that is not one (QA s19)."""
+    context, page, _ = _open(browser, mesh, DESKTOP)  # its 400s are logged: not a checked page
+    try:
+        page.goto(f"/#/threads/{str(uuid.uuid4()).upper()}")
+        expect(page.locator("#thread-error")).to_contain_text("canonical form")
+        expect(page.locator("#thread-continue")).to_be_hidden()
+    finally:
+        context.close()
 
 
 def test_an_edit_then_a_continued_run_sees_the_edited_values(

@@ -177,7 +177,7 @@ const STREAMING = new Set(["RUN_STATUS_QUEUED", "RUN_STATUS_RUNNING"]);
 function threadView(main, ctx, threadId) {
   const name = `threads/${threadId}`;
   const conversation = h("ol", { class: "conversation", id: "thread-conversation", "aria-label": "Conversation" });
-  const error = h("div", { "aria-live": "polite" });
+  const error = h("div", { id: "thread-error", "aria-live": "polite" });
   const message = h("textarea", { id: "thread-message", rows: 3, required: true });
   const send = h("button", { type: "submit", class: "primary", id: "thread-send" }, "Send");
   // Shown while a run of the thread has not ended: what Send does with it (double-texting).
@@ -252,7 +252,10 @@ function threadView(main, ctx, threadId) {
       ]));
       if (!runs.length) conversation.replaceChildren(h("li", { class: "empty" }, "No runs in this thread yet."));
     } catch (err) {
-      if (!stopped) error.replaceChildren(errorNotice(err));
+      if (stopped) return;
+      error.replaceChildren(errorNotice(err));
+      // Not a thread's name (an id pasted in upper case…): nothing to send a message to.
+      if (err.code === "INVALID_ARGUMENT") form.hidden = true;
     }
   }
   form.addEventListener("submit", async (event) => {
