@@ -62,7 +62,7 @@ def test_a_command_with_the_mesh_down_names_the_service_and_what_to_do(
     assert out == ""
     assert errors == (
         f"UNAVAILABLE: the {service} service at {addresses[service]} is not answering "
-        "(Connection refused) — is the mesh running? Start it with `amelia up`\n"
+        "(Connection refused) — is the mesh running? `amelia status` checks it, `amelia up` starts it\n"
     )
 
 
@@ -72,7 +72,7 @@ def test_a_command_through_the_gateway_says_it_the_same_way(tmp_path: Path) -> N
     assert code == 1, (out, errors)
     assert errors == (
         f"UNAVAILABLE: the gateway at http://{addresses['gateway']} is not answering "
-        "(All connection attempts failed) — is the mesh running? Start it with `amelia up`\n"
+        "(All connection attempts failed) — is the mesh running? `amelia status` checks it, `amelia up` starts it\n"
     )
 
 
@@ -83,11 +83,12 @@ def test_at_80_columns_the_line_folds_between_words(tmp_path: Path) -> None:
     assert all(len(row.rstrip()) <= 80 for row in rows), rows
     assert " ".join(row.strip() for row in rows) == (
         f"UNAVAILABLE: the agents service at {addresses['agents']} is not answering "
-        "(Connection refused) — is the mesh running? Start it with `amelia up`"
+        "(Connection refused) — is the mesh running? `amelia status` checks it, `amelia up` starts it"
     )
     # The address and the command to type are each whole on one row; no gRPC jargon.
     assert any(addresses["agents"] in row for row in rows), rows
     assert any("`amelia up`" in row for row in rows), rows
+    assert any("`amelia status`" in row for row in rows), rows
     assert not any(word in errors for word in GRPC_WORDS), errors
 
 
@@ -102,5 +103,5 @@ def test_a_name_that_does_not_resolve_is_said_without_grpcs_brackets() -> None:
     said = unreached(failed, "agents", "nosuchhost.invalid:50052")
     assert said.details() == (
         "the agents service at nosuchhost.invalid:50052 is not answering (Domain name not found)"
-        " — is the mesh running? Start it with `amelia up`"
+        " — is the mesh running? `amelia status` checks it, `amelia up` starts it"
     )

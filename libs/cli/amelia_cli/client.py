@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from amelia.v1.rag_pb2_grpc import RagServiceAsyncStub
 
 err = Console(stderr=True)
+# What to do about a part of the mesh that is not answering: check it, or start it.
+UNREACHED_HINT = " — is the mesh running? `amelia status` checks it, `amelia up` starts it"
 _ERRNO = re.compile(r"\s*\(\d+\)$")  # "Connection refused (111)"
 Stub = TypeVar("Stub")
 Result = TypeVar("Result")
@@ -65,7 +67,7 @@ def unreached(exc: grpc.aio.AioRpcError, service: str, address: str) -> grpc.aio
         exc.trailing_metadata(),
         f"the {service} service at {address} is not answering"
         + (f" ({why})" if why else "")
-        + " — is the mesh running? Start it with `amelia up`",
+        + UNREACHED_HINT,
     )
 
 

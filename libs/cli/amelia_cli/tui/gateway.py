@@ -26,6 +26,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.typing import Subprotocol
 
+from amelia_cli.client import UNREACHED_HINT
+
 GRPC_CODES = [
     "OK",
     "CANCELLED",
@@ -119,7 +121,7 @@ class GatewayApi:
                 None,
                 self.url,
                 str(exc) or type(exc).__name__,
-                " — is the mesh running? Start it with `amelia up`",
+                UNREACHED_HINT,
             ) from None
         try:
             payload = response.json()
