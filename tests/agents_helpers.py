@@ -272,3 +272,24 @@ def register_said_workflow(name: str, description: str, graph: Any) -> str:
         replace=True,
     )
     return name
+
+
+def migrate_agents_to(revision: str) -> Callable[[Any], None]:
+    """For `conn.run_sync`: the agents tables moved to `revision` — upgraded to "head", else
+    downgraded to it — on that connection, as the service's own migrations run."""
+    from alembic import command
+    from alembic.config import Config
+
+    from amelia_agents.resources import MIGRATIONS
+
+    def move(sync_conn: Any) -> None:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        cfg.attributes["connection"] = sync_conn
+        cfg.attributes["version_table"] = "alembic_version_agents"
+        if revision == "head":
+            command.upgrade(cfg, revision)
+        else:
+            command.downgrade(cfg, revision)
+
+    return move

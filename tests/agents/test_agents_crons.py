@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 import pytest
-from agents_helpers import S, create_run, rpc_error, wait_status
+from agents_helpers import S, create_run, migrate_agents_to, rpc_error, wait_status
 from sqlalchemy import text
 from test_agents_multitask import LONG, SLOW, first_token, started_after_end
 from webhook_receiver import receiving
@@ -649,36 +649,19 @@ async def test_crons_are_listed_in_pages_by_agent(env: Crons) -> None:
 async def test_migration_0006_downgrades_and_upgrades_again(infra: Any) -> None:
     """agents_0006 on a database with a cron: existing crons get "reject"; the downgrade drops
     the column and keeps the cron, the upgrade brings the column back."""
-    from alembic import command
-    from alembic.config import Config
-
-    from amelia_agents.resources import MIGRATIONS, migrate
+    from amelia_agents.resources import migrate
     from amelia_common.db import create_engine
 
     async with infra.scratch_database("cron_migration") as url:
         engine = create_engine(infra.settings(), url)
         try:
             await migrate(engine)
-
-            def to(revision: str) -> Any:
-                def move(sync_conn: Any) -> None:
-                    cfg = Config()
-                    cfg.set_main_option("script_location", str(MIGRATIONS))
-                    cfg.attributes["connection"] = sync_conn
-                    cfg.attributes["version_table"] = "alembic_version_agents"
-                    if revision == "agents_0005":
-                        command.downgrade(cfg, revision)
-                    else:
-                        command.upgrade(cfg, revision)
-
-                return move
-
             column = text(
                 "SELECT count(*) FROM information_schema.columns "
                 "WHERE table_name = 'crons' AND column_name = 'multitask_strategy'"
             )
             async with engine.begin() as conn:
-                await conn.run_sync(to("agents_0005"))
+                await conn.run_sync(migrate_agents_to("agents_0005"))
                 assert (await conn.execute(column)).scalar() == 0
                 await conn.execute(
                     text(
@@ -686,7 +669,7 @@ async def test_migration_0006_downgrades_and_upgrades_again(infra: Any) -> None:
                     ),
                     {"id": uuid.uuid4()},
                 )
-                await conn.run_sync(to("head"))
+                await conn.run_sync(migrate_agents_to("head"))
                 assert (await conn.execute(column)).scalar() == 1
                 found = await conn.execute(text("SELECT multitask_strategy FROM crons"))
                 assert [row[0] for row in found] == ["reject"]

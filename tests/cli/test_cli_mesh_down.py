@@ -20,20 +20,24 @@ from amelia_common.embedded import free_port
 GRPC_WORDS = ("backends", "last error", "UNKNOWN", "ipv4:", "Failed to connect")
 
 
-def amelia(tmp_path: Path, columns: int, *args: str) -> tuple[int, str, str, dict[str, str]]:
+def amelia(tmp_path: Path, columns: int | None, *args: str) -> tuple[int, str, str, dict[str, str]]:
     """`amelia ARGS` with the agents and rag services where nothing listens: exit code,
-    stdout, stderr, and those services' addresses."""
+    stdout, stderr, and those services' addresses. `columns` None: no width set, as a
+    script that pipes the output runs it."""
     addresses = {service: f"127.0.0.1:{free_port()}" for service in ("agents", "rag", "gateway")}
+    env = {
+        **os.environ,
+        "AGENTS_ADDRESS": addresses["agents"],
+        "RAG_ADDRESS": addresses["rag"],
+        "AMELIA_GATEWAY_URL": f"http://{addresses['gateway']}",
+        "AMELIA_DATA_DIR": str(tmp_path / "data"),
+        "COLUMNS": str(columns),
+    }
+    if columns is None:
+        del env["COLUMNS"]
     done = subprocess.run(
         [sys.executable, "-m", "amelia_cli", *args],
-        env={
-            **os.environ,
-            "AGENTS_ADDRESS": addresses["agents"],
-            "RAG_ADDRESS": addresses["rag"],
-            "AMELIA_GATEWAY_URL": f"http://{addresses['gateway']}",
-            "AMELIA_DATA_DIR": str(tmp_path / "data"),
-            "COLUMNS": str(columns),
-        },
+        env=env,
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -90,6 +94,18 @@ def test_at_80_columns_the_line_folds_between_words(tmp_path: Path) -> None:
     assert any("`amelia up`" in row for row in rows), rows
     assert any("`amelia status`" in row for row in rows), rows
     assert not any(word in errors for word in GRPC_WORDS), errors
+
+
+def test_piped_with_no_width_the_message_stays_one_line(tmp_path: Path) -> None:
+    """A script reading stderr gets the whole message on one line (QA s19: Rich cut it at 80
+    columns whenever stderr was not a terminal)."""
+    code, _, errors, addresses = amelia(tmp_path, None, "runs", "ls")
+    assert code == 1
+    assert errors == (
+        f"UNAVAILABLE: the agents service at {addresses['agents']} is not answering "
+        "(Connection refused) — is the mesh running? `amelia status` checks it, `amelia up` starts it\n"
+    )
+    assert len(errors) > 80
 
 
 def test_a_name_that_does_not_resolve_is_said_without_grpcs_brackets() -> None:

@@ -28,6 +28,13 @@ async def expect_error(awaitable: object, code: grpc.StatusCode, *words: str) ->
         ([], "runs", ["'runs'", "collection/id"]),
         ([], "runs/a/b", ["collection/id"]),
         ([], "Runs/*", ["collection/id"]),
+        # A run's uuid as a person may copy it (QA s19: matched nothing, silently).
+        (
+            [],
+            "runs/4F1C0000-0000-4000-8000-0000000000AB",
+            ["names no run", "'runs/4f1c0000-0000-4000-8000-0000000000ab'", "canonical"],
+        ),
+        ([], "threads/4f1c00000000400080000000000000ab", ["names no thread", "threads/4f1c0000-"]),
     ],
 )
 async def test_bad_filters(
@@ -104,6 +111,8 @@ async def test_bad_events(events: RunningEvents, resource: str) -> None:
     await expect_error(publish_raw(event("single", resource)), invalid, "'single'", "run.token")
     await expect_error(publish_raw(event("run.token", "nope")), invalid, "'nope'", "collection/id")
     await expect_error(publish_raw(event("run.token", "runs/*")), invalid, "'runs/*'")
+    upper = "documents/4F1C0000-0000-4000-8000-0000000000AB"
+    await expect_error(publish_raw(event("run.token", upper)), invalid, "names no document")
     with_bad_id = event("run.token", resource)
     with_bad_id.id = "has space"
     await expect_error(publish_raw(with_bad_id), invalid, "'has space'")

@@ -81,6 +81,22 @@ REFUSED: list[tuple[type[Message], dict[str, Any], str]] = [
         'startTime: must be an RFC 3339 time like "2026-01-01T00:00:00Z", got "yesterday"',
     ),
     (
+        events_pb2.ListEventsRequest,
+        {"startTime": "2026-01-01T00:00:00+99:00"},
+        'startTime: must be an RFC 3339 time like "2026-01-01T00:00:00Z", its UTC offset from'
+        ' -23:59 to +23:59, got "2026-01-01T00:00:00+99:00"',
+    ),
+    (
+        agents_pb2.WaitRunRequest,
+        {"name": "runs/x", "startTime": "2026-01-01T00:00:00-05:60"},
+        "startTime: must be an RFC 3339 time like",
+    ),
+    (
+        agents_pb2.ListRunsRequest,
+        {"createdAfter": "2026-01-01T00:00:00.5+24:00"},
+        "createdAfter: must be an RFC 3339 time like",
+    ),
+    (
         events_pb2.PublishEventRequest,
         {"event": {"data": [1]}},
         "event.data: must be a JSON object, got [1]",
@@ -162,6 +178,11 @@ def test_a_body_that_does_not_fit_says_which_field_and_why(
             "query parameter 'page_size': must be an integer from -2147483648",
         ),
         ([("pageSize", "lots")], "query parameter 'pageSize': must be an integer from"),
+        (
+            [("startTime", "2026-01-01T00:00:00+99:00")],
+            "query parameter 'startTime': must be an RFC 3339 time like"
+            ' "2026-01-01T00:00:00Z", its UTC offset from -23:59 to +23:59',
+        ),
     ],
 )
 def test_a_query_value_that_does_not_fit_is_named_as_the_client_wrote_it(
@@ -278,3 +299,19 @@ def test_a_oneof_given_twice_is_said_so_for_every_request_of_every_route() -> No
             checked.add(oneof.full_name)
     # Run.target, Cron.target, StreamEventsRequest.start: the ones the routes reach today.
     assert len(checked) >= 3, checked
+
+
+@pytest.mark.parametrize("offset", ["+23:59", "-23:59", "+05:30", "+00:00", "-00:00", "Z"])
+def test_a_time_with_any_offset_of_a_day_is_taken(offset: str) -> None:
+    """The offsets RFC 3339 allows are read as the instant they name."""
+    request = build_request(
+        events_pb2.ListEventsRequest,
+        body={"startTime": f"2026-01-02T00:00:00{offset}"},
+        query=[],
+        path={},
+    )
+    assert isinstance(request, events_pb2.ListEventsRequest)
+    sign = -1 if offset.startswith("+") else 1
+    hours, minutes = (0, 0) if offset == "Z" else map(int, offset[1:].split(":"))
+    expected = 1767312000 + sign * (hours * 3600 + minutes * 60)
+    assert request.start_time.seconds == expected

@@ -21,6 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from amelia.v1 import agents_pb2_grpc, rag_pb2_grpc
+from amelia_cli.consoles import err
 from amelia_cli.located import service_target
 from amelia_common.grpc_client import aio_channel
 from amelia_common.grpc_server import from_servicer
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
     from amelia.v1.agents_pb2_grpc import AgentServiceAsyncStub
     from amelia.v1.rag_pb2_grpc import RagServiceAsyncStub
 
-err = Console(stderr=True)
 # What to do about a part of the mesh that is not answering: check it, or start it.
 UNREACHED_HINT = " — is the mesh running? `amelia status` checks it, `amelia up` starts it"
 _ERRNO = re.compile(r"\s*\(\d+\)$")  # "Connection refused (111)"

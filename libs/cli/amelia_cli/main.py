@@ -16,7 +16,6 @@ import time
 from urllib.parse import quote
 
 import typer
-from rich.console import Console
 
 from amelia_cli.client import said
 from amelia_cli.commands import git as _git  # noqa: F401 - runs diff/land/discard
@@ -28,6 +27,7 @@ from amelia_cli.commands.events import events
 from amelia_cli.commands.status import endpoints_table
 from amelia_cli.commands.status import show as show_status
 from amelia_cli.commands.threads import threads_app
+from amelia_cli.consoles import console, err
 from amelia_cli.health import probe_all
 from amelia_cli.help_text import App
 from amelia_cli.located import addresses_over_mesh, running_mesh
@@ -51,8 +51,6 @@ app = App(
     help="Amelia: local-first LLM workflow orchestration mesh.",
     no_args_is_help=True,
 )
-console = Console()
-err = Console(stderr=True)
 app.command()(ingest)
 app.command()(search)
 app.command()(run)

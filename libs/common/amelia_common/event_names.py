@@ -11,6 +11,7 @@ import re
 from collections.abc import Sequence
 
 from amelia_common.errors import InvalidArgumentError
+from amelia_common.names import CANONICAL_FORM, misspelt_uuid
 
 _TYPE_TOKEN = re.compile(r"[a-z][a-z0-9_-]*")
 # A whole event type in one match: two or more dotted lowercase words (see validate_type).
@@ -42,7 +43,15 @@ def subject_tokens(subject: str, *, allow_wildcard: bool = False) -> str:
             f"subject {subject!r} must look like 'collection/id' (e.g. 'runs/4f1c…')"
             + (" or 'collection/*'" if allow_wildcard else "")
         )
-    return f"{match.group(1)}.{match.group(2)}"
+    collection, value = match.groups()
+    canonical = misspelt_uuid(collection, value)
+    if canonical is not None:
+        # Would be stored or matched as given, so it would name (or find) nothing the mesh logs.
+        raise InvalidEventError(
+            f"subject {subject!r} names no {collection.removesuffix('s')} the mesh logs: its "
+            f"subject is '{collection}/{canonical}', {CANONICAL_FORM}"
+        )
+    return f"{collection}.{value}"
 
 
 def type_pattern_tokens(pattern: str) -> str:

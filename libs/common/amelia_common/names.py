@@ -35,3 +35,18 @@ def uuid_name(name: str, collection: str, field: str = "") -> uuid.UUID:
         f"{where}{collection.removesuffix('s')} name {name!r} must be '{collection}/<uuid>' "
         f"with {CANONICAL_FORM}"
     )
+
+
+# The collections whose names carry a UUID: an event about one of them has its name as subject.
+UUID_COLLECTIONS = frozenset({"threads", "runs", "crons", "documents"})
+
+
+def misspelt_uuid(collection: str, value: str) -> str | None:
+    """The canonical spelling of `value` when it is a UUID of a `UUID_COLLECTIONS` collection
+    spelt otherwise (`4F1C…`, no hyphens): a name the mesh never writes. None otherwise."""
+    if collection not in UUID_COLLECTIONS or _CANONICAL.fullmatch(value):
+        return None
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        return None

@@ -22,9 +22,9 @@ The claim counts the attempt and leases it for LEASE_SECONDS (longer than a POST
 process killed mid-POST leaves it to be claimed again then, so a receiver may get a run twice
 (at least once; the `X-Amelia-Delivery` header is the same each time, to recognise it).
 
-A 2xx answer delivers it (`run.webhook.delivered`); an error or any other answer is retried
-after BACKOFF_SECONDS[attempt - 1] (1, 2, 4, 8 s), MAX_ATTEMPTS POSTs in all, then the delivery
-has failed (`run.webhook.failed`, with the last answer). Redirects are not followed.
+A 2xx answer delivers it (`run.webhook.delivered`); an error or any other answer is due again
+BACKOFF_SECONDS[attempt - 1] (1, 2, 4, 8 s) later and sent by the first look after that (up to
+POLL_SECONDS late), MAX_ATTEMPTS POSTs in all, then the delivery has failed (`run.webhook.failed`, with the last answer). Redirects are not followed.
 
 A run deleted while its delivery is owed — a rollback's stopped run (multitask), a run deleted
 with its thread — keeps it: a trigger copies the row into `deleted_run_webhooks` in the

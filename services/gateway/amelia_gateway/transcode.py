@@ -113,7 +113,10 @@ def parse_json_body(raw: bytes) -> dict[str, Any]:
 def parse_into(message: Message, data: Mapping[str, Any], where: str) -> None:
     """Merge proto JSON `data` into `message`; a schema mismatch is a 400."""
     try:
+        _check_offsets(cast(Descriptor, message.DESCRIPTOR), data, [])
         json_format.ParseDict(dict(data), message, ignore_unknown_fields=False)
+    except _BadTimestampError as exc:
+        raise invalid(str(exc) if where == "request body" else f"{where}: {exc}") from None
     except json_format.ParseError as exc:
         descriptor = cast(Descriptor, message.DESCRIPTOR)
         problem = parse_error_message(str(exc), descriptor, data, where)
@@ -121,6 +124,47 @@ def parse_into(message: Message, data: Mapping[str, Any], where: str) -> None:
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:
         raise invalid(f"{where}: {_clean(str(exc))}") from None
     _check_finite(message, where)
+
+
+class _BadTimestampError(ValueError):
+    """A Timestamp's JSON text with a UTC offset that is not a time of day."""
+
+
+# The UTC offset ending an RFC 3339 time: json_format reads any two digits in it (`+99:00`
+# as 99 hours, a time four days away), where RFC 3339 allows -23:59 to +23:59.
+_OFFSET = re.compile(r"[+-](\d\d):(\d\d)$")
+
+
+def _check_offsets(descriptor: Descriptor, data: Any, path: list[str]) -> None:
+    """Refuse a Timestamp in `data` whose offset has more than 23 hours or 59 minutes, with
+    the message json_format's own refusals of a Timestamp get (`parse_error_message`)."""
+    if not isinstance(data, Mapping) or descriptor.full_name in _STRUCT_TYPES:
+        return
+    for key, value in data.items():
+        field = find_field(descriptor, key) if isinstance(key, str) else None
+        if field is None or field.type != FieldDescriptor.TYPE_MESSAGE:
+            continue
+        kind = msg_type(field).fields_by_name["value"] if is_map(field) else field
+        if kind.type != FieldDescriptor.TYPE_MESSAGE:
+            continue
+        items: list[tuple[str, Any]] = [(key, value)]
+        if is_map(field) and isinstance(value, Mapping):
+            items = [(f"{key}.{k}", v) for k, v in value.items()]
+        elif is_repeated(field) and isinstance(value, list):
+            items = [(f"{key}[{i}]", v) for i, v in enumerate(value)]
+        for name, item in items:
+            if msg_type(kind).full_name == "google.protobuf.Timestamp" and isinstance(item, str):
+                offset = _OFFSET.search(item)
+                if offset and (int(offset.group(1)) > 23 or int(offset.group(2)) > 59):
+                    raise _BadTimestampError(
+                        cut(
+                            f"{'.'.join([*path, name])}: must be "
+                            f"{_MESSAGE_KINDS['google.protobuf.Timestamp']}, its UTC offset from "
+                            f"-23:59 to +23:59, got {_shown(item)}"
+                        )
+                    )
+            else:
+                _check_offsets(msg_type(kind), item, [*path, name])
 
 
 def _check_finite(message: Message, where: str, prefix: str = "") -> None:

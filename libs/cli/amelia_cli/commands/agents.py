@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import typer
 from google.protobuf import json_format, struct_pb2
-from rich.console import Console
 from rich.status import Status
 from rich.text import Text
 
@@ -32,13 +31,13 @@ from amelia_cli.client import (
     resource,
     said,
 )
+from amelia_cli.consoles import console
 from amelia_cli.help_text import App
 from amelia_cli.tui.eventline import resumed_text, retry_text, waiting_text
 from amelia_common.eventlog import event_data
 from amelia_common.grpc_client import reissue_while_unavailable
 from amelia_common.json_numbers import message_text
 
-console = Console()
 agents_app = App(help="Agents: prompt, model, tools, documents.", no_args_is_help=True)
 runs_app = App(help="Runs of agents and workflows.", no_args_is_help=True)
 

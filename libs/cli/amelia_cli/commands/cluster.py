@@ -12,17 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from amelia_cli.consoles import console, err
 from amelia_cli.help_text import App
 from amelia_common.embedded import EmbeddedStartError
 from amelia_common.nats_cluster import NatsCluster
 from amelia_common.settings import get_settings
 
-console = Console()
-err = Console(stderr=True)
 cluster_app = App(
     help="A NATS JetStream cluster on this machine (scale-out on a laptop).",
     no_args_is_help=True,

@@ -27,6 +27,7 @@ from amelia_cli.client import (
 )
 from amelia_cli.commands.agents import _target
 from amelia_cli.commands.threads import _metadata
+from amelia_cli.consoles import console
 from amelia_cli.help_text import App
 from amelia_common.json_numbers import message_dict, message_text
 
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
     from amelia.v1.agents_pb2_grpc import AgentServiceAsyncStub
     from amelia.v1.crons_pb2_grpc import CronServiceAsyncStub
 
-console = Console()
 crons_app = App(
     help="Crons: runs of an agent or workflow on a schedule (5-field cron, UTC or --tz).",
     no_args_is_help=True,

@@ -11,20 +11,19 @@ from pathlib import Path
 
 import grpc
 import typer
-from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
 
 from amelia.v1 import rag_pb2
 from amelia_cli.client import Column, ago, fail, listing, rag, resource, said
+from amelia_cli.consoles import console
 from amelia_cli.docstate import state_label
 from amelia_cli.help_text import App
 from amelia_cli.tui.passages import prose_flowing
 from amelia_common.json_numbers import message_text
 from amelia_common.settings import get_settings
 
-console = Console()
 docs_app = App(help="Documents in the RAG service.", no_args_is_help=True)
 
 # Files `amelia ingest DIR` picks up; anything else must be named explicitly.

@@ -23,16 +23,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.text import Text
 
 from amelia_cli.client import said
+from amelia_cli.consoles import err
 from amelia_cli.tui import gateway_url, url_option
 from amelia_cli.tui.eventline import event_filter, event_line
 from amelia_cli.tui.gateway import ApiError, EventSocket, GatewayApi
 from amelia_common.settings import get_settings
-
-err = Console(stderr=True, highlight=False)
 
 _AGE = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -14,19 +14,18 @@ from typing import TYPE_CHECKING, Any, cast
 
 import typer
 from google.protobuf import json_format, struct_pb2
-from rich.console import Console
 from rich.syntax import Syntax
 
 from amelia.v1 import agents_pb2, agents_pb2_grpc, git_pb2, git_pb2_grpc
 from amelia_cli.client import Column, call_rpc, channel_to, listing, resource, said
 from amelia_cli.commands.agents import runs_app, status_name
+from amelia_cli.consoles import console
 
 if TYPE_CHECKING:
     # Only in the generated .pyi (see amelia_cli.client).
     from amelia.v1.agents_pb2_grpc import AgentServiceAsyncStub
     from amelia.v1.git_pb2_grpc import GitServiceAsyncStub
 
-console = Console()
 FINAL_QUESTION = "approve_diff"
 SETTLE_TIMEOUT_SECONDS = 300.0
 _CHANGE = {

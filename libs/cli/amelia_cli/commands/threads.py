@@ -7,15 +7,14 @@ import json
 from typing import Any
 
 import typer
-from rich.console import Console
 
 from amelia.v1 import agents_pb2
 from amelia_cli.client import Column, agents, ago, call_rpc, json_object, listing, resource, said
 from amelia_cli.commands.agents import question_lines
+from amelia_cli.consoles import console
 from amelia_cli.help_text import App
 from amelia_common.json_numbers import message_dict, message_text
 
-console = Console()
 threads_app = App(help="Threads: a conversation's state and its history.", no_args_is_help=True)
 
 # A checkpoint id stays whole (36 characters, to copy into --checkpoint); the run that wrote
