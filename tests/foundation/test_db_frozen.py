@@ -64,3 +64,50 @@ async def test_a_frozen_postgres_fails_the_next_call_unavailable_and_recovers(
         await select_one(engine)
     finally:
         await engine.dispose()
+
+
+async def test_a_call_that_finds_every_pooled_connection_busy_says_so(
+    own_postgres_server: tuple[EmbeddedPostgres, str], settings: Settings
+) -> None:
+    """A checkout that waits out DATABASE_POOL_TIMEOUT_SECONDS (every connection held: waiting
+    on a frozen server, as a rule) is UNAVAILABLE naming PostgreSQL, said as what happened —
+    for the services' engine and for the checkpoints' psycopg pool alike — not as the pool's
+    own text ("QueuePool limit of size 2 overflow 2 reached, … (Background on this error at:
+    https://sqlalche.me/…)", seen by a CI run)."""
+    from psycopg_pool import AsyncConnectionPool
+
+    from amelia_common.db import libpq_url
+
+    _, url = own_postgres_server
+    engine = create_engine(
+        settings.model_copy(
+            update={
+                "DATABASE_POOL_SIZE": 1,
+                "DATABASE_MAX_OVERFLOW": 1,
+                "DATABASE_POOL_TIMEOUT_SECONDS": 0.5,
+            }
+        ),
+        url,
+    )
+    pool = AsyncConnectionPool(libpq_url(url), min_size=1, max_size=1, timeout=0.5, open=False)
+    await pool.open()
+    try:
+        async with engine.connect() as first, engine.connect() as second:
+            await first.exec_driver_sql("SELECT 1")
+            await second.exec_driver_sql("SELECT 1")
+            with pytest.raises(Exception) as busy:
+                await select_one(engine)
+        async with pool.connection():
+            with pytest.raises(Exception) as psycopg_busy:
+                async with pool.connection():
+                    pass
+    finally:
+        await pool.close()
+        await engine.dispose()
+    said = [dependency_unavailable(busy.value), dependency_unavailable(psycopg_busy.value)]
+    assert [error.message if error else repr(error) for error in said] == [
+        "PostgreSQL is unavailable: no pooled connection came free in 0.5 s (all 2 in use;"
+        " DATABASE_POOL_TIMEOUT_SECONDS); try again shortly",
+        "PostgreSQL is unavailable: no pooled connection came free in 0.5 s"
+        " (DATABASE_POOL_TIMEOUT_SECONDS); try again shortly",
+    ]

@@ -370,11 +370,45 @@ def _detail(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError) and not str(exc).strip():
         # A driver's own timeout says nothing (asyncpg's connect to a frozen server).
         return "no answer in time (TimeoutError)"
+    pool_wait = _pool_wait(exc)
+    if pool_wait is not None:
+        return pool_wait
     origin = getattr(exc, "orig", None)
     for candidate in (origin, exc, _root(exc)):
         if isinstance(candidate, BaseException) and str(candidate).strip():
             return _summary(candidate)
     return type(exc).__name__
+
+
+# A pool's own words for a checkout that found no connection free in time: SQLAlchemy's
+# "QueuePool limit of size 2 overflow 2 reached, connection timed out, timeout 2.00 (Background
+# on this error at: https://sqlalche.me/e/21/3o7r)", psycopg_pool's "couldn't get a connection
+# after 2.00 sec".
+_SQLALCHEMY_POOL_WAIT = re.compile(r"limit of size (\d+) overflow (\d+) reached.*timeout ([\d.]+)")
+_PSYCOPG_POOL_WAIT = re.compile(r"couldn't get a connection after ([\d.]+) sec")
+
+
+def _pool_wait(exc: BaseException) -> str | None:
+    """A pool's timeout said as what happened: every connection of the pool was in use (waiting
+    on PostgreSQL, as a rule: a frozen or overloaded server) for the whole
+    DATABASE_POOL_TIMEOUT_SECONDS. None for any other exception."""
+    text = str(exc)
+    if _is(exc, "sqlalchemy.exc", "TimeoutError"):
+        found = _SQLALCHEMY_POOL_WAIT.search(text)
+        if found:
+            size, overflow, seconds = found.groups()
+            return (
+                f"no pooled connection came free in {float(seconds):g} s (all "
+                f"{int(size) + int(overflow)} in use; DATABASE_POOL_TIMEOUT_SECONDS)"
+            )
+    if _is(exc, "psycopg_pool", "PoolTimeout"):
+        found = _PSYCOPG_POOL_WAIT.search(text)
+        if found:
+            return (
+                f"no pooled connection came free in {float(found.group(1)):g} s "
+                "(DATABASE_POOL_TIMEOUT_SECONDS)"
+            )
+    return None
 
 
 def dependency_unavailable(exc: BaseException) -> UnavailableError | None:
