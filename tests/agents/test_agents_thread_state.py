@@ -692,6 +692,48 @@ async def test_an_update_with_unreadable_messages_or_checkpoint_is_refused(agent
     assert "ListThreadHistory" in (error.details() or "")
 
 
+async def test_a_forks_values_are_checked_as_an_updates_are(agents) -> None:
+    """ForkRun's `values` go the one way UpdateThreadState's do (QA s20: `{"messages": "hi"}`
+    was a 500, `{"messages": ["hi"]}` was stored and failed every later run of the thread, and
+    an unknown key was dropped without a word): refused INVALID_ARGUMENT, nothing recorded,
+    the thread as it was."""
+    (first,) = await chat_on_one_thread(agents, ("hi", "offline:echo"))
+    steps = (await agents.ListRunSteps(S.ListRunStepsRequest(parent=first.name))).steps
+    before = await _state(agents, first.thread)
+    runs_before = (await agents.ListRuns(S.ListRunsRequest(thread=first.thread))).runs
+    for values, words in (
+        ({"messages": "hi"}, ("values.messages must be a list",)),
+        ({"messages": ["hi"]}, ("values.messages[0]",)),
+        ({"messages": [{"role": "robot", "content": {"x": 1}}]}, ("messages[0].role", "robot")),
+        ({"bogus": 1}, ("'bogus'", "not a key of the thread's state")),
+    ):
+        request = S.ForkRunRequest(name=first.name, checkpoint=steps[-1].checkpoint)
+        request.values.update(values)
+        error = await rpc_error(agents.ForkRun(request))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (values, error.details())
+        for word in words:
+            assert word in (error.details() or ""), error.details()
+    assert await _state(agents, first.thread) == before
+    assert (await agents.ListRuns(S.ListRunsRequest(thread=first.thread))).runs == runs_before
+    # Values that fit: the fork runs, and the thread's next run reads them.
+    request = S.ForkRunRequest(name=first.name, checkpoint=steps[-1].checkpoint)
+    request.values.update({"messages": [{"role": "user", "content": "forked"}]})
+    fork = await wait_status(agents, (await agents.ForkRun(request)).run.name, *DONE)
+    assert fork.status == S.RUN_STATUS_COMPLETED, fork.error
+    after = await create_run(
+        agents,
+        workflow="workflows/chat",
+        thread=first.thread,
+        input={"message": "and on", "model": "offline:echo"},
+    )
+    after = await wait_status(agents, after.name, *DONE)
+    assert after.status == S.RUN_STATUS_COMPLETED, after.error
+    contents = [
+        m["content"] for m in _plain((await _state(agents, first.thread)).values)["messages"]
+    ]
+    assert "forked" in contents and contents[-2:] == ["and on", "and on"]
+
+
 async def test_a_paused_runs_refusal_names_the_way_to_edit_it(agents) -> None:
     paused = await create_run(agents, workflow="workflows/test-ask", input={})
     await wait_status(agents, paused.name, S.RUN_STATUS_PAUSED)
@@ -747,3 +789,95 @@ async def test_a_questions_interrupt_carries_langgraphs_id(agents) -> None:
     assert state.interrupts[0].id and state.interrupts[0].id == state.tasks[0].interrupts[0].id
     assert asked.interrupt.id == state.interrupts[0].id
     await agents.CancelRun(S.CancelRunRequest(name=paused.name))
+
+
+async def test_a_request_id_of_another_request_is_refused_not_handed_back(agents, tmp_path) -> None:
+    """A retried request_id gets its run back only from the same request (QA s20: RerunRun and
+    ForkRun handed back whatever run the id had made — a CreateRun's, another source's rerun,
+    a fork with other values — as CreateRun already refused to)."""
+    echo = S.CreateRunRequest(run=S.Run(workflow="workflows/echo"), request_id=f"c-{uuid.uuid4()}")
+    echo.run.input.update({"message": "hi"})
+    made = (await agents.CreateRun(echo)).run
+    await wait_status(agents, made.name, *DONE)
+    source = await _steps_run(agents, tmp_path)
+
+    async def refused(call: Any, *words: str) -> None:
+        error = await rpc_error(call)
+        assert error.code() == grpc.StatusCode.ALREADY_EXISTS, error.details()
+        for word in ("a retry must repeat the same request", *words):
+            assert word in (error.details() or ""), error.details()
+
+    # A CreateRun's id sent with a rerun.
+    await refused(
+        agents.RerunRun(S.RerunRunRequest(name=source.name, request_id=echo.request_id)),
+        "by CreateRun",
+    )
+    # A rerun's id: the same rerun gets its run back; another source's, or a CreateRun, not.
+    key = f"r-{uuid.uuid4()}"
+    rerun = (await agents.RerunRun(S.RerunRunRequest(name=made.name, request_id=key))).run
+    again = (await agents.RerunRun(S.RerunRunRequest(name=made.name, request_id=key))).run
+    assert again.name == rerun.name
+    await refused(
+        agents.RerunRun(S.RerunRunRequest(name=source.name, request_id=key)),
+        f"by RerunRun of {made.name}",
+    )
+    twin = S.CreateRunRequest(run=S.Run(workflow="workflows/echo"), request_id=key)
+    twin.run.input.update({"message": "hi"})
+    await refused(agents.CreateRun(twin), f"by RerunRun of {made.name}")
+    await wait_status(agents, rerun.name, *DONE)
+
+    # Forks: the same values get the fork back; other values, sent at once, each refused.
+    steps = (await agents.ListRunSteps(S.ListRunStepsRequest(parent=source.name))).steps
+
+    def fork(done: list[str], request_id: str) -> S.ForkRunRequest:
+        request = S.ForkRunRequest(
+            name=source.name, checkpoint=steps[1].checkpoint, request_id=request_id
+        )
+        request.values.update({"done": done})
+        return request
+
+    key = f"f-{uuid.uuid4()}"
+    forked = (await agents.ForkRun(fork(["x"], key))).run
+    assert (await agents.ForkRun(fork(["x"], key))).run.name == forked.name
+    await refused(agents.ForkRun(fork(["y"], key)), f"by ForkRun of {source.name}")
+    await wait_status(agents, forked.name, *DONE)
+    key = f"f-{uuid.uuid4()}"
+    results = await asyncio.gather(
+        *(agents.ForkRun(fork([f"v{i}"], key)) for i in range(6)), return_exceptions=True
+    )
+    made_forks = [r.run.name for r in results if not isinstance(r, BaseException)]
+    codes = sorted(r.code().name for r in results if isinstance(r, grpc.aio.AioRpcError))
+    assert len(made_forks) == 1, results
+    # The others were refused: their id taken by other values, or the thread busy with the one.
+    assert len(codes) == 5 and set(codes) <= {"ALREADY_EXISTS", "FAILED_PRECONDITION"}, codes
+    done = await wait_status(agents, made_forks[0], *DONE)
+    assert done.status == S.RUN_STATUS_COMPLETED, done.error
+
+
+async def test_a_rerun_of_a_run_that_continued_its_thread_continues_one_too(
+    agents, tmp_path
+) -> None:
+    """A run without input continued its thread; its rerun needs a thread to continue, and is
+    refused up front rather than accepted and FAILED (QA s20), the way CreateRun refuses."""
+    first = await _steps_run(agents, tmp_path)
+    await _update(agents, first.thread, {"done": ["a"]}, as_node="a")
+    continued = await wait_status(
+        agents, (await _continue(agents, first.thread, workflow="workflows/test-steps")).name, *DONE
+    )
+    assert continued.status == S.RUN_STATUS_COMPLETED, continued.error
+    alone = await rpc_error(agents.RerunRun(S.RerunRunRequest(name=continued.name)))
+    assert alone.code() == grpc.StatusCode.INVALID_ARGUMENT, alone.details()
+    assert "name the thread to continue" in (alone.details() or "")
+    ended = await rpc_error(
+        agents.RerunRun(S.RerunRunRequest(name=continued.name, thread=continued.thread))
+    )
+    assert ended.code() == grpc.StatusCode.INVALID_ARGUMENT, ended.details()
+    assert "nothing to continue" in (ended.details() or "")
+    # With something to continue on its thread, it runs.
+    await _update(agents, first.thread, {"done": ["a"]}, as_node="a")
+    rerun = (
+        await agents.RerunRun(S.RerunRunRequest(name=continued.name, thread=continued.thread))
+    ).run
+    done = await wait_status(agents, rerun.name, *DONE)
+    assert done.status == S.RUN_STATUS_COMPLETED, done.error
+    assert list(done.output["done"]) == ["a", "b", "c"]

@@ -149,6 +149,9 @@ class RunRow(Base):
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     timeout_seconds: Mapped[float | None] = mapped_column(Double, nullable=True)
     request_id: Mapped[str | None] = mapped_column(Text, nullable=True, unique=True)
+    # What made the run, when it was made with a request_id (`servicer.request_origin`): a retry
+    # with that id must be the same request (migration agents_0012; NULL before it).
+    request_origin: Mapped[str | None] = mapped_column(Text, nullable=True)
     worker: Mapped[str] = mapped_column(Text, default="")
     # Sequence of the run's terminal event, once it is in the log.
     terminal_sequence: Mapped[int | None] = mapped_column(BigInteger, nullable=True)

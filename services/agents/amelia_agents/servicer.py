@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ from amelia_agents import (
 from amelia_agents.lifecycle import RunEvents
 from amelia_agents.models import TERMINAL_STATES, AgentRow, RunRow, RunState
 from amelia_agents.queue_status import run_queue
+from amelia_agents.stateupdate import check_update
 from amelia_agents.store import (
     THREAD_ORDERS,
     ActiveRunError,
@@ -53,6 +56,19 @@ from amelia_common.errors import (
 from amelia_common.eventlog import timestamp_problem
 from amelia_common.logging import get_logger
 from amelia_common.settings import Settings
+
+# What to do about a thread's active run, said by the call refused: CreateRun and a cron
+# have a multitask_strategy to set; RerunRun and ForkRun have none (a rerun may take a new
+# thread, a fork is on its source's).
+_CREATE_RUN_WAY = (
+    "wait for it to end, or cancel it, or create the run with a multitask_strategy "
+    "(enqueue, interrupt, rollback)"
+)
+_CRON_WAY = "cancel it, or set the cron's multitask_strategy (enqueue, interrupt, rollback)"
+_REPEAT_WAY = "wait for it to end, or cancel it"
+# A run's `request_origin` when CreateRun made it (RerunRun's and ForkRun's name their source).
+CREATE_RUN = "CreateRun"
+
 
 log = get_logger("amelia.agents.api")
 
@@ -244,8 +260,12 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         # `invoke(None, config)`), recorded as input None. `input: {}` is a fresh start.
         continuing = bool(run.thread) and not run.HasField("input")
         input_value = None if continuing else convert.json_from(run.input, "run.input")
-        if existing is not None:
+
+        def same(existing: RunRow) -> None:
             _check_same_run(existing, run, input_value, request.request_id)
+
+        if existing is not None:
+            same(existing)
             return agents_pb2.CreateRunResponse(run=convert.run_to_proto(existing))
         target = await self._target(run)
         if input_value is not None:
@@ -270,8 +290,11 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         )
         if run.multitask_strategy:
             row.multitask_strategy = chosen
+        if request.request_id:
+            row.request_origin = CREATE_RUN
         webhooks.attach(row, run.webhook)
-        started = await self._start(row, new_thread, chosen=chosen, by_cron=by_cron)
+        way = _CRON_WAY if by_cron else _CREATE_RUN_WAY
+        started = await self._start(row, new_thread, chosen=chosen, busy_way=way, same=same)
         return agents_pb2.CreateRunResponse(run=started)
 
     async def _target(self, run: agents_pb2.Run) -> _Target:
@@ -329,12 +352,15 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         new_thread: bool,
         then: Callable[[], Awaitable[None]] | None = None,
         chosen: str = multitask.REJECT,
-        by_cron: bool = False,
+        busy_way: str = _REPEAT_WAY,
+        same: Callable[[RunRow], None] | None = None,
     ) -> agents_pb2.Run:
         """Record `row` and queue its job in one transaction; `then` runs once the job is
         queued, before the commit (if it raises, nothing is recorded, and the worker drops the
         job of a run that never appears). On a busy thread, `chosen` (`multitask`) says what
-        happens: FAILED_PRECONDITION, or the run waits behind the thread's run."""
+        happens: FAILED_PRECONDITION saying `busy_way`, or the run waits behind the thread's
+        run. A twin request that recorded its run with the same request_id first gives that
+        run, once `same` (ALREADY_EXISTS unless it is the same request) lets it."""
 
         async def queue_it() -> None:
             await queue.enqueue(self.js, self.settings, row.id, "start", row.thread_id)
@@ -361,19 +387,16 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
                         raise
         except ActiveRunError:
             active = await threadstate.active_runs(self.store, row.thread_id)
-            way = (
-                "cancel it, or set the cron's multitask_strategy"
-                if by_cron
-                else "wait for it to end, or cancel it, or create the run with a multitask_strategy"
-            )
             raise FailedPreconditionError(
                 f"threads/{row.thread_id} already has {threadstate.named(active[:1])}; a thread "
-                f"runs one at a time: {way} (enqueue, interrupt, rollback)"
+                f"runs one at a time: {busy_way}"
             ) from None
         except IntegrityError:
             existing = await self.store.run_by_request_id(row.request_id or "")
             if existing is None:
                 raise
+            if same is not None:
+                same(existing)
             return convert.run_to_proto(existing)
         except UnavailableError as exc:  # from the queue only: PostgreSQL's errors pass untouched
             log.warning("cannot queue run", run=str(row.id), error=exc.message)
@@ -548,13 +571,29 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         self, request: agents_pb2.RerunRunRequest, context: Ctx
     ) -> agents_pb2.RerunRunResponse:
         source = await self._get_run(request.name)
+        origin = f"RerunRun of runs/{source.id}"
+        if request.thread:
+            origin += f" on threads/{convert.thread_id(request.thread)}"
+
+        def same(existing: RunRow) -> None:
+            _check_same_origin(existing, origin, request.request_id)
+
         existing = await self._existing(request.request_id)
         if existing is not None:
+            same(existing)
             return agents_pb2.RerunRunResponse(run=convert.run_to_proto(existing))
         tid, new_thread = await self._thread_for(request.thread)
+        if source.input is None:  # it continued its thread: so does its rerun
+            if new_thread:
+                raise InvalidArgumentError(
+                    f"runs/{source.id} had no input (it continued its thread), so a new thread "
+                    "gives its rerun nothing to continue: name the thread to continue (thread)"
+                )
+            await self._states().check_continuable(tid, source.agent_id, source.workflow)
         row = _repeat(self.settings, source, tid, request.request_id)
+        row.request_origin = origin if request.request_id else None
         webhooks.attach(row, request.webhook, "webhook")  # its own: the source's is not kept
-        return agents_pb2.RerunRunResponse(run=await self._start(row, new_thread))
+        return agents_pb2.RerunRunResponse(run=await self._start(row, new_thread, same=same))
 
     async def ForkRun(
         self, request: agents_pb2.ForkRunRequest, context: Ctx
@@ -565,15 +604,27 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
             raise InvalidArgumentError(
                 "checkpoint is required: a step's checkpoint from ListRunSteps"
             )
+        origin = (
+            f"ForkRun of runs/{source.id} at {request.checkpoint[:80]} with values "
+            f"{_digest(values)}"
+        )
+
+        def same(existing: RunRow) -> None:
+            _check_same_origin(existing, origin, request.request_id)
+
         existing = await self._existing(request.request_id)
         if existing is not None:
+            same(existing)
             return agents_pb2.ForkRunResponse(run=convert.run_to_proto(existing))
         if source.status not in {s.value for s in TERMINAL_STATES}:
             raise FailedPreconditionError(
                 f"runs/{source.id} is {source.status}: fork a run once it has ended"
             )
         point = steps.fork_point(await steps.history(source, self.checkpointer), request.checkpoint)
+        # Checked before anything is queued; `write_fork` writes them the same way.
+        check_update(steps.compiled(source, self.checkpointer), values, point.before)
         row = _repeat(self.settings, source, source.thread_id, request.request_id)
+        row.request_origin = origin if request.request_id else None
         webhooks.attach(row, request.webhook, "webhook")  # its own: the source's is not kept
 
         async def fork() -> None:
@@ -582,7 +633,8 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
             # sees the run, so reads the thread, only after the commit).
             await steps.write_fork(row, source, point, values, self.checkpointer)
 
-        return agents_pb2.ForkRunResponse(run=await self._start(row, False, then=fork))
+        started = await self._start(row, False, then=fork, same=same)
+        return agents_pb2.ForkRunResponse(run=started)
 
     async def GetRunQueue(
         self, request: agents_pb2.GetRunQueueRequest, context: Ctx
@@ -676,10 +728,34 @@ def _resumed_again(row: RunRow, answer: Any, request_id: str) -> agents_pb2.Resu
     return agents_pb2.ResumeRunResponse(run=convert.run_to_proto(row))
 
 
+def _digest(values: Any) -> str:
+    """A fork's values, short: two forks with other values are other requests."""
+    text = json.dumps(values, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _already_made(existing: RunRow, rid: str, what: str) -> AlreadyExistsError:
+    return AlreadyExistsError(
+        f"request_id {rid!r} already made runs/{existing.id} {what}; a retry must repeat the "
+        "same request, a new run needs a new request_id"
+    )
+
+
+def _check_same_origin(existing: RunRow, origin: str, rid: str) -> None:
+    """ALREADY_EXISTS unless `rid`'s run was made by this same RerunRun or ForkRun (`origin`):
+    an id of a CreateRun, of another source's rerun or of a fork with other values is another
+    request (QA s20: they were handed back as if retried)."""
+    if existing.request_origin != origin:
+        made = existing.request_origin or "by an earlier request"
+        raise _already_made(existing, rid, made if made.startswith("by ") else f"by {made}")
+
+
 def _check_same_run(existing: RunRow, run: agents_pb2.Run, input_value: Any, rid: str) -> None:
     """ALREADY_EXISTS when `rid` made a run of something else: a retried CreateRun must be the
     same request (as with Stripe's idempotency keys), or a client's bug would silently get an
     unrelated run back."""
+    if existing.request_origin not in (None, CREATE_RUN):
+        raise _already_made(existing, rid, f"by {existing.request_origin}")
     differs = []
     if run.WhichOneof("target") == "agent":
         if existing.agent_id != convert.agent_id(run.agent):
@@ -691,11 +767,7 @@ def _check_same_run(existing: RunRow, run: agents_pb2.Run, input_value: Any, rid
     if input_value != existing.input:
         differs.append("input")
     if differs:
-        raise AlreadyExistsError(
-            f"request_id {rid!r} already made runs/{existing.id} with a different "
-            f"{' and '.join(differs)}; a retry must repeat the same request, a new run needs a "
-            "new request_id"
-        )
+        raise _already_made(existing, rid, f"with a different {' and '.join(differs)}")
 
 
 def _repeat(settings: Settings, source: RunRow, thread_id: uuid.UUID, request_id: str) -> RunRow:

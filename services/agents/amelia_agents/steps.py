@@ -25,6 +25,7 @@ from amelia.v1 import agents_pb2
 from amelia_agents import workflows
 from amelia_agents.convert import to_value
 from amelia_agents.models import RunRow
+from amelia_agents.stateupdate import write_update
 from amelia_common.errors import FailedPreconditionError, NotFoundError
 
 RUN_KEY = "amelia_run"
@@ -167,7 +168,7 @@ async def write_fork(
             FORK_CHECKPOINT_KEY: point.checkpoint,
         },
     }
-    await graph.aupdate_state(config, values, as_node=point.before)  # type: ignore[arg-type]
+    await write_update(graph, config, values, point.before)
 
 
 def forked_from(snapshot: StateSnapshot) -> dict[str, Any] | None:

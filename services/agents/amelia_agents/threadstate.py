@@ -23,8 +23,6 @@ from typing import Any
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
-from langgraph.errors import InvalidUpdateError
-from langgraph.graph import START
 from langgraph.pregel import Pregel
 from langgraph.types import StateSnapshot
 from sqlalchemy import and_, select, update
@@ -33,6 +31,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from amelia.v1 import agents_pb2
 from amelia_agents import convert, filtering, pagination, steps
 from amelia_agents.models import ACTIVE_STATES, RunRow, RunState, ThreadRow
+from amelia_agents.stateupdate import write_update
 from amelia_agents.store import Store, now
 from amelia_common import paging
 from amelia_common.errors import (
@@ -47,8 +46,6 @@ HISTORY_PAGE_DEFAULT = 10
 HISTORY_PAGE_MAX = 1000
 # LangGraph's checkpoint ids are UUIDs (version 6, ordered in time); anything else names none.
 _CHECKPOINT_ID = re.compile(r"^[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$")
-# A state's chat messages as the workflows' input steps and nodes write them.
-MESSAGE_ROLES = ("user", "assistant", "system", "tool")
 # An update's request id and what it wrote (`_digest`), in its checkpoint's metadata.
 _REQUEST_KEY = "amelia_request"
 _DIGEST_KEY = "amelia_request_digest"
@@ -323,25 +320,12 @@ class ThreadStates:
                     "its first run's; start a run, then update its state"
                 )
             graph = steps.compiled(latest, self.checkpointer)
-            _check_update(graph, values, request.as_node)
             if request.checkpoint:
                 await self._known_checkpoint(tid, request.checkpoint)
             config = _config(tid, request.checkpoint)
             if request.request_id:
                 config["metadata"] = {_REQUEST_KEY: request.request_id, _DIGEST_KEY: digest}
-            try:
-                written = await graph.aupdate_state(
-                    config,
-                    values,
-                    as_node=request.as_node or None,
-                )
-            except InvalidUpdateError as exc:
-                raise InvalidArgumentError(_update_problem(str(exc))) from None
-            except (TypeError, ValueError) as exc:
-                raise InvalidArgumentError(
-                    f"values do not fit the thread's state ({exc}); see GetThreadState for "
-                    "its values"
-                ) from None
+            written = await write_update(graph, config, values, request.as_node)
             snapshot = await graph.aget_state(written)
             # An edit is activity: ListThreads' `update_time desc` lists the thread first (as
             # LangGraph's update_state moves its thread's updated_at).
@@ -406,51 +390,3 @@ def _digest(values: Any, as_node: str, checkpoint: str) -> str:
     """What an update with a request id wrote, for telling its retry from another update."""
     text = json.dumps([values, as_node, checkpoint], sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _check_update(graph: Pregel[Any], values: dict[str, Any], as_node: str) -> None:
-    """INVALID_ARGUMENT naming the problem: a key the state does not have, or a node the graph
-    does not have (LangGraph would drop the first silently)."""
-    nodes = [n for n in graph.nodes if n != START]
-    if as_node and as_node not in nodes:
-        raise InvalidArgumentError(
-            f"as_node {as_node[:80]!r} is not a node of the thread's graph; its nodes: "
-            f"{', '.join(nodes)}"
-        )
-    _check_messages(values.get("messages"))
-    keys = list(getattr(getattr(graph, "builder", None), "channels", None) or values)
-    unknown = [key for key in values if key not in keys]
-    if unknown:
-        raise InvalidArgumentError(
-            f"values has {', '.join(repr(k[:80]) for k in unknown)}, not a key of the thread's "
-            f"state; its keys: {', '.join(keys)}"
-        )
-
-
-def _check_messages(messages: Any) -> None:
-    """INVALID_ARGUMENT for `values.messages` that the next run's model could not read: each
-    a {role, content} object, role one of MESSAGE_ROLES, content text (other keys pass)."""
-    if messages is None:
-        return
-    if not isinstance(messages, list):
-        raise InvalidArgumentError("values.messages must be a list of {role, content} objects")
-    for i, message in enumerate(messages):
-        where = f"values.messages[{i}]"
-        if not isinstance(message, dict):
-            raise InvalidArgumentError(f"{where} must be an object with role and content")
-        if message.get("role") not in MESSAGE_ROLES:
-            raise InvalidArgumentError(
-                f"{where}.role must be one of {', '.join(MESSAGE_ROLES)}, "
-                f"not {json.dumps(message.get('role'))[:80]}"
-            )
-        if not isinstance(message.get("content"), str):
-            raise InvalidArgumentError(f"{where}.content must be text")
-
-
-def _update_problem(text: str) -> str:
-    if "Ambiguous update" in text or "as_node" in text:
-        return (
-            "as_node is required here: no single node wrote the thread's latest state "
-            f"(LangGraph: {text})"
-        )
-    return f"cannot update the thread's state: {text}"
