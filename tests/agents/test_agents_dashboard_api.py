@@ -146,8 +146,14 @@ async def test_fork_continues_from_a_step_with_edited_state(agents, tmp_path) ->
     again = await wait_status(agents, again.name, *DONE)
     assert list(again.output["done"]) == ["a", "b", "c"]
 
-    missing = await rpc_error(agents.ForkRun(S.ForkRunRequest(name=source.name, checkpoint="nope")))
+    # Not a checkpoint id at all: INVALID_ARGUMENT, as the thread-state calls say it (QA s20).
+    garbage = await rpc_error(agents.ForkRun(S.ForkRunRequest(name=source.name, checkpoint="nope")))
+    assert garbage.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "'nope' is not a checkpoint id: take one from ListRunSteps" in (garbage.details() or "")
+    other = str(uuid.uuid4())
+    missing = await rpc_error(agents.ForkRun(S.ForkRunRequest(name=source.name, checkpoint=other)))
     assert missing.code() == grpc.StatusCode.NOT_FOUND
+    assert f"{source.name} has no step with checkpoint" in (missing.details() or "")
     assert "ListRunSteps" in (missing.details() or "")
     empty = await rpc_error(agents.ForkRun(S.ForkRunRequest(name=source.name)))
     assert empty.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -51,8 +51,8 @@ async def test_a_token_reused_with_another_order_or_filter_says_so(mesh: Mesh) -
         refused = await _runs(http, pageToken=token, **changed)
         assert refused.status_code == 400, (changed, refused.text)
         assert refused.json()["message"] == (
-            "page_token was made for a different order_by/filter: repeat the request's other"
-            " parameters with it"
+            "page_token was made for a request with other parameters (another parent, filter"
+            " or order_by): repeat the request's other parameters with it"
         ), changed
 
     # The same parameters (spaces in order_by do not matter, the page size may change) go on.

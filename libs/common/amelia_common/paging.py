@@ -19,8 +19,8 @@ BAD_TOKEN = (
     "page_token is not one this service returned: pass a previous response's next_page_token"
 )
 DIFFERENT_REQUEST = (
-    "page_token was made for a different order_by/filter: repeat the request's other parameters"
-    " with it"
+    "page_token was made for a request with other parameters (another parent, filter or"
+    " order_by): repeat the request's other parameters with it"
 )
 # A List request's fields that may change from page to page; every other one is the scope.
 PAGE_FIELDS = ("page_token", "page_size")

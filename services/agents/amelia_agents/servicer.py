@@ -604,6 +604,7 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
             raise InvalidArgumentError(
                 "checkpoint is required: a step's checkpoint from ListRunSteps"
             )
+        steps.checkpoint_id(request.checkpoint, "checkpoint", "ListRunSteps")
         origin = (
             f"ForkRun of runs/{source.id} at {request.checkpoint[:80]} with values "
             f"{_digest(values)}"
@@ -620,7 +621,9 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
             raise FailedPreconditionError(
                 f"runs/{source.id} is {source.status}: fork a run once it has ended"
             )
-        point = steps.fork_point(await steps.history(source, self.checkpointer), request.checkpoint)
+        point = steps.fork_point(
+            await steps.history(source, self.checkpointer), request.checkpoint, f"runs/{source.id}"
+        )
         # Checked before anything is queued; `write_fork` writes them the same way.
         check_update(steps.compiled(source, self.checkpointer), values, point.before)
         row = _repeat(self.settings, source, source.thread_id, request.request_id)

@@ -12,6 +12,7 @@ left, continues from there.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -26,8 +27,10 @@ from amelia_agents import workflows
 from amelia_agents.convert import to_value
 from amelia_agents.models import RunRow
 from amelia_agents.stateupdate import write_update
-from amelia_common.errors import FailedPreconditionError, NotFoundError
+from amelia_common.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 
+# LangGraph's checkpoint ids are UUIDs (version 6, ordered in time); anything else names none.
+_CHECKPOINT_ID = re.compile(r"^[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$")
 RUN_KEY = "amelia_run"
 # Set on a fork's head checkpoint: the run and checkpoint it was forked from (`forked_from`);
 # plain strings (LangGraph keeps only scalar values of a config's metadata).
@@ -132,8 +135,23 @@ class ForkPoint:
     before: str  # the node whose update led to the checkpoint (START for the first step)
 
 
-def fork_point(snapshots: list[StateSnapshot], checkpoint: str) -> ForkPoint:
-    """The step of `snapshots` saved as `checkpoint`; NotFoundError if the run has none there."""
+def is_checkpoint_id(value: str) -> bool:
+    return bool(_CHECKPOINT_ID.match(value))
+
+
+def checkpoint_id(value: str, field: str, listed_by: str = "ListThreadHistory") -> str:
+    """`value`, a checkpoint id as LangGraph makes them (a UUID); INVALID_ARGUMENT naming the
+    field and where ids are found (`listed_by`) for anything else, which names no checkpoint."""
+    if not is_checkpoint_id(value):
+        raise InvalidArgumentError(
+            f"{field} {value[:80]!r} is not a checkpoint id: take one from {listed_by}"
+        )
+    return value
+
+
+def fork_point(snapshots: list[StateSnapshot], checkpoint: str, run: str) -> ForkPoint:
+    """The step of `snapshots` (the run `run`'s) saved as `checkpoint`; NotFoundError naming
+    the run if it has none there."""
     for index, snapshot in enumerate(snapshots):
         if _checkpoint_id(snapshot) != checkpoint:
             continue
@@ -144,7 +162,7 @@ def fork_point(snapshots: list[StateSnapshot], checkpoint: str) -> ForkPoint:
             )
         previous = [t.name for t in snapshots[index - 1].tasks] if index else []
         return ForkPoint(checkpoint, nodes[0], previous[0] if previous else START)
-    raise NotFoundError(f"the run has no step with checkpoint {checkpoint!r}; see ListRunSteps")
+    raise NotFoundError(f"{run} has no step with checkpoint {checkpoint!r}; see ListRunSteps")
 
 
 async def write_fork(

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import re
 import uuid
 from collections.abc import AsyncGenerator, Mapping
 from datetime import UTC, datetime
@@ -44,8 +43,6 @@ from amelia_common.errors import (
 
 HISTORY_PAGE_DEFAULT = 10
 HISTORY_PAGE_MAX = 1000
-# LangGraph's checkpoint ids are UUIDs (version 6, ordered in time); anything else names none.
-_CHECKPOINT_ID = re.compile(r"^[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$")
 # An update's request id and what it wrote (`_digest`), in its checkpoint's metadata.
 _REQUEST_KEY = "amelia_request"
 _DIGEST_KEY = "amelia_request_digest"
@@ -95,14 +92,6 @@ def _equal(value: Any, raw: str) -> bool:
 
 def _matches(metadata: Mapping[str, Any], wanted: Mapping[str, str]) -> bool:
     return all(_equal(metadata.get(key), value) for key, value in wanted.items())
-
-
-def _checkpoint(value: str, field: str) -> str:
-    if not _CHECKPOINT_ID.match(value):
-        raise InvalidArgumentError(
-            f"{field} {value[:80]!r} is not a checkpoint id: take one from ListThreadHistory"
-        )
-    return value
 
 
 def _config(tid: uuid.UUID, checkpoint: str = "") -> RunnableConfig:
@@ -177,7 +166,7 @@ class ThreadStates:
     async def get(self, name: str, checkpoint: str) -> agents_pb2.ThreadState:
         tid = await self._thread(name)
         if checkpoint:
-            _checkpoint(checkpoint, "checkpoint")
+            steps.checkpoint_id(checkpoint, "checkpoint")
             await self._known_checkpoint(tid, checkpoint)
         graph = await self._graph(tid)
         if graph is None:  # no run, so no checkpoint yet
@@ -221,10 +210,10 @@ class ThreadStates:
         before = ""
         if request.page_token:
             _, before = pagination.decode(request.page_token, scope)
-            if not _CHECKPOINT_ID.match(before):
+            if not steps.is_checkpoint_id(before):
                 raise InvalidArgumentError(paging.BAD_TOKEN)
         elif request.before:
-            before = _checkpoint(request.before, "before")
+            before = steps.checkpoint_id(request.before, "before")
             await self._known_checkpoint(tid, before)
         graph = await self._graph(tid)
         if graph is None:
@@ -279,7 +268,7 @@ class ThreadStates:
         tid = convert.thread_id(request.thread)
         values = convert.json_from(request.values, "values")
         if request.checkpoint:
-            _checkpoint(request.checkpoint, "checkpoint")
+            steps.checkpoint_id(request.checkpoint, "checkpoint")
         check_request_id(request.request_id)
         digest = _digest(values, request.as_node, request.checkpoint)
         async with self.store.sessions() as s, s.begin():
