@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from agents_helpers import S, Stub, serve_agents
@@ -213,3 +214,16 @@ async def all_jobs_delivered(nc: NATS, settings: Settings, timeout: float = 60) 
     while (info := await js.consumer_info(settings.RUNS_QUEUE_STREAM, queue.CONSUMER)).num_pending:
         assert asyncio.get_running_loop().time() < deadline, info
         await asyncio.sleep(0.1)
+
+
+def node_b_started(record: Path, pid: int | None = None) -> bool:
+    """Whether `test-steps`' node b started (in process `pid`, if given): it writes its line
+    to the run's `record` file."""
+    return record.exists() and ("b " if pid is None else f"b {pid}\n") in record.read_text()
+
+
+async def wait_node_b_started(record: Path, pid: int | None = None, timeout: float = 60) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not node_b_started(record, pid):
+        assert asyncio.get_running_loop().time() < deadline, "node b never started"
+        await asyncio.sleep(0.05)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from agents_helpers import S, collect, data, event_data, types, wait_status
 from agents_helpers import WorkerProcess as SharedWorkerProcess
-from faults_helpers import purge_queue
+from faults_helpers import purge_queue, wait_node_b_started
 from nats.js import JetStreamContext
 from sqlalchemy import text
 
@@ -101,18 +101,6 @@ async def create_held_run(api: agents_pb2_grpc.AgentServiceStub, tmp_path: Path)
         {"record": str(tmp_path / "record"), "release": str(tmp_path / "release")}
     )
     return (await api.CreateRun(request)).run
-
-
-def node_b_started(record: Path, pid: int | None = None) -> bool:
-    """Whether node b started (in process `pid`, if given)."""
-    return record.exists() and ("b " if pid is None else f"b {pid}\n") in record.read_text()
-
-
-async def wait_node_b_started(record: Path, pid: int | None = None, timeout: float = 60) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not node_b_started(record, pid):
-        assert asyncio.get_running_loop().time() < deadline, "node b never started"
-        await asyncio.sleep(0.05)
 
 
 async def test_sigkilled_worker_is_replaced_and_the_run_resumes_from_its_checkpoint(

@@ -16,6 +16,7 @@ import grpc
 import httpx
 import pytest
 from agents_helpers import S, chat_on_one_thread, create_run, rpc_error, wait_status
+from faults_helpers import wait_node_b_started
 from gateway_helpers import start_gateway
 from google.protobuf import json_format
 from sqlalchemy import text
@@ -881,3 +882,51 @@ async def test_a_rerun_of_a_run_that_continued_its_thread_continues_one_too(
     done = await wait_status(agents, rerun.name, *DONE)
     assert done.status == S.RUN_STATUS_COMPLETED, done.error
     assert list(done.output["done"]) == ["a", "b", "c"]
+
+
+async def _step_nodes(agents: Any, run: str) -> list[tuple[str, str]]:
+    listed = (await agents.ListRunSteps(S.ListRunStepsRequest(parent=run))).steps
+    return [(s.node, S.RunStepState.Name(s.state).removeprefix("RUN_STEP_STATE_")) for s in listed]
+
+
+async def test_a_continuations_first_step_is_its_own(agents, tmp_path) -> None:
+    """A run without input executes the tasks of a checkpoint another wrote (an update, or the
+    run it continues): that step is listed as its, and forks from it (QA s20: it was missing,
+    or listed COMPLETED under the cancelled run that never did it)."""
+    first = await _steps_run(agents, tmp_path)
+    await _update(agents, first.thread, {"done": ["a"]}, as_node="a")  # next: b
+    continued = await _continue(agents, first.thread, workflow="workflows/test-steps")
+    continued = await wait_status(agents, continued.name, *DONE)
+    assert continued.status == S.RUN_STATUS_COMPLETED, continued.error
+    assert await _step_nodes(agents, continued.name) == [("b", "COMPLETED"), ("c", "COMPLETED")]
+    assert await _step_nodes(agents, first.name) == [
+        ("a", "COMPLETED"),
+        ("b", "COMPLETED"),
+        ("c", "COMPLETED"),
+    ]
+    # Forking the continuation at its first step runs that step's node again.
+    b_step = (await agents.ListRunSteps(S.ListRunStepsRequest(parent=continued.name))).steps[0]
+    request = S.ForkRunRequest(name=continued.name, checkpoint=b_step.checkpoint)
+    request.values.update({"done": ["edited"]})
+    fork = await wait_status(agents, (await agents.ForkRun(request)).run.name, *DONE)
+    assert fork.status == S.RUN_STATUS_COMPLETED, fork.error
+    assert list(fork.output["done"]) == ["edited", "b", "c"]
+
+    # A run cancelled in node b, then the thread continued: b is the continuation's step; the
+    # cancelled run shows it as it left it, not the continuation's result.
+    hold = tmp_path / "hold"
+    stopped = await create_run(
+        agents,
+        workflow="workflows/test-steps",
+        thread=first.thread,
+        input={"record": str(tmp_path / "record2"), "release": str(hold)},
+    )
+    await wait_node_b_started(tmp_path / "record2")
+    await agents.CancelRun(S.CancelRunRequest(name=stopped.name))
+    await wait_status(agents, stopped.name, S.RUN_STATUS_CANCELLED)
+    hold.touch()
+    after = await _continue(agents, first.thread, workflow="workflows/test-steps")
+    after = await wait_status(agents, after.name, *DONE)
+    assert after.status == S.RUN_STATUS_COMPLETED, after.error
+    assert await _step_nodes(agents, after.name) == [("b", "COMPLETED"), ("c", "COMPLETED")]
+    assert await _step_nodes(agents, stopped.name) == [("a", "COMPLETED"), ("b", "CANCELLED")]

@@ -66,6 +66,15 @@ async def test_threads_state_history_and_update(tui_mesh: TuiMesh, tmp_path: Pat
     assert rows[0].split()[0] == fields["checkpoint"], history  # newest first, whole
     assert [row.split()[2] for row in rows][-1] == "input", history
     assert "respond" in " ".join(rows), history  # a checkpoint whose next node is respond
+    # Cut at --limit, it says so, and how to see the rest (QA s20: it stopped silently).
+    code, newest = await asyncio.to_thread(
+        amelia, env, "threads", "history", thread, "--limit", "2"
+    )
+    assert code == 0, newest
+    assert (
+        f"the newest 2 shown; older ones: --limit N, or --before {rows[1].split()[0]}"
+        in " ".join(newest.split())
+    ), newest
 
     told = {"messages": [{"role": "user", "content": f"call the {word} Ada"}]}
     code, shown = await asyncio.to_thread(

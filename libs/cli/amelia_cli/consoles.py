@@ -9,16 +9,29 @@ at 80 columns, so there each message stays one line.
 from __future__ import annotations
 
 import os
-import sys
+from typing import Any
 
 from rich.console import Console
 
 
-def _folds(stream: object) -> bool:
+def _folds(stream: Any) -> bool:
     """Whether lines written to `stream` are read at a width: a terminal's, or COLUMNS'."""
     isatty = getattr(stream, "isatty", None)
     return bool(isatty and isatty()) or bool(os.environ.get("COLUMNS"))
 
 
+class _Said(Console):
+    """stderr, its lines unwrapped unless `_folds`, decided at each print: where stderr goes
+    (and COLUMNS) can change after import, as under a test's runner."""
+
+    @property
+    def soft_wrap(self) -> bool:
+        return not _folds(self.file)
+
+    @soft_wrap.setter
+    def soft_wrap(self, value: bool) -> None:
+        """Console's own setting is ignored: the stream decides."""
+
+
 console = Console()
-err = Console(stderr=True, soft_wrap=not _folds(sys.stderr), highlight=False)
+err = _Said(stderr=True, highlight=False)

@@ -479,6 +479,38 @@ def _columns(rows: Sequence[tuple[Any, ...]], **index: int) -> dict[str, list[An
     return {name: [row[i] for row in rows] for name, i in index.items()}
 
 
+# Set on the checkpoint a run without input continued from (its first step's, written by an
+# UpdateThreadState or by the run before it): the runs that executed its tasks, in order, so
+# the step is listed as theirs (`steps.history`). A list: a continuation cancelled while
+# paused there leaves the step to the next one.
+CONTINUED_KEY = "amelia_continued_by"
+_MARK_CONTINUED_SQL = """
+UPDATE checkpoints
+SET metadata = metadata || jsonb_build_object(
+    %(key)s::text, COALESCE(metadata -> %(key)s, '[]'::jsonb) || to_jsonb(%(run)s::text))
+WHERE thread_id = %(thread)s AND checkpoint_ns = '' AND checkpoint_id = %(checkpoint)s
+  AND NOT COALESCE(metadata -> %(key)s, '[]'::jsonb) ? %(run)s
+"""
+
+
+async def mark_continued(
+    saver: BaseCheckpointSaver[Any], config: RunnableConfig, run_id: str
+) -> None:
+    """Name `run_id` among the runs that continued the checkpoint `config` names (once; a
+    retried pick-up adds nothing). Savers other than PostgreSQL's keep no such mark."""
+    if not isinstance(saver, AsyncPostgresSaver):
+        return
+    configurable = config["configurable"]
+    params = {
+        "key": CONTINUED_KEY,
+        "run": run_id,
+        "thread": str(configurable["thread_id"]),
+        "checkpoint": str(configurable["checkpoint_id"]),
+    }
+    async with saver._cursor() as cur:
+        await cur.execute(_MARK_CONTINUED_SQL, params)
+
+
 @contextlib.asynccontextmanager
 async def for_pickup(saver: BaseCheckpointSaver[Any]) -> AsyncIterator[BaseCheckpointSaver[Any]]:
     """The saver one pick-up uses: a `RunSaver` on a connection of `saver`'s pool, given back

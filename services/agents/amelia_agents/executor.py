@@ -53,6 +53,7 @@ from amelia_agents.outages import infrastructure_outage
 from amelia_agents.pricing import NodeUsage
 from amelia_agents.store import Store
 from amelia_common import telemetry
+from amelia_common.errors import POSTGRES, UnavailableError
 from amelia_common.eventlog import PublishPipeline
 from amelia_common.logging import get_logger
 from amelia_common.settings import Settings
@@ -290,6 +291,8 @@ class Executor:
             # nodes to continue, but a run enqueued before this one may have run them since.
             if row.input is None and not snapshot.next:
                 return await self._fail(row, threadstate.nothing_to_continue(row.thread_id))
+            if row.input is None:  # its first step is on another's checkpoint: mark it its
+                await checkpoints.mark_continued(saver, snapshot.config, str(row.id))
             graph_input = None if row.input is None else workflow.to_state(row.input)
             kind = "start"
         elif snapshot.interrupts:
@@ -348,7 +351,11 @@ class Executor:
                 stop.cancel()
 
         if drive not in done:
-            await self._stop(drive)
+            try:  # asked while the graph is held: stopping it waits for what holds it
+                if not (attempt.handover.is_set() or attempt.cancel_requested.is_set()):
+                    await self._not_an_outage(row, timeout)
+            finally:
+                await self._stop(drive)
         # The graph's checkpoints are written behind (`checkpoints.RunSaver`): all stored
         # before the run's end or pause is recorded.
         unstored = await _drain(saver)
@@ -510,6 +517,24 @@ class Executor:
         # Cancelled meanwhile: the run ends CANCELLED whatever the graph did.
         await self.events.terminal(after)
         return after.status
+
+    async def _not_an_outage(self, row: RunRow, timeout: float) -> None:
+        """Before a run that ran out of time fails: PostgreSQL answering now, else UNAVAILABLE.
+        A frozen or unreachable PostgreSQL holds the graph's writes (a node's, a checkpoint's)
+        without an error, so its time ran out waiting for the database, not on its own work
+        (QA s20: a run whose node had ended failed "took longer than 60s; give a run more
+        time"). Raised, the outage gives the job back as any other does; the next pick-up
+        continues from the checkpoint, with its whole time again."""
+        try:
+            async with asyncio.timeout(self.settings.DATABASE_CONNECT_TIMEOUT_SECONDS):
+                await self.store.ping()
+        except Exception as exc:
+            log.warning("run out of time while PostgreSQL did not answer", run=str(row.id))
+            raise UnavailableError(
+                POSTGRES,
+                f"no answer when runs/{row.id} ran out of its {timeout:g} s; the run waited on "
+                "it, and continues from its checkpoint once it answers",
+            ) from exc
 
     async def _timed_out(self, row: RunRow, timeout: float) -> str:
         """Out of time: the run fails, the text it streamed kept as its `output.partial`."""

@@ -563,7 +563,7 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         scope = paging.request_scope(request)
         offset = pagination.offset_of(request.page_token, scope)
         cancelled = row.error if row.status == RunState.CANCELLED.value else None
-        found = steps.to_steps(await steps.history(row, self.checkpointer), cancelled)
+        found = steps.to_steps(await steps.history(row, self.checkpointer), cancelled, str(row.id))
         page, token = pagination.offset_page(found, offset, limit, scope)
         return agents_pb2.ListRunStepsResponse(steps=page, next_page_token=token)
 
@@ -604,7 +604,6 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
             raise InvalidArgumentError(
                 "checkpoint is required: a step's checkpoint from ListRunSteps"
             )
-        steps.checkpoint_id(request.checkpoint, "checkpoint", "ListRunSteps")
         origin = (
             f"ForkRun of runs/{source.id} at {request.checkpoint[:80]} with values "
             f"{_digest(values)}"
@@ -617,13 +616,12 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         if existing is not None:
             same(existing)
             return agents_pb2.ForkRunResponse(run=convert.run_to_proto(existing))
+        steps.checkpoint_id(request.checkpoint, "checkpoint", "ListRunSteps")
         if source.status not in {s.value for s in TERMINAL_STATES}:
             raise FailedPreconditionError(
                 f"runs/{source.id} is {source.status}: fork a run once it has ended"
             )
-        point = steps.fork_point(
-            await steps.history(source, self.checkpointer), request.checkpoint, f"runs/{source.id}"
-        )
+        point = await steps.fork_point(source, self.checkpointer, request.checkpoint)
         # Checked before anything is queued; `write_fork` writes them the same way.
         check_update(steps.compiled(source, self.checkpointer), values, point.before)
         row = _repeat(self.settings, source, source.thread_id, request.request_id)

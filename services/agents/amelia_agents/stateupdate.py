@@ -20,6 +20,10 @@ from langgraph.pregel import Pregel
 
 from amelia_common.errors import InvalidArgumentError
 
+# Set on an update's checkpoint: the node it was written as, when one was named. LangGraph
+# keeps no trace of it, and a fork from the step it starts must write its own update as the
+# same node (`steps.fork_point`): what LangGraph would infer there is another node.
+AS_NODE_KEY = "amelia_as_node"
 # A state's chat messages as the workflows' input steps and nodes write them.
 MESSAGE_ROLES = ("user", "assistant", "system", "tool")
 
@@ -69,6 +73,11 @@ async def write_update(
     """`check_update`, then LangGraph's `aupdate_state`: the new checkpoint's config. What the
     reducers refuse is INVALID_ARGUMENT saying why."""
     check_update(graph, values, as_node)
+    if as_node:
+        config = {
+            **config,
+            "metadata": {**dict(config.get("metadata") or {}), AS_NODE_KEY: as_node},
+        }
     try:
         return await graph.aupdate_state(config, values, as_node=as_node or None)
     except InvalidUpdateError as exc:

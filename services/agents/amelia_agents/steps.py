@@ -24,9 +24,10 @@ from langgraph.types import StateSnapshot
 
 from amelia.v1 import agents_pb2
 from amelia_agents import workflows
+from amelia_agents.checkpoints import CONTINUED_KEY
 from amelia_agents.convert import to_value
 from amelia_agents.models import RunRow
-from amelia_agents.stateupdate import write_update
+from amelia_agents.stateupdate import AS_NODE_KEY, write_update
 from amelia_common.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 
 # LangGraph's checkpoint ids are UUIDs (version 6, ordered in time); anything else names none.
@@ -66,12 +67,30 @@ def edges(workflow: workflows.Workflow) -> list[agents_pb2.WorkflowEdge]:
 
 
 async def history(row: RunRow, checkpointer: BaseCheckpointSaver[Any]) -> list[StateSnapshot]:
-    """The run's checkpoints, oldest first."""
+    """The run's checkpoints, oldest first: those it wrote, and the one a run without input
+    continued from (written by an update or by the run before it; `CONTINUED_KEY`)."""
     graph = compiled(row, checkpointer)
     config = {"configurable": {"thread_id": str(row.thread_id)}}
     mine = str(row.id)
     found = [s async for s in graph.aget_state_history(config)]  # type: ignore[arg-type]
-    return [s for s in reversed(found) if (s.metadata or {}).get(RUN_KEY) == mine]
+    return [s for s in reversed(found) if _run_of(s, mine)]
+
+
+def _continued_by(snapshot: StateSnapshot) -> list[str]:
+    """The runs that continued `snapshot` without input, in order (`CONTINUED_KEY`)."""
+    marked = dict(snapshot.metadata or {}).get(CONTINUED_KEY)
+    return [str(run) for run in marked] if isinstance(marked, list) else []
+
+
+def _run_of(snapshot: StateSnapshot, run: str) -> bool:
+    return dict(snapshot.metadata or {}).get(RUN_KEY) == run or run in _continued_by(snapshot)
+
+
+def handed_on(snapshot: StateSnapshot, run: str) -> bool:
+    """Whether a later run continued `snapshot`'s tasks after `run` (which wrote it, or continued
+    it first): what they did there is that run's, not `run`'s."""
+    continued = _continued_by(snapshot)
+    return bool(continued) and continued[-1] != run
 
 
 def _checkpoint_id(snapshot: StateSnapshot) -> str:
@@ -84,14 +103,25 @@ def set_timestamp(target: Any, value: str | None) -> None:
 
 
 def to_steps(
-    snapshots: list[StateSnapshot], cancelled: str | None = None
+    snapshots: list[StateSnapshot], cancelled: str | None = None, run: str = ""
 ) -> list[agents_pb2.RunStep]:
-    """The run's steps; `cancelled` (the reason) when the run was cancelled: a step it stopped
-    before it finished (LangGraph records the `CancelledError` as its error) reads CANCELLED."""
+    """The run `run`'s steps; `cancelled` (the reason) when the run was cancelled: a step it
+    stopped before it finished (LangGraph records the `CancelledError` as its error) reads
+    CANCELLED. A step a later run continued (`handed_on`) shows what this run left it as:
+    its question asked (INTERRUPTED), or stopped, never the later run's result."""
     steps: list[agents_pb2.RunStep] = []
     for index, snapshot in enumerate(snapshots):
         after = snapshots[index + 1] if index + 1 < len(snapshots) else None
+        left = bool(run) and handed_on(snapshot, run)
+        if left:
+            after = None
         for task in snapshot.tasks:
+            if left:
+                task = task._replace(result=None, error=None)
+            elif task.result is not None and task.error:
+                # It failed (or was cancelled) once and ran to its end after: the end stands
+                # (a continuation that ran the node a cancelled run had stopped in).
+                task = task._replace(error=None)
             if task.name == START:
                 continue  # the run's input being written, not a node
             step = agents_pb2.RunStep(
@@ -132,7 +162,7 @@ def to_steps(
 class ForkPoint:
     checkpoint: str
     node: str  # the step's node: what the fork runs first
-    before: str  # the node whose update led to the checkpoint (START for the first step)
+    before: str  # the node whose update led to the checkpoint ("": LangGraph finds it)
 
 
 def is_checkpoint_id(value: str) -> bool:
@@ -149,9 +179,12 @@ def checkpoint_id(value: str, field: str, listed_by: str = "ListThreadHistory") 
     return value
 
 
-def fork_point(snapshots: list[StateSnapshot], checkpoint: str, run: str) -> ForkPoint:
-    """The step of `snapshots` (the run `run`'s) saved as `checkpoint`; NotFoundError naming
-    the run if it has none there."""
+async def fork_point(
+    source: RunRow, checkpointer: BaseCheckpointSaver[Any], checkpoint: str
+) -> ForkPoint:
+    """The step of the run `source` saved as `checkpoint`; NotFoundError naming the run if it
+    has none there."""
+    snapshots = await history(source, checkpointer)
     for index, snapshot in enumerate(snapshots):
         if _checkpoint_id(snapshot) != checkpoint:
             continue
@@ -160,9 +193,29 @@ def fork_point(snapshots: list[StateSnapshot], checkpoint: str, run: str) -> For
             raise FailedPreconditionError(
                 f"checkpoint {checkpoint} is the end of the run: there is no step to fork from"
             )
-        previous = [t.name for t in snapshots[index - 1].tasks] if index else []
-        return ForkPoint(checkpoint, nodes[0], previous[0] if previous else START)
-    raise NotFoundError(f"{run} has no step with checkpoint {checkpoint!r}; see ListRunSteps")
+        if index:  # the node whose update led here: the previous step's
+            previous = [t.name for t in snapshots[index - 1].tasks]
+            return ForkPoint(checkpoint, nodes[0], previous[0] if previous else START)
+        return ForkPoint(checkpoint, nodes[0], await _written_as(source, checkpointer, snapshot))
+    raise NotFoundError(
+        f"runs/{source.id} has no step with checkpoint {checkpoint!r}; see ListRunSteps"
+    )
+
+
+async def _written_as(
+    source: RunRow, checkpointer: BaseCheckpointSaver[Any], snapshot: StateSnapshot
+) -> str:
+    """The node a run's first step's checkpoint was written as, when no step of the run comes
+    before it (a fork's head, a continuation's): an update's `as_node` (kept as `AS_NODE_KEY`),
+    else the node its parent checkpoint ran; "" (LangGraph finds one) when neither is known."""
+    metadata = dict(snapshot.metadata or {})
+    if metadata.get(AS_NODE_KEY):
+        return str(metadata[AS_NODE_KEY])
+    if metadata.get("source") != "loop" or snapshot.parent_config is None:
+        return ""
+    parent = await compiled(source, checkpointer).aget_state(snapshot.parent_config)
+    ran = [t.name for t in parent.tasks]
+    return ran[0] if ran else ""
 
 
 async def write_fork(

@@ -11,7 +11,7 @@ import typer
 from amelia.v1 import agents_pb2
 from amelia_cli.client import Column, agents, ago, call_rpc, json_object, listing, resource, said
 from amelia_cli.commands.agents import question_lines
-from amelia_cli.consoles import console
+from amelia_cli.consoles import console, err
 from amelia_cli.help_text import App
 from amelia_common.json_numbers import message_dict, message_text
 
@@ -137,7 +137,10 @@ def history_cmd(
     """A thread's checkpoints, newest first: what each step saved, for `threads state`."""
     wanted = _metadata(where, "--metadata")
 
+    more = False
+
     async def go() -> list[agents_pb2.ThreadState]:
+        nonlocal more
         states: list[agents_pb2.ThreadState] = []
         token = ""
         async with agents() as stub:
@@ -155,6 +158,7 @@ def history_cmd(
                 token = reply.next_page_token
                 if not token:
                     break
+        more = bool(token)
         return states
 
     rows = [
@@ -169,12 +173,23 @@ def history_cmd(
         for s in call_rpc(go)
     ]
     listing(console, HISTORY_COLUMNS, rows)
+    if more:  # cut at --limit: say so, and how to see the rest
+        err.print(
+            said(
+                f"the newest {limit} shown; older ones: --limit N, or --before {rows[-1][0]}",
+            ),
+            style="dim",
+        )
 
 
 @threads_app.command("update")
 def update_cmd(
     thread: str = typer.Argument(..., help="The thread (threads/<id> or <id>)."),
-    values: str = typer.Argument(..., help="The update as a JSON object, e.g. '{\"done\": []}'."),
+    values: str = typer.Argument(
+        ...,
+        help="The update as a JSON object of the state's keys (see `threads state`), e.g."
+        ' \'{"messages": [{"role": "user", "content": "Use Postgres."}]}\'.',
+    ),
     as_node: str = typer.Option(
         "", "--as-node", help="Write it as this node (default: LangGraph's)."
     ),
