@@ -383,3 +383,26 @@ async def test_an_undecodable_request_is_invalid_argument_without_an_error_log(
         assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     finally:
         await svc.stop(0)
+
+
+def test_a_request_nested_too_deeply_is_said_so_not_called_malformed() -> None:
+    """Well-formed protobuf deeper than protobuf decodes (QA s20: a Struct nested ~35 levels
+    was refused as "malformed protobuf", where the gateway says it is nested too deeply)."""
+    from google.protobuf import struct_pb2
+
+    from amelia_common.grpc_server import _tolerant
+
+    deep: dict[str, object] = {}
+    inner = deep
+    for _ in range(40):
+        inner["a"] = {}
+        inner = inner["a"]  # type: ignore[assignment]
+    message = struct_pb2.Struct()
+    message.update(deep)
+    decoded = _tolerant(struct_pb2.Struct.FromString)(message.SerializeToString())  # type: ignore[misc]
+    assert decoded.refuse().message == (
+        "the request could not be decoded as google.protobuf.Struct: nested too deeply "
+        "(protobuf decodes at most 100 levels of messages, about 32 levels of JSON in a Struct)"
+    )
+    broken = _tolerant(struct_pb2.Struct.FromString)(b"\xff\xff\xff\xff")  # type: ignore[misc]
+    assert broken.refuse().message.endswith("(malformed protobuf)")

@@ -109,6 +109,14 @@ class _Undecodable:
 
     def refuse(self) -> InvalidArgumentError:
         log.debug("undecodable request", error=repr(self.error))
+        if "MaxDepth" in str(self.error):
+            # Well-formed, but deeper than protobuf decodes (100 messages: a JSON value nested
+            # about 32 levels in a Struct, the gateway's limit for a body too).
+            return InvalidArgumentError(
+                f"the request could not be decoded as {self.message_type}: nested too deeply "
+                "(protobuf decodes at most 100 levels of messages, about 32 levels of JSON "
+                "in a Struct)"
+            )
         return InvalidArgumentError(
             f"the request could not be decoded as {self.message_type} (malformed protobuf)"
         )
