@@ -173,7 +173,7 @@ class Publisher:
 
 
 def new_subject(collection: str = "runs") -> str:
-    return f"{collection}/{uuid.uuid4().hex}"
+    return f"{collection}/{uuid.uuid4()}"
 
 
 class Client:
