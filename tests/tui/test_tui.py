@@ -201,10 +201,12 @@ async def test_runs_list_updates_live_and_filters(tui_mesh: TuiMesh) -> None:
 
         await pilot.press("slash", "ctrl+u", "enter")
         await wait_until(lambda: run["name"] in runs.runs, "every run again")
+        # Slow for sure (5 s a word): still running when it is cancelled, however busy the
+        # machine (CI: a run of one long word had already COMPLETED, and the cancel was a 400).
+        slow_input = {"message": f"{marker} " * 5, "delay_ms": 5000}
         slow = (
             await tui_mesh.post(
-                "/v1/runs",
-                {"run": {"workflow": "workflows/echo", "input": {"message": marker * 40}}},
+                "/v1/runs", {"run": {"workflow": "workflows/echo", "input": slow_input}}
             )
         )["run"]
         await tui_mesh.post(f"/v1/runs/{slow['name'].split('/')[1]}:cancel", {"reason": "test"})
