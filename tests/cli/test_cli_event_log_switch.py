@@ -13,12 +13,14 @@ from nats.js import api
 
 from amelia_cli.supervisor import event_log_switch_warning
 from amelia_common.embedded import EmbeddedNats, free_port
-from amelia_common.nats_client import connect_nats
+from amelia_common.nats_client import connect_nats, ensure_stream
 from amelia_common.nats_cluster import NatsCluster
 from amelia_common.settings import Settings
 
 
 async def make_events_stream(url: str, replicas: int) -> None:
+    """The events stream made as the services make theirs (`ensure_stream`: a cluster's first
+    R3 stream may be refused until the meta leader has heard from every peer)."""
     settings = Settings(NATS_URL=url)
     nc = await connect_nats(settings, "test-event-log-switch")
     try:
@@ -26,7 +28,7 @@ async def make_events_stream(url: str, replicas: int) -> None:
         config = api.StreamConfig(
             name=settings.EVENTS_STREAM, subjects=["switch.>"], num_replicas=replicas
         )
-        await js.add_stream(config)
+        await ensure_stream(js, config)
     finally:
         await nc.close()
 

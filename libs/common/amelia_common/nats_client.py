@@ -105,6 +105,10 @@ def nats_health(nc: NATS) -> Callable[[], Awaitable[bool]]:
 
 # JetStream's "stream name already in use": another process created it between our look and add.
 _STREAM_NAME_IN_USE = 10058
+# JetStream's "no suitable peers for placement" (a replica's peer offline): a cluster just
+# started, or a node restarting, before the meta leader has heard from every peer. Not ready
+# yet, as a missing leader is (CI: a 3-node cluster's first R3 stream was refused so once).
+_NO_PEERS_YET = 10005
 
 
 async def ensure_stream(js: JetStreamContext, config: api.StreamConfig, wait: float = 60.0) -> None:
@@ -114,7 +118,8 @@ async def ensure_stream(js: JetStreamContext, config: api.StreamConfig, wait: fl
     of the race to create finds the stream made; a stream already as configured is left alone
     (an update is a cluster-wide proposal that can outlast nats-py's API timeout while a cluster
     elects a leader, and crashed racing replicas); JetStream not answering yet (no leader, a
-    node restarting) is retried for up to `wait` seconds before the error is raised.
+    node restarting) or not placing the replicas yet (a peer not heard from) is retried for up
+    to `wait` seconds before the error is raised.
     """
     name = config.name or ""
     loop = asyncio.get_running_loop()
@@ -129,6 +134,11 @@ async def ensure_stream(js: JetStreamContext, config: api.StreamConfig, wait: fl
                     await js.add_stream(config)
                     return
                 except nats.js.errors.BadRequestError as exc:
+                    if exc.err_code == _NO_PEERS_YET and loop.time() + delay <= deadline:
+                        log.info("JetStream peers not ready, retrying", stream=name)
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, 2.0)
+                        continue
                     if exc.err_code != _STREAM_NAME_IN_USE:
                         raise
                     continue  # made by another process meanwhile: compare with it
