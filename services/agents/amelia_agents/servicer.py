@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -606,7 +604,7 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
             )
         origin = (
             f"ForkRun of runs/{source.id} at {request.checkpoint[:80]} with values "
-            f"{_digest(values)}"
+            f"sha256:{threadstate.update_digest(values, '', request.checkpoint)[:16]}"
         )
 
         def same(existing: RunRow) -> None:
@@ -623,7 +621,8 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
             )
         point = await steps.fork_point(source, self.checkpointer, request.checkpoint)
         # Checked before anything is queued; `write_fork` writes them the same way.
-        check_update(steps.compiled(source, self.checkpointer), values, point.before)
+        graph = steps.compiled(source, self.checkpointer)
+        check_update(graph, values, point.before)
         row = _repeat(self.settings, source, source.thread_id, request.request_id)
         row.request_origin = origin if request.request_id else None
         webhooks.attach(row, request.webhook, "webhook")  # its own: the source's is not kept
@@ -632,7 +631,7 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
             # Inside the run's transaction, after the one-active-run-per-thread check and the
             # queueing: a fork is written only for a run that is recorded and queued (a worker
             # sees the run, so reads the thread, only after the commit).
-            await steps.write_fork(row, source, point, values, self.checkpointer)
+            await steps.write_fork(row, source, point, values, graph)
 
         started = await self._start(row, False, then=fork, same=same)
         return agents_pb2.ForkRunResponse(run=started)
@@ -727,12 +726,6 @@ def _resumed_again(row: RunRow, answer: Any, request_id: str) -> agents_pb2.Resu
             "retry must repeat the same answer, a new answer needs a new request_id"
         )
     return agents_pb2.ResumeRunResponse(run=convert.run_to_proto(row))
-
-
-def _digest(values: Any) -> str:
-    """A fork's values, short: two forks with other values are other requests."""
-    text = json.dumps(values, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _already_made(existing: RunRow, rid: str, what: str) -> AlreadyExistsError:

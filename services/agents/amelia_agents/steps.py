@@ -223,10 +223,10 @@ async def write_fork(
     source: RunRow,
     point: ForkPoint,
     values: dict[str, Any],
-    checkpointer: BaseCheckpointSaver[Any],
+    graph: Pregel[Any],
 ) -> None:
-    """Make the fork the head of the thread, tagged with the new run `row`."""
-    graph = compiled(source, checkpointer)
+    """Make the fork the head of the thread, tagged with the new run `row`, on `graph` (the
+    source's, `compiled`)."""
     config = {
         "configurable": {
             "thread_id": str(row.thread_id),

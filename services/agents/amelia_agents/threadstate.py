@@ -43,7 +43,7 @@ from amelia_common.errors import (
 
 HISTORY_PAGE_DEFAULT = 10
 HISTORY_PAGE_MAX = 1000
-# An update's request id and what it wrote (`_digest`), in its checkpoint's metadata.
+# An update's request id and what it wrote (`update_digest`), in its checkpoint's metadata.
 _REQUEST_KEY = "amelia_request"
 _DIGEST_KEY = "amelia_request_digest"
 # How many of a thread's active runs a refusal names.
@@ -270,7 +270,7 @@ class ThreadStates:
         if request.checkpoint:
             steps.checkpoint_id(request.checkpoint, "checkpoint")
         check_request_id(request.request_id)
-        digest = _digest(values, request.as_node, request.checkpoint)
+        digest = update_digest(values, request.as_node, request.checkpoint)
         async with self.store.sessions() as s, s.begin():
             # Locked until the update is written: CreateRun updates this row (its update_time)
             # when it records a run, so no run of the thread starts in between.
@@ -375,7 +375,8 @@ def _latest_run(tid: uuid.UUID) -> Any:
     )
 
 
-def _digest(values: Any, as_node: str, checkpoint: str) -> str:
-    """What an update with a request id wrote, for telling its retry from another update."""
+def update_digest(values: Any, as_node: str, checkpoint: str) -> str:
+    """What an update (UpdateThreadState's, a fork's) wrote, for telling a retry with its
+    request id from another request."""
     text = json.dumps([values, as_node, checkpoint], sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
