@@ -111,6 +111,30 @@ async def test_a_run_streams_to_its_end_and_resumes_without_gap(mesh: Mesh) -> N
     assert run["name"] in [r["name"] for r in filtered.json()["runs"]]
 
 
+async def test_a_run_created_and_streamed_in_one_post(mesh: Mesh) -> None:
+    """`POST /v1/runs:stream` (LangGraph's runs stream): the run first, then each of its events
+    once, as `GET …:stream` replays them; refusals are their HTTP status with a Status body."""
+    http = mesh.http
+    body = {"run": {"workflow": "workflows/echo", "input": {"message": "one two three"}}}
+    async with http.stream("POST", "/v1/runs:stream", json=body) as reply:
+        assert reply.status_code == 200
+        assert reply.headers["content-type"].startswith("application/x-ndjson")
+        lines = [json.loads(line) async for line in reply.aiter_lines() if line]
+    run = lines[0]["result"]["run"]
+    assert run["name"].startswith("runs/") and run["workflow"] == "workflows/echo"
+    events = [line["result"]["event"] for line in lines[1:]]
+    assert events[0]["type"] == "workflow.started" and events[-1]["type"] == "run.completed"
+    async with http.stream("GET", f"/v1/{run['name']}:stream") as replay:
+        replayed = [json.loads(line) async for line in replay.aiter_lines() if line]
+    assert [e["id"] for e in events] == [line["result"]["event"]["id"] for line in replayed]
+
+    missing = await http.post("/v1/runs:stream", json={"run": {"workflow": "workflows/nope"}})
+    assert missing.status_code == 404, missing.text
+    assert missing.json()["code"] == 5 and "workflows/nope" in missing.json()["message"]
+    empty = await http.post("/v1/runs:stream", json={"run": {}})
+    assert empty.status_code == 400 and empty.json()["code"] == 3, empty.text
+
+
 async def test_cancel_and_unknown_ids(mesh: Mesh) -> None:
     http = mesh.http
     agent = await _agent(http, "offline:echo?delay_ms=200")

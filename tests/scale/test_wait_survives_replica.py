@@ -46,6 +46,14 @@ async def events_and_agents(
     return settings, events, env, launch("agents", settings, logs, count, env=env)
 
 
+def gateway_before(
+    settings: Settings, tmp_path: Path, events: list[Replica], agents: list[Replica]
+) -> list[Replica]:
+    """A gateway replica (launched) in front of `events` and `agents`."""
+    env = {"EVENTS_ADDRESS": addresses(events), "AGENTS_ADDRESS": addresses(agents)}
+    return launch("gateway", settings, tmp_path, 1, env=env)
+
+
 async def create_runs(
     stub: agents_pb2_grpc.AgentServiceStub, count: int, words: int = 12
 ) -> list[str]:
@@ -75,6 +83,17 @@ async def read_stream(http: httpx.AsyncClient, name: str, lines: list[dict[str, 
                 lines.append(json.loads(line))
 
 
+async def create_and_read(http: httpx.AsyncClient, lines: list[dict[str, Any]]) -> None:
+    """`POST /v1/runs:stream` of an echo run as long as `create_runs`'s, read to its end."""
+    message = " ".join(f"word{i}" for i in range(12))
+    body = {"run": {"workflow": "workflows/echo", "input": {"message": message, "delay_ms": 500}}}
+    async with http.stream("POST", "/v1/runs:stream", json=body) as reply:
+        assert reply.status_code == 200
+        async for line in reply.aiter_lines():
+            if line:
+                lines.append(json.loads(line))
+
+
 async def replayed(stub: agents_pb2_grpc.AgentServiceStub, name: str) -> list[int]:
     """The run's event sequences, read from the log after it ended."""
     call = stub.StreamRun(agents_pb2.StreamRunRequest(name=name), timeout=60)
@@ -85,13 +104,7 @@ async def test_waits_and_http_streams_outlive_the_agents_replica_serving_them(
     infra: Any, tmp_path: Path
 ) -> None:
     settings, events, _env, agents = await events_and_agents(infra, tmp_path, 2)
-    gateways = launch(
-        "gateway",
-        settings,
-        tmp_path,
-        1,
-        env={"EVENTS_ADDRESS": addresses(events), "AGENTS_ADDRESS": addresses(agents)},
-    )
+    gateways = gateway_before(settings, tmp_path, events, agents)
     async with (
         all_serving(events, agents, gateways),
         aio_channel(addresses(agents), settings) as channel,
@@ -178,3 +191,38 @@ async def test_the_clis_wait_outlives_a_restart_of_the_only_agents_replica(
     assert cli.returncode == 0, (out, errors)
     shown = json.loads(out)
     assert shown["name"] == name and shown["status"] == "RUN_STATUS_COMPLETED", out
+
+
+async def test_a_run_created_and_streamed_over_http_outlives_a_restart_of_the_agents_replica(
+    infra: Any, tmp_path: Path
+) -> None:
+    """`POST /v1/runs:stream` with the only agents replica killed mid-run and started again:
+    the gateway goes on with StreamRun of the run its first line named, and the HTTP client
+    reads every event of the run once, in order, to its end."""
+    settings, events, env, agents = await events_and_agents(infra, tmp_path, 1)
+    gateways = gateway_before(settings, tmp_path, events, agents)
+    async with (
+        all_serving(events, agents, gateways),
+        aio_channel(addresses(agents), settings) as channel,
+        httpx.AsyncClient(base_url=f"http://{gateways[0].address}", timeout=180) as http,
+    ):
+        lines: list[dict[str, Any]] = []
+        stream = asyncio.ensure_future(create_and_read(http, lines))
+        await until(lambda: len(lines) >= 4 or stream.done(), f"it did not stream: {lines}")
+        assert not stream.done(), lines
+        agents[0].kill()
+        again = restarted(agents[0], settings, env, tmp_path / "agents-again.log")
+        async with all_serving([again]):
+            await asyncio.wait_for(stream, timeout=170)
+            assert all("result" in line for line in lines), lines[-1]
+            name = lines[0]["result"]["run"]["name"]
+            sequences = [int(line["result"]["event"]["sequence"]) for line in lines[1:]]
+            stub = agents_pb2_grpc.AgentServiceStub(channel)
+            assert sequences == await replayed(stub, name)
+        assert lines[-1]["result"]["event"]["type"] == "run.completed", lines[-1]
+        resumed = [
+            line
+            for line in gateways[0].log_text().splitlines()
+            if "stream dropped; resuming" in line and '"rpc": "CreateAndStreamRun"' in line
+        ]
+        assert resumed, "the gateway did not resume the stream"

@@ -40,7 +40,7 @@ from amelia_agents.store import (
     ThreadSummary,
     now,
 )
-from amelia_agents.streaming import RunStreamer
+from amelia_agents.streaming import EarlyFollower, RunStreamer
 from amelia_agents.worker import WorkerPool
 from amelia_common import paging
 from amelia_common.errors import (
@@ -250,8 +250,44 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
     async def CreateRun(
         self, request: agents_pb2.CreateRunRequest, context: Ctx, *, by_cron: bool = False
     ) -> agents_pb2.CreateRunResponse:
-        """Resolve the target → validate the input → the thread → the row → record and queue.
-        `by_cron`: a cron's run, whose busy-thread refusal names the cron's strategy field."""
+        """`by_cron`: a cron's run, whose busy-thread refusal names the cron's strategy field."""
+        started, _ = await self._create(request, by_cron=by_cron)
+        return agents_pb2.CreateRunResponse(run=started)
+
+    async def CreateAndStreamRun(
+        self, request: agents_pb2.CreateAndStreamRunRequest, context: Ctx
+    ) -> AsyncIterator[agents_pb2.CreateAndStreamRunResponse]:
+        """CreateRun, then StreamRun of its run. The call follows the run from before it is
+        recorded, so StreamRun's catch-up read of what the log already holds is not needed."""
+        create = agents_pb2.CreateRunRequest(run=request.run, request_id=request.request_id)
+        early = EarlyFollower(self.streamer)
+        try:
+            started, row = await self._create(create, before_start=early.join)
+            follower = early.of(started.name)
+            if row is None or follower is None:  # a request_id's earlier run; the feed closed
+                row = await self._get_run(started.name)
+            yield agents_pb2.CreateAndStreamRunResponse(run=started)
+            follow = agents_pb2.StreamRunRequest(
+                name=started.name, max_events_per_message=request.max_events_per_message
+            )
+            responses = self.streamer.responses(
+                row, follow, agents_pb2.CreateAndStreamRunResponse, follower
+            )
+            async for response in responses:
+                yield response
+        finally:
+            early.leave()
+
+    async def _create(
+        self,
+        request: agents_pb2.CreateRunRequest,
+        *,
+        by_cron: bool = False,
+        before_start: Callable[[RunRow], Awaitable[None]] | None = None,
+    ) -> tuple[agents_pb2.Run, RunRow | None]:
+        """Resolve the target → validate the input → the thread → the row → record and queue:
+        the run as recorded, and the row recorded (None when the request_id's earlier run is
+        given). `before_start` is awaited with the new row before it is recorded."""
         run = request.run
         existing = await self._existing(request.request_id)
         # No input on a thread: continue it from its latest checkpoint (LangGraph's
@@ -264,7 +300,7 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
 
         if existing is not None:
             same(existing)
-            return agents_pb2.CreateRunResponse(run=convert.run_to_proto(existing))
+            return convert.run_to_proto(existing), None
         target = await self._target(run)
         if input_value is not None:
             try:
@@ -292,8 +328,10 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
             row.request_origin = CREATE_RUN
         webhooks.attach(row, run.webhook)
         way = _CRON_WAY if by_cron else _CREATE_RUN_WAY
+        if before_start is not None:
+            await before_start(row)
         started = await self._start(row, new_thread, chosen=chosen, busy_way=way, same=same)
-        return agents_pb2.CreateRunResponse(run=started)
+        return started, row
 
     async def _target(self, run: agents_pb2.Run) -> _Target:
         """What `run` executes: an agent (a snapshot of its configuration, so later edits do not
@@ -645,7 +683,7 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         self, request: agents_pb2.StreamRunRequest, context: Ctx
     ) -> AsyncIterator[agents_pb2.StreamRunResponse]:
         row = await self._get_run(request.name)
-        async for response in self.streamer.responses(row, request):
+        async for response in self.streamer.responses(row, request, agents_pb2.StreamRunResponse):
             yield response
 
     async def WaitRun(

@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeVar
 
 import nats.errors
 
@@ -40,6 +40,9 @@ from amelia_agents.waiting import RunWaits
 from amelia_common.errors import StreamEndedError
 from amelia_common.eventlog import EventLog, EventLogUnavailableError, EventReader, StartAt
 from amelia_common.settings import Settings
+
+# StreamRun's and CreateAndStreamRun's responses: the same event fields.
+Response = TypeVar("Response", agents_pb2.StreamRunResponse, agents_pb2.CreateAndStreamRunResponse)
 
 IDLE_CHECK_SECONDS = 2.0
 # Events read together: what JetStream already delivered comes in one batch (and one StreamRun
@@ -87,21 +90,27 @@ class RunStreamer:
         )
 
     async def responses(
-        self, row: RunRow, request: agents_pb2.StreamRunRequest
-    ) -> AsyncIterator[agents_pb2.StreamRunResponse]:
+        self,
+        row: RunRow,
+        request: agents_pb2.StreamRunRequest,
+        message: type[Response],
+        follower: Follower | None = None,
+    ) -> AsyncIterator[Response]:
         """StreamRun's messages: one event each, or (`max_events_per_message` > 1) the events
-        that arrived together, at most that many per message."""
+        that arrived together, at most that many per message, as `message`s (CreateAndStreamRun's
+        carry the same fields). `follower`: the call's share of the feed, joined before the run
+        was recorded (`EarlyFollower`)."""
         per_message = min(request.max_events_per_message, EVENTS_PER_MESSAGE)
-        async for batch in self.stream(row, request.after_sequence):
+        async for batch in self.stream(row, request.after_sequence, follower):
             if per_message <= 1:
                 for event in batch:
-                    yield agents_pb2.StreamRunResponse(event=event)
+                    yield message(event=event)
             else:
                 for start in range(0, len(batch), per_message):
-                    yield agents_pb2.StreamRunResponse(events=batch[start : start + per_message])
+                    yield message(events=batch[start : start + per_message])
 
     async def stream(
-        self, row: RunRow, after_sequence: int
+        self, row: RunRow, after_sequence: int, follower: Follower | None = None
     ) -> AsyncIterator[list[events_pb2.Event]]:
         """The run's events after `after_sequence` in order, in the batches they arrived in;
         OUT_OF_RANGE for a sequence beyond the log's end (`EventLog.check_resume_point`), which
@@ -120,7 +129,8 @@ class RunStreamer:
             async for page in self._after_end(row, after_sequence):
                 yield page
             return
-        follower = await self._follower(row, after_sequence)
+        if follower is None:
+            follower = await self._follower(row, after_sequence)
         source: _FeedSource | _ReaderSource = (
             _FeedSource(self.feed, follower, row.id)
             if follower is not None
@@ -213,6 +223,30 @@ class RunStreamer:
                     yield batch
         except EventLogUnavailableError as exc:
             raise self._ended(f"could not be read: {exc}", last) from None
+
+
+class EarlyFollower:
+    """CreateAndStreamRun's share of the run feed, joined before its run is recorded: every
+    event of the run is stored after the feed's position then, so there is nothing in the log
+    to catch up on (StreamRun's `history` read). NATS not answering raises
+    `EventLogUnavailableError` before anything is recorded, as the job's publish would."""
+
+    def __init__(self, streamer: RunStreamer) -> None:
+        self.streamer = streamer
+        self.follower: Follower | None = None
+
+    async def join(self, row: RunRow) -> None:
+        self.follower = await self.streamer.feed.follow(row.id)
+
+    def of(self, name: str) -> Follower | None:
+        """The follower, if it follows the run `name` (not a request_id's earlier run)."""
+        follower = self.follower
+        return follower if follower is not None and follower.subject == name else None
+
+    def leave(self) -> None:
+        if self.follower is not None:
+            self.follower.leave()
+            self.follower = None
 
 
 class _UnreadableError(Exception):

@@ -15,6 +15,7 @@ import grpc
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from amelia.v1 import agents_pb2
 from amelia_common.grpc_client import reissue_while_unavailable
 from amelia_common.logging import get_logger
 from amelia_gateway import uploads
@@ -213,20 +214,33 @@ async def _stream(
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout if timeout else None
 
+    run_name = ""  # the run a CreateAndStreamRun made, named by its first message
+
     def reopen(last: int) -> Any:
-        """The stream again, after the last sequence sent, with what is left of its deadline."""
+        """The stream again, after the last sequence sent, with what is left of its deadline:
+        a created run's stream goes on as StreamRun of that run."""
         nonlocal call
         call.cancel()
         gateway.http_streams.discard(call)
-        message.after_sequence = last
+        rpc, again = rule.rpc, message
+        if rule.resumes_as_run:
+            rpc = "StreamRun"
+            again = agents_pb2.StreamRunRequest(
+                name=run_name,
+                after_sequence=last,
+                max_events_per_message=message.max_events_per_message,
+            )
+        else:
+            message.after_sequence = last
         left = max(end - loop.time(), 0.001) if end is not None else None
-        call = gateway.upstreams.callable(rule.service, rule.rpc)(
-            message, timeout=left, metadata=metadata(rid)
+        call = gateway.upstreams.callable(rule.service, rpc)(
+            again, timeout=left, metadata=metadata(rid)
         )
         gateway.http_streams.add(call)
         return call
 
     async def lines() -> AsyncIterator[str]:
+        nonlocal run_name
         watch = asyncio.create_task(watch_opening(call, upstream, dependency_down))
         try:
             item = await first
@@ -238,6 +252,8 @@ async def _stream(
                     if item is None:
                         item = await reopen(last).read()
                     while item is not grpc.aio.EOF:
+                        if rule.resumes_as_run and not run_name and item.HasField("run"):
+                            run_name = item.run.name
                         if rule.resumes:
                             last = _last_sequence(item, last)
                             broke_at, pause = None, RESUME_BACKOFF
@@ -249,6 +265,7 @@ async def _stream(
                     broke_at = now if broke_at is None else broke_at
                     if not (
                         rule.resumes
+                        and (run_name or not rule.resumes_as_run)
                         and exc.code() == grpc.StatusCode.UNAVAILABLE
                         and not gateway.stopping.is_set()
                         and now - broke_at + pause < STREAM_RESUME_SECONDS

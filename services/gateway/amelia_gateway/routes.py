@@ -53,6 +53,9 @@ class Rule:
     # A stream resumable after the last sequence it sent (StreamRun): reopened there when the
     # service drops it, so the HTTP client reads one stream without a gap or a repeat.
     resumes: bool = False
+    # A stream whose first message names a run (CreateAndStreamRun), continued by StreamRun of
+    # that run after the last sequence sent when the service drops it.
+    resumes_as_run: bool = False
 
     @cached_property
     def descriptor(self) -> MethodDescriptor:
@@ -187,6 +190,15 @@ ROUTES: tuple[Rule, ...] = (
     # AgentService: workflows and runs
     Rule("GET", "/v1/workflows", "AgentService", "ListWorkflows"),
     Rule("POST", "/v1/runs", "AgentService", "CreateRun", body="run"),
+    Rule(
+        "POST",
+        "/v1/runs:stream",
+        "AgentService",
+        "CreateAndStreamRun",
+        body="*",
+        resumes=True,
+        resumes_as_run=True,
+    ),
     Rule("GET", "/v1/runs", "AgentService", "ListRuns"),
     Rule("GET", "/v1/queue", "AgentService", "GetRunQueue"),
     *_resource("runs", "run", "AgentService", get="GetRun"),

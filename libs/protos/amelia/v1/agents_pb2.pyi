@@ -1920,6 +1920,80 @@ class StreamRunResponse(_message.Message):
 Global___StreamRunResponse: _TypeAlias = StreamRunResponse  # noqa: Y015
 
 @_typing.final
+class CreateAndStreamRunRequest(_message.Message):
+    """CreateAndStreamRunRequest starts a run and follows it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    MAX_EVENTS_PER_MESSAGE_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Idempotency key: a repeated request with the same id streams the first run."""
+    max_events_per_message: _builtins.int
+    """As StreamRunRequest's: at most this many events per message (a larger value counts as
+    256); 0 or 1: one event per message, in `event`.
+    """
+    @_builtins.property
+    def run(self) -> Global___Run:
+        """The run: target, thread and input (as CreateRunRequest's)."""
+
+    def __init__(
+        self,
+        *,
+        run: Global___Run | None = ...,
+        request_id: _builtins.str = ...,
+        max_events_per_message: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_events_per_message", b"max_events_per_message", "request_id", b"request_id", "run", b"run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateAndStreamRunRequest: _TypeAlias = CreateAndStreamRunRequest  # noqa: Y015
+
+@_typing.final
+class CreateAndStreamRunResponse(_message.Message):
+    """CreateAndStreamRunResponse is the run as created (the first message, which carries no event),
+    then the run's events as StreamRunResponse carries them.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    RUN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def event(self) -> _events_pb2.Event:
+        """The event (requests without `max_events_per_message`)."""
+
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_events_pb2.Event]:
+        """Consecutive events of the run in sequence order (requests with `max_events_per_message`
+        > 1); `event` is then unset.
+        """
+
+    @_builtins.property
+    def run(self) -> Global___Run:
+        """The run as created: the first message only."""
+
+    def __init__(
+        self,
+        *,
+        event: _events_pb2.Event | None = ...,
+        events: _abc.Iterable[_events_pb2.Event] | None = ...,
+        run: Global___Run | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "run", b"run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "events", b"events", "run", b"run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateAndStreamRunResponse: _TypeAlias = CreateAndStreamRunResponse  # noqa: Y015
+
+@_typing.final
 class ListRunStepsRequest(_message.Message):
     """ListRunStepsRequest names the run whose steps to list."""
 

@@ -135,6 +135,11 @@ class AgentServiceStub:
                 request_serializer=amelia_dot_v1_dot_agents__pb2.StreamRunRequest.SerializeToString,
                 response_deserializer=amelia_dot_v1_dot_agents__pb2.StreamRunResponse.FromString,
                 _registered_method=True)
+        self.CreateAndStreamRun = channel.unary_stream(
+                '/amelia.v1.AgentService/CreateAndStreamRun',
+                request_serializer=amelia_dot_v1_dot_agents__pb2.CreateAndStreamRunRequest.SerializeToString,
+                response_deserializer=amelia_dot_v1_dot_agents__pb2.CreateAndStreamRunResponse.FromString,
+                _registered_method=True)
         self.WaitRun = channel.unary_unary(
                 '/amelia.v1.AgentService/WaitRun',
                 request_serializer=amelia_dot_v1_dot_agents__pb2.WaitRunRequest.SerializeToString,
@@ -311,6 +316,18 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateAndStreamRun(self, request, context):
+        """CreateAndStreamRun creates a run as CreateRun does and streams it as StreamRun does, in one
+        call (LangGraph Server's runs stream): the first message carries the run as created (`run`),
+        the next ones its events until it ends. With a `request_id` used before, the call streams
+        that run from its first event. A client whose stream breaks after the first message goes on
+        with StreamRun(`run.name`, `after_sequence` = the last sequence it saw); one whose stream
+        breaks before it sends the call again with the same `request_id`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WaitRun(self, request, context):
         """WaitRun blocks until the run ends (COMPLETED, FAILED or CANCELLED) or is PAUSED on a
         question, and returns it (LangGraph Server's runs wait/join, Temporal's handle.result());
@@ -454,6 +471,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.StreamRun,
                     request_deserializer=amelia_dot_v1_dot_agents__pb2.StreamRunRequest.FromString,
                     response_serializer=amelia_dot_v1_dot_agents__pb2.StreamRunResponse.SerializeToString,
+            ),
+            'CreateAndStreamRun': grpc.unary_stream_rpc_method_handler(
+                    servicer.CreateAndStreamRun,
+                    request_deserializer=amelia_dot_v1_dot_agents__pb2.CreateAndStreamRunRequest.FromString,
+                    response_serializer=amelia_dot_v1_dot_agents__pb2.CreateAndStreamRunResponse.SerializeToString,
             ),
             'WaitRun': grpc.unary_unary_rpc_method_handler(
                     servicer.WaitRun,
@@ -1022,6 +1044,33 @@ class AgentService:
             '/amelia.v1.AgentService/StreamRun',
             amelia_dot_v1_dot_agents__pb2.StreamRunRequest.SerializeToString,
             amelia_dot_v1_dot_agents__pb2.StreamRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateAndStreamRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/amelia.v1.AgentService/CreateAndStreamRun',
+            amelia_dot_v1_dot_agents__pb2.CreateAndStreamRunRequest.SerializeToString,
+            amelia_dot_v1_dot_agents__pb2.CreateAndStreamRunResponse.FromString,
             options,
             channel_credentials,
             insecure,

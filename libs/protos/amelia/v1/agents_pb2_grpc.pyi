@@ -82,6 +82,14 @@ class AgentServiceStub:
     """ResumeRun answers a paused run's question and continues it."""
     StreamRun: _grpc.UnaryStreamMultiCallable[_agents_pb2.StreamRunRequest, _agents_pb2.StreamRunResponse]
     """StreamRun replays a run's events from the log, then follows it live until it ends."""
+    CreateAndStreamRun: _grpc.UnaryStreamMultiCallable[_agents_pb2.CreateAndStreamRunRequest, _agents_pb2.CreateAndStreamRunResponse]
+    """CreateAndStreamRun creates a run as CreateRun does and streams it as StreamRun does, in one
+    call (LangGraph Server's runs stream): the first message carries the run as created (`run`),
+    the next ones its events until it ends. With a `request_id` used before, the call streams
+    that run from its first event. A client whose stream breaks after the first message goes on
+    with StreamRun(`run.name`, `after_sequence` = the last sequence it saw); one whose stream
+    breaks before it sends the call again with the same `request_id`.
+    """
     WaitRun: _grpc.UnaryUnaryMultiCallable[_agents_pb2.WaitRunRequest, _agents_pb2.WaitRunResponse]
     """WaitRun blocks until the run ends (COMPLETED, FAILED or CANCELLED) or is PAUSED on a
     question, and returns it (LangGraph Server's runs wait/join, Temporal's handle.result());
@@ -157,6 +165,14 @@ class AgentServiceAsyncStub(AgentServiceStub):
     """ResumeRun answers a paused run's question and continues it."""
     StreamRun: _aio.UnaryStreamMultiCallable[_agents_pb2.StreamRunRequest, _agents_pb2.StreamRunResponse]  # type: ignore[assignment]
     """StreamRun replays a run's events from the log, then follows it live until it ends."""
+    CreateAndStreamRun: _aio.UnaryStreamMultiCallable[_agents_pb2.CreateAndStreamRunRequest, _agents_pb2.CreateAndStreamRunResponse]  # type: ignore[assignment]
+    """CreateAndStreamRun creates a run as CreateRun does and streams it as StreamRun does, in one
+    call (LangGraph Server's runs stream): the first message carries the run as created (`run`),
+    the next ones its events until it ends. With a `request_id` used before, the call streams
+    that run from its first event. A client whose stream breaks after the first message goes on
+    with StreamRun(`run.name`, `after_sequence` = the last sequence it saw); one whose stream
+    breaks before it sends the call again with the same `request_id`.
+    """
     WaitRun: _aio.UnaryUnaryMultiCallable[_agents_pb2.WaitRunRequest, _agents_pb2.WaitRunResponse]  # type: ignore[assignment]
     """WaitRun blocks until the run ends (COMPLETED, FAILED or CANCELLED) or is PAUSED on a
     question, and returns it (LangGraph Server's runs wait/join, Temporal's handle.result());
@@ -349,6 +365,20 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_agents_pb2.StreamRunResponse], _abc.AsyncIterator[_agents_pb2.StreamRunResponse]]:
         """StreamRun replays a run's events from the log, then follows it live until it ends."""
+
+    @_abc_1.abstractmethod
+    def CreateAndStreamRun(
+        self,
+        request: _agents_pb2.CreateAndStreamRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_agents_pb2.CreateAndStreamRunResponse], _abc.AsyncIterator[_agents_pb2.CreateAndStreamRunResponse]]:
+        """CreateAndStreamRun creates a run as CreateRun does and streams it as StreamRun does, in one
+        call (LangGraph Server's runs stream): the first message carries the run as created (`run`),
+        the next ones its events until it ends. With a `request_id` used before, the call streams
+        that run from its first event. A client whose stream breaks after the first message goes on
+        with StreamRun(`run.name`, `after_sequence` = the last sequence it saw); one whose stream
+        breaks before it sends the call again with the same `request_id`.
+        """
 
     @_abc_1.abstractmethod
     def WaitRun(
