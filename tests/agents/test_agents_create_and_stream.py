@@ -1,18 +1,29 @@
 """CreateAndStreamRun: a run created and followed in one call (LangGraph Server's runs stream).
 The first message is the run as created; then every event of the run once, in the log's order,
 the same events StreamRun replays; a request_id used again streams the first run; a client that
-goes away leaves the run running; refusals come before anything is created."""
+goes away leaves the run running; refusals come before anything is created, NATS down too."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 from typing import Any
 
 import grpc
-from agents_helpers import S, collect, create_run, rpc_error, tokens, types, wait_status
+from agents_helpers import (
+    S,
+    collect,
+    create_run,
+    rpc_error,
+    serve_agents,
+    tokens,
+    types,
+    wait_status,
+)
 
 from amelia.v1 import agents_pb2_grpc, events_pb2
+from amelia_common.embedded import EmbeddedNats, free_port
 
 
 def request(message: str, request_id: str = "", **run: Any) -> S.CreateAndStreamRunRequest:
@@ -119,3 +130,30 @@ async def test_a_client_that_goes_away_leaves_the_run_running_and_streamrun_goes
     everything = await collect(agents, run.name)
     assert [e.id for e in seen + rest] == [e.id for e in everything]
     assert "".join(tokens(everything)).split() == ["a", "b", "c", "d", "e", "f"]
+
+
+async def test_with_nats_down_the_call_is_unavailable_and_records_nothing(
+    infra: Any, events_address: str, tmp_path: Path
+) -> None:
+    nats = EmbeddedNats(tmp_path, free_port())
+    settings = infra.settings(
+        EVENTS_ADDRESS=events_address,
+        NATS_URL=nats.start(),
+        AGENT_WORKERS=1,
+        RUNS_QUEUE_STREAM=f"AMELIA_RUNS_STREAM_{uuid.uuid4().hex[:8]}",
+    )
+    try:
+        async with serve_agents(settings) as stub:
+            run, events = await created_and_streamed(stub, request("before"))
+            assert types(events)[-1] == "run.completed"
+            thread = (await stub.CreateThread(S.CreateThreadRequest())).thread
+            await asyncio.to_thread(nats.stop)
+            refused = await rpc_error(created_and_streamed(stub, request("x", thread=thread.name)))
+            assert refused.code() == grpc.StatusCode.UNAVAILABLE, refused.details()
+            assert "NATS" in refused.details()
+            assert not (await stub.ListRuns(S.ListRunsRequest(thread=thread.name))).runs
+            await asyncio.to_thread(nats.start)
+            run, events = await created_and_streamed(stub, request("after", thread=thread.name))
+            assert types(events)[-1] == "run.completed" and run.thread == thread.name
+    finally:
+        await asyncio.to_thread(nats.stop)
