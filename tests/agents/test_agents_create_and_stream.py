@@ -44,7 +44,7 @@ async def created_and_streamed(
         first = await replies.read()
         assert first is not grpc.aio.EOF
         assert first.HasField("run") and not first.HasField("event") and not first.events
-        events = []
+        events: list[events_pb2.Event] = []
         while (reply := await replies.read()) is not grpc.aio.EOF:
             assert not reply.HasField("run")
             events.extend(reply.events or (reply.event,))
