@@ -5,7 +5,7 @@ every rag process, claims such documents one lease at a time (so with several re
 them indexes each document), embeds the chunks still without an embedding in batches, saves
 each batch (so a process killed half-way loses at most one batch: whoever claims the document
 next carries on from there), publishes `document.progress`, and finally marks the document
-`ready` in the transaction that publishes `document.indexed`.
+`ready` in the transaction that writes `document.indexed` into the event outbox (store.py).
 
 A lease lasts `lease_seconds` and is renewed while the work goes on; a process that dies stops
 renewing it, and any process (itself, restarted) takes the document over once it has run out.
@@ -27,10 +27,11 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from amelia.v1 import events_pb2
 from amelia_common.logging import get_logger
 from amelia_rag.chunking import context_text
 from amelia_rag.embeddings import Embedder
-from amelia_rag.models import DocumentRow, document_event
+from amelia_rag.models import DocumentRow, change_event, document_event
 from amelia_rag.store import DocumentStore
 
 log = get_logger("amelia.rag.indexer")
@@ -151,9 +152,9 @@ class Indexer:
                 if done < total:
                     await self._progress(document_id, done, total)
 
-            async def indexed(ready: DocumentRow) -> None:
+            def indexed(ready: DocumentRow) -> events_pb2.Event:
                 duration_ms = round((time.perf_counter() - started) * 1000, 1)
-                await self.publish(
+                return change_event(
                     "document.indexed",
                     ready.id,
                     document_event(ready, chunk_count=ready.chunk_count, duration_ms=duration_ms),
@@ -202,8 +203,8 @@ class Indexer:
                 await self.store.renew(row.id, self.owner, row.content_hash, self.lease_seconds)
 
     async def _give_up(self, row: DocumentRow, reason: str) -> None:
-        async def failed(gone: DocumentRow) -> None:
-            await self.publish(
+        def failed(gone: DocumentRow) -> events_pb2.Event:
+            return change_event(
                 "document.failed", gone.id, {"title": gone.title, "error": gone.index_error}
             )
 

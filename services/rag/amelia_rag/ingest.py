@@ -9,8 +9,9 @@ or embedded again (only title/source/metadata are refreshed); the same bytes of 
 indexing `failed` send it back to indexing with the embeddings already saved kept (resume, not
 redo). Changed content replaces the old chunks in one transaction. Events, all with subject `documents/{id}`:
 
-- `document.uploaded` when the document is stored, published inside the storing transaction
-  so an event-log outage leaves nothing half-written (title, type, size, hash, chunk count);
+- `document.uploaded` when the document is stored (title, type, size, hash, chunk count),
+  written into the event outbox in the storing transaction and published after its commit
+  (`store.Tell`): an event exactly when the change is made, published once NATS answers;
 - `document.progress` while its chunks are embedded (`done`/`total` chunks);
 - `document.indexed` when it is searchable, or `document.failed` (with `error`) when indexing
   was given up.
@@ -28,12 +29,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from amelia.v1 import events_pb2
 from amelia_common.eventlog import EventLog
 from amelia_common.logging import get_logger
 from amelia_common.settings import Settings
 from amelia_rag.chunking import PASSAGE_VERSION, Chunk, child_size, chunk_document
 from amelia_rag.embeddings import Embedder
-from amelia_rag.models import DocumentRow, document_event
+from amelia_rag.models import DocumentRow, change_event, document_event
 from amelia_rag.parsing import (
     PARSER_VERSION,
     TYPES,
@@ -191,6 +193,8 @@ class Ingestor:
         )
 
     async def publish(self, event_type: str, document_id: uuid.UUID, data: dict[str, Any]) -> None:
+        """Publish a courtesy event now (`document.progress`): a change's events go through
+        the outbox instead (`change_event`)."""
         if not self.events.nc.is_connected:
             # Fail now rather than buffer an event that would be sent after the change failed.
             raise EventsUnavailableError(
@@ -241,8 +245,8 @@ class Ingestor:
             fields.title = source.title.strip() or existing.title
             return IngestResult(await self.store.touch(existing, fields), unchanged=True)
 
-        async def uploaded(row: DocumentRow) -> None:
-            await self.publish(
+        def uploaded(row: DocumentRow) -> events_pb2.Event:
+            return change_event(
                 "document.uploaded",
                 row.id,
                 document_event(
@@ -281,7 +285,7 @@ class Ingestor:
         return IngestResult(result.document, result.unchanged)
 
     async def delete(self, document_id: uuid.UUID) -> DocumentRow | None:
-        async def deleted(row: DocumentRow) -> None:
-            await self.publish("document.deleted", row.id, {"title": row.title})
+        def deleted(row: DocumentRow) -> events_pb2.Event:
+            return change_event("document.deleted", row.id, {"title": row.title})
 
         return await self.store.delete(document_id, deleted)

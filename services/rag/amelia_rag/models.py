@@ -29,6 +29,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TSVECTOR, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from amelia.v1 import events_pb2
+from amelia_common.eventlog import make_event
+
 DOCUMENT_TYPES = ("pdf", "markdown", "text", "html", "code", "web_page")
 
 
@@ -105,3 +108,10 @@ class ChunkRow(Base):
 def document_event(row: DocumentRow, **extra: Any) -> dict[str, Any]:
     """The data of a `document.*` event: what the document is, then what happened to it."""
     return {"title": row.title, "type": row.type, "content_hash": row.content_hash, **extra}
+
+
+def change_event(event_type: str, document_id: uuid.UUID, data: dict[str, Any]) -> events_pb2.Event:
+    """The event telling of a change to a document, for the change's outbox (store.Tell); its
+    source is the event log's (`EventLog.prepare`)."""
+    subject = f"documents/{document_id}"
+    return make_event(event_type, subject, {"document": subject, **data}, source="")

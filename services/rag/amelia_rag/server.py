@@ -13,6 +13,7 @@ from amelia_common.db import (
     wait_for_database,
 )
 from amelia_common.eventlog import EventLog
+from amelia_common.eventlog.outbox import Outbox
 from amelia_common.grpc_server import GrpcService
 from amelia_common.logging import get_logger
 from amelia_common.nats_client import connect_nats, nats_health
@@ -30,6 +31,7 @@ SERVICE_NAME = rag_pb2.DESCRIPTOR.services_by_name["RagService"].full_name
 MIGRATIONS = Path(__file__).parent / "migrations"
 VERSION_TABLE = "alembic_version_rag"
 EVENT_SOURCE = "amelia.rag"  # like amelia.events and amelia.agents
+OUTBOX_TABLE = "rag_event_outbox"  # migration rag_0003
 
 
 class StartupError(RuntimeError):
@@ -84,6 +86,7 @@ async def build_service(settings: Settings, *, embedder: Embedder | None = None)
         shutdown.append(nc.close)
         events = EventLog(nc, settings, source=EVENT_SOURCE)
         await events.ensure_stream()
+        store.outbox = Outbox(store.sessions, events, OUTBOX_TABLE)
     except BaseException:
         for hook in reversed(shutdown):
             await hook()
@@ -95,7 +98,10 @@ async def build_service(settings: Settings, *, embedder: Embedder | None = None)
     )
     ingestor.stored = indexer.wake
     indexer.start()
-    # Stop indexing before the embedder, the database and NATS go (hooks run in reverse).
+    store.outbox.start()  # events a failed publish or a dead process left in the outbox
+    # Stop indexing and the outbox before the embedder, the database and NATS go (hooks run
+    # in reverse).
+    shutdown.append(store.outbox.stop)
     shutdown.append(indexer.stop)
     # Overlapping passages of one section merge up to two passages' length.
     searcher = Searcher(store.sessions, embedder, merge_chars=MERGE_CHUNKS * settings.CHUNK_SIZE)

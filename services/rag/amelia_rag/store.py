@@ -1,9 +1,10 @@
 """Documents and chunks in PostgreSQL: idempotent replace in one transaction, get, list, delete,
 and the indexer's side: claim a document, save embeddings, finish or fail it.
 
-Every write runs in one transaction that also publishes its event before committing (through
-the `before_commit` hook), so a failure anywhere (database, event log) leaves the tables as they
-were. Concurrent ingests of the same document serialize on an advisory lock keyed by its
+Every write that changes a document writes the event telling of it (`Tell`) into the event
+outbox in the same transaction (`amelia_common.eventlog.outbox`): a change rolled back leaves no
+event, and the event of one committed is published after the commit — at once, or once NATS is
+back. Concurrent ingests of the same document serialize on an advisory lock keyed by its
 identity. An ingest stores the chunks without embeddings and the document `indexing`; a rag
 process then claims it with a lease (`FOR UPDATE SKIP LOCKED`, so one replica takes each
 document), fills in the embeddings batch by batch while renewing the lease, and marks it
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -24,13 +25,16 @@ import numpy as np
 from sqlalchemy import delete, func, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from amelia.v1 import events_pb2
 from amelia_common import paging
 from amelia_common.db import transaction
 from amelia_common.errors import InvalidArgumentError
+from amelia_common.eventlog.outbox import Outbox
 from amelia_rag.chunking import Chunk
 from amelia_rag.models import ChunkRow, DocumentRow
 
-BeforeCommit = Callable[[DocumentRow], Awaitable[None]]
+# The event telling of a change, made from the row as the change left it.
+Tell = Callable[[DocumentRow], events_pb2.Event]
 
 _INSERT_CHUNK = text(
     """
@@ -127,9 +131,28 @@ def _now() -> datetime:
 class DocumentStore:
     """The rag tables, through one session factory."""
 
-    def __init__(self, engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        sessions: async_sessionmaker[AsyncSession],
+        outbox: Outbox | None = None,
+    ) -> None:
         self.engine = engine
         self.sessions = sessions
+        # Where the writes' events go (None: a store that only reads, as tests' snapshots).
+        self.outbox = outbox
+
+    async def _tell(self, session: AsyncSession, tell: Tell, row: DocumentRow) -> None:
+        """The change's event, into the outbox in the change's transaction."""
+        if self.outbox is None:
+            raise RuntimeError("this DocumentStore has no event outbox: it cannot write")
+        await self.outbox.add(session, tell(row))
+
+    async def _delivered(self, row: DocumentRow) -> DocumentRow:
+        """After the commit: the outbox's events published (or left to its loop)."""
+        if self.outbox is not None:
+            await self.outbox.deliver()
+        return row
 
     async def vector_dimension(self) -> int:
         """The dimension of `chunks.embedding` as the table was created."""
@@ -174,7 +197,7 @@ class DocumentStore:
         fields: DocumentFields,
         chunks: Sequence[Chunk],
         passages: Sequence[str | None],
-        before_commit: BeforeCommit,
+        tell: Tell,
     ) -> ReplaceResult:
         """Write the document (`indexing`) and its new chunks, not yet embedded, atomically.
 
@@ -232,12 +255,10 @@ class DocumentStore:
                         for chunk, passage in zip(chunks, passages, strict=True)
                     ],
                 )
-            await before_commit(row)
-            return ReplaceResult(row, unchanged=False)
+            await self._tell(session, tell, row)
+        return ReplaceResult(await self._delivered(row), unchanged=False)
 
-    async def resume(
-        self, fields: DocumentFields, before_commit: BeforeCommit
-    ) -> DocumentRow | None:
+    async def resume(self, fields: DocumentFields, tell: Tell) -> DocumentRow | None:
         """A `failed` document ingested again with the same content: back to `indexing` with its
         chunks and the embeddings already computed kept, so indexing resumes rather than
         restarts. None when the stored document is not that (the caller replaces it then).
@@ -251,8 +272,8 @@ class DocumentStore:
             row.state, row.index_error = "indexing", ""
             row.lease_owner, row.lease_until, row.index_attempts = None, None, 0
             await session.flush()
-            await before_commit(row)
-            return row
+            await self._tell(session, tell, row)
+        return await self._delivered(row)
 
     async def embedded_counts(self, rows: Sequence[DocumentRow]) -> dict[uuid.UUID, int]:
         """How many chunks of each document have their embedding (all of a `ready` one)."""
@@ -386,7 +407,7 @@ class DocumentStore:
         return await self._lease(document_id, owner, content_hash, lease_seconds, keep=True)
 
     async def finish(
-        self, document_id: uuid.UUID, owner: str, content_hash: str, before_commit: BeforeCommit
+        self, document_id: uuid.UUID, owner: str, content_hash: str, tell: Tell
     ) -> DocumentRow | None:
         """Every chunk embedded: the document is `ready` (None if it is no longer ours)."""
         async with transaction(self.sessions) as session:
@@ -402,8 +423,8 @@ class DocumentStore:
                 return None
             row.state, row.lease_owner, row.lease_until = "ready", None, None
             await session.flush()
-            await before_commit(row)
-            return row
+            await self._tell(session, tell, row)
+        return await self._delivered(row)
 
     async def fail(
         self,
@@ -411,7 +432,7 @@ class DocumentStore:
         owner: str | None,
         content_hash: str,
         error: str,
-        before_commit: BeforeCommit,
+        tell: Tell,
     ) -> DocumentRow | None:
         """Give up on indexing: `failed` with the reason (kept until the next ingest)."""
         async with transaction(self.sessions) as session:
@@ -428,8 +449,8 @@ class DocumentStore:
             row.state, row.index_error = "failed", error[:2000]
             row.lease_owner, row.lease_until = None, None
             await session.flush()
-            await before_commit(row)
-            return row
+            await self._tell(session, tell, row)
+        return await self._delivered(row)
 
     async def release(
         self, document_id: uuid.UUID, owner: str, content_hash: str, retry_seconds: float
@@ -451,9 +472,7 @@ class DocumentStore:
             row.lease_until = await _lease_end(session, seconds)
             return True
 
-    async def delete(
-        self, document_id: uuid.UUID, before_commit: BeforeCommit
-    ) -> DocumentRow | None:
+    async def delete(self, document_id: uuid.UUID, tell: Tell) -> DocumentRow | None:
         """Delete a document (its chunks cascade); None when it does not exist."""
         async with transaction(self.sessions) as session:
             row = await session.get(DocumentRow, document_id, with_for_update=True)
@@ -461,8 +480,8 @@ class DocumentStore:
                 return None
             await session.delete(row)
             await session.flush()
-            await before_commit(row)
-            return row
+            await self._tell(session, tell, row)
+        return await self._delivered(row)
 
     async def list(
         self,

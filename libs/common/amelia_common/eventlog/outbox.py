@@ -1,0 +1,170 @@
+"""Events written in the transaction that makes the change they tell of (a transactional outbox).
+
+Publishing an event inside a database transaction and rolling the transaction back when
+JetStream does not acknowledge it in time is not enough: an unacknowledged publish may still be
+stored once NATS answers again, and the log then tells of a change that was never made (QA,
+session 21: a `document.deleted` for a document that still exists). Here the event is a row of
+the outbox table, written in the change's own transaction, so it exists exactly when the change
+does; after the commit it is published and its row deleted.
+
+- `add(session, event)`: the event, checked as a publish checks it (a bad one fails the
+  change), into the outbox in `session`'s transaction.
+- `deliver()`: after the commit, publish what the outbox holds, in order, and return. With NATS
+  away it returns once a publish gives up (EVENTS_PUBLISH_TIMEOUT_SECONDS; at once when NATS is
+  not connected) and the events stay queued; the change is made either way.
+- `start()`: a loop that delivers every `interval` seconds, for events left by a failed
+  publish, or by a process that died between its commit and its publish.
+
+One deliverer at a time across every process on the database (a transaction-scoped advisory
+lock) publishes the rows in commit order of each document — a later change of a thing waits for
+its earlier one's lock — so the log has each thing's events in the order they happened. A row
+is deleted only after JetStream acknowledged its event; a publish that timed out is sent again
+with the same id, which JetStream stores once within its dedup window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import zlib
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from amelia.v1 import events_pb2
+from amelia_common.db import transaction
+from amelia_common.event_names import InvalidEventError
+from amelia_common.eventlog.envelope import EventLogUnavailableError
+from amelia_common.eventlog.log import EventLog
+from amelia_common.logging import get_logger
+
+log = get_logger("amelia.eventlog.outbox")
+
+# Events taken from the outbox at a time.
+BATCH = 256
+
+
+class Outbox:
+    """The outbox table `table` (seq bigserial, event bytea) of one service's database."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        event_log: EventLog,
+        table: str,
+        *,
+        interval: float = 1.0,
+    ) -> None:
+        self.sessions = sessions
+        self.event_log = event_log
+        self.table = table
+        self.interval = interval
+        self._lock_key = zlib.crc32(f"outbox:{table}".encode())
+        self._wanted = False
+        self._delivering: asyncio.Task[None] | None = None
+        self._loop: asyncio.Task[None] | None = None
+        self._failing = False
+
+    async def add(self, session: AsyncSession, event: events_pb2.Event) -> None:
+        """Queue `event` in `session`'s transaction (its id, time and source filled in now)."""
+        prepared = self.event_log.prepare(event)
+        await session.execute(
+            text(f"INSERT INTO {self.table} (event) VALUES (:event)"),
+            {"event": prepared.event.SerializeToString()},
+        )
+
+    async def deliver(self) -> None:
+        """Publish what the outbox holds now (an event committed before this call is among
+        it, unless another process is publishing the outbox: then that one takes it). Never
+        raises; what cannot be published now stays queued for the loop."""
+        self._wanted = True
+        if self._delivering is None or self._delivering.done():
+            self._delivering = asyncio.create_task(self._deliver_while_wanted())
+        with contextlib.suppress(Exception):
+            await asyncio.shield(self._delivering)
+
+    def start(self) -> None:
+        self._loop = asyncio.create_task(self._every_interval(), name=f"outbox {self.table}")
+
+    async def stop(self) -> None:
+        for task in (self._loop, self._delivering):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+
+    async def pending(self) -> int:
+        """Events waiting to be published."""
+        async with transaction(self.sessions) as session:
+            count = await session.scalar(text(f"SELECT count(*) FROM {self.table}"))
+        return int(count or 0)
+
+    async def _every_interval(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self.deliver()
+
+    async def _deliver_while_wanted(self) -> None:
+        while self._wanted:
+            self._wanted = False
+            try:
+                published = await self._publish_batches()
+            except Exception as exc:  # noqa: BLE001 - PostgreSQL away: the loop tries again
+                self._say_failing(f"cannot read the event outbox: {exc!r}")
+                return
+            if not published:
+                return
+
+    async def _publish_batches(self) -> bool:
+        """Publish the outbox's events in order, batch after batch, until it is empty (True),
+        NATS gives up on one, or another process holds the outbox (False)."""
+        while True:
+            if not self.event_log.nc.is_connected:  # not waited for here: the loop comes back
+                self._say_failing("NATS is not connected")
+                return False
+            async with transaction(self.sessions) as session:
+                locked = await session.scalar(
+                    text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": self._lock_key}
+                )
+                if not locked:
+                    return False
+                rows = (
+                    await session.execute(
+                        text(f"SELECT seq, event FROM {self.table} ORDER BY seq LIMIT :n"),
+                        {"n": BATCH},
+                    )
+                ).all()
+                done, complete = await self._publish(rows)
+                if done:
+                    await session.execute(
+                        text(f"DELETE FROM {self.table} WHERE seq = ANY(:done)"), {"done": done}
+                    )
+            if not complete:
+                return False
+            if self._failing:
+                self._failing = False
+                log.info("event outbox delivered again", table=self.table)
+            if len(rows) < BATCH:
+                return True
+
+    async def _publish(self, rows: list[tuple[int, bytes]]) -> tuple[list[int], bool]:
+        """Publish `rows` in order: the seqs whose events JetStream stored, and whether all were."""
+        done: list[int] = []
+        for seq, body in rows:
+            event = events_pb2.Event.FromString(body)
+            try:
+                await self.event_log.publish_event(event)
+            except EventLogUnavailableError as exc:
+                self._say_failing(f"cannot publish from the event outbox: {exc.message}")
+                return done, False
+            except InvalidEventError as exc:
+                # Checked when queued, so only a limit lowered since: held, it would stop
+                # every later event.
+                log.error("event dropped from the outbox", event_id=event.id, error=str(exc))
+            done.append(seq)
+        return done, True
+
+    def _say_failing(self, why: str) -> None:
+        if not self._failing:
+            self._failing = True
+            log.warning("events wait in the outbox", table=self.table, error=why)

@@ -1,0 +1,116 @@
+"""The event outbox (`amelia_common.eventlog.outbox`) raced and cut off: two processes' outboxes
+delivering one table while changes keep committing, and NATS stopped and started in the middle.
+The log ends with every committed event once, each thing's events in the order they were
+committed, and none of a transaction rolled back."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+from typing import Any
+
+from nats.js import api
+from sqlalchemy import text
+
+from amelia_common.db import create_engine, session_factory, transaction
+from amelia_common.embedded import EmbeddedNats, free_port
+from amelia_common.eventlog import EventLog, decode_event, event_data, make_event
+from amelia_common.eventlog.outbox import Outbox
+from amelia_common.nats_client import connect_nats
+
+THINGS = 5
+CHANGES = 144
+
+
+async def logged(event_log: EventLog, collection: str) -> list[tuple[str, int, str]]:
+    """(subject, n, id) of every event of `collection` in the log, in log order."""
+    js = event_log.js
+    sub = await js.subscribe(
+        f"amelia.events.{collection}.>",
+        ordered_consumer=True,
+        deliver_policy=api.DeliverPolicy.ALL,
+    )
+    out = []
+    try:
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=1.0)
+            except TimeoutError:
+                return out
+            event = decode_event(msg.data, msg.metadata.sequence.stream)
+            out.append((event.subject, int(event_data(event)["n"]), event.id))
+    finally:
+        await sub.unsubscribe()
+
+
+async def test_two_outboxes_raced_through_a_nats_restart_deliver_each_event_once_in_order(
+    infra: Any, tmp_path: Path
+) -> None:
+    nats = EmbeddedNats(tmp_path / "nats", free_port())
+    settings = infra.settings(NATS_URL=nats.start(), EVENTS_PUBLISH_TIMEOUT_SECONDS=1.0)
+    table = f"outbox_test_{random.randrange(1 << 30)}"
+    collection = f"outboxtest{random.randrange(1 << 30)}"
+    engine = create_engine(settings)
+    connections = [await connect_nats(settings, f"outbox-test-{i}") for i in range(2)]
+    logs = [EventLog(nc, settings, source="test") for nc in connections]
+    await logs[0].ensure_stream()
+    sessions = session_factory(engine)
+    outboxes = [Outbox(sessions, log, table, interval=0.2) for log in logs]
+    try:
+        async with transaction(sessions) as session:
+            await session.execute(
+                text(f"CREATE TABLE {table} (seq bigserial PRIMARY KEY, event bytea NOT NULL)")
+            )
+        for outbox in outboxes:
+            outbox.start()
+        committed: list[str] = []
+        # Each thing's changes in the order they committed (recorded under the thing's lock,
+        # held until the commit, as a document's changes are).
+        order: dict[str, list[int]] = {}
+
+        async def change(i: int) -> None:
+            """Change `i` of thing i % THINGS, its event queued in the change's transaction;
+            every seventh is rolled back after its event was queued."""
+            subject = f"{collection}/{i % THINGS}"
+            event = make_event("thing.changed", subject, {"n": i}, source="")
+            try:
+                async with transaction(sessions) as session:
+                    await session.execute(
+                        text("SELECT pg_advisory_xact_lock(:k)"), {"k": 7_000 + i % THINGS}
+                    )
+                    await outboxes[i % 2].add(session, event)
+                    order.setdefault(subject, []).append(i)
+                    if i % 7 == 3:
+                        order[subject].remove(i)
+                        raise LookupError("rolled back")
+            except LookupError:
+                return
+            committed.append(event.id)
+            await outboxes[i % 2].deliver()
+
+        for wave in range(0, CHANGES, 12):
+            await asyncio.gather(*(change(i) for i in range(wave, wave + 12)))
+            if wave == 36:
+                await asyncio.to_thread(nats.stop)
+            if wave == 72:
+                await asyncio.to_thread(nats.start)
+        deadline = asyncio.get_running_loop().time() + 60
+        while await outboxes[0].pending():
+            assert asyncio.get_running_loop().time() < deadline, "events stayed in the outbox"
+            await asyncio.sleep(0.2)
+        events = await logged(logs[0], collection)
+        ids = [event_id for _, _, event_id in events]
+        assert sorted(ids) == sorted(committed)  # each committed event once, no rolled-back one
+        assert len(ids) == len(set(ids))
+        for subject, committed_order in order.items():
+            assert [n for s, n, _ in events if s == subject] == committed_order, subject
+    finally:
+        for outbox in outboxes:
+            await outbox.stop()
+        async with transaction(sessions) as session:
+            await session.execute(text(f"DROP TABLE IF EXISTS {table}"))
+        for nc in connections:
+            await nc.close()
+        await engine.dispose()
+        await asyncio.to_thread(nats.stop)
