@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -438,8 +438,10 @@ async def _follow(
     run_name: str,
     shown: Shown | None = None,
     created: agents_pb2.Run | None = None,
+    opened: AsyncIterator[Any] | None = None,
 ) -> agents_pb2.Run:
-    """Stream a run's events to the terminal until it ends.
+    """Stream a run's events to the terminal until it ends; `opened`: the run's stream already
+    open (CreateAndStreamRun's, past its first message), read before any StreamRun.
 
     On a terminal, a paused run's question is asked and answered here, while the stream is still
     read: an answer given elsewhere (another client, the TUI) is said and the run followed on.
@@ -456,11 +458,12 @@ async def _follow(
     while True:
         last_type = ""
         asking = False
-        replies = stub.StreamRun(  # type: ignore[attr-defined]
+        replies = opened or stub.StreamRun(  # type: ignore[attr-defined]
             agents_pb2.StreamRunRequest(
                 name=run_name, after_sequence=after, max_events_per_message=STREAM_BATCH
             )
         ).__aiter__()
+        opened = None
         try:
             while True:
                 following = asyncio.ensure_future(anext(replies))
@@ -601,8 +604,14 @@ def run(
                 interrupted.set()
 
             asyncio.get_running_loop().add_signal_handler(signal.SIGINT, on_ctrl_c)
+            # Created and streamed in one call (the run first): no second call before the
+            # first token.
+            request = agents_pb2.CreateAndStreamRunRequest(
+                run=spec, max_events_per_message=STREAM_BATCH
+            )
+            stream = stub.CreateAndStreamRun(request).__aiter__()
             try:
-                reply = await stub.CreateRun(agents_pb2.CreateRunRequest(run=spec))
+                first = await anext(stream)
             except grpc.aio.AioRpcError as exc:
                 if exc.code() != grpc.StatusCode.NOT_FOUND or "/" in target or not spec.agent:
                     raise
@@ -622,9 +631,9 @@ def run(
                     Text("Ctrl-C before the run was created (`amelia runs ls` shows if it was)")
                 )
                 raise typer.Exit(130) from None
-            created = reply.run
+            created = first.run
             created_line(created)
-            follow = asyncio.create_task(_follow(stub, created.name, shown, created))
+            follow = asyncio.create_task(_follow(stub, created.name, shown, created, stream))
             following.append(follow)
             if interrupted.is_set():
                 follow.cancel()
