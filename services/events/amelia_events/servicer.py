@@ -2,7 +2,8 @@
 
 The servicer only translates requests into `EventLog` calls. Failures are typed errors the
 shared interceptor turns into status codes (`amelia_common.errors`): INVALID_ARGUMENT says what
-is wrong, PERMISSION_DENIED refuses a client forging the services' events, UNAVAILABLE names the
+is wrong, PERMISSION_DENIED refuses a client forging the services' events, ALREADY_EXISTS an
+event id reused for other content (a retry gets the event as stored), UNAVAILABLE names the
 NATS that did not answer and says retrying is safe (`outage`). Every call waits for NATS at most
 EVENTS_PUBLISH_TIMEOUT_SECONDS; only a stream already open waits for as long as NATS is away.
 Reading, pacing and NATS restarts are the reader's job, so other services that read the log

@@ -116,6 +116,31 @@ _SERVICE_NAMES = {
 }
 
 
+# Advice in a service's message that only a gRPC client can follow, by service, and what a client
+# of the gateway does instead. The rag service says it to IngestDocument's callers; over HTTP
+# that is a JSON `POST /v1/documents`, whose larger sibling is the same route with a file.
+_GRPC_ADVICE = {
+    "RagService": (
+        (
+            "send larger files with UploadDocument",
+            "over HTTP, send larger files to the same route as a file: multipart/form-data "
+            "(curl -F file=@notes.pdf) or the raw body (curl -H 'Content-Type: application/pdf' "
+            "--data-binary @notes.pdf), up to MAX_DOCUMENT_BYTES",
+        ),
+    ),
+}
+
+
+def for_gateway_clients(message: str, service: str) -> str:
+    """`message` with advice a gateway client cannot follow (an RPC it has no route for)
+    replaced by what it does instead. The message is the service's own (a change to its words
+    shows in tests/gateway/test_gateway_uploads.py)."""
+    for grpc_advice, advice in _GRPC_ADVICE.get(service, ()):
+        if grpc_advice in message:
+            message = message.replace(grpc_advice, advice)
+    return message
+
+
 def from_rpc_error(
     exc: grpc.aio.AioRpcError, service: str, address: str, reached: bool
 ) -> GatewayError:
@@ -136,6 +161,8 @@ def from_rpc_error(
         message = f"the {name} service at {address} is unavailable ({message})"
     elif code == grpc.StatusCode.DEADLINE_EXCEEDED and message in ("Deadline Exceeded", ""):
         message = f"the {name} service did not answer before the deadline"
+    elif code == grpc.StatusCode.INVALID_ARGUMENT:
+        message = for_gateway_clients(message, service)
     return GatewayError(code, message, service=service)
 
 

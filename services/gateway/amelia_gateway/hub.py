@@ -175,6 +175,10 @@ class Sink(Protocol):
     def back(self, message: str) -> None:
         """The upstream stream is open again after a `fail(…, final=False)`."""
 
+    def opened(self) -> None:
+        """The feed's own stream is open: its service took the start position (a feed that
+        `FeedSpec.resumes` calls it once, before its first event)."""
+
 
 @dataclass(frozen=True)
 class Since:
@@ -199,6 +203,12 @@ class FeedSpec:
     @property
     def topic_key(self) -> tuple[tuple[str, ...], str]:
         return (self.types, self.subject)
+
+    @property
+    def resumes(self) -> bool:
+        """It starts after a sequence, which its service checks as it opens the stream (beyond
+        the log's end: OUT_OF_RANGE); its feed tells the sink `opened` once it took it."""
+        return self.since.kind == "after"
 
 
 def _events_of(
@@ -225,6 +235,8 @@ class UpstreamStream:
     on_end: Callable[[], None] | None = None
     # Called once the stream is open again after an interruption its subscribers were told of.
     on_back: Callable[[str], None] | None = None
+    # Called once, when the stream is first open (before its first events or its end).
+    on_open: Callable[[], None] | None = None
     # Awaited after each message's events were handed on (a feed with a stream of its own
     # waits for its socket's queue there).
     pace: Callable[[], Awaitable[None]] | None = None
@@ -233,6 +245,7 @@ class UpstreamStream:
     task: asyncio.Task[None] | None = field(default=None, init=False)
     # Whether the subscribers were told the stream is interrupted (told once per outage).
     failing: bool = field(default=False, init=False)
+    opened: bool = field(default=False, init=False)
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name=f"upstream-{self.rpc}")
@@ -261,7 +274,15 @@ class UpstreamStream:
         await watch_opening(call, upstream, lambda d: self._dependency_down(upstream, d))
         # A call that failed has empty headers too, and is done by then.
         if not call.done():
+            self._open()
             self._back(upstream)
+
+    def _open(self) -> None:
+        """The call is open (headers, events or its end came): tell `on_open`, the first time."""
+        if not self.opened:
+            self.opened = True
+            if self.on_open is not None:
+                self.on_open()
 
     def _back(self, upstream: Upstream) -> None:
         """The stream is open (or delivers) again: tell the subscribers if they heard it was not."""
@@ -288,7 +309,10 @@ class UpstreamStream:
                         continue
                     self.last = events[-1].sequence
                     delay = 0.1
-                    self._back(upstream)  # (a service that sends its headers with its first event)
+                    # (A service that sends its headers with its first event.)
+                    if not self.opened:
+                        self._open()
+                    self._back(upstream)
                     if not self.on_events(events):
                         return
                     if self.pace is not None:
@@ -315,6 +339,7 @@ class UpstreamStream:
                 call.cancel()
                 self.hub.calls_active -= 1
             if code == grpc.StatusCode.OK:
+                self._open()
                 if not self.follow:
                     if self.on_end is not None:
                         self.on_end()
@@ -501,6 +526,9 @@ class _Relay:
     def end(self) -> None:  # pragma: no cover - topics follow forever
         pass
 
+    def opened(self) -> None:  # pragma: no cover - topics do not tell
+        pass
+
 
 class CatchUpFeed(Feed):
     """Replays from a past position on its own stream, then moves onto the shared topic."""
@@ -525,6 +553,7 @@ class CatchUpFeed(Feed):
             on_events=self._own_events,
             on_error=self._own_failed,
             on_back=self._own_back,
+            on_open=self._own_opened,
             pace=sink.room,
             last=self.last,
         )
@@ -577,6 +606,10 @@ class CatchUpFeed(Feed):
     def _own_back(self, message: str) -> None:
         if not self.handed_over and not self.closed:
             self.sink.back(message)
+
+    def _own_opened(self) -> None:
+        if not self.closed:
+            self.sink.opened()
 
     def _live(self, chunk: Chunk) -> None:
         if self.closed:
@@ -638,6 +671,7 @@ class RunFeed(Feed):
             on_error=self._failed,
             on_end=self._end,
             on_back=self._back,
+            on_open=self._opened,
             pace=sink.room,
             follow=False,
             last=last,
@@ -661,6 +695,10 @@ class RunFeed(Feed):
     def _back(self, message: str) -> None:
         if not self.closed:
             self.sink.back(message)
+
+    def _opened(self) -> None:
+        if not self.closed:
+            self.sink.opened()
 
     def close(self) -> None:
         self.closed = True

@@ -307,7 +307,15 @@ def _operation(builder: SchemaBuilder, rule: Rule) -> dict[str, Any]:
                     "required": ["file"],
                 }
             }
-            content["application/octet-stream"] = {"schema": {"type": "string", "format": "binary"}}
+            content["application/octet-stream"] = {
+                "schema": {
+                    "type": "string",
+                    "format": "binary",
+                    "description": "The document (any non-JSON Content-Type): DocumentSource "
+                    "fields in the query string, the file name from Content-Disposition "
+                    "(`filename*=UTF-8''…` preferred over `filename`, RFC 6266).",
+                }
+            }
         operation["requestBody"] = {"required": True, "content": content}
         if rule.body != "*":
             operation["parameters"] += _query_parameters(builder, rule, beside_body=True)

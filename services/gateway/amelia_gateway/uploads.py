@@ -9,7 +9,8 @@ so a 50 MB PDF never sits whole in the gateway's memory.
   part.
 - any other content type: the body is the document; DocumentSource fields come from the query
   string (`?title=notes.md&type=DOCUMENT_TYPE_MARKDOWN`), the file name may come from
-  `Content-Disposition: attachment; filename="notes.md"`.
+  `Content-Disposition: attachment; filename="notes.md"`, or `filename*=UTF-8''%E5%90%8D.md`
+  (RFC 6266/8187, how HTTP clients send a name that is not ASCII), which wins over `filename`.
 
 The title is the rag service's to choose, as for IngestDocument without a title and `amelia
 ingest` (the client's title, else the `filePath`'s file name, else what the page itself says for
@@ -19,6 +20,8 @@ document no other way (no title, `filePath` or `sourceUri`), as it must be named
 
 from __future__ import annotations
 
+import re
+import urllib.parse
 from typing import Any
 
 import grpc
@@ -28,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from amelia.v1 import rag_pb2
-from amelia_gateway.errors import GatewayError, invalid
+from amelia_gateway.errors import GatewayError, cut, invalid
 from amelia_gateway.json_input import read_json_object
 from amelia_gateway.requests import client_timeout, too_large
 from amelia_gateway.state import Gateway
@@ -37,6 +40,14 @@ from amelia_gateway.transcode import find_field, parse_into, query_to_dict, to_j
 PIECE_BYTES = 256 * 1024
 MAX_FIELD_BYTES = 64 * 1024
 MULTIPART_OVERHEAD = 1024 * 1024
+
+# A Content-Disposition parameter: its name and its value, a token or a quoted string.
+_PARAMETER = re.compile(r';\s*([^\s=;]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)')
+# RFC 8187 §3.2.1 ext-value: charset'language'value-chars (attr-chars and %XX).
+_EXT_VALUE = re.compile(
+    r"([A-Za-z0-9!#$%&+^_`{}~-]+)'([A-Za-z0-9-]*)'((?:[A-Za-z0-9!#$&+.^_`|~-]|%[0-9A-Fa-f]{2})*)"
+)
+_EXT_CHARSETS = {"utf-8": "utf-8", "iso-8859-1": "latin-1"}
 
 
 def _source_from_fields(fields: dict[str, str], filename: str) -> rag_pb2.DocumentSource:
@@ -143,8 +154,7 @@ async def _raw(request: Request, call: _Call, limit: int) -> None:
     values = query_to_dict(rag_pb2.DocumentSource.DESCRIPTOR, query, set())
     source = rag_pb2.DocumentSource()
     parse_into(source, values, "query string")
-    _, disposition = parse_options_header(request.headers.get("content-disposition", ""))
-    filename = disposition.get(b"filename", b"").decode("utf-8", "replace")
+    filename = disposition_filename(request.headers.get("content-disposition", ""))
     _named(source, filename.rsplit("/", 1)[-1])
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
@@ -159,6 +169,46 @@ async def _raw(request: Request, call: _Call, limit: int) -> None:
         await call.content(chunk)
     if call.sent == 0:
         raise invalid("the upload is empty: send the document as the request body")
+
+
+def disposition_filename(header: str) -> str:
+    """The file name a raw upload's Content-Disposition gives: `filename*` (RFC 8187) when
+    present, as RFC 6266 §4.3 says a recipient that reads it should prefer it (clients send a
+    name that is not ASCII there, and an ASCII fallback in `filename`), else `filename`. A
+    `filename*` that cannot be decoded is a 400, not a silently mangled title."""
+    for name, value in _PARAMETER.findall(header):
+        if name.lower() == "filename*":
+            extended = _decoded_ext_value(value.strip())
+            if extended:
+                return extended
+            break
+    _, options = parse_options_header(header)
+    # Starlette reads headers as latin-1: a raw UTF-8 name comes back as it was sent.
+    return options.get(b"filename", b"").decode("utf-8", "replace")
+
+
+def _decoded_ext_value(value: str) -> str:
+    """An RFC 8187 ext-value (`UTF-8''%E5%90%8D.md`) decoded, or INVALID_ARGUMENT saying why."""
+    match = _EXT_VALUE.fullmatch(value)
+    if match is None:
+        raise invalid(
+            f"Content-Disposition filename* {cut(value, 80)!r} is not an RFC 8187 value like "
+            "UTF-8''%E5%90%8D.md: a charset, two single quotes, then the name percent-encoded"
+        )
+    charset, _, encoded = match.groups()
+    codec = _EXT_CHARSETS.get(charset.lower())
+    if codec is None:
+        raise invalid(
+            f"Content-Disposition filename* is in charset {cut(charset, 40)!r}: send it as "
+            "UTF-8 (filename*=UTF-8''…, the name percent-encoded)"
+        )
+    try:
+        return urllib.parse.unquote_to_bytes(encoded).decode(codec)
+    except UnicodeDecodeError as exc:
+        raise invalid(
+            f"Content-Disposition filename* is not valid {charset} once percent-decoded "
+            f"(byte {exc.start} of the name): percent-encode the name's UTF-8 bytes"
+        ) from None
 
 
 class _Parts:

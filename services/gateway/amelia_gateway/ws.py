@@ -77,6 +77,9 @@ MAX_ID_LENGTH = 128
 MISSED_HEARTBEATS = 3
 # How long a run subscribe waits for the agents service to say whether the run exists.
 RUN_CHECK_SECONDS = 5.0
+# How long a subscribe with a `since` sequence waits for its stream to open (the service checks
+# the sequence is not beyond the log's end) before it is answered `subscribed` all the same.
+RESUME_CHECK_SECONDS = 5.0
 # How long a close may wait for a client that does not read before the TCP connection is dropped.
 CLOSE_GRACE = 10.0
 
@@ -152,6 +155,35 @@ class Subscription:
         self.last_queued = spec.since.sequence if spec.since.kind == "after" else 0
         self.last_sent = self.last_queued
         self.feed: Feed | None = None
+        self.announced = False
+        # Done once the subscribe is answered: `subscribed`, or refused by its stream (`fail`).
+        self.answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def announce(self) -> None:
+        """Send `subscribed`, once, before anything else of the subscription."""
+        if not self.announced:
+            self.announced = True
+            self.connection.send_control({"type": "subscribed", "subscription": self.id})
+        self.settle()
+
+    def settle(self) -> None:
+        """Nothing more to wait for before the subscribe is answered."""
+        if not self.answered.done():
+            self.answered.set_result(None)
+
+    def opened(self) -> None:
+        self.announce()
+
+    async def answer(self, seconds: float) -> None:
+        """Answer a subscribe that `FeedSpec.resumes` once its stream opened (`subscribed`) or
+        was refused (a final `error` and no `subscribed`: a `since` beyond the log's end, as
+        `/v1/events:stream` answers 400). A stream that says neither within `seconds` (its
+        service down or slow) is subscribed, and reports its trouble as every stream does."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await asyncio.shield(self.answered)
+        if not self.answered.done():
+            self.announce()
 
     def push(self, chunk: Chunk) -> None:
         if self.connection.enqueue((self, chunk), len(chunk)):
@@ -161,8 +193,13 @@ class Subscription:
         await self.connection.room()
 
     def fail(self, error: GatewayError, final: bool) -> None:
+        """A final error that is the request's fault (CALLER_ERRORS: a `since` beyond the log's
+        end) refuses a subscribe not yet answered; any other comes after `subscribed`."""
+        caller = error.code in CALLER_ERRORS
+        if not (final and caller):
+            self.announce()
         message = error.message
-        if final and error.code not in CALLER_ERRORS:
+        if final and not caller:
             message = self._broken(message)
         self.connection.send_control(
             {
@@ -173,7 +210,7 @@ class Subscription:
             }
         )
         if final:
-            self.connection.forget(self)
+            self.connection.forget(self)  # (which settles the subscribe's answer)
 
     def _broken(self, why: str) -> str:
         """A final error that is not the request's fault: what ended, why, and where to resume
@@ -189,6 +226,7 @@ class Subscription:
         return f"{what} failed and has ended: {why}; {resume}"
 
     def end(self) -> None:
+        self.announce()
         self.connection.send_control({"type": "end", "subscription": self.id})
         self.connection.forget(self)
 
@@ -390,6 +428,7 @@ class Connection:
         if subscription.feed is not None:
             subscription.feed.close()
             subscription.feed = None
+        subscription.settle()
 
     # -- receiving ---------------------------------------------------------------------------
 
@@ -518,8 +557,11 @@ class Connection:
                 return
         subscription = Subscription(self, sub_id, spec)
         self.subscriptions[_key(sub_id)] = subscription
-        self.send_control({"type": "subscribed", "subscription": sub_id})
+        if not spec.resumes:
+            subscription.announce()
         subscription.feed = self.gateway.hub.feed(spec, subscription)
+        if spec.resumes:
+            await subscription.answer(RESUME_CHECK_SECONDS)
 
     async def _check_run(self, run: str) -> None:
         """Refuse a run subscription before `subscribed` when the agents service says the run

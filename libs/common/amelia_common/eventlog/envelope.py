@@ -30,6 +30,7 @@ from nats.js import api
 from amelia.v1 import events_pb2
 from amelia_common.errors import (
     NATS,
+    AlreadyExistsError,
     PermissionDeniedError,
     UnavailableError,
     struct_problem,
@@ -79,6 +80,41 @@ class EventLogUnavailableError(UnavailableError, ConnectionError):
 
     def __init__(self, detail: str) -> None:
         super().__init__(NATS, detail)
+
+
+# A batch's ReusedIdError names this many of its refused events.
+_NAMED_REFUSALS = 3
+
+
+class ReusedIdError(AlreadyExistsError):
+    """ALREADY_EXISTS: a client's event id is already stored with other content, so the event
+    was not stored (`EventLog.stored_before`). `what` says that of one event; `advice` what to
+    do, which differs for a batch, whose other events were written before NATS could tell."""
+
+    def __init__(
+        self,
+        what: str,
+        advice: str = "publish it with a new id (the same content sent again returns the stored "
+        "event)",
+    ) -> None:
+        super().__init__(f"{what}; {advice}")
+        self.what = what
+
+    @classmethod
+    def in_batch(cls, refused: list[ReusedIdError], stored: int) -> ReusedIdError:
+        """The error of a batch in which `refused` were refused and `stored` events stored (the
+        first few named: a status message must fit in gRPC's 8 KiB of trailers)."""
+        what = "; ".join(error.what for error in refused[:_NAMED_REFUSALS])
+        if len(refused) > _NAMED_REFUSALS:
+            what += f"; and {len(refused) - _NAMED_REFUSALS} more events of the batch likewise"
+        if not stored:
+            return cls(what) if len(refused) == 1 else cls(what, "publish them with new ids")
+        others = "other event is" if stored == 1 else f"{stored} other events are"
+        return cls(
+            what,
+            f"the batch's {others} stored: send the batch again with new ids for the refused "
+            "events and every event comes back as stored, each stored once",
+        )
 
 
 # --------------------------------------------------------------------------- subject scheme

@@ -24,6 +24,7 @@ from amelia_common.eventlog.envelope import (
     MAX_SEQUENCE,
     SUBJECT_PREFIX,
     EventLogUnavailableError,
+    ReusedIdError,
     check_client_type,
     decode_event,
     filter_subjects,
@@ -95,6 +96,36 @@ class Prepared:
     payload: bytes
     nats_subject: str
     dedup_id: str
+    # A client's event (PublishEvent): one JetStream already had is read back (`stored_before`).
+    from_client: bool = False
+    # The publisher set `source` (else it was filled in, and says nothing about a retry).
+    source_given: bool = True
+
+
+def reused_fields(sent: Prepared, stored: events_pb2.Event) -> list[str]:
+    """What `sent` changes of the event stored with its id: type, subject, data, and source or
+    correlation_id when the publisher set them. Not time: a publisher that leaves it empty gets
+    it stamped at each call, so a retry's differs."""
+    event = sent.event
+    return [
+        name
+        for name, same in (
+            ("type", event.type == stored.type),
+            ("subject", event.subject == stored.subject),
+            ("data", event.data == stored.data),
+            ("source", not sent.source_given or event.source == stored.source),
+            (
+                "correlation_id",
+                not event.correlation_id or event.correlation_id == stored.correlation_id,
+            ),
+        )
+        if not same
+    ]
+
+
+def _and(words: list[str]) -> str:
+    """`a`, `a and b`, `a, b and c`."""
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
 
 
 def publish_attributes(prepared: Prepared) -> dict[str, str]:
@@ -144,7 +175,8 @@ class EventLog:
 
         `from_client` is for events a client sent (PublishEvent): types the mesh's services own
         are refused (PermissionDeniedError), and the id deduplicates only against other client ids
-        (`Nats-Msg-Id: client:<id>`), so a client cannot squat the id of a service's event.
+        (`Nats-Msg-Id: client:<id>`), so a client cannot squat the id of a service's event; a
+        client's event JetStream already had comes back as stored (`stored_before`).
         Several events in a row are cheaper through `pipeline()` (one round trip for all).
         `data_checked`: see `prepare`.
         """
@@ -159,7 +191,8 @@ class EventLog:
 
         Every event is checked before any is written, so a bad one stores nothing. Raises like
         `publish_event`; after `EventLogUnavailableError` a prefix may be stored, and publishing
-        the same events again (same ids) stores each once.
+        the same events again (same ids) stores each once. `ReusedIdError` (a client's id
+        already stored with other content) comes once every other event is stored.
         """
         prepared = [self.prepare(event, from_client=from_client) for event in events]
         pipeline = self.pipeline()
@@ -181,7 +214,8 @@ class EventLog:
             event.id = new_event_id()
         if not event.HasField("time"):
             stamp_now(event.time)
-        if not event.source:
+        source_given = bool(event.source)
+        if not source_given:
             event.source = self.source
         event.sequence = 0
         payload = validate_event(
@@ -196,6 +230,8 @@ class EventLog:
             payload=payload,
             nats_subject=nats_subject(event.type, event.subject),
             dedup_id=f"{CLIENT_ID_NAMESPACE}{event.id}" if from_client else event.id,
+            from_client=from_client,
+            source_given=source_given,
         )
 
     def buffer_full(self) -> bool:
@@ -229,6 +265,8 @@ class EventLog:
                 span.set_attribute("amelia.event.sequence", ack.seq)
         finally:
             self.stats.waiting -= 1
+        if ack.duplicate and prepared.from_client:
+            return await self.stored_before(prepared, ack.seq)
         return self.stored(prepared, ack)
 
     def stored(self, prepared: Prepared, ack: api.PubAck) -> events_pb2.Event:
@@ -238,6 +276,29 @@ class EventLog:
         stored.CopyFrom(prepared.event)
         stored.sequence = ack.seq
         return stored
+
+    async def stored_before(self, prepared: Prepared, sequence: int) -> events_pb2.Event:
+        """A client's event JetStream already had (PubAck.duplicate): the event stored at
+        `sequence`, read back, so the reply is what GetEvent returns, not the envelope sent
+        (whose time, at least, was never stored). A retry gets it back; an id reused for other
+        content (`reused_fields`) is `ReusedIdError`, as the agents service answers a
+        request_id reused for another run. Only duplicates pay for the read."""
+        self.stats.published += 1
+        event_id = prepared.event.id
+        earlier = await self.get(sequence)
+        if earlier is None:
+            raise ReusedIdError(
+                f"event id {event_id!r} was already used, at sequence {sequence}, which the log "
+                "no longer holds (expired), so this event was not stored"
+            )
+        differs = reused_fields(prepared, earlier)
+        if differs:
+            raise ReusedIdError(
+                f"event id {event_id!r} is already stored at sequence {sequence} "
+                f"(events/{sequence}) with different {_and(differs)}, so this event was not "
+                "stored"
+            )
+        return earlier
 
     async def _publish_with_retry(
         self, event: events_pb2.Event, subject: str, payload: bytes, dedup_id: str

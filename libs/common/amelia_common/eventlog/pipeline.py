@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -36,6 +37,7 @@ from nats.js import api
 from amelia.v1 import events_pb2
 from amelia_common import telemetry
 from amelia_common.event_names import InvalidEventError
+from amelia_common.eventlog.envelope import ReusedIdError
 from amelia_common.logging import get_logger
 
 if TYPE_CHECKING:
@@ -77,7 +79,9 @@ class PublishPipeline:
     returned without raising. Errors are `EventLog.publish_event`'s: `InvalidEventError` from
     `submit` for a bad envelope (nothing written), `EventLogUnavailableError` from `submit` or
     `flush` when NATS did not store an event in time — the events before it are stored, and
-    publishing the same events again (same ids) stores each once.
+    publishing the same events again (same ids) stores each once. A client's event whose id is
+    already stored with other content (`EventLog.stored_before`) does not stop the others:
+    `flush` settles them all, then raises `ReusedIdError` naming every such event.
     """
 
     def __init__(self, event_log: EventLog, *, window: int = DEFAULT_WINDOW) -> None:
@@ -85,6 +89,7 @@ class PublishPipeline:
         self.window = max(1, window)
         self._in_flight: collections.deque[_InFlight] = collections.deque()
         self._stored: list[events_pb2.Event] = []
+        self._reused: list[ReusedIdError] = []
         self._generation = -1
         # Inside a trace: one PRODUCER span from the first event written until all are stored
         # (a span per event would double a run's spans: one per token).
@@ -121,7 +126,7 @@ class PublishPipeline:
         generation = nc.stats["reconnects"]
         if not nc.is_connected or self.log.buffer_full():
             # The ordinary path waits for the connection (or refuses when the buffer is full).
-            self._stored.append(await self.log.store(prepared))
+            await self._keep(self.log.store(prepared))
             return
         self._generation = generation
         try:
@@ -133,7 +138,7 @@ class PublishPipeline:
             )
         except (nats.errors.Error, nats.js.errors.Error):
             # Not written (the connection went away meanwhile): the ordinary path retries.
-            self._stored.append(await self.log.store(prepared))
+            await self._keep(self.log.store(prepared))
             return
         self._in_flight.append(_InFlight(prepared, ack, time.monotonic(), generation))
         stats = self.log.stats
@@ -144,9 +149,20 @@ class PublishPipeline:
         """Wait until every submitted event is stored; returns them (with sequences) in order."""
         await self._settle(len(self._in_flight))
         stored, self._stored = self._stored, []
-        if stored:
-            self._end_span(stored[-1].sequence)
+        reused, self._reused = self._reused, []
+        if stored or reused:
+            self._end_span(stored[-1].sequence if stored else 0)
+        if reused:
+            raise ReusedIdError.in_batch(reused, len(stored))
         return stored
+
+    async def _keep(self, settled: Awaitable[events_pb2.Event]) -> None:
+        """Keep an event once stored; a client's id reused for other content is set aside, so
+        the batch's other events are still settled (`flush` raises it then)."""
+        try:
+            self._stored.append(await settled)
+        except ReusedIdError as exc:
+            self._reused.append(exc)
 
     def abandon(self) -> None:
         """Stop waiting for acknowledgements (the flow was cancelled); what arrived is stored."""
@@ -193,16 +209,22 @@ class PublishPipeline:
             except BaseException:
                 self.abandon()
                 raise
-            if ack is not None:
-                event = self.log.stored(entry.prepared, ack)
-            else:
-                # No acknowledgement: publish it again the ordinary way (same id: stored once).
-                self.log.stats.retried += 1
-                try:
+            try:
+                if ack is None:
+                    # No acknowledgement: publish it again the ordinary way (same id: stored once).
+                    self.log.stats.retried += 1
                     event = await self.log.store(entry.prepared)
-                except BaseException:
-                    self.abandon()
-                    raise
+                elif ack.duplicate and entry.prepared.from_client:
+                    event = await self.log.stored_before(entry.prepared, ack.seq)
+                else:
+                    event = self.log.stored(entry.prepared, ack)
+            except ReusedIdError as exc:
+                self._pop()
+                self._reused.append(exc)
+                continue
+            except BaseException:
+                self.abandon()
+                raise
             self._pop()
             self._stored.append(event)
 
