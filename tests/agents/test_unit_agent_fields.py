@@ -64,7 +64,7 @@ REFUSED = [
     ({"temperature": 2.5}, "temperature", "temperature must be between 0 and 2"),
     ({"temperature": -0.1}, "temperature", "temperature must be between 0 and 2"),
     ({"max_tokens": -1}, "max_tokens", "max_tokens must be positive"),
-    ({"timeout": duration_pb2.Duration(seconds=0)}, "timeout", "timeout must be positive"),
+    ({"timeout": duration_pb2.Duration(seconds=0)}, "timeout", "out of range: use 1s to 604800s"),
     ({"timeout": duration_pb2.Duration(seconds=1, nanos=-1)}, "timeout", "not a valid duration"),
     ({"retry_attempts": 21}, "retry_attempts", "retry_attempts must be between 0 and 20"),
     ({"retry_attempts": -1}, "retry_attempts", "retry_attempts must be between 0 and 20"),

@@ -3,7 +3,8 @@ columns, shown on 80, alternated long and short lines (seen on docs/tui.md in se
 
 from __future__ import annotations
 
-from amelia_cli.commands.docs import prose_flowing
+from amelia.v1 import rag_pb2
+from amelia_cli.commands.docs import passage_shown, prose_flowing
 from amelia_cli.tui.passages import passage_text
 
 PASSAGE = (
@@ -114,3 +115,15 @@ def test_the_tui_shows_a_code_passage_line_by_line_and_prose_flowing() -> None:
     assert shown.split("\n", 1)[1] == "one two\n\n```c\nint x;\nint y;\n```"
     pdf = {"documentTitle": "a.pdf", "documentType": "DOCUMENT_TYPE_PDF", "content": "a\nb\n\nc"}
     assert passage_text(1, pdf).plain.split("\n", 1)[1] == "a b c"
+
+
+def test_a_pdf_passage_flows_and_keeps_its_list_items() -> None:
+    """A PDF's layout lines (trailing spaces and all, not Markdown hard breaks) join into
+    paragraphs for the terminal to wrap (QA s21 F13); list items keep their lines; HTML and code
+    are printed as they are."""
+    pdf = "Packages are installed in  \nthe packages directory as\ndescribed above.\n• one\n• two"
+    assert passage_shown(pdf, rag_pb2.DOCUMENT_TYPE_PDF) == (
+        "Packages are installed in the packages directory as described above.\n• one\n• two"
+    )
+    assert passage_shown("a\nb", rag_pb2.DOCUMENT_TYPE_HTML) == "a\nb"
+    assert passage_shown("a\nb", rag_pb2.DOCUMENT_TYPE_CODE) == "a\nb"

@@ -97,16 +97,21 @@ async def test_a_document_interrupted_too_often_is_marked_failed(rag: Rag) -> No
 
 async def test_racing_indexers_embed_each_chunk_once(rag: Rag) -> None:
     """Two more indexers (replicas) next to the service's: every chunk is embedded once."""
+    from amelia_common.eventlog import EventLog
+    from amelia_common.eventlog.outbox import Outbox
     from amelia_rag.embeddings import LocalEmbedder
     from amelia_rag.indexer import Indexer
+    from amelia_rag.server import EVENT_SOURCE, OUTBOX_TABLE
+    from amelia_rag.store import DocumentStore
 
     async def publish(event_type: str, document_id: uuid.UUID, data: dict[str, object]) -> None:
         return None
 
     embedder = LocalEmbedder.from_model(rag.model, rag.settings)
-    replicas = [
-        Indexer(rag.store, embedder, publish, batch_size=8, poll_seconds=0.1) for _ in range(2)
-    ]
+    # A replica's store: its changes' events through the outbox, as the service's.
+    outbox = Outbox(rag.store.sessions, EventLog(rag.nc, rag.settings, EVENT_SOURCE), OUTBOX_TABLE)
+    store = DocumentStore(rag.store.engine, rag.store.sessions, outbox)
+    replicas = [Indexer(store, embedder, publish, batch_size=8, poll_seconds=0.1) for _ in range(2)]
     for replica in replicas:
         replica.start()
     try:

@@ -129,11 +129,14 @@ def resource(collection: str, value: str) -> str:
 class Column:
     """A listing's column, and what it does on a narrow terminal: a name, id, time or number
     stays on one line (so it can be copied); text folds; an optional column (`drop` > 0) is
-    left out, highest `drop` first, while the table would not fit otherwise."""
+    left out, highest `drop` first, while the table would not fit otherwise; a column with a
+    `brief` form of its cells (`indexing 84% 6784/8008` → `indexing 84%`) shows that when the
+    table does not fit even then, rather than fold a short value over two lines."""
 
     header: str
     wraps: bool = False
     drop: int = 0
+    brief: Callable[[str], str] | None = None
 
 
 FOLDED_AT_LEAST = 16  # cells a folding column keeps before optional columns go
@@ -145,18 +148,30 @@ def _min_width(column: Column, cells: list[str]) -> int:
     return min(widest, FOLDED_AT_LEAST) if column.wraps else widest
 
 
+def _width(columns: Sequence[Column], rows: Sequence[Sequence[str]], shown: list[int]) -> int:
+    """The cells the `shown` columns need at least, with the gaps between them."""
+    needed = (_min_width(columns[i], [row[i] for row in rows]) for i in shown)
+    return sum(needed) + _GAP * (len(shown) - 1)
+
+
+def _brief(columns: Sequence[Column], rows: Sequence[Sequence[str]]) -> list[list[str]]:
+    """The rows with the cells of every column that has a `brief` form in that form."""
+    return [
+        [brief(cell) if (brief := columns[i].brief) else cell for i, cell in enumerate(row)]
+        for row in rows
+    ]
+
+
 def listing(console: Console, columns: Sequence[Column], rows: Sequence[Sequence[str]]) -> None:
     """Print rows as a table that fits the terminal: names and times whole on one line,
-    a column empty in every row left out, optional columns dropped until the rest fits, text
-    folded in what is left. Cells are literal text (a title `[red]` is not markup)."""
+    a column empty in every row left out, optional columns dropped until the rest fits, then
+    short values in their brief form, text folded in what is left. Cells are literal text (a
+    title `[red]` is not markup)."""
     shown = [i for i, column in enumerate(columns) if not rows or any(row[i] for row in rows)]
-
-    def width(indexes: list[int]) -> int:
-        needed = (_min_width(columns[i], [row[i] for row in rows]) for i in indexes)
-        return sum(needed) + _GAP * (len(indexes) - 1)
-
-    while width(shown) > console.width and any(columns[i].drop for i in shown):
+    while _width(columns, rows, shown) > console.width and any(columns[i].drop for i in shown):
         shown.remove(max(shown, key=lambda i: columns[i].drop))
+    if _width(columns, rows, shown) > console.width:
+        rows = _brief(columns, rows)
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     for i in shown:
         column = columns[i]

@@ -3,6 +3,10 @@ both say how far indexing has got (the Document's embedded_chunk_count of chunk_
 
 from __future__ import annotations
 
+import re
+
+_COUNTS = re.compile(r" (at )?\d+/\d+$")
+
 
 def state_label(state: str, embedded: int, chunks: int, error: str = "") -> str:
     """`ready`, `indexing 84% 6784/8008`, `failed at 6784/8008: why`.
@@ -19,3 +23,8 @@ def state_label(state: str, embedded: int, chunks: int, error: str = "") -> str:
     else:
         label = name
     return f"{label}: {error}" if error else label
+
+
+def state_brief(label: str) -> str:
+    """A `state_label` without its counts, for a narrow listing: `indexing 84%`, `failed`."""
+    return _COUNTS.sub("", label)

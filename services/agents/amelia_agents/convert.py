@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import uuid
 from collections.abc import Callable, Sequence
@@ -83,7 +84,7 @@ def agent_to_proto(row: AgentRow) -> agents_pb2.Agent:
         context_sources=list(row.context_sources or []),
         tools=list(row.tools or []),
     )
-    msg.timeout.FromNanoseconds(int(row.timeout_seconds * 1e9))
+    msg.timeout.CopyFrom(seconds_duration(row.timeout_seconds))
     _ts(msg.create_time, row.create_time)
     _ts(msg.update_time, row.update_time)
     return msg
@@ -211,6 +212,13 @@ def json_from(message: Message, field: str) -> Any:
 
 # google.protobuf.Duration's range: about ±10,000 years.
 _MAX_DURATION_SECONDS = 315_576_000_000
+# How long a run (each pick-up; time PAUSED does not count) may take, its own or its agent's
+# timeout: at least a second, since a shorter one fails the run before its first node has begun
+# ("took longer than 1e-09s"), and at most 7 days. Within that range the float seconds stored
+# are within half a nanosecond of the Duration sent, so `seconds_duration` gives it back exactly.
+TIMEOUT_RANGE = (1, 7 * 86_400)
+# Durations a request field must fall in (seconds, inclusive); other fields take any valid one.
+DURATION_RANGES = {"run.timeout": TIMEOUT_RANGE, "agent.timeout": TIMEOUT_RANGE}
 
 
 def duration_seconds(duration: duration_pb2.Duration, field: str) -> float:
@@ -226,7 +234,25 @@ def duration_seconds(duration: duration_pb2.Duration, field: str) -> float:
             f"{field} is not a valid duration (seconds within ±{_MAX_DURATION_SECONDS}, nanos "
             "within ±999999999 with the same sign)"
         )
-    return seconds + nanos / 1e9
+    value = seconds + nanos / 1e9
+    low, high = DURATION_RANGES.get(field, (-math.inf, math.inf))
+    if not low <= value <= high:
+        raise InvalidArgumentError(
+            f"{field} {duration.ToJsonString()} is out of range: use {low:g}s to {high:g}s "
+            f"({high / 86_400:g} days)"
+        )
+    return value
+
+
+def seconds_duration(seconds: float) -> duration_pb2.Duration:
+    """Seconds as stored (a float) as the Duration that was sent: the fraction rounded to the
+    nearest nanosecond. Multiplying by 1e9 first rounded a large value to a float of 2**53
+    nanoseconds at most (99999999999s came back as 99999999999.000002560s)."""
+    whole = math.floor(seconds)
+    nanos = round((seconds - whole) * 1e9)  # the subtraction is exact (Sterbenz)
+    if nanos == 1_000_000_000:
+        whole, nanos = whole + 1, 0
+    return duration_pb2.Duration(seconds=int(whole), nanos=nanos)
 
 
 def timestamp_seconds(timestamp: timestamp_pb2.Timestamp, field: str) -> float:
@@ -263,7 +289,7 @@ def run_to_proto(row: RunRow) -> agents_pb2.Run:
         msg.interrupt.id = str(row.interrupt.get("id") or "")
         msg.interrupt.value.CopyFrom(to_value(row.interrupt.get("value")))
     if row.timeout_seconds:
-        msg.timeout.FromNanoseconds(int(row.timeout_seconds * 1e9))
+        msg.timeout.CopyFrom(seconds_duration(row.timeout_seconds))
     msg.multitask_strategy = row.multitask_strategy or ""
     if row.queued_behind is not None and row.status == RunState.QUEUED.value:
         msg.queued_behind = run_name(row.queued_behind)

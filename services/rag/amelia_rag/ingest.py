@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from amelia.v1 import events_pb2
-from amelia_common.eventlog import EventLog
+from amelia_common.eventlog import EventLog, EventLogUnavailableError
 from amelia_common.logging import get_logger
 from amelia_common.settings import Settings
 from amelia_rag.chunking import PASSAGE_VERSION, Chunk, child_size, chunk_document
@@ -77,10 +77,6 @@ class Source:
 class IngestResult:
     document: DocumentRow
     unchanged: bool
-
-
-class EventsUnavailableError(RuntimeError):
-    """An event could not be published, so the change was not made."""
 
 
 def validate_source(source: Source) -> None:
@@ -193,24 +189,13 @@ class Ingestor:
         )
 
     async def publish(self, event_type: str, document_id: uuid.UUID, data: dict[str, Any]) -> None:
-        """Publish a courtesy event now (`document.progress`): a change's events go through
-        the outbox instead (`change_event`)."""
-        if not self.events.nc.is_connected:
-            # Fail now rather than buffer an event that would be sent after the change failed.
-            raise EventsUnavailableError(
-                f"the event log (NATS) is not connected, so '{event_type}' cannot be published"
-            )
-        try:
-            await self.events.publish(
-                event_type,
-                f"documents/{document_id}",
-                {"document": f"documents/{document_id}", **data},
-            )
-        except Exception as exc:
-            raise EventsUnavailableError(
-                f"the event log (NATS JetStream) did not store '{event_type}': "
-                f"{exc or type(exc).__name__}"
-            ) from exc
+        """Publish a courtesy event now (`document.progress`), raising the event log's error:
+        a change's events go through the outbox instead (`models.change_event`)."""
+        if not self.events.nc.is_connected:  # not waited for: the next batch's will do
+            raise EventLogUnavailableError(f"NATS is not connected, so '{event_type}' is dropped")
+        await self.events.publish(
+            event_type, f"documents/{document_id}", {"document": f"documents/{document_id}", **data}
+        )
 
     async def ingest(self, source: Source, content: bytes) -> IngestResult:
         started = time.perf_counter()

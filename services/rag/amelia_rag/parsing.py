@@ -108,6 +108,13 @@ class InvalidDocumentError(ValueError):
     """The content cannot be ingested; the message says why, for the person who sent it."""
 
 
+def no_text(why: str) -> InvalidDocumentError:
+    """The one refusal of a document a reader would see no text in, whatever its type: only
+    whitespace, HTML with no visible text, a PDF without a text layer, Markdown that is only
+    markup. Each parser says what a reader sees of its type; the words are the same."""
+    return InvalidDocumentError(f"document has no text: {why}")
+
+
 @dataclass(frozen=True)
 class Section:
     """A range of the parsed text that chunks stay inside (a heading's body, a page, a def)."""
@@ -226,7 +233,7 @@ def _check_text(text: str) -> str:
             f"content has a NUL character at offset {nul}: it is binary, not text"
         )
     if not text.strip():
-        raise InvalidDocumentError("document has no text (only whitespace)")
+        raise no_text("only whitespace")
     return text
 
 
@@ -280,6 +287,8 @@ def parse_markdown(text: str) -> ParsedDocument:
     from markdown_it import MarkdownIt
 
     tokens = MarkdownIt("commonmark").parse(text)
+    if not any(_shows_text(tok) for tok in tokens):
+        raise no_text("the Markdown is only markup (empty headings, rules, empty list items)")
     lines = _line_starts(text)
     headings: list[tuple[int, int, int, str]] = []  # (line, end line, level, title)
     for i, tok in enumerate(tokens):
@@ -315,6 +324,20 @@ def parse_markdown(text: str) -> ParsedDocument:
     return ParsedDocument(
         text, "markdown", _sections_from_boundaries(text, boundaries), title=doc_title
     )
+
+
+_HTML_TAG = re.compile(r"<!--.*?-->|<[^>]*>", re.DOTALL)
+
+
+def _shows_text(token: Any) -> bool:
+    """Whether a Markdown token shows a reader any text: words (a link's, an image's alt text
+    too), code, or an HTML block's text between its tags; not the markup of an empty heading
+    (`# `), a rule or an empty list item (QA s21: `# \\n## \\n` was stored as a chunk `# \\n##`)."""
+    if token.type in ("text", "code_inline", "fence", "code_block"):
+        return bool(token.content.strip())
+    if token.type in ("html_block", "html_inline"):
+        return bool(_HTML_TAG.sub("", token.content).strip())
+    return any(_shows_text(child) for child in token.children or ())
 
 
 _HTML_SKIP = {
@@ -490,7 +513,7 @@ def parse_html(text: str) -> ParsedDocument:
     walk(main_content(soup), False)
     extracted = out.text().rstrip()
     if not extracted.strip():
-        raise InvalidDocumentError("HTML document has no visible text")
+        raise no_text("the HTML shows no visible text")
     # Boundaries past the end (a trailing empty heading) collapse into the last section.
     boundaries = [(min(b, len(extracted)), p) for b, p in boundaries]
     return ParsedDocument(
@@ -580,9 +603,7 @@ def parse_pdf(content: bytes) -> ParsedDocument:
         parts.append(page_text)
         length += len(page_text)
     if not sections:
-        raise InvalidDocumentError(
-            "PDF has no extractable text (scanned images need OCR before ingesting)"
-        )
+        raise no_text("the PDF has no extractable text (scanned images need OCR before ingesting)")
     return ParsedDocument(
         "".join(parts), "pdf", sections, title=meta_title, meta={"pages": len(pages)}
     )

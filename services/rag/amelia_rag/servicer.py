@@ -4,8 +4,8 @@ The work is done by `Ingestor` (ingest.py), `DocumentStore` (store.py) and `Sear
 (search.py); this module only speaks protobuf. Failures become status codes in one place, the
 shared interceptor (`amelia_common.errors`): this module raises `InvalidArgumentError` / `NotFoundError`,
 lets database and NATS connection errors escape (UNAVAILABLE naming PostgreSQL or NATS), and
-`rag_errors` translates the rag modules' own errors (bad document, event log or embedding
-model down) into those types.
+`rag_errors` translates the rag modules' own errors (bad document, embedding model down) into
+those types. An event-log outage fails no change: a change's events wait in the outbox.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from google.protobuf import struct_pb2
 from amelia.v1 import rag_pb2, rag_pb2_grpc
 from amelia_common import paging
 from amelia_common.errors import (
-    NATS,
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
@@ -33,7 +32,7 @@ from amelia_common.logging import get_logger
 from amelia_common.names import uuid_name
 from amelia_common.settings import Settings
 from amelia_rag.embeddings import EmbeddingUnavailableError
-from amelia_rag.ingest import EventsUnavailableError, Ingestor, Source
+from amelia_rag.ingest import Ingestor, Source
 from amelia_rag.models import DocumentRow
 from amelia_rag.parsing import InvalidDocumentError
 from amelia_rag.search import MAX_QUERY_CHARS, MAX_TOP_K, Hit, Searcher, SearchFilters
@@ -181,6 +180,18 @@ def metadata_filter(values: Any) -> dict[str, str]:
     return out
 
 
+def search_top_k(requested: int, default: int) -> int:
+    """How many hits a Search returns: `requested`, 0 meaning the service's `RAG_TOP_K`. The one
+    check behind gRPC, the gateway's `/v1/search` and `amelia search` alike, so its message
+    names the range every client may send (it said "use 1..100" while 0 was accepted)."""
+    if not 0 <= requested <= MAX_TOP_K:
+        raise InvalidArgumentError(
+            f"top_k {requested} is out of range: use 0..{MAX_TOP_K} "
+            f"(0: the service's default, RAG_TOP_K = {default})"
+        )
+    return requested or default
+
+
 @contextmanager
 def rag_errors() -> Iterator[None]:
     """The rag modules' own errors as the shared typed errors (the interceptor maps those)."""
@@ -190,8 +201,6 @@ def rag_errors() -> Iterator[None]:
         raise InvalidArgumentError(str(exc)) from exc
     except EmbeddingUnavailableError as exc:
         raise UnavailableError("the embedding model", str(exc)) from exc
-    except EventsUnavailableError as exc:
-        raise UnavailableError(NATS, str(exc)) from exc
 
 
 class RagServicer(rag_pb2_grpc.RagServiceServicer):
@@ -319,9 +328,7 @@ class RagServicer(rag_pb2_grpc.RagServiceServicer):
             raise InvalidArgumentError("query is empty")
         if len(query) > MAX_QUERY_CHARS:
             raise InvalidArgumentError(f"query is longer than {MAX_QUERY_CHARS} characters")
-        if not 0 <= request.top_k <= MAX_TOP_K:
-            raise InvalidArgumentError(f"top_k {request.top_k} is out of range: use 1..{MAX_TOP_K}")
-        top_k = request.top_k or self.settings.RAG_TOP_K
+        top_k = search_top_k(request.top_k, self.settings.RAG_TOP_K)
         min_score = (
             request.min_score
             if request.HasField("min_score")

@@ -111,7 +111,7 @@ def create(
             "(LOCAL_MODEL_MAX_TOKENS for a local: model)."
         ),
     ),
-    timeout: int = typer.Option(300, help="Seconds a run may take."),
+    timeout: int = typer.Option(300, help="Seconds a run may take (1 to 604800: 7 days)."),
     retry_attempts: int = typer.Option(3, help="Times a failed model call is tried again."),
 ) -> None:
     """Define an agent."""
@@ -458,11 +458,14 @@ async def _follow(
     while True:
         last_type = ""
         asking = False
-        replies = opened or stub.StreamRun(  # type: ignore[attr-defined]
-            agents_pb2.StreamRunRequest(
-                name=run_name, after_sequence=after, max_events_per_message=STREAM_BATCH
-            )
-        ).__aiter__()
+        replies = (
+            opened
+            or stub.StreamRun(  # type: ignore[attr-defined]
+                agents_pb2.StreamRunRequest(
+                    name=run_name, after_sequence=after, max_events_per_message=STREAM_BATCH
+                )
+            ).__aiter__()
+        )
         opened = None
         try:
             while True:
@@ -546,7 +549,8 @@ def run(
         0,
         "--timeout",
         min=0,
-        help="Seconds this run may take (default: the agent's, else the workflow's: 300 for chat).",
+        help="Seconds this run may take, 1 to 604800 (7 days); default: the agent's, else the "
+        "workflow's (300 for chat).",
     ),
     multitask: str = typer.Option(
         "",

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import glob
+import os
+import stat
 import time
+import unicodedata
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import grpc
 import typer
@@ -18,7 +22,7 @@ from rich.text import Text
 from amelia.v1 import rag_pb2
 from amelia_cli.client import Column, ago, fail, listing, rag, resource, said
 from amelia_cli.consoles import console
-from amelia_cli.docstate import state_label
+from amelia_cli.docstate import state_brief, state_label
 from amelia_cli.help_text import App
 from amelia_cli.tui.passages import prose_flowing
 from amelia_common.json_numbers import message_text
@@ -71,7 +75,12 @@ def expand(paths: list[str]) -> list[Path]:
     """Files named, matched by a glob, or found under a folder (skipping hidden ones)."""
     found: list[Path] = []
     for raw in paths:
-        matches = [Path(p) for p in glob.glob(raw, recursive=True)] or [Path(raw)]
+        matches = [Path(p) for p in glob.glob(raw, recursive=True)]
+        if not matches:
+            # A name that is there is taken as it is, glob characters and all (`notes[1].md`).
+            if glob.has_magic(raw) and not os.path.lexists(raw):
+                raise typer.BadParameter(f"{escaped(raw)}: the pattern matched no files")
+            matches = [Path(raw)]
         for path in matches:
             if path.is_dir():
                 found.extend(
@@ -84,8 +93,39 @@ def expand(paths: list[str]) -> list[Path]:
             elif path.is_file():
                 found.append(path)
             else:
-                raise typer.BadParameter(f"{raw}: no such file or folder")
+                raise typer.BadParameter(f"{escaped(str(path))}: {_not_ingestible(path)}")
     return list(dict.fromkeys(p.resolve() for p in found))
+
+
+_SPECIAL_FILES = (
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _not_ingestible(path: Path) -> str:
+    """Why a path named is neither a regular file nor a folder, saying what it is: a device or a
+    FIFO exists, and is not read (reading /dev/zero never ends, a FIFO waits for a writer)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "a symbolic link to nothing" if path.is_symlink() else "no such file or folder"
+    except OSError as exc:
+        return f"cannot be looked at ({exc.strerror})"
+    kind = next((name for is_kind, name in _SPECIAL_FILES if is_kind(mode)), "")
+    return f"not a regular file ({kind})" if kind else "not a regular file"
+
+
+def escaped(name: str) -> str:
+    """`name` with what the rag service cannot take as text, or a terminal would act on, as in
+    a URI: control characters (a newline is legal in a POSIX file name) and bytes that are not
+    UTF-8 percent-encoded (`a%0Ab.txt`)."""
+    return "".join(
+        quote(os.fsencode(c), safe="") if unicodedata.category(c) in ("Cc", "Cs") else c
+        for c in name
+    )
 
 
 @dataclass
@@ -99,13 +139,23 @@ class Outcome:
 
 def _source(path: Path) -> rag_pb2.DocumentSource:
     """What `amelia ingest` says of a file: where it is, no title (the rag service titles it by
-    its file name, as every client's document without a title; docs/rag.md)."""
-    return rag_pb2.DocumentSource(file_path=str(path), source_uri=path.as_uri())
+    its file name, as every client's document without a title; docs/rag.md). A path the service
+    cannot take as text (a control character, bytes that are not UTF-8) is named by its
+    `file://` URI alone, percent-encoded as URIs are (its identity, one per file), and titled by
+    its file name so encoded: refused before, such a file could never be ingested."""
+    uri = path.as_uri()
+    name = str(path)
+    if escaped(name) == name:
+        return rag_pb2.DocumentSource(file_path=name, source_uri=uri)
+    return rag_pb2.DocumentSource(source_uri=uri, title=escaped(path.name))
 
 
 async def _ingest_one(stub: object, path: Path) -> Outcome:
     started = time.perf_counter()
-    content = await asyncio.to_thread(path.read_bytes)
+    try:
+        content = await asyncio.to_thread(path.read_bytes)
+    except OSError as exc:  # unreadable, or gone since it was listed
+        return Outcome(path, "error", error=f"cannot be read: {exc.strerror or exc}")
     try:
         if len(content) <= get_settings().MAX_INLINE_DOCUMENT_BYTES:
             reply = await stub.IngestDocument(  # type: ignore[attr-defined]
@@ -148,11 +198,11 @@ async def _ingest(paths: list[Path], parallel: int) -> list[Outcome]:
 
 
 def _shown(path: Path) -> str:
-    """A path as short as it can be while still naming the file."""
+    """A path as short as it can be while still naming the file, on one line."""
     try:
-        return str(path.relative_to(Path.cwd()))
+        return escaped(str(path.relative_to(Path.cwd())))
     except ValueError:
-        return str(path)
+        return escaped(str(path))
 
 
 def ingest(
@@ -234,9 +284,20 @@ def search(
         console.rule(Text(f"{i}. {hit.document_title}"), align="left")
         source = f"score {hit.score:.3f}  chars {hit.start_offset}-{hit.end_offset}  {hit.document}"
         console.print(Text(f"{where}  {source}" if where else source, style="dim"))
-        content = hit.content.strip()
-        flows = hit.document_type in (rag_pb2.DOCUMENT_TYPE_MARKDOWN, rag_pb2.DOCUMENT_TYPE_TEXT)
-        console.print(Text(prose_flowing(content) if flows else content))
+        console.print(Text(passage_shown(hit.content.strip(), hit.document_type)))
+
+
+def passage_shown(content: str, document_type: int) -> str:
+    """A passage as `amelia search` prints it: Markdown and text prose flowing to the terminal's
+    width, and a PDF's too, its page layout's line breaks dropped (its ~90-column lines wrapped
+    raggedly at 80: "…installed in" / "the packages directory as"), list items on their own
+    lines; HTML and code as they are."""
+    if document_type == rag_pb2.DOCUMENT_TYPE_PDF:
+        # A layout line's trailing spaces are not a Markdown hard break.
+        return prose_flowing("\n".join(line.rstrip() for line in content.split("\n")))
+    if document_type in (rag_pb2.DOCUMENT_TYPE_MARKDOWN, rag_pb2.DOCUMENT_TYPE_TEXT):
+        return prose_flowing(content)
+    return content
 
 
 def _type(name: str) -> rag_pb2.DocumentType.ValueType:
@@ -247,34 +308,44 @@ def _type(name: str) -> rag_pb2.DocumentType.ValueType:
     return TYPES[name.lower()]
 
 
-# On a narrow terminal the size goes first, then the type, the chunk count, the time.
+# On a narrow terminal the size goes first, then the type, the chunk count, the time; then the
+# state's counts (`indexing 84%`): at 80 columns a 46-character name leaves the title and the
+# state 31 cells, and the state folded over two lines (`indexing 1%` / `1088/104000`).
 DOCUMENT_COLUMNS = (
     Column("name"),
     Column("title", wraps=True),
     Column("type", drop=3),
-    Column("state", wraps=True),
+    Column("state", brief=state_brief),
     Column("chunks", drop=2),
     Column("bytes", drop=4),
     Column("updated", drop=1),
 )
 
 
+def _state(d: rag_pb2.Document, error: str = "") -> str:
+    name = rag_pb2.DocumentState.Name(d.state)
+    return state_label(name, d.embedded_chunk_count, d.chunk_count, error)
+
+
 def document_row(d: rag_pb2.Document) -> tuple[str, ...]:
-    """A document as a row of DOCUMENT_COLUMNS."""
+    """A document as a row of DOCUMENT_COLUMNS; why indexing failed is printed under the table
+    (`document_errors`), in words, as `amelia ingest` prints why a file failed."""
     return (
         d.name,
         d.title,
         rag_pb2.DocumentType.Name(d.type).removeprefix("DOCUMENT_TYPE_").lower(),
-        state_label(
-            rag_pb2.DocumentState.Name(d.state),
-            d.embedded_chunk_count,
-            d.chunk_count,
-            d.index_error,
-        ),
+        _state(d),
         str(d.chunk_count),
         str(d.size_bytes),
         ago(d.update_time),
     )
+
+
+def document_errors(documents: list[rag_pb2.Document]) -> list[Text]:
+    """Why each document whose indexing failed failed: `documents/…: failed at 64/8008: why`."""
+    return [
+        said((f"{d.name}: ", "red"), _state(d, d.index_error)) for d in documents if d.index_error
+    ]
 
 
 @docs_app.command("ls")
@@ -307,6 +378,8 @@ def ls(
     except grpc.aio.AioRpcError as exc:
         raise fail(exc) from exc
     listing(console, DOCUMENT_COLUMNS, [document_row(d) for d in documents])
+    for line in document_errors(documents):
+        console.print(line)
 
 
 @docs_app.command("rm")

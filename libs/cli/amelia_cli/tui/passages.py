@@ -67,8 +67,8 @@ def passage_layout(content: str, document_type: Any = None) -> str:
 
 
 # A line that starts a block of its own in Markdown: a list item, quote, table row, heading or
-# fence (indented or not: a nested list's item).
-_BLOCK = re.compile(r"^\s*([-*+>|#]|\d+[.)]\s|```|~~~)")
+# fence (indented or not: a nested list's item); a `•` item too (text and PDF lists).
+_BLOCK = re.compile(r"^\s*([-*+>|#•]|\d+[.)]\s|```|~~~)")
 
 
 def _indented(line: str) -> bool:
