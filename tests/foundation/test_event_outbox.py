@@ -114,3 +114,66 @@ async def test_two_outboxes_raced_through_a_nats_restart_deliver_each_event_once
             await nc.close()
         await engine.dispose()
         await asyncio.to_thread(nats.stop)
+
+
+async def test_a_delivery_ends_while_others_keep_committing_and_delivering(
+    infra: Any, tmp_path: Path
+) -> None:
+    """A caller's deliver() waits for one pass begun after it asked, not for every pass that
+    the callers after it ask for: with ten writers committing and asking for deliveries without
+    pause, it still returns (before they are stopped), its event in the log."""
+    settings = infra.settings()
+    table = f"outbox_test_{random.randrange(1 << 30)}"
+    collection = f"outboxtest{random.randrange(1 << 30)}"
+    engine = create_engine(settings)
+    nc = await connect_nats(settings, "outbox-busy-test")
+    event_log = EventLog(nc, settings, source="test")
+    await event_log.ensure_stream()
+    sessions = session_factory(engine)
+    outbox = Outbox(sessions, event_log, table)
+    stop = asyncio.Event()
+
+    async def commit(n: int) -> str:
+        event = make_event("thing.changed", f"{collection}/{n % THINGS}", {"n": n}, source="")
+        async with transaction(sessions) as session:
+            await outbox.add(session, event)
+        return event.id
+
+    deliveries: set[asyncio.Task[None]] = set()
+
+    async def writer(w: int) -> None:
+        """Commits, each followed by a delivery it does not wait for (as new calls arrive)."""
+        n = 0
+        while not stop.is_set():
+            n += 1
+            await commit(1000 * (w + 1) + n)
+            delivery = asyncio.create_task(outbox.deliver())
+            deliveries.add(delivery)
+            delivery.add_done_callback(deliveries.discard)
+            await asyncio.sleep(0.01)
+
+    try:
+        async with transaction(sessions) as session:
+            await session.execute(
+                text(f"CREATE TABLE {table} (seq bigserial PRIMARY KEY, event bytea NOT NULL)")
+            )
+        writers = [asyncio.create_task(writer(w)) for w in range(10)]
+        await asyncio.sleep(0.5)  # (the writers have begun: not a timing assumption)
+        mine = await commit(0)
+        await asyncio.wait_for(outbox.deliver(), timeout=60)
+        assert not any(w.done() for w in writers)  # they were still at it
+        stop.set()
+        await asyncio.gather(*writers, *deliveries)
+        deadline = asyncio.get_running_loop().time() + 60
+        while await outbox.pending():
+            assert asyncio.get_running_loop().time() < deadline, "events stayed in the outbox"
+            await outbox.deliver()
+        ids = [event_id for _, _, event_id in await logged(event_log, collection)]
+        assert ids.count(mine) == 1
+    finally:
+        stop.set()
+        await outbox.stop()
+        async with transaction(sessions) as session:
+            await session.execute(text(f"DROP TABLE IF EXISTS {table}"))
+        await nc.close()
+        await engine.dispose()

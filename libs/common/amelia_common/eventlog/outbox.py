@@ -40,8 +40,10 @@ from amelia_common.logging import get_logger
 
 log = get_logger("amelia.eventlog.outbox")
 
-# Events taken from the outbox at a time.
+# Events taken from the outbox at a time, and at most this many batches a pass (the loop's next
+# pass takes the rest of a backlog), so a caller's wait is bounded.
 BATCH = 256
+PASS_BATCHES = 8
 
 
 class Outbox:
@@ -60,7 +62,11 @@ class Outbox:
         self.table = table
         self.interval = interval
         self._lock_key = zlib.crc32(f"outbox:{table}".encode())
-        self._wanted = False
+        # Deliveries asked for, and how many of them a finished pass has covered: a caller
+        # waits for the first pass that began after it asked, not for every pass after it.
+        self._asked = 0
+        self._covered = 0
+        self._pass_ended = asyncio.Event()
         self._delivering: asyncio.Task[None] | None = None
         self._loop: asyncio.Task[None] | None = None
         self._failing = False
@@ -74,14 +80,21 @@ class Outbox:
         )
 
     async def deliver(self) -> None:
-        """Publish what the outbox holds now (an event committed before this call is among
-        it, unless another process is publishing the outbox: then that one takes it). Never
-        raises; what cannot be published now stays queued for the loop."""
-        self._wanted = True
+        """Publish what the outbox holds now: returns once a pass begun after this call ended
+        (an event committed before the call is among what it published, unless another process
+        was publishing the outbox, or more than a pass's share was waiting: then the loop takes
+        it). Never raises; what cannot be published now stays queued for the loop."""
+        self._asked += 1
+        ticket = self._asked
         if self._delivering is None or self._delivering.done():
-            self._delivering = asyncio.create_task(self._deliver_while_wanted())
-        with contextlib.suppress(Exception):
-            await asyncio.shield(self._delivering)
+            self._delivering = asyncio.create_task(self._deliver_while_asked())
+        delivering = self._delivering
+        while self._covered < ticket and not delivering.done():
+            ended = asyncio.ensure_future(self._pass_ended.wait())
+            try:
+                await asyncio.wait({delivering, ended}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                ended.cancel()
 
     def start(self) -> None:
         self._loop = asyncio.create_task(self._every_interval(), name=f"outbox {self.table}")
@@ -104,21 +117,25 @@ class Outbox:
             await asyncio.sleep(self.interval)
             await self.deliver()
 
-    async def _deliver_while_wanted(self) -> None:
-        while self._wanted:
-            self._wanted = False
+    async def _deliver_while_asked(self) -> None:
+        """Passes while deliveries are asked for; one that fails ends them all (the callers
+        return, the loop tries again)."""
+        while self._covered < self._asked:
+            covering = self._asked
             try:
                 published = await self._publish_batches()
             except Exception as exc:  # noqa: BLE001 - PostgreSQL away: the loop tries again
                 self._say_failing(f"cannot read the event outbox: {exc!r}")
-                return
-            if not published:
-                return
+                published = False
+            self._covered = covering if published else self._asked
+            self._pass_ended.set()
+            self._pass_ended = asyncio.Event()
 
     async def _publish_batches(self) -> bool:
-        """Publish the outbox's events in order, batch after batch, until it is empty (True),
-        NATS gives up on one, or another process holds the outbox (False)."""
-        while True:
+        """One pass: the outbox's events in order, batch after batch, until it is empty or
+        PASS_BATCHES were published (True), NATS gives up on one, or another process holds the
+        outbox (False)."""
+        for _ in range(PASS_BATCHES):
             if not self.event_log.nc.is_connected:  # not waited for here: the loop comes back
                 self._say_failing("NATS is not connected")
                 return False
@@ -146,6 +163,7 @@ class Outbox:
                 log.info("event outbox delivered again", table=self.table)
             if len(rows) < BATCH:
                 return True
+        return True
 
     async def _publish(self, rows: list[tuple[int, bytes]]) -> tuple[list[int], bool]:
         """Publish `rows` in order: the seqs whose events JetStream stored, and whether all were."""
