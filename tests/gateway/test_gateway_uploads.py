@@ -48,8 +48,18 @@ async def test_a_raw_upload_is_titled_by_filename_star_in_preference(mesh: Mesh)
     plain = await _raw(mesh, f'attachment; filename="plain-{tag}.md"', content)
     assert plain["status"] == 200 and plain["document"]["title"] == f"plain-{tag}.md", plain
 
+    # A `filename*` this server cannot read, with the ASCII fallback RFC 6266 has senders add
+    # for that case: the fallback names it (QA: it was a 400).
+    unread = f"# Pier {tag}\n\nGulls on the posts.\n".encode()
+    fallback = await _raw(
+        mesh, f"attachment; filename*=Shift_JIS''%96%BC.md; filename=\"pier-{tag}.md\"", unread
+    )
+    assert fallback["status"] == 200 and fallback["document"]["title"] == f"pier-{tag}.md"
 
-async def test_a_filename_star_that_cannot_be_decoded_is_a_clear_400(mesh: Mesh) -> None:
+
+async def test_a_filename_star_that_cannot_be_decoded_and_has_no_fallback_is_a_clear_400(
+    mesh: Mesh,
+) -> None:
     content = b"some text that is never stored"
     for disposition, words in (
         ("attachment; filename*=UTF-8''%FF%FE.md", "is not valid UTF-8 once percent-decoded"),

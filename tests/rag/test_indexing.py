@@ -104,14 +104,11 @@ async def test_racing_indexers_embed_each_chunk_once(rag: Rag) -> None:
     from amelia_rag.server import EVENT_SOURCE, OUTBOX_TABLE
     from amelia_rag.store import DocumentStore
 
-    async def publish(event_type: str, document_id: uuid.UUID, data: dict[str, object]) -> None:
-        return None
-
     embedder = LocalEmbedder.from_model(rag.model, rag.settings)
     # A replica's store: its changes' events through the outbox, as the service's.
     outbox = Outbox(rag.store.sessions, EventLog(rag.nc, rag.settings, EVENT_SOURCE), OUTBOX_TABLE)
     store = DocumentStore(rag.store.engine, rag.store.sessions, outbox)
-    replicas = [Indexer(store, embedder, publish, batch_size=8, poll_seconds=0.1) for _ in range(2)]
+    replicas = [Indexer(store, embedder, batch_size=8, poll_seconds=0.1) for _ in range(2)]
     for replica in replicas:
         replica.start()
     try:

@@ -674,18 +674,24 @@ async def test_an_event_log_outage_delays_a_documents_events_and_never_invents_o
     ]
     assert told[new.document.name] == ["document.uploaded", "document.indexed"]
 
-    # NATS stopped outright: the upload is answered at once, its events follow NATS back.
+    # NATS stopped outright: the upload is answered at once, its events follow NATS back —
+    # its indexing's progress too, after its `document.uploaded` (QA: the progress, published
+    # directly then, came first).
+    paragraphs = "\n\n".join(f"Paragraph {i} about the later herons. " * 8 for i in range(160))
     infra.nats.stop()
     try:
         later = await rag.ingest(
-            b"# Later\n\nWritten while NATS is down.\n", file_path="/tmp/later.md", wait=False
+            f"# Later\n\n{paragraphs}\n".encode(), file_path="/tmp/later.md", wait=False
         )
+        assert await rag.indexed(later.document.name) == "ready"
     finally:
         infra.nats.start()
-    assert await rag.indexed(later.document.name) == "ready"
     await outbox_emptied(rag)
     events = await rag.events(later.document.name, wait_for="document.indexed")
-    assert [t for t, _ in events] == ["document.uploaded", "document.indexed"]
+    kinds = [t for t, _ in events]
+    assert kinds[0] == "document.uploaded" and kinds[-1] == "document.indexed", kinds
+    progress = [d["done"] for t, d in events if t == "document.progress"]
+    assert progress and progress == sorted(progress) and len(kinds) == len(progress) + 2
     for doc in (kept, new, later):
         await rag.stub.DeleteDocument(rag_pb2.DeleteDocumentRequest(name=doc.document.name))
 

@@ -191,7 +191,24 @@ async def _stream(
     first = asyncio.ensure_future(call.read())
     opened = asyncio.ensure_future(call.initial_metadata())
     try:
-        if await _answered_while_opening(first, upstream):
+        if rule.resumes_as_run:
+            # A create (CreateAndStreamRun): its answer — the run, or why not — is awaited as
+            # `POST /v1/runs`'s is, and makes the status; a 200 never carries a failed create,
+            # and a create is never cut off for a dependency it is waiting out.
+            wait = client_timeout(request, gateway.settings.GATEWAY_TIMEOUT_SECONDS)
+            if not (await asyncio.wait({first}, timeout=wait))[0]:
+                call.cancel()
+                raise GatewayError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"AgentService.{rule.rpc} did not answer within {wait:g} s; the run may have been "
+                    "created: send the request again with the same requestId to stream it",
+                )
+            try:
+                first.result()
+            except grpc.aio.AioRpcError as exc:
+                call.cancel()
+                raise upstream.error(exc, rule.service) from None
+        elif await _answered_while_opening(first, upstream):
             try:
                 first.result()
             except grpc.aio.AioRpcError as exc:

@@ -195,7 +195,7 @@ ROUTES: tuple[Rule, ...] = (
         "/v1/runs:stream",
         "AgentService",
         "CreateAndStreamRun",
-        body="*",
+        body="run",
         resumes=True,
         resumes_as_run=True,
     ),

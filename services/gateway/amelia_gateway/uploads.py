@@ -175,16 +175,23 @@ def disposition_filename(header: str) -> str:
     """The file name a raw upload's Content-Disposition gives: `filename*` (RFC 8187) when
     present, as RFC 6266 §4.3 says a recipient that reads it should prefer it (clients send a
     name that is not ASCII there, and an ASCII fallback in `filename`), else `filename`. A
-    `filename*` that cannot be decoded is a 400, not a silently mangled title."""
+    `filename*` that cannot be decoded falls back to `filename` (what the fallback is for), and
+    is a 400 without one, not a silently mangled title."""
+    _, options = parse_options_header(header)
+    # Starlette reads headers as latin-1: a raw UTF-8 name comes back as it was sent.
+    fallback = options.get(b"filename", b"").decode("utf-8", "replace")
     for name, value in _PARAMETER.findall(header):
         if name.lower() == "filename*":
-            extended = _decoded_ext_value(value.strip())
+            try:
+                extended = _decoded_ext_value(value.strip())
+            except GatewayError:
+                if fallback:
+                    return fallback
+                raise
             if extended:
                 return extended
             break
-    _, options = parse_options_header(header)
-    # Starlette reads headers as latin-1: a raw UTF-8 name comes back as it was sent.
-    return options.get(b"filename", b"").decode("utf-8", "replace")
+    return fallback
 
 
 def _decoded_ext_value(value: str) -> str:

@@ -4,7 +4,7 @@ An ingest stores the document (`indexing`) with its chunks and returns; this loo
 every rag process, claims such documents one lease at a time (so with several replicas one of
 them indexes each document), embeds the chunks still without an embedding in batches, saves
 each batch (so a process killed half-way loses at most one batch: whoever claims the document
-next carries on from there), publishes `document.progress`, and finally marks the document
+next carries on from there) with its `document.progress` event, and finally marks the document
 `ready` in the transaction that writes `document.indexed` into the event outbox (store.py).
 
 A lease lasts `lease_seconds` and is renewed while the work goes on; a process that dies stops
@@ -24,19 +24,16 @@ import contextlib
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 from amelia.v1 import events_pb2
 from amelia_common.logging import get_logger
 from amelia_rag.chunking import context_text
 from amelia_rag.embeddings import Embedder
 from amelia_rag.models import DocumentRow, change_event, document_event
-from amelia_rag.store import DocumentStore
+from amelia_rag.store import DocumentStore, Tell
 
 log = get_logger("amelia.rag.indexer")
 
-Publish = Callable[[str, uuid.UUID, dict[str, Any]], Awaitable[None]]
 
 LEASE_SECONDS = 30.0
 POLL_SECONDS = 2.0
@@ -53,7 +50,6 @@ class Indexer:
         self,
         store: DocumentStore,
         embedder: Embedder,
-        publish: Publish,
         *,
         batch_size: int,
         lease_seconds: float = LEASE_SECONDS,
@@ -63,7 +59,6 @@ class Indexer:
     ) -> None:
         self.store = store
         self.embedder = embedder
-        self.publish = publish
         self.batch_size = batch_size
         self.lease_seconds = lease_seconds
         self.poll_seconds = poll_seconds
@@ -136,6 +131,7 @@ class Indexer:
                     context_text(row.title, p.heading_path, p.page, p.content) for p in pending
                 ]
                 vectors = await self.embedder.embed(texts)
+                after = done + len(pending)
                 kept = await self.store.save_vectors(
                     document_id,
                     self.owner,
@@ -143,14 +139,13 @@ class Indexer:
                     [p.id for p in pending],
                     vectors,
                     self.lease_seconds,
+                    _progress(after, total) if after < total else None,
                 )
                 if not kept:
                     log.info("document changed while indexing", document=str(document_id))
                     return
                 attempts = 1  # save_vectors reset the count: this batch was progress
-                done += len(pending)
-                if done < total:
-                    await self._progress(document_id, done, total)
+                done = after
 
             def indexed(ready: DocumentRow) -> events_pb2.Event:
                 duration_ms = round((time.perf_counter() - started) * 1000, 1)
@@ -185,16 +180,6 @@ class Indexer:
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
 
-    async def _progress(self, document_id: uuid.UUID, done: int, total: int) -> None:
-        try:
-            await self.publish(
-                "document.progress",
-                document_id,
-                {"stage": "embedding", "done": done, "total": total},
-            )
-        except Exception as exc:  # noqa: BLE001 - progress is a courtesy; the work goes on
-            log.warning("progress event not published", document=str(document_id), error=str(exc))
-
     async def _renew(self, row: DocumentRow) -> None:
         """Keep the lease while a long batch is being embedded."""
         while True:
@@ -213,3 +198,14 @@ class Indexer:
                 log.warning("indexing given up", document=str(row.id), error=reason)
         except Exception as exc:  # noqa: BLE001 - the lease runs out and it is tried again
             log.warning("cannot mark the document failed", document=str(row.id), error=str(exc))
+
+
+def _progress(done: int, total: int) -> Tell:
+    """`document.progress` after a batch: `done` of `total` chunks embedded."""
+
+    def tell(row: DocumentRow) -> events_pb2.Event:
+        return change_event(
+            "document.progress", row.id, {"stage": "embedding", "done": done, "total": total}
+        )
+
+    return tell

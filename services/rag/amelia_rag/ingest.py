@@ -12,7 +12,7 @@ redo). Changed content replaces the old chunks in one transaction. Events, all w
 - `document.uploaded` when the document is stored (title, type, size, hash, chunk count),
   written into the event outbox in the storing transaction and published after its commit
   (`store.Tell`): an event exactly when the change is made, published once NATS answers;
-- `document.progress` while its chunks are embedded (`done`/`total` chunks);
+- `document.progress` while its chunks are embedded (`done`/`total` chunks), with each batch;
 - `document.indexed` when it is searchable, or `document.failed` (with `error`) when indexing
   was given up.
 """
@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from amelia.v1 import events_pb2
-from amelia_common.eventlog import EventLog, EventLogUnavailableError
+from amelia_common.eventlog import EventLog
 from amelia_common.logging import get_logger
 from amelia_common.settings import Settings
 from amelia_rag.chunking import PASSAGE_VERSION, Chunk, child_size, chunk_document
@@ -186,15 +186,6 @@ class Ingestor:
             f"{self.embedder.signature}|chunks={size}/{overlap}"
             f"|passages={s.CHUNK_SIZE}/v{PASSAGE_VERSION}"
             f"|parser={PARSER_VERSION}"
-        )
-
-    async def publish(self, event_type: str, document_id: uuid.UUID, data: dict[str, Any]) -> None:
-        """Publish a courtesy event now (`document.progress`), raising the event log's error:
-        a change's events go through the outbox instead (`models.change_event`)."""
-        if not self.events.nc.is_connected:  # not waited for: the next batch's will do
-            raise EventLogUnavailableError(f"NATS is not connected, so '{event_type}' is dropped")
-        await self.events.publish(
-            event_type, f"documents/{document_id}", {"document": f"documents/{document_id}", **data}
         )
 
     async def ingest(self, source: Source, content: bytes) -> IngestResult:

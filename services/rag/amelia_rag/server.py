@@ -93,9 +93,7 @@ async def build_service(settings: Settings, *, embedder: Embedder | None = None)
         raise
 
     ingestor = Ingestor(settings, store, embedder, events)
-    indexer = Indexer(
-        store, embedder, ingestor.publish, batch_size=settings.EMBEDDING_BATCH_SIZE * 4
-    )
+    indexer = Indexer(store, embedder, batch_size=settings.EMBEDDING_BATCH_SIZE * 4)
     ingestor.stored = indexer.wake
     indexer.start()
     store.outbox.start()  # events a failed publish or a dead process left in the outbox

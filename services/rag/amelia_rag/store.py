@@ -379,8 +379,11 @@ class DocumentStore:
         chunk_ids: Sequence[uuid.UUID],
         vectors: np.ndarray,
         lease_seconds: float,
+        tell: Tell | None = None,
     ) -> bool:
-        """Store embeddings and renew the lease; False when the document is no longer ours."""
+        """Store embeddings and renew the lease; False when the document is no longer ours.
+        `tell`: the progress event, queued with the batch (the outbox delivers it, in order
+        after the document's `document.uploaded`, without this call waiting for it)."""
         async with transaction(self.sessions) as session:
             row = await self._held(session, document_id, owner, content_hash)
             if row is None:
@@ -398,7 +401,11 @@ class DocumentStore:
             # Progress: the interruptions before this one no longer count against the document
             # (only this claim does), so a slow document interrupted now and then is not given up.
             row.index_attempts = 1
-            return True
+            if tell is not None:
+                await self._tell(session, tell, row)
+        if tell is not None and self.outbox is not None:
+            self.outbox.kick()
+        return True
 
     async def renew(
         self, document_id: uuid.UUID, owner: str, content_hash: str, lease_seconds: float

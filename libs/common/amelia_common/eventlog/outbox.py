@@ -68,6 +68,7 @@ class Outbox:
         self._covered = 0
         self._pass_ended = asyncio.Event()
         self._delivering: asyncio.Task[None] | None = None
+        self._kicked: set[asyncio.Task[None]] = set()
         self._loop: asyncio.Task[None] | None = None
         self._failing = False
 
@@ -96,11 +97,18 @@ class Outbox:
             finally:
                 ended.cancel()
 
+    def kick(self) -> None:
+        """`deliver()` without waiting for it (for a change whose caller need not wait: an
+        indexing batch's progress)."""
+        task = asyncio.create_task(self.deliver())
+        self._kicked.add(task)
+        task.add_done_callback(self._kicked.discard)
+
     def start(self) -> None:
         self._loop = asyncio.create_task(self._every_interval(), name=f"outbox {self.table}")
 
     async def stop(self) -> None:
-        for task in (self._loop, self._delivering):
+        for task in (self._loop, self._delivering, *self._kicked):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(BaseException):
