@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from amelia.v1 import events_pb2
-from amelia_common.eventlog import EventLog
 from amelia_common.logging import get_logger
 from amelia_common.settings import Settings
 from amelia_rag.chunking import PASSAGE_VERSION, Chunk, child_size, chunk_document
@@ -168,13 +167,11 @@ class Ingestor:
         settings: Settings,
         store: DocumentStore,
         embedder: Embedder,
-        events: EventLog,
         stored: Callable[[], None] = lambda: None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.embedder = embedder
-        self.events = events
         # Told when a document waits for its embeddings (wakes the indexer up).
         self.stored = stored
 

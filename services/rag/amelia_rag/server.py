@@ -92,7 +92,7 @@ async def build_service(settings: Settings, *, embedder: Embedder | None = None)
             await hook()
         raise
 
-    ingestor = Ingestor(settings, store, embedder, events)
+    ingestor = Ingestor(settings, store, embedder)
     indexer = Indexer(store, embedder, batch_size=settings.EMBEDDING_BATCH_SIZE * 4)
     ingestor.stored = indexer.wake
     indexer.start()
