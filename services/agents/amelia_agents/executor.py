@@ -312,6 +312,12 @@ class Executor:
             fork = steps.forked_from(snapshot)
             kind, graph_input = ("fork" if fork else "redelivered"), None
         else:
+            # The graph reached its end but its end was not recorded (PostgreSQL went away
+            # then): this pick-up only records it, and says it took the run over first.
+            if row.attempt > 1:
+                await self.events.publish(
+                    self.events.event(row, "run.resumed", {"reason": "redelivered"})
+                )
             return await self._complete(row, workflow, snapshot.values)
 
         # The pick-up's events (its start, nodes, tokens) are written as they come and their
