@@ -1,6 +1,6 @@
-"""`amelia crons ls|get` at 80 columns: a cron's name stays whole (to copy into `pause`,
-`trigger`, `rm`), its schedule and state beside it, the target left for wider terminals; `get`
-reads as lines, then the recent ticks with what became of each."""
+"""`amelia crons ls|get` at 80 columns: a cron's id stays whole (to copy into `pause`,
+`trigger`, `rm`), its schedule, state and target beside it, the last ticks left for `get` and
+wider terminals; `get` reads as lines, then the recent ticks with what became of each."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from amelia_cli.main import app
 NOW = dt.datetime(2026, 12, 3, 8, 0, 30, tzinfo=dt.UTC)
 NAME = "crons/5f0c3a52-3b8e-4f7a-9f55-0d4b2e6c7a11"
 FIRED = crons_pb2.CRON_OUTCOME_FIRED
+AGENT = "researcher-with-a-rather-long-identifier-name"
 
 
 def _stamp(minutes: float) -> dt.datetime:
@@ -29,7 +30,7 @@ def _stamp(minutes: float) -> dt.datetime:
 def _cron(**fields: object) -> crons_pb2.Cron:
     cron = crons_pb2.Cron(
         name=NAME,
-        agent="agents/researcher-with-a-rather-long-identifier-name",
+        agent=f"agents/{AGENT}",
         schedule="*/15 9-17 * * 1-5",
         timezone="America/Argentina/Buenos_Aires",
         fired_count=12,
@@ -42,12 +43,12 @@ def _cron(**fields: object) -> crons_pb2.Cron:
     return cron
 
 
-def _lines(print_to: object) -> list[str]:
+def _lines(print_to: object, width: int = 80) -> list[str]:
     out = io.StringIO()
-    console = Console(file=out, width=80, color_system=None)
+    console = Console(file=out, width=width, color_system=None)
     print_to(console)  # type: ignore[operator]
     lines = out.getvalue().splitlines()
-    assert max(len(line) for line in lines) <= 80, "\n".join(lines)
+    assert max(len(line) for line in lines) <= width, "\n".join(lines)
     return lines
 
 
@@ -56,7 +57,9 @@ def _tick(cron: crons_pb2.Cron, outcome: int, minutes: float, run: str = "") -> 
     action.schedule_time.FromDatetime(_stamp(minutes))
 
 
-def test_crons_ls_at_80_columns_keeps_names_whole_with_the_next_run_and_last_ticks() -> None:
+def _listed(width: int) -> list[str]:
+    """`crons ls` of an active cron with four ticks, a paused one, an ended one, a yearly one
+    and one paused after its end (all of a long-named agent), and a workflow's, `width` wide."""
     active = _cron()
     for minutes, outcome in ((-1, FIRED), (-16, crons_pb2.CRON_OUTCOME_SKIPPED), (-31, FIRED)):
         _tick(active, outcome, minutes)
@@ -71,23 +74,55 @@ def test_crons_ls_at_80_columns_keeps_names_whole_with_the_next_run_and_last_tic
     yearly = _cron()
     yearly.schedule = "0 0 1 1 *"
     yearly.next_run_time.FromDatetime(_stamp(60 * 24 * 40))
-    rows = [cron_row(c, NOW) for c in (active, paused, ended, yearly, ended_paused)]
-    lines = _lines(lambda console: listing(console, CRON_COLUMNS, rows))
+    echo = _cron()
+    echo.workflow, echo.timezone = "workflows/echo", ""
+    crons = (active, paused, ended, yearly, ended_paused, echo)
+    rows = [cron_row(c, NOW) for c in crons]
+    return _lines(lambda console: listing(console, CRON_COLUMNS, rows), width)
+
+
+def _cell(lines: list[str], name: str, row: int, column: str, until: str = "") -> str:
+    """The cell of the `row`th row naming `name` in `column` (found by where its header starts),
+    its folded lines joined."""
+    at = {word: lines[0].index(word) for word in lines[0].split()}
+    rows = [i for i, line in enumerate(lines) if name in line] + [len(lines)]
+    end = at[until] if until else None
+    return "".join(line[at[column] : end].strip() for line in lines[rows[row] : rows[row + 1]])
+
+
+def test_crons_ls_at_80_columns_keeps_ids_whole_with_the_next_run_and_the_target() -> None:
+    """QA: at 80 columns the target (what the cron runs: what tells one cron from another)
+    was dropped for the last ticks; now the ticks are left to `crons get`."""
+    lines = _listed(80)
     shown = "\n".join(lines)
-    assert sum(NAME in line for line in lines) == 5, shown
-    assert "target" not in lines[0], shown  # optional: `amelia crons get` names it
+    cron_id = NAME.removeprefix("crons/")  # every crons command takes the id alone
+    assert sum(cron_id in line for line in lines) == 6, shown
+    assert lines[0].split() == ["cron", "schedule", "next", "target"], shown
+    first = lines.index(next(line for line in lines if cron_id in line))
+    assert "in 14m" in lines[first], shown
+    assert "fired" not in shown and "skipped" not in shown, shown  # (`crons get` lists them)
+    assert sum(" ended " in line for line in lines) == 2, shown
+    last_agent = [i for i, line in enumerate(lines) if cron_id in line][-2]  # paused after its
+    assert " ended " in lines[last_agent] and " paused " in lines[last_agent + 1], shown  # end
+    assert sum(" paused " in line for line in lines) == 2, shown
+    assert "2027-01-12" in shown, shown  # a month away: the date, whole
+    # Named as `crons create` takes them: an agent's id, a workflow's name.
+    assert _cell(lines, cron_id, 0, "target") == AGENT, shown
+    assert _cell(lines, cron_id, 5, "target") == "echo", shown
+    assert "a/Buenos_Aires" in _cell(lines, cron_id, 0, "schedule", until="next"), shown
+
+
+def test_crons_ls_on_a_wide_terminal_adds_the_last_ticks_and_full_names() -> None:
+    lines = _listed(160)
+    shown = "\n".join(lines)
+    assert lines[0].split() == ["cron", "schedule", "next", "last", "(ago)", "target"], shown
+    assert sum(NAME in line for line in lines) == 6, shown
     first = lines.index(next(line for line in lines if NAME in line))
     assert "in 14m" in lines[first] and "fired 1m" in lines[first], shown
     assert "skipped 16m" in lines[first + 1] and "fired 31m" in lines[first + 2], shown
-    assert "46m" not in shown, shown
-    assert sum(" ended " in line for line in lines) == 2 and "fired 3d" in shown, shown
-    last = [i for i, line in enumerate(lines) if NAME in line][-1]  # paused after its end:
-    assert " ended " in lines[last] and " paused " in lines[last + 1], shown  # both, one a line
-    assert sum(" paused " in line for line in lines) == 2, shown
-    assert "2027-01-12" in shown, shown  # a month away: the date, whole
-    column = len(NAME) + 3  # the schedule's, folded (not cut) in what is left
-    folded = "".join(line[column:].split()[0] for line in lines[first:] if line[column:].strip())
-    assert "a/Buenos_Aires" in folded, shown
+    assert "46m" not in shown and "fired 3d" in shown, shown
+    assert _cell(lines, NAME, 0, "target") == "agents/" + AGENT, shown
+    assert _cell(lines, NAME, 5, "target") == "workflows/echo", shown
 
 
 def test_crons_get_shows_counts_and_recent_ticks() -> None:

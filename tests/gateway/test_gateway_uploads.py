@@ -88,3 +88,31 @@ async def test_json_content_over_the_inline_limit_is_told_to_upload_it_as_a_file
     assert f"content is {limit + 1} bytes" in message, message
     assert "UploadDocument" not in message, "an HTTP client has no UploadDocument"
     assert "multipart/form-data (curl -F file=@" in message and "--data-binary @" in message
+
+
+async def test_the_same_content_without_its_metadata_is_not_answered_unchanged(
+    mesh: Mesh,
+) -> None:
+    """QA F6: the same bytes again without metadata clear the document's (the request's
+    replace it, docs/rag.md) — the answer said `"unchanged": true`. Now `false`, the document
+    as stored (metadata `{}`): refreshed, not indexed again."""
+    tag = uuid.uuid4().hex[:8]
+    content = base64.b64encode(f"# Tern {tag}\n\nTerns dive for sand eels.\n".encode()).decode()
+    source: dict[str, Any] = {"filePath": f"/notes/tern-{tag}.md", "metadata": {"site": "spit"}}
+
+    async def upload() -> dict[str, Any]:
+        reply = await mesh.http.post("/v1/documents", json={"source": source, "content": content})
+        assert reply.status_code == 200, reply.text
+        body: dict[str, Any] = reply.json()
+        return body
+
+    first = await upload()
+    assert first["unchanged"] is False and first["document"]["metadata"] == {"site": "spit"}
+    assert (await upload())["unchanged"] is True  # the same content and metadata
+    del source["metadata"]
+    cleared = await upload()
+    assert cleared["unchanged"] is False, cleared
+    assert cleared["document"]["metadata"] == {}, cleared
+    assert cleared["document"]["name"] == first["document"]["name"]
+    assert (await upload())["unchanged"] is True
+    await mesh.http.delete(f"/v1/{first['document']['name']}")

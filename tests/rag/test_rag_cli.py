@@ -89,9 +89,13 @@ async def test_a_file_whose_name_holds_a_newline_is_ingested_by_its_uri(
 
 
 async def test_a_top_k_out_of_range_names_0_to_100(rag_address: str, tmp_path: Path) -> None:
+    """Named as the flag typed (QA: the message named the request's `top_k`)."""
     code, out, err = await amelia(rag_address, tmp_path, "search", "kestrel", "-k", "-1")
     assert code == 1, out + err
-    assert "INVALID_ARGUMENT: top_k -1 is out of range: use 0..100 (0: the service's" in err
+    assert "INVALID_ARGUMENT: --top-k -1 is out of range: use 0..100 (0: the service's" in err
+    code, out, err = await amelia(rag_address, tmp_path, "search", "kestrel", "--min-score", "2")
+    assert code == 1, out + err
+    assert "INVALID_ARGUMENT: --min-score 2.0 is out of range: use -1..1" in err, err
 
 
 # A PDF's own lines: about 90 columns, more than the terminal's 80.
@@ -143,3 +147,34 @@ async def test_docs_ls_keeps_a_documents_state_on_its_line_at_80_columns(
         name = re.search(r"documents/[0-9a-f-]{36}(?=\s+big-survey)", listed)
         if name:  # stop its embedding: other suites share this machine
             await amelia(rag_address, tmp_path, "docs", "rm", name.group(0))
+
+
+async def test_ingest_says_refreshed_when_it_cleared_a_documents_metadata(
+    rag_address: str, stub: rag_pb2_grpc.RagServiceStub, tmp_path: Path
+) -> None:
+    """QA F6: a file uploaded with metadata (the dashboard, HTTP), then ingested again as it
+    is: `amelia ingest` sends no metadata, so the document's is cleared; it said `unchanged`."""
+    path = tmp_path / "curlew.md"
+    path.write_text("# Curlew\n\nThe curlew calls over the saltmarsh at first light.\n")
+    source = rag_pb2.DocumentSource(file_path=str(path.resolve()))
+    source.metadata.update({"survey": "estuary"})
+    first = await stub.IngestDocument(
+        rag_pb2.IngestDocumentRequest(source=source, content=path.read_bytes())
+    )
+    # Indexed, as a document uploaded earlier is (one still indexing then says `stored`).
+    request = rag_pb2.GetDocumentRequest(name=first.document.name)
+    async with asyncio.timeout(120):
+        while True:
+            found = await stub.GetDocument(request)
+            if found.document.state == rag_pb2.DOCUMENT_STATE_READY:
+                break
+            await asyncio.sleep(0.1)
+    code, out, err = await amelia(rag_address, tmp_path, "ingest", str(path))
+    assert code == 0, out + err
+    assert "curlew.md refreshed 1" in words(out), out
+    assert "any it had is cleared" in words(out), out
+    found = await stub.GetDocument(rag_pb2.GetDocumentRequest(name=first.document.name))
+    assert dict(found.document.metadata) == {}
+    code, out, err = await amelia(rag_address, tmp_path, "ingest", str(path))
+    assert code == 0 and "curlew.md unchanged 1" in words(out), out + err
+    assert "Refreshed" not in out, out

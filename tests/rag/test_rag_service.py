@@ -224,18 +224,52 @@ async def test_changed_file_replaces_its_chunks(rag: Rag) -> None:
 
 
 async def test_new_metadata_on_unchanged_content_is_stored_without_embedding(rag: Rag) -> None:
+    """The document refreshed, not indexed again — and the reply says it changed: `unchanged`
+    is false (QA F6: it said `unchanged` of a document whose metadata it had replaced)."""
     path = f"/tmp/meta-{uuid.uuid4().hex}.txt"
     content = b"Metadata-only updates should not re-embed anything at all."
     await rag.ingest(content, file_path=path, metadata=_struct({"owner": "ana"}))
     calls = rag.model.calls
     reply = await rag.ingest(content, file_path=path, metadata=_struct({"owner": "bo", "v": 2}))
-    assert reply.unchanged and rag.model.calls == calls
+    assert not reply.unchanged and rag.model.calls == calls
+    assert reply.document.state == rag_pb2.DOCUMENT_STATE_READY  # not sent back to indexing
     assert dict(reply.document.metadata) == {"owner": "bo", "v": 2}
     listed = await rag.stub.ListDocuments(
         rag_pb2.ListDocumentsRequest(metadata_filter={"owner": "bo", "v": "2"})
     )
     assert [d.name for d in listed.documents] == [reply.document.name]
+    again = await rag.ingest(content, file_path=path, metadata=_struct({"owner": "bo", "v": 2}))
+    assert again.unchanged, "the same content and metadata: nothing changed"
     await rag.stub.DeleteDocument(rag_pb2.DeleteDocumentRequest(name=reply.document.name))
+
+
+async def test_unchanged_content_sent_without_metadata_clears_it_and_says_so(rag: Rag) -> None:
+    """QA F6: the same bytes again without metadata cleared the document's metadata (the
+    request's replaces it, as documented) while the reply said `unchanged`; over
+    UploadDocument too."""
+    path = f"/tmp/meta-{uuid.uuid4().hex}.txt"
+    content = b"A note about the curlew's call over the estuary at dawn."
+    first = await rag.ingest(content, file_path=path, metadata=_struct({"owner": "ana"}))
+    events = await rag.events(first.document.name)
+    cleared = await rag.ingest(content, file_path=path)
+    assert not cleared.unchanged, "its metadata was cleared: not unchanged"
+    assert dict(cleared.document.metadata) == {}
+    assert cleared.document.state == rag_pb2.DOCUMENT_STATE_READY
+    assert await rag.events(first.document.name) == events  # nothing indexed again
+
+    async def upload(metadata: dict[str, Any]) -> rag_pb2.UploadDocumentResponse:
+        async def parts() -> AsyncIterator[rag_pb2.UploadDocumentRequest]:
+            source = rag_pb2.DocumentSource(file_path=path, metadata=_struct(metadata))
+            yield rag_pb2.UploadDocumentRequest(source=source)
+            yield rag_pb2.UploadDocumentRequest(content=content)
+
+        reply: rag_pb2.UploadDocumentResponse = await rag.stub.UploadDocument(parts())
+        return reply
+
+    assert (await upload({})).unchanged
+    tagged = await upload({"owner": "bo"})
+    assert not tagged.unchanged and dict(tagged.document.metadata) == {"owner": "bo"}
+    await rag.stub.DeleteDocument(rag_pb2.DeleteDocumentRequest(name=first.document.name))
 
 
 async def test_delete_removes_the_document_and_its_chunks(rag: Rag) -> None:

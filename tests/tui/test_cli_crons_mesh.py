@@ -48,13 +48,17 @@ async def test_a_cron_from_the_terminal(tui_mesh: TuiMesh, tmp_path: Path) -> No
     assert shown.splitlines()[0] == name
     assert "0 9 1 1 * (Europe/Paris)" in shown and "-01-01T08:00:00Z" in shown, shown
 
+    # At 80 columns: the id without `crons/` (as every crons command takes it), the schedule,
+    # the next run and what it runs (QA: the target was dropped); the ticks are `get`'s.
+    cron_id = name.removeprefix("crons/")
     listed = await run("ls", "--agent", agent)
-    row = row_of(listed, name)
+    row = row_of(listed, cron_id)
     assert "0 9 1 1 *" in row and re.search(r"in \d+d|\d{4}-01-01", row), listed  # next run
+    assert row.endswith(f" {agent}"), listed
 
     paused = await run("pause", name)
     assert paused.strip() == f"{name}: paused", paused
-    assert "paused" in row_of(await run("ls", "--agent", agent), name)
+    assert "paused" in row_of(await run("ls", "--agent", agent), cron_id)
     resumed = await run("resume", name.removeprefix("crons/"))
     assert resumed.startswith(f"{name}: active, next run in "), resumed
 
@@ -66,7 +70,9 @@ async def test_a_cron_from_the_terminal(tui_mesh: TuiMesh, tmp_path: Path) -> No
     assert "1 fired, 0 skipped (thread busy), 0 failed" in shown, shown
     assert "fired (trigger)" in row_of(shown, triggered.split()[0]), shown
 
-    assert "fired " in row_of(await run("ls", "--agent", agent), name)  # its last tick
+    code, wide = await asyncio.to_thread(amelia, env, "crons", "ls", "--agent", agent, columns=120)
+    assert code == 0 and "fired " in row_of(wide, name), wide  # its last tick, with room
+    assert f"agents/{agent}" in row_of(wide, name), wide
 
     changed = await run(
         "update", name, "-m", "happy new year!", "--metadata", "team=ops", "--end", "2099-01-01"
@@ -86,13 +92,14 @@ async def test_a_cron_from_the_terminal(tui_mesh: TuiMesh, tmp_path: Path) -> No
         amelia, env, "crons", "update", name, "--webhook", "file:///etc/passwd"
     )
     said = " ".join(refused.split())
-    assert code == 1 and "cron.webhook must be an http or https URL" in said, refused
+    assert code == 1 and "--webhook must be an http or https URL" in said, refused
     code, refused = await asyncio.to_thread(
         amelia, env, "crons", "update", name, "--multitask", "enqueue"
     )
     said = " ".join(refused.split())
-    assert code == 1 and "INVALID_ARGUMENT: cron.multitask_strategy 'enqueue' needs a cron" in said
-    assert "without cron.thread each tick runs on a new thread, which is never busy" in said, said
+    # The flags typed, not the request's fields (QA: `cron.multitask_strategy`, `cron.thread`).
+    assert code == 1 and "INVALID_ARGUMENT: --multitask 'enqueue' needs a cron" in said, said
+    assert "without --thread each tick runs on a new thread, which is never busy" in said, said
     code, refused = await asyncio.to_thread(
         amelia, env, "crons", "update", name, "--end", "2026-12-03T14:03:00+25:00"
     )
@@ -101,12 +108,12 @@ async def test_a_cron_from_the_terminal(tui_mesh: TuiMesh, tmp_path: Path) -> No
     code, refused = await asyncio.to_thread(
         amelia, env, "crons", "update", name, "--multitask", "later"
     )
-    assert code == 1 and "cron.multitask_strategy 'later' is not one of: reject" in refused
+    assert code == 1 and "--multitask 'later' is not one of: reject" in refused, refused
     code, refused = await asyncio.to_thread(amelia, env, "crons", "update", name)
     assert code == 2 and "nothing to change" in refused, refused
 
     code, refused = await asyncio.to_thread(amelia, env, "crons", "create", agent, "* * *")
-    assert code == 1 and "INVALID_ARGUMENT: cron.schedule '* * *' must have 5 fields" in refused
+    assert code == 1 and "INVALID_ARGUMENT: SCHEDULE '* * *' must have 5 fields" in refused
 
     code, refused = await asyncio.to_thread(amelia, env, "crons", "create", agent, "H * * * *")
     said = " ".join(refused.split())
@@ -140,7 +147,7 @@ async def test_pausing_and_resuming_a_cron_that_has_ended(
     await eventually(ended, lambda: name)
     still = "(it has ended: no tick fires until its end is moved)"
     listed = (await run("ls", "--agent", agent)).splitlines()
-    row = next(i for i, line in enumerate(listed) if name in line)
+    row = next(i for i, line in enumerate(listed) if name.removeprefix("crons/") in line)
     assert re.search(r" ended\b", listed[row]), "\n".join(listed)
     assert re.search(r" paused\b", listed[row + 1]), "\n".join(listed)  # under it
     assert " ".join((await run("resume", name)).split()) == f"{name}: resumed {still}"

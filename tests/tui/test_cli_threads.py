@@ -151,12 +151,12 @@ async def test_threads_ls_by_metadata_and_status(tui_mesh: TuiMesh, tmp_path: Pa
     code, shown = await asyncio.to_thread(amelia, env, "threads", "ls", "--sort", "status")
     assert code == 1, shown
     assert (
-        "INVALID_ARGUMENT: order_by must be one of: create_time, create_time desc, update_time, "
+        "INVALID_ARGUMENT: --sort must be one of: create_time, create_time desc, update_time, "
         "update_time desc"
     ) in " ".join(shown.split()), shown
     code, shown = await asyncio.to_thread(amelia, env, "threads", "ls", "--status", "asleep")
     assert code == 1, shown
-    assert "INVALID_ARGUMENT: status 'asleep' is not one of: idle, busy, interrupted, error" in (
+    assert "INVALID_ARGUMENT: --status 'asleep' is not one of: idle, busy, interrupted, error" in (
         " ".join(shown.split())
     ), shown
     code, shown = await asyncio.to_thread(amelia, env, "threads", "ls", "--metadata", "team")

@@ -6,7 +6,7 @@ import asyncio
 import datetime as dt
 import json
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -36,6 +36,14 @@ if TYPE_CHECKING:
 # What to do about a part of the mesh that is not answering: check it, or start it.
 UNREACHED_HINT = " — is the mesh running? `amelia status` checks it, `amelia up` starts it"
 _ERRNO = re.compile(r"\s*\(\d+\)$")  # "Connection refused (111)"
+# The RPCs the services' messages point at ("take one from ListRunSteps"), as the command a
+# person runs for the same thing.
+RPC_COMMANDS: Mapping[str, str] = {
+    "GetThreadState": "`amelia threads state`",
+    "ListRunSteps": "`amelia runs steps`",
+    "ListThreadHistory": "`amelia threads history`",
+    "StreamRun": "`amelia runs show -f`",
+}
 Stub = TypeVar("Stub")
 Result = TypeVar("Result")
 
@@ -91,18 +99,46 @@ def said(*parts: str | tuple[str, str]) -> Text:
     return Text.assemble(*parts)
 
 
-def fail(exc: grpc.aio.AioRpcError) -> typer.Exit:
-    """Print an RPC error as `CODE: message` and return the exit to raise."""
-    err.print(said((f"{exc.code().name}:", "red"), f" {exc.details()}"))
+def in_cli_words(message: str, flags: Mapping[str, str] | None = None) -> str:
+    """A service's message in the words of the command that got it: each request field the
+    command filled from a flag or argument, as the service names it (`run.multitask_strategy`,
+    `top_k`), said as what the person typed (`--multitask`, `--top-k`), and an RPC it points
+    at (`ListRunSteps`) as the command that does the same.
+
+    A name that is an identifier (a `_`, a `.` or a capital in it) is replaced wherever it
+    stands; a plain word (`checkpoint`, `values`) only where it opens the message, the
+    services' `FIELD VALUE is wrong` form: elsewhere it is just the word ("not a checkpoint
+    id"). A field's JSON path inside a flag's value (`values.messages`) is left as it is."""
+    words = {**RPC_COMMANDS, **(flags or {})}
+    plain = [w for w in words if w.isalpha() and w.islower()]
+    named = [w for w in words if w not in plain]
+    found = "|".join(
+        f"{start}(?:{'|'.join(re.escape(w) for w in sorted(names, key=len, reverse=True))})"
+        for start, names in ((r"(?<![\w.])", named), ("^", plain))
+        if names
+    )
+    # Not part of a longer name (`timeout_seconds`), nor a field's own path (`values.messages`).
+    return re.sub(f"(?:{found})(?!\\w|\\.\\w)", lambda m: words[m.group(0)], message)
+
+
+def fail(exc: grpc.aio.AioRpcError, flags: Mapping[str, str] | None = None) -> typer.Exit:
+    """Print an RPC error as `CODE: message`, the message in the command's words
+    (`in_cli_words`: `flags` maps the request fields it filled to its flags), and return the
+    exit to raise."""
+    message = in_cli_words(exc.details() or "", flags)
+    err.print(said((f"{exc.code().name}:", "red"), f" {message}"))
     return typer.Exit(1)
 
 
-def call_rpc(coro_factory: Callable[[], Awaitable[Result]]) -> Result:
-    """Run one command's RPCs to their result; an RPC error is printed (`fail`) and exits 1."""
+def call_rpc(
+    coro_factory: Callable[[], Awaitable[Result]], flags: Mapping[str, str] | None = None
+) -> Result:
+    """Run one command's RPCs to their result; an RPC error is printed (`fail`, naming the
+    command's `flags` where the service names their request fields) and exits 1."""
     try:
         return asyncio.run(coro_factory())  # type: ignore[arg-type]
     except grpc.aio.AioRpcError as exc:
-        raise fail(exc) from exc
+        raise fail(exc, flags) from exc
 
 
 def json_object(text: str, hint: str) -> dict[str, Any]:

@@ -216,7 +216,8 @@ class Ingestor:
         )
         if existing is not None and same and existing.state != "failed":
             fields.title = source.title.strip() or existing.title
-            return IngestResult(await self.store.touch(existing, fields), unchanged=True)
+            touched = await self.store.touch(existing, fields)
+            return IngestResult(touched.document, touched.unchanged)
 
         def uploaded(row: DocumentRow) -> events_pb2.Event:
             return change_event(

@@ -176,20 +176,22 @@ class DocumentStore:
         async with self.sessions() as session:
             return await session.get(DocumentRow, document_id)
 
-    async def touch(self, document: DocumentRow, fields: DocumentFields) -> DocumentRow:
-        """Content unchanged: keep the chunks, refresh title, source and metadata if they moved."""
+    async def touch(self, document: DocumentRow, fields: DocumentFields) -> ReplaceResult:
+        """Content unchanged: keep the chunks, refresh title, source and metadata if they moved
+        (the request's replace them: metadata left out clears it). `unchanged` only when none
+        did, so the reply does not say `unchanged` of a document whose metadata it cleared."""
         if (document.title, document.source_uri, document.meta) == (
             fields.title,
             fields.source_uri,
             fields.meta,
         ):
-            return document
+            return ReplaceResult(document, unchanged=True)
         async with transaction(self.sessions) as session:
             row = await session.get(DocumentRow, document.id, with_for_update=True)
             if row is None:
-                return document
+                return ReplaceResult(document, unchanged=True)
             row.title, row.source_uri, row.meta = fields.title, fields.source_uri, fields.meta
-            return row
+            return ReplaceResult(row, unchanged=False)
 
     async def replace(
         self,

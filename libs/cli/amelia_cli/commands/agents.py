@@ -36,7 +36,7 @@ from amelia_cli.help_text import App
 from amelia_cli.tui.eventline import resumed_text, retry_text, waiting_text
 from amelia_common.eventlog import event_data
 from amelia_common.grpc_client import reissue_while_unavailable
-from amelia_common.json_numbers import message_text
+from amelia_common.json_numbers import message_text, whole_numbers
 
 agents_app = App(help="Agents: prompt, model, tools, documents.", no_args_is_help=True)
 runs_app = App(help="Runs of agents and workflows.", no_args_is_help=True)
@@ -75,6 +75,33 @@ RUN_COLUMNS = (
     Column("created"),
     Column("error", wraps=True, drop=1),
 )
+
+
+# The request fields each command fills from what the person typed, as the agents service
+# names them in its messages → the flag or argument (`client.in_cli_words`).
+AGENT_FLAGS = {
+    "agent_id": "AGENT_ID",
+    "agent.display_name": "AGENT_ID",
+    "agent.system_prompt": "--prompt",
+    "agent.description": "--description",
+    "agent.model": "--model",
+    "model": "--model",
+    "agent.context_sources": "--context",
+    "agent.tools": "--tool",
+    "temperature": "--temperature",
+    "max_tokens": "--max-tokens",
+    "agent.timeout": "--timeout",
+    "retry_attempts": "--retry-attempts",
+}
+RUN_FLAGS = {
+    "run.multitask_strategy": "--multitask",
+    "run.timeout": "--timeout",
+    "run.webhook": "--webhook",
+}
+WAIT_FLAGS = {"timeout": "--timeout"}
+RESUME_FLAGS = {"request_id": "--request-id", "answer": "ANSWER"}
+RERUN_FLAGS = {"webhook": "--webhook"}
+FORK_FLAGS = {"checkpoint": "CHECKPOINT", "values": "--values", "webhook": "--webhook"}
 
 
 def status_name(status: agents_pb2.RunStatus.ValueType) -> str:
@@ -136,7 +163,7 @@ def create(
             )
             return reply
 
-    console.print(said(f"created {call_rpc(go).agent.name}"))
+    console.print(said(f"created {call_rpc(go, AGENT_FLAGS).agent.name}"))
 
 
 @agents_app.command("ls")
@@ -229,7 +256,9 @@ class Shown:
         self.mid_line = False
 
     def event(self, event: events_pb2.Event) -> None:
-        data = event_data(event)
+        # A Struct's numbers are doubles: a question's `"rounds": 1` is said 1, not 1.0, as
+        # `threads state`, `runs show` and the gateway's JSON say it.
+        data = whole_numbers(event_data(event))
         if event.type == "run.resumed":
             reason = data.get("reason") or "answer"
             said_how = resumed_text(data, self.node, answered_here=self.answered)
@@ -662,7 +691,9 @@ def run(
                         await _say_partial(stub, created.name)
                 raise typer.Exit(130) from None
 
-    final = call_rpc(go)
+    # --context's documents go in the input (where --input may have put them instead).
+    context_flag = {"input.context_sources": "--context"} if context else {}
+    final = call_rpc(go, RUN_FLAGS | context_flag)
     status = status_name(final.status)
     # A cancelled run's error is its reason: "cancelled" itself when none was given.
     told = f" — {final.error}" if final.error and final.error != status else ""
@@ -806,21 +837,25 @@ def wait_run(
             run: agents_pb2.Run = reply.run
             return run
 
-    final = call_rpc(go)
+    final = call_rpc(go, WAIT_FLAGS)
     console.print_json(message_text(final))
     if final.status not in (agents_pb2.RUN_STATUS_COMPLETED, agents_pb2.RUN_STATUS_PAUSED):
         raise typer.Exit(1)
 
 
-def _say_status(name: str, call: Callable[[AgentServiceAsyncStub], Awaitable[RunReply]]) -> None:
+def _say_status(
+    name: str,
+    call: Callable[[AgentServiceAsyncStub], Awaitable[RunReply]],
+    flags: dict[str, str] | None = None,
+) -> None:
     """Make `call` (CancelRun, ResumeRun: replies that carry the run) and print the run's
-    status after it."""
+    status after it; an error names the command's `flags`."""
 
     async def go() -> RunReply:
         async with agents() as stub:
             return await call(stub)
 
-    console.print(said(f"{name}: {status_name(call_rpc(go).run.status)}"))
+    console.print(said(f"{name}: {status_name(call_rpc(go, flags).run.status)}"))
 
 
 @runs_app.command("cancel")
@@ -852,12 +887,16 @@ def resume_run(
     except json_format.ParseError:
         value.string_value = answer
     request = resume_request(resource("runs", name), value, request_id)
-    _say_status(name, lambda stub: stub.ResumeRun(request))
+    _say_status(name, lambda stub: stub.ResumeRun(request), RESUME_FLAGS)
 
 
-def _new_run(follow: bool, call: Callable[[AgentServiceAsyncStub], Awaitable[Any]]) -> None:
+def _new_run(
+    follow: bool,
+    call: Callable[[AgentServiceAsyncStub], Awaitable[Any]],
+    flags: dict[str, str],
+) -> None:
     """Make `call` (RerunRun, ForkRun: replies that carry a new, queued run), print the new run
-    and, with `follow`, stream it as `amelia run` does."""
+    and, with `follow`, stream it as `amelia run` does; an error names the command's `flags`."""
 
     async def go() -> agents_pb2.Run:
         async with agents() as stub:
@@ -865,7 +904,7 @@ def _new_run(follow: bool, call: Callable[[AgentServiceAsyncStub], Awaitable[Any
             created_line(created)
             return await _follow(stub, created.name, created=created) if follow else created
 
-    final = call_rpc(go)
+    final = call_rpc(go, flags)
     console.print(said(f"{final.name}: {status_name(final.status)}"))
 
 
@@ -889,14 +928,14 @@ def rerun_run(
         thread=resource("threads", thread) if thread else "",
         webhook=webhook,
     )
-    _new_run(follow, lambda stub: stub.RerunRun(request))
+    _new_run(follow, lambda stub: stub.RerunRun(request), RERUN_FLAGS)
 
 
 @runs_app.command("steps")
 def steps_run(name: str = typer.Argument(..., help="The run (runs/<id> or <id>).")) -> None:
     """A run's steps in the order they ran, each with the checkpoint `runs fork` takes."""
 
-    async def go() -> list[agents_pb2.RunStep]:
+    async def go() -> tuple[list[agents_pb2.RunStep], agents_pb2.Run | None]:
         steps: list[agents_pb2.RunStep] = []
         token = ""
         async with agents() as stub:
@@ -909,8 +948,17 @@ def steps_run(name: str = typer.Argument(..., help="The run (runs/<id> or <id>).
                 steps += reply.steps
                 token = reply.next_page_token
                 if not token:
-                    return steps
+                    break
+            if steps:
+                return steps, None
+            # None: why, from where the run is.
+            found = await stub.GetRun(agents_pb2.GetRunRequest(name=resource("runs", name)))
+            return steps, found.run
 
+    steps, run = call_rpc(go)
+    if run is not None:
+        console.print(said(no_steps_text(run)))
+        return
     states = agents_pb2.RunStepState
     rows = [
         (
@@ -920,9 +968,23 @@ def steps_run(name: str = typer.Argument(..., help="The run (runs/<id> or <id>).
             s.checkpoint,
             s.error,
         )
-        for s in call_rpc(go)
+        for s in steps
     ]
     listing(console, STEP_COLUMNS, rows)
+
+
+def no_steps_text(run: agents_pb2.Run) -> str:
+    """Why a run lists no steps, from where it is: a step is recorded with the checkpoint saved
+    before its node runs, so a run not started yet has none, and one stopped before its first
+    node never will (`threads state` says `no checkpoint yet` the same way)."""
+    status = status_name(run.status)
+    if run.status == agents_pb2.RUN_STATUS_QUEUED:
+        waits = f"behind {run.queued_behind}" if run.queued_behind else "for a worker"
+        return f"no steps recorded yet: the run is queued {waits}; a step is recorded as it starts"
+    if run.status in (agents_pb2.RUN_STATUS_RUNNING, agents_pb2.RUN_STATUS_PAUSED):
+        return f"no steps recorded yet: the run is {status} and has not saved its first step"
+    why = f" ({run.error})" if run.error and run.error != status else ""
+    return f"no steps recorded: the run ended ({status}) before its first step ran{why}"
 
 
 @runs_app.command("fork")
@@ -941,4 +1003,4 @@ def fork_run(
     )
     if values:
         request.values.update(json_object(values, "--values"))
-    _new_run(follow, lambda stub: stub.ForkRun(request))
+    _new_run(follow, lambda stub: stub.ForkRun(request), FORK_FLAGS)

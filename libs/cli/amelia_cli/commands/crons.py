@@ -41,12 +41,23 @@ crons_app = App(
 )
 Result = TypeVar("Result")
 
+
+def _named(name: str) -> str:
+    """`crons/<id>` → `<id>`, `agents/researcher` → `researcher`, `workflows/echo` → `echo`:
+    a name as the commands take it (`crons pause <id>`, `crons create researcher …`)."""
+    return name.partition("/")[2] or name
+
+
+# At 80 columns the last ticks are left to `crons get` (and wider terminals): what a cron runs
+# tells one cron from another, its uuid does not. Then the short forms: the cron's id and its
+# target without their collections, as the commands take them; the schedule (and a long
+# agent id) fold in what is left.
 CRON_COLUMNS = (
-    Column("cron"),
+    Column("cron", brief=_named),
     Column("schedule", wraps=True),
     Column("next"),  # when, or why none: paused, ended
-    Column("last (ago)"),  # the last ticks, one line each, newest first: `fired 5m`
-    Column("target", drop=1),
+    Column("last (ago)", drop=1),  # the last ticks, one line each, newest first: `fired 5m`
+    Column("target", wraps=True, brief=_named),
 )
 LAST_TICKS = 3  # in `crons ls`; `crons get` lists every recent one (up to 10)
 ACTION_COLUMNS = (
@@ -67,6 +78,16 @@ NEVER_BUSY = "a new thread each tick: never busy"
 # What pause and resume add when the cron's end has passed (it stays ended either way).
 STILL_ENDED = "it has ended: no tick fires until its end is moved"
 END_FORMS = "an ISO time, e.g. 2026-12-03T14:03 (UTC) or 2026-12-03T14:03+01:00 (offset under 24h)"
+# The request fields `create` and `update` fill from what the person typed, as the agents
+# service names them in its messages → the flag or argument (`client.in_cli_words`).
+CRON_FLAGS = {
+    "cron.timezone": "--tz",
+    "cron.end_time": "--end",
+    "cron.multitask_strategy": "--multitask",
+    "cron.thread": "--thread",
+    "cron.webhook": "--webhook",
+    "cron.metadata": "--metadata",
+}
 OUTCOMES = {
     crons_pb2.CRON_OUTCOME_FIRED: "fired",
     crons_pb2.CRON_OUTCOME_SKIPPED: "skipped",
@@ -84,12 +105,21 @@ async def _stubs() -> AsyncIterator[tuple[CronServiceAsyncStub, AgentServiceAsyn
         )
 
 
-def _call(rpc: Callable[[CronServiceAsyncStub], Awaitable[Result]]) -> Result:
+def _call(
+    rpc: Callable[[CronServiceAsyncStub], Awaitable[Result]], flags: dict[str, str] | None = None
+) -> Result:
     async def go() -> Result:
         async with _stubs() as (stub, _):
             return await rpc(stub)
 
-    return call_rpc(go)
+    return call_rpc(go, flags)
+
+
+def _flags(schedule: str, input_json: str) -> dict[str, str]:
+    """CRON_FLAGS with the schedule as it was typed (create's argument, update's option) and the
+    input as it was given (`--input`, else `--message`: "--message: input.message is required")."""
+    given = "--input" if input_json else "--message"
+    return CRON_FLAGS | {"cron.schedule": schedule, "cron.input": given}
 
 
 def until(when: Timestamp, now: dt.datetime | None = None) -> str:
@@ -249,7 +279,7 @@ def create(
             reply = await stub.CreateCron(crons_pb2.CreateCronRequest(cron=cron))
             return reply.cron
 
-    show(call_rpc(go))
+    show(call_rpc(go, _flags("SCHEDULE", input_json)))
 
 
 @crons_app.command("ls")
@@ -338,7 +368,7 @@ def update(
             "--message, --input, --metadata, --webhook or --no-webhook"
         )
     request = crons_pb2.UpdateCronRequest(cron=change, update_mask=mask)
-    show(_call(lambda stub: stub.UpdateCron(request)).cron)
+    show(_call(lambda stub: stub.UpdateCron(request), _flags("--schedule", input_json)).cron)
 
 
 def _set_paused(cron: str, paused: bool) -> None:

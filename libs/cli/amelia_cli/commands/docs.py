@@ -173,12 +173,22 @@ async def _ingest_one(stub: object, path: Path) -> Outcome:
         if exc.code() == grpc.StatusCode.UNAVAILABLE:
             raise
         return Outcome(path, "error", error=f"{exc.code().name}: {exc.details()}")
-    return Outcome(
-        path,
-        "unchanged" if reply.unchanged else "stored",
-        reply.document.chunk_count,
-        time.perf_counter() - started,
-    )
+    return Outcome(path, ingested(reply), reply.document.chunk_count, time.perf_counter() - started)
+
+
+OUTCOME_COLOURS = {"stored": "green", "refreshed": "yellow", "unchanged": "dim", "error": "red"}
+
+
+def ingested(reply: rag_pb2.IngestDocumentResponse | rag_pb2.UploadDocumentResponse) -> str:
+    """What an ingest did to the file's document: `unchanged` (nothing at all), `stored` (new
+    content, or a failed indexing resumed: it is indexing), `refreshed` (the same content, not
+    parsed or embedded again, but its source URI or metadata replaced by this ingest's — the
+    reply's `unchanged` is false while the document is not sent back to indexing; one still
+    indexing from an earlier ingest says `stored`, true of it too)."""
+    if reply.unchanged:
+        return "unchanged"
+    indexing = reply.document.state == rag_pb2.DOCUMENT_STATE_INDEXING
+    return "stored" if indexing else "refreshed"
 
 
 async def _ingest(paths: list[Path], parallel: int) -> list[Outcome]:
@@ -226,7 +236,7 @@ def ingest(
     for column in ("status", "chunks", "seconds"):
         table.add_column(column, no_wrap=True)
     for o in outcomes:
-        colour = {"stored": "green", "unchanged": "dim", "error": "red"}[o.status]
+        colour = OUTCOME_COLOURS[o.status]
         table.add_row(
             Text(_shown(o.path)), Text(o.status, style=colour), str(o.chunks), f"{o.seconds:.2f}"
         )
@@ -240,8 +250,19 @@ def ingest(
             " (`amelia docs ls` shows each document's state).",
             style="dim",
         )
+    if any(o.status == "refreshed" for o in outcomes):
+        console.print(
+            "Refreshed: the same content, not parsed or embedded again; its source and metadata"
+            " are now this ingest's (`amelia ingest` sends no metadata: any it had is cleared).",
+            style="yellow",
+        )
     if any(o.status == "error" for o in outcomes):
         raise typer.Exit(1)
+
+
+# The request fields `search` fills from what the person typed, as the rag service names them
+# in its messages → the flag or argument (`client.in_cli_words`).
+SEARCH_FLAGS = {"query": "QUERY", "top_k": "--top-k", "min_score": "--min-score"}
 
 
 def search(
@@ -273,7 +294,7 @@ def search(
     try:
         reply = asyncio.run(go())
     except grpc.aio.AioRpcError as exc:
-        raise fail(exc) from exc
+        raise fail(exc, SEARCH_FLAGS) from exc
     if not reply.hits:
         console.print("no passages matched")
         return

@@ -36,6 +36,13 @@ THREAD_COLUMNS = (
     Column("preview", wraps=True, drop=1),
 )
 
+# The request fields each command fills from what the person typed, as the agents service
+# names them in its messages → the flag or argument (`client.in_cli_words`).
+STATE_FLAGS = {"checkpoint": "--checkpoint"}
+HISTORY_FLAGS = {"before": "--before", "metadata_filter": "--metadata"}
+UPDATE_FLAGS = {"values": "VALUES", "as_node": "--as-node", "checkpoint": "--checkpoint"}
+LIST_FLAGS = {"order_by": "--sort", "status": "--status", "metadata_filter": "--metadata"}
+
 
 def thread_status(status: agents_pb2.ThreadStatus.ValueType) -> str:
     """`THREAD_STATUS_BUSY` → `busy` (what `--status` takes)."""
@@ -118,7 +125,7 @@ def state_cmd(
             reply: agents_pb2.GetThreadStateResponse = await stub.GetThreadState(request)
             return reply.state
 
-    state = call_rpc(go)
+    state = call_rpc(go, STATE_FLAGS)
     if as_json:
         console.print_json(message_text(state))
     else:
@@ -170,7 +177,7 @@ def history_cmd(
             ago(s.create_time),
             s.run,
         )
-        for s in call_rpc(go)
+        for s in call_rpc(go, HISTORY_FLAGS)
     ]
     listing(console, HISTORY_COLUMNS, rows)
     if more:  # cut at --limit: say so, and how to see the rest
@@ -206,7 +213,7 @@ def update_cmd(
             reply: agents_pb2.UpdateThreadStateResponse = await stub.UpdateThreadState(request)
             return reply.state
 
-    show_state(call_rpc(go))
+    show_state(call_rpc(go, UPDATE_FLAGS))
 
 
 @threads_app.command("ls")
@@ -240,6 +247,6 @@ def ls_threads(
 
     rows = [
         (t.name, thread_status(t.status), str(t.run_count), ago(t.update_time), t.preview)
-        for t in call_rpc(go).threads
+        for t in call_rpc(go, LIST_FLAGS).threads
     ]
     listing(console, THREAD_COLUMNS, rows)
