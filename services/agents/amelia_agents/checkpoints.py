@@ -22,7 +22,7 @@ import copy
 import math
 import select
 import zlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
@@ -221,6 +221,12 @@ class RunSaver(AsyncPostgresSaver):
         self._node_writes: set[asyncio.Future[None]] = set()  # nodes' writes not stored yet
         self._failure: BaseException | None = None
         self._given_back = False  # `conn` broke and is back in the pool (`release`)
+        # The pick-up's events written so far, stored (`PublishPipeline.settle_written`): a
+        # node's writes wait for it, so a node whose result is recorded has all its tokens in
+        # the log. Without it, NATS frozen under a node that went on to its end lost the rest
+        # of its tokens for good: the next pick-up found the node's writes and did not run it
+        # again (QA s22).
+        self.events_stored: Callable[[], Awaitable[None]] | None = None
 
     async def release(self) -> None:
         """Give the held connection back to the pool, once: a broken one given back while no
@@ -383,6 +389,8 @@ class RunSaver(AsyncPostgresSaver):
         stored = asyncio.get_running_loop().create_future()
         self._node_writes.add(stored)
         try:
+            if self.events_stored is not None:
+                await self.events_stored()
             await self._store_writes(config, writes, task_id, task_path)
         except Exception as exc:
             self._failure = self._failure or exc

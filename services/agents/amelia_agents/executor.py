@@ -323,6 +323,8 @@ class Executor:
         # The pick-up's events (its start, nodes, tokens) are written as they come and their
         # acknowledgements awaited together at the end of the graph (order kept).
         pipeline = self.events.event_log.pipeline()
+        if isinstance(saver, checkpoints.RunSaver):
+            saver.events_stored = pipeline.settle_written  # a node's result after its events
         await self.events.started(row, kind, timeout, pipeline, forked_from=fork)
         ctx = runtime.RunContext(
             settings=self.settings,

@@ -37,7 +37,7 @@ from nats.js import api
 from amelia.v1 import events_pb2
 from amelia_common import telemetry
 from amelia_common.event_names import InvalidEventError
-from amelia_common.eventlog.envelope import ReusedIdError
+from amelia_common.eventlog.envelope import EventLogUnavailableError, ReusedIdError
 from amelia_common.logging import get_logger
 
 if TYPE_CHECKING:
@@ -95,6 +95,12 @@ class PublishPipeline:
         # (a span per event would double a run's spans: one per token).
         self._span: Span | None = None
         self._written = 0
+        # One settling at a time: `settle_written` may be awaited by another task (a pick-up's
+        # checkpointer) while the flow that submits goes on writing.
+        self._settling = asyncio.Lock()
+        # Events were written and given up on (a write failed, or `abandon` found some still in
+        # flight): some may never be stored, so `settle_written` can no longer say they were.
+        self._given_up = False
 
     @property
     def in_flight(self) -> int:
@@ -111,6 +117,25 @@ class PublishPipeline:
 
     async def write(self, prepared: Prepared) -> None:
         """Write an event `EventLog.prepare` checked; its acknowledgement is awaited by `flush`."""
+        async with self._settling:
+            try:
+                await self._write(prepared)
+            except BaseException:
+                self._given_up = True
+                raise
+
+    async def settle_written(self) -> None:
+        """Return once every event written so far is stored (raising as `flush` does when one
+        could not be), the flow going on meanwhile: what must not be recorded before the events
+        that tell of it are in the log — a run's node's result, after its tokens — waits here."""
+        async with self._settling:
+            if self._given_up:
+                raise EventLogUnavailableError(
+                    "events of this flow were given up on before NATS acknowledged them"
+                )
+            await self._settle(len(self._in_flight))
+
+    async def _write(self, prepared: Prepared) -> None:
         if self._span is None:
             self._span = telemetry.start_producer_span("publish events", PUBLISH_SPAN_ATTRIBUTES)
         self._written += 1
@@ -147,7 +172,8 @@ class PublishPipeline:
 
     async def flush(self) -> list[events_pb2.Event]:
         """Wait until every submitted event is stored; returns them (with sequences) in order."""
-        await self._settle(len(self._in_flight))
+        async with self._settling:
+            await self._settle(len(self._in_flight))
         stored, self._stored = self._stored, []
         reused, self._reused = self._reused, []
         if stored or reused:
@@ -166,6 +192,8 @@ class PublishPipeline:
 
     def abandon(self) -> None:
         """Stop waiting for acknowledgements (the flow was cancelled); what arrived is stored."""
+        if self._in_flight:
+            self._given_up = True
         while self._in_flight:
             self._pop().ack.cancel()
         self._end_span(0)
@@ -195,6 +223,10 @@ class PublishPipeline:
                 self.abandon()
                 raise
         for _ in range(count):
+            if not self._in_flight:  # abandoned meanwhile (`settle_written`'s caller waits)
+                raise EventLogUnavailableError(
+                    "the events' flow stopped before they were acknowledged"
+                )
             entry = self._in_flight[0]
             try:
                 ack = _arrived(entry.ack)
