@@ -22,10 +22,10 @@ from amelia_common.settings import Settings
 
 QUEUE = "AMELIA_RUNS_END_REDELIVERED"
 
-_REFUSE_ONCE = """
+_REFUSE = """
 CREATE OR REPLACE FUNCTION test_refuse_end_once() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF nextval('test_refused_ends') = 1 THEN
+    IF nextval('test_refused_ends') <= {times} THEN
         RAISE EXCEPTION 'the database is going away (test)' USING ERRCODE = '57P03';
     END IF;
     RETURN NEW;
@@ -39,16 +39,16 @@ EXECUTE FUNCTION test_refuse_end_once()
 
 
 @asynccontextmanager
-async def first_end_refused(settings: Settings) -> AsyncIterator[None]:
-    """The first COMPLETED update of this queue's runs fails as an outage would; the trigger
-    (a sequence counts its calls, outside any transaction) is dropped on the way out."""
+async def first_end_refused(settings: Settings, times: int = 1) -> AsyncIterator[None]:
+    """The first `times` COMPLETED updates of this queue's runs fail as an outage would; the
+    trigger (a sequence counts its calls, outside any transaction) is dropped on the way out."""
     engine = create_engine(settings)
     try:
         async with engine.connect() as conn:
             await conn.execution_options(isolation_level="AUTOCOMMIT")
             await conn.execute(text("DROP SEQUENCE IF EXISTS test_refused_ends"))
             await conn.execute(text("CREATE SEQUENCE test_refused_ends"))
-            await conn.execute(text(_REFUSE_ONCE))
+            await conn.execute(text(_REFUSE.format(times=times)))
             await conn.execute(text("DROP TRIGGER IF EXISTS test_refuse_end_once ON runs"))
             await conn.execute(text(_TRIGGER))
             try:
@@ -76,3 +76,17 @@ async def test_a_run_whose_end_was_not_recorded_is_finished_by_a_pickup_that_say
     assert data(events, "run.resumed") == [{"run": run.name, "attempt": 2, "reason": "redelivered"}]
     assert kinds[-3:] == ["run.resumed", "workflow.completed", "run.completed"], kinds
     assert {d["attempt"] for d in data(events, "run.node.started")} == {1}
+
+
+async def test_pickups_stopped_by_an_outage_do_not_use_up_the_runs_attempts(
+    infra: Any, events_address: str
+) -> None:
+    """QA s22: six NATS freezes under one run failed it, "gave up after 5 attempts", though a
+    run never fails for an outage. A pick-up that stops for one gives its count back; only
+    pick-ups a worker never came back from count toward RUN_MAX_ATTEMPTS."""
+    settings = fault_settings(infra, events_address, QUEUE, AGENT_WORKERS=1, RUN_MAX_ATTEMPTS=2)
+    async with serve_agents(settings) as api, first_end_refused(settings, times=4):
+        run = await create_run(api, workflow="workflows/echo", input={"message": "patient"})
+        done = await wait_status(api, run.name, *FINISHED, timeout=120)
+    assert (S.RunStatus.Name(done.status), done.error) == ("RUN_STATUS_COMPLETED", "")
+    assert done.attempt == 5, "four outages, then the pick-up that recorded the end"

@@ -191,7 +191,7 @@ class Settings(BaseSettings):
     RUN_SWEEP_INTERVAL_SECONDS: float = Field(default=10, gt=0)
     RUN_REQUEUE_AFTER_SECONDS: float = Field(default=30, ge=0)
     # First wait before a run whose pick-up met a PostgreSQL/NATS outage is tried again; doubles
-    # each time, up to RUN_ACK_WAIT_SECONDS (each try counts against RUN_MAX_ATTEMPTS).
+    # each time, up to RUN_ACK_WAIT_SECONDS (a try an outage stopped is not one of RUN_MAX_ATTEMPTS).
     RUN_RETRY_BACKOFF_SECONDS: float = Field(default=1, gt=0)
     # More environment variables the `code` workflow's CLI may see (comma-separated names, e.g.
     # AWS_PROFILE for Claude Code on Bedrock); see docs/agents.md for the ones it always gets.

@@ -793,6 +793,23 @@ class Store:
 
     # runs: worker side ----------------------------------------------------------------------
 
+    async def give_back_pickup(self, run_id: uuid.UUID, attempt: int) -> None:
+        """A pick-up that stopped because PostgreSQL or NATS could not be reached is not one of
+        the run's RUN_MAX_ATTEMPTS: only pick-ups a worker did not come back from (it died, or
+        froze and was taken over) count toward giving up (a run never fails for an outage).
+        Only while the run is still at that pick-up's attempt (`locks`' fencing token)."""
+        async with self.autocommit.connect() as conn:
+            await conn.execute(
+                update(_RUNS)
+                .where(
+                    _RUNS.c.id == run_id,
+                    _RUNS.c.attempt == attempt,
+                    _RUNS.c.pickups > 0,
+                    _RUNS.c.status.in_((RunState.QUEUED.value, RunState.RUNNING.value)),
+                )
+                .values(pickups=_RUNS.c.pickups - 1)
+            )
+
     async def claim(self, run_id: uuid.UUID, worker: str) -> tuple[RunRow | None, bool]:
         """QUEUED/RUNNING → RUNNING with the attempt and pick-up counted; else the run as it is.
         A run queued behind its thread's run (`multitask`) is never claimed."""

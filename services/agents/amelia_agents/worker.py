@@ -506,6 +506,7 @@ class WorkerPool:
                     error=str(exc) or repr(exc),
                     retry_in=delay,
                 )
+                await self._give_back_pickup(job)
             else:
                 log.exception("run pick-up failed; it will be retried", run=str(job.run_id))
             with contextlib.suppress(Exception):
@@ -517,6 +518,19 @@ class WorkerPool:
                     with contextlib.suppress(Exception):
                         await job.sub.unsubscribe()
                 await job.lock.release()
+
+    async def _give_back_pickup(self, job: _Job) -> None:
+        """An outage stopped this pick-up: it does not count toward RUN_MAX_ATTEMPTS (QA s22:
+        six NATS freezes failed a run "gave up after 5 attempts"). Best effort: with
+        PostgreSQL away too it stays counted, as a pick-up the worker did not come back from."""
+        attempt = job.lock.attempt
+        if attempt is None:
+            return  # stopped before its claim: nothing was counted
+        try:
+            async with asyncio.timeout(self.deps.settings.DATABASE_CONNECT_TIMEOUT_SECONDS):
+                await self.deps.store.give_back_pickup(job.run_id, attempt)
+        except Exception as exc:  # noqa: BLE001 - PostgreSQL away: it stays counted
+            log.info("pick-up still counted", run=str(job.run_id), error=str(exc) or repr(exc))
 
     async def _lock(self, lock: RunLock, worker: str) -> float:
         """0 once the run's lock is this worker's; else how long to wait before trying again
@@ -628,7 +642,8 @@ class WorkerPool:
                 run_id,
                 RunState.FAILED,
                 error=f"gave up after {row.pickups - 1} attempts: each pick-up of the run was "
-                "interrupted (its worker stopped, or PostgreSQL or NATS could not be reached)",
+                "interrupted (its worker stopped or froze, or PostgreSQL was unreachable even "
+                "to record that an outage stopped it)",
                 attempt=row.attempt,
             )
             if after is not None:
