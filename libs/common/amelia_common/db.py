@@ -7,6 +7,7 @@ start under an advisory lock so replicas starting together migrate once.
 from __future__ import annotations
 
 import asyncio
+import json
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -43,6 +44,25 @@ def libpq_url(url: str) -> str:
     return url
 
 
+# The widest integer a checkpoint's msgpack (and a signed BIGINT) holds.
+_INT64 = 2**63
+
+
+def _json_number(text: str) -> int | float:
+    """A JSON integer read back from JSONB: as an int while it fits 64 bits, else as the double
+    it came from. Every number in our JSONB came from a google.protobuf.Value (a double), and
+    PostgreSQL writes a double's `1e30` back as `1000000000000000000000000000000`: read as an
+    int, a run's input then failed its first checkpoint, `TypeError: Integer exceeds 64-bit
+    range` (msgpack), after CreateRun had accepted it (QA s22)."""
+    number = int(text)
+    return number if -_INT64 <= number < _INT64 else float(number)
+
+
+def read_json(text: str | bytes) -> Any:
+    """JSONB's text as Python values (`_json_number` for its integers)."""
+    return json.loads(text, parse_int=_json_number)
+
+
 def create_engine(settings: Settings, url: str | None = None, held: int = 0) -> AsyncEngine:
     """The service's engine: a bounded pool that replaces connections PostgreSQL closed.
 
@@ -69,6 +89,7 @@ def create_engine(settings: Settings, url: str | None = None, held: int = 0) -> 
         pool_timeout=settings.DATABASE_POOL_TIMEOUT_SECONDS,
         connect_args={"timeout": settings.DATABASE_CONNECT_TIMEOUT_SECONDS},
         pool_recycle=1800,
+        json_deserializer=read_json,
     )
     event.listen(engine.sync_engine.pool, "checkout", _replace_closed)
     event.listen(engine.sync_engine, "handle_error", _suspect_the_pool)
