@@ -13,6 +13,9 @@ each of these is refused here with a 400 (an `error` on a socket) that says what
   the socket) can send them on;
 - a key given twice in one object (`{"team": "a", "team": "b"}`): Python keeps the last one
   silently; grpc-gateway's protojson refuses it, and which one the client meant is a guess.
+
+Integers a double cannot hold are refused later, only where they would become one (a Struct
+field: `transcode._check_exact`); a typed int64 field takes them.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from google.protobuf.descriptor import (
 )
 from google.protobuf.message import Message
 
-from amelia_common.json_numbers import number_text, to_json
+from amelia_common.json_numbers import EXACT_LIMIT, number_text, to_json
 from amelia_gateway.errors import GatewayError, cut, invalid
 from amelia_gateway.json_input import read_json_object
 
@@ -113,9 +113,9 @@ def parse_json_body(raw: bytes) -> dict[str, Any]:
 def parse_into(message: Message, data: Mapping[str, Any], where: str) -> None:
     """Merge proto JSON `data` into `message`; a schema mismatch is a 400."""
     try:
-        _check_offsets(cast(Descriptor, message.DESCRIPTOR), data, [])
+        _check_values(cast(Descriptor, message.DESCRIPTOR), data, [])
         json_format.ParseDict(dict(data), message, ignore_unknown_fields=False)
-    except _BadTimestampError as exc:
+    except _RefusedValueError as exc:
         raise invalid(str(exc) if where == "request body" else f"{where}: {exc}") from None
     except json_format.ParseError as exc:
         descriptor = cast(Descriptor, message.DESCRIPTOR)
@@ -126,8 +126,9 @@ def parse_into(message: Message, data: Mapping[str, Any], where: str) -> None:
     _check_finite(message, where)
 
 
-class _BadTimestampError(ValueError):
-    """A Timestamp's JSON text with a UTC offset that is not a time of day."""
+class _RefusedValueError(ValueError):
+    """A value json_format would take but must not: a Timestamp's UTC offset that is not a
+    time of day, an integer a Struct would round (`_check_values`)."""
 
 
 # The UTC offset ending an RFC 3339 time: json_format reads any two digits in it (`+99:00`
@@ -135,9 +136,11 @@ class _BadTimestampError(ValueError):
 _OFFSET = re.compile(r"[+-](\d\d):(\d\d)$")
 
 
-def _check_offsets(descriptor: Descriptor, data: Any, path: list[str]) -> None:
-    """Refuse a Timestamp in `data` whose offset has more than 23 hours or 59 minutes, with
-    the message json_format's own refusals of a Timestamp get (`parse_error_message`)."""
+def _check_values(descriptor: Descriptor, data: Any, path: list[str]) -> None:
+    """Refuse what json_format would take but change: a Timestamp in `data` whose offset has
+    more than 23 hours or 59 minutes (with the message json_format's own refusals of a
+    Timestamp get, `parse_error_message`), and an integer in free-form JSON (a Struct, Value or
+    ListValue field) that a double cannot hold (`_check_exact`)."""
     if not isinstance(data, Mapping) or descriptor.full_name in _STRUCT_TYPES:
         return
     for key, value in data.items():
@@ -153,10 +156,12 @@ def _check_offsets(descriptor: Descriptor, data: Any, path: list[str]) -> None:
         elif is_repeated(field) and isinstance(value, list):
             items = [(f"{key}[{i}]", v) for i, v in enumerate(value)]
         for name, item in items:
-            if msg_type(kind).full_name == "google.protobuf.Timestamp" and isinstance(item, str):
+            if msg_type(kind).full_name in _STRUCT_TYPES:
+                _check_exact(item, ".".join([*path, name]))
+            elif msg_type(kind).full_name == "google.protobuf.Timestamp" and isinstance(item, str):
                 offset = _OFFSET.search(item)
                 if offset and (int(offset.group(1)) > 23 or int(offset.group(2)) > 59):
-                    raise _BadTimestampError(
+                    raise _RefusedValueError(
                         cut(
                             f"{'.'.join([*path, name])}: must be "
                             f"{_MESSAGE_KINDS['google.protobuf.Timestamp']}, its UTC offset from "
@@ -164,7 +169,49 @@ def _check_offsets(descriptor: Descriptor, data: Any, path: list[str]) -> None:
                         )
                     )
             else:
-                _check_offsets(msg_type(kind), item, [*path, name])
+                _check_values(msg_type(kind), item, [*path, name])
+
+
+def _check_exact(value: Any, path: str) -> None:
+    """Refuse an integer in free-form JSON `value` that a double cannot hold: a Struct keeps
+    every number as a double, so 9007199254740993 would be stored as 9007199254740992 without
+    a word. Decimals (0.1, 1e30) pass: a JSON number with a fraction or an exponent is a
+    double to every JSON reader. Walked without recursion, first offender first."""
+    pending: list[tuple[Any, str]] = [(value, path)]
+    while pending:
+        item, where = pending.pop()
+        if isinstance(item, dict):
+            pending.extend(
+                (v, f"{where}.{k}" if k.isidentifier() else f"{where}[{json.dumps(k)}]")
+                for k, v in reversed(item.items())
+            )
+        elif isinstance(item, list):
+            pending.extend((v, f"{where}[{i}]") for i, v in reversed(list(enumerate(item))))
+        elif isinstance(item, int) and not isinstance(item, bool) and not _fits_double(item):
+            text = str(item)
+            shown = text if len(text) <= 24 else text[:20] + "…"
+            try:
+                becomes = f"would be stored as {number_text(float(item))}"
+            except OverflowError:
+                becomes = "is too large for a double"
+            raise _RefusedValueError(
+                cut(
+                    f"{where}: the integer {shown} {becomes} (free-form JSON keeps numbers as"
+                    " doubles); integers must be within ±2^53 to be kept exactly; send it as a"
+                    " string"
+                )
+            )
+
+
+def _fits_double(number: int) -> bool:
+    """Whether a double holds `number` exactly: every integer within ±2^53, and beyond it only
+    those that read back the same (2^60 does, 2^53 + 1 becomes 2^53)."""
+    if -EXACT_LIMIT <= number <= EXACT_LIMIT:
+        return True
+    try:
+        return int(float(number)) == number
+    except OverflowError:
+        return False
 
 
 def _check_finite(message: Message, where: str, prefix: str = "") -> None:
@@ -262,9 +309,37 @@ def parse_error_message(text: str, descriptor: Descriptor, data: Any, where: str
         return _oneof_twice_message(desc.oneofs_by_name[oneof_twice.group(1)], value, path)
     if field is None:
         return _clean(text)
+    if isinstance(value, str) and (beyond := _duration_beyond(field, value, ".".join(path))):
+        return beyond
     element = bool(path) and path[-1].endswith("]")
     got = "" if value is _UNSEEN else f", got {_shown(value)}"
     return cut(f"{'.'.join(path)}: must be {_expected(field, value, element)}{got}")
+
+
+# A Duration's limit in protobuf (about 10,000 years), and the narrower ranges of the fields
+# that have one: the agents service's (amelia_agents.convert.DURATION_RANGES, the same dict;
+# test_gateway_exact_numbers checks it), so both say one thing for a run.timeout too long.
+MAX_DURATION_SECONDS = 315_576_000_000
+DURATION_RANGES = {"run.timeout": (1, 7 * 86_400), "agent.timeout": (1, 7 * 86_400)}
+_DURATION_FORM = re.compile(r"-?0*(\d*)(?:\.\d+)?s")
+
+
+def _duration_beyond(field: FieldDescriptor, value: str, path: str) -> str:
+    """For a Duration in its form ("315576000001s") but beyond protobuf's limit, which
+    json_format refuses as if it were not in the form: that it is out of range, with the
+    field's own range where it has one (the agents service's words), else Duration's. "" else."""
+    if field.message_type is None or msg_type(field).full_name != "google.protobuf.Duration":
+        return ""
+    form = _DURATION_FORM.fullmatch(value)
+    digits = form.group(1) if form else ""
+    if not (len(digits) > 12 or (digits and int(digits) > MAX_DURATION_SECONDS)):
+        return ""
+    if path in DURATION_RANGES:
+        low, high = DURATION_RANGES[path]
+        use = f"{low:g}s to {high:g}s ({high / 86_400:g} days)"
+    else:
+        use = f"-{MAX_DURATION_SECONDS}s to {MAX_DURATION_SECONDS}s (a Duration's limit)"
+    return cut(f"{path} {cut(value, 60)} is out of range: use {use}")
 
 
 def _oneof_twice_message(oneof: OneofDescriptor, value: dict[str, Any], path: list[str]) -> str:
