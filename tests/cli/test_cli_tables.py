@@ -10,9 +10,10 @@ import re
 from rich.console import Console
 from typer.testing import CliRunner
 
-from amelia_cli.client import Column, listing
+from amelia_cli.client import Column, folded, listing
 from amelia_cli.commands.agents import AGENT_COLUMNS, RUN_COLUMNS, question_lines
 from amelia_cli.commands.status import endpoints_table
+from amelia_cli.commands.threads import HISTORY_COLUMNS
 from amelia_cli.health import Probe, postgres_address, silent_detail
 from amelia_cli.main import app
 
@@ -28,6 +29,7 @@ RUNS = [
     ),
     ("runs/fb64f05b-28fc-4fdd-b41c-c3f428d34a71", "agents/greeter", "completed", "47s ago", ""),
 ]
+CHECKPOINT = "1f0c3a52-3b8e-4f7a-9f55-0d4b2e6c7a11"
 AGENTS = [
     ("agents/greeter", "offline:echo", "Says hello back, word for word, for trying the mesh out"),
     ("agents/researcher-with-a-rather-long-identifier-name", "openai:gpt-4o-mini@http://h/v1", ""),
@@ -42,15 +44,49 @@ def _printed(columns: tuple[Column, ...], rows: list[tuple[str, ...]], width: in
     return lines
 
 
-def test_runs_at_80_columns_keep_targets_that_fit_whole() -> None:
+def test_runs_at_80_columns_name_targets_as_run_takes_them_never_cut_mid_word() -> None:
+    """QA F7: `workflows/deve` / `lop`. Without room for the targets whole, each is named as
+    `amelia run` takes it (as `crons ls` names them); one still too long folds after a `-`."""
     lines = _printed(RUN_COLUMNS, RUNS, 80)
     shown = "\n".join(lines)
     for name, target, status, created, _ in (RUNS[0], RUNS[2]):
         row = next(line for line in lines if name in line)
-        assert re.search(rf"{target}\s+{status}\s+{created}$", row.rstrip()), shown
+        short = target.partition("/")[2]
+        assert re.search(rf"   {short}\s+{status}\s+{created}$", row.rstrip()), shown
     assert "error" not in lines[0], shown  # optional: left for `amelia runs show`
     # Before: the target column was cut to 5 cells ('workf' / 'lows/' / 'plan').
     assert all(len(line.split()) >= 4 for line in lines[2:] if line.startswith("runs/")), shown
+    at = lines[0].index("target")
+    first = next(i for i, line in enumerate(lines) if RUNS[1][0] in line)
+    parts = [line[at:].split()[0] for line in lines[first:] if line[at:].strip()][:5]
+    assert "".join(parts) == RUNS[1][1].partition("/")[2], shown
+    assert all(part.endswith("-") for part in parts[:-1]), shown  # never inside a word
+
+    develop = [
+        ("runs/a3eccd03-5b1e-4c57-9f0d-2d8e4f6a7b90", "workflows/develop", status, "4s ago", "")
+        for status in ("running", "completed")
+    ]
+    lines = _printed(RUN_COLUMNS, develop, 80)
+    assert len(lines) == 4, "\n".join(lines)  # each run on one line
+    assert re.search(r"   develop\s+running\s+4s ago$", lines[2].rstrip()), "\n".join(lines)
+
+
+def test_a_folding_cell_breaks_after_a_separator_not_inside_a_word() -> None:
+    """Every folding column (threads history's next nodes, a diff's paths, a model) breaks
+    after a space, `/`, `-` or `_`; a part wider than the column alone is cut."""
+    nodes = "approve_plan, write_code_and_tests, a_node_named_at_some_length"
+    lines = _printed(HISTORY_COLUMNS, [(CHECKPOINT, "3", "loop", nodes, "now", "")], 80)
+    at = lines[0].index("next")
+    parts = [line[at:].split("   ")[0].strip() for line in lines[2:]]
+    assert "".join(parts).replace(" ", "") == nodes.replace(" ", ""), "\n".join(lines)
+    assert all(part[-1] in ",_" for part in parts[:-1]), "\n".join(lines)
+    assert folded("src/amelia/a_very_long_module_name.py", 12) == [
+        "src/amelia/",
+        "a_very_long_",
+        "module_",
+        "name.py",
+    ]
+    assert folded("averyveryverylongword", 8) == ["averyver", "yverylon", "gword"]
 
 
 def test_runs_at_120_columns_show_the_error_in_words() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -130,7 +131,8 @@ async def test_listings_keep_names_and_times_whole_at_80_columns(
         amelia, env, "runs", "ls", "--status", "completed", "--limit", "5"
     )
     assert code == 0 and fits(runs), runs
-    assert re.search(rf"workflows/echo\s+completed\s+{TIME}$", row_of(runs, created["name"]))
+    # `echo` when another of the 5 has a longer target (named as `amelia run` takes them).
+    assert re.search(rf"\s(workflows/)?echo\s+completed\s+{TIME}$", row_of(runs, created["name"]))
     assert "error" not in runs.splitlines()[0], runs  # empty in every row: left out
 
     code, wide = await asyncio.to_thread(amelia, env, "docs", "ls", columns=120)
@@ -141,6 +143,25 @@ async def test_listings_keep_names_and_times_whole_at_80_columns(
         rf"\bmarkdown .*\b(indexing \d+% \d+/\d+\s+\d+|ready\s+\d+\s+\d+)\s+{TIME}$",
         row_of(wide, name),
     ), wide
+
+
+async def test_an_empty_listing_says_so(tui_mesh: TuiMesh, tmp_path: Path) -> None:
+    """QA F8: `crons ls` with no crons printed a bare header and a rule; every listing says
+    `no <things>`, as `amelia search` says `no passages matched`."""
+    env = cli_env(tui_mesh, tmp_path / "no-mesh-here")
+    agent = f"none-{uuid.uuid4().hex[:8]}"
+    code, shown = await asyncio.to_thread(
+        amelia, env, "agents", "create", agent, "--model", "offline:echo"
+    )
+    assert code == 0, shown
+    nobody = f"nobody={uuid.uuid4().hex}"
+    for args, said in (
+        (("crons", "ls", "--agent", agent), "no crons"),
+        (("runs", "ls", "--agent", agent), "no runs"),
+        (("threads", "ls", "--metadata", nobody), "no threads"),
+    ):
+        code, shown = await asyncio.to_thread(amelia, env, *args)
+        assert code == 0 and shown.strip() == said, (args, shown)
 
 
 async def test_status_counts_idle_workers_as_ready(tui_mesh: TuiMesh, tmp_path: Path) -> None:

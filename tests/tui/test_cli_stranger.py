@@ -298,6 +298,31 @@ async def paused_plan(env: dict[str, str]) -> str:
     return shown.split()[0]
 
 
+async def test_a_questions_wrapped_lines_hang_under_their_field_at_80_columns(
+    tui_mesh: TuiMesh, tmp_path: Path
+) -> None:
+    """QA F8: a plan's long item wrapped to column 0 (`  plan: 1. … is defined ` / `within the
+    calc.py file.`), so numbered items blurred; now a field's wrapped lines hang 6 cells in,
+    two deeper than its own lines, and the question's under its words."""
+    env = cli_env(tui_mesh, tmp_path / "none")
+    item = "1. Define add(a, b) in the calc.py file, returning the sum of both of its arguments"
+    request = {"message": f"{item}\n2. Test it", "model": "offline:echo"}
+    code, shown = await asyncio.to_thread(
+        amelia_process, env, "run", "plan", "x", "--input", json.dumps(request)
+    )
+    assert code == 0 and "paused; answer with" in shown, shown
+    lines = shown.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("? "))
+    end = next(i for i, line in enumerate(lines) if line.startswith("  answers: "))
+    question = lines[start : end + 1]
+    assert all(len(line) <= 80 for line in question), shown
+    assert all(line.startswith(("? ", "  ")) for line in question if line), shown  # none at 0
+    at = next(i for i, line in enumerate(question) if line.lstrip().startswith("1. Define"))
+    assert question[at + 1].startswith("      ") and question[at + 1].strip(), shown  # hangs
+    assert " ".join(" ".join(question[at : at + 2]).split()).endswith(item), shown
+    assert any(line == "    2. Test it" for line in question), shown  # an item: 4 cells in
+
+
 async def test_an_answer_is_not_a_retry(tui_mesh: TuiMesh, tmp_path: Path) -> None:
     """The stranger's plan: paused, answered with `runs resume`, followed: `resumed with the
     answer`, no attempt marker (the answer is the run's second pick-up)."""

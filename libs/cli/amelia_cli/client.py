@@ -15,8 +15,9 @@ import grpc
 import typer
 from google.protobuf.timestamp_pb2 import Timestamp
 from rich import box
-from rich.cells import cell_len
-from rich.console import Console
+from rich.cells import cell_len, chop_cells
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -161,13 +162,21 @@ def resource(collection: str, value: str) -> str:
     return value if "/" in value else f"{collection}/{value}"
 
 
+def unprefixed(name: str) -> str:
+    """`crons/<id>` → `<id>`, `agents/researcher` → `researcher`, `workflows/echo` → `echo`:
+    a name as the commands take it, the brief form of a listing's name or target (`resource`
+    puts the collection back)."""
+    return name.partition("/")[2] or name
+
+
 @dataclass(frozen=True)
 class Column:
     """A listing's column, and what it does on a narrow terminal: a name, id, time or number
     stays on one line (so it can be copied); text folds; an optional column (`drop` > 0) is
     left out, highest `drop` first, while the table would not fit otherwise; a column with a
-    `brief` form of its cells (`indexing 84% 6784/8008` → `indexing 84%`) shows that when the
-    table does not fit even then, rather than fold a short value over two lines."""
+    `brief` form of its cells (`indexing 84% 6784/8008` → `indexing 84%`, `workflows/develop` →
+    `develop`) shows that when the table does not fit with its cells whole, rather than fold a
+    short value over two lines (`workflows/deve` / `lop`)."""
 
     header: str
     wraps: bool = False
@@ -179,15 +188,65 @@ FOLDED_AT_LEAST = 16  # cells a folding column keeps before optional columns go
 _GAP = 3  # between two columns: padding, the separator, padding
 
 
-def _min_width(column: Column, cells: list[str]) -> int:
-    widest = max([cell_len(column.header), *(cell_len(cell) for cell in cells)])
-    return min(widest, FOLDED_AT_LEAST) if column.wraps else widest
+def _min_width(column: Column, cells: list[str], whole: bool) -> int:
+    """What the column needs: its widest line, or less for text that may fold; with `whole`,
+    a column that has a brief form counts whole (that form, not a fold, makes it fit)."""
+    lines = [column.header, *(line for cell in cells for line in cell.split("\n"))]
+    widest = max(cell_len(line) for line in lines)
+    folds = column.wraps and not (whole and column.brief)
+    return min(widest, FOLDED_AT_LEAST) if folds else widest
 
 
-def _width(columns: Sequence[Column], rows: Sequence[Sequence[str]], shown: list[int]) -> int:
+def _width(
+    columns: Sequence[Column], rows: Sequence[Sequence[str]], shown: list[int], whole: bool = False
+) -> int:
     """The cells the `shown` columns need at least, with the gaps between them."""
-    needed = (_min_width(columns[i], [row[i] for row in rows]) for i in shown)
+    needed = (_min_width(columns[i], [row[i] for row in rows], whole) for i in shown)
     return sum(needed) + _GAP * (len(shown) - 1)
+
+
+# A folding cell breaks after a space or a name's separator (`workflows/` `develop`,
+# `researcher-with-` `a-rather-long-`), never inside a word while its part fits the column.
+_PART = re.compile(r".+?(?:[\s/_,:@-]+|$)")
+
+
+def _parts(text: str) -> list[str]:
+    return _PART.findall(text) or [text]
+
+
+def folded(text: str, width: int) -> list[str]:
+    """`text`'s lines broken to `width` cells after spaces and separators; a part wider than
+    `width` alone is cut."""
+    lines: list[str] = []
+    for paragraph in text.split("\n"):
+        line = ""
+        for part in _parts(paragraph):
+            if cell_len((line + part).rstrip()) <= width:
+                line += part
+                continue
+            if line.strip():
+                lines.append(line.rstrip())
+            *whole, line = chop_cells(part, max(width, 1))
+            lines.extend(chunk.rstrip() for chunk in whole)
+            line = line.lstrip()
+        lines.append(line.rstrip())
+    return lines
+
+
+class _Folding:
+    """A folding column's cell (rich folds only at spaces, then mid-word: `workflows/deve` /
+    `lop`): its text as `folded` at the width the table gives it, literally (not markup)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        paragraphs = self.text.split("\n")
+        part = max(cell_len(x.rstrip()) for p in paragraphs for x in _parts(p))
+        return Measurement(part, max(cell_len(p) for p in paragraphs))
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield Text("\n".join(folded(self.text, options.max_width)))
 
 
 def _brief(columns: Sequence[Column], rows: Sequence[Sequence[str]]) -> list[list[str]]:
@@ -198,15 +257,24 @@ def _brief(columns: Sequence[Column], rows: Sequence[Sequence[str]]) -> list[lis
     ]
 
 
-def listing(console: Console, columns: Sequence[Column], rows: Sequence[Sequence[str]]) -> None:
+def listing(
+    console: Console,
+    columns: Sequence[Column],
+    rows: Sequence[Sequence[str]],
+    empty: str = "",
+) -> None:
     """Print rows as a table that fits the terminal: names and times whole on one line,
     a column empty in every row left out, optional columns dropped until the rest fits, then
     short values in their brief form, text folded in what is left. Cells are literal text (a
-    title `[red]` is not markup)."""
+    title `[red]` is not markup). No rows: the line `empty` (`no crons`), as `amelia search`
+    says `no passages matched`, not a bare header."""
+    if not rows and empty:
+        console.print(said(empty))
+        return
     shown = [i for i, column in enumerate(columns) if not rows or any(row[i] for row in rows)]
     while _width(columns, rows, shown) > console.width and any(columns[i].drop for i in shown):
         shown.remove(max(shown, key=lambda i: columns[i].drop))
-    if _width(columns, rows, shown) > console.width:
+    if _width(columns, rows, shown, whole=True) > console.width:
         rows = _brief(columns, rows)
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     for i in shown:
@@ -217,7 +285,7 @@ def listing(console: Console, columns: Sequence[Column], rows: Sequence[Sequence
             overflow="fold" if column.wraps else "ellipsis",
         )
     for row in rows:
-        table.add_row(*(Text(row[i]) for i in shown))
+        table.add_row(*(_Folding(row[i]) if columns[i].wraps else Text(row[i]) for i in shown))
     console.print(table)
 
 

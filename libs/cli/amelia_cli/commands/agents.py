@@ -26,10 +26,12 @@ from amelia_cli.client import (
     ago,
     call_rpc,
     err,
+    folded,
     json_object,
     listing,
     resource,
     said,
+    unprefixed,
 )
 from amelia_cli.consoles import console
 from amelia_cli.help_text import App
@@ -55,7 +57,9 @@ PARTIAL_WAIT = 5.0
 
 
 # Listings at 80 columns: a long name leaves little room, so text that `runs show` or a wider
-# terminal gives whole goes first (before, rich cut every folding column to a few cells).
+# terminal gives whole goes first (before, rich cut every folding column to a few cells); then
+# a run's target as `amelia run` takes it (`develop`, not `workflows/deve` / `lop`), as
+# `crons ls` shows a cron's.
 AGENT_COLUMNS = (
     Column("name"),
     Column("model", wraps=True),
@@ -70,7 +74,7 @@ STEP_COLUMNS = (
 )
 RUN_COLUMNS = (
     Column("name"),
-    Column("target", wraps=True),
+    Column("target", wraps=True, brief=unprefixed),
     Column("status"),
     Column("created"),
     Column("error", wraps=True, drop=1),
@@ -178,7 +182,7 @@ def ls_agents() -> None:
             return reply
 
     rows = [(a.name, a.model, a.description) for a in call_rpc(go).agents]
-    listing(console, AGENT_COLUMNS, rows)
+    listing(console, AGENT_COLUMNS, rows, empty="no agents")
 
 
 @agents_app.command("rm")
@@ -285,23 +289,43 @@ class Shown:
         elif event.type == "workflow.progress":
             self.line(f"· {progress_text(data)}")
         elif event.type == "run.interrupted":
-            for line in question_lines(data.get("value", data)):
+            for line in question_lines(data.get("value", data), console.width):
                 self.line(line, "yellow")
 
 
-def question_lines(value: Any) -> list[str]:
+# A question's wrapped lines hang under its words (after `? `); a field's two cells in from
+# its own lines (at 4), so a plan's `2.` stands apart from the words of `1.` that wrapped.
+QUESTION_HANG = 2
+FIELD_HANG = 6
+
+
+def _hanging(line: str, hang: int, width: int | None) -> str:
+    """`line` wrapped to `width` cells (none: as it is), the lines after its first indented
+    `hang` cells (rich would start them at column 0)."""
+    if width is None:
+        return line
+    first, *rest = folded(line, max(width - hang, 1))
+    return "\n".join([first, *(" " * hang + part for part in rest)])
+
+
+def question_lines(value: Any, width: int | None = None) -> list[str]:
     """A paused run's question as a person reads it: the question, what it carries (a plan's
-    design: text as text, not a JSON string with `\\n` in it) and the answers it takes."""
+    design: text as text, not a JSON string with `\\n` in it) and the answers it takes; with
+    `width`, each wrapped to it with a hanging indent."""
     if not isinstance(value, dict):
-        return [f"? {value if isinstance(value, str) else json.dumps(value)}"]
-    lines = [f"? {value.get('question') or 'the run waits for an answer'}"]
+        text = value if isinstance(value, str) else json.dumps(value)
+        return [_hanging(f"? {text}", QUESTION_HANG, width)]
+    question = value.get("question") or "the run waits for an answer"
+    lines = [_hanging(f"? {question}", QUESTION_HANG, width)]
     for key, item in value.items():
         if key not in ("question", "options"):
-            text = item if isinstance(item, str) else json.dumps(item)
-            lines.append(f"  {key}: " + text.replace("\n", "\n    "))
+            first, *rest = (item if isinstance(item, str) else json.dumps(item)).split("\n")
+            field = [f"  {key}: {first}", *(f"    {line}" for line in rest)]
+            lines.append("\n".join(_hanging(line, FIELD_HANG, width) for line in field))
     options = value.get("options")
     if isinstance(options, list) and options:
-        lines.append("  answers: " + " | ".join(str(option) for option in options))
+        answers = "  answers: " + " | ".join(str(option) for option in options)
+        lines.append(_hanging(answers, FIELD_HANG, width))
     return lines
 
 
@@ -786,7 +810,7 @@ def ls_runs(
         (r.name, r.agent or r.workflow, status_name(r.status), ago(r.create_time), r.error)
         for r in call_rpc(go).runs
     ]
-    listing(console, RUN_COLUMNS, rows)
+    listing(console, RUN_COLUMNS, rows, empty="no runs")
 
 
 @runs_app.command("show")

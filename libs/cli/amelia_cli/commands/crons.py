@@ -24,6 +24,7 @@ from amelia_cli.client import (
     listing,
     resource,
     said,
+    unprefixed,
 )
 from amelia_cli.commands.agents import _target
 from amelia_cli.commands.threads import _metadata
@@ -42,22 +43,16 @@ crons_app = App(
 Result = TypeVar("Result")
 
 
-def _named(name: str) -> str:
-    """`crons/<id>` → `<id>`, `agents/researcher` → `researcher`, `workflows/echo` → `echo`:
-    a name as the commands take it (`crons pause <id>`, `crons create researcher …`)."""
-    return name.partition("/")[2] or name
-
-
 # At 80 columns the last ticks are left to `crons get` (and wider terminals): what a cron runs
 # tells one cron from another, its uuid does not. Then the short forms: the cron's id and its
 # target without their collections, as the commands take them; the schedule (and a long
 # agent id) fold in what is left.
 CRON_COLUMNS = (
-    Column("cron", brief=_named),
+    Column("cron", brief=unprefixed),
     Column("schedule", wraps=True),
     Column("next"),  # when, or why none: paused, ended
     Column("last (ago)", drop=1),  # the last ticks, one line each, newest first: `fired 5m`
-    Column("target", wraps=True, brief=_named),
+    Column("target", wraps=True, brief=unprefixed),
 )
 LAST_TICKS = 3  # in `crons ls`; `crons get` lists every recent one (up to 10)
 ACTION_COLUMNS = (
@@ -297,7 +292,7 @@ def ls_crons(
         workflow=resource("workflows", workflow) if workflow else "",
     )
     found = _call(lambda stub: stub.ListCrons(request))
-    listing(console, CRON_COLUMNS, [cron_row(c) for c in found.crons])
+    listing(console, CRON_COLUMNS, [cron_row(c) for c in found.crons], empty="no crons")
 
 
 @crons_app.command("get")

@@ -398,7 +398,7 @@ def ls(
         documents = asyncio.run(go())
     except grpc.aio.AioRpcError as exc:
         raise fail(exc) from exc
-    listing(console, DOCUMENT_COLUMNS, [document_row(d) for d in documents])
+    listing(console, DOCUMENT_COLUMNS, [document_row(d) for d in documents], empty="no documents")
     for line in document_errors(documents):
         console.print(line)
 

@@ -98,8 +98,9 @@ def show_state(state: agents_pb2.ThreadState) -> None:
     for label, value in fields:
         console.print(said((f"{label:<11}", "bold"), value))
     for interrupt in state.interrupts:
-        for line in question_lines(_plain(interrupt.value)):
-            console.print(said((f"{interrupt.node or 'question'}: ", "yellow"), line))
+        node = f"{interrupt.node or 'question'}: "
+        for line in question_lines(_plain(interrupt.value), console.width - len(node)):
+            console.print(said((node, "yellow"), line))
     for task in state.tasks:
         if task.error:
             console.print(said((f"{task.node} failed: ", "red"), task.error))
@@ -179,7 +180,7 @@ def history_cmd(
         )
         for s in call_rpc(go, HISTORY_FLAGS)
     ]
-    listing(console, HISTORY_COLUMNS, rows)
+    listing(console, HISTORY_COLUMNS, rows, empty="no checkpoints")
     if more:  # cut at --limit: say so, and how to see the rest
         err.print(
             said(
@@ -249,4 +250,4 @@ def ls_threads(
         (t.name, thread_status(t.status), str(t.run_count), ago(t.update_time), t.preview)
         for t in call_rpc(go, LIST_FLAGS).threads
     ]
-    listing(console, THREAD_COLUMNS, rows)
+    listing(console, THREAD_COLUMNS, rows, empty="no threads")

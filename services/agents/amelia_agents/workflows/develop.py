@@ -98,6 +98,9 @@ LAND_QUESTION = (
     "Land this change? Answer 'land' (optionally 'land into <branch>'), 'discard' (removes the "
     "branch) or 'keep' (leaves the branch for later)."
 )
+# What a re-asked question's note names (`'perhaps' is not one of: …`), as each question says.
+PLAN_ANSWERS = "approve [feedback], reject [reason]"
+LAND_ANSWERS = "land [into <branch>], discard, keep"
 LAND_WORDS = {"land", "merge"}
 DISCARD_WORDS = {"discard", "drop"}
 KEEP_WORDS = {"keep", "later"}
@@ -187,7 +190,7 @@ async def approve_plan(state: DevelopState) -> dict[str, Any]:
         "plan": state.get("plan", ""),
         "options": ["approve", "reject"],
     }
-    decision = parse_answer(ask(question, state.get("approval")))
+    decision = parse_answer(ask(question, state.get("approval"), PLAN_ANSWERS))
     runtime.emit("workflow.progress", {"step": "approval", **decision})
     return {"approval": decision}
 
@@ -375,7 +378,7 @@ async def approve_diff(state: DevelopState) -> dict[str, Any]:
         "rounds": state.get("round", 0),
         "options": ["land", "discard", "keep"],
     }
-    decision = parse_landing(ask(question, state.get("decision")))
+    decision = parse_landing(ask(question, state.get("decision"), LAND_ANSWERS))
     runtime.emit("workflow.progress", {"step": "approval", **decision})
     return {"decision": decision}
 

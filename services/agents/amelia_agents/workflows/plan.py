@@ -119,14 +119,15 @@ def step_params(request: dict[str, Any], step: str, system: str) -> dict[str, An
     return params
 
 
-def ask(question: dict[str, Any], previous: dict[str, Any] | None) -> Any:
+def ask(question: dict[str, Any], previous: dict[str, Any] | None, answers: str = "") -> Any:
     """Pause the run on `question` (an interrupt); the answer it resumes with. After an
-    unclear answer the question says so."""
+    unclear answer the question says so, naming the `answers` it takes when given (develop's
+    final question takes land / discard / keep, not an approval or a rejection)."""
     if (previous or {}).get("decision") == "unclear":
-        question["note"] = (
-            f"{(previous or {}).get('answer')!r} is neither an approval nor a rejection; "
-            "please answer again."
+        unclear = (
+            f"is not one of: {answers}" if answers else "is neither an approval nor a rejection"
         )
+        question["note"] = f"{(previous or {}).get('answer')!r} {unclear}; please answer again."
     return interrupt(question)
 
 
