@@ -45,3 +45,27 @@ async def test_a_refused_port_names_host_and_port(settings: Settings) -> None:
         f"PostgreSQL is unavailable: cannot connect to 127.0.0.1:{port} (Connection refused:"
         " is it running?); try again shortly"
     ), message
+
+
+async def test_a_connection_closed_under_a_transaction_is_postgres_unavailable(
+    settings: Settings,
+) -> None:
+    """PostgreSQL stopping while a statement of a transaction waited (CI of session 22, an
+    eager CreateRun waiting for its thread's row): the connection died under the transaction,
+    whose end then said `InterfaceError('cannot call Transaction.__aexit__(): the underlying
+    connection is closed')` — an INTERNAL error for the caller instead of UNAVAILABLE."""
+    engine = create_engine(settings)
+    try:
+        with pytest.raises(Exception) as failed:
+            async with engine.connect() as connection:
+                pg = (await connection.get_raw_connection()).driver_connection
+                assert pg is not None
+                async with pg.transaction():
+                    await pg.execute("SELECT 1")
+                    pg.terminate()  # the connection gone, as with a server that went away
+    finally:
+        await engine.dispose()
+    error = dependency_unavailable(failed.value)
+    assert error is not None, repr(failed.value)
+    assert error.dependency == "PostgreSQL"
+    assert "connection is closed" in error.message, error.message

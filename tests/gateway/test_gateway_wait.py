@@ -221,7 +221,9 @@ async def test_a_wait_across_a_restart_is_one_wait_of_the_callers_length(
     assert cli.returncode == 1, (out, errors)
     (said,) = errors.decode().splitlines()  # one line: none of gRPC's own (a GOAWAY's)
     assert said.startswith("DEADLINE_EXCEEDED: "), errors
-    assert waited_seconds(said.removeprefix("DEADLINE_EXCEEDED: "), name) == pytest.approx(
+    # The CLI names the command that follows a run, not the RPC (`client.in_cli_words`).
+    cli_said = said.removeprefix("DEADLINE_EXCEEDED: ")
+    assert waited_seconds(cli_said, name, "`amelia runs show -f`") == pytest.approx(
         timeout, abs=0.5
     ), said
     # A whole timeout after the restart would be more than UNREACHED_SECONDS later than these.
@@ -229,11 +231,12 @@ async def test_a_wait_across_a_restart_is_one_wait_of_the_callers_length(
     assert cli_took < timeout + UNREACHED_SECONDS, cli_took
 
 
-def waited_seconds(message: str, name: str) -> float:
-    """The seconds a timeout's message says the caller waited."""
+def waited_seconds(message: str, name: str, follow: str = "StreamRun") -> float:
+    """The seconds a timeout's message says the caller waited (`follow`: how it says to follow
+    the run: the RPC, or the CLI's command for it)."""
     found = re.fullmatch(
         rf"{name} is still QUEUED after ([0-9.]+) s of waiting \(the run goes on; wait again, "
-        r"or follow it with StreamRun\)",
+        rf"or follow it with {re.escape(follow)}\)",
         message,
     )
     assert found, message

@@ -246,7 +246,13 @@ def _postgres_outage(exc: BaseException) -> bool:
             getattr(exc, "connection_invalidated", False)
         )
     if library == "asyncpg":
-        return _is(
+        # A call on a connection that died under it (PostgreSQL stopping mid-transaction) is
+        # asyncpg's InterfaceError "… connection is closed"; its other InterfaceErrors are
+        # misuse (a bug), not an outage.
+        closed = _is(exc, "asyncpg.exceptions", "InterfaceError") and (
+            "connection is closed" in str(exc)
+        )
+        return closed or _is(
             exc,
             "asyncpg.exceptions",
             "PostgresConnectionError",
