@@ -142,6 +142,7 @@ def test_crons_get_shows_counts_and_recent_ticks() -> None:
         outcome=FIRED,
         run="runs/7d3e1c2b-1a4f-4e0a-9b7e-2f6a8c9d0e11",
         reason="queued behind runs/0b9f2a4e-9c61-4a57-8d1e-7c2f0e3b5a99",
+        missed_ticks=1,
     )
     queued.schedule_time.FromDatetime(_stamp(-31))
     cron.multitask_strategy = "enqueue"
@@ -160,6 +161,7 @@ def test_crons_get_shows_counts_and_recent_ticks() -> None:
     words = shown.split()
     assert "runs/0b9f2a4e-9c61-4a57-8d1e-7c2f0e3b5a99" in words, shown  # whole, to copy
     assert "(95 missed ticks before it)" in " ".join(words), shown
+    assert "(1 missed tick before it)" in " ".join(words), shown  # QA s22: "1 missed ticks"
     assert "skipped" in words and "1m ago" in shown and "16m ago" in shown, shown
 
 

@@ -33,6 +33,15 @@ def test_grpcs_own_unavailable_names_the_service_even_through_a_ready_channel() 
         assert error.http_status == 503
 
 
+def test_replicas_behind_one_channel_are_named_as_one_of_them() -> None:
+    """QA s22 F12: one events replica died and the notice named both as unavailable."""
+    replicas = f"{ADDRESS},127.0.0.1:50054"
+    error = from_rpc_error(_error("Socket closed", sent=False), "EventService", replicas, True)
+    assert error.message == (
+        f"a replica of the events service (one of {replicas}) is unavailable (Socket closed)"
+    )
+
+
 def test_an_unavailable_the_service_sent_is_passed_on() -> None:
     said = "NATS is unavailable: no connection; try again shortly"
     error = from_rpc_error(_error(said, sent=True), "EventService", ADDRESS, True)

@@ -158,12 +158,21 @@ def from_rpc_error(
     message = exc.details() or code.name
     name = _SERVICE_NAMES.get(service, service)
     if code == grpc.StatusCode.UNAVAILABLE and not (reached and from_servicer(exc)):
-        message = f"the {name} service at {address} is unavailable ({message})"
+        message = f"{_where(name, address)} is unavailable ({message})"
     elif code == grpc.StatusCode.DEADLINE_EXCEEDED and message in ("Deadline Exceeded", ""):
         message = f"the {name} service did not answer before the deadline"
     elif code == grpc.StatusCode.INVALID_ARGUMENT:
         message = for_gateway_clients(message, service)
     return GatewayError(code, message, service=service)
+
+
+def _where(name: str, address: str) -> str:
+    """The service a call went to: at its address, or — replicas behind one channel, which
+    does not say which one failed — one of them (QA s22: "the events service at A,B is
+    unavailable" while B served the whole time)."""
+    if "," in address:
+        return f"a replica of the {name} service (one of {address})"
+    return f"the {name} service at {address}"
 
 
 def error_response(exc: GatewayError, request_id: str = "") -> JSONResponse:

@@ -169,7 +169,8 @@ def action_row(action: crons_pb2.CronAction, now: dt.datetime | None = None) -> 
     if action.run and action.reason:  # a run on a busy thread: `queued behind runs/…`
         detail += f" ({action.reason})"
     if action.missed_ticks:
-        detail += f" ({action.missed_ticks} missed ticks before it)"
+        ticks = "tick" if action.missed_ticks == 1 else "ticks"
+        detail += f" ({action.missed_ticks} missed {ticks} before it)"
     return (ago(action.schedule_time, now), outcome, detail)
 
 
