@@ -23,7 +23,7 @@ from amelia_common.settings import Settings
 QUEUE = "AMELIA_RUNS_END_REDELIVERED"
 
 _REFUSE = """
-CREATE OR REPLACE FUNCTION test_refuse_end_once() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION test_refuse_end() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF nextval('test_refused_ends') <= {times} THEN
         RAISE EXCEPTION 'the database is going away (test)' USING ERRCODE = '57P03';
@@ -32,9 +32,9 @@ BEGIN
 END $$
 """
 _TRIGGER = f"""
-CREATE TRIGGER test_refuse_end_once BEFORE UPDATE ON runs FOR EACH ROW
+CREATE TRIGGER test_refuse_end BEFORE UPDATE ON runs FOR EACH ROW
 WHEN (NEW.status = 'COMPLETED' AND OLD.status <> 'COMPLETED' AND NEW.queue = '{QUEUE}')
-EXECUTE FUNCTION test_refuse_end_once()
+EXECUTE FUNCTION test_refuse_end()
 """
 
 
@@ -49,12 +49,12 @@ async def first_end_refused(settings: Settings, times: int = 1) -> AsyncIterator
             await conn.execute(text("DROP SEQUENCE IF EXISTS test_refused_ends"))
             await conn.execute(text("CREATE SEQUENCE test_refused_ends"))
             await conn.execute(text(_REFUSE.format(times=times)))
-            await conn.execute(text("DROP TRIGGER IF EXISTS test_refuse_end_once ON runs"))
+            await conn.execute(text("DROP TRIGGER IF EXISTS test_refuse_end ON runs"))
             await conn.execute(text(_TRIGGER))
             try:
                 yield
             finally:
-                await conn.execute(text("DROP TRIGGER IF EXISTS test_refuse_end_once ON runs"))
+                await conn.execute(text("DROP TRIGGER IF EXISTS test_refuse_end ON runs"))
                 await conn.execute(text("DROP SEQUENCE IF EXISTS test_refused_ends"))
     finally:
         await engine.dispose()
