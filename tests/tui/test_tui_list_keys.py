@@ -87,7 +87,19 @@ async def test_the_history_cursor_keeps_its_checkpoint_across_a_reload(
         await pilot.press("a")
         await wait_until(lambda: continued.status == "completed", "approved")
         await pilot.press("escape")
-        await wait_until(lambda: not screen.state.get("next"), "the thread shows the end")
+        # The end, read after the run's: while the run moves on, the state may be read between
+        # a node's writes and the next checkpoint (`next` empty, as LangGraph reports it) with
+        # the history read after that checkpoint. Runs are read first, so once the screen has
+        # the run completed, its state and history are both the end.
+        await wait_until(
+            lambda: (
+                screen.latest_run.get("name") == continued.run_name
+                and screen.latest_run.get("status") == "RUN_STATUS_COMPLETED"
+            ),
+            "the thread shows the end",
+            seen=lambda: screen.latest_run.get("status"),
+        )
+        assert not screen.state.get("next")
         assert len(screen.history) > steps
         # The cursor was on the newest checkpoint: it is on the newest one still, so two rows
         # down is the third newest, as the rows read.

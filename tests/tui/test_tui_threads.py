@@ -258,3 +258,57 @@ async def test_s_shows_the_threads_of_one_status_at_a_time(tui_mesh: TuiMesh) ->
         await wait_until(lambda: asked["thread"] in threads.threads, "all threads again")
         assert done["thread"] in threads.threads
         assert not text_of(threads, "#threads-note").startswith("Status:")
+
+
+async def test_a_run_that_ends_while_the_thread_is_read_is_shown_ended(tui_mesh: TuiMesh) -> None:
+    """The thread's load reads its runs, then its state: a run it lists for the first time can
+    end between the two, its end events heard before it is listed. CI saw the screen keep such
+    a run RUNNING for good (nothing of it came later). The load is held here after its runs
+    were read, while the run is answered and ends; once let go, the screen shows it ended."""
+    run = await cancelled_at_its_question(tui_mesh, "Move the settings")
+    async with running_tui(tui_mesh.url) as pilot:
+        screen = await open_thread(pilot, run["thread"])
+        api = pilot.app.api  # type: ignore[attr-defined]
+        read_runs = api.list_runs
+        held, release = asyncio.Event(), asyncio.Event()
+
+        async def runs_then_held(**kwargs: Any) -> list[dict[str, Any]]:
+            """The runs as read now, handed back once `release` is set: the first answer that
+            lists a run besides the cancelled one."""
+            runs: list[dict[str, Any]] = await read_runs(**kwargs)
+            if not held.is_set() and any(r.get("name") != run["name"] for r in runs):
+                held.set()
+                await release.wait()
+            return runs
+
+        api.list_runs = runs_then_held
+        heard: list[tuple[str, str]] = []
+        subscription = screen._subscription
+        assert subscription is not None
+        deliver = subscription.on_event
+
+        def hear(event: dict[str, Any], sequence: int) -> None:
+            heard.append((str(event.get("type")), str(event.get("subject"))))
+            deliver(event, sequence)
+
+        subscription.on_event = hear
+        # Continued, as `c` does (a run without input), by another client.
+        spec = {"workflow": "workflows/plan", "thread": run["thread"]}
+        second = dict((await tui_mesh.post("/v1/runs", {"run": spec}))["run"])
+        await wait_until(held.is_set, "the thread's load has read its runs")
+        await reaches(tui_mesh, second["name"], {"RUN_STATUS_PAUSED"})
+        await tui_mesh.post(f"/v1/{second['name']}:resume", {"answer": "approve"})
+        await reaches(tui_mesh, second["name"], {"RUN_STATUS_COMPLETED"})
+        await wait_until(
+            lambda: ("run.completed", second["name"]) in heard, "the screen heard its end"
+        )
+        release.set()
+        await wait_until(
+            lambda: (
+                screen.latest_run.get("name") == second["name"]
+                and screen.latest_run.get("status") == "RUN_STATUS_COMPLETED"
+            ),
+            "the run is shown ended",
+            seen=lambda: (screen.latest_run.get("name"), screen.latest_run.get("status")),
+        )
+        assert not screen.state.get("next") and "plan" in screen.state.get("values", {})

@@ -100,6 +100,7 @@ class ThreadScreen(PagedScreen):
         self.runs: list[dict[str, Any]] = []
         self.state: dict[str, Any] = {}  # the latest checkpoint
         self.history: list[dict[str, Any]] = []
+        self.heard: set[str] = set()  # runs whose events came since the last load began
         self.picked = ""  # a checkpoint picked from the history (Enter), shown instead
         self.tab = "state"
         self.loaded = False
@@ -151,8 +152,11 @@ class ThreadScreen(PagedScreen):
     # -- loading ----------------------------------------------------------------------------
 
     def _event(self, event: dict[str, Any], sequence: int) -> None:
-        """One of the thread's runs moved, or a run started (it may be on this thread)."""
+        """One of the thread's runs moved, or a run started (it may be on this thread). Every
+        run heard is remembered until the next load ends: a load reads the runs first, so a run
+        it finds may have moved on while it read the state (see `load`)."""
         subject = str(event.get("subject", ""))
+        self.heard.add(subject)
         started = event.get("type") in ("agent.started", "workflow.started")
         if started or any(run.get("name") == subject for run in self.runs):
             self.reload_soon()
@@ -163,6 +167,7 @@ class ThreadScreen(PagedScreen):
         def page(token: str) -> Awaitable[dict[str, Any]]:
             return api.list_thread_history(self.thread, HISTORY_PAGE, token)
 
+        self.heard = set()
         try:
             # Runs before state: a run's end is recorded after its last checkpoint, so a run
             # read as ended never sits beside the state it had before that checkpoint.
@@ -174,6 +179,11 @@ class ThreadScreen(PagedScreen):
             return
         self.pages = pages
         self.show_thread(state, runs, history, token)
+        # A run this load found but the screen did not know yet moved while it was read (its
+        # events were heard before it was listed): what was read of it may be out of date, and
+        # no later event of it may come (its end was one of them). Read again.
+        if any(run.get("name") in self.heard for run in runs):
+            self.reload_soon()
 
     def show_error(self, exc: ApiError) -> None:
         if exc.code == "NOT_FOUND":
