@@ -350,14 +350,18 @@ async def test_postgres_stopped_during_an_eager_create_run_answers_unavailable_a
     postgres, settings = own_postgres.mesh(
         f"AMELIA_RUNS_EAGER_PG_{uuid.uuid4().hex[:6]}", 1, AGENT_EAGER_START=True
     )
+    engine = create_engine(settings)
+    # The test's connection is opened before the service's: a fast shutdown signals the newest
+    # backends first, so the service's waiting statement is told to end before the holder's
+    # backend ends and lets the row go. The other way round (CI, once), the statement got the
+    # row in that gap and committed: a run recorded and answered, not the outage under test.
+    holder = await engine.connect()
     async with running_agents(settings) as agents:
         api = agents.stub
         first = await create_run(api, workflow="workflows/echo", input={"message": "one"})
         await wait_status(api, first.name, S.RUN_STATUS_COMPLETED)
         thread = uuid.UUID(first.thread.removeprefix("threads/"))
-        engine = create_engine(settings)
         try:
-            holder = await engine.connect()
             await holder.execute(
                 text("SELECT id FROM threads WHERE id = :id FOR UPDATE"), {"id": thread}
             )
