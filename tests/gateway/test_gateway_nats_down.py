@@ -10,6 +10,7 @@ nats-server and events service, so stopping it disturbs no other test.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,3 +97,44 @@ async def test_with_nats_down_streams_say_so_and_events_follow_once_it_is_back(
                 received += [m["sequence"] for m in await client.events(1, timeout=60)]
             assert received == sorted(set(received)), received
             await client.close()
+
+
+REQUEST_INFO = "type.googleapis.com/google.rpc.RequestInfo"
+
+
+async def test_the_services_error_details_are_in_the_body_with_one_request_info(
+    isolated: Isolated,
+) -> None:
+    """A service's google.rpc.Status details in the body: the gateway's RequestInfo (the id its
+    client sees, once), then the service's others as proto JSON with their "@type" — for NATS
+    down, ErrorInfo naming it and RetryInfo."""
+    async with httpx.AsyncClient(base_url=isolated.gateway.url, timeout=60) as http:
+        rid = f"f5-{uuid.uuid4().hex}"
+        reply = await http.get("/v1/events/not-a-number", headers={"X-Request-Id": rid})
+        assert reply.status_code == 400, reply.text
+        body = reply.json()
+        assert body["code"] == 3 and body["message"].startswith("name 'events/not-a-number'")
+        # The service has nothing more to say than its request id, which is the gateway's.
+        assert body["details"] == [{"@type": REQUEST_INFO, "requestId": rid}]
+
+        await asyncio.to_thread(isolated.nats.stop)
+        try:
+            rid = f"f5-{uuid.uuid4().hex}"
+            reply = await http.get("/v1/events/1", headers={"X-Request-Id": rid})
+        finally:
+            await asyncio.to_thread(isolated.nats.start)
+        assert reply.status_code == 503, reply.text
+        body = reply.json()
+        assert body["code"] == 14
+        assert body["message"].startswith("events: NATS at nats://"), body  # as before
+        assert reply.headers["X-Request-Id"] == rid
+        assert body["details"] == [
+            {"@type": REQUEST_INFO, "requestId": rid},
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "DEPENDENCY_UNAVAILABLE",
+                "domain": "amelia",
+                "metadata": {"dependency": "NATS"},
+            },
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "1s"},
+        ]

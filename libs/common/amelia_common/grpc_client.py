@@ -38,6 +38,10 @@ import grpc
 from amelia.v1 import agents_pb2, events_pb2, rag_pb2
 from amelia_common.settings import Settings
 
+# The trailer of a status's google.rpc.Status (code, message, typed details): written by the
+# servers' error boundary (`grpc_server.abort`), read by grpcio-status and the gateway.
+STATUS_DETAILS = "grpc-status-details-bin"
+
 # Methods whose name starts with one of these only read: safe to send again to another replica.
 # WaitRun only waits for a run to end and reads it: the run goes on whichever replica serves it.
 IDEMPOTENT_PREFIXES = ("Get", "List", "Search", "Stream", "Wait")
@@ -135,10 +139,14 @@ async def reissue_while_unavailable(
             ):
                 raise
             if deadline - now <= pause:
+                # A new message: the last attempt's google.rpc.Status (its message) is not
+                # this status's, and a client checking it (grpcio-status) would refuse it.
                 raise grpc.aio.AioRpcError(
                     grpc.StatusCode.UNAVAILABLE,
                     exc.initial_metadata(),
-                    exc.trailing_metadata(),
+                    grpc.aio.Metadata(
+                        *((k, v) for k, v in exc.trailing_metadata() or () if k != STATUS_DETAILS)
+                    ),
                     f"the {service} service went away and did not come back within "
                     f"{seconds:g} s ({attempts} attempts): {exc.details()}",
                 ) from exc

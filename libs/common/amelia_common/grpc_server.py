@@ -5,7 +5,8 @@ One bootstrap so each service behaves the same to grpcurl and to operators: `grp
 every log line, the API token checked, one error mapping for every servicer (typed `AmeliaError`s
 to their status, dependency outages to UNAVAILABLE naming the dependency and telling clients not
 to retry — the caller decides —, anything else to INTERNAL with that request id, never a
-traceback on the wire), message size and keepalive limits, and a graceful shutdown on
+traceback on the wire; each status with its google.rpc.Status in `grpc-status-details-bin`),
+message size and keepalive limits, and a graceful shutdown on
 SIGTERM/SIGINT that stops accepting, drains in-flight calls for a grace period, then closes
 NATS and the database.
 """
@@ -25,6 +26,9 @@ from typing import Any
 
 import grpc
 import structlog
+from google.protobuf import duration_pb2
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -36,7 +40,7 @@ from amelia_common.errors import (
     as_amelia_error,
     shorten_echoes,
 )
-from amelia_common.grpc_client import KEEPALIVE_MS, client_options
+from amelia_common.grpc_client import KEEPALIVE_MS, STATUS_DETAILS, client_options
 from amelia_common.logging import get_logger
 from amelia_common.settings import Settings
 
@@ -53,6 +57,24 @@ REQUEST_ID = "x-request-id"
 RETRY_PUSHBACK = "grpc-retry-pushback-ms"
 NO_RETRY = "-1"
 
+# The google.rpc.Status of a refusal (its code and message, and typed details), what grpcurl
+# prints as "Details" and generated clients read (grpcio-status `rpc_status.from_call`, Go's
+# `status.FromError`, Java's `StatusProto`). Every status of the error boundary carries one:
+# a RequestInfo with the call's request id; an ErrorInfo where a program can act on the reason
+# (ERROR_DOMAIN, the reasons below); a RetryInfo for a dependency outage.
+ERROR_DOMAIN = "amelia"
+# ErrorInfo reasons: a dependency down (metadata `dependency`: "PostgreSQL", "NATS", …), no API
+# token sent, a wrong one sent.
+DEPENDENCY_UNAVAILABLE = "DEPENDENCY_UNAVAILABLE"
+API_TOKEN_MISSING = "API_TOKEN_MISSING"
+API_TOKEN_INVALID = "API_TOKEN_INVALID"
+# RetryInfo of a dependency outage: do not call again sooner than this. A retry sooner would find
+# the outage as it was: the service probes its dependencies every second (its health, which a
+# client may Watch instead), and its NATS client reconnects every 0.5 s; an outage that lasts
+# less than that is rare, one that lasts longer is not shortened by calls. With the pushback
+# above (no automatic retry), it is advice for the caller that decides to try again.
+DEPENDENCY_RETRY_SECONDS = 1
+
 # Calls that stay open without a token: probes and grpcurl's discovery.
 _PUBLIC_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
@@ -61,6 +83,43 @@ def from_servicer(exc: grpc.aio.AioRpcError) -> bool:
     """Whether one of the mesh's servicers sent this status (every status of ours carries the
     request id trailer), rather than gRPC itself for a service it could not reach."""
     return any(key == REQUEST_ID for key, _ in exc.trailing_metadata() or ())
+
+
+def status_details(
+    code: grpc.StatusCode, message: str, request_id: str, *details: Message
+) -> tuple[str, bytes]:
+    """The `grpc-status-details-bin` trailer of a status: a google.rpc.Status with `code` and
+    `message` (they must be the call's own), a RequestInfo with `request_id`, then `details`."""
+    status = status_pb2.Status(code=code.value[0], message=message)
+    for detail in (error_details_pb2.RequestInfo(request_id=request_id), *details):
+        status.details.add().Pack(detail)
+    return STATUS_DETAILS, status.SerializeToString()
+
+
+def error_info(reason: str, **metadata: str) -> error_details_pb2.ErrorInfo:
+    return error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata)
+
+
+async def abort(
+    context: grpc.aio.ServicerContext,
+    code: grpc.StatusCode,
+    message: str,
+    request_id: str,
+    *details: Message,
+    trailers: tuple[tuple[str, str], ...] = (),
+) -> None:
+    """End the call with `code` and `message`, its request id and google.rpc.Status (with
+    `details`) in the trailers, and `trailers` besides. (Trailers given to `abort` replace
+    those set before, so the request id is given again.)"""
+    await context.abort(
+        code,
+        message,
+        trailing_metadata=(
+            (REQUEST_ID, request_id),
+            *trailers,
+            status_details(code, message, request_id, *details),
+        ),
+    )
 
 
 def server_options(settings: Settings) -> list[tuple[str, Any]]:
@@ -215,10 +274,16 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         # Trailing, not initial, metadata: a streaming handler decides when its headers go out
         # (StreamEvents sends them once it is subscribed).
         context.set_trailing_metadata(((REQUEST_ID, request_id),))
-        if not public and not token_ok(self._token, token_from_metadata(context)):
-            await context.abort(
+        if public:
+            return request_id
+        token = token_from_metadata(context)
+        if not token_ok(self._token, token):
+            await abort(
+                context,
                 grpc.StatusCode.UNAUTHENTICATED,
                 "missing or wrong API token: send 'authorization: Bearer <AMELIA_API_TOKEN>'",
+                request_id,
+                error_info(API_TOKEN_INVALID if token else API_TOKEN_MISSING),
             )
         return request_id
 
@@ -229,8 +294,11 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         error = as_amelia_error(exc)
         if error is None:
             log.exception("rpc failed", error=repr(exc))
-            await context.abort(
-                grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})"
+            await abort(
+                context,
+                grpc.StatusCode.INTERNAL,
+                f"internal error (request id {request_id})",
+                request_id,
             )
             return
         if isinstance(error, UnavailableError):
@@ -239,14 +307,22 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             # out again (our channels retry UNAVAILABLE reads 4 more times: 5x the wait, and
             # 5x the load on what is recovering). -1 tells a gRPC client not to retry (gRFC A6
             # server pushback); the caller decides. An unreachable replica is still retried.
-            await context.abort(
+            # Its Status says which dependency is down (ErrorInfo) and how long a caller that
+            # tries again waits first (RetryInfo, DEPENDENCY_RETRY_SECONDS).
+            await abort(
+                context,
                 error.code,
                 shorten_echoes(error.message),
-                trailing_metadata=((REQUEST_ID, request_id), (RETRY_PUSHBACK, NO_RETRY)),
+                request_id,
+                error_info(DEPENDENCY_UNAVAILABLE, dependency=error.dependency),
+                error_details_pb2.RetryInfo(
+                    retry_delay=duration_pb2.Duration(seconds=DEPENDENCY_RETRY_SECONDS)
+                ),
+                trailers=((RETRY_PUSHBACK, NO_RETRY),),
             )
             return
         log.debug("rpc refused", code=error.code.name, error=error.message)
-        await context.abort(error.code, shorten_echoes(error.message))
+        await abort(context, error.code, shorten_echoes(error.message), request_id)
 
     @contextlib.asynccontextmanager
     async def _boundary(

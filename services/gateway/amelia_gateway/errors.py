@@ -2,18 +2,24 @@
 
 The mapping is grpc-gateway's (`runtime.HTTPStatusFromCode`), so a client written against any
 grpc-gateway front door reads our errors the same way. Errors the gateway finds itself (bad JSON,
-an unknown route, a body too large) use the same body with the closest gRPC code.
+an unknown route, a body too large) use the same body with the closest gRPC code. A service's
+own google.rpc.Status details (its `grpc-status-details-bin` trailer: ErrorInfo, RetryInfo) are
+passed on in the body's `details` as proto JSON, after the gateway's RequestInfo.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grpc
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
 from starlette.responses import JSONResponse
 
 from amelia_common.errors import shorten_echoes
+from amelia_common.grpc_client import STATUS_DETAILS
 from amelia_common.grpc_server import from_servicer
 
 HTTP_STATUS: dict[grpc.StatusCode, int] = {
@@ -49,7 +55,9 @@ class GatewayError(Exception):
     """An error to answer with: a gRPC code, a message for people, optionally an HTTP override.
 
     `http_status` overrides the mapped status where HTTP has a more precise one the gRPC code
-    cannot express (413 body too large, 405 wrong method, 415 wrong content type).
+    cannot express (413 body too large, 405 wrong method, 415 wrong content type). `details`:
+    google.rpc.Status details as proto JSON (a service's, `service_details`), written after
+    the gateway's RequestInfo.
     """
 
     def __init__(
@@ -60,6 +68,7 @@ class GatewayError(Exception):
         http_status: int | None = None,
         headers: Mapping[str, str] | None = None,
         service: str = "",
+        details: Sequence[dict[str, Any]] = (),
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -67,9 +76,10 @@ class GatewayError(Exception):
         self.http_status = http_status or HTTP_STATUS.get(code, 500)
         self.headers = dict(headers or {})
         self.service = service
+        self.details = list(details)
 
     def body(self, request_id: str = "") -> dict[str, Any]:
-        return status_body(self.code, self.message, request_id)
+        return status_body(self.code, self.message, request_id, self.details)
 
 
 MAX_MESSAGE = 300
@@ -97,14 +107,48 @@ def internal(reference: str) -> GatewayError:
     )
 
 
-def status_body(code: grpc.StatusCode, message: str, request_id: str = "") -> dict[str, Any]:
-    """`{"code": 5, "message": "...", "details": [...]}` (google.rpc.Status as proto JSON).
+def status_body(
+    code: grpc.StatusCode,
+    message: str,
+    request_id: str = "",
+    details: Sequence[dict[str, Any]] = (),
+) -> dict[str, Any]:
+    """`{"code": 5, "message": "...", "details": [...]}` (google.rpc.Status as proto JSON):
+    the gateway's RequestInfo (`request_id`, the id its client sees), then `details`.
     Every error the gateway answers is written here: a long value the message quotes is
     shortened (`amelia_common.errors.shorten_echoes`, as the services do for gRPC)."""
-    details: list[dict[str, Any]] = []
+    written: list[dict[str, Any]] = []
     if request_id:
-        details.append({"@type": REQUEST_INFO_TYPE, "requestId": request_id})
-    return {"code": code_number(code), "message": shorten_echoes(message), "details": details}
+        written.append({"@type": REQUEST_INFO_TYPE, "requestId": request_id})
+    written.extend(details)
+    return {"code": code_number(code), "message": shorten_echoes(message), "details": written}
+
+
+def service_details(exc: grpc.aio.AioRpcError) -> list[dict[str, Any]]:
+    """The details of the google.rpc.Status a service sent with `exc` (its
+    `grpc-status-details-bin` trailer, `amelia_common.grpc_server.status_details`) as proto
+    JSON with their "@type", as grpc-gateway writes them: ErrorInfo, RetryInfo, … The service's
+    RequestInfo is left out (the body has the gateway's: the id its client sees, which the
+    gateway sends the service as `x-request-id`), and so is a type the gateway cannot read, or
+    a trailer whose code is not the call's. [] when there is none."""
+    raw = next((v for k, v in exc.trailing_metadata() or () if k == STATUS_DETAILS), None)
+    if not isinstance(raw, bytes):
+        return []
+    try:
+        status = status_pb2.Status.FromString(raw)
+    except DecodeError:
+        return []
+    if status.code != code_number(exc.code()):
+        return []
+    details: list[dict[str, Any]] = []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.RequestInfo.DESCRIPTOR):
+            continue
+        try:
+            details.append(json_format.MessageToDict(detail))
+        except (TypeError, json_format.Error):  # a type not in this process's descriptor pool
+            continue
+    return details
 
 
 _SERVICE_NAMES = {
@@ -163,7 +207,7 @@ def from_rpc_error(
         message = f"the {name} service did not answer before the deadline"
     elif code == grpc.StatusCode.INVALID_ARGUMENT:
         message = for_gateway_clients(message, service)
-    return GatewayError(code, message, service=service)
+    return GatewayError(code, message, service=service, details=service_details(exc))
 
 
 def _where(name: str, address: str) -> str:

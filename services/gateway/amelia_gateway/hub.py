@@ -328,6 +328,7 @@ class UpstreamStream:
                         f"the {upstream.name} service at {upstream.address} ended it with "
                         f"{code.name}: {error.message}",
                         service=self.service,
+                        details=error.details,
                     )
             except Exception:
                 # The gateway's own bug: the traceback goes to its log, never to the client.

@@ -205,7 +205,7 @@ class Subscription:
             {
                 "type": "error",
                 "subscription": self.id,
-                "error": status_body(error.code, message),
+                "error": status_body(error.code, message, details=error.details),
                 "final": final,
             }
         )
@@ -526,7 +526,7 @@ class Connection:
             {
                 "type": "error",
                 "subscription": message_id if valid else None,
-                "error": status_body(error.code, error.message),
+                "error": status_body(error.code, error.message, details=error.details),
                 "final": not (valid and _key(message_id) in self.subscriptions),
             }
         )
