@@ -73,7 +73,8 @@ async def test_a_wait_outlasts_the_gateways_usual_deadline_and_runs_out_in_words
             assert status["code"] == 4  # DEADLINE_EXCEEDED
             assert status["message"].startswith(f"{name} is still ")
             assert status["message"].endswith(
-                "after 1.5 s of waiting (the run goes on; wait again, or follow it with StreamRun)"
+                "after 1.5 s of waiting (the run goes on; wait again, or follow it with"
+                " GET /v1/runs/{id}:stream (or a run subscription on /ws))"
             )
             await http.post(f"/v1/{name}:cancel", json={})
     finally:
@@ -231,9 +232,11 @@ async def test_a_wait_across_a_restart_is_one_wait_of_the_callers_length(
     assert cli_took < timeout + UNREACHED_SECONDS, cli_took
 
 
-def waited_seconds(message: str, name: str, follow: str = "StreamRun") -> float:
+def waited_seconds(
+    message: str, name: str, follow: str = "GET /v1/runs/{id}:stream (or a run subscription on /ws)"
+) -> float:
     """The seconds a timeout's message says the caller waited (`follow`: how it says to follow
-    the run: the RPC, or the CLI's command for it)."""
+    the run: the gateway's route, or the CLI's command for it)."""
     found = re.fullmatch(
         rf"{name} is still QUEUED after ([0-9.]+) s of waiting \(the run goes on; wait again, "
         rf"or follow it with {re.escape(follow)}\)",

@@ -63,3 +63,28 @@ def test_other_codes_are_passed_on() -> None:
         "after_sequence 9 is beyond",
         400,
     )
+
+
+def test_advice_only_a_grpc_client_can_follow_is_said_the_gateways_way() -> None:
+    """WaitRun's advice to follow the run with StreamRun, out of time or refused, is the
+    gateway's route over HTTP (and the socket's run subscription)."""
+    follow = "GET /v1/runs/{id}:stream (or a run subscription on /ws)"
+    cases = (
+        (
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            "runs/1 is still RUNNING after 30 s of waiting (the run goes on; wait again, or"
+            " follow it with StreamRun)",
+            f"runs/1 is still RUNNING after 30 s of waiting (the run goes on; wait again, or"
+            f" follow it with {follow})",
+        ),
+        (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "timeout must be more than 0 s and at most 600 s, got 900 s (wait again for longer,"
+            " or follow the run with StreamRun)",
+            "timeout must be more than 0 s and at most 600 s, got 900 s (wait again for longer,"
+            f" or follow the run with {follow})",
+        ),
+    )
+    for code, said, meant in cases:
+        error = from_rpc_error(_error(said, sent=True, code=code), "AgentService", ADDRESS, True)
+        assert error.message == meant

@@ -162,8 +162,15 @@ _SERVICE_NAMES = {
 
 # Advice in a service's message that only a gRPC client can follow, by service, and what a client
 # of the gateway does instead. The rag service says it to IngestDocument's callers; over HTTP
-# that is a JSON `POST /v1/documents`, whose larger sibling is the same route with a file.
+# that is a JSON `POST /v1/documents`, whose larger sibling is the same route with a file. The
+# agents service tells a WaitRun that ran out to follow the run with StreamRun: over HTTP, its
+# NDJSON route or a run subscription on the socket.
+FOLLOW_OVER_HTTP = "GET /v1/runs/{id}:stream (or a run subscription on /ws)"
 _GRPC_ADVICE = {
+    "AgentService": (
+        ("follow it with StreamRun", f"follow it with {FOLLOW_OVER_HTTP}"),
+        ("follow the run with StreamRun", f"follow the run with {FOLLOW_OVER_HTTP}"),
+    ),
     "RagService": (
         (
             "send larger files with UploadDocument",
@@ -205,7 +212,7 @@ def from_rpc_error(
         message = f"{_where(name, address)} is unavailable ({message})"
     elif code == grpc.StatusCode.DEADLINE_EXCEEDED and message in ("Deadline Exceeded", ""):
         message = f"the {name} service did not answer before the deadline"
-    elif code == grpc.StatusCode.INVALID_ARGUMENT:
+    else:
         message = for_gateway_clients(message, service)
     return GatewayError(code, message, service=service, details=service_details(exc))
 
