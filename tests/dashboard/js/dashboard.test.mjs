@@ -186,3 +186,25 @@ test("a run cancelled while it waits for an answer: the waiting node reads stopp
   assert.deepEqual(Object.fromEntries(run.nodes), { draft: "done", approve: "stopped", finish: "notrun" });
   assert.equal(change.interrupt, null);
 });
+
+test("of two loads, the older answering last is dropped: the newer one's answer stays shown", async () => {
+  const { loads } = await import(new URL("dom.js", STATIC));
+  const current = loads();
+  const shown = [];
+  const answers = new Map();
+  async function load(filter) {
+    const latest = current();
+    const answer = await new Promise((resolve) => answers.set(filter, resolve));
+    if (latest()) shown.push(answer);
+  }
+  const idle = load("idle");
+  const busy = load("busy"); // the filter changed while the first list was on its way
+  answers.get("busy")("the busy threads");
+  await busy;
+  answers.get("idle")("the idle threads");
+  await idle;
+  assert.deepEqual(shown, ["the busy threads"]);
+  // A load that is the latest is shown, whatever came before.
+  await Promise.all([load("all"), Promise.resolve().then(() => answers.get("all")("every thread"))]);
+  assert.deepEqual(shown, ["the busy threads", "every thread"]);
+});

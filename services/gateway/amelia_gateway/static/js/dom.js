@@ -126,6 +126,20 @@ export function perFrame(fn) {
   };
 }
 
+/**
+ * Answers taken in the order their loads began: `const current = loads();` once, then in a
+ * load `const latest = current();` before its first await and `if (!latest()) return;` after
+ * each. A load is dropped once a later one has begun (a filter changed, an event reloaded), so
+ * an older answer that arrives last never replaces a newer one on the screen.
+ */
+export function loads() {
+  let begun = 0;
+  return () => {
+    const mine = ++begun;
+    return () => mine === begun;
+  };
+}
+
 /** Calls fn after `ms` without further calls. */
 export function debounce(fn, ms) {
   let timer = 0;

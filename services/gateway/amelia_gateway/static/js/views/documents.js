@@ -4,7 +4,7 @@
 // refreshes itself on `document.*` events.
 
 import { request, uploadDocument } from "../api.js";
-import { debounce, errorNotice, formatBytes, formatTime, h, idOf } from "../dom.js";
+import { debounce, errorNotice, formatBytes, formatTime, h, idOf, loads } from "../dom.js";
 import { chunkItem, passage } from "./passages.js";
 
 const PARALLEL_UPLOADS = 2;
@@ -116,15 +116,17 @@ export function mount(main, ctx) {
   );
 
   let stopped = false;
+  const documentLoads = loads();
   let nextToken = "";
   let lastHits = [];
   let lastQuery = ""; // the latest search's hits, marked in an open document's chunks
   let opened = null; // {doc, chunks, token} of the document whose chunks are shown
 
   async function loadDocuments(append = false) {
+    const latest = documentLoads();
     try {
       const response = await ctx.api.listDocuments({ pageSize: PAGE_SIZE, pageToken: append ? nextToken : "" });
-      if (stopped) return;
+      if (stopped || !latest()) return;
       docsError.replaceChildren();
       const docs = response.documents || [];
       nextToken = response.nextPageToken || "";
@@ -152,7 +154,7 @@ export function mount(main, ctx) {
       else if (rows.length) docsBody.replaceChildren(...rows);
       else docsBody.replaceChildren(h("tr", {}, h("td", { colspan: "7", class: "empty" }, "No documents yet: upload some.")));
     } catch (error) {
-      if (!stopped) docsError.replaceChildren(errorNotice(error));
+      if (!stopped && latest()) docsError.replaceChildren(errorNotice(error));
     }
   }
 

@@ -7,7 +7,7 @@
 // refreshes itself when a run starts, pauses or ends (a WebSocket subscription).
 
 import {
-  debounce, errorNotice, formatDuration, formatTime, h, idOf, uuid,
+  debounce, errorNotice, formatDuration, formatTime, h, idOf, loads, uuid,
 } from "../dom.js";
 import { STATUSES as RUN_STATUSES, shortStatus, statusBadge } from "../runstatus.js";
 import { RUN_ORDERS, buildRunFilter, nextOrder, sortState, threadName } from "../filters.js";
@@ -373,6 +373,7 @@ export function mount(main, ctx) {
   );
 
   let stopped = false;
+  const runLoads = loads();
   let targets = "idle"; // "loading" | "loaded" | "failed": reload only after a failure
   let form = null;
   const tokens = [""]; // page tokens of the pages seen, for "Newer"
@@ -400,6 +401,7 @@ export function mount(main, ctx) {
   }
 
   async function loadRuns() {
+    const latest = runLoads();
     const query = { pageSize: PAGE_SIZE, pageToken: tokens[page] };
     const values = bar.read();
     const at = page;
@@ -409,7 +411,7 @@ export function mount(main, ctx) {
     showSort();
     try {
       const response = await ctx.api.listRuns(query);
-      if (stopped) return;
+      if (stopped || !latest()) return;
       listError.replaceChildren();
       const runs = response.runs || [];
       tokens[at + 1] = response.nextPageToken || "";
@@ -431,7 +433,7 @@ export function mount(main, ctx) {
         tokensCell(run.usage),
       )));
     } catch (error) {
-      if (!stopped) listError.replaceChildren(errorNotice(error));
+      if (!stopped && latest()) listError.replaceChildren(errorNotice(error));
     }
   }
 

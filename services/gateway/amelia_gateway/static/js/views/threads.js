@@ -7,7 +7,7 @@
 // with the run that has not ended (the start form's multitask strategies: enqueue, interrupt,
 // rollback), as LangGraph Studio's double-texting.
 
-import { compactJson, debounce, errorNotice, formatTime, h, idOf, uuid } from "../dom.js";
+import { compactJson, debounce, errorNotice, formatTime, h, idOf, loads, uuid } from "../dom.js";
 import { questionsOf } from "../checkpoint.js";
 import { OutputView } from "../output.js";
 import { ACTIVE_STATUSES, shortStatus, statusBadge } from "../runstatus.js";
@@ -94,14 +94,16 @@ function listView(main, ctx) {
       h("div", { class: "pager" }, more)));
   let token = "";
   let stopped = false;
+  const threadLoads = loads();
   let shown = 1;  // pages shown: a live reload keeps what More added
   async function load(append = false) {
+    const latest = threadLoads();
     error.replaceChildren();
     try {
       const query = { orderBy: "update_time desc", pageSize: PAGE_SIZE * (append ? 1 : shown), pageToken: append ? token : "" };
       if (status.value) query.status = status.value;
       const response = await ctx.api.listThreads(query);
-      if (stopped) return;
+      if (stopped || !latest()) return;
       token = response.nextPageToken || "";
       more.hidden = !token;
       const rows = (response.threads || []).map((thread) => h("tr", { dataset: { thread: thread.name } },
@@ -118,7 +120,7 @@ function listView(main, ctx) {
         body.replaceChildren(h("tr", {}, h("td", { colspan: "4", class: "empty" }, none)));
       }
     } catch (err) {
-      if (!stopped) error.replaceChildren(errorNotice(err));
+      if (!stopped && latest()) error.replaceChildren(errorNotice(err));
     }
   }
   status.addEventListener("change", () => {
@@ -210,6 +212,7 @@ function threadView(main, ctx, threadId) {
   main.append(h("div", { class: "thread-state" }, ...panel.elements));
 
   let stopped = false;
+  const runLoads = loads();
   let last = null;
   const live = new Map(); // run name -> LiveReply, kept across reloads while the run streams
   /** The reply turn's body: the question a paused run waits on, a live stream, or the reply. */
@@ -220,11 +223,12 @@ function threadView(main, ctx, threadId) {
     return live.get(run.name).output.element;
   }
   async function load() {
+    const latest = runLoads();
     try {
       // Newest first, so a thread longer than a page shows its latest runs and continues
       // from its last one; read oldest first.
       const response = await ctx.api.listRuns({ filter: `thread = "${name}"`, orderBy: "create_time desc", pageSize: PAGE });
-      if (stopped) return;
+      if (stopped || !latest()) return;
       const runs = (response.runs || []).reverse();
       older.hidden = !response.nextPageToken;
       older.replaceChildren(`The latest ${runs.length} runs of this thread; older ones are in `,
@@ -252,7 +256,7 @@ function threadView(main, ctx, threadId) {
       ]));
       if (!runs.length) conversation.replaceChildren(h("li", { class: "empty" }, "No runs in this thread yet."));
     } catch (err) {
-      if (stopped) return;
+      if (stopped || !latest()) return;
       error.replaceChildren(errorNotice(err));
       // Not a thread's name (an id pasted in upper case…): nothing to send a message to.
       if (err.code === "INVALID_ARGUMENT") form.hidden = true;
