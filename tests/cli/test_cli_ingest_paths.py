@@ -59,3 +59,18 @@ def test_a_name_is_shown_with_its_control_characters_and_stray_bytes_escaped(
     name: str, shown: str
 ) -> None:
     assert escaped(name) == shown
+
+
+def test_ingest_into_an_unreachable_rag_service_starts_with_its_error_not_a_blank_line(
+    tmp_path: Path,
+) -> None:
+    """Piped (not a terminal), no progress bar is drawn: rich left a blank line where it stood
+    (QA s24), before the one line that says the service is not answering."""
+    from amelia_common.embedded import free_port
+
+    note = tmp_path / "note.md"
+    note.write_text("# Note\n\nsome words\n")
+    env = {"COLUMNS": "80", "RAG_ADDRESS": f"127.0.0.1:{free_port()}"}
+    result = CliRunner().invoke(app, ["ingest", str(note)], env=env)
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("UNAVAILABLE: the rag service at 127.0.0.1:"), result.output

@@ -195,7 +195,9 @@ async def _ingest(paths: list[Path], parallel: int) -> list[Outcome]:
     outcomes: list[Outcome] = []
     gate = asyncio.Semaphore(parallel)
     async with rag() as stub:
-        with Progress(console=console, transient=True) as progress:
+        # A bar only on a terminal: piped, rich would leave a blank line where it stood.
+        bar = Progress(console=console, transient=True, disable=not console.is_terminal)
+        with bar as progress:
             task = progress.add_task("ingesting", total=len(paths))
 
             async def one(path: Path) -> None:
