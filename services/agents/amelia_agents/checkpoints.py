@@ -22,7 +22,7 @@ import copy
 import math
 import select
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
@@ -38,6 +38,7 @@ from langgraph.checkpoint.base import (
 )
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.checkpoint.serde.types import _DeltaSnapshot
+from langgraph.pregel._task_status import CONTROL_WRITES, read_task_statuses
 from psycopg import AsyncConnection, OperationalError
 from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Jsonb
@@ -517,6 +518,39 @@ async def mark_continued(
     }
     async with saver._cursor() as cur:
         await cur.execute(_MARK_CONTINUED_SQL, params)
+
+
+# Which of a thread's tasks have an output write stored: LangGraph's own rule for a finished
+# task (`langgraph.pregel._task_status`: a write to any channel but its control ones — an
+# interrupt, an answer, an error — and `NO_WRITES` for a task that wrote nothing).
+_FINISHED_TASKS_SQL = """
+SELECT DISTINCT task_id FROM checkpoint_writes
+WHERE thread_id = %(thread)s AND checkpoint_ns = '' AND task_id = ANY(%(tasks)s)
+  AND NOT channel = ANY(%(control)s)
+"""
+
+
+async def finished_tasks(
+    saver: BaseCheckpointSaver[Any], thread_id: str, task_ids: Collection[str]
+) -> set[str]:
+    """Which of `task_ids` (tasks of the thread's graph) finished, by their writes stored in
+    the thread's checkpoints — of any checkpoint: a step's checkpoint may have been stored
+    after them — those LangGraph finds on a resume, and then does not run the task again."""
+    if not task_ids:
+        return set()
+    if isinstance(saver, AsyncPostgresSaver):
+        params = {"thread": thread_id, "tasks": list(task_ids), "control": sorted(CONTROL_WRITES)}
+        async with saver._cursor() as cur:
+            await cur.execute(_FINISHED_TASKS_SQL, params)
+            return {str(row["task_id"]) for row in await cur.fetchall()}
+    wanted = set(task_ids)
+    found: set[str] = set()
+    async for saved in saver.alist({"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}):
+        statuses = read_task_statuses(saved.pending_writes or ())
+        found.update(
+            task for task, status in statuses.items() if task in wanted and status.finished
+        )
+    return found
 
 
 @contextlib.asynccontextmanager

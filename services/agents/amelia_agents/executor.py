@@ -12,12 +12,13 @@ checkpoint, whose metadata names the run that wrote it:
 - this run's, finished → only the recording of the end was lost; record it.
 
 While the graph runs, LangGraph's `tasks` stream becomes `run.node.started|finished` events and
-the nodes' custom stream (see `runtime`) becomes `run.token`, `run.tool.*`, ... events. The
-pick-up ends with the run COMPLETED, FAILED (timeout, exception, model error), CANCELLED
-(`Attempt.cancel`), PAUSED, or not at all — the job goes back to the queue and a worker continues
-from the checkpoint — when the worker shuts down, when PostgreSQL or NATS cannot be reached
-(`outages`: the exception escapes to the worker), or when another worker took the run over
-(`Attempt.handover`, raising `HandoverError`).
+the nodes' custom stream (see `runtime`) becomes `run.token`, `run.tool.*`, ... events; a later
+pick-up first tells of the nodes an earlier one finished without their end reaching the log
+(`_tell_finished_nodes`). The pick-up ends with the run COMPLETED, FAILED (timeout, exception,
+model error), CANCELLED (`Attempt.cancel`), PAUSED, or not at all — the job goes back to the
+queue and a worker continues from the checkpoint — when the worker shuts down, when PostgreSQL
+or NATS cannot be reached (`outages`: the exception escapes to the worker), or when another
+worker took the run over (`Attempt.handover`, raising `HandoverError`).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from amelia_agents.pricing import NodeUsage
 from amelia_agents.store import Store
 from amelia_common import telemetry
 from amelia_common.errors import POSTGRES, UnavailableError
-from amelia_common.eventlog import PublishPipeline
+from amelia_common.eventlog import PublishPipeline, event_data
 from amelia_common.logging import get_logger
 from amelia_common.settings import Settings
 
@@ -301,6 +302,8 @@ class Executor:
             if not row.has_resume or (answered and answered != pending.id):
                 # The graph paused (again) but a worker died before the pause was recorded;
                 # a stored answer belongs to an earlier question.
+                if row.attempt > 1:
+                    await self._tell_finished_nodes(row, saver)
                 return await self._pause(row, _pending_interrupt(snapshot))
             kind, graph_input = "answer", Command(resume={pending.id: row.resume_value})
         elif snapshot.next or snapshot.tasks:
@@ -315,11 +318,14 @@ class Executor:
             # The graph reached its end but its end was not recorded (PostgreSQL went away
             # then): this pick-up only records it, and says it took the run over first.
             if row.attempt > 1:
+                await self._tell_finished_nodes(row, saver)
                 await self.events.publish(
                     self.events.event(row, "run.resumed", {"reason": "redelivered"})
                 )
             return await self._complete(row, workflow, snapshot.values)
 
+        if row.attempt > 1:  # (a first pick-up has no earlier one's nodes to tell of)
+            await self._tell_finished_nodes(row, saver)
         # The pick-up's events (its start, nodes, tokens) are written as they come and their
         # acknowledgements awaited together at the end of the graph (order kept).
         pipeline = self.events.event_log.pipeline()
@@ -400,6 +406,45 @@ class Executor:
                 return await self._fail(row, threadstate.nothing_to_continue(row.thread_id))
             return await self._fail(row, "the graph ran no node for the run's input")
         return await self._complete(row, workflow, end.values, usage)
+
+    async def _tell_finished_nodes(self, row: RunRow, saver: BaseCheckpointSaver[Any]) -> None:
+        """Before a later pick-up says `run.resumed`: `run.node.finished` (`recovered`) for each
+        node an earlier pick-up started whose result is stored but whose end is not in the log.
+
+        A node's writes are stored once its events before them are in the log, and its
+        `run.node.finished` is published after (`checkpoints.RunSaver.aput_writes`): a pick-up
+        that lost NATS (or died) between the two leaves a node LangGraph does not run again.
+        A client told by the rule to drop what the interrupted node streamed since its
+        `run.node.started` on `run.resumed` would drop that node's whole text; told first that
+        it finished, it keeps it. The log says which nodes started and did not finish (a node
+        whose end is there — a worker that died before the next checkpoint — is not told of
+        again), the checkpoint writes which of those finished. A log or database out of
+        reach stops the pick-up as any outage does (the next one tells of them)."""
+        try:
+            unfinished = await self.events.unfinished_nodes(row)
+            finished = await checkpoints.finished_tasks(saver, str(row.thread_id), unfinished)
+            told = [
+                self.events.recovered_finish(row, task, node)
+                for task, node in unfinished.items()
+                if task in finished
+            ]
+            if not told:
+                return
+            pipeline = self.events.event_log.pipeline()
+            for event in told:
+                await pipeline.submit(event, data_checked=True)
+            await pipeline.flush()
+        except Exception as exc:
+            if isinstance(exc, LockLostError) or infrastructure_outage(exc):
+                raise
+            # Not worth the run: it goes on, as before this was told.
+            log.exception("cannot tell of the nodes an earlier pick-up finished", run=str(row.id))
+            return
+        log.info(
+            "told of nodes an earlier pick-up finished",
+            run=str(row.id),
+            nodes=[event_data(event)["node"] for event in told],
+        )
 
     async def _stop(self, drive: asyncio.Task[GraphEnd]) -> None:
         drive.cancel()

@@ -8,6 +8,7 @@ is `runstate`'s; this module builds and publishes them.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +24,8 @@ from amelia_common.eventlog import (
     EventLog,
     InvalidEventError,
     PublishPipeline,
+    StartAt,
+    event_data,
     fit_data,
     make_event,
 )
@@ -30,6 +33,11 @@ from amelia_common.eventlog import (
 TERMINAL_TYPES = ("run.completed", "run.failed", "run.cancelled")
 # A piece of a model's reply (`runtime.chat` emits one per streamed chunk).
 TOKEN_TYPE = "run.token"
+# A LangGraph task's start and end (`run.node.started` / `run.node.finished`).
+NODE_TYPES = "run.node.*"
+# A run's events are stored after it was created; a margin for the two clocks (PostgreSQL's,
+# NATS's) when its log is read from its creation on.
+CLOCK_MARGIN = dt.timedelta(seconds=60)
 
 
 def question_id(row: RunRow) -> str:
@@ -112,6 +120,47 @@ class RunEvents:
         else:
             event = self.event(row, "run.resumed", {"reason": "start" if kind == "fork" else kind})
         await pipeline.submit(event, data_checked=True)
+
+    async def unfinished_nodes(self, row: RunRow) -> dict[str, str]:
+        """The tasks of the run whose `run.node.started` is in its log with no
+        `run.node.finished` after it, as {task id: node}, in the order they started: a pick-up
+        that stopped mid-node left them so (read by a later pick-up, `Executor`). Raises
+        `EventLogUnavailableError` when the log cannot be read."""
+        start = StartAt.beginning()
+        if row.create_time is not None:
+            start = StartAt.at_time(row.create_time - CLOCK_MARGIN)
+        unfinished: dict[str, str] = {}
+        reader = self.event_log.read(
+            [NODE_TYPES],
+            run_name(row.id),
+            start,
+            follow=False,
+            retry_for=self.event_log.settings.EVENTS_PUBLISH_TIMEOUT_SECONDS,
+        )
+        async with reader:
+            async for event in reader:
+                data = event_data(event)
+                task = data.get("task")
+                if not isinstance(task, str) or not task:
+                    continue
+                if event.type == "run.node.started":
+                    unfinished.pop(task, None)  # (started again: in its new place)
+                    unfinished[task] = str(data.get("node") or "")
+                elif event.type == "run.node.finished":
+                    unfinished.pop(task, None)
+        return unfinished
+
+    def recovered_finish(self, row: RunRow, task: str, node: str) -> events_pb2.Event:
+        """`run.node.finished` for a task whose result is stored but whose end never reached
+        the log (`recovered`: no duration or usage is known of it). Its id is fixed per task,
+        so a pick-up that tells it again within JetStream's deduplication window stores it
+        once."""
+        return self.event(
+            row,
+            "run.node.finished",
+            {"node": node, "task": task, "recovered": True},
+            event_id=f"{row.id}:finished:{task}",
+        )
 
     def question(self, row: RunRow) -> events_pb2.Event:
         """`run.interrupted` for a PAUSED run: the question its node asked (`row.interrupt`),
