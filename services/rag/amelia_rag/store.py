@@ -5,7 +5,10 @@ Every write that changes a document writes the event telling of it (`Tell`) into
 outbox in the same transaction (`amelia_common.eventlog.outbox`): a change rolled back leaves no
 event, and the event of one committed is published after the commit — at once, or once NATS is
 back. Concurrent ingests of the same document serialize on an advisory lock keyed by its
-identity. An ingest stores the chunks without embeddings and the document `indexing`; a rag
+identity, and decide "replace the stored document or make a new one" on its row locked
+(`FOR UPDATE`), which a delete locks too: whichever of an ingest and a delete commits second
+sees what the first did (a document deleted is never brought back under its name). An ingest
+stores the chunks without embeddings and the document `indexing`; a rag
 process then claims it with a lease (`FOR UPDATE SKIP LOCKED`, so one replica takes each
 document), fills in the embeddings batch by batch while renewing the lease, and marks it
 `ready`. Every indexer write checks the lease is still its own: a document changed, deleted or
@@ -35,6 +38,9 @@ from amelia_rag.models import ChunkRow, DocumentRow
 
 # The event telling of a change, made from the row as the change left it.
 Tell = Callable[[DocumentRow], events_pb2.Event]
+# An ingest's `document.uploaded`, told whether it replaced a stored document's content
+# (decided in the storing transaction, on the row locked).
+Uploaded = Callable[[DocumentRow, bool], events_pb2.Event]
 
 _INSERT_CHUNK = text(
     """
@@ -94,6 +100,10 @@ class DocumentFields:
 class ReplaceResult:
     document: DocumentRow
     unchanged: bool
+    # Whether a stored document of this identity was updated (else this one is new).
+    replaced: bool
+    # A `failed` document's same content: sent back to indexing with its embeddings kept.
+    resumed: bool = False
 
 
 @dataclass(frozen=True)
@@ -176,45 +186,64 @@ class DocumentStore:
         async with self.sessions() as session:
             return await session.get(DocumentRow, document_id)
 
-    async def touch(self, document: DocumentRow, fields: DocumentFields) -> ReplaceResult:
-        """Content unchanged: keep the chunks, refresh title, source and metadata if they moved
-        (the request's replace them: metadata left out clears it). `unchanged` only when none
-        did, so the reply does not say `unchanged` of a document whose metadata it cleared."""
-        if (document.title, document.source_uri, document.meta) == (
-            fields.title,
-            fields.source_uri,
-            fields.meta,
-        ):
-            return ReplaceResult(document, unchanged=True)
+    async def refresh(self, fields: DocumentFields, tell: Uploaded) -> ReplaceResult | None:
+        """The same content ingested again, decided on the stored row locked (as `replace`):
+
+        - indexed or indexing: keep the chunks, refresh title, source and metadata if they
+          moved (the request's replace them: metadata left out clears it; a title left out
+          keeps the stored one). `unchanged` only when none did, so the reply does not say
+          `unchanged` of a document whose metadata it cleared;
+        - `failed`: back to `indexing` with its chunks and the embeddings already computed
+          kept, so indexing resumes rather than restarts (`document.uploaded`, replacing).
+
+        None when no document of this identity holds this content any more (deleted or
+        changed since the caller looked): the caller stores it as `replace` decides then.
+        """
         async with transaction(self.sessions) as session:
-            row = await session.get(DocumentRow, document.id, with_for_update=True)
-            if row is None:
-                return ReplaceResult(document, unchanged=True)
-            row.title, row.source_uri, row.meta = fields.title, fields.source_uri, fields.meta
-            return ReplaceResult(row, unchanged=False)
+            row = await _locked_identity(session, fields.identity)
+            if row is None or not _same_content(row, fields):
+                return None
+            title = fields.title.strip() or row.title
+            if row.state != "failed":
+                if (row.title, row.source_uri, row.meta) == (title, fields.source_uri, fields.meta):
+                    return ReplaceResult(row, unchanged=True, replaced=True)
+                row.title, row.source_uri, row.meta = title, fields.source_uri, fields.meta
+                return ReplaceResult(row, unchanged=False, replaced=True)
+            row.title, row.source_uri, row.meta = title, fields.source_uri, fields.meta
+            row.state, row.index_error = "indexing", ""
+            row.lease_owner, row.lease_until, row.index_attempts = None, None, 0
+            await session.flush()
+            await self._tell(session, lambda r: tell(r, True), row)
+        return ReplaceResult(
+            await self._delivered(row), unchanged=False, replaced=True, resumed=True
+        )
 
     async def replace(
         self,
-        document_id: uuid.UUID,
         fields: DocumentFields,
         chunks: Sequence[Chunk],
         passages: Sequence[str | None],
-        tell: Tell,
+        tell: Uploaded,
     ) -> ReplaceResult:
         """Write the document (`indexing`) and its new chunks, not yet embedded, atomically.
 
-        The old chunks go in the same transaction. `passages[i]` is the passage text of chunk i
-        (None when it is the chunk itself). `document_id` is used when the document is new. If
+        Whether this replaces a stored document or makes a new one is decided here, on the row
+        of this identity locked, never on what the caller read before parsing: a document
+        deleted meanwhile (its delete committed first) is not brought back, this content is a
+        new document with a new id (`replaces_previous` false); one another ingest created
+        meanwhile is replaced (true). The old chunks go in the same transaction.
+        `passages[i]` is the passage text of chunk i (None when it is the chunk itself). If
         another ingest stored the same content meanwhile, nothing is written and the result
         is `unchanged`.
         """
         async with transaction(self.sessions) as session:
             row = await _locked_identity(session, fields.identity)
+            replaced = row is not None
             if row is not None and row.state != "failed" and _same_content(row, fields):
-                return ReplaceResult(row, unchanged=True)
+                return ReplaceResult(row, unchanged=True, replaced=True)
             now = _now()
             if row is None:
-                row = DocumentRow(id=document_id, identity=fields.identity, create_time=now)
+                row = DocumentRow(id=uuid.uuid4(), identity=fields.identity, create_time=now)
                 session.add(row)
             else:
                 await session.execute(delete(ChunkRow).where(ChunkRow.document_id == row.id))
@@ -257,25 +286,8 @@ class DocumentStore:
                         for chunk, passage in zip(chunks, passages, strict=True)
                     ],
                 )
-            await self._tell(session, tell, row)
-        return ReplaceResult(await self._delivered(row), unchanged=False)
-
-    async def resume(self, fields: DocumentFields, tell: Tell) -> DocumentRow | None:
-        """A `failed` document ingested again with the same content: back to `indexing` with its
-        chunks and the embeddings already computed kept, so indexing resumes rather than
-        restarts. None when the stored document is not that (the caller replaces it then).
-        """
-        async with transaction(self.sessions) as session:
-            row = await _locked_identity(session, fields.identity)
-            if row is None or not _same_content(row, fields) or row.state != "failed":
-                return None
-            row.title = fields.title.strip() or row.title
-            row.source_uri, row.meta = fields.source_uri, fields.meta
-            row.state, row.index_error = "indexing", ""
-            row.lease_owner, row.lease_until, row.index_attempts = None, None, 0
-            await session.flush()
-            await self._tell(session, tell, row)
-        return await self._delivered(row)
+            await self._tell(session, lambda r: tell(r, replaced), row)
+        return ReplaceResult(await self._delivered(row), unchanged=False, replaced=replaced)
 
     async def embedded_counts(self, rows: Sequence[DocumentRow]) -> dict[uuid.UUID, int]:
         """How many chunks of each document have their embedding (all of a `ready` one)."""
