@@ -57,6 +57,13 @@ class OutOfRangeError(AmeliaError):
     code = grpc.StatusCode.OUT_OF_RANGE
 
 
+class ResourceExhaustedError(AmeliaError):
+    """A limit of the mesh is reached (too many of something open at once): trying again at
+    once meets the same limit; the message says what to release."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 class UnavailableError(AmeliaError):
     """`dependency` (e.g. "PostgreSQL", "NATS") cannot be reached; the caller may retry."""
 

@@ -10,13 +10,16 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from amelia_common.errors import InvalidArgumentError
+from amelia_common.errors import InvalidArgumentError, shorten_echoes
 from amelia_common.names import CANONICAL_FORM, misspelt_uuid
 
 _TYPE_TOKEN = re.compile(r"[a-z][a-z0-9_-]*")
 # A whole event type in one match: two or more dotted lowercase words (see validate_type).
 _EVENT_TYPE = re.compile(r"[a-z][a-z0-9_-]*(?:\.[a-z][a-z0-9_-]*)+")
 _RESOURCE = re.compile(r"([a-z][a-z0-9-]*)/([A-Za-z0-9_-]+|\*)")
+# Every NATS subject the log uses is made of these (`amelia.events.<collection>.<id>.<type>`,
+# a reader's filter of a subject and type patterns held to the same bounds), so none comes near
+# NATS's 4 KiB protocol line (`max_control_line`), past which the server closes the connection.
 MAX_TYPE_LENGTH = 128
 MAX_SUBJECT_LENGTH = 256
 MAX_TYPE_PATTERNS = 32
@@ -27,7 +30,14 @@ class InvalidEventError(InvalidArgumentError):
 
 
 def validate_type(event_type: str) -> None:
-    if len(event_type) > MAX_TYPE_LENGTH or not _EVENT_TYPE.fullmatch(event_type):
+    if len(event_type) > MAX_TYPE_LENGTH:
+        raise InvalidEventError(
+            shorten_echoes(
+                f"event type {event_type!r} is longer than {MAX_TYPE_LENGTH} characters, the "
+                "most an event type may have"
+            )
+        )
+    if not _EVENT_TYPE.fullmatch(event_type):
         raise InvalidEventError(
             f"event type {event_type!r} must be dotted lowercase words, e.g. 'run.token'"
         )
@@ -37,7 +47,14 @@ def subject_tokens(subject: str, *, allow_wildcard: bool = False) -> str:
     """`runs/abc` → `runs.abc`; empty → `_._`; `runs/*` → `runs.*` when allowed."""
     if not subject:
         return "_._"
-    match = _RESOURCE.fullmatch(subject) if len(subject) <= MAX_SUBJECT_LENGTH else None
+    if len(subject) > MAX_SUBJECT_LENGTH:
+        raise InvalidEventError(
+            shorten_echoes(
+                f"subject {subject!r} is longer than {MAX_SUBJECT_LENGTH} characters: it must "
+                f"look like 'collection/id' of at most {MAX_SUBJECT_LENGTH} characters"
+            )
+        )
+    match = _RESOURCE.fullmatch(subject)
     if not match or (match.group(2) == "*" and not allow_wildcard):
         raise InvalidEventError(
             f"subject {subject!r} must look like 'collection/id' (e.g. 'runs/4f1c…')"
@@ -55,7 +72,19 @@ def subject_tokens(subject: str, *, allow_wildcard: bool = False) -> str:
 
 
 def type_pattern_tokens(pattern: str) -> str:
-    """A user type pattern as NATS tokens: `run.*` (trailing) → `run.>`; `*` mid-way is one token."""
+    """A user type pattern as NATS tokens: `run.*` (trailing) → `run.>`; `*` mid-way is one token.
+
+    At most MAX_TYPE_LENGTH characters, as a type: a wildcard stands for at least one character,
+    so a longer pattern matches no type the log can hold. (It also ends up in the subject of
+    JetStream's consumer-create request: one of several thousand characters went past NATS's
+    4 KiB control line, and the server closed the events service's connection for good.)"""
+    if len(pattern) > MAX_TYPE_LENGTH:
+        raise InvalidEventError(
+            shorten_echoes(
+                f"type pattern {pattern!r} is longer than {MAX_TYPE_LENGTH} characters, the most "
+                "an event type may have: a longer pattern could never match"
+            )
+        )
     tokens = pattern.split(".")
     if not pattern or any(not t for t in tokens):
         raise InvalidEventError(f"type pattern {pattern!r} has an empty token")

@@ -7,15 +7,25 @@ few seconds (`PING_INTERVAL`, `MAX_OUTSTANDING_PINGS`);
 the first connect is retried until `timeout` so services can start before NATS does. Health
 checks read `is_connected`. Streams are created the same way too (`ensure_stream`), safe when
 many replicas start at once.
+
+A connection the *server* closes with a protocol error (`-ERR`, e.g. "maximum control line
+exceeded") is another matter: nats-py then closes the client for good, never reconnects, and
+every subscription, consumer and KV watch made on it is gone. Nothing can be resumed on that
+client, so the process stops instead of living on cut off (NOT_SERVING while NATS is fine, every
+call refused): it logs an error naming the cause and sends itself SIGTERM, the graceful
+shutdown every service has (`GrpcService.serve`), and its supervisor (`amelia up`, Kubernetes)
+starts it again with a new connection. A close we asked for (`close`, `drain`, leaving `async
+with`) does not.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import signal
 from collections.abc import Awaitable, Callable
 
-import nats
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
@@ -32,6 +42,32 @@ log = get_logger("amelia.nats")
 # one every 2 s per connection: nothing next to the traffic of a run.
 PING_INTERVAL = 2
 MAX_OUTSTANDING_PINGS = 2
+
+
+class Client(NATS):
+    """nats-py's client, knowing whether its close was asked for (`close`, `drain`) or imposed by
+    the server (see the module's docstring)."""
+
+    closing = False
+
+    async def close(self) -> None:
+        self.closing = True
+        await super().close()
+
+    async def drain(self) -> None:
+        self.closing = True
+        await super().drain()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.closing = True
+        await super().__aexit__(*exc_info)
+
+
+def stop_process(why: str, **details: object) -> None:
+    """Log `why` as an error and stop this process the way SIGTERM does (gracefully, where the
+    process handles SIGTERM), for its supervisor to start it again."""
+    log.error(f"{why}: stopping this process so that its supervisor starts it again", **details)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def nats_servers(settings: Settings) -> list[str]:
@@ -55,13 +91,24 @@ async def connect_nats(settings: Settings, name: str, timeout: float = 60.0) -> 
             log.warning("nats error", error=message)
         last_error[:] = [message]
 
-    client: list[NATS] = []
+    client: list[Client] = []
 
     async def on_disconnect() -> None:
-        if client and client[0].is_closed:
-            log.debug("nats connection closed")  # a deliberate close, not an outage
-        else:
+        if not client or not client[0].is_closed:
             log.warning("nats disconnected")
+        elif client[0].closing:
+            log.debug("nats connection closed")  # a deliberate close, not an outage
+
+    async def on_closed() -> None:
+        if not client or client[0].closing:
+            return  # ours (or a first connect given up on: that raised already)
+        cause = client[0].last_error
+        stop_process(
+            "NATS closed this process's connection for good; nats-py does not reconnect after "
+            "that, so every subscription and consumer on it is gone",
+            client=name,
+            cause=(str(cause) or repr(cause)) if cause is not None else "unknown",
+        )
 
     async def on_reconnect() -> None:
         log.info("nats reconnected")
@@ -69,18 +116,20 @@ async def connect_nats(settings: Settings, name: str, timeout: float = 60.0) -> 
     servers = nats_servers(settings)
     try:
         async with asyncio.timeout(timeout):
-            nc = await nats.connect(
+            nc = Client()
+            await nc.connect(
                 servers=servers,
                 name=name,
                 allow_reconnect=True,
                 max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
+                reconnect_time_wait=0.5,  # type: ignore[arg-type]  # typed int; a float works
                 connect_timeout=2,
                 ping_interval=PING_INTERVAL,
                 max_outstanding_pings=MAX_OUTSTANDING_PINGS,
                 error_cb=on_error,
                 disconnected_cb=on_disconnect,
                 reconnected_cb=on_reconnect,
+                closed_cb=on_closed,
             )
     except TimeoutError as exc:
         reason = last_error[-1] if last_error else "no answer"

@@ -32,6 +32,7 @@ from amelia_common.errors import (
     NATS,
     AlreadyExistsError,
     PermissionDeniedError,
+    ResourceExhaustedError,
     UnavailableError,
     struct_problem,
 )
@@ -80,6 +81,12 @@ class EventLogUnavailableError(UnavailableError, ConnectionError):
 
     def __init__(self, detail: str) -> None:
         super().__init__(NATS, detail)
+
+
+class TooManyReadersError(ResourceExhaustedError):
+    """RESOURCE_EXHAUSTED: JetStream refused a reader's consumer because the stream (or the
+    account) holds as many consumers as it may ("maximum consumers limit reached"). Not an
+    outage: NATS answered, and trying again at once meets the same limit until readers close."""
 
 
 # A batch's ReusedIdError names this many of its refused events.

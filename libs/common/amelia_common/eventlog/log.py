@@ -17,7 +17,7 @@ from nats.js import api
 
 from amelia.v1 import events_pb2
 from amelia_common import metrics, telemetry
-from amelia_common.errors import OutOfRangeError
+from amelia_common.errors import AmeliaError, OutOfRangeError
 from amelia_common.event_names import InvalidEventError
 from amelia_common.eventlog.envelope import (
     CLIENT_ID_NAMESPACE,
@@ -189,12 +189,21 @@ class EventLog:
     ) -> list[events_pb2.Event]:
         """Store `events` in order, one round trip for all; returns them with their sequences.
 
-        Every event is checked before any is written, so a bad one stores nothing. Raises like
-        `publish_event`; after `EventLogUnavailableError` a prefix may be stored, and publishing
-        the same events again (same ids) stores each once. `ReusedIdError` (a client's id
-        already stored with other content) comes once every other event is stored.
+        Every event is checked before any is written, so a bad one stores nothing; its error
+        begins with its place in the batch (`events[3]: …`). Raises like `publish_event`; after
+        `EventLogUnavailableError` a prefix may be stored, and publishing the same events again
+        (same ids) stores each once. `ReusedIdError` (a client's id already stored with other
+        content) comes once every other event is stored.
         """
-        prepared = [self.prepare(event, from_client=from_client) for event in events]
+        prepared: list[Prepared] = []
+        for index, event in enumerate(events):
+            try:
+                prepared.append(self.prepare(event, from_client=from_client))
+            except AmeliaError as exc:
+                # Which event of the batch, as a field path (AIP-161): `events[3]: event type …`.
+                exc.message = f"events[{index}]: {exc.message}"
+                exc.args = (exc.message,)
+                raise
         pipeline = self.pipeline()
         for item in prepared:
             await pipeline.write(item)

@@ -26,6 +26,7 @@ from amelia_common.eventlog.envelope import (
     LAST_TIME,
     MAX_SEQUENCE,
     EventLogUnavailableError,
+    TooManyReadersError,
     decode_event,
 )
 from amelia_common.logging import get_logger
@@ -101,6 +102,9 @@ def delivery_info(reply: str) -> tuple[int, int, int]:
 def _stored_at(nanoseconds: int) -> dt.datetime:
     return EPOCH + dt.timedelta(microseconds=nanoseconds // 1000)
 
+
+# JetStream's "maximum consumers limit reached" (the stream's `max_consumers` or the account's).
+_MAX_CONSUMERS = 10026
 
 _HEARTBEAT = "100"
 _NO_MESSAGES = "404"
@@ -410,6 +414,14 @@ class EventReader:
                 return
             except nats.js.errors.BadRequestError as exc:
                 await self._drop_consumer()
+                if exc.err_code == _MAX_CONSUMERS:
+                    raise TooManyReadersError(
+                        f"too many open subscriptions on the event log: stream {self._stream} "
+                        "already has as many JetStream consumers as NATS allows "
+                        f"({exc.description}); each open StreamEvents call or subscription "
+                        "(those on one filter at the live edge share one) and each ListEvents "
+                        "page being read holds one: close some and try again"
+                    ) from exc
                 raise EventLogUnavailableError(
                     f"JetStream refused to create a reader for {self.filters}: {exc}"
                 ) from exc
