@@ -55,3 +55,11 @@ def test_dockerfile_builds_any_service_from_the_repo() -> None:
     assert "services/${SERVICE}" in dockerfile
     for spec in SERVICES:
         assert (ROOT / "services" / spec.name / "pyproject.toml").exists()
+
+
+def test_every_mesh_service_is_restarted_when_it_stops() -> None:
+    """A service stops itself when NATS closes its connection for good (docs/events.md): compose
+    must start it again, as `amelia up` and Kubernetes do (QA s24: no restart policy at all)."""
+    services = compose()["services"]
+    for name in [spec.name for spec in SERVICES] + ["local-model"]:
+        assert services[name].get("restart") == "unless-stopped", name

@@ -153,6 +153,7 @@ def test_compose_runs_replicas_on_a_three_node_nats_cluster() -> None:
     for name in ("events", "agents", "rag", "gateway", "agents-worker"):
         service = services[name]
         assert service["deploy"]["replicas"] >= 2, name
+        assert service["restart"] == "unless-stopped", name  # a service stops itself, see events.md
         env = service["environment"]
         known_settings(set(env))
         assert env["NATS_URL"] == ",".join(f"nats://{n}:4222" for n in nodes)
