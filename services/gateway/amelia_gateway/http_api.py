@@ -31,6 +31,7 @@ from amelia_gateway.requests import (
     is_json,
     is_upload,
     read_body,
+    refuse_encoded_body,
     request_id,
     require_token,
 )
@@ -81,6 +82,8 @@ async def endpoint(request: Request) -> Response:
         if found is None:
             raise GatewayError(grpc.StatusCode.NOT_FOUND, f"no route for {request.method} {path}")
         require_token(gateway, request)
+        if found.rule.body or found.rule.uploads:
+            refuse_encoded_body(request)
         if found.rule.uploads and is_upload(request):
             return await uploads.upload(gateway, request, rid)
         message = await _request_message(gateway, request, found)
@@ -158,19 +161,43 @@ async def _wait(call: Any, message: Any, timeout: float, rid: str, service: str)
     return await reissue_while_unavailable(attempt, wait_end - start, service)
 
 
-async def _answered_while_opening(first: asyncio.Future[Any], upstream: Upstream) -> bool:
-    """Whether the stream answered (a message, its end or an error) before it counts as open:
-    STREAM_OPEN_WAIT after its upstream is connected, at most STREAM_CONNECT_WAIT in all."""
+async def _answered_while_opening(
+    call: Any,
+    first: asyncio.Future[Any],
+    opened: asyncio.Future[Any],
+    upstream: Upstream,
+    headers_within: float,
+) -> bool:
+    """Whether the stream answered (a message, its end or an error) before it counts as open.
+
+    It counts as open once the service sent its headers (`opened`, a call that did not fail
+    with them). A service that sends none until its first message (`headers_within` 0) counts
+    as opening it STREAM_OPEN_WAIT after its upstream is connected, at most STREAM_CONNECT_WAIT
+    in all; one that sends them as soon as the stream is open is waited for up to
+    `headers_within` after that (its own bound for opening), unless its health says a dependency
+    it waits for is down (a 503 naming it, `_stream`)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + STREAM_CONNECT_WAIT
     connected_at = loop.time() if upstream.connected() else None
+    checked = False
     while not first.done():
         now = loop.time()
+        if opened.done() and not call.done():
+            return False  # the service opened the stream
         if connected_at is None and upstream.connected():
             connected_at = now
-        if now >= deadline or (connected_at is not None and now - connected_at >= STREAM_OPEN_WAIT):
-            return False
-        await asyncio.wait({first}, timeout=0.05)
+        if connected_at is None:
+            if now >= deadline:
+                return False
+        elif now - connected_at >= STREAM_OPEN_WAIT:
+            if now - connected_at >= STREAM_OPEN_WAIT + headers_within:
+                return False
+            if not checked:
+                checked = True
+                if dependency := await upstream.down_dependency():
+                    call.cancel()
+                    raise waiting_for(upstream, dependency)
+        await asyncio.wait({first, opened} if not opened.done() else {first}, timeout=0.05)
     return True
 
 
@@ -208,7 +235,15 @@ async def _stream(
             except grpc.aio.AioRpcError as exc:
                 call.cancel()
                 raise upstream.error(exc, rule.service) from None
-        elif await _answered_while_opening(first, upstream):
+        elif await _answered_while_opening(
+            call,
+            first,
+            opened,
+            upstream,
+            gateway.settings.EVENTS_PUBLISH_TIMEOUT_SECONDS + STREAM_OPEN_WAIT
+            if rule.headers_when_open
+            else 0.0,
+        ):
             try:
                 first.result()
             except grpc.aio.AioRpcError as exc:

@@ -15,8 +15,12 @@ A subscription is a *feed* of events for one sink (a socket's subscription):
   its start while also joining the live topic, buffering what the topic sends. When its own stream
   reaches the first buffered live event, it hands over: its own call is cancelled and the buffer is
   flushed (skipping what it already sent), so a reconnecting client ends up on the shared stream
-  with no gap and no duplicate. If the buffer overflows first (a long replay), it stays on its own
-  stream for good, still correct, just not shared.
+  with no gap and no duplicate. If the buffer overflows first (more than CATCH_UP_BUFFER events,
+  a long replay), it stays on its own stream for good, still correct, just not shared. The buffer
+  also counts in its socket's byte budget (WS_SEND_QUEUE_BYTES, with the socket's send queue):
+  past it, a replay whose client reads does the same; one whose client stopped reading
+  (`Budgeted.stalled`) has its socket closed as a slow consumer, as a full send queue does, to
+  resume from what it delivered.
 - **run** (`run: "runs/…"`): its own AgentService.StreamRun call, which replays the run and ends
   when the run does; asking for up to EVENTS_PER_MESSAGE events per message when the
   subscription batches.
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import KW_ONLY, dataclass, field
@@ -68,8 +73,12 @@ MAX_BACKOFF = 2.0
 RESUMES = "; waiting for it, the events follow once it is back"
 # How the notice that it is open again (a `status` message on a socket) ends.
 BACK = ": the stream is open again, its events follow from where they stopped"
-# Live events a catch-up feed buffers while its own stream replays history.
+# Live events a catch-up feed buffers while its own stream replays history (and at most its
+# socket's byte budget of them, `Budgeted.fits`).
 CATCH_UP_BUFFER = 10_000
+# Most bytes of event text the hub joins into one chunk for batching sinks (`_Coalesced`), and a
+# socket into one `events` message: what the events service puts in one message at most.
+CHUNK_BYTES = 1024 * 1024
 # Most events per StreamEvents message asked of the events service (events already read go
 # together, none is waited for): a burst costs one gRPC message and one hand-off per sink, not one
 # per event. A quarter of a socket's send queue at most (`events_per_message`), so a chunk always
@@ -89,11 +98,15 @@ class Chunk:
     sending the same chunk share one string, and only the small envelope differs per socket.
     """
 
-    __slots__ = ("_items", "_tails", "sequences", "texts")
+    __slots__ = ("_items", "_tails", "nbytes", "sequences", "texts")
 
-    def __init__(self, sequences: list[int], texts: list[str]) -> None:
+    def __init__(self, sequences: list[int], texts: list[str], nbytes: int = -1) -> None:
         self.sequences = sequences
         self.texts = texts
+        # What the chunk weighs in a socket's byte budget: the memory of its events' JSON texts
+        # (sys.getsizeof: a text with non-ASCII characters takes 2 or 4 bytes a character),
+        # counted once here so queueing costs an addition.
+        self.nbytes = nbytes if nbytes >= 0 else sum(map(sys.getsizeof, texts))
         self._items: str | None = None
         self._tails: list[str] | None = None
 
@@ -109,6 +122,7 @@ class Chunk:
         return cls(
             [s for c in chunks for s in c.sequences],
             [t for c in chunks for t in c.texts],
+            sum(c.nbytes for c in chunks),
         )
 
     def __len__(self) -> int:
@@ -178,6 +192,28 @@ class Sink(Protocol):
     def opened(self) -> None:
         """The feed's own stream is open: its service took the start position (a feed that
         `FeedSpec.resumes` calls it once, before its first event)."""
+
+
+class Budgeted(Sink, Protocol):
+    """A sink with a byte budget (a socket's subscription: WS_SEND_QUEUE_BYTES for the socket's
+    send queue and what its catch-up feeds buffer), which a catch-up feed's buffer counts in."""
+
+    def push(self, chunk: Chunk, held: int = 0) -> None:
+        """As `Sink.push`; `held`: the bytes of a buffered chunk it comes from, which move from
+        the hold to the sink's queue (no more than the sink already holds: never refused)."""
+
+    def fits(self, nbytes: int) -> bool:
+        """Whether `nbytes` more (pushed or held) keep the sink's socket within its budget."""
+
+    def hold(self, nbytes: int) -> None:
+        """`nbytes` more (less, when negative) are buffered for the sink outside its queue."""
+
+    def stalled(self) -> bool:
+        """Whether the sink's client has taken nothing for a while though it has events waiting
+        (a socket: STALL_SECONDS)."""
+
+    def overflow(self) -> None:
+        """The sink is over its budget and does not read: close it as a slow consumer."""
 
 
 @dataclass(frozen=True)
@@ -452,17 +488,19 @@ class _Coalesced:
         self.most = most
         self.pending: list[Chunk] = []
         self.count = 0
+        self.nbytes = 0
         self.timer: asyncio.TimerHandle | None = None
 
     def add(self, chunk: Chunk) -> None:
         if self.window <= 0:
             self._push(chunk)
             return
-        if self.count + len(chunk) > self.most:
+        if self.count + len(chunk) > self.most or self.nbytes + chunk.nbytes > CHUNK_BYTES:
             self.flush()
         self.pending.append(chunk)
         self.count += len(chunk)
-        if self.count >= self.most:
+        self.nbytes += chunk.nbytes
+        if self.count >= self.most or self.nbytes >= CHUNK_BYTES:
             self.flush()
         elif self.timer is None:
             self.timer = asyncio.get_running_loop().call_later(self.window, self.flush)
@@ -473,7 +511,7 @@ class _Coalesced:
             self.timer = None
         if self.pending:
             chunk = Chunk.joined(self.pending)
-            self.pending, self.count = [], 0
+            self.pending, self.count, self.nbytes = [], 0, 0
             self._push(chunk)
 
     def _push(self, chunk: Chunk) -> None:
@@ -485,7 +523,7 @@ class _Coalesced:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        self.pending, self.count = [], 0
+        self.pending, self.count, self.nbytes = [], 0, 0
 
 
 class Feed:
@@ -534,13 +572,14 @@ class _Relay:
 class CatchUpFeed(Feed):
     """Replays from a past position on its own stream, then moves onto the shared topic."""
 
-    def __init__(self, hub: Hub, spec: FeedSpec, sink: Sink) -> None:
+    def __init__(self, hub: Hub, spec: FeedSpec, sink: Budgeted) -> None:
         self.hub = hub
         self.spec = spec
         self.sink = sink
         self.last = spec.since.sequence if spec.since.kind == "after" else 0
         self.buffer: collections.deque[Chunk] = collections.deque()
         self.buffered = 0  # events in `buffer`
+        self.buffered_bytes = 0  # their bytes, held in the sink's budget (`Budgeted.hold`)
         self.handed_over = False
         self.closed = False
         self.relay: _Relay | None = _Relay(self)
@@ -574,26 +613,36 @@ class CatchUpFeed(Feed):
             request.start_time.CopyFrom(since.time)
         return request
 
-    def _forward(self, chunk: Chunk | None) -> None:
-        """Send what of `chunk` comes after the last event sent."""
+    def _forward(self, chunk: Chunk | None, held: int = 0) -> None:
+        """Send what of `chunk` comes after the last event sent; `held`: the bytes of the
+        buffered chunk it is, released from the sink's hold as it goes to its queue."""
         rest = chunk.after(self.last) if chunk is not None else None
         if rest is not None:
             self.last = rest.last
-            self.sink.push(rest)
+            self.sink.push(rest, held)
+        elif held:
+            self.sink.hold(-held)
 
     def _own_events(self, events: list[events_pb2.Event]) -> bool:
         if self.closed or self.handed_over:
             return False
         chunk = Chunk.of(events)
+        if self.buffer and not self.sink.fits(chunk.nbytes):
+            # The buffer leaves no room in the socket's budget for the replay, which goes on
+            # (its client reads): stay on our own stream, as when it holds too many events.
+            self._leave_topic()
         if self.topic is not None and self.buffer and chunk.last >= self.buffer[0].first:
             # Our replay reached what the live topic has buffered (gap-free from its first
             # event): send our events before it, then the buffer, and stay on the topic.
             self.handed_over = True
             self.hub.handovers += 1
-            self._forward(chunk.before(self.buffer[0].first))
-            for buffered in self.buffer:
-                self._forward(buffered)
-            self._drop_buffer()
+            buffered = list(self.buffer)
+            self.buffer.clear()
+            self.buffered = 0
+            self._forward(chunk.before(buffered[0].first))
+            for each in buffered:  # (their bytes move from the hold to the socket's queue)
+                self.buffered_bytes -= each.nbytes
+                self._forward(each, each.nbytes)
             return False
         self._forward(chunk)
         return True
@@ -618,8 +667,19 @@ class CatchUpFeed(Feed):
         if self.handed_over:
             self._forward(chunk)
             return
+        if not self.sink.fits(chunk.nbytes):
+            if self.sink.stalled():
+                # The client does not read (its replay waits for it): closed as a slow consumer,
+                # to resume from the last event it got.
+                self.sink.overflow()
+            # Either way the buffer goes: the socket closes, or the replay goes on (its client
+            # reads) and stays on our own stream.
+            self._leave_topic()
+            return
         self.buffer.append(chunk)
         self.buffered += len(chunk)
+        self.buffered_bytes += chunk.nbytes
+        self.sink.hold(chunk.nbytes)
         if self.buffered > CATCH_UP_BUFFER:
             # Too far behind to buffer the live stream meanwhile: stay on our own stream.
             self._leave_topic()
@@ -644,6 +704,9 @@ class CatchUpFeed(Feed):
     def _drop_buffer(self) -> None:
         self.buffer.clear()
         self.buffered = 0
+        if self.buffered_bytes:
+            self.sink.hold(-self.buffered_bytes)
+            self.buffered_bytes = 0
 
     def close(self) -> None:
         self.closed = True
@@ -726,7 +789,7 @@ class Hub:
         self.handovers = 0
         self.started = time.monotonic()
 
-    def feed(self, spec: FeedSpec, sink: Sink) -> Feed:
+    def feed(self, spec: FeedSpec, sink: Budgeted) -> Feed:
         """Start delivering `spec` to `sink`."""
         if spec.run:
             return RunFeed(self, spec, sink)

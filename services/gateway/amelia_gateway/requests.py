@@ -13,7 +13,7 @@ from starlette.requests import Request
 
 from amelia_common.auth import token_ok
 from amelia_gateway import auth, middleware
-from amelia_gateway.errors import GatewayError, invalid
+from amelia_gateway.errors import GatewayError, cut, invalid
 from amelia_gateway.state import Gateway
 
 NDJSON = "application/x-ndjson"
@@ -91,6 +91,20 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise too_large(limit)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def refuse_encoded_body(request: Request) -> None:
+    """415 for a body sent with a Content-Encoding (gzip, …): the gateway reads bodies as they
+    are sent, as grpc-gateway does, rather than take compressed bytes for JSON text or a
+    document (identity, or no header, is the body as it is)."""
+    encoding = request.headers.get("content-encoding", "").strip()
+    if encoding and encoding.lower() != "identity":
+        raise GatewayError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"Content-Encoding {cut(encoding, 40)!r} is not supported: send the request body "
+            "uncompressed, without a Content-Encoding header",
+            http_status=415,
+        )
 
 
 def is_json(content_type: str) -> bool:

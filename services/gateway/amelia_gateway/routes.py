@@ -56,6 +56,11 @@ class Rule:
     # A stream whose first message names a run (CreateAndStreamRun), continued by StreamRun of
     # that run after the last sequence sent when the service drops it.
     resumes_as_run: bool = False
+    # A stream whose service sends its headers as soon as it opened it (StreamEvents: once its
+    # consumer exists), however long that takes: the gateway waits for them (or the error) before
+    # it commits to 200, so a stream that cannot open gets its HTTP status, not a 200 whose
+    # first line is the error (QA F6a).
+    headers_when_open: bool = False
 
     @cached_property
     def descriptor(self) -> MethodDescriptor:
@@ -112,7 +117,7 @@ ROUTES: tuple[Rule, ...] = (
     Rule("POST", "/v1/events", "EventService", "PublishEvent", body="*"),
     Rule("POST", "/v1/events:batchPublish", "EventService", "PublishEvents", body="*"),
     Rule("GET", "/v1/events", "EventService", "ListEvents"),
-    Rule("GET", "/v1/events:stream", "EventService", "StreamEvents"),
+    Rule("GET", "/v1/events:stream", "EventService", "StreamEvents", headers_when_open=True),
     *_resource("events", "event", "EventService", get="GetEvent"),
     # AgentService: agents
     Rule("POST", "/v1/agents", "AgentService", "CreateAgent", body="agent"),

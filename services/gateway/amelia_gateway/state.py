@@ -25,6 +25,9 @@ class Connection(Protocol):
     def queued(self) -> int: ...
 
     @property
+    def queued_bytes(self) -> int: ...
+
+    @property
     def subscriptions(self) -> Sized: ...
 
     async def close(self, code: int, reason: str) -> None: ...
@@ -45,6 +48,8 @@ class Gateway:
         )
         self.connections: dict[str, Connection] = {}
         self.http_streams: set[Any] = set()  # open NDJSON streams' gRPC calls
+        # The most bytes one socket held (its send queue and catch-up buffers) so far.
+        self.queued_bytes_peak = 0
         self.stopping = asyncio.Event()
         self.started = time.time()
         self.counters = {
@@ -63,9 +68,11 @@ class Gateway:
             "maxConnections": self.settings.WS_MAX_CONNECTIONS,
             "subscriptions": sum(len(c.subscriptions) for c in self.connections.values()),
             "queuedMessages": queued,
+            "queuedBytes": sum(c.queued_bytes for c in self.connections.values()),
             "httpStreams": len(self.http_streams),
             **self.hub.stats(),
             **self.counters,
+            "wsQueuedBytesPeak": self.queued_bytes_peak,
         }
 
     async def drain(self, reason: str = "server shutting down") -> None:

@@ -20,9 +20,10 @@ Server -> client:
                                                     the stream is open again after a non-final error
     {"type": "ping", "time": …} every WS_HEARTBEAT_INTERVAL / {"type": "pong"}
 
-Every socket has one bounded send queue (WS_SEND_QUEUE events and control messages) drained by
-its own task, so one slow client never delays another: when its queue is full it is closed with
-4008 and told the sequence to resume from. Events are queued as (subscription, shared chunk): the
+Every socket has one bounded send queue (WS_SEND_QUEUE events and control messages, and
+WS_SEND_QUEUE_BYTES bytes with what its catch-up subscriptions buffer) drained by its own task,
+so one slow client never delays another: when its queue is full it is closed with 4008 and told
+the sequence to resume from. Events are queued as (subscription, shared chunk): the
 hub serialized them once for every socket (`hub.Chunk`), and only the small envelope differs per
 subscription. A batching subscription sends a chunk (and the chunks queued behind it) as one
 `events` message; a plain one sends one `event` message per event, back to back. A batching live
@@ -56,7 +57,15 @@ from amelia_common.logging import get_logger
 from amelia_common.names import CANONICAL_FORM, BadNameError, uuid_name
 from amelia_gateway import auth
 from amelia_gateway.errors import GatewayError, cut, internal, invalid, status_body
-from amelia_gateway.hub import CALLER_ERRORS, EVENTS_PER_MESSAGE, Chunk, Feed, FeedSpec, Since
+from amelia_gateway.hub import (
+    CALLER_ERRORS,
+    CHUNK_BYTES,
+    EVENTS_PER_MESSAGE,
+    Chunk,
+    Feed,
+    FeedSpec,
+    Since,
+)
 from amelia_gateway.json_input import read_json
 from amelia_gateway.state import Gateway
 
@@ -66,7 +75,7 @@ log = get_logger("amelia.gateway.ws")
 CLOSE_GOING_AWAY = 1001  # server shutting down: reconnect and resume
 CLOSE_TRY_AGAIN_LATER = 1013  # WS_MAX_CONNECTIONS reached
 CLOSE_HEARTBEAT_TIMEOUT = 4000  # nothing from the client for 3 heartbeat intervals
-CLOSE_SLOW_CONSUMER = 4008  # send queue full: resume from the sequence in the reason
+CLOSE_SLOW_CONSUMER = 4008  # send queue or byte budget full: resume from the sequence in the reason
 CLOSE_UNAUTHORIZED = 4401  # missing or wrong API token
 
 MAX_SUBSCRIPTIONS = 100
@@ -82,6 +91,10 @@ RUN_CHECK_SECONDS = 5.0
 RESUME_CHECK_SECONDS = 5.0
 # How long a close may wait for a client that does not read before the TCP connection is dropped.
 CLOSE_GRACE = 10.0
+# How long a socket's sender may wait on one message (the client does not read) before the socket
+# counts as stalled: a catch-up whose live buffer outgrows the byte budget then closes it as slow
+# instead of finishing on its own stream (`Connection.stalled`).
+STALL_SECONDS = 1.0
 
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 # A sequence given as text: ASCII digits only (str.isdigit also takes '²', which int() refuses),
@@ -185,12 +198,24 @@ class Subscription:
         if not self.answered.done():
             self.announce()
 
-    def push(self, chunk: Chunk) -> None:
-        if self.connection.enqueue((self, chunk), len(chunk)):
+    def push(self, chunk: Chunk, held: int = 0) -> None:
+        if self.connection.enqueue((self, chunk), len(chunk), held):
             self.last_queued = chunk.last
 
     async def room(self) -> None:
         await self.connection.room()
+
+    def fits(self, nbytes: int) -> bool:
+        return self.connection.fits(nbytes)
+
+    def hold(self, nbytes: int) -> None:
+        self.connection.hold(nbytes)
+
+    def stalled(self) -> bool:
+        return self.connection.stalled()
+
+    def overflow(self) -> None:
+        self.connection.over_budget()
 
     def fail(self, error: GatewayError, final: bool) -> None:
         """A final error that is the request's fault (CALLER_ERRORS: a `since` beyond the log's
@@ -255,7 +280,11 @@ class Connection:
         self.queue: collections.deque[Item] = collections.deque()
         self.limit = gateway.settings.WS_SEND_QUEUE
         self._queued = 0  # events and control messages in `queue`
+        self.budget = gateway.settings.WS_SEND_QUEUE_BYTES
+        self._bytes = 0  # bytes of text in `queue`
+        self._held = 0  # bytes the subscriptions' catch-up feeds buffer (`hold`)
         self._waiting: asyncio.Future[None] | None = None  # the sender, for something to send
+        self.free_at = time.monotonic()  # when the sender last took a message (or had none)
         self._room: asyncio.Future[None] | None = None  # feeds, for the queue to drain
         self.subscriptions: dict[str, Subscription] = {}
         self.closing = False
@@ -268,32 +297,89 @@ class Connection:
     def queued(self) -> int:
         return self._queued
 
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes the socket holds: its send queue's and its catch-up feeds' buffers."""
+        return self._bytes + self._held
+
     # -- sending -----------------------------------------------------------------------------
 
-    def enqueue(self, item: Item, size: int = 1) -> bool:
+    def fits(self, nbytes: int) -> bool:
+        """Whether `nbytes` more keep the socket within its byte budget: within it, or taken
+        whole while at most half of it is used (as a paced replay's next message is)."""
+        used = self._bytes + self._held
+        return used + nbytes <= self.budget or used <= self.budget // 2
+
+    def enqueue(self, item: Item, size: int = 1, held: int = 0) -> bool:
         """Queue `size` events (or a control message) without waiting; a full queue closes the
         socket as a slow consumer. A chunk is taken whole while the queue is not yet full, so the
-        queue holds at most WS_SEND_QUEUE - 1 + hub.events_per_message(WS_SEND_QUEUE) events.
+        queue holds at most WS_SEND_QUEUE - 1 + hub.events_per_message(WS_SEND_QUEUE) events;
+        and while it fits the byte budget (`fits`), so the socket holds at most
+        WS_SEND_QUEUE_BYTES, or half of it and one upstream message (at most hub.CHUNK_BYTES
+        or one event).
+
+        `held`: the item is (part of) a chunk of `held` bytes a catch-up feed of the socket
+        buffered (`hold`), handed over to the queue: it adds nothing to what the socket holds,
+        and is queued whatever the limits.
 
         Once the close is decided (`_close_task`), nothing more is queued: the hub may push many
         events in one go (one per subscription, a catch-up's buffer), and the socket is closed,
         counted and logged once, not once per event.
         """
+        self._held -= held
         if self.closing or self._close_task is not None:
             return False
-        if self._queued >= self.limit:
-            self._slow()
-            return False
+        nbytes = len(item) if isinstance(item, str) else item[1].nbytes
+        if not held:
+            if self._queued >= self.limit:
+                self._slow("send queue full")
+                return False
+            if not self.fits(nbytes):
+                self.over_budget()
+                return False
         self.queue.append(item)
         self._queued += size
+        self._bytes += nbytes
+        self._high_water()
         if self._waiting is not None and not self._waiting.done():
             self._waiting.set_result(None)
         return True
 
+    def hold(self, nbytes: int) -> None:
+        """A catch-up feed of the socket buffers `nbytes` more (releases them when negative);
+        it asked `fits` first."""
+        self._held += nbytes
+        if nbytes > 0:
+            self._high_water()
+
+    def _high_water(self) -> None:
+        used = self._bytes + self._held
+        if used > self.gateway.queued_bytes_peak:
+            self.gateway.queued_bytes_peak = used
+
+    def stalled(self) -> bool:
+        """Whether messages wait while the sender has been stuck on one (the client does not
+        read) for STALL_SECONDS."""
+        return (
+            bool(self.queue)
+            and self._waiting is None
+            and time.monotonic() - self.free_at > STALL_SECONDS
+        )
+
+    def over_budget(self) -> None:
+        """More than the socket's byte budget would be held for it: closed as a slow consumer."""
+        if not self.closing and self._close_task is None:
+            self._slow(f"over its budget of {self.budget} bytes queued")
+
     def _take(self) -> Item:
         item = self.queue.popleft()
-        self._queued -= 1 if isinstance(item, str) else len(item[1])
-        if self._queued <= self.limit // 2:
+        if isinstance(item, str):
+            self._queued -= 1
+            self._bytes -= len(item)
+        else:
+            self._queued -= len(item[1])
+            self._bytes -= item[1].nbytes
+        if self._queued <= self.limit // 2 and self._bytes <= self.budget // 2:
             self._make_room()
         return item
 
@@ -304,8 +390,13 @@ class Connection:
             self._room = None
 
     async def room(self) -> None:
-        """Wait until at most half the send queue is used (or the socket is closing)."""
-        while self._queued > self.limit // 2 and not self.closing and self._close_task is None:
+        """Wait until at most half the send queue is used, in events and in bytes (or the
+        socket is closing)."""
+        while (
+            (self._queued > self.limit // 2 or self._bytes > self.budget // 2)
+            and not self.closing
+            and self._close_task is None
+        ):
             if self._room is None:
                 self._room = asyncio.get_running_loop().create_future()
             await asyncio.shield(self._room)
@@ -313,15 +404,19 @@ class Connection:
     def send_control(self, message: dict[str, Any]) -> None:
         self.enqueue(json.dumps(message, separators=(",", ":"), ensure_ascii=False))
 
-    def _slow(self) -> None:
+    def _slow(self, why: str) -> None:
         self.gateway.counters["wsClosedSlow"] += 1
         events = [s.last_sent for s in self.subscriptions.values() if not s.spec.run]
         resume = min(events) if events else 0
-        log.warning("closing slow websocket", client=self.id, resume_from=resume)
-        self.close_soon(
-            CLOSE_SLOW_CONSUMER,
-            f"slow consumer: send queue full; resume from sequence {resume}",
+        log.warning(
+            "closing slow websocket",
+            client=self.id,
+            why=why,
+            queued=self._queued,
+            queued_bytes=self._bytes + self._held,
+            resume_from=resume,
         )
+        self.close_soon(CLOSE_SLOW_CONSUMER, f"slow consumer: {why}; resume from sequence {resume}")
 
     async def _send_text(self, text: str) -> None:
         await self._send({"type": "websocket.send", "text": text})
@@ -329,6 +424,7 @@ class Connection:
     async def _sender(self) -> None:
         queue = self.queue
         while True:
+            self.free_at = time.monotonic()
             if not queue:
                 self._waiting = asyncio.get_running_loop().create_future()
                 await self._waiting
@@ -348,22 +444,25 @@ class Connection:
                 for sequence, tail in zip(chunk.sequences, chunk.tails(), strict=True):
                     await self._send_text(prefix + tail)
                     subscription.last_sent = sequence
+                    self.free_at = time.monotonic()
                 continue
             # A batching subscription: its chunks already queued right behind this one go in the
             # same message (none is waited for); anything else is sent next.
-            items, count = [chunk.items()], len(chunk)
+            items, count, nbytes = [chunk.items()], len(chunk), chunk.nbytes
             while queue:
                 following = queue[0]
                 if (
                     isinstance(following, str)
                     or following[0] is not subscription
                     or count + len(following[1]) > MAX_BATCH_EVENTS
+                    or nbytes + following[1].nbytes > CHUNK_BYTES
                 ):
                     break
                 chunk = following[1]
                 self._take()
                 items.append(chunk.items())
                 count += len(chunk)
+                nbytes += chunk.nbytes
             await self._send_text(subscription.batch_prefix + ",".join(items) + "]}")
             subscription.last_sent = chunk.last
 
@@ -398,6 +497,7 @@ class Connection:
         await self._stop_tasks()
         self.queue.clear()
         self._queued = 0
+        self._bytes = 0
         self._make_room()
         if self.ws.application_state != WebSocketState.CONNECTED:
             return
@@ -446,6 +546,7 @@ class Connection:
                 "protocol": auth.PROTOCOL,
                 "heartbeatInterval": settings.WS_HEARTBEAT_INTERVAL,
                 "sendQueue": settings.WS_SEND_QUEUE,
+                "sendQueueBytes": settings.WS_SEND_QUEUE_BYTES,
                 "maxSubscriptions": MAX_SUBSCRIPTIONS,
             }
         )
@@ -504,6 +605,10 @@ class Connection:
                 self.send_control({"type": "pong", "time": time.time()})
             elif kind == "pong":
                 pass
+            elif kind is None:
+                raise ProtocolError(
+                    "message has no type; expected one of subscribe, unsubscribe, ping, pong"
+                )
             else:
                 raise ProtocolError(
                     f"unknown message type {_shown(kind)}: use subscribe, unsubscribe, ping or pong"
@@ -576,6 +681,8 @@ class Connection:
 
     def _unsubscribe(self, message: dict[str, Any]) -> None:
         sub_id = message.get("id")
+        if sub_id is None:
+            raise ProtocolError("unsubscribe needs the id of a subscription")
         subscription = self.subscriptions.get(_key(sub_id)) if _valid_id(sub_id) else None
         if subscription is None:
             raise ProtocolError(f"no subscription {_shown(sub_id)}")
@@ -596,8 +703,14 @@ def _key(value: Any) -> str:
 
 
 def _shown(value: Any) -> str:
-    """A client's value quoted in an error message, cut short the way every gateway error is."""
-    return cut(repr(value), 60)
+    """A client's value quoted in an error message, cut short the way every gateway error is: a
+    string quoted, anything else as the JSON it came as (`true`, `null`, never Python's)."""
+    if isinstance(value, str):
+        return cut(repr(value), 60)
+    try:
+        return cut(json.dumps(value, ensure_ascii=False), 60)
+    except (TypeError, ValueError):
+        return cut(repr(value), 60)
 
 
 def parse_since(value: Any, *, run: bool) -> Since:
