@@ -278,6 +278,13 @@ async def test_a_connection_the_server_closes_stops_the_service(
     assert "stopped" in log  # the graceful shutdown's last line
 
 
+async def run_script(script: Path) -> subprocess.CompletedProcess[str]:
+    """`script` run by this Python in a process of its own, its output captured."""
+    return await asyncio.to_thread(
+        subprocess.run, [sys.executable, str(script)], capture_output=True, text=True, timeout=60
+    )
+
+
 async def test_our_own_close_stops_nothing(settings: Settings, tmp_path: Path) -> None:
     """`close` and `drain` of a client of `connect_nats` are ours: the process goes on (run in a
     process of its own, which a stop would end with SIGTERM)."""
@@ -298,13 +305,7 @@ async def test_our_own_close_stops_nothing(settings: Settings, tmp_path: Path) -
         "    print('still here')\n"
         "asyncio.run(main())\n"
     )
-    done = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = await run_script(script)
     assert done.returncode == 0, (done.returncode, done.stdout, done.stderr)
     assert "still here" in done.stdout
     assert "closed this process's connection" not in done.stdout + done.stderr
@@ -328,13 +329,7 @@ async def test_a_plain_process_closed_by_the_server_ends_by_sigterm(
         "    print('still here')\n"
         "asyncio.run(main())\n"
     )
-    done = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = await run_script(script)
     output = done.stdout + done.stderr
     assert done.returncode == -signal.SIGTERM, (done.returncode, output)
     assert "still here" not in output
