@@ -128,6 +128,8 @@ async def test_missing_api_key_fails_the_run_naming_the_key(agents, agents_setti
         get_model("anthropic:claude-sonnet-4-5", no_key)
     except ProviderConfigError as exc:
         assert "ANTHROPIC_API_KEY" in str(exc)
+        # Claude as the default with LOCAL_MODEL off: the message names the way out (QA s24).
+        assert "LOCAL_MODEL is 'off'" in str(exc)
     else:
         raise AssertionError("no error without ANTHROPIC_API_KEY")
 

@@ -153,6 +153,8 @@ def make_client(api_key: str, base_url: str) -> anthropic.AsyncAnthropic:
     if not api_key:
         raise ProviderConfigError(
             "ANTHROPIC_API_KEY is not set: set it (sk-ant-…) to use 'anthropic:' models, "
-            "or pick another model (e.g. 'offline:echo')"
+            "or pick another model (e.g. 'offline:echo'). A run or agent naming no model gets "
+            "Claude only when no provider key is set and LOCAL_MODEL is 'off': set "
+            "LOCAL_MODEL (the local model) or DEFAULT_MODEL to use another"
         )
     return anthropic.AsyncAnthropic(api_key=api_key, base_url=base_url or None, max_retries=0)
