@@ -24,8 +24,8 @@ from test_gateway_ws_batches import publish_many
 
 from amelia_common.settings import Settings
 
-BUDGET = 1024 * 1024  # the smallest WS_SEND_QUEUE_BYTES
-PAYLOAD = "x" * 100_000  # an event of ~100 KB: ten fill the budget
+BUDGET = 4 * 1024 * 1024  # the smallest WS_SEND_QUEUE_BYTES
+PAYLOAD = "x" * 100_000  # an event of ~100 KB: forty fill the budget
 # Most events published before the gateway must have closed the stuck socket: the kernel's
 # buffers take a few MB first; without the byte budget (the old gateway) none is closed.
 MOST = 400
@@ -165,7 +165,7 @@ async def test_a_reading_client_catching_up_beside_big_live_events_is_not_closed
         history = await publish_many(publisher, subject, 150, p=PAYLOAD)  # ~15 MB
         client = await Client.connect(running.ws_url, max_size=None)
         await client.subscribe("s", filter={"subject": subject}, since="beginning")
-        live = await publish_many(publisher, subject, 30, p=PAYLOAD)  # 3 MB at once
+        live = await publish_many(publisher, subject, 60, p=PAYLOAD)  # 6 MB at once: over budget
         got = [m["sequence"] for m in await client.events(len(history) + len(live), timeout=60)]
         assert got == history + live
         assert running.gateway.counters["wsClosedSlow"] == 0

@@ -229,8 +229,10 @@ class Settings(BaseSettings):
     WS_SEND_QUEUE: int = Field(default=1000, ge=1)
     # Bytes of event text one socket may hold: its send queue and the live events its catch-up
     # subscriptions buffer while they replay. A socket over it is closed as a slow consumer
-    # (4008, with the sequence to resume from). At least 1 MiB (an upstream message's events).
-    WS_SEND_QUEUE_BYTES: int = Field(default=16 * 1024 * 1024, ge=1024 * 1024)
+    # (4008, with the sequence to resume from). At least 4 MiB: a message is taken whole while
+    # half the budget is free, and one upstream message holds up to 1 MiB of events and one more
+    # (an event up to 1 MiB), so half of it must hold one for the budget to bound the socket.
+    WS_SEND_QUEUE_BYTES: int = Field(default=16 * 1024 * 1024, ge=4 * 1024 * 1024)
     # Milliseconds a `"batch": true` subscription's live events may wait to go out together (one
     # socket message per window, not per upstream message); 0 sends each at once. At most 50.
     WS_BATCH_WINDOW_MS: float = Field(default=10, ge=0, le=50)
