@@ -6,13 +6,18 @@ committed, and none of a transaction rolled back."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nats.js import api
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from amelia.v1 import events_pb2
 from amelia_common.db import create_engine, session_factory, transaction
 from amelia_common.embedded import EmbeddedNats, free_port
 from amelia_common.eventlog import EventLog, decode_event, event_data, make_event
@@ -177,3 +182,130 @@ async def test_a_delivery_ends_while_others_keep_committing_and_delivering(
             await session.execute(text(f"DROP TABLE IF EXISTS {table}"))
         await nc.close()
         await engine.dispose()
+
+
+WINDOW = 1.0  # the test stream's dedup window (EVENTS_DEDUP_WINDOW_SECONDS), seconds
+
+
+async def forgotten_by_jetstream(event_log: EventLog, collection: str) -> None:
+    """Return once JetStream's dedup memory no longer holds the ids published before this call:
+    a probe published now, and again until JetStream stores it as new (older ids go first)."""
+    subject = f"amelia.events.{collection}probe.x.thing.probed"
+    headers = {"Nats-Msg-Id": f"probe-{random.randrange(1 << 60)}"}
+    await event_log.js.publish(subject, b"probe", headers=headers)
+    while True:
+        await asyncio.sleep(WINDOW / 4)
+        if not (await event_log.js.publish(subject, b"probe", headers=headers)).duplicate:
+            return
+
+
+@dataclass
+class OwnOutbox:
+    """An outbox table on a nats-server of the test's own, whose stream forgets ids fast."""
+
+    nats: EmbeddedNats
+    event_log: EventLog
+    sessions: async_sessionmaker[AsyncSession]
+    outbox: Outbox
+    table: str
+    collection: str
+
+
+@contextlib.asynccontextmanager
+async def own_outbox(infra: Any, tmp_path: Path) -> AsyncIterator[OwnOutbox]:
+    nats = EmbeddedNats(tmp_path / "nats", free_port())
+    settings = infra.settings(
+        NATS_URL=nats.start(),
+        EVENTS_DEDUP_WINDOW_SECONDS=WINDOW,
+        EVENTS_PUBLISH_TIMEOUT_SECONDS=1.0,
+    )
+    table = f"outbox_test_{random.randrange(1 << 30)}"
+    engine = create_engine(settings)
+    nc = await connect_nats(settings, "outbox-window-test")
+    event_log = EventLog(nc, settings, source="test")
+    await event_log.ensure_stream()
+    sessions = session_factory(engine)
+    outbox = Outbox(sessions, event_log, table)
+    try:
+        async with transaction(sessions) as session:
+            await session.execute(
+                text(f"CREATE TABLE {table} (seq bigserial PRIMARY KEY, event bytea NOT NULL)")
+            )
+        yield OwnOutbox(
+            nats, event_log, sessions, outbox, table, f"outboxtest{random.randrange(1 << 30)}"
+        )
+    finally:
+        await outbox.stop()
+        async with transaction(sessions) as session:
+            await session.execute(text(f"DROP TABLE IF EXISTS {table}"))
+            await session.execute(text(f"DROP FUNCTION IF EXISTS {table}_lost()"))
+        await nc.close()
+        await engine.dispose()
+        await asyncio.to_thread(nats.stop)
+
+
+async def queue(own: OwnOutbox, n: int) -> events_pb2.Event:
+    """Change n of the test's thing, its event committed into the outbox."""
+    event = make_event("thing.changed", f"{own.collection}/0", {"n": n}, source="")
+    async with transaction(own.sessions) as session:
+        await own.outbox.add(session, event)
+    return event
+
+
+async def test_an_event_stored_before_its_row_was_lost_is_not_stored_again_past_the_window(
+    infra: Any, tmp_path: Path
+) -> None:
+    """JetStream stored the event, then PostgreSQL refused the row's delete (gone at that
+    moment); when the outbox comes back past the dedup window, JetStream no longer knows the
+    id — the outbox finds the event in the log and does not store it twice."""
+    async with own_outbox(infra, tmp_path) as own:
+        table = own.table
+        async with transaction(own.sessions) as session:
+            await session.execute(
+                text(
+                    f"CREATE FUNCTION {table}_lost() RETURNS trigger LANGUAGE plpgsql AS "
+                    "$$ BEGIN RAISE EXCEPTION 'PostgreSQL lost before the delete'; END $$"
+                )
+            )
+            await session.execute(
+                text(
+                    f"CREATE TRIGGER {table}_lost BEFORE DELETE ON {table} "
+                    f"FOR EACH STATEMENT EXECUTE FUNCTION {table}_lost()"
+                )
+            )
+        earlier, event = await queue(own, 0), await queue(own, 1)
+        await own.outbox.deliver()
+        logged_ids = [i for _, _, i in await logged(own.event_log, own.collection)]
+        assert logged_ids == [earlier.id, event.id]
+        assert await own.outbox.pending() == 2  # stored, and the rows' delete refused
+        await forgotten_by_jetstream(own.event_log, own.collection)
+        async with transaction(own.sessions) as session:
+            await session.execute(text(f"DROP TRIGGER {table}_lost ON {table}"))
+        later = await queue(own, 2)
+        await own.outbox.deliver()
+        assert await own.outbox.pending() == 0
+        assert [(n, i) for _, n, i in await logged(own.event_log, own.collection)] == [
+            (0, earlier.id),
+            (1, event.id),
+            (2, later.id),
+        ]
+
+
+async def test_an_event_queued_through_an_outage_longer_than_the_window_is_stored_once(
+    infra: Any, tmp_path: Path
+) -> None:
+    """NATS away from before the event was queued until past the dedup window: the outbox
+    looks for it in the log, does not find it, and stores it (once)."""
+    async with own_outbox(infra, tmp_path) as own:
+        await asyncio.to_thread(own.nats.stop)
+        event = await queue(own, 0)
+        await own.outbox.deliver()
+        assert await own.outbox.pending() == 1
+        await asyncio.sleep(WINDOW)  # the event is now older than half the window
+        await asyncio.to_thread(own.nats.start)
+        deadline = asyncio.get_running_loop().time() + 60
+        while await own.outbox.pending():
+            assert asyncio.get_running_loop().time() < deadline, "the event stayed in the outbox"
+            await own.outbox.deliver()
+            await asyncio.sleep(0.1)
+        assert [i for _, _, i in await logged(own.event_log, own.collection)] == [event.id]

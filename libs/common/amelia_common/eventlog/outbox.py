@@ -19,13 +19,19 @@ One deliverer at a time across every process on the database (a transaction-scop
 lock) publishes the rows in commit order of each document — a later change of a thing waits for
 its earlier one's lock — so the log has each thing's events in the order they happened. A row
 is deleted only after JetStream acknowledged its event; a publish that timed out is sent again
-with the same id, which JetStream stores once within its dedup window.
+with the same id, which JetStream stores once within its dedup window. An event queued longer
+ago than half that window (EVENTS_DEDUP_WINDOW_SECONDS) may have been stored by an earlier pass
+whose row survived it — PostgreSQL lost before the row's delete, a process dead between the
+acknowledgement and the commit — beyond JetStream's memory of its id; such an event is first
+looked for in the log (its type and subject, from a window before it was queued) and not sent
+again if it is there.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import zlib
 
 from sqlalchemy import text
@@ -34,8 +40,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from amelia.v1 import events_pb2
 from amelia_common.db import transaction
 from amelia_common.event_names import InvalidEventError
-from amelia_common.eventlog.envelope import EventLogUnavailableError
+from amelia_common.eventlog.envelope import EventLogUnavailableError, TooManyReadersError
 from amelia_common.eventlog.log import EventLog
+from amelia_common.eventlog.reader import StartAt
 from amelia_common.logging import get_logger
 
 log = get_logger("amelia.eventlog.outbox")
@@ -176,11 +183,15 @@ class Outbox:
     async def _publish(self, rows: list[tuple[int, bytes]]) -> tuple[list[int], bool]:
         """Publish `rows` in order: the seqs whose events JetStream stored, and whether all were."""
         done: list[int] = []
+        logged = _LoggedIds(self.event_log)
         for seq, body in rows:
             event = events_pb2.Event.FromString(body)
             try:
-                await self.event_log.publish_event(event)
-            except EventLogUnavailableError as exc:
+                if await logged.holds(event):
+                    log.info("event already in the log, not sent again", event_id=event.id)
+                else:
+                    await self.event_log.publish_event(event)
+            except (EventLogUnavailableError, TooManyReadersError) as exc:
                 self._say_failing(f"cannot publish from the event outbox: {exc.message}")
                 return done, False
             except InvalidEventError as exc:
@@ -194,3 +205,31 @@ class Outbox:
         if not self._failing:
             self._failing = True
             log.warning("events wait in the outbox", table=self.table, error=why)
+
+
+class _LoggedIds:
+    """Whether an old outbox event is in the log already, for one pass: the ids of each type and
+    subject stored since a dedup window before the first such event was queued, read once."""
+
+    def __init__(self, event_log: EventLog) -> None:
+        self.event_log = event_log
+        self.window = dt.timedelta(seconds=event_log.settings.EVENTS_DEDUP_WINDOW_SECONDS)
+        self._ids: dict[tuple[str, str], set[str]] = {}
+
+    async def holds(self, event: events_pb2.Event) -> bool:
+        """False at once for an event queued within half the window (JetStream still knows
+        its id, if an earlier pass stored it); else whether the log holds its id. The start
+        is a whole window before it was queued, for clocks that disagree with NATS's."""
+        queued = event.time.ToDatetime(tzinfo=dt.UTC)
+        if dt.datetime.now(dt.UTC) - queued < self.window / 2:
+            return False
+        key = (event.type, event.subject)
+        if key not in self._ids:
+            start = StartAt.at_time(queued - self.window)
+            retry_for = self.event_log.settings.EVENTS_PUBLISH_TIMEOUT_SECONDS
+            reader = self.event_log.read(
+                [event.type], event.subject, start, follow=False, retry_for=retry_for
+            )
+            async with reader:
+                self._ids[key] = {stored.id async for stored in reader}
+        return event.id in self._ids[key]
