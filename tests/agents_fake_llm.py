@@ -336,7 +336,12 @@ class FakeOpenAI(FakeServer):
         )
 
     async def list_models(self, request: Request) -> Response:
-        data = [{"id": m, "object": "model", "owned_by": "fake"} for m in LLAMA_MODELS]
+        data: list[dict[str, Any]] = [
+            {"id": m, "object": "model", "owned_by": "fake"} for m in LLAMA_MODELS[1:]
+        ]
+        # As llama-server lists its model: the file it loaded, the name it was given an alias.
+        first = {"id": f"/models/{LLAMA_MODELS[0]}.gguf", "aliases": [LLAMA_MODELS[0]]}
+        data.insert(0, {**first, "object": "model", "owned_by": "llamacpp"})
         return JSONResponse({"object": "list", "data": data})
 
     async def completions(self, request: Request) -> Response:

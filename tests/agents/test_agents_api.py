@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import grpc
-from agents_helpers import S, create_run, rpc_error, wait_status
+from agents_helpers import S, collect, create_run, rpc_error, wait_status
+
+from amelia_agents import convert
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
@@ -392,3 +394,44 @@ async def test_a_stream_resumed_beyond_the_logs_end_is_out_of_range(agents) -> N
     assert f"after_sequence {beyond} is beyond the end of the event log" in error.details()
     # A point the log has goes on as before: the run's question, from its first event.
     assert (await first(0)).event.type == "workflow.started"
+
+
+def _nested(depth: int) -> dict[str, object]:
+    """A run input `depth` levels of objects deep, the outermost counting as 1."""
+    value: dict[str, object] = {"leaf": 1}
+    for _ in range(depth - 2):
+        value = {"a": value}
+    return {"message": "deep", "d": value}
+
+
+async def test_an_input_as_deep_as_accepted_reads_back_everywhere_and_a_deeper_one_is_refused(
+    agents,
+) -> None:
+    """QA s25: an input nested 32 levels was accepted, then its thread's history failed INTERNAL
+    and its `workflow.started` became `system.undecodable` for every reader (protobuf decodes
+    100 levels of messages, and replies wrap the input deeper than it came)."""
+    deepest = convert.MAX_JSON_DEPTH
+    run = await create_run(agents, workflow="workflows/echo", input=_nested(deepest))
+    await wait_status(agents, run.name, S.RUN_STATUS_COMPLETED)
+    assert (await agents.GetRun(S.GetRunRequest(name=run.name))).run.input["d"]
+    assert (await agents.ListRunSteps(S.ListRunStepsRequest(parent=run.name))).steps
+    assert (await agents.GetThreadState(S.GetThreadStateRequest(thread=run.thread))).state
+    history = await agents.ListThreadHistory(S.ListThreadHistoryRequest(parent=run.thread))
+    assert history.states
+    events = await collect(agents, run.name)
+    assert events[0].type == "workflow.started" and "system.undecodable" not in [
+        e.type for e in events
+    ]
+    for field, call in (
+        ("run.input", lambda i: create_run(agents, workflow="workflows/echo", input=i)),
+        (
+            "thread.metadata",
+            lambda i: agents.CreateThread(S.CreateThreadRequest(thread=S.Thread(metadata=i))),
+        ),
+    ):
+        error = await rpc_error(call(_nested(deepest + 1)))
+        assert error.code() == INVALID, field
+        assert error.details() == (
+            f"{field} is nested {deepest + 1} levels deep (objects and arrays); at most "
+            f"{deepest} are accepted, so that every reply and event carrying it can be read"
+        )

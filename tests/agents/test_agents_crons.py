@@ -519,6 +519,17 @@ async def test_trigger_runs_now_even_paused(env: Crons) -> None:
         ({"schedule": "1-31/40 * * * *"}, "the minute field's step in '1-31/40' is not in 1-30"),
         ({"schedule": "0 0 * * 5-1"}, "the day-of-week field's range '5-1' runs backwards"),
         ({"schedule": "* * * * *", "timezone": "Mars/Base"}, "cron.timezone 'Mars/Base'"),
+        # A name longer than the disk takes (OSError in zoneinfo: it was INTERNAL).
+        (
+            {"schedule": "* * * * *", "timezone": "A" * 300},
+            "cron.timezone 'AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA'… (300 characters) is not an "
+            "IANA time zone",
+        ),
+        ({"schedule": "* * * * *", "timezone": "Europe/" + "x" * 250}, "is not an IANA time zone"),
+        (
+            {"schedule": "1," * 5000 + "2 * * * *"},
+            "characters) is longer than 256 characters: use ranges and steps",
+        ),
         ({"schedule": "* * * * *"}, "set cron.agent"),
         (
             {"schedule": "* * * * *", "agent": "agents/{agent}", "input": {"x": 1}},
@@ -587,6 +598,9 @@ async def test_update_reschedules_and_refuses_a_bad_schedule(env: Crons) -> None
     change.schedule = "0 * * *"
     with pytest.raises(InvalidArgumentError, match=r"cron.schedule '0 \* \* \*' must have 5"):
         await env.api.UpdateCron(C.UpdateCronRequest(cron=change, update_mask=["schedule"]), None)
+    change.schedule, change.timezone = "0 * * * *", "B" * 300
+    with pytest.raises(InvalidArgumentError, match="is not an IANA time zone"):
+        await env.api.UpdateCron(C.UpdateCronRequest(cron=change, update_mask=["timezone"]), None)
     with pytest.raises(InvalidArgumentError, match="update_mask has unknown fields"):
         await env.api.UpdateCron(C.UpdateCronRequest(cron=change, update_mask=["agent"]), None)
     assert (await env.get(cron.name)).schedule == "0 * * * *"  # nothing changed

@@ -139,6 +139,8 @@ async def test_a_run_names_only_a_model_that_can_be_served(name: str) -> None:
         await server.stop()
     message = str(caught.value)
     assert f"not '{name}'" in message and "ask for local:tokens" in message
+    # The served name first, the file it was loaded from last (QA s25: advice named the path).
+    assert "serves 'tokens', 'transcript'" in message and "/models/tokens.gguf'" in message
     assert (f"LOCAL_MODEL={name}" in message) == (name in PACKAGED_LOCAL_MODELS)
 
 

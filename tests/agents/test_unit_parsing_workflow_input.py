@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from amelia_agents.workflows.registry import InvalidInputError, validate
+import amelia_agents.workflows.builtin  # noqa: F401 - registers the built-in workflows
+from amelia_agents.workflows.registry import InvalidInputError, get, validate
 
 SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -89,3 +90,12 @@ def test_an_empty_schema_accepts_anything() -> None:
     values: list[Any] = [None, 1, "x", [], {}, {"a": [1]}]
     for value in values:
         validate(value, {})
+
+
+def test_a_model_workflows_max_tokens_is_held_to_what_an_agents_can_be() -> None:
+    """QA s25: `input.max_tokens: 1e12` was taken by CreateRun and failed on the worker."""
+    chat = get("chat")
+    assert chat is not None
+    validate({"message": "hi", "max_tokens": 2**31 - 1}, chat.input_schema)
+    with pytest.raises(InvalidInputError, match=r"^input.max_tokens must be at most 2147483647$"):
+        validate({"message": "hi", "max_tokens": 1e12}, chat.input_schema)

@@ -196,18 +196,45 @@ def check_size(size: int, field: str, limit: int) -> None:
         )
 
 
+# Levels of objects and arrays a request's JSON value may nest, the outermost counting as 1.
+# Protobuf decodes at most 100 levels of messages, three per level of JSON in a Struct, and the
+# service hands a value back wrapped deeper than it came (an event's data, a thread's state and
+# history): an input of 32 levels was taken, then its thread's history failed INTERNAL and its
+# `workflow.started` could not be decoded (QA s25; reads break from 32 levels: 7 to spare).
+MAX_JSON_DEPTH = 24
+
+
 def json_from(message: Message, field: str) -> Any:
     """A Struct or Value from a request as plain JSON values, refused (InvalidArgumentError) if it
-    is over its JSON_LIMITS size or holds NaN, Infinity or NUL characters, which neither JSON nor
-    PostgreSQL can keep."""
+    is over its JSON_LIMITS size, nested deeper than MAX_JSON_DEPTH, or holds NaN, Infinity or
+    NUL characters, which neither JSON nor PostgreSQL can keep."""
     if field in JSON_LIMITS:
         check_size(message.ByteSize(), field, JSON_LIMITS[field])
     try:
         value = json_format.MessageToDict(message)
     except ValueError:
         raise InvalidArgumentError(f"{field} must not contain NaN or Infinity") from None
+    depth = json_depth(value)
+    if depth > MAX_JSON_DEPTH:
+        raise InvalidArgumentError(
+            f"{field} is nested {depth} levels deep (objects and arrays); at most "
+            f"{MAX_JSON_DEPTH} are accepted, so that every reply and event carrying it can be read"
+        )
     check_json(value, field)
     return value
+
+
+def json_depth(value: Any) -> int:
+    """Levels of objects and arrays in `value` (0 for a scalar), walked without recursion."""
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        node, depth = pending.pop()
+        if isinstance(node, dict):
+            node = list(node.values())
+        if isinstance(node, list):
+            deepest = max(deepest, depth)
+            pending.extend((item, depth + 1) for item in node)
+    return deepest
 
 
 # google.protobuf.Duration's range: about ±10,000 years.

@@ -39,6 +39,11 @@ ITEM = re.compile(
 PLAIN = "numbers, names (jan, mon), '*', ',' lists, '-' ranges and '/' steps"
 # Missed ticks counted after downtime at most (a minute schedule down for a week is 10080).
 MAX_COUNTED = 100_000
+# The longest schedule and time zone taken (a schedule listing every minute is 170 characters;
+# the longest IANA zone name, 32), and how much of a longer one an error quotes.
+MAX_SCHEDULE_CHARS = 256
+MAX_TIMEZONE_CHARS = 64
+SHOWN_CHARS = 40
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,11 @@ def parse(expression: str, timezone: str, field: str = "cron") -> Schedule:
     """The schedule, or INVALID_ARGUMENT naming `<field>.schedule` / `<field>.timezone` and what is
     wrong with it."""
     zone = _zone(timezone, f"{field}.timezone")
+    if len(expression) > MAX_SCHEDULE_CHARS:
+        raise InvalidArgumentError(
+            f"{field}.schedule {_shown(expression)} is longer than {MAX_SCHEDULE_CHARS} "
+            "characters: use ranges and steps ('1-30/2') instead of long lists"
+        )
     text = " ".join(expression.split())
     count = len(text.split())
     if count != 5:
@@ -121,12 +131,22 @@ def _check_fields(fields: list[str]) -> str:
 def _zone(timezone: str, field: str) -> ZoneInfo:
     if not timezone:
         return ZoneInfo("UTC")
+    not_a_zone = InvalidArgumentError(
+        f"{field} {_shown(timezone)} is not an IANA time zone (e.g. 'Europe/Paris', 'UTC')"
+    )
+    if len(timezone) > MAX_TIMEZONE_CHARS:
+        raise not_a_zone
     try:
         return ZoneInfo(timezone)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise InvalidArgumentError(
-            f"{field} {timezone!r} is not an IANA time zone (e.g. 'Europe/Paris', 'UTC')"
-        ) from None
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name the disk refuses
+        raise not_a_zone from None
+
+
+def _shown(value: str) -> str:
+    """A refused value as an error quotes it: whole when short, else its start and length."""
+    if len(value) <= SHOWN_CHARS:
+        return repr(value)
+    return f"{value[:SHOWN_CHARS]!r}… ({len(value)} characters)"
 
 
 def first_tick(schedule: Schedule, moment: datetime, end_time: datetime | None) -> datetime | None:

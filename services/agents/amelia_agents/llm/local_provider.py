@@ -222,11 +222,12 @@ class LocalModel:
             raise error(f"local: {self.base_url}: {exc}") from exc
         except openai.OpenAIError as exc:
             raise TransientModelError(f"local: {self.base_url}: {exc}") from exc
-        served = list(
-            dict.fromkeys(
-                name for m in page.data for name in [m.id, *(getattr(m, "aliases", None) or [])]
-            )
+        names = dict.fromkeys(
+            name for m in page.data for name in [m.id, *(getattr(m, "aliases", None) or [])]
         )
+        # A model's name before the file it was loaded from (llama.cpp's id is the GGUF's path,
+        # its alias the name LOCAL_MODEL gave): the advice names what a person would type.
+        served = sorted(names, key=lambda name: "/" in name)
         if self.model not in served:
             ask = f"ask for local:{served[0]}" if served else "ask for a model it serves"
             # Only a name LOCAL_MODEL accepts can be served by setting it.

@@ -176,7 +176,8 @@ def fit(
             f"without passages, tool results or earlier messages) does not fit the model's "
             f"context of {context_tokens} tokens with max_tokens {request.max_tokens} kept for "
             "the reply: shorten the system prompt or the message, or lower max_tokens (the "
-            "agent's max_tokens: `amelia agents create --max-tokens N`, or UpdateAgent)"
+            "agent's: `amelia agents create --max-tokens N` or UpdateAgent; a run without an "
+            "agent: its input.max_tokens)"
         )
     note = {
         "context_tokens": context_tokens,

@@ -81,7 +81,9 @@ MODEL_PROPERTIES: dict[str, Any] = {
     "model": {"type": "string", "minLength": 1},
     "system_prompt": {"type": "string"},
     "temperature": {"type": "number", "minimum": 0, "maximum": 2},
-    "max_tokens": {"type": "integer", "minimum": 1},
+    # At most what an agent's max_tokens (an int32) holds: a larger one was taken and failed on
+    # the worker (QA s25); one the model's context cannot hold fails the run, saying so.
+    "max_tokens": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
 }
 
 
