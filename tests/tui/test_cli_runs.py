@@ -112,7 +112,7 @@ def test_the_event_log_and_the_tuis_activity_say_why_a_run_is_quiet() -> None:
     assert said == [
         message,
         "trying again (2 of 3) in 1.00 s: 529 overloaded",
-        "picked up again after its worker stopped — it continues from its last checkpoint",
+        "picked up again after an interruption — it continues from its last checkpoint",
         "resumed with the answer",
         "cancelled",
         "workflows/echo started, forked from runs/r1 at checkpoint c1",

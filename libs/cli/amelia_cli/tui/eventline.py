@@ -99,18 +99,20 @@ def question_of(value: Any) -> str:
 
 def resumed_text(data: dict[str, Any], node: str = "", answered_here: bool = False) -> str:
     """A `run.resumed` event as what happened: an answer is not a retry, and a run picked up
-    after its worker stopped continues from its last checkpoint (`node`, the one it was in,
-    runs again); only a run whose worker stopped before its first checkpoint starts again."""
+    again after an interruption — its worker stopped, or stopped its pick-up because NATS or
+    PostgreSQL did not answer (QA s25: "after its worker stopped" was said of a NATS freeze) —
+    continues from its last checkpoint (`node`, the one it was in, runs again); only a run
+    interrupted before its first checkpoint starts again."""
     reason = data.get("reason") or "answer"
     if reason == "answer":
         return f"resumed with {'your' if answered_here else 'the'} answer"
     if reason == "redelivered":
         again = f"; {node} runs again" if node else ""
-        return f"picked up again after its worker stopped — it continues from its last checkpoint{again}"
-    if reason == "start":
         return (
-            "picked up again after its worker stopped before its first checkpoint — it starts again"
+            f"picked up again after an interruption — it continues from its last checkpoint{again}"
         )
+    if reason == "start":
+        return "picked up again after an interruption before its first checkpoint — it starts again"
     return f"resumed ({reason})"
 
 

@@ -455,7 +455,7 @@ class RunScreen(LiveScreen):
         elif kind == "run.resumed":
             self.set_status("running")
             if data.get("reason") and data.get("reason") != "answer":
-                # Picked up again after its worker stopped: an answer is not a retry.
+                # Picked up again after an interruption: an answer is not a retry.
                 self.retries += 1
                 self._render_head()
                 running = (

@@ -225,8 +225,9 @@ export function mount(main, ctx, [runId]) {
       ["Ended", formatTime(run.endTime)],
       ["Duration", formatDuration(run.duration)],
       ["Model tokens", used ? `${Number(usage.inputTokens ?? usage.input_tokens ?? 0)} in / ${Number(usage.outputTokens ?? usage.output_tokens ?? 0)} out` : ""],
-      // Pick-ups after a worker stopped; answering a question is not a retry.
-      ["Retried", state.retries ? `${state.retries}× (a worker stopped; continued from its checkpoint)` : ""],
+      // Pick-ups after an interruption (a worker stopped, or NATS or PostgreSQL did not answer);
+      // answering a question is not a retry.
+      ["Retried", state.retries ? `${state.retries}× (interrupted; continued from its checkpoint)` : ""],
     ].filter(([, value]) => value);
     meta.replaceChildren(...items.map(([label, value]) => h("span", {}, `${label} `, h("b", {}, value))));
     targetLabel.textContent = run.workflow || run.agent || "";
