@@ -22,7 +22,7 @@ import copy
 import math
 import select
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Sequence
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
@@ -222,12 +222,19 @@ class RunSaver(AsyncPostgresSaver):
         self._node_writes: set[asyncio.Future[None]] = set()  # nodes' writes not stored yet
         self._failure: BaseException | None = None
         self._given_back = False  # `conn` broke and is back in the pool (`release`)
-        # The pick-up's events written so far, stored (`PublishPipeline.settle_written`): a
-        # node's writes wait for it, so a node whose result is recorded has all its tokens in
-        # the log. Without it, NATS frozen under a node that went on to its end lost the rest
-        # of its tokens for good: the next pick-up found the node's writes and did not run it
-        # again (QA s22).
-        self.events_stored: Callable[[], Awaitable[None]] | None = None
+        # The pick-up's events given so far, stored (`executor.EndsAfterWrites.settled`, given
+        # the task: not its own end): a node's writes wait for it, so a node whose result is
+        # recorded has all its tokens in the log. Without it, NATS frozen under a node that
+        # went on to its end lost the rest of its tokens for good: the next pick-up found the
+        # node's writes and did not run it again (QA s22).
+        self.events_stored: Callable[[str], Awaitable[None]] | None = None
+        # Each task's writes given and not stored yet, or failed (the future's result: None
+        # once stored, else the error): the executor publishes a node's end only once its
+        # writes are stored (`writes_stored`). Before, LangGraph handed the end over while the
+        # writes were still on their way, so the end could be in the log with PostgreSQL gone
+        # before the writes were: the next pick-up ran the node again, and a client that kept
+        # its text (it had finished) showed it twice.
+        self._task_writes: dict[str, list[asyncio.Future[BaseException | None]]] = {}
 
     async def release(self) -> None:
         """Give the held connection back to the pool, once: a broken one given back while no
@@ -376,29 +383,84 @@ class RunSaver(AsyncPostgresSaver):
                     raise
                 return
 
-    async def aput_writes(
+    def aput_writes(
         self,
         config: RunnableConfig,
         writes: Sequence[tuple[str, Any]],
         task_id: str,
         task_path: str = "",
-    ) -> None:
+    ) -> Coroutine[Any, Any, None]:
+        """Store a task's writes (awaiting the events before them, `events_stored`).
+
+        Not a coroutine function: the call itself registers the writes under their task
+        (`writes_stored`), and LangGraph makes it before it hands the task's end to the
+        stream, while the returned coroutine runs only later (on the loop, as a task of its
+        own). So the executor, given a task's end, always finds its writes to wait for."""
         self._kept = _NOTHING_KEPT
         if task_path == _START_TASK_PATH:
-            await self._store_writes(config, writes, task_id, task_path)
-            return
+            return self._store_writes(config, writes, task_id, task_path)
+        told: asyncio.Future[BaseException | None] | None = None
+        with contextlib.suppress(RuntimeError):  # (called off the loop: nothing to wait for)
+            told = asyncio.get_running_loop().create_future()
+            self._task_writes.setdefault(task_id, []).append(told)
+        return self._put_node_writes(told, config, writes, task_id, task_path)
+
+    async def _put_node_writes(
+        self,
+        told: asyncio.Future[BaseException | None] | None,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str,
+    ) -> None:
         stored = asyncio.get_running_loop().create_future()
         self._node_writes.add(stored)
+        failure: BaseException | None = None
         try:
             if self.events_stored is not None:
-                await self.events_stored()
+                await self.events_stored(task_id)
             await self._store_writes(config, writes, task_id, task_path)
-        except Exception as exc:
-            self._failure = self._failure or exc
+        except BaseException as exc:
+            failure = exc
+            if not isinstance(exc, asyncio.CancelledError):
+                self._failure = self._failure or exc
             raise
         finally:
             self._node_writes.discard(stored)
             stored.set_result(None)
+            if told is not None and not told.done():
+                told.set_result(failure)
+            if failure is None:  # a failed one stays: the task's end is never told
+                self._forget_stored(task_id)
+
+    def _forget_stored(self, task_id: str) -> None:
+        pending = [
+            told
+            for told in self._task_writes.get(task_id, ())
+            if not told.done() or told.result() is not None
+        ]
+        if pending:
+            self._task_writes[task_id] = pending
+        else:
+            self._task_writes.pop(task_id, None)
+
+    def writes_stored_now(self, task_id: str) -> bool | None:
+        """`writes_stored` without waiting: None while a write of the task is on its way."""
+        given = self._task_writes.get(task_id, ())
+        if any(not told.done() for told in given):
+            return None
+        return all(told.result() is None for told in given)
+
+    async def writes_stored(self, task_id: str) -> bool:
+        """Once every write of `task_id` given so far is stored or failed: whether all are
+        stored (True for a task that gave none). The executor publishes a node's end only then,
+        so an end in the log means LangGraph finds the node's writes and does not run it again;
+        a failed write stops the pick-up (LangGraph raises it, and so do `aput` and `drain`)."""
+        given = list(self._task_writes.get(task_id, ()))
+        waiting = [told for told in given if not told.done()]
+        if waiting:
+            await asyncio.wait(waiting)
+        return all(told.result() is None for told in given)
 
     async def _store(
         self,

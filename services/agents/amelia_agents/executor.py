@@ -11,8 +11,9 @@ checkpoint, whose metadata names the run that wrote it:
   (also when a step's writes are stored and its checkpoint, written behind, is not);
 - this run's, finished → only the recording of the end was lost; record it.
 
-While the graph runs, LangGraph's `tasks` stream becomes `run.node.started|finished` events and
-the nodes' custom stream (see `runtime`) becomes `run.token`, `run.tool.*`, ... events; a later
+While the graph runs, LangGraph's `tasks` stream becomes `run.node.started|finished` events (a
+node's end once its writes are stored: `EndsAfterWrites`) and the nodes' custom stream (see
+`runtime`) becomes `run.token`, `run.tool.*`, ... events; a later
 pick-up first tells of the nodes an earlier one finished without their end reaching the log
 (`_tell_finished_nodes`). The pick-up ends with the run COMPLETED, FAILED (timeout, exception,
 model error), CANCELLED (`Attempt.cancel`), PAUSED, or not at all — the job goes back to the
@@ -55,7 +56,7 @@ from amelia_agents.pricing import NodeUsage
 from amelia_agents.store import Store
 from amelia_common import telemetry
 from amelia_common.errors import POSTGRES, UnavailableError
-from amelia_common.eventlog import PublishPipeline, event_data
+from amelia_common.eventlog import EventLogUnavailableError, PublishPipeline, event_data
 from amelia_common.logging import get_logger
 from amelia_common.settings import Settings
 
@@ -165,6 +166,137 @@ class UsageWriter:
     async def flush(self) -> None:
         await self._settle()
         await self._write()
+
+
+class EndsAfterWrites:
+    """A pick-up's streamed events on their way to its `PublishPipeline`, in the order the
+    graph streamed them, a node's end (`run.node.finished`) held until LangGraph's writes of
+    its task are stored (`checkpoints.RunSaver.writes_stored`) — and with it whatever the
+    stream gave after it (a parallel node's tokens), so the log keeps the stream's order.
+
+    Why: LangGraph hands a task's end to the stream while the task's writes are still on their
+    way to PostgreSQL. Published at once, the end could be in the log with the writes lost (the
+    database gone before they were stored): the next pick-up ran the node again, and a client
+    that had kept the node's text — it had finished — showed it twice. An end in the log now
+    means LangGraph finds the node's writes and does not run it again. Writes that could not
+    be stored leave their end untold: the pick-up stops (LangGraph raises their error) and the
+    next one runs the node again.
+
+    The held events go out from a task of their own, as soon as the writes are stored: the
+    graph is read on meanwhile, so LangGraph makes the step's checkpoint while the writes are
+    stored, as before (waiting in the stream's loop put that work after them, on every node's
+    way to the next: +1.7 ms on the bench's 5-node run, measured). Nothing is held when the
+    saver is not a `RunSaver` (no writes to wait for)."""
+
+    def __init__(
+        self, pipeline: PublishPipeline, saver: checkpoints.RunSaver | None = None
+    ) -> None:
+        self.pipeline = pipeline
+        self.saver = saver
+        # Held: (event, its position among the events given, the task whose writes it waits for).
+        self._held: collections.deque[tuple[events_pb2.Event, int, str | None]] = (
+            collections.deque()
+        )
+        self._releasing: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
+        self._given = 0  # events given to `submit`
+        self._passed = 0  # of them, written to the pipeline (or an end left untold), in order
+        self._waiting: list[tuple[int, asyncio.Future[None]]] = []  # `settled` callers
+
+    async def submit(self, event: events_pb2.Event, after_writes_of: str | None = None) -> None:
+        """Write `event` (its data checked), after the writes of task `after_writes_of` are
+        stored and after every event given before it."""
+        self._raise_failure()
+        position, self._given = self._given, self._given + 1
+        if not self._held:
+            stored = True if after_writes_of is None else self._stored_now(after_writes_of)
+            if stored is not None:
+                if stored:
+                    await self.pipeline.submit(event, data_checked=True)
+                self._pass()
+                return
+        self._held.append((event, position, after_writes_of))
+        if self._releasing is None:
+            self._releasing = asyncio.create_task(self._release())
+
+    def _stored_now(self, task: str) -> bool | None:
+        """Whether the task's writes are stored (False: one failed), None while one is not."""
+        return True if self.saver is None else self.saver.writes_stored_now(task)
+
+    async def _release(self) -> None:
+        try:
+            while self._held:
+                event, _, task = self._held[0]
+                if task is None or self.saver is None or await self.saver.writes_stored(task):
+                    await self.pipeline.submit(event, data_checked=True)
+                self._held.popleft()
+                self._pass()
+        except BaseException as exc:
+            self._failure = exc
+            self._wake(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        finally:
+            self._releasing = None
+
+    def _pass(self) -> None:
+        self._passed += 1
+        if self._waiting:
+            ready = [(at, waiter) for at, waiter in self._waiting if at <= self._passed]
+            self._waiting = [(at, waiter) for at, waiter in self._waiting if at > self._passed]
+            for _, waiter in ready:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    def _wake(self, failure: BaseException) -> None:
+        waiting, self._waiting = self._waiting, []
+        for _, waiter in waiting:
+            if not waiter.done():
+                waiter.set_exception(
+                    EventLogUnavailableError(f"events held back failed: {failure!r}")
+                )
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    async def settled(self, task: str) -> None:
+        """Return once every event given so far is stored (as `PublishPipeline.settle_written`)
+        — but for `task`'s own end and what came after it, held until this task's writes are
+        stored: what the task's writes wait for (`RunSaver.events_stored`). So no writes wait,
+        through the ends they wait for, for themselves (each waits only for events before its
+        own end)."""
+        given = next((at for _, at, held in self._held if held == task), self._given)
+        if self._passed < given:
+            self._raise_failure()
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiting.append((given, waiter))
+            await waiter
+        await self.pipeline.settle_written()
+
+    async def release(self) -> None:
+        """Write the held events (an end whose writes failed left untold), without waiting for
+        NATS to store them: for a graph that failed, whose writes LangGraph saw through before
+        it raised."""
+        releasing = self._releasing
+        if releasing is not None:
+            await asyncio.wait((releasing,))
+
+    async def flush(self) -> None:
+        """Wait until every event given is stored (raising as `PublishPipeline.flush`)."""
+        releasing = self._releasing
+        if releasing is not None:
+            await asyncio.wait((releasing,))
+        self._raise_failure()
+        await self.pipeline.flush()
+
+    def abandon(self) -> None:
+        """Stop: the held events are dropped (the pick-up stopped), the pipeline abandoned."""
+        if self._releasing is not None:
+            self._releasing.cancel()
+        self._held.clear()
+        self._wake(asyncio.CancelledError())
+        self.pipeline.abandon()
 
 
 # Types JSON gives back as they are (exactly these: a subclass, an enum, may encode otherwise).
@@ -329,8 +461,10 @@ class Executor:
         # The pick-up's events (its start, nodes, tokens) are written as they come and their
         # acknowledgements awaited together at the end of the graph (order kept).
         pipeline = self.events.event_log.pipeline()
-        if isinstance(saver, checkpoints.RunSaver):
-            saver.events_stored = pipeline.settle_written  # a node's result after its events
+        run_saver = saver if isinstance(saver, checkpoints.RunSaver) else None
+        ordered = EndsAfterWrites(pipeline, run_saver)
+        if run_saver is not None:
+            run_saver.events_stored = ordered.settled  # a node's result after its events
         await self.events.started(row, kind, timeout, pipeline, forked_from=fork)
         ctx = runtime.RunContext(
             settings=self.settings,
@@ -346,7 +480,7 @@ class Executor:
         usage = UsageWriter(self.store, row.id)
         ctx.store_usage = usage.add
         drive = asyncio.create_task(
-            self._drive(row, graph, graph_input, config, ctx, pipeline, usage)
+            self._drive(row, graph, graph_input, config, ctx, ordered, usage)
         )
         stops = [
             asyncio.create_task(attempt.cancel_requested.wait()),
@@ -412,8 +546,8 @@ class Executor:
         node an earlier pick-up started whose result is stored but whose end is not in the log.
 
         A node's writes are stored once its events before them are in the log, and its
-        `run.node.finished` is published after (`checkpoints.RunSaver.aput_writes`): a pick-up
-        that lost NATS (or died) between the two leaves a node LangGraph does not run again.
+        `run.node.finished` is published after (`EndsAfterWrites`): a pick-up that lost NATS
+        (or died) between the two leaves a node LangGraph does not run again.
         A client told by the rule to drop what the interrupted node streamed since its
         `run.node.started` on `run.resumed` would drop that node's whole text; told first that
         it finished, it keeps it. The log says which nodes started and did not finish (a node
@@ -459,12 +593,13 @@ class Executor:
         graph_input: Any,
         config: dict[str, Any],
         ctx: runtime.RunContext,
-        pipeline: PublishPipeline,
+        pipeline: EndsAfterWrites,
         stored_usage: UsageWriter,
     ) -> GraphEnd:
-        """Run the graph, its streamed events sent through `pipeline`, all stored on return;
-        where it stopped. Stopped or failed, the usage of the calls made is stored on the way
-        out (`stored_usage`); ended, it is left for the run's end."""
+        """Run the graph, its streamed events sent through `pipeline` (a node's end once its
+        writes are stored), all stored on return; where it stopped. Stopped or failed, the
+        usage of the calls made is stored on the way out (`stored_usage`); ended, it is left
+        for the run's end."""
         token = runtime.bind(ctx)
         end = GraphEnd()
         started: dict[str, float] = {}
@@ -482,9 +617,11 @@ class Executor:
                 elif mode == "tasks":
                     end.ran = True
                     tokens_flowing = False
-                    await pipeline.submit(
-                        self._task_event(row, chunk, started, usage), data_checked=True
-                    )
+                    event = self._task_event(row, chunk, started, usage)
+                    if event.type == "run.node.finished":
+                        await pipeline.submit(event, after_writes_of=str(chunk.get("id", "")))
+                    else:
+                        await pipeline.submit(event)
                     if end.interrupt is None and chunk.get("interrupts"):
                         first = chunk["interrupts"][0]
                         end.interrupt = _interrupt(
@@ -496,9 +633,7 @@ class Executor:
                     if event_type == runtime.USAGE_TYPE:
                         usage.add(data)  # the node's, for its run.node.finished
                     else:
-                        await pipeline.submit(
-                            self.events.event(row, event_type, _jsonable(data)), data_checked=True
-                        )
+                        await pipeline.submit(self.events.event(row, event_type, _jsonable(data)))
                         if event_type == TOKEN_TYPE and not tokens_flowing:
                             # The first token of a burst goes to NATS now (the loop runs
                             # nats-py's flusher first), not after the rest of the burst and
@@ -510,6 +645,14 @@ class Executor:
             await pipeline.flush()
             ended = True
             return end
+        except Exception as exc:
+            # The graph failed on its own (a node's exception): the ends it told before go out,
+            # a failing node's with its error. Not after an outage (the next pick-up tells of
+            # the nodes whose writes were stored) nor once another worker has the run.
+            if not (isinstance(exc, LockLostError) or infrastructure_outage(exc)):
+                with contextlib.suppress(Exception):
+                    await pipeline.release()
+            raise
         finally:
             if not ended:
                 await _stored(stored_usage)
