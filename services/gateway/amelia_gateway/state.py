@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from amelia_common.settings import Settings
 from amelia_gateway.hub import Hub, events_per_message
 from amelia_gateway.routes import RouteTable
+from amelia_gateway.settings import UpstreamLimits
 from amelia_gateway.upstream import Upstreams
 
 
@@ -36,8 +37,11 @@ class Connection(Protocol):
 class Gateway:
     """The live state of one gateway process."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, limits: UpstreamLimits | None = None) -> None:
         self.settings = settings
+        # The gateway's own settings (`amelia_gateway.settings`): from the environment and
+        # `.env` unless given.
+        self.limits = limits if limits is not None else UpstreamLimits()
         self.token = settings.api_token
         self.table = RouteTable()
         self.upstreams = Upstreams(settings)
@@ -45,6 +49,7 @@ class Gateway:
             self.upstreams,
             events_per_message(settings.WS_SEND_QUEUE),
             batch_window=settings.WS_BATCH_WINDOW_MS / 1000,
+            limits=self.limits,
         )
         self.connections: dict[str, Connection] = {}
         self.http_streams: set[Any] = set()  # open NDJSON streams' gRPC calls
@@ -57,6 +62,9 @@ class Gateway:
             "wsRefusedFull": 0,
             "wsRefusedAuth": 0,
             "wsClosedSlow": 0,
+            # Subscribes refused for one distinct filter too many (WS_MAX_FILTERS per socket,
+            # GATEWAY_MAX_FILTERS in all).
+            "wsRefusedFilters": 0,
             "httpRequests": 0,
         }
 

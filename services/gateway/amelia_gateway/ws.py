@@ -61,6 +61,7 @@ from amelia_gateway.hub import (
     CALLER_ERRORS,
     CHUNK_BYTES,
     EVENTS_PER_MESSAGE,
+    CatchUpFeed,
     Chunk,
     Feed,
     FeedSpec,
@@ -257,8 +258,22 @@ class Subscription:
 
     def back(self, message: str) -> None:
         """After an `error` with `final: false`: the stream is open again (clear the notice)."""
+        self.status("back", message)
+
+    def queued(self, message: str) -> None:
+        """The catch-up waits for its turn to replay (`hub.Turns`): `subscribed` now (its stream
+        checks a `since` sequence when it opens, later: a final error if it is beyond the log's
+        end), then why nothing comes yet."""
+        self.announce()
+        self.status("queued", message)
+
+    def started(self, message: str) -> None:
+        """After `queued`: its replay starts."""
+        self.status("started", message)
+
+    def status(self, status: str, message: str) -> None:
         self.connection.send_control(
-            {"type": "status", "subscription": self.id, "status": "back", "message": message}
+            {"type": "status", "subscription": self.id, "status": status, "message": message}
         )
 
 
@@ -548,6 +563,8 @@ class Connection:
                 "sendQueue": settings.WS_SEND_QUEUE,
                 "sendQueueBytes": settings.WS_SEND_QUEUE_BYTES,
                 "maxSubscriptions": MAX_SUBSCRIPTIONS,
+                "maxFilters": self.gateway.limits.WS_MAX_FILTERS,
+                "maxReplays": self.gateway.limits.WS_MAX_REPLAYS,
             }
         )
         try:
@@ -660,13 +677,38 @@ class Connection:
             await self._check_run(spec.run)
             if self.closing:
                 return
+        self._admit(spec)
         subscription = Subscription(self, sub_id, spec)
         self.subscriptions[_key(sub_id)] = subscription
         if not spec.resumes:
             subscription.announce()
-        subscription.feed = self.gateway.hub.feed(spec, subscription)
-        if spec.resumes:
+        feed = self.gateway.hub.feed(spec, subscription, self)
+        subscription.feed = feed
+        if spec.resumes and not (isinstance(feed, CatchUpFeed) and feed.waiting):
+            # (One waiting for its turn to replay was answered already: `Subscription.queued`.)
             await subscription.answer(RESUME_CHECK_SECONDS)
+
+    def _admit(self, spec: FeedSpec) -> None:
+        """Refuse (RESOURCE_EXHAUSTED) a filter subscription whose filter would be one too many:
+        more distinct filters than WS_MAX_FILTERS on this socket, or than GATEWAY_MAX_FILTERS in
+        the gateway (each distinct filter is a reader of the event log, `hub.Topic`)."""
+        if spec.run:
+            return
+        filters = {s.spec.topic_key for s in self.subscriptions.values() if not s.spec.run}
+        most = self.gateway.limits.WS_MAX_FILTERS
+        try:
+            if spec.topic_key not in filters and len(filters) >= most:
+                raise GatewayError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"subscribe refused: the subscriptions of this socket already have {most} "
+                    "distinct filters, its most (WS_MAX_FILTERS), each a reader of the event "
+                    "log; subscribe with a filter it has, unsubscribe one first, or use a wider "
+                    "filter (a subject pattern like runs/*, more types) and select on your side",
+                )
+            self.gateway.hub.admit(spec)
+        except GatewayError:
+            self.gateway.counters["wsRefusedFilters"] += 1
+            raise
 
     async def _check_run(self, run: str) -> None:
         """Refuse a run subscription before `subscribed` when the agents service says the run
