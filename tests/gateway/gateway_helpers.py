@@ -23,7 +23,6 @@ from amelia_common.grpc_client import aio_channel
 from amelia_common.grpc_server import GrpcService
 from amelia_common.settings import Settings
 from amelia_gateway.server import GatewayServer, build_server
-from amelia_gateway.settings import UpstreamLimits
 from amelia_gateway.state import Gateway
 
 
@@ -58,10 +57,9 @@ class RunningGateway(Listening):
             await asyncio.wait_for(self.task, timeout=30)
 
 
-async def start_gateway(settings: Settings, limits: UpstreamLimits | None = None) -> RunningGateway:
-    """A gateway on a free port; `limits`: its own (`amelia_gateway.settings`), else the
-    defaults (or the environment's)."""
-    server = build_server(settings, host="127.0.0.1", port=0, limits=limits)
+async def start_gateway(settings: Settings) -> RunningGateway:
+    """A gateway on a free port."""
+    server = build_server(settings, host="127.0.0.1", port=0)
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve())
     for _ in range(500):

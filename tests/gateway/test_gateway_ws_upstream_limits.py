@@ -47,13 +47,8 @@ from amelia_common.grpc_client import aio_channel
 from amelia_common.nats_client import connect_nats
 from amelia_common.settings import Settings
 from amelia_gateway.hub import MAX_ROOM_BACKOFF, RESUMES, ROOM_AGAIN, ROOM_BACKOFF, room_backoff
-from amelia_gateway.settings import UpstreamLimits
 
 PAYLOAD = "x" * 100_000  # ~100 KB an event: a client that does not read stalls its replays
-
-
-def limits(**values: int) -> UpstreamLimits:
-    return UpstreamLimits(_env_file=None, **values)  # type: ignore[call-arg]
 
 
 @dataclass
@@ -91,7 +86,8 @@ class SmallLog:
             await asyncio.sleep(0.05)
         return count
 
-    async def gateway(self, upstream: UpstreamLimits, **settings: Any) -> RunningGateway:
+    async def gateway(self, **settings: Any) -> RunningGateway:
+        """A gateway in front of the events service, with `settings` (its limits) set."""
         running = await start_gateway(
             self.settings.model_copy(
                 update={
@@ -100,8 +96,7 @@ class SmallLog:
                     "RAG_ADDRESS": closed_address(),
                     **settings,
                 }
-            ),
-            upstream,
+            )
         )
         self.started.append(running)
         return running
@@ -162,9 +157,7 @@ async def test_many_catch_ups_take_turns_and_each_gets_every_event_once(
     live events published meanwhile: at most WS_MAX_REPLAYS replay at once, each subscription
     gets every event after its `since` once, in order, and the stream (12 consumers; the old
     gateway opened a reader for each of the first twenty at once) never refuses one."""
-    running = await small_log.gateway(
-        limits(WS_MAX_REPLAYS=2, GATEWAY_MAX_REPLAYS=4, WS_MAX_FILTERS=5)
-    )
+    running = await small_log.gateway(WS_MAX_REPLAYS=2, GATEWAY_MAX_REPLAYS=4, WS_MAX_FILTERS=5)
     publisher = small_log.publisher
     subjects = [new_subject() for _ in range(3)]
     history = {s: await publish_many(publisher, s, 1000) for s in subjects}
@@ -246,7 +239,7 @@ async def test_a_caught_up_catch_up_gives_its_turn_back_without_a_live_event(
     """A replay that reached the end of a quiet filter's events hands over to its topic and
     gives its turn back at once: with one turn per socket, the next catch-up (on another quiet
     subject) is not held up waiting for a live event that never comes."""
-    running = await small_log.gateway(limits(WS_MAX_REPLAYS=1))
+    running = await small_log.gateway(WS_MAX_REPLAYS=1)
     publisher = small_log.publisher
     quiet = [new_subject() for _ in range(3)]
     history = {s: await publish_many(publisher, s, 3) for s in quiet}
@@ -281,7 +274,7 @@ async def test_a_socket_at_its_turns_holds_up_no_other_client(small_log: SmallLo
     told why, and replays when a turn is given back; the socket at its own limit keeps waiting.
     NATS's count stays within what the gateway holds, within the stream's 12 (the old gateway
     opened a reader for each of the twenty at once, and the stream refused the other client)."""
-    running = await small_log.gateway(limits(WS_MAX_REPLAYS=2, GATEWAY_MAX_REPLAYS=4))
+    running = await small_log.gateway(WS_MAX_REPLAYS=2, GATEWAY_MAX_REPLAYS=4)
     hub = running.gateway.hub
     publisher = small_log.publisher
     big, small, live = new_subject(), new_subject(), new_subject()
@@ -362,7 +355,9 @@ async def test_a_socket_at_its_turns_holds_up_no_other_client(small_log: SmallLo
 async def test_one_distinct_filter_too_many_is_refused_at_subscribe(
     gateway_settings: Settings, publisher: Publisher
 ) -> None:
-    running = await start_gateway(gateway_settings, limits(WS_MAX_FILTERS=3, GATEWAY_MAX_FILTERS=5))
+    running = await start_gateway(
+        gateway_settings.model_copy(update={"WS_MAX_FILTERS": 3, "GATEWAY_MAX_FILTERS": 5})
+    )
     try:
         one, two, three, four = (new_subject() for _ in range(4))
         client = await Client.connect(running.ws_url)
@@ -432,7 +427,7 @@ async def test_an_event_log_without_room_is_said_as_such_and_retried_not_an_outa
     catch-up subscription are told the event log has no room (code 8, `final: false`: not
     "waiting for it … once it is back", the outage's words), and once readers close they
     hear it has room again and get their events, none missed."""
-    running = await small_log.gateway(limits())
+    running = await small_log.gateway()
     publisher = small_log.publisher
     channel = aio_channel(small_log.address, small_log.settings)
     stub = events_pb2_grpc.EventServiceStub(channel)
@@ -512,7 +507,7 @@ def test_the_defaults_keep_one_gateway_within_a_third_of_a_stream() -> None:
     """nats-server (2.15) gives a stream 1000 consumers unless it sets its own, and the events
     service sets none: at the defaults a gateway's topics and replays (each replay a reader of
     its own, and one more while it asks whether it has caught up) stay within a third of it."""
-    defaults = UpstreamLimits.model_construct()
+    defaults = Settings.model_construct()
     worst = defaults.GATEWAY_MAX_FILTERS + 2 * defaults.GATEWAY_MAX_REPLAYS
     assert worst <= 1000 // 3, worst
     assert defaults.WS_MAX_FILTERS + 2 * defaults.WS_MAX_REPLAYS <= 40

@@ -236,6 +236,16 @@ class Settings(BaseSettings):
     # Milliseconds a `"batch": true` subscription's live events may wait to go out together (one
     # socket message per window, not per upstream message); 0 sends each at once. At most 50.
     WS_BATCH_WINDOW_MS: float = Field(default=10, ge=0, le=50)
+    # The gateway's readers of the event log (each a JetStream consumer; nats-server 2.15 gives a
+    # stream 1000 unless it sets its own, and one client filled them, QA s24 F4): distinct
+    # filters followed at once, in the gateway and per socket (a subscribe needing one more is
+    # refused, RESOURCE_EXHAUSTED), and catch-up replays at once, in the gateway and per socket
+    # (more wait their turn). At the defaults one gateway holds at most 200 + 2 × 64 consumers,
+    # a third of a stream's (docs/gateway.md, "Limits on readers of the event log").
+    GATEWAY_MAX_FILTERS: int = Field(default=200, ge=1)
+    GATEWAY_MAX_REPLAYS: int = Field(default=64, ge=1)
+    WS_MAX_FILTERS: int = Field(default=20, ge=1)
+    WS_MAX_REPLAYS: int = Field(default=4, ge=1)
     MAX_REQUEST_BYTES: int = Field(default=8 * 1024 * 1024, ge=1024)
     # Gateway: default deadline of a unary call passed upstream (a client may send its own with
     # `X-Request-Timeout` / `grpc-timeout`), and of a streamed document upload.

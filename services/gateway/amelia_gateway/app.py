@@ -31,7 +31,6 @@ from amelia_gateway import http_api, openapi, status, ws
 from amelia_gateway.middleware import CatchAll, MethodGuard, MethodsFor, RouteCORS, http_exception
 from amelia_gateway.requests import NDJSON
 from amelia_gateway.routes import RouteTable
-from amelia_gateway.settings import UpstreamLimits
 from amelia_gateway.state import Gateway
 
 log = get_logger("amelia.gateway")
@@ -96,10 +95,9 @@ class GatewayApp(Starlette):
         await super().__call__(scope, receive, send)
 
 
-def create_app(settings: Settings, limits: UpstreamLimits | None = None) -> Starlette:
-    """A gateway for `settings` (upstream addresses, token, limits); `limits`: the gateway's own
-    limits on its upstream readers (default: from the environment and `.env`)."""
-    gateway = Gateway(settings, limits)
+def create_app(settings: Settings) -> Starlette:
+    """A gateway for `settings` (upstream addresses, token, limits)."""
+    gateway = Gateway(settings)
     metrics.track_gateway(gateway)
 
     @asynccontextmanager

@@ -60,9 +60,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from amelia.v1 import agents_pb2, events_pb2
 from amelia_common.grpc_server import from_servicer
 from amelia_common.logging import get_logger
+from amelia_common.settings import Settings
 from amelia_gateway.errors import GatewayError, internal
 from amelia_gateway.event_json import event_json
-from amelia_gateway.settings import UpstreamLimits
 from amelia_gateway.upstream import Upstream, Upstreams, waiting_for, watch_opening
 
 log = get_logger("amelia.gateway.hub")
@@ -1114,13 +1114,14 @@ class Hub:
         upstreams: Upstreams,
         events_per_message: int = EVENTS_PER_MESSAGE,
         batch_window: float = 0.0,
-        limits: UpstreamLimits | None = None,
+        limits: Settings | None = None,
     ) -> None:
         self.upstreams = upstreams
         self.events_per_message = events_per_message
         # Seconds a topic holds events for its batching sinks (see `_Coalesced`); 0: none.
         self.batch_window = batch_window
-        self.limits = limits if limits is not None else UpstreamLimits.model_construct()
+        # GATEWAY_MAX_FILTERS, GATEWAY_MAX_REPLAYS, WS_MAX_REPLAYS (the defaults when None).
+        self.limits = limits if limits is not None else Settings.model_construct()
         self.turns = Turns(self.limits.GATEWAY_MAX_REPLAYS, self.limits.WS_MAX_REPLAYS)
         self.topics: dict[tuple[tuple[str, ...], str], Topic] = {}
         self.calls_opened = 0

@@ -18,7 +18,6 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from amelia_common.logging import get_logger
 from amelia_common.settings import Settings
 from amelia_gateway.app import create_app
-from amelia_gateway.settings import UpstreamLimits
 from amelia_gateway.state import Gateway
 
 log = get_logger("amelia.gateway")
@@ -111,14 +110,9 @@ def config(
 
 
 def build_server(
-    settings: Settings,
-    *,
-    host: str | None = None,
-    port: int | None = None,
-    limits: UpstreamLimits | None = None,
+    settings: Settings, *, host: str | None = None, port: int | None = None
 ) -> GatewayServer:
-    """A ready-to-run server for a new gateway app (`await server.serve()`); `limits`: the
-    gateway's own (default: from the environment and `.env`)."""
-    app = create_app(settings, limits)
+    """A ready-to-run server for a new gateway app (`await server.serve()`)."""
+    app = create_app(settings)
     gateway: Gateway = app.state.gateway
     return GatewayServer(config(app, settings, host=host, port=port), gateway)

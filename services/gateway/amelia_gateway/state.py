@@ -14,7 +14,6 @@ from typing import Any, Protocol
 from amelia_common.settings import Settings
 from amelia_gateway.hub import Hub, events_per_message
 from amelia_gateway.routes import RouteTable
-from amelia_gateway.settings import UpstreamLimits
 from amelia_gateway.upstream import Upstreams
 
 
@@ -37,11 +36,8 @@ class Connection(Protocol):
 class Gateway:
     """The live state of one gateway process."""
 
-    def __init__(self, settings: Settings, limits: UpstreamLimits | None = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        # The gateway's own settings (`amelia_gateway.settings`): from the environment and
-        # `.env` unless given.
-        self.limits = limits if limits is not None else UpstreamLimits()
         self.token = settings.api_token
         self.table = RouteTable()
         self.upstreams = Upstreams(settings)
@@ -49,7 +45,7 @@ class Gateway:
             self.upstreams,
             events_per_message(settings.WS_SEND_QUEUE),
             batch_window=settings.WS_BATCH_WINDOW_MS / 1000,
-            limits=self.limits,
+            limits=settings,
         )
         self.connections: dict[str, Connection] = {}
         self.http_streams: set[Any] = set()  # open NDJSON streams' gRPC calls

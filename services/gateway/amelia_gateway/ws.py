@@ -563,8 +563,8 @@ class Connection:
                 "sendQueue": settings.WS_SEND_QUEUE,
                 "sendQueueBytes": settings.WS_SEND_QUEUE_BYTES,
                 "maxSubscriptions": MAX_SUBSCRIPTIONS,
-                "maxFilters": self.gateway.limits.WS_MAX_FILTERS,
-                "maxReplays": self.gateway.limits.WS_MAX_REPLAYS,
+                "maxFilters": self.gateway.settings.WS_MAX_FILTERS,
+                "maxReplays": self.gateway.settings.WS_MAX_REPLAYS,
             }
         )
         try:
@@ -695,7 +695,7 @@ class Connection:
         if spec.run:
             return
         filters = {s.spec.topic_key for s in self.subscriptions.values() if not s.spec.run}
-        most = self.gateway.limits.WS_MAX_FILTERS
+        most = self.gateway.settings.WS_MAX_FILTERS
         try:
             if spec.topic_key not in filters and len(filters) >= most:
                 raise GatewayError(
