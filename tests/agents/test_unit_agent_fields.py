@@ -61,6 +61,10 @@ REFUSED = [
     # (request fields, field validated, words the reason holds)
     ({"model": "gpt-4"}, "model", "names no provider"),
     ({"model": "nosuch:x"}, "model", "provider must be one of"),
+    # QA s25 F6: a mistyped server was taken as part of the name and sent to api.openai.com.
+    ({"model": "openai:x@notaurl"}, "model", "what follows '@' must be the server's base URL"),
+    ({"model": "openai:x@http://h:99999/v1"}, "model", "is not a server's base URL"),
+    ({"model": "openai:@http://h/v1"}, "model", "names no model before '@'"),
     ({"temperature": 2.5}, "temperature", "temperature must be between 0 and 2"),
     ({"temperature": -0.1}, "temperature", "temperature must be between 0 and 2"),
     ({"max_tokens": -1}, "max_tokens", "max_tokens must be positive"),

@@ -1,5 +1,6 @@
 """`registry.validate` in process: a run's input against its workflow's JSON schema subset
-(type, required, properties, items, enum, minLength, minimum, maximum), or InvalidInputError
+(type, required, properties, additionalProperties, items, enum, minLength, minimum, maximum,
+format "model"), or InvalidInputError
 naming the path that does not fit. CreateRun tests go through a running mesh; these cover each
 keyword once, without one."""
 
@@ -99,3 +100,34 @@ def test_a_model_workflows_max_tokens_is_held_to_what_an_agents_can_be() -> None
     validate({"message": "hi", "max_tokens": 2**31 - 1}, chat.input_schema)
     with pytest.raises(InvalidInputError, match=r"^input.max_tokens must be at most 2147483647$"):
         validate({"message": "hi", "max_tokens": 1e12}, chat.input_schema)
+
+
+def test_a_step_model_for_a_step_the_workflow_lacks_is_refused_naming_its_steps() -> None:
+    """QA s25 F6: a plan run's `models.review` (no such step) was taken and silently unused."""
+    plan = get("plan")
+    assert plan is not None
+    validate({"message": "hi", "models": {"design": "offline:echo"}}, plan.input_schema)
+    with pytest.raises(InvalidInputError) as refused:
+        validate({"message": "hi", "models": {"review": "offline:echo"}}, plan.input_schema)
+    assert str(refused.value) == "input.models takes only discovery, design, planning; not 'review'"
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ({"message": "hi", "model": "gpt-4"}, "input.model: model 'gpt-4' names no provider"),
+        ({"message": "hi", "model": "offline:nosuch"}, "input.model: unknown offline mode"),
+        (
+            {"message": "hi", "models": {"design": "openai:x@notaurl"}},
+            "input.models.design: model 'openai:x@notaurl': what follows '@'",
+        ),
+    ],
+)
+def test_a_model_the_mesh_cannot_parse_is_refused_before_the_run_is_queued(
+    value: dict[str, Any], reason: str
+) -> None:
+    plan = get("plan")
+    assert plan is not None
+    with pytest.raises(InvalidInputError) as refused:
+        validate(value, plan.input_schema)
+    assert str(refused.value).startswith(reason)

@@ -13,6 +13,7 @@ import asyncio
 import re
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from amelia_agents.llm import anthropic_provider, local_provider, openai_provider
 from amelia_agents.llm.base import (
@@ -52,7 +53,8 @@ __all__ = [
 ]
 
 PROVIDERS = ("anthropic", "openai", "local", "offline")
-_OPENAI = re.compile(r"^(?P<model>.+?)(?:@(?P<base>https?://\S+))?$")
+# The base URL begins at the first '@http://' or '@https://' (a URL may hold an '@' itself).
+_OPENAI_BASE = re.compile(r"@(?=https?://)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -80,12 +82,38 @@ def parse_model(model: str) -> ModelSpec:
             "'local:qwen2.5-coder-0.5b', 'offline:echo'"
         )
     if provider == "openai":
-        match = _OPENAI.match(rest)
-        assert match is not None
-        return ModelSpec("openai", match.group("model"), match.group("base") or "")
+        return _openai_spec(model, rest)
     if provider == "offline":
         OfflineModel(rest)  # validates the mode
     return ModelSpec(provider, rest)
+
+
+def _openai_spec(model: str, rest: str) -> ModelSpec:
+    """`<model>[@<base_url>]`: an '@' not followed by an http(s) URL is a mistyped server (it
+    was taken as part of the model's name and sent to api.openai.com); a model whose name has
+    an '@' is written with its server after it."""
+    parts = _OPENAI_BASE.split(rest, maxsplit=1)
+    name, base = parts[0], (parts[1] if len(parts) > 1 else "")
+    if not base and "@" in name:
+        raise ModelError(
+            f"model {model!r}: what follows '@' must be the server's base URL, starting with "
+            "http:// or https:// (e.g. 'openai:llama3.1@http://localhost:11434/v1'); a model "
+            "whose name holds an '@' is written with its server's URL after it"
+        )
+    if base and not _is_base_url(base):
+        raise ModelError(f"model {model!r}: {base!r} is not a server's base URL")
+    if not name:
+        raise ModelError(f"model {model!r} names no model before '@'")
+    return ModelSpec("openai", name, base)
+
+
+def _is_base_url(base: str) -> bool:
+    """An http(s) URL with a host, a port in range and no spaces."""
+    try:
+        parsed = urlsplit(base)
+        return bool(parsed.hostname) and (parsed.port or 0) >= 0 and not re.search(r"\s", base)
+    except ValueError:  # a port out of range or not a number
+        return False
 
 
 # SDK clients hold connection pools; keep one per configuration and event loop.

@@ -14,7 +14,7 @@ from langgraph.graph import StateGraph
 
 from amelia_agents import runtime
 from amelia_agents.runtime import current
-from amelia_agents.workflows.registry import Workflow, linear_graph, register
+from amelia_agents.workflows.registry import MODEL_FORMAT, Workflow, linear_graph, register
 
 
 class ConversationState(TypedDict, total=False):
@@ -78,7 +78,7 @@ def model_params(agent: dict[str, Any] | None, request: dict[str, Any]) -> dict[
 
 # Input fields every model workflow accepts (when run without an agent).
 MODEL_PROPERTIES: dict[str, Any] = {
-    "model": {"type": "string", "minLength": 1},
+    "model": {"type": "string", "minLength": 1, "format": MODEL_FORMAT},
     "system_prompt": {"type": "string"},
     "temperature": {"type": "number", "minimum": 0, "maximum": 2},
     # At most what an agent's max_tokens (an int32) holds: a larger one was taken and failed on

@@ -562,7 +562,8 @@ register(
                 "models": {
                     "type": "object",
                     "description": "A model per step, overriding `model`.",
-                    "properties": {step: {"type": "string", "minLength": 1} for step in STEPS},
+                    "properties": {step: MODEL_PROPERTIES["model"] for step in STEPS},
+                    "additionalProperties": False,
                 },
             },
         },

@@ -23,6 +23,7 @@ from typing import Any
 
 from langgraph.graph import END, START, StateGraph
 
+from amelia_agents.llm import ModelError, parse_model
 from amelia_common.settings import Settings
 
 AGENT_WORKFLOW = "agent"
@@ -105,8 +106,9 @@ def load_plugins(modules: Iterable[str]) -> None:
         importlib.import_module(module)
 
 
-# A small JSON Schema subset (type, required, properties, items, enum, minLength, minimum,
-# maximum): enough to give a clear INVALID_ARGUMENT before a run is queued.
+# A small JSON Schema subset (type, required, properties, additionalProperties: false, items,
+# enum, minLength, minimum, maximum, format "model"): enough to give a clear INVALID_ARGUMENT
+# before a run is queued.
 _TYPES: dict[str, tuple[type, ...]] = {
     "string": (str,),
     "integer": (int,),
@@ -116,6 +118,11 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "array": (list,),
     "null": (type(None),),
 }
+
+
+# A string naming a model as an agent's `model` does ('offline:echo', 'openai:m@http://h/v1'):
+# refused at CreateRun by the same parser, not on the worker.
+MODEL_FORMAT = "model"
 
 
 def validate(value: Any, schema: dict[str, Any], path: str = "input") -> None:
@@ -136,6 +143,11 @@ def validate(value: Any, schema: dict[str, Any], path: str = "input") -> None:
         raise InvalidInputError(f"{path} must be one of {schema['enum']}")
     if isinstance(value, str) and len(value) < schema.get("minLength", 0):
         raise InvalidInputError(f"{path} must not be empty")
+    if isinstance(value, str) and schema.get("format") == MODEL_FORMAT:
+        try:
+            parse_model(value)
+        except ModelError as exc:
+            raise InvalidInputError(f"{path}: {exc}") from None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if "minimum" in schema and value < schema["minimum"]:
             raise InvalidInputError(f"{path} must be at least {schema['minimum']}")
@@ -145,7 +157,12 @@ def validate(value: Any, schema: dict[str, Any], path: str = "input") -> None:
         for key in schema.get("required", []):
             if key not in value:
                 raise InvalidInputError(f"{path}.{key} is required")
-        for key, sub in schema.get("properties", {}).items():
+        known = schema.get("properties", {})
+        if schema.get("additionalProperties") is False:
+            for key in value:
+                if key not in known:
+                    raise InvalidInputError(f"{path} takes only {', '.join(known)}; not {key!r}")
+        for key, sub in known.items():
             if key in value:
                 validate(value[key], sub, f"{path}.{key}")
     if isinstance(value, list) and "items" in schema:
