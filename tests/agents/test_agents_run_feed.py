@@ -108,7 +108,8 @@ async def test_calls_joining_a_run_catch_up_from_the_log_then_follow_it_to_its_e
     published += await publish(streamer, run_id, "run.token")
     heads.append(await anext(streams[2]))
     assert [e.sequence for e in heads[2]] == published[-1:]
-    assert len(streamer.feed.followers[f"runs/{run_id}"]) == 2
+    # All three follow the feed: the first once its reader of its own has caught up.
+    assert len(streamer.feed.followers[f"runs/{run_id}"]) == 3
     await publish_elsewhere(streamer, 2)
     # The end, and an event about the run after it (a landed branch), stored before the calls
     # read on: both given, then the stream ends.
@@ -118,12 +119,48 @@ async def test_calls_joining_a_run_catch_up_from_the_log_then_follow_it_to_its_e
         [*(e.sequence for e in head), *await rest(stream)]
         for head, stream in zip(heads, streams, strict=True)
     ]
-    # (The reader of its own reads ahead: the end may be read before the event after it is
-    # stored, and then the stream ends with the end, as a stream joined at that moment would.)
-    assert after[0] in (published, published[:-1])
+    assert after[0] == published
     assert after[1] == [s for s in published if s > middle]
     assert after[2] == [s for s in published if s > latest]
     assert streamer.feed.left_behind == 0
+
+
+async def consumers(streamer: RunStreamer) -> int:
+    """The event log stream's JetStream consumers now (every reader's)."""
+    info = await streamer.event_log.js.stream_info(streamer.event_log.settings.EVENTS_STREAM)
+    return int(info.state.consumer_count)
+
+
+async def test_a_long_catch_up_gives_its_reader_back_and_follows_the_feed_to_the_end(
+    streamer: RunStreamer,
+) -> None:
+    """A client joining a long run (a dashboard opened on it, a reconnect from 0) held a
+    JetStream consumer of its own for the run's life: a thousand of them filled the stream's
+    consumers and every reader of the mesh was refused. Its reader now ends once caught up."""
+    run_id = uuid.uuid4()
+    many = runfeed.CATCH_UP_EVENTS * 3
+    published = await publish(streamer, run_id, "workflow.started", *["run.token"] * many)
+    keeper = await streamer.feed.follow(uuid.uuid4())  # the feed's reader, open
+    assert keeper is not None
+    try:
+        baseline = await consumers(streamer)
+        stream = aiter(streamer.stream(running(run_id), 0))
+        given = [e.sequence for e in await anext(stream)]
+        while given[-1] < published[-1]:
+            given += [e.sequence for e in await anext(stream)]
+        assert given == published
+        # Caught up: its reader's consumer goes (a minute at most), the call stays on the feed.
+        for _ in range(600):
+            if await consumers(streamer) == baseline:
+                break
+            await asyncio.sleep(0.1)
+        assert await consumers(streamer) == baseline, "the catch-up's reader kept its consumer"
+        assert len(streamer.feed.followers[f"runs/{run_id}"]) == 1
+        published += await publish(streamer, run_id, "run.token", "run.completed")
+        assert given + await rest(stream) == published
+        assert streamer.feed.left_behind == 0
+    finally:
+        keeper.leave()
 
 
 async def test_a_nats_restart_under_the_feed_loses_and_repeats_no_event(

@@ -12,7 +12,8 @@ one truth:
   event of the run stored after P is handed to it from then on. What the run's log holds after
   `after_sequence` up to P is read from the log first (`history`: one JetStream "next message on
   this subject" request per event; usually none or a few — a call made as its run starts); more
-  than CATCH_UP_EVENTS of them and the call reads with a reader of its own, as before;
+  than CATCH_UP_EVENTS of them and the call reads them with a reader of its own that ends once
+  caught up, the feed's events queued for it meanwhile (`streaming._CatchUpSource`);
 - a slow client stalls no one and memory stays bounded: a call's queue holds at most
   QUEUE_EVENTS / QUEUE_BYTES; a call that falls that far behind leaves the feed (`behind`), sends
   what it had queued and goes on with a reader of its own after its last event;

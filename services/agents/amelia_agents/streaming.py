@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import nats.errors
 
@@ -129,12 +129,10 @@ class RunStreamer:
             async for page in self._after_end(row, after_sequence):
                 yield page
             return
-        if follower is None:
-            follower = await self._follower(row, after_sequence)
-        source: _FeedSource | _ReaderSource = (
+        source = (
             _FeedSource(self.feed, follower, row.id)
             if follower is not None
-            else _ReaderSource(self._reader(row, after_sequence, follow=True))
+            else await self._source(row, after_sequence)
         )
         last = after_sequence
         idle_checks = 0
@@ -181,30 +179,35 @@ class RunStreamer:
         finally:
             await source.close()
 
-    async def _follower(self, row: RunRow, after_sequence: int) -> Follower | None:
-        """The call's share of the process's run feed, its catch-up queued first; None when it
-        reads on its own: a finished run (a replay), more to catch up on than CATCH_UP_EVENTS,
-        or NATS not answering now (the reader says so)."""
+    async def _source(self, row: RunRow, after_sequence: int) -> _Source:
+        """Where a call's events come from. A finished run (a replay) is read by a reader of its
+        own. A running one joins the process's run feed, its catch-up queued first: read from
+        the log one by one when it is at most CATCH_UP_EVENTS, else by a reader of its own that
+        ends once caught up (`_CatchUpSource`), so no call keeps a consumer of its own for its
+        run's life (each is one of the stream's bounded consumers)."""
         if row.status in TERMINAL_STATES:
-            return None
+            return _ReaderSource(self._reader(row, after_sequence, follow=True))
         try:
             follower = await self.feed.follow(row.id)
         except EventLogUnavailableError as exc:
             raise self._ended(f"could not be read: {exc}", after_sequence) from None
-        if follower is None:
-            return None
+        if follower is None:  # the service is stopping
+            return _ReaderSource(self._reader(row, after_sequence, follow=True))
+        follower.after = max(after_sequence, follower.position)
+        feed = _FeedSource(self.feed, follower, row.id)
         try:
             history = await self.feed.history(row.id, after_sequence, follower.position)
         except (nats.errors.Error, TimeoutError):
-            history = None
+            history = None  # the catch-up's reader says whether NATS is away
         if history is None:
-            follower.leave()
-            return None
-        follower.after = max(after_sequence, follower.position)
+            return _CatchUpSource(
+                _ReaderSource(self._reader(row, after_sequence, follow=False), caught_up=True),
+                feed,
+            )
         follower.queue.extendleft(reversed(history))
         if history:
             follower.wake.set()
-        return follower
+        return feed
 
     async def _after_end(
         self, row: RunRow, after_sequence: int
@@ -281,10 +284,13 @@ class _FeedSource:
 
 class _ReaderSource:
     """A call's events from a reader of its own, read ahead by a task: a stream waiting for
-    them can be cancelled (the client went away, the idle check) without losing any."""
+    them can be cancelled (the client went away, the idle check) without losing any.
+    `caught_up`: the reader reads history only (`follow=False`), and its end is the catch-up's
+    end (`next_batch` gives None), not a stream ended."""
 
-    def __init__(self, reader: EventReader) -> None:
+    def __init__(self, reader: EventReader, *, caught_up: bool = False) -> None:
         self.reader = reader
+        self.caught_up = caught_up
         self.inbox: asyncio.Queue[Any] = asyncio.Queue(maxsize=4)
         self.task = asyncio.create_task(self._pump())
 
@@ -298,15 +304,16 @@ class _ReaderSource:
                         )
                     )
         except StopAsyncIteration:
-            await self.inbox.put(_UnreadableError("ended the stream"))
+            await self.inbox.put(None if self.caught_up else _UnreadableError("ended the stream"))
         except Exception as exc:  # noqa: BLE001 - NATS could not be reached: said by the call
             await self.inbox.put(_UnreadableError(f"could not be read: {exc}"))
 
-    async def next_batch(self) -> list[events_pb2.Event]:
+    async def next_batch(self) -> list[events_pb2.Event] | None:
+        """The next events; None once a `caught_up` reader has read the log to its end."""
         item = await self.inbox.get()
         if isinstance(item, _UnreadableError):
             raise item
-        return item
+        return cast("list[events_pb2.Event] | None", item)
 
     async def nothing_after(self, sequence: int) -> bool:
         return self.reader.pending == 0
@@ -315,6 +322,50 @@ class _ReaderSource:
         self.task.cancel()
         with contextlib.suppress(BaseException):
             await self.task
+
+
+class _CatchUpSource:
+    """A call with more of its run to catch up on than CATCH_UP_EVENTS: a reader of its own
+    reads the log to its end as it is then, and the call goes on with the run feed, which has
+    queued every event of the run after the feed's position when the call joined — joined
+    before the reader opened, so no event falls between them; those the reader already gave
+    are dropped. The reader's consumer lasts the catch-up, not the run: a consumer for each
+    dashboard or client following a long run filled the stream's consumers (1000)."""
+
+    def __init__(self, reader: _ReaderSource, feed: _FeedSource) -> None:
+        self.reader: _ReaderSource | None = reader
+        self.feed = feed
+        self.last = 0  # the last sequence the reader gave
+        # The caught-up reader's close, in a task of its own: a cancelled wait for the next
+        # batch (the idle check) does not cut it short.
+        self.closing: asyncio.Task[None] | None = None
+
+    async def next_batch(self) -> list[events_pb2.Event] | None:
+        while self.reader is not None:
+            batch = await self.reader.next_batch()
+            if batch is not None:
+                self.last = batch[-1].sequence
+                return batch
+            reader, self.reader = self.reader, None
+            self.closing = asyncio.create_task(reader.close())
+        while (batch := await self.feed.next_batch()) is not None:
+            fresh = [event for event in batch if event.sequence > self.last]
+            if fresh:
+                return fresh
+        return None  # the call left the feed: on from the log after its last event
+
+    async def nothing_after(self, sequence: int) -> bool:
+        return self.reader is None and await self.feed.nothing_after(sequence)
+
+    async def close(self) -> None:
+        if self.reader is not None:
+            await self.reader.close()
+        if self.closing is not None:
+            await self.closing
+        await self.feed.close()
+
+
+_Source = _FeedSource | _ReaderSource | _CatchUpSource
 
 
 def _terminal_index(batch: list[events_pb2.Event]) -> int | None:
