@@ -7,6 +7,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -214,3 +215,11 @@ class Janitor:
         for running in self.running:
             with contextlib.suppress(Exception):
                 await stop_events(running)
+
+
+def rss_bytes() -> int:
+    """This process's resident memory now (the events service runs in the test's process)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")

@@ -4,9 +4,8 @@ subscriber still gets every event while the slow one lags far behind."""
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
-from events_helpers import Janitor, RunningEvents, consumers_matching, wait_until
+from events_helpers import Janitor, RunningEvents, consumers_matching, rss_bytes, wait_until
 
 from amelia.v1 import events_pb2
 from amelia_events.fanout import Call
@@ -18,13 +17,6 @@ SLOW_DELAY = 0.05  # the publisher manages well over 2,000 events/s here: 100x i
 # far behind however long publishing takes on a busy machine.
 SLOW_READS = 300
 IN_FLIGHT_LIMIT_BYTES = 16 * 1024 * 1024
-
-
-def rss_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
 
 
 async def test_slow_subscriber_is_paced_not_buffered(

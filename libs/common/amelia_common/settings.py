@@ -114,6 +114,15 @@ class Settings(BaseSettings):
     # Copies JetStream keeps of the events stream: 1 on one nats-server, 3 on a NATS cluster (an
     # acknowledged event then survives losing a node). Changing it re-replicates the stream.
     EVENTS_STREAM_REPLICAS: int = Field(default=1, ge=1, le=5)
+    # StreamEvents calls one events service process serves at once; one more is
+    # RESOURCE_EXHAUSTED naming this limit. Each call holds at most ~3 MiB whatever its client
+    # does (docs/events.md, "Flow control"), so this bounds the process's memory. 0: no limit.
+    EVENTS_MAX_STREAMS: int = Field(default=1000, ge=0)
+    # The events stream's `max_consumers` (every open reader of the log holds a JetStream
+    # consumer). 0: set none, so nats-server's default applies (1000 a stream since 2.15; none on
+    # 2.10) or the limit the stream was given by hand. nats-server before 2.12 cannot change it on
+    # an existing stream: the service then keeps the stream's and logs a warning.
+    EVENTS_MAX_CONSUMERS: int = Field(default=0, ge=0)
 
     # LLM providers
     ANTHROPIC_API_KEY: SecretStr = SecretStr("")

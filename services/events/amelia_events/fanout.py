@@ -264,6 +264,15 @@ class Call:
         """Events taken for this call and not yet given in a message."""
         return len(self.queue) + (self.reader.buffered if self.reader is not None else 0)
 
+    @property
+    def held_bytes(self) -> int:
+        """The bytes of the events held in this process for this call and not yet given in a
+        message: its queue (at most QUEUE_BYTES) or its reader's last pull (at most the
+        reader's `batch_bytes`, or one larger event). The message given last is gRPC's until
+        written: at most MESSAGE_BYTES more, or one event."""
+        reader = self.reader
+        return self.queued_bytes + (reader.buffered_bytes if reader is not None else 0)
+
     async def open(self) -> None:
         """Subscribe: once this returns, every matching event stored after the start position
         (or, with none, published from now on) will be given, in order, each once."""

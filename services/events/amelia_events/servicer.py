@@ -25,6 +25,7 @@ from amelia_common import paging
 from amelia_common.errors import (
     InvalidArgumentError,
     NotFoundError,
+    ResourceExhaustedError,
     StreamEndedError,
 )
 from amelia_common.eventlog import (
@@ -87,6 +88,10 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
         self.hub = Hub(event_log, stopping)
         # Open StreamEvents calls: their count and progress are the service's stream metrics.
         self.readers: set[Call] = set()
+        # StreamEvents calls being served (counted from before their first await, so that calls
+        # arriving together cannot all pass the limit), at most EVENTS_MAX_STREAMS.
+        self.streams = 0
+        self.streams_refused = 0
 
     def _naming_nats(self) -> contextlib.AbstractContextManager[None]:
         return naming_nats(self.event_log.nc, self.event_log.settings)
@@ -132,10 +137,37 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
             MESSAGE_BYTES,
             LIVE_HOLD_SECONDS,
         )  # (bad input: INVALID_ARGUMENT, before the log is asked anything)
-        with self._naming_nats():
-            if request.WhichOneof("start") == "after_sequence":
-                await self.event_log.check_resume_point(request.after_sequence)
-        self.readers.add(call)
+        self._admit()
+        try:
+            with self._naming_nats():
+                if request.WhichOneof("start") == "after_sequence":
+                    await self.event_log.check_resume_point(request.after_sequence)
+            self.readers.add(call)
+            await self._serve(call, every, context)
+        finally:
+            self.streams -= 1
+        if self.stopping.is_set() and not context.done():
+            # (Should the call end meanwhile, gRPC drops the status: nobody is there to tell.)
+            raise StreamEndedError(
+                "the events service is shutting down; reconnect with "
+                f"after_sequence={call.sent} to continue without a gap"
+            )
+
+    def _admit(self) -> None:
+        """Count a new stream in, or RESOURCE_EXHAUSTED naming EVENTS_MAX_STREAMS: each stream
+        holds a bounded amount of memory whatever its client does, so bounding how many this
+        process serves bounds its memory (and says so before JetStream runs out of consumers)."""
+        limit = self.event_log.settings.EVENTS_MAX_STREAMS
+        if limit and self.streams >= limit:
+            self.streams_refused += 1
+            raise ResourceExhaustedError(
+                f"too many open streams on this events service: it serves at most {limit} "
+                "StreamEvents calls at once (EVENTS_MAX_STREAMS); close some and try again, "
+                "or use another replica"
+            )
+        self.streams += 1
+
+    async def _serve(self, call: Call, every: int, context: grpc.aio.ServicerContext) -> None:
         try:
             with self._naming_nats():
                 try:
@@ -156,12 +188,6 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
                     await call.close()
         finally:
             self.readers.discard(call)
-        if self.stopping.is_set() and not context.done():
-            # (Should the call end meanwhile, gRPC drops the status: nobody is there to tell.)
-            raise StreamEndedError(
-                "the events service is shutting down; reconnect with "
-                f"after_sequence={call.sent} to continue without a gap"
-            )
 
     async def _open(self, call: Call) -> None:
         """Subscribe the call, waiting for NATS at most EVENTS_PUBLISH_TIMEOUT_SECONDS (like

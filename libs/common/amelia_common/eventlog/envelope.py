@@ -175,6 +175,8 @@ def stream_config(settings: Settings) -> api.StreamConfig:
         duplicate_window=settings.EVENTS_DEDUP_WINDOW_SECONDS,
         discard=api.DiscardPolicy.OLD,
         num_replicas=settings.EVENTS_STREAM_REPLICAS,
+        # None: the server's default, or what the stream was given (see EVENTS_MAX_CONSUMERS).
+        max_consumers=settings.EVENTS_MAX_CONSUMERS or None,
     )
 
 

@@ -159,8 +159,27 @@ class EventLog:
         metrics.track_event_log(self)  # every process's publishes on its /metrics
 
     async def ensure_stream(self) -> None:
-        """Create the stream, or bring its limits in line with settings."""
-        await ensure_stream(self.js, stream_config(self.settings))
+        """Create the stream, or bring its limits in line with settings.
+
+        nats-server before 2.12 refuses to change an existing stream's `max_consumers`
+        (EVENTS_MAX_CONSUMERS): the stream keeps its own then, said in a warning, and the rest
+        of its configuration is still brought in line."""
+        config = stream_config(self.settings)
+        try:
+            await ensure_stream(self.js, config)
+        except nats.js.errors.BadRequestError as exc:
+            if config.max_consumers is None or "MaxConsumers" not in (exc.description or ""):
+                raise
+            log.warning(
+                "this nats-server cannot change an existing stream's max_consumers: the stream "
+                "keeps its own; delete the stream (or use nats-server 2.12 or later) to apply "
+                "EVENTS_MAX_CONSUMERS",
+                stream=config.name,
+                wanted=config.max_consumers,
+                error=exc.description,
+            )
+            config.max_consumers = None
+            await ensure_stream(self.js, config)
 
     # -- publish -----------------------------------------------------------------------------
 

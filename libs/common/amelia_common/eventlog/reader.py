@@ -8,6 +8,8 @@ import datetime as dt
 import json
 import time
 import uuid
+import weakref
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -75,13 +77,76 @@ _SEQUENCE_FIELD_BYTES = 11
 _CLOCK_SLACK = dt.timedelta(milliseconds=1)
 
 
-def _deliver_to(queue: asyncio.Queue[Any]) -> Callable[[Msg], Awaitable[None]]:
-    """A subscription callback that hands messages to one reader's queue, in arrival order."""
+# What one pull asks JetStream for at most (its `max_bytes`; a single larger event comes alone):
+# all a reader holds for a caller that stopped taking events. Counted in events alone (256), a
+# replay of 120 KB events held 30 MB per stalled StreamEvents call, and 20 replays of 16 KB
+# events asked for more than nats-server lets one connection have pending (64 MiB by default),
+# so it cut the service's connection as a slow consumer, again at every reconnect.
+BATCH_BYTES = 1024 * 1024
+# At most this many bytes asked for by a process's catching-up readers and not yet received, on
+# one NATS connection: half of nats-server's default `max_pending` (64 MiB), past which the
+# server closes the connection as a slow consumer. A pull waits for room (bytes arrive fast:
+# the wait is NATS's transfer time, never a slow caller's).
+IN_FLIGHT_BYTES = 32 * 1024 * 1024
+# A reservation outlives its pull by this much at most (the pull expires after PULL_EXPIRES):
+# a pull lost with its connection gives its room back.
+PULL_EXPIRES = 30.0
+_RESERVATION_SECONDS = PULL_EXPIRES + 5.0
+# JetStream's answer to a pull whose next message is larger than its `max_bytes`.
+_MAX_BYTES_EXCEEDED = "Message Size Exceeds MaxBytes"
+# What JetStream sends after the last message of a pull with `max_bytes` that got its whole
+# batch: that pull was counted done already (taken for the end of the next one, it had the
+# reader pull again with a batch still queued, and hold thousands of events).
+_BATCH_COMPLETED = "Batch Completed"
 
-    async def deliver(msg: Msg) -> None:
-        queue.put_nowait(msg)
 
-    return deliver
+class PullBudget:
+    """The bytes one NATS connection's readers have asked for and not yet received
+    (`IN_FLIGHT_BYTES` at most): keeps what nats-server holds for the process under its
+    slow-consumer limit however many readers catch up at once."""
+
+    def __init__(self, limit: int = IN_FLIGHT_BYTES) -> None:
+        self.limit = limit
+        self.used = 0
+        self.peak = 0  # the most ever reserved at once (at most `limit`)
+        self.waited = 0  # pulls that waited for room
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    async def acquire(self, amount: int) -> int:
+        """Reserve `amount` (at most the whole budget); waits while others hold it."""
+        amount = min(amount, self.limit)
+        if self.used and self.used + amount > self.limit:
+            self.waited += 1
+            loop = asyncio.get_running_loop()
+            while self.used and self.used + amount > self.limit:
+                waiter = loop.create_future()
+                self._waiters.append(waiter)
+                try:
+                    await waiter
+                finally:
+                    with contextlib.suppress(ValueError):
+                        self._waiters.remove(waiter)
+        self.used += amount
+        self.peak = max(self.peak, self.used)
+        return amount
+
+    def release(self, amount: int) -> None:
+        self.used = max(0, self.used - amount)
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+_budgets: weakref.WeakKeyDictionary[NATS, PullBudget] = weakref.WeakKeyDictionary()
+
+
+def pull_budget(nc: NATS) -> PullBudget:
+    """The budget of the readers on connection `nc` (one per connection: NATS's limit is)."""
+    budget = _budgets.get(nc)
+    if budget is None:
+        budget = _budgets[nc] = PullBudget()
+    return budget
 
 
 def delivery_info(reply: str) -> tuple[int, int, int]:
@@ -97,6 +162,14 @@ def delivery_info(reply: str) -> tuple[int, int, int]:
     if len(tokens) >= 11 and tokens[0] == "$JS" and tokens[1] == "ACK":
         return int(tokens[7]), int(tokens[9]), int(tokens[10])
     raise EventLogUnavailableError(f"not a JetStream delivery: reply subject {reply[:200]!r}")
+
+
+def _caught_up(reply: str) -> bool:
+    """Whether a JetStream delivery says nothing matching is pending behind it."""
+    try:
+        return delivery_info(reply)[2] == 0
+    except (EventLogUnavailableError, ValueError):
+        return False
 
 
 def _stored_at(nanoseconds: int) -> dt.datetime:
@@ -118,8 +191,12 @@ class EventReader:
     Use as `async with log.read(...) as reader: async for event in reader: ...`. The reader owns
     one ephemeral JetStream pull consumer (ack none, in memory, deleted on close and by the
     server after `inactive_threshold` if this process dies). It asks for at most `batch` events
-    at a time, and for the next batch only once the caller took the previous one, so memory per
-    reader stays bounded by `batch_bytes` however slowly the caller consumes.
+    and `batch_bytes` at a time (the pull's `max_bytes`: JetStream sends no more; one event
+    larger than that comes alone), and for the next batch only once the caller took the
+    previous one, so what a reader holds stays under `batch_bytes` (or one event) however
+    slowly the caller consumes, or if it never does: the backlog stays in the log. While behind,
+    its pulls share the connection's `PullBudget`, so that the bytes in flight from NATS stay
+    under nats-server's slow-consumer limit however many readers catch up at once.
 
     `follow=False` ends once the reader caught up with the log (history only); `limit` ends after
     that many events. `stop` (an asyncio.Event) ends the iteration promptly when set. If the
@@ -140,7 +217,7 @@ class EventReader:
         limit: int | None = None,
         stop: asyncio.Event | None = None,
         batch: int = 256,
-        batch_bytes: int = 4 * 1024 * 1024,
+        batch_bytes: int = BATCH_BYTES,
         heartbeat: float = 1.0,
         retry_for: float | None = None,
         inactive_threshold: float = 60.0,
@@ -172,7 +249,14 @@ class EventReader:
         # The consumer being created or in use: deleted on close even if its creation timed out.
         self._consumer: str | None = None
         self._outstanding = 0
-        self._largest_message = 4096
+        self._pulled = 0  # events received for the current pull
+        self._oversized = False  # the next event is larger than batch_bytes: pull it alone
+        self._budget = pull_budget(nc)
+        self._reserved = 0  # of the budget, for the pull in flight
+        self._expect = 0  # messages of the pull in flight not yet received
+        self._reservation_timer: asyncio.TimerHandle | None = None
+        self._buffered_bytes = 0
+        self.peak_buffered_bytes = 0  # the most `buffered_bytes` ever was (tests read it)
         self._start_sequence: int | None = None
         self._caught_up = False
         self._closed = False
@@ -185,6 +269,12 @@ class EventReader:
     def buffered(self) -> int:
         """Messages received from NATS and not yet returned to the caller (bounded by batch)."""
         return self._queue.qsize()
+
+    @property
+    def buffered_bytes(self) -> int:
+        """The events' bytes received from NATS and not yet returned to the caller: at most
+        `batch_bytes`, or one event larger than that."""
+        return self._buffered_bytes
 
     async def __aenter__(self) -> EventReader:
         return self
@@ -221,6 +311,7 @@ class EventReader:
                     continue
             if item is _STOP:
                 continue
+            self._buffered_bytes -= len(item.data)
             event = await self._handle(item)
             if event is not None:
                 return event
@@ -260,6 +351,7 @@ class EventReader:
                 break
             if item is _STOP:
                 break
+            self._buffered_bytes -= len(item.data)
             event = await self._handle(item)
             if event is not None:
                 batch.append(event)
@@ -301,8 +393,16 @@ class EventReader:
         if status:
             if status == _HEARTBEAT:
                 return None
+            if status == _CONFLICT and (msg.headers or {}).get("Description") == _BATCH_COMPLETED:
+                return None
             self._outstanding = 0
-            if status == _NO_MESSAGES and not self.follow:
+            if (
+                status == _CONFLICT
+                and self._pulled == 0
+                and (msg.headers or {}).get("Description", "") == _MAX_BYTES_EXCEEDED
+            ):
+                self._oversized = True  # the next event alone is more than batch_bytes
+            elif status == _NO_MESSAGES and not self.follow:
                 self._caught_up = True
             elif status == _CONFLICT and "Consumer Deleted" in (msg.headers or {}).get(
                 "Description", ""
@@ -312,7 +412,7 @@ class EventReader:
                 await self._reset(f"status {status} {(msg.headers or {}).get('Description', '')}")
             return None
         self._outstanding -= 1
-        self._largest_message = max(self._largest_message, len(msg.data))
+        self._pulled += 1
         sequence, stored_ns, pending = delivery_info(msg.reply)
         self.pending = pending
         if pending == 0:
@@ -331,17 +431,30 @@ class EventReader:
         size = self._max_batch
         if self.limit is not None:
             size = min(size, self.limit - self.delivered)
-        return max(1, min(size, self._batch_bytes // max(self._largest_message, 1)))
+        return max(1, size)
 
     async def _pull(self) -> None:
         assert self._sub is not None and self._consumer is not None
-        batch = self._batch_size()
-        request: dict[str, Any] = {"batch": batch}
+        self._release()  # the previous pull's events are all received (and taken)
+        if self._oversized:
+            # An event larger than batch_bytes: JetStream refuses to send it within max_bytes,
+            # so it is asked for alone (NATS's max_payload bounds it).
+            self._oversized = False
+            request: dict[str, Any] = {"batch": 1}
+        else:
+            request = {"batch": self._batch_size(), "max_bytes": self._batch_bytes}
         if self.follow:
-            request["expires"] = int(30 * 1e9)
+            request["expires"] = int(PULL_EXPIRES * 1e9)
             request["idle_heartbeat"] = int(self._heartbeat * 1e9)
         else:
             request["no_wait"] = True
+        if self.pending != 0:
+            # Behind: the pull brings up to a batch at once. (At the live edge it brings what
+            # is published meanwhile, as it comes: nothing to reserve.)
+            await self._reserve(self._batch_bytes)
+            if self._sub is None or self._consumer is None:  # closed or reset meanwhile
+                self._release()
+                return
         stream = self._stream
         try:
             await self._nc.publish(
@@ -352,7 +465,52 @@ class EventReader:
         except nats.errors.Error as exc:
             await self._reset(f"cannot request events: {exc!r}")
             return
-        self._outstanding = batch
+        self._outstanding = self._expect = request["batch"]
+        self._pulled = 0
+
+    async def _reserve(self, amount: int) -> None:
+        try:
+            self._reserved = await self._budget.acquire(amount)
+        except asyncio.CancelledError:
+            self._release()
+            raise
+        self._reservation_timer = asyncio.get_running_loop().call_later(
+            _RESERVATION_SECONDS, self._release
+        )
+
+    def _release(self) -> None:
+        """Give the pull's reservation back: its events arrived, or it ended, or it is lost."""
+        if self._reservation_timer is not None:
+            self._reservation_timer.cancel()
+            self._reservation_timer = None
+        reserved, self._reserved = self._reserved, 0
+        if reserved:
+            self._budget.release(reserved)
+
+    def _deliver_to(self, queue: asyncio.Queue[Any]) -> Callable[[Msg], Awaitable[None]]:
+        """The subscription callback: messages to the reader's queue, in arrival order; the
+        pull's reservation is given back once its last message (or its end) arrived."""
+
+        async def deliver(msg: Msg) -> None:
+            queue.put_nowait(msg)
+            if queue is not self._queue:
+                return  # a consumer since replaced
+            self._buffered_bytes += len(msg.data)
+            if self._buffered_bytes > self.peak_buffered_bytes:
+                self.peak_buffered_bytes = self._buffered_bytes
+            if self._reserved:
+                headers = msg.headers or {}
+                status = headers.get("Status")
+                if status is None:
+                    self._expect -= 1
+                    # The pull's last event, or the log's (the pull then waits at the live
+                    # edge, for what is published, until it expires: nothing to reserve).
+                    if self._expect <= 0 or _caught_up(msg.reply):
+                        self._release()
+                elif status != _HEARTBEAT and headers.get("Description") != _BATCH_COMPLETED:
+                    self._release()
+
+        return deliver
 
     def _consumer_config(self, name: str) -> api.ConsumerConfig:
         config = api.ConsumerConfig(
@@ -401,14 +559,15 @@ class EventReader:
                 name = f"amelia-read-{uuid.uuid4().hex}"
                 inbox = self._nc.new_inbox()
                 self._queue = asyncio.Queue()
-                self._sub = await self._nc.subscribe(inbox, cb=_deliver_to(self._queue))
+                self._buffered_bytes = 0
+                self._sub = await self._nc.subscribe(inbox, cb=self._deliver_to(self._queue))
                 self._consumer = name
                 info = await self._js.add_consumer(self._stream, self._consumer_config(name))
                 self.consumer_name = name
                 self._outstanding = 0
+                self.pending = info.num_pending
                 if info.num_pending == 0:
                     self._caught_up = True
-                    self.pending = 0
                 if self._stop is not None and self._stop_task is None:
                     self._stop_task = asyncio.create_task(self._watch_stop(self._stop))
                 return
@@ -457,6 +616,7 @@ class EventReader:
         sub, self._sub = self._sub, None
         name, self._consumer, self.consumer_name = self._consumer, None, None
         self._outstanding = 0
+        self._release()
         if sub is not None:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
