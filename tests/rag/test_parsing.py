@@ -68,6 +68,27 @@ def test_html_keeps_visible_text_and_headings() -> None:
     assert "\n\n\n" not in parsed.text
 
 
+@pytest.mark.parametrize("depth", [1_000, 5_000])
+def test_html_nested_past_any_real_page_is_read_not_refused(depth: int) -> None:
+    """QA s26: 1,000 nested `div`s (or `span`s in a heading) were INTERNAL / HTTP 500, a
+    RecursionError in the walk. Past MAX_HTML_DEPTH an element is read as plain text of the
+    one above it, as browsers fold elements past 512 levels; what is above keeps its sections."""
+    html = (
+        "<html><body><main><h2>Intro</h2><p>first words</p>"
+        + "<div>" * depth
+        + "<p>deep <b>words</b> here</p><h3>"
+        + "<span>" * depth
+        + "Deep heading</h3><p>under it</p>"
+        + "</div>" * depth
+        + "<h2>After</h2><p>tail words</p></main></body></html>"
+    )
+    parsed = parse_html(html)
+    assert "deep words here Deep heading under it" in parsed.text
+    sections = section_texts(parsed)
+    assert "first words" in sections[("Intro",)]
+    assert sections[("After",)].endswith("tail words")
+
+
 def test_pdf_title_from_metadata_is_printable() -> None:
     pdf = make_pdf([["Body text."]], title="Odd\x01 title")
     assert parse_pdf(pdf).title == "Odd title"

@@ -241,7 +241,17 @@ def _check_text(text: str) -> str:
 
 
 def parse(content: bytes, doc_type: str, name: str) -> ParsedDocument:
-    """Parse `content` as `doc_type`; `name` (the file name) picks a code language."""
+    """Parse `content` as `doc_type`; `name` (the file name) picks a code language. A document
+    nested deeper than a parser can follow is refused as the sender's input, never INTERNAL."""
+    try:
+        return _parse(content, doc_type, name)
+    except RecursionError:
+        raise InvalidDocumentError(
+            f"the {doc_type} document nests too deeply to be read; flatten it and send it again"
+        ) from None
+
+
+def _parse(content: bytes, doc_type: str, name: str) -> ParsedDocument:
     if not content:
         raise InvalidDocumentError("document is empty (0 bytes)")
     if doc_type == "pdf":
@@ -356,6 +366,10 @@ _DEFINITION_LISTS = {
     "method", "attribute", "exception", "data", "option", "envvar", "glossary", "property",
 }  # fmt: skip
 MAX_SIGNATURE_CHARS = 200
+# Elements nested deeper than this are read as plain text of the element at that depth (as
+# browsers' parsers fold elements past 512 levels): reading a page then needs no more recursion
+# than this — 1,000 nested `div`s were an INTERNAL (RecursionError).
+MAX_HTML_DEPTH = 256
 _HEADING = re.compile(r"^h([1-6])$")
 _SPACES = re.compile(r"\s+")
 
@@ -459,7 +473,21 @@ def parse_html(text: str) -> ParsedDocument:
             elif not is_chrome(child):
                 walk(child, pre)
 
+    depth = 0
+
     def walk(node: Tag, pre: bool) -> None:
+        nonlocal depth
+        if depth >= MAX_HTML_DEPTH:
+            out.space()
+            out.emit(node.get_text() if pre else _SPACES.sub(" ", node.get_text(" ")))
+            return
+        depth += 1
+        try:
+            walk_children(node, pre)
+        finally:
+            depth -= 1
+
+    def walk_children(node: Tag, pre: bool) -> None:
         nonlocal doc_title
         for child in node.children:
             if isinstance(child, (Comment, Declaration, Doctype, ProcessingInstruction)):
@@ -540,11 +568,13 @@ def _fold_bare_headings(text: str, sections: list[Section]) -> list[Section]:
     return out
 
 
-def _visible_text(tag: Any) -> str:
+def _visible_text(tag: Any, depth: int = 0) -> str:
     """A heading's or signature's text without the chrome inside it (permalink anchors)."""
     from bs4 import NavigableString, Tag
     from bs4.element import Comment
 
+    if depth >= MAX_HTML_DEPTH:
+        return str(tag.get_text())
     parts: list[str] = []
     for child in tag.children:
         if isinstance(child, Comment):
@@ -552,7 +582,7 @@ def _visible_text(tag: Any) -> str:
         if isinstance(child, NavigableString):
             parts.append(str(child))
         elif isinstance(child, Tag) and child.name not in _HTML_SKIP and not is_chrome(child):
-            parts.append(_visible_text(child))
+            parts.append(_visible_text(child, depth + 1))
     return "".join(parts)
 
 
