@@ -53,11 +53,14 @@ async def _read_until_closed(stuck: Any) -> tuple[list[int], int, str]:
 
 
 async def _stalled(running: RunningGateway) -> None:
-    """Until the socket's queue holds more than half its budget (its replay waits for room) and
-    its sender has been stuck on the client for ws.STALL_SECONDS."""
+    """Until the socket's queue holds more than its replay keeps ahead (`paced_bytes`: the
+    replay waits for room) and its sender has been stuck on the client for ws.STALL_SECONDS."""
     (connection,) = running.gateway.connections.values()
     await wait_for(
-        lambda: connection.queued_bytes > BUDGET // 2 and cast(Any, connection).stalled(),
+        lambda: (
+            connection.queued_bytes > cast(Any, connection).paced_bytes
+            and cast(Any, connection).stalled()
+        ),
         timeout=60,
     )
 
@@ -128,7 +131,7 @@ async def test_a_catch_up_stalled_on_its_client_is_closed_once_its_live_buffer_i
                 }
             )
         )
-        # The replay filled the kernel's buffers and half the budget: it waits for the client.
+        # The replay filled the kernel's buffers and its queue: it waits for the client.
         await _stalled(running)
 
         live: list[int] = []

@@ -245,9 +245,15 @@ class _TokenStreamStream(_Token, grpc.aio.StreamStreamClientInterceptor):
     intercept_stream_stream = _Token._intercept
 
 
-def aio_channel(address: str, settings: Settings, token: str | None = None) -> grpc.aio.Channel:
+def aio_channel(
+    address: str,
+    settings: Settings,
+    token: str | None = None,
+    options: list[tuple[str, Any]] | None = None,
+) -> grpc.aio.Channel:
     """An asyncio channel to `address` (one replica or several, see `channel_target`) that
-    sends the API token (settings' unless given)."""
+    sends the API token (settings' unless given); `options`: gRPC channel options of the
+    caller's, after the mesh's (the gateway bounds its receive windows with them)."""
     token = settings.api_token if token is None else token
     interceptors: list[Any] = (
         [
@@ -259,11 +265,12 @@ def aio_channel(address: str, settings: Settings, token: str | None = None) -> g
         if token
         else []
     )
-    options = [
+    channel_options = [
         *client_options(settings),
         ("grpc.service_config", service_config()),
         ("grpc.enable_retries", 1),
+        *(options or []),
     ]
     return grpc.aio.insecure_channel(
-        channel_target(address), options=options, interceptors=interceptors
+        channel_target(address), options=channel_options, interceptors=interceptors
     )

@@ -434,6 +434,9 @@ class UpstreamStream:
                     self._back(upstream)
                     if not self.on_events(events):
                         return
+                    # Not kept while the sink's queue drains (for a client that stopped reading,
+                    # for good): the events are in the sink's queue, as JSON, by now.
+                    del response, events
                     if self.pace is not None:
                         await self.pace()
             except grpc.aio.AioRpcError as exc:
@@ -796,6 +799,10 @@ class CatchUpFeed(Feed):
         and end the own stream (its turn is given back once its call has ended)."""
         self.handed_over = True
         self.hub.handovers += 1
+        if not self.own.opened:
+            # The log had nothing after its resume point before its own stream opened: the
+            # subscription is answered now, before the topic's events (QA s26: 5 s later).
+            self.sink.opened()
         if self.own.failing:
             # Its own stream was interrupted (its client was told) and the topic, which is not,
             # brings the events from now on: the client hears it is back, once, before them.

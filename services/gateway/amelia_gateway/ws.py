@@ -96,6 +96,14 @@ CLOSE_GRACE = 10.0
 # counts as stalled: a catch-up whose live buffer outgrows the byte budget then closes it as slow
 # instead of finishing on its own stream (`Connection.stalled`).
 STALL_SECONDS = 1.0
+# What a paced stream (a catch-up's replay, a run subscription) keeps queued ahead of its socket:
+# it reads its next upstream message only once the queue holds at most this many bytes (and at
+# most half WS_SEND_QUEUE_BYTES, half WS_SEND_QUEUE events), so a replay whose client stopped
+# reading holds this and one message (hub.CHUNK_BYTES, or one event), not half the socket's byte
+# budget (8 MiB of 16). One message is already more than a reading client takes while the next
+# is read from the events service (a local call), so it is not slowed (docs/gateway.md, "Memory
+# per client"). Live events are not paced: they may fill the whole budget before it closes.
+PACED_BYTES = CHUNK_BYTES
 
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 # A sequence given as text: ASCII digits only (str.isdigit also takes '²', which int() refuses),
@@ -200,6 +208,7 @@ class Subscription:
             self.announce()
 
     def push(self, chunk: Chunk, held: int = 0) -> None:
+        self.announce()  # (a no-op once sent: no event of the subscription goes before it)
         if self.connection.enqueue((self, chunk), len(chunk), held):
             self.last_queued = chunk.last
 
@@ -297,6 +306,8 @@ class Connection:
         self._queued = 0  # events and control messages in `queue`
         self.budget = gateway.settings.WS_SEND_QUEUE_BYTES
         self._bytes = 0  # bytes of text in `queue`
+        # A paced stream waits while the queue holds more (`room`).
+        self.paced_bytes = min(self.budget // 2, PACED_BYTES)
         self._held = 0  # bytes the subscriptions' catch-up feeds buffer (`hold`)
         self._waiting: asyncio.Future[None] | None = None  # the sender, for something to send
         self.free_at = time.monotonic()  # when the sender last took a message (or had none)
@@ -394,7 +405,7 @@ class Connection:
         else:
             self._queued -= len(item[1])
             self._bytes -= item[1].nbytes
-        if self._queued <= self.limit // 2 and self._bytes <= self.budget // 2:
+        if self._queued <= self.limit // 2 and self._bytes <= self.paced_bytes:
             self._make_room()
         return item
 
@@ -405,10 +416,10 @@ class Connection:
             self._room = None
 
     async def room(self) -> None:
-        """Wait until at most half the send queue is used, in events and in bytes (or the
-        socket is closing)."""
+        """Wait until at most half the send queue's events are used and it holds at most
+        `paced_bytes` (or the socket is closing)."""
         while (
-            (self._queued > self.limit // 2 or self._bytes > self.budget // 2)
+            (self._queued > self.limit // 2 or self._bytes > self.paced_bytes)
             and not self.closing
             and self._close_task is None
         ):
