@@ -69,6 +69,10 @@ class UnavailableError(AmeliaError):
 
     code = grpc.StatusCode.UNAVAILABLE
 
+    # More of the answer's ErrorInfo metadata beside `dependency` (a publish says which events
+    # are stored, which may be and their ids: events' PublishEvents).
+    metadata: dict[str, str] = {}
+
     def __init__(self, dependency: str, detail: str = "") -> None:
         message = f"{dependency} is unavailable" + (f": {detail}" if detail else "")
         super().__init__(f"{message}; try again shortly")

@@ -302,7 +302,12 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             )
             return
         if isinstance(error, UnavailableError):
-            log.warning("dependency unavailable", dependency=error.dependency, error=error.message)
+            log.warning(
+                "dependency unavailable",
+                dependency=error.dependency,
+                error=error.message,
+                **error.metadata,
+            )
             # This replica answered: its dependency is down, and another attempt would wait it
             # out again (our channels retry UNAVAILABLE reads 4 more times: 5x the wait, and
             # 5x the load on what is recovering). -1 tells a gRPC client not to retry (gRFC A6
@@ -314,7 +319,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 error.code,
                 shorten_echoes(error.message),
                 request_id,
-                error_info(DEPENDENCY_UNAVAILABLE, dependency=error.dependency),
+                error_info(DEPENDENCY_UNAVAILABLE, dependency=error.dependency, **error.metadata),
                 error_details_pb2.RetryInfo(
                     retry_delay=duration_pb2.Duration(seconds=DEPENDENCY_RETRY_SECONDS)
                 ),

@@ -26,8 +26,6 @@ import asyncio
 import collections
 from dataclasses import dataclass
 
-import nats.errors
-
 from amelia.v1 import events_pb2
 from amelia_common.eventlog import EventLog, EventReader, StartAt, filter_subjects
 from amelia_common.logging import get_logger
@@ -186,16 +184,9 @@ class Hub:
 
     async def last_sequence(self) -> int:
         """The log's last sequence: what "only new events" starts after. Tries again while NATS
-        is away (the caller bounds the wait, as a reader's opening)."""
-        delay = 0.1
-        while True:
-            try:
-                info = await self.event_log.js.stream_info(self.event_log.settings.EVENTS_STREAM)
-                return int(info.state.last_seq)
-            except (nats.errors.Error, TimeoutError) as exc:
-                log.warning("stream waiting for NATS", error=repr(exc))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+        is away, a request lost with a dying connection included (`EventLog.request_js`), for
+        EVENTS_PUBLISH_TIMEOUT_SECONDS, as a reader's opening."""
+        return await self.event_log.last_sequence()
 
     def reader(self, types: list[str], subject: str, start: StartAt) -> EventReader:
         return self.event_log.read(types, subject, start, stop=self.stopping)

@@ -34,10 +34,11 @@ from amelia_common.eventlog import (
     filter_subjects,
     timestamp_problem,
 )
+from amelia_common.eventlog.pipeline import BatchUnavailableError, PublishFailedError
 from amelia_events import pagination
 from amelia_events.fanout import Call, Hub
 from amelia_events.heartbeat import Heartbeats, heartbeat_seconds
-from amelia_events.outage import naming_nats, nats_unreachable
+from amelia_events.outage import NatsUnreachableError, naming_nats, nats_unreachable
 
 # At most this many events in one PublishEvents request or one StreamEvents message.
 MAX_BATCH = 1000
@@ -103,8 +104,20 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
             raise InvalidArgumentError("event is required")
         event = events_pb2.Event()
         event.CopyFrom(request.event)
-        with self._naming_nats():
-            stored = await self.event_log.publish_event(event, from_client=True)
+        try:
+            with self._naming_nats():
+                stored = await self.event_log.publish_event(event, from_client=True)
+        except NatsUnreachableError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, PublishFailedError):
+                sent = cause.sent
+                exc.metadata = {
+                    "stored": "0",
+                    "unknown": "1" if sent else "0",
+                    "ids": event.id if sent else "",
+                    "notStored": "0" if sent else "1",
+                }
+            raise
         return events_pb2.PublishEventResponse(event=stored)
 
     async def PublishEvents(
@@ -115,8 +128,13 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
                 f"{len(request.events)} events in one request: at most {MAX_BATCH}; "
                 "send them in several requests"
             )
-        with self._naming_nats():
-            stored = await self.event_log.publish_events(list(request.events), from_client=True)
+        try:
+            with self._naming_nats():
+                stored = await self.event_log.publish_events(list(request.events), from_client=True)
+        except NatsUnreachableError as exc:
+            if isinstance(exc.__cause__, BatchUnavailableError):
+                exc.metadata = exc.__cause__.metadata()
+            raise
         return events_pb2.PublishEventsResponse(events=stored)
 
     async def StreamEvents(  # type: ignore[override]  # messages may come serialized

@@ -422,7 +422,7 @@ class _WrittenPayloads:
 _written = _WrittenPayloads()
 
 
-def decode_event(payload: bytes, sequence: int, stored_on: str = "") -> events_pb2.Event:
+def decode_event(payload: bytes | None, sequence: int, stored_on: str = "") -> events_pb2.Event:
     """A stored message back into an Event with its stream sequence.
 
     A message that is not a readable event (not an `amelia.v1.Event` — written by another tool
@@ -430,9 +430,13 @@ def decode_event(payload: bytes, sequence: int, stored_on: str = "") -> events_p
     refused) never makes the log unreadable: it comes back as a `system.undecodable` event at
     its sequence, with what could be recovered (the original type, the reason, the raw payload
     in base64), and is logged once per process. `stored_on` is the NATS subject it was stored on.
+    An empty message is such a one, however it reaches us: a pull delivers its payload as
+    `b""`, JetStream's direct get (`EventLog.get`, `last`) as None.
     """
     event: events_pb2.Event | None
     problem: str | None
+    if payload is None:
+        payload = b""
     try:
         event = events_pb2.Event.FromString(payload)
     except DecodeError as exc:

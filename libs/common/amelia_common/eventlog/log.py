@@ -8,12 +8,12 @@ import inspect
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
-from nats.js import api
+from nats.js import JetStreamContext, api
 
 from amelia.v1 import events_pb2
 from amelia_common import metrics, telemetry
@@ -36,8 +36,11 @@ from amelia_common.eventlog.envelope import (
     validate_event,
 )
 from amelia_common.eventlog.pipeline import (
+    ANSWER_IDS_CHARS,
     DEFAULT_WINDOW,
     PUBLISH_SPAN_ATTRIBUTES,
+    BatchUnavailableError,
+    PublishFailedError,
     PublishPipeline,
 )
 from amelia_common.eventlog.reader import (
@@ -80,6 +83,12 @@ _TRANSIENT = (
 )
 
 Handler = Callable[[events_pb2.Event], Awaitable[None] | None]
+
+_Answer = TypeVar("_Answer")
+# How long one attempt of a read's JetStream request waits for its answer before it is sent
+# again (`EventLog.request_js`): JetStream answers in milliseconds; a request that waits longer
+# was most likely lost with a connection that died under it.
+_READ_ATTEMPT_SECONDS = 1.0
 
 
 def _report_dispatch_end(task: asyncio.Task[None]) -> None:
@@ -156,6 +165,9 @@ class EventLog:
         self.stats = PublishStats()
         self._dispatchers: dict[tuple[str, str], _Dispatcher] = {}
         self._last_outage_log = 0.0
+        # JetStream contexts of `request_js`, by attempt timeout (1, 2, 4 or 8 s: nats-py
+        # sets the timeout per context).
+        self._read_js: dict[float, JetStreamContext] = {}
         metrics.track_event_log(self)  # every process's publishes on its /metrics
 
     async def ensure_stream(self) -> None:
@@ -209,10 +221,11 @@ class EventLog:
         """Store `events` in order, one round trip for all; returns them with their sequences.
 
         Every event is checked before any is written, so a bad one stores nothing; its error
-        begins with its place in the batch (`events[3]: …`). Raises like `publish_event`; after
-        `EventLogUnavailableError` a prefix may be stored, and publishing the same events again
-        (same ids) stores each once. `ReusedIdError` (a client's id already stored with other
-        content) comes once every other event is stored.
+        begins with its place in the batch (`events[3]: …`). Raises like `publish_event`, but
+        an outage as `BatchUnavailableError`: which events are stored (a prefix), which may or
+        may not be (sent, not acknowledged: their ids) and which were never sent; publishing
+        the same events again (same ids) stores each once. `ReusedIdError` (a client's id
+        already stored with other content) comes once every other event is stored.
         """
         prepared: list[Prepared] = []
         for index, event in enumerate(events):
@@ -223,10 +236,22 @@ class EventLog:
                 exc.message = f"events[{index}]: {exc.message}"
                 exc.args = (exc.message,)
                 raise
-        pipeline = self.pipeline()
-        for item in prepared:
-            await pipeline.write(item)
-        return await pipeline.flush()
+        # So few in flight that the ids of those an outage leaves unknown fit in its answer.
+        longest = max((len(item.event.id) for item in prepared), default=1)
+        pipeline = self.pipeline(window=min(DEFAULT_WINDOW, ANSWER_IDS_CHARS // (longest + 1)))
+        try:
+            for item in prepared:
+                await pipeline.write(item)
+            return await pipeline.flush()
+        except EventLogUnavailableError as exc:
+            raise BatchUnavailableError.of(
+                prepared,
+                pipeline.settled,
+                pipeline.unknown,
+                exc,
+                pipeline.reused_ids,
+                self.settings.EVENTS_DEDUP_WINDOW_SECONDS,
+            ) from exc
 
     def pipeline(self, *, window: int = DEFAULT_WINDOW) -> PublishPipeline:
         """A `PublishPipeline`: events written in order at once, acknowledgements awaited together."""
@@ -265,8 +290,10 @@ class EventLog:
     def buffer_full(self) -> bool:
         return self.stats.waiting >= self.settings.EVENTS_PUBLISH_BUFFER
 
-    async def store(self, prepared: Prepared) -> events_pb2.Event:
-        """Publish a prepared event and wait for its acknowledgement (retried within bounds)."""
+    async def store(self, prepared: Prepared, *, written: bool = False) -> events_pb2.Event:
+        """Publish a prepared event and wait for its acknowledgement (retried within bounds).
+        `written`: it was written to NATS already (a pipeline's event whose acknowledgement did
+        not come), so, not stored in time, it may or may not be stored (`PublishFailedError`)."""
         event = prepared.event
         if self.buffer_full():
             self.stats.refused += 1
@@ -276,10 +303,20 @@ class EventLog:
                 waiting=self.stats.waiting,
                 refused_total=self.stats.refused,
             )
-            raise EventLogUnavailableError(
-                f"event {event.id} ({event.type}) not stored: {self.stats.waiting} publishes are "
-                f"already waiting for NATS JetStream to come back (EVENTS_PUBLISH_BUFFER="
-                f"{self.settings.EVENTS_PUBLISH_BUFFER})"
+            reason = (
+                f"{self.stats.waiting} publishes are already waiting for NATS JetStream to come "
+                f"back (EVENTS_PUBLISH_BUFFER={self.settings.EVENTS_PUBLISH_BUFFER})"
+            )
+            if written:
+                raise PublishFailedError(
+                    f"event {event.id} ({event.type}) was sent to NATS JetStream but not "
+                    f"acknowledged, and {reason}, so it may or may not be stored; publish it "
+                    "again with the same id (it is stored once)",
+                    sent=True,
+                    reason=reason,
+                )
+            raise PublishFailedError(
+                f"event {event.id} ({event.type}) not stored: {reason}", sent=False, reason=reason
             )
         self.stats.waiting += 1
         self.stats.waiting_peak = max(self.stats.waiting_peak, self.stats.waiting)
@@ -288,7 +325,7 @@ class EventLog:
                 f"publish {event.type}", publish_attributes(prepared)
             ) as span:
                 ack = await self._publish_with_retry(
-                    event, prepared.nats_subject, prepared.payload, prepared.dedup_id
+                    event, prepared.nats_subject, prepared.payload, prepared.dedup_id, written
                 )
                 span.set_attribute("amelia.event.sequence", ack.seq)
         finally:
@@ -329,7 +366,12 @@ class EventLog:
         return earlier
 
     async def _publish_with_retry(
-        self, event: events_pb2.Event, subject: str, payload: bytes, dedup_id: str
+        self,
+        event: events_pb2.Event,
+        subject: str,
+        payload: bytes,
+        dedup_id: str,
+        written: bool = False,
     ) -> api.PubAck:
         budget = self.settings.EVENTS_PUBLISH_TIMEOUT_SECONDS
         deadline = time.monotonic() + budget
@@ -337,7 +379,10 @@ class EventLog:
         # on the next one (same id, so JetStream stores it once).
         attempt = max(0.2, min(2.0, budget / 4))
         delay = 0.05
-        sent = False  # handed to a live connection at least once: it may have been stored
+        # Handed to a live connection at least once (here, or before: `written`): it may have
+        # been stored, whatever the connection's state since (a frozen server stores what its
+        # socket buffer holds once it runs again), so it is never said to be "not stored".
+        sent = written
         while True:
             remaining = deadline - time.monotonic()
             if not self.nc.is_connected:
@@ -349,6 +394,7 @@ class EventLog:
                 self._note_outage("disconnected")
                 await asyncio.sleep(min(0.05, remaining))
                 continue
+            sent_before = sent
             try:
                 sent = True
                 return await self.js.publish(
@@ -371,33 +417,50 @@ class EventLog:
                 await asyncio.sleep(min(delay, remaining))
                 delay = min(delay * 2, 0.5)
             except (nats.errors.Error, nats.js.errors.Error) as exc:
-                self._refuse(event, budget, sent, str(exc))
-                raise EventLogUnavailableError(
-                    f"event {event.id} ({event.type}) not stored: NATS JetStream refused it ({exc})"
+                # NATS said no to this publish; one sent before it may still be stored.
+                raise self._refuse(
+                    event, budget, sent_before, f"NATS JetStream refused it ({exc})", refused=True
                 ) from exc
 
     def _refuse(
-        self, event: events_pb2.Event, budget: float, sent: bool, why: str
-    ) -> EventLogUnavailableError:
-        """Count and log a publish that failed; returns the error to raise."""
+        self,
+        event: events_pb2.Event,
+        budget: float,
+        sent: bool,
+        why: str,
+        *,
+        refused: bool = False,
+    ) -> PublishFailedError:
+        """Count and log a publish that failed; returns the error to raise: "may or may not be
+        stored" once it was `sent`, else "not stored" (`refused`: NATS said no at once)."""
         self.stats.refused += 1
         log.error(
-            "event not stored",
+            "event not acknowledged: it may or may not be stored" if sent else "event not stored",
             event_id=event.id,
             event_type=event.type,
             error=why,
             refused_total=self.stats.refused,
             waiting=self.stats.waiting,
         )
+        window = self.settings.EVENTS_DEDUP_WINDOW_SECONDS
         if sent:
-            return EventLogUnavailableError(
+            return PublishFailedError(
                 f"event {event.id} ({event.type}) was not acknowledged by NATS JetStream within "
                 f"{budget:g}s ({why}), so it may or may not be stored; publish it again with the "
-                "same id (it is stored once)"
+                f"same id: JetStream drops a repeat within EVENTS_DEDUP_WINDOW_SECONDS "
+                f"({window:g}s)",
+                sent=True,
+                reason=f"not acknowledged within {budget:g}s: {why}",
             )
-        return EventLogUnavailableError(
+        if refused:
+            return PublishFailedError(
+                f"event {event.id} ({event.type}) not stored: {why}", sent=False, reason=why
+            )
+        return PublishFailedError(
             f"event {event.id} ({event.type}) not stored: {why} for {budget:g}s "
-            "(EVENTS_PUBLISH_TIMEOUT_SECONDS)"
+            "(EVENTS_PUBLISH_TIMEOUT_SECONDS)",
+            sent=False,
+            reason=f"{why} for {budget:g}s",
         )
 
     def _note_outage(self, why: str) -> None:
@@ -452,6 +515,60 @@ class EventLog:
             **options,
         )
 
+    async def request_js(
+        self, request: Callable[[JetStreamContext], Awaitable[_Answer]], what: str
+    ) -> _Answer:
+        """One JetStream API request of a read (stream info, a stored message), answered within
+        EVENTS_PUBLISH_TIMEOUT_SECONDS however NATS comes and goes meanwhile.
+
+        A request written on a connection that dies under it (nats-server killed, restarted)
+        is lost with it, and nats-py never sends it again: waited for whole, it took the call's
+        every second though NATS was back in two (QA s26 F6). So each attempt waits at most
+        `_READ_ATTEMPT_SECONDS` (JetStream answers in milliseconds; longer after each that
+        timed out, for a busy machine), a disconnected connection
+        is waited for here rather than written to, and a lost request is sent again on the new
+        connection, as `_publish_with_retry` does for publishes; reads are safe to repeat.
+        Past the deadline: `EventLogUnavailableError` naming `what` (the servicer answers
+        UNAVAILABLE naming NATS)."""
+        budget = self.settings.EVENTS_PUBLISH_TIMEOUT_SECONDS
+        deadline = time.monotonic() + budget
+        attempt = _READ_ATTEMPT_SECONDS
+        delay = 0.05
+        while True:
+            remaining = deadline - time.monotonic()
+            if not self.nc.is_connected:
+                if remaining <= 0 or self.nc.is_closed:
+                    raise EventLogUnavailableError(
+                        f"could not {what}: NATS is unreachable for {budget:g}s "
+                        "(EVENTS_PUBLISH_TIMEOUT_SECONDS)"
+                    )
+                await asyncio.sleep(min(0.05, remaining))
+                continue
+            js = self._read_js.get(attempt)
+            if js is None:
+                js = self._read_js[attempt] = self.nc.jetstream(timeout=attempt)
+            try:
+                async with asyncio.timeout(remaining):
+                    return await request(js)
+            except _TRANSIENT as exc:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self.nc.is_closed:
+                    raise EventLogUnavailableError(
+                        f"could not {what}: NATS JetStream did not answer within {budget:g}s "
+                        f"(EVENTS_PUBLISH_TIMEOUT_SECONDS; {type(exc).__name__})"
+                    ) from exc
+                # Slower than JetStream ever is when well (a busy machine?): wait longer next.
+                attempt = min(attempt * 2, 8.0)
+                await asyncio.sleep(min(delay, remaining))
+                delay = min(delay * 2, 0.5)
+
+    async def last_sequence(self) -> int:
+        """The log's last sequence now (one `stream_info`, through `request_js`)."""
+        info = await self.request_js(
+            lambda js: js.stream_info(self.settings.EVENTS_STREAM), "read the log's end"
+        )
+        return int(info.state.last_seq)
+
     async def check_resume_point(self, after_sequence: int) -> None:
         """OUT_OF_RANGE for an `after_sequence` beyond the log's last sequence now (Kafka's
         OffsetOutOfRange). Every replica reads one JetStream stream, so a sequence a client saw
@@ -459,8 +576,7 @@ class EventLog:
         reach it would miss everything meanwhile, silently. (StreamEvents and StreamRun.)"""
         if after_sequence <= 0:
             return
-        info = await self.js.stream_info(self.settings.EVENTS_STREAM)
-        last = info.state.last_seq
+        last = await self.last_sequence()
         if after_sequence > last:
             raise OutOfRangeError(
                 f"after_sequence {after_sequence} is beyond the end of the event log:"
@@ -473,7 +589,9 @@ class EventLog:
         if not 0 < sequence <= MAX_SEQUENCE:
             return None
         try:
-            msg = await self.js.get_msg(self.settings.EVENTS_STREAM, sequence)
+            msg = await self.request_js(
+                lambda js: js.get_msg(self.settings.EVENTS_STREAM, sequence), "read an event"
+            )
         except nats.js.errors.NotFoundError:
             return None
         if not msg.subject or not msg.subject.startswith(SUBJECT_PREFIX + "."):
@@ -483,9 +601,11 @@ class EventLog:
     async def last(self, event_type: str, subject: str) -> events_pb2.Event | None:
         """The latest stored event of this type and subject, or None when there is none (one
         request: JetStream keeps the last message of each NATS subject at hand)."""
+        stored_on = nats_subject(event_type, subject)
         try:
-            msg = await self.js.get_msg(
-                self.settings.EVENTS_STREAM, subject=nats_subject(event_type, subject)
+            msg = await self.request_js(
+                lambda js: js.get_msg(self.settings.EVENTS_STREAM, subject=stored_on),
+                "read an event",
             )
         except nats.js.errors.NotFoundError:
             return None

@@ -10,8 +10,17 @@ Why the order and the exactly-once guarantees still hold:
 - Events are written one after the other on one connection, so JetStream receives and stores
   them in that order; what a dying connection loses is a suffix of what was written.
 - An event whose acknowledgement will not come (the connection it was written on is gone, an
-  error, or EVENTS_PUBLISH_TIMEOUT_SECONDS passed) is published again the ordinary way (`EventLog._publish_with_retry`), before anything after it is settled, with the same
+  error, or EVENTS_PUBLISH_TIMEOUT_SECONDS passed) is published again the ordinary way
+  (`EventLog.store(..., written=True)`), before anything after it is settled, with the same
   `Nats-Msg-Id`: stored once, at its first sequence if it had arrived.
+- Whether an event that could not be stored in time may be in the log is known by one
+  mechanism, `EventLog.store`'s: an event written to NATS once (here, or by its retries) and
+  not acknowledged "may or may not be stored" (`PublishFailedError.sent`), whatever the state
+  of the connection since — a frozen server stores what it had in its socket buffer once it
+  runs again (QA s26: batches answered "not stored" were in the log). Only an event never
+  written is "not stored". A batch that fails says which of its events are which
+  (`BatchUnavailableError`), with the ids of those that may be stored: publishing them again
+  with those ids is safe.
 - When the connection changed (a reconnect) since the events in flight were written, or is down,
   those are settled before the next event is written, so a later event can never be stored
   ahead of an earlier one that was lost with the old connection.
@@ -51,6 +60,112 @@ log = get_logger("amelia.eventlog")
 
 # Events written and not yet acknowledged, at most: past it, `submit` settles the oldest first.
 DEFAULT_WINDOW = 256
+# A client's batch (PublishEvents) keeps at most this many characters of event ids in flight
+# (and at most DEFAULT_WINDOW events): a batch that fails lists the ids of the events in flight
+# (they may or may not be stored) in its answer, and gRPC's trailers hold 8 KiB at most. 2,048
+# characters are 62 ids of the 32 characters the service gives (15 of 128, the longest).
+ANSWER_IDS_CHARS = 2048
+
+
+class PublishFailedError(EventLogUnavailableError):
+    """An event NATS did not store within EVENTS_PUBLISH_TIMEOUT_SECONDS (or did not take).
+
+    `sent`: it was written to NATS at least once, so it may or may not be stored (a frozen
+    server stores what it has in its socket buffer when it runs again); else it never left
+    this process and is not stored. Publishing it again with the same id is safe either way.
+    `reason`: why, briefly ("NATS is unreachable for 10s").
+    """
+
+    def __init__(self, detail: str, *, sent: bool, reason: str) -> None:
+        super().__init__(detail)
+        self.sent = sent
+        self.reason = reason
+
+
+class BatchUnavailableError(EventLogUnavailableError):
+    """Events of a batch not all stored in time: the first `stored` are stored (or refused for
+    an id reused, `reused` of them), the `unknown` after them (their ids, in order) were sent
+    and not acknowledged, so they may or may not be stored, and the `not_stored` after those
+    were never sent. `metadata` is that as the ErrorInfo of the answer carries it."""
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        stored: int,
+        unknown: list[str],
+        not_stored: int,
+        reused: int = 0,
+    ) -> None:
+        super().__init__(detail)
+        self.stored = stored
+        self.unknown = unknown
+        self.not_stored = not_stored
+        self.reused = reused
+
+    @classmethod
+    def of(
+        cls,
+        batch: list[Prepared],
+        settled: int,
+        unknown: list[Prepared],
+        cause: EventLogUnavailableError,
+        reused: int,
+        dedup_window: float,
+    ) -> BatchUnavailableError:
+        """The answer for `batch`, whose first `settled` events were settled and the `unknown`
+        after them sent and given up on, when `cause` stopped it."""
+        total = len(batch)
+        first, after = settled, settled + len(unknown)
+        ids = [item.event.id for item in unknown]
+        reason = cause.reason if isinstance(cause, PublishFailedError) else cause.detail
+        said: list[str] = []
+        if first:
+            refused = f" ({reused} of them refused: their ids are stored with other content)"
+            said.append(f"events[0:{first}] are stored" + (refused if reused else ""))
+        if ids:
+            listed = ", ".join(ids) if len(ids) <= 5 else "in the ErrorInfo metadata `ids`"
+            said.append(
+                f"events[{first}:{after}] were sent to NATS JetStream but not acknowledged "
+                f"({reason}), so they may or may not be stored (ids: {listed})"
+            )
+        if after < total:
+            if ids:
+                said.append(f"events[{after}:{total}] were never sent to NATS")
+            elif first:
+                said.append(f"events[{after}:{total}] were never sent to NATS ({reason})")
+            else:
+                said.append(
+                    f"the batch's {total} events are not stored: they were never sent to NATS "
+                    f"({reason})"
+                )
+        if ids:
+            advice = (
+                f"publish events[{first}:] again with the same ids (JetStream drops a repeat "
+                f"within EVENTS_DEDUP_WINDOW_SECONDS, {dedup_window:g}s, and a stored one is "
+                "answered as stored)"
+            )
+        elif first:
+            advice = f"publish events[{first}:] again"
+        else:
+            advice = "publish them again"
+        return cls(
+            "; ".join(said) + "; " + advice,
+            stored=first,
+            unknown=ids,
+            not_stored=total - after,
+            reused=reused,
+        )
+
+    def metadata(self) -> dict[str, str]:
+        return {
+            "stored": str(self.stored),
+            "unknown": str(len(self.unknown)),
+            "ids": ",".join(self.unknown),
+            "notStored": str(self.not_stored),
+        }
+
+
 # While waiting for an acknowledgement, how often to check the connection it depends on.
 _ACK_POLL_SECONDS = 0.25
 
@@ -101,6 +216,19 @@ class PublishPipeline:
         # Events were written and given up on (a write failed, or `abandon` found some still in
         # flight): some may never be stored, so `settle_written` can no longer say they were.
         self._given_up = False
+        # Those events (written, not acknowledged, given up on), in order: they may or may not
+        # be stored (`BatchUnavailableError`).
+        self.unknown: list[Prepared] = []
+
+    @property
+    def settled(self) -> int:
+        """Events settled since the last `flush`: stored, or refused for a reused id."""
+        return len(self._stored) + len(self._reused)
+
+    @property
+    def reused_ids(self) -> int:
+        """Of those, events refused for an id already stored with other content."""
+        return len(self._reused)
 
     @property
     def in_flight(self) -> int:
@@ -130,8 +258,11 @@ class PublishPipeline:
         that tell of it are in the log — a run's node's result, after its tokens — waits here."""
         async with self._settling:
             if self._given_up:
-                raise EventLogUnavailableError(
-                    "events of this flow were given up on before NATS acknowledged them"
+                raise PublishFailedError(
+                    "events of this flow were given up on before NATS acknowledged them, so "
+                    "they may or may not be stored",
+                    sent=True,
+                    reason="given up on before NATS acknowledged them",
                 )
             await self._settle(len(self._in_flight))
 
@@ -151,7 +282,7 @@ class PublishPipeline:
         generation = nc.stats["reconnects"]
         if not nc.is_connected or self.log.buffer_full():
             # The ordinary path waits for the connection (or refuses when the buffer is full).
-            await self._keep(self.log.store(prepared))
+            await self._store_unwritten(prepared)
             return
         self._generation = generation
         try:
@@ -163,7 +294,7 @@ class PublishPipeline:
             )
         except (nats.errors.Error, nats.js.errors.Error):
             # Not written (the connection went away meanwhile): the ordinary path retries.
-            await self._keep(self.log.store(prepared))
+            await self._store_unwritten(prepared)
             return
         self._in_flight.append(_InFlight(prepared, ack, time.monotonic(), generation))
         stats = self.log.stats
@@ -182,6 +313,16 @@ class PublishPipeline:
             raise ReusedIdError.in_batch(reused, len(stored))
         return stored
 
+    async def _store_unwritten(self, prepared: Prepared) -> None:
+        """Store an event not written here, the ordinary way; one its retries wrote and that
+        was not acknowledged is among the `unknown`."""
+        try:
+            await self._keep(self.log.store(prepared))
+        except PublishFailedError as exc:
+            if exc.sent:
+                self.unknown.append(prepared)
+            raise
+
     async def _keep(self, settled: Awaitable[events_pb2.Event]) -> None:
         """Keep an event once stored; a client's id reused for other content is set aside, so
         the batch's other events are still settled (`flush` raises it then)."""
@@ -195,7 +336,9 @@ class PublishPipeline:
         if self._in_flight:
             self._given_up = True
         while self._in_flight:
-            self._pop().ack.cancel()
+            entry = self._pop()
+            entry.ack.cancel()
+            self.unknown.append(entry.prepared)
         self._end_span(0)
 
     def _end_span(self, last_sequence: int) -> None:
@@ -224,8 +367,11 @@ class PublishPipeline:
                 raise
         for _ in range(count):
             if not self._in_flight:  # abandoned meanwhile (`settle_written`'s caller waits)
-                raise EventLogUnavailableError(
-                    "the events' flow stopped before they were acknowledged"
+                raise PublishFailedError(
+                    "the events' flow stopped before they were acknowledged, so they may or "
+                    "may not be stored",
+                    sent=True,
+                    reason="the flow stopped before they were acknowledged",
                 )
             entry = self._in_flight[0]
             try:
@@ -243,9 +389,10 @@ class PublishPipeline:
                 raise
             try:
                 if ack is None:
-                    # No acknowledgement: publish it again the ordinary way (same id: stored once).
+                    # No acknowledgement: publish it again the ordinary way (same id: stored
+                    # once), as written: if it cannot be sent again, it may still be stored.
                     self.log.stats.retried += 1
-                    event = await self.log.store(entry.prepared)
+                    event = await self.log.store(entry.prepared, written=True)
                 elif ack.duplicate and entry.prepared.from_client:
                     event = await self.log.stored_before(entry.prepared, ack.seq)
                 else:
