@@ -15,6 +15,7 @@ import * as queue from "./views/queue.js";
 import * as status from "./views/status.js";
 import * as threads from "./views/threads.js";
 import { startInbox } from "./inbox.js";
+import { startHealth } from "./health.js";
 
 const ROUTES = [
   { pattern: /^\/?$/, view: status, tab: "status" },
@@ -99,20 +100,28 @@ function route() {
 
 const indicator = document.getElementById("connection");
 const indicatorText = indicator.querySelector(".conn-text");
+const feedNotice = document.getElementById("feed-notice");
 let lastAnnounced = "";
 socket.addEventListener("state", (event) => {
   const { state, attempt, reason } = event.detail;
   indicator.dataset.state = state;
   let text = "";
   if (state === "open") text = "Live";
+  else if (state === "stalled") text = "Stalled";
   else if (state === "connecting") text = "Connecting…";
   else if (state === "reconnecting") text = attempt > 1 ? `Reconnecting… (try ${attempt})` : "Reconnecting…";
   else if (state === "unauthorized") text = "Token needed";
   else text = "Offline";
   indicatorText.textContent = text;
   indicator.title = reason || "";
+  // Stalled: the socket is open but nothing flows (a frozen gateway, the events service or NATS
+  // down): say so, as the page would otherwise look live and quiet.
+  feedNotice.hidden = state !== "stalled";
+  feedNotice.textContent = state === "stalled"
+    ? `Live updates are stalled: ${reason || "the event feed is not flowing"}. The page catches up once they flow again.` : "";
   const spoken = state === "open" ? "Connected to the gateway" : state === "unauthorized"
-    ? "The gateway refused the API token" : state === "reconnecting" ? "Connection lost, reconnecting" : "";
+    ? "The gateway refused the API token" : state === "reconnecting" ? "Connection lost, reconnecting"
+      : state === "stalled" ? "Live updates are stalled" : "";
   if (spoken && spoken !== lastAnnounced) {
     lastAnnounced = spoken;
     announce(spoken);
@@ -166,5 +175,6 @@ window.addEventListener("amelia:unauthorized", () => {
 
 window.addEventListener("hashchange", route);
 socket.start();
+startHealth(api, socket);
 startInbox(ctx, document.getElementById("inbox"));
 route();

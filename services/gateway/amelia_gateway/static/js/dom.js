@@ -49,13 +49,24 @@ export function announce(message) {
   requestAnimationFrame(() => { region.textContent = message; });
 }
 
-export function errorNotice(error) {
-  return h("p", { class: "notice error", role: "alert" }, messageOf(error));
+/** An error as a notice; `then` adds what happens next ("Trying again in 5 s."). */
+export function errorNotice(error, then = "") {
+  const text = messageOf(error);
+  return h("p", { class: "notice error", role: "alert" }, text, then ? `${/[.!?:]$/.test(text) ? "" : "."} ${then}` : null);
 }
 
 export function messageOf(error) {
   if (!error) return "";
   return error.message || String(error);
+}
+
+/**
+ * Text a user wrote (an agent's name), set apart from the text around it for the bidi algorithm
+ * (U+2068 FIRST STRONG ISOLATE … U+2069 POP DIRECTIONAL ISOLATE): where no <bdi> can go — an
+ * <option>, a title — a U+202E in a name flipped the rest of the line ("(ohce:enilffo)").
+ */
+export function isolate(text) {
+  return `\u2068${text}\u2069`;
 }
 
 export function idOf(name) {

@@ -13,6 +13,11 @@
 const CLOSE_UNAUTHORIZED = 4401;
 const BACKOFF_START_MS = 250;
 const BACKOFF_MAX_MS = 5000;
+// Liveness: after PROBE_MS without a message the client pings (`{"type":"ping"}`, answered with
+// a pong); no answer within PROBE_TIMEOUT_MS and the feed reads as stalled (a frozen gateway
+// still holds its TCP connection open, and its own pings come only every heartbeat interval).
+const PROBE_MS = 5000;
+const PROBE_TIMEOUT_MS = 6000;
 
 /** One subscription; survives reconnects. `lastSequence` is the last event handed to `onEvent`. */
 class Subscription {
@@ -30,6 +35,11 @@ class Subscription {
     this.duplicates = 0;
     this.ended = false;
     this.closed = false;
+  }
+
+  /** The subscription's stream is flowing again (events, `subscribed`, `status: back`). */
+  flowing() {
+    this.socket.recover(`stream:${this.id}`);
   }
 
   /** The subscribe message for the current connection: resume after what was delivered. */
@@ -52,12 +62,14 @@ class Subscription {
     }
     this.lastSequence = sequence;
     this.delivered += 1;
+    this.flowing();
     if (this.handlers.onEvent) this.handlers.onEvent(event, sequence);
   }
 
   close() {
     if (this.closed) return;
     this.closed = true;
+    this.socket.recover(`stream:${this.id}`, false);
     this.socket._forget(this);
   }
 }
@@ -84,6 +96,11 @@ export class EventSocket extends EventTarget {
     this.timer = 0;
     this.watchdog = 0;
     this.lastHeard = 0;
+    this.probeSentAt = 0;
+    // Why the open socket's feed is stalled: a missed heartbeat, a subscription's stream down
+    // (an `error` with `final: false`), the events service not serving (health.js). State
+    // "stalled" while any is set; "open" (Live) once all are cleared.
+    this.problems = new Map();
     this.stopped = false;
     this.connects = 0;
     this._online = () => this.reconnectNow();
@@ -106,6 +123,31 @@ export class EventSocket extends EventTarget {
     if (this.ws) this.ws.close(1000, "page closed");
     this.ws = null;
     this._setState("closed");
+  }
+
+  /**
+   * The feed is stalled for `reason` (under `key`): the state reads "stalled" while the socket is
+   * open. `recover(key)` clears it; once nothing is left the state is "open" again and, when
+   * `back` is true, a "back" event says the feed is flowing (pages reload what failed).
+   */
+  degrade(key, reason) {
+    if (this.problems.get(key) === reason) return;
+    this.problems.set(key, reason);
+    this._showHealth();
+  }
+
+  recover(key, back = true) {
+    if (!this.problems.delete(key)) return;
+    this._showHealth();
+    if (back) this.dispatchEvent(new CustomEvent("back", { detail: { key } }));
+  }
+
+  _showHealth() {
+    if (this.state !== "open" && this.state !== "stalled") return;
+    const reasons = [...this.problems.values()];
+    const state = reasons.length ? "stalled" : "open";
+    const reason = reasons.join("; ");
+    if (state !== this.state || reason !== this.reason) this._setState(state, reason);
   }
 
   /** Drop the connection and connect again now (e.g. after the token changed). */
@@ -160,8 +202,13 @@ export class EventSocket extends EventTarget {
       this.connects += 1;
       this.attempt = 0;
       this.lastHeard = Date.now();
+      this.probeSentAt = 0;
+      // What was stalled on the old socket is asked again on this one.
+      for (const key of [...this.problems.keys()]) if (key !== "events-service") this.problems.delete(key);
       this._startWatchdog();
       this._setState("open");
+      this._showHealth();
+      if (this.connects > 1) this.dispatchEvent(new CustomEvent("back", { detail: { key: "socket" } }));
       for (const subscription of this.subscriptions.values()) {
         if (!subscription.ended) this._send(subscription.message());
       }
@@ -169,6 +216,8 @@ export class EventSocket extends EventTarget {
     ws.onmessage = (message) => {
       if (ws !== this.ws) return;
       this.lastHeard = Date.now();
+      this.probeSentAt = 0;
+      this.recover("heartbeat");
       this._receive(message.data);
     };
     ws.onclose = (event) => {
@@ -206,7 +255,17 @@ export class EventSocket extends EventTarget {
     // pings every heartbeat interval, so three missed pings mean the connection is gone.
     clearInterval(this.watchdog);
     this.watchdog = setInterval(() => {
-      if (this.ws && Date.now() - this.lastHeard > this.heartbeatMs * 3) {
+      const now = Date.now();
+      if (this.ws && this.ws.readyState === WebSocket.OPEN) {
+        if (!this.probeSentAt && now - this.lastHeard > PROBE_MS) {
+          this.probeSentAt = now;
+          this._send({ type: "ping" });
+        } else if (this.probeSentAt && now - this.probeSentAt > PROBE_TIMEOUT_MS) {
+          const silent = Math.round((now - this.lastHeard) / 1000);
+          this.degrade("heartbeat", `no heartbeat from the gateway for ${silent} s`);
+        }
+      }
+      if (this.ws && now - this.lastHeard > this.heartbeatMs * 3) {
         const old = this.ws;
         this.ws = null;
         this._detach(old);
@@ -229,6 +288,7 @@ export class EventSocket extends EventTarget {
 
   _setState(state, reason = "") {
     this.state = state;
+    this.reason = reason;
     this.dispatchEvent(
       new CustomEvent("state", { detail: { state, attempt: this.attempt, reason } }),
     );
@@ -257,6 +317,7 @@ export class EventSocket extends EventTarget {
         this.dispatchEvent(new CustomEvent("welcome", { detail: message }));
         break;
       case "subscribed":
+        if (subscription) subscription.flowing();
         if (subscription && subscription.handlers.onSubscribed) subscription.handlers.onSubscribed();
         break;
       case "status": {
@@ -264,6 +325,7 @@ export class EventSocket extends EventTarget {
         // handler without onBack clears it as on `subscribed`).
         const handlers = subscription ? subscription.handlers : {};
         const back = handlers.onBack || handlers.onSubscribed;
+        if (message.status === "back" && subscription) subscription.flowing();
         if (message.status === "back" && back) back(message.message || "");
         break;
       }
@@ -271,6 +333,7 @@ export class EventSocket extends EventTarget {
         if (subscription) {
           subscription.ended = true;
           this.subscriptions.delete(subscription.id);
+          this.recover(`stream:${subscription.id}`, false);
           if (subscription.handlers.onEnd) subscription.handlers.onEnd();
         }
         break;
@@ -280,6 +343,11 @@ export class EventSocket extends EventTarget {
           if (message.final) {
             subscription.ended = true;
             this.subscriptions.delete(subscription.id);
+            this.recover(`stream:${subscription.id}`, false);
+          } else if (error.code === 14 || error.code === 8 || error.code === 4) {
+            // The gateway keeps the subscription and waits for the service (or for room on the
+            // event log): the feed is stalled until its `status: back`.
+            this.degrade(`stream:${subscription.id}`, error.message || "the event stream is down");
           }
           if (subscription.handlers.onError) {
             subscription.handlers.onError(error.message || "stream error", Boolean(message.final));

@@ -45,7 +45,7 @@ export function agentsCard(ctx, onChange) {
         message.replaceChildren(h("p", { class: "notice ok", role: "status" }, "Saved."));
         ctx.announce(`Agent ${response.agent.displayName || idOf(response.agent.name)} saved`);
         onChange({ updated: response.agent });
-        row.querySelector(".agent-label").textContent = label(response.agent);
+        row.querySelector(".agent-label").replaceChildren(...label(response.agent));
       } catch (err) {
         message.replaceChildren(errorNotice(err));
       }
@@ -53,8 +53,9 @@ export function agentsCard(ctx, onChange) {
     return form;
   }
 
+  /** Its name (a <bdi>: a U+202E in it must not flip the model after it) and model. */
   function label(agent) {
-    return `${agent.displayName || idOf(agent.name)} · ${agent.model || "default model"}`;
+    return [h("bdi", {}, agent.displayName || idOf(agent.name)), ` · ${agent.model || "default model"}`];
   }
 
   function row(agent) {

@@ -5,8 +5,9 @@
 // now (a link to the run it made) and Delete (confirmed inline); and a form to create one,
 // showing the service's refusal next to the field it names.
 
-import { errorNotice, formatTime, h, idOf, uuid } from "../dom.js";
+import { errorNotice, formatTime, h, idOf, isolate, uuid } from "../dom.js";
 import { poll } from "../poll.js";
+import { retryOnOutage } from "../health.js";
 
 const PAGE_SIZE = 20;
 const POLL_MS = 5000;
@@ -193,16 +194,23 @@ function createForm(ctx, onCreated) {
     general,
     h("div", { class: "actions" }, submit));
 
+  // The select says "Loading…" until the agents and workflows are read; an outage (the agents
+  // service restarting) is retried until they are (it stayed "Loading…" until a reload).
   async function loadTargets() {
     try {
       const [workflows, agents] = await Promise.all([ctx.api.listWorkflows(), ctx.api.listAgents()]);
+      if (stopped) return;
+      retry.ok();
+      errors.agent.replaceChildren();
       target.replaceChildren(
-        h("optgroup", { label: "Agents" }, ...(agents.agents || []).map((a) => h("option", { value: a.name }, a.displayName || idOf(a.name)))),
+        h("optgroup", { label: "Agents" }, ...(agents.agents || []).map((a) => h("option", { value: a.name }, isolate(a.displayName || idOf(a.name))))),
         h("optgroup", { label: "Workflows" }, ...(workflows.workflows || []).map((w) => h("option", { value: w.name }, idOf(w.name)))));
     } catch (err) {
-      general.replaceChildren(errorNotice(err));
+      if (!stopped) errors.agent.replaceChildren(errorNotice(err, retry.failed(err)));
     }
   }
+  let stopped = false;
+  const retry = retryOnOutage(loadTargets);
 
   function showError(key, err) {
     (errors[key] || general).replaceChildren(errorNotice(err));
@@ -255,7 +263,7 @@ function createForm(ctx, onCreated) {
     }
   });
   loadTargets();
-  return form;
+  return { element: form, stop() { stopped = true; retry.stop(); } };
 }
 
 export function mount(main, ctx) {
@@ -322,12 +330,13 @@ export function mount(main, ctx) {
   }));
   main.append(h("h1", {}, "Crons"),
     h("p", { class: "hint" }, "Runs of an agent or workflow on a schedule. A tick whose thread still has a run is skipped, waits or stops that run, as the cron's \u201cif busy\u201d says; Trigger now starts one at once, paused or not. The list refreshes itself."),
-    error, empty, list, h("div", { class: "pager" }, more), form);
+    error, empty, list, h("div", { class: "pager" }, more), form.element);
   const stopPolling = poll(POLL_MS, (signal) => serially(() => load(false, signal)), (err) => {
     if (!stopped) error.replaceChildren(errorNotice(err));
   });
   return () => {
     stopped = true;
     stopPolling();
+    form.stop();
   };
 }

@@ -19,16 +19,43 @@ const STATE = {
   DOCUMENT_STATE_FAILED: { label: "Failed", tone: "bad" },
 };
 
-/** The state, with how far indexing has got (chunks embedded of all) while it runs. */
-function stateBadge(doc) {
+/** The state, with how far indexing has got (chunks embedded of all) while it runs: the same
+ * "Indexing 192/750" as the upload panel, from the latest `document.progress` when it is ahead
+ * of the list's last read (`latest`: {done, total}); the list said "17%" beside "192/750". */
+function stateBadge(doc, latest = null) {
   const state = STATE[doc.state] || { label: "Stored", tone: "" };
-  const total = Number(doc.chunkCount || 0);
-  const embedded = Number(doc.embeddedChunkCount || 0);
+  let total = Number(doc.chunkCount || 0);
+  let embedded = Number(doc.embeddedChunkCount || 0);
   const indexing = doc.state === "DOCUMENT_STATE_INDEXING";
-  const label = indexing ? `${state.label} ${total ? Math.floor((100 * embedded) / total) : 0}%` : state.label;
+  if (indexing && latest && latest.done > embedded && latest.total > 0) {
+    embedded = latest.done;
+    total = latest.total;
+  }
+  const label = indexing ? `${state.label} ${embedded}/${total}` : state.label;
   const progress = `${embedded} of ${total} chunks embedded`;
   const title = doc.indexError ? `Indexing failed at ${embedded}/${total}: ${doc.indexError}` : indexing ? progress : null;
   return h("span", { class: `badge ${state.tone}`, dataset: { state: doc.state || "", embedded: String(embedded) }, title }, label);
+}
+
+/** A source URI as a person reads it: `file:///docs/%D8%B9…` decoded (an Arabic file name was
+ * unreadable); the URI as sent stays in the title. */
+export function readableUri(uri) {
+  try {
+    return decodeURI(uri);
+  } catch {
+    return uri;
+  }
+}
+
+/** A title made from a URI's file name keeps its percent-encoding (`%D8%B9%D8%B1….txt`, from
+ * the rag service): shown decoded when it decodes. */
+export function readableTitle(title) {
+  if (!/%[0-9A-Fa-f]{2}/.test(title)) return title;
+  try {
+    return decodeURIComponent(title);
+  } catch {
+    return title;
+  }
 }
 
 const listChunks = (name, pageToken) =>
@@ -121,6 +148,7 @@ export function mount(main, ctx) {
   let lastHits = [];
   let lastQuery = ""; // the latest search's hits, marked in an open document's chunks
   let opened = null; // {doc, chunks, token} of the document whose chunks are shown
+  const progressOf = new Map(); // document name -> its latest document.progress {done, total}
 
   async function loadDocuments(append = false) {
     const latest = documentLoads();
@@ -132,11 +160,11 @@ export function mount(main, ctx) {
       nextToken = response.nextPageToken || "";
       more.hidden = !nextToken;
       const rows = docs.map((doc) => h("tr", { dataset: { document: doc.name } },
-        h("td", { class: "break doc-title" }, h("span", { class: "title" }, doc.title || idOf(doc.name)),
-          doc.sourceUri ? h("div", { class: "muted mono truncate" }, doc.sourceUri) : null),
+        h("td", { class: "break doc-title" }, h("span", { class: "title", dir: "auto" }, readableTitle(doc.title || idOf(doc.name))),
+          doc.sourceUri ? h("div", { class: "muted mono truncate", dir: "auto", title: doc.sourceUri }, readableUri(doc.sourceUri)) : null),
         h("td", { class: "wide-only" }, TYPE_LABEL[doc.type] || ""),
-        h("td", {}, stateBadge(doc)),
-        h("td", { class: "num chunks" }, String(doc.chunkCount || 0)),
+        h("td", {}, stateBadge(doc, progressOf.get(doc.name))),
+        h("td", { class: "num chunks", dataset: { count: String(doc.chunkCount || 0) } }, String(doc.chunkCount || 0)),
         h("td", { class: "num wide-only" }, formatBytes(doc.sizeBytes)),
         h("td", { class: "wide-only" }, formatTime(doc.updateTime || doc.createTime)),
         h("td", { class: "actions" }, h("div", { class: "row", style: { flexWrap: "nowrap" } },
@@ -166,7 +194,7 @@ export function mount(main, ctx) {
     const { doc, chunks, token } = opened;
     const total = Number(doc.chunkCount || 0);
     const marked = chunks.filter((c) => c.dataset.hit === "true").length;
-    chunksInfo.replaceChildren(stateBadge(doc), " ",
+    chunksInfo.replaceChildren(stateBadge(doc, progressOf.get(doc.name)), " ",
       `${total} chunk${total === 1 ? "" : "s"}${token ? `, ${chunks.length} shown` : ""}`,
       marked ? ` · ${marked} marked by the search “${lastQuery}”` : "");
   }
@@ -190,7 +218,7 @@ export function mount(main, ctx) {
     opened = view;
     chunksPanel.hidden = false;
     chunksPanel.dataset.document = doc.name;
-    chunksTitle.textContent = doc.title || idOf(doc.name);
+    chunksTitle.textContent = readableTitle(doc.title || idOf(doc.name));
     chunksList.replaceChildren();
     moreChunks.hidden = true;
     chunksInfo.textContent = "Loading chunks…";
@@ -199,7 +227,7 @@ export function mount(main, ctx) {
       const got = await request("GET", `/v1/documents/${encodeURIComponent(idOf(doc.name))}`);
       if (stopped || opened !== view) return;
       view.doc = got.document || doc;
-      chunksTitle.textContent = view.doc.title || idOf(doc.name);
+      chunksTitle.textContent = readableTitle(view.doc.title || idOf(doc.name));
       const wanted = hit ? Number(hit.chunkIndex || 0) : -1;
       for (let pages = 0; pages < MAX_CHUNK_PAGES; pages += 1) {
         if (!(await loadChunks(view))) return;
@@ -394,7 +422,15 @@ export function mount(main, ctx) {
   const subscription = ctx.socket.subscribe(
     { filter: { types: ["document.*"] }, since: "now" },
     // onSubscribed: also after a reconnect, when something may have changed meanwhile.
-    { onEvent: refresh, onSubscribed: refresh },
+    {
+      onEvent(event) {
+        const data = event.data || {};
+        if (event.type === "document.progress") progressOf.set(event.subject, { done: Number(data.done || 0), total: Number(data.total || 0) });
+        else progressOf.delete(event.subject);
+        refresh();
+      },
+      onSubscribed: refresh,
+    },
   );
   loadDocuments();
   current = { ctx, loadDocuments };

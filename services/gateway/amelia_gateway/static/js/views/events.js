@@ -129,7 +129,7 @@ export function mount(main, ctx) {
     counts.textContent = parts.join(" · ");
   }
 
-  function start() {
+  function start(applied = false) {
     if (subscription) subscription.close();
     const patterns = types.value.split(/[\s,]+/).map((t) => t.trim()).filter(Boolean);
     const filter = {};
@@ -162,17 +162,30 @@ export function mount(main, ctx) {
       onError(message, final) {
         notice.replaceChildren(h("p", { class: `notice ${final ? "error" : "warn"}`, role: final ? "alert" : "status" },
           final ? `The feed stopped: ${message}` : message));
+        // Only what is true: a refused or ended feed waits for nothing (it said "Waiting for
+        // events…" under "The feed stopped", and "Filter applied" was announced).
+        if (final && shown === 0) {
+          feed.replaceChildren(h("p", { class: "empty", style: { padding: "0.5rem" } },
+            "Not following any events: change the filter and apply it again."));
+        }
+        if (final && applied) {
+          applied = false;
+          ctx.announce("The filter was refused");
+        }
       },
       onSubscribed() {
         notice.replaceChildren();
+        if (applied) {
+          applied = false;
+          ctx.announce("Filter applied");
+        }
       },
     });
   }
 
   form.addEventListener("submit", (event) => {
     event.preventDefault();
-    start();
-    ctx.announce("Filter applied");
+    start(true);
   });
   pause.addEventListener("click", () => {
     paused = !paused;

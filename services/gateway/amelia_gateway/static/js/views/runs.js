@@ -7,11 +7,12 @@
 // refreshes itself when a run starts, pauses or ends (a WebSocket subscription).
 
 import {
-  debounce, errorNotice, formatDuration, formatTime, h, idOf, loads, uuid,
+  debounce, errorNotice, formatDuration, formatTime, h, idOf, isolate, loads, uuid,
 } from "../dom.js";
 import { STATUSES as RUN_STATUSES, shortStatus, statusBadge } from "../runstatus.js";
 import { RUN_ORDERS, buildRunFilter, nextOrder, sortState, threadName } from "../filters.js";
 import { agentsCard } from "./agents.js";
+import { retryOnOutage } from "../health.js";
 
 const PAGE_SIZE = 20;
 const LIFECYCLE = [
@@ -91,9 +92,9 @@ function setControlValue(control, value) {
 
 function targetOption(target) {
   if (target.name.startsWith("agents/")) {
-    return h("option", { value: target.name }, `${target.displayName || idOf(target.name)} (${target.model || "default model"})`);
+    return h("option", { value: target.name }, `${isolate(target.displayName || idOf(target.name))} (${isolate(target.model || "default model")})`);
   }
-  return h("option", { value: target.name }, `${idOf(target.name)} — ${target.description || ""}`);
+  return h("option", { value: target.name }, `${idOf(target.name)} — ${isolate(target.description || "")}`);
 }
 
 /** The start form; returns {element, addAgent(agent), prefill({target, thread})}. */
@@ -124,8 +125,11 @@ function startForm(ctx, targets) {
     const schema = schemaFor(target.value);
     const required = new Set(schema.required || []);
     const properties = Object.entries(schema.properties || { message: { type: "string" } });
-    // Required fields first, then the rest in schema order.
-    properties.sort(([a], [b]) => Number(required.has(b)) - Number(required.has(a)));
+    // Required fields first, then the rest; within each, `message` first, then by name: the
+    // schema's key order is not kept through the API (a protobuf Struct is a map), and the form
+    // came back in another order after the agents service restarted.
+    const rank = (key) => (required.has(key) ? 0 : 2) + (key === "message" ? 0 : 1);
+    properties.sort(([a], [b]) => rank(a) - rank(b) || (a < b ? -1 : a > b ? 1 : 0));
     fields = properties.map(([name, sub]) => schemaField(name, sub || {}, required.has(name)));
     for (const field of fields) if (typed.has(field.name)) setControlValue(field.control, typed.get(field.name));
     fieldsBox.replaceChildren(...fields.map((field) => field.element));
@@ -238,8 +242,8 @@ function agentForm(ctx, onCreated) {
       const response = await ctx.api.createAgent(agent, id.value || undefined);
       const created = response.agent;
       const label = created.displayName || idOf(created.name);
-      message.replaceChildren(h("p", { class: "notice ok", role: "status" },
-        `Agent “${label}” (${created.name}) created and selected in “Start a run”.`));
+      message.replaceChildren(h("p", { class: "notice ok break", role: "status" },
+        "Agent “", h("bdi", {}, label), `” (${created.name}) created and selected in “Start a run”.`));
       ctx.announce(`Agent ${label} created`);
       form.reset();
       onCreated(created);
@@ -261,7 +265,8 @@ function tokensCell(usage) {
 function filterBar(params, targets, onChange) {
   const text = h("input", { id: "runs-q", type: "search", placeholder: "Search input, output, errors", value: params.get("q") || "",
     "aria-label": "Search runs", spellcheck: "false" });
-  const target = h("select", { id: "runs-target", "aria-label": "Workflow or agent" },
+  // Not "Workflow or agent": the start form's select has that name (two controls, one name).
+  const target = h("select", { id: "runs-target", "aria-label": "Show runs of" },
     h("option", { value: "" }, "Any workflow or agent"));
   const since = h("select", { id: "runs-since", "aria-label": "Created" },
     ...SINCE.map(([value, label]) => h("option", { value }, label)));
@@ -291,7 +296,7 @@ function filterBar(params, targets, onChange) {
     const wanted = params.get("target") || target.value;
     target.replaceChildren(h("option", { value: "" }, "Any workflow or agent"),
       ...found.workflows.map((w) => h("option", { value: w.name }, idOf(w.name))),
-      ...found.agents.map((a) => h("option", { value: a.name }, `agent ${a.displayName || idOf(a.name)}`)));
+      ...found.agents.map((a) => h("option", { value: a.name }, `agent ${isolate(a.displayName || idOf(a.name))}`)));
     if (wanted && ![...target.options].some((option) => option.value === wanted)) {
       target.append(h("option", { value: wanted }, wanted));
     }
@@ -323,7 +328,7 @@ function filterBar(params, targets, onChange) {
 export function mount(main, ctx) {
   const params = ctx.query();
   const formSlot = h("div", {}, h("p", { class: "empty" }, "Loading workflows and agents…"));
-  const tableBody = h("tbody", {});
+  const tableBody = h("tbody", {}, h("tr", {}, h("td", { colspan: "6", class: "empty" }, "Loading runs…")));
   const listError = h("div", { "aria-live": "polite" });
   const prev = h("button", { type: "button", disabled: true }, "Newer");
   const next = h("button", { type: "button", disabled: true }, "Older");
@@ -394,11 +399,16 @@ export function mount(main, ctx) {
       bar.setTargets(found);
       if (params.get("thread") || params.get("new")) form.prefill({ target: params.get("new"), thread: params.get("thread") });
       targets = "loaded";
+      targetsRetry.ok();
     } catch (error) {
       targets = "failed";
-      if (!stopped) formSlot.replaceChildren(errorNotice(error));
+      if (stopped) return;
+      const then = targetsRetry.failed(error);
+      // The form waits for its targets; it says so, and comes by itself once they load.
+      formSlot.replaceChildren(errorNotice(error, then), then ? h("p", { class: "empty" }, "Loading workflows and agents…") : null);
     }
   }
+  const targetsRetry = retryOnOutage(loadTargets);
 
   async function loadRuns() {
     const latest = runLoads();
@@ -413,6 +423,7 @@ export function mount(main, ctx) {
       const response = await ctx.api.listRuns(query);
       if (stopped || !latest()) return;
       listError.replaceChildren();
+      runsRetry.ok();
       const runs = response.runs || [];
       tokens[at + 1] = response.nextPageToken || "";
       filters[at + 1] = filter;
@@ -426,16 +437,19 @@ export function mount(main, ctx) {
       }
       tableBody.replaceChildren(...runs.map((run) => h("tr", { dataset: { run: run.name } },
         h("td", {}, h("a", { href: `#/runs/${idOf(run.name)}`, class: "mono" }, idOf(run.name).slice(0, 8))),
-        h("td", { class: "mono" }, idOf(targetOf(run))),
+        // A long agent id (63 characters) is cut with an ellipsis; the whole one is its title.
+        h("td", { class: "mono target", title: idOf(targetOf(run)), dir: "auto" }, idOf(targetOf(run))),
         h("td", {}, statusBadge(run.status, run.output)),
         h("td", { class: "wide-only" }, formatTime(run.createTime)),
         h("td", { class: "num wide-only" }, formatDuration(run.duration)),
         tokensCell(run.usage),
       )));
     } catch (error) {
-      if (!stopped && latest()) listError.replaceChildren(errorNotice(error));
+      if (stopped || !latest()) return;
+      listError.replaceChildren(errorNotice(error, runsRetry.failed(error)));
     }
   }
+  const runsRetry = retryOnOutage(() => loadRuns());
 
   const refresh = debounce(() => { if (page === 0) loadRuns(); }, 300);
   next.addEventListener("click", () => { page += 1; loadRuns(); });
@@ -470,6 +484,8 @@ export function mount(main, ctx) {
     stopped = true;
     refresh.cancel();
     bar.cancel();
+    targetsRetry.stop();
+    runsRetry.stop();
     subscription.close();
   };
 }

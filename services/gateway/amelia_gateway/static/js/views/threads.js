@@ -14,6 +14,7 @@ import { ACTIVE_STATUSES, shortStatus, statusBadge } from "../runstatus.js";
 import { newRunState, reduce } from "../runstate.js";
 import { multitaskSelect } from "./runs.js";
 import { ThreadStatePanel } from "./threadstate.js";
+import { retryOnOutage } from "../health.js";
 
 const PAGE_SIZE = 25;
 // Events that change a thread's status: a run starts, waits behind another, pauses, resumes or ends.
@@ -74,7 +75,9 @@ function threadBadge(thread) {
 }
 
 function listView(main, ctx) {
-  const body = h("tbody", {});
+  // "Loading…" until the first answer: an empty table read as "no threads" while the agents
+  // service hung.
+  const body = h("tbody", {}, h("tr", {}, h("td", { colspan: "4", class: "empty" }, "Loading threads…")));
   const error = h("div", { "aria-live": "polite" });
   const more = h("button", { type: "button", hidden: true }, "More");
   const wanted = ctx.query().get("status") || "";
@@ -89,7 +92,7 @@ function listView(main, ctx) {
       error,
       h("div", { class: "table-wrap" }, h("table", { id: "threads-table" },
         h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "First message"), h("th", { scope: "col" }, "Status"),
-          h("th", { scope: "col", class: "num" }, "Runs"), h("th", { scope: "col", class: "wide-only" }, "Last active"))),
+          h("th", { scope: "col", class: "num" }, "Runs"), h("th", { scope: "col", class: "when" }, "Last active"))),
         body)),
       h("div", { class: "pager" }, more)));
   let token = "";
@@ -98,19 +101,20 @@ function listView(main, ctx) {
   let shown = 1;  // pages shown: a live reload keeps what More added
   async function load(append = false) {
     const latest = threadLoads();
-    error.replaceChildren();
     try {
       const query = { orderBy: "update_time desc", pageSize: PAGE_SIZE * (append ? 1 : shown), pageToken: append ? token : "" };
       if (status.value) query.status = status.value;
       const response = await ctx.api.listThreads(query);
       if (stopped || !latest()) return;
+      error.replaceChildren();
+      retry.ok();
       token = response.nextPageToken || "";
       more.hidden = !token;
       const rows = (response.threads || []).map((thread) => h("tr", { dataset: { thread: thread.name } },
-        h("td", { class: "preview" }, h("a", { href: `#/threads/${idOf(thread.name)}` }, thread.preview || `(no message) ${idOf(thread.name)}`)),
+        h("td", { class: "preview" }, h("a", { href: `#/threads/${idOf(thread.name)}`, dir: "auto" }, thread.preview || `(no message) ${idOf(thread.name)}`)),
         h("td", {}, threadBadge(thread)),
         h("td", { class: "num" }, String(thread.runCount || 0)),
-        h("td", { class: "wide-only" }, formatTime(thread.updateTime))));
+        h("td", { class: "when" }, formatTime(thread.updateTime))));
       if (append) {
         shown += 1;
         body.append(...rows);
@@ -120,9 +124,10 @@ function listView(main, ctx) {
         body.replaceChildren(h("tr", {}, h("td", { colspan: "4", class: "empty" }, none)));
       }
     } catch (err) {
-      if (!stopped && latest()) error.replaceChildren(errorNotice(err));
+      if (!stopped && latest()) error.replaceChildren(errorNotice(err, append ? "" : retry.failed(err)));
     }
   }
+  const retry = retryOnOutage(() => load());
   status.addEventListener("change", () => {
     // The filter lives in the URL (a link shares the list); the same screen keeps its place.
     window.history.replaceState(null, "", `#/threads${status.value ? `?status=${status.value}` : ""}`);
@@ -139,6 +144,7 @@ function listView(main, ctx) {
   return () => {
     stopped = true;
     refresh.cancel();
+    retry.stop();
     subscription.close();
   };
 }
@@ -178,16 +184,18 @@ const STREAMING = new Set(["RUN_STATUS_QUEUED", "RUN_STATUS_RUNNING"]);
 
 function threadView(main, ctx, threadId) {
   const name = `threads/${threadId}`;
-  const conversation = h("ol", { class: "conversation", id: "thread-conversation", "aria-label": "Conversation" });
+  const conversation = h("ol", { class: "conversation", id: "thread-conversation", "aria-label": "Conversation" },
+    h("li", { class: "empty" }, "Loading the thread's runs…"));
   const error = h("div", { id: "thread-error", "aria-live": "polite" });
   const message = h("textarea", { id: "thread-message", rows: 3, required: true });
-  const send = h("button", { type: "submit", class: "primary", id: "thread-send" }, "Send");
+  // Disabled until the thread's runs are read: what Send would run is not known before.
+  const send = h("button", { type: "submit", class: "primary", id: "thread-send", disabled: true }, "Send");
   // Shown while a run of the thread has not ended: what Send does with it (double-texting).
   const strategy = multitaskSelect("thread-multitask", { refuse: false });
   const busyText = h("span", { id: "thread-busy-text" }, "");
   const busy = h("div", { id: "thread-busy", class: "busy-choice", hidden: true },
     h("label", { for: "thread-multitask" }, busyText), strategy);
-  const targetText = h("span", { class: "mono muted" }, "");
+  const targetText = h("span", { class: "mono muted", id: "thread-target" }, "…");
   const formError = h("div", { "aria-live": "polite" });
   const form = h("form", { id: "thread-continue", class: "card", "aria-labelledby": "continue-title" },
     h("h2", { id: "continue-title" }, "Send a message"),
@@ -214,6 +222,8 @@ function threadView(main, ctx, threadId) {
   let stopped = false;
   const runLoads = loads();
   let last = null;
+  let loaded = false; // the runs were read once: Send knows its target
+  let sending = false;
   const live = new Map(); // run name -> LiveReply, kept across reloads while the run streams
   /** The reply turn's body: the question a paused run waits on, a live stream, or the reply. */
   function replyBody(run) {
@@ -229,6 +239,10 @@ function threadView(main, ctx, threadId) {
       // from its last one; read oldest first.
       const response = await ctx.api.listRuns({ filter: `thread = "${name}"`, orderBy: "create_time desc", pageSize: PAGE });
       if (stopped || !latest()) return;
+      error.replaceChildren();
+      retry.ok();
+      loaded = true;
+      send.disabled = sending;
       const runs = (response.runs || []).reverse();
       older.hidden = !response.nextPageToken;
       older.replaceChildren(`The latest ${runs.length} runs of this thread; older ones are in `,
@@ -257,7 +271,9 @@ function threadView(main, ctx, threadId) {
       if (!runs.length) conversation.replaceChildren(h("li", { class: "empty" }, "No runs in this thread yet."));
     } catch (err) {
       if (stopped || !latest()) return;
-      error.replaceChildren(errorNotice(err));
+      const then = retry.failed(err);
+      error.replaceChildren(errorNotice(err, then));
+      if (!loaded && !then) conversation.replaceChildren(h("li", { class: "empty" }, "The thread's runs could not be read."));
       // Not a thread's name (an id pasted in upper case…): nothing to send a message to.
       if (err.code === "INVALID_ARGUMENT") form.hidden = true;
     }
@@ -271,7 +287,9 @@ function threadView(main, ctx, threadId) {
     if (target.startsWith("agents/")) run.agent = target;
     else run.workflow = target;
     if (!busy.hidden) run.multitaskStrategy = strategy.value;
+    if (!loaded) return;
     send.disabled = true;
+    sending = true;
     try {
       const response = await ctx.api.createRun(run, uuid());
       ctx.announce("Run started");
@@ -279,6 +297,8 @@ function threadView(main, ctx, threadId) {
     } catch (err) {
       formError.replaceChildren(errorNotice(err));
       send.disabled = false;
+    } finally {
+      sending = false;
     }
   });
   /** The runs, then the state (as the TUI's thread screen): a run's end is stored only after its
@@ -288,6 +308,7 @@ function threadView(main, ctx, threadId) {
     await load();
     await panel.refresh();
   }
+  const retry = retryOnOutage(reload);
   const refresh = debounce(reload, 300);
   // A run starts, waits, pauses, resumes or ends: the turns and Send follow.
   const subscription = ctx.socket.subscribe(
@@ -297,6 +318,7 @@ function threadView(main, ctx, threadId) {
   return () => {
     stopped = true;
     panel.stop();
+    retry.stop();
     refresh.cancel();
     subscription.close();
     for (const reply of live.values()) reply.close();
