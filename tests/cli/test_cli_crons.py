@@ -199,3 +199,13 @@ def test_a_bad_end_is_refused_with_the_forms_accepted(end: str) -> None:
         assert f"Invalid value for --end: '{end}' is not an ISO time, e.g." in said, said
         assert "2026-12-03T14:03+01:00 (offset under 24h)" in said, said
         assert "timedelta" not in said and "isoformat" not in said, said
+
+
+def test_a_crons_input_is_echoed_as_typed() -> None:
+    """QA s26: `amelia crons create … -m '✓ done'` echoed `"\\u2713 done"`."""
+    cron = crons_pb2.Cron(name="crons/c1", workflow="workflows/chat", schedule="0 9 * * *")
+    cron.input.update({"message": "✓ done — ça va"})
+    cron.metadata.update({"owner": "zoë"})
+    shown = "\n".join(_lines(lambda console: show(cron, console, NOW)))
+    assert '{"message": "✓ done — ça va"}' in shown, shown
+    assert '{"owner": "zoë"}' in shown and "\\u" not in shown, shown

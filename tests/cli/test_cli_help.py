@@ -65,3 +65,13 @@ def test_down_help_says_it_stops_a_foreground_mesh_too() -> None:
     shown = " ".join(_help(("down",)).translate({ord(c): " " for c in BOX}).split())
     assert "make run" in shown and "--detach" in shown, shown
     assert "Stop a mesh started with `amelia up --detach`" not in shown, shown
+
+
+def test_run_timeout_help_says_its_range_once() -> None:
+    """QA s26: `--timeout [x>=0] … [default: 0]` beside "1 to 604800": the range in words
+    only, and a value out of it refused in those words."""
+    shown = " ".join(_help(("run",)).translate({ord(c): " " for c in BOX}).split())
+    assert "--timeout SECONDS Seconds this run may take, 1 to 604800 (7 days)" in shown, shown
+    assert "x>=0" not in shown and "[default: 0]" not in shown, shown
+    result = CliRunner().invoke(app, ["run", "chat", "hi", "--timeout", "-5"])
+    assert result.exit_code == 2 and "not within 1 to 604800 seconds" in result.output

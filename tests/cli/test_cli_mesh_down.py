@@ -121,3 +121,44 @@ def test_a_name_that_does_not_resolve_is_said_without_grpcs_brackets() -> None:
         "the agents service at nosuchhost.invalid:50052 is not answering (Domain name not found)"
         " — is the mesh running? `amelia status` checks it, `amelia up` starts it"
     )
+
+
+@pytest.mark.parametrize(
+    ("code", "details"),
+    [
+        (
+            grpc.StatusCode.UNAVAILABLE,
+            "Delayed close due to in-progress write (ping timeout) (goaway sent)",
+        ),
+        (
+            grpc.StatusCode.INTERNAL,
+            "Delayed close due to in-progress write (ping timeout) (goaway sent)",
+        ),
+        (grpc.StatusCode.UNAVAILABLE, "Socket closed"),
+    ],
+    ids=["unavailable-ping-timeout", "internal-ping-timeout", "socket-closed"],
+)
+async def test_a_broken_connection_is_said_in_words_naming_the_service(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: grpc.StatusCode, details: str
+) -> None:
+    """QA s26: gRPC's "Delayed close due to in-progress write (ping timeout) (goaway sent)"
+    was printed as it came; it is said as what happened, naming the service."""
+    from amelia_cli.client import channel_to
+    from amelia_common.settings import get_settings
+
+    address = f"127.0.0.1:{free_port()}"
+    monkeypatch.setenv("AGENTS_ADDRESS", address)
+    monkeypatch.setenv("AMELIA_DATA_DIR", str(tmp_path / "data"))
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            async with channel_to("agents"):
+                raise grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
+    finally:
+        get_settings.cache_clear()
+    said = caught.value.details() or ""
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert said.startswith(f"the agents service at {address} is not answering ("), said
+    for word in ("Delayed close", "goaway", "ping timeout", "in-progress", "Socket closed"):
+        assert word not in said, said
+    assert "connection" in said, said

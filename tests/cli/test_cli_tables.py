@@ -99,11 +99,31 @@ def test_runs_at_120_columns_show_the_error_in_words() -> None:
 def test_agents_at_80_columns_keep_the_model_whole_next_to_a_description() -> None:
     lines = _printed(AGENT_COLUMNS, AGENTS[:1], 80)
     assert re.match(r"agents/greeter\s+offline:echo\s+Says hello", lines[2]), lines
-    # No room next to a 52-character name: the description goes, the model keeps its cells
-    # (before: 'offline:ec' / 'ho').
+    # Next to a 52-character name: the name gives up its middle, the model keeps its cells
+    # (before: 'offline:ec' / 'ho', then the description dropped).
     lines = _printed(AGENT_COLUMNS, AGENTS, 80)
-    assert "description" not in lines[0], lines
-    assert re.match(r"agents/greeter\s+offline:echo$", lines[2].rstrip()), lines
+    assert "description" in lines[0], lines
+    assert re.match(r"agents/greeter\s+offline:echo\s+Says hello back,", lines[2]), lines
+    long = next(line for line in lines if "…" in line)
+    assert re.match(r"agents/researc\S*…\S*-name\s+openai:gpt-4o-mini@http://h/v1\s*$", long), lines
+
+
+def test_one_long_agent_id_leaves_the_model_and_the_description() -> None:
+    """QA s26: with one 63-character id `amelia agents ls` showed Model as `offline` / `:echo`
+    and no Description; a 78-character one left no Model at all."""
+    for length in (63, 78):
+        name = "agents/a" + "b" * (length - 8)
+        rows = [AGENTS[0], (name, "offline:echo", "A long one")]
+        lines = _printed(AGENT_COLUMNS, rows, 80)
+        assert lines[0].split() == ["name", "model", "description"], lines
+        for line in lines[2:]:
+            if line.startswith("agents/"):
+                assert re.search(r"\s{3}offline:echo\s{3}\S", line), lines
+        long = next(line for line in lines if line.startswith("agents/ab"))
+        start, _, end = long.split()[0].partition("…")
+        assert name.startswith(start) and name.endswith(end) and len(start) > 10, lines
+        # Wide enough, nothing is cut.
+        assert name in "\n".join(_printed(AGENT_COLUMNS, rows, 160))
 
 
 def test_a_paused_runs_question_reads_as_words() -> None:

@@ -65,9 +65,12 @@ async def test_a_question_answered_elsewhere_is_said_and_the_run_followed_to_its
         assert "· resumed with your answer\n" in text and "elsewhere" not in text, (text, errors)
     else:
         assert "> \n· answered elsewhere\n" in text, (text, errors)
-    ended = (await tui_mesh.get(f"/v1/{run_name}"))["run"]["status"]
+    run = (await tui_mesh.get(f"/v1/{run_name}"))["run"]
+    ended = run["status"]
     assert ended != "RUN_STATUS_PAUSED", text
     outcome = ended.removeprefix("RUN_STATUS_").lower()
-    assert f"{run_name}: {outcome}" in text, (text, errors)
+    # A rejected plan completed: said `rejected`, as the dashboard says it (QA s26).
+    said = "rejected" if (run.get("output") or {}).get("status") == "rejected" else outcome
+    assert f"{run_name}: {said}" in text, (text, errors)
     assert process.returncode == (0 if outcome == "completed" else 1), (text, errors)
     assert "FAILED_PRECONDITION" not in text + errors.decode(), (text, errors)

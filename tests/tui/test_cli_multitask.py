@@ -26,13 +26,14 @@ async def wait_paused(mesh: TuiMesh, name: str) -> None:
 
 
 async def enqueue_from_the_cli(
-    mesh: TuiMesh, tmp_path: Path, thread: str, message: str
+    mesh: TuiMesh, tmp_path: Path, thread: str, message: str, strategy: str = "enqueue"
 ) -> asyncio.subprocess.Process:
-    """`amelia run chat --thread <thread> --multitask enqueue`, its output piped."""
+    """`amelia run chat --thread <thread> --multitask enqueue` (or `strategy`), its output
+    piped."""
     env = os.environ | cli_env(mesh, tmp_path / "none") | {"COLUMNS": "80", "PYTHONUNBUFFERED": "1"}
     return await asyncio.create_subprocess_exec(
         *AMELIA,
-        *("run", "chat", "x", "--thread", thread, "--multitask", "enqueue"),
+        *("run", "chat", "x", "--thread", thread, "--multitask", strategy),
         *("--input", json.dumps({"message": message, "model": "offline:transcript"})),
         env=env,
         stdin=asyncio.subprocess.DEVNULL,
@@ -122,3 +123,23 @@ async def test_status_counts_the_runs_waiting_behind_a_threads_run(
     _, shown = await asyncio.to_thread(amelia, cli_env(tui_mesh, tmp_path / "none"), "status")
     assert row_of(shown, "waiting behind a thread's run").split("│")[2].strip() == "3", shown
     await tui_mesh.post(f"/v1/{first['name']}:cancel", {})
+
+
+async def test_interrupt_from_the_cli_says_the_run_is_being_stopped(
+    tui_mesh: TuiMesh, tmp_path: Path
+) -> None:
+    """QA s26: `--multitask interrupt` said "queued behind runs/…: it starts once that run
+    ends" of a run it was stopping."""
+    first = (
+        await tui_mesh.post("/v1/runs", {"run": {"workflow": "workflows/plan", "input": PLAN}})
+    )["run"]
+    await wait_paused(tui_mesh, first["name"])
+    cli = await enqueue_from_the_cli(tui_mesh, tmp_path, first["thread"], "now", "interrupt")
+    assert cli.stdout is not None
+    async with asyncio.timeout(DEADLINE):
+        shown = (await cli.stdout.read()).decode()
+        assert await cli.wait() == 0, shown
+    said = f"interrupting {first['name']} (its state kept): this run starts once it has stopped"
+    assert said in " ".join(shown.split()), shown
+    assert "it starts once that run ends" not in shown, shown
+    assert "user: now" in shown, shown

@@ -142,3 +142,26 @@ async def test_run_timeout_is_set_per_run_and_its_failure_says_how(
     kept = json.loads(run_json)["output"]["partial"]
     assert kept and message.startswith(kept) and kept.strip() in shown, (kept, shown)
     assert f"the {len(kept)} characters" in said, shown
+
+
+async def test_a_rejected_plan_is_said_rejected(tui_mesh: TuiMesh, tmp_path: Path) -> None:
+    """QA s26: a plan whose design was rejected read "completed" where the dashboard says
+    "Rejected" (its output's `status`): `runs ls`, `runs resume` and `runs wait` say it."""
+    env = cli_env(tui_mesh, tmp_path / "none")
+    plan = {"message": "a plan to reject", "model": "offline:echo"}
+    run = (await tui_mesh.post("/v1/runs", {"run": {"workflow": "workflows/plan", "input": plan}}))[
+        "run"
+    ]
+    name = run["name"]
+    async with asyncio.timeout(DEADLINE):
+        while True:
+            if (await tui_mesh.get(f"/v1/{name}"))["run"]["status"] == "RUN_STATUS_PAUSED":
+                break
+            await asyncio.sleep(0.1)
+    code, shown = await asyncio.to_thread(amelia, env, "runs", "resume", name, "reject")
+    assert code == 0, shown
+    code, shown = await asyncio.to_thread(amelia, env, "runs", "wait", name)
+    assert code == 0 and '"status": "rejected"' in shown, shown
+    code, shown = await asyncio.to_thread(amelia, env, "runs", "ls", columns=200)
+    row = next(line for line in shown.splitlines() if name in line)
+    assert " rejected " in f" {row} " and "completed" not in row, shown

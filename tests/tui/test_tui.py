@@ -104,9 +104,22 @@ async def test_answer_a_paused_plan_by_key_and_by_typing(tui_mesh: TuiMesh) -> N
         assert run.status == "paused" and run.query_one("#question").display
         await pilot.press("r")
         await wait_until(lambda: run.focused is answer, "the reason is asked for again")
-        await pilot.press("enter")  # no reason given: not sent, still asked
-        await pilot.pause()
-        assert run.status == "paused" and run.focused is answer
+        # No reason given: the rejection alone is sent, as the dashboard and `amelia run` send
+        # it (the reason is optional; QA s26: the TUI refused it).
+        await pilot.press("enter")
+        await wait_until(lambda: run.status == "completed", "rejected without a reason")
+        await wait_until(lambda: (run.run.get("output") or {}).get("status") == "rejected")
+        assert run.run["output"].get("reason", "") == ""
+        # Said as the dashboard says it (QA s26: the head read "completed").
+        await wait_until(lambda: "rejected" in text_of(run, "#run-head"), "the head: rejected")
+        assert "completed" not in text_of(run, "#run-head")
+
+        await pilot.press("escape")
+        run = await start_run(pilot, "plan", "Rewrite it in COBOL", model="offline:echo")
+        await wait_until(lambda: run.status == "paused", "the third plan waits")
+        answer = run.query_one("#answer", Input)
+        await pilot.press("r")
+        await wait_until(lambda: run.focused is answer, "the reason is asked for")
         await type_text(pilot, "too risky")
         await pilot.press("enter")
         await wait_until(lambda: run.status == "completed", "the rejected plan completes")

@@ -5,9 +5,12 @@ edit, a branch from a picked checkpoint."""
 from __future__ import annotations
 
 import asyncio
+import io
 import uuid
 from typing import Any
 
+from rich.console import Console
+from rich.text import Text
 from textual.widgets import DataTable, Input, Static, TextArea
 from tui_helpers import DEADLINE, TuiMesh, on_screen, running_tui, type_text, wait_until
 
@@ -21,7 +24,13 @@ ENDED = {"RUN_STATUS_COMPLETED", "RUN_STATUS_FAILED", "RUN_STATUS_CANCELLED"}
 
 
 def text_of(screen: Any, selector: str) -> str:
-    return str(screen.query_one(selector, Static).render())
+    """The box's words: a Text as it is, a group of them (the State tab's values) printed."""
+    content = screen.query_one(selector, Static).content
+    if isinstance(content, str | Text):
+        return str(content)
+    out = Console(file=io.StringIO(), width=1000, color_system=None)
+    out.print(content)
+    return out.file.getvalue()  # type: ignore[attr-defined,no-any-return]
 
 
 async def start(mesh: TuiMesh, workflow: str, message: str, thread: str = "") -> dict[str, Any]:

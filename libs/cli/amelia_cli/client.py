@@ -23,7 +23,8 @@ from rich.text import Text
 
 from amelia.v1 import agents_pb2_grpc, rag_pb2_grpc
 from amelia_cli.consoles import err
-from amelia_cli.located import service_target
+from amelia_cli.fit import shorten
+from amelia_cli.located import service_target, supervisor_words
 from amelia_common.grpc_client import aio_channel
 from amelia_common.grpc_server import from_servicer
 from amelia_common.json_numbers import json_kind
@@ -59,9 +60,34 @@ async def channel_to(service: str) -> AsyncIterator[grpc.aio.Channel]:
         try:
             yield channel
         except grpc.aio.AioRpcError as exc:
-            if exc.code() != grpc.StatusCode.UNAVAILABLE or from_servicer(exc):
+            if from_servicer(exc):
                 raise  # a service answered (its dependency is down): its own words
+            if exc.code() != grpc.StatusCode.UNAVAILABLE and not transport_words(exc.details()):
+                raise
             raise unreached(exc, service, address) from exc
+
+
+# gRPC's own words for a connection that broke (QA s26: "Delayed close due to in-progress
+# write (ping timeout) (goaway sent)" was printed as it is), as a person reads them.
+_TRANSPORT_WORDS = (
+    (
+        re.compile(r"ping timeout|keepalive watchdog", re.I),
+        "it stopped answering on its connection: busy, frozen or gone",
+    ),
+    (re.compile(r"goaway|delayed close|in-progress write", re.I), "it closed the connection"),
+    (
+        re.compile(r"socket closed|connection reset|broken pipe|stream removed|\bEOF\b", re.I),
+        "the connection to it was cut",
+    ),
+)
+
+
+def transport_words(details: str | None) -> str:
+    """gRPC's description of a broken connection said plainly; "" for anything else."""
+    for pattern, words in _TRANSPORT_WORDS:
+        if pattern.search(details or ""):
+            return words
+    return ""
 
 
 def unreached(exc: grpc.aio.AioRpcError, service: str, address: str) -> grpc.aio.AioRpcError:
@@ -69,14 +95,17 @@ def unreached(exc: grpc.aio.AioRpcError, service: str, address: str) -> grpc.aio
     failing; last error: UNKNOWN: ipv4:…: Connection refused"), said as a person acts on it:
     which service, where, gRPC's last words on why, and what to do."""
     # The last clause of gRPC's text; a resolver's comes inside "[field:…]".
-    why = _ERRNO.sub("", (exc.details() or "").rsplit(": ", 1)[-1].rstrip("]")).strip()
+    why = (
+        transport_words(exc.details())
+        or _ERRNO.sub("", (exc.details() or "").rsplit(": ", 1)[-1].rstrip("]")).strip()
+    )
     return grpc.aio.AioRpcError(
         grpc.StatusCode.UNAVAILABLE,
         exc.initial_metadata(),
         exc.trailing_metadata(),
         f"the {service} service at {address} is not answering"
         + (f" ({why})" if why else "")
-        + UNREACHED_HINT,
+        + (supervisor_words(service, address) or UNREACHED_HINT),
     )
 
 
@@ -182,9 +211,14 @@ class Column:
     wraps: bool = False
     drop: int = 0
     brief: Callable[[str], str] | None = None
+    # A long id given up in its middle (`agents/rese…ntifier-name`) rather than the columns
+    # after it folded to a few cells or dropped (QA s26: one long agent id made Model
+    # `offline` / `:echo` and took the description away).
+    shortens: bool = False
 
 
 FOLDED_AT_LEAST = 16  # cells a folding column keeps before optional columns go
+SHORTENED_AT_LEAST = 24  # cells a `shortens` column keeps
 _GAP = 3  # between two columns: padding, the separator, padding
 
 
@@ -257,6 +291,29 @@ def _brief(columns: Sequence[Column], rows: Sequence[Sequence[str]]) -> list[lis
     ]
 
 
+def _shortened(
+    columns: Sequence[Column], rows: Sequence[Sequence[str]], shown: list[int], width: int
+) -> Sequence[Sequence[str]]:
+    """The rows with a `shortens` column's long cells cut in the middle to the room the other
+    columns leave: their values whole, a folding optional column its least."""
+    for i in shown:
+        if not columns[i].shortens:
+            continue
+        widest = [
+            max(cell_len(x) for x in [columns[j].header, *(row[j] for row in rows)])
+            for j in range(len(columns))
+        ]
+        others = [
+            min(widest[j], FOLDED_AT_LEAST) if columns[j].drop and columns[j].wraps else widest[j]
+            for j in shown
+            if j != i
+        ]
+        room = max(width - sum(others) - _GAP * (len(shown) - 1), SHORTENED_AT_LEAST)
+        if room < widest[i]:
+            rows = [[shorten(c, room) if k == i else c for k, c in enumerate(r)] for r in rows]
+    return rows
+
+
 def listing(
     console: Console,
     columns: Sequence[Column],
@@ -272,20 +329,36 @@ def listing(
         console.print(said(empty))
         return
     shown = [i for i, column in enumerate(columns) if not rows or any(row[i] for row in rows)]
+    rows = _shortened(columns, rows, shown, console.width)
     while _width(columns, rows, shown) > console.width and any(columns[i].drop for i in shown):
         shown.remove(max(shown, key=lambda i: columns[i].drop))
     if _width(columns, rows, shown, whole=True) > console.width:
         rows = _brief(columns, rows)
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    # Beside a shortened id, a column that is not optional keeps its values whole when they
+    # fit: the room the id gave up is theirs (an optional one folds in what is left).
+    whole = {i for i in shown if columns[i].wraps and not columns[i].drop}
+    needed = sum(
+        max(cell_len(x) for x in [columns[i].header, *(r[i] for r in rows)])
+        if i in whole
+        else _min_width(columns[i], [row[i] for row in rows], True)
+        for i in shown
+    )
+    if not any(columns[i].shortens for i in shown) or (
+        needed + _GAP * (len(shown) - 1) > console.width
+    ):
+        whole = set()
     for i in shown:
         column = columns[i]
-        table.add_column(
-            column.header,
-            no_wrap=not column.wraps,
-            overflow="fold" if column.wraps else "ellipsis",
-        )
+        folds = column.wraps and i not in whole
+        table.add_column(column.header, no_wrap=not folds, overflow="fold" if folds else "ellipsis")
     for row in rows:
-        table.add_row(*(_Folding(row[i]) if columns[i].wraps else Text(row[i]) for i in shown))
+        table.add_row(
+            *(
+                _Folding(row[i]) if columns[i].wraps and i not in whole else Text(row[i])
+                for i in shown
+            )
+        )
     console.print(table)
 
 

@@ -58,3 +58,43 @@ def addresses_over_mesh(settings: Settings, state: dict[str, Any] | None) -> lis
         if given != mesh:
             notes.append(f"{setting}={given} is set: used instead of {mesh} (amelia up here)")
     return notes
+
+
+def given_up(state: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """The units of a running mesh (its mesh.json) its `amelia up` gave up on, by name."""
+    units = (state or {}).get("units") or {}
+    return {name: unit for name, unit in units.items() if unit.get("state") == "FAILED"}
+
+
+def supervisor_words(service: str, address: str) -> str:
+    """What the running `amelia up` knows of a service a command could not reach, as what to
+    do: given up on (QA s26: five `kill -9` in a minute, and every command said "is the mesh
+    running?" while `amelia up` refused to start, being running) or being restarted; "" when
+    it runs, or no `amelia up` runs here."""
+    try:
+        _, state = running_mesh()
+    except Exception:  # noqa: BLE001 - an unreadable mesh.json: the usual words, not a crash
+        return ""
+    units = (state or {}).get("units") or {}
+    name, unit = next(
+        ((n, u) for n, u in units.items() if address and u.get("address") == address),
+        (service, units.get(service)),
+    )
+    if not state or not isinstance(unit, dict):
+        return ""
+    last = f"; last: {unit['last_exit']}" if unit.get("last_exit") else ""
+    log = f"; its log: {unit['log']}" if unit.get("log") else ""
+    if unit.get("state") == "RESTARTING":
+        return f" — `amelia up` (pid {state.get('pid')}) is starting it again{last}{log}"
+    if unit.get("state") != "FAILED":
+        return ""
+    restarts = int(unit.get("restarts") or 0)
+    again = (
+        "`amelia up` in another terminal starts it again"
+        if state.get("revive_signal")
+        else "stop `amelia up` (Ctrl-C in its terminal, or `amelia down`) and run it again"
+    )
+    return (
+        f" — `amelia up` (pid {state.get('pid')}) gave up on {name} after {restarts} "
+        f"restart{'s' if restarts != 1 else ''}: it kept crashing{last}{log}. {again}"
+    )

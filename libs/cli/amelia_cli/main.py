@@ -30,7 +30,7 @@ from amelia_cli.commands.threads import threads_app
 from amelia_cli.consoles import console, err
 from amelia_cli.health import probe_all
 from amelia_cli.help_text import App
-from amelia_cli.located import addresses_over_mesh, running_mesh
+from amelia_cli.located import addresses_over_mesh, given_up, running_mesh
 from amelia_cli.mesh import SERVICES, client_host
 from amelia_cli.supervisor import (
     MAX_REPLICAS,
@@ -41,6 +41,7 @@ from amelia_cli.supervisor import (
     event_log_switch_warning,
     read_state,
     refuse_if_running,
+    revive_running,
 )
 from amelia_cli.tui import tui
 from amelia_common.embedded import EmbeddedStartError, process_alive
@@ -113,6 +114,23 @@ def up(
     try:
         refuse_if_running(settings.data_dir)
     except AlreadyRunningError as exc:
+        # What it gave up on is started again by it (QA s26: five `kill -9` in a minute, the
+        # part FAILED, and `up` only said it was already running).
+        revived = revive_running(settings.data_dir)
+        if revived:
+            console.print(
+                said(
+                    f"amelia up is already running here; asked it to start again what it gave "
+                    f"up on: {', '.join(revived)} — `amelia status` shows how it goes."
+                )
+            )
+            return
+        if revived is None:
+            exc = AlreadyRunningError(
+                f"{exc} It gave up on {', '.join(sorted(given_up(read_state(settings.data_dir))))}"
+                " and cannot be asked to start it again (it predates that): stop it (Ctrl-C in "
+                "its terminal, or `amelia down`) and run `amelia up` again."
+            )
         err.print(said(str(exc)))
         raise typer.Exit(1) from exc
     if detach:
@@ -145,6 +163,7 @@ async def _run(supervisor: Supervisor, timeout: float) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
+    supervisor.revive_on(loop)
     local_model = "" if supervisor.local_model_off else " and the local model"
     try:
         with console.status(f"starting PostgreSQL, NATS{local_model}…"):

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from amelia_cli.health import Probe, probe_service
+from amelia_cli.located import given_up
 from amelia_cli.mesh import SERVICES, ServiceSpec, client_host, service_env
 from amelia_common.connections import MESH_REPLICAS_AT_MOST
 from amelia_common.embedded import (
@@ -323,6 +324,24 @@ def check_ports(settings: Settings, local_model: EmbeddedLlama | None = None) ->
         )
 
 
+# Sent by a second `amelia up` to the running one: start again what you gave up on.
+REVIVE_SIGNAL = signal.SIGUSR1
+
+
+def revive_running(data_dir: Path) -> list[str] | None:
+    """Ask the `amelia up` running for `data_dir` to start again the parts it gave up on: their
+    names (empty: none given up on); None when it cannot be asked (it does not handle the
+    signal: an older one)."""
+    state = read_state(data_dir)
+    failed = given_up(state)
+    if not state or not failed:
+        return []
+    if state.get("revive_signal") != REVIVE_SIGNAL.name:
+        return None
+    os.kill(int(state["pid"]), REVIVE_SIGNAL)
+    return sorted(failed)
+
+
 class AlreadyRunningError(MeshStartError):
     """Another `amelia up` runs the mesh of this data directory."""
 
@@ -417,6 +436,9 @@ class Supervisor:
         self._written = ""
         self._stopping = False
         self._hurry = False
+        # The signal a second `amelia up` sends this one to start again what it gave up on
+        # ("" until a handler for it is installed: `revive_on`).
+        self.revive_signal = ""
 
     @property
     def log_dir(self) -> Path:
@@ -654,6 +676,29 @@ class Supervisor:
         log.info("restarted", unit=unit.name, pid=unit.pid(), restarts=unit.restarts)
         self.write_state()
 
+    def revive(self) -> list[str]:
+        """Start again every unit given up on (FAILED), its crashes forgotten, as a second
+        `amelia up` asks (`REVIVE_SIGNAL`); the names of those."""
+        revived = []
+        for unit in self.units:
+            if unit.state == UnitState.FAILED and not self._stopping:
+                unit.crashes.clear()
+                unit.stops.clear()
+                unit.state = UnitState.RESTARTING
+                unit.restart_at = 0.0
+                revived.append(unit.name)
+        if revived:
+            log.warning("starting again what was given up on, as asked", units=revived)
+            self.check(self.units)
+        return revived
+
+    def revive_on(self, loop: asyncio.AbstractEventLoop) -> None:
+        """`revive` when this process gets `REVIVE_SIGNAL`; said in mesh.json, so a second
+        `amelia up` sends it only to a supervisor that handles it (to one that does not, the
+        signal's default would end it)."""
+        loop.add_signal_handler(REVIVE_SIGNAL, self.revive)
+        self.revive_signal = REVIVE_SIGNAL.name  # in mesh.json from its next writing
+
     def report(self) -> dict[str, dict[str, Any]]:
         """How each unit is, by name (the `units` of mesh.json)."""
         return {unit.name: unit.report() for unit in self.units}
@@ -685,6 +730,8 @@ class Supervisor:
                 name: unit.process.pid for name, unit in self.services.items() if unit.process
             },
             "units": self.report(),
+            # What starts again the units given up on (`amelia up` in another terminal).
+            "revive_signal": self.revive_signal,
         }
 
     def write_state(self) -> None:

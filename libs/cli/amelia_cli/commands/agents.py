@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import typer
 from google.protobuf import json_format, struct_pb2
+from rich.cells import cell_len, chop_cells
 from rich.status import Status
 from rich.text import Text
 
@@ -61,7 +62,7 @@ PARTIAL_WAIT = 5.0
 # a run's target as `amelia run` takes it (`develop`, not `workflows/deve` / `lop`), as
 # `crons ls` shows a cron's.
 AGENT_COLUMNS = (
-    Column("name"),
+    Column("name", shortens=True),
     Column("model", wraps=True),
     Column("description", wraps=True, drop=1),
 )
@@ -110,6 +111,15 @@ FORK_FLAGS = {"checkpoint": "CHECKPOINT", "values": "--values", "webhook": "--we
 
 def status_name(status: agents_pb2.RunStatus.ValueType) -> str:
     return agents_pb2.RunStatus.Name(status).removeprefix("RUN_STATUS_").lower()
+
+
+def run_status(run: agents_pb2.Run) -> str:
+    """The run's status as the dashboard says it: a completed plan that was rejected (its
+    output's `status`) is `rejected` (QA s26: the CLI said "completed")."""
+    said = run.output.fields.get("status")
+    if run.status == agents_pb2.RUN_STATUS_COMPLETED and said and said.string_value == "rejected":
+        return "rejected"
+    return status_name(run.status)
 
 
 @agents_app.command("create")
@@ -245,19 +255,77 @@ class Shown:
         self.answered = False
         self.mid_line = False
         self.streamed = False  # any token text at all (a cancel then keeps it on the run)
+        # On a terminal the tokens wrap at word boundaries (QA s26: the terminal broke "coul" /
+        # "d" at its edge): the cells on the current line, and the word not printed yet (it
+        # may go on in the next token).
+        self.column = 0
+        self.word = ""
 
     def line(self, text: str | Text, style: str = "dim") -> None:
         """`text` on a line of its own, literally (server text is not console markup)."""
+        self._flush()
         if self.mid_line:
             console.print()
         console.print(text if isinstance(text, Text) else Text(text, style=style))
         self.mid_line = False
+        self.column = 0
 
     def end(self) -> None:
         """Close the line the tokens left open."""
+        self._flush()
         if self.mid_line:
             console.print()
         self.mid_line = False
+        self.column = 0
+
+    def token(self, text: str) -> None:
+        """A token's text: as it is into a pipe; on a terminal, a word that would cross the
+        edge starts the next line (a word longer than a line is cut)."""
+        if not text:
+            return
+        self.streamed = True
+        if not console.is_terminal:
+            console.print(text, end="", soft_wrap=True, highlight=False, markup=False)
+            self.mid_line = not text.endswith("\n")
+            return
+        self.word += text.replace("\t", "    ").replace("\r", "")
+        while True:
+            cut = min(
+                (i for i in (self.word.find(" "), self.word.find("\n")) if i >= 0), default=-1
+            )
+            if cut < 0:
+                break
+            word, separator, self.word = self.word[:cut], self.word[cut], self.word[cut + 1 :]
+            self._put(word)
+            if separator == "\n":
+                self._write("\n")
+                self.column = 0
+            elif self.column < console.width:
+                self._write(" ")
+                self.column += 1
+        self.mid_line = self.column > 0 or bool(self.word)
+
+    def _flush(self) -> None:
+        if self.word:
+            word, self.word = self.word, ""
+            self._put(word)
+
+    def _put(self, word: str) -> None:
+        width = max(console.width, 1)
+        if self.column and self.column + cell_len(word) > width:
+            self._write("\n")
+            self.column = 0
+        while cell_len(word) > width:  # (on a line of its own by now)
+            head = chop_cells(word, width)[0]
+            self._write(head + "\n")
+            word = word[len(head) :]
+        if word:
+            self._write(word)
+            self.column += cell_len(word)
+
+    @staticmethod
+    def _write(text: str) -> None:
+        console.print(text, end="", soft_wrap=True, highlight=False, markup=False)
 
     def event(self, event: events_pb2.Event) -> None:
         # A Struct's numbers are doubles: a question's `"rounds": 1` is said 1, not 1.0, as
@@ -275,11 +343,7 @@ class Shown:
         elif event.type == "run.node.finished" and data.get("node") == self.node:
             self.node = ""
         elif event.type == "run.token":
-            text = str(data.get("text", ""))
-            console.print(text, end="", soft_wrap=True, highlight=False, markup=False)
-            if text:
-                self.mid_line = not text.endswith("\n")
-                self.streamed = True
+            self.token(str(data.get("text", "")))
         elif event.type == "run.tool.called":
             self.line(f"· {event.type} {data.get('tool') or ''} (in {data.get('node') or '?'})")
         elif event.type in ("run.node.started", "run.retrieval"):
@@ -313,13 +377,15 @@ def question_lines(value: Any, width: int | None = None) -> list[str]:
     design: text as text, not a JSON string with `\\n` in it) and the answers it takes; with
     `width`, each wrapped to it with a hanging indent."""
     if not isinstance(value, dict):
-        text = value if isinstance(value, str) else json.dumps(value)
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
         return [_hanging(f"? {text}", QUESTION_HANG, width)]
     question = value.get("question") or "the run waits for an answer"
     lines = [_hanging(f"? {question}", QUESTION_HANG, width)]
     for key, item in value.items():
         if key not in ("question", "options"):
-            first, *rest = (item if isinstance(item, str) else json.dumps(item)).split("\n")
+            first, *rest = (
+                item if isinstance(item, str) else json.dumps(item, ensure_ascii=False)
+            ).split("\n")
             field = [f"  {key}: {first}", *(f"    {line}" for line in rest)]
             lines.append("\n".join(_hanging(line, FIELD_HANG, width) for line in field))
     options = value.get("options")
@@ -439,6 +505,28 @@ def queued_text(queue: agents_pb2.GetRunQueueResponse) -> str:
     )
 
 
+def _run_timeout(value: int) -> int:
+    """`--timeout` of `amelia run`: 1 to 604800 seconds, or not given (0: the default). Said in
+    its help in those words (typer's `[x>=0]` and `[default: 0]` contradicted them); a negative
+    one is refused here, as `min=0` did."""
+    if value < 0:  # (one too large is refused by the service, in the flag's words)
+        raise typer.BadParameter(f"{value} is not within 1 to 604800 seconds (7 days)")
+    return value
+
+
+def queued_behind_text(behind: str, strategy: str = "") -> str:
+    """A run waiting for its thread's run: behind it (enqueue), or while it is being stopped
+    (interrupt, rollback; QA s26: "it starts once that run ends" of a run being interrupted)."""
+    if strategy == "interrupt":
+        return f"interrupting {behind} (its state kept): this run starts once it has stopped"
+    if strategy == "rollback":
+        return (
+            f"stopping {behind} (it is deleted with its checkpoints): this run starts once it "
+            "has stopped"
+        )
+    return f"queued behind {behind}: it starts once that run ends"
+
+
 async def _say_queued(
     stub: object, run_name: str, created: agents_pb2.Run | None = None, every: float = QUEUED_EVERY
 ) -> None:
@@ -459,7 +547,7 @@ async def _say_queued(
                 if run.status != agents_pb2.RUN_STATUS_QUEUED:
                     return
                 if run.queued_behind:  # (multitask enqueue, interrupt, rollback)
-                    text = f"queued behind {run.queued_behind}: it starts once that run ends"
+                    text = queued_behind_text(run.queued_behind, run.multitask_strategy)
                 else:
                     queue = await stub.GetRunQueue(agents_pb2.GetRunQueueRequest(), timeout=5)  # type: ignore[attr-defined]
                     text = queued_text(queue)
@@ -601,7 +689,9 @@ def run(
     timeout: int = typer.Option(
         0,
         "--timeout",
-        min=0,
+        metavar="SECONDS",
+        show_default=False,
+        callback=_run_timeout,
         help="Seconds this run may take, 1 to 604800 (7 days); default: the agent's, else the "
         "workflow's (300 for chat).",
     ),
@@ -718,7 +808,7 @@ def run(
     # --context's documents go in the input (where --input may have put them instead).
     context_flag = {"input.context_sources": "--context"} if context else {}
     final = call_rpc(go, RUN_FLAGS | context_flag)
-    status = status_name(final.status)
+    status = run_status(final)
     # A cancelled run's error is its reason: "cancelled" itself when none was given.
     told = f" — {final.error}" if final.error and final.error != status else ""
     console.print(Text(f"{final.name}: {status}{told}", style="dim"), soft_wrap=True)
@@ -807,7 +897,7 @@ def ls_runs(
             return reply
 
     rows = [
-        (r.name, r.agent or r.workflow, status_name(r.status), ago(r.create_time), r.error)
+        (r.name, r.agent or r.workflow, run_status(r), ago(r.create_time), r.error)
         for r in call_rpc(go).runs
     ]
     listing(console, RUN_COLUMNS, rows, empty="no runs")
@@ -879,7 +969,7 @@ def _say_status(
         async with agents() as stub:
             return await call(stub)
 
-    console.print(said(f"{name}: {status_name(call_rpc(go, flags).run.status)}"))
+    console.print(said(f"{name}: {run_status(call_rpc(go, flags).run)}"))
 
 
 @runs_app.command("cancel")
@@ -929,7 +1019,7 @@ def _new_run(
             return await _follow(stub, created.name, created=created) if follow else created
 
     final = call_rpc(go, flags)
-    console.print(said(f"{final.name}: {status_name(final.status)}"))
+    console.print(said(f"{final.name}: {run_status(final)}"))
 
 
 # A rerun's or fork's own webhook: the source run's is not carried over.

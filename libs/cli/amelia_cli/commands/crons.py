@@ -195,9 +195,9 @@ def show(cron: crons_pb2.Cron, out: Console = console, now: dt.datetime | None =
     if cron.HasField("end_time"):
         fields.append(("ends", cron.end_time.ToJsonString()))
     if cron.input:
-        fields.append(("input", json.dumps(message_dict(cron.input))))
+        fields.append(("input", json.dumps(message_dict(cron.input), ensure_ascii=False)))
     if cron.metadata:
-        fields.append(("metadata", json.dumps(message_dict(cron.metadata))))
+        fields.append(("metadata", json.dumps(message_dict(cron.metadata), ensure_ascii=False)))
     if cron.webhook:
         fields.append(("webhook", cron.webhook))
     out.print(said((cron.name, "bold")))

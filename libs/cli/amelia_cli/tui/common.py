@@ -28,6 +28,8 @@ STATUS_STYLE = {
     "completed": "green",
     "failed": "bold red",
     "cancelled": "magenta",
+    # A completed plan whose design was rejected (its output's `status`), as the dashboard says.
+    "rejected": "yellow",
     # A thread's status (ListThreads), styled as the run statuses it stands for.
     "idle": "green",
     "busy": "bold cyan",
@@ -50,6 +52,16 @@ CONNECTION_LABEL = {
 def status_of(run: dict[str, Any]) -> str:
     """`RUN_STATUS_PAUSED` → `paused`."""
     return str(run.get("status", "")).removeprefix("RUN_STATUS_").lower() or "queued"
+
+
+def shown_status(run: dict[str, Any], status: str = "") -> str:
+    """`status` (the run's own by default) as the dashboard shows it: a completed run whose
+    output says it was rejected (a plan's design) reads `rejected` (QA s26: "completed")."""
+    status = status or status_of(run)
+    output = run.get("output")
+    if status == "completed" and isinstance(output, dict) and output.get("status") == "rejected":
+        return "rejected"
+    return status
 
 
 def status_text(status: str) -> Text:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -12,6 +13,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import ContentSwitcher, DataTable, Footer, Input, Label, Static
 
 from amelia_cli.docstate import state_label
+from amelia_cli.fit import cells, room_for, shorten
 from amelia_cli.tui.common import ListScreen, RowTable, TopBar, amelia, ask, when
 from amelia_cli.tui.gateway import ApiError
 from amelia_cli.tui.passages import passage_text
@@ -24,6 +26,12 @@ TYPE_LABEL = {
     "DOCUMENT_TYPE_CODE": "Code",
     "DOCUMENT_TYPE_WEB_PAGE": "Web page",
 }
+# Under WIDE columns: the types said short and no Chunks column (the State says how many are
+# indexed), so Title, State, Size and Updated fit 80 columns (QA s26: "Chun", and Size and
+# Updated off the screen).
+WIDE = 100
+TYPE_SHORT = {"Markdown": "MD", "Web page": "Web"}
+RETRY_SECONDS = 3.0
 
 
 def size_label(value: Any) -> str:
@@ -49,6 +57,8 @@ class DocumentsScreen(ListScreen):
     def __init__(self) -> None:
         super().__init__()
         self.hits: list[dict[str, Any]] = []
+        self.documents: list[dict[str, Any]] = []
+        self.wide: bool | None = None  # the columns laid out for
 
     def compose(self) -> ComposeResult:
         yield TopBar("Documents")
@@ -61,19 +71,28 @@ class DocumentsScreen(ListScreen):
             )
         yield Static("", id="doc-note", classes="note")
         with ContentSwitcher(initial="doc-table", id="doc-views"):
-            table = RowTable(id="doc-table", sideways=True)
-            table.add_column("Title", key="title")
-            table.add_column("Type", key="type")
-            table.add_column("State", key="state")
-            table.add_column("Chunks", key="chunks")
-            table.add_column("Size", key="size")
-            table.add_column("Updated", key="updated")
-            yield table
+            yield RowTable(id="doc-table", sideways=True)
             yield VerticalScroll(id="doc-results")
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
+        self._columns()
         self.reload_on({"types": ["document.*"]})
+
+    def _columns(self) -> None:
+        table: DataTable[Any] = self.query_one("#doc-table", DataTable)
+        wide = (self.size.width or 80) >= WIDE
+        if wide == self.wide:
+            return
+        self.wide = wide
+        table.clear(columns=True)
+        names = ["Title", "Type", "State", "Chunks", "Size", "Updated"]
+        for name in names if wide else [n for n in names if n != "Chunks"]:
+            table.add_column(name, key=name.lower())
+
+    def on_resize(self) -> None:
+        if self.wide is not None and self.wide != (self.size.width >= WIDE):
+            self.show_documents(self.documents)
 
     def action_reload(self) -> None:
         if self.live:
@@ -84,29 +103,55 @@ class DocumentsScreen(ListScreen):
         try:
             documents = await ask(self, app.api.list_documents())
         except ApiError as exc:
-            self.query_one("#doc-note", Static).update(f"[red]{exc}[/red]")
+            self.query_one("#doc-note", Static).update(Text(str(exc), style="red"))
+            # Loaded again until it works: the error goes once the service is back (QA s26:
+            # it stayed above the list until `r`).
+            self.reload_soon(RETRY_SECONDS)
             return
         self.show_documents(documents)
 
     def show_documents(self, documents: list[dict[str, Any]]) -> None:
+        self.documents = documents
+        self._columns()
         table: DataTable[Any] = self.query_one("#doc-table", DataTable)
         table.clear()
+        rows = {}
         for doc in documents:
-            table.add_row(
-                str(doc.get("title") or doc.get("name", "")),
-                TYPE_LABEL.get(str(doc.get("type")), ""),
-                state_label(
+            kind = TYPE_LABEL.get(str(doc.get("type")), "")
+            row = {
+                "title": str(doc.get("title") or doc.get("name", "")),
+                "type": kind if self.wide else TYPE_SHORT.get(kind, kind),
+                "state": state_label(
                     str(doc.get("state") or ""),
                     int(doc.get("embeddedChunkCount") or 0),
                     int(doc.get("chunkCount") or 0),
                     str(doc.get("indexError") or ""),
                 ),
-                str(doc.get("chunkCount") or 0),
-                size_label(doc.get("sizeBytes")),
-                when(doc.get("updateTime") or doc.get("createTime")),
-                key=str(doc.get("name")),
-            )
-        if self.query_one(ContentSwitcher).current == "doc-table":
+                "chunks": str(doc.get("chunkCount") or 0),
+                "size": size_label(doc.get("sizeBytes")),
+                "updated": when(doc.get("updateTime") or doc.get("createTime")),
+            }
+            rows[str(doc.get("name"))] = row
+        keys = [str(column.key.value) for column in table.ordered_columns]
+        width = table.size.width or self.size.width or 80
+        # Each column's padding and a vertical scrollbar; a failed state's reason is cut first,
+        # then the title gets what is left (the whole reason: `amelia docs ls`).
+        gaps = 2 * len(keys) + 2
+        fixed = {
+            key: max([len(key)] + [cells(row[key]) for row in rows.values()])
+            for key in keys
+            if key not in ("title", "state")
+        }
+        state_room = max(len("indexing 84% 6784/8008"), (width - sum(fixed.values()) - gaps) // 2)
+        for row in rows.values():
+            row["state"] = shorten(row["state"], state_room, middle=False)
+        state = max([len("State")] + [cells(row["state"]) for row in rows.values()])
+        title_room = max(room_for(width, [*fixed.values(), state], gaps), 12)
+        for name, row in rows.items():
+            row["title"] = shorten(row["title"], title_room)
+            table.add_row(*(row[key] for key in keys), key=name)
+        if self.query_one(ContentSwitcher).current != "doc-results":
+            # A list loaded says so, whatever went wrong before.
             count = len(documents)
             self.query_one("#doc-note", Static).update(
                 f"{count} document{'s' if count != 1 else ''}"

@@ -51,6 +51,9 @@ CLOSE_UNAUTHORIZED = 4401
 BACKOFF_START = 0.25
 BACKOFF_MAX = 5.0
 SEARCH_TIMEOUT = 120.0
+# Sent once more when the connection closed before an answer (see `GatewayApi.call`).
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+CLOSED_BEFORE_ANSWER = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 
 
 class ApiError(Exception):
@@ -102,27 +105,37 @@ class GatewayApi:
         timeout: float | None = None,
     ) -> dict[str, Any]:
         params = {k: v for k, v in (query or {}).items() if v not in (None, "", [])}
-        try:
-            response = await self.http.request(
-                method,
-                path,
-                params=params,
-                json=body if body is not None else None,
-                timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
-            )
-        except httpx.TimeoutException:
-            seconds = self.http.timeout.read if timeout is None else timeout
-            raise ApiError(
-                0, None, self.url, f"no answer within {seconds:.0f} s: is it overloaded?"
-            ) from None
-        except httpx.HTTPError as exc:
-            raise ApiError(
-                0,
-                None,
-                self.url,
-                str(exc) or type(exc).__name__,
-                UNREACHED_HINT,
-            ) from None
+        # A kept-alive connection the gateway closed as idle (uvicorn's keep-alive timeout,
+        # 5 s) just as this request went out on it fails before any answer: "Server
+        # disconnected without sending a response" (QA s26: a false "is the mesh running?"
+        # while the gateway was fine). A request that may be sent twice is sent once more, on
+        # a new connection: a GET, or a POST whose requestId the service takes once.
+        again = method in SAFE_METHODS or (isinstance(body, dict) and bool(body.get("requestId")))
+        for attempt in (1, 2):
+            try:
+                response = await self.http.request(
+                    method,
+                    path,
+                    params=params,
+                    json=body if body is not None else None,
+                    timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
+                )
+                break
+            except httpx.TimeoutException:
+                seconds = self.http.timeout.read if timeout is None else timeout
+                raise ApiError(
+                    0, None, self.url, f"no answer within {seconds:.0f} s: is it overloaded?"
+                ) from None
+            except httpx.HTTPError as exc:
+                if attempt == 1 and again and isinstance(exc, CLOSED_BEFORE_ANSWER):
+                    continue
+                raise ApiError(
+                    0,
+                    None,
+                    self.url,
+                    str(exc) or type(exc).__name__,
+                    UNREACHED_HINT,
+                ) from None
         try:
             payload = response.json()
         except ValueError:

@@ -28,6 +28,7 @@ from amelia_cli.tui.common import (
     amelia,
     ask,
     short_id,
+    shown_status,
     status_of,
     status_text,
     target_of,
@@ -297,7 +298,7 @@ class RunScreen(LiveScreen):
             (f"{short_id(self.run_name)} ", "bold"),
             (target_of(run) or "…", "cyan"),
             "  ",
-            status_text(self.status or "…"),
+            status_text(shown_status(run, self.status) if self.status else "…"),
         )
         created, started = when(run.get("createTime")), when(run.get("startTime"))
         facts = [
@@ -369,7 +370,11 @@ class RunScreen(LiveScreen):
             for key, item in value.items():
                 if key in QUESTION_KEYS:
                     continue
-                body = item if isinstance(item, str) else json.dumps(item, indent=2)
+                body = (
+                    item
+                    if isinstance(item, str)
+                    else json.dumps(item, indent=2, ensure_ascii=False)
+                )
                 details.append(f"{key.replace('_', ' ')}\n", style="bold dim")
                 details.append(f"{body.strip()}\n")
         box = self.query_one("#question-details-box")
@@ -528,7 +533,9 @@ class RunScreen(LiveScreen):
     def _typed(self, event: Input.Submitted) -> None:
         option = self._option("reject")
         if self.rejecting and event.value.strip().rstrip(":").strip() == str(option):
-            self.notify("say why: the question asks for a reason (Esc: not now)", timeout=4)
+            # No reason typed: the rejection alone, as the dashboard and `amelia run` send it
+            # (the reason is optional; the workflow keeps `reason: ''`). QA s26: refused here.
+            self.send_answer(option)
             return
         if event.value.strip():
             self.send_answer(read_answer(event.value))

@@ -15,6 +15,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import DataTable, Footer, Input, Label, Select, Static
 
+from amelia_cli.fit import cells, room_for, shorten
 from amelia_cli.tui.common import (
     ACTIVE,
     STATUSES,
@@ -26,6 +27,7 @@ from amelia_cli.tui.common import (
     cursor_key,
     output_tokens,
     short_id,
+    shown_status,
     status_of,
     status_text,
     target_of,
@@ -132,16 +134,24 @@ class RunsScreen(ListScreen):
         keep = self.selected()
         self.runs = {str(run.get("name")): run for run in runs}
         table.clear()
-        for name, run in self.runs.items():
-            table.add_row(
+        rows = {
+            name: [
                 short_id(name),
                 target_of(run),
-                status_text(status_of(run)),
+                status_text(shown_status(run)),
                 when(run.get("createTime")),
                 took(run.get("duration")),
                 output_tokens(run),
-                key=name,
-            )
+            ]
+            for name, run in self.runs.items()
+        }
+        # The target gets what the other columns leave (a long one loses its middle), so
+        # Status, Created, Took and Tokens stay on the screen (QA s26: a 63-character target
+        # pushed them off at 80 columns).
+        room = self._target_room(list(rows.values()))
+        for name, row in rows.items():
+            row[1] = shorten(str(row[1]), room)
+            table.add_row(*row, key=name)
         if keep in self.runs:
             table.move_cursor(row=table.get_row_index(keep), animate=False)
         filtered = (
@@ -156,6 +166,18 @@ class RunsScreen(ListScreen):
         else:
             note = "No runs match." if filtered else "No runs yet: press n to start one."
         self.query_one("#runs-note", Static).update(note)
+
+    def _target_room(self, rows: list[list[Any]]) -> int:
+        table: DataTable[Any] = self.query_one("#runs-table", DataTable)
+        width = table.size.width or self.size.width or 80
+        headers = [str(column.label) for column in table.ordered_columns]
+        others = [max([len(headers[i])] + [cells(row[i]) for row in rows]) for i in (0, 2, 3, 4, 5)]
+        # Each column's padding (a cell each side) and a vertical scrollbar.
+        return max(room_for(width, others, 2 * len(headers) + 2), 12)
+
+    def on_resize(self) -> None:
+        if self.runs:
+            self.show_runs(list(self.runs.values()))
 
     # -- actions ----------------------------------------------------------------------------
 

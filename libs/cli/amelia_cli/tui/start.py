@@ -112,7 +112,7 @@ class Field:
         elif isinstance(value, str):
             widget.value = value
         else:
-            widget.value = json.dumps(value)
+            widget.value = json.dumps(value, ensure_ascii=False)
 
 
 def fields_of(schema: dict[str, Any]) -> list[Field]:

@@ -66,8 +66,11 @@ def _cut(word: str, width: int) -> int:
 class StreamView(ScrollView, can_focus=True):
     """Appendable, wrapped text; `text` is everything written, `marker()` starts a section."""
 
+    # The scrollbar's gutter is kept from the start: the text is wrapped to the width beside it,
+    # so a long output's scrollbar appearing does not cover the lines' last cells (QA s26: at
+    # 80×24 "tasks" read "task", wrapped at 78 cells and drawn in 76).
     DEFAULT_CSS = """
-    StreamView { background: $surface; }
+    StreamView { background: $surface; scrollbar-gutter: stable; }
     """
 
     def __init__(
@@ -116,7 +119,9 @@ class StreamView(ScrollView, can_focus=True):
             del self._lines[self._last_start :]
         rule = f"── {label} ──"
         self._paragraphs += [(rule, True), ("", False)]
-        self._lines += [(rule, True), ("", False)]
+        # Wrapped as any text is (a long one, "picked up again after an interruption — it
+        # continues from its last checkpoint", was cut at 80 columns).
+        self._lines += [(line, True) for line in wrap(rule, self._width())] + [("", False)]
         self._last_start = len(self._lines) - 1
         self._changed()
 
@@ -138,16 +143,27 @@ class StreamView(ScrollView, can_focus=True):
         width = self._width()
         self._lines = []
         for text, is_marker in self._paragraphs:
-            self._lines += [(text, True)] if is_marker else [(t, False) for t in wrap(text, width)]
+            self._lines += [(t, is_marker) for t in wrap(text, width)]
         self._last_start = len(self._lines) - 1
         self._wrapped_at = width
 
     def _changed(self) -> None:
         self.virtual_size = Size(self._width(), len(self._lines))
         self.refresh()
+        # Whatever changed the room the text has (a scrollbar shown or hidden, a resize
+        # not yet seen), the lines are wrapped again to it once laid out.
+        self.call_after_refresh(self._fit_width)
         if self.following:
             # After the layout took the new size in, so the end is the new end.
             self.call_after_refresh(self.scroll_end, animate=False, immediate=True)
+
+    def _fit_width(self) -> None:
+        if self.is_mounted and self.size.width and self._width() != self._wrapped_at:
+            self._rewrap()
+            self.virtual_size = Size(self._width(), len(self._lines))
+            self.refresh()
+            if self.following:
+                self.call_after_refresh(self.scroll_end, animate=False, immediate=True)
 
     def watch_scroll_y(self, old: float, new: float) -> None:
         super().watch_scroll_y(old, new)

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Awaitable
 from typing import Any
 
+from rich.console import Group
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
@@ -316,9 +317,9 @@ class ThreadScreen(PagedScreen):
         for task in state.get("tasks") or []:
             if task.get("error"):
                 text.append(f"{task.get('node')} failed: {task['error']}\n", style="red")
-        text.append("\n")
-        text.append_text(values_text(dict(state.get("values") or {})))
-        self.query_one("#thread-state-text", Static).update(text)
+        self.query_one("#thread-state-text", Static).update(
+            Group(text, values_text(dict(state.get("values") or {})))
+        )
 
     def _render_messages(self) -> None:
         turns = conversation_of(dict(self.shown.get("values") or {}))

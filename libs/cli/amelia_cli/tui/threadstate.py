@@ -9,6 +9,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from rich.console import Group, RenderableType
+from rich.padding import Padding
 from rich.text import Text
 
 from amelia_cli.tui.eventline import question_of
@@ -106,32 +108,41 @@ def conversation_text(turns: list[tuple[str, str]]) -> Text:
     return text
 
 
-def values_text(values: dict[str, Any]) -> Text:
+def values_text(values: dict[str, Any]) -> Group:
     """Each key in bold, its value under it: text as text, anything else as indented JSON; a
-    conversation is counted (the Messages tab shows it)."""
+    conversation is counted (the Messages tab shows it). A line too long for the screen wraps
+    under its own indentation (QA s26: a JSON value's continuation lines began at the left
+    edge)."""
     if not values:
-        return Text("(no values)", style="dim")
-    text = Text()
+        return Group(Text("(no values)", style="dim"))
+    parts: list[RenderableType] = []
     for key, value in values.items():
-        text.append(f"{key}", style="bold")
+        head = Text(f"{key}", style="bold")
         if key == "messages" and conversation_of(values) is not None:
-            text.append(f"  {plural(len(value), 'message')} (m shows them)\n", style="dim")
+            head.append(f"  {plural(len(value), 'message')} (m shows them)", style="dim")
+            parts.append(head)
             continue
         if isinstance(value, str) and value.strip():
-            text.append("\n" + _indent(value) + "\n")
+            parts += [head, *_indented(value)]
         elif value is None or isinstance(value, str | bool | int | float) or value in ([], {}):
-            text.append(f"  {json.dumps(value)}\n")
+            head.append(f"  {json.dumps(value, ensure_ascii=False)}")
+            parts.append(head)
         else:
-            text.append("\n" + _indent(json.dumps(value, indent=2, ensure_ascii=False)) + "\n")
-    return text
+            parts += [head, *_indented(json.dumps(value, indent=2, ensure_ascii=False))]
+    return Group(*parts)
+
+
+def _indented(body: str) -> list[RenderableType]:
+    """`body`'s lines two cells in, each wrapping under its own indentation."""
+    lines: list[RenderableType] = []
+    for line in body.strip("\n").splitlines():
+        text = line.lstrip(" ")
+        lines.append(Padding(Text(text), (0, 0, 0, 2 + len(line) - len(text))))
+    return lines
 
 
 def plural(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
-
-
-def _indent(body: str) -> str:
-    return "\n".join(f"  {line}" for line in body.strip("\n").splitlines())
 
 
 def questions_of(state: dict[str, Any]) -> list[tuple[str, str]]:
