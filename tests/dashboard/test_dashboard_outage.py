@@ -30,9 +30,11 @@ NO_SIDEWAYS_SCROLL = "() => document.documentElement.scrollWidth <= window.inner
 OUTAGE_NOISE = ("status of 50", "ERR_", "WebSocket", "Failed to load resource")
 
 
-def _unit_pid(mesh: Mesh, unit: str) -> int:
+def _unit_pid(mesh: Mesh, unit: str) -> int | None:
+    """The unit's pid; None while it is not running (the supervisor restarting it)."""
     state = json.loads((mesh.root / "data" / "run" / "mesh.json").read_text())
-    return int(state["units"][unit]["pid"])
+    pid = state["units"][unit]["pid"]
+    return None if pid is None else int(pid)
 
 
 def _wait_serving(mesh: Mesh, old_pid: int | None = None, timeout: float = 90) -> None:
@@ -41,7 +43,8 @@ def _wait_serving(mesh: Mesh, old_pid: int | None = None, timeout: float = 90) -
     while time.monotonic() < deadline:
         try:
             last = mesh.get("/v1/status", timeout=5)
-            restarted = old_pid is None or _unit_pid(mesh, "agents") != old_pid
+            pid = _unit_pid(mesh, "agents")
+            restarted = old_pid is None or (pid is not None and pid != old_pid)
             if restarted and isinstance(last, dict) and last.get("status") == "SERVING":
                 return
         except (httpx.HTTPError, OSError, ValueError, KeyError) as exc:
@@ -117,6 +120,7 @@ def test_screens_and_the_inbox_come_back_after_the_agents_service_is_killed(
     thread = str(paused["thread"]).split("/")[-1]
     try:
         old = _unit_pid(mesh, "agents")
+        assert old is not None, "the agents service is not running"
         os.kill(old, signal.SIGKILL)
         pages = {
             route: _page(context, problems, f"/#/{route}")
@@ -295,6 +299,7 @@ def test_live_turns_stalled_while_nats_is_frozen(
         indicator = page.locator("#connection")
         expect(indicator).to_have_attribute("data-state", "open")
         pid = _unit_pid(mesh, "nats")
+        assert pid is not None, "nats-server is not running"
         os.kill(pid, signal.SIGSTOP)
         try:
             expect(indicator).to_have_attribute("data-state", "stalled", timeout=30_000)
