@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
-from playwright.sync_api import Locator, Page, expect
+from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Locator, Page, expect
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 # WCAG 2 contrast of every visible piece of text against the background it is drawn on.
@@ -95,3 +96,29 @@ def expect_output(page: Page, expected: str, timeout: float = 30_000) -> None:
 
 def expect_status(page: Page, status: str, timeout: float = 60_000) -> None:
     expect(page.locator(f"#run-status [data-status={status}]")).to_be_visible(timeout=timeout)
+
+
+class Problems(list[str]):
+    """Uncaught exceptions and console errors: any of them fails the test."""
+
+
+def open_signed_in(
+    browser: Browser, mesh: Any, viewport: dict[str, int]
+) -> tuple[BrowserContext, Page, Problems]:
+    """A page of `mesh` at `viewport`, signed in and connected, with what it reports as
+    uncaught errors and console errors (a 400 the page shows as a message is not one)."""
+    context = browser.new_context(viewport=viewport, base_url=mesh.url)  # type: ignore[arg-type]
+    context.set_default_timeout(30_000)
+    page = context.new_page()
+    problems = Problems()
+    page.on("pageerror", lambda error: problems.append(f"uncaught: {error}"))
+
+    def console(message: ConsoleMessage) -> None:
+        # A 400 the page shows as a message (a bad filter) is not a page error.
+        if message.type == "error" and "status of 400" not in message.text:
+            problems.append(f"console: {message.text}")
+
+    page.on("console", console)
+    page.goto(f"/?token={mesh.token}#/status")
+    page.wait_for_selector("#connection[data-state=open]")
+    return context, page, problems

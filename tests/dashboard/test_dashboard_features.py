@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 from dashboard_helpers import Mesh
-from dashboard_pages import expect_output, expect_status, shot, start_run
-from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, expect
+from dashboard_pages import expect_output, expect_status, open_signed_in, shot, start_run
+from playwright.sync_api import Browser, Page, expect
 
 pytestmark = pytest.mark.slow
 
@@ -26,34 +26,10 @@ DESKTOP = {"width": 1280, "height": 800}
 NO_SIDEWAYS_SCROLL = "() => document.documentElement.scrollWidth <= window.innerWidth"
 
 
-class Problems(list[str]):
-    """Uncaught exceptions and console errors: any of them fails the test."""
-
-
-def _open(
-    browser: Browser, mesh: Mesh, viewport: dict[str, int]
-) -> tuple[BrowserContext, Page, Problems]:
-    context = browser.new_context(viewport=viewport, base_url=mesh.url)  # type: ignore[arg-type]
-    context.set_default_timeout(30_000)
-    page = context.new_page()
-    problems = Problems()
-    page.on("pageerror", lambda error: problems.append(f"uncaught: {error}"))
-
-    def console(message: ConsoleMessage) -> None:
-        # A 400 the page shows as a message (a bad filter) is not a page error.
-        if message.type == "error" and "status of 400" not in message.text:
-            problems.append(f"console: {message.text}")
-
-    page.on("console", console)
-    page.goto(f"/?token={mesh.token}#/status")
-    page.wait_for_selector("#connection[data-state=open]")
-    return context, page, problems
-
-
 @contextmanager
 def _checked_page(browser: Browser, mesh: Mesh, viewport: dict[str, int]) -> Iterator[Page]:
     """A page that fails the test if it logged an error or threw."""
-    context, page, problems = _open(browser, mesh, viewport)
+    context, page, problems = open_signed_in(browser, mesh, viewport)
     try:
         yield page
     finally:

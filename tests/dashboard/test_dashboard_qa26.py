@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 from dashboard_helpers import Mesh
-from dashboard_pages import shot
-from playwright.sync_api import Browser, ConsoleMessage, Page, expect
+from dashboard_pages import open_signed_in, shot
+from playwright.sync_api import Browser, Page, expect
 
 pytestmark = pytest.mark.slow
 
@@ -40,19 +40,7 @@ def _wait_status(
 
 @pytest.fixture(params=["desktop", "phone"])
 def screen(request: pytest.FixtureRequest, browser: Browser, mesh: Mesh) -> Iterator[Page]:
-    context = browser.new_context(viewport=SIZES[request.param], base_url=mesh.url)  # type: ignore[arg-type]
-    context.set_default_timeout(30_000)
-    page = context.new_page()
-    problems: list[str] = []
-    page.on("pageerror", lambda error: problems.append(f"uncaught: {error}"))
-
-    def console(message: ConsoleMessage) -> None:
-        if message.type == "error" and "status of 400" not in message.text:
-            problems.append(f"console: {message.text}")
-
-    page.on("console", console)
-    page.goto(f"/?token={mesh.token}#/status")
-    expect(page.locator("#connection")).to_have_attribute("data-state", "open")
+    context, page, problems = open_signed_in(browser, mesh, SIZES[request.param])
     try:
         yield page
     finally:
