@@ -15,9 +15,9 @@ from urllib.parse import parse_qs, urlparse
 import httpx
 import pytest
 from dashboard_helpers import Mesh
-from dashboard_pages import shot
+from dashboard_pages import open_signed_in, shot
 from playwright.sync_api import Browser, Page, Route, expect
-from test_dashboard_features import DESKTOP, PHONE, _checked_page, _fits, _open, _run, _wait_run
+from test_dashboard_features import DESKTOP, PHONE, _checked_page, _fits, _run, _wait_run
 
 pytestmark = pytest.mark.slow
 
@@ -183,7 +183,8 @@ def test_an_address_that_names_no_thread_says_so_and_offers_no_message_form(
 ) -> None:
     """`#/threads/<UPPER-CASE UUID>` (an id pasted as another tool spelt it): the service's
     refusal is shown, and no "Send a message" form to a thread that is not one (QA s19)."""
-    context, page, _ = _open(browser, mesh, DESKTOP)  # its 400s are logged: not a checked page
+    # Its 400s are logged: not a checked page.
+    context, page, _ = open_signed_in(browser, mesh, DESKTOP)
     try:
         page.goto(f"/#/threads/{str(uuid.uuid4()).upper()}")
         expect(page.locator("#thread-error")).to_contain_text("canonical form")
