@@ -255,6 +255,11 @@ class Settings(BaseSettings):
     GATEWAY_MAX_REPLAYS: int = Field(default=64, ge=1)
     WS_MAX_FILTERS: int = Field(default=20, ge=1)
     WS_MAX_REPLAYS: int = Field(default=4, ge=1)
+    # NDJSON streams (`/v1/events:stream`, `/v1/runs/{run}:stream`, `/v1/runs:stream`) open at
+    # once in the gateway: each is an upstream call of its own (a reader of the event log or of a
+    # run), which one client looping `curl -N` could otherwise open until the events service's
+    # EVENTS_MAX_STREAMS was all theirs. One more is refused (429, RESOURCE_EXHAUSTED).
+    GATEWAY_MAX_HTTP_STREAMS: int = Field(default=100, ge=1)
     MAX_REQUEST_BYTES: int = Field(default=8 * 1024 * 1024, ge=1024)
     # Gateway: default deadline of a unary call passed upstream (a client may send its own with
     # `X-Request-Timeout` / `grpc-timeout`), and of a streamed document upload.

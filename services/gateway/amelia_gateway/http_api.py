@@ -8,12 +8,13 @@ answer proto JSON, or the google.rpc.Status JSON of the error with grpc-gateway'
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from amelia.v1 import agents_pb2
 from amelia_common.grpc_client import reissue_while_unavailable
@@ -212,11 +213,13 @@ async def _stream(
     rule = found.rule
     upstream = gateway.upstreams[rule.service]
     timeout = client_timeout(request, 0.0) or None
+    _admit_stream(gateway)
     call = gateway.upstreams.callable(rule.service, rule.rpc)(
         message, timeout=timeout, metadata=metadata(rid)
     )
     first = asyncio.ensure_future(call.read())
     opened = asyncio.ensure_future(call.initial_metadata())
+    gateway.http_streams_opening += 1
     try:
         if rule.resumes_as_run:
             # A create (CreateAndStreamRun): its answer — the run, or why not — is awaited as
@@ -256,6 +259,7 @@ async def _stream(
             raise waiting_for(upstream, dependency)
     finally:
         settle(opened)
+        gateway.http_streams_opening -= 1
     gateway.http_streams.add(call)
     down: list[str] = []
 
@@ -355,11 +359,46 @@ async def _stream(
             call.cancel()
             gateway.http_streams.discard(call)
 
-    return StreamingResponse(
+    def release() -> None:
+        call.cancel()
+        gateway.http_streams.discard(call)
+
+    return _UpstreamStream(
         lines(),
+        release,
         media_type=NDJSON,
         headers={"X-Request-Id": rid, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+class _UpstreamStream(StreamingResponse):
+    """An NDJSON body that lets its upstream call go however the response ends. The body's
+    generator does so in its `finally`, but only once it has started: a response cancelled
+    before its first step (Starlette cancels it when it sees the client gone) would leave the
+    call open upstream and counted against GATEWAY_MAX_HTTP_STREAMS for good."""
+
+    def __init__(self, content: AsyncIterator[str], release: Callable[[], None], **kw: Any) -> None:
+        super().__init__(content, **kw)
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
+
+
+def _admit_stream(gateway: Gateway) -> None:
+    """Refuse an NDJSON stream past GATEWAY_MAX_HTTP_STREAMS (open, or being opened)."""
+    limit = gateway.settings.GATEWAY_MAX_HTTP_STREAMS
+    if len(gateway.http_streams) + gateway.http_streams_opening >= limit:
+        gateway.counters["httpRefusedStreams"] += 1
+        raise GatewayError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"too many streams: this gateway serves {limit} NDJSON streams at once "
+            "(GATEWAY_MAX_HTTP_STREAMS); close one and try again, or follow events over a "
+            "WebSocket, whose subscriptions share one stream per filter",
+        )
 
 
 def _last_sequence(item: Any, last: int) -> int:

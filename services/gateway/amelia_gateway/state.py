@@ -49,6 +49,7 @@ class Gateway:
         )
         self.connections: dict[str, Connection] = {}
         self.http_streams: set[Any] = set()  # open NDJSON streams' gRPC calls
+        self.http_streams_opening = 0  # NDJSON streams whose upstream call is being opened
         # The most bytes one socket held (its send queue and catch-up buffers) so far.
         self.queued_bytes_peak = 0
         self.stopping = asyncio.Event()
@@ -62,6 +63,8 @@ class Gateway:
             # GATEWAY_MAX_FILTERS in all).
             "wsRefusedFilters": 0,
             "httpRequests": 0,
+            # NDJSON streams refused for one too many (GATEWAY_MAX_HTTP_STREAMS).
+            "httpRefusedStreams": 0,
         }
 
     def stats(self) -> dict[str, Any]:
@@ -74,6 +77,7 @@ class Gateway:
             "queuedMessages": queued,
             "queuedBytes": sum(c.queued_bytes for c in self.connections.values()),
             "httpStreams": len(self.http_streams),
+            "maxHttpStreams": self.settings.GATEWAY_MAX_HTTP_STREAMS,
             **self.hub.stats(),
             **self.counters,
             "wsQueuedBytesPeak": self.queued_bytes_peak,
