@@ -108,4 +108,3 @@ async def test_clients_that_leave_at_once_give_their_slots_and_calls_back(
     async with httpx.AsyncClient(base_url=small.url, timeout=30) as http, AsyncExitStack() as s:
         for _ in range(LIMIT):
             await _open(s, http, subject)
-

@@ -48,9 +48,14 @@ def test_since_a_time(value: str) -> None:
     assert since.time.seconds == NEW_YEAR
 
 
-def test_a_time_without_a_zone_is_utc() -> None:
-    since = parse_since("2026-01-01T00:00:00", run=False)
-    assert since.time is not None and since.time.seconds == NEW_YEAR
+def test_a_time_without_a_zone_is_refused_as_over_http() -> None:
+    """`startTime` and `createdAfter` over HTTP refuse a time without a zone; the socket took it
+    as UTC (QA s27 L2): the same rule and message now (`transcode.read_timestamp`)."""
+    with pytest.raises(ProtocolError) as refused:
+        parse_since("2026-01-01T00:00:00", run=False)
+    assert str(refused.value) == (
+        'since: must be an RFC 3339 time like "2026-01-01T00:00:00Z", got "2026-01-01T00:00:00"'
+    )
 
 
 REFUSED_SINCE: list[tuple[Any, bool, str]] = [
@@ -63,7 +68,9 @@ REFUSED_SINCE: list[tuple[Any, bool, str]] = [
     ("2026-01-01T00:00:00Z", True, "a run subscription starts at a sequence or 'beginning'"),
     ("yesterday", False, "'yesterday' is not a sequence, an RFC 3339 time"),
     ("x" * 100, False, "'xxxxxxxx"),
-    ("0001-01-01T00:00:00+14:00", False, "is out of range"),
+    ("0001-01-01T00:00:00+14:00", False, "since: must be an RFC 3339 time like"),
+    ("2026-01-01T00:00:00+24:00", False, "its UTC offset from -23:59 to +23:59"),
+    ("2026-01-01", False, 'got "2026-01-01"'),
 ]
 
 
@@ -79,7 +86,6 @@ SPECS: list[tuple[dict[str, Any], FeedSpec]] = [
     ({}, FeedSpec()),
     ({"run": RUN}, FeedSpec(run=RUN, since=Since("beginning"))),
     ({"run": RUN, "since": 9}, FeedSpec(run=RUN, since=Since("after", 9))),
-    ({"filter": {"types": "run.*"}}, FeedSpec(types=("run.*",))),
     (
         {"filter": {"types": ["b", "a", "b"], "subject": "runs/*"}},
         FeedSpec(types=("a", "b"), subject="runs/*"),
@@ -126,12 +132,16 @@ REFUSED_SPECS: list[tuple[dict[str, Any], str]] = [
     ({"filter": {"subject": "runs/a/b"}}, "must look like 'collection/id'"),
     ({"filter": {"subject": "Runs/x"}}, "must look like 'collection/id'"),
     ({"filter": {"subject": "runs/" + "x" * 300}}, "must look like 'collection/id'"),
-    ({"filter": []}, "'filter' must be an object with 'types' and/or 'subject'"),
-    ({"filter": {"x": 1, "a": 2}}, "unknown filter field(s): a, x"),
+    # The filter's shape: proto JSON's rules for an EventFilter, as over HTTP (QA s27 L2: a
+    # string for `types` was taken as one pattern), in the body's words.
+    ({"filter": []}, "subscribe: filter: must be a JSON object, got []"),
+    ({"filter": "run.*"}, 'subscribe: filter: must be a JSON object, got "run.*"'),
+    ({"filter": {"x": 1, "a": 2}}, 'unknown field "x" in filter; its fields are types, subject'),
+    ({"filter": {"types": "run.*"}}, 'subscribe: filter.types: must be a JSON array, got "run.*"'),
     ({"filter": {"types": [""]}}, "'filter.types' must be a list of type patterns"),
-    ({"filter": {"types": [1]}}, "'filter.types' must be a list of type patterns"),
-    ({"filter": {"types": {"a": 1}}}, "'filter.types' must be a list of type patterns"),
-    ({"filter": {"subject": 1}}, "'filter.subject' must be a string"),
+    ({"filter": {"types": [1]}}, "filter.types: must be a JSON array, each item a string"),
+    ({"filter": {"types": {"a": 1}}}, "filter.types: must be a JSON array"),
+    ({"filter": {"subject": 1}}, "subscribe: filter.subject: must be a string, got 1"),
     ({"batch": "yes"}, "'batch' must be true or false"),
     ({"run": RUN, "since": "now"}, "a run subscription replays the run"),
 ]

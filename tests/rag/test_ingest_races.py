@@ -6,7 +6,7 @@ Two ingests of one name give one document holding the content committed last, an
 `document.uploaded` says truly whether it replaced a stored document.
 
 The interleaving is arranged, not hoped for: the test holds, from a connection of its own, the
-advisory lock an ingest of that name takes to store it (store.py `_locked_identity`), waits
+advisory lock an ingest of that name takes to store it (store.py `_locked_document`), waits
 until PostgreSQL shows the ingest waiting on it (so it has read, parsed and chunked), lets the
 delete or the other ingest happen, then lets go.
 """

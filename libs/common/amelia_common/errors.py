@@ -189,6 +189,18 @@ def shorten_echoes(message: str) -> str:
     return _LONG_ECHO.sub(_shortened, message)
 
 
+def check_text(value: str, field: str, limit: int) -> None:
+    """Raise InvalidArgumentError naming `field` and `limit` when `value` is longer than `limit`
+    characters, or not storable text (NUL): every bounded text field of a request goes through
+    here, before anything is stored (`agent.description is 600 characters; at most 512 are
+    accepted`)."""
+    if len(value) > limit:
+        raise InvalidArgumentError(
+            f"{field} is {len(value)} characters; at most {limit} are accepted"
+        )
+    check_json(value, field)
+
+
 # A client's request id / idempotency key: the gateway's X-Request-Id header and the request_id
 # of CreateRun, ForkRun and RerunRun are held to the same length (it is stored, and looked up).
 MAX_REQUEST_ID_LENGTH = 128

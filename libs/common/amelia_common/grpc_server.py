@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import gc
 import inspect
+import re
 import signal
 import time
 import uuid
@@ -35,6 +36,7 @@ from grpc_reflection.v1alpha import reflection
 from amelia_common import metrics, telemetry
 from amelia_common.auth import token_ok
 from amelia_common.errors import (
+    MAX_REQUEST_ID_LENGTH,
     InvalidArgumentError,
     UnavailableError,
     as_amelia_error,
@@ -53,6 +55,9 @@ ShutdownHook = Callable[[], Awaitable[None]]
 DEPENDENCY_PREFIX = "dependency/"
 
 REQUEST_ID = "x-request-id"
+# The form of a request id a caller may choose (1-128 of [A-Za-z0-9._:-]): one rule for the
+# gateway's `X-Request-Id` header and the services' `x-request-id` metadata (`request_id_of`).
+REQUEST_ID_FORM = re.compile(rf"[A-Za-z0-9._:-]{{1,{MAX_REQUEST_ID_LENGTH}}}")
 # Trailing metadata a gRPC client's retry policy obeys: a negative value means "do not retry".
 RETRY_PUSHBACK = "grpc-retry-pushback-ms"
 NO_RETRY = "-1"
@@ -144,6 +149,14 @@ def _metadata_value(context: grpc.aio.ServicerContext, key: str) -> str:
         if k == key:
             return v if isinstance(v, str) else v.decode()
     return ""
+
+
+def request_id_of(given: str) -> str:
+    """The request id of a call: the caller's when it is in REQUEST_ID_FORM, else a new one.
+    An id of any other form (spaces, `<>`, 500 characters, control characters) is replaced
+    rather than refused, as the gateway does with its header: it goes into the trailer, the
+    error's RequestInfo and every log line of the call, so it must be one short token there."""
+    return given if REQUEST_ID_FORM.fullmatch(given) else uuid.uuid4().hex
 
 
 def token_from_metadata(context: grpc.aio.ServicerContext) -> str:
@@ -269,7 +282,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         )
 
     async def _enter(self, context: grpc.aio.ServicerContext, method: str, public: bool) -> str:
-        request_id = _metadata_value(context, REQUEST_ID) or uuid.uuid4().hex
+        request_id = request_id_of(_metadata_value(context, REQUEST_ID))
         structlog.contextvars.bind_contextvars(request_id=request_id, rpc=method)
         # Trailing, not initial, metadata: a streaming handler decides when its headers go out
         # (StreamEvents sends them once it is subscribed).

@@ -14,7 +14,8 @@ from amelia.v1 import agents_pb2
 from amelia_agents import convert, retrieval, tools
 from amelia_agents.llm import ModelError, local_provider, parse_model
 from amelia_agents.runtime import DEFAULT_RETRY_ATTEMPTS, DEFAULT_TIMEOUT_SECONDS
-from amelia_common.errors import InvalidArgumentError, check_json
+from amelia_common.errors import InvalidArgumentError, check_json, check_text
+from amelia_common.fieldmask import mask_paths
 from amelia_common.settings import Settings
 
 Agent: TypeAlias = agents_pb2.Agent
@@ -43,13 +44,10 @@ def _text(name: str) -> Validator:
 
 
 def check_lengths(agent: Agent) -> None:
-    """InvalidArgumentError naming the first text field longer than its TEXT_LIMITS."""
+    """InvalidArgumentError naming the first text field longer than its TEXT_LIMITS, or holding
+    NUL."""
     for name, limit in TEXT_LIMITS.items():
-        length = len(getattr(agent, name))
-        if length > limit:
-            raise InvalidArgumentError(
-                f"agent.{name} is {length} characters; at most {limit} are accepted"
-            )
+        check_text(getattr(agent, name), f"agent.{name}", limit)
 
 
 def model(agent: Agent, settings: Settings) -> str:
@@ -172,12 +170,7 @@ def set_in(agent: Agent) -> list[str]:
 
 
 def mask_fields(paths: Sequence[str], agent: Agent) -> list[str]:
-    """An update mask's field names (comma-separated paths allowed); the fields `agent` sets
-    when the mask is empty; InvalidArgumentError naming unknown ones."""
-    mask = [f.strip() for path in paths for f in path.split(",") if f.strip()]
-    unknown = [f for f in mask if f not in FIELDS]
-    if unknown:
-        raise InvalidArgumentError(
-            f"update_mask has unknown fields {unknown}; allowed: {', '.join(NAMES)}"
-        )
-    return mask or set_in(agent)
+    """An update mask's field names (`fieldmask.mask_paths`: comma-separated, snake_case or
+    lowerCamelCase); the fields `agent` sets when the mask is empty; InvalidArgumentError naming
+    unknown ones."""
+    return mask_paths(paths, NAMES) or set_in(agent)

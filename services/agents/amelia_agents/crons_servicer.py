@@ -28,6 +28,7 @@ from amelia_agents.servicer import AgentServicer
 from amelia_common import paging
 from amelia_common.errors import InvalidArgumentError, check_request_id
 from amelia_common.eventlog import EventLog, timestamp_problem
+from amelia_common.fieldmask import mask_paths
 from amelia_common.names import BadNameError, uuid_name
 
 Ctx = Any
@@ -372,14 +373,10 @@ def _iso(moment: datetime) -> str:
 
 
 def _mask(paths: Any, cron: crons_pb2.Cron) -> list[str]:
-    """An update mask's fields (comma-separated paths allowed); the updatable fields `cron`
-    sets when it is empty; INVALID_ARGUMENT naming unknown ones, or when nothing would change."""
-    mask = [f.strip() for path in paths for f in path.split(",") if f.strip()]
-    unknown = [f for f in mask if f not in UPDATABLE]
-    if unknown:
-        raise InvalidArgumentError(
-            f"update_mask has unknown fields {unknown}; allowed: {', '.join(UPDATABLE)}"
-        )
+    """An update mask's fields (`fieldmask.mask_paths`: comma-separated, snake_case or
+    lowerCamelCase); the updatable fields `cron` sets when it is empty; INVALID_ARGUMENT naming
+    unknown ones, or when nothing would change."""
+    mask = mask_paths(paths, UPDATABLE)
     if not mask:
         present = {field.name for field, _ in cron.ListFields()}
         mask = [name for name in UPDATABLE if name in present]

@@ -4,10 +4,13 @@ The grammar is AIP-160's: `a b` and `a AND b` both mean AND; OR binds tighter th
 (`a AND b OR c` is `a AND (b OR c)`); `NOT x` and `-x` negate; parentheses group. A restriction
 is `field op value` with op one of `= != < <= > >= :`; a bare word or quoted string is a text
 search (any case) in the run's input, output and error. Values are words or quoted strings.
-`input.<key>` and `output.<key>` reach into the run's JSON (`json_restriction`).
+`input.<key>` and `output.<key>` reach into the run's JSON (`json_restriction`). `field:*` is
+AIP-160's "has": the run has a value for the field (`_present`).
 
 Everything is checked before a query is built: an unknown field, an operator a field does not
-take, or a value of the wrong kind is an InvalidArgumentError naming it and where it is.
+take, a value of the wrong kind or outside the field's range (a number PostgreSQL would refuse
+to bind), or nesting deeper than MAX_DEPTH (each parenthesis, `NOT` and `-` is a level the parser
+recurses into) is an InvalidArgumentError naming it and where it is.
 """
 
 from __future__ import annotations
@@ -29,6 +32,13 @@ from amelia_common.names import uuid_name
 
 MAX_FILTER_LENGTH = 2000
 MAX_DEPTH = 32
+HAS = "*"  # `field:*`
+# A number as JSON writes one: no spaces, signs other than a leading '-', '_' or other digits.
+_JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+_WHOLE_NUMBER = re.compile(r"-?[0-9]+")
+# The numbers `input.<key>`/`output.<key>` compare with: PostgreSQL's numeric holds these
+# exactly (and far beyond the doubles a Struct stores); further is refused, not an error there.
+MAX_NUMBER_EXPONENT = 1000
 COMPARISONS = ("=", "!=", "<", "<=", ">", ">=")
 _TOKEN = re.compile(
     r"""\s*(?:(?P<op>!=|<=|>=|=|<|>|:|\(|\))|"(?P<dq>(?:[^"\\]|\\.)*)"|'(?P<sq>(?:[^'\\]|\\.)*)'"""
@@ -96,11 +106,22 @@ def _time(value: str) -> datetime:
     return stamp
 
 
-def _integer(value: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise InvalidArgumentError(f"filter: {value!r} is not a whole number") from None
+def _whole(name: str, bits: int) -> Callable[[str], int]:
+    """The parser of a field held in a `bits`-bit integer column: a value outside its range is
+    refused naming the range (PostgreSQL would refuse to bind it)."""
+    low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+
+    def parse(value: str) -> int:
+        if not _WHOLE_NUMBER.fullmatch(value):
+            raise InvalidArgumentError(f"filter: {value!r} is not a whole number")
+        number = int(value)
+        if not low <= number <= high:
+            raise InvalidArgumentError(
+                f"filter: {name} holds whole numbers from {low} to {high}; {value} is outside"
+            )
+        return number
+
+    return parse
 
 
 def _thread(value: str) -> uuid.UUID:
@@ -113,21 +134,26 @@ class Field:
     parse: Callable[[str], Any]
     operators: tuple[str, ...]
     text: bool = False  # `:` means contains, any case
+    unset: Any = None  # besides NULL, the value that means the run has none (`field:*` false)
 
 
 _EQUALITY = ("=", "!=")
 FIELDS: dict[str, Field] = {
     "status": Field(RunRow.status, _status, _EQUALITY),
-    "workflow": Field(RunRow.workflow, lambda v: v.removeprefix("workflows/"), _EQUALITY),
-    "agent": Field(RunRow.agent_id, lambda v: v.removeprefix("agents/"), _EQUALITY),
+    "workflow": Field(RunRow.workflow, lambda v: v.removeprefix("workflows/"), _EQUALITY, unset=""),
+    "agent": Field(RunRow.agent_id, lambda v: v.removeprefix("agents/"), _EQUALITY, unset=""),
     "thread": Field(RunRow.thread_id, _thread, _EQUALITY),
     "create_time": Field(RunRow.create_time, _time, COMPARISONS),
     "start_time": Field(RunRow.start_time, _time, COMPARISONS),
     "end_time": Field(RunRow.end_time, _time, COMPARISONS),
-    "usage.input_tokens": Field(RunRow.input_tokens, _integer, COMPARISONS),
-    "usage.output_tokens": Field(RunRow.output_tokens, _integer, COMPARISONS),
-    "attempt": Field(RunRow.attempt, _integer, COMPARISONS),
-    "error": Field(RunRow.error, str, (*_EQUALITY, ":"), text=True),
+    "usage.input_tokens": Field(
+        RunRow.input_tokens, _whole("usage.input_tokens", 64), COMPARISONS, unset=0
+    ),
+    "usage.output_tokens": Field(
+        RunRow.output_tokens, _whole("usage.output_tokens", 64), COMPARISONS, unset=0
+    ),
+    "attempt": Field(RunRow.attempt, _whole("attempt", 32), COMPARISONS, unset=0),
+    "error": Field(RunRow.error, str, (*_EQUALITY, ":"), text=True, unset=""),
     "input": Field(cast(RunRow.input, Text), str, (":",), text=True),
     "output": Field(cast(RunRow.output, Text), str, (":",), text=True),
 }
@@ -185,11 +211,19 @@ class _Parser:
         token = self.peek()
         return token is not None and token.kind == "word" and token.value == value
 
-    def expression(self) -> ColumnElement[bool]:
-        """sequence {AND sequence}; a sequence is factors side by side (also AND)."""
+    def deeper(self) -> None:
+        """One more level the parser recurses into (a parenthesis, `NOT` or `-`): past MAX_DEPTH
+        the filter is refused, long before Python's recursion limit."""
         self.depth += 1
         if self.depth > MAX_DEPTH:
-            raise InvalidArgumentError(f"filter: nested more than {MAX_DEPTH} levels deep")
+            raise InvalidArgumentError(
+                f"filter: nested more than {MAX_DEPTH} levels deep (each parenthesis, NOT and "
+                "'-' is a level)"
+            )
+
+    def expression(self) -> ColumnElement[bool]:
+        """sequence {AND sequence}; a sequence is factors side by side (also AND)."""
+        self.deeper()
         parts = [self.factor()]
         while self.peek() is not None and not self.is_op(")"):
             if self.is_word("AND"):
@@ -208,14 +242,20 @@ class _Parser:
     def term(self) -> ColumnElement[bool]:
         if self.is_word("NOT"):
             self.index += 1
-            return not_(self.term())
+            return self.negated()
         token = self.peek()
         if token is not None and token.kind == "word" and token.value.startswith("-"):
             if len(token.value) == 1:
                 raise InvalidArgumentError(f"filter: '-' at {token.at} must touch what it negates")
             self.tokens[self.index] = Token("word", token.value[1:], token.at + 1)
-            return not_(self.term())
+            return self.negated()
         return self.simple()
+
+    def negated(self) -> ColumnElement[bool]:
+        self.deeper()
+        inner = self.term()
+        self.depth -= 1
+        return not_(inner)
 
     def simple(self) -> ColumnElement[bool]:
         token = self.take()
@@ -236,17 +276,20 @@ class _Parser:
         value = self.take()
         if value.kind == "op":
             raise InvalidArgumentError(f"filter: {token.value} {op} needs a value at {value.at}")
-        return self.restriction(token, op, value.value)
+        has = op == ":" and value.kind == "word" and value.value == HAS  # quoted "*" is text
+        return self.restriction(token, op, value.value, has)
 
-    def restriction(self, name: Token, op: str, raw: str) -> ColumnElement[bool]:
+    def restriction(self, name: Token, op: str, raw: str, has: bool = False) -> ColumnElement[bool]:
         if name.kind == "word" and name.value.split(".", 1)[0] in JSON_FIELDS and "." in name.value:
-            return json_restriction(name, op, raw)
+            return json_restriction(name, op, raw, has)
         field = FIELDS.get(name.value)
         if field is None or name.kind != "word":
             raise InvalidArgumentError(
                 f"filter: unknown field {name.value!r} at {name.at}; fields: {', '.join(FIELDS)}, "
                 "input.<key>, output.<key>"
             )
+        if has:
+            return _present(name.value, field)
         if op not in field.operators:
             raise InvalidArgumentError(
                 f"filter: {name.value} takes {' '.join(field.operators)}, not {op!r}"
@@ -256,16 +299,27 @@ class _Parser:
         return _compare(field.column, op, field.parse(raw))
 
 
+def _present(name: str, field: Field) -> ColumnElement[bool]:
+    """`name:*`: the run has a value for the field — not NULL (JSON null for `input`/`output`),
+    nor the empty text or 0 proto3 leaves out of a Run (`error`, `attempt`, `usage.*`)."""
+    if name in JSON_FIELDS:
+        column = JSON_FIELDS[name]
+        return and_(column.is_not(None), func.jsonb_typeof(column) != "null")
+    if field.unset is None:
+        return field.column.is_not(None)
+    return and_(field.column.is_not(None), field.column != field.unset)
+
+
 JSON_FIELDS = {"input": RunRow.input, "output": RunRow.output}
 _JSON_KEY = re.compile(r"[A-Za-z0-9_-]{1,100}")
 MAX_JSON_PATH = 8
 
 
-def json_restriction(name: Token, op: str, raw: str) -> ColumnElement[bool]:
+def json_restriction(name: Token, op: str, raw: str, has: bool = False) -> ColumnElement[bool]:
     """`input.<key>` or `output.<key>` (dots go deeper: `input.options.mode`): `=` and `!=`
     compare as numbers or as text (`input.count = 3` matches 3, 3.0 and "3"; a missing key is
-    not equal), `:` is contains (any case), `< <= > >=` compare numbers and hold only for values
-    that are numbers."""
+    not equal), `:` is contains (any case), `:*` holds when the key is there (even holding
+    null), `< <= > >=` compare numbers and hold only for values that are numbers."""
     field, *path = name.value.split(".")
     if not path or len(path) > MAX_JSON_PATH or not all(_JSON_KEY.fullmatch(k) for k in path):
         raise InvalidArgumentError(
@@ -273,13 +327,15 @@ def json_restriction(name: Token, op: str, raw: str) -> ColumnElement[bool]:
             f"'_' or '-', at most {MAX_JSON_PATH} deep"
         )
     column = JSON_FIELDS[field]
+    if has:
+        return func.jsonb_extract_path(column, *path).is_not(None)
     as_text = func.jsonb_extract_path_text(column, *path)
     if op == ":":
         return as_text.ilike(_like(raw))
     if op in _EQUALITY:
         matched = json_equal(column, path, raw)
         return matched if op == "=" else not_(matched)
-    return _compare(_json_number(column, path), op, _number(raw))
+    return _compare(_json_number(column, path), op, _number(raw, name.value))
 
 
 def _json_number(column: Any, path: list[str]) -> Any:
@@ -295,24 +351,37 @@ def json_equal(column: Any, path: list[str], raw: str) -> ColumnElement[bool]:
     3, 3.0 and "3"); a missing key is not equal. Also ListThreads' `metadata_filter`."""
     # JSON numbers from a Struct are doubles (3 is stored 3.0): equal as numbers, or as text.
     equal = func.jsonb_extract_path_text(column, *path) == raw
-    if _is_number(raw):
-        equal = or_(equal, _json_number(column, path) == _number(raw))
+    number = json_number(raw)
+    if number is not None:
+        equal = or_(equal, _json_number(column, path) == number)
     return func.coalesce(equal, false())
 
 
-def _is_number(value: str) -> bool:
-    try:
-        return Decimal(value).is_finite()
-    except ArithmeticError:
-        return False
-
-
-def _number(value: str) -> Decimal:
+def json_number(value: str) -> Decimal | None:
+    """`value` as a number if it is one as JSON writes it (`2`, `-2.5`, `1e3`; not ` 2`, `+2`,
+    `1_000` or `NaN`: those are only text) within MAX_NUMBER_EXPONENT, else None. ListThreads'
+    and ListThreadHistory's `metadata_filter` compare numbers by it too."""
+    if not _JSON_NUMBER.fullmatch(value):
+        return None
     try:
         number = Decimal(value)
-    except ArithmeticError:
-        raise InvalidArgumentError(f"filter: {value!r} is not a number") from None
-    if not number.is_finite():
+    except ArithmeticError:  # an exponent past what Decimal holds
+        return None
+    if not number:
+        return Decimal(0)  # 0e99999 is 0 (PostgreSQL would refuse the scale)
+    if not -MAX_NUMBER_EXPONENT <= number.adjusted() <= MAX_NUMBER_EXPONENT:
+        return None
+    return number
+
+
+def _number(value: str, name: str) -> Decimal:
+    number = json_number(value)
+    if number is None:
+        if _JSON_NUMBER.fullmatch(value):
+            raise InvalidArgumentError(
+                f"filter: {name} {value} is out of range: numbers are compared from "
+                f"1e-{MAX_NUMBER_EXPONENT} to 1e{MAX_NUMBER_EXPONENT} in size (and 0)"
+            )
         raise InvalidArgumentError(f"filter: {value!r} is not a number")
     return number
 
@@ -335,4 +404,4 @@ def compile_filter(source: str) -> ColumnElement[bool] | None:
     return condition
 
 
-__all__ = ["FIELDS", "compile_filter", "text_search"]
+__all__ = ["FIELDS", "compile_filter", "json_equal", "json_number", "text_search"]

@@ -136,9 +136,29 @@ class RunOrder:
             if key != self.key:
                 raise ValueError(key)
             number = int(value) if self.key == "usage.total_tokens" else Decimal(value)
+            low, high = _SORT_KEY_RANGE[self.key]
+            # Not a value the key ever has (or one PostgreSQL cannot bind): a made-up token.
+            if not low <= number <= high or _places(number) > _MAX_PLACES:
+                raise ValueError(value)
             return number, uuid.UUID(last)
         except (ValueError, ArithmeticError):
             raise InvalidArgumentError(paging.BAD_TOKEN) from None
+
+
+# What a token's sort key can hold, as PostgreSQL would bind it: the sum of two bigint token
+# counts; a duration's seconds (or its stand-in for unfinished runs, `_NO_DURATION_LAST`). A
+# token with another value was not made here, and is refused as such rather than failing the
+# query.
+_SORT_KEY_RANGE: dict[str, tuple[Any, Any]] = {
+    "usage.total_tokens": (-(2**63), 2**63 - 1),
+    "duration": (_NO_DURATION_LAST[True], _NO_DURATION_LAST[False]),
+}
+_MAX_PLACES = 40  # a duration's seconds have 6 decimal places (a double's text, a few more)
+
+
+def _places(number: int | Decimal) -> int:
+    exponent = number.as_tuple().exponent if isinstance(number, Decimal) else 0
+    return -exponent if isinstance(exponent, int) else 0
 
 
 RUN_ORDERS = {

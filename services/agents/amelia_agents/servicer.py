@@ -50,6 +50,7 @@ from amelia_common.errors import (
     NotFoundError,
     UnavailableError,
     check_request_id,
+    check_text,
 )
 from amelia_common.eventlog import timestamp_problem
 from amelia_common.logging import get_logger
@@ -72,6 +73,9 @@ log = get_logger("amelia.agents.api")
 
 Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 CANCEL_CONFIRM_SECONDS = 3.0
+# CancelRun's `reason` becomes the run's `error` and rides in its cancel events: a note for a
+# person, held to a size every event (NATS' 1 MiB) and every reader (gRPC's 4 MiB) can carry.
+MAX_CANCEL_REASON = 1024
 STEPS_PAGE_DEFAULT = 100
 STEPS_PAGE_MAX = 1000
 
@@ -547,7 +551,8 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         self, request: agents_pb2.CancelRunRequest, context: Ctx
     ) -> agents_pb2.CancelRunResponse:
         rid = convert.run_id(request.name)
-        reason = request.reason.replace("\x00", "").strip() or "cancelled"
+        check_text(request.reason, "reason", MAX_CANCEL_REASON)
+        reason = request.reason.strip() or "cancelled"
         found, changed = await self.store.cancel(rid, reason)
         row = convert.found(found, convert.run_name(rid))
         if not changed:

@@ -81,12 +81,15 @@ def metadata_condition(wanted: Mapping[str, str]) -> ColumnElement[bool] | None:
 
 
 def _equal(value: Any, raw: str) -> bool:
-    """`json_equal` for a checkpoint's metadata, read in Python: as numbers or as text."""
+    """`json_equal` for a checkpoint's metadata, read in Python: as numbers (`raw` written as
+    JSON writes a number, `filtering.json_number`: " 2" is text, not 2) or as text."""
     if value is None:
         return False
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    number = filtering.json_number(raw)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and number is not None:
         with contextlib.suppress(ArithmeticError):
-            return Decimal(str(value)) == Decimal(raw)
+            if Decimal(str(value)) == number:
+                return True
     return (value if isinstance(value, str) else json.dumps(value)) == raw
 
 

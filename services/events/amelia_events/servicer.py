@@ -273,10 +273,10 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
         self, request: events_pb2.GetEventRequest, context: grpc.aio.ServicerContext
     ) -> events_pb2.GetEventResponse:
         match = _EVENT_NAME.match(request.name)
-        if match is None:
+        if match is None or int(match.group(1)) >= 2**64:  # a uint64, as every sequence
             raise InvalidArgumentError(
-                f"name {request.name[:100]!r} must be 'events/{{sequence}}' with a positive "
-                "sequence, e.g. 'events/42'"
+                f"name {request.name[:100]!r} must be 'events/{{sequence}}' with a sequence "
+                "from 1 to 18446744073709551615, e.g. 'events/42'"
             )
         with self._naming_nats():
             event = await self.event_log.get(int(match.group(1)))

@@ -27,9 +27,9 @@ from amelia_gateway.errors import (
 )
 from amelia_gateway.requests import (
     NDJSON,
+    check_json_body_type,
     client_timeout,
     gateway_of,
-    is_json,
     is_upload,
     read_body,
     refuse_encoded_body,
@@ -100,13 +100,7 @@ async def _request_message(gateway: Gateway, request: Request, found: Match) -> 
     raw = b""
     query = list(request.query_params.multi_items())
     if rule.body:
-        content_type = request.headers.get("content-type", "application/json")
-        if not is_json(content_type):
-            raise GatewayError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"send the request as application/json, not {content_type!r}",
-                http_status=415,
-            )
+        check_json_body_type(request)
         raw = await read_body(request, gateway.settings.MAX_REQUEST_BYTES)
 
     def transcode() -> Any:

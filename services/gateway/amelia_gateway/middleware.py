@@ -9,8 +9,6 @@ gateway's own routes), so the 405's `Allow`, OPTIONS and CORS preflights always 
 
 from __future__ import annotations
 
-import re
-import uuid
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
@@ -23,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from amelia_common.errors import MAX_REQUEST_ID_LENGTH
+from amelia_common.grpc_server import request_id_of
 from amelia_common.logging import get_logger
 from amelia_gateway.errors import GatewayError, error_response, internal
 
@@ -32,7 +30,6 @@ log = get_logger("amelia.gateway.http")
 # The methods a path takes, or None for a path the gateway does not have.
 MethodsFor = Callable[[str], tuple[str, ...] | None]
 
-_REQUEST_ID = re.compile(rf"^[A-Za-z0-9._:-]{{1,{MAX_REQUEST_ID_LENGTH}}}$")
 _CODE_FOR_HTTP = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
     401: grpc.StatusCode.UNAUTHENTICATED,
@@ -50,13 +47,13 @@ _CODE_FOR_HTTP = {
 
 
 def request_id(scope: Scope) -> str:
-    """The request's id: the client's `X-Request-Id` when well formed, else a new one; fixed
-    for the whole request (routes, error bodies and logs all show the same)."""
+    """The request's id: the client's `X-Request-Id` when well formed (the services' rule for
+    their `x-request-id`, `grpc_server.request_id_of`), else a new one; fixed for the whole
+    request (routes, error bodies and logs all show the same)."""
     state: dict[str, Any] = scope.setdefault("state", {})
     rid: str | None = state.get("request_id")
     if rid is None:
-        given = Headers(scope=scope).get("x-request-id", "")
-        rid = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        rid = request_id_of(Headers(scope=scope).get("x-request-id", ""))
         state["request_id"] = rid
     return rid
 

@@ -43,14 +43,18 @@ def require_token(gateway: Gateway, request: Request) -> None:
 
 
 def client_timeout(request: Request, default: float) -> float:
-    """The deadline the client asked for (`grpc-timeout` or `X-Request-Timeout`), or `default`."""
+    """The deadline the client asked for (`grpc-timeout` or `X-Request-Timeout`), or `default`.
+    More than MAX_CLIENT_TIMEOUT (`inf`, `1e308`, `3601`, `2H`) is refused, as the docs say, not
+    cut to it: a client that asked for two hours would otherwise be cut off after one."""
     value = request.headers.get("grpc-timeout")
     if value is not None:
+        header = "grpc-timeout"
         match = _GRPC_TIMEOUT.match(value.strip())
         if not match:
-            raise invalid(f"grpc-timeout header {value!r} is not like '30S' or '500m'")
+            raise invalid(f"grpc-timeout header {cut(value, 40)!r} is not like '30S' or '500m'")
         seconds = int(match.group(1)) * _GRPC_UNITS[match.group(2)]
     else:
+        header = "X-Request-Timeout"
         value = request.headers.get("x-request-timeout")
         if value is None:
             return default
@@ -58,13 +62,18 @@ def client_timeout(request: Request, default: float) -> float:
             seconds = float(value)
         except ValueError:
             raise invalid(
-                f"X-Request-Timeout header {value!r} is not a number of seconds"
+                f"X-Request-Timeout header {cut(value, 40)!r} is not a number of seconds"
             ) from None
         if seconds != seconds:  # NaN
             raise invalid("X-Request-Timeout header must be a number of seconds")
     if seconds <= 0:
         raise invalid("the request timeout must be positive")
-    return min(seconds, MAX_CLIENT_TIMEOUT)
+    if seconds > MAX_CLIENT_TIMEOUT:
+        raise invalid(
+            f"{header} header {cut(value, 40)!r} is more than {MAX_CLIENT_TIMEOUT:g} seconds,"
+            " the longest deadline the gateway takes"
+        )
+    return seconds
 
 
 def too_large(
@@ -105,6 +114,30 @@ def refuse_encoded_body(request: Request) -> None:
             "uncompressed, without a Content-Encoding header",
             http_status=415,
         )
+
+
+def check_json_body_type(request: Request) -> None:
+    """415 for a body on a JSON route that is not JSON text in UTF-8: another media type
+    (`text/plain`), or JSON in another charset (`application/json; charset=latin-1`, which was
+    read as UTF-8 all the same). No Content-Type is read as JSON, as grpc-gateway does (its
+    default marshaler); `charset=utf-8` (any case, `utf8`) is the one charset taken."""
+    content_type = request.headers.get("content-type", "application/json")
+    if not is_json(content_type):
+        raise GatewayError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"send the request as application/json, not {cut(content_type, 60)!r}",
+            http_status=415,
+        )
+    for parameter in content_type.split(";")[1:]:
+        name, _, charset = parameter.partition("=")
+        charset = charset.strip().strip('"')
+        if name.strip().lower() == "charset" and charset.lower() not in ("utf-8", "utf8"):
+            raise GatewayError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"charset {cut(charset, 40)!r} is not supported: send the JSON body as UTF-8"
+                " (application/json, or application/json; charset=utf-8)",
+                http_status=415,
+            )
 
 
 def is_json(content_type: str) -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, cast
 
 from google.protobuf import json_format
@@ -23,6 +23,7 @@ from google.protobuf.descriptor import (
     OneofDescriptor,
 )
 from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from amelia_common.json_numbers import EXACT_LIMIT, number_text, to_json
 from amelia_gateway.errors import GatewayError, cut, invalid
@@ -143,6 +144,7 @@ def _check_values(descriptor: Descriptor, data: Any, path: list[str]) -> None:
     ListValue field) that a double cannot hold (`_check_exact`)."""
     if not isinstance(data, Mapping) or descriptor.full_name in _STRUCT_TYPES:
         return
+    _check_spellings(descriptor, data, path)
     for key, value in data.items():
         field = find_field(descriptor, key) if isinstance(key, str) else None
         if field is None or field.type != FieldDescriptor.TYPE_MESSAGE:
@@ -151,25 +153,73 @@ def _check_values(descriptor: Descriptor, data: Any, path: list[str]) -> None:
         if kind.type != FieldDescriptor.TYPE_MESSAGE:
             continue
         items: list[tuple[str, Any]] = [(key, value)]
+        one = not is_repeated(field)  # items are single values (json_format checks a list's)
         if is_map(field) and isinstance(value, Mapping):
-            items = [(f"{key}.{k}", v) for k, v in value.items()]
+            items, one = [(f"{key}.{k}", v) for k, v in value.items()], True
         elif is_repeated(field) and isinstance(value, list):
-            items = [(f"{key}[{i}]", v) for i, v in enumerate(value)]
+            items, one = [(f"{key}[{i}]", v) for i, v in enumerate(value)], True
+        kind_name = msg_type(kind).full_name
         for name, item in items:
-            if msg_type(kind).full_name in _STRUCT_TYPES:
+            if kind_name in _STRUCT_TYPES:
                 _check_exact(item, ".".join([*path, name]))
-            elif msg_type(kind).full_name == "google.protobuf.Timestamp" and isinstance(item, str):
-                offset = _OFFSET.search(item)
-                if offset and (int(offset.group(1)) > 23 or int(offset.group(2)) > 59):
-                    raise _RefusedValueError(
-                        cut(
-                            f"{'.'.join([*path, name])}: must be "
-                            f"{_MESSAGE_KINDS['google.protobuf.Timestamp']}, its UTC offset from "
-                            f"-23:59 to +23:59, got {_shown(item)}"
-                        )
-                    )
+            elif kind_name == "google.protobuf.Timestamp" and isinstance(item, str):
+                if problem := _offset_problem(item, ".".join([*path, name])):
+                    raise _RefusedValueError(problem)
+            elif kind_name in STRING_WKT | WRAPPER_WKT:
+                continue
+            elif one and item is not None and not isinstance(item, Mapping):
+                # json_format takes `[]` and `""` for a message (it iterates over them for
+                # keys), and silently leaves the field empty; protojson refuses them.
+                raise _RefusedValueError(
+                    cut(f"{'.'.join([*path, name])}: must be a JSON object, got {_shown(item)}")
+                )
             else:
                 _check_values(msg_type(kind), item, [*path, name])
+
+
+def _offset_problem(text: str, name: str) -> str:
+    """Why the UTC offset ending RFC 3339 time `text` is refused (more than 23 hours or 59
+    minutes), or ""."""
+    offset = _OFFSET.search(text)
+    if offset and (int(offset.group(1)) > 23 or int(offset.group(2)) > 59):
+        return cut(
+            f"{name}: must be {_MESSAGE_KINDS['google.protobuf.Timestamp']}, its UTC offset from "
+            f"-23:59 to +23:59, got {_shown(text)}"
+        )
+    return ""
+
+
+def _check_spellings(descriptor: Descriptor, data: Mapping[str, Any], path: list[str]) -> None:
+    """Refuse one field given under both its names (`requestId` and `request_id`), as Go's
+    protojson does ("duplicate field"): json_format takes both and keeps the one it reads last,
+    so a retry that sends one of them alone changed the idempotency key without a word (QA s27
+    F6). A key written twice is refused earlier, by the JSON reader (`json_input`)."""
+    seen: dict[str, str] = {}
+    for key in data:
+        field = find_field(descriptor, key) if isinstance(key, str) else None
+        if field is None:
+            continue
+        other = seen.setdefault(field.name, key)
+        if other != key:
+            where = ".".join(path) + ": " if path else ""
+            raise _RefusedValueError(
+                cut(f"{where}{other!r} and {key!r} name the same field: give it once")
+            )
+
+
+def read_timestamp(text: str, name: str) -> Timestamp:
+    """An RFC 3339 time read by the rules of a Timestamp field in a body (json_format's, and
+    `_offset_problem`), refused with the same message: for a time that is not a field of a
+    request message (a WebSocket subscribe's `since`)."""
+    if problem := _offset_problem(text, name):
+        raise invalid(problem)
+    stamp = Timestamp()
+    try:
+        stamp.FromJsonString(text)  # what json_format calls for a Timestamp field
+    except (ValueError, OverflowError):
+        kind = _MESSAGE_KINDS["google.protobuf.Timestamp"]
+        raise invalid(cut(f"{name}: must be {kind}, got {_shown(text)}")) from None
+    return stamp
 
 
 def _check_exact(value: Any, path: str) -> None:
@@ -388,32 +438,35 @@ def _shown(value: Any) -> str:
     return cut(json.dumps(value, ensure_ascii=False), 60)
 
 
-def _query_scalar(field: FieldDescriptor, value: str, key: str) -> Any:
-    """One query string value as the JSON value ParseDict expects for `field`."""
+def _query_scalar(
+    field: FieldDescriptor, value: str, key: str, what: str = "query parameter"
+) -> Any:
+    """One query string value (or form field: `what`) as the JSON value ParseDict expects for
+    `field`."""
     if field.type == FieldDescriptor.TYPE_BOOL:
         lowered = value.lower()
         if lowered in ("true", "1"):
             return True
         if lowered in ("false", "0", ""):
             return False
-        raise invalid(f"query parameter {key!r}: expected true or false, got {value!r}")
+        raise invalid(f"{what} {key!r}: expected true or false, got {value!r}")
     if field.type == FieldDescriptor.TYPE_ENUM:
         if value.lstrip("-").isdigit():
             return int(value)
         if enum_type(field).values_by_name.get(value) is None:
             names = ", ".join(v.name for v in enum_type(field).values)
-            raise invalid(f"query parameter {key!r}: {value!r} is not one of {names}")
+            raise invalid(f"{what} {key!r}: {value!r} is not one of {names}")
         return value
     if field.type in _INT_TYPES:
         if not value.lstrip("-").isdigit():
             raise invalid(
-                f"query parameter {key!r}: must be {_expected(field, value, True)}, got {_shown(value)}"
+                f"{what} {key!r}: must be {_expected(field, value, True)}, got {_shown(value)}"
             )
         return value
     if field.type == FieldDescriptor.TYPE_MESSAGE:
         full_name = msg_type(field).full_name
         if full_name in WRAPPER_WKT:
-            return _query_scalar(msg_type(field).fields_by_name["value"], value, key)
+            return _query_scalar(msg_type(field).fields_by_name["value"], value, key, what)
         return value
     return value
 
@@ -427,10 +480,22 @@ def query_settable(field: FieldDescriptor) -> bool:
 
 
 def query_to_dict(
-    descriptor: Descriptor, items: Iterable[tuple[str, str]], bound: set[str]
+    descriptor: Descriptor,
+    items: Iterable[tuple[str, str]],
+    bound: set[str],
+    *,
+    what: str = "query parameter",
+    json_value: Callable[[str, str], Any] | None = None,
 ) -> dict[str, Any]:
-    """Query pairs as a nested proto-JSON dict for `descriptor`, validating every key."""
+    """Query pairs as a nested proto-JSON dict for `descriptor`, validating every key: a field
+    given twice (even with the same value) is a 400, as is one the path sets. Multipart form
+    fields go through here too (`what` = "form field"), so an upload's `filePath` sent twice is
+    refused as a query's is; `json_value(text, key)` reads the value of a message field no text
+    can set (a form's `metadata`, a JSON object) instead of refusing it."""
     result: dict[str, Any] = {}
+    # The first key that named each field (by its proto path): a field may be given again
+    # (a repeated one, a map's other entries) only under the same spelling (`_check_spellings`).
+    spelt: dict[str, tuple[str, str]] = {}
     for key, value in items:
         map_key: str | None = None
         path_text = key
@@ -444,45 +509,52 @@ def query_to_dict(
         for i, part in enumerate(parts):
             field = find_field(desc, part)
             if field is None:
-                raise invalid(f"unknown query parameter {key!r}")
+                raise invalid(f"unknown {what} {key!r}")
             names.append(field.name)
             last = i == len(parts) - 1
             if ".".join(names) in bound:
-                raise invalid(f"query parameter {key!r} is set by the path")
+                raise invalid(f"{what} {key!r} is set by the path")
+            first_key, first_part = spelt.setdefault(".".join(names), (key, part))
+            if first_part != part:
+                raise invalid(
+                    f"{what}s {first_key!r} and {key!r} name the same field: give it once"
+                )
             if not last:
                 if field.type != FieldDescriptor.TYPE_MESSAGE or is_repeated(field):
-                    raise invalid(f"unknown query parameter {key!r}")
+                    raise invalid(f"unknown {what} {key!r}")
                 if msg_type(field).full_name in STRING_WKT | WRAPPER_WKT:
-                    raise invalid(f"unknown query parameter {key!r}")
+                    raise invalid(f"unknown {what} {key!r}")
                 child = node.setdefault(field.name, {})
                 if not isinstance(child, dict):
-                    raise invalid(f"query parameter {key!r} conflicts with {part!r}")
+                    raise invalid(f"{what} {key!r} conflicts with {part!r}")
                 node = child
                 desc = msg_type(field)
                 continue
             if is_map(field):
                 if map_key is None:
-                    raise invalid(f"query parameter {key!r} is a map: use {path_text}[key]=value")
+                    raise invalid(f"{what} {key!r} is a map: use {path_text}[key]=value")
                 value_field = msg_type(field).fields_by_name["value"]
                 if not query_settable(value_field):
-                    raise invalid(f"query parameter {key!r} cannot be set in the query string")
+                    raise invalid(f"{what} {key!r} cannot be set in the query string")
                 entries = node.setdefault(field.name, {})
                 if map_key in entries:
-                    raise invalid(f"query parameter {key!r} is given more than once")
-                entries[map_key] = _query_scalar(value_field, value, key)
+                    raise invalid(f"{what} {key!r} is given more than once")
+                entries[map_key] = _query_scalar(value_field, value, key, what)
                 continue
             if map_key is not None:
-                raise invalid(f"query parameter {key!r}: {path_text!r} is not a map")
-            if not query_settable(field):
+                raise invalid(f"{what} {key!r}: {path_text!r} is not a map")
+            if query_settable(field):
+                converted = _query_scalar(field, value, key, what)
+            elif json_value is not None and not is_repeated(field):
+                converted = json_value(value, key)
+            else:
                 raise invalid(
-                    f"query parameter {key!r} cannot be set in the query string;"
-                    " send it in a JSON body"
+                    f"{what} {key!r} cannot be set in the query string; send it in a JSON body"
                 )
-            converted = _query_scalar(field, value, key)
             if is_repeated(field):
                 node.setdefault(field.name, []).append(converted)
             elif field.name in node:
-                raise invalid(f"query parameter {key!r} is given more than once")
+                raise invalid(f"{what} {key!r} is given more than once")
             else:
                 node[field.name] = converted
     return result
@@ -560,8 +632,33 @@ def build_request(
             raise
         message.MergeFrom(from_query)
     for field_path, value in path.items():
+        _check_path_agrees(message, field_path, value)
         set_path_field(message, field_path, value)
     return message
+
+
+def _check_path_agrees(message: Message, path: str, value: str) -> None:
+    """Refuse a body that names another resource than the path (`POST /v1/runs/A:cancel` with
+    `{"name": "runs/B"}`, a cron for thread U posted to `/v1/threads/T/crons`): grpc-gateway
+    lets the path win without a word, so the client's mistake acted on a resource it did not
+    mean (QA s27 L7). The same value in both is fine."""
+    *parents, leaf = path.split(".")
+    target = message
+    json_path: list[str] = []
+    for part in parents:
+        json_path.append(target.DESCRIPTOR.fields_by_name[part].json_name)
+        if not target.HasField(part):
+            return
+        target = getattr(target, part)
+    json_path.append(target.DESCRIPTOR.fields_by_name[leaf].json_name)
+    given = getattr(target, leaf)
+    if given and given != value:
+        raise invalid(
+            cut(
+                f"{'.'.join(json_path)} {_shown(given)} in the request body differs from"
+                f" {_shown(value)} in the path: leave it out of the body, or give the same"
+            )
+        )
 
 
 # A value's JSON path at the start of a parse error: `page_size: must be …`, `filter.types[1]: …`.

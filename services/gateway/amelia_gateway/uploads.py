@@ -6,7 +6,8 @@ so a 50 MB PDF never sits whole in the gateway's memory.
 
 - multipart/form-data: form fields first (`source` as a JSON DocumentSource, or any of its fields
   by name: `title`, `type`, `sourceUri`, `filePath`, `metadata` as a JSON object), then one file
-  part.
+  part. Each field once (a field twice, or in `source` and beside it, is a 400, as a query
+  parameter twice is), and no query string: nothing the client sent is silently dropped.
 - any other content type: the body is the document; DocumentSource fields come from the query
   string (`?title=notes.md&type=DOCUMENT_TYPE_MARKDOWN`), the file name may come from
   `Content-Disposition: attachment; filename="notes.md"`, or `filename*=UTF-8''%E5%90%8D.md`
@@ -50,20 +51,38 @@ _EXT_VALUE = re.compile(
 _EXT_CHARSETS = {"utf-8": "utf-8", "iso-8859-1": "latin-1"}
 
 
-def _source_from_fields(fields: dict[str, str], filename: str) -> rag_pb2.DocumentSource:
-    source = rag_pb2.DocumentSource()
-    values: dict[str, Any] = {}
-    for name, text in fields.items():
-        if name == "source":
-            parse_into(source, read_json_object(text, "form field 'source'"), "form field 'source'")
-            continue
-        field = find_field(source.DESCRIPTOR, name)
-        if field is None:
-            raise invalid(f"unknown form field {name!r}")
-        if field.name == "metadata":
-            values[field.name] = read_json_object(text, "form field 'metadata'")
+def _source_from_fields(fields: list[tuple[str, str]], filename: str) -> rag_pb2.DocumentSource:
+    """The DocumentSource a multipart upload's form fields describe. Each field once: a field
+    sent twice (`filePath` two times, or `filePath` and `file_path`), `source` twice, or one
+    `source` names and a form field sets again is a 400 naming it, even with equal values, as a
+    query parameter given twice is (one of them silently won before: QA s26 F7)."""
+    descriptor = rag_pb2.DocumentSource.DESCRIPTOR
+    given: dict[str, Any] | None = None
+    items: list[tuple[str, str]] = []
+    for name, text in fields:
+        if name != "source":
+            items.append((name, text))
+        elif given is not None:
+            raise invalid("form field 'source' is given more than once")
         else:
-            values[field.name] = text
+            given = read_json_object(text, "form field 'source'")
+    values = query_to_dict(
+        descriptor,
+        items,
+        set(),
+        what="form field",
+        json_value=lambda text, key: read_json_object(text, f"form field {key!r}"),
+    )
+    source = rag_pb2.DocumentSource()
+    if given is not None:
+        parse_into(source, given, "form field 'source'")
+        in_source = {f.name for key in given if (f := find_field(descriptor, key)) is not None}
+        for name, _ in items:
+            field = find_field(descriptor, name.split(".", 1)[0])
+            if field is not None and field.name in in_source:
+                raise invalid(
+                    f"form field {name!r} is also given in form field 'source': send it once"
+                )
     if values:
         parse_into(source, values, "form fields")
     return _named(source, filename)
@@ -136,6 +155,12 @@ async def upload(gateway: Gateway, request: Request, rid: str) -> Response:
             boundary = params.get(b"boundary")
             if not boundary:
                 raise invalid("multipart/form-data without a boundary")
+            query = request.query_params.multi_items()
+            if query:  # ignored before, silently: say where the fields go instead
+                raise invalid(
+                    f"query parameter {cut(query[0][0], 40)!r}: a multipart upload takes the "
+                    "document's fields as form fields (before the file), not in the query string"
+                )
             call = _Call(gateway, rid, timeout)
             await _multipart(request, boundary, call, limit)
         else:
@@ -222,7 +247,7 @@ class _Parts:
     """Multipart parser state: form fields, then the one file, forwarded as it arrives."""
 
     def __init__(self) -> None:
-        self.fields: dict[str, str] = {}
+        self.fields: list[tuple[str, str]] = []  # in the order sent, repeats kept
         self.header_field = b""
         self.header_value = b""
         self.headers: dict[bytes, bytes] = {}
@@ -276,7 +301,7 @@ class _Parts:
         if self.filename is not None:
             self.file_done = True
         elif not self.file_started:
-            self.fields[self.name] = self.buffer.decode("utf-8", "replace")
+            self.fields.append((self.name, self.buffer.decode("utf-8", "replace")))
 
     def _fail(self, message: str) -> None:
         if self.error is None:

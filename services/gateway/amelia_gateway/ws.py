@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import datetime as dt
 import json
 import re
 import time
@@ -44,13 +43,12 @@ import uuid
 from typing import Any
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from websockets.exceptions import InvalidState
 from websockets.server import ServerProtocol
 
-from amelia.v1 import agents_pb2
+from amelia.v1 import agents_pb2, events_pb2
 from amelia_common.auth import token_ok
 from amelia_common.event_names import InvalidEventError, filter_tokens
 from amelia_common.logging import get_logger
@@ -69,6 +67,7 @@ from amelia_gateway.hub import (
 )
 from amelia_gateway.json_input import read_json
 from amelia_gateway.state import Gateway
+from amelia_gateway.transcode import parse_into, read_timestamp
 
 log = get_logger("amelia.gateway.ws")
 
@@ -625,6 +624,8 @@ class Connection:
                 raise ProtocolError("a message must be a JSON object with a 'type'")
             message_id = message.get("id")
             kind = message.get("type")
+            if isinstance(kind, str) and kind in _FIELDS:
+                _refuse_unknown_fields(kind, message)
             if kind == "subscribe":
                 await self._subscribe(message)
             elif kind == "unsubscribe":
@@ -665,9 +666,6 @@ class Connection:
         )
 
     async def _subscribe(self, message: dict[str, Any]) -> None:
-        unknown = set(message) - {"type", "id", "filter", "run", "since", "batch"}
-        if unknown:
-            raise ProtocolError(f"unknown field(s) in subscribe: {', '.join(sorted(unknown))}")
         sub_id = message.get("id")
         if not _valid_id(sub_id):
             raise ProtocolError(
@@ -743,6 +741,25 @@ class Connection:
         self.send_control({"type": "unsubscribed", "subscription": sub_id})
 
 
+# The fields each client message may have: others are refused, as unknown fields of a request
+# body are (a typo is an error, not an option silently ignored). A pong may echo the ping's time.
+_FIELDS = {
+    "subscribe": ("type", "id", "filter", "run", "since", "batch"),
+    "unsubscribe": ("type", "id"),
+    "ping": ("type",),
+    "pong": ("type", "time"),
+}
+
+
+def _refuse_unknown_fields(kind: str, message: dict[str, Any]) -> None:
+    unknown = [key for key in message if key not in _FIELDS[kind]]
+    if unknown:
+        shown = ", ".join(_shown(key) for key in unknown)
+        raise ProtocolError(
+            cut(f"unknown field(s) in {kind}: {shown}; its fields are {', '.join(_FIELDS[kind])}")
+        )
+
+
 def _valid_id(value: Any) -> bool:
     if isinstance(value, bool):
         return False
@@ -785,20 +802,16 @@ def parse_since(value: Any, *, run: bool) -> Since:
     if isinstance(value, str):
         if run:
             raise ProtocolError("a run subscription starts at a sequence or 'beginning'")
-        try:
-            when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
+        if not value[:1].isdigit():
             raise ProtocolError(
                 f"'since' {_shown(value)} is not a sequence, an RFC 3339 time, 'now' or 'beginning'"
-            ) from None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=dt.UTC)
-        stamp = Timestamp()
+            )
+        # A time by the rules of /v1/events:stream's `startTime` (a time zone required, its
+        # offset within ±23:59): the same function, the same message.
         try:
-            stamp.FromDatetime(when)
-        except (ValueError, OverflowError) as exc:
-            raise ProtocolError(f"'since' {_shown(value)} is out of range: {exc}") from None
-        return Since("time", time=stamp)
+            return Since("time", time=read_timestamp(value, "since"))
+        except GatewayError as exc:
+            raise ProtocolError(exc.message) from None
     raise ProtocolError("'since' must be a sequence, a time, 'now' or 'beginning'")
 
 
@@ -827,20 +840,16 @@ def parse_spec(message: dict[str, Any]) -> FeedSpec:
         return FeedSpec(
             run=parse_run_name(run), since=parse_since(message.get("since"), run=True), batch=batch
         )
-    event_filter = {} if event_filter is None else event_filter
-    if not isinstance(event_filter, dict):
-        raise ProtocolError("'filter' must be an object with 'types' and/or 'subject'")
-    unknown = set(event_filter) - {"types", "subject"}
-    if unknown:
-        raise ProtocolError(f"unknown filter field(s): {', '.join(sorted(unknown))}")
-    types = event_filter.get("types", [])
-    if isinstance(types, str):
-        types = [types]
-    if not isinstance(types, list) or not all(isinstance(t, str) and t for t in types):
+    # The filter read as /v1/events:stream reads its EventFilter from JSON (proto JSON: a list
+    # of strings for `types`, a string `subject`, no other field), with the same messages.
+    request = events_pb2.StreamEventsRequest()
+    try:
+        parse_into(request, {"filter": event_filter}, "subscribe")
+    except GatewayError as exc:
+        raise ProtocolError(exc.message) from None
+    types, subject = list(request.filter.types), request.filter.subject
+    if not all(types):
         raise ProtocolError("'filter.types' must be a list of type patterns like 'run.*'")
-    subject = event_filter.get("subject", "")
-    if not isinstance(subject, str):
-        raise ProtocolError("'filter.subject' must be a string like 'runs/4f1c…' or 'runs/*'")
     try:
         filter_tokens(types, subject)  # the events service's own check
     except InvalidEventError as exc:

@@ -10,7 +10,10 @@ indexing `failed` send it back to indexing with the embeddings already saved kep
 redo). Changed content replaces the old chunks in one transaction. Whether an ingest updates
 the stored document of its identity or makes a new one is decided by the store in the storing
 transaction, on that row locked: a document deleted while this one was parsed is not brought
-back (a new document, `replaces_previous` false). Events, all with subject `documents/{id}`:
+back (a new document, `replaces_previous` false). An upload named by its title only (a
+browser's: no path) whose title and bytes a stored document already holds — a file `amelia
+ingest` stored — is a re-ingest of that document, not a second one (store `_locked_document`).
+Events, all with subject `documents/{id}`:
 
 - `document.uploaded` when the document is stored (title, type, size, hash, chunk count),
   written into the event outbox in the storing transaction and published after its commit
@@ -229,7 +232,7 @@ class Ingestor:
         # A hint only, read without a lock: whether the stored document may already hold these
         # bytes (then they need not be parsed). What is done is decided by the store on the row
         # locked, as it is then: a delete or another ingest may have come in between.
-        hint = await self.store.find(source.identity)
+        hint = await self.store.find_for(fields)
         if (
             hint is not None
             and hint.content_hash == content_hash

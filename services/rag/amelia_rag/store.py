@@ -7,12 +7,13 @@ event, and the event of one committed is published after the commit — at once,
 back. Concurrent ingests of the same document serialize on an advisory lock keyed by its
 identity, and decide "replace the stored document or make a new one" on its row locked
 (`FOR UPDATE`), which a delete locks too: whichever of an ingest and a delete commits second
-sees what the first did (a document deleted is never brought back under its name). An ingest
-stores the chunks without embeddings and the document `indexing`; a rag
-process then claims it with a lease (`FOR UPDATE SKIP LOCKED`, so one replica takes each
-document), fills in the embeddings batch by batch while renewing the lease, and marks it
-`ready`. Every indexer write checks the lease is still its own: a document changed, deleted or
-taken over meanwhile is left to whoever owns it now.
+sees what the first did (a document deleted is never brought back under its name). An upload
+named by its title only (a browser's, no path) whose title and bytes a stored document holds
+is a re-ingest of that document (`_locked_document`). An ingest stores the chunks without
+embeddings and the document `indexing`; a rag process then claims it with a lease (`FOR UPDATE
+SKIP LOCKED`, so one replica takes each document), fills in the embeddings batch by batch while
+renewing the lease, and marks it `ready`. Every indexer write checks the lease is still its
+own: a document changed, deleted or taken over meanwhile is left to whoever owns it now.
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, func, select, text, tuple_
+from sqlalchemy import Select, delete, func, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from amelia.v1 import events_pb2
@@ -94,6 +95,11 @@ class DocumentFields:
     content_hash: str
     index_signature: str
     meta: dict[str, Any]
+
+    @property
+    def named_by_title_only(self) -> bool:
+        """No file path, no URI: a browser's upload, which cannot say where the file is."""
+        return not (self.file_path or self.source_uri)
 
 
 @dataclass
@@ -182,6 +188,20 @@ class DocumentStore:
             )
             return result.scalar_one_or_none()
 
+    async def find_for(self, fields: DocumentFields) -> DocumentRow | None:
+        """The stored document an ingest of `fields` is about, read without a lock (a hint:
+        `refresh` and `replace` decide on it again, locked): the one of its identity, else, for
+        an ingest named by its title only, the one holding the same title and bytes."""
+        async with self.sessions() as session:
+            row = (
+                await session.execute(
+                    select(DocumentRow).where(DocumentRow.identity == fields.identity)
+                )
+            ).scalar_one_or_none()
+            if row is None and fields.named_by_title_only:
+                row = (await session.execute(_same_title_and_bytes(fields))).scalar_one_or_none()
+            return row
+
     async def get(self, document_id: uuid.UUID) -> DocumentRow | None:
         async with self.sessions() as session:
             return await session.get(DocumentRow, document_id)
@@ -200,7 +220,7 @@ class DocumentStore:
         changed since the caller looked): the caller stores it as `replace` decides then.
         """
         async with transaction(self.sessions) as session:
-            row = await _locked_identity(session, fields.identity)
+            row, fields = await _locked_document(session, fields)
             if row is None or not _same_content(row, fields):
                 return None
             title = fields.title.strip() or row.title
@@ -237,7 +257,7 @@ class DocumentStore:
         is `unchanged`.
         """
         async with transaction(self.sessions) as session:
-            row = await _locked_identity(session, fields.identity)
+            row, fields = await _locked_document(session, fields)
             replaced = row is not None
             if row is not None and row.state != "failed" and _same_content(row, fields):
                 return ReplaceResult(row, unchanged=True, replaced=True)
@@ -565,17 +585,60 @@ class DocumentStore:
             return int((await session.execute(query)).scalar_one())
 
 
-async def _locked_identity(session: AsyncSession, identity: str) -> DocumentRow | None:
-    """The document with this identity, locked, after the advisory lock that serializes
-    concurrent ingests of it (which may be creating it)."""
-    await session.execute(
-        text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
-        {"key": f"amelia.rag.document:{identity}"},
-    )
+async def _locked_document(
+    session: AsyncSession, fields: DocumentFields
+) -> tuple[DocumentRow | None, DocumentFields]:
+    """The stored document this ingest is about, locked, and `fields` as they apply to it.
+
+    The document of the ingest's identity; else, for an ingest named by its title only (a
+    browser's upload, which has no path to send), the oldest document holding the same title
+    and the same bytes — a file `amelia ingest` stored, whose title is its file name — which
+    this ingest then is a re-ingest of: its identity, file path and source URI stay; the rest
+    follows the usual re-ingest rules (docs/rag.md, "Document identity"). None: a new document.
+
+    Locks, always in this order, so no two ingests wait on each other in a cycle: the bytes'
+    advisory lock (every ingest storing the same bytes takes it, so a title-only upload that
+    stores after an ingest of the file it raced sees the file's document), then the
+    identity's (serializes ingests of one name even before its row exists), then the row
+    (`FOR UPDATE`, which a delete takes too). A matching document changed or deleted meanwhile
+    no longer matches once locked (PostgreSQL re-checks the row), and the upload is new."""
+    await _advisory_lock(session, f"amelia.rag.content:{fields.content_hash}")
+    await _advisory_lock(session, f"amelia.rag.document:{fields.identity}")
     result = await session.execute(
-        select(DocumentRow).where(DocumentRow.identity == identity).with_for_update()
+        select(DocumentRow).where(DocumentRow.identity == fields.identity).with_for_update()
     )
-    return result.scalar_one_or_none()
+    row = result.scalar_one_or_none()
+    if row is not None or not fields.named_by_title_only:
+        return row, fields
+    same = (
+        await session.execute(_same_title_and_bytes(fields).with_for_update())
+    ).scalar_one_or_none()
+    if same is None:
+        return None, fields
+    return same, replace(
+        fields, identity=same.identity, file_path=same.file_path, source_uri=same.source_uri
+    )
+
+
+async def _advisory_lock(session: AsyncSession, key: str) -> None:
+    """A lock on `key` until the transaction ends."""
+    await session.execute(
+        text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": key}
+    )
+
+
+def _same_title_and_bytes(fields: DocumentFields) -> Select[tuple[DocumentRow]]:
+    """The oldest document holding these bytes under this title (of another identity)."""
+    return (
+        select(DocumentRow)
+        .where(
+            DocumentRow.content_hash == fields.content_hash,
+            DocumentRow.title == fields.title.strip(),
+            DocumentRow.identity != fields.identity,
+        )
+        .order_by(DocumentRow.create_time, DocumentRow.id)
+        .limit(1)
+    )
 
 
 def _same_content(row: DocumentRow, fields: DocumentFields) -> bool:

@@ -327,18 +327,21 @@ export function mount(main, ctx) {
       item.dataset.document = doc.name || "";
       if (current) current.loadDocuments();
       // Stored, not indexed: its passages are embedded in the background (the document's
-      // state says so), so follow `document.progress` until it is ready or failed.
-      const unchangedReady = response.unchanged && doc.state === "DOCUMENT_STATE_READY";
+      // state says so), so follow `document.progress` until it is ready or failed. A document
+      // answered ready has nothing to embed: the same content, unchanged, or refreshed (its
+      // metadata replaced; no `document.indexed` follows, so waiting for one never ended).
+      const ready = doc.state === "DOCUMENT_STATE_READY";
+      const unchangedReady = response.unchanged && ready;
       if (doc.state === "DOCUMENT_STATE_FAILED") throw new Error(`Indexing failed: ${doc.indexError || "unknown"}`);
-      if (!unchangedReady) ctx.announce(`${file.name} stored; indexing`);
-      const outcome = unchangedReady ? { chunks: Number(doc.chunkCount || 0) } : await indexing(ctx, doc.name, startedAt, bar, stateText, item);
+      if (!ready) ctx.announce(`${file.name} stored; indexing`);
+      const outcome = ready ? { chunks: Number(doc.chunkCount || 0) } : await indexing(ctx, doc.name, startedAt, bar, stateText, item);
       bar.max = 100;
       bar.value = 100;
       if (outcome.error) throw new Error(`Indexing failed: ${outcome.error}`);
       item.dataset.state = "done";
       const chunks = outcome.chunks;
-      stateText.textContent = unchangedReady ? "Unchanged" : `${chunks} chunk${chunks === 1 ? "" : "s"}`;
-      ctx.announce(`${file.name} ${unchangedReady ? "is unchanged and ready" : "is ready"}`);
+      stateText.textContent = unchangedReady ? "Unchanged" : ready ? "Refreshed" : `${chunks} chunk${chunks === 1 ? "" : "s"}`;
+      ctx.announce(`${file.name} ${unchangedReady ? "is unchanged and ready" : ready ? "is refreshed and ready" : "is ready"}`);
       if (current) current.loadDocuments();
     } catch (error) {
       item.dataset.state = "error";
