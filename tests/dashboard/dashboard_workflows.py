@@ -102,3 +102,49 @@ register(
     ),
     replace=True,
 )
+
+
+class CallsState(TypedDict, total=False):
+    request: dict[str, Any]
+    said: list[str]
+
+
+async def _say(state: CallsState, words: int) -> dict[str, Any]:
+    """One model call (`offline:say:`: usage of its own, priced by the mesh's MODEL_PRICES)."""
+    reply = " ".join(["word"] * words)
+    result = await runtime.chat(
+        [{"role": "user", "content": "say it"}], model=f"offline:say:{reply}"
+    )
+    return {"said": [*state.get("said", []), result.text]}
+
+
+async def call_first(state: CallsState) -> dict[str, Any]:
+    return await _say(state, 3)
+
+
+async def call_then_hold(state: CallsState) -> dict[str, Any]:
+    # Its call made, it says so in the file `called`, then waits for the file `release`: the
+    # test stops the agents service between the two (an interrupted attempt).
+    update = await _say(state, 5)
+    request = state["request"]
+    Path(request["called"]).write_text("called")  # noqa: ASYNC240
+    while not Path(request["release"]).exists():  # noqa: ASYNC110, ASYNC240
+        await asyncio.sleep(0.1)
+    return update
+
+
+def build_calls(_agent: dict[str, Any] | None) -> StateGraph[Any, Any, Any, Any]:
+    return linear_graph(CallsState, ("first", call_first), ("second", call_then_hold))
+
+
+register(
+    Workflow(
+        name="calls",
+        description="Two nodes with a model call each, the second held after it (dashboard tests).",
+        nodes=["first", "second"],
+        build=build_calls,
+        to_state=lambda value: {"request": value},
+        to_output=lambda state: {"said": len(state.get("said", []))},
+    ),
+    replace=True,
+)

@@ -311,6 +311,8 @@ def run_to_proto(row: RunRow) -> agents_pb2.Run:
         msg.duration.FromTimedelta(row.end_time - row.start_time)
     msg.usage.input_tokens = row.input_tokens or 0
     msg.usage.output_tokens = row.output_tokens or 0
+    msg.usage.interrupted_input_tokens = row.interrupted_input_tokens or 0
+    msg.usage.interrupted_output_tokens = row.interrupted_output_tokens or 0
     if row.interrupt and row.status == RunState.PAUSED.value:
         msg.interrupt.node = str(row.interrupt.get("node", ""))
         msg.interrupt.id = str(row.interrupt.get("id") or "")

@@ -27,9 +27,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,13 +106,25 @@ class UsageWriter:
     to it), then written in one UPDATE; what is still held when the graph ends goes into the
     statement recording the run's end (`take`, `Store.finish`) rather than one of its own — a
     run of quick nodes writes its usage once, with its end, instead of once per model call.
-    `flush` returns once everything is stored (raising the error of a write that failed)."""
+    `flush` returns once everything is stored (raising the error of a write that failed).
 
-    def __init__(self, store: Store, run_id: uuid.UUID, delay: float = USAGE_WRITE_SECONDS) -> None:
+    The same UPDATE keeps the tokens of the pick-up's nodes not finished yet (`RunRow.open_*`:
+    a call adds to them, a node's end takes its calls off once its writes are stored,
+    `finished`), which the next pick-up counts as interrupted if this one stops first."""
+
+    def __init__(
+        self,
+        store: Store,
+        run_id: uuid.UUID,
+        attempt: int,
+        delay: float = USAGE_WRITE_SECONDS,
+    ) -> None:
         self.store = store
         self.run_id = run_id
+        self.attempt = attempt
         self.delay = delay
         self._pending = (0, 0)
+        self._open = (0, 0)  # the change of the open tokens not written yet
         self._task: asyncio.Task[None] | None = None
         self._writing = False  # the task is past its wait: its UPDATE may be under way
 
@@ -119,6 +133,16 @@ class UsageWriter:
             self._pending[0] + usage.input_tokens,
             self._pending[1] + usage.output_tokens,
         )
+        self._open = (self._open[0] + usage.input_tokens, self._open[1] + usage.output_tokens)
+        self._write_soon()
+
+    def finished(self, input_tokens: int, output_tokens: int) -> None:
+        """A node's writes are stored: its calls' tokens are no longer at stake."""
+        if input_tokens or output_tokens:
+            self._open = (self._open[0] - input_tokens, self._open[1] - output_tokens)
+            self._write_soon()
+
+    def _write_soon(self) -> None:
         task = self._task
         if task is None or (task.done() and not task.cancelled() and task.exception() is None):
             self._task = asyncio.create_task(self._write_later())
@@ -132,15 +156,19 @@ class UsageWriter:
             self._writing = False
 
     async def _write(self) -> None:
-        while self._pending != (0, 0):
+        while self._pending != (0, 0) or self._open != (0, 0):
             (input_tokens, output_tokens), self._pending = self._pending, (0, 0)
+            opened, self._open = self._open, (0, 0)
             try:
-                await self.store.add_usage(self.run_id, input_tokens, output_tokens)
+                await self.store.add_usage(
+                    self.run_id, input_tokens, output_tokens, opened, self.attempt
+                )
             except BaseException:
                 self._pending = (
                     self._pending[0] + input_tokens,
                     self._pending[1] + output_tokens,
                 )
+                self._open = (self._open[0] + opened[0], self._open[1] + opened[1])
                 raise
 
     async def _settle(self) -> None:
@@ -158,14 +186,20 @@ class UsageWriter:
 
     async def take(self) -> tuple[int, int]:
         """The (input, output) tokens not stored yet, for the caller's own statement; this
-        writer stores nothing more of them."""
+        writer stores nothing more of them. (The run ends there: no later pick-up counts its
+        open tokens, so their change is dropped.)"""
         await self._settle()
-        pending, self._pending = self._pending, (0, 0)
+        pending, self._pending, self._open = self._pending, (0, 0), (0, 0)
         return pending
 
     async def flush(self) -> None:
         await self._settle()
         await self._write()
+
+
+# An event held by `EndsAfterWrites`: the event, its position among those given, the task whose
+# writes it waits for, and what to call once it is written.
+Held = tuple[events_pb2.Event, int, str | None, Callable[[], None] | None]
 
 
 class EndsAfterWrites:
@@ -193,19 +227,24 @@ class EndsAfterWrites:
     ) -> None:
         self.pipeline = pipeline
         self.saver = saver
-        # Held: (event, its position among the events given, the task whose writes it waits for).
-        self._held: collections.deque[tuple[events_pb2.Event, int, str | None]] = (
-            collections.deque()
-        )
+        # Held: (event, its position among the events given, the task whose writes it waits for,
+        # what to call once it is written).
+        self._held: collections.deque[Held] = collections.deque()
         self._releasing: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
         self._given = 0  # events given to `submit`
         self._passed = 0  # of them, written to the pipeline (or an end left untold), in order
         self._waiting: list[tuple[int, asyncio.Future[None]]] = []  # `settled` callers
 
-    async def submit(self, event: events_pb2.Event, after_writes_of: str | None = None) -> None:
+    async def submit(
+        self,
+        event: events_pb2.Event,
+        after_writes_of: str | None = None,
+        written: Callable[[], None] | None = None,
+    ) -> None:
         """Write `event` (its data checked), after the writes of task `after_writes_of` are
-        stored and after every event given before it."""
+        stored and after every event given before it; then call `written` (not when the
+        writes failed: the event is not written)."""
         self._raise_failure()
         position, self._given = self._given, self._given + 1
         if not self._held:
@@ -213,9 +252,11 @@ class EndsAfterWrites:
             if stored is not None:
                 if stored:
                     await self.pipeline.submit(event, data_checked=True)
+                    if written is not None:
+                        written()
                 self._pass()
                 return
-        self._held.append((event, position, after_writes_of))
+        self._held.append((event, position, after_writes_of, written))
         if self._releasing is None:
             self._releasing = asyncio.create_task(self._release())
 
@@ -226,9 +267,11 @@ class EndsAfterWrites:
     async def _release(self) -> None:
         try:
             while self._held:
-                event, _, task = self._held[0]
+                event, _, task, written = self._held[0]
                 if task is None or self.saver is None or await self.saver.writes_stored(task):
                     await self.pipeline.submit(event, data_checked=True)
+                    if written is not None:
+                        written()
                 self._held.popleft()
                 self._pass()
         except BaseException as exc:
@@ -266,7 +309,7 @@ class EndsAfterWrites:
         stored: what the task's writes wait for (`RunSaver.events_stored`). So no writes wait,
         through the ends they wait for, for themselves (each waits only for events before its
         own end)."""
-        given = next((at for _, at, held in self._held if held == task), self._given)
+        given = next((at for _, at, held, _ in self._held if held == task), self._given)
         if self._passed < given:
             self._raise_failure()
             waiter = asyncio.get_running_loop().create_future()
@@ -386,6 +429,10 @@ class Executor:
         workflow = workflows.get(target)
         if workflow is None:
             return await self._fail(row, f"workflow {target!r} is not available on this worker")
+        if row.open_input_tokens or row.open_output_tokens:
+            # An earlier pick-up stopped (or died) before its nodes using these finished: they
+            # run again, their calls' tokens were spent on an interrupted attempt.
+            await self.store.count_interrupted(row.id, row.attempt)
         # The pick-up's checkpoints go through one connection held for it (`checkpoints`),
         # lent to the shared compiled graph through its config.
         async with checkpoints.for_pickup(self.checkpointer) as saver:
@@ -477,7 +524,7 @@ class Executor:
         )
         # A model call records its usage here directly (a cancelled one too, see `runtime`);
         # what is not stored when the graph ends goes into the statement recording the end.
-        usage = UsageWriter(self.store, row.id)
+        usage = UsageWriter(self.store, row.id, row.attempt)
         ctx.store_usage = usage.add
         drive = asyncio.create_task(
             self._drive(row, graph, graph_input, config, ctx, ordered, usage)
@@ -617,9 +664,18 @@ class Executor:
                 elif mode == "tasks":
                     end.ran = True
                     tokens_flowing = False
-                    event = self._task_event(row, chunk, started, usage)
+                    event, used = self._task_event(row, chunk, started, usage)
                     if event.type == "run.node.finished":
-                        await pipeline.submit(event, after_writes_of=str(chunk.get("id", "")))
+                        # Its calls are no longer at stake once its writes are stored.
+                        await pipeline.submit(
+                            event,
+                            after_writes_of=str(chunk.get("id", "")),
+                            written=functools.partial(
+                                stored_usage.finished,
+                                int(used.get("input_tokens", 0)),
+                                int(used.get("output_tokens", 0)),
+                            ),
+                        )
                     else:
                         await pipeline.submit(event)
                     if end.interrupt is None and chunk.get("interrupts"):
@@ -662,12 +718,15 @@ class Executor:
 
     def _task_event(
         self, row: RunRow, chunk: dict[str, Any], started: dict[str, float], usage: NodeUsage
-    ) -> events_pb2.Event:
+    ) -> tuple[events_pb2.Event, dict[str, Any]]:
+        """The node's `run.node.started` or `run.node.finished`, and the usage of its model
+        calls the latter carries ({} for the former)."""
         node = str(chunk.get("name", ""))
         task_id = str(chunk.get("id", ""))
         if "input" in chunk or "triggers" in chunk:
             started[task_id] = time.perf_counter()
-            return self.events.event(row, "run.node.started", {"node": node, "task": task_id})
+            event = self.events.event(row, "run.node.started", {"node": node, "task": task_id})
+            return event, {}
         data: dict[str, Any] = {"node": node, "task": task_id}
         if task_id in started:
             data["duration_seconds"] = round(time.perf_counter() - started.pop(task_id), 6)
@@ -675,8 +734,9 @@ class Executor:
             data["error"] = str(chunk["error"])
         if chunk.get("interrupts"):
             data["interrupted"] = True
-        data.update(usage.take(node))
-        return self.events.event(row, "run.node.finished", data)
+        used = usage.take(node)
+        data.update(used)
+        return self.events.event(row, "run.node.finished", data), used
 
     async def _complete(
         self,

@@ -139,6 +139,14 @@ class RunRow(Base):
     end_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Of those, the calls of nodes the pick-up running now has not finished (their usage leaves
+    # these once a node's writes are stored); a later pick-up moves what is left to
+    # `interrupted_*`: calls of nodes an interrupted pick-up did not finish, run again since.
+    # (Defaults in the database only: CreateRun's statement, compiled once, leaves them out.)
+    open_input_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    open_output_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    interrupted_input_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    interrupted_output_tokens: Mapped[int] = mapped_column(BigInteger, server_default="0")
     interrupt: Mapped[dict[str, Any] | None] = mapped_column(JSONB, nullable=True)
     # The answer ResumeRun gave, consumed by the next worker that picks the run up.
     has_resume: Mapped[bool] = mapped_column(Boolean, default=False)

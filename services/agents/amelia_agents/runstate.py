@@ -85,6 +85,10 @@ def end_events(row: RunRow) -> list[EndEvent]:
     sequence is kept); none for a run that has not ended."""
     prefix = lifecycle_prefix(row)
     usage = {"input_tokens": row.input_tokens or 0, "output_tokens": row.output_tokens or 0}
+    if row.interrupted_input_tokens or row.interrupted_output_tokens:
+        # Of them, the calls of nodes an interrupted attempt did not finish (`TokenUsage`).
+        usage["interrupted_input_tokens"] = row.interrupted_input_tokens or 0
+        usage["interrupted_output_tokens"] = row.interrupted_output_tokens or 0
     duration = (
         (row.end_time - row.start_time).total_seconds() if row.end_time and row.start_time else 0.0
     )

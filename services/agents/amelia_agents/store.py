@@ -118,14 +118,45 @@ class ThreadSummary:
         return self.row.update_time
 
 
-# A model call's tokens added to its run: built once (a run makes one per model call, and
-# building the statement cost more CPU than sending it), executed outside the ORM.
+def _open_change(column: Any, open_now: bool, name: str) -> Any:
+    """`column` plus the bound change `name` when the run is still at the writer's attempt
+    (`open_now`) or when it is not (not `open_now`): what a pick-up taken over writes late goes
+    to `interrupted_*` at once, the next pick-up having moved the rest already."""
+    at_attempt = RunRow.attempt == bindparam("attempt", type_=Integer)
+    change = bindparam(name, type_=BigInteger)
+    return column + case((at_attempt, change if open_now else 0), else_=0 if open_now else change)
+
+
+# A model call's tokens added to its run, and the change of the tokens of its pick-up's nodes
+# not finished yet (`RunRow.open_*`): built once (a run makes one per model call, and building
+# the statement cost more CPU than sending it), executed outside the ORM.
 _ADD_USAGE = DriverStatement(
     update(RunRow)
     .where(RunRow.id == bindparam("run_id"))
     .values(
         input_tokens=RunRow.input_tokens + bindparam("added_input", type_=BigInteger),
         output_tokens=RunRow.output_tokens + bindparam("added_output", type_=BigInteger),
+        open_input_tokens=_open_change(RunRow.open_input_tokens, True, "open_input"),
+        open_output_tokens=_open_change(RunRow.open_output_tokens, True, "open_output"),
+        interrupted_input_tokens=_open_change(RunRow.interrupted_input_tokens, False, "open_input"),
+        interrupted_output_tokens=_open_change(
+            RunRow.interrupted_output_tokens, False, "open_output"
+        ),
+    )
+)
+# A pick-up's start: the tokens of the nodes an earlier pick-up did not finish (it stopped or
+# died first; they run again) are counted as interrupted. Fenced by the pick-up's attempt.
+_COUNT_INTERRUPTED = DriverStatement(
+    update(RunRow)
+    .where(
+        RunRow.id == bindparam("run_id"),
+        RunRow.attempt == bindparam("attempt", type_=Integer),
+    )
+    .values(
+        interrupted_input_tokens=RunRow.interrupted_input_tokens + RunRow.open_input_tokens,
+        interrupted_output_tokens=RunRow.interrupted_output_tokens + RunRow.open_output_tokens,
+        open_input_tokens=0,
+        open_output_tokens=0,
     )
 )
 
@@ -825,11 +856,35 @@ class Store:
             found["claimed"]
         )
 
-    async def add_usage(self, run_id: uuid.UUID, input_tokens: int, output_tokens: int) -> None:
+    async def add_usage(
+        self,
+        run_id: uuid.UUID,
+        input_tokens: int,
+        output_tokens: int,
+        open_change: tuple[int, int] = (0, 0),
+        attempt: int = 0,
+    ) -> None:
+        """Add a pick-up's model calls to the run, and `open_change` (input, output) to the
+        tokens of its nodes not finished yet — to those counted interrupted when the run is no
+        longer at `attempt` (another pick-up has it)."""
         async with pgdriver.connection(self.engine) as pg:
             await _ADD_USAGE.execute(
-                pg, {"run_id": run_id, "added_input": input_tokens, "added_output": output_tokens}
+                pg,
+                {
+                    "run_id": run_id,
+                    "added_input": input_tokens,
+                    "added_output": output_tokens,
+                    "open_input": open_change[0],
+                    "open_output": open_change[1],
+                    "attempt": attempt,
+                },
             )
+
+    async def count_interrupted(self, run_id: uuid.UUID, attempt: int) -> None:
+        """At pick-up `attempt`'s start: what the nodes an earlier pick-up left unfinished
+        used is counted as interrupted (`RunRow.interrupted_*`)."""
+        async with pgdriver.connection(self.engine) as pg:
+            await _COUNT_INTERRUPTED.execute(pg, {"run_id": run_id, "attempt": attempt})
 
     async def finish(
         self,

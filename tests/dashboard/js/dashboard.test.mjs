@@ -158,6 +158,17 @@ test("a run's node usage: tokens per task from run.node.finished, cost only when
   assert.deepEqual(usageTotals(new Map()), { input: 0, output: 0, cost: undefined });
 });
 
+test("a run's usage from GetRun's JSON or its end event, and the interrupted attempts' share", async () => {
+  const { interruptedText, runUsage } = await import(new URL("runstate.js", STATIC));
+  // GetRun's JSON: int64 as strings, camelCase; the share left out when 0.
+  assert.deepEqual(runUsage({ inputTokens: "675", outputTokens: "517", interruptedInputTokens: "375", interruptedOutputTokens: "217" }),
+    { input: 675, output: 517, interruptedInput: 375, interruptedOutput: 217 });
+  assert.equal(interruptedText({ inputTokens: "300", outputTokens: "300" }), "");
+  // The run's end event: snake_case numbers.
+  assert.equal(interruptedText({ input_tokens: 44, output_tokens: 20, interrupted_input_tokens: 11, interrupted_output_tokens: 5 }), "11 in / 5 out");
+  assert.deepEqual(runUsage(null), { input: 0, output: 0, interruptedInput: 0, interruptedOutput: 0 });
+});
+
 test("the steps card gives the run's duration; the steps' own time only when the rest was waiting", async () => {
   const { StepsView } = await import(new URL("views/steps.js", STATIC));
   const timing = (run, steps) => StepsView.prototype.timing.call({ run }, steps);

@@ -87,6 +87,29 @@ def tokens_used(usage: dict[str, Any]) -> str:
     return f"{used_in} in / {used_out} out" if used_in or used_out else ""
 
 
+def interrupted_used(usage: dict[str, Any]) -> str:
+    """`11 in / 5 out`: of the run's tokens, the calls of nodes an interrupted attempt did not
+    finish (they ran again, so the total is bigger than its nodes' — QA s26 H2); "" if none."""
+    lost_in = int(usage.get("interruptedInputTokens") or 0)
+    lost_out = int(usage.get("interruptedOutputTokens") or 0)
+    return f"{lost_in} in / {lost_out} out" if lost_in or lost_out else ""
+
+
+def tokens_facts(usage: dict[str, Any]) -> tuple[str, ...]:
+    """The run's tokens as the head says them, longest first (it shows the first that fits):
+    with the interrupted attempts' share, then without it (a line under the head says it)."""
+    total, lost = tokens_used(usage), interrupted_used(usage)
+    if not (total and lost):
+        return (total,)
+    return (f"{total}, of which {lost} in interrupted attempts", total)
+
+
+def interrupted_line(usage: dict[str, Any]) -> str:
+    """The line under a head with no room for the interrupted attempts' share."""
+    total, lost = tokens_used(usage), interrupted_used(usage)
+    return f"of its {total} tokens, {lost} in interrupted attempts" if total and lost else ""
+
+
 def read_answer(text: str) -> Any:
     """A typed answer: JSON when it is JSON (`true`, `{"approved": false}`), else the text."""
     try:
@@ -146,6 +169,8 @@ class RunScreen(LiveScreen):
     def compose(self) -> ComposeResult:
         yield TopBar("Runs", f"run {short_id(self.run_name)}")
         yield Static("", id="run-head")
+        # The interrupted attempts' share of the tokens, when the head has no room for it.
+        yield Static("", id="run-interrupted", classes="hint")
         yield Static("", id="run-nodes")
         yield Static("", id="run-error", classes="error")
         # Wraps (the output's placeholder is one line): the names are whole at 80 columns.
@@ -182,6 +207,7 @@ class RunScreen(LiveScreen):
         self.query_one("#question").display = False
         self.query_one("#run-error").display = False
         self.query_one("#run-queued").display = False
+        self.query_one("#run-interrupted").display = False
         self._render_head()
         app = amelia(self)
         if app.live:
@@ -301,19 +327,28 @@ class RunScreen(LiveScreen):
             status_text(shown_status(run, self.status) if self.status else "…"),
         )
         created, started = when(run.get("createTime")), when(run.get("startTime"))
-        facts = [
-            ("took", took(run.get("duration"))),
-            ("tokens", tokens_used(run.get("usage") or {})),
-            ("retried", f"{self.retries}×" if self.retries else ""),
-            ("created", created),
-            ("started", started if started != created else ""),
+        facts: list[tuple[str, tuple[str, ...]]] = [
+            ("took", (took(run.get("duration")),)),
+            ("tokens", tokens_facts(run.get("usage") or {})),
+            ("retried", (f"{self.retries}×" if self.retries else "",)),
+            ("created", (created,)),
+            ("started", (started if started != created else "",)),
         ]
         room = self.size.width - 2 if self.size.width else 1000
-        for label, value in facts:
-            fact = Text.assemble("  ", (label, "dim"), " ", value)
-            if value and head.cell_len + fact.cell_len <= room:
-                head.append_text(fact)
+        for label, values in facts:
+            for value in values:
+                fact = Text.assemble("  ", (label, "dim"), " ", value)
+                if value and head.cell_len + fact.cell_len <= room:
+                    head.append_text(fact)
+                    break
         self.query_one("#run-head", Static).update(head)
+        usage = run.get("usage") or {}
+        line = (
+            "" if f"of which {interrupted_used(usage)}" in head.plain else interrupted_line(usage)
+        )
+        below = self.query_one("#run-interrupted", Static)
+        below.display = bool(line)
+        below.update(line)
 
     def on_resize(self) -> None:
         self._render_head()

@@ -1304,19 +1304,30 @@ class TokenUsage(_message.Message):
 
     INPUT_TOKENS_FIELD_NUMBER: _builtins.int
     OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    INTERRUPTED_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    INTERRUPTED_OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
     input_tokens: _builtins.int
     """Prompt tokens."""
     output_tokens: _builtins.int
     """Generated tokens."""
+    interrupted_input_tokens: _builtins.int
+    """Output only: of `input_tokens`, those of model calls in nodes an interrupted attempt did
+    not finish (its worker died or froze and another took the run over, or it stopped for an
+    outage or a shutdown): those nodes ran again, so no step's usage counts these calls.
+    """
+    interrupted_output_tokens: _builtins.int
+    """Output only: of `output_tokens`, those of the same calls."""
     def __init__(
         self,
         *,
         input_tokens: _builtins.int = ...,
         output_tokens: _builtins.int = ...,
+        interrupted_input_tokens: _builtins.int = ...,
+        interrupted_output_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_tokens", b"input_tokens", "output_tokens", b"output_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input_tokens", b"input_tokens", "interrupted_input_tokens", b"interrupted_input_tokens", "interrupted_output_tokens", b"interrupted_output_tokens", "output_tokens", b"output_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

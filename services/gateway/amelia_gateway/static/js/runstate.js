@@ -43,6 +43,33 @@ export function usageTotals(nodeUsage) {
   return { input, output, cost: priced && nodeUsage.size ? cost : undefined };
 }
 
+/**
+ * A run's token usage, from GetRun's JSON (`inputTokens`, int64 as strings) or a run's end event
+ * (`input_tokens`): `input`, `output`, and of them `interruptedInput`, `interruptedOutput` — the
+ * calls of nodes an interrupted attempt did not finish (they ran again: no step counts them).
+ */
+export function runUsage(usage) {
+  const count = (camel, snake) => Number((usage && (usage[camel] ?? usage[snake])) || 0);
+  return {
+    input: count("inputTokens", "input_tokens"),
+    output: count("outputTokens", "output_tokens"),
+    interruptedInput: count("interruptedInputTokens", "interrupted_input_tokens"),
+    interruptedOutput: count("interruptedOutputTokens", "interrupted_output_tokens"),
+  };
+}
+
+// What "in interrupted attempts" counts (docs/agents.md, "Token usage").
+export const INTERRUPTED_TITLE = "Model calls of nodes an attempt did not finish before it was interrupted "
+  + "(its worker stopped or froze, or NATS or PostgreSQL did not answer): those nodes ran again, "
+  + "so the steps do not count these calls; the run's total does, as a bill does.";
+
+/** What the run's interrupted attempts used ("375 in / 217 out"), or "" when none. */
+export function interruptedText(usage) {
+  const used = runUsage(usage);
+  return used.interruptedInput + used.interruptedOutput
+    ? `${used.interruptedInput} in / ${used.interruptedOutput} out` : "";
+}
+
 const ENDED_NODE = { "run.completed": "done", "run.failed": "error", "run.cancelled": "stopped" };
 // A node the run never reached: skipped by a completed run (a rejected plan's `planning`), not
 // run by one that failed or was cancelled (a queued run cancelled before it started: all).

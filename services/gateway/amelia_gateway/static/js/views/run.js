@@ -12,7 +12,7 @@ import { OutputView } from "../output.js";
 import {
   ACTIVE_STATUSES, TERMINAL_STATUSES, statusBadge, statusLabel,
 } from "../runstatus.js";
-import { newRunState, reduce } from "../runstate.js";
+import { INTERRUPTED_TITLE, interruptedText, newRunState, reduce, runUsage } from "../runstate.js";
 import { DIFF_QUESTION_KEYS, DiffView } from "./diff.js";
 import { hitsOf, passage } from "./passages.js";
 import { StepsView } from "./steps.js";
@@ -215,8 +215,8 @@ export function mount(main, ctx, [runId]) {
 
   function renderMeta() {
     const run = state.run || {};
-    const usage = state.usage || run.usage;
-    const used = usage && Number(usage.inputTokens ?? usage.input_tokens ?? 0) + Number(usage.outputTokens ?? usage.output_tokens ?? 0);
+    const usage = runUsage(state.usage || run.usage);
+    const used = usage.input + usage.output;
     // Items that appear late come last, so they never push the others around.
     const items = [
       ["Created", formatTime(run.createTime)],
@@ -224,14 +224,22 @@ export function mount(main, ctx, [runId]) {
       ["Started", formatTime(run.startTime)],
       ["Ended", formatTime(run.endTime)],
       ["Duration", formatDuration(run.duration)],
-      ["Model tokens", used ? `${Number(usage.inputTokens ?? usage.input_tokens ?? 0)} in / ${Number(usage.outputTokens ?? usage.output_tokens ?? 0)} out` : ""],
+      ["Model tokens", used ? tokensShown(`${usage.input} in / ${usage.output} out`, interruptedText(state.usage || run.usage)) : ""],
       // Pick-ups after an interruption (a worker stopped, or NATS or PostgreSQL did not answer);
       // answering a question is not a retry.
       ["Retried", state.retries ? `${state.retries}× (interrupted; continued from its checkpoint)` : ""],
     ].filter(([, value]) => value);
-    meta.replaceChildren(...items.map(([label, value]) => h("span", {}, `${label} `, h("b", {}, value))));
+    meta.replaceChildren(...items.map(([label, value]) => h("span", {}, `${label} `, typeof value === "string" ? h("b", {}, value) : value)));
     targetLabel.textContent = run.workflow || run.agent || "";
     if (run.thread) continueLink.href = `#/threads/${idOf(run.thread)}`;
+  }
+
+  /** The run's tokens, and — why they exceed its steps' (QA s26 H2) — the share of the calls
+   * of nodes an interrupted attempt did not finish (they ran again). */
+  function tokensShown(total, interrupted) {
+    if (!interrupted) return total;
+    return h("span", { id: "run-tokens", title: INTERRUPTED_TITLE },
+      h("b", {}, total), ", of which ", h("b", {}, interrupted), " in interrupted attempts");
   }
 
   function renderNodes() {

@@ -4,7 +4,7 @@
 // travel: ForkRun with an optional state update).
 
 import { errorNotice, formatDuration, h, idOf, prettyJson, uuid } from "../dom.js";
-import { usageTotals } from "../runstate.js";
+import { INTERRUPTED_TITLE, interruptedText, usageTotals } from "../runstate.js";
 
 const STEP_STATE = {
   RUN_STEP_STATE_PENDING: ["running", "active"],
@@ -122,6 +122,10 @@ export class StepsView {
     this.totals.textContent = `${steps.length} step${steps.length === 1 ? "" : "s"}${this.timing(steps)}`
       + (used.input + used.output ? ` · ${used.input} tokens in, ${used.output} out` : streamed ? ` · ${streamed} tokens streamed` : "")
       + (used.cost !== undefined ? ` · ${formatCost(used.cost)}` : "");
+    // The run's total also counts the calls of nodes an interrupted attempt ran, then ran again.
+    const interrupted = interruptedText(this.run && this.run.usage);
+    this.totals.title = interrupted ? INTERRUPTED_TITLE : "";
+    if (interrupted) this.totals.textContent += ` · not in these steps: ${interrupted} in interrupted attempts`;
   }
 
   /** " · the run took 30 s", and the steps' own time when it differs enough to mean something
