@@ -5,8 +5,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
-PROTO_SRC := $(wildcard protos/amelia/v1/*.proto)
+PROTO_SRC := $(sort $(wildcard protos/amelia/v1/*.proto))
 PROTO_OUT := libs/protos
+PROTO_SET := amelia/v1/descriptors.binpb
 PACKAGES := -e libs/protos -e "libs/common[db,embedded]" -e libs/cli \
 	-e services/events -e services/agents -e services/rag -e services/gateway
 
@@ -36,10 +37,12 @@ node_modules/.installed: package.json package-lock.json
 run: install
 	$(VENV)/bin/amelia up
 
+# descriptors.binpb: the protos with their comments, what server reflection serves (grpcurl describe).
 protos: $(STAMP)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m grpc_tools.protoc -I protos \
 		--python_out=$(PROTO_OUT) --grpc_python_out=$(PROTO_OUT) \
-		--mypy_out=$(PROTO_OUT) --mypy_grpc_out=$(PROTO_OUT) $(PROTO_SRC)
+		--mypy_out=$(PROTO_OUT) --mypy_grpc_out=$(PROTO_OUT) \
+		--include_source_info --descriptor_set_out=$(PROTO_OUT)/$(PROTO_SET) $(PROTO_SRC)
 	# The gateway's OpenAPI descriptions come from the proto comments.
 	$(PY) -W ignore::RuntimeWarning -m amelia_gateway.openapi --write-docs protos
 
@@ -48,7 +51,8 @@ check-protos: $(STAMP)
 	rm -rf .protos-check && mkdir -p .protos-check
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m grpc_tools.protoc -I protos \
 		--python_out=.protos-check --grpc_python_out=.protos-check \
-		--mypy_out=.protos-check --mypy_grpc_out=.protos-check $(PROTO_SRC)
+		--mypy_out=.protos-check --mypy_grpc_out=.protos-check \
+		--include_source_info --descriptor_set_out=.protos-check/$(PROTO_SET) $(PROTO_SRC)
 	diff -r -x '__init__.py' -x 'py.typed' -x '__pycache__' .protos-check/amelia $(PROTO_OUT)/amelia \
 		|| (echo "Generated protobuf code is stale: run 'make protos' and commit." && exit 1)
 	rm -rf .protos-check

@@ -180,6 +180,17 @@ def _shortened(match: re.Match[str]) -> str:
     return f"{quote}{value[:ECHO_KEPT]}…{quote} ({len(value)} characters)"
 
 
+def quoted(value: str) -> str:
+    """`value` as an error message quotes it, bounded before the message is built: whole
+    (`repr`) up to ECHO_LIMIT characters, else its first ECHO_KEPT and its length, as
+    `shorten_echoes` writes one (`'aaaa…' (8005 characters)`). For a value `shorten_echoes`
+    cannot be relied on to find (a repr holding both quote characters and spaces)."""
+    if len(value) <= ECHO_LIMIT:
+        return repr(value)
+    start = repr(value[:ECHO_KEPT])
+    return f"{start[:-1]}…{start[-1]} ({len(value)} characters)"
+
+
 def shorten_echoes(message: str) -> str:
     """`message` with every long value in it (a quoted one, or any text without spaces longer
     than ECHO_LIMIT characters) cut to its first ECHO_KEPT characters and its length:

@@ -31,9 +31,8 @@ from google.protobuf import duration_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
-from amelia_common import metrics, telemetry
+from amelia_common import metrics, reflection, telemetry
 from amelia_common.auth import token_ok
 from amelia_common.errors import (
     MAX_REQUEST_ID_LENGTH,
@@ -439,12 +438,9 @@ class GrpcService:
         self.register(server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        # Reflection with the protos' comments, for grpcurl's `describe` (amelia_common.reflection).
         reflection.enable_server_reflection(
-            [
-                *self.service_names,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ],
+            [*self.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name],
             server,
         )
         host = self.settings.bind_host

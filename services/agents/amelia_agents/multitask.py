@@ -32,8 +32,9 @@ is the reconciler's, as for any run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 from nats.js import JetStreamContext
 from sqlalchemy import text
@@ -114,6 +115,19 @@ async def _take(lock: RunLock) -> bool:
         if await lock.acquire():
             return True
     return False
+
+
+@contextlib.asynccontextmanager
+async def ended_run_lock(store: Store, run_id: uuid.UUID) -> AsyncIterator[bool]:
+    """Hold an ended run's lock while the body runs (DeleteRun): True once taken (no worker is
+    stopping the run any more), False when its worker still held it after a moment."""
+    lock = RunLock(store.engine, run_id)
+    taken = await _take(lock)
+    try:
+        yield taken
+    finally:
+        if taken:
+            await lock.release()
 
 
 async def settle_quietly(

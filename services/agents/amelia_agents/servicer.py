@@ -23,6 +23,8 @@ from amelia_agents import (
     pagination,
     queue,
     steps,
+    thread_fields,
+    threadcopy,
     threadstate,
     waiting,
     webhooks,
@@ -152,8 +154,17 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         self, request: agents_pb2.CreateThreadRequest, context: Ctx
     ) -> agents_pb2.CreateThreadResponse:
         meta = convert.json_from(request.thread.metadata, "thread.metadata")
-        row = await self.store.create_thread(meta)
-        return agents_pb2.CreateThreadResponse(thread=convert.thread_to_proto(row))
+        tid = thread_fields.chosen_id(request)
+        when_there = thread_fields.if_exists(request.if_exists)
+        row, made = await self.store.create_thread(meta, tid)
+        if made:
+            return agents_pb2.CreateThreadResponse(thread=convert.thread_to_proto(row))
+        if when_there == thread_fields.RAISE:
+            raise AlreadyExistsError(
+                f'threads/{row.id} already exists; if_exists "do_nothing" returns it as it is'
+            )
+        found = convert.found(await self.store.thread_summary(row.id), f"threads/{row.id}")
+        return agents_pb2.CreateThreadResponse(thread=_thread(found))
 
     async def GetThread(
         self, request: agents_pb2.GetThreadRequest, context: Ctx
@@ -183,6 +194,24 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         where = threadstate.metadata_condition(request.metadata_filter)
         status = convert.thread_status(request.status)
         return agents_pb2.CountThreadsResponse(count=await self.store.count_threads(where, status))
+
+    async def UpdateThread(
+        self, request: agents_pb2.UpdateThreadRequest, context: Ctx
+    ) -> agents_pb2.UpdateThreadResponse:
+        tid = convert.thread_id(request.thread.name)
+        thread_fields.update_mask(request.update_mask)
+        patch = convert.json_from(request.thread.metadata, "thread.metadata")
+        changed = await self.store.update_thread(tid, lambda old: thread_fields.merged(old, patch))
+        convert.found(changed, f"threads/{tid}")
+        found = convert.found(await self.store.thread_summary(tid), f"threads/{tid}")
+        return agents_pb2.UpdateThreadResponse(thread=_thread(found))
+
+    async def CopyThread(
+        self, request: agents_pb2.CopyThreadRequest, context: Ctx
+    ) -> agents_pb2.CopyThreadResponse:
+        tid = convert.thread_id(request.name)
+        row = convert.found(await threadcopy.copy_thread(self.store, tid), f"threads/{tid}")
+        return agents_pb2.CopyThreadResponse(thread=convert.thread_to_proto(row))
 
     async def DeleteThread(
         self, request: agents_pb2.DeleteThreadRequest, context: Ctx
@@ -518,6 +547,30 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
             run.queued_behind = convert.run_name(stopping)
         return agents_pb2.GetRunResponse(run=run)
 
+    async def DeleteRun(
+        self, request: agents_pb2.DeleteRunRequest, context: Ctx
+    ) -> agents_pb2.DeleteRunResponse:
+        """As LangGraph Server: the run's row goes; its thread's checkpoints stay (they are the
+        thread's state, which later runs continue from), and so do its events (the log is
+        append-only). A rolled back run's checkpoints go with it, as its rollback would have
+        done. A webhook still owed is delivered (migration agents_0008's trigger)."""
+        rid = convert.run_id(request.name)
+        name = convert.run_name(rid)
+        row = convert.found(await self.store.get_run(rid), name)
+        _check_ended(row)
+        # A CANCELLED run's worker may still be stopping its graph: wait a moment for it.
+        async with multitask.ended_run_lock(self.store, rid) as free:
+            if not free:
+                raise FailedPreconditionError(
+                    f"{name} is {row.status} but its worker is still stopping it: retry in a moment"
+                )
+            if row.rolled_back:
+                await multitask.delete_checkpoints(self.store, row.thread_id, [rid])
+            left = await self.store.delete_ended_run(rid)
+        if left is not None:
+            _check_ended(left)  # resumed or re-queued meanwhile: say so
+        return agents_pb2.DeleteRunResponse()
+
     async def ListRuns(
         self, request: agents_pb2.ListRunsRequest, context: Ctx
     ) -> agents_pb2.ListRunsResponse:
@@ -769,6 +822,15 @@ def _resumed_again(row: RunRow, answer: Any, request_id: str) -> agents_pb2.Resu
             "retry must repeat the same answer, a new answer needs a new request_id"
         )
     return agents_pb2.ResumeRunResponse(run=convert.run_to_proto(row))
+
+
+def _check_ended(row: RunRow) -> None:
+    """FAILED_PRECONDITION naming the run's status unless it has ended (DeleteRun)."""
+    if row.status not in {state.value for state in TERMINAL_STATES}:
+        raise FailedPreconditionError(
+            f"runs/{row.id} is {row.status}: only an ended run (COMPLETED, FAILED or CANCELLED) "
+            "can be deleted; cancel it first (CancelRun)"
+        )
 
 
 def _already_made(existing: RunRow, rid: str, what: str) -> AlreadyExistsError:

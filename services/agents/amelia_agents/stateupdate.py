@@ -18,7 +18,7 @@ from langgraph.errors import InvalidUpdateError
 from langgraph.graph import START
 from langgraph.pregel import Pregel
 
-from amelia_common.errors import InvalidArgumentError
+from amelia_common.errors import InvalidArgumentError, quoted
 
 # Set on an update's checkpoint: the node it was written as, when one was named. LangGraph
 # keeps no trace of it, and a fork from the step it starts must write its own update as the
@@ -33,8 +33,8 @@ def check_update(graph: Pregel[Any], values: dict[str, Any], as_node: str) -> No
     does not have (LangGraph would drop the first silently), or messages no model could read."""
     nodes = [n for n in graph.nodes if n != START]
     if as_node and as_node != START and as_node not in nodes:
-        raise InvalidArgumentError(
-            f"as_node {as_node[:80]!r} is not a node of the thread's graph; its nodes: "
+        raise InvalidArgumentError(  # `quoted`: a cut to 80 characters gave no length
+            f"as_node {quoted(as_node)} is not a node of the thread's graph; its nodes: "
             f"{', '.join(nodes)}"
         )
     _check_messages(values.get("messages"))
@@ -42,7 +42,7 @@ def check_update(graph: Pregel[Any], values: dict[str, Any], as_node: str) -> No
     unknown = [key for key in values if key not in keys]
     if unknown:
         raise InvalidArgumentError(
-            f"values has {', '.join(repr(k[:80]) for k in unknown)}, not a key of the thread's "
+            f"values has {', '.join(quoted(k) for k in unknown)}, not a key of the thread's "
             f"state; its keys: {', '.join(keys)}"
         )
 

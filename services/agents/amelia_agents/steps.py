@@ -28,7 +28,12 @@ from amelia_agents.checkpoints import CONTINUED_KEY
 from amelia_agents.convert import to_value
 from amelia_agents.models import RunRow
 from amelia_agents.stateupdate import AS_NODE_KEY, write_update
-from amelia_common.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from amelia_common.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    quoted,
+)
 
 # LangGraph's checkpoint ids are UUIDs (version 6, ordered in time); anything else names none.
 _CHECKPOINT_ID = re.compile(r"^[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$")
@@ -174,7 +179,7 @@ def checkpoint_id(value: str, field: str, listed_by: str = "ListThreadHistory") 
     field and where ids are found (`listed_by`) for anything else, which names no checkpoint."""
     if not is_checkpoint_id(value):
         raise InvalidArgumentError(
-            f"{field} {value[:80]!r} is not a checkpoint id: take one from {listed_by}"
+            f"{field} {quoted(value)} is not a checkpoint id: take one from {listed_by}"
         )
     return value
 

@@ -39,6 +39,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
@@ -525,10 +526,43 @@ class Store:
 
     # threads --------------------------------------------------------------------------------
 
-    async def create_thread(self, meta: dict[str, Any]) -> ThreadRow:
-        row = ThreadRow(id=uuid.uuid4(), meta=meta, create_time=now(), update_time=now())
+    async def create_thread(
+        self, meta: dict[str, Any], thread_id: uuid.UUID | None = None
+    ) -> tuple[ThreadRow, bool]:
+        """The thread `thread_id` (a new id when None) with `meta`, and whether this call made
+        it: an existing thread of that id is returned as it is. One `INSERT … ON CONFLICT DO
+        NOTHING`: of two concurrent creates of one id, the second waits for the first's commit
+        and inserts nothing, so there is one thread (a primary key, not a read-then-write)."""
+        tid = thread_id or uuid.uuid4()
+        stamp = now()
+        threads = ThreadRow.__table__
+        made = (
+            pg_insert(threads)
+            .values(id=tid, metadata=meta, create_time=stamp, update_time=stamp)
+            .on_conflict_do_nothing(index_elements=[threads.c.id])
+            .returning(threads.c.id)
+        )
+        while True:
+            async with self.sessions() as s, s.begin():
+                if await s.scalar(made) is not None:
+                    return ThreadRow(id=tid, meta=meta, create_time=stamp, update_time=stamp), True
+                existing = await s.get(ThreadRow, tid)
+            if existing is not None:
+                return existing, False
+            # Deleted between the two statements: the id is free again, insert once more.
+
+    async def update_thread(
+        self, thread_id: uuid.UUID, change: Callable[[dict[str, Any]], dict[str, Any]]
+    ) -> ThreadRow | None:
+        """The thread with its metadata replaced by `change(metadata)`, read and written under
+        a row lock (two concurrent merges both land), its update_time now; None if it is not
+        there. `change` may raise to refuse the result: nothing is written."""
         async with self.sessions() as s, s.begin():
-            s.add(row)
+            row = await s.get(ThreadRow, thread_id, with_for_update=True)
+            if row is None:
+                return None
+            row.meta = change(dict(row.meta or {}))
+            row.update_time = now()
         return row
 
     async def get_thread(self, thread_id: uuid.UUID) -> ThreadRow | None:
@@ -1095,6 +1129,21 @@ class Store:
         query = select(_RUNS.c.thread_id).where(or_(stalled, leftover)).distinct().limit(limit)
         async with self.autocommit.connect() as conn:
             return list((await conn.scalars(query)).all())
+
+    async def delete_ended_run(self, run_id: uuid.UUID) -> RunRow | None:
+        """Delete the run if it has ended (COMPLETED, FAILED or CANCELLED): None when it was
+        deleted, else the run as it is (a status the caller names), NotFound as None too —
+        callers read it first. One conditional DELETE: a run resumed or re-queued meanwhile is
+        not deleted."""
+        async with self.autocommit.connect() as conn:
+            gone = await conn.scalar(
+                delete(_RUNS)
+                .where(_RUNS.c.id == run_id, _RUNS.c.status.in_(_ENDED_VALUES))
+                .returning(_RUNS.c.id)
+            )
+        if gone is not None:
+            return None
+        return await self.get_run(run_id)
 
     async def delete_runs(self, run_ids: Sequence[uuid.UUID]) -> None:
         async with self.autocommit.connect() as conn:

@@ -24,7 +24,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.pregel import Pregel
 from langgraph.types import StateSnapshot
-from sqlalchemy import and_, select, update
+from sqlalchemy import and_, select, text, update
 from sqlalchemy.sql.elements import ColumnElement
 
 from amelia.v1 import agents_pb2
@@ -155,9 +155,9 @@ class ThreadStates:
         return tid
 
     async def _graph(self, tid: uuid.UUID) -> Pregel[Any] | None:
-        """The graph of the thread's latest run (None: the thread has no run)."""
+        """The graph the thread's state is read with (`_graph_run`; None: no run gives one)."""
         async with self.store.single_statements() as s:
-            latest = await s.scalar(_latest_run(tid))
+            latest = await _graph_run(s, tid)
         return steps.compiled(latest, self.checkpointer) if latest is not None else None
 
     async def _known_checkpoint(self, tid: uuid.UUID, checkpoint: str) -> None:
@@ -172,7 +172,7 @@ class ThreadStates:
             steps.checkpoint_id(checkpoint, "checkpoint")
             await self._known_checkpoint(tid, checkpoint)
         graph = await self._graph(tid)
-        if graph is None:  # no run, so no checkpoint yet
+        if graph is None:  # never run (or every run deleted): no graph to read a state with
             return agents_pb2.ThreadState(thread=f"threads/{tid}")
         snapshot = await graph.aget_state(_config(tid, checkpoint))
         return to_state(tid, snapshot)
@@ -183,7 +183,7 @@ class ThreadStates:
         """INVALID_ARGUMENT unless a run without input can continue the thread: its latest
         checkpoint has nodes to run (`next`), on the graph of its latest run (the target)."""
         async with self.store.single_statements() as s:
-            latest = await s.scalar(_latest_run(tid))
+            latest = await _graph_run(s, tid)
         snapshot = None
         if latest is not None:
             snapshot = await steps.compiled(latest, self.checkpointer).aget_state(_config(tid))
@@ -305,7 +305,7 @@ class ThreadStates:
                     f"threads/{tid} has a {active.status.lower()} run, runs/{active.id}: its "
                     f"state changes only between runs; wait for the run to end, or cancel it{paused}"
                 )
-            latest = await s.scalar(_latest_run(tid))
+            latest = await _graph_run(s, tid)
             if latest is None:
                 raise FailedPreconditionError(
                     f"threads/{tid} has no run yet: its graph (the state's keys and nodes) is "
@@ -367,6 +367,30 @@ def named(runs: list[RunRow]) -> str:
     if len(runs) > NAMED_RUNS:
         return f"more than {NAMED_RUNS} active runs: {shown}, and more"
     return f"{len(runs)} active runs: {shown}"
+
+
+# The run that wrote the thread's latest checkpoint written by a run (a state update's has no
+# run), read backwards through the checkpoints' primary key.
+_CHECKPOINT_RUN = text(
+    """
+    SELECT CAST(metadata ->> 'amelia_run' AS uuid) FROM checkpoints
+    WHERE thread_id = :thread AND checkpoint_ns = '' AND metadata ? 'amelia_run'
+    ORDER BY checkpoint_id DESC LIMIT 1
+    """
+)
+
+
+async def _graph_run(s: Any, tid: uuid.UUID) -> RunRow | None:
+    """The run whose graph (target and agent snapshot) the thread's state is read and written
+    with: the thread's latest run; for a thread with none, the run that wrote its latest
+    checkpoint — a CopyThread's copy has its source's checkpoints and no run, and is read with
+    the graph that wrote them. None: no run gives the graph (a thread never run, or whose runs
+    were all deleted with DeleteRun)."""
+    latest: RunRow | None = await s.scalar(_latest_run(tid))
+    if latest is not None:
+        return latest
+    writer = await s.scalar(_CHECKPOINT_RUN, {"thread": str(tid)})
+    return await s.get(RunRow, writer) if writer is not None else None
 
 
 def _latest_run(tid: uuid.UUID) -> Any:

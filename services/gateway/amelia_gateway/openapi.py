@@ -16,7 +16,7 @@ from typing import Any
 
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 
-from amelia_gateway.requests import NDJSON
+from amelia_gateway.requests import MAX_CLIENT_TIMEOUT, NDJSON
 from amelia_gateway.routes import ROUTES, Rule
 from amelia_gateway.transcode import (
     STRING_WKT,
@@ -388,8 +388,15 @@ def build_document(server_url: str = "") -> dict[str, Any]:
                     "in": "header",
                     "required": False,
                     "description": "Deadline in seconds passed to the service (or send "
-                    "`grpc-timeout`); default GATEWAY_TIMEOUT_SECONDS.",
-                    "schema": {"type": "number", "exclusiveMinimum": True, "minimum": 0},
+                    "`grpc-timeout`); default GATEWAY_TIMEOUT_SECONDS. More than "
+                    f"{MAX_CLIENT_TIMEOUT:g} seconds is a 400, not cut to it.",
+                    # OpenAPI 3.0: exclusiveMinimum is a flag on `minimum` (3.1 makes it a number).
+                    "schema": {
+                        "type": "number",
+                        "exclusiveMinimum": True,
+                        "minimum": 0,
+                        "maximum": MAX_CLIENT_TIMEOUT,
+                    },
                 }
             },
             "securitySchemes": {

@@ -152,6 +152,22 @@ ROUTES: tuple[Rule, ...] = (
         operation="CountThreadsSearch",
     ),
     *_resource("threads", "thread", "AgentService", get="GetThread", delete="DeleteThread"),
+    Rule(
+        "PATCH",
+        "/v1/threads/{thread}",
+        "AgentService",
+        "UpdateThread",
+        body="thread",
+        bind={"thread.name": "threads/{thread}"},
+    ),
+    Rule(
+        "POST",
+        "/v1/threads/{thread}:copy",
+        "AgentService",
+        "CopyThread",
+        body="*",
+        bind={"name": "threads/{thread}"},
+    ),
     # AgentService: a thread's state and history (LangGraph Server's /threads/{id}/state)
     Rule(
         "GET",
@@ -206,7 +222,7 @@ ROUTES: tuple[Rule, ...] = (
     ),
     Rule("GET", "/v1/runs", "AgentService", "ListRuns"),
     Rule("GET", "/v1/queue", "AgentService", "GetRunQueue"),
-    *_resource("runs", "run", "AgentService", get="GetRun"),
+    *_resource("runs", "run", "AgentService", get="GetRun", delete="DeleteRun"),
     Rule(
         "POST",
         "/v1/runs/{run}:cancel",

@@ -9,7 +9,9 @@ so a 50 MB PDF never sits whole in the gateway's memory.
   part. Each field once (a field twice, or in `source` and beside it, is a 400, as a query
   parameter twice is), and no query string: nothing the client sent is silently dropped.
 - any other content type: the body is the document; DocumentSource fields come from the query
-  string (`?title=notes.md&type=DOCUMENT_TYPE_MARKDOWN`), the file name may come from
+  string (`?title=notes.md&type=DOCUMENT_TYPE_MARKDOWN`, `metadata` as a JSON object, read as
+  the multipart form's is: a raw upload had no way to carry metadata before, QA s27b L4), the
+  file name may come from
   `Content-Disposition: attachment; filename="notes.md"`, or `filename*=UTF-8''%E5%90%8D.md`
   (RFC 6266/8187, how HTTP clients send a name that is not ASCII), which wins over `filename`.
 
@@ -176,7 +178,12 @@ async def upload(gateway: Gateway, request: Request, rid: str) -> Response:
 
 async def _raw(request: Request, call: _Call, limit: int) -> None:
     query = list(request.query_params.multi_items())
-    values = query_to_dict(rag_pb2.DocumentSource.DESCRIPTOR, query, set())
+    values = query_to_dict(
+        rag_pb2.DocumentSource.DESCRIPTOR,
+        query,
+        set(),
+        json_value=lambda text, key: read_json_object(text, f"query parameter {key!r}"),
+    )
     source = rag_pb2.DocumentSource()
     parse_into(source, values, "query string")
     filename = disposition_filename(request.headers.get("content-disposition", ""))

@@ -80,6 +80,16 @@ class AgentServiceStub:
                 request_serializer=amelia_dot_v1_dot_agents__pb2.CountThreadsRequest.SerializeToString,
                 response_deserializer=amelia_dot_v1_dot_agents__pb2.CountThreadsResponse.FromString,
                 _registered_method=True)
+        self.UpdateThread = channel.unary_unary(
+                '/amelia.v1.AgentService/UpdateThread',
+                request_serializer=amelia_dot_v1_dot_agents__pb2.UpdateThreadRequest.SerializeToString,
+                response_deserializer=amelia_dot_v1_dot_agents__pb2.UpdateThreadResponse.FromString,
+                _registered_method=True)
+        self.CopyThread = channel.unary_unary(
+                '/amelia.v1.AgentService/CopyThread',
+                request_serializer=amelia_dot_v1_dot_agents__pb2.CopyThreadRequest.SerializeToString,
+                response_deserializer=amelia_dot_v1_dot_agents__pb2.CopyThreadResponse.FromString,
+                _registered_method=True)
         self.DeleteThread = channel.unary_unary(
                 '/amelia.v1.AgentService/DeleteThread',
                 request_serializer=amelia_dot_v1_dot_agents__pb2.DeleteThreadRequest.SerializeToString,
@@ -119,6 +129,11 @@ class AgentServiceStub:
                 '/amelia.v1.AgentService/ListRuns',
                 request_serializer=amelia_dot_v1_dot_agents__pb2.ListRunsRequest.SerializeToString,
                 response_deserializer=amelia_dot_v1_dot_agents__pb2.ListRunsResponse.FromString,
+                _registered_method=True)
+        self.DeleteRun = channel.unary_unary(
+                '/amelia.v1.AgentService/DeleteRun',
+                request_serializer=amelia_dot_v1_dot_agents__pb2.DeleteRunRequest.SerializeToString,
+                response_deserializer=amelia_dot_v1_dot_agents__pb2.DeleteRunResponse.FromString,
                 _registered_method=True)
         self.CancelRun = channel.unary_unary(
                 '/amelia.v1.AgentService/CancelRun',
@@ -207,7 +222,8 @@ class AgentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateThread(self, request, context):
-        """CreateThread starts a conversation whose runs share memory.
+        """CreateThread starts a conversation whose runs share memory. With a `thread_id` it is
+        idempotent (LangGraph Server's `POST /threads` with `thread_id` and `if_exists`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -230,6 +246,22 @@ class AgentServiceServicer:
     def CountThreads(self, request, context):
         """CountThreads counts the threads ListThreads lists with the same filters, over all its pages
         (LangGraph Server's `POST /threads/count`): a paging UI's total.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateThread(self, request, context):
+        """UpdateThread changes a thread's metadata (LangGraph Server's `PATCH /threads/{thread_id}`):
+        the keys given are merged into it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CopyThread(self, request, context):
+        """CopyThread makes a new thread with the same metadata and checkpoints (state and history)
+        as the one named, and no runs (LangGraph Server's `POST /threads/{thread_id}/copy`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -290,6 +322,15 @@ class AgentServiceServicer:
 
     def ListRuns(self, request, context):
         """ListRuns pages through runs, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteRun(self, request, context):
+        """DeleteRun removes an ended run (COMPLETED, FAILED or CANCELLED; LangGraph Server's
+        `DELETE /threads/{thread_id}/runs/{run_id}`): FAILED_PRECONDITION naming its status
+        otherwise. Its thread's checkpoints (the thread's state) and its events in the log stay.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -417,6 +458,16 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     request_deserializer=amelia_dot_v1_dot_agents__pb2.CountThreadsRequest.FromString,
                     response_serializer=amelia_dot_v1_dot_agents__pb2.CountThreadsResponse.SerializeToString,
             ),
+            'UpdateThread': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateThread,
+                    request_deserializer=amelia_dot_v1_dot_agents__pb2.UpdateThreadRequest.FromString,
+                    response_serializer=amelia_dot_v1_dot_agents__pb2.UpdateThreadResponse.SerializeToString,
+            ),
+            'CopyThread': grpc.unary_unary_rpc_method_handler(
+                    servicer.CopyThread,
+                    request_deserializer=amelia_dot_v1_dot_agents__pb2.CopyThreadRequest.FromString,
+                    response_serializer=amelia_dot_v1_dot_agents__pb2.CopyThreadResponse.SerializeToString,
+            ),
             'DeleteThread': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteThread,
                     request_deserializer=amelia_dot_v1_dot_agents__pb2.DeleteThreadRequest.FromString,
@@ -456,6 +507,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.ListRuns,
                     request_deserializer=amelia_dot_v1_dot_agents__pb2.ListRunsRequest.FromString,
                     response_serializer=amelia_dot_v1_dot_agents__pb2.ListRunsResponse.SerializeToString,
+            ),
+            'DeleteRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteRun,
+                    request_deserializer=amelia_dot_v1_dot_agents__pb2.DeleteRunRequest.FromString,
+                    response_serializer=amelia_dot_v1_dot_agents__pb2.DeleteRunResponse.SerializeToString,
             ),
             'CancelRun': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelRun,
@@ -758,6 +814,60 @@ class AgentService:
             _registered_method=True)
 
     @staticmethod
+    def UpdateThread(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/amelia.v1.AgentService/UpdateThread',
+            amelia_dot_v1_dot_agents__pb2.UpdateThreadRequest.SerializeToString,
+            amelia_dot_v1_dot_agents__pb2.UpdateThreadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CopyThread(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/amelia.v1.AgentService/CopyThread',
+            amelia_dot_v1_dot_agents__pb2.CopyThreadRequest.SerializeToString,
+            amelia_dot_v1_dot_agents__pb2.CopyThreadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def DeleteThread(request,
             target,
             options=(),
@@ -963,6 +1073,33 @@ class AgentService:
             '/amelia.v1.AgentService/ListRuns',
             amelia_dot_v1_dot_agents__pb2.ListRunsRequest.SerializeToString,
             amelia_dot_v1_dot_agents__pb2.ListRunsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/amelia.v1.AgentService/DeleteRun',
+            amelia_dot_v1_dot_agents__pb2.DeleteRunRequest.SerializeToString,
+            amelia_dot_v1_dot_agents__pb2.DeleteRunResponse.FromString,
             options,
             channel_credentials,
             insecure,

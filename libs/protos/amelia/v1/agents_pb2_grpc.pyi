@@ -44,7 +44,9 @@ class AgentServiceStub:
     DeleteAgent: _grpc.UnaryUnaryMultiCallable[_agents_pb2.DeleteAgentRequest, _agents_pb2.DeleteAgentResponse]
     """DeleteAgent removes an agent."""
     CreateThread: _grpc.UnaryUnaryMultiCallable[_agents_pb2.CreateThreadRequest, _agents_pb2.CreateThreadResponse]
-    """CreateThread starts a conversation whose runs share memory."""
+    """CreateThread starts a conversation whose runs share memory. With a `thread_id` it is
+    idempotent (LangGraph Server's `POST /threads` with `thread_id` and `if_exists`).
+    """
     GetThread: _grpc.UnaryUnaryMultiCallable[_agents_pb2.GetThreadRequest, _agents_pb2.GetThreadResponse]
     """GetThread returns one thread."""
     ListThreads: _grpc.UnaryUnaryMultiCallable[_agents_pb2.ListThreadsRequest, _agents_pb2.ListThreadsResponse]
@@ -52,6 +54,14 @@ class AgentServiceStub:
     CountThreads: _grpc.UnaryUnaryMultiCallable[_agents_pb2.CountThreadsRequest, _agents_pb2.CountThreadsResponse]
     """CountThreads counts the threads ListThreads lists with the same filters, over all its pages
     (LangGraph Server's `POST /threads/count`): a paging UI's total.
+    """
+    UpdateThread: _grpc.UnaryUnaryMultiCallable[_agents_pb2.UpdateThreadRequest, _agents_pb2.UpdateThreadResponse]
+    """UpdateThread changes a thread's metadata (LangGraph Server's `PATCH /threads/{thread_id}`):
+    the keys given are merged into it.
+    """
+    CopyThread: _grpc.UnaryUnaryMultiCallable[_agents_pb2.CopyThreadRequest, _agents_pb2.CopyThreadResponse]
+    """CopyThread makes a new thread with the same metadata and checkpoints (state and history)
+    as the one named, and no runs (LangGraph Server's `POST /threads/{thread_id}/copy`).
     """
     DeleteThread: _grpc.UnaryUnaryMultiCallable[_agents_pb2.DeleteThreadRequest, _agents_pb2.DeleteThreadResponse]
     """DeleteThread removes a thread, its runs and its checkpoints."""
@@ -76,6 +86,11 @@ class AgentServiceStub:
     """GetRun returns one run."""
     ListRuns: _grpc.UnaryUnaryMultiCallable[_agents_pb2.ListRunsRequest, _agents_pb2.ListRunsResponse]
     """ListRuns pages through runs, newest first."""
+    DeleteRun: _grpc.UnaryUnaryMultiCallable[_agents_pb2.DeleteRunRequest, _agents_pb2.DeleteRunResponse]
+    """DeleteRun removes an ended run (COMPLETED, FAILED or CANCELLED; LangGraph Server's
+    `DELETE /threads/{thread_id}/runs/{run_id}`): FAILED_PRECONDITION naming its status
+    otherwise. Its thread's checkpoints (the thread's state) and its events in the log stay.
+    """
     CancelRun: _grpc.UnaryUnaryMultiCallable[_agents_pb2.CancelRunRequest, _agents_pb2.CancelRunResponse]
     """CancelRun stops a queued, running or paused run."""
     ResumeRun: _grpc.UnaryUnaryMultiCallable[_agents_pb2.ResumeRunRequest, _agents_pb2.ResumeRunResponse]
@@ -127,7 +142,9 @@ class AgentServiceAsyncStub(AgentServiceStub):
     DeleteAgent: _aio.UnaryUnaryMultiCallable[_agents_pb2.DeleteAgentRequest, _agents_pb2.DeleteAgentResponse]  # type: ignore[assignment]
     """DeleteAgent removes an agent."""
     CreateThread: _aio.UnaryUnaryMultiCallable[_agents_pb2.CreateThreadRequest, _agents_pb2.CreateThreadResponse]  # type: ignore[assignment]
-    """CreateThread starts a conversation whose runs share memory."""
+    """CreateThread starts a conversation whose runs share memory. With a `thread_id` it is
+    idempotent (LangGraph Server's `POST /threads` with `thread_id` and `if_exists`).
+    """
     GetThread: _aio.UnaryUnaryMultiCallable[_agents_pb2.GetThreadRequest, _agents_pb2.GetThreadResponse]  # type: ignore[assignment]
     """GetThread returns one thread."""
     ListThreads: _aio.UnaryUnaryMultiCallable[_agents_pb2.ListThreadsRequest, _agents_pb2.ListThreadsResponse]  # type: ignore[assignment]
@@ -135,6 +152,14 @@ class AgentServiceAsyncStub(AgentServiceStub):
     CountThreads: _aio.UnaryUnaryMultiCallable[_agents_pb2.CountThreadsRequest, _agents_pb2.CountThreadsResponse]  # type: ignore[assignment]
     """CountThreads counts the threads ListThreads lists with the same filters, over all its pages
     (LangGraph Server's `POST /threads/count`): a paging UI's total.
+    """
+    UpdateThread: _aio.UnaryUnaryMultiCallable[_agents_pb2.UpdateThreadRequest, _agents_pb2.UpdateThreadResponse]  # type: ignore[assignment]
+    """UpdateThread changes a thread's metadata (LangGraph Server's `PATCH /threads/{thread_id}`):
+    the keys given are merged into it.
+    """
+    CopyThread: _aio.UnaryUnaryMultiCallable[_agents_pb2.CopyThreadRequest, _agents_pb2.CopyThreadResponse]  # type: ignore[assignment]
+    """CopyThread makes a new thread with the same metadata and checkpoints (state and history)
+    as the one named, and no runs (LangGraph Server's `POST /threads/{thread_id}/copy`).
     """
     DeleteThread: _aio.UnaryUnaryMultiCallable[_agents_pb2.DeleteThreadRequest, _agents_pb2.DeleteThreadResponse]  # type: ignore[assignment]
     """DeleteThread removes a thread, its runs and its checkpoints."""
@@ -159,6 +184,11 @@ class AgentServiceAsyncStub(AgentServiceStub):
     """GetRun returns one run."""
     ListRuns: _aio.UnaryUnaryMultiCallable[_agents_pb2.ListRunsRequest, _agents_pb2.ListRunsResponse]  # type: ignore[assignment]
     """ListRuns pages through runs, newest first."""
+    DeleteRun: _aio.UnaryUnaryMultiCallable[_agents_pb2.DeleteRunRequest, _agents_pb2.DeleteRunResponse]  # type: ignore[assignment]
+    """DeleteRun removes an ended run (COMPLETED, FAILED or CANCELLED; LangGraph Server's
+    `DELETE /threads/{thread_id}/runs/{run_id}`): FAILED_PRECONDITION naming its status
+    otherwise. Its thread's checkpoints (the thread's state) and its events in the log stay.
+    """
     CancelRun: _aio.UnaryUnaryMultiCallable[_agents_pb2.CancelRunRequest, _agents_pb2.CancelRunResponse]  # type: ignore[assignment]
     """CancelRun stops a queued, running or paused run."""
     ResumeRun: _aio.UnaryUnaryMultiCallable[_agents_pb2.ResumeRunRequest, _agents_pb2.ResumeRunResponse]  # type: ignore[assignment]
@@ -243,7 +273,9 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _agents_pb2.CreateThreadRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_agents_pb2.CreateThreadResponse, _abc.Awaitable[_agents_pb2.CreateThreadResponse]]:
-        """CreateThread starts a conversation whose runs share memory."""
+        """CreateThread starts a conversation whose runs share memory. With a `thread_id` it is
+        idempotent (LangGraph Server's `POST /threads` with `thread_id` and `if_exists`).
+        """
 
     @_abc_1.abstractmethod
     def GetThread(
@@ -269,6 +301,26 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_agents_pb2.CountThreadsResponse, _abc.Awaitable[_agents_pb2.CountThreadsResponse]]:
         """CountThreads counts the threads ListThreads lists with the same filters, over all its pages
         (LangGraph Server's `POST /threads/count`): a paging UI's total.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateThread(
+        self,
+        request: _agents_pb2.UpdateThreadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agents_pb2.UpdateThreadResponse, _abc.Awaitable[_agents_pb2.UpdateThreadResponse]]:
+        """UpdateThread changes a thread's metadata (LangGraph Server's `PATCH /threads/{thread_id}`):
+        the keys given are merged into it.
+        """
+
+    @_abc_1.abstractmethod
+    def CopyThread(
+        self,
+        request: _agents_pb2.CopyThreadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agents_pb2.CopyThreadResponse, _abc.Awaitable[_agents_pb2.CopyThreadResponse]]:
+        """CopyThread makes a new thread with the same metadata and checkpoints (state and history)
+        as the one named, and no runs (LangGraph Server's `POST /threads/{thread_id}/copy`).
         """
 
     @_abc_1.abstractmethod
@@ -341,6 +393,17 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_agents_pb2.ListRunsResponse, _abc.Awaitable[_agents_pb2.ListRunsResponse]]:
         """ListRuns pages through runs, newest first."""
+
+    @_abc_1.abstractmethod
+    def DeleteRun(
+        self,
+        request: _agents_pb2.DeleteRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agents_pb2.DeleteRunResponse, _abc.Awaitable[_agents_pb2.DeleteRunResponse]]:
+        """DeleteRun removes an ended run (COMPLETED, FAILED or CANCELLED; LangGraph Server's
+        `DELETE /threads/{thread_id}/runs/{run_id}`): FAILED_PRECONDITION naming its status
+        otherwise. Its thread's checkpoints (the thread's state) and its events in the log stay.
+        """
 
     @_abc_1.abstractmethod
     def CancelRun(

@@ -26,6 +26,7 @@ re-runs only design, and a worker killed while the run waits for approval loses 
 
 from __future__ import annotations
 
+import json
 import operator
 import re
 from typing import Annotated, Any, TypedDict
@@ -36,6 +37,8 @@ from langgraph.types import interrupt
 from amelia_agents import runtime
 from amelia_agents.workflows.builtin import MESSAGE_SCHEMA, MODEL_PROPERTIES, model_params
 from amelia_agents.workflows.registry import Workflow, register
+from amelia_common.errors import ECHO_KEPT, ECHO_LIMIT, quoted
+from amelia_common.json_numbers import whole_numbers
 
 STEPS = ("discovery", "design", "planning")
 
@@ -127,8 +130,24 @@ def ask(question: dict[str, Any], previous: dict[str, Any] | None, answers: str 
         unclear = (
             f"is not one of: {answers}" if answers else "is neither an approval nor a rejection"
         )
-        question["note"] = f"{(previous or {}).get('answer')!r} {unclear}; please answer again."
+        answer = shown_answer((previous or {}).get("answer"))
+        question["note"] = f"{answer} {unclear}; please answer again."
     return interrupt(question)
+
+
+def shown_answer(answer: Any) -> str:
+    """An unclear answer as a re-asked question quotes it. Text in quotes, as error messages
+    quote a value; anything else as the JSON it was sent as, whole numbers as integers (a
+    Struct holds 1 as 1.0: `{'deep': [[[[1.0]]]]}`, Python's repr, was shown before, QA s27b
+    L10). Past ECHO_LIMIT characters, its start and its length, as errors quote a long value
+    (`amelia_common.errors.shorten_echoes`): the note rides in the question, which every reader
+    of the run and its thread gets again."""
+    if isinstance(answer, str):
+        return quoted(answer)
+    text = json.dumps(whole_numbers(answer), ensure_ascii=False)
+    if len(text) <= ECHO_LIMIT:
+        return text
+    return f"{text[:ECHO_KEPT]}… ({len(text)} characters of JSON)"
 
 
 async def _step(step: str, state: PlanState, system: str, messages: list[dict[str, Any]]) -> str:
