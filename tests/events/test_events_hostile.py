@@ -322,8 +322,13 @@ async def test_out_of_range_positions_are_invalid_argument_or_nothing(
     )
     assert code == INVALID and "start_time" in details, details
 
-    for sequence in (MAX_SEQUENCE + 1, 2**64 - 1, 10**20 - 1):
+    for sequence in (MAX_SEQUENCE + 1, 2**64 - 1):  # a sequence the log may hold one day
         code, details = await status_of(
             stub.GetEvent(events_pb2.GetEventRequest(name=f"events/{sequence}"))
         )
         assert code == grpc.StatusCode.NOT_FOUND, details
+    for sequence in (2**64, 10**20 - 1):  # no sequence at all (a uint64 is below 2**64)
+        code, details = await status_of(
+            stub.GetEvent(events_pb2.GetEventRequest(name=f"events/{sequence}"))
+        )
+        assert code == INVALID and "18446744073709551615" in details, details

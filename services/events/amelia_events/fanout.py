@@ -39,6 +39,12 @@ QUEUE_BYTES = 2 * 1024 * 1024
 # Well under the queue's bounds: a call that joins never starts over them.
 RECENT_EVENTS = 512
 RECENT_BYTES = 1024 * 1024
+# What the recent events of all of a process's taps hold together: each tap keeps at most its
+# share (RECENT_BYTES at most, RECENT_MIN_BYTES at least), so 1,000 filters hold 64 MiB, not
+# 1 GiB (QA s26 F4: 200 stalled calls on distinct subjects, 200 taps). A smaller share only
+# means that a call resuming further behind reads on a reader of its own before it joins.
+HUB_RECENT_BYTES = 64 * 1024 * 1024
+RECENT_MIN_BYTES = 64 * 1024
 # Events a tap takes from its reader at a time.
 TAP_BATCH = 256
 # A batched call sharing its tap sends a message at most this often per other call on the tap
@@ -67,21 +73,31 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
+def _single(event: events_pb2.Event) -> bytes:
+    """A one-event `StreamEventsResponse`, serialized."""
+    encoded = event.SerializeToString()
+    return b"".join((_EVENT_TAG, _varint(len(encoded)), encoded))
+
+
 @dataclass(frozen=True, slots=True)
 class Item:
-    """One event serialized once, for every call: a whole one-event `StreamEventsResponse`
-    (`single`), and its part of a batched one (`piece`: a message's `events` are its items'
-    pieces one after the other, as protobuf encodes a repeated field)."""
+    """One event serialized once, for every call: its part of a batched `StreamEventsResponse`
+    (`piece`: a message's `events` are its items' pieces one after the other, as protobuf
+    encodes a repeated field). A one-event message (`single`) differs in its first byte only,
+    the field's key, and is made when sent: kept beside the piece, every event a tap kept
+    cost twice its size (QA s26 F4: 200 taps held 400 MB)."""
 
     sequence: int
-    single: bytes
     piece: bytes
+
+    @property
+    def single(self) -> bytes:
+        return b"".join((_EVENT_TAG, memoryview(self.piece)[1:]))
 
     @classmethod
     def of(cls, event: events_pb2.Event) -> Item:
         encoded = event.SerializeToString()
-        length = _varint(len(encoded))
-        return cls(event.sequence, _EVENT_TAG + length + encoded, _EVENTS_TAG + length + encoded)
+        return cls(event.sequence, b"".join((_EVENTS_TAG, _varint(len(encoded)), encoded)))
 
 
 class Tap:
@@ -127,23 +143,25 @@ class Tap:
             await self.close()
 
     async def close(self) -> None:
+        """End the pump and wait for it (its reader closed, its consumer deleted).
+
+        The reader is told to stop, not only the pump cancelled: a cancellation that arrives
+        just as one of the reader's NATS requests gets its reply is lost on Python 3.11 (nats-py
+        waits with `asyncio.wait_for`, which returns the reply), and the pump read on, on a
+        consumer of its own, for nobody, while this waited for it: the StreamEvents call whose
+        end closed the tap never ended (docs/events.md, "Flow control")."""
         self.ended = True
         self.hub.forget(self)
+        self.reader.interrupt()
         if not self.task.done():
             self.task.cancel()
         await asyncio.wait({self.task})
 
     async def _pump(self) -> None:
         try:
-            while True:
-                events = await self.reader.next_batch(TAP_BATCH, 1024 * 1024)
-                items = [Item.of(event) for event in events]
-                self._remember(items)
-                for call in list(self.calls):  # a call may leave while offered
-                    call.offer(items)
-                if not self.calls:  # every call left (fell behind)
-                    return
-        except StopAsyncIteration:  # the service is stopping
+            while self._offer(await self.reader.next_batch(TAP_BATCH, 1024 * 1024)):
+                pass
+        except StopAsyncIteration:  # the service is stopping, or the tap was closed
             pass
         except Exception as exc:  # noqa: BLE001 - handed to the calls, which raise it
             self.error = exc
@@ -152,13 +170,31 @@ class Tap:
             self.hub.forget(self)
             for call in self.calls:
                 call.wake.set()
+            # Let go of the events now: the tap itself may stay alive for a while, in a cycle
+            # through its cancelled task's traceback, until Python's cycle collector runs.
+            self.recent.clear()
+            self.recent_bytes = 0
             await self.reader.aclose()
 
+    def _offer(self, events: list[events_pb2.Event]) -> bool:
+        """Offer the reader's next events to every call; False once every call left (fell
+        behind). (Not in `_pump` itself: its frame would keep the last batch alive while it
+        waits for the next, and after it ended.)"""
+        items = [Item.of(event) for event in events]
+        self._remember(items)
+        for call in list(self.calls):  # a call may leave while offered
+            call.offer(items)
+        return bool(self.calls)
+
     def _remember(self, items: list[Item]) -> None:
-        recent = self.recent
-        recent.extend(items)
+        self.recent.extend(items)
         self.recent_bytes += sum(len(item.piece) for item in items)
-        while len(recent) > RECENT_EVENTS or self.recent_bytes > RECENT_BYTES:
+        self.forget_recent(self.hub.recent_share())
+
+    def forget_recent(self, bound: int) -> None:
+        """Drop the oldest recent events past RECENT_EVENTS or `bound` bytes."""
+        recent = self.recent
+        while recent and (len(recent) > RECENT_EVENTS or self.recent_bytes > bound):
             gone = recent.popleft()
             self.recent_bytes -= len(gone.piece)
             self.recent_after = gone.sequence
@@ -176,7 +212,16 @@ class Hub:
     def lead(self, key: tuple[str, ...], reader: EventReader, after: int) -> Tap:
         tap = Tap(self, key, reader, after)
         self.taps[key] = tap
+        share = self.recent_share()
+        for other in self.taps.values():  # each tap's share is smaller now
+            if other.recent_bytes > share:
+                other.forget_recent(share)
         return tap
+
+    def recent_share(self) -> int:
+        """What one tap's recent events may hold: its part of HUB_RECENT_BYTES."""
+        share = HUB_RECENT_BYTES // max(1, len(self.taps))
+        return max(RECENT_MIN_BYTES, min(RECENT_BYTES, share))
 
     def forget(self, tap: Tap) -> None:
         if self.taps.get(tap.key) is tap:
@@ -283,6 +328,8 @@ class Call:
         await self._catch_up()
 
     async def close(self) -> None:
+        self.queue.clear()  # (as a tap's recent events: the call may outlive this in a cycle)
+        self.queued_bytes = 0
         tap, self.tap = self.tap, None
         if tap is not None:
             await tap.leave(self)
@@ -373,14 +420,13 @@ class Call:
                 events = await reader.next_batch(self.per_message, self.message_bytes, self.hold)
         except StopAsyncIteration:
             return None
-        items = [Item.of(event) for event in events]
-        self.after = items[-1].sequence
-        self.delivered += len(items)
+        self.after = events[-1].sequence
+        self.delivered += len(events)
         await self._catch_up()
         self.sent = self.after
-        if len(items) == 1 and self.per_message <= 1:
-            return items[0].single
-        return b"".join(item.piece for item in items)
+        if len(events) == 1 and self.per_message <= 1:
+            return _single(events[0])
+        return b"".join(Item.of(event).piece for event in events)
 
     async def _catch_up(self) -> None:
         """Join the filter's tap once the own reader has caught up with the log (nothing

@@ -38,6 +38,7 @@ from amelia_common.eventlog.pipeline import BatchUnavailableError, PublishFailed
 from amelia_events import pagination
 from amelia_events.fanout import Call, Hub
 from amelia_events.heartbeat import Heartbeats, heartbeat_seconds
+from amelia_events.memory import Reclaimer
 from amelia_events.outage import NatsUnreachableError, naming_nats, nats_unreachable
 
 # At most this many events in one PublishEvents request or one StreamEvents message.
@@ -93,6 +94,7 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
         # arriving together cannot all pass the limit), at most EVENTS_MAX_STREAMS.
         self.streams = 0
         self.streams_refused = 0
+        self.memory = Reclaimer()
 
     def _naming_nats(self) -> contextlib.AbstractContextManager[None]:
         return naming_nats(self.event_log.nc, self.event_log.settings)
@@ -164,6 +166,7 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
             await self._serve(call, every, context)
         finally:
             self.streams -= 1
+            self.memory.call_ended()
         if self.stopping.is_set() and not context.done():
             # (Should the call end meanwhile, gRPC drops the status: nobody is there to tell.)
             raise StreamEndedError(

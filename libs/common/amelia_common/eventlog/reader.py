@@ -260,6 +260,7 @@ class EventReader:
         self._start_sequence: int | None = None
         self._caught_up = False
         self._closed = False
+        self._interrupted = False
         self._stop_task: asyncio.Task[None] | None = None
         self._last_batch_at = float("-inf")  # loop time `next_batch` last returned (with hold)
 
@@ -371,6 +372,17 @@ class EventReader:
         if self._sub is None and not self._closed:
             await self._open()
 
+    def interrupt(self) -> None:
+        """End the iteration at its next step, as `stop` does, for this reader alone: the
+        caller's wait ends with `StopAsyncIteration` and the consumer is deleted.
+
+        What a task reading it uses to end, rather than (or besides) being cancelled: on Python
+        3.11 a cancellation that comes as a NATS request's reply arrives is lost
+        (`asyncio.wait_for`, which nats-py's requests use, returns the reply instead), and a
+        reader creating or deleting its consumer then reads on."""
+        self._interrupted = True
+        self._queue.put_nowait(_STOP)
+
     async def aclose(self) -> None:
         """Delete the consumer and drop the inbox; safe to call twice."""
         if self._closed:
@@ -383,7 +395,7 @@ class EventReader:
     # -- internals ---------------------------------------------------------------------------
 
     def _stopped(self) -> bool:
-        return self._stop is not None and self._stop.is_set()
+        return self._interrupted or (self._stop is not None and self._stop.is_set())
 
     def _limit_reached(self) -> bool:
         return self.limit is not None and self.delivered >= self.limit
