@@ -104,6 +104,29 @@ async def test_heartbeats_in_batched_messages_too(
     call.cancel()
 
 
+async def test_a_quiet_stream_from_now_resumes_from_where_it_started_not_from_the_beginning(
+    on_private_nats: RunningEvents, resource: str
+) -> None:
+    """QA s27 F7: a stream "from now" on a filter nothing matched yet beat `last_sequence` 0,
+    the documented point to resume from, and `after_sequence=0` replays the whole log. It beats
+    the log's last sequence when it opened, and resuming there gives only what came after."""
+    stub = on_private_nats.stub
+    flt = events_pb2.EventFilter(subject=resource)
+    before = (await publish(stub, "test.tick", resource)).sequence
+    call = stub.StreamEvents(events_pb2.StreamEventsRequest(filter=flt, heartbeat_seconds=1))
+    seen: list[int] = []
+    beat = await _heartbeat(call, True, seen)
+    assert seen == [] and beat.last_sequence >= before, beat
+    call.cancel()
+
+    after = (await publish(stub, "test.tick", resource)).sequence
+    resumed = stub.StreamEvents(
+        events_pb2.StreamEventsRequest(filter=flt, after_sequence=beat.last_sequence)
+    )
+    assert (await _next(resumed)).event.sequence == after  # not `before`, sent before it opened
+    resumed.cancel()
+
+
 @pytest.mark.parametrize("seconds", [3601, 2**32 - 1])
 async def test_a_heartbeat_interval_past_an_hour_is_refused(
     on_private_nats: RunningEvents, seconds: int

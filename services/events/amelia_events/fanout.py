@@ -315,6 +315,9 @@ class Call:
         start = self.start
         if start.after_sequence is None and not start.from_beginning and start.time is None:
             self.after = await self.hub.last_sequence()
+            # Where a stream "from now" resumes from before it sent anything (its heartbeats
+            # say it): 0 would replay the whole log (QA s27 F7).
+            self.sent = self.after
         tap = self.hub.taps.get(self.key)
         if self.after is not None and tap is not None and tap.serves(self.after):
             tap.join(self, self.after)

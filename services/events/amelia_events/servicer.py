@@ -199,8 +199,14 @@ class EventServicer(events_pb2_grpc.EventServiceServicer):
                     write = context.write
                     if every:
                         beats = Heartbeats(call, self.event_log.nc, self.event_log.settings)
-                        async for message in beats.around(call.next_message, every):
-                            await write(message)
+                        # Closed before the call is: a client gone while a message was being
+                        # written leaves the generator at its `yield`, its read of the next
+                        # message still running — which could open a tap for a closed call.
+                        async with contextlib.aclosing(
+                            beats.around(call.next_message, every)
+                        ) as messages:
+                            async for message in messages:
+                                await write(message)
                     else:
                         next_message = call.next_message
                         while (message := await next_message()) is not None:

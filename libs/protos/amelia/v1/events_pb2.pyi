@@ -311,7 +311,11 @@ class StreamHeartbeat(_message.Message):
     LOG_REACHABLE_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     last_sequence: _builtins.int
-    """The last sequence this stream has sent (0: none yet): the `after_sequence` to resume from."""
+    """The `after_sequence` to resume from: the last sequence this stream has sent, or, before it
+    sent any, the one it started after (a stream "from now": the log's last sequence when it
+    opened). 0: a stream from the beginning or from a time that has sent none yet — open it
+    again as it was opened.
+    """
     log_reachable: _builtins.bool
     """Whether the service reads the log now. False while it cannot reach NATS: the stream stays
     open and carries on after `last_sequence` once NATS is back (no gap, no duplicate).
