@@ -6,6 +6,7 @@ the call is waiting. Also: the `local:` names an agent may use, and the hint a r
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -108,9 +109,15 @@ def _model(value: str, **settings: Any) -> str:
 
 
 @pytest.mark.parametrize(
-    "name", [*PACKAGED_LOCAL_MODELS, "/models/mistral-7b.Q4_K_M.gguf", "phi-3.gguf"]
+    "name", [*PACKAGED_LOCAL_MODELS, "{tmp}/mistral-7b.Q4_K_M.gguf", "phi-3.gguf"]
 )
-def test_a_local_model_amelia_up_can_serve_is_accepted(name: str) -> None:
+def test_a_local_model_amelia_up_can_serve_is_accepted(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # a relative path is the service's folder's
+    name = name.format(tmp=tmp_path)
+    if name.endswith(".gguf"):  # a path must be a GGUF file there is (test_llm_local_paths)
+        Path(name).write_bytes(b"GGUF\x03\x00\x00\x00")
     assert _model(f"local:{name}") == f"local:{name}"
 
 

@@ -28,12 +28,13 @@ def status_elsewhere(
     local model that does not answer, services on ports where nothing listens; `amelia status`
     typed in `elsewhere`, pointed at the mesh by AMELIA_DATA_DIR."""
     data_dir = tmp_path / "mesh" / ".amelia"
+    model_port = free_port()
     state = {
         "pid": os.getpid(),
         "data_dir": str(data_dir),
         "database_url": "",
         "nats_url": "",
-        "local_model": {"url": f"http://127.0.0.1:{free_port()}/v1", "embedded": True, "off": ""},
+        "local_model": {"url": f"http://127.0.0.1:{model_port}/v1", "embedded": True, "off": ""},
         "ports": {name: free_port() for name in PORTS},
         "addresses": {},
         "services": {},
@@ -41,9 +42,9 @@ def status_elsewhere(
     }
     state_file(data_dir).parent.mkdir(parents=True)
     state_file(data_dir).write_text(json.dumps(state))
-    log = data_dir / "llama" / "llama-server.log"
+    log = data_dir / "llama" / str(model_port) / "llama-server.log"
     if with_log:
-        log.parent.mkdir()
+        log.parent.mkdir(parents=True)
         log.write_text("llama server log\n")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

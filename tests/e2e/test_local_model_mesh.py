@@ -181,4 +181,5 @@ def test_ctrl_c_stops_services_then_the_model_then_nats_then_postgres(
     gone_at = ctrl_c_stop_order(mesh, ["postgres", "nats", "local-model", *services])
     last_service = max(gone_at[name] for name in services)
     assert last_service <= gone_at["local-model"] <= gone_at["nats"] <= gone_at["postgres"]
-    assert not (Path(mesh["AMELIA_DATA_DIR"]) / "llama" / "llama-server.pid").exists()
+    folder = Path(mesh["AMELIA_DATA_DIR"]) / "llama" / mesh["LOCAL_MODEL_PORT"]
+    assert not (folder / "llama-server.pid").exists()

@@ -1,9 +1,18 @@
 """The local model server: llama.cpp (the `xllamacpp` wheel) in a child process on 127.0.0.1.
 
-`EmbeddedLlama` is run like `EmbeddedNats`: the server lives under the data directory
-(`<data>/llama/llama-server.log`, `llama-server.pid`), `start()` starts it (or reuses the one
-running there with the same model) and waits until `/health` answers, `stop()` stops it. It
-speaks OpenAI's chat completions at `base_url` (`/v1`), which is what `local:` models talk to.
+`EmbeddedLlama` is run like `EmbeddedNats`: the server lives under the data directory, in a
+folder of its port (`<data>/llama/<port>/llama-server.log`, `llama-server.pid`), `start()` starts
+it (or reuses the one running there with the same model) and waits until `/health` answers,
+`stop()` stops it. It speaks OpenAI's chat completions at `base_url` (`/v1`), which is what
+`local:` models talk to.
+
+A server's files are its own: two servers on two ports (`amelia up`'s and one run alone) share
+no pid file nor log. And a pid is signalled only when it is the child this object started, or a
+process whose command line is the server of this very pid file (one started by an `amelia up`
+that crashed, adopted by the next): never a pid merely read from a file, which may be another
+server's or, after a reboot, anyone's. Once started or adopted, the server is known by its pid,
+so a pid file removed behind its back does not make it look gone (QA s27 finding 1: a standalone
+server sharing the pid file killed the mesh's, whose supervisor then gave up).
 `amelia up` supervises it like PostgreSQL and NATS when `embedded_wanted()`; `local_model_report()`
 says how it is (or why none runs) for `amelia status` and the gateway's `/v1/status`.
 
@@ -40,10 +49,12 @@ from amelia_common.embedded import (
     EmbeddedServer,
     EmbeddedStartError,
     port_is_free,
+    process_alive,
     running_pid,
     stop_process,
 )
 from amelia_common.logging import get_logger
+from amelia_common.running_mesh import read_state
 from amelia_common.settings import LOCAL_MODEL_OFF, Settings, get_settings
 
 log = get_logger("amelia.llama")
@@ -52,7 +63,7 @@ log = get_logger("amelia.llama")
 LLAMA_STOP = ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0))
 # Under the data directory. The pid file's first line is the pid; its second, written with it
 # once the model is loaded, the server's parameters as JSON (what `amelia status` shows).
-FOLDER = "llama"
+FOLDER = "llama"  # then a folder per port: a server's files are its own
 PID_FILE = "llama-server.pid"
 LOG_FILE = "llama-server.log"
 
@@ -105,6 +116,45 @@ def why_not_embedded(settings: Settings) -> str:
 def embedded_wanted(settings: Settings) -> bool:
     """Whether `amelia up` runs the local model server (see `why_not_embedded`)."""
     return not why_not_embedded(settings)
+
+
+def server_folder(data_dir: Path, port: int) -> Path:
+    """Where the server on `port` keeps its pid file and log, under the data directory."""
+    return data_dir / FOLDER / str(port)
+
+
+def command_line(pid: int) -> list[str] | None:
+    """The arguments `pid` runs with ([] when it is gone; None where /proc cannot tell)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return [] if Path("/proc/self").exists() else None
+    except OSError:
+        return None
+    return [arg.decode(errors="replace") for arg in raw.split(b"\0") if arg]
+
+
+def supervisor_hint(data_dir: Path, url: str) -> str:
+    """What to do about the local model server at `url` (…/v1) not answering, as the `amelia
+    up` running for `data_dir` (its mesh.json) knows it: given up on (it kept failing: run
+    `amelia up` again, which asks the running one to start it again) or being restarted; ""
+    when no `amelia up` supervises a server at that URL (QA s27 finding 5: a run said only
+    "cannot reach …: Connection error." once the supervisor had given up)."""
+    state = read_state(data_dir)
+    served = str(((state or {}).get("local_model") or {}).get("url", ""))
+    if not state or not served or served.rstrip("/") != url.rstrip("/"):
+        return ""
+    unit = (state.get("units") or {}).get("local-model") or {}
+    if unit.get("state") == "FAILED":
+        return (
+            f"`amelia up` (pid {state.get('pid')}) stopped restarting the local model server, "
+            f"which kept failing (last: {unit.get('last_exit') or 'unknown'}; log: "
+            f"{unit.get('log') or '-'}): run `amelia up` again, in another terminal, to have "
+            "it start the server again"
+        )
+    if unit.get("state") in ("STARTING", "RESTARTING"):
+        return "`amelia up` is starting the local model server again (see `amelia status`)"
+    return ""
 
 
 def read_pid_file(pid_file: Path) -> dict[str, Any]:
@@ -199,7 +249,7 @@ def server_report(url: str, data_dir: Path | None, timeout: float = 2.0) -> Loca
         return LocalModelReport(
             status, url, f"run elsewhere ({host})", _short_name(names), slots=slots
         )
-    folder = data_dir / FOLDER
+    folder = server_folder(data_dir, urllib.parse.urlsplit(url).port or 0)
     pid = running_pid(folder / PID_FILE)
     info = read_pid_file(folder / PID_FILE) if pid is not None else {}
     threads = info.get("threads")
@@ -229,6 +279,8 @@ class EmbeddedLlama(EmbeddedServer):
     watch_parent: bool = False
     started_here: bool = False
     _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    # A server of this pid file found running (not our child), known by its pid from then on.
+    _adopted: int | None = field(default=None, repr=False)
     _stop_at_exit: bool = field(default=False, repr=False)
 
     @classmethod
@@ -261,7 +313,7 @@ class EmbeddedLlama(EmbeddedServer):
 
     @property
     def folder(self) -> Path:
-        return self.root / FOLDER
+        return server_folder(self.root, self.port)
 
     @property
     def pid_file(self) -> Path:
@@ -272,10 +324,37 @@ class EmbeddedLlama(EmbeddedServer):
         return self.folder / LOG_FILE
 
     def pid(self) -> int | None:
-        """The server's pid, while it runs."""
-        if self._process is not None and self._process.poll() is not None:
+        """The server's pid, while it runs: the child this object started (loading its model
+        or serving, whatever its pid file says), else the server of this pid file, adopted."""
+        if self._process is not None:
+            if self._process.poll() is None:
+                return self._process.pid
             self._process = None  # ours, and dead: reaped now
-        return running_pid(self.pid_file)
+        if self._adopted is not None and self._serves_here(self._adopted):
+            return self._adopted
+        self._adopted = None
+        recorded = running_pid(self.pid_file)
+        if recorded is not None and self._serves_here(recorded):
+            self._adopted = recorded
+        return self._adopted
+
+    def _serves_here(self, pid: int) -> bool:
+        """Whether `pid` is a server of this pid file (its command line says so), not a
+        process that took a recorded pid over, nor a server of another port or data dir."""
+        if not process_alive(pid):
+            return False
+        args = command_line(pid)
+        if args is None:
+            return True  # no /proc (macOS): the pid file, of this port's folder, is all we know
+        return (
+            "amelia_common.llama_server" in args
+            and "--pid-file" in args[:-1]
+            and args[args.index("--pid-file") + 1] == str(self.pid_file.absolute())
+        )
+
+    def _loaded(self, process: subprocess.Popen[bytes]) -> bool:
+        """Our child has loaded its model: it wrote its pid file (then `/health` answers)."""
+        return running_pid(self.pid_file) == process.pid and self.healthy()
 
     def healthy(self) -> bool:
         return healthy(self.url)
@@ -299,7 +378,7 @@ class EmbeddedLlama(EmbeddedServer):
             "--slots",
             str(self.slots),
             "--pid-file",
-            str(self.pid_file),
+            str(self.pid_file.absolute()),
         ]
         if self.watch_parent:
             cmd += ["--parent-pid", str(os.getpid())]
@@ -325,23 +404,26 @@ class EmbeddedLlama(EmbeddedServer):
         ready_from = self._log_size()
         started = time.monotonic()
         with self.log_file.open("ab") as log_out:
-            self._process = subprocess.Popen(
+            process = subprocess.Popen(
                 self.command(),
                 stdin=subprocess.DEVNULL,
                 stdout=log_out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C on a terminal reaches only its supervisor
             )
+        self._process, self._adopted = process, None
         self._note_started_here()
         deadline = started + timeout
         while time.monotonic() < deadline:
-            if self._process.poll() is not None:
+            if process.poll() is not None:
+                # Nothing of ours runs: nothing for an exit handler to stop.
+                self._process, self.started_here = None, False
                 raise EmbeddedStartError(
-                    f"the local model server exited with code {self._process.returncode} "
+                    f"the local model server exited with code {process.returncode} "
                     f"(log: {self.log_file}): {self._log_tail(ready_from)}"
                 )
             # Its pid file is written once the model is loaded: then it is known to supervisors.
-            if self.pid() is not None and self.healthy():
+            if self._loaded(process):
                 log.info(
                     "embedded llama.cpp server ready",
                     url=self.base_url,
@@ -357,16 +439,16 @@ class EmbeddedLlama(EmbeddedServer):
         )
 
     def stop(self) -> None:
-        """Stop the server running here, whoever started it (SIGTERM, then SIGKILL)."""
-        proc, self._process = self._process, None
+        """Stop the server this object started or adopted (SIGTERM, then SIGKILL), and remove
+        its pid file if it left it; a pid file naming any other process is left alone."""
         pid = self.pid()
+        proc, self._process, self._adopted = self._process, None, None
         self.started_here = False
         if pid is not None:
             stop_process(pid, LLAMA_STOP, proc)
-        if proc is not None and proc.poll() is None:  # started here, still loading its model
-            stop_process(proc.pid, LLAMA_STOP, proc)
-        with contextlib.suppress(FileNotFoundError):
-            self.pid_file.unlink()
+        if running_pid(self.pid_file) is None:  # ours (killed before it could), or stale
+            with contextlib.suppress(FileNotFoundError):
+                self.pid_file.unlink()
 
     def _log_size(self) -> int:
         try:
@@ -445,7 +527,7 @@ def serve(args: argparse.Namespace) -> int:
         threading.Thread(target=_watch_parent, args=(args.parent_pid,), daemon=True).start()
     signal.sigwait({signal.SIGTERM, signal.SIGINT})
     print("amelia: stopping the local model server", flush=True)
-    if pid_file is not None:
+    if pid_file is not None and running_pid(pid_file) == os.getpid():  # still ours
         with contextlib.suppress(FileNotFoundError):
             pid_file.unlink()
     sys.stdout.flush()
@@ -474,6 +556,15 @@ def main(argv: list[str] | None = None) -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     try:
         server = EmbeddedLlama.from_settings(settings)
+        running = server.pid()
+        if running is not None:
+            # Another process's server (`amelia up`'s): neither reused nor stopped by this one.
+            raise EmbeddedStartError(
+                f"a local model server already runs on port {server.port} (pid {running}, "
+                f"log: {server.log_file}), started by another process such as `amelia up`: "
+                f"use it (LOCAL_MODEL_URL={server.base_url}) or set LOCAL_MODEL_PORT to run "
+                "another"
+            )
         print(f"local model server: {server.start()} (log: {server.log_file})", flush=True)
     except (local_model.LocalModelError, EmbeddedStartError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -310,12 +310,25 @@ def resolve(settings: Settings) -> Path | None:
             )
         return path
     path = Path(value).expanduser().resolve()
-    if not path.is_file():
-        raise LocalModelError(f"LOCAL_MODEL={value}: no such file")
-    with path.open("rb") as f:
-        if f.read(4) != b"GGUF":
-            raise LocalModelError(f"LOCAL_MODEL={value}: not a GGUF file (llama.cpp loads GGUF)")
+    problem = gguf_problem(path)
+    if problem:
+        raise LocalModelError(f"LOCAL_MODEL={value}: {problem}")
     return path
+
+
+def gguf_problem(path: Path) -> str:
+    """Why llama.cpp cannot load `path` ("" when it is a GGUF file, by its magic bytes): what
+    LOCAL_MODEL and a `local:/path` model (agents, a run's input) are both checked with."""
+    if not path.exists():
+        return "no such file"
+    if not path.is_file():
+        return "not a file"
+    try:
+        with path.open("rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    return "" if magic == b"GGUF" else "not a GGUF file (llama.cpp loads GGUF)"
 
 
 def sha256_of(path: Path) -> str:

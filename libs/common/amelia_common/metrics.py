@@ -93,6 +93,10 @@ LLM_FIRST_TOKEN = Histogram(
     ["provider"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
+LLM_SLOT_WAITING = Gauge(
+    "amelia_llm_slot_waiting_calls",
+    "Model calls waiting for a free slot of the local model server (agents/llm/slots.py).",
+)
 
 # -- rag -----------------------------------------------------------------------------------------
 EMBEDDED_CHUNKS = Counter("amelia_embedding_chunks_total", "Texts embedded (chunks and queries).")

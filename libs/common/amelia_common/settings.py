@@ -192,6 +192,10 @@ class Settings(BaseSettings):
     # How long a model server that cannot be reached (refused, reset, cut mid-reply, loading)
     # is tried again before the call fails: covers a supervised restart of the local server.
     LLM_RECONNECT_SECONDS: float = Field(default=30, ge=0)
+    # How long an OpenAI-compatible model server (the local one too) may send nothing — before
+    # its reply starts or between two chunks — before the call counts it unreachable (and
+    # waits for it as above): a frozen server otherwise holds a run for the SDK's 600 s.
+    LLM_STREAM_IDLE_SECONDS: float = Field(default=60, gt=0)
     # Extra Python modules imported at start that register workflows (plugins).
     AGENT_WORKFLOW_MODULES: Annotated[list[str], NoDecode] = []
     # The run reconciler: every RUN_SWEEP_INTERVAL_SECONDS it re-queues each run left QUEUED or

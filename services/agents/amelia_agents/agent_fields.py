@@ -12,7 +12,8 @@ from typing import Any, TypeAlias
 
 from amelia.v1 import agents_pb2
 from amelia_agents import convert, retrieval, tools
-from amelia_agents.llm import ModelError, local_provider, parse_model
+from amelia_agents.llm import ModelError
+from amelia_agents.model_check import check_model
 from amelia_agents.runtime import DEFAULT_RETRY_ATTEMPTS, DEFAULT_TIMEOUT_SECONDS
 from amelia_common.errors import InvalidArgumentError, check_json, check_text
 from amelia_common.fieldmask import mask_paths
@@ -51,26 +52,13 @@ def check_lengths(agent: Agent) -> None:
 
 
 def model(agent: Agent, settings: Settings) -> str:
-    """The provider/model string (the default model when blank), parsed to refuse an unknown
-    provider now rather than at the first run; and a `local:` model the mesh cannot serve.
-
-    The mesh's own local server serves what LOCAL_MODEL names: a packaged model or a GGUF's
-    path. A server of the user's (LOCAL_MODEL_URL) serves names only it knows: the run checks
-    them against its list (and says which it serves)."""
+    """The provider/model string (the default model when blank), refused now rather than at
+    the first run when it cannot be used: `model_check.check_model`, as a run's input.model."""
     value = agent.model.strip() or settings.DEFAULT_MODEL
     try:
-        spec = parse_model(value)
+        check_model(value, settings)
     except ModelError as exc:
         raise InvalidArgumentError(str(exc)) from None
-    if (
-        spec.provider == "local"
-        and not settings.LOCAL_MODEL_URL
-        and not local_provider.servable(spec.model)
-    ):
-        raise InvalidArgumentError(
-            f"model {value!r}: the local model server serves "
-            f"{local_provider.servable_names()}, not {spec.model!r}"
-        )
     return value
 
 

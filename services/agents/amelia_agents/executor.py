@@ -50,7 +50,7 @@ from amelia_agents import (
     workflows,
 )
 from amelia_agents.lifecycle import TOKEN_TYPE, RunEvents
-from amelia_agents.llm import ModelError, Usage
+from amelia_agents.llm import ModelError, Usage, slots
 from amelia_agents.locks import LockLostError, still_held
 from amelia_agents.models import RunRow, RunState
 from amelia_agents.outages import infrastructure_outage
@@ -526,17 +526,28 @@ class Executor:
         # what is not stored when the graph ends goes into the statement recording the end.
         usage = UsageWriter(self.store, row.id, row.attempt)
         ctx.store_usage = usage.add
-        drive = asyncio.create_task(
-            self._drive(row, graph, graph_input, config, ctx, ordered, usage)
-        )
+        # The run's waits for a slot of the local model are not its time (`llm.slots`).
+        slot_waits = slots.RunWaits()
+        token = slots.RUN_WAITS.set(slot_waits)  # the graph's task copies it
+        try:
+            drive = asyncio.create_task(
+                self._drive(row, graph, graph_input, config, ctx, ordered, usage)
+            )
+        finally:
+            slots.RUN_WAITS.reset(token)
         stops = [
             asyncio.create_task(attempt.cancel_requested.wait()),
             asyncio.create_task(attempt.handover.wait()),
         ]
+        started = time.monotonic()
         try:
-            done, _ = await asyncio.wait(
-                {drive, *stops}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
+            while True:
+                left = started + timeout + slot_waits.seconds() - time.monotonic()
+                done, _ = await asyncio.wait(
+                    {drive, *stops}, timeout=max(left, 0), return_when=asyncio.FIRST_COMPLETED
+                )
+                if done or started + timeout + slot_waits.seconds() <= time.monotonic():
+                    break
         except asyncio.CancelledError:
             # The worker is shutting down: stop here, the checkpoint keeps the progress.
             await self._stop(drive)

@@ -144,13 +144,21 @@ def get_model(model: str, settings: Settings) -> ChatModel:
     if spec.provider == "local":
         base = settings.local_model_url
         # Local servers need no key: none of the provider keys is sent there.
-        client = _cached(("local", base), lambda: openai_provider.make_client(base, "not-needed"))
-        return local_provider.LocalModel(spec.model, client, base, patience)
+        idle = settings.LLM_STREAM_IDLE_SECONDS
+        client = _cached(
+            ("local", base, idle), lambda: openai_provider.make_client(base, "not-needed", idle)
+        )
+        return local_provider.LocalModel(
+            spec.model, client, base, patience, settings.LOCAL_MODEL_SLOTS, settings.data_dir
+        )
     base = spec.base_url or openai_provider.DEFAULT_BASE_URL
     key = openai_provider.api_key_for(
         base,
         settings.OPENAI_API_KEY.get_secret_value(),
         settings.OPENROUTER_API_KEY.get_secret_value(),
     )
-    client = _cached(("openai", key, base), lambda: openai_provider.make_client(base, key))
+    idle = settings.LLM_STREAM_IDLE_SECONDS
+    client = _cached(
+        ("openai", key, base, idle), lambda: openai_provider.make_client(base, key, idle)
+    )
     return openai_provider.OpenAIModel(spec.model, client, patience)

@@ -21,6 +21,7 @@ from amelia_agents.llm.base import (
     SdkModel,
     TransientModelError,
     Usage,
+    cut_chunk,
     transient_status,
 )
 from amelia_agents.llm.reconnect import Patience, UnreachableModelError, resumed
@@ -121,6 +122,7 @@ class AnthropicModel(SdkModel[anthropic.AsyncAnthropic]):
         usage = Usage()
         # tool_use blocks by content index: [id, name, the input's JSON as streamed so far]
         calls: dict[int, list[str]] = {}
+        stop: str | None = None
         try:
             stream = await self.client.messages.create(**kwargs)
             async with stream:
@@ -141,10 +143,15 @@ class AnthropicModel(SdkModel[anthropic.AsyncAnthropic]):
                             yield ChatChunk(text=event.delta.text)
                         elif event.delta.type == "input_json_delta" and event.index in calls:
                             calls[event.index][2] += event.delta.partial_json
-                    elif event.type == "message_delta" and event.usage is not None:
-                        usage.output_tokens = event.usage.output_tokens or usage.output_tokens
+                    elif event.type == "message_delta":
+                        stop = getattr(event.delta, "stop_reason", None) or stop
+                        if event.usage is not None:
+                            out = event.usage.output_tokens
+                            usage.output_tokens = out or usage.output_tokens
         except anthropic.AnthropicError as exc:
             raise translate_error(exc) from exc
+        if stop == "max_tokens":  # as OpenAI's finish_reason "length"
+            yield cut_chunk(self.provider, request.max_tokens)
         for chunk in self.ending(calls, usage):
             yield chunk
 

@@ -143,12 +143,30 @@ class ChatRequest:
 class ChatChunk:
     """A text delta, the complete tool calls the model asked for (once, after the text), or
     (once, at the end) the call's token usage; or `event`, a run event (type, data) telling the
-    user how the call is going (e.g. `run.model.waiting`), for the runtime to publish."""
+    user how the call is going (e.g. `run.model.waiting`, `run.model.cut`), for the runtime to
+    publish; `finish` (once, at the end) why the reply ended."""
 
     text: str = ""
     usage: Usage | None = None
     tool_calls: list[ToolCall] | None = None
     event: tuple[str, dict[str, Any]] | None = None
+    # Why the reply ended, as the server said (OpenAI's `finish_reason`: "stop", "length", …).
+    finish: str | None = None
+
+
+# The run event of a reply the server cut at the request's max_tokens (`finish_reason`
+# "length"): the answer the run gives is not whole.
+CUT = "run.model.cut"
+
+
+def cut_chunk(label: str, max_tokens: int) -> ChatChunk:
+    """The chunk saying a reply was cut at `max_tokens` (the `CUT` event)."""
+    message = (
+        f"{label}: the reply was cut at max_tokens ({max_tokens}): the answer is not whole; "
+        "give the agent more max_tokens"
+    )
+    data = {"finish_reason": "length", "max_tokens": max_tokens, "message": message}
+    return ChatChunk(finish="length", event=(CUT, data))
 
 
 @dataclass

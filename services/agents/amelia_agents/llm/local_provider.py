@@ -41,17 +41,22 @@ from typing import Any
 
 import openai
 
+from amelia_agents.llm import slots
 from amelia_agents.llm.base import (
     ChatChunk,
     ChatMessage,
     ChatRequest,
+    ModelError,
     ProviderConfigError,
     ToolCall,
     ToolSpec,
     TransientModelError,
+    cut_chunk,
 )
 from amelia_agents.llm.openai_provider import OpenAIModel
 from amelia_agents.llm.reconnect import Patience, UnreachableModelError, resumed
+from amelia_common.llama_server import supervisor_hint
+from amelia_common.local_model import gguf_problem
 from amelia_common.settings import PACKAGED_LOCAL_MODELS
 
 # Ids of the calls found in a reply's text; their results go back as text.
@@ -64,6 +69,7 @@ START_HINT = (
 # Statuses of a llama.cpp server that is (re)starting: 503 while it loads its model.
 LOADING = frozenset({502, 503, 504})
 _FENCE = re.compile(r"^```[A-Za-z]*\s*(.*?)\s*```$", re.DOTALL)
+_CUT_ANSWER = re.compile(r'^\s*\{\s*"answer"\s*:\s*"(.*)$', re.DOTALL)
 _TAG = re.compile(r"^<([A-Za-z_][\w-]*)>\s*(.*?)\s*</\1>$", re.DOTALL)
 
 
@@ -76,8 +82,11 @@ def served_name(model: str) -> str:
 
 def servable(model: str) -> bool:
     """Whether `amelia up` can serve the `local:` model named `model`: a packaged model (it
-    fetches and verifies it) or a GGUF's path, what LOCAL_MODEL accepts."""
-    return model in PACKAGED_LOCAL_MODELS or model.endswith(".gguf") or "/" in model
+    fetches and verifies it) or the path of a GGUF file there is, what LOCAL_MODEL accepts."""
+    if model in PACKAGED_LOCAL_MODELS:
+        return True
+    is_path = model.endswith(".gguf") or "/" in model
+    return is_path and not gguf_problem(Path(served_name(model)))
 
 
 def servable_names() -> str:
@@ -197,12 +206,19 @@ class LocalModel:
         client: openai.AsyncOpenAI,
         base_url: str,
         patience: Patience = Patience(),
+        slots: int = 2,
+        data_dir: Path | None = None,
     ) -> None:
+        """`slots`: the requests the server generates at once (LOCAL_MODEL_SLOTS), unless its
+        `/props` says (`llm.slots`); `data_dir`: the mesh's, whose `amelia up` says what to do
+        when its server does not answer (`hint`)."""
         self.name = f"local:{model}"
         self.model = served_name(model)
         self.client = client
         self.base_url = base_url
         self.patience = patience
+        self.slots = slots
+        self.data_dir = data_dir
         # Errors say `local:` as the user wrote it; a 503 is llama.cpp loading its model.
         self.inner = OpenAIModel(
             self.model, client, label="local", what="the local model server", restarting=LOADING
@@ -215,7 +231,7 @@ class LocalModel:
         except openai.APIConnectionError as exc:
             raise UnreachableModelError(
                 f"local: the local model server at {self.base_url} is not answering ({exc}); "
-                f"{START_HINT}"
+                f"{self.hint()}"
             ) from exc
         except openai.APIStatusError as exc:
             error = UnreachableModelError if exc.status_code in LOADING else TransientModelError
@@ -238,6 +254,12 @@ class LocalModel:
                 f"{', '.join(map(repr, served)) or 'no model'}, not {self.model!r}: {ask}"
             )
 
+    def hint(self) -> str:
+        """What to do when the server does not answer: what the `amelia up` running its server
+        says (it gave up restarting it: run `amelia up` again), else how to start one."""
+        said = supervisor_hint(self.data_dir, self.base_url) if self.data_dir else ""
+        return said or START_HINT
+
     async def _props(self) -> dict[str, Any] | None:
         """llama.cpp's `/props` (None from a server that is not llama.cpp), fetched once."""
         if self._fetched is None:
@@ -245,7 +267,9 @@ class LocalModel:
             try:
                 props = await self.client.get(f"{root}/props", cast_to=object)
             except openai.APIConnectionError as exc:
-                raise UnreachableModelError(f"local: cannot reach {root}: {exc}") from exc
+                raise UnreachableModelError(
+                    f"local: cannot reach {root}: {exc}; {self.hint()}"
+                ) from exc
             except openai.APIStatusError as exc:
                 if exc.status_code in LOADING:
                     raise UnreachableModelError(f"local: {root}: {exc}") from exc
@@ -293,17 +317,29 @@ class LocalModel:
             return None
         return self.stream_once(request, shown)
 
-    def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
-        """The reply, streamed; a server restarting meanwhile is waited for and the reply
-        continued (`llm.reconnect`)."""
+    async def _slot_count(self) -> int:
+        """The server's slots: its `/props` `total_slots`, else LOCAL_MODEL_SLOTS (a server
+        not answering yet is waited for by the call itself, `llm.reconnect`)."""
+        try:
+            total = (await self._props() or {}).get("total_slots")
+        except UnreachableModelError:
+            total = None
+        return total if isinstance(total, int) and total > 0 else self.slots
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        """The reply, streamed once a slot of the server is free (`llm.slots`); a server
+        restarting meanwhile is waited for and the reply continued (`llm.reconnect`)."""
         server = f"local: the local model server at {self.base_url}"
-        return resumed(
+        reply = resumed(
             lambda: self.stream_once(request),
             server,
             self.patience,
-            START_HINT,
+            self.hint(),
             lambda shown: self._continuation(request, shown),
         )
+        gate = slots.gate(self.base_url, await self._slot_count())
+        async for chunk in slots.in_slot(server, gate, reply):
+            yield chunk
 
     async def stream_once(self, request: ChatRequest, shown: str = "") -> AsyncIterator[ChatChunk]:
         """The reply, or with `shown` (the start of it already streamed) what follows it."""
@@ -328,12 +364,19 @@ class LocalModel:
             }
         }
         held: list[str] = []
+        cut = False
         async for chunk in self.inner.stream_once(constrained, options):
             if chunk.text:
                 held.append(chunk.text)
+            elif chunk.finish == "length":
+                cut = True  # told below: a cut tool call fails the call
             else:
                 yield chunk  # usage (the server parsed no call: no tools were sent)
-        yield constrained_reply("".join(held))
+        reply = constrained_reply("".join(held))
+        if cut:
+            reply = cut_tool_call(self.name, "".join(held), request.max_tokens, reply) or reply
+            yield cut_chunk("local", request.max_tokens)
+        yield reply
 
 
 def prefilled(request: ChatRequest, shown: str) -> ChatRequest:
@@ -386,6 +429,37 @@ def tools_prompt(tools: Sequence[ToolSpec]) -> str:
         f'{{"{ANSWER_KEY}": "<your reply>"}} to reply without one.'
     )
     return "\n".join(lines)
+
+
+def cut_tool_call(name: str, text: str, max_tokens: int, reply: ChatChunk) -> ChatChunk | None:
+    """For `text`, a constrained reply cut at `max_tokens` that is neither an answer nor a call:
+    the start of the answer it was writing, else raise — a tool call's start
+    (`{"name": "calculator",`) is no answer to give the user (QA s27: a tools agent completed
+    with that fragment as its answer). None when `reply` stands."""
+    try:
+        whole = isinstance(json.loads(text), dict)
+    except ValueError:
+        whole = False
+    if reply.tool_calls or whole:
+        return None
+    answer = _CUT_ANSWER.match(text)
+    if answer:  # an answer cut: its text so far
+        return ChatChunk(text=_string_start(answer.group(1)))
+    raise ModelError(
+        f"{name}: max_tokens ({max_tokens}) cut the reply in the middle of a tool call "
+        f"({text[:80]!r}): no answer to give; give the agent more max_tokens"
+    )
+
+
+def _string_start(body: str) -> str:
+    """The text of a JSON string cut before its closing quote (`body` follows the opening one)."""
+    for end in range(len(body), -1, -1):  # a cut escape (`\u00`) is dropped
+        try:
+            value = json.loads(f'"{body[:end]}"')
+        except ValueError:
+            continue
+        return str(value)
+    return ""
 
 
 def constrained_reply(text: str) -> ChatChunk:

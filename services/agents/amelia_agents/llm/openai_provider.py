@@ -24,6 +24,7 @@ from amelia_agents.llm.base import (
     SdkModel,
     TransientModelError,
     Usage,
+    cut_chunk,
     transient_status,
 )
 from amelia_agents.llm.reconnect import Patience, UnreachableModelError, resumed
@@ -144,6 +145,7 @@ class OpenAIModel(SdkModel[openai.AsyncOpenAI]):
         counted = request.counted
         # Streamed tool calls by index: [id, name, arguments as streamed so far]
         calls: dict[int, list[str]] = {}
+        finish: str | None = None
         try:
             stream = await self.client.chat.completions.create(**kwargs)
             async with stream:
@@ -155,6 +157,7 @@ class OpenAIModel(SdkModel[openai.AsyncOpenAI]):
                         )
                         counted.reported = usage
                     for choice in chunk.choices:
+                        finish = choice.finish_reason or finish
                         if choice.delta is None:
                             continue
                         if choice.delta.content:
@@ -167,8 +170,19 @@ class OpenAIModel(SdkModel[openai.AsyncOpenAI]):
                             if delta.function is not None:
                                 call[1] += delta.function.name or ""
                                 call[2] += delta.function.arguments or ""
+        except openai.APITimeoutError:
+            idle = getattr(self.client.timeout, "read", None) or 0
+            # No cause: `llm.reconnect` shows an error's cause (the SDK's "Request timed out."),
+            # and names the server before it.
+            raise UnreachableModelError(
+                f"sent nothing for {idle:g}s (LLM_STREAM_IDLE_SECONDS)"
+            ) from None
         except openai.OpenAIError as exc:
             raise translate_error(exc, self.label, self.where, self.restarting) from exc
+        if finish == "length":
+            yield cut_chunk(self.label, request.max_tokens)
+        elif finish:
+            yield ChatChunk(finish=finish)
         for chunk in self.ending(calls, usage):
             yield chunk
 
@@ -190,5 +204,16 @@ def api_key_for(base_url: str, openai_key: str, openrouter_key: str) -> str:
     return openai_key or "not-needed"
 
 
-def make_client(base_url: str, api_key: str) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=0)
+# Connecting, and sending a request, takes at most this long (a server that accepts nothing).
+CONNECT_SECONDS = 10.0
+# The SDK's own default for a whole call, kept for sending the request.
+WRITE_SECONDS = 600.0
+
+
+def make_client(base_url: str, api_key: str, idle: float = 60.0) -> openai.AsyncOpenAI:
+    """A client whose streamed call fails (`APITimeoutError`, then `UnreachableModelError`: the
+    call waits for the server, `llm.reconnect`) when the server sends nothing for `idle`
+    seconds (LLM_STREAM_IDLE_SECONDS), before its reply starts or between two chunks: a
+    frozen server (SIGSTOP) otherwise stalls the run for the SDK's 600 s, unseen."""
+    timeout = openai.Timeout(connect=CONNECT_SECONDS, read=idle, write=WRITE_SECONDS, pool=None)
+    return openai.AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout)

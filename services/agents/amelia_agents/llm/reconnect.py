@@ -36,7 +36,8 @@ log = get_logger("amelia.agents.llm")
 # The longest wait between two tries, so a server back after a restart is seen within ~2 s.
 MAX_DELAY_SECONDS = 2.0
 # The run event published when a model server stops answering and the call starts waiting:
-# data `server` (provider and URL), `error`, `seconds` (the most it waits), `message` (one line).
+# data `server` (provider and URL), `reason` ("unreachable"; "slot" is `llm.slots`'), `error`,
+# `seconds` (the most it waits), `message` (one line).
 WAITING = "run.model.waiting"
 # How many characters either side of where two replies part the error and the log show.
 CONTEXT_CHARS = 20
@@ -113,6 +114,7 @@ def _waiting(server: str, error: Exception, patience: Patience) -> ChatChunk:
             WAITING,
             {
                 "server": server,
+                "reason": "unreachable",
                 "error": error_text,
                 "seconds": patience.window,
                 "message": (

@@ -23,7 +23,8 @@ from typing import Any
 
 from langgraph.graph import END, START, StateGraph
 
-from amelia_agents.llm import ModelError, parse_model
+from amelia_agents.llm import ModelError
+from amelia_agents.model_check import check_model
 from amelia_common.settings import Settings
 
 AGENT_WORKFLOW = "agent"
@@ -52,7 +53,7 @@ class Workflow:
     check: Callable[[dict[str, Any], Settings], None] | None = None
 
     def validate_input(self, value: dict[str, Any], settings: Settings | None = None) -> None:
-        validate(value, self.input_schema)
+        validate(value, self.input_schema, settings=settings)
         if self.check is not None and settings is not None:
             self.check(value, settings)
 
@@ -121,11 +122,16 @@ _TYPES: dict[str, tuple[type, ...]] = {
 
 
 # A string naming a model as an agent's `model` does ('offline:echo', 'openai:m@http://h/v1'):
-# refused at CreateRun by the same parser, not on the worker.
+# refused at CreateRun by the same check (`model_check`), not on the worker.
 MODEL_FORMAT = "model"
 
 
-def validate(value: Any, schema: dict[str, Any], path: str = "input") -> None:
+def validate(
+    value: Any, schema: dict[str, Any], path: str = "input", settings: Settings | None = None
+) -> None:
+    """InvalidInputError naming the first part of `value` that does not fit `schema`; a
+    "model" string is checked as an agent's model is (`settings`: also what the mesh can
+    serve, e.g. that a `local:` path is a GGUF file)."""
     kind = schema.get("type")
     if kind:
         kinds = kind if isinstance(kind, list) else [kind]
@@ -145,7 +151,7 @@ def validate(value: Any, schema: dict[str, Any], path: str = "input") -> None:
         raise InvalidInputError(f"{path} must not be empty")
     if isinstance(value, str) and schema.get("format") == MODEL_FORMAT:
         try:
-            parse_model(value)
+            check_model(value, settings)
         except ModelError as exc:
             raise InvalidInputError(f"{path}: {exc}") from None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -164,7 +170,7 @@ def validate(value: Any, schema: dict[str, Any], path: str = "input") -> None:
                     raise InvalidInputError(f"{path} takes only {', '.join(known)}; not {key!r}")
         for key, sub in known.items():
             if key in value:
-                validate(value[key], sub, f"{path}.{key}")
+                validate(value[key], sub, f"{path}.{key}", settings)
     if isinstance(value, list) and "items" in schema:
         for i, item in enumerate(value):
-            validate(item, schema["items"], f"{path}[{i}]")
+            validate(item, schema["items"], f"{path}[{i}]", settings)
