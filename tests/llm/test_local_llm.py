@@ -209,7 +209,9 @@ async def test_a_gguf_named_by_path_works_and_an_unserved_one_fails_clearly(
     assert done.status == S.RUN_STATUS_COMPLETED, done.error
     assert tokens(events)
 
+    # A GGUF file the server does not serve: the run fails saying how to serve it…
     other = tmp_path / "other.gguf"
+    other.write_bytes(b"GGUF" + bytes(28))
     done, _ = await run_to_end(
         llm_agents,
         workflow="workflows/chat",
@@ -217,3 +219,13 @@ async def test_a_gguf_named_by_path_works_and_an_unserved_one_fails_clearly(
     )
     assert done.status == S.RUN_STATUS_FAILED
     assert f"not {str(other)!r}" in done.error and f"LOCAL_MODEL={other}" in done.error
+    # …and a path that names no GGUF file is not offered as one to serve (QA s27: that advice
+    # would stop `amelia up` at its start).
+    missing = tmp_path / "missing.gguf"
+    done, _ = await run_to_end(
+        llm_agents,
+        workflow="workflows/chat",
+        input={"message": "Say hello.", "model": f"local:{missing}", **GREEDY},
+    )
+    assert done.status == S.RUN_STATUS_FAILED
+    assert f"not {str(missing)!r}" in done.error and "LOCAL_MODEL=" not in done.error
