@@ -341,7 +341,9 @@ async def test_agents_create_leaves_max_tokens_to_the_service(
 ) -> None:
     """No `--max-tokens`: a local model gets LOCAL_MODEL_MAX_TOKENS (1024), not 4096."""
     env = cli_env(tui_mesh, tmp_path / "none")
-    model = f"local:{tmp_path / 'small.gguf'}"
+    small = tmp_path / "small.gguf"
+    small.write_bytes(b"GGUF" + bytes(28))  # a `local:` path must name a GGUF file (QA s27)
+    model = f"local:{small}"
     for agent, given in (
         (f"tok-{uuid.uuid4().hex[:8]}", ()),
         (f"tok-{uuid.uuid4().hex[:8]}", ("--max-tokens", "2000")),
