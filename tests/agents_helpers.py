@@ -84,15 +84,16 @@ async def local_model_agents(
 ) -> AsyncIterator[agents_pb2_grpc.AgentServiceStub]:
     """The agents service with the `local:` provider at `model_url` (a fake llama.cpp server),
     one worker, quick model retries and a run queue of its own (`queue` in its name).
-    `make_settings` is the `infra` fixture's `settings`; `more` are further settings."""
-    settings = make_settings(
-        EVENTS_ADDRESS=events_address,
-        LOCAL_MODEL_URL=model_url,
-        AGENT_WORKERS=1,
-        LLM_RETRY_BACKOFF_SECONDS=0.05,
-        RUNS_QUEUE_STREAM=f"AMELIA_RUNS_{queue}_{uuid.uuid4().hex[:8]}",
-        **more,
-    )
+    `make_settings` is the `infra` fixture's `settings`; `more` are further settings (or
+    others for these, e.g. more workers)."""
+    values: dict[str, Any] = {
+        "EVENTS_ADDRESS": events_address,
+        "LOCAL_MODEL_URL": model_url,
+        "AGENT_WORKERS": 1,
+        "LLM_RETRY_BACKOFF_SECONDS": 0.05,
+        "RUNS_QUEUE_STREAM": f"AMELIA_RUNS_{queue}_{uuid.uuid4().hex[:8]}",
+    }
+    settings = make_settings(**{**values, **more})
     async with serve_agents(settings) as stub:
         yield stub
 

@@ -17,7 +17,15 @@ from typing import Any
 
 import pytest
 from agents_fake_llm import REPLY, FakeOpenAI
-from agents_helpers import S, collect, create_run, data, serve_agents, tokens, types
+from agents_helpers import (
+    S,
+    collect,
+    create_run,
+    data,
+    local_model_agents,
+    tokens,
+    types,
+)
 from prometheus_client import REGISTRY
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -65,15 +73,10 @@ async def server() -> AsyncIterator[OneSlotLlama]:
 async def local_agents(
     infra: Any, events_address: str, server: OneSlotLlama
 ) -> AsyncIterator[agents_pb2_grpc.AgentServiceStub]:
-    # As `local_model_agents`, with a worker loop for each run.
-    settings = infra.settings(
-        EVENTS_ADDRESS=events_address,
-        LOCAL_MODEL_URL=f"{server.url}/v1",
-        AGENT_WORKERS=4,
-        LLM_RETRY_BACKOFF_SECONDS=0.05,
-        RUNS_QUEUE_STREAM=f"AMELIA_RUNS_SLOTS_{uuid.uuid4().hex[:8]}",
-    )
-    async with serve_agents(settings) as stub:
+    # A worker loop for each run.
+    async with local_model_agents(
+        infra.settings, events_address, f"{server.url}/v1", "SLOTS", AGENT_WORKERS=4
+    ) as stub:
         yield stub
 
 

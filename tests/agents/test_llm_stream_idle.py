@@ -14,7 +14,15 @@ from typing import Any
 
 import pytest
 from agents_fake_llm import REPLY, FakeOpenAI, tokens_of
-from agents_helpers import S, collect, create_run, data, serve_agents, tokens, types
+from agents_helpers import (
+    S,
+    collect,
+    create_run,
+    data,
+    local_model_agents,
+    tokens,
+    types,
+)
 
 from amelia.v1 import agents_pb2_grpc
 
@@ -52,15 +60,9 @@ async def server() -> AsyncIterator[StallingLlama]:
 async def local_agents(
     infra: Any, events_address: str, server: StallingLlama
 ) -> AsyncIterator[agents_pb2_grpc.AgentServiceStub]:
-    settings = infra.settings(
-        EVENTS_ADDRESS=events_address,
-        LOCAL_MODEL_URL=f"{server.url}/v1",
-        AGENT_WORKERS=1,
-        LLM_RETRY_BACKOFF_SECONDS=0.05,
-        LLM_STREAM_IDLE_SECONDS=1,
-        RUNS_QUEUE_STREAM=f"AMELIA_RUNS_IDLE_{uuid.uuid4().hex[:8]}",
-    )
-    async with serve_agents(settings) as stub:
+    async with local_model_agents(
+        infra.settings, events_address, f"{server.url}/v1", "IDLE", LLM_STREAM_IDLE_SECONDS=1
+    ) as stub:
         yield stub
 
 
