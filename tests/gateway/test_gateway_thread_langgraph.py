@@ -136,3 +136,38 @@ async def test_the_openapi_document_has_the_new_routes(mesh: Mesh) -> None:
     assert paths["/v1/runs/{run}"]["delete"]["operationId"] == "AgentService_DeleteRun"
     copy = paths["/v1/threads/{thread}:copy"]["post"]
     assert copy["operationId"] == "AgentService_CopyThread"
+
+
+async def test_unset_metadata_reads_as_an_empty_object_everywhere(mesh: Mesh) -> None:
+    """A thread or cron made without metadata shows `"metadata": {}` as a document does (QA s27
+    L9: threads and crons said `null`, so a client's `thread.metadata.user` threw)."""
+    http = mesh.http
+    thread = (await http.post("/v1/threads", json={"thread": {}})).json()["thread"]
+    assert thread["metadata"] == {}
+    assert (await http.get(f"/v1/{thread['name']}")).json()["thread"]["metadata"] == {}
+    listed = (await http.get("/v1/threads", params={"pageSize": 100})).json()["threads"]
+    assert all(t["metadata"] is not None for t in listed)
+    agent = f"meta-{uuid.uuid4().hex[:10]}"
+    made = await http.post(
+        "/v1/agents", params={"agentId": agent}, json={"agent": {"model": "offline:echo"}}
+    )
+    assert made.status_code == 200, made.text
+    cron = await http.post(
+        "/v1/crons",
+        json={
+            "cron": {
+                "agent": f"agents/{agent}",
+                "schedule": "0 0 1 1 *",
+                "input": {"message": "hi"},
+            }
+        },
+    )
+    assert cron.status_code == 200, cron.text
+    assert cron.json()["cron"]["metadata"] == {}
+    document = await http.post(
+        "/v1/documents",
+        content=f"metadata check {uuid.uuid4().hex}".encode(),
+        headers={"Content-Type": "text/plain", "Content-Disposition": "attachment; filename=n.txt"},
+    )
+    assert document.status_code == 200, document.text
+    assert document.json()["document"]["metadata"] == {}

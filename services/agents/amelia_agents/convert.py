@@ -140,8 +140,8 @@ def thread_to_proto(
     if latest_run:
         msg.latest_run.name = f"runs/{latest_run[0]}"
         msg.latest_run.status = STATUS_TO_PROTO[latest_run[1]]
-    if row.meta:
-        msg.metadata.update(row.meta)
+    msg.metadata.SetInParent()  # `{}` when unset, as documents' metadata (QA s27 L9)
+    msg.metadata.update(row.meta or {})
     _ts(msg.create_time, row.create_time)
     _ts(msg.update_time, row.update_time)
     return msg

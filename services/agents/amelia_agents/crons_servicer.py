@@ -103,6 +103,7 @@ def cron_to_proto(row: CronRow, moment: datetime) -> crons_pb2.Cron:
     )
     convert.set_target(msg, row.agent_id, row.workflow)
     msg.input.update(row.input or {})
+    msg.metadata.SetInParent()  # `{}` when unset, as threads' and documents' metadata
     msg.metadata.update(row.meta or {})
     for name in ("end_time", "next_run_time", "create_time", "update_time"):
         _time(getattr(msg, name), getattr(row, name))
