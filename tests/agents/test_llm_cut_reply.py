@@ -1,5 +1,6 @@
 """A reply the model server cut at max_tokens (OpenAI's `finish_reason: "length"`) is told: the run
-publishes `run.model.cut` (finish_reason, max_tokens, a message) — and a `local:` tools agent
+publishes `run.model.cut` (finish_reason, max_tokens, a message), its node's end and its output
+say `finish_reason: "length"` — and a `local:` tools agent
 whose tool call was cut fails saying so instead of completing with the JSON fragment as its
 answer (QA s27 finding 3: `{"name": "calculator",` was a run's answer).
 
@@ -96,6 +97,11 @@ async def test_a_cut_reply_completes_saying_it_was_cut(
     (cut,) = data(events, "run.model.cut")
     assert cut["finish_reason"] == "length" and cut["max_tokens"] == 7
     assert "cut at max_tokens (7)" in cut["message"]
+    # Told where a LangGraph or OpenAI user looks too: the node's end and the run's output.
+    ends = {e["node"]: e for e in data(events, "run.node.finished")}
+    assert ends[cut["node"]]["finish_reason"] == "length", ends
+    assert all("finish_reason" not in e for n, e in ends.items() if n != cut["node"]), ends
+    assert run.output["finish_reason"] == "length"
 
 
 async def test_a_tool_call_cut_by_max_tokens_fails_the_run_saying_so(

@@ -13,7 +13,7 @@ from typing import Any, TypeAlias
 from amelia.v1 import agents_pb2
 from amelia_agents import convert, retrieval, tools
 from amelia_agents.llm import ModelError
-from amelia_agents.model_check import check_model
+from amelia_agents.model_check import check_max_tokens, check_model
 from amelia_agents.runtime import DEFAULT_RETRY_ATTEMPTS, DEFAULT_TIMEOUT_SECONDS
 from amelia_common.errors import InvalidArgumentError, check_json, check_text
 from amelia_common.fieldmask import mask_paths
@@ -147,6 +147,13 @@ def values(agent: Agent, fields: Sequence[str], settings: Settings) -> dict[str,
     for name in fields:
         column, validate = FIELDS[name]
         found[column] = validate(agent, settings)
+    if "max_tokens" in found and ("model" in found or agent.model.strip()):
+        try:  # the model's context must hold them (an update of max_tokens alone: not known)
+            check_max_tokens(
+                found.get("model") or agent.model.strip(), found["max_tokens"], settings
+            )
+        except ModelError as exc:
+            raise InvalidArgumentError(str(exc)) from None
     return found
 
 

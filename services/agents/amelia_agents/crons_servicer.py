@@ -176,7 +176,9 @@ class CronServicer(crons_pb2_grpc.CronServiceServicer):
         setattr(run, which, getattr(cron, which))
         target = await self.agents._target(run)
         try:
-            target.workflow.validate_input(input_value, self.agents.settings)
+            target.workflow.validate_input(
+                input_value, self.agents.settings, agent=target.agent_id is not None
+            )
         except workflows.InvalidInputError as exc:
             raise InvalidArgumentError(f"cron.input: {exc}") from None
         return target.agent_id, target.workflow_name

@@ -51,6 +51,7 @@ from amelia_agents import (
 )
 from amelia_agents.lifecycle import TOKEN_TYPE, RunEvents
 from amelia_agents.llm import ModelError, Usage, slots
+from amelia_agents.llm.base import CUT
 from amelia_agents.locks import LockLostError, still_held
 from amelia_agents.models import RunRow, RunState
 from amelia_agents.outages import infrastructure_outage
@@ -94,6 +95,19 @@ class GraphEnd:
     values: dict[str, Any] = field(default_factory=dict)
     interrupt: dict[str, Any] | None = None  # {"node", "value", "id"}
     ran: bool = False  # a node started: without one, `values` is what earlier runs wrote
+    # Nodes with a model reply cut at max_tokens (`run.model.cut`) not finished yet, and
+    # whether the last reply of this pick-up was cut (said by the node's end and the output).
+    cut_nodes: set[str] = field(default_factory=set)
+    cut_pending: bool = False
+    last_cut: bool = False
+
+    def told(self, event_type: str, data: dict[str, Any]) -> None:
+        """Note a model call's cut (`run.model.cut`), or its end (its usage)."""
+        if event_type == CUT:
+            self.cut_nodes.add(str(data.get("node", "")))
+            self.cut_pending = True
+        elif event_type == runtime.USAGE_TYPE:
+            self.last_cut, self.cut_pending = self.cut_pending, False
 
 
 class HandoverError(Exception):
@@ -597,7 +611,7 @@ class Executor:
             if row.input is None:
                 return await self._fail(row, threadstate.nothing_to_continue(row.thread_id))
             return await self._fail(row, "the graph ran no node for the run's input")
-        return await self._complete(row, workflow, end.values, usage)
+        return await self._complete(row, workflow, end.values, usage, cut=end.last_cut)
 
     async def _tell_finished_nodes(self, row: RunRow, saver: BaseCheckpointSaver[Any]) -> None:
         """Before a later pick-up says `run.resumed`: `run.node.finished` (`recovered`) for each
@@ -675,7 +689,7 @@ class Executor:
                 elif mode == "tasks":
                     end.ran = True
                     tokens_flowing = False
-                    event, used = self._task_event(row, chunk, started, usage)
+                    event, used = self._task_event(row, chunk, started, usage, end.cut_nodes)
                     if event.type == "run.node.finished":
                         # Its calls are no longer at stake once its writes are stored.
                         await pipeline.submit(
@@ -697,6 +711,7 @@ class Executor:
                 elif mode == "custom" and isinstance(chunk, dict) and runtime.EVENT_KEY in chunk:
                     event_type = chunk[runtime.EVENT_KEY]
                     data = chunk.get("data") or {}
+                    end.told(event_type, data)
                     if event_type == runtime.USAGE_TYPE:
                         usage.add(data)  # the node's, for its run.node.finished
                     else:
@@ -728,10 +743,16 @@ class Executor:
             pipeline.abandon()
 
     def _task_event(
-        self, row: RunRow, chunk: dict[str, Any], started: dict[str, float], usage: NodeUsage
+        self,
+        row: RunRow,
+        chunk: dict[str, Any],
+        started: dict[str, float],
+        usage: NodeUsage,
+        cut_nodes: set[str],
     ) -> tuple[events_pb2.Event, dict[str, Any]]:
         """The node's `run.node.started` or `run.node.finished`, and the usage of its model
-        calls the latter carries ({} for the former)."""
+        calls the latter carries ({} for the former); `finish_reason` "length" when one of
+        them was cut at max_tokens (`cut_nodes`)."""
         node = str(chunk.get("name", ""))
         task_id = str(chunk.get("id", ""))
         if "input" in chunk or "triggers" in chunk:
@@ -745,6 +766,9 @@ class Executor:
             data["error"] = str(chunk["error"])
         if chunk.get("interrupts"):
             data["interrupted"] = True
+        if node in cut_nodes:
+            cut_nodes.discard(node)
+            data["finish_reason"] = "length"
         used = usage.take(node)
         data.update(used)
         return self.events.event(row, "run.node.finished", data), used
@@ -755,11 +779,15 @@ class Executor:
         workflow: workflows.Workflow,
         values: dict[str, Any],
         usage: UsageWriter | None = None,
+        cut: bool = False,
     ) -> str:
         """Record the run COMPLETED with its output and the usage `usage` has not stored yet,
-        in one statement."""
+        in one statement; `cut`: its last model reply was cut at max_tokens, which the output
+        says (`finish_reason` "length", as OpenAI's response does)."""
         try:
             output = _jsonable(workflow.to_output(values or {}))
+            if cut and isinstance(output, dict):
+                output["finish_reason"] = "length"
         except Exception as exc:  # noqa: BLE001
             if usage is not None:
                 await _stored(usage)

@@ -6,6 +6,10 @@ path of a GGUF file on this host (it must exist and start with GGUF's magic byte
 LOCAL_MODEL_URL the server is the user's own and serves names only it knows: the run asks it.
 QA s27 finding 6: `local:/tmp/missing.gguf` and `local:/etc/passwd` were taken at CreateAgent
 and CreateRun, and `local:nonexistent-model` at CreateRun, to fail on every run.
+
+A `local:` model's max_tokens must leave room for a prompt in the context of one of the
+server's slots (`LOCAL_MODEL_CONTEXT ÷ LOCAL_MODEL_SLOTS`, what `amelia up` starts it with):
+more was taken, and every run failed (`check_max_tokens`).
 """
 
 from __future__ import annotations
@@ -36,4 +40,27 @@ def check_model(value: str, settings: Settings | None) -> None:
         raise ModelError(
             f"model {value!r}: {path}: {problem} (a 'local:' path names a GGUF file on the "
             "mesh's host)"
+        )
+
+
+def local_context_tokens(settings: Settings) -> int:
+    """The context of one request to the local model server `amelia up` runs: llama.cpp
+    shares LOCAL_MODEL_CONTEXT among its LOCAL_MODEL_SLOTS slots."""
+    return settings.LOCAL_MODEL_CONTEXT // settings.LOCAL_MODEL_SLOTS
+
+
+def check_max_tokens(model: str, max_tokens: int, settings: Settings) -> None:
+    """Raise ModelError when a `local:` `model` cannot hold `max_tokens` and a prompt in its
+    context, naming both numbers (with LOCAL_MODEL_URL the server's context is its own: the
+    run's window check says it, `llm.window`)."""
+    spec = parse_model(model)
+    if spec.provider != "local" or settings.LOCAL_MODEL_URL:
+        return
+    context = local_context_tokens(settings)
+    if max_tokens >= context:
+        raise ModelError(
+            f"max_tokens ({max_tokens}) must be less than the context of the local model "
+            f"({context} tokens a request: LOCAL_MODEL_CONTEXT {settings.LOCAL_MODEL_CONTEXT} "
+            f"÷ LOCAL_MODEL_SLOTS {settings.LOCAL_MODEL_SLOTS}), which holds the prompt and "
+            "the reply: ask for fewer tokens, or raise LOCAL_MODEL_CONTEXT"
         )

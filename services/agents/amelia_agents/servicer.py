@@ -337,7 +337,9 @@ class AgentServicer(agents_pb2_grpc.AgentServiceServicer):
         target = await self._target(run)
         if input_value is not None:
             try:
-                target.workflow.validate_input(input_value, self.settings)
+                target.workflow.validate_input(
+                    input_value, self.settings, agent=target.agent_id is not None
+                )
             except workflows.InvalidInputError as exc:
                 raise InvalidArgumentError(str(exc)) from None
         timeout = _run_timeout(run)

@@ -6,17 +6,23 @@
   itself; with a cluster `amelia up --cluster` runs, each node and the JetStream meta leader;
 - the run queue, from the agents service's GetRunQueue: jobs waiting, runs queued (and the
   oldest one's wait), runs running, worker loops busy and ready (polling the queue), and each
-  worker process with its busy loops.
+  worker process with its busy loops;
+- on the local model's line, the model calls waiting for one of its slots: the sum of the gauge
+  `amelia_llm_slot_waiting_calls` of every agents process `amelia up` runs (each one's
+  `/metrics`, from mesh.json: the count lives in each process, `amelia_agents/llm/slots.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+import urllib.request
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import grpc
+from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
@@ -29,6 +35,9 @@ from amelia_common.nats_cluster import NatsCluster
 from amelia_common.settings import Settings
 
 AGENTS = next(spec for spec in SERVICES if spec.name == "agents")
+SLOT_WAITING_GAUGE = "amelia_llm_slot_waiting_calls"
+_AGENTS_UNIT = re.compile(rf"{AGENTS.name}(-\d+)?")
+METRICS_SECONDS = 2.0
 
 
 # A file or folder named in a part's detail: a log (the local model's, a given-up service's),
@@ -147,16 +156,59 @@ async def _streams(settings: Settings) -> list[StreamState] | str:
         return str(exc) or type(exc).__name__
 
 
+def _gauge(url: str, name: str) -> float | None:
+    """The value of the gauge `name` at the Prometheus endpoint `url`; None if unknown."""
+    try:
+        with urllib.request.urlopen(url, timeout=METRICS_SECONDS) as response:
+            text = response.read().decode()
+    except (OSError, ValueError):
+        return None
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                return float(sample.value)
+    return None
+
+
+async def slot_waiting_calls(state: dict[str, Any] | None) -> int | None:
+    """Model calls of the mesh's agents processes waiting for a slot of the local model (their
+    gauges summed, from mesh.json's units); None when none of them says."""
+    urls = []
+    for name, unit in ((state or {}).get("units") or {}).items():
+        port = unit.get("metrics_port")
+        if port and _AGENTS_UNIT.fullmatch(name):  # `agents`, and `agents-2`… of --replicas
+            host = str(unit.get("address") or "").rpartition(":")[0] or "127.0.0.1"
+            urls.append(f"http://{host}:{port}/metrics")
+    values = await asyncio.gather(
+        *(asyncio.to_thread(_gauge, url, SLOT_WAITING_GAUGE) for url in urls)
+    )
+    known = [v for v in values if v is not None]
+    return int(sum(known)) if known else None
+
+
+def with_slot_waiting(probes: list[Probe], waiting: int | None) -> list[Probe]:
+    """The local model's line saying how many calls wait for one of its slots."""
+    if waiting is None:
+        return probes
+    said = f"{waiting} waiting for a slot"
+    return [
+        replace(p, detail=f"{p.detail}, {said}" if p.detail else said)
+        if p.name == "local-model" and p.status == "SERVING"
+        else p
+        for p in probes
+    ]
+
+
 async def gather(
     settings: Settings, state: dict[str, Any] | None
 ) -> tuple[list[Probe], list[StreamState] | str, agents_pb2.GetRunQueueResponse | str]:
     """Everything `amelia status` shows, asked at once."""
     no_nats = "NATS_URL unknown (no mesh running here)"
     streams: Any = _streams(settings) if settings.NATS_URL else asyncio.sleep(0, no_nats)
-    probes, states, queue = await asyncio.gather(
-        probe_all(settings, state), streams, run_queue(settings, state)
+    probes, states, queue, waiting = await asyncio.gather(
+        probe_all(settings, state), streams, run_queue(settings, state), slot_waiting_calls(state)
     )
-    return probes, states, queue
+    return with_slot_waiting(probes, waiting), states, queue
 
 
 def show(console: Console, settings: Settings, state: dict[str, Any] | None) -> bool:

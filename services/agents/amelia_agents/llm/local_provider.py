@@ -68,6 +68,8 @@ START_HINT = (
 )
 # Statuses of a llama.cpp server that is (re)starting: 503 while it loads its model.
 LOADING = frozenset({502, 503, 504})
+# The longest a call waits for `/slots` to answer before it goes ahead without it (`llm.slots`).
+SLOTS_ASK_SECONDS = 2.0
 _FENCE = re.compile(r"^```[A-Za-z]*\s*(.*?)\s*```$", re.DOTALL)
 _CUT_ANSWER = re.compile(r'^\s*\{\s*"answer"\s*:\s*"(.*)$', re.DOTALL)
 _TAG = re.compile(r"^<([A-Za-z_][\w-]*)>\s*(.*?)\s*</\1>$", re.DOTALL)
@@ -326,6 +328,21 @@ class LocalModel:
             total = None
         return total if isinstance(total, int) and total > 0 else self.slots
 
+    async def server_slots(self) -> slots.ServerSlots | None:
+        """llama.cpp's `/slots`: every client's requests in the server's slots (`llm.slots`);
+        None when it does not answer now (restarting, slow)."""
+        root = self.base_url.rstrip("/").removesuffix("/v1")
+        client = self.client.with_options(timeout=SLOTS_ASK_SECONDS, max_retries=0)
+        try:
+            listed = await client.get(f"{root}/slots", cast_to=object)
+        except openai.APIStatusError as exc:
+            if exc.status_code in LOADING:
+                return None
+            raise slots.NoSlotsEndpointError(f"{root}/slots: {exc}") from exc
+        except openai.OpenAIError:
+            return None
+        return slots.ServerSlots.parse(listed)
+
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
         """The reply, streamed once a slot of the server is free (`llm.slots`); a server
         restarting meanwhile is waited for and the reply continued (`llm.reconnect`)."""
@@ -338,7 +355,7 @@ class LocalModel:
             lambda shown: self._continuation(request, shown),
         )
         gate = slots.gate(self.base_url, await self._slot_count())
-        async for chunk in slots.in_slot(server, gate, reply):
+        async for chunk in slots.in_slot(server, gate, reply, self.server_slots):
             yield chunk
 
     async def stream_once(self, request: ChatRequest, shown: str = "") -> AsyncIterator[ChatChunk]:

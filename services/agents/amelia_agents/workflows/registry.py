@@ -24,7 +24,7 @@ from typing import Any
 from langgraph.graph import END, START, StateGraph
 
 from amelia_agents.llm import ModelError
-from amelia_agents.model_check import check_model
+from amelia_agents.model_check import check_max_tokens, check_model
 from amelia_common.settings import Settings
 
 AGENT_WORKFLOW = "agent"
@@ -52,8 +52,19 @@ class Workflow:
     # raises InvalidInputError, so CreateRun refuses the run before it is queued.
     check: Callable[[dict[str, Any], Settings], None] | None = None
 
-    def validate_input(self, value: dict[str, Any], settings: Settings | None = None) -> None:
+    def validate_input(
+        self, value: dict[str, Any], settings: Settings | None = None, *, agent: bool = False
+    ) -> None:
+        """Raise InvalidInputError for an input the workflow cannot run. `agent`: the run has
+        an agent, whose model and max_tokens its calls use (the input's are not read)."""
         validate(value, self.input_schema, settings=settings)
+        max_tokens = value.get("max_tokens")
+        if settings is not None and not agent and isinstance(max_tokens, (int, float)):
+            try:  # the model's context must hold them (`model_check`)
+                model = str(value.get("model") or settings.DEFAULT_MODEL)
+                check_max_tokens(model, int(max_tokens), settings)
+            except ModelError as exc:
+                raise InvalidInputError(f"input.max_tokens: {exc}") from None
         if self.check is not None and settings is not None:
             self.check(value, settings)
 
