@@ -98,3 +98,30 @@ async def test_replicas_starting_together_migrate_once(
     finally:
         await conn.close()
     assert len(versions) == 1 and documents == 0
+
+
+async def test_a_database_a_newer_version_migrated_is_refused_saying_so_and_left_as_it_is(
+    empty_database: tuple[str, AsyncEngine], settings: Settings
+) -> None:
+    """Going back to an older Amelia after an upgrade (QA s28): its start refuses the database
+    in words a user can act on — not Alembic's bare "Can't locate revision" — and changes
+    nothing in it."""
+    url, engine = empty_database
+    await migrate_all(engine, settings)
+    conn = await asyncpg.connect(libpq_url(url))
+    try:
+        # What a newer release's migration leaves behind: a revision this code does not have.
+        await conn.execute("UPDATE alembic_version_agents SET version_num = 'agents_9999'")
+        before = await tables(url)
+        with pytest.raises(RuntimeError) as refused:
+            await migrate_all(engine, settings)
+        message = str(refused.value)
+        assert "alembic_version_agents is at revision agents_9999" in message
+        assert "a newer Amelia migrated it" in message
+        assert "does not migrate a database back" in message
+        assert await tables(url) == before
+        assert await conn.fetchval("SELECT version_num FROM alembic_version_agents") == (
+            "agents_9999"
+        )
+    finally:
+        await conn.close()

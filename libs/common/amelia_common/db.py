@@ -12,7 +12,7 @@ import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, event, text
 from sqlalchemy.engine import ExceptionContext
@@ -26,6 +26,9 @@ from sqlalchemy.ext.asyncio import (
 
 from amelia_common.logging import get_logger
 from amelia_common.settings import Settings
+
+if TYPE_CHECKING:
+    from alembic.script import ScriptDirectory
 
 log = get_logger("amelia.db")
 
@@ -146,6 +149,32 @@ def db_health(engine: AsyncEngine) -> Callable[[], Awaitable[bool]]:
     return probe
 
 
+class SchemaNewerError(RuntimeError):
+    """The database was migrated by a newer Amelia than this one: refused at start, untouched
+    (Alembic would say only "Can't locate revision"; a downgrade is not supported)."""
+
+
+def check_known_revisions(
+    sync_conn: Connection, script: ScriptDirectory, version_table: str
+) -> None:
+    """SchemaNewerError when `version_table` names a revision `script` (this code's
+    migrations) does not have, saying what happened and what to do."""
+    from alembic.runtime.migration import MigrationContext
+
+    stored = MigrationContext.configure(
+        sync_conn, opts={"version_table": version_table}
+    ).get_current_heads()
+    known = {revision.revision for revision in script.walk_revisions()}
+    unknown = [revision for revision in stored if revision not in known]
+    if unknown:
+        raise SchemaNewerError(
+            f"the database's {version_table} is at revision {', '.join(unknown)}, which this "
+            f"version of Amelia does not know (its newest is {script.get_current_head()}): a "
+            "newer Amelia migrated it. Start that newer version again; Amelia does not migrate "
+            "a database back (to go back, restore a backup taken before the upgrade)"
+        )
+
+
 _migration_locks: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
 
 
@@ -160,13 +189,15 @@ async def run_migrations(
     version_table: str,
     attributes: Mapping[str, object] | None = None,
 ) -> None:
-    """Upgrade the service's tables to head, once across replicas (advisory lock).
+    """Upgrade the service's tables to head, once across replicas (advisory lock); a database
+    a newer Amelia migrated is refused (SchemaNewerError), left as it is.
 
     `attributes` reach the migrations as `context.config.attributes` (e.g. the embedding
     dimension a `vector(n)` column is created with).
     """
     from alembic import command
     from alembic.config import Config
+    from alembic.script import ScriptDirectory
 
     lock_key = zlib.crc32(version_table.encode()) & 0x7FFFFFFF
 
@@ -176,6 +207,7 @@ async def run_migrations(
         cfg.attributes["connection"] = sync_conn
         cfg.attributes["version_table"] = version_table
         cfg.attributes.update(attributes or {})
+        check_known_revisions(sync_conn, ScriptDirectory.from_config(cfg), version_table)
         command.upgrade(cfg, "head")
 
     # Alembic keeps its migration context in module globals, so two migrations in one process
