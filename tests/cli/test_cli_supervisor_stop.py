@@ -57,6 +57,15 @@ EXITS_ZERO = StandIn(
     "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
     "time.sleep(600)",
 )
+# Fails as a service does at start: a traceback on stderr ending with the error, exit code 1.
+FAILS = StandIn(
+    "fails",
+    "",
+    "",
+    "PORT",
+    code="import time; time.sleep(0.2)\n"
+    "raise RuntimeError('the database was migrated by a newer Amelia')",
+)
 # Serves a moment, then exits 0 by itself: nobody asked it to stop.
 QUITTER = StandIn("quitter", "", "", "PORT", code="import time; time.sleep(0.2)")
 GATEWAY = next(spec for spec in SERVICES if spec.name == "gateway")
@@ -125,6 +134,21 @@ async def test_a_sigkill_is_still_a_crash(watched: Callable[..., Supervisor]) ->
     os.kill(unit.pid() or 0, signal.SIGKILL)
     await until(lambda: unit.state == UnitState.RESTARTING, "the crash noticed")
     assert unit.last_exit == "killed by SIGKILL" and len(unit.crashes) == 1
+
+
+async def test_a_crash_says_what_the_service_said_last(
+    watched: Callable[..., Supervisor],
+) -> None:
+    """`amelia status` showed a service failing at each start as "exit code 1; 4 restarts"
+    and a log path (QA s28): its last log line, the error, is said with the exit."""
+    supervisor = await watched(PLAIN, FAILS)  # type: ignore[misc]
+    unit = supervisor.services["fails"]
+    await until(lambda: unit.crashes, "the crash noticed")
+    assert unit.last_exit == (
+        "exit code 1: RuntimeError: the database was migrated by a newer Amelia"
+    ), unit.last_exit
+    units = json.loads(state_file(supervisor.settings.data_dir).read_text())["units"]
+    assert units["fails"]["last_exit"] == unit.last_exit
 
 
 async def test_the_gateway_stopped_by_sigterm_is_back_at_once_without_a_crash(

@@ -85,6 +85,8 @@ CLEAN_EXITS = frozenset(
 # window is not being stopped by someone: it exits by itself, and restarting it at once would
 # spin (systemd's StartLimitBurst counts every start, clean or not).
 CLEAN_STOPS_BURST = 4
+# The most of a crashed service's last log line kept in its `last_exit` (`amelia status`).
+CRASH_REASON_CHARS = 240
 
 
 class MeshStartError(RuntimeError):
@@ -160,6 +162,10 @@ class Unit(ABC):
         the supervisor started can tell)."""
         return False
 
+    def crash_reason(self) -> str:
+        """What its process said last before it crashed ("" when nothing says)."""
+        return ""
+
     def forget_crashes_before(self, moment: float) -> None:
         while self.crashes and self.crashes[0] <= moment:
             self.crashes.popleft()
@@ -206,6 +212,19 @@ class ServiceUnit(Unit):
     def stopped_cleanly(self) -> bool:
         code = self.process.poll() if self.process else None
         return code in CLEAN_EXITS
+
+    def crash_reason(self) -> str:
+        """The last line of its log: a service failing at start ends there with the error
+        (e.g. a database a newer Amelia migrated), which `amelia status` then shows beside
+        "exit code 1" instead of only the log's path (QA s28). Not for a process killed by a
+        signal: its last line says nothing about why."""
+        code = self.process.poll() if self.process else None
+        if code is None or code <= 0:
+            return ""
+        last = next(
+            (line for line in reversed(log_tail(self.log_path, 5).splitlines()) if line.strip()), ""
+        )
+        return last.strip()[:CRASH_REASON_CHARS]
 
     async def launch(self) -> None:
         await asyncio.to_thread(self._spawn)
@@ -622,7 +641,8 @@ class Supervisor:
                 if why is not None and unit.stopped_cleanly():
                     self._stopped(unit, why, now)
                 elif why is not None:
-                    self._crashed(unit, why, now)
+                    reason = unit.crash_reason()
+                    self._crashed(unit, f"{why}: {reason}" if reason else why, now)
             elif unit.state == UnitState.RESTARTING and now >= unit.restart_at:
                 unit.state = UnitState.STARTING
                 self._track(asyncio.create_task(self._relaunch(unit)))
