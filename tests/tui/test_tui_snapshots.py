@@ -124,6 +124,7 @@ async def open_thread(pilot: Pilot[None]) -> ThreadScreen:
     await pilot.app.switch_mode("threads")
     screen = ThreadScreen(tui_data.THREAD)
     await pilot.app.push_screen(screen)
+    screen.metadata = {"project": "cli-flags"}
     history = tui_data.THREAD_HISTORY
     screen.show_thread(history[0], tui_data.THREAD_RUNS, history)
     await settle(pilot)

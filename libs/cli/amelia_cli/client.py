@@ -41,6 +41,7 @@ _ERRNO = re.compile(r"\s*\(\d+\)$")  # "Connection refused (111)"
 # The RPCs the services' messages point at ("take one from ListRunSteps"), as the command a
 # person runs for the same thing.
 RPC_COMMANDS: Mapping[str, str] = {
+    "CancelRun": "`amelia runs cancel`",
     "GetThreadState": "`amelia threads state`",
     "ListRunSteps": "`amelia runs steps`",
     "ListThreadHistory": "`amelia threads history`",

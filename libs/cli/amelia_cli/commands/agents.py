@@ -36,7 +36,7 @@ from amelia_cli.client import (
 )
 from amelia_cli.consoles import console
 from amelia_cli.help_text import App
-from amelia_cli.tui.eventline import resumed_text, retry_text, waiting_text
+from amelia_cli.tui.eventline import cut_text, resumed_text, retry_text, waiting_text
 from amelia_common.eventlog import event_data
 from amelia_common.grpc_client import reissue_while_unavailable
 from amelia_common.json_numbers import message_text, whole_numbers
@@ -338,6 +338,8 @@ class Shown:
             self.answered = False
         elif event.type == "run.model.waiting":
             self.line(f"· {waiting_text(data)}", "yellow")
+        elif event.type == "run.model.cut":
+            self.line(f"· {cut_text(data)}", "yellow")
         elif event.type == "run.retry":
             self.line(f"· {retry_text(data)}", "yellow")
         elif event.type == "run.node.finished" and data.get("node") == self.node:
@@ -1002,6 +1004,30 @@ def resume_run(
         value.string_value = answer
     request = resume_request(resource("runs", name), value, request_id)
     _say_status(name, lambda stub: stub.ResumeRun(request), RESUME_FLAGS)
+
+
+def _delete_run(name: str) -> None:
+    """Delete an ended run (its thread's checkpoints and its events stay)."""
+
+    async def go() -> None:
+        async with agents() as stub:
+            await stub.DeleteRun(agents_pb2.DeleteRunRequest(name=resource("runs", name)))
+
+    call_rpc(go)
+    console.print(said(f"deleted {resource('runs', name)}"))
+
+
+@runs_app.command("rm")
+def rm_run(name: str = typer.Argument(..., help="The run (runs/<id> or <id>).")) -> None:
+    """Delete an ended run (completed, failed or cancelled); its thread's state and its events
+    stay. A run still going is refused: cancel it first."""
+    _delete_run(name)
+
+
+@runs_app.command("delete", hidden=True)
+def delete_run(name: str = typer.Argument(..., help="The run (runs/<id> or <id>).")) -> None:
+    """`runs rm`, by the name LangGraph's SDK gives it."""
+    _delete_run(name)
 
 
 def _new_run(

@@ -1,12 +1,15 @@
-"""`amelia threads …`: a thread's state and its checkpoints, as LangGraph Server shows them
-(`get_state`, `get_state_history`, `update_state`), from a terminal 80 columns wide."""
+"""`amelia threads …`: threads, their metadata, state and checkpoints, as LangGraph Server has
+them (`create`, `update`, `copy`, `get_state`, `get_state_history`, `update_state`), from a
+terminal 80 columns wide."""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import typer
+from google.protobuf import struct_pb2
 
 from amelia.v1 import agents_pb2
 from amelia_cli.client import Column, agents, ago, call_rpc, json_object, listing, resource, said
@@ -15,7 +18,12 @@ from amelia_cli.consoles import console, err
 from amelia_cli.help_text import App
 from amelia_common.json_numbers import message_dict, message_text
 
-threads_app = App(help="Threads: a conversation's state and its history.", no_args_is_help=True)
+if TYPE_CHECKING:
+    from amelia.v1.agents_pb2_grpc import AgentServiceAsyncStub
+
+threads_app = App(
+    help="Threads: a conversation's metadata, state and history.", no_args_is_help=True
+)
 
 # A checkpoint id stays whole (36 characters, to copy into --checkpoint); the run that wrote
 # the checkpoint is left for wider terminals (`threads state` names it).
@@ -40,7 +48,14 @@ THREAD_COLUMNS = (
 # names them in its messages → the flag or argument (`client.in_cli_words`).
 STATE_FLAGS = {"checkpoint": "--checkpoint"}
 HISTORY_FLAGS = {"before": "--before", "metadata_filter": "--metadata"}
-UPDATE_FLAGS = {"values": "VALUES", "as_node": "--as-node", "checkpoint": "--checkpoint"}
+UPDATE_FLAGS = {
+    "values": "VALUES",
+    "as_node": "--as-node",
+    "checkpoint": "--checkpoint",
+    "thread.metadata (merged)": "the merged metadata",
+    "thread.metadata": "--metadata",
+}
+CREATE_FLAGS = {"thread_id": "--id", "if_exists": "--if-exists", "thread.metadata": "--metadata"}
 LIST_FLAGS = {"order_by": "--sort", "status": "--status", "metadata_filter": "--metadata"}
 
 
@@ -190,20 +205,115 @@ def history_cmd(
         )
 
 
+def show_thread(thread: agents_pb2.Thread) -> None:
+    """A thread as `threads create|update|copy` leave it: its name alone on the first line (to
+    copy, or to read in a script), then its metadata."""
+    console.print(said(thread.name), soft_wrap=True)
+    console.print(said(("metadata", "bold")))
+    console.print_json(json.dumps(_plain(thread.metadata)))
+
+
+def _thread_call(
+    call: Callable[[AgentServiceAsyncStub], Awaitable[Any]], flags: dict[str, str]
+) -> agents_pb2.Thread:
+    """Make `call` (CreateThread, UpdateThread, CopyThread: replies that carry the thread) and
+    return the thread; an error names the command's `flags`."""
+
+    async def go() -> agents_pb2.Thread:
+        async with agents() as stub:
+            thread: agents_pb2.Thread = (await call(stub)).thread
+            return thread
+
+    return call_rpc(go, flags)
+
+
+@threads_app.command("create")
+def create_cmd(
+    thread_id: str = typer.Option(
+        "", "--id", help="Its id, a UUID of your choosing (a retry then makes no second thread)."
+    ),
+    if_exists: str = typer.Option(
+        "",
+        "--if-exists",
+        help="When --id names a thread there is: raise (an error, the default) or do_nothing "
+        "(that thread, unchanged).",
+    ),
+    metadata: list[str] = typer.Option([], "--metadata", help="key=value (repeatable)."),
+) -> None:
+    """Start a thread (LangGraph Server's threads create): its name, then its metadata."""
+    request = agents_pb2.CreateThreadRequest(
+        thread_id=thread_id.removeprefix("threads/"), if_exists=if_exists
+    )
+    request.thread.metadata.update(_metadata(metadata, "--metadata"))
+    show_thread(_thread_call(lambda stub: stub.CreateThread(request), CREATE_FLAGS))
+
+
+@threads_app.command("copy")
+def copy_cmd(thread: str = typer.Argument(..., help="The thread (threads/<id> or <id>).")) -> None:
+    """Copy a thread, its metadata, state and history (no runs): prints the copy's name."""
+    request = agents_pb2.CopyThreadRequest(name=resource("threads", thread))
+    console.print(said(_thread_call(lambda stub: stub.CopyThread(request), {}).name))
+
+
+def _metadata_patch(pairs: list[str], unset: list[str]) -> struct_pb2.Struct:
+    """`--metadata k=v` and `--unset k` as UpdateThread's merge: each key set, or null
+    (removed); a key both set and removed is refused."""
+    patch = struct_pb2.Struct()
+    patch.update(_metadata(pairs, "--metadata"))
+    for key in unset:
+        if key in patch.fields:
+            raise typer.BadParameter(
+                f"key {key!r} is also set with --metadata", param_hint="--unset"
+            )
+        patch.fields[key].null_value = struct_pb2.NULL_VALUE
+    return patch
+
+
 @threads_app.command("update")
 def update_cmd(
     thread: str = typer.Argument(..., help="The thread (threads/<id> or <id>)."),
     values: str = typer.Argument(
-        ...,
-        help="The update as a JSON object of the state's keys (see `threads state`), e.g."
+        "",
+        help="A state update as a JSON object of the state's keys (see `threads state`), e.g."
         ' \'{"messages": [{"role": "user", "content": "Use Postgres."}]}\'.',
+        show_default=False,
     ),
     as_node: str = typer.Option(
-        "", "--as-node", help="Write it as this node (default: LangGraph's)."
+        "", "--as-node", help="Write VALUES as this node (default: LangGraph's)."
     ),
-    checkpoint: str = typer.Option("", help="Update from this checkpoint; default: the latest."),
+    checkpoint: str = typer.Option(
+        "", help="Update the state from this checkpoint; default: the latest."
+    ),
+    metadata: list[str] = typer.Option(
+        [], "--metadata", help="Set the thread's metadata key=value (repeatable), not its state."
+    ),
+    unset: list[str] = typer.Option([], "--unset", help="Remove this metadata key (repeatable)."),
 ) -> None:
-    """Write values into a thread's state as if a node had: its next run starts from them."""
+    """Write VALUES into a thread's state as if a node had (its next run starts from them), or
+    change its metadata (--metadata, --unset), the other keys kept."""
+    if bool(values) == bool(metadata or unset):
+        raise typer.BadParameter(
+            "give VALUES (a state update) or --metadata/--unset (the thread's metadata), "
+            "one at a time",
+            param_hint="VALUES",
+        )
+    if values:
+        _update_state(thread, values, as_node, checkpoint)
+        return
+    if as_node or checkpoint:
+        raise typer.BadParameter(
+            "goes with VALUES (a state update), not with --metadata/--unset",
+            param_hint="--as-node" if as_node else "--checkpoint",
+        )
+    request = agents_pb2.UpdateThreadRequest(
+        thread=agents_pb2.Thread(
+            name=resource("threads", thread), metadata=_metadata_patch(metadata, unset)
+        )
+    )
+    show_thread(_thread_call(lambda stub: stub.UpdateThread(request), UPDATE_FLAGS))
+
+
+def _update_state(thread: str, values: str, as_node: str, checkpoint: str) -> None:
     request = agents_pb2.UpdateThreadStateRequest(
         thread=resource("threads", thread), as_node=as_node, checkpoint=checkpoint
     )

@@ -125,6 +125,19 @@ def waiting_text(data: dict[str, Any]) -> str:
     return f"{server} is unreachable ({data.get('error', '')}); trying again"
 
 
+def cut_text(data: dict[str, Any]) -> str:
+    """A `run.model.cut` event: the reply stopped at max_tokens, so the answer is not whole
+    (the service's one line when it wrote one)."""
+    message = data.get("message")
+    if isinstance(message, str) and message:
+        return message
+    reason = data.get("finish_reason") or "length"
+    return (
+        f"model reply cut at max_tokens {whole_numbers(data.get('max_tokens', '?'))} "
+        f"(finish_reason {reason}): the answer is not whole"
+    )
+
+
 def retry_text(data: dict[str, Any]) -> str:
     """A `run.retry` event: which try of how many, when, and the error that caused it."""
     delay = f" in {seconds(data.get('delay_seconds'))}" if data.get("delay_seconds") else ""
@@ -160,6 +173,8 @@ def describe(event: dict[str, Any]) -> str:
         return resumed_text(data)
     if kind == "run.model.waiting":
         return waiting_text(data)
+    if kind == "run.model.cut":
+        return cut_text(data)
     if kind == "run.retry":
         return retry_text(data)
     if kind == "run.retrieval":

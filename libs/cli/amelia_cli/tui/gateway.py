@@ -192,6 +192,22 @@ class GatewayApi:
         }
         return await self.call("GET", "/v1/threads", query=query)
 
+    async def get_thread(self, thread: str) -> dict[str, Any]:
+        return dict((await self.call("GET", f"/v1/threads/{run_id(thread)}")).get("thread", {}))
+
+    async def update_thread_metadata(self, thread: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """UpdateThread: `patch`'s keys merged into the metadata, a key given None removed."""
+        body = {"thread": {"metadata": patch}}
+        reply = await self.call("PATCH", f"/v1/threads/{run_id(thread)}", body=body)
+        return dict(reply.get("thread", {}))
+
+    async def copy_thread(self, thread: str) -> dict[str, Any]:
+        reply = await self.call("POST", f"/v1/threads/{run_id(thread)}:copy", body={})
+        return dict(reply.get("thread", {}))
+
+    async def delete_run(self, name: str) -> None:
+        await self.call("DELETE", f"/v1/runs/{run_id(name)}")
+
     async def get_thread_state(self, thread: str, checkpoint: str = "") -> dict[str, Any]:
         path = f"/v1/threads/{run_id(thread)}/state"
         reply = await self.call("GET", path, query={"checkpoint": checkpoint})

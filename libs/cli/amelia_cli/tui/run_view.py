@@ -22,6 +22,7 @@ from textual.widgets import Footer, Input, Log, Static
 
 from amelia_cli.tui.common import (
     ACTIVE,
+    ConfirmScreen,
     LiveScreen,
     TabBar,
     TopBar,
@@ -138,6 +139,7 @@ class RunScreen(LiveScreen):
         Binding("r", "reject", "Reject"),
         Binding("i", "answer", "Answer"),
         Binding("c", "cancel", "Cancel"),
+        Binding("d", "delete", "Delete"),
         # The tabs' titles show these keys.
         Binding("o", "tab('output')", "Output", show=False),
         Binding("v", "tab('activity')", "Activity", show=False),
@@ -525,6 +527,8 @@ class RunScreen(LiveScreen):
             return paused
         if action == "cancel":
             return self.status in ACTIVE or not self.status
+        if action == "delete":
+            return self.status in TERMINAL.values()
         return True
 
     def action_back(self) -> None:
@@ -597,6 +601,27 @@ class RunScreen(LiveScreen):
     def action_cancel(self) -> None:
         app = amelia(self)
         app.confirm_cancel(self.run_name)
+
+    def action_delete(self) -> None:
+        """Ask, then delete the ended run (its thread's state and its events stay) and go back."""
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.run_worker(self._delete(), exclusive=True, group="delete")
+
+        # One line in the dialog's 52 cells (its events stay in the event log too).
+        question = f"Delete run {short_id(self.run_name)}? Its thread keeps its state."
+        self.app.push_screen(ConfirmScreen(question), answered)
+
+    async def _delete(self) -> None:
+        app = amelia(self)
+        try:
+            await ask(self, app.api.delete_run(self.run_name))
+        except ApiError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        app.notify(f"deleted {self.run_name}")
+        self.dismiss()
 
     def action_events(self) -> None:
         app = amelia(self)

@@ -10,6 +10,7 @@ gateway refuses or cannot answer is said on the screen.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Awaitable
 from typing import Any
@@ -43,6 +44,7 @@ from amelia_cli.tui.run_view import options_of, read_answer
 from amelia_cli.tui.runs import LIFECYCLE
 from amelia_cli.tui.start import StartRunScreen
 from amelia_cli.tui.thread_edit import StateEditScreen
+from amelia_cli.tui.thread_meta import MetadataEditScreen
 from amelia_cli.tui.threadstate import (
     branches_of,
     conversation_of,
@@ -87,6 +89,9 @@ class ThreadScreen(PagedScreen):
         Binding("e", "edit", "Edit state"),
         Binding("b", "branch", "Branch"),
         Binding("o", "open_run", "Open run"),
+        # Not in the footer (it has no room left at 80 columns): the metadata line names them.
+        Binding("y", "copy", "Copy thread", show=False),
+        Binding("M", "metadata", "Edit metadata", show=False),
         Binding("l", "latest", "Latest"),
         Binding("plus", "more", "More"),
         # The tabs' titles show these keys.
@@ -100,6 +105,7 @@ class ThreadScreen(PagedScreen):
         self.thread = name
         self.runs: list[dict[str, Any]] = []
         self.state: dict[str, Any] = {}  # the latest checkpoint
+        self.metadata: dict[str, Any] = {}  # the thread's own (UpdateThread), not its state
         self.history: list[dict[str, Any]] = []
         self.heard: set[str] = set()  # runs whose events came since the last load began
         self.picked = ""  # a checkpoint picked from the history (Enter), shown instead
@@ -175,10 +181,12 @@ class ThreadScreen(PagedScreen):
             runs = await ask(self, api.list_runs(thread=self.thread, page_size=RUNS_KEPT))
             state = await ask(self, api.get_thread_state(self.thread))
             history, token = await ask(self, first_pages(page, "states", pages))
+            thread = await ask(self, api.get_thread(self.thread))
         except ApiError as exc:
             self.show_error(exc)
             return
         self.pages = pages
+        self.metadata = dict(thread.get("metadata") or {})
         self.show_thread(state, runs, history, token)
         # A run this load found but the screen did not know yet moved while it was read (its
         # events were heard before it was listed): what was read of it may be out of date, and
@@ -286,6 +294,9 @@ class ThreadScreen(PagedScreen):
     def _render_state(self) -> None:
         state = self.shown
         text = Text()
+        text.append(f"{'metadata':<11}", style="dim")
+        text.append(json.dumps(self.metadata, ensure_ascii=False) if self.metadata else "-")
+        text.append("  M edits it · y copies the thread\n", style="dim")
         if self.picked:
             text.append(
                 f"Step {state.get('step') or 0}, picked from the history (not the latest): "
@@ -503,6 +514,31 @@ class ThreadScreen(PagedScreen):
                 self.reload_soon(0)
 
         self.app.push_screen(StateEditScreen(self.thread, state, branch), saved)
+
+    def action_copy(self) -> None:
+        """A copy of the thread (metadata, state and history; no runs), opened over this one."""
+        self.run_worker(self._copy(), exclusive=True, group="copy")
+
+    async def _copy(self) -> None:
+        app = amelia(self)
+        try:
+            copy = await ask(self, app.api.copy_thread(self.thread))
+        except ApiError as exc:
+            self.say(f"not copied: {exc}")
+            return
+        app.notify(
+            f"copied to {short_id(str(copy.get('name')))}: this is the copy (Esc: the source)"
+        )
+        app.open_thread(str(copy.get("name")))
+
+    def action_metadata(self) -> None:
+        def saved(thread: dict[str, Any] | None) -> None:
+            if thread:
+                self.metadata = dict(thread.get("metadata") or {})
+                self._render_state()
+                self.notify("metadata saved")
+
+        self.app.push_screen(MetadataEditScreen(self.thread, self.metadata), saved)
 
     def action_open_run(self) -> None:
         """The run of the checkpoint under the history's cursor (or picked), else the latest."""

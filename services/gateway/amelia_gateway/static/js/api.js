@@ -94,11 +94,16 @@ export const api = {
 
   createRun: (run, requestId) => post("/v1/runs", { run, requestId }),
   getRun: (name) => get(`/v1/runs/${id(name)}`),
+  deleteRun: (name) => request("DELETE", `/v1/runs/${id(name)}`),
   listRuns: (query = {}) => get("/v1/runs", query),
   listRunSteps: (name, query = {}) => get(`/v1/runs/${id(name)}/steps`, query),
   rerunRun: (name, requestId) => post(`/v1/runs/${id(name)}:rerun`, { requestId }),
   forkRun: (name, checkpoint, values, requestId) => post(`/v1/runs/${id(name)}:fork`, { checkpoint, values, requestId }),
   listThreads: (query = {}) => get("/v1/threads", query),
+  getThread: (thread) => get(`/v1/threads/${id(thread)}`),
+  // `metadata`: UpdateThread's merge patch (a key given null is removed).
+  updateThread: (thread, metadata) => request("PATCH", `/v1/threads/${id(thread)}`, { body: { thread: { metadata } } }),
+  copyThread: (thread) => post(`/v1/threads/${id(thread)}:copy`, {}),
   getThreadState: (thread, checkpoint = "") => get(`/v1/threads/${id(thread)}/state${checkpoint ? `/${encodeURIComponent(checkpoint)}` : ""}`),
   listThreadHistory: (thread, query = {}) => get(`/v1/threads/${id(thread)}/history`, query),
   // `checkpoint`: write on that one (a branch from it) instead of the latest.

@@ -1,8 +1,8 @@
 // One run, live: its events from sequence 0 (a `run` subscription: the gateway replays the run,
 // then follows it until it ends), tokens streaming into the output, nodes lighting up in the
 // workflow's graph, the steps' timeline (from the checkpoints), retrieved passages, the question
-// of a paused run with an answer form, Cancel, Rerun, Fork (from a step), and Replay (the stored
-// events played back again with their original pacing).
+// of a paused run with an answer form, Cancel, Rerun, Fork (from a step), Delete (an ended run,
+// asked first), and Replay (the stored events played back again with their original pacing).
 
 import {
   compactJson, debounce, errorNotice, formatDuration, formatTime, h, idOf, prettyJson, uuid,
@@ -42,6 +42,10 @@ function describe(event) {
       if (data.error !== undefined) return `tool ${data.tool} failed: ${compactJson(data.error, 120)}`;
       return `tool ${data.tool} returned ${compactJson(data.result, 120)}`;
     case "run.retry": return `retrying: ${compactJson(data, 120)}`;
+    // The service's own line (the server, what was cut and what to do), else its numbers.
+    case "run.model.waiting": return data.message || `waiting for ${data.server || "the model server"}`;
+    case "run.model.cut":
+      return data.message || `model reply cut at max_tokens ${data.max_tokens} (finish_reason ${data.finish_reason || "length"})`;
     case "agent.started":
     case "workflow.started":
       if (data.forked_from) {
@@ -113,6 +117,13 @@ export function mount(main, ctx, [runId]) {
   const cancelNo = h("button", { type: "button", id: "run-cancel-no" }, "No, keep it");
   const cancelConfirm = h("span", { class: "cancel-confirm", id: "run-cancel-confirm", role: "group",
     "aria-label": "Confirm cancelling", hidden: true }, h("span", {}, "Cancel this run?"), cancelYes, cancelNo);
+  // An ended run can be deleted (DeleteRun); it asks inline first, as Cancel does.
+  const deleteButton = h("button", { type: "button", class: "danger", id: "run-delete", hidden: true }, "Delete run");
+  const deleteYes = h("button", { type: "button", class: "danger", id: "run-delete-yes" }, "Yes, delete it");
+  const deleteNo = h("button", { type: "button", id: "run-delete-no" }, "No, keep it");
+  const deleteConfirm = h("span", { class: "cancel-confirm", id: "run-delete-confirm", role: "group",
+    "aria-label": "Confirm deleting", hidden: true },
+  h("span", {}, "Delete this run? Its thread's state and its events stay."), deleteYes, deleteNo);
   const rerunButton = h("button", { type: "button", id: "run-rerun", disabled: true, title: "A new run with the same input" }, "Rerun");
   // Opens the run's thread, whose form sends a message: a new run on the thread's state.
   const continueLink = h("a", { class: "button", id: "run-continue", href: "#/threads",
@@ -149,7 +160,8 @@ export function mount(main, ctx, [runId]) {
       h("h1", {}, `Run ${runId.slice(0, 8)}`), badgeSlot,
       targetLabel,
       h("span", { class: "spacer" }),
-      h("div", { class: "replay-bar" }, speed, replayButton), rerunButton, continueLink, cancelButton, cancelConfirm),
+      h("div", { class: "replay-bar" }, speed, replayButton), rerunButton, continueLink, cancelButton, cancelConfirm,
+      deleteButton, deleteConfirm),
     problemSlot,
     meta,
     notices,
@@ -211,6 +223,10 @@ export function mount(main, ctx, [runId]) {
     if (cancelButton.disabled) askCancel(false);
     cancelButton.classList.toggle("ended", TERMINAL_STATUSES.has(real));
     rerunButton.disabled = !state.run;
+    // Delete follows the stored run (not a replay's status): only an ended run can go.
+    const ended = Boolean(state.run && TERMINAL_STATUSES.has(state.run.status));
+    if (!ended) askDelete(false);
+    deleteButton.hidden = !ended || !deleteConfirm.hidden;
   }
 
   function renderMeta() {
@@ -531,6 +547,35 @@ export function mount(main, ctx, [runId]) {
       cancelButton.disabled = !ACTIVE_STATUSES.has(state.status);
     }
   });
+  function askDelete(asking) {
+    deleteConfirm.hidden = !asking;
+    deleteButton.hidden = asking;
+    if (asking) deleteNo.focus();
+  }
+  deleteButton.addEventListener("click", () => askDelete(true));
+  deleteNo.addEventListener("click", () => {
+    askDelete(false);
+    deleteButton.focus();
+  });
+  deleteYes.addEventListener("click", async () => {
+    deleteYes.disabled = true;
+    // Nothing more is read of the run (its steps, its stream's end): it is about to be gone.
+    reloadSteps.cancel();
+    if (subscription) subscription.close();
+    try {
+      await ctx.api.deleteRun(name);
+      ctx.announce("Run deleted");
+      // Where the run was: its thread (whose state it wrote stays), else the runs list.
+      const thread = state.run && state.run.thread;
+      ctx.navigate(thread ? `/threads/${idOf(thread)}` : "/runs");
+    } catch (error) {
+      askDelete(false);
+      notices.replaceChildren(errorNotice(error));
+      followAfterEnd();
+    } finally {
+      deleteYes.disabled = false;
+    }
+  });
   replayButton.addEventListener("click", replay);
   rerunButton.addEventListener("click", async () => {
     rerunButton.disabled = true;
@@ -599,6 +644,7 @@ export function mount(main, ctx, [runId]) {
 
   return () => {
     stopped = true;
+    reloadSteps.cancel();
     clearTimeout(replayTimer);
     if (subscription) subscription.close();
   };

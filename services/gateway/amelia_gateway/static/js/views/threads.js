@@ -5,7 +5,8 @@
 // "Continue from here (no input)" (views/threadstate.js), read after the runs. A running run's turn streams its tokens
 // (the run page's stream: ws.js, runstate.js, output.js); Send on a busy thread asks what to do
 // with the run that has not ended (the start form's multitask strategies: enqueue, interrupt,
-// rollback), as LangGraph Studio's double-texting.
+// rollback), as LangGraph Studio's double-texting. Under the thread's name, its metadata (edited
+// in place) and "Copy thread" (views/threadmeta.js).
 
 import { compactJson, debounce, errorNotice, formatTime, h, idOf, loads, uuid } from "../dom.js";
 import { questionsOf } from "../checkpoint.js";
@@ -14,6 +15,7 @@ import { ACTIVE_STATUSES, shortStatus, statusBadge } from "../runstatus.js";
 import { newRunState, reduce } from "../runstate.js";
 import { multitaskSelect } from "./runs.js";
 import { ThreadStatePanel } from "./threadstate.js";
+import { ThreadMetaPanel } from "./threadmeta.js";
 import { retryOnOutage } from "../health.js";
 
 const PAGE_SIZE = 25;
@@ -211,10 +213,12 @@ function threadView(main, ctx, threadId) {
     form.scrollIntoView({ block: "end" });
     message.focus({ preventScroll: true });
   } }, "Latest reply and send a message ↓");
+  const meta = new ThreadMetaPanel(ctx, name);
   main.append(
     h("a", { href: "#/threads", class: "back" }, "← Threads"),
     h("h1", {}, "Thread"),
     h("p", { class: "mono break", id: "thread-name" }, name),
+    ...meta.elements,
     error, jump, older, conversation, form);
   const panel = new ThreadStatePanel(ctx, name);
   main.append(h("div", { class: "thread-state" }, ...panel.elements));
@@ -306,7 +310,7 @@ function threadView(main, ctx, threadId) {
    * checkpoint, as it was when both were read at once and the run ended in between. */
   async function reload() {
     await load();
-    await panel.refresh();
+    await Promise.all([panel.refresh(), meta.load()]);
   }
   const retry = retryOnOutage(reload);
   const refresh = debounce(reload, 300);
@@ -318,6 +322,7 @@ function threadView(main, ctx, threadId) {
   return () => {
     stopped = true;
     panel.stop();
+    meta.stop();
     retry.stop();
     refresh.cancel();
     subscription.close();
