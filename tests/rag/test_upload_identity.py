@@ -1,11 +1,14 @@
-"""A browser's upload of a file `amelia ingest` stored updates that document (QA s26).
+"""A browser's upload of a file `amelia ingest` stored updates that document (QA s26), and
+`amelia ingest` of a file a browser uploaded first adopts the browser's document (s28).
 
 `amelia ingest` names a file by its path; a browser cannot send one, so the dashboard's upload
 is named by its file name only, and made a second document of the same file: every search then
 found each passage twice. Now an upload named by its title only whose title and bytes a stored
-document holds is a re-ingest of that document (docs/rag.md, "Document identity"). Concurrent
-ones make one document: arranged, not hoped for — the test holds the lock an ingest of those
-bytes takes to store them until PostgreSQL shows the racing ingests waiting on it.
+document holds is a re-ingest of that document, and an ingest of a file (a path or URI) whose
+title and bytes a document named by its title only holds adopts it: the document takes the
+path (docs/rag.md, "Document identity"). Concurrent ones make one document: arranged, not hoped
+for — the test holds the lock an ingest takes to store until PostgreSQL shows the racing
+ingests waiting on it.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
 from rag_helpers import Rag
 from sqlalchemy import text
 
@@ -177,3 +181,149 @@ async def test_a_browser_upload_racing_the_files_first_ingest_makes_one_document
     assert uploaded.document.file_path == path
     assert await _names(rag, content) == [ingested.document.name]
     await _delete(rag, ingested.document.name)
+
+
+async def _listed(rag: Rag, title: str) -> list[Any]:
+    """ListDocuments' documents of this title (every page: other tests' documents share it)."""
+    found, token = [], ""
+    while True:
+        page = await rag.stub.ListDocuments(
+            rag_pb2.ListDocumentsRequest(page_size=100, page_token=token)
+        )
+        found += [d for d in page.documents if d.title == title]
+        if not (token := page.next_page_token):
+            return found
+
+
+async def _passages(rag: Rag, tag: str) -> list[tuple[str, str]]:
+    """(document, passage) of every hit a search for the tagged text finds."""
+    reply = await rag.stub.Search(
+        rag_pb2.SearchRequest(query=f"high water {tag} ferry", top_k=20, min_score=0)
+    )
+    return [(h.document, h.content) for h in reply.hits if tag in h.content]
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        _cli,
+        lambda path: {"source_uri": f"https://example.org{path}"},
+    ],
+    ids=["amelia-ingest", "source-uri"],
+)
+async def test_ingesting_a_file_a_browser_uploaded_first_adopts_its_document(
+    rag: Rag, where: Any
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    title = f"tides-{tag}.md"
+    path = f"/home/u/notes/{title}"
+    content = _text(tag)
+    uploaded = await _browser(rag, content, title, metadata={"team": "harbour"})
+    name = uploaded.document.name
+    assert await rag.indexed(name) == "ready"
+    chunks = await rag.store.count_chunks()
+
+    source = where(path)
+    ingested = await rag.ingest(content, **source)
+    assert ingested.document.name == name, "the ingest made a second document of the file"
+    # The browser's document now is the file's, not indexed again; `refreshed` (its path, URI
+    # and metadata moved: none sent clears it, as for any re-ingest).
+    assert not ingested.unchanged
+    shown = (ingested.document.file_path, ingested.document.source_uri)
+    assert shown == (source.get("file_path", ""), source["source_uri"])
+    assert ingested.document.title == title and dict(ingested.document.metadata) == {}
+    assert ingested.document.state == rag_pb2.DOCUMENT_STATE_READY
+    assert await rag.store.count_chunks() == chunks
+    assert await _names(rag, content) == [name]
+    got = (await rag.stub.GetDocument(rag_pb2.GetDocumentRequest(name=name))).document
+    assert (got.file_path, got.source_uri) == shown
+    assert [(d.name, d.file_path, d.source_uri) for d in await _listed(rag, title)] == [
+        (name, *shown)
+    ]
+    hits = await _passages(rag, tag)
+    assert hits and {d for d, _ in hits} == {name}, hits
+    assert len({p for _, p in hits}) == len(hits), "a passage was found twice"
+    # Its identity is now the file's: ingesting the file again is that document, unchanged;
+    # a browser's upload of it too (session 27's rule).
+    assert (await rag.ingest(content, **source)).unchanged
+    assert (await _browser(rag, content, title)).document.name == name
+    events = [t for t, _ in await rag.events(name)]
+    assert events.count("document.uploaded") == 1, events
+    await _delete(rag, name)
+
+
+async def test_an_ingest_of_other_bytes_or_another_file_name_is_a_document_of_its_own(
+    rag: Rag,
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    content = _text(tag)
+    uploaded = await _browser(rag, content, f"tides-{tag}.md")
+    edited = await rag.ingest(_text(f"{tag} edited"), wait=False, **_cli(f"/n/tides-{tag}.md"))
+    renamed = await rag.ingest(content, wait=False, **_cli(f"/n/copy-{tag}.md"))
+    # A title sent is the ingest's title: not the name the browser uploaded the file under.
+    titled = await rag.ingest(
+        content, wait=False, title=f"Tides {tag}", **_cli(f"/m/tides-{tag}.md")
+    )
+    names = {d.document.name for d in (uploaded, edited, renamed, titled)}
+    assert len(names) == 4
+    got = (
+        await rag.stub.GetDocument(rag_pb2.GetDocumentRequest(name=uploaded.document.name))
+    ).document
+    assert (got.file_path, got.source_uri) == ("", "")
+    await _delete(rag, *names)
+
+
+async def test_a_document_with_its_own_path_is_never_adopted(rag: Rag) -> None:
+    """Only a document named by its title only is adopted: the same bytes and file name from
+    another folder are another file."""
+    tag = uuid.uuid4().hex[:8]
+    content = _text(tag)
+    first = await rag.ingest(content, wait=False, **_cli(f"/a/tides-{tag}.md"))
+    other = await rag.ingest(content, wait=False, **_cli(f"/b/tides-{tag}.md"))
+    assert other.document.name != first.document.name
+    assert other.document.file_path == f"/b/tides-{tag}.md"
+    # A browser's upload whose document another folder's file then adopted: not taken again.
+    later = _text(f"{tag} later")
+    uploaded = await _browser(rag, later, f"notes-{tag}.md")
+    adopted = await rag.ingest(later, wait=False, **_cli(f"/a/notes-{tag}.md"))
+    assert adopted.document.name == uploaded.document.name
+    again = await rag.ingest(later, wait=False, **_cli(f"/b/notes-{tag}.md"))
+    assert again.document.name != adopted.document.name
+    got = (
+        await rag.stub.GetDocument(rag_pb2.GetDocumentRequest(name=adopted.document.name))
+    ).document
+    assert got.file_path == f"/a/notes-{tag}.md"
+    assert await _names(rag, content) == sorted([first.document.name, other.document.name])
+    await _delete(
+        rag, first.document.name, other.document.name, adopted.document.name, again.document.name
+    )
+
+
+async def test_an_ingest_racing_the_browser_upload_of_a_new_file_makes_one_document(
+    rag: Rag,
+) -> None:
+    """A browser's upload of a new file and `amelia ingest` of it store at once, the upload
+    first: the ingest adopts the upload's document. The test holds the upload at its name's
+    lock, after it took the bytes' lock; the ingest, which found no document before parsing,
+    waits on the bytes' lock until the upload has stored (old code: a second document)."""
+    tag = uuid.uuid4().hex[:8]
+    content = _text(tag)
+    title = f"second-{tag}.md"
+    path = f"/srv/docs/{title}"
+    name_lock = f"amelia.rag.document:title:{title}"
+    locks = [name_lock, f"amelia.rag.content:{_sha(content)}"]
+    async with _holding(rag, name_lock):
+        browser = asyncio.create_task(_browser(rag, content, title))
+        await _waiting(rag, locks, 1, browser)
+        cli = asyncio.create_task(rag.ingest(content, wait=False, **_cli(path)))
+        await _waiting(rag, locks, 2, browser, cli)
+    uploaded, ingested = await asyncio.wait_for(asyncio.gather(browser, cli), 120)
+    assert ingested.document.name == uploaded.document.name
+    assert not ingested.unchanged
+    assert ingested.document.file_path == path
+    got = (
+        await rag.stub.GetDocument(rag_pb2.GetDocumentRequest(name=uploaded.document.name))
+    ).document
+    assert got.file_path == path
+    assert await _names(rag, content) == [uploaded.document.name]
+    await _delete(rag, uploaded.document.name)

@@ -12,7 +12,9 @@ the stored document of its identity or makes a new one is decided by the store i
 transaction, on that row locked: a document deleted while this one was parsed is not brought
 back (a new document, `replaces_previous` false). An upload named by its title only (a
 browser's: no path) whose title and bytes a stored document already holds — a file `amelia
-ingest` stored — is a re-ingest of that document, not a second one (store `_locked_document`).
+ingest` stored — is a re-ingest of that document, not a second one; the other way round, an
+ingest of a file whose title and bytes a document uploaded by its title only holds adopts that
+document, which takes the file's path (store `_locked_document`).
 Events, all with subject `documents/{id}`:
 
 - `document.uploaded` when the document is stored (title, type, size, hash, chunk count),
@@ -213,6 +215,7 @@ class Ingestor:
             content_hash=content_hash,
             index_signature=signature,
             meta=source.metadata,
+            upload_title=source.title.strip() or name_of(source.file_path, source.source_uri, ""),
         )
 
         def uploaded(row: DocumentRow, replaces_previous: bool) -> events_pb2.Event:

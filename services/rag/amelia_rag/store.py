@@ -9,11 +9,13 @@ identity, and decide "replace the stored document or make a new one" on its row 
 (`FOR UPDATE`), which a delete locks too: whichever of an ingest and a delete commits second
 sees what the first did (a document deleted is never brought back under its name). An upload
 named by its title only (a browser's, no path) whose title and bytes a stored document holds
-is a re-ingest of that document (`_locked_document`). An ingest stores the chunks without
-embeddings and the document `indexing`; a rag process then claims it with a lease (`FOR UPDATE
-SKIP LOCKED`, so one replica takes each document), fills in the embeddings batch by batch while
-renewing the lease, and marks it `ready`. Every indexer write checks the lease is still its
-own: a document changed, deleted or taken over meanwhile is left to whoever owns it now.
+is a re-ingest of that document, and an ingest of a file (a path or URI) whose title and bytes
+a document uploaded by its title only holds adopts that document (`_locked_document`). An
+ingest stores the chunks without embeddings and the document `indexing`; a rag process then
+claims it with a lease (`FOR UPDATE SKIP LOCKED`, so one replica takes each document), fills in
+the embeddings batch by batch while renewing the lease, and marks it `ready`. Every indexer
+write checks the lease is still its own: a document changed, deleted or taken over meanwhile is
+left to whoever owns it now.
 """
 
 from __future__ import annotations
@@ -95,6 +97,10 @@ class DocumentFields:
     content_hash: str
     index_signature: str
     meta: dict[str, Any]
+    # The title a browser's upload of this file carries: the title sent, else the file name of
+    # the path (or URI). Fixed before parsing, so the unlocked hint and the locked decision
+    # look for the same document (`title` becomes the parsed document's after parsing).
+    upload_title: str
 
     @property
     def named_by_title_only(self) -> bool:
@@ -190,15 +196,15 @@ class DocumentStore:
 
     async def find_for(self, fields: DocumentFields) -> DocumentRow | None:
         """The stored document an ingest of `fields` is about, read without a lock (a hint:
-        `refresh` and `replace` decide on it again, locked): the one of its identity, else, for
-        an ingest named by its title only, the one holding the same title and bytes."""
+        `refresh` and `replace` decide on it again, locked): the one of its identity, else the
+        one holding the same title and bytes that `_locked_document` would take."""
         async with self.sessions() as session:
             row = (
                 await session.execute(
                     select(DocumentRow).where(DocumentRow.identity == fields.identity)
                 )
             ).scalar_one_or_none()
-            if row is None and fields.named_by_title_only:
+            if row is None:
                 row = (await session.execute(_same_title_and_bytes(fields))).scalar_one_or_none()
             return row
 
@@ -211,8 +217,9 @@ class DocumentStore:
 
         - indexed or indexing: keep the chunks, refresh title, source and metadata if they
           moved (the request's replace them: metadata left out clears it; a title left out
-          keeps the stored one). `unchanged` only when none did, so the reply does not say
-          `unchanged` of a document whose metadata it cleared;
+          keeps the stored one), and the path of a document this ingest adopts. `unchanged`
+          only when none did, so the reply does not say `unchanged` of a document whose
+          metadata it cleared;
         - `failed`: back to `indexing` with its chunks and the embeddings already computed
           kept, so indexing resumes rather than restarts (`document.uploaded`, replacing).
 
@@ -223,13 +230,9 @@ class DocumentStore:
             row, fields = await _locked_document(session, fields)
             if row is None or not _same_content(row, fields):
                 return None
-            title = fields.title.strip() or row.title
+            moved = _refreshed(row, fields)
             if row.state != "failed":
-                if (row.title, row.source_uri, row.meta) == (title, fields.source_uri, fields.meta):
-                    return ReplaceResult(row, unchanged=True, replaced=True)
-                row.title, row.source_uri, row.meta = title, fields.source_uri, fields.meta
-                return ReplaceResult(row, unchanged=False, replaced=True)
-            row.title, row.source_uri, row.meta = title, fields.source_uri, fields.meta
+                return ReplaceResult(row, unchanged=not moved, replaced=True)
             row.state, row.index_error = "indexing", ""
             row.lease_owner, row.lease_until, row.index_attempts = None, None, 0
             await session.flush()
@@ -254,19 +257,22 @@ class DocumentStore:
         meanwhile is replaced (true). The old chunks go in the same transaction.
         `passages[i]` is the passage text of chunk i (None when it is the chunk itself). If
         another ingest stored the same content meanwhile, nothing is written and the result
-        is `unchanged`.
+        is `unchanged`; a document this ingest adopts holding it is refreshed as by `refresh`.
         """
         async with transaction(self.sessions) as session:
             row, fields = await _locked_document(session, fields)
             replaced = row is not None
             if row is not None and row.state != "failed" and _same_content(row, fields):
-                return ReplaceResult(row, unchanged=True, replaced=True)
+                if row.identity == fields.identity:
+                    return ReplaceResult(row, unchanged=True, replaced=True)
+                return ReplaceResult(row, unchanged=not _refreshed(row, fields), replaced=True)
             now = _now()
             if row is None:
                 row = DocumentRow(id=uuid.uuid4(), identity=fields.identity, create_time=now)
                 session.add(row)
             else:
                 await session.execute(delete(ChunkRow).where(ChunkRow.document_id == row.id))
+            row.identity = fields.identity
             row.title = fields.title
             row.type = fields.type
             row.source_uri = fields.source_uri
@@ -590,11 +596,18 @@ async def _locked_document(
 ) -> tuple[DocumentRow | None, DocumentFields]:
     """The stored document this ingest is about, locked, and `fields` as they apply to it.
 
-    The document of the ingest's identity; else, for an ingest named by its title only (a
-    browser's upload, which has no path to send), the oldest document holding the same title
-    and the same bytes — a file `amelia ingest` stored, whose title is its file name — which
-    this ingest then is a re-ingest of: its identity, file path and source URI stay; the rest
-    follows the usual re-ingest rules (docs/rag.md, "Document identity"). None: a new document.
+    The document of the ingest's identity; else the oldest document holding the same title and
+    the same bytes (`_same_title_and_bytes`), which this ingest then is a re-ingest of:
+
+    - for an ingest named by its title only (a browser's upload, which has no path to send),
+      any such document — a file `amelia ingest` stored, whose title is its file name: its
+      identity, file path and source URI stay;
+    - for an ingest of a file (a path or URI), only a document named by its title only — the
+      same file a browser uploaded first — which it adopts: the document takes this ingest's
+      identity, path and URI (a document with a path or URI of its own is never taken).
+
+    The rest follows the usual re-ingest rules (docs/rag.md, "Document identity"). None: a new
+    document.
 
     Locks, always in this order, so no two ingests wait on each other in a cycle: the bytes'
     advisory lock (every ingest storing the same bytes takes it, so a title-only upload that
@@ -608,13 +621,13 @@ async def _locked_document(
         select(DocumentRow).where(DocumentRow.identity == fields.identity).with_for_update()
     )
     row = result.scalar_one_or_none()
-    if row is not None or not fields.named_by_title_only:
+    if row is not None:
         return row, fields
     same = (
         await session.execute(_same_title_and_bytes(fields).with_for_update())
     ).scalar_one_or_none()
-    if same is None:
-        return None, fields
+    if same is None or not fields.named_by_title_only:
+        return same, fields
     return same, replace(
         fields, identity=same.identity, file_path=same.file_path, source_uri=same.source_uri
     )
@@ -628,17 +641,33 @@ async def _advisory_lock(session: AsyncSession, key: str) -> None:
 
 
 def _same_title_and_bytes(fields: DocumentFields) -> Select[tuple[DocumentRow]]:
-    """The oldest document holding these bytes under this title (of another identity)."""
-    return (
-        select(DocumentRow)
-        .where(
-            DocumentRow.content_hash == fields.content_hash,
-            DocumentRow.title == fields.title.strip(),
-            DocumentRow.identity != fields.identity,
-        )
-        .order_by(DocumentRow.create_time, DocumentRow.id)
-        .limit(1)
+    """The oldest document holding these bytes under this ingest's upload title (of another
+    identity); for an ingest of a file, only one named by its title only."""
+    query = select(DocumentRow).where(
+        DocumentRow.content_hash == fields.content_hash,
+        DocumentRow.title == fields.upload_title,
+        DocumentRow.identity != fields.identity,
     )
+    if not fields.named_by_title_only:
+        query = query.where(DocumentRow.file_path == "", DocumentRow.source_uri == "")
+    return query.order_by(DocumentRow.create_time, DocumentRow.id).limit(1)
+
+
+def _refreshed(row: DocumentRow, fields: DocumentFields) -> bool:
+    """The locked document, holding this ingest's content, named and described as the ingest
+    says (a title left out keeps the stored one; the identity and path change only when this
+    ingest adopts the document); whether anything moved."""
+    named = (
+        fields.identity,
+        fields.file_path,
+        fields.source_uri,
+        fields.title.strip() or row.title,
+        fields.meta,
+    )
+    if (row.identity, row.file_path, row.source_uri, row.title, row.meta) == named:
+        return False
+    row.identity, row.file_path, row.source_uri, row.title, row.meta = named
+    return True
 
 
 def _same_content(row: DocumentRow, fields: DocumentFields) -> bool:
