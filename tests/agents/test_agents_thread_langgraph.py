@@ -283,9 +283,20 @@ async def test_delete_run_refuses_an_active_run_and_deletes_an_ended_one(
                 await asyncio.sleep(0.1)
     thread = (await agents.GetThread(S.GetThreadRequest(name=done.thread))).thread
     assert thread.run_count == 0
-    # No run left to give the graph its state is read with: an empty state (documented).
-    left = await agents.GetThreadState(S.GetThreadStateRequest(thread=done.thread))
-    assert not left.state.checkpoint
+    # No run left names the graph: the state is read from the checkpoints as they are (it was
+    # empty, and the CLI and dashboard said "no run of this thread has started").
+    left = (await agents.GetThreadState(S.GetThreadStateRequest(thread=done.thread))).state
+    assert left.checkpoint and not left.next
+    said = [m["content"] for m in left.values["messages"]]
+    assert said[:2] == ["hello", "hello"], said  # the deleted run's exchange is still there
+    assert left.run.startswith("runs/")
+    history = await history_of(agents, done.thread)
+    assert history[0].checkpoint == left.checkpoint
+    assert state.checkpoint in [h.checkpoint for h in history]
+    again = await agents.GetThreadState(
+        S.GetThreadStateRequest(thread=done.thread, checkpoint=state.checkpoint)
+    )
+    assert again.state.values == state.values
 
 
 async def test_delete_run_of_a_bad_name_is_invalid_argument(agents: Stub) -> None:

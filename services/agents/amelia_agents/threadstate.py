@@ -15,13 +15,13 @@ import contextlib
 import hashlib
 import json
 import uuid
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
-from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.base import BaseCheckpointSaver, CheckpointTuple
 from langgraph.pregel import Pregel
 from langgraph.types import StateSnapshot
 from sqlalchemy import and_, select, text, update
@@ -142,6 +142,32 @@ def to_state(tid: uuid.UUID, snapshot: StateSnapshot) -> agents_pb2.ThreadState:
     return state
 
 
+def _without_graph(stored: CheckpointTuple) -> StateSnapshot:
+    """A checkpoint read without the graph that wrote it (a thread whose runs were all deleted:
+    no run names its graph): its values (the state's channels), metadata and parent. Which
+    nodes run next, and their tasks, need the graph: none are said (a run on the thread
+    continues from it with its own graph)."""
+    channels = stored.checkpoint.get("channel_values") or {}
+    values = {k: v for k, v in channels.items() if not k.startswith("__") and ":" not in k}
+    return StateSnapshot(
+        values=values,
+        next=(),
+        config=stored.config,
+        metadata=stored.metadata,
+        created_at=stored.checkpoint.get("ts"),
+        parent_config=stored.parent_config,
+        tasks=(),
+        interrupts=(),
+    )
+
+
+async def _history_without_graph(
+    stored: AsyncIterator[CheckpointTuple],
+) -> AsyncGenerator[StateSnapshot]:
+    async for checkpoint in stored:
+        yield _without_graph(checkpoint)
+
+
 class ThreadStates:
     """The thread-state RPCs' work; the servicer checks names and maps nothing else."""
 
@@ -172,8 +198,11 @@ class ThreadStates:
             steps.checkpoint_id(checkpoint, "checkpoint")
             await self._known_checkpoint(tid, checkpoint)
         graph = await self._graph(tid)
-        if graph is None:  # never run (or every run deleted): no graph to read a state with
-            return agents_pb2.ThreadState(thread=f"threads/{tid}")
+        if graph is None:  # never run, or every run deleted: its checkpoints as they are
+            stored = await self.checkpointer.aget_tuple(_config(tid, checkpoint))
+            if stored is None:
+                return agents_pb2.ThreadState(thread=f"threads/{tid}")
+            return to_state(tid, _without_graph(stored))
         snapshot = await graph.aget_state(_config(tid, checkpoint))
         return to_state(tid, snapshot)
 
@@ -219,16 +248,21 @@ class ThreadStates:
             before = steps.checkpoint_id(request.before, "before")
             await self._known_checkpoint(tid, before)
         graph = await self._graph(tid)
-        if graph is None:
-            return [], ""
         found: list[StateSnapshot] = []
-        listed: AsyncGenerator[StateSnapshot] = graph.aget_state_history(  # type: ignore[assignment]
-            _config(tid),
-            before=_config(tid, before) if before else None,
-            # Without a filter, PostgreSQL reads no more than the page (and one to know more
-            # follow); a filter is applied here, as numbers or text (`_equal`), so reads on.
-            limit=None if wanted else limit + 1,
-        )
+        # Without a filter, PostgreSQL reads no more than the page (and one to know more
+        # follow); a filter is applied here, as numbers or text (`_equal`), so reads on.
+        most = None if wanted else limit + 1
+        listed: AsyncGenerator[StateSnapshot]
+        if graph is None:  # every run deleted: the checkpoints as they are
+            listed = _history_without_graph(
+                self.checkpointer.alist(
+                    _config(tid), before=_config(tid, before) if before else None, limit=most
+                )
+            )
+        else:
+            listed = graph.aget_state_history(  # type: ignore[assignment]
+                _config(tid), before=_config(tid, before) if before else None, limit=most
+            )
         async with contextlib.aclosing(listed) as snapshots:
             async for snapshot in snapshots:
                 if _matches(snapshot.metadata or {}, wanted):
@@ -385,7 +419,7 @@ async def _graph_run(s: Any, tid: uuid.UUID) -> RunRow | None:
     with: the thread's latest run; for a thread with none, the run that wrote its latest
     checkpoint — a CopyThread's copy has its source's checkpoints and no run, and is read with
     the graph that wrote them. None: no run gives the graph (a thread never run, or whose runs
-    were all deleted with DeleteRun)."""
+    were all deleted with DeleteRun: its checkpoints are then read without one, `_without_graph`)."""
     latest: RunRow | None = await s.scalar(_latest_run(tid))
     if latest is not None:
         return latest
